@@ -1,0 +1,88 @@
+# tide - a Lua-scriptable event router.
+#
+#   make            build build/tide, build/libtide.a and the Lua modules
+#   make run        install missing packages, build, run tide on an example
+#   make test       install missing packages, run the whole suite (plain and
+#                   under ASan+UBSan); ends with "N passed, N failed"
+#   make asan       the suite under AddressSanitizer + UBSan only
+#   make bench      side-by-side benchmark against nats-server
+#   make fuzz       run the protocol parser fuzzer (FUZZ_SECONDS, default 600)
+#   make deps       install missing Debian packages
+
+CC      ?= cc
+BUILD   ?= build
+CSTD     = -std=c11 -D_GNU_SOURCE
+WARN     = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter
+OPT     ?= -O2 -g
+SAN     ?=
+PKGS     = libevent_core lua5.4 libcjson
+CFLAGS  += $(CSTD) $(WARN) $(OPT) $(SAN) -fPIC $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
+LDFLAGS += $(SAN)
+
+CORE_SRC = $(filter-out src/main.c src/luamod.c, $(wildcard src/*.c))
+CORE_OBJ = $(CORE_SRC:src/%.c=$(BUILD)/obj/%.o)
+HDRS     = $(wildcard src/*.h)
+
+TIDE     = $(BUILD)/tide
+LIBTIDE  = $(BUILD)/libtide.a
+LUAMOD   = $(BUILD)/tide_core.so
+PROCMOD  = $(BUILD)/procmod.so
+INTEROP  = $(BUILD)/interop_c
+BENCHBIN = $(BUILD)/nats_bench
+
+.PHONY: all deps run test asan check bench fuzz fuzz-replay clean
+
+all: $(TIDE) $(LIBTIDE) $(LUAMOD) $(PROCMOD)
+
+deps:
+	@scripts/install-deps.sh
+
+$(BUILD)/obj/%.o: src/%.c $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(LIBTIDE): $(CORE_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(TIDE): $(BUILD)/obj/main.o $(LIBTIDE)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(LUAMOD): $(BUILD)/obj/luamod.o $(LIBTIDE)
+	$(CC) $(LDFLAGS) -shared -o $@ $^ $(LDLIBS)
+
+$(PROCMOD): tests/support/procmod.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) -shared -o $@ $< $(LDFLAGS)
+
+$(INTEROP): tests/interop/interop_c.c
+	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) -lnats
+
+$(BENCHBIN): bench/nats_bench.c
+	$(CC) $(CSTD) -O2 -g -Wall -Wextra -o $@ $< -lnats -lpthread -lm
+
+run: deps all
+	$(TIDE) serve
+
+# The whole suite: the plain build, then the same specs under ASan + UBSan.
+test: deps
+	@scripts/run-tests.sh
+
+asan: deps
+	@scripts/run-tests.sh --asan-only
+
+check: all
+	@scripts/run-tests.sh --plain-only
+
+bench: deps all $(BENCHBIN)
+	@scripts/bench.sh
+
+fuzz: deps
+	@scripts/fuzz.sh run $${FUZZ_SECONDS:-600}
+
+fuzz-replay: deps
+	@scripts/fuzz.sh replay
+
+clean:
+	rm -rf build build-asan build-fuzz

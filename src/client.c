@@ -1,0 +1,472 @@
+/* client.c - see client.h. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "client.h"
+#include "log.h"
+#include "subject.h"
+
+/* Bytes one read or write call may move.  libevent's default is 16 KiB,
+ * which costs a syscall per 16 KiB under load. */
+#define CLIENT_IO_CHUNK (256 * 1024)
+
+static void on_read(struct bufferevent *bev, void *arg);
+static void on_event(struct bufferevent *bev, short what, void *arg);
+static void on_ping_timer(evutil_socket_t fd, short what, void *arg);
+
+static void send_raw(client_t *c, const char *s, size_t n)
+{
+    if (evbuffer_add(bufferevent_get_output(c->bev), s, n) < 0)
+        client_close(c, CLIENT_CLOSE_NOW, "out of memory");
+}
+
+#define SEND_LITERAL(c, s) send_raw((c), (s), sizeof(s) - 1)
+
+void client_send_err(client_t *c, const char *msg)
+{
+    char line[512];
+    int n = snprintf(line, sizeof line, "-ERR '%s'\r\n", msg);
+    if (n > 0)
+        send_raw(c, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+}
+
+client_t *client_new(server_t *srv, int fd, const char *ip, int port)
+{
+    const server_opts_t *o = server_get_opts(srv);
+    client_t *c = calloc(1, sizeof *c);
+    if (!c) {
+        evutil_closesocket(fd);
+        return NULL;
+    }
+    c->srv = srv;
+    c->flags = 0;
+    snprintf(c->ip, sizeof c->ip, "%s", ip);
+    c->port = port;
+    dict_init(&c->subs);
+    proto_init(&c->parser, o->max_control_line, o->max_payload);
+    c->bev = bufferevent_socket_new(server_base(srv), fd, BEV_OPT_CLOSE_ON_FREE);
+    if (!c->bev) {
+        evutil_closesocket(fd);
+        free(c);
+        return NULL;
+    }
+    bufferevent_set_max_single_read(c->bev, CLIENT_IO_CHUNK);
+    bufferevent_set_max_single_write(c->bev, CLIENT_IO_CHUNK);
+    bufferevent_setcb(c->bev, on_read, NULL, on_event, c);
+    if (o->ping_interval > 0) {
+        struct timeval tv;
+        tv.tv_sec = (time_t)o->ping_interval;
+        tv.tv_usec = (suseconds_t)((o->ping_interval - (double)tv.tv_sec) * 1e6);
+        c->ping_timer = event_new(server_base(srv), -1, EV_PERSIST, on_ping_timer, c);
+        if (!c->ping_timer) {
+            bufferevent_free(c->bev);
+            free(c);
+            return NULL;
+        }
+        event_add(c->ping_timer, &tv);
+    }
+    return c;
+}
+
+void client_start(client_t *c)
+{
+    char info[1024];
+    server_build_info(c->srv, c, info, sizeof info);
+    send_raw(c, info, strlen(info));
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
+static void sub_free(void *p)
+{
+    sub_t *s = p;
+    free(s->subject);
+    free(s->queue);
+    free(s->sid);
+    free(s);
+}
+
+void client_remove_sub(client_t *c, sub_t *s)
+{
+    dict_remove(&c->subs, s->sid, s->sid_len);
+    sublist_remove(server_sublist(c->srv), s);
+    sub_free(s);
+}
+
+void client_free(client_t *c)
+{
+    sublist_t *sl = server_sublist(c->srv);
+    for (size_t i = 0; i < c->subs.cap; i++)
+        if (c->subs.slots[i].key)
+            sublist_remove(sl, c->subs.slots[i].val);
+    dict_clear(&c->subs, sub_free);
+    proto_free(&c->parser);
+    if (c->ping_timer)
+        event_free(c->ping_timer);
+    if (c->bev)
+        bufferevent_free(c->bev);
+    free(c);
+}
+
+static void on_drained(struct bufferevent *bev, void *arg)
+{
+    client_t *c = arg;
+    (void)bev;
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+        server_schedule_free(c->srv, c);
+}
+
+void client_close(client_t *c, int how, const char *reason)
+{
+    if (c->flags & CLIENT_CLOSING)
+        return;
+    c->flags |= CLIENT_CLOSING;
+    log_debug("cid:%llu %s:%d closing: %s", (unsigned long long)c->id, c->ip, c->port,
+              reason ? reason : "client closed");
+    bufferevent_disable(c->bev, EV_READ);
+    if (c->ping_timer)
+        event_del(c->ping_timer);
+    if (how == CLIENT_CLOSE_FLUSH && evbuffer_get_length(bufferevent_get_output(c->bev)) > 0) {
+        const server_opts_t *o = server_get_opts(c->srv);
+        struct timeval tv;
+        tv.tv_sec = (time_t)o->write_deadline;
+        tv.tv_usec = (suseconds_t)((o->write_deadline - (double)tv.tv_sec) * 1e6);
+        /* The write callback fires once the output drains; a stalled reader
+         * hits the write timeout instead (on_event). */
+        bufferevent_setcb(c->bev, NULL, on_drained, on_event, c);
+        bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
+        bufferevent_set_timeouts(c->bev, NULL, &tv);
+        bufferevent_enable(c->bev, EV_WRITE);
+        return;
+    }
+    server_schedule_free(c->srv, c);
+}
+
+static void protocol_error(client_t *c, int status)
+{
+    const char *text = c->parser.errtext ? c->parser.errtext : proto_strerror(status);
+    server_stats_mut(c->srv)->protocol_errors++;
+    log_info("cid:%llu %s:%d protocol error: %s", (unsigned long long)c->id, c->ip, c->port,
+             c->parser.err);
+    client_send_err(c, text);
+    client_close(c, CLIENT_CLOSE_FLUSH, text);
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+    client_t *c = arg;
+    (void)bev;
+    if (what & BEV_EVENT_TIMEOUT) {
+        log_debug("cid:%llu write deadline passed while closing", (unsigned long long)c->id);
+        server_schedule_free(c->srv, c);
+        return;
+    }
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+        if (c->flags & CLIENT_CLOSING) {
+            server_schedule_free(c->srv, c);
+            return;
+        }
+        client_close(c, CLIENT_CLOSE_NOW, (what & BEV_EVENT_EOF) ? "client closed" : "socket error");
+    }
+}
+
+static void on_ping_timer(evutil_socket_t fd, short what, void *arg)
+{
+    client_t *c = arg;
+    const server_opts_t *o = server_get_opts(c->srv);
+    (void)fd;
+    (void)what;
+    if (c->flags & CLIENT_CLOSING)
+        return;
+    if (c->flags & CLIENT_ACTIVE) {
+        /* It spoke since the last tick: alive, no need to ask. */
+        c->flags &= ~CLIENT_ACTIVE;
+        c->pings_out = 0;
+        return;
+    }
+    if (c->pings_out >= o->max_pings_out) {
+        server_stats_mut(c->srv)->stale_connections++;
+        log_info("cid:%llu %s:%d stale connection (%d pings unanswered)", (unsigned long long)c->id,
+                 c->ip, c->port, c->pings_out);
+        client_send_err(c, "Stale Connection");
+        client_close(c, CLIENT_CLOSE_FLUSH, "stale connection");
+        return;
+    }
+    c->pings_out++;
+    SEND_LITERAL(c, "PING\r\n");
+}
+
+/* ---- protocol callbacks ------------------------------------------------ */
+
+static void copy_json_string(const cJSON *obj, const char *key, char *out, size_t outsz)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (cJSON_IsString(v) && v->valuestring)
+        snprintf(out, outsz, "%s", v->valuestring);
+}
+
+static void set_flag(client_t *c, const cJSON *obj, const char *key, int flag, int invert)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!cJSON_IsBool(v))
+        return;
+    int on = cJSON_IsTrue(v) ? 1 : 0;
+    if (invert)
+        on = !on;
+    if (on)
+        c->flags |= flag;
+    else
+        c->flags &= ~flag;
+}
+
+static int on_connect(void *ctx, const char *json, size_t len)
+{
+    client_t *c = ctx;
+    cJSON *obj = cJSON_ParseWithLength(json, len);
+    if (!cJSON_IsObject(obj)) {
+        char snip[64];
+        cJSON_Delete(obj);
+        log_info("cid:%llu invalid CONNECT JSON: '%s'", (unsigned long long)c->id,
+                 log_sanitize(snip, sizeof snip, json, len < 40 ? len : 40));
+        server_stats_mut(c->srv)->protocol_errors++;
+        client_send_err(c, "Invalid CONNECT JSON");
+        client_close(c, CLIENT_CLOSE_FLUSH, "invalid CONNECT");
+        return 1;
+    }
+    set_flag(c, obj, "verbose", CLIENT_VERBOSE, 0);
+    set_flag(c, obj, "pedantic", CLIENT_PEDANTIC, 0);
+    set_flag(c, obj, "echo", CLIENT_NO_ECHO, 1);
+    set_flag(c, obj, "headers", CLIENT_HEADERS, 0);
+    set_flag(c, obj, "no_responders", CLIENT_NO_RESPONDERS, 0);
+    copy_json_string(obj, "name", c->name, sizeof c->name);
+    copy_json_string(obj, "lang", c->lang, sizeof c->lang);
+    copy_json_string(obj, "version", c->version, sizeof c->version);
+    /* Auth fields (user, pass, auth_token, jwt, nkey, sig) are accepted and
+     * ignored: this server has no authentication configured. */
+    cJSON_Delete(obj);
+    c->flags |= CLIENT_CONNECTED;
+    log_debug("cid:%llu CONNECT name='%s' lang='%s' version='%s' flags=%#x", (unsigned long long)c->id,
+              c->name, c->lang, c->version, (unsigned)c->flags);
+    if (c->flags & CLIENT_VERBOSE)
+        SEND_LITERAL(c, "+OK\r\n");
+    return 0;
+}
+
+static int on_pub(void *ctx, const proto_msg_t *m)
+{
+    client_t *c = ctx;
+    if (!subject_valid_literal(m->subject, m->subject_len) ||
+        (m->reply && !subject_valid_literal(m->reply, m->reply_len))) {
+        client_send_err(c, "Invalid Publish Subject");
+        return 0;
+    }
+    c->in_msgs++;
+    server_route(c->srv, c, m);
+    if (c->flags & CLIENT_VERBOSE)
+        SEND_LITERAL(c, "+OK\r\n");
+    return (c->flags & CLIENT_CLOSING) ? 1 : 0;
+}
+
+static int on_sub(void *ctx, const char *subject, size_t subject_len, const char *queue, size_t queue_len,
+                  const char *sid, size_t sid_len)
+{
+    client_t *c = ctx;
+    sub_t *s = NULL;
+    if (!subject_valid_pattern(subject, subject_len) ||
+        (queue && !subject_valid_literal(queue, queue_len))) {
+        client_send_err(c, "Invalid Subject");
+        return 0;
+    }
+    if (dict_get(&c->subs, sid, sid_len)) {
+        /* A sid in use: like nats-server, keep the first subscription. */
+        goto ok;
+    }
+    s = calloc(1, sizeof *s);
+    if (!s)
+        goto oom;
+    s->owner = c;
+    s->subject = strndup(subject, subject_len);
+    s->subject_len = subject_len;
+    s->sid = strndup(sid, sid_len);
+    s->sid_len = sid_len;
+    if (queue) {
+        s->queue = strndup(queue, queue_len);
+        s->queue_len = queue_len;
+    }
+    if (!s->subject || !s->sid || (queue && !s->queue))
+        goto oom;
+    if (dict_put(&c->subs, sid, sid_len, s) < 0)
+        goto oom;
+    if (sublist_insert(server_sublist(c->srv), s) < 0) {
+        dict_remove(&c->subs, sid, sid_len);
+        goto oom;
+    }
+ok:
+    if (c->flags & CLIENT_VERBOSE)
+        SEND_LITERAL(c, "+OK\r\n");
+    return 0;
+oom:
+    if (s)
+        sub_free(s);
+    log_error("cid:%llu out of memory adding a subscription", (unsigned long long)c->id);
+    client_send_err(c, "Server Out Of Memory");
+    client_close(c, CLIENT_CLOSE_FLUSH, "out of memory");
+    return 1;
+}
+
+static int on_unsub(void *ctx, const char *sid, size_t sid_len, uint64_t max_msgs)
+{
+    client_t *c = ctx;
+    sub_t *s = dict_get(&c->subs, sid, sid_len);
+    if (s) {
+        if (max_msgs > 0 && s->delivered < max_msgs) {
+            s->max_msgs = max_msgs;
+        } else {
+            client_remove_sub(c, s);
+        }
+    }
+    if (c->flags & CLIENT_VERBOSE)
+        SEND_LITERAL(c, "+OK\r\n");
+    return 0;
+}
+
+static int on_ping(void *ctx)
+{
+    client_t *c = ctx;
+    SEND_LITERAL(c, "PONG\r\n");
+    return 0;
+}
+
+static int on_pong(void *ctx)
+{
+    client_t *c = ctx;
+    c->pings_out = 0;
+    return 0;
+}
+
+static const proto_handler_t handler = {
+    .on_connect = on_connect,
+    .on_pub = on_pub,
+    .on_sub = on_sub,
+    .on_unsub = on_unsub,
+    .on_ping = on_ping,
+    .on_pong = on_pong,
+};
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+    client_t *c = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    c->flags |= CLIENT_ACTIVE;
+    while (!(c->flags & CLIENT_CLOSING)) {
+        struct evbuffer_iovec v[16];
+        int n = evbuffer_peek(in, -1, NULL, v, 16);
+        if (n <= 0)
+            break;
+        if (n > 16)
+            n = 16;
+        size_t used = 0;
+        int rc = PROTO_OK;
+        for (int k = 0; k < n && rc == PROTO_OK; k++) {
+            rc = proto_parse(&c->parser, v[k].iov_base, v[k].iov_len, &handler, c);
+            used += v[k].iov_len;
+        }
+        evbuffer_drain(in, used);
+        if (rc < 0) {
+            protocol_error(c, rc);
+            break;
+        }
+        if (rc == PROTO_STOP)
+            break;
+    }
+}
+
+/* ---- delivery ----------------------------------------------------------- */
+
+static char *put(char *w, const char *s, size_t n)
+{
+    memcpy(w, s, n);
+    return w + n;
+}
+
+static char *put_u64(char *w, uint64_t v)
+{
+    char tmp[24];
+    int i = 0;
+    do {
+        tmp[i++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (i)
+        *w++ = tmp[--i];
+    return w;
+}
+
+int client_deliver(client_t *c, const sub_t *sub, const proto_msg_t *m)
+{
+    struct evbuffer *out;
+    struct evbuffer_iovec v;
+    int with_hdr = m->hdr && (c->flags & CLIENT_HEADERS);
+    size_t body = m->payload_len + (with_hdr ? m->hdr_len : 0);
+    size_t need = 6 + m->subject_len + 1 + sub->sid_len + 1 + m->reply_len + 1 + 20 + 1 + 20 + 2 + body + 2;
+    char *w;
+
+    if (c->flags & CLIENT_CLOSING)
+        return -1;
+    out = bufferevent_get_output(c->bev);
+    if (evbuffer_reserve_space(out, (ev_ssize_t)need, &v, 1) < 1) {
+        client_close(c, CLIENT_CLOSE_NOW, "out of memory for output");
+        return -1;
+    }
+    w = v.iov_base;
+    w = with_hdr ? put(w, "HMSG ", 5) : put(w, "MSG ", 4);
+    w = put(w, m->subject, m->subject_len);
+    *w++ = ' ';
+    w = put(w, sub->sid, sub->sid_len);
+    *w++ = ' ';
+    if (m->reply) {
+        w = put(w, m->reply, m->reply_len);
+        *w++ = ' ';
+    }
+    if (with_hdr) {
+        w = put_u64(w, m->hdr_len);
+        *w++ = ' ';
+    }
+    w = put_u64(w, body);
+    *w++ = '\r';
+    *w++ = '\n';
+    if (with_hdr)
+        w = put(w, m->hdr, m->hdr_len);
+    w = put(w, m->payload, m->payload_len);
+    *w++ = '\r';
+    *w++ = '\n';
+    v.iov_len = (size_t)(w - (char *)v.iov_base);
+    evbuffer_commit_space(out, &v, 1);
+    c->out_msgs++;
+
+    server_stats_t *st = server_stats_mut(c->srv);
+    st->out_msgs++;
+    st->out_bytes += body;
+    size_t pending = evbuffer_get_length(out);
+    if (pending > server_get_opts(c->srv)->max_pending) {
+        /* A burst from one big read can pass the limit before the loop gets
+         * to write; only a socket that will not take the bytes makes a slow
+         * consumer, so try to write first. */
+        evbuffer_write(out, bufferevent_getfd(c->bev));
+        pending = evbuffer_get_length(out);
+    }
+    if (pending > server_get_opts(c->srv)->max_pending) {
+        st->slow_consumers++;
+        log_warn("cid:%llu %s:%d slow consumer: %zu bytes pending (max %zu), disconnecting",
+                 (unsigned long long)c->id, c->ip, c->port, pending, server_get_opts(c->srv)->max_pending);
+        client_send_err(c, "Slow Consumer");
+        client_close(c, CLIENT_CLOSE_FLUSH, "slow consumer");
+        return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,91 @@
+/*
+ * client.h - one NATS client connection: its socket (a bufferevent), its
+ * parser state, its subscriptions, its options from CONNECT.
+ *
+ * Connections are never freed inside their own callback chain: client_close
+ * marks one closing (it gets no more deliveries and reads no more input)
+ * and the server frees it from a later loop callback, once its last bytes
+ * are written or its write deadline passes.
+ */
+#ifndef TIDE_CLIENT_H
+#define TIDE_CLIENT_H
+
+#include <stdint.h>
+#include <event2/bufferevent.h>
+
+#include "dict.h"
+#include "proto.h"
+#include "server.h"
+
+enum client_flags {
+    CLIENT_VERBOSE = 1 << 0,
+    CLIENT_PEDANTIC = 1 << 1,
+    CLIENT_NO_ECHO = 1 << 2,
+    CLIENT_HEADERS = 1 << 3,       /* understands HMSG */
+    CLIENT_NO_RESPONDERS = 1 << 4, /* wants a 503 status when a request has no responders */
+    CLIENT_CONNECTED = 1 << 5,     /* CONNECT received */
+    CLIENT_CLOSING = 1 << 6,
+    CLIENT_FREE_SCHEDULED = 1 << 7,
+    CLIENT_ACTIVE = 1 << 8,        /* sent something since the last ping tick */
+};
+
+typedef struct client {
+    server_t *srv;
+    struct bufferevent *bev;
+    uint64_t id;
+    int flags;
+    char ip[64];
+    int port;
+    proto_parser_t parser;
+    dict_t subs; /* sid -> sub_t* */
+    int pings_out;
+    struct event *ping_timer;
+    char name[128];
+    char lang[32];
+    char version[32];
+    uint64_t in_msgs, out_msgs;
+    struct client *prev, *next; /* the server's list of live clients */
+    struct client *next_dead;   /* the server's list of clients to free */
+} client_t;
+
+/* Takes ownership of fd (a connected socket) and sends INFO.  Returns NULL on failure (fd closed). */
+client_t *client_new(server_t *srv, int fd, const char *ip, int port);
+
+/* Sends INFO and starts reading.  Separate from client_new so the server
+ * can link the client and give it an id first. */
+void client_start(client_t *c);
+
+/* Unsubscribes s (one of c's subscriptions) and frees it.  Not while a
+ * sublist result that may hold s is being walked. */
+void client_remove_sub(client_t *c, sub_t *s);
+
+/* Flags for client_close. */
+#define CLIENT_CLOSE_NOW 0
+#define CLIENT_CLOSE_FLUSH 1
+
+/* Marks c closing (idempotent).  With CLIENT_CLOSE_FLUSH, queued output is
+ * written first, for at most the write deadline. */
+void client_close(client_t *c, int how, const char *reason);
+
+/* Queues "-ERR '<msg>'\r\n". */
+void client_send_err(client_t *c, const char *msg);
+
+/*
+ * Queues a MSG (or HMSG, when the client understands headers and the message
+ * has them) for subscription `sub`.  Returns 0, or -1 when the client is
+ * closing or just became a slow consumer.
+ */
+int client_deliver(client_t *c, const sub_t *sub, const proto_msg_t *m);
+
+/* Called by the server only: releases everything c owns. */
+void client_free(client_t *c);
+
+/* Server internals shared with client.c. */
+sublist_t *server_sublist(server_t *s);
+struct event_base *server_base(server_t *s);
+server_stats_t *server_stats_mut(server_t *s);
+void server_schedule_free(server_t *s, client_t *c);
+void server_build_info(server_t *s, client_t *c, char *out, size_t outsz);
+void server_unlink_client(server_t *s, client_t *c);
+
+#endif

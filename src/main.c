@@ -1,0 +1,234 @@
+/*
+ * main.c - the tide command line.
+ *
+ *   tide serve [-a host] [-p port] [-c config.lua] [options]
+ *   tide --help | --version
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "server.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "Usage: tide <command> [options]\n"
+            "\n"
+            "Commands:\n"
+            "  serve                  run the server\n"
+            "\n"
+            "Server options (tide serve):\n"
+            "  -a, --addr HOST        bind to HOST (default 127.0.0.1)\n"
+            "  -p, --port PORT        NATS client port (default 4222)\n"
+            "  -c, --config FILE      Lua configuration file\n"
+            "  -P, --pid FILE         write the process id to FILE\n"
+            "  -n, --name NAME        server name (default: the server id)\n"
+            "      --max-payload N    largest message in bytes (default 1048576)\n"
+            "      --max-control-line N  longest protocol line in bytes (default 4096)\n"
+            "      --max-pending N    bytes queued for one client before it is\n"
+            "                         disconnected as a slow consumer (default 67108864)\n"
+            "      --ping-interval S  seconds between PINGs to an idle client (default 120)\n"
+            "      --max-pings-out N  unanswered PINGs before the client is stale (default 2)\n"
+            "      --write-deadline S seconds a closing client gets to take its output (default 2)\n"
+            "  -D, --debug            debug logging\n"
+            "  -V, --trace            trace logging\n"
+            "\n"
+            "  -h, --help             this help\n"
+            "  -v, --version          print the version\n");
+}
+
+static int parse_size_arg(const char *flag, const char *s, size_t min, size_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end || end == s || s[0] == '-' || v < min) {
+        fprintf(stderr, "tide: %s expects a whole number >= %zu, got '%s'\n", flag, min, s);
+        return -1;
+    }
+    *out = (size_t)v;
+    return 0;
+}
+
+static int parse_seconds_arg(const char *flag, const char *s, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || *end || end == s || v < 0) {
+        fprintf(stderr, "tide: %s expects a number of seconds >= 0, got '%s'\n", flag, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int write_pid_file(const char *path)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        log_error("cannot write pid file '%s': %s", path, strerror(errno));
+        return -1;
+    }
+    fprintf(f, "%d\n", (int)getpid());
+    fclose(f);
+    return 0;
+}
+
+enum {
+    OPT_MAX_PAYLOAD = 1000,
+    OPT_MAX_CONTROL_LINE,
+    OPT_MAX_PENDING,
+    OPT_PING_INTERVAL,
+    OPT_MAX_PINGS_OUT,
+    OPT_WRITE_DEADLINE,
+};
+
+static int cmd_serve(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"addr", required_argument, NULL, 'a'},
+        {"port", required_argument, NULL, 'p'},
+        {"config", required_argument, NULL, 'c'},
+        {"pid", required_argument, NULL, 'P'},
+        {"name", required_argument, NULL, 'n'},
+        {"max-payload", required_argument, NULL, OPT_MAX_PAYLOAD},
+        {"max-control-line", required_argument, NULL, OPT_MAX_CONTROL_LINE},
+        {"max-pending", required_argument, NULL, OPT_MAX_PENDING},
+        {"ping-interval", required_argument, NULL, OPT_PING_INTERVAL},
+        {"max-pings-out", required_argument, NULL, OPT_MAX_PINGS_OUT},
+        {"write-deadline", required_argument, NULL, OPT_WRITE_DEADLINE},
+        {"debug", no_argument, NULL, 'D'},
+        {"trace", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    server_opts_t o;
+    const char *pid_file = NULL, *config = NULL;
+    size_t n;
+    int ch, rc = 1;
+
+    server_opts_default(&o);
+    opterr = 0;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, ":a:p:c:P:n:DVh", longopts, NULL)) != -1) {
+        switch (ch) {
+        case 'a':
+            snprintf(o.host, sizeof o.host, "%s", optarg);
+            break;
+        case 'p':
+            if (parse_size_arg("--port", optarg, 0, &n) < 0 || n > 65535) {
+                if (n > 65535)
+                    fprintf(stderr, "tide: --port must be 0..65535, got '%s'\n", optarg);
+                return 2;
+            }
+            o.port = (int)n;
+            break;
+        case 'c':
+            config = optarg;
+            break;
+        case 'P':
+            pid_file = optarg;
+            break;
+        case 'n':
+            snprintf(o.server_name, sizeof o.server_name, "%s", optarg);
+            break;
+        case OPT_MAX_PAYLOAD:
+            if (parse_size_arg("--max-payload", optarg, 1, &o.max_payload) < 0)
+                return 2;
+            break;
+        case OPT_MAX_CONTROL_LINE:
+            if (parse_size_arg("--max-control-line", optarg, 64, &o.max_control_line) < 0)
+                return 2;
+            break;
+        case OPT_MAX_PENDING:
+            if (parse_size_arg("--max-pending", optarg, 1024, &o.max_pending) < 0)
+                return 2;
+            break;
+        case OPT_PING_INTERVAL:
+            if (parse_seconds_arg("--ping-interval", optarg, &o.ping_interval) < 0)
+                return 2;
+            break;
+        case OPT_MAX_PINGS_OUT:
+            if (parse_size_arg("--max-pings-out", optarg, 1, &n) < 0)
+                return 2;
+            o.max_pings_out = (int)n;
+            break;
+        case OPT_WRITE_DEADLINE:
+            if (parse_seconds_arg("--write-deadline", optarg, &o.write_deadline) < 0)
+                return 2;
+            break;
+        case 'D':
+            log_set_level(LOG_DEBUG);
+            break;
+        case 'V':
+            log_set_level(LOG_TRACE);
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        case ':':
+            fprintf(stderr, "tide: option '%s' needs a value\nTry 'tide --help'.\n", argv[optind - 1]);
+            return 2;
+        default:
+            fprintf(stderr, "tide: unknown option '%s'\nTry 'tide --help'.\n", argv[optind - 1]);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "tide: unexpected argument '%s'\nTry 'tide --help'.\n", argv[optind]);
+        return 2;
+    }
+    if (config) {
+        fprintf(stderr, "tide: %s: configuration files are not supported by this build yet\n", config);
+        return 2;
+    }
+
+    signal(SIGPIPE, SIG_IGN);
+    server_t *s = server_new(&o);
+    if (!s)
+        return 1;
+    log_info("Starting tide version %s", TIDE_VERSION);
+    log_info("Server id is %s", server_id(s));
+    if (server_listen(s) < 0)
+        goto out;
+    if (pid_file && write_pid_file(pid_file) < 0)
+        goto out;
+    log_info("Server is ready");
+    rc = server_run(s) < 0 ? 1 : 0;
+out:
+    server_free(s);
+    if (pid_file)
+        unlink(pid_file);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "-v") || !strcmp(cmd, "--version") || !strcmp(cmd, "version")) {
+        printf("tide version %s\n", TIDE_VERSION);
+        return 0;
+    }
+    if (!strcmp(cmd, "serve"))
+        return cmd_serve(argc - 1, argv + 1);
+    if (cmd[0] == '-')
+        fprintf(stderr, "tide: unknown option '%s'\nTry 'tide --help'.\n", cmd);
+    else
+        fprintf(stderr, "tide: unknown command '%s'\nTry 'tide --help'.\n", cmd);
+    return 2;
+}

@@ -1,0 +1,399 @@
+/* server.c - see server.h. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <event2/util.h>
+
+#include "client.h"
+#include "log.h"
+#include "server.h"
+
+struct server {
+    server_opts_t opts;
+    struct event_base *base;
+    struct evconnlistener *listener;
+    struct event *sig_int, *sig_term;
+    struct event *reaper;        /* frees closed clients outside their callbacks */
+    struct event *shutdown_timer;
+    sublist_t *subs;
+    client_t *clients;           /* live clients */
+    client_t *dead;              /* closed, waiting for the reaper */
+    sub_t **expired;             /* auto-unsubscribed during a route, removed after it */
+    size_t nexpired, capexpired;
+    uint64_t next_client_id;
+    int shutting_down;
+    server_stats_t stats;
+    char id[23];
+};
+
+void server_opts_default(server_opts_t *o)
+{
+    memset(o, 0, sizeof *o);
+    snprintf(o->host, sizeof o->host, "127.0.0.1");
+    o->port = TIDE_DEFAULT_PORT;
+    o->max_payload = PROTO_MAX_PAYLOAD;
+    o->max_control_line = PROTO_MAX_CONTROL_LINE;
+    o->max_pending = TIDE_DEFAULT_MAX_PENDING;
+    o->ping_interval = 120;
+    o->max_pings_out = 2;
+    o->write_deadline = 2;
+}
+
+static void make_id(char out[23])
+{
+    static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    unsigned char raw[22];
+    evutil_secure_rng_get_bytes(raw, sizeof raw);
+    for (int i = 0; i < 22; i++)
+        out[i] = alphabet[raw[i] & 31];
+    out[22] = '\0';
+}
+
+static void on_reap(evutil_socket_t fd, short what, void *arg);
+static void on_signal(evutil_socket_t sig, short what, void *arg);
+
+server_t *server_new(const server_opts_t *opts)
+{
+    server_t *s = calloc(1, sizeof *s);
+    if (!s)
+        goto fail;
+    s->opts = *opts;
+    make_id(s->id);
+    if (!s->opts.server_name[0])
+        snprintf(s->opts.server_name, sizeof s->opts.server_name, "%s", s->id);
+    s->base = event_base_new();
+    s->subs = sublist_new();
+    if (!s->base || !s->subs)
+        goto fail;
+    s->reaper = event_new(s->base, -1, 0, on_reap, s);
+    s->sig_int = evsignal_new(s->base, SIGINT, on_signal, s);
+    s->sig_term = evsignal_new(s->base, SIGTERM, on_signal, s);
+    if (!s->reaper || !s->sig_int || !s->sig_term)
+        goto fail;
+    event_add(s->sig_int, NULL);
+    event_add(s->sig_term, NULL);
+    return s;
+fail:
+    log_error("cannot create the server: out of memory or no event backend");
+    server_free(s);
+    return NULL;
+}
+
+void server_free(server_t *s)
+{
+    if (!s)
+        return;
+    while (s->clients) {
+        client_t *c = s->clients;
+        server_unlink_client(s, c);
+        client_free(c);
+    }
+    while (s->dead) {
+        client_t *c = s->dead;
+        s->dead = c->next_dead;
+        client_free(c);
+    }
+    if (s->listener)
+        evconnlistener_free(s->listener);
+    if (s->reaper)
+        event_free(s->reaper);
+    if (s->sig_int)
+        event_free(s->sig_int);
+    if (s->sig_term)
+        event_free(s->sig_term);
+    if (s->shutdown_timer)
+        event_free(s->shutdown_timer);
+    sublist_free(s->subs);
+    free(s->expired);
+    if (s->base)
+        event_base_free(s->base);
+    free(s);
+}
+
+sublist_t *server_sublist(server_t *s) { return s->subs; }
+struct event_base *server_base(server_t *s) { return s->base; }
+server_stats_t *server_stats_mut(server_t *s) { return &s->stats; }
+const server_opts_t *server_get_opts(const server_t *s) { return &s->opts; }
+const char *server_id(const server_t *s) { return s->id; }
+
+void server_get_stats(const server_t *s, server_stats_t *out)
+{
+    *out = s->stats;
+}
+
+void server_build_info(server_t *s, client_t *c, char *out, size_t outsz)
+{
+    snprintf(out, outsz,
+             "INFO {\"server_id\":\"%s\",\"server_name\":\"%s\",\"version\":\"%s\",\"proto\":1,"
+             "\"host\":\"%s\",\"port\":%d,\"headers\":true,\"max_payload\":%zu,"
+             "\"client_id\":%llu,\"client_ip\":\"%s\"}\r\n",
+             s->id, s->opts.server_name, TIDE_VERSION, s->opts.host, s->opts.port, s->opts.max_payload,
+             (unsigned long long)c->id, c->ip);
+}
+
+void server_unlink_client(server_t *s, client_t *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else if (s->clients == c)
+        s->clients = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+}
+
+void server_schedule_free(server_t *s, client_t *c)
+{
+    if (c->flags & CLIENT_FREE_SCHEDULED)
+        return;
+    c->flags |= CLIENT_FREE_SCHEDULED | CLIENT_CLOSING;
+    server_unlink_client(s, c);
+    c->next_dead = s->dead;
+    s->dead = c;
+    event_active(s->reaper, EV_TIMEOUT, 0);
+}
+
+static void on_reap(evutil_socket_t fd, short what, void *arg)
+{
+    server_t *s = arg;
+    (void)fd;
+    (void)what;
+    while (s->dead) {
+        client_t *c = s->dead;
+        s->dead = c->next_dead;
+        s->stats.connections--;
+        client_free(c);
+    }
+    if (s->shutting_down && !s->clients)
+        event_base_loopbreak(s->base);
+}
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *addr, int len,
+                      void *arg)
+{
+    server_t *s = arg;
+    char ip[64] = "?";
+    int port = 0;
+    int one = 1;
+    (void)l;
+    (void)len;
+    if (s->shutting_down) {
+        evutil_closesocket(fd);
+        return;
+    }
+    if (addr->sa_family == AF_INET) {
+        struct sockaddr_in *a = (struct sockaddr_in *)addr;
+        inet_ntop(AF_INET, &a->sin_addr, ip, sizeof ip);
+        port = ntohs(a->sin_port);
+    } else if (addr->sa_family == AF_INET6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)addr;
+        inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof ip);
+        port = ntohs(a->sin6_port);
+    }
+    /* Messages are small and latency matters; coalescing is done by us. */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    client_t *c = client_new(s, fd, ip, port);
+    if (!c) {
+        log_error("cannot accept a connection from %s:%d: out of memory", ip, port);
+        return;
+    }
+    c->id = ++s->next_client_id;
+    c->next = s->clients;
+    if (s->clients)
+        s->clients->prev = c;
+    s->clients = c;
+    s->stats.connections++;
+    s->stats.connections_total++;
+    log_debug("cid:%llu %s:%d client connected", (unsigned long long)c->id, ip, port);
+    client_start(c);
+}
+
+static void on_accept_error(struct evconnlistener *l, void *arg)
+{
+    int err = EVUTIL_SOCKET_ERROR();
+    (void)l;
+    (void)arg;
+    /* EMFILE and friends: log and keep serving the clients we have. */
+    log_error("accept failed: %s", evutil_socket_error_to_string(err));
+}
+
+int server_listen(server_t *s)
+{
+    struct evutil_addrinfo hints, *res = NULL;
+    char port[16];
+    int rc;
+
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = EVUTIL_AI_PASSIVE | EVUTIL_AI_ADDRCONFIG;
+    snprintf(port, sizeof port, "%d", s->opts.port);
+    rc = evutil_getaddrinfo(s->opts.host, port, &hints, &res);
+    if (rc != 0 || !res) {
+        log_error("cannot resolve listen address '%s': %s", s->opts.host, evutil_gai_strerror(rc));
+        return -1;
+    }
+    s->listener = evconnlistener_new_bind(s->base, on_accept, s,
+                                          LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
+                                          1024, res->ai_addr, (int)res->ai_addrlen);
+    evutil_freeaddrinfo(res);
+    if (!s->listener) {
+        log_error("cannot listen on %s:%d: %s", s->opts.host, s->opts.port, strerror(errno));
+        return -1;
+    }
+    evconnlistener_set_error_cb(s->listener, on_accept_error);
+    log_info("Listening for client connections on %s:%d", s->opts.host, s->opts.port);
+    return 0;
+}
+
+static void on_shutdown_timer(evutil_socket_t fd, short what, void *arg)
+{
+    server_t *s = arg;
+    (void)fd;
+    (void)what;
+    log_warn("shutdown: gave up waiting for %s to take its output", s->clients ? "clients" : "a client");
+    event_base_loopbreak(s->base);
+}
+
+void server_shutdown(server_t *s)
+{
+    if (s->shutting_down)
+        return;
+    s->shutting_down = 1;
+    if (s->listener)
+        evconnlistener_disable(s->listener);
+    for (client_t *c = s->clients, *next; c; c = next) {
+        next = c->next;
+        client_close(c, CLIENT_CLOSE_FLUSH, "server shutting down");
+    }
+    if (!s->clients && !s->dead) {
+        event_base_loopbreak(s->base);
+        return;
+    }
+    struct timeval tv = {(time_t)s->opts.write_deadline + 1, 0};
+    s->shutdown_timer = evtimer_new(s->base, on_shutdown_timer, s);
+    if (s->shutdown_timer)
+        evtimer_add(s->shutdown_timer, &tv);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    server_t *s = arg;
+    (void)what;
+    log_info("Trapped \"%s\" signal, shutting down", sig == SIGINT ? "interrupt" : "terminated");
+    server_shutdown(s);
+}
+
+int server_run(server_t *s)
+{
+    int rc = event_base_dispatch(s->base);
+    log_info("Server exiting");
+    return rc < 0 ? -1 : 0;
+}
+
+/* ---- routing ---------------------------------------------------------- */
+
+/* Delivers to one subscription, counting it and noting auto-unsubscribes. */
+static int deliver_one(server_t *s, sub_t *sub, const proto_msg_t *m)
+{
+    client_t *dst = sub->owner;
+    if (sub->max_msgs && sub->delivered >= sub->max_msgs)
+        return 0; /* already used up, removal pending */
+    if (client_deliver(dst, sub, m) < 0)
+        return 0;
+    sub->delivered++;
+    if (sub->max_msgs && sub->delivered >= sub->max_msgs) {
+        if (s->nexpired == s->capexpired) {
+            size_t nc = s->capexpired ? s->capexpired * 2 : 16;
+            sub_t **ne = realloc(s->expired, nc * sizeof *ne);
+            if (!ne)
+                return 1; /* it stays, and receives nothing more (delivered >= max) */
+            s->expired = ne;
+            s->capexpired = nc;
+        }
+        s->expired[s->nexpired++] = sub;
+    }
+    return 1;
+}
+
+static int may_receive(const client_t *from, const sub_t *sub)
+{
+    const client_t *dst = sub->owner;
+    if (dst->flags & CLIENT_CLOSING)
+        return 0;
+    if (dst == from && (dst->flags & CLIENT_NO_ECHO))
+        return 0;
+    return !(sub->max_msgs && sub->delivered >= sub->max_msgs);
+}
+
+static void no_responders(server_t *s, client_t *from, const proto_msg_t *m)
+{
+    static const char hdr[] = "NATS/1.0 503\r\n\r\n";
+    proto_msg_t status = {0};
+    sublist_result_t *r = sublist_match(s->subs, m->reply, m->reply_len);
+    status.subject = m->reply;
+    status.subject_len = m->reply_len;
+    status.hdr = hdr;
+    status.hdr_len = sizeof hdr - 1;
+    status.payload = "";
+    if (!r)
+        return;
+    /* Only the requester hears it: other subscribers of its inbox are not asking. */
+    for (size_t i = 0; i < r->npsubs; i++) {
+        sub_t *sub = r->psubs[i];
+        if (sub->owner == from) {
+            deliver_one(s, sub, &status);
+            return;
+        }
+    }
+}
+
+size_t server_route(server_t *s, client_t *from, const proto_msg_t *m)
+{
+    size_t delivered = 0;
+    sublist_result_t *r;
+
+    s->stats.in_msgs++;
+    s->stats.in_bytes += m->payload_len + m->hdr_len;
+    r = sublist_match(s->subs, m->subject, m->subject_len);
+    if (!r) {
+        log_error("out of memory matching subject, message dropped");
+        return 0;
+    }
+    for (size_t i = 0; i < r->npsubs; i++) {
+        sub_t *sub = r->psubs[i];
+        if (may_receive(from, sub))
+            delivered += (size_t)deliver_one(s, sub, m);
+    }
+    for (size_t i = 0; i < r->nqgroups; i++) {
+        sublist_qgroup_t *g = &r->qgroups[i];
+        /* One member per group; skip members that cannot take it now. */
+        for (size_t tries = 0; tries < g->n; tries++) {
+            sub_t *sub = sublist_qgroup_pick(g);
+            if (may_receive(from, sub) && deliver_one(s, sub, m)) {
+                delivered++;
+                break;
+            }
+        }
+    }
+    if (delivered == 0 && m->reply && from &&
+        (from->flags & (CLIENT_NO_RESPONDERS | CLIENT_HEADERS)) == (CLIENT_NO_RESPONDERS | CLIENT_HEADERS))
+        no_responders(s, from, m);
+    /* Auto-unsubscribes are applied now that no result is being walked. */
+    while (s->nexpired) {
+        sub_t *sub = s->expired[--s->nexpired];
+        client_remove_sub(sub->owner, sub);
+    }
+    return delivered;
+}

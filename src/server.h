@@ -1,0 +1,79 @@
+/*
+ * server.h - the tide server: one libevent loop that owns every connection,
+ * the subscription index and the routing of published messages.
+ *
+ * Single-threaded by design (like Redis): all state is touched only from the
+ * loop's thread, so nothing here takes a lock.
+ */
+#ifndef TIDE_SERVER_H
+#define TIDE_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "proto.h"
+#include "sublist.h"
+
+#define TIDE_VERSION "0.1.0"
+#define TIDE_DEFAULT_PORT 4222
+#define TIDE_DEFAULT_MAX_PENDING (64u * 1024 * 1024)
+
+typedef struct server_opts {
+    char host[256];
+    int port;
+    size_t max_payload;      /* bytes, per message (PUB/HPUB total) */
+    size_t max_control_line; /* bytes */
+    size_t max_pending;      /* bytes queued for one client before it is a slow consumer */
+    double ping_interval;    /* seconds between server PINGs to an idle client */
+    int max_pings_out;       /* unanswered PINGs before 'Stale Connection' */
+    double write_deadline;   /* seconds a closing client gets to take its last bytes */
+    char server_name[128];
+} server_opts_t;
+
+/* Fills o with the defaults (127.0.0.1:4222, 1 MiB payloads, ...). */
+void server_opts_default(server_opts_t *o);
+
+typedef struct server_stats {
+    uint64_t in_msgs, in_bytes;   /* published by clients */
+    uint64_t out_msgs, out_bytes; /* delivered to clients */
+    uint64_t connections_total;
+    uint64_t slow_consumers;
+    uint64_t stale_connections;
+    uint64_t protocol_errors;
+    size_t connections; /* open now */
+} server_stats_t;
+
+typedef struct server server_t;
+struct client;
+
+/* Creates a server (not yet listening).  Returns NULL on failure (logged). */
+server_t *server_new(const server_opts_t *opts);
+
+/* Binds the listener.  Returns 0, or -1 with the reason logged. */
+int server_listen(server_t *s);
+
+/* Runs the loop until SIGINT/SIGTERM (or server_shutdown); returns 0 after a
+ * clean shutdown in which pending output was flushed. */
+int server_run(server_t *s);
+
+/* Stops accepting, flushes every client's pending output (bounded by
+ * write_deadline) and ends server_run.  May be called from any loop callback. */
+void server_shutdown(server_t *s);
+
+/* Frees the server and everything it owns. */
+void server_free(server_t *s);
+
+/*
+ * Routes one message to every matching subscription: all plain subscribers
+ * and one member of each queue group.  `from` is the publishing client (NULL
+ * for messages the server makes itself); it is used for echo suppression and
+ * no-responders replies.  Returns the number of deliveries.
+ * The message's pointers need only be valid during the call.
+ */
+size_t server_route(server_t *s, struct client *from, const proto_msg_t *msg);
+
+void server_get_stats(const server_t *s, server_stats_t *out);
+const server_opts_t *server_get_opts(const server_t *s);
+const char *server_id(const server_t *s);
+
+#endif
