@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 OUT=build-fuzz
 BIN=$OUT/fuzz_parser
 mkdir -p "$OUT"
-SRCS="tests/fuzz/fuzz_parser.c src/proto.c src/subject.c src/sublist.c src/dict.c src/log.c"
+SRCS="tests/fuzz/fuzz_parser.c src/util.c src/proto.c src/subject.c src/sublist.c src/dict.c src/log.c"
 need=0
 [ -x "$BIN" ] || need=1
 for f in $SRCS src/*.h; do [ "$f" -nt "$BIN" ] && need=1; done

@@ -10,6 +10,7 @@
 
 #include "client.h"
 #include "log.h"
+#include "util.h"
 #include "subject.h"
 
 /* Bytes one read or write call may move.  libevent's default is 16 KiB,
@@ -290,12 +291,12 @@ static int on_sub(void *ctx, const char *subject, size_t subject_len, const char
     if (!s)
         goto oom;
     s->owner = c;
-    s->subject = strndup(subject, subject_len);
+    s->subject = mem_dup(subject, subject_len);
     s->subject_len = subject_len;
-    s->sid = strndup(sid, sid_len);
+    s->sid = mem_dup(sid, sid_len);
     s->sid_len = sid_len;
     if (queue) {
-        s->queue = strndup(queue, queue_len);
+        s->queue = mem_dup(queue, queue_len);
         s->queue_len = queue_len;
     }
     if (!s->subject || !s->sid || (queue && !s->queue))

@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util.h"
 #include "subject.h"
 #include "sublist.h"
 
@@ -227,7 +228,7 @@ int sublist_insert(sublist_t *sl, sub_t *sub)
             n->queues = nq;
             q = &n->queues[n->nqueues];
             memset(q, 0, sizeof *q);
-            q->name = strndup(sub->queue, sub->queue_len);
+            q->name = mem_dup(sub->queue, sub->queue_len);
             if (!q->name)
                 return -1;
             q->name_len = sub->queue_len;

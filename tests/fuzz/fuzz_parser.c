@@ -16,6 +16,7 @@
 #include "../../src/proto.h"
 #include "../../src/subject.h"
 #include "../../src/sublist.h"
+#include "../../src/util.h"
 
 typedef struct run {
     uint64_t digest; /* hash over every command seen, in order */
@@ -76,10 +77,10 @@ static int f_sub(void *ctx, const char *s, size_t sl, const char *q, size_t ql, 
         mix(r, q, ql);
     if (r->nsubs < 64 && subject_valid_pattern(s, sl)) {
         sub_t *sub = calloc(1, sizeof *sub);
-        sub->subject = strndup(s, sl);
+        sub->subject = mem_dup(s, sl);
         sub->subject_len = sl;
         if (q) {
-            sub->queue = strndup(q, ql);
+            sub->queue = mem_dup(q, ql);
             sub->queue_len = ql;
         }
         if (sublist_insert(r->sl, sub) == 0) {

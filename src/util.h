@@ -1,0 +1,14 @@
+/* util.h - small helpers shared by the core. */
+#ifndef TIDE_UTIL_H
+#define TIDE_UTIL_H
+
+#include <stddef.h>
+
+/*
+ * Copies exactly n bytes of p into a new NUL-terminated buffer (caller
+ * frees).  Unlike strndup it does not stop at a NUL inside the input, so a
+ * stored length always matches the bytes stored.  NULL when out of memory.
+ */
+char *mem_dup(const void *p, size_t n);
+
+#endif
