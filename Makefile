@@ -57,9 +57,11 @@ $(PROCMOD): tests/support/procmod.c
 	$(CC) $(CFLAGS) -shared -o $@ $< $(LDFLAGS)
 
 $(INTEROP): tests/interop/interop_c.c
+	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) -lnats
 
 $(BENCHBIN): bench/nats_bench.c
+	@mkdir -p $(BUILD)
 	$(CC) $(CSTD) -O2 -g -Wall -Wextra -o $@ $< -lnats -lpthread -lm
 
 run: deps all
