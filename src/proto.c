@@ -334,7 +334,8 @@ int proto_parse(proto_parser_t *p, const char *buf, size_t len, const proto_hand
             size_t seg = p->arg_in_buf ? p->arg_start : i;
             const char *nl = memchr(buf + i, '\n', len - i);
             if (!nl) {
-                if (p->arg_len + (len - seg) > p->max_control_line)
+                /* +1: the line may end in a CR that does not count. */
+                if (p->arg_len + (len - seg) > p->max_control_line + 1)
                     return fail(p, PROTO_ERR_CONTROL_LINE, NULL, "control line too long", buf + seg,
                                 len - seg);
                 if (arg_append(p, buf + seg, len - seg) < 0)
