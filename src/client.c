@@ -267,7 +267,7 @@ static int on_pub(void *ctx, const proto_msg_t *m)
         return 0;
     }
     c->in_msgs++;
-    server_route(c->srv, c, m);
+    server_publish(c->srv, c, m);
     if (c->flags & CLIENT_VERBOSE)
         SEND_LITERAL(c, "+OK\r\n");
     return (c->flags & CLIENT_CLOSING) ? 1 : 0;

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "script.h"
 #include "server.h"
 
 static void usage(FILE *f)
@@ -81,6 +82,35 @@ static int write_pid_file(const char *path)
     return 0;
 }
 
+/*
+ * tide's shipped Lua library (lua/): $TIDE_LUA_PATH, else lua/ beside the
+ * directory holding the binary (a source checkout: build/tide -> lua/),
+ * else the installed location.
+ */
+static const char *lua_lib_dir(char *buf, size_t n)
+{
+    const char *env = getenv("TIDE_LUA_PATH");
+    char exe[4096];
+    ssize_t len;
+    if (env && *env)
+        return env;
+    len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len > 0) {
+        exe[len] = '\0';
+        for (int up = 0; up < 2; up++) {
+            char *slash = strrchr(exe, '/');
+            if (!slash)
+                break;
+            *slash = '\0';
+            int w = snprintf(buf, n, "%s/lua", exe);
+            if (w > 0 && (size_t)w < n && access(buf, R_OK) == 0)
+                return buf;
+        }
+    }
+    snprintf(buf, n, "/usr/share/tide/lua");
+    return buf;
+}
+
 enum {
     OPT_MAX_PAYLOAD = 1000,
     OPT_MAX_CONTROL_LINE,
@@ -109,18 +139,21 @@ static int cmd_serve(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    server_opts_t o;
+    server_opts_t o, flags;
+    unsigned set = 0; /* which settings came from flags: they override the config file */
     const char *pid_file = NULL, *config = NULL;
+    script_host_t *scripts = NULL;
     size_t n;
     int ch, rc = 1;
 
-    server_opts_default(&o);
+    server_opts_default(&flags);
     opterr = 0;
     optind = 1;
     while ((ch = getopt_long(argc, argv, ":a:p:c:P:n:DVh", longopts, NULL)) != -1) {
         switch (ch) {
         case 'a':
-            snprintf(o.host, sizeof o.host, "%s", optarg);
+            snprintf(flags.host, sizeof flags.host, "%s", optarg);
+            set |= 1u << 0;
             break;
         case 'p':
             if (parse_size_arg("--port", optarg, 0, &n) < 0 || n > 65535) {
@@ -128,7 +161,8 @@ static int cmd_serve(int argc, char **argv)
                     fprintf(stderr, "tide: --port must be 0..65535, got '%s'\n", optarg);
                 return 2;
             }
-            o.port = (int)n;
+            flags.port = (int)n;
+            set |= 1u << 1;
             break;
         case 'c':
             config = optarg;
@@ -137,32 +171,39 @@ static int cmd_serve(int argc, char **argv)
             pid_file = optarg;
             break;
         case 'n':
-            snprintf(o.server_name, sizeof o.server_name, "%s", optarg);
+            snprintf(flags.server_name, sizeof flags.server_name, "%s", optarg);
+            set |= 1u << 2;
             break;
         case OPT_MAX_PAYLOAD:
-            if (parse_size_arg("--max-payload", optarg, 1, &o.max_payload) < 0)
+            if (parse_size_arg("--max-payload", optarg, 1, &flags.max_payload) < 0)
                 return 2;
+            set |= 1u << 3;
             break;
         case OPT_MAX_CONTROL_LINE:
-            if (parse_size_arg("--max-control-line", optarg, 64, &o.max_control_line) < 0)
+            if (parse_size_arg("--max-control-line", optarg, 64, &flags.max_control_line) < 0)
                 return 2;
+            set |= 1u << 4;
             break;
         case OPT_MAX_PENDING:
-            if (parse_size_arg("--max-pending", optarg, 1024, &o.max_pending) < 0)
+            if (parse_size_arg("--max-pending", optarg, 1024, &flags.max_pending) < 0)
                 return 2;
+            set |= 1u << 5;
             break;
         case OPT_PING_INTERVAL:
-            if (parse_seconds_arg("--ping-interval", optarg, &o.ping_interval) < 0)
+            if (parse_seconds_arg("--ping-interval", optarg, &flags.ping_interval) < 0)
                 return 2;
+            set |= 1u << 6;
             break;
         case OPT_MAX_PINGS_OUT:
             if (parse_size_arg("--max-pings-out", optarg, 1, &n) < 0)
                 return 2;
-            o.max_pings_out = (int)n;
+            flags.max_pings_out = (int)n;
+            set |= 1u << 7;
             break;
         case OPT_WRITE_DEADLINE:
-            if (parse_seconds_arg("--write-deadline", optarg, &o.write_deadline) < 0)
+            if (parse_seconds_arg("--write-deadline", optarg, &flags.write_deadline) < 0)
                 return 2;
+            set |= 1u << 8;
             break;
         case 'D':
             log_set_level(LOG_DEBUG);
@@ -185,25 +226,50 @@ static int cmd_serve(int argc, char **argv)
         fprintf(stderr, "tide: unexpected argument '%s'\nTry 'tide --help'.\n", argv[optind]);
         return 2;
     }
+    server_opts_default(&o);
     if (config) {
-        fprintf(stderr, "tide: %s: configuration files are not supported by this build yet\n", config);
-        return 2;
+        char err[1024], lib[4096];
+        scripts = script_host_new(config, lua_lib_dir(lib, sizeof lib), err, sizeof err);
+        if (!scripts) {
+            fprintf(stderr, "tide: %s\n", err);
+            return 1;
+        }
+        script_host_apply_settings(scripts, &o);
     }
+    if (set & (1u << 0)) memcpy(o.host, flags.host, sizeof o.host);
+    if (set & (1u << 1)) o.port = flags.port;
+    if (set & (1u << 2)) memcpy(o.server_name, flags.server_name, sizeof o.server_name);
+    if (set & (1u << 3)) o.max_payload = flags.max_payload;
+    if (set & (1u << 4)) o.max_control_line = flags.max_control_line;
+    if (set & (1u << 5)) o.max_pending = flags.max_pending;
+    if (set & (1u << 6)) o.ping_interval = flags.ping_interval;
+    if (set & (1u << 7)) o.max_pings_out = flags.max_pings_out;
+    if (set & (1u << 8)) o.write_deadline = flags.write_deadline;
 
     signal(SIGPIPE, SIG_IGN);
     server_t *s = server_new(&o);
-    if (!s)
+    if (!s) {
+        script_host_free(scripts);
         return 1;
+    }
     log_info("Starting tide version %s", TIDE_VERSION);
     log_info("Server id is %s", server_id(s));
     if (server_listen(s) < 0)
         goto out;
+    if (scripts) {
+        if (script_host_attach(scripts, s) < 0) {
+            log_error("cannot set up script reloading");
+            goto out;
+        }
+        server_set_scripts(s, scripts);
+    }
     if (pid_file && write_pid_file(pid_file) < 0)
         goto out;
     log_info("Server is ready");
     rc = server_run(s) < 0 ? 1 : 0;
 out:
     server_free(s);
+    script_host_free(scripts);
     if (pid_file)
         unlink(pid_file);
     return rc;

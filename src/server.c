@@ -17,6 +17,7 @@
 
 #include "client.h"
 #include "log.h"
+#include "script.h"
 #include "server.h"
 
 struct server {
@@ -33,6 +34,7 @@ struct server {
     size_t nexpired, capexpired;
     uint64_t next_client_id;
     int shutting_down;
+    struct script_host *scripts;
     server_stats_t stats;
     char id[23];
 };
@@ -126,6 +128,11 @@ struct event_base *server_base(server_t *s) { return s->base; }
 server_stats_t *server_stats_mut(server_t *s) { return &s->stats; }
 const server_opts_t *server_get_opts(const server_t *s) { return &s->opts; }
 const char *server_id(const server_t *s) { return s->id; }
+
+void server_set_scripts(server_t *s, struct script_host *h)
+{
+    s->scripts = h;
+}
 
 void server_get_stats(const server_t *s, server_stats_t *out)
 {
@@ -396,4 +403,115 @@ size_t server_route(server_t *s, client_t *from, const proto_msg_t *m)
         client_remove_sub(sub->owner, sub);
     }
     return delivered;
+}
+
+/* ---- admin requests ---------------------------------------------------- */
+
+#define ADMIN_PREFIX "$TIDE.ADMIN."
+
+static void reply_json(server_t *s, const proto_msg_t *req, const char *json, size_t len)
+{
+    proto_msg_t r;
+    if (!req->reply)
+        return;
+    memset(&r, 0, sizeof r);
+    r.subject = req->reply;
+    r.subject_len = req->reply_len;
+    r.payload = json;
+    r.payload_len = len;
+    server_route(s, NULL, &r);
+}
+
+static void json_escape_into(char *out, size_t outsz, const char *in)
+{
+    size_t o = 0;
+    for (; *in && o + 7 < outsz; in++) {
+        unsigned char c = (unsigned char)*in;
+        if (c == '"' || c == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)c;
+        } else if (c < 0x20) {
+            o += (size_t)snprintf(out + o, outsz - o, "\\u%04x", c);
+        } else {
+            out[o++] = (char)c;
+        }
+    }
+    out[o] = '\0';
+}
+
+static void admin_request(server_t *s, client_t *from, const proto_msg_t *m)
+{
+    const char *op = m->subject + strlen(ADMIN_PREFIX);
+    size_t oplen = m->subject_len - strlen(ADMIN_PREFIX);
+    char buf[4096], esc[2048];
+    int n;
+    (void)from;
+    if (oplen == 6 && !memcmp(op, "RELOAD", 6)) {
+        char err[1024];
+        if (!s->scripts) {
+            n = snprintf(buf, sizeof buf, "{\"ok\":false,\"error\":\"no scripts are loaded (start with -c)\"}");
+        } else if (script_reload(s->scripts, "admin request", err, sizeof err) == 0) {
+            script_stats_t st;
+            script_get_stats(s->scripts, &st);
+            n = snprintf(buf, sizeof buf, "{\"ok\":true,\"generation\":%llu,\"rules\":%d}",
+                         (unsigned long long)st.generation, st.rules);
+        } else {
+            json_escape_into(esc, sizeof esc, err);
+            n = snprintf(buf, sizeof buf, "{\"ok\":false,\"error\":\"%s\"}", esc);
+        }
+    } else if (oplen == 5 && !memcmp(op, "STATS", 5)) {
+        script_stats_t st;
+        memset(&st, 0, sizeof st);
+        if (s->scripts)
+            script_get_stats(s->scripts, &st);
+        json_escape_into(esc, sizeof esc, st.last_reload);
+        n = snprintf(buf, sizeof buf,
+                     "{\"server_id\":\"%s\",\"version\":\"%s\",\"connections\":%zu,"
+                     "\"total_connections\":%llu,\"in_msgs\":%llu,\"out_msgs\":%llu,\"in_bytes\":%llu,"
+                     "\"out_bytes\":%llu,\"slow_consumers\":%llu,\"stale_connections\":%llu,"
+                     "\"protocol_errors\":%llu,\"subscriptions\":%zu,"
+                     "\"scripts\":{\"loaded\":%s,\"generation\":%llu,\"rules\":%d,\"events\":%llu,"
+                     "\"bypassed\":%llu,\"dropped\":%llu,\"dead_letters\":%llu,\"errors\":%llu,"
+                     "\"budget_stops\":%llu,\"emitted\":%llu,\"loops_stopped\":%llu,\"reloads\":%llu,"
+                     "\"reload_failures\":%llu,\"last_reload\":\"%s\",\"memory\":%zu}}",
+                     s->id, TIDE_VERSION, s->stats.connections, (unsigned long long)s->stats.connections_total,
+                     (unsigned long long)s->stats.in_msgs, (unsigned long long)s->stats.out_msgs,
+                     (unsigned long long)s->stats.in_bytes, (unsigned long long)s->stats.out_bytes,
+                     (unsigned long long)s->stats.slow_consumers, (unsigned long long)s->stats.stale_connections,
+                     (unsigned long long)s->stats.protocol_errors, sublist_count(s->subs),
+                     s->scripts ? "true" : "false", (unsigned long long)st.generation, st.rules,
+                     (unsigned long long)st.events, (unsigned long long)st.bypassed,
+                     (unsigned long long)st.dropped, (unsigned long long)st.dead_letters,
+                     (unsigned long long)st.errors, (unsigned long long)st.budget_stops,
+                     (unsigned long long)st.emitted, (unsigned long long)st.loops_stopped,
+                     (unsigned long long)st.reloads, (unsigned long long)st.reload_failures, esc, st.memory);
+    } else if (oplen == 5 && !memcmp(op, "RULES", 5)) {
+        char *rules = NULL;
+        size_t len = 0;
+        if (s->scripts)
+            script_rules_json(s->scripts, &rules, &len);
+        if (rules) {
+            reply_json(s, m, rules, len);
+            free(rules);
+            return;
+        }
+        n = snprintf(buf, sizeof buf, "[]");
+    } else {
+        n = snprintf(buf, sizeof buf, "{\"ok\":false,\"error\":\"unknown admin request; try RELOAD, STATS or RULES\"}");
+    }
+    if (n > 0)
+        reply_json(s, m, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+}
+
+void server_publish(server_t *s, client_t *from, const proto_msg_t *m)
+{
+    if (m->subject_len > strlen(ADMIN_PREFIX) && m->subject[0] == '$' &&
+        !memcmp(m->subject, ADMIN_PREFIX, strlen(ADMIN_PREFIX))) {
+        admin_request(s, from, m);
+        return;
+    }
+    if (s->scripts)
+        script_process(s->scripts, from, m);
+    else
+        server_route(s, from, m);
 }

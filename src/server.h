@@ -72,6 +72,17 @@ void server_free(server_t *s);
  */
 size_t server_route(server_t *s, struct client *from, const proto_msg_t *msg);
 
+/*
+ * The entry point for every message a client publishes: admin requests
+ * ($TIDE.ADMIN.*) are answered here, everything else goes through the
+ * script pipeline when one is attached, else straight to server_route.
+ */
+void server_publish(server_t *s, struct client *from, const proto_msg_t *msg);
+
+struct script_host;
+/* Attaches the script host (owned by the caller, who frees it after the server). */
+void server_set_scripts(server_t *s, struct script_host *h);
+
 void server_get_stats(const server_t *s, server_stats_t *out);
 const server_opts_t *server_get_opts(const server_t *s);
 const char *server_id(const server_t *s);

@@ -390,3 +390,8 @@ void sublist_get_stats(const sublist_t *sl, sublist_stats_t *out)
     out->subs = sl->count;
     out->cache_entries = sl->cache.count;
 }
+
+size_t sublist_count(const sublist_t *sl)
+{
+    return sl->count;
+}

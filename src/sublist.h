@@ -85,6 +85,9 @@ typedef struct sublist_stats {
 
 void sublist_get_stats(const sublist_t *sl, sublist_stats_t *out);
 
+/* Subscriptions in the index. */
+size_t sublist_count(const sublist_t *sl);
+
 /* Most results kept in the cache; past it the cache starts over. */
 #define SUBLIST_CACHE_MAX 4096
 

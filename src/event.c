@@ -1,0 +1,686 @@
+/* event.c - see event.h. */
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <lauxlib.h>
+
+#include "event.h"
+#include "subject.h"
+#include "util.h"
+
+#define EVENT_MT "tide.event"
+#define HEADERS_MT "tide.event.headers"
+
+/* User values of the event userdata. */
+#define UV_HEADERS 1 /* name -> value table, made on first access */
+#define UV_PROXY 2   /* the e.headers proxy handed to scripts */
+#define UV_DATA 3    /* the e.data value, cached so e.data == e.data */
+
+static void reset_output(event_t *ev)
+{
+    free(ev->out_hdr);
+    free(ev->out_payload);
+    ev->out_hdr = ev->out_payload = NULL;
+    ev->out_hdr_len = ev->out_payload_len = 0;
+}
+
+static int event_gc(lua_State *L)
+{
+    event_t *ev = luaL_checkudata(L, 1, EVENT_MT);
+    reset_output(ev);
+    if (ev->root)
+        json_object_put(ev->root);
+    ev->root = NULL;
+    free(ev->subject);
+    free(ev->reply);
+    free(ev->owned_in);
+    ev->subject = ev->reply = ev->owned_in = NULL;
+    return 0;
+}
+
+event_t *event_test(lua_State *L, int idx)
+{
+    return luaL_testudata(L, idx, EVENT_MT);
+}
+
+static event_t *check_live(lua_State *L, int idx)
+{
+    event_t *ev = luaL_checkudata(L, idx, EVENT_MT);
+    if (ev->expired)
+        luaL_error(L, "this event's pipeline has ended; copy what you need from it while handling it");
+    return ev;
+}
+
+event_t *event_push(lua_State *L, const proto_msg_t *m, int copy)
+{
+    event_t *ev = lua_newuserdatauv(L, sizeof *ev, 3);
+    memset(ev, 0, sizeof *ev);
+    luaL_setmetatable(L, EVENT_MT);
+    ev->subject = mem_dup(m->subject, m->subject_len);
+    ev->subject_len = m->subject_len;
+    if (m->reply) {
+        ev->reply = mem_dup(m->reply, m->reply_len);
+        ev->reply_len = m->reply_len;
+    }
+    if (!ev->subject || (m->reply && !ev->reply))
+        luaL_error(L, "out of memory");
+    if (copy) {
+        size_t n = m->hdr_len + m->payload_len;
+        ev->owned_in = malloc(n ? n : 1);
+        if (!ev->owned_in)
+            luaL_error(L, "out of memory");
+        if (m->hdr_len)
+            memcpy(ev->owned_in, m->hdr, m->hdr_len);
+        memcpy(ev->owned_in + m->hdr_len, m->payload, m->payload_len);
+        ev->hdr = m->hdr ? ev->owned_in : NULL;
+        ev->payload = ev->owned_in + m->hdr_len;
+    } else {
+        ev->hdr = m->hdr;
+        ev->payload = m->payload;
+    }
+    ev->hdr_len = m->hdr ? m->hdr_len : 0;
+    ev->payload_len = m->payload_len;
+    return ev;
+}
+
+void event_expire(lua_State *L, int idx)
+{
+    event_expire_ptr(luaL_checkudata(L, idx, EVENT_MT));
+}
+
+void event_expire_ptr(event_t *ev)
+{
+    ev->expired = 1;
+    ev->hdr = ev->payload = NULL;
+    ev->hdr_len = ev->payload_len = 0;
+    if (ev->root)
+        json_object_put(ev->root);
+    ev->root = NULL;
+    reset_output(ev);
+}
+
+/* ---- headers --------------------------------------------------------------- */
+
+const char *event_header_find(const char *hdr, size_t len, const char *name, size_t *vlen)
+{
+    size_t nlen = strlen(name);
+    const char *p = hdr, *end = hdr + len;
+    const char *eol = memchr(p, '\n', len);
+    if (!hdr || !eol)
+        return NULL;
+    p = eol + 1; /* skip the NATS/1.0 status line */
+    while (p < end) {
+        eol = memchr(p, '\n', (size_t)(end - p));
+        const char *le = eol ? eol : end;
+        const char *colon = memchr(p, ':', (size_t)(le - p));
+        if (colon && (size_t)(colon - p) == nlen && strncasecmp(p, name, nlen) == 0) {
+            const char *v = colon + 1, *ve = le;
+            while (v < ve && (*v == ' ' || *v == '\t'))
+                v++;
+            while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t'))
+                ve--;
+            *vlen = (size_t)(ve - v);
+            return v;
+        }
+        if (!eol)
+            break;
+        p = eol + 1;
+    }
+    return NULL;
+}
+
+/* Pushes the name -> value table of the headers, building it on first use.
+ * A name given more than once maps to a list of its values. */
+static void push_header_table(lua_State *L, int evidx, event_t *ev)
+{
+    if (lua_getiuservalue(L, evidx, UV_HEADERS) == LUA_TTABLE)
+        return;
+    lua_pop(L, 1);
+    lua_newtable(L);
+    if (ev->hdr && ev->hdr_len) {
+        const char *p = ev->hdr, *end = ev->hdr + ev->hdr_len;
+        const char *eol = memchr(p, '\n', ev->hdr_len);
+        p = eol ? eol + 1 : end;
+        while (p < end) {
+            eol = memchr(p, '\n', (size_t)(end - p));
+            const char *le = eol ? eol : end;
+            const char *colon = memchr(p, ':', (size_t)(le - p));
+            if (colon && colon > p) {
+                const char *v = colon + 1, *ve = le;
+                while (v < ve && (*v == ' ' || *v == '\t'))
+                    v++;
+                while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t'))
+                    ve--;
+                lua_pushlstring(L, p, (size_t)(colon - p));
+                lua_pushvalue(L, -1);
+                int t = lua_rawget(L, -3);
+                if (t == LUA_TNIL) {
+                    lua_pop(L, 1);
+                    lua_pushlstring(L, v, (size_t)(ve - v));
+                    lua_rawset(L, -3);
+                } else if (t == LUA_TSTRING) {
+                    lua_createtable(L, 2, 0);
+                    lua_insert(L, -2);
+                    lua_rawseti(L, -2, 1);
+                    lua_pushlstring(L, v, (size_t)(ve - v));
+                    lua_rawseti(L, -2, 2);
+                    lua_rawset(L, -3);
+                } else {
+                    lua_pushlstring(L, v, (size_t)(ve - v));
+                    lua_rawseti(L, -2, (lua_Integer)luaL_len(L, -2) + 1);
+                    lua_pop(L, 2);
+                }
+            }
+            if (!eol)
+                break;
+            p = eol + 1;
+        }
+    }
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, evidx, UV_HEADERS);
+}
+
+static int headers_index(lua_State *L)
+{
+    lua_getiuservalue(L, 1, 1); /* the event */
+    check_live(L, -1);
+    push_header_table(L, lua_gettop(L), lua_touserdata(L, -1));
+    lua_pushvalue(L, 2);
+    lua_rawget(L, -2);
+    return 1;
+}
+
+static int headers_newindex(lua_State *L)
+{
+    lua_getiuservalue(L, 1, 1);
+    event_t *ev = check_live(L, -1);
+    int evidx = lua_gettop(L);
+    luaL_checkstring(L, 2);
+    if (!lua_isnil(L, 3) && lua_type(L, 3) != LUA_TSTRING && lua_type(L, 3) != LUA_TTABLE &&
+        lua_type(L, 3) != LUA_TNUMBER)
+        return luaL_error(L, "header values must be strings (or lists of strings)");
+    push_header_table(L, evidx, ev);
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, 3);
+    lua_rawset(L, -3);
+    ev->headers_dirty = 1;
+    return 0;
+}
+
+static int table_next(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 2);
+    if (lua_next(L, 1))
+        return 2;
+    lua_pushnil(L);
+    return 1;
+}
+
+static int headers_pairs(lua_State *L)
+{
+    lua_getiuservalue(L, 1, 1);
+    event_t *ev = check_live(L, -1);
+    int evidx = lua_gettop(L);
+    lua_pushcfunction(L, table_next);
+    push_header_table(L, evidx, ev);
+    lua_pushnil(L);
+    return 3;
+}
+
+static void push_headers_proxy(lua_State *L, int evidx)
+{
+    if (lua_getiuservalue(L, evidx, UV_PROXY) == LUA_TUSERDATA)
+        return;
+    lua_pop(L, 1);
+    lua_newuserdatauv(L, 1, 1);
+    lua_pushvalue(L, evidx);
+    lua_setiuservalue(L, -2, 1);
+    luaL_setmetatable(L, HEADERS_MT);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, evidx, UV_PROXY);
+}
+
+/* Builds a NATS header block from the header table at the top of the stack
+ * (popped), keeping the original status line.  Names are written sorted so
+ * the output is stable. */
+static void encode_headers(lua_State *L, event_t *ev)
+{
+    luaL_Buffer b;
+    int t = lua_gettop(L);
+    int n = 0;
+    lua_newtable(L); /* sorted names */
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) == LUA_TSTRING) {
+            lua_pushvalue(L, -1);
+            lua_rawseti(L, t + 1, ++n);
+        }
+    }
+    lua_getglobal(L, "table");
+    if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, "sort");
+        lua_pushvalue(L, t + 1);
+        lua_call(L, 1, 0);
+    }
+    lua_pop(L, 1);
+    free(ev->out_hdr);
+    ev->out_hdr = NULL;
+    ev->out_hdr_len = 0;
+    if (n == 0) {
+        lua_settop(L, t - 1);
+        return;
+    }
+    luaL_buffinit(L, &b);
+    /* Keep a status line such as "NATS/1.0 503" as it was. */
+    const char *eol = ev->hdr ? memchr(ev->hdr, '\n', ev->hdr_len) : NULL;
+    if (eol && ev->hdr_len >= 8 && memcmp(ev->hdr, "NATS/1.0", 8) == 0) {
+        size_t sl = (size_t)(eol - ev->hdr);
+        if (sl && ev->hdr[sl - 1] == '\r')
+            sl--;
+        luaL_addlstring(&b, ev->hdr, sl);
+    } else {
+        luaL_addstring(&b, "NATS/1.0");
+    }
+    luaL_addstring(&b, "\r\n");
+    for (int i = 1; i <= n; i++) {
+        lua_rawgeti(L, t + 1, i);
+        const char *name = lua_tostring(L, -1);
+        lua_rawget(L, t);
+        int vt = lua_type(L, -1);
+        int nv = vt == LUA_TTABLE ? (int)luaL_len(L, -1) : 1;
+        for (int j = 1; j <= nv; j++) {
+            if (vt == LUA_TTABLE)
+                lua_rawgeti(L, -1, j);
+            else
+                lua_pushvalue(L, -1);
+            size_t vl;
+            const char *v = luaL_tolstring(L, -1, &vl);
+            if (memchr(v, '\r', vl) || memchr(v, '\n', vl) || strchr(name, ':') || strchr(name, '\n'))
+                luaL_error(L, "header %s: names and values cannot hold ':' (names), CR or LF", name);
+            lua_pop(L, 2);
+            /* name and value are anchored in the tables; the buffer may use the stack. */
+            luaL_addstring(&b, name);
+            luaL_addstring(&b, ": ");
+            luaL_addlstring(&b, v, vl);
+            luaL_addstring(&b, "\r\n");
+        }
+        lua_pop(L, 1);
+    }
+    luaL_addstring(&b, "\r\n");
+    luaL_pushresult(&b);
+    size_t len;
+    const char *s = lua_tolstring(L, -1, &len);
+    ev->out_hdr = mem_dup(s, len);
+    if (!ev->out_hdr)
+        luaL_error(L, "out of memory");
+    ev->out_hdr_len = len;
+    lua_settop(L, t - 1);
+}
+
+/* ---- decoding ------------------------------------------------------------ */
+
+/* Attribute names that come from ce-* headers, with the header they come from. */
+static const char *const ce_attrs[] = {"id", "source", "type", "specversion", "time", "subject",
+                                       "dataschema", "version", NULL};
+
+/* Adds the ce-<name> headers not yet in env as string attributes. */
+static void add_extensions(event_t *ev, json_object *env)
+{
+    const char *end = ev->hdr + ev->hdr_len;
+    const char *p = memchr(ev->hdr, '\n', ev->hdr_len);
+    for (p = p ? p + 1 : end; p < end;) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        const char *le = eol ? eol : end;
+        const char *colon = memchr(p, ':', (size_t)(le - p));
+        size_t nl = colon ? (size_t)(colon - p) : 0;
+        if (nl > 3 && nl < 64 && strncasecmp(p, "ce-", 3) == 0) {
+            char name[64], hname[68];
+            size_t vl;
+            for (size_t i = 0; i < nl - 3; i++) {
+                char c = p[3 + i];
+                name[i] = (char)((c >= 'A' && c <= 'Z') ? c + 32 : c);
+            }
+            name[nl - 3] = '\0';
+            snprintf(hname, sizeof hname, "ce-%s", name);
+            const char *val = event_header_find(ev->hdr, ev->hdr_len, hname, &vl);
+            if (val && !json_object_object_get_ex(env, name, NULL))
+                json_object_object_add(env, name, json_object_new_string_len(val, (int)vl));
+        }
+        if (!eol)
+            break;
+        p = eol + 1;
+    }
+}
+
+static void decode(lua_State *L, event_t *ev)
+{
+    json_object *v = NULL;
+    size_t vl;
+    int is_json;
+    if (ev->mode != EVENT_UNDECODED)
+        return;
+    is_json = ev->payload_len && json_parse(ev->payload, ev->payload_len, &v) == 0;
+    if (is_json && json_object_is_type(v, json_type_object)) {
+        ev->mode = EVENT_STRUCTURED;
+        ev->root = v;
+        return;
+    }
+    if (ev->hdr && event_header_find(ev->hdr, ev->hdr_len, "ce-specversion", &vl)) {
+        /* The CloudEvents NATS binding, binary mode: attributes in ce-*
+         * headers, the payload is the data. */
+        json_object *env = json_object_new_object();
+        if (!env) {
+            json_object_put(v);
+            luaL_error(L, "out of memory");
+        }
+        /* Known attributes first, in CloudEvents order, then extensions. */
+        for (int i = 0; ce_attrs[i]; i++) {
+            char hname[64];
+            snprintf(hname, sizeof hname, "ce-%s", ce_attrs[i]);
+            const char *val = event_header_find(ev->hdr, ev->hdr_len, hname, &vl);
+            json_object *jv = NULL;
+            if (!val)
+                continue;
+            if (strcmp(ce_attrs[i], "version") == 0 && json_parse(val, vl, &jv) == 0 &&
+                json_object_is_type(jv, json_type_int)) {
+                json_object_object_add(env, "version", jv);
+            } else {
+                json_object_put(jv);
+                json_object_object_add(env, ce_attrs[i], json_object_new_string_len(val, (int)vl));
+            }
+        }
+        add_extensions(ev, env);
+        const char *ct = event_header_find(ev->hdr, ev->hdr_len, "content-type", &vl);
+        if (ct)
+            json_object_object_add(env, "datacontenttype", json_object_new_string_len(ct, (int)vl));
+        if (is_json)
+            json_object_object_add(env, "data", v);
+        else if (ev->payload_len)
+            json_object_object_add(env, "data", json_object_new_string_len(ev->payload, (int)ev->payload_len));
+        ev->mode = EVENT_BINARY;
+        ev->root = env;
+        return;
+    }
+    ev->mode = EVENT_RAW;
+    ev->raw_is_json = is_json;
+    ev->root = v;
+}
+
+/* Raw events become envelopes when a script sets an envelope attribute. */
+static void promote(lua_State *L, event_t *ev)
+{
+    json_object *env = json_object_new_object();
+    if (!env)
+        luaL_error(L, "out of memory");
+    json_object_object_add(env, "specversion", json_object_new_string("1.0"));
+    json_object_object_add(env, "type", json_object_new_string_len(ev->subject, (int)ev->subject_len));
+    if (ev->raw_is_json)
+        json_object_object_add(env, "data", ev->root);
+    else if (ev->payload_len)
+        json_object_object_add(env, "data", json_object_new_string_len(ev->payload, (int)ev->payload_len));
+    ev->root = env;
+    ev->mode = EVENT_STRUCTURED;
+    ev->owner.dirty = 1;
+}
+
+/* ---- e.field ----------------------------------------------------------------- */
+
+static void push_payload(lua_State *L, int idx, event_t *ev)
+{
+    proto_msg_t m;
+    event_bytes(L, idx, &m);
+    lua_pushlstring(L, m.payload, m.payload_len);
+    (void)ev;
+}
+
+static int event_index(lua_State *L)
+{
+    event_t *ev = check_live(L, 1);
+    size_t kl;
+    const char *k = luaL_checklstring(L, 2, &kl);
+    json_object *v;
+
+    /* Fields that need no decoding. */
+    if (strcmp(k, "subject") == 0) {
+        lua_pushlstring(L, ev->subject, ev->subject_len);
+        return 1;
+    }
+    if (strcmp(k, "headers") == 0) {
+        push_headers_proxy(L, 1);
+        return 1;
+    }
+    if (strcmp(k, "reply") == 0) {
+        if (ev->reply)
+            lua_pushlstring(L, ev->reply, ev->reply_len);
+        else
+            lua_pushnil(L);
+        return 1;
+    }
+    if (strcmp(k, "raw") == 0) {
+        push_payload(L, 1, ev);
+        return 1;
+    }
+    decode(L, ev);
+    if (strcmp(k, "data") == 0) {
+        if (lua_getiuservalue(L, 1, UV_DATA) != LUA_TNIL)
+            return 1;
+        lua_pop(L, 1);
+        if (ev->mode == EVENT_RAW) {
+            if (!ev->raw_is_json) {
+                lua_pushnil(L);
+                return 1;
+            }
+            json_push(L, ev->root, 1);
+        } else if (json_object_object_get_ex(ev->root, "data", &v)) {
+            json_push(L, v, 1);
+        } else {
+            lua_pushnil(L);
+            return 1;
+        }
+        if (lua_type(L, -1) == LUA_TUSERDATA) {
+            lua_pushvalue(L, -1);
+            lua_setiuservalue(L, 1, UV_DATA);
+        }
+        return 1;
+    }
+    if (strcmp(k, "type") == 0) {
+        if (ev->mode != EVENT_RAW && json_object_object_get_ex(ev->root, "type", &v) &&
+            json_object_is_type(v, json_type_string))
+            json_push(L, v, 1);
+        else
+            lua_pushlstring(L, ev->subject, ev->subject_len);
+        return 1;
+    }
+    if (strcmp(k, "version") == 0) {
+        if (ev->mode != EVENT_RAW && json_object_object_get_ex(ev->root, "version", &v) &&
+            json_object_is_type(v, json_type_int))
+            lua_pushinteger(L, (lua_Integer)json_object_get_int64(v));
+        else
+            lua_pushinteger(L, 1);
+        return 1;
+    }
+    if (ev->mode == EVENT_RAW) {
+        lua_pushnil(L);
+        return 1;
+    }
+    /* Other envelope attributes and extensions; e.ce_subject is the
+     * envelope's own "subject" (e.subject is the NATS subject). */
+    if (strcmp(k, "ce_subject") == 0)
+        k = "subject";
+    if (json_object_object_get_ex(ev->root, k, &v))
+        json_push(L, v, 1);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
+static int event_newindex(lua_State *L)
+{
+    event_t *ev = check_live(L, 1);
+    const char *k = luaL_checkstring(L, 2);
+
+    if (strcmp(k, "subject") == 0) {
+        size_t n;
+        const char *s = luaL_checklstring(L, 3, &n);
+        if (!subject_valid_literal(s, n))
+            return luaL_error(L, "invalid subject '%s'", s);
+        char *d = mem_dup(s, n);
+        if (!d)
+            return luaL_error(L, "out of memory");
+        free(ev->subject);
+        ev->subject = d;
+        ev->subject_len = n;
+        ev->subject_dirty = 1;
+        return 0;
+    }
+    if (strcmp(k, "headers") == 0 || strcmp(k, "reply") == 0 || strcmp(k, "raw") == 0)
+        return luaL_error(L, "e.%s cannot be assigned (set e.headers[name] or e.data instead)", k);
+    decode(L, ev);
+    if (strcmp(k, "data") == 0) {
+        json_object *v = json_from_lua(L, 3);
+        lua_pushnil(L);
+        lua_setiuservalue(L, 1, UV_DATA);
+        if (ev->mode == EVENT_RAW) {
+            json_object_put(ev->root);
+            ev->root = v;
+            ev->raw_is_json = 1;
+        } else if (lua_isnil(L, 3)) {
+            json_object_object_del(ev->root, "data");
+        } else {
+            json_object_object_add(ev->root, "data", v);
+        }
+        ev->owner.dirty = 1;
+        return 0;
+    }
+    if (strcmp(k, "version") == 0 && !lua_isinteger(L, 3))
+        return luaL_error(L, "e.version must be an integer");
+    if (ev->mode == EVENT_RAW)
+        promote(L, ev);
+    if (strcmp(k, "ce_subject") == 0)
+        k = "subject";
+    if (lua_isnil(L, 3))
+        json_object_object_del(ev->root, k);
+    else
+        json_object_object_add(ev->root, k, json_from_lua(L, 3));
+    ev->owner.dirty = 1;
+    return 0;
+}
+
+static int event_tostring(lua_State *L)
+{
+    event_t *ev = luaL_checkudata(L, 1, EVENT_MT);
+    if (ev->expired) {
+        lua_pushfstring(L, "event(%s, expired)", ev->subject ? ev->subject : "?");
+        return 1;
+    }
+    proto_msg_t m;
+    event_bytes(L, 1, &m);
+    lua_pushfstring(L, "event(%s) ", ev->subject);
+    lua_pushlstring(L, m.payload, m.payload_len > 200 ? 200 : m.payload_len);
+    lua_concat(L, 2);
+    return 1;
+}
+
+/* ---- encoding -------------------------------------------------------------- */
+
+static void set_payload(lua_State *L, event_t *ev, const char *s, size_t n)
+{
+    char *d = mem_dup(s, n);
+    if (!d)
+        luaL_error(L, "out of memory");
+    free(ev->out_payload);
+    ev->out_payload = d;
+    ev->out_payload_len = n;
+}
+
+void event_bytes(lua_State *L, int idx, proto_msg_t *out)
+{
+    event_t *ev = check_live(L, idx);
+    idx = lua_absindex(L, idx);
+    if (ev->owner.dirty) {
+        size_t n;
+        const char *s;
+        if (ev->mode == EVENT_BINARY) {
+            /* Attributes back into ce-* headers, data into the payload. */
+            push_header_table(L, idx, ev);
+            int t = lua_gettop(L);
+            json_object_object_foreach(ev->root, key, val) {
+                if (strcmp(key, "data") == 0 || strcmp(key, "datacontenttype") == 0)
+                    continue;
+                lua_pushfstring(L, "ce-%s", key);
+                if (json_object_is_type(val, json_type_string))
+                    lua_pushstring(L, json_object_get_string(val));
+                else
+                    lua_pushstring(L, val ? json_text(val, &n) : "null");
+                lua_rawset(L, t);
+            }
+            lua_pop(L, 1);
+            ev->headers_dirty = 1;
+            json_object *d;
+            if (json_object_object_get_ex(ev->root, "data", &d) && json_object_is_type(d, json_type_string)) {
+                set_payload(L, ev, json_object_get_string(d), (size_t)json_object_get_string_len(d));
+            } else if (json_object_object_get_ex(ev->root, "data", &d)) {
+                s = d ? json_text(d, &n) : "null";
+                set_payload(L, ev, s, d ? n : 4);
+            } else {
+                set_payload(L, ev, "", 0);
+            }
+        } else {
+            s = ev->root ? json_text(ev->root, &n) : "null";
+            set_payload(L, ev, s, ev->root ? n : 4);
+        }
+        ev->owner.dirty = 0;
+    }
+    if (ev->headers_dirty) {
+        push_header_table(L, idx, ev);
+        encode_headers(L, ev);
+        ev->headers_dirty = 0;
+        if (!ev->out_hdr) {
+            /* Every header removed: say so with an empty marker. */
+            ev->out_hdr = mem_dup("", 0);
+            ev->out_hdr_len = 0;
+        }
+    }
+    out->subject = ev->subject;
+    out->subject_len = ev->subject_len;
+    out->reply = ev->reply;
+    out->reply_len = ev->reply_len;
+    if (ev->out_hdr) {
+        out->hdr = ev->out_hdr_len ? ev->out_hdr : NULL;
+        out->hdr_len = ev->out_hdr_len;
+    } else {
+        out->hdr = ev->hdr;
+        out->hdr_len = ev->hdr_len;
+    }
+    if (ev->out_payload) {
+        out->payload = ev->out_payload;
+        out->payload_len = ev->out_payload_len;
+    } else {
+        out->payload = ev->payload ? ev->payload : "";
+        out->payload_len = ev->payload_len;
+    }
+}
+
+void event_open(lua_State *L)
+{
+    static const luaL_Reg ev_mt[] = {{"__index", event_index},
+                                     {"__newindex", event_newindex},
+                                     {"__tostring", event_tostring},
+                                     {"__gc", event_gc},
+                                     {NULL, NULL}};
+    static const luaL_Reg hd_mt[] = {{"__index", headers_index},
+                                     {"__newindex", headers_newindex},
+                                     {"__pairs", headers_pairs},
+                                     {NULL, NULL}};
+    luaL_newmetatable(L, EVENT_MT);
+    luaL_setfuncs(L, ev_mt, 0);
+    lua_pushliteral(L, "event");
+    lua_setfield(L, -2, "__name");
+    lua_pop(L, 1);
+    luaL_newmetatable(L, HEADERS_MT);
+    luaL_setfuncs(L, hd_mt, 0);
+    lua_pop(L, 1);
+}

@@ -1,0 +1,91 @@
+/*
+ * event.h - the event `e` that scripts see: a Lua userdata over one
+ * published message, decoded lazily.
+ *
+ * Reading e.subject, e.reply or a header costs no JSON decoding; the payload
+ * is parsed on the first access to an envelope field (e.data, e.type, e.id,
+ * e.version, ...).  A payload that is a JSON object is read as a CloudEvents
+ * 1.0 envelope ("structured" mode); otherwise, when the message carries
+ * ce-* headers, those are the attributes and the payload is the data
+ * ("binary" mode, the CloudEvents NATS binding); otherwise the event is raw:
+ * e.type is the subject, e.version 1, e.data the payload if it is JSON.
+ *
+ * An event nothing changed goes out with its original bytes.  A changed one
+ * is re-encoded once, in the mode it came in, when the pipeline asks for
+ * its bytes (event_bytes).
+ */
+#ifndef TIDE_EVENT_H
+#define TIDE_EVENT_H
+
+#include <stddef.h>
+
+#include <lua.h>
+
+#include "json.h"
+#include "proto.h"
+
+enum event_mode { EVENT_UNDECODED = 0, EVENT_RAW, EVENT_STRUCTURED, EVENT_BINARY };
+
+typedef struct event {
+    json_owner_t owner; /* owner.dirty: the envelope or data changed */
+    int headers_dirty;
+    int subject_dirty;
+    int expired;
+    int mode;
+    int depth; /* emit-chain depth: 0 for events from clients */
+    char *subject;
+    size_t subject_len;
+    char *reply;
+    size_t reply_len;
+    /* The message as received; borrowed unless owned_in is set. */
+    const char *hdr;
+    size_t hdr_len;
+    const char *payload;
+    size_t payload_len;
+    char *owned_in;
+    /* Decoded: the envelope (structured/binary) or the bare JSON value (raw). */
+    json_object *root;
+    int raw_is_json;
+    /* Re-encoded bytes, when changed. */
+    char *out_hdr;
+    size_t out_hdr_len;
+    char *out_payload;
+    size_t out_payload_len;
+} event_t;
+
+/* Registers the event metatable.  Call once per Lua state. */
+void event_open(lua_State *L);
+
+/*
+ * Pushes a new event for message m.  With copy = 0 the event borrows m's
+ * bytes: the caller must keep them alive and call event_expire before they
+ * go.  With copy = 1 it owns copies.  Returns the event (owned by Lua's GC).
+ * Raises a Lua error when out of memory: call from protected code.
+ */
+event_t *event_push(lua_State *L, const proto_msg_t *m, int copy);
+
+/* The event at idx, or NULL. */
+event_t *event_test(lua_State *L, int idx);
+
+/*
+ * Fills out with the event's current bytes (subject, reply, headers,
+ * payload), re-encoding what changed.  The pointers stay valid until the
+ * event changes again, expires or is collected.  Raises a Lua error on
+ * failure: call from protected code.
+ */
+void event_bytes(lua_State *L, int idx, proto_msg_t *out);
+
+/*
+ * Ends the event's life for scripts: later access raises an error (a
+ * script may have kept `e` in a global).  Frees the decoded state.
+ */
+void event_expire(lua_State *L, int idx);
+
+/* The same, for an event known by pointer (it must not have been collected). */
+void event_expire_ptr(event_t *ev);
+
+/* Finds header `name` (case-insensitive) in a NATS header block; returns a
+ * pointer to its first value (trimmed) and sets *vlen, or NULL. */
+const char *event_header_find(const char *hdr, size_t hdr_len, const char *name, size_t *vlen);
+
+#endif

@@ -1,0 +1,31 @@
+/*
+ * kv.h - the key-value store scripts use for state that must outlive a
+ * reload (counters, projections, idempotency sets).  It lives in C, owned by
+ * the script host, so swapping Lua states does not touch it.
+ *
+ * Values are strings, integers, floats, booleans, or JSON text (tables are
+ * stored as JSON).  Not thread-safe: loop thread only.
+ */
+#ifndef TIDE_KV_H
+#define TIDE_KV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <lua.h>
+
+typedef struct kv kv_t;
+
+kv_t *kv_new(void);
+void kv_free(kv_t *kv);
+size_t kv_count(const kv_t *kv);
+
+/* Pushes the `tide.kv` table of functions bound to kv:
+ *   get(k) -> value | nil      set(k, v)  (v == nil deletes)
+ *   del(k) -> existed          incr(k [, by]) -> new integer value
+ *   has(k) -> bool             keys([prefix]) -> sorted list
+ *   count() -> n
+ * kv must outlive every Lua state it is pushed into. */
+void kv_push_api(lua_State *L, kv_t *kv);
+
+#endif

@@ -1,0 +1,99 @@
+/*
+ * script.h - the script host: the Lua pipeline every published event goes
+ * through, the sandbox and budgets scripts run under, and hot reload.
+ *
+ * The entry file (tide serve -c tide.lua) is Lua: it declares settings
+ * (listen, limits, scripting) and registers rules:
+ *
+ *   upgrade(type, from_version, fn(e))  -> e at from_version + 1
+ *   filter(pattern, fn(e))              -> falsy drops the event
+ *   route(pattern, fn(e))               -> nil keeps, "subj" renames,
+ *                                          {"a","b"} fans out, false drops
+ *   on(pattern, fn(e, ctx))             -> a handler, run after delivery
+ *
+ * For each event: upgraders (chained), filters, routes, delivery to
+ * subscribers, handlers, in that order; within a stage rules run in
+ * registration order.  A Lua error in a rule dead-letters the event (see
+ * DEAD LETTERS in docs/scripting.md); it never stops the server.
+ *
+ * A reload builds a complete new Lua state from the files and swaps it in
+ * between two events only if loading (and the optional global selfcheck())
+ * succeeded; otherwise the old state keeps serving.  The loop is
+ * single-threaded, so every event is handled wholly by one state.
+ */
+#ifndef TIDE_SCRIPT_H
+#define TIDE_SCRIPT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "proto.h"
+#include "server.h"
+
+typedef struct script_limits {
+    uint64_t instructions; /* VM instructions per call */
+    size_t memory;         /* bytes for one Lua state */
+    double time;           /* seconds of wall clock per call */
+    int emit_depth;        /* longest chain of ctx.publish from one event */
+    int emit_max;          /* events one event may cause in all */
+    char dead_letter[128]; /* subject prefix for failed events */
+} script_limits_t;
+
+void script_limits_default(script_limits_t *l);
+
+typedef struct script_host script_host_t;
+struct client;
+
+/*
+ * Loads the entry file.  lib_dir is tide's shipped lua/ directory (may be
+ * NULL).  On failure returns NULL and writes "file:line: message" to err.
+ */
+script_host_t *script_host_new(const char *config_path, const char *lib_dir, char *err, size_t errsz);
+
+/* Copies the settings the entry file declared (listen, limits) into o;
+ * settings it did not declare are left alone. */
+void script_host_apply_settings(const script_host_t *h, server_opts_t *o);
+
+/* Connects the host to the server: events are routed through srv, reloads
+ * are triggered by file changes and SIGHUP.  Returns 0 or -1. */
+int script_host_attach(script_host_t *h, server_t *srv);
+
+void script_host_free(script_host_t *h);
+
+/*
+ * Runs the pipeline for one published message and delivers the results.
+ * `from` is the publishing client (NULL for the server itself).  The
+ * message's bytes need only live for the call.
+ */
+void script_process(script_host_t *h, struct client *from, const proto_msg_t *m);
+
+/*
+ * Rebuilds the Lua state from the files.  Returns 0 when the new state was
+ * swapped in; -1 with the reason in err when the old one keeps serving.
+ * Must not be called from inside a script.
+ */
+int script_reload(script_host_t *h, const char *why, char *err, size_t errsz);
+
+typedef struct script_stats {
+    uint64_t events;        /* events that entered the pipeline */
+    uint64_t bypassed;      /* events no rule matched: no Lua at all */
+    uint64_t dropped;       /* by filters or routes */
+    uint64_t dead_letters;
+    uint64_t errors;        /* Lua errors in rules */
+    uint64_t budget_stops;  /* of which: instruction/time/memory budget */
+    uint64_t emitted;       /* ctx.publish */
+    uint64_t loops_stopped; /* emit chains cut by emit_depth / emit_max */
+    uint64_t reloads;
+    uint64_t reload_failures;
+    uint64_t generation;    /* 1 for the first state, +1 per reload */
+    size_t memory;          /* bytes used by the current state */
+    int rules;
+    char last_reload[512];  /* "ok" or the error */
+} script_stats_t;
+
+void script_get_stats(const script_host_t *h, script_stats_t *out);
+
+/* Appends a JSON array describing every rule (kind, pattern, where, counters) to buf. */
+void script_rules_json(const script_host_t *h, char **buf, size_t *len);
+
+#endif
