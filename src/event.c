@@ -355,6 +355,13 @@ static void add_extensions(event_t *ev, json_object *env)
     }
 }
 
+static uint64_t decodes;
+
+uint64_t event_decode_count(void)
+{
+    return decodes;
+}
+
 static void decode(lua_State *L, event_t *ev)
 {
     json_object *v = NULL;
@@ -362,6 +369,7 @@ static void decode(lua_State *L, event_t *ev)
     int is_json;
     if (ev->mode != EVENT_UNDECODED)
         return;
+    decodes++;
     is_json = ev->payload_len && json_parse(ev->payload, ev->payload_len, &v) == 0;
     if (is_json && json_object_is_type(v, json_type_object)) {
         ev->mode = EVENT_STRUCTURED;

@@ -84,6 +84,10 @@ void event_expire(lua_State *L, int idx);
 /* The same, for an event known by pointer (it must not have been collected). */
 void event_expire_ptr(event_t *ev);
 
+/* Payloads decoded so far (by every Lua state of the process): lets tests
+ * and stats show that lazy access really skipped decoding. */
+uint64_t event_decode_count(void);
+
 /* Finds header `name` (case-insensitive) in a NATS header block; returns a
  * pointer to its first value (trimmed) and sets *vlen, or NULL. */
 const char *event_header_find(const char *hdr, size_t hdr_len, const char *name, size_t *vlen);

@@ -1108,7 +1108,7 @@ static void build_env(state_t *st)
                                        "rawget", "rawlen", "rawset", "select", "setmetatable",
                                        "getmetatable", "tonumber", "tostring", "type", "xpcall",
                                        "_VERSION", NULL};
-    static const char *const os_ok[] = {"clock", "date", "time", "difftime", "getenv", NULL};
+    static const char *const os_ok[] = {"clock", "date", "time", "difftime", NULL};
     static const char *const str_ok[] = {"byte", "char", "format", "len", "lower", "upper", "reverse", "sub",
                                          "pack", "packsize", "unpack", NULL};
     static const char *const str_patterns[] = {"find", "match", "gmatch", "gsub", NULL};
@@ -1586,6 +1586,7 @@ int script_reload(script_host_t *h, const char *why, char *err, size_t errsz)
 void script_get_stats(const script_host_t *h, script_stats_t *out)
 {
     *out = h->st;
+    out->decodes = event_decode_count();
     out->memory = h->cur ? h->cur->mem_used : 0;
     out->rules = h->cur ? (int)h->cur->nrules : 0;
 }

@@ -473,7 +473,7 @@ static void admin_request(server_t *s, client_t *from, const proto_msg_t *m)
                      "\"scripts\":{\"loaded\":%s,\"generation\":%llu,\"rules\":%d,\"events\":%llu,"
                      "\"bypassed\":%llu,\"dropped\":%llu,\"dead_letters\":%llu,\"errors\":%llu,"
                      "\"budget_stops\":%llu,\"emitted\":%llu,\"loops_stopped\":%llu,\"reloads\":%llu,"
-                     "\"reload_failures\":%llu,\"last_reload\":\"%s\",\"memory\":%zu}}",
+                     "\"reload_failures\":%llu,\"last_reload\":\"%s\",\"memory\":%zu,\"decodes\":%llu}}",
                      s->id, TIDE_VERSION, s->stats.connections, (unsigned long long)s->stats.connections_total,
                      (unsigned long long)s->stats.in_msgs, (unsigned long long)s->stats.out_msgs,
                      (unsigned long long)s->stats.in_bytes, (unsigned long long)s->stats.out_bytes,
@@ -484,7 +484,8 @@ static void admin_request(server_t *s, client_t *from, const proto_msg_t *m)
                      (unsigned long long)st.dropped, (unsigned long long)st.dead_letters,
                      (unsigned long long)st.errors, (unsigned long long)st.budget_stops,
                      (unsigned long long)st.emitted, (unsigned long long)st.loops_stopped,
-                     (unsigned long long)st.reloads, (unsigned long long)st.reload_failures, esc, st.memory);
+                     (unsigned long long)st.reloads, (unsigned long long)st.reload_failures, esc, st.memory,
+                     (unsigned long long)st.decodes);
     } else if (oplen == 5 && !memcmp(op, "RULES", 5)) {
         char *rules = NULL;
         size_t len = 0;
