@@ -88,7 +88,7 @@ static void die_usage(void)
 {
     fprintf(stderr,
             "usage: nats_bench pubsub --url URL --size S --msgs N --subs K"
-            " [--window BYTES] [--timeout SECS]\n"
+            " [--window BYTES] [--timeout SECS] [--subject S] [--json]\n"
             "       nats_bench reqrep --url URL --n N --size S [--warmup W]"
             " [--timeout SECS] [--raw FILE]\n"
             "       nats_bench idle   --url URL --conns N [--hold SECS]"
@@ -117,7 +117,9 @@ struct args {
     long window;
     double timeout, hold;
     bool no_stdin;
+    bool json;
     const char *raw;
+    const char *subject;
 };
 
 static long parse_long(const char *opt, const char *v)
@@ -158,10 +160,16 @@ static void parse_args(int argc, char **argv, struct args *a)
     a->hold = 60;
     a->no_stdin = false;
     a->raw = NULL;
+    a->subject = "bench.pubsub";
+    a->json = false;
     for (int i = 2; i < argc; i++) {
         const char *o = argv[i];
         if (strcmp(o, "--no-stdin") == 0) {
             a->no_stdin = true;
+            continue;
+        }
+        if (strcmp(o, "--json") == 0) {
+            a->json = true;
             continue;
         }
         if (i + 1 >= argc)
@@ -178,6 +186,7 @@ static void parse_args(int argc, char **argv, struct args *a)
         else if (strcmp(o, "--timeout") == 0) a->timeout = parse_double(o, v);
         else if (strcmp(o, "--hold") == 0) a->hold = parse_double(o, v);
         else if (strcmp(o, "--raw") == 0) a->raw = v;
+        else if (strcmp(o, "--subject") == 0) a->subject = v;
         else die_usage();
     }
     if (a->size > (64L << 20) || a->subs < 1 || a->subs > 1024 || a->msgs < 1 ||
@@ -253,6 +262,51 @@ struct sub_ctx {
 };
 
 static long ps_size;
+static bool ps_json;
+
+/*
+ * --json payloads: a CloudEvents envelope whose id is the sequence number as
+ * 16 hex digits at a fixed offset, padded in data.pad to the requested size:
+ * {"specversion":"1.0","id":"<seq>","type":"order.created","source":"bench",
+ *  "data":{"amount":150,"pad":"..."}}
+ */
+static const char json_head[] = "{\"specversion\":\"1.0\",\"id\":\"";
+static const char json_mid[] = "\",\"type\":\"order.created\",\"source\":\"bench\",\"data\":{\"amount\":150,\"pad\":\"";
+static const char json_tail[] = "\"}}";
+#define JSON_SEQ_OFF (sizeof json_head - 1)
+#define JSON_MIN (sizeof json_head - 1 + 16 + sizeof json_mid - 1 + sizeof json_tail - 1)
+
+static void json_fill(char *buf, size_t size)
+{
+    size_t o = 0;
+    memcpy(buf, json_head, sizeof json_head - 1);
+    o = JSON_SEQ_OFF + 16;
+    memcpy(buf + o, json_mid, sizeof json_mid - 1);
+    o += sizeof json_mid - 1;
+    size_t pad = size - JSON_MIN;
+    memset(buf + o, 'x', pad);
+    o += pad;
+    memcpy(buf + o, json_tail, sizeof json_tail - 1);
+}
+
+static void json_set_seq(char *buf, uint64_t seq)
+{
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 15; i >= 0; i--) {
+        buf[JSON_SEQ_OFF + (size_t)i] = hex[seq & 15];
+        seq >>= 4;
+    }
+}
+
+static uint64_t json_get_seq(const char *buf)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 16; i++) {
+        char c = buf[JSON_SEQ_OFF + (size_t)i];
+        v = v * 16 + (uint64_t)(c <= '9' ? c - '0' : c - 'a' + 10);
+    }
+    return v;
+}
 static uint64_t ps_total_expected;
 static atomic_uint_fast64_t ps_total_recv;
 static atomic_int_fast64_t ps_done_ns;
@@ -266,11 +320,15 @@ static void ps_on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg,
     (void)sub;
     struct sub_ctx *c = closure;
     int len = natsMsg_GetDataLength(msg);
-    if (len != ps_size) {
+    /* --json payloads may come back re-encoded by scripts: any size. */
+    if (ps_json ? (size_t)len < JSON_SEQ_OFF + 16 : len != ps_size) {
         c->bad_size++;
     } else if (len >= 8) {
         uint64_t seq;
-        memcpy(&seq, natsMsg_GetData(msg), 8);
+        if (ps_json)
+            seq = json_get_seq(natsMsg_GetData(msg));
+        else
+            memcpy(&seq, natsMsg_GetData(msg), 8);
         if (seq != c->expect_seq)
             c->out_of_order++;
         c->expect_seq = seq + 1;
@@ -299,10 +357,13 @@ static uint64_t ps_min_recv(struct sub_ctx *subs, long k)
 
 static int cmd_pubsub(const struct args *a)
 {
-    const char *subj = "bench.pubsub";
+    const char *subj = a->subject;
     long k = a->subs;
     uint64_t n = (uint64_t)a->msgs;
     ps_size = a->size;
+    ps_json = a->json;
+    if (a->json && (size_t)a->size < JSON_MIN)
+        fail("pubsub", "--json needs --size of at least %zu", (size_t)JSON_MIN);
     ps_total_expected = n * (uint64_t)k;
 
     struct sub_ctx *subs = calloc((size_t)k, sizeof *subs);
@@ -335,13 +396,17 @@ static int cmd_pubsub(const struct args *a)
         fail("pubsub", "out of memory");
     for (size_t i = 0; i < bufsz; i++)
         payload[i] = (char)('a' + i % 26);
+    if (a->json)
+        json_fill(payload, bufsz);
 
     int64_t t0 = now_ns();
     int64_t deadline = t0 + (int64_t)(a->timeout * 1e9);
     uint64_t waits = 0;
     bool timed_out = false;
     for (uint64_t i = 0; i < n; i++) {
-        if (a->size >= 8)
+        if (a->json)
+            json_set_seq(payload, i);
+        else if (a->size >= 8)
             memcpy(payload, &i, 8);
         natsStatus s = natsConnection_Publish(pub, subj, payload, (int)a->size);
         if (s != NATS_OK)

@@ -17,6 +17,9 @@
 #define UV_PROXY 2   /* the e.headers proxy handed to scripts */
 #define UV_DATA 3    /* the e.data value, cached so e.data == e.data */
 
+/* Registry key (address) of the event metatable. */
+static const char event_key = 'e';
+
 static void reset_output(event_t *ev)
 {
     free(ev->out_hdr);
@@ -25,15 +28,23 @@ static void reset_output(event_t *ev)
     ev->out_hdr_len = ev->out_payload_len = 0;
 }
 
+static void drop_tree(event_t *ev)
+{
+    cJSON_Delete(ev->root);
+    free(ev->owner.nums);
+    ev->root = NULL;
+    ev->owner.nums = NULL;
+}
+
 static int event_gc(lua_State *L)
 {
-    event_t *ev = luaL_checkudata(L, 1, EVENT_MT);
+    event_t *ev = lua_touserdata(L, 1);
     reset_output(ev);
-    if (ev->root)
-        json_object_put(ev->root);
-    ev->root = NULL;
-    free(ev->subject);
-    free(ev->reply);
+    drop_tree(ev);
+    if (ev->subject_owned)
+        free(ev->subject);
+    if (ev->reply_owned)
+        free(ev->reply);
     free(ev->owned_in);
     ev->subject = ev->reply = ev->owned_in = NULL;
     return 0;
@@ -44,9 +55,11 @@ event_t *event_test(lua_State *L, int idx)
     return luaL_testudata(L, idx, EVENT_MT);
 }
 
+/* Metamethods are only reachable through the event metatable (hidden from
+ * getmetatable by __metatable), so their first argument is an event. */
 static event_t *check_live(lua_State *L, int idx)
 {
-    event_t *ev = luaL_checkudata(L, idx, EVENT_MT);
+    event_t *ev = lua_touserdata(L, idx);
     if (ev->expired)
         luaL_error(L, "this event's pipeline has ended; copy what you need from it while handling it");
     return ev;
@@ -56,19 +69,18 @@ event_t *event_push(lua_State *L, const proto_msg_t *m, int copy)
 {
     event_t *ev = lua_newuserdatauv(L, sizeof *ev, 3);
     memset(ev, 0, sizeof *ev);
-    luaL_setmetatable(L, EVENT_MT);
-    ev->subject = mem_dup(m->subject, m->subject_len);
-    ev->subject_len = m->subject_len;
-    if (m->reply) {
-        ev->reply = mem_dup(m->reply, m->reply_len);
-        ev->reply_len = m->reply_len;
-    }
-    if (!ev->subject || (m->reply && !ev->reply))
-        luaL_error(L, "out of memory");
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &event_key);
+    lua_setmetatable(L, -2);
     if (copy) {
         size_t n = m->hdr_len + m->payload_len;
+        ev->subject = mem_dup(m->subject, m->subject_len);
+        ev->subject_owned = 1;
+        if (m->reply) {
+            ev->reply = mem_dup(m->reply, m->reply_len);
+            ev->reply_owned = 1;
+        }
         ev->owned_in = malloc(n ? n : 1);
-        if (!ev->owned_in)
+        if (!ev->subject || (m->reply && !ev->reply) || !ev->owned_in)
             luaL_error(L, "out of memory");
         if (m->hdr_len)
             memcpy(ev->owned_in, m->hdr, m->hdr_len);
@@ -76,9 +88,14 @@ event_t *event_push(lua_State *L, const proto_msg_t *m, int copy)
         ev->hdr = m->hdr ? ev->owned_in : NULL;
         ev->payload = ev->owned_in + m->hdr_len;
     } else {
+        /* Borrowed for the pipeline's length: no copy on the hot path. */
+        ev->subject = (char *)m->subject;
+        ev->reply = (char *)m->reply;
         ev->hdr = m->hdr;
         ev->payload = m->payload;
     }
+    ev->subject_len = m->subject_len;
+    ev->reply_len = m->reply ? m->reply_len : 0;
     ev->hdr_len = m->hdr ? m->hdr_len : 0;
     ev->payload_len = m->payload_len;
     return ev;
@@ -92,11 +109,14 @@ void event_expire(lua_State *L, int idx)
 void event_expire_ptr(event_t *ev)
 {
     ev->expired = 1;
+    ev->owner.dead = 1;
     ev->hdr = ev->payload = NULL;
     ev->hdr_len = ev->payload_len = 0;
-    if (ev->root)
-        json_object_put(ev->root);
-    ev->root = NULL;
+    if (!ev->subject_owned)
+        ev->subject = NULL;
+    if (!ev->reply_owned)
+        ev->reply = NULL;
+    drop_tree(ev);
     reset_output(ev);
 }
 
@@ -326,8 +346,20 @@ static void encode_headers(lua_State *L, event_t *ev)
 static const char *const ce_attrs[] = {"id", "source", "type", "specversion", "time", "subject",
                                        "dataschema", "version", NULL};
 
+/* Adds a string member made from len bytes (not NUL-terminated). */
+static void add_string(lua_State *L, cJSON *obj, const char *key, const char *val, size_t len)
+{
+    char *tmp = mem_dup(val, len);
+    cJSON *v = tmp ? cJSON_CreateString(tmp) : NULL;
+    free(tmp);
+    if (!v || !cJSON_AddItemToObject(obj, key, v)) {
+        cJSON_Delete(v);
+        luaL_error(L, "out of memory");
+    }
+}
+
 /* Adds the ce-<name> headers not yet in env as string attributes. */
-static void add_extensions(event_t *ev, json_object *env)
+static void add_extensions(lua_State *L, event_t *ev, cJSON *env)
 {
     const char *end = ev->hdr + ev->hdr_len;
     const char *p = memchr(ev->hdr, '\n', ev->hdr_len);
@@ -346,8 +378,8 @@ static void add_extensions(event_t *ev, json_object *env)
             name[nl - 3] = '\0';
             snprintf(hname, sizeof hname, "ce-%s", name);
             const char *val = event_header_find(ev->hdr, ev->hdr_len, hname, &vl);
-            if (val && !json_object_object_get_ex(env, name, NULL))
-                json_object_object_add(env, name, json_object_new_string_len(val, (int)vl));
+            if (val && !cJSON_GetObjectItemCaseSensitive(env, name))
+                add_string(L, env, name, val, vl);
         }
         if (!eol)
             break;
@@ -362,73 +394,89 @@ uint64_t event_decode_count(void)
     return decodes;
 }
 
+/* Parses the payload once, on the first access that needs it. */
 static void decode(lua_State *L, event_t *ev)
 {
-    json_object *v = NULL;
+    char *nums = NULL;
     size_t vl;
-    int is_json;
+    cJSON *v;
     if (ev->mode != EVENT_UNDECODED)
         return;
     decodes++;
-    is_json = ev->payload_len && json_parse(ev->payload, ev->payload_len, &v) == 0;
-    if (is_json && json_object_is_type(v, json_type_object)) {
+    v = ev->payload_len ? json_parse(ev->payload, ev->payload_len, &nums) : NULL;
+    if (cJSON_IsObject(v)) {
         ev->mode = EVENT_STRUCTURED;
         ev->root = v;
+        ev->owner.nums = nums;
         return;
     }
     if (ev->hdr && event_header_find(ev->hdr, ev->hdr_len, "ce-specversion", &vl)) {
         /* The CloudEvents NATS binding, binary mode: attributes in ce-*
          * headers, the payload is the data. */
-        json_object *env = json_object_new_object();
+        cJSON *env = cJSON_CreateObject();
         if (!env) {
-            json_object_put(v);
+            cJSON_Delete(v);
+            free(nums);
             luaL_error(L, "out of memory");
         }
-        /* Known attributes first, in CloudEvents order, then extensions. */
+        /* Held by the event from here on, so an error below leaks nothing. */
+        ev->mode = EVENT_BINARY;
+        ev->root = env;
+        ev->owner.nums = nums;
+        if (v && !cJSON_AddItemToObject(env, "data", v)) {
+            cJSON_Delete(v);
+            luaL_error(L, "out of memory");
+        }
+        /* Known attributes in CloudEvents order, then extensions, then data. */
         for (int i = 0; ce_attrs[i]; i++) {
             char hname[64];
             snprintf(hname, sizeof hname, "ce-%s", ce_attrs[i]);
             const char *val = event_header_find(ev->hdr, ev->hdr_len, hname, &vl);
-            json_object *jv = NULL;
             if (!val)
                 continue;
-            if (strcmp(ce_attrs[i], "version") == 0 && json_parse(val, vl, &jv) == 0 &&
-                json_object_is_type(jv, json_type_int)) {
-                json_object_object_add(env, "version", jv);
+            char *tmp = mem_dup(val, vl);
+            char *endp = NULL;
+            long long iv = tmp ? strtoll(tmp, &endp, 10) : 0;
+            if (tmp && !strcmp(ce_attrs[i], "version") && vl && endp && *endp == '\0') {
+                char num[32];
+                snprintf(num, sizeof num, "%lld", iv);
+                cJSON_AddItemToObject(env, "version", cJSON_CreateRaw(num));
             } else {
-                json_object_put(jv);
-                json_object_object_add(env, ce_attrs[i], json_object_new_string_len(val, (int)vl));
+                add_string(L, env, ce_attrs[i], val, vl);
             }
+            free(tmp);
         }
-        add_extensions(ev, env);
+        add_extensions(L, ev, env);
         const char *ct = event_header_find(ev->hdr, ev->hdr_len, "content-type", &vl);
         if (ct)
-            json_object_object_add(env, "datacontenttype", json_object_new_string_len(ct, (int)vl));
-        if (is_json)
-            json_object_object_add(env, "data", v);
-        else if (ev->payload_len)
-            json_object_object_add(env, "data", json_object_new_string_len(ev->payload, (int)ev->payload_len));
-        ev->mode = EVENT_BINARY;
-        ev->root = env;
+            add_string(L, env, "datacontenttype", ct, vl);
+        if (v) {
+            /* data last, as in a structured envelope */
+            cJSON *d = cJSON_DetachItemFromObjectCaseSensitive(env, "data");
+            cJSON_AddItemToObject(env, "data", d);
+        } else if (ev->payload_len) {
+            add_string(L, env, "data", ev->payload, ev->payload_len);
+        }
         return;
     }
     ev->mode = EVENT_RAW;
-    ev->raw_is_json = is_json;
+    ev->raw_is_json = v != NULL;
     ev->root = v;
+    ev->owner.nums = nums;
 }
 
 /* Raw events become envelopes when a script sets an envelope attribute. */
 static void promote(lua_State *L, event_t *ev)
 {
-    json_object *env = json_object_new_object();
+    cJSON *env = cJSON_CreateObject();
     if (!env)
         luaL_error(L, "out of memory");
-    json_object_object_add(env, "specversion", json_object_new_string("1.0"));
-    json_object_object_add(env, "type", json_object_new_string_len(ev->subject, (int)ev->subject_len));
+    cJSON_AddItemToObject(env, "specversion", cJSON_CreateString("1.0"));
+    add_string(L, env, "type", ev->subject, ev->subject_len);
     if (ev->raw_is_json)
-        json_object_object_add(env, "data", ev->root);
+        cJSON_AddItemToObject(env, "data", ev->root);
     else if (ev->payload_len)
-        json_object_object_add(env, "data", json_object_new_string_len(ev->payload, (int)ev->payload_len));
+        add_string(L, env, "data", ev->payload, ev->payload_len);
     ev->root = env;
     ev->mode = EVENT_STRUCTURED;
     ev->owner.dirty = 1;
@@ -449,7 +497,7 @@ static int event_index(lua_State *L)
     event_t *ev = check_live(L, 1);
     size_t kl;
     const char *k = luaL_checklstring(L, 2, &kl);
-    json_object *v;
+    cJSON *v;
 
     /* Fields that need no decoding. */
     if (strcmp(k, "subject") == 0) {
@@ -476,18 +524,15 @@ static int event_index(lua_State *L)
         if (lua_getiuservalue(L, 1, UV_DATA) != LUA_TNIL)
             return 1;
         lua_pop(L, 1);
-        if (ev->mode == EVENT_RAW) {
-            if (!ev->raw_is_json) {
-                lua_pushnil(L);
-                return 1;
-            }
-            json_push(L, ev->root, 1);
-        } else if (json_object_object_get_ex(ev->root, "data", &v)) {
-            json_push(L, v, 1);
-        } else {
+        if (ev->mode == EVENT_RAW)
+            v = ev->raw_is_json ? ev->root : NULL;
+        else
+            v = cJSON_GetObjectItemCaseSensitive(ev->root, "data");
+        if (!v) {
             lua_pushnil(L);
             return 1;
         }
+        json_push(L, v, 1);
         if (lua_type(L, -1) == LUA_TUSERDATA) {
             lua_pushvalue(L, -1);
             lua_setiuservalue(L, 1, UV_DATA);
@@ -495,19 +540,24 @@ static int event_index(lua_State *L)
         return 1;
     }
     if (strcmp(k, "type") == 0) {
-        if (ev->mode != EVENT_RAW && json_object_object_get_ex(ev->root, "type", &v) &&
-            json_object_is_type(v, json_type_string))
-            json_push(L, v, 1);
+        v = ev->mode != EVENT_RAW ? cJSON_GetObjectItemCaseSensitive(ev->root, "type") : NULL;
+        if (cJSON_IsString(v))
+            lua_pushstring(L, v->valuestring);
         else
             lua_pushlstring(L, ev->subject, ev->subject_len);
         return 1;
     }
     if (strcmp(k, "version") == 0) {
-        if (ev->mode != EVENT_RAW && json_object_object_get_ex(ev->root, "version", &v) &&
-            json_object_is_type(v, json_type_int))
-            lua_pushinteger(L, (lua_Integer)json_object_get_int64(v));
-        else
+        v = ev->mode != EVENT_RAW ? cJSON_GetObjectItemCaseSensitive(ev->root, "version") : NULL;
+        if (json_is_number(v)) {
+            json_push_number(L, v);
+            if (!lua_isinteger(L, -1)) {
+                lua_pop(L, 1);
+                lua_pushinteger(L, 1);
+            }
+        } else {
             lua_pushinteger(L, 1);
+        }
         return 1;
     }
     if (ev->mode == EVENT_RAW) {
@@ -518,11 +568,23 @@ static int event_index(lua_State *L)
      * envelope's own "subject" (e.subject is the NATS subject). */
     if (strcmp(k, "ce_subject") == 0)
         k = "subject";
-    if (json_object_object_get_ex(ev->root, k, &v))
+    v = cJSON_GetObjectItemCaseSensitive(ev->root, k);
+    if (v)
         json_push(L, v, 1);
     else
         lua_pushnil(L);
     return 1;
+}
+
+/* Sets root[key] = v, in place when the key exists (key order is kept). */
+static void set_member(lua_State *L, cJSON *root, const char *key, cJSON *v)
+{
+    if (cJSON_GetObjectItemCaseSensitive(root, key)) {
+        cJSON_ReplaceItemInObjectCaseSensitive(root, key, v);
+    } else if (!cJSON_AddItemToObject(root, key, v)) {
+        cJSON_Delete(v);
+        luaL_error(L, "out of memory");
+    }
 }
 
 static int event_newindex(lua_State *L)
@@ -538,9 +600,11 @@ static int event_newindex(lua_State *L)
         char *d = mem_dup(s, n);
         if (!d)
             return luaL_error(L, "out of memory");
-        free(ev->subject);
+        if (ev->subject_owned)
+            free(ev->subject);
         ev->subject = d;
         ev->subject_len = n;
+        ev->subject_owned = 1;
         ev->subject_dirty = 1;
         return 0;
     }
@@ -548,17 +612,17 @@ static int event_newindex(lua_State *L)
         return luaL_error(L, "e.%s cannot be assigned (set e.headers[name] or e.data instead)", k);
     decode(L, ev);
     if (strcmp(k, "data") == 0) {
-        json_object *v = json_from_lua(L, 3);
         lua_pushnil(L);
         lua_setiuservalue(L, 1, UV_DATA);
         if (ev->mode == EVENT_RAW) {
-            json_object_put(ev->root);
+            cJSON *v = lua_isnil(L, 3) ? NULL : json_from_lua(L, 3);
+            cJSON_Delete(ev->root);
             ev->root = v;
-            ev->raw_is_json = 1;
+            ev->raw_is_json = v != NULL;
         } else if (lua_isnil(L, 3)) {
-            json_object_object_del(ev->root, "data");
+            cJSON_DeleteItemFromObjectCaseSensitive(ev->root, "data");
         } else {
-            json_object_object_add(ev->root, "data", v);
+            set_member(L, ev->root, "data", json_from_lua(L, 3));
         }
         ev->owner.dirty = 1;
         return 0;
@@ -570,9 +634,9 @@ static int event_newindex(lua_State *L)
     if (strcmp(k, "ce_subject") == 0)
         k = "subject";
     if (lua_isnil(L, 3))
-        json_object_object_del(ev->root, k);
+        cJSON_DeleteItemFromObjectCaseSensitive(ev->root, k);
     else
-        json_object_object_add(ev->root, k, json_from_lua(L, 3));
+        set_member(L, ev->root, k, json_from_lua(L, 3));
     ev->owner.dirty = 1;
     return 0;
 }
@@ -604,41 +668,63 @@ static void set_payload(lua_State *L, event_t *ev, const char *s, size_t n)
     ev->out_payload_len = n;
 }
 
+/* Sets the payload to the JSON text of v (NULL prints as null). */
+static void set_payload_json(lua_State *L, event_t *ev, const cJSON *v)
+{
+    size_t n;
+    char *s;
+    if (!v) {
+        set_payload(L, ev, "null", 4);
+        return;
+    }
+    s = json_print(v, &n);
+    if (!s)
+        luaL_error(L, "out of memory");
+    free(ev->out_payload);
+    ev->out_payload = s;
+    ev->out_payload_len = n;
+}
+
 void event_bytes(lua_State *L, int idx, proto_msg_t *out)
 {
-    event_t *ev = check_live(L, idx);
+    event_t *ev = lua_touserdata(L, idx); /* callers hold an event here */
+    if (ev->expired)
+        luaL_error(L, "this event's pipeline has ended");
     idx = lua_absindex(L, idx);
     if (ev->owner.dirty) {
-        size_t n;
-        const char *s;
         if (ev->mode == EVENT_BINARY) {
             /* Attributes back into ce-* headers, data into the payload. */
             push_header_table(L, idx, ev);
             int t = lua_gettop(L);
-            json_object_object_foreach(ev->root, key, val) {
-                if (strcmp(key, "data") == 0 || strcmp(key, "datacontenttype") == 0)
+            cJSON *val;
+            cJSON_ArrayForEach(val, ev->root) {
+                const char *key = val->string;
+                if (!key || !strcmp(key, "data") || !strcmp(key, "datacontenttype"))
                     continue;
                 lua_pushfstring(L, "ce-%s", key);
-                if (json_object_is_type(val, json_type_string))
-                    lua_pushstring(L, json_object_get_string(val));
-                else
-                    lua_pushstring(L, val ? json_text(val, &n) : "null");
+                if (cJSON_IsString(val)) {
+                    lua_pushstring(L, val->valuestring);
+                } else {
+                    size_t n;
+                    char *s = json_print(val, &n);
+                    if (!s)
+                        luaL_error(L, "out of memory");
+                    lua_pushlstring(L, s, n);
+                    free(s);
+                }
                 lua_rawset(L, t);
             }
             lua_pop(L, 1);
             ev->headers_dirty = 1;
-            json_object *d;
-            if (json_object_object_get_ex(ev->root, "data", &d) && json_object_is_type(d, json_type_string)) {
-                set_payload(L, ev, json_object_get_string(d), (size_t)json_object_get_string_len(d));
-            } else if (json_object_object_get_ex(ev->root, "data", &d)) {
-                s = d ? json_text(d, &n) : "null";
-                set_payload(L, ev, s, d ? n : 4);
-            } else {
+            cJSON *d = cJSON_GetObjectItemCaseSensitive(ev->root, "data");
+            if (cJSON_IsString(d))
+                set_payload(L, ev, d->valuestring, strlen(d->valuestring));
+            else if (d)
+                set_payload_json(L, ev, d);
+            else
                 set_payload(L, ev, "", 0);
-            }
         } else {
-            s = ev->root ? json_text(ev->root, &n) : "null";
-            set_payload(L, ev, s, ev->root ? n : 4);
+            set_payload_json(L, ev, ev->root);
         }
         ev->owner.dirty = 0;
     }
@@ -687,8 +773,12 @@ void event_open(lua_State *L)
     luaL_setfuncs(L, ev_mt, 0);
     lua_pushliteral(L, "event");
     lua_setfield(L, -2, "__name");
-    lua_pop(L, 1);
+    lua_pushliteral(L, "event");
+    lua_setfield(L, -2, "__metatable");
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &event_key);
     luaL_newmetatable(L, HEADERS_MT);
     luaL_setfuncs(L, hd_mt, 0);
+    lua_pushliteral(L, "headers");
+    lua_setfield(L, -2, "__metatable");
     lua_pop(L, 1);
 }

@@ -27,16 +27,17 @@
 enum event_mode { EVENT_UNDECODED = 0, EVENT_RAW, EVENT_STRUCTURED, EVENT_BINARY };
 
 typedef struct event {
-    json_owner_t owner; /* owner.dirty: the envelope or data changed */
+    json_owner_t owner; /* owner.dirty: the envelope or data changed; owner.dead: expired */
     int headers_dirty;
     int subject_dirty;
     int expired;
     int mode;
     int depth; /* emit-chain depth: 0 for events from clients */
-    char *subject;
+    char *subject; /* borrowed from the message unless subject_owned */
     size_t subject_len;
     char *reply;
     size_t reply_len;
+    int subject_owned, reply_owned;
     /* The message as received; borrowed unless owned_in is set. */
     const char *hdr;
     size_t hdr_len;
@@ -44,7 +45,7 @@ typedef struct event {
     size_t payload_len;
     char *owned_in;
     /* Decoded: the envelope (structured/binary) or the bare JSON value (raw). */
-    json_object *root;
+    cJSON *root;
     int raw_is_json;
     /* Re-encoded bytes, when changed. */
     char *out_hdr;
@@ -68,7 +69,7 @@ event_t *event_push(lua_State *L, const proto_msg_t *m, int copy);
 event_t *event_test(lua_State *L, int idx);
 
 /*
- * Fills out with the event's current bytes (subject, reply, headers,
+ * Fills out with the event's current bytes (idx must hold an event) (subject, reply, headers,
  * payload), re-encoding what changed.  The pointers stay valid until the
  * event changes again, expires or is collected.  Raises a Lua error on
  * failure: call from protected code.

@@ -1,16 +1,20 @@
 /*
- * json.h - JSON for scripts, lossless both ways (json-c underneath).
+ * json.h - JSON for scripts, lossless both ways, on cJSON.
  *
- * JSON objects and arrays reach Lua as proxies over the json-c value rather
+ * JSON objects and arrays reach Lua as proxies over the parsed tree rather
  * than as converted tables, which is what keeps a round trip exact: key
- * order of objects, the original text of numbers (json-c keeps the text of
- * doubles), 64-bit integers, null and empty array vs empty object all stay
- * as they were in every part a script does not touch.
+ * order, null, and empty array vs empty object stay as they were.  cJSON
+ * reads every number as a double, so after parsing, each number node is
+ * turned into a raw node holding its original text (json_parse does this in
+ * one pass over the text): reading gives the exact 64-bit integer or the
+ * float the text means, and writing the tree out prints untouched numbers
+ * exactly as they came in (1.10 stays 1.10, 12345678901234567890 is not
+ * rounded).
  *
  *   JSON            Lua
  *   null            tide.null (a unique sentinel; distinct from a missing key)
  *   true/false      boolean
- *   integer         integer (64-bit; beyond int64 a float, untouched text kept)
+ *   integer         integer (64-bit; beyond int64 a float, text kept)
  *   other number    float
  *   string          string
  *   object, array   proxy: index, assign, #, pairs (in document order), tostring
@@ -18,53 +22,70 @@
  * Lua to JSON (assignments, ctx.publish, tide.json.encode): tables with keys
  * 1..n are arrays, other tables objects with string keys, written in sorted
  * key order; an empty table is an object unless made with tide.array().
+ *
+ * Ownership: every tree belongs to an owner, a userdata starting with
+ * json_owner_t (an event, or a standalone document).  Proxies keep their
+ * owner alive; once the owner is dead (an event whose pipeline ended) every
+ * proxy into it raises an error instead of reading freed memory.
  */
 #ifndef TIDE_JSON_H
 #define TIDE_JSON_H
 
 #include <stddef.h>
 
-#include <json-c/json.h>
+#include <cjson/cJSON.h>
 #include <lua.h>
 
-/* Anything that owns proxies starts with this, so a write through a proxy
- * can mark its owner changed. */
 typedef struct json_owner {
-    int dirty;
+    int dirty;  /* the tree was changed through a proxy */
+    int dead;   /* the tree is gone */
+    char *nums; /* backing store of the number texts (see json_parse) */
 } json_owner_t;
+
+/* Makes cJSON allocate through tide's block pool.  Call once, before any
+ * other cJSON use (json_open does). */
+void json_init(void);
 
 /*
  * Parses exactly len bytes as one JSON value (surrounding whitespace
- * allowed).  Returns 0 and sets *out (caller puts it; NULL is JSON null), or
- * -1 when the text is not JSON.
+ * allowed).  Returns the tree, or NULL when the text is not JSON.  Number
+ * nodes become raw nodes whose text lives in *nums (one allocation for the
+ * whole document, owned by the caller, freed after the tree).
  */
-int json_parse(const char *text, size_t len, json_object **out);
+cJSON *json_parse(const char *text, size_t len, char **nums);
 
-/* Compact text of v (valid until v changes or is freed). */
-const char *json_text(json_object *v, size_t *len);
-
-/*
- * Pushes the Lua value for v.  Objects and arrays become proxies that hold
- * a reference to v; owner_idx is the stack index of a userdata starting with
- * json_owner_t that writes through the proxy mark dirty, or 0 for none.
- */
-void json_push(lua_State *L, json_object *v, int owner_idx);
+/* Compact text of v, malloc'd (caller frees); NULL when out of memory. */
+char *json_print(const cJSON *v, size_t *len);
 
 /*
- * Returns a new json value for the Lua value at idx (caller puts it).
- * Raises a Lua error for values JSON cannot hold (functions, NaN, cycles,
- * non-string keys, nesting deeper than 64).
+ * Pushes the Lua value for v.  Objects and arrays become proxies tied to the
+ * owner at stack index owner_idx (which must be a userdata starting with
+ * json_owner_t).
  */
-json_object *json_from_lua(lua_State *L, int idx);
+void json_push(lua_State *L, cJSON *v, int owner_idx);
+
+/*
+ * Returns a new tree for the Lua value at idx (caller deletes).  Raises a
+ * Lua error for values JSON cannot hold (functions, NaN, cycles, non-string
+ * keys, nesting deeper than 64).
+ */
+cJSON *json_from_lua(lua_State *L, int idx);
 
 /* True when the value at idx is tide.null. */
 int json_is_null(lua_State *L, int idx);
-
-/* Pushes tide.null. */
 void json_push_null(lua_State *L);
 
-/* Registers the proxy metatables and pushes the table
- * { null = ..., array = fn, object = fn, encode = fn, decode = fn }. */
+/* Pushes a standalone document owning tree (and nums) as a Lua value. */
+void json_push_document(lua_State *L, cJSON *tree, char *nums);
+
+/* A number node's value as Lua sees it: exact integer, else float. */
+void json_push_number(lua_State *L, const cJSON *n);
+
+/* True for number nodes (raw-with-text or plain cJSON numbers). */
+int json_is_number(const cJSON *n);
+
+/* Registers the metatables and pushes the table
+ * { null = ..., array = fn, encode = fn, decode = fn }. */
 void json_open(lua_State *L);
 
 #endif

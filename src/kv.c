@@ -66,13 +66,15 @@ static void push_value(lua_State *L, const kv_value_t *v)
         lua_pushboolean(L, (int)v->i);
         break;
     default: {
-        json_object *j = NULL;
-        if (json_parse(v->s, v->len, &j) < 0) {
+        char *nums;
+        cJSON *j = json_parse(v->s, v->len, &nums);
+        if (!j) {
             lua_pushnil(L);
             break;
         }
-        json_push(L, j, 0);
-        json_object_put(j);
+        json_push_document(L, j, nums); /* owns the tree; proxies keep it alive */
+        json_push(L, j, -1);
+        lua_remove(L, -2);
         break;
     }
     }
@@ -107,13 +109,21 @@ static int l_set(lua_State *L)
         value_free(dict_remove(&kv->d, k, kl));
         return 0;
     }
-    json_object *j = NULL;
+    char *text = NULL;
+    size_t tlen = 0;
     int t = lua_type(L, 2);
-    if (t != LUA_TSTRING && t != LUA_TNUMBER && t != LUA_TBOOLEAN)
-        j = json_from_lua(L, 2); /* raises for functions, userdata, ...: before anything is allocated */
+    if (t != LUA_TSTRING && t != LUA_TNUMBER && t != LUA_TBOOLEAN) {
+        /* Tables are kept as JSON text; json_from_lua raises for functions,
+         * userdata, ... before anything here is allocated. */
+        cJSON *j = json_from_lua(L, 2);
+        text = json_print(j, &tlen);
+        cJSON_Delete(j);
+        if (!text)
+            return luaL_error(L, "out of memory");
+    }
     kv_value_t *v = calloc(1, sizeof *v);
     if (!v) {
-        json_object_put(j);
+        free(text);
         return luaL_error(L, "out of memory");
     }
     switch (t) {
@@ -136,17 +146,11 @@ static int l_set(lua_State *L)
         v->type = KV_BOOL;
         v->i = lua_toboolean(L, 2);
         break;
-    default: {
-        size_t n;
-        const char *s = j ? json_text(j, &n) : "null";
-        if (!j)
-            n = 4;
+    default:
         v->type = KV_JSON;
-        v->s = mem_dup(s, n);
-        v->len = n;
-        json_object_put(j);
+        v->s = text;
+        v->len = tlen;
         break;
-    }
     }
     if ((v->type == KV_STRING || v->type == KV_JSON) && !v->s) {
         free(v);

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "json.h"
 #include "log.h"
 #include "script.h"
 #include "server.h"
@@ -277,6 +278,7 @@ out:
 
 int main(int argc, char **argv)
 {
+    json_init();
     if (argc < 2) {
         usage(stderr);
         return 2;

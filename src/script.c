@@ -907,67 +907,65 @@ static int l_ctx_publish(lua_State *L)
     if (!correlation)
         correlation = causation;
 
-    e = calloc(1, sizeof *e);
-    if (!e)
-        return luaL_error(L, "out of memory");
-    e->depth = st->cur_depth + 1;
-    e->subject = mem_dup(subject, sl);
-    e->subject_len = sl;
-
-    /* The payload. */
+    /* Everything that can raise is built on the Lua stack first; the
+     * queued copy is allocated last, so an error leaks nothing. */
     event_t *src = event_test(L, 2);
+    proto_msg_t sm;
     if (src) {
-        proto_msg_t m;
-        event_bytes(L, 2, &m);
-        e->payload = mem_dup(m.payload, m.payload_len);
-        e->payload_len = m.payload_len;
+        event_bytes(L, 2, &sm);
+        lua_pushlstring(L, sm.payload, sm.payload_len);
     } else if (lua_type(L, 2) == LUA_TSTRING) {
-        size_t pl;
-        const char *p = lua_tolstring(L, 2, &pl);
-        e->payload = mem_dup(p, pl);
-        e->payload_len = pl;
+        lua_pushvalue(L, 2);
     } else {
-        json_object *data = json_from_lua(L, 2);
-        json_object *env = json_object_new_object();
+        cJSON *data = json_from_lua(L, 2);
+        cJSON *env = cJSON_CreateObject();
+        json_push_document(L, env, NULL); /* frees env (and data in it) if anything raises */
+        if (!env) {
+            cJSON_Delete(data);
+            return luaL_error(L, "out of memory");
+        }
         make_uuid(idbuf);
         now_rfc3339(timebuf);
-        json_object_object_add(env, "specversion", json_object_new_string("1.0"));
-        json_object_object_add(env, "id", json_object_new_string(idbuf));
-        json_object_object_add(env, "source", json_object_new_string("tide"));
-        json_object_object_add(env, "type", json_object_new_string_len(subject, (int)sl));
-        json_object_object_add(env, "time", json_object_new_string(timebuf));
+        char *type = mem_dup(subject, sl);
+        cJSON_AddItemToObject(env, "specversion", cJSON_CreateString("1.0"));
+        cJSON_AddItemToObject(env, "id", cJSON_CreateString(idbuf));
+        cJSON_AddItemToObject(env, "source", cJSON_CreateString("tide"));
+        cJSON_AddItemToObject(env, "type", cJSON_CreateString(type ? type : ""));
+        cJSON_AddItemToObject(env, "time", cJSON_CreateString(timebuf));
+        free(type);
         if (correlation)
-            json_object_object_add(env, "correlationid", json_object_new_string(correlation));
+            cJSON_AddItemToObject(env, "correlationid", cJSON_CreateString(correlation));
         if (causation)
-            json_object_object_add(env, "causationid", json_object_new_string(causation));
-        json_object_object_add(env, "data", data);
+            cJSON_AddItemToObject(env, "causationid", cJSON_CreateString(causation));
+        cJSON_AddItemToObject(env, "data", data);
         size_t pl;
-        const char *p = json_text(env, &pl);
-        e->payload = mem_dup(p, pl);
-        e->payload_len = pl;
-        json_object_put(env);
+        char *p = json_print(env, &pl);
+        if (!p)
+            return luaL_error(L, "out of memory");
+        lua_pushlstring(L, p, pl);
+        free(p);
+        lua_remove(L, -2); /* the document */
     }
+    int payload_idx = lua_gettop(L);
 
-    /* The headers: the caller's, then the chain's ids. */
+    /* The headers: the source event's, the caller's, then the chain's ids. */
     luaL_buffinit(L, &hb);
     luaL_addstring(&hb, "NATS/1.0\r\n");
-    if (src && src->hdr && src->hdr_len) {
-        proto_msg_t m;
-        event_bytes(L, 2, &m);
-        const char *nl = m.hdr ? memchr(m.hdr, '\n', m.hdr_len) : NULL;
-        if (nl && m.hdr_len >= 2) /* its header lines, without the status line and final CRLF */
-            luaL_addlstring(&hb, nl + 1, m.hdr_len - (size_t)(nl + 1 - m.hdr) - 2);
+    if (src && sm.hdr && sm.hdr_len >= 2) {
+        const char *nl = memchr(sm.hdr, '\n', sm.hdr_len);
+        if (nl) /* its header lines, without the status line and final CRLF */
+            luaL_addlstring(&hb, nl + 1, sm.hdr_len - (size_t)(nl + 1 - sm.hdr) - 2);
     }
     if (lua_istable(L, 3)) {
         lua_pushnil(L);
         while (lua_next(L, 3)) {
             size_t kl, vl;
+            if (lua_type(L, -2) != LUA_TSTRING)
+                return luaL_error(L, "ctx.publish: header names must be strings");
             const char *k = lua_tolstring(L, -2, &kl);
             const char *v = luaL_tolstring(L, -1, &vl);
-            if (lua_type(L, -3) != LUA_TSTRING || memchr(k, ':', kl) || memchr(v, '\n', vl) || memchr(v, '\r', vl)) {
-                emitted_free(e);
-                return luaL_error(L, "ctx.publish: header names are strings without ':'; values have no CR/LF");
-            }
+            if (memchr(k, ':', kl) || memchr(k, '\n', kl) || memchr(v, '\n', vl) || memchr(v, '\r', vl))
+                return luaL_error(L, "ctx.publish: header names hold no ':' and values no CR/LF");
             lua_pop(L, 2);
             luaL_addlstring(&hb, k, kl);
             luaL_addstring(&hb, ": ");
@@ -987,13 +985,22 @@ static int l_ctx_publish(lua_State *L)
     }
     luaL_addstring(&hb, "\r\n");
     luaL_pushresult(&hb);
-    size_t hl;
+
+    size_t hl, pl;
     const char *hs = lua_tolstring(L, -1, &hl);
+    const char *ps = lua_tolstring(L, payload_idx, &pl);
+    e = calloc(1, sizeof *e);
+    if (!e)
+        return luaL_error(L, "out of memory");
+    e->depth = st->cur_depth + 1;
+    e->subject = mem_dup(subject, sl);
+    e->subject_len = sl;
+    e->payload = mem_dup(ps, pl);
+    e->payload_len = pl;
     if (hl > strlen("NATS/1.0\r\n\r\n")) {
         e->hdr = mem_dup(hs, hl);
         e->hdr_len = hl;
     }
-    lua_pop(L, 1);
     if (!e->subject || !e->payload || (hl > 12 && !e->hdr)) {
         emitted_free(e);
         return luaL_error(L, "out of memory");
@@ -1200,6 +1207,8 @@ static void build_env(state_t *st)
     st->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
+static int run_event(lua_State *L);
+
 static int at_panic(lua_State *L)
 {
     log_error("PANIC: unprotected error in Lua: %s", lua_tostring(L, -1));
@@ -1277,6 +1286,9 @@ static state_t *state_new(script_host_t *h, const script_limits_t *limits, char 
         lua_rawsetp(L, LUA_REGISTRYINDEX, &budget_keys[i]);
     }
 
+    /* Most garbage is one event's and dies young: the generational mode
+     * collects it for less work than the incremental one. */
+    lua_gc(L, LUA_GCGEN, 0, 0);
     lua_pushcfunction(L, open_libs);
     if (lua_pcall(L, 0, 0, 0) != LUA_OK)
         goto fail;
@@ -1302,6 +1314,8 @@ static state_t *state_new(script_host_t *h, const script_limits_t *limits, char 
         }
     }
     lua_settop(L, 0);
+    lua_pushnil(L);
+    lua_pushcclosure(L, run_event, 1); /* RUN_EVENT_SLOT */
     return st;
 fail:
     snprintf(err, errsz, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "error while loading");
@@ -1342,7 +1356,7 @@ static void on_debounce(evutil_socket_t fd, short what, void *arg)
 static void schedule_reload(script_host_t *h)
 {
     /* Editors write in several steps; wait for the burst to end. */
-    struct timeval tv = {0, 30 * 1000};
+    struct timeval tv = {0, 10 * 1000};
     evtimer_add(h->debounce, &tv);
 }
 
@@ -1593,28 +1607,29 @@ void script_get_stats(const script_host_t *h, script_stats_t *out)
 
 void script_rules_json(const script_host_t *h, char **buf, size_t *len)
 {
-    json_object *arr = json_object_new_array();
-    for (size_t i = 0; h->cur && i < h->cur->nrules; i++) {
+    cJSON *arr = cJSON_CreateArray();
+    for (size_t i = 0; arr && h->cur && i < h->cur->nrules; i++) {
         rule_t *r = h->cur->rules[i];
-        json_object *o = json_object_new_object();
-        json_object_object_add(o, "kind", json_object_new_string(kind_names[r->kind]));
-        json_object_object_add(o, r->kind == RULE_UPGRADE ? "type" : "pattern", json_object_new_string(r->pattern));
+        cJSON *o = cJSON_CreateObject();
+        if (!o)
+            break;
+        cJSON_AddStringToObject(o, "kind", kind_names[r->kind]);
+        cJSON_AddStringToObject(o, r->kind == RULE_UPGRADE ? "type" : "pattern", r->pattern);
         if (r->kind == RULE_UPGRADE)
-            json_object_object_add(o, "from_version", json_object_new_int64(r->from_version));
-        json_object_object_add(o, "where", json_object_new_string(r->where));
-        json_object_object_add(o, "calls", json_object_new_int64((int64_t)r->calls));
-        json_object_object_add(o, "errors", json_object_new_int64((int64_t)r->errors));
+            cJSON_AddNumberToObject(o, "from_version", (double)r->from_version);
+        cJSON_AddStringToObject(o, "where", r->where);
+        cJSON_AddNumberToObject(o, "calls", (double)r->calls);
+        cJSON_AddNumberToObject(o, "errors", (double)r->errors);
         if (r->kind == RULE_FILTER || r->kind == RULE_ROUTE)
-            json_object_object_add(o, "dropped", json_object_new_int64((int64_t)r->dropped));
+            cJSON_AddNumberToObject(o, "dropped", (double)r->dropped);
         if (r->kind == RULE_ROUTE)
-            json_object_object_add(o, "routed", json_object_new_int64((int64_t)r->routed));
-        json_object_array_add(arr, o);
+            cJSON_AddNumberToObject(o, "routed", (double)r->routed);
+        cJSON_AddItemToArray(arr, o);
     }
-    size_t n;
-    const char *s = json_text(arr, &n);
-    *buf = mem_dup(s, n);
-    *len = *buf ? n : 0;
-    json_object_put(arr);
+    *buf = arr ? json_print(arr, len) : NULL;
+    if (!*buf)
+        *len = 0;
+    cJSON_Delete(arr);
 }
 
 /* ---- the pipeline ------------------------------------------------------------------ */
@@ -1750,11 +1765,12 @@ static int call_rule(state_t *st, rule_t *r, int ev_idx)
     return rc;
 }
 
+/* Stack slot of the main thread that holds the run_event closure for the
+ * state's whole life (its upvalue anchors the event in the pipeline). */
+#define RUN_EVENT_SLOT 1
+
 /* Destinations chosen by routes: up to this many subjects per event. */
 #define MAX_FANOUT 64
-
-/* Registry slot of the event in the pipeline. */
-static const char current_event_key = 'e';
 
 /* One event's trip through the pipeline, shared with the protected call. */
 typedef struct run {
@@ -1767,6 +1783,7 @@ typedef struct run {
     char *dest[MAX_FANOUT];
     size_t dest_len[MAX_FANOUT];
     int ndest;
+    match_t *mt;         /* the rules for the subject it came with */
     const char *stage;   /* set with failed when a rule fails */
     rule_t *failed;
     char error[1024];
@@ -1825,9 +1842,10 @@ static int run_event(lua_State *L)
 
     run->ev = event_push(L, run->in, 0);
     int ev_idx = lua_gettop(L);
-    /* Anchored so that it outlives an error unwinding this call. */
+    /* Anchored in this closure's upvalue, so that it outlives an error
+     * unwinding this call: run_one expires it from there. */
     lua_pushvalue(L, ev_idx);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &current_event_key);
+    lua_replace(L, lua_upvalueindex(1));
     run->ev->depth = run->depth;
 
     /* 1. upgraders, chained: each takes the event from version v to v + 1. */
@@ -1860,8 +1878,12 @@ static int run_event(lua_State *L)
         }
     }
 
-    /* 2. filters, on the subject as it is now. */
-    mt = match_for(st, run->ev->subject, run->ev->subject_len);
+    /* 2. filters, on the subject as it is now (an upgrader may have
+     * renamed the event; otherwise run_one's match still holds). */
+    if (run->ev->subject == run->in->subject && run->mt)
+        mt = run->mt;
+    else
+        mt = match_for(st, run->ev->subject, run->ev->subject_len);
     if (!mt)
         return luaL_error(L, "out of memory matching rules");
     for (size_t i = 0; i < mt->n[RULE_FILTER]; i++) {
@@ -1948,15 +1970,17 @@ static int run_event(lua_State *L)
     return 0;
 }
 
-/* Does any rule apply to this message?  When not, Lua is not touched. */
-static int needs_lua(state_t *st, const proto_msg_t *m)
+/* Does any rule apply to this message?  When not, Lua is not touched.
+ * *mt gets the rules for its subject (NULL when out of memory). */
+static int needs_lua(state_t *st, const proto_msg_t *m, match_t **mt)
 {
+    *mt = NULL;
     if (st->nrules == 0)
         return 0;
-    match_t *mt = match_for(st, m->subject, m->subject_len);
-    if (!mt)
+    *mt = match_for(st, m->subject, m->subject_len);
+    if (!*mt)
         return 1; /* out of memory: let the pipeline report it */
-    return mt->n[RULE_FILTER] || mt->n[RULE_ROUTE] || mt->n[RULE_HANDLER] || upgrade_possible(st, m);
+    return (*mt)->n[RULE_FILTER] || (*mt)->n[RULE_ROUTE] || (*mt)->n[RULE_HANDLER] || upgrade_possible(st, m);
 }
 
 static void run_one(script_host_t *h, client_t *from, const proto_msg_t *m, int depth)
@@ -1965,21 +1989,23 @@ static void run_one(script_host_t *h, client_t *from, const proto_msg_t *m, int 
     lua_State *L = st->L;
     int top = lua_gettop(L);
     run_t run;
+    match_t *mt;
 
     h->st.events++;
-    if (!needs_lua(st, m)) {
+    if (!needs_lua(st, m, &mt)) {
         h->st.bypassed++;
         server_route(h->srv, from, m);
         return;
     }
     memset(&run, 0, sizeof run);
+    run.mt = mt;
     run.h = h;
     run.st = st;
     run.from = from;
     run.in = m;
     run.depth = depth;
     st->cur_depth = depth;
-    lua_pushcfunction(L, run_event);
+    lua_pushvalue(L, RUN_EVENT_SLOT);
     lua_pushlightuserdata(L, &run);
     int rc = lua_pcall(L, 1, 0, 0);
     if (rc != LUA_OK) {
@@ -1990,10 +2016,10 @@ static void run_one(script_host_t *h, client_t *from, const proto_msg_t *m, int 
     }
     st->cur_ev_idx = 0;
     /* The event ends here, whatever a script kept of it. */
-    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &current_event_key) == LUA_TUSERDATA)
-        event_expire(L, -1);
+    if (lua_getupvalue(L, RUN_EVENT_SLOT, 1) && lua_type(L, -1) == LUA_TUSERDATA)
+        event_expire_ptr(lua_touserdata(L, -1));
     lua_pushnil(L);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &current_event_key);
+    lua_setupvalue(L, RUN_EVENT_SLOT, 1);
     if (rc != LUA_OK)
         lua_gc(L, LUA_GCCOLLECT); /* out of memory outside a rule: collect now */
     if (run.stage)

@@ -139,6 +139,7 @@ static int l_now(lua_State *L)
     return 1;
 }
 
+int luaopen_procmod(lua_State *L);
 int luaopen_procmod(lua_State *L)
 {
     static const luaL_Reg fns[] = {{"spawn", l_spawn}, {"wait", l_wait}, {"kill", l_kill},
