@@ -79,6 +79,7 @@ check: all
 
 bench: deps all $(BENCHBIN)
 	@scripts/bench.sh
+	@scripts/bench-scripts.sh
 
 fuzz: deps
 	@scripts/fuzz.sh run $${FUZZ_SECONDS:-600}

@@ -1,0 +1,134 @@
+#!/bin/bash
+# The script-pipeline benchmark (run by `make bench` after scripts/bench.sh):
+#
+#  1. throughput of 1 publisher -> 1 subscriber, 200-byte CloudEvents
+#     envelopes on order.created, through tide with
+#       none     no scripts at all
+#       bypass   a rule on another subject (these events match nothing)
+#       subject  a filter reading only e.subject (no JSON decoding)
+#       data     a filter reading e.data.amount (the payload is parsed)
+#       full     upgrader (changes the event: re-encoded) + filter + route
+#     alternating the configurations in one run, BENCH_REPEAT times (default
+#     3); medians and the ratio to `none`;
+#  2. instructions per event from callgrind (repeatable, unlike seconds):
+#     BENCH_CG_MSGS events (default 20000) minus a run with none;
+#  3. reload latency: a rules file rewritten BENCH_RELOADS times (default
+#     50), from the write to the new version routing events.
+#
+# Results also go to build/bench-scripts.md.  Loopback only; every run is
+# bounded (nats_bench --timeout).
+set -u
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+TIDE=${TIDE:-$ROOT/build/tide}
+BENCH=$ROOT/build/nats_bench
+REPEAT=${BENCH_REPEAT:-3}
+MSGS=${BENCH_SCRIPT_MSGS:-300000}
+CG_MSGS=${BENCH_CG_MSGS:-20000}
+RELOADS=${BENCH_RELOADS:-50}
+OUT=$ROOT/build/bench-scripts.md
+LOGS=$ROOT/build/bench-logs
+mkdir -p "$LOGS"
+CONFIGS="none bypass subject data full"
+failed=0
+SERVER_PID=
+
+cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+start_tide() { # cfg port [wrapper...]
+    local cfg=$1 port=$2
+    shift 2
+    local args=(serve -a 127.0.0.1 -p "$port")
+    [ "$cfg" != none ] && args+=(-c "$ROOT/bench/scripts/$cfg.lua")
+    "$@" "$TIDE" "${args[@]}" >"$LOGS/scripts-$cfg.log" 2>&1 &
+    SERVER_PID=$!
+    for _ in $(seq 1 300); do
+        "$BENCH" ping --url "nats://127.0.0.1:$port" >/dev/null 2>&1 && return 0
+        sleep 0.05
+    done
+    echo "tide ($cfg) did not start" >&2
+    return 1
+}
+
+stop_tide() {
+    kill -TERM "$SERVER_PID" 2>/dev/null
+    wait "$SERVER_PID" 2>/dev/null
+    SERVER_PID=
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print 0}'; }
+
+echo "== script pipeline: throughput, $MSGS messages of 200 B, median of $REPEAT"
+declare -A rates
+for r in $(seq 1 "$REPEAT"); do
+    for cfg in $CONFIGS; do
+        port=$(free_port)
+        start_tide "$cfg" "$port" || { failed=1; continue; }
+        line=$("$BENCH" pubsub --url "nats://127.0.0.1:$port" --size 200 --msgs "$MSGS" --subs 1 \
+               --json --subject order.created --timeout 120 2>&1)
+        stop_tide
+        rate=$(echo "$line" | sed -n 's/.* rate=\([0-9]*\).*/\1/p')
+        if [ -z "$rate" ]; then
+            echo "   $cfg: $line"
+            failed=1
+            continue
+        fi
+        rates[$cfg]="${rates[$cfg]:-} $rate"
+    done
+done
+
+echo "== script pipeline: instructions per event (callgrind, $CG_MSGS events)"
+declare -A instr
+cg_total() { # cfg msgs
+    local cfg=$1 n=$2 port out
+    port=$(free_port)
+    out=$LOGS/callgrind-$cfg-$n.out
+    rm -f "$out"
+    start_tide "$cfg" "$port" valgrind --tool=callgrind --callgrind-out-file="$out" || return 1
+    if [ "$n" -gt 0 ]; then
+        "$BENCH" pubsub --url "nats://127.0.0.1:$port" --size 200 --msgs "$n" --subs 1 \
+            --json --subject order.created --timeout 300 >/dev/null 2>&1 || return 1
+    fi
+    stop_tide
+    callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}'
+}
+if command -v valgrind >/dev/null; then
+    base0=$(cg_total none 0)
+    for cfg in $CONFIGS; do
+        t=$(cg_total "$cfg" "$CG_MSGS")
+        # The same start-up and shutdown with no events, per configuration.
+        b=$(cg_total "$cfg" 0)
+        if [ -n "$t" ] && [ -n "$b" ]; then
+            instr[$cfg]=$(( (t - b) / CG_MSGS ))
+        else
+            instr[$cfg]="?"
+            failed=1
+        fi
+    done
+    : "${base0:=0}"
+fi
+
+echo "== reload latency ($RELOADS reloads)"
+reload_line=$(lua5.4 "$ROOT/bench/reload_latency.lua" "$TIDE" "$RELOADS" 2>&1 | grep '^RESULT' || true)
+[ -z "$reload_line" ] && failed=1
+
+none_med=$(echo ${rates[none]:-0} | tr ' ' '\n' | median)
+{
+    echo "| configuration | messages/s (median) | ratio to no scripts | instructions/event (callgrind) |"
+    echo "|---|---:|---:|---:|"
+    for cfg in $CONFIGS; do
+        med=$(echo ${rates[$cfg]:-0} | tr ' ' '\n' | median)
+        ratio=$(awk -v a="$med" -v b="$none_med" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
+        echo "| $cfg | $med | $ratio | ${instr[$cfg]:-n/a} |"
+    done
+    echo
+    echo "Reload latency: ${reload_line:-FAILED}"
+} | tee "$OUT"
+
+if [ "$failed" -ne 0 ]; then
+    echo "FAILED: some script benchmark runs did not complete (logs in $LOGS)"
+    exit 1
+fi
