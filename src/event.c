@@ -404,13 +404,16 @@ static void decode(lua_State *L, event_t *ev)
         return;
     decodes++;
     v = ev->payload_len ? json_parse(ev->payload, ev->payload_len, &nums) : NULL;
-    if (cJSON_IsObject(v)) {
+    /* ce-* headers say binary mode whatever the body is (a JSON object body
+     * is the common case there); otherwise an object is the envelope. */
+    int binary = ev->hdr && event_header_find(ev->hdr, ev->hdr_len, "ce-specversion", &vl);
+    if (!binary && cJSON_IsObject(v)) {
         ev->mode = EVENT_STRUCTURED;
         ev->root = v;
         ev->owner.nums = nums;
         return;
     }
-    if (ev->hdr && event_header_find(ev->hdr, ev->hdr_len, "ce-specversion", &vl)) {
+    if (binary) {
         /* The CloudEvents NATS binding, binary mode: attributes in ce-*
          * headers, the payload is the data. */
         cJSON *env = cJSON_CreateObject();
