@@ -65,7 +65,7 @@ $(BENCHBIN): bench/nats_bench.c
 	$(CC) $(CSTD) -O2 -g -Wall -Wextra -o $@ $< -lnats -lpthread -lm
 
 run: deps all
-	$(TIDE) serve
+	$(TIDE) serve -c examples/tour/tide.lua
 
 # The whole suite: the plain build, then the same specs under ASan + UBSan.
 test: deps

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -446,6 +447,19 @@ static int load_file(state_t *st, const char *path, const char *chunkname)
     return LUA_OK;
 }
 
+/* The name errors and Tide-Script show for a file: relative to the entry
+ * file's directory ("rules.lua"), or "lua/<file>" for tide's library. */
+static void chunk_name(const script_host_t *h, const char *path, char *out, size_t n)
+{
+    size_t dl = strlen(h->config_dir), ll = h->lib_dir ? strlen(h->lib_dir) : 0;
+    if (!strncmp(path, h->config_dir, dl) && path[dl] == '/')
+        snprintf(out, n, "@%s", path + dl + 1);
+    else if (ll && !strncmp(path, h->lib_dir, ll) && path[ll] == '/')
+        snprintf(out, n, "@lua/%s", path + ll + 1);
+    else
+        snprintf(out, n, "@%s", path);
+}
+
 /* require(name): "a.b" is a/b.lua (or a/b/init.lua) beside the entry file,
  * then in tide's lua/ directory.  Loaded once per state. */
 static int l_require(lua_State *L)
@@ -472,7 +486,7 @@ static int l_require(lua_State *L)
             snprintf(path, sizeof path, variant ? "%s/%s/init.lua" : "%s/%s.lua", dirs[d], rel);
             if (access(path, R_OK) != 0)
                 continue;
-            snprintf(chunkname, sizeof chunkname, "@%s", path);
+            chunk_name(st->host, path, chunkname, sizeof chunkname);
             if (load_file(st, path, chunkname) != LUA_OK)
                 return lua_error(L);
             lua_pushstring(L, name);
@@ -825,30 +839,47 @@ static void now_rfc3339(char out[64])
              tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
 }
 
+/* Registry slot of the event whose handlers are running (set around the
+ * handler calls in run_event).  Handlers' C functions (ctx.publish,
+ * ctx.reply) run in frames of their own, so a stack index of run_event's
+ * frame does not reach the event from there. */
+static const char handled_event_key = 'h';
+
+/* Pushes the event being handled (nil outside a handler) and returns it,
+ * or NULL when there is none or it has ended. */
+static event_t *push_handled_event(lua_State *L, state_t *st)
+{
+    event_t *ev = NULL;
+    if (st->cur_ev_idx && lua_rawgetp(L, LUA_REGISTRYINDEX, &handled_event_key) == LUA_TUSERDATA)
+        ev = event_test(L, -1);
+    else if (!st->cur_ev_idx)
+        lua_pushnil(L);
+    return ev && !ev->expired ? ev : NULL;
+}
+
 /* Reads a string attribute of the current event (its header first, then
  * its envelope) into buf; returns buf or NULL. */
 static const char *current_attr(lua_State *L, state_t *st, const char *header, const char *attr, char *buf,
                                 size_t n)
 {
-    if (!st->cur_ev_idx)
-        return NULL;
-    event_t *ev = event_test(L, st->cur_ev_idx);
+    event_t *ev = push_handled_event(L, st);
+    int idx = lua_gettop(L);
+    const char *found = NULL;
     size_t vl;
     const char *v;
-    if (!ev || ev->expired)
-        return NULL;
-    if (header && ev->hdr && (v = event_header_find(ev->hdr, ev->hdr_len, header, &vl))) {
+    if (ev && header && ev->hdr && (v = event_header_find(ev->hdr, ev->hdr_len, header, &vl))) {
         snprintf(buf, n, "%.*s", (int)vl, v);
-        return buf;
-    }
-    lua_getfield(L, st->cur_ev_idx, attr);
-    if (lua_type(L, -1) == LUA_TSTRING) {
-        snprintf(buf, n, "%s", lua_tostring(L, -1));
+        found = buf;
+    } else if (ev) {
+        lua_getfield(L, idx, attr);
+        if (lua_type(L, -1) == LUA_TSTRING) {
+            snprintf(buf, n, "%s", lua_tostring(L, -1));
+            found = buf;
+        }
         lua_pop(L, 1);
-        return buf;
     }
     lua_pop(L, 1);
-    return NULL;
+    return found;
 }
 
 static void queue_emitted(script_host_t *h, emitted_t *e)
@@ -952,9 +983,16 @@ static int l_ctx_publish(lua_State *L)
     luaL_buffinit(L, &hb);
     luaL_addstring(&hb, "NATS/1.0\r\n");
     if (src && sm.hdr && sm.hdr_len >= 2) {
-        const char *nl = memchr(sm.hdr, '\n', sm.hdr_len);
-        if (nl) /* its header lines, without the status line and final CRLF */
-            luaL_addlstring(&hb, nl + 1, sm.hdr_len - (size_t)(nl + 1 - sm.hdr) - 2);
+        /* Its header lines, without the status line and the chain ids,
+         * which are set anew below. */
+        const char *p = memchr(sm.hdr, '\n', sm.hdr_len), *end = sm.hdr + sm.hdr_len;
+        for (p = p ? p + 1 : end; p < end;) {
+            const char *eol = memchr(p, '\n', (size_t)(end - p));
+            const char *le = eol ? eol + 1 : end;
+            if (le - p > 2 && strncasecmp(p, "Tide-Correlation-Id:", 20) && strncasecmp(p, "Tide-Causation-Id:", 18))
+                luaL_addlstring(&hb, p, (size_t)(le - p));
+            p = le;
+        }
     }
     if (lua_istable(L, 3)) {
         lua_pushnil(L);
@@ -1016,7 +1054,8 @@ static int l_ctx_publish(lua_State *L)
 static int l_ctx_reply(lua_State *L)
 {
     state_t *st = state_of(L);
-    event_t *ev = st->cur_ev_idx ? event_test(L, st->cur_ev_idx) : NULL;
+    event_t *ev = push_handled_event(L, st);
+    lua_pop(L, 1); /* still anchored in the registry */
     if (!ev || !ev->reply)
         return luaL_error(L, "ctx.reply: the event has no reply subject");
     lua_pushlstring(L, ev->reply, ev->reply_len);
@@ -1251,8 +1290,8 @@ static int run_entry(lua_State *L)
 {
     state_t *st = state_of(L);
     const char *path = st->host->config_path;
-    char chunkname[PATH_MAX + 2];
-    snprintf(chunkname, sizeof chunkname, "@%s", path);
+    char chunkname[PATH_MAX + 8];
+    chunk_name(st->host, path, chunkname, sizeof chunkname);
     if (load_file(st, path, chunkname) != LUA_OK)
         return lua_error(L);
     lua_call(L, 0, 0);
@@ -1784,6 +1823,7 @@ typedef struct run {
     size_t dest_len[MAX_FANOUT];
     int ndest;
     match_t *mt;         /* the rules for the subject it came with */
+    int handled;         /* handlers ran: the registry holds the event */
     const char *stage;   /* set with failed when a rule fails */
     rule_t *failed;
     char error[1024];
@@ -1954,6 +1994,11 @@ static int run_event(lua_State *L)
         match_t *hm = match_for(st, run->dest[d], run->dest_len[d]);
         if (!hm || hm->n[RULE_HANDLER] == 0)
             continue;
+        if (!run->handled) {
+            lua_pushvalue(L, ev_idx);
+            lua_rawsetp(L, LUA_REGISTRYINDEX, &handled_event_key);
+            run->handled = 1;
+        }
         if (run->dest_len[d] != run->ev->subject_len || memcmp(run->dest[d], run->ev->subject, run->dest_len[d])) {
             lua_pushlstring(L, run->dest[d], run->dest_len[d]);
             lua_setfield(L, ev_idx, "subject");
@@ -2015,6 +2060,10 @@ static void run_one(script_host_t *h, client_t *from, const proto_msg_t *m, int 
         snprintf(run.error, sizeof run.error, "%s", msg ? msg : "error");
     }
     st->cur_ev_idx = 0;
+    if (run.handled) {
+        lua_pushnil(L);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &handled_event_key);
+    }
     /* The event ends here, whatever a script kept of it. */
     if (lua_getupvalue(L, RUN_EVENT_SLOT, 1) && lua_type(L, -1) == LUA_TUSERDATA)
         event_expire_ptr(lua_touserdata(L, -1));

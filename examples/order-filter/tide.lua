@@ -1,0 +1,5 @@
+-- examples/order-filter: run with  build/tide serve -c examples/order-filter/tide.lua
+-- (the -a/-p flags override the address below).
+listen { nats = "127.0.0.1:4222" }
+
+require "rules" -- rules.lua beside this file
