@@ -1,10 +1,11 @@
 #!/bin/bash
 # The protocol parser fuzzer (libFuzzer, clang, ASan + UBSan).
 #
-#   scripts/fuzz.sh replay        run every input of tests/fuzz/corpus once
-#   scripts/fuzz.sh run SECONDS   fuzz for SECONDS, growing a corpus in
-#                                 build-fuzz/corpus (seeded from tests/fuzz/corpus);
-#                                 crashes land in build-fuzz/
+#   scripts/fuzz.sh replay             run every stored input once (both targets)
+#   scripts/fuzz.sh run SECONDS        fuzz the protocol parser for SECONDS, growing
+#                                      a corpus in build-fuzz/corpus (seeded from
+#                                      tests/fuzz/corpus); crashes land in build-fuzz/
+#   scripts/fuzz.sh run-json SECONDS   the same for the JSON layer (tests/fuzz/json-corpus)
 set -eu
 cd "$(dirname "$0")/.."
 OUT=build-fuzz
@@ -18,9 +19,25 @@ if [ $need = 1 ]; then
     clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
         -fno-sanitize-recover=undefined -o "$BIN" $SRCS
 fi
+JBIN=$OUT/fuzz_json
+JSRCS="tests/fuzz/fuzz_json.c src/json.c"
+jneed=0
+[ -x "$JBIN" ] || jneed=1
+for f in $JSRCS src/json.h; do [ "$f" -nt "$JBIN" ] && jneed=1; done
+if [ $jneed = 1 ]; then
+    clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
+        -fno-sanitize-recover=undefined $(pkg-config --cflags lua5.4 libcjson) -o "$JBIN" $JSRCS \
+        $(pkg-config --libs lua5.4 libcjson) -lm
+fi
 case "${1:-replay}" in
 replay)
-    exec "$BIN" -runs=0 tests/fuzz/corpus
+    "$BIN" -runs=0 tests/fuzz/corpus && exec "$JBIN" -runs=0 tests/fuzz/json-corpus
+    ;;
+run-json)
+    secs=${2:-600}
+    mkdir -p "$OUT/json-corpus"
+    exec "$JBIN" -max_total_time="$secs" -max_len=4096 -artifact_prefix="$OUT/json-" \
+        "$OUT/json-corpus" tests/fuzz/json-corpus
     ;;
 run)
     secs=${2:-600}
@@ -29,7 +46,7 @@ run)
         -dict=tests/fuzz/nats.dict "$OUT/corpus" tests/fuzz/corpus
     ;;
 *)
-    echo "usage: $0 replay | run SECONDS" >&2
+    echo "usage: $0 replay | run SECONDS | run-json SECONDS" >&2
     exit 2
     ;;
 esac
