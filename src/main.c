@@ -12,6 +12,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <lauxlib.h>
+#include <lualib.h>
+
+#include "flow.h"
 #include "json.h"
 #include "log.h"
 #include "script.h"
@@ -24,6 +28,10 @@ static void usage(FILE *f)
             "\n"
             "Commands:\n"
             "  serve                  run the server\n"
+            "  run FLOW --events IN.jsonl [--expect OUT.jsonl]\n"
+            "                         run a flow offline: print its deliveries, or\n"
+            "                         compare them with OUT.jsonl (exit 1 on a difference)\n"
+            "  check FLOW...          load flows in the sandbox and report errors (exit 1)\n"
             "\n"
             "Server options (tide serve):\n"
             "  -a, --addr HOST        bind to HOST (default 127.0.0.1)\n"
@@ -276,6 +284,67 @@ out:
     return rc;
 }
 
+/* tide check: loads each entry file as the server would, without serving. */
+static int cmd_check(int argc, char **argv)
+{
+    char lib[4096];
+    int bad = 0;
+    if (argc < 2) {
+        fprintf(stderr, "usage: tide check flow.lua [flow.lua...]\n");
+        return 2;
+    }
+    for (int i = 1; i < argc; i++) {
+        char err[1024];
+        script_host_t *h = script_host_new(argv[i], lua_lib_dir(lib, sizeof lib), err, sizeof err);
+        if (!h) {
+            printf("%s: error: %s\n", argv[i], err);
+            bad = 1;
+            continue;
+        }
+        script_stats_t st;
+        script_get_stats(h, &st);
+        printf("%s: ok, %d rules\n", argv[i], st.rules);
+        script_host_free(h);
+    }
+    return bad;
+}
+
+/* tide run: the driver is lua/tide/run.lua, in a plain Lua state with the
+ * tide.flow module (a router without network) and JSON helpers. */
+static int cmd_run(int argc, char **argv)
+{
+    char lib[4096], path[4200];
+    int rc = 2;
+    lua_State *L = luaL_newstate();
+    if (!L)
+        return 1;
+    luaL_openlibs(L);
+    lua_lib_dir(lib, sizeof lib);
+    flow_set_lib_dir(lib);
+    luaL_requiref(L, "tide.flow", flow_open_module, 0);
+    lua_pop(L, 1);
+    json_open(L);
+    lua_setglobal(L, "tide_json");
+    snprintf(path, sizeof path, "%s/tide/run.lua", lib);
+    if (luaL_loadfile(L, path) != LUA_OK || lua_pcall(L, 0, 1, 0) != LUA_OK) {
+        fprintf(stderr, "tide run: %s\n", lua_tostring(L, -1));
+        goto out;
+    }
+    lua_createtable(L, argc, 0);
+    for (int i = 1; i < argc; i++) {
+        lua_pushstring(L, argv[i]);
+        lua_rawseti(L, -2, i);
+    }
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+        fprintf(stderr, "tide run: %s\n", lua_tostring(L, -1));
+        goto out;
+    }
+    rc = (int)lua_tointeger(L, -1);
+out:
+    lua_close(L);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     json_init();
@@ -294,6 +363,10 @@ int main(int argc, char **argv)
     }
     if (!strcmp(cmd, "serve"))
         return cmd_serve(argc - 1, argv + 1);
+    if (!strcmp(cmd, "run"))
+        return cmd_run(argc - 1, argv + 1);
+    if (!strcmp(cmd, "check"))
+        return cmd_check(argc - 1, argv + 1);
     if (cmd[0] == '-')
         fprintf(stderr, "tide: unknown option '%s'\nTry 'tide --help'.\n", cmd);
     else

@@ -1567,6 +1567,11 @@ void script_host_apply_settings(const script_host_t *h, server_opts_t *o)
     if (st->set_mask & SET_WRITE_DEADLINE) o->write_deadline = st->set.write_deadline;
 }
 
+void script_host_attach_offline(script_host_t *h, server_t *srv)
+{
+    h->srv = srv;
+}
+
 int script_host_attach(script_host_t *h, server_t *srv)
 {
     struct event_base *base = server_base(srv);

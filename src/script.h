@@ -58,6 +58,9 @@ void script_host_apply_settings(const script_host_t *h, server_opts_t *o);
  * are triggered by file changes and SIGHUP.  Returns 0 or -1. */
 int script_host_attach(script_host_t *h, server_t *srv);
 
+/* The same without file watching or signals: for offline runs (tide run). */
+void script_host_attach_offline(script_host_t *h, server_t *srv);
+
 void script_host_free(script_host_t *h);
 
 /*

@@ -19,6 +19,8 @@
 #include "log.h"
 #include "script.h"
 #include "server.h"
+#include "subject.h"
+#include "util.h"
 
 struct server {
     server_opts_t opts;
@@ -31,6 +33,8 @@ struct server {
     client_t *clients;           /* live clients */
     client_t *dead;              /* closed, waiting for the reaper */
     sub_t **expired;             /* auto-unsubscribed during a route, removed after it */
+    sub_t **internal;            /* subscriptions inside the server */
+    size_t ninternal;
     size_t nexpired, capexpired;
     uint64_t next_client_id;
     int shutting_down;
@@ -96,6 +100,12 @@ void server_free(server_t *s)
 {
     if (!s)
         return;
+    for (size_t i = 0; i < s->ninternal; i++) {
+        sublist_remove(s->subs, s->internal[i]);
+        free(s->internal[i]->subject);
+        free(s->internal[i]);
+    }
+    free(s->internal);
     while (s->clients) {
         client_t *c = s->clients;
         server_unlink_client(s, c);
@@ -128,6 +138,32 @@ struct event_base *server_base(server_t *s) { return s->base; }
 server_stats_t *server_stats_mut(server_t *s) { return &s->stats; }
 const server_opts_t *server_get_opts(const server_t *s) { return &s->opts; }
 const char *server_id(const server_t *s) { return s->id; }
+
+sub_t *server_subscribe_internal(server_t *s, const char *pattern, void (*fn)(void *, const proto_msg_t *),
+                                 void *ctx)
+{
+    size_t n = strlen(pattern);
+    sub_t *sub = calloc(1, sizeof *sub);
+    sub_t **ni = realloc(s->internal, (s->ninternal + 1) * sizeof *ni);
+    if (!sub || !ni || !subject_valid_pattern(pattern, n)) {
+        free(sub);
+        if (ni)
+            s->internal = ni;
+        return NULL;
+    }
+    s->internal = ni;
+    sub->subject = mem_dup(pattern, n);
+    sub->subject_len = n;
+    sub->deliver = fn;
+    sub->deliver_ctx = ctx;
+    if (!sub->subject || sublist_insert(s->subs, sub) < 0) {
+        free(sub->subject);
+        free(sub);
+        return NULL;
+    }
+    s->internal[s->ninternal++] = sub;
+    return sub;
+}
 
 void server_set_scripts(server_t *s, struct script_host *h)
 {
@@ -317,6 +353,13 @@ static int deliver_one(server_t *s, sub_t *sub, const proto_msg_t *m)
     client_t *dst = sub->owner;
     if (sub->max_msgs && sub->delivered >= sub->max_msgs)
         return 0; /* already used up, removal pending */
+    if (!dst) {
+        sub->deliver(sub->deliver_ctx, m);
+        sub->delivered++;
+        s->stats.out_msgs++;
+        s->stats.out_bytes += m->payload_len + m->hdr_len;
+        return 1;
+    }
     if (client_deliver(dst, sub, m) < 0)
         return 0;
     sub->delivered++;
@@ -337,6 +380,8 @@ static int deliver_one(server_t *s, sub_t *sub, const proto_msg_t *m)
 static int may_receive(const client_t *from, const sub_t *sub)
 {
     const client_t *dst = sub->owner;
+    if (!dst)
+        return 1; /* inside the server */
     if (dst->flags & CLIENT_CLOSING)
         return 0;
     if (dst == from && (dst->flags & CLIENT_NO_ECHO))

@@ -83,6 +83,14 @@ struct script_host;
 /* Attaches the script host (owned by the caller, who frees it after the server). */
 void server_set_scripts(server_t *s, struct script_host *h);
 
+/*
+ * Subscribes a function inside the server: fn(ctx, msg) is called for every
+ * message routed to a subject pattern matches (msg valid during the call).
+ * Returns the subscription (freed with the server), or NULL.
+ */
+sub_t *server_subscribe_internal(server_t *s, const char *pattern, void (*fn)(void *, const proto_msg_t *),
+                                 void *ctx);
+
 void server_get_stats(const server_t *s, server_stats_t *out);
 const server_opts_t *server_get_opts(const server_t *s);
 const char *server_id(const server_t *s);

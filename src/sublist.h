@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "dict.h"
+#include "proto.h"
 
 /* A subscription.  The index stores the pointer; the caller owns the memory
  * and must remove it from the index before freeing it. */
@@ -31,6 +32,9 @@ typedef struct sub {
     uint64_t max_msgs;  /* 0 = unlimited (auto-unsubscribe after this many) */
     uint64_t delivered;
     int flags;          /* free for the caller */
+    /* A subscription inside the server (owner NULL): called for each message. */
+    void (*deliver)(void *ctx, const proto_msg_t *m);
+    void *deliver_ctx;
 } sub_t;
 
 typedef struct sublist_qgroup {

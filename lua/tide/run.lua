@@ -1,0 +1,278 @@
+-- tide run: runs a flow offline.
+--
+--   tide run flow.lua --events in.jsonl [--expect out.jsonl]
+--
+-- Publishes every line of in.jsonl through the flow (a router with no
+-- network), prints every delivery as a JSON line in delivery order, and
+-- with --expect compares them with out.jsonl, printing a readable diff and
+-- failing on any difference.  The formats are described in
+-- examples/README.md.  Returns the process exit code.
+local flow = require "tide.flow"
+local json = tide_json -- set by the C side: encode, decode, null, array
+
+local function fail(msg)
+  io.stderr:write("tide run: ", msg, "\n")
+  return 2
+end
+
+local function read_lines(path)
+  local f, err = io.open(path, "r")
+  if not f then return nil, err end
+  local out, n = {}, 0
+  for line in f:lines() do
+    n = n + 1
+    if line:match("%S") then out[#out + 1] = { n = n, text = line } end
+  end
+  f:close()
+  return out
+end
+
+-- A JSON value as plain Lua: tables for objects/arrays (arrays marked),
+-- json.null for null.
+local ARRAY = setmetatable({}, { __mode = "k" })
+local function plain(v)
+  if type(v) == "userdata" then
+    local is_array = #v > 0 and v[1] ~= nil
+    local t = {}
+    for k, x in pairs(v) do t[k] = plain(x) end
+    if is_array or (next(t) == nil and tostring(v):sub(1, 1) == "[") then ARRAY[t] = true end
+    return t
+  end
+  return v
+end
+
+local function decode(text, what)
+  local v, err = json.decode(text)
+  if v == nil and err then return nil, what .. ": " .. err end
+  return plain(v)
+end
+
+-- Canonical text of a plain value: keys sorted, for output and diffs.
+local function canon(v)
+  if v == json.null then return "null" end
+  local t = type(v)
+  if t == "table" then
+    local parts = {}
+    if ARRAY[v] or (#v > 0) then
+      for i = 1, #v do parts[i] = canon(v[i]) end
+      return "[" .. table.concat(parts, ",") .. "]"
+    end
+    local keys = {}
+    for k in pairs(v) do keys[#keys + 1] = k end
+    table.sort(keys)
+    for i, k in ipairs(keys) do parts[i] = json.encode(k) .. ":" .. canon(v[k]) end
+    return "{" .. table.concat(parts, ",") .. "}"
+  end
+  if t == "number" and math.type(v) == "float" and v == math.floor(v) and math.abs(v) < 2^53 then
+    return string.format("%d", v) -- 1.0 and 1 compare equal
+  end
+  return json.encode(v)
+end
+
+local function equal(a, b) return canon(a) == canon(b) end
+
+-- NATS header block -> { lower-case name = value or {values} }
+local function parse_headers(block)
+  if not block or block == "" then return nil end
+  local h = {}
+  local first = true
+  for line in block:gmatch("([^\r\n]*)\r?\n") do
+    if first then
+      first = false
+    elseif line ~= "" then
+      local k, v = line:match("^([^:]+):%s*(.-)%s*$")
+      if k then
+        k = k:lower()
+        if h[k] == nil then h[k] = v
+        elseif type(h[k]) == "table" then h[k][#h[k] + 1] = v
+        else h[k] = { h[k], v } end
+      end
+    end
+  end
+  return h
+end
+
+local function header_block(headers)
+  if not headers then return nil end
+  local names = {}
+  for k in pairs(headers) do names[#names + 1] = k end
+  table.sort(names)
+  local out = { "NATS/1.0\r\n" }
+  for _, k in ipairs(names) do
+    local v = headers[k]
+    if type(v) ~= "table" then v = { v } end
+    for _, x in ipairs(v) do out[#out + 1] = k .. ": " .. tostring(x) .. "\r\n" end
+  end
+  out[#out + 1] = "\r\n"
+  return table.concat(out)
+end
+
+-- One input line -> subject, header block, payload.
+local function input_message(line, n)
+  local v, err = decode(line, "line " .. n)
+  if not v then return nil, err end
+  if type(v) ~= "table" or ARRAY[v] then return nil, ("line %d: expected a JSON object"):format(n) end
+  for k in pairs(v) do
+    if k ~= "subject" and k ~= "headers" and k ~= "data" and k ~= "event" and k ~= "id" then
+      return nil, ("line %d: unknown key '%s'"):format(n, k)
+    end
+  end
+  if type(v.subject) ~= "string" then return nil, ("line %d: 'subject' is required"):format(n) end
+  if (v.data == nil) == (v.event == nil) then
+    return nil, ("line %d: give exactly one of 'data' and 'event'"):format(n)
+  end
+  local payload
+  if v.event ~= nil then
+    payload = canon(v.event)
+  else
+    payload = '{"specversion":"1.0","id":' .. json.encode(v.id or ("evt-" .. n)) ..
+      ',"source":"events.jsonl","type":' .. json.encode(v.subject) .. ',"data":' .. canon(v.data) .. "}"
+  end
+  return v.subject, header_block(v.headers), payload
+end
+
+-- A delivery as the line tide run prints.
+local function delivery_record(d)
+  local r = { subject = d.subject }
+  local v = json.decode(d.payload)
+  if v ~= nil then v = plain(v) end
+  if type(v) == "table" and not ARRAY[v] then
+    r.event = v
+  elseif v ~= nil then
+    r.data = v
+  else
+    r.payload = d.payload
+  end
+  r.headers = parse_headers(d.headers)
+  return r
+end
+
+local function record_line(r)
+  local parts = { '"subject":' .. json.encode(r.subject) }
+  if r.headers then parts[#parts + 1] = '"headers":' .. canon(r.headers) end
+  if r.event then parts[#parts + 1] = '"event":' .. canon(r.event) end
+  if r.data ~= nil then parts[#parts + 1] = '"data":' .. canon(r.data) end
+  if r.payload then parts[#parts + 1] = '"payload":' .. json.encode(r.payload) end
+  return "{" .. table.concat(parts, ",") .. "}"
+end
+
+-- Does delivery r meet expectation x?  Returns true, or false and why.
+local function matches(x, r)
+  if x.subject ~= r.subject then
+    return false, ("subject %s, expected %s"):format(r.subject, x.subject)
+  end
+  if x.data ~= nil then
+    local got = r.event and r.event.data or r.data
+    if r.event and r.event.data == nil then got = nil end
+    if got == nil or not equal(got, x.data) then
+      return false, ("data %s, expected %s"):format(got == nil and "(none)" or canon(got), canon(x.data))
+    end
+  end
+  if x.event ~= nil then
+    if not r.event then return false, "payload is not a JSON envelope" end
+    for k, want in pairs(x.event) do
+      local got = r.event[k]
+      if got == nil then return false, ("envelope has no '%s'"):format(k) end
+      if want ~= "*" and not equal(got, want) then
+        return false, ("envelope '%s' is %s, expected %s"):format(k, canon(got), canon(want))
+      end
+    end
+  end
+  if x.headers ~= nil then
+    for k, want in pairs(x.headers) do
+      local got = r.headers and r.headers[k:lower()]
+      if got == nil then return false, ("no header '%s'"):format(k) end
+      if want ~= "*" and canon(got) ~= canon(want) then
+        return false, ("header '%s' is %s, expected %s"):format(k, canon(got), canon(want))
+      end
+    end
+  end
+  return true
+end
+
+local function expectations(path)
+  local lines, err = read_lines(path)
+  if not lines then return nil, err end
+  local out = {}
+  for _, l in ipairs(lines) do
+    local v, derr = decode(l.text, path .. ":" .. l.n)
+    if not v then return nil, derr end
+    for k in pairs(v) do
+      if k ~= "subject" and k ~= "data" and k ~= "event" and k ~= "headers" then
+        return nil, ("%s:%d: unknown key '%s'"):format(path, l.n, k)
+      end
+    end
+    if type(v.subject) ~= "string" or (v.data == nil and v.event == nil) then
+      return nil, ("%s:%d: needs 'subject' and 'data' or 'event'"):format(path, l.n)
+    end
+    v.line = l.n
+    out[#out + 1] = v
+  end
+  return out
+end
+
+local function main(args)
+  local entry, events, expect = nil, nil, nil
+  local i = 1
+  while i <= #args do
+    local a = args[i]
+    if a == "--events" then events = args[i + 1]; i = i + 2
+    elseif a == "--expect" then expect = args[i + 1]; i = i + 2
+    elseif a:sub(1, 1) == "-" then return fail("unknown option '" .. a .. "'")
+    elseif not entry then entry = a; i = i + 1
+    else return fail("unexpected argument '" .. a .. "'") end
+  end
+  if not entry or not events then
+    return fail("usage: tide run flow.lua --events in.jsonl [--expect out.jsonl]")
+  end
+  local inputs, err = read_lines(events)
+  if not inputs then return fail(err) end
+  local want
+  if expect then
+    want, err = expectations(expect)
+    if not want then return fail(err) end
+  end
+  local f
+  f, err = flow.open(entry)
+  if not f then return fail(err) end
+
+  local got = {}
+  for _, l in ipairs(inputs) do
+    local subject, hdr, payload = input_message(l.text, l.n)
+    if not subject then f:close(); return fail(events .. ": " .. hdr) end
+    for _, d in ipairs(f:publish(subject, hdr, payload)) do
+      got[#got + 1] = delivery_record(d)
+    end
+  end
+  f:close()
+
+  if not want then
+    for _, r in ipairs(got) do print(record_line(r)) end
+    return 0
+  end
+  -- Compare in order; report every difference.
+  local problems = {}
+  local n = math.max(#got, #want)
+  for k = 1, n do
+    local x, r = want[k], got[k]
+    if not r then
+      problems[#problems + 1] = ("- delivery %d missing: expected %s (%s:%d)"):format(k, x.subject, expect, x.line)
+    elseif not x then
+      problems[#problems + 1] = ("+ delivery %d not expected: %s"):format(k, record_line(r))
+    else
+      local ok, why = matches(x, r)
+      if not ok then
+        problems[#problems + 1] = ("! delivery %d (%s:%d): %s\n    got: %s"):format(k, expect, x.line, why, record_line(r))
+      end
+    end
+  end
+  if #problems == 0 then
+    print(("ok: %d deliveries match %s"):format(#got, expect))
+    return 0
+  end
+  print(("%d of %d deliveries differ from %s:"):format(#problems, n, expect))
+  for _, p in ipairs(problems) do print(p) end
+  return 1
+end
+
+return main

@@ -1,0 +1,128 @@
+-- tide run (flows offline, with expectations) and tide check.
+local h = require "helpers"
+
+local function sh(cmd)
+  local f = io.popen(cmd .. " 2>&1; echo \"rc=$?\"")
+  local out = f:read("a")
+  f:close()
+  local rc = tonumber(out:match("rc=(%d+)%s*$"))
+  return rc, (out:gsub("rc=%d+%s*$", ""))
+end
+
+local function tmpfile(text)
+  local p = os.tmpname()
+  local f = assert(io.open(p, "w"))
+  f:write(text)
+  f:close()
+  return p
+end
+
+local examples = { "user-upgrade", "order-filter", "order-flow", "idempotent", "tour" }
+
+describe("tide run", function()
+  for _, ex in ipairs(examples) do
+    it("reproduces the expectations of examples/" .. ex, function()
+      local dir = h.root .. "/examples/" .. ex
+      local rc, out = sh(("%s run %s/tide.lua --events %s/events.jsonl --expect %s/expected.jsonl")
+        :format(h.bin, dir, dir, dir))
+      assert.are.equal(0, rc, out)
+      assert.matches("ok: %d+ deliveries match", out)
+    end)
+  end
+
+  it("prints deliveries as JSON lines in delivery order without --expect", function()
+    local dir = h.root .. "/examples/order-filter"
+    local rc, out = sh(("%s run %s/tide.lua --events %s/events.jsonl 2>/dev/null"):format(h.bin, dir, dir))
+    assert.are.equal(0, rc, out)
+    local subjects = {}
+    for line in out:gmatch("[^\n]+") do
+      subjects[#subjects + 1] = assert(line:match('^{"subject":"([^"]+)"'), line)
+    end
+    -- amount 50 dropped, 250 kept, 1500 to review, 1000 kept, ... as in expected.jsonl
+    local want = {}
+    for line in io.lines(dir .. "/expected.jsonl") do
+      want[#want + 1] = line:match('"subject":%s*"([^"]+)"')
+    end
+    assert.same(want, subjects)
+  end)
+
+  it("exits 1 with a readable diff when deliveries differ", function()
+    local dir = h.root .. "/examples/order-filter"
+    local lines = {}
+    for line in io.lines(dir .. "/expected.jsonl") do lines[#lines + 1] = line end
+    lines[2] = lines[2]:gsub('"amount": 1500', '"amount": 1501')
+    lines[#lines + 1] = '{"subject": "never.sent", "data": 1}'
+    local bad = tmpfile(table.concat(lines, "\n") .. "\n")
+    local rc, out = sh(("%s run %s/tide.lua --events %s/events.jsonl --expect %s 2>/dev/null")
+      :format(h.bin, dir, dir, bad))
+    os.remove(bad)
+    assert.are.equal(1, rc, out)
+    assert.matches("2 of %d+ deliveries differ", out)
+    assert.matches("delivery 2 %(.-:2%): data {\"amount\":1500,\"order_id\":\"A%-4\"}, expected {\"amount\":1501", out)
+    assert.matches("delivery %d+ missing: expected never.sent", out)
+  end)
+
+  it("reports a delivery that was not expected", function()
+    local dir = h.root .. "/examples/order-filter"
+    local lines = {}
+    for line in io.lines(dir .. "/expected.jsonl") do lines[#lines + 1] = line end
+    table.remove(lines)
+    local short = tmpfile(table.concat(lines, "\n") .. "\n")
+    local rc, out = sh(("%s run %s/tide.lua --events %s/events.jsonl --expect %s 2>/dev/null")
+      :format(h.bin, dir, dir, short))
+    os.remove(short)
+    assert.are.equal(1, rc, out)
+    assert.matches("not expected: {\"subject\":", out)
+  end)
+
+  it("fails clearly on bad input files and arguments", function()
+    local rc, out = sh(h.bin .. " run")
+    assert.are.equal(2, rc)
+    assert.matches("usage: tide run", out)
+    local flowf = tmpfile('filter("x", function(e) return true end)\n')
+    local bad = tmpfile('{"subject": "x", "data": 1, "typo": 2}\n')
+    rc, out = sh(("%s run %s --events %s"):format(h.bin, flowf, bad))
+    assert.are.equal(2, rc)
+    assert.matches("unknown key 'typo'", out)
+    rc, out = sh(("%s run %s --events /nonexistent.jsonl"):format(h.bin, flowf))
+    assert.are.equal(2, rc)
+    assert.matches("nonexistent", out)
+    os.remove(flowf)
+    os.remove(bad)
+  end)
+
+  it("reports a broken flow with file and line", function()
+    local broken = tmpfile('filter("x", function(e)\n  return true\nend\n') -- missing ')'
+    local ev = tmpfile('{"subject": "x", "data": 1}\n')
+    local rc, out = sh(("%s run %s --events %s"):format(h.bin, broken, ev))
+    assert.are.equal(2, rc)
+    assert.matches(":4:", out)
+    os.remove(broken)
+    os.remove(ev)
+  end)
+end)
+
+describe("tide check", function()
+  it("accepts good flows and counts their rules", function()
+    local rc, out = sh(h.bin .. " check " .. h.root .. "/examples/tour/tide.lua")
+    assert.are.equal(0, rc, out)
+    assert.matches("ok, 6 rules", out)
+  end)
+
+  it("rejects syntax errors, load errors and invalid patterns with file:line", function()
+    local syntax = tmpfile("filter('x', function(e) return e. end)\n")
+    local runtime = tmpfile("\n\nlocal x = nil + 1\n")
+    local pattern = tmpfile("route('a..b', function(e) end)\n")
+    local rc, out = sh(("%s check %s %s %s"):format(h.bin, syntax, runtime, pattern))
+    assert.are.equal(1, rc, out)
+    local n = 0
+    for _ in out:gmatch("error:") do n = n + 1 end
+    assert.are.equal(3, n, out)
+    assert.matches(":1: <name> expected near 'end'", out)
+    assert.matches(":3: attempt to perform arithmetic on a nil value", out)
+    assert.matches("invalid subject pattern 'a%.%.b'", out)
+    os.remove(syntax)
+    os.remove(runtime)
+    os.remove(pattern)
+  end)
+end)
