@@ -31,9 +31,8 @@ static void reset_output(event_t *ev)
 static void drop_tree(event_t *ev)
 {
     cJSON_Delete(ev->root);
-    free(ev->owner.nums);
+    json_owner_release(&ev->owner);
     ev->root = NULL;
-    ev->owner.nums = NULL;
 }
 
 static int event_gc(lua_State *L)
@@ -579,15 +578,12 @@ static int event_index(lua_State *L)
     return 1;
 }
 
-/* Sets root[key] = v, in place when the key exists (key order is kept). */
-static void set_member(lua_State *L, cJSON *root, const char *key, cJSON *v)
+/* Sets root[key] = v, in place when the key exists (key order is kept);
+ * the old value is kept until the event ends, for proxies still into it. */
+static void set_member(lua_State *L, event_t *ev, const char *key, cJSON *v)
 {
-    if (cJSON_GetObjectItemCaseSensitive(root, key)) {
-        cJSON_ReplaceItemInObjectCaseSensitive(root, key, v);
-    } else if (!cJSON_AddItemToObject(root, key, v)) {
-        cJSON_Delete(v);
+    if (json_object_set(&ev->owner, ev->root, key, v) < 0)
         luaL_error(L, "out of memory");
-    }
 }
 
 static int event_newindex(lua_State *L)
@@ -619,13 +615,13 @@ static int event_newindex(lua_State *L)
         lua_setiuservalue(L, 1, UV_DATA);
         if (ev->mode == EVENT_RAW) {
             cJSON *v = lua_isnil(L, 3) ? NULL : json_from_lua(L, 3);
-            cJSON_Delete(ev->root);
+            json_owner_discard(&ev->owner, ev->root);
             ev->root = v;
             ev->raw_is_json = v != NULL;
         } else if (lua_isnil(L, 3)) {
-            cJSON_DeleteItemFromObjectCaseSensitive(ev->root, "data");
+            json_object_unset(&ev->owner, ev->root, "data");
         } else {
-            set_member(L, ev->root, "data", json_from_lua(L, 3));
+            set_member(L, ev, "data", json_from_lua(L, 3));
         }
         ev->owner.dirty = 1;
         return 0;
@@ -637,9 +633,9 @@ static int event_newindex(lua_State *L)
     if (strcmp(k, "ce_subject") == 0)
         k = "subject";
     if (lua_isnil(L, 3))
-        cJSON_DeleteItemFromObjectCaseSensitive(ev->root, k);
+        json_object_unset(&ev->owner, ev->root, k);
     else
-        set_member(L, ev->root, k, json_from_lua(L, 3));
+        set_member(L, ev, k, json_from_lua(L, 3));
     ev->owner.dirty = 1;
     return 0;
 }

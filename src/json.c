@@ -227,6 +227,76 @@ char *json_print(const cJSON *v, size_t *len)
     return out;
 }
 
+/* ---- owners ---------------------------------------------------------------- */
+
+void json_owner_discard(json_owner_t *o, cJSON *node)
+{
+    if (!node)
+        return;
+    if (!o->discarded)
+        o->discarded = cJSON_CreateArray();
+    if (!o->discarded || !cJSON_AddItemToArray(o->discarded, node)) {
+        /* No room to keep it: the one place a stale proxy could read freed
+         * memory; leaking is the safe choice. */
+        return;
+    }
+}
+
+/* Puts replacement where item is in parent's list and detaches item without
+ * freeing it (cJSON's own replace frees it).  cJSON keeps the list's last
+ * item in child->prev; this follows its rules. */
+static void replace_keep(cJSON *parent, cJSON *item, cJSON *replacement)
+{
+    replacement->next = item->next;
+    replacement->prev = item->prev;
+    if (replacement->next)
+        replacement->next->prev = replacement;
+    if (parent->child == item) {
+        if (parent->child->prev == parent->child)
+            replacement->prev = replacement;
+        parent->child = replacement;
+    } else {
+        if (replacement->prev)
+            replacement->prev->next = replacement;
+        if (!replacement->next)
+            parent->child->prev = replacement;
+    }
+    item->next = item->prev = NULL;
+}
+
+int json_object_set(json_owner_t *o, cJSON *parent, const char *key, cJSON *v)
+{
+    cJSON *old = cJSON_GetObjectItemCaseSensitive(parent, key);
+    if (old) {
+        /* The key moves over with its flag; the old value is kept aside. */
+        v->string = old->string;
+        v->type = (v->type & ~cJSON_StringIsConst) | (old->type & cJSON_StringIsConst);
+        old->string = NULL;
+        old->type &= ~cJSON_StringIsConst;
+        replace_keep(parent, old, v);
+        json_owner_discard(o, old);
+        return 0;
+    }
+    if (!cJSON_AddItemToObject(parent, key, v)) {
+        cJSON_Delete(v);
+        return -1;
+    }
+    return 0;
+}
+
+void json_object_unset(json_owner_t *o, cJSON *parent, const char *key)
+{
+    json_owner_discard(o, cJSON_DetachItemFromObjectCaseSensitive(parent, key));
+}
+
+void json_owner_release(json_owner_t *o)
+{
+    cJSON_Delete(o->discarded);
+    o->discarded = NULL;
+    free(o->nums);
+    o->nums = NULL;
+}
+
 /* ---- null ------------------------------------------------------------------ */
 
 void json_push_null(lua_State *L)
@@ -536,30 +606,25 @@ static int proxy_newindex(lua_State *L)
         if (lua_isnil(L, 3)) {
             if (i != n)
                 return luaL_error(L, "cannot leave a hole in a JSON array (use tide.null)");
-            cJSON_DeleteItemFromArray(p->node, (int)i - 1);
+            json_owner_discard(o, cJSON_DetachItemFromArray(p->node, (int)i - 1));
         } else {
             cJSON *v = json_from_lua(L, 3);
-            if (i == (lua_Integer)n + 1)
+            if (i == (lua_Integer)n + 1) {
                 cJSON_AddItemToArray(p->node, v);
-            else
-                cJSON_ReplaceItemInArray(p->node, (int)i - 1, v);
+            } else {
+                cJSON *old = cJSON_GetArrayItem(p->node, (int)i - 1);
+                replace_keep(p->node, old, v);
+                json_owner_discard(o, old);
+            }
         }
     } else {
         if (lua_type(L, 2) != LUA_TSTRING)
             return luaL_error(L, "JSON object keys must be strings, got %s", luaL_typename(L, 2));
         const char *k = lua_tostring(L, 2);
-        if (lua_isnil(L, 3)) {
-            cJSON_DeleteItemFromObjectCaseSensitive(p->node, k);
-        } else {
-            cJSON *v = json_from_lua(L, 3);
-            /* In place when the key exists: key order is kept. */
-            if (cJSON_GetObjectItemCaseSensitive(p->node, k))
-                cJSON_ReplaceItemInObjectCaseSensitive(p->node, k, v);
-            else if (!cJSON_AddItemToObject(p->node, k, v)) {
-                cJSON_Delete(v);
-                return luaL_error(L, "out of memory");
-            }
-        }
+        if (lua_isnil(L, 3))
+            json_object_unset(o, p->node, k);
+        else if (json_object_set(o, p->node, k, json_from_lua(L, 3)) < 0)
+            return luaL_error(L, "out of memory");
     }
     o->dirty = 1;
     return 0;
@@ -623,9 +688,8 @@ static int document_gc(lua_State *L)
 {
     document_t *d = lua_touserdata(L, 1);
     cJSON_Delete(d->tree);
-    free(d->owner.nums);
+    json_owner_release(&d->owner);
     d->tree = NULL;
-    d->owner.nums = NULL;
     d->owner.dead = 1;
     return 0;
 }

@@ -40,7 +40,26 @@ typedef struct json_owner {
     int dirty;  /* the tree was changed through a proxy */
     int dead;   /* the tree is gone */
     char *nums; /* backing store of the number texts (see json_parse) */
+    cJSON *discarded; /* replaced or removed subtrees, freed with the owner */
 } json_owner_t;
+
+/*
+ * Takes node (already detached from its tree) out of use without freeing
+ * it: a script may still hold a proxy into it.  It is freed by
+ * json_owner_release, when the owner itself goes.
+ */
+void json_owner_discard(json_owner_t *o, cJSON *node);
+
+/* Sets parent[key] = v (in place when key exists; key order is kept), or
+ * appends; the old value is discarded into o.  Returns 0, or -1 when out of
+ * memory (v is then freed). */
+int json_object_set(json_owner_t *o, cJSON *parent, const char *key, cJSON *v);
+
+/* Removes parent[key], discarding it into o. */
+void json_object_unset(json_owner_t *o, cJSON *parent, const char *key);
+
+/* Frees what the owner discarded and its number texts (not its tree). */
+void json_owner_release(json_owner_t *o);
 
 /* Makes cJSON allocate through tide's block pool.  Call once, before any
  * other cJSON use (json_open does). */
