@@ -700,6 +700,20 @@ void event_bytes(lua_State *L, int idx, proto_msg_t *out)
                 const char *key = val->string;
                 if (!key || !strcmp(key, "data") || !strcmp(key, "datacontenttype"))
                     continue;
+                /* Header names compare without case: drop "Ce-Source" before
+                 * writing "ce-source", or both would go out. */
+                char hname[160];
+                snprintf(hname, sizeof hname, "ce-%s", key);
+                lua_pushnil(L);
+                while (lua_next(L, t)) {
+                    lua_pop(L, 1);
+                    if (lua_type(L, -1) == LUA_TSTRING && !strcasecmp(lua_tostring(L, -1), hname) &&
+                        strcmp(lua_tostring(L, -1), hname)) {
+                        lua_pushvalue(L, -1);
+                        lua_pushnil(L);
+                        lua_rawset(L, t); /* clearing a field during lua_next is allowed */
+                    }
+                }
                 lua_pushfstring(L, "ce-%s", key);
                 if (cJSON_IsString(val)) {
                     lua_pushstring(L, val->valuestring);

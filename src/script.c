@@ -221,6 +221,10 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
         else
             return;
     }
+    /* Each coroutine has a hook of its own: this thread (maybe a coroutine
+     * the script made before the stop) must raise at every instruction too. */
+    if (lua_gethookcount(L) != 1)
+        lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
     lua_rawgetp(L, LUA_REGISTRYINDEX, &budget_keys[st->budget]);
     lua_error(L);
 }
@@ -462,6 +466,8 @@ static void chunk_name(const script_host_t *h, const char *path, char *out, size
 
 /* require(name): "a.b" is a/b.lua (or a/b/init.lua) beside the entry file,
  * then in tide's lua/ directory.  Loaded once per state. */
+static void start_watching(script_host_t *h);
+
 static int l_require(lua_State *L)
 {
     state_t *st = state_of(L);
@@ -497,6 +503,9 @@ static int l_require(lua_State *L)
             }
             lua_pushvalue(L, -1);
             lua_setfield(L, -3, name);
+            /* Required while serving (inside a rule): watch it from now on. */
+            if (st->host->srv && st == st->host->cur && (st->host->watch_ev || st->host->poll_timer))
+                start_watching(st->host);
             return 1;
         }
     }
@@ -1076,7 +1085,7 @@ static int l_ctx_reply(lua_State *L)
 
 static double pattern_work(const char *p, size_t pl, size_t n)
 {
-    int reps = 0, anchored = pl > 0 && p[0] == '^';
+    int reps = 0, opts = 0, anchored = pl > 0 && p[0] == '^';
     for (size_t i = 0; i < pl; i++) {
         if (p[i] == '%') {
             i++;
@@ -1097,10 +1106,14 @@ static double pattern_work(const char *p, size_t pl, size_t n)
         }
         if (p[i] == '*' || p[i] == '+' || p[i] == '-')
             reps++;
+        else if (p[i] == '?')
+            opts++; /* each optional item can double the backtracking */
     }
     double work = (double)n + 1;
     for (int r = 0; r < reps && work < 1e300; r++)
         work *= (double)n + 1;
+    for (int r = 0; r < opts && work < 1e300; r++)
+        work *= 2;
     if (anchored && n > 0)
         work /= (double)n;
     return work;
@@ -1132,9 +1145,42 @@ static int guarded_rep(lua_State *L)
     if (count > 0 && (double)(n + sepl) * (double)count > (double)st->limits.memory)
         return luaL_error(L, "string.rep result of %f bytes is over the memory budget",
                           (double)(n + sepl) * (double)count);
+    if (n + sepl == 0) {
+        /* Nothing to repeat: the C loop would spin count times for "". */
+        lua_pushliteral(L, "");
+        return 1;
+    }
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
     lua_call(L, lua_gettop(L) - 1, 1);
+    return 1;
+}
+
+/* table.move copies element by element inside one C call: a range longer
+ * than the instruction budget is refused (nil elements allocate nothing,
+ * so nothing else would stop it). */
+static int guarded_move(lua_State *L)
+{
+    state_t *st = state_of(L);
+    lua_Integer f = luaL_checkinteger(L, 2), e = luaL_checkinteger(L, 3);
+    if (e >= f && (lua_Unsigned)e - (lua_Unsigned)f >= st->limits.instructions)
+        return luaL_error(L, "table.move of %I elements is over the instruction budget", (lua_Integer)(e - f + 1));
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
+    return 1;
+}
+
+/* Finalizers run whenever the collector gets to them, also outside any
+ * script call and its budgets: scripts may not set __gc. */
+static int guarded_setmetatable(lua_State *L)
+{
+    if (lua_type(L, 2) == LUA_TTABLE && lua_getfield(L, 2, "__gc") != LUA_TNIL)
+        return luaL_error(L, "__gc metamethods (finalizers) are not allowed in scripts");
+    lua_settop(L, 2);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, 2, 1);
     return 1;
 }
 
@@ -1178,6 +1224,14 @@ static void build_env(state_t *st)
         lua_setfield(L, env, libs[i]);
         lua_pop(L, 1);
     }
+    lua_getfield(L, env, "table");
+    lua_getfield(L, -1, "move");
+    lua_pushcclosure(L, guarded_move, 1);
+    lua_setfield(L, -2, "move");
+    lua_pop(L, 1);
+    lua_getfield(L, env, "setmetatable");
+    lua_pushcclosure(L, guarded_setmetatable, 1);
+    lua_setfield(L, env, "setmetatable");
     /* string: no dump; patterns and rep guarded. */
     lua_getfield(L, g, "string");
     int strlib = lua_gettop(L);
