@@ -21,6 +21,7 @@ rm -f "$LOGDIR"/tide-test-*.log
 
 passed=0
 failed=0
+skipped=0
 
 build() {
     echo "== building ($1)"
@@ -48,20 +49,22 @@ run_pass() {
             -o TAP "$spec" >"$out.part" 2>&1
         local rc=$?
         cat "$out.part" >>"$out"
-        local p f
-        p=$(grep -c '^ok ' "$out.part")
+        local p f k
+        p=$(grep '^ok ' "$out.part" | grep -vc '# SKIP')
+        k=$(grep '^ok ' "$out.part" | grep -c '# SKIP')
         f=$(grep -c '^not ok ' "$out.part")
         if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
             # busted died outside any test (syntax error, timeout): count it.
             f=1
             echo "not ok - $spec: busted exited $rc without a failing test" >>"$out"
         fi
-        printf '   %-36s %4d passed, %d failed\n' "$(basename "$spec")" "$p" "$f"
+        printf '   %-36s %4d passed, %d failed, %d skipped\n' "$(basename "$spec")" "$p" "$f" "$k"
         if [ "$f" -ne 0 ]; then
             grep -A30 '^not ok ' "$out.part" | head -60 | sed 's/^/     /'
         fi
         passed=$((passed + p))
         failed=$((failed + f))
+        skipped=$((skipped + k))
     done
     rm -f "$out.part"
 }
@@ -101,5 +104,5 @@ if [ "$mode" != "--plain-only" ]; then
     fi
 fi
 
-echo "$passed passed, $failed failed"
+echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

@@ -200,13 +200,26 @@ static void push_header_table(lua_State *L, int evidx, event_t *ev)
     lua_setiuservalue(L, evidx, UV_HEADERS);
 }
 
+/* e.headers[name]: the name as given, else any spelling of it (header
+ * names compare without case, as tide's own ce-* and Tide-* lookups do). */
 static int headers_index(lua_State *L)
 {
     lua_getiuservalue(L, 1, 1); /* the event */
     check_live(L, -1);
     push_header_table(L, lua_gettop(L), lua_touserdata(L, -1));
+    int t = lua_gettop(L);
     lua_pushvalue(L, 2);
-    lua_rawget(L, -2);
+    if (lua_rawget(L, t) != LUA_TNIL || lua_type(L, 2) != LUA_TSTRING)
+        return 1;
+    lua_pop(L, 1);
+    const char *want = lua_tostring(L, 2);
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        if (lua_type(L, -2) == LUA_TSTRING && !strcasecmp(lua_tostring(L, -2), want))
+            return 1;
+        lua_pop(L, 1);
+    }
+    lua_pushnil(L);
     return 1;
 }
 

@@ -780,7 +780,11 @@ void json_open(lua_State *L)
     /* luaL_testudata looks metatables up by name: register the proxy's too. */
     lua_rawgetp(L, LUA_REGISTRYINDEX, &proxy_key);
     lua_setfield(L, LUA_REGISTRYINDEX, PROXY_MT);
+    /* The array mark is shared by every tide.array(): locked like the rest
+     * (a script must not reach it, e.g. to add a __gc). */
     lua_newtable(L);
+    lua_pushliteral(L, "json array");
+    lua_setfield(L, -2, "__metatable");
     lua_rawsetp(L, LUA_REGISTRYINDEX, &array_key);
 
     /* tide.null: an empty table with a locked metatable. */

@@ -107,6 +107,7 @@ struct script_host {
     script_stats_t st;
     emitted_t *queue_head, *queue_tail;
     int queued_total; /* emitted by the current top-level event */
+    size_t queued_bytes; /* their bytes, while queued */
     int processing;   /* inside script_process */
     dict_t errors_seen; /* rate limit for error logs */
     struct event *sighup;
@@ -1036,6 +1037,21 @@ static int l_ctx_publish(lua_State *L)
     size_t hl, pl;
     const char *hs = lua_tolstring(L, -1, &hl);
     const char *ps = lua_tolstring(L, payload_idx, &pl);
+    size_t max_payload = server_get_opts(h->srv)->max_payload;
+    if (pl + (hl > 12 ? hl : 0) > max_payload)
+        return luaL_error(L, "ctx.publish: message of %d bytes is over max_payload (%d)", (int)(pl + hl),
+                          (int)max_payload);
+    /* Queued events live outside the Lua heap: they count against the same cap. */
+    if (h->queued_bytes + pl + hl > st->limits.memory) {
+        char msg[200];
+        h->st.loops_stopped++;
+        snprintf(msg, sizeof msg, "emit chain stopped at %s: queued events over the memory budget (%zu bytes)",
+                 subject, st->limits.memory);
+        log_rate_limited(h, msg);
+        lua_pushboolean(L, 0);
+        lua_pushstring(L, msg);
+        return 2;
+    }
     e = calloc(1, sizeof *e);
     if (!e)
         return luaL_error(L, "out of memory");
@@ -1053,6 +1069,7 @@ static int l_ctx_publish(lua_State *L)
         return luaL_error(L, "out of memory");
     }
     h->queued_total++;
+    h->queued_bytes += pl + hl;
     h->st.emitted++;
     queue_emitted(h, e);
     lua_pushboolean(L, 1);
@@ -1119,15 +1136,39 @@ static double pattern_work(const char *p, size_t pl, size_t n)
     return work;
 }
 
+/* Budget check for guarded C calls that run without the VM: charges `work`
+ * steps as instructions and looks at the clock, raising like the hook. */
+static void charge(lua_State *L, state_t *st, double work)
+{
+    if (!st->in_call)
+        return;
+    st->instructions += work > 1e15 ? (uint64_t)1e15 : (uint64_t)work;
+    if (!st->budget && st->instructions > st->limits.instructions)
+        arm_stop(st, BUDGET_INSTRUCTIONS);
+    else if (!st->budget && past_deadline(st))
+        arm_stop(st, BUDGET_TIME);
+    if (st->budget) {
+        lua_rawgetp(L, LUA_REGISTRYINDEX, &budget_keys[st->budget]);
+        lua_error(L);
+    }
+}
+
 static int guarded_pattern(lua_State *L)
 {
+    state_t *st = state_of(L);
     size_t n, pl;
     luaL_checklstring(L, 1, &n);
     const char *p = luaL_checklstring(L, 2, &pl);
     double w = pattern_work(p, pl, n);
-    if (w > PATTERN_WORK_MAX)
+    /* Matching steps take a few nanoseconds: no single call may take more
+     * than the whole time budget (at 5 ns a step). */
+    double limit = st->limits.time * 2e8;
+    if (limit > PATTERN_WORK_MAX)
+        limit = PATTERN_WORK_MAX;
+    charge(L, st, (double)n / 16);
+    if (w > limit)
         return luaL_error(L, "pattern '%s' on %d bytes could run for too long (bound %f steps, limit %f); "
-                             "match on a shorter string or use fewer repetitions", p, (int)n, w, PATTERN_WORK_MAX);
+                             "match on a shorter string or use fewer repetitions", p, (int)n, w, limit);
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
     lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
@@ -1165,6 +1206,8 @@ static int guarded_move(lua_State *L)
     lua_Integer f = luaL_checkinteger(L, 2), e = luaL_checkinteger(L, 3);
     if (e >= f && (lua_Unsigned)e - (lua_Unsigned)f >= st->limits.instructions)
         return luaL_error(L, "table.move of %I elements is over the instruction budget", (lua_Integer)(e - f + 1));
+    if (e >= f)
+        charge(L, st, (double)((lua_Unsigned)e - (lua_Unsigned)f) + 1); /* an element costs about an instruction */
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
     lua_call(L, lua_gettop(L) - 1, 1);
@@ -1252,6 +1295,8 @@ static void build_env(state_t *st)
     lua_getmetatable(L, -1);
     lua_pushvalue(L, -3);
     lua_setfield(L, -2, "__index");
+    lua_pushliteral(L, "string");
+    lua_setfield(L, -2, "__metatable"); /* getmetatable("") must not open it up */
     lua_pop(L, 4);
     /* os: the clock and the date only. */
     lua_getfield(L, g, "os");
@@ -2039,6 +2084,11 @@ static int run_event(lua_State *L)
 
     /* 4. delivery, with the bytes re-encoded once if a script changed them. */
     event_bytes(L, ev_idx, &out);
+    if (out.payload_len + out.hdr_len > server_get_opts(h->srv)->max_payload) {
+        lua_pushfstring(L, "the event grew to %d bytes, over max_payload (%d)", (int)(out.payload_len + out.hdr_len),
+                        (int)server_get_opts(h->srv)->max_payload);
+        return fail_rule(L, run, "pipeline", NULL);
+    }
     for (int d = 0; d < run->ndest; d++) {
         proto_msg_t o = out;
         o.subject = run->dest[d];
@@ -2159,6 +2209,7 @@ void script_process(script_host_t *h, client_t *from, const proto_msg_t *m)
         em.hdr_len = e->hdr_len;
         em.payload = e->payload;
         em.payload_len = e->payload_len;
+        h->queued_bytes -= e->payload_len + e->hdr_len;
         run_one(h, NULL, &em, e->depth);
         emitted_free(e);
     }

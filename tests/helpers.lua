@@ -62,6 +62,110 @@ function M.start_server(opts)
   return self
 end
 
+-- Files and directories -------------------------------------------------------
+
+-- A new empty directory under M.tmpdir; returns its path.
+function M.make_tmpdir(prefix)
+  local name = os.tmpname() -- creates a unique file; its name makes the directory unique
+  os.remove(name)
+  local dir = string.format("%s/%s-%s", M.tmpdir, prefix or "tide", name:match("([^/]+)$"))
+  assert(os.execute("mkdir -p '" .. dir .. "'"), "cannot create " .. dir)
+  return dir
+end
+
+-- Removes a directory made by make_tmpdir (and only such a directory).
+function M.remove_tmpdir(dir)
+  if dir and dir:sub(1, #M.tmpdir + 1) == M.tmpdir .. "/" and not dir:find("%.%.") then
+    os.execute("rm -rf '" .. dir .. "'")
+  end
+end
+
+-- Writes text to path, creating parent directories.  The text goes to a
+-- temporary file first and is renamed into place, so a reader (or a file
+-- watcher) never sees a half-written file.
+function M.write_file(path, text)
+  local parent = path:match("^(.*)/[^/]+$")
+  if parent then assert(os.execute("mkdir -p '" .. parent .. "'")) end
+  local tmp = path .. ".part"
+  local f = assert(io.open(tmp, "wb"))
+  assert(f:write(text))
+  assert(f:close())
+  assert(os.rename(tmp, path))
+end
+
+function M.read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+-- Writes files = { ["tide.lua"] = text, ["lib/x.lua"] = text, ... } into a
+-- new directory and starts `tide serve -c <dir>/tide.lua` (opts as for
+-- start_server; opts.entry names another entry file).  Returns the server,
+-- with srv.dir and srv.config set.
+function M.start_scripted(files, opts)
+  opts = opts or {}
+  if type(files) == "string" then files = { ["tide.lua"] = files } end
+  local dir = M.make_tmpdir("tide-cfg")
+  for name, text in pairs(files) do M.write_file(dir .. "/" .. name, text) end
+  local config = dir .. "/" .. (opts.entry or "tide.lua")
+  local args = { "-c", config }
+  for _, a in ipairs(opts.args or {}) do args[#args + 1] = a end
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  o.args = args
+  local srv = M.start_server(o)
+  srv.dir, srv.config = dir, config
+  return srv
+end
+
+-- Calls fn every `step` seconds until it returns a truthy value or `timeout`
+-- seconds pass; returns that value (or nil on timeout).
+function M.wait_until(fn, timeout, step)
+  local deadline = proc.now() + (timeout or 5)
+  while true do
+    local v = fn()
+    if v then return v end
+    if proc.now() > deadline then return nil end
+    proc.sleep(step or 0.02)
+  end
+end
+
+-- Splits a NATS header block into its status line and a table name -> value
+-- (a list of values when a name repeats); names keep their case.
+function M.parse_headers(block)
+  local t = {}
+  if not block or block == "" then return nil, t end
+  local status
+  for line in block:gmatch("([^\r\n]*)\r\n") do
+    if not status then
+      status = line
+    elseif line ~= "" then
+      local k, v = line:match("^([^:]+):%s*(.-)%s*$")
+      if k then
+        if t[k] == nil then
+          t[k] = v
+        elseif type(t[k]) == "table" then
+          t[k][#t[k] + 1] = v
+        else
+          t[k] = { t[k], v }
+        end
+      end
+    end
+  end
+  return status, t
+end
+
+-- Builds a NATS header block from a list of {name, value} pairs.
+function M.header_block(pairs_list)
+  local out = { "NATS/1.0\r\n" }
+  for _, kv in ipairs(pairs_list) do out[#out + 1] = kv[1] .. ": " .. kv[2] .. "\r\n" end
+  out[#out + 1] = "\r\n"
+  return table.concat(out)
+end
+
 function Server:log()
   local f = io.open(self.logfile, "r")
   if not f then return "" end
@@ -206,6 +310,120 @@ function Client:closed(timeout)
     if err == "closed" then return true end
     if err == "timeout" then return false end
   end
+end
+
+-- Publishing and receiving -----------------------------------------------------
+
+-- PUB subject [reply] payload.
+function Client:pub(subject, payload, reply)
+  payload = payload or ""
+  return self:send(("PUB %s %s%d\r\n%s\r\n"):format(subject, reply and (reply .. " ") or "", #payload, payload))
+end
+
+-- HPUB with a header block (a string, or a list of {name, value} pairs).
+function Client:hpub(subject, headers, payload, reply)
+  payload = payload or ""
+  if type(headers) == "table" then headers = M.header_block(headers) end
+  return self:send(("HPUB %s %s%d %d\r\n%s%s\r\n"):format(subject, reply and (reply .. " ") or "", #headers,
+    #headers + #payload, headers, payload))
+end
+
+-- SUB subject sid [queue].
+function Client:sub(subject, sid, queue)
+  return self:send(("SUB %s %s%s\r\n"):format(subject, queue and (queue .. " ") or "", sid or "1"))
+end
+
+-- Reads the next frame: a MSG/HMSG table as from msg(), or {op = "PONG"},
+-- {op = "+OK"}, {op = "-ERR", text = ...}; answers PINGs.  nil, err on
+-- timeout or close.
+function Client:frame(timeout)
+  while true do
+    local l, err = self:line(timeout)
+    if not l then return nil, err end
+    if l == "PING" then
+      self:send("PONG\r\n")
+    elseif l == "PONG" or l == "+OK" then
+      return { op = l }
+    elseif l:match("^%-ERR") then
+      return { op = "-ERR", text = l }
+    else
+      local op, rest = l:match("^(%u+)%s+(.*)$")
+      local a = {}
+      for w in (rest or ""):gmatch("%S+") do a[#a + 1] = w end
+      if op == "MSG" then
+        local n = tonumber(a[#a])
+        local payload = n > 0 and self:bytes(n, timeout) or ""
+        self:bytes(2, timeout)
+        return { op = "MSG", subject = a[1], sid = a[2], reply = (#a == 4) and a[3] or nil, payload = payload }
+      elseif op == "HMSG" then
+        local total, hlen = tonumber(a[#a]), tonumber(a[#a - 1])
+        local data = total > 0 and self:bytes(total, timeout) or ""
+        self:bytes(2, timeout)
+        return { op = "HMSG", subject = a[1], sid = a[2], reply = (#a == 5) and a[3] or nil,
+                 headers = data:sub(1, hlen), payload = data:sub(hlen + 1) }
+      elseif op == "INFO" then
+        -- a later INFO: not a message, skip it
+      else
+        return nil, "unexpected line: " .. l
+      end
+    end
+  end
+end
+
+-- Sends PING and returns every message that arrives before the PONG.
+function Client:until_pong(timeout)
+  assert(self:send("PING\r\n"))
+  local msgs = {}
+  while true do
+    local f, err = self:frame(timeout)
+    if not f then return nil, err, msgs end
+    if f.op == "PONG" then return msgs end
+    if f.op == "MSG" or f.op == "HMSG" then msgs[#msgs + 1] = f end
+  end
+end
+
+-- Reads messages until n have arrived or `timeout` seconds (in all) pass;
+-- returns the list (possibly shorter than n).
+function Client:collect(n, timeout)
+  local msgs = {}
+  local deadline = proc.now() + (timeout or 5)
+  while #msgs < n do
+    local left = deadline - proc.now()
+    if left <= 0 then break end
+    local f = self:frame(left)
+    if not f then break end
+    if f.op == "MSG" or f.op == "HMSG" then msgs[#msgs + 1] = f end
+  end
+  return msgs
+end
+
+local inbox_seq = 0
+
+-- Sends a request (payload, optional header block) on a fresh connection
+-- and returns the first reply message, or nil, err after `timeout` seconds.
+function M.request(port, subject, payload, opts)
+  opts = opts or {}
+  local c = M.connect(port)
+  c:send('CONNECT {"headers":true}\r\n')
+  inbox_seq = inbox_seq + 1
+  local inbox = ("_INBOX.spec%d.%d"):format(proc.now() * 1000 // 1, inbox_seq)
+  c:sub(inbox, "1")
+  if opts.headers then
+    c:hpub(subject, opts.headers, payload or "", inbox)
+  else
+    c:pub(subject, payload or "", inbox)
+  end
+  local msgs = c:collect(1, opts.timeout or 5)
+  c:close()
+  if not msgs[1] then return nil, "no reply to " .. subject end
+  return msgs[1]
+end
+
+-- The server's $TIDE.ADMIN.STATS, decoded.
+function M.stats(port)
+  local json = require "dkjson"
+  local m = assert(M.request(port, "$TIDE.ADMIN.STATS", ""))
+  return assert(json.decode(m.payload), "stats are not JSON: " .. m.payload)
 end
 
 function Client:close()

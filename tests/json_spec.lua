@@ -1,0 +1,381 @@
+-- Lossless JSON (docs/scripting.md, "JSON values"): what scripts do not
+-- touch reaches subscribers exactly as it was published, byte for byte.
+local h = require "helpers"
+local json = require "dkjson"
+
+local RULES = [==[
+-- Reads the whole document, changes nothing.
+local function walk(v)
+  if type(v) == "userdata" then
+    local n = #v
+    for _, x in pairs(v) do walk(x) end
+    return n
+  end
+end
+filter("same.>", function(e)
+  walk(e.data)
+  local _ = e.id, e.type, e.version, e.specversion, e.headers["X-Any"], tostring(e.data)
+  return true
+end)
+
+filter("change.>", function(e)
+  e.data.x = 1
+  return true
+end)
+
+filter("change.range", function(e)
+  local d = e.data
+  e.headers["X-Read"] = string.format("%s %.17g %s %.17g", math.type(d.past_u64), d.past_u64,
+    math.type(d.below_i64), d.below_i64)
+  return true
+end)
+
+filter("change.nul", function(e)
+  e.headers["X-Len"] = tostring(#e.data.s)
+  return true
+end)
+
+filter("order", function(e)
+  local keys = {}
+  for k in pairs(e.data) do keys[#keys + 1] = k end
+  local items = {}
+  for i, v in pairs(e.data.list) do items[#items + 1] = i .. "=" .. tostring(v) end
+  e.headers["X-Keys"] = table.concat(keys, ",")
+  e.headers["X-Items"] = table.concat(items, ",") .. ";#" .. #e.data.list .. ";#" .. #e.data
+  return true
+end)
+
+filter("nulls", function(e)
+  local d = e.data
+  e.headers["X-Null"] = table.concat({
+    tostring(d.n == tide.null), tostring(d.missing == nil), tostring(d.n ~= nil),
+    tostring(d.n), tostring(d.list[2] == tide.null), tostring(tide.null == nil),
+  }, ",")
+  d.set_null = tide.null
+  return true
+end)
+
+filter("ints", function(e)
+  local d = e.data
+  e.headers["X-Types"] = table.concat({
+    math.type(d.amount), math.type(d.small), math.type(d.float_one), math.type(d.big),
+    string.format("%.17g", d.big),
+  }, ",")
+  d.amount = d.amount + 0
+  d.next = d.amount + 1
+  d.product = d.small * 3
+  return true
+end)
+
+filter("assign", function(e)
+  e.data.t = { b = 1, a = 2, c = { z = 1, y = {}, x = tide.array() }, list = { 3, 2, 1 } }
+  e.data.empty_array = tide.array {}
+  e.data.empty_object = {}
+  e.data.filled = tide.array { "a" }
+  e.data.floats = { 0.1, 2.0, 1 / 3, 1e300, -0.5 }
+  e.data.copy = e.data.src
+  e.data.copy.inner = "changed"
+  return true
+end)
+
+filter("codec", function(e)
+  local dec, err = tide.json.decode("{bad")
+  local ok_nan = pcall(tide.json.encode, 0 / 0)
+  local ok_inf = pcall(tide.json.encode, math.huge)
+  local v = tide.json.decode('{"b":[1,{"c":null}],"a":1.50}')
+  e.headers["X-Codec"] = table.concat({
+    tide.json.encode({ b = 1, a = { 1, "two", false } }),
+    tide.json.encode({}), tide.json.encode(tide.array()), tide.json.encode(tide.null),
+    tostring(dec), tostring(err), tostring(ok_nan), tostring(ok_inf),
+    tostring(v), tostring(v.a), tostring(#v),
+  }, " | ")
+  return true
+end)
+
+filter("decode.nested", function(e)
+  local v = tide.json.decode('{"b":[1,{"c":null,"d":[true]}],"a":{"k":"v"}}')
+  local b, a = v.b, v.a
+  e.headers["X-Nested"] = table.concat({
+    type(b), type(a), tostring(b and #b), tostring(b and b[2] and b[2].c == tide.null),
+    tostring(b and b[2] and b[2].d[1]), tostring(a and a.k),
+  }, ",")
+  return true
+end)
+
+filter("stale", function(e)
+  local obj, list, first = e.data.obj, e.data.list, e.data.list[1]
+  e.data.obj = 1     -- replaced
+  e.data.list = nil  -- removed
+  local r = { tostring(obj.k), tostring(obj), tostring(first.q), tostring(list[2]), tostring(#list) }
+  local whole = e.data
+  e.data = { z = 1 } -- all of data replaced
+  r[#r + 1] = tostring(whole.n) .. "/" .. tostring(whole.obj)
+  e.headers["X-Stale"] = table.concat(r, ",")
+  return true
+end)
+
+filter("lazy.subject", function(e)
+  return e.subject == "lazy.subject" and e.headers["X-Keep"] == "yes" and e.reply == nil
+end)
+filter("lazy.data", function(e) return e.data.keep == true end)
+]==]
+
+local srv
+
+local function listener(...)
+  local c = h.connect(srv.port)
+  c:send('CONNECT {"headers":true}\r\n')
+  for i, s in ipairs { ... } do c:sub(s, tostring(i)) end
+  assert(c:until_pong())
+  return c
+end
+
+local function publish(subject, payload, headers)
+  local c = h.connect(srv.port)
+  if headers then c:hpub(subject, headers, payload) else c:pub(subject, payload) end
+  assert(c:until_pong())
+  c:close()
+end
+
+-- Publishes one event on subject and returns the one message delivered for it.
+local function roundtrip(subject, payload, headers)
+  local c = listener(subject)
+  publish(subject, payload, headers)
+  local msgs = assert(c:until_pong())
+  c:close()
+  assert.are.equal(1, #msgs, "expected one delivery on " .. subject)
+  return msgs[1]
+end
+
+local function header(m, name)
+  local _, t = h.parse_headers(m.headers)
+  return t[name]
+end
+
+-- A document with every form that a re-encoding could lose.
+local DOC = '{\n  "specversion" : "1.0",\t"id":"j-1",\n  "data": {\n' ..
+  '    "zeta": 1.10, "alpha": null, "empty_a": [ ], "empty_o": { },\n' ..
+  '    "big": 12345678901234567890, "min": -9223372036854775808, "max": 9223372036854775807,\n' ..
+  '    "huge": 1e400, "tiny": -1E-400, "exp": 2.5E-3, "frac": 0.000100, "int_float": 100.0,\n' ..
+  '    "u": "caf\\u00e9 \\ud83d\\ude00 \\u0000 \\/ \\"q\\"", "utf8": "été",\n' ..
+  '    "nested": [ {"b": 1, "a": [ {}, [] ]}, {"c": [1.0, true, false, null]} ],\n' ..
+  '    "x": 0\n  }\n}\n'
+
+setup(function()
+  srv = h.start_scripted(RULES)
+end)
+
+teardown(function()
+  local st, code = srv:stop()
+  h.remove_tmpdir(srv.dir)
+  assert.are.equal("exited", st)
+  assert.are.equal(0, code)
+end)
+
+describe("an unchanged event", function()
+  it("is delivered with exactly the published bytes", function()
+    local m = roundtrip("same.doc", DOC)
+    assert.are.equal(DOC, m.payload)
+  end)
+
+  it("keeps its headers and bytes exactly, also for top-level arrays and scalars", function()
+    local hdr = "NATS/1.0\r\nX-Any: 1\r\nx-any: two\r\nTrace:  spaced  \r\n\r\n"
+    local m = roundtrip("same.hdr", DOC, hdr)
+    assert.are.equal(hdr, m.headers)
+    assert.are.equal(DOC, m.payload)
+    for _, p in ipairs { "[ 1.10, {}, [] , null ]", " 12345678901234567890 ", '"\\u00e9"', "null", "-0", "1e400" } do
+      assert.are.equal(p, roundtrip("same.scalar", p).payload)
+    end
+  end)
+end)
+
+describe("a changed event", function()
+  it("keeps the untouched parts exact: key order, number text, null, [] vs {}, big integers", function()
+    local doc = '{\n  "specversion" : "1.0", "id":"j-1",\n  "data": {\n' ..
+      '    "zeta": 1.10, "alpha": null, "empty_a": [ ], "empty_o": { },\n' ..
+      '    "big": 12345678901234567890, "min": -9223372036854775808, "max": 9223372036854775807,\n' ..
+      '    "huge": 1e400, "tiny": -1E-400, "exp": 2.5E-3, "frac": 0.000100, "int_float": 100.0,\n' ..
+      '    "s": "tab\\tq\\"uote", "nested": [ {"b": 1, "a": [ {}, [] ]}, {"c": [1.0, true, false, null]} ],\n' ..
+      '    "x": 0, "last": "end"\n  }\n}\n'
+    local m = roundtrip("change.doc", doc)
+    assert.are.equal('{"specversion":"1.0","id":"j-1","data":{' ..
+      '"zeta":1.10,"alpha":null,"empty_a":[],"empty_o":{},' ..
+      '"big":12345678901234567890,"min":-9223372036854775808,"max":9223372036854775807,' ..
+      '"huge":1e400,"tiny":-1E-400,"exp":2.5E-3,"frac":0.000100,"int_float":100.0,' ..
+      '"s":"tab\\tq\\"uote","nested":[{"b":1,"a":[{},[]]},{"c":[1.0,true,false,null]}],' ..
+      '"x":1,"last":"end"}}', m.payload)
+  end)
+
+  it("adds a new key after the existing ones", function()
+    local m = roundtrip("change.add", '{"data":{"b":2,"a":1}}')
+    assert.are.equal('{"data":{"b":2,"a":1,"x":1}}', m.payload)
+  end)
+
+  it("keeps unicode text (escaped or not) as the same characters", function()
+    local m = roundtrip("change.u", '{"data":{"u":"caf\\u00e9 \\ud83d\\ude00","r":"été"}}')
+    local env = json.decode(m.payload)
+    assert.are.equal("café 😀", env.data.u)
+    assert.are.equal("été", env.data.r)
+    assert.are.equal(1, env.data.x)
+  end)
+
+  -- Known limitation: cJSON keeps strings NUL-terminated, so a string
+  -- holding \u0000 is cut at the NUL when read or when its event is
+  -- re-encoded (an unchanged event still goes out byte for byte).
+  pending("keeps a string holding \\u0000 whole, read and written back", function()
+    local m = roundtrip("change.nul", '{"data":{"s":"a\\u0000b","x":0}}')
+    assert.are.equal("3", header(m, "X-Len"))
+    local env = json.decode(m.payload)
+    assert.are.equal("a\0b", env.data.s)
+    assert.are.equal(1, env.data.x)
+  end)
+
+  it("reads integers outside 64 bits as floats and writes them back exactly when untouched", function()
+    local m = roundtrip("change.range", '{"data":{"past_u64":123456789012345678901234567890,' ..
+      '"below_i64":-9223372036854775809,"x":0}}')
+    assert.are.equal("float 1.2345678901234568e+29 float -9.2233720368547758e+18", header(m, "X-Read"))
+    assert.are.equal('{"data":{"past_u64":123456789012345678901234567890,' ..
+      '"below_i64":-9223372036854775809,"x":1}}', m.payload)
+  end)
+
+  it("keeps the text of -0", function()
+    local m = roundtrip("change.negzero", '{"data":{"z":-0,"x":0}}')
+    assert.are.equal('{"data":{"z":-0,"x":1}}', m.payload)
+  end)
+end)
+
+describe("JSON values in Lua", function()
+  it("iterate objects in document order; arrays by index", function()
+    local m = roundtrip("order", '{"data":{"zeta":1,"alpha":2,"mid":3,"list":["c","a","b"]}}')
+    assert.are.equal("zeta,alpha,mid,list", header(m, "X-Keys"))
+    assert.are.equal("1=c,2=a,3=b;#3;#4", header(m, "X-Items"))
+    -- nothing written: the bytes are the original ones
+    assert.are.equal('{"data":{"zeta":1,"alpha":2,"mid":3,"list":["c","a","b"]}}', m.payload)
+  end)
+
+  it("make null tide.null, distinct from a missing key", function()
+    local m = roundtrip("nulls", '{"data":{"n":null,"list":[1,null]}}')
+    assert.are.equal("true,true,true,null,true,false", header(m, "X-Null"))
+    assert.are.equal('{"data":{"n":null,"list":[1,null],"set_null":null}}', m.payload)
+  end)
+
+  it("keep integers integers, 64 bits exact through arithmetic", function()
+    local m = roundtrip("ints", '{"data":{"amount":9007199254740993,"small":7,"float_one":1.0,' ..
+      '"big":12345678901234567890}}')
+    assert.are.equal("integer,integer,float,float,1.2345678901234567e+19", header(m, "X-Types"))
+    assert.are.equal('{"data":{"amount":9007199254740993,"small":7,"float_one":1.0,' ..
+      '"big":12345678901234567890,"next":9007199254740994,"product":21}}', m.payload)
+  end)
+
+  it("write Lua tables with sorted keys, tide.array{} as [], {} as {}, shortest floats", function()
+    local m = roundtrip("assign", '{"data":{"src":{"inner":"orig","k":[1]}}}')
+    assert.are.equal('{"data":{"src":{"inner":"orig","k":[1]},' ..
+      '"t":{"a":2,"b":1,"c":{"x":[],"y":{},"z":1},"list":[3,2,1]},' ..
+      '"empty_array":[],"empty_object":{},"filled":["a"],' ..
+      '"floats":[0.1,2.0,0.3333333333333333,1e+300,-0.5],' ..
+      '"copy":{"inner":"changed","k":[1]}}}', m.payload)
+  end)
+
+  it("keep values read before they were replaced or removed readable until the event ends", function()
+    local m = roundtrip("stale", '{"data":{"obj":{"k":"v"},"list":[{"q":1},2],"n":1}}')
+    assert.are.equal('v,{"k":"v"},1,2,2,1/1', header(m, "X-Stale"))
+    assert.are.equal('{"data":{"z":1}}', m.payload)
+  end)
+
+  it("tide.json encodes and decodes with the same rules", function()
+    local m = roundtrip("codec", "x")
+    assert.are.equal(table.concat({
+      '{"a":[1,"two",false],"b":1}', "{}", "[]", "null",
+      "nil", "invalid JSON", "false", "false",
+      '{"b":[1,{"c":null}],"a":1.50}', "1.5", "2",
+    }, " | "), header(m, "X-Codec"))
+  end)
+
+  it("refuses values JSON cannot hold without leaking what it built", function()
+    local s = h.start_scripted([[
+filter("enc.fail", function(e)
+  local cyc = {}
+  cyc.self = cyc
+  local r = {}
+  for i = 1, 150 do
+    r[1] = select(2, pcall(tide.json.encode, cyc))
+    r[2] = select(2, pcall(tide.json.encode, { a = { b = { c = 0 / 0 } } }))
+    r[3] = select(2, pcall(tide.json.encode, { list = { 1, 2, print } }))
+    r[4] = select(2, pcall(function() e.data = { x = { y = math.huge } } end))
+  end
+  e.headers["X-Errors"] = table.concat(r, " | ")
+  return true
+end)
+]])
+    local function rss_kb()
+      local f = io.open("/proc/" .. s.pid .. "/status")
+      if not f then return nil end
+      local text = f:read("a")
+      f:close()
+      return tonumber(text:match("VmRSS:%s*(%d+)"))
+    end
+    local ok, err = pcall(function()
+      local c = h.connect(s.port)
+      c:send('CONNECT {"headers":true}\r\n')
+      c:sub("enc.fail", "1")
+      assert(c:until_pong())
+      c:pub("enc.fail", "warm-up")
+      local m = c:collect(1, 5)[1]
+      assert(m, "the rule failed: " .. s:log():sub(-500))
+      local errors = header(m, "X-Errors")
+      assert.matches("nesting deeper than 64", errors)
+      assert.matches("NaN", errors)
+      assert.matches("cannot encode a function", errors)
+      assert.matches("infinity", errors)
+      local before = rss_kb()
+      for _ = 1, 8 do c:pub("enc.fail", "again") end
+      assert.are.equal(8, #c:collect(8, 20))
+      local grown = rss_kb() - before
+      -- Under ASan freed memory sits in quarantine; there the leak check at exit decides.
+      if os.getenv("TIDE_PASS") ~= "asan" then
+        assert.is_true(grown < 16 * 1024, ("the server grew by %d KB over 8 events"):format(grown))
+      end
+      c:close()
+    end)
+    local st, code = s:stop()
+    h.remove_tmpdir(s.dir)
+    assert(ok, err)
+    assert.are.equal("exited", st)
+    assert.are.equal(0, code, "exit code (99: leaks reported by LeakSanitizer)")
+  end)
+
+  it("tide.json.decode gives values whose nested objects and arrays can be read", function()
+    local m = roundtrip("decode.nested", "x")
+    assert.are.equal("userdata,userdata,2,true,true,v", header(m, "X-Nested"))
+  end)
+end)
+
+describe("lazy decoding", function()
+  it("does not parse the payload for a rule that reads only the subject and headers", function()
+    local c = listener("lazy.>")
+    local before = h.stats(srv.port).scripts
+    for i = 1, 5 do
+      publish("lazy.subject", '{"data":{"n":' .. i .. '}}', { { "X-Keep", i == 3 and "no" or "yes" } })
+    end
+    local msgs = assert(c:until_pong())
+    assert.are.equal(4, #msgs)
+    local after = h.stats(srv.port).scripts
+    assert.are.equal(before.events + 5, after.events)
+    assert.are.equal(before.decodes, after.decodes)
+    c:close()
+  end)
+
+  it("parses it once per event for a rule that reads e.data", function()
+    local c = listener("lazy.>")
+    local before = h.stats(srv.port).scripts
+    publish("lazy.data", '{"data":{"keep":true}}')
+    publish("lazy.data", '{"data":{"keep":false}}')
+    publish("lazy.data", '{"data":{"keep":true}}')
+    local msgs = assert(c:until_pong())
+    assert.are.equal(2, #msgs)
+    assert.are.equal('{"data":{"keep":true}}', msgs[1].payload)
+    local after = h.stats(srv.port).scripts
+    assert.are.equal(before.decodes + 3, after.decodes)
+    c:close()
+  end)
+end)
