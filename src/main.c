@@ -15,6 +15,7 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
+#include "cli.h"
 #include "flow.h"
 #include "json.h"
 #include "log.h"
@@ -32,6 +33,11 @@ static void usage(FILE *f)
             "                         run a flow offline: print its deliveries, or\n"
             "                         compare them with OUT.jsonl (exit 1 on a difference)\n"
             "  check FLOW...          load flows in the sandbox and report errors (exit 1)\n"
+            "  pub SUBJECT [DATA] [-H NAME:VALUE]... [--reply SUBJECT]\n"
+            "  sub PATTERN [--queue Q] [--count N]\n"
+            "  req SUBJECT [DATA] [-H NAME:VALUE]... [--timeout SECONDS]\n"
+            "  stats                  clients against a running server: -s HOST:PORT\n"
+            "                         (default 127.0.0.1:4222 or $TIDE_SERVER), --json\n"
             "\n"
             "Server options (tide serve):\n"
             "  -a, --addr HOST        bind to HOST (default 127.0.0.1)\n"
@@ -367,6 +373,10 @@ int main(int argc, char **argv)
         return cmd_run(argc - 1, argv + 1);
     if (!strcmp(cmd, "check"))
         return cmd_check(argc - 1, argv + 1);
+    if (!strcmp(cmd, "pub") || !strcmp(cmd, "sub") || !strcmp(cmd, "req") || !strcmp(cmd, "stats")) {
+        signal(SIGPIPE, SIG_IGN);
+        return cli_main(cmd, argc - 1, argv + 1);
+    }
     if (cmd[0] == '-')
         fprintf(stderr, "tide: unknown option '%s'\nTry 'tide --help'.\n", cmd);
     else

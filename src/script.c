@@ -2093,7 +2093,9 @@ static int run_event(lua_State *L)
         proto_msg_t o = out;
         o.subject = run->dest[d];
         o.subject_len = run->dest_len[d];
-        server_route(h->srv, run->from, &o);
+        /* A request that a handler here will answer has a responder. */
+        match_t *dm = o.reply ? match_for(st, o.subject, o.subject_len) : NULL;
+        server_route_flags(h->srv, run->from, &o, dm && dm->n[RULE_HANDLER] ? ROUTE_HAS_RESPONDER : 0);
     }
 
     /* 5. handlers, for each subject the event went to.  A handler's failure

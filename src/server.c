@@ -413,6 +413,11 @@ static void no_responders(server_t *s, client_t *from, const proto_msg_t *m)
 
 size_t server_route(server_t *s, client_t *from, const proto_msg_t *m)
 {
+    return server_route_flags(s, from, m, 0);
+}
+
+size_t server_route_flags(server_t *s, client_t *from, const proto_msg_t *m, int flags)
+{
     size_t delivered = 0;
     sublist_result_t *r;
 
@@ -439,7 +444,7 @@ size_t server_route(server_t *s, client_t *from, const proto_msg_t *m)
             }
         }
     }
-    if (delivered == 0 && m->reply && from &&
+    if (delivered == 0 && m->reply && from && !(flags & ROUTE_HAS_RESPONDER) &&
         (from->flags & (CLIENT_NO_RESPONDERS | CLIENT_HEADERS)) == (CLIENT_NO_RESPONDERS | CLIENT_HEADERS))
         no_responders(s, from, m);
     /* Auto-unsubscribes are applied now that no result is being walked. */

@@ -72,6 +72,12 @@ void server_free(server_t *s);
  */
 size_t server_route(server_t *s, struct client *from, const proto_msg_t *msg);
 
+/* Flags for server_route_flags. */
+#define ROUTE_HAS_RESPONDER 1 /* a handler inside tide will answer: no 503 status */
+
+/* server_route with flags. */
+size_t server_route_flags(server_t *s, struct client *from, const proto_msg_t *msg, int flags);
+
 /*
  * The entry point for every message a client publishes: admin requests
  * ($TIDE.ADMIN.*) are answered here, everything else goes through the
