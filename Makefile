@@ -17,7 +17,7 @@ OPT     ?= -O2 -g
 SAN     ?=
 PKGS     = libevent_core lua5.4 libcjson
 CFLAGS  += $(CSTD) $(WARN) $(OPT) $(SAN) -fPIC $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
+LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lreadline -lm
 LDFLAGS += $(SAN)
 
 CORE_SRC = $(filter-out src/main.c src/luamod.c, $(wildcard src/*.c))

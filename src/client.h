@@ -82,7 +82,6 @@ void client_free(client_t *c);
 
 /* Server internals shared with client.c. */
 sublist_t *server_sublist(server_t *s);
-struct event_base *server_base(server_t *s);
 server_stats_t *server_stats_mut(server_t *s);
 void server_schedule_free(server_t *s, client_t *c);
 void server_build_info(server_t *s, client_t *c, char *out, size_t outsz);

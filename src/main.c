@@ -19,6 +19,7 @@
 #include "flow.h"
 #include "json.h"
 #include "log.h"
+#include "repl.h"
 #include "script.h"
 #include "server.h"
 
@@ -33,6 +34,9 @@ static void usage(FILE *f)
             "                         run a flow offline: print its deliveries, or\n"
             "                         compare them with OUT.jsonl (exit 1 on a difference)\n"
             "  check FLOW...          load flows in the sandbox and report errors (exit 1)\n"
+            "  repl [-c FLOW] [--listen HOST:PORT]\n"
+            "                         a router at a Lua prompt: define rules, publish,\n"
+            "                         trace events (help() there lists the helpers)\n"
             "  pub SUBJECT [DATA] [-H NAME:VALUE]... [--reply SUBJECT]\n"
             "  sub PATTERN [--queue Q] [--count N]\n"
             "  req SUBJECT [DATA] [-H NAME:VALUE]... [--timeout SECONDS]\n"
@@ -290,6 +294,30 @@ out:
     return rc;
 }
 
+/* tide repl [-c FLOW] [--listen HOST:PORT] [-D] */
+static int cmd_repl(int argc, char **argv)
+{
+    const char *entry = NULL, *listen_addr = NULL;
+    char lib[4096];
+    log_set_level(LOG_WARN); /* the prompt is the output; -D brings the log back */
+    for (int i = 1; i < argc; i++) {
+        if ((!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) && i + 1 < argc)
+            entry = argv[++i];
+        else if (!strcmp(argv[i], "--listen") && i + 1 < argc)
+            listen_addr = argv[++i];
+        else if (!strcmp(argv[i], "-D"))
+            log_set_level(LOG_DEBUG);
+        else if (argv[i][0] != '-' && !entry)
+            entry = argv[i];
+        else {
+            fprintf(stderr, "usage: tide repl [-c flow.lua] [--listen HOST:PORT] [-D]\n");
+            return 2;
+        }
+    }
+    signal(SIGPIPE, SIG_IGN);
+    return repl_main(entry, lua_lib_dir(lib, sizeof lib), listen_addr);
+}
+
 /* tide check: loads each entry file as the server would, without serving. */
 static int cmd_check(int argc, char **argv)
 {
@@ -373,6 +401,8 @@ int main(int argc, char **argv)
         return cmd_run(argc - 1, argv + 1);
     if (!strcmp(cmd, "check"))
         return cmd_check(argc - 1, argv + 1);
+    if (!strcmp(cmd, "repl"))
+        return cmd_repl(argc - 1, argv + 1);
     if (!strcmp(cmd, "pub") || !strcmp(cmd, "sub") || !strcmp(cmd, "req") || !strcmp(cmd, "stats")) {
         signal(SIGPIPE, SIG_IGN);
         return cli_main(cmd, argc - 1, argv + 1);

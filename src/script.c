@@ -117,6 +117,8 @@ struct script_host {
     struct event *debounce;
     time_t *poll_mtimes;
     size_t npoll;
+    void (*trace)(void *ctx, const char *line); /* tide repl's trace, or NULL */
+    void *trace_ctx;
 };
 
 #define HOOK_STEP 1000
@@ -287,12 +289,23 @@ static int budget_call(state_t *st, int nargs, int nres)
 {
     lua_State *L = st->L;
     int base = lua_gettop(L) - nargs;
+    /* Calls nest (a prompt line publishing an event runs rules): the inner
+     * call gets budgets of its own and the outer one's are put back. */
+    int outer_in_call = st->in_call, outer_budget = st->budget;
+    uint64_t outer_instructions = st->instructions;
+    struct timespec outer_deadline = st->deadline;
     lua_pushcfunction(L, on_error);
     lua_insert(L, base);
     begin_call(st);
     int rc = lua_pcall(L, nargs, nres, base);
     int budget = st->budget;
     end_call(st);
+    if (outer_in_call) {
+        st->in_call = 1;
+        st->budget = outer_budget;
+        st->instructions = outer_instructions;
+        st->deadline = outer_deadline;
+    }
     lua_remove(L, base);
     if (rc != LUA_OK) {
         st->host->st.errors++;
@@ -1389,6 +1402,8 @@ static int run_entry(lua_State *L)
 {
     state_t *st = state_of(L);
     const char *path = st->host->config_path;
+    if (!path)
+        return 0; /* a prompt with no entry file */
     char chunkname[PATH_MAX + 8];
     chunk_name(st->host, path, chunkname, sizeof chunkname);
     if (load_file(st, path, chunkname) != LUA_OK)
@@ -1623,19 +1638,24 @@ script_host_t *script_host_new(const char *config_path, const char *lib_dir, cha
         return NULL;
     }
     h->watch_fd = -1;
-    if (!realpath(config_path, real)) {
+    if (!config_path) {
+        /* No entry file (tide repl without -c): rules come from the prompt,
+         * require looks in the current directory. */
+        h->config_dir = getcwd(NULL, 0);
+    } else if (!realpath(config_path, real)) {
         snprintf(err, errsz, "cannot open %s: %s", config_path, strerror(errno));
         free(h);
         return NULL;
+    } else {
+        h->config_path = strdup(real);
+        h->config_dir = strdup(real);
+        if (h->config_dir && strrchr(h->config_dir, '/'))
+            *strrchr(h->config_dir, '/') = '\0';
     }
-    h->config_path = strdup(real);
-    h->config_dir = strdup(real);
-    if (h->config_dir && strrchr(h->config_dir, '/'))
-        *strrchr(h->config_dir, '/') = '\0';
     if (lib_dir && realpath(lib_dir, real))
         h->lib_dir = strdup(real);
     h->kv = kv_new();
-    if (!h->config_path || !h->config_dir || !h->kv) {
+    if ((config_path && !h->config_path) || !h->config_dir || !h->kv) {
         snprintf(err, errsz, "out of memory");
         script_host_free(h);
         return NULL;
@@ -1835,6 +1855,26 @@ static int upgrade_possible(state_t *st, const proto_msg_t *m)
     return 0;
 }
 
+/* One line of the trace (tide repl's trace on), indented by emit depth. */
+static void tracef(script_host_t *h, int depth, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void tracef(script_host_t *h, int depth, const char *fmt, ...)
+{
+    char line[1200];
+    int n = snprintf(line, sizeof line, "%*s", depth * 4, "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
+    va_end(ap);
+    h->trace(h->trace_ctx, line);
+}
+
+static double mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
 /* Publishes a failed event to <dead_letter>.<subject> with the error in headers. */
 static void dead_letter(script_host_t *h, state_t *st, const proto_msg_t *m, const char *stage, const rule_t *r,
                         const char *error)
@@ -1849,6 +1889,8 @@ static void dead_letter(script_host_t *h, state_t *st, const proto_msg_t *m, con
              (int)(m->subject_len > 200 ? 200 : m->subject_len), m->subject);
     log_rate_limited(h, line);
     h->st.dead_letters++;
+    if (h->trace)
+        tracef(h, 0, "  ERROR    %s   -> %s.%.*s", line, st->limits.dead_letter, (int)m->subject_len, m->subject);
 
     int sl = snprintf(subject, sizeof subject, "%s.%.*s", st->limits.dead_letter, (int)m->subject_len, m->subject);
     if (sl < 0 || (size_t)sl >= sizeof subject)
@@ -1891,9 +1933,12 @@ static void dead_letter(script_host_t *h, state_t *st, const proto_msg_t *m, con
 
 /* Calls rule r with the event (and ctx for handlers) at ev_idx.  Returns
  * LUA_OK with one result on the stack, or an error with the message. */
+static double last_call_ms; /* how long the last rule call took (for the trace) */
+
 static int call_rule(state_t *st, rule_t *r, int ev_idx)
 {
     lua_State *L = st->L;
+    double t0 = st->host->trace ? mono_ms() : 0;
     r->calls++;
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->fn_ref);
     lua_pushvalue(L, ev_idx);
@@ -1905,6 +1950,8 @@ static int call_rule(state_t *st, rule_t *r, int ev_idx)
     int rc = budget_call(st, nargs, 1);
     if (rc != LUA_OK)
         r->errors++;
+    if (st->host->trace)
+        last_call_ms = mono_ms() - t0;
     return rc;
 }
 
@@ -1991,6 +2038,16 @@ static int run_event(lua_State *L)
     lua_pushvalue(L, ev_idx);
     lua_replace(L, lua_upvalueindex(1));
     run->ev->depth = run->depth;
+    int tr = h->trace != NULL, td = run->depth;
+    if (tr) {
+        lua_getfield(L, ev_idx, "type");
+        lua_getfield(L, ev_idx, "version");
+        lua_getfield(L, ev_idx, "id");
+        tracef(h, td, "event %s  (type %s v%d%s%s%s)", run->ev->subject, lua_tostring(L, -3) ? lua_tostring(L, -3) : "?",
+               (int)lua_tointeger(L, -2), lua_isstring(L, -1) ? ", id " : "", lua_isstring(L, -1) ? lua_tostring(L, -1) : "",
+               run->depth ? ", published by a handler" : "");
+        lua_pop(L, 3);
+    }
 
     /* 1. upgraders, chained: each takes the event from version v to v + 1. */
     if (upgrade_possible(st, run->in)) {
@@ -2019,6 +2076,9 @@ static int run_event(lua_State *L)
                 lua_setfield(L, ev_idx, "version");
             }
             lua_pop(L, 1);
+            if (tr)
+                tracef(h, td, "  upgrade  %s v%d -> v%d   %s   %.3f ms", r->pattern, (int)r->from_version,
+                       (int)r->from_version + 1, r->where, last_call_ms);
         }
     }
 
@@ -2036,6 +2096,9 @@ static int run_event(lua_State *L)
             return fail_rule(L, run, "filter", r);
         int keep = lua_toboolean(L, -1);
         lua_pop(L, 1);
+        if (tr)
+            tracef(h, td, "  filter   %s   %s   %s   %.3f ms", r->pattern, r->where, keep ? "kept" : "DROPPED",
+                   last_call_ms);
         if (!keep) {
             r->dropped++;
             h->st.dropped++;
@@ -2051,11 +2114,15 @@ static int run_event(lua_State *L)
         int t = lua_type(L, -1);
         if (t == LUA_TNIL) {
             lua_pop(L, 1);
+            if (tr)
+                tracef(h, td, "  route    %s   %s   no opinion   %.3f ms", r->pattern, r->where, last_call_ms);
             continue;
         }
         if (t == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
             r->dropped++;
             h->st.dropped++;
+            if (tr)
+                tracef(h, td, "  route    %s   %s   DROPPED   %.3f ms", r->pattern, r->where, last_call_ms);
             return 0;
         }
         if (t != LUA_TSTRING && t != LUA_TTABLE) {
@@ -2067,6 +2134,13 @@ static int run_event(lua_State *L)
             return fail_rule(L, run, "route", r);
         r->routed++;
         lua_pop(L, 1);
+        if (tr) {
+            char list[600] = "";
+            for (int d = 0; d < run->ndest; d++)
+                snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", d ? ", " : "", run->dest[d]);
+            tracef(h, td, "  route    %s   %s   -> %s   %.3f ms", r->pattern, r->where,
+                   run->ndest ? list : "(nowhere: dropped)", last_call_ms);
+        }
         if (run->ndest == 0) { /* an empty list: nowhere to go */
             r->dropped++;
             h->st.dropped++;
@@ -2095,7 +2169,10 @@ static int run_event(lua_State *L)
         o.subject_len = run->dest_len[d];
         /* A request that a handler here will answer has a responder. */
         match_t *dm = o.reply ? match_for(st, o.subject, o.subject_len) : NULL;
-        server_route_flags(h->srv, run->from, &o, dm && dm->n[RULE_HANDLER] ? ROUTE_HAS_RESPONDER : 0);
+        size_t n = server_route_flags(h->srv, run->from, &o, dm && dm->n[RULE_HANDLER] ? ROUTE_HAS_RESPONDER : 0);
+        if (tr)
+            tracef(h, td, "  deliver  %s   %zu subscriber%s%s", run->dest[d], n, n == 1 ? "" : "s",
+                   run->ev->owner.dirty || out.payload != run->in->payload ? "   (re-encoded)" : "");
     }
 
     /* 5. handlers, for each subject the event went to.  A handler's failure
@@ -2117,7 +2194,17 @@ static int run_event(lua_State *L)
         }
         for (size_t i = 0; i < hm->n[RULE_HANDLER]; i++) {
             rule_t *r = hm->r[RULE_HANDLER][i];
-            if (call_rule(st, r, ev_idx) != LUA_OK)
+            emitted_t *before = h->queue_tail;
+            int ok = call_rule(st, r, ev_idx) == LUA_OK;
+            if (tr) {
+                char list[600] = "";
+                for (emitted_t *e = before ? before->next : h->queue_head; e; e = e->next)
+                    snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", list[0] ? ", " : "",
+                             e->subject);
+                tracef(h, td, "  on       %s   %s   %s%s%s   %.3f ms", r->pattern, r->where, ok ? "ok" : "FAILED",
+                       list[0] ? "   published " : "", list, last_call_ms);
+            }
+            if (!ok)
                 dead_letter(h, st, &out, "handler", r, lua_tostring(L, -1));
             lua_pop(L, 1);
         }
@@ -2150,7 +2237,10 @@ static void run_one(script_host_t *h, client_t *from, const proto_msg_t *m, int 
     h->st.events++;
     if (!needs_lua(st, m, &mt)) {
         h->st.bypassed++;
-        server_route(h->srv, from, m);
+        size_t n = server_route(h->srv, from, m);
+        if (h->trace)
+            tracef(h, depth, "event %.*s  (no rule matches)\n%*s  deliver  %.*s   %zu subscriber%s", (int)m->subject_len,
+                   m->subject, depth * 4, "", (int)m->subject_len, m->subject, n, n == 1 ? "" : "s");
         return;
     }
     memset(&run, 0, sizeof run);
@@ -2216,4 +2306,48 @@ void script_process(script_host_t *h, client_t *from, const proto_msg_t *m)
         emitted_free(e);
     }
     h->processing--;
+}
+
+/* ---- the prompt (tide repl) -------------------------------------------------- */
+
+lua_State *script_lua(script_host_t *h)
+{
+    return h->cur->L;
+}
+
+void script_push_env(script_host_t *h)
+{
+    lua_rawgeti(h->cur->L, LUA_REGISTRYINDEX, h->cur->env_ref);
+}
+
+int script_pcall(script_host_t *h, int nargs, int nres)
+{
+    return budget_call(h->cur, nargs, nres);
+}
+
+int script_load_file(script_host_t *h, const char *path, char *err, size_t errsz)
+{
+    state_t *st = h->cur;
+    lua_State *L = st->L;
+    char chunkname[PATH_MAX + 8];
+    int top = lua_gettop(L);
+    chunk_name(h, path, chunkname, sizeof chunkname);
+    int rc = load_file(st, path, chunkname);
+    if (rc == LUA_OK)
+        rc = budget_call(st, 0, 0);
+    if (rc != LUA_OK)
+        snprintf(err, errsz, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
+    lua_settop(L, top);
+    return rc == LUA_OK ? 0 : -1;
+}
+
+void script_set_trace(script_host_t *h, void (*fn)(void *ctx, const char *line), void *ctx)
+{
+    h->trace = fn;
+    h->trace_ctx = ctx;
+}
+
+int script_is_processing(const script_host_t *h)
+{
+    return h->processing;
 }

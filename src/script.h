@@ -45,8 +45,9 @@ typedef struct script_host script_host_t;
 struct client;
 
 /*
- * Loads the entry file.  lib_dir is tide's shipped lua/ directory (may be
- * NULL).  On failure returns NULL and writes "file:line: message" to err.
+ * Loads the entry file (NULL: none, an empty router for the prompt).
+ * lib_dir is tide's shipped lua/ directory (may be NULL).  On failure
+ * returns NULL and writes "file:line: message" to err.
  */
 script_host_t *script_host_new(const char *config_path, const char *lib_dir, char *err, size_t errsz);
 
@@ -96,6 +97,22 @@ typedef struct script_stats {
 } script_stats_t;
 
 void script_get_stats(const script_host_t *h, script_stats_t *out);
+
+/* ---- for the prompt (tide repl) ---- */
+struct lua_State;
+/* The current state and its sandbox environment (pushed).  Valid until the
+ * next reload. */
+struct lua_State *script_lua(script_host_t *h);
+void script_push_env(script_host_t *h);
+/* Calls the function below nargs arguments under the budgets (lua_pcall
+ * rules: LUA_OK, or an error with its message pushed). */
+int script_pcall(script_host_t *h, int nargs, int nres);
+/* Runs a file in the current state (its rules add to the others). */
+int script_load_file(script_host_t *h, const char *path, char *err, size_t errsz);
+/* Calls fn with one line per pipeline step of every event, or stops (NULL). */
+void script_set_trace(script_host_t *h, void (*fn)(void *ctx, const char *line), void *ctx);
+/* True while an event is in the pipeline (reload must wait). */
+int script_is_processing(const script_host_t *h);
 
 /* Appends a JSON array describing every rule (kind, pattern, where, counters) to buf. */
 void script_rules_json(const script_host_t *h, char **buf, size_t *len);

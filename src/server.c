@@ -170,6 +170,11 @@ void server_set_scripts(server_t *s, struct script_host *h)
     s->scripts = h;
 }
 
+size_t server_connections(const server_t *s)
+{
+    return s->stats.connections;
+}
+
 void server_get_stats(const server_t *s, server_stats_t *out)
 {
     *out = s->stats;

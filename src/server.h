@@ -98,6 +98,13 @@ sub_t *server_subscribe_internal(server_t *s, const char *pattern, void (*fn)(vo
                                  void *ctx);
 
 void server_get_stats(const server_t *s, server_stats_t *out);
+
+/* Clients connected now. */
+size_t server_connections(const server_t *s);
+
+struct event_base;
+/* The server's event loop, for adding events of one's own (tide repl's stdin). */
+struct event_base *server_base(server_t *s);
 const server_opts_t *server_get_opts(const server_t *s);
 const char *server_id(const server_t *s);
 

@@ -5,7 +5,7 @@ local proc = require "procmod"
 
 local M = {}
 
-M.root = os.getenv("TIDE_ROOT") or "."
+M.root = os.getenv("TIDE_ROOT") or os.getenv("PWD") or "."
 M.bin = os.getenv("TIDE_BIN") or (M.root .. "/build/tide")
 M.tmpdir = os.getenv("TIDE_TEST_TMP") or "/tmp"
 M.proc = proc
