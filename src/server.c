@@ -359,11 +359,11 @@ static int deliver_one(server_t *s, sub_t *sub, const proto_msg_t *m)
     if (sub->max_msgs && sub->delivered >= sub->max_msgs)
         return 0; /* already used up, removal pending */
     if (!dst) {
+        /* Inside the server (tide repl's and tide run's watchers): not a
+         * subscriber anyone asked for, so not counted as a delivery. */
         sub->deliver(sub->deliver_ctx, m);
         sub->delivered++;
-        s->stats.out_msgs++;
-        s->stats.out_bytes += m->payload_len + m->hdr_len;
-        return 1;
+        return 0;
     }
     if (client_deliver(dst, sub, m) < 0)
         return 0;

@@ -73,9 +73,9 @@ describe("tide repl (piped)", function()
     assert.matches("  upgrade  user.created v1 %-> v2   prompt:1   [%d.]+ ms", out)
     assert.matches("  filter   user.created   prompt:1   kept", out)
     assert.matches("  route    user.created   prompt:1   %-> user.created, audit.user", out)
-    assert.matches("  deliver  audit.user   1 subscriber", out) -- the prompt's own capture
+    assert.matches("  deliver  audit.user   0 subscribers", out) -- the prompt's own watcher does not count
     assert.matches("  on       audit.user   prompt:1   ok   published audit.logged", out)
-    assert.matches("\n    event audit.logged  %(no rule matches%)\n      deliver  audit.logged   1 subscriber", out)
+    assert.matches("\n    event audit.logged  %(no rule matches%)\n      deliver  audit.logged   0 subscribers", out)
     assert.matches("  filter   drop.me   prompt:1   DROPPED", out)
     assert.matches("  ERROR    filter at prompt:1: prompt:1: attempt to index a nil value.- %-> %$TIDE.DEAD.bad.one", out)
     assert.matches("event nobody.cares  %(no rule matches%)", out)
