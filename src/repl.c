@@ -24,17 +24,12 @@
 #include <readline/readline.h>
 
 #include "log.h"
+#include "msgq.h"
 #include "repl.h"
 #include "script.h"
 #include "server.h"
 #include "subject.h"
 #include "util.h"
-
-typedef struct pending {
-    struct pending *next;
-    char *subject, *hdr, *payload;
-    size_t subject_len, hdr_len, payload_len;
-} pending_t;
 
 typedef struct watch {
     struct repl *r;
@@ -57,7 +52,7 @@ typedef struct repl {
     int exit_code;
     char *buf; /* statement being typed over several lines */
     size_t buf_len;
-    pending_t *pend_head, *pend_tail;
+    msgq_t pending; /* pub() at the prompt: run after the line */
     watch_t watches[32];
     recording_t recs[8];
     int nrecs;
@@ -210,22 +205,18 @@ static int h_pub(lua_State *L)
     size_t hl, pl;
     const char *hs = lua_tolstring(L, 4, &hl);
     const char *ps = lua_tolstring(L, 5, &pl);
-    pending_t *p = calloc(1, sizeof *p);
-    if (!p)
-        return luaL_error(L, "out of memory");
-    p->subject = mem_dup(subject, sl);
-    p->subject_len = sl;
-    p->payload = mem_dup(ps, pl);
-    p->payload_len = pl;
+    proto_msg_t m;
+    memset(&m, 0, sizeof m);
+    m.subject = subject;
+    m.subject_len = sl;
+    m.payload = ps;
+    m.payload_len = pl;
     if (nh) {
-        p->hdr = mem_dup(hs, hl);
-        p->hdr_len = hl;
+        m.hdr = hs;
+        m.hdr_len = hl;
     }
-    if (r->pend_tail)
-        r->pend_tail->next = p;
-    else
-        r->pend_head = p;
-    r->pend_tail = p;
+    if (msgq_push(&r->pending, &m, 0) < 0)
+        return luaL_error(L, "out of memory");
     return 0;
 }
 
@@ -458,24 +449,10 @@ static void install_helpers(repl_t *r)
 
 static void run_pending(repl_t *r)
 {
-    while (r->pend_head) {
-        pending_t *p = r->pend_head;
-        r->pend_head = p->next;
-        if (!r->pend_head)
-            r->pend_tail = NULL;
-        proto_msg_t m;
-        memset(&m, 0, sizeof m);
-        m.subject = p->subject;
-        m.subject_len = p->subject_len;
-        m.hdr = p->hdr;
-        m.hdr_len = p->hdr_len;
-        m.payload = p->payload;
-        m.payload_len = p->payload_len;
-        server_publish(r->srv, NULL, &m);
-        free(p->subject);
-        free(p->hdr);
-        free(p->payload);
-        free(p);
+    msgq_item_t *it;
+    while ((it = msgq_pop(&r->pending))) {
+        server_publish(r->srv, NULL, &it->m);
+        msgq_item_free(it);
     }
 }
 
@@ -705,6 +682,7 @@ int repl_main(const char *entry, const char *lib_dir, const char *listen_addr)
         if (r.recs[i].f)
             fclose(r.recs[i].f);
     cJSON_Delete(r.seen);
+    msgq_clear(&r.pending);
     free(r.buf);
     server_free(r.srv);
     script_host_free(r.host);

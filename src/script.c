@@ -24,6 +24,7 @@
 #include "json.h"
 #include "kv.h"
 #include "log.h"
+#include "msgq.h"
 #include "script.h"
 #include "subject.h"
 #include "util.h"
@@ -47,13 +48,6 @@ typedef struct match {
     size_t n[RULE_KINDS];
 } match_t;
 
-/* A message queued by ctx.publish, run after the current event. */
-typedef struct emitted {
-    struct emitted *next;
-    int depth;
-    char *subject, *reply, *hdr, *payload;
-    size_t subject_len, reply_len, hdr_len, payload_len;
-} emitted_t;
 
 enum budget { BUDGET_OK = 0, BUDGET_INSTRUCTIONS, BUDGET_TIME, BUDGET_MEMORY };
 
@@ -105,9 +99,8 @@ struct script_host {
     state_t *cur;
     kv_t *kv;
     script_stats_t st;
-    emitted_t *queue_head, *queue_tail;
+    msgq_t queue; /* events handlers published, run after the current one */
     int queued_total; /* emitted by the current top-level event */
-    size_t queued_bytes; /* their bytes, while queued */
     int processing;   /* inside script_process */
     dict_t errors_seen; /* rate limit for error logs */
     struct event *sighup;
@@ -905,24 +898,6 @@ static const char *current_attr(lua_State *L, state_t *st, const char *header, c
     return found;
 }
 
-static void queue_emitted(script_host_t *h, emitted_t *e)
-{
-    if (h->queue_tail)
-        h->queue_tail->next = e;
-    else
-        h->queue_head = e;
-    h->queue_tail = e;
-}
-
-static void emitted_free(emitted_t *e)
-{
-    free(e->subject);
-    free(e->reply);
-    free(e->hdr);
-    free(e->payload);
-    free(e);
-}
-
 /*
  * ctx.publish(subject, data_or_event [, headers]) -> true | false, reason
  * Queues a new event that goes through the whole pipeline once the current
@@ -938,7 +913,6 @@ static int l_ctx_publish(lua_State *L)
     char corr[128], cause[128], idbuf[37], timebuf[64];
     const char *correlation, *causation;
     luaL_Buffer hb;
-    emitted_t *e;
 
     luaL_checkany(L, 2);
     if (!subject_valid_literal(subject, sl))
@@ -1055,7 +1029,7 @@ static int l_ctx_publish(lua_State *L)
         return luaL_error(L, "ctx.publish: message of %d bytes is over max_payload (%d)", (int)(pl + hl),
                           (int)max_payload);
     /* Queued events live outside the Lua heap: they count against the same cap. */
-    if (h->queued_bytes + pl + hl > st->limits.memory) {
+    if (h->queue.bytes + pl + hl > st->limits.memory) {
         char msg[200];
         h->st.loops_stopped++;
         snprintf(msg, sizeof msg, "emit chain stopped at %s: queued events over the memory budget (%zu bytes)",
@@ -1065,26 +1039,20 @@ static int l_ctx_publish(lua_State *L)
         lua_pushstring(L, msg);
         return 2;
     }
-    e = calloc(1, sizeof *e);
-    if (!e)
-        return luaL_error(L, "out of memory");
-    e->depth = st->cur_depth + 1;
-    e->subject = mem_dup(subject, sl);
-    e->subject_len = sl;
-    e->payload = mem_dup(ps, pl);
-    e->payload_len = pl;
-    if (hl > strlen("NATS/1.0\r\n\r\n")) {
-        e->hdr = mem_dup(hs, hl);
-        e->hdr_len = hl;
+    proto_msg_t qm;
+    memset(&qm, 0, sizeof qm);
+    qm.subject = subject;
+    qm.subject_len = sl;
+    qm.payload = ps;
+    qm.payload_len = pl;
+    if (hl > strlen("NATS/1.0\r\n\r\n")) { /* only chain ids or caller headers make a block */
+        qm.hdr = hs;
+        qm.hdr_len = hl;
     }
-    if (!e->subject || !e->payload || (hl > 12 && !e->hdr)) {
-        emitted_free(e);
+    if (msgq_push(&h->queue, &qm, st->cur_depth + 1) < 0)
         return luaL_error(L, "out of memory");
-    }
     h->queued_total++;
-    h->queued_bytes += pl + hl;
     h->st.emitted++;
-    queue_emitted(h, e);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -1718,11 +1686,7 @@ void script_host_free(script_host_t *h)
         event_free(h->debounce);
     if (h->sighup)
         event_free(h->sighup);
-    while (h->queue_head) {
-        emitted_t *e = h->queue_head;
-        h->queue_head = e->next;
-        emitted_free(e);
-    }
+    msgq_clear(&h->queue);
     state_free(h->cur);
     kv_free(h->kv);
     dict_clear(&h->errors_seen, free);
@@ -2194,13 +2158,13 @@ static int run_event(lua_State *L)
         }
         for (size_t i = 0; i < hm->n[RULE_HANDLER]; i++) {
             rule_t *r = hm->r[RULE_HANDLER][i];
-            emitted_t *before = h->queue_tail;
+            msgq_item_t *before = h->queue.tail;
             int ok = call_rule(st, r, ev_idx) == LUA_OK;
             if (tr) {
                 char list[600] = "";
-                for (emitted_t *e = before ? before->next : h->queue_head; e; e = e->next)
+                for (msgq_item_t *e = before ? before->next : h->queue.head; e; e = e->next)
                     snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", list[0] ? ", " : "",
-                             e->subject);
+                             e->m.subject);
                 tracef(h, td, "  on       %s   %s   %s%s%s   %.3f ms", r->pattern, r->where, ok ? "ok" : "FAILED",
                        list[0] ? "   published " : "", list, last_call_ms);
             }
@@ -2286,24 +2250,10 @@ void script_process(script_host_t *h, client_t *from, const proto_msg_t *m)
     run_one(h, from, m, 0);
     /* Events the handlers published, breadth first: each goes through the
      * whole pipeline; their own emissions queue behind them. */
-    while (h->queue_head) {
-        emitted_t *e = h->queue_head;
-        h->queue_head = e->next;
-        if (!h->queue_head)
-            h->queue_tail = NULL;
-        proto_msg_t em;
-        memset(&em, 0, sizeof em);
-        em.subject = e->subject;
-        em.subject_len = e->subject_len;
-        em.reply = e->reply;
-        em.reply_len = e->reply_len;
-        em.hdr = e->hdr;
-        em.hdr_len = e->hdr_len;
-        em.payload = e->payload;
-        em.payload_len = e->payload_len;
-        h->queued_bytes -= e->payload_len + e->hdr_len;
-        run_one(h, NULL, &em, e->depth);
-        emitted_free(e);
+    msgq_item_t *e;
+    while ((e = msgq_pop(&h->queue))) {
+        run_one(h, NULL, &e->m, e->depth);
+        msgq_item_free(e);
     }
     h->processing--;
 }

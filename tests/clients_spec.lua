@@ -3,12 +3,7 @@
 local h = require "helpers"
 local json = require "dkjson"
 
-local function sh(cmd)
-  local f = io.popen(cmd .. " 2>&1; echo \"rc=$?\"")
-  local out = f:read("a")
-  f:close()
-  return tonumber(out:match("rc=(%d+)%s*$")), (out:gsub("rc=%d+%s*$", ""))
-end
+local sh = h.sh
 
 local function read(path)
   local f = io.open(path)

@@ -10,6 +10,15 @@ M.bin = os.getenv("TIDE_BIN") or (M.root .. "/build/tide")
 M.tmpdir = os.getenv("TIDE_TEST_TMP") or "/tmp"
 M.proc = proc
 
+-- Runs a shell command (stderr joined to stdout); returns its exit code and
+-- its output.
+function M.sh(cmd)
+  local f = io.popen(cmd .. " 2>&1; echo \"rc=$?\"")
+  local out = f:read("a")
+  f:close()
+  return tonumber(out:match("rc=(%d+)%s*$")), (out:gsub("rc=%d+%s*$", ""))
+end
+
 -- A port nobody listens on right now (bind to 0, read it back, release it).
 function M.free_port()
   local s = assert(socket.bind("127.0.0.1", 0))

@@ -2,12 +2,7 @@
 -- terminal in tmux (readline, multi-line prompts, history).
 local h = require "helpers"
 
-local function sh(cmd)
-  local f = io.popen(cmd .. " 2>&1; echo \"rc=$?\"")
-  local out = f:read("a")
-  f:close()
-  return tonumber(out:match("rc=(%d+)%s*$")), (out:gsub("rc=%d+%s*$", ""))
-end
+local sh = h.sh
 
 -- Runs a session from a string of lines; returns exit code and output.
 local function session(dir, lines)

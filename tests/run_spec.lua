@@ -1,13 +1,7 @@
 -- tide run (flows offline, with expectations) and tide check.
 local h = require "helpers"
 
-local function sh(cmd)
-  local f = io.popen(cmd .. " 2>&1; echo \"rc=$?\"")
-  local out = f:read("a")
-  f:close()
-  local rc = tonumber(out:match("rc=(%d+)%s*$"))
-  return rc, (out:gsub("rc=%d+%s*$", ""))
-end
+local sh = h.sh
 
 local function tmpfile(text)
   local p = os.tmpname()
