@@ -228,10 +228,29 @@ static int headers_newindex(lua_State *L)
     lua_getiuservalue(L, 1, 1);
     event_t *ev = check_live(L, -1);
     int evidx = lua_gettop(L);
-    luaL_checkstring(L, 2);
+    size_t nl;
+    const char *name = luaL_checklstring(L, 2, &nl);
     if (!lua_isnil(L, 3) && lua_type(L, 3) != LUA_TSTRING && lua_type(L, 3) != LUA_TTABLE &&
         lua_type(L, 3) != LUA_TNUMBER)
         return luaL_error(L, "header values must be strings (or lists of strings)");
+    /* Checked here, so the error names the rule that set it. */
+    if (!nl || strpbrk(name, ":\r\n ") || strlen(name) != nl)
+        return luaL_error(L, "invalid header name '%s'", name);
+    int n = lua_type(L, 3) == LUA_TTABLE ? (int)luaL_len(L, 3) : 1;
+    for (int i = 1; i <= n && !lua_isnil(L, 3); i++) {
+        size_t vl;
+        if (lua_type(L, 3) == LUA_TTABLE)
+            lua_rawgeti(L, 3, i);
+        else
+            lua_pushvalue(L, 3);
+        const char *v = lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER ? lua_tolstring(L, -1, &vl)
+                                                                                          : NULL;
+        if (!v)
+            return luaL_error(L, "header %s: values must be strings", name);
+        if (memchr(v, '\r', vl) || memchr(v, '\n', vl))
+            return luaL_error(L, "header %s: a value cannot hold CR or LF", name);
+        lua_pop(L, 1);
+    }
     push_header_table(L, evidx, ev);
     lua_pushvalue(L, 2);
     lua_pushvalue(L, 3);

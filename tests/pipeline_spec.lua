@@ -788,6 +788,9 @@ describe("headers and subjects", function()
     assert.same({ "$TIDE.DEAD.hdr.inject" }, subjects_of(msgs))
     assert.is_nil(header(msgs[1], "Injected"))
     contains("CR or LF", header(msgs[1], "Tide-Error"))
+    -- refused where it was set: the dead letter names the rule
+    assert.are.equal("filter", header(msgs[1], "Tide-Stage"))
+    assert.matches("^tide%.lua:%d+$", header(msgs[1], "Tide-Script"))
     c:close()
   end)
 
