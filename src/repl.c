@@ -445,6 +445,14 @@ static void install_helpers(repl_t *r)
     lua_pop(L, 1);
 }
 
+static void reinstall(void *ctx)
+{
+    repl_t *r = ctx;
+    install_helpers(r);
+    if (r->tty)
+        out("\n(rules reloaded)\n");
+}
+
 /* ---- one line ---------------------------------------------------------------- */
 
 static void run_pending(repl_t *r)
@@ -534,7 +542,6 @@ static void eval(repl_t *r, const char *code)
         char err[1024];
         r->reload_asked = 0;
         if (script_reload(r->host, "prompt", err, sizeof err) == 0) {
-            install_helpers(r);
             out("reloaded%s\n", r->entry ? "" : " (no entry file: the rules typed at the prompt are gone)");
         } else {
             out("reload failed, the previous rules keep running: %s\n", err);
@@ -642,6 +649,9 @@ int repl_main(const char *entry, const char *lib_dir, const char *listen_addr)
     server_set_scripts(r.srv, r.host);
     server_subscribe_internal(r.srv, ">", on_any, &r);
     install_helpers(&r);
+    /* A reload (reload(), a changed file, SIGHUP) makes a new state: the
+     * helpers go into it too. */
+    script_set_reload_hook(r.host, reinstall, &r);
 
     const char *hist = getenv("TIDE_HISTORY");
     if (hist)

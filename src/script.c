@@ -112,6 +112,8 @@ struct script_host {
     size_t npoll;
     void (*trace)(void *ctx, const char *line); /* tide repl's trace, or NULL */
     void *trace_ctx;
+    void (*on_reload)(void *ctx); /* after a new state took over (tide repl) */
+    void *on_reload_ctx;
 };
 
 #define HOOK_STEP 1000
@@ -1719,6 +1721,8 @@ int script_reload(script_host_t *h, const char *why, char *err, size_t errsz)
     snprintf(h->st.last_reload, sizeof h->st.last_reload, "ok");
     log_info("Reloaded scripts (%s): generation %llu, %d rules", why, (unsigned long long)h->st.generation,
              (int)st->nrules);
+    if (h->on_reload)
+        h->on_reload(h->on_reload_ctx);
     if (h->srv)
         start_watching(h);
     return 0;
@@ -2295,6 +2299,12 @@ void script_set_trace(script_host_t *h, void (*fn)(void *ctx, const char *line),
 {
     h->trace = fn;
     h->trace_ctx = ctx;
+}
+
+void script_set_reload_hook(script_host_t *h, void (*fn)(void *ctx), void *ctx)
+{
+    h->on_reload = fn;
+    h->on_reload_ctx = ctx;
 }
 
 int script_is_processing(const script_host_t *h)
