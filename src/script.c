@@ -1411,7 +1411,7 @@ static state_t *state_new(script_host_t *h, const script_limits_t *limits, char 
 
     /* Most garbage is one event's and dies young: the generational mode
      * collects it for less work than the incremental one. */
-    lua_gc(L, LUA_GCGEN, 0, 0);
+    lua_gc(L, LUA_GCGEN, 60, 100);
     lua_pushcfunction(L, open_libs);
     if (lua_pcall(L, 0, 0, 0) != LUA_OK)
         goto fail;
@@ -2146,8 +2146,11 @@ static int run_event(lua_State *L)
     /* 5. handlers, for each subject the event went to.  A handler's failure
      * dead-letters the event for that handler; the others still run. */
     st->cur_ev_idx = ev_idx;
-    for (int d = 0; d < run->ndest; d++) {
-        match_t *hm = match_for(st, run->dest[d], run->dest_len[d]);
+    for (int d = 0; d < run->ndest && st->nkind[RULE_HANDLER]; d++) {
+        match_t *hm = (run->mt && run->dest_len[d] == run->in->subject_len &&
+                       !memcmp(run->dest[d], run->in->subject, run->dest_len[d]))
+                          ? run->mt
+                          : match_for(st, run->dest[d], run->dest_len[d]);
         if (!hm || hm->n[RULE_HANDLER] == 0)
             continue;
         if (!run->handled) {
