@@ -19,6 +19,8 @@
 
 #include <cjson/cJSON.h>
 #include <event2/util.h>
+#include <readline/history.h>
+#include <readline/readline.h>
 
 #include "cli.h"
 #include "server.h"
@@ -574,4 +576,216 @@ out:
     if (c.fd >= 0)
         close(c.fd);
     return rc;
+}
+
+/* ---- tide repl --connect ------------------------------------------------------ */
+
+/* True when the buffer holds one whole frame (a line, and for MSG/HMSG its
+ * payload and CRLF), so reading it cannot wait. */
+static int frame_ready(const conn_t *c)
+{
+    const char *nl = memchr(c->buf, '\n', c->len);
+    if (!nl)
+        return 0;
+    size_t line = (size_t)(nl - c->buf) + 1;
+    if (strncmp(c->buf, "MSG ", 4) && strncmp(c->buf, "HMSG ", 5))
+        return 1;
+    /* The last number on the line is the payload size. */
+    const char *p = nl;
+    while (p > c->buf && (p[-1] == '\r' || p[-1] == '\n'))
+        p--;
+    while (p > c->buf && p[-1] >= '0' && p[-1] <= '9')
+        p--;
+    size_t total = strtoul(p, NULL, 10);
+    return c->len >= line + total + 2;
+}
+
+static conn_t *rc_conn;
+static char *rc_buf;      /* the statement being typed */
+static char rc_inbox[64];
+static int rc_done, rc_tty, rc_seq;
+
+/* Prints a line from the node while the prompt may be on the screen. */
+static void rc_print(const char *s, size_t n)
+{
+    if (rc_tty) {
+        int point = rl_point;
+        char *saved = rl_copy_text(0, rl_end);
+        rl_save_prompt();
+        rl_replace_line("", 0);
+        rl_redisplay();
+        fwrite(s, 1, n, stdout);
+        if (!n || s[n - 1] != '\n')
+            fputc('\n', stdout);
+        rl_restore_prompt();
+        rl_replace_line(saved, 0);
+        rl_point = point;
+        rl_redisplay();
+        free(saved);
+    } else {
+        fwrite(s, 1, n, stdout);
+        if (!n || s[n - 1] != '\n')
+            fputc('\n', stdout);
+    }
+    fflush(stdout);
+}
+
+/* Handles frames already in the buffer; returns 1 when the reply to the
+ * current request was among them. */
+static int rc_frames(conn_t *c)
+{
+    int got_reply = 0;
+    while (frame_ready(c)) {
+        msg_t m;
+        int r = read_msg(c, &m, now_s());
+        if (r != 1) {
+            if (r < 0)
+                rc_done = 1;
+            break;
+        }
+        if (!strcmp(m.subject, "$TIDE.TRACE")) {
+            rc_print(m.payload, m.payload_len);
+        } else {
+            cJSON *o = cJSON_ParseWithLength(m.payload, m.payload_len);
+            cJSON *ok = cJSON_GetObjectItem(o, "ok"), *output = cJSON_GetObjectItem(o, "output"),
+                  *error = cJSON_GetObjectItem(o, "error"), *more = cJSON_GetObjectItem(o, "incomplete");
+            if (cJSON_IsTrue(ok)) {
+                if (cJSON_IsString(output) && output->valuestring[0])
+                    fputs(output->valuestring, stdout);
+                if (!cJSON_IsTrue(more)) {
+                    free(rc_buf);
+                    rc_buf = NULL;
+                }
+            } else {
+                printf("error: %s\n", cJSON_IsString(error) ? error->valuestring : "bad reply from the node");
+                free(rc_buf);
+                rc_buf = NULL;
+            }
+            fflush(stdout);
+            cJSON_Delete(o);
+            got_reply = 1;
+        }
+        msg_free(&m);
+    }
+    return got_reply;
+}
+
+static void rc_line(char *line)
+{
+    conn_t *c = rc_conn;
+    if (!line) {
+        rc_done = 1;
+        return;
+    }
+    if (rc_tty && *line)
+        add_history(line);
+    size_t have = rc_buf ? strlen(rc_buf) : 0, n = strlen(line);
+    char *nb = realloc(rc_buf, have + n + 2);
+    if (!nb)
+        return;
+    if (have)
+        nb[have++] = '\n';
+    memcpy(nb + have, line, n + 1);
+    rc_buf = nb;
+    if (rc_tty)
+        free(line);
+    if (strspn(rc_buf, " \t") == strlen(rc_buf)) {
+        free(rc_buf);
+        rc_buf = NULL;
+        return;
+    }
+    char reply[96];
+    snprintf(reply, sizeof reply, "%s.%d", rc_inbox, ++rc_seq);
+    if (publish(c, "$TIDE.ADMIN.EVAL", reply, NULL, 0, rc_buf, strlen(rc_buf)) < 0) {
+        fprintf(stderr, "tide: lost the connection\n");
+        rc_done = 1;
+        return;
+    }
+    /* Wait for the answer; what the node traces meanwhile is shown. */
+    double deadline = now_s() + 30;
+    while (!rc_done) {
+        if (rc_frames(c))
+            break;
+        if (now_s() > deadline) {
+            printf("error: no answer from the node within 30 s\n");
+            free(rc_buf);
+            rc_buf = NULL;
+            break;
+        }
+        if (fill(c, now_s() + 0.5) < 0) {
+            fprintf(stderr, "tide: the node closed the connection\n");
+            rc_done = 1;
+        }
+    }
+    if (rc_tty)
+        rl_set_prompt(rc_buf ? ">> " : "> ");
+}
+
+int cli_repl_connect(const char *server)
+{
+    conn_t c;
+    char line[256], hist[1024] = "";
+    unsigned char rnd[8];
+    if (cli_connect(&c, server) < 0)
+        return 1;
+    rc_conn = &c;
+    rc_tty = isatty(0);
+    evutil_secure_rng_get_bytes(rnd, sizeof rnd);
+    snprintf(rc_inbox, sizeof rc_inbox, "_INBOX.%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3],
+             rnd[4], rnd[5], rnd[6], rnd[7]);
+    snprintf(line, sizeof line, "SUB $TIDE.TRACE 1\r\nSUB %s.* 2\r\n", rc_inbox);
+    if (send_all(&c, line, strlen(line)) < 0 || flush(&c) < 0)
+        return 1;
+    printf("tide repl: connected to %s; the code you type runs on that node.\n", server);
+    fflush(stdout);
+    if (rc_tty) {
+        const char *h = getenv("TIDE_HISTORY");
+        if (h)
+            snprintf(hist, sizeof hist, "%s", h);
+        else if (getenv("HOME"))
+            snprintf(hist, sizeof hist, "%s/.tide_history", getenv("HOME"));
+        if (hist[0])
+            read_history(hist);
+        rl_callback_handler_install("> ", rc_line);
+    }
+    while (!rc_done) {
+        struct pollfd pfd[2] = {{0, POLLIN, 0}, {c.fd, POLLIN, 0}};
+        if (poll(pfd, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (pfd[1].revents) {
+            if (fill(&c, now_s()) < 0) {
+                fprintf(stderr, "\ntide: the node closed the connection\n");
+                break;
+            }
+            rc_frames(&c);
+        }
+        if (pfd[0].revents) {
+            if (rc_tty) {
+                rl_callback_read_char();
+            } else {
+                static char *l;
+                static size_t cap;
+                ssize_t n = getline(&l, &cap, stdin);
+                if (n < 0) {
+                    rc_line(NULL);
+                } else {
+                    if (n && l[n - 1] == '\n')
+                        l[n - 1] = '\0';
+                    rc_line(l);
+                }
+            }
+        }
+    }
+    if (rc_tty) {
+        rl_callback_handler_remove();
+        if (hist[0])
+            write_history(hist);
+        printf("\n");
+    }
+    free(rc_buf);
+    close(c.fd);
+    return 0;
 }

@@ -10,4 +10,9 @@
  * 1 failure (server not there, no reply, ...), 2 usage. */
 int cli_main(const char *cmd, int argc, char **argv);
 
+/* tide repl --connect SERVER: a prompt whose lines run on a serving node
+ * ($TIDE.ADMIN.EVAL; the node must allow it with admin { eval = true }),
+ * showing what the node traces ($TIDE.TRACE) as it happens. */
+int cli_repl_connect(const char *server);
+
 #endif

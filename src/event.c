@@ -676,12 +676,16 @@ static int event_tostring(lua_State *L)
 {
     event_t *ev = luaL_checkudata(L, 1, EVENT_MT);
     if (ev->expired) {
-        lua_pushfstring(L, "event(%s, expired)", ev->subject ? ev->subject : "?");
+        lua_pushliteral(L, "event(expired)");
         return 1;
     }
     proto_msg_t m;
     event_bytes(L, 1, &m);
-    lua_pushfstring(L, "event(%s) ", ev->subject);
+    /* The subject may be borrowed from the input: not NUL-terminated. */
+    lua_pushliteral(L, "event(");
+    lua_pushlstring(L, ev->subject, ev->subject_len);
+    lua_pushliteral(L, ") ");
+    lua_concat(L, 3);
     lua_pushlstring(L, m.payload, m.payload_len > 200 ? 200 : m.payload_len);
     lua_concat(L, 2);
     return 1;

@@ -34,7 +34,7 @@ static void usage(FILE *f)
             "                         run a flow offline: print its deliveries, or\n"
             "                         compare them with OUT.jsonl (exit 1 on a difference)\n"
             "  check FLOW...          load flows in the sandbox and report errors (exit 1)\n"
-            "  repl [-c FLOW] [--listen HOST:PORT]\n"
+            "  repl [-c FLOW] [--listen HOST:PORT] | repl --connect HOST:PORT\n"
             "                         a router at a Lua prompt: define rules, publish,\n"
             "                         trace events (help() there lists the helpers)\n"
             "  pub SUBJECT [DATA] [-H NAME:VALUE]... [--reply SUBJECT]\n"
@@ -305,12 +305,17 @@ static int cmd_repl(int argc, char **argv)
             entry = argv[++i];
         else if (!strcmp(argv[i], "--listen") && i + 1 < argc)
             listen_addr = argv[++i];
+        else if (!strcmp(argv[i], "--connect") && i + 1 < argc) {
+            signal(SIGPIPE, SIG_IGN);
+            return cli_repl_connect(argv[i + 1]);
+        }
         else if (!strcmp(argv[i], "-D"))
             log_set_level(LOG_DEBUG);
         else if (argv[i][0] != '-' && !entry)
             entry = argv[i];
         else {
-            fprintf(stderr, "usage: tide repl [-c flow.lua] [--listen HOST:PORT] [-D]\n");
+            fprintf(stderr, "usage: tide repl [-c flow.lua] [--listen HOST:PORT] [-D]\n"
+                            "       tide repl --connect HOST:PORT\n");
             return 2;
         }
     }

@@ -58,20 +58,44 @@ typedef struct repl {
     int nrecs;
     cJSON *seen; /* deliveries since start or the last expect(), for expect() */
     int reload_asked;
+    int incomplete; /* the last eval() wants more lines */
     char history[1024];
     struct event *stdin_ev;
 } repl_t;
 
 static repl_t *the_repl; /* readline's callback takes no context */
 
+/* Where the prompt's output goes: the terminal, or (for a remote session)
+ * the reply being built, or $TIDE.TRACE between requests. */
+static void emit_stdout(const char *s, size_t n)
+{
+    fwrite(s, 1, n, stdout);
+    fflush(stdout);
+}
+
+static void (*emit)(const char *s, size_t n) = emit_stdout;
+
 static void out(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void out(const char *fmt, ...)
 {
+    char small[2048], *buf = small;
     va_list ap;
     va_start(ap, fmt);
-    vprintf(fmt, ap);
+    int n = vsnprintf(small, sizeof small, fmt, ap);
     va_end(ap);
-    fflush(stdout);
+    if (n < 0)
+        return;
+    if ((size_t)n >= sizeof small) {
+        buf = malloc((size_t)n + 1);
+        if (!buf)
+            return;
+        va_start(ap, fmt);
+        vsnprintf(buf, (size_t)n + 1, fmt, ap);
+        va_end(ap);
+    }
+    emit(buf, (size_t)n);
+    if (buf != small)
+        free(buf);
 }
 
 /* ---- deliveries seen by the prompt ------------------------------------------ */
@@ -405,12 +429,11 @@ static int h_print(lua_State *L)
         size_t len;
         const char *s = luaL_tolstring(L, i, &len);
         if (i > 1)
-            fputc('\t', stdout);
-        fwrite(s, 1, len, stdout);
+            emit("\t", 1);
+        emit(s, len);
         lua_pop(L, 1);
     }
-    fputc('\n', stdout);
-    fflush(stdout);
+    emit("\n", 1);
     return 0;
 }
 
@@ -516,13 +539,16 @@ static void eval(repl_t *r, const char *code)
         lua_settop(L, base + 1);
         if (more) {
             lua_settop(L, base);
+            r->incomplete = 1;
             return;
         }
     }
     if (incomplete(L, status)) {
         lua_settop(L, base);
+        r->incomplete = 1;
         return; /* the caller keeps the buffer and asks for more */
     }
+    r->incomplete = 0;
     free(r->buf);
     r->buf = NULL;
     r->buf_len = 0;
@@ -697,4 +723,107 @@ int repl_main(const char *entry, const char *lib_dir, const char *listen_addr)
     server_free(r.srv);
     script_host_free(r.host);
     return 0;
+}
+
+/* ---- remote sessions: $TIDE.ADMIN.EVAL on a serving node -------------------- */
+
+static repl_t remote;
+static int remote_ready;
+static char *reply_buf;
+static size_t reply_len, reply_cap;
+static int evaluating;
+static msgq_t remote_out;          /* lines for $TIDE.TRACE */
+static struct event *remote_flush; /* publishes them from the loop */
+
+/* During a request, output is the reply; between requests (a sub() watcher,
+ * the trace of events from clients) it goes to $TIDE.TRACE, line by line. */
+static void emit_remote(const char *s, size_t n)
+{
+    if (evaluating) {
+        if (reply_len + n + 1 > reply_cap) {
+            size_t nc = (reply_len + n + 1) * 2;
+            char *nb = realloc(reply_buf, nc);
+            if (!nb)
+                return;
+            reply_buf = nb;
+            reply_cap = nc;
+        }
+        memcpy(reply_buf + reply_len, s, n);
+        reply_len += n;
+        reply_buf[reply_len] = '\0';
+        return;
+    }
+    while (n && s[n - 1] == '\n')
+        n--;
+    if (!n)
+        return;
+    /* This may run inside a delivery (a watcher, a trace step): publishing
+     * now would change the subscription index under it, so the line waits
+     * for the loop's next turn. */
+    proto_msg_t m;
+    memset(&m, 0, sizeof m);
+    m.subject = "$TIDE.TRACE";
+    m.subject_len = strlen(m.subject);
+    m.payload = s;
+    m.payload_len = n;
+    if (msgq_push(&remote_out, &m, 0) == 0)
+        event_active(remote_flush, EV_TIMEOUT, 0);
+}
+
+static void flush_remote(evutil_socket_t fd, short what, void *arg)
+{
+    msgq_item_t *it;
+    (void)fd;
+    (void)what;
+    (void)arg;
+    while ((it = msgq_pop(&remote_out))) {
+        server_route(remote.srv, NULL, &it->m);
+        msgq_item_free(it);
+    }
+}
+
+int repl_remote_eval(server_t *srv, script_host_t *h, const char *code, size_t len, char **json, size_t *json_len)
+{
+    if (!remote_ready) {
+        memset(&remote, 0, sizeof remote);
+        remote.srv = srv;
+        remote.host = h;
+        remote.entry = "(served)";
+        remote_flush = event_new(server_base(srv), -1, 0, flush_remote, NULL);
+        if (!remote_flush)
+            return -1;
+        server_subscribe_internal(srv, ">", on_any, &remote);
+        install_helpers(&remote);
+        script_set_reload_hook(h, reinstall, &remote);
+        remote_ready = 1;
+    }
+    void (*saved)(const char *, size_t) = emit;
+    char *code_z = mem_dup(code, len);
+    if (!code_z)
+        return -1;
+    emit = emit_remote;
+    reply_len = 0;
+    if (reply_buf)
+        reply_buf[0] = '\0';
+    evaluating = 1;
+    free(remote.buf);
+    remote.buf = NULL;
+    eval(&remote, code_z);
+    evaluating = 0;
+    free(code_z);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddBoolToObject(o, "ok", 1);
+    cJSON_AddStringToObject(o, "output", reply_buf ? reply_buf : "");
+    cJSON_AddBoolToObject(o, "incomplete", remote.incomplete);
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    /* Asynchronous output (watchers, trace) keeps going to $TIDE.TRACE. */
+    emit = emit_remote;
+    (void)saved;
+    if (!s)
+        return -1;
+    *json_len = strlen(s);
+    *json = mem_dup(s, *json_len);
+    cJSON_free(s);
+    return *json ? 0 : -1;
 }

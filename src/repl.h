@@ -11,4 +11,16 @@
  */
 int repl_main(const char *entry, const char *lib_dir, const char *listen_addr);
 
+struct server;
+struct script_host;
+/*
+ * Evaluates a prompt line sent by `tide repl --connect` ($TIDE.ADMIN.EVAL)
+ * in a serving node's scripts, with the prompt's helpers.  Sets *json to a
+ * malloc'd reply {"ok":true,"output":...,"incomplete":bool}.  Output made
+ * later (sub() watchers, trace()) is published on $TIDE.TRACE.  Returns 0,
+ * or -1 when out of memory.
+ */
+int repl_remote_eval(struct server *srv, struct script_host *h, const char *code, size_t len, char **json,
+                     size_t *json_len);
+
 #endif

@@ -76,6 +76,7 @@ typedef struct state {
     int has_listen;
     char listen_host[256];
     int listen_port;
+    int admin_eval;    /* admin { eval = true }: tide repl --connect may run code here */
     server_opts_t set; /* values of limits{} */
     unsigned set_mask; /* which of them */
 } state_t;
@@ -696,6 +697,22 @@ static int l_limits(lua_State *L)
     return 0;
 }
 
+/* admin { eval = true }: lets `tide repl --connect` run Lua on this node
+ * (from loopback clients only).  Off unless set. */
+static int l_admin(lua_State *L)
+{
+    static const char *const known[] = {"eval", NULL};
+    state_t *st = state_of(L);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    check_keys(L, 1, "admin", known);
+    if (lua_getfield(L, 1, "eval") != LUA_TNIL) {
+        luaL_checktype(L, -1, LUA_TBOOLEAN);
+        st->admin_eval = lua_toboolean(L, -1);
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
 static int l_scripting(lua_State *L)
 {
     static const char *const known[] = {"instructions", "memory", "time", "emit_depth", "emit_max",
@@ -1291,6 +1308,7 @@ static void build_env(state_t *st)
 
     static const luaL_Reg fns[] = {{"print", l_print},     {"require", l_require}, {"load", l_load},
                                    {"listen", l_listen},   {"limits", l_limits},   {"scripting", l_scripting},
+                                   {"admin", l_admin},
                                    {"upgrade", l_upgrade}, {"filter", l_filter},   {"route", l_route},
                                    {"on", l_on},           {NULL, NULL}};
     lua_pushvalue(L, env);
@@ -2011,7 +2029,8 @@ static int run_event(lua_State *L)
         lua_getfield(L, ev_idx, "type");
         lua_getfield(L, ev_idx, "version");
         lua_getfield(L, ev_idx, "id");
-        tracef(h, td, "event %s  (type %s v%d%s%s%s)", run->ev->subject, lua_tostring(L, -3) ? lua_tostring(L, -3) : "?",
+        tracef(h, td, "event %.*s  (type %s v%d%s%s%s)", (int)run->ev->subject_len, run->ev->subject,
+               lua_tostring(L, -3) ? lua_tostring(L, -3) : "?",
                (int)lua_tointeger(L, -2), lua_isstring(L, -1) ? ", id " : "", lua_isstring(L, -1) ? lua_tostring(L, -1) : "",
                run->depth ? ", published by a handler" : "");
         lua_pop(L, 3);
@@ -2308,6 +2327,11 @@ void script_set_reload_hook(script_host_t *h, void (*fn)(void *ctx), void *ctx)
 {
     h->on_reload = fn;
     h->on_reload_ctx = ctx;
+}
+
+int script_admin_eval(const script_host_t *h)
+{
+    return h->cur && h->cur->admin_eval;
 }
 
 int script_is_processing(const script_host_t *h)

@@ -114,6 +114,8 @@ void script_set_trace(script_host_t *h, void (*fn)(void *ctx, const char *line),
 /* Calls fn after every reload that swapped a new state in (whatever
  * triggered it), e.g. to put the prompt's helpers into the new state. */
 void script_set_reload_hook(script_host_t *h, void (*fn)(void *ctx), void *ctx);
+/* True when the entry file said admin { eval = true }. */
+int script_admin_eval(const script_host_t *h);
 /* True while an event is in the pipeline (reload must wait). */
 int script_is_processing(const script_host_t *h);
 

@@ -17,6 +17,7 @@
 
 #include "client.h"
 #include "log.h"
+#include "repl.h"
 #include "script.h"
 #include "server.h"
 #include "subject.h"
@@ -494,13 +495,17 @@ static void json_escape_into(char *out, size_t outsz, const char *in)
     out[o] = '\0';
 }
 
+static int is_loopback(const char *ip)
+{
+    return !strncmp(ip, "127.", 4) || !strcmp(ip, "::1") || !strncmp(ip, "::ffff:127.", 11);
+}
+
 static void admin_request(server_t *s, client_t *from, const proto_msg_t *m)
 {
     const char *op = m->subject + strlen(ADMIN_PREFIX);
     size_t oplen = m->subject_len - strlen(ADMIN_PREFIX);
     char buf[4096], esc[2048];
     int n;
-    (void)from;
     if (oplen == 6 && !memcmp(op, "RELOAD", 6)) {
         char err[1024];
         if (!s->scripts) {
@@ -541,6 +546,25 @@ static void admin_request(server_t *s, client_t *from, const proto_msg_t *m)
                      (unsigned long long)st.emitted, (unsigned long long)st.loops_stopped,
                      (unsigned long long)st.reloads, (unsigned long long)st.reload_failures, esc, st.memory,
                      (unsigned long long)st.decodes);
+    } else if (oplen == 4 && !memcmp(op, "EVAL", 4)) {
+        /* tide repl --connect: runs code on this node, so it is off unless
+         * the config says admin { eval = true }, and loopback only. */
+        char *json = NULL;
+        size_t len = 0;
+        if (!s->scripts || !script_admin_eval(s->scripts)) {
+            n = snprintf(buf, sizeof buf, "{\"ok\":false,\"error\":\"remote evaluation is off: set admin { eval = true } "
+                                          "in the config to allow tide repl --connect\"}");
+        } else if (!from || !is_loopback(from->ip)) {
+            n = snprintf(buf, sizeof buf, "{\"ok\":false,\"error\":\"remote evaluation is only for loopback clients\"}");
+        } else if (script_is_processing(s->scripts)) {
+            n = snprintf(buf, sizeof buf, "{\"ok\":false,\"error\":\"busy\"}");
+        } else if (repl_remote_eval(s, s->scripts, m->payload, m->payload_len, &json, &len) == 0) {
+            reply_json(s, m, json, len);
+            free(json);
+            return;
+        } else {
+            n = snprintf(buf, sizeof buf, "{\"ok\":false,\"error\":\"out of memory\"}");
+        }
     } else if (oplen == 5 && !memcmp(op, "RULES", 5)) {
         char *rules = NULL;
         size_t len = 0;
@@ -553,7 +577,7 @@ static void admin_request(server_t *s, client_t *from, const proto_msg_t *m)
         }
         n = snprintf(buf, sizeof buf, "[]");
     } else {
-        n = snprintf(buf, sizeof buf, "{\"ok\":false,\"error\":\"unknown admin request; try RELOAD, STATS or RULES\"}");
+        n = snprintf(buf, sizeof buf, "{\"ok\":false,\"error\":\"unknown admin request; try RELOAD, STATS, RULES or EVAL\"}");
     }
     if (n > 0)
         reply_json(s, m, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
