@@ -541,3 +541,43 @@ describe("keepalive", function()
     c:close()
   end)
 end)
+
+describe("write coalescing", function()
+  it("sends a burst of messages to one subscriber in few write calls", function()
+    local has_strace = os.execute("command -v strace >/dev/null 2>&1")
+    assert.is_truthy(has_strace, "strace is needed (make deps installs it)")
+    local trace = h.tmpdir .. "/tide-writes-" .. h.free_port() .. ".strace"
+    local port = h.free_port()
+    local pidfile = trace .. ".pid"
+    local s = h.start_server { bin = "/usr/bin/strace", port = port,
+      cmd = { "-f", "-e", "trace=write,writev,sendmsg,sendto", "-o", trace, h.bin, "serve", "-a", "127.0.0.1",
+              "-p", tostring(port), "-P", pidfile } }
+    local sub = h.connect(port)
+    sub:send("SUB burst.x 1\r\n")
+    assert(sub:ping())
+    local pub = h.connect(port)
+    local n = 1000
+    pub:send(string.rep("PUB burst.x 5\r\nhello\r\n", n) .. "PING\r\n")
+    assert.are.equal("PONG", pub:line())
+    for i = 1, n do assert(sub:msg(), "message " .. i) end
+    sub:close()
+    pub:close()
+    -- stop tide itself (strace passes no signal on); strace then exits with it
+    local pf = assert(io.open(pidfile))
+    local tide_pid = tonumber(pf:read("l"))
+    pf:close()
+    h.proc.kill(tide_pid, "TERM")
+    local st, code = s:stop("0", 10) -- signal 0: just wait for strace
+    assert.are.equal("exited", st)
+    assert.are.equal(0, code)
+    local f = assert(io.open(trace))
+    local calls = 0
+    for line in f:lines() do
+      if line:match("writev%(") or line:match("write%(") or line:match("send") then calls = calls + 1 end
+    end
+    f:close()
+    os.remove(trace)
+    -- 1000 deliveries, plus INFO, PONGs and the log: coalesced into a handful of calls
+    assert.is_true(calls < 60, "write calls: " .. calls)
+  end)
+end)
