@@ -17,6 +17,7 @@
 
 #include "cli.h"
 #include "flow.h"
+#include "http.h"
 #include "json.h"
 #include "log.h"
 #include "repl.h"
@@ -56,6 +57,8 @@ static void usage(FILE *f)
             "      --ping-interval S  seconds between PINGs to an idle client (default 120)\n"
             "      --max-pings-out N  unanswered PINGs before the client is stale (default 2)\n"
             "      --write-deadline S seconds a closing client gets to take its output (default 2)\n"
+            "      --http HOST:PORT   HTTP listener (default 127.0.0.1:8222, skipped when taken)\n"
+            "      --no-http          no HTTP listener\n"
             "  -D, --debug            debug logging\n"
             "  -V, --trace            trace logging\n"
             "\n"
@@ -137,6 +140,8 @@ enum {
     OPT_PING_INTERVAL,
     OPT_MAX_PINGS_OUT,
     OPT_WRITE_DEADLINE,
+    OPT_HTTP,
+    OPT_NO_HTTP,
 };
 
 static int cmd_serve(int argc, char **argv)
@@ -153,6 +158,8 @@ static int cmd_serve(int argc, char **argv)
         {"ping-interval", required_argument, NULL, OPT_PING_INTERVAL},
         {"max-pings-out", required_argument, NULL, OPT_MAX_PINGS_OUT},
         {"write-deadline", required_argument, NULL, OPT_WRITE_DEADLINE},
+        {"http", required_argument, NULL, OPT_HTTP},
+        {"no-http", no_argument, NULL, OPT_NO_HTTP},
         {"debug", no_argument, NULL, 'D'},
         {"trace", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
@@ -160,7 +167,9 @@ static int cmd_serve(int argc, char **argv)
     };
     server_opts_t o, flags;
     unsigned set = 0; /* which settings came from flags: they override the config file */
-    const char *pid_file = NULL, *config = NULL;
+    const char *pid_file = NULL, *config = NULL, *http_flag = NULL;
+    int no_http = 0;
+    http_t *http = NULL;
     script_host_t *scripts = NULL;
     size_t n;
     int ch, rc = 1;
@@ -224,6 +233,16 @@ static int cmd_serve(int argc, char **argv)
                 return 2;
             set |= 1u << 8;
             break;
+        case OPT_HTTP:
+            if (!strrchr(optarg, ':')) {
+                fprintf(stderr, "tide: --http expects HOST:PORT, got '%s'\n", optarg);
+                return 2;
+            }
+            http_flag = optarg;
+            break;
+        case OPT_NO_HTTP:
+            no_http = 1;
+            break;
         case 'D':
             log_set_level(LOG_DEBUG);
             break;
@@ -282,11 +301,34 @@ static int cmd_serve(int argc, char **argv)
         }
         server_set_scripts(s, scripts);
     }
+    {
+        /* HTTP: --http / listen{http=...} must bind; the default is tried. */
+        char addr[300] = "127.0.0.1:8222";
+        int said = scripts ? script_http_setting(scripts, addr, sizeof addr) : 0;
+        if (http_flag)
+            snprintf(addr, sizeof addr, "%s", http_flag), said = 1;
+        if (!no_http && said >= 0) {
+            char *colon = strrchr(addr, ':');
+            *colon = '\0';
+            const char *hh = addr;
+            if (hh[0] == '[') { /* [::1]:8222 */
+                hh++;
+                if (colon > addr && colon[-1] == ']')
+                    colon[-1] = '\0';
+            }
+            http = http_new(s, hh, atoi(colon + 1));
+            if (!http && said)
+                goto out;
+            if (!http)
+                log_warn("HTTP is off: the default address %s:%s is taken (use --http or --no-http)", hh, colon + 1);
+        }
+    }
     if (pid_file && write_pid_file(pid_file) < 0)
         goto out;
     log_info("Server is ready");
     rc = server_run(s) < 0 ? 1 : 0;
 out:
+    http_free(http);
     server_free(s);
     script_host_free(scripts);
     if (pid_file)

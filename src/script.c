@@ -77,6 +77,8 @@ typedef struct state {
     char listen_host[256];
     int listen_port;
     int admin_eval;    /* admin { eval = true }: tide repl --connect may run code here */
+    char http_addr[256]; /* listen { http = "host:port" } */
+    int http_off;        /* listen { http = false } */
     server_opts_t set; /* values of limits{} */
     unsigned set_mask; /* which of them */
 } state_t;
@@ -113,6 +115,9 @@ struct script_host {
     size_t npoll;
     void (*trace)(void *ctx, const char *line); /* tide repl's trace, or NULL */
     void *trace_ctx;
+    uint64_t lat_counts[SCRIPT_LATENCY_BUCKETS + 1]; /* rule call times, by bucket (+Inf last) */
+    double lat_sum;
+    uint64_t lat_count;
     void (*on_reload)(void *ctx); /* after a new state took over (tide repl) */
     void *on_reload_ctx;
 };
@@ -626,10 +631,21 @@ static void check_keys(lua_State *L, int t, const char *what, const char *const 
 
 static int l_listen(lua_State *L)
 {
-    static const char *const known[] = {"nats", NULL};
+    static const char *const known[] = {"nats", "http", NULL};
     state_t *st = state_of(L);
     luaL_checktype(L, 1, LUA_TTABLE);
     check_keys(L, 1, "listen", known);
+    if (lua_getfield(L, 1, "http") != LUA_TNIL) {
+        if (lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
+            st->http_off = 1;
+        } else {
+            const char *a = luaL_checkstring(L, -1);
+            if (!strrchr(a, ':') || strlen(a) >= sizeof st->http_addr)
+                return luaL_error(L, "listen: http = \"host:port\" (or false) expected, got '%s'", a);
+            snprintf(st->http_addr, sizeof st->http_addr, "%s", a);
+        }
+    }
+    lua_pop(L, 1);
     if (lua_getfield(L, 1, "nats") == LUA_TSTRING) {
         const char *a = lua_tostring(L, -1);
         const char *colon = strrchr(a, ':');
@@ -1921,10 +1937,13 @@ static void dead_letter(script_host_t *h, state_t *st, const proto_msg_t *m, con
  * LUA_OK with one result on the stack, or an error with the message. */
 static double last_call_ms; /* how long the last rule call took (for the trace) */
 
+const double script_latency_bounds[SCRIPT_LATENCY_BUCKETS] = {0.00001, 0.00005, 0.0001, 0.0005, 0.001,
+                                                               0.005,   0.01,    0.05,   0.1,    0.5};
+
 static int call_rule(state_t *st, rule_t *r, int ev_idx)
 {
     lua_State *L = st->L;
-    double t0 = st->host->trace ? mono_ms() : 0;
+    double t0 = mono_ms();
     r->calls++;
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->fn_ref);
     lua_pushvalue(L, ev_idx);
@@ -1936,8 +1955,15 @@ static int call_rule(state_t *st, rule_t *r, int ev_idx)
     int rc = budget_call(st, nargs, 1);
     if (rc != LUA_OK)
         r->errors++;
-    if (st->host->trace)
-        last_call_ms = mono_ms() - t0;
+    double ms = mono_ms() - t0;
+    script_host_t *h = st->host;
+    int b = 0;
+    while (b < SCRIPT_LATENCY_BUCKETS && ms / 1000 > script_latency_bounds[b])
+        b++;
+    h->lat_counts[b]++;
+    h->lat_sum += ms / 1000;
+    h->lat_count++;
+    last_call_ms = ms;
     return rc;
 }
 
@@ -2327,6 +2353,35 @@ void script_set_reload_hook(script_host_t *h, void (*fn)(void *ctx), void *ctx)
 {
     h->on_reload = fn;
     h->on_reload_ctx = ctx;
+}
+
+void script_foreach_rule(const script_host_t *h, void (*fn)(void *ctx, const script_rule_info_t *r), void *ctx)
+{
+    for (size_t i = 0; h->cur && i < h->cur->nrules; i++) {
+        const rule_t *r = h->cur->rules[i];
+        script_rule_info_t info = {kind_names[r->kind], r->pattern, r->from_version, r->where, r->calls, r->errors,
+                                   r->dropped, r->routed};
+        fn(ctx, &info);
+    }
+}
+
+void script_latency(const script_host_t *h, const uint64_t **counts, double *sum, uint64_t *count)
+{
+    *counts = h->lat_counts;
+    *sum = h->lat_sum;
+    *count = h->lat_count;
+}
+
+int script_http_setting(const script_host_t *h, char *addr, size_t n)
+{
+    if (!h->cur)
+        return 0;
+    if (h->cur->http_off)
+        return -1;
+    if (!h->cur->http_addr[0])
+        return 0;
+    snprintf(addr, n, "%s", h->cur->http_addr);
+    return 1;
 }
 
 int script_admin_eval(const script_host_t *h)

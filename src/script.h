@@ -114,6 +114,27 @@ void script_set_trace(script_host_t *h, void (*fn)(void *ctx, const char *line),
 /* Calls fn after every reload that swapped a new state in (whatever
  * triggered it), e.g. to put the prompt's helpers into the new state. */
 void script_set_reload_hook(script_host_t *h, void (*fn)(void *ctx), void *ctx);
+/* One rule, for metrics. */
+typedef struct script_rule_info {
+    const char *kind;    /* "upgrade", "filter", "route", "on" */
+    const char *pattern; /* or the type, for upgraders */
+    int64_t from_version;
+    const char *where;   /* file:line */
+    uint64_t calls, errors, dropped, routed;
+} script_rule_info_t;
+
+void script_foreach_rule(const script_host_t *h, void (*fn)(void *ctx, const script_rule_info_t *r), void *ctx);
+
+/* Rule call times: counts per bucket (upper bounds in seconds below, then
+ * +Inf), their sum in seconds and their number. */
+#define SCRIPT_LATENCY_BUCKETS 10
+extern const double script_latency_bounds[SCRIPT_LATENCY_BUCKETS];
+void script_latency(const script_host_t *h, const uint64_t **counts, double *sum, uint64_t *count);
+
+/* What listen { http = ... } said: 1 with the address in addr, -1 for
+ * false (off), 0 when not said. */
+int script_http_setting(const script_host_t *h, char *addr, size_t n);
+
 /* True when the entry file said admin { eval = true }. */
 int script_admin_eval(const script_host_t *h);
 /* True while an event is in the pipeline (reload must wait). */

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include <cjson/cJSON.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
@@ -169,6 +170,11 @@ sub_t *server_subscribe_internal(server_t *s, const char *pattern, void (*fn)(vo
 void server_set_scripts(server_t *s, struct script_host *h)
 {
     s->scripts = h;
+}
+
+struct script_host *server_scripts(server_t *s)
+{
+    return s->scripts;
 }
 
 size_t server_connections(const server_t *s)
@@ -495,6 +501,52 @@ static void json_escape_into(char *out, size_t outsz, const char *in)
     out[o] = '\0';
 }
 
+char *server_stats_json(server_t *s, size_t *len)
+{
+    script_stats_t st;
+    memset(&st, 0, sizeof st);
+    if (s->scripts)
+        script_get_stats(s->scripts, &st);
+    cJSON *o = cJSON_CreateObject(), *sc = cJSON_CreateObject();
+#define NUM(obj, k, v) cJSON_AddNumberToObject(obj, k, (double)(v))
+    cJSON_AddStringToObject(o, "server_id", s->id);
+    cJSON_AddStringToObject(o, "version", TIDE_VERSION);
+    NUM(o, "connections", s->stats.connections);
+    NUM(o, "total_connections", s->stats.connections_total);
+    NUM(o, "in_msgs", s->stats.in_msgs);
+    NUM(o, "out_msgs", s->stats.out_msgs);
+    NUM(o, "in_bytes", s->stats.in_bytes);
+    NUM(o, "out_bytes", s->stats.out_bytes);
+    NUM(o, "slow_consumers", s->stats.slow_consumers);
+    NUM(o, "stale_connections", s->stats.stale_connections);
+    NUM(o, "protocol_errors", s->stats.protocol_errors);
+    NUM(o, "subscriptions", sublist_count(s->subs));
+    cJSON_AddBoolToObject(sc, "loaded", s->scripts != NULL);
+    NUM(sc, "generation", st.generation);
+    NUM(sc, "rules", st.rules);
+    NUM(sc, "events", st.events);
+    NUM(sc, "bypassed", st.bypassed);
+    NUM(sc, "dropped", st.dropped);
+    NUM(sc, "dead_letters", st.dead_letters);
+    NUM(sc, "errors", st.errors);
+    NUM(sc, "budget_stops", st.budget_stops);
+    NUM(sc, "emitted", st.emitted);
+    NUM(sc, "loops_stopped", st.loops_stopped);
+    NUM(sc, "reloads", st.reloads);
+    NUM(sc, "reload_failures", st.reload_failures);
+    cJSON_AddStringToObject(sc, "last_reload", st.last_reload);
+    NUM(sc, "memory", st.memory);
+    NUM(sc, "decodes", st.decodes);
+#undef NUM
+    cJSON_AddItemToObject(o, "scripts", sc);
+    char *p = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    char *out = p ? mem_dup(p, strlen(p)) : NULL;
+    *len = out ? strlen(out) : 0;
+    cJSON_free(p);
+    return out;
+}
+
 static int is_loopback(const char *ip)
 {
     return !strncmp(ip, "127.", 4) || !strcmp(ip, "::1") || !strncmp(ip, "::ffff:127.", 11);
@@ -520,32 +572,14 @@ static void admin_request(server_t *s, client_t *from, const proto_msg_t *m)
             n = snprintf(buf, sizeof buf, "{\"ok\":false,\"error\":\"%s\"}", esc);
         }
     } else if (oplen == 5 && !memcmp(op, "STATS", 5)) {
-        script_stats_t st;
-        memset(&st, 0, sizeof st);
-        if (s->scripts)
-            script_get_stats(s->scripts, &st);
-        json_escape_into(esc, sizeof esc, st.last_reload);
-        n = snprintf(buf, sizeof buf,
-                     "{\"server_id\":\"%s\",\"version\":\"%s\",\"connections\":%zu,"
-                     "\"total_connections\":%llu,\"in_msgs\":%llu,\"out_msgs\":%llu,\"in_bytes\":%llu,"
-                     "\"out_bytes\":%llu,\"slow_consumers\":%llu,\"stale_connections\":%llu,"
-                     "\"protocol_errors\":%llu,\"subscriptions\":%zu,"
-                     "\"scripts\":{\"loaded\":%s,\"generation\":%llu,\"rules\":%d,\"events\":%llu,"
-                     "\"bypassed\":%llu,\"dropped\":%llu,\"dead_letters\":%llu,\"errors\":%llu,"
-                     "\"budget_stops\":%llu,\"emitted\":%llu,\"loops_stopped\":%llu,\"reloads\":%llu,"
-                     "\"reload_failures\":%llu,\"last_reload\":\"%s\",\"memory\":%zu,\"decodes\":%llu}}",
-                     s->id, TIDE_VERSION, s->stats.connections, (unsigned long long)s->stats.connections_total,
-                     (unsigned long long)s->stats.in_msgs, (unsigned long long)s->stats.out_msgs,
-                     (unsigned long long)s->stats.in_bytes, (unsigned long long)s->stats.out_bytes,
-                     (unsigned long long)s->stats.slow_consumers, (unsigned long long)s->stats.stale_connections,
-                     (unsigned long long)s->stats.protocol_errors, sublist_count(s->subs),
-                     s->scripts ? "true" : "false", (unsigned long long)st.generation, st.rules,
-                     (unsigned long long)st.events, (unsigned long long)st.bypassed,
-                     (unsigned long long)st.dropped, (unsigned long long)st.dead_letters,
-                     (unsigned long long)st.errors, (unsigned long long)st.budget_stops,
-                     (unsigned long long)st.emitted, (unsigned long long)st.loops_stopped,
-                     (unsigned long long)st.reloads, (unsigned long long)st.reload_failures, esc, st.memory,
-                     (unsigned long long)st.decodes);
+        size_t len;
+        char *json = server_stats_json(s, &len);
+        if (json) {
+            reply_json(s, m, json, len);
+            free(json);
+            return;
+        }
+        n = snprintf(buf, sizeof buf, "{\"ok\":false,\"error\":\"out of memory\"}");
     } else if (oplen == 4 && !memcmp(op, "EVAL", 4)) {
         /* tide repl --connect: runs code on this node, so it is off unless
          * the config says admin { eval = true }, and loopback only. */

@@ -88,6 +88,8 @@ void server_publish(server_t *s, struct client *from, const proto_msg_t *msg);
 struct script_host;
 /* Attaches the script host (owned by the caller, who frees it after the server). */
 void server_set_scripts(server_t *s, struct script_host *h);
+/* The attached script host, or NULL. */
+struct script_host *server_scripts(server_t *s);
 
 /*
  * Subscribes a function inside the server: fn(ctx, msg) is called for every
@@ -98,6 +100,10 @@ sub_t *server_subscribe_internal(server_t *s, const char *pattern, void (*fn)(vo
                                  void *ctx);
 
 void server_get_stats(const server_t *s, server_stats_t *out);
+
+/* Server and script counters as JSON (malloc'd; caller frees), as
+ * $TIDE.ADMIN.STATS and GET /v1/stats answer. */
+char *server_stats_json(server_t *s, size_t *len);
 
 /* Clients connected now. */
 size_t server_connections(const server_t *s);

@@ -1,0 +1,665 @@
+/*
+ * http.c - the HTTP face on libevent's evhttp: CloudEvents ingestion,
+ * Prometheus metrics, health, JSON views of the server, and a live tail as
+ * Server-Sent Events.  Events posted here enter the same pipeline as NATS
+ * publishes (server_publish).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <cjson/cJSON.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <event2/util.h>
+
+#include "http.h"
+#include "json.h"
+#include "log.h"
+#include "script.h"
+#include "server.h"
+#include "subject.h"
+#include "util.h"
+
+#define MAX_TAILS 64
+
+typedef struct tail {
+    struct http *http;
+    struct evhttp_request *req;
+    sub_t *sub;
+    int live;
+} tail_t;
+
+struct http {
+    server_t *srv;
+    struct evhttp *eh;
+    struct event *heartbeat; /* keeps tails alive, and finds the ones whose client left */
+    tail_t tails[MAX_TAILS];
+    uint64_t requests, ingested, rejected;
+};
+
+/* ---- replies ------------------------------------------------------------------ */
+
+static void reply(struct evhttp_request *req, int code, const char *reason, const char *ctype, const char *body,
+                  size_t len)
+{
+    struct evbuffer *b = evbuffer_new();
+    if (!b) {
+        evhttp_send_error(req, 500, "out of memory");
+        return;
+    }
+    evbuffer_add(b, body, len);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", ctype);
+    evhttp_send_reply(req, code, reason, b);
+    evbuffer_free(b);
+}
+
+static void reply_json(struct evhttp_request *req, int code, const char *reason, const char *json)
+{
+    reply(req, code, reason, "application/json", json, strlen(json));
+}
+
+/* {"error":{"code":N,"description":"..."}} with the given status. */
+static void reply_error(http_t *h, struct evhttp_request *req, int code, const char *reason, const char *msg)
+{
+    cJSON *o = cJSON_CreateObject(), *e = cJSON_CreateObject();
+    cJSON_AddNumberToObject(e, "code", code);
+    cJSON_AddStringToObject(e, "description", msg);
+    cJSON_AddItemToObject(o, "error", e);
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    reply_json(req, code, reason, s ? s : "{}");
+    cJSON_free(s);
+    h->rejected++;
+}
+
+/* ---- ingestion ------------------------------------------------------------------ */
+
+static void make_id(char out[37])
+{
+    unsigned char b[16];
+    static const char hex[] = "0123456789abcdef";
+    evutil_secure_rng_get_bytes(b, sizeof b);
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
+    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
+    int o = 0;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            out[o++] = '-';
+        out[o++] = hex[b[i] >> 4];
+        out[o++] = hex[b[i] & 15];
+    }
+    out[o] = '\0';
+}
+
+/* Publishes one envelope (a JSON object) under subject. */
+static int publish_envelope(http_t *h, cJSON *env, const char *subject, char *err, size_t errsz)
+{
+    size_t sl = strlen(subject);
+    if (!subject_valid_literal(subject, sl)) {
+        snprintf(err, errsz, "'%s' is not a valid subject", subject);
+        return 400;
+    }
+    char *payload = cJSON_PrintUnformatted(env);
+    if (!payload) {
+        snprintf(err, errsz, "out of memory");
+        return 500;
+    }
+    size_t pl = strlen(payload);
+    if (pl > server_get_opts(h->srv)->max_payload) {
+        snprintf(err, errsz, "event of %zu bytes is over max_payload (%zu)", pl, server_get_opts(h->srv)->max_payload);
+        cJSON_free(payload);
+        return 413;
+    }
+    proto_msg_t m;
+    memset(&m, 0, sizeof m);
+    m.subject = subject;
+    m.subject_len = sl;
+    m.payload = payload;
+    m.payload_len = pl;
+    server_publish(h->srv, NULL, &m);
+    cJSON_free(payload);
+    h->ingested++;
+    return 0;
+}
+
+/* Checks the attributes CloudEvents requires; 0 or 400 with err. */
+static int check_envelope(const cJSON *env, char *err, size_t errsz)
+{
+    static const char *const required[] = {"id", "source", "type", "specversion", NULL};
+    if (!cJSON_IsObject(env)) {
+        snprintf(err, errsz, "a CloudEvent must be a JSON object");
+        return 400;
+    }
+    for (int i = 0; required[i]; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(env, required[i]);
+        if (!cJSON_IsString(v) || !v->valuestring[0]) {
+            snprintf(err, errsz, "missing required CloudEvents attribute '%s'", required[i]);
+            return 400;
+        }
+    }
+    return 0;
+}
+
+static char *body_of(struct evhttp_request *req, size_t *len)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    *len = evbuffer_get_length(in);
+    char *b = malloc(*len + 1);
+    if (!b)
+        return NULL;
+    evbuffer_copyout(in, b, *len);
+    b[*len] = '\0';
+    return b;
+}
+
+static int starts_with_ci(const char *s, const char *prefix)
+{
+    return s && !strncasecmp(s, prefix, strlen(prefix));
+}
+
+/*
+ * POST /v1/events (or /): a CloudEvent in binary mode (ce-* headers, the
+ * body is the data), structured mode (application/cloudevents+json) or a
+ * batch (application/cloudevents-batch+json).  The subject is the event's
+ * type.
+ * POST /v1/publish/<subject>: a plain JSON body, sent as the data of a new
+ * envelope of that type.
+ */
+static void ingest(http_t *h, struct evhttp_request *req, const char *path)
+{
+    struct evkeyvalq *hd = evhttp_request_get_input_headers(req);
+    const char *ctype = evhttp_find_header(hd, "Content-Type");
+    char err[512] = "";
+    int code = 0, n = 0;
+    size_t len;
+    char *body = body_of(req, &len);
+    cJSON *doc = NULL, *env = NULL;
+    char *nums = NULL; /* number texts of doc (json_parse), so numbers go out exactly */
+
+    if (!body) {
+        reply_error(h, req, 500, "Internal Server Error", "out of memory");
+        return;
+    }
+    if (len > server_get_opts(h->srv)->max_payload) {
+        snprintf(err, sizeof err, "body of %zu bytes is over max_payload", len);
+        code = 413;
+        goto done;
+    }
+    if (!strncmp(path, "/v1/publish/", 12)) {
+        const char *subject = path + 12;
+        if (ctype && !starts_with_ci(ctype, "application/json")) {
+            snprintf(err, sizeof err, "POST /v1/publish takes application/json, not %s", ctype);
+            code = 415;
+            goto done;
+        }
+        doc = json_parse(body, len, &nums);
+        if (!doc) {
+            snprintf(err, sizeof err, "the body is not valid JSON");
+            code = 400;
+            goto done;
+        }
+        char id[37], when[64];
+        struct timespec ts;
+        struct tm tm;
+        make_id(id);
+        clock_gettime(CLOCK_REALTIME, &ts);
+        gmtime_r(&ts.tv_sec, &tm);
+        strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+        env = cJSON_CreateObject();
+        cJSON_AddStringToObject(env, "specversion", "1.0");
+        cJSON_AddStringToObject(env, "id", id);
+        cJSON_AddStringToObject(env, "source", "http");
+        cJSON_AddStringToObject(env, "type", subject);
+        cJSON_AddStringToObject(env, "time", when);
+        cJSON_AddItemToObject(env, "data", doc);
+        doc = NULL;
+        code = publish_envelope(h, env, subject, err, sizeof err);
+        n = code ? 0 : 1;
+        goto done;
+    }
+    if (starts_with_ci(ctype, "application/cloudevents-batch+json")) {
+        doc = json_parse(body, len, &nums);
+        if (!cJSON_IsArray(doc)) {
+            snprintf(err, sizeof err, "a batch must be a JSON array of CloudEvents");
+            code = 400;
+            goto done;
+        }
+        cJSON *e;
+        int i = 0;
+        cJSON_ArrayForEach(e, doc) { /* check them all before sending any */
+            char why[400];
+            if (check_envelope(e, why, sizeof why)) {
+                snprintf(err, sizeof err, "event %d: %s", i, why);
+                code = 400;
+                goto done;
+            }
+            i++;
+        }
+        cJSON_ArrayForEach(e, doc) {
+            code = publish_envelope(h, e, cJSON_GetObjectItemCaseSensitive(e, "type")->valuestring, err, sizeof err);
+            if (code)
+                goto done;
+            n++;
+        }
+        goto done;
+    }
+    if (starts_with_ci(ctype, "application/cloudevents+json")) {
+        doc = json_parse(body, len, &nums);
+        if (!doc) {
+            snprintf(err, sizeof err, "the body is not valid JSON");
+            code = 400;
+            goto done;
+        }
+        if ((code = check_envelope(doc, err, sizeof err)))
+            goto done;
+        /* Structured mode is already an envelope: the body goes out as sent. */
+        const char *type = cJSON_GetObjectItemCaseSensitive(doc, "type")->valuestring;
+        if (!subject_valid_literal(type, strlen(type))) {
+            snprintf(err, sizeof err, "'%s' is not a valid subject", type);
+            code = 400;
+            goto done;
+        }
+        proto_msg_t m;
+        memset(&m, 0, sizeof m);
+        m.subject = type;
+        m.subject_len = strlen(type);
+        m.payload = body;
+        m.payload_len = len;
+        server_publish(h->srv, NULL, &m);
+        h->ingested++;
+        n = 1;
+        goto done;
+    }
+    if (evhttp_find_header(hd, "ce-specversion")) {
+        /* Binary mode: the attributes are headers, the body is the data. */
+        env = cJSON_CreateObject();
+        for (struct evkeyval *kv = hd->tqh_first; kv; kv = kv->next.tqe_next) {
+            if (strncasecmp(kv->key, "ce-", 3) || !kv->key[3])
+                continue;
+            char name[128];
+            size_t i;
+            for (i = 0; kv->key[3 + i] && i < sizeof name - 1; i++)
+                name[i] = (char)((kv->key[3 + i] >= 'A' && kv->key[3 + i] <= 'Z') ? kv->key[3 + i] + 32 : kv->key[3 + i]);
+            name[i] = '\0';
+            if (!cJSON_GetObjectItemCaseSensitive(env, name))
+                cJSON_AddStringToObject(env, name, kv->value);
+        }
+        if (ctype)
+            cJSON_AddStringToObject(env, "datacontenttype", ctype);
+        if ((code = check_envelope(env, err, sizeof err)))
+            goto done;
+        if (len) {
+            cJSON *data = NULL;
+            if (!ctype || starts_with_ci(ctype, "application/json") || strstr(ctype, "+json")) {
+                data = json_parse(body, len, &nums);
+                if (!data) {
+                    snprintf(err, sizeof err, "the body is declared JSON but is not valid JSON");
+                    code = 400;
+                    goto done;
+                }
+            } else if (starts_with_ci(ctype, "text/")) {
+                data = cJSON_CreateString(body);
+            } else {
+                snprintf(err, sizeof err, "binary mode takes JSON or text data, not %s", ctype);
+                code = 415;
+                goto done;
+            }
+            cJSON_AddItemToObject(env, "data", data);
+        }
+        code = publish_envelope(h, env, cJSON_GetObjectItemCaseSensitive(env, "type")->valuestring, err, sizeof err);
+        n = code ? 0 : 1;
+        goto done;
+    }
+    snprintf(err, sizeof err,
+             "send a CloudEvent: ce-* headers (binary mode), Content-Type application/cloudevents+json, "
+             "application/cloudevents-batch+json, or POST /v1/publish/<subject> with application/json");
+    code = ctype ? 415 : 400;
+done:
+    free(body);
+    cJSON_Delete(doc);
+    cJSON_Delete(env);
+    free(nums); /* after the trees that point into it */
+    if (code) {
+        const char *reason = code == 413 ? "Payload Too Large" : code == 415 ? "Unsupported Media Type"
+                           : code == 500 ? "Internal Server Error" : "Bad Request";
+        reply_error(h, req, code, reason, err);
+        return;
+    }
+    char ok[64];
+    snprintf(ok, sizeof ok, "{\"accepted\":%d}", n);
+    reply_json(req, 202, "Accepted", ok);
+}
+
+/* ---- metrics ---------------------------------------------------------------------- */
+
+/* A Prometheus label value: backslash, quote and newline escaped. */
+static void label(struct evbuffer *b, const char *v)
+{
+    for (; *v; v++) {
+        if (*v == '\\' || *v == '"')
+            evbuffer_add_printf(b, "\\%c", *v);
+        else if (*v == '\n')
+            evbuffer_add(b, "\\n", 2);
+        else
+            evbuffer_add(b, v, 1);
+    }
+}
+
+static void metric(struct evbuffer *b, const char *name, const char *type, const char *help, double v)
+{
+    evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s %s\n%s %.17g\n", name, help, name, type, name, v);
+}
+
+typedef struct rule_metrics {
+    struct evbuffer *b;
+    int pass;
+} rule_metrics_t;
+
+static void rule_line(void *ctx, const script_rule_info_t *r)
+{
+    rule_metrics_t *rm = ctx;
+    static const char *const names[] = {"tide_rule_calls_total", "tide_rule_errors_total", "tide_rule_dropped_total",
+                                        "tide_rule_routed_total"};
+    uint64_t v[] = {r->calls, r->errors, r->dropped, r->routed};
+    evbuffer_add_printf(rm->b, "%s{kind=\"", names[rm->pass]);
+    label(rm->b, r->kind);
+    evbuffer_add(rm->b, "\",pattern=\"", 11);
+    label(rm->b, r->pattern);
+    evbuffer_add(rm->b, "\",where=\"", 9);
+    label(rm->b, r->where);
+    evbuffer_add_printf(rm->b, "\"} %llu\n", (unsigned long long)v[rm->pass]);
+}
+
+static void metrics(http_t *h, struct evhttp_request *req)
+{
+    server_stats_t s;
+    script_stats_t st;
+    script_host_t *sh = server_scripts(h->srv);
+    struct evbuffer *b = evbuffer_new();
+    if (!b) {
+        evhttp_send_error(req, 500, "out of memory");
+        return;
+    }
+    server_get_stats(h->srv, &s);
+    memset(&st, 0, sizeof st);
+    if (sh)
+        script_get_stats(sh, &st);
+    metric(b, "tide_connections", "gauge", "Client connections open now.", (double)s.connections);
+    metric(b, "tide_connections_total", "counter", "Client connections accepted.", (double)s.connections_total);
+    metric(b, "tide_messages_in_total", "counter", "Messages published into the router.", (double)s.in_msgs);
+    metric(b, "tide_messages_out_total", "counter", "Messages delivered to clients.", (double)s.out_msgs);
+    metric(b, "tide_bytes_in_total", "counter", "Bytes of messages published.", (double)s.in_bytes);
+    metric(b, "tide_bytes_out_total", "counter", "Bytes of messages delivered.", (double)s.out_bytes);
+    metric(b, "tide_slow_consumers_total", "counter", "Clients disconnected as slow consumers.", (double)s.slow_consumers);
+    metric(b, "tide_stale_connections_total", "counter", "Clients dropped for unanswered PINGs.",
+           (double)s.stale_connections);
+    metric(b, "tide_protocol_errors_total", "counter", "Clients closed for protocol errors.", (double)s.protocol_errors);
+    metric(b, "tide_http_requests_total", "counter", "HTTP requests served.", (double)h->requests);
+    metric(b, "tide_http_events_total", "counter", "Events accepted over HTTP.", (double)h->ingested);
+    metric(b, "tide_http_rejected_total", "counter", "HTTP requests refused with an error status.", (double)h->rejected);
+    metric(b, "tide_script_events_total", "counter", "Events that entered the script pipeline.", (double)st.events);
+    metric(b, "tide_script_bypassed_total", "counter", "Events no rule matched (no Lua ran).", (double)st.bypassed);
+    metric(b, "tide_script_dropped_total", "counter", "Events dropped by filters or routes.", (double)st.dropped);
+    metric(b, "tide_script_dead_letters_total", "counter", "Events sent to the dead-letter subject.",
+           (double)st.dead_letters);
+    metric(b, "tide_script_errors_total", "counter", "Lua errors in rules.", (double)st.errors);
+    metric(b, "tide_script_budget_stops_total", "counter", "Rule calls stopped by a budget.", (double)st.budget_stops);
+    metric(b, "tide_script_emitted_total", "counter", "Events published by handlers.", (double)st.emitted);
+    metric(b, "tide_script_loops_stopped_total", "counter", "Handler publishes refused by the loop guard.",
+           (double)st.loops_stopped);
+    metric(b, "tide_script_reloads_total", "counter", "Successful script reloads.", (double)st.reloads);
+    metric(b, "tide_script_reload_failures_total", "counter", "Failed script reloads.", (double)st.reload_failures);
+    metric(b, "tide_script_last_reload_success", "gauge", "1 when the last reload (or the first load) succeeded.",
+           !strcmp(st.last_reload, "ok") || !sh ? 1 : 0);
+    metric(b, "tide_script_memory_bytes", "gauge", "Memory used by the current Lua state.", (double)st.memory);
+    if (sh) {
+        static const char *const help[] = {"Calls of each rule.", "Lua errors of each rule.",
+                                           "Events each filter or route dropped.", "Events each route redirected."};
+        static const char *const names[] = {"tide_rule_calls_total", "tide_rule_errors_total",
+                                            "tide_rule_dropped_total", "tide_rule_routed_total"};
+        for (int pass = 0; pass < 4; pass++) {
+            rule_metrics_t rm = {b, pass};
+            evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s counter\n", names[pass], help[pass], names[pass]);
+            script_foreach_rule(sh, rule_line, &rm);
+        }
+        const uint64_t *counts;
+        double sum;
+        uint64_t count, cum = 0;
+        script_latency(sh, &counts, &sum, &count);
+        evbuffer_add_printf(b, "# HELP tide_script_call_seconds Time of each rule call.\n"
+                               "# TYPE tide_script_call_seconds histogram\n");
+        for (int i = 0; i < SCRIPT_LATENCY_BUCKETS; i++) {
+            cum += counts[i];
+            evbuffer_add_printf(b, "tide_script_call_seconds_bucket{le=\"%g\"} %llu\n", script_latency_bounds[i],
+                                (unsigned long long)cum);
+        }
+        cum += counts[SCRIPT_LATENCY_BUCKETS];
+        evbuffer_add_printf(b, "tide_script_call_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
+        evbuffer_add_printf(b, "tide_script_call_seconds_sum %.17g\ntide_script_call_seconds_count %llu\n", sum,
+                            (unsigned long long)count);
+    }
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "text/plain; version=0.0.4");
+    evhttp_send_reply(req, 200, "OK", b);
+    evbuffer_free(b);
+}
+
+/* ---- live tail (Server-Sent Events) ---------------------------------------------- */
+
+static void tail_deliver(void *ctx, const proto_msg_t *m)
+{
+    tail_t *t = ctx;
+    if (!t->live)
+        return;
+    struct evbuffer *b = evbuffer_new();
+    if (!b)
+        return;
+    /* One event per message; data lines cannot hold newlines, so the payload
+     * is sent as a JSON string when it is not a single line of JSON. */
+    cJSON *o = cJSON_CreateObject();
+    char *subject = mem_dup(m->subject, m->subject_len), *payload = mem_dup(m->payload, m->payload_len);
+    cJSON_AddStringToObject(o, "subject", subject ? subject : "");
+    cJSON *p = payload ? cJSON_Parse(payload) : NULL;
+    if (p)
+        cJSON_AddItemToObject(o, "data", p);
+    else
+        cJSON_AddStringToObject(o, "payload", payload ? payload : "");
+    char *s = cJSON_PrintUnformatted(o);
+    evbuffer_add_printf(b, "event: message\ndata: %s\n\n", s ? s : "{}");
+    cJSON_free(s);
+    cJSON_Delete(o);
+    free(subject);
+    free(payload);
+    evhttp_send_reply_chunk(t->req, b);
+    evbuffer_free(b);
+}
+
+static void tail_closed(struct evhttp_connection *conn, void *arg)
+{
+    tail_t *t = arg;
+    (void)conn;
+    /* The client went away.  libevent detaches a request the user has not
+     * finished (a stream never is) and leaves it to the user: free it here.
+     * The subscription stays with the slot (it delivers only while live). */
+    if (t->req && !evhttp_request_get_connection(t->req))
+        evhttp_request_free(t->req);
+    t->live = 0;
+    t->req = NULL;
+}
+
+static void tail(http_t *h, struct evhttp_request *req, const char *pattern)
+{
+    tail_t *t = NULL;
+    if (!pattern || !subject_valid_pattern(pattern, strlen(pattern))) {
+        reply_error(h, req, 400, "Bad Request", "GET /v1/tail?subject=<pattern> with a valid subject pattern");
+        return;
+    }
+    for (int i = 0; i < MAX_TAILS && !t; i++) /* a closed tail on the same pattern: reuse its subscription */
+        if (!h->tails[i].live && h->tails[i].sub && !strcmp(h->tails[i].sub->subject, pattern))
+            t = &h->tails[i];
+    for (int i = 0; i < MAX_TAILS && !t; i++)
+        if (!h->tails[i].live && !h->tails[i].sub)
+            t = &h->tails[i];
+    if (0) {
+        reply_error(h, req, 400, "Bad Request", "GET /v1/tail?subject=<pattern> with a valid subject pattern");
+        return;
+    }
+    if (!t) {
+        reply_error(h, req, 503, "Service Unavailable", "too many live tails");
+        return;
+    }
+    t->http = h;
+    t->req = req;
+    if (!t->sub)
+        t->sub = server_subscribe_internal(h->srv, pattern, tail_deliver, t);
+    if (!t->sub) {
+        reply_error(h, req, 500, "Internal Server Error", "out of memory");
+        return;
+    }
+    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+    evhttp_add_header(out, "Content-Type", "text/event-stream");
+    evhttp_add_header(out, "Cache-Control", "no-cache");
+    evhttp_send_reply_start(req, 200, "OK");
+    struct evbuffer *b = evbuffer_new();
+    evbuffer_add_printf(b, ": tail of %s\n\n", pattern);
+    evhttp_send_reply_chunk(req, b);
+    evbuffer_free(b);
+    evhttp_connection_set_closecb(evhttp_request_get_connection(req), tail_closed, t);
+    t->live = 1;
+}
+
+/* Every second a comment line goes to each open tail: proxies keep the
+ * stream open, and a client that left is found by the failed write (the
+ * server does not read a connection while it streams to it). */
+static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
+{
+    http_t *h = arg;
+    (void)fd;
+    (void)what;
+    for (int i = 0; i < MAX_TAILS; i++) {
+        tail_t *t = &h->tails[i];
+        if (!t->live || !t->req)
+            continue;
+        struct evbuffer *b = evbuffer_new();
+        if (!b)
+            continue;
+        evbuffer_add(b, ": keep-alive\n\n", 14);
+        evhttp_send_reply_chunk(t->req, b);
+        evbuffer_free(b);
+    }
+}
+
+/* ---- routing of requests ---------------------------------------------------------- */
+
+static void on_request(struct evhttp_request *req, void *arg)
+{
+    http_t *h = arg;
+    const char *uri = evhttp_request_get_uri(req);
+    /* Nonconformant: let "subject=order.>" through unescaped, as curl sends it. */
+    struct evhttp_uri *u = evhttp_uri_parse_with_flags(uri, EVHTTP_URI_NONCONFORMANT);
+    const char *path = u ? evhttp_uri_get_path(u) : NULL;
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+    h->requests++;
+    if (!path || !*path)
+        path = "/";
+    char *decoded = evhttp_uridecode(path, 0, NULL);
+    path = decoded ? decoded : path;
+    if (cmd == EVHTTP_REQ_POST && (!strcmp(path, "/") || !strcmp(path, "/v1/events") ||
+                                   !strncmp(path, "/v1/publish/", 12))) {
+        ingest(h, req, path);
+    } else if (cmd != EVHTTP_REQ_GET) {
+        reply_error(h, req, 405, "Method Not Allowed", "GET for views, POST / or /v1/publish/<subject> for events");
+    } else if (!strcmp(path, "/healthz")) {
+        reply_json(req, 200, "OK", "{\"status\":\"ok\"}");
+    } else if (!strcmp(path, "/readyz")) {
+        script_host_t *sh = server_scripts(h->srv);
+        script_stats_t st;
+        if (sh)
+            script_get_stats(sh, &st);
+        if (sh && strcmp(st.last_reload, "ok"))
+            reply_error(h, req, 503, "Service Unavailable", "the last script reload failed");
+        else
+            reply_json(req, 200, "OK", "{\"status\":\"ready\"}");
+    } else if (!strcmp(path, "/metrics")) {
+        metrics(h, req);
+    } else if (!strcmp(path, "/v1/stats")) {
+        size_t len;
+        char *json = server_stats_json(h->srv, &len);
+        reply(req, 200, "OK", "application/json", json ? json : "{}", json ? len : 2);
+        free(json);
+    } else if (!strcmp(path, "/v1/rules")) {
+        char *json = NULL;
+        size_t len = 0;
+        if (server_scripts(h->srv))
+            script_rules_json(server_scripts(h->srv), &json, &len);
+        reply(req, 200, "OK", "application/json", json ? json : "[]", json ? len : 2);
+        free(json);
+    } else if (!strcmp(path, "/v1/streams") || !strcmp(path, "/v1/consumers")) {
+        reply_json(req, 200, "OK", "[]"); /* none: the persistent queue is not in this build */
+    } else if (!strcmp(path, "/v1/tail")) {
+        struct evkeyvalq q;
+        const char *query = u ? evhttp_uri_get_query(u) : NULL;
+        memset(&q, 0, sizeof q);
+        if (query && evhttp_parse_query_str(query, &q) == 0) {
+            tail(h, req, evhttp_find_header(&q, "subject"));
+            evhttp_clear_headers(&q);
+        } else {
+            tail(h, req, NULL);
+        }
+    } else {
+        reply_error(h, req, 404, "Not Found", "unknown path; see /v1/stats, /metrics, /healthz");
+    }
+    free(decoded);
+    if (u)
+        evhttp_uri_free(u);
+}
+
+http_t *http_new(server_t *srv, const char *host, int port)
+{
+    http_t *h = calloc(1, sizeof *h);
+    if (!h)
+        return NULL;
+    h->srv = srv;
+    h->eh = evhttp_new(server_base(srv));
+    if (!h->eh)
+        goto fail;
+    /* Room for max_payload of data plus an envelope's attributes. */
+    evhttp_set_max_body_size(h->eh, (ev_ssize_t)server_get_opts(srv)->max_payload + 4096);
+    evhttp_set_gencb(h->eh, on_request, h);
+    struct timeval one = {1, 0};
+    h->heartbeat = event_new(server_base(srv), -1, EV_PERSIST, on_heartbeat, h);
+    if (!h->heartbeat || event_add(h->heartbeat, &one) < 0)
+        goto fail;
+    if (!evhttp_bind_socket_with_handle(h->eh, host, (ev_uint16_t)port)) {
+        log_error("cannot listen for HTTP on %s:%d", host, port);
+        goto fail;
+    }
+    log_info("Listening for HTTP on %s:%d", host, port);
+    return h;
+fail:
+    http_free(h);
+    return NULL;
+}
+
+void http_free(http_t *h)
+{
+    if (!h)
+        return;
+    /* Open tails end their replies, so their requests are freed with the connections. */
+    for (int i = 0; i < MAX_TAILS; i++) {
+        if (h->tails[i].live && h->tails[i].req) {
+            h->tails[i].live = 0;
+            evhttp_send_reply_end(h->tails[i].req);
+            h->tails[i].req = NULL;
+        }
+    }
+    if (h->heartbeat)
+        event_free(h->heartbeat);
+    if (h->eh)
+        evhttp_free(h->eh);
+    free(h);
+}

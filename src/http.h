@@ -1,0 +1,21 @@
+/*
+ * http.h - the HTTP face: CloudEvents ingestion (binary, structured and
+ * batched; POST /v1/publish/<subject> for plain JSON), GET /metrics in the
+ * Prometheus text format, /healthz, /readyz, /v1/stats, /v1/rules,
+ * /v1/streams, /v1/consumers, and GET /v1/tail?subject=<pattern> as
+ * Server-Sent Events.
+ */
+#ifndef TIDE_HTTP_H
+#define TIDE_HTTP_H
+
+#include "server.h"
+
+typedef struct http http_t;
+
+/* Listens on host:port on the server's loop.  NULL (logged) on failure. */
+http_t *http_new(server_t *srv, const char *host, int port);
+
+/* Stops listening; call before server_free. */
+void http_free(http_t *h);
+
+#endif
