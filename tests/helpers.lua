@@ -19,6 +19,21 @@ function M.sh(cmd)
   return tonumber(out:match("rc=(%d+)%s*$")), (out:gsub("rc=%d+%s*$", ""))
 end
 
+-- Makes sure tests/interop/node has its npm packages (npm ci from the lock
+-- when one is missing).  Returns true, or false and npm's output.
+function M.npm_ready()
+  local dir = M.root .. "/tests/interop/node"
+  local need = { "nats", "cloudevents", "parse-prometheus-text-format" }
+  local missing = false
+  for _, p in ipairs(need) do
+    local f = io.open(dir .. "/node_modules/" .. p .. "/package.json")
+    if f then f:close() else missing = true end
+  end
+  if not missing then return true end
+  local rc, out = M.sh(("cd '%s' && timeout 300 npm ci --no-audit --no-fund"):format(dir))
+  return rc == 0, out
+end
+
 -- A port nobody listens on right now (bind to 0, read it back, release it).
 function M.free_port()
   local s = assert(socket.bind("127.0.0.1", 0))

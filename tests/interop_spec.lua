@@ -147,12 +147,8 @@ describe("interop with NATS client libraries (" .. target .. ")", function()
     setup(function()
       local ok, _, _, out = run("command -v node && command -v npm")
       assert(ok, "node and npm are needed (make deps installs them):\n" .. out)
-      if not exists(NODE_DIR .. "/node_modules/nats/package.json") then
-        local install = exists(NODE_DIR .. "/package-lock.json")
-          and "npm ci --no-audit --no-fund" or "npm install --no-audit --no-fund"
-        ok, _, _, out = run(string.format("cd %s && timeout 300 %s", q(NODE_DIR), install))
-        assert(ok, install .. " failed in " .. NODE_DIR .. ":\n" .. out)
-      end
+      local ready, npm_out = h.npm_ready()
+      assert(ready, "npm ci failed in " .. NODE_DIR .. ":\n" .. tostring(npm_out))
       srv = start_server()
     end)
 
