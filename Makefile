@@ -80,6 +80,7 @@ check: all
 bench: deps all $(BENCHBIN)
 	@scripts/bench.sh
 	@scripts/bench-scripts.sh
+	@scripts/bench-http.sh
 
 fuzz: deps
 	@scripts/fuzz.sh run $${FUZZ_SECONDS:-600}
