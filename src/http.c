@@ -104,25 +104,74 @@ static int publish_envelope(http_t *h, cJSON *env, const char *subject, char *er
         snprintf(err, errsz, "'%s' is not a valid subject", subject);
         return 400;
     }
-    char *payload = cJSON_PrintUnformatted(env);
+    script_host_t *sh = server_scripts(h->srv);
+    char *hdr = NULL;
+    size_t hl = 0;
+    char *payload = NULL;
+    if (sh && script_http_binary(sh, subject, sl)) {
+        /* Binary mode: every attribute a ce-* header, the data the payload. */
+        size_t cap = 64;
+        cJSON *a;
+        cJSON_ArrayForEach(a, env) cap += strlen(a->string) + 8 + (cJSON_IsString(a) ? strlen(a->valuestring) : 32);
+        hdr = malloc(cap);
+        if (!hdr) {
+            snprintf(err, errsz, "out of memory");
+            return 500;
+        }
+        hl = (size_t)snprintf(hdr, cap, "NATS/1.0\r\n");
+        cJSON_ArrayForEach(a, env) {
+            if (!strcmp(a->string, "data"))
+                continue;
+            if (strchr(a->valuestring ? a->valuestring : "", '\n') || strchr(a->valuestring ? a->valuestring : "", '\r'))
+                continue;
+            if (cJSON_IsString(a))
+                hl += (size_t)snprintf(hdr + hl, cap - hl, "%s%s: %s\r\n",
+                                       strcmp(a->string, "datacontenttype") ? "ce-" : "",
+                                       strcmp(a->string, "datacontenttype") ? a->string : "content-type", a->valuestring);
+            else if (cJSON_IsNumber(a) || cJSON_IsRaw(a) || cJSON_IsBool(a)) {
+                char *v = cJSON_PrintUnformatted(a);
+                hl += (size_t)snprintf(hdr + hl, cap - hl, "ce-%s: %s\r\n", a->string, v ? v : "");
+                cJSON_free(v);
+            }
+        }
+        hl += (size_t)snprintf(hdr + hl, cap - hl, "\r\n");
+        cJSON *d = cJSON_GetObjectItemCaseSensitive(env, "data");
+        payload = cJSON_IsString(d) ? mem_dup(d->valuestring, strlen(d->valuestring))
+                : d ? cJSON_PrintUnformatted(d) : mem_dup("", 0);
+        if (payload && d && !cJSON_IsString(d)) { /* cJSON's buffer: make it plain malloc */
+            char *c = mem_dup(payload, strlen(payload));
+            cJSON_free(payload);
+            payload = c;
+        }
+    } else {
+        char *p = cJSON_PrintUnformatted(env);
+        payload = p ? mem_dup(p, strlen(p)) : NULL;
+        cJSON_free(p);
+    }
     if (!payload) {
+        free(hdr);
         snprintf(err, errsz, "out of memory");
         return 500;
     }
     size_t pl = strlen(payload);
-    if (pl > server_get_opts(h->srv)->max_payload) {
-        snprintf(err, errsz, "event of %zu bytes is over max_payload (%zu)", pl, server_get_opts(h->srv)->max_payload);
-        cJSON_free(payload);
+    if (pl + hl > server_get_opts(h->srv)->max_payload) {
+        snprintf(err, errsz, "event of %zu bytes is over max_payload (%zu)", pl + hl,
+                 server_get_opts(h->srv)->max_payload);
+        free(payload);
+        free(hdr);
         return 413;
     }
     proto_msg_t m;
     memset(&m, 0, sizeof m);
     m.subject = subject;
     m.subject_len = sl;
+    m.hdr = hdr;
+    m.hdr_len = hl;
     m.payload = payload;
     m.payload_len = pl;
     server_publish(h->srv, NULL, &m);
-    cJSON_free(payload);
+    free(payload);
+    free(hdr);
     h->ingested++;
     return 0;
 }
@@ -257,8 +306,14 @@ static void ingest(http_t *h, struct evhttp_request *req, const char *path)
         }
         if ((code = check_envelope(doc, err, sizeof err)))
             goto done;
-        /* Structured mode is already an envelope: the body goes out as sent. */
+        /* Structured mode is already an envelope: the body goes out as sent
+         * (unless the subject is delivered in binary mode). */
         const char *type = cJSON_GetObjectItemCaseSensitive(doc, "type")->valuestring;
+        if (server_scripts(h->srv) && script_http_binary(server_scripts(h->srv), type, strlen(type))) {
+            code = publish_envelope(h, doc, type, err, sizeof err);
+            n = code ? 0 : 1;
+            goto done;
+        }
         if (!subject_valid_literal(type, strlen(type))) {
             snprintf(err, sizeof err, "'%s' is not a valid subject", type);
             code = 400;

@@ -78,6 +78,8 @@ typedef struct state {
     int listen_port;
     int admin_eval;    /* admin { eval = true }: tide repl --connect may run code here */
     char http_addr[256]; /* listen { http = "host:port" } */
+    char *http_binary[32]; /* http { binary = {...} }: subjects HTTP events reach in binary mode */
+    int nhttp_binary;
     int http_off;        /* listen { http = false } */
     server_opts_t set; /* values of limits{} */
     unsigned set_mask; /* which of them */
@@ -713,6 +715,38 @@ static int l_limits(lua_State *L)
     return 0;
 }
 
+/* http { binary = { "order.>", ... } }: events posted over HTTP whose
+ * subject matches go out in the CloudEvents NATS binding's binary mode
+ * (ce-* headers, the data as payload) instead of as a JSON envelope. */
+static int l_http(lua_State *L)
+{
+    static const char *const known[] = {"binary", NULL};
+    state_t *st = state_of(L);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    check_keys(L, 1, "http", known);
+    if (lua_getfield(L, 1, "binary") != LUA_TNIL) {
+        luaL_checktype(L, -1, LUA_TTABLE);
+        int n = (int)luaL_len(L, -1);
+        if (n > 32)
+            return luaL_error(L, "http: at most 32 binary patterns");
+        for (int i = 1; i <= n; i++) {
+            size_t pl;
+            lua_rawgeti(L, -1, i);
+            const char *p = luaL_checklstring(L, -1, &pl);
+            if (!subject_valid_pattern(p, pl))
+                return luaL_error(L, "http: invalid subject pattern '%s'", p);
+            char *d = mem_dup(p, pl);
+            if (!d)
+                return luaL_error(L, "out of memory");
+            free(st->http_binary[st->nhttp_binary]);
+            st->http_binary[st->nhttp_binary++] = d;
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
 /* admin { eval = true }: lets `tide repl --connect` run Lua on this node
  * (from loopback clients only).  Off unless set. */
 static int l_admin(lua_State *L)
@@ -1324,7 +1358,7 @@ static void build_env(state_t *st)
 
     static const luaL_Reg fns[] = {{"print", l_print},     {"require", l_require}, {"load", l_load},
                                    {"listen", l_listen},   {"limits", l_limits},   {"scripting", l_scripting},
-                                   {"admin", l_admin},
+                                   {"admin", l_admin},     {"http", l_http},
                                    {"upgrade", l_upgrade}, {"filter", l_filter},   {"route", l_route},
                                    {"on", l_on},           {NULL, NULL}};
     lua_pushvalue(L, env);
@@ -1385,6 +1419,8 @@ static void state_free(state_t *st)
     for (size_t i = 0; i < st->nfiles; i++)
         free(st->files[i]);
     free(st->files);
+    for (int i = 0; i < st->nhttp_binary; i++)
+        free(st->http_binary[i]);
     free(st);
 }
 
@@ -2382,6 +2418,14 @@ int script_http_setting(const script_host_t *h, char *addr, size_t n)
         return 0;
     snprintf(addr, n, "%s", h->cur->http_addr);
     return 1;
+}
+
+int script_http_binary(const script_host_t *h, const char *subject, size_t len)
+{
+    for (int i = 0; h->cur && i < h->cur->nhttp_binary; i++)
+        if (subject_matches(h->cur->http_binary[i], strlen(h->cur->http_binary[i]), subject, len))
+            return 1;
+    return 0;
 }
 
 int script_admin_eval(const script_host_t *h)

@@ -135,6 +135,9 @@ void script_latency(const script_host_t *h, const uint64_t **counts, double *sum
  * false (off), 0 when not said. */
 int script_http_setting(const script_host_t *h, char *addr, size_t n);
 
+/* True when http { binary = {...} } names a pattern subject matches. */
+int script_http_binary(const script_host_t *h, const char *subject, size_t len);
+
 /* True when the entry file said admin { eval = true }. */
 int script_admin_eval(const script_host_t *h);
 /* True while an event is in the pipeline (reload must wait). */
