@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -694,18 +695,24 @@ int repl_main(const char *entry, const char *lib_dir, const char *listen_addr)
 
     out("tide %s repl: an embedded router%s%s. help() lists the helpers; Ctrl-D leaves.\n", TIDE_VERSION,
         listen_addr ? ", NATS clients welcome on " : "", listen_addr ? listen_addr : "");
-    if (r.tty) {
-        /* A terminal: readline fed from the loop, so the router serves
-         * while the prompt waits. */
-        rl_callback_handler_install("> ", handle_line);
+    struct stat sb;
+    int regular = fstat(0, &sb) == 0 && S_ISREG(sb.st_mode);
+    if (!regular) {
+        /* A terminal or a pipe: input is read from the loop, so the router
+         * serves (--listen) while the prompt waits. */
+        if (r.tty)
+            rl_callback_handler_install("> ", handle_line);
+        else
+            setvbuf(stdin, NULL, _IONBF, 0); /* no line may wait in stdio while epoll sees nothing */
         r.stdin_ev = event_new(server_base(r.srv), 0, EV_READ | EV_PERSIST, on_stdin, &r);
         event_add(r.stdin_ev, NULL);
         server_run(r.srv);
-        rl_callback_handler_remove();
+        if (r.tty)
+            rl_callback_handler_remove();
         event_free(r.stdin_ev);
     } else {
-        /* A pipe or a file (which epoll cannot watch): line by line, letting
-         * the loop run between lines. */
+        /* A file (which epoll cannot watch): line by line, letting the loop
+         * run between lines. */
         while (!r.done) {
             on_stdin(0, EV_READ, &r);
             event_base_loop(server_base(r.srv), EVLOOP_NONBLOCK);

@@ -180,3 +180,29 @@ describe("tide repl (terminal)", function()
     assert(ok, err)
   end)
 end)
+
+describe("tide repl --listen", function()
+  it("serves NATS clients while the prompt waits for input", function()
+    local dir = h.make_tmpdir()
+    local port = h.free_port()
+    local pid = h.proc.spawn({ "/bin/sh", "-c",
+      ("(printf 'sub(\"live.>\")\\n'; sleep 1.5; printf 'stats().deliveries\\n') | %s repl --listen 127.0.0.1:%d")
+        :format(h.bin, port) }, dir .. "/out.txt")
+    local c
+    assert(h.wait_until(function()
+      local ok, conn = pcall(h.connect, port)
+      if ok then c = conn end
+      return ok
+    end, 5), "the prompt's router did not listen")
+    c:send("SUB live.> 1\r\nPUB live.one 2\r\nhi\r\n")
+    assert.are.equal("hi", assert(c:msg()).payload) -- a real client is served
+    c:close()
+    local st, code = h.proc.wait(pid, 10)
+    local out = h.read_file(dir .. "/out.txt") or ""
+    h.remove_tmpdir(dir)
+    assert.are.equal("exited", st, out)
+    assert.are.equal(0, code, out)
+    assert.matches("<%- %[live%.>%] live%.one  hi", out) -- and the prompt saw it as it happened
+    assert.matches("\n1\n", out)                        -- one delivery to a client
+  end)
+end)
