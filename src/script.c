@@ -727,8 +727,8 @@ static int l_http(lua_State *L)
     if (lua_getfield(L, 1, "binary") != LUA_TNIL) {
         luaL_checktype(L, -1, LUA_TTABLE);
         int n = (int)luaL_len(L, -1);
-        if (n > 32)
-            return luaL_error(L, "http: at most 32 binary patterns");
+        if (n < 0 || st->nhttp_binary + n > 32)
+            return luaL_error(L, "http: at most 32 binary patterns in all");
         for (int i = 1; i <= n; i++) {
             size_t pl;
             lua_rawgeti(L, -1, i);
@@ -738,7 +738,6 @@ static int l_http(lua_State *L)
             char *d = mem_dup(p, pl);
             if (!d)
                 return luaL_error(L, "out of memory");
-            free(st->http_binary[st->nhttp_binary]);
             st->http_binary[st->nhttp_binary++] = d;
             lua_pop(L, 1);
         }
