@@ -298,7 +298,6 @@ static void push_headers_proxy(lua_State *L, int evidx)
  * the output is stable. */
 static void encode_headers(lua_State *L, event_t *ev)
 {
-    luaL_Buffer b;
     int t = lua_gettop(L);
     int n = 0;
     lua_newtable(L); /* sorted names */
@@ -324,44 +323,50 @@ static void encode_headers(lua_State *L, event_t *ev)
         lua_settop(L, t - 1);
         return;
     }
-    luaL_buffinit(L, &b);
-    /* Keep a status line such as "NATS/1.0 503" as it was. */
+    /* Built by appending to one string at acc: no buffer on the stack while
+     * values are looked up and converted. */
     const char *eol = ev->hdr ? memchr(ev->hdr, '\n', ev->hdr_len) : NULL;
     if (eol && ev->hdr_len >= 8 && memcmp(ev->hdr, "NATS/1.0", 8) == 0) {
+        /* Keep a status line such as "NATS/1.0 503" as it was. */
         size_t sl = (size_t)(eol - ev->hdr);
         if (sl && ev->hdr[sl - 1] == '\r')
             sl--;
-        luaL_addlstring(&b, ev->hdr, sl);
+        lua_pushlstring(L, ev->hdr, sl);
     } else {
-        luaL_addstring(&b, "NATS/1.0");
+        lua_pushliteral(L, "NATS/1.0");
     }
-    luaL_addstring(&b, "\r\n");
+    lua_pushliteral(L, "\r\n");
+    lua_concat(L, 2);
+    int acc = lua_gettop(L);
     for (int i = 1; i <= n; i++) {
-        lua_rawgeti(L, t + 1, i);
+        lua_rawgeti(L, t + 1, i);                /* acc+1: name */
         const char *name = lua_tostring(L, -1);
-        lua_rawget(L, t);
+        lua_pushvalue(L, -1);
+        lua_rawget(L, t);                        /* acc+2: value or list */
         int vt = lua_type(L, -1);
         int nv = vt == LUA_TTABLE ? (int)luaL_len(L, -1) : 1;
         for (int j = 1; j <= nv; j++) {
             if (vt == LUA_TTABLE)
-                lua_rawgeti(L, -1, j);
+                lua_rawgeti(L, acc + 2, j);
             else
-                lua_pushvalue(L, -1);
+                lua_pushvalue(L, acc + 2);       /* acc+3 */
             size_t vl;
-            const char *v = luaL_tolstring(L, -1, &vl);
+            const char *v = luaL_tolstring(L, -1, &vl); /* acc+4 */
             if (memchr(v, '\r', vl) || memchr(v, '\n', vl) || strchr(name, ':') || strchr(name, '\n'))
                 luaL_error(L, "header %s: names and values cannot hold ':' (names), CR or LF", name);
-            lua_pop(L, 2);
-            /* name and value are anchored in the tables; the buffer may use the stack. */
-            luaL_addstring(&b, name);
-            luaL_addstring(&b, ": ");
-            luaL_addlstring(&b, v, vl);
-            luaL_addstring(&b, "\r\n");
+            lua_pushvalue(L, acc);
+            lua_pushvalue(L, acc + 1);
+            lua_pushliteral(L, ": ");
+            lua_pushvalue(L, acc + 4);
+            lua_pushliteral(L, "\r\n");
+            lua_concat(L, 5);
+            lua_replace(L, acc);
+            lua_settop(L, acc + 2);
         }
-        lua_pop(L, 1);
+        lua_settop(L, acc);
     }
-    luaL_addstring(&b, "\r\n");
-    luaL_pushresult(&b);
+    lua_pushliteral(L, "\r\n");
+    lua_concat(L, 2);
     size_t len;
     const char *s = lua_tolstring(L, -1, &len);
     ev->out_hdr = mem_dup(s, len);

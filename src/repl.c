@@ -191,24 +191,31 @@ static int h_pub(lua_State *L)
     if (!lua_isnoneornil(L, 3))
         luaL_checktype(L, 3, LUA_TTABLE);
     lua_settop(L, 3);
-    luaL_Buffer hb;
-    luaL_buffinit(L, &hb);
+    /* The header block (index 4), built by concatenation: the stack stays
+     * free for lua_next. */
     int nh = 0;
+    lua_pushliteral(L, "NATS/1.0\r\n");
     if (lua_istable(L, 3)) {
-        luaL_addstring(&hb, "NATS/1.0\r\n");
         lua_pushnil(L);
-        while (lua_next(L, 3)) {
-            const char *v = luaL_tolstring(L, -1, NULL);
-            luaL_addstring(&hb, lua_tostring(L, -3));
-            luaL_addstring(&hb, ": ");
-            luaL_addstring(&hb, v);
-            luaL_addstring(&hb, "\r\n");
-            lua_pop(L, 2);
+        while (lua_next(L, 3)) { /* 5 = name, 6 = value */
+            if (lua_type(L, 5) != LUA_TSTRING) /* (tostring on a key would derail lua_next) */
+                return luaL_error(L, "pub: header names must be strings");
+            const char *v = luaL_tolstring(L, 6, NULL); /* 7 */
+            if (strpbrk(v, "\r\n") || strpbrk(lua_tostring(L, 5), ":\r\n"))
+                return luaL_error(L, "pub: header names hold no ':' and values no CR/LF");
+            lua_pushvalue(L, 4);
+            lua_pushvalue(L, 5);
+            lua_pushliteral(L, ": ");
+            lua_pushvalue(L, 7);
+            lua_pushliteral(L, "\r\n");
+            lua_concat(L, 5);
+            lua_replace(L, 4);
+            lua_settop(L, 5);
             nh++;
         }
-        luaL_addstring(&hb, "\r\n");
     }
-    luaL_pushresult(&hb); /* index 4 */
+    lua_pushliteral(L, "\r\n");
+    lua_concat(L, 2); /* index 4 */
     /* The payload (index 5): a string as it is; anything else is the data
      * of a new CloudEvents envelope. */
     if (lua_type(L, 2) == LUA_TSTRING) {

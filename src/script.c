@@ -980,7 +980,6 @@ static int l_ctx_publish(lua_State *L)
     const char *subject = luaL_checklstring(L, 1, &sl);
     char corr[128], cause[128], idbuf[37], timebuf[64];
     const char *correlation, *causation;
-    luaL_Buffer hb;
 
     luaL_checkany(L, 2);
     if (!subject_valid_literal(subject, sl))
@@ -1044,9 +1043,17 @@ static int l_ctx_publish(lua_State *L)
     }
     int payload_idx = lua_gettop(L);
 
-    /* The headers: the source event's, the caller's, then the chain's ids. */
-    luaL_buffinit(L, &hb);
-    luaL_addstring(&hb, "NATS/1.0\r\n");
+    /* The headers: the source event's, the caller's, then the chain's ids,
+     * appended to one string at acc (the stack stays free for lua_next). */
+    lua_pushliteral(L, "NATS/1.0\r\n");
+    int acc = lua_gettop(L);
+#define APPEND(push)                                                                                                   \
+    do {                                                                                                               \
+        lua_pushvalue(L, acc);                                                                                         \
+        push;                                                                                                          \
+        lua_concat(L, 2);                                                                                              \
+        lua_replace(L, acc);                                                                                           \
+    } while (0)
     if (src && sm.hdr && sm.hdr_len >= 2) {
         /* Its header lines, without the status line and the chain ids,
          * which are set anew below. */
@@ -1055,39 +1062,37 @@ static int l_ctx_publish(lua_State *L)
             const char *eol = memchr(p, '\n', (size_t)(end - p));
             const char *le = eol ? eol + 1 : end;
             if (le - p > 2 && strncasecmp(p, "Tide-Correlation-Id:", 20) && strncasecmp(p, "Tide-Causation-Id:", 18))
-                luaL_addlstring(&hb, p, (size_t)(le - p));
+                APPEND(lua_pushlstring(L, p, (size_t)(le - p)));
             p = le;
         }
     }
     if (lua_istable(L, 3)) {
         lua_pushnil(L);
-        while (lua_next(L, 3)) {
+        while (lua_next(L, 3)) { /* acc+1 = name, acc+2 = value */
             size_t kl, vl;
-            if (lua_type(L, -2) != LUA_TSTRING)
+            if (lua_type(L, acc + 1) != LUA_TSTRING)
                 return luaL_error(L, "ctx.publish: header names must be strings");
-            const char *k = lua_tolstring(L, -2, &kl);
-            const char *v = luaL_tolstring(L, -1, &vl);
+            const char *k = lua_tolstring(L, acc + 1, &kl);
+            const char *v = luaL_tolstring(L, acc + 2, &vl); /* acc+3 */
             if (memchr(k, ':', kl) || memchr(k, '\n', kl) || memchr(v, '\n', vl) || memchr(v, '\r', vl))
                 return luaL_error(L, "ctx.publish: header names hold no ':' and values no CR/LF");
-            lua_pop(L, 2);
-            luaL_addlstring(&hb, k, kl);
-            luaL_addstring(&hb, ": ");
-            luaL_addlstring(&hb, v, vl);
-            luaL_addstring(&hb, "\r\n");
+            lua_pushvalue(L, acc);
+            lua_pushvalue(L, acc + 1);
+            lua_pushliteral(L, ": ");
+            lua_pushvalue(L, acc + 3);
+            lua_pushliteral(L, "\r\n");
+            lua_concat(L, 5);
+            lua_replace(L, acc);
+            lua_settop(L, acc + 1); /* the name, for lua_next */
         }
     }
-    if (correlation) {
-        luaL_addstring(&hb, "Tide-Correlation-Id: ");
-        luaL_addstring(&hb, correlation);
-        luaL_addstring(&hb, "\r\n");
-    }
-    if (causation) {
-        luaL_addstring(&hb, "Tide-Causation-Id: ");
-        luaL_addstring(&hb, causation);
-        luaL_addstring(&hb, "\r\n");
-    }
-    luaL_addstring(&hb, "\r\n");
-    luaL_pushresult(&hb);
+    if (correlation)
+        APPEND(lua_pushfstring(L, "Tide-Correlation-Id: %s\r\n", correlation));
+    if (causation)
+        APPEND(lua_pushfstring(L, "Tide-Causation-Id: %s\r\n", causation));
+    APPEND(lua_pushliteral(L, "\r\n"));
+#undef APPEND
+    lua_settop(L, acc);
 
     size_t hl, pl;
     const char *hs = lua_tolstring(L, -1, &hl);

@@ -120,3 +120,36 @@ describe("tide check", function()
     os.remove(pattern)
   end)
 end)
+
+describe("large header blocks", function()
+  it("are built whole when a script sets many headers and publishes with many", function()
+    local dir = h.make_tmpdir()
+    h.write_file(dir .. "/flow.lua", [[
+filter("big.in", function(e)
+  for i = 1, 60 do e.headers["X-Set-" .. i] = string.rep("v", 90) .. i end
+  return true
+end)
+on("big.in", function(e, ctx)
+  local hd = {}
+  for i = 1, 60 do hd["X-Pub-" .. i] = string.rep("p", 90) .. i end
+  ctx.publish("big.out", { n = 1 }, hd)
+end)
+]])
+    h.write_file(dir .. "/in.jsonl", '{"subject": "big.in", "data": {"n": 0}}\n')
+    local rc, out = sh(("cd %s && %s run flow.lua --events in.jsonl 2>/dev/null"):format(dir, h.bin))
+    h.remove_tmpdir(dir)
+    assert.are.equal(0, rc, out)
+    local json = require "dkjson"
+    local lines = {}
+    for l in out:gmatch("[^\n]+") do lines[#lines + 1] = json.decode(l) end
+    assert.are.equal(2, #lines, out)
+    local set, pub = 0, 0
+    for k, v in pairs(lines[1].headers) do
+      if k:match("^x%-set%-") then set = set + 1; assert.are.equal(91, #v - #k:match("%d+$") + 1) end
+    end
+    for k in pairs(lines[2].headers) do if k:match("^x%-pub%-") then pub = pub + 1 end end
+    assert.are.equal(60, set)
+    assert.are.equal(60, pub)
+    assert.is_string(lines[2].headers["tide-causation-id"])
+  end)
+end)
