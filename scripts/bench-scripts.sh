@@ -41,7 +41,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 start_tide() { # cfg port [wrapper...]
     local cfg=$1 port=$2
     shift 2
-    local args=(serve -a 127.0.0.1 -p "$port")
+    local args=(serve -a 127.0.0.1 -p "$port" --no-http)
     [ "$cfg" != none ] && args+=(-c "$ROOT/bench/scripts/$cfg.lua")
     "$@" "$TIDE" "${args[@]}" >"$LOGS/scripts-$cfg.log" 2>&1 &
     SERVER_PID=$!

@@ -57,7 +57,7 @@ RR_BLOCK=${BENCH_RR_BLOCK:-2000}
 IDLE_CONNS=${BENCH_IDLE_CONNS:-1000}
 ONLY=${BENCH_ONLY:-}
 NATS_BIN=${NATS_SERVER_BIN:-nats-server}
-TIDE_CMD=${TIDE_BIN_OVERRIDE:-$BUILD/tide serve}
+TIDE_CMD=${TIDE_BIN_OVERRIDE:-$BUILD/tide serve --no-http}
 LOGDIR=$BUILD/bench-logs
 SAMPLES=$LOGDIR/samples.tsv
 MD=$BUILD/bench-results.md
@@ -83,7 +83,7 @@ TIDE_ID=""
 if [ -z "${TIDE_BIN_OVERRIDE:-}" ]; then
     # Run a snapshot, so that a rebuild during the run cannot mix versions.
     cp "$BUILD/tide" "$TMP/tide" || die "cannot copy $BUILD/tide"
-    TIDE_CMD="$TMP/tide serve"
+    TIDE_CMD="$TMP/tide serve --no-http"
     TIDE_ID="binary sha256 $(sha256sum "$TMP/tide" | cut -c1-12), "
 fi
 FAILED=0

@@ -689,10 +689,8 @@ http_t *http_new(server_t *srv, const char *host, int port)
     h->heartbeat = event_new(server_base(srv), -1, EV_PERSIST, on_heartbeat, h);
     if (!h->heartbeat || event_add(h->heartbeat, &one) < 0)
         goto fail;
-    if (!evhttp_bind_socket_with_handle(h->eh, host, (ev_uint16_t)port)) {
-        log_error("cannot listen for HTTP on %s:%d", host, port);
-        goto fail;
-    }
+    if (!evhttp_bind_socket_with_handle(h->eh, host, (ev_uint16_t)port))
+        goto fail; /* the caller says how bad that is */
     log_info("Listening for HTTP on %s:%d", host, port);
     return h;
 fail:

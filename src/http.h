@@ -12,7 +12,8 @@
 
 typedef struct http http_t;
 
-/* Listens on host:port on the server's loop.  NULL (logged) on failure. */
+/* Listens on host:port on the server's loop.  NULL on failure (not
+ * logged: a taken default port is not an error, a configured one is). */
 http_t *http_new(server_t *srv, const char *host, int port);
 
 /* Stops listening; call before server_free. */

@@ -317,8 +317,10 @@ static int cmd_serve(int argc, char **argv)
                     colon[-1] = '\0';
             }
             http = http_new(s, hh, atoi(colon + 1));
-            if (!http && said)
+            if (!http && said) {
+                log_error("cannot listen for HTTP on %s:%s", hh, colon + 1);
                 goto out;
+            }
             if (!http)
                 log_warn("HTTP is off: the default address %s:%s is taken (use --http or --no-http)", hh, colon + 1);
         }

@@ -1,0 +1,848 @@
+/* pipeline.c - the rules and the pipeline every event goes through:
+ * upgraders, filters, routes, delivery, handlers, dead letters and the trace. */
+#include "script_internal.h"
+
+/* ---- rule registration ------------------------------------------------------- */
+
+void rule_free(rule_t *r)
+{
+    if (r) {
+        free(r->pattern);
+        free(r);
+    }
+}
+
+static int add_rule(lua_State *L, int kind, const char *pattern, size_t plen, int64_t from, int fn_idx)
+{
+    state_t *st = state_of(L);
+    lua_Debug ar;
+    rule_t *r = calloc(1, sizeof *r);
+    if (!r)
+        return luaL_error(L, "out of memory");
+    r->kind = kind;
+    r->pattern = mem_dup(pattern, plen);
+    r->pattern_len = plen;
+    r->from_version = from;
+    if (!r->pattern || (st->nrules == st->caprules && 0)) {
+        rule_free(r);
+        return luaL_error(L, "out of memory");
+    }
+    lua_pushvalue(L, fn_idx);
+    lua_getinfo(L, ">S", &ar);
+    snprintf(r->where, sizeof r->where, "%s:%d", ar.short_src, ar.linedefined);
+    if (st->nrules == st->caprules) {
+        size_t nc = st->caprules ? st->caprules * 2 : 16;
+        rule_t **nr = realloc(st->rules, nc * sizeof *nr);
+        if (!nr) {
+            rule_free(r);
+            return luaL_error(L, "out of memory");
+        }
+        st->rules = nr;
+        st->caprules = nc;
+    }
+    if (kind == RULE_UPGRADE) {
+        char key[600];
+        int kl = snprintf(key, sizeof key, "%s%c%lld", pattern, 0, (long long)from);
+        rule_t *old = dict_get(&st->upgraders, key, (size_t)kl);
+        if (old) {
+            char w[200];
+            snprintf(w, sizeof w, "%s", old->where);
+            rule_free(r);
+            return luaL_error(L, "an upgrader for %s v%d is already registered at %s", pattern, (int)from, w);
+        }
+        if (dict_put(&st->upgraders, key, (size_t)kl, r) < 0) {
+            rule_free(r);
+            return luaL_error(L, "out of memory");
+        }
+    }
+    lua_pushvalue(L, fn_idx);
+    r->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    st->rules[st->nrules++] = r;
+    st->nkind[kind]++;
+    /* A new rule changes what matches: forget the cached matches. */
+    dict_clear(&st->matches, free);
+    return 0;
+}
+
+static int register_pattern_rule(lua_State *L, int kind)
+{
+    size_t n;
+    const char *p = luaL_checklstring(L, 1, &n);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    if (!subject_valid_pattern(p, n))
+        return luaL_error(L, "%s: invalid subject pattern '%s' (tokens separated by '.', wildcards '*' and "
+                             "'>' as whole tokens, '>' last)", kind_names[kind], p);
+    return add_rule(L, kind, p, n, 0, 2);
+}
+
+int l_filter(lua_State *L) { return register_pattern_rule(L, RULE_FILTER); }
+int l_route(lua_State *L) { return register_pattern_rule(L, RULE_ROUTE); }
+int l_on(lua_State *L) { return register_pattern_rule(L, RULE_HANDLER); }
+
+int l_upgrade(lua_State *L)
+{
+    size_t n;
+    const char *type = luaL_checklstring(L, 1, &n);
+    lua_Integer from = luaL_checkinteger(L, 2);
+    luaL_checktype(L, 3, LUA_TFUNCTION);
+    if (n == 0 || n > 255)
+        return luaL_error(L, "upgrade: type must be a non-empty string");
+    if (from < 1)
+        return luaL_error(L, "upgrade: from_version must be 1 or more");
+    return add_rule(L, RULE_UPGRADE, type, n, (int64_t)from, 3);
+}
+
+/* ---- ctx.publish ---------------------------------------------------------------- */
+
+static void make_uuid(char out[37])
+{
+    unsigned char b[16];
+    static const char hex[] = "0123456789abcdef";
+    evutil_secure_rng_get_bytes(b, sizeof b);
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
+    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
+    int o = 0;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            out[o++] = '-';
+        out[o++] = hex[b[i] >> 4];
+        out[o++] = hex[b[i] & 15];
+    }
+    out[o] = '\0';
+}
+
+static void now_rfc3339(char out[64])
+{
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    snprintf(out, 64, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+             tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
+}
+
+/* Registry slot of the event whose handlers are running (set around the
+ * handler calls in run_event).  Handlers' C functions (ctx.publish,
+ * ctx.reply) run in frames of their own, so a stack index of run_event's
+ * frame does not reach the event from there. */
+static const char handled_event_key = 'h';
+
+/* Pushes the event being handled (nil outside a handler) and returns it,
+ * or NULL when there is none or it has ended. */
+static event_t *push_handled_event(lua_State *L, state_t *st)
+{
+    event_t *ev = NULL;
+    if (st->cur_ev_idx && lua_rawgetp(L, LUA_REGISTRYINDEX, &handled_event_key) == LUA_TUSERDATA)
+        ev = event_test(L, -1);
+    else if (!st->cur_ev_idx)
+        lua_pushnil(L);
+    return ev && !ev->expired ? ev : NULL;
+}
+
+/* Reads a string attribute of the current event (its header first, then
+ * its envelope) into buf; returns buf or NULL. */
+static const char *current_attr(lua_State *L, state_t *st, const char *header, const char *attr, char *buf,
+                                size_t n)
+{
+    event_t *ev = push_handled_event(L, st);
+    int idx = lua_gettop(L);
+    const char *found = NULL;
+    size_t vl;
+    const char *v;
+    if (ev && header && ev->hdr && (v = event_header_find(ev->hdr, ev->hdr_len, header, &vl))) {
+        snprintf(buf, n, "%.*s", (int)vl, v);
+        found = buf;
+    } else if (ev) {
+        lua_getfield(L, idx, attr);
+        if (lua_type(L, -1) == LUA_TSTRING) {
+            snprintf(buf, n, "%s", lua_tostring(L, -1));
+            found = buf;
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return found;
+}
+
+/*
+ * ctx.publish(subject, data_or_event [, headers]) -> true | false, reason
+ * Queues a new event that goes through the whole pipeline once the current
+ * one is done.  It carries the correlation id of the chain and, as its
+ * causation id, the id of the event being handled.
+ */
+int l_ctx_publish(lua_State *L)
+{
+    state_t *st = state_of(L);
+    script_host_t *h = st->host;
+    size_t sl;
+    const char *subject = luaL_checklstring(L, 1, &sl);
+    char corr[128], cause[128], idbuf[37], timebuf[64];
+    const char *correlation, *causation;
+
+    luaL_checkany(L, 2);
+    if (!subject_valid_literal(subject, sl))
+        return luaL_error(L, "ctx.publish: invalid subject '%s'", subject);
+    if (!lua_isnoneornil(L, 3))
+        luaL_checktype(L, 3, LUA_TTABLE);
+    if (st->cur_depth + 1 > st->limits.emit_depth || h->queued_total >= st->limits.emit_max) {
+        char msg[300];
+        h->st.loops_stopped++;
+        snprintf(msg, sizeof msg, "emit chain stopped at %s: %s (limit %d)", subject,
+                 st->cur_depth + 1 > st->limits.emit_depth ? "depth over emit_depth" : "too many events from one event",
+                 st->cur_depth + 1 > st->limits.emit_depth ? st->limits.emit_depth : st->limits.emit_max);
+        log_rate_limited(h, msg);
+        lua_pushboolean(L, 0);
+        lua_pushstring(L, msg);
+        return 2;
+    }
+    causation = current_attr(L, st, NULL, "id", cause, sizeof cause);
+    correlation = current_attr(L, st, "Tide-Correlation-Id", "correlationid", corr, sizeof corr);
+    if (!correlation)
+        correlation = causation;
+
+    /* Everything that can raise is built on the Lua stack first; the
+     * queued copy is allocated last, so an error leaks nothing. */
+    event_t *src = event_test(L, 2);
+    proto_msg_t sm;
+    if (src) {
+        event_bytes(L, 2, &sm);
+        lua_pushlstring(L, sm.payload, sm.payload_len);
+    } else if (lua_type(L, 2) == LUA_TSTRING) {
+        lua_pushvalue(L, 2);
+    } else {
+        cJSON *data = json_from_lua(L, 2);
+        cJSON *env = cJSON_CreateObject();
+        json_push_document(L, env, NULL); /* frees env (and data in it) if anything raises */
+        if (!env) {
+            cJSON_Delete(data);
+            return luaL_error(L, "out of memory");
+        }
+        make_uuid(idbuf);
+        now_rfc3339(timebuf);
+        char *type = mem_dup(subject, sl);
+        cJSON_AddItemToObject(env, "specversion", cJSON_CreateString("1.0"));
+        cJSON_AddItemToObject(env, "id", cJSON_CreateString(idbuf));
+        cJSON_AddItemToObject(env, "source", cJSON_CreateString("tide"));
+        cJSON_AddItemToObject(env, "type", cJSON_CreateString(type ? type : ""));
+        cJSON_AddItemToObject(env, "time", cJSON_CreateString(timebuf));
+        free(type);
+        if (correlation)
+            cJSON_AddItemToObject(env, "correlationid", cJSON_CreateString(correlation));
+        if (causation)
+            cJSON_AddItemToObject(env, "causationid", cJSON_CreateString(causation));
+        cJSON_AddItemToObject(env, "data", data);
+        size_t pl;
+        char *p = json_print(env, &pl);
+        if (!p)
+            return luaL_error(L, "out of memory");
+        lua_pushlstring(L, p, pl);
+        free(p);
+        lua_remove(L, -2); /* the document */
+    }
+    int payload_idx = lua_gettop(L);
+
+    /* The headers: the source event's, the caller's, then the chain's ids,
+     * appended to one string at acc (the stack stays free for lua_next). */
+    lua_pushliteral(L, "NATS/1.0\r\n");
+    int acc = lua_gettop(L);
+#define APPEND(push)                                                                                                   \
+    do {                                                                                                               \
+        lua_pushvalue(L, acc);                                                                                         \
+        push;                                                                                                          \
+        lua_concat(L, 2);                                                                                              \
+        lua_replace(L, acc);                                                                                           \
+    } while (0)
+    if (src && sm.hdr && sm.hdr_len >= 2) {
+        /* Its header lines, without the status line and the chain ids,
+         * which are set anew below. */
+        const char *p = memchr(sm.hdr, '\n', sm.hdr_len), *end = sm.hdr + sm.hdr_len;
+        for (p = p ? p + 1 : end; p < end;) {
+            const char *eol = memchr(p, '\n', (size_t)(end - p));
+            const char *le = eol ? eol + 1 : end;
+            if (le - p > 2 && strncasecmp(p, "Tide-Correlation-Id:", 20) && strncasecmp(p, "Tide-Causation-Id:", 18))
+                APPEND(lua_pushlstring(L, p, (size_t)(le - p)));
+            p = le;
+        }
+    }
+    if (lua_istable(L, 3)) {
+        lua_pushnil(L);
+        while (lua_next(L, 3)) { /* acc+1 = name, acc+2 = value */
+            size_t kl, vl;
+            if (lua_type(L, acc + 1) != LUA_TSTRING)
+                return luaL_error(L, "ctx.publish: header names must be strings");
+            const char *k = lua_tolstring(L, acc + 1, &kl);
+            const char *v = luaL_tolstring(L, acc + 2, &vl); /* acc+3 */
+            if (memchr(k, ':', kl) || memchr(k, '\n', kl) || memchr(v, '\n', vl) || memchr(v, '\r', vl))
+                return luaL_error(L, "ctx.publish: header names hold no ':' and values no CR/LF");
+            lua_pushvalue(L, acc);
+            lua_pushvalue(L, acc + 1);
+            lua_pushliteral(L, ": ");
+            lua_pushvalue(L, acc + 3);
+            lua_pushliteral(L, "\r\n");
+            lua_concat(L, 5);
+            lua_replace(L, acc);
+            lua_settop(L, acc + 1); /* the name, for lua_next */
+        }
+    }
+    if (correlation)
+        APPEND(lua_pushfstring(L, "Tide-Correlation-Id: %s\r\n", correlation));
+    if (causation)
+        APPEND(lua_pushfstring(L, "Tide-Causation-Id: %s\r\n", causation));
+    APPEND(lua_pushliteral(L, "\r\n"));
+#undef APPEND
+    lua_settop(L, acc);
+
+    size_t hl, pl;
+    const char *hs = lua_tolstring(L, -1, &hl);
+    const char *ps = lua_tolstring(L, payload_idx, &pl);
+    size_t max_payload = server_get_opts(h->srv)->max_payload;
+    if (pl + (hl > 12 ? hl : 0) > max_payload)
+        return luaL_error(L, "ctx.publish: message of %d bytes is over max_payload (%d)", (int)(pl + hl),
+                          (int)max_payload);
+    /* Queued events live outside the Lua heap: they count against the same cap. */
+    if (h->queue.bytes + pl + hl > st->limits.memory) {
+        char msg[200];
+        h->st.loops_stopped++;
+        snprintf(msg, sizeof msg, "emit chain stopped at %s: queued events over the memory budget (%zu bytes)",
+                 subject, st->limits.memory);
+        log_rate_limited(h, msg);
+        lua_pushboolean(L, 0);
+        lua_pushstring(L, msg);
+        return 2;
+    }
+    proto_msg_t qm;
+    memset(&qm, 0, sizeof qm);
+    qm.subject = subject;
+    qm.subject_len = sl;
+    qm.payload = ps;
+    qm.payload_len = pl;
+    if (hl > strlen("NATS/1.0\r\n\r\n")) { /* only chain ids or caller headers make a block */
+        qm.hdr = hs;
+        qm.hdr_len = hl;
+    }
+    if (msgq_push(&h->queue, &qm, st->cur_depth + 1) < 0)
+        return luaL_error(L, "out of memory");
+    h->queued_total++;
+    h->st.emitted++;
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* ctx.reply(data): publishes to the reply subject of the event being handled. */
+int l_ctx_reply(lua_State *L)
+{
+    state_t *st = state_of(L);
+    event_t *ev = push_handled_event(L, st);
+    lua_pop(L, 1); /* still anchored in the registry */
+    if (!ev || !ev->reply)
+        return luaL_error(L, "ctx.reply: the event has no reply subject");
+    lua_pushlstring(L, ev->reply, ev->reply_len);
+    lua_insert(L, 1);
+    return l_ctx_publish(L);
+}
+
+/* ---- the pipeline ------------------------------------------------------------------ */
+
+static match_t *match_for(state_t *st, const char *subject, size_t len)
+{
+    match_t *m = dict_get(&st->matches, subject, len);
+    if (m)
+        return m;
+    size_t count[RULE_KINDS] = {0};
+    for (size_t i = 0; i < st->nrules; i++) {
+        rule_t *r = st->rules[i];
+        if (r->kind != RULE_UPGRADE && subject_matches(r->pattern, r->pattern_len, subject, len))
+            count[r->kind]++;
+    }
+    size_t total = count[RULE_FILTER] + count[RULE_ROUTE] + count[RULE_HANDLER];
+    m = calloc(1, sizeof *m + total * sizeof(rule_t *));
+    if (!m)
+        return NULL;
+    rule_t **slot = (rule_t **)(m + 1);
+    for (int k = RULE_FILTER; k < RULE_KINDS; k++) {
+        m->r[k] = slot;
+        slot += count[k];
+    }
+    for (size_t i = 0; i < st->nrules; i++) {
+        rule_t *r = st->rules[i];
+        if (r->kind != RULE_UPGRADE && subject_matches(r->pattern, r->pattern_len, subject, len))
+            m->r[r->kind][m->n[r->kind]++] = r;
+    }
+    if (st->matches.count >= MATCH_CACHE_MAX)
+        dict_clear(&st->matches, free);
+    if (dict_put(&st->matches, subject, len, m) < 0) {
+        free(m);
+        return NULL;
+    }
+    return m;
+}
+
+/*
+ * Could an upgrader apply?  Only when the event's type is a registered one:
+ * the type is the subject, an envelope's "type" or a ce-type header, and
+ * each must contain the type's text.  A payload with \u escapes might spell
+ * it otherwise, so it is decoded to be sure.
+ */
+static int upgrade_possible(state_t *st, const proto_msg_t *m)
+{
+    if (!st->nkind[RULE_UPGRADE])
+        return 0;
+    if (memmem(m->payload, m->payload_len, "\\u", 2))
+        return 1;
+    for (size_t i = 0; i < st->nrules; i++) {
+        rule_t *r = st->rules[i];
+        if (r->kind != RULE_UPGRADE)
+            continue;
+        if ((r->pattern_len == m->subject_len && !memcmp(r->pattern, m->subject, m->subject_len)) ||
+            memmem(m->payload, m->payload_len, r->pattern, r->pattern_len) ||
+            (m->hdr && memmem(m->hdr, m->hdr_len, r->pattern, r->pattern_len)))
+            return 1;
+    }
+    return 0;
+}
+static void tracef(script_host_t *h, int depth, const char *fmt, ...)
+{
+    char line[1200];
+    int n = snprintf(line, sizeof line, "%*s", depth * 4, "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
+    va_end(ap);
+    h->trace(h->trace_ctx, line);
+}
+
+static double mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* Publishes a failed event to <dead_letter>.<subject> with the error in headers. */
+void dead_letter(script_host_t *h, state_t *st, const proto_msg_t *m, const char *stage, const rule_t *r,
+                        const char *error)
+{
+    char subject[PROTO_MAX_CONTROL_LINE + 256], line[1200], clean[600];
+    size_t hl = 0, cap;
+    char *hdr;
+    proto_msg_t dl;
+    const char *where = r ? r->where : "(pipeline)";
+
+    snprintf(line, sizeof line, "%s at %s: %s (event on %.*s)", stage, where, error,
+             (int)(m->subject_len > 200 ? 200 : m->subject_len), m->subject);
+    log_rate_limited(h, line);
+    h->st.dead_letters++;
+    if (h->trace)
+        tracef(h, 0, "  ERROR    %s   -> %s.%.*s", line, st->limits.dead_letter, (int)m->subject_len, m->subject);
+
+    int sl = snprintf(subject, sizeof subject, "%s.%.*s", st->limits.dead_letter, (int)m->subject_len, m->subject);
+    if (sl < 0 || (size_t)sl >= sizeof subject)
+        return;
+    /* Error text as one header line: no CR/LF, bounded. */
+    size_t ci = 0;
+    for (const char *p = error; *p && ci < sizeof clean - 1; p++)
+        clean[ci++] = (*p == '\r' || *p == '\n') ? ' ' : *p;
+    clean[ci] = '\0';
+    cap = 256 + strlen(clean) + strlen(where) + m->subject_len + m->hdr_len;
+    hdr = malloc(cap);
+    if (!hdr)
+        return;
+    hl = (size_t)snprintf(hdr, cap, "NATS/1.0\r\nTide-Stage: %s\r\nTide-Script: %s\r\nTide-Error: %s\r\n"
+                                    "Tide-Original-Subject: %.*s\r\n",
+                          stage, where, clean, (int)m->subject_len, m->subject);
+    if (m->hdr && m->hdr_len > 2) {
+        /* The event's own headers follow, without their status line. */
+        const char *nl = memchr(m->hdr, '\n', m->hdr_len);
+        if (nl) {
+            size_t rest = m->hdr_len - (size_t)(nl + 1 - m->hdr);
+            if (rest >= 2)
+                rest -= 2; /* its final CRLF */
+            memcpy(hdr + hl, nl + 1, rest);
+            hl += rest;
+        }
+    }
+    memcpy(hdr + hl, "\r\n", 2);
+    hl += 2;
+    memset(&dl, 0, sizeof dl);
+    dl.subject = subject;
+    dl.subject_len = (size_t)sl;
+    dl.hdr = hdr;
+    dl.hdr_len = hl;
+    dl.payload = m->payload;
+    dl.payload_len = m->payload_len;
+    server_route(h->srv, NULL, &dl);
+    free(hdr);
+}
+
+/* Calls rule r with the event (and ctx for handlers) at ev_idx.  Returns
+ * LUA_OK with one result on the stack, or an error with the message. */
+static double last_call_ms; /* how long the last rule call took (for the trace) */
+
+const double script_latency_bounds[SCRIPT_LATENCY_BUCKETS] = {0.00001, 0.00005, 0.0001, 0.0005, 0.001,
+                                                               0.005,   0.01,    0.05,   0.1,    0.5};
+
+static int call_rule(state_t *st, rule_t *r, int ev_idx)
+{
+    lua_State *L = st->L;
+    double t0 = mono_ms();
+    r->calls++;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->fn_ref);
+    lua_pushvalue(L, ev_idx);
+    int nargs = 1;
+    if (r->kind == RULE_HANDLER) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, st->ctx_ref);
+        nargs = 2;
+    }
+    int rc = budget_call(st, nargs, 1);
+    if (rc != LUA_OK)
+        r->errors++;
+    double ms = mono_ms() - t0;
+    script_host_t *h = st->host;
+    int b = 0;
+    while (b < SCRIPT_LATENCY_BUCKETS && ms / 1000 > script_latency_bounds[b])
+        b++;
+    h->lat_counts[b]++;
+    h->lat_sum += ms / 1000;
+    h->lat_count++;
+    last_call_ms = ms;
+    return rc;
+}
+
+/* Destinations chosen by routes: up to this many subjects per event. */
+#define MAX_FANOUT 64
+
+/* One event's trip through the pipeline, shared with the protected call. */
+typedef struct run {
+    script_host_t *h;
+    state_t *st;
+    client_t *from;
+    const proto_msg_t *in;
+    int depth;
+    event_t *ev;
+    char *dest[MAX_FANOUT];
+    size_t dest_len[MAX_FANOUT];
+    int ndest;
+    match_t *mt;         /* the rules for the subject it came with */
+    int handled;         /* handlers ran: the registry holds the event */
+    const char *stage;   /* set with failed when a rule fails */
+    rule_t *failed;
+    char error[1024];
+} run_t;
+
+static int fail_rule(lua_State *L, run_t *run, const char *stage, rule_t *r)
+{
+    run->stage = stage;
+    run->failed = r;
+    snprintf(run->error, sizeof run->error, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
+    return 0;
+}
+
+/* Collects a route's answer (string or list) into run->dest.  Returns 0, or
+ * -1 with an error message pushed. */
+static int take_destinations(lua_State *L, run_t *run)
+{
+    int t = lua_type(L, -1);
+    int n = t == LUA_TSTRING ? 1 : (int)luaL_len(L, -1);
+    if (n > MAX_FANOUT) {
+        lua_pushfstring(L, "route returned %d subjects (at most %d)", n, MAX_FANOUT);
+        return -1;
+    }
+    for (int j = 1; j <= n; j++) {
+        size_t sl;
+        if (t == LUA_TTABLE)
+            lua_rawgeti(L, -1, j);
+        else
+            lua_pushvalue(L, -1);
+        const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &sl) : NULL;
+        if (!s || !subject_valid_literal(s, sl)) {
+            lua_pushfstring(L, "route returned an invalid subject: %s", s ? s : luaL_typename(L, -1));
+            return -1;
+        }
+        run->dest[run->ndest] = mem_dup(s, sl);
+        if (!run->dest[run->ndest])
+            luaL_error(L, "out of memory");
+        run->dest_len[run->ndest++] = sl;
+        lua_pop(L, 1);
+    }
+    return 0;
+}
+
+/*
+ * The pipeline for one message (a lua_CFunction run under lua_pcall, so
+ * that out-of-memory anywhere, not only in rules, fails only this event).
+ * Rule failures are recorded in run->stage/failed/error and end the event.
+ */
+int run_event(lua_State *L)
+{
+    run_t *run = lua_touserdata(L, 1);
+    script_host_t *h = run->h;
+    state_t *st = run->st;
+    proto_msg_t out;
+    match_t *mt;
+
+    run->ev = event_push(L, run->in, 0);
+    int ev_idx = lua_gettop(L);
+    /* Anchored in this closure's upvalue, so that it outlives an error
+     * unwinding this call: run_one expires it from there. */
+    lua_pushvalue(L, ev_idx);
+    lua_replace(L, lua_upvalueindex(1));
+    run->ev->depth = run->depth;
+    int tr = h->trace != NULL, td = run->depth;
+    if (tr) {
+        lua_getfield(L, ev_idx, "type");
+        lua_getfield(L, ev_idx, "version");
+        lua_getfield(L, ev_idx, "id");
+        tracef(h, td, "event %.*s  (type %s v%d%s%s%s)", (int)run->ev->subject_len, run->ev->subject,
+               lua_tostring(L, -3) ? lua_tostring(L, -3) : "?",
+               (int)lua_tointeger(L, -2), lua_isstring(L, -1) ? ", id " : "", lua_isstring(L, -1) ? lua_tostring(L, -1) : "",
+               run->depth ? ", published by a handler" : "");
+        lua_pop(L, 3);
+    }
+
+    /* 1. upgraders, chained: each takes the event from version v to v + 1. */
+    if (upgrade_possible(st, run->in)) {
+        for (int step = 0; step < UPGRADE_CHAIN_MAX; step++) {
+            char key[600];
+            lua_getfield(L, ev_idx, "type");
+            lua_getfield(L, ev_idx, "version");
+            const char *type = lua_tostring(L, -2);
+            lua_Integer version = lua_tointeger(L, -1);
+            int kl = snprintf(key, sizeof key, "%s%c%lld", type ? type : "", 0, (long long)version);
+            lua_pop(L, 2);
+            rule_t *r = (kl > 0 && (size_t)kl < sizeof key) ? dict_get(&st->upgraders, key, (size_t)kl) : NULL;
+            if (!r)
+                break;
+            if (call_rule(st, r, ev_idx) != LUA_OK)
+                return fail_rule(L, run, "upgrade", r);
+            if (!lua_isnil(L, -1) && !lua_rawequal(L, -1, ev_idx)) {
+                lua_pushfstring(L, "upgrader for %s v%d must return the event it was given (or nothing)",
+                                r->pattern, (int)r->from_version);
+                return fail_rule(L, run, "upgrade", r);
+            }
+            lua_pop(L, 1);
+            lua_getfield(L, ev_idx, "version");
+            if (lua_tointeger(L, -1) == r->from_version) {
+                lua_pushinteger(L, r->from_version + 1);
+                lua_setfield(L, ev_idx, "version");
+            }
+            lua_pop(L, 1);
+            if (tr)
+                tracef(h, td, "  upgrade  %s v%d -> v%d   %s   %.3f ms", r->pattern, (int)r->from_version,
+                       (int)r->from_version + 1, r->where, last_call_ms);
+        }
+    }
+
+    /* 2. filters, on the subject as it is now (an upgrader may have
+     * renamed the event; otherwise run_one's match still holds). */
+    if (run->ev->subject == run->in->subject && run->mt)
+        mt = run->mt;
+    else
+        mt = match_for(st, run->ev->subject, run->ev->subject_len);
+    if (!mt)
+        return luaL_error(L, "out of memory matching rules");
+    for (size_t i = 0; i < mt->n[RULE_FILTER]; i++) {
+        rule_t *r = mt->r[RULE_FILTER][i];
+        if (call_rule(st, r, ev_idx) != LUA_OK)
+            return fail_rule(L, run, "filter", r);
+        int keep = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        if (tr)
+            tracef(h, td, "  filter   %s   %s   %s   %.3f ms", r->pattern, r->where, keep ? "kept" : "DROPPED",
+                   last_call_ms);
+        if (!keep) {
+            r->dropped++;
+            h->st.dropped++;
+            return 0;
+        }
+    }
+
+    /* 3. routes: the first one that answers decides. */
+    for (size_t i = 0; i < mt->n[RULE_ROUTE]; i++) {
+        rule_t *r = mt->r[RULE_ROUTE][i];
+        if (call_rule(st, r, ev_idx) != LUA_OK)
+            return fail_rule(L, run, "route", r);
+        int t = lua_type(L, -1);
+        if (t == LUA_TNIL) {
+            lua_pop(L, 1);
+            if (tr)
+                tracef(h, td, "  route    %s   %s   no opinion   %.3f ms", r->pattern, r->where, last_call_ms);
+            continue;
+        }
+        if (t == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
+            r->dropped++;
+            h->st.dropped++;
+            if (tr)
+                tracef(h, td, "  route    %s   %s   DROPPED   %.3f ms", r->pattern, r->where, last_call_ms);
+            return 0;
+        }
+        if (t != LUA_TSTRING && t != LUA_TTABLE) {
+            lua_pushfstring(L, "route returned a %s (expected nil, false, a subject or a list of subjects)",
+                            lua_typename(L, t));
+            return fail_rule(L, run, "route", r);
+        }
+        if (take_destinations(L, run) < 0)
+            return fail_rule(L, run, "route", r);
+        r->routed++;
+        lua_pop(L, 1);
+        if (tr) {
+            char list[600] = "";
+            for (int d = 0; d < run->ndest; d++)
+                snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", d ? ", " : "", run->dest[d]);
+            tracef(h, td, "  route    %s   %s   -> %s   %.3f ms", r->pattern, r->where,
+                   run->ndest ? list : "(nowhere: dropped)", last_call_ms);
+        }
+        if (run->ndest == 0) { /* an empty list: nowhere to go */
+            r->dropped++;
+            h->st.dropped++;
+            return 0;
+        }
+        break;
+    }
+    if (run->ndest == 0) {
+        run->dest[0] = mem_dup(run->ev->subject, run->ev->subject_len);
+        if (!run->dest[0])
+            return luaL_error(L, "out of memory");
+        run->dest_len[0] = run->ev->subject_len;
+        run->ndest = 1;
+    }
+
+    /* 4. delivery, with the bytes re-encoded once if a script changed them. */
+    event_bytes(L, ev_idx, &out);
+    if (out.payload_len + out.hdr_len > server_get_opts(h->srv)->max_payload) {
+        lua_pushfstring(L, "the event grew to %d bytes, over max_payload (%d)", (int)(out.payload_len + out.hdr_len),
+                        (int)server_get_opts(h->srv)->max_payload);
+        return fail_rule(L, run, "pipeline", NULL);
+    }
+    for (int d = 0; d < run->ndest; d++) {
+        proto_msg_t o = out;
+        o.subject = run->dest[d];
+        o.subject_len = run->dest_len[d];
+        /* A request that a handler here will answer has a responder. */
+        match_t *dm = o.reply ? match_for(st, o.subject, o.subject_len) : NULL;
+        size_t n = server_route_flags(h->srv, run->from, &o, dm && dm->n[RULE_HANDLER] ? ROUTE_HAS_RESPONDER : 0);
+        if (tr)
+            tracef(h, td, "  deliver  %s   %zu subscriber%s%s", run->dest[d], n, n == 1 ? "" : "s",
+                   run->ev->owner.dirty || out.payload != run->in->payload ? "   (re-encoded)" : "");
+    }
+
+    /* 5. handlers, for each subject the event went to.  A handler's failure
+     * dead-letters the event for that handler; the others still run. */
+    st->cur_ev_idx = ev_idx;
+    for (int d = 0; d < run->ndest && st->nkind[RULE_HANDLER]; d++) {
+        match_t *hm = (run->mt && run->dest_len[d] == run->in->subject_len &&
+                       !memcmp(run->dest[d], run->in->subject, run->dest_len[d]))
+                          ? run->mt
+                          : match_for(st, run->dest[d], run->dest_len[d]);
+        if (!hm || hm->n[RULE_HANDLER] == 0)
+            continue;
+        if (!run->handled) {
+            lua_pushvalue(L, ev_idx);
+            lua_rawsetp(L, LUA_REGISTRYINDEX, &handled_event_key);
+            run->handled = 1;
+        }
+        if (run->dest_len[d] != run->ev->subject_len || memcmp(run->dest[d], run->ev->subject, run->dest_len[d])) {
+            lua_pushlstring(L, run->dest[d], run->dest_len[d]);
+            lua_setfield(L, ev_idx, "subject");
+            event_bytes(L, ev_idx, &out);
+        }
+        for (size_t i = 0; i < hm->n[RULE_HANDLER]; i++) {
+            rule_t *r = hm->r[RULE_HANDLER][i];
+            msgq_item_t *before = h->queue.tail;
+            int ok = call_rule(st, r, ev_idx) == LUA_OK;
+            if (tr) {
+                char list[600] = "";
+                for (msgq_item_t *e = before ? before->next : h->queue.head; e; e = e->next)
+                    snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", list[0] ? ", " : "",
+                             e->m.subject);
+                tracef(h, td, "  on       %s   %s   %s%s%s   %.3f ms", r->pattern, r->where, ok ? "ok" : "FAILED",
+                       list[0] ? "   published " : "", list, last_call_ms);
+            }
+            if (!ok)
+                dead_letter(h, st, &out, "handler", r, lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+    }
+    st->cur_ev_idx = 0;
+    return 0;
+}
+
+/* Does any rule apply to this message?  When not, Lua is not touched.
+ * *mt gets the rules for its subject (NULL when out of memory). */
+static int needs_lua(state_t *st, const proto_msg_t *m, match_t **mt)
+{
+    *mt = NULL;
+    if (st->nrules == 0)
+        return 0;
+    *mt = match_for(st, m->subject, m->subject_len);
+    if (!*mt)
+        return 1; /* out of memory: let the pipeline report it */
+    return (*mt)->n[RULE_FILTER] || (*mt)->n[RULE_ROUTE] || (*mt)->n[RULE_HANDLER] || upgrade_possible(st, m);
+}
+
+static void run_one(script_host_t *h, client_t *from, const proto_msg_t *m, int depth)
+{
+    state_t *st = h->cur;
+    lua_State *L = st->L;
+    int top = lua_gettop(L);
+    run_t run;
+    match_t *mt;
+
+    h->st.events++;
+    if (!needs_lua(st, m, &mt)) {
+        h->st.bypassed++;
+        size_t n = server_route(h->srv, from, m);
+        if (h->trace)
+            tracef(h, depth, "event %.*s  (no rule matches)\n%*s  deliver  %.*s   %zu subscriber%s", (int)m->subject_len,
+                   m->subject, depth * 4, "", (int)m->subject_len, m->subject, n, n == 1 ? "" : "s");
+        return;
+    }
+    memset(&run, 0, sizeof run);
+    run.mt = mt;
+    run.h = h;
+    run.st = st;
+    run.from = from;
+    run.in = m;
+    run.depth = depth;
+    st->cur_depth = depth;
+    lua_pushvalue(L, RUN_EVENT_SLOT);
+    lua_pushlightuserdata(L, &run);
+    int rc = lua_pcall(L, 1, 0, 0);
+    if (rc != LUA_OK) {
+        const char *msg = lua_tostring(L, -1);
+        run.stage = "pipeline";
+        run.failed = NULL;
+        snprintf(run.error, sizeof run.error, "%s", msg ? msg : "error");
+    }
+    st->cur_ev_idx = 0;
+    if (run.handled) {
+        lua_pushnil(L);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &handled_event_key);
+    }
+    /* The event ends here, whatever a script kept of it. */
+    if (lua_getupvalue(L, RUN_EVENT_SLOT, 1) && lua_type(L, -1) == LUA_TUSERDATA)
+        event_expire_ptr(lua_touserdata(L, -1));
+    lua_pushnil(L);
+    lua_setupvalue(L, RUN_EVENT_SLOT, 1);
+    if (rc != LUA_OK)
+        lua_gc(L, LUA_GCCOLLECT); /* out of memory outside a rule: collect now */
+    if (run.stage)
+        dead_letter(h, st, m, run.stage, run.failed, run.error);
+    for (int d = 0; d < run.ndest; d++)
+        free(run.dest[d]);
+    lua_settop(L, top);
+}
+
+void script_process(script_host_t *h, client_t *from, const proto_msg_t *m)
+{
+    h->processing++;
+    h->queued_total = 0;
+    run_one(h, from, m, 0);
+    /* Events the handlers published, breadth first: each goes through the
+     * whole pipeline; their own emissions queue behind them. */
+    msgq_item_t *e;
+    while ((e = msgq_pop(&h->queue))) {
+        run_one(h, NULL, &e->m, e->depth);
+        msgq_item_free(e);
+    }
+    h->processing--;
+}

@@ -1,0 +1,455 @@
+/* sandbox.c - what scripts see: text-only loading, require, print and log,
+ * and the guarded versions of C functions no budget could interrupt. */
+#include "script_internal.h"
+
+/* The script a call comes from, for print/log lines: "name.lua". */
+static const char *caller_name(lua_State *L, char *buf, size_t n)
+{
+    lua_Debug ar;
+    if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "S", &ar) && ar.short_src[0]) {
+        const char *slash = strrchr(ar.short_src, '/');
+        snprintf(buf, n, "%s", slash ? slash + 1 : ar.short_src);
+        return buf;
+    }
+    return "script";
+}
+
+static int l_print(lua_State *L)
+{
+    luaL_Buffer b;
+    char who[128];
+    int n = lua_gettop(L);
+    luaL_buffinit(L, &b);
+    for (int i = 1; i <= n; i++) {
+        if (i > 1)
+            luaL_addchar(&b, '\t');
+        luaL_tolstring(L, i, NULL);
+        luaL_addvalue(&b);
+    }
+    luaL_pushresult(&b);
+    log_info("[%s] %s", caller_name(L, who, sizeof who), lua_tostring(L, -1));
+    return 0;
+}
+
+/* log(msg) or log(level, msg) with level "debug" | "info" | "warn" | "error". */
+static int l_log(lua_State *L)
+{
+    char who[128];
+    const char *level = "info", *msg;
+    if (lua_gettop(L) >= 2) {
+        level = luaL_checkstring(L, 1);
+        msg = luaL_tolstring(L, 2, NULL);
+    } else {
+        msg = luaL_tolstring(L, 1, NULL);
+    }
+    caller_name(L, who, sizeof who);
+    if (!strcmp(level, "debug"))
+        log_debug("[%s] %s", who, msg);
+    else if (!strcmp(level, "warn"))
+        log_warn("[%s] %s", who, msg);
+    else if (!strcmp(level, "error"))
+        log_error("[%s] %s", who, msg);
+    else
+        log_info("[%s] %s", who, msg);
+    return 0;
+}
+
+/* ---- loading files --------------------------------------------------------- */
+
+static int note_file(state_t *st, const char *path)
+{
+    char real[PATH_MAX];
+    if (!realpath(path, real))
+        snprintf(real, sizeof real, "%s", path);
+    for (size_t i = 0; i < st->nfiles; i++)
+        if (!strcmp(st->files[i], real))
+            return 0;
+    char **nf = realloc(st->files, (st->nfiles + 1) * sizeof *nf);
+    if (!nf)
+        return -1;
+    st->files = nf;
+    st->files[st->nfiles] = strdup(real);
+    if (!st->files[st->nfiles])
+        return -1;
+    st->nfiles++;
+    return 0;
+}
+
+/* Loads a file as text only (never a binary chunk) with the sandbox as its
+ * environment; pushes the chunk.  Returns LUA_OK or an error with the
+ * message pushed. */
+int load_file(state_t *st, const char *path, const char *chunkname)
+{
+    lua_State *L = st->L;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        lua_pushfstring(L, "cannot open %s: %s", path, strerror(errno));
+        return LUA_ERRFILE;
+    }
+    luaL_Buffer b;
+    char chunk[4096];
+    size_t n;
+    luaL_buffinit(L, &b);
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+        luaL_addlstring(&b, chunk, n);
+    fclose(f);
+    luaL_pushresult(&b);
+    size_t len;
+    const char *text = lua_tolstring(L, -1, &len);
+    /* Skip a #! line like the standalone interpreter does. */
+    const char *start = text;
+    if (len && text[0] == '#') {
+        const char *nl = memchr(text, '\n', len);
+        start = nl ? nl : text + len;
+    }
+    int rc = luaL_loadbufferx(L, start, len - (size_t)(start - text), chunkname, "t");
+    lua_remove(L, -2);
+    if (rc != LUA_OK)
+        return rc;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, st->env_ref);
+    lua_setupvalue(L, -2, 1);
+    note_file(st, path);
+    return LUA_OK;
+}
+
+/* The name errors and Tide-Script show for a file: relative to the entry
+ * file's directory ("rules.lua"), or "lua/<file>" for tide's library. */
+void chunk_name(const script_host_t *h, const char *path, char *out, size_t n)
+{
+    size_t dl = strlen(h->config_dir), ll = h->lib_dir ? strlen(h->lib_dir) : 0;
+    if (!strncmp(path, h->config_dir, dl) && path[dl] == '/')
+        snprintf(out, n, "@%s", path + dl + 1);
+    else if (ll && !strncmp(path, h->lib_dir, ll) && path[ll] == '/')
+        snprintf(out, n, "@lua/%s", path + ll + 1);
+    else
+        snprintf(out, n, "@%s", path);
+}
+
+static int l_require(lua_State *L)
+{
+    state_t *st = state_of(L);
+    const char *name = luaL_checkstring(L, 1);
+    char rel[512], path[PATH_MAX], chunkname[PATH_MAX + 2];
+    const char *dirs[2] = {st->host->config_dir, st->host->lib_dir};
+
+    lua_getfield(L, LUA_REGISTRYINDEX, "tide.loaded");
+    if (lua_getfield(L, -1, name) != LUA_TNIL)
+        return 1;
+    lua_pop(L, 1);
+    if (strstr(name, "..") || name[0] == '/' || name[0] == '.')
+        return luaL_error(L, "module name '%s' is not allowed", name);
+    snprintf(rel, sizeof rel, "%s", name);
+    for (char *p = rel; *p; p++)
+        if (*p == '.')
+            *p = '/';
+    for (int d = 0; d < 2; d++) {
+        if (!dirs[d])
+            continue;
+        for (int variant = 0; variant < 2; variant++) {
+            snprintf(path, sizeof path, variant ? "%s/%s/init.lua" : "%s/%s.lua", dirs[d], rel);
+            if (access(path, R_OK) != 0)
+                continue;
+            chunk_name(st->host, path, chunkname, sizeof chunkname);
+            if (load_file(st, path, chunkname) != LUA_OK)
+                return lua_error(L);
+            lua_pushstring(L, name);
+            lua_call(L, 1, 1);
+            if (lua_isnil(L, -1)) {
+                lua_pop(L, 1);
+                lua_pushboolean(L, 1);
+            }
+            lua_pushvalue(L, -1);
+            lua_setfield(L, -3, name);
+            /* Required while serving (inside a rule): watch it from now on. */
+            if (st->host->srv && st == st->host->cur && (st->host->watch_ev || st->host->poll_timer))
+                start_watching(st->host);
+            return 1;
+        }
+    }
+    return luaL_error(L, "module '%s' not found beside %s or in %s", name, st->host->config_dir,
+                      st->host->lib_dir ? st->host->lib_dir : "(no lua/ directory)");
+}
+
+/* load(text [, name [, mode [, env]]]): text only, sandbox by default. */
+static int l_load(lua_State *L)
+{
+    state_t *st = state_of(L);
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    const char *name = luaL_optstring(L, 2, "=(load)");
+    const char *mode = luaL_optstring(L, 3, "t");
+    if (strchr(mode, 'b'))
+        return luaL_error(L, "binary chunks are not allowed");
+    if (luaL_loadbufferx(L, s, len, name, "t") != LUA_OK) {
+        lua_pushnil(L);
+        lua_insert(L, -2);
+        return 2;
+    }
+    if (!lua_isnoneornil(L, 4))
+        lua_pushvalue(L, 4);
+    else
+        lua_rawgeti(L, LUA_REGISTRYINDEX, st->env_ref);
+    lua_setupvalue(L, -2, 1);
+    return 1;
+}
+
+/* ---- the sandbox ---------------------------------------------------------------- */
+
+/*
+ * The Lua patterns of string.find/match/gmatch/gsub run inside one C call
+ * that neither returns to the VM nor (for find and match) allocates, so no
+ * budget can interrupt them.  Their worst case grows as the subject length
+ * to the power of the number of variable-length repetitions, so a call
+ * whose bound exceeds PATTERN_WORK_MAX is refused before it starts.
+ */
+#define PATTERN_WORK_MAX 2e9
+
+static double pattern_work(const char *p, size_t pl, size_t n)
+{
+    int reps = 0, opts = 0, anchored = pl > 0 && p[0] == '^';
+    for (size_t i = 0; i < pl; i++) {
+        if (p[i] == '%') {
+            i++;
+            continue;
+        }
+        if (p[i] == '[') { /* skip a set: its ']' may come first, and '%' escapes */
+            i++;
+            if (i < pl && p[i] == '^')
+                i++;
+            if (i < pl && p[i] == ']')
+                i++;
+            while (i < pl && p[i] != ']') {
+                if (p[i] == '%')
+                    i++;
+                i++;
+            }
+            continue;
+        }
+        if (p[i] == '*' || p[i] == '+' || p[i] == '-')
+            reps++;
+        else if (p[i] == '?')
+            opts++; /* each optional item can double the backtracking */
+    }
+    double work = (double)n + 1;
+    for (int r = 0; r < reps && work < 1e300; r++)
+        work *= (double)n + 1;
+    for (int r = 0; r < opts && work < 1e300; r++)
+        work *= 2;
+    if (anchored && n > 0)
+        work /= (double)n;
+    return work;
+}
+
+static int guarded_pattern(lua_State *L)
+{
+    state_t *st = state_of(L);
+    size_t n, pl;
+    luaL_checklstring(L, 1, &n);
+    const char *p = luaL_checklstring(L, 2, &pl);
+    double w = pattern_work(p, pl, n);
+    /* Matching steps take a few nanoseconds: no single call may take more
+     * than the whole time budget (at 5 ns a step). */
+    double limit = st->limits.time * 2e8;
+    if (limit > PATTERN_WORK_MAX)
+        limit = PATTERN_WORK_MAX;
+    charge(L, st, (double)n / 16);
+    if (w > limit)
+        return luaL_error(L, "pattern '%s' on %d bytes could run for too long (bound %f steps, limit %f); "
+                             "match on a shorter string or use fewer repetitions", p, (int)n, w, limit);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+/* string.rep with the result size checked before the C call allocates it. */
+static int guarded_rep(lua_State *L)
+{
+    state_t *st = state_of(L);
+    size_t n, sepl = 0;
+    luaL_checklstring(L, 1, &n);
+    lua_Integer count = luaL_checkinteger(L, 2);
+    luaL_optlstring(L, 3, "", &sepl);
+    if (count > 0 && (double)(n + sepl) * (double)count > (double)st->limits.memory)
+        return luaL_error(L, "string.rep result of %f bytes is over the memory budget",
+                          (double)(n + sepl) * (double)count);
+    if (n + sepl == 0) {
+        /* Nothing to repeat: the C loop would spin count times for "". */
+        lua_pushliteral(L, "");
+        return 1;
+    }
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
+    return 1;
+}
+
+/* table.move copies element by element inside one C call: a range longer
+ * than the instruction budget is refused (nil elements allocate nothing,
+ * so nothing else would stop it). */
+static int guarded_move(lua_State *L)
+{
+    state_t *st = state_of(L);
+    lua_Integer f = luaL_checkinteger(L, 2), e = luaL_checkinteger(L, 3);
+    if (e >= f && (lua_Unsigned)e - (lua_Unsigned)f >= st->limits.instructions)
+        return luaL_error(L, "table.move of %I elements is over the instruction budget", (lua_Integer)(e - f + 1));
+    if (e >= f)
+        charge(L, st, (double)((lua_Unsigned)e - (lua_Unsigned)f) + 1); /* an element costs about an instruction */
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
+    return 1;
+}
+
+/* Finalizers run whenever the collector gets to them, also outside any
+ * script call and its budgets: scripts may not set __gc. */
+static int guarded_setmetatable(lua_State *L)
+{
+    if (lua_type(L, 2) == LUA_TTABLE && lua_getfield(L, 2, "__gc") != LUA_TNIL)
+        return luaL_error(L, "__gc metamethods (finalizers) are not allowed in scripts");
+    lua_settop(L, 2);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, 2, 1);
+    return 1;
+}
+
+static void copy_fields(lua_State *L, int from, int to, const char *const *names)
+{
+    for (int i = 0; names[i]; i++) {
+        lua_getfield(L, from, names[i]);
+        lua_setfield(L, to, names[i]);
+    }
+}
+
+/* Builds the environment scripts see; leaves it on the stack. */
+void build_env(state_t *st)
+{
+    lua_State *L = st->L;
+    static const char *const base[] = {"assert", "error", "ipairs", "next", "pairs", "pcall", "rawequal",
+                                       "rawget", "rawlen", "rawset", "select", "setmetatable",
+                                       "getmetatable", "tonumber", "tostring", "type", "xpcall",
+                                       "_VERSION", NULL};
+    static const char *const os_ok[] = {"clock", "date", "time", "difftime", NULL};
+    static const char *const str_ok[] = {"byte", "char", "format", "len", "lower", "upper", "reverse", "sub",
+                                         "pack", "packsize", "unpack", NULL};
+    static const char *const str_patterns[] = {"find", "match", "gmatch", "gsub", NULL};
+
+    lua_newtable(L);
+    int env = lua_gettop(L);
+    lua_pushglobaltable(L);
+    int g = lua_gettop(L);
+    copy_fields(L, g, env, base);
+    static const char *const libs[] = {"table", "math", "utf8", "coroutine", NULL};
+    for (int i = 0; libs[i]; i++) {
+        /* A copy, so one script cannot replace table.insert for the server. */
+        lua_getfield(L, g, libs[i]);
+        lua_newtable(L);
+        lua_pushnil(L);
+        while (lua_next(L, -3)) {
+            lua_pushvalue(L, -2);
+            lua_insert(L, -2);
+            lua_rawset(L, -4);
+        }
+        lua_setfield(L, env, libs[i]);
+        lua_pop(L, 1);
+    }
+    lua_getfield(L, env, "table");
+    lua_getfield(L, -1, "move");
+    lua_pushcclosure(L, guarded_move, 1);
+    lua_setfield(L, -2, "move");
+    lua_pop(L, 1);
+    lua_getfield(L, env, "setmetatable");
+    lua_pushcclosure(L, guarded_setmetatable, 1);
+    lua_setfield(L, env, "setmetatable");
+    /* string: no dump; patterns and rep guarded. */
+    lua_getfield(L, g, "string");
+    int strlib = lua_gettop(L);
+    lua_newtable(L);
+    copy_fields(L, strlib, lua_gettop(L), str_ok);
+    for (int i = 0; str_patterns[i]; i++) {
+        lua_getfield(L, strlib, str_patterns[i]);
+        lua_pushcclosure(L, guarded_pattern, 1);
+        lua_setfield(L, -2, str_patterns[i]);
+    }
+    lua_getfield(L, strlib, "rep");
+    lua_pushcclosure(L, guarded_rep, 1);
+    lua_setfield(L, -2, "rep");
+    /* Method calls on strings ("x"):find(...) must see the guarded table too. */
+    lua_pushvalue(L, -1);
+    lua_setfield(L, env, "string");
+    lua_pushliteral(L, "");
+    lua_getmetatable(L, -1);
+    lua_pushvalue(L, -3);
+    lua_setfield(L, -2, "__index");
+    lua_pushliteral(L, "string");
+    lua_setfield(L, -2, "__metatable"); /* getmetatable("") must not open it up */
+    lua_pop(L, 4);
+    /* os: the clock and the date only. */
+    lua_getfield(L, g, "os");
+    lua_newtable(L);
+    copy_fields(L, lua_gettop(L) - 1, lua_gettop(L), os_ok);
+    lua_setfield(L, env, "os");
+    lua_pop(L, 1);
+    lua_pop(L, 1); /* global table */
+
+    static const luaL_Reg fns[] = {{"print", l_print},     {"require", l_require}, {"load", l_load},
+                                   {"listen", l_listen},   {"limits", l_limits},   {"scripting", l_scripting},
+                                   {"admin", l_admin},     {"http", l_http},
+                                   {"upgrade", l_upgrade}, {"filter", l_filter},   {"route", l_route},
+                                   {"on", l_on},           {NULL, NULL}};
+    lua_pushvalue(L, env);
+    luaL_setfuncs(L, fns, 0);
+    lua_pop(L, 1);
+
+    /* tide.*: json helpers, kv, log. */
+    lua_newtable(L);
+    int tide = lua_gettop(L);
+    json_open(L);
+    lua_getfield(L, -1, "null");
+    lua_setfield(L, tide, "null");
+    lua_getfield(L, -1, "array");
+    lua_setfield(L, tide, "array");
+    lua_setfield(L, tide, "json");
+    kv_push_api(L, st->host->kv);
+    lua_setfield(L, tide, "kv");
+    lua_pushcfunction(L, l_log);
+    lua_setfield(L, tide, "log");
+    lua_pushcfunction(L, l_log);
+    lua_setfield(L, env, "log");
+    lua_pushstring(L, TIDE_VERSION);
+    lua_setfield(L, tide, "version");
+    lua_setfield(L, env, "tide");
+
+    lua_pushvalue(L, env);
+    lua_setfield(L, env, "_G");
+
+    /* The ctx handed to handlers. */
+    lua_createtable(L, 0, 2);
+    lua_pushcfunction(L, l_ctx_publish);
+    lua_setfield(L, -2, "publish");
+    lua_pushcfunction(L, l_ctx_reply);
+    lua_setfield(L, -2, "reply");
+    st->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+int at_panic(lua_State *L)
+{
+    log_error("PANIC: unprotected error in Lua: %s", lua_tostring(L, -1));
+    abort();
+    return 0;
+}
+
+/* Opens only what the sandbox copies from: base, table, string, math, utf8, os, coroutine. */
+int open_libs(lua_State *L)
+{
+    static const luaL_Reg libs[] = {{LUA_GNAME, luaopen_base},       {LUA_TABLIBNAME, luaopen_table},
+                                    {LUA_STRLIBNAME, luaopen_string}, {LUA_MATHLIBNAME, luaopen_math},
+                                    {LUA_UTF8LIBNAME, luaopen_utf8},  {LUA_OSLIBNAME, luaopen_os},
+                                    {LUA_COLIBNAME, luaopen_coroutine}, {NULL, NULL}};
+    for (const luaL_Reg *l = libs; l->func; l++) {
+        luaL_requiref(L, l->name, l->func, 1);
+        lua_pop(L, 1);
+    }
+    return 0;
+}

@@ -1,0 +1,193 @@
+/*
+ * script_internal.h - what the parts of the script host share: the rule,
+ * state and host structures, and the functions one part calls in another.
+ *
+ *   script.c    host and states: create, load, reload, stats, the prompt's hooks
+ *   budget.c    instruction, time and memory budgets; protected calls
+ *   sandbox.c   the environment scripts see: loading, require, guarded functions
+ *   settings.c  listen{}, limits{}, scripting{}, admin{}, http{}
+ *   pipeline.c  rules and the pipeline itself: upgrade, filter, route, deliver, on
+ *   watch.c     reloading on file changes and SIGHUP
+ *
+ * Not for use outside these files; script.h is the host's public face.
+ */
+#ifndef TIDE_SCRIPT_INTERNAL_H
+#define TIDE_SCRIPT_INTERNAL_H
+
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/util.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+#include "client.h"
+#include "dict.h"
+#include "event.h"
+#include "json.h"
+#include "kv.h"
+#include "log.h"
+#include "msgq.h"
+#include "script.h"
+#include "subject.h"
+#include "util.h"
+
+#define HOOK_STEP 1000
+#define MATCH_CACHE_MAX 4096
+#define UPGRADE_CHAIN_MAX 64
+#define ERROR_LOG_INTERVAL 10
+/* Stack slot of each state's main thread that holds the run_event closure
+ * for the state's whole life (its upvalue anchors the event in the
+ * pipeline). */
+#define RUN_EVENT_SLOT 1
+
+enum rule_kind { RULE_UPGRADE, RULE_FILTER, RULE_ROUTE, RULE_HANDLER, RULE_KINDS };
+static const char *const kind_names[] = {"upgrade", "filter", "route", "on"};
+
+typedef struct rule {
+    int kind;
+    char *pattern; /* subject pattern, or the event type for upgraders */
+    size_t pattern_len;
+    int64_t from_version;
+    int fn_ref;
+    char where[200]; /* "file.lua:12" of the function */
+    uint64_t calls, errors, dropped, routed;
+} rule_t;
+
+/* The rules that apply to one subject, in registration order. */
+typedef struct match {
+    rule_t **r[RULE_KINDS];
+    size_t n[RULE_KINDS];
+} match_t;
+
+
+enum budget { BUDGET_OK = 0, BUDGET_INSTRUCTIONS, BUDGET_TIME, BUDGET_MEMORY };
+
+typedef struct state {
+    lua_State *L;
+    struct script_host *host;
+    script_limits_t limits;
+    size_t mem_used;
+    int env_ref; /* the sandbox environment */
+    int ctx_ref; /* the ctx table handed to handlers */
+    rule_t **rules;
+    size_t nrules, caprules;
+    int nkind[RULE_KINDS];
+    dict_t upgraders; /* "type\0version" -> rule */
+    dict_t matches;   /* subject -> match_t */
+    char **files;     /* every file loaded, for the watcher */
+    size_t nfiles;
+    /* The call in progress. */
+    int in_call;
+    int budget;
+    uint64_t instructions;
+    struct timespec deadline;
+    int cur_depth;   /* depth of the event being handled */
+    int cur_ev_idx;  /* its stack index, for ctx.publish, or 0 */
+    /* Settings the entry file declared. */
+    int has_listen;
+    char listen_host[256];
+    int listen_port;
+    int admin_eval;    /* admin { eval = true }: tide repl --connect may run code here */
+    char http_addr[256]; /* listen { http = "host:port" } */
+    char *http_binary[32]; /* http { binary = {...} }: subjects HTTP events reach in binary mode */
+    int nhttp_binary;
+    int http_off;        /* listen { http = false } */
+    server_opts_t set; /* values of limits{} */
+    unsigned set_mask; /* which of them */
+} state_t;
+
+/* Bits of state_t.set_mask. */
+enum {
+    SET_MAX_PAYLOAD = 1, SET_MAX_CONTROL_LINE = 2, SET_MAX_PENDING = 4, SET_PING_INTERVAL = 8,
+    SET_MAX_PINGS_OUT = 16, SET_WRITE_DEADLINE = 32,
+};
+
+typedef struct err_seen {
+    time_t last;
+    uint64_t suppressed;
+} err_seen_t;
+
+struct script_host {
+    server_t *srv;
+    char *config_path;
+    char *config_dir;
+    char *lib_dir;
+    state_t *cur;
+    kv_t *kv;
+    script_stats_t st;
+    msgq_t queue; /* events handlers published, run after the current one */
+    int queued_total; /* emitted by the current top-level event */
+    int processing;   /* inside script_process */
+    dict_t errors_seen; /* rate limit for error logs */
+    struct event *sighup;
+    struct event *watch_ev;   /* inotify */
+    int watch_fd;
+    struct event *poll_timer; /* fallback when inotify is unavailable */
+    struct event *debounce;
+    time_t *poll_mtimes;
+    size_t npoll;
+    void (*trace)(void *ctx, const char *line); /* tide repl's trace, or NULL */
+    void *trace_ctx;
+    uint64_t lat_counts[SCRIPT_LATENCY_BUCKETS + 1]; /* rule call times, by bucket (+Inf last) */
+    double lat_sum;
+    uint64_t lat_count;
+    void (*on_reload)(void *ctx); /* after a new state took over (tide repl) */
+    void *on_reload_ctx;
+};
+
+extern const char budget_keys[4];
+typedef struct watch_dir {
+    int wd;
+    char path[PATH_MAX];
+} watch_dir_t;
+extern watch_dir_t *watch_dirs;
+extern size_t nwatch_dirs;
+
+state_t *state_of(lua_State *L);
+void *state_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+void budget_hook(lua_State *L, lua_Debug *ar);
+int budget_call(state_t *st, int nargs, int nres);
+void charge(lua_State *L, state_t *st, double work);
+int load_file(state_t *st, const char *path, const char *chunkname);
+void chunk_name(const script_host_t *h, const char *path, char *out, size_t n);
+void build_env(state_t *st);
+int at_panic(lua_State *L);
+int open_libs(lua_State *L);
+int l_listen(lua_State *L);
+int l_limits(lua_State *L);
+int l_http(lua_State *L);
+int l_admin(lua_State *L);
+int l_scripting(lua_State *L);
+void stop_watching(script_host_t *h);
+void on_debounce(evutil_socket_t fd, short what, void *arg);
+void start_watching(script_host_t *h);
+void on_sighup(evutil_socket_t fd, short what, void *arg);
+void rule_free(rule_t *r);
+int l_filter(lua_State *L);
+int l_route(lua_State *L);
+int l_on(lua_State *L);
+int l_upgrade(lua_State *L);
+int l_ctx_publish(lua_State *L);
+int l_ctx_reply(lua_State *L);
+void dead_letter(script_host_t *h, state_t *st, const proto_msg_t *m, const char *stage, const rule_t *r,
+                        const char *error);
+int run_event(lua_State *L);
+void log_rate_limited(script_host_t *h, const char *text);
+
+/* The count hook, for arm_stop (defined after it). */
+lua_Hook budget_hook_fn(void);
+
+#endif

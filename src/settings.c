@@ -1,0 +1,254 @@
+/* settings.c - the settings an entry file declares: listen{}, limits{},
+ * scripting{}, admin{} and http{}.  Unknown keys are errors. */
+#include "script_internal.h"
+
+/* ---- settings: listen{}, limits{}, scripting{} ------------------------------- */
+
+/* Sizes: 1024, "64KB", "1MB", "2GB" (powers of 1024). */
+static size_t size_field(lua_State *L, int t, const char *key, size_t def)
+{
+    size_t v = def;
+    int type = lua_getfield(L, t, key);
+    if (type == LUA_TNUMBER) {
+        lua_Integer i = lua_tointeger(L, -1);
+        if (!lua_isinteger(L, -1) || i < 0)
+            luaL_error(L, "%s must be a whole number of bytes", key);
+        v = (size_t)i;
+    } else if (type == LUA_TSTRING) {
+        const char *s = lua_tostring(L, -1);
+        char *end;
+        double d = strtod(s, &end);
+        while (*end == ' ')
+            end++;
+        double mul = 1;
+        if (!strcasecmp(end, "kb") || !strcasecmp(end, "k")) mul = 1024;
+        else if (!strcasecmp(end, "mb") || !strcasecmp(end, "m")) mul = 1024.0 * 1024;
+        else if (!strcasecmp(end, "gb") || !strcasecmp(end, "g")) mul = 1024.0 * 1024 * 1024;
+        else if (*end && strcasecmp(end, "b"))
+            luaL_error(L, "%s: cannot read '%s' as a size (e.g. 1048576, \"64KB\", \"1MB\")", key, s);
+        if (end == s || d < 0)
+            luaL_error(L, "%s: cannot read '%s' as a size", key, s);
+        v = (size_t)(d * mul);
+    } else if (type != LUA_TNIL) {
+        luaL_error(L, "%s must be a number or a string such as \"1MB\"", key);
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+/* Durations: seconds as a number, or "250ms", "2s", "5m", "1h". */
+static double duration_field(lua_State *L, int t, const char *key, double def)
+{
+    double v = def;
+    int type = lua_getfield(L, t, key);
+    if (type == LUA_TNUMBER) {
+        v = lua_tonumber(L, -1);
+    } else if (type == LUA_TSTRING) {
+        const char *s = lua_tostring(L, -1);
+        char *end;
+        v = strtod(s, &end);
+        if (end == s)
+            luaL_error(L, "%s: cannot read '%s' as a duration (e.g. 2, \"250ms\", \"2s\")", key, s);
+        if (!strcmp(end, "ms")) v /= 1000;
+        else if (!strcmp(end, "us")) v /= 1e6;
+        else if (!strcmp(end, "m")) v *= 60;
+        else if (!strcmp(end, "h")) v *= 3600;
+        else if (*end && strcmp(end, "s"))
+            luaL_error(L, "%s: unknown unit in '%s' (us, ms, s, m, h)", key, s);
+    } else if (type != LUA_TNIL) {
+        luaL_error(L, "%s must be a number of seconds or a string such as \"2s\"", key);
+    }
+    if (v < 0)
+        luaL_error(L, "%s must not be negative", key);
+    lua_pop(L, 1);
+    return v;
+}
+
+/* Rejects keys a settings table does not know: a typo must not pass silently. */
+static void check_keys(lua_State *L, int t, const char *what, const char *const *known)
+{
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        lua_pop(L, 1);
+        const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+        int ok = 0;
+        for (int i = 0; k && known[i]; i++)
+            if (!strcmp(k, known[i]))
+                ok = 1;
+        if (!ok)
+            luaL_error(L, "%s: unknown setting '%s'", what, k ? k : luaL_typename(L, -1));
+    }
+}
+
+int l_listen(lua_State *L)
+{
+    static const char *const known[] = {"nats", "http", NULL};
+    state_t *st = state_of(L);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    check_keys(L, 1, "listen", known);
+    if (lua_getfield(L, 1, "http") != LUA_TNIL) {
+        if (lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
+            st->http_off = 1;
+        } else {
+            const char *a = luaL_checkstring(L, -1);
+            if (!strrchr(a, ':') || strlen(a) >= sizeof st->http_addr)
+                return luaL_error(L, "listen: http = \"host:port\" (or false) expected, got '%s'", a);
+            snprintf(st->http_addr, sizeof st->http_addr, "%s", a);
+        }
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, 1, "nats") == LUA_TSTRING) {
+        const char *a = lua_tostring(L, -1);
+        const char *colon = strrchr(a, ':');
+        char *end;
+        long port;
+        if (!colon)
+            return luaL_error(L, "listen: nats = \"host:port\" expected, got '%s'", a);
+        port = strtol(colon + 1, &end, 10);
+        if (*end || port < 0 || port > 65535)
+            return luaL_error(L, "listen: bad port in '%s'", a);
+        size_t hl = (size_t)(colon - a);
+        if (hl >= 2 && a[0] == '[' && a[hl - 1] == ']') { /* [::1]:4222 */
+            a++;
+            hl -= 2;
+        }
+        if (hl >= sizeof st->listen_host)
+            return luaL_error(L, "listen: host too long");
+        memcpy(st->listen_host, a, hl);
+        st->listen_host[hl] = '\0';
+        st->listen_port = (int)port;
+        st->has_listen = 1;
+    } else if (!lua_isnil(L, -1)) {
+        return luaL_error(L, "listen: nats must be a string \"host:port\"");
+    }
+    return 0;
+}
+
+int l_limits(lua_State *L)
+{
+    static const char *const known[] = {"max_payload", "max_control_line", "max_pending", "ping_interval",
+                                        "max_pings_out", "write_deadline", NULL};
+    state_t *st = state_of(L);
+    server_opts_t *o = &st->set;
+    luaL_checktype(L, 1, LUA_TTABLE);
+    check_keys(L, 1, "limits", known);
+#define SIZE_SETTING(key, field, bit)                                                                      \
+    do {                                                                                                   \
+        if (lua_getfield(L, 1, key) != LUA_TNIL) {                                                         \
+            o->field = size_field(L, 1, key, 0);                                                           \
+            st->set_mask |= bit;                                                                           \
+        }                                                                                                  \
+        lua_pop(L, 1);                                                                                     \
+    } while (0)
+    SIZE_SETTING("max_payload", max_payload, SET_MAX_PAYLOAD);
+    SIZE_SETTING("max_control_line", max_control_line, SET_MAX_CONTROL_LINE);
+    SIZE_SETTING("max_pending", max_pending, SET_MAX_PENDING);
+#undef SIZE_SETTING
+    if (lua_getfield(L, 1, "ping_interval") != LUA_TNIL) {
+        o->ping_interval = duration_field(L, 1, "ping_interval", 0);
+        st->set_mask |= SET_PING_INTERVAL;
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, 1, "write_deadline") != LUA_TNIL) {
+        o->write_deadline = duration_field(L, 1, "write_deadline", 0);
+        st->set_mask |= SET_WRITE_DEADLINE;
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, 1, "max_pings_out") != LUA_TNIL) {
+        o->max_pings_out = (int)luaL_checkinteger(L, -1);
+        st->set_mask |= SET_MAX_PINGS_OUT;
+    }
+    lua_pop(L, 1);
+    if ((st->set_mask & SET_MAX_PAYLOAD) && o->max_payload == 0)
+        return luaL_error(L, "limits: max_payload must be at least 1");
+    return 0;
+}
+
+/* http { binary = { "order.>", ... } }: events posted over HTTP whose
+ * subject matches go out in the CloudEvents NATS binding's binary mode
+ * (ce-* headers, the data as payload) instead of as a JSON envelope. */
+int l_http(lua_State *L)
+{
+    static const char *const known[] = {"binary", NULL};
+    state_t *st = state_of(L);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    check_keys(L, 1, "http", known);
+    if (lua_getfield(L, 1, "binary") != LUA_TNIL) {
+        luaL_checktype(L, -1, LUA_TTABLE);
+        int n = (int)luaL_len(L, -1);
+        if (n < 0 || st->nhttp_binary + n > 32)
+            return luaL_error(L, "http: at most 32 binary patterns in all");
+        for (int i = 1; i <= n; i++) {
+            size_t pl;
+            lua_rawgeti(L, -1, i);
+            const char *p = luaL_checklstring(L, -1, &pl);
+            if (!subject_valid_pattern(p, pl))
+                return luaL_error(L, "http: invalid subject pattern '%s'", p);
+            char *d = mem_dup(p, pl);
+            if (!d)
+                return luaL_error(L, "out of memory");
+            st->http_binary[st->nhttp_binary++] = d;
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
+/* admin { eval = true }: lets `tide repl --connect` run Lua on this node
+ * (from loopback clients only).  Off unless set. */
+int l_admin(lua_State *L)
+{
+    static const char *const known[] = {"eval", NULL};
+    state_t *st = state_of(L);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    check_keys(L, 1, "admin", known);
+    if (lua_getfield(L, 1, "eval") != LUA_TNIL) {
+        luaL_checktype(L, -1, LUA_TBOOLEAN);
+        st->admin_eval = lua_toboolean(L, -1);
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
+int l_scripting(lua_State *L)
+{
+    static const char *const known[] = {"instructions", "memory", "time", "emit_depth", "emit_max",
+                                        "dead_letter", NULL};
+    state_t *st = state_of(L);
+    script_limits_t *l = &st->limits;
+    luaL_checktype(L, 1, LUA_TTABLE);
+    check_keys(L, 1, "scripting", known);
+    if (lua_getfield(L, 1, "instructions") != LUA_TNIL) {
+        lua_Integer i = luaL_checkinteger(L, -1);
+        if (i < HOOK_STEP)
+            return luaL_error(L, "scripting: instructions must be at least %d", HOOK_STEP);
+        l->instructions = (uint64_t)i;
+    }
+    lua_pop(L, 1);
+    size_t mem = size_field(L, 1, "memory", l->memory);
+    if (mem < 1024 * 1024)
+        return luaL_error(L, "scripting: memory must be at least 1MB");
+    if (mem < st->mem_used + 256 * 1024)
+        return luaL_error(L, "scripting: memory %d is below what the scripts already use (%d)", (int)mem,
+                          (int)st->mem_used);
+    l->memory = mem;
+    l->time = duration_field(L, 1, "time", l->time);
+    if (l->time <= 0)
+        return luaL_error(L, "scripting: time must be above 0");
+    if (lua_getfield(L, 1, "emit_depth") != LUA_TNIL)
+        l->emit_depth = (int)luaL_checkinteger(L, -1);
+    lua_pop(L, 1);
+    if (lua_getfield(L, 1, "emit_max") != LUA_TNIL)
+        l->emit_max = (int)luaL_checkinteger(L, -1);
+    lua_pop(L, 1);
+    if (lua_getfield(L, 1, "dead_letter") != LUA_TNIL) {
+        size_t n;
+        const char *d = luaL_checklstring(L, -1, &n);
+        if (!subject_valid_literal(d, n) || n >= sizeof l->dead_letter)
+            return luaL_error(L, "scripting: dead_letter must be a subject prefix such as \"$TIDE.DEAD\"");
+        memcpy(l->dead_letter, d, n + 1);
+    }
+    lua_pop(L, 1);
+    return 0;
+}
