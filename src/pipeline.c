@@ -59,6 +59,14 @@ static int add_rule(lua_State *L, int kind, const char *pattern, size_t plen, in
     r->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     st->rules[st->nrules++] = r;
     st->nkind[kind]++;
+    if (kind != RULE_UPGRADE) {
+        const char *dot = memchr(pattern, '.', plen);
+        size_t fl = dot ? (size_t)(dot - pattern) : plen;
+        if ((fl == 1 && (pattern[0] == '*' || pattern[0] == '>')))
+            st->any_first = 1;
+        else if (!dict_get(&st->first_tokens, pattern, fl) && dict_put(&st->first_tokens, pattern, fl, st) < 0)
+            st->any_first = 1; /* out of memory: just stop ruling subjects out */
+    }
     /* A new rule changes what matches: forget the cached matches. */
     dict_clear(&st->matches, free);
     return 0;
@@ -773,6 +781,14 @@ static int needs_lua(state_t *st, const proto_msg_t *m, match_t **mt)
     *mt = NULL;
     if (st->nrules == 0)
         return 0;
+    if (!st->any_first && !st->nkind[RULE_UPGRADE]) {
+        /* No pattern starts with a wildcard: a subject whose first token
+         * begins no pattern matches none, and costs one short lookup. */
+        const char *dot = memchr(m->subject, '.', m->subject_len);
+        size_t fl = dot ? (size_t)(dot - m->subject) : m->subject_len;
+        if (!dict_get(&st->first_tokens, m->subject, fl))
+            return 0;
+    }
     *mt = match_for(st, m->subject, m->subject_len);
     if (!*mt)
         return 1; /* out of memory: let the pipeline report it */

@@ -55,6 +55,7 @@ static void state_free(state_t *st)
     free(st->rules);
     dict_clear(&st->upgraders, NULL);
     dict_clear(&st->matches, free);
+    dict_clear(&st->first_tokens, NULL);
     for (size_t i = 0; i < st->nfiles; i++)
         free(st->files[i]);
     free(st->files);

@@ -85,6 +85,11 @@ typedef struct state {
     rule_t **rules;
     size_t nrules, caprules;
     int nkind[RULE_KINDS];
+    /* First tokens of the subject patterns (filter, route, on), so a subject
+     * no rule can match is told apart without a lookup; any_first: some
+     * pattern starts with a wildcard. */
+    dict_t first_tokens;
+    int any_first;
     dict_t upgraders; /* "type\0version" -> rule */
     dict_t matches;   /* subject -> match_t */
     char **files;     /* every file loaded, for the watcher */
