@@ -152,12 +152,46 @@ static void on_any(void *ctx, const proto_msg_t *m)
         r->seen = cJSON_CreateArray();
     if (r->seen && cJSON_GetArraySize(r->seen) < 100000)
         cJSON_AddItemToArray(r->seen, delivery_json(m, 1));
+}
+
+/* record(): what is published (before the pipeline), as tide run input. */
+static void on_input(void *ctx, const proto_msg_t *m)
+{
+    repl_t *r = ctx;
     char subj[1024];
     snprintf(subj, sizeof subj, "%.*s", (int)m->subject_len, m->subject);
     for (int i = 0; i < r->nrecs; i++) {
         if (!r->recs[i].f || !subject_matches(r->recs[i].pattern, strlen(r->recs[i].pattern), subj, strlen(subj)))
             continue;
         cJSON *line = delivery_json(m, 0);
+        if (m->hdr && m->hdr_len) { /* the headers too: tide run sends them again */
+            cJSON *hd = cJSON_CreateObject();
+            const char *p = memchr(m->hdr, '\n', m->hdr_len), *end = m->hdr + m->hdr_len;
+            for (p = p ? p + 1 : end; p < end;) {
+                const char *eol = memchr(p, '\n', (size_t)(end - p));
+                const char *le = eol ? eol : end;
+                const char *colon = memchr(p, ':', (size_t)(le - p));
+                if (colon) {
+                    char *k = mem_dup(p, (size_t)(colon - p));
+                    const char *v = colon + 1;
+                    while (v < le && *v == ' ')
+                        v++;
+                    size_t vl = (size_t)(le - v);
+                    if (vl && v[vl - 1] == '\r')
+                        vl--;
+                    char *val = mem_dup(v, vl);
+                    if (k && val && !cJSON_GetObjectItemCaseSensitive(hd, k))
+                        cJSON_AddStringToObject(hd, k, val);
+                    free(k);
+                    free(val);
+                }
+                p = eol ? eol + 1 : end;
+            }
+            if (cJSON_GetArraySize(hd))
+                cJSON_AddItemToObject(line, "headers", hd);
+            else
+                cJSON_Delete(hd);
+        }
         char *s = cJSON_PrintUnformatted(line);
         fprintf(r->recs[i].f, "%s\n", s);
         fflush(r->recs[i].f);
@@ -385,7 +419,8 @@ static int h_reload(lua_State *L)
     return 0;
 }
 
-/* record(pattern, "file.jsonl"): append deliveries there as tide run input. */
+/* record(pattern, "file.jsonl"): append what is published there, as it
+ * comes in (before the pipeline), as tide run input. */
 static int h_record(lua_State *L)
 {
     repl_t *r = up(L);
@@ -451,7 +486,8 @@ static int h_help(lua_State *L)
     out("rules      upgrade(type, v, fn)  filter(pat, fn)  route(pat, fn)  on(pat, fn(e, ctx))\n"
         "events     pub(subject, data_or_string [, headers])   sub(pattern)   unsub(pattern)\n"
         "see        trace([false])   rules()   stats()\n"
-        "files      load \"file.lua\"   reload()   record(pattern, \"in.jsonl\")   expect(\"out.jsonl\")\n"
+        "files      load \"file.lua\"   reload()   record(pattern, \"in.jsonl\") (what is published)\n"
+        "           expect(\"out.jsonl\") (what was delivered since the last expect)\n"
         "state      tide.kv.get/set/incr ...   (Lua globals reset on reload)\n"
         "A line that is an expression prints its value; Ctrl-D leaves.\n");
     return 0;
@@ -682,6 +718,7 @@ int repl_main(const char *entry, const char *lib_dir, const char *listen_addr)
         script_host_attach_offline(r.host, r.srv);
     server_set_scripts(r.srv, r.host);
     server_subscribe_internal(r.srv, ">", on_any, &r);
+    server_set_input_tap(r.srv, on_input, &r);
     install_helpers(&r);
     /* A reload (reload(), a changed file, SIGHUP) makes a new state: the
      * helpers go into it too. */
@@ -807,6 +844,7 @@ int repl_remote_eval(server_t *srv, script_host_t *h, const char *code, size_t l
         if (!remote_flush)
             return -1;
         server_subscribe_internal(srv, ">", on_any, &remote);
+        server_set_input_tap(srv, on_input, &remote);
         install_helpers(&remote);
         script_set_reload_hook(h, reinstall, &remote);
         remote_ready = 1;

@@ -41,6 +41,8 @@ struct server {
     uint64_t next_client_id;
     int shutting_down;
     struct script_host *scripts;
+    void (*input_tap)(void *ctx, const proto_msg_t *m); /* sees every publish (tide repl's record) */
+    void *input_tap_ctx;
     server_stats_t stats;
     char id[23];
 };
@@ -624,8 +626,16 @@ void server_publish(server_t *s, client_t *from, const proto_msg_t *m)
         admin_request(s, from, m);
         return;
     }
+    if (s->input_tap)
+        s->input_tap(s->input_tap_ctx, m);
     if (s->scripts)
         script_process(s->scripts, from, m);
     else
         server_route(s, from, m);
+}
+
+void server_set_input_tap(server_t *s, void (*fn)(void *ctx, const proto_msg_t *m), void *ctx)
+{
+    s->input_tap = fn;
+    s->input_tap_ctx = ctx;
 }

@@ -85,6 +85,11 @@ size_t server_route_flags(server_t *s, struct client *from, const proto_msg_t *m
  */
 void server_publish(server_t *s, struct client *from, const proto_msg_t *msg);
 
+/* Calls fn with every message published into the router (by clients, the
+ * prompt or HTTP; not admin requests, not what handlers publish), before
+ * the pipeline.  One tap; NULL removes it. */
+void server_set_input_tap(server_t *s, void (*fn)(void *ctx, const proto_msg_t *m), void *ctx);
+
 struct script_host;
 /* Attaches the script host (owned by the caller, who frees it after the server). */
 void server_set_scripts(server_t *s, struct script_host *h);

@@ -78,7 +78,8 @@ describe("tide repl (piped)", function()
 
   it("turns a session into a regression test: record + expect, then tide run", function()
     h.write_file(dir .. "/flow.lua",
-      'on("order.paid", function(e, ctx) ctx.publish("inventory.reserved", { order_id = e.data.order_id }) end)\n')
+      'on("order.paid", function(e, ctx) ctx.publish("inventory.reserved", { order_id = e.data.order_id }) end)\n' ..
+      'route("order.paid", function(e) return { "order.paid", "order.audit" } end)\n')
     local rc, out = session(dir, table.concat({
       'load "flow.lua"',
       'record("order.>", "in.jsonl")',
@@ -88,11 +89,19 @@ describe("tide repl (piped)", function()
       'rules()',
     }, "\n") .. "\n")
     assert.are.equal(0, rc, out)
-    assert.matches("wrote 4 deliveries to out.jsonl", out)
+    assert.matches("wrote 6 deliveries to out.jsonl", out)
     assert.matches("on%s+order.paid%s+flow.lua:1%s+calls 2, errors 0", out)
+    -- record() keeps what was published, before the route fanned it out
+    local recorded = h.read_file(dir .. "/in.jsonl")
+    local n = 0
+    for line in recorded:gmatch("[^\n]+") do
+      n = n + 1
+      assert.matches('^{"subject":"order%.paid"', line)
+    end
+    assert.are.equal(2, n, recorded)
     rc, out = sh(("cd %s && %s run flow.lua --events in.jsonl --expect out.jsonl"):format(dir, h.bin))
     assert.are.equal(0, rc, out)
-    assert.matches("ok: 4 deliveries match out.jsonl", out)
+    assert.matches("ok: 6 deliveries match out.jsonl", out)
     -- and a changed flow no longer matches
     h.write_file(dir .. "/flow.lua",
       'on("order.paid", function(e, ctx) ctx.publish("inventory.reserved", { order_id = 0 }) end)\n')
