@@ -103,3 +103,28 @@ describe("tide command line", function()
     assert.are.equal("exited", (s:stop()))
   end)
 end)
+
+describe("settings from the entry file", function()
+  it("apply, and command-line flags override them", function()
+    local json = require "dkjson"
+    local dir = h.make_tmpdir()
+    h.write_file(dir .. "/tide.lua", 'limits { max_payload = "1KB", ping_interval = "90s" }\n' ..
+                                     'scripting { memory = "16MB", time = "250ms" }\n')
+    local s = h.start_server { args = { "-c", dir .. "/tide.lua" } }
+    local c = h.connect(s.port)
+    assert.are.equal(1024, json.decode(c.info).max_payload)
+    c:close()
+    assert.are.equal("exited", (s:stop()))
+    s = h.start_server { args = { "-c", dir .. "/tide.lua", "--max-payload", "2048" } }
+    c = h.connect(s.port)
+    assert.are.equal(2048, json.decode(c.info).max_payload)
+    c:close()
+    assert.are.equal("exited", (s:stop()))
+    -- a typo is an error, not silently ignored
+    h.write_file(dir .. "/tide.lua", 'limits { max_paylod = 10 }\n')
+    local rc, out = h.sh(("%s check %s/tide.lua"):format(h.bin, dir))
+    assert.are.equal(1, rc)
+    assert.matches("tide%.lua:1: limits: unknown setting 'max_paylod'", out)
+    h.remove_tmpdir(dir)
+  end)
+end)
