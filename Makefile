@@ -6,6 +6,7 @@
 #                   under ASan+UBSan); ends with "N passed, N failed"
 #   make asan       the suite under AddressSanitizer + UBSan only
 #   make bench      side-by-side benchmark against nats-server
+#   make soak       long runs: reload under load, fuzzers
 #   make fuzz       run the protocol parser fuzzer (FUZZ_SECONDS, default 600)
 #   make deps       install missing Debian packages
 
@@ -31,7 +32,7 @@ PROCMOD  = $(BUILD)/procmod.so
 INTEROP  = $(BUILD)/interop_c
 BENCHBIN = $(BUILD)/nats_bench
 
-.PHONY: all deps run test asan check bench fuzz fuzz-replay clean
+.PHONY: all deps run test asan check bench soak fuzz fuzz-replay clean
 
 all: $(TIDE) $(LIBTIDE) $(LUAMOD) $(PROCMOD)
 
@@ -81,6 +82,10 @@ bench: deps all $(BENCHBIN)
 	@scripts/bench.sh
 	@scripts/bench-scripts.sh
 	@scripts/bench-http.sh
+
+# Longer than the suite: reload under load at 100,000 events, both fuzzers.
+soak: deps
+	@scripts/soak.sh
 
 fuzz: deps
 	@scripts/fuzz.sh run $${FUZZ_SECONDS:-600}

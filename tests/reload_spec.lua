@@ -223,7 +223,8 @@ end)
 ]==]
 
   it("handles and delivers every event exactly once, each by one version", function()
-    local N, BATCH = 5000, 200
+    -- make soak runs it with TIDE_SOAK_EVENTS (default 5,000 here)
+    local N, BATCH = tonumber(os.getenv("TIDE_SOAK_EVENTS") or "5000"), 200
     local s = h.start_scripted(RULES)
     local sub = h.connect(s.port)
     sub:send('CONNECT {"headers":true}\r\n')
