@@ -79,23 +79,6 @@ static void reply_error(http_t *h, struct evhttp_request *req, int code, const c
 
 /* ---- ingestion ------------------------------------------------------------------ */
 
-static void make_id(char out[37])
-{
-    unsigned char b[16];
-    static const char hex[] = "0123456789abcdef";
-    evutil_secure_rng_get_bytes(b, sizeof b);
-    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
-    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
-    int o = 0;
-    for (int i = 0; i < 16; i++) {
-        if (i == 4 || i == 6 || i == 8 || i == 10)
-            out[o++] = '-';
-        out[o++] = hex[b[i] >> 4];
-        out[o++] = hex[b[i] & 15];
-    }
-    out[o] = '\0';
-}
-
 /* Publishes one envelope (a JSON object) under subject. */
 static int publish_envelope(http_t *h, cJSON *env, const char *subject, char *err, size_t errsz)
 {
@@ -253,12 +236,8 @@ static void ingest(http_t *h, struct evhttp_request *req, const char *path)
             goto done;
         }
         char id[37], when[64];
-        struct timespec ts;
-        struct tm tm;
-        make_id(id);
-        clock_gettime(CLOCK_REALTIME, &ts);
-        gmtime_r(&ts.tv_sec, &tm);
-        strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+        util_uuid4(id);
+        util_now_rfc3339(when);
         env = cJSON_CreateObject();
         cJSON_AddStringToObject(env, "specversion", "1.0");
         cJSON_AddStringToObject(env, "id", id);

@@ -102,33 +102,6 @@ int l_upgrade(lua_State *L)
 
 /* ---- ctx.publish ---------------------------------------------------------------- */
 
-static void make_uuid(char out[37])
-{
-    unsigned char b[16];
-    static const char hex[] = "0123456789abcdef";
-    evutil_secure_rng_get_bytes(b, sizeof b);
-    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
-    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
-    int o = 0;
-    for (int i = 0; i < 16; i++) {
-        if (i == 4 || i == 6 || i == 8 || i == 10)
-            out[o++] = '-';
-        out[o++] = hex[b[i] >> 4];
-        out[o++] = hex[b[i] & 15];
-    }
-    out[o] = '\0';
-}
-
-static void now_rfc3339(char out[64])
-{
-    struct timespec ts;
-    struct tm tm;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    snprintf(out, 64, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-             tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
-}
-
 /* Registry slot of the event whose handlers are running (set around the
  * handler calls in run_event).  Handlers' C functions (ctx.publish,
  * ctx.reply) run in frames of their own, so a stack index of run_event's
@@ -225,8 +198,8 @@ int l_ctx_publish(lua_State *L)
             cJSON_Delete(data);
             return luaL_error(L, "out of memory");
         }
-        make_uuid(idbuf);
-        now_rfc3339(timebuf);
+        util_uuid4(idbuf);
+        util_now_rfc3339(timebuf);
         char *type = mem_dup(subject, sl);
         cJSON_AddItemToObject(env, "specversion", cJSON_CreateString("1.0"));
         cJSON_AddItemToObject(env, "id", cJSON_CreateString(idbuf));

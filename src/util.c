@@ -1,6 +1,9 @@
 /* util.c - see util.h. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
 
 #include "util.h"
 
@@ -12,4 +15,37 @@ char *mem_dup(const void *p, size_t n)
     memcpy(d, p, n);
     d[n] = '\0';
     return d;
+}
+
+void util_uuid4(char out[37])
+{
+    unsigned char b[16];
+    static const char hex[] = "0123456789abcdef";
+    size_t got = 0;
+    while (got < sizeof b) { /* getrandom() may return less; it does not fail for 16 bytes in practice */
+        ssize_t n = getrandom(b + got, sizeof b - got, 0);
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
+    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
+    int o = 0;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            out[o++] = '-';
+        out[o++] = hex[b[i] >> 4];
+        out[o++] = hex[b[i] & 15];
+    }
+    out[o] = '\0';
+}
+
+void util_now_rfc3339(char out[64])
+{
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    snprintf(out, 64, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+             tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
 }

@@ -11,4 +11,10 @@
  */
 char *mem_dup(const void *p, size_t n);
 
+/* A random (version 4) UUID as 36 characters and a NUL: CloudEvents ids. */
+void util_uuid4(char out[37]);
+
+/* The current UTC time as RFC 3339 with milliseconds ("...T12:00:00.123Z"). */
+void util_now_rfc3339(char out[64]);
+
 #endif
