@@ -283,35 +283,13 @@ function Client:bytes(n, timeout)
 end
 
 -- Reads one MSG/HMSG frame (skipping PINGs, which it answers) and returns a
--- table {op, subject, sid, reply, headers, payload}, or nil, err.
+-- table {op, subject, sid, reply, headers, payload}, or nil, err; any other
+-- frame is an error ("unexpected line: ...").
 function Client:msg(timeout)
-  while true do
-    local l, err = self:line(timeout)
-    if not l then return nil, err end
-    if l == "PING" then
-      self:send("PONG\r\n")
-    else
-      local op, rest = l:match("^(%u+)%s+(.*)$")
-      if op == "MSG" then
-        local a = {}
-        for w in rest:gmatch("%S+") do a[#a + 1] = w end
-        local n = tonumber(a[#a])
-        local payload = n > 0 and self:bytes(n, timeout) or ""
-        self:bytes(2, timeout)
-        return { op = "MSG", subject = a[1], sid = a[2], reply = (#a == 4) and a[3] or nil, payload = payload }
-      elseif op == "HMSG" then
-        local a = {}
-        for w in rest:gmatch("%S+") do a[#a + 1] = w end
-        local total, hlen = tonumber(a[#a]), tonumber(a[#a - 1])
-        local data = total > 0 and self:bytes(total, timeout) or ""
-        self:bytes(2, timeout)
-        return { op = "HMSG", subject = a[1], sid = a[2], reply = (#a == 5) and a[3] or nil,
-                 headers = data:sub(1, hlen), payload = data:sub(hlen + 1) }
-      else
-        return nil, "unexpected line: " .. l
-      end
-    end
-  end
+  local f, err = self:frame(timeout)
+  if not f then return nil, err end
+  if f.op == "MSG" or f.op == "HMSG" then return f end
+  return nil, "unexpected line: " .. (f.text or f.op)
 end
 
 -- Sends PING and reads up to the PONG; returns the lines seen before it.
