@@ -104,5 +104,6 @@ if [ "$mode" != "--plain-only" ]; then
     fi
 fi
 
-echo "$passed passed, $failed failed, $skipped skipped"
+[ "$skipped" -eq 0 ] || echo "$skipped skipped (see the lines above)"
+echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
