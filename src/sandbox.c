@@ -112,6 +112,22 @@ int load_file(state_t *st, const char *path, const char *chunkname)
     return LUA_OK;
 }
 
+/* "@../x/rules.lua": path relative to dir, both absolute, for files found
+ * through scripting{path}. */
+static void relative_name(const char *dir, const char *path, char *out, size_t n)
+{
+    size_t common = 0;
+    for (size_t i = 0; dir[i] && dir[i] == path[i]; i++)
+        if (dir[i] == '/')
+            common = i;
+    size_t len = (size_t)snprintf(out, n, "@");
+    for (const char *p = dir + common; *p && len < n; p++)
+        if (*p == '/')
+            len += (size_t)snprintf(out + len, n - len, "../");
+    if (len < n)
+        snprintf(out + len, n - len, "%s", path + common + 1);
+}
+
 /* The name errors and Tide-Script show for a file: relative to the entry
  * file's directory ("rules.lua"), or "lua/<file>" for tide's library. */
 void chunk_name(const script_host_t *h, const char *path, char *out, size_t n)
@@ -121,6 +137,8 @@ void chunk_name(const script_host_t *h, const char *path, char *out, size_t n)
         snprintf(out, n, "@%s", path + dl + 1);
     else if (ll && !strncmp(path, h->lib_dir, ll) && path[ll] == '/')
         snprintf(out, n, "@lua/%s", path + ll + 1);
+    else if (path[0] == '/' && h->config_dir[0] == '/')
+        relative_name(h->config_dir, path, out, n);
     else
         snprintf(out, n, "@%s", path);
 }
@@ -130,7 +148,17 @@ static int l_require(lua_State *L)
     state_t *st = state_of(L);
     const char *name = luaL_checkstring(L, 1);
     char rel[512], path[PATH_MAX], chunkname[PATH_MAX + 2];
-    const char *dirs[2] = {st->host->config_dir, st->host->lib_dir};
+    /* Search order: the entry file's directory, scripting{path}, lua/. */
+    const char *dirs[2 + MAX_MODULE_DIRS] = {st->host->config_dir};
+    int ndirs = 1;
+    lua_getfield(L, LUA_REGISTRYINDEX, "tide.path");
+    for (int i = 1; lua_istable(L, -1) && i <= (int)lua_rawlen(L, -1) && ndirs <= MAX_MODULE_DIRS; i++) {
+        lua_rawgeti(L, -1, i);
+        dirs[ndirs++] = lua_tostring(L, -1); /* kept alive by the registry table */
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    dirs[ndirs++] = st->host->lib_dir;
 
     lua_getfield(L, LUA_REGISTRYINDEX, "tide.loaded");
     if (lua_getfield(L, -1, name) != LUA_TNIL)
@@ -142,7 +170,7 @@ static int l_require(lua_State *L)
     for (char *p = rel; *p; p++)
         if (*p == '.')
             *p = '/';
-    for (int d = 0; d < 2; d++) {
+    for (int d = 0; d < ndirs; d++) {
         if (!dirs[d])
             continue;
         for (int variant = 0; variant < 2; variant++) {
@@ -166,7 +194,8 @@ static int l_require(lua_State *L)
             return 1;
         }
     }
-    return luaL_error(L, "module '%s' not found beside %s or in %s", name, st->host->config_dir,
+    return luaL_error(L, "module '%s' not found beside %s%s or in %s", name, st->host->config_dir,
+                      ndirs > 2 ? ", in scripting{path}" : "",
                       st->host->lib_dir ? st->host->lib_dir : "(no lua/ directory)");
 }
 

@@ -24,6 +24,7 @@
 #include <strings.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -74,6 +75,8 @@ typedef struct match {
 
 
 enum budget { BUDGET_OK = 0, BUDGET_INSTRUCTIONS, BUDGET_TIME, BUDGET_MEMORY };
+
+#define MAX_MODULE_DIRS 16 /* scripting{path} entries */
 
 typedef struct state {
     lua_State *L;

@@ -211,10 +211,41 @@ int l_admin(lua_State *L)
     return 0;
 }
 
+/* scripting{path = "dir" | {"dir", ...}}: more directories require searches,
+ * after the entry file's own and before tide's lua/.  Relative names are
+ * taken from the entry file's directory; each must exist.  The resolved list
+ * lives in the registry as "tide.path" for l_require. */
+static void set_module_path(lua_State *L, state_t *st, int v)
+{
+    int n = lua_type(L, v) == LUA_TSTRING ? 1 : lua_type(L, v) == LUA_TTABLE ? (int)lua_rawlen(L, v) : -1;
+    if (n < 0 || n > MAX_MODULE_DIRS)
+        luaL_error(L, "scripting: path must be a directory or a list of up to %d directories", MAX_MODULE_DIRS);
+    lua_createtable(L, n, 0);
+    for (int i = 1; i <= n; i++) {
+        if (lua_type(L, v) == LUA_TSTRING)
+            lua_pushvalue(L, v);
+        else
+            lua_rawgeti(L, v, i);
+        const char *dir = lua_tostring(L, -1);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            luaL_error(L, "scripting: path entries must be strings");
+        char joined[PATH_MAX], real[PATH_MAX];
+        struct stat sb;
+        snprintf(joined, sizeof joined, "%s%s%s", dir[0] == '/' ? "" : st->host->config_dir,
+                 dir[0] == '/' ? "" : "/", dir);
+        if (!realpath(joined, real) || stat(real, &sb) != 0 || !S_ISDIR(sb.st_mode))
+            luaL_error(L, "scripting: path '%s' is not a directory", dir);
+        lua_pop(L, 1);
+        lua_pushstring(L, real);
+        lua_rawseti(L, -2, i);
+    }
+    lua_setfield(L, LUA_REGISTRYINDEX, "tide.path");
+}
+
 int l_scripting(lua_State *L)
 {
     static const char *const known[] = {"instructions", "memory", "time", "emit_depth", "emit_max",
-                                        "dead_letter", NULL};
+                                        "dead_letter", "path", NULL};
     state_t *st = state_of(L);
     script_limits_t *l = &st->limits;
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -249,6 +280,9 @@ int l_scripting(lua_State *L)
             return luaL_error(L, "scripting: dead_letter must be a subject prefix such as \"$TIDE.DEAD\"");
         memcpy(l->dead_letter, d, n + 1);
     }
+    lua_pop(L, 1);
+    if (lua_getfield(L, 1, "path") != LUA_TNIL)
+        set_module_path(L, st, lua_absindex(L, -1));
     lua_pop(L, 1);
     return 0;
 }

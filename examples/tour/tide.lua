@@ -2,14 +2,13 @@
 --
 --   build/tide serve -c examples/tour/tide.lua
 --
--- require looks beside this file (and in tide's lua/ directory) only, so
--- each example's rules.lua has a verbatim copy here, under the example's
--- name: examples/tour/<example>/rules.lua.  Edit the example's own file,
--- then copy it over; tests/examples_spec.lua fails while they differ.
+-- scripting{path} lets require look in examples/ too, so each example's own
+-- rules.lua is loaded (and hot-reloaded) from its own directory.
 --
 -- The four touch different subjects, so they do not interfere; rules run
 -- in the order of these requires.
 listen { nats = "127.0.0.1:4222" }
+scripting { path = ".." }
 
 require "user-upgrade.rules" -- user.created v1 -> v2, then email.welcome
 require "order-filter.rules" -- order.created: drop amount <= 100, amount > 1000 -> order.review
