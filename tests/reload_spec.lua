@@ -106,6 +106,28 @@ describe("reloading", function()
     wait_stamp(function(t) return t["X-Lazy"] == "late2" end, "late2")
   end)
 
+  it("picks up a changed file found through scripting{path}, outside the entry file's directory", function()
+    local s = h.start_scripted({
+      ["node/tide.lua"] = 'scripting { path = ".." }\nlocal shared = require "shared.tag"\n'
+        .. 'filter("sp.>", function(e) e.headers["X-Lib"] = shared.tag; return true end)\n',
+      ["shared/tag.lua"] = lib_file("outside1"),
+    }, { entry = "node/tide.lua" })
+    local function tag()
+      local c = h.connect(s.port)
+      c:send('CONNECT {"headers":true}\r\n')
+      c:sub("sp.>", "1")
+      c:pub("sp.probe", "p")
+      local m = c:collect(1, 5)[1]
+      c:close()
+      return m and header(m, "X-Lib")
+    end
+    assert.are.equal("outside1", tag())
+    h.write_file(s.dir .. "/shared/tag.lua", lib_file("outside2"))
+    assert(h.wait_until(function() return tag() == "outside2" end, 5, 0.05), "no reload after editing shared/tag.lua")
+    assert.are.equal("exited", (s:stop()))
+    h.remove_tmpdir(s.dir)
+  end)
+
   it("reloads on SIGHUP", function()
     local load_no = tonumber(stamp()["X-Load"])
     local before = h.stats(srv.port).scripts
