@@ -23,6 +23,8 @@
 #include "repl.h"
 #include "script.h"
 #include "server.h"
+#include "stream.h"
+#include "vfs.h"
 
 static void usage(FILE *f)
 {
@@ -59,6 +61,8 @@ static void usage(FILE *f)
             "      --write-deadline S seconds a closing client gets to take its output (default 2)\n"
             "      --http HOST:PORT   HTTP listener (default 127.0.0.1:8222, skipped when taken)\n"
             "      --no-http          no HTTP listener\n"
+            "      --data DIR         directory of streams and consumer state (default:\n"
+            "                         storage { dir } of the config, else data/ beside it)\n"
             "  -D, --debug            debug logging\n"
             "  -V, --trace            trace logging\n"
             "\n"
@@ -142,6 +146,7 @@ enum {
     OPT_WRITE_DEADLINE,
     OPT_HTTP,
     OPT_NO_HTTP,
+    OPT_DATA,
 };
 
 static int cmd_serve(int argc, char **argv)
@@ -160,6 +165,7 @@ static int cmd_serve(int argc, char **argv)
         {"write-deadline", required_argument, NULL, OPT_WRITE_DEADLINE},
         {"http", required_argument, NULL, OPT_HTTP},
         {"no-http", no_argument, NULL, OPT_NO_HTTP},
+        {"data", required_argument, NULL, OPT_DATA},
         {"debug", no_argument, NULL, 'D'},
         {"trace", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
@@ -167,7 +173,8 @@ static int cmd_serve(int argc, char **argv)
     };
     server_opts_t o, flags;
     unsigned set = 0; /* which settings came from flags: they override the config file */
-    const char *pid_file = NULL, *config = NULL, *http_flag = NULL;
+    const char *pid_file = NULL, *config = NULL, *http_flag = NULL, *data_flag = NULL;
+    streams_t *streams = NULL;
     int no_http = 0;
     http_t *http = NULL;
     script_host_t *scripts = NULL;
@@ -243,6 +250,9 @@ static int cmd_serve(int argc, char **argv)
         case OPT_NO_HTTP:
             no_http = 1;
             break;
+        case OPT_DATA:
+            data_flag = optarg;
+            break;
         case 'D':
             log_set_level(LOG_DEBUG);
             break;
@@ -285,6 +295,14 @@ static int cmd_serve(int argc, char **argv)
     if (set & (1u << 8)) o.write_deadline = flags.write_deadline;
 
     signal(SIGPIPE, SIG_IGN);
+    {
+        char verr[512];
+        if (vfs_init(verr, sizeof verr) < 0) {
+            fprintf(stderr, "tide: %s\n", verr);
+            script_host_free(scripts);
+            return 2;
+        }
+    }
     server_t *s = server_new(&o);
     if (!s) {
         script_host_free(scripts);
@@ -300,6 +318,26 @@ static int cmd_serve(int argc, char **argv)
             goto out;
         }
         server_set_scripts(s, scripts);
+        /* The persistent queue: storage { dir } (or --data), by default
+         * "data" beside the entry file. */
+        char dd[4200], err[1024];
+        const char *sd = script_storage_dir(scripts);
+        if (data_flag)
+            snprintf(dd, sizeof dd, "%s", data_flag);
+        else if (sd)
+            snprintf(dd, sizeof dd, "%s", sd);
+        else
+            script_default_storage_dir(scripts, dd, sizeof dd);
+        if (script_declared_streams(scripts) || data_flag || sd) {
+            if (!(streams = streams_new(s, dd))) {
+                log_error("cannot set up the streams");
+                goto out;
+            }
+            if (script_host_set_streams(scripts, streams, err, sizeof err) < 0) {
+                log_error("%s", err);
+                goto out;
+            }
+        }
     }
     {
         /* HTTP: --http / listen{http=...} must bind; the default is tried. */
@@ -331,6 +369,9 @@ static int cmd_serve(int argc, char **argv)
     rc = server_run(s) < 0 ? 1 : 0;
 out:
     http_free(http);
+    if (scripts)
+        script_host_set_streams(scripts, NULL, NULL, 0);
+    streams_free(streams); /* writes and syncs what is buffered */
     server_free(s);
     script_host_free(scripts);
     if (pid_file)

@@ -425,6 +425,7 @@ void build_env(state_t *st)
     static const luaL_Reg fns[] = {{"print", l_print},     {"require", l_require}, {"load", l_load},
                                    {"listen", l_listen},   {"limits", l_limits},   {"scripting", l_scripting},
                                    {"admin", l_admin},     {"http", l_http},
+                                   {"storage", l_storage}, {"stream", l_stream}, {"consumer", l_consumer},
                                    {"upgrade", l_upgrade}, {"filter", l_filter},   {"route", l_route},
                                    {"on", l_on},           {NULL, NULL}};
     lua_pushvalue(L, env);

@@ -61,6 +61,8 @@ static void state_free(state_t *st)
     free(st->files);
     for (int i = 0; i < st->nhttp_binary; i++)
         free(st->http_binary[i]);
+    for (int i = 0; i < st->nstreams; i++)
+        stream_cfg_free(&st->streams[i]);
     free(st);
 }
 
@@ -260,6 +262,19 @@ int script_reload(script_host_t *h, const char *why, char *err, size_t errsz)
     }
     if (st->has_listen && (strcmp(st->listen_host, h->cur->listen_host) || st->listen_port != h->cur->listen_port))
         log_warn("Reload: listen addresses change only on restart");
+    if (strcmp(st->storage_dir, h->cur->storage_dir))
+        log_warn("Reload: the storage directory changes only on restart");
+    if (h->streams) {
+        char e[512];
+        if (streams_apply(h->streams, st->streams, st->nstreams, st->consumers, st->nconsumers, e, sizeof e) < 0) {
+            snprintf(err, errsz, "%s", e);
+            state_free(st);
+            h->st.reload_failures++;
+            snprintf(h->st.last_reload, sizeof h->st.last_reload, "%s", err);
+            log_error("Reload (%s) failed, the previous scripts keep serving: %s", why, err);
+            return -1;
+        }
+    }
     state_free(h->cur);
     h->cur = st;
     h->st.reloads++;
@@ -272,6 +287,29 @@ int script_reload(script_host_t *h, const char *why, char *err, size_t errsz)
     if (h->srv)
         start_watching(h);
     return 0;
+}
+
+const char *script_storage_dir(const script_host_t *h)
+{
+    return h->cur->storage_dir[0] ? h->cur->storage_dir : NULL;
+}
+
+void script_default_storage_dir(const script_host_t *h, char *out, size_t n)
+{
+    snprintf(out, n, "%s/data", h->config_dir ? h->config_dir : ".");
+}
+
+int script_declared_streams(const script_host_t *h)
+{
+    return h->cur->nstreams;
+}
+
+int script_host_set_streams(script_host_t *h, streams_t *sm, char *err, size_t errsz)
+{
+    h->streams = sm;
+    if (!sm)
+        return 0;
+    return streams_apply(sm, h->cur->streams, h->cur->nstreams, h->cur->consumers, h->cur->nconsumers, err, errsz);
 }
 
 void script_get_stats(const script_host_t *h, script_stats_t *out)

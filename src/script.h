@@ -146,4 +146,16 @@ int script_is_processing(const script_host_t *h);
 /* Appends a JSON array describing every rule (kind, pattern, where, counters) to buf. */
 void script_rules_json(const script_host_t *h, char **buf, size_t *len);
 
+struct streams;
+/* The directory storage { dir = ... } named (resolved), or NULL. */
+const char *script_storage_dir(const script_host_t *h);
+/* "data" beside the entry file: where streams live when nothing says. */
+void script_default_storage_dir(const script_host_t *h, char *out, size_t n);
+/* Streams the entry file declares. */
+int script_declared_streams(const script_host_t *h);
+/* Connects the persistent queue: the declared streams and consumers are
+ * applied now and after every reload (a reload whose declarations cannot
+ * be applied fails and the old state keeps serving).  0, or -1 with err. */
+int script_host_set_streams(script_host_t *h, struct streams *sm, char *err, size_t errsz);
+
 #endif

@@ -42,6 +42,7 @@
 #include "log.h"
 #include "msgq.h"
 #include "script.h"
+#include "stream.h"
 #include "subject.h"
 #include "util.h"
 
@@ -77,6 +78,8 @@ typedef struct match {
 enum budget { BUDGET_OK = 0, BUDGET_INSTRUCTIONS, BUDGET_TIME, BUDGET_MEMORY };
 
 #define MAX_MODULE_DIRS 16 /* scripting{path} entries */
+#define STATE_STREAMS_MAX 64
+#define STATE_CONSUMERS_MAX 128
 
 typedef struct state {
     lua_State *L;
@@ -113,6 +116,11 @@ typedef struct state {
     char *http_binary[32]; /* http { binary = {...} }: subjects HTTP events reach in binary mode */
     int nhttp_binary;
     int http_off;        /* listen { http = false } */
+    char storage_dir[PATH_MAX]; /* storage { dir = ... }, resolved; "" when not said */
+    stream_cfg_t streams[STATE_STREAMS_MAX];
+    int nstreams;
+    consumer_cfg_t consumers[STATE_CONSUMERS_MAX];
+    int nconsumers;
     server_opts_t set; /* values of limits{} */
     unsigned set_mask; /* which of them */
 } state_t;
@@ -152,6 +160,7 @@ struct script_host {
     uint64_t lat_counts[SCRIPT_LATENCY_BUCKETS + 1]; /* rule call times, by bucket (+Inf last) */
     double lat_sum;
     uint64_t lat_count;
+    streams_t *streams; /* the persistent queue, or NULL */
     void (*on_reload)(void *ctx); /* after a new state took over (tide repl) */
     void *on_reload_ctx;
 };
@@ -179,6 +188,9 @@ int l_limits(lua_State *L);
 int l_http(lua_State *L);
 int l_admin(lua_State *L);
 int l_scripting(lua_State *L);
+int l_storage(lua_State *L);
+int l_stream(lua_State *L);
+int l_consumer(lua_State *L);
 void stop_watching(script_host_t *h);
 void on_debounce(evutil_socket_t fd, short what, void *arg);
 void start_watching(script_host_t *h);

@@ -21,6 +21,7 @@
 #include "repl.h"
 #include "script.h"
 #include "server.h"
+#include "stream.h"
 #include "subject.h"
 #include "util.h"
 
@@ -44,6 +45,9 @@ struct server {
     void (*input_tap)(void *ctx, const proto_msg_t *m); /* sees every publish (tide repl's record) */
     void *input_tap_ctx;
     server_stats_t stats;
+    int (*capture)(void *ctx, const proto_msg_t *m); /* the streams: 1 when a stream took m */
+    void *capture_ctx;
+    struct streams *streams;
     char id[23];
 };
 
@@ -437,6 +441,8 @@ size_t server_route_flags(server_t *s, client_t *from, const proto_msg_t *m, int
 
     s->stats.in_msgs++;
     s->stats.in_bytes += m->payload_len + m->hdr_len;
+    if (s->capture && !(flags & ROUTE_NO_CAPTURE) && s->capture(s->capture_ctx, m) && m->reply)
+        flags |= ROUTE_HAS_RESPONDER; /* the stream answers with its PubAck */
     r = sublist_match(s->subs, m->subject, m->subject_len);
     if (!r) {
         log_error("out of memory matching subject, message dropped");
@@ -573,6 +579,8 @@ static void admin_request(server_t *s, client_t *from, const proto_msg_t *m)
             json_escape_into(esc, sizeof esc, err);
             n = snprintf(buf, sizeof buf, "{\"ok\":false,\"error\":\"%s\"}", esc);
         }
+    } else if (s->streams && streams_admin(s->streams, op, oplen, m)) {
+        return;
     } else if (oplen == 5 && !memcmp(op, "STATS", 5)) {
         size_t len;
         char *json = server_stats_json(s, &len);
@@ -632,6 +640,21 @@ void server_publish(server_t *s, client_t *from, const proto_msg_t *m)
         script_process(s->scripts, from, m);
     else
         server_route(s, from, m);
+}
+
+void server_set_capture(server_t *s, int (*fn)(void *ctx, const proto_msg_t *m), void *ctx, struct streams *sm)
+{
+    s->capture = fn;
+    s->capture_ctx = ctx;
+    s->streams = sm;
+}
+
+struct streams *server_streams(server_t *s) { return s->streams; }
+
+int server_has_interest(server_t *s, const char *subject, size_t len)
+{
+    sublist_result_t *r = sublist_match(s->subs, subject, len);
+    return r && (r->npsubs || r->nqgroups);
 }
 
 void server_set_input_tap(server_t *s, void (*fn)(void *ctx, const proto_msg_t *m), void *ctx)

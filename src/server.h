@@ -74,6 +74,7 @@ size_t server_route(server_t *s, struct client *from, const proto_msg_t *msg);
 
 /* Flags for server_route_flags. */
 #define ROUTE_HAS_RESPONDER 1 /* a handler inside tide will answer: no 503 status */
+#define ROUTE_NO_CAPTURE 2    /* not for streams: acks, consumer deliveries */
 
 /* server_route with flags. */
 size_t server_route_flags(server_t *s, struct client *from, const proto_msg_t *msg, int flags);
@@ -89,6 +90,15 @@ void server_publish(server_t *s, struct client *from, const proto_msg_t *msg);
  * prompt or HTTP; not admin requests, not what handlers publish), before
  * the pipeline.  One tap; NULL removes it. */
 void server_set_input_tap(server_t *s, void (*fn)(void *ctx, const proto_msg_t *m), void *ctx);
+
+struct streams;
+/* Attaches the persistent queue: fn is offered every routed message (except
+ * ROUTE_NO_CAPTURE ones) and returns 1 when a stream stored it (it then
+ * answers a reply subject itself).  sm answers $TIDE.ADMIN.STREAM.* etc. */
+void server_set_capture(server_t *s, int (*fn)(void *ctx, const proto_msg_t *m), void *ctx, struct streams *sm);
+struct streams *server_streams(server_t *s);
+/* True when some subscription matches subject. */
+int server_has_interest(server_t *s, const char *subject, size_t len);
 
 struct script_host;
 /* Attaches the script host (owned by the caller, who frees it after the server). */

@@ -1,0 +1,1084 @@
+/*
+ * consumer.c - durable push consumers: delivery from a stream to a subject,
+ * acks on $JS.ACK reply subjects, redelivery with backoff, max_deliver and
+ * dead letters, max_ack_pending, ordered_by, and state kept on disk.
+ *
+ * State on disk, in <data>/consumers/<name>/:
+ *   state     a snapshot: generation, next sequence, delivery counter, the
+ *             messages in flight (sequence, deliveries) and the ones parked
+ *             behind another of their ordered_by key; CRC-32C at the end
+ *   acks.log  what happened since the snapshot of the same generation:
+ *             17-byte records (op, deliveries, sequence, CRC-32C), op D
+ *             (delivered), A (done: acked, terminated or dead-lettered),
+ *             P (parked)
+ * Appends to acks.log are written at the end of each loop iteration (no
+ * fsync: a crash of the process loses nothing; a power loss can roll a
+ * consumer back, which means redeliveries, never a lost event).  Every
+ * 20,000 records a new snapshot is written and the log restarted.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+#include <event2/event.h>
+
+#include "crc32c.h"
+#include "event.h"
+#include "log.h"
+#include "stream_internal.h"
+#include "subject.h"
+#include "util.h"
+#include "vfs.h"
+
+#define OPS_PER_SNAPSHOT 20000
+#define TICK_MS 10
+#define OP_LEN 17
+
+typedef struct pend {
+    uint64_t seq;
+    uint32_t deliveries;
+    int waiting;  /* 1: to be (re)delivered at due; 0: in flight until due */
+    int64_t due;  /* monotonic ns */
+    uint32_t gen; /* bumps when due changes: older heap entries are stale */
+    char *key;    /* ordered_by key (owned), or NULL */
+    char *error;  /* last error (NAK or TERM reason), or NULL */
+} pend_t;
+
+typedef struct hent {
+    int64_t due;
+    uint64_t seq;
+    uint32_t gen;
+} hent_t;
+
+/* Messages waiting behind the one of their key in flight. */
+typedef struct keyq {
+    uint64_t *seqs;
+    size_t head, n, cap;
+} keyq_t;
+
+struct consumer {
+    consumer_cfg_t cfg;
+    streams_t *sm;
+    stream_t *st;
+    char dir[4096];
+    uint64_t next_seq, dseq;
+    dict_t pending; /* 8-byte sequence -> pend_t */
+    size_t npending;
+    hent_t *heap;
+    size_t nheap, capheap;
+    dict_t keys; /* ordered_by key in flight -> keyq_t */
+    uint64_t nparked;
+    int logfd;
+    uint64_t gen;
+    char *obuf;
+    size_t olen, ocap;
+    uint64_t nops;
+    char **replies; /* AckSync replies, sent once the ack is written */
+    size_t nreplies, capreplies;
+    struct event *flush_ev, *tick_ev;
+    uint64_t delivered, redelivered, acked, naked, termed, dead_lettered, expired;
+    int pumping;
+};
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+const consumer_cfg_t *consumer_cfg(const consumer_t *c) { return &c->cfg; }
+
+/* ---- the deadline heap ------------------------------------------------------ */
+
+static void heap_push(consumer_t *c, pend_t *p)
+{
+    if (c->nheap == c->capheap) {
+        size_t nc = c->capheap ? c->capheap * 2 : 256;
+        hent_t *nh = realloc(c->heap, nc * sizeof *nh);
+        if (!nh) {
+            log_error("consumer %s: out of memory scheduling a redelivery", c->cfg.name);
+            return;
+        }
+        c->heap = nh;
+        c->capheap = nc;
+    }
+    size_t i = c->nheap++;
+    hent_t e = {p->due, p->seq, p->gen};
+    while (i && c->heap[(i - 1) / 2].due > e.due) {
+        c->heap[i] = c->heap[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    c->heap[i] = e;
+}
+
+static hent_t heap_pop(consumer_t *c)
+{
+    hent_t top = c->heap[0], last = c->heap[--c->nheap];
+    size_t i = 0;
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        int64_t md = last.due;
+        if (l < c->nheap && c->heap[l].due < md)
+            m = l, md = c->heap[l].due;
+        if (r < c->nheap && c->heap[r].due < md)
+            m = r;
+        if (m == i)
+            break;
+        c->heap[i] = c->heap[m];
+        i = m;
+    }
+    if (c->nheap)
+        c->heap[i] = last;
+    return top;
+}
+
+static void schedule(consumer_t *c, pend_t *p, int waiting, int64_t due)
+{
+    p->waiting = waiting;
+    p->due = due;
+    p->gen++;
+    heap_push(c, p);
+}
+
+/* ---- the state log ---------------------------------------------------------- */
+
+static void log_op(consumer_t *c, char op, uint32_t n, uint64_t seq)
+{
+    if (c->logfd < 0)
+        return;
+    if (c->olen + OP_LEN > c->ocap) {
+        size_t nc = c->ocap ? c->ocap * 2 : 8192;
+        char *nb = realloc(c->obuf, nc);
+        if (!nb)
+            return;
+        c->obuf = nb;
+        c->ocap = nc;
+    }
+    char *p = c->obuf + c->olen;
+    p[0] = op;
+    memcpy(p + 1, &n, 4);
+    memcpy(p + 5, &seq, 8);
+    uint32_t crc = crc32c(0, p, 13);
+    memcpy(p + 13, &crc, 4);
+    c->olen += OP_LEN;
+    c->nops++;
+    event_active(c->flush_ev, EV_TIMEOUT, 0);
+}
+
+static void snapshot(consumer_t *c);
+
+static void flush_state(consumer_t *c)
+{
+    if (c->olen && c->logfd >= 0) {
+        if (vfs_write(c->logfd, c->obuf, c->olen) < 0)
+            log_error("consumer %s: cannot write its state (%s): a restart may redeliver", c->cfg.name,
+                      strerror(errno));
+        c->olen = 0;
+    }
+    for (size_t i = 0; i < c->nreplies; i++) {
+        proto_msg_t r;
+        memset(&r, 0, sizeof r);
+        r.subject = c->replies[i];
+        r.subject_len = strlen(c->replies[i]);
+        r.payload = "";
+        server_route_flags(c->sm->srv, NULL, &r, ROUTE_NO_CAPTURE);
+        free(c->replies[i]);
+    }
+    c->nreplies = 0;
+    if (c->nops >= OPS_PER_SNAPSHOT)
+        snapshot(c);
+}
+
+static void on_flush(evutil_socket_t fd, short what, void *arg) { flush_state(arg); }
+
+static void put_u64(char **b, size_t *len, size_t *cap, uint64_t v)
+{
+    if (*len + 8 > *cap) {
+        size_t nc = *cap ? *cap * 2 : 4096;
+        char *nb = realloc(*b, nc);
+        if (!nb)
+            return;
+        *b = nb;
+        *cap = nc;
+    }
+    memcpy(*b + *len, &v, 8);
+    *len += 8;
+}
+
+static int open_log(consumer_t *c, int fresh)
+{
+    char path[4200], tmp[4300];
+    snprintf(path, sizeof path, "%s/acks.log", c->dir);
+    if (c->logfd >= 0)
+        vfs_close(c->logfd);
+    c->logfd = -1;
+    if (fresh) {
+        snprintf(tmp, sizeof tmp, "%s.tmp", path);
+        int fd = vfs_open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        char h[16];
+        memcpy(h, "TIDEACK1", 8);
+        memcpy(h + 8, &c->gen, 8);
+        if (fd < 0 || vfs_write(fd, h, sizeof h) < 0 || vfs_rename(tmp, path) < 0) {
+            log_error("consumer %s: cannot start %s: %s", c->cfg.name, path, strerror(errno));
+            if (fd >= 0)
+                vfs_close(fd);
+            return -1;
+        }
+        vfs_close(fd);
+    }
+    c->logfd = vfs_open(path, O_WRONLY | O_APPEND, 0644);
+    return c->logfd < 0 ? -1 : 0;
+}
+
+/* Writes the whole state as a new generation and starts a new log. */
+static void snapshot(consumer_t *c)
+{
+    char *b = NULL, path[4200], tmp[4300];
+    size_t len = 0, cap = 0;
+    if (c->olen)
+        flush_state(c);
+    uint64_t gen = c->gen + 1;
+    put_u64(&b, &len, &cap, 0); /* magic, below */
+    put_u64(&b, &len, &cap, gen);
+    put_u64(&b, &len, &cap, c->next_seq);
+    put_u64(&b, &len, &cap, c->dseq);
+    put_u64(&b, &len, &cap, c->npending);
+    uint64_t parked = 0;
+    for (size_t i = 0; i < c->pending.cap; i++) {
+        pend_t *p = c->pending.slots[i].key ? c->pending.slots[i].val : NULL;
+        if (p) {
+            put_u64(&b, &len, &cap, p->seq);
+            put_u64(&b, &len, &cap, p->deliveries);
+        }
+    }
+    for (size_t i = 0; i < c->keys.cap; i++) {
+        keyq_t *q = c->keys.slots[i].key ? c->keys.slots[i].val : NULL;
+        parked += q ? q->n : 0;
+    }
+    put_u64(&b, &len, &cap, parked);
+    for (size_t i = 0; i < c->keys.cap; i++) {
+        keyq_t *q = c->keys.slots[i].key ? c->keys.slots[i].val : NULL;
+        for (size_t k = 0; q && k < q->n; k++)
+            put_u64(&b, &len, &cap, q->seqs[(q->head + k) % q->cap]);
+    }
+    if (!b || len < 40) {
+        free(b);
+        return;
+    }
+    memcpy(b, "TIDECST1", 8);
+    uint32_t crc = crc32c(0, b, len);
+    put_u64(&b, &len, &cap, crc);
+    snprintf(path, sizeof path, "%s/state", c->dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int fd = vfs_open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0 || vfs_write(fd, b, len) < 0 || vfs_rename(tmp, path) < 0) {
+        log_error("consumer %s: cannot write a snapshot of its state: %s", c->cfg.name, strerror(errno));
+        if (fd >= 0)
+            vfs_close(fd);
+        free(b);
+        return;
+    }
+    vfs_close(fd);
+    free(b);
+    c->gen = gen;
+    c->nops = 0;
+    open_log(c, 1);
+}
+
+/* ---- ordered_by -------------------------------------------------------------- */
+
+/* The ordered_by key of a record (malloc'd), or NULL when it has none. */
+static char *key_of(consumer_t *c, const slog_rec_t *r)
+{
+    const char *ob = c->cfg.ordered_by;
+    if (!ob[0])
+        return NULL;
+    if (!strcmp(ob, "subject"))
+        return mem_dup(r->subject, r->subject_len);
+    if (!strncmp(ob, "header:", 7)) {
+        size_t vl;
+        const char *v = r->hdr_len ? event_header_find(r->hdr, r->hdr_len, ob + 7, &vl) : NULL;
+        return v ? mem_dup(v, vl) : NULL;
+    }
+    cJSON *j = r->payload_len ? cJSON_ParseWithLength(r->payload, r->payload_len) : NULL;
+    if (!j)
+        return NULL;
+    /* A CloudEvents envelope has its data under "data"; a plain JSON
+     * payload is the data itself. */
+    cJSON *cur = cJSON_GetObjectItemCaseSensitive(j, "specversion") ? cJSON_GetObjectItemCaseSensitive(j, "data") : j;
+    char path[128];
+    snprintf(path, sizeof path, "%s", ob + 5);
+    for (char *save = NULL, *tok = strtok_r(path, ".", &save); tok && cur; tok = strtok_r(NULL, ".", &save))
+        cur = cJSON_IsObject(cur) ? cJSON_GetObjectItemCaseSensitive(cur, tok) : NULL;
+    char *out = NULL;
+    if (cJSON_IsString(cur)) {
+        out = strdup(cur->valuestring);
+    } else if (cJSON_IsNumber(cur)) {
+        char *p = cJSON_PrintUnformatted(cur);
+        out = p ? strdup(p) : NULL;
+        cJSON_free(p);
+    }
+    cJSON_Delete(j);
+    return out;
+}
+
+static int keyq_push(keyq_t *q, uint64_t seq)
+{
+    if (q->n == q->cap) {
+        size_t nc = q->cap ? q->cap * 2 : 8;
+        uint64_t *ns = malloc(nc * sizeof *ns);
+        if (!ns)
+            return -1;
+        for (size_t i = 0; i < q->n; i++)
+            ns[i] = q->seqs[(q->head + i) % q->cap];
+        free(q->seqs);
+        q->seqs = ns;
+        q->cap = nc;
+        q->head = 0;
+    }
+    q->seqs[(q->head + q->n++) % q->cap] = seq;
+    return 0;
+}
+
+static void keyq_free(void *v)
+{
+    keyq_t *q = v;
+    if (q)
+        free(q->seqs);
+    free(q);
+}
+
+/* ---- delivery --------------------------------------------------------------- */
+
+static pend_t *pend_get(consumer_t *c, uint64_t seq) { return dict_get(&c->pending, (const char *)&seq, 8); }
+
+static pend_t *pend_new(consumer_t *c, uint64_t seq, char *key)
+{
+    pend_t *p = calloc(1, sizeof *p);
+    if (!p || dict_put(&c->pending, (const char *)&seq, 8, p) < 0) {
+        free(p);
+        free(key);
+        return NULL;
+    }
+    p->seq = seq;
+    p->key = key;
+    c->npending++;
+    return p;
+}
+
+static uint64_t committed(consumer_t *c)
+{
+    slog_info_t in;
+    slog_get_info(c->st->log, &in);
+    return in.committed_seq;
+}
+
+/* Sends record r for p (one more delivery) to the deliver subject. */
+static void send_one(consumer_t *c, pend_t *p, const slog_rec_t *r)
+{
+    char reply[512];
+    uint64_t com = committed(c);
+    p->deliveries++;
+    c->dseq++;
+    if (p->deliveries > 1)
+        c->redelivered++;
+    c->delivered++;
+    int n = snprintf(reply, sizeof reply, "$JS.ACK.%s.%s.%u.%" PRIu64 ".%" PRIu64 ".%" PRId64 ".%" PRIu64,
+                     c->st->cfg.name, c->cfg.name, p->deliveries, p->seq, c->dseq, r->ts,
+                     com >= c->next_seq ? com - c->next_seq + 1 : 0);
+    proto_msg_t m;
+    memset(&m, 0, sizeof m);
+    m.subject = c->cfg.deliver;
+    m.subject_len = strlen(c->cfg.deliver);
+    m.reply = reply;
+    m.reply_len = (size_t)n;
+    m.hdr = r->hdr_len ? r->hdr : NULL;
+    m.hdr_len = r->hdr_len;
+    m.payload = r->payload;
+    m.payload_len = r->payload_len;
+    log_op(c, 'D', p->deliveries, p->seq);
+    schedule(c, p, 0, mono_ns() + (int64_t)(c->cfg.ack_wait * 1e9));
+    server_route_flags(c->sm->srv, NULL, &m, ROUTE_NO_CAPTURE);
+}
+
+static void done(consumer_t *c, pend_t *p);
+
+/* Delivers p again (or for the first time after a restart). */
+static void redeliver(consumer_t *c, pend_t *p)
+{
+    slog_rec_t r;
+    int rc = slog_read(c->st->log, p->seq, &r, &c->sm->rbuf, &c->sm->rcap);
+    if (rc <= 0) { /* gone (retention) or unreadable: nothing to deliver */
+        if (rc < 0)
+            log_error("consumer %s: cannot read sequence %" PRIu64 ": %s", c->cfg.name, p->seq, strerror(errno));
+        done(c, p);
+        return;
+    }
+    send_one(c, p, &r);
+}
+
+/* The dead-letter message: the event with headers saying why. */
+static void dead_letter(consumer_t *c, pend_t *p, const char *reason)
+{
+    c->dead_lettered++;
+    if (!c->cfg.dead_letter[0]) {
+        log_warn("consumer %s: sequence %" PRIu64 " given up after %u deliveries (%s); no dead_letter subject is set",
+                 c->cfg.name, p->seq, p->deliveries, reason);
+        return;
+    }
+    slog_rec_t r;
+    if (slog_read(c->st->log, p->seq, &r, &c->sm->rbuf, &c->sm->rcap) <= 0)
+        return;
+    char err[512];
+    snprintf(err, sizeof err, "%s", p->error ? p->error : reason);
+    for (char *q = err; *q; q++)
+        if (*q == '\r' || *q == '\n')
+            *q = ' ';
+    size_t cap = 512 + r.subject_len + r.hdr_len + strlen(err);
+    char *h = malloc(cap);
+    if (!h)
+        return;
+    int n = snprintf(h, cap,
+                     "NATS/1.0\r\nTide-Original-Subject: %.*s\r\nTide-Stream: %s\r\nTide-Consumer: %s\r\n"
+                     "Tide-Sequence: %" PRIu64 "\r\nTide-Deliveries: %u\r\nTide-Reason: %s\r\nTide-Error: %s\r\n",
+                     (int)r.subject_len, r.subject, c->st->cfg.name, c->cfg.name, p->seq, p->deliveries, reason, err);
+    size_t hl = (size_t)n;
+    if (r.hdr_len > 12) { /* the original headers, after their first line */
+        const char *nl = memchr(r.hdr, '\n', r.hdr_len);
+        if (nl) {
+            size_t rest = r.hdr_len - (size_t)(nl + 1 - r.hdr);
+            while (rest >= 2 && nl[rest - 1] == '\n' && nl[rest] == '\n')
+                rest--;
+            memcpy(h + hl, nl + 1, rest);
+            hl += rest;
+            /* the block ends with one empty line */
+            while (hl >= 4 && !memcmp(h + hl - 4, "\r\n\r\n", 4))
+                hl -= 2;
+        }
+    }
+    memcpy(h + hl, "\r\n", 2);
+    hl += 2;
+    proto_msg_t m;
+    memset(&m, 0, sizeof m);
+    m.subject = c->cfg.dead_letter;
+    m.subject_len = strlen(c->cfg.dead_letter);
+    m.hdr = h;
+    m.hdr_len = hl;
+    m.payload = r.payload;
+    m.payload_len = r.payload_len;
+    server_route(c->sm->srv, NULL, &m);
+    free(h);
+}
+
+static void deliver_new(consumer_t *c, uint64_t seq, const slog_rec_t *r, char *key)
+{
+    pend_t *p = pend_new(c, seq, key);
+    if (!p) {
+        log_error("consumer %s: out of memory delivering %" PRIu64, c->cfg.name, seq);
+        return;
+    }
+    send_one(c, p, r);
+}
+
+/* p is finished (acked, terminated or given up): forget it, and let the
+ * next event of its key go. */
+static void done(consumer_t *c, pend_t *p)
+{
+    uint64_t seq = p->seq;
+    log_op(c, 'A', 0, seq);
+    dict_remove(&c->pending, (const char *)&seq, 8);
+    c->npending--;
+    if (p->key) {
+        keyq_t *q = dict_get(&c->keys, p->key, strlen(p->key));
+        if (q && q->n) {
+            uint64_t next = q->seqs[q->head];
+            q->head = (q->head + 1) % q->cap;
+            q->n--;
+            c->nparked--;
+            pend_t *np = pend_new(c, next, strdup(p->key));
+            if (np)
+                schedule(c, np, 1, 0); /* delivered by the next tick (or pump) */
+        } else if (q) {
+            keyq_free(dict_remove(&c->keys, p->key, strlen(p->key)));
+        }
+    }
+    free(p->key);
+    free(p->error);
+    free(p);
+}
+
+static void run_due(consumer_t *c);
+
+void consumer_pump(consumer_t *c)
+{
+    if (!c->cfg.deliver[0] || c->pumping)
+        return;
+    if (!server_has_interest(c->sm->srv, c->cfg.deliver, strlen(c->cfg.deliver)))
+        return; /* nobody listens: keep the events (the tick looks again) */
+    c->pumping = 1;
+    run_due(c);
+    uint64_t com = committed(c);
+    size_t fl = strlen(c->cfg.filter);
+    uint64_t park_max = (uint64_t)c->cfg.max_ack_pending * 8 + 1024;
+    while ((int64_t)c->npending < c->cfg.max_ack_pending && c->next_seq <= com && c->nparked < park_max) {
+        uint64_t seq = c->next_seq++;
+        slog_rec_t r;
+        int rc = slog_read(c->st->log, seq, &r, &c->sm->rbuf, &c->sm->rcap);
+        if (rc <= 0)
+            continue;
+        if (fl && !subject_matches(c->cfg.filter, fl, r.subject, r.subject_len))
+            continue;
+        char *key = key_of(c, &r);
+        if (key) {
+            keyq_t *q = dict_get(&c->keys, key, strlen(key));
+            if (q) {
+                if (keyq_push(q, seq) == 0) {
+                    c->nparked++;
+                    log_op(c, 'P', 0, seq);
+                }
+                free(key);
+                continue;
+            }
+            q = calloc(1, sizeof *q);
+            if (!q || dict_put(&c->keys, key, strlen(key), q) < 0) {
+                free(q);
+                free(key);
+                c->next_seq--;
+                break;
+            }
+        }
+        deliver_new(c, seq, &r, key);
+    }
+    c->pumping = 0;
+}
+
+/* Redelivers what is due now, and sends timed-out messages to their next
+ * step (backoff, or dead letter after max_deliver). */
+static void run_due(consumer_t *c)
+{
+    int64_t now = mono_ns();
+    int interest = -1;
+    while (c->nheap && c->heap[0].due <= now) {
+        hent_t e = heap_pop(c);
+        pend_t *p = pend_get(c, e.seq);
+        if (!p || p->gen != e.gen)
+            continue; /* stale entry */
+        if (!p->waiting) { /* no ack within ack_wait */
+            c->expired++;
+            if (c->cfg.max_deliver > 0 && p->deliveries >= (uint64_t)c->cfg.max_deliver) {
+                dead_letter(c, p, "max_deliver");
+                done(c, p);
+                continue;
+            }
+            int step = p->deliveries ? (int)p->deliveries - 1 : 0;
+            double delay = c->cfg.nbackoff ? c->cfg.backoff[step < c->cfg.nbackoff ? step : c->cfg.nbackoff - 1] : 0;
+            if (delay > 0) {
+                schedule(c, p, 1, now + (int64_t)(delay * 1e9));
+                continue;
+            }
+        }
+        if (interest < 0)
+            interest = server_has_interest(c->sm->srv, c->cfg.deliver, strlen(c->cfg.deliver));
+        if (!interest) { /* nobody to deliver to: look again later */
+            schedule(c, p, 1, now + 100000000);
+            continue;
+        }
+        redeliver(c, p);
+    }
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    consumer_t *c = arg;
+    if (!c->cfg.deliver[0])
+        return;
+    if (c->nheap && c->heap[0].due <= mono_ns()) {
+        if (server_has_interest(c->sm->srv, c->cfg.deliver, strlen(c->cfg.deliver)))
+            run_due(c);
+        else
+            return;
+    }
+    consumer_pump(c);
+}
+
+/* ---- acks ------------------------------------------------------------------- */
+
+static void nak(consumer_t *c, pend_t *p, int64_t delay_ns)
+{
+    c->naked++;
+    if (c->cfg.max_deliver > 0 && p->deliveries >= (uint64_t)c->cfg.max_deliver) {
+        dead_letter(c, p, "max_deliver");
+        done(c, p);
+        return;
+    }
+    if (delay_ns < 0) {
+        int step = p->deliveries ? (int)p->deliveries - 1 : 0;
+        delay_ns = c->cfg.nbackoff
+                       ? (int64_t)(c->cfg.backoff[step < c->cfg.nbackoff ? step : c->cfg.nbackoff - 1] * 1e9)
+                       : 0;
+    }
+    schedule(c, p, 1, mono_ns() + delay_ns);
+}
+
+/* "-NAK", "-NAK {\"delay\": ns}" or "-NAK 2s" (the delay), -1 when none. */
+static int64_t nak_delay(const char *b, size_t n)
+{
+    char tmp[256];
+    if (n <= 4)
+        return -1;
+    snprintf(tmp, sizeof tmp, "%.*s", (int)(n - 4), b + 4);
+    char *s = tmp;
+    while (*s == ' ')
+        s++;
+    if (*s == '{') {
+        cJSON *j = cJSON_Parse(s);
+        const cJSON *d = j ? cJSON_GetObjectItemCaseSensitive(j, "delay") : NULL;
+        int64_t v = cJSON_IsNumber(d) && d->valuedouble >= 0 ? (int64_t)d->valuedouble : -1;
+        cJSON_Delete(j);
+        return v;
+    }
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || v < 0)
+        return -1;
+    if (!strcmp(end, "ms")) return (int64_t)(v * 1e6);
+    if (!strcmp(end, "s") || !*end) return (int64_t)(v * 1e9);
+    if (!strcmp(end, "m")) return (int64_t)(v * 60e9);
+    return -1;
+}
+
+static consumer_t *find_consumer(streams_t *sm, const char *s, size_t sl, const char *name, size_t nl)
+{
+    for (int i = 0; i < sm->nc; i++) {
+        consumer_t *c = sm->consumers[i];
+        if (strlen(c->cfg.name) == nl && !memcmp(c->cfg.name, name, nl) && strlen(c->cfg.stream) == sl &&
+            !memcmp(c->cfg.stream, s, sl))
+            return c;
+    }
+    return NULL;
+}
+
+void consumers_on_ack(void *ctx, const proto_msg_t *m)
+{
+    streams_t *sm = ctx;
+    /* $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending> */
+    const char *tok[16];
+    size_t tl[16];
+    int nt = 0;
+    const char *p = m->subject, *end = m->subject + m->subject_len;
+    while (p < end && nt < 16) {
+        const char *dot = memchr(p, '.', (size_t)(end - p));
+        tok[nt] = p;
+        tl[nt] = dot ? (size_t)(dot - p) : (size_t)(end - p);
+        nt++;
+        p = dot ? dot + 1 : end;
+    }
+    int base = nt == 9 ? 2 : nt >= 11 ? 4 : -1; /* the v2 layout has domain and account hash first */
+    if (base < 0)
+        return;
+    consumer_t *c = find_consumer(sm, tok[base], tl[base], tok[base + 1], tl[base + 1]);
+    if (!c)
+        return;
+    char num[24];
+    snprintf(num, sizeof num, "%.*s", (int)(tl[base + 3] < 23 ? tl[base + 3] : 23), tok[base + 3]);
+    uint64_t seq = strtoull(num, NULL, 10);
+    pend_t *pd = pend_get(c, seq);
+    const char *b = m->payload;
+    size_t n = m->payload_len;
+    if (pd) {
+        if (n == 0 || (n >= 4 && (!memcmp(b, "+ACK", 4) || !memcmp(b, "+NXT", 4)))) {
+            c->acked++;
+            done(c, pd);
+        } else if (n >= 4 && !memcmp(b, "-NAK", 4)) {
+            nak(c, pd, nak_delay(b, n));
+        } else if (n >= 4 && !memcmp(b, "+WPI", 4)) {
+            if (!pd->waiting)
+                schedule(c, pd, 0, mono_ns() + (int64_t)(c->cfg.ack_wait * 1e9));
+        } else if (n >= 5 && !memcmp(b, "+TERM", 5)) {
+            c->termed++;
+            const char *r = b + 5;
+            size_t rl = n - 5;
+            while (rl && *r == ' ')
+                r++, rl--;
+            free(pd->error);
+            pd->error = rl ? mem_dup(r, rl) : NULL;
+            dead_letter(c, pd, "term");
+            done(c, pd);
+        }
+    }
+    if (m->reply && m->reply_len) {
+        if (c->nreplies == c->capreplies) {
+            size_t nc = c->capreplies ? c->capreplies * 2 : 16;
+            char **nr = realloc(c->replies, nc * sizeof *nr);
+            if (!nr)
+                return;
+            c->replies = nr;
+            c->capreplies = nc;
+        }
+        char *r = mem_dup(m->reply, m->reply_len);
+        if (r)
+            c->replies[c->nreplies++] = r;
+        event_active(c->flush_ev, EV_TIMEOUT, 0);
+    }
+    consumer_pump(c);
+}
+
+/* ---- opening: the state from disk ------------------------------------------ */
+
+static uint64_t start_seq(consumer_t *c)
+{
+    slog_info_t in;
+    slog_get_info(c->st->log, &in);
+    switch (c->cfg.deliver_policy) {
+    case DELIVER_NEW:
+        return in.last_seq + 1;
+    case DELIVER_LAST:
+        return in.last_seq ? in.last_seq : 1;
+    case DELIVER_BY_START_SEQ:
+        return c->cfg.start_seq;
+    case DELIVER_BY_START_TIME:
+        return slog_seq_at_time(c->st->log, c->cfg.start_time);
+    default:
+        return in.first_seq ? in.first_seq : 1;
+    }
+}
+
+/* Reads the snapshot.  1: loaded, 0: none, -1: damaged. */
+static int load_snapshot(consumer_t *c, uint64_t **parked, size_t *nparked)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/state", c->dir);
+    int fd = vfs_open(path, O_RDONLY, 0);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : -1;
+    struct stat sb;
+    char *b = NULL;
+    int ok = -1;
+    if (fstat(fd, &sb) == 0 && sb.st_size >= 56 && sb.st_size < (1 << 30) && (b = malloc((size_t)sb.st_size)) &&
+        vfs_pread(fd, b, (size_t)sb.st_size, 0) == sb.st_size) {
+        size_t len = (size_t)sb.st_size;
+        uint64_t crc, v[5];
+        memcpy(&crc, b + len - 8, 8);
+        memcpy(v, b, sizeof v);
+        if (!memcmp(b, "TIDECST1", 8) && crc == crc32c(0, b, len - 8) && 40 + v[4] * 16 + 8 + 8 <= len) {
+            c->gen = v[1];
+            c->next_seq = v[2];
+            c->dseq = v[3];
+            size_t o = 40;
+            for (uint64_t i = 0; i < v[4]; i++, o += 16) {
+                uint64_t s, d;
+                memcpy(&s, b + o, 8);
+                memcpy(&d, b + o + 8, 8);
+                pend_t *p = pend_new(c, s, NULL);
+                if (p)
+                    p->deliveries = (uint32_t)d;
+            }
+            uint64_t np;
+            memcpy(&np, b + o, 8);
+            o += 8;
+            if (o + np * 8 + 8 <= len) {
+                *parked = malloc((np ? np : 1) * sizeof **parked);
+                for (uint64_t i = 0; *parked && i < np; i++, o += 8)
+                    memcpy(&(*parked)[(*nparked)++], b + o, 8);
+                ok = 1;
+            }
+        }
+    }
+    free(b);
+    vfs_close(fd);
+    return ok;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void add_parked(uint64_t **v, size_t *n, size_t *cap, uint64_t s)
+{
+    if (*n == *cap) {
+        *cap = *cap ? *cap * 2 : 64;
+        uint64_t *nv = realloc(*v, *cap * sizeof **v);
+        if (!nv)
+            return;
+        *v = nv;
+    }
+    (*v)[(*n)++] = s;
+}
+
+static void del_parked(uint64_t *v, size_t *n, uint64_t s)
+{
+    for (size_t i = 0; i < *n; i++)
+        if (v[i] == s) {
+            v[i] = v[--*n];
+            return;
+        }
+}
+
+static int load_state(consumer_t *c)
+{
+    uint64_t *parked = NULL;
+    size_t nparked = 0, capparked;
+    int snap = load_snapshot(c, &parked, &nparked);
+    capparked = nparked;
+    int fresh = snap == 0;
+    if (snap < 0) {
+        log_warn("consumer %s: its state snapshot is damaged; rebuilding from the ack log and the deliver policy "
+                 "(events acknowledged before the last snapshot may be delivered again)", c->cfg.name);
+        dict_clear(&c->pending, free);
+        dict_init(&c->pending);
+        c->npending = 0;
+        nparked = 0;
+    }
+    if (snap <= 0) {
+        c->next_seq = start_seq(c);
+        c->gen = 0;
+    }
+    /* Replay the log of the same generation. */
+    char path[4200];
+    snprintf(path, sizeof path, "%s/acks.log", c->dir);
+    int fd = vfs_open(path, O_RDONLY, 0);
+    uint64_t replayed = 0, bad = 0;
+    if (fd >= 0) {
+        char h[16];
+        uint64_t lgen;
+        if (vfs_pread(fd, h, 16, 0) == 16 && !memcmp(h, "TIDEACK1", 8) &&
+            (memcpy(&lgen, h + 8, 8), snap <= 0 || lgen == c->gen)) {
+            if (snap <= 0)
+                c->gen = lgen;
+            fresh = 0;
+            char rec[OP_LEN * 256];
+            off_t off = 16;
+            ssize_t got;
+            while ((got = vfs_pread(fd, rec, sizeof rec, off)) >= OP_LEN) {
+                for (ssize_t i = 0; i + OP_LEN <= got; i += OP_LEN) {
+                    char *r = rec + i;
+                    uint32_t crc, n;
+                    uint64_t seq;
+                    memcpy(&crc, r + 13, 4);
+                    memcpy(&n, r + 1, 4);
+                    memcpy(&seq, r + 5, 8);
+                    if (crc != crc32c(0, r, 13)) {
+                        bad++;
+                        continue;
+                    }
+                    replayed++;
+                    pend_t *p = pend_get(c, seq);
+                    if (r[0] == 'D') {
+                        if (!p)
+                            p = pend_new(c, seq, NULL);
+                        if (p)
+                            p->deliveries = n;
+                        del_parked(parked, &nparked, seq);
+                        if (seq >= c->next_seq)
+                            c->next_seq = seq + 1;
+                        c->dseq++;
+                    } else if (r[0] == 'A') {
+                        if (p) {
+                            dict_remove(&c->pending, (const char *)&seq, 8);
+                            c->npending--;
+                            free(p);
+                        }
+                        del_parked(parked, &nparked, seq);
+                    } else if (r[0] == 'P') {
+                        add_parked(&parked, &nparked, &capparked, seq);
+                        if (seq >= c->next_seq)
+                            c->next_seq = seq + 1;
+                    }
+                }
+                off += got - got % OP_LEN;
+            }
+        }
+        vfs_close(fd);
+    }
+    if (bad)
+        log_warn("consumer %s: skipped %" PRIu64 " damaged record%s in its ack log", c->cfg.name, bad,
+                 bad == 1 ? "" : "s");
+    /* Keys of what is in flight, then the parked events behind them. */
+    int64_t now = mono_ns();
+    for (size_t i = 0; i < c->pending.cap; i++) {
+        pend_t *p = c->pending.slots[i].key ? c->pending.slots[i].val : NULL;
+        if (!p)
+            continue;
+        slog_rec_t r;
+        if (c->cfg.ordered_by[0] && slog_read(c->st->log, p->seq, &r, &c->sm->rbuf, &c->sm->rcap) > 0 &&
+            (p->key = key_of(c, &r)) && !dict_get(&c->keys, p->key, strlen(p->key))) {
+            keyq_t *q = calloc(1, sizeof *q);
+            if (q && dict_put(&c->keys, p->key, strlen(p->key), q) < 0)
+                free(q);
+        }
+        schedule(c, p, 1, now); /* unacked before the restart: deliver again */
+    }
+    qsort(parked, nparked, sizeof *parked, cmp_u64);
+    for (size_t i = 0; i < nparked; i++) {
+        slog_rec_t r;
+        if (slog_read(c->st->log, parked[i], &r, &c->sm->rbuf, &c->sm->rcap) <= 0)
+            continue;
+        char *key = key_of(c, &r);
+        keyq_t *q = key ? dict_get(&c->keys, key, strlen(key)) : NULL;
+        if (q) {
+            if (keyq_push(q, parked[i]) == 0)
+                c->nparked++;
+            free(key);
+            continue;
+        }
+        if (key && (q = calloc(1, sizeof *q)) && dict_put(&c->keys, key, strlen(key), q) < 0) {
+            free(q);
+        }
+        pend_t *p = pend_new(c, parked[i], key);
+        if (p)
+            schedule(c, p, 1, now);
+    }
+    free(parked);
+    if (c->npending || replayed || snap > 0)
+        log_info("consumer %s: resumed at sequence %" PRIu64 " with %zu unacknowledged", c->cfg.name, c->next_seq,
+                 c->npending);
+    (void)fresh;
+    return 0;
+}
+
+consumer_t *consumer_open(streams_t *sm, stream_t *st, const consumer_cfg_t *cfg, char *err, size_t errsz)
+{
+    consumer_t *c = calloc(1, sizeof *c);
+    if (!c) {
+        snprintf(err, errsz, "out of memory");
+        return NULL;
+    }
+    c->cfg = *cfg;
+    c->sm = sm;
+    c->st = st;
+    c->logfd = -1;
+    dict_init(&c->pending);
+    dict_init(&c->keys);
+    char cdir[4096];
+    snprintf(cdir, sizeof cdir, "%s/consumers", sm->dir);
+    snprintf(c->dir, sizeof c->dir, "%.4000s/%s", cdir, cfg->name);
+    if ((mkdir(cdir, 0755) != 0 && errno != EEXIST) || (mkdir(c->dir, 0755) != 0 && errno != EEXIST)) {
+        snprintf(err, errsz, "cannot create %s: %s", c->dir, strerror(errno));
+        free(c);
+        return NULL;
+    }
+    c->flush_ev = event_new(sm->base, -1, 0, on_flush, c);
+    c->tick_ev = event_new(sm->base, -1, EV_PERSIST, on_tick, c);
+    if (!c->flush_ev || !c->tick_ev) {
+        snprintf(err, errsz, "cannot set up events");
+        consumer_close(c);
+        return NULL;
+    }
+    load_state(c);
+    snapshot(c); /* a new generation: the state as loaded, and an empty log */
+    if (c->logfd < 0) {
+        snprintf(err, errsz, "cannot write its state in %s: %s", c->dir, strerror(errno));
+        consumer_close(c);
+        return NULL;
+    }
+    struct timeval tv = {0, TICK_MS * 1000};
+    event_add(c->tick_ev, &tv);
+    return c;
+}
+
+void consumer_update(consumer_t *c, const consumer_cfg_t *cfg)
+{
+    consumer_cfg_t keep = c->cfg;
+    c->cfg = *cfg;
+    /* Where it starts and how keys are taken are fixed at creation. */
+    c->cfg.deliver_policy = keep.deliver_policy;
+    c->cfg.start_seq = keep.start_seq;
+    c->cfg.start_time = keep.start_time;
+    memcpy(c->cfg.ordered_by, keep.ordered_by, sizeof c->cfg.ordered_by);
+    if (strcmp(keep.ordered_by, cfg->ordered_by))
+        log_warn("consumer %s: ordered_by changes only for a new consumer", c->cfg.name);
+}
+
+void consumer_close(consumer_t *c)
+{
+    if (!c)
+        return;
+    if (c->logfd >= 0)
+        flush_state(c);
+    if (c->logfd >= 0)
+        vfs_close(c->logfd);
+    if (c->flush_ev)
+        event_free(c->flush_ev);
+    if (c->tick_ev)
+        event_free(c->tick_ev);
+    for (size_t i = 0; i < c->pending.cap; i++) {
+        pend_t *p = c->pending.slots[i].key ? c->pending.slots[i].val : NULL;
+        if (p) {
+            free(p->key);
+            free(p->error);
+            free(p);
+        }
+    }
+    dict_clear(&c->pending, NULL);
+    dict_clear(&c->keys, keyq_free);
+    for (size_t i = 0; i < c->nreplies; i++)
+        free(c->replies[i]);
+    free(c->replies);
+    free(c->heap);
+    free(c->obuf);
+    free(c);
+}
+
+/* ---- views ------------------------------------------------------------------ */
+
+cJSON *consumer_json(consumer_t *c)
+{
+    cJSON *o = cJSON_CreateObject();
+    uint64_t com = committed(c);
+    cJSON_AddStringToObject(o, "name", c->cfg.name);
+    cJSON_AddStringToObject(o, "stream", c->cfg.stream);
+    if (c->cfg.filter[0])
+        cJSON_AddStringToObject(o, "filter", c->cfg.filter);
+    if (c->cfg.deliver[0])
+        cJSON_AddStringToObject(o, "deliver", c->cfg.deliver);
+    if (c->cfg.queue[0])
+        cJSON_AddStringToObject(o, "queue", c->cfg.queue);
+    if (c->cfg.dead_letter[0])
+        cJSON_AddStringToObject(o, "dead_letter", c->cfg.dead_letter);
+    if (c->cfg.ordered_by[0])
+        cJSON_AddStringToObject(o, "ordered_by", c->cfg.ordered_by);
+    cJSON_AddNumberToObject(o, "next_seq", (double)c->next_seq);
+    cJSON_AddNumberToObject(o, "num_pending", (double)(com >= c->next_seq ? com - c->next_seq + 1 : 0));
+    cJSON_AddNumberToObject(o, "num_ack_pending", (double)c->npending);
+    cJSON_AddNumberToObject(o, "num_parked", (double)c->nparked);
+    cJSON_AddNumberToObject(o, "delivered", (double)c->delivered);
+    cJSON_AddNumberToObject(o, "redelivered", (double)c->redelivered);
+    cJSON_AddNumberToObject(o, "acked", (double)c->acked);
+    cJSON_AddNumberToObject(o, "naked", (double)c->naked);
+    cJSON_AddNumberToObject(o, "terminated", (double)c->termed);
+    cJSON_AddNumberToObject(o, "ack_timeouts", (double)c->expired);
+    cJSON_AddNumberToObject(o, "dead_lettered", (double)c->dead_lettered);
+    cJSON_AddNumberToObject(o, "ack_wait", c->cfg.ack_wait);
+    cJSON_AddNumberToObject(o, "max_deliver", (double)c->cfg.max_deliver);
+    cJSON_AddNumberToObject(o, "max_ack_pending", (double)c->cfg.max_ack_pending);
+    return o;
+}
+
+void consumer_metrics(consumer_t *c, char **buf, size_t *len, size_t *cap)
+{
+    uint64_t com = committed(c);
+    struct {
+        const char *name;
+        uint64_t v;
+    } m[] = {
+        {"tide_consumer_pending", com >= c->next_seq ? com - c->next_seq + 1 : 0},
+        {"tide_consumer_ack_pending", c->npending},
+        {"tide_consumer_delivered_total", c->delivered},
+        {"tide_consumer_redelivered_total", c->redelivered},
+        {"tide_consumer_acked_total", c->acked},
+        {"tide_consumer_dead_lettered_total", c->dead_lettered},
+    };
+    for (size_t i = 0; i < sizeof m / sizeof m[0]; i++)
+        buf_printf(buf, len, cap, "%s{stream=\"%s\",consumer=\"%s\"} %" PRIu64 "\n", m[i].name, c->cfg.stream,
+                   c->cfg.name, m[i].v);
+}

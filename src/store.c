@@ -1,0 +1,1131 @@
+/* store.c - a stream's segmented log, its index and group commit (see store.h). */
+#include "store.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "crc32c.h"
+#include "dict.h"
+#include "log.h"
+#include "vfs.h"
+
+#define SEG_MAGIC "TIDESEG1"
+#define SEG_HDR 16
+#define REC_MAGIC 0x31435254u /* "TRC1" */
+#define REC_HDR 40
+#define HOLE UINT32_MAX
+#define MAX_SEGMENT (1u << 30)
+
+typedef struct seg {
+    uint64_t first; /* sequence of index slot 0 */
+    uint64_t n;     /* index slots */
+    uint32_t *off;  /* offset of each record, HOLE when it is not there */
+    size_t cap;
+    int fd;
+    off_t size; /* bytes in the file (not counting the write buffer) */
+    char path[];
+} seg_t;
+
+typedef struct dedup_ent {
+    int64_t ts;
+    uint64_t seq;
+    char *key;
+    size_t klen;
+} dedup_ent_t;
+
+struct slog {
+    char *dir;
+    slog_opts_t o;
+    seg_t **segs;
+    size_t nsegs, capsegs;
+    uint64_t first_seq, last_seq, committed_seq, written_seq;
+    uint64_t msgs, bytes;
+    int64_t last_ts;
+    dict_t subj_last;
+    dict_t dedup;
+    dedup_ent_t *dq;
+    size_t dq_head, dq_len, dq_cap;
+    /* Appends not yet written, and how to take them back. */
+    char *wbuf;
+    size_t wlen, wcap;
+    uint64_t wfirst; /* first sequence in wbuf (0: none) */
+    uint64_t *undo;  /* per buffered record: the subject's previous last sequence */
+    size_t capundo;
+    /* Events. */
+    struct event_base *base;
+    struct event *flush_ev, *tick_ev, *sync_ev;
+    slog_commit_fn cb;
+    void *ctx;
+    int failed;
+    int fail_err;
+    uint64_t syncs, sync_errors, write_errors;
+    /* The sync thread. */
+    pthread_t th;
+    int have_thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int efd;
+    int sfds[8];
+    int nsfds;
+    uint64_t want;     /* sync requested up to here */
+    int want_dir;
+    int busy, stop;
+    uint64_t done;     /* synced up to here */
+    int done_err;      /* errno of a failed sync */
+    uint64_t err_upto; /* the sequence the failed sync was for */
+};
+
+/* ---- little-endian fields --------------------------------------------------- */
+
+static void put16(char *p, uint16_t v) { memcpy(p, &v, 2); }
+static void put32(char *p, uint32_t v) { memcpy(p, &v, 4); }
+static void put64(char *p, uint64_t v) { memcpy(p, &v, 8); }
+static uint16_t get16(const char *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static uint32_t get32(const char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static uint64_t get64(const char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+
+int64_t slog_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Parses the record at p (avail bytes there).  1 with *out filled, 0 when
+ * it is not a whole valid record. */
+static int parse_rec(const char *p, size_t avail, slog_rec_t *out, uint32_t *len)
+{
+    if (avail < REC_HDR || get32(p) != REC_MAGIC)
+        return 0;
+    uint32_t l = get32(p + 8);
+    uint16_t sl = get16(p + 12), kl = get16(p + 14);
+    uint32_t hl = get32(p + 32), pl = get32(p + 36);
+    if (l < REC_HDR || l > avail || (uint64_t)REC_HDR + sl + kl + hl + pl != l || sl == 0)
+        return 0;
+    if (crc32c(0, p + 8, l - 8) != get32(p + 4))
+        return 0;
+    out->seq = get64(p + 16);
+    out->ts = (int64_t)get64(p + 24);
+    out->subject = p + REC_HDR;
+    out->subject_len = sl;
+    out->key = out->subject + sl;
+    out->key_len = kl;
+    out->hdr = out->key + kl;
+    out->hdr_len = hl;
+    out->payload = out->hdr + hl;
+    out->payload_len = pl;
+    *len = l;
+    return 1;
+}
+
+/* ---- segments and the index ------------------------------------------------- */
+
+static seg_t *seg_new(const char *dir, uint64_t first)
+{
+    size_t n = strlen(dir) + 32;
+    seg_t *s = calloc(1, sizeof *s + n);
+    if (!s)
+        return NULL;
+    snprintf(s->path, n, "%s/%020" PRIu64 ".seg", dir, first);
+    s->first = first;
+    s->fd = -1;
+    return s;
+}
+
+static void seg_free(seg_t *s)
+{
+    if (!s)
+        return;
+    if (s->fd >= 0)
+        vfs_close(s->fd);
+    free(s->off);
+    free(s);
+}
+
+static int seg_push(seg_t *s, uint32_t off)
+{
+    if (s->n == s->cap) {
+        size_t nc = s->cap ? s->cap * 2 : 1024;
+        uint32_t *no = realloc(s->off, nc * sizeof *no);
+        if (!no)
+            return -1;
+        s->off = no;
+        s->cap = nc;
+    }
+    s->off[s->n++] = off;
+    return 0;
+}
+
+static seg_t *active(slog_t *l) { return l->nsegs ? l->segs[l->nsegs - 1] : NULL; }
+
+static seg_t *seg_for(slog_t *l, uint64_t seq)
+{
+    size_t lo = 0, hi = l->nsegs;
+    while (lo < hi) { /* last segment with first <= seq */
+        size_t mid = (lo + hi) / 2;
+        if (l->segs[mid]->first <= seq)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == 0)
+        return NULL;
+    seg_t *s = l->segs[lo - 1];
+    return seq < s->first + s->n ? s : NULL;
+}
+
+static int segs_append(slog_t *l, seg_t *s)
+{
+    if (l->nsegs == l->capsegs) {
+        size_t nc = l->capsegs ? l->capsegs * 2 : 8;
+        seg_t **ns = realloc(l->segs, nc * sizeof *ns);
+        if (!ns)
+            return -1;
+        l->segs = ns;
+        l->capsegs = nc;
+    }
+    l->segs[l->nsegs++] = s;
+    return 0;
+}
+
+/* End of a segment's records, counting what is buffered for the active one. */
+static off_t seg_end(slog_t *l, seg_t *s) { return s->size + (s == active(l) ? (off_t)l->wlen : 0); }
+
+/* Bytes the record at index i of s takes. */
+static uint64_t rec_size(slog_t *l, seg_t *s, uint64_t i)
+{
+    for (uint64_t j = i + 1; j < s->n; j++)
+        if (s->off[j] != HOLE)
+            return s->off[j] - s->off[i];
+    return (uint64_t)seg_end(l, s) - s->off[i];
+}
+
+/* ---- the dedup window ------------------------------------------------------- */
+
+static void dedup_expire(slog_t *l, int64_t now)
+{
+    int64_t limit = now - (int64_t)(l->o.dedup_window * 1e9);
+    while (l->dq_len && l->dq[l->dq_head].ts < limit) {
+        dedup_ent_t *e = &l->dq[l->dq_head];
+        if ((uintptr_t)dict_get(&l->dedup, e->key, e->klen) == e->seq)
+            dict_remove(&l->dedup, e->key, e->klen);
+        free(e->key);
+        l->dq_head = (l->dq_head + 1) % l->dq_cap;
+        l->dq_len--;
+    }
+}
+
+static int dedup_add(slog_t *l, const char *key, size_t klen, uint64_t seq, int64_t ts)
+{
+    if (l->dq_len == l->dq_cap) {
+        size_t nc = l->dq_cap ? l->dq_cap * 2 : 256;
+        dedup_ent_t *nq = malloc(nc * sizeof *nq);
+        if (!nq)
+            return -1;
+        for (size_t i = 0; i < l->dq_len; i++)
+            nq[i] = l->dq[(l->dq_head + i) % l->dq_cap];
+        free(l->dq);
+        l->dq = nq;
+        l->dq_cap = nc;
+        l->dq_head = 0;
+    }
+    char *k = malloc(klen + 1);
+    if (!k)
+        return -1;
+    memcpy(k, key, klen);
+    k[klen] = 0;
+    if (dict_put(&l->dedup, key, klen, (void *)(uintptr_t)seq) < 0) {
+        free(k);
+        return -1;
+    }
+    l->dq[(l->dq_head + l->dq_len++) % l->dq_cap] = (dedup_ent_t){ts, seq, k, klen};
+    return 0;
+}
+
+/* Takes back the newest dedup entry (an append that was not written). */
+static void dedup_pop(slog_t *l, uint64_t seq)
+{
+    if (!l->dq_len)
+        return;
+    dedup_ent_t *e = &l->dq[(l->dq_head + l->dq_len - 1) % l->dq_cap];
+    if (e->seq != seq)
+        return;
+    if ((uintptr_t)dict_get(&l->dedup, e->key, e->klen) == e->seq)
+        dict_remove(&l->dedup, e->key, e->klen);
+    free(e->key);
+    l->dq_len--;
+}
+
+uint64_t slog_dedup_find(slog_t *l, const char *key, size_t len)
+{
+    if (l->o.dedup_window <= 0 || !len)
+        return 0;
+    dedup_expire(l, slog_now_ns());
+    return (uintptr_t)dict_get(&l->dedup, key, len);
+}
+
+uint64_t slog_subject_last(slog_t *l, const char *subject, size_t len)
+{
+    return (uintptr_t)dict_get(&l->subj_last, subject, len);
+}
+
+/* ---- retention -------------------------------------------------------------- */
+
+/* Drops the first record (logically; whole segments go in drop_segments). */
+static void drop_first(slog_t *l)
+{
+    seg_t *s = seg_for(l, l->first_seq);
+    if (s) {
+        uint64_t i = l->first_seq - s->first;
+        if (s->off[i] != HOLE) {
+            l->bytes -= rec_size(l, s, i);
+            l->msgs--;
+        }
+    }
+    l->first_seq++;
+}
+
+/* Deletes sealed segments that hold nothing at or after first_seq. */
+static void drop_segments(slog_t *l)
+{
+    size_t k = 0;
+    pthread_mutex_lock(&l->mu);
+    int busy = l->busy;
+    pthread_mutex_unlock(&l->mu);
+    if (busy)
+        return; /* the sync thread may be using a file: next time */
+    while (k + 1 < l->nsegs && l->segs[k]->first + l->segs[k]->n <= l->first_seq &&
+           l->segs[k]->first + l->segs[k]->n - 1 <= l->committed_seq) {
+        seg_t *s = l->segs[k];
+        pthread_mutex_lock(&l->mu);
+        for (int i = 0; i < l->nsfds; i++)
+            if (l->sfds[i] == s->fd)
+                l->sfds[i] = l->sfds[--l->nsfds];
+        pthread_mutex_unlock(&l->mu);
+        if (vfs_unlink(s->path) != 0)
+            log_warn("store: cannot delete %s: %s", s->path, strerror(errno));
+        seg_free(s);
+        k++;
+    }
+    if (k) {
+        memmove(l->segs, l->segs + k, (l->nsegs - k) * sizeof *l->segs);
+        l->nsegs -= k;
+    }
+}
+
+static void enforce_counts(slog_t *l)
+{
+    while (l->o.max_msgs && l->msgs > l->o.max_msgs)
+        drop_first(l);
+    while (l->o.max_bytes && l->bytes > l->o.max_bytes && l->msgs > 1)
+        drop_first(l);
+}
+
+/* Time of record seq, or -1. */
+static int64_t rec_time(slog_t *l, uint64_t seq)
+{
+    seg_t *s = seg_for(l, seq);
+    if (!s || s->off[seq - s->first] == HOLE)
+        return -1;
+    off_t off = s->off[seq - s->first];
+    char h[REC_HDR];
+    if (off >= s->size) {
+        memcpy(h, l->wbuf + (off - s->size), REC_HDR);
+    } else if (vfs_pread(s->fd, h, REC_HDR, off) != REC_HDR) {
+        return -1;
+    }
+    return (int64_t)get64(h + 24);
+}
+
+void slog_expire(slog_t *l)
+{
+    if (l->o.max_age > 0) {
+        int64_t limit = slog_now_ns() - (int64_t)(l->o.max_age * 1e9);
+        while (l->first_seq <= l->last_seq) {
+            int64_t t = rec_time(l, l->first_seq);
+            if (t >= limit)
+                break;
+            drop_first(l); /* holes (t == -1) go too */
+        }
+    }
+    drop_segments(l);
+}
+
+void slog_set_limits(slog_t *l, const slog_opts_t *o)
+{
+    l->o.max_msgs = o->max_msgs;
+    l->o.max_bytes = o->max_bytes;
+    l->o.max_age = o->max_age;
+    enforce_counts(l);
+    slog_expire(l);
+}
+
+/* ---- the sync thread -------------------------------------------------------- */
+
+static void *sync_main(void *arg)
+{
+    slog_t *l = arg;
+    pthread_mutex_lock(&l->mu);
+    for (;;) {
+        while (!l->stop && l->want <= l->done && !l->nsfds && !l->want_dir)
+            pthread_cond_wait(&l->cv, &l->mu);
+        if (l->stop && l->want <= l->done && !l->nsfds)
+            break;
+        int fds[8], n = l->nsfds, dir = l->want_dir;
+        uint64_t target = l->want;
+        memcpy(fds, l->sfds, sizeof fds);
+        l->nsfds = 0;
+        l->want_dir = 0;
+        l->busy = 1;
+        pthread_mutex_unlock(&l->mu);
+        int err = 0;
+        for (int i = 0; i < n && !err; i++)
+            if (vfs_sync(fds[i]) != 0)
+                err = errno ? errno : EIO;
+        if (!err && dir && vfs_sync_dir(l->dir) != 0)
+            err = errno ? errno : EIO;
+        pthread_mutex_lock(&l->mu);
+        l->busy = 0;
+        l->syncs++;
+        if (err) {
+            l->done_err = err;
+            l->err_upto = target;
+        } else if (target > l->done) {
+            l->done = target;
+        }
+        uint64_t one = 1;
+        if (write(l->efd, &one, sizeof one) < 0) {
+            /* the counter is full: the loop has a wakeup pending anyway */
+        }
+    }
+    pthread_mutex_unlock(&l->mu);
+    return NULL;
+}
+
+static void request_sync(slog_t *l, int fd, uint64_t upto, int dir)
+{
+    pthread_mutex_lock(&l->mu);
+    int have = 0;
+    for (int i = 0; i < l->nsfds; i++)
+        have |= l->sfds[i] == fd;
+    if (!have && fd >= 0 && l->nsfds < 8)
+        l->sfds[l->nsfds++] = fd;
+    if (upto > l->want)
+        l->want = upto;
+    l->want_dir |= dir;
+    pthread_cond_signal(&l->cv);
+    pthread_mutex_unlock(&l->mu);
+}
+
+static int reopen(slog_t *l);
+
+/* Everything after `good` is gone: tell the owner, forget it in memory and
+ * on disk (by reopening from what is there, cut at `good`). */
+static void fail_after(slog_t *l, uint64_t good, int err)
+{
+    l->failed = 1;
+    l->fail_err = err;
+    if (l->cb)
+        l->cb(l->ctx, good, err);
+    /* Cut the files at `good` so that what was not acknowledged is not
+     * served later by accident, then rebuild everything from the disk. */
+    l->wlen = 0;
+    l->wfirst = 0;
+    for (size_t i = l->nsegs; i-- > 0;) {
+        seg_t *s = l->segs[i];
+        if (s->first > good + 1 && s->n == 0)
+            continue;
+        if (good + 1 < s->first + s->n) {
+            off_t cut = good + 1 <= s->first ? SEG_HDR : 0;
+            for (uint64_t q = good + 1; q < s->first + s->n && !cut; q++)
+                if (s->off[q - s->first] != HOLE)
+                    cut = s->off[q - s->first];
+            if (cut && cut < s->size && vfs_truncate(s->fd, cut) != 0)
+                log_error("store: cannot cut %s after a failed write: %s", s->path, strerror(errno));
+        }
+    }
+    pthread_mutex_lock(&l->mu);
+    int busy = l->busy;
+    l->nsfds = 0;
+    l->want = l->done;
+    pthread_mutex_unlock(&l->mu);
+    if (!busy)
+        reopen(l);
+}
+
+static void on_sync_done(evutil_socket_t fd, short what, void *arg)
+{
+    slog_t *l = arg;
+    uint64_t v;
+    if (read(l->efd, &v, sizeof v) < 0 && errno != EAGAIN)
+        return;
+    pthread_mutex_lock(&l->mu);
+    uint64_t done = l->done;
+    int err = l->done_err;
+    l->done_err = 0;
+    pthread_mutex_unlock(&l->mu);
+    if (l->failed) {
+        reopen(l);
+        return;
+    }
+    if (err) {
+        l->sync_errors++;
+        if (l->o.fsync == FSYNC_ALWAYS) {
+            log_error("store: %s: fdatasync failed (%s); publishes since sequence %" PRIu64
+                      " get errors and the stream reopens from the disk", l->dir, strerror(err), l->committed_seq);
+            fail_after(l, l->committed_seq, err);
+        } else {
+            log_error("store: %s: fdatasync failed (%s); records written in the last interval may not be durable",
+                      l->dir, strerror(err));
+        }
+        return;
+    }
+    if (l->o.fsync == FSYNC_ALWAYS && done > l->committed_seq) {
+        l->committed_seq = done;
+        if (l->cb)
+            l->cb(l->ctx, done, 0);
+    }
+}
+
+/* ---- writing ---------------------------------------------------------------- */
+
+/* Writes the buffer.  0, or -1 after the records in it were taken back and
+ * reported as failed. */
+static int flush(slog_t *l)
+{
+    seg_t *s = active(l);
+    if (!l->wlen || !s)
+        return 0;
+    off_t before = s->size;
+    if (vfs_write(s->fd, l->wbuf, l->wlen) < 0) {
+        int err = errno ? errno : EIO;
+        l->write_errors++;
+        uint64_t good = l->wfirst ? l->wfirst - 1 : l->last_seq;
+        log_error("store: %s: write failed (%s); %" PRIu64 " record%s not stored", l->dir, strerror(err),
+                  l->last_seq - good, l->last_seq - good == 1 ? "" : "s");
+        if (vfs_truncate(s->fd, before) != 0) {
+            log_error("store: %s: cannot take back a partial write (%s)", l->dir, strerror(errno));
+            fail_after(l, good < l->committed_seq ? good : l->committed_seq, err);
+            return -1;
+        }
+        /* Take the buffered records back out of memory, newest first. */
+        for (uint64_t q = l->last_seq; q > good; q--) {
+            seg_t *qs = seg_for(l, q);
+            uint64_t i = q - qs->first;
+            slog_rec_t r;
+            uint32_t len;
+            const char *p = l->wbuf + (qs->off[i] - before);
+            if (parse_rec(p, l->wlen - (size_t)(qs->off[i] - before), &r, &len)) {
+                uint64_t prev = l->undo[q - l->wfirst];
+                if (prev)
+                    dict_put(&l->subj_last, r.subject, r.subject_len, (void *)(uintptr_t)prev);
+                else
+                    dict_remove(&l->subj_last, r.subject, r.subject_len);
+                if (r.key_len)
+                    dedup_pop(l, q);
+                if (q >= l->first_seq) {
+                    l->msgs--;
+                    l->bytes -= len;
+                }
+            }
+            qs->n--;
+        }
+        /* A segment made for the failed records goes with them (its file
+         * stays: the next append writes its header again). */
+        l->last_seq = good;
+        if (l->first_seq > good + 1)
+            l->first_seq = good + 1;
+        l->wlen = 0;
+        l->wfirst = 0;
+        if (l->cb)
+            l->cb(l->ctx, good, err);
+        return -1;
+    }
+    s->size += (off_t)l->wlen;
+    l->wlen = 0;
+    l->wfirst = 0;
+    l->written_seq = l->last_seq;
+    if (l->o.fsync == FSYNC_ALWAYS) {
+        request_sync(l, s->fd, l->last_seq, 0);
+    } else {
+        if (l->o.fsync == FSYNC_INTERVAL) {
+            pthread_mutex_lock(&l->mu);
+            int have = 0;
+            for (int i = 0; i < l->nsfds; i++)
+                have |= l->sfds[i] == s->fd;
+            if (!have && l->nsfds < 8)
+                l->sfds[l->nsfds++] = s->fd;
+            pthread_mutex_unlock(&l->mu);
+        }
+        l->committed_seq = l->last_seq;
+        if (l->cb)
+            l->cb(l->ctx, l->last_seq, 0);
+    }
+    return 0;
+}
+
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    slog_t *l = arg;
+    flush(l);
+}
+
+static int wbuf_reserve(slog_t *l, size_t n)
+{
+    if (l->wlen + n <= l->wcap)
+        return 0;
+    size_t nc = l->wcap ? l->wcap : 65536;
+    while (nc < l->wlen + n)
+        nc *= 2;
+    char *nb = realloc(l->wbuf, nc);
+    if (!nb)
+        return -1;
+    l->wbuf = nb;
+    l->wcap = nc;
+    return 0;
+}
+
+/* Starts a new segment whose first record will be seq. */
+static int roll(slog_t *l, uint64_t seq)
+{
+    seg_t *s = seg_new(l->dir, seq);
+    if (!s)
+        return -1;
+    s->fd = vfs_open(s->path, O_RDWR | O_CREAT | O_APPEND, 0644);
+    if (s->fd < 0 || segs_append(l, s) < 0) {
+        int e = errno;
+        log_error("store: cannot create %s: %s", s->path, strerror(e));
+        seg_free(s);
+        errno = e;
+        return -1;
+    }
+    if (l->o.fsync == FSYNC_ALWAYS)
+        request_sync(l, -1, 0, 1);
+    return 0;
+}
+
+uint64_t slog_append(slog_t *l, const slog_rec_t *r)
+{
+    if (l->failed) {
+        errno = l->fail_err ? l->fail_err : EIO;
+        return 0;
+    }
+    if (r->subject_len == 0 || r->subject_len > UINT16_MAX || r->key_len > UINT16_MAX) {
+        errno = EINVAL;
+        return 0;
+    }
+    size_t len = REC_HDR + r->subject_len + r->key_len + r->hdr_len + r->payload_len;
+    if (len > l->o.segment_size - SEG_HDR) {
+        errno = EFBIG;
+        return 0;
+    }
+    seg_t *s = active(l);
+    if (s->n && (size_t)seg_end(l, s) + len > l->o.segment_size) {
+        if (flush(l) < 0)
+            return 0;
+        if (roll(l, l->last_seq + 1) < 0)
+            return 0;
+        s = active(l);
+    }
+    size_t need = len + (s->size == 0 && l->wlen == 0 ? SEG_HDR : 0);
+    if (wbuf_reserve(l, need) < 0 || seg_push(s, 0) < 0) {
+        errno = ENOMEM;
+        return 0;
+    }
+    s->n--;
+    if (s->size == 0 && l->wlen == 0) {
+        memcpy(l->wbuf, SEG_MAGIC, 8);
+        put64(l->wbuf + 8, s->first);
+        l->wlen = SEG_HDR;
+    }
+    uint64_t seq = l->last_seq + 1;
+    if (s->n == 0 && s->first != seq) { /* an empty segment named for another sequence */
+        s->first = seq;
+    }
+    int64_t ts = r->ts ? r->ts : slog_now_ns();
+    if (ts < l->last_ts)
+        ts = l->last_ts; /* times never go backwards within a stream */
+    char *p = l->wbuf + l->wlen;
+    put32(p, REC_MAGIC);
+    put32(p + 8, (uint32_t)len);
+    put16(p + 12, (uint16_t)r->subject_len);
+    put16(p + 14, (uint16_t)r->key_len);
+    put64(p + 16, seq);
+    put64(p + 24, (uint64_t)ts);
+    put32(p + 32, (uint32_t)r->hdr_len);
+    put32(p + 36, (uint32_t)r->payload_len);
+    char *q = p + REC_HDR;
+    memcpy(q, r->subject, r->subject_len);
+    q += r->subject_len;
+    if (r->key_len)
+        memcpy(q, r->key, r->key_len);
+    q += r->key_len;
+    if (r->hdr_len)
+        memcpy(q, r->hdr, r->hdr_len);
+    q += r->hdr_len;
+    if (r->payload_len)
+        memcpy(q, r->payload, r->payload_len);
+    put32(p + 4, crc32c(0, p + 8, len - 8));
+
+    /* Undo information, in case the write fails. */
+    if (!l->wfirst)
+        l->wfirst = seq;
+    size_t ui = seq - l->wfirst;
+    if (ui >= l->capundo) {
+        size_t nc = l->capundo ? l->capundo * 2 : 256;
+        while (nc <= ui)
+            nc *= 2;
+        uint64_t *nu = realloc(l->undo, nc * sizeof *nu);
+        if (!nu) {
+            errno = ENOMEM;
+            if (l->wfirst == seq)
+                l->wfirst = 0;
+            return 0;
+        }
+        l->undo = nu;
+        l->capundo = nc;
+    }
+    uint64_t prev = slog_subject_last(l, r->subject, r->subject_len);
+    if (dict_put(&l->subj_last, r->subject, r->subject_len, (void *)(uintptr_t)seq) < 0 ||
+        (r->key_len && l->o.dedup_window > 0 && dedup_add(l, r->key, r->key_len, seq, ts) < 0)) {
+        if (prev)
+            dict_put(&l->subj_last, r->subject, r->subject_len, (void *)(uintptr_t)prev);
+        if (l->wfirst == seq)
+            l->wfirst = 0;
+        errno = ENOMEM;
+        return 0;
+    }
+    l->undo[ui] = prev;
+    s->off[s->n++] = (uint32_t)(s->size + (off_t)l->wlen);
+    l->wlen += len;
+    l->last_seq = seq;
+    l->last_ts = ts;
+    l->msgs++;
+    l->bytes += len;
+    if (l->first_seq == 0)
+        l->first_seq = seq;
+    enforce_counts(l);
+    if (l->wlen >= (1u << 20))
+        flush(l);
+    else
+        event_active(l->flush_ev, EV_TIMEOUT, 0);
+    return seq;
+}
+
+/* ---- reading ---------------------------------------------------------------- */
+
+int slog_read(slog_t *l, uint64_t seq, slog_rec_t *out, char **buf, size_t *cap)
+{
+    if (seq < l->first_seq || seq > l->last_seq)
+        return 0;
+    seg_t *s = seg_for(l, seq);
+    if (!s || s->off[seq - s->first] == HOLE)
+        return 0;
+    off_t off = s->off[seq - s->first];
+    size_t n = (size_t)rec_size(l, s, seq - s->first);
+    if (n > *cap) {
+        char *nb = realloc(*buf, n);
+        if (!nb) {
+            errno = ENOMEM;
+            return -1;
+        }
+        *buf = nb;
+        *cap = n;
+    }
+    if (off >= s->size) {
+        memcpy(*buf, l->wbuf + (off - s->size), n);
+    } else if (vfs_pread(s->fd, *buf, n, off) != (ssize_t)n) {
+        if (!errno)
+            errno = EIO;
+        return -1;
+    }
+    uint32_t len;
+    if (!parse_rec(*buf, n, out, &len) || out->seq != seq) {
+        log_error("store: %s: record %" PRIu64 " failed its checksum on read", l->dir, seq);
+        s->off[seq - s->first] = HOLE;
+        l->msgs--;
+        l->bytes -= n;
+        return 0;
+    }
+    return 1;
+}
+
+uint64_t slog_seq_at_time(slog_t *l, int64_t ts)
+{
+    uint64_t lo = l->first_seq ? l->first_seq : 1, hi = l->last_seq + 1;
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo) / 2, m = mid;
+        int64_t t = -1;
+        while (m < hi && (t = rec_time(l, m)) < 0)
+            m++; /* holes: the next record decides */
+        if (m == hi || t >= ts)
+            hi = mid;
+        else
+            lo = m + 1;
+    }
+    return lo;
+}
+
+void slog_get_info(slog_t *l, slog_info_t *o)
+{
+    memset(o, 0, sizeof *o);
+    o->first_seq = l->msgs ? l->first_seq : l->last_seq + 1;
+    o->last_seq = l->last_seq;
+    o->committed_seq = l->committed_seq;
+    o->msgs = l->msgs;
+    o->bytes = l->bytes;
+    if (l->msgs) {
+        for (uint64_t q = l->first_seq; q <= l->last_seq && (o->first_ts = rec_time(l, q)) < 0; q++)
+            ;
+        o->last_ts = l->last_ts;
+    }
+    o->segments = l->nsegs;
+    pthread_mutex_lock(&l->mu);
+    o->syncs = l->syncs;
+    pthread_mutex_unlock(&l->mu);
+    o->sync_errors = l->sync_errors;
+    o->write_errors = l->write_errors;
+    o->failed = l->failed;
+}
+
+/* ---- opening: the recovery scan -------------------------------------------- */
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Scans one segment, filling its index; is_last: a bad tail is torn and
+ * cut off.  Returns 0 or -1 (errno). */
+static int scan_segment(slog_t *l, seg_t *s, int is_last, slog_report_t *rep, int64_t dedup_from)
+{
+    struct stat sb;
+    if (fstat(s->fd, &sb) != 0)
+        return -1;
+    size_t size = (size_t)sb.st_size;
+    s->size = (off_t)size;
+    if (size < SEG_HDR) {
+        if (size) {
+            if (is_last) {
+                rep->torn_bytes += size;
+                log_warn("store: %s: cut a torn segment header (%zu bytes)", s->path, size);
+                if (vfs_truncate(s->fd, 0) != 0)
+                    return -1;
+            } else {
+                rep->corrupt_bytes += size;
+            }
+        }
+        s->size = 0;
+        return 0;
+    }
+    char *map = mmap(NULL, size, PROT_READ, MAP_SHARED, s->fd, 0);
+    if (map == MAP_FAILED)
+        return -1;
+    madvise(map, size, MADV_SEQUENTIAL);
+    if (memcmp(map, SEG_MAGIC, 8) || get64(map + 8) != s->first)
+        log_warn("store: %s: damaged segment header (kept: records carry their own sequence)", s->path);
+    size_t p = SEG_HDR;
+    uint64_t prev = l->last_seq;
+    while (p < size) {
+        slog_rec_t r;
+        uint32_t len;
+        if (parse_rec(map + p, size - p, &r, &len) && r.seq > prev && r.seq >= s->first) {
+            if (s->n == 0 && r.seq != s->first) {
+                /* the segment's first records are gone: index from here */
+                s->first = r.seq;
+            }
+            while (s->first + s->n < r.seq)
+                if (seg_push(s, HOLE) < 0)
+                    goto nomem;
+            if (seg_push(s, (uint32_t)p) < 0)
+                goto nomem;
+            dict_put(&l->subj_last, r.subject, r.subject_len, (void *)(uintptr_t)r.seq);
+            if (r.key_len && l->o.dedup_window > 0 && r.ts >= dedup_from)
+                dedup_add(l, r.key, r.key_len, r.seq, r.ts);
+            if (l->first_seq == 0)
+                l->first_seq = r.seq;
+            l->last_seq = prev = r.seq;
+            l->last_ts = r.ts;
+            l->msgs++;
+            l->bytes += len;
+            rep->records++;
+            p += len;
+            continue;
+        }
+        /* Not a record: find the next one that is. */
+        size_t q = p + 1;
+        int found = 0;
+        for (; q + REC_HDR <= size; q++) {
+            const char *m = memchr(map + q, 'T', size - q - REC_HDR + 1);
+            if (!m)
+                break;
+            q = (size_t)(m - map);
+            if (parse_rec(map + q, size - q, &r, &len) && r.seq > prev) {
+                found = 1;
+                break;
+            }
+        }
+        if (found) {
+            rep->corrupt++;
+            rep->corrupt_bytes += q - p;
+            log_warn("store: %s: damaged record at offset %zu (%zu bytes) skipped; records from sequence %" PRIu64
+                     " on are kept", s->path, p, q - p, r.seq);
+            p = q;
+            continue;
+        }
+        if (is_last) {
+            rep->torn_bytes += size - p;
+            log_warn("store: %s: cut a torn tail of %zu bytes at offset %zu", s->path, size - p, p);
+            munmap(map, size);
+            if (vfs_truncate(s->fd, (off_t)p) != 0)
+                return -1;
+            s->size = (off_t)p;
+            return 0;
+        }
+        rep->corrupt++;
+        rep->corrupt_bytes += size - p;
+        log_warn("store: %s: damaged record at offset %zu (%zu bytes to the end) skipped", s->path, p, size - p);
+        break;
+    }
+    munmap(map, size);
+    return 0;
+nomem:
+    munmap(map, size);
+    errno = ENOMEM;
+    return -1;
+}
+
+static void clear_memory(slog_t *l)
+{
+    for (size_t i = 0; i < l->nsegs; i++)
+        seg_free(l->segs[i]);
+    l->nsegs = 0;
+    dict_clear(&l->subj_last, NULL);
+    dict_clear(&l->dedup, NULL);
+    for (size_t i = 0; i < l->dq_len; i++)
+        free(l->dq[(l->dq_head + i) % l->dq_cap].key);
+    l->dq_len = l->dq_head = 0;
+    l->first_seq = l->last_seq = l->committed_seq = l->written_seq = 0;
+    l->msgs = l->bytes = 0;
+    l->last_ts = 0;
+    l->wlen = 0;
+    l->wfirst = 0;
+}
+
+static int load(slog_t *l, slog_report_t *rep)
+{
+    memset(rep, 0, sizeof *rep);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    DIR *d = opendir(l->dir);
+    if (!d)
+        return -1;
+    uint64_t *firsts = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        size_t nl = strlen(de->d_name);
+        if (nl != 24 || strcmp(de->d_name + 20, ".seg"))
+            continue;
+        char *end;
+        uint64_t f = strtoull(de->d_name, &end, 10);
+        if (end != de->d_name + 20 || f == 0)
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            uint64_t *nf = realloc(firsts, cap * sizeof *nf);
+            if (!nf) {
+                closedir(d);
+                free(firsts);
+                errno = ENOMEM;
+                return -1;
+            }
+            firsts = nf;
+        }
+        firsts[n++] = f;
+    }
+    closedir(d);
+    qsort(firsts, n, sizeof *firsts, cmp_u64);
+    int64_t dedup_from = slog_now_ns() - (int64_t)(l->o.dedup_window * 1e9);
+    for (size_t i = 0; i < n; i++) {
+        seg_t *s = seg_new(l->dir, firsts[i]);
+        if (!s || segs_append(l, s) < 0) {
+            seg_free(s);
+            free(firsts);
+            errno = ENOMEM;
+            return -1;
+        }
+        s->fd = vfs_open(s->path, O_RDWR | O_APPEND, 0644);
+        if (s->fd < 0 || scan_segment(l, s, i + 1 == n, rep, dedup_from) < 0) {
+            free(firsts);
+            return -1;
+        }
+        if (s->n == 0 && l->last_seq < s->first - 1 && i + 1 == n)
+            l->last_seq = s->first - 1; /* an empty newest segment still says where we were */
+    }
+    free(firsts);
+    rep->segments = l->nsegs;
+    /* Sealed segments left with no records at all are of no use. */
+    if (!l->nsegs || active(l)->size >= (off_t)l->o.segment_size) {
+        if (roll(l, l->last_seq + 1) < 0)
+            return -1;
+    }
+    l->written_seq = l->committed_seq = l->last_seq;
+    pthread_mutex_lock(&l->mu);
+    l->done = l->want = l->last_seq;
+    pthread_mutex_unlock(&l->mu);
+    enforce_counts(l);
+    slog_expire(l);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    rep->seconds = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    return 0;
+}
+
+static int reopen(slog_t *l)
+{
+    slog_report_t rep;
+    clear_memory(l);
+    if (load(l, &rep) < 0) {
+        log_error("store: %s: cannot reopen (%s); retrying", l->dir, strerror(errno));
+        clear_memory(l);
+        l->failed = 1;
+        struct timeval tv = {1, 0};
+        event_add(l->tick_ev, &tv);
+        return -1;
+    }
+    l->failed = 0;
+    log_info("store: %s reopened from the disk: sequences %" PRIu64 "..%" PRIu64, l->dir, l->first_seq,
+             l->last_seq);
+    if (l->cb)
+        l->cb(l->ctx, l->committed_seq, 0);
+    return 0;
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    slog_t *l = arg;
+    if (l->failed) {
+        pthread_mutex_lock(&l->mu);
+        int busy = l->busy;
+        pthread_mutex_unlock(&l->mu);
+        if (!busy)
+            reopen(l);
+        return;
+    }
+    if (l->o.fsync == FSYNC_INTERVAL) {
+        flush(l);
+        request_sync(l, -1, l->written_seq, 0);
+    }
+    if (l->o.dedup_window > 0)
+        dedup_expire(l, slog_now_ns());
+    slog_expire(l);
+}
+
+slog_t *slog_open(const char *dir, const slog_opts_t *o, struct event_base *base, slog_commit_fn on_commit, void *ctx,
+                  slog_report_t *rep, char *err, size_t errsz)
+{
+    slog_t *l = calloc(1, sizeof *l);
+    if (!l) {
+        snprintf(err, errsz, "out of memory");
+        return NULL;
+    }
+    l->o = *o;
+    if (l->o.segment_size < 4096)
+        l->o.segment_size = 4096;
+    if (l->o.segment_size > MAX_SEGMENT)
+        l->o.segment_size = MAX_SEGMENT;
+    l->dir = strdup(dir);
+    l->base = base;
+    l->cb = on_commit;
+    l->ctx = ctx;
+    l->efd = -1;
+    pthread_mutex_init(&l->mu, NULL);
+    pthread_cond_init(&l->cv, NULL);
+    dict_init(&l->subj_last);
+    dict_init(&l->dedup);
+    if (!l->dir || (mkdir(dir, 0755) != 0 && errno != EEXIST)) {
+        snprintf(err, errsz, "cannot create %s: %s", dir, strerror(errno));
+        goto fail;
+    }
+    l->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    l->flush_ev = event_new(base, -1, 0, on_flush, l);
+    l->tick_ev = event_new(base, -1, EV_PERSIST, on_tick, l);
+    l->sync_ev = l->efd >= 0 ? event_new(base, l->efd, EV_READ | EV_PERSIST, on_sync_done, l) : NULL;
+    if (!l->flush_ev || !l->tick_ev || !l->sync_ev) {
+        snprintf(err, errsz, "cannot set up events for %s", dir);
+        goto fail;
+    }
+    l->cb = NULL; /* nothing to report during the first load */
+    if (load(l, rep) < 0) {
+        snprintf(err, errsz, "cannot open the stream in %s: %s", dir, strerror(errno));
+        goto fail;
+    }
+    l->cb = on_commit;
+    if (pthread_create(&l->th, NULL, sync_main, l) != 0) {
+        snprintf(err, errsz, "cannot start the sync thread");
+        goto fail;
+    }
+    l->have_thread = 1;
+    event_add(l->sync_ev, NULL);
+    double iv = l->o.fsync == FSYNC_INTERVAL && l->o.sync_interval > 0 && l->o.sync_interval < 1 ? l->o.sync_interval : 1;
+    struct timeval tv = {(time_t)iv, (suseconds_t)((iv - (double)(time_t)iv) * 1e6)};
+    event_add(l->tick_ev, &tv);
+    return l;
+fail:
+    slog_close(l);
+    return NULL;
+}
+
+void slog_close(slog_t *l)
+{
+    if (!l)
+        return;
+    if (!l->failed)
+        flush(l);
+    if (l->have_thread) {
+        pthread_mutex_lock(&l->mu);
+        if (l->o.fsync != FSYNC_NEVER && active(l)) {
+            int fd = active(l)->fd, have = 0;
+            for (int i = 0; i < l->nsfds; i++)
+                have |= l->sfds[i] == fd;
+            if (!have && l->nsfds < 8)
+                l->sfds[l->nsfds++] = fd;
+            l->want = l->last_seq;
+        }
+        l->stop = 1;
+        pthread_cond_signal(&l->cv);
+        pthread_mutex_unlock(&l->mu);
+        pthread_join(l->th, NULL);
+    }
+    if (l->flush_ev)
+        event_free(l->flush_ev);
+    if (l->tick_ev)
+        event_free(l->tick_ev);
+    if (l->sync_ev)
+        event_free(l->sync_ev);
+    if (l->efd >= 0)
+        close(l->efd);
+    clear_memory(l);
+    free(l->segs);
+    free(l->dq);
+    free(l->wbuf);
+    free(l->undo);
+    free(l->dir);
+    pthread_mutex_destroy(&l->mu);
+    pthread_cond_destroy(&l->cv);
+    free(l);
+}

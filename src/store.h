@@ -1,0 +1,128 @@
+/*
+ * store.h - one stream's log on disk: a directory of append-only segment
+ * files, an index from sequence to position, and group commit.
+ *
+ * Layout: <dir>/<first seq, 20 digits>.seg.  A segment starts with a
+ * 16-byte header ("TIDESEG1" and its first sequence), then records:
+ *
+ *   0  u32 magic "TRC1"      4  u32 CRC-32C of bytes 8..end
+ *   8  u32 record length    12  u16 subject length   14  u16 key length
+ *  16  u64 sequence         24  i64 time (ns since the epoch)
+ *  32  u32 header length    36  u32 payload length
+ *  40  subject, dedup key, NATS headers, payload
+ *
+ * all little-endian.  A segment is rolled when the next record would take
+ * it past segment_size.  Retention (max_msgs, max_bytes, max_age) moves the
+ * first sequence; a segment is deleted once all of it is below that.
+ *
+ * Opening a log scans every segment and checks every record's CRC: that
+ * rebuilds the index, the per-subject last sequences and the dedup window
+ * from the log itself (there is no other metadata to lose).  A torn record
+ * at the end is cut off; a damaged record anywhere else is skipped and the
+ * records after it kept; both are reported.
+ *
+ * Appends are buffered and written with one write() at the end of the
+ * loop iteration.  Under fsync "always" a sync thread then runs fdatasync
+ * while the loop goes on; appends that arrive meanwhile are synced by the
+ * next one (group commit).  The owner hears of each step through
+ * on_commit: records up to `seq` are durable under the log's policy (for
+ * "interval" and "never": written), or, with err != 0, records after `seq`
+ * were not stored and are gone from the log.
+ *
+ * Loop thread only, except the sync thread's own fdatasync.
+ */
+#ifndef TIDE_STORE_H
+#define TIDE_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum { FSYNC_ALWAYS, FSYNC_INTERVAL, FSYNC_NEVER };
+
+typedef struct slog_opts {
+    size_t segment_size;   /* bytes; records are never split */
+    int fsync;             /* FSYNC_* */
+    double sync_interval;  /* seconds, for FSYNC_INTERVAL */
+    uint64_t max_msgs;     /* 0: no limit */
+    uint64_t max_bytes;    /* 0: no limit */
+    double max_age;        /* seconds, 0: no limit */
+    double dedup_window;   /* seconds, 0: no dedup */
+} slog_opts_t;
+
+typedef struct slog_rec {
+    uint64_t seq;
+    int64_t ts; /* ns since the epoch */
+    const char *subject;
+    size_t subject_len;
+    const char *key; /* dedup key, may be empty */
+    size_t key_len;
+    const char *hdr; /* NATS header block ("NATS/1.0\r\n...\r\n\r\n") or empty */
+    size_t hdr_len;
+    const char *payload;
+    size_t payload_len;
+} slog_rec_t;
+
+/* What opening found. */
+typedef struct slog_report {
+    uint64_t records;         /* valid records */
+    uint64_t segments;
+    uint64_t corrupt;         /* damaged records skipped (not at the tail) */
+    uint64_t corrupt_bytes;   /* bytes they took */
+    uint64_t torn_bytes;      /* bytes cut off the end of the last segment */
+    double seconds;           /* time the scan took */
+} slog_report_t;
+
+typedef struct slog slog_t;
+struct event_base;
+
+typedef void (*slog_commit_fn)(void *ctx, uint64_t seq, int err);
+
+/* Opens (creating) the log in dir.  NULL with the reason in err. */
+slog_t *slog_open(const char *dir, const slog_opts_t *o, struct event_base *base, slog_commit_fn on_commit,
+                  void *ctx, slog_report_t *rep, char *err, size_t errsz);
+/* Writes and (under "always" and "interval") syncs what is buffered, stops
+ * the sync thread, closes the files. */
+void slog_close(slog_t *l);
+/* New limits (segment size, fsync policy and dedup window are kept). */
+void slog_set_limits(slog_t *l, const slog_opts_t *o);
+
+/*
+ * Appends a record (r->seq is ignored; r->ts of 0 means now).  Returns the
+ * new sequence, or 0 with errno set when the log cannot take it now (a
+ * failed log that has not reopened yet: EIO).  The record is durable when
+ * on_commit says so.
+ */
+uint64_t slog_append(slog_t *l, const slog_rec_t *r);
+
+/* Reads record seq into *out, its bytes in *buf (grown as needed; caller
+ * frees).  1: found, 0: no such record (deleted, skipped or not yet
+ * written), -1: read error (errno). */
+int slog_read(slog_t *l, uint64_t seq, slog_rec_t *out, char **buf, size_t *cap);
+
+/* First sequence at or after ts (ns), or last + 1. */
+uint64_t slog_seq_at_time(slog_t *l, int64_t ts);
+
+/* Last sequence stored for subject (0: none in the log). */
+uint64_t slog_subject_last(slog_t *l, const char *subject, size_t len);
+/* Sequence stored under a dedup key within the window (0: none). */
+uint64_t slog_dedup_find(slog_t *l, const char *key, size_t len);
+
+typedef struct slog_info {
+    uint64_t first_seq, last_seq; /* last_seq: appended (maybe not yet durable) */
+    uint64_t committed_seq;       /* durable under the policy */
+    uint64_t msgs, bytes;
+    int64_t first_ts, last_ts;
+    uint64_t segments;
+    uint64_t syncs, sync_errors, write_errors;
+    int failed;                   /* waiting to reopen after an I/O error */
+} slog_info_t;
+
+void slog_get_info(slog_t *l, slog_info_t *out);
+
+/* Applies max_age now (also done on a timer and on append). */
+void slog_expire(slog_t *l);
+
+/* Monotonic-ish wall clock in ns. */
+int64_t slog_now_ns(void);
+
+#endif

@@ -1,0 +1,794 @@
+/* stream.c - streams: capturing routed messages into their logs, PubAcks,
+ * deduplication, expected-sequence checks, and the admin view (see stream.h). */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include <cjson/cJSON.h>
+
+#include "event.h"
+#include "log.h"
+#include "stream_internal.h"
+#include "subject.h"
+#include "util.h"
+
+void buf_printf(char **buf, size_t *len, size_t *cap, const char *fmt, ...)
+{
+    va_list ap;
+    for (;;) {
+        size_t room = *cap - *len;
+        va_start(ap, fmt);
+        int n = vsnprintf(*buf ? *buf + *len : NULL, *buf ? room : 0, fmt, ap);
+        va_end(ap);
+        if (n < 0)
+            return;
+        if (*buf && (size_t)n < room) {
+            *len += (size_t)n;
+            return;
+        }
+        size_t nc = *cap ? *cap * 2 : 4096;
+        while (nc < *len + (size_t)n + 1)
+            nc *= 2;
+        char *nb = realloc(*buf, nc);
+        if (!nb)
+            return;
+        *buf = nb;
+        *cap = nc;
+    }
+}
+
+stream_t *streams_find(streams_t *sm, const char *name, size_t len)
+{
+    for (int i = 0; i < sm->n; i++)
+        if (strlen(sm->streams[i]->cfg.name) == len && !memcmp(sm->streams[i]->cfg.name, name, len))
+            return sm->streams[i];
+    return NULL;
+}
+
+int streams_count(const streams_t *sm) { return sm ? sm->n : 0; }
+
+/* ---- PubAcks ---------------------------------------------------------------- */
+
+static void reply_to(streams_t *sm, const char *reply, size_t rlen, const char *body, size_t blen)
+{
+    proto_msg_t r;
+    memset(&r, 0, sizeof r);
+    r.subject = reply;
+    r.subject_len = rlen;
+    r.payload = body;
+    r.payload_len = blen;
+    server_route_flags(sm->srv, NULL, &r, ROUTE_NO_CAPTURE);
+}
+
+static void puback(stream_t *st, const char *reply, size_t rlen, uint64_t seq, int duplicate)
+{
+    char b[200];
+    int n = snprintf(b, sizeof b, "{\"stream\":\"%s\",\"seq\":%" PRIu64 "%s}", st->cfg.name, seq,
+                     duplicate ? ",\"duplicate\":true" : "");
+    reply_to(st->sm, reply, rlen, b, (size_t)n);
+}
+
+/* The JetStream error shape: {"error":{"code":400,"err_code":10071,"description":"..."}} */
+static void puback_error(stream_t *st, const char *reply, size_t rlen, int code, int err_code, const char *fmt, ...)
+{
+    char d[300], esc[700], b[900];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(d, sizeof d, fmt, ap);
+    va_end(ap);
+    size_t o = 0;
+    for (const char *p = d; *p && o + 2 < sizeof esc; p++) {
+        if (*p == '"' || *p == '\\')
+            esc[o++] = '\\';
+        esc[o++] = (unsigned char)*p < 0x20 ? ' ' : *p;
+    }
+    esc[o] = 0;
+    int n = snprintf(b, sizeof b, "{\"error\":{\"code\":%d,\"err_code\":%d,\"description\":\"%s\"},\"stream\":\"%s\"}",
+                     code, err_code, esc, st->cfg.name);
+    if (reply)
+        reply_to(st->sm, reply, rlen, b, (size_t)n);
+}
+
+static void on_commit(void *ctx, uint64_t seq, int err)
+{
+    stream_t *st = ctx;
+    while (st->alen) {
+        pending_ack_t *a = &st->acks[st->ahead];
+        if (a->seq <= seq)
+            puback(st, a->reply, a->reply_len, a->seq, 0);
+        else if (err)
+            puback_error(st, a->reply, a->reply_len, 503, 10077, "stream %s: storing failed: %s", st->cfg.name,
+                         strerror(err));
+        else
+            break;
+        free(a->reply);
+        st->ahead = (st->ahead + 1) % st->acap;
+        st->alen--;
+    }
+    if (err)
+        st->store_errors++;
+    for (int i = 0; i < st->ncons; i++)
+        consumer_pump(st->cons[i]);
+}
+
+static int push_ack(stream_t *st, uint64_t seq, const char *reply, size_t rlen)
+{
+    if (st->alen == st->acap) {
+        size_t nc = st->acap ? st->acap * 2 : 256;
+        pending_ack_t *na = malloc(nc * sizeof *na);
+        if (!na)
+            return -1;
+        for (size_t i = 0; i < st->alen; i++)
+            na[i] = st->acks[(st->ahead + i) % st->acap];
+        free(st->acks);
+        st->acks = na;
+        st->acap = nc;
+        st->ahead = 0;
+    }
+    char *r = mem_dup(reply, rlen);
+    if (!r)
+        return -1;
+    st->acks[(st->ahead + st->alen++) % st->acap] = (pending_ack_t){seq, r, rlen};
+    return 0;
+}
+
+/* ---- capture ---------------------------------------------------------------- */
+
+static int header_u64(const proto_msg_t *m, const char *name, uint64_t *out)
+{
+    size_t vl;
+    const char *v = m->hdr ? event_header_find(m->hdr, m->hdr_len, name, &vl) : NULL;
+    if (!v)
+        return 0;
+    char b[32];
+    if (vl == 0 || vl >= sizeof b)
+        return -1;
+    memcpy(b, v, vl);
+    b[vl] = 0;
+    char *end;
+    *out = strtoull(b, &end, 10);
+    return *end ? -1 : 1;
+}
+
+/* The dedup key: Nats-Msg-Id, else the CloudEvents source and id (from
+ * ce-* headers or a JSON envelope).  Returns its length (0: none). */
+static size_t dedup_key(const proto_msg_t *m, char *out, size_t n)
+{
+    size_t vl, sl;
+    const char *v, *s;
+    if (m->hdr && (v = event_header_find(m->hdr, m->hdr_len, "Nats-Msg-Id", &vl)) && vl && vl < n) {
+        memcpy(out, v, vl);
+        return vl;
+    }
+    if (m->hdr && (v = event_header_find(m->hdr, m->hdr_len, "ce-id", &vl)) &&
+        (s = event_header_find(m->hdr, m->hdr_len, "ce-source", &sl)) && vl + sl + 5 < n) {
+        int k = snprintf(out, n, "ce:%.*s\x1f%.*s", (int)sl, s, (int)vl, v);
+        return (size_t)k;
+    }
+    if (m->payload_len < 2 || m->payload[0] != '{' || m->payload_len > 1048576 ||
+        !memmem(m->payload, m->payload_len, "\"specversion\"", 13))
+        return 0;
+    cJSON *j = cJSON_ParseWithLength(m->payload, m->payload_len);
+    size_t k = 0;
+    if (j) {
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(j, "id");
+        const cJSON *src = cJSON_GetObjectItemCaseSensitive(j, "source");
+        if (cJSON_IsString(id) && cJSON_IsString(src)) {
+            int w = snprintf(out, n, "ce:%s\x1f%s", src->valuestring, id->valuestring);
+            k = w > 0 && (size_t)w < n ? (size_t)w : 0;
+        }
+        cJSON_Delete(j);
+    }
+    return k;
+}
+
+static int store_msg(stream_t *st, const proto_msg_t *m)
+{
+    const char *reply = m->reply;
+    size_t rlen = m->reply_len;
+    slog_t *l = st->log;
+    size_t vl;
+    const char *v;
+
+    if (m->hdr && (v = event_header_find(m->hdr, m->hdr_len, "Nats-Expected-Stream", &vl)) &&
+        (vl != strlen(st->cfg.name) || memcmp(v, st->cfg.name, vl))) {
+        st->conflicts++;
+        puback_error(st, reply, rlen, 400, 10060, "expected stream does not match");
+        return 1;
+    }
+    char key[1024];
+    size_t klen = st->cfg.o.dedup_window > 0 ? dedup_key(m, key, sizeof key) : 0;
+    uint64_t dup;
+    if (klen && (dup = slog_dedup_find(l, key, klen))) {
+        st->duplicates++;
+        if (reply)
+            puback(st, reply, rlen, dup, 1);
+        return 1;
+    }
+    uint64_t want;
+    slog_info_t info;
+    int h = header_u64(m, "Nats-Expected-Last-Sequence", &want);
+    if (h) {
+        slog_get_info(l, &info);
+        if (h < 0 || want != info.last_seq) {
+            st->conflicts++;
+            puback_error(st, reply, rlen, 400, 10071, "wrong last sequence: %" PRIu64, info.last_seq);
+            return 1;
+        }
+    }
+    h = header_u64(m, "Nats-Expected-Last-Subject-Sequence", &want);
+    if (h) {
+        uint64_t last = slog_subject_last(l, m->subject, m->subject_len);
+        if (h < 0 || want != last) {
+            st->conflicts++;
+            puback_error(st, reply, rlen, 400, 10071, "wrong last sequence: %" PRIu64, last);
+            return 1;
+        }
+    }
+    slog_rec_t r = {0};
+    r.subject = m->subject;
+    r.subject_len = m->subject_len;
+    r.key = key;
+    r.key_len = klen;
+    r.hdr = m->hdr;
+    r.hdr_len = m->hdr ? m->hdr_len : 0;
+    r.payload = m->payload;
+    r.payload_len = m->payload_len;
+    uint64_t seq = slog_append(l, &r);
+    if (!seq) {
+        st->store_errors++;
+        puback_error(st, reply, rlen, 503, 10077, "stream %s: storing failed: %s", st->cfg.name, strerror(errno));
+        return 1;
+    }
+    st->stored++;
+    if (reply && push_ack(st, seq, reply, rlen) < 0)
+        log_error("stream %s: out of memory: the PubAck for sequence %" PRIu64 " is lost", st->cfg.name, seq);
+    return 1;
+}
+
+static int capture(void *ctx, const proto_msg_t *m)
+{
+    streams_t *sm = ctx;
+    if (m->subject_len > 4 && !memcmp(m->subject, "$JS.", 4))
+        return 0;
+    for (int i = 0; i < sm->n; i++) {
+        stream_t *st = sm->streams[i];
+        for (int k = 0; k < st->cfg.nsubjects; k++)
+            if (subject_matches(st->cfg.subjects[k], strlen(st->cfg.subjects[k]), m->subject, m->subject_len))
+                return store_msg(st, m);
+    }
+    return 0;
+}
+
+/* ---- the manager ------------------------------------------------------------ */
+
+streams_t *streams_new(server_t *srv, const char *data_dir)
+{
+    streams_t *sm = calloc(1, sizeof *sm);
+    if (!sm || !(sm->dir = strdup(data_dir))) {
+        free(sm);
+        return NULL;
+    }
+    sm->srv = srv;
+    sm->base = server_base(srv);
+    sm->ack_sub = server_subscribe_internal(srv, "$JS.ACK.>", consumers_on_ack, sm);
+    server_set_capture(srv, capture, sm, sm);
+    return sm;
+}
+
+static void stream_close(stream_t *st)
+{
+    for (int i = 0; i < st->ncons; i++)
+        consumer_close(st->cons[i]);
+    slog_close(st->log); /* writes and syncs what was buffered */
+    on_commit(st, UINT64_MAX, 0);
+    for (size_t i = 0; i < st->alen; i++)
+        free(st->acks[(st->ahead + i) % st->acap].reply);
+    free(st->acks);
+    stream_cfg_free(&st->cfg);
+    free(st);
+}
+
+void streams_free(streams_t *sm)
+{
+    if (!sm)
+        return;
+    for (int i = 0; i < sm->n; i++)
+        stream_close(sm->streams[i]);
+    server_set_capture(sm->srv, NULL, NULL, NULL);
+    free(sm->rbuf);
+    free(sm->dir);
+    free(sm);
+}
+
+static int mkdirs(const char *path)
+{
+    char b[4096];
+    snprintf(b, sizeof b, "%s", path);
+    for (char *p = b + 1; *p; p++)
+        if (*p == '/') {
+            *p = 0;
+            if (mkdir(b, 0755) != 0 && errno != EEXIST)
+                return -1;
+            *p = '/';
+        }
+    return mkdir(b, 0755) != 0 && errno != EEXIST ? -1 : 0;
+}
+
+static stream_t *stream_open(streams_t *sm, const stream_cfg_t *cfg, char *err, size_t errsz)
+{
+    stream_t *st = calloc(1, sizeof *st);
+    if (!st) {
+        snprintf(err, errsz, "out of memory");
+        return NULL;
+    }
+    st->sm = sm;
+    st->cfg = *cfg;
+    st->cfg.nsubjects = 0;
+    for (int i = 0; i < cfg->nsubjects; i++)
+        if ((st->cfg.subjects[i] = strdup(cfg->subjects[i])))
+            st->cfg.nsubjects++;
+    snprintf(st->dir, sizeof st->dir, "%s/streams/%s", sm->dir, cfg->name);
+    if (mkdirs(st->dir) < 0) {
+        snprintf(err, errsz, "stream '%s': cannot create %s: %s", cfg->name, st->dir, strerror(errno));
+        stream_cfg_free(&st->cfg);
+        free(st);
+        return NULL;
+    }
+    char e[512];
+    st->log = slog_open(st->dir, &cfg->o, sm->base, on_commit, st, &st->opened, e, sizeof e);
+    if (!st->log) {
+        snprintf(err, errsz, "stream '%s': %s", cfg->name, e);
+        stream_cfg_free(&st->cfg);
+        free(st);
+        return NULL;
+    }
+    slog_info_t in;
+    slog_get_info(st->log, &in);
+    const slog_report_t *r = &st->opened;
+    if (r->corrupt || r->torn_bytes)
+        log_warn("stream %s: recovered %" PRIu64 " records; skipped %" PRIu64 " damaged record%s (%" PRIu64
+                 " bytes), cut a torn tail of %" PRIu64 " bytes", cfg->name, r->records, r->corrupt,
+                 r->corrupt == 1 ? "" : "s", r->corrupt_bytes, r->torn_bytes);
+    log_info("stream %s: %" PRIu64 " messages, sequences %" PRIu64 "..%" PRIu64 " (%" PRIu64
+             " segment%s scanned in %.3f s), fsync %s", cfg->name, in.msgs, in.first_seq, in.last_seq, r->segments,
+             r->segments == 1 ? "" : "s", r->seconds,
+             cfg->o.fsync == FSYNC_ALWAYS ? "always" : cfg->o.fsync == FSYNC_INTERVAL ? "interval" : "never");
+    return st;
+}
+
+int streams_apply(streams_t *sm, const stream_cfg_t *scfg, int ns, const consumer_cfg_t *ccfg, int nc, char *err,
+                  size_t errsz)
+{
+    /* Check first, so that a bad declaration changes nothing. */
+    for (int i = 0; i < nc; i++) {
+        int found = 0;
+        for (int k = 0; k < ns; k++)
+            found |= !strcmp(scfg[k].name, ccfg[i].stream);
+        if (!found) {
+            snprintf(err, errsz, "%s: consumer '%s': no stream '%s' is declared", ccfg[i].where, ccfg[i].name,
+                     ccfg[i].stream);
+            return -1;
+        }
+    }
+    stream_t *opened[STREAMS_MAX];
+    int nopened = 0;
+    for (int i = 0; i < ns; i++) {
+        if (streams_find(sm, scfg[i].name, strlen(scfg[i].name)))
+            continue;
+        if (sm->n + nopened >= STREAMS_MAX) {
+            snprintf(err, errsz, "at most %d streams", STREAMS_MAX);
+            goto undo;
+        }
+        if (!(opened[nopened] = stream_open(sm, &scfg[i], err, errsz)))
+            goto undo;
+        nopened++;
+    }
+    /* Streams no longer declared stop (their files stay). */
+    for (int i = 0; i < sm->n;) {
+        int keep = 0;
+        for (int k = 0; k < ns; k++)
+            keep |= !strcmp(scfg[k].name, sm->streams[i]->cfg.name);
+        if (keep) {
+            i++;
+            continue;
+        }
+        log_info("stream %s: no longer declared; stopped (its files are kept)", sm->streams[i]->cfg.name);
+        stream_t *gone = sm->streams[i];
+        for (int c = 0; c < gone->ncons; c++)
+            for (int k = 0; k < sm->nc; k++)
+                if (sm->consumers[k] == gone->cons[c])
+                    sm->consumers[k] = sm->consumers[--sm->nc];
+        stream_close(gone);
+        sm->streams[i] = sm->streams[--sm->n];
+    }
+    for (int i = 0; i < nopened; i++)
+        sm->streams[sm->n++] = opened[i];
+    for (int i = 0; i < ns; i++) { /* limits of the ones that were there */
+        stream_t *st = streams_find(sm, scfg[i].name, strlen(scfg[i].name));
+        slog_set_limits(st->log, &scfg[i].o);
+        st->cfg.o.max_msgs = scfg[i].o.max_msgs;
+        st->cfg.o.max_bytes = scfg[i].o.max_bytes;
+        st->cfg.o.max_age = scfg[i].o.max_age;
+    }
+    /* Consumers: drop the undeclared, update or open the rest. */
+    for (int i = 0; i < sm->nc;) {
+        consumer_t *c = sm->consumers[i];
+        const consumer_cfg_t *old = consumer_cfg(c);
+        int keep = 0;
+        for (int k = 0; k < nc; k++)
+            keep |= !strcmp(ccfg[k].name, old->name) && !strcmp(ccfg[k].stream, old->stream);
+        if (keep) {
+            i++;
+            continue;
+        }
+        stream_t *st = streams_find(sm, old->stream, strlen(old->stream));
+        if (st)
+            for (int k = 0; k < st->ncons; k++)
+                if (st->cons[k] == c)
+                    st->cons[k] = st->cons[--st->ncons];
+        log_info("consumer %s: no longer declared; stopped (its state is kept)", old->name);
+        consumer_close(c);
+        sm->consumers[i] = sm->consumers[--sm->nc];
+    }
+    for (int i = 0; i < nc; i++) {
+        consumer_t *c = NULL;
+        for (int k = 0; k < sm->nc && !c; k++)
+            if (!strcmp(consumer_cfg(sm->consumers[k])->name, ccfg[i].name))
+                c = sm->consumers[k];
+        if (c) {
+            consumer_update(c, &ccfg[i]);
+            continue;
+        }
+        stream_t *st = streams_find(sm, ccfg[i].stream, strlen(ccfg[i].stream));
+        char e[512];
+        if (sm->nc == CONSUMERS_MAX || st->ncons == CONSUMERS_MAX) {
+            log_error("consumer %s: too many consumers", ccfg[i].name);
+            continue;
+        }
+        if (!(c = consumer_open(sm, st, &ccfg[i], e, sizeof e))) {
+            /* Streams are already swapped in: report, keep going. */
+            log_error("consumer %s: %s", ccfg[i].name, e);
+            continue;
+        }
+        sm->consumers[sm->nc++] = c;
+        st->cons[st->ncons++] = c;
+        consumer_pump(c);
+    }
+    return 0;
+undo:
+    for (int i = 0; i < nopened; i++)
+        stream_close(opened[i]);
+    return -1;
+}
+
+/* ---- the admin view --------------------------------------------------------- */
+
+static void iso_time(int64_t ns, char *out, size_t n)
+{
+    time_t s = (time_t)(ns / 1000000000);
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    size_t k = strftime(out, n, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out + k, n - k, ".%09lldZ", (long long)(ns % 1000000000));
+}
+
+static cJSON *stream_obj(stream_t *st)
+{
+    slog_info_t in;
+    slog_get_info(st->log, &in);
+    cJSON *o = cJSON_CreateObject(), *subj = cJSON_AddArrayToObject(o, "subjects");
+    cJSON_AddStringToObject(o, "name", st->cfg.name);
+    for (int i = 0; i < st->cfg.nsubjects; i++)
+        cJSON_AddItemToArray(subj, cJSON_CreateString(st->cfg.subjects[i]));
+    cJSON_AddStringToObject(o, "fsync", st->cfg.o.fsync == FSYNC_ALWAYS     ? "always"
+                                        : st->cfg.o.fsync == FSYNC_INTERVAL ? "interval"
+                                                                            : "never");
+    cJSON_AddNumberToObject(o, "messages", (double)in.msgs);
+    cJSON_AddNumberToObject(o, "bytes", (double)in.bytes);
+    cJSON_AddNumberToObject(o, "first_seq", (double)in.first_seq);
+    cJSON_AddNumberToObject(o, "last_seq", (double)in.last_seq);
+    cJSON_AddNumberToObject(o, "committed_seq", (double)in.committed_seq);
+    char t[64];
+    if (in.msgs) {
+        iso_time(in.first_ts, t, sizeof t);
+        cJSON_AddStringToObject(o, "first_time", t);
+        iso_time(in.last_ts, t, sizeof t);
+        cJSON_AddStringToObject(o, "last_time", t);
+    }
+    cJSON_AddNumberToObject(o, "segments", (double)in.segments);
+    cJSON_AddNumberToObject(o, "consumers", st->ncons);
+    cJSON_AddNumberToObject(o, "stored", (double)st->stored);
+    cJSON_AddNumberToObject(o, "duplicates", (double)st->duplicates);
+    cJSON_AddNumberToObject(o, "conflicts", (double)st->conflicts);
+    cJSON_AddNumberToObject(o, "store_errors", (double)st->store_errors);
+    cJSON_AddNumberToObject(o, "syncs", (double)in.syncs);
+    cJSON_AddNumberToObject(o, "sync_errors", (double)in.sync_errors);
+    cJSON_AddNumberToObject(o, "write_errors", (double)in.write_errors);
+    cJSON_AddBoolToObject(o, "failed", in.failed);
+    cJSON *rec = cJSON_AddObjectToObject(o, "recovery");
+    cJSON_AddNumberToObject(rec, "records", (double)st->opened.records);
+    cJSON_AddNumberToObject(rec, "corrupt_records", (double)st->opened.corrupt);
+    cJSON_AddNumberToObject(rec, "corrupt_bytes", (double)st->opened.corrupt_bytes);
+    cJSON_AddNumberToObject(rec, "torn_bytes", (double)st->opened.torn_bytes);
+    cJSON_AddNumberToObject(rec, "seconds", st->opened.seconds);
+    cJSON *lim = cJSON_AddObjectToObject(o, "limits");
+    cJSON_AddNumberToObject(lim, "max_msgs", (double)st->cfg.o.max_msgs);
+    cJSON_AddNumberToObject(lim, "max_bytes", (double)st->cfg.o.max_bytes);
+    cJSON_AddNumberToObject(lim, "max_age", st->cfg.o.max_age);
+    cJSON_AddNumberToObject(lim, "dedup_window", st->cfg.o.dedup_window);
+    return o;
+}
+
+static char *print(cJSON *o, size_t *len)
+{
+    char *p = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    char *out = p ? mem_dup(p, strlen(p)) : NULL;
+    cJSON_free(p);
+    *len = out ? strlen(out) : 0;
+    return out;
+}
+
+char *streams_json(streams_t *sm, size_t *len)
+{
+    cJSON *a = cJSON_CreateArray();
+    for (int i = 0; sm && i < sm->n; i++)
+        cJSON_AddItemToArray(a, stream_obj(sm->streams[i]));
+    return print(a, len);
+}
+
+char *consumers_json(streams_t *sm, size_t *len)
+{
+    cJSON *a = cJSON_CreateArray();
+    for (int i = 0; sm && i < sm->nc; i++)
+        cJSON_AddItemToArray(a, consumer_json(sm->consumers[i]));
+    return print(a, len);
+}
+
+char *stream_info_json(streams_t *sm, const char *name, size_t *len)
+{
+    stream_t *st = sm ? streams_find(sm, name, strlen(name)) : NULL;
+    return st ? print(stream_obj(st), len) : NULL;
+}
+
+/* Headers of a NATS header block as a JSON object (first value of each name). */
+static cJSON *headers_obj(const char *hdr, size_t hl)
+{
+    cJSON *h = cJSON_CreateObject();
+    const char *p = hdr ? memchr(hdr, '\n', hl) : NULL, *end = hdr + hl;
+    if (!p)
+        return h;
+    for (p++; p < end;) {
+        const char *le = memchr(p, '\n', (size_t)(end - p));
+        if (!le)
+            break;
+        const char *colon = memchr(p, ':', (size_t)(le - p));
+        if (colon) {
+            char name[256], val[4096];
+            const char *vs = colon + 1, *ve = le;
+            while (vs < ve && *vs == ' ')
+                vs++;
+            if (ve > vs && ve[-1] == '\r')
+                ve--;
+            snprintf(name, sizeof name, "%.*s", (int)(colon - p), p);
+            snprintf(val, sizeof val, "%.*s", (int)(ve - vs), vs);
+            if (!cJSON_GetObjectItemCaseSensitive(h, name))
+                cJSON_AddStringToObject(h, name, val);
+        }
+        p = le + 1;
+    }
+    return h;
+}
+
+static cJSON *record_obj(stream_t *st, const slog_rec_t *r)
+{
+    cJSON *o = cJSON_CreateObject();
+    char t[64];
+    cJSON_AddStringToObject(o, "stream", st->cfg.name);
+    cJSON_AddNumberToObject(o, "seq", (double)r->seq);
+    iso_time(r->ts, t, sizeof t);
+    cJSON_AddStringToObject(o, "time", t);
+    char *s = mem_dup(r->subject, r->subject_len);
+    cJSON_AddStringToObject(o, "subject", s ? s : "");
+    free(s);
+    if (r->hdr_len)
+        cJSON_AddItemToObject(o, "headers", headers_obj(r->hdr, r->hdr_len));
+    cJSON *data = r->payload_len && (r->payload[0] == '{' || r->payload[0] == '[')
+                      ? cJSON_ParseWithLength(r->payload, r->payload_len)
+                      : NULL;
+    if (data) {
+        cJSON_AddItemToObject(o, "data", data);
+    } else {
+        char *p = mem_dup(r->payload, r->payload_len);
+        cJSON_AddStringToObject(o, "payload", p ? p : "");
+        free(p);
+    }
+    return o;
+}
+
+char *stream_get_json(streams_t *sm, const char *name, uint64_t seq, char *err, size_t errsz, size_t *len)
+{
+    stream_t *st = sm ? streams_find(sm, name, strlen(name)) : NULL;
+    if (!st) {
+        snprintf(err, errsz, "no stream '%s'", name);
+        return NULL;
+    }
+    slog_rec_t r;
+    int rc = slog_read(st->log, seq, &r, &sm->rbuf, &sm->rcap);
+    if (rc <= 0) {
+        snprintf(err, errsz, rc < 0 ? "stream '%s': cannot read sequence %" PRIu64 ": %s"
+                                    : "stream '%s' has no message %" PRIu64 "%s",
+                 name, seq, rc < 0 ? strerror(errno) : "");
+        return NULL;
+    }
+    return print(record_obj(st, &r), len);
+}
+
+/* RFC 3339 or seconds (with fraction) since the epoch, to ns; -1 when neither. */
+static int64_t parse_time(const char *s)
+{
+    struct tm tm;
+    memset(&tm, 0, sizeof tm);
+    const char *rest = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
+    if (rest) {
+        double frac = 0;
+        if (*rest == '.')
+            frac = strtod(rest, (char **)&rest);
+        return (int64_t)timegm(&tm) * 1000000000 + (int64_t)(frac * 1e9);
+    }
+    char *end;
+    double v = strtod(s, &end);
+    return end != s && !*end ? (int64_t)(v * 1e9) : -1;
+}
+
+/* {"stream":..,"subject":pattern,"since":t,"until":t,"from_seq":n,"limit":n}
+ * -> {"events":[...],"next_seq":n}: the event-store queries. */
+static char *stream_events_json(streams_t *sm, const char *req, size_t rl, char *err, size_t errsz, size_t *len)
+{
+    cJSON *q = cJSON_ParseWithLength(req, rl);
+    const cJSON *jn = q ? cJSON_GetObjectItemCaseSensitive(q, "stream") : NULL;
+    stream_t *st = cJSON_IsString(jn) ? streams_find(sm, jn->valuestring, strlen(jn->valuestring)) : NULL;
+    if (!st) {
+        snprintf(err, errsz, q ? "no such stream" : "the request must be a JSON object with a stream name");
+        cJSON_Delete(q);
+        return NULL;
+    }
+    const cJSON *js = cJSON_GetObjectItemCaseSensitive(q, "subject");
+    const cJSON *jsince = cJSON_GetObjectItemCaseSensitive(q, "since");
+    const cJSON *juntil = cJSON_GetObjectItemCaseSensitive(q, "until");
+    const cJSON *jfrom = cJSON_GetObjectItemCaseSensitive(q, "from_seq");
+    const cJSON *jlim = cJSON_GetObjectItemCaseSensitive(q, "limit");
+    const char *pat = cJSON_IsString(js) ? js->valuestring : NULL;
+    if (pat && !subject_valid_pattern(pat, strlen(pat))) {
+        snprintf(err, errsz, "'%s' is not a valid subject pattern", pat);
+        cJSON_Delete(q);
+        return NULL;
+    }
+    int64_t since = cJSON_IsString(jsince) ? parse_time(jsince->valuestring) : 0;
+    int64_t until = cJSON_IsString(juntil) ? parse_time(juntil->valuestring) : INT64_MAX;
+    if (since < 0 || until < 0) {
+        snprintf(err, errsz, "since and until must be RFC 3339 times or seconds since the epoch");
+        cJSON_Delete(q);
+        return NULL;
+    }
+    uint64_t limit = cJSON_IsNumber(jlim) && jlim->valuedouble >= 1 ? (uint64_t)jlim->valuedouble : 1000;
+    slog_info_t in;
+    slog_get_info(st->log, &in);
+    uint64_t seq = since > 0 ? slog_seq_at_time(st->log, since) : in.first_seq;
+    if (cJSON_IsNumber(jfrom) && jfrom->valuedouble > (double)seq)
+        seq = (uint64_t)jfrom->valuedouble;
+    cJSON *o = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(o, "events");
+    uint64_t n = 0, scanned = 0;
+    for (; seq <= in.committed_seq && n < limit && scanned < 10000000; seq++, scanned++) {
+        slog_rec_t r;
+        if (slog_read(st->log, seq, &r, &sm->rbuf, &sm->rcap) <= 0)
+            continue;
+        if (r.ts > until)
+            break;
+        if (pat && !subject_matches(pat, strlen(pat), r.subject, r.subject_len))
+            continue;
+        cJSON_AddItemToArray(arr, record_obj(st, &r));
+        n++;
+    }
+    cJSON_AddNumberToObject(o, "next_seq", (double)seq);
+    cJSON_Delete(q);
+    return print(o, len);
+}
+
+void streams_metrics(streams_t *sm, char **buf, size_t *len, size_t *cap)
+{
+    if (!sm)
+        return;
+    static const char *const names[][2] = {
+        {"tide_stream_messages", "Messages stored in the stream now."},
+        {"tide_stream_bytes", "Bytes of records stored in the stream now."},
+        {"tide_stream_first_seq", "First sequence stored."},
+        {"tide_stream_last_seq", "Last sequence stored."},
+        {"tide_stream_stored_total", "Messages appended since start."},
+        {"tide_stream_duplicates_total", "Publishes not stored because their dedup key was seen."},
+        {"tide_stream_conflicts_total", "Publishes refused by an expected-sequence header."},
+        {"tide_stream_store_errors_total", "Publishes refused because storing failed."},
+        {"tide_stream_syncs_total", "fdatasync calls made by the stream's sync thread."},
+    };
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+        int counter = strstr(names[k][0], "_total") != NULL;
+        buf_printf(buf, len, cap, "# HELP %s %s\n# TYPE %s %s\n", names[k][0], names[k][1], names[k][0],
+                   counter ? "counter" : "gauge");
+        for (int i = 0; i < sm->n; i++) {
+            stream_t *st = sm->streams[i];
+            slog_info_t in;
+            slog_get_info(st->log, &in);
+            uint64_t v[] = {in.msgs, in.bytes, in.first_seq, in.last_seq, st->stored, st->duplicates,
+                            st->conflicts, st->store_errors, in.syncs};
+            buf_printf(buf, len, cap, "%s{stream=\"%s\"} %" PRIu64 "\n", names[k][0], st->cfg.name, v[k]);
+        }
+    }
+    for (int i = 0; i < sm->nc; i++)
+        consumer_metrics(sm->consumers[i], buf, len, cap);
+}
+
+static void reply_err(streams_t *sm, const proto_msg_t *req, const char *err)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddBoolToObject(o, "ok", 0);
+    cJSON_AddStringToObject(o, "error", err);
+    size_t len;
+    char *p = print(o, &len);
+    if (p && req->reply)
+        reply_to(sm, req->reply, req->reply_len, p, len);
+    free(p);
+}
+
+int streams_admin(streams_t *sm, const char *verb, size_t vlen, const proto_msg_t *req)
+{
+#define IS(s) (vlen == strlen(s) && !memcmp(verb, s, vlen))
+    char *out = NULL, err[512] = "", name[STREAM_NAME_MAX + 1] = "";
+    size_t len = 0;
+    if (req->payload_len && req->payload_len <= STREAM_NAME_MAX) {
+        memcpy(name, req->payload, req->payload_len);
+        name[req->payload_len] = 0;
+        for (char *p = name; *p; p++)
+            if (*p == '\n' || *p == '\r' || *p == ' ')
+                *p = 0;
+    }
+    if (IS("STREAM.LS")) {
+        out = streams_json(sm, &len);
+    } else if (IS("CONSUMER.LS")) {
+        out = consumers_json(sm, &len);
+    } else if (IS("STREAM.INFO")) {
+        if (!(out = stream_info_json(sm, name, &len)))
+            snprintf(err, sizeof err, "no stream '%s'", name);
+    } else if (IS("CONSUMER.INFO")) {
+        for (int i = 0; i < sm->nc && !out; i++)
+            if (!strcmp(consumer_cfg(sm->consumers[i])->name, name))
+                out = print(consumer_json(sm->consumers[i]), &len);
+        if (!out)
+            snprintf(err, sizeof err, "no consumer '%s'", name);
+    } else if (IS("STREAM.GET")) {
+        cJSON *q = cJSON_ParseWithLength(req->payload, req->payload_len);
+        const cJSON *s = q ? cJSON_GetObjectItemCaseSensitive(q, "stream") : NULL;
+        const cJSON *n = q ? cJSON_GetObjectItemCaseSensitive(q, "seq") : NULL;
+        if (!cJSON_IsString(s) || !cJSON_IsNumber(n) || n->valuedouble < 1)
+            snprintf(err, sizeof err, "the request must be {\"stream\": name, \"seq\": n}");
+        else
+            out = stream_get_json(sm, s->valuestring, (uint64_t)n->valuedouble, err, sizeof err, &len);
+        cJSON_Delete(q);
+    } else if (IS("STREAM.EVENTS")) {
+        out = stream_events_json(sm, req->payload, req->payload_len, err, sizeof err, &len);
+    } else {
+        return 0;
+    }
+    if (out && req->reply)
+        reply_to(sm, req->reply, req->reply_len, out, len);
+    else if (!out)
+        reply_err(sm, req, err[0] ? err : "out of memory");
+    free(out);
+    return 1;
+#undef IS
+}

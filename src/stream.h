@@ -1,0 +1,97 @@
+/*
+ * stream.h - streams and durable consumers: the persistent queue as the
+ * rest of tide sees it.
+ *
+ * The entry file declares them (see docs/streams.md):
+ *
+ *   storage  { dir = "data" }
+ *   stream   "orders" { subjects = { "order.>" }, fsync = "always", ... }
+ *   consumer "inventory" { stream = "orders", deliver = "inventory.work", ... }
+ *
+ * Every message routed to a subject a stream captures (after the script
+ * pipeline) is appended to that stream's log; a publish with a reply
+ * subject gets a JetStream PubAck there once the record is durable under
+ * the stream's fsync policy.  Consumers push stored events to their deliver
+ * subject with a $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+ * reply subject and keep their progress on disk.
+ */
+#ifndef TIDE_STREAM_H
+#define TIDE_STREAM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "store.h"
+
+#define STREAM_NAME_MAX 64
+#define STREAM_SUBJECTS_MAX 16
+#define CONSUMER_BACKOFF_MAX 16
+
+enum { DELIVER_ALL, DELIVER_NEW, DELIVER_BY_START_SEQ, DELIVER_BY_START_TIME, DELIVER_LAST };
+
+typedef struct stream_cfg {
+    char name[STREAM_NAME_MAX];
+    char *subjects[STREAM_SUBJECTS_MAX];
+    int nsubjects;
+    slog_opts_t o;
+    int dedup_fn_ref; /* LUA_NOREF, or a function(e) -> key in the declaring state */
+    char where[200];  /* file:line of the declaration */
+} stream_cfg_t;
+
+typedef struct consumer_cfg {
+    char name[STREAM_NAME_MAX];
+    char stream[STREAM_NAME_MAX];
+    char filter[256];      /* subject pattern; "" is everything */
+    char deliver[256];     /* push subject; "" when Lua handlers take the events */
+    char queue[64];        /* queue group the deliver subject is shared by (informational) */
+    double ack_wait;       /* seconds */
+    int64_t max_deliver;   /* -1: no limit */
+    double backoff[CONSUMER_BACKOFF_MAX];
+    int nbackoff;
+    int64_t max_ack_pending;
+    int deliver_policy;
+    uint64_t start_seq;
+    int64_t start_time; /* ns since the epoch */
+    char dead_letter[256]; /* subject, "" for none */
+    char ordered_by[128];  /* "data.order_id", "header:Name", "" */
+    char where[200];
+} consumer_cfg_t;
+
+void stream_cfg_free(stream_cfg_t *c);
+
+typedef struct streams streams_t;
+struct server;
+
+/* Creates the manager; data_dir is created when a stream first needs it. */
+streams_t *streams_new(struct server *srv, const char *data_dir);
+void streams_free(streams_t *sm);
+
+/*
+ * Makes the declared streams and consumers current: new ones are opened
+ * (the log recovered from the disk), changed limits applied, ones no
+ * longer declared stopped (their files stay).  Returns 0, or -1 with the
+ * reason in err (nothing changed in that case).
+ */
+int streams_apply(streams_t *sm, const stream_cfg_t *streams, int nstreams, const consumer_cfg_t *consumers,
+                  int nconsumers, char *err, size_t errsz);
+
+/* Number of streams. */
+int streams_count(const streams_t *sm);
+
+/* JSON for $TIDE.ADMIN.STREAMS / GET /v1/streams and the consumers (malloc'd). */
+char *streams_json(streams_t *sm, size_t *len);
+char *consumers_json(streams_t *sm, size_t *len);
+/* One stream's info, or NULL (unknown). */
+char *stream_info_json(streams_t *sm, const char *name, size_t *len);
+/* A stored record as JSON {"seq","time","subject","headers","data"}; NULL with
+ * the reason in err. */
+char *stream_get_json(streams_t *sm, const char *name, uint64_t seq, char *err, size_t errsz, size_t *len);
+
+/* Appends Prometheus lines for streams and consumers to a malloc'd buffer. */
+void streams_metrics(streams_t *sm, char **buf, size_t *len, size_t *cap);
+
+/* Handles $TIDE.ADMIN.STREAM.* / CONSUMER.* / DLQ.* requests; 1 when handled. */
+struct proto_msg;
+int streams_admin(streams_t *sm, const char *verb, size_t vlen, const struct proto_msg *req);
+
+#endif

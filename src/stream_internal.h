@@ -1,0 +1,73 @@
+/*
+ * stream_internal.h - what stream.c (streams, capture, PubAcks, admin) and
+ * consumer.c (durable consumers) share.  Not for use elsewhere.
+ */
+#ifndef TIDE_STREAM_INTERNAL_H
+#define TIDE_STREAM_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dict.h"
+#include "proto.h"
+#include "server.h"
+#include "store.h"
+#include "stream.h"
+
+#define STREAMS_MAX 64
+#define CONSUMERS_MAX 128
+
+typedef struct pending_ack {
+    uint64_t seq;
+    char *reply;
+    size_t reply_len;
+} pending_ack_t;
+
+typedef struct consumer consumer_t;
+
+typedef struct stream {
+    stream_cfg_t cfg; /* subjects owned */
+    struct streams *sm;
+    slog_t *log;
+    char dir[4096];
+    slog_report_t opened; /* what recovery found */
+    pending_ack_t *acks;  /* publishes waiting for their record to be durable, in sequence order */
+    size_t ahead, alen, acap;
+    consumer_t *cons[CONSUMERS_MAX];
+    int ncons;
+    uint64_t stored, duplicates, conflicts, store_errors;
+} stream_t;
+
+struct streams {
+    server_t *srv;
+    struct event_base *base;
+    char *dir;
+    stream_t *streams[STREAMS_MAX];
+    int n;
+    consumer_t *consumers[CONSUMERS_MAX];
+    int nc;
+    sub_t *ack_sub;
+    char *rbuf; /* record read buffer */
+    size_t rcap;
+};
+
+/* consumer.c */
+consumer_t *consumer_open(struct streams *sm, stream_t *st, const consumer_cfg_t *cfg, char *err, size_t errsz);
+void consumer_close(consumer_t *c);
+void consumer_update(consumer_t *c, const consumer_cfg_t *cfg);
+const consumer_cfg_t *consumer_cfg(const consumer_t *c);
+/* New records are durable up to seq: deliver what the consumer may. */
+void consumer_pump(consumer_t *c);
+/* A message on $JS.ACK.> */
+void consumers_on_ack(void *ctx, const proto_msg_t *m);
+/* JSON object describing the consumer (cJSON *), for admin and HTTP. */
+struct cJSON;
+struct cJSON *consumer_json(consumer_t *c);
+void consumer_metrics(consumer_t *c, char **buf, size_t *len, size_t *cap);
+
+/* stream.c */
+stream_t *streams_find(struct streams *sm, const char *name, size_t len);
+/* Appends printf output to a growing buffer. */
+void buf_printf(char **buf, size_t *len, size_t *cap, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+#endif

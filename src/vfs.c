@@ -1,0 +1,325 @@
+/* vfs.c - the store's file calls, with fault injection for tests (see vfs.h). */
+#include "vfs.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "log.h"
+
+enum { OP_OPEN, OP_WRITE, OP_SYNC, OP_RENAME, OP_TRUNCATE, OP_N };
+static const char *const op_names[OP_N] = {"open", "write", "sync", "rename", "truncate"};
+
+typedef struct fault {
+    int op;
+    uint64_t from, to; /* call numbers, inclusive; to == UINT64_MAX: forever */
+    int err;           /* 0: power loss */
+} fault_t;
+
+#define MAX_FAULTS 8
+#define MAX_TRACKED 4096
+
+static fault_t faults[MAX_FAULTS];
+static int nfaults;
+static int powerloss_armed;
+static uint64_t calls[OP_N];
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* For power loss: each open fd's length at its last sync. */
+static off_t synced_len[MAX_TRACKED];
+static char tracked[MAX_TRACKED];
+
+static int parse_errno(const char *s)
+{
+    if (!strcmp(s, "ENOSPC")) return ENOSPC;
+    if (!strcmp(s, "EIO")) return EIO;
+    if (!strcmp(s, "EDQUOT")) return EDQUOT;
+    if (!strcmp(s, "EROFS")) return EROFS;
+    return 0;
+}
+
+static int parse_op(const char *s, size_t n)
+{
+    for (int i = 0; i < OP_N; i++)
+        if (strlen(op_names[i]) == n && !memcmp(s, op_names[i], n))
+            return i;
+    return -1;
+}
+
+static int parse_range(const char *s, fault_t *f)
+{
+    char *end;
+    unsigned long long a = strtoull(s, &end, 10);
+    if (end == s || a == 0)
+        return -1;
+    f->from = f->to = a;
+    if (*end == '+') {
+        f->to = UINT64_MAX;
+        end++;
+    } else if (*end == '-') {
+        const char *b = end + 1;
+        f->to = strtoull(b, &end, 10);
+        if (end == b || f->to < f->from)
+            return -1;
+    }
+    return *end == '\0' || *end == ':' ? (int)(end - s) : -1;
+}
+
+int vfs_init(char *err, size_t errsz)
+{
+    const char *spec = getenv("TIDE_FAULT");
+    nfaults = 0;
+    if (!spec || !*spec)
+        return 0;
+    char *copy = strdup(spec), *save = NULL;
+    if (!copy)
+        return -1;
+    for (char *r = strtok_r(copy, ",", &save); r; r = strtok_r(NULL, ",", &save)) {
+        fault_t f = {0};
+        char *c1 = strchr(r, ':');
+        if (nfaults == MAX_FAULTS || !c1)
+            goto bad;
+        if (!strncmp(r, "powerloss:", 10)) {
+            char *c2 = strchr(c1 + 1, ':');
+            if (!c2 || (f.op = parse_op(c1 + 1, (size_t)(c2 - c1 - 1))) < 0 || parse_range(c2 + 1, &f) < 0)
+                goto bad;
+            f.err = 0;
+            powerloss_armed = 1;
+        } else {
+            if ((f.op = parse_op(r, (size_t)(c1 - r))) < 0)
+                goto bad;
+            int n = parse_range(c1 + 1, &f);
+            if (n < 0 || c1[1 + n] != ':' || !(f.err = parse_errno(c1 + 2 + n)))
+                goto bad;
+        }
+        faults[nfaults++] = f;
+        continue;
+    bad:
+        snprintf(err, errsz, "TIDE_FAULT: cannot read '%s' (e.g. write:5:ENOSPC, sync:3+:EIO, "
+                 "write:5-40:ENOSPC, powerloss:write:120)", r);
+        free(copy);
+        nfaults = 0;
+        return -1;
+    }
+    free(copy);
+    log_warn("store: fault injection is on (TIDE_FAULT=%s)", spec);
+    return 0;
+}
+
+int vfs_faulty(void) { return nfaults > 0; }
+
+static void power_loss(void)
+{
+    /* What a disk keeps of the files after the lights go out: the bytes
+     * that were synced. */
+    for (int fd = 0; fd < MAX_TRACKED; fd++)
+        if (tracked[fd])
+            if (ftruncate(fd, synced_len[fd]) != 0) {
+                /* nothing to do: we are going down */
+            }
+    log_warn("store: simulated power loss");
+    _exit(99);
+}
+
+/* Counts a call of op; returns the errno to fail it with, or 0. */
+static int fault_check(int op)
+{
+    if (!nfaults)
+        return 0;
+    pthread_mutex_lock(&mu);
+    uint64_t n = ++calls[op];
+    int e = 0;
+    for (int i = 0; i < nfaults; i++)
+        if (faults[i].op == op && n >= faults[i].from && n <= faults[i].to) {
+            if (faults[i].err == 0)
+                power_loss();
+            e = faults[i].err;
+        }
+    pthread_mutex_unlock(&mu);
+    return e;
+}
+
+static void track(int fd)
+{
+    if (!powerloss_armed || fd < 0 || fd >= MAX_TRACKED)
+        return;
+    struct stat sb;
+    pthread_mutex_lock(&mu);
+    tracked[fd] = 1;
+    synced_len[fd] = fstat(fd, &sb) == 0 ? sb.st_size : 0;
+    pthread_mutex_unlock(&mu);
+}
+
+int vfs_open(const char *path, int flags, mode_t mode)
+{
+    int e = fault_check(OP_OPEN);
+    if (e) {
+        errno = e;
+        return -1;
+    }
+    int existed = access(path, F_OK) == 0;
+    int fd = open(path, flags | O_CLOEXEC, mode);
+    if (fd >= 0) {
+        track(fd);
+        if (!existed && powerloss_armed && fd < MAX_TRACKED)
+            synced_len[fd] = 0;
+    }
+    return fd;
+}
+
+int vfs_close(int fd)
+{
+    if (powerloss_armed && fd >= 0 && fd < MAX_TRACKED) {
+        pthread_mutex_lock(&mu);
+        tracked[fd] = 0;
+        pthread_mutex_unlock(&mu);
+    }
+    return close(fd);
+}
+
+ssize_t vfs_write(int fd, const void *buf, size_t n)
+{
+    const char *p = buf;
+    size_t done = 0;
+    int e = fault_check(OP_WRITE);
+    if (e) {
+        /* Half of it reaches the file, then the error. */
+        ssize_t w = write(fd, p, n / 2);
+        (void)w;
+        errno = e;
+        return -1;
+    }
+    while (done < n) {
+        ssize_t w = write(fd, p + done, n - done);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        if (w == 0) {
+            errno = ENOSPC;
+            return -1;
+        }
+        done += (size_t)w;
+    }
+    return (ssize_t)done;
+}
+
+ssize_t vfs_pread(int fd, void *buf, size_t n, off_t off)
+{
+    size_t done = 0;
+    while (done < n) {
+        ssize_t r = pread(fd, (char *)buf + done, n - done, off + (off_t)done);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        if (r == 0)
+            break;
+        done += (size_t)r;
+    }
+    return (ssize_t)done;
+}
+
+int vfs_sync(int fd)
+{
+    int e = fault_check(OP_SYNC);
+    if (e) {
+        errno = e;
+        return -1;
+    }
+    struct stat sb;
+    int have = powerloss_armed && fstat(fd, &sb) == 0;
+    if (fdatasync(fd) != 0)
+        return -1;
+    if (have && fd < MAX_TRACKED) {
+        pthread_mutex_lock(&mu);
+        synced_len[fd] = sb.st_size;
+        pthread_mutex_unlock(&mu);
+    }
+    return 0;
+}
+
+int vfs_truncate(int fd, off_t len)
+{
+    int e = fault_check(OP_TRUNCATE);
+    if (e) {
+        errno = e;
+        return -1;
+    }
+    if (ftruncate(fd, len) != 0)
+        return -1;
+    if (powerloss_armed && fd >= 0 && fd < MAX_TRACKED) {
+        pthread_mutex_lock(&mu);
+        if (synced_len[fd] > len)
+            synced_len[fd] = len;
+        pthread_mutex_unlock(&mu);
+    }
+    return 0;
+}
+
+int vfs_rename(const char *from, const char *to)
+{
+    int e = fault_check(OP_RENAME);
+    if (e) {
+        errno = e;
+        return -1;
+    }
+    return rename(from, to);
+}
+
+int vfs_unlink(const char *path) { return unlink(path); }
+
+int vfs_sync_dir(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int e = fault_check(OP_SYNC);
+    int rc = e ? -1 : fsync(fd);
+    close(fd);
+    if (e)
+        errno = e;
+    return rc;
+}
+
+int vfs_write_file(const char *path, const void *buf, size_t n)
+{
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    int fd = vfs_open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0)
+        return -1;
+    if (vfs_write(fd, buf, n) < 0 || vfs_sync(fd) < 0) {
+        int e = errno;
+        vfs_close(fd);
+        unlink(tmp);
+        errno = e;
+        return -1;
+    }
+    vfs_close(fd);
+    if (vfs_rename(tmp, path) < 0) {
+        int e = errno;
+        unlink(tmp);
+        errno = e;
+        return -1;
+    }
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash) {
+        *slash = '\0';
+        vfs_sync_dir(dir[0] ? dir : "/");
+    }
+    return 0;
+}

@@ -1,0 +1,56 @@
+/*
+ * vfs.h - the only way the store touches files.
+ *
+ * Every open, append, read, sync, rename, truncate and unlink of the stream
+ * log and the consumer state goes through these calls, so that a test can
+ * make the N-th call fail or the process lose power at it:
+ *
+ *   TIDE_FAULT="write:5:ENOSPC"        the 5th write fails with ENOSPC
+ *   TIDE_FAULT="write:5-40:ENOSPC"     writes 5 to 40 fail, then space returns
+ *   TIDE_FAULT="sync:3+:EIO"           every sync from the 3rd on fails
+ *   TIDE_FAULT="powerloss:write:120"   at the 120th write, every byte that
+ *                                      was not synced is discarded and the
+ *                                      process ends at once (exit code 99)
+ *
+ * Several rules are separated by commas.  Operations: open, write, sync,
+ * rename, truncate.  Errors: ENOSPC, EIO, EDQUOT, EROFS.  A failing write
+ * first writes half of what it was given (a short write that then fails),
+ * which is the worst case a disk can hand back.  Calls are counted from
+ * the start of the process, over every file of the store.
+ *
+ * Power loss is simulated per file: each file's length at its last
+ * successful sync (its length when opened, for files that existed) is what
+ * a disk would have kept of an append-only file.
+ *
+ * vfs_sync may be called from the sync thread; everything else from the
+ * loop thread (or before it runs).
+ */
+#ifndef TIDE_VFS_H
+#define TIDE_VFS_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+/* Reads TIDE_FAULT.  Returns 0, or -1 with a message in err for a bad spec. */
+int vfs_init(char *err, size_t errsz);
+
+int vfs_open(const char *path, int flags, mode_t mode);
+int vfs_close(int fd);
+/* Appends all of buf (looping over short writes); -1 with errno on error,
+ * in which case part of buf may have been written. */
+ssize_t vfs_write(int fd, const void *buf, size_t n);
+ssize_t vfs_pread(int fd, void *buf, size_t n, off_t off);
+/* fdatasync (fsync for directories). */
+int vfs_sync(int fd);
+int vfs_truncate(int fd, off_t len);
+int vfs_rename(const char *from, const char *to);
+int vfs_unlink(const char *path);
+/* Syncs a directory, so that files created or renamed in it persist. */
+int vfs_sync_dir(const char *path);
+/* Writes a whole small file atomically: path.tmp, sync, rename, sync dir. */
+int vfs_write_file(const char *path, const void *buf, size_t n);
+
+/* True when any fault rule is active (tests use it to check the setup). */
+int vfs_faulty(void);
+
+#endif
