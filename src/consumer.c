@@ -40,6 +40,8 @@
 #define OPS_PER_SNAPSHOT 20000
 #define TICK_MS 10
 #define OP_LEN 17
+/* Bytes of a record copied with its fields (see gather). */
+#define REC_COPY_LEN(r) (sizeof(slog_rec_t) + (r)->subject_len + (r)->hdr_len + (r)->payload_len)
 
 typedef struct pend {
     uint64_t seq;
@@ -82,7 +84,15 @@ struct consumer {
     uint64_t nops;
     char **replies; /* AckSync replies, sent once the ack is written */
     size_t nreplies, capreplies;
-    struct event *flush_ev, *tick_ev;
+    struct event *flush_ev, *tick_ev, *pump_ev;
+    /* Bound to Lua handlers: events gathered for the next call. */
+    int batch;          /* 0: not bound */
+    double wait;        /* seconds a batch may wait to fill */
+    uint64_t *bq;       /* sequences gathered (in flight) */
+    char **bq_bytes;    /* their records' bytes */
+    size_t nbq, capbq;
+    int64_t bq_since;   /* when the first was gathered */
+    uint64_t handler_calls;
     uint64_t delivered, redelivered, acked, naked, termed, dead_lettered, expired;
     int pumping;
 };
@@ -381,7 +391,11 @@ static uint64_t committed(consumer_t *c)
     return in.committed_seq;
 }
 
-/* Sends record r for p (one more delivery) to the deliver subject. */
+static void nak(consumer_t *c, pend_t *p, int64_t delay_ns);
+static void gather(consumer_t *c, pend_t *p, const slog_rec_t *r);
+
+/* Sends record r for p (one more delivery) to the deliver subject, or
+ * gathers it for the Lua handlers the consumer is bound to. */
 static void send_one(consumer_t *c, pend_t *p, const slog_rec_t *r)
 {
     char reply[512];
@@ -406,7 +420,34 @@ static void send_one(consumer_t *c, pend_t *p, const slog_rec_t *r)
     m.payload_len = r->payload_len;
     log_op(c, 'D', p->deliveries, p->seq);
     schedule(c, p, 0, mono_ns() + (int64_t)(c->cfg.ack_wait * 1e9));
+    if (!c->cfg.deliver[0]) {
+        gather(c, p, r);
+        return;
+    }
+    /* Stored events meet today's upgraders on their way out. */
+    proto_msg_t up;
+    char *ubuf = NULL, err[512];
+    proto_msg_t orig = m; /* upgraders see the event under its own subject */
+    orig.subject = r->subject;
+    orig.subject_len = r->subject_len;
+    orig.reply = NULL;
+    orig.reply_len = 0;
+    int u = c->sm->hooks.upgrade ? c->sm->hooks.upgrade(c->sm->hooks.ctx, &orig, &up, &ubuf, err, sizeof err) : 0;
+    if (u < 0) {
+        free(p->error);
+        p->error = strdup(err);
+        nak(c, p, -1);
+        return;
+    }
+    if (u > 0) {
+        up.subject = m.subject;
+        up.subject_len = m.subject_len;
+        up.reply = m.reply;
+        up.reply_len = m.reply_len;
+        m = up;
+    }
     server_route_flags(c->sm->srv, NULL, &m, ROUTE_NO_CAPTURE);
+    free(ubuf);
 }
 
 static void done(consumer_t *c, pend_t *p);
@@ -519,10 +560,27 @@ static void run_due(consumer_t *c);
 
 void consumer_pump(consumer_t *c)
 {
-    if (!c->cfg.deliver[0] || c->pumping)
-        return;
-    if (!server_has_interest(c->sm->srv, c->cfg.deliver, strlen(c->cfg.deliver)))
-        return; /* nobody listens: keep the events (the tick looks again) */
+    /* Delivery runs from the top of the loop, never inside the pipeline
+     * or a route: it may call Lua (upgraders, handlers). */
+    event_active(c->pump_ev, EV_TIMEOUT, 0);
+}
+
+/* True when there is someone to deliver to now. */
+static int can_deliver(consumer_t *c)
+{
+    if (c->sm->hooks.busy && c->sm->hooks.busy(c->sm->hooks.ctx))
+        return 0;
+    if (!c->cfg.deliver[0])
+        return c->batch > 0 && c->sm->hooks.handle;
+    return server_has_interest(c->sm->srv, c->cfg.deliver, strlen(c->cfg.deliver));
+}
+
+static void call_handlers(consumer_t *c, int force);
+
+static void pump_now(consumer_t *c)
+{
+    if (c->pumping || !can_deliver(c))
+        return; /* nobody to deliver to: keep the events (the tick looks again) */
     c->pumping = 1;
     run_due(c);
     uint64_t com = committed(c);
@@ -556,8 +614,118 @@ void consumer_pump(consumer_t *c)
             }
         }
         deliver_new(c, seq, &r, key);
+        if (!c->cfg.deliver[0] && c->nbq >= (size_t)c->batch)
+            call_handlers(c, 0);
     }
+    if (c->nbq)
+        call_handlers(c, 0);
     c->pumping = 0;
+}
+
+static void on_pump(evutil_socket_t fd, short what, void *arg) { pump_now(arg); }
+
+/* ---- Lua handlers ------------------------------------------------------------ */
+
+void consumer_bind(consumer_t *c, int batch, double wait)
+{
+    c->batch = batch > 0 ? batch : 0;
+    c->wait = wait;
+    if (c->batch && c->cfg.deliver[0])
+        log_warn("consumer %s: has a deliver subject and Lua handlers; the handlers are ignored", c->cfg.name);
+    consumer_pump(c);
+}
+
+static void gather(consumer_t *c, pend_t *p, const slog_rec_t *r)
+{
+    if (c->nbq == c->capbq) {
+        size_t nc = c->capbq ? c->capbq * 2 : 64;
+        uint64_t *nq = realloc(c->bq, nc * sizeof *nq);
+        char **nb = nq ? realloc(c->bq_bytes, nc * sizeof *nb) : NULL;
+        if (nq)
+            c->bq = nq;
+        if (!nb)
+            return; /* redelivered when its ack_wait runs out */
+        c->bq_bytes = nb;
+        c->capbq = nc;
+    }
+    /* A copy of the record: the read buffer is shared. */
+    size_t n = REC_COPY_LEN(r);
+    char *b = malloc(n ? n : 1);
+    if (!b)
+        return;
+    slog_rec_t *cp = (slog_rec_t *)b;
+    *cp = *r;
+    char *q = b + sizeof *cp;
+    cp->subject = memcpy(q, r->subject, r->subject_len), q += r->subject_len;
+    cp->hdr = r->hdr_len ? memcpy(q, r->hdr, r->hdr_len) : NULL, q += r->hdr_len;
+    cp->payload = r->payload_len ? memcpy(q, r->payload, r->payload_len) : "";
+    if (!c->nbq)
+        c->bq_since = mono_ns();
+    c->bq[c->nbq] = p->seq;
+    c->bq_bytes[c->nbq++] = b;
+    /* Not redelivered while it waits for its batch to fill. */
+    schedule(c, p, 0, mono_ns() + (int64_t)((c->wait + c->cfg.ack_wait) * 1e9));
+}
+
+/* Hands the gathered events to the Lua handlers when the batch is full or
+ * has waited long enough (force: now), and acts on what they said. */
+static void call_handlers(consumer_t *c, int force)
+{
+    if (!c->nbq || !c->sm->hooks.handle)
+        return;
+    if (!force && c->nbq < (size_t)c->batch && mono_ns() - c->bq_since < (int64_t)(c->wait * 1e9))
+        return;
+    if (c->sm->hooks.busy && c->sm->hooks.busy(c->sm->hooks.ctx))
+        return;
+    size_t n = c->nbq;
+    proto_msg_t *m = calloc(n, sizeof *m);
+    uint32_t *dl = calloc(n, sizeof *dl);
+    stream_verdict_t *v = calloc(n, sizeof *v);
+    if (!m || !dl || !v) {
+        free(m), free(dl), free(v);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const slog_rec_t *r = (const slog_rec_t *)c->bq_bytes[i];
+        pend_t *p = pend_get(c, c->bq[i]);
+        m[i].subject = r->subject;
+        m[i].subject_len = r->subject_len;
+        m[i].hdr = r->hdr;
+        m[i].hdr_len = r->hdr_len;
+        m[i].payload = r->payload;
+        m[i].payload_len = r->payload_len;
+        dl[i] = p ? p->deliveries : 1;
+    }
+    c->nbq = 0;
+    c->handler_calls++;
+    c->sm->hooks.handle(c->sm->hooks.ctx, c->cfg.name, m, dl, (int)n, v);
+    for (size_t i = 0; i < n; i++) {
+        pend_t *p = pend_get(c, c->bq[i]);
+        free(c->bq_bytes[i]);
+        if (!p)
+            continue;
+        if (v[i].error[0]) {
+            free(p->error);
+            p->error = strdup(v[i].error);
+        }
+        switch (v[i].kind) {
+        case VERDICT_ACK:
+            c->acked++;
+            done(c, p);
+            break;
+        case VERDICT_NAK:
+            nak(c, p, v[i].delay < 0 ? -1 : (int64_t)(v[i].delay * 1e9));
+            break;
+        case VERDICT_PROGRESS:
+            schedule(c, p, 0, mono_ns() + (int64_t)(c->cfg.ack_wait * 1e9));
+            break;
+        default:
+            c->termed++;
+            dead_letter(c, p, "term");
+            done(c, p);
+        }
+    }
+    free(m), free(dl), free(v);
 }
 
 /* Redelivers what is due now, and sends timed-out messages to their next
@@ -586,7 +754,7 @@ static void run_due(consumer_t *c)
             }
         }
         if (interest < 0)
-            interest = server_has_interest(c->sm->srv, c->cfg.deliver, strlen(c->cfg.deliver));
+            interest = can_deliver(c);
         if (!interest) { /* nobody to deliver to: look again later */
             schedule(c, p, 1, now + 100000000);
             continue;
@@ -598,15 +766,13 @@ static void run_due(consumer_t *c)
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     consumer_t *c = arg;
-    if (!c->cfg.deliver[0])
+    if (!c->cfg.deliver[0] && !c->batch)
         return;
-    if (c->nheap && c->heap[0].due <= mono_ns()) {
-        if (server_has_interest(c->sm->srv, c->cfg.deliver, strlen(c->cfg.deliver)))
-            run_due(c);
-        else
-            return;
-    }
-    consumer_pump(c);
+    if (!can_deliver(c))
+        return;
+    if (c->nbq)
+        call_handlers(c, 0);
+    pump_now(c);
 }
 
 /* ---- acks ------------------------------------------------------------------- */
@@ -918,7 +1084,8 @@ static int load_state(consumer_t *c)
         }
         schedule(c, p, 1, now); /* unacked before the restart: deliver again */
     }
-    qsort(parked, nparked, sizeof *parked, cmp_u64);
+    if (nparked)
+        qsort(parked, nparked, sizeof *parked, cmp_u64);
     for (size_t i = 0; i < nparked; i++) {
         slog_rec_t r;
         if (slog_read(c->st->log, parked[i], &r, &c->sm->rbuf, &c->sm->rcap) <= 0)
@@ -969,7 +1136,8 @@ consumer_t *consumer_open(streams_t *sm, stream_t *st, const consumer_cfg_t *cfg
     }
     c->flush_ev = event_new(sm->base, -1, 0, on_flush, c);
     c->tick_ev = event_new(sm->base, -1, EV_PERSIST, on_tick, c);
-    if (!c->flush_ev || !c->tick_ev) {
+    c->pump_ev = event_new(sm->base, -1, 0, on_pump, c);
+    if (!c->flush_ev || !c->tick_ev || !c->pump_ev) {
         snprintf(err, errsz, "cannot set up events");
         consumer_close(c);
         return NULL;
@@ -1011,6 +1179,12 @@ void consumer_close(consumer_t *c)
         event_free(c->flush_ev);
     if (c->tick_ev)
         event_free(c->tick_ev);
+    if (c->pump_ev)
+        event_free(c->pump_ev);
+    for (size_t i = 0; i < c->nbq; i++)
+        free(c->bq_bytes[i]);
+    free(c->bq);
+    free(c->bq_bytes);
     for (size_t i = 0; i < c->pending.cap; i++) {
         pend_t *p = c->pending.slots[i].key ? c->pending.slots[i].val : NULL;
         if (p) {

@@ -48,6 +48,12 @@ void kv_free(kv_t *kv)
 
 size_t kv_count(const kv_t *kv) { return kv->d.count; }
 
+int kv_persist(kv_t *kv, const char *dir, char *err, size_t errsz)
+{
+    (void)kv, (void)dir, (void)err, (void)errsz;
+    return 0; /* in memory only, for now */
+}
+
 static kv_t *upkv(lua_State *L) { return lua_touserdata(L, lua_upvalueindex(1)); }
 
 static void push_value(lua_State *L, const kv_value_t *v)

@@ -12,7 +12,7 @@ void rule_free(rule_t *r)
     }
 }
 
-static int add_rule(lua_State *L, int kind, const char *pattern, size_t plen, int64_t from, int fn_idx)
+int script_add_rule(lua_State *L, int kind, const char *pattern, size_t plen, int64_t from, int fn_idx)
 {
     state_t *st = state_of(L);
     lua_Debug ar;
@@ -59,7 +59,7 @@ static int add_rule(lua_State *L, int kind, const char *pattern, size_t plen, in
     r->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     st->rules[st->nrules++] = r;
     st->nkind[kind]++;
-    if (kind != RULE_UPGRADE) {
+    if (kind != RULE_UPGRADE && kind != RULE_DURABLE) {
         const char *dot = memchr(pattern, '.', plen);
         size_t fl = dot ? (size_t)(dot - pattern) : plen;
         if ((fl == 1 && (pattern[0] == '*' || pattern[0] == '>')))
@@ -80,12 +80,17 @@ static int register_pattern_rule(lua_State *L, int kind)
     if (!subject_valid_pattern(p, n))
         return luaL_error(L, "%s: invalid subject pattern '%s' (tokens separated by '.', wildcards '*' and "
                              "'>' as whole tokens, '>' last)", kind_names[kind], p);
-    return add_rule(L, kind, p, n, 0, 2);
+    return script_add_rule(L, kind, p, n, 0, 2);
 }
 
 int l_filter(lua_State *L) { return register_pattern_rule(L, RULE_FILTER); }
 int l_route(lua_State *L) { return register_pattern_rule(L, RULE_ROUTE); }
-int l_on(lua_State *L) { return register_pattern_rule(L, RULE_HANDLER); }
+int l_on(lua_State *L)
+{
+    if (lua_type(L, 2) == LUA_TTABLE)
+        return l_on_durable(L); /* on(pattern, { consumer = ... }, fn) */
+    return register_pattern_rule(L, RULE_HANDLER);
+}
 
 int l_upgrade(lua_State *L)
 {
@@ -97,7 +102,7 @@ int l_upgrade(lua_State *L)
         return luaL_error(L, "upgrade: type must be a non-empty string");
     if (from < 1)
         return luaL_error(L, "upgrade: from_version must be 1 or more");
-    return add_rule(L, RULE_UPGRADE, type, n, (int64_t)from, 3);
+    return script_add_rule(L, RULE_UPGRADE, type, n, (int64_t)from, 3);
 }
 
 /* ---- ctx.publish ---------------------------------------------------------------- */
@@ -332,7 +337,8 @@ static match_t *match_for(state_t *st, const char *subject, size_t len)
     size_t count[RULE_KINDS] = {0};
     for (size_t i = 0; i < st->nrules; i++) {
         rule_t *r = st->rules[i];
-        if (r->kind != RULE_UPGRADE && subject_matches(r->pattern, r->pattern_len, subject, len))
+        if (r->kind != RULE_UPGRADE && r->kind != RULE_DURABLE &&
+            subject_matches(r->pattern, r->pattern_len, subject, len))
             count[r->kind]++;
     }
     size_t total = count[RULE_FILTER] + count[RULE_ROUTE] + count[RULE_HANDLER];
@@ -346,7 +352,8 @@ static match_t *match_for(state_t *st, const char *subject, size_t len)
     }
     for (size_t i = 0; i < st->nrules; i++) {
         rule_t *r = st->rules[i];
-        if (r->kind != RULE_UPGRADE && subject_matches(r->pattern, r->pattern_len, subject, len))
+        if (r->kind != RULE_UPGRADE && r->kind != RULE_DURABLE &&
+            subject_matches(r->pattern, r->pattern_len, subject, len))
             m->r[r->kind][m->n[r->kind]++] = r;
     }
     if (st->matches.count >= MATCH_CACHE_MAX)
@@ -364,7 +371,7 @@ static match_t *match_for(state_t *st, const char *subject, size_t len)
  * each must contain the type's text.  A payload with \u escapes might spell
  * it otherwise, so it is decoded to be sure.
  */
-static int upgrade_possible(state_t *st, const proto_msg_t *m)
+int script_upgrade_possible(state_t *st, const proto_msg_t *m)
 {
     if (!st->nkind[RULE_UPGRADE])
         return 0;
@@ -462,7 +469,7 @@ static double last_call_ms; /* how long the last rule call took (for the trace) 
 const double script_latency_bounds[SCRIPT_LATENCY_BUCKETS] = {0.00001, 0.00005, 0.0001, 0.0005, 0.001,
                                                                0.005,   0.01,    0.05,   0.1,    0.5};
 
-static int call_rule(state_t *st, rule_t *r, int ev_idx)
+int script_call_rule(state_t *st, rule_t *r, int ev_idx)
 {
     lua_State *L = st->L;
     double t0 = mono_ms();
@@ -470,7 +477,7 @@ static int call_rule(state_t *st, rule_t *r, int ev_idx)
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->fn_ref);
     lua_pushvalue(L, ev_idx);
     int nargs = 1;
-    if (r->kind == RULE_HANDLER) {
+    if (r->kind == RULE_HANDLER || r->kind == RULE_DURABLE) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, st->ctx_ref);
         nargs = 2;
     }
@@ -487,6 +494,42 @@ static int call_rule(state_t *st, rule_t *r, int ev_idx)
     h->lat_count++;
     last_call_ms = ms;
     return rc;
+}
+
+int run_upgraders(lua_State *L, state_t *st, int ev_idx, rule_t **failed, int td)
+{
+    script_host_t *h = st->host;
+    for (int step = 0; step < UPGRADE_CHAIN_MAX; step++) {
+        char key[600];
+        lua_getfield(L, ev_idx, "type");
+        lua_getfield(L, ev_idx, "version");
+        const char *type = lua_tostring(L, -2);
+        lua_Integer version = lua_tointeger(L, -1);
+        int kl = snprintf(key, sizeof key, "%s%c%lld", type ? type : "", 0, (long long)version);
+        lua_pop(L, 2);
+        rule_t *r = (kl > 0 && (size_t)kl < sizeof key) ? dict_get(&st->upgraders, key, (size_t)kl) : NULL;
+        if (!r)
+            break;
+        *failed = r;
+        if (script_call_rule(st, r, ev_idx) != LUA_OK)
+            return -1;
+        if (!lua_isnil(L, -1) && !lua_rawequal(L, -1, ev_idx)) {
+            lua_pushfstring(L, "upgrader for %s v%d must return the event it was given (or nothing)", r->pattern,
+                            (int)r->from_version);
+            return -1;
+        }
+        lua_pop(L, 1);
+        lua_getfield(L, ev_idx, "version");
+        if (lua_tointeger(L, -1) == r->from_version) {
+            lua_pushinteger(L, r->from_version + 1);
+            lua_setfield(L, ev_idx, "version");
+        }
+        lua_pop(L, 1);
+        if (h->trace)
+            tracef(h, td, "  upgrade  %s v%d -> v%d   %s   %.3f ms", r->pattern, (int)r->from_version,
+                   (int)r->from_version + 1, r->where, last_call_ms);
+    }
+    return 0;
 }
 
 /* Destinations chosen by routes: up to this many subjects per event. */
@@ -581,36 +624,10 @@ int run_event(lua_State *L)
     }
 
     /* 1. upgraders, chained: each takes the event from version v to v + 1. */
-    if (upgrade_possible(st, run->in)) {
-        for (int step = 0; step < UPGRADE_CHAIN_MAX; step++) {
-            char key[600];
-            lua_getfield(L, ev_idx, "type");
-            lua_getfield(L, ev_idx, "version");
-            const char *type = lua_tostring(L, -2);
-            lua_Integer version = lua_tointeger(L, -1);
-            int kl = snprintf(key, sizeof key, "%s%c%lld", type ? type : "", 0, (long long)version);
-            lua_pop(L, 2);
-            rule_t *r = (kl > 0 && (size_t)kl < sizeof key) ? dict_get(&st->upgraders, key, (size_t)kl) : NULL;
-            if (!r)
-                break;
-            if (call_rule(st, r, ev_idx) != LUA_OK)
-                return fail_rule(L, run, "upgrade", r);
-            if (!lua_isnil(L, -1) && !lua_rawequal(L, -1, ev_idx)) {
-                lua_pushfstring(L, "upgrader for %s v%d must return the event it was given (or nothing)",
-                                r->pattern, (int)r->from_version);
-                return fail_rule(L, run, "upgrade", r);
-            }
-            lua_pop(L, 1);
-            lua_getfield(L, ev_idx, "version");
-            if (lua_tointeger(L, -1) == r->from_version) {
-                lua_pushinteger(L, r->from_version + 1);
-                lua_setfield(L, ev_idx, "version");
-            }
-            lua_pop(L, 1);
-            if (tr)
-                tracef(h, td, "  upgrade  %s v%d -> v%d   %s   %.3f ms", r->pattern, (int)r->from_version,
-                       (int)r->from_version + 1, r->where, last_call_ms);
-        }
+    if (script_upgrade_possible(st, run->in)) {
+        rule_t *failed;
+        if (run_upgraders(L, st, ev_idx, &failed, td) < 0)
+            return fail_rule(L, run, "upgrade", failed);
     }
 
     /* 2. filters, on the subject as it is now (an upgrader may have
@@ -623,7 +640,7 @@ int run_event(lua_State *L)
         return luaL_error(L, "out of memory matching rules");
     for (size_t i = 0; i < mt->n[RULE_FILTER]; i++) {
         rule_t *r = mt->r[RULE_FILTER][i];
-        if (call_rule(st, r, ev_idx) != LUA_OK)
+        if (script_call_rule(st, r, ev_idx) != LUA_OK)
             return fail_rule(L, run, "filter", r);
         int keep = lua_toboolean(L, -1);
         lua_pop(L, 1);
@@ -640,7 +657,7 @@ int run_event(lua_State *L)
     /* 3. routes: the first one that answers decides. */
     for (size_t i = 0; i < mt->n[RULE_ROUTE]; i++) {
         rule_t *r = mt->r[RULE_ROUTE][i];
-        if (call_rule(st, r, ev_idx) != LUA_OK)
+        if (script_call_rule(st, r, ev_idx) != LUA_OK)
             return fail_rule(L, run, "route", r);
         int t = lua_type(L, -1);
         if (t == LUA_TNIL) {
@@ -729,7 +746,7 @@ int run_event(lua_State *L)
         for (size_t i = 0; i < hm->n[RULE_HANDLER]; i++) {
             rule_t *r = hm->r[RULE_HANDLER][i];
             msgq_item_t *before = h->queue.tail;
-            int ok = call_rule(st, r, ev_idx) == LUA_OK;
+            int ok = script_call_rule(st, r, ev_idx) == LUA_OK;
             if (tr) {
                 char list[600] = "";
                 for (msgq_item_t *e = before ? before->next : h->queue.head; e; e = e->next)
@@ -765,7 +782,7 @@ static int needs_lua(state_t *st, const proto_msg_t *m, match_t **mt)
     *mt = match_for(st, m->subject, m->subject_len);
     if (!*mt)
         return 1; /* out of memory: let the pipeline report it */
-    return (*mt)->n[RULE_FILTER] || (*mt)->n[RULE_ROUTE] || (*mt)->n[RULE_HANDLER] || upgrade_possible(st, m);
+    return (*mt)->n[RULE_FILTER] || (*mt)->n[RULE_ROUTE] || (*mt)->n[RULE_HANDLER] || script_upgrade_possible(st, m);
 }
 
 static void run_one(script_host_t *h, client_t *from, const proto_msg_t *m, int depth)
@@ -821,11 +838,8 @@ static void run_one(script_host_t *h, client_t *from, const proto_msg_t *m, int 
     lua_settop(L, top);
 }
 
-void script_process(script_host_t *h, client_t *from, const proto_msg_t *m)
+void script_drain(script_host_t *h)
 {
-    h->processing++;
-    h->queued_total = 0;
-    run_one(h, from, m, 0);
     /* Events the handlers published, breadth first: each goes through the
      * whole pipeline; their own emissions queue behind them. */
     msgq_item_t *e;
@@ -833,5 +847,23 @@ void script_process(script_host_t *h, client_t *from, const proto_msg_t *m)
         run_one(h, NULL, &e->m, e->depth);
         msgq_item_free(e);
     }
+}
+
+void script_process(script_host_t *h, client_t *from, const proto_msg_t *m)
+{
+    h->processing++;
+    h->queued_total = 0;
+    run_one(h, from, m, 0);
+    script_drain(h);
     h->processing--;
+}
+
+void script_set_handled(lua_State *L, state_t *st, int ev_idx)
+{
+    if (ev_idx)
+        lua_pushvalue(L, ev_idx);
+    else
+        lua_pushnil(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &handled_event_key);
+    st->cur_ev_idx = ev_idx;
 }

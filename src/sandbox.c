@@ -443,6 +443,7 @@ void build_env(state_t *st)
     lua_setfield(L, tide, "json");
     kv_push_api(L, st->host->kv);
     lua_setfield(L, tide, "kv");
+    durable_push_api(L); /* tide.nak, tide.progress, tide.term */
     lua_pushcfunction(L, l_log);
     lua_setfield(L, tide, "log");
     lua_pushcfunction(L, l_log);

@@ -266,7 +266,8 @@ int script_reload(script_host_t *h, const char *why, char *err, size_t errsz)
         log_warn("Reload: the storage directory changes only on restart");
     if (h->streams) {
         char e[512];
-        if (streams_apply(h->streams, st->streams, st->nstreams, st->consumers, st->nconsumers, e, sizeof e) < 0) {
+        if (durable_bind(h, st, 1, e, sizeof e) < 0 ||
+            streams_apply(h->streams, st->streams, st->nstreams, st->consumers, st->nconsumers, e, sizeof e) < 0) {
             snprintf(err, errsz, "%s", e);
             state_free(st);
             h->st.reload_failures++;
@@ -274,6 +275,7 @@ int script_reload(script_host_t *h, const char *why, char *err, size_t errsz)
             log_error("Reload (%s) failed, the previous scripts keep serving: %s", why, err);
             return -1;
         }
+        durable_bind(h, st, 0, e, sizeof e);
     }
     state_free(h->cur);
     h->cur = st;
@@ -306,10 +308,19 @@ int script_declared_streams(const script_host_t *h)
 
 int script_host_set_streams(script_host_t *h, streams_t *sm, char *err, size_t errsz)
 {
+    if (h->streams && h->streams != sm)
+        streams_set_hooks(h->streams, NULL);
     h->streams = sm;
     if (!sm)
         return 0;
-    return streams_apply(sm, h->cur->streams, h->cur->nstreams, h->cur->consumers, h->cur->nconsumers, err, errsz);
+    char kvdir[PATH_MAX + 8];
+    snprintf(kvdir, sizeof kvdir, "%s/kv", streams_dir(sm));
+    if (kv_persist(h->kv, kvdir, err, errsz) < 0 || durable_bind(h, h->cur, 1, err, errsz) < 0)
+        return -1;
+    if (streams_apply(sm, h->cur->streams, h->cur->nstreams, h->cur->consumers, h->cur->nconsumers, err, errsz) < 0)
+        return -1;
+    durable_set_hooks(h);
+    return durable_bind(h, h->cur, 0, err, errsz);
 }
 
 void script_get_stats(const script_host_t *h, script_stats_t *out)

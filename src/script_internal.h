@@ -55,8 +55,10 @@
  * pipeline). */
 #define RUN_EVENT_SLOT 1
 
-enum rule_kind { RULE_UPGRADE, RULE_FILTER, RULE_ROUTE, RULE_HANDLER, RULE_KINDS };
-static const char *const kind_names[] = {"upgrade", "filter", "route", "on"};
+/* RULE_DURABLE: on(pattern, { consumer = ... }, fn), called by a durable
+ * consumer with stored events, never by the live pipeline. */
+enum rule_kind { RULE_UPGRADE, RULE_FILTER, RULE_ROUTE, RULE_HANDLER, RULE_DURABLE, RULE_KINDS };
+static const char *const kind_names[] = {"upgrade", "filter", "route", "on", "on"};
 
 typedef struct rule {
     int kind;
@@ -66,6 +68,9 @@ typedef struct rule {
     int fn_ref;
     char where[200]; /* "file.lua:12" of the function */
     uint64_t calls, errors, dropped, routed;
+    char consumer[64]; /* RULE_DURABLE: the consumer it takes events from */
+    int batch;         /* RULE_DURABLE: events per call (1: one event, not a list) */
+    double wait;       /* RULE_DURABLE: seconds a batch may wait to fill */
 } rule_t;
 
 /* The rules that apply to one subject, in registration order. */
@@ -205,6 +210,22 @@ int l_ctx_reply(lua_State *L);
 void dead_letter(script_host_t *h, state_t *st, const proto_msg_t *m, const char *stage, const rule_t *r,
                         const char *error);
 int run_event(lua_State *L);
+int script_add_rule(lua_State *L, int kind, const char *pattern, size_t plen, int64_t from, int fn_idx);
+int script_upgrade_possible(state_t *st, const proto_msg_t *m);
+int script_call_rule(state_t *st, rule_t *r, int ev_idx);
+/* Runs the upgraders on the event at ev_idx (trace lines at depth td).
+ * 0, or -1 with the error pushed and *failed set. */
+int run_upgraders(lua_State *L, state_t *st, int ev_idx, rule_t **failed, int td);
+/* Runs the events handlers published (ctx.publish) through the pipeline. */
+void script_drain(script_host_t *h);
+/* Makes the event at ev_idx the one ctx.publish correlates with (0: none). */
+void script_set_handled(lua_State *L, state_t *st, int ev_idx);
+int l_on_durable(lua_State *L);
+void durable_push_api(lua_State *L);
+void durable_set_hooks(script_host_t *h);
+/* Binds the consumers st's durable handlers name (check_only: just checks).
+ * 0, or -1 with err when one names an undeclared consumer. */
+int durable_bind(script_host_t *h, state_t *st, int check_only, char *err, size_t errsz);
 void log_rate_limited(script_host_t *h, const char *text);
 
 /* The count hook, for arm_stop (defined after it). */

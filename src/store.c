@@ -959,7 +959,8 @@ static int load(slog_t *l, slog_report_t *rep)
         firsts[n++] = f;
     }
     closedir(d);
-    qsort(firsts, n, sizeof *firsts, cmp_u64);
+    if (n)
+        qsort(firsts, n, sizeof *firsts, cmp_u64);
     int64_t dedup_from = slog_now_ns() - (int64_t)(l->o.dedup_window * 1e9);
     for (size_t i = 0; i < n; i++) {
         seg_t *s = seg_new(l->dir, firsts[i]);

@@ -52,6 +52,34 @@ stream_t *streams_find(streams_t *sm, const char *name, size_t len)
 
 int streams_count(const streams_t *sm) { return sm ? sm->n : 0; }
 
+const char *streams_dir(const streams_t *sm) { return sm->dir; }
+
+void streams_set_hooks(streams_t *sm, const stream_hooks_t *hooks)
+{
+    if (hooks)
+        sm->hooks = *hooks;
+    else
+        memset(&sm->hooks, 0, sizeof sm->hooks);
+}
+
+void streams_bind(streams_t *sm, const char *consumer, int batch, double wait)
+{
+    int i;
+    for (i = 0; i < sm->nbound && strcmp(sm->bound[i], consumer); i++)
+        ;
+    if (i == sm->nbound) {
+        if (!batch || sm->nbound == CONSUMERS_MAX)
+            goto apply;
+        snprintf(sm->bound[sm->nbound++], STREAM_NAME_MAX, "%s", consumer);
+    }
+    sm->bound_batch[i] = batch;
+    sm->bound_wait[i] = wait;
+apply:
+    for (int k = 0; k < sm->nc; k++)
+        if (!strcmp(consumer_cfg(sm->consumers[k])->name, consumer))
+            consumer_bind(sm->consumers[k], batch, wait);
+}
+
 /* ---- PubAcks ---------------------------------------------------------------- */
 
 static void reply_to(streams_t *sm, const char *reply, size_t rlen, const char *body, size_t blen)
@@ -285,6 +313,7 @@ static void stream_close(stream_t *st)
 {
     for (int i = 0; i < st->ncons; i++)
         consumer_close(st->cons[i]);
+    st->ncons = 0;
     slog_close(st->log); /* writes and syncs what was buffered */
     on_commit(st, UINT64_MAX, 0);
     for (size_t i = 0; i < st->alen; i++)
@@ -458,6 +487,9 @@ int streams_apply(streams_t *sm, const stream_cfg_t *scfg, int ns, const consume
         }
         sm->consumers[sm->nc++] = c;
         st->cons[st->ncons++] = c;
+        for (int b = 0; b < sm->nbound; b++)
+            if (!strcmp(sm->bound[b], ccfg[i].name))
+                consumer_bind(c, sm->bound_batch[b], sm->bound_wait[b]);
         consumer_pump(c);
     }
     return 0;

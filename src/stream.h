@@ -65,6 +65,8 @@ struct server;
 /* Creates the manager; data_dir is created when a stream first needs it. */
 streams_t *streams_new(struct server *srv, const char *data_dir);
 void streams_free(streams_t *sm);
+/* The data directory. */
+const char *streams_dir(const streams_t *sm);
 
 /*
  * Makes the declared streams and consumers current: new ones are opened
@@ -74,6 +76,36 @@ void streams_free(streams_t *sm);
  */
 int streams_apply(streams_t *sm, const stream_cfg_t *streams, int nstreams, const consumer_cfg_t *consumers,
                   int nconsumers, char *err, size_t errsz);
+
+/* What a Lua handler bound to a consumer said about an event. */
+enum { VERDICT_ACK, VERDICT_NAK, VERDICT_PROGRESS, VERDICT_TERM };
+typedef struct stream_verdict {
+    int kind;
+    double delay;    /* VERDICT_NAK: seconds, or -1 for the backoff */
+    char error[512]; /* why (NAK after an error, TERM reason); "" for none */
+} stream_verdict_t;
+
+/* The script host's part in delivery.  Called from the top of the loop
+ * only (never inside the pipeline). */
+struct proto_msg;
+typedef struct stream_hooks {
+    void *ctx;
+    /* True while the scripts are busy (an event in the pipeline): deliver later. */
+    int (*busy)(void *ctx);
+    /* Upgrades a stored event for delivery: 0 unchanged, 1 upgraded (*out
+     * points into *buf, malloc'd, caller frees), -1 an upgrader failed (err). */
+    int (*upgrade)(void *ctx, const struct proto_msg *in, struct proto_msg *out, char **buf, char *err,
+                   size_t errsz);
+    /* Runs the Lua handlers bound to `consumer` on n events (one call, or one
+     * per event for handlers without batch); fills v[0..n-1]. */
+    void (*handle)(void *ctx, const char *consumer, const struct proto_msg *msgs, const uint32_t *deliveries, int n,
+                   stream_verdict_t *v);
+} stream_hooks_t;
+
+void streams_set_hooks(streams_t *sm, const stream_hooks_t *hooks);
+/* Lua handlers take consumer's events, batch at a time (waiting at most
+ * `wait` seconds for a batch to fill); batch 0 unbinds. */
+void streams_bind(streams_t *sm, const char *consumer, int batch, double wait);
 
 /* Number of streams. */
 int streams_count(const streams_t *sm);

@@ -47,6 +47,12 @@ struct streams {
     consumer_t *consumers[CONSUMERS_MAX];
     int nc;
     sub_t *ack_sub;
+    stream_hooks_t hooks;
+    /* Lua bindings, remembered for consumers that open later. */
+    char bound[CONSUMERS_MAX][STREAM_NAME_MAX];
+    int bound_batch[CONSUMERS_MAX];
+    double bound_wait[CONSUMERS_MAX];
+    int nbound;
     char *rbuf; /* record read buffer */
     size_t rcap;
 };
@@ -55,6 +61,8 @@ struct streams {
 consumer_t *consumer_open(struct streams *sm, stream_t *st, const consumer_cfg_t *cfg, char *err, size_t errsz);
 void consumer_close(consumer_t *c);
 void consumer_update(consumer_t *c, const consumer_cfg_t *cfg);
+/* Lua handlers take this consumer's events (batch 0: none do). */
+void consumer_bind(consumer_t *c, int batch, double wait);
 const consumer_cfg_t *consumer_cfg(const consumer_t *c);
 /* New records are durable up to seq: deliver what the consumer may. */
 void consumer_pump(consumer_t *c);
