@@ -698,7 +698,7 @@ static void call_handlers(consumer_t *c, int force)
     }
     c->nbq = 0;
     c->handler_calls++;
-    c->sm->hooks.handle(c->sm->hooks.ctx, c->cfg.name, m, dl, (int)n, v);
+    c->sm->hooks.handle(c->sm->hooks.ctx, c->cfg.stream, c->cfg.name, m, c->bq, dl, (int)n, v);
     for (size_t i = 0; i < n; i++) {
         pend_t *p = pend_get(c, c->bq[i]);
         free(c->bq_bytes[i]);

@@ -14,6 +14,10 @@
  * a list of events; its answer applies to all of them (each keeps its own
  * delivery count).  Upgraders run first, so a stored v1 event reaches a
  * handler as v2 once a v1 -> v2 upgrader is loaded.
+ *
+ * Handlers get a third argument, { stream, consumer, seq, deliveries } (a
+ * list of those for a batch), e.g. to make a projection idempotent by
+ * remembering the last sequence it applied.
  */
 #include "script_internal.h"
 
@@ -192,11 +196,28 @@ static void take_verdict(lua_State *L, int rc, stream_verdict_t *v)
 
 typedef struct durable_call {
     script_host_t *h;
-    const char *consumer;
+    const char *stream, *consumer;
     const proto_msg_t *msgs;
+    const uint64_t *seqs;
+    const uint32_t *deliveries;
     int n;
     stream_verdict_t *v;
 } durable_call_t;
+
+/* The third argument: { stream =, consumer =, seq =, deliveries = } of
+ * event i (for a batch: a list of them). */
+static void push_meta(lua_State *L, durable_call_t *c, int i)
+{
+    lua_createtable(L, 0, 4);
+    lua_pushstring(L, c->stream);
+    lua_setfield(L, -2, "stream");
+    lua_pushstring(L, c->consumer);
+    lua_setfield(L, -2, "consumer");
+    lua_pushinteger(L, (lua_Integer)c->seqs[i]);
+    lua_setfield(L, -2, "seq");
+    lua_pushinteger(L, (lua_Integer)c->deliveries[i]);
+    lua_setfield(L, -2, "deliveries");
+}
 
 /* Pushes event i, upgraded; on an upgrader failure returns 0 with v[i] a NAK. */
 static int push_upgraded(lua_State *L, state_t *st, durable_call_t *c, int i, event_t **ev)
@@ -239,8 +260,9 @@ static int durable_entry(lua_State *L)
                 if (!push_upgraded(L, st, c, i, &ev))
                     continue;
                 int idx = lua_gettop(L);
+                push_meta(L, c, i);
                 script_set_handled(L, st, idx);
-                int rc = script_call_rule(st, r, idx);
+                int rc = script_call_rule_meta(st, r, idx, idx + 1);
                 script_set_handled(L, st, 0);
                 take_verdict(L, rc, &c->v[i]);
                 if (rc != LUA_OK) {
@@ -257,6 +279,8 @@ static int durable_entry(lua_State *L)
         int idx[10000], m = 0;
         lua_newtable(L);
         int list = lua_gettop(L);
+        lua_newtable(L);
+        int metas = lua_gettop(L);
         for (int i = 0; i < c->n && m < 10000; i++) {
             const proto_msg_t *msg = &c->msgs[i];
             if (c->v[i].kind == VERDICT_TERM ||
@@ -265,10 +289,12 @@ static int durable_entry(lua_State *L)
             if (!push_upgraded(L, st, c, i, &evs[m]))
                 continue;
             lua_rawseti(L, list, m + 1);
+            push_meta(L, c, i);
+            lua_rawseti(L, metas, m + 1);
             idx[m++] = i;
         }
         if (m) {
-            int rc = script_call_rule(st, r, list);
+            int rc = script_call_rule_meta(st, r, list, metas);
             stream_verdict_t v = {VERDICT_ACK, -1, ""};
             take_verdict(L, rc, &v);
             if (rc != LUA_OK) {
@@ -288,15 +314,14 @@ static int durable_entry(lua_State *L)
     return 0;
 }
 
-static void hook_handle(void *ctx, const char *consumer, const proto_msg_t *msgs, const uint32_t *deliveries, int n,
-                        stream_verdict_t *v)
+static void hook_handle(void *ctx, const char *stream, const char *consumer, const proto_msg_t *msgs,
+                        const uint64_t *seqs, const uint32_t *deliveries, int n, stream_verdict_t *v)
 {
     script_host_t *h = ctx;
     state_t *st = h->cur;
     lua_State *L = st->L;
     int top = lua_gettop(L);
-    durable_call_t c = {h, consumer, msgs, n, v};
-    (void)deliveries;
+    durable_call_t c = {h, stream, consumer, msgs, seqs, deliveries, n, v};
     for (int i = 0; i < n; i++)
         v[i] = (stream_verdict_t){VERDICT_ACK, -1, ""};
     h->processing++;

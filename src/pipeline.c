@@ -471,6 +471,11 @@ const double script_latency_bounds[SCRIPT_LATENCY_BUCKETS] = {0.00001, 0.00005, 
 
 int script_call_rule(state_t *st, rule_t *r, int ev_idx)
 {
+    return script_call_rule_meta(st, r, ev_idx, 0);
+}
+
+int script_call_rule_meta(state_t *st, rule_t *r, int ev_idx, int meta_idx)
+{
     lua_State *L = st->L;
     double t0 = mono_ms();
     r->calls++;
@@ -480,6 +485,10 @@ int script_call_rule(state_t *st, rule_t *r, int ev_idx)
     if (r->kind == RULE_HANDLER || r->kind == RULE_DURABLE) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, st->ctx_ref);
         nargs = 2;
+    }
+    if (meta_idx) {
+        lua_pushvalue(L, meta_idx);
+        nargs++;
     }
     int rc = budget_call(st, nargs, 1);
     if (rc != LUA_OK)

@@ -313,9 +313,30 @@ int script_host_set_streams(script_host_t *h, streams_t *sm, char *err, size_t e
     h->streams = sm;
     if (!sm)
         return 0;
+    /* tide.kv comes from the data directory, which the entry file names:
+     * open the store there, then load the entry file again so that code
+     * it runs at load time (defaults such as `if not tide.kv.has(k) ...`)
+     * sees the stored values, as it does on a reload. */
     char kvdir[PATH_MAX + 8];
     snprintf(kvdir, sizeof kvdir, "%s/kv", streams_dir(sm));
-    if (kv_persist(h->kv, kvdir, err, errsz) < 0 || durable_bind(h, h->cur, 1, err, errsz) < 0)
+    kv_t *fresh = kv_new(), *old = h->kv;
+    if (!fresh || kv_persist(fresh, kvdir, err, errsz) < 0) {
+        kv_free(fresh);
+        return -1;
+    }
+    h->kv = fresh;
+    state_t *st = state_new(h, &h->cur->limits, err, errsz);
+    if (!st) {
+        h->kv = old;
+        kv_free(fresh);
+        return -1;
+    }
+    state_free(h->cur);
+    h->cur = st;
+    kv_free(old);
+    if (h->debounce) /* attached with file watching: watch the new state's files */
+        start_watching(h);
+    if (durable_bind(h, h->cur, 1, err, errsz) < 0)
         return -1;
     if (streams_apply(sm, h->cur->streams, h->cur->nstreams, h->cur->consumers, h->cur->nconsumers, err, errsz) < 0)
         return -1;

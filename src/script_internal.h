@@ -213,6 +213,8 @@ int run_event(lua_State *L);
 int script_add_rule(lua_State *L, int kind, const char *pattern, size_t plen, int64_t from, int fn_idx);
 int script_upgrade_possible(state_t *st, const proto_msg_t *m);
 int script_call_rule(state_t *st, rule_t *r, int ev_idx);
+/* The same with a third argument (the value at meta_idx; 0: none). */
+int script_call_rule_meta(state_t *st, rule_t *r, int ev_idx, int meta_idx);
 /* Runs the upgraders on the event at ev_idx (trace lines at depth td).
  * 0, or -1 with the error pushed and *failed set. */
 int run_upgraders(lua_State *L, state_t *st, int ev_idx, rule_t **failed, int td);

@@ -98,8 +98,8 @@ typedef struct stream_hooks {
                    size_t errsz);
     /* Runs the Lua handlers bound to `consumer` on n events (one call, or one
      * per event for handlers without batch); fills v[0..n-1]. */
-    void (*handle)(void *ctx, const char *consumer, const struct proto_msg *msgs, const uint32_t *deliveries, int n,
-                   stream_verdict_t *v);
+    void (*handle)(void *ctx, const char *stream, const char *consumer, const struct proto_msg *msgs,
+                   const uint64_t *seqs, const uint32_t *deliveries, int n, stream_verdict_t *v);
 } stream_hooks_t;
 
 void streams_set_hooks(streams_t *sm, const stream_hooks_t *hooks);
