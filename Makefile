@@ -61,6 +61,10 @@ $(INTEROP): tests/interop/interop_c.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) -lnats
 
+$(BUILD)/interop_js_c: tests/interop/js_c.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) -lnats -lpthread
+
 $(BENCHBIN): bench/nats_bench.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CSTD) -O2 -g -Wall -Wextra -o $@ $< -lnats -lpthread -lm

@@ -94,6 +94,11 @@ struct consumer {
     int64_t bq_since;   /* when the first was gathered */
     uint64_t handler_calls;
     uint64_t delivered, redelivered, acked, naked, termed, dead_lettered, expired;
+    uint64_t given_up; /* after max_deliver or +TERM, dead-lettered or not */
+    /* Events after next_seq that match the filter, counted up to counted_to. */
+    uint64_t num_pending, counted_to;
+    char *cbuf; /* read buffer for counting (the shared one may hold the record being sent) */
+    size_t ccap;
     int pumping;
 };
 
@@ -394,24 +399,52 @@ static uint64_t committed(consumer_t *c)
 static void nak(consumer_t *c, pend_t *p, int64_t delay_ns);
 static void gather(consumer_t *c, pend_t *p, const slog_rec_t *r);
 
+/* Events after next_seq that the consumer will deliver: for a filtered
+ * consumer, counted incrementally (num_pending covers next_seq ..
+ * counted_to; the pump takes delivered ones off). */
+static uint64_t pending_count(consumer_t *c)
+{
+    uint64_t com = committed(c);
+    if (c->next_seq > com) {
+        c->num_pending = 0;
+        c->counted_to = com;
+        return 0;
+    }
+    if (!c->cfg.filter[0])
+        return com - c->next_seq + 1;
+    if (c->counted_to + 1 < c->next_seq) { /* fell behind the pump: count afresh */
+        c->num_pending = 0;
+        c->counted_to = c->next_seq - 1;
+    }
+    size_t fl = strlen(c->cfg.filter);
+    for (uint64_t q = c->counted_to + 1; q <= com; q++) {
+        slog_rec_t r;
+        if (slog_read(c->st->log, q, &r, &c->cbuf, &c->ccap) > 0 &&
+            subject_matches(c->cfg.filter, fl, r.subject, r.subject_len))
+            c->num_pending++;
+    }
+    c->counted_to = com;
+    return c->num_pending;
+}
+
 /* Sends record r for p (one more delivery) to the deliver subject, or
  * gathers it for the Lua handlers the consumer is bound to. */
 static void send_one(consumer_t *c, pend_t *p, const slog_rec_t *r)
 {
     char reply[512];
-    uint64_t com = committed(c);
     p->deliveries++;
     c->dseq++;
     if (p->deliveries > 1)
         c->redelivered++;
     c->delivered++;
     int n = snprintf(reply, sizeof reply, "$JS.ACK.%s.%s.%u.%" PRIu64 ".%" PRIu64 ".%" PRId64 ".%" PRIu64,
-                     c->st->cfg.name, c->cfg.name, p->deliveries, p->seq, c->dseq, r->ts,
-                     com >= c->next_seq ? com - c->next_seq + 1 : 0);
+                     c->st->cfg.name, c->cfg.name, p->deliveries, p->seq, c->dseq, r->ts, pending_count(c));
+    /* The event keeps its own subject; it reaches the subscribers of the
+     * deliver subject (as JetStream push consumers do). */
     proto_msg_t m;
     memset(&m, 0, sizeof m);
-    m.subject = c->cfg.deliver;
-    m.subject_len = strlen(c->cfg.deliver);
+    m.subject = r->subject;
+    m.subject_len = r->subject_len;
     m.reply = reply;
     m.reply_len = (size_t)n;
     m.hdr = r->hdr_len ? r->hdr : NULL;
@@ -427,9 +460,7 @@ static void send_one(consumer_t *c, pend_t *p, const slog_rec_t *r)
     /* Stored events meet today's upgraders on their way out. */
     proto_msg_t up;
     char *ubuf = NULL, err[512];
-    proto_msg_t orig = m; /* upgraders see the event under its own subject */
-    orig.subject = r->subject;
-    orig.subject_len = r->subject_len;
+    proto_msg_t orig = m;
     orig.reply = NULL;
     orig.reply_len = 0;
     int u = c->sm->hooks.upgrade ? c->sm->hooks.upgrade(c->sm->hooks.ctx, &orig, &up, &ubuf, err, sizeof err) : 0;
@@ -446,7 +477,7 @@ static void send_one(consumer_t *c, pend_t *p, const slog_rec_t *r)
         up.reply_len = m.reply_len;
         m = up;
     }
-    server_route_flags(c->sm->srv, NULL, &m, ROUTE_NO_CAPTURE);
+    server_route_to(c->sm->srv, NULL, c->cfg.deliver, strlen(c->cfg.deliver), &m, ROUTE_NO_CAPTURE);
     free(ubuf);
 }
 
@@ -469,7 +500,7 @@ static void redeliver(consumer_t *c, pend_t *p)
 /* The dead-letter message: the event with headers saying why. */
 static void dead_letter(consumer_t *c, pend_t *p, const char *reason)
 {
-    c->dead_lettered++;
+    c->given_up++;
     if (!c->cfg.dead_letter[0]) {
         log_warn("consumer %s: sequence %" PRIu64 " given up after %u deliveries (%s); no dead_letter subject is set",
                  c->cfg.name, p->seq, p->deliveries, reason);
@@ -516,6 +547,7 @@ static void dead_letter(consumer_t *c, pend_t *p, const char *reason)
     m.payload = r.payload;
     m.payload_len = r.payload_len;
     server_route(c->sm->srv, NULL, &m);
+    c->dead_lettered++;
     free(h);
 }
 
@@ -594,6 +626,8 @@ static void pump_now(consumer_t *c)
             continue;
         if (fl && !subject_matches(c->cfg.filter, fl, r.subject, r.subject_len))
             continue;
+        if (fl && seq <= c->counted_to && c->num_pending)
+            c->num_pending--;
         char *key = key_of(c, &r);
         if (key) {
             keyq_t *q = dict_get(&c->keys, key, strlen(key));
@@ -1200,6 +1234,7 @@ void consumer_close(consumer_t *c)
     free(c->replies);
     free(c->heap);
     free(c->obuf);
+    free(c->cbuf);
     free(c);
 }
 
@@ -1208,7 +1243,6 @@ void consumer_close(consumer_t *c)
 cJSON *consumer_json(consumer_t *c)
 {
     cJSON *o = cJSON_CreateObject();
-    uint64_t com = committed(c);
     cJSON_AddStringToObject(o, "name", c->cfg.name);
     cJSON_AddStringToObject(o, "stream", c->cfg.stream);
     if (c->cfg.filter[0])
@@ -1222,7 +1256,7 @@ cJSON *consumer_json(consumer_t *c)
     if (c->cfg.ordered_by[0])
         cJSON_AddStringToObject(o, "ordered_by", c->cfg.ordered_by);
     cJSON_AddNumberToObject(o, "next_seq", (double)c->next_seq);
-    cJSON_AddNumberToObject(o, "num_pending", (double)(com >= c->next_seq ? com - c->next_seq + 1 : 0));
+    cJSON_AddNumberToObject(o, "num_pending", (double)pending_count(c));
     cJSON_AddNumberToObject(o, "num_ack_pending", (double)c->npending);
     cJSON_AddNumberToObject(o, "num_parked", (double)c->nparked);
     cJSON_AddNumberToObject(o, "delivered", (double)c->delivered);
@@ -1232,6 +1266,7 @@ cJSON *consumer_json(consumer_t *c)
     cJSON_AddNumberToObject(o, "terminated", (double)c->termed);
     cJSON_AddNumberToObject(o, "ack_timeouts", (double)c->expired);
     cJSON_AddNumberToObject(o, "dead_lettered", (double)c->dead_lettered);
+    cJSON_AddNumberToObject(o, "given_up", (double)c->given_up);
     cJSON_AddNumberToObject(o, "ack_wait", c->cfg.ack_wait);
     cJSON_AddNumberToObject(o, "max_deliver", (double)c->cfg.max_deliver);
     cJSON_AddNumberToObject(o, "max_ack_pending", (double)c->cfg.max_ack_pending);
@@ -1240,12 +1275,11 @@ cJSON *consumer_json(consumer_t *c)
 
 void consumer_metrics(consumer_t *c, char **buf, size_t *len, size_t *cap)
 {
-    uint64_t com = committed(c);
     struct {
         const char *name;
         uint64_t v;
     } m[] = {
-        {"tide_consumer_pending", com >= c->next_seq ? com - c->next_seq + 1 : 0},
+        {"tide_consumer_pending", pending_count(c)},
         {"tide_consumer_ack_pending", c->npending},
         {"tide_consumer_delivered_total", c->delivered},
         {"tide_consumer_redelivered_total", c->redelivered},

@@ -436,14 +436,19 @@ size_t server_route(server_t *s, client_t *from, const proto_msg_t *m)
 
 size_t server_route_flags(server_t *s, client_t *from, const proto_msg_t *m, int flags)
 {
+    return server_route_to(s, from, m->subject, m->subject_len, m, flags);
+}
+
+size_t server_route_to(server_t *s, client_t *from, const char *to, size_t tolen, const proto_msg_t *m, int flags)
+{
     size_t delivered = 0;
     sublist_result_t *r;
 
     s->stats.in_msgs++;
     s->stats.in_bytes += m->payload_len + m->hdr_len;
     if (s->capture && !(flags & ROUTE_NO_CAPTURE) && s->capture(s->capture_ctx, m) && m->reply)
-        flags |= ROUTE_HAS_RESPONDER; /* the stream answers with its PubAck */
-    r = sublist_match(s->subs, m->subject, m->subject_len);
+        flags |= ROUTE_HAS_RESPONDER; /* a stream answers with its PubAck, or a consumer an AckSync */
+    r = sublist_match(s->subs, to, tolen);
     if (!r) {
         log_error("out of memory matching subject, message dropped");
         return 0;

@@ -79,6 +79,11 @@ size_t server_route(server_t *s, struct client *from, const proto_msg_t *msg);
 /* server_route with flags. */
 size_t server_route_flags(server_t *s, struct client *from, const proto_msg_t *msg, int flags);
 
+/* Delivers msg (its subject unchanged) to the subscriptions matching `to`:
+ * how a consumer hands a stored event to its deliver subject. */
+size_t server_route_to(server_t *s, struct client *from, const char *to, size_t tolen, const proto_msg_t *msg,
+                       int flags);
+
 /*
  * The entry point for every message a client publishes: admin requests
  * ($TIDE.ADMIN.*) are answered here, everything else goes through the

@@ -283,7 +283,8 @@ static int capture(void *ctx, const proto_msg_t *m)
 {
     streams_t *sm = ctx;
     if (m->subject_len > 4 && !memcmp(m->subject, "$JS.", 4))
-        return 0;
+        /* An ack sent as a request (AckSync): the consumer answers it. */
+        return m->subject_len > 8 && !memcmp(m->subject, "$JS.ACK.", 8) && m->reply;
     for (int i = 0; i < sm->n; i++) {
         stream_t *st = sm->streams[i];
         for (int k = 0; k < st->cfg.nsubjects; k++)
