@@ -31,6 +31,7 @@ LUAMOD   = $(BUILD)/tide_core.so
 PROCMOD  = $(BUILD)/procmod.so
 INTEROP  = $(BUILD)/interop_c
 BENCHBIN = $(BUILD)/nats_bench
+JSBENCH  = $(BUILD)/js_bench
 
 .PHONY: all deps run test asan check bench soak fuzz fuzz-replay clean
 
@@ -69,6 +70,10 @@ $(BENCHBIN): bench/nats_bench.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CSTD) -O2 -g -Wall -Wextra -o $@ $< -lnats -lpthread -lm
 
+$(JSBENCH): bench/js_bench.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CSTD) -O2 -g -Wall -Wextra -o $@ $< -lnats -lpthread -lm
+
 run: deps all
 	$(TIDE) serve -c examples/tour/tide.lua
 
@@ -82,10 +87,11 @@ asan: deps
 check: all
 	@scripts/run-tests.sh --plain-only
 
-bench: deps all $(BENCHBIN)
+bench: deps all $(BENCHBIN) $(JSBENCH)
 	@scripts/bench.sh
 	@scripts/bench-scripts.sh
 	@scripts/bench-http.sh
+	@scripts/bench-js.sh
 
 # Longer than the suite: reload under load at 100,000 events, both fuzzers.
 soak: deps

@@ -1,0 +1,643 @@
+#!/usr/bin/env bash
+# Side-by-side durable-publish benchmark: tide streams against nats-server
+# JetStream file storage (the last step of `make bench`, which builds
+# build/tide and build/js_bench first).
+#
+# Both servers listen on free loopback ports (127.0.0.1 only).  Every
+# scenario is run against both servers alternately (the order flips on every
+# repetition), R times; the table shows medians and the ratio tide/nats.
+# Every single run starts its server fresh on an empty data directory under a
+# temporary directory, so runs do not see each other's messages or store
+# size (the consumer in particular delivers exactly what its run stored).
+#
+# Durability is not the same on both sides, and the table says so:
+#   tide         stream "bench" with fsync = "always": the PubAck is sent once
+#                the message is fdatasync'd (group commit: one fdatasync
+#                covers every message that arrived meanwhile);
+#   nats-server  2.9 JetStream file storage acks once the message is written
+#                to the block file, before any fsync (the file store syncs
+#                every 2 minutes; 2.9 has no setting to sync on every write).
+#
+# Names, the same on both sides (docs in bench/js_bench.c):
+#   stream "bench", subjects { "bench.s" }, file storage; publish to bench.s
+#   durable push consumer "w", deliver subject "deliver.bench" (outside the
+#   stream's subjects), ack explicit, ack wait 30 s, max ack pending 20000
+# tide declares them in $TMP/tide-js.lua (written below); for nats-server
+# js_bench creates them through $JS.API (--create-stream --create-consumer).
+#
+# Scenarios (ids for BENCH_ONLY), all through build/js_bench:
+#   seq          BENCH_JS_SEQ_N (default 5000) sequential js_Publish calls,
+#                128 B, each waiting for its PubAck (after 100 untimed);
+#                latency p50 / p99 / p99.9 / mean in microseconds
+#   async        BENCH_JS_ASYNC_N (default 200000) js_PublishAsync, 128 B,
+#                at most BENCH_JS_MAX_PENDING (default 4096) unacknowledged;
+#                PubAcks/s (0 errors required); data directory size after
+#   consume      BENCH_JS_CONSUME_N (default 100000) messages preloaded with
+#                async publishes, then a plain subscription on the deliver
+#                subject receives and acks them ("+ACK" to the reply subject);
+#                messages/s delivered and acked
+#   recovery128  BENCH_RECOVERY_N (default 1000000) events of 128 B published
+#                async, the server stopped with SIGTERM and started again on
+#                the same data: time from exec until it accepts a connection
+#                and answers PING, VmRSS of the restarted server (1 s after
+#                it answered) and its VmHWM; then one js_Publish must get
+#                sequence N+1 (everything was recovered)
+#   recovery1k   the same with 1 KiB payloads (same count: RSS after recovery
+#                should not grow with payload bytes)
+#   recovery     both recovery runs
+#
+# Environment:
+#   BENCH_REPEAT         repetitions per scenario and server (default 3)
+#   BENCH_JS_SEQ_N, BENCH_JS_ASYNC_N, BENCH_JS_CONSUME_N, BENCH_RECOVERY_N,
+#   BENCH_JS_MAX_PENDING as above
+#   BENCH_JS_TIMEOUT     deadline of one js_bench run in seconds (default 600);
+#                        a run past it fails
+#   BENCH_ONLY           space-separated subset of the scenario ids above
+#   NATS_SERVER_BIN      nats-server binary (default: nats-server on PATH)
+#   TIDE_JS_OVERRIDE=nats  run nats-server (with its own data directory) in
+#                        the tide column too: checks the runner and shows the
+#                        noise floor of the machine (ratios near 1)
+#   TMPDIR               where the data directories go (default /tmp).  It
+#                        must be on the disk under test: on tmpfs fdatasync
+#                        costs nothing.  The file system type is printed.
+#   BUILD                build directory (default build)
+#
+# The tide binary is copied to the temporary directory and run from there, so
+# a rebuild of build/tide during the run cannot mix two versions in a table.
+#
+# Output: the table on stdout, the same in markdown in
+# $BUILD/bench-js-results.md, raw samples in $BUILD/bench-js-logs/samples.tsv,
+# server and client logs in $BUILD/bench-js-logs/.  Exits non-zero if any
+# scenario failed for either server (error line, missing or failed PubAck,
+# missing delivery, lost messages after restart, crash, timeout).
+set -u
+
+cd "$(dirname "$0")/.." || exit 2
+
+BUILD=${BUILD:-build}
+BENCH=$BUILD/js_bench
+REPEAT=${BENCH_REPEAT:-3}
+SEQ_N=${BENCH_JS_SEQ_N:-5000}
+ASYNC_N=${BENCH_JS_ASYNC_N:-200000}
+CONSUME_N=${BENCH_JS_CONSUME_N:-100000}
+REC_N=${BENCH_RECOVERY_N:-1000000}
+MAX_PENDING=${BENCH_JS_MAX_PENDING:-4096}
+JS_TMO=${BENCH_JS_TIMEOUT:-600}
+ONLY=${BENCH_ONLY:-}
+NATS_BIN=${NATS_SERVER_BIN:-nats-server}
+OVERRIDE=${TIDE_JS_OVERRIDE:-}
+LOGDIR=$BUILD/bench-js-logs
+SAMPLES=$LOGDIR/samples.tsv
+MD=$BUILD/bench-js-results.md
+CLK_TCK=$(getconf CLK_TCK)
+SIDES="tide nats"
+READY_TMO=120      # seconds a (re)started server gets to answer PING
+STOP_TMO=60        # seconds a server gets to exit after SIGTERM
+
+die() { echo "bench-js: $*" >&2; exit 2; }
+
+[ -x "$BENCH" ] || die "$BENCH not built (run: make build/js_bench)"
+command -v "$NATS_BIN" >/dev/null 2>&1 || die "$NATS_BIN not found"
+case "$REPEAT$SEQ_N$ASYNC_N$CONSUME_N$REC_N$MAX_PENDING$JS_TMO" in
+    *[!0-9]*) die "BENCH_* values must be integers" ;;
+esac
+[ "$REPEAT" -ge 1 ] || die "BENCH_REPEAT must be >= 1"
+for v in "$SEQ_N" "$ASYNC_N" "$CONSUME_N" "$REC_N" "$MAX_PENDING" "$JS_TMO"; do
+    [ "$v" -ge 1 ] || die "BENCH_JS_* and BENCH_RECOVERY_N must be >= 1"
+done
+
+declare -A KIND PID PORT DATA START_NS
+KIND[nats]=nats
+case "$OVERRIDE" in
+    "") KIND[tide]=tide
+        [ -x "$BUILD/tide" ] || die "$BUILD/tide not built (run: make)" ;;
+    nats|nats-server) KIND[tide]=nats ;;
+    *) die "TIDE_JS_OVERRIDE: only 'nats' is supported" ;;
+esac
+
+mkdir -p "$LOGDIR"
+: > "$SAMPLES"
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/tide-bench-js.XXXXXX") || die "mktemp failed"
+TMP=$(cd "$TMP" && pwd -P) || die "cannot resolve $TMP"
+DATA[tide]=$TMP/tide-data
+DATA[nats]=$TMP/nats-data
+TIDE_SHOWN="$BUILD/tide serve --no-http -c tide-js.lua"
+TIDE_ID=""
+if [ "${KIND[tide]}" = tide ]; then
+    # Run a snapshot, so that a rebuild during the run cannot mix versions.
+    cp "$BUILD/tide" "$TMP/tide" || die "cannot copy $BUILD/tide"
+    TIDE_ID="binary sha256 $(sha256sum "$TMP/tide" | cut -c1-12), "
+else
+    TIDE_SHOWN="nats-server (TIDE_JS_OVERRIDE=nats: both columns are nats-server)"
+fi
+cat > "$TMP/tide-js.lua" <<EOF
+storage { dir = "$TMP/tide-data" }
+stream "bench" { subjects = { "bench.s" }, fsync = "always" }
+consumer "w" { stream = "bench", deliver = "deliver.bench", ack_wait = "30s", max_ack_pending = 20000 }
+EOF
+FAILED=0
+WAITER=""
+
+cleanup() {
+    [ -n "$WAITER" ] && kill "$WAITER" 2>/dev/null
+    for s in $SIDES; do stop_server "$s" >/dev/null 2>&1; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'echo "bench-js: interrupted" >&2; exit 130' INT TERM
+
+want() {
+    [ -z "$ONLY" ] && return 0
+    case " $ONLY " in *" $1 "*) return 0 ;; esac
+    case "$1" in recovery*) case " $ONLY " in *" recovery "*) return 0 ;; esac ;; esac
+    return 1
+}
+
+# A loopback port no socket uses (in any state), below the kernel's
+# ephemeral range, distinct from the ones handed out in this run.
+read -r EPH_LO EPH_HI < /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || { EPH_LO=32768; EPH_HI=60999; }
+if [ "$EPH_LO" -gt 12000 ]; then PORT_LO=10000; PORT_HI=$((EPH_LO - 1))
+else PORT_LO=$((EPH_HI + 1)); PORT_HI=65000; fi
+USED_PORTS=""
+free_port() {
+    local p
+    for _ in $(seq 1 200); do
+        p=$(( PORT_LO + (RANDOM * 32768 + RANDOM) % (PORT_HI - PORT_LO + 1) ))
+        case " $USED_PORTS " in *" $p "*) continue ;; esac
+        if command -v ss >/dev/null 2>&1 && [ -n "$(ss -Htan "( sport = :$p or dport = :$p )" 2>/dev/null)" ]; then
+            continue
+        fi
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            USED_PORTS="$USED_PORTS $p"
+            echo "$p"; return 0
+        fi
+    done
+    die "no free port found"
+}
+
+label() { case "$1" in tide) echo "tide" ;; nats) echo "nats-server" ;; esac; }
+
+alive() { [ -n "${PID[$1]:-}" ] && kill -0 "${PID[$1]}" 2>/dev/null; }
+
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null; }
+hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null; }
+
+# utime + stime of a process, in clock ticks.
+cpu_ticks() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+    stat=${stat##*) }
+    echo "$stat" | awk '{ print $12 + $13 }'
+}
+
+ticks_to_s() { awk -v a="$1" -v b="$2" -v t="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / t }'; }
+
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+
+sample() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$SAMPLES"; }
+
+# record_error KEY SIDE MESSAGE: one failed run of KEY.  note_error only adds
+# the message (for a second symptom of a run already counted as failed).
+record_error() {
+    sample "$1" "$2" "ERR"
+    note_error "$@"
+}
+
+note_error() {
+    local key=$1 side=$2; shift 2
+    FAILED=1
+    echo "  !! $(label "$side") $key: $*" >&2
+    echo "$(date +%T) $(label "$side") $key: $*" >> "$LOGDIR/errors.log"
+}
+
+field() { echo "$2" | tr ' ' '\n' | sed -n "s/^$1=//p" | head -n 1; }
+
+# Flags js_bench needs for a server: nats-server gets the stream and the
+# consumer through $JS.API, tide has them in its entry file (and answers
+# consumer-state questions on $TIDE.ADMIN.CONSUMER.INFO instead).
+js_flags() {
+    case "${KIND[$1]}" in
+        nats) echo "--create-stream --create-consumer" ;;
+        tide) echo "--tide-admin" ;;
+    esac
+}
+
+# start_server SIDE [keep]: a new server on a new port; without "keep" its
+# data directory is emptied first.  Waits until it answers PING and sets
+# READY_MS (exec to PONG).  Returns 1 (with the log tail shown) on failure.
+start_server() {
+    local side=$1 keep=${2:-} port
+    [ -n "$keep" ] || rm -rf "${DATA[$side]}"
+    mkdir -p "${DATA[$side]}"
+    port=$(free_port)
+    PORT[$side]=$port
+    echo "--- $(date +%T) start on port $port${keep:+ (same data)}" >> "$LOGDIR/$side.log"
+    START_NS[$side]=$(date +%s%N)
+    case "${KIND[$side]}" in
+        nats) "$NATS_BIN" -js -sd "${DATA[$side]}" -a 127.0.0.1 -p "$port" \
+                  >>"$LOGDIR/$side.log" 2>&1 & ;;
+        tide) "$TMP/tide" serve --no-http -c "$TMP/tide-js.lua" -a 127.0.0.1 -p "$port" \
+                  >>"$LOGDIR/$side.log" 2>&1 & ;;
+    esac
+    PID[$side]=$!
+    wait_ready "$side" && return 0
+    echo "bench-js: $(label "$side") did not come up on port $port (see $LOGDIR/$side.log)" >&2
+    tail -n 5 "$LOGDIR/$side.log" | sed 's/^/     /' >&2
+    stop_server "$side"
+    return 1
+}
+
+# Runs js_bench wait-ready in the background while watching the server, so
+# a server that exits is noticed at once.  Sets READY_MS.
+wait_ready() {
+    local side=$1 rc line
+    local out=$TMP/ready.$side
+    READY_MS=""
+    "$BENCH" wait-ready --url "nats://127.0.0.1:${PORT[$side]}" \
+        --since-ns "${START_NS[$side]}" --timeout "$READY_TMO" \
+        > "$out" 2>>"$LOGDIR/client.log" &
+    WAITER=$!
+    for _ in $(seq 1 $(( READY_TMO * 20 + 200 ))); do
+        kill -0 "$WAITER" 2>/dev/null || break
+        alive "$side" || break
+        sleep 0.05
+    done
+    kill "$WAITER" 2>/dev/null
+    wait "$WAITER"; rc=$?
+    WAITER=""
+    line=$(grep -m1 '^RESULT ' "$out")
+    [ $rc -eq 0 ] && [ -n "$line" ] && alive "$side" || return 1
+    READY_MS=$(field ready_ms "$line")
+    return 0
+}
+
+# stop_server SIDE: SIGTERM, up to STOP_TMO seconds, then SIGKILL.  Sets
+# STOP_MS and STOP_RC; returns 1 if the server had to be killed.
+stop_server() {
+    local side=$1 pid=${PID[$1]:-} t0 killed=0
+    STOP_MS=""; STOP_RC=""
+    [ -n "$pid" ] || return 0
+    t0=$(now_ms)
+    if kill "$pid" 2>/dev/null; then
+        for _ in $(seq 1 $(( STOP_TMO * 50 ))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.02; done
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -9 "$pid" 2>/dev/null
+            killed=1
+        fi
+    fi
+    wait "$pid" 2>/dev/null; STOP_RC=$?
+    STOP_MS=$(( $(now_ms) - t0 ))
+    echo "--- $(date +%T) stopped: status $STOP_RC after ${STOP_MS} ms$([ $killed = 1 ] && echo ', SIGKILL')" \
+        >> "$LOGDIR/$side.log"
+    PID[$side]=""
+    [ $killed = 0 ]
+}
+
+# After a run: a server that went away is a failure of that run.
+check_server() {
+    local side=$1 key=$2 counted=${3:-} rc fn=record_error
+    alive "$side" && return 0
+    wait "${PID[$side]}" 2>/dev/null; rc=$?
+    [ -n "$counted" ] && fn=note_error
+    $fn "$key" "$side" "$(label "$side") exited (status $rc) during $key; see $LOGDIR/$side.log"
+    tail -n 10 "$LOGDIR/$side.log" | sed 's/^/     /' >&2
+    PID[$side]=""
+    return 1
+}
+
+# run_client SIDE KEY SCENARIO ARGS...
+# On success sets LINE (the RESULT line) and CPU_S (server CPU seconds used).
+run_client() {
+    local side=$1 key=$2 sc=$3 c0 c1 rc out
+    shift 3
+    LINE=""
+    if ! alive "$side"; then
+        record_error "$key" "$side" "server not running"
+        return 1
+    fi
+    c0=$(cpu_ticks "${PID[$side]}")
+    # shellcheck disable=SC2046  # js_flags is a word list
+    out=$(timeout -k 5 $(( JS_TMO + 60 )) "$BENCH" "$sc" --url "nats://127.0.0.1:${PORT[$side]}" \
+          --timeout "$JS_TMO" $(js_flags "$side") "$@" 2>>"$LOGDIR/client.log")
+    rc=$?
+    c1=$(cpu_ticks "${PID[$side]}")
+    LINE=$(echo "$out" | grep -m1 '^RESULT ')
+    echo "$(label "$side") [${KIND[$side]}] $key: $out" >> "$LOGDIR/client.log"
+    if [ $rc -ne 0 ] || [ -z "$LINE" ]; then
+        [ $rc -eq 124 ] && out="client killed after $(( JS_TMO + 60 ))s"
+        record_error "$key" "$side" "${out:-client exited with status $rc}"
+        check_server "$side" "$key" counted
+        LINE=""
+        return 1
+    fi
+    if ! check_server "$side" "$key"; then LINE=""; return 1; fi
+    CPU_S=$(ticks_to_s "$c0" "$c1")
+    return 0
+}
+
+fresh_server() {   # side key
+    start_server "$1" && return 0
+    record_error "$2" "$1" "$(label "$1") did not start"
+    return 1
+}
+
+# ------------------------------------------------------------ scenarios
+
+scen_seq() {
+    local side=$1 key=seq
+    fresh_server "$side" "$key" || return
+    if run_client "$side" "$key" seq --n "$SEQ_N" --size 128 --warmup 100; then
+        sample "$key.p50" "$side" "$(field p50_us "$LINE")"
+        sample "$key.p99" "$side" "$(field p99_us "$LINE")"
+        sample "$key.p999" "$side" "$(field p999_us "$LINE")"
+        sample "$key.mean" "$side" "$(field mean_us "$LINE")"
+        sample "$key.cpu" "$side" "$CPU_S"
+        printf '  %-11s %-12s p50 %s us  p99 %s us  p99.9 %s us  mean %s us\n' "$(label "$side")" "$key" \
+            "$(field p50_us "$LINE")" "$(field p99_us "$LINE")" "$(field p999_us "$LINE")" "$(field mean_us "$LINE")"
+    fi
+    stop_server "$side"
+}
+
+scen_async() {
+    local side=$1 key=async disk
+    fresh_server "$side" "$key" || return
+    if run_client "$side" "$key" async --n "$ASYNC_N" --size 128 --max-pending "$MAX_PENDING"; then
+        disk=$(du -sk "${DATA[$side]}" | cut -f1)
+        sample "$key" "$side" "$(field rate "$LINE")"
+        sample "$key.disk" "$side" "$disk"
+        sample "$key.cpu" "$side" "$CPU_S"
+        printf '  %-11s %-12s %10s msg/s  (data dir %s KiB)\n' "$(label "$side")" "$key" \
+            "$(field rate "$LINE")" "$disk"
+    fi
+    stop_server "$side"
+}
+
+scen_consume() {
+    local side=$1 key=consume
+    fresh_server "$side" "$key" || return
+    if run_client "$side" "$key" consume --n "$CONSUME_N" --size 128 --max-pending "$MAX_PENDING"; then
+        if [ "$(field redelivered "$LINE")" != 0 ]; then
+            note_error "$key" "$side" "$(field redelivered "$LINE") redeliveries (not counted in the rate)"
+        fi
+        sample "$key" "$side" "$(field rate "$LINE")"
+        sample "$key.pre" "$side" "$(field preload_rate "$LINE")"
+        sample "$key.cpu" "$side" "$CPU_S"
+        printf '  %-11s %-12s %10s msg/s delivered+acked (preload %s msg/s)\n' "$(label "$side")" "$key" \
+            "$(field rate "$LINE")" "$(field preload_rate "$LINE")"
+    fi
+    stop_server "$side"
+}
+
+scen_recovery() {   # side key size
+    local side=$1 key=$2 size=$3 disk rate pub_cpu stop_ms ready rss hwm c_ready seq out
+    fresh_server "$side" "$key" || return
+    if ! run_client "$side" "$key" async --n "$REC_N" --size "$size" --max-pending "$MAX_PENDING"; then
+        stop_server "$side"; return
+    fi
+    rate=$(field rate "$LINE"); pub_cpu=$CPU_S
+    if ! stop_server "$side"; then
+        record_error "$key" "$side" "did not exit within ${STOP_TMO}s of SIGTERM (killed)"
+        return
+    fi
+    stop_ms=$STOP_MS
+    # tide exits 0 after SIGTERM; nats-server 2.9 exits 1 after a clean
+    # shutdown ("Server Exiting.." in its log).
+    case "${KIND[$side]}:$STOP_RC" in
+        tide:0|nats:0|nats:1) ;;
+        *) note_error "$key" "$side" "exited with status $STOP_RC on SIGTERM (see $LOGDIR/$side.log)" ;;
+    esac
+    disk=$(du -sk "${DATA[$side]}" | cut -f1)
+    if ! start_server "$side" keep; then
+        record_error "$key" "$side" "did not restart on its data (see $LOGDIR/$side.log)"
+        return
+    fi
+    ready=$READY_MS
+    c_ready=$(cpu_ticks "${PID[$side]}")
+    sleep 1
+    rss=$(rss_kb "${PID[$side]}"); hwm=$(hwm_kb "${PID[$side]}")
+    # Everything must be there: the next publish gets sequence N+1.  (No
+    # --create-* flags: the stream and the consumer must have survived.)
+    if ! out=$(timeout -k 5 120 "$BENCH" seq --url "nats://127.0.0.1:${PORT[$side]}" \
+                   --n 1 --warmup 0 --size "$size" --timeout 60 2>>"$LOGDIR/client.log"); then
+        record_error "$key" "$side" "publish after restart failed: $out"
+        check_server "$side" "$key" counted
+        stop_server "$side"; return
+    fi
+    seq=$(field first_seq "$(echo "$out" | grep -m1 '^RESULT ')")
+    if [ "$seq" != $(( REC_N + 1 )) ]; then
+        record_error "$key" "$side" "after restart the next sequence is ${seq:-?}, expected $(( REC_N + 1 )): messages lost"
+        stop_server "$side"; return
+    fi
+    check_server "$side" "$key" || { stop_server "$side"; return; }
+    sample "$key.pub" "$side" "$rate"
+    sample "$key.disk" "$side" "$disk"
+    sample "$key.stop" "$side" "$stop_ms"
+    sample "$key.ready" "$side" "$ready"
+    sample "$key.rss" "$side" "$rss"
+    sample "$key.hwm" "$side" "$hwm"
+    sample "$key.cpu" "$side" "$pub_cpu"
+    sample "$key.rcpu" "$side" "$(ticks_to_s 0 "$c_ready")"
+    printf '  %-11s %-12s publish %s msg/s, %s KiB on disk, stop %s ms, ready %s ms, RSS %s KiB (peak %s KiB)\n' \
+        "$(label "$side")" "$key" "$rate" "$disk" "$stop_ms" "$ready" "$rss" "$hwm"
+    stop_server "$side"
+    rm -rf "${DATA[$side]}"
+}
+
+run_scenario() {  # id side
+    case "$1" in
+        seq)         scen_seq "$2" ;;
+        async)       scen_async "$2" ;;
+        consume)     scen_consume "$2" ;;
+        recovery128) scen_recovery "$2" recovery128 128 ;;
+        recovery1k)  scen_recovery "$2" recovery1k 1024 ;;
+    esac
+    rm -rf "${DATA[$2]}"
+}
+
+# ---------------------------------------------------------------- header
+
+cpu_model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+mem_total=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
+nats_version=$("$NATS_BIN" --version 2>&1 | head -n 1)
+libnats_version=$(dpkg-query -W -f='${Version}' libnats-dev 2>/dev/null || echo unknown)
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo "uncommitted")
+[ -n "$(git status --porcelain -- src 2>/dev/null)" ] && commit="$commit (+ local changes)"
+fs_type=$(findmnt -n -o FSTYPE -T "$TMP" 2>/dev/null || stat -f -c %T "$TMP" 2>/dev/null || echo unknown)
+fs_dev=$(df --output=source "$TMP" 2>/dev/null | tail -n 1)
+FSYNC_NOTE="tide: fsync = \"always\" (group commit; a PubAck means the message is fdatasync'd). nats-server 2.9 JetStream: the PubAck is sent before any fsync (file store sync interval 2 min, not configurable in 2.9)."
+
+# ------------------------------------------------------------------- run
+
+: > "$LOGDIR/client.log"
+: > "$LOGDIR/errors.log"
+: > "$LOGDIR/tide.log"
+: > "$LOGDIR/nats.log"
+SCENARIOS="seq async consume recovery128 recovery1k"
+t_start=$(date +%s)
+
+echo "tide durable-publish benchmark: $REPEAT repetition(s); seq $SEQ_N, async $ASYNC_N, consume $CONSUME_N, recovery $REC_N"
+echo "  machine: $(nproc) CPU(s), $cpu_model, $mem_total RAM, Linux $(uname -r)"
+echo "  data:    $TMP ($fs_type on $fs_dev)"
+echo "  tide:    $TIDE_SHOWN (${TIDE_ID}commit $commit)"
+echo "  nats:    $nats_version; client libnats $libnats_version"
+echo "  fsync:   $FSYNC_NOTE"
+[ "$fs_type" = tmpfs ] && echo "  WARNING: the data directories are on tmpfs; fdatasync is free there" >&2
+
+for r in $(seq 1 "$REPEAT"); do
+    echo "repetition $r/$REPEAT"
+    for s in $SIDES; do echo "=== repetition $r" >> "$LOGDIR/$s.log"; done
+    # Alternate which server goes first, scenario by scenario.
+    if [ $((r % 2)) = 1 ]; then order="tide nats"; else order="nats tide"; fi
+    for sc in $SCENARIOS; do
+        want "$sc" || continue
+        for s in $order; do
+            run_scenario "$sc" "$s"
+            sleep 0.3
+        done
+    done
+done
+elapsed=$(( $(date +%s) - t_start ))
+
+# ----------------------------------------------------------------- table
+
+# rows: key | label | kind (rate, us, ms, mib, sec) | better
+ROWS='seq.p50|publish, sequential, 128 B: p50 (us)|us|lower
+seq.p99|publish, sequential, 128 B: p99 (us)|us|lower
+seq.p999|publish, sequential, 128 B: p99.9 (us)|us|lower
+seq.mean|publish, sequential, 128 B: mean (us)|us|lower
+async|publish, async ('"$MAX_PENDING"' in flight), 128 B (msgs/s)|rate|higher
+async.disk|data dir after '"$ASYNC_N"' async msgs (MiB)|mib|lower
+consume|push consumer: deliver + ack (msgs/s)|rate|higher
+consume.pre|consume preload, async publish (msgs/s)|rate|higher
+recovery128.pub|recovery 128 B: async publish of '"$REC_N"' (msgs/s)|rate|higher
+recovery128.disk|recovery 128 B: data on disk (MiB)|mib|lower
+recovery128.stop|recovery 128 B: SIGTERM to exit (ms)|ms|lower
+recovery128.ready|recovery 128 B: exec to PONG on restart (ms)|ms|lower
+recovery128.rss|recovery 128 B: RSS after restart (MiB)|mib|lower
+recovery128.hwm|recovery 128 B: peak RSS of restart (MiB)|mib|lower
+recovery1k.pub|recovery 1 KiB: async publish of '"$REC_N"' (msgs/s)|rate|higher
+recovery1k.disk|recovery 1 KiB: data on disk (MiB)|mib|lower
+recovery1k.stop|recovery 1 KiB: SIGTERM to exit (ms)|ms|lower
+recovery1k.ready|recovery 1 KiB: exec to PONG on restart (ms)|ms|lower
+recovery1k.rss|recovery 1 KiB: RSS after restart (MiB)|mib|lower
+recovery1k.hwm|recovery 1 KiB: peak RSS of restart (MiB)|mib|lower'
+CPUROWS='seq.cpu|publish, sequential|sec|lower
+async.cpu|publish, async|sec|lower
+consume.cpu|consume (preload + deliver + ack)|sec|lower
+recovery128.cpu|recovery 128 B: publishing|sec|lower
+recovery128.rcpu|recovery 128 B: restart until PONG|sec|lower
+recovery1k.cpu|recovery 1 KiB: publishing|sec|lower
+recovery1k.rcpu|recovery 1 KiB: restart until PONG|sec|lower'
+
+# Prints "label|tide|nats|ratio|better" rows with medians of the samples.
+table() {
+    echo "$1" | awk -F'|' -v samples="$SAMPLES" '
+    function median(key,   n, i, j, t, v) {
+        n = cnt[key]
+        if (n == 0) return ""
+        for (i = 1; i <= n; i++) v[i] = val[key, i]
+        for (i = 2; i <= n; i++) { t = v[i]; for (j = i - 1; j >= 1 && v[j] > t; j--) v[j + 1] = v[j]; v[j + 1] = t }
+        return (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+    }
+    function commas(x,   s, neg) {
+        s = sprintf("%.0f", x); neg = ""
+        if (substr(s, 1, 1) == "-") { neg = "-"; s = substr(s, 2) }
+        while (s ~ /[0-9][0-9][0-9][0-9]/) sub(/[0-9][0-9][0-9]($|,)/, ",&", s)
+        return neg s
+    }
+    function fmt(x, kind) {
+        if (x == "") return "n/a"
+        if (kind == "rate") return commas(x)
+        if (kind == "us") return sprintf("%.1f", x)
+        if (kind == "ms") return sprintf("%.0f", x)
+        if (kind == "mib") return sprintf("%.1f", x / 1024)
+        if (kind == "sec") return sprintf("%.2f", x)
+        return x
+    }
+    BEGIN {
+        FS = "\t"
+        while ((getline line < samples) > 0) {
+            split(line, f, "\t")
+            k = f[1] SUBSEP f[2]
+            if (f[3] == "ERR") { err[k]++; continue }
+            cnt[k]++; val[k, cnt[k]] = f[3]
+        }
+        FS = "|"
+    }
+    {
+        key = $1; t = median(key SUBSEP "tide"); n = median(key SUBSEP "nats")
+        base = key; sub(/\..*/, "", base)
+        et = err[base SUBSEP "tide"] + 0; en = err[base SUBSEP "nats"] + 0
+        if (t == "" && n == "" && et == 0 && en == 0) next
+        ts = fmt(t, $3); ns = fmt(n, $3)
+        if (et > 0) ts = ts " (" et " failed)"
+        if (en > 0) ns = ns " (" en " failed)"
+        ratio = (t != "" && n != "" && n + 0 != 0) ? sprintf("%.2f", t / n) : "n/a"
+        print $2 "|" ts "|" ns "|" ratio "|" $4
+    }'
+}
+
+MAIN=$(table "$ROWS")
+CPU=$(table "$CPUROWS")
+
+print_text() {
+    local hdr=$1 body=$2
+    [ -n "$body" ] || { echo "(no results)"; return; }
+    { echo "$hdr"; echo "$body"; } | column -t -s'|' -o '  '
+}
+
+echo
+echo "Results: medians of $REPEAT run(s) per server; ratio = tide / nats-server"
+echo "(throughput: higher is better; latency, time, memory, disk and CPU: lower is better)"
+echo "Durability differs: $FSYNC_NOTE"
+echo
+print_text "scenario|tide|nats-server|ratio tide/nats|better" "$MAIN"
+echo
+echo "Server CPU time (user+sys seconds) during each scenario, median:"
+echo
+print_text "scenario|tide|nats-server|ratio tide/nats|better" "$CPU"
+echo
+echo "machine: $(nproc) CPU(s), $cpu_model, $mem_total, Linux $(uname -r); data on $fs_type ($fs_dev)"
+echo "servers: tide ($TIDE_SHOWN, ${TIDE_ID}commit $commit), $nats_version"
+echo "client:  $BENCH, libnats $libnats_version; run took ${elapsed}s"
+
+md_table() {
+    echo "| scenario | tide | nats-server | ratio tide/nats | better |"
+    echo "|---|---:|---:|---:|---|"
+    echo "$1" | awk -F'|' 'NF { gsub(/\(us\)/, "(µs)"); print "| " $1 " | " $2 " | " $3 " | " $4 " | " $5 " |" }'
+}
+
+{
+    echo "Durable publish: tide streams against nats-server JetStream (file storage)."
+    echo "Medians of $REPEAT run(s) per server, both servers measured alternately in"
+    echo "the same run, each run on a freshly started server with an empty data"
+    echo "directory; ratio = tide / nats-server."
+    echo
+    echo "**Durability differs.** tide: \`fsync = \"always\"\` (group commit; a PubAck"
+    echo "means the message is fdatasync'd). nats-server 2.9 JetStream: the PubAck is"
+    echo "sent before any fsync (the file store syncs every 2 minutes; 2.9 has no"
+    echo "setting to sync on every write)."
+    [ "${KIND[tide]}" = nats ] && { echo; echo "**TIDE_JS_OVERRIDE=nats: both columns are nats-server** (a check of the runner and of the noise floor)."; }
+    echo
+    if [ -n "$MAIN" ]; then md_table "$MAIN"; else echo "(no results)"; fi
+    echo
+    echo "Server CPU time (user + sys seconds) during each scenario, median:"
+    echo
+    if [ -n "$CPU" ]; then md_table "$CPU"; else echo "(no results)"; fi
+    echo
+    echo "- Machine: $(nproc) CPU(s), $cpu_model, $mem_total RAM, Linux $(uname -r); data directories on $fs_type ($fs_dev), page cache warm on restart"
+    echo "- tide: \`$TIDE_SHOWN\` (${TIDE_ID}commit $commit), stream \"bench\" {subjects bench.s, fsync always}, consumer \"w\" {deliver deliver.bench, ack_wait 30s, max_ack_pending 20000}"
+    echo "- $nats_version: \`nats-server -js -sd DIR\`, stream \"bench\" (subjects bench.s, file storage) and durable push consumer \"w\" (deliver.bench, ack explicit, ack wait 30 s, max ack pending 20000) created with js_AddStream/js_AddConsumer"
+    echo "- RSS is VmRSS, peak RSS is VmHWM from /proc: both count file pages a server has mapped with mmap, not only its heap"
+    echo "- Client: $BENCH, libnats $libnats_version; consumer acks are \"+ACK\" published to the reply subject of a plain subscription"
+    echo "- Settings: BENCH_REPEAT=$REPEAT BENCH_JS_SEQ_N=$SEQ_N BENCH_JS_ASYNC_N=$ASYNC_N BENCH_JS_CONSUME_N=$CONSUME_N BENCH_RECOVERY_N=$REC_N BENCH_JS_MAX_PENDING=$MAX_PENDING${ONLY:+ BENCH_ONLY=\"$ONLY\"}; run took ${elapsed}s; $(date -u '+%Y-%m-%d %H:%M UTC')"
+} > "$MD"
+echo "markdown: $MD"
+
+if [ "$FAILED" != 0 ]; then
+    echo
+    echo "FAILED scenarios:"
+    sed 's/^/  /' "$LOGDIR/errors.log"
+    exit 1
+fi
+exit 0
