@@ -113,6 +113,12 @@ const consumer_cfg_t *consumer_cfg(const consumer_t *c) { return &c->cfg; }
 
 /* ---- the deadline heap ------------------------------------------------------ */
 
+/* Earlier deadline first; among equal ones, stream order. */
+static int hent_before(const hent_t *a, const hent_t *b)
+{
+    return a->due < b->due || (a->due == b->due && a->seq < b->seq);
+}
+
 static void heap_push(consumer_t *c, pend_t *p)
 {
     if (c->nheap == c->capheap) {
@@ -127,7 +133,7 @@ static void heap_push(consumer_t *c, pend_t *p)
     }
     size_t i = c->nheap++;
     hent_t e = {p->due, p->seq, p->gen};
-    while (i && c->heap[(i - 1) / 2].due > e.due) {
+    while (i && hent_before(&e, &c->heap[(i - 1) / 2])) {
         c->heap[i] = c->heap[(i - 1) / 2];
         i = (i - 1) / 2;
     }
@@ -140,10 +146,10 @@ static hent_t heap_pop(consumer_t *c)
     size_t i = 0;
     for (;;) {
         size_t l = 2 * i + 1, r = l + 1, m = i;
-        int64_t md = last.due;
-        if (l < c->nheap && c->heap[l].due < md)
-            m = l, md = c->heap[l].due;
-        if (r < c->nheap && c->heap[r].due < md)
+        const hent_t *best = &last;
+        if (l < c->nheap && hent_before(&c->heap[l], best))
+            m = l, best = &c->heap[l];
+        if (r < c->nheap && hent_before(&c->heap[r], best))
             m = r;
         if (m == i)
             break;
@@ -940,8 +946,23 @@ static uint64_t start_seq(consumer_t *c)
     switch (c->cfg.deliver_policy) {
     case DELIVER_NEW:
         return in.last_seq + 1;
-    case DELIVER_LAST:
-        return in.last_seq ? in.last_seq : 1;
+    case DELIVER_LAST: {
+        /* The last event the filter matches. */
+        size_t fl = strlen(c->cfg.filter);
+        if (!fl || !in.last_seq)
+            return in.last_seq ? in.last_seq : 1;
+        if (subject_valid_literal(c->cfg.filter, fl)) {
+            uint64_t q = slog_subject_last(c->st->log, c->cfg.filter, fl);
+            return q ? q : in.last_seq + 1;
+        }
+        for (uint64_t q = in.last_seq; q >= in.first_seq && q > 0; q--) {
+            slog_rec_t r;
+            if (slog_read(c->st->log, q, &r, &c->sm->rbuf, &c->sm->rcap) > 0 &&
+                subject_matches(c->cfg.filter, fl, r.subject, r.subject_len))
+                return q;
+        }
+        return in.last_seq + 1;
+    }
     case DELIVER_BY_START_SEQ:
         return c->cfg.start_seq;
     case DELIVER_BY_START_TIME:

@@ -128,7 +128,7 @@ static void on_commit(void *ctx, uint64_t seq, int err)
     while (st->alen) {
         pending_ack_t *a = &st->acks[st->ahead];
         if (a->seq <= seq)
-            puback(st, a->reply, a->reply_len, a->seq, 0);
+            puback(st, a->reply, a->reply_len, a->seq, a->duplicate);
         else if (err)
             puback_error(st, a->reply, a->reply_len, 503, 10077, "stream %s: storing failed: %s", st->cfg.name,
                          strerror(err));
@@ -144,7 +144,7 @@ static void on_commit(void *ctx, uint64_t seq, int err)
         consumer_pump(st->cons[i]);
 }
 
-static int push_ack(stream_t *st, uint64_t seq, const char *reply, size_t rlen)
+static int push_ack(stream_t *st, uint64_t seq, const char *reply, size_t rlen, int duplicate)
 {
     if (st->alen == st->acap) {
         size_t nc = st->acap ? st->acap * 2 : 256;
@@ -161,7 +161,7 @@ static int push_ack(stream_t *st, uint64_t seq, const char *reply, size_t rlen)
     char *r = mem_dup(reply, rlen);
     if (!r)
         return -1;
-    st->acks[(st->ahead + st->alen++) % st->acap] = (pending_ack_t){seq, r, rlen};
+    st->acks[(st->ahead + st->alen++) % st->acap] = (pending_ack_t){seq, r, rlen, duplicate};
     return 0;
 }
 
@@ -234,8 +234,16 @@ static int store_msg(stream_t *st, const proto_msg_t *m)
     uint64_t dup;
     if (klen && (dup = slog_dedup_find(l, key, klen))) {
         st->duplicates++;
-        if (reply)
+        if (!reply)
+            return 1;
+        slog_info_t in;
+        slog_get_info(l, &in);
+        /* The first copy may not be durable yet: the repeat is answered
+         * when (and as) the first one is. */
+        if (dup <= in.committed_seq)
             puback(st, reply, rlen, dup, 1);
+        else if (push_ack(st, dup, reply, rlen, 1) < 0)
+            puback_error(st, reply, rlen, 503, 10077, "stream %s: out of memory", st->cfg.name);
         return 1;
     }
     uint64_t want;
@@ -274,7 +282,7 @@ static int store_msg(stream_t *st, const proto_msg_t *m)
         return 1;
     }
     st->stored++;
-    if (reply && push_ack(st, seq, reply, rlen) < 0)
+    if (reply && push_ack(st, seq, reply, rlen, 0) < 0)
         log_error("stream %s: out of memory: the PubAck for sequence %" PRIu64 " is lost", st->cfg.name, seq);
     return 1;
 }
@@ -439,8 +447,27 @@ int streams_apply(streams_t *sm, const stream_cfg_t *scfg, int ns, const consume
     }
     for (int i = 0; i < nopened; i++)
         sm->streams[sm->n++] = opened[i];
-    for (int i = 0; i < ns; i++) { /* limits of the ones that were there */
+    for (int i = 0; i < ns; i++) { /* subjects and limits of the ones that were there */
         stream_t *st = streams_find(sm, scfg[i].name, strlen(scfg[i].name));
+        int same = st->cfg.nsubjects == scfg[i].nsubjects;
+        for (int k = 0; same && k < scfg[i].nsubjects; k++)
+            same = !strcmp(st->cfg.subjects[k], scfg[i].subjects[k]);
+        if (!same) {
+            char *ns2[STREAM_SUBJECTS_MAX];
+            int ok = 1;
+            for (int k = 0; k < scfg[i].nsubjects; k++)
+                ok &= (ns2[k] = strdup(scfg[i].subjects[k])) != NULL;
+            if (ok) {
+                stream_cfg_free(&st->cfg);
+                memcpy(st->cfg.subjects, ns2, sizeof(char *) * (size_t)scfg[i].nsubjects);
+                st->cfg.nsubjects = scfg[i].nsubjects;
+                log_info("stream %s: subjects changed", st->cfg.name);
+            } else {
+                for (int k = 0; k < scfg[i].nsubjects; k++)
+                    free(ns2[k]);
+                log_error("stream %s: out of memory changing its subjects", st->cfg.name);
+            }
+        }
         slog_set_limits(st->log, &scfg[i].o);
         st->cfg.o.max_msgs = scfg[i].o.max_msgs;
         st->cfg.o.max_bytes = scfg[i].o.max_bytes;

@@ -21,6 +21,7 @@ typedef struct pending_ack {
     uint64_t seq;
     char *reply;
     size_t reply_len;
+    int duplicate; /* a repeat of seq: answered as it is, once seq is durable */
 } pending_ack_t;
 
 typedef struct consumer consumer_t;
