@@ -1,0 +1,233 @@
+-- Lua handlers bound to durable consumers (src/durable.c): what their
+-- answers do (ack, tide.nak, tide.progress, tide.term, an error), batches,
+-- the meta argument, and upgraders applied to stored events on delivery,
+-- for handler-bound and push consumers.  Against a real `tide serve -c`.
+local h = require "helpers"
+local json = require "dkjson"
+
+local live = {}
+
+local function start(body)
+  local srv = h.start_scripted("listen { http = false }\n" .. body)
+  live[#live + 1] = srv
+  return srv
+end
+
+after_each(function()
+  for _, srv in ipairs(live) do
+    srv:stop()
+    if srv.dir then h.remove_tmpdir(srv.dir) end
+  end
+  live = {}
+end)
+
+local function ce(id, typ, data, version)
+  return json.encode { specversion = "1.0", id = id, source = "spec", type = typ, data = data, version = version }
+end
+
+local function publish(srv, subject, payload)
+  local m = assert(h.request(srv.port, subject, payload))
+  local ack = json.decode(m.payload)
+  assert(ack and ack.seq, "no PubAck: " .. m.payload)
+  return ack.seq
+end
+
+local function cinfo(srv, name)
+  local m = assert(h.request(srv.port, "$TIDE.ADMIN.CONSUMER.INFO", name))
+  return assert(json.decode(m.payload))
+end
+
+-- A subscriber that keeps what arrives; :wait(n) waits for n messages.
+local function watcher(srv, pattern)
+  local c = h.connect(srv.port)
+  c:send('CONNECT {"headers":true}\r\n')
+  c:sub(pattern, "1")
+  c:ping()
+  local w = { c = c, got = {} }
+  function w:wait(n, timeout)
+    local more = self.c:collect(n - #self.got, timeout or 5)
+    for _, m in ipairs(more) do self.got[#self.got + 1] = m end
+    return #self.got >= n
+  end
+  return w
+end
+
+local function data_of(m) return json.decode(m.payload).data end
+
+local STREAM = 'stream "orders" { subjects = { "order.>" } }\n'
+
+describe("a handler bound to a consumer", function()
+  it("acks by returning, and gets the event and {stream, consumer, seq, deliveries}", function()
+    local srv = start(STREAM .. [[
+consumer "c" { stream = "orders" }
+on("order.*", { consumer = "c" }, function(e, ctx, meta)
+  ctx.publish("seen", { k = e.data.k, seq = meta.seq, stream = meta.stream, consumer = meta.consumer,
+                        deliveries = meta.deliveries })
+end)
+]])
+    local w = watcher(srv, "seen")
+    for i = 1, 3 do publish(srv, "order.created", ce("e" .. i, "order.created", { k = i })) end
+    assert.is_true(w:wait(3))
+    for i = 1, 3 do
+      assert.same({ k = i, seq = i, stream = "orders", consumer = "c", deliveries = 1 }, data_of(w.got[i]))
+    end
+    assert.truthy(h.wait_until(function() return cinfo(srv, "c").acked == 3 end))
+    local info = cinfo(srv, "c")
+    assert.equals(0, info.num_ack_pending)
+    assert.equals(0, info.redelivered)
+  end)
+
+  it("redelivers after an error with the backoff, and dead-letters the error text after max_deliver", function()
+    local srv = start(STREAM .. [[
+stream "dead" { subjects = { "dlq.>" } }
+consumer "c" { stream = "orders", max_deliver = 3, backoff = { "100ms" }, dead_letter = "dlq.c" }
+on("order.*", { consumer = "c" }, function(e, ctx, meta)
+  ctx.publish("try", { deliveries = meta.deliveries })
+  error("cannot handle " .. e.data.k)
+end)
+]])
+    local tries, dlq = watcher(srv, "try"), watcher(srv, "dlq.c")
+    publish(srv, "order.created", ce("x", "order.created", { k = 7 }))
+    assert.is_true(tries:wait(3))
+    assert.same({ 1, 2, 3 }, { data_of(tries.got[1]).deliveries, data_of(tries.got[2]).deliveries,
+                               data_of(tries.got[3]).deliveries })
+    assert.is_true(dlq:wait(1))
+    local _, hd = h.parse_headers(dlq.got[1].headers)
+    assert.equals("order.created", hd["Tide-Original-Subject"])
+    assert.equals("3", hd["Tide-Deliveries"])
+    assert.equals("max_deliver", hd["Tide-Reason"])
+    assert.matches("cannot handle 7", hd["Tide-Error"], 1, true)
+    assert.is_false(tries:wait(4, 0.5)) -- no fourth try
+    assert.equals(1, cinfo(srv, "c").dead_lettered)
+  end)
+
+  it("follows tide.nak(delay), tide.progress() and tide.term(reason)", function()
+    local srv = start(STREAM .. [[
+consumer "c" { stream = "orders", ack_wait = "300ms", dead_letter = "dlq.c" }
+on("order.*", { consumer = "c" }, function(e, ctx, meta)
+  ctx.publish("call." .. e.data.kind, { deliveries = meta.deliveries })
+  if e.data.kind == "nak" and meta.deliveries == 1 then return tide.nak("400ms") end
+  if e.data.kind == "progress" and meta.deliveries == 1 then return tide.progress() end
+  if e.data.kind == "term" then return tide.term("not for us") end
+end)
+]])
+    local calls, dlq = watcher(srv, "call.*"), watcher(srv, "dlq.c")
+    local t0 = h.proc.now()
+    publish(srv, "order.n", ce("1", "order.n", { kind = "nak" }))
+    publish(srv, "order.p", ce("2", "order.p", { kind = "progress" }))
+    publish(srv, "order.t", ce("3", "order.t", { kind = "term" }))
+    assert.is_true(calls:wait(5, 5))
+    local seen = {}
+    for _, m in ipairs(calls.got) do
+      seen[#seen + 1] = m.subject .. "#" .. data_of(m).deliveries
+    end
+    table.sort(seen)
+    -- nak: again (after its delay); progress: again after ack_wait; term: once.
+    assert.same({ "call.nak#1", "call.nak#2", "call.progress#1", "call.progress#2", "call.term#1" }, seen)
+    assert.is_true(h.proc.now() - t0 >= 0.35)
+    assert.is_true(dlq:wait(1))
+    local _, hd = h.parse_headers(dlq.got[1].headers)
+    assert.equals("term", hd["Tide-Reason"])
+    assert.equals("not for us", hd["Tide-Error"])
+    assert.truthy(h.wait_until(function() return cinfo(srv, "c").num_ack_pending == 0 end))
+  end)
+
+  it("hands a batch handler full batches, and the rest after `wait`", function()
+    local srv = start(STREAM .. [[
+consumer "b" { stream = "orders" }
+on("order.>", { consumer = "b", batch = 4, wait = "300ms" }, function(events, ctx, metas)
+  local ns, seqs = {}, {}
+  for i, e in ipairs(events) do ns[i] = e.data.k; seqs[i] = metas[i].seq end
+  ctx.publish("batch", { ns = ns, seqs = seqs })
+end)
+]])
+    local w = watcher(srv, "batch")
+    -- Ten events in one go: batches of 4, 4, then 2 after the wait.
+    local c = h.connect(srv.port)
+    c:send('CONNECT {"headers":true}\r\n')
+    for i = 1, 10 do c:pub("order.created", ce("b" .. i, "order.created", { k = i })) end
+    c:ping()
+    assert.is_true(w:wait(3, 5))
+    local all = {}
+    for _, m in ipairs(w.got) do
+      local d = data_of(m)
+      assert.is_true(#d.ns <= 4)
+      for i, n in ipairs(d.ns) do
+        all[#all + 1] = n
+        assert.equals(n, d.seqs[i])
+      end
+    end
+    assert.same({ 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 }, all)
+    assert.equals(2, #data_of(w.got[3]).ns)
+  end)
+
+  it("naks a whole batch when the batch handler fails; each event keeps its own count", function()
+    local srv = start(STREAM .. [[
+consumer "b" { stream = "orders", backoff = { "100ms" } }
+on("order.>", { consumer = "b", batch = 2, wait = "200ms" }, function(events, ctx, metas)
+  local ds = {}
+  for i, m in ipairs(metas) do ds[i] = m.deliveries end
+  ctx.publish("batch", { n = #events, ds = ds })
+  if metas[1].deliveries < 2 then error("database down") end
+end)
+]])
+    local w = watcher(srv, "batch")
+    local c = h.connect(srv.port)
+    c:send('CONNECT {"headers":true}\r\n')
+    c:pub("order.a", ce("a", "order.a", {}))
+    c:pub("order.b", ce("b", "order.b", {}))
+    c:ping()
+    assert.is_true(w:wait(2, 5))
+    assert.same({ n = 2, ds = { 1, 1 } }, data_of(w.got[1]))
+    assert.same({ n = 2, ds = { 2, 2 } }, data_of(w.got[2]))
+    assert.truthy(h.wait_until(function() return cinfo(srv, "b").acked == 2 end))
+  end)
+
+  it("refuses a binding to an undeclared consumer, with file and line", function()
+    local dir = h.make_tmpdir("durable-bad")
+    h.write_file(dir .. "/tide.lua", "listen { http = false }\n" .. STREAM ..
+      'on("order.*", { consumer = "nope" }, function(e) end)\n')
+    local out = io.popen(("'%s' serve -p %d -c '%s' 2>&1; echo EXIT=$?"):format(h.bin, h.free_port(),
+      dir .. "/tide.lua")):read("a")
+    h.remove_tmpdir(dir)
+    assert.matches("tide.lua:3: on%(...%) names consumer 'nope', which is not declared", out)
+    assert.matches("EXIT=1", out)
+  end)
+end)
+
+describe("stored events meet today's upgraders", function()
+  it("delivers events stored as v1 as v2 once an upgrader is loaded, to handlers and deliver subjects", function()
+    local srv = start(STREAM)
+    for i = 1, 2 do
+      publish(srv, "order.created", ce("u" .. i, "order.created", { name = "Ada Lovelace " .. i }, 1))
+    end
+    -- Now a v1 -> v2 upgrader, and two consumers reading from the start.
+    h.write_file(srv.config, "listen { http = false }\n" .. STREAM .. [[
+upgrade("order.created", 1, function(e)
+  local first, last = e.data.name:match("^(%S+)%s*(.*)$")
+  e.data = { firstName = first, lastName = last }
+  return e
+end)
+consumer "push" { stream = "orders", deliver = "out.push" }
+consumer "lua" { stream = "orders" }
+on("order.created", { consumer = "lua" }, function(e, ctx)
+  ctx.publish("out.lua", { version = e.version, first = e.data.firstName, last = e.data.lastName })
+end)
+]])
+    local push, lua = watcher(srv, "out.push"), watcher(srv, "out.lua")
+    local m = assert(h.request(srv.port, "$TIDE.ADMIN.RELOAD", ""))
+    assert.matches('"ok":true', m.payload)
+    assert.is_true(lua:wait(2))
+    assert.same({ version = 2, first = "Ada", last = "Lovelace 1" }, data_of(lua.got[1]))
+    assert.is_true(push:wait(2))
+    local ev = json.decode(push.got[2].payload)
+    assert.equals(2, ev.version)
+    assert.same({ firstName = "Ada", lastName = "Lovelace 2" }, ev.data)
+    assert.equals("order.created", push.got[2].subject)
+    -- The stored records are unchanged: still v1.
+    local g = assert(h.request(srv.port, "$TIDE.ADMIN.STREAM.GET", json.encode { stream = "orders", seq = 1 }))
+    local rec = json.decode(g.payload)
+    assert.equals(1, rec.data.version)
+    assert.equals("Ada Lovelace 1", rec.data.data.name)
+  end)
+end)
