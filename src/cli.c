@@ -1,11 +1,13 @@
 /*
- * cli.c - the command-line clients: tide pub, sub, req and stats.
+ * cli.c - the command-line clients: tide pub, sub, req and stats, and the
+ * persistent queue's tide stream, consumer and dlq (admin requests).
  *
  * A small blocking NATS client, enough for a terminal: connect, send, read
  * frames with a deadline.  Output is readable by default; --json prints one
  * JSON object per message for scripts.
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <getopt.h>
 #include <netdb.h>
 #include <poll.h>
@@ -152,9 +154,10 @@ static int split_words(char *line, char **w, int max)
 
 /*
  * Reads frames until a MSG/HMSG arrives (answering PINGs).  Returns 1 with
- * m filled, 0 on timeout, -1 on close, -2 on -ERR (printed).
+ * m filled, 0 on timeout, -1 on close, -2 on -ERR (printed); with
+ * want_pong, 2 when a PONG comes first.
  */
-static int read_msg(conn_t *c, msg_t *m, double deadline)
+static int read_frame(conn_t *c, msg_t *m, double deadline, int want_pong)
 {
     char line[4200];
     for (;;) {
@@ -165,6 +168,8 @@ static int read_msg(conn_t *c, msg_t *m, double deadline)
             send_all(c, "PONG\r\n", 6);
             continue;
         }
+        if (want_pong && !strcmp(line, "PONG"))
+            return 2;
         if (!strncmp(line, "-ERR", 4)) {
             fprintf(stderr, "tide: server error: %s\n", line + 5);
             return -2;
@@ -203,6 +208,8 @@ static int read_msg(conn_t *c, msg_t *m, double deadline)
         return 1;
     }
 }
+
+static int read_msg(conn_t *c, msg_t *m, double deadline) { return read_frame(c, m, deadline, 0); }
 
 static void msg_free(msg_t *m)
 {
@@ -514,21 +521,29 @@ int cli_main(const char *cmd, int argc, char **argv)
         rc = 0;
     } else if (!strcmp(cmd, "sub")) {
         char line[4200];
-        snprintf(line, sizeof line, "SUB %s%s%s 1\r\n", pos[0], queue ? " " : "", queue ? queue : "");
-        if (send_all(&c, line, strlen(line)) < 0 || flush(&c) < 0)
+        /* Not flush(): a message can come before the PONG (a consumer's
+         * backlog does) and flush() would read past it.  "listening" once
+         * the PONG says the SUB is in place. */
+        snprintf(line, sizeof line, "SUB %s%s%s 1\r\nPING\r\n", pos[0], queue ? " " : "", queue ? queue : "");
+        if (send_all(&c, line, strlen(line)) < 0)
             goto out;
-        if (!json)
-            fprintf(stderr, "listening on %s%s%s (Ctrl-C to stop)\n", pos[0], queue ? " in queue " : "",
-                    queue ? queue : "");
-        for (long n = 1; !count || n <= count; n++) {
+        int listening = 0;
+        for (long n = 1; !count || n <= count;) {
             msg_t m;
-            int r = read_msg(&c, &m, -1);
+            int r = read_frame(&c, &m, -1, !listening);
+            if (r == 2) {
+                listening = 1;
+                if (!json)
+                    fprintf(stderr, "listening on %s%s%s (Ctrl-C to stop)\n", pos[0], queue ? " in queue " : "",
+                            queue ? queue : "");
+                continue;
+            }
             if (r != 1) {
                 if (r == -1)
                     fprintf(stderr, "tide: the server closed the connection\n");
                 goto out;
             }
-            print_msg(&m, json, n);
+            print_msg(&m, json, n++);
             msg_free(&m);
         }
         rc = 0;
@@ -788,4 +803,709 @@ int cli_repl_connect(const char *server)
     free(rc_buf);
     close(c.fd);
     return 0;
+}
+
+/* ---- tide stream / consumer / dlq: the persistent queue's admin requests ------- */
+
+typedef struct ops {
+    conn_t c;
+    char inbox[64];
+    int seq;
+    double timeout;
+    int json;
+} ops_t;
+
+/*
+ * Sends $TIDE.ADMIN.<verb> with payload and returns the parsed answer, or
+ * NULL after saying why on stderr (an {"ok":false,"error":...} answer, no
+ * answer, a server without streams).
+ */
+static cJSON *ops_req(ops_t *o, const char *verb, const char *payload)
+{
+    char subject[128], reply[96];
+    snprintf(subject, sizeof subject, "$TIDE.ADMIN.%s", verb);
+    snprintf(reply, sizeof reply, "%s.%d", o->inbox, ++o->seq);
+    if (publish(&o->c, subject, reply, NULL, 0, payload, strlen(payload)) < 0) {
+        fprintf(stderr, "tide: lost the connection to the server\n");
+        return NULL;
+    }
+    double deadline = now_s() + o->timeout;
+    for (;;) {
+        msg_t m;
+        int r = read_msg(&o->c, &m, deadline);
+        if (r == 0) {
+            fprintf(stderr, "tide: no answer to %s within %.1f s\n", subject, o->timeout);
+            return NULL;
+        }
+        if (r < 0) {
+            if (r == -1)
+                fprintf(stderr, "tide: the server closed the connection\n");
+            return NULL;
+        }
+        if (strcmp(m.subject, reply)) { /* a late answer to an earlier request */
+            msg_free(&m);
+            continue;
+        }
+        cJSON *j = cJSON_ParseWithLength(m.payload, m.payload_len);
+        if (!j)
+            fprintf(stderr, "tide: the server's answer is not JSON: %.200s\n", m.payload);
+        msg_free(&m);
+        const cJSON *ok = cJSON_GetObjectItemCaseSensitive(j, "ok"), *err = cJSON_GetObjectItemCaseSensitive(j, "error");
+        if (cJSON_IsFalse(ok)) {
+            const char *e = cJSON_IsString(err) ? err->valuestring : "the request failed";
+            if (!strncmp(e, "unknown admin request", 21))
+                fprintf(stderr, "tide: this server has no persistent queue (its config declares no stream)\n");
+            else
+                fprintf(stderr, "tide: %s\n", e);
+            cJSON_Delete(j);
+            return NULL;
+        }
+        return j;
+    }
+}
+
+static void print_json(const cJSON *j, int pretty)
+{
+    char *s = pretty ? cJSON_Print(j) : cJSON_PrintUnformatted(j);
+    printf("%s\n", s ? s : "null");
+    cJSON_free(s);
+}
+
+static const char *jstr(const cJSON *o, const char *key, const char *dflt)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsString(v) ? v->valuestring : dflt;
+}
+
+static double jnum(const cJSON *o, const char *key, double dflt)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsNumber(v) ? v->valuedouble : dflt;
+}
+
+/* A number as text: whole numbers without a fraction. */
+static const char *numtxt(double v, char *b, size_t n)
+{
+    if (v == (double)(long long)v)
+        snprintf(b, n, "%lld", (long long)v);
+    else
+        snprintf(b, n, "%g", v);
+    return b;
+}
+
+/* "2026-01-02T15:04:05.123456789Z" -> "2026-01-02T15:04:05.123Z" */
+static const char *short_time(const char *t, char *b, size_t n)
+{
+    const char *dot = strchr(t, '.');
+    if (dot && strlen(dot) > 5 && t[strlen(t) - 1] == 'Z')
+        snprintf(b, n, "%.*sZ", (int)(dot - t + 4), t);
+    else
+        snprintf(b, n, "%s", t);
+    return b;
+}
+
+/* A table printed with aligned columns. */
+#define TABLE_COLS 10
+typedef struct table {
+    int ncols;
+    char **cells; /* row-major */
+    size_t nrows, cap;
+} table_t;
+
+static void table_row(table_t *t, ...)
+{
+    va_list ap;
+    if (t->nrows == t->cap) {
+        size_t nc = t->cap ? t->cap * 2 : 16;
+        char **ncells = realloc(t->cells, nc * (size_t)t->ncols * sizeof *ncells);
+        if (!ncells)
+            return;
+        t->cells = ncells;
+        t->cap = nc;
+    }
+    va_start(ap, t);
+    for (int i = 0; i < t->ncols; i++) {
+        const char *s = va_arg(ap, const char *);
+        t->cells[t->nrows * (size_t)t->ncols + (size_t)i] = strdup(s ? s : "-");
+    }
+    va_end(ap);
+    t->nrows++;
+}
+
+static void table_free(table_t *t)
+{
+    for (size_t k = 0; k < t->nrows * (size_t)t->ncols; k++)
+        free(t->cells[k]);
+    free(t->cells);
+    t->cells = NULL;
+    t->nrows = t->cap = 0;
+}
+
+static void table_print(table_t *t)
+{
+    size_t w[TABLE_COLS] = {0};
+    for (size_t r = 0; r < t->nrows; r++)
+        for (int i = 0; i < t->ncols; i++) {
+            const char *s = t->cells[r * (size_t)t->ncols + (size_t)i];
+            if (s && strlen(s) > w[i])
+                w[i] = strlen(s);
+        }
+    for (size_t r = 0; r < t->nrows; r++) {
+        for (int i = 0; i < t->ncols; i++) {
+            const char *s = t->cells[r * (size_t)t->ncols + (size_t)i];
+            if (i == t->ncols - 1)
+                printf("%s\n", s ? s : "");
+            else
+                printf("%-*s  ", (int)w[i], s ? s : "");
+        }
+    }
+    table_free(t);
+}
+
+/* --since/--until: RFC 3339 or seconds since the epoch pass through; a
+ * duration ("90s", "15m", "2h", "7d") means that long ago. */
+static const char *time_arg(const char *s, char *b, size_t n)
+{
+    char *end;
+    double v = strtod(s, &end);
+    double mult = !strcmp(end, "s") ? 1 : !strcmp(end, "m") ? 60 : !strcmp(end, "h") ? 3600
+                : !strcmp(end, "d") ? 86400 : !strcmp(end, "ms") ? 0.001 : 0;
+    if (end == s || mult == 0 || v < 0)
+        return s;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    snprintf(b, n, "%.3f", (double)ts.tv_sec + (double)ts.tv_nsec / 1e9 - v * mult);
+    return b;
+}
+
+/* Headers of a record as "K: V, K: V" (readable output). */
+static void headers_line(const cJSON *h, char *b, size_t n)
+{
+    const cJSON *kv;
+    size_t o = 0;
+    b[0] = 0;
+    cJSON_ArrayForEach(kv, h) {
+        if (cJSON_IsString(kv) && o < n)
+            o += (size_t)snprintf(b + o, n - o, "%s%s: %s", o ? ", " : "", kv->string, kv->valuestring);
+    }
+}
+
+/* The data of a record as one line of text. */
+static char *data_text(const cJSON *ev)
+{
+    const cJSON *d = cJSON_GetObjectItemCaseSensitive(ev, "data");
+    if (d) {
+        char *s = cJSON_PrintUnformatted(d);
+        char *out = s ? strdup(s) : NULL;
+        cJSON_free(s);
+        return out;
+    }
+    return strdup(jstr(ev, "payload", ""));
+}
+
+static void print_event_line(const cJSON *ev)
+{
+    char t[64], seq[32], hl[2048];
+    char *data = data_text(ev);
+    printf("#%s  %s  %s  %s", numtxt(jnum(ev, "seq", 0), seq, sizeof seq),
+           short_time(jstr(ev, "time", ""), t, sizeof t), jstr(ev, "subject", ""), data ? data : "");
+    const cJSON *h = cJSON_GetObjectItemCaseSensitive(ev, "headers");
+    if (h && h->child) {
+        headers_line(h, hl, sizeof hl);
+        printf("  [%s]", hl);
+    }
+    printf("\n");
+    free(data);
+}
+
+/*
+ * An exported event as a `tide run --events` line: the subject, the
+ * headers, and the stored payload: a CloudEvents envelope as "event" (sent
+ * as it is), anything else as "data" (which tide run wraps in an envelope).
+ */
+static void print_export_line(const cJSON *ev)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "subject", jstr(ev, "subject", ""));
+    const cJSON *h = cJSON_GetObjectItemCaseSensitive(ev, "headers");
+    if (h && h->child)
+        cJSON_AddItemToObject(o, "headers", cJSON_Duplicate(h, 1));
+    const cJSON *d = cJSON_GetObjectItemCaseSensitive(ev, "data");
+    if (cJSON_IsObject(d) && cJSON_IsString(cJSON_GetObjectItemCaseSensitive(d, "specversion"))) {
+        cJSON_AddItemToObject(o, "event", cJSON_Duplicate(d, 1));
+    } else if (d) {
+        cJSON_AddItemToObject(o, "data", cJSON_Duplicate(d, 1));
+    } else {
+        const char *p = jstr(ev, "payload", "");
+        cJSON *v = *p ? cJSON_Parse(p) : NULL; /* 42, "text", true: JSON that is not an object */
+        cJSON_AddItemToObject(o, "data", v ? v : cJSON_CreateString(p));
+    }
+    print_json(o, 0);
+    cJSON_Delete(o);
+}
+
+typedef struct ops_args {
+    const char *subject, *since, *until;
+    long long from, limit, seq;
+    int all;
+} ops_args_t;
+
+/* stream events / export: pages through STREAM.EVENTS until the limit. */
+static int stream_events(ops_t *o, const char *name, const ops_args_t *a, int export)
+{
+    char sb[64], ub[64];
+    uint64_t next = a->from > 0 ? (uint64_t)a->from : 0;
+    long long left = a->limit > 0 ? a->limit : -1, n = 0;
+    for (int pages = 0; left != 0 && pages < 1000000; pages++) {
+        int page = left > 0 && left < 500 ? (int)left : 500;
+        cJSON *q = cJSON_CreateObject();
+        cJSON_AddStringToObject(q, "stream", name);
+        if (a->subject)
+            cJSON_AddStringToObject(q, "subject", a->subject);
+        if (a->since)
+            cJSON_AddStringToObject(q, "since", time_arg(a->since, sb, sizeof sb));
+        if (a->until)
+            cJSON_AddStringToObject(q, "until", time_arg(a->until, ub, sizeof ub));
+        if (next)
+            cJSON_AddNumberToObject(q, "from_seq", (double)next);
+        cJSON_AddNumberToObject(q, "limit", page);
+        char *qs = cJSON_PrintUnformatted(q);
+        cJSON_Delete(q);
+        cJSON *r = qs ? ops_req(o, "STREAM.EVENTS", qs) : NULL;
+        cJSON_free(qs);
+        if (!r)
+            return 1;
+        const cJSON *evs = cJSON_GetObjectItemCaseSensitive(r, "events"), *ev;
+        int got = 0;
+        cJSON_ArrayForEach(ev, evs) {
+            if (export)
+                print_export_line(ev);
+            else if (o->json)
+                print_json(ev, 0);
+            else
+                print_event_line(ev);
+            got++;
+        }
+        uint64_t nn = (uint64_t)jnum(r, "next_seq", 0);
+        cJSON_Delete(r);
+        n += got;
+        if (left > 0)
+            left -= got;
+        if (got < page || nn <= next)
+            break;
+        next = nn;
+    }
+    fflush(stdout);
+    if (export)
+        fprintf(stderr, "exported %lld event%s from %s\n", n, n == 1 ? "" : "s", name);
+    else if (!o->json && n == 0)
+        fprintf(stderr, "no events\n");
+    return 0;
+}
+
+static void print_stream_info(const cJSON *s)
+{
+    char a[32], b[32], c[32], d[32], t1[64], t2[64];
+    const cJSON *subj = cJSON_GetObjectItemCaseSensitive(s, "subjects"), *x;
+    char subjects[1024] = "";
+    cJSON_ArrayForEach(x, subj) if (cJSON_IsString(x)) snprintf(subjects + strlen(subjects),
+                                                                 sizeof subjects - strlen(subjects), "%s%s",
+                                                                 subjects[0] ? ", " : "", x->valuestring);
+    printf("stream %s\n", jstr(s, "name", "?"));
+    printf("  subjects     %s\n", subjects);
+    printf("  messages     %s (%s bytes)\n", numtxt(jnum(s, "messages", 0), a, sizeof a),
+           numtxt(jnum(s, "bytes", 0), b, sizeof b));
+    printf("  sequences    %s..%s (durable up to %s)\n", numtxt(jnum(s, "first_seq", 0), a, sizeof a),
+           numtxt(jnum(s, "last_seq", 0), b, sizeof b), numtxt(jnum(s, "committed_seq", 0), c, sizeof c));
+    if (jstr(s, "first_time", NULL))
+        printf("  time         %s .. %s\n", short_time(jstr(s, "first_time", ""), t1, sizeof t1),
+               short_time(jstr(s, "last_time", ""), t2, sizeof t2));
+    printf("  fsync        %s\n", jstr(s, "fsync", "?"));
+    printf("  segments     %s\n", numtxt(jnum(s, "segments", 0), a, sizeof a));
+    printf("  consumers    %s\n", numtxt(jnum(s, "consumers", 0), a, sizeof a));
+    printf("  stored       %s, duplicates %s, conflicts %s, store errors %s\n",
+           numtxt(jnum(s, "stored", 0), a, sizeof a), numtxt(jnum(s, "duplicates", 0), b, sizeof b),
+           numtxt(jnum(s, "conflicts", 0), c, sizeof c), numtxt(jnum(s, "store_errors", 0), d, sizeof d));
+    printf("  syncs        %s, sync errors %s, write errors %s\n", numtxt(jnum(s, "syncs", 0), a, sizeof a),
+           numtxt(jnum(s, "sync_errors", 0), b, sizeof b), numtxt(jnum(s, "write_errors", 0), c, sizeof c));
+    printf("  failed       %s\n", cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(s, "failed")) ? "YES (waiting to reopen)"
+                                                                                             : "no");
+    const cJSON *l = cJSON_GetObjectItemCaseSensitive(s, "limits");
+    if (l) {
+        char e[32];
+        printf("  limits       max_msgs %s, max_bytes %s, max_age %s s, dedup_window %s s\n",
+               numtxt(jnum(l, "max_msgs", 0), a, sizeof a), numtxt(jnum(l, "max_bytes", 0), b, sizeof b),
+               numtxt(jnum(l, "max_age", 0), c, sizeof c), numtxt(jnum(l, "dedup_window", 0), e, sizeof e));
+    }
+    const cJSON *r = cJSON_GetObjectItemCaseSensitive(s, "recovery");
+    if (r)
+        printf("  recovery     %s records, %s damaged (%s bytes) skipped, torn tail %s bytes, %.3f s\n",
+               numtxt(jnum(r, "records", 0), a, sizeof a), numtxt(jnum(r, "corrupt_records", 0), b, sizeof b),
+               numtxt(jnum(r, "corrupt_bytes", 0), c, sizeof c), numtxt(jnum(r, "torn_bytes", 0), d, sizeof d),
+               jnum(r, "seconds", 0));
+}
+
+static void print_consumer_info(const cJSON *c)
+{
+    static const char *const keys[] = {"stream",       "filter",          "deliver",     "queue",
+                                       "dead_letter",  "ordered_by",      "next_seq",    "num_pending",
+                                       "num_ack_pending", "num_parked",   "delivered",   "redelivered",
+                                       "acked",        "naked",           "terminated",  "ack_timeouts",
+                                       "dead_lettered", "ack_wait",       "max_deliver", "max_ack_pending",
+                                       NULL};
+    printf("consumer %s\n", jstr(c, "name", "?"));
+    for (int i = 0; keys[i]; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(c, keys[i]);
+        char b[32];
+        if (cJSON_IsString(v))
+            printf("  %-16s %s\n", keys[i], v->valuestring);
+        else if (cJSON_IsNumber(v))
+            printf("  %-16s %s%s\n", keys[i], numtxt(v->valuedouble, b, sizeof b),
+                   !strcmp(keys[i], "ack_wait") ? " s" : "");
+    }
+}
+
+static void print_record(const cJSON *r)
+{
+    char t[64], b[32];
+    printf("stream   %s\n", jstr(r, "stream", "?"));
+    printf("seq      %s\n", numtxt(jnum(r, "seq", 0), b, sizeof b));
+    printf("time     %s\n", short_time(jstr(r, "time", ""), t, sizeof t));
+    printf("subject  %s\n", jstr(r, "subject", ""));
+    const cJSON *h = cJSON_GetObjectItemCaseSensitive(r, "headers"), *kv;
+    cJSON_ArrayForEach(kv, h) if (cJSON_IsString(kv)) printf("header   %s: %s\n", kv->string, kv->valuestring);
+    const cJSON *d = cJSON_GetObjectItemCaseSensitive(r, "data");
+    if (d) {
+        char *s = cJSON_PrintUnformatted(d);
+        printf("data     %s\n", s ? s : "");
+        cJSON_free(s);
+    } else {
+        printf("payload  %s\n", jstr(r, "payload", ""));
+    }
+}
+
+static void usage_ops(void)
+{
+    fprintf(stderr,
+            "usage: tide stream ls | info NAME | get NAME SEQ\n"
+            "       tide stream events NAME [--subject PATTERN] [--since TIME] [--until TIME] [--from SEQ] [--limit N]\n"
+            "       tide stream export NAME [--subject PATTERN] [--since TIME] [--until TIME] > events.jsonl\n"
+            "       tide consumer ls | info NAME\n"
+            "       tide dlq ls | show STREAM [--limit N] | replay STREAM (--seq N | --all)\n"
+            "all take -s SERVER (host:port; default 127.0.0.1:4222 or $TIDE_SERVER), --json and --timeout SECONDS;\n"
+            "TIME is RFC 3339, seconds since the epoch, or a duration ago (90s, 15m, 2h, 7d)\n");
+}
+
+enum { OO_SUBJECT = 2000, OO_SINCE, OO_UNTIL, OO_FROM, OO_LIMIT, OO_SEQ, OO_ALL };
+
+static int parse_count(const char *flag, const char *s, long long *out)
+{
+    char *end;
+    long long v = strtoll(s, &end, 10);
+    if (end == s || *end || v < 1) {
+        fprintf(stderr, "tide: %s expects a whole number >= 1, got '%s'\n", flag, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int ops_run(ops_t *o, const char *cmd, const char *verb, char **pos, int npos, const ops_args_t *a)
+{
+    cJSON *r = NULL;
+    int rc = 1;
+    char b1[32], b2[32], b3[32], b4[32];
+#define NEED(n)                                                                                                        \
+    do {                                                                                                               \
+        if (npos != (n)) {                                                                                             \
+            usage_ops();                                                                                               \
+            return 2;                                                                                                  \
+        }                                                                                                              \
+    } while (0)
+    if (!strcmp(cmd, "stream") && !strcmp(verb, "ls")) {
+        NEED(0);
+        if (!(r = ops_req(o, "STREAM.LS", "")))
+            return 1;
+        if (o->json) {
+            print_json(r, 0);
+        } else if (!cJSON_GetArraySize(r)) {
+            printf("no streams\n");
+        } else {
+            table_t t = {8, NULL, 0, 0};
+            table_row(&t, "NAME", "SUBJECTS", "MESSAGES", "BYTES", "FIRST", "LAST", "CONSUMERS", "FSYNC");
+            const cJSON *s;
+            cJSON_ArrayForEach(s, r) {
+                char subjects[512] = "", m[32], by[32], f[32], l[32], c[32];
+                const cJSON *x;
+                cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(s, "subjects")) if (cJSON_IsString(x))
+                    snprintf(subjects + strlen(subjects), sizeof subjects - strlen(subjects), "%s%s",
+                             subjects[0] ? "," : "", x->valuestring);
+                table_row(&t, jstr(s, "name", "?"), subjects, numtxt(jnum(s, "messages", 0), m, sizeof m),
+                          numtxt(jnum(s, "bytes", 0), by, sizeof by), numtxt(jnum(s, "first_seq", 0), f, sizeof f),
+                          numtxt(jnum(s, "last_seq", 0), l, sizeof l), numtxt(jnum(s, "consumers", 0), c, sizeof c),
+                          cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(s, "failed")) ? "FAILED" : jstr(s, "fsync", "?"));
+            }
+            table_print(&t);
+        }
+        rc = 0;
+    } else if (!strcmp(cmd, "stream") && !strcmp(verb, "info")) {
+        NEED(1);
+        if (!(r = ops_req(o, "STREAM.INFO", pos[0])))
+            return 1;
+        if (o->json)
+            print_json(r, 0);
+        else
+            print_stream_info(r);
+        rc = 0;
+    } else if (!strcmp(cmd, "stream") && !strcmp(verb, "get")) {
+        NEED(2);
+        long long seq;
+        if (parse_count("SEQ", pos[1], &seq) < 0)
+            return 2;
+        cJSON *q = cJSON_CreateObject();
+        cJSON_AddStringToObject(q, "stream", pos[0]);
+        cJSON_AddNumberToObject(q, "seq", (double)seq);
+        char *qs = cJSON_PrintUnformatted(q);
+        cJSON_Delete(q);
+        r = qs ? ops_req(o, "STREAM.GET", qs) : NULL;
+        cJSON_free(qs);
+        if (!r)
+            return 1;
+        if (o->json)
+            print_json(r, 0);
+        else
+            print_record(r);
+        rc = 0;
+    } else if (!strcmp(cmd, "stream") && (!strcmp(verb, "events") || !strcmp(verb, "export"))) {
+        NEED(1);
+        /* The name first, so an unknown stream is named in the error. */
+        if (!(r = ops_req(o, "STREAM.INFO", pos[0])))
+            return 1;
+        rc = stream_events(o, pos[0], a, !strcmp(verb, "export"));
+    } else if (!strcmp(cmd, "consumer") && !strcmp(verb, "ls")) {
+        NEED(0);
+        if (!(r = ops_req(o, "CONSUMER.LS", "")))
+            return 1;
+        if (o->json) {
+            print_json(r, 0);
+        } else if (!cJSON_GetArraySize(r)) {
+            printf("no consumers\n");
+        } else {
+            table_t t = {9, NULL, 0, 0};
+            table_row(&t, "NAME", "STREAM", "DELIVER", "NEXT", "PENDING", "ACK_PENDING", "DELIVERED", "ACKED",
+                      "DEAD_LETTERED");
+            const cJSON *c;
+            cJSON_ArrayForEach(c, r) {
+                char nx[32], p[32], ap[32], d[32], ak[32], dl[32];
+                table_row(&t, jstr(c, "name", "?"), jstr(c, "stream", "?"), jstr(c, "deliver", "-"),
+                          numtxt(jnum(c, "next_seq", 0), nx, sizeof nx), numtxt(jnum(c, "num_pending", 0), p, sizeof p),
+                          numtxt(jnum(c, "num_ack_pending", 0), ap, sizeof ap),
+                          numtxt(jnum(c, "delivered", 0), d, sizeof d), numtxt(jnum(c, "acked", 0), ak, sizeof ak),
+                          numtxt(jnum(c, "dead_lettered", 0), dl, sizeof dl));
+            }
+            table_print(&t);
+        }
+        rc = 0;
+    } else if (!strcmp(cmd, "consumer") && !strcmp(verb, "info")) {
+        NEED(1);
+        if (!(r = ops_req(o, "CONSUMER.INFO", pos[0])))
+            return 1;
+        if (o->json)
+            print_json(r, 0);
+        else
+            print_consumer_info(r);
+        rc = 0;
+    } else if (!strcmp(cmd, "dlq") && !strcmp(verb, "ls")) {
+        NEED(0);
+        if (!(r = ops_req(o, "DLQ.LS", "")))
+            return 1;
+        if (o->json) {
+            print_json(r, 0);
+        } else if (!cJSON_GetArraySize(r)) {
+            printf("no consumer has a dead_letter subject\n");
+        } else {
+            table_t t = {6, NULL, 0, 0};
+            table_row(&t, "CONSUMER", "STREAM", "DEAD_LETTER", "DEAD_LETTERED", "STORED_IN", "MESSAGES");
+            const cJSON *c;
+            cJSON_ArrayForEach(c, r) {
+                int stored = jstr(c, "dlq_stream", NULL) != NULL;
+                table_row(&t, jstr(c, "consumer", "?"), jstr(c, "stream", "?"), jstr(c, "dead_letter", "?"),
+                          numtxt(jnum(c, "dead_lettered", 0), b1, sizeof b1),
+                          stored ? jstr(c, "dlq_stream", "") : "(no stream: not kept)",
+                          stored ? numtxt(jnum(c, "messages", 0), b2, sizeof b2) : "-");
+            }
+            table_print(&t);
+        }
+        rc = 0;
+    } else if (!strcmp(cmd, "dlq") && !strcmp(verb, "show")) {
+        NEED(1);
+        long long left = a->limit > 0 ? a->limit : -1, n = 0;
+        uint64_t next = a->from > 0 ? (uint64_t)a->from : 0;
+        table_t t = {7, NULL, 0, 0};
+        table_row(&t, "SEQ", "TIME", "ORIGINAL_SUBJECT", "REASON", "DELIVERIES", "CONSUMER", "ERROR");
+        for (int pages = 0; left != 0 && pages < 1000000; pages++) {
+            int page = left > 0 && left < 500 ? (int)left : 500;
+            cJSON *q = cJSON_CreateObject();
+            cJSON_AddStringToObject(q, "stream", pos[0]);
+            cJSON_AddNumberToObject(q, "limit", page);
+            if (next)
+                cJSON_AddNumberToObject(q, "from_seq", (double)next);
+            char *qs = cJSON_PrintUnformatted(q);
+            cJSON_Delete(q);
+            cJSON_Delete(r);
+            r = qs ? ops_req(o, "DLQ.SHOW", qs) : NULL;
+            cJSON_free(qs);
+            if (!r) {
+                table_free(&t);
+                return 1;
+            }
+            const cJSON *d;
+            int got = 0;
+            cJSON_ArrayForEach(d, cJSON_GetObjectItemCaseSensitive(r, "dead_letters")) {
+                char tm[64];
+                got++;
+                if (o->json) {
+                    print_json(d, 0);
+                    continue;
+                }
+                table_row(&t, numtxt(jnum(d, "seq", 0), b1, sizeof b1), short_time(jstr(d, "time", ""), tm, sizeof tm),
+                          jstr(d, "original_subject", "?"), jstr(d, "reason", "-"),
+                          cJSON_GetObjectItemCaseSensitive(d, "deliveries") ? numtxt(jnum(d, "deliveries", 0), b2, sizeof b2)
+                                                                            : "-",
+                          jstr(d, "consumer", "-"), jstr(d, "error", "-"));
+            }
+            n += got;
+            if (left > 0)
+                left -= got;
+            uint64_t nn = (uint64_t)jnum(r, "next_seq", 0);
+            if (got < page || nn <= next)
+                break;
+            next = nn;
+        }
+        if (!o->json && n) {
+            table_print(&t);
+            printf("%lld dead letter%s in %s\n", n, n == 1 ? "" : "s", pos[0]);
+        } else {
+            if (!o->json)
+                printf("no dead letters in %s\n", pos[0]);
+            table_free(&t);
+        }
+        rc = 0;
+    } else if (!strcmp(cmd, "dlq") && !strcmp(verb, "replay")) {
+        NEED(1);
+        if ((a->seq > 0) == a->all) {
+            fprintf(stderr, "tide dlq replay: give --seq N or --all\n");
+            return 2;
+        }
+        cJSON *q = cJSON_CreateObject();
+        cJSON_AddStringToObject(q, "stream", pos[0]);
+        if (a->all)
+            cJSON_AddBoolToObject(q, "all", 1);
+        else
+            cJSON_AddNumberToObject(q, "seq", (double)a->seq);
+        char *qs = cJSON_PrintUnformatted(q);
+        cJSON_Delete(q);
+        r = qs ? ops_req(o, "DLQ.REPLAY", qs) : NULL;
+        cJSON_free(qs);
+        if (!r)
+            return 1;
+        if (o->json) {
+            print_json(r, 0);
+        } else {
+            double n = jnum(r, "replayed", 0);
+            printf("replayed %s dead letter%s from %s to their original subjects (stored %s, duplicates %s, refused "
+                   "%s)\n",
+                   numtxt(n, b1, sizeof b1), n == 1 ? "" : "s", pos[0], numtxt(jnum(r, "stored", 0), b2, sizeof b2),
+                   numtxt(jnum(r, "duplicates", 0), b3, sizeof b3),
+                   numtxt(jnum(r, "refused", 0), b4, sizeof b4));
+        }
+        rc = 0;
+    } else {
+        fprintf(stderr, "tide %s: unknown command '%s'\n", cmd, verb);
+        usage_ops();
+        return 2;
+    }
+#undef NEED
+    cJSON_Delete(r);
+    return rc;
+}
+
+int cli_ops_main(const char *cmd, int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"server", required_argument, NULL, 's'},  {"json", no_argument, NULL, 'j'},
+        {"timeout", required_argument, NULL, 't'}, {"help", no_argument, NULL, 'h'},
+        {"subject", required_argument, NULL, OO_SUBJECT}, {"since", required_argument, NULL, OO_SINCE},
+        {"until", required_argument, NULL, OO_UNTIL},     {"from", required_argument, NULL, OO_FROM},
+        {"limit", required_argument, NULL, OO_LIMIT},     {"seq", required_argument, NULL, OO_SEQ},
+        {"all", no_argument, NULL, OO_ALL},               {NULL, 0, NULL, 0},
+    };
+    const char *server = getenv("TIDE_SERVER") ? getenv("TIDE_SERVER") : "127.0.0.1:4222";
+    ops_t o;
+    ops_args_t a;
+    int ch;
+    memset(&o, 0, sizeof o);
+    memset(&a, 0, sizeof a);
+    o.timeout = 10;
+    o.c.fd = -1;
+    opterr = 0;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, ":s:t:jh", longopts, NULL)) != -1) {
+        switch (ch) {
+        case 's': server = optarg; break;
+        case 'j': o.json = 1; break;
+        case 't':
+            o.timeout = strtod(optarg, NULL);
+            if (o.timeout <= 0) {
+                fprintf(stderr, "tide: --timeout expects seconds > 0, got '%s'\n", optarg);
+                return 2;
+            }
+            break;
+        case 'h': usage_ops(); return 0;
+        case OO_SUBJECT: a.subject = optarg; break;
+        case OO_SINCE: a.since = optarg; break;
+        case OO_UNTIL: a.until = optarg; break;
+        case OO_FROM:
+            if (parse_count("--from", optarg, &a.from) < 0)
+                return 2;
+            break;
+        case OO_LIMIT:
+            if (parse_count("--limit", optarg, &a.limit) < 0)
+                return 2;
+            break;
+        case OO_SEQ:
+            if (parse_count("--seq", optarg, &a.seq) < 0)
+                return 2;
+            break;
+        case OO_ALL: a.all = 1; break;
+        case ':':
+            fprintf(stderr, "tide %s: option '%s' needs a value\n", cmd, argv[optind - 1]);
+            return 2;
+        default:
+            fprintf(stderr, "tide %s: unknown option '%s'\n", cmd, argv[optind - 1]);
+            usage_ops();
+            return 2;
+        }
+    }
+    if (optind >= argc) {
+        usage_ops();
+        return 2;
+    }
+    const char *verb = argv[optind];
+    if (cli_connect(&o.c, server) < 0) {
+        if (o.c.fd >= 0)
+            close(o.c.fd);
+        return 1;
+    }
+    unsigned char rnd[8];
+    evutil_secure_rng_get_bytes(rnd, sizeof rnd);
+    snprintf(o.inbox, sizeof o.inbox, "_INBOX.%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3],
+             rnd[4], rnd[5], rnd[6], rnd[7]);
+    char line[128];
+    snprintf(line, sizeof line, "SUB %s.* 1\r\n", o.inbox);
+    int rc = 1;
+    if (send_all(&o.c, line, strlen(line)) == 0)
+        rc = ops_run(&o, cmd, verb, argv + optind + 1, argc - optind - 1, &a);
+    close(o.c.fd);
+    return rc;
 }

@@ -10,6 +10,11 @@
  * 1 failure (server not there, no reply, ...), 2 usage. */
 int cli_main(const char *cmd, int argc, char **argv);
 
+/* tide stream ..., tide consumer ..., tide dlq ... ("stream", "consumer",
+ * "dlq"; argv[0] is the command, argv[1] the verb): the persistent queue's
+ * admin requests, readable or --json.  Same exit codes as cli_main. */
+int cli_ops_main(const char *cmd, int argc, char **argv);
+
 /* tide repl --connect SERVER: a prompt whose lines run on a serving node
  * ($TIDE.ADMIN.EVAL; the node must allow it with admin { eval = true }),
  * showing what the node traces ($TIDE.TRACE) as it happens. */

@@ -1294,20 +1294,25 @@ cJSON *consumer_json(consumer_t *c)
     return o;
 }
 
-void consumer_metrics(consumer_t *c, char **buf, size_t *len, size_t *cap)
+void consumer_metrics(consumer_t *const *cs, int n, char **buf, size_t *len, size_t *cap)
 {
-    struct {
-        const char *name;
-        uint64_t v;
-    } m[] = {
-        {"tide_consumer_pending", pending_count(c)},
-        {"tide_consumer_ack_pending", c->npending},
-        {"tide_consumer_delivered_total", c->delivered},
-        {"tide_consumer_redelivered_total", c->redelivered},
-        {"tide_consumer_acked_total", c->acked},
-        {"tide_consumer_dead_lettered_total", c->dead_lettered},
+    /* The text format wants every sample of a metric together, after its
+     * one HELP and TYPE: metric by metric, consumer by consumer. */
+    static const char *const m[][3] = {
+        {"tide_consumer_pending", "gauge", "Stored events the consumer has not delivered yet."},
+        {"tide_consumer_ack_pending", "gauge", "Events delivered and waiting for their ack."},
+        {"tide_consumer_delivered_total", "counter", "Deliveries, redeliveries included."},
+        {"tide_consumer_redelivered_total", "counter", "Redeliveries (after an ack timeout or a NAK)."},
+        {"tide_consumer_acked_total", "counter", "Events acknowledged."},
+        {"tide_consumer_dead_lettered_total", "counter", "Events given up (max_deliver or +TERM)."},
     };
-    for (size_t i = 0; i < sizeof m / sizeof m[0]; i++)
-        buf_printf(buf, len, cap, "%s{stream=\"%s\",consumer=\"%s\"} %" PRIu64 "\n", m[i].name, c->cfg.stream,
-                   c->cfg.name, m[i].v);
+    for (size_t k = 0; k < sizeof m / sizeof m[0]; k++) {
+        buf_printf(buf, len, cap, "# HELP %s %s\n# TYPE %s %s\n", m[k][0], m[k][2], m[k][0], m[k][1]);
+        for (int i = 0; i < n; i++) {
+            consumer_t *c = cs[i];
+            uint64_t v[] = {pending_count(c), c->npending, c->delivered, c->redelivered, c->acked, c->dead_lettered};
+            buf_printf(buf, len, cap, "%s{stream=\"%s\",consumer=\"%s\"} %" PRIu64 "\n", m[k][0], c->cfg.stream,
+                       c->cfg.name, v[k]);
+        }
+    }
 }

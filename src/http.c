@@ -2,7 +2,8 @@
  * http.c - the HTTP face on libevent's evhttp: CloudEvents ingestion,
  * Prometheus metrics, health, JSON views of the server, and a live tail as
  * Server-Sent Events.  Events posted here enter the same pipeline as NATS
- * publishes (server_publish).
+ * publishes (server_publish); one that a stream captures carries a reply
+ * subject of ours, and its request is answered when the PubAck comes.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,15 +18,36 @@
 #include <event2/keyvalq_struct.h>
 #include <event2/util.h>
 
+#include "dlq.h"
 #include "http.h"
 #include "json.h"
 #include "log.h"
 #include "script.h"
 #include "server.h"
+#include "stream.h"
 #include "subject.h"
 #include "util.h"
 
 #define MAX_TAILS 64
+#define ACK_TIMEOUT 10 /* seconds an ingest request waits for its PubAcks */
+#define MAX_BATCH 10000
+
+/* An ingest request whose events a stream captures: answered once every
+ * PubAck is in (they come to <inbox>.<id>.<event index>). */
+typedef struct ack_wait {
+    struct http *http;
+    struct evhttp_request *req;
+    uint64_t id;
+    char prefix[96]; /* "<inbox>.<id>." */
+    int batch;       /* answer {"accepted","acks"} rather than the one PubAck */
+    int nevents;     /* events published */
+    cJSON **acks;    /* per event: its PubAck (an error one wins), or NULL */
+    int acap;
+    int answers;
+    int expected; /* -1 while publishing */
+    struct event *timer;
+    struct ack_wait *next;
+} ack_wait_t;
 
 typedef struct tail {
     struct http *http;
@@ -40,6 +62,10 @@ struct http {
     struct event *heartbeat; /* keeps tails alive, and finds the ones whose client left */
     tail_t tails[MAX_TAILS];
     uint64_t requests, ingested, rejected;
+    sub_t *inbox_sub;     /* PubAcks for ingested events: <inbox>.> */
+    char inbox[48];
+    uint64_t next_wait;
+    ack_wait_t *waits;
 };
 
 /* ---- replies ------------------------------------------------------------------ */
@@ -77,10 +103,244 @@ static void reply_error(http_t *h, struct evhttp_request *req, int code, const c
     h->rejected++;
 }
 
+/* ---- durable answers: PubAcks ----------------------------------------------------- */
+
+static ack_wait_t *wait_find(http_t *h, uint64_t id)
+{
+    for (ack_wait_t *w = h->waits; w; w = w->next)
+        if (w->id == id)
+            return w;
+    return NULL;
+}
+
+static void wait_free(ack_wait_t *w)
+{
+    http_t *h = w->http;
+    for (ack_wait_t **pp = &h->waits; *pp; pp = &(*pp)->next)
+        if (*pp == w) {
+            *pp = w->next;
+            break;
+        }
+    if (w->timer)
+        event_free(w->timer);
+    for (int i = 0; i < w->nevents && w->acks; i++)
+        cJSON_Delete(w->acks[i]);
+    free(w->acks);
+    free(w);
+}
+
+/* The HTTP status for one PubAck: 201, 503 (storing failed), 409 (an
+ * expected last sequence did not match), 400 (another refusal). */
+static int ack_status(const cJSON *ack, const char **reason)
+{
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(ack, "error");
+    if (!e) {
+        *reason = "Created";
+        return 201;
+    }
+    const cJSON *code = cJSON_GetObjectItemCaseSensitive(e, "code");
+    const cJSON *ec = cJSON_GetObjectItemCaseSensitive(e, "err_code");
+    if (cJSON_IsNumber(code) && code->valueint == 503) {
+        *reason = "Service Unavailable";
+        return 503;
+    }
+    if (cJSON_IsNumber(ec) && ec->valueint == 10071) {
+        *reason = "Conflict";
+        return 409;
+    }
+    *reason = "Bad Request";
+    return 400;
+}
+
+/* Every PubAck is in (or the time is up): answer the request. */
+static void wait_finish(ack_wait_t *w, int timed_out)
+{
+    http_t *h = w->http;
+    if (timed_out) {
+        char msg[200];
+        snprintf(msg, sizeof msg,
+                 "no PubAck within %d s (%d of %d): the event%s may or may not be stored; retry with the same ce-id",
+                 ACK_TIMEOUT, w->answers, w->expected, w->nevents == 1 ? "" : "s");
+        reply_error(h, w->req, 504, "Gateway Timeout", msg);
+        wait_free(w);
+        return;
+    }
+    const char *reason = "Created";
+    int status = 201;
+    for (int i = 0; i < w->nevents; i++) { /* the first refusal decides */
+        const char *r;
+        int st = w->acks[i] ? ack_status(w->acks[i], &r) : 201;
+        if (st != 201) {
+            status = st;
+            reason = r;
+            /* The error's code is the HTTP status, as in tide's other error bodies. */
+            cJSON_ReplaceItemInObjectCaseSensitive(cJSON_GetObjectItemCaseSensitive(w->acks[i], "error"), "code",
+                                                   cJSON_CreateNumber(st));
+            break;
+        }
+    }
+    cJSON *body;
+    if (w->batch) {
+        body = cJSON_CreateObject();
+        cJSON_AddNumberToObject(body, "accepted", w->nevents);
+        cJSON *a = cJSON_AddArrayToObject(body, "acks");
+        for (int i = 0; i < w->nevents; i++) {
+            cJSON_AddItemToArray(a, w->acks[i] ? w->acks[i] : cJSON_CreateNull());
+            w->acks[i] = NULL;
+        }
+    } else {
+        body = w->acks[0];
+        w->acks[0] = NULL;
+    }
+    char *s = body ? cJSON_PrintUnformatted(body) : NULL;
+    cJSON_Delete(body);
+    if (status != 201)
+        h->rejected++;
+    reply_json(w->req, status, reason, s ? s : "{}");
+    cJSON_free(s);
+    wait_free(w);
+}
+
+static void on_wait_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    wait_finish(arg, 1);
+}
+
+/* A message on <inbox>.<id>.<index>: a PubAck for an ingested event. */
+static void on_puback(void *ctx, const proto_msg_t *m)
+{
+    http_t *h = ctx;
+    if (!h) /* after http_free: the subscription outlives it */
+        return;
+    size_t il = strlen(h->inbox);
+    char tail[64];
+    if (m->subject_len <= il + 1 || m->subject_len - il - 1 >= sizeof tail)
+        return;
+    memcpy(tail, m->subject + il + 1, m->subject_len - il - 1);
+    tail[m->subject_len - il - 1] = 0;
+    char *end;
+    uint64_t id = strtoull(tail, &end, 10);
+    if (*end != '.')
+        return;
+    long idx = strtol(end + 1, &end, 10);
+    ack_wait_t *w = wait_find(h, id);
+    if (*end || !w || idx < 0 || idx >= w->nevents)
+        return; /* late (after a timeout) or not ours */
+    /* Only a stream's answer counts: a subscriber may answer the reply
+     * subject too (it sees it on the event). */
+    cJSON *ack = cJSON_ParseWithLength(m->payload, m->payload_len);
+    if (!cJSON_IsObject(ack) || !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(ack, "stream"))) {
+        cJSON_Delete(ack);
+        return;
+    }
+    if (!w->acks[idx]) {
+        w->acks[idx] = ack;
+    } else if (cJSON_GetObjectItemCaseSensitive(ack, "error") &&
+               !cJSON_GetObjectItemCaseSensitive(w->acks[idx], "error")) {
+        cJSON_Delete(w->acks[idx]); /* routed to two streams: a refusal wins */
+        w->acks[idx] = ack;
+    } else {
+        cJSON_Delete(ack);
+    }
+    w->answers++;
+    if (w->expected >= 0 && w->answers >= w->expected)
+        wait_finish(w, 0);
+}
+
+/* A wait for one ingest request, or NULL when no stream is configured. */
+static ack_wait_t *wait_new(http_t *h, struct evhttp_request *req, int batch)
+{
+    if (!server_streams(h->srv) || !h->inbox_sub)
+        return NULL;
+    ack_wait_t *w = calloc(1, sizeof *w);
+    if (!w)
+        return NULL;
+    w->http = h;
+    w->req = req;
+    w->id = ++h->next_wait;
+    w->batch = batch;
+    w->expected = -1;
+    snprintf(w->prefix, sizeof w->prefix, "%s.%llu.", h->inbox, (unsigned long long)w->id);
+    w->next = h->waits;
+    h->waits = w;
+    return w;
+}
+
+/* Counts the next event of w; returns its reply subject (in out) when a
+ * stream captures subject, else NULL (no PubAck: null in a batch's acks). */
+static const char *wait_reply(ack_wait_t *w, const char *subject, size_t sl, char *out, size_t n)
+{
+    if (!w)
+        return NULL;
+    if (w->nevents == w->acap) {
+        int nc = w->acap ? w->acap * 2 : 4;
+        cJSON **na = realloc(w->acks, (size_t)nc * sizeof *na);
+        if (!na)
+            return NULL;
+        memset(na + w->acap, 0, (size_t)(nc - w->acap) * sizeof *na);
+        w->acks = na;
+        w->acap = nc;
+    }
+    int i = w->nevents++;
+    if (!dlq_capturing_stream(server_streams(w->http->srv), subject, sl))
+        return NULL;
+    snprintf(out, n, "%s%d", w->prefix, i);
+    return out;
+}
+
+/* After publishing: answer now (202 when nothing was captured, the PubAcks
+ * when all came at once) or wait for them.  Returns 1 when w answered. */
+static int wait_start(ack_wait_t *w)
+{
+    if (!w)
+        return 0;
+    size_t pending = dlq_pending_pubacks(server_streams(w->http->srv), w->prefix, strlen(w->prefix));
+    w->expected = w->answers + (int)pending;
+    if (w->expected == 0) {
+        wait_free(w); /* nothing was stored (not captured, or a filter dropped it): 202 */
+        return 0;
+    }
+    if (w->answers >= w->expected) {
+        wait_finish(w, 0);
+        return 1;
+    }
+    struct timeval tv = {ACK_TIMEOUT, 0};
+    w->timer = evtimer_new(server_base(w->http->srv), on_wait_timeout, w);
+    if (!w->timer || evtimer_add(w->timer, &tv) < 0) {
+        wait_finish(w, 1);
+        return 1;
+    }
+    return 1;
+}
+
 /* ---- ingestion ------------------------------------------------------------------ */
 
-/* Publishes one envelope (a JSON object) under subject. */
-static int publish_envelope(http_t *h, cJSON *env, const char *subject, char *err, size_t errsz)
+/* Publishes one message, with a reply subject for its PubAck when a stream
+ * captures the subject. */
+static void publish_msg(http_t *h, ack_wait_t *w, const char *subject, size_t sl, const char *hdr, size_t hl,
+                        const char *payload, size_t pl)
+{
+    char reply[160];
+    proto_msg_t m;
+    memset(&m, 0, sizeof m);
+    m.subject = subject;
+    m.subject_len = sl;
+    m.reply = wait_reply(w, subject, sl, reply, sizeof reply);
+    m.reply_len = m.reply ? strlen(m.reply) : 0;
+    m.hdr = hl ? hdr : NULL;
+    m.hdr_len = hl;
+    m.payload = payload;
+    m.payload_len = pl;
+    server_publish(h->srv, NULL, &m);
+    h->ingested++;
+}
+
+/* Publishes one envelope (a JSON object) under subject; extra holds
+ * "Name: value\r\n" header lines to send with it ("" for none). */
+static int publish_envelope(http_t *h, ack_wait_t *w, const char *extra, cJSON *env, const char *subject, char *err,
+                            size_t errsz)
 {
     size_t sl = strlen(subject);
     if (!subject_valid_literal(subject, sl)) {
@@ -93,7 +353,7 @@ static int publish_envelope(http_t *h, cJSON *env, const char *subject, char *er
     char *payload = NULL;
     if (sh && script_http_binary(sh, subject, sl)) {
         /* Binary mode: every attribute a ce-* header, the data the payload. */
-        size_t cap = 64;
+        size_t cap = 64 + strlen(extra);
         cJSON *a;
         cJSON_ArrayForEach(a, env) cap += strlen(a->string) + 8 + (cJSON_IsString(a) ? strlen(a->valuestring) : 32);
         hdr = malloc(cap);
@@ -117,7 +377,7 @@ static int publish_envelope(http_t *h, cJSON *env, const char *subject, char *er
                 cJSON_free(v);
             }
         }
-        hl += (size_t)snprintf(hdr + hl, cap - hl, "\r\n");
+        hl += (size_t)snprintf(hdr + hl, cap - hl, "%s\r\n", extra);
         cJSON *d = cJSON_GetObjectItemCaseSensitive(env, "data");
         payload = cJSON_IsString(d) ? mem_dup(d->valuestring, strlen(d->valuestring))
                 : d ? cJSON_PrintUnformatted(d) : mem_dup("", 0);
@@ -130,6 +390,8 @@ static int publish_envelope(http_t *h, cJSON *env, const char *subject, char *er
         char *p = cJSON_PrintUnformatted(env);
         payload = p ? mem_dup(p, strlen(p)) : NULL;
         cJSON_free(p);
+        if (extra[0] && (hdr = malloc(strlen(extra) + 16)))
+            hl = (size_t)sprintf(hdr, "NATS/1.0\r\n%s\r\n", extra);
     }
     if (!payload) {
         free(hdr);
@@ -144,18 +406,9 @@ static int publish_envelope(http_t *h, cJSON *env, const char *subject, char *er
         free(hdr);
         return 413;
     }
-    proto_msg_t m;
-    memset(&m, 0, sizeof m);
-    m.subject = subject;
-    m.subject_len = sl;
-    m.hdr = hdr;
-    m.hdr_len = hl;
-    m.payload = payload;
-    m.payload_len = pl;
-    server_publish(h->srv, NULL, &m);
+    publish_msg(h, w, subject, sl, hdr, hl, payload, pl);
     free(payload);
     free(hdr);
-    h->ingested++;
     return 0;
 }
 
@@ -194,6 +447,10 @@ static int starts_with_ci(const char *s, const char *prefix)
     return s && !strncasecmp(s, prefix, strlen(prefix));
 }
 
+/* Request headers passed on to the message, for the streams. */
+static const char *const nats_headers[] = {"Nats-Msg-Id", "Nats-Expected-Stream", "Nats-Expected-Last-Sequence",
+                                           "Nats-Expected-Last-Subject-Sequence", NULL};
+
 /*
  * POST /v1/events (or /): a CloudEvent in binary mode (ce-* headers, the
  * body is the data), structured mode (application/cloudevents+json) or a
@@ -201,6 +458,8 @@ static int starts_with_ci(const char *s, const char *prefix)
  * type.
  * POST /v1/publish/<subject>: a plain JSON body, sent as the data of a new
  * envelope of that type.
+ * When a stream captures the subject, the answer waits for the stream:
+ * 201 with its PubAck once the event is durable (see wait_finish).
  */
 static void ingest(http_t *h, struct evhttp_request *req, const char *path)
 {
@@ -212,6 +471,9 @@ static void ingest(http_t *h, struct evhttp_request *req, const char *path)
     char *body = body_of(req, &len);
     cJSON *doc = NULL, *env = NULL;
     char *nums = NULL; /* number texts of doc (json_parse), so numbers go out exactly */
+    char extra[1200] = ""; /* Nats-* request headers, as header lines */
+    int batch = starts_with_ci(ctype, "application/cloudevents-batch+json") && strncmp(path, "/v1/publish/", 12);
+    ack_wait_t *w = NULL;
 
     if (!body) {
         reply_error(h, req, 500, "Internal Server Error", "out of memory");
@@ -222,6 +484,24 @@ static void ingest(http_t *h, struct evhttp_request *req, const char *path)
         code = 413;
         goto done;
     }
+    for (int i = 0; nats_headers[i]; i++) {
+        const char *v = evhttp_find_header(hd, nats_headers[i]);
+        if (!v)
+            continue;
+        if (batch) {
+            snprintf(err, sizeof err, "%s is for one event, not a batch", nats_headers[i]);
+            code = 400;
+            goto done;
+        }
+        size_t o = strlen(extra);
+        if (strlen(v) > 256 || strpbrk(v, "\r\n")) {
+            snprintf(err, sizeof err, "%s: a value of at most 256 characters on one line", nats_headers[i]);
+            code = 400;
+            goto done;
+        }
+        snprintf(extra + o, sizeof extra - o, "%s: %s\r\n", nats_headers[i], v);
+    }
+    w = wait_new(h, req, batch);
     if (!strncmp(path, "/v1/publish/", 12)) {
         const char *subject = path + 12;
         if (ctype && !starts_with_ci(ctype, "application/json")) {
@@ -246,11 +526,11 @@ static void ingest(http_t *h, struct evhttp_request *req, const char *path)
         cJSON_AddStringToObject(env, "time", when);
         cJSON_AddItemToObject(env, "data", doc);
         doc = NULL;
-        code = publish_envelope(h, env, subject, err, sizeof err);
+        code = publish_envelope(h, w, extra, env, subject, err, sizeof err);
         n = code ? 0 : 1;
         goto done;
     }
-    if (starts_with_ci(ctype, "application/cloudevents-batch+json")) {
+    if (batch) {
         doc = json_parse(body, len, &nums);
         if (!cJSON_IsArray(doc)) {
             snprintf(err, sizeof err, "a batch must be a JSON array of CloudEvents");
@@ -268,8 +548,14 @@ static void ingest(http_t *h, struct evhttp_request *req, const char *path)
             }
             i++;
         }
+        if (i > MAX_BATCH) {
+            snprintf(err, sizeof err, "a batch of %d events is over the limit of %d", i, MAX_BATCH);
+            code = 413;
+            goto done;
+        }
         cJSON_ArrayForEach(e, doc) {
-            code = publish_envelope(h, e, cJSON_GetObjectItemCaseSensitive(e, "type")->valuestring, err, sizeof err);
+            code = publish_envelope(h, w, extra, e, cJSON_GetObjectItemCaseSensitive(e, "type")->valuestring, err,
+                                    sizeof err);
             if (code)
                 goto done;
             n++;
@@ -289,7 +575,7 @@ static void ingest(http_t *h, struct evhttp_request *req, const char *path)
          * (unless the subject is delivered in binary mode). */
         const char *type = cJSON_GetObjectItemCaseSensitive(doc, "type")->valuestring;
         if (server_scripts(h->srv) && script_http_binary(server_scripts(h->srv), type, strlen(type))) {
-            code = publish_envelope(h, doc, type, err, sizeof err);
+            code = publish_envelope(h, w, extra, doc, type, err, sizeof err);
             n = code ? 0 : 1;
             goto done;
         }
@@ -298,14 +584,14 @@ static void ingest(http_t *h, struct evhttp_request *req, const char *path)
             code = 400;
             goto done;
         }
-        proto_msg_t m;
-        memset(&m, 0, sizeof m);
-        m.subject = type;
-        m.subject_len = strlen(type);
-        m.payload = body;
-        m.payload_len = len;
-        server_publish(h->srv, NULL, &m);
-        h->ingested++;
+        char hb[sizeof extra + 16];
+        size_t hl = extra[0] ? (size_t)snprintf(hb, sizeof hb, "NATS/1.0\r\n%s\r\n", extra) : 0;
+        if (hl + len > server_get_opts(h->srv)->max_payload) {
+            snprintf(err, sizeof err, "event of %zu bytes is over max_payload", hl + len);
+            code = 413;
+            goto done;
+        }
+        publish_msg(h, w, type, strlen(type), hb, hl, body, len);
         n = 1;
         goto done;
     }
@@ -345,7 +631,8 @@ static void ingest(http_t *h, struct evhttp_request *req, const char *path)
             }
             cJSON_AddItemToObject(env, "data", data);
         }
-        code = publish_envelope(h, env, cJSON_GetObjectItemCaseSensitive(env, "type")->valuestring, err, sizeof err);
+        code = publish_envelope(h, w, extra, env, cJSON_GetObjectItemCaseSensitive(env, "type")->valuestring, err,
+                                sizeof err);
         n = code ? 0 : 1;
         goto done;
     }
@@ -359,11 +646,15 @@ done:
     cJSON_Delete(env);
     free(nums); /* after the trees that point into it */
     if (code) {
+        if (w)
+            wait_free(w); /* PubAcks of events published before the error go nowhere */
         const char *reason = code == 413 ? "Payload Too Large" : code == 415 ? "Unsupported Media Type"
                            : code == 500 ? "Internal Server Error" : "Bad Request";
         reply_error(h, req, code, reason, err);
         return;
     }
+    if (wait_start(w))
+        return; /* answered, or answered when the PubAcks are in */
     char ok[64];
     snprintf(ok, sizeof ok, "{\"accepted\":%d}", n);
     reply_json(req, 202, "Accepted", ok);
@@ -477,6 +768,14 @@ static void metrics(http_t *h, struct evhttp_request *req)
         evbuffer_add_printf(b, "tide_script_call_seconds_sum %.17g\ntide_script_call_seconds_count %llu\n", sum,
                             (unsigned long long)count);
     }
+    if (server_streams(h->srv)) {
+        char *sb = NULL;
+        size_t sl = 0, sc = 0;
+        streams_metrics(server_streams(h->srv), &sb, &sl, &sc);
+        if (sb)
+            evbuffer_add(b, sb, sl);
+        free(sb);
+    }
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "text/plain; version=0.0.4");
     evhttp_send_reply(req, 200, "OK", b);
     evbuffer_free(b);
@@ -487,7 +786,7 @@ static void metrics(http_t *h, struct evhttp_request *req)
 static void tail_deliver(void *ctx, const proto_msg_t *m)
 {
     tail_t *t = ctx;
-    if (!t->live)
+    if (!t || !t->live)
         return;
     struct evbuffer *b = evbuffer_new();
     if (!b)
@@ -587,6 +886,31 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* ---- readiness ------------------------------------------------------------------- */
+
+/* Storage writable: true (with why) when a stream's log failed and waits to
+ * reopen ("failed" in the streams' JSON). */
+static int storage_failed(http_t *h, char *why, size_t n)
+{
+    streams_t *sm = server_streams(h->srv);
+    size_t len;
+    char *json = sm ? streams_json(sm, &len) : NULL;
+    cJSON *a = json ? cJSON_ParseWithLength(json, len) : NULL, *s;
+    int bad = 0;
+    free(json);
+    cJSON_ArrayForEach(s, a) {
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(s, "failed"))) {
+            const cJSON *name = cJSON_GetObjectItemCaseSensitive(s, "name");
+            snprintf(why, n, "storage is not writable: stream %s failed and waits to reopen",
+                     cJSON_IsString(name) ? name->valuestring : "?");
+            bad = 1;
+            break;
+        }
+    }
+    cJSON_Delete(a);
+    return bad;
+}
+
 /* ---- routing of requests ---------------------------------------------------------- */
 
 static void on_request(struct evhttp_request *req, void *arg)
@@ -614,8 +938,11 @@ static void on_request(struct evhttp_request *req, void *arg)
         script_stats_t st;
         if (sh)
             script_get_stats(sh, &st);
+        char failed[300];
         if (sh && strcmp(st.last_reload, "ok"))
             reply_error(h, req, 503, "Service Unavailable", "the last script reload failed");
+        else if (storage_failed(h, failed, sizeof failed))
+            reply_error(h, req, 503, "Service Unavailable", failed);
         else
             reply_json(req, 200, "OK", "{\"status\":\"ready\"}");
     } else if (!strcmp(path, "/metrics")) {
@@ -633,7 +960,12 @@ static void on_request(struct evhttp_request *req, void *arg)
         reply(req, 200, "OK", "application/json", json ? json : "[]", json ? len : 2);
         free(json);
     } else if (!strcmp(path, "/v1/streams") || !strcmp(path, "/v1/consumers")) {
-        reply_json(req, 200, "OK", "[]"); /* none: the persistent queue is not in this build */
+        /* The same JSON as $TIDE.ADMIN.STREAM.LS / CONSUMER.LS; [] without streams. */
+        streams_t *sm = server_streams(h->srv);
+        size_t len = 0;
+        char *json = !sm ? NULL : path[4] == 's' ? streams_json(sm, &len) : consumers_json(sm, &len);
+        reply(req, 200, "OK", "application/json", json ? json : "[]", json ? len : 2);
+        free(json);
     } else if (!strcmp(path, "/v1/tail")) {
         struct evkeyvalq q;
         const char *query = u ? evhttp_uri_get_query(u) : NULL;
@@ -664,6 +996,14 @@ http_t *http_new(server_t *srv, const char *host, int port)
     /* Room for max_payload of data plus an envelope's attributes. */
     evhttp_set_max_body_size(h->eh, (ev_ssize_t)server_get_opts(srv)->max_payload + 4096);
     evhttp_set_gencb(h->eh, on_request, h);
+    /* PubAcks for ingested events come to a subject of our own. */
+    unsigned char rnd[8];
+    evutil_secure_rng_get_bytes(rnd, sizeof rnd);
+    snprintf(h->inbox, sizeof h->inbox, "_TIDE_HTTP.%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3],
+             rnd[4], rnd[5], rnd[6], rnd[7]);
+    char pattern[64];
+    snprintf(pattern, sizeof pattern, "%s.>", h->inbox);
+    h->inbox_sub = server_subscribe_internal(srv, pattern, on_puback, h);
     struct timeval one = {1, 0};
     h->heartbeat = event_new(server_base(srv), -1, EV_PERSIST, on_heartbeat, h);
     if (!h->heartbeat || event_add(h->heartbeat, &one) < 0)
@@ -689,6 +1029,15 @@ void http_free(http_t *h)
             h->tails[i].req = NULL;
         }
     }
+    /* The server's subscriptions outlive this: they must not reach it. */
+    if (h->inbox_sub)
+        h->inbox_sub->deliver_ctx = NULL;
+    for (int i = 0; i < MAX_TAILS; i++)
+        if (h->tails[i].sub)
+            h->tails[i].sub->deliver_ctx = NULL;
+    /* Requests still waiting for PubAcks: evhttp_free frees them with their connections. */
+    while (h->waits)
+        wait_free(h->waits);
     if (h->heartbeat)
         event_free(h->heartbeat);
     if (h->eh)

@@ -45,6 +45,15 @@ static void usage(FILE *f)
             "  req SUBJECT [DATA] [-H NAME:VALUE]... [--timeout SECONDS]\n"
             "  stats                  clients against a running server: -s HOST:PORT\n"
             "                         (default 127.0.0.1:4222 or $TIDE_SERVER), --json\n"
+            "  stream ls | info NAME | get NAME SEQ\n"
+            "  stream events NAME [--subject PATTERN] [--since TIME] [--until TIME]\n"
+            "                [--from SEQ] [--limit N]\n"
+            "  stream export NAME [--subject PATTERN] [--since TIME] [--until TIME]\n"
+            "                         stored events as tide run --events input lines\n"
+            "  consumer ls | info NAME\n"
+            "  dlq ls | show STREAM [--limit N] | replay STREAM (--seq N | --all)\n"
+            "                         the persistent queue of a running server (same -s,\n"
+            "                         --json); TIME: RFC 3339, epoch seconds or 15m/2h/7d ago\n"
             "\n"
             "Server options (tide serve):\n"
             "  -a, --addr HOST        bind to HOST (default 127.0.0.1)\n"
@@ -496,6 +505,10 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "pub") || !strcmp(cmd, "sub") || !strcmp(cmd, "req") || !strcmp(cmd, "stats")) {
         signal(SIGPIPE, SIG_IGN);
         return cli_main(cmd, argc - 1, argv + 1);
+    }
+    if (!strcmp(cmd, "stream") || !strcmp(cmd, "consumer") || !strcmp(cmd, "dlq")) {
+        signal(SIGPIPE, SIG_IGN);
+        return cli_ops_main(cmd, argc - 1, argv + 1);
     }
     if (cmd[0] == '-')
         fprintf(stderr, "tide: unknown option '%s'\nTry 'tide --help'.\n", cmd);

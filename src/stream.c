@@ -11,6 +11,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "dlq.h"
 #include "event.h"
 #include "log.h"
 #include "stream_internal.h"
@@ -789,8 +790,7 @@ void streams_metrics(streams_t *sm, char **buf, size_t *len, size_t *cap)
             buf_printf(buf, len, cap, "%s{stream=\"%s\"} %" PRIu64 "\n", names[k][0], st->cfg.name, v[k]);
         }
     }
-    for (int i = 0; i < sm->nc; i++)
-        consumer_metrics(sm->consumers[i], buf, len, cap);
+    consumer_metrics(sm->consumers, sm->nc, buf, len, cap);
 }
 
 static void reply_err(streams_t *sm, const proto_msg_t *req, const char *err)
@@ -807,6 +807,8 @@ static void reply_err(streams_t *sm, const proto_msg_t *req, const char *err)
 
 int streams_admin(streams_t *sm, const char *verb, size_t vlen, const proto_msg_t *req)
 {
+    if (dlq_admin(sm, verb, vlen, req)) /* DLQ.LS, DLQ.SHOW, DLQ.REPLAY: dlq.c */
+        return 1;
 #define IS(s) (vlen == strlen(s) && !memcmp(verb, s, vlen))
     char *out = NULL, err[512] = "", name[STREAM_NAME_MAX + 1] = "";
     size_t len = 0;

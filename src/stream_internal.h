@@ -72,7 +72,8 @@ void consumers_on_ack(void *ctx, const proto_msg_t *m);
 /* JSON object describing the consumer (cJSON *), for admin and HTTP. */
 struct cJSON;
 struct cJSON *consumer_json(consumer_t *c);
-void consumer_metrics(consumer_t *c, char **buf, size_t *len, size_t *cap);
+/* Prometheus lines for n consumers: each metric's HELP, TYPE and samples together. */
+void consumer_metrics(consumer_t *const *cs, int n, char **buf, size_t *len, size_t *cap);
 
 /* stream.c */
 stream_t *streams_find(struct streams *sm, const char *name, size_t len);

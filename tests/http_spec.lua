@@ -1,6 +1,7 @@
 -- The HTTP face: CloudEvents ingestion, views, metrics, health, live tail.
 local h = require "helpers"
 local json = require "dkjson"
+local socket = require "socket"
 
 local srv, base
 
@@ -269,6 +270,245 @@ end)
     c:close()
     end)
     assert.are.equal("exited", (s:stop())) -- stopped whatever happened above
+    h.remove_tmpdir(dir)
+    assert(ok, err)
+  end)
+end)
+
+-- HTTP/1.1 on one socket (keep-alive): returns status, body, headers.
+local function http_req(s, method, path, headers, body)
+  body = body or ""
+  local lines = { ("%s %s HTTP/1.1"):format(method, path), "Host: 127.0.0.1", "Content-Length: " .. #body }
+  for _, kv in ipairs(headers or {}) do lines[#lines + 1] = kv[1] .. ": " .. kv[2] end
+  assert(s:send(table.concat(lines, "\r\n") .. "\r\n\r\n" .. body))
+  local status = assert(s:receive("*l"))
+  local code = tonumber(status:match("^HTTP/1%.1 (%d+) "))
+  local hd = {}
+  while true do
+    local l = assert(s:receive("*l"))
+    if l == "" or l == "\r" then break end
+    local k, v = l:match("^([^:]+):%s*(.-)\r?$")
+    hd[k:lower()] = v
+  end
+  local n = tonumber(hd["content-length"] or "0")
+  local b = n > 0 and assert(s:receive(n)) or ""
+  return code, b, hd
+end
+
+-- Prometheus text through the npm parser: { name = family }, failing on a
+-- name that comes back as two families (samples of a metric not together).
+local function parse_metrics(text)
+  local ready, out = h.npm_ready()
+  assert(ready, "npm ci failed:\n" .. tostring(out))
+  local f = os.tmpname()
+  h.write_file(f, text)
+  local rc
+  rc, out = h.sh(("cd %s/tests/interop/node && node -e 'const p = require(\"parse-prometheus-text-format\"); " ..
+    "console.log(JSON.stringify(p(require(\"fs\").readFileSync(process.argv[1], \"utf8\"))))' %s"):format(h.root, f))
+  os.remove(f)
+  assert.are.equal(0, rc, out)
+  local by = {}
+  for _, fam in ipairs(assert(json.decode(out), out)) do
+    assert.is_nil(by[fam.name], fam.name .. " appears as two families: its samples are not together")
+    by[fam.name] = fam
+  end
+  return by
+end
+
+-- The HTTP listener opens after the NATS one start_server waits for.
+local function wait_http(port)
+  assert(h.wait_until(function()
+    local t = socket.tcp()
+    t:settimeout(0.2)
+    local ok = t:connect("127.0.0.1", port)
+    t:close()
+    return ok
+  end, 10), "no HTTP listener on port " .. port)
+end
+
+local function sample(fam, labels)
+  for _, m in ipairs(fam and fam.metrics or {}) do
+    local ok = true
+    for k, v in pairs(labels) do ok = ok and m.labels and m.labels[k] == v end
+    if ok then return tonumber(m.value) end
+  end
+end
+
+describe("HTTP into streams", function()
+  local s, hport, dir
+  setup(function()
+    dir = h.make_tmpdir()
+    h.write_file(dir .. "/tide.lua", [[
+stream "orders" { subjects = { "order.>" } }
+consumer "billing"  { stream = "orders", deliver = "billing.orders" }
+consumer "shipping" { stream = "orders", filter = "order.created", deliver = "shipping.orders" }
+filter("order.ignored", function(e) return false end)
+]])
+    hport = h.free_port()
+    s = h.start_server { args = { "-c", dir .. "/tide.lua", "--http", "127.0.0.1:" .. hport } }
+    wait_http(hport)
+  end)
+  teardown(function()
+    assert.are.equal("exited", (s:stop()))
+    h.remove_tmpdir(dir)
+  end)
+
+  it("answers 201 with the PubAck once stored, 409 on a conflict, 202 when no stream captures, on one connection", function()
+    local sock = socket.tcp()
+    sock:settimeout(5)
+    assert(sock:connect("127.0.0.1", hport))
+    local JSON = { { "Content-Type", "application/json" } }
+    local code, body = http_req(sock, "POST", "/v1/publish/order.created", JSON, '{"n":1}')
+    assert.are.equal(201, code, body)
+    assert.same({ stream = "orders", seq = 1 }, json.decode(body))
+    -- binary mode: a repeated ce-source + ce-id is a duplicate of the first
+    local ce = { { "Content-Type", "application/json" }, { "ce-specversion", "1.0" }, { "ce-id", "d-1" },
+                 { "ce-source", "shop" }, { "ce-type", "order.paid" } }
+    code, body = http_req(sock, "POST", "/", ce, '{"n":2}')
+    assert.are.equal(201, code, body)
+    assert.same({ stream = "orders", seq = 2 }, json.decode(body))
+    code, body = http_req(sock, "POST", "/", ce, '{"n":2}')
+    assert.are.equal(201, code, body)
+    assert.same({ stream = "orders", seq = 2, duplicate = true }, json.decode(body))
+    -- expected last sequence: wrong, then right
+    code, body = http_req(sock, "POST", "/v1/publish/order.created",
+      { JSON[1], { "Nats-Expected-Last-Sequence", "7" } }, '{"n":3}')
+    assert.are.equal(409, code, body)
+    assert.same({ stream = "orders", error = { code = 409, err_code = 10071, description = "wrong last sequence: 2" } },
+      json.decode(body))
+    code, body = http_req(sock, "POST", "/v1/publish/order.created",
+      { JSON[1], { "Nats-Expected-Last-Sequence", "2" } }, '{"n":3}')
+    assert.are.equal(201, code, body)
+    assert.same({ stream = "orders", seq = 3 }, json.decode(body))
+    -- not captured, or dropped by a filter before the stream: 202 as before
+    code, body = http_req(sock, "POST", "/v1/publish/other.thing", JSON, '{"n":4}')
+    assert.are.equal(202, code, body)
+    assert.same({ accepted = 1 }, json.decode(body))
+    code, body = http_req(sock, "POST", "/v1/publish/order.ignored", JSON, '{"n":5}')
+    assert.are.equal(202, code, body)
+    -- a batch: one PubAck per event, null for the one no stream took
+    code, body = http_req(sock, "POST", "/", { { "Content-Type", "application/cloudevents-batch+json" } },
+      '[{"specversion":"1.0","id":"b-1","source":"shop","type":"order.created","data":{"n":6}},' ..
+      '{"specversion":"1.0","id":"b-2","source":"shop","type":"other.thing","data":{"n":7}},' ..
+      '{"specversion":"1.0","id":"d-1","source":"shop","type":"order.paid","data":{"n":2}}]')
+    assert.are.equal(201, code, body)
+    assert.are.equal('{"accepted":3,"acks":[{"stream":"orders","seq":4},null,{"stream":"orders","seq":2,"duplicate":true}]}',
+      body)
+    code, body = http_req(sock, "POST", "/", { { "Content-Type", "application/cloudevents-batch+json" },
+      { "Nats-Msg-Id", "x" } }, "[]")
+    assert.are.equal(400, code)
+    assert.matches("not a batch", json.decode(body).error.description)
+    sock:close()
+    -- what the 201s said is what is stored
+    local m = assert(h.request(s.port, "$TIDE.ADMIN.STREAM.GET", '{"stream":"orders","seq":3}'))
+    local rec = json.decode(m.payload)
+    assert.are.equal("order.created", rec.subject)
+    assert.are.equal(3, rec.data.data.n)
+    assert.are.equal("2", rec.headers["Nats-Expected-Last-Sequence"])
+  end)
+
+  it("GET /v1/streams and /v1/consumers give the admin JSON", function()
+    local code, body = curl(("http://127.0.0.1:%d/v1/streams"):format(hport))
+    assert.are.equal(200, code)
+    local st = json.decode(body)
+    assert.are.equal(1, #st)
+    assert.are.equal("orders", st[1].name)
+    assert.are.equal(4, st[1].messages)
+    assert.are.equal(4, st[1].stored)
+    assert.are.equal(2, st[1].duplicates)
+    assert.are.equal(1, st[1].conflicts)
+    assert.are.equal(2, st[1].consumers)
+    local admin = json.decode(assert(h.request(s.port, "$TIDE.ADMIN.STREAM.LS", "")).payload)
+    assert.are.equal(admin[1].bytes, st[1].bytes)
+    code, body = curl(("http://127.0.0.1:%d/v1/consumers"):format(hport))
+    assert.are.equal(200, code)
+    local cs = json.decode(body)
+    assert.are.equal(2, #cs)
+    assert.are.equal("billing", cs[1].name)
+    assert.are.equal("shipping", cs[2].name)
+    assert.are.equal("order.created", cs[2].filter)
+    assert.are.equal(4, cs[1].num_pending)
+    code, body = curl(("http://127.0.0.1:%d/readyz"):format(hport))
+    assert.are.equal(200, code, body)
+  end)
+
+  it("/metrics has the stream and consumer counters of that workload, each metric's samples together", function()
+    local code, body = curl(("http://127.0.0.1:%d/metrics"):format(hport))
+    assert.are.equal(200, code)
+    local m = parse_metrics(body)
+    local o = { stream = "orders" }
+    assert.are.equal(4, sample(m.tide_stream_messages, o))
+    assert.are.equal(4, sample(m.tide_stream_last_seq, o))
+    assert.are.equal(4, sample(m.tide_stream_stored_total, o))
+    assert.are.equal(2, sample(m.tide_stream_duplicates_total, o))
+    assert.are.equal(1, sample(m.tide_stream_conflicts_total, o))
+    assert.are.equal(0, sample(m.tide_stream_store_errors_total, o))
+    assert.are.equal("COUNTER", m.tide_stream_stored_total.type)
+    assert.are.equal("GAUGE", m.tide_stream_messages.type)
+    for _, name in ipairs { "tide_consumer_pending", "tide_consumer_ack_pending", "tide_consumer_delivered_total",
+                            "tide_consumer_redelivered_total", "tide_consumer_acked_total",
+                            "tide_consumer_dead_lettered_total" } do
+      local fam = m[name]
+      assert(fam, name .. " is missing")
+      assert.are.equal(name:match("_total$") and "COUNTER" or "GAUGE", fam.type, name)
+      assert.is_true(#fam.help > 0, name)
+      assert.are.equal(2, #fam.metrics, name) -- billing and shipping, in one family
+    end
+    assert.are.equal(4, sample(m.tide_consumer_pending, { consumer = "billing", stream = "orders" }))
+    assert.are.equal(3, sample(m.tide_consumer_pending, { consumer = "shipping" })) -- the order.created ones
+    assert.are.equal(0, sample(m.tide_consumer_delivered_total, { consumer = "billing" }))
+  end)
+end)
+
+describe("HTTP when the store fails", function()
+  local function faulty(fault)
+    local dir = h.make_tmpdir()
+    h.write_file(dir .. "/tide.lua", 'stream "orders" { subjects = { "order.>" } }\n')
+    local port, hport = h.free_port(), h.free_port()
+    local s = h.start_server { bin = "/usr/bin/env", port = port,
+      cmd = { "TIDE_FAULT=" .. fault, h.bin, "serve", "-a", "127.0.0.1", "-p", tostring(port), "-c", dir .. "/tide.lua",
+              "--http", "127.0.0.1:" .. hport } }
+    wait_http(hport)
+    return s, "http://127.0.0.1:" .. hport, dir
+  end
+
+  it("answers 503 with the stream's error when it cannot store", function()
+    local s, b, dir = faulty("write:1+:ENOSPC")
+    local ok, err = pcall(function()
+      local f = os.tmpname()
+      h.write_file(f, '{"n":1}')
+      local code, body = curl(("-X POST %s/v1/publish/order.created -H 'Content-Type: application/json' --data-binary @%s")
+        :format(b, f))
+      os.remove(f)
+      assert.are.equal(503, code, body)
+      assert.same({ stream = "orders", error = { code = 503, err_code = 10077,
+        description = "stream orders: storing failed: No space left on device" } }, json.decode(body))
+      local st = json.decode(select(2, curl(b .. "/v1/streams")))
+      assert.are.equal(0, st[1].messages)
+      assert.are.equal(1, st[1].store_errors)
+      local _, metrics = curl(b .. "/metrics")
+      assert.matches('\ntide_stream_store_errors_total{stream="orders"} 1\n', metrics)
+      assert.matches('\ntide_http_rejected_total 1\n', metrics)
+    end)
+    assert.are.equal("exited", (s:stop()))
+    h.remove_tmpdir(dir)
+    assert(ok, err)
+  end)
+
+  it("/readyz says 503 while a stream's storage has failed", function()
+    -- the write fails, taking it back fails, and reopening fails: the log waits to reopen
+    local s, b, dir = faulty("write:1+:ENOSPC,truncate:1+:EIO,open:2+:EIO")
+    local ok, err = pcall(function()
+      local code, body = curl(b .. "/readyz")
+      assert.are.equal(200, code, body)
+      code, body = curl(("-X POST %s/v1/publish/order.created -H 'Content-Type: application/json' -d '{}'"):format(b))
+      assert.are.equal(503, code, body)
+      code, body = curl(b .. "/readyz")
+      assert.are.equal(503, code, body)
+      assert.are.equal("storage is not writable: stream orders failed and waits to reopen",
+        json.decode(body).error.description)
+    end)
+    assert.are.equal("exited", (s:stop()))
     h.remove_tmpdir(dir)
     assert(ok, err)
   end)

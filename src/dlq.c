@@ -1,0 +1,447 @@
+/* dlq.c - dead letters: list, show and replay them (see dlq.h).  Reads the
+ * streams' internals, never changes them; replays go through server_publish
+ * like any publish. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <cjson/cJSON.h>
+
+#include "dlq.h"
+#include "event.h"
+#include "stream_internal.h"
+#include "subject.h"
+#include "util.h"
+
+#define SHOW_LIMIT 1000      /* dead letters per DLQ.SHOW answer by default */
+#define REPLAY_MAX 100000    /* dead letters one DLQ.REPLAY publishes at most */
+#define SCAN_MAX 10000000    /* records one request looks at at most */
+
+/* Headers a message gets as a dead letter (consumer.c, pipeline.c). */
+static const char *const dl_headers[] = {"Tide-Original-Subject", "Tide-Stream", "Tide-Consumer",
+                                         "Tide-Sequence", "Tide-Deliveries", "Tide-Reason",
+                                         "Tide-Error", "Tide-Stage", "Tide-Script", NULL};
+
+/* ---- what http.c asks ------------------------------------------------------- */
+
+const char *dlq_capturing_stream(streams_t *sm, const char *subject, size_t len)
+{
+    if (!sm || (len > 4 && !memcmp(subject, "$JS.", 4)))
+        return NULL;
+    for (int i = 0; i < sm->n; i++) { /* as capture() in stream.c: the first match */
+        stream_t *st = sm->streams[i];
+        for (int k = 0; k < st->cfg.nsubjects; k++)
+            if (subject_matches(st->cfg.subjects[k], strlen(st->cfg.subjects[k]), subject, len))
+                return st->cfg.name;
+    }
+    return NULL;
+}
+
+size_t dlq_pending_pubacks(streams_t *sm, const char *prefix, size_t len)
+{
+    size_t n = 0;
+    for (int i = 0; sm && i < sm->n; i++) {
+        stream_t *st = sm->streams[i];
+        for (size_t k = 0; k < st->alen; k++) {
+            const pending_ack_t *a = &st->acks[(st->ahead + k) % st->acap];
+            if (a->reply_len >= len && !memcmp(a->reply, prefix, len))
+                n++;
+        }
+    }
+    return n;
+}
+
+/* ---- helpers ------------------------------------------------------------------ */
+
+static void reply(streams_t *sm, const proto_msg_t *req, cJSON *o)
+{
+    char *p = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (p && req->reply) {
+        proto_msg_t r;
+        memset(&r, 0, sizeof r);
+        r.subject = req->reply;
+        r.subject_len = req->reply_len;
+        r.payload = p;
+        r.payload_len = strlen(p);
+        server_route_flags(sm->srv, NULL, &r, ROUTE_NO_CAPTURE);
+    }
+    cJSON_free(p);
+}
+
+static void reply_err(streams_t *sm, const proto_msg_t *req, const char *err)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddBoolToObject(o, "ok", 0);
+    cJSON_AddStringToObject(o, "error", err);
+    reply(sm, req, o);
+}
+
+static void iso_time(int64_t ns, char *out, size_t n)
+{
+    time_t s = (time_t)(ns / 1000000000);
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    size_t k = strftime(out, n, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out + k, n - k, ".%09lldZ", (long long)(ns % 1000000000));
+}
+
+/* A header's value as a new string (NULL when absent). */
+static char *header(const slog_rec_t *r, const char *name)
+{
+    size_t vl;
+    const char *v = r->hdr_len ? event_header_find(r->hdr, r->hdr_len, name, &vl) : NULL;
+    return v ? mem_dup(v, vl) : NULL;
+}
+
+static int is_dl_header(const char *name, size_t n)
+{
+    for (int i = 0; dl_headers[i]; i++)
+        if (strlen(dl_headers[i]) == n && !strncasecmp(dl_headers[i], name, n))
+            return 1;
+    return 0;
+}
+
+/*
+ * Walks the header block of r: fn(ctx, name, nlen, value, vlen) for each
+ * "Name: value" line after the status line.
+ */
+static void each_header(const slog_rec_t *r, void (*fn)(void *, const char *, size_t, const char *, size_t),
+                        void *ctx)
+{
+    const char *end = r->hdr + r->hdr_len;
+    const char *p = r->hdr_len ? memchr(r->hdr, '\n', r->hdr_len) : NULL;
+    if (!p)
+        return;
+    for (p++; p < end;) {
+        const char *le = memchr(p, '\n', (size_t)(end - p));
+        if (!le)
+            break;
+        const char *colon = memchr(p, ':', (size_t)(le - p));
+        if (colon) {
+            const char *vs = colon + 1, *ve = le;
+            while (vs < ve && *vs == ' ')
+                vs++;
+            if (ve > vs && ve[-1] == '\r')
+                ve--;
+            fn(ctx, p, (size_t)(colon - p), vs, (size_t)(ve - vs));
+        }
+        p = le + 1;
+    }
+}
+
+static void add_own_header(void *ctx, const char *n, size_t nl, const char *v, size_t vl)
+{
+    cJSON *h = ctx;
+    if (is_dl_header(n, nl))
+        return;
+    char name[256], val[4096];
+    snprintf(name, sizeof name, "%.*s", (int)nl, n);
+    snprintf(val, sizeof val, "%.*s", (int)vl, v);
+    if (!cJSON_GetObjectItemCaseSensitive(h, name))
+        cJSON_AddStringToObject(h, name, val);
+}
+
+static void add_str(cJSON *o, const char *key, char *v)
+{
+    if (v)
+        cJSON_AddStringToObject(o, key, v);
+    free(v);
+}
+
+static void add_num(cJSON *o, const char *key, char *v)
+{
+    if (v) {
+        char *end;
+        double d = strtod(v, &end);
+        if (end != v && !*end)
+            cJSON_AddNumberToObject(o, key, d);
+        else
+            cJSON_AddStringToObject(o, key, v);
+    }
+    free(v);
+}
+
+/* The JSON of one stored dead letter. */
+static cJSON *dead_letter_obj(const slog_rec_t *r)
+{
+    cJSON *o = cJSON_CreateObject();
+    char t[64];
+    cJSON_AddNumberToObject(o, "seq", (double)r->seq);
+    iso_time(r->ts, t, sizeof t);
+    cJSON_AddStringToObject(o, "time", t);
+    add_str(o, "subject", mem_dup(r->subject, r->subject_len));
+    add_str(o, "original_subject", header(r, "Tide-Original-Subject"));
+    char *reason = header(r, "Tide-Reason");
+    if (!reason) { /* the pipeline's: the stage that failed */
+        char *stage = header(r, "Tide-Stage");
+        if (stage && (reason = malloc(strlen(stage) + 8)))
+            sprintf(reason, "script:%s", stage);
+        free(stage);
+    }
+    add_str(o, "reason", reason);
+    add_str(o, "error", header(r, "Tide-Error"));
+    add_num(o, "deliveries", header(r, "Tide-Deliveries"));
+    add_str(o, "consumer", header(r, "Tide-Consumer"));
+    add_str(o, "source_stream", header(r, "Tide-Stream"));
+    add_num(o, "source_seq", header(r, "Tide-Sequence"));
+    add_str(o, "script", header(r, "Tide-Script"));
+    cJSON *h = cJSON_CreateObject();
+    each_header(r, add_own_header, h);
+    if (h->child)
+        cJSON_AddItemToObject(o, "headers", h);
+    else
+        cJSON_Delete(h);
+    cJSON *data = r->payload_len && (r->payload[0] == '{' || r->payload[0] == '[')
+                      ? cJSON_ParseWithLength(r->payload, r->payload_len)
+                      : NULL;
+    if (data) {
+        cJSON_AddItemToObject(o, "data", data);
+    } else {
+        char *p = mem_dup(r->payload, r->payload_len);
+        cJSON_AddStringToObject(o, "payload", p ? p : "");
+        free(p);
+    }
+    return o;
+}
+
+static int is_dead_letter(const slog_rec_t *r)
+{
+    size_t vl;
+    return r->hdr_len && event_header_find(r->hdr, r->hdr_len, "Tide-Original-Subject", &vl) && vl > 0;
+}
+
+/* The request's stream: {"stream":S,...} or the bare name.  q gets the
+ * parsed object (or NULL); NULL with err when there is no such stream. */
+static stream_t *request_stream(streams_t *sm, const proto_msg_t *req, cJSON **q, char *err, size_t errsz)
+{
+    *q = req->payload_len && req->payload[0] == '{' ? cJSON_ParseWithLength(req->payload, req->payload_len) : NULL;
+    char name[STREAM_NAME_MAX + 1] = "";
+    if (*q) {
+        const cJSON *s = cJSON_GetObjectItemCaseSensitive(*q, "stream");
+        if (cJSON_IsString(s))
+            snprintf(name, sizeof name, "%s", s->valuestring);
+    } else if (req->payload_len && req->payload_len <= STREAM_NAME_MAX) {
+        memcpy(name, req->payload, req->payload_len);
+        name[req->payload_len] = 0;
+        name[strcspn(name, " \r\n")] = 0;
+    }
+    if (!name[0]) {
+        snprintf(err, errsz, "name a stream: {\"stream\": name} or the name");
+        return NULL;
+    }
+    stream_t *st = streams_find(sm, name, strlen(name));
+    if (!st)
+        snprintf(err, errsz, "no stream '%s'", name);
+    return st;
+}
+
+static double num(const cJSON *q, const char *key, double dflt)
+{
+    const cJSON *v = q ? cJSON_GetObjectItemCaseSensitive(q, key) : NULL;
+    return cJSON_IsNumber(v) ? v->valuedouble : dflt;
+}
+
+/* ---- DLQ.LS --------------------------------------------------------------------- */
+
+static void dlq_ls(streams_t *sm, const proto_msg_t *req)
+{
+    cJSON *a = cJSON_CreateArray();
+    for (int i = 0; i < sm->nc; i++) {
+        const consumer_cfg_t *cfg = consumer_cfg(sm->consumers[i]);
+        if (!cfg->dead_letter[0])
+            continue;
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "consumer", cfg->name);
+        cJSON_AddStringToObject(o, "stream", cfg->stream);
+        cJSON_AddStringToObject(o, "dead_letter", cfg->dead_letter);
+        cJSON *cj = consumer_json(sm->consumers[i]);
+        const cJSON *dl = cJSON_GetObjectItemCaseSensitive(cj, "dead_lettered");
+        cJSON_AddNumberToObject(o, "dead_lettered", cJSON_IsNumber(dl) ? dl->valuedouble : 0);
+        cJSON_Delete(cj);
+        const char *sn = dlq_capturing_stream(sm, cfg->dead_letter, strlen(cfg->dead_letter));
+        stream_t *st = sn ? streams_find(sm, sn, strlen(sn)) : NULL;
+        if (st) {
+            slog_info_t in;
+            slog_get_info(st->log, &in);
+            cJSON_AddStringToObject(o, "dlq_stream", st->cfg.name);
+            cJSON_AddNumberToObject(o, "messages", (double)in.msgs);
+        }
+        cJSON_AddItemToArray(a, o);
+    }
+    reply(sm, req, a);
+}
+
+/* ---- DLQ.SHOW ------------------------------------------------------------------- */
+
+static void dlq_show(streams_t *sm, const proto_msg_t *req)
+{
+    char err[300];
+    cJSON *q;
+    stream_t *st = request_stream(sm, req, &q, err, sizeof err);
+    if (!st) {
+        cJSON_Delete(q);
+        reply_err(sm, req, err);
+        return;
+    }
+    double lim = num(q, "limit", SHOW_LIMIT), from = num(q, "from_seq", 0);
+    uint64_t limit = lim >= 1 ? (uint64_t)lim : SHOW_LIMIT;
+    cJSON_Delete(q);
+    slog_info_t in;
+    slog_get_info(st->log, &in);
+    uint64_t seq = from > (double)in.first_seq ? (uint64_t)from : in.first_seq, n = 0, scanned = 0;
+    char *buf = NULL;
+    size_t cap = 0;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "stream", st->cfg.name);
+    cJSON *arr = cJSON_AddArrayToObject(o, "dead_letters");
+    for (; seq <= in.committed_seq && n < limit && scanned < SCAN_MAX; seq++, scanned++) {
+        slog_rec_t r;
+        if (slog_read(st->log, seq, &r, &buf, &cap) <= 0 || !is_dead_letter(&r))
+            continue;
+        cJSON_AddItemToArray(arr, dead_letter_obj(&r));
+        n++;
+    }
+    free(buf);
+    cJSON_AddNumberToObject(o, "next_seq", (double)seq);
+    reply(sm, req, o);
+}
+
+/* ---- DLQ.REPLAY ----------------------------------------------------------------- */
+
+typedef struct hbuf {
+    char *b;
+    size_t len, cap;
+} hbuf_t;
+
+static void keep_header(void *ctx, const char *n, size_t nl, const char *v, size_t vl)
+{
+    hbuf_t *h = ctx;
+    if (is_dl_header(n, nl) || (nl == 11 && !strncasecmp(n, "Nats-Msg-Id", 11)) ||
+        (nl > 14 && !strncasecmp(n, "Nats-Expected-", 14)))
+        return;
+    buf_printf(&h->b, &h->len, &h->cap, "%.*s: %.*s\r\n", (int)nl, n, (int)vl, v);
+}
+
+static uint64_t sum_counter(streams_t *sm, int which)
+{
+    uint64_t s = 0;
+    for (int i = 0; i < sm->n; i++) {
+        stream_t *st = sm->streams[i];
+        s += which == 0 ? st->stored : which == 1 ? st->duplicates : st->conflicts + st->store_errors;
+    }
+    return s;
+}
+
+/* Publishes dead letter r (of stream st) to its original subject. */
+static int replay_one(streams_t *sm, stream_t *st, const slog_rec_t *r)
+{
+    char *subject = header(r, "Tide-Original-Subject");
+    if (!subject || !subject_valid_literal(subject, strlen(subject))) {
+        free(subject);
+        return -1;
+    }
+    hbuf_t h = {0};
+    buf_printf(&h.b, &h.len, &h.cap, "NATS/1.0\r\n");
+    each_header(r, keep_header, &h);
+    buf_printf(&h.b, &h.len, &h.cap, "Nats-Msg-Id: tide-replay.%s.%" PRIu64 "\r\n\r\n", st->cfg.name, r->seq);
+    char *payload = mem_dup(r->payload, r->payload_len); /* r points into a buffer a publish may reuse */
+    int rc = -1;
+    if (h.b && payload) {
+        proto_msg_t m;
+        memset(&m, 0, sizeof m);
+        m.subject = subject;
+        m.subject_len = strlen(subject);
+        m.hdr = h.b;
+        m.hdr_len = h.len;
+        m.payload = payload;
+        m.payload_len = r->payload_len;
+        server_publish(sm->srv, NULL, &m);
+        rc = 0;
+    }
+    free(payload);
+    free(h.b);
+    free(subject);
+    return rc;
+}
+
+static void dlq_replay(streams_t *sm, const proto_msg_t *req)
+{
+    char err[300];
+    cJSON *q;
+    stream_t *st = request_stream(sm, req, &q, err, sizeof err);
+    if (!st) {
+        cJSON_Delete(q);
+        reply_err(sm, req, err);
+        return;
+    }
+    double one = num(q, "seq", 0);
+    int all = cJSON_IsTrue(q ? cJSON_GetObjectItemCaseSensitive(q, "all") : NULL);
+    cJSON_Delete(q);
+    if ((one >= 1) == all) {
+        reply_err(sm, req, "say which: {\"stream\": name, \"seq\": n} or {\"stream\": name, \"all\": true}");
+        return;
+    }
+    slog_info_t in;
+    slog_get_info(st->log, &in);
+    /* The range is fixed now: what the replays add to this stream is not replayed again. */
+    uint64_t first = all ? in.first_seq : (uint64_t)one, last = all ? in.committed_seq : (uint64_t)one;
+    uint64_t stored0 = sum_counter(sm, 0), dup0 = sum_counter(sm, 1), bad0 = sum_counter(sm, 2);
+    uint64_t replayed = 0, scanned = 0;
+    char *buf = NULL;
+    size_t cap = 0;
+    cJSON *seqs = cJSON_CreateArray();
+    for (uint64_t seq = first; seq <= last && replayed < REPLAY_MAX && scanned < SCAN_MAX; seq++, scanned++) {
+        slog_rec_t r;
+        int rc = slog_read(st->log, seq, &r, &buf, &cap);
+        if (rc <= 0 || !is_dead_letter(&r)) {
+            if (!all) {
+                if (rc > 0)
+                    snprintf(err, sizeof err, "message %" PRIu64 " of stream '%s' is not a dead letter", seq,
+                             st->cfg.name);
+                else
+                    snprintf(err, sizeof err, rc < 0 ? "stream '%s': cannot read sequence %" PRIu64
+                                                     : "stream '%s' has no message %" PRIu64,
+                             st->cfg.name, seq);
+                free(buf);
+                cJSON_Delete(seqs);
+                reply_err(sm, req, err);
+                return;
+            }
+            continue;
+        }
+        if (replay_one(sm, st, &r) == 0) {
+            replayed++;
+            cJSON_AddItemToArray(seqs, cJSON_CreateNumber((double)seq));
+        }
+        /* The publish may have read other records into its buffers; buf is ours. */
+    }
+    free(buf);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddBoolToObject(o, "ok", 1);
+    cJSON_AddStringToObject(o, "stream", st->cfg.name);
+    cJSON_AddNumberToObject(o, "replayed", (double)replayed);
+    cJSON_AddItemToObject(o, "seqs", seqs);
+    cJSON_AddNumberToObject(o, "stored", (double)(sum_counter(sm, 0) - stored0));
+    cJSON_AddNumberToObject(o, "duplicates", (double)(sum_counter(sm, 1) - dup0));
+    cJSON_AddNumberToObject(o, "refused", (double)(sum_counter(sm, 2) - bad0));
+    reply(sm, req, o);
+}
+
+int dlq_admin(streams_t *sm, const char *verb, size_t vlen, const proto_msg_t *req)
+{
+#define IS(s) (vlen == strlen(s) && !memcmp(verb, s, vlen))
+    if (IS("DLQ.LS"))
+        dlq_ls(sm, req);
+    else if (IS("DLQ.SHOW"))
+        dlq_show(sm, req);
+    else if (IS("DLQ.REPLAY"))
+        dlq_replay(sm, req);
+    else
+        return 0;
+    return 1;
+#undef IS
+}
