@@ -23,10 +23,10 @@ size_t kv_count(const kv_t *kv);
 /*
  * Makes the store durable in dir (created if needed): what it holds there
  * is loaded (entries set since kv_new, e.g. by the entry file, are applied
- * on top: sets and deletes as they ended, increments as increments of the
- * stored value) and every later change is written there (kv.c describes
- * the files).  Damaged records are skipped and logged; 0, or -1 with err
- * when the files cannot be read at all.
+ * on top with the values they have now; deletes made before are not
+ * replayed) and every later change is written there (kv.c describes the
+ * files).  Damaged records are skipped and logged; 0, or -1 with err when
+ * the files cannot be read at all.
  */
 int kv_persist(kv_t *kv, const char *dir, char *err, size_t errsz);
 
