@@ -25,6 +25,7 @@
 #include <readline/readline.h>
 
 #include "cli.h"
+#include "json.h"
 #include "server.h"
 
 typedef struct conn {
@@ -813,6 +814,8 @@ typedef struct ops {
     int seq;
     double timeout;
     int json;
+    char **nums; /* number texts of the answers (json_parse), freed at the end */
+    size_t nnums;
 } ops_t;
 
 /*
@@ -846,7 +849,16 @@ static cJSON *ops_req(ops_t *o, const char *verb, const char *payload)
             msg_free(&m);
             continue;
         }
-        cJSON *j = cJSON_ParseWithLength(m.payload, m.payload_len);
+        /* Lossless: numbers keep their text (an id of 2^64 - 1 prints as itself). */
+        char *nums = NULL;
+        cJSON *j = json_parse(m.payload, m.payload_len, &nums);
+        char **nn = j ? realloc(o->nums, (o->nnums + 1) * sizeof *nn) : NULL;
+        if (nn) {
+            o->nums = nn;
+            o->nums[o->nnums++] = nums;
+        } else {
+            free(nums);
+        }
         if (!j)
             fprintf(stderr, "tide: the server's answer is not JSON: %.200s\n", m.payload);
         msg_free(&m);
@@ -877,10 +889,21 @@ static const char *jstr(const cJSON *o, const char *key, const char *dflt)
     return cJSON_IsString(v) ? v->valuestring : dflt;
 }
 
+/* A number of an admin answer (json_parse keeps numbers as raw text). */
+static int jis_num(const cJSON *v)
+{
+    return cJSON_IsNumber(v) || (cJSON_IsRaw(v) && v->valuestring && json_is_number(v));
+}
+
+static double jval(const cJSON *v)
+{
+    return cJSON_IsNumber(v) ? v->valuedouble : strtod(v->valuestring, NULL);
+}
+
 static double jnum(const cJSON *o, const char *key, double dflt)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    return cJSON_IsNumber(v) ? v->valuedouble : dflt;
+    return jis_num(v) ? jval(v) : dflt;
 }
 
 /* A number as text: whole numbers without a fraction. */
@@ -1159,8 +1182,8 @@ static void print_consumer_info(const cJSON *c)
         char b[32];
         if (cJSON_IsString(v))
             printf("  %-16s %s\n", keys[i], v->valuestring);
-        else if (cJSON_IsNumber(v))
-            printf("  %-16s %s%s\n", keys[i], numtxt(v->valuedouble, b, sizeof b),
+        else if (jis_num(v))
+            printf("  %-16s %s%s\n", keys[i], numtxt(jval(v), b, sizeof b),
                    !strcmp(keys[i], "ack_wait") ? " s" : "");
     }
 }
@@ -1507,5 +1530,8 @@ int cli_ops_main(const char *cmd, int argc, char **argv)
     if (send_all(&o.c, line, strlen(line)) == 0)
         rc = ops_run(&o, cmd, verb, argv + optind + 1, argc - optind - 1, &a);
     close(o.c.fd);
+    for (size_t i = 0; i < o.nnums; i++)
+        free(o.nums[i]);
+    free(o.nums);
     return rc;
 }

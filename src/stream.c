@@ -639,8 +639,18 @@ static cJSON *headers_obj(const char *hdr, size_t hl)
                 ve--;
             snprintf(name, sizeof name, "%.*s", (int)(colon - p), p);
             snprintf(val, sizeof val, "%.*s", (int)(ve - vs), vs);
-            if (!cJSON_GetObjectItemCaseSensitive(h, name))
+            cJSON *had = cJSON_GetObjectItemCaseSensitive(h, name);
+            if (!had) {
                 cJSON_AddStringToObject(h, name, val);
+            } else { /* a repeated header: its values as a list, in order */
+                if (!cJSON_IsArray(had)) {
+                    cJSON *list = cJSON_CreateArray();
+                    cJSON_AddItemToArray(list, cJSON_CreateString(had->valuestring));
+                    cJSON_ReplaceItemInObjectCaseSensitive(h, name, list);
+                    had = list;
+                }
+                cJSON_AddItemToArray(had, cJSON_CreateString(val));
+            }
         }
         p = le + 1;
     }
@@ -660,11 +670,16 @@ static cJSON *record_obj(stream_t *st, const slog_rec_t *r)
     free(s);
     if (r->hdr_len)
         cJSON_AddItemToObject(o, "headers", headers_obj(r->hdr, r->hdr_len));
+    /* JSON payloads go in as they are stored (cJSON would round integers
+     * beyond 2^53 through a double). */
     cJSON *data = r->payload_len && (r->payload[0] == '{' || r->payload[0] == '[')
                       ? cJSON_ParseWithLength(r->payload, r->payload_len)
                       : NULL;
-    if (data) {
-        cJSON_AddItemToObject(o, "data", data);
+    char *raw = data ? mem_dup(r->payload, r->payload_len) : NULL;
+    cJSON_Delete(data);
+    if (raw) {
+        cJSON_AddItemToObject(o, "data", cJSON_CreateRaw(raw));
+        free(raw);
     } else {
         char *p = mem_dup(r->payload, r->payload_len);
         cJSON_AddStringToObject(o, "payload", p ? p : "");
@@ -701,7 +716,16 @@ static int64_t parse_time(const char *s)
         double frac = 0;
         if (*rest == '.')
             frac = strtod(rest, (char **)&rest);
-        return (int64_t)timegm(&tm) * 1000000000 + (int64_t)(frac * 1e9);
+        int64_t off = 0; /* the zone: Z, +hh:mm or -hh:mm */
+        if ((*rest == '+' || *rest == '-') && strlen(rest) >= 6 && rest[3] == ':') {
+            off = (int64_t)(atoi(rest + 1) * 3600 + atoi(rest + 4) * 60) * (*rest == '-' ? -1 : 1);
+            rest += 6;
+        } else if (*rest == 'Z' || *rest == 'z') {
+            rest++;
+        }
+        if (*rest)
+            return -1;
+        return ((int64_t)timegm(&tm) - off) * 1000000000 + (int64_t)(frac * 1e9);
     }
     char *end;
     double v = strtod(s, &end);

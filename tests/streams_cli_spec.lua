@@ -434,3 +434,32 @@ describe("tide sub", function()
     assert.same({ 1, 2, 3, 4, 5, 6 }, seqs)
   end)
 end)
+
+describe("records as the store keeps them", function()
+  it("keep integers beyond 2^53 and every value of a repeated header, and honour time zones", function()
+    local s2 = h.start_scripted('listen { http = false }\nstream "big" { subjects = { "big.>" } }\n')
+    local c2 = h.connect(s2.port)
+    c2:send('CONNECT {"headers":true}\r\n')
+    c2:sub("_INBOX.big", "1")
+    c2:hpub("big.one", h.header_block { { "X", "1" }, { "X", "2" } }, '{"id":12345678901234567890,"n":-9007199254740993}',
+      "_INBOX.big")
+    assert(c2:msg())
+    local rc, out, err = h.sh(("timeout 20 '%s' stream get big 1 --json -s 127.0.0.1:%d > %s/big 2>&1"):format(
+      h.bin, s2.port, out_dir)), h.read_file(out_dir .. "/big")
+    assert.are.equal(0, rc, out)
+    assert.matches('"data":{"id":12345678901234567890,"n":-9007199254740993}', out, 1, true)
+    assert.matches('"headers":{"X":["1","2"]}', out, 1, true)
+    -- An hour ahead of UTC, an hour ago is now: the record is found; two hours ahead it is not.
+    local function count(since)
+      local m = assert(h.request(s2.port, "$TIDE.ADMIN.STREAM.EVENTS", json.encode { stream = "big", since = since }))
+      return #assert(json.decode(m.payload)).events
+    end
+    local t = os.time() - 30
+    assert.are.equal(1, count(os.date("!%Y-%m-%dT%H:%M:%S+00:00", t)))
+    assert.are.equal(1, count(os.date("!%Y-%m-%dT%H:%M:%S+01:00", t + 3600)))
+    assert.are.equal(0, count(os.date("!%Y-%m-%dT%H:%M:%S-01:00", t)))
+    c2:close()
+    s2:stop()
+    h.remove_tmpdir(s2.dir)
+  end)
+end)
