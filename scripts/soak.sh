@@ -8,6 +8,7 @@ make -s all
 echo "== reload under load: ${SOAK_EVENTS:-100000} events, a reload every 200"
 TIDE_SOAK_EVENTS=${SOAK_EVENTS:-100000} TIDE_ROOT=$(pwd) \
     lua5.4 /usr/bin/busted --lpath='tests/?.lua' --cpath='build/?.so' --filter='exactly once' tests/reload_spec.lua
+TIDE_CRASH_ROUNDS=${SOAK_CRASH_ROUNDS:-200} TIDE_ROOT=$(pwd) lua5.4 /usr/bin/busted --lpath='tests/?.lua' --cpath='build/?.so' --filter='once and in order' tests/store_recovery_spec.lua
 echo "== fuzzing the protocol parser for ${SOAK_FUZZ_SECONDS:-300}s"
 scripts/fuzz.sh run "${SOAK_FUZZ_SECONDS:-300}" 2>&1 | tail -3
 echo "== fuzzing the JSON layer for ${SOAK_FUZZ_SECONDS:-300}s"

@@ -35,7 +35,8 @@ typedef struct seg {
     uint32_t *off;  /* offset of each record, HOLE when it is not there */
     size_t cap;
     int fd;
-    off_t size; /* bytes in the file (not counting the write buffer) */
+    off_t size;  /* bytes in the file (not counting the write buffer) */
+    int damaged; /* skipped bytes lie between its records (see rec_len) */
     char path[];
 } seg_t;
 
@@ -69,8 +70,10 @@ struct slog {
     struct event *flush_ev, *tick_ev, *sync_ev;
     slog_commit_fn cb;
     void *ctx;
-    int failed;
+    int failed;          /* waiting to reopen after an I/O error */
     int fail_err;
+    int cut_pending;     /* the files may still hold records after cut_after */
+    uint64_t cut_after;
     uint64_t syncs, sync_errors, write_errors;
     /* The sync thread. */
     pthread_t th;
@@ -78,14 +81,17 @@ struct slog {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int efd;
-    int sfds[8];
-    int nsfds;
-    uint64_t want;     /* sync requested up to here */
-    int want_dir;
+    /* Files written since they were last synced.  There is room for every
+     * segment's file (made in segs_append), because a file left off this
+     * list would be reported synced without being so. */
+    int *sfds;
+    size_t nsfds, capsfds;
+    uint64_t want;    /* sync requested up to here */
+    int want_dir;     /* a segment was created: sync the directory */
+    int dir_unsynced; /* a failed round left it unsynced: again with the next round */
     int busy, stop;
-    uint64_t done;     /* synced up to here */
-    int done_err;      /* errno of a failed sync */
-    uint64_t err_upto; /* the sequence the failed sync was for */
+    uint64_t done; /* synced up to here */
+    int done_err;  /* errno of a failed sync */
 };
 
 /* ---- little-endian fields --------------------------------------------------- */
@@ -197,20 +203,60 @@ static int segs_append(slog_t *l, seg_t *s)
         l->segs = ns;
         l->capsegs = nc;
     }
+    /* Every segment may be waiting for a sync at once (a load that rolls
+     * many small segments during one fdatasync). */
+    pthread_mutex_lock(&l->mu);
+    if (l->capsfds < l->capsegs) {
+        int *nf = realloc(l->sfds, l->capsegs * sizeof *nf);
+        if (!nf) {
+            pthread_mutex_unlock(&l->mu);
+            return -1;
+        }
+        l->sfds = nf;
+        l->capsfds = l->capsegs;
+    }
+    pthread_mutex_unlock(&l->mu);
     l->segs[l->nsegs++] = s;
     return 0;
+}
+
+/* Puts a segment's file on the list of files to sync (mu held). */
+static void sync_list_add(slog_t *l, int fd)
+{
+    for (size_t i = 0; i < l->nsfds; i++)
+        if (l->sfds[i] == fd)
+            return;
+    l->sfds[l->nsfds++] = fd; /* there is room: see segs_append */
 }
 
 /* End of a segment's records, counting what is buffered for the active one. */
 static off_t seg_end(slog_t *l, seg_t *s) { return s->size + (s == active(l) ? (off_t)l->wlen : 0); }
 
-/* Bytes the record at index i of s takes. */
-static uint64_t rec_size(slog_t *l, seg_t *s, uint64_t i)
+/* Bytes from the record at index i of s to the next one (or the end). */
+static uint64_t rec_span(slog_t *l, seg_t *s, uint64_t i)
 {
     for (uint64_t j = i + 1; j < s->n; j++)
         if (s->off[j] != HOLE)
             return s->off[j] - s->off[i];
     return (uint64_t)seg_end(l, s) - s->off[i];
+}
+
+/* Bytes the record at index i of s takes, as counted in l->bytes: its span,
+ * unless damaged bytes skipped by the scan (or a record that failed its
+ * checksum later) may lie after it; then its own length field. */
+static uint64_t rec_len(slog_t *l, seg_t *s, uint64_t i)
+{
+    uint64_t span = rec_span(l, s, i);
+    if (!s->damaged)
+        return span;
+    off_t off = s->off[i];
+    char h[12];
+    if (off >= s->size)
+        memcpy(h, l->wbuf + (off - s->size), sizeof h);
+    else if (vfs_pread(s->fd, h, sizeof h, off) != (ssize_t)sizeof h)
+        return span;
+    uint32_t len = get32(h + 8);
+    return len >= REC_HDR && len <= span ? len : span;
 }
 
 /* ---- the dedup window ------------------------------------------------------- */
@@ -274,7 +320,8 @@ uint64_t slog_dedup_find(slog_t *l, const char *key, size_t len)
     if (l->o.dedup_window <= 0 || !len)
         return 0;
     dedup_expire(l, slog_now_ns());
-    return (uintptr_t)dict_get(&l->dedup, key, len);
+    uint64_t seq = (uintptr_t)dict_get(&l->dedup, key, len);
+    return l->cut_pending && seq > l->cut_after ? 0 : seq; /* reported lost: not a duplicate of it */
 }
 
 uint64_t slog_subject_last(slog_t *l, const char *subject, size_t len)
@@ -291,7 +338,7 @@ static void drop_first(slog_t *l)
     if (s) {
         uint64_t i = l->first_seq - s->first;
         if (s->off[i] != HOLE) {
-            l->bytes -= rec_size(l, s, i);
+            l->bytes -= rec_len(l, s, i);
             l->msgs--;
         }
     }
@@ -302,28 +349,35 @@ static void drop_first(slog_t *l)
 static void drop_segments(slog_t *l)
 {
     size_t k = 0;
-    pthread_mutex_lock(&l->mu);
-    int busy = l->busy;
-    pthread_mutex_unlock(&l->mu);
-    if (busy)
-        return; /* the sync thread may be using a file: next time */
     while (k + 1 < l->nsegs && l->segs[k]->first + l->segs[k]->n <= l->first_seq &&
-           l->segs[k]->first + l->segs[k]->n - 1 <= l->committed_seq) {
-        seg_t *s = l->segs[k];
-        pthread_mutex_lock(&l->mu);
-        for (int i = 0; i < l->nsfds; i++)
-            if (l->sfds[i] == s->fd)
-                l->sfds[i] = l->sfds[--l->nsfds];
+           l->segs[k]->first + l->segs[k]->n - 1 <= l->committed_seq)
+        k++;
+    if (!k)
+        return;
+    /* Take their files off the sync list in the same hold of the lock as
+     * the check that the sync thread has no copy of it: a file closed
+     * under a running fdatasync fails it (or, its number reused, syncs
+     * another file). */
+    pthread_mutex_lock(&l->mu);
+    if (l->busy) {
         pthread_mutex_unlock(&l->mu);
+        return; /* next time */
+    }
+    for (size_t j = 0; j < k; j++)
+        for (size_t i = 0; i < l->nsfds; i++)
+            if (l->sfds[i] == l->segs[j]->fd) {
+                l->sfds[i] = l->sfds[--l->nsfds];
+                break; /* listed once */
+            }
+    pthread_mutex_unlock(&l->mu);
+    for (size_t j = 0; j < k; j++) {
+        seg_t *s = l->segs[j];
         if (vfs_unlink(s->path) != 0)
             log_warn("store: cannot delete %s: %s", s->path, strerror(errno));
         seg_free(s);
-        k++;
     }
-    if (k) {
-        memmove(l->segs, l->segs + k, (l->nsegs - k) * sizeof *l->segs);
-        l->nsegs -= k;
-    }
+    memmove(l->segs, l->segs + k, (l->nsegs - k) * sizeof *l->segs);
+    l->nsegs -= k;
 }
 
 static void enforce_counts(slog_t *l)
@@ -378,21 +432,33 @@ void slog_set_limits(slog_t *l, const slog_opts_t *o)
 static void *sync_main(void *arg)
 {
     slog_t *l = arg;
+    int *fds = NULL; /* this round's files: a copy the loop does not touch */
+    size_t capfds = 0;
     pthread_mutex_lock(&l->mu);
     for (;;) {
         while (!l->stop && l->want <= l->done && !l->nsfds && !l->want_dir)
             pthread_cond_wait(&l->cv, &l->mu);
         if (l->stop && l->want <= l->done && !l->nsfds)
             break;
-        int fds[8], n = l->nsfds, dir = l->want_dir;
+        size_t n = l->nsfds;
+        int dir = l->want_dir || l->dir_unsynced, err = 0;
         uint64_t target = l->want;
-        memcpy(fds, l->sfds, sizeof fds);
+        if (n > capfds) {
+            int *nf = realloc(fds, n * sizeof *nf);
+            if (nf) {
+                fds = nf;
+                capfds = n;
+            } else {
+                err = ENOMEM; /* a failed sync: the loop reports it */
+            }
+        }
+        if (n && !err)
+            memcpy(fds, l->sfds, n * sizeof *fds);
         l->nsfds = 0;
-        l->want_dir = 0;
+        l->want_dir = l->dir_unsynced = 0;
         l->busy = 1;
         pthread_mutex_unlock(&l->mu);
-        int err = 0;
-        for (int i = 0; i < n && !err; i++)
+        for (size_t i = 0; i < n && !err; i++)
             if (vfs_sync(fds[i]) != 0)
                 err = errno ? errno : EIO;
         if (!err && dir && vfs_sync_dir(l->dir) != 0)
@@ -401,8 +467,12 @@ static void *sync_main(void *arg)
         l->busy = 0;
         l->syncs++;
         if (err) {
+            /* Not retried here: the loop fails what waited for this round
+             * (fail_after) and a later request starts a new one.  A round
+             * with nothing to sync must not report `target` done. */
             l->done_err = err;
-            l->err_upto = target;
+            l->want = l->done;
+            l->dir_unsynced = dir;
         } else if (target > l->done) {
             l->done = target;
         }
@@ -412,17 +482,15 @@ static void *sync_main(void *arg)
         }
     }
     pthread_mutex_unlock(&l->mu);
+    free(fds);
     return NULL;
 }
 
 static void request_sync(slog_t *l, int fd, uint64_t upto, int dir)
 {
     pthread_mutex_lock(&l->mu);
-    int have = 0;
-    for (int i = 0; i < l->nsfds; i++)
-        have |= l->sfds[i] == fd;
-    if (!have && fd >= 0 && l->nsfds < 8)
-        l->sfds[l->nsfds++] = fd;
+    if (fd >= 0)
+        sync_list_add(l, fd);
     if (upto > l->want)
         l->want = upto;
     l->want_dir |= dir;
@@ -432,38 +500,74 @@ static void request_sync(slog_t *l, int fd, uint64_t upto, int dir)
 
 static int reopen(slog_t *l);
 
-/* Everything after `good` is gone: tell the owner, forget it in memory and
- * on disk (by reopening from what is there, cut at `good`). */
+/* Reopens a failed log from the disk, unless the sync thread is in the
+ * middle of a round: it may be syncing a file that reopening closes.  The
+ * end of that round (on_sync_done) or the tick tries again. */
+static void reopen_when_idle(slog_t *l)
+{
+    pthread_mutex_lock(&l->mu);
+    int busy = l->busy;
+    pthread_mutex_unlock(&l->mu);
+    if (!busy)
+        reopen(l);
+}
+
+/* Notes that the records after `good` are to be cut off the files. */
+static void cut_later(slog_t *l, uint64_t good)
+{
+    if (!l->cut_pending || good < l->cut_after)
+        l->cut_after = good;
+    l->cut_pending = 1;
+}
+
+/* Everything after `good` is gone: tell the owner (error PubAcks), drop
+ * what is buffered and rebuild from the disk, once the records after
+ * `good` are cut off the files (in reopen). */
 static void fail_after(slog_t *l, uint64_t good, int err)
 {
     l->failed = 1;
     l->fail_err = err;
+    cut_later(l, good);
     if (l->cb)
         l->cb(l->ctx, good, err);
-    /* Cut the files at `good` so that what was not acknowledged is not
-     * served later by accident, then rebuild everything from the disk. */
     l->wlen = 0;
     l->wfirst = 0;
-    for (size_t i = l->nsegs; i-- > 0;) {
-        seg_t *s = l->segs[i];
-        if (s->first > good + 1 && s->n == 0)
-            continue;
-        if (good + 1 < s->first + s->n) {
-            off_t cut = good + 1 <= s->first ? SEG_HDR : 0;
-            for (uint64_t q = good + 1; q < s->first + s->n && !cut; q++)
-                if (s->off[q - s->first] != HOLE)
-                    cut = s->off[q - s->first];
-            if (cut && cut < s->size && vfs_truncate(s->fd, cut) != 0)
-                log_error("store: cannot cut %s after a failed write: %s", s->path, strerror(errno));
-        }
-    }
     pthread_mutex_lock(&l->mu);
-    int busy = l->busy;
     l->nsfds = 0;
     l->want = l->done;
     pthread_mutex_unlock(&l->mu);
-    if (!busy)
-        reopen(l);
+    reopen_when_idle(l);
+}
+
+/*
+ * Takes the records after `good` off the files, so that what a failed
+ * write or sync was reported lost for is not read back later as stored:
+ * the segment holding good + 1 is cut before it, later segments are
+ * deleted (an empty segment left behind would be read as the place the
+ * log had reached, leaving a gap in the sequences).  Uses the index, so
+ * it runs before the reopen rebuilds it.  0, or -1 (errno) to try again.
+ */
+static int cut_files(slog_t *l, uint64_t good)
+{
+    for (size_t i = l->nsegs; i-- > 0;) {
+        seg_t *s = l->segs[i];
+        if (s->first + s->n <= good + 1)
+            break; /* this one, and so every older one, ends at or before good */
+        if (s->first > good + 1) {
+            if (vfs_unlink(s->path) != 0 && errno != ENOENT)
+                return -1;
+            continue;
+        }
+        off_t cut = 0;
+        for (uint64_t q = good + 1; q < s->first + s->n && !cut; q++)
+            if (s->off[q - s->first] != HOLE)
+                cut = s->off[q - s->first];
+        if (good + 1 == s->first)
+            cut = SEG_HDR;
+        if (cut && cut < s->size && vfs_truncate(s->fd, cut) != 0)
+            return -1;
+    }
+    return 0;
 }
 
 static void on_sync_done(evutil_socket_t fd, short what, void *arg)
@@ -478,7 +582,7 @@ static void on_sync_done(evutil_socket_t fd, short what, void *arg)
     l->done_err = 0;
     pthread_mutex_unlock(&l->mu);
     if (l->failed) {
-        reopen(l);
+        reopen_when_idle(l);
         return;
     }
     if (err) {
@@ -543,8 +647,8 @@ static int flush(slog_t *l)
             }
             qs->n--;
         }
-        /* A segment made for the failed records goes with them (its file
-         * stays: the next append writes its header again). */
+        /* A segment rolled for the failed records stays, empty: the next
+         * append writes its header again. */
         l->last_seq = good;
         if (l->first_seq > good + 1)
             l->first_seq = good + 1;
@@ -563,11 +667,7 @@ static int flush(slog_t *l)
     } else {
         if (l->o.fsync == FSYNC_INTERVAL) {
             pthread_mutex_lock(&l->mu);
-            int have = 0;
-            for (int i = 0; i < l->nsfds; i++)
-                have |= l->sfds[i] == s->fd;
-            if (!have && l->nsfds < 8)
-                l->sfds[l->nsfds++] = s->fd;
+            sync_list_add(l, s->fd);
             pthread_mutex_unlock(&l->mu);
         }
         l->committed_seq = l->last_seq;
@@ -612,7 +712,10 @@ static int roll(slog_t *l, uint64_t seq)
         errno = e;
         return -1;
     }
-    if (l->o.fsync == FSYNC_ALWAYS)
+    /* The new name is on the disk once the directory is synced: before
+     * its records are acknowledged under "always", within the interval
+     * under "interval". */
+    if (l->o.fsync != FSYNC_NEVER)
         request_sync(l, -1, 0, 1);
     return 0;
 }
@@ -729,13 +832,13 @@ uint64_t slog_append(slog_t *l, const slog_rec_t *r)
 
 int slog_read(slog_t *l, uint64_t seq, slog_rec_t *out, char **buf, size_t *cap)
 {
-    if (seq < l->first_seq || seq > l->last_seq)
-        return 0;
+    if (seq < l->first_seq || seq > l->last_seq || (l->cut_pending && seq > l->cut_after))
+        return 0; /* (the last: reported lost, the index not yet rebuilt) */
     seg_t *s = seg_for(l, seq);
     if (!s || s->off[seq - s->first] == HOLE)
         return 0;
     off_t off = s->off[seq - s->first];
-    size_t n = (size_t)rec_size(l, s, seq - s->first);
+    size_t n = (size_t)rec_span(l, s, seq - s->first);
     if (n > *cap) {
         char *nb = realloc(*buf, n);
         if (!nb) {
@@ -755,9 +858,10 @@ int slog_read(slog_t *l, uint64_t seq, slog_rec_t *out, char **buf, size_t *cap)
     uint32_t len;
     if (!parse_rec(*buf, n, out, &len) || out->seq != seq) {
         log_error("store: %s: record %" PRIu64 " failed its checksum on read", l->dir, seq);
-        s->off[seq - s->first] = HOLE;
+        l->bytes -= rec_len(l, s, seq - s->first);
         l->msgs--;
-        l->bytes -= n;
+        s->off[seq - s->first] = HOLE;
+        s->damaged = 1;
         return 0;
     }
     return 1;
@@ -882,6 +986,7 @@ static int scan_segment(slog_t *l, seg_t *s, int is_last, slog_report_t *rep, in
         if (found) {
             rep->corrupt++;
             rep->corrupt_bytes += q - p;
+            s->damaged = 1;
             log_warn("store: %s: damaged record at offset %zu (%zu bytes) skipped; records from sequence %" PRIu64
                      " on are kept", s->path, p, q - p, r.seq);
             p = q;
@@ -898,6 +1003,7 @@ static int scan_segment(slog_t *l, seg_t *s, int is_last, slog_report_t *rep, in
         }
         rep->corrupt++;
         rep->corrupt_bytes += size - p;
+        s->damaged = 1;
         log_warn("store: %s: damaged record at offset %zu (%zu bytes to the end) skipped", s->path, p, size - p);
         break;
     }
@@ -996,16 +1102,23 @@ static int load(slog_t *l, slog_report_t *rep)
     return 0;
 }
 
+/* Rebuilds a failed log from the disk.  0, or -1 with the log still
+ * failed (the tick tries again). */
 static int reopen(slog_t *l)
 {
     slog_report_t rep;
+    if (l->cut_pending) {
+        if (cut_files(l, l->cut_after) < 0) {
+            log_error("store: %s: cannot cut off the records after sequence %" PRIu64 " (%s); retrying", l->dir,
+                      l->cut_after, strerror(errno));
+            return -1;
+        }
+        l->cut_pending = 0;
+    }
     clear_memory(l);
     if (load(l, &rep) < 0) {
         log_error("store: %s: cannot reopen (%s); retrying", l->dir, strerror(errno));
         clear_memory(l);
-        l->failed = 1;
-        struct timeval tv = {1, 0};
-        event_add(l->tick_ev, &tv);
         return -1;
     }
     l->failed = 0;
@@ -1020,11 +1133,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     slog_t *l = arg;
     if (l->failed) {
-        pthread_mutex_lock(&l->mu);
-        int busy = l->busy;
-        pthread_mutex_unlock(&l->mu);
-        if (!busy)
-            reopen(l);
+        reopen_when_idle(l);
         return;
     }
     if (l->o.fsync == FSYNC_INTERVAL) {
@@ -1100,18 +1209,33 @@ void slog_close(slog_t *l)
     if (l->have_thread) {
         pthread_mutex_lock(&l->mu);
         if (l->o.fsync != FSYNC_NEVER && active(l)) {
-            int fd = active(l)->fd, have = 0;
-            for (int i = 0; i < l->nsfds; i++)
-                have |= l->sfds[i] == fd;
-            if (!have && l->nsfds < 8)
-                l->sfds[l->nsfds++] = fd;
+            sync_list_add(l, active(l)->fd);
             l->want = l->last_seq;
         }
         l->stop = 1;
         pthread_cond_signal(&l->cv);
         pthread_mutex_unlock(&l->mu);
         pthread_join(l->th, NULL);
+        /* The last round decides for the records still waiting. */
+        if (l->o.fsync == FSYNC_ALWAYS && !l->failed && l->last_seq > l->committed_seq) {
+            if (l->done_err) {
+                log_error("store: %s: fdatasync failed (%s) at close; the records after sequence %" PRIu64
+                          " are taken back", l->dir, strerror(l->done_err), l->committed_seq);
+                cut_later(l, l->committed_seq);
+                if (l->cb)
+                    l->cb(l->ctx, l->committed_seq, l->done_err);
+            } else if (l->done > l->committed_seq) {
+                l->committed_seq = l->done;
+                if (l->cb)
+                    l->cb(l->ctx, l->done, 0);
+            }
+        }
     }
+    /* What a failed write or sync left in the files must not be there at
+     * the next start. */
+    if (l->cut_pending && cut_files(l, l->cut_after) < 0)
+        log_error("store: %s: cannot cut off the records after sequence %" PRIu64 " (%s); they will be read back",
+                  l->dir, l->cut_after, strerror(errno));
     if (l->flush_ev)
         event_free(l->flush_ev);
     if (l->tick_ev)
@@ -1125,6 +1249,7 @@ void slog_close(slog_t *l)
     free(l->dq);
     free(l->wbuf);
     free(l->undo);
+    free(l->sfds);
     free(l->dir);
     pthread_mutex_destroy(&l->mu);
     pthread_cond_destroy(&l->cv);

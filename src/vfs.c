@@ -1,4 +1,13 @@
-/* vfs.c - the store's file calls, with fault injection for tests (see vfs.h). */
+/*
+ * vfs.c - the store's file calls, with fault injection for tests (see
+ * vfs.h).
+ *
+ * Power loss takes from each file what was not synced (its length at its
+ * last sync), and takes away each file created since its directory was
+ * last synced: a new name is on the disk only once its directory is.  A
+ * file renamed over an existing one keeps the name; a new file renamed to
+ * a new name is still new.
+ */
 #include "vfs.h"
 
 #include <errno.h>
@@ -34,6 +43,12 @@ static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 /* For power loss: each open fd's length at its last sync. */
 static off_t synced_len[MAX_TRACKED];
 static char tracked[MAX_TRACKED];
+
+/* For power loss: the files created whose directory was not synced since
+ * (paths, malloc'd; past MAX_NEW a new file counts as synced). */
+#define MAX_NEW 256
+static char *new_files[MAX_NEW];
+static int nnew;
 
 static int parse_errno(const char *s)
 {
@@ -114,15 +129,33 @@ int vfs_init(char *err, size_t errsz)
 
 int vfs_faulty(void) { return nfaults > 0; }
 
+/* The index of path among the new files, or -1 (mu held). */
+static int new_find(const char *path)
+{
+    for (int i = 0; i < nnew; i++)
+        if (!strcmp(new_files[i], path))
+            return i;
+    return -1;
+}
+
+/* Drops entry i of the new files (mu held). */
+static void new_forget(int i)
+{
+    free(new_files[i]);
+    new_files[i] = new_files[--nnew];
+}
+
 static void power_loss(void)
 {
     /* What a disk keeps of the files after the lights go out: the bytes
-     * that were synced. */
+     * that were synced, of the names that were synced. */
     for (int fd = 0; fd < MAX_TRACKED; fd++)
         if (tracked[fd])
             if (ftruncate(fd, synced_len[fd]) != 0) {
                 /* nothing to do: we are going down */
             }
+    for (int i = 0; i < nnew; i++)
+        unlink(new_files[i]);
     log_warn("store: simulated power loss");
     _exit(99);
 }
@@ -167,8 +200,15 @@ int vfs_open(const char *path, int flags, mode_t mode)
     int fd = open(path, flags | O_CLOEXEC, mode);
     if (fd >= 0) {
         track(fd);
-        if (!existed && powerloss_armed && fd < MAX_TRACKED)
-            synced_len[fd] = 0;
+        if (!existed && powerloss_armed) {
+            pthread_mutex_lock(&mu);
+            if (fd < MAX_TRACKED)
+                synced_len[fd] = 0;
+            char *p = nnew < MAX_NEW ? strdup(path) : NULL;
+            if (p)
+                new_files[nnew++] = p;
+            pthread_mutex_unlock(&mu);
+        }
     }
     return fd;
 }
@@ -272,10 +312,39 @@ int vfs_rename(const char *from, const char *to)
         errno = e;
         return -1;
     }
-    return rename(from, to);
+    int replaces = powerloss_armed && access(to, F_OK) == 0;
+    if (rename(from, to) != 0)
+        return -1;
+    if (powerloss_armed) {
+        pthread_mutex_lock(&mu);
+        int i = new_find(from);
+        if (i >= 0) {
+            char *p = replaces ? NULL : strdup(to);
+            if (p) {
+                free(new_files[i]);
+                new_files[i] = p;
+            } else {
+                new_forget(i);
+            }
+        }
+        pthread_mutex_unlock(&mu);
+    }
+    return 0;
 }
 
-int vfs_unlink(const char *path) { return unlink(path); }
+int vfs_unlink(const char *path)
+{
+    if (unlink(path) != 0)
+        return -1;
+    if (powerloss_armed) {
+        pthread_mutex_lock(&mu);
+        int i = new_find(path);
+        if (i >= 0)
+            new_forget(i);
+        pthread_mutex_unlock(&mu);
+    }
+    return 0;
+}
 
 int vfs_sync_dir(const char *path)
 {
@@ -287,6 +356,17 @@ int vfs_sync_dir(const char *path)
     close(fd);
     if (e)
         errno = e;
+    if (rc == 0 && powerloss_armed) {
+        /* The names in it are on the disk now. */
+        size_t n = strlen(path);
+        pthread_mutex_lock(&mu);
+        for (int i = 0; i < nnew;)
+            if (!strncmp(new_files[i], path, n) && new_files[i][n] == '/' && !strchr(new_files[i] + n + 1, '/'))
+                new_forget(i);
+            else
+                i++;
+        pthread_mutex_unlock(&mu);
+    }
     return rc;
 }
 
