@@ -1064,23 +1064,47 @@ static int load_state(consumer_t *c)
         c->next_seq = start_seq(c);
         c->gen = 0;
     }
-    /* Replay the log of the same generation. */
+    /* Replay the log of the same generation (a log with a damaged header
+     * too: replaying a stale log can only make events be delivered again,
+     * never lose one). */
+    uint64_t base_next = c->next_seq;
     char path[4200];
     snprintf(path, sizeof path, "%s/acks.log", c->dir);
     int fd = vfs_open(path, O_RDONLY, 0);
-    uint64_t replayed = 0, bad = 0;
+    uint64_t replayed = 0, bad = 0, torn = 0;
+    dict_t acked; /* sequences the log says are done */
+    dict_init(&acked);
+    if (fd < 0 && snap > 0)
+        log_warn("consumer %s: %s is missing: events acknowledged since the last snapshot may be delivered again",
+                 c->cfg.name, path);
     if (fd >= 0) {
         char h[16];
-        uint64_t lgen;
-        if (vfs_pread(fd, h, 16, 0) == 16 && !memcmp(h, "TIDEACK1", 8) &&
-            (memcpy(&lgen, h + 8, 8), snap <= 0 || lgen == c->gen)) {
-            if (snap <= 0)
+        uint64_t lgen = 0;
+        int hdr_ok = vfs_pread(fd, h, 16, 0) == 16 && !memcmp(h, "TIDEACK1", 8);
+        if (hdr_ok)
+            memcpy(&lgen, h + 8, 8);
+        else
+            log_warn("consumer %s: the header of %s is damaged; its records are applied anyway", c->cfg.name, path);
+        if (hdr_ok && snap == 0 && lgen > 0)
+            log_warn("consumer %s: its state snapshot is missing; rebuilding from %s and the deliver policy "
+                     "(events acknowledged earlier may be delivered again)", c->cfg.name, path);
+        if (hdr_ok && snap > 0 && lgen < c->gen) {
+            log_info("consumer %s: %s is older than the snapshot: not applied", c->cfg.name, path);
+        } else {
+            if (hdr_ok && snap > 0 && lgen > c->gen)
+                log_warn("consumer %s: the snapshot is older than %s: events acknowledged in between may be "
+                         "delivered again", c->cfg.name, path);
+            if (hdr_ok && snap <= 0)
                 c->gen = lgen;
             fresh = 0;
             char rec[OP_LEN * 256];
             off_t off = 16;
             ssize_t got;
-            while ((got = vfs_pread(fd, rec, sizeof rec, off)) >= OP_LEN) {
+            while ((got = vfs_pread(fd, rec, sizeof rec, off)) > 0) {
+                if (got < OP_LEN) {
+                    torn = (uint64_t)got;
+                    break;
+                }
                 for (ssize_t i = 0; i + OP_LEN <= got; i += OP_LEN) {
                     char *r = rec + i;
                     uint32_t crc, n;
@@ -1110,6 +1134,7 @@ static int load_state(consumer_t *c)
                             free(p);
                         }
                         del_parked(parked, &nparked, seq);
+                        dict_put(&acked, (const char *)&seq, 8, c);
                     } else if (r[0] == 'P') {
                         add_parked(&parked, &nparked, &capparked, seq);
                         if (seq >= c->next_seq)
@@ -1124,6 +1149,31 @@ static int load_state(consumer_t *c)
     if (bad)
         log_warn("consumer %s: skipped %" PRIu64 " damaged record%s in its ack log", c->cfg.name, bad,
                  bad == 1 ? "" : "s");
+    if (torn)
+        log_warn("consumer %s: its ack log ends in the middle of a record (%" PRIu64 " bytes ignored)", c->cfg.name,
+                 torn);
+    /* Whatever the damage, no event is lost: an event the consumer passed
+     * (below next_seq) that is neither in flight, parked nor acknowledged
+     * according to what survived is delivered again. */
+    if (nparked)
+        qsort(parked, nparked, sizeof *parked, cmp_u64);
+    uint64_t refilled = 0;
+    size_t fl = strlen(c->cfg.filter);
+    for (uint64_t q = base_next; q < c->next_seq; q++) {
+        if (pend_get(c, q) || dict_get(&acked, (const char *)&q, 8) ||
+            (nparked && bsearch(&q, parked, nparked, sizeof *parked, cmp_u64)))
+            continue;
+        slog_rec_t r;
+        if (slog_read(c->st->log, q, &r, &c->sm->rbuf, &c->sm->rcap) <= 0 ||
+            (fl && !subject_matches(c->cfg.filter, fl, r.subject, r.subject_len)))
+            continue;
+        if (pend_new(c, q, NULL))
+            refilled++;
+    }
+    dict_clear(&acked, NULL);
+    if (refilled)
+        log_warn("consumer %s: %" PRIu64 " event%s whose state was lost will be delivered again", c->cfg.name,
+                 refilled, refilled == 1 ? "" : "s");
     /* Keys of what is in flight, then the parked events behind them. */
     int64_t now = mono_ns();
     for (size_t i = 0; i < c->pending.cap; i++) {
@@ -1139,8 +1189,6 @@ static int load_state(consumer_t *c)
         }
         schedule(c, p, 1, now); /* unacked before the restart: deliver again */
     }
-    if (nparked)
-        qsort(parked, nparked, sizeof *parked, cmp_u64);
     for (size_t i = 0; i < nparked; i++) {
         slog_rec_t r;
         if (slog_read(c->st->log, parked[i], &r, &c->sm->rbuf, &c->sm->rcap) <= 0)

@@ -20,7 +20,8 @@
  *
  * Power loss is simulated per file: each file's length at its last
  * successful sync (its length when opened, for files that existed) is what
- * a disk would have kept of an append-only file.
+ * a disk would have kept of an append-only file, and a file created since
+ * its directory was last synced is gone.
  *
  * vfs_sync may be called from the sync thread; everything else from the
  * loop thread (or before it runs).

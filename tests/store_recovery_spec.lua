@@ -857,20 +857,13 @@ describe("stream store recovery", function()
     print("\n   " .. table.concat(report, "\n   "))
   end)
 
-  -- Known bugs in src/consumer.c (reported; not in the files this spec's
-  -- author may change): pending unless TIDE_KNOWN_BUGS=1.
-  local function known_bug(what)
-    if os.getenv("TIDE_KNOWN_BUGS") ~= "1" then pending("known bug in src/consumer.c: " .. what) end
-  end
 
   it("redelivers an event whose delivery record in acks.log is damaged", function()
-    known_bug("a damaged D record in acks.log loses that event: the replay moves next_seq past it")
     local missing = consumer_after_damage(log_flip("D", 20, 7))
     assert.same({}, missing)
   end)
 
   it("says in the log when a consumer's state file is missing, cut short or unreadable", function()
-    known_bug("a missing state or acks.log, an acks.log cut inside a record or with a damaged header is not logged")
     for _, v in ipairs {
       { "state deleted", function(dir) os.remove(dir .. "state") end },
       { "acks.log deleted", function(dir) os.remove(dir .. "acks.log") end },
