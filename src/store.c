@@ -28,6 +28,7 @@
 #define REC_HDR 40
 #define HOLE UINT32_MAX
 #define MAX_SEGMENT (1u << 30)
+#define SCAN_WINDOW (4u << 20) /* recovery lets go of what it scanned every 4 MiB */
 
 typedef struct seg {
     uint64_t first; /* sequence of index slot 0 */
@@ -944,7 +945,15 @@ static int scan_segment(slog_t *l, seg_t *s, int is_last, slog_report_t *rep, in
         log_warn("store: %s: damaged segment header (kept: records carry their own sequence)", s->path);
     size_t p = SEG_HDR;
     uint64_t prev = l->last_seq;
+    size_t dropped = 0; /* the mapping before this is out of our RSS */
     while (p < size) {
+        if (p - dropped >= SCAN_WINDOW) {
+            /* Scanned pages stay in the page cache but leave this process:
+             * memory does not grow with the size of a segment. */
+            size_t upto = (p / SCAN_WINDOW) * SCAN_WINDOW;
+            madvise(map + dropped, upto - dropped, MADV_DONTNEED);
+            dropped = upto;
+        }
         slog_rec_t r;
         uint32_t len;
         if (parse_rec(map + p, size - p, &r, &len) && r.seq > prev && r.seq >= s->first) {
