@@ -395,12 +395,7 @@ static pend_t *pend_new(consumer_t *c, uint64_t seq, char *key)
     return p;
 }
 
-static uint64_t committed(consumer_t *c)
-{
-    slog_info_t in;
-    slog_get_info(c->st->log, &in);
-    return in.committed_seq;
-}
+static uint64_t committed(consumer_t *c) { return slog_committed(c->st->log); }
 
 static void nak(consumer_t *c, pend_t *p, int64_t delay_ns);
 static void gather(consumer_t *c, pend_t *p, const slog_rec_t *r);

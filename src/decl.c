@@ -147,7 +147,7 @@ int l_storage(lua_State *L)
 static int declare_stream(lua_State *L, const char *name)
 {
     static const char *const known[] = {"subjects", "max_msgs", "max_bytes", "max_age", "fsync", "sync_interval",
-                                        "dedup_window", "segment_size", NULL};
+                                        "dedup_window", "segment_size", "dedup_key", NULL};
     state_t *st = state_of(L);
     char what[100];
     snprintf(what, sizeof what, "stream '%s'", name);
@@ -165,6 +165,7 @@ static int declare_stream(lua_State *L, const char *name)
     where(L, c.where, sizeof c.where);
     /* Anchor: cleanup of a half-made cfg on error is simpler when it is in
      * the state already. */
+    c.dedup_fn_ref = LUA_NOREF;
     stream_cfg_t *slot = &st->streams[st->nstreams++];
     *slot = c;
     if (lua_getfield(L, t, "subjects") == LUA_TSTRING) {
@@ -206,6 +207,15 @@ static int declare_stream(lua_State *L, const char *name)
     else return luaL_error(L, "%s: fsync must be \"always\", \"interval\" or \"never\"", what);
     if (o->fsync == FSYNC_INTERVAL && o->sync_interval <= 0)
         return luaL_error(L, "%s: sync_interval must be above 0", what);
+    /* dedup_key = function(e) return key end: the key of events that have
+     * neither a Nats-Msg-Id nor a CloudEvents source and id. */
+    int kt = lua_getfield(L, t, "dedup_key");
+    if (kt == LUA_TFUNCTION)
+        slot->dedup_fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    else if (kt != LUA_TNIL)
+        return luaL_error(L, "%s: dedup_key must be a function(e) returning the key", what);
+    else
+        lua_pop(L, 1);
     return 0;
 }
 

@@ -406,6 +406,40 @@ static int hook_upgrade(void *ctx, const proto_msg_t *in, proto_msg_t *out, char
     return rc;
 }
 
+/* stream { dedup_key = function(e) ... end }: the key for m. */
+static size_t hook_dedup_key(void *ctx, const char *stream, const proto_msg_t *m, char *out, size_t n)
+{
+    script_host_t *h = ctx;
+    state_t *st = h->cur;
+    int ref = LUA_NOREF;
+    for (int i = 0; i < st->nstreams; i++)
+        if (!strcmp(st->streams[i].name, stream))
+            ref = st->streams[i].dedup_fn_ref;
+    if (ref == LUA_NOREF)
+        return 0;
+    lua_State *L = st->L;
+    int top = lua_gettop(L);
+    size_t k = 0;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    event_t *ev = event_push(L, m, 0);
+    if (budget_call(st, 1, 1) != LUA_OK) {
+        char msg[700];
+        snprintf(msg, sizeof msg, "stream %s: dedup_key: %s (stored without a key)", stream,
+                 lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
+        log_rate_limited(h, msg);
+    } else if (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER) {
+        size_t l;
+        const char *s = lua_tolstring(L, -1, &l);
+        if (l && l <= n) {
+            memcpy(out, s, l);
+            k = l;
+        }
+    }
+    event_expire_ptr(ev);
+    lua_settop(L, top);
+    return k;
+}
+
 static int hook_busy(void *ctx)
 {
     script_host_t *h = ctx;
@@ -414,7 +448,7 @@ static int hook_busy(void *ctx)
 
 void durable_set_hooks(script_host_t *h)
 {
-    stream_hooks_t hooks = {h, hook_busy, hook_upgrade, hook_handle};
+    stream_hooks_t hooks = {h, hook_busy, hook_upgrade, hook_handle, hook_dedup_key};
     streams_set_hooks(h->streams, &hooks);
 }
 

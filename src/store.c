@@ -28,6 +28,7 @@
 #define REC_HDR 40
 #define HOLE UINT32_MAX
 #define MAX_SEGMENT (1u << 30)
+#define READ_AHEAD (64u << 10)
 #define SCAN_WINDOW (4u << 20) /* recovery lets go of what it scanned every 4 MiB */
 
 typedef struct seg {
@@ -38,6 +39,12 @@ typedef struct seg {
     int fd;
     off_t size;  /* bytes in the file (not counting the write buffer) */
     int damaged; /* skipped bytes lie between its records (see rec_len) */
+    /* Read-ahead: a consumer reads records in order, so one pread fetches
+     * the next READ_AHEAD bytes and the records in them cost no syscall.
+     * Records never change once written; a cut of the file clears it. */
+    char *rc;
+    off_t rc_off;
+    size_t rc_len;
     char path[];
 } seg_t;
 
@@ -159,7 +166,46 @@ static void seg_free(seg_t *s)
     if (s->fd >= 0)
         vfs_close(s->fd);
     free(s->off);
+    free(s->rc);
     free(s);
+}
+
+/* Cuts the segment's file (and forgets what the read-ahead held). */
+static int seg_truncate(seg_t *s, off_t len)
+{
+    s->rc_len = 0;
+    return vfs_truncate(s->fd, len);
+}
+
+/* Copies n bytes at off (all below s->size) into out, through the read-ahead. */
+static int seg_pread(seg_t *s, char *out, size_t n, off_t off)
+{
+    if (!(s->rc_len && off >= s->rc_off && off + (off_t)n <= s->rc_off + (off_t)s->rc_len)) {
+        size_t want = n > READ_AHEAD ? n : READ_AHEAD;
+        if (off + (off_t)want > s->size)
+            want = (size_t)(s->size - off);
+        if (!s->rc || want > READ_AHEAD) {
+            char *nb = realloc(s->rc, want > READ_AHEAD ? want : READ_AHEAD);
+            if (!nb)
+                return vfs_pread(s->fd, out, n, off) == (ssize_t)n ? 0 : -1;
+            s->rc = nb;
+        }
+        s->rc_len = 0;
+        ssize_t got = vfs_pread(s->fd, s->rc, want, off);
+        if (got < (ssize_t)n)
+            return -1;
+        s->rc_off = off;
+        s->rc_len = (size_t)got;
+        if (want > READ_AHEAD) { /* one big record: do not keep a big buffer */
+            memcpy(out, s->rc, n);
+            free(s->rc);
+            s->rc = NULL;
+            s->rc_len = 0;
+            return 0;
+        }
+    }
+    memcpy(out, s->rc + (off - s->rc_off), n);
+    return 0;
 }
 
 static int seg_push(seg_t *s, uint32_t off)
@@ -565,7 +611,7 @@ static int cut_files(slog_t *l, uint64_t good)
                 cut = s->off[q - s->first];
         if (good + 1 == s->first)
             cut = SEG_HDR;
-        if (cut && cut < s->size && vfs_truncate(s->fd, cut) != 0)
+        if (cut && cut < s->size && seg_truncate(s, cut) != 0)
             return -1;
     }
     return 0;
@@ -621,7 +667,7 @@ static int flush(slog_t *l)
         uint64_t good = l->wfirst ? l->wfirst - 1 : l->last_seq;
         log_error("store: %s: write failed (%s); %" PRIu64 " record%s not stored", l->dir, strerror(err),
                   l->last_seq - good, l->last_seq - good == 1 ? "" : "s");
-        if (vfs_truncate(s->fd, before) != 0) {
+        if (seg_truncate(s, before) != 0) {
             log_error("store: %s: cannot take back a partial write (%s)", l->dir, strerror(errno));
             fail_after(l, good < l->committed_seq ? good : l->committed_seq, err);
             return -1;
@@ -851,7 +897,7 @@ int slog_read(slog_t *l, uint64_t seq, slog_rec_t *out, char **buf, size_t *cap)
     }
     if (off >= s->size) {
         memcpy(*buf, l->wbuf + (off - s->size), n);
-    } else if (vfs_pread(s->fd, *buf, n, off) != (ssize_t)n) {
+    } else if (seg_pread(s, *buf, n, off) != 0) {
         if (!errno)
             errno = EIO;
         return -1;
@@ -883,6 +929,8 @@ uint64_t slog_seq_at_time(slog_t *l, int64_t ts)
     }
     return lo;
 }
+
+uint64_t slog_committed(const slog_t *l) { return l->committed_seq; }
 
 void slog_get_info(slog_t *l, slog_info_t *o)
 {
@@ -928,7 +976,7 @@ static int scan_segment(slog_t *l, seg_t *s, int is_last, slog_report_t *rep, in
             if (is_last) {
                 rep->torn_bytes += size;
                 log_warn("store: %s: cut a torn segment header (%zu bytes)", s->path, size);
-                if (vfs_truncate(s->fd, 0) != 0)
+                if (seg_truncate(s, 0) != 0)
                     return -1;
             } else {
                 rep->corrupt_bytes += size;
@@ -1005,7 +1053,7 @@ static int scan_segment(slog_t *l, seg_t *s, int is_last, slog_report_t *rep, in
             rep->torn_bytes += size - p;
             log_warn("store: %s: cut a torn tail of %zu bytes at offset %zu", s->path, size - p, p);
             munmap(map, size);
-            if (vfs_truncate(s->fd, (off_t)p) != 0)
+            if (seg_truncate(s, (off_t)p) != 0)
                 return -1;
             s->size = (off_t)p;
             return 0;

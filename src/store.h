@@ -118,6 +118,8 @@ typedef struct slog_info {
 } slog_info_t;
 
 void slog_get_info(slog_t *l, slog_info_t *out);
+/* The last sequence durable under the log's policy (cheap). */
+uint64_t slog_committed(const slog_t *l);
 
 /* Applies max_age now (also done on a timer and on append). */
 void slog_expire(slog_t *l);

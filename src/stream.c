@@ -168,6 +168,10 @@ static int push_ack(stream_t *st, uint64_t seq, const char *reply, size_t rlen, 
 
 /* ---- capture ---------------------------------------------------------------- */
 
+#define LUA_NOREF_VALUE (-2) /* LUA_NOREF, without lua.h here */
+
+static size_t dedup_key_std(const proto_msg_t *m, char *out, size_t n);
+
 static int header_u64(const proto_msg_t *m, const char *name, uint64_t *out)
 {
     size_t vl;
@@ -185,8 +189,22 @@ static int header_u64(const proto_msg_t *m, const char *name, uint64_t *out)
 }
 
 /* The dedup key: Nats-Msg-Id, else the CloudEvents source and id (from
- * ce-* headers or a JSON envelope).  Returns its length (0: none). */
-static size_t dedup_key(const proto_msg_t *m, char *out, size_t n)
+ * ce-* headers or a JSON envelope), else what the stream's dedup_key
+ * function says.  Returns its length (0: none). */
+static size_t dedup_key(stream_t *st, const proto_msg_t *m, char *out, size_t n)
+{
+    size_t k = dedup_key_std(m, out, n);
+    if (k || !st->sm->hooks.dedup_key || st->cfg.dedup_fn_ref == LUA_NOREF_VALUE)
+        return k;
+    k = st->sm->hooks.dedup_key(st->sm->hooks.ctx, st->cfg.name, m, out + 4, n - 4);
+    if (!k)
+        return 0;
+    memcpy(out, "fn:", 3); /* its own space: it never equals a Msg-Id by chance */
+    out[3] = '\x1f';
+    return k + 4;
+}
+
+static size_t dedup_key_std(const proto_msg_t *m, char *out, size_t n)
 {
     size_t vl, sl;
     const char *v, *s;
@@ -231,7 +249,7 @@ static int store_msg(stream_t *st, const proto_msg_t *m)
         return 1;
     }
     char key[1024];
-    size_t klen = st->cfg.o.dedup_window > 0 ? dedup_key(m, key, sizeof key) : 0;
+    size_t klen = st->cfg.o.dedup_window > 0 ? dedup_key(st, m, key, sizeof key) : 0;
     uint64_t dup;
     if (klen && (dup = slog_dedup_find(l, key, klen))) {
         st->duplicates++;
@@ -469,6 +487,7 @@ int streams_apply(streams_t *sm, const stream_cfg_t *scfg, int ns, const consume
                 log_error("stream %s: out of memory changing its subjects", st->cfg.name);
             }
         }
+        st->cfg.dedup_fn_ref = scfg[i].dedup_fn_ref;
         slog_set_limits(st->log, &scfg[i].o);
         st->cfg.o.max_msgs = scfg[i].o.max_msgs;
         st->cfg.o.max_bytes = scfg[i].o.max_bytes;

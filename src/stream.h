@@ -100,6 +100,9 @@ typedef struct stream_hooks {
      * per event for handlers without batch); fills v[0..n-1]. */
     void (*handle)(void *ctx, const char *stream, const char *consumer, const struct proto_msg *msgs,
                    const uint64_t *seqs, const uint32_t *deliveries, int n, stream_verdict_t *v);
+    /* The stream's dedup_key function's key for m, written to out (at most
+     * n bytes); returns its length, 0 for none. */
+    size_t (*dedup_key)(void *ctx, const char *stream, const struct proto_msg *m, char *out, size_t n);
 } stream_hooks_t;
 
 void streams_set_hooks(streams_t *sm, const stream_hooks_t *hooks);

@@ -231,3 +231,38 @@ end)
     assert.equals("Ada Lovelace 1", rec.data.data.name)
   end)
 end)
+
+describe("a stream's dedup_key function", function()
+  it("keys events that have no Msg-Id or CloudEvents id, within the window", function()
+    local srv = start([[
+stream "pay" { subjects = { "pay.>" }, dedup_key = function(e) return e.data and e.data.payment_id end }
+]])
+    local function pub(payload, hdr)
+      local m = assert(h.request(srv.port, "pay.in", payload, hdr and { headers = hdr } or nil))
+      return json.decode(m.payload)
+    end
+    -- Envelopes without an id: the function's key decides.
+    local a = pub('{"specversion":"1.0","source":"s","type":"pay","data":{"payment_id":"P-1","n":1}}')
+    local b = pub('{"specversion":"1.0","source":"s","type":"pay","data":{"payment_id":"P-1","n":2}}')
+    local c = pub('{"specversion":"1.0","source":"s","type":"pay","data":{"payment_id":"P-2","n":3}}')
+    assert.same({ stream = "pay", seq = 1 }, a)
+    assert.same({ stream = "pay", seq = 1, duplicate = true }, b)
+    assert.same({ stream = "pay", seq = 2 }, c)
+    -- A Nats-Msg-Id comes first; the function is not asked.
+    local d = pub('{"specversion":"1.0","source":"s","type":"pay","data":{"payment_id":"P-1"}}',
+      h.header_block { { "Nats-Msg-Id", "m-1" } })
+    assert.same({ stream = "pay", seq = 3 }, d)
+    -- No key from the function (nil): stored every time.
+    assert.same({ stream = "pay", seq = 4 }, pub('{"x":1}'))
+    assert.same({ stream = "pay", seq = 5 }, pub('{"x":1}'))
+  end)
+
+  it("stores an event whose key function fails, and says so in the log", function()
+    local srv = start([[
+stream "pay" { subjects = { "pay.>" }, dedup_key = function(e) error("no key here") end }
+]])
+    local m = assert(h.request(srv.port, "pay.in", '{"a":1}'))
+    assert.same({ stream = "pay", seq = 1 }, json.decode(m.payload))
+    assert.truthy(h.wait_until(function() return srv:log():find("dedup_key: .-no key here", 1) end))
+  end)
+end)
