@@ -161,11 +161,26 @@ static hent_t heap_pop(consumer_t *c)
     return top;
 }
 
+/* Acked events leave their deadline in the heap (stale, skipped when it
+ * comes up); when stale ones outnumber the live, the heap is rebuilt from
+ * the events in flight, so its size follows max_ack_pending, not the rate. */
+static void heap_rebuild(consumer_t *c)
+{
+    c->nheap = 0;
+    for (size_t i = 0; i < c->pending.cap; i++) {
+        pend_t *p = c->pending.slots[i].key ? c->pending.slots[i].val : NULL;
+        if (p)
+            heap_push(c, p);
+    }
+}
+
 static void schedule(consumer_t *c, pend_t *p, int waiting, int64_t due)
 {
     p->waiting = waiting;
     p->due = due;
     p->gen++;
+    if (c->nheap > 4 * c->npending + 1024)
+        heap_rebuild(c);
     heap_push(c, p);
 }
 
