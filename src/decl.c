@@ -24,20 +24,6 @@ static void where(lua_State *L, char *out, size_t n)
         snprintf(out, n, "%s:%d", ar.short_src, ar.currentline);
 }
 
-static void check_keys(lua_State *L, int t, const char *what, const char *const *known)
-{
-    lua_pushnil(L);
-    while (lua_next(L, t)) {
-        lua_pop(L, 1);
-        const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-        int ok = 0;
-        for (int i = 0; k && known[i]; i++)
-            ok |= !strcmp(k, known[i]);
-        if (!ok)
-            luaL_error(L, "%s: unknown setting '%s'", what, k ? k : luaL_typename(L, -1));
-    }
-}
-
 /* "2s", "250ms", "5m", "1h", "7d" or a number of seconds. */
 static double duration_value(lua_State *L, int idx, const char *what, const char *key)
 {
@@ -131,7 +117,7 @@ int l_storage(lua_State *L)
     static const char *const known[] = {"dir", NULL};
     state_t *st = state_of(L);
     luaL_checktype(L, 1, LUA_TTABLE);
-    check_keys(L, 1, "storage", known);
+    settings_check_keys(L, 1, "storage", known);
     char dir[PATH_MAX] = "";
     string_opt(L, 1, "storage", "dir", dir, sizeof dir);
     if (!dir[0])
@@ -153,7 +139,7 @@ static int declare_stream(lua_State *L, const char *name)
     snprintf(what, sizeof what, "stream '%s'", name);
     luaL_checktype(L, -1, LUA_TTABLE);
     int t = lua_gettop(L);
-    check_keys(L, t, what, known);
+    settings_check_keys(L, t, what, known);
     for (int i = 0; i < st->nstreams; i++)
         if (!strcmp(st->streams[i].name, name))
             return luaL_error(L, "%s is declared twice", what);
@@ -229,7 +215,7 @@ static int declare_consumer(lua_State *L, const char *name)
     snprintf(what, sizeof what, "consumer '%s'", name);
     luaL_checktype(L, -1, LUA_TTABLE);
     int t = lua_gettop(L);
-    check_keys(L, t, what, known);
+    settings_check_keys(L, t, what, known);
     for (int i = 0; i < st->nconsumers; i++)
         if (!strcmp(st->consumers[i].name, name))
             return luaL_error(L, "%s is declared twice", what);

@@ -80,15 +80,6 @@ static void reply_err(streams_t *sm, const proto_msg_t *req, const char *err)
     reply(sm, req, o);
 }
 
-static void iso_time(int64_t ns, char *out, size_t n)
-{
-    time_t s = (time_t)(ns / 1000000000);
-    struct tm tm;
-    gmtime_r(&s, &tm);
-    size_t k = strftime(out, n, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(out + k, n - k, ".%09lldZ", (long long)(ns % 1000000000));
-}
-
 /* A header's value as a new string (NULL when absent). */
 static char *header(const slog_rec_t *r, const char *name)
 {
@@ -171,7 +162,7 @@ static cJSON *dead_letter_obj(const slog_rec_t *r)
     cJSON *o = cJSON_CreateObject();
     char t[64];
     cJSON_AddNumberToObject(o, "seq", (double)r->seq);
-    iso_time(r->ts, t, sizeof t);
+    util_time_ns(r->ts, t, sizeof t);
     cJSON_AddStringToObject(o, "time", t);
     add_str(o, "subject", mem_dup(r->subject, r->subject_len));
     add_str(o, "original_subject", header(r, "Tide-Original-Subject"));

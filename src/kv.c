@@ -324,20 +324,6 @@ static void path_of(char *out, size_t n, const kv_t *kv, const char *name)
     snprintf(out, n, "%s/%s", kv->dir, name);
 }
 
-static int mkdirs(const char *path)
-{
-    char b[4096];
-    snprintf(b, sizeof b, "%s", path);
-    for (char *p = b + 1; *p; p++)
-        if (*p == '/') {
-            *p = 0;
-            if (mkdir(b, 0755) != 0 && errno != EEXIST)
-                return -1;
-            *p = '/';
-        }
-    return mkdir(b, 0755) != 0 && errno != EEXIST ? -1 : 0;
-}
-
 /* Logs a failed write, at most once every 10 s. */
 static void write_error(kv_t *kv, const char *what, int e)
 {
@@ -366,7 +352,7 @@ static int new_log(kv_t *kv)
     if (kv->fd >= 0)
         vfs_close(kv->fd);
     kv->fd = -1;
-    if (mkdirs(kv->dir) < 0)
+    if (util_mkdirs(kv->dir) < 0)
         return -1;
     memcpy(h, "TIDEKVL1", 8);
     memcpy(h + 8, &kv->gen, 8);
@@ -402,7 +388,7 @@ static int snapshot(kv_t *kv)
     /* Whatever fails below, the next attempt waits a second. */
     kv->next_try = mono_ns() + RETRY_NS;
     uint64_t gen = kv->gen + 1, count = kv->d.count;
-    if (mkdirs(kv->dir) < 0) {
+    if (util_mkdirs(kv->dir) < 0) {
         write_error(kv, "create the directory", errno);
         return -1;
     }

@@ -193,6 +193,8 @@ int l_limits(lua_State *L);
 int l_http(lua_State *L);
 int l_admin(lua_State *L);
 int l_scripting(lua_State *L);
+/* Raises "what: unknown setting 'k'" for a key of table t not in known. */
+void settings_check_keys(lua_State *L, int t, const char *what, const char *const *known);
 int l_storage(lua_State *L);
 int l_stream(lua_State *L);
 int l_consumer(lua_State *L);

@@ -65,7 +65,7 @@ static double duration_field(lua_State *L, int t, const char *key, double def)
 }
 
 /* Rejects keys a settings table does not know: a typo must not pass silently. */
-static void check_keys(lua_State *L, int t, const char *what, const char *const *known)
+void settings_check_keys(lua_State *L, int t, const char *what, const char *const *known)
 {
     lua_pushnil(L);
     while (lua_next(L, t)) {
@@ -85,7 +85,7 @@ int l_listen(lua_State *L)
     static const char *const known[] = {"nats", "http", NULL};
     state_t *st = state_of(L);
     luaL_checktype(L, 1, LUA_TTABLE);
-    check_keys(L, 1, "listen", known);
+    settings_check_keys(L, 1, "listen", known);
     if (lua_getfield(L, 1, "http") != LUA_TNIL) {
         if (lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
             st->http_off = 1;
@@ -131,7 +131,7 @@ int l_limits(lua_State *L)
     state_t *st = state_of(L);
     server_opts_t *o = &st->set;
     luaL_checktype(L, 1, LUA_TTABLE);
-    check_keys(L, 1, "limits", known);
+    settings_check_keys(L, 1, "limits", known);
 #define SIZE_SETTING(key, field, bit)                                                                      \
     do {                                                                                                   \
         if (lua_getfield(L, 1, key) != LUA_TNIL) {                                                         \
@@ -172,7 +172,7 @@ int l_http(lua_State *L)
     static const char *const known[] = {"binary", NULL};
     state_t *st = state_of(L);
     luaL_checktype(L, 1, LUA_TTABLE);
-    check_keys(L, 1, "http", known);
+    settings_check_keys(L, 1, "http", known);
     if (lua_getfield(L, 1, "binary") != LUA_TNIL) {
         luaL_checktype(L, -1, LUA_TTABLE);
         int n = (int)luaL_len(L, -1);
@@ -202,7 +202,7 @@ int l_admin(lua_State *L)
     static const char *const known[] = {"eval", NULL};
     state_t *st = state_of(L);
     luaL_checktype(L, 1, LUA_TTABLE);
-    check_keys(L, 1, "admin", known);
+    settings_check_keys(L, 1, "admin", known);
     if (lua_getfield(L, 1, "eval") != LUA_TNIL) {
         luaL_checktype(L, -1, LUA_TBOOLEAN);
         st->admin_eval = lua_toboolean(L, -1);
@@ -249,7 +249,7 @@ int l_scripting(lua_State *L)
     state_t *st = state_of(L);
     script_limits_t *l = &st->limits;
     luaL_checktype(L, 1, LUA_TTABLE);
-    check_keys(L, 1, "scripting", known);
+    settings_check_keys(L, 1, "scripting", known);
     if (lua_getfield(L, 1, "instructions") != LUA_TNIL) {
         lua_Integer i = luaL_checkinteger(L, -1);
         if (i < HOOK_STEP)

@@ -363,20 +363,6 @@ void streams_free(streams_t *sm)
     free(sm);
 }
 
-static int mkdirs(const char *path)
-{
-    char b[4096];
-    snprintf(b, sizeof b, "%s", path);
-    for (char *p = b + 1; *p; p++)
-        if (*p == '/') {
-            *p = 0;
-            if (mkdir(b, 0755) != 0 && errno != EEXIST)
-                return -1;
-            *p = '/';
-        }
-    return mkdir(b, 0755) != 0 && errno != EEXIST ? -1 : 0;
-}
-
 static stream_t *stream_open(streams_t *sm, const stream_cfg_t *cfg, char *err, size_t errsz)
 {
     stream_t *st = calloc(1, sizeof *st);
@@ -391,7 +377,7 @@ static stream_t *stream_open(streams_t *sm, const stream_cfg_t *cfg, char *err, 
         if ((st->cfg.subjects[i] = strdup(cfg->subjects[i])))
             st->cfg.nsubjects++;
     snprintf(st->dir, sizeof st->dir, "%s/streams/%s", sm->dir, cfg->name);
-    if (mkdirs(st->dir) < 0) {
+    if (util_mkdirs(st->dir) < 0) {
         snprintf(err, errsz, "stream '%s': cannot create %s: %s", cfg->name, st->dir, strerror(errno));
         stream_cfg_free(&st->cfg);
         free(st);
@@ -549,15 +535,6 @@ undo:
 
 /* ---- the admin view --------------------------------------------------------- */
 
-static void iso_time(int64_t ns, char *out, size_t n)
-{
-    time_t s = (time_t)(ns / 1000000000);
-    struct tm tm;
-    gmtime_r(&s, &tm);
-    size_t k = strftime(out, n, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(out + k, n - k, ".%09lldZ", (long long)(ns % 1000000000));
-}
-
 static cJSON *stream_obj(stream_t *st)
 {
     slog_info_t in;
@@ -576,9 +553,9 @@ static cJSON *stream_obj(stream_t *st)
     cJSON_AddNumberToObject(o, "committed_seq", (double)in.committed_seq);
     char t[64];
     if (in.msgs) {
-        iso_time(in.first_ts, t, sizeof t);
+        util_time_ns(in.first_ts, t, sizeof t);
         cJSON_AddStringToObject(o, "first_time", t);
-        iso_time(in.last_ts, t, sizeof t);
+        util_time_ns(in.last_ts, t, sizeof t);
         cJSON_AddStringToObject(o, "last_time", t);
     }
     cJSON_AddNumberToObject(o, "segments", (double)in.segments);
@@ -682,7 +659,7 @@ static cJSON *record_obj(stream_t *st, const slog_rec_t *r)
     char t[64];
     cJSON_AddStringToObject(o, "stream", st->cfg.name);
     cJSON_AddNumberToObject(o, "seq", (double)r->seq);
-    iso_time(r->ts, t, sizeof t);
+    util_time_ns(r->ts, t, sizeof t);
     cJSON_AddStringToObject(o, "time", t);
     char *s = mem_dup(r->subject, r->subject_len);
     cJSON_AddStringToObject(o, "subject", s ? s : "");

@@ -2,7 +2,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "util.h"
@@ -48,4 +50,30 @@ void util_now_rfc3339(char out[64])
     gmtime_r(&ts.tv_sec, &tm);
     snprintf(out, 64, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
              tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
+}
+
+int util_mkdirs(const char *path)
+{
+    char b[4096];
+    if (snprintf(b, sizeof b, "%s", path) >= (int)sizeof b) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    for (char *p = b + 1; *p; p++)
+        if (*p == '/') {
+            *p = 0;
+            if (mkdir(b, 0755) != 0 && errno != EEXIST)
+                return -1;
+            *p = '/';
+        }
+    return mkdir(b, 0755) != 0 && errno != EEXIST ? -1 : 0;
+}
+
+void util_time_ns(int64_t ns, char *out, size_t n)
+{
+    time_t s = (time_t)(ns / 1000000000);
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    size_t k = strftime(out, n, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out + k, n - k, ".%09lldZ", (long long)(ns % 1000000000));
 }

@@ -3,6 +3,7 @@
 #define TIDE_UTIL_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /*
  * Copies exactly n bytes of p into a new NUL-terminated buffer (caller
@@ -16,5 +17,11 @@ void util_uuid4(char out[37]);
 
 /* The current UTC time as RFC 3339 with milliseconds ("...T12:00:00.123Z"). */
 void util_now_rfc3339(char out[64]);
+
+/* mkdir -p: creates path and its missing parents.  0, or -1 (errno). */
+int util_mkdirs(const char *path);
+
+/* ns since the epoch as RFC 3339 UTC with nanoseconds ("...T12:00:00.123456789Z"). */
+void util_time_ns(int64_t ns, char *out, size_t n);
 
 #endif
