@@ -32,6 +32,7 @@ PROCMOD  = $(BUILD)/procmod.so
 INTEROP  = $(BUILD)/interop_c
 BENCHBIN = $(BUILD)/nats_bench
 JSBENCH  = $(BUILD)/js_bench
+FSPROBE  = $(BUILD)/fsync_probe
 
 .PHONY: all deps run test asan check bench soak fuzz fuzz-replay clean
 
@@ -70,6 +71,10 @@ $(BENCHBIN): bench/nats_bench.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CSTD) -O2 -g -Wall -Wextra -o $@ $< -lnats -lpthread -lm
 
+$(FSPROBE): bench/fsync_probe.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CSTD) -O2 -g -Wall -Wextra -o $@ $<
+
 $(JSBENCH): bench/js_bench.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CSTD) -O2 -g -Wall -Wextra -o $@ $< -lnats -lpthread -lm
@@ -87,7 +92,7 @@ asan: deps
 check: all
 	@scripts/run-tests.sh --plain-only
 
-bench: deps all $(BENCHBIN) $(JSBENCH)
+bench: deps all $(BENCHBIN) $(JSBENCH) $(FSPROBE)
 	@scripts/bench.sh
 	@scripts/bench-scripts.sh
 	@scripts/bench-http.sh

@@ -97,6 +97,7 @@ STOP_TMO=60        # seconds a server gets to exit after SIGTERM
 die() { echo "bench-js: $*" >&2; exit 2; }
 
 [ -x "$BENCH" ] || die "$BENCH not built (run: make build/js_bench)"
+[ -x "$BUILD/fsync_probe" ] || die "$BUILD/fsync_probe not built (run: make build/fsync_probe)"
 command -v "$NATS_BIN" >/dev/null 2>&1 || die "$NATS_BIN not found"
 case "$REPEAT$SEQ_N$ASYNC_N$CONSUME_N$REC_N$MAX_PENDING$JS_TMO" in
     *[!0-9]*) die "BENCH_* values must be integers" ;;
@@ -481,6 +482,9 @@ echo "  data:    $TMP ($fs_type on $fs_dev)"
 echo "  tide:    $TIDE_SHOWN (${TIDE_ID}commit $commit)"
 echo "  nats:    $nats_version; client libnats $libnats_version"
 echo "  fsync:   $FSYNC_NOTE"
+# The disk's floor: one small append + fdatasync, measured where the data goes.
+DISK_FLOOR=$("$BUILD/fsync_probe" "$TMP" 2000 2>&1 || echo "fsync probe failed")
+echo "  disk:    $DISK_FLOOR (write + fdatasync, no server)"
 [ "$fs_type" = tmpfs ] && echo "  WARNING: the data directories are on tmpfs; fdatasync is free there" >&2
 
 for r in $(seq 1 "$REPEAT"); do
@@ -590,6 +594,7 @@ echo
 echo "Results: medians of $REPEAT run(s) per server; ratio = tide / nats-server"
 echo "(throughput: higher is better; latency, time, memory, disk and CPU: lower is better)"
 echo "Durability differs: $FSYNC_NOTE"
+echo "The disk alone: $DISK_FLOOR (write + fdatasync of one record, in microseconds)"
 echo
 print_text "scenario|tide|nats-server|ratio tide/nats|better" "$MAIN"
 echo
@@ -617,6 +622,8 @@ md_table() {
     echo "means the message is fdatasync'd). nats-server 2.9 JetStream: the PubAck is"
     echo "sent before any fsync (the file store syncs every 2 minutes; 2.9 has no"
     echo "setting to sync on every write)."
+    echo
+    echo "**The disk alone** (one 160-byte append + fdatasync, no server, same directory): $DISK_FLOOR µs."
     [ "${KIND[tide]}" = nats ] && { echo; echo "**TIDE_JS_OVERRIDE=nats: both columns are nats-server** (a check of the runner and of the noise floor)."; }
     echo
     if [ -n "$MAIN" ]; then md_table "$MAIN"; else echo "(no results)"; fi
