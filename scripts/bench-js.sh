@@ -29,6 +29,9 @@
 #   seq          BENCH_JS_SEQ_N (default 5000) sequential js_Publish calls,
 #                128 B, each waiting for its PubAck (after 100 untimed);
 #                latency p50 / p99 / p99.9 / mean in microseconds
+#   seqi         the same, with tide's stream on fsync = "interval" (acked
+#                once written, synced every second: what JetStream 2.9
+#                promises); nats-server runs as in seq
 #   async        BENCH_JS_ASYNC_N (default 200000) js_PublishAsync, 128 B,
 #                at most BENCH_JS_MAX_PENDING (default 4096) unacknowledged;
 #                PubAcks/s (0 errors required); data directory size after
@@ -136,6 +139,10 @@ storage { dir = "$TMP/tide-data" }
 stream "bench" { subjects = { "bench.s" }, fsync = "always" }
 consumer "w" { stream = "bench", deliver = "deliver.bench", ack_wait = "30s", max_ack_pending = 20000 }
 EOF
+# The seqi scenario: the promise JetStream 2.9 makes (acked once written,
+# synced on a timer), for a like-for-like sequential latency.
+sed 's/fsync = "always"/fsync = "interval", sync_interval = "1s"/' "$TMP/tide-js.lua" > "$TMP/tide-js-interval.lua"
+TIDE_CFG="$TMP/tide-js.lua"
 FAILED=0
 WAITER=""
 
@@ -237,7 +244,7 @@ start_server() {
     case "${KIND[$side]}" in
         nats) "$NATS_BIN" -js -sd "${DATA[$side]}" -a 127.0.0.1 -p "$port" \
                   >>"$LOGDIR/$side.log" 2>&1 & ;;
-        tide) "$TMP/tide" serve --no-http -c "$TMP/tide-js.lua" -a 127.0.0.1 -p "$port" \
+        tide) "$TMP/tide" serve --no-http -c "$TIDE_CFG" -a 127.0.0.1 -p "$port" \
                   >>"$LOGDIR/$side.log" 2>&1 & ;;
     esac
     PID[$side]=$!
@@ -345,7 +352,7 @@ fresh_server() {   # side key
 # ------------------------------------------------------------ scenarios
 
 scen_seq() {
-    local side=$1 key=seq
+    local side=$1 key=${2:-seq}
     fresh_server "$side" "$key" || return
     if run_client "$side" "$key" seq --n "$SEQ_N" --size 128 --warmup 100; then
         sample "$key.p50" "$side" "$(field p50_us "$LINE")"
@@ -447,6 +454,7 @@ scen_recovery() {   # side key size
 run_scenario() {  # id side
     case "$1" in
         seq)         scen_seq "$2" ;;
+        seqi)        TIDE_CFG="$TMP/tide-js-interval.lua"; scen_seq "$2" seqi; TIDE_CFG="$TMP/tide-js.lua" ;;
         async)       scen_async "$2" ;;
         consume)     scen_consume "$2" ;;
         recovery128) scen_recovery "$2" recovery128 128 ;;
@@ -473,7 +481,7 @@ FSYNC_NOTE="tide: fsync = \"always\" (group commit; a PubAck means the message i
 : > "$LOGDIR/errors.log"
 : > "$LOGDIR/tide.log"
 : > "$LOGDIR/nats.log"
-SCENARIOS="seq async consume recovery128 recovery1k"
+SCENARIOS="seq seqi async consume recovery128 recovery1k"
 t_start=$(date +%s)
 
 echo "tide durable-publish benchmark: $REPEAT repetition(s); seq $SEQ_N, async $ASYNC_N, consume $CONSUME_N, recovery $REC_N"
@@ -508,6 +516,8 @@ elapsed=$(( $(date +%s) - t_start ))
 ROWS='seq.p50|publish, sequential, 128 B: p50 (us)|us|lower
 seq.p99|publish, sequential, 128 B: p99 (us)|us|lower
 seq.p999|publish, sequential, 128 B: p99.9 (us)|us|lower
+seqi.p50|publish, sequential, tide fsync=interval (as JetStream acks): p50 (us)|us|lower
+seqi.p99|publish, sequential, tide fsync=interval (as JetStream acks): p99 (us)|us|lower
 seq.mean|publish, sequential, 128 B: mean (us)|us|lower
 async|publish, async ('"$MAX_PENDING"' in flight), 128 B (msgs/s)|rate|higher
 async.disk|data dir after '"$ASYNC_N"' async msgs (MiB)|mib|lower
