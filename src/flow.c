@@ -1,12 +1,19 @@
 /* flow.c - see flow.h. */
+#include <errno.h>
+#include <ftw.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include <cjson/cJSON.h>
+#include <event2/event.h>
 #include <lauxlib.h>
 
 #include "flow.h"
-#include "script.h"
+#include "script_internal.h" /* the declared streams, for flow_open_streams_unsynced */
 #include "server.h"
+#include "stream_internal.h" /* logs and consumers, for flow_streams_idle */
 #include "util.h"
 
 #define FLOW_MT "tide.flow"
@@ -19,10 +26,117 @@ typedef struct delivery {
 typedef struct flow {
     server_t *srv;
     script_host_t *host;
+    streams_t *sm;       /* the declared streams, or NULL */
+    char data_dir[4096]; /* their temporary directory ("" when none) */
+    double settle;       /* seconds a publish may wait for the streams to go idle */
     delivery_t *got;
     size_t n, cap;
     int oom;
 } flow_t;
+
+#define FLOW_SETTLE_DEFAULT 10.0
+
+/* ---- the streams' loop -------------------------------------------------------- */
+
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Lua handlers are bound to the consumer (batch > 0). */
+static int bound(const streams_t *sm, const char *name)
+{
+    for (int b = 0; b < sm->nbound; b++)
+        if (!strcmp(sm->bound[b], name))
+            return sm->bound_batch[b] > 0;
+    return 0;
+}
+
+int flow_streams_idle(server_t *srv, streams_t *sm, char *why, size_t n)
+{
+    if (!sm)
+        return 1;
+    for (int i = 0; i < sm->n; i++) {
+        slog_info_t in;
+        slog_get_info(sm->streams[i]->log, &in);
+        if (!in.failed && in.last_seq > in.committed_seq) {
+            snprintf(why, n, "stream %s: %llu record(s) not yet durable", sm->streams[i]->cfg.name,
+                     (unsigned long long)(in.last_seq - in.committed_seq));
+            return 0;
+        }
+    }
+    for (int i = 0; i < sm->nc; i++) {
+        consumer_t *c = sm->consumers[i];
+        const consumer_cfg_t *cfg = consumer_cfg(c);
+        int lua = !cfg->deliver[0];
+        if (lua ? !bound(sm, cfg->name) : !server_has_interest(srv, cfg->deliver, strlen(cfg->deliver)))
+            continue; /* nobody to deliver to: its events wait, whatever we do */
+        cJSON *o = consumer_json(c);
+        double pending = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(o, "num_pending"));
+        double flight = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(o, "num_ack_pending"));
+        cJSON_Delete(o);
+        /* (a push consumer's deliveries stay in flight until someone acks) */
+        if (pending > 0 || (lua && flight > 0)) {
+            snprintf(why, n, "consumer %s: %.0f to deliver, %.0f in flight", cfg->name, pending, flight);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+int flow_settle(server_t *srv, streams_t *sm, double limit, char *why, size_t n)
+{
+    struct event_base *base = server_base(srv);
+    double deadline = mono_s() + limit;
+    for (;;) {
+        event_base_loop(base, EVLOOP_NONBLOCK);
+        if (flow_streams_idle(srv, sm, why, n))
+            return 0;
+        if (mono_s() >= deadline)
+            return -1;
+        /* Blocks until something is due: a commit, a consumer's tick (10 ms). */
+        event_base_loop(base, EVLOOP_ONCE);
+    }
+}
+
+int flow_make_tmpdir(const char *prefix, char *out, size_t n)
+{
+    const char *t = getenv("TMPDIR");
+    int w = snprintf(out, n, "%s/%s-XXXXXX", t && *t ? t : "/tmp", prefix);
+    if (w < 0 || (size_t)w >= n) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    return mkdtemp(out) ? 0 : -1;
+}
+
+static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    remove(path);
+    return 0;
+}
+
+void flow_remove_tree(const char *dir)
+{
+    if (dir && *dir)
+        nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+int flow_open_streams_unsynced(script_host_t *h, streams_t *sm, char *err, size_t errsz)
+{
+    state_t *st = h->cur;
+    static stream_cfg_t cfg[STATE_STREAMS_MAX];
+    for (int i = 0; i < st->nstreams; i++) {
+        cfg[i] = st->streams[i]; /* shallow: streams_apply copies what it keeps */
+        cfg[i].o.fsync = FSYNC_NEVER;
+    }
+    return streams_apply(sm, cfg, st->nstreams, NULL, 0, err, errsz);
+}
 
 static char lib_dir[4096];
 
@@ -77,12 +191,19 @@ static void flow_close(flow_t *f)
     free(f->got);
     f->got = NULL;
     f->cap = 0;
+    if (f->host && f->sm)
+        script_host_set_streams(f->host, NULL, NULL, 0);
+    streams_free(f->sm); /* before the server: it unhooks itself from it */
+    f->sm = NULL;
     if (f->srv)
         server_free(f->srv);
     if (f->host)
-        script_host_free(f->host);
+        script_host_free(f->host); /* (tide.kv writes its last changes to the data directory) */
     f->srv = NULL;
     f->host = NULL;
+    if (f->data_dir[0])
+        flow_remove_tree(f->data_dir);
+    f->data_dir[0] = '\0';
 }
 
 static int l_gc(lua_State *L)
@@ -105,6 +226,16 @@ static int l_open(lua_State *L)
         lua_pushstring(L, err);
         return 2;
     }
+    f->settle = FLOW_SETTLE_DEFAULT;
+    if (lua_istable(L, 2)) {
+        lua_getfield(L, 2, "settle");
+        if (!lua_isnil(L, -1)) {
+            f->settle = lua_tonumber(L, -1);
+            if (!(f->settle >= 0) || f->settle > 3600)
+                return luaL_error(L, "settle must be a number of seconds from 0 to 3600");
+        }
+        lua_pop(L, 1);
+    }
     server_opts_default(&o);
     script_host_apply_settings(f->host, &o);
     f->srv = server_new(&o);
@@ -112,6 +243,28 @@ static int l_open(lua_State *L)
         return luaL_error(L, "out of memory");
     script_host_attach_offline(f->host, f->srv);
     server_set_scripts(f->srv, f->host);
+    if (script_declared_streams(f->host)) {
+        /* The streams for real, in a directory of their own (never the
+         * one storage { dir } names: a test run must not touch it). */
+        if (flow_make_tmpdir("tide-run", f->data_dir, sizeof f->data_dir) < 0) {
+            f->data_dir[0] = '\0';
+            lua_pushnil(L);
+            lua_pushfstring(L, "cannot make a temporary data directory: %s", strerror(errno));
+            return 2;
+        }
+        if (!(f->sm = streams_new(f->srv, f->data_dir)))
+            return luaL_error(L, "out of memory");
+        if (flow_open_streams_unsynced(f->host, f->sm, err, sizeof err) < 0 ||
+            script_host_set_streams(f->host, f->sm, err, sizeof err) < 0) {
+            flow_close(f);
+            lua_pushnil(L);
+            lua_pushstring(L, err);
+            return 2;
+        }
+        /* What opening the consumers set off (nothing, in a new directory). */
+        char why[300];
+        flow_settle(f->srv, f->sm, f->settle, why, sizeof why);
+    }
     return 1;
 }
 
@@ -122,12 +275,16 @@ static int l_publish(lua_State *L)
     const char *subject = luaL_checklstring(L, 2, &sl);
     const char *hdr = luaL_optlstring(L, 3, NULL, &hl);
     const char *payload = luaL_checklstring(L, 4, &pl);
+    size_t rl = 0;
+    const char *reply = luaL_optlstring(L, 5, NULL, &rl);
     proto_msg_t m;
     if (!f->srv)
         return luaL_error(L, "flow is closed");
     memset(&m, 0, sizeof m);
     m.subject = subject;
     m.subject_len = sl;
+    m.reply = reply;
+    m.reply_len = rl;
     m.hdr = hdr;
     m.hdr_len = hl;
     m.payload = payload;
@@ -135,6 +292,9 @@ static int l_publish(lua_State *L)
     drop_recorded(f);
     f->oom = 0;
     server_publish(f->srv, NULL, &m);
+    /* Durable consumers and their handlers: until the streams are idle. */
+    char why[300];
+    int late = f->sm && flow_settle(f->srv, f->sm, f->settle, why, sizeof why) < 0;
     if (f->oom)
         return luaL_error(L, "out of memory recording deliveries");
     lua_createtable(L, (int)f->n, 0);
@@ -152,6 +312,17 @@ static int l_publish(lua_State *L)
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
     drop_recorded(f);
+    if (late) {
+        lua_pushfstring(L, "the streams were still busy after %f s (%s)", f->settle, why);
+        return 2;
+    }
+    return 1;
+}
+
+static int l_streams(lua_State *L)
+{
+    flow_t *f = luaL_checkudata(L, 1, FLOW_MT);
+    lua_pushboolean(L, f->sm != NULL);
     return 1;
 }
 
@@ -175,7 +346,8 @@ static int l_close(lua_State *L)
 
 int flow_open_module(lua_State *L)
 {
-    static const luaL_Reg methods[] = {{"publish", l_publish}, {"rules", l_rules}, {"close", l_close}, {NULL, NULL}};
+    static const luaL_Reg methods[] = {{"publish", l_publish}, {"rules", l_rules}, {"streams", l_streams},
+                                       {"close", l_close},     {NULL, NULL}};
     luaL_newmetatable(L, FLOW_MT);
     luaL_newlib(L, methods);
     lua_setfield(L, -2, "__index");

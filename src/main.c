@@ -33,13 +33,18 @@ static void usage(FILE *f)
             "\n"
             "Commands:\n"
             "  serve                  run the server\n"
-            "  run FLOW --events IN.jsonl [--expect OUT.jsonl]\n"
+            "  run FLOW --events IN.jsonl [--expect OUT.jsonl] [--settle SECONDS]\n"
             "                         run a flow offline: print its deliveries, or\n"
-            "                         compare them with OUT.jsonl (exit 1 on a difference)\n"
+            "                         compare them with OUT.jsonl (exit 1 on a difference);\n"
+            "                         declared streams run in a temporary directory, and\n"
+            "                         each event waits (at most --settle, default 10 s) for\n"
+            "                         its durable handlers\n"
             "  check FLOW...          load flows in the sandbox and report errors (exit 1)\n"
-            "  repl [-c FLOW] [--listen HOST:PORT] | repl --connect HOST:PORT\n"
+            "  repl [-c FLOW] [--data DIR] [--listen HOST:PORT] | repl --connect HOST:PORT\n"
             "                         a router at a Lua prompt: define rules, publish,\n"
-            "                         trace events (help() there lists the helpers)\n"
+            "                         trace events (help() there lists the helpers); the\n"
+            "                         flow's streams live in --data DIR, else its storage\n"
+            "                         { dir }, else a temporary directory removed at exit\n"
             "  pub SUBJECT [DATA] [-H NAME:VALUE]... [--reply SUBJECT]\n"
             "  sub PATTERN [--queue Q] [--count N]\n"
             "  req SUBJECT [DATA] [-H NAME:VALUE]... [--timeout SECONDS]\n"
@@ -388,10 +393,10 @@ out:
     return rc;
 }
 
-/* tide repl [-c FLOW] [--listen HOST:PORT] [-D] */
+/* tide repl [-c FLOW] [--data DIR] [--listen HOST:PORT] [-D] */
 static int cmd_repl(int argc, char **argv)
 {
-    const char *entry = NULL, *listen_addr = NULL;
+    const char *entry = NULL, *listen_addr = NULL, *data_dir = NULL;
     char lib[4096];
     log_set_level(LOG_WARN); /* the prompt is the output; -D brings the log back */
     for (int i = 1; i < argc; i++) {
@@ -399,6 +404,8 @@ static int cmd_repl(int argc, char **argv)
             entry = argv[++i];
         else if (!strcmp(argv[i], "--listen") && i + 1 < argc)
             listen_addr = argv[++i];
+        else if (!strcmp(argv[i], "--data") && i + 1 < argc)
+            data_dir = argv[++i];
         else if (!strcmp(argv[i], "--connect") && i + 1 < argc) {
             signal(SIGPIPE, SIG_IGN);
             return cli_repl_connect(argv[i + 1]);
@@ -408,13 +415,13 @@ static int cmd_repl(int argc, char **argv)
         else if (argv[i][0] != '-' && !entry)
             entry = argv[i];
         else {
-            fprintf(stderr, "usage: tide repl [-c flow.lua] [--listen HOST:PORT] [-D]\n"
+            fprintf(stderr, "usage: tide repl [-c flow.lua] [--data DIR] [--listen HOST:PORT] [-D]\n"
                             "       tide repl --connect HOST:PORT\n");
             return 2;
         }
     }
     signal(SIGPIPE, SIG_IGN);
-    return repl_main(entry, lua_lib_dir(lib, sizeof lib), listen_addr);
+    return repl_main(entry, lua_lib_dir(lib, sizeof lib), listen_addr, data_dir);
 }
 
 /* tide check: loads each entry file as the server would, without serving. */
@@ -448,6 +455,7 @@ static int cmd_run(int argc, char **argv)
 {
     char lib[4096], path[4200];
     int rc = 2;
+    log_set_level(LOG_WARN); /* the deliveries are the output; warnings and errors still show */
     lua_State *L = luaL_newstate();
     if (!L)
         return 1;

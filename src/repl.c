@@ -4,10 +4,16 @@
  * The prompt runs in the script host's own Lua state, so everything a rules
  * file can do works at the prompt (upgrade, filter, route, on, require,
  * tide.kv), plus helpers: pub, sub, unsub, trace, rules, stats, load,
- * reload, record, expect, help.  The router is embedded (no separate
- * server); --listen lets real NATS clients join.  Input is read through GNU
- * readline from a libevent callback, so the router keeps serving while the
- * prompt waits.
+ * reload, record, expect, streams, replay, help.  The router is embedded
+ * (no separate server); --listen lets real NATS clients join.  Input is
+ * read through GNU readline from a libevent callback, so the router keeps
+ * serving while the prompt waits.
+ *
+ * A flow that declares streams runs them as tide serve does (the store's
+ * group commit, consumers and their Lua handlers all run on the prompt's
+ * loop), in --data DIR, else its storage { dir }, else a temporary
+ * directory removed at exit.  replay() runs stored events through the
+ * current rules again without storing them a second time.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -24,11 +30,13 @@
 #include <readline/history.h>
 #include <readline/readline.h>
 
+#include "flow.h"
 #include "log.h"
 #include "msgq.h"
 #include "repl.h"
-#include "script.h"
+#include "script_internal.h" /* durable_bind: handlers typed at the prompt take their consumer's events */
 #include "server.h"
+#include "stream_internal.h" /* stored records and consumers, for streams() and replay() */
 #include "subject.h"
 #include "util.h"
 
@@ -43,6 +51,16 @@ typedef struct recording {
     char pattern[256];
     FILE *f;
 } recording_t;
+
+/* replay(): run after the line, in order with the line's pub() calls. */
+typedef struct replay_job {
+    char stream[STREAM_NAME_MAX];
+    char consumer[STREAM_NAME_MAX]; /* "" : through the pipeline */
+    uint64_t from, to;              /* to 0: to the end */
+    size_t after;                   /* pub() calls queued before it */
+} replay_job_t;
+
+#define REPLAY_JOBS_MAX 16
 
 typedef struct repl {
     server_t *srv;
@@ -62,6 +80,18 @@ typedef struct repl {
     int incomplete; /* the last eval() wants more lines */
     char history[1024];
     struct event *stdin_ev;
+    replay_job_t jobs[REPLAY_JOBS_MAX];
+    int njobs;
+    size_t npub; /* pub() calls of the current line */
+    char *rbuf;  /* stored record read buffer */
+    size_t rcap;
+    int nrules; /* rules after the last line, to bind new durable handlers */
+    /* The persistent queue of a local session. */
+    streams_t *sm;
+    char data_dir[4096];
+    const char *data_from; /* why there: "--data", "storage { dir }", NULL: temporary */
+    int in_line;           /* evaluating a line: output is not asynchronous */
+    int rl_on;             /* readline's callback handler is installed */
 } repl_t;
 
 static repl_t *the_repl; /* readline's callback takes no context */
@@ -70,6 +100,25 @@ static repl_t *the_repl; /* readline's callback takes no context */
  * the reply being built, or $TIDE.TRACE between requests. */
 static void emit_stdout(const char *s, size_t n)
 {
+    repl_t *r = the_repl;
+    if (r && r->tty && r->rl_on && !r->in_line) {
+        /* Output between lines (a watcher, the trace of a durable handler,
+         * a reload): above the prompt, which is drawn again with what was
+         * typed so far. */
+        char *typed = rl_copy_text(0, rl_end);
+        int point = rl_point;
+        rl_save_prompt();
+        rl_replace_line("", 0);
+        rl_redisplay();
+        fwrite(s, 1, n, stdout);
+        fflush(stdout);
+        rl_restore_prompt();
+        rl_replace_line(typed ? typed : "", 0);
+        rl_point = point;
+        rl_forced_update_display();
+        free(typed);
+        return;
+    }
     fwrite(s, 1, n, stdout);
     fflush(stdout);
 }
@@ -283,6 +332,7 @@ static int h_pub(lua_State *L)
     }
     if (msgq_push(&r->pending, &m, 0) < 0)
         return luaL_error(L, "out of memory");
+    r->npub++;
     return 0;
 }
 
@@ -464,6 +514,226 @@ static int h_expect(lua_State *L)
     return 0;
 }
 
+/* ---- streams ------------------------------------------------------------------- */
+
+static int bound_to_lua(const streams_t *sm, const char *name)
+{
+    for (int b = 0; b < sm->nbound; b++)
+        if (!strcmp(sm->bound[b], name))
+            return sm->bound_batch[b] > 0;
+    return 0;
+}
+
+static void set_int(lua_State *L, const char *k, double v)
+{
+    lua_pushinteger(L, (lua_Integer)v);
+    lua_setfield(L, -2, k);
+}
+
+/* streams(): { <name> = { name, subjects, messages, bytes, first_seq,
+ * last_seq, fsync, consumers = { <name> = {...} } } } */
+static int h_streams(lua_State *L)
+{
+    repl_t *r = up(L);
+    streams_t *sm = server_streams(r->srv);
+    if (!sm || !sm->n) {
+        out("no streams: declare them in the flow (stream \"orders\" { subjects = {...} }) and start\n"
+            "tide repl -c flow.lua\n");
+        return 0;
+    }
+    lua_createtable(L, 0, sm->n);
+    for (int i = 0; i < sm->n; i++) {
+        stream_t *st = sm->streams[i];
+        slog_info_t in;
+        slog_get_info(st->log, &in);
+        lua_createtable(L, 0, 10);
+        lua_pushstring(L, st->cfg.name);
+        lua_setfield(L, -2, "name");
+        lua_createtable(L, st->cfg.nsubjects, 0);
+        for (int k = 0; k < st->cfg.nsubjects; k++) {
+            lua_pushstring(L, st->cfg.subjects[k]);
+            lua_rawseti(L, -2, k + 1);
+        }
+        lua_setfield(L, -2, "subjects");
+        set_int(L, "messages", (double)in.msgs);
+        set_int(L, "bytes", (double)in.bytes);
+        set_int(L, "first_seq", (double)in.first_seq);
+        set_int(L, "last_seq", (double)in.last_seq);
+        lua_pushstring(L, st->cfg.o.fsync == FSYNC_ALWAYS ? "always" : st->cfg.o.fsync == FSYNC_INTERVAL ? "interval"
+                                                                                                      : "never");
+        lua_setfield(L, -2, "fsync");
+        lua_createtable(L, 0, st->ncons);
+        for (int k = 0; k < st->ncons; k++) {
+            const consumer_cfg_t *cfg = consumer_cfg(st->cons[k]);
+            cJSON *o = consumer_json(st->cons[k]);
+            lua_createtable(L, 0, 12);
+            lua_pushstring(L, cfg->name);
+            lua_setfield(L, -2, "name");
+            if (cfg->filter[0]) {
+                lua_pushstring(L, cfg->filter);
+                lua_setfield(L, -2, "filter");
+            }
+            if (cfg->deliver[0]) {
+                lua_pushstring(L, cfg->deliver);
+                lua_setfield(L, -2, "deliver");
+            } else {
+                lua_pushboolean(L, bound_to_lua(sm, cfg->name));
+                lua_setfield(L, -2, "handlers");
+            }
+            static const char *const fields[][2] = {
+                {"next_seq", "next_seq"},   {"num_pending", "pending"},     {"num_ack_pending", "in_flight"},
+                {"delivered", "delivered"}, {"redelivered", "redelivered"}, {"acked", "acked"},
+                {"dead_lettered", "dead_lettered"}};
+            for (size_t f = 0; f < sizeof fields / sizeof fields[0]; f++)
+                set_int(L, fields[f][1], cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(o, fields[f][0])));
+            cJSON_Delete(o);
+            lua_setfield(L, -2, cfg->name);
+        }
+        lua_setfield(L, -2, "consumers");
+        lua_setfield(L, -2, st->cfg.name);
+    }
+    return 1;
+}
+
+/* replay(stream, from [, to [, { consumer = name }]]): queued, run after the line. */
+static int h_replay(lua_State *L)
+{
+    repl_t *r = up(L);
+    streams_t *sm = server_streams(r->srv);
+    size_t nl;
+    const char *name = luaL_checklstring(L, 1, &nl);
+    lua_Integer from = luaL_checkinteger(L, 2);
+    lua_Integer to = luaL_optinteger(L, 3, 0);
+    if (!lua_isnoneornil(L, 4))
+        luaL_checktype(L, 4, LUA_TTABLE);
+    if (!sm || !streams_find(sm, name, nl))
+        return luaL_error(L, "replay: no stream '%s'%s", name,
+                          sm ? " (streams() lists them)" : " (this flow declares none)");
+    if (from < 1 || to < 0 || (to && to < from))
+        return luaL_error(L, "replay: sequences from 1 on, and to >= from");
+    if (r->njobs == REPLAY_JOBS_MAX)
+        return luaL_error(L, "replay: at most %d per line", REPLAY_JOBS_MAX);
+    replay_job_t *j = &r->jobs[r->njobs];
+    memset(j, 0, sizeof *j);
+    snprintf(j->stream, sizeof j->stream, "%s", name);
+    if (lua_istable(L, 4)) {
+        lua_getfield(L, 4, "consumer");
+        const char *c = lua_tostring(L, -1);
+        if (!lua_isnil(L, -1)) {
+            consumer_t *found = NULL;
+            for (int k = 0; c && k < sm->nc && !found; k++)
+                if (!strcmp(consumer_cfg(sm->consumers[k])->name, c) &&
+                    !strcmp(consumer_cfg(sm->consumers[k])->stream, name))
+                    found = sm->consumers[k];
+            if (!found)
+                return luaL_error(L, "replay: stream '%s' has no consumer '%s'", name, c ? c : "?");
+            if (consumer_cfg(found)->deliver[0])
+                return luaL_error(L, "replay: consumer '%s' delivers to %s, not to Lua handlers", c,
+                                  consumer_cfg(found)->deliver);
+            snprintf(j->consumer, sizeof j->consumer, "%s", c);
+        }
+        lua_pop(L, 1);
+    }
+    j->from = (uint64_t)from;
+    j->to = (uint64_t)to;
+    j->after = r->npub;
+    r->njobs++;
+    return 0;
+}
+
+static const char *verdict_name(int kind)
+{
+    return kind == VERDICT_ACK ? "ack" : kind == VERDICT_NAK ? "nak" : kind == VERDICT_PROGRESS ? "progress" : "term";
+}
+
+/*
+ * Runs stored events again: through the pipeline (the current rules, the
+ * trace), or to a consumer's Lua handlers (its filter applies; the
+ * consumer's own position and state are not touched).  Capture is paused
+ * meanwhile: neither the events nor what they cause are stored again.
+ */
+static void run_replay(repl_t *r, const replay_job_t *j)
+{
+    streams_t *sm = server_streams(r->srv);
+    stream_t *st = sm ? streams_find(sm, j->stream, strlen(j->stream)) : NULL;
+    if (!st) {
+        out("replay: stream %s is gone\n", j->stream);
+        return;
+    }
+    const consumer_cfg_t *cc = NULL;
+    for (int k = 0; j->consumer[0] && k < st->ncons && !cc; k++)
+        if (!strcmp(consumer_cfg(st->cons[k])->name, j->consumer))
+            cc = consumer_cfg(st->cons[k]);
+    if (j->consumer[0] && (!cc || !sm->hooks.handle)) {
+        out("replay: consumer %s is gone\n", j->consumer);
+        return;
+    }
+    slog_info_t in;
+    slog_get_info(st->log, &in);
+    uint64_t from = j->from < in.first_seq ? in.first_seq : j->from;
+    uint64_t to = !j->to || j->to > in.last_seq ? in.last_seq : j->to;
+    uint64_t n = 0, missing = 0, filtered = 0;
+    int was = server_pause_capture(r->srv, 1);
+    for (uint64_t seq = from; in.msgs && seq <= to; seq++) {
+        slog_rec_t rec;
+        if (slog_read(st->log, seq, &rec, &r->rbuf, &r->rcap) <= 0) {
+            missing++; /* deleted by retention, or a damaged record skipped */
+            continue;
+        }
+        proto_msg_t m;
+        memset(&m, 0, sizeof m);
+        m.subject = rec.subject;
+        m.subject_len = rec.subject_len;
+        m.hdr = rec.hdr_len ? rec.hdr : NULL;
+        m.hdr_len = rec.hdr_len;
+        m.payload = rec.payload;
+        m.payload_len = rec.payload_len;
+        if (!cc) {
+            server_publish(r->srv, NULL, &m);
+            n++;
+            continue;
+        }
+        if (cc->filter[0] && !subject_matches(cc->filter, strlen(cc->filter), rec.subject, rec.subject_len)) {
+            filtered++;
+            continue;
+        }
+        uint32_t deliveries = 1;
+        stream_verdict_t v;
+        memset(&v, 0, sizeof v);
+        sm->hooks.handle(sm->hooks.ctx, st->cfg.name, cc->name, &m, &seq, &deliveries, 1, &v);
+        out("  %s seq %llu  %.*s  %s%s%s\n", cc->name, (unsigned long long)seq, (int)rec.subject_len, rec.subject,
+            verdict_name(v.kind), v.error[0] ? ": " : "", v.error);
+        n++;
+    }
+    server_pause_capture(r->srv, was);
+    out("replayed %llu event%s of %s", (unsigned long long)n, n == 1 ? "" : "s", st->cfg.name);
+    if (in.msgs && from <= to)
+        out(" (sequences %llu..%llu)", (unsigned long long)from, (unsigned long long)to);
+    if (cc)
+        out(" to the handlers of %s", cc->name);
+    if (filtered)
+        out(", %llu outside its filter", (unsigned long long)filtered);
+    if (missing)
+        out(", %llu not in the stream", (unsigned long long)missing);
+    out("; nothing was stored\n");
+}
+
+/* Handlers typed (or loaded) at the prompt for a durable consumer: bind it. */
+static void bind_new_handlers(repl_t *r)
+{
+    script_stats_t stt;
+    script_get_stats(r->host, &stt);
+    if (stt.rules == r->nrules)
+        return;
+    r->nrules = stt.rules;
+    script_host_t *h = r->host;
+    if (!h->streams)
+        return;
+    char err[512];
+    if (durable_bind(h, h->cur, 0, err, sizeof err) < 0)
+        out("%s\n", err);
+}
+
 /* print() at the prompt goes to the terminal, not to the log. */
 static int h_print(lua_State *L)
 {
@@ -488,6 +758,9 @@ static int h_help(lua_State *L)
         "see        trace([false])   rules()   stats()\n"
         "files      load \"file.lua\"   reload()   record(pattern, \"in.jsonl\") (what is published)\n"
         "           expect(\"out.jsonl\") (what was delivered since the last expect)\n"
+        "streams    streams() (messages, sequences, consumers)   replay(stream, from [, to])\n"
+        "           (stored events through today's rules, not stored again;\n"
+        "           replay(stream, from, to, { consumer = name }): to that consumer's handlers)\n"
         "state      tide.kv.get/set/incr ...   (Lua globals reset on reload)\n"
         "A line that is an expression prints its value; Ctrl-D leaves.\n");
     return 0;
@@ -499,7 +772,7 @@ static void install_helpers(repl_t *r)
                                    {"unsub", h_unsub},   {"trace", h_trace},   {"rules", h_rules},
                                    {"stats", h_stats},   {"load", h_load},     {"reload", h_reload},
                                    {"record", h_record}, {"expect", h_expect}, {"help", h_help},
-                                   {"print", h_print},
+                                   {"print", h_print},   {"streams", h_streams}, {"replay", h_replay},
                                    {NULL, NULL}};
     lua_State *L = script_lua(r->host);
     script_push_env(r->host);
@@ -525,10 +798,21 @@ static void reinstall(void *ctx)
 static void run_pending(repl_t *r)
 {
     msgq_item_t *it;
-    while ((it = msgq_pop(&r->pending))) {
+    size_t done = 0;
+    int j = 0;
+    for (;;) {
+        while (j < r->njobs && r->jobs[j].after <= done)
+            run_replay(r, &r->jobs[j++]);
+        if (!(it = msgq_pop(&r->pending)))
+            break;
         server_publish(r->srv, NULL, &it->m);
         msgq_item_free(it);
+        done++;
     }
+    while (j < r->njobs)
+        run_replay(r, &r->jobs[j++]);
+    r->njobs = 0;
+    r->npub = 0;
 }
 
 /* Is this the syntax error of a statement that is not finished yet? */
@@ -607,6 +891,7 @@ static void eval(repl_t *r, const char *code)
     } else {
         print_results(r, L, base);
     }
+    bind_new_handlers(r);
     run_pending(r);
     if (r->reload_asked) {
         char err[1024];
@@ -624,9 +909,11 @@ static void handle_line(char *line)
     repl_t *r = the_repl;
     if (!line) {
         r->done = 1;
+        r->in_line = 1; /* (no prompt drawn again: the session ends) */
         out("\n");
         return;
     }
+    r->in_line = 1;
     if (r->tty && *line)
         add_history(line);
     if (r->history[0] && *line) {
@@ -652,6 +939,7 @@ static void handle_line(char *line)
         free(line);
     if (r->tty)
         rl_set_prompt(r->buf ? ">> " : "> ");
+    r->in_line = 0;
 }
 
 static void on_stdin(evutil_socket_t fd, short what, void *arg)
@@ -677,7 +965,46 @@ static void on_stdin(evutil_socket_t fd, short what, void *arg)
         server_shutdown(r->srv);
 }
 
-int repl_main(const char *entry, const char *lib_dir, const char *listen_addr)
+/* The flow's streams, as tide serve sets them up, in --data DIR, else the
+ * flow's storage { dir }, else a temporary directory (removed at exit). */
+static int open_streams(repl_t *r, const char *data_flag)
+{
+    const char *sd = script_storage_dir(r->host);
+    char err[1024];
+    if (!script_declared_streams(r->host) && !data_flag && !sd)
+        return 0;
+    if (data_flag) {
+        snprintf(r->data_dir, sizeof r->data_dir, "%s", data_flag);
+        r->data_from = "--data";
+    } else if (sd) {
+        snprintf(r->data_dir, sizeof r->data_dir, "%s", sd);
+        r->data_from = "storage { dir }";
+    } else if (flow_make_tmpdir("tide-repl", r->data_dir, sizeof r->data_dir) < 0) {
+        fprintf(stderr, "tide repl: cannot make a temporary data directory: %s\n", strerror(errno));
+        r->data_dir[0] = '\0';
+        return -1;
+    }
+    if (!(r->sm = streams_new(r->srv, r->data_dir))) {
+        fprintf(stderr, "tide repl: cannot set up the streams\n");
+        return -1;
+    }
+    if (script_host_set_streams(r->host, r->sm, err, sizeof err) < 0) {
+        fprintf(stderr, "tide repl: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
+static void close_streams(repl_t *r)
+{
+    if (r->sm) {
+        script_host_set_streams(r->host, NULL, NULL, 0);
+        streams_free(r->sm); /* writes and syncs what is buffered */
+        r->sm = NULL;
+    }
+}
+
+int repl_main(const char *entry, const char *lib_dir, const char *listen_addr, const char *data_flag)
 {
     repl_t r;
     char err[1024];
@@ -719,6 +1046,15 @@ int repl_main(const char *entry, const char *lib_dir, const char *listen_addr)
     server_set_scripts(r.srv, r.host);
     server_subscribe_internal(r.srv, ">", on_any, &r);
     server_set_input_tap(r.srv, on_input, &r);
+    /* Before the helpers go in: setting up the streams loads the flow again. */
+    if (open_streams(&r, data_flag) < 0) {
+        close_streams(&r);
+        server_free(r.srv);
+        script_host_free(r.host);
+        if (r.data_dir[0] && !r.data_from)
+            flow_remove_tree(r.data_dir);
+        return 1;
+    }
     install_helpers(&r);
     /* A reload (reload(), a changed file, SIGHUP) makes a new state: the
      * helpers go into it too. */
@@ -739,27 +1075,57 @@ int repl_main(const char *entry, const char *lib_dir, const char *listen_addr)
 
     out("tide %s repl: an embedded router%s%s. help() lists the helpers; Ctrl-D leaves.\n", TIDE_VERSION,
         listen_addr ? ", NATS clients welcome on " : "", listen_addr ? listen_addr : "");
+    if (r.sm) {
+        out("streams:");
+        for (int i = 0; i < r.sm->n; i++) {
+            slog_info_t in;
+            slog_get_info(r.sm->streams[i]->log, &in);
+            out("%s %s (%llu message%s)", i ? "," : "", r.sm->streams[i]->cfg.name, (unsigned long long)in.msgs,
+                in.msgs == 1 ? "" : "s");
+        }
+        if (!r.sm->n)
+            out(" none declared");
+        if (r.data_from)
+            out(" in %s (%s)\n", r.data_dir, r.data_from);
+        else
+            out(" in %s, a temporary directory removed at exit (--data DIR keeps them)\n", r.data_dir);
+    }
     struct stat sb;
     int regular = fstat(0, &sb) == 0 && S_ISREG(sb.st_mode);
     if (!regular) {
         /* A terminal or a pipe: input is read from the loop, so the router
          * serves (--listen) while the prompt waits. */
-        if (r.tty)
+        if (r.tty) {
             rl_callback_handler_install("> ", handle_line);
-        else
+            r.rl_on = 1;
+        } else
             setvbuf(stdin, NULL, _IONBF, 0); /* no line may wait in stdio while epoll sees nothing */
         r.stdin_ev = event_new(server_base(r.srv), 0, EV_READ | EV_PERSIST, on_stdin, &r);
         event_add(r.stdin_ev, NULL);
         server_run(r.srv);
         if (r.tty)
             rl_callback_handler_remove();
+        r.rl_on = 0;
         event_free(r.stdin_ev);
     } else {
         /* A file (which epoll cannot watch): line by line, letting the loop
          * run between lines. */
+        char busy_note[300] = "";
         while (!r.done) {
             on_stdin(0, EV_READ, &r);
             event_base_loop(server_base(r.srv), EVLOOP_NONBLOCK);
+            /* A script: each line's durable work is done before the next
+             * (the store's commits, the consumers and their handlers).
+             * Something that stays busy (a NAK with a long delay) is said
+             * once and then waited for briefly only. */
+            char why[300];
+            if (r.sm && flow_settle(r.srv, r.sm, busy_note[0] ? 0.2 : 5, why, sizeof why) < 0) {
+                if (strcmp(why, busy_note))
+                    out("(the streams are still busy: %s)\n", why);
+                snprintf(busy_note, sizeof busy_note, "%s", why);
+            } else {
+                busy_note[0] = '\0';
+            }
         }
         /* on_stdin asked for the shutdown; give clients their last bytes. */
         for (int i = 0; i < 100 && server_connections(r.srv) > 0; i++)
@@ -771,8 +1137,12 @@ int repl_main(const char *entry, const char *lib_dir, const char *listen_addr)
     cJSON_Delete(r.seen);
     msgq_clear(&r.pending);
     free(r.buf);
+    free(r.rbuf);
+    close_streams(&r);
     server_free(r.srv);
     script_host_free(r.host);
+    if (r.data_dir[0] && !r.data_from)
+        flow_remove_tree(r.data_dir);
     return 0;
 }
 

@@ -7,9 +7,11 @@
 /*
  * Runs the prompt until end of input.  entry: a rules file to load first
  * (NULL for none); lib_dir: tide's lua/ directory; listen_addr: HOST:PORT
- * where NATS clients may join, or NULL.  Returns the exit code.
+ * where NATS clients may join, or NULL; data_dir: where the flow's streams
+ * live (--data), or NULL: its storage { dir }, else a temporary directory
+ * removed at exit.  Returns the exit code.
  */
-int repl_main(const char *entry, const char *lib_dir, const char *listen_addr);
+int repl_main(const char *entry, const char *lib_dir, const char *listen_addr, const char *data_dir);
 
 struct server;
 struct script_host;

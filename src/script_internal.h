@@ -8,8 +8,13 @@
  *   settings.c  listen{}, limits{}, scripting{}, admin{}, http{}
  *   pipeline.c  rules and the pipeline itself: upgrade, filter, route, deliver, on
  *   watch.c     reloading on file changes and SIGHUP
+ *   decl.c      storage{}, stream "name" {}, consumer "name" {}
+ *   durable.c   Lua handlers bound to durable consumers, and the hooks
+ *               the streams call (upgrades, dedup keys)
  *
- * Not for use outside these files; script.h is the host's public face.
+ * Not for use outside these files (and the prompt and offline runs, repl.c
+ * and flow.c, which set up streams as tide serve does); script.h is the
+ * host's public face.
  */
 #ifndef TIDE_SCRIPT_INTERNAL_H
 #define TIDE_SCRIPT_INTERNAL_H

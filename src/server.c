@@ -47,6 +47,7 @@ struct server {
     server_stats_t stats;
     int (*capture)(void *ctx, const proto_msg_t *m); /* the streams: 1 when a stream took m */
     void *capture_ctx;
+    int capture_paused; /* server_pause_capture: tide repl's replay() */
     struct streams *streams;
     char id[23];
 };
@@ -446,7 +447,7 @@ size_t server_route_to(server_t *s, client_t *from, const char *to, size_t tolen
 
     s->stats.in_msgs++;
     s->stats.in_bytes += m->payload_len + m->hdr_len;
-    if (s->capture && !(flags & ROUTE_NO_CAPTURE) && s->capture(s->capture_ctx, m) && m->reply)
+    if (s->capture && !s->capture_paused && !(flags & ROUTE_NO_CAPTURE) && s->capture(s->capture_ctx, m) && m->reply)
         flags |= ROUTE_HAS_RESPONDER; /* a stream answers with its PubAck, or a consumer an AckSync */
     r = sublist_match(s->subs, to, tolen);
     if (!r) {
@@ -655,6 +656,14 @@ void server_set_capture(server_t *s, int (*fn)(void *ctx, const proto_msg_t *m),
 }
 
 struct streams *server_streams(server_t *s) { return s->streams; }
+
+/* See server.h: a pause of capture for tide repl's replay(). */
+int server_pause_capture(server_t *s, int paused)
+{
+    int was = s->capture_paused;
+    s->capture_paused = paused != 0;
+    return was;
+}
 
 int server_has_interest(server_t *s, const char *subject, size_t len)
 {

@@ -102,6 +102,12 @@ struct streams;
  * answers a reply subject itself).  sm answers $TIDE.ADMIN.STREAM.* etc. */
 void server_set_capture(server_t *s, int (*fn)(void *ctx, const proto_msg_t *m), void *ctx, struct streams *sm);
 struct streams *server_streams(server_t *s);
+/* Pauses capture (paused != 0) or resumes it (0): while paused, routed
+ * messages are not offered to the streams, as if every route had
+ * ROUTE_NO_CAPTURE.  tide repl's replay() runs stored events through the
+ * pipeline again this way, without storing them (or what they cause) a
+ * second time.  Returns the previous setting. */
+int server_pause_capture(server_t *s, int paused);
 /* True when some subscription matches subject. */
 int server_has_interest(server_t *s, const char *subject, size_t len);
 

@@ -1,6 +1,8 @@
 /*
  * stream_internal.h - what stream.c (streams, capture, PubAcks, admin) and
- * consumer.c (durable consumers) share.  Not for use elsewhere.
+ * consumer.c (durable consumers) share; dlq.c, and the prompt (repl.c) and
+ * offline runs (flow.c), read stored records and consumer state through it.
+ * Not for use elsewhere.
  */
 #ifndef TIDE_STREAM_INTERNAL_H
 #define TIDE_STREAM_INTERNAL_H

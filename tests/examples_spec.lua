@@ -7,7 +7,11 @@ local json = require "dkjson"
 
 local EXAMPLES_DIR = h.root .. "/examples"
 local RULE_EXAMPLES = { "user-upgrade", "order-filter", "order-flow", "idempotent" }
-local ALL_EXAMPLES = { "user-upgrade", "order-filter", "order-flow", "idempotent", "tour" }
+local ALL_EXAMPLES = { "user-upgrade", "order-filter", "order-flow", "idempotent", "tour", "projection", "saga" }
+-- Flows with streams and durable handlers: run with a data directory of
+-- their own, and after each event the server is left to finish what the
+-- event set off (as tide run does) before the next one is published.
+local DURABLE_EXAMPLES = { projection = true, saga = true }
 
 local function read_file(path)
   local f = assert(io.open(path, "rb"))
@@ -40,7 +44,7 @@ local function check_keys(path, n, t, known)
 end
 
 -- events.jsonl line -> subject, header block (or nil), payload.
-local EVENT_KEYS = { subject = true, headers = true, data = true, event = true, id = true }
+local EVENT_KEYS = { subject = true, headers = true, data = true, event = true, id = true, reply = true }
 
 local function header_block(headers)
   local names = {}
@@ -94,7 +98,10 @@ local function message_for(path, line)
     payload = ('{"specversion":"1.0","id":%s,"source":"events.jsonl","type":%s,"data":%s}'):format(
       encode(e.id or ("evt-" .. n)), encode(e.subject), encode(e.data))
   end
-  return e.subject, e.headers and header_block(e.headers) or nil, payload
+  if e.reply ~= nil and (type(e.reply) ~= "string" or not e.reply:match("^[%w_.-]+$")) then
+    error(("%s:%d: reply must be a subject"):format(path, n))
+  end
+  return e.subject, e.headers and header_block(e.headers) or nil, payload, e.reply
 end
 
 local function parse_headers(block)
@@ -142,21 +149,60 @@ local function read_until_pong(c)
   end
 end
 
+-- Whether the server's streams look idle (every append stored, and no
+-- consumer with events to deliver or, bound to Lua handlers, in flight),
+-- and a digest of their counters.
+local function store_state(port)
+  local s = h.request(port, "$TIDE.ADMIN.STREAM.LS", "")
+  local c = h.request(port, "$TIDE.ADMIN.CONSUMER.LS", "")
+  if not s or not c then return false, "" end
+  local idle, digest = true, {}
+  for _, st in ipairs(assert(json.decode(s.payload))) do
+    if st.last_seq ~= st.committed_seq then idle = false end
+    digest[#digest + 1] = ("%s %d %d"):format(st.name, st.last_seq, st.committed_seq)
+  end
+  for _, co in ipairs(assert(json.decode(c.payload))) do
+    if co.num_pending > 0 or (not co.deliver and co.num_ack_pending > 0) then idle = false end
+    digest[#digest + 1] = ("%s %d %d %d %d"):format(co.name, co.next_seq, co.delivered, co.acked, co.num_ack_pending)
+  end
+  return idle, table.concat(digest, "|")
+end
+
+-- True when the streams are idle.  The two requests are not one atomic
+-- look (a commit can fall between them), so idle means: idle, and the same
+-- counters in two looks in a row.
+local function store_idle(port)
+  local last
+  return h.wait_until(function()
+    local idle, digest = store_state(port)
+    local same = idle and digest == last
+    last = idle and digest or nil
+    return same
+  end, 10)
+end
+
 -- Publishes every line of events_path to srv and returns what a subscriber
 -- to ">" received.  Everything the events cause is in by the time the
 -- publisher's PONG arrives: tide runs an event, its handlers and what they
--- publish before it reads the next message.
-local function run_events(srv, events_path)
+-- publish before it reads the next message.  With durable = true, each
+-- event also waits until the streams are idle (what durable handlers do
+-- happens later, from the loop), as in tide run.
+local function run_events(srv, events_path, durable)
   local sub = h.connect(srv.port, { connect = '{"headers":true}' })
   sub:send("SUB > 1\r\n")
   assert(sub:ping())
   local pub = h.connect(srv.port, { connect = '{"headers":true}' })
   for _, line in ipairs(read_jsonl(events_path)) do
-    local subject, hdr, payload = message_for(events_path, line)
+    local subject, hdr, payload, reply = message_for(events_path, line)
+    local to = reply and (subject .. " " .. reply) or subject
     if hdr then
-      pub:send(("HPUB %s %d %d\r\n%s%s\r\n"):format(subject, #hdr, #hdr + #payload, hdr, payload))
+      pub:send(("HPUB %s %d %d\r\n%s%s\r\n"):format(to, #hdr, #hdr + #payload, hdr, payload))
     else
-      pub:send(("PUB %s %d\r\n%s\r\n"):format(subject, #payload, payload))
+      pub:send(("PUB %s %d\r\n%s\r\n"):format(to, #payload, payload))
+    end
+    if durable then
+      assert(pub:ping())
+      assert(store_idle(srv.port), ("%s:%d: the streams did not go idle"):format(events_path, line.n))
     end
   end
   local before_pong = assert(pub:ping())
@@ -164,6 +210,13 @@ local function run_events(srv, events_path)
   local got = read_until_pong(sub)
   pub:close()
   sub:close()
+  if durable then -- the answers to store_idle's requests
+    local kept = {}
+    for _, d in ipairs(got) do
+      if not d.subject:match("^_INBOX%.spec") then kept[#kept + 1] = d end
+    end
+    got = kept
+  end
   return got
 end
 
@@ -277,11 +330,19 @@ local function log_errors(srv)
 end
 
 -- Runs one example's events on a server of its own, stopped afterwards;
--- returns the deliveries and the (stopped) server.
+-- returns the deliveries and the (stopped) server.  A durable example keeps
+-- its data in a temporary directory, removed afterwards.
 local function run_example(name)
-  local srv = start(name)
-  local ok, got = pcall(run_events, srv, EXAMPLES_DIR .. "/" .. name .. "/events.jsonl")
+  local data, srv
+  if DURABLE_EXAMPLES[name] then
+    data = h.make_tmpdir("example-" .. name)
+    srv = h.start_server { args = { "--no-http", "-c", entry(name), "--data", data } }
+  else
+    srv = start(name)
+  end
+  local ok, got = pcall(run_events, srv, EXAMPLES_DIR .. "/" .. name .. "/events.jsonl", DURABLE_EXAMPLES[name])
   srv:stop()
+  h.remove_tmpdir(data)
   if not ok then error(got .. "\nserver log:\n" .. srv:log(), 0) end
   return got, srv
 end

@@ -110,6 +110,18 @@ describe("tide repl (piped)", function()
     assert.matches("differ", out)
   end)
 
+  it("lists the stream helpers, and says when the flow has no streams", function()
+    h.write_file(dir .. "/flow.lua", 'filter("x", function(e) return true end)\n')
+    local input = dir .. "/input.txt"
+    h.write_file(input, 'help()\nstreams()\nreplay("orders", 1)\n')
+    local rc, out = sh(("cd %s && TIDE_HISTORY=%s/history %s repl -c flow.lua < %s"):format(dir, dir, h.bin, input))
+    assert.are.equal(0, rc, out)
+    assert.matches("streams    streams%(%) %(messages, sequences, consumers%)   replay%(stream, from %[, to%]%)", out)
+    assert.matches("no streams: declare them in the flow", out)
+    assert.matches("error: prompt:1: replay: no stream 'orders' %(this flow declares none%)", out)
+    assert.not_matches("streams:", out:match("^[^\n]*\n[^\n]*") or "") -- no streams line in the banner
+  end)
+
   it("reload() rebuilds from the entry file and keeps tide.kv", function()
     h.write_file(dir .. "/flow.lua", 'filter("x", function(e) return true end)\n')
     local input = dir .. "/input.txt"

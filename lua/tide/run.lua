@@ -1,12 +1,19 @@
 -- tide run: runs a flow offline.
 --
---   tide run flow.lua --events in.jsonl [--expect out.jsonl]
+--   tide run flow.lua --events in.jsonl [--expect out.jsonl] [--settle SECONDS]
 --
 -- Publishes every line of in.jsonl through the flow (a router with no
 -- network), prints every delivery as a JSON line in delivery order, and
 -- with --expect compares them with out.jsonl, printing a readable diff and
 -- failing on any difference.  The formats are described in
 -- examples/README.md.  Returns the process exit code.
+--
+-- A flow that declares streams runs them for real in a temporary data
+-- directory (removed afterwards): after each input line the router runs
+-- until the streams are idle (every append stored, nothing left for a
+-- consumer to deliver, no Lua handler call pending), at most --settle
+-- seconds (default 10), so what durable handlers publish follows the event
+-- that caused it, in the same order on every run.
 local flow = require "tide.flow"
 local json = tide_json -- set by the C side: encode, decode, null, array
 
@@ -113,11 +120,15 @@ local function input_message(line, n)
   if not v then return nil, err end
   if type(v) ~= "table" or ARRAY[v] then return nil, ("line %d: expected a JSON object"):format(n) end
   for k in pairs(v) do
-    if k ~= "subject" and k ~= "headers" and k ~= "data" and k ~= "event" and k ~= "id" then
+    if k ~= "subject" and k ~= "headers" and k ~= "data" and k ~= "event" and k ~= "id" and k ~= "reply" then
       return nil, ("line %d: unknown key '%s'"):format(n, k)
     end
   end
   if type(v.subject) ~= "string" then return nil, ("line %d: 'subject' is required"):format(n) end
+  if v.reply ~= nil and (type(v.reply) ~= "string" or not v.reply:match("^[^%s%*>]+$")
+                         or v.reply:match("^%.") or v.reply:match("%.$") or v.reply:match("%.%.")) then
+    return nil, ("line %d: 'reply' must be a subject without wildcards"):format(n)
+  end
   if (v.data == nil) == (v.event == nil) then
     return nil, ("line %d: give exactly one of 'data' and 'event'"):format(n)
   end
@@ -128,7 +139,7 @@ local function input_message(line, n)
     payload = '{"specversion":"1.0","id":' .. json.encode(v.id or ("evt-" .. n)) ..
       ',"source":"events.jsonl","type":' .. json.encode(v.subject) .. ',"data":' .. canon(v.data) .. "}"
   end
-  return v.subject, header_block(v.headers), payload
+  return v.subject, header_block(v.headers), payload, v.reply
 end
 
 -- A delivery as the line tide run prints.
@@ -212,18 +223,24 @@ local function expectations(path)
 end
 
 local function main(args)
-  local entry, events, expect = nil, nil, nil
+  local entry, events, expect, settle = nil, nil, nil, nil
   local i = 1
   while i <= #args do
     local a = args[i]
     if a == "--events" then events = args[i + 1]; i = i + 2
     elseif a == "--expect" then expect = args[i + 1]; i = i + 2
+    elseif a == "--settle" then
+      settle = tonumber(args[i + 1] or "")
+      if not settle or settle < 0 or settle > 3600 then
+        return fail("--settle wants a number of seconds from 0 to 3600")
+      end
+      i = i + 2
     elseif a:sub(1, 1) == "-" then return fail("unknown option '" .. a .. "'")
     elseif not entry then entry = a; i = i + 1
     else return fail("unexpected argument '" .. a .. "'") end
   end
   if not entry or not events then
-    return fail("usage: tide run flow.lua --events in.jsonl [--expect out.jsonl]")
+    return fail("usage: tide run flow.lua --events in.jsonl [--expect out.jsonl] [--settle SECONDS]")
   end
   local inputs, err = read_lines(events)
   if not inputs then return fail(err) end
@@ -233,15 +250,19 @@ local function main(args)
     if not want then return fail(err) end
   end
   local f
-  f, err = flow.open(entry)
+  f, err = flow.open(entry, { settle = settle })
   if not f then return fail(err) end
 
   local got = {}
   for _, l in ipairs(inputs) do
-    local subject, hdr, payload = input_message(l.text, l.n)
+    local subject, hdr, payload, reply = input_message(l.text, l.n)
     if not subject then f:close(); return fail(events .. ": " .. hdr) end
-    for _, d in ipairs(f:publish(subject, hdr, payload)) do
+    local delivered, busy = f:publish(subject, hdr, payload, reply)
+    for _, d in ipairs(delivered) do
       got[#got + 1] = delivery_record(d)
+    end
+    if busy then
+      io.stderr:write(("tide run: %s:%d: %s; going on with the next line\n"):format(events, l.n, busy))
     end
   end
   f:close()
