@@ -369,37 +369,3 @@ int vfs_sync_dir(const char *path)
     }
     return rc;
 }
-
-int vfs_write_file(const char *path, const void *buf, size_t n)
-{
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
-        errno = ENAMETOOLONG;
-        return -1;
-    }
-    int fd = vfs_open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0)
-        return -1;
-    if (vfs_write(fd, buf, n) < 0 || vfs_sync(fd) < 0) {
-        int e = errno;
-        vfs_close(fd);
-        unlink(tmp);
-        errno = e;
-        return -1;
-    }
-    vfs_close(fd);
-    if (vfs_rename(tmp, path) < 0) {
-        int e = errno;
-        unlink(tmp);
-        errno = e;
-        return -1;
-    }
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash) {
-        *slash = '\0';
-        vfs_sync_dir(dir[0] ? dir : "/");
-    }
-    return 0;
-}

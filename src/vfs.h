@@ -48,8 +48,6 @@ int vfs_rename(const char *from, const char *to);
 int vfs_unlink(const char *path);
 /* Syncs a directory, so that files created or renamed in it persist. */
 int vfs_sync_dir(const char *path);
-/* Writes a whole small file atomically: path.tmp, sync, rename, sync dir. */
-int vfs_write_file(const char *path, const void *buf, size_t n);
 
 /* True when any fault rule is active (tests use it to check the setup). */
 int vfs_faulty(void);
