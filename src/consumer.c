@@ -1352,6 +1352,19 @@ cJSON *consumer_json(consumer_t *c)
     return o;
 }
 
+void consumer_get_info(consumer_t *c, consumer_info_t *out)
+{
+    memset(out, 0, sizeof *out);
+    out->cfg = &c->cfg;
+    out->next_seq = c->next_seq;
+    out->pending = pending_count(c);
+    out->in_flight = c->npending;
+    out->delivered = c->delivered;
+    out->redelivered = c->redelivered;
+    out->acked = c->acked;
+    out->dead_lettered = c->dead_lettered;
+}
+
 void consumer_metrics(consumer_t *const *cs, int n, char **buf, size_t *len, size_t *cap)
 {
     /* The text format wants every sample of a metric together, after its

@@ -478,3 +478,10 @@ int durable_bind(script_host_t *h, state_t *st, int check_only, char *err, size_
     }
     return 0;
 }
+
+int script_bind_durable(script_host_t *h, char *err, size_t errsz)
+{
+    if (!h->streams)
+        return 0;
+    return durable_bind(h, h->cur, 0, err, errsz);
+}

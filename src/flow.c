@@ -6,14 +6,13 @@
 #include <string.h>
 #include <time.h>
 
-#include <cjson/cJSON.h>
 #include <event2/event.h>
 #include <lauxlib.h>
 
 #include "flow.h"
-#include "script_internal.h" /* the declared streams, for flow_open_streams_unsynced */
+#include "script.h"
 #include "server.h"
-#include "stream_internal.h" /* logs and consumers, for flow_streams_idle */
+#include "stream.h"
 #include "util.h"
 
 #define FLOW_MT "tide.flow"
@@ -45,38 +44,27 @@ static double mono_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* Lua handlers are bound to the consumer (batch > 0). */
-static int bound(const streams_t *sm, const char *name)
-{
-    for (int b = 0; b < sm->nbound; b++)
-        if (!strcmp(sm->bound[b], name))
-            return sm->bound_batch[b] > 0;
-    return 0;
-}
-
 int flow_streams_idle(server_t *srv, streams_t *sm, char *why, size_t n)
 {
     if (!sm)
         return 1;
-    for (int i = 0; i < sm->n; i++) {
-        slog_info_t in;
-        slog_get_info(sm->streams[i]->log, &in);
-        if (!in.failed && in.last_seq > in.committed_seq) {
-            snprintf(why, n, "stream %s: %llu record(s) not yet durable", sm->streams[i]->cfg.name,
-                     (unsigned long long)(in.last_seq - in.committed_seq));
+    stream_info_t si;
+    for (int i = 0; streams_stream_info(sm, NULL, i, &si); i++) {
+        const slog_info_t *in = &si.log;
+        if (!in->failed && in->last_seq > in->committed_seq) {
+            snprintf(why, n, "stream %s: %llu record(s) not yet durable", si.cfg->name,
+                     (unsigned long long)(in->last_seq - in->committed_seq));
             return 0;
         }
     }
-    for (int i = 0; i < sm->nc; i++) {
-        consumer_t *c = sm->consumers[i];
-        const consumer_cfg_t *cfg = consumer_cfg(c);
+    consumer_info_t ci;
+    for (int i = 0; streams_consumer_info(sm, NULL, i, &ci); i++) {
+        const consumer_cfg_t *cfg = ci.cfg;
         int lua = !cfg->deliver[0];
-        if (lua ? !bound(sm, cfg->name) : !server_has_interest(srv, cfg->deliver, strlen(cfg->deliver)))
+        if (lua ? !ci.handlers : !server_has_interest(srv, cfg->deliver, strlen(cfg->deliver)))
             continue; /* nobody to deliver to: its events wait, whatever we do */
-        cJSON *o = consumer_json(c);
-        double pending = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(o, "num_pending"));
-        double flight = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(o, "num_ack_pending"));
-        cJSON_Delete(o);
+        double pending = (double)ci.pending;
+        double flight = (double)ci.in_flight;
         /* (a push consumer's deliveries stay in flight until someone acks) */
         if (pending > 0 || (lua && flight > 0)) {
             snprintf(why, n, "consumer %s: %.0f to deliver, %.0f in flight", cfg->name, pending, flight);
@@ -129,13 +117,7 @@ void flow_remove_tree(const char *dir)
 
 int flow_open_streams_unsynced(script_host_t *h, streams_t *sm, char *err, size_t errsz)
 {
-    state_t *st = h->cur;
-    static stream_cfg_t cfg[STATE_STREAMS_MAX];
-    for (int i = 0; i < st->nstreams; i++) {
-        cfg[i] = st->streams[i]; /* shallow: streams_apply copies what it keeps */
-        cfg[i].o.fsync = FSYNC_NEVER;
-    }
-    return streams_apply(sm, cfg, st->nstreams, NULL, 0, err, errsz);
+    return script_open_streams(h, sm, FSYNC_NEVER, err, errsz);
 }
 
 static char lib_dir[4096];

@@ -34,9 +34,9 @@
 #include "log.h"
 #include "msgq.h"
 #include "repl.h"
-#include "script_internal.h" /* durable_bind: handlers typed at the prompt take their consumer's events */
+#include "script.h"
 #include "server.h"
-#include "stream_internal.h" /* stored records and consumers, for streams() and replay() */
+#include "stream.h"
 #include "subject.h"
 #include "util.h"
 
@@ -516,14 +516,6 @@ static int h_expect(lua_State *L)
 
 /* ---- streams ------------------------------------------------------------------- */
 
-static int bound_to_lua(const streams_t *sm, const char *name)
-{
-    for (int b = 0; b < sm->nbound; b++)
-        if (!strcmp(sm->bound[b], name))
-            return sm->bound_batch[b] > 0;
-    return 0;
-}
-
 static void set_int(lua_State *L, const char *k, double v)
 {
     lua_pushinteger(L, (lua_Integer)v);
@@ -536,36 +528,36 @@ static int h_streams(lua_State *L)
 {
     repl_t *r = up(L);
     streams_t *sm = server_streams(r->srv);
-    if (!sm || !sm->n) {
+    if (!sm || !streams_count(sm)) {
         out("no streams: declare them in the flow (stream \"orders\" { subjects = {...} }) and start\n"
             "tide repl -c flow.lua\n");
         return 0;
     }
-    lua_createtable(L, 0, sm->n);
-    for (int i = 0; i < sm->n; i++) {
-        stream_t *st = sm->streams[i];
-        slog_info_t in;
-        slog_get_info(st->log, &in);
+    lua_createtable(L, 0, streams_count(sm));
+    stream_info_t si;
+    for (int i = 0; streams_stream_info(sm, NULL, i, &si); i++) {
+        const stream_cfg_t *sc = si.cfg;
+        const slog_info_t *in = &si.log;
         lua_createtable(L, 0, 10);
-        lua_pushstring(L, st->cfg.name);
+        lua_pushstring(L, sc->name);
         lua_setfield(L, -2, "name");
-        lua_createtable(L, st->cfg.nsubjects, 0);
-        for (int k = 0; k < st->cfg.nsubjects; k++) {
-            lua_pushstring(L, st->cfg.subjects[k]);
+        lua_createtable(L, sc->nsubjects, 0);
+        for (int k = 0; k < sc->nsubjects; k++) {
+            lua_pushstring(L, sc->subjects[k]);
             lua_rawseti(L, -2, k + 1);
         }
         lua_setfield(L, -2, "subjects");
-        set_int(L, "messages", (double)in.msgs);
-        set_int(L, "bytes", (double)in.bytes);
-        set_int(L, "first_seq", (double)in.first_seq);
-        set_int(L, "last_seq", (double)in.last_seq);
-        lua_pushstring(L, st->cfg.o.fsync == FSYNC_ALWAYS ? "always" : st->cfg.o.fsync == FSYNC_INTERVAL ? "interval"
-                                                                                                      : "never");
+        set_int(L, "messages", (double)in->msgs);
+        set_int(L, "bytes", (double)in->bytes);
+        set_int(L, "first_seq", (double)in->first_seq);
+        set_int(L, "last_seq", (double)in->last_seq);
+        lua_pushstring(L, sc->o.fsync == FSYNC_ALWAYS ? "always" : sc->o.fsync == FSYNC_INTERVAL ? "interval"
+                                                                                              : "never");
         lua_setfield(L, -2, "fsync");
-        lua_createtable(L, 0, st->ncons);
-        for (int k = 0; k < st->ncons; k++) {
-            const consumer_cfg_t *cfg = consumer_cfg(st->cons[k]);
-            cJSON *o = consumer_json(st->cons[k]);
+        lua_createtable(L, 0, si.nconsumers);
+        consumer_info_t ci;
+        for (int k = 0; streams_consumer_info(sm, sc->name, k, &ci); k++) {
+            const consumer_cfg_t *cfg = ci.cfg;
             lua_createtable(L, 0, 12);
             lua_pushstring(L, cfg->name);
             lua_setfield(L, -2, "name");
@@ -577,20 +569,20 @@ static int h_streams(lua_State *L)
                 lua_pushstring(L, cfg->deliver);
                 lua_setfield(L, -2, "deliver");
             } else {
-                lua_pushboolean(L, bound_to_lua(sm, cfg->name));
+                lua_pushboolean(L, ci.handlers);
                 lua_setfield(L, -2, "handlers");
             }
-            static const char *const fields[][2] = {
-                {"next_seq", "next_seq"},   {"num_pending", "pending"},     {"num_ack_pending", "in_flight"},
-                {"delivered", "delivered"}, {"redelivered", "redelivered"}, {"acked", "acked"},
-                {"dead_lettered", "dead_lettered"}};
-            for (size_t f = 0; f < sizeof fields / sizeof fields[0]; f++)
-                set_int(L, fields[f][1], cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(o, fields[f][0])));
-            cJSON_Delete(o);
+            set_int(L, "next_seq", (double)ci.next_seq);
+            set_int(L, "pending", (double)ci.pending);
+            set_int(L, "in_flight", (double)ci.in_flight);
+            set_int(L, "delivered", (double)ci.delivered);
+            set_int(L, "redelivered", (double)ci.redelivered);
+            set_int(L, "acked", (double)ci.acked);
+            set_int(L, "dead_lettered", (double)ci.dead_lettered);
             lua_setfield(L, -2, cfg->name);
         }
         lua_setfield(L, -2, "consumers");
-        lua_setfield(L, -2, st->cfg.name);
+        lua_setfield(L, -2, sc->name);
     }
     return 1;
 }
@@ -606,7 +598,7 @@ static int h_replay(lua_State *L)
     lua_Integer to = luaL_optinteger(L, 3, 0);
     if (!lua_isnoneornil(L, 4))
         luaL_checktype(L, 4, LUA_TTABLE);
-    if (!sm || !streams_find(sm, name, nl))
+    if (!sm || strlen(name) != nl || !streams_stream_info(sm, name, 0, NULL))
         return luaL_error(L, "replay: no stream '%s'%s", name,
                           sm ? " (streams() lists them)" : " (this flow declares none)");
     if (from < 1 || to < 0 || (to && to < from))
@@ -620,16 +612,14 @@ static int h_replay(lua_State *L)
         lua_getfield(L, 4, "consumer");
         const char *c = lua_tostring(L, -1);
         if (!lua_isnil(L, -1)) {
-            consumer_t *found = NULL;
-            for (int k = 0; c && k < sm->nc && !found; k++)
-                if (!strcmp(consumer_cfg(sm->consumers[k])->name, c) &&
-                    !strcmp(consumer_cfg(sm->consumers[k])->stream, name))
-                    found = sm->consumers[k];
+            const consumer_cfg_t *found = NULL, *cfg;
+            for (int k = 0; c && !found && (cfg = streams_consumer_info(sm, NULL, k, NULL)); k++)
+                if (!strcmp(cfg->name, c) && !strcmp(cfg->stream, name))
+                    found = cfg;
             if (!found)
                 return luaL_error(L, "replay: stream '%s' has no consumer '%s'", name, c ? c : "?");
-            if (consumer_cfg(found)->deliver[0])
-                return luaL_error(L, "replay: consumer '%s' delivers to %s, not to Lua handlers", c,
-                                  consumer_cfg(found)->deliver);
+            if (found->deliver[0])
+                return luaL_error(L, "replay: consumer '%s' delivers to %s, not to Lua handlers", c, found->deliver);
             snprintf(j->consumer, sizeof j->consumer, "%s", c);
         }
         lua_pop(L, 1);
@@ -655,28 +645,27 @@ static const char *verdict_name(int kind)
 static void run_replay(repl_t *r, const replay_job_t *j)
 {
     streams_t *sm = server_streams(r->srv);
-    stream_t *st = sm ? streams_find(sm, j->stream, strlen(j->stream)) : NULL;
-    if (!st) {
+    stream_info_t si;
+    if (!sm || !streams_stream_info(sm, j->stream, 0, &si)) {
         out("replay: stream %s is gone\n", j->stream);
         return;
     }
-    const consumer_cfg_t *cc = NULL;
-    for (int k = 0; j->consumer[0] && k < st->ncons && !cc; k++)
-        if (!strcmp(consumer_cfg(st->cons[k])->name, j->consumer))
-            cc = consumer_cfg(st->cons[k]);
-    if (j->consumer[0] && (!cc || !sm->hooks.handle)) {
+    const consumer_cfg_t *cc = NULL, *cfg;
+    for (int k = 0; j->consumer[0] && !cc && (cfg = streams_consumer_info(sm, j->stream, k, NULL)); k++)
+        if (!strcmp(cfg->name, j->consumer))
+            cc = cfg;
+    if (j->consumer[0] && (!cc || streams_call_handlers(sm, j->stream, cc->name, NULL, 0, NULL) < 0)) {
         out("replay: consumer %s is gone\n", j->consumer);
         return;
     }
-    slog_info_t in;
-    slog_get_info(st->log, &in);
+    const slog_info_t in = si.log;
     uint64_t from = j->from < in.first_seq ? in.first_seq : j->from;
     uint64_t to = !j->to || j->to > in.last_seq ? in.last_seq : j->to;
     uint64_t n = 0, missing = 0, filtered = 0;
     int was = server_pause_capture(r->srv, 1);
     for (uint64_t seq = from; in.msgs && seq <= to; seq++) {
         slog_rec_t rec;
-        if (slog_read(st->log, seq, &rec, &r->rbuf, &r->rcap) <= 0) {
+        if (streams_read(sm, j->stream, seq, &rec, &r->rbuf, &r->rcap) <= 0) {
             missing++; /* deleted by retention, or a damaged record skipped */
             continue;
         }
@@ -697,16 +686,15 @@ static void run_replay(repl_t *r, const replay_job_t *j)
             filtered++;
             continue;
         }
-        uint32_t deliveries = 1;
         stream_verdict_t v;
         memset(&v, 0, sizeof v);
-        sm->hooks.handle(sm->hooks.ctx, st->cfg.name, cc->name, &m, &seq, &deliveries, 1, &v);
+        streams_call_handlers(sm, j->stream, cc->name, &m, seq, &v);
         out("  %s seq %llu  %.*s  %s%s%s\n", cc->name, (unsigned long long)seq, (int)rec.subject_len, rec.subject,
             verdict_name(v.kind), v.error[0] ? ": " : "", v.error);
         n++;
     }
     server_pause_capture(r->srv, was);
-    out("replayed %llu event%s of %s", (unsigned long long)n, n == 1 ? "" : "s", st->cfg.name);
+    out("replayed %llu event%s of %s", (unsigned long long)n, n == 1 ? "" : "s", j->stream);
     if (in.msgs && from <= to)
         out(" (sequences %llu..%llu)", (unsigned long long)from, (unsigned long long)to);
     if (cc)
@@ -726,11 +714,8 @@ static void bind_new_handlers(repl_t *r)
     if (stt.rules == r->nrules)
         return;
     r->nrules = stt.rules;
-    script_host_t *h = r->host;
-    if (!h->streams)
-        return;
     char err[512];
-    if (durable_bind(h, h->cur, 0, err, sizeof err) < 0)
+    if (script_bind_durable(r->host, err, sizeof err) < 0)
         out("%s\n", err);
 }
 
@@ -1077,13 +1062,11 @@ int repl_main(const char *entry, const char *lib_dir, const char *listen_addr, c
         listen_addr ? ", NATS clients welcome on " : "", listen_addr ? listen_addr : "");
     if (r.sm) {
         out("streams:");
-        for (int i = 0; i < r.sm->n; i++) {
-            slog_info_t in;
-            slog_get_info(r.sm->streams[i]->log, &in);
-            out("%s %s (%llu message%s)", i ? "," : "", r.sm->streams[i]->cfg.name, (unsigned long long)in.msgs,
-                in.msgs == 1 ? "" : "s");
-        }
-        if (!r.sm->n)
+        stream_info_t si;
+        for (int i = 0; streams_stream_info(r.sm, NULL, i, &si); i++)
+            out("%s %s (%llu message%s)", i ? "," : "", si.cfg->name, (unsigned long long)si.log.msgs,
+                si.log.msgs == 1 ? "" : "s");
+        if (!streams_count(r.sm))
             out(" none declared");
         if (r.data_from)
             out(" in %s (%s)\n", r.data_dir, r.data_from);

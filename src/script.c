@@ -306,6 +306,17 @@ int script_declared_streams(const script_host_t *h)
     return h->cur->nstreams;
 }
 
+int script_open_streams(const script_host_t *h, streams_t *sm, int fsync, char *err, size_t errsz)
+{
+    const state_t *st = h->cur;
+    static stream_cfg_t cfg[STATE_STREAMS_MAX];
+    for (int i = 0; i < st->nstreams; i++) {
+        cfg[i] = st->streams[i]; /* shallow: streams_apply copies what it keeps */
+        cfg[i].o.fsync = fsync;
+    }
+    return streams_apply(sm, cfg, st->nstreams, NULL, 0, err, errsz);
+}
+
 int script_host_set_streams(script_host_t *h, streams_t *sm, char *err, size_t errsz)
 {
     if (h->streams && h->streams != sm)

@@ -157,5 +157,15 @@ int script_declared_streams(const script_host_t *h);
  * applied now and after every reload (a reload whose declarations cannot
  * be applied fails and the old state keeps serving).  0, or -1 with err. */
 int script_host_set_streams(script_host_t *h, struct streams *sm, char *err, size_t errsz);
+/* Opens the streams the entry file declares (not its consumers) in sm, each
+ * with fsync policy `fsync` (an FSYNC_* of store.h) instead of the declared
+ * one: a stream's fsync is fixed when it is first opened, so this, before
+ * script_host_set_streams, keeps throwaway data unsynced.  0, or -1 with err. */
+int script_open_streams(const script_host_t *h, struct streams *sm, int fsync, char *err, size_t errsz);
+/* Binds the durable consumers the current state's on(pattern, { consumer
+ * = ... }, fn) handlers name, and unbinds the others: for handlers added
+ * after loading (at the prompt).  0 (also with no streams connected), or
+ * -1 with err when a handler names an undeclared consumer. */
+int script_bind_durable(script_host_t *h, char *err, size_t errsz);
 
 #endif

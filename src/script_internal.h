@@ -12,9 +12,7 @@
  *   durable.c   Lua handlers bound to durable consumers, and the hooks
  *               the streams call (upgrades, dedup keys)
  *
- * Not for use outside these files (and the prompt and offline runs, repl.c
- * and flow.c, which set up streams as tide serve does); script.h is the
- * host's public face.
+ * Not for use outside these files; script.h is the host's public face.
  */
 #ifndef TIDE_SCRIPT_INTERNAL_H
 #define TIDE_SCRIPT_INTERNAL_H

@@ -55,6 +55,61 @@ int streams_count(const streams_t *sm) { return sm ? sm->n : 0; }
 
 const char *streams_dir(const streams_t *sm) { return sm->dir; }
 
+const stream_cfg_t *streams_stream_info(streams_t *sm, const char *name, int i, stream_info_t *out)
+{
+    stream_t *st = name ? streams_find(sm, name, strlen(name)) : i >= 0 && i < sm->n ? sm->streams[i] : NULL;
+    if (!st)
+        return NULL;
+    if (out) {
+        out->cfg = &st->cfg;
+        slog_get_info(st->log, &out->log);
+        out->nconsumers = st->ncons;
+    }
+    return &st->cfg;
+}
+
+const consumer_cfg_t *streams_consumer_info(streams_t *sm, const char *stream, int i, consumer_info_t *out)
+{
+    consumer_t *c = NULL;
+    if (stream) {
+        stream_t *st = streams_find(sm, stream, strlen(stream));
+        if (st && i >= 0 && i < st->ncons)
+            c = st->cons[i];
+    } else if (i >= 0 && i < sm->nc) {
+        c = sm->consumers[i];
+    }
+    if (!c)
+        return NULL;
+    if (out) {
+        consumer_get_info(c, out);
+        out->handlers = 0;
+        for (int b = 0; b < sm->nbound; b++)
+            if (!strcmp(sm->bound[b], out->cfg->name)) {
+                out->handlers = sm->bound_batch[b] > 0;
+                break;
+            }
+    }
+    return consumer_cfg(c);
+}
+
+int streams_read(streams_t *sm, const char *stream, uint64_t seq, slog_rec_t *out, char **buf, size_t *cap)
+{
+    stream_t *st = streams_find(sm, stream, strlen(stream));
+    return st ? slog_read(st->log, seq, out, buf, cap) : -1;
+}
+
+int streams_call_handlers(streams_t *sm, const char *stream, const char *consumer, const proto_msg_t *m,
+                          uint64_t seq, stream_verdict_t *v)
+{
+    if (!sm->hooks.handle)
+        return -1;
+    if (!m)
+        return 0;
+    uint32_t deliveries = 1;
+    sm->hooks.handle(sm->hooks.ctx, stream, consumer, m, &seq, &deliveries, 1, v);
+    return 0;
+}
+
 void streams_set_hooks(streams_t *sm, const stream_hooks_t *hooks)
 {
     if (hooks)

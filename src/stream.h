@@ -113,6 +113,49 @@ void streams_bind(streams_t *sm, const char *consumer, int batch, double wait);
 /* Number of streams. */
 int streams_count(const streams_t *sm);
 
+/* ---- reading streams and consumers (the prompt, offline runs) ---- */
+
+/* A stream, as streams_stream_info describes it. */
+typedef struct stream_info {
+    const stream_cfg_t *cfg; /* its declaration (name, subjects, fsync); valid until the next streams_apply */
+    slog_info_t log;         /* what its log holds: sequences, messages, bytes, what is durable */
+    int nconsumers;          /* its consumers, for streams_consumer_info */
+} stream_info_t;
+
+/* A consumer, as streams_consumer_info describes it. */
+typedef struct consumer_info {
+    const consumer_cfg_t *cfg; /* its declaration; valid until the next streams_apply */
+    int handlers;              /* Lua handlers are bound to it (streams_bind with batch > 0) */
+    uint64_t next_seq;         /* the next stream sequence it looks at */
+    uint64_t pending;          /* events matching its filter not delivered yet */
+    uint64_t in_flight;        /* delivered, waiting for their ack */
+    uint64_t delivered, redelivered, acked, dead_lettered;
+} consumer_info_t;
+
+/* The stream called name, or with name NULL the i-th stream (0 ..
+ * streams_count - 1): its declaration, valid until the next streams_apply
+ * (NULL when there is none), and with out not NULL a description in *out. */
+const stream_cfg_t *streams_stream_info(streams_t *sm, const char *name, int i, stream_info_t *out);
+
+/* The i-th consumer of the stream called stream (0 .. its nconsumers - 1),
+ * or with stream NULL the i-th consumer of all: its declaration, valid
+ * until the next streams_apply (NULL when there is none), and with out not
+ * NULL a description in *out (counting what is pending may read the log). */
+const consumer_cfg_t *streams_consumer_info(streams_t *sm, const char *stream, int i, consumer_info_t *out);
+
+/* Reads record seq of the stream called stream, as slog_read does (its
+ * bytes in *buf, grown as needed; caller frees).  1: found, 0: no such
+ * record, -1: read error or no such stream. */
+int streams_read(streams_t *sm, const char *stream, uint64_t seq, slog_rec_t *out, char **buf, size_t *cap);
+
+/* Runs the Lua handlers bound to consumer of stream on the stored event m
+ * (sequence seq, a first delivery) through the hooks' handle, as the
+ * consumer would, but outside it: its position and state are not touched.
+ * 0 with the verdict in *v, or -1 when no hooks handle events (then
+ * nothing ran).  With m NULL only says which. */
+int streams_call_handlers(streams_t *sm, const char *stream, const char *consumer, const struct proto_msg *m,
+                          uint64_t seq, stream_verdict_t *v);
+
 /* JSON for $TIDE.ADMIN.STREAMS / GET /v1/streams and the consumers (malloc'd). */
 char *streams_json(streams_t *sm, size_t *len);
 char *consumers_json(streams_t *sm, size_t *len);

@@ -1,8 +1,8 @@
 /*
  * stream_internal.h - what stream.c (streams, capture, PubAcks, admin) and
- * consumer.c (durable consumers) share; dlq.c, and the prompt (repl.c) and
- * offline runs (flow.c), read stored records and consumer state through it.
- * Not for use elsewhere.
+ * consumer.c (durable consumers) share; dlq.c reads stored records and
+ * consumer state through it.  Not for use elsewhere; stream.h is the
+ * streams' public face.
  */
 #ifndef TIDE_STREAM_INTERNAL_H
 #define TIDE_STREAM_INTERNAL_H
@@ -74,6 +74,8 @@ void consumers_on_ack(void *ctx, const proto_msg_t *m);
 /* JSON object describing the consumer (cJSON *), for admin and HTTP. */
 struct cJSON;
 struct cJSON *consumer_json(consumer_t *c);
+/* Fills *out for streams_consumer_info (all but handlers, which the streams know). */
+void consumer_get_info(consumer_t *c, consumer_info_t *out);
 /* Prometheus lines for n consumers: each metric's HELP, TYPE and samples together. */
 void consumer_metrics(consumer_t *const *cs, int n, char **buf, size_t *len, size_t *cap);
 
