@@ -93,6 +93,9 @@ struct consumer {
     size_t nbq, capbq;
     int64_t bq_since;   /* when the first was gathered */
     uint64_t handler_calls;
+    /* Handler acks waiting for what the handler published to be durable. */
+    struct deferred_ack *deferred;
+    size_t ndeferred, capdeferred;
     uint64_t delivered, redelivered, acked, naked, termed, dead_lettered, expired;
     uint64_t given_up; /* after max_deliver or +TERM, dead-lettered or not */
     /* Events after next_seq that match the filter, counted up to counted_to. */
@@ -101,6 +104,8 @@ struct consumer {
     size_t ccap;
     int pumping;
 };
+
+static void release_deferred(consumer_t *c);
 
 static int64_t mono_ns(void)
 {
@@ -627,6 +632,8 @@ static void call_handlers(consumer_t *c, int force);
 
 static void pump_now(consumer_t *c)
 {
+    if (c->ndeferred)
+        release_deferred(c);
     if (c->pumping || !can_deliver(c))
         return; /* nobody to deliver to: keep the events (the tick looks again) */
     c->pumping = 1;
@@ -717,6 +724,105 @@ static void gather(consumer_t *c, pend_t *p, const slog_rec_t *r)
     schedule(c, p, 0, mono_ns() + (int64_t)((c->wait + c->cfg.ack_wait) * 1e9));
 }
 
+/*
+ * A handler's ack is recorded only once the events it published are
+ * durable: a crash in between redelivers the event (the handler runs again
+ * and publishes again) instead of losing what it published.  The barrier
+ * is each stream's last sequence right after the handler ran; a stream
+ * whose writes failed since then (it may have reused sequences) releases
+ * nothing, and the event is redelivered after ack_wait instead.
+ */
+#define BARRIER_MAX 8
+typedef struct deferred_ack {
+    uint64_t seq;
+    uint32_t deliveries;
+    int n;
+    struct {
+        char stream[STREAM_NAME_MAX];
+        uint64_t upto;
+        uint64_t failures;
+    } b[BARRIER_MAX];
+} deferred_ack_t;
+
+/* Fills d's barrier; returns 0 when nothing is waiting to be durable. */
+static int take_barrier(consumer_t *c, deferred_ack_t *d)
+{
+    d->n = 0;
+    for (int i = 0; i < c->sm->n; i++) {
+        slog_info_t in;
+        slog_get_info(c->sm->streams[i]->log, &in);
+        if (in.committed_seq >= in.last_seq)
+            continue;
+        if (d->n == BARRIER_MAX)
+            return d->n; /* (more streams than slots: the last slot's stream decides late) */
+        snprintf(d->b[d->n].stream, STREAM_NAME_MAX, "%s", c->sm->streams[i]->cfg.name);
+        d->b[d->n].upto = in.last_seq;
+        d->b[d->n].failures = in.sync_errors + in.write_errors;
+        d->n++;
+    }
+    return d->n;
+}
+
+/* 1: durable, 0: not yet, -1: never (the stream failed meanwhile). */
+static int barrier_state(consumer_t *c, const deferred_ack_t *d)
+{
+    for (int k = 0; k < d->n; k++) {
+        stream_t *st = streams_find(c->sm, d->b[k].stream, strlen(d->b[k].stream));
+        if (!st)
+            continue; /* closed: its records were synced on the way */
+        slog_info_t in;
+        slog_get_info(st->log, &in);
+        if (in.sync_errors + in.write_errors != d->b[k].failures)
+            return -1;
+        if (in.committed_seq < d->b[k].upto)
+            return 0;
+    }
+    return 1;
+}
+
+int consumer_has_deferred(const consumer_t *c) { return c->ndeferred > 0; }
+
+/* Records the acks whose barrier is durable now. */
+static void release_deferred(consumer_t *c)
+{
+    size_t keep = 0;
+    for (size_t i = 0; i < c->ndeferred; i++) {
+        deferred_ack_t *d = &c->deferred[i];
+        pend_t *p = pend_get(c, d->seq);
+        int state = p && p->deliveries == d->deliveries ? barrier_state(c, d) : -1;
+        if (state == 0) {
+            c->deferred[keep++] = *d;
+            continue;
+        }
+        if (state > 0) {
+            c->acked++;
+            done(c, p);
+        }
+    }
+    c->ndeferred = keep;
+}
+
+static void handler_ack(consumer_t *c, pend_t *p)
+{
+    deferred_ack_t d;
+    if (!take_barrier(c, &d)) {
+        c->acked++;
+        done(c, p);
+        return;
+    }
+    if (c->ndeferred == c->capdeferred) {
+        size_t nc = c->capdeferred ? c->capdeferred * 2 : 64;
+        deferred_ack_t *nd = realloc(c->deferred, nc * sizeof *nd);
+        if (!nd)
+            return; /* not recorded: redelivered after ack_wait */
+        c->deferred = nd;
+        c->capdeferred = nc;
+    }
+    d.seq = p->seq;
+    d.deliveries = p->deliveries;
+    c->deferred[c->ndeferred++] = d;
+}
+
 /* Hands the gathered events to the Lua handlers when the batch is full or
  * has waited long enough (force: now), and acts on what they said. */
 static void call_handlers(consumer_t *c, int force)
@@ -760,8 +866,7 @@ static void call_handlers(consumer_t *c, int force)
         }
         switch (v[i].kind) {
         case VERDICT_ACK:
-            c->acked++;
-            done(c, p);
+            handler_ack(c, p);
             break;
         case VERDICT_NAK:
             nak(c, p, v[i].delay < 0 ? -1 : (int64_t)(v[i].delay * 1e9));
@@ -1298,6 +1403,7 @@ void consumer_close(consumer_t *c)
         free(c->bq_bytes[i]);
     free(c->bq);
     free(c->bq_bytes);
+    free(c->deferred);
     for (size_t i = 0; i < c->pending.cap; i++) {
         pend_t *p = c->pending.slots[i].key ? c->pending.slots[i].val : NULL;
         if (p) {

@@ -198,6 +198,10 @@ static void on_commit(void *ctx, uint64_t seq, int err)
         st->store_errors++;
     for (int i = 0; i < st->ncons; i++)
         consumer_pump(st->cons[i]);
+    /* Handler acks anywhere may have waited for these records. */
+    for (int i = 0; i < st->sm->nc; i++)
+        if (consumer_has_deferred(st->sm->consumers[i]))
+            consumer_pump(st->sm->consumers[i]);
 }
 
 static int push_ack(stream_t *st, uint64_t seq, const char *reply, size_t rlen, int duplicate)

@@ -64,6 +64,8 @@ struct streams {
 consumer_t *consumer_open(struct streams *sm, stream_t *st, const consumer_cfg_t *cfg, char *err, size_t errsz);
 void consumer_close(consumer_t *c);
 void consumer_update(consumer_t *c, const consumer_cfg_t *cfg);
+/* True while handler acks wait for what the handlers published to be durable. */
+int consumer_has_deferred(const consumer_t *c);
 /* Lua handlers take this consumer's events (batch 0: none do). */
 void consumer_bind(consumer_t *c, int batch, double wait);
 const consumer_cfg_t *consumer_cfg(const consumer_t *c);

@@ -28,7 +28,7 @@ static const char *const op_names[OP_N] = {"open", "write", "sync", "rename", "t
 typedef struct fault {
     int op;
     uint64_t from, to; /* call numbers, inclusive; to == UINT64_MAX: forever */
-    int err;           /* 0: power loss */
+    int err;           /* 0: power loss, -1: crash */
 } fault_t;
 
 #define MAX_FAULTS 8
@@ -100,12 +100,12 @@ int vfs_init(char *err, size_t errsz)
         char *c1 = strchr(r, ':');
         if (nfaults == MAX_FAULTS || !c1)
             goto bad;
-        if (!strncmp(r, "powerloss:", 10)) {
+        if (!strncmp(r, "powerloss:", 10) || !strncmp(r, "crash:", 6)) {
             char *c2 = strchr(c1 + 1, ':');
             if (!c2 || (f.op = parse_op(c1 + 1, (size_t)(c2 - c1 - 1))) < 0 || parse_range(c2 + 1, &f) < 0)
                 goto bad;
-            f.err = 0;
-            powerloss_armed = 1;
+            f.err = r[0] == 'p' ? 0 : -1;
+            powerloss_armed |= f.err == 0;
         } else {
             if ((f.op = parse_op(r, (size_t)(c1 - r))) < 0)
                 goto bad;
@@ -117,7 +117,7 @@ int vfs_init(char *err, size_t errsz)
         continue;
     bad:
         snprintf(err, errsz, "TIDE_FAULT: cannot read '%s' (e.g. write:5:ENOSPC, sync:3+:EIO, "
-                 "write:5-40:ENOSPC, powerloss:write:120)", r);
+                 "write:5-40:ENOSPC, powerloss:write:120, crash:write:7)", r);
         free(copy);
         nfaults = 0;
         return -1;
@@ -172,6 +172,10 @@ static int fault_check(int op)
         if (faults[i].op == op && n >= faults[i].from && n <= faults[i].to) {
             if (faults[i].err == 0)
                 power_loss();
+            if (faults[i].err < 0) { /* the process dies; what it wrote stays (the page cache survives) */
+                log_warn("store: simulated crash");
+                _exit(98);
+            }
             e = faults[i].err;
         }
     pthread_mutex_unlock(&mu);

@@ -11,6 +11,9 @@
  *   TIDE_FAULT="powerloss:write:120"   at the 120th write, every byte that
  *                                      was not synced is discarded and the
  *                                      process ends at once (exit code 99)
+ *   TIDE_FAULT="crash:write:7"         the process dies just before its 7th
+ *                                      write (exit code 98); what it wrote
+ *                                      before stays, as after a kill -9
  *
  * Several rules are separated by commas.  Operations: open, write, sync,
  * rename, truncate.  Errors: ENOSPC, EIO, EDQUOT, EROFS.  A failing write

@@ -266,3 +266,66 @@ stream "pay" { subjects = { "pay.>" }, dedup_key = function(e) error("no key her
     assert.truthy(h.wait_until(function() return srv:log():find("dedup_key: .-no key here", 1) end))
   end)
 end)
+
+describe("a handler's ack", function()
+  -- The process dies just before the n-th write of the store (TIDE_FAULT
+  -- crash: what was written stays, as after a kill -9), for every n the run
+  -- makes: the event the handler answers, the event it publishes and the
+  -- consumer's ack are written in some order.  After the restart the
+  -- handler's output exists exactly once: its ack was not written before
+  -- the output was durable, and its Nats-Msg-Id makes a re-run's publish a
+  -- duplicate.
+  it("waits until what the handler published is durable, whatever write the process dies at", function()
+    local config = [[
+listen { http = false }
+stream "in"  { subjects = { "in.>" } }
+stream "out" { subjects = { "out.>" } }
+consumer "c" { stream = "in", ack_wait = "300ms" }
+on("in.>", { consumer = "c" }, function(e, ctx, meta)
+  ctx.publish("out.done", { n = e.data.x }, { ["Nats-Msg-Id"] = "done." .. meta.seq })
+end)
+]]
+    local cuts = 0
+    for n = 1, 14 do
+      local dir = h.make_tmpdir("ack-barrier")
+      h.write_file(dir .. "/tide.lua", config)
+      local function serve(fault)
+        local port = h.free_port()
+        local cmd = { "serve", "-a", "127.0.0.1", "-p", tostring(port), "-c", dir .. "/tide.lua", "--data", dir .. "/data" }
+        if fault then
+          table.insert(cmd, 1, h.bin)
+          table.insert(cmd, 1, "TIDE_FAULT=" .. fault)
+        end
+        return h.start_server { bin = fault and "/usr/bin/env" or nil, cmd = cmd, port = port }
+      end
+      local started, srv = pcall(serve, "crash:write:" .. n)
+      local acked
+      if started then -- (else it died at one of its start-up writes)
+        -- (the server may go down in the middle of the request)
+        local ok, reply = pcall(h.request, srv.port, "in.x", ce("x1", "in.x", { x = 1 }), { timeout = 2 })
+        acked = ok and reply and json.decode(reply.payload).seq
+        h.wait_until(function() return not srv:alive() end, 2)
+        if srv:alive() then
+          srv:stop() -- the run needed fewer than n writes
+        else
+          cuts = cuts + 1
+          assert.equals(98, srv.code)
+        end
+      end
+      srv = serve(nil)
+      local m = assert(h.request(srv.port, "$TIDE.ADMIN.STREAM.INFO", "in"))
+      local stored_in = json.decode(m.payload).messages
+      if acked then assert.equals(1, stored_in) end -- an acknowledged event survives
+      assert.truthy(h.wait_until(function()
+        local o = json.decode(assert(h.request(srv.port, "$TIDE.ADMIN.STREAM.INFO", "out")).payload)
+        local c = json.decode(assert(h.request(srv.port, "$TIDE.ADMIN.CONSUMER.INFO", "c")).payload)
+        return o.messages == stored_in and c.num_ack_pending == 0 and c.num_pending == 0
+      end, 5), "write " .. n .. ": the handler's output is missing")
+      local o = json.decode(assert(h.request(srv.port, "$TIDE.ADMIN.STREAM.INFO", "out")).payload)
+      assert.equals(stored_in, o.messages) -- exactly once
+      srv:stop()
+      h.remove_tmpdir(dir)
+    end
+    assert.is_true(cuts >= 4)
+  end)
+end)
