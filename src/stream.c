@@ -398,8 +398,13 @@ streams_t *streams_new(server_t *srv, const char *data_dir)
 
 static void stream_close(stream_t *st)
 {
-    for (int i = 0; i < st->ncons; i++)
+    streams_t *sm = st->sm;
+    for (int i = 0; i < st->ncons; i++) {
+        for (int k = 0; k < sm->nc; k++)
+            if (sm->consumers[k] == st->cons[i])
+                sm->consumers[k] = sm->consumers[--sm->nc];
         consumer_close(st->cons[i]);
+    }
     st->ncons = 0;
     slog_close(st->log); /* writes and syncs what was buffered */
     on_commit(st, UINT64_MAX, 0);
@@ -502,10 +507,6 @@ int streams_apply(streams_t *sm, const stream_cfg_t *scfg, int ns, const consume
         }
         log_info("stream %s: no longer declared; stopped (its files are kept)", sm->streams[i]->cfg.name);
         stream_t *gone = sm->streams[i];
-        for (int c = 0; c < gone->ncons; c++)
-            for (int k = 0; k < sm->nc; k++)
-                if (sm->consumers[k] == gone->cons[c])
-                    sm->consumers[k] = sm->consumers[--sm->nc];
         stream_close(gone);
         sm->streams[i] = sm->streams[--sm->n];
     }
