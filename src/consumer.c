@@ -749,15 +749,15 @@ static int take_barrier(consumer_t *c, deferred_ack_t *d)
 {
     d->n = 0;
     for (int i = 0; i < c->sm->n; i++) {
-        slog_info_t in;
-        slog_get_info(c->sm->streams[i]->log, &in);
-        if (in.committed_seq >= in.last_seq)
+        slog_t *l = c->sm->streams[i]->log;
+        uint64_t failures, last = slog_last(l, &failures);
+        if (slog_committed(l) >= last)
             continue;
         if (d->n == BARRIER_MAX)
             return d->n; /* (more streams than slots: the last slot's stream decides late) */
         snprintf(d->b[d->n].stream, STREAM_NAME_MAX, "%s", c->sm->streams[i]->cfg.name);
-        d->b[d->n].upto = in.last_seq;
-        d->b[d->n].failures = in.sync_errors + in.write_errors;
+        d->b[d->n].upto = last;
+        d->b[d->n].failures = failures;
         d->n++;
     }
     return d->n;
@@ -770,11 +770,11 @@ static int barrier_state(consumer_t *c, const deferred_ack_t *d)
         stream_t *st = streams_find(c->sm, d->b[k].stream, strlen(d->b[k].stream));
         if (!st)
             continue; /* closed: its records were synced on the way */
-        slog_info_t in;
-        slog_get_info(st->log, &in);
-        if (in.sync_errors + in.write_errors != d->b[k].failures)
+        uint64_t failures;
+        slog_last(st->log, &failures);
+        if (failures != d->b[k].failures)
             return -1;
-        if (in.committed_seq < d->b[k].upto)
+        if (slog_committed(st->log) < d->b[k].upto)
             return 0;
     }
     return 1;

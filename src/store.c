@@ -932,6 +932,13 @@ uint64_t slog_seq_at_time(slog_t *l, int64_t ts)
 
 uint64_t slog_committed(const slog_t *l) { return l->committed_seq; }
 
+uint64_t slog_last(const slog_t *l, uint64_t *failures)
+{
+    if (failures)
+        *failures = l->sync_errors + l->write_errors;
+    return l->last_seq;
+}
+
 void slog_get_info(slog_t *l, slog_info_t *o)
 {
     memset(o, 0, sizeof *o);

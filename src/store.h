@@ -120,6 +120,9 @@ typedef struct slog_info {
 void slog_get_info(slog_t *l, slog_info_t *out);
 /* The last sequence durable under the log's policy (cheap). */
 uint64_t slog_committed(const slog_t *l);
+/* The last sequence appended, and how many writes and syncs have failed
+ * since the log was opened (cheap). */
+uint64_t slog_last(const slog_t *l, uint64_t *failures);
 
 /* Applies max_age now (also done on a timer and on append). */
 void slog_expire(slog_t *l);

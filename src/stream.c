@@ -314,24 +314,21 @@ static int store_msg(stream_t *st, const proto_msg_t *m)
         st->duplicates++;
         if (!reply)
             return 1;
-        slog_info_t in;
-        slog_get_info(l, &in);
         /* The first copy may not be durable yet: the repeat is answered
          * when (and as) the first one is. */
-        if (dup <= in.committed_seq)
+        if (dup <= slog_committed(l))
             puback(st, reply, rlen, dup, 1);
         else if (push_ack(st, dup, reply, rlen, 1) < 0)
             puback_error(st, reply, rlen, 503, 10077, "stream %s: out of memory", st->cfg.name);
         return 1;
     }
     uint64_t want;
-    slog_info_t info;
     int h = header_u64(m, "Nats-Expected-Last-Sequence", &want);
     if (h) {
-        slog_get_info(l, &info);
-        if (h < 0 || want != info.last_seq) {
+        uint64_t last = slog_last(l, NULL);
+        if (h < 0 || want != last) {
             st->conflicts++;
-            puback_error(st, reply, rlen, 400, 10071, "wrong last sequence: %" PRIu64, info.last_seq);
+            puback_error(st, reply, rlen, 400, 10071, "wrong last sequence: %" PRIu64, last);
             return 1;
         }
     }
