@@ -5,8 +5,9 @@
 #   make test       install missing packages, run the whole suite (plain and
 #                   under ASan+UBSan); ends with "N passed, N failed"
 #   make asan       the suite under AddressSanitizer + UBSan only
-#   make bench      side-by-side benchmark against nats-server
-#   make soak       long runs: reload under load, fuzzers
+#   make bench      side-by-side benchmark against nats-server (core, scripts,
+#                   HTTP, durable streams against JetStream)
+#   make soak       long runs: reload under load, stream crash rounds, fuzzers
 #   make fuzz       run the protocol parser fuzzer (FUZZ_SECONDS, default 600)
 #   make deps       install missing Debian packages
 
@@ -98,7 +99,8 @@ bench: deps all $(BENCHBIN) $(JSBENCH) $(FSPROBE)
 	@scripts/bench-http.sh
 	@scripts/bench-js.sh
 
-# Longer than the suite: reload under load at 100,000 events, both fuzzers.
+# Longer than the suite: reload under load at 100,000 events, 200 kill -9
+# rounds of the stream crash test, both fuzzers.
 soak: deps
 	@scripts/soak.sh
 
