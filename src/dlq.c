@@ -96,34 +96,6 @@ static int is_dl_header(const char *name, size_t n)
     return 0;
 }
 
-/*
- * Walks the header block of r: fn(ctx, name, nlen, value, vlen) for each
- * "Name: value" line after the status line.
- */
-static void each_header(const slog_rec_t *r, void (*fn)(void *, const char *, size_t, const char *, size_t),
-                        void *ctx)
-{
-    const char *end = r->hdr + r->hdr_len;
-    const char *p = r->hdr_len ? memchr(r->hdr, '\n', r->hdr_len) : NULL;
-    if (!p)
-        return;
-    for (p++; p < end;) {
-        const char *le = memchr(p, '\n', (size_t)(end - p));
-        if (!le)
-            break;
-        const char *colon = memchr(p, ':', (size_t)(le - p));
-        if (colon) {
-            const char *vs = colon + 1, *ve = le;
-            while (vs < ve && *vs == ' ')
-                vs++;
-            if (ve > vs && ve[-1] == '\r')
-                ve--;
-            fn(ctx, p, (size_t)(colon - p), vs, (size_t)(ve - vs));
-        }
-        p = le + 1;
-    }
-}
-
 static void add_own_header(void *ctx, const char *n, size_t nl, const char *v, size_t vl)
 {
     cJSON *h = ctx;
@@ -181,7 +153,7 @@ static cJSON *dead_letter_obj(const slog_rec_t *r)
     add_num(o, "source_seq", header(r, "Tide-Sequence"));
     add_str(o, "script", header(r, "Tide-Script"));
     cJSON *h = cJSON_CreateObject();
-    each_header(r, add_own_header, h);
+    event_header_each(r->hdr, r->hdr_len, add_own_header, h);
     if (h->child)
         cJSON_AddItemToObject(o, "headers", h);
     else
@@ -337,7 +309,7 @@ static int replay_one(streams_t *sm, stream_t *st, const slog_rec_t *r)
     }
     hbuf_t h = {0};
     buf_printf(&h.b, &h.len, &h.cap, "NATS/1.0\r\n");
-    each_header(r, keep_header, &h);
+    event_header_each(r->hdr, r->hdr_len, keep_header, &h);
     buf_printf(&h.b, &h.len, &h.cap, "Nats-Msg-Id: tide-replay.%s.%" PRIu64 "\r\n\r\n", st->cfg.name, r->seq);
     char *payload = mem_dup(r->payload, r->payload_len); /* r points into a buffer a publish may reuse */
     int rc = -1;

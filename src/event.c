@@ -149,6 +149,32 @@ const char *event_header_find(const char *hdr, size_t len, const char *name, siz
     return NULL;
 }
 
+void event_header_each(const char *hdr, size_t len,
+                       void (*fn)(void *ctx, const char *name, size_t nlen, const char *value, size_t vlen),
+                       void *ctx)
+{
+    const char *end = hdr + len;
+    const char *p = hdr && len ? memchr(hdr, '\n', len) : NULL;
+    if (!p)
+        return;
+    for (p++; p < end;) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        const char *le = eol ? eol : end;
+        const char *colon = memchr(p, ':', (size_t)(le - p));
+        if (colon) {
+            const char *v = colon + 1, *ve = le;
+            while (v < ve && (*v == ' ' || *v == '\t'))
+                v++;
+            while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t'))
+                ve--;
+            fn(ctx, p, (size_t)(colon - p), v, (size_t)(ve - v));
+        }
+        if (!eol)
+            break;
+        p = eol + 1;
+    }
+}
+
 /* Pushes the name -> value table of the headers, building it on first use.
  * A name given more than once maps to a list of its values. */
 static void push_header_table(lua_State *L, int evidx, event_t *ev)

@@ -93,4 +93,10 @@ uint64_t event_decode_count(void);
  * pointer to its first value (trimmed) and sets *vlen, or NULL. */
 const char *event_header_find(const char *hdr, size_t hdr_len, const char *name, size_t *vlen);
 
+/* Calls fn(ctx, name, nlen, value, vlen) for each "Name: value" line of a
+ * NATS header block, after its status line, in order (values trimmed). */
+void event_header_each(const char *hdr, size_t len,
+                       void (*fn)(void *ctx, const char *name, size_t nlen, const char *value, size_t vlen),
+                       void *ctx);
+
 #endif

@@ -671,42 +671,33 @@ char *stream_info_json(streams_t *sm, const char *name, size_t *len)
     return st ? print(stream_obj(st), len) : NULL;
 }
 
-/* Headers of a NATS header block as a JSON object (first value of each name). */
+/* One header into the JSON object; a repeated header's values become a
+ * list, in order. */
+static void add_header(void *ctx, const char *n, size_t nl, const char *v, size_t vl)
+{
+    cJSON *h = ctx;
+    char name[256], val[4096];
+    snprintf(name, sizeof name, "%.*s", (int)nl, n);
+    snprintf(val, sizeof val, "%.*s", (int)vl, v);
+    cJSON *had = cJSON_GetObjectItemCaseSensitive(h, name);
+    if (!had) {
+        cJSON_AddStringToObject(h, name, val);
+        return;
+    }
+    if (!cJSON_IsArray(had)) {
+        cJSON *list = cJSON_CreateArray();
+        cJSON_AddItemToArray(list, cJSON_CreateString(had->valuestring));
+        cJSON_ReplaceItemInObjectCaseSensitive(h, name, list);
+        had = list;
+    }
+    cJSON_AddItemToArray(had, cJSON_CreateString(val));
+}
+
+/* Headers of a NATS header block as a JSON object. */
 static cJSON *headers_obj(const char *hdr, size_t hl)
 {
     cJSON *h = cJSON_CreateObject();
-    const char *p = hdr ? memchr(hdr, '\n', hl) : NULL, *end = hdr + hl;
-    if (!p)
-        return h;
-    for (p++; p < end;) {
-        const char *le = memchr(p, '\n', (size_t)(end - p));
-        if (!le)
-            break;
-        const char *colon = memchr(p, ':', (size_t)(le - p));
-        if (colon) {
-            char name[256], val[4096];
-            const char *vs = colon + 1, *ve = le;
-            while (vs < ve && *vs == ' ')
-                vs++;
-            if (ve > vs && ve[-1] == '\r')
-                ve--;
-            snprintf(name, sizeof name, "%.*s", (int)(colon - p), p);
-            snprintf(val, sizeof val, "%.*s", (int)(ve - vs), vs);
-            cJSON *had = cJSON_GetObjectItemCaseSensitive(h, name);
-            if (!had) {
-                cJSON_AddStringToObject(h, name, val);
-            } else { /* a repeated header: its values as a list, in order */
-                if (!cJSON_IsArray(had)) {
-                    cJSON *list = cJSON_CreateArray();
-                    cJSON_AddItemToArray(list, cJSON_CreateString(had->valuestring));
-                    cJSON_ReplaceItemInObjectCaseSensitive(h, name, list);
-                    had = list;
-                }
-                cJSON_AddItemToArray(had, cJSON_CreateString(val));
-            }
-        }
-        p = le + 1;
-    }
+    event_header_each(hdr, hl, add_header, h);
     return h;
 }
 
