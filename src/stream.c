@@ -194,8 +194,14 @@ static void on_commit(void *ctx, uint64_t seq, int err)
         st->ahead = (st->ahead + 1) % st->acap;
         st->alen--;
     }
-    if (err)
+    if (err) {
         st->store_errors++;
+        if (st->last_appended > seq) { /* records after seq are gone: not stored after all */
+            uint64_t lost = st->last_appended - seq;
+            st->stored -= lost < st->stored ? lost : st->stored;
+            st->last_appended = seq;
+        }
+    }
     for (int i = 0; i < st->ncons; i++)
         consumer_pump(st->cons[i]);
     /* Handler acks anywhere may have waited for these records. */
@@ -357,6 +363,7 @@ static int store_msg(stream_t *st, const proto_msg_t *m)
         return 1;
     }
     st->stored++;
+    st->last_appended = seq;
     if (reply && push_ack(st, seq, reply, rlen, 0) < 0)
         log_error("stream %s: out of memory: the PubAck for sequence %" PRIu64 " is lost", st->cfg.name, seq);
     return 1;

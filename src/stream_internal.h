@@ -39,6 +39,7 @@ typedef struct stream {
     consumer_t *cons[CONSUMERS_MAX];
     int ncons;
     uint64_t stored, duplicates, conflicts, store_errors;
+    uint64_t last_appended; /* for taking back `stored` when the log loses records */
 } stream_t;
 
 struct streams {
