@@ -96,6 +96,7 @@ struct slog {
     size_t nsfds, capsfds;
     uint64_t want;    /* sync requested up to here */
     int want_dir;     /* a segment was created: sync the directory */
+    int parents_unsynced; /* the stream's directory itself is new to its parents */
     int dir_unsynced; /* a failed round left it unsynced: again with the next round */
     int busy, stop;
     uint64_t done; /* synced up to here */
@@ -476,6 +477,23 @@ void slog_set_limits(slog_t *l, const slog_opts_t *o)
 
 /* ---- the sync thread -------------------------------------------------------- */
 
+/* Syncs the two directories above a stream's (<data>/streams and <data>),
+ * so that a new stream's directory survives a power loss. */
+static int sync_parents(const char *dir)
+{
+    char p[4096];
+    snprintf(p, sizeof p, "%s", dir);
+    for (int up = 0; up < 2; up++) {
+        char *slash = strrchr(p, '/');
+        if (!slash)
+            return 0;
+        *slash = '\0';
+        if (vfs_sync_dir(p[0] ? p : "/") != 0)
+            return -1;
+    }
+    return 0;
+}
+
 static void *sync_main(void *arg)
 {
     slog_t *l = arg;
@@ -488,7 +506,7 @@ static void *sync_main(void *arg)
         if (l->stop && l->want <= l->done && !l->nsfds)
             break;
         size_t n = l->nsfds;
-        int dir = l->want_dir || l->dir_unsynced, err = 0;
+        int dir = l->want_dir || l->dir_unsynced, parents = l->parents_unsynced, err = 0;
         uint64_t target = l->want;
         if (n > capfds) {
             int *nf = realloc(fds, n * sizeof *nf);
@@ -502,13 +520,15 @@ static void *sync_main(void *arg)
         if (n && !err)
             memcpy(fds, l->sfds, n * sizeof *fds);
         l->nsfds = 0;
-        l->want_dir = l->dir_unsynced = 0;
+        l->want_dir = l->dir_unsynced = l->parents_unsynced = 0;
         l->busy = 1;
         pthread_mutex_unlock(&l->mu);
         for (size_t i = 0; i < n && !err; i++)
             if (vfs_sync(fds[i]) != 0)
                 err = errno ? errno : EIO;
         if (!err && dir && vfs_sync_dir(l->dir) != 0)
+            err = errno ? errno : EIO;
+        if (!err && parents && sync_parents(l->dir) != 0)
             err = errno ? errno : EIO;
         pthread_mutex_lock(&l->mu);
         l->busy = 0;
@@ -520,6 +540,7 @@ static void *sync_main(void *arg)
             l->done_err = err;
             l->want = l->done;
             l->dir_unsynced = dir;
+            l->parents_unsynced = parents;
         } else if (target > l->done) {
             l->done = target;
         }
@@ -1249,6 +1270,7 @@ slog_t *slog_open(const char *dir, const slog_opts_t *o, struct event_base *base
         goto fail;
     }
     l->cb = on_commit;
+    l->parents_unsynced = l->o.fsync != FSYNC_NEVER; /* with the first sync round */
     if (pthread_create(&l->th, NULL, sync_main, l) != 0) {
         snprintf(err, errsz, "cannot start the sync thread");
         goto fail;

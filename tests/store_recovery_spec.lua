@@ -564,24 +564,26 @@ describe("stream store recovery", function()
         cases[#cases + 1] = { fault = ("write:%d:%s"):format(w, err), fails = { w } }
       end
     end
-    for y = 1, 5 do
+    for y = 1, 7 do
       for _, err in ipairs { "ENOSPC", "EIO" } do
-        -- sync 1 is the directory's, made at start-up for the new segment:
-        -- no publish is waiting for it.
-        cases[#cases + 1] = { fault = ("sync:%d:%s"):format(y, err), fails = y == 1 and {} or { y - 1 } }
+        -- Syncs 1 to 3 are the directories' (the stream's, for its new
+        -- segment, and the two above it, for the stream's own directory),
+        -- made at start-up: no publish is waiting for them.
+        cases[#cases + 1] = { fault = ("sync:%d:%s"):format(y, err), fails = y <= 3 and {} or { y - 3 } }
       end
     end
     -- Writes 3 to 10 fail, then space comes back: storing resumes.
     cases[#cases + 1] = { fault = "write:3-10:ENOSPC", fails = { 3, 4, 5, 6, 7, 8, 9, 10 } }
-    -- Every sync from the 3rd on fails: nothing after publish 1 is stored.
-    cases[#cases + 1] = { fault = "sync:3+:EIO", fails = { 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12 } }
+    -- Every sync from the 5th on (the one after publish 1's) fails: nothing
+    -- after publish 1 is stored.
+    cases[#cases + 1] = { fault = "sync:5+:EIO", fails = { 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12 } }
     -- A failed write whose partial record cannot be taken back at once.
     cases[#cases + 1] = { fault = "write:2:ENOSPC,truncate:1:EIO", fails = { 2 } }
     -- A failed sync whose record cannot be cut off at once: the stream
     -- refuses publishes until the cut is done (retried every second), then
     -- goes on after the last stored record.  Meanwhile the lost record is
     -- neither read back nor taken as the first copy of a retry.
-    cases[#cases + 1] = { fault = "sync:2:EIO,truncate:1:EIO", fails = { 1 }, workload = function(port)
+    cases[#cases + 1] = { fault = "sync:4:EIO,truncate:1:EIO", fails = { 1 }, workload = function(port)
       local a = publish_id(port, "s.x", payloads[1], "m1")
       assert.same({ 503, 10077 }, { a.error and a.error.code, a.error and a.error.err_code })
       local st = { ok = {}, err = { a.error } }
@@ -608,7 +610,7 @@ describe("stream store recovery", function()
   end)
 
   it("takes back every record of a failed group write or sync, with small segments rolling", function()
-    for _, fault in ipairs { "write:2:ENOSPC", "write:4:EIO", "sync:3:EIO", "sync:5:ENOSPC", "write:3-6:ENOSPC" } do
+    for _, fault in ipairs { "write:2:ENOSPC", "write:4:EIO", "sync:5:EIO", "sync:7:ENOSPC", "write:3-6:ENOSPC" } do
       local st = fault_run(fault, stream_decl("s", { segment_size = "4KB" }), function(port)
         -- One publish alone, then bursts of 150 (several records per write,
         -- segments of about 60 records).
