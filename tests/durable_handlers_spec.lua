@@ -296,7 +296,9 @@ end)
           table.insert(cmd, 1, h.bin)
           table.insert(cmd, 1, "TIDE_FAULT=" .. fault)
         end
-        return h.start_server { bin = fault and "/usr/bin/env" or nil, cmd = cmd, port = port }
+        local srv = h.start_server { bin = fault and "/usr/bin/env" or nil, cmd = cmd, port = port }
+        live[#live + 1] = srv -- stopped by after_each, should an assertion fail
+        return srv
       end
       local started, srv = pcall(serve, "crash:write:" .. n)
       local acked
