@@ -68,17 +68,17 @@ $(BUILD)/interop_js_c: tests/interop/js_c.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) -lnats -lpthread
 
-$(BENCHBIN): bench/nats_bench.c
+$(BENCHBIN): bench/nats_bench.c bench/bench_util.c bench/bench_util.h
 	@mkdir -p $(BUILD)
-	$(CC) $(CSTD) -O2 -g -Wall -Wextra -o $@ $< -lnats -lpthread -lm
+	$(CC) $(CSTD) -O2 -g -Wall -Wextra -o $@ bench/nats_bench.c bench/bench_util.c -lnats -lpthread -lm
 
 $(FSPROBE): bench/fsync_probe.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CSTD) -O2 -g -Wall -Wextra -o $@ $<
 
-$(JSBENCH): bench/js_bench.c
+$(JSBENCH): bench/js_bench.c bench/bench_util.c bench/bench_util.h
 	@mkdir -p $(BUILD)
-	$(CC) $(CSTD) -O2 -g -Wall -Wextra -o $@ $< -lnats -lpthread -lm
+	$(CC) $(CSTD) -O2 -g -Wall -Wextra -o $@ bench/js_bench.c bench/bench_util.c -lnats -lpthread -lm
 
 run: deps all
 	$(TIDE) serve -c examples/tour/tide.lua

@@ -84,27 +84,15 @@
 
 #include <nats/nats.h>
 
-/* ------------------------------------------------------------------ util */
+#include "bench_util.h"
 
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
+/* ------------------------------------------------------------------ util */
 
 static int64_t realtime_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-static void sleep_us(long us)
-{
-    struct timespec ts = { us / 1000000, (us % 1000000) * 1000 };
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
 }
 
 static void die_usage(void)
@@ -401,23 +389,6 @@ static char *make_payload(long size)
     for (long i = 0; i < size; i++)
         p[i] = (char)('a' + i % 26);
     return p;
-}
-
-static int cmp_double(const void *x, const void *y)
-{
-    double a = *(const double *)x, b = *(const double *)y;
-    return (a > b) - (a < b);
-}
-
-/* Nearest-rank percentile of a sorted array. */
-static double pct(const double *v, size_t n, double p)
-{
-    size_t r = (size_t)ceil(p * (double)n);
-    if (r < 1)
-        r = 1;
-    if (r > n)
-        r = n;
-    return v[r - 1];
 }
 
 static int64_t ms_left(int64_t deadline)
@@ -750,103 +721,23 @@ static int run_consume(const struct args *a, natsConnection *nc, jsCtx *js, int6
 
 /* ------------------------------------------------------- raw connections */
 
-static void parse_url(const char *url, char *host, size_t hostsz, char *port,
-                      size_t portsz)
-{
-    const char *p = url;
-    const char *scheme = strstr(p, "://");
-    if (scheme)
-        p = scheme + 3;
-    const char *at = strrchr(p, '@');
-    if (at)
-        p = at + 1;
-    const char *colon = strrchr(p, ':');
-    size_t hl = colon ? (size_t)(colon - p) : strlen(p);
-    if (hl == 0 || hl >= hostsz)
-        fail("bad url %s", url);
-    memcpy(host, p, hl);
-    host[hl] = 0;
-    snprintf(port, portsz, "%s", colon ? colon + 1 : "4222");
-    char *slash = strchr(port, '/');
-    if (slash)
-        *slash = 0;
-}
-
-static const char raw_hello[] = "CONNECT {\"verbose\":false}\r\nPING\r\n";
-
-/* Connects, sends CONNECT + PING and reads until PONG.  Returns 0, or -1
- * with a message in err. */
-static int raw_ping(const struct addrinfo *ai, int timeout_ms, char *err, size_t errsz)
-{
-    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-    if (fd < 0) {
-        snprintf(err, errsz, "socket: %s", strerror(errno));
-        return -1;
-    }
-    struct timeval tv = { timeout_ms / 1000, (timeout_ms % 1000) * 1000 };
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
-        snprintf(err, errsz, "connect: %s", strerror(errno));
-        close(fd);
-        return -1;
-    }
-    if (send(fd, raw_hello, sizeof raw_hello - 1, MSG_NOSIGNAL) !=
-        (ssize_t)(sizeof raw_hello - 1)) {
-        snprintf(err, errsz, "send: %s", strerror(errno));
-        close(fd);
-        return -1;
-    }
-    char buf[8192];
-    size_t len = 0;
-    int64_t deadline = now_ns() + (int64_t)timeout_ms * 1000000;
-    for (;;) {
-        if (len == sizeof buf - 1) {
-            memmove(buf, buf + len - 64, 64);
-            len = 64;
-        }
-        ssize_t r = recv(fd, buf + len, sizeof buf - 1 - len, 0);
-        if (r <= 0) {
-            snprintf(err, errsz, "recv: %s", r == 0 ? "closed by server" : strerror(errno));
-            close(fd);
-            return -1;
-        }
-        len += (size_t)r;
-        buf[len] = 0;
-        char *e = strstr(buf, "-ERR");
-        if (e) {
-            char *eol = strstr(e, "\r\n");
-            if (eol)
-                *eol = 0;
-            snprintf(err, errsz, "server said: %.200s", e);
-            close(fd);
-            return -1;
-        }
-        if (strstr(buf, "PONG\r\n"))
-            break;
-        if (now_ns() > deadline) {
-            snprintf(err, errsz, "no PONG within %d ms", timeout_ms);
-            close(fd);
-            return -1;
-        }
-    }
-    close(fd);
-    return 0;
-}
-
 static struct addrinfo *resolve(const char *url)
 {
-    char host[256], port[32];
-    parse_url(url, host, sizeof host, port, sizeof port);
-    struct addrinfo hints = { 0 }, *ai = NULL;
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    int rc = getaddrinfo(host, port, &hints, &ai);
-    if (rc != 0 || !ai)
-        fail("cannot resolve %s: %s", url, gai_strerror(rc));
+    char err[300];
+    struct addrinfo *ai = bench_resolve(url, err, sizeof err);
+    if (!ai)
+        fail("%s", err);
     return ai;
+}
+
+/* Connects, sends CONNECT + PING and waits for PONG.  0, or -1 with err. */
+static int raw_ping(const struct addrinfo *ai, int timeout_ms, char *err, size_t errsz)
+{
+    int fd = bench_raw_connect(ai, timeout_ms, err, errsz, NULL, 0);
+    if (fd < 0)
+        return -1;
+    close(fd);
+    return 0;
 }
 
 static int run_ping(const struct args *a)

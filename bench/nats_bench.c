@@ -68,21 +68,9 @@
 
 #include <nats/nats.h>
 
+#include "bench_util.h"
+
 /* ------------------------------------------------------------------ util */
-
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-static void sleep_us(long us)
-{
-    struct timespec ts = { us / 1000000, (us % 1000000) * 1000 };
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
 
 static void die_usage(void)
 {
@@ -524,23 +512,6 @@ static void rr_on_req(natsConnection *nc, natsSubscription *sub, natsMsg *msg,
     natsMsg_Destroy(msg);
 }
 
-static int cmp_double(const void *x, const void *y)
-{
-    double a = *(const double *)x, b = *(const double *)y;
-    return (a > b) - (a < b);
-}
-
-/* Nearest-rank percentile of a sorted array. */
-static double pct(const double *v, size_t n, double p)
-{
-    size_t r = (size_t)ceil(p * (double)n);
-    if (r < 1)
-        r = 1;
-    if (r > n)
-        r = n;
-    return v[r - 1];
-}
-
 static int cmd_reqrep(const struct args *a)
 {
     const char *subj = "bench.rr";
@@ -616,117 +587,12 @@ static int cmd_reqrep(const struct args *a)
 
 /* ------------------------------------------------------- raw connections */
 
-static void parse_url(const char *cmd, const char *url, char *host, size_t hostsz,
-                      char *port, size_t portsz)
-{
-    const char *p = url;
-    const char *scheme = strstr(p, "://");
-    if (scheme)
-        p = scheme + 3;
-    const char *at = strrchr(p, '@');
-    if (at)
-        p = at + 1;
-    const char *colon = strrchr(p, ':');
-    size_t hl = colon ? (size_t)(colon - p) : strlen(p);
-    if (hl == 0 || hl >= hostsz)
-        fail(cmd, "bad url %s", url);
-    memcpy(host, p, hl);
-    host[hl] = 0;
-    snprintf(port, portsz, "%s", colon ? colon + 1 : "4222");
-    char *slash = strchr(port, '/');
-    if (slash)
-        *slash = 0;
-}
-
-static const char raw_hello[] = "CONNECT {\"verbose\":false}\r\nPING\r\n";
-
-/* Connects, sends CONNECT + PING and reads until PONG.  Returns the fd or -1
- * (with a message in err).  If info is non-NULL the INFO line is copied. */
-static int raw_connect(const struct addrinfo *ai, int timeout_ms, char *err,
-                       size_t errsz, char *info, size_t infosz)
-{
-    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-    if (fd < 0) {
-        snprintf(err, errsz, "socket: %s", strerror(errno));
-        return -1;
-    }
-    struct timeval tv = { timeout_ms / 1000, (timeout_ms % 1000) * 1000 };
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
-        snprintf(err, errsz, "connect: %s", strerror(errno));
-        close(fd);
-        return -1;
-    }
-    if (send(fd, raw_hello, sizeof raw_hello - 1, MSG_NOSIGNAL) !=
-        (ssize_t)(sizeof raw_hello - 1)) {
-        snprintf(err, errsz, "send: %s", strerror(errno));
-        close(fd);
-        return -1;
-    }
-    /* INFO lines can be long; keep only a bounded tail for PONG detection
-     * while copying the first line out for the caller. */
-    char buf[8192];
-    size_t len = 0;
-    int64_t deadline = now_ns() + (int64_t)timeout_ms * 1000000;
-    for (;;) {
-        if (len == sizeof buf - 1) {
-            memmove(buf, buf + len - 64, 64);
-            len = 64;
-        }
-        ssize_t r = recv(fd, buf + len, sizeof buf - 1 - len, 0);
-        if (r <= 0) {
-            snprintf(err, errsz, "recv: %s", r == 0 ? "closed by server" : strerror(errno));
-            close(fd);
-            return -1;
-        }
-        len += (size_t)r;
-        buf[len] = 0;
-        if (info && !info[0] && strncmp(buf, "INFO", 4) == 0) {
-            char *eol = strstr(buf, "\r\n");
-            if (eol) {
-                size_t l = (size_t)(eol - buf);
-                if (l >= infosz)
-                    l = infosz - 1;
-                memcpy(info, buf, l);
-                info[l] = 0;
-            }
-        }
-        char *e = strstr(buf, "-ERR");
-        if (e) {
-            char *eol = strstr(e, "\r\n");
-            if (eol)
-                *eol = 0;
-            snprintf(err, errsz, "server said: %.200s", e);
-            close(fd);
-            return -1;
-        }
-        if (strstr(buf, "PONG\r\n"))
-            break;
-        if (now_ns() > deadline) {
-            snprintf(err, errsz, "no PONG within %d ms", timeout_ms);
-            close(fd);
-            return -1;
-        }
-    }
-    tv.tv_sec = 0;
-    tv.tv_usec = 0;
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    return fd;
-}
-
 static struct addrinfo *resolve(const char *cmd, const char *url)
 {
-    char host[256], port[32];
-    parse_url(cmd, url, host, sizeof host, port, sizeof port);
-    struct addrinfo hints = { 0 }, *ai = NULL;
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    int rc = getaddrinfo(host, port, &hints, &ai);
-    if (rc != 0 || !ai)
-        fail(cmd, "cannot resolve %s: %s", url, gai_strerror(rc));
+    char err[300];
+    struct addrinfo *ai = bench_resolve(url, err, sizeof err);
+    if (!ai)
+        fail(cmd, "%s", err);
     return ai;
 }
 
@@ -735,7 +601,7 @@ static int cmd_ping(const struct args *a)
     struct addrinfo *ai = resolve("ping", a->url);
     char err[256] = "", info[4096] = "";
     int64_t t0 = now_ns();
-    int fd = raw_connect(ai, 2000, err, sizeof err, info, sizeof info);
+    int fd = bench_raw_connect(ai, 2000, err, sizeof err, info, sizeof info);
     int64_t t1 = now_ns();
     freeaddrinfo(ai);
     if (fd < 0)
@@ -773,7 +639,7 @@ static int cmd_idle(const struct args *a)
     for (size_t i = 0; i < n; i++) {
         int fd = -1;
         for (int attempt = 0; attempt < 5 && fd < 0; attempt++) {
-            fd = raw_connect(ai, 5000, err, sizeof err, NULL, 0);
+            fd = bench_raw_connect(ai, 5000, err, sizeof err, NULL, 0);
             if (fd < 0)
                 sleep_us(20000);
         }
