@@ -76,6 +76,7 @@
 set -u
 
 cd "$(dirname "$0")/.." || exit 2
+. scripts/bench-lib.sh
 
 BUILD=${BUILD:-build}
 BENCH=$BUILD/js_bench
@@ -543,53 +544,6 @@ recovery128.rcpu|recovery 128 B: restart until PONG|sec|lower
 recovery1k.cpu|recovery 1 KiB: publishing|sec|lower
 recovery1k.rcpu|recovery 1 KiB: restart until PONG|sec|lower'
 
-# Prints "label|tide|nats|ratio|better" rows with medians of the samples.
-table() {
-    echo "$1" | awk -F'|' -v samples="$SAMPLES" '
-    function median(key,   n, i, j, t, v) {
-        n = cnt[key]
-        if (n == 0) return ""
-        for (i = 1; i <= n; i++) v[i] = val[key, i]
-        for (i = 2; i <= n; i++) { t = v[i]; for (j = i - 1; j >= 1 && v[j] > t; j--) v[j + 1] = v[j]; v[j + 1] = t }
-        return (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-    }
-    function commas(x,   s, neg) {
-        s = sprintf("%.0f", x); neg = ""
-        if (substr(s, 1, 1) == "-") { neg = "-"; s = substr(s, 2) }
-        while (s ~ /[0-9][0-9][0-9][0-9]/) sub(/[0-9][0-9][0-9]($|,)/, ",&", s)
-        return neg s
-    }
-    function fmt(x, kind) {
-        if (x == "") return "n/a"
-        if (kind == "rate") return commas(x)
-        if (kind == "us") return sprintf("%.1f", x)
-        if (kind == "ms") return sprintf("%.0f", x)
-        if (kind == "mib") return sprintf("%.1f", x / 1024)
-        if (kind == "sec") return sprintf("%.2f", x)
-        return x
-    }
-    BEGIN {
-        FS = "\t"
-        while ((getline line < samples) > 0) {
-            split(line, f, "\t")
-            k = f[1] SUBSEP f[2]
-            if (f[3] == "ERR") { err[k]++; continue }
-            cnt[k]++; val[k, cnt[k]] = f[3]
-        }
-        FS = "|"
-    }
-    {
-        key = $1; t = median(key SUBSEP "tide"); n = median(key SUBSEP "nats")
-        base = key; sub(/\..*/, "", base)
-        et = err[base SUBSEP "tide"] + 0; en = err[base SUBSEP "nats"] + 0
-        if (t == "" && n == "" && et == 0 && en == 0) next
-        ts = fmt(t, $3); ns = fmt(n, $3)
-        if (et > 0) ts = ts " (" et " failed)"
-        if (en > 0) ns = ns " (" en " failed)"
-        ratio = (t != "" && n != "" && n + 0 != 0) ? sprintf("%.2f", t / n) : "n/a"
-        print $2 "|" ts "|" ns "|" ratio "|" $4
-    }'
-}
 
 MAIN=$(table "$ROWS")
 CPU=$(table "$CPUROWS")
@@ -616,11 +570,6 @@ echo "machine: $(nproc) CPU(s), $cpu_model, $mem_total, Linux $(uname -r); data 
 echo "servers: tide ($TIDE_SHOWN, ${TIDE_ID}commit $commit), $nats_version"
 echo "client:  $BENCH, libnats $libnats_version; run took ${elapsed}s"
 
-md_table() {
-    echo "| scenario | tide | nats-server | ratio tide/nats | better |"
-    echo "|---|---:|---:|---:|---|"
-    echo "$1" | awk -F'|' 'NF { gsub(/\(us\)/, "(µs)"); print "| " $1 " | " $2 " | " $3 " | " $4 " | " $5 " |" }'
-}
 
 {
     echo "Durable publish: tide streams against nats-server JetStream (file storage)."

@@ -47,6 +47,7 @@
 set -u
 
 cd "$(dirname "$0")/.." || exit 2
+. scripts/bench-lib.sh
 
 BUILD=${BUILD:-build}
 BENCH=$BUILD/nats_bench
@@ -441,53 +442,6 @@ pubsub1k.cpu|pub/sub 1->1, 1 KiB|sec|lower
 fanout4.cpu|fan-out 1->4, 128 B|sec|lower
 reqrep.cpu|req/reply|sec|lower'
 
-# Prints "label|tide|nats|ratio|better" rows with medians of the samples.
-table() {
-    echo "$1" | awk -F'|' -v samples="$SAMPLES" '
-    function median(key,   n, i, j, t, v) {
-        n = cnt[key]
-        if (n == 0) return ""
-        for (i = 1; i <= n; i++) v[i] = val[key, i]
-        for (i = 2; i <= n; i++) { t = v[i]; for (j = i - 1; j >= 1 && v[j] > t; j--) v[j + 1] = v[j]; v[j + 1] = t }
-        return (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-    }
-    function commas(x,   s, neg) {
-        s = sprintf("%.0f", x); neg = ""
-        if (substr(s, 1, 1) == "-") { neg = "-"; s = substr(s, 2) }
-        while (s ~ /[0-9][0-9][0-9][0-9]/) sub(/[0-9][0-9][0-9]($|,)/, ",&", s)
-        return neg s
-    }
-    function fmt(x, kind) {
-        if (x == "") return "n/a"
-        if (kind == "rate") return commas(x)
-        if (kind == "us") return sprintf("%.1f", x)
-        if (kind == "mib") return sprintf("%.1f", x / 1024)
-        if (kind == "kib") return sprintf("%.1f", x)
-        if (kind == "sec") return sprintf("%.2f", x)
-        return x
-    }
-    BEGIN {
-        FS = "\t"
-        while ((getline line < samples) > 0) {
-            split(line, f, "\t")
-            k = f[1] SUBSEP f[2]
-            if (f[3] == "ERR") { err[k]++; continue }
-            cnt[k]++; val[k, cnt[k]] = f[3]
-        }
-        FS = "|"
-    }
-    {
-        key = $1; t = median(key SUBSEP "tide"); n = median(key SUBSEP "nats")
-        ts = fmt(t, $3); ns = fmt(n, $3)
-        base = key; sub(/\..*/, "", base)
-        et = err[base SUBSEP "tide"] + 0; en = err[base SUBSEP "nats"] + 0
-        if (et > 0) ts = ts " (" et " failed)"
-        if (en > 0) ns = ns " (" en " failed)"
-        ratio = (t != "" && n != "" && n + 0 != 0) ? sprintf("%.2f", t / n) : "n/a"
-        if (t == "" && n == "") next
-        print $2 "|" ts "|" ns "|" ratio "|" $4
-    }'
-}
 
 MAIN=$(table "$ROWS")
 CPU=$(table "$CPUROWS")
@@ -511,11 +465,6 @@ echo "machine: $(nproc) CPU(s), $cpu_model, $mem_total, Linux $(uname -r)"
 echo "servers: tide ${VERSION[tide]:-?} ($TIDE_SHOWN, ${TIDE_ID}commit $commit), nats-server ${VERSION[nats]:-?}"
 echo "client:  build/nats_bench, libnats $libnats_version; run took ${elapsed}s"
 
-md_table() {
-    echo "| scenario | tide | nats-server | ratio tide/nats | better |"
-    echo "|---|---:|---:|---:|---|"
-    echo "$1" | awk -F'|' 'NF { gsub(/->/, "→"); gsub(/\(us\)/, "(µs)"); print "| " $1 " | " $2 " | " $3 " | " $4 " | " $5 " |" }'
-}
 
 {
     echo "Medians of $REPEAT run(s) per server, both servers measured alternately in"
