@@ -373,11 +373,12 @@ static int deliver_one(server_t *s, sub_t *sub, const proto_msg_t *m)
     if (sub->max_msgs && sub->delivered >= sub->max_msgs)
         return 0; /* already used up, removal pending */
     if (!dst) {
-        /* Inside the server (tide repl's and tide run's watchers): not a
-         * subscriber anyone asked for, so not counted as a delivery. */
+        /* Inside the server: tide repl's and tide run's watchers are not
+         * subscribers anyone asked for, so not counted as a delivery;
+         * one that answers requests (the consumers' acks) is. */
         sub->deliver(sub->deliver_ctx, m);
         sub->delivered++;
-        return 0;
+        return (sub->flags & SUB_RESPONDER) ? 1 : 0;
     }
     if (client_deliver(dst, sub, m) < 0)
         return 0;
@@ -448,7 +449,7 @@ size_t server_route_to(server_t *s, client_t *from, const char *to, size_t tolen
     s->stats.in_msgs++;
     s->stats.in_bytes += m->payload_len + m->hdr_len;
     if (s->capture && !s->capture_paused && !(flags & ROUTE_NO_CAPTURE) && s->capture(s->capture_ctx, m) && m->reply)
-        flags |= ROUTE_HAS_RESPONDER; /* a stream answers with its PubAck, or a consumer an AckSync */
+        flags |= ROUTE_HAS_RESPONDER; /* a stream answers with its PubAck */
     r = sublist_match(s->subs, to, tolen);
     if (!r) {
         log_error("out of memory matching subject, message dropped");

@@ -122,6 +122,10 @@ struct script_host *server_scripts(server_t *s);
  * message routed to a subject pattern matches (msg valid during the call).
  * Returns the subscription (freed with the server), or NULL.
  */
+/* sub_t.flags of an internal subscription that answers the requests it
+ * receives (a request to it gets no "no responders" status). */
+#define SUB_RESPONDER 1
+
 sub_t *server_subscribe_internal(server_t *s, const char *pattern, void (*fn)(void *, const proto_msg_t *),
                                  void *ctx);
 

@@ -373,8 +373,7 @@ static int capture(void *ctx, const proto_msg_t *m)
 {
     streams_t *sm = ctx;
     if (m->subject_len > 4 && !memcmp(m->subject, "$JS.", 4))
-        /* An ack sent as a request (AckSync): the consumer answers it. */
-        return m->subject_len > 8 && !memcmp(m->subject, "$JS.ACK.", 8) && m->reply;
+        return 0;
     for (int i = 0; i < sm->n; i++) {
         stream_t *st = sm->streams[i];
         for (int k = 0; k < st->cfg.nsubjects; k++)
@@ -396,6 +395,8 @@ streams_t *streams_new(server_t *srv, const char *data_dir)
     sm->srv = srv;
     sm->base = server_base(srv);
     sm->ack_sub = server_subscribe_internal(srv, "$JS.ACK.>", consumers_on_ack, sm);
+    if (sm->ack_sub)
+        sm->ack_sub->flags |= SUB_RESPONDER; /* an ack sent as a request (AckSync) gets its answer */
     server_set_capture(srv, capture, sm, sm);
     return sm;
 }
