@@ -491,9 +491,10 @@ echo "  data:    $TMP ($fs_type on $fs_dev)"
 echo "  tide:    $TIDE_SHOWN (${TIDE_ID}commit $commit)"
 echo "  nats:    $nats_version; client libnats $libnats_version"
 echo "  fsync:   $FSYNC_NOTE"
-# The disk's floor: one small append + fdatasync, measured where the data goes.
+# The disk's floor: one small record + fdatasync, growing the file and written
+# over zero-filled space (as tide's store does), measured where the data goes.
 DISK_FLOOR=$("$BUILD/fsync_probe" "$TMP" 2000 2>&1 || echo "fsync probe failed")
-echo "  disk:    $DISK_FLOOR (write + fdatasync, no server)"
+echo "  disk:    $DISK_FLOOR (write + fdatasync in us, no server)"
 [ "$fs_type" = tmpfs ] && echo "  WARNING: the data directories are on tmpfs; fdatasync is free there" >&2
 
 for r in $(seq 1 "$REPEAT"); do
@@ -558,7 +559,7 @@ echo
 echo "Results: medians of $REPEAT run(s) per server; ratio = tide / nats-server"
 echo "(throughput: higher is better; latency, time, memory, disk and CPU: lower is better)"
 echo "Durability differs: $FSYNC_NOTE"
-echo "The disk alone: $DISK_FLOOR (write + fdatasync of one record, in microseconds)"
+echo "The disk alone: $DISK_FLOOR (write + fdatasync of one record, in microseconds; tide writes over zeros)"
 echo
 print_text "scenario|tide|nats-server|ratio tide/nats|better" "$MAIN"
 echo
@@ -582,7 +583,7 @@ echo "client:  $BENCH, libnats $libnats_version; run took ${elapsed}s"
     echo "sent before any fsync (the file store syncs every 2 minutes; 2.9 has no"
     echo "setting to sync on every write)."
     echo
-    echo "**The disk alone** (one 160-byte append + fdatasync, no server, same directory): $DISK_FLOOR µs."
+    echo "**The disk alone** (one 160-byte record + fdatasync, no server, same directory; tide's store writes over zero-filled space): $DISK_FLOOR, in µs."
     [ "${KIND[tide]}" = nats ] && { echo; echo "**TIDE_JS_OVERRIDE=nats: both columns are nats-server** (a check of the runner and of the noise floor)."; }
     echo
     if [ -n "$MAIN" ]; then md_table "$MAIN"; else echo "(no results)"; fi

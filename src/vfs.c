@@ -3,8 +3,8 @@
  * vfs.h).
  *
  * Power loss takes from each file what was not synced (its length at its
- * last sync), and takes away each file created since its directory was
- * last synced: a new name is on the disk only once its directory is.  A
+ * last sync, and zeros again where it was written over since), and takes
+ * away each file created since its directory was last synced: a new name is on the disk only once its directory is.  A
  * file renamed over an existing one keeps the name; a new file renamed to
  * a new name is still new.
  */
@@ -22,8 +22,8 @@
 
 #include "log.h"
 
-enum { OP_OPEN, OP_WRITE, OP_SYNC, OP_RENAME, OP_TRUNCATE, OP_N };
-static const char *const op_names[OP_N] = {"open", "write", "sync", "rename", "truncate"};
+enum { OP_OPEN, OP_WRITE, OP_SYNC, OP_RENAME, OP_TRUNCATE, OP_ALLOC, OP_N };
+static const char *const op_names[OP_N] = {"open", "write", "sync", "rename", "truncate", "alloc"};
 
 typedef struct fault {
     int op;
@@ -40,8 +40,11 @@ static int powerloss_armed;
 static uint64_t calls[OP_N];
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 
-/* For power loss: each open fd's length at its last sync. */
+/* For power loss: each open fd's length at its last sync, and the lowest
+ * offset written below that length since (NO_DIRTY: none). */
+#define NO_DIRTY ((off_t)INT64_MAX)
 static off_t synced_len[MAX_TRACKED];
+static off_t dirty_lo[MAX_TRACKED];
 static char tracked[MAX_TRACKED];
 
 /* For power loss: the files created whose directory was not synced since
@@ -145,15 +148,42 @@ static void new_forget(int i)
     new_files[i] = new_files[--nnew];
 }
 
+/* Writes n zero bytes at off; 0 or -1 (errno). */
+static int write_zeros(int fd, off_t off, off_t n)
+{
+    static const char zeros[65536];
+    while (n > 0) {
+        size_t k = n < (off_t)sizeof zeros ? (size_t)n : sizeof zeros;
+        ssize_t w = pwrite(fd, zeros, k, off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            if (w == 0)
+                errno = ENOSPC;
+            return -1;
+        }
+        off += w;
+        n -= w;
+    }
+    return 0;
+}
+
 static void power_loss(void)
 {
     /* What a disk keeps of the files after the lights go out: the bytes
-     * that were synced, of the names that were synced. */
+     * that were synced, of the names that were synced.  Bytes written over
+     * synced ones since go back to what was there, which is zeros: the
+     * store writes below a synced length only into space it zero-filled
+     * (vfs_zero) and synced before. */
     for (int fd = 0; fd < MAX_TRACKED; fd++)
-        if (tracked[fd])
-            if (ftruncate(fd, synced_len[fd]) != 0) {
+        if (tracked[fd]) {
+            if (dirty_lo[fd] < synced_len[fd] && write_zeros(fd, dirty_lo[fd], synced_len[fd] - dirty_lo[fd]) != 0) {
                 /* nothing to do: we are going down */
             }
+            if (ftruncate(fd, synced_len[fd]) != 0) {
+                /* likewise */
+            }
+        }
     for (int i = 0; i < nnew; i++)
         unlink(new_files[i]);
     log_warn("store: simulated power loss");
@@ -190,6 +220,7 @@ static void track(int fd)
     pthread_mutex_lock(&mu);
     tracked[fd] = 1;
     synced_len[fd] = fstat(fd, &sb) == 0 ? sb.st_size : 0;
+    dirty_lo[fd] = NO_DIRTY;
     pthread_mutex_unlock(&mu);
 }
 
@@ -227,20 +258,19 @@ int vfs_close(int fd)
     return close(fd);
 }
 
-ssize_t vfs_write(int fd, const void *buf, size_t n)
+/* Writes all of buf, at off or (off < 0) where the file's offset is,
+ * looping over short writes; after a fault, half of it and the error. */
+static ssize_t write_all(int fd, const char *p, size_t n, off_t off, int fault)
 {
-    const char *p = buf;
-    size_t done = 0;
-    int e = fault_check(OP_WRITE);
-    if (e) {
-        /* Half of it reaches the file, then the error. */
-        ssize_t w = write(fd, p, n / 2);
+    if (fault) {
+        ssize_t w = off < 0 ? write(fd, p, n / 2) : pwrite(fd, p, n / 2, off);
         (void)w;
-        errno = e;
+        errno = fault;
         return -1;
     }
+    size_t done = 0;
     while (done < n) {
-        ssize_t w = write(fd, p + done, n - done);
+        ssize_t w = off < 0 ? write(fd, p + done, n - done) : pwrite(fd, p + done, n - done, off + (off_t)done);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
@@ -254,6 +284,44 @@ ssize_t vfs_write(int fd, const void *buf, size_t n)
     }
     return (ssize_t)done;
 }
+
+ssize_t vfs_write(int fd, const void *buf, size_t n)
+{
+    return write_all(fd, buf, n, -1, fault_check(OP_WRITE));
+}
+
+/* Notes that [off, ...) was written since the last sync (for power loss). */
+static void note_dirty(int fd, off_t off)
+{
+    if (!powerloss_armed || fd < 0 || fd >= MAX_TRACKED)
+        return;
+    pthread_mutex_lock(&mu);
+    if (off < dirty_lo[fd])
+        dirty_lo[fd] = off;
+    pthread_mutex_unlock(&mu);
+}
+
+ssize_t vfs_pwrite(int fd, const void *buf, size_t n, off_t off)
+{
+    int e = fault_check(OP_WRITE);
+    note_dirty(fd, off);
+    return write_all(fd, buf, n, off, e);
+}
+
+int vfs_zero(int fd, off_t off, off_t n)
+{
+    int e = fault_check(OP_ALLOC);
+    if (e) {
+        if (write_zeros(fd, off, n / 2) != 0) {
+            /* failing anyway */
+        }
+        errno = e;
+        return -1;
+    }
+    return write_zeros(fd, off, n);
+}
+
+
 
 ssize_t vfs_pread(int fd, void *buf, size_t n, off_t off)
 {
@@ -280,10 +348,25 @@ int vfs_sync(int fd)
         return -1;
     }
     struct stat sb;
-    int have = powerloss_armed && fstat(fd, &sb) == 0;
-    if (fdatasync(fd) != 0)
+    int have = powerloss_armed && fd < MAX_TRACKED && fstat(fd, &sb) == 0;
+    off_t lo = NO_DIRTY;
+    if (have) {
+        /* Writes from here on may or may not be covered: they stay dirty. */
+        pthread_mutex_lock(&mu);
+        lo = dirty_lo[fd];
+        dirty_lo[fd] = NO_DIRTY;
+        pthread_mutex_unlock(&mu);
+    }
+    if (fdatasync(fd) != 0) {
+        if (have) {
+            pthread_mutex_lock(&mu);
+            if (lo < dirty_lo[fd])
+                dirty_lo[fd] = lo;
+            pthread_mutex_unlock(&mu);
+        }
         return -1;
-    if (have && fd < MAX_TRACKED) {
+    }
+    if (have) {
         pthread_mutex_lock(&mu);
         synced_len[fd] = sb.st_size;
         pthread_mutex_unlock(&mu);
@@ -298,6 +381,11 @@ int vfs_truncate(int fd, off_t len)
         errno = e;
         return -1;
     }
+    return vfs_trim(fd, len);
+}
+
+int vfs_trim(int fd, off_t len)
+{
     if (ftruncate(fd, len) != 0)
         return -1;
     if (powerloss_armed && fd >= 0 && fd < MAX_TRACKED) {

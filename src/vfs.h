@@ -16,14 +16,16 @@
  *                                      before stays, as after a kill -9
  *
  * Several rules are separated by commas.  Operations: open, write, sync,
- * rename, truncate.  Errors: ENOSPC, EIO, EDQUOT, EROFS.  A failing write
+ * rename, truncate, alloc (the zero-filling of space ahead of the log).  Errors: ENOSPC, EIO, EDQUOT, EROFS.  A failing write
  * first writes half of what it was given (a short write that then fails),
  * which is the worst case a disk can hand back.  Calls are counted from
  * the start of the process, over every file of the store.
  *
  * Power loss is simulated per file: each file's length at its last
  * successful sync (its length when opened, for files that existed) is what
- * a disk would have kept of an append-only file, and a file created since
+ * a disk would have kept of an append-only file; bytes written with
+ * vfs_pwrite below that length since the sync are zeros again (the store
+ * only writes there into zeros it preallocated); and a file created since
  * its directory was last synced is gone.
  *
  * vfs_sync may be called from the sync thread; everything else from the
@@ -43,6 +45,15 @@ int vfs_close(int fd);
 /* Appends all of buf (looping over short writes); -1 with errno on error,
  * in which case part of buf may have been written. */
 ssize_t vfs_write(int fd, const void *buf, size_t n);
+/* Writes all of buf at off, the same way. */
+ssize_t vfs_pwrite(int fd, const void *buf, size_t n, off_t off);
+/* Writes n zero bytes at off (operation "alloc"): space the log later
+ * writes over, so that a sync of what it writes there need not commit a
+ * new file size.  -1 with errno; part of the zeros may be there. */
+int vfs_zero(int fd, off_t off, off_t n);
+/* ftruncate, not a fault point: it only gives back preallocated zeros,
+ * which recovery reads as the end of the log whether or not they go. */
+int vfs_trim(int fd, off_t len);
 ssize_t vfs_pread(int fd, void *buf, size_t n, off_t off);
 /* fdatasync (fsync for directories). */
 int vfs_sync(int fd);

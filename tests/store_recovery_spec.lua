@@ -135,19 +135,22 @@ local function segments(data, name)
 end
 
 -- The records of a segment file: { off, len, seq, payload } each (parsed
--- here independently of the server, from the layout in src/store.h).
+-- here independently of the server, from the layout in src/store.h), and
+-- where they end: the active segment of an fsync = "always" stream is
+-- zero-filled ahead of its last record.
 local function parse_segment(bytes)
   assert(bytes:sub(1, 8) == "TIDESEG1", "not a segment")
   local recs, p = {}, SEG_HDR + 1
   while p + REC_HDR - 1 <= #bytes do
     local magic, _, len, sl, kl, seq, _, hl, pl = string.unpack("<I4I4I4I2I2I8i8I4I4", bytes, p)
+    if magic == 0 then break end
     assert(magic == 0x31435254 and len == REC_HDR + sl + kl + hl + pl, "bad record at " .. (p - 1))
     recs[#recs + 1] = { off = p - 1, len = len, seq = seq,
                         payload = bytes:sub(p + REC_HDR + sl + kl + hl, p + len - 1) }
     p = p + len
   end
-  assert(p == #bytes + 1, "trailing bytes in a segment")
-  return recs
+  assert(not bytes:find("[^%z]", p), "trailing bytes in a segment")
+  return recs, p - 1
 end
 
 -- Publishing ---------------------------------------------------------------------
@@ -327,7 +330,9 @@ describe("stream store recovery", function()
     local segs = {}
     for _, path in ipairs(segments(e.data, name)) do
       local bytes = read_all(path)
-      segs[#segs + 1] = { file = path:match("[^/]+$"), bytes = bytes, recs = parse_segment(bytes) }
+      local recs, stop = parse_segment(bytes)
+      -- (the records only: tests that want zeros after them add them)
+      segs[#segs + 1] = { file = path:match("[^/]+$"), bytes = bytes:sub(1, stop), recs = recs, filled = #bytes - stop }
     end
     return segs, payloads
   end
@@ -532,7 +537,7 @@ describe("stream store recovery", function()
   -- Runs `fault` over a workload, checks the server is up, restarts it
   -- without faults and checks what is stored.  workload(port) returns the
   -- publish state.  Returns it.
-  local function fault_run(fault, config, workload, tag)
+  local function fault_run(fault, config, workload, tag, opts)
     local e = env()
     e.config = config
     local srv = run(e, { fault = fault })
@@ -544,7 +549,11 @@ describe("stream store recovery", function()
     local c = h.connect(srv.port)
     assert(c:ping(5), fault .. ": no PONG")
     c:close()
+    local log = srv:log()
     assert.same({ "exited", 0 }, { srv:stop() })
+    if opts and opts.log then
+      assert(log:find(opts.log, 1, true), fault .. ": no '" .. opts.log .. "' in the log:\n" .. log)
+    end
     local srv2 = run(e)
     check_stored(srv2.port, "s", st, tag)
     -- and the stream goes on at the next sequence
@@ -572,6 +581,10 @@ describe("stream store recovery", function()
         cases[#cases + 1] = { fault = ("sync:%d:%s"):format(y, err), fails = y <= 3 and {} or { y - 3 } }
       end
     end
+    -- Zero-filling ahead of the log (alloc) fails: appends grow the file
+    -- instead, and no publish notices.
+    cases[#cases + 1] = { fault = "alloc:1+:ENOSPC", fails = {}, log = "cannot zero-fill ahead of the log" }
+    cases[#cases + 1] = { fault = "alloc:1:EIO", fails = {}, log = "cannot zero-fill ahead of the log" }
     -- Writes 3 to 10 fail, then space comes back: storing resumes.
     cases[#cases + 1] = { fault = "write:3-10:ENOSPC", fails = { 3, 4, 5, 6, 7, 8, 9, 10 } }
     -- Every sync from the 5th on (the one after publish 1's) fails: nothing
@@ -601,7 +614,7 @@ describe("stream store recovery", function()
     for _, c in ipairs(cases) do
       local st = fault_run(c.fault, stream_decl("s"), c.workload or function(port)
         return one_by_one(port, "s.x", payloads)
-      end, "f")
+      end, "f", c)
       local want_ok = {}
       for k = 1, n do want_ok[k] = true end
       for _, k in ipairs(c.fails) do want_ok[k] = nil end
@@ -891,7 +904,12 @@ describe("stream store recovery", function()
       for _, r in ipairs(recs) do
         if r.off + r.len <= cut then intact, boundary = intact + 1, r.off + r.len end
       end
-      cases[#cases + 1] = { name = "c" .. cut, cut = cut, intact = intact, boundary = boundary }
+      -- Torn bytes are counted up to the last one that is not zero (zeros
+      -- at the end of a file may have been filled ahead of the log).
+      local torn_end = cut
+      while torn_end > boundary and bytes:byte(torn_end) == 0 do torn_end = torn_end - 1 end
+      cases[#cases + 1] = { name = "c" .. cut, cut = cut, intact = intact, boundary = boundary,
+                            torn = torn_end - boundary }
     end
     assert.same(recs[12].off + recs[12].len - recs[11].off, #cases)
     local function path(data, c) return ("%s/streams/%s/%s"):format(data, c.name, segs[1].file) end
@@ -907,7 +925,7 @@ describe("stream store recovery", function()
       write_raw(path(data, c), bytes:sub(1, c.cut))
     end, function(port, c, data)
       local i = info(port, c.name)
-      assert.same({ records = c.intact, corrupt = 0, torn = c.cut - c.boundary, messages = c.intact,
+      assert.same({ records = c.intact, corrupt = 0, torn = c.torn, messages = c.intact,
                     last = c.intact, failed = false },
                   { records = i.recovery.records, corrupt = i.recovery.corrupt_records, torn = i.recovery.torn_bytes,
                     messages = i.messages, last = i.last_seq, failed = i.failed })
@@ -921,6 +939,52 @@ describe("stream store recovery", function()
       assert.same({ records = c.intact + 1, corrupt = 0, torn = 0 },
                   { records = i.recovery.records, corrupt = i.recovery.corrupt_records, torn = i.recovery.torn_bytes })
       check_events(port, c, c.intact + 1)
+    end })
+  end)
+
+  it("reads zeros filled ahead of the log as its end, after whole records and after a torn one", function()
+    local segs, payloads = make_log("z", 12, function(i) return ("z%02d:%s"):format(i, ("q"):rep(i * 5)) end)
+    assert.same(1, #segs)
+    -- Under fsync = "always" the active segment is zero-filled ahead.
+    assert(segs[1].filled > 0, "no zeros after the last record of an fsync=always stream")
+    local bytes, recs = segs[1].bytes, segs[1].recs
+    local zeros = ("\0"):rep(70000)
+    local last = recs[12]
+    local cases = {
+      -- the file as a stop left it, zeros after the last record
+      { name = "whole", bytes = bytes .. zeros, intact = 12, torn = 0, size = #bytes + #zeros },
+      -- a record written over zeros in part: its first 30 bytes reached the disk
+      { name = "part", bytes = bytes:sub(1, last.off + 30) .. zeros, intact = 11, torn = 30, size = last.off },
+      -- only its tail reached the disk: zeros at its start, bytes after
+      { name = "tail", bytes = bytes:sub(1, last.off) .. ("\0"):rep(20) .. bytes:sub(last.off + 21) .. zeros,
+        intact = 11, torn = last.len, size = last.off },
+    }
+    local function path(data, c) return ("%s/streams/%s/%s"):format(data, c.name, segs[1].file) end
+    local function check_events(port, c, n)
+      local ev = events(port, c.name)
+      assert.same(n, #ev)
+      for i, ev_i in ipairs(ev) do
+        assert.same({ i, i <= c.intact and payloads[i] or ("new:" .. c.name) }, { ev_i.seq, ev_i.payload })
+      end
+    end
+    per_stream(cases, function(data, c)
+      write_raw(path(data, c), c.bytes)
+    end, function(port, c, data)
+      local i = info(port, c.name)
+      assert.same({ name = c.name, records = c.intact, corrupt = 0, torn = c.torn, last = c.intact },
+                  { name = c.name, records = i.recovery.records, corrupt = i.recovery.corrupt_records,
+                    torn = i.recovery.torn_bytes, last = i.last_seq })
+      assert.same(c.size, file_size(path(data, c)))
+      check_events(port, c, c.intact)
+      local st = one_by_one(port, c.name .. ".a", { "new:" .. c.name })
+      assert.same({ c.intact + 1 }, st.ok)
+    end, { after = function(port, c, data)
+      local i = info(port, c.name)
+      assert.same({ records = c.intact + 1, corrupt = 0, torn = 0 },
+                  { records = i.recovery.records, corrupt = i.recovery.corrupt_records, torn = i.recovery.torn_bytes })
+      check_events(port, c, c.intact + 1)
+      local recs2 = parse_segment(read_all(path(data, c)))
+      assert.same(c.intact + 1, #recs2)
     end })
   end)
 
