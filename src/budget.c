@@ -9,6 +9,8 @@ state_t *state_of(lua_State *L)
     return *(state_t **)lua_getextraspace(L);
 }
 
+/* The coarse clock is cheap and never ahead of the precise one the
+ * deadline was set from: a stop comes at most one clock tick late. */
 static int past_deadline(const state_t *st)
 {
     struct timespec now;
@@ -31,12 +33,90 @@ static void arm_stop(state_t *st, int budget)
 }
 
 /*
+ * Small blocks are recycled per state, by size class: every event makes
+ * a few short-lived objects (the event, its tokens, e.data), and the
+ * collector frees them in bursts, which glibc's caches do not absorb.  A
+ * block Lua sees as n <= POOL_MAX bytes always has the room of its class,
+ * so it can go back to that class's list whatever path it took.
+ */
+static size_t pool_class(size_t n)
+{
+    return (n + POOL_GRAIN - 1) / POOL_GRAIN - 1;
+}
+
+static void *pool_get(state_t *st, size_t n)
+{
+    size_t c = pool_class(n);
+    void *p = st->pool[c];
+    if (p) {
+        st->pool[c] = *(void **)p;
+        st->pool_n[c]--;
+        return p;
+    }
+    return malloc((c + 1) * POOL_GRAIN);
+}
+
+static void pool_put(state_t *st, void *p, size_t n)
+{
+    size_t c = pool_class(n);
+    if (st->pool_n[c] >= POOL_KEEP) {
+        free(p);
+        return;
+    }
+    *(void **)p = st->pool[c];
+    st->pool[c] = p;
+    st->pool_n[c]++;
+}
+
+void state_pool_free(state_t *st)
+{
+    for (size_t c = 0; c < POOL_CLASSES; c++) {
+        while (st->pool[c]) {
+            void *p = st->pool[c];
+            st->pool[c] = *(void **)p;
+            free(p);
+        }
+        st->pool_n[c] = 0;
+    }
+}
+
+/* realloc with the pool: Lua's rules (ptr NULL: new block; nsize 0: free;
+ * shrinking never fails). */
+static void *pool_realloc(state_t *st, void *ptr, size_t osize, size_t nsize)
+{
+    if (nsize == 0) {
+        if (ptr && osize <= POOL_MAX)
+            pool_put(st, ptr, osize);
+        else
+            free(ptr);
+        return NULL;
+    }
+    if (!ptr)
+        return nsize <= POOL_MAX ? pool_get(st, nsize) : malloc(nsize);
+    if (osize <= POOL_MAX && nsize <= POOL_MAX && pool_class(osize) == pool_class(nsize))
+        return ptr;
+    if (osize > POOL_MAX && nsize > POOL_MAX)
+        return realloc(ptr, nsize);
+    void *np = nsize <= POOL_MAX ? pool_get(st, nsize) : malloc(nsize);
+    if (!np)
+        return nsize < osize ? ptr : NULL; /* a shrink keeps its (bigger) block */
+    memcpy(np, ptr, osize < nsize ? osize : nsize);
+    if (osize <= POOL_MAX)
+        pool_put(st, ptr, osize);
+    else
+        free(ptr);
+    return np;
+}
+
+/*
  * Memory cap for the whole state, and a second place to notice the time
  * budget: C functions such as string.rep or gsub never return to the VM
  * while they work, but they allocate, and refusing an allocation is a clean
  * error path everywhere in Lua.  Only the allocation that finds the budget
  * spent is refused (later ones may be the error unwinding); the hook then
  * stops the script at its next instruction.  Shrinking always succeeds.
+ * The clock is read for one small allocation in 16 and for every large
+ * one: a C function that works long enough to matter grows buffers.
  */
 void *state_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
@@ -44,7 +124,7 @@ void *state_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     if (!ptr)
         osize = 0;
     if (nsize == 0) {
-        free(ptr);
+        pool_realloc(st, ptr, osize, 0);
         st->mem_used -= osize;
         return NULL;
     }
@@ -54,12 +134,12 @@ void *state_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
                 arm_stop(st, BUDGET_MEMORY);
             return NULL;
         }
-        if (st->in_call && !st->budget && past_deadline(st)) {
+        if (st->in_call && !st->budget && ((++st->alloc_ticks & 15) == 0 || nsize >= 1024) && past_deadline(st)) {
             arm_stop(st, BUDGET_TIME);
             return NULL;
         }
     }
-    void *p = realloc(ptr, nsize);
+    void *p = pool_realloc(st, ptr, ptr ? osize : 0, nsize);
     if (!p && nsize > osize)
         return NULL;
     st->mem_used = st->mem_used - osize + nsize;
@@ -100,13 +180,17 @@ lua_Hook budget_hook_fn(void)
     return budget_hook;
 }
 
-static void begin_call(state_t *st)
+void budget_begin(state_t *st, budget_saved_t *outer, const struct timespec *now)
 {
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
+    /* Calls nest (a prompt line publishing an event runs rules): the inner
+     * call gets budgets of its own and the outer one's are put back. */
+    outer->in_call = st->in_call;
+    outer->budget = st->budget;
+    outer->instructions = st->instructions;
+    outer->deadline = st->deadline;
     double t = st->limits.time;
-    st->deadline.tv_sec = now.tv_sec + (time_t)t;
-    st->deadline.tv_nsec = now.tv_nsec + (long)((t - (double)(time_t)t) * 1e9);
+    st->deadline.tv_sec = now->tv_sec + (time_t)t;
+    st->deadline.tv_nsec = now->tv_nsec + (long)((t - (double)(time_t)t) * 1e9);
     if (st->deadline.tv_nsec >= 1000000000L) {
         st->deadline.tv_sec++;
         st->deadline.tv_nsec -= 1000000000L;
@@ -116,19 +200,44 @@ static void begin_call(state_t *st)
     st->in_call = 1;
 }
 
-static void end_call(state_t *st)
+int budget_end(state_t *st, const budget_saved_t *outer)
 {
+    int budget = st->budget;
     st->in_call = 0;
-    if (st->budget) {
+    if (budget) {
         lua_sethook(st->L, budget_hook, LUA_MASKCOUNT, HOOK_STEP);
         /* What the stopped script built is garbage now; give it back. */
         lua_gc(st->L, LUA_GCCOLLECT);
     }
+    if (outer->in_call) {
+        st->in_call = 1;
+        st->budget = outer->budget;
+        st->instructions = outer->instructions;
+        st->deadline = outer->deadline;
+    }
+    return budget;
+}
+
+void budget_error(state_t *st, int budget)
+{
+    lua_State *L = st->L;
+    st->host->st.errors++;
+    if (!budget)
+        return;
+    /* Now allocation is safe again: say which limit, and its value. */
+    st->host->st.budget_stops++;
+    lua_pop(L, 1);
+    if (budget == BUDGET_INSTRUCTIONS)
+        lua_pushfstring(L, "instruction budget exceeded (%I instructions)", (lua_Integer)st->limits.instructions);
+    else if (budget == BUDGET_TIME)
+        lua_pushfstring(L, "time budget exceeded (%d ms)", (int)(st->limits.time * 1000));
+    else
+        lua_pushfstring(L, "memory budget exceeded (%I bytes)", (lua_Integer)st->limits.memory);
 }
 
 /* Message handler for lua_pcall.  While a budget stop unwinds it must not
  * allocate: the stop's own message is returned as it is. */
-static int on_error(lua_State *L)
+int budget_on_error(lua_State *L)
 {
     state_t *st = state_of(L);
     if (st && st->budget) {
@@ -152,38 +261,17 @@ int budget_call(state_t *st, int nargs, int nres)
 {
     lua_State *L = st->L;
     int base = lua_gettop(L) - nargs;
-    /* Calls nest (a prompt line publishing an event runs rules): the inner
-     * call gets budgets of its own and the outer one's are put back. */
-    int outer_in_call = st->in_call, outer_budget = st->budget;
-    uint64_t outer_instructions = st->instructions;
-    struct timespec outer_deadline = st->deadline;
-    lua_pushcfunction(L, on_error);
+    struct timespec now;
+    budget_saved_t outer;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    lua_pushcfunction(L, budget_on_error);
     lua_insert(L, base);
-    begin_call(st);
+    budget_begin(st, &outer, &now);
     int rc = lua_pcall(L, nargs, nres, base);
-    int budget = st->budget;
-    end_call(st);
-    if (outer_in_call) {
-        st->in_call = 1;
-        st->budget = outer_budget;
-        st->instructions = outer_instructions;
-        st->deadline = outer_deadline;
-    }
+    int budget = budget_end(st, &outer);
     lua_remove(L, base);
-    if (rc != LUA_OK) {
-        st->host->st.errors++;
-        if (budget) {
-            /* Now allocation is safe again: say which limit, and its value. */
-            st->host->st.budget_stops++;
-            lua_pop(L, 1);
-            if (budget == BUDGET_INSTRUCTIONS)
-                lua_pushfstring(L, "instruction budget exceeded (%I instructions)", (lua_Integer)st->limits.instructions);
-            else if (budget == BUDGET_TIME)
-                lua_pushfstring(L, "time budget exceeded (%d ms)", (int)(st->limits.time * 1000));
-            else
-                lua_pushfstring(L, "memory budget exceeded (%I bytes)", (lua_Integer)st->limits.memory);
-        }
-    }
+    if (rc != LUA_OK)
+        budget_error(st, budget);
     return rc;
 }
 

@@ -12,42 +12,26 @@
 #define EVENT_MT "tide.event"
 #define HEADERS_MT "tide.event.headers"
 
-/* User values of the event userdata. */
-#define UV_HEADERS 1 /* name -> value table, made on first access */
-#define UV_PROXY 2   /* the e.headers proxy handed to scripts */
-#define UV_DATA 3    /* the e.data value, cached so e.data == e.data */
+/*
+ * User values of the event userdata.  Everything an event holds beyond its
+ * fixed fields is a Lua value kept here, so the event needs no finalizer
+ * (a finalizer would make every event survive a collection) and nothing
+ * leaks when an error cuts a pipeline short.  The one C-allocated part,
+ * the cJSON tree a write needs, lives in a userdata of its own that has one.
+ */
+#define UV_TREE JSON_OWNER_UV /* holder of the tree (json_owner_tree) */
+#define UV_HEADERS 2     /* name -> value table, made on first access */
+#define UV_PROXY 3       /* the e.headers proxy handed to scripts */
+#define UV_DATA 4        /* the e.data value, cached so e.data == e.data */
+#define UV_TAPE 5        /* the payload's tokens (json_scan) */
+#define UV_SUBJECT 6     /* the subject a script set (a Lua string) */
+#define UV_OUT_HDR 7     /* re-encoded headers (a Lua string) */
+#define UV_OUT_PAYLOAD 8 /* re-encoded payload (a Lua string) */
+#define UV_INPUT 9       /* event_push(copy = 1): the message's bytes */
+#define EVENT_NUV 9
 
 /* Registry key (address) of the event metatable. */
 static const char event_key = 'e';
-
-static void reset_output(event_t *ev)
-{
-    free(ev->out_hdr);
-    free(ev->out_payload);
-    ev->out_hdr = ev->out_payload = NULL;
-    ev->out_hdr_len = ev->out_payload_len = 0;
-}
-
-static void drop_tree(event_t *ev)
-{
-    cJSON_Delete(ev->root);
-    json_owner_release(&ev->owner);
-    ev->root = NULL;
-}
-
-static int event_gc(lua_State *L)
-{
-    event_t *ev = lua_touserdata(L, 1);
-    reset_output(ev);
-    drop_tree(ev);
-    if (ev->subject_owned)
-        free(ev->subject);
-    if (ev->reply_owned)
-        free(ev->reply);
-    free(ev->owned_in);
-    ev->subject = ev->reply = ev->owned_in = NULL;
-    return 0;
-}
 
 event_t *event_test(lua_State *L, int idx)
 {
@@ -66,37 +50,37 @@ static event_t *check_live(lua_State *L, int idx)
 
 event_t *event_push(lua_State *L, const proto_msg_t *m, int copy)
 {
-    event_t *ev = lua_newuserdatauv(L, sizeof *ev, 3);
+    event_t *ev = lua_newuserdatauv(L, sizeof *ev, EVENT_NUV);
     memset(ev, 0, sizeof *ev);
     lua_rawgetp(L, LUA_REGISTRYINDEX, &event_key);
     lua_setmetatable(L, -2);
-    if (copy) {
-        size_t n = m->hdr_len + m->payload_len;
-        ev->subject = mem_dup(m->subject, m->subject_len);
-        ev->subject_owned = 1;
-        if (m->reply) {
-            ev->reply = mem_dup(m->reply, m->reply_len);
-            ev->reply_owned = 1;
-        }
-        ev->owned_in = malloc(n ? n : 1);
-        if (!ev->subject || (m->reply && !ev->reply) || !ev->owned_in)
-            luaL_error(L, "out of memory");
-        if (m->hdr_len)
-            memcpy(ev->owned_in, m->hdr, m->hdr_len);
-        memcpy(ev->owned_in + m->hdr_len, m->payload, m->payload_len);
-        ev->hdr = m->hdr ? ev->owned_in : NULL;
-        ev->payload = ev->owned_in + m->hdr_len;
-    } else {
-        /* Borrowed for the pipeline's length: no copy on the hot path. */
-        ev->subject = (char *)m->subject;
-        ev->reply = (char *)m->reply;
-        ev->hdr = m->hdr;
-        ev->payload = m->payload;
-    }
+    ev->subject = m->subject;
+    ev->reply = m->reply;
+    ev->hdr = m->hdr;
+    ev->payload = m->payload;
     ev->subject_len = m->subject_len;
     ev->reply_len = m->reply ? m->reply_len : 0;
     ev->hdr_len = m->hdr ? m->hdr_len : 0;
     ev->payload_len = m->payload_len;
+    if (copy) {
+        /* One string: subject, reply, headers, payload. */
+        luaL_Buffer b;
+        luaL_buffinit(L, &b);
+        luaL_addlstring(&b, m->subject, m->subject_len);
+        luaL_addlstring(&b, ev->reply ? ev->reply : "", ev->reply_len);
+        luaL_addlstring(&b, ev->hdr ? ev->hdr : "", ev->hdr_len);
+        luaL_addlstring(&b, m->payload ? m->payload : "", m->payload_len);
+        luaL_pushresult(&b);
+        const char *in = lua_tostring(L, -1);
+        ev->subject = in;
+        if (ev->reply)
+            ev->reply = in + ev->subject_len;
+        if (ev->hdr)
+            ev->hdr = in + ev->subject_len + ev->reply_len;
+        ev->payload = in + ev->subject_len + ev->reply_len + ev->hdr_len;
+        lua_setiuservalue(L, -2, UV_INPUT);
+    }
+    /* Otherwise borrowed for the pipeline's length: no copy on the hot path. */
     return ev;
 }
 
@@ -109,14 +93,15 @@ void event_expire_ptr(event_t *ev)
 {
     ev->expired = 1;
     ev->owner.dead = 1;
-    ev->hdr = ev->payload = NULL;
-    ev->hdr_len = ev->payload_len = 0;
-    if (!ev->subject_owned)
-        ev->subject = NULL;
-    if (!ev->reply_owned)
-        ev->reply = NULL;
-    drop_tree(ev);
-    reset_output(ev);
+    ev->subject = ev->reply = ev->hdr = ev->payload = NULL;
+    ev->subject_len = ev->reply_len = ev->hdr_len = ev->payload_len = 0;
+    ev->out_hdr = ev->out_payload = NULL;
+    ev->owner.text = NULL;
+    ev->owner.tape = NULL;
+    /* The tree goes now; its holder, once collected, finds it empty. */
+    if (ev->owner.tree)
+        json_tree_free(ev->owner.tree);
+    ev->owner.tree = NULL;
 }
 
 /* ---- headers --------------------------------------------------------------- */
@@ -320,9 +305,9 @@ static void push_headers_proxy(lua_State *L, int evidx)
 }
 
 /* Builds a NATS header block from the header table at the top of the stack
- * (popped), keeping the original status line.  Names are written sorted so
- * the output is stable. */
-static void encode_headers(lua_State *L, event_t *ev)
+ * (popped), keeping the original status line, for the event at evidx.
+ * Names are written sorted so the output is stable. */
+static void encode_headers(lua_State *L, int evidx, event_t *ev)
 {
     int t = lua_gettop(L);
     int n = 0;
@@ -342,7 +327,6 @@ static void encode_headers(lua_State *L, event_t *ev)
         lua_call(L, 1, 0);
     }
     lua_pop(L, 1);
-    free(ev->out_hdr);
     ev->out_hdr = NULL;
     ev->out_hdr_len = 0;
     if (n == 0) {
@@ -393,12 +377,8 @@ static void encode_headers(lua_State *L, event_t *ev)
     }
     lua_pushliteral(L, "\r\n");
     lua_concat(L, 2);
-    size_t len;
-    const char *s = lua_tolstring(L, -1, &len);
-    ev->out_hdr = mem_dup(s, len);
-    if (!ev->out_hdr)
-        luaL_error(L, "out of memory");
-    ev->out_hdr_len = len;
+    ev->out_hdr = lua_tolstring(L, -1, &ev->out_hdr_len);
+    lua_setiuservalue(L, evidx, UV_OUT_HDR);
     lua_settop(L, t - 1);
 }
 
@@ -456,105 +436,175 @@ uint64_t event_decode_count(void)
     return decodes;
 }
 
-/* Parses the payload once, on the first access that needs it. */
-static void decode(lua_State *L, event_t *ev)
+/* The tree of the event at idx, built now if it has none (see json_owner_tree). */
+static json_tree_t *tree_of(lua_State *L, int idx, event_t *ev)
 {
-    char *nums = NULL;
+    return json_owner_tree(L, &ev->owner, idx);
+}
+
+/* Scans the payload into a tape the event at idx keeps.  0, or -1 when the
+ * payload is not JSON. */
+static int scan_payload(lua_State *L, int idx, event_t *ev)
+{
+    json_tok_t local[64];
+    long n = ev->payload_len ? json_scan(ev->payload, ev->payload_len, local, 64) : -1;
+    if (n < 0)
+        return -1;
+    json_tok_t *tape = lua_newuserdatauv(L, (size_t)n * sizeof *tape, 0);
+    if (n <= 64)
+        memcpy(tape, local, (size_t)n * sizeof *tape);
+    else
+        json_scan(ev->payload, ev->payload_len, tape, (uint32_t)n);
+    lua_setiuservalue(L, idx, UV_TAPE);
+    ev->owner.text = ev->payload;
+    ev->owner.text_len = ev->payload_len;
+    ev->owner.tape = tape;
+    ev->owner.ntok = (uint32_t)n;
+    return 0;
+}
+
+/* Binary mode (the CloudEvents NATS binding): attributes in ce-* headers,
+ * the payload is the data.  The envelope is built as a tree at once. */
+static void decode_binary(lua_State *L, int idx, event_t *ev)
+{
     size_t vl;
-    cJSON *v;
+    json_tree_t *t = tree_of(L, idx, ev); /* empty: the event has no tape */
+    cJSON *v = ev->payload_len ? json_parse(ev->payload, ev->payload_len, &t->nums) : NULL;
+    cJSON *env = cJSON_CreateObject();
+    if (!env) {
+        cJSON_Delete(v);
+        luaL_error(L, "out of memory");
+    }
+    /* Held by the tree from here on, so an error below leaks nothing. */
+    ev->mode = EVENT_BINARY;
+    t->root = env;
+    if (v && !cJSON_AddItemToObject(env, "data", v)) {
+        cJSON_Delete(v);
+        luaL_error(L, "out of memory");
+    }
+    /* Known attributes in CloudEvents order, then extensions, then data. */
+    for (int i = 0; ce_attrs[i]; i++) {
+        char hname[64];
+        snprintf(hname, sizeof hname, "ce-%s", ce_attrs[i]);
+        const char *val = event_header_find(ev->hdr, ev->hdr_len, hname, &vl);
+        if (!val)
+            continue;
+        char *tmp = mem_dup(val, vl);
+        char *endp = NULL;
+        long long iv = tmp ? strtoll(tmp, &endp, 10) : 0;
+        if (tmp && !strcmp(ce_attrs[i], "version") && vl && endp && *endp == '\0') {
+            char num[32];
+            snprintf(num, sizeof num, "%lld", iv);
+            cJSON_AddItemToObject(env, "version", cJSON_CreateRaw(num));
+        } else {
+            add_string(L, env, ce_attrs[i], val, vl);
+        }
+        free(tmp);
+    }
+    add_extensions(L, ev, env);
+    const char *ct = event_header_find(ev->hdr, ev->hdr_len, "content-type", &vl);
+    if (ct)
+        add_string(L, env, "datacontenttype", ct, vl);
+    if (v) {
+        /* data last, as in a structured envelope */
+        cJSON *d = cJSON_DetachItemFromObjectCaseSensitive(env, "data");
+        cJSON_AddItemToObject(env, "data", d);
+    } else if (ev->payload_len) {
+        add_string(L, env, "data", ev->payload, ev->payload_len);
+    }
+}
+
+/* Decodes the event at idx once, on the first access that needs it: the
+ * payload is scanned (no tree is built until something writes). */
+static void decode(lua_State *L, int idx, event_t *ev)
+{
+    size_t vl;
     if (ev->mode != EVENT_UNDECODED)
         return;
     decodes++;
-    v = ev->payload_len ? json_parse(ev->payload, ev->payload_len, &nums) : NULL;
     /* ce-* headers say binary mode whatever the body is (a JSON object body
      * is the common case there); otherwise an object is the envelope. */
-    int binary = ev->hdr && event_header_find(ev->hdr, ev->hdr_len, "ce-specversion", &vl);
-    if (!binary && cJSON_IsObject(v)) {
-        ev->mode = EVENT_STRUCTURED;
-        ev->root = v;
-        ev->owner.nums = nums;
+    if (ev->hdr && event_header_find(ev->hdr, ev->hdr_len, "ce-specversion", &vl)) {
+        decode_binary(L, idx, ev);
         return;
     }
-    if (binary) {
-        /* The CloudEvents NATS binding, binary mode: attributes in ce-*
-         * headers, the payload is the data. */
-        cJSON *env = cJSON_CreateObject();
-        if (!env) {
-            cJSON_Delete(v);
-            free(nums);
-            luaL_error(L, "out of memory");
-        }
-        /* Held by the event from here on, so an error below leaks nothing. */
-        ev->mode = EVENT_BINARY;
-        ev->root = env;
-        ev->owner.nums = nums;
-        if (v && !cJSON_AddItemToObject(env, "data", v)) {
-            cJSON_Delete(v);
-            luaL_error(L, "out of memory");
-        }
-        /* Known attributes in CloudEvents order, then extensions, then data. */
-        for (int i = 0; ce_attrs[i]; i++) {
-            char hname[64];
-            snprintf(hname, sizeof hname, "ce-%s", ce_attrs[i]);
-            const char *val = event_header_find(ev->hdr, ev->hdr_len, hname, &vl);
-            if (!val)
-                continue;
-            char *tmp = mem_dup(val, vl);
-            char *endp = NULL;
-            long long iv = tmp ? strtoll(tmp, &endp, 10) : 0;
-            if (tmp && !strcmp(ce_attrs[i], "version") && vl && endp && *endp == '\0') {
-                char num[32];
-                snprintf(num, sizeof num, "%lld", iv);
-                cJSON_AddItemToObject(env, "version", cJSON_CreateRaw(num));
-            } else {
-                add_string(L, env, ce_attrs[i], val, vl);
-            }
-            free(tmp);
-        }
-        add_extensions(L, ev, env);
-        const char *ct = event_header_find(ev->hdr, ev->hdr_len, "content-type", &vl);
-        if (ct)
-            add_string(L, env, "datacontenttype", ct, vl);
-        if (v) {
-            /* data last, as in a structured envelope */
-            cJSON *d = cJSON_DetachItemFromObjectCaseSensitive(env, "data");
-            cJSON_AddItemToObject(env, "data", d);
-        } else if (ev->payload_len) {
-            add_string(L, env, "data", ev->payload, ev->payload_len);
-        }
+    int json = scan_payload(L, idx, ev) == 0;
+    if (json && ev->owner.tape[0].type == JSON_TOK_OBJECT) {
+        ev->mode = EVENT_STRUCTURED;
         return;
     }
     ev->mode = EVENT_RAW;
-    ev->raw_is_json = v != NULL;
-    ev->root = v;
-    ev->owner.nums = nums;
+    ev->raw_is_json = json;
 }
 
 /* Raw events become envelopes when a script sets an envelope attribute. */
-static void promote(lua_State *L, event_t *ev)
+static void promote(lua_State *L, int idx, event_t *ev)
 {
+    json_tree_t *t = tree_of(L, idx, ev);
     cJSON *env = cJSON_CreateObject();
     if (!env)
         luaL_error(L, "out of memory");
     cJSON_AddItemToObject(env, "specversion", cJSON_CreateString("1.0"));
+    if (ev->raw_is_json) {
+        cJSON_AddItemToObject(env, "data", t->root);
+        t->root = NULL;
+    }
+    t->root = env; /* from here the tree frees it */
     add_string(L, env, "type", ev->subject, ev->subject_len);
-    if (ev->raw_is_json)
-        cJSON_AddItemToObject(env, "data", ev->root);
-    else if (ev->payload_len)
+    if (!ev->raw_is_json && ev->payload_len)
         add_string(L, env, "data", ev->payload, ev->payload_len);
-    ev->root = env;
+    if (ev->raw_is_json) {
+        /* data after type, as before */
+        cJSON *d = cJSON_DetachItemFromObjectCaseSensitive(env, "data");
+        cJSON_AddItemToObject(env, "data", d);
+    }
     ev->mode = EVENT_STRUCTURED;
     ev->owner.dirty = 1;
 }
 
 /* ---- e.field ----------------------------------------------------------------- */
 
-static void push_payload(lua_State *L, int idx, event_t *ev)
+/* Pushes envelope member key of the event at idx (nil when absent) and
+ * returns its Lua type. */
+static int push_member(lua_State *L, int idx, event_t *ev, const char *key, size_t klen)
 {
-    proto_msg_t m;
-    event_bytes(L, idx, &m);
-    lua_pushlstring(L, m.payload, m.payload_len);
-    (void)ev;
+    if (ev->owner.tree) {
+        cJSON *v = cJSON_GetObjectItemCaseSensitive(ev->owner.tree->root, key);
+        if (!v) {
+            lua_pushnil(L);
+            return LUA_TNIL;
+        }
+        json_push(L, v, idx);
+    } else {
+        uint32_t t = json_tape_member(&ev->owner, 0, key, klen);
+        if (t == JSON_NO_TOK) {
+            lua_pushnil(L);
+            return LUA_TNIL;
+        }
+        json_push_tok(L, &ev->owner, t, idx);
+    }
+    return lua_type(L, -1);
+}
+
+static void push_data(lua_State *L, event_t *ev)
+{
+    if (lua_getiuservalue(L, 1, UV_DATA) != LUA_TNIL)
+        return;
+    lua_pop(L, 1);
+    if (ev->mode != EVENT_RAW)
+        push_member(L, 1, ev, "data", 4);
+    else if (ev->owner.tree && ev->owner.tree->root)
+        json_push(L, ev->owner.tree->root, 1);
+    else if (ev->owner.tree)
+        lua_pushnil(L);
+    else if (ev->raw_is_json)
+        json_push_tok(L, &ev->owner, 0, 1);
+    else
+        lua_pushnil(L);
+    if (lua_type(L, -1) == LUA_TUSERDATA) {
+        lua_pushvalue(L, -1);
+        lua_setiuservalue(L, 1, UV_DATA);
+    }
 }
 
 static int event_index(lua_State *L)
@@ -562,65 +612,52 @@ static int event_index(lua_State *L)
     event_t *ev = check_live(L, 1);
     size_t kl;
     const char *k = luaL_checklstring(L, 2, &kl);
-    cJSON *v;
 
     /* Fields that need no decoding. */
-    if (strcmp(k, "subject") == 0) {
-        lua_pushlstring(L, ev->subject, ev->subject_len);
-        return 1;
-    }
-    if (strcmp(k, "headers") == 0) {
-        push_headers_proxy(L, 1);
-        return 1;
-    }
-    if (strcmp(k, "reply") == 0) {
-        if (ev->reply)
-            lua_pushlstring(L, ev->reply, ev->reply_len);
-        else
-            lua_pushnil(L);
-        return 1;
-    }
-    if (strcmp(k, "raw") == 0) {
-        push_payload(L, 1, ev);
-        return 1;
-    }
-    decode(L, ev);
-    if (strcmp(k, "data") == 0) {
-        if (lua_getiuservalue(L, 1, UV_DATA) != LUA_TNIL)
-            return 1;
-        lua_pop(L, 1);
-        if (ev->mode == EVENT_RAW)
-            v = ev->raw_is_json ? ev->root : NULL;
-        else
-            v = cJSON_GetObjectItemCaseSensitive(ev->root, "data");
-        if (!v) {
-            lua_pushnil(L);
+    switch (kl) {
+    case 3:
+        if (!memcmp(k, "raw", 3)) {
+            proto_msg_t m;
+            event_bytes(L, 1, &m);
+            lua_pushlstring(L, m.payload, m.payload_len);
             return 1;
         }
-        json_push(L, v, 1);
-        if (lua_type(L, -1) == LUA_TUSERDATA) {
-            lua_pushvalue(L, -1);
-            lua_setiuservalue(L, 1, UV_DATA);
+        break;
+    case 5:
+        if (!memcmp(k, "reply", 5)) {
+            if (ev->reply)
+                lua_pushlstring(L, ev->reply, ev->reply_len);
+            else
+                lua_pushnil(L);
+            return 1;
         }
-        return 1;
-    }
-    if (strcmp(k, "type") == 0) {
-        v = ev->mode != EVENT_RAW ? cJSON_GetObjectItemCaseSensitive(ev->root, "type") : NULL;
-        if (cJSON_IsString(v))
-            lua_pushstring(L, v->valuestring);
-        else
+        break;
+    case 7:
+        if (!memcmp(k, "subject", 7)) {
             lua_pushlstring(L, ev->subject, ev->subject_len);
+            return 1;
+        }
+        if (!memcmp(k, "headers", 7)) {
+            push_headers_proxy(L, 1);
+            return 1;
+        }
+        break;
+    }
+    decode(L, 1, ev);
+    if (kl == 4 && !memcmp(k, "data", 4)) {
+        push_data(L, ev);
         return 1;
     }
-    if (strcmp(k, "version") == 0) {
-        v = ev->mode != EVENT_RAW ? cJSON_GetObjectItemCaseSensitive(ev->root, "version") : NULL;
-        if (json_is_number(v)) {
-            json_push_number(L, v);
-            if (!lua_isinteger(L, -1)) {
-                lua_pop(L, 1);
-                lua_pushinteger(L, 1);
-            }
-        } else {
+    if (kl == 4 && !memcmp(k, "type", 4)) {
+        if (ev->mode == EVENT_RAW || push_member(L, 1, ev, "type", 4) != LUA_TSTRING) {
+            lua_settop(L, 2);
+            lua_pushlstring(L, ev->subject, ev->subject_len);
+        }
+        return 1;
+    }
+    if (kl == 7 && !memcmp(k, "version", 7)) {
+        if (ev->mode == EVENT_RAW || push_member(L, 1, ev, "version", 7) != LUA_TNUMBER || !lua_isinteger(L, -1)) {
+            lua_settop(L, 2);
             lua_pushinteger(L, 1);
         }
         return 1;
@@ -631,13 +668,10 @@ static int event_index(lua_State *L)
     }
     /* Other envelope attributes and extensions; e.ce_subject is the
      * envelope's own "subject" (e.subject is the NATS subject). */
-    if (strcmp(k, "ce_subject") == 0)
-        k = "subject";
-    v = cJSON_GetObjectItemCaseSensitive(ev->root, k);
-    if (v)
-        json_push(L, v, 1);
+    if (kl == 10 && !memcmp(k, "ce_subject", 10))
+        push_member(L, 1, ev, "subject", 7);
     else
-        lua_pushnil(L);
+        push_member(L, 1, ev, k, kl);
     return 1;
 }
 
@@ -645,7 +679,7 @@ static int event_index(lua_State *L)
  * the old value is kept until the event ends, for proxies still into it. */
 static void set_member(lua_State *L, event_t *ev, const char *key, cJSON *v)
 {
-    if (json_object_set(&ev->owner, ev->root, key, v) < 0)
+    if (json_object_set(&ev->owner, ev->owner.tree->root, key, v) < 0)
         luaL_error(L, "out of memory");
 }
 
@@ -659,30 +693,28 @@ static int event_newindex(lua_State *L)
         const char *s = luaL_checklstring(L, 3, &n);
         if (!subject_valid_literal(s, n))
             return luaL_error(L, "invalid subject '%s'", s);
-        char *d = mem_dup(s, n);
-        if (!d)
-            return luaL_error(L, "out of memory");
-        if (ev->subject_owned)
-            free(ev->subject);
-        ev->subject = d;
+        /* The string itself is kept: it cannot change or move. */
+        lua_pushvalue(L, 3);
+        lua_setiuservalue(L, 1, UV_SUBJECT);
+        ev->subject = s;
         ev->subject_len = n;
-        ev->subject_owned = 1;
         ev->subject_dirty = 1;
         return 0;
     }
     if (strcmp(k, "headers") == 0 || strcmp(k, "reply") == 0 || strcmp(k, "raw") == 0)
         return luaL_error(L, "e.%s cannot be assigned (set e.headers[name] or e.data instead)", k);
-    decode(L, ev);
+    decode(L, 1, ev);
+    json_tree_t *t = tree_of(L, 1, ev);
     if (strcmp(k, "data") == 0) {
         lua_pushnil(L);
         lua_setiuservalue(L, 1, UV_DATA);
         if (ev->mode == EVENT_RAW) {
             cJSON *v = lua_isnil(L, 3) ? NULL : json_from_lua(L, 3);
-            json_owner_discard(&ev->owner, ev->root);
-            ev->root = v;
+            json_owner_discard(&ev->owner, t->root);
+            t->root = v;
             ev->raw_is_json = v != NULL;
         } else if (lua_isnil(L, 3)) {
-            json_object_unset(&ev->owner, ev->root, "data");
+            json_object_unset(&ev->owner, t->root, "data");
         } else {
             set_member(L, ev, "data", json_from_lua(L, 3));
         }
@@ -692,11 +724,11 @@ static int event_newindex(lua_State *L)
     if (strcmp(k, "version") == 0 && !lua_isinteger(L, 3))
         return luaL_error(L, "e.version must be an integer");
     if (ev->mode == EVENT_RAW)
-        promote(L, ev);
+        promote(L, 1, ev);
     if (strcmp(k, "ce_subject") == 0)
         k = "subject";
     if (lua_isnil(L, 3))
-        json_object_unset(&ev->owner, ev->root, k);
+        json_object_unset(&ev->owner, t->root, k);
     else
         set_member(L, ev, k, json_from_lua(L, 3));
     ev->owner.dirty = 1;
@@ -724,31 +756,21 @@ static int event_tostring(lua_State *L)
 
 /* ---- encoding -------------------------------------------------------------- */
 
-static void set_payload(lua_State *L, event_t *ev, const char *s, size_t n)
+/* Makes the string on top of the stack (popped) the payload of the event at idx. */
+static void set_payload_top(lua_State *L, int idx, event_t *ev)
 {
-    char *d = mem_dup(s, n);
-    if (!d)
-        luaL_error(L, "out of memory");
-    free(ev->out_payload);
-    ev->out_payload = d;
-    ev->out_payload_len = n;
+    ev->out_payload = lua_tolstring(L, -1, &ev->out_payload_len);
+    lua_setiuservalue(L, idx, UV_OUT_PAYLOAD);
 }
 
 /* Sets the payload to the JSON text of v (NULL prints as null). */
-static void set_payload_json(lua_State *L, event_t *ev, const cJSON *v)
+static void set_payload_json(lua_State *L, int idx, event_t *ev, const cJSON *v)
 {
-    size_t n;
-    char *s;
-    if (!v) {
-        set_payload(L, ev, "null", 4);
-        return;
-    }
-    s = json_print(v, &n);
-    if (!s)
+    if (!v)
+        lua_pushliteral(L, "null");
+    else if (json_push_text(L, v) < 0)
         luaL_error(L, "out of memory");
-    free(ev->out_payload);
-    ev->out_payload = s;
-    ev->out_payload_len = n;
+    set_payload_top(L, idx, ev);
 }
 
 void event_bytes(lua_State *L, int idx, proto_msg_t *out)
@@ -758,12 +780,13 @@ void event_bytes(lua_State *L, int idx, proto_msg_t *out)
         luaL_error(L, "this event's pipeline has ended");
     idx = lua_absindex(L, idx);
     if (ev->owner.dirty) {
+        cJSON *root = ev->owner.tree->root; /* a change made a tree */
         if (ev->mode == EVENT_BINARY) {
             /* Attributes back into ce-* headers, data into the payload. */
             push_header_table(L, idx, ev);
             int t = lua_gettop(L);
             cJSON *val;
-            cJSON_ArrayForEach(val, ev->root) {
+            cJSON_ArrayForEach(val, root) {
                 const char *key = val->string;
                 if (!key || !strcmp(key, "data") || !strcmp(key, "datacontenttype"))
                     continue;
@@ -782,41 +805,35 @@ void event_bytes(lua_State *L, int idx, proto_msg_t *out)
                     }
                 }
                 lua_pushfstring(L, "ce-%s", key);
-                if (cJSON_IsString(val)) {
+                if (cJSON_IsString(val))
                     lua_pushstring(L, val->valuestring);
-                } else {
-                    size_t n;
-                    char *s = json_print(val, &n);
-                    if (!s)
-                        luaL_error(L, "out of memory");
-                    lua_pushlstring(L, s, n);
-                    free(s);
-                }
+                else if (json_push_text(L, val) < 0)
+                    luaL_error(L, "out of memory");
                 lua_rawset(L, t);
             }
             lua_pop(L, 1);
             ev->headers_dirty = 1;
-            cJSON *d = cJSON_GetObjectItemCaseSensitive(ev->root, "data");
-            if (cJSON_IsString(d))
-                set_payload(L, ev, d->valuestring, strlen(d->valuestring));
-            else if (d)
-                set_payload_json(L, ev, d);
-            else
-                set_payload(L, ev, "", 0);
+            cJSON *d = cJSON_GetObjectItemCaseSensitive(root, "data");
+            if (cJSON_IsString(d)) {
+                lua_pushstring(L, d->valuestring);
+                set_payload_top(L, idx, ev);
+            } else if (d) {
+                set_payload_json(L, idx, ev, d);
+            } else {
+                lua_pushliteral(L, "");
+                set_payload_top(L, idx, ev);
+            }
         } else {
-            set_payload_json(L, ev, ev->root);
+            set_payload_json(L, idx, ev, root);
         }
         ev->owner.dirty = 0;
     }
     if (ev->headers_dirty) {
         push_header_table(L, idx, ev);
-        encode_headers(L, ev);
+        encode_headers(L, idx, ev);
         ev->headers_dirty = 0;
-        if (!ev->out_hdr) {
-            /* Every header removed: say so with an empty marker. */
-            ev->out_hdr = mem_dup("", 0);
-            ev->out_hdr_len = 0;
-        }
+        if (!ev->out_hdr)
+            ev->out_hdr = ""; /* every header removed: say so with an empty block */
     }
     out->subject = ev->subject;
     out->subject_len = ev->subject_len;
@@ -843,7 +860,6 @@ void event_open(lua_State *L)
     static const luaL_Reg ev_mt[] = {{"__index", event_index},
                                      {"__newindex", event_newindex},
                                      {"__tostring", event_tostring},
-                                     {"__gc", event_gc},
                                      {NULL, NULL}};
     static const luaL_Reg hd_mt[] = {{"__index", headers_index},
                                      {"__newindex", headers_newindex},

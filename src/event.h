@@ -10,6 +10,11 @@
  * ("binary" mode, the CloudEvents NATS binding); otherwise the event is raw:
  * e.type is the subject, e.version 1, e.data the payload if it is JSON.
  *
+ * Decoding scans the payload into tokens (json_scan) without building a
+ * tree: e.data and its members are read straight from the bytes.  The
+ * first write builds the tree (json_owner_tree), and values read before
+ * follow it.
+ *
  * An event nothing changed goes out with its original bytes.  A changed one
  * is re-encoded once, in the mode it came in, when the pipeline asks for
  * its bytes (event_bytes).
@@ -27,30 +32,27 @@
 enum event_mode { EVENT_UNDECODED = 0, EVENT_RAW, EVENT_STRUCTURED, EVENT_BINARY };
 
 typedef struct event {
-    json_owner_t owner; /* owner.dirty: the envelope or data changed; owner.dead: expired */
+    json_owner_t owner; /* the payload as JSON; owner.dirty: the envelope or data changed; owner.dead: expired */
     int headers_dirty;
     int subject_dirty;
     int expired;
     int mode;
     int depth; /* emit-chain depth: 0 for events from clients */
-    char *subject; /* borrowed from the message unless subject_owned */
+    int raw_is_json;
+    /* The message; borrowed unless event_push copied it.  A subject a
+     * script set and re-encoded bytes are Lua strings the event keeps. */
+    const char *subject;
     size_t subject_len;
-    char *reply;
+    const char *reply;
     size_t reply_len;
-    int subject_owned, reply_owned;
-    /* The message as received; borrowed unless owned_in is set. */
     const char *hdr;
     size_t hdr_len;
     const char *payload;
     size_t payload_len;
-    char *owned_in;
-    /* Decoded: the envelope (structured/binary) or the bare JSON value (raw). */
-    cJSON *root;
-    int raw_is_json;
-    /* Re-encoded bytes, when changed. */
-    char *out_hdr;
+    /* Re-encoded bytes, when changed (out_hdr "" with length 0: no headers). */
+    const char *out_hdr;
     size_t out_hdr_len;
-    char *out_payload;
+    const char *out_payload;
     size_t out_payload_len;
 } event_t;
 
@@ -60,8 +62,9 @@ void event_open(lua_State *L);
 /*
  * Pushes a new event for message m.  With copy = 0 the event borrows m's
  * bytes: the caller must keep them alive and call event_expire before they
- * go.  With copy = 1 it owns copies.  Returns the event (owned by Lua's GC).
- * Raises a Lua error when out of memory: call from protected code.
+ * go.  With copy = 1 it owns copies.  Returns the event (owned by Lua's GC;
+ * it has no finalizer: what it holds is Lua values, or a tree whose holder
+ * has one).  Raises a Lua error when out of memory: call from protected code.
  */
 event_t *event_push(lua_State *L, const proto_msg_t *m, int copy);
 
@@ -78,7 +81,7 @@ void event_bytes(lua_State *L, int idx, proto_msg_t *out);
 
 /*
  * Ends the event's life for scripts: later access raises an error (a
- * script may have kept `e` in a global).  Frees the decoded state.
+ * script may have kept `e` in a global).  Frees its tree, if it has one.
  */
 void event_expire(lua_State *L, int idx);
 

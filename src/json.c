@@ -8,6 +8,9 @@
 #include <string.h>
 
 #include <lauxlib.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "json.h"
 
@@ -20,13 +23,16 @@ static const char proxy_key = 'p', doc_key = 'd', array_key = 'a';
 /* The address of this is tide.null's registry key. */
 static const char null_key = 'n';
 
+/* A JSON object or array handed to Lua: a token of its owner's tape until
+ * the owner has a tree, then a node of that tree. */
 typedef struct proxy {
     cJSON *node;
+    uint32_t tok;
 } proxy_t;
 
 typedef struct document {
     json_owner_t owner;
-    cJSON *tree;
+    json_tree_t t;
 } document_t;
 
 /* ---- memory ------------------------------------------------------------ */
@@ -227,15 +233,642 @@ char *json_print(const cJSON *v, size_t *len)
     return out;
 }
 
+/* ---- scanning: a tape of tokens instead of a tree --------------------------- */
+
+/*
+ * json_scan follows cJSON 1.7's parser rule for rule, so that a payload is
+ * JSON (or not) exactly as it was when cJSON decided:
+ *   - a UTF-8 BOM is skipped when the text has 5 bytes or more;
+ *   - whitespace is any byte <= 32 (NUL too), except after the top value,
+ *     where json_parse allows only space, tab, CR and LF;
+ *   - a number starts with '-' or a digit, and is what strtod reads of the
+ *     run of [0-9+-.eE] that follows (as patched in Debian's 1.7.15, with no
+ *     63-byte limit); when strtod stops before the run ends the document is
+ *     not JSON;
+ *   - a string ends at the first quote not paired with a backslash; any
+ *     byte may appear raw; escapes are \b \f \n \r \t \" \\ \/ and \uXXXX,
+ *     where a bad hex digit reads as U+0000, a low surrogate alone fails and
+ *     a high one needs a low one;
+ *   - at most 1000 nested arrays and objects (CJSON_NESTING_LIMIT).
+ * tests/fuzz/fuzz_json.c checks this against cJSON on every input.
+ */
+#define SCAN_MAX_NEST 1000
+
+static int is_digit(unsigned char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+static int in_number_run(unsigned char c)
+{
+    return is_digit(c) || c == '-' || c == '+' || c == '.' || c == 'e' || c == 'E';
+}
+
+/* cJSON's parse_hex4: 0 as soon as a digit is not hex. */
+static unsigned hex4(const unsigned char *p)
+{
+    unsigned h = 0;
+    for (int i = 0; i < 4; i++) {
+        unsigned char c = p[i];
+        if (c >= '0' && c <= '9')
+            h = h * 16 + (unsigned)(c - '0');
+        else if (c >= 'A' && c <= 'F')
+            h = h * 16 + 10 + (unsigned)(c - 'A');
+        else if (c >= 'a' && c <= 'f')
+            h = h * 16 + 10 + (unsigned)(c - 'a');
+        else
+            return 0;
+    }
+    return h;
+}
+
+/*
+ * Decodes a \u sequence at p (end: the closing quote) like cJSON's
+ * utf16_literal_to_utf8.  Returns the bytes it takes (6 or 12), or 0 when
+ * invalid; writes the UTF-8 bytes to out (when not NULL) and their count.
+ */
+static int utf16_escape(const unsigned char *p, const unsigned char *end, unsigned char *out, int *outlen)
+{
+    if (end - p < 6)
+        return 0;
+    unsigned long cp = hex4(p + 2);
+    int seq = 6;
+    if (cp >= 0xDC00 && cp <= 0xDFFF)
+        return 0;
+    if (cp >= 0xD800 && cp <= 0xDBFF) {
+        const unsigned char *q = p + 6;
+        if (end - q < 6 || q[0] != '\\' || q[1] != 'u')
+            return 0;
+        unsigned lo = hex4(q + 2);
+        if (lo < 0xDC00 || lo > 0xDFFF)
+            return 0;
+        cp = 0x10000 + (((cp & 0x3FF) << 10) | (lo & 0x3FF));
+        seq = 12;
+    }
+    int n = cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+    if (out) {
+        static const unsigned char mark[5] = {0, 0, 0xC0, 0xE0, 0xF0};
+        for (int i = n - 1; i > 0; i--) {
+            out[i] = (unsigned char)((cp | 0x80) & 0xBF);
+            cp >>= 6;
+        }
+        out[0] = (unsigned char)(n > 1 ? (cp | mark[n]) & 0xFF : cp & 0x7F);
+    }
+    *outlen = n;
+    return seq;
+}
+
+/*
+ * Decodes the string between s and end (its escapes as cJSON does) into
+ * out, which has room for end - s bytes.  Returns the decoded length, or -1
+ * when an escape is invalid (out NULL: only checks).
+ */
+static long decode_string(const unsigned char *s, const unsigned char *end, unsigned char *out)
+{
+    size_t n = 0;
+    for (const unsigned char *p = s; p < end;) {
+        if (*p != '\\') {
+            if (out)
+                out[n] = *p;
+            n++;
+            p++;
+            continue;
+        }
+        unsigned char c = 0;
+        switch (p[1]) {
+        case 'b': c = '\b'; break;
+        case 'f': c = '\f'; break;
+        case 'n': c = '\n'; break;
+        case 'r': c = '\r'; break;
+        case 't': c = '\t'; break;
+        case '"': case '\\': case '/': c = p[1]; break;
+        case 'u': {
+            int ol, seq = utf16_escape(p, end, out ? out + n : NULL, &ol);
+            if (!seq)
+                return -1;
+            n += (size_t)ol;
+            p += seq;
+            continue;
+        }
+        default:
+            return -1;
+        }
+        if (out)
+            out[n] = c;
+        n++;
+        p += 2;
+    }
+    return (long)n;
+}
+
+typedef struct scan {
+    const unsigned char *s;
+    size_t len;
+    json_tok_t *tok;
+    uint32_t cap, n;
+} scan_t;
+
+#define SCAN_INLINE static inline __attribute__((always_inline))
+
+SCAN_INLINE uint32_t add_tok(scan_t *sc, int type, size_t start, size_t len, int flags)
+{
+    uint32_t k = sc->n++;
+    if (k < sc->cap) {
+        json_tok_t *t = &sc->tok[k];
+        t->start = (uint32_t)start;
+        t->len = (uint32_t)len;
+        t->next = k + 1;
+        t->type = (uint8_t)type;
+        t->flags = (uint8_t)flags;
+    }
+    return k;
+}
+
+/* Position of the first byte of s[i..) that is a quote, a backslash or NUL
+ * (or len). */
+SCAN_INLINE size_t string_stop(const unsigned char *s, size_t i, size_t len)
+{
+#ifdef __SSE2__
+    const __m128i q = _mm_set1_epi8('"'), b = _mm_set1_epi8('\\'), z = _mm_setzero_si128();
+    while (i + 16 <= len) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(s + i));
+        __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, q), _mm_cmpeq_epi8(v, b)), _mm_cmpeq_epi8(v, z));
+        unsigned m = (unsigned)_mm_movemask_epi8(hit);
+        if (m)
+            return i + (size_t)__builtin_ctz(m);
+        i += 16;
+    }
+#endif
+    while (i < len && s[i] != '"' && s[i] != '\\' && s[i] != 0)
+        i++;
+    return i;
+}
+
+/* A string whose opening quote is at s[*i]; on success *i is past it. */
+SCAN_INLINE int scan_string(scan_t *sc, size_t *i)
+{
+    const unsigned char *s = sc->s;
+    size_t start = *i + 1, j = start;
+    int flags = JSON_TOK_PLAIN;
+    for (;;) {
+        j = string_stop(s, j, sc->len);
+        if (j >= sc->len)
+            return -1;
+        if (s[j] == '"')
+            break;
+        if (s[j] == 0) {
+            flags = 0; /* cJSON's value ends at the NUL */
+            j++;
+            continue;
+        }
+        /* An escape: find the end pairing every backslash with the next
+         * byte, as cJSON does, then check the escapes. */
+        flags = 0;
+        while (j < sc->len && s[j] != '"') {
+            if (s[j] == '\\') {
+                if (j + 1 >= sc->len)
+                    return -1;
+                j++;
+            }
+            j++;
+        }
+        if (j >= sc->len || decode_string(s + start, s + j, NULL) < 0)
+            return -1;
+        break;
+    }
+    add_tok(sc, JSON_TOK_STRING, start, j - start, flags);
+    *i = j + 1;
+    return 0;
+}
+
+/* A number starting at s[*i] ('-' or a digit). */
+static int scan_number(scan_t *sc, size_t *i)
+{
+    const unsigned char *s = sc->s;
+    size_t start = *i, run = start, p = start;
+    while (run < sc->len && in_number_run(s[run]))
+        run++;
+    /* What strtod reads: [-]digits[.digits][e[+-]digits], one digit at least
+     * before the exponent; it must be the whole run. */
+    if (s[p] == '-')
+        p++;
+    size_t digits = 0;
+    while (p < run && is_digit(s[p]))
+        p++, digits++;
+    if (p < run && s[p] == '.') {
+        p++;
+        while (p < run && is_digit(s[p]))
+            p++, digits++;
+    }
+    if (!digits)
+        return -1;
+    if (p < run && (s[p] == 'e' || s[p] == 'E')) {
+        size_t q = p + 1;
+        if (q < run && (s[q] == '+' || s[q] == '-'))
+            q++;
+        if (q < run && is_digit(s[q])) {
+            while (q < run && is_digit(s[q]))
+                q++;
+            p = q;
+        }
+    }
+    if (p != run)
+        return -1;
+    add_tok(sc, JSON_TOK_NUMBER, start, run - start, 0);
+    *i = run;
+    return 0;
+}
+
+SCAN_INLINE size_t skip_space(const unsigned char *s, size_t i, size_t len)
+{
+    if (i < len && s[i] > 32)
+        return i; /* the common case: no space at all */
+    while (i < len && s[i] <= 32)
+        i++;
+    return i;
+}
+
+long json_scan(const char *text, size_t len, json_tok_t *tok, uint32_t cap)
+{
+    scan_t sc = {(const unsigned char *)text, len, tok, cap, 0};
+    const unsigned char *s = sc.s;
+    struct {
+        uint32_t tok, members;
+        int obj;
+    } stack[SCAN_MAX_NEST];
+    int depth = 0;
+    size_t i = 0;
+
+    if (len == 0 || len >= UINT32_MAX)
+        return -1;
+    if (len > 4 && s[0] == 0xEF && s[1] == 0xBB && s[2] == 0xBF)
+        i = 3;
+    i = skip_space(s, i, len);
+value:
+    if (i >= len)
+        return -1;
+    switch (s[i]) {
+    case 'n':
+        if (len - i < 4 || memcmp(s + i, "null", 4))
+            return -1;
+        add_tok(&sc, JSON_TOK_NULL, i, 4, 0);
+        i += 4;
+        break;
+    case 't':
+        if (len - i < 4 || memcmp(s + i, "true", 4))
+            return -1;
+        add_tok(&sc, JSON_TOK_TRUE, i, 4, 0);
+        i += 4;
+        break;
+    case 'f':
+        if (len - i < 5 || memcmp(s + i, "false", 5))
+            return -1;
+        add_tok(&sc, JSON_TOK_FALSE, i, 5, 0);
+        i += 5;
+        break;
+    case '"':
+        if (scan_string(&sc, &i) < 0)
+            return -1;
+        break;
+    case '[':
+    case '{': {
+        int obj = s[i] == '{';
+        if (depth >= SCAN_MAX_NEST)
+            return -1;
+        stack[depth].tok = add_tok(&sc, obj ? JSON_TOK_OBJECT : JSON_TOK_ARRAY, i, 0, 0);
+        stack[depth].members = 0;
+        stack[depth].obj = obj;
+        depth++;
+        i = skip_space(s, i + 1, len);
+        if (i < len && s[i] == (obj ? '}' : ']')) {
+            i++;
+            goto close;
+        }
+        stack[depth - 1].members = 1;
+        if (obj)
+            goto key;
+        goto value;
+    }
+    default:
+        if (s[i] != '-' && !is_digit(s[i]))
+            return -1;
+        if (scan_number(&sc, &i) < 0)
+            return -1;
+        break;
+    }
+    /* After a value: the end of the text, or of its container, or a comma. */
+    while (depth > 0) {
+        i = skip_space(s, i, len);
+        if (i >= len)
+            return -1;
+        if (s[i] == ',') {
+            stack[depth - 1].members++;
+            i = skip_space(s, i + 1, len);
+            if (stack[depth - 1].obj)
+                goto key;
+            goto value;
+        }
+        if (s[i] != (stack[depth - 1].obj ? '}' : ']'))
+            return -1;
+        i++;
+    close:
+        depth--;
+        if (stack[depth].tok < cap) {
+            tok[stack[depth].tok].len = stack[depth].members;
+            tok[stack[depth].tok].next = sc.n;
+        }
+    }
+    for (; i < len; i++)
+        if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r' && s[i] != '\n')
+            return -1;
+    return (long)sc.n;
+key:
+    if (i >= len || s[i] != '"' || scan_string(&sc, &i) < 0)
+        return -1;
+    i = skip_space(s, i, len);
+    if (i >= len || s[i] != ':')
+        return -1;
+    i = skip_space(s, i + 1, len);
+    goto value;
+}
+
+/* ---- reading a tape ------------------------------------------------------------ */
+
+/* The value of string token t, decoded (escapes, and cut at a NUL as cJSON
+ * cuts it): points into the text when it can, else into buf (room for
+ * t->len bytes).  Sets *n. */
+static const char *tok_string(const char *text, const json_tok_t *t, char *buf, size_t *n)
+{
+    const char *s = text + t->start;
+    if (t->flags & JSON_TOK_PLAIN) {
+        *n = t->len;
+        return s;
+    }
+    long dl = decode_string((const unsigned char *)s, (const unsigned char *)s + t->len, (unsigned char *)buf);
+    const char *nul = memchr(buf, '\0', (size_t)(dl > 0 ? dl : 0));
+    *n = nul ? (size_t)(nul - buf) : (size_t)(dl > 0 ? dl : 0);
+    return buf;
+}
+
+uint32_t json_tape_member(const json_owner_t *o, uint32_t obj, const char *key, size_t klen)
+{
+    const json_tok_t *tape = o->tape;
+    const char *nul = memchr(key, '\0', klen);
+    if (nul)
+        klen = (size_t)(nul - key); /* cJSON compares C strings */
+    uint32_t k = obj + 1;
+    for (uint32_t m = 0; m < tape[obj].len; m++) {
+        const json_tok_t *kt = &tape[k];
+        if (kt->flags & JSON_TOK_PLAIN) {
+            if (kt->len == klen && memcmp(o->text + kt->start, key, klen) == 0)
+                return k + 1;
+        } else if (kt->len >= klen) {
+            char small[256], *buf = kt->len <= sizeof small ? small : malloc(kt->len);
+            size_t n;
+            const char *v = buf ? tok_string(o->text, kt, buf, &n) : NULL;
+            int same = v && n == klen && memcmp(v, key, klen) == 0;
+            if (buf != small)
+                free(buf);
+            if (same)
+                return k + 1;
+        }
+        k = tape[k + 1].next;
+    }
+    return JSON_NO_TOK;
+}
+
+/* Pushes a number as json_push_number does for its text. */
+static void push_number_text(lua_State *L, const char *s, size_t n)
+{
+    char small[64], *buf = small;
+    size_t i = 0;
+    int neg = 0, plain = n <= 18;
+    /* Up to 18 digits always fit in 64 bits: the common case needs no libc. */
+    if (plain && s[0] == '-')
+        neg = 1, i = 1;
+    lua_Integer v = 0;
+    for (size_t j = i; plain && j < n; j++) {
+        if (!is_digit((unsigned char)s[j]))
+            plain = 0;
+        else
+            v = v * 10 + (s[j] - '0');
+    }
+    if (plain && n > (size_t)neg) {
+        lua_pushinteger(L, neg ? -v : v);
+        return;
+    }
+    if (n >= sizeof small) {
+        /* A long text: its copy lives in a userdata, so an error frees it. */
+        buf = lua_newuserdatauv(L, n + 1, 0);
+    }
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+    lua_Number d = 0;
+    if (!strpbrk(buf, ".eE")) {
+        char *end;
+        errno = 0;
+        long long ll = strtoll(buf, &end, 10);
+        if (errno == 0 && *end == '\0') {
+            if (buf != small)
+                lua_pop(L, 1);
+            lua_pushinteger(L, (lua_Integer)ll);
+            return;
+        }
+    }
+    d = strtod(buf, NULL);
+    if (buf != small)
+        lua_pop(L, 1);
+    lua_pushnumber(L, d);
+}
+
+static void push_proxy(lua_State *L, cJSON *node, uint32_t tok, int owner_idx);
+
+void json_push_tok(lua_State *L, json_owner_t *o, uint32_t tok, int owner_idx)
+{
+    const json_tok_t *t = &o->tape[tok];
+    switch (t->type) {
+    case JSON_TOK_NULL:
+        json_push_null(L);
+        return;
+    case JSON_TOK_FALSE:
+        lua_pushboolean(L, 0);
+        return;
+    case JSON_TOK_TRUE:
+        lua_pushboolean(L, 1);
+        return;
+    case JSON_TOK_NUMBER:
+        push_number_text(L, o->text + t->start, t->len);
+        return;
+    case JSON_TOK_STRING: {
+        size_t n;
+        if (t->flags & JSON_TOK_PLAIN) {
+            lua_pushlstring(L, o->text + t->start, t->len);
+            return;
+        }
+        luaL_Buffer b;
+        char *buf = luaL_buffinitsize(L, &b, t->len + 1);
+        tok_string(o->text, t, buf, &n); /* not plain: decoded into buf */
+        luaL_pushresultsize(&b, n);
+        return;
+    }
+    default:
+        push_proxy(L, NULL, tok, owner_idx);
+    }
+}
+
+/* ---- trees from tapes ------------------------------------------------------------ */
+
+/* Builds the subtree of token k (and its siblings' nodes are linked by the
+ * caller).  Numbers become raw nodes over t->nums, as json_parse makes
+ * them.  Returns the node or NULL when out of memory. */
+static cJSON *node_from_tok(const json_owner_t *o, json_tree_t *t, uint32_t k)
+{
+    const json_tok_t *tk = &o->tape[k];
+    cJSON *n = cJSON_CreateNull();
+    if (!n)
+        return NULL;
+    t->nodes[k] = n;
+    switch (tk->type) {
+    case JSON_TOK_NULL:
+        break;
+    case JSON_TOK_FALSE:
+        n->type = cJSON_False;
+        break;
+    case JSON_TOK_TRUE:
+        n->type = cJSON_True;
+        n->valueint = 1;
+        break;
+    case JSON_TOK_NUMBER:
+        n->type = cJSON_Raw | cJSON_IsReference;
+        n->valuestring = t->nums + tk->start;
+        break;
+    case JSON_TOK_STRING: {
+        char *buf = cJSON_malloc((size_t)tk->len + 1);
+        size_t len;
+        if (!buf)
+            goto fail;
+        const char *v = tok_string(o->text, tk, buf, &len);
+        if (v != buf)
+            memcpy(buf, v, len);
+        buf[len] = '\0';
+        n->type = cJSON_String;
+        n->valuestring = buf;
+        break;
+    }
+    default: {
+        int obj = tk->type == JSON_TOK_OBJECT;
+        cJSON *last = NULL;
+        uint32_t c = k + 1;
+        n->type = obj ? cJSON_Object : cJSON_Array;
+        for (uint32_t m = 0; m < tk->len; m++) {
+            const json_tok_t *kt = obj ? &o->tape[c] : NULL;
+            uint32_t vk = obj ? c + 1 : c;
+            cJSON *child = node_from_tok(o, t, vk);
+            if (!child)
+                goto fail;
+            if (last) {
+                last->next = child;
+                child->prev = last;
+            } else {
+                n->child = child;
+            }
+            last = child;
+            if (obj) {
+                char *key = cJSON_malloc((size_t)kt->len + 1);
+                size_t len;
+                if (!key)
+                    goto fail;
+                const char *v = tok_string(o->text, kt, key, &len);
+                if (v != key)
+                    memcpy(key, v, len);
+                key[len] = '\0';
+                child->string = key;
+            }
+            c = o->tape[vk].next;
+        }
+        if (n->child)
+            n->child->prev = last;
+    }
+    }
+    return n;
+fail:
+    cJSON_Delete(n);
+    return NULL;
+}
+
+static int tree_from_tape(const json_owner_t *o, json_tree_t *t)
+{
+    t->nodes = calloc(o->ntok, sizeof *t->nodes);
+    t->nums = malloc(o->text_len + 1);
+    if (!t->nodes || !t->nums)
+        return -1;
+    /* The number texts, each ended by a NUL over the byte after it (a
+     * delimiter, not needed here). */
+    memcpy(t->nums, o->text, o->text_len);
+    for (uint32_t k = 0; k < o->ntok; k++)
+        if (o->tape[k].type == JSON_TOK_NUMBER)
+            t->nums[o->tape[k].start + o->tape[k].len] = '\0';
+    t->root = node_from_tok(o, t, 0);
+    return t->root ? 0 : -1;
+}
+
+static document_t *new_document(lua_State *L);
+
+json_tree_t *json_owner_tree(lua_State *L, json_owner_t *o, int owner_idx)
+{
+    if (o->tree)
+        return o->tree;
+    owner_idx = lua_absindex(L, owner_idx);
+    document_t *d = new_document(L); /* frees a half-built tree if this fails */
+    if (o->tape && tree_from_tape(o, &d->t) < 0)
+        luaL_error(L, "out of memory");
+    lua_setiuservalue(L, owner_idx, JSON_OWNER_UV);
+    o->tree = &d->t;
+    return o->tree;
+}
+
+static int push_cstring(lua_State *L)
+{
+    lua_pushstring(L, lua_touserdata(L, 1));
+    return 1;
+}
+
+int json_push_text(lua_State *L, const cJSON *v)
+{
+    char *s = cJSON_PrintUnformatted(v);
+    if (!s)
+        return -1;
+    /* Pushing allocates and may raise: protected, so s is freed either way. */
+    lua_pushcfunction(L, push_cstring);
+    lua_pushlightuserdata(L, s);
+    int rc = lua_pcall(L, 1, 1, 0);
+    cJSON_free(s);
+    if (rc != LUA_OK) {
+        lua_pop(L, 1);
+        return -1;
+    }
+    return 0;
+}
+
 /* ---- owners ---------------------------------------------------------------- */
+
+void json_tree_free(json_tree_t *t)
+{
+    cJSON_Delete(t->root);
+    cJSON_Delete(t->discarded);
+    free(t->nums);
+    free(t->nodes);
+    memset(t, 0, sizeof *t);
+}
 
 void json_owner_discard(json_owner_t *o, cJSON *node)
 {
-    if (!node)
+    json_tree_t *t = o->tree;
+    if (!node || !t)
         return;
-    if (!o->discarded)
-        o->discarded = cJSON_CreateArray();
-    if (!o->discarded || !cJSON_AddItemToArray(o->discarded, node)) {
+    if (!t->discarded)
+        t->discarded = cJSON_CreateArray();
+    if (!t->discarded || !cJSON_AddItemToArray(t->discarded, node)) {
         /* No room to keep it: the one place a stale proxy could read freed
          * memory; leaking is the safe choice. */
         return;
@@ -287,14 +920,6 @@ int json_object_set(json_owner_t *o, cJSON *parent, const char *key, cJSON *v)
 void json_object_unset(json_owner_t *o, cJSON *parent, const char *key)
 {
     json_owner_discard(o, cJSON_DetachItemFromObjectCaseSensitive(parent, key));
-}
-
-void json_owner_release(json_owner_t *o)
-{
-    cJSON_Delete(o->discarded);
-    o->discarded = NULL;
-    free(o->nums);
-    o->nums = NULL;
 }
 
 /* ---- null ------------------------------------------------------------------ */
@@ -359,11 +984,47 @@ static proxy_t *live_proxy(lua_State *L, int idx, json_owner_t **owner)
 {
     proxy_t *p = lua_touserdata(L, idx); /* only reachable through our metatable */
     json_owner_t *o = owner_of(L, idx);
-    if (!o || o->dead || !p->node)
+    if (!o || o->dead)
+        luaL_error(L, "this JSON value belongs to an event whose pipeline has ended");
+    if (!p->node && o->tree) {
+        /* The owner has had a tree built since: the node for the token. */
+        p->node = o->tree->nodes ? o->tree->nodes[p->tok] : NULL;
+        if (!p->node)
+            luaL_error(L, "this JSON value belongs to an event whose pipeline has ended");
+    }
+    if (!p->node && !o->tape)
         luaL_error(L, "this JSON value belongs to an event whose pipeline has ended");
     if (owner)
         *owner = o;
     return p;
+}
+
+/* The same, once the owner has a tree (built now if needed): p->node is set. */
+static proxy_t *tree_proxy(lua_State *L, int idx, json_owner_t **owner)
+{
+    json_owner_t *o;
+    proxy_t *p = live_proxy(L, idx, &o);
+    if (!p->node) {
+        lua_getiuservalue(L, idx, 1);
+        json_owner_tree(L, o, -1);
+        lua_pop(L, 1);
+        p = live_proxy(L, idx, &o);
+    }
+    if (owner)
+        *owner = o;
+    return p;
+}
+
+static void push_proxy(lua_State *L, cJSON *node, uint32_t tok, int owner_idx)
+{
+    owner_idx = lua_absindex(L, owner_idx);
+    proxy_t *p = lua_newuserdatauv(L, sizeof *p, 1);
+    p->node = node;
+    p->tok = tok;
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &proxy_key);
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, owner_idx);
+    lua_setiuservalue(L, -2, 1);
 }
 
 void json_push(lua_State *L, cJSON *v, int owner_idx)
@@ -386,16 +1047,9 @@ void json_push(lua_State *L, cJSON *v, int owner_idx)
         lua_pushstring(L, v->valuestring ? v->valuestring : "");
         return;
     case cJSON_Object:
-    case cJSON_Array: {
-        owner_idx = lua_absindex(L, owner_idx);
-        proxy_t *p = lua_newuserdatauv(L, sizeof *p, 1);
-        p->node = v;
-        lua_rawgetp(L, LUA_REGISTRYINDEX, &proxy_key);
-        lua_setmetatable(L, -2);
-        lua_pushvalue(L, owner_idx);
-        lua_setiuservalue(L, -2, 1);
+    case cJSON_Array:
+        push_proxy(L, v, 0, owner_idx);
         return;
-    }
     default:
         lua_pushnil(L);
     }
@@ -479,7 +1133,7 @@ static cJSON *table_value(lua_State *L, int idx, int depth)
                 luaL_error(L, "out of memory");
             }
         }
-        ((document_t *)lua_touserdata(L, holder))->tree = NULL; /* released to the caller */
+        ((document_t *)lua_touserdata(L, holder))->t.root = NULL; /* released to the caller */
         lua_remove(L, holder);
         return out;
     }
@@ -510,7 +1164,7 @@ static cJSON *table_value(lua_State *L, int idx, int depth)
             luaL_error(L, "out of memory");
         }
     }
-    ((document_t *)lua_touserdata(L, holder))->tree = NULL;
+    ((document_t *)lua_touserdata(L, holder))->t.root = NULL;
     lua_remove(L, holder);
     lua_remove(L, keys_idx);
     return out;
@@ -551,7 +1205,7 @@ static cJSON *from_lua(lua_State *L, int idx, int depth)
     case LUA_TUSERDATA:
         if (luaL_testudata(L, idx, PROXY_MT)) {
             /* A copy: e.data.a = e.data.b must not alias the two. */
-            proxy_t *p = live_proxy(L, idx, NULL);
+            proxy_t *p = tree_proxy(L, idx, NULL);
             v = cJSON_Duplicate(p->node, 1);
             break;
         }
@@ -575,6 +1229,33 @@ static int proxy_index(lua_State *L)
 {
     json_owner_t *o;
     proxy_t *p = live_proxy(L, 1, &o);
+    if (!p->node) {
+        const json_tok_t *t = &o->tape[p->tok];
+        uint32_t child = JSON_NO_TOK;
+        if (t->type == JSON_TOK_ARRAY) {
+            if (lua_isinteger(L, 2)) {
+                lua_Integer i = lua_tointeger(L, 2);
+                if (i >= 1 && i <= (lua_Integer)t->len) {
+                    child = p->tok + 1;
+                    while (--i > 0)
+                        child = o->tape[child].next;
+                }
+            }
+        } else if (lua_type(L, 2) == LUA_TSTRING) {
+            size_t kl;
+            const char *k = lua_tolstring(L, 2, &kl);
+            child = json_tape_member(o, p->tok, k, kl);
+        }
+        if (child == JSON_NO_TOK) {
+            lua_pushnil(L);
+            return 1;
+        }
+        int ct = o->tape[child].type;
+        if (ct == JSON_TOK_OBJECT || ct == JSON_TOK_ARRAY)
+            lua_getiuservalue(L, 1, 1); /* nested proxies share the owner */
+        json_push_tok(L, o, child, -1);
+        return 1;
+    }
     cJSON *child = NULL;
     if (cJSON_IsArray(p->node)) {
         if (lua_isinteger(L, 2)) {
@@ -597,7 +1278,7 @@ static int proxy_index(lua_State *L)
 static int proxy_newindex(lua_State *L)
 {
     json_owner_t *o;
-    proxy_t *p = live_proxy(L, 1, &o);
+    proxy_t *p = tree_proxy(L, 1, &o);
     if (cJSON_IsArray(p->node)) {
         lua_Integer i = luaL_checkinteger(L, 2);
         int n = cJSON_GetArraySize(p->node);
@@ -632,14 +1313,19 @@ static int proxy_newindex(lua_State *L)
 
 static int proxy_len(lua_State *L)
 {
-    proxy_t *p = live_proxy(L, 1, NULL);
+    json_owner_t *o;
+    proxy_t *p = live_proxy(L, 1, &o);
+    if (!p->node) {
+        lua_pushinteger(L, (lua_Integer)o->tape[p->tok].len);
+        return 1;
+    }
     lua_pushinteger(L, cJSON_GetArraySize(p->node)); /* members of an object too */
     return 1;
 }
 
 static int proxy_tostring(lua_State *L)
 {
-    proxy_t *p = live_proxy(L, 1, NULL);
+    proxy_t *p = tree_proxy(L, 1, NULL);
     size_t n;
     char *s = json_print(p->node, &n);
     if (!s)
@@ -664,10 +1350,30 @@ static int proxy_next(lua_State *L)
 
 static int proxy_pairs(lua_State *L)
 {
-    proxy_t *p = live_proxy(L, 1, NULL);
+    json_owner_t *o;
+    proxy_t *p = live_proxy(L, 1, &o);
     cJSON *c;
     lua_Integer i = 0;
     lua_newtable(L);
+    if (!p->node) {
+        const json_tok_t *t = &o->tape[p->tok];
+        uint32_t k = p->tok + 1;
+        for (uint32_t m = 0; m < t->len; m++) {
+            if (t->type == JSON_TOK_ARRAY) {
+                lua_pushinteger(L, i + 1);
+                k = o->tape[k].next;
+            } else {
+                const json_tok_t *kt = &o->tape[k];
+                size_t n;
+                char *buf = lua_newuserdatauv(L, kt->len + 1, 0);
+                const char *v = tok_string(o->text, kt, buf, &n);
+                lua_pushlstring(L, v, n);
+                lua_remove(L, -2);
+                k = o->tape[k + 1].next;
+            }
+            lua_rawseti(L, -2, ++i);
+        }
+    }
     cJSON_ArrayForEach(c, p->node) {
         if (cJSON_IsArray(p->node))
             lua_pushinteger(L, i + 1);
@@ -687,21 +1393,26 @@ static int proxy_pairs(lua_State *L)
 static int document_gc(lua_State *L)
 {
     document_t *d = lua_touserdata(L, 1);
-    cJSON_Delete(d->tree);
-    json_owner_release(&d->owner);
-    d->tree = NULL;
+    json_tree_free(&d->t);
     d->owner.dead = 1;
     return 0;
 }
 
-void json_push_document(lua_State *L, cJSON *tree, char *nums)
+static document_t *new_document(lua_State *L)
 {
     document_t *d = lua_newuserdatauv(L, sizeof *d, 0);
     memset(d, 0, sizeof *d);
-    d->tree = tree;
-    d->owner.nums = nums;
+    d->owner.tree = &d->t;
     lua_rawgetp(L, LUA_REGISTRYINDEX, &doc_key);
     lua_setmetatable(L, -2);
+    return d;
+}
+
+void json_push_document(lua_State *L, cJSON *tree, char *nums)
+{
+    document_t *d = new_document(L);
+    d->t.root = tree;
+    d->t.nums = nums;
 }
 
 /* ---- tide.json ------------------------------------------------------------- */

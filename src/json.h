@@ -1,9 +1,11 @@
 /*
  * json.h - JSON for scripts, lossless both ways, on cJSON.
  *
- * JSON objects and arrays reach Lua as proxies over the parsed tree rather
+ * JSON objects and arrays reach Lua as proxies over the document rather
  * than as converted tables, which is what keeps a round trip exact: key
- * order, null, and empty array vs empty object stay as they were.  cJSON
+ * order, null, and empty array vs empty object stay as they were.  An
+ * event's payload is read through a tape (json_scan: tokens over the text,
+ * no tree); a cJSON tree is built when something writes.  cJSON
  * reads every number as a double, so after parsing, each number node is
  * turned into a raw node holding its original text (json_parse does this in
  * one pass over the text): reading gives the exact 64-bit integer or the
@@ -32,21 +34,66 @@
 #define TIDE_JSON_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <cjson/cJSON.h>
 #include <lua.h>
 
+/*
+ * A scanned document: json_scan checks the text and records one token per
+ * value (and per object key), in document order, without building a tree.
+ * Reading goes through the tokens and the text; a cJSON tree is built only
+ * when something needs one (a write, a copy, printing).
+ *
+ * Layout: an array's elements follow its token; an object's members follow
+ * it as key, value, key, value; `next` of any value is the token after its
+ * whole subtree, so siblings are found by skipping.
+ */
+enum json_tok_type { JSON_TOK_NULL = 1, JSON_TOK_FALSE, JSON_TOK_TRUE, JSON_TOK_NUMBER, JSON_TOK_STRING,
+                     JSON_TOK_ARRAY, JSON_TOK_OBJECT };
+#define JSON_TOK_PLAIN 1 /* a string whose bytes are its value: no escapes, no NUL */
+#define JSON_NO_TOK UINT32_MAX
+
+typedef struct json_tok {
+    uint32_t start; /* offset of its first byte; strings: the byte after the quote */
+    uint32_t len;   /* bytes of its text (strings: between the quotes); arrays, objects: members */
+    uint32_t next;  /* index of the token after its subtree */
+    uint8_t type;   /* enum json_tok_type */
+    uint8_t flags;  /* JSON_TOK_PLAIN */
+} json_tok_t;
+
+/* What a built tree owns; freed by json_tree_free (which leaves it empty). */
+typedef struct json_tree {
+    cJSON *root;
+    char *nums;       /* backing store of the number texts (see json_parse) */
+    cJSON *discarded; /* replaced or removed subtrees, freed with the tree */
+    cJSON **nodes;    /* tree built from a tape: token index -> node */
+} json_tree_t;
+
+void json_tree_free(json_tree_t *t);
+
+/*
+ * The part of an owner userdata that proxies see.  An owner reads through
+ * its tape (text + tokens) until a tree is built; from then on through the
+ * tree.  An owner that can be given a tree later (events) keeps the
+ * userdata holding that tree in its user value JSON_OWNER_UV.
+ */
 typedef struct json_owner {
     int dirty;  /* the tree was changed through a proxy */
     int dead;   /* the tree is gone */
-    char *nums; /* backing store of the number texts (see json_parse) */
-    cJSON *discarded; /* replaced or removed subtrees, freed with the owner */
+    const char *text;       /* the scanned document, or NULL */
+    size_t text_len;
+    const json_tok_t *tape; /* its tokens (kept alive by the owner) */
+    uint32_t ntok;
+    json_tree_t *tree;      /* NULL until built */
 } json_owner_t;
+
+#define JSON_OWNER_UV 1
 
 /*
  * Takes node (already detached from its tree) out of use without freeing
- * it: a script may still hold a proxy into it.  It is freed by
- * json_owner_release, when the owner itself goes.
+ * it: a script may still hold a proxy into it.  It is freed with the tree.
+ * The owner must have a tree.
  */
 void json_owner_discard(json_owner_t *o, cJSON *node);
 
@@ -58,8 +105,30 @@ int json_object_set(json_owner_t *o, cJSON *parent, const char *key, cJSON *v);
 /* Removes parent[key], discarding it into o. */
 void json_object_unset(json_owner_t *o, cJSON *parent, const char *key);
 
-/* Frees what the owner discarded and its number texts (not its tree). */
-void json_owner_release(json_owner_t *o);
+/*
+ * Scans exactly len bytes as one JSON value with cJSON's rules (what
+ * json_parse accepts, this accepts, and the other way round).  Stores up to
+ * cap tokens in tok and returns how many the document has: when that is
+ * more than cap, scan again with room for them.  Returns -1 when the text
+ * is not JSON (or is 4 GiB or more).
+ */
+long json_scan(const char *text, size_t len, json_tok_t *tok, uint32_t cap);
+
+/* The value token of member key (klen bytes) of object token obj, or
+ * JSON_NO_TOK.  Keys compare as cJSON compares them (up to a NUL). */
+uint32_t json_tape_member(const json_owner_t *o, uint32_t obj, const char *key, size_t klen);
+
+/* Pushes the Lua value of token tok (objects and arrays: proxies tied to
+ * the owner at owner_idx). */
+void json_push_tok(lua_State *L, json_owner_t *o, uint32_t tok, int owner_idx);
+
+/*
+ * Gives the owner at owner_idx a tree, built from its tape (or empty, root
+ * NULL, without one), unless it has one.  The tree lives in a userdata
+ * stored in the owner's user value JSON_OWNER_UV; proxies handed out
+ * before keep working on it.  Raises a Lua error when out of memory.
+ */
+json_tree_t *json_owner_tree(lua_State *L, json_owner_t *o, int owner_idx);
 
 /* Makes cJSON allocate through tide's block pool.  Call once, before any
  * other cJSON use (json_open does). */
@@ -75,6 +144,10 @@ cJSON *json_parse(const char *text, size_t len, char **nums);
 
 /* Compact text of v, malloc'd (caller frees); NULL when out of memory. */
 char *json_print(const cJSON *v, size_t *len);
+
+/* Pushes the compact text of v as a Lua string; -1 (nothing pushed) when
+ * out of memory. */
+int json_push_text(lua_State *L, const cJSON *v);
 
 /*
  * Pushes the Lua value for v.  Objects and arrays become proxies tied to the

@@ -4,6 +4,13 @@
 
 /* ---- rule registration ------------------------------------------------------- */
 
+/* Empties the match cache (and the last-subject shortcut into it). */
+static void forget_matches(state_t *st)
+{
+    dict_clear(&st->matches, free);
+    st->last_len = 0;
+}
+
 void rule_free(rule_t *r)
 {
     if (r) {
@@ -68,7 +75,7 @@ int script_add_rule(lua_State *L, int kind, const char *pattern, size_t plen, in
             st->any_first = 1; /* out of memory: just stop ruling subjects out */
     }
     /* A new rule changes what matches: forget the cached matches. */
-    dict_clear(&st->matches, free);
+    forget_matches(st);
     return 0;
 }
 
@@ -357,7 +364,7 @@ static match_t *match_for(state_t *st, const char *subject, size_t len)
             m->r[r->kind][m->n[r->kind]++] = r;
     }
     if (st->matches.count >= MATCH_CACHE_MAX)
-        dict_clear(&st->matches, free);
+        forget_matches(st);
     if (dict_put(&st->matches, subject, len, m) < 0) {
         free(m);
         return NULL;
@@ -399,11 +406,11 @@ static void tracef(script_host_t *h, int depth, const char *fmt, ...)
     h->trace(h->trace_ctx, line);
 }
 
-static double mono_ms(void)
+static double elapsed_ms(const struct timespec *t0)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return (double)(t1.tv_sec - t0->tv_sec) * 1e3 + (double)(t1.tv_nsec - t0->tv_nsec) / 1e6;
 }
 
 /* Publishes a failed event to <dead_letter>.<subject> with the error in headers. */
@@ -474,11 +481,27 @@ int script_call_rule(state_t *st, rule_t *r, int ev_idx)
     return script_call_rule_meta(st, r, ev_idx, 0);
 }
 
+/* Counts a rule call of ms milliseconds in the latency histogram. */
+static void note_latency(script_host_t *h, double ms)
+{
+    int b = 0;
+    while (b < SCRIPT_LATENCY_BUCKETS && ms / 1000 > script_latency_bounds[b])
+        b++;
+    h->lat_counts[b]++;
+    h->lat_sum += ms / 1000;
+    h->lat_count++;
+    last_call_ms = ms;
+}
+
 int script_call_rule_meta(state_t *st, rule_t *r, int ev_idx, int meta_idx)
 {
     lua_State *L = st->L;
-    double t0 = mono_ms();
+    struct timespec t0;
+    budget_saved_t outer;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     r->calls++;
+    lua_pushcfunction(L, budget_on_error);
+    int base = lua_gettop(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->fn_ref);
     lua_pushvalue(L, ev_idx);
     int nargs = 1;
@@ -490,18 +513,15 @@ int script_call_rule_meta(state_t *st, rule_t *r, int ev_idx, int meta_idx)
         lua_pushvalue(L, meta_idx);
         nargs++;
     }
-    int rc = budget_call(st, nargs, 1);
-    if (rc != LUA_OK)
+    budget_begin(st, &outer, &t0);
+    int rc = lua_pcall(L, nargs, 1, base);
+    int budget = budget_end(st, &outer);
+    lua_remove(L, base);
+    if (rc != LUA_OK) {
+        budget_error(st, budget);
         r->errors++;
-    double ms = mono_ms() - t0;
-    script_host_t *h = st->host;
-    int b = 0;
-    while (b < SCRIPT_LATENCY_BUCKETS && ms / 1000 > script_latency_bounds[b])
-        b++;
-    h->lat_counts[b]++;
-    h->lat_sum += ms / 1000;
-    h->lat_count++;
-    last_call_ms = ms;
+    }
+    note_latency(st->host, elapsed_ms(&t0));
     return rc;
 }
 
@@ -554,13 +574,43 @@ typedef struct run {
     event_t *ev;
     char *dest[MAX_FANOUT];
     size_t dest_len[MAX_FANOUT];
+    char dest0[128]; /* dest[0] when it is the event's own, short subject */
     int ndest;
     match_t *mt;         /* the rules for the subject it came with */
     int handled;         /* handlers ran: the registry holds the event */
     const char *stage;   /* set with failed when a rule fails */
     rule_t *failed;
+    /* The filter or route running (see call_in_pipeline), its stage, the
+     * time it started and the budgets of an outer call. */
+    rule_t *calling;
+    const char *calling_stage;
+    struct timespec t0;
+    budget_saved_t outer;
     char error[1024];
 } run_t;
+
+/*
+ * Calls filter or route r with the event at ev_idx and leaves its result
+ * on the stack.  It runs inside the pipeline's protected call (one per
+ * event, not one per rule): an error unwinds to run_one, which finds the
+ * rule in run->calling and ends the event as a failed rule would.
+ */
+static void call_in_pipeline(run_t *run, rule_t *r, int ev_idx, const char *stage)
+{
+    state_t *st = run->st;
+    lua_State *L = st->L;
+    clock_gettime(CLOCK_MONOTONIC, &run->t0);
+    r->calls++;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->fn_ref);
+    lua_pushvalue(L, ev_idx);
+    run->calling = r;
+    run->calling_stage = stage;
+    budget_begin(st, &run->outer, &run->t0);
+    lua_call(L, 1, 1);
+    budget_end(st, &run->outer);
+    run->calling = NULL;
+    note_latency(st->host, elapsed_ms(&run->t0));
+}
 
 static int fail_rule(lua_State *L, run_t *run, const char *stage, rule_t *r)
 {
@@ -649,8 +699,7 @@ int run_event(lua_State *L)
         return luaL_error(L, "out of memory matching rules");
     for (size_t i = 0; i < mt->n[RULE_FILTER]; i++) {
         rule_t *r = mt->r[RULE_FILTER][i];
-        if (script_call_rule(st, r, ev_idx) != LUA_OK)
-            return fail_rule(L, run, "filter", r);
+        call_in_pipeline(run, r, ev_idx, "filter");
         int keep = lua_toboolean(L, -1);
         lua_pop(L, 1);
         if (tr)
@@ -666,8 +715,7 @@ int run_event(lua_State *L)
     /* 3. routes: the first one that answers decides. */
     for (size_t i = 0; i < mt->n[RULE_ROUTE]; i++) {
         rule_t *r = mt->r[RULE_ROUTE][i];
-        if (script_call_rule(st, r, ev_idx) != LUA_OK)
-            return fail_rule(L, run, "route", r);
+        call_in_pipeline(run, r, ev_idx, "route");
         int t = lua_type(L, -1);
         if (t == LUA_TNIL) {
             lua_pop(L, 1);
@@ -706,9 +754,14 @@ int run_event(lua_State *L)
         break;
     }
     if (run->ndest == 0) {
-        run->dest[0] = mem_dup(run->ev->subject, run->ev->subject_len);
+        /* Its own subject: copied into the run, no allocation when short. */
+        run->dest[0] = run->ev->subject_len < sizeof run->dest0 ? run->dest0 : mem_dup(run->ev->subject, run->ev->subject_len);
         if (!run->dest[0])
             return luaL_error(L, "out of memory");
+        if (run->dest[0] == run->dest0) {
+            memcpy(run->dest0, run->ev->subject, run->ev->subject_len);
+            run->dest0[run->ev->subject_len] = '\0';
+        }
         run->dest_len[0] = run->ev->subject_len;
         run->ndest = 1;
     }
@@ -780,17 +833,38 @@ static int needs_lua(state_t *st, const proto_msg_t *m, match_t **mt)
     *mt = NULL;
     if (st->nrules == 0)
         return 0;
-    if (!st->any_first && !st->nkind[RULE_UPGRADE]) {
-        /* No pattern starts with a wildcard: a subject whose first token
-         * begins no pattern matches none, and costs one short lookup. */
-        const char *dot = memchr(m->subject, '.', m->subject_len);
-        size_t fl = dot ? (size_t)(dot - m->subject) : m->subject_len;
-        if (!dict_get(&st->first_tokens, m->subject, fl))
+    if (m->subject_len == st->last_len && !memcmp(m->subject, st->last_subject, m->subject_len)) {
+        /* The same subject as the last event, as in a burst: no lookup. */
+        *mt = st->last_mt;
+        if (!*mt)
             return 0;
+    } else {
+        int remember = m->subject_len && m->subject_len <= sizeof st->last_subject;
+        if (remember) {
+            memcpy(st->last_subject, m->subject, m->subject_len);
+            st->last_len = 0; /* valid once *mt is known */
+        }
+        if (!st->any_first && !st->nkind[RULE_UPGRADE]) {
+            /* No pattern starts with a wildcard: a subject whose first token
+             * begins no pattern matches none, and costs one short lookup. */
+            const char *dot = memchr(m->subject, '.', m->subject_len);
+            size_t fl = dot ? (size_t)(dot - m->subject) : m->subject_len;
+            if (!dict_get(&st->first_tokens, m->subject, fl)) {
+                if (remember) {
+                    st->last_mt = NULL;
+                    st->last_len = m->subject_len;
+                }
+                return 0;
+            }
+        }
+        *mt = match_for(st, m->subject, m->subject_len);
+        if (!*mt)
+            return 1; /* out of memory: let the pipeline report it */
+        if (remember) {
+            st->last_mt = *mt;
+            st->last_len = m->subject_len;
+        }
     }
-    *mt = match_for(st, m->subject, m->subject_len);
-    if (!*mt)
-        return 1; /* out of memory: let the pipeline report it */
     return (*mt)->n[RULE_FILTER] || (*mt)->n[RULE_ROUTE] || (*mt)->n[RULE_HANDLER] || script_upgrade_possible(st, m);
 }
 
@@ -811,18 +885,35 @@ static void run_one(script_host_t *h, client_t *from, const proto_msg_t *m, int 
                    m->subject, depth * 4, "", (int)m->subject_len, m->subject, n, n == 1 ? "" : "s");
         return;
     }
-    memset(&run, 0, sizeof run);
-    run.mt = mt;
+    /* Not the destination and error buffers: they are written before read. */
     run.h = h;
     run.st = st;
     run.from = from;
     run.in = m;
     run.depth = depth;
+    run.ev = NULL;
+    run.ndest = 0;
+    run.mt = mt;
+    run.handled = 0;
+    run.stage = NULL;
+    run.failed = NULL;
+    run.calling = NULL;
     st->cur_depth = depth;
+    lua_pushcfunction(L, budget_on_error);
     lua_pushvalue(L, RUN_EVENT_SLOT);
     lua_pushlightuserdata(L, &run);
-    int rc = lua_pcall(L, 1, 0, 0);
-    if (rc != LUA_OK) {
+    int rc = lua_pcall(L, 1, 0, top + 1);
+    if (rc != LUA_OK && run.calling) {
+        /* A filter or route failed (call_in_pipeline): close its call as
+         * budget_call would have. */
+        rule_t *r = run.calling;
+        budget_error(st, budget_end(st, &run.outer));
+        r->errors++;
+        note_latency(h, elapsed_ms(&run.t0));
+        run.stage = run.calling_stage;
+        run.failed = r;
+        snprintf(run.error, sizeof run.error, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
+    } else if (rc != LUA_OK) {
         const char *msg = lua_tostring(L, -1);
         run.stage = "pipeline";
         run.failed = NULL;
@@ -838,12 +929,13 @@ static void run_one(script_host_t *h, client_t *from, const proto_msg_t *m, int 
         event_expire_ptr(lua_touserdata(L, -1));
     lua_pushnil(L);
     lua_setupvalue(L, RUN_EVENT_SLOT, 1);
-    if (rc != LUA_OK)
+    if (rc != LUA_OK && !run.failed)
         lua_gc(L, LUA_GCCOLLECT); /* out of memory outside a rule: collect now */
     if (run.stage)
         dead_letter(h, st, m, run.stage, run.failed, run.error);
     for (int d = 0; d < run.ndest; d++)
-        free(run.dest[d]);
+        if (run.dest[d] != run.dest0)
+            free(run.dest[d]);
     lua_settop(L, top);
 }
 

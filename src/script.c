@@ -50,6 +50,7 @@ static void state_free(state_t *st)
         return;
     if (st->L)
         lua_close(st->L);
+    state_pool_free(st);
     for (size_t i = 0; i < st->nrules; i++)
         rule_free(st->rules[i]);
     free(st->rules);

@@ -89,11 +89,21 @@ enum budget { BUDGET_OK = 0, BUDGET_INSTRUCTIONS, BUDGET_TIME, BUDGET_MEMORY };
 #define STATE_STREAMS_MAX 64
 #define STATE_CONSUMERS_MAX 128
 
+/* The state's allocator keeps freed blocks of up to POOL_MAX bytes, by
+ * POOL_GRAIN-byte class, at most POOL_KEEP per class (see state_alloc). */
+#define POOL_GRAIN 16
+#define POOL_MAX 512
+#define POOL_CLASSES (POOL_MAX / POOL_GRAIN)
+#define POOL_KEEP 256
+
 typedef struct state {
     lua_State *L;
     struct script_host *host;
     script_limits_t limits;
     size_t mem_used;
+    void *pool[POOL_CLASSES]; /* free blocks by class, linked through their first word */
+    unsigned pool_n[POOL_CLASSES];
+    unsigned alloc_ticks;
     int env_ref; /* the sandbox environment */
     int ctx_ref; /* the ctx table handed to handlers */
     rule_t **rules;
@@ -106,6 +116,11 @@ typedef struct state {
     int any_first;
     dict_t upgraders; /* "type\0version" -> rule */
     dict_t matches;   /* subject -> match_t */
+    /* The last subject seen and its match (NULL: ruled out by its first
+     * token); last_len 0: none.  Cleared with the matches. */
+    char last_subject[128];
+    size_t last_len;
+    match_t *last_mt;
     char **files;     /* every file loaded, for the watcher */
     size_t nfiles;
     /* The call in progress. */
@@ -183,8 +198,27 @@ extern size_t nwatch_dirs;
 
 state_t *state_of(lua_State *L);
 void *state_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+/* Frees the blocks the allocator kept (after lua_close). */
+void state_pool_free(state_t *st);
 void budget_hook(lua_State *L, lua_Debug *ar);
 int budget_call(state_t *st, int nargs, int nres);
+/* The budgets of the call in progress, saved around a nested one. */
+typedef struct budget_saved {
+    int in_call, budget;
+    uint64_t instructions;
+    struct timespec deadline;
+} budget_saved_t;
+/* Starts a call's budgets (now: CLOCK_MONOTONIC), saving the outer call's. */
+void budget_begin(state_t *st, budget_saved_t *outer, const struct timespec *now);
+/* Ends the call: returns the budget that stopped it (BUDGET_OK: none) and
+ * puts the outer call's back. */
+int budget_end(state_t *st, const budget_saved_t *outer);
+/* Counts a failed call; for a budget stop, replaces the error message on
+ * top of the stack by one that names the limit. */
+void budget_error(state_t *st, int budget);
+/* Message handler for protected calls of scripts (never allocates while a
+ * budget stop unwinds). */
+int budget_on_error(lua_State *L);
 void charge(lua_State *L, state_t *st, double work);
 int load_file(state_t *st, const char *path, const char *chunkname);
 void chunk_name(const script_host_t *h, const char *path, char *out, size_t n);

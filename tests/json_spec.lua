@@ -114,6 +114,40 @@ filter("stale", function(e)
   return true
 end)
 
+-- Values read from the payload's bytes (before any write), then a write.
+filter("view.follow", function(e)
+  local d = e.data
+  local obj, list = d.obj, d.list
+  local before = obj.k
+  local r = { before, tostring(#list), tostring(#obj), tostring(list[3]), tostring(list[4]), tostring(d["a\0b"]) }
+  e.data.obj.k = "new" -- the first write builds the tree; views read before follow it
+  r[#r + 1] = obj.k
+  r[#r + 1] = d.obj.k
+  r[#r + 1] = tostring(list[2])
+  list[1] = 10
+  r[#r + 1] = tostring(e.data.list[1])
+  e.headers["X-View"] = table.concat(r, ",")
+  return true
+end)
+
+filter("view.read", function(e)
+  local d = e.data
+  local keys, sum = {}, 0
+  for k, v in pairs(d) do keys[#keys + 1] = k end
+  for _, v in pairs(d.big) do sum = sum + v end
+  e.headers["X-Read"] = table.concat({ table.concat(keys, " "), tostring(#d.big), tostring(sum),
+    tostring(d.big[100]), tostring(d.big[101]), tostring(d.esc), tostring(d.abc), tostring(d.dup),
+    tostring(d.neg), math.type(d.neg), tostring(d.long), math.type(d.long), tostring(d["\u{e9}t\u{e9}"]),
+    tostring(d.s), tostring(e.type), tostring(e.version), tostring(e.id) }, "|")
+  return true
+end)
+
+filter("view.raw", function(e)
+  e.headers["X-Raw"] = table.concat({ tostring(e.data), type(e.data), tostring(e.type), tostring(e.version),
+    tostring(#e.raw) }, "|")
+  return true
+end)
+
 filter("lazy.subject", function(e)
   return e.subject == "lazy.subject" and e.headers["X-Keep"] == "yes" and e.reply == nil
 end)
@@ -347,6 +381,41 @@ end)
   it("tide.json.decode gives values whose nested objects and arrays can be read", function()
     local m = roundtrip("decode.nested", "x")
     assert.are.equal("userdata,userdata,2,true,true,v", header(m, "X-Nested"))
+  end)
+end)
+
+describe("values read from the payload's bytes", function()
+  it("follow the event once a write gives it a tree", function()
+    local m = roundtrip("view.follow", '{"data":{"obj":{"k":"old","j":2},"list":[1,2,"x",null],"a":1}}')
+    assert.are.equal('old,4,2,x,' .. "null" .. ',1,new,new,2,10', header(m, "X-View"))
+    assert.are.equal('{"data":{"obj":{"k":"new","j":2},"list":[10,2,"x",null],"a":1}}', m.payload)
+  end)
+
+  it("read members by escaped keys, in document order, and large documents", function()
+    local big = {}
+    for i = 1, 100 do big[i] = tostring(i) end
+    local payload = '{"type":"t.v","version":3,"id":"i-1","data":{"big":[' .. table.concat(big, ",") ..
+      '], "e\\u0073c":"a\\"b\\/", "a\\u0062c" : 1, "dup":1, "dup":2, "neg":-0, "long":' ..
+      '123456789012345678901234567890123456789012345678901234567890123456789012, "\\u00e9t\\u00e9":"u",' ..
+      ' "s":"\\ud83d\\ude00"}}'
+    local m = roundtrip("view.read", payload)
+    assert.are.equal('big esc abc dup dup neg long été s|100|5050|100|nil|a"b/|1|1|0|integer|' ..
+      '1.2345678901235e+71|float|u|😀|t.v|3|i-1', header(m, "X-Read"))
+    assert.are.equal(payload, m.payload)
+  end)
+
+  it("leave a payload that is not JSON raw, whatever it starts with", function()
+    for _, p in ipairs { '{"data":1} x', '[1,]', '{"a":01x}', '"\\q"', '-', '{"a" 1}', '\1{}' } do
+      local m = roundtrip("view.raw", p)
+      assert.are.equal("nil|nil|view.raw|1|" .. #p, header(m, "X-Raw"), p)
+      assert.are.equal(p, m.payload)
+    end
+    -- cJSON's rules decide what is JSON: these are
+    for p, want in pairs { ['-.5'] = "-0.5|number", ['1.'] = "1.0|number", ['\t [ ]\r\n'] = "[]|userdata",
+        ['\239\187\191 7'] = "7|number", ['"\\uZZZZ"'] = "|string" } do
+      local m = roundtrip("view.raw", p)
+      assert.are.equal(want .. "|view.raw|1|" .. #p, header(m, "X-Raw"), p)
+    end
   end)
 end)
 
