@@ -33,6 +33,48 @@
 /* Registry key (address) of the event metatable. */
 static const char event_key = 'e';
 
+/*
+ * Tapes of ordinary payloads (up to TAPE_POOL_TOKENS tokens) live in
+ * blocks recycled through a free list instead of in a userdata: a userdata
+ * per event is one more object for the collector to sweep.  A block
+ * belongs to its event until event_expire_ptr, which every creator of an
+ * event calls when the event's pipeline (or handler call) ends.  Bigger
+ * tapes stay userdata, counted against the state's memory budget.  Loop
+ * thread only.
+ */
+#define TAPE_POOL_TOKENS 128
+#define TAPE_POOL_KEEP 16
+
+typedef union tape_block {
+    union tape_block *next;
+    json_tok_t tok[TAPE_POOL_TOKENS];
+} tape_block_t;
+
+static tape_block_t *tape_free;
+static int tape_free_n;
+
+static tape_block_t *tape_get(void)
+{
+    tape_block_t *b = tape_free;
+    if (b) {
+        tape_free = b->next;
+        tape_free_n--;
+        return b;
+    }
+    return malloc(sizeof *b);
+}
+
+static void tape_put(tape_block_t *b)
+{
+    if (tape_free_n >= TAPE_POOL_KEEP) {
+        free(b);
+        return;
+    }
+    b->next = tape_free;
+    tape_free = b;
+    tape_free_n++;
+}
+
 event_t *event_test(lua_State *L, int idx)
 {
     return luaL_testudata(L, idx, EVENT_MT);
@@ -48,11 +90,19 @@ static event_t *check_live(lua_State *L, int idx)
     return ev;
 }
 
-event_t *event_push(lua_State *L, const proto_msg_t *m, int copy)
+void event_push_metatable(lua_State *L)
+{
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &event_key);
+}
+
+event_t *event_push_mt(lua_State *L, const proto_msg_t *m, int mt_idx)
 {
     event_t *ev = lua_newuserdatauv(L, sizeof *ev, EVENT_NUV);
     memset(ev, 0, sizeof *ev);
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &event_key);
+    if (mt_idx)
+        lua_pushvalue(L, mt_idx);
+    else
+        event_push_metatable(L);
     lua_setmetatable(L, -2);
     ev->subject = m->subject;
     ev->reply = m->reply;
@@ -62,6 +112,12 @@ event_t *event_push(lua_State *L, const proto_msg_t *m, int copy)
     ev->reply_len = m->reply ? m->reply_len : 0;
     ev->hdr_len = m->hdr ? m->hdr_len : 0;
     ev->payload_len = m->payload_len;
+    return ev;
+}
+
+event_t *event_push(lua_State *L, const proto_msg_t *m, int copy)
+{
+    event_t *ev = event_push_mt(L, m, 0);
     if (copy) {
         /* One string: subject, reply, headers, payload. */
         luaL_Buffer b;
@@ -98,6 +154,9 @@ void event_expire_ptr(event_t *ev)
     ev->out_hdr = ev->out_payload = NULL;
     ev->owner.text = NULL;
     ev->owner.tape = NULL;
+    if (ev->pooled_tape)
+        tape_put(ev->pooled_tape);
+    ev->pooled_tape = NULL;
     /* The tree goes now; its holder, once collected, finds it empty. */
     if (ev->owner.tree)
         json_tree_free(ev->owner.tree);
@@ -446,19 +505,28 @@ static json_tree_t *tree_of(lua_State *L, int idx, event_t *ev)
  * payload is not JSON. */
 static int scan_payload(lua_State *L, int idx, event_t *ev)
 {
-    json_tok_t local[64];
-    long n = ev->payload_len ? json_scan(ev->payload, ev->payload_len, local, 64) : -1;
-    if (n < 0)
+    if (!ev->payload_len)
         return -1;
-    json_tok_t *tape = lua_newuserdatauv(L, (size_t)n * sizeof *tape, 0);
-    if (n <= 64)
-        memcpy(tape, local, (size_t)n * sizeof *tape);
-    else
+    tape_block_t *b = tape_get();
+    long n = json_scan(ev->payload, ev->payload_len, b ? b->tok : NULL, b ? TAPE_POOL_TOKENS : 0);
+    if (n < 0 || (b && n <= TAPE_POOL_TOKENS)) {
+        if (n < 0) {
+            if (b)
+                tape_put(b);
+            return -1;
+        }
+        ev->pooled_tape = b;
+        ev->owner.tape = b->tok;
+    } else {
+        if (b)
+            tape_put(b);
+        json_tok_t *tape = lua_newuserdatauv(L, (size_t)n * sizeof *tape, 0);
         json_scan(ev->payload, ev->payload_len, tape, (uint32_t)n);
-    lua_setiuservalue(L, idx, UV_TAPE);
+        lua_setiuservalue(L, idx, UV_TAPE);
+        ev->owner.tape = tape;
+    }
     ev->owner.text = ev->payload;
     ev->owner.text_len = ev->payload_len;
-    ev->owner.tape = tape;
     ev->owner.ntok = (uint32_t)n;
     return 0;
 }

@@ -39,6 +39,7 @@ typedef struct event {
     int mode;
     int depth; /* emit-chain depth: 0 for events from clients */
     int raw_is_json;
+    union tape_block *pooled_tape; /* the payload's tokens, when not in a userdata (event.c) */
     /* The message; borrowed unless event_push copied it.  A subject a
      * script set and re-encoded bytes are Lua strings the event keeps. */
     const char *subject;
@@ -67,6 +68,14 @@ void event_open(lua_State *L);
  * has one).  Raises a Lua error when out of memory: call from protected code.
  */
 event_t *event_push(lua_State *L, const proto_msg_t *m, int copy);
+
+/* event_push(L, m, 0) with the event metatable taken from stack index
+ * mt_idx (a pseudo-index such as an upvalue works), sparing the registry
+ * lookup on the hot path; mt_idx 0 looks it up. */
+event_t *event_push_mt(lua_State *L, const proto_msg_t *m, int mt_idx);
+
+/* Pushes the event metatable (for event_push_mt). */
+void event_push_metatable(lua_State *L);
 
 /* The event at idx, or NULL. */
 event_t *event_test(lua_State *L, int idx);

@@ -610,17 +610,30 @@ static const char *tok_string(const char *text, const json_tok_t *t, char *buf, 
     return buf;
 }
 
+/* memcmp(a, b, n) == 0 without a call for the short keys scripts use. */
+static inline int same_bytes(const char *a, const char *b, size_t n)
+{
+    if (n > 16)
+        return memcmp(a, b, n) == 0;
+    for (size_t i = 0; i < n; i++)
+        if (a[i] != b[i])
+            return 0;
+    return 1;
+}
+
 uint32_t json_tape_member(const json_owner_t *o, uint32_t obj, const char *key, size_t klen)
 {
     const json_tok_t *tape = o->tape;
-    const char *nul = memchr(key, '\0', klen);
-    if (nul)
-        klen = (size_t)(nul - key); /* cJSON compares C strings */
+    for (size_t i = 0; i < klen; i++)
+        if (key[i] == '\0') {
+            klen = i; /* cJSON compares C strings */
+            break;
+        }
     uint32_t k = obj + 1;
     for (uint32_t m = 0; m < tape[obj].len; m++) {
         const json_tok_t *kt = &tape[k];
         if (kt->flags & JSON_TOK_PLAIN) {
-            if (kt->len == klen && memcmp(o->text + kt->start, key, klen) == 0)
+            if (kt->len == klen && same_bytes(o->text + kt->start, key, klen))
                 return k + 1;
         } else if (kt->len >= klen) {
             char small[256], *buf = kt->len <= sizeof small ? small : malloc(kt->len);

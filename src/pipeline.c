@@ -663,7 +663,7 @@ int run_event(lua_State *L)
     proto_msg_t out;
     match_t *mt;
 
-    run->ev = event_push(L, run->in, 0);
+    run->ev = event_push_mt(L, run->in, lua_upvalueindex(2));
     int ev_idx = lua_gettop(L);
     /* Anchored in this closure's upvalue, so that it outlives an error
      * unwinding this call: run_one expires it from there. */

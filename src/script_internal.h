@@ -54,8 +54,8 @@
 #define UPGRADE_CHAIN_MAX 64
 #define ERROR_LOG_INTERVAL 10
 /* Stack slot of each state's main thread that holds the run_event closure
- * for the state's whole life (its upvalue anchors the event in the
- * pipeline). */
+ * for the state's whole life (its upvalue 1 anchors the event in the
+ * pipeline; upvalue 2 is the event metatable). */
 #define RUN_EVENT_SLOT 1
 
 /* RULE_DURABLE: on(pattern, { consumer = ... }, fn), called by a durable

@@ -103,6 +103,16 @@ on("raw.start", function(e, ctx)
   assert(ctx.publish("raw.out", "\0bytes\255 as they are\r\n", { ["X-Extra"] = "yes" }))
 end)
 on("fwd.in", function(e, ctx) assert(ctx.publish("fwd.out", e, { ["X-Hop"] = "2" })) end)
+-- an event's tokens outlive the events its handler publishes (small tapes
+-- are recycled blocks, big ones Lua objects)
+on("tape.outer", function(e, ctx)
+  local before = e.data.v
+  assert(ctx.publish("tape.inner", { w = before + 1, list = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 } }))
+  local list = e.data.list
+  ctx.publish("tape.result", { v = e.data.v, before = before, n = list and #list or 0,
+                               last = list and list[#list] or 0, k = e.data.k })
+end)
+on("tape.inner", function(e, ctx) ctx.publish("tape.result", { w = e.data.w, n = #e.data.list }) end)
 on("svc.echo", function(e, ctx) ctx.reply({ echo = e.data.msg, n = e.data.n * 2 }) end)
 on("svc.noreply", function(e, ctx) ctx.reply({ x = 1 }) end)
 
@@ -630,6 +640,27 @@ describe("handlers", function()
     assert.are.equal("2", t["X-Hop"])
     assert.are.equal("f-1", t["Tide-Causation-Id"])
     assert.are.equal("f-1", t["Tide-Correlation-Id"])
+    c:close()
+  end)
+
+  it("read an event's payload after its handler published others, small and big payloads", function()
+    local c = listener("tape.result")
+    publish("tape.outer", '{"data":{"v":5,"k":"small"}}')
+    local big = {}
+    for i = 1, 300 do big[i] = tostring(i * 3) end -- more tokens than a recycled block holds
+    publish("tape.outer", '{"data":{"v":7,"list":[' .. table.concat(big, ",") .. '],"k":"big"}}')
+    local msgs = received(c)
+    assert.are.equal(4, #msgs)
+    local got = {}
+    for i, m in ipairs(msgs) do got[i] = json.decode(m.payload).data end
+    -- handlers run breadth first: each outer event's result, then the inner one's
+    local outer, inner = {}, {}
+    for _, d in ipairs(got) do
+      if d.w then inner[#inner + 1] = d else outer[#outer + 1] = d end
+    end
+    assert.same({ { v = 5, before = 5, n = 0, last = 0, k = "small" },
+                  { v = 7, before = 7, n = 300, last = 900, k = "big" } }, outer)
+    assert.same({ { w = 6, n = 10 }, { w = 8, n = 10 } }, inner)
     c:close()
   end)
 
