@@ -632,8 +632,11 @@ static void promote(lua_State *L, int idx, event_t *ev)
 
 /* ---- e.field ----------------------------------------------------------------- */
 
+/* event_index's upvalue: the metatable of JSON proxies, at hand. */
+#define PROXY_MT_UV lua_upvalueindex(1)
+
 /* Pushes envelope member key of the event at idx (nil when absent) and
- * returns its Lua type. */
+ * returns its Lua type.  Called from event_index only (PROXY_MT_UV). */
 static int push_member(lua_State *L, int idx, event_t *ev, const char *key, size_t klen)
 {
     if (ev->owner.tree) {
@@ -649,7 +652,7 @@ static int push_member(lua_State *L, int idx, event_t *ev, const char *key, size
             lua_pushnil(L);
             return LUA_TNIL;
         }
-        json_push_tok(L, &ev->owner, t, idx);
+        json_push_tok_mt(L, &ev->owner, t, idx, PROXY_MT_UV);
     }
     return lua_type(L, -1);
 }
@@ -666,7 +669,7 @@ static void push_data(lua_State *L, event_t *ev)
     else if (ev->owner.tree)
         lua_pushnil(L);
     else if (ev->raw_is_json)
-        json_push_tok(L, &ev->owner, 0, 1);
+        json_push_tok_mt(L, &ev->owner, 0, 1, PROXY_MT_UV);
     else
         lua_pushnil(L);
     if (lua_type(L, -1) == LUA_TUSERDATA) {
@@ -925,8 +928,7 @@ void event_bytes(lua_State *L, int idx, proto_msg_t *out)
 
 void event_open(lua_State *L)
 {
-    static const luaL_Reg ev_mt[] = {{"__index", event_index},
-                                     {"__newindex", event_newindex},
+    static const luaL_Reg ev_mt[] = {{"__newindex", event_newindex},
                                      {"__tostring", event_tostring},
                                      {NULL, NULL}};
     static const luaL_Reg hd_mt[] = {{"__index", headers_index},
@@ -935,6 +937,9 @@ void event_open(lua_State *L)
                                      {NULL, NULL}};
     luaL_newmetatable(L, EVENT_MT);
     luaL_setfuncs(L, ev_mt, 0);
+    json_push_proxy_metatable(L); /* PROXY_MT_UV */
+    lua_pushcclosure(L, event_index, 1);
+    lua_setfield(L, -2, "__index");
     lua_pushliteral(L, "event");
     lua_setfield(L, -2, "__name");
     lua_pushliteral(L, "event");

@@ -27,6 +27,7 @@ static const char null_key = 'n';
  * the owner has a tree, then a node of that tree. */
 typedef struct proxy {
     cJSON *node;
+    json_owner_t *owner; /* its owner, kept alive by the proxy's user value */
     uint32_t tok;
 } proxy_t;
 
@@ -694,9 +695,14 @@ static void push_number_text(lua_State *L, const char *s, size_t n)
     lua_pushnumber(L, d);
 }
 
-static void push_proxy(lua_State *L, cJSON *node, uint32_t tok, int owner_idx);
+static void push_proxy(lua_State *L, cJSON *node, uint32_t tok, int owner_idx, int mt_idx);
 
 void json_push_tok(lua_State *L, json_owner_t *o, uint32_t tok, int owner_idx)
+{
+    json_push_tok_mt(L, o, tok, owner_idx, 0);
+}
+
+void json_push_tok_mt(lua_State *L, json_owner_t *o, uint32_t tok, int owner_idx, int mt_idx)
 {
     const json_tok_t *t = &o->tape[tok];
     switch (t->type) {
@@ -725,7 +731,7 @@ void json_push_tok(lua_State *L, json_owner_t *o, uint32_t tok, int owner_idx)
         return;
     }
     default:
-        push_proxy(L, NULL, tok, owner_idx);
+        push_proxy(L, NULL, tok, owner_idx, mt_idx);
     }
 }
 
@@ -937,6 +943,17 @@ void json_object_unset(json_owner_t *o, cJSON *parent, const char *key)
 
 /* ---- null ------------------------------------------------------------------ */
 
+static void open_proxy_metatable(lua_State *L);
+
+void json_push_proxy_metatable(lua_State *L)
+{
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &proxy_key) == LUA_TNIL) {
+        lua_pop(L, 1);
+        open_proxy_metatable(L);
+        lua_rawgetp(L, LUA_REGISTRYINDEX, &proxy_key);
+    }
+}
+
 void json_push_null(lua_State *L)
 {
     lua_rawgetp(L, LUA_REGISTRYINDEX, &null_key);
@@ -984,19 +1001,10 @@ void json_push_number(lua_State *L, const cJSON *n)
         lua_pushnumber(L, d);
 }
 
-static json_owner_t *owner_of(lua_State *L, int proxy_idx)
-{
-    json_owner_t *o = NULL;
-    if (lua_getiuservalue(L, proxy_idx, 1) == LUA_TUSERDATA)
-        o = lua_touserdata(L, -1);
-    lua_pop(L, 1); /* the proxy's user value keeps the owner alive */
-    return o;
-}
-
 static proxy_t *live_proxy(lua_State *L, int idx, json_owner_t **owner)
 {
     proxy_t *p = lua_touserdata(L, idx); /* only reachable through our metatable */
-    json_owner_t *o = owner_of(L, idx);
+    json_owner_t *o = p->owner;
     if (!o || o->dead)
         luaL_error(L, "this JSON value belongs to an event whose pipeline has ended");
     if (!p->node && o->tree) {
@@ -1028,13 +1036,19 @@ static proxy_t *tree_proxy(lua_State *L, int idx, json_owner_t **owner)
     return p;
 }
 
-static void push_proxy(lua_State *L, cJSON *node, uint32_t tok, int owner_idx)
+/* mt_idx: where the proxy metatable is at hand (a closure's upvalue), or 0. */
+static void push_proxy(lua_State *L, cJSON *node, uint32_t tok, int owner_idx, int mt_idx)
 {
     owner_idx = lua_absindex(L, owner_idx);
     proxy_t *p = lua_newuserdatauv(L, sizeof *p, 1);
     p->node = node;
     p->tok = tok;
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &proxy_key);
+    /* Owners are userdata starting with json_owner_t (NULL: none). */
+    p->owner = lua_touserdata(L, owner_idx);
+    if (mt_idx)
+        lua_pushvalue(L, mt_idx);
+    else
+        lua_rawgetp(L, LUA_REGISTRYINDEX, &proxy_key);
     lua_setmetatable(L, -2);
     lua_pushvalue(L, owner_idx);
     lua_setiuservalue(L, -2, 1);
@@ -1061,7 +1075,7 @@ void json_push(lua_State *L, cJSON *v, int owner_idx)
         return;
     case cJSON_Object:
     case cJSON_Array:
-        push_proxy(L, v, 0, owner_idx);
+        push_proxy(L, v, 0, owner_idx, 0);
         return;
     default:
         lua_pushnil(L);
@@ -1266,7 +1280,7 @@ static int proxy_index(lua_State *L)
         int ct = o->tape[child].type;
         if (ct == JSON_TOK_OBJECT || ct == JSON_TOK_ARRAY)
             lua_getiuservalue(L, 1, 1); /* nested proxies share the owner */
-        json_push_tok(L, o, child, -1);
+        json_push_tok_mt(L, o, child, -1, lua_upvalueindex(1));
         return 1;
     }
     cJSON *child = NULL;
@@ -1492,18 +1506,35 @@ static void new_metatable(lua_State *L, const void *key, const char *name, const
     lua_rawsetp(L, LUA_REGISTRYINDEX, key);
 }
 
+/* The proxies' metatable, made once per state (by json_open or by the
+ * first json_push_proxy_metatable, whichever comes first). */
+static void open_proxy_metatable(lua_State *L)
+{
+    static const luaL_Reg proxy_mt[] = {{"__newindex", proxy_newindex}, {"__len", proxy_len},
+                                        {"__tostring", proxy_tostring},  {"__pairs", proxy_pairs},
+                                        {NULL, NULL}};
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &proxy_key) != LUA_TNIL) {
+        lua_pop(L, 1);
+        return;
+    }
+    lua_pop(L, 1);
+    new_metatable(L, &proxy_key, "json", proxy_mt);
+    /* __index has the metatable as its upvalue: nested proxies are made
+     * without a registry lookup. */
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &proxy_key);
+    lua_pushvalue(L, -1);
+    lua_pushcclosure(L, proxy_index, 1);
+    lua_setfield(L, -2, "__index");
+    /* luaL_testudata looks metatables up by name: register it so too. */
+    lua_setfield(L, LUA_REGISTRYINDEX, PROXY_MT);
+}
+
 void json_open(lua_State *L)
 {
-    static const luaL_Reg proxy_mt[] = {{"__index", proxy_index}, {"__newindex", proxy_newindex},
-                                        {"__len", proxy_len},     {"__tostring", proxy_tostring},
-                                        {"__pairs", proxy_pairs}, {NULL, NULL}};
     static const luaL_Reg doc_mt[] = {{"__gc", document_gc}, {NULL, NULL}};
     json_init();
-    new_metatable(L, &proxy_key, "json", proxy_mt);
+    open_proxy_metatable(L);
     new_metatable(L, &doc_key, "json document", doc_mt);
-    /* luaL_testudata looks metatables up by name: register the proxy's too. */
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &proxy_key);
-    lua_setfield(L, LUA_REGISTRYINDEX, PROXY_MT);
     /* The array mark is shared by every tide.array(): locked like the rest
      * (a script must not reach it, e.g. to add a __gc). */
     lua_newtable(L);

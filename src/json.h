@@ -122,6 +122,14 @@ uint32_t json_tape_member(const json_owner_t *o, uint32_t obj, const char *key, 
  * the owner at owner_idx). */
 void json_push_tok(lua_State *L, json_owner_t *o, uint32_t tok, int owner_idx);
 
+/* The same, with the proxy metatable at mt_idx (0: looked up in the
+ * registry), for callers that keep it at hand as an upvalue. */
+void json_push_tok_mt(lua_State *L, json_owner_t *o, uint32_t tok, int owner_idx, int mt_idx);
+
+/* Pushes the metatable of JSON proxies, made now if json_open has not
+ * run yet in this state (event_open comes first). */
+void json_push_proxy_metatable(lua_State *L);
+
 /*
  * Gives the owner at owner_idx a tree, built from its tape (or empty, root
  * NULL, without one), unless it has one.  The tree lives in a userdata
