@@ -157,10 +157,9 @@ void event_expire_ptr(event_t *ev)
     if (ev->pooled_tape)
         tape_put(ev->pooled_tape);
     ev->pooled_tape = NULL;
-    /* The tree goes now; its holder, once collected, finds it empty. */
-    if (ev->owner.tree)
-        json_tree_free(ev->owner.tree);
-    ev->owner.tree = NULL;
+    /* The tree goes now (its holder, if it has one, finds it empty once
+     * collected), and so do the views of the payload. */
+    json_owner_release(&ev->owner);
 }
 
 /* ---- headers --------------------------------------------------------------- */
@@ -672,7 +671,7 @@ static void push_data(lua_State *L, event_t *ev)
         json_push_tok_mt(L, &ev->owner, 0, 1, PROXY_MT_UV);
     else
         lua_pushnil(L);
-    if (lua_type(L, -1) == LUA_TUSERDATA) {
+    if (lua_type(L, -1) == LUA_TUSERDATA || lua_type(L, -1) == LUA_TLIGHTUSERDATA) {
         lua_pushvalue(L, -1);
         lua_setiuservalue(L, 1, UV_DATA);
     }

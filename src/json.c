@@ -28,8 +28,59 @@ static const char null_key = 'n';
 typedef struct proxy {
     cJSON *node;
     json_owner_t *owner; /* its owner, kept alive by the proxy's user value */
+    uint64_t serial;     /* or, for owners released_by_owner: its registration */
     uint32_t tok;
 } proxy_t;
+
+/*
+ * Views of owners that are released explicitly (events, whose pipeline
+ * end is certain) are registered here instead of holding their owner in a
+ * user value.  Such an owner gets a serial (never reused) on its first
+ * view, in slot serial % LIGHT_SLOTS; a view names the owner by serial and
+ * finds it live only while the slot still holds that serial.  An object or
+ * array of the tape is then a light userdata [serial:40][token:24]: no
+ * allocation and nothing for the collector per view; one that has no token
+ * (made by a write) is a small userdata with the serial.  Light userdata
+ * share one metatable per state, the proxies'; no other light userdata
+ * reaches scripts.  An owner that finds its slot taken (one still live after
+ * LIGHT_SLOTS newer ones) keeps the ordinary proxies.  Loop thread only.
+ */
+#define LIGHT_SLOTS 4096
+#define LIGHT_TOK_BITS 24
+#define LIGHT_TOK_MAX ((1u << LIGHT_TOK_BITS) - 1)
+#define LIGHT_SERIAL_MAX ((UINT64_C(1) << (64 - LIGHT_TOK_BITS)) - 1)
+#define NO_SERIAL UINT64_MAX /* released, or could not register */
+
+static struct {
+    uint64_t serial;
+    json_owner_t *owner; /* NULL once released */
+} light_slot[LIGHT_SLOTS];
+static uint64_t light_next = 1;
+
+/* Registers o for views if it can be: 1 when it is registered. */
+static int light_register(json_owner_t *o)
+{
+    if (o->serial)
+        return o->serial != NO_SERIAL;
+    uint64_t s = light_next;
+    size_t i = (size_t)(s % LIGHT_SLOTS);
+    if (!o->released_by_owner || light_slot[i].owner || s > LIGHT_SERIAL_MAX || UINTPTR_MAX < UINT64_MAX) {
+        o->serial = NO_SERIAL;
+        return 0;
+    }
+    light_next++;
+    light_slot[i].serial = s;
+    light_slot[i].owner = o;
+    o->serial = s;
+    return 1;
+}
+
+/* The live owner registered as serial, or NULL. */
+static json_owner_t *light_owner(uint64_t serial)
+{
+    size_t i = (size_t)(serial % LIGHT_SLOTS);
+    return light_slot[i].serial == serial ? light_slot[i].owner : NULL;
+}
 
 typedef struct document {
     json_owner_t owner;
@@ -695,7 +746,7 @@ static void push_number_text(lua_State *L, const char *s, size_t n)
     lua_pushnumber(L, d);
 }
 
-static void push_proxy(lua_State *L, cJSON *node, uint32_t tok, int owner_idx, int mt_idx);
+static void push_proxy(lua_State *L, json_owner_t *o, cJSON *node, uint32_t tok, int owner_idx, int mt_idx);
 
 void json_push_tok(lua_State *L, json_owner_t *o, uint32_t tok, int owner_idx)
 {
@@ -731,7 +782,7 @@ void json_push_tok_mt(lua_State *L, json_owner_t *o, uint32_t tok, int owner_idx
         return;
     }
     default:
-        push_proxy(L, NULL, tok, owner_idx, mt_idx);
+        push_proxy(L, o, NULL, tok, owner_idx, mt_idx);
     }
 }
 
@@ -837,6 +888,18 @@ json_tree_t *json_owner_tree(lua_State *L, json_owner_t *o, int owner_idx)
 {
     if (o->tree)
         return o->tree;
+    if (o->released_by_owner) {
+        /* C memory, freed by json_owner_release. */
+        json_tree_t *t = calloc(1, sizeof *t);
+        if (!t || (o->tape && tree_from_tape(o, t) < 0)) {
+            if (t)
+                json_tree_free(t);
+            free(t);
+            luaL_error(L, "out of memory");
+        }
+        o->tree = t;
+        return t;
+    }
     owner_idx = lua_absindex(L, owner_idx);
     document_t *d = new_document(L); /* frees a half-built tree if this fails */
     if (o->tape && tree_from_tape(o, &d->t) < 0)
@@ -878,6 +941,23 @@ void json_tree_free(json_tree_t *t)
     free(t->nums);
     free(t->nodes);
     memset(t, 0, sizeof *t);
+}
+
+void json_owner_release(json_owner_t *o)
+{
+    if (o->serial && o->serial != NO_SERIAL) {
+        size_t i = (size_t)(o->serial % LIGHT_SLOTS);
+        if (light_slot[i].serial == o->serial)
+            light_slot[i].owner = NULL;
+    }
+    o->serial = NO_SERIAL;
+    o->dead = 1;
+    if (o->tree) {
+        json_tree_free(o->tree);
+        if (o->released_by_owner)
+            free(o->tree); /* otherwise its holder goes with the collector, empty */
+        o->tree = NULL;
+    }
 }
 
 void json_owner_discard(json_owner_t *o, cJSON *node)
@@ -1001,17 +1081,36 @@ void json_push_number(lua_State *L, const cJSON *n)
         lua_pushnumber(L, d);
 }
 
-static proxy_t *live_proxy(lua_State *L, int idx, json_owner_t **owner)
+/*
+ * The proxy at idx (a userdata, or a light view decoded into *scratch) and
+ * its owner, or an error when the owner's event has ended.  Metamethods
+ * are only reachable through the proxy metatable, so idx holds a proxy.
+ */
+static proxy_t *live_proxy(lua_State *L, int idx, proxy_t *scratch, json_owner_t **owner)
 {
-    proxy_t *p = lua_touserdata(L, idx); /* only reachable through our metatable */
-    json_owner_t *o = p->owner;
+    proxy_t *p;
+    json_owner_t *o;
+    if (lua_islightuserdata(L, idx)) {
+        uint64_t v = (uint64_t)(uintptr_t)lua_touserdata(L, idx);
+        p = scratch;
+        p->serial = v >> LIGHT_TOK_BITS;
+        p->tok = (uint32_t)(v & LIGHT_TOK_MAX);
+        p->node = NULL;
+        o = p->owner = light_owner(p->serial);
+        if (o && p->tok >= o->ntok)
+            o = NULL; /* not a view this owner made */
+    } else {
+        p = lua_touserdata(L, idx);
+        o = p->serial ? light_owner(p->serial) : p->owner;
+    }
     if (!o || o->dead)
         luaL_error(L, "this JSON value belongs to an event whose pipeline has ended");
     if (!p->node && o->tree) {
         /* The owner has had a tree built since: the node for the token. */
-        p->node = o->tree->nodes ? o->tree->nodes[p->tok] : NULL;
-        if (!p->node)
+        cJSON *n = o->tree->nodes ? o->tree->nodes[p->tok] : NULL;
+        if (!n)
             luaL_error(L, "this JSON value belongs to an event whose pipeline has ended");
+        p->node = n; /* kept by a userdata proxy, for this call by a view */
     }
     if (!p->node && !o->tape)
         luaL_error(L, "this JSON value belongs to an event whose pipeline has ended");
@@ -1021,40 +1120,58 @@ static proxy_t *live_proxy(lua_State *L, int idx, json_owner_t **owner)
 }
 
 /* The same, once the owner has a tree (built now if needed): p->node is set. */
-static proxy_t *tree_proxy(lua_State *L, int idx, json_owner_t **owner)
+static proxy_t *tree_proxy(lua_State *L, int idx, proxy_t *scratch, json_owner_t **owner)
 {
     json_owner_t *o;
-    proxy_t *p = live_proxy(L, idx, &o);
+    proxy_t *p = live_proxy(L, idx, scratch, &o);
     if (!p->node) {
-        lua_getiuservalue(L, idx, 1);
-        json_owner_tree(L, o, -1);
-        lua_pop(L, 1);
-        p = live_proxy(L, idx, &o);
+        if (o->released_by_owner) {
+            json_owner_tree(L, o, 0);
+        } else {
+            lua_getiuservalue(L, idx, 1);
+            json_owner_tree(L, o, -1);
+            lua_pop(L, 1);
+        }
+        p = live_proxy(L, idx, scratch, &o);
     }
     if (owner)
         *owner = o;
     return p;
 }
 
-/* mt_idx: where the proxy metatable is at hand (a closure's upvalue), or 0. */
-static void push_proxy(lua_State *L, cJSON *node, uint32_t tok, int owner_idx, int mt_idx)
+/*
+ * Pushes a proxy for node (or, node NULL, token tok) of owner o.  owner_idx:
+ * where o's userdata is, needed only for owners that are collected rather
+ * than released (0 otherwise).  mt_idx: where the proxy metatable is at
+ * hand (a closure's upvalue), or 0.
+ */
+static void push_proxy(lua_State *L, json_owner_t *o, cJSON *node, uint32_t tok, int owner_idx, int mt_idx)
 {
-    owner_idx = lua_absindex(L, owner_idx);
-    proxy_t *p = lua_newuserdatauv(L, sizeof *p, 1);
+    int reg = o->released_by_owner && light_register(o);
+    if (reg && !node && tok <= LIGHT_TOK_MAX) {
+        lua_pushlightuserdata(L, (void *)(uintptr_t)(o->serial << LIGHT_TOK_BITS | tok));
+        return;
+    }
+    if (!reg)
+        owner_idx = lua_absindex(L, owner_idx);
+    proxy_t *p = lua_newuserdatauv(L, sizeof *p, reg ? 0 : 1);
     p->node = node;
     p->tok = tok;
-    /* Owners are userdata starting with json_owner_t (NULL: none). */
-    p->owner = lua_touserdata(L, owner_idx);
+    p->owner = reg ? NULL : o;
+    p->serial = reg ? o->serial : 0;
     if (mt_idx)
         lua_pushvalue(L, mt_idx);
     else
         lua_rawgetp(L, LUA_REGISTRYINDEX, &proxy_key);
     lua_setmetatable(L, -2);
-    lua_pushvalue(L, owner_idx);
-    lua_setiuservalue(L, -2, 1);
+    if (!reg) {
+        lua_pushvalue(L, owner_idx);
+        lua_setiuservalue(L, -2, 1);
+    }
 }
 
-void json_push(lua_State *L, cJSON *v, int owner_idx)
+/* json_push for a node of owner o (owner_idx as for push_proxy). */
+static void push_node(lua_State *L, cJSON *v, json_owner_t *o, int owner_idx)
 {
     switch (v ? v->type & 0xff : cJSON_NULL) {
     case cJSON_NULL:
@@ -1075,11 +1192,17 @@ void json_push(lua_State *L, cJSON *v, int owner_idx)
         return;
     case cJSON_Object:
     case cJSON_Array:
-        push_proxy(L, v, 0, owner_idx, 0);
+        push_proxy(L, o, v, 0, owner_idx, 0);
         return;
     default:
         lua_pushnil(L);
     }
+}
+
+void json_push(lua_State *L, cJSON *v, int owner_idx)
+{
+    /* Owners are userdata starting with json_owner_t. */
+    push_node(L, v, lua_touserdata(L, owner_idx), owner_idx);
 }
 
 /* ---- Lua -> JSON --------------------------------------------------------- */
@@ -1229,10 +1352,11 @@ static cJSON *from_lua(lua_State *L, int idx, int depth)
             break;
         }
         return table_value(L, idx, depth);
+    case LUA_TLIGHTUSERDATA: /* the only light userdata scripts see are views */
     case LUA_TUSERDATA:
-        if (luaL_testudata(L, idx, PROXY_MT)) {
+        if (lua_type(L, idx) == LUA_TLIGHTUSERDATA || luaL_testudata(L, idx, PROXY_MT)) {
             /* A copy: e.data.a = e.data.b must not alias the two. */
-            proxy_t *p = tree_proxy(L, idx, NULL);
+            proxy_t scratch, *p = tree_proxy(L, idx, &scratch, NULL);
             v = cJSON_Duplicate(p->node, 1);
             break;
         }
@@ -1252,10 +1376,20 @@ cJSON *json_from_lua(lua_State *L, int idx)
 
 /* ---- proxies ------------------------------------------------------------ */
 
+/* Where a child of the proxy at 1 finds its owner's userdata: pushed for
+ * owners that are collected, 0 (unused) for released ones. */
+static int child_owner_idx(lua_State *L, const json_owner_t *o)
+{
+    if (o->released_by_owner && o->serial != NO_SERIAL)
+        return 0;
+    lua_getiuservalue(L, 1, 1); /* nested proxies share the owner */
+    return lua_gettop(L);
+}
+
 static int proxy_index(lua_State *L)
 {
     json_owner_t *o;
-    proxy_t *p = live_proxy(L, 1, &o);
+    proxy_t scratch, *p = live_proxy(L, 1, &scratch, &o);
     if (!p->node) {
         const json_tok_t *t = &o->tape[p->tok];
         uint32_t child = JSON_NO_TOK;
@@ -1277,10 +1411,10 @@ static int proxy_index(lua_State *L)
             lua_pushnil(L);
             return 1;
         }
-        int ct = o->tape[child].type;
+        int ct = o->tape[child].type, oi = 0;
         if (ct == JSON_TOK_OBJECT || ct == JSON_TOK_ARRAY)
-            lua_getiuservalue(L, 1, 1); /* nested proxies share the owner */
-        json_push_tok_mt(L, o, child, -1, lua_upvalueindex(1));
+            oi = child_owner_idx(L, o);
+        json_push_tok_mt(L, o, child, oi, lua_upvalueindex(1));
         return 1;
     }
     cJSON *child = NULL;
@@ -1297,15 +1431,14 @@ static int proxy_index(lua_State *L)
         lua_pushnil(L);
         return 1;
     }
-    lua_getiuservalue(L, 1, 1); /* nested proxies share the owner */
-    json_push(L, child, -1);
+    push_node(L, child, o, child_owner_idx(L, o));
     return 1;
 }
 
 static int proxy_newindex(lua_State *L)
 {
     json_owner_t *o;
-    proxy_t *p = tree_proxy(L, 1, &o);
+    proxy_t scratch, *p = tree_proxy(L, 1, &scratch, &o);
     if (cJSON_IsArray(p->node)) {
         lua_Integer i = luaL_checkinteger(L, 2);
         int n = cJSON_GetArraySize(p->node);
@@ -1341,7 +1474,7 @@ static int proxy_newindex(lua_State *L)
 static int proxy_len(lua_State *L)
 {
     json_owner_t *o;
-    proxy_t *p = live_proxy(L, 1, &o);
+    proxy_t scratch, *p = live_proxy(L, 1, &scratch, &o);
     if (!p->node) {
         lua_pushinteger(L, (lua_Integer)o->tape[p->tok].len);
         return 1;
@@ -1352,7 +1485,7 @@ static int proxy_len(lua_State *L)
 
 static int proxy_tostring(lua_State *L)
 {
-    proxy_t *p = tree_proxy(L, 1, NULL);
+    proxy_t scratch, *p = tree_proxy(L, 1, &scratch, NULL);
     size_t n;
     char *s = json_print(p->node, &n);
     if (!s)
@@ -1378,7 +1511,7 @@ static int proxy_next(lua_State *L)
 static int proxy_pairs(lua_State *L)
 {
     json_owner_t *o;
-    proxy_t *p = live_proxy(L, 1, &o);
+    proxy_t scratch, *p = live_proxy(L, 1, &scratch, &o);
     cJSON *c;
     lua_Integer i = 0;
     lua_newtable(L);
@@ -1526,7 +1659,14 @@ static void open_proxy_metatable(lua_State *L)
     lua_pushcclosure(L, proxy_index, 1);
     lua_setfield(L, -2, "__index");
     /* luaL_testudata looks metatables up by name: register it so too. */
+    lua_pushvalue(L, -1);
     lua_setfield(L, LUA_REGISTRYINDEX, PROXY_MT);
+    /* Light userdata share one metatable: views are the only ones scripts
+     * see (see light_slot). */
+    lua_pushlightuserdata(L, NULL);
+    lua_insert(L, -2);
+    lua_setmetatable(L, -2);
+    lua_pop(L, 1);
 }
 
 void json_open(lua_State *L)

@@ -86,9 +86,21 @@ typedef struct json_owner {
     const json_tok_t *tape; /* its tokens (kept alive by the owner) */
     uint32_t ntok;
     json_tree_t *tree;      /* NULL until built */
+    /* A released owner (json_owner_release) instead of a collected one:
+     * its objects and arrays reach Lua as views that allocate nothing, its
+     * tree is C memory.  Set only where release is certain to come. */
+    int released_by_owner;
+    uint64_t serial;        /* its views' registration (json.c), 0: none yet */
 } json_owner_t;
 
 #define JSON_OWNER_UV 1
+
+/*
+ * Ends an owner whose life its creator decides (events): its proxies and
+ * views fail from now on and its tree, if any, is freed.  With
+ * released_by_owner set this must come before the owner's memory goes.
+ */
+void json_owner_release(json_owner_t *o);
 
 /*
  * Takes node (already detached from its tree) out of use without freeing

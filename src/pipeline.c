@@ -664,6 +664,9 @@ int run_event(lua_State *L)
     match_t *mt;
 
     run->ev = event_push_mt(L, run->in, lua_upvalueindex(2));
+    /* run_one expires it on every path: its payload's views can be the
+     * kind that allocates nothing (json.c). */
+    run->ev->owner.released_by_owner = 1;
     int ev_idx = lua_gettop(L);
     /* Anchored in this closure's upvalue, so that it outlives an error
      * unwinding this call: run_one expires it from there. */

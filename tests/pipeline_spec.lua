@@ -191,6 +191,26 @@ filter("keep.second", function(e)
   e.headers["X-Kept"] = table.concat(r, ",")
   return true
 end)
+filter("keep.written", function(e)
+  -- views from before and after the first write (which builds the tree)
+  local list = e.data.list
+  e.data.b = 2
+  KEPT_W = { list, e.data.list, e.data, e.data.list }
+  return true
+end)
+filter("keep.after", function(e)
+  local r = {}
+  for _, f in ipairs {
+    function() return KEPT_W[1][1] end, function() return #KEPT_W[2] end, function() return KEPT_W[3].a end,
+    function() KEPT_W[4][1] = 3 end, function() return tostring(KEPT_W[1]) end,
+    function() return tide.json.encode(KEPT_W[3]) end, function() e.data = KEPT_W[2] end,
+  } do
+    local ok, err = pcall(f)
+    r[#r + 1] = ok and "ok" or (tostring(err):find("pipeline has ended", 1, true) and "ended" or tostring(err))
+  end
+  e.headers["X-Kept"] = table.concat(r, ",")
+  return true
+end)
 
 -- CloudEvents binary mode
 filter("ce.>", function(e)
@@ -845,6 +865,18 @@ describe("an event kept past its pipeline", function()
     assert.are.equal(2, #msgs)
     assert.are.equal('{"data":{"a":1,"list":[5,6]}}', msgs[1].payload)
     assert.are.equal("ended,ended,ended,ended,ended,ended,ended,ended,ended,ended,1", header(msgs[2], "X-Kept"))
+    c:close()
+  end)
+
+  it("raises for values read before and after a write gave the event a tree", function()
+    local c = listener("keep.>")
+    publish("keep.written", '{"data":{"a":1,"list":[5,6]}}')
+    publish("keep.after", '{"data":{}}')
+    local msgs = received(c)
+    assert.are.equal(2, #msgs)
+    assert.are.equal('{"data":{"a":1,"list":[5,6],"b":2}}', msgs[1].payload)
+    assert.are.equal("ended,ended,ended,ended,ended,ended,ended", header(msgs[2], "X-Kept"))
+    assert.are.equal('{"data":{}}', msgs[2].payload)
     c:close()
   end)
 end)
