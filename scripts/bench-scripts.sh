@@ -9,7 +9,11 @@
 #       data     a filter reading e.data.amount (the payload is parsed)
 #       full     upgrader (changes the event: re-encoded) + filter + route
 #     alternating the configurations in one run, BENCH_REPEAT times (default
-#     3); medians and the ratio to `none`;
+#     3); medians and the ratio to `none`, both as the ratio of the medians
+#     and as the median of each round's ratio (a round runs every
+#     configuration back to back, so it shares the machine's load of the
+#     moment); and the server's own CPU time per event (user + system, from
+#     /proc), which the load of other processes moves much less;
 #  2. instructions per event from callgrind (repeatable, unlike seconds):
 #     BENCH_CG_MSGS events (default 20000) minus a run with none;
 #  3. reload latency: a rules file rewritten BENCH_RELOADS times (default
@@ -60,15 +64,22 @@ stop_tide() {
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print 0}'; }
+median_of() { echo $1 | tr ' ' '\n' | median; }
+
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+TICK_NS=$((1000000000 / $(getconf CLK_TCK)))
 
 echo "== script pipeline: throughput, $MSGS messages of 200 B, median of $REPEAT"
-declare -A rates
+declare -A rates cpu round_ratios
 for r in $(seq 1 "$REPEAT"); do
+    none_rate=
     for cfg in $CONFIGS; do
         port=$(free_port)
         start_tide "$cfg" "$port" || { failed=1; continue; }
+        t0=$(cpu_ticks "$SERVER_PID")
         line=$("$BENCH" pubsub --url "nats://127.0.0.1:$port" --size 200 --msgs "$MSGS" --subs 1 \
                --json --subject order.created --timeout 120 2>&1)
+        t1=$(cpu_ticks "$SERVER_PID")
         stop_tide
         rate=$(echo "$line" | sed -n 's/.* rate=\([0-9]*\).*/\1/p')
         if [ -z "$rate" ]; then
@@ -77,6 +88,9 @@ for r in $(seq 1 "$REPEAT"); do
             continue
         fi
         rates[$cfg]="${rates[$cfg]:-} $rate"
+        cpu[$cfg]="${cpu[$cfg]:-} $(( (t1 - t0) * TICK_NS / MSGS ))"
+        [ "$cfg" = none ] && none_rate=$rate
+        [ -n "$none_rate" ] && round_ratios[$cfg]="${round_ratios[$cfg]:-} $(awk -v a="$rate" -v b="$none_rate" 'BEGIN { printf "%.3f", a / b }')"
     done
 done
 
@@ -117,13 +131,19 @@ reload_line=$(lua5.4 "$ROOT/bench/reload_latency.lua" "$TIDE" "$RELOADS" 2>&1 | 
 
 none_med=$(echo ${rates[none]:-0} | tr ' ' '\n' | median)
 {
-    echo "| configuration | messages/s (median) | ratio to no scripts | instructions/event (callgrind) |"
-    echo "|---|---:|---:|---:|"
+    none_cpu=$(median_of "${cpu[none]:-0}")
+    echo "| configuration | messages/s (median) | ratio of medians | median of round ratios | server CPU ns/event (median) | CPU ratio | instructions/event (callgrind) |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
     for cfg in $CONFIGS; do
-        med=$(echo ${rates[$cfg]:-0} | tr ' ' '\n' | median)
+        med=$(median_of "${rates[$cfg]:-0}")
         ratio=$(awk -v a="$med" -v b="$none_med" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
-        echo "| $cfg | $med | $ratio | ${instr[$cfg]:-n/a} |"
+        rr=$(median_of "${round_ratios[$cfg]:-0}")
+        c=$(median_of "${cpu[$cfg]:-0}")
+        cr=$(awk -v a="$c" -v b="$none_cpu" 'BEGIN { if (a > 0) printf "%.2f", b / a; else print "-" }')
+        echo "| $cfg | $med | $ratio | $(printf '%.2f' "$rr") | $c | $cr | ${instr[$cfg]:-n/a} |"
     done
+    echo
+    echo "Rounds (messages/s): $(for cfg in $CONFIGS; do printf '%s:%s; ' "$cfg" "$(echo ${rates[$cfg]:-} | tr ' ' ',')"; done)"
     echo
     echo "Reload latency: ${reload_line:-FAILED}"
 } | tee "$OUT"

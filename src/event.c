@@ -30,8 +30,17 @@
 #define UV_INPUT 9       /* event_push(copy = 1): the message's bytes */
 #define EVENT_NUV 9
 
-/* Registry key (address) of the event metatable. */
-static const char event_key = 'e';
+/* Registry keys (addresses) of the event metatable and of the pipeline's
+ * reused event. */
+static const char event_key = 'e', reused_key = 'r';
+
+/* Sets user value n of the event ev at idx to the value on top (popped),
+ * noting it for event_end. */
+static void set_uv(lua_State *L, int idx, event_t *ev, int n)
+{
+    lua_setiuservalue(L, idx, n);
+    ev->uv_set |= 1u << n;
+}
 
 /*
  * Tapes of ordinary payloads (up to TAPE_POOL_TOKENS tokens) live in
@@ -77,7 +86,19 @@ static void tape_put(tape_block_t *b)
 
 event_t *event_test(lua_State *L, int idx)
 {
-    return luaL_testudata(L, idx, EVENT_MT);
+    json_owner_t *o;
+    if (lua_type(L, idx) != LUA_TLIGHTUSERDATA)
+        return luaL_testudata(L, idx, EVENT_MT);
+    if (json_light_kind(L, idx, &o) != JSON_LIGHT_OWNER)
+        return NULL;
+    /* A handle (event_push_pipeline): the event object takes its place. */
+    idx = lua_absindex(L, idx);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &reused_key);
+    event_t *ev = lua_touserdata(L, -1);
+    if (!ev || o != &ev->owner)
+        luaL_error(L, "this event's pipeline has ended; copy what you need from it while handling it");
+    lua_replace(L, idx);
+    return ev;
 }
 
 /* Metamethods are only reachable through the event metatable (hidden from
@@ -95,6 +116,19 @@ void event_push_metatable(lua_State *L)
     lua_rawgetp(L, LUA_REGISTRYINDEX, &event_key);
 }
 
+/* The event reads message m (borrowed). */
+static void borrow_message(event_t *ev, const proto_msg_t *m)
+{
+    ev->subject = m->subject;
+    ev->reply = m->reply;
+    ev->hdr = m->hdr;
+    ev->payload = m->payload;
+    ev->subject_len = m->subject_len;
+    ev->reply_len = m->reply ? m->reply_len : 0;
+    ev->hdr_len = m->hdr ? m->hdr_len : 0;
+    ev->payload_len = m->payload_len;
+}
+
 event_t *event_push_mt(lua_State *L, const proto_msg_t *m, int mt_idx)
 {
     event_t *ev = lua_newuserdatauv(L, sizeof *ev, EVENT_NUV);
@@ -104,14 +138,7 @@ event_t *event_push_mt(lua_State *L, const proto_msg_t *m, int mt_idx)
     else
         event_push_metatable(L);
     lua_setmetatable(L, -2);
-    ev->subject = m->subject;
-    ev->reply = m->reply;
-    ev->hdr = m->hdr;
-    ev->payload = m->payload;
-    ev->subject_len = m->subject_len;
-    ev->reply_len = m->reply ? m->reply_len : 0;
-    ev->hdr_len = m->hdr ? m->hdr_len : 0;
-    ev->payload_len = m->payload_len;
+    borrow_message(ev, m);
     return ev;
 }
 
@@ -160,6 +187,41 @@ void event_expire_ptr(event_t *ev)
     /* The tree goes now (its holder, if it has one, finds it empty once
      * collected), and so do the views of the payload. */
     json_owner_release(&ev->owner);
+}
+
+void event_push_reused(lua_State *L)
+{
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &reused_key);
+}
+
+event_t *event_push_pipeline(lua_State *L, const proto_msg_t *m, int mt_idx, int reused_idx)
+{
+    event_t *ev = lua_touserdata(L, reused_idx);
+    lua_pushvalue(L, reused_idx);
+    if (ev->expired) {
+        /* What the last event held goes to the collector now. */
+        for (int n = 1; ev->uv_set && n <= EVENT_NUV; n++) {
+            if (ev->uv_set & (1u << n)) {
+                lua_pushnil(L);
+                lua_setiuservalue(L, -2, n);
+            }
+        }
+        uint32_t gen = ev->gen + 1;
+        memset(ev, 0, sizeof *ev);
+        ev->gen = gen;
+        ev->reusable = 1;
+        ev->owner.released_by_owner = 1;
+        if (json_push_owner_handle(L, &ev->owner)) {
+            borrow_message(ev, m);
+            return ev;
+        }
+        ev->expired = 1; /* no handle to be had: a new event instead */
+        ev->owner.dead = 1;
+    }
+    lua_pop(L, 1);
+    ev = event_push_mt(L, m, mt_idx);
+    lua_pushvalue(L, -1);
+    return ev;
 }
 
 /* ---- headers --------------------------------------------------------------- */
@@ -266,15 +328,24 @@ static void push_header_table(lua_State *L, int evidx, event_t *ev)
         }
     }
     lua_pushvalue(L, -1);
-    lua_setiuservalue(L, evidx, UV_HEADERS);
+    set_uv(L, evidx, ev, UV_HEADERS);
+}
+
+/* The event of the headers proxy at 1, pushed; raises once it has ended. */
+static event_t *headers_event(lua_State *L)
+{
+    lua_getiuservalue(L, 1, 1);
+    event_t *ev = check_live(L, -1);
+    if (ev->gen != *(uint32_t *)lua_touserdata(L, 1))
+        luaL_error(L, "this event's pipeline has ended; copy what you need from it while handling it");
+    return ev;
 }
 
 /* e.headers[name]: the name as given, else any spelling of it (header
  * names compare without case, as tide's own ce-* and Tide-* lookups do). */
 static int headers_index(lua_State *L)
 {
-    lua_getiuservalue(L, 1, 1); /* the event */
-    check_live(L, -1);
+    headers_event(L);
     push_header_table(L, lua_gettop(L), lua_touserdata(L, -1));
     int t = lua_gettop(L);
     lua_pushvalue(L, 2);
@@ -294,8 +365,7 @@ static int headers_index(lua_State *L)
 
 static int headers_newindex(lua_State *L)
 {
-    lua_getiuservalue(L, 1, 1);
-    event_t *ev = check_live(L, -1);
+    event_t *ev = headers_event(L);
     int evidx = lua_gettop(L);
     size_t nl;
     const char *name = luaL_checklstring(L, 2, &nl);
@@ -340,8 +410,7 @@ static int table_next(lua_State *L)
 
 static int headers_pairs(lua_State *L)
 {
-    lua_getiuservalue(L, 1, 1);
-    event_t *ev = check_live(L, -1);
+    event_t *ev = headers_event(L);
     int evidx = lua_gettop(L);
     lua_pushcfunction(L, table_next);
     push_header_table(L, evidx, ev);
@@ -354,12 +423,14 @@ static void push_headers_proxy(lua_State *L, int evidx)
     if (lua_getiuservalue(L, evidx, UV_PROXY) == LUA_TUSERDATA)
         return;
     lua_pop(L, 1);
-    lua_newuserdatauv(L, 1, 1);
+    event_t *ev = lua_touserdata(L, evidx);
+    uint32_t *gen = lua_newuserdatauv(L, sizeof *gen, 1);
+    *gen = ev->gen; /* the reused event is another event once this differs */
     lua_pushvalue(L, evidx);
     lua_setiuservalue(L, -2, 1);
     luaL_setmetatable(L, HEADERS_MT);
     lua_pushvalue(L, -1);
-    lua_setiuservalue(L, evidx, UV_PROXY);
+    set_uv(L, evidx, ev, UV_PROXY);
 }
 
 /* Builds a NATS header block from the header table at the top of the stack
@@ -436,7 +507,7 @@ static void encode_headers(lua_State *L, int evidx, event_t *ev)
     lua_pushliteral(L, "\r\n");
     lua_concat(L, 2);
     ev->out_hdr = lua_tolstring(L, -1, &ev->out_hdr_len);
-    lua_setiuservalue(L, evidx, UV_OUT_HDR);
+    set_uv(L, evidx, ev, UV_OUT_HDR);
     lua_settop(L, t - 1);
 }
 
@@ -521,7 +592,7 @@ static int scan_payload(lua_State *L, int idx, event_t *ev)
             tape_put(b);
         json_tok_t *tape = lua_newuserdatauv(L, (size_t)n * sizeof *tape, 0);
         json_scan(ev->payload, ev->payload_len, tape, (uint32_t)n);
-        lua_setiuservalue(L, idx, UV_TAPE);
+        set_uv(L, idx, ev, UV_TAPE);
         ev->owner.tape = tape;
     }
     ev->owner.text = ev->payload;
@@ -673,7 +744,7 @@ static void push_data(lua_State *L, event_t *ev)
         lua_pushnil(L);
     if (lua_type(L, -1) == LUA_TUSERDATA || lua_type(L, -1) == LUA_TLIGHTUSERDATA) {
         lua_pushvalue(L, -1);
-        lua_setiuservalue(L, 1, UV_DATA);
+        set_uv(L, 1, ev, UV_DATA);
     }
 }
 
@@ -765,7 +836,7 @@ static int event_newindex(lua_State *L)
             return luaL_error(L, "invalid subject '%s'", s);
         /* The string itself is kept: it cannot change or move. */
         lua_pushvalue(L, 3);
-        lua_setiuservalue(L, 1, UV_SUBJECT);
+        set_uv(L, 1, ev, UV_SUBJECT);
         ev->subject = s;
         ev->subject_len = n;
         ev->subject_dirty = 1;
@@ -777,7 +848,7 @@ static int event_newindex(lua_State *L)
     json_tree_t *t = tree_of(L, 1, ev);
     if (strcmp(k, "data") == 0) {
         lua_pushnil(L);
-        lua_setiuservalue(L, 1, UV_DATA);
+        set_uv(L, 1, ev, UV_DATA);
         if (ev->mode == EVENT_RAW) {
             cJSON *v = lua_isnil(L, 3) ? NULL : json_from_lua(L, 3);
             json_owner_discard(&ev->owner, t->root);
@@ -830,7 +901,7 @@ static int event_tostring(lua_State *L)
 static void set_payload_top(lua_State *L, int idx, event_t *ev)
 {
     ev->out_payload = lua_tolstring(L, -1, &ev->out_payload_len);
-    lua_setiuservalue(L, idx, UV_OUT_PAYLOAD);
+    set_uv(L, idx, ev, UV_OUT_PAYLOAD);
 }
 
 /* Sets the payload to the JSON text of v (NULL prints as null). */
@@ -925,6 +996,58 @@ void event_bytes(lua_State *L, int idx, proto_msg_t *out)
     }
 }
 
+/* ---- handles ------------------------------------------------------------------ */
+
+#define REUSED_UV lua_upvalueindex(2)
+
+/* When the light userdata at 1 is an event handle, puts the reused event
+ * in its place and returns 1 (raising if the handle's event has ended);
+ * returns 0 for a JSON view. */
+static int handle_to_event(lua_State *L)
+{
+    json_owner_t *o;
+    if (json_light_kind(L, 1, &o) != JSON_LIGHT_OWNER)
+        return 0;
+    if (o != &((event_t *)lua_touserdata(L, REUSED_UV))->owner)
+        luaL_error(L, "this event's pipeline has ended; copy what you need from it while handling it");
+    lua_copy(L, REUSED_UV, 1);
+    return 1;
+}
+
+static int light_index(lua_State *L)
+{
+    return handle_to_event(L) ? event_index(L) : json_proxy_index(L);
+}
+
+static int light_newindex(lua_State *L)
+{
+    return handle_to_event(L) ? event_newindex(L) : json_proxy_newindex(L);
+}
+
+static int light_len(lua_State *L)
+{
+    if (handle_to_event(L))
+        return luaL_error(L, "attempt to get length of an event");
+    return json_proxy_len(L);
+}
+
+static int light_tostring(lua_State *L)
+{
+    json_owner_t *o;
+    if (json_light_kind(L, 1, &o) == JSON_LIGHT_OWNER && o != &((event_t *)lua_touserdata(L, REUSED_UV))->owner) {
+        lua_pushliteral(L, "event(expired)");
+        return 1;
+    }
+    return handle_to_event(L) ? event_tostring(L) : json_proxy_tostring(L);
+}
+
+static int light_pairs(lua_State *L)
+{
+    if (handle_to_event(L))
+        return luaL_error(L, "an event cannot be iterated (its data and headers can)");
+    return json_proxy_pairs(L);
+}
+
 void event_open(lua_State *L)
 {
     static const luaL_Reg ev_mt[] = {{"__newindex", event_newindex},
@@ -949,4 +1072,35 @@ void event_open(lua_State *L)
     lua_pushliteral(L, "headers");
     lua_setfield(L, -2, "__metatable");
     lua_pop(L, 1);
+
+    /* The pipeline's reused event, ended until event_push_pipeline. */
+    event_t *ev = lua_newuserdatauv(L, sizeof *ev, EVENT_NUV);
+    memset(ev, 0, sizeof *ev);
+    ev->expired = 1;
+    ev->owner.dead = 1;
+    ev->reusable = 1;
+    event_push_metatable(L);
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &reused_key);
+
+    /* Light userdata (one metatable for all of them): JSON views and the
+     * handle of the reused event.  Upvalues: the proxy metatable (as JSON
+     * proxies' and events' metamethods expect), the reused event. */
+    static const lua_CFunction light_fns[] = {light_index, light_newindex, light_len, light_tostring, light_pairs};
+    static const char *const light_names[] = {"__index", "__newindex", "__len", "__tostring", "__pairs"};
+    int reused = lua_gettop(L);
+    lua_newtable(L);
+    for (int i = 0; i < 5; i++) {
+        json_push_proxy_metatable(L);
+        lua_pushvalue(L, reused);
+        lua_pushcclosure(L, light_fns[i], 2);
+        lua_setfield(L, -2, light_names[i]);
+    }
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_pushlightuserdata(L, NULL);
+    lua_insert(L, -2);
+    lua_setmetatable(L, -2);
+    lua_settop(L, reused - 1);
 }

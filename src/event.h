@@ -40,6 +40,9 @@ typedef struct event {
     int depth; /* emit-chain depth: 0 for events from clients */
     int raw_is_json;
     union tape_block *pooled_tape; /* the payload's tokens, when not in a userdata (event.c) */
+    unsigned uv_set;  /* user values set (bits), for the pipeline's reused event */
+    uint32_t gen;     /* uses of this event object: 0 except for the reused one */
+    int reusable;     /* the pipeline's reused event (event_push_pipeline) */
     /* The message; borrowed unless event_push copied it.  A subject a
      * script set and re-encoded bytes are Lua strings the event keeps. */
     const char *subject;
@@ -73,6 +76,20 @@ event_t *event_push(lua_State *L, const proto_msg_t *m, int copy);
  * mt_idx (a pseudo-index such as an upvalue works), sparing the registry
  * lookup on the hot path; mt_idx 0 looks it up. */
 event_t *event_push_mt(lua_State *L, const proto_msg_t *m, int mt_idx);
+
+/*
+ * The event for the pipeline: pushes the event object (for C), then what
+ * scripts are given, and returns the event.  The object is the state's
+ * reused event (at reused_idx, from event_push_reused) and scripts get a
+ * handle of it: a light userdata, nothing to allocate or collect, that
+ * fails once the event has ended, as a kept event does.  While the reused
+ * one is in use, both are a new event as event_push_mt makes.  Either way
+ * event_expire_ptr ends it.
+ */
+event_t *event_push_pipeline(lua_State *L, const proto_msg_t *m, int mt_idx, int reused_idx);
+
+/* Pushes the state's reused event (for event_push_pipeline). */
+void event_push_reused(lua_State *L);
 
 /* Pushes the event metatable (for event_push_mt). */
 void event_push_metatable(lua_State *L);

@@ -40,14 +40,18 @@ typedef struct proxy {
  * finds it live only while the slot still holds that serial.  An object or
  * array of the tape is then a light userdata [serial:40][token:24]: no
  * allocation and nothing for the collector per view; one that has no token
- * (made by a write) is a small userdata with the serial.  Light userdata
- * share one metatable per state, the proxies'; no other light userdata
+ * (made by a write) is a small userdata with the serial.  With the token
+ * LIGHT_OWNER_TOK the light userdata is a handle of the owner itself (the
+ * event in the pipeline, see event.c).  Light userdata share one metatable
+ * per state (event_open's, which sends views here); no other light userdata
  * reaches scripts.  An owner that finds its slot taken (one still live after
  * LIGHT_SLOTS newer ones) keeps the ordinary proxies.  Loop thread only.
  */
 #define LIGHT_SLOTS 4096
 #define LIGHT_TOK_BITS 24
-#define LIGHT_TOK_MAX ((1u << LIGHT_TOK_BITS) - 1)
+#define LIGHT_TOK_MASK ((1u << LIGHT_TOK_BITS) - 1)
+#define LIGHT_OWNER_TOK LIGHT_TOK_MASK /* a handle: the owner itself */
+#define LIGHT_TOK_MAX (LIGHT_TOK_MASK - 1) /* the highest token of a view */
 #define LIGHT_SERIAL_MAX ((UINT64_C(1) << (64 - LIGHT_TOK_BITS)) - 1)
 #define NO_SERIAL UINT64_MAX /* released, or could not register */
 
@@ -80,6 +84,23 @@ static json_owner_t *light_owner(uint64_t serial)
 {
     size_t i = (size_t)(serial % LIGHT_SLOTS);
     return light_slot[i].serial == serial ? light_slot[i].owner : NULL;
+}
+
+int json_push_owner_handle(lua_State *L, json_owner_t *o)
+{
+    if (!light_register(o))
+        return 0;
+    lua_pushlightuserdata(L, (void *)(uintptr_t)(o->serial << LIGHT_TOK_BITS | LIGHT_OWNER_TOK));
+    return 1;
+}
+
+int json_light_kind(lua_State *L, int idx, json_owner_t **o)
+{
+    uint64_t v = (uint64_t)(uintptr_t)lua_touserdata(L, idx);
+    if ((v & LIGHT_TOK_MASK) != LIGHT_OWNER_TOK)
+        return JSON_LIGHT_VIEW;
+    *o = light_owner(v >> LIGHT_TOK_BITS);
+    return JSON_LIGHT_OWNER;
 }
 
 typedef struct document {
@@ -1094,7 +1115,7 @@ static proxy_t *live_proxy(lua_State *L, int idx, proxy_t *scratch, json_owner_t
         uint64_t v = (uint64_t)(uintptr_t)lua_touserdata(L, idx);
         p = scratch;
         p->serial = v >> LIGHT_TOK_BITS;
-        p->tok = (uint32_t)(v & LIGHT_TOK_MAX);
+        p->tok = (uint32_t)(v & LIGHT_TOK_MASK);
         p->node = NULL;
         o = p->owner = light_owner(p->serial);
         if (o && p->tok >= o->ntok)
@@ -1352,7 +1373,12 @@ static cJSON *from_lua(lua_State *L, int idx, int depth)
             break;
         }
         return table_value(L, idx, depth);
-    case LUA_TLIGHTUSERDATA: /* the only light userdata scripts see are views */
+    case LUA_TLIGHTUSERDATA: { /* views and event handles: the only light userdata scripts see */
+        json_owner_t *handle;
+        if (json_light_kind(L, idx, &handle) == JSON_LIGHT_OWNER)
+            luaL_error(L, "cannot encode an event as JSON (its data or raw bytes can be)");
+    }
+        /* FALLTHROUGH */
     case LUA_TUSERDATA:
         if (lua_type(L, idx) == LUA_TLIGHTUSERDATA || luaL_testudata(L, idx, PROXY_MT)) {
             /* A copy: e.data.a = e.data.b must not alias the two. */
@@ -1386,7 +1412,7 @@ static int child_owner_idx(lua_State *L, const json_owner_t *o)
     return lua_gettop(L);
 }
 
-static int proxy_index(lua_State *L)
+int json_proxy_index(lua_State *L)
 {
     json_owner_t *o;
     proxy_t scratch, *p = live_proxy(L, 1, &scratch, &o);
@@ -1435,7 +1461,7 @@ static int proxy_index(lua_State *L)
     return 1;
 }
 
-static int proxy_newindex(lua_State *L)
+int json_proxy_newindex(lua_State *L)
 {
     json_owner_t *o;
     proxy_t scratch, *p = tree_proxy(L, 1, &scratch, &o);
@@ -1471,7 +1497,7 @@ static int proxy_newindex(lua_State *L)
     return 0;
 }
 
-static int proxy_len(lua_State *L)
+int json_proxy_len(lua_State *L)
 {
     json_owner_t *o;
     proxy_t scratch, *p = live_proxy(L, 1, &scratch, &o);
@@ -1483,7 +1509,7 @@ static int proxy_len(lua_State *L)
     return 1;
 }
 
-static int proxy_tostring(lua_State *L)
+int json_proxy_tostring(lua_State *L)
 {
     proxy_t scratch, *p = tree_proxy(L, 1, &scratch, NULL);
     size_t n;
@@ -1508,7 +1534,7 @@ static int proxy_next(lua_State *L)
     return 2;
 }
 
-static int proxy_pairs(lua_State *L)
+int json_proxy_pairs(lua_State *L)
 {
     json_owner_t *o;
     proxy_t scratch, *p = live_proxy(L, 1, &scratch, &o);
@@ -1643,8 +1669,8 @@ static void new_metatable(lua_State *L, const void *key, const char *name, const
  * first json_push_proxy_metatable, whichever comes first). */
 static void open_proxy_metatable(lua_State *L)
 {
-    static const luaL_Reg proxy_mt[] = {{"__newindex", proxy_newindex}, {"__len", proxy_len},
-                                        {"__tostring", proxy_tostring},  {"__pairs", proxy_pairs},
+    static const luaL_Reg proxy_mt[] = {{"__newindex", json_proxy_newindex}, {"__len", json_proxy_len},
+                                        {"__tostring", json_proxy_tostring},  {"__pairs", json_proxy_pairs},
                                         {NULL, NULL}};
     if (lua_rawgetp(L, LUA_REGISTRYINDEX, &proxy_key) != LUA_TNIL) {
         lua_pop(L, 1);
@@ -1656,17 +1682,10 @@ static void open_proxy_metatable(lua_State *L)
      * without a registry lookup. */
     lua_rawgetp(L, LUA_REGISTRYINDEX, &proxy_key);
     lua_pushvalue(L, -1);
-    lua_pushcclosure(L, proxy_index, 1);
+    lua_pushcclosure(L, json_proxy_index, 1);
     lua_setfield(L, -2, "__index");
     /* luaL_testudata looks metatables up by name: register it so too. */
-    lua_pushvalue(L, -1);
     lua_setfield(L, LUA_REGISTRYINDEX, PROXY_MT);
-    /* Light userdata share one metatable: views are the only ones scripts
-     * see (see light_slot). */
-    lua_pushlightuserdata(L, NULL);
-    lua_insert(L, -2);
-    lua_setmetatable(L, -2);
-    lua_pop(L, 1);
 }
 
 void json_open(lua_State *L)

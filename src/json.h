@@ -138,6 +138,27 @@ void json_push_tok(lua_State *L, json_owner_t *o, uint32_t tok, int owner_idx);
  * registry), for callers that keep it at hand as an upvalue. */
 void json_push_tok_mt(lua_State *L, json_owner_t *o, uint32_t tok, int owner_idx, int mt_idx);
 
+/*
+ * Handles: a light userdata naming an owner released by its creator (the
+ * event in the pipeline), found again by json_light_kind while the owner
+ * lives.  Pushes o's handle and returns 1, or returns 0 (nothing pushed)
+ * when o cannot have one.
+ */
+int json_push_owner_handle(lua_State *L, json_owner_t *o);
+
+/* What the light userdata at idx is: a JSON view, or an owner handle (*o
+ * then the live owner, or NULL once it has ended). */
+enum { JSON_LIGHT_VIEW, JSON_LIGHT_OWNER };
+int json_light_kind(lua_State *L, int idx, json_owner_t **o);
+
+/* The metamethods of JSON values, for the light userdata metatable
+ * (event_open); their upvalue 1 must be the proxy metatable. */
+int json_proxy_index(lua_State *L);
+int json_proxy_newindex(lua_State *L);
+int json_proxy_len(lua_State *L);
+int json_proxy_tostring(lua_State *L);
+int json_proxy_pairs(lua_State *L);
+
 /* Pushes the metatable of JSON proxies, made now if json_open has not
  * run yet in this state (event_open comes first). */
 void json_push_proxy_metatable(lua_State *L);

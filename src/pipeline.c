@@ -663,15 +663,19 @@ int run_event(lua_State *L)
     proto_msg_t out;
     match_t *mt;
 
-    run->ev = event_push_mt(L, run->in, lua_upvalueindex(2));
-    /* run_one expires it on every path: its payload's views can be the
-     * kind that allocates nothing (json.c). */
-    run->ev->owner.released_by_owner = 1;
-    int ev_idx = lua_gettop(L);
-    /* Anchored in this closure's upvalue, so that it outlives an error
-     * unwinding this call: run_one expires it from there. */
-    lua_pushvalue(L, ev_idx);
-    lua_replace(L, lua_upvalueindex(1));
+    /* ev_idx: the event, for the C side; e_idx: what rules are given (a
+     * handle of the reused event, or the same event). */
+    run->ev = event_push_pipeline(L, run->in, lua_upvalueindex(2), lua_upvalueindex(3));
+    int e_idx = lua_gettop(L), ev_idx = e_idx - 1;
+    if (!run->ev->reusable) {
+        /* run_one ends it on every path: its payload's views can be the
+         * kind that allocates nothing (json.c). */
+        run->ev->owner.released_by_owner = 1;
+        /* Anchored in this closure's upvalue, so that it outlives an error
+         * unwinding this call: run_one ends it from there. */
+        lua_pushvalue(L, ev_idx);
+        lua_replace(L, lua_upvalueindex(1));
+    }
     run->ev->depth = run->depth;
     int tr = h->trace != NULL, td = run->depth;
     if (tr) {
@@ -688,7 +692,7 @@ int run_event(lua_State *L)
     /* 1. upgraders, chained: each takes the event from version v to v + 1. */
     if (script_upgrade_possible(st, run->in)) {
         rule_t *failed;
-        if (run_upgraders(L, st, ev_idx, &failed, td) < 0)
+        if (run_upgraders(L, st, e_idx, &failed, td) < 0)
             return fail_rule(L, run, "upgrade", failed);
     }
 
@@ -702,7 +706,7 @@ int run_event(lua_State *L)
         return luaL_error(L, "out of memory matching rules");
     for (size_t i = 0; i < mt->n[RULE_FILTER]; i++) {
         rule_t *r = mt->r[RULE_FILTER][i];
-        call_in_pipeline(run, r, ev_idx, "filter");
+        call_in_pipeline(run, r, e_idx, "filter");
         int keep = lua_toboolean(L, -1);
         lua_pop(L, 1);
         if (tr)
@@ -718,7 +722,7 @@ int run_event(lua_State *L)
     /* 3. routes: the first one that answers decides. */
     for (size_t i = 0; i < mt->n[RULE_ROUTE]; i++) {
         rule_t *r = mt->r[RULE_ROUTE][i];
-        call_in_pipeline(run, r, ev_idx, "route");
+        call_in_pipeline(run, r, e_idx, "route");
         int t = lua_type(L, -1);
         if (t == LUA_TNIL) {
             lua_pop(L, 1);
@@ -811,7 +815,7 @@ int run_event(lua_State *L)
         for (size_t i = 0; i < hm->n[RULE_HANDLER]; i++) {
             rule_t *r = hm->r[RULE_HANDLER][i];
             msgq_item_t *before = h->queue.tail;
-            int ok = script_call_rule(st, r, ev_idx) == LUA_OK;
+            int ok = script_call_rule(st, r, e_idx) == LUA_OK;
             if (tr) {
                 char list[600] = "";
                 for (msgq_item_t *e = before ? before->next : h->queue.head; e; e = e->next)
@@ -928,10 +932,14 @@ static void run_one(script_host_t *h, client_t *from, const proto_msg_t *m, int 
         lua_rawsetp(L, LUA_REGISTRYINDEX, &handled_event_key);
     }
     /* The event ends here, whatever a script kept of it. */
-    if (lua_getupvalue(L, RUN_EVENT_SLOT, 1) && lua_type(L, -1) == LUA_TUSERDATA)
-        event_expire_ptr(lua_touserdata(L, -1));
-    lua_pushnil(L);
-    lua_setupvalue(L, RUN_EVENT_SLOT, 1);
+    if (run.ev && run.ev->reusable) {
+        event_expire_ptr(run.ev);
+    } else {
+        if (lua_getupvalue(L, RUN_EVENT_SLOT, 1) && lua_type(L, -1) == LUA_TUSERDATA)
+            event_expire_ptr(lua_touserdata(L, -1));
+        lua_pushnil(L);
+        lua_setupvalue(L, RUN_EVENT_SLOT, 1);
+    }
     if (rc != LUA_OK && !run.failed)
         lua_gc(L, LUA_GCCOLLECT); /* out of memory outside a rule: collect now */
     if (run.stage)

@@ -141,7 +141,8 @@ static state_t *state_new(script_host_t *h, const script_limits_t *limits, char 
     lua_settop(L, 0);
     lua_pushnil(L);          /* upvalue 1: the event in the pipeline */
     event_push_metatable(L); /* upvalue 2: events' metatable, at hand */
-    lua_pushcclosure(L, run_event, 2); /* RUN_EVENT_SLOT */
+    event_push_reused(L);    /* upvalue 3: the reused event */
+    lua_pushcclosure(L, run_event, 3); /* RUN_EVENT_SLOT */
     return st;
 fail:
     snprintf(err, errsz, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "error while loading");

@@ -191,6 +191,25 @@ filter("keep.second", function(e)
   e.headers["X-Kept"] = table.concat(r, ",")
   return true
 end)
+local function err_text(f)
+  local ok, err = pcall(f)
+  return ok and "ok" or (tostring(err):gsub("^[^:]*:%d+: ", ""))
+end
+filter("handle.props", function(e)
+  local r = { tostring(e == e), tostring(e.data == e.data), tostring(e.data.list == e.data.list),
+    tostring(e.data.list == e.data), type(e), type(e.data), tostring(getmetatable(e)) }
+  r[#r + 1] = err_text(function() return #e end)
+  r[#r + 1] = err_text(function() for _ in pairs(e) do end end)
+  r[#r + 1] = err_text(function() return tide.json.encode(e) end)
+  r[#r + 1] = tide.json.encode(e.data)
+  HANDLE_E = e
+  e.headers["X-Props"] = table.concat(r, "|")
+  return true
+end)
+on("handle.after", function(e, ctx)
+  ctx.publish("handle.out", table.concat({ tostring(HANDLE_E), tostring(HANDLE_E == e),
+    err_text(function() ctx.publish("handle.out", HANDLE_E) end) }, "|"))
+end)
 filter("keep.written", function(e)
   -- views from before and after the first write (which builds the tree)
   local list = e.data.list
@@ -865,6 +884,22 @@ describe("an event kept past its pipeline", function()
     assert.are.equal(2, #msgs)
     assert.are.equal('{"data":{"a":1,"list":[5,6]}}', msgs[1].payload)
     assert.are.equal("ended,ended,ended,ended,ended,ended,ended,ended,ended,ended,1", header(msgs[2], "X-Kept"))
+    c:close()
+  end)
+
+  it("hands out the event and its JSON values as handles that compare equal, end with it and are not JSON", function()
+    local c = listener("handle.>")
+    publish("handle.props", '{"data":{"list":[1]}}')
+    publish("handle.after", "x")
+    local msgs = received(c)
+    assert.are.equal(3, #msgs)
+    assert.are.equal("true|true|true|false|userdata|userdata|false|attempt to get length of an event|" ..
+      "an event cannot be iterated (its data and headers can)|" ..
+      "cannot encode an event as JSON (its data or raw bytes can be)|" .. '{"list":[1]}',
+      header(msgs[1], "X-Props"))
+    assert.are.equal("handle.out", msgs[3].subject)
+    assert.are.equal("event(expired)|false|this event's pipeline has ended; copy what you need from it while handling it",
+      msgs[3].payload)
     c:close()
   end)
 
