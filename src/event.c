@@ -727,30 +727,39 @@ static int push_member(lua_State *L, int idx, event_t *ev, const char *key, size
     return lua_type(L, -1);
 }
 
-static void push_data(lua_State *L, event_t *ev)
+/* e.data of the event at self: kept, so that e.data == e.data (a view in
+ * ev->data_view, a userdata proxy in UV_DATA). */
+static void push_data(lua_State *L, int self, event_t *ev)
 {
-    if (lua_getiuservalue(L, 1, UV_DATA) != LUA_TNIL)
+    if (ev->data_view) {
+        lua_pushlightuserdata(L, ev->data_view);
+        return;
+    }
+    if (lua_getiuservalue(L, self, UV_DATA) != LUA_TNIL)
         return;
     lua_pop(L, 1);
     if (ev->mode != EVENT_RAW)
-        push_member(L, 1, ev, "data", 4);
+        push_member(L, self, ev, "data", 4);
     else if (ev->owner.tree && ev->owner.tree->root)
-        json_push(L, ev->owner.tree->root, 1);
+        json_push(L, ev->owner.tree->root, self);
     else if (ev->owner.tree)
         lua_pushnil(L);
     else if (ev->raw_is_json)
-        json_push_tok_mt(L, &ev->owner, 0, 1, PROXY_MT_UV);
+        json_push_tok_mt(L, &ev->owner, 0, self, PROXY_MT_UV);
     else
         lua_pushnil(L);
-    if (lua_type(L, -1) == LUA_TUSERDATA || lua_type(L, -1) == LUA_TLIGHTUSERDATA) {
+    int t = lua_type(L, -1);
+    if (t == LUA_TLIGHTUSERDATA) {
+        ev->data_view = lua_touserdata(L, -1);
+    } else if (t == LUA_TUSERDATA) {
         lua_pushvalue(L, -1);
-        set_uv(L, 1, ev, UV_DATA);
+        set_uv(L, self, ev, UV_DATA);
     }
 }
 
-static int event_index(lua_State *L)
+/* e[key] for the event ev at self (1, or where the reused event is). */
+static int event_get(lua_State *L, int self, event_t *ev)
 {
-    event_t *ev = check_live(L, 1);
     size_t kl;
     const char *k = luaL_checklstring(L, 2, &kl);
 
@@ -759,7 +768,7 @@ static int event_index(lua_State *L)
     case 3:
         if (!memcmp(k, "raw", 3)) {
             proto_msg_t m;
-            event_bytes(L, 1, &m);
+            event_bytes(L, self, &m);
             lua_pushlstring(L, m.payload, m.payload_len);
             return 1;
         }
@@ -779,25 +788,25 @@ static int event_index(lua_State *L)
             return 1;
         }
         if (!memcmp(k, "headers", 7)) {
-            push_headers_proxy(L, 1);
+            push_headers_proxy(L, self);
             return 1;
         }
         break;
     }
-    decode(L, 1, ev);
+    decode(L, self, ev);
     if (kl == 4 && !memcmp(k, "data", 4)) {
-        push_data(L, ev);
+        push_data(L, self, ev);
         return 1;
     }
     if (kl == 4 && !memcmp(k, "type", 4)) {
-        if (ev->mode == EVENT_RAW || push_member(L, 1, ev, "type", 4) != LUA_TSTRING) {
+        if (ev->mode == EVENT_RAW || push_member(L, self, ev, "type", 4) != LUA_TSTRING) {
             lua_settop(L, 2);
             lua_pushlstring(L, ev->subject, ev->subject_len);
         }
         return 1;
     }
     if (kl == 7 && !memcmp(k, "version", 7)) {
-        if (ev->mode == EVENT_RAW || push_member(L, 1, ev, "version", 7) != LUA_TNUMBER || !lua_isinteger(L, -1)) {
+        if (ev->mode == EVENT_RAW || push_member(L, self, ev, "version", 7) != LUA_TNUMBER || !lua_isinteger(L, -1)) {
             lua_settop(L, 2);
             lua_pushinteger(L, 1);
         }
@@ -810,10 +819,15 @@ static int event_index(lua_State *L)
     /* Other envelope attributes and extensions; e.ce_subject is the
      * envelope's own "subject" (e.subject is the NATS subject). */
     if (kl == 10 && !memcmp(k, "ce_subject", 10))
-        push_member(L, 1, ev, "subject", 7);
+        push_member(L, self, ev, "subject", 7);
     else
-        push_member(L, 1, ev, k, kl);
+        push_member(L, self, ev, k, kl);
     return 1;
+}
+
+static int event_index(lua_State *L)
+{
+    return event_get(L, 1, check_live(L, 1));
 }
 
 /* Sets root[key] = v, in place when the key exists (key order is kept);
@@ -847,6 +861,7 @@ static int event_newindex(lua_State *L)
     decode(L, 1, ev);
     json_tree_t *t = tree_of(L, 1, ev);
     if (strcmp(k, "data") == 0) {
+        ev->data_view = NULL;
         lua_pushnil(L);
         set_uv(L, 1, ev, UV_DATA);
         if (ev->mode == EVENT_RAW) {
@@ -1016,7 +1031,13 @@ static int handle_to_event(lua_State *L)
 
 static int light_index(lua_State *L)
 {
-    return handle_to_event(L) ? event_index(L) : json_proxy_index(L);
+    json_owner_t *o;
+    if (json_light_kind(L, 1, &o) != JSON_LIGHT_OWNER)
+        return json_proxy_index(L);
+    event_t *ev = lua_touserdata(L, REUSED_UV);
+    if (o != &ev->owner)
+        luaL_error(L, "this event's pipeline has ended; copy what you need from it while handling it");
+    return event_get(L, REUSED_UV, ev);
 }
 
 static int light_newindex(lua_State *L)

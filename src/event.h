@@ -41,6 +41,7 @@ typedef struct event {
     int raw_is_json;
     union tape_block *pooled_tape; /* the payload's tokens, when not in a userdata (event.c) */
     unsigned uv_set;  /* user values set (bits), for the pipeline's reused event */
+    void *data_view;  /* e.data when it is a light userdata view (json.c) */
     uint32_t gen;     /* uses of this event object: 0 except for the reused one */
     int reusable;     /* the pipeline's reused event (event_push_pipeline) */
     /* The message; borrowed unless event_push copied it.  A subject a

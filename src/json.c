@@ -471,6 +471,14 @@ SCAN_INLINE size_t string_stop(const unsigned char *s, size_t i, size_t len)
             return i + (size_t)__builtin_ctz(m);
         i += 16;
     }
+    if (i < len && len >= 16) {
+        /* The last bytes: the 16 that end the text, those before i masked. */
+        size_t base = len - 16;
+        __m128i v = _mm_loadu_si128((const __m128i *)(s + base));
+        __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, q), _mm_cmpeq_epi8(v, b)), _mm_cmpeq_epi8(v, z));
+        unsigned m = (unsigned)_mm_movemask_epi8(hit) >> (i - base);
+        return m ? i + (size_t)__builtin_ctz(m) : len;
+    }
 #endif
     while (i < len && s[i] != '"' && s[i] != '\\' && s[i] != 0)
         i++;
@@ -515,7 +523,7 @@ SCAN_INLINE int scan_string(scan_t *sc, size_t *i)
 }
 
 /* A number starting at s[*i] ('-' or a digit). */
-static int scan_number(scan_t *sc, size_t *i)
+SCAN_INLINE int scan_number(scan_t *sc, size_t *i)
 {
     const unsigned char *s = sc->s;
     size_t start = *i, run = start, p = start;
