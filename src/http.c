@@ -29,7 +29,6 @@
 #include "util.h"
 
 #define MAX_TAILS 64
-#define ACK_TIMEOUT 10 /* seconds an ingest request waits for its PubAcks */
 #define MAX_BATCH 10000
 
 /* An ingest request whose events a stream captures: answered once every
@@ -45,6 +44,7 @@ typedef struct ack_wait {
     int acap;
     int answers;
     int expected; /* -1 while publishing */
+    double timeout; /* seconds it waits for them (http { ack_timeout }) */
     struct event *timer;
     struct ack_wait *next;
 } ack_wait_t;
@@ -159,8 +159,8 @@ static void wait_finish(ack_wait_t *w, int timed_out)
     if (timed_out) {
         char msg[200];
         snprintf(msg, sizeof msg,
-                 "no PubAck within %d s (%d of %d): the event%s may or may not be stored; retry with the same ce-id",
-                 ACK_TIMEOUT, w->answers, w->expected, w->nevents == 1 ? "" : "s");
+                 "no PubAck within %g s (%d of %d): the event%s may or may not be stored; retry with the same ce-id",
+                 w->timeout, w->answers, w->expected, w->nevents == 1 ? "" : "s");
         reply_error(h, w->req, 504, "Gateway Timeout", msg);
         wait_free(w);
         return;
@@ -306,7 +306,8 @@ static int wait_start(ack_wait_t *w)
         wait_finish(w, 0);
         return 1;
     }
-    struct timeval tv = {ACK_TIMEOUT, 0};
+    w->timeout = script_http_ack_timeout(server_scripts(w->http->srv));
+    struct timeval tv = {(time_t)w->timeout, (suseconds_t)((w->timeout - (double)(time_t)w->timeout) * 1e6)};
     w->timer = evtimer_new(server_base(w->http->srv), on_wait_timeout, w);
     if (!w->timer || evtimer_add(w->timer, &tv) < 0) {
         wait_finish(w, 1);

@@ -470,6 +470,11 @@ int script_http_setting(const script_host_t *h, char *addr, size_t n)
     return 1;
 }
 
+double script_http_ack_timeout(const script_host_t *h)
+{
+    return h && h->cur && h->cur->http_ack_timeout > 0 ? h->cur->http_ack_timeout : 10;
+}
+
 int script_http_binary(const script_host_t *h, const char *subject, size_t len)
 {
     for (int i = 0; h->cur && i < h->cur->nhttp_binary; i++)

@@ -138,6 +138,10 @@ int script_http_setting(const script_host_t *h, char *addr, size_t n);
 /* True when http { binary = {...} } names a pattern subject matches. */
 int script_http_binary(const script_host_t *h, const char *subject, size_t len);
 
+/* http { ack_timeout }: seconds an ingest request waits for its PubAcks
+ * (10 unless set). */
+double script_http_ack_timeout(const script_host_t *h);
+
 /* True when the entry file said admin { eval = true }. */
 int script_admin_eval(const script_host_t *h);
 /* True while an event is in the pipeline (reload must wait). */

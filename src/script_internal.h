@@ -138,6 +138,7 @@ typedef struct state {
     char http_addr[256]; /* listen { http = "host:port" } */
     char *http_binary[32]; /* http { binary = {...} }: subjects HTTP events reach in binary mode */
     int nhttp_binary;
+    double http_ack_timeout; /* http { ack_timeout }: seconds, 0 for the default */
     int http_off;        /* listen { http = false } */
     char storage_dir[PATH_MAX]; /* storage { dir = ... }, resolved; "" when not said */
     stream_cfg_t streams[STATE_STREAMS_MAX];

@@ -166,13 +166,22 @@ int l_limits(lua_State *L)
 
 /* http { binary = { "order.>", ... } }: events posted over HTTP whose
  * subject matches go out in the CloudEvents NATS binding's binary mode
- * (ce-* headers, the data as payload) instead of as a JSON envelope. */
+ * (ce-* headers, the data as payload) instead of as a JSON envelope.
+ * http { ack_timeout = "10s" }: how long a request waits for the PubAcks
+ * of the events a stream captures before it is answered 504. */
 int l_http(lua_State *L)
 {
-    static const char *const known[] = {"binary", NULL};
+    static const char *const known[] = {"binary", "ack_timeout", NULL};
     state_t *st = state_of(L);
     luaL_checktype(L, 1, LUA_TTABLE);
     settings_check_keys(L, 1, "http", known);
+    if (lua_getfield(L, 1, "ack_timeout") != LUA_TNIL) {
+        double t = duration_field(L, 1, "ack_timeout", 0);
+        if (!(t >= 0.001 && t <= 3600))
+            return luaL_error(L, "http: ack_timeout must be between 1ms and 1h");
+        st->http_ack_timeout = t;
+    }
+    lua_pop(L, 1);
     if (lua_getfield(L, 1, "binary") != LUA_TNIL) {
         luaL_checktype(L, -1, LUA_TTABLE);
         int n = (int)luaL_len(L, -1);

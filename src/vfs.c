@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -28,7 +29,8 @@ static const char *const op_names[OP_N] = {"open", "write", "sync", "rename", "t
 typedef struct fault {
     int op;
     uint64_t from, to; /* call numbers, inclusive; to == UINT64_MAX: forever */
-    int err;           /* 0: power loss, -1: crash */
+    int err;           /* 0: power loss, -1: crash, -2: stall */
+    unsigned stall_ms; /* stall: how long the call waits before it runs */
 } fault_t;
 
 #define MAX_FAULTS 8
@@ -109,6 +111,17 @@ int vfs_init(char *err, size_t errsz)
                 goto bad;
             f.err = r[0] == 'p' ? 0 : -1;
             powerloss_armed |= f.err == 0;
+        } else if (!strncmp(r, "stall:", 6)) {
+            char *c2 = strchr(c1 + 1, ':'), *end;
+            int n;
+            if (!c2 || (f.op = parse_op(c1 + 1, (size_t)(c2 - c1 - 1))) < 0 || (n = parse_range(c2 + 1, &f)) < 0 ||
+                c2[1 + n] != ':')
+                goto bad;
+            unsigned long ms = strtoul(c2 + 2 + n, &end, 10);
+            if (end == c2 + 2 + n || *end || ms == 0 || ms > 600000)
+                goto bad;
+            f.err = -2;
+            f.stall_ms = (unsigned)ms;
         } else {
             if ((f.op = parse_op(r, (size_t)(c1 - r))) < 0)
                 goto bad;
@@ -120,7 +133,7 @@ int vfs_init(char *err, size_t errsz)
         continue;
     bad:
         snprintf(err, errsz, "TIDE_FAULT: cannot read '%s' (e.g. write:5:ENOSPC, sync:3+:EIO, "
-                 "write:5-40:ENOSPC, powerloss:write:120, crash:write:7)", r);
+                 "write:5-40:ENOSPC, powerloss:write:120, crash:write:7, stall:sync:2:3000)", r);
         free(copy);
         nfaults = 0;
         return -1;
@@ -198,8 +211,13 @@ static int fault_check(int op)
     pthread_mutex_lock(&mu);
     uint64_t n = ++calls[op];
     int e = 0;
+    unsigned stall = 0;
     for (int i = 0; i < nfaults; i++)
         if (faults[i].op == op && n >= faults[i].from && n <= faults[i].to) {
+            if (faults[i].err == -2) { /* a disk that hangs, then answers */
+                stall += faults[i].stall_ms;
+                continue;
+            }
             if (faults[i].err == 0)
                 power_loss();
             if (faults[i].err < 0) { /* the process dies; what it wrote stays (the page cache survives) */
@@ -209,6 +227,11 @@ static int fault_check(int op)
             e = faults[i].err;
         }
     pthread_mutex_unlock(&mu);
+    if (stall) {
+        struct timespec ts = {(time_t)(stall / 1000), (long)(stall % 1000) * 1000000L};
+        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+            ;
+    }
     return e;
 }
 

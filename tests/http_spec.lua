@@ -461,9 +461,9 @@ filter("order.ignored", function(e) return false end)
 end)
 
 describe("HTTP when the store fails", function()
-  local function faulty(fault)
+  local function faulty(fault, config)
     local dir = h.make_tmpdir()
-    h.write_file(dir .. "/tide.lua", 'stream "orders" { subjects = { "order.>" } }\n')
+    h.write_file(dir .. "/tide.lua", 'stream "orders" { subjects = { "order.>" } }\n' .. (config or ""))
     local port, hport = h.free_port(), h.free_port()
     local s = h.start_server { bin = "/usr/bin/env", port = port,
       cmd = { "TIDE_FAULT=" .. fault, h.bin, "serve", "-a", "127.0.0.1", "-p", tostring(port), "-c", dir .. "/tide.lua",
@@ -489,6 +489,37 @@ describe("HTTP when the store fails", function()
       local _, metrics = curl(b .. "/metrics")
       assert.matches('\ntide_stream_store_errors_total{stream="orders"} 1\n', metrics)
       assert.matches('\ntide_http_rejected_total 1\n', metrics)
+    end)
+    assert.are.equal("exited", (s:stop()))
+    h.remove_tmpdir(dir)
+    assert(ok, err)
+  end)
+
+  it("answers 504 when the PubAck does not come within http.ack_timeout, keeps serving, and stores the event once",
+    function()
+    -- every sync hangs 1.5 s; the request waits 0.3 s for its PubAck
+    local s, b, dir = faulty("stall:sync:1+:1500", 'http { ack_timeout = "300ms" }\n')
+    local ok, err = pcall(function()
+      local t0 = h.proc.now()
+      local code, body = curl(("-X POST %s/v1/publish/order.created -H 'Content-Type: application/json' -d '{\"n\":1}'")
+        :format(b))
+      local waited = h.proc.now() - t0
+      assert.are.equal(504, code, body)
+      assert.are.equal("no PubAck within 0.3 s (0 of 1): the event may or may not be stored; retry with the same ce-id",
+        json.decode(body).error.description)
+      assert.is_true(waited < 1.4, "answered after " .. waited .. " s, not at the timeout")
+      -- the loop is not the one waiting: other requests are answered at once
+      t0 = h.proc.now()
+      code = curl(b .. "/readyz")
+      assert.are.equal(200, code)
+      assert.is_true(h.proc.now() - t0 < 1, "/readyz took " .. (h.proc.now() - t0) .. " s")
+      -- once the disk answers, the event is there, once; the late PubAck goes nowhere
+      local st
+      assert.is_true(h.wait_until(function()
+        st = json.decode(select(2, curl(b .. "/v1/streams")))
+        return st[1].messages == 1
+      end, 10), "the event was not stored once the sync returned")
+      assert.are.equal(1, st[1].last_seq)
     end)
     assert.are.equal("exited", (s:stop()))
     h.remove_tmpdir(dir)
