@@ -20,6 +20,28 @@ describe("subjects", function()
     end
   end)
 
+  it("validates publish subjects as the rules say, for every short string", function()
+    -- the rules, written out: tokens between dots, none empty, none a lone
+    -- wildcard, no whitespace or NUL anywhere
+    local function rule(s)
+      if s == "" or s:find("[ \t\r\n%z]") then return false end
+      for tok in (s .. "."):gmatch("([^.]*)%.") do
+        if tok == "" or tok == "*" or tok == ">" then return false end
+      end
+      return true
+    end
+    local alphabet = { "a", ".", "*", ">", " ", "\t", "\r", "\n", "\0" }
+    local n = 0
+    local function each(prefix, left)
+      assert.are.equal(rule(prefix), core.valid_literal(prefix), ("%q"):format(prefix))
+      n = n + 1
+      if left == 0 then return end
+      for _, c in ipairs(alphabet) do each(prefix .. c, left - 1) end
+    end
+    each("", 5)
+    assert.are.equal(66430, n)
+  end)
+
   it("matches with the NATS wildcard rules", function()
     local t = {
       { "foo", "foo", true }, { "foo", "bar", false }, { "foo", "foo.bar", false },
