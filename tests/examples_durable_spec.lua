@@ -166,4 +166,58 @@ describe("examples/saga", function()
     end
     assert.equals(5, ask(srv.port, "stock.book").left)
   end)
+
+  -- TIDE_FAULT crash: the process dies just before its n-th write (what it
+  -- wrote stays, as after a kill -9), for every n that one saga makes,
+  -- start-up included.  After a restart (and the order sent again if its
+  -- PubAck never came) the saga ends once, with the stock taken once.
+  it("takes the stock once whatever write the server dies at", function()
+    local cuts, n, whole = 0, 0, false
+    local order = ce("c1", "order.placed", { order_id = "C-1", item = "book", qty = 2, amount = 40 })
+    local done = "order.placed inventory.reserved payment.charged shipping.scheduled order.completed"
+    repeat
+      n = n + 1
+      local dir = h.make_tmpdir("saga-crash")
+      local function serve(fault)
+        local port = h.free_port()
+        local cmd = { "serve", "-a", "127.0.0.1", "-p", tostring(port), "--no-http",
+                      "-c", h.root .. "/examples/saga/tide.lua", "--data", dir }
+        if fault then
+          table.insert(cmd, 1, h.bin)
+          table.insert(cmd, 1, "TIDE_FAULT=" .. fault)
+        end
+        srv = h.start_server { bin = fault and "/usr/bin/env" or nil, cmd = cmd, port = port }
+        return srv
+      end
+      whole = false -- the run made fewer than n writes
+      local started = pcall(serve, "crash:write:" .. n) -- (else it died at a start-up write)
+      if started then
+        pcall(h.request, srv.port, "order.placed", order, { timeout = 2 })
+        h.wait_until(function()
+          if not srv:alive() then return true end
+          local ok, evs = pcall(events, srv.port, "orders")
+          whole = ok and story(evs, "C-1") == done
+          return whole
+        end, 5)
+        if whole then
+          srv:stop()
+        else
+          assert.is_false(srv:alive(), "write " .. n .. ": the saga neither ended nor died")
+          assert.equals(98, srv.code)
+          cuts = cuts + 1
+        end
+      end
+      srv = nil
+      serve(nil)
+      publish(srv.port, "order.placed", order) -- stored now, or a duplicate of the stored one
+      assert.truthy(h.wait_until(function() return story(events(srv.port, "orders"), "C-1") == done end, 5),
+        "write " .. n .. ": the saga did not end: " .. story(events(srv.port, "orders"), "C-1"))
+      assert.equals(8, ask(srv.port, "stock.book").left, "write " .. n)
+      srv:stop()
+      srv = nil
+      h.remove_tmpdir(dir)
+    until whole or n == 200
+    assert.is_true(whole, "the saga still died after 200 writes")
+    assert.is_true(cuts >= 10, cuts .. " cuts")
+  end)
 end)
