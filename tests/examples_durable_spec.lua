@@ -30,6 +30,58 @@ local function events(port, stream)
   return assert(json.decode(m.payload), m.payload).events
 end
 
+-- For n = 1, 2, ...: starts the example with TIDE_FAULT crash:write:n (the
+-- process dies just before its n-th write, and what it wrote stays, as
+-- after a kill -9), runs work(port) on it unless it died starting, waits
+-- until it dies or until finished(port) says the work is done, then starts
+-- it again without the fault and calls check(port, n), which resends what
+-- may be missing and checks the outcome.  Stops at the first n the run
+-- needs fewer than n writes for; returns how many runs died.
+local function at_every_write(example, work, finished, check)
+  local cuts, n, whole = 0, 0, false
+  repeat
+    n = n + 1
+    whole = false
+    local dir = h.make_tmpdir("crash-" .. example)
+    local function serve(fault)
+      local port = h.free_port()
+      local cmd = { "serve", "-a", "127.0.0.1", "-p", tostring(port), "--no-http",
+                    "-c", h.root .. "/examples/" .. example .. "/tide.lua", "--data", dir }
+      if fault then
+        table.insert(cmd, 1, h.bin)
+        table.insert(cmd, 1, "TIDE_FAULT=" .. fault)
+      end
+      return h.start_server { bin = fault and "/usr/bin/env" or nil, cmd = cmd, port = port }
+    end
+    local started, srv = pcall(serve, "crash:write:" .. n) -- (else it died at a start-up write)
+    if started then
+      pcall(work, srv.port)
+      h.wait_until(function()
+        if not srv:alive() then return true end
+        local ok, done = pcall(finished, srv.port)
+        whole = ok and done
+        return whole
+      end, 5)
+      if whole then
+        srv:stop()
+      else
+        local alive = srv:alive()
+        if alive then srv:stop() end
+        assert.is_false(alive, "write " .. n .. ": the work neither ended nor died")
+        assert.equals(98, srv.code)
+        cuts = cuts + 1
+      end
+    end
+    srv = serve(nil)
+    local ok, err = pcall(check, srv.port, n)
+    srv:stop()
+    h.remove_tmpdir(dir)
+    assert(ok, err)
+  until whole or n == 300
+  assert.is_true(whole, "still dying after 300 writes")
+  return cuts
+end
+
 describe("examples/projection", function()
   local data, srv
   before_each(function() data = h.make_tmpdir("proj") end)
@@ -96,6 +148,33 @@ describe("examples/projection", function()
       return r and r.applied == last
     end, 10))
     assert.equals(30, ask(srv.port, "balance.get.K").balance)
+  end)
+
+  -- The server dies before each of the writes a few events make, start-up
+  -- included; after a restart (and the events sent again: the stream drops
+  -- the ones it has by their CloudEvents source and id) the balance counts
+  -- each event once.
+  it("counts each event once whatever write the server dies at", function()
+    local evs = { { "account.K.opened", ce("k0", "account.opened", { account = "K" }) } }
+    for i = 1, 3 do
+      evs[#evs + 1] = { "account.K.deposited", ce("k" .. i, "account.deposited", { account = "K", amount = 10 * i }) }
+    end
+    local function send(port)
+      for _, e in ipairs(evs) do h.request(port, e[1], e[2], { timeout = 2 }) end
+    end
+    local function balance_at(port, seq)
+      local r = ask(port, "balance.get.K")
+      return r and r.applied == seq and r.balance
+    end
+    local cuts = at_every_write("projection", send,
+      function(port) return balance_at(port, 4) == 60 end,
+      function(port, n)
+        for _, e in ipairs(evs) do publish(port, e[1], e[2]) end
+        assert.truthy(h.wait_until(function() return balance_at(port, 4) end, 5), "write " .. n .. ": not all applied")
+        assert.equals(60, balance_at(port, 4), "write " .. n)
+        assert.equals(4, #events(port, "accounts"), "write " .. n)
+      end)
+    assert.is_true(cuts >= 10, cuts .. " cuts")
   end)
 end)
 
@@ -167,57 +246,21 @@ describe("examples/saga", function()
     assert.equals(5, ask(srv.port, "stock.book").left)
   end)
 
-  -- TIDE_FAULT crash: the process dies just before its n-th write (what it
-  -- wrote stays, as after a kill -9), for every n that one saga makes,
-  -- start-up included.  After a restart (and the order sent again if its
-  -- PubAck never came) the saga ends once, with the stock taken once.
+  -- The server dies before each of the writes one saga makes, start-up
+  -- included; after a restart (and the order sent again if its PubAck never
+  -- came) the saga ends once, with the stock taken once.
   it("takes the stock once whatever write the server dies at", function()
-    local cuts, n, whole = 0, 0, false
     local order = ce("c1", "order.placed", { order_id = "C-1", item = "book", qty = 2, amount = 40 })
     local done = "order.placed inventory.reserved payment.charged shipping.scheduled order.completed"
-    repeat
-      n = n + 1
-      local dir = h.make_tmpdir("saga-crash")
-      local function serve(fault)
-        local port = h.free_port()
-        local cmd = { "serve", "-a", "127.0.0.1", "-p", tostring(port), "--no-http",
-                      "-c", h.root .. "/examples/saga/tide.lua", "--data", dir }
-        if fault then
-          table.insert(cmd, 1, h.bin)
-          table.insert(cmd, 1, "TIDE_FAULT=" .. fault)
-        end
-        srv = h.start_server { bin = fault and "/usr/bin/env" or nil, cmd = cmd, port = port }
-        return srv
-      end
-      whole = false -- the run made fewer than n writes
-      local started = pcall(serve, "crash:write:" .. n) -- (else it died at a start-up write)
-      if started then
-        pcall(h.request, srv.port, "order.placed", order, { timeout = 2 })
-        h.wait_until(function()
-          if not srv:alive() then return true end
-          local ok, evs = pcall(events, srv.port, "orders")
-          whole = ok and story(evs, "C-1") == done
-          return whole
-        end, 5)
-        if whole then
-          srv:stop()
-        else
-          assert.is_false(srv:alive(), "write " .. n .. ": the saga neither ended nor died")
-          assert.equals(98, srv.code)
-          cuts = cuts + 1
-        end
-      end
-      srv = nil
-      serve(nil)
-      publish(srv.port, "order.placed", order) -- stored now, or a duplicate of the stored one
-      assert.truthy(h.wait_until(function() return story(events(srv.port, "orders"), "C-1") == done end, 5),
-        "write " .. n .. ": the saga did not end: " .. story(events(srv.port, "orders"), "C-1"))
-      assert.equals(8, ask(srv.port, "stock.book").left, "write " .. n)
-      srv:stop()
-      srv = nil
-      h.remove_tmpdir(dir)
-    until whole or n == 200
-    assert.is_true(whole, "the saga still died after 200 writes")
+    local cuts = at_every_write("saga",
+      function(port) h.request(port, "order.placed", order, { timeout = 2 }) end,
+      function(port) return story(events(port, "orders"), "C-1") == done end,
+      function(port, n)
+        publish(port, "order.placed", order) -- stored now, or a duplicate of the stored one
+        assert.truthy(h.wait_until(function() return story(events(port, "orders"), "C-1") == done end, 5),
+          "write " .. n .. ": the saga did not end: " .. story(events(port, "orders"), "C-1"))
+        assert.equals(8, ask(port, "stock.book").left, "write " .. n)
+      end)
     assert.is_true(cuts >= 10, cuts .. " cuts")
   end)
 end)
