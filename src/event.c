@@ -10,6 +10,7 @@
 #include "util.h"
 
 #define EVENT_MT "tide.event"
+#define ENDED "this event's pipeline has ended; copy what you need from it while handling it"
 #define HEADERS_MT "tide.event.headers"
 
 /*
@@ -96,7 +97,7 @@ event_t *event_test(lua_State *L, int idx)
     lua_rawgetp(L, LUA_REGISTRYINDEX, &reused_key);
     event_t *ev = lua_touserdata(L, -1);
     if (!ev || o != &ev->owner)
-        luaL_error(L, "this event's pipeline has ended; copy what you need from it while handling it");
+        luaL_error(L, "%s", ENDED);
     lua_replace(L, idx);
     return ev;
 }
@@ -107,7 +108,7 @@ static event_t *check_live(lua_State *L, int idx)
 {
     event_t *ev = lua_touserdata(L, idx);
     if (ev->expired)
-        luaL_error(L, "this event's pipeline has ended; copy what you need from it while handling it");
+        luaL_error(L, "%s", ENDED);
     return ev;
 }
 
@@ -337,7 +338,7 @@ static event_t *headers_event(lua_State *L)
     lua_getiuservalue(L, 1, 1);
     event_t *ev = check_live(L, -1);
     if (ev->gen != *(uint32_t *)lua_touserdata(L, 1))
-        luaL_error(L, "this event's pipeline has ended; copy what you need from it while handling it");
+        luaL_error(L, "%s", ENDED);
     return ev;
 }
 
@@ -1015,6 +1016,16 @@ void event_bytes(lua_State *L, int idx, proto_msg_t *out)
 
 #define REUSED_UV lua_upvalueindex(2)
 
+/* The reused event, when a handle's owner o is its owner (the handle's
+ * event is the one in the pipeline); raises otherwise. */
+static event_t *handle_event(lua_State *L, const json_owner_t *o)
+{
+    event_t *ev = lua_touserdata(L, REUSED_UV);
+    if (o != &ev->owner)
+        luaL_error(L, "%s", ENDED);
+    return ev;
+}
+
 /* When the light userdata at 1 is an event handle, puts the reused event
  * in its place and returns 1 (raising if the handle's event has ended);
  * returns 0 for a JSON view. */
@@ -1023,21 +1034,18 @@ static int handle_to_event(lua_State *L)
     json_owner_t *o;
     if (json_light_kind(L, 1, &o) != JSON_LIGHT_OWNER)
         return 0;
-    if (o != &((event_t *)lua_touserdata(L, REUSED_UV))->owner)
-        luaL_error(L, "this event's pipeline has ended; copy what you need from it while handling it");
+    handle_event(L, o);
     lua_copy(L, REUSED_UV, 1);
     return 1;
 }
 
+/* The hot one: event fields are read with the reused event where it is. */
 static int light_index(lua_State *L)
 {
     json_owner_t *o;
     if (json_light_kind(L, 1, &o) != JSON_LIGHT_OWNER)
         return json_proxy_index(L);
-    event_t *ev = lua_touserdata(L, REUSED_UV);
-    if (o != &ev->owner)
-        luaL_error(L, "this event's pipeline has ended; copy what you need from it while handling it");
-    return event_get(L, REUSED_UV, ev);
+    return event_get(L, REUSED_UV, handle_event(L, o));
 }
 
 static int light_newindex(lua_State *L)

@@ -76,7 +76,8 @@ void json_tree_free(json_tree_t *t);
  * The part of an owner userdata that proxies see.  An owner reads through
  * its tape (text + tokens) until a tree is built; from then on through the
  * tree.  An owner that can be given a tree later (events) keeps the
- * userdata holding that tree in its user value JSON_OWNER_UV.
+ * userdata holding that tree in its user value JSON_OWNER_UV, unless it is
+ * released_by_owner: then the tree is C memory json_owner_release frees.
  */
 typedef struct json_owner {
     int dirty;  /* the tree was changed through a proxy */
