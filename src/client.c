@@ -1,4 +1,5 @@
 /* client.c - see client.h. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,13 +20,24 @@
 #define CLIENT_IO_CHUNK (256 * 1024)
 
 static void on_read(struct bufferevent *bev, void *arg);
+static void on_write(struct bufferevent *bev, void *arg);
 static void on_event(struct bufferevent *bev, short what, void *arg);
+
+/* Output was queued for c: have the loop write it (server_want_flush),
+ * unless the write event already waits for the socket. */
+static void output_queued(client_t *c)
+{
+    if (!(bufferevent_get_enabled(c->bev) & EV_WRITE))
+        server_want_flush(c->srv, c);
+}
 static void on_ping_timer(evutil_socket_t fd, short what, void *arg);
 
 static void send_raw(client_t *c, const char *s, size_t n)
 {
     if (evbuffer_add(bufferevent_get_output(c->bev), s, n) < 0)
         client_close(c, CLIENT_CLOSE_NOW, "out of memory");
+    else
+        output_queued(c);
 }
 
 #define SEND_LITERAL(c, s) send_raw((c), (s), sizeof(s) - 1)
@@ -60,7 +72,7 @@ client_t *client_new(server_t *srv, int fd, const char *ip, int port)
     }
     bufferevent_set_max_single_read(c->bev, CLIENT_IO_CHUNK);
     bufferevent_set_max_single_write(c->bev, CLIENT_IO_CHUNK);
-    bufferevent_setcb(c->bev, on_read, NULL, on_event, c);
+    bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
     if (o->ping_interval > 0) {
         struct timeval tv;
         tv.tv_sec = (time_t)o->ping_interval;
@@ -81,7 +93,7 @@ void client_start(client_t *c)
     char info[1024];
     server_build_info(c->srv, c, info, sizeof info);
     send_raw(c, info, strlen(info));
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    bufferevent_enable(c->bev, EV_READ); /* writes: client_flush */
 }
 
 static void sub_free(void *p)
@@ -102,6 +114,7 @@ void client_remove_sub(client_t *c, sub_t *s)
 
 void client_free(client_t *c)
 {
+    server_forget_flush(c->srv, c);
     sublist_t *sl = server_sublist(c->srv);
     for (size_t i = 0; i < c->subs.cap; i++)
         if (c->subs.slots[i].key)
@@ -113,6 +126,44 @@ void client_free(client_t *c)
     if (c->bev)
         bufferevent_free(c->bev);
     free(c);
+}
+
+/* Writes what the socket takes of c's output now.  A bufferevent keeps the
+ * front of its output frozen (only its own write callback drains it), so
+ * it is thawed for the write, as that callback does.  -1 on a socket error
+ * (errno), else 0. */
+static int write_now(client_t *c, struct evbuffer *out)
+{
+    evbuffer_unfreeze(out, 1);
+    errno = 0;
+    int n = evbuffer_write(out, bufferevent_getfd(c->bev));
+    int e = errno;
+    evbuffer_freeze(out, 1);
+    errno = e;
+    return n < 0 && e != EAGAIN && e != EINTR ? -1 : 0;
+}
+
+void client_flush(client_t *c)
+{
+    if (c->flags & CLIENT_CLOSING)
+        return; /* a closing client's output goes by the write event (client_close) */
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    if (evbuffer_get_length(out) == 0)
+        return;
+    if (write_now(c, out) < 0) {
+        client_close(c, CLIENT_CLOSE_NOW, "socket error");
+        return;
+    }
+    if (evbuffer_get_length(out) > 0)
+        bufferevent_enable(c->bev, EV_WRITE); /* the rest once the socket takes it */
+}
+
+/* The write event wrote everything: back to writing from client_flush. */
+static void on_write(struct bufferevent *bev, void *arg)
+{
+    (void)arg;
+    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+        bufferevent_disable(bev, EV_WRITE);
 }
 
 static void on_drained(struct bufferevent *bev, void *arg)
@@ -483,6 +534,7 @@ int client_deliver(client_t *c, const sub_t *sub, const proto_msg_t *m)
     *w++ = '\n';
     v.iov_len = (size_t)(w - (char *)v.iov_base);
     evbuffer_commit_space(out, &v, 1);
+    output_queued(c);
     c->out_msgs++;
 
     server_stats_t *st = server_stats_mut(c->srv);
@@ -493,7 +545,7 @@ int client_deliver(client_t *c, const sub_t *sub, const proto_msg_t *m)
         /* A burst from one big read can pass the limit before the loop gets
          * to write; only a socket that will not take the bytes makes a slow
          * consumer, so try to write first. */
-        evbuffer_write(out, bufferevent_getfd(c->bev));
+        write_now(c, out); /* an error shows on the next read */
         pending = evbuffer_get_length(out);
     }
     if (pending > server_get_opts(c->srv)->max_pending) {

@@ -27,6 +27,7 @@ enum client_flags {
     CLIENT_CLOSING = 1 << 6,
     CLIENT_FREE_SCHEDULED = 1 << 7,
     CLIENT_ACTIVE = 1 << 8,        /* sent something since the last ping tick */
+    CLIENT_FLUSH_PENDING = 1 << 9, /* on the server's list of output to write */
 };
 
 typedef struct client {
@@ -46,6 +47,7 @@ typedef struct client {
     uint64_t in_msgs, out_msgs;
     struct client *prev, *next; /* the server's list of live clients */
     struct client *next_dead;   /* the server's list of clients to free */
+    struct client *flush_prev, *flush_next; /* the server's list of output to write */
 } client_t;
 
 /* Takes ownership of fd (a connected socket) and sends INFO.  Returns NULL on failure (fd closed). */
@@ -86,5 +88,17 @@ server_stats_t *server_stats_mut(server_t *s);
 void server_schedule_free(server_t *s, client_t *c);
 void server_build_info(server_t *s, client_t *c, char *out, size_t outsz);
 void server_unlink_client(server_t *s, client_t *c);
+
+/*
+ * Output is written by the loop once the callback that queued it returns
+ * (a burst of deliveries becomes one write per client), straight to the
+ * socket: the bufferevent's write event is armed only for what the socket
+ * did not take.  server_want_flush puts c on the list of clients with
+ * output to write; server_forget_flush takes it off (client_free does).
+ * client_flush writes c's output.
+ */
+void server_want_flush(server_t *s, client_t *c);
+void server_forget_flush(server_t *s, client_t *c);
+void client_flush(client_t *c);
 
 #endif

@@ -31,6 +31,8 @@ struct server {
     struct evconnlistener *listener;
     struct event *sig_int, *sig_term;
     struct event *reaper;        /* frees closed clients outside their callbacks */
+    struct event *flusher;       /* writes queued output once the callback that queued it returns */
+    client_t *flush;             /* clients with output to write (client.h) */
     struct event *shutdown_timer;
     sublist_t *subs;
     client_t *clients;           /* live clients */
@@ -76,6 +78,7 @@ static void make_id(char out[23])
 }
 
 static void on_reap(evutil_socket_t fd, short what, void *arg);
+static void on_flush(evutil_socket_t fd, short what, void *arg);
 static void on_signal(evutil_socket_t sig, short what, void *arg);
 
 server_t *server_new(const server_opts_t *opts)
@@ -92,9 +95,10 @@ server_t *server_new(const server_opts_t *opts)
     if (!s->base || !s->subs)
         goto fail;
     s->reaper = event_new(s->base, -1, 0, on_reap, s);
+    s->flusher = event_new(s->base, -1, 0, on_flush, s);
     s->sig_int = evsignal_new(s->base, SIGINT, on_signal, s);
     s->sig_term = evsignal_new(s->base, SIGTERM, on_signal, s);
-    if (!s->reaper || !s->sig_int || !s->sig_term)
+    if (!s->reaper || !s->flusher || !s->sig_int || !s->sig_term)
         goto fail;
     event_add(s->sig_int, NULL);
     event_add(s->sig_term, NULL);
@@ -129,6 +133,8 @@ void server_free(server_t *s)
         evconnlistener_free(s->listener);
     if (s->reaper)
         event_free(s->reaper);
+    if (s->flusher)
+        event_free(s->flusher);
     if (s->sig_int)
         event_free(s->sig_int);
     if (s->sig_term)
@@ -224,6 +230,46 @@ void server_schedule_free(server_t *s, client_t *c)
     c->next_dead = s->dead;
     s->dead = c;
     event_active(s->reaper, EV_TIMEOUT, 0);
+}
+
+void server_want_flush(server_t *s, client_t *c)
+{
+    if (c->flags & (CLIENT_FLUSH_PENDING | CLIENT_CLOSING))
+        return;
+    c->flags |= CLIENT_FLUSH_PENDING;
+    c->flush_prev = NULL;
+    c->flush_next = s->flush;
+    if (s->flush)
+        s->flush->flush_prev = c;
+    else
+        event_active(s->flusher, EV_TIMEOUT, 0);
+    s->flush = c;
+}
+
+void server_forget_flush(server_t *s, client_t *c)
+{
+    if (!(c->flags & CLIENT_FLUSH_PENDING))
+        return;
+    c->flags &= ~CLIENT_FLUSH_PENDING;
+    if (c->flush_prev)
+        c->flush_prev->flush_next = c->flush_next;
+    else
+        s->flush = c->flush_next;
+    if (c->flush_next)
+        c->flush_next->flush_prev = c->flush_prev;
+    c->flush_prev = c->flush_next = NULL;
+}
+
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    server_t *s = arg;
+    (void)fd;
+    (void)what;
+    while (s->flush) {
+        client_t *c = s->flush;
+        server_forget_flush(s, c);
+        client_flush(c); /* may close c (a write error): it is off the list already */
+    }
 }
 
 static void on_reap(evutil_socket_t fd, short what, void *arg)
