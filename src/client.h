@@ -32,7 +32,9 @@ enum client_flags {
 
 typedef struct client {
     server_t *srv;
-    struct bufferevent *bev;
+    struct bufferevent *bev;    /* the socket, and what is queued to write to it */
+    struct event *read_ev;      /* reads go around the bufferevent (client.c) */
+    struct evbuffer *in;        /* read, not parsed yet */
     uint64_t id;
     int flags;
     char ip[64];
