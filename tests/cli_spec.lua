@@ -66,6 +66,7 @@ describe("tide command line", function()
     it("exits 0 on SIG" .. sig .. " after flushing and removes its pid file", function()
       local pidfile = h.tmpdir .. "/tide-cli-" .. sig .. ".pid"
       local s = h.start_server { args = { "-P", pidfile } }
+      finally(function() s:stop() end) -- (a no-op once the test has stopped it)
       -- written once start-up is done, which can be after the port accepts
       local f = assert(h.wait_until(function() return io.open(pidfile) end, 10), "no pid file")
       assert.are.equal(s.pid, tonumber(f:read("l")))
