@@ -36,7 +36,8 @@
 static const char event_key = 'e', reused_key = 'r';
 
 /* Sets user value n of the event ev at idx to the value on top (popped),
- * noting it for event_end. */
+ * noting it, so that event_push_pipeline clears it before the event object
+ * is used again. */
 static void set_uv(lua_State *L, int idx, event_t *ev, int n)
 {
     lua_setiuservalue(L, idx, n);
@@ -723,7 +724,7 @@ static int push_member(lua_State *L, int idx, event_t *ev, const char *key, size
             lua_pushnil(L);
             return LUA_TNIL;
         }
-        json_push_tok_mt(L, &ev->owner, t, idx, PROXY_MT_UV);
+        json_push_tok(L, &ev->owner, t, idx, PROXY_MT_UV);
     }
     return lua_type(L, -1);
 }
@@ -746,7 +747,7 @@ static void push_data(lua_State *L, int self, event_t *ev)
     else if (ev->owner.tree)
         lua_pushnil(L);
     else if (ev->raw_is_json)
-        json_push_tok_mt(L, &ev->owner, 0, self, PROXY_MT_UV);
+        json_push_tok(L, &ev->owner, 0, self, PROXY_MT_UV);
     else
         lua_pushnil(L);
     int t = lua_type(L, -1);
@@ -1063,11 +1064,14 @@ static int light_len(lua_State *L)
 static int light_tostring(lua_State *L)
 {
     json_owner_t *o;
-    if (json_light_kind(L, 1, &o) == JSON_LIGHT_OWNER && o != &((event_t *)lua_touserdata(L, REUSED_UV))->owner) {
-        lua_pushliteral(L, "event(expired)");
+    if (json_light_kind(L, 1, &o) != JSON_LIGHT_OWNER)
+        return json_proxy_tostring(L);
+    if (o != &((event_t *)lua_touserdata(L, REUSED_UV))->owner) {
+        lua_pushliteral(L, "event(expired)"); /* as for a kept event object */
         return 1;
     }
-    return handle_to_event(L) ? event_tostring(L) : json_proxy_tostring(L);
+    lua_copy(L, REUSED_UV, 1);
+    return event_tostring(L);
 }
 
 static int light_pairs(lua_State *L)

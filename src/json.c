@@ -777,12 +777,7 @@ static void push_number_text(lua_State *L, const char *s, size_t n)
 
 static void push_proxy(lua_State *L, json_owner_t *o, cJSON *node, uint32_t tok, int owner_idx, int mt_idx);
 
-void json_push_tok(lua_State *L, json_owner_t *o, uint32_t tok, int owner_idx)
-{
-    json_push_tok_mt(L, o, tok, owner_idx, 0);
-}
-
-void json_push_tok_mt(lua_State *L, json_owner_t *o, uint32_t tok, int owner_idx, int mt_idx)
+void json_push_tok(lua_State *L, json_owner_t *o, uint32_t tok, int owner_idx, int mt_idx)
 {
     const json_tok_t *t = &o->tape[tok];
     switch (t->type) {
@@ -1058,7 +1053,7 @@ void json_push_proxy_metatable(lua_State *L)
 {
     if (lua_rawgetp(L, LUA_REGISTRYINDEX, &proxy_key) == LUA_TNIL) {
         lua_pop(L, 1);
-        open_proxy_metatable(L);
+        open_proxy_metatable(L); /* first use in this state */
         lua_rawgetp(L, LUA_REGISTRYINDEX, &proxy_key);
     }
 }
@@ -1448,7 +1443,7 @@ int json_proxy_index(lua_State *L)
         int ct = o->tape[child].type, oi = 0;
         if (ct == JSON_TOK_OBJECT || ct == JSON_TOK_ARRAY)
             oi = child_owner_idx(L, o);
-        json_push_tok_mt(L, o, child, oi, lua_upvalueindex(1));
+        json_push_tok(L, o, child, oi, lua_upvalueindex(1));
         return 1;
     }
     cJSON *child = NULL;
@@ -1673,18 +1668,12 @@ static void new_metatable(lua_State *L, const void *key, const char *name, const
     lua_rawsetp(L, LUA_REGISTRYINDEX, key);
 }
 
-/* The proxies' metatable, made once per state (by json_open or by the
- * first json_push_proxy_metatable, whichever comes first). */
+/* Makes the proxies' metatable (once per state: json_push_proxy_metatable). */
 static void open_proxy_metatable(lua_State *L)
 {
     static const luaL_Reg proxy_mt[] = {{"__newindex", json_proxy_newindex}, {"__len", json_proxy_len},
                                         {"__tostring", json_proxy_tostring},  {"__pairs", json_proxy_pairs},
                                         {NULL, NULL}};
-    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &proxy_key) != LUA_TNIL) {
-        lua_pop(L, 1);
-        return;
-    }
-    lua_pop(L, 1);
     new_metatable(L, &proxy_key, "json", proxy_mt);
     /* __index has the metatable as its upvalue: nested proxies are made
      * without a registry lookup. */
@@ -1700,7 +1689,8 @@ void json_open(lua_State *L)
 {
     static const luaL_Reg doc_mt[] = {{"__gc", document_gc}, {NULL, NULL}};
     json_init();
-    open_proxy_metatable(L);
+    json_push_proxy_metatable(L); /* made here unless event_open made it */
+    lua_pop(L, 1);
     new_metatable(L, &doc_key, "json document", doc_mt);
     /* The array mark is shared by every tide.array(): locked like the rest
      * (a script must not reach it, e.g. to add a __gc). */

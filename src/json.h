@@ -131,13 +131,10 @@ long json_scan(const char *text, size_t len, json_tok_t *tok, uint32_t cap);
  * JSON_NO_TOK.  Keys compare as cJSON compares them (up to a NUL). */
 uint32_t json_tape_member(const json_owner_t *o, uint32_t obj, const char *key, size_t klen);
 
-/* Pushes the Lua value of token tok (objects and arrays: proxies tied to
- * the owner at owner_idx). */
-void json_push_tok(lua_State *L, json_owner_t *o, uint32_t tok, int owner_idx);
-
-/* The same, with the proxy metatable at mt_idx (0: looked up in the
- * registry), for callers that keep it at hand as an upvalue. */
-void json_push_tok_mt(lua_State *L, json_owner_t *o, uint32_t tok, int owner_idx, int mt_idx);
+/* Pushes the Lua value of token tok: objects and arrays are views of owner
+ * o, or proxies tied to the owner's userdata at owner_idx; mt_idx is where
+ * the proxy metatable is at hand (an upvalue), 0 to look it up. */
+void json_push_tok(lua_State *L, json_owner_t *o, uint32_t tok, int owner_idx, int mt_idx);
 
 /*
  * Handles: a light userdata naming an owner released by its creator (the

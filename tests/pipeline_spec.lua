@@ -170,23 +170,28 @@ end)
 on("ren.b", function(e, ctx) ctx.publish("ren.seen", e.subject) end)
 on("ren.a", function(e, ctx) ctx.publish("ren.seen", "handler of ren.a") end)
 
--- keeping e past its pipeline
+-- keeping e past its pipeline: what each of fns does ("ok", "ended" when it
+-- raised that the pipeline has ended, else the error)
+local function outcomes(fns)
+  local r = {}
+  for _, f in ipairs(fns) do
+    local ok, err = pcall(f)
+    r[#r + 1] = ok and "ok" or (tostring(err):find("pipeline has ended", 1, true) and "ended" or tostring(err))
+  end
+  return r
+end
 filter("keep.first", function(e)
   KEPT_E, KEPT_D, KEPT_L, KEPT_H = e, e.data, e.data.list, e.headers
   KEPT_DOC = tide.json.decode('{"a":[1]}')
   return true
 end)
 filter("keep.second", function(e)
-  local r = {}
-  for _, f in ipairs {
+  local r = outcomes {
     function() return KEPT_E.subject end, function() return KEPT_E.raw end, function() KEPT_E.data = 1 end,
     function() return KEPT_H.X end, function() return KEPT_D.a end, function() KEPT_D.a = 2 end,
     function() return KEPT_L[1] end, function() return #KEPT_L end,
     function() for _ in pairs(KEPT_D) do end end, function() return tostring(KEPT_D) end,
-  } do
-    local ok, err = pcall(f)
-    r[#r + 1] = ok and "ok" or (tostring(err):find("pipeline has ended", 1, true) and "ended" or tostring(err))
-  end
+  }
   r[#r + 1] = tostring(KEPT_DOC.a[1])
   e.headers["X-Kept"] = table.concat(r, ",")
   return true
@@ -202,6 +207,7 @@ filter("handle.props", function(e)
   r[#r + 1] = err_text(function() for _ in pairs(e) do end end)
   r[#r + 1] = err_text(function() return tide.json.encode(e) end)
   r[#r + 1] = tide.json.encode(e.data)
+  r[#r + 1] = tostring(e)
   HANDLE_E = e
   e.headers["X-Props"] = table.concat(r, "|")
   return true
@@ -218,15 +224,11 @@ filter("keep.written", function(e)
   return true
 end)
 filter("keep.after", function(e)
-  local r = {}
-  for _, f in ipairs {
+  local r = outcomes {
     function() return KEPT_W[1][1] end, function() return #KEPT_W[2] end, function() return KEPT_W[3].a end,
     function() KEPT_W[4][1] = 3 end, function() return tostring(KEPT_W[1]) end,
     function() return tide.json.encode(KEPT_W[3]) end, function() e.data = KEPT_W[2] end,
-  } do
-    local ok, err = pcall(f)
-    r[#r + 1] = ok and "ok" or (tostring(err):find("pipeline has ended", 1, true) and "ended" or tostring(err))
-  end
+  }
   e.headers["X-Kept"] = table.concat(r, ",")
   return true
 end)
@@ -895,7 +897,8 @@ describe("an event kept past its pipeline", function()
     assert.are.equal(3, #msgs)
     assert.are.equal("true|true|true|false|userdata|userdata|false|attempt to get length of an event|" ..
       "an event cannot be iterated (its data and headers can)|" ..
-      "cannot encode an event as JSON (its data or raw bytes can be)|" .. '{"list":[1]}',
+      "cannot encode an event as JSON (its data or raw bytes can be)|" .. '{"list":[1]}|' ..
+      'event(handle.props) {"data":{"list":[1]}}',
       header(msgs[1], "X-Props"))
     assert.are.equal("handle.out", msgs[3].subject)
     assert.are.equal("event(expired)|false|this event's pipeline has ended; copy what you need from it while handling it",
