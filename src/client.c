@@ -77,9 +77,7 @@ client_t *client_new(server_t *srv, int fd, const char *ip, int port)
     if (!c->in || !c->read_ev)
         goto fail;
     if (o->ping_interval > 0) {
-        struct timeval tv;
-        tv.tv_sec = (time_t)o->ping_interval;
-        tv.tv_usec = (suseconds_t)((o->ping_interval - (double)tv.tv_sec) * 1e6);
+        struct timeval tv = util_timeval(o->ping_interval);
         c->ping_timer = event_new(server_base(srv), -1, EV_PERSIST, on_ping_timer, c);
         if (!c->ping_timer)
             goto fail;
@@ -198,9 +196,7 @@ void client_close(client_t *c, int how, const char *reason)
         event_del(c->ping_timer);
     if (how == CLIENT_CLOSE_FLUSH && evbuffer_get_length(bufferevent_get_output(c->bev)) > 0) {
         const server_opts_t *o = server_get_opts(c->srv);
-        struct timeval tv;
-        tv.tv_sec = (time_t)o->write_deadline;
-        tv.tv_usec = (suseconds_t)((o->write_deadline - (double)tv.tv_sec) * 1e6);
+        struct timeval tv = util_timeval(o->write_deadline);
         /* The write callback fires once the output drains; a stalled reader
          * hits the write timeout instead (on_event). */
         bufferevent_setcb(c->bev, NULL, on_drained, on_event, c);

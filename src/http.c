@@ -307,7 +307,7 @@ static int wait_start(ack_wait_t *w)
         return 1;
     }
     w->timeout = script_http_ack_timeout(server_scripts(w->http->srv));
-    struct timeval tv = {(time_t)w->timeout, (suseconds_t)((w->timeout - (double)(time_t)w->timeout) * 1e6)};
+    struct timeval tv = util_timeval(w->timeout);
     w->timer = evtimer_new(server_base(w->http->srv), on_wait_timeout, w);
     if (!w->timer || evtimer_add(w->timer, &tv) < 0) {
         wait_finish(w, 1);

@@ -20,6 +20,7 @@
 #include "crc32c.h"
 #include "dict.h"
 #include "log.h"
+#include "util.h"
 #include "vfs.h"
 
 #define SEG_MAGIC "TIDESEG1"
@@ -1366,7 +1367,7 @@ slog_t *slog_open(const char *dir, const slog_opts_t *o, struct event_base *base
     l->have_thread = 1;
     event_add(l->sync_ev, NULL);
     double iv = l->o.fsync == FSYNC_INTERVAL && l->o.sync_interval > 0 && l->o.sync_interval < 1 ? l->o.sync_interval : 1;
-    struct timeval tv = {(time_t)iv, (suseconds_t)((iv - (double)(time_t)iv) * 1e6)};
+    struct timeval tv = util_timeval(iv);
     event_add(l->tick_ev, &tv);
     return l;
 fail:

@@ -9,6 +9,14 @@
 
 #include "util.h"
 
+struct timeval util_timeval(double seconds)
+{
+    struct timeval tv;
+    tv.tv_sec = (time_t)seconds;
+    tv.tv_usec = (suseconds_t)((seconds - (double)tv.tv_sec) * 1e6);
+    return tv;
+}
+
 char *mem_dup(const void *p, size_t n)
 {
     char *d = malloc(n + 1);

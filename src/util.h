@@ -4,6 +4,10 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/time.h>
+
+/* seconds (0 or more) as a struct timeval, for libevent timers. */
+struct timeval util_timeval(double seconds);
 
 /*
  * Copies exactly n bytes of p into a new NUL-terminated buffer (caller
