@@ -506,6 +506,27 @@ describe("slow consumers", function()
   end)
 end)
 
+describe("a burst past max_pending to a subscriber that reads", function()
+  -- One read holds 60 KB of messages for a subscriber allowed 16 KB
+  -- pending: the server writes to its socket before calling it slow, and
+  -- the socket takes them.
+  it("is delivered whole, not cut off as a slow consumer", function()
+    local s = h.start_server { args = { "--max-pending", "16384" } }
+    local sub = h.connect(s.port)
+    sub:send("SUB b.x 1\r\n")
+    assert(sub:ping())
+    local pub = h.connect(s.port)
+    local frame = "PUB b.x 1000\r\n" .. string.rep("b", 1000) .. "\r\n"
+    assert(pub:send(string.rep(frame, 60)))
+    assert(pub:ping(5))
+    assert.are.equal(60, #sub:collect(60, 5))
+    assert.is_nil(s:log():match("slow consumer"))
+    sub:close()
+    pub:close()
+    assert.are.equal("exited", (s:stop()))
+  end)
+end)
+
 describe("keepalive", function()
   local s3
   setup(function()
