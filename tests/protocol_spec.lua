@@ -512,6 +512,7 @@ describe("a burst past max_pending to a subscriber that reads", function()
   -- the socket takes them.
   it("is delivered whole, not cut off as a slow consumer", function()
     local s = h.start_server { args = { "--max-pending", "16384" } }
+    finally(function() s:stop() end) -- (a no-op once the test has stopped it)
     local sub = h.connect(s.port)
     sub:send("SUB b.x 1\r\n")
     assert(sub:ping())
