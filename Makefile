@@ -18,13 +18,18 @@ WARN     = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-
 OPT     ?= -O2 -g
 SAN     ?=
 PKGS     = libevent_core libevent_extra lua5.4 libcjson
-CFLAGS  += $(CSTD) $(WARN) $(OPT) $(SAN) -fPIC $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+CFLAGS  += $(CSTD) $(WARN) $(OPT) $(SAN) $(INCS) -fPIC $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lreadline -lm
 LDFLAGS += $(SAN)
 
-CORE_SRC = $(filter-out src/main.c src/luamod.c, $(wildcard src/*.c))
+# src/ has one folder per layer (docs/architecture.md): base, core, store,
+# script, app.  Each may call only the layers before it in that list;
+# scripts/layer-check.sh reads the built objects and enforces it.
+LAYERS   = base core store script app
+INCS     = $(LAYERS:%=-Isrc/%)
+CORE_SRC = $(filter-out src/app/main.c src/app/luamod.c, $(foreach l,$(LAYERS),$(wildcard src/$(l)/*.c)))
 CORE_OBJ = $(CORE_SRC:src/%.c=$(BUILD)/obj/%.o)
-HDRS     = $(wildcard src/*.h)
+HDRS     = $(foreach l,$(LAYERS),$(wildcard src/$(l)/*.h))
 
 TIDE     = $(BUILD)/tide
 LIBTIDE  = $(BUILD)/libtide.a
@@ -50,10 +55,10 @@ $(LIBTIDE): $(CORE_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(TIDE): $(BUILD)/obj/main.o $(LIBTIDE)
+$(TIDE): $(BUILD)/obj/app/main.o $(LIBTIDE)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(LUAMOD): $(BUILD)/obj/luamod.o $(LIBTIDE)
+$(LUAMOD): $(BUILD)/obj/app/luamod.o $(LIBTIDE)
 	$(CC) $(LDFLAGS) -shared -o $@ $^ $(LDLIBS)
 
 $(PROCMOD): tests/support/procmod.c

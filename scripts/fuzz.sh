@@ -11,21 +11,21 @@ cd "$(dirname "$0")/.."
 OUT=build-fuzz
 BIN=$OUT/fuzz_parser
 mkdir -p "$OUT"
-SRCS="tests/fuzz/fuzz_parser.c src/util.c src/proto.c src/subject.c src/sublist.c src/dict.c src/log.c"
+SRCS="tests/fuzz/fuzz_parser.c src/base/util.c src/core/proto.c src/core/subject.c src/core/sublist.c src/base/dict.c src/base/log.c"
 need=0
 [ -x "$BIN" ] || need=1
-for f in $SRCS src/*.h; do [ "$f" -nt "$BIN" ] && need=1; done
+for f in $SRCS src/*/*.h; do [ "$f" -nt "$BIN" ] && need=1; done
 if [ $need = 1 ]; then
-    clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
+    clang -std=c11 -D_GNU_SOURCE -Isrc/base -Isrc/core -Isrc/store -Isrc/script -Isrc/app -g -O1 -fsanitize=fuzzer,address,undefined \
         -fno-sanitize-recover=undefined -o "$BIN" $SRCS
 fi
 JBIN=$OUT/fuzz_json
-JSRCS="tests/fuzz/fuzz_json.c src/json.c"
+JSRCS="tests/fuzz/fuzz_json.c src/base/json.c src/script/json_lua.c"
 jneed=0
 [ -x "$JBIN" ] || jneed=1
-for f in $JSRCS src/json.h; do [ "$f" -nt "$JBIN" ] && jneed=1; done
+for f in $JSRCS src/*/*.h; do [ "$f" -nt "$JBIN" ] && jneed=1; done
 if [ $jneed = 1 ]; then
-    clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
+    clang -std=c11 -D_GNU_SOURCE -Isrc/base -Isrc/core -Isrc/store -Isrc/script -Isrc/app -g -O1 -fsanitize=fuzzer,address,undefined \
         -fno-sanitize-recover=undefined $(pkg-config --cflags lua5.4 libcjson) -o "$JBIN" $JSRCS \
         $(pkg-config --libs lua5.4 libcjson) -lm
 fi

@@ -20,7 +20,7 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
-#include "../../src/json.h"
+#include "../../src/script/json_lua.h"
 
 static void check_numbers(const cJSON *n)
 {

@@ -12,11 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../src/dict.h"
-#include "../../src/proto.h"
-#include "../../src/subject.h"
-#include "../../src/sublist.h"
-#include "../../src/util.h"
+#include "../../src/base/dict.h"
+#include "../../src/core/proto.h"
+#include "../../src/core/subject.h"
+#include "../../src/core/sublist.h"
+#include "../../src/base/util.h"
 
 typedef struct run {
     uint64_t digest; /* hash over every command seen, in order */

@@ -8,13 +8,14 @@
 #ifndef TIDE_HTTP_H
 #define TIDE_HTTP_H
 
-#include "server.h"
+#include "node.h"
 
 typedef struct http http_t;
 
-/* Listens on host:port on the server's loop.  NULL on failure (not
- * logged: a taken default port is not an error, a configured one is). */
-http_t *http_new(server_t *srv, const char *host, int port);
+/* Listens on host:port on the node's loop, answering from the node's
+ * parts (which it must outlive).  NULL on failure (not logged: a taken
+ * default port is not an error, a configured one is). */
+http_t *http_new(node_t *node, const char *host, int port);
 
 /* Stops listening; call before server_free. */
 void http_free(http_t *h);

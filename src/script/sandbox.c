@@ -441,7 +441,7 @@ void build_env(state_t *st)
     lua_getfield(L, -1, "array");
     lua_setfield(L, tide, "array");
     lua_setfield(L, tide, "json");
-    kv_push_api(L, st->host->kv);
+    kv_lua_push_api(L, st->host->kv);
     lua_setfield(L, tide, "kv");
     durable_push_api(L); /* tide.nak, tide.progress, tide.term */
     lua_pushcfunction(L, l_log);

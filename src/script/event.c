@@ -228,60 +228,6 @@ event_t *event_push_pipeline(lua_State *L, const proto_msg_t *m, int mt_idx, int
 
 /* ---- headers --------------------------------------------------------------- */
 
-const char *event_header_find(const char *hdr, size_t len, const char *name, size_t *vlen)
-{
-    size_t nlen = strlen(name);
-    const char *p = hdr, *end = hdr + len;
-    const char *eol = memchr(p, '\n', len);
-    if (!hdr || !eol)
-        return NULL;
-    p = eol + 1; /* skip the NATS/1.0 status line */
-    while (p < end) {
-        eol = memchr(p, '\n', (size_t)(end - p));
-        const char *le = eol ? eol : end;
-        const char *colon = memchr(p, ':', (size_t)(le - p));
-        if (colon && (size_t)(colon - p) == nlen && strncasecmp(p, name, nlen) == 0) {
-            const char *v = colon + 1, *ve = le;
-            while (v < ve && (*v == ' ' || *v == '\t'))
-                v++;
-            while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t'))
-                ve--;
-            *vlen = (size_t)(ve - v);
-            return v;
-        }
-        if (!eol)
-            break;
-        p = eol + 1;
-    }
-    return NULL;
-}
-
-void event_header_each(const char *hdr, size_t len,
-                       void (*fn)(void *ctx, const char *name, size_t nlen, const char *value, size_t vlen),
-                       void *ctx)
-{
-    const char *end = hdr + len;
-    const char *p = hdr && len ? memchr(hdr, '\n', len) : NULL;
-    if (!p)
-        return;
-    for (p++; p < end;) {
-        const char *eol = memchr(p, '\n', (size_t)(end - p));
-        const char *le = eol ? eol : end;
-        const char *colon = memchr(p, ':', (size_t)(le - p));
-        if (colon) {
-            const char *v = colon + 1, *ve = le;
-            while (v < ve && (*v == ' ' || *v == '\t'))
-                v++;
-            while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t'))
-                ve--;
-            fn(ctx, p, (size_t)(colon - p), v, (size_t)(ve - v));
-        }
-        if (!eol)
-            break;
-        p = eol + 1;
-    }
-}
-
 /* Pushes the name -> value table of the headers, building it on first use.
  * A name given more than once maps to a list of its values. */
 static void push_header_table(lua_State *L, int evidx, event_t *ev)
@@ -550,7 +496,7 @@ static void add_extensions(lua_State *L, event_t *ev, cJSON *env)
             }
             name[nl - 3] = '\0';
             snprintf(hname, sizeof hname, "ce-%s", name);
-            const char *val = event_header_find(ev->hdr, ev->hdr_len, hname, &vl);
+            const char *val = proto_header_find(ev->hdr, ev->hdr_len, hname, &vl);
             if (val && !cJSON_GetObjectItemCaseSensitive(env, name))
                 add_string(L, env, name, val, vl);
         }
@@ -626,7 +572,7 @@ static void decode_binary(lua_State *L, int idx, event_t *ev)
     for (int i = 0; ce_attrs[i]; i++) {
         char hname[64];
         snprintf(hname, sizeof hname, "ce-%s", ce_attrs[i]);
-        const char *val = event_header_find(ev->hdr, ev->hdr_len, hname, &vl);
+        const char *val = proto_header_find(ev->hdr, ev->hdr_len, hname, &vl);
         if (!val)
             continue;
         char *tmp = mem_dup(val, vl);
@@ -642,7 +588,7 @@ static void decode_binary(lua_State *L, int idx, event_t *ev)
         free(tmp);
     }
     add_extensions(L, ev, env);
-    const char *ct = event_header_find(ev->hdr, ev->hdr_len, "content-type", &vl);
+    const char *ct = proto_header_find(ev->hdr, ev->hdr_len, "content-type", &vl);
     if (ct)
         add_string(L, env, "datacontenttype", ct, vl);
     if (v) {
@@ -664,7 +610,7 @@ static void decode(lua_State *L, int idx, event_t *ev)
     decodes++;
     /* ce-* headers say binary mode whatever the body is (a JSON object body
      * is the common case there); otherwise an object is the envelope. */
-    if (ev->hdr && event_header_find(ev->hdr, ev->hdr_len, "ce-specversion", &vl)) {
+    if (ev->hdr && proto_header_find(ev->hdr, ev->hdr_len, "ce-specversion", &vl)) {
         decode_binary(L, idx, ev);
         return;
     }

@@ -347,10 +347,3 @@ int l_consumer(lua_State *L)
     lua_pushcclosure(L, consumer_body, 1);
     return 1;
 }
-
-void stream_cfg_free(stream_cfg_t *c)
-{
-    for (int i = 0; i < c->nsubjects; i++)
-        free(c->subjects[i]);
-    c->nsubjects = 0;
-}

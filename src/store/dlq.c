@@ -11,7 +11,7 @@
 #include <cjson/cJSON.h>
 
 #include "dlq.h"
-#include "event.h"
+#include "proto.h"
 #include "stream_internal.h"
 #include "subject.h"
 #include "util.h"
@@ -84,7 +84,7 @@ static void reply_err(streams_t *sm, const proto_msg_t *req, const char *err)
 static char *header(const slog_rec_t *r, const char *name)
 {
     size_t vl;
-    const char *v = r->hdr_len ? event_header_find(r->hdr, r->hdr_len, name, &vl) : NULL;
+    const char *v = r->hdr_len ? proto_header_find(r->hdr, r->hdr_len, name, &vl) : NULL;
     return v ? mem_dup(v, vl) : NULL;
 }
 
@@ -153,7 +153,7 @@ static cJSON *dead_letter_obj(const slog_rec_t *r)
     add_num(o, "source_seq", header(r, "Tide-Sequence"));
     add_str(o, "script", header(r, "Tide-Script"));
     cJSON *h = cJSON_CreateObject();
-    event_header_each(r->hdr, r->hdr_len, add_own_header, h);
+    proto_header_each(r->hdr, r->hdr_len, add_own_header, h);
     if (h->child)
         cJSON_AddItemToObject(o, "headers", h);
     else
@@ -174,7 +174,7 @@ static cJSON *dead_letter_obj(const slog_rec_t *r)
 static int is_dead_letter(const slog_rec_t *r)
 {
     size_t vl;
-    return r->hdr_len && event_header_find(r->hdr, r->hdr_len, "Tide-Original-Subject", &vl) && vl > 0;
+    return r->hdr_len && proto_header_find(r->hdr, r->hdr_len, "Tide-Original-Subject", &vl) && vl > 0;
 }
 
 /* The request's stream: {"stream":S,...} or the bare name.  q gets the
@@ -309,7 +309,7 @@ static int replay_one(streams_t *sm, stream_t *st, const slog_rec_t *r)
     }
     hbuf_t h = {0};
     buf_printf(&h.b, &h.len, &h.cap, "NATS/1.0\r\n");
-    event_header_each(r->hdr, r->hdr_len, keep_header, &h);
+    proto_header_each(r->hdr, r->hdr_len, keep_header, &h);
     buf_printf(&h.b, &h.len, &h.cap, "Nats-Msg-Id: tide-replay.%s.%" PRIu64 "\r\n\r\n", st->cfg.name, r->seq);
     char *payload = mem_dup(r->payload, r->payload_len); /* r points into a buffer a publish may reuse */
     int rc = -1;

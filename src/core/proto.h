@@ -105,4 +105,14 @@ int proto_parse(proto_parser_t *p, const char *buf, size_t len, const proto_hand
  * After proto_parse failed, p->errtext may be more specific. */
 const char *proto_strerror(int status);
 
+/* Finds header `name` (case-insensitive) in a NATS header block; returns a
+ * pointer to its first value (trimmed) and sets *vlen, or NULL. */
+const char *proto_header_find(const char *hdr, size_t hdr_len, const char *name, size_t *vlen);
+
+/* Calls fn(ctx, name, nlen, value, vlen) for each "Name: value" line of a
+ * NATS header block, after its status line, in order (values trimmed). */
+void proto_header_each(const char *hdr, size_t len,
+                       void (*fn)(void *ctx, const char *name, size_t nlen, const char *value, size_t vlen),
+                       void *ctx);
+
 #endif

@@ -26,7 +26,7 @@
 
 #include <lua.h>
 
-#include "json.h"
+#include "json_lua.h"
 #include "proto.h"
 
 enum event_mode { EVENT_UNDECODED = 0, EVENT_RAW, EVENT_STRUCTURED, EVENT_BINARY };
@@ -118,15 +118,5 @@ void event_expire_ptr(event_t *ev);
 /* Payloads decoded so far (by every Lua state of the process): lets tests
  * and stats show that lazy access really skipped decoding. */
 uint64_t event_decode_count(void);
-
-/* Finds header `name` (case-insensitive) in a NATS header block; returns a
- * pointer to its first value (trimmed) and sets *vlen, or NULL. */
-const char *event_header_find(const char *hdr, size_t hdr_len, const char *name, size_t *vlen);
-
-/* Calls fn(ctx, name, nlen, value, vlen) for each "Name: value" line of a
- * NATS header block, after its status line, in order (values trimmed). */
-void event_header_each(const char *hdr, size_t len,
-                       void (*fn)(void *ctx, const char *name, size_t nlen, const char *value, size_t vlen),
-                       void *ctx);
 
 #endif

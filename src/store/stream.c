@@ -12,7 +12,7 @@
 #include <cjson/cJSON.h>
 
 #include "dlq.h"
-#include "event.h"
+#include "proto.h"
 #include "log.h"
 #include "stream_internal.h"
 #include "subject.h"
@@ -240,7 +240,7 @@ static size_t dedup_key_std(const proto_msg_t *m, char *out, size_t n);
 static int header_u64(const proto_msg_t *m, const char *name, uint64_t *out)
 {
     size_t vl;
-    const char *v = m->hdr ? event_header_find(m->hdr, m->hdr_len, name, &vl) : NULL;
+    const char *v = m->hdr ? proto_header_find(m->hdr, m->hdr_len, name, &vl) : NULL;
     if (!v)
         return 0;
     char b[32];
@@ -273,12 +273,12 @@ static size_t dedup_key_std(const proto_msg_t *m, char *out, size_t n)
 {
     size_t vl, sl;
     const char *v, *s;
-    if (m->hdr && (v = event_header_find(m->hdr, m->hdr_len, "Nats-Msg-Id", &vl)) && vl && vl < n) {
+    if (m->hdr && (v = proto_header_find(m->hdr, m->hdr_len, "Nats-Msg-Id", &vl)) && vl && vl < n) {
         memcpy(out, v, vl);
         return vl;
     }
-    if (m->hdr && (v = event_header_find(m->hdr, m->hdr_len, "ce-id", &vl)) &&
-        (s = event_header_find(m->hdr, m->hdr_len, "ce-source", &sl)) && vl + sl + 5 < n) {
+    if (m->hdr && (v = proto_header_find(m->hdr, m->hdr_len, "ce-id", &vl)) &&
+        (s = proto_header_find(m->hdr, m->hdr_len, "ce-source", &sl)) && vl + sl + 5 < n) {
         int k = snprintf(out, n, "ce:%.*s\x1f%.*s", (int)sl, s, (int)vl, v);
         return (size_t)k;
     }
@@ -307,7 +307,7 @@ static int store_msg(stream_t *st, const proto_msg_t *m)
     size_t vl;
     const char *v;
 
-    if (m->hdr && (v = event_header_find(m->hdr, m->hdr_len, "Nats-Expected-Stream", &vl)) &&
+    if (m->hdr && (v = proto_header_find(m->hdr, m->hdr_len, "Nats-Expected-Stream", &vl)) &&
         (vl != strlen(st->cfg.name) || memcmp(v, st->cfg.name, vl))) {
         st->conflicts++;
         puback_error(st, reply, rlen, 400, 10060, "expected stream does not match");
@@ -397,7 +397,7 @@ streams_t *streams_new(server_t *srv, const char *data_dir)
     sm->ack_sub = server_subscribe_internal(srv, "$JS.ACK.>", consumers_on_ack, sm);
     if (sm->ack_sub)
         sm->ack_sub->flags |= SUB_RESPONDER; /* an ack sent as a request (AckSync) gets its answer */
-    server_set_capture(srv, capture, sm, sm);
+    server_set_capture(srv, capture, sm);
     return sm;
 }
 
@@ -426,7 +426,7 @@ void streams_free(streams_t *sm)
         return;
     for (int i = 0; i < sm->n; i++)
         stream_close(sm->streams[i]);
-    server_set_capture(sm->srv, NULL, NULL, NULL);
+    server_set_capture(sm->srv, NULL, NULL);
     free(sm->rbuf);
     free(sm->dir);
     free(sm);
@@ -705,7 +705,7 @@ static void add_header(void *ctx, const char *n, size_t nl, const char *v, size_
 static cJSON *headers_obj(const char *hdr, size_t hl)
 {
     cJSON *h = cJSON_CreateObject();
-    event_header_each(hdr, hl, add_header, h);
+    proto_header_each(hdr, hl, add_header, h);
     return h;
 }
 
@@ -929,4 +929,11 @@ int streams_admin(streams_t *sm, const char *verb, size_t vlen, const proto_msg_
     free(out);
     return 1;
 #undef IS
+}
+
+void stream_cfg_free(stream_cfg_t *c)
+{
+    for (int i = 0; i < c->nsubjects; i++)
+        free(c->subjects[i]);
+    c->nsubjects = 0;
 }

@@ -18,10 +18,7 @@
 
 #include "client.h"
 #include "log.h"
-#include "repl.h"
-#include "script.h"
 #include "server.h"
-#include "stream.h"
 #include "subject.h"
 #include "util.h"
 
@@ -43,14 +40,16 @@ struct server {
     size_t nexpired, capexpired;
     uint64_t next_client_id;
     int shutting_down;
-    struct script_host *scripts;
+    server_msg_hook ingress;     /* every publish but admin requests (the script pipeline) */
+    void *ingress_ctx;
+    server_msg_hook admin;       /* $TIDE.ADMIN.> requests */
+    void *admin_ctx;
     void (*input_tap)(void *ctx, const proto_msg_t *m); /* sees every publish (tide repl's record) */
     void *input_tap_ctx;
     server_stats_t stats;
     int (*capture)(void *ctx, const proto_msg_t *m); /* the streams: 1 when a stream took m */
     void *capture_ctx;
     int capture_paused; /* server_pause_capture: tide repl's replay() */
-    struct streams *streams;
     char id[23];
 };
 
@@ -180,14 +179,16 @@ sub_t *server_subscribe_internal(server_t *s, const char *pattern, void (*fn)(vo
     return sub;
 }
 
-void server_set_scripts(server_t *s, struct script_host *h)
+void server_set_ingress(server_t *s, server_msg_hook fn, void *ctx)
 {
-    s->scripts = h;
+    s->ingress = fn;
+    s->ingress_ctx = ctx;
 }
 
-struct script_host *server_scripts(server_t *s)
+void server_set_admin(server_t *s, server_msg_hook fn, void *ctx)
 {
-    return s->scripts;
+    s->admin = fn;
+    s->admin_ctx = ctx;
 }
 
 size_t server_connections(const server_t *s)
@@ -528,11 +529,11 @@ size_t server_route_to(server_t *s, client_t *from, const char *to, size_t tolen
     return delivered;
 }
 
-/* ---- admin requests ---------------------------------------------------- */
+/* ---- admin requests and ingress ------------------------------------------ */
 
 #define ADMIN_PREFIX "$TIDE.ADMIN."
 
-static void reply_json(server_t *s, const proto_msg_t *req, const char *json, size_t len)
+void server_reply(server_t *s, const proto_msg_t *req, const char *payload, size_t len)
 {
     proto_msg_t r;
     if (!req->reply)
@@ -540,35 +541,16 @@ static void reply_json(server_t *s, const proto_msg_t *req, const char *json, si
     memset(&r, 0, sizeof r);
     r.subject = req->reply;
     r.subject_len = req->reply_len;
-    r.payload = json;
+    r.payload = payload;
     r.payload_len = len;
     server_route(s, NULL, &r);
 }
 
-static void json_escape_into(char *out, size_t outsz, const char *in)
+cJSON *server_stats_object(server_t *s)
 {
-    size_t o = 0;
-    for (; *in && o + 7 < outsz; in++) {
-        unsigned char c = (unsigned char)*in;
-        if (c == '"' || c == '\\') {
-            out[o++] = '\\';
-            out[o++] = (char)c;
-        } else if (c < 0x20) {
-            o += (size_t)snprintf(out + o, outsz - o, "\\u%04x", c);
-        } else {
-            out[o++] = (char)c;
-        }
-    }
-    out[o] = '\0';
-}
-
-char *server_stats_json(server_t *s, size_t *len)
-{
-    script_stats_t st;
-    memset(&st, 0, sizeof st);
-    if (s->scripts)
-        script_get_stats(s->scripts, &st);
-    cJSON *o = cJSON_CreateObject(), *sc = cJSON_CreateObject();
+    cJSON *o = cJSON_CreateObject();
+    if (!o)
+        return NULL;
 #define NUM(obj, k, v) cJSON_AddNumberToObject(obj, k, (double)(v))
     cJSON_AddStringToObject(o, "server_id", s->id);
     cJSON_AddStringToObject(o, "version", TIDE_VERSION);
@@ -582,127 +564,40 @@ char *server_stats_json(server_t *s, size_t *len)
     NUM(o, "stale_connections", s->stats.stale_connections);
     NUM(o, "protocol_errors", s->stats.protocol_errors);
     NUM(o, "subscriptions", sublist_count(s->subs));
-    cJSON_AddBoolToObject(sc, "loaded", s->scripts != NULL);
-    NUM(sc, "generation", st.generation);
-    NUM(sc, "rules", st.rules);
-    NUM(sc, "events", st.events);
-    NUM(sc, "bypassed", st.bypassed);
-    NUM(sc, "dropped", st.dropped);
-    NUM(sc, "dead_letters", st.dead_letters);
-    NUM(sc, "errors", st.errors);
-    NUM(sc, "budget_stops", st.budget_stops);
-    NUM(sc, "emitted", st.emitted);
-    NUM(sc, "loops_stopped", st.loops_stopped);
-    NUM(sc, "reloads", st.reloads);
-    NUM(sc, "reload_failures", st.reload_failures);
-    cJSON_AddStringToObject(sc, "last_reload", st.last_reload);
-    NUM(sc, "memory", st.memory);
-    NUM(sc, "decodes", st.decodes);
 #undef NUM
-    cJSON_AddItemToObject(o, "scripts", sc);
-    char *p = cJSON_PrintUnformatted(o);
-    cJSON_Delete(o);
-    char *out = p ? mem_dup(p, strlen(p)) : NULL;
-    *len = out ? strlen(out) : 0;
-    cJSON_free(p);
-    return out;
+    return o;
 }
 
-static int is_loopback(const char *ip)
+int server_client_is_loopback(const client_t *c)
 {
+    const char *ip = c ? c->ip : "";
     return !strncmp(ip, "127.", 4) || !strcmp(ip, "::1") || !strncmp(ip, "::ffff:127.", 11);
-}
-
-static void admin_request(server_t *s, client_t *from, const proto_msg_t *m)
-{
-    const char *op = m->subject + strlen(ADMIN_PREFIX);
-    size_t oplen = m->subject_len - strlen(ADMIN_PREFIX);
-    char buf[4096], esc[2048];
-    int n;
-    if (oplen == 6 && !memcmp(op, "RELOAD", 6)) {
-        char err[1024];
-        if (!s->scripts) {
-            n = snprintf(buf, sizeof buf, "{\"ok\":false,\"error\":\"no scripts are loaded (start with -c)\"}");
-        } else if (script_reload(s->scripts, "admin request", err, sizeof err) == 0) {
-            script_stats_t st;
-            script_get_stats(s->scripts, &st);
-            n = snprintf(buf, sizeof buf, "{\"ok\":true,\"generation\":%llu,\"rules\":%d}",
-                         (unsigned long long)st.generation, st.rules);
-        } else {
-            json_escape_into(esc, sizeof esc, err);
-            n = snprintf(buf, sizeof buf, "{\"ok\":false,\"error\":\"%s\"}", esc);
-        }
-    } else if (s->streams && streams_admin(s->streams, op, oplen, m)) {
-        return;
-    } else if (oplen == 5 && !memcmp(op, "STATS", 5)) {
-        size_t len;
-        char *json = server_stats_json(s, &len);
-        if (json) {
-            reply_json(s, m, json, len);
-            free(json);
-            return;
-        }
-        n = snprintf(buf, sizeof buf, "{\"ok\":false,\"error\":\"out of memory\"}");
-    } else if (oplen == 4 && !memcmp(op, "EVAL", 4)) {
-        /* tide repl --connect: runs code on this node, so it is off unless
-         * the config says admin { eval = true }, and loopback only. */
-        char *json = NULL;
-        size_t len = 0;
-        if (!s->scripts || !script_admin_eval(s->scripts)) {
-            n = snprintf(buf, sizeof buf, "{\"ok\":false,\"error\":\"remote evaluation is off: set admin { eval = true } "
-                                          "in the config to allow tide repl --connect\"}");
-        } else if (!from || !is_loopback(from->ip)) {
-            n = snprintf(buf, sizeof buf, "{\"ok\":false,\"error\":\"remote evaluation is only for loopback clients\"}");
-        } else if (script_is_processing(s->scripts)) {
-            n = snprintf(buf, sizeof buf, "{\"ok\":false,\"error\":\"busy\"}");
-        } else if (repl_remote_eval(s, s->scripts, m->payload, m->payload_len, &json, &len) == 0) {
-            reply_json(s, m, json, len);
-            free(json);
-            return;
-        } else {
-            n = snprintf(buf, sizeof buf, "{\"ok\":false,\"error\":\"out of memory\"}");
-        }
-    } else if (oplen == 5 && !memcmp(op, "RULES", 5)) {
-        char *rules = NULL;
-        size_t len = 0;
-        if (s->scripts)
-            script_rules_json(s->scripts, &rules, &len);
-        if (rules) {
-            reply_json(s, m, rules, len);
-            free(rules);
-            return;
-        }
-        n = snprintf(buf, sizeof buf, "[]");
-    } else {
-        n = snprintf(buf, sizeof buf, "{\"ok\":false,\"error\":\"unknown admin request; try RELOAD, STATS, RULES or EVAL\"}");
-    }
-    if (n > 0)
-        reply_json(s, m, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
 }
 
 void server_publish(server_t *s, client_t *from, const proto_msg_t *m)
 {
     if (m->subject_len > strlen(ADMIN_PREFIX) && m->subject[0] == '$' &&
         !memcmp(m->subject, ADMIN_PREFIX, strlen(ADMIN_PREFIX))) {
-        admin_request(s, from, m);
+        static const char none[] = "{\"ok\":false,\"error\":\"this server answers no admin requests\"}";
+        if (s->admin)
+            s->admin(s->admin_ctx, from, m);
+        else
+            server_reply(s, m, none, sizeof none - 1);
         return;
     }
     if (s->input_tap)
         s->input_tap(s->input_tap_ctx, m);
-    if (s->scripts)
-        script_process(s->scripts, from, m);
+    if (s->ingress)
+        s->ingress(s->ingress_ctx, from, m);
     else
         server_route(s, from, m);
 }
 
-void server_set_capture(server_t *s, int (*fn)(void *ctx, const proto_msg_t *m), void *ctx, struct streams *sm)
+void server_set_capture(server_t *s, int (*fn)(void *ctx, const proto_msg_t *m), void *ctx)
 {
     s->capture = fn;
     s->capture_ctx = ctx;
-    s->streams = sm;
 }
-
-struct streams *server_streams(server_t *s) { return s->streams; }
 
 /* See server.h: a pause of capture for tide repl's replay(). */
 int server_pause_capture(server_t *s, int paused)

@@ -30,7 +30,7 @@
 #include <event2/event.h>
 
 #include "crc32c.h"
-#include "event.h"
+#include "proto.h"
 #include "log.h"
 #include "stream_internal.h"
 #include "subject.h"
@@ -346,7 +346,7 @@ static char *key_of(consumer_t *c, const slog_rec_t *r)
         return mem_dup(r->subject, r->subject_len);
     if (!strncmp(ob, "header:", 7)) {
         size_t vl;
-        const char *v = r->hdr_len ? event_header_find(r->hdr, r->hdr_len, ob + 7, &vl) : NULL;
+        const char *v = r->hdr_len ? proto_header_find(r->hdr, r->hdr_len, ob + 7, &vl) : NULL;
         return v ? mem_dup(v, vl) : NULL;
     }
     cJSON *j = r->payload_len ? cJSON_ParseWithLength(r->payload, r->payload_len) : NULL;

@@ -224,7 +224,6 @@ static int l_open(lua_State *L)
     if (!f->srv || !server_subscribe_internal(f->srv, ">", record, f))
         return luaL_error(L, "out of memory");
     script_host_attach_offline(f->host, f->srv);
-    server_set_scripts(f->srv, f->host);
     if (script_declared_streams(f->host)) {
         /* The streams for real, in a directory of their own (never the
          * one storage { dir } names: a test run must not touch it). */

@@ -142,7 +142,7 @@ static const char *current_attr(lua_State *L, state_t *st, const char *header, c
     const char *found = NULL;
     size_t vl;
     const char *v;
-    if (ev && header && ev->hdr && (v = event_header_find(ev->hdr, ev->hdr_len, header, &vl))) {
+    if (ev && header && ev->hdr && (v = proto_header_find(ev->hdr, ev->hdr_len, header, &vl))) {
         snprintf(buf, n, "%.*s", (int)vl, v);
         found = buf;
     } else if (ev) {

@@ -30,9 +30,11 @@
 #include <readline/history.h>
 #include <readline/readline.h>
 
+#include "admin.h"
 #include "flow.h"
 #include "log.h"
 #include "msgq.h"
+#include "node.h"
 #include "repl.h"
 #include "script.h"
 #include "server.h"
@@ -63,8 +65,7 @@ typedef struct replay_job {
 #define REPLAY_JOBS_MAX 16
 
 typedef struct repl {
-    server_t *srv;
-    script_host_t *host;
+    node_t node; /* the prompt's own router, or the served node (--connect) */
     const char *entry;
     int tty;
     int done;
@@ -86,8 +87,6 @@ typedef struct repl {
     char *rbuf;  /* stored record read buffer */
     size_t rcap;
     int nrules; /* rules after the last line, to bind new durable handlers */
-    /* The persistent queue of a local session. */
-    streams_t *sm;
     char data_dir[4096];
     const char *data_from; /* why there: "--data", "storage { dir }", NULL: temporary */
     int in_line;           /* evaluating a line: output is not asynchronous */
@@ -357,7 +356,7 @@ static int h_sub(lua_State *L)
             snprintf(w->pattern, sizeof w->pattern, "%s", pattern);
             w->r = r;
             w->active = 1;
-            w->sub = server_subscribe_internal(r->srv, pattern, on_watch, w);
+            w->sub = server_subscribe_internal(r->node.srv, pattern, on_watch, w);
             if (!w->sub)
                 return luaL_error(L, "out of memory");
             out("watching %s\n", pattern);
@@ -381,7 +380,7 @@ static int h_trace(lua_State *L)
 {
     repl_t *r = up(L);
     int on = lua_isnone(L, 1) ? 1 : lua_toboolean(L, 1);
-    script_set_trace(r->host, on ? on_trace : NULL, r);
+    script_set_trace(r->node.scripts, on ? on_trace : NULL, r);
     out("trace %s\n", on ? "on: every event's path is shown" : "off");
     return 0;
 }
@@ -391,7 +390,7 @@ static int h_rules(lua_State *L)
     repl_t *r = up(L);
     char *buf = NULL;
     size_t len = 0;
-    script_rules_json(r->host, &buf, &len);
+    script_rules_json(r->node.scripts, &buf, &len);
     cJSON *arr = buf ? cJSON_ParseWithLength(buf, len) : NULL;
     cJSON *rule;
     int n = 0;
@@ -425,8 +424,8 @@ static int h_stats(lua_State *L)
     repl_t *r = up(L);
     server_stats_t s;
     script_stats_t st;
-    server_get_stats(r->srv, &s);
-    script_get_stats(r->host, &st);
+    server_get_stats(r->node.srv, &s);
+    script_get_stats(r->node.scripts, &st);
     lua_createtable(L, 0, 16);
 #define F(name, v)                                                                                                     \
     do {                                                                                                               \
@@ -455,7 +454,7 @@ static int h_load(lua_State *L)
     const char *path = luaL_checkstring(L, 1);
     char err[1024];
     /* Run outside this call's stack frame, but still inside the line's budget. */
-    if (script_load_file(r->host, path, err, sizeof err) < 0)
+    if (script_load_file(r->node.scripts, path, err, sizeof err) < 0)
         return luaL_error(L, "%s", err);
     out("loaded %s\n", path);
     return 0;
@@ -527,7 +526,7 @@ static void set_int(lua_State *L, const char *k, double v)
 static int h_streams(lua_State *L)
 {
     repl_t *r = up(L);
-    streams_t *sm = server_streams(r->srv);
+    streams_t *sm = r->node.streams;
     if (!sm || !streams_count(sm)) {
         out("no streams: declare them in the flow (stream \"orders\" { subjects = {...} }) and start\n"
             "tide repl -c flow.lua\n");
@@ -591,7 +590,7 @@ static int h_streams(lua_State *L)
 static int h_replay(lua_State *L)
 {
     repl_t *r = up(L);
-    streams_t *sm = server_streams(r->srv);
+    streams_t *sm = r->node.streams;
     size_t nl;
     const char *name = luaL_checklstring(L, 1, &nl);
     lua_Integer from = luaL_checkinteger(L, 2);
@@ -644,7 +643,7 @@ static const char *verdict_name(int kind)
  */
 static void run_replay(repl_t *r, const replay_job_t *j)
 {
-    streams_t *sm = server_streams(r->srv);
+    streams_t *sm = r->node.streams;
     stream_info_t si;
     if (!sm || !streams_stream_info(sm, j->stream, 0, &si)) {
         out("replay: stream %s is gone\n", j->stream);
@@ -662,7 +661,7 @@ static void run_replay(repl_t *r, const replay_job_t *j)
     uint64_t from = j->from < in.first_seq ? in.first_seq : j->from;
     uint64_t to = !j->to || j->to > in.last_seq ? in.last_seq : j->to;
     uint64_t n = 0, missing = 0, filtered = 0;
-    int was = server_pause_capture(r->srv, 1);
+    int was = server_pause_capture(r->node.srv, 1);
     for (uint64_t seq = from; in.msgs && seq <= to; seq++) {
         slog_rec_t rec;
         if (streams_read(sm, j->stream, seq, &rec, &r->rbuf, &r->rcap) <= 0) {
@@ -678,7 +677,7 @@ static void run_replay(repl_t *r, const replay_job_t *j)
         m.payload = rec.payload;
         m.payload_len = rec.payload_len;
         if (!cc) {
-            server_publish(r->srv, NULL, &m);
+            server_publish(r->node.srv, NULL, &m);
             n++;
             continue;
         }
@@ -693,7 +692,7 @@ static void run_replay(repl_t *r, const replay_job_t *j)
             verdict_name(v.kind), v.error[0] ? ": " : "", v.error);
         n++;
     }
-    server_pause_capture(r->srv, was);
+    server_pause_capture(r->node.srv, was);
     out("replayed %llu event%s of %s", (unsigned long long)n, n == 1 ? "" : "s", j->stream);
     if (in.msgs && from <= to)
         out(" (sequences %llu..%llu)", (unsigned long long)from, (unsigned long long)to);
@@ -710,12 +709,12 @@ static void run_replay(repl_t *r, const replay_job_t *j)
 static void bind_new_handlers(repl_t *r)
 {
     script_stats_t stt;
-    script_get_stats(r->host, &stt);
+    script_get_stats(r->node.scripts, &stt);
     if (stt.rules == r->nrules)
         return;
     r->nrules = stt.rules;
     char err[512];
-    if (script_bind_durable(r->host, err, sizeof err) < 0)
+    if (script_bind_durable(r->node.scripts, err, sizeof err) < 0)
         out("%s\n", err);
 }
 
@@ -759,8 +758,8 @@ static void install_helpers(repl_t *r)
                                    {"record", h_record}, {"expect", h_expect}, {"help", h_help},
                                    {"print", h_print},   {"streams", h_streams}, {"replay", h_replay},
                                    {NULL, NULL}};
-    lua_State *L = script_lua(r->host);
-    script_push_env(r->host);
+    lua_State *L = script_lua(r->node.scripts);
+    script_push_env(r->node.scripts);
     for (const luaL_Reg *f = fns; f->name; f++) {
         lua_pushlightuserdata(L, r);
         lua_pushvalue(L, -2); /* the env, for helpers that run Lua */
@@ -790,7 +789,7 @@ static void run_pending(repl_t *r)
             run_replay(r, &r->jobs[j++]);
         if (!(it = msgq_pop(&r->pending)))
             break;
-        server_publish(r->srv, NULL, &it->m);
+        server_publish(r->node.srv, NULL, &it->m);
         msgq_item_free(it);
         done++;
     }
@@ -815,7 +814,7 @@ static void print_results(repl_t *r, lua_State *L, int base)
     int n = lua_gettop(L) - base;
     if (n <= 0)
         return;
-    script_push_env(r->host);
+    script_push_env(r->node.scripts);
     lua_getfield(L, -1, "require");
     lua_pushliteral(L, "tide.pretty");
     if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
@@ -825,7 +824,7 @@ static void print_results(repl_t *r, lua_State *L, int base)
     }
     lua_remove(L, -2); /* env */
     lua_insert(L, base + 1);
-    if (script_pcall(r->host, n, 1) == LUA_OK)
+    if (script_pcall(r->node.scripts, n, 1) == LUA_OK)
         out("%s\n", lua_tostring(L, -1));
     else
         out("(cannot print: %s)\n", lua_tostring(L, -1));
@@ -834,7 +833,7 @@ static void print_results(repl_t *r, lua_State *L, int base)
 
 static void eval(repl_t *r, const char *code)
 {
-    lua_State *L = script_lua(r->host);
+    lua_State *L = script_lua(r->node.scripts);
     int base = lua_gettop(L);
     /* An expression first (as the standalone interpreter does), then a statement. */
     lua_pushfstring(L, "return %s;", code);
@@ -866,9 +865,9 @@ static void eval(repl_t *r, const char *code)
     r->buf = NULL;
     r->buf_len = 0;
     if (status == LUA_OK) {
-        script_push_env(r->host);
+        script_push_env(r->node.scripts);
         lua_setupvalue(L, -2, 1);
-        status = script_pcall(r->host, 0, LUA_MULTRET);
+        status = script_pcall(r->node.scripts, 0, LUA_MULTRET);
     }
     if (status != LUA_OK) {
         out("error: %s\n", lua_tostring(L, -1) ? lua_tostring(L, -1) : "(no message)");
@@ -881,7 +880,7 @@ static void eval(repl_t *r, const char *code)
     if (r->reload_asked) {
         char err[1024];
         r->reload_asked = 0;
-        if (script_reload(r->host, "prompt", err, sizeof err) == 0) {
+        if (script_reload(r->node.scripts, "prompt", err, sizeof err) == 0) {
             out("reloaded%s\n", r->entry ? "" : " (no entry file: the rules typed at the prompt are gone)");
         } else {
             out("reload failed, the previous rules keep running: %s\n", err);
@@ -947,16 +946,16 @@ static void on_stdin(evutil_socket_t fd, short what, void *arg)
         }
     }
     if (r->done)
-        server_shutdown(r->srv);
+        server_shutdown(r->node.srv);
 }
 
 /* The flow's streams, as tide serve sets them up, in --data DIR, else the
  * flow's storage { dir }, else a temporary directory (removed at exit). */
 static int open_streams(repl_t *r, const char *data_flag)
 {
-    const char *sd = script_storage_dir(r->host);
+    const char *sd = script_storage_dir(r->node.scripts);
     char err[1024];
-    if (!script_declared_streams(r->host) && !data_flag && !sd)
+    if (!script_declared_streams(r->node.scripts) && !data_flag && !sd)
         return 0;
     if (data_flag) {
         snprintf(r->data_dir, sizeof r->data_dir, "%s", data_flag);
@@ -969,11 +968,11 @@ static int open_streams(repl_t *r, const char *data_flag)
         r->data_dir[0] = '\0';
         return -1;
     }
-    if (!(r->sm = streams_new(r->srv, r->data_dir))) {
+    if (!(r->node.streams = streams_new(r->node.srv, r->data_dir))) {
         fprintf(stderr, "tide repl: cannot set up the streams\n");
         return -1;
     }
-    if (script_host_set_streams(r->host, r->sm, err, sizeof err) < 0) {
+    if (script_host_set_streams(r->node.scripts, r->node.streams, err, sizeof err) < 0) {
         fprintf(stderr, "tide repl: %s\n", err);
         return -1;
     }
@@ -982,10 +981,10 @@ static int open_streams(repl_t *r, const char *data_flag)
 
 static void close_streams(repl_t *r)
 {
-    if (r->sm) {
-        script_host_set_streams(r->host, NULL, NULL, 0);
-        streams_free(r->sm); /* writes and syncs what is buffered */
-        r->sm = NULL;
+    if (r->node.streams) {
+        script_host_set_streams(r->node.scripts, NULL, NULL, 0);
+        streams_free(r->node.streams); /* writes and syncs what is buffered */
+        r->node.streams = NULL;
     }
 }
 
@@ -998,44 +997,44 @@ int repl_main(const char *entry, const char *lib_dir, const char *listen_addr, c
     the_repl = &r;
     r.entry = entry;
     r.tty = isatty(0);
-    r.host = script_host_new(entry, lib_dir, err, sizeof err);
-    if (!r.host) {
+    r.node.scripts = script_host_new(entry, lib_dir, err, sizeof err);
+    if (!r.node.scripts) {
         fprintf(stderr, "tide repl: %s\n", err);
         return 1;
     }
     server_opts_default(&o);
-    script_host_apply_settings(r.host, &o);
+    script_host_apply_settings(r.node.scripts, &o);
     if (listen_addr) {
         const char *colon = strrchr(listen_addr, ':');
         if (!colon) {
             fprintf(stderr, "tide repl: --listen wants HOST:PORT\n");
-            script_host_free(r.host);
+            script_host_free(r.node.scripts);
             return 2;
         }
         snprintf(o.host, sizeof o.host, "%.*s", (int)(colon - listen_addr), listen_addr);
         o.port = atoi(colon + 1);
     }
-    r.srv = server_new(&o);
-    if (!r.srv || (listen_addr && server_listen(r.srv) < 0)) {
-        server_free(r.srv);
-        script_host_free(r.host);
+    r.node.srv = server_new(&o);
+    if (!r.node.srv || (listen_addr && server_listen(r.node.srv) < 0)) {
+        server_free(r.node.srv);
+        script_host_free(r.node.scripts);
         return 1;
     }
-    if (entry && script_host_attach(r.host, r.srv) < 0) {
-        server_free(r.srv);
-        script_host_free(r.host);
+    if (entry && script_host_attach(r.node.scripts, r.node.srv) < 0) {
+        server_free(r.node.srv);
+        script_host_free(r.node.scripts);
         return 1;
     }
     if (!entry)
-        script_host_attach_offline(r.host, r.srv);
-    server_set_scripts(r.srv, r.host);
-    server_subscribe_internal(r.srv, ">", on_any, &r);
-    server_set_input_tap(r.srv, on_input, &r);
+        script_host_attach_offline(r.node.scripts, r.node.srv);
+    admin_attach(&r.node);
+    server_subscribe_internal(r.node.srv, ">", on_any, &r);
+    server_set_input_tap(r.node.srv, on_input, &r);
     /* Before the helpers go in: setting up the streams loads the flow again. */
     if (open_streams(&r, data_flag) < 0) {
         close_streams(&r);
-        server_free(r.srv);
-        script_host_free(r.host);
+        server_free(r.node.srv);
+        script_host_free(r.node.scripts);
         if (r.data_dir[0] && !r.data_from)
             flow_remove_tree(r.data_dir);
         return 1;
@@ -1043,7 +1042,7 @@ int repl_main(const char *entry, const char *lib_dir, const char *listen_addr, c
     install_helpers(&r);
     /* A reload (reload(), a changed file, SIGHUP) makes a new state: the
      * helpers go into it too. */
-    script_set_reload_hook(r.host, reinstall, &r);
+    script_set_reload_hook(r.node.scripts, reinstall, &r);
 
     const char *hist = getenv("TIDE_HISTORY");
     if (hist)
@@ -1060,13 +1059,13 @@ int repl_main(const char *entry, const char *lib_dir, const char *listen_addr, c
 
     out("tide %s repl: an embedded router%s%s. help() lists the helpers; Ctrl-D leaves.\n", TIDE_VERSION,
         listen_addr ? ", NATS clients welcome on " : "", listen_addr ? listen_addr : "");
-    if (r.sm) {
+    if (r.node.streams) {
         out("streams:");
         stream_info_t si;
-        for (int i = 0; streams_stream_info(r.sm, NULL, i, &si); i++)
+        for (int i = 0; streams_stream_info(r.node.streams, NULL, i, &si); i++)
             out("%s %s (%llu message%s)", i ? "," : "", si.cfg->name, (unsigned long long)si.log.msgs,
                 si.log.msgs == 1 ? "" : "s");
-        if (!streams_count(r.sm))
+        if (!streams_count(r.node.streams))
             out(" none declared");
         if (r.data_from)
             out(" in %s (%s)\n", r.data_dir, r.data_from);
@@ -1083,9 +1082,9 @@ int repl_main(const char *entry, const char *lib_dir, const char *listen_addr, c
             r.rl_on = 1;
         } else
             setvbuf(stdin, NULL, _IONBF, 0); /* no line may wait in stdio while epoll sees nothing */
-        r.stdin_ev = event_new(server_base(r.srv), 0, EV_READ | EV_PERSIST, on_stdin, &r);
+        r.stdin_ev = event_new(server_base(r.node.srv), 0, EV_READ | EV_PERSIST, on_stdin, &r);
         event_add(r.stdin_ev, NULL);
-        server_run(r.srv);
+        server_run(r.node.srv);
         if (r.tty)
             rl_callback_handler_remove();
         r.rl_on = 0;
@@ -1096,13 +1095,13 @@ int repl_main(const char *entry, const char *lib_dir, const char *listen_addr, c
         char busy_note[300] = "";
         while (!r.done) {
             on_stdin(0, EV_READ, &r);
-            event_base_loop(server_base(r.srv), EVLOOP_NONBLOCK);
+            event_base_loop(server_base(r.node.srv), EVLOOP_NONBLOCK);
             /* A script: each line's durable work is done before the next
              * (the store's commits, the consumers and their handlers).
              * Something that stays busy (a NAK with a long delay) is said
              * once and then waited for briefly only. */
             char why[300];
-            if (r.sm && flow_settle(r.srv, r.sm, busy_note[0] ? 0.2 : 5, why, sizeof why) < 0) {
+            if (r.node.streams && flow_settle(r.node.srv, r.node.streams, busy_note[0] ? 0.2 : 5, why, sizeof why) < 0) {
                 if (strcmp(why, busy_note))
                     out("(the streams are still busy: %s)\n", why);
                 snprintf(busy_note, sizeof busy_note, "%s", why);
@@ -1111,8 +1110,8 @@ int repl_main(const char *entry, const char *lib_dir, const char *listen_addr, c
             }
         }
         /* on_stdin asked for the shutdown; give clients their last bytes. */
-        for (int i = 0; i < 100 && server_connections(r.srv) > 0; i++)
-            event_base_loop(server_base(r.srv), EVLOOP_ONCE | EVLOOP_NONBLOCK);
+        for (int i = 0; i < 100 && server_connections(r.node.srv) > 0; i++)
+            event_base_loop(server_base(r.node.srv), EVLOOP_ONCE | EVLOOP_NONBLOCK);
     }
     for (int i = 0; i < r.nrecs; i++)
         if (r.recs[i].f)
@@ -1122,8 +1121,8 @@ int repl_main(const char *entry, const char *lib_dir, const char *listen_addr, c
     free(r.buf);
     free(r.rbuf);
     close_streams(&r);
-    server_free(r.srv);
-    script_host_free(r.host);
+    server_free(r.node.srv);
+    script_host_free(r.node.scripts);
     if (r.data_dir[0] && !r.data_from)
         flow_remove_tree(r.data_dir);
     return 0;
@@ -1181,25 +1180,24 @@ static void flush_remote(evutil_socket_t fd, short what, void *arg)
     (void)what;
     (void)arg;
     while ((it = msgq_pop(&remote_out))) {
-        server_route(remote.srv, NULL, &it->m);
+        server_route(remote.node.srv, NULL, &it->m);
         msgq_item_free(it);
     }
 }
 
-int repl_remote_eval(server_t *srv, script_host_t *h, const char *code, size_t len, char **json, size_t *json_len)
+int repl_remote_eval(node_t *n, const char *code, size_t len, char **json, size_t *json_len)
 {
     if (!remote_ready) {
         memset(&remote, 0, sizeof remote);
-        remote.srv = srv;
-        remote.host = h;
+        remote.node = *n;
         remote.entry = "(served)";
-        remote_flush = event_new(server_base(srv), -1, 0, flush_remote, NULL);
+        remote_flush = event_new(server_base(n->srv), -1, 0, flush_remote, NULL);
         if (!remote_flush)
             return -1;
-        server_subscribe_internal(srv, ">", on_any, &remote);
-        server_set_input_tap(srv, on_input, &remote);
+        server_subscribe_internal(n->srv, ">", on_any, &remote);
+        server_set_input_tap(n->srv, on_input, &remote);
         install_helpers(&remote);
-        script_set_reload_hook(h, reinstall, &remote);
+        script_set_reload_hook(n->scripts, reinstall, &remote);
         remote_ready = 1;
     }
     void (*saved)(const char *, size_t) = emit;

@@ -18,8 +18,10 @@
 
 #include "cli.h"
 #include "flow.h"
+#include "admin.h"
 #include "http.h"
-#include "json.h"
+#include "node.h"
+#include "json_lua.h"
 #include "log.h"
 #include "repl.h"
 #include "script.h"
@@ -164,7 +166,18 @@ enum {
     OPT_DATA,
 };
 
-static int cmd_serve(int argc, char **argv)
+/* What tide serve's command line says; flags in `set` override the entry
+ * file's settings. */
+typedef struct serve_args {
+    server_opts_t flags;
+    unsigned set; /* bit i: the i-th server option came from a flag */
+    const char *pid_file, *config, *http_flag, *data_flag;
+    int no_http;
+} serve_args_t;
+
+/* Reads tide serve's flags into a.  Returns -1 to go on, else the exit
+ * code (0 after --help, 2 on a usage error, which is printed). */
+static int serve_parse_args(int argc, char **argv, serve_args_t *a)
 {
     static const struct option longopts[] = {
         {"addr", required_argument, NULL, 'a'},
@@ -186,24 +199,18 @@ static int cmd_serve(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    server_opts_t o, flags;
-    unsigned set = 0; /* which settings came from flags: they override the config file */
-    const char *pid_file = NULL, *config = NULL, *http_flag = NULL, *data_flag = NULL;
-    streams_t *streams = NULL;
-    int no_http = 0;
-    http_t *http = NULL;
-    script_host_t *scripts = NULL;
     size_t n;
-    int ch, rc = 1;
+    int ch;
 
-    server_opts_default(&flags);
+    memset(a, 0, sizeof *a);
+    server_opts_default(&a->flags);
     opterr = 0;
     optind = 1;
     while ((ch = getopt_long(argc, argv, ":a:p:c:P:n:DVh", longopts, NULL)) != -1) {
         switch (ch) {
         case 'a':
-            snprintf(flags.host, sizeof flags.host, "%s", optarg);
-            set |= 1u << 0;
+            snprintf(a->flags.host, sizeof a->flags.host, "%s", optarg);
+            a->set |= 1u << 0;
             break;
         case 'p':
             if (parse_size_arg("--port", optarg, 0, &n) < 0 || n > 65535) {
@@ -211,62 +218,62 @@ static int cmd_serve(int argc, char **argv)
                     fprintf(stderr, "tide: --port must be 0..65535, got '%s'\n", optarg);
                 return 2;
             }
-            flags.port = (int)n;
-            set |= 1u << 1;
+            a->flags.port = (int)n;
+            a->set |= 1u << 1;
             break;
         case 'c':
-            config = optarg;
+            a->config = optarg;
             break;
         case 'P':
-            pid_file = optarg;
+            a->pid_file = optarg;
             break;
         case 'n':
-            snprintf(flags.server_name, sizeof flags.server_name, "%s", optarg);
-            set |= 1u << 2;
+            snprintf(a->flags.server_name, sizeof a->flags.server_name, "%s", optarg);
+            a->set |= 1u << 2;
             break;
         case OPT_MAX_PAYLOAD:
-            if (parse_size_arg("--max-payload", optarg, 1, &flags.max_payload) < 0)
+            if (parse_size_arg("--max-payload", optarg, 1, &a->flags.max_payload) < 0)
                 return 2;
-            set |= 1u << 3;
+            a->set |= 1u << 3;
             break;
         case OPT_MAX_CONTROL_LINE:
-            if (parse_size_arg("--max-control-line", optarg, 64, &flags.max_control_line) < 0)
+            if (parse_size_arg("--max-control-line", optarg, 64, &a->flags.max_control_line) < 0)
                 return 2;
-            set |= 1u << 4;
+            a->set |= 1u << 4;
             break;
         case OPT_MAX_PENDING:
-            if (parse_size_arg("--max-pending", optarg, 1024, &flags.max_pending) < 0)
+            if (parse_size_arg("--max-pending", optarg, 1024, &a->flags.max_pending) < 0)
                 return 2;
-            set |= 1u << 5;
+            a->set |= 1u << 5;
             break;
         case OPT_PING_INTERVAL:
-            if (parse_seconds_arg("--ping-interval", optarg, &flags.ping_interval) < 0)
+            if (parse_seconds_arg("--ping-interval", optarg, &a->flags.ping_interval) < 0)
                 return 2;
-            set |= 1u << 6;
+            a->set |= 1u << 6;
             break;
         case OPT_MAX_PINGS_OUT:
             if (parse_size_arg("--max-pings-out", optarg, 1, &n) < 0)
                 return 2;
-            flags.max_pings_out = (int)n;
-            set |= 1u << 7;
+            a->flags.max_pings_out = (int)n;
+            a->set |= 1u << 7;
             break;
         case OPT_WRITE_DEADLINE:
-            if (parse_seconds_arg("--write-deadline", optarg, &flags.write_deadline) < 0)
+            if (parse_seconds_arg("--write-deadline", optarg, &a->flags.write_deadline) < 0)
                 return 2;
-            set |= 1u << 8;
+            a->set |= 1u << 8;
             break;
         case OPT_HTTP:
             if (!strrchr(optarg, ':')) {
                 fprintf(stderr, "tide: --http expects HOST:PORT, got '%s'\n", optarg);
                 return 2;
             }
-            http_flag = optarg;
+            a->http_flag = optarg;
             break;
         case OPT_NO_HTTP:
-            no_http = 1;
+            a->no_http = 1;
             break;
         case OPT_DATA:
-            data_flag = optarg;
+            a->data_flag = optarg;
             break;
         case 'D':
             log_set_level(LOG_DEBUG);
@@ -289,108 +296,76 @@ static int cmd_serve(int argc, char **argv)
         fprintf(stderr, "tide: unexpected argument '%s'\nTry 'tide --help'.\n", argv[optind]);
         return 2;
     }
+    return -1;
+}
+
+/* The server's settings: defaults, then the entry file's, then flags. */
+static void serve_apply_flags(const serve_args_t *a, server_opts_t *o)
+{
+    const server_opts_t *f = &a->flags;
+    if (a->set & (1u << 0)) memcpy(o->host, f->host, sizeof o->host);
+    if (a->set & (1u << 1)) o->port = f->port;
+    if (a->set & (1u << 2)) memcpy(o->server_name, f->server_name, sizeof o->server_name);
+    if (a->set & (1u << 3)) o->max_payload = f->max_payload;
+    if (a->set & (1u << 4)) o->max_control_line = f->max_control_line;
+    if (a->set & (1u << 5)) o->max_pending = f->max_pending;
+    if (a->set & (1u << 6)) o->ping_interval = f->ping_interval;
+    if (a->set & (1u << 7)) o->max_pings_out = f->max_pings_out;
+    if (a->set & (1u << 8)) o->write_deadline = f->write_deadline;
+}
+
+static int cmd_serve(int argc, char **argv)
+{
+    serve_args_t a;
+    server_opts_t o;
+    node_t node;
+    int rc = serve_parse_args(argc, argv, &a);
+    if (rc >= 0)
+        return rc;
+    rc = 1;
+    memset(&node, 0, sizeof node);
     server_opts_default(&o);
-    if (config) {
+    if (a.config) {
         char err[1024], lib[4096];
-        scripts = script_host_new(config, lua_lib_dir(lib, sizeof lib), err, sizeof err);
-        if (!scripts) {
+        node.scripts = script_host_new(a.config, lua_lib_dir(lib, sizeof lib), err, sizeof err);
+        if (!node.scripts) {
             fprintf(stderr, "tide: %s\n", err);
             return 1;
         }
-        script_host_apply_settings(scripts, &o);
+        script_host_apply_settings(node.scripts, &o);
     }
-    if (set & (1u << 0)) memcpy(o.host, flags.host, sizeof o.host);
-    if (set & (1u << 1)) o.port = flags.port;
-    if (set & (1u << 2)) memcpy(o.server_name, flags.server_name, sizeof o.server_name);
-    if (set & (1u << 3)) o.max_payload = flags.max_payload;
-    if (set & (1u << 4)) o.max_control_line = flags.max_control_line;
-    if (set & (1u << 5)) o.max_pending = flags.max_pending;
-    if (set & (1u << 6)) o.ping_interval = flags.ping_interval;
-    if (set & (1u << 7)) o.max_pings_out = flags.max_pings_out;
-    if (set & (1u << 8)) o.write_deadline = flags.write_deadline;
+    serve_apply_flags(&a, &o);
 
     signal(SIGPIPE, SIG_IGN);
     {
         char verr[512];
         if (vfs_init(verr, sizeof verr) < 0) {
             fprintf(stderr, "tide: %s\n", verr);
-            script_host_free(scripts);
+            node_stop(&node);
             return 2;
         }
     }
-    server_t *s = server_new(&o);
-    if (!s) {
-        script_host_free(scripts);
+    if (!(node.srv = server_new(&o))) {
+        node_stop(&node);
         return 1;
     }
     log_info("Starting tide version %s", TIDE_VERSION);
-    log_info("Server id is %s", server_id(s));
-    if (server_listen(s) < 0)
+    log_info("Server id is %s", server_id(node.srv));
+    admin_attach(&node);
+    if (server_listen(node.srv) < 0)
         goto out;
-    if (scripts) {
-        if (script_host_attach(scripts, s) < 0) {
-            log_error("cannot set up script reloading");
-            goto out;
-        }
-        server_set_scripts(s, scripts);
-        /* The persistent queue: storage { dir } (or --data), by default
-         * "data" beside the entry file. */
-        char dd[4200], err[1024];
-        const char *sd = script_storage_dir(scripts);
-        if (data_flag)
-            snprintf(dd, sizeof dd, "%s", data_flag);
-        else if (sd)
-            snprintf(dd, sizeof dd, "%s", sd);
-        else
-            script_default_storage_dir(scripts, dd, sizeof dd);
-        if (script_declared_streams(scripts) || data_flag || sd) {
-            if (!(streams = streams_new(s, dd))) {
-                log_error("cannot set up the streams");
-                goto out;
-            }
-            if (script_host_set_streams(scripts, streams, err, sizeof err) < 0) {
-                log_error("%s", err);
-                goto out;
-            }
-        }
-    }
-    {
-        /* HTTP: --http / listen{http=...} must bind; the default is tried. */
-        char addr[300] = "127.0.0.1:8222";
-        int said = scripts ? script_http_setting(scripts, addr, sizeof addr) : 0;
-        if (http_flag)
-            snprintf(addr, sizeof addr, "%s", http_flag), said = 1;
-        if (!no_http && said >= 0) {
-            char *colon = strrchr(addr, ':');
-            *colon = '\0';
-            const char *hh = addr;
-            if (hh[0] == '[') { /* [::1]:8222 */
-                hh++;
-                if (colon > addr && colon[-1] == ']')
-                    colon[-1] = '\0';
-            }
-            http = http_new(s, hh, atoi(colon + 1));
-            if (!http && said) {
-                log_error("cannot listen for HTTP on %s:%s", hh, colon + 1);
-                goto out;
-            }
-            if (!http)
-                log_warn("HTTP is off: the default address %s:%s is taken (use --http or --no-http)", hh, colon + 1);
-        }
-    }
-    if (pid_file && write_pid_file(pid_file) < 0)
+    if (node.scripts && node_start_scripts(&node, a.data_flag) < 0)
+        goto out;
+    if (node_start_http(&node, a.http_flag, a.no_http) < 0)
+        goto out;
+    if (a.pid_file && write_pid_file(a.pid_file) < 0)
         goto out;
     log_info("Server is ready");
-    rc = server_run(s) < 0 ? 1 : 0;
+    rc = server_run(node.srv) < 0 ? 1 : 0;
 out:
-    http_free(http);
-    if (scripts)
-        script_host_set_streams(scripts, NULL, NULL, 0);
-    streams_free(streams); /* writes and syncs what is buffered */
-    server_free(s);
-    script_host_free(scripts);
-    if (pid_file)
-        unlink(pid_file);
+    node_stop(&node);
+    if (a.pid_file)
+        unlink(a.pid_file);
     return rc;
 }
 

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "log.h"
 #include "proto.h"
@@ -436,4 +437,60 @@ int proto_parse(proto_parser_t *p, const char *buf, size_t len, const proto_hand
     if ((p->state == S_PAYLOAD || p->state == S_END_R || p->state == S_END_N) && save_pending(p) < 0)
         return fail(p, PROTO_ERR_MAX_PAYLOAD, NULL, "out of memory for payload", buf, 0);
     return PROTO_OK;
+}
+
+/* ---- header blocks ---------------------------------------------------------- */
+
+const char *proto_header_find(const char *hdr, size_t len, const char *name, size_t *vlen)
+{
+    size_t nlen = strlen(name);
+    const char *p = hdr, *end = hdr + len;
+    const char *eol = memchr(p, '\n', len);
+    if (!hdr || !eol)
+        return NULL;
+    p = eol + 1; /* skip the NATS/1.0 status line */
+    while (p < end) {
+        eol = memchr(p, '\n', (size_t)(end - p));
+        const char *le = eol ? eol : end;
+        const char *colon = memchr(p, ':', (size_t)(le - p));
+        if (colon && (size_t)(colon - p) == nlen && strncasecmp(p, name, nlen) == 0) {
+            const char *v = colon + 1, *ve = le;
+            while (v < ve && (*v == ' ' || *v == '\t'))
+                v++;
+            while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t'))
+                ve--;
+            *vlen = (size_t)(ve - v);
+            return v;
+        }
+        if (!eol)
+            break;
+        p = eol + 1;
+    }
+    return NULL;
+}
+
+void proto_header_each(const char *hdr, size_t len,
+                       void (*fn)(void *ctx, const char *name, size_t nlen, const char *value, size_t vlen),
+                       void *ctx)
+{
+    const char *end = hdr + len;
+    const char *p = hdr && len ? memchr(hdr, '\n', len) : NULL;
+    if (!p)
+        return;
+    for (p++; p < end;) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        const char *le = eol ? eol : end;
+        const char *colon = memchr(p, ':', (size_t)(le - p));
+        if (colon) {
+            const char *v = colon + 1, *ve = le;
+            while (v < ve && (*v == ' ' || *v == '\t'))
+                v++;
+            while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t'))
+                ve--;
+            fn(ctx, p, (size_t)(colon - p), v, (size_t)(ve - v));
+        }
+        if (!eol)
+            break;
+        p = eol + 1;
+    }
 }

@@ -1,5 +1,5 @@
 /*
- * json.h - JSON for scripts, lossless both ways, on cJSON.
+ * json_lua.h - JSON for scripts, lossless both ways, on cJSON.
  *
  * JSON objects and arrays reach Lua as proxies over the document rather
  * than as converted tables, which is what keeps a round trip exact: key
@@ -30,37 +30,12 @@
  * owner alive; once the owner is dead (an event whose pipeline ended) every
  * proxy into it raises an error instead of reading freed memory.
  */
-#ifndef TIDE_JSON_H
-#define TIDE_JSON_H
+#ifndef TIDE_JSON_LUA_H
+#define TIDE_JSON_LUA_H
 
-#include <stddef.h>
-#include <stdint.h>
-
-#include <cjson/cJSON.h>
 #include <lua.h>
 
-/*
- * A scanned document: json_scan checks the text and records one token per
- * value (and per object key), in document order, without building a tree.
- * Reading goes through the tokens and the text; a cJSON tree is built only
- * when something needs one (a write, a copy, printing).
- *
- * Layout: an array's elements follow its token; an object's members follow
- * it as key, value, key, value; `next` of any value is the token after its
- * whole subtree, so siblings are found by skipping.
- */
-enum json_tok_type { JSON_TOK_NULL = 1, JSON_TOK_FALSE, JSON_TOK_TRUE, JSON_TOK_NUMBER, JSON_TOK_STRING,
-                     JSON_TOK_ARRAY, JSON_TOK_OBJECT };
-#define JSON_TOK_PLAIN 1 /* a string whose bytes are its value: no escapes, no NUL */
-#define JSON_NO_TOK UINT32_MAX
-
-typedef struct json_tok {
-    uint32_t start; /* offset of its first byte; strings: the byte after the quote */
-    uint32_t len;   /* bytes of its text (strings: between the quotes); arrays, objects: members */
-    uint32_t next;  /* index of the token after its subtree */
-    uint8_t type;   /* enum json_tok_type */
-    uint8_t flags;  /* JSON_TOK_PLAIN */
-} json_tok_t;
+#include "json.h"
 
 /* What a built tree owns; freed by json_tree_free (which leaves it empty). */
 typedef struct json_tree {
@@ -118,15 +93,6 @@ int json_object_set(json_owner_t *o, cJSON *parent, const char *key, cJSON *v);
 /* Removes parent[key], discarding it into o. */
 void json_object_unset(json_owner_t *o, cJSON *parent, const char *key);
 
-/*
- * Scans exactly len bytes as one JSON value with cJSON's rules (what
- * json_parse accepts, this accepts, and the other way round).  Stores up to
- * cap tokens in tok and returns how many the document has: when that is
- * more than cap, scan again with room for them.  Returns -1 when the text
- * is not JSON (or is 4 GiB or more).
- */
-long json_scan(const char *text, size_t len, json_tok_t *tok, uint32_t cap);
-
 /* The value token of member key (klen bytes) of object token obj, or
  * JSON_NO_TOK.  Keys compare as cJSON compares them (up to a NUL). */
 uint32_t json_tape_member(const json_owner_t *o, uint32_t obj, const char *key, size_t klen);
@@ -169,21 +135,6 @@ void json_push_proxy_metatable(lua_State *L);
  */
 json_tree_t *json_owner_tree(lua_State *L, json_owner_t *o, int owner_idx);
 
-/* Makes cJSON allocate through tide's block pool.  Call once, before any
- * other cJSON use (json_open does). */
-void json_init(void);
-
-/*
- * Parses exactly len bytes as one JSON value (surrounding whitespace
- * allowed).  Returns the tree, or NULL when the text is not JSON.  Number
- * nodes become raw nodes whose text lives in *nums (one allocation for the
- * whole document, owned by the caller, freed after the tree).
- */
-cJSON *json_parse(const char *text, size_t len, char **nums);
-
-/* Compact text of v, malloc'd (caller frees); NULL when out of memory. */
-char *json_print(const cJSON *v, size_t *len);
-
 /* Pushes the compact text of v as a Lua string; -1 (nothing pushed) when
  * out of memory. */
 int json_push_text(lua_State *L, const cJSON *v);
@@ -211,9 +162,6 @@ void json_push_document(lua_State *L, cJSON *tree, char *nums);
 
 /* A number node's value as Lua sees it: exact integer, else float. */
 void json_push_number(lua_State *L, const cJSON *n);
-
-/* True for number nodes (raw-with-text or plain cJSON numbers). */
-int json_is_number(const cJSON *n);
 
 /* Registers the metatables and pushes the table
  * { null = ..., array = fn, encode = fn, decode = fn }. */

@@ -56,17 +56,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <lauxlib.h>
-
 #include "crc32c.h"
 #include "dict.h"
-#include "json.h"
 #include "kv.h"
 #include "log.h"
 #include "util.h"
 #include "vfs.h"
 
-enum kv_type { KV_STRING, KV_INT, KV_FLOAT, KV_BOOL, KV_JSON };
 
 #define REC_HDR 20
 #define LOG_HDR 20
@@ -77,14 +73,6 @@ enum kv_type { KV_STRING, KV_INT, KV_FLOAT, KV_BOOL, KV_JSON };
 #define RETRY_NS 1000000000LL
 #define ERRLOG_NS 10000000000LL
 #define SNAP_CHUNK (256 * 1024)
-
-typedef struct kv_value {
-    int type;
-    int64_t i;
-    double f;
-    char *s; /* KV_STRING, KV_JSON */
-    size_t len;
-} kv_value_t;
 
 struct kv {
     dict_t d;
@@ -102,14 +90,15 @@ struct kv {
     size_t bcap;
 };
 
-static void value_free(void *p)
+void kv_value_free(kv_value_t *v)
 {
-    kv_value_t *v = p;
     if (v) {
         free(v->s);
         free(v);
     }
 }
+
+static void value_free(void *p) { kv_value_free(p); }
 
 static int64_t mono_ns(void)
 {
@@ -698,200 +687,60 @@ fail:
     return -1;
 }
 
-/* ---- the Lua API -------------------------------------------------------------- */
+/* ---- reading and changing ------------------------------------------------------ */
 
-static kv_t *upkv(lua_State *L) { return lua_touserdata(L, lua_upvalueindex(1)); }
-
-static void push_value(lua_State *L, const kv_value_t *v)
+const kv_value_t *kv_get(const kv_t *kv, const char *k, size_t kl)
 {
-    switch (v->type) {
-    case KV_STRING:
-        lua_pushlstring(L, v->s, v->len);
-        break;
-    case KV_INT:
-        lua_pushinteger(L, (lua_Integer)v->i);
-        break;
-    case KV_FLOAT:
-        lua_pushnumber(L, v->f);
-        break;
-    case KV_BOOL:
-        lua_pushboolean(L, (int)v->i);
-        break;
-    default: {
-        char *nums;
-        cJSON *j = json_parse(v->s, v->len, &nums);
-        if (!j) {
-            lua_pushnil(L);
-            break;
-        }
-        json_push_document(L, j, nums); /* owns the tree; proxies keep it alive */
-        json_push(L, j, -1);
-        lua_remove(L, -2);
-        break;
-    }
-    }
+    return dict_get(&((kv_t *)kv)->d, k, kl);
 }
 
-static int l_get(lua_State *L)
+int kv_set(kv_t *kv, const char *k, size_t kl, kv_value_t *v)
 {
-    size_t kl;
-    const char *k = luaL_checklstring(L, 1, &kl);
-    kv_value_t *v = dict_get(&upkv(L)->d, k, kl);
-    if (!v)
-        lua_pushnil(L);
-    else
-        push_value(L, v);
-    return 1;
-}
-
-static int l_has(lua_State *L)
-{
-    size_t kl;
-    const char *k = luaL_checklstring(L, 1, &kl);
-    lua_pushboolean(L, dict_get(&upkv(L)->d, k, kl) != NULL);
-    return 1;
-}
-
-static int l_set(lua_State *L)
-{
-    kv_t *kv = upkv(L);
-    size_t kl;
-    const char *k = luaL_checklstring(L, 1, &kl);
-    if (lua_isnoneornil(L, 2)) {
-        kv_value_t *old = dict_remove(&kv->d, k, kl);
-        if (old)
-            changed(kv, k, kl, NULL);
-        value_free(old);
-        return 0;
-    }
-    char *text = NULL;
-    size_t tlen = 0;
-    int t = lua_type(L, 2);
-    if (t != LUA_TSTRING && t != LUA_TNUMBER && t != LUA_TBOOLEAN) {
-        /* Tables are kept as JSON text; json_from_lua raises for functions,
-         * userdata, ... before anything here is allocated. */
-        cJSON *j = json_from_lua(L, 2);
-        text = json_print(j, &tlen);
-        cJSON_Delete(j);
-        if (!text)
-            return luaL_error(L, "out of memory");
-    }
-    kv_value_t *v = calloc(1, sizeof *v);
-    if (!v) {
-        free(text);
-        return luaL_error(L, "out of memory");
-    }
-    switch (t) {
-    case LUA_TSTRING: {
-        const char *s = lua_tolstring(L, 2, &v->len);
-        v->type = KV_STRING;
-        v->s = mem_dup(s, v->len);
-        break;
-    }
-    case LUA_TNUMBER:
-        if (lua_isinteger(L, 2)) {
-            v->type = KV_INT;
-            v->i = (int64_t)lua_tointeger(L, 2);
-        } else {
-            v->type = KV_FLOAT;
-            v->f = lua_tonumber(L, 2);
-        }
-        break;
-    case LUA_TBOOLEAN:
-        v->type = KV_BOOL;
-        v->i = lua_toboolean(L, 2);
-        break;
-    default:
-        v->type = KV_JSON;
-        v->s = text;
-        v->len = tlen;
-        break;
-    }
-    if ((v->type == KV_STRING || v->type == KV_JSON) && !v->s) {
-        free(v);
-        return luaL_error(L, "out of memory");
-    }
     kv_value_t *old = dict_get(&kv->d, k, kl);
     if (dict_put(&kv->d, k, kl, v) < 0) {
-        value_free(v);
-        return luaL_error(L, "out of memory");
+        kv_value_free(v);
+        return -1;
     }
     value_free(old);
     changed(kv, k, kl, v);
     return 0;
 }
 
-static int l_del(lua_State *L)
+int kv_del(kv_t *kv, const char *k, size_t kl)
 {
-    kv_t *kv = upkv(L);
-    size_t kl;
-    const char *k = luaL_checklstring(L, 1, &kl);
     kv_value_t *v = dict_remove(&kv->d, k, kl);
-    lua_pushboolean(L, v != NULL);
-    if (v)
-        changed(kv, k, kl, NULL);
+    if (!v)
+        return 0;
+    changed(kv, k, kl, NULL);
     value_free(v);
     return 1;
 }
 
-static int l_incr(lua_State *L)
+int kv_incr(kv_t *kv, const char *k, size_t kl, int64_t by, int64_t *out)
 {
-    kv_t *kv = upkv(L);
-    size_t kl;
-    const char *k = luaL_checklstring(L, 1, &kl);
-    lua_Integer by = luaL_optinteger(L, 2, 1);
     kv_value_t *v = dict_get(&kv->d, k, kl);
     if (!v) {
         v = calloc(1, sizeof *v);
         if (!v || dict_put(&kv->d, k, kl, v) < 0) {
             free(v);
-            return luaL_error(L, "out of memory");
+            return -1;
         }
         v->type = KV_INT;
     } else if (v->type != KV_INT) {
-        return luaL_error(L, "kv.incr: value of '%s' is not an integer", k);
+        return -2;
     }
     v->i = (int64_t)((uint64_t)v->i + (uint64_t)by);
     changed(kv, k, kl, v);
-    lua_pushinteger(L, (lua_Integer)v->i);
-    return 1;
+    *out = v->i;
+    return 0;
 }
 
-static int l_keys(lua_State *L)
+void kv_each(const kv_t *kv, const char *prefix, size_t pl, void (*fn)(void *ctx, const char *k, size_t kl),
+             void *ctx)
 {
-    kv_t *kv = upkv(L);
-    size_t pl = 0;
-    const char *prefix = luaL_optlstring(L, 1, "", &pl);
-    lua_Integer n = 0;
-    lua_newtable(L);
     for (size_t i = 0; i < kv->d.cap; i++) {
-        dict_entry_t *e = &kv->d.slots[i];
-        if (e->key && e->klen >= pl && memcmp(e->key, prefix, pl) == 0) {
-            lua_pushlstring(L, e->key, e->klen);
-            lua_rawseti(L, -2, ++n);
-        }
+        const dict_entry_t *e = &kv->d.slots[i];
+        if (e->key && e->klen >= pl && memcmp(e->key, prefix, pl) == 0)
+            fn(ctx, e->key, e->klen);
     }
-    lua_getglobal(L, "table");
-    if (lua_istable(L, -1)) {
-        lua_getfield(L, -1, "sort");
-        lua_pushvalue(L, -3);
-        lua_call(L, 1, 0);
-    }
-    lua_pop(L, 1);
-    return 1;
-}
-
-static int l_count(lua_State *L)
-{
-    lua_pushinteger(L, (lua_Integer)upkv(L)->d.count);
-    return 1;
-}
-
-void kv_push_api(lua_State *L, kv_t *kv)
-{
-    static const luaL_Reg fns[] = {{"get", l_get},   {"set", l_set},   {"del", l_del},     {"incr", l_incr},
-                                   {"has", l_has},   {"keys", l_keys}, {"count", l_count}, {NULL, NULL}};
-    lua_createtable(L, 0, 7);
-    lua_pushlightuserdata(L, kv);
-    luaL_setfuncs(L, fns, 1);
 }

@@ -19,6 +19,7 @@
 #include <event2/util.h>
 
 #include "dlq.h"
+#include "admin.h"
 #include "http.h"
 #include "json.h"
 #include "log.h"
@@ -58,6 +59,7 @@ typedef struct tail {
 
 struct http {
     server_t *srv;
+    node_t *node;
     struct evhttp *eh;
     struct event *heartbeat; /* keeps tails alive, and finds the ones whose client left */
     tail_t tails[MAX_TAILS];
@@ -252,7 +254,7 @@ static void on_puback(void *ctx, const proto_msg_t *m)
 /* A wait for one ingest request, or NULL when no stream is configured. */
 static ack_wait_t *wait_new(http_t *h, struct evhttp_request *req, int batch)
 {
-    if (!server_streams(h->srv) || !h->inbox_sub)
+    if (!h->node->streams || !h->inbox_sub)
         return NULL;
     ack_wait_t *w = calloc(1, sizeof *w);
     if (!w)
@@ -284,7 +286,7 @@ static const char *wait_reply(ack_wait_t *w, const char *subject, size_t sl, cha
         w->acap = nc;
     }
     int i = w->nevents++;
-    if (!dlq_capturing_stream(server_streams(w->http->srv), subject, sl))
+    if (!dlq_capturing_stream(w->http->node->streams, subject, sl))
         return NULL;
     snprintf(out, n, "%s%d", w->prefix, i);
     return out;
@@ -296,7 +298,7 @@ static int wait_start(ack_wait_t *w)
 {
     if (!w)
         return 0;
-    size_t pending = dlq_pending_pubacks(server_streams(w->http->srv), w->prefix, strlen(w->prefix));
+    size_t pending = dlq_pending_pubacks(w->http->node->streams, w->prefix, strlen(w->prefix));
     w->expected = w->answers + (int)pending;
     if (w->expected == 0) {
         wait_free(w); /* nothing was stored (not captured, or a filter dropped it): 202 */
@@ -306,7 +308,7 @@ static int wait_start(ack_wait_t *w)
         wait_finish(w, 0);
         return 1;
     }
-    w->timeout = script_http_ack_timeout(server_scripts(w->http->srv));
+    w->timeout = script_http_ack_timeout(w->http->node->scripts);
     struct timeval tv = util_timeval(w->timeout);
     w->timer = evtimer_new(server_base(w->http->srv), on_wait_timeout, w);
     if (!w->timer || evtimer_add(w->timer, &tv) < 0) {
@@ -348,7 +350,7 @@ static int publish_envelope(http_t *h, ack_wait_t *w, const char *extra, cJSON *
         snprintf(err, errsz, "'%s' is not a valid subject", subject);
         return 400;
     }
-    script_host_t *sh = server_scripts(h->srv);
+    script_host_t *sh = h->node->scripts;
     char *hdr = NULL;
     size_t hl = 0;
     char *payload = NULL;
@@ -575,7 +577,7 @@ static void ingest(http_t *h, struct evhttp_request *req, const char *path)
         /* Structured mode is already an envelope: the body goes out as sent
          * (unless the subject is delivered in binary mode). */
         const char *type = cJSON_GetObjectItemCaseSensitive(doc, "type")->valuestring;
-        if (server_scripts(h->srv) && script_http_binary(server_scripts(h->srv), type, strlen(type))) {
+        if (h->node->scripts && script_http_binary(h->node->scripts, type, strlen(type))) {
             code = publish_envelope(h, w, extra, doc, type, err, sizeof err);
             n = code ? 0 : 1;
             goto done;
@@ -705,7 +707,7 @@ static void metrics(http_t *h, struct evhttp_request *req)
 {
     server_stats_t s;
     script_stats_t st;
-    script_host_t *sh = server_scripts(h->srv);
+    script_host_t *sh = h->node->scripts;
     struct evbuffer *b = evbuffer_new();
     if (!b) {
         evhttp_send_error(req, 500, "out of memory");
@@ -769,10 +771,10 @@ static void metrics(http_t *h, struct evhttp_request *req)
         evbuffer_add_printf(b, "tide_script_call_seconds_sum %.17g\ntide_script_call_seconds_count %llu\n", sum,
                             (unsigned long long)count);
     }
-    if (server_streams(h->srv)) {
+    if (h->node->streams) {
         char *sb = NULL;
         size_t sl = 0, sc = 0;
-        streams_metrics(server_streams(h->srv), &sb, &sl, &sc);
+        streams_metrics(h->node->streams, &sb, &sl, &sc);
         if (sb)
             evbuffer_add(b, sb, sl);
         free(sb);
@@ -893,7 +895,7 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
  * reopen ("failed" in the streams' JSON). */
 static int storage_failed(http_t *h, char *why, size_t n)
 {
-    streams_t *sm = server_streams(h->srv);
+    streams_t *sm = h->node->streams;
     size_t len;
     char *json = sm ? streams_json(sm, &len) : NULL;
     cJSON *a = json ? cJSON_ParseWithLength(json, len) : NULL, *s;
@@ -935,7 +937,7 @@ static void on_request(struct evhttp_request *req, void *arg)
     } else if (!strcmp(path, "/healthz")) {
         reply_json(req, 200, "OK", "{\"status\":\"ok\"}");
     } else if (!strcmp(path, "/readyz")) {
-        script_host_t *sh = server_scripts(h->srv);
+        script_host_t *sh = h->node->scripts;
         script_stats_t st;
         if (sh)
             script_get_stats(sh, &st);
@@ -950,19 +952,19 @@ static void on_request(struct evhttp_request *req, void *arg)
         metrics(h, req);
     } else if (!strcmp(path, "/v1/stats")) {
         size_t len;
-        char *json = server_stats_json(h->srv, &len);
+        char *json = admin_stats_json(h->node, &len);
         reply(req, 200, "OK", "application/json", json ? json : "{}", json ? len : 2);
         free(json);
     } else if (!strcmp(path, "/v1/rules")) {
         char *json = NULL;
         size_t len = 0;
-        if (server_scripts(h->srv))
-            script_rules_json(server_scripts(h->srv), &json, &len);
+        if (h->node->scripts)
+            script_rules_json(h->node->scripts, &json, &len);
         reply(req, 200, "OK", "application/json", json ? json : "[]", json ? len : 2);
         free(json);
     } else if (!strcmp(path, "/v1/streams") || !strcmp(path, "/v1/consumers")) {
         /* The same JSON as $TIDE.ADMIN.STREAM.LS / CONSUMER.LS; [] without streams. */
-        streams_t *sm = server_streams(h->srv);
+        streams_t *sm = h->node->streams;
         size_t len = 0;
         char *json = !sm ? NULL : path[4] == 's' ? streams_json(sm, &len) : consumers_json(sm, &len);
         reply(req, 200, "OK", "application/json", json ? json : "[]", json ? len : 2);
@@ -985,17 +987,18 @@ static void on_request(struct evhttp_request *req, void *arg)
         evhttp_uri_free(u);
 }
 
-http_t *http_new(server_t *srv, const char *host, int port)
+http_t *http_new(node_t *node, const char *host, int port)
 {
     http_t *h = calloc(1, sizeof *h);
     if (!h)
         return NULL;
-    h->srv = srv;
-    h->eh = evhttp_new(server_base(srv));
+    h->srv = node->srv;
+    h->node = node;
+    h->eh = evhttp_new(server_base(node->srv));
     if (!h->eh)
         goto fail;
     /* Room for max_payload of data plus an envelope's attributes. */
-    evhttp_set_max_body_size(h->eh, (ev_ssize_t)server_get_opts(srv)->max_payload + 4096);
+    evhttp_set_max_body_size(h->eh, (ev_ssize_t)server_get_opts(h->srv)->max_payload + 4096);
     evhttp_set_gencb(h->eh, on_request, h);
     /* PubAcks for ingested events come to a subject of our own. */
     unsigned char rnd[8];
@@ -1004,9 +1007,9 @@ http_t *http_new(server_t *srv, const char *host, int port)
              rnd[4], rnd[5], rnd[6], rnd[7]);
     char pattern[64];
     snprintf(pattern, sizeof pattern, "%s.>", h->inbox);
-    h->inbox_sub = server_subscribe_internal(srv, pattern, on_puback, h);
+    h->inbox_sub = server_subscribe_internal(h->srv, pattern, on_puback, h);
     struct timeval one = {1, 0};
-    h->heartbeat = event_new(server_base(srv), -1, EV_PERSIST, on_heartbeat, h);
+    h->heartbeat = event_new(server_base(h->srv), -1, EV_PERSIST, on_heartbeat, h);
     if (!h->heartbeat || event_add(h->heartbeat, &one) < 0)
         goto fail;
     if (!evhttp_bind_socket_with_handle(h->eh, host, (ev_uint16_t)port))

@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <cjson/cJSON.h>
+
 #include "proto.h"
 #include "sublist.h"
 
@@ -86,10 +88,34 @@ size_t server_route_to(server_t *s, struct client *from, const char *to, size_t 
 
 /*
  * The entry point for every message a client publishes: admin requests
- * ($TIDE.ADMIN.*) are answered here, everything else goes through the
- * script pipeline when one is attached, else straight to server_route.
+ * ($TIDE.ADMIN.*) go to the admin hook, everything else to the ingress
+ * hook (the script pipeline), or straight to server_route when none is set.
  */
 void server_publish(server_t *s, struct client *from, const proto_msg_t *msg);
+
+/*
+ * Hooks: how the layers above receive what the core does not handle
+ * itself.  The core calls no code above it but through these, registered
+ * once when a node starts (and cleared with NULL before the owner goes).
+ * `from` is the publishing client, NULL for messages the server makes; m
+ * and what it points to are valid during the call only.
+ */
+typedef void (*server_msg_hook)(void *ctx, struct client *from, const proto_msg_t *m);
+
+/* Every published message except admin requests: the hook decides where it
+ * goes (it ends in server_route / server_route_flags). */
+void server_set_ingress(server_t *s, server_msg_hook fn, void *ctx);
+
+/* Every $TIDE.ADMIN.> request.  Without a hook such requests are answered
+ * {"ok":false,...}. */
+void server_set_admin(server_t *s, server_msg_hook fn, void *ctx);
+
+/* Publishes payload to req's reply subject, if it has one (an admin or API
+ * answer). */
+void server_reply(server_t *s, const proto_msg_t *req, const char *payload, size_t len);
+
+/* True when c (may be NULL: false) connected from a loopback address. */
+int server_client_is_loopback(const struct client *c);
 
 /* Calls fn with every message published into the router (by clients, the
  * prompt or HTTP; not admin requests, not what handlers publish), before
@@ -99,9 +125,8 @@ void server_set_input_tap(server_t *s, void (*fn)(void *ctx, const proto_msg_t *
 struct streams;
 /* Attaches the persistent queue: fn is offered every routed message (except
  * ROUTE_NO_CAPTURE ones) and returns 1 when a stream stored it (it then
- * answers a reply subject itself).  sm answers $TIDE.ADMIN.STREAM.* etc. */
-void server_set_capture(server_t *s, int (*fn)(void *ctx, const proto_msg_t *m), void *ctx, struct streams *sm);
-struct streams *server_streams(server_t *s);
+ * answers a reply subject itself).  NULL detaches it. */
+void server_set_capture(server_t *s, int (*fn)(void *ctx, const proto_msg_t *m), void *ctx);
 /* Pauses capture (paused != 0) or resumes it (0): while paused, routed
  * messages are not offered to the streams, as if every route had
  * ROUTE_NO_CAPTURE.  tide repl's replay() runs stored events through the
@@ -110,12 +135,6 @@ struct streams *server_streams(server_t *s);
 int server_pause_capture(server_t *s, int paused);
 /* True when some subscription matches subject. */
 int server_has_interest(server_t *s, const char *subject, size_t len);
-
-struct script_host;
-/* Attaches the script host (owned by the caller, who frees it after the server). */
-void server_set_scripts(server_t *s, struct script_host *h);
-/* The attached script host, or NULL. */
-struct script_host *server_scripts(server_t *s);
 
 /*
  * Subscribes a function inside the server: fn(ctx, msg) is called for every
@@ -131,9 +150,9 @@ sub_t *server_subscribe_internal(server_t *s, const char *pattern, void (*fn)(vo
 
 void server_get_stats(const server_t *s, server_stats_t *out);
 
-/* Server and script counters as JSON (malloc'd; caller frees), as
- * $TIDE.ADMIN.STATS and GET /v1/stats answer. */
-char *server_stats_json(server_t *s, size_t *len);
+/* The server's counters as a new cJSON object (caller deletes; NULL when
+ * out of memory): the core of $TIDE.ADMIN.STATS and GET /v1/stats. */
+cJSON *server_stats_object(server_t *s);
 
 /* Clients connected now. */
 size_t server_connections(const server_t *s);

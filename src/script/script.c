@@ -210,15 +210,22 @@ void script_host_apply_settings(const script_host_t *h, server_opts_t *o)
     if (st->set_mask & SET_WRITE_DEADLINE) o->write_deadline = st->set.write_deadline;
 }
 
+/* The server's ingress hook: every published message runs the pipeline. */
+static void on_ingress(void *ctx, client_t *from, const proto_msg_t *m)
+{
+    script_process(ctx, from, m);
+}
+
 void script_host_attach_offline(script_host_t *h, server_t *srv)
 {
     h->srv = srv;
+    server_set_ingress(srv, on_ingress, h);
 }
 
 int script_host_attach(script_host_t *h, server_t *srv)
 {
     struct event_base *base = server_base(srv);
-    h->srv = srv;
+    script_host_attach_offline(h, srv);
     h->debounce = evtimer_new(base, on_debounce, h);
     h->sighup = evsignal_new(base, SIGHUP, on_sighup, h);
     if (!h->debounce || !h->sighup || event_add(h->sighup, NULL) < 0)

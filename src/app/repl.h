@@ -13,8 +13,7 @@
  */
 int repl_main(const char *entry, const char *lib_dir, const char *listen_addr, const char *data_dir);
 
-struct server;
-struct script_host;
+struct node;
 /*
  * Evaluates a prompt line sent by `tide repl --connect` ($TIDE.ADMIN.EVAL)
  * in a serving node's scripts, with the prompt's helpers.  Sets *json to a
@@ -22,7 +21,6 @@ struct script_host;
  * later (sub() watchers, trace()) is published on $TIDE.TRACE.  Returns 0,
  * or -1 when out of memory.
  */
-int repl_remote_eval(struct server *srv, struct script_host *h, const char *code, size_t len, char **json,
-                     size_t *json_len);
+int repl_remote_eval(struct node *n, const char *code, size_t len, char **json, size_t *json_len);
 
 #endif

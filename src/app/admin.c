@@ -1,0 +1,170 @@
+/* admin.c - see admin.h.  Each verb is one function and one row of the
+ * table; what a verb needs of the node it reaches through node_t. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "admin.h"
+#include "client.h"
+#include "repl.h"
+#include "util.h"
+
+#define ADMIN_PREFIX "$TIDE.ADMIN."
+
+/* Answers {"ok":false,"error":msg}. */
+static void reply_error(node_t *n, const proto_msg_t *m, const char *msg)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddBoolToObject(o, "ok", 0);
+    cJSON_AddStringToObject(o, "error", msg);
+    char *p = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (p)
+        server_reply(n->srv, m, p, strlen(p));
+    cJSON_free(p);
+}
+
+/* Answers with malloc'd json (freed here), or an out-of-memory error. */
+static void reply_owned(node_t *n, const proto_msg_t *m, char *json, size_t len)
+{
+    if (!json) {
+        reply_error(n, m, "out of memory");
+        return;
+    }
+    server_reply(n->srv, m, json, len);
+    free(json);
+}
+
+char *admin_stats_json(node_t *n, size_t *len)
+{
+    script_stats_t st;
+    memset(&st, 0, sizeof st);
+    if (n->scripts)
+        script_get_stats(n->scripts, &st);
+    cJSON *o = server_stats_object(n->srv), *sc = cJSON_CreateObject();
+    char *out = NULL;
+    *len = 0;
+    if (!o || !sc)
+        goto done;
+#define NUM(k, v) cJSON_AddNumberToObject(sc, k, (double)(v))
+    cJSON_AddBoolToObject(sc, "loaded", n->scripts != NULL);
+    NUM("generation", st.generation);
+    NUM("rules", st.rules);
+    NUM("events", st.events);
+    NUM("bypassed", st.bypassed);
+    NUM("dropped", st.dropped);
+    NUM("dead_letters", st.dead_letters);
+    NUM("errors", st.errors);
+    NUM("budget_stops", st.budget_stops);
+    NUM("emitted", st.emitted);
+    NUM("loops_stopped", st.loops_stopped);
+    NUM("reloads", st.reloads);
+    NUM("reload_failures", st.reload_failures);
+    cJSON_AddStringToObject(sc, "last_reload", st.last_reload);
+    NUM("memory", st.memory);
+    NUM("decodes", st.decodes);
+#undef NUM
+    cJSON_AddItemToObject(o, "scripts", sc);
+    sc = NULL;
+    char *p = cJSON_PrintUnformatted(o);
+    if (p) {
+        out = mem_dup(p, strlen(p));
+        *len = out ? strlen(out) : 0;
+        cJSON_free(p);
+    }
+done:
+    cJSON_Delete(sc);
+    cJSON_Delete(o);
+    return out;
+}
+
+static void verb_reload(node_t *n, client_t *from, const proto_msg_t *m)
+{
+    char err[1024], buf[128];
+    (void)from;
+    if (!n->scripts) {
+        reply_error(n, m, "no scripts are loaded (start with -c)");
+        return;
+    }
+    if (script_reload(n->scripts, "admin request", err, sizeof err) < 0) {
+        reply_error(n, m, err);
+        return;
+    }
+    script_stats_t st;
+    script_get_stats(n->scripts, &st);
+    int len = snprintf(buf, sizeof buf, "{\"ok\":true,\"generation\":%llu,\"rules\":%d}",
+                       (unsigned long long)st.generation, st.rules);
+    server_reply(n->srv, m, buf, (size_t)len);
+}
+
+static void verb_stats(node_t *n, client_t *from, const proto_msg_t *m)
+{
+    size_t len;
+    (void)from;
+    char *json = admin_stats_json(n, &len);
+    reply_owned(n, m, json, len);
+}
+
+/* tide repl --connect: runs code on this node, so it is off unless the
+ * config says admin { eval = true }, and loopback only. */
+static void verb_eval(node_t *n, client_t *from, const proto_msg_t *m)
+{
+    char *json = NULL;
+    size_t len = 0;
+    if (!n->scripts || !script_admin_eval(n->scripts))
+        reply_error(n, m, "remote evaluation is off: set admin { eval = true } in the config to allow tide repl "
+                          "--connect");
+    else if (!server_client_is_loopback(from))
+        reply_error(n, m, "remote evaluation is only for loopback clients");
+    else if (script_is_processing(n->scripts))
+        reply_error(n, m, "busy");
+    else if (repl_remote_eval(n, m->payload, m->payload_len, &json, &len) == 0)
+        reply_owned(n, m, json, len);
+    else
+        reply_error(n, m, "out of memory");
+}
+
+static void verb_rules(node_t *n, client_t *from, const proto_msg_t *m)
+{
+    char *json = NULL;
+    size_t len = 0;
+    (void)from;
+    if (n->scripts)
+        script_rules_json(n->scripts, &json, &len);
+    if (json)
+        reply_owned(n, m, json, len);
+    else
+        server_reply(n->srv, m, "[]", 2);
+}
+
+static const struct {
+    const char *name;
+    void (*fn)(node_t *n, client_t *from, const proto_msg_t *m);
+} verbs[] = {
+    {"RELOAD", verb_reload},
+    {"STATS", verb_stats},
+    {"EVAL", verb_eval},
+    {"RULES", verb_rules},
+};
+
+static void on_admin(void *ctx, client_t *from, const proto_msg_t *m)
+{
+    node_t *n = ctx;
+    const char *op = m->subject + strlen(ADMIN_PREFIX);
+    size_t oplen = m->subject_len - strlen(ADMIN_PREFIX);
+    for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++) {
+        if (strlen(verbs[i].name) == oplen && !memcmp(op, verbs[i].name, oplen)) {
+            verbs[i].fn(n, from, m);
+            return;
+        }
+    }
+    /* STREAM.*, CONSUMER.*, DLQ.*: the streams' own verbs. */
+    if (n->streams && streams_admin(n->streams, op, oplen, m))
+        return;
+    reply_error(n, m, "unknown admin request; try RELOAD, STATS, RULES or EVAL");
+}
+
+void admin_attach(node_t *n)
+{
+    server_set_admin(n->srv, on_admin, n);
+}

@@ -1,0 +1,23 @@
+/*
+ * admin.h - the admin surface: requests on $TIDE.ADMIN.<VERB>, answered as
+ * JSON on the request's reply subject (tide reload, tide stats, tide
+ * rules, tide repl --connect, and the streams' verbs).
+ */
+#ifndef TIDE_ADMIN_H
+#define TIDE_ADMIN_H
+
+#include <stddef.h>
+
+#include "node.h"
+
+/* Registers the node's admin hook with its server: from now on every
+ * $TIDE.ADMIN.> request is answered from the verbs in admin.c.  The node
+ * must outlive its server's loop. */
+void admin_attach(node_t *n);
+
+/* The node's counters as JSON (server, and scripts when loaded):
+ * malloc'd, caller frees; NULL when out of memory.  $TIDE.ADMIN.STATS and
+ * GET /v1/stats answer this. */
+char *admin_stats_json(node_t *n, size_t *len);
+
+#endif

@@ -1,0 +1,75 @@
+/* node.c - starting and stopping the parts of a node; see node.h. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http.h"
+#include "log.h"
+#include "node.h"
+
+int node_start_scripts(node_t *n, const char *data_flag)
+{
+    char dd[4200], err[1024];
+    if (script_host_attach(n->scripts, n->srv) < 0) {
+        log_error("cannot set up script reloading");
+        return -1;
+    }
+    /* The persistent queue: --data, else storage { dir }, by default
+     * "data" beside the entry file; only when something asks for it. */
+    const char *sd = script_storage_dir(n->scripts);
+    if (data_flag)
+        snprintf(dd, sizeof dd, "%s", data_flag);
+    else if (sd)
+        snprintf(dd, sizeof dd, "%s", sd);
+    else
+        script_default_storage_dir(n->scripts, dd, sizeof dd);
+    if (!script_declared_streams(n->scripts) && !data_flag && !sd)
+        return 0;
+    if (!(n->streams = streams_new(n->srv, dd))) {
+        log_error("cannot set up the streams");
+        return -1;
+    }
+    if (script_host_set_streams(n->scripts, n->streams, err, sizeof err) < 0) {
+        log_error("%s", err);
+        return -1;
+    }
+    return 0;
+}
+
+int node_start_http(node_t *n, const char *http_flag, int no_http)
+{
+    /* --http / listen{http=...} must bind; the default is tried. */
+    char addr[300] = "127.0.0.1:8222";
+    int said = n->scripts ? script_http_setting(n->scripts, addr, sizeof addr) : 0;
+    if (http_flag)
+        snprintf(addr, sizeof addr, "%s", http_flag), said = 1;
+    if (no_http || said < 0)
+        return 0;
+    char *colon = strrchr(addr, ':');
+    *colon = '\0';
+    const char *host = addr;
+    if (host[0] == '[') { /* [::1]:8222 */
+        host++;
+        if (colon > addr && colon[-1] == ']')
+            colon[-1] = '\0';
+    }
+    n->http = http_new(n, host, atoi(colon + 1));
+    if (!n->http && said) {
+        log_error("cannot listen for HTTP on %s:%s", host, colon + 1);
+        return -1;
+    }
+    if (!n->http)
+        log_warn("HTTP is off: the default address %s:%s is taken (use --http or --no-http)", host, colon + 1);
+    return 0;
+}
+
+void node_stop(node_t *n)
+{
+    http_free(n->http);
+    if (n->scripts)
+        script_host_set_streams(n->scripts, NULL, NULL, 0);
+    streams_free(n->streams); /* writes and syncs what is buffered */
+    server_free(n->srv);
+    script_host_free(n->scripts);
+    memset(n, 0, sizeof *n);
+}

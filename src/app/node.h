@@ -1,0 +1,39 @@
+/*
+ * node.h - one tide node: the server and what the app started around it.
+ *
+ * The node owns its parts and is passed down explicitly to the app's
+ * faces (admin verbs, HTTP, the prompt); the layers below get only the
+ * part they work on.  A part that is not running is NULL.
+ */
+#ifndef TIDE_NODE_H
+#define TIDE_NODE_H
+
+#include "script.h"
+#include "server.h"
+#include "stream.h"
+
+struct http;
+
+typedef struct node {
+    server_t *srv;
+    script_host_t *scripts; /* the entry file's rules; NULL without -c */
+    streams_t *streams;     /* the persistent queue; NULL without one */
+    struct http *http;      /* the HTTP face; NULL when off */
+} node_t;
+
+/* With n->srv and n->scripts set: routes the server's events through the
+ * scripts, watches their files, and opens the persistent queue the entry
+ * file asks for (in data_flag, else its storage { dir }, else "data"
+ * beside it).  0, or -1 with the reason logged. */
+int node_start_scripts(node_t *n, const char *data_flag);
+
+/* Opens the HTTP face: on http_flag (HOST:PORT), else the entry file's
+ * listen { http }, else 127.0.0.1:8222 when that is free.  0, or -1 (logged)
+ * when an address that was asked for cannot be bound. */
+int node_start_http(node_t *n, const char *http_flag, int no_http);
+
+/* Stops and frees every part, in the order they depend on each other
+ * (HTTP, streams, server, scripts), and zeroes n. */
+void node_stop(node_t *n);
+
+#endif
