@@ -74,6 +74,12 @@ scripts/install-deps.sh || ok=0
 
 if [ "$mode" != "--asan-only" ]; then
     if build plain; then
+        # The layering of src/ (docs/architecture.md), read from the objects.
+        if lua5.4 scripts/layer-check.lua build >"$LOGDIR/layer-check.log" 2>&1; then
+            passed=$((passed + 1)); echo "   layer check                             ok"
+        else
+            failed=$((failed + 1)); echo "   layer check FAILED"; sed 's/^/     /' "$LOGDIR/layer-check.log"
+        fi
         run_pass plain "$ROOT/build/tide"
         # The fuzz corpus: every stored frame through the parser under ASan+UBSan.
         if scripts/fuzz.sh replay >"$LOGDIR/fuzz-replay.log" 2>&1; then
