@@ -60,10 +60,12 @@
 #include "dict.h"
 #include "kv.h"
 #include "log.h"
+#include "record.h"
 #include "util.h"
 #include "vfs.h"
 
 
+#define REC_MAGIC 0x31564b54u /* "TKV1" */
 #define REC_HDR 20
 #define LOG_HDR 20
 #define SNAP_HDR 28
@@ -178,9 +180,7 @@ static int encode(kv_t *kv, size_t *off, const char *k, size_t kl, const kv_valu
         return -1;
     }
     char *p = kv->buf + *off;
-    uint32_t len32 = (uint32_t)len, kl32 = (uint32_t)kl;
-    memcpy(p, "TKV1", 4);
-    memcpy(p + 8, &len32, 4);
+    uint32_t kl32 = (uint32_t)kl;
     p[12] = v ? 'S' : 'D';
     p[13] = v ? (char)v->type : 0;
     p[14] = p[15] = 0;
@@ -188,25 +188,20 @@ static int encode(kv_t *kv, size_t *off, const char *k, size_t kl, const kv_valu
     memcpy(p + REC_HDR, k, kl);
     if (vl)
         memcpy(p + REC_HDR + kl, val, vl);
-    uint32_t crc = crc32c(0, p + 8, len - 8);
-    memcpy(p + 4, &crc, 4);
+    record_seal(p, REC_MAGIC, (uint32_t)len);
     *off += len;
     return 0;
 }
 
-/* Length of the well-formed record at b[off..n), or 0. */
-static size_t record_at(const char *b, size_t n, size_t off)
+/* A record's key fits in it (the frame is record.c's). */
+static int record_fits(const char *rec, uint32_t len)
 {
-    uint32_t len, crc, kl;
-    if (n - off < REC_HDR || memcmp(b + off, "TKV1", 4))
-        return 0;
-    memcpy(&len, b + off + 8, 4);
-    memcpy(&crc, b + off + 4, 4);
-    memcpy(&kl, b + off + 16, 4);
-    if (len < REC_HDR || len > n - off || kl > len - REC_HDR)
-        return 0;
-    return crc32c(0, b + off + 8, len - 8) == crc ? len : 0;
+    uint32_t kl;
+    memcpy(&kl, rec + 16, 4);
+    return kl <= len - REC_HDR;
 }
+
+static const record_kind_t kv_record = {REC_MAGIC, REC_HDR, REC_MAX, record_fits};
 
 /* Applies a well-formed record: 0, -1 when its content makes no sense,
  * -2 when out of memory. */
@@ -269,7 +264,7 @@ static int replay(kv_t *kv, const char *b, size_t n, size_t off, scan_t *s)
     memset(s, 0, sizeof *s);
     s->good_end = off;
     while (off < n) {
-        size_t len = record_at(b, n, off);
+        size_t len = record_check(&kv_record, b + off, n - off);
         if (len) {
             int rc = apply_record(kv, b + off, len);
             if (rc == -2)
@@ -283,18 +278,7 @@ static int replay(kv_t *kv, const char *b, size_t n, size_t off, scan_t *s)
             continue;
         }
         /* Damaged: find the next record that checks out. */
-        size_t q = off + 1;
-        for (;;) {
-            const char *m = q < n ? memmem(b + q, n - q, "TKV1", 4) : NULL;
-            if (!m) {
-                q = n;
-                break;
-            }
-            q = (size_t)(m - b);
-            if (record_at(b, n, q))
-                break;
-            q++;
-        }
+        size_t q = record_next(&kv_record, b, n, off + 1);
         if (q >= n) {
             s->torn = n - off;
             break;

@@ -17,9 +17,9 @@
 
 #include <event2/event.h>
 
-#include "crc32c.h"
 #include "dict.h"
 #include "log.h"
+#include "record.h"
 #include "util.h"
 #include "vfs.h"
 
@@ -131,19 +131,24 @@ int64_t slog_now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* A record's fields add up to its length (the frame is record.c's). */
+static int record_fits(const char *p, uint32_t len)
+{
+    uint16_t sl = get16(p + 12), kl = get16(p + 14);
+    uint32_t hl = get32(p + 32), pl = get32(p + 36);
+    return len >= REC_HDR && (uint64_t)REC_HDR + sl + kl + hl + pl == len && sl != 0;
+}
+
+static const record_kind_t seg_record = {REC_MAGIC, REC_HDR, UINT32_MAX, record_fits};
+
 /* Parses the record at p (avail bytes there).  1 with *out filled, 0 when
  * it is not a whole valid record. */
 static int parse_rec(const char *p, size_t avail, slog_rec_t *out, uint32_t *len)
 {
-    if (avail < REC_HDR || get32(p) != REC_MAGIC)
+    uint32_t l = record_check(&seg_record, p, avail);
+    if (!l)
         return 0;
-    uint32_t l = get32(p + 8);
     uint16_t sl = get16(p + 12), kl = get16(p + 14);
-    uint32_t hl = get32(p + 32), pl = get32(p + 36);
-    if (l < REC_HDR || l > avail || (uint64_t)REC_HDR + sl + kl + hl + pl != l || sl == 0)
-        return 0;
-    if (crc32c(0, p + 8, l - 8) != get32(p + 4))
-        return 0;
     out->seq = get64(p + 16);
     out->ts = (int64_t)get64(p + 24);
     out->subject = p + REC_HDR;
@@ -151,9 +156,9 @@ static int parse_rec(const char *p, size_t avail, slog_rec_t *out, uint32_t *len
     out->key = out->subject + sl;
     out->key_len = kl;
     out->hdr = out->key + kl;
-    out->hdr_len = hl;
-    out->payload = out->hdr + hl;
-    out->payload_len = pl;
+    out->hdr_len = get32(p + 32);
+    out->payload = out->hdr + out->hdr_len;
+    out->payload_len = get32(p + 36);
     *len = l;
     return 1;
 }
@@ -887,8 +892,6 @@ uint64_t slog_append(slog_t *l, const slog_rec_t *r)
     if (ts < l->last_ts)
         ts = l->last_ts; /* times never go backwards within a stream */
     char *p = l->wbuf + l->wlen;
-    put32(p, REC_MAGIC);
-    put32(p + 8, (uint32_t)len);
     put16(p + 12, (uint16_t)r->subject_len);
     put16(p + 14, (uint16_t)r->key_len);
     put64(p + 16, seq);
@@ -906,7 +909,7 @@ uint64_t slog_append(slog_t *l, const slog_rec_t *r)
     q += r->hdr_len;
     if (r->payload_len)
         memcpy(q, r->payload, r->payload_len);
-    put32(p + 4, crc32c(0, p + 8, len - 8));
+    record_seal(p, REC_MAGIC, (uint32_t)len);
 
     /* Undo information, in case the write fails. */
     if (!l->wfirst)
@@ -1142,18 +1145,16 @@ static int scan_segment(slog_t *l, seg_t *s, int is_last, slog_report_t *rep, in
             s->size = (off_t)p;
             break;
         }
-        /* Otherwise find the next record. */
+        /* Otherwise find the next record (one that also goes on from the
+         * sequences read so far). */
         size_t q = p + 1;
         int found = 0;
-        for (; q + REC_HDR <= size; q++) {
-            const char *m = memchr(map + q, 'T', size - q - REC_HDR + 1);
-            if (!m)
-                break;
-            q = (size_t)(m - map);
+        while ((q = record_next(&seg_record, map, size, q)) < size) {
             if (parse_rec(map + q, size - q, &r, &len) && r.seq > prev) {
                 found = 1;
                 break;
             }
+            q++;
         }
         if (found) {
             rep->corrupt++;
