@@ -242,9 +242,6 @@ void script_host_free(script_host_t *h)
     if (!h)
         return;
     stop_watching(h);
-    free(watch_dirs);
-    watch_dirs = NULL;
-    nwatch_dirs = 0;
     if (h->debounce)
         event_free(h->debounce);
     if (h->sighup)

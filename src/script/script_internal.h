@@ -160,6 +160,12 @@ typedef struct err_seen {
     uint64_t suppressed;
 } err_seen_t;
 
+/* A directory inotify watches for the host (its loaded files' folders). */
+typedef struct watch_dir {
+    int wd;
+    char path[PATH_MAX];
+} watch_dir_t;
+
 struct script_host {
     server_t *srv;
     char *config_path;
@@ -175,6 +181,8 @@ struct script_host {
     struct event *sighup;
     struct event *watch_ev;   /* inotify */
     int watch_fd;
+    watch_dir_t *watch_dirs; /* what watch_fd watches */
+    size_t nwatch_dirs;
     struct event *poll_timer; /* fallback when inotify is unavailable */
     struct event *debounce;
     time_t *poll_mtimes;
@@ -190,12 +198,6 @@ struct script_host {
 };
 
 extern const char budget_keys[4];
-typedef struct watch_dir {
-    int wd;
-    char path[PATH_MAX];
-} watch_dir_t;
-extern watch_dir_t *watch_dirs;
-extern size_t nwatch_dirs;
 
 state_t *state_of(lua_State *L);
 void *state_alloc(void *ud, void *ptr, size_t osize, size_t nsize);

@@ -21,6 +21,9 @@ void stop_watching(script_host_t *h)
     free(h->poll_mtimes);
     h->poll_mtimes = NULL;
     h->npoll = 0;
+    free(h->watch_dirs);
+    h->watch_dirs = NULL;
+    h->nwatch_dirs = 0;
 }
 
 void on_debounce(evutil_socket_t fd, short what, void *arg)
@@ -50,8 +53,6 @@ static int is_watched(script_host_t *h, const char *dir, const char *name)
 }
 
 
-watch_dir_t *watch_dirs;
-size_t nwatch_dirs;
 
 static void on_inotify(evutil_socket_t fd, short what, void *arg)
 {
@@ -62,8 +63,8 @@ static void on_inotify(evutil_socket_t fd, short what, void *arg)
     while ((n = read(fd, buf, sizeof buf)) > 0) {
         for (char *p = buf; p < buf + n;) {
             struct inotify_event *ie = (struct inotify_event *)p;
-            for (size_t i = 0; i < nwatch_dirs; i++)
-                if (watch_dirs[i].wd == ie->wd && ie->len && is_watched(h, watch_dirs[i].path, ie->name))
+            for (size_t i = 0; i < h->nwatch_dirs; i++)
+                if (h->watch_dirs[i].wd == ie->wd && ie->len && is_watched(h, h->watch_dirs[i].path, ie->name))
                     schedule_reload(h);
             p += sizeof *ie + ie->len;
         }
@@ -96,15 +97,12 @@ void start_watching(script_host_t *h)
 {
     struct event_base *base = server_base(h->srv);
     stop_watching(h);
-    free(watch_dirs);
-    watch_dirs = NULL;
-    nwatch_dirs = 0;
     if (!h->cur)
         return;
     h->watch_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
     if (h->watch_fd >= 0) {
-        watch_dirs = calloc(h->cur->nfiles, sizeof *watch_dirs);
-        for (size_t i = 0; watch_dirs && i < h->cur->nfiles; i++) {
+        h->watch_dirs = calloc(h->cur->nfiles, sizeof *h->watch_dirs);
+        for (size_t i = 0; h->watch_dirs && i < h->cur->nfiles; i++) {
             char dir[PATH_MAX];
             snprintf(dir, sizeof dir, "%s", h->cur->files[i]);
             char *slash = strrchr(dir, '/');
@@ -112,20 +110,20 @@ void start_watching(script_host_t *h)
                 continue;
             *slash = '\0';
             int seen = 0;
-            for (size_t j = 0; j < nwatch_dirs; j++)
-                if (!strcmp(watch_dirs[j].path, dir))
+            for (size_t j = 0; j < h->nwatch_dirs; j++)
+                if (!strcmp(h->watch_dirs[j].path, dir))
                     seen = 1;
             if (seen)
                 continue;
             int wd = inotify_add_watch(h->watch_fd, dir, IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE);
             if (wd < 0)
                 continue;
-            watch_dirs[nwatch_dirs].wd = wd;
-            snprintf(watch_dirs[nwatch_dirs].path, sizeof watch_dirs[nwatch_dirs].path, "%s", dir);
-            nwatch_dirs++;
+            h->watch_dirs[h->nwatch_dirs].wd = wd;
+            snprintf(h->watch_dirs[h->nwatch_dirs].path, sizeof h->watch_dirs[h->nwatch_dirs].path, "%s", dir);
+            h->nwatch_dirs++;
         }
         h->watch_ev = event_new(base, h->watch_fd, EV_READ | EV_PERSIST, on_inotify, h);
-        if (h->watch_ev && nwatch_dirs && event_add(h->watch_ev, NULL) == 0)
+        if (h->watch_ev && h->nwatch_dirs && event_add(h->watch_ev, NULL) == 0)
             return;
         log_warn("cannot watch script files with inotify (%s); polling every second", strerror(errno));
         stop_watching(h);
