@@ -520,15 +520,150 @@ static void apply_early(kv_t *kv, dict_t *pre, int write)
     }
 }
 
+/* What loading found, for deciding what to write next. */
+typedef struct kv_load {
+    int have_snap, have_log;      /* the files exist */
+    int snap_hdr_ok, log_hdr_ok;  /* their headers check out */
+    int stale;                    /* the log is older than the snapshot: not applied */
+    int need_snapshot;            /* damage, or an inconsistent pair: write a new snapshot */
+    uint64_t snap_gen, snap_count, log_gen;
+    scan_t ss, ls;                /* what replaying each found */
+    int lfd;                      /* the log, open for appending, or -1 */
+} kv_load_t;
+
+/* Loads the snapshot at path, if there is one.  0, or -1 with err set. */
+static int load_snapshot_file(kv_t *kv, const char *path, kv_load_t *ld, char *err, size_t errsz)
+{
+    char *b = NULL;
+    size_t n = 0;
+    if ((ld->have_snap = read_all(path, O_RDONLY, NULL, &b, &n)) < 0) {
+        snprintf(err, errsz, "kv: cannot read %s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (!ld->have_snap)
+        return 0;
+    if (n >= SNAP_HDR && !memcmp(b, "TIDEKVS1", 8)) {
+        uint32_t crc;
+        memcpy(&crc, b + 24, 4);
+        if (crc32c(0, b, 24) == crc) {
+            ld->snap_hdr_ok = 1;
+            memcpy(&ld->snap_gen, b + 8, 8);
+            memcpy(&ld->snap_count, b + 16, 8);
+        }
+    }
+    int rc = replay(kv, b, n, n < SNAP_HDR ? n : SNAP_HDR, &ld->ss);
+    free(b);
+    if (rc < 0) {
+        snprintf(err, errsz, "kv: out of memory loading %s", kv->dir);
+        return -1;
+    }
+    const scan_t *ss = &ld->ss;
+    if (!ld->snap_hdr_ok || ss->damaged || ss->torn || ss->nrec != ld->snap_count) {
+        log_error("kv: the snapshot %s is damaged: %s%" PRIu64 " entries loaded%s; skipped %" PRIu64
+                  " damaged record(s) (%" PRIu64 " bytes) and a damaged end of %" PRIu64 " bytes",
+                  path, ld->snap_hdr_ok ? "" : "its header does not check out; ", ss->nrec,
+                  ld->snap_hdr_ok && ss->nrec != ld->snap_count ? " of those it should hold" : "", ss->damaged,
+                  ss->bad_bytes, ss->torn);
+        ld->need_snapshot = 1;
+    }
+    return 0;
+}
+
+/* Loads the log at path over the snapshot, unless it is older than the
+ * snapshot; keeps it open in ld->lfd.  0, or -1 with err set. */
+static int load_log_file(kv_t *kv, const char *path, kv_load_t *ld, char *err, size_t errsz)
+{
+    char *b = NULL;
+    size_t n = 0;
+    if ((ld->have_log = read_all(path, O_RDWR | O_APPEND, &ld->lfd, &b, &n)) < 0) {
+        snprintf(err, errsz, "kv: cannot read %s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (!ld->have_log)
+        return 0;
+    if (n >= LOG_HDR && !memcmp(b, "TIDEKVL1", 8)) {
+        uint32_t crc;
+        memcpy(&crc, b + 16, 4);
+        if (crc32c(0, b, 16) == crc) {
+            ld->log_hdr_ok = 1;
+            memcpy(&ld->log_gen, b + 8, 8);
+        }
+    }
+    int snap_ok = ld->have_snap && ld->snap_hdr_ok;
+    if (ld->log_hdr_ok && snap_ok && ld->log_gen < ld->snap_gen) {
+        /* Left by a compaction that stopped between its two renames: the
+         * snapshot holds all of it. */
+        log_info("kv: %s is of generation %" PRIu64 ", older than the snapshot (%" PRIu64 "): not applied", path,
+                 ld->log_gen, ld->snap_gen);
+        ld->stale = ld->need_snapshot = 1;
+        free(b);
+        return 0;
+    }
+    if (!ld->log_hdr_ok) {
+        log_warn("kv: the header of %s is damaged: its records are applied anyway", path);
+        ld->need_snapshot = 1;
+    } else if ((snap_ok && ld->log_gen > ld->snap_gen) || (!ld->have_snap && ld->log_gen > 0)) {
+        log_warn("kv: %s is of generation %" PRIu64 " but the snapshot %s: values set before that "
+                 "generation may be missing",
+                 path, ld->log_gen, ld->have_snap ? "is older" : "is missing");
+        ld->need_snapshot = 1; /* a consistent pair again */
+    }
+    int rc = replay(kv, b, n, n < LOG_HDR ? n : LOG_HDR, &ld->ls);
+    free(b);
+    if (rc < 0) {
+        snprintf(err, errsz, "kv: out of memory loading %s", kv->dir);
+        return -1;
+    }
+    if (ld->ls.damaged) {
+        log_warn("kv: %s: skipped %" PRIu64 " damaged record(s) (%" PRIu64 " bytes); %" PRIu64 " records applied",
+                 path, ld->ls.damaged, ld->ls.bad_bytes, ld->ls.nrec);
+        ld->need_snapshot = 1;
+    }
+    if (ld->ls.torn)
+        log_warn("kv: %s: cut a torn tail of %" PRIu64 " bytes", path, ld->ls.torn);
+    return 0;
+}
+
+/* After loading: either a fresh snapshot (keeping copies of damaged files)
+ * or appends go on in the log as loaded, its torn tail cut.  The entries
+ * set before persisting (pre) go over what was loaded. */
+static void settle_files(kv_t *kv, kv_load_t *ld, dict_t *pre)
+{
+    if (ld->need_snapshot) {
+        if (ld->lfd >= 0)
+            vfs_close(ld->lfd);
+        ld->lfd = -1;
+        const scan_t *ss = &ld->ss;
+        if (ld->have_snap && (!ld->snap_hdr_ok || ss->damaged || ss->torn || ss->nrec != ld->snap_count))
+            keep_damaged(kv, "snapshot");
+        if (ld->have_log && !ld->stale && (!ld->log_hdr_ok || ld->ls.damaged))
+            keep_damaged(kv, "log");
+        apply_early(kv, pre, 0);
+        if (snapshot(kv) < 0)
+            kv->broken = 1; /* logged; the next change (or shutdown) tries again */
+        return;
+    }
+    if (ld->lfd >= 0) {
+        if (ld->ls.torn && vfs_truncate(ld->lfd, (off_t)ld->ls.good_end) < 0) {
+            write_error(kv, "cut the torn tail of the log", errno);
+            vfs_close(ld->lfd);
+            kv->broken = 1;
+            kv->next_try = 0;
+        } else {
+            kv->fd = ld->lfd;
+            kv->log_len = ld->ls.good_end;
+            kv->nrec = ld->ls.nrec + ld->ls.damaged;
+        }
+        ld->lfd = -1;
+    }
+    /* With no files yet, the log is created by the first change. */
+    apply_early(kv, pre, 1);
+}
+
 int kv_persist(kv_t *kv, const char *dir, char *err, size_t errsz)
 {
     char spath[4200], lpath[4200];
-    char *sb = NULL, *lb = NULL;
-    size_t sn = 0, ln = 0;
-    int lfd = -1, need_snapshot = 0, have_snap, have_log;
-    int snap_hdr_ok = 0, log_hdr_ok = 0, stale = 0;
-    uint64_t snap_gen = 0, snap_count = 0, log_gen = 0;
-    scan_t ss, ls;
+    kv_load_t ld;
     if (kv->dir) {
         if (!strcmp(kv->dir, dir))
             return 0;
@@ -543,127 +678,23 @@ int kv_persist(kv_t *kv, const char *dir, char *err, size_t errsz)
     path_of(lpath, sizeof lpath, kv, "log");
     dict_t pre = kv->d;
     dict_init(&kv->d);
-    memset(&ss, 0, sizeof ss);
-    memset(&ls, 0, sizeof ls);
-
-    if ((have_snap = read_all(spath, O_RDONLY, NULL, &sb, &sn)) < 0) {
-        snprintf(err, errsz, "kv: cannot read %s: %s", spath, strerror(errno));
+    memset(&ld, 0, sizeof ld);
+    ld.lfd = -1;
+    if (load_snapshot_file(kv, spath, &ld, err, errsz) < 0 || load_log_file(kv, lpath, &ld, err, errsz) < 0)
         goto fail;
-    }
-    if (have_snap) {
-        if (sn >= SNAP_HDR && !memcmp(sb, "TIDEKVS1", 8)) {
-            uint32_t crc;
-            memcpy(&crc, sb + 24, 4);
-            if (crc32c(0, sb, 24) == crc) {
-                snap_hdr_ok = 1;
-                memcpy(&snap_gen, sb + 8, 8);
-                memcpy(&snap_count, sb + 16, 8);
-            }
-        }
-        if (replay(kv, sb, sn, sn < SNAP_HDR ? sn : SNAP_HDR, &ss) < 0)
-            goto nomem;
-        if (!snap_hdr_ok || ss.damaged || ss.torn || ss.nrec != snap_count) {
-            log_error("kv: the snapshot %s is damaged: %s%" PRIu64 " entries loaded%s; skipped %" PRIu64
-                      " damaged record(s) (%" PRIu64 " bytes) and a damaged end of %" PRIu64 " bytes",
-                      spath, snap_hdr_ok ? "" : "its header does not check out; ", ss.nrec,
-                      snap_hdr_ok && ss.nrec != snap_count ? " of those it should hold" : "", ss.damaged,
-                      ss.bad_bytes, ss.torn);
-            need_snapshot = 1;
-        }
-    }
-
-    if ((have_log = read_all(lpath, O_RDWR | O_APPEND, &lfd, &lb, &ln)) < 0) {
-        snprintf(err, errsz, "kv: cannot read %s: %s", lpath, strerror(errno));
-        goto fail;
-    }
-    if (have_log) {
-        if (ln >= LOG_HDR && !memcmp(lb, "TIDEKVL1", 8)) {
-            uint32_t crc;
-            memcpy(&crc, lb + 16, 4);
-            if (crc32c(0, lb, 16) == crc) {
-                log_hdr_ok = 1;
-                memcpy(&log_gen, lb + 8, 8);
-            }
-        }
-        if (log_hdr_ok && have_snap && snap_hdr_ok && log_gen < snap_gen) {
-            /* Left by a compaction that stopped between its two renames:
-             * the snapshot holds all of it. */
-            log_info("kv: %s is of generation %" PRIu64 ", older than the snapshot (%" PRIu64 "): not applied",
-                     lpath, log_gen, snap_gen);
-            stale = 1;
-            need_snapshot = 1;
-        } else {
-            if (!log_hdr_ok) {
-                log_warn("kv: the header of %s is damaged: its records are applied anyway", lpath);
-                need_snapshot = 1;
-            } else if ((have_snap && snap_hdr_ok && log_gen > snap_gen) || (!have_snap && log_gen > 0)) {
-                log_warn("kv: %s is of generation %" PRIu64 " but the snapshot %s: values set before that "
-                         "generation may be missing",
-                         lpath, log_gen, have_snap ? "is older" : "is missing");
-                need_snapshot = 1; /* a consistent pair again */
-            }
-            if (replay(kv, lb, ln, ln < LOG_HDR ? ln : LOG_HDR, &ls) < 0)
-                goto nomem;
-            if (ls.damaged) {
-                log_warn("kv: %s: skipped %" PRIu64 " damaged record(s) (%" PRIu64 " bytes); %" PRIu64
-                         " records applied",
-                         lpath, ls.damaged, ls.bad_bytes, ls.nrec);
-                need_snapshot = 1;
-            }
-            if (ls.torn)
-                log_warn("kv: %s: cut a torn tail of %" PRIu64 " bytes", lpath, ls.torn);
-        }
-    }
-    free(sb);
-    free(lb);
-    sb = lb = NULL;
-
-    if (have_snap || have_log)
+    if (ld.have_snap || ld.have_log)
         log_info("kv: loaded %zu keys from %s (generation %" PRIu64 ")", kv->d.count, kv->dir,
-                 snap_hdr_ok ? snap_gen : log_gen);
-    kv->gen = have_snap && snap_hdr_ok ? snap_gen : log_gen;
-    if (log_hdr_ok && log_gen > kv->gen)
-        kv->gen = log_gen;
-
-    if (need_snapshot) {
-        if (lfd >= 0)
-            vfs_close(lfd);
-        lfd = -1;
-        if (have_snap && (!snap_hdr_ok || ss.damaged || ss.torn || ss.nrec != snap_count))
-            keep_damaged(kv, "snapshot");
-        if (have_log && !stale && (!log_hdr_ok || ls.damaged))
-            keep_damaged(kv, "log");
-        apply_early(kv, &pre, 0);
-        if (snapshot(kv) < 0)
-            kv->broken = 1; /* logged; the next change (or shutdown) tries again */
-    } else {
-        if (lfd >= 0) {
-            if (ls.torn && vfs_truncate(lfd, (off_t)ls.good_end) < 0) {
-                write_error(kv, "cut the torn tail of the log", errno);
-                vfs_close(lfd);
-                lfd = -1;
-                kv->broken = 1;
-                kv->next_try = 0;
-            } else {
-                kv->fd = lfd;
-                kv->log_len = ls.good_end;
-                kv->nrec = ls.nrec + ls.damaged;
-                lfd = -1;
-            }
-        }
-        /* With no files yet, the log is created by the first change. */
-        apply_early(kv, &pre, 1);
-    }
+                 ld.snap_hdr_ok ? ld.snap_gen : ld.log_gen);
+    kv->gen = ld.have_snap && ld.snap_hdr_ok ? ld.snap_gen : ld.log_gen;
+    if (ld.log_hdr_ok && ld.log_gen > kv->gen)
+        kv->gen = ld.log_gen;
+    settle_files(kv, &ld, &pre);
     dict_clear(&pre, value_free);
     return 0;
 
-nomem:
-    snprintf(err, errsz, "kv: out of memory loading %s", kv->dir);
 fail:
-    free(sb);
-    free(lb);
-    if (lfd >= 0)
-        vfs_close(lfd);
+    if (ld.lfd >= 0)
+        vfs_close(ld.lfd);
     dict_clear(&kv->d, value_free);
     kv->d = pre;
     free(kv->dir);
