@@ -1160,35 +1160,51 @@ static void del_parked(uint64_t *v, size_t *n, uint64_t s)
         }
 }
 
-static int load_state(consumer_t *c)
+/* What load_state gathers from the ack log. */
+typedef struct ack_replay {
+    uint64_t replayed, bad, torn;   /* records applied, damaged, bytes of a cut record at the end */
+    dict_t acked;                   /* sequences the log says are done */
+    uint64_t *parked;               /* parked behind their key, sorted once replayed */
+    size_t nparked, capparked;
+} ack_replay_t;
+
+/* Applies one record of the ack log: D delivered (n times), A done, P parked. */
+static void apply_ack_op(consumer_t *c, char op, uint32_t n, uint64_t seq, ack_replay_t *r)
 {
-    uint64_t *parked = NULL;
-    size_t nparked = 0, capparked;
-    int snap = load_snapshot(c, &parked, &nparked);
-    capparked = nparked;
-    int fresh = snap == 0;
-    if (snap < 0) {
-        log_warn("consumer %s: its state snapshot is damaged; rebuilding from the ack log and the deliver policy "
-                 "(events acknowledged before the last snapshot may be delivered again)", c->cfg.name);
-        dict_clear(&c->pending, free);
-        dict_init(&c->pending);
-        c->npending = 0;
-        nparked = 0;
+    pend_t *p = pend_get(c, seq);
+    if (op == 'D') {
+        if (!p)
+            p = pend_new(c, seq, NULL);
+        if (p)
+            p->deliveries = n;
+        del_parked(r->parked, &r->nparked, seq);
+        if (seq >= c->next_seq)
+            c->next_seq = seq + 1;
+        c->dseq++;
+    } else if (op == 'A') {
+        if (p) {
+            dict_remove(&c->pending, (const char *)&seq, 8);
+            c->npending--;
+            free(p);
+        }
+        del_parked(r->parked, &r->nparked, seq);
+        dict_put(&r->acked, (const char *)&seq, 8, c);
+    } else if (op == 'P') {
+        add_parked(&r->parked, &r->nparked, &r->capparked, seq);
+        if (seq >= c->next_seq)
+            c->next_seq = seq + 1;
     }
-    if (snap <= 0) {
-        c->next_seq = start_seq(c);
-        c->gen = 0;
-    }
-    /* Replay the log of the same generation (a log with a damaged header
-     * too: replaying a stale log can only make events be delivered again,
-     * never lose one). */
-    uint64_t base_next = c->next_seq;
+}
+
+/* Replays acks.log of the snapshot's generation (snap: load_snapshot's
+ * answer) into the pending set and r.  A log with a damaged header is
+ * replayed too: a stale log can only make events be delivered again, never
+ * lose one. */
+static void replay_ack_log(consumer_t *c, int snap, ack_replay_t *r)
+{
     char path[4200];
     snprintf(path, sizeof path, "%s/acks.log", c->dir);
     int fd = vfs_open(path, O_RDONLY, 0);
-    uint64_t replayed = 0, bad = 0, torn = 0;
-    dict_t acked; /* sequences the log says are done */
-    dict_init(&acked);
     if (fd < 0 && snap > 0)
         log_warn("consumer %s: %s is missing: events acknowledged since the last snapshot may be delivered again",
                  c->cfg.name, path);
@@ -1211,72 +1227,47 @@ static int load_state(consumer_t *c)
                          "delivered again", c->cfg.name, path);
             if (hdr_ok && snap <= 0)
                 c->gen = lgen;
-            fresh = 0;
             char rec[OP_LEN * 256];
             off_t off = 16;
             ssize_t got;
             while ((got = vfs_pread(fd, rec, sizeof rec, off)) > 0) {
                 if (got < OP_LEN) {
-                    torn = (uint64_t)got;
+                    r->torn = (uint64_t)got;
                     break;
                 }
                 for (ssize_t i = 0; i + OP_LEN <= got; i += OP_LEN) {
-                    char *r = rec + i;
+                    char *op = rec + i;
                     uint32_t crc, n;
                     uint64_t seq;
-                    memcpy(&crc, r + 13, 4);
-                    memcpy(&n, r + 1, 4);
-                    memcpy(&seq, r + 5, 8);
-                    if (crc != crc32c(0, r, 13)) {
-                        bad++;
+                    memcpy(&crc, op + 13, 4);
+                    memcpy(&n, op + 1, 4);
+                    memcpy(&seq, op + 5, 8);
+                    if (crc != crc32c(0, op, 13)) {
+                        r->bad++;
                         continue;
                     }
-                    replayed++;
-                    pend_t *p = pend_get(c, seq);
-                    if (r[0] == 'D') {
-                        if (!p)
-                            p = pend_new(c, seq, NULL);
-                        if (p)
-                            p->deliveries = n;
-                        del_parked(parked, &nparked, seq);
-                        if (seq >= c->next_seq)
-                            c->next_seq = seq + 1;
-                        c->dseq++;
-                    } else if (r[0] == 'A') {
-                        if (p) {
-                            dict_remove(&c->pending, (const char *)&seq, 8);
-                            c->npending--;
-                            free(p);
-                        }
-                        del_parked(parked, &nparked, seq);
-                        dict_put(&acked, (const char *)&seq, 8, c);
-                    } else if (r[0] == 'P') {
-                        add_parked(&parked, &nparked, &capparked, seq);
-                        if (seq >= c->next_seq)
-                            c->next_seq = seq + 1;
-                    }
+                    r->replayed++;
+                    apply_ack_op(c, op[0], n, seq, r);
                 }
                 off += got - got % OP_LEN;
             }
         }
         vfs_close(fd);
     }
-    if (bad)
-        log_warn("consumer %s: skipped %" PRIu64 " damaged record%s in its ack log", c->cfg.name, bad,
-                 bad == 1 ? "" : "s");
-    if (torn)
-        log_warn("consumer %s: its ack log ends in the middle of a record (%" PRIu64 " bytes ignored)", c->cfg.name,
-                 torn);
-    /* Whatever the damage, no event is lost: an event the consumer passed
-     * (below next_seq) that is neither in flight, parked nor acknowledged
-     * according to what survived is delivered again. */
-    if (nparked)
-        qsort(parked, nparked, sizeof *parked, cmp_u64);
+}
+
+/* Whatever the damage, no event is lost: an event the consumer passed
+ * (from base_next to next_seq) that is neither in flight, parked nor
+ * acknowledged according to what survived is delivered again. */
+static void refill_lost(consumer_t *c, uint64_t base_next, ack_replay_t *ar)
+{
+    if (ar->nparked)
+        qsort(ar->parked, ar->nparked, sizeof *ar->parked, cmp_u64);
     uint64_t refilled = 0;
     size_t fl = strlen(c->cfg.filter);
     for (uint64_t q = base_next; q < c->next_seq; q++) {
-        if (pend_get(c, q) || dict_get(&acked, (const char *)&q, 8) ||
-            (nparked && bsearch(&q, parked, nparked, sizeof *parked, cmp_u64)))
+        if (pend_get(c, q) || dict_get(&ar->acked, (const char *)&q, 8) ||
+            (ar->nparked && bsearch(&q, ar->parked, ar->nparked, sizeof *ar->parked, cmp_u64)))
             continue;
         slog_rec_t r;
         if (slog_read(c->st->log, q, &r, &c->sm->rbuf, &c->sm->rcap) <= 0 ||
@@ -1285,11 +1276,15 @@ static int load_state(consumer_t *c)
         if (pend_new(c, q, NULL))
             refilled++;
     }
-    dict_clear(&acked, NULL);
     if (refilled)
         log_warn("consumer %s: %" PRIu64 " event%s whose state was lost will be delivered again", c->cfg.name,
                  refilled, refilled == 1 ? "" : "s");
-    /* Keys of what is in flight, then the parked events behind them. */
+}
+
+/* Schedules what was in flight before the restart for delivery again,
+ * with the keys of ordered_by, and parks the parked events behind them. */
+static void resume_in_flight(consumer_t *c, const uint64_t *parked, size_t np)
+{
     int64_t now = mono_ns();
     for (size_t i = 0; i < c->pending.cap; i++) {
         pend_t *p = c->pending.slots[i].key ? c->pending.slots[i].val : NULL;
@@ -1304,7 +1299,7 @@ static int load_state(consumer_t *c)
         }
         schedule(c, p, 1, now); /* unacked before the restart: deliver again */
     }
-    for (size_t i = 0; i < nparked; i++) {
+    for (size_t i = 0; i < np; i++) {
         slog_rec_t r;
         if (slog_read(c->st->log, parked[i], &r, &c->sm->rbuf, &c->sm->rcap) <= 0)
             continue;
@@ -1323,11 +1318,42 @@ static int load_state(consumer_t *c)
         if (p)
             schedule(c, p, 1, now);
     }
-    free(parked);
-    if (c->npending || replayed || snap > 0)
+}
+
+static int load_state(consumer_t *c)
+{
+    ack_replay_t r;
+    memset(&r, 0, sizeof r);
+    dict_init(&r.acked);
+    int snap = load_snapshot(c, &r.parked, &r.nparked);
+    r.capparked = r.nparked;
+    if (snap < 0) {
+        log_warn("consumer %s: its state snapshot is damaged; rebuilding from the ack log and the deliver policy "
+                 "(events acknowledged before the last snapshot may be delivered again)", c->cfg.name);
+        dict_clear(&c->pending, free);
+        dict_init(&c->pending);
+        c->npending = 0;
+        r.nparked = 0;
+    }
+    if (snap <= 0) {
+        c->next_seq = start_seq(c);
+        c->gen = 0;
+    }
+    uint64_t base_next = c->next_seq;
+    replay_ack_log(c, snap, &r);
+    if (r.bad)
+        log_warn("consumer %s: skipped %" PRIu64 " damaged record%s in its ack log", c->cfg.name, r.bad,
+                 r.bad == 1 ? "" : "s");
+    if (r.torn)
+        log_warn("consumer %s: its ack log ends in the middle of a record (%" PRIu64 " bytes ignored)", c->cfg.name,
+                 r.torn);
+    refill_lost(c, base_next, &r);
+    dict_clear(&r.acked, NULL);
+    resume_in_flight(c, r.parked, r.nparked);
+    free(r.parked);
+    if (c->npending || r.replayed || snap > 0)
         log_info("consumer %s: resumed at sequence %" PRIu64 " with %zu unacknowledged", c->cfg.name, c->next_seq,
                  c->npending);
-    (void)fresh;
     return 0;
 }
 
