@@ -464,198 +464,234 @@ static const char *const nats_headers[] = {"Nats-Msg-Id", "Nats-Expected-Stream"
  * When a stream captures the subject, the answer waits for the stream:
  * 201 with its PubAck once the event is durable (see wait_finish).
  */
-static void ingest(http_t *h, struct evhttp_request *req, const char *path)
-{
-    struct evkeyvalq *hd = evhttp_request_get_input_headers(req);
-    const char *ctype = evhttp_find_header(hd, "Content-Type");
-    char err[512] = "";
-    int code = 0, n = 0;
+/* One ingest request while it is read: what the mode functions share. */
+typedef struct ingest {
+    http_t *h;
+    struct evhttp_request *req;
+    struct evkeyvalq *hd;
+    const char *ctype;
+    char *body;
     size_t len;
-    char *body = body_of(req, &len);
-    cJSON *doc = NULL, *env = NULL;
-    char *nums = NULL; /* number texts of doc (json_parse), so numbers go out exactly */
-    char extra[1200] = ""; /* Nats-* request headers, as header lines */
-    int batch = starts_with_ci(ctype, "application/cloudevents-batch+json") && strncmp(path, "/v1/publish/", 12);
-    ack_wait_t *w = NULL;
+    cJSON *doc, *env;  /* freed with the request */
+    char *nums;        /* number texts of doc (json_parse), so numbers go out exactly */
+    char extra[1200];  /* Nats-* request headers, as header lines */
+    ack_wait_t *w;
+    int n;             /* events published */
+    char err[512];
+} ingest_t;
 
-    if (!body) {
-        reply_error(h, req, 500, "Internal Server Error", "out of memory");
-        return;
-    }
-    if (len > server_get_opts(h->srv)->max_payload) {
-        snprintf(err, sizeof err, "body of %zu bytes is over max_payload", len);
-        code = 413;
-        goto done;
-    }
+/* Takes the Nats-* request headers into in->extra.  0, or a status code. */
+static int ingest_nats_headers(ingest_t *in, int batch)
+{
     for (int i = 0; nats_headers[i]; i++) {
-        const char *v = evhttp_find_header(hd, nats_headers[i]);
+        const char *v = evhttp_find_header(in->hd, nats_headers[i]);
         if (!v)
             continue;
         if (batch) {
-            snprintf(err, sizeof err, "%s is for one event, not a batch", nats_headers[i]);
-            code = 400;
-            goto done;
+            snprintf(in->err, sizeof in->err, "%s is for one event, not a batch", nats_headers[i]);
+            return 400;
         }
-        size_t o = strlen(extra);
+        size_t o = strlen(in->extra);
         if (strlen(v) > 256 || strpbrk(v, "\r\n")) {
-            snprintf(err, sizeof err, "%s: a value of at most 256 characters on one line", nats_headers[i]);
-            code = 400;
-            goto done;
+            snprintf(in->err, sizeof in->err, "%s: a value of at most 256 characters on one line", nats_headers[i]);
+            return 400;
         }
-        snprintf(extra + o, sizeof extra - o, "%s: %s\r\n", nats_headers[i], v);
+        snprintf(in->extra + o, sizeof in->extra - o, "%s: %s\r\n", nats_headers[i], v);
     }
-    w = wait_new(h, req, batch);
-    if (!strncmp(path, "/v1/publish/", 12)) {
-        const char *subject = path + 12;
-        if (ctype && !starts_with_ci(ctype, "application/json")) {
-            snprintf(err, sizeof err, "POST /v1/publish takes application/json, not %s", ctype);
-            code = 415;
-            goto done;
-        }
-        doc = json_parse(body, len, &nums);
-        if (!doc) {
-            snprintf(err, sizeof err, "the body is not valid JSON");
-            code = 400;
-            goto done;
-        }
-        char id[37], when[64];
-        util_uuid4(id);
-        util_now_rfc3339(when);
-        env = cJSON_CreateObject();
-        cJSON_AddStringToObject(env, "specversion", "1.0");
-        cJSON_AddStringToObject(env, "id", id);
-        cJSON_AddStringToObject(env, "source", "http");
-        cJSON_AddStringToObject(env, "type", subject);
-        cJSON_AddStringToObject(env, "time", when);
-        cJSON_AddItemToObject(env, "data", doc);
-        doc = NULL;
-        code = publish_envelope(h, w, extra, env, subject, err, sizeof err);
-        n = code ? 0 : 1;
-        goto done;
+    return 0;
+}
+
+/* POST /v1/publish/<subject>: the body is the data of a new envelope. */
+static int ingest_plain(ingest_t *in, const char *subject)
+{
+    if (in->ctype && !starts_with_ci(in->ctype, "application/json")) {
+        snprintf(in->err, sizeof in->err, "POST /v1/publish takes application/json, not %s", in->ctype);
+        return 415;
     }
-    if (batch) {
-        doc = json_parse(body, len, &nums);
-        if (!cJSON_IsArray(doc)) {
-            snprintf(err, sizeof err, "a batch must be a JSON array of CloudEvents");
-            code = 400;
-            goto done;
+    cJSON *data = json_parse(in->body, in->len, &in->nums);
+    if (!data) {
+        snprintf(in->err, sizeof in->err, "the body is not valid JSON");
+        return 400;
+    }
+    char id[37], when[64];
+    util_uuid4(id);
+    util_now_rfc3339(when);
+    in->env = cJSON_CreateObject();
+    cJSON_AddStringToObject(in->env, "specversion", "1.0");
+    cJSON_AddStringToObject(in->env, "id", id);
+    cJSON_AddStringToObject(in->env, "source", "http");
+    cJSON_AddStringToObject(in->env, "type", subject);
+    cJSON_AddStringToObject(in->env, "time", when);
+    cJSON_AddItemToObject(in->env, "data", data);
+    int code = publish_envelope(in->h, in->w, in->extra, in->env, subject, in->err, sizeof in->err);
+    in->n = code ? 0 : 1;
+    return code;
+}
+
+/* application/cloudevents-batch+json: every event is checked before any
+ * is published. */
+static int ingest_batch(ingest_t *in)
+{
+    in->doc = json_parse(in->body, in->len, &in->nums);
+    if (!cJSON_IsArray(in->doc)) {
+        snprintf(in->err, sizeof in->err, "a batch must be a JSON array of CloudEvents");
+        return 400;
+    }
+    cJSON *e;
+    int i = 0, code;
+    cJSON_ArrayForEach(e, in->doc) {
+        char why[400];
+        if (check_envelope(e, why, sizeof why)) {
+            snprintf(in->err, sizeof in->err, "event %d: %s", i, why);
+            return 400;
         }
-        cJSON *e;
-        int i = 0;
-        cJSON_ArrayForEach(e, doc) { /* check them all before sending any */
-            char why[400];
-            if (check_envelope(e, why, sizeof why)) {
-                snprintf(err, sizeof err, "event %d: %s", i, why);
-                code = 400;
-                goto done;
+        i++;
+    }
+    if (i > MAX_BATCH) {
+        snprintf(in->err, sizeof in->err, "a batch of %d events is over the limit of %d", i, MAX_BATCH);
+        return 413;
+    }
+    cJSON_ArrayForEach(e, in->doc) {
+        const char *type = cJSON_GetObjectItemCaseSensitive(e, "type")->valuestring;
+        if ((code = publish_envelope(in->h, in->w, in->extra, e, type, in->err, sizeof in->err)))
+            return code;
+        in->n++;
+    }
+    return 0;
+}
+
+/* application/cloudevents+json: the body is already an envelope and goes
+ * out as sent (unless its subject is delivered in binary mode). */
+static int ingest_structured(ingest_t *in)
+{
+    int code;
+    in->doc = json_parse(in->body, in->len, &in->nums);
+    if (!in->doc) {
+        snprintf(in->err, sizeof in->err, "the body is not valid JSON");
+        return 400;
+    }
+    if ((code = check_envelope(in->doc, in->err, sizeof in->err)))
+        return code;
+    const char *type = cJSON_GetObjectItemCaseSensitive(in->doc, "type")->valuestring;
+    script_host_t *sh = in->h->node->scripts;
+    if (sh && script_http_binary(sh, type, strlen(type))) {
+        code = publish_envelope(in->h, in->w, in->extra, in->doc, type, in->err, sizeof in->err);
+        in->n = code ? 0 : 1;
+        return code;
+    }
+    if (!subject_valid_literal(type, strlen(type))) {
+        snprintf(in->err, sizeof in->err, "'%s' is not a valid subject", type);
+        return 400;
+    }
+    char hb[sizeof in->extra + 16];
+    size_t hl = in->extra[0] ? (size_t)snprintf(hb, sizeof hb, "NATS/1.0\r\n%s\r\n", in->extra) : 0;
+    if (hl + in->len > server_get_opts(in->h->srv)->max_payload) {
+        snprintf(in->err, sizeof in->err, "event of %zu bytes is over max_payload", hl + in->len);
+        return 413;
+    }
+    publish_msg(in->h, in->w, type, strlen(type), hb, hl, in->body, in->len);
+    in->n = 1;
+    return 0;
+}
+
+/* Binary mode: the attributes are ce-* headers, the body is the data. */
+static int ingest_binary(ingest_t *in)
+{
+    int code;
+    in->env = cJSON_CreateObject();
+    for (struct evkeyval *kv = in->hd->tqh_first; kv; kv = kv->next.tqe_next) {
+        if (strncasecmp(kv->key, "ce-", 3) || !kv->key[3])
+            continue;
+        char name[128];
+        size_t i;
+        for (i = 0; kv->key[3 + i] && i < sizeof name - 1; i++)
+            name[i] = (char)((kv->key[3 + i] >= 'A' && kv->key[3 + i] <= 'Z') ? kv->key[3 + i] + 32 : kv->key[3 + i]);
+        name[i] = '\0';
+        if (!cJSON_GetObjectItemCaseSensitive(in->env, name))
+            cJSON_AddStringToObject(in->env, name, kv->value);
+    }
+    const char *ctype = in->ctype;
+    if (ctype)
+        cJSON_AddStringToObject(in->env, "datacontenttype", ctype);
+    if ((code = check_envelope(in->env, in->err, sizeof in->err)))
+        return code;
+    if (in->len) {
+        cJSON *data = NULL;
+        if (!ctype || starts_with_ci(ctype, "application/json") || strstr(ctype, "+json")) {
+            if (!(data = json_parse(in->body, in->len, &in->nums))) {
+                snprintf(in->err, sizeof in->err, "the body is declared JSON but is not valid JSON");
+                return 400;
             }
-            i++;
+        } else if (starts_with_ci(ctype, "text/")) {
+            data = cJSON_CreateString(in->body);
+        } else {
+            snprintf(in->err, sizeof in->err, "binary mode takes JSON or text data, not %s", ctype);
+            return 415;
         }
-        if (i > MAX_BATCH) {
-            snprintf(err, sizeof err, "a batch of %d events is over the limit of %d", i, MAX_BATCH);
-            code = 413;
-            goto done;
-        }
-        cJSON_ArrayForEach(e, doc) {
-            code = publish_envelope(h, w, extra, e, cJSON_GetObjectItemCaseSensitive(e, "type")->valuestring, err,
-                                    sizeof err);
-            if (code)
-                goto done;
-            n++;
-        }
-        goto done;
+        cJSON_AddItemToObject(in->env, "data", data);
     }
-    if (starts_with_ci(ctype, "application/cloudevents+json")) {
-        doc = json_parse(body, len, &nums);
-        if (!doc) {
-            snprintf(err, sizeof err, "the body is not valid JSON");
-            code = 400;
-            goto done;
-        }
-        if ((code = check_envelope(doc, err, sizeof err)))
-            goto done;
-        /* Structured mode is already an envelope: the body goes out as sent
-         * (unless the subject is delivered in binary mode). */
-        const char *type = cJSON_GetObjectItemCaseSensitive(doc, "type")->valuestring;
-        if (h->node->scripts && script_http_binary(h->node->scripts, type, strlen(type))) {
-            code = publish_envelope(h, w, extra, doc, type, err, sizeof err);
-            n = code ? 0 : 1;
-            goto done;
-        }
-        if (!subject_valid_literal(type, strlen(type))) {
-            snprintf(err, sizeof err, "'%s' is not a valid subject", type);
-            code = 400;
-            goto done;
-        }
-        char hb[sizeof extra + 16];
-        size_t hl = extra[0] ? (size_t)snprintf(hb, sizeof hb, "NATS/1.0\r\n%s\r\n", extra) : 0;
-        if (hl + len > server_get_opts(h->srv)->max_payload) {
-            snprintf(err, sizeof err, "event of %zu bytes is over max_payload", hl + len);
-            code = 413;
-            goto done;
-        }
-        publish_msg(h, w, type, strlen(type), hb, hl, body, len);
-        n = 1;
-        goto done;
+    const char *type = cJSON_GetObjectItemCaseSensitive(in->env, "type")->valuestring;
+    code = publish_envelope(in->h, in->w, in->extra, in->env, type, in->err, sizeof in->err);
+    in->n = code ? 0 : 1;
+    return code;
+}
+
+/* Picks the mode of an ingest request and publishes its events.  0, or a
+ * status code with in->err. */
+static int ingest_publish(ingest_t *in, const char *path)
+{
+    int batch = starts_with_ci(in->ctype, "application/cloudevents-batch+json") && strncmp(path, "/v1/publish/", 12);
+    int code;
+    if (in->len > server_get_opts(in->h->srv)->max_payload) {
+        snprintf(in->err, sizeof in->err, "body of %zu bytes is over max_payload", in->len);
+        return 413;
     }
-    if (evhttp_find_header(hd, "ce-specversion")) {
-        /* Binary mode: the attributes are headers, the body is the data. */
-        env = cJSON_CreateObject();
-        for (struct evkeyval *kv = hd->tqh_first; kv; kv = kv->next.tqe_next) {
-            if (strncasecmp(kv->key, "ce-", 3) || !kv->key[3])
-                continue;
-            char name[128];
-            size_t i;
-            for (i = 0; kv->key[3 + i] && i < sizeof name - 1; i++)
-                name[i] = (char)((kv->key[3 + i] >= 'A' && kv->key[3 + i] <= 'Z') ? kv->key[3 + i] + 32 : kv->key[3 + i]);
-            name[i] = '\0';
-            if (!cJSON_GetObjectItemCaseSensitive(env, name))
-                cJSON_AddStringToObject(env, name, kv->value);
-        }
-        if (ctype)
-            cJSON_AddStringToObject(env, "datacontenttype", ctype);
-        if ((code = check_envelope(env, err, sizeof err)))
-            goto done;
-        if (len) {
-            cJSON *data = NULL;
-            if (!ctype || starts_with_ci(ctype, "application/json") || strstr(ctype, "+json")) {
-                data = json_parse(body, len, &nums);
-                if (!data) {
-                    snprintf(err, sizeof err, "the body is declared JSON but is not valid JSON");
-                    code = 400;
-                    goto done;
-                }
-            } else if (starts_with_ci(ctype, "text/")) {
-                data = cJSON_CreateString(body);
-            } else {
-                snprintf(err, sizeof err, "binary mode takes JSON or text data, not %s", ctype);
-                code = 415;
-                goto done;
-            }
-            cJSON_AddItemToObject(env, "data", data);
-        }
-        code = publish_envelope(h, w, extra, env, cJSON_GetObjectItemCaseSensitive(env, "type")->valuestring, err,
-                                sizeof err);
-        n = code ? 0 : 1;
-        goto done;
-    }
-    snprintf(err, sizeof err,
+    if ((code = ingest_nats_headers(in, batch)))
+        return code;
+    in->w = wait_new(in->h, in->req, batch);
+    if (!strncmp(path, "/v1/publish/", 12))
+        return ingest_plain(in, path + 12);
+    if (batch)
+        return ingest_batch(in);
+    if (starts_with_ci(in->ctype, "application/cloudevents+json"))
+        return ingest_structured(in);
+    if (evhttp_find_header(in->hd, "ce-specversion"))
+        return ingest_binary(in);
+    snprintf(in->err, sizeof in->err,
              "send a CloudEvent: ce-* headers (binary mode), Content-Type application/cloudevents+json, "
              "application/cloudevents-batch+json, or POST /v1/publish/<subject> with application/json");
-    code = ctype ? 415 : 400;
-done:
-    free(body);
-    cJSON_Delete(doc);
-    cJSON_Delete(env);
-    free(nums); /* after the trees that point into it */
+    return in->ctype ? 415 : 400;
+}
+
+static void ingest(http_t *h, struct evhttp_request *req, const char *path)
+{
+    ingest_t *in = calloc(1, sizeof *in);
+    if (!in || !(in->body = body_of(req, &in->len))) {
+        free(in);
+        reply_error(h, req, 500, "Internal Server Error", "out of memory");
+        return;
+    }
+    in->h = h;
+    in->req = req;
+    in->hd = evhttp_request_get_input_headers(req);
+    in->ctype = evhttp_find_header(in->hd, "Content-Type");
+    int code = ingest_publish(in, path);
+    ack_wait_t *w = in->w;
+    int n = in->n;
+    free(in->body);
+    cJSON_Delete(in->doc);
+    cJSON_Delete(in->env);
+    free(in->nums); /* after the trees that point into it */
     if (code) {
         if (w)
             wait_free(w); /* PubAcks of events published before the error go nowhere */
         const char *reason = code == 413 ? "Payload Too Large" : code == 415 ? "Unsupported Media Type"
                            : code == 500 ? "Internal Server Error" : "Bad Request";
-        reply_error(h, req, code, reason, err);
+        reply_error(h, req, code, reason, in->err);
+        free(in);
         return;
     }
+    free(in);
     if (wait_start(w))
         return; /* answered, or answered when the PubAcks are in */
     char ok[64];
