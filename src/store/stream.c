@@ -474,6 +474,107 @@ static stream_t *stream_open(streams_t *sm, const stream_cfg_t *cfg, char *err, 
     return st;
 }
 
+/* Gives a stream that stays declared the settings it has now: subjects,
+ * limits, dedup function. */
+static void stream_reconfigure(stream_t *st, const stream_cfg_t *cfg)
+{
+    int same = st->cfg.nsubjects == cfg->nsubjects;
+    for (int k = 0; same && k < cfg->nsubjects; k++)
+        same = !strcmp(st->cfg.subjects[k], cfg->subjects[k]);
+    if (!same) {
+        char *subjects[STREAM_SUBJECTS_MAX];
+        int ok = 1;
+        for (int k = 0; k < cfg->nsubjects; k++)
+            ok &= (subjects[k] = strdup(cfg->subjects[k])) != NULL;
+        if (ok) {
+            stream_cfg_free(&st->cfg);
+            memcpy(st->cfg.subjects, subjects, sizeof(char *) * (size_t)cfg->nsubjects);
+            st->cfg.nsubjects = cfg->nsubjects;
+            log_info("stream %s: subjects changed", st->cfg.name);
+        } else {
+            for (int k = 0; k < cfg->nsubjects; k++)
+                free(subjects[k]);
+            log_error("stream %s: out of memory changing its subjects", st->cfg.name);
+        }
+    }
+    st->cfg.dedup_fn_ref = cfg->dedup_fn_ref;
+    slog_set_limits(st->log, &cfg->o);
+    st->cfg.o.max_msgs = cfg->o.max_msgs;
+    st->cfg.o.max_bytes = cfg->o.max_bytes;
+    st->cfg.o.max_age = cfg->o.max_age;
+}
+
+/* Stops the streams no longer declared (their files stay). */
+static void streams_close_undeclared(streams_t *sm, const stream_cfg_t *scfg, int ns)
+{
+    for (int i = 0; i < sm->n;) {
+        int keep = 0;
+        for (int k = 0; k < ns; k++)
+            keep |= !strcmp(scfg[k].name, sm->streams[i]->cfg.name);
+        if (keep) {
+            i++;
+            continue;
+        }
+        log_info("stream %s: no longer declared; stopped (its files are kept)", sm->streams[i]->cfg.name);
+        stream_close(sm->streams[i]);
+        sm->streams[i] = sm->streams[--sm->n];
+    }
+}
+
+/* Stops the consumers no longer declared (their state stays). */
+static void consumers_close_undeclared(streams_t *sm, const consumer_cfg_t *ccfg, int nc)
+{
+    for (int i = 0; i < sm->nc;) {
+        consumer_t *c = sm->consumers[i];
+        const consumer_cfg_t *old = consumer_cfg(c);
+        int keep = 0;
+        for (int k = 0; k < nc; k++)
+            keep |= !strcmp(ccfg[k].name, old->name) && !strcmp(ccfg[k].stream, old->stream);
+        if (keep) {
+            i++;
+            continue;
+        }
+        stream_t *st = streams_find(sm, old->stream, strlen(old->stream));
+        if (st)
+            for (int k = 0; k < st->ncons; k++)
+                if (st->cons[k] == c)
+                    st->cons[k] = st->cons[--st->ncons];
+        log_info("consumer %s: no longer declared; stopped (its state is kept)", old->name);
+        consumer_close(c);
+        sm->consumers[i] = sm->consumers[--sm->nc];
+    }
+}
+
+/* Updates a declared consumer that runs, or opens it (a failure is logged:
+ * the streams are already swapped in by then). */
+static void streams_apply_consumer(streams_t *sm, const consumer_cfg_t *cfg)
+{
+    consumer_t *c = NULL;
+    for (int k = 0; k < sm->nc && !c; k++)
+        if (!strcmp(consumer_cfg(sm->consumers[k])->name, cfg->name))
+            c = sm->consumers[k];
+    if (c) {
+        consumer_update(c, cfg);
+        return;
+    }
+    stream_t *st = streams_find(sm, cfg->stream, strlen(cfg->stream));
+    char e[512];
+    if (sm->nc == CONSUMERS_MAX || st->ncons == CONSUMERS_MAX) {
+        log_error("consumer %s: too many consumers", cfg->name);
+        return;
+    }
+    if (!(c = consumer_open(sm, st, cfg, e, sizeof e))) {
+        log_error("consumer %s: %s", cfg->name, e);
+        return;
+    }
+    sm->consumers[sm->nc++] = c;
+    st->cons[st->ncons++] = c;
+    for (int b = 0; b < sm->nbound; b++)
+        if (!strcmp(sm->bound[b], cfg->name))
+            consumer_bind(c, sm->bound_batch[b], sm->bound_wait[b]);
+    consumer_pump(c);
+}
+
 int streams_apply(streams_t *sm, const stream_cfg_t *scfg, int ns, const consumer_cfg_t *ccfg, int nc, char *err,
                   size_t errsz)
 {
@@ -501,96 +602,14 @@ int streams_apply(streams_t *sm, const stream_cfg_t *scfg, int ns, const consume
             goto undo;
         nopened++;
     }
-    /* Streams no longer declared stop (their files stay). */
-    for (int i = 0; i < sm->n;) {
-        int keep = 0;
-        for (int k = 0; k < ns; k++)
-            keep |= !strcmp(scfg[k].name, sm->streams[i]->cfg.name);
-        if (keep) {
-            i++;
-            continue;
-        }
-        log_info("stream %s: no longer declared; stopped (its files are kept)", sm->streams[i]->cfg.name);
-        stream_t *gone = sm->streams[i];
-        stream_close(gone);
-        sm->streams[i] = sm->streams[--sm->n];
-    }
+    streams_close_undeclared(sm, scfg, ns);
     for (int i = 0; i < nopened; i++)
         sm->streams[sm->n++] = opened[i];
-    for (int i = 0; i < ns; i++) { /* subjects and limits of the ones that were there */
-        stream_t *st = streams_find(sm, scfg[i].name, strlen(scfg[i].name));
-        int same = st->cfg.nsubjects == scfg[i].nsubjects;
-        for (int k = 0; same && k < scfg[i].nsubjects; k++)
-            same = !strcmp(st->cfg.subjects[k], scfg[i].subjects[k]);
-        if (!same) {
-            char *ns2[STREAM_SUBJECTS_MAX];
-            int ok = 1;
-            for (int k = 0; k < scfg[i].nsubjects; k++)
-                ok &= (ns2[k] = strdup(scfg[i].subjects[k])) != NULL;
-            if (ok) {
-                stream_cfg_free(&st->cfg);
-                memcpy(st->cfg.subjects, ns2, sizeof(char *) * (size_t)scfg[i].nsubjects);
-                st->cfg.nsubjects = scfg[i].nsubjects;
-                log_info("stream %s: subjects changed", st->cfg.name);
-            } else {
-                for (int k = 0; k < scfg[i].nsubjects; k++)
-                    free(ns2[k]);
-                log_error("stream %s: out of memory changing its subjects", st->cfg.name);
-            }
-        }
-        st->cfg.dedup_fn_ref = scfg[i].dedup_fn_ref;
-        slog_set_limits(st->log, &scfg[i].o);
-        st->cfg.o.max_msgs = scfg[i].o.max_msgs;
-        st->cfg.o.max_bytes = scfg[i].o.max_bytes;
-        st->cfg.o.max_age = scfg[i].o.max_age;
-    }
-    /* Consumers: drop the undeclared, update or open the rest. */
-    for (int i = 0; i < sm->nc;) {
-        consumer_t *c = sm->consumers[i];
-        const consumer_cfg_t *old = consumer_cfg(c);
-        int keep = 0;
-        for (int k = 0; k < nc; k++)
-            keep |= !strcmp(ccfg[k].name, old->name) && !strcmp(ccfg[k].stream, old->stream);
-        if (keep) {
-            i++;
-            continue;
-        }
-        stream_t *st = streams_find(sm, old->stream, strlen(old->stream));
-        if (st)
-            for (int k = 0; k < st->ncons; k++)
-                if (st->cons[k] == c)
-                    st->cons[k] = st->cons[--st->ncons];
-        log_info("consumer %s: no longer declared; stopped (its state is kept)", old->name);
-        consumer_close(c);
-        sm->consumers[i] = sm->consumers[--sm->nc];
-    }
-    for (int i = 0; i < nc; i++) {
-        consumer_t *c = NULL;
-        for (int k = 0; k < sm->nc && !c; k++)
-            if (!strcmp(consumer_cfg(sm->consumers[k])->name, ccfg[i].name))
-                c = sm->consumers[k];
-        if (c) {
-            consumer_update(c, &ccfg[i]);
-            continue;
-        }
-        stream_t *st = streams_find(sm, ccfg[i].stream, strlen(ccfg[i].stream));
-        char e[512];
-        if (sm->nc == CONSUMERS_MAX || st->ncons == CONSUMERS_MAX) {
-            log_error("consumer %s: too many consumers", ccfg[i].name);
-            continue;
-        }
-        if (!(c = consumer_open(sm, st, &ccfg[i], e, sizeof e))) {
-            /* Streams are already swapped in: report, keep going. */
-            log_error("consumer %s: %s", ccfg[i].name, e);
-            continue;
-        }
-        sm->consumers[sm->nc++] = c;
-        st->cons[st->ncons++] = c;
-        for (int b = 0; b < sm->nbound; b++)
-            if (!strcmp(sm->bound[b], ccfg[i].name))
-                consumer_bind(c, sm->bound_batch[b], sm->bound_wait[b]);
-        consumer_pump(c);
-    }
+    for (int i = 0; i < ns; i++)
+        stream_reconfigure(streams_find(sm, scfg[i].name, strlen(scfg[i].name)), &scfg[i]);
+    consumers_close_undeclared(sm, ccfg, nc);
+    for (int i = 0; i < nc; i++)
+        streams_apply_consumer(sm, &ccfg[i]);
     return 0;
 undo:
     for (int i = 0; i < nopened; i++)
