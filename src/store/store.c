@@ -1072,8 +1072,79 @@ static size_t zero_tail(const char *map, size_t p, size_t size)
     return e;
 }
 
+/* Adds the whole record r found at offset off of segment s to the index,
+ * the per-subject last sequences and the dedup window.  0, or -1 when out
+ * of memory. */
+static int scan_add(slog_t *l, seg_t *s, const slog_rec_t *r, size_t off, uint32_t len, int64_t dedup_from)
+{
+    if (s->n == 0 && r->seq != s->first)
+        s->first = r->seq; /* the segment's first records are gone: index from here */
+    while (s->first + s->n < r->seq)
+        if (seg_push(s, HOLE) < 0)
+            return -1;
+    if (seg_push(s, (uint32_t)off) < 0)
+        return -1;
+    dict_put(&l->subj_last, r->subject, r->subject_len, (void *)(uintptr_t)r->seq);
+    if (r->key_len && l->o.dedup_window > 0 && r->ts >= dedup_from)
+        dedup_add(l, r->key, r->key_len, r->seq, r->ts);
+    if (l->first_seq == 0)
+        l->first_seq = r->seq;
+    l->last_seq = r->seq;
+    l->last_ts = r->ts;
+    l->msgs++;
+    l->bytes += len;
+    return 0;
+}
+
+/* At offset p of the segment mapped at map (size bytes) there is no whole
+ * record: zeros to the end (space filled ahead: the end of the log), damage
+ * with whole records after it (skipped and reported), or a torn tail (cut
+ * when the segment is the last, else skipped).  Returns the offset where
+ * scanning goes on, or size when it is over; -1 when a cut failed.  Sets
+ * s->size when the end of the records is known. */
+static long scan_damage(seg_t *s, const char *map, size_t size, size_t p, uint64_t prev, int is_last,
+                        slog_report_t *rep)
+{
+    size_t zend = zero_tail(map, p, size);
+    if (zend == p) {
+        s->size = (off_t)p;
+        return (long)size;
+    }
+    /* Find the next record (one that also goes on from the sequences read
+     * so far). */
+    slog_rec_t r;
+    uint32_t len;
+    size_t q = p + 1;
+    while ((q = record_next(&seg_record, map, size, q)) < size) {
+        if (parse_rec(map + q, size - q, &r, &len) && r.seq > prev) {
+            rep->corrupt++;
+            rep->corrupt_bytes += q - p;
+            s->damaged = 1;
+            log_warn("store: %s: damaged record at offset %zu (%zu bytes) skipped; records from sequence %" PRIu64
+                     " on are kept", s->path, p, q - p, r.seq);
+            return (long)q;
+        }
+        q++;
+    }
+    /* (Zeros after the damage were filled ahead: not counted.) */
+    if (is_last) {
+        rep->torn_bytes += zend - p;
+        log_warn("store: %s: cut a torn tail of %zu bytes at offset %zu", s->path, zend - p, p);
+        if (seg_truncate(s, (off_t)p) != 0)
+            return -1;
+        s->size = (off_t)p;
+        return (long)size;
+    }
+    rep->corrupt++;
+    rep->corrupt_bytes += zend - p;
+    s->damaged = 1;
+    log_warn("store: %s: damaged record at offset %zu (%zu bytes to the end) skipped", s->path, p, zend - p);
+    s->size = (off_t)zend;
+    return (long)size;
+}
+
 /* Scans one segment, filling its index; is_last: a bad tail is torn and
- * cut off.  Returns 0 or -1 (errno). */
+ * cut.  0, or -1 (errno). */
 static int scan_segment(slog_t *l, seg_t *s, int is_last, slog_report_t *rep, int64_t dedup_from)
 {
     struct stat sb;
@@ -1103,8 +1174,8 @@ static int scan_segment(slog_t *l, seg_t *s, int is_last, slog_report_t *rep, in
     if (memcmp(map, SEG_MAGIC, 8) || get64(map + 8) != s->first)
         log_warn("store: %s: damaged segment header (kept: records carry their own sequence)", s->path);
     size_t p = SEG_HDR;
-    uint64_t prev = l->last_seq;
     size_t dropped = 0; /* the mapping before this is out of our RSS */
+    int rc = 0;
     while (p < size) {
         if (p - dropped >= SCAN_WINDOW) {
             /* Scanned pages stay in the page cache but leave this process:
@@ -1115,79 +1186,25 @@ static int scan_segment(slog_t *l, seg_t *s, int is_last, slog_report_t *rep, in
         }
         slog_rec_t r;
         uint32_t len;
-        if (parse_rec(map + p, size - p, &r, &len) && r.seq > prev && r.seq >= s->first) {
-            if (s->n == 0 && r.seq != s->first) {
-                /* the segment's first records are gone: index from here */
-                s->first = r.seq;
+        if (parse_rec(map + p, size - p, &r, &len) && r.seq > l->last_seq && r.seq >= s->first) {
+            if (scan_add(l, s, &r, p, len, dedup_from) < 0) {
+                errno = ENOMEM;
+                rc = -1;
+                break;
             }
-            while (s->first + s->n < r.seq)
-                if (seg_push(s, HOLE) < 0)
-                    goto nomem;
-            if (seg_push(s, (uint32_t)p) < 0)
-                goto nomem;
-            dict_put(&l->subj_last, r.subject, r.subject_len, (void *)(uintptr_t)r.seq);
-            if (r.key_len && l->o.dedup_window > 0 && r.ts >= dedup_from)
-                dedup_add(l, r.key, r.key_len, r.seq, r.ts);
-            if (l->first_seq == 0)
-                l->first_seq = r.seq;
-            l->last_seq = prev = r.seq;
-            l->last_ts = r.ts;
-            l->msgs++;
-            l->bytes += len;
             rep->records++;
             p += len;
             continue;
         }
-        /* Not a record.  Zeros from here to the end are space filled ahead
-         * of the log (PREALLOC): the end of it. */
-        size_t zend = zero_tail(map, p, size);
-        if (zend == p) {
-            s->size = (off_t)p;
+        long next = scan_damage(s, map, size, p, l->last_seq, is_last, rep);
+        if (next < 0) {
+            rc = -1;
             break;
         }
-        /* Otherwise find the next record (one that also goes on from the
-         * sequences read so far). */
-        size_t q = p + 1;
-        int found = 0;
-        while ((q = record_next(&seg_record, map, size, q)) < size) {
-            if (parse_rec(map + q, size - q, &r, &len) && r.seq > prev) {
-                found = 1;
-                break;
-            }
-            q++;
-        }
-        if (found) {
-            rep->corrupt++;
-            rep->corrupt_bytes += q - p;
-            s->damaged = 1;
-            log_warn("store: %s: damaged record at offset %zu (%zu bytes) skipped; records from sequence %" PRIu64
-                     " on are kept", s->path, p, q - p, r.seq);
-            p = q;
-            continue;
-        }
-        /* (Zeros after the damage were filled ahead: not counted.) */
-        if (is_last) {
-            rep->torn_bytes += zend - p;
-            log_warn("store: %s: cut a torn tail of %zu bytes at offset %zu", s->path, zend - p, p);
-            munmap(map, size);
-            if (seg_truncate(s, (off_t)p) != 0)
-                return -1;
-            s->size = (off_t)p;
-            return 0;
-        }
-        rep->corrupt++;
-        rep->corrupt_bytes += zend - p;
-        s->damaged = 1;
-        log_warn("store: %s: damaged record at offset %zu (%zu bytes to the end) skipped", s->path, p, zend - p);
-        s->size = (off_t)zend;
-        break;
+        p = (size_t)next;
     }
     munmap(map, size);
-    return 0;
-nomem:
-    munmap(map, size);
-    errno = ENOMEM;
-    return -1;
+    return rc;
 }
 
 static void clear_memory(slog_t *l)
