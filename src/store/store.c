@@ -850,6 +850,46 @@ static int roll(slog_t *l, uint64_t seq)
     return 0;
 }
 
+/* Writes record r with sequence seq and time ts, len bytes in all, at p. */
+static void encode_record(char *p, const slog_rec_t *r, uint64_t seq, int64_t ts, size_t len)
+{
+    put16(p + 12, (uint16_t)r->subject_len);
+    put16(p + 14, (uint16_t)r->key_len);
+    put64(p + 16, seq);
+    put64(p + 24, (uint64_t)ts);
+    put32(p + 32, (uint32_t)r->hdr_len);
+    put32(p + 36, (uint32_t)r->payload_len);
+    char *q = p + REC_HDR;
+    memcpy(q, r->subject, r->subject_len);
+    q += r->subject_len;
+    if (r->key_len)
+        memcpy(q, r->key, r->key_len);
+    q += r->key_len;
+    if (r->hdr_len)
+        memcpy(q, r->hdr, r->hdr_len);
+    q += r->hdr_len;
+    if (r->payload_len)
+        memcpy(q, r->payload, r->payload_len);
+    record_seal(p, REC_MAGIC, (uint32_t)len);
+}
+
+/* Room for undo slot ui (the subject's previous last sequence, for taking
+ * a failed write back).  0, or -1 when out of memory. */
+static int undo_reserve(slog_t *l, size_t ui)
+{
+    if (ui < l->capundo)
+        return 0;
+    size_t nc = l->capundo ? l->capundo * 2 : 256;
+    while (nc <= ui)
+        nc *= 2;
+    uint64_t *nu = realloc(l->undo, nc * sizeof *nu);
+    if (!nu)
+        return -1;
+    l->undo = nu;
+    l->capundo = nc;
+    return 0;
+}
+
 uint64_t slog_append(slog_t *l, const slog_rec_t *r)
 {
     if (l->failed) {
@@ -891,43 +931,16 @@ uint64_t slog_append(slog_t *l, const slog_rec_t *r)
     int64_t ts = r->ts ? r->ts : slog_now_ns();
     if (ts < l->last_ts)
         ts = l->last_ts; /* times never go backwards within a stream */
-    char *p = l->wbuf + l->wlen;
-    put16(p + 12, (uint16_t)r->subject_len);
-    put16(p + 14, (uint16_t)r->key_len);
-    put64(p + 16, seq);
-    put64(p + 24, (uint64_t)ts);
-    put32(p + 32, (uint32_t)r->hdr_len);
-    put32(p + 36, (uint32_t)r->payload_len);
-    char *q = p + REC_HDR;
-    memcpy(q, r->subject, r->subject_len);
-    q += r->subject_len;
-    if (r->key_len)
-        memcpy(q, r->key, r->key_len);
-    q += r->key_len;
-    if (r->hdr_len)
-        memcpy(q, r->hdr, r->hdr_len);
-    q += r->hdr_len;
-    if (r->payload_len)
-        memcpy(q, r->payload, r->payload_len);
-    record_seal(p, REC_MAGIC, (uint32_t)len);
-
+    encode_record(l->wbuf + l->wlen, r, seq, ts, len);
     /* Undo information, in case the write fails. */
     if (!l->wfirst)
         l->wfirst = seq;
     size_t ui = seq - l->wfirst;
-    if (ui >= l->capundo) {
-        size_t nc = l->capundo ? l->capundo * 2 : 256;
-        while (nc <= ui)
-            nc *= 2;
-        uint64_t *nu = realloc(l->undo, nc * sizeof *nu);
-        if (!nu) {
-            errno = ENOMEM;
-            if (l->wfirst == seq)
-                l->wfirst = 0;
-            return 0;
-        }
-        l->undo = nu;
-        l->capundo = nc;
+    if (undo_reserve(l, ui) < 0) {
+        errno = ENOMEM;
+        if (l->wfirst == seq)
+            l->wfirst = 0;
+        return 0;
     }
     uint64_t prev = slog_subject_last(l, r->subject, r->subject_len);
     if (dict_put(&l->subj_last, r->subject, r->subject_len, (void *)(uintptr_t)seq) < 0 ||
