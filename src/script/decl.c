@@ -205,6 +205,108 @@ static int declare_stream(lua_State *L, const char *name)
     return 0;
 }
 
+/* A consumer's subjects: stream, filter, deliver, queue, dead_letter,
+ * ordered_by (raises on a bad one). */
+static void consumer_subjects(lua_State *L, int t, const char *what, consumer_cfg_t *c)
+{
+    string_opt(L, t, what, "stream", c->stream, sizeof c->stream);
+    if (!c->stream[0])
+        luaL_error(L, "%s: stream is required", what);
+    string_opt(L, t, what, "filter", c->filter, sizeof c->filter);
+    if (c->filter[0] && !subject_valid_pattern(c->filter, strlen(c->filter)))
+        luaL_error(L, "%s: filter '%s' is not a valid subject pattern", what, c->filter);
+    string_opt(L, t, what, "deliver", c->deliver, sizeof c->deliver);
+    if (c->deliver[0] && !subject_valid_literal(c->deliver, strlen(c->deliver)))
+        luaL_error(L, "%s: deliver '%s' must be a subject without wildcards", what, c->deliver);
+    string_opt(L, t, what, "queue", c->queue, sizeof c->queue);
+    string_opt(L, t, what, "dead_letter", c->dead_letter, sizeof c->dead_letter);
+    if (c->dead_letter[0] && !subject_valid_literal(c->dead_letter, strlen(c->dead_letter)))
+        luaL_error(L, "%s: dead_letter '%s' must be a subject without wildcards", what, c->dead_letter);
+    string_opt(L, t, what, "ordered_by", c->ordered_by, sizeof c->ordered_by);
+    if (c->ordered_by[0] && strncmp(c->ordered_by, "data.", 5) && strncmp(c->ordered_by, "header:", 7) &&
+        strcmp(c->ordered_by, "subject"))
+        luaL_error(L, "%s: ordered_by must be a field path such as \"data.order_id\", "
+                             "\"header:Name\" or \"subject\"", what);
+}
+
+/* A consumer's limits: ack_wait, max_deliver, max_ack_pending, backoff. */
+static void consumer_limits(lua_State *L, int t, const char *what, consumer_cfg_t *c)
+{
+    c->ack_wait = duration_opt(L, t, what, "ack_wait", 30);
+    if (c->ack_wait <= 0)
+        luaL_error(L, "%s: ack_wait must be above 0", what);
+    c->max_deliver = -1;
+    if (lua_getfield(L, t, "max_deliver") != LUA_TNIL) {
+        if (!lua_isinteger(L, -1) || (lua_tointeger(L, -1) < 1 && lua_tointeger(L, -1) != -1))
+            luaL_error(L, "%s: max_deliver must be a whole number of 1 or more (or -1: no limit)", what);
+        c->max_deliver = lua_tointeger(L, -1);
+    }
+    lua_pop(L, 1);
+    c->max_ack_pending = 1000;
+    if (lua_getfield(L, t, "max_ack_pending") != LUA_TNIL) {
+        if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1)
+            luaL_error(L, "%s: max_ack_pending must be a whole number of 1 or more", what);
+        c->max_ack_pending = lua_tointeger(L, -1);
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, t, "backoff") != LUA_TNIL) {
+        if (lua_type(L, -1) != LUA_TTABLE)
+            luaL_error(L, "%s: backoff must be a list of durations", what);
+        int n = (int)lua_rawlen(L, -1);
+        if (n > CONSUMER_BACKOFF_MAX)
+            luaL_error(L, "%s: at most %d backoff steps", what, CONSUMER_BACKOFF_MAX);
+        for (int i = 1; i <= n; i++) {
+            lua_rawgeti(L, -1, i);
+            c->backoff[c->nbackoff++] = duration_value(L, -1, what, "backoff");
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+}
+
+/* Where a consumer starts: deliver_policy, start_seq, start_time. */
+static void consumer_start(lua_State *L, int t, const char *what, consumer_cfg_t *c)
+{
+    char pol[32] = "all";
+    string_opt(L, t, what, "deliver_policy", pol, sizeof pol);
+    if (lua_getfield(L, t, "start_seq") != LUA_TNIL) {
+        if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1)
+            luaL_error(L, "%s: start_seq must be a sequence number (1 or more)", what);
+        c->start_seq = (uint64_t)lua_tointeger(L, -1);
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, t, "start_time") != LUA_TNIL) {
+        if (lua_type(L, -1) == LUA_TNUMBER) {
+            c->start_time = (int64_t)(lua_tonumber(L, -1) * 1e9);
+        } else {
+            const char *s = luaL_checkstring(L, -1);
+            struct tm tm;
+            memset(&tm, 0, sizeof tm);
+            const char *rest = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
+            if (!rest)
+                luaL_error(L, "%s: start_time must be RFC 3339 (2026-01-02T15:04:05Z) or seconds since "
+                                     "the epoch", what);
+            double frac = 0;
+            if (*rest == '.')
+                frac = strtod(rest, (char **)&rest);
+            c->start_time = ((int64_t)timegm(&tm)) * 1000000000 + (int64_t)(frac * 1e9);
+        }
+    }
+    lua_pop(L, 1);
+    if (!strcmp(pol, "all")) c->deliver_policy = c->start_seq ? DELIVER_BY_START_SEQ : c->start_time ? DELIVER_BY_START_TIME : DELIVER_ALL;
+    else if (!strcmp(pol, "new")) c->deliver_policy = DELIVER_NEW;
+    else if (!strcmp(pol, "last")) c->deliver_policy = DELIVER_LAST;
+    else if (!strcmp(pol, "by_start_sequence")) c->deliver_policy = DELIVER_BY_START_SEQ;
+    else if (!strcmp(pol, "by_start_time")) c->deliver_policy = DELIVER_BY_START_TIME;
+    else
+        luaL_error(L, "%s: deliver_policy must be \"all\", \"new\", \"last\", \"by_start_sequence\" or "
+                             "\"by_start_time\"", what);
+    if (c->deliver_policy == DELIVER_BY_START_SEQ && !c->start_seq)
+        luaL_error(L, "%s: deliver_policy by_start_sequence needs start_seq", what);
+    if (c->deliver_policy == DELIVER_BY_START_TIME && !c->start_time)
+        luaL_error(L, "%s: deliver_policy by_start_time needs start_time", what);
+}
+
 static int declare_consumer(lua_State *L, const char *name)
 {
     static const char *const known[] = {"stream", "filter", "deliver", "queue", "ack_wait", "max_deliver", "backoff",
@@ -225,92 +327,9 @@ static int declare_consumer(lua_State *L, const char *name)
     memset(&c, 0, sizeof c);
     snprintf(c.name, sizeof c.name, "%s", name);
     where(L, c.where, sizeof c.where);
-    string_opt(L, t, what, "stream", c.stream, sizeof c.stream);
-    if (!c.stream[0])
-        return luaL_error(L, "%s: stream is required", what);
-    string_opt(L, t, what, "filter", c.filter, sizeof c.filter);
-    if (c.filter[0] && !subject_valid_pattern(c.filter, strlen(c.filter)))
-        return luaL_error(L, "%s: filter '%s' is not a valid subject pattern", what, c.filter);
-    string_opt(L, t, what, "deliver", c.deliver, sizeof c.deliver);
-    if (c.deliver[0] && !subject_valid_literal(c.deliver, strlen(c.deliver)))
-        return luaL_error(L, "%s: deliver '%s' must be a subject without wildcards", what, c.deliver);
-    string_opt(L, t, what, "queue", c.queue, sizeof c.queue);
-    string_opt(L, t, what, "dead_letter", c.dead_letter, sizeof c.dead_letter);
-    if (c.dead_letter[0] && !subject_valid_literal(c.dead_letter, strlen(c.dead_letter)))
-        return luaL_error(L, "%s: dead_letter '%s' must be a subject without wildcards", what, c.dead_letter);
-    string_opt(L, t, what, "ordered_by", c.ordered_by, sizeof c.ordered_by);
-    if (c.ordered_by[0] && strncmp(c.ordered_by, "data.", 5) && strncmp(c.ordered_by, "header:", 7) &&
-        strcmp(c.ordered_by, "subject"))
-        return luaL_error(L, "%s: ordered_by must be a field path such as \"data.order_id\", "
-                             "\"header:Name\" or \"subject\"", what);
-    c.ack_wait = duration_opt(L, t, what, "ack_wait", 30);
-    if (c.ack_wait <= 0)
-        return luaL_error(L, "%s: ack_wait must be above 0", what);
-    c.max_deliver = -1;
-    if (lua_getfield(L, t, "max_deliver") != LUA_TNIL) {
-        if (!lua_isinteger(L, -1) || (lua_tointeger(L, -1) < 1 && lua_tointeger(L, -1) != -1))
-            return luaL_error(L, "%s: max_deliver must be a whole number of 1 or more (or -1: no limit)", what);
-        c.max_deliver = lua_tointeger(L, -1);
-    }
-    lua_pop(L, 1);
-    c.max_ack_pending = 1000;
-    if (lua_getfield(L, t, "max_ack_pending") != LUA_TNIL) {
-        if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1)
-            return luaL_error(L, "%s: max_ack_pending must be a whole number of 1 or more", what);
-        c.max_ack_pending = lua_tointeger(L, -1);
-    }
-    lua_pop(L, 1);
-    if (lua_getfield(L, t, "backoff") != LUA_TNIL) {
-        if (lua_type(L, -1) != LUA_TTABLE)
-            return luaL_error(L, "%s: backoff must be a list of durations", what);
-        int n = (int)lua_rawlen(L, -1);
-        if (n > CONSUMER_BACKOFF_MAX)
-            return luaL_error(L, "%s: at most %d backoff steps", what, CONSUMER_BACKOFF_MAX);
-        for (int i = 1; i <= n; i++) {
-            lua_rawgeti(L, -1, i);
-            c.backoff[c.nbackoff++] = duration_value(L, -1, what, "backoff");
-            lua_pop(L, 1);
-        }
-    }
-    lua_pop(L, 1);
-    char pol[32] = "all";
-    string_opt(L, t, what, "deliver_policy", pol, sizeof pol);
-    if (lua_getfield(L, t, "start_seq") != LUA_TNIL) {
-        if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1)
-            return luaL_error(L, "%s: start_seq must be a sequence number (1 or more)", what);
-        c.start_seq = (uint64_t)lua_tointeger(L, -1);
-    }
-    lua_pop(L, 1);
-    if (lua_getfield(L, t, "start_time") != LUA_TNIL) {
-        if (lua_type(L, -1) == LUA_TNUMBER) {
-            c.start_time = (int64_t)(lua_tonumber(L, -1) * 1e9);
-        } else {
-            const char *s = luaL_checkstring(L, -1);
-            struct tm tm;
-            memset(&tm, 0, sizeof tm);
-            const char *rest = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
-            if (!rest)
-                return luaL_error(L, "%s: start_time must be RFC 3339 (2026-01-02T15:04:05Z) or seconds since "
-                                     "the epoch", what);
-            double frac = 0;
-            if (*rest == '.')
-                frac = strtod(rest, (char **)&rest);
-            c.start_time = ((int64_t)timegm(&tm)) * 1000000000 + (int64_t)(frac * 1e9);
-        }
-    }
-    lua_pop(L, 1);
-    if (!strcmp(pol, "all")) c.deliver_policy = c.start_seq ? DELIVER_BY_START_SEQ : c.start_time ? DELIVER_BY_START_TIME : DELIVER_ALL;
-    else if (!strcmp(pol, "new")) c.deliver_policy = DELIVER_NEW;
-    else if (!strcmp(pol, "last")) c.deliver_policy = DELIVER_LAST;
-    else if (!strcmp(pol, "by_start_sequence")) c.deliver_policy = DELIVER_BY_START_SEQ;
-    else if (!strcmp(pol, "by_start_time")) c.deliver_policy = DELIVER_BY_START_TIME;
-    else
-        return luaL_error(L, "%s: deliver_policy must be \"all\", \"new\", \"last\", \"by_start_sequence\" or "
-                             "\"by_start_time\"", what);
-    if (c.deliver_policy == DELIVER_BY_START_SEQ && !c.start_seq)
-        return luaL_error(L, "%s: deliver_policy by_start_sequence needs start_seq", what);
-    if (c.deliver_policy == DELIVER_BY_START_TIME && !c.start_time)
-        return luaL_error(L, "%s: deliver_policy by_start_time needs start_time", what);
+    consumer_subjects(L, t, what, &c);
+    consumer_limits(L, t, what, &c);
+    consumer_start(L, t, what, &c);
     st->consumers[st->nconsumers++] = c;
     return 0;
 }
