@@ -351,25 +351,16 @@ static void copy_fields(lua_State *L, int from, int to, const char *const *names
     }
 }
 
-/* Builds the environment scripts see; leaves it on the stack. */
-void build_env(state_t *st)
+/* Copies the base functions and copies of the safe libraries from the
+ * global table g into env, with table.move and setmetatable guarded. */
+static void env_base(lua_State *L, int g, int env)
 {
-    lua_State *L = st->L;
     static const char *const base[] = {"assert", "error", "ipairs", "next", "pairs", "pcall", "rawequal",
                                        "rawget", "rawlen", "rawset", "select", "setmetatable",
                                        "getmetatable", "tonumber", "tostring", "type", "xpcall",
                                        "_VERSION", NULL};
-    static const char *const os_ok[] = {"clock", "date", "time", "difftime", NULL};
-    static const char *const str_ok[] = {"byte", "char", "format", "len", "lower", "upper", "reverse", "sub",
-                                         "pack", "packsize", "unpack", NULL};
-    static const char *const str_patterns[] = {"find", "match", "gmatch", "gsub", NULL};
-
-    lua_newtable(L);
-    int env = lua_gettop(L);
-    lua_pushglobaltable(L);
-    int g = lua_gettop(L);
-    copy_fields(L, g, env, base);
     static const char *const libs[] = {"table", "math", "utf8", "coroutine", NULL};
+    copy_fields(L, g, env, base);
     for (int i = 0; libs[i]; i++) {
         /* A copy, so one script cannot replace table.insert for the server. */
         lua_getfield(L, g, libs[i]);
@@ -391,7 +382,16 @@ void build_env(state_t *st)
     lua_getfield(L, env, "setmetatable");
     lua_pushcclosure(L, guarded_setmetatable, 1);
     lua_setfield(L, env, "setmetatable");
-    /* string: no dump; patterns and rep guarded. */
+}
+
+/* string: no dump; patterns and rep guarded; the same table behind the
+ * method calls on strings.  os: the clock and the date only. */
+static void env_string_os(lua_State *L, int g, int env)
+{
+    static const char *const os_ok[] = {"clock", "date", "time", "difftime", NULL};
+    static const char *const str_ok[] = {"byte", "char", "format", "len", "lower", "upper", "reverse", "sub",
+                                         "pack", "packsize", "unpack", NULL};
+    static const char *const str_patterns[] = {"find", "match", "gmatch", "gsub", NULL};
     lua_getfield(L, g, "string");
     int strlib = lua_gettop(L);
     lua_newtable(L);
@@ -414,14 +414,17 @@ void build_env(state_t *st)
     lua_pushliteral(L, "string");
     lua_setfield(L, -2, "__metatable"); /* getmetatable("") must not open it up */
     lua_pop(L, 4);
-    /* os: the clock and the date only. */
     lua_getfield(L, g, "os");
     lua_newtable(L);
     copy_fields(L, lua_gettop(L) - 1, lua_gettop(L), os_ok);
     lua_setfield(L, env, "os");
     lua_pop(L, 1);
-    lua_pop(L, 1); /* global table */
+}
 
+/* The declarations and rule functions, and tide.*: json helpers, kv, log. */
+static void env_tide(state_t *st, int env)
+{
+    lua_State *L = st->L;
     static const luaL_Reg fns[] = {{"print", l_print},     {"require", l_require}, {"load", l_load},
                                    {"listen", l_listen},   {"limits", l_limits},   {"scripting", l_scripting},
                                    {"admin", l_admin},     {"http", l_http},
@@ -431,8 +434,6 @@ void build_env(state_t *st)
     lua_pushvalue(L, env);
     luaL_setfuncs(L, fns, 0);
     lua_pop(L, 1);
-
-    /* tide.*: json helpers, kv, log. */
     lua_newtable(L);
     int tide = lua_gettop(L);
     json_open(L);
@@ -451,7 +452,20 @@ void build_env(state_t *st)
     lua_pushstring(L, TIDE_VERSION);
     lua_setfield(L, tide, "version");
     lua_setfield(L, env, "tide");
+}
 
+/* Builds the environment scripts see; leaves it on the stack. */
+void build_env(state_t *st)
+{
+    lua_State *L = st->L;
+    lua_newtable(L);
+    int env = lua_gettop(L);
+    lua_pushglobaltable(L);
+    int g = lua_gettop(L);
+    env_base(L, g, env);
+    env_string_os(L, g, env);
+    lua_pop(L, 1); /* global table */
+    env_tide(st, env);
     lua_pushvalue(L, env);
     lua_setfield(L, env, "_G");
 
