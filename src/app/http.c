@@ -13,6 +13,7 @@
 
 #include <cjson/cJSON.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
@@ -57,13 +58,20 @@ typedef struct tail {
     int live;
 } tail_t;
 
+#define HTTP_MAX_HEADERS (16 * 1024)
+/* Bytes a tail may have waiting for its client; past it the tail is cut,
+ * as a NATS client past max_pending is. */
+#define TAIL_MAX_PENDING (1024 * 1024)
+
 struct http {
+    double idle_timeout; /* seconds, as set on eh */
     server_t *srv;
     node_t *node;
     struct evhttp *eh;
     struct event *heartbeat; /* keeps tails alive, and finds the ones whose client left */
     tail_t tails[MAX_TAILS];
     uint64_t requests, ingested, rejected;
+    uint64_t slow_tails; /* tails cut for not reading */
     sub_t *inbox_sub;     /* PubAcks for ingested events: <inbox>.> */
     char inbox[48];
     uint64_t next_wait;
@@ -340,12 +348,26 @@ static void publish_msg(http_t *h, ack_wait_t *w, const char *subject, size_t sl
     h->ingested++;
 }
 
+/* HTTP publishes events, never requests to the server or JetStream: 0, or
+ * 403 with err. */
+static int check_subject_open(const char *subject, char *err, size_t errsz)
+{
+    if (!strncmp(subject, "$TIDE.", 6) || !strcmp(subject, "$TIDE") || !strncmp(subject, "$JS.", 4)) {
+        snprintf(err, errsz, "'%s' is reserved: HTTP does not publish to $TIDE. or $JS. subjects", subject);
+        return 403;
+    }
+    return 0;
+}
+
 /* Publishes one envelope (a JSON object) under subject; extra holds
  * "Name: value\r\n" header lines to send with it ("" for none). */
 static int publish_envelope(http_t *h, ack_wait_t *w, const char *extra, cJSON *env, const char *subject, char *err,
                             size_t errsz)
 {
     size_t sl = strlen(subject);
+    int code = check_subject_open(subject, err, errsz);
+    if (code)
+        return code;
     if (!subject_valid_literal(subject, sl)) {
         snprintf(err, errsz, "'%s' is not a valid subject", subject);
         return 400;
@@ -430,7 +452,7 @@ static int check_envelope(const cJSON *env, char *err, size_t errsz)
             return 400;
         }
     }
-    return 0;
+    return check_subject_open(cJSON_GetObjectItemCaseSensitive(env, "type")->valuestring, err, errsz);
 }
 
 static char *body_of(struct evhttp_request *req, size_t *len)
@@ -504,8 +526,9 @@ static int ingest_nats_headers(ingest_t *in, int batch)
 /* POST /v1/publish/<subject>: the body is the data of a new envelope. */
 static int ingest_plain(ingest_t *in, const char *subject)
 {
-    if (in->ctype && !starts_with_ci(in->ctype, "application/json")) {
-        snprintf(in->err, sizeof in->err, "POST /v1/publish takes application/json, not %s", in->ctype);
+    if (!starts_with_ci(in->ctype, "application/json")) {
+        snprintf(in->err, sizeof in->err, "POST /v1/publish takes Content-Type application/json, not %s",
+                 in->ctype ? in->ctype : "none");
         return 415;
     }
     cJSON *data = json_parse(in->body, in->len, &in->nums);
@@ -541,9 +564,9 @@ static int ingest_batch(ingest_t *in)
     int i = 0, code;
     cJSON_ArrayForEach(e, in->doc) {
         char why[400];
-        if (check_envelope(e, why, sizeof why)) {
+        if ((code = check_envelope(e, why, sizeof why))) {
             snprintf(in->err, sizeof in->err, "event %d: %s", i, why);
-            return 400;
+            return code;
         }
         i++;
     }
@@ -611,13 +634,16 @@ static int ingest_binary(ingest_t *in)
             cJSON_AddStringToObject(in->env, name, kv->value);
     }
     const char *ctype = in->ctype;
-    if (ctype)
-        cJSON_AddStringToObject(in->env, "datacontenttype", ctype);
+    if (!ctype) {
+        snprintf(in->err, sizeof in->err, "binary mode needs a Content-Type (application/json, */*+json or text/*)");
+        return 415;
+    }
+    cJSON_AddStringToObject(in->env, "datacontenttype", ctype);
     if ((code = check_envelope(in->env, in->err, sizeof in->err)))
         return code;
     if (in->len) {
         cJSON *data = NULL;
-        if (!ctype || starts_with_ci(ctype, "application/json") || strstr(ctype, "+json")) {
+        if (starts_with_ci(ctype, "application/json") || strstr(ctype, "+json")) {
             if (!(data = json_parse(in->body, in->len, &in->nums))) {
                 snprintf(in->err, sizeof in->err, "the body is declared JSON but is not valid JSON");
                 return 400;
@@ -636,10 +662,32 @@ static int ingest_binary(ingest_t *in)
     return code;
 }
 
+/*
+ * True for a write a browser sends on behalf of a page from another site:
+ * its Origin names another host than the request's Host, or its
+ * Sec-Fetch-Site says so.  Clients that are not browsers send neither.
+ */
+static int cross_origin(struct evkeyvalq *hd)
+{
+    const char *site = evhttp_find_header(hd, "Sec-Fetch-Site");
+    if (site && strcasecmp(site, "same-origin") && strcasecmp(site, "none"))
+        return 1;
+    const char *origin = evhttp_find_header(hd, "Origin"), *host = evhttp_find_header(hd, "Host");
+    if (!origin)
+        return 0;
+    const char *o = strstr(origin, "://");
+    o = o ? o + 3 : origin;
+    return !host || strcasecmp(o, host) != 0;
+}
+
 /* Picks the mode of an ingest request and publishes its events.  0, or a
  * status code with in->err. */
 static int ingest_publish(ingest_t *in, const char *path)
 {
+    if (cross_origin(in->hd)) {
+        snprintf(in->err, sizeof in->err, "cross-origin writes from a browser are refused");
+        return 403;
+    }
     int batch = starts_with_ci(in->ctype, "application/cloudevents-batch+json") && strncmp(path, "/v1/publish/", 12);
     int code;
     if (in->len > server_get_opts(in->h->srv)->max_payload) {
@@ -686,7 +734,7 @@ static void ingest(http_t *h, struct evhttp_request *req, const char *path)
         if (w)
             wait_free(w); /* PubAcks of events published before the error go nowhere */
         const char *reason = code == 413 ? "Payload Too Large" : code == 415 ? "Unsupported Media Type"
-                           : code == 500 ? "Internal Server Error" : "Bad Request";
+                           : code == 403 ? "Forbidden" : code == 500 ? "Internal Server Error" : "Bad Request";
         reply_error(h, req, code, reason, in->err);
         free(in);
         return;
@@ -766,6 +814,8 @@ static void metrics(http_t *h, struct evhttp_request *req)
     metric(b, "tide_http_requests_total", "counter", "HTTP requests served.", (double)h->requests);
     metric(b, "tide_http_events_total", "counter", "Events accepted over HTTP.", (double)h->ingested);
     metric(b, "tide_http_rejected_total", "counter", "HTTP requests refused with an error status.", (double)h->rejected);
+    metric(b, "tide_http_slow_tails_total", "counter", "Tails cut because their client did not read.",
+           (double)h->slow_tails);
     metric(b, "tide_script_events_total", "counter", "Events that entered the script pipeline.", (double)st.events);
     metric(b, "tide_script_bypassed_total", "counter", "Events no rule matched (no Lua ran).", (double)st.bypassed);
     metric(b, "tide_script_dropped_total", "counter", "Events dropped by filters or routes.", (double)st.dropped);
@@ -822,11 +872,33 @@ static void metrics(http_t *h, struct evhttp_request *req)
 
 /* ---- live tail (Server-Sent Events) ---------------------------------------------- */
 
+/* Ends a tail whose client does not read what it is sent: the stream is
+ * finished (what is queued is left to the idle timeout) and the slot freed. */
+static void tail_cut(tail_t *t, size_t pending)
+{
+    struct evhttp_connection *conn = evhttp_request_get_connection(t->req);
+    log_warn("tail %s: slow consumer: %zu bytes pending (max %d), cut", t->sub ? t->sub->subject : "?", pending,
+             TAIL_MAX_PENDING);
+    t->http->slow_tails++;
+    if (conn)
+        evhttp_connection_set_closecb(conn, NULL, NULL); /* the slot may be reused before it closes */
+    evhttp_send_reply_end(t->req);
+    t->req = NULL;
+    t->live = 0;
+}
+
 static void tail_deliver(void *ctx, const proto_msg_t *m)
 {
     tail_t *t = ctx;
     if (!t || !t->live)
         return;
+    struct evhttp_connection *conn = evhttp_request_get_connection(t->req);
+    struct bufferevent *bev = conn ? evhttp_connection_get_bufferevent(conn) : NULL;
+    size_t pending = bev ? evbuffer_get_length(bufferevent_get_output(bev)) : 0;
+    if (pending > TAIL_MAX_PENDING) {
+        tail_cut(t, pending);
+        return;
+    }
     struct evbuffer *b = evbuffer_new();
     if (!b)
         return;
@@ -952,9 +1024,21 @@ static int storage_failed(http_t *h, char *why, size_t n)
 
 /* ---- routing of requests ---------------------------------------------------------- */
 
+/* Gives new connections the idle timeout the entry file says now. */
+static void set_idle_timeout(http_t *h)
+{
+    double t = script_http_idle_timeout(h->node->scripts);
+    if (t == h->idle_timeout)
+        return;
+    struct timeval tv = util_timeval(t);
+    evhttp_set_timeout_tv(h->eh, &tv);
+    h->idle_timeout = t;
+}
+
 static void on_request(struct evhttp_request *req, void *arg)
 {
     http_t *h = arg;
+    set_idle_timeout(h); /* a reload may have changed it */
     const char *uri = evhttp_request_get_uri(req);
     /* Nonconformant: let "subject=order.>" through unescaped, as curl sends it. */
     struct evhttp_uri *u = evhttp_uri_parse_with_flags(uri, EVHTTP_URI_NONCONFORMANT);
@@ -1035,12 +1119,20 @@ http_t *http_new(node_t *node, const char *host, int port)
         goto fail;
     /* Room for max_payload of data plus an envelope's attributes. */
     evhttp_set_max_body_size(h->eh, (ev_ssize_t)server_get_opts(h->srv)->max_payload + 4096);
+    /* A request line and headers of at most HTTP_MAX_HEADERS bytes, and a
+     * connection that sends nothing for http { idle_timeout } (half a
+     * request, or idle between requests) is closed: a client cannot hold
+     * memory or a descriptor by sending slowly or not at all. */
+    evhttp_set_max_headers_size(h->eh, HTTP_MAX_HEADERS);
+    set_idle_timeout(h);
     evhttp_set_gencb(h->eh, on_request, h);
-    /* PubAcks for ingested events come to a subject of our own. */
+    /* PubAcks for ingested events come to a subject of our own, in the
+     * server's inboxes: no client can publish there, so an answer there is
+     * the store's. */
     unsigned char rnd[8];
     evutil_secure_rng_get_bytes(rnd, sizeof rnd);
-    snprintf(h->inbox, sizeof h->inbox, "_TIDE_HTTP.%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3],
-             rnd[4], rnd[5], rnd[6], rnd[7]);
+    snprintf(h->inbox, sizeof h->inbox, SERVER_INBOX_PREFIX "HTTP.%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1],
+             rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
     char pattern[64];
     snprintf(pattern, sizeof pattern, "%s.>", h->inbox);
     h->inbox_sub = server_subscribe_internal(h->srv, pattern, on_puback, h);

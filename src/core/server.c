@@ -574,8 +574,39 @@ int server_client_is_loopback(const client_t *c)
     return !strncmp(ip, "127.", 4) || !strcmp(ip, "::1") || !strncmp(ip, "::ffff:127.", 11);
 }
 
+static int has_prefix(const char *s, size_t len, const char *prefix, size_t plen)
+{
+    return len >= plen && s[0] == '$' && !memcmp(s, prefix, plen);
+}
+
+/*
+ * What a client may not publish, whatever its permissions: into the
+ * server's own inboxes (the HTTP face's PubAcks: an answer there must come
+ * from the store), or with an admin subject as its reply (a request that
+ * makes some other client, maybe a loopback service, send the admin request
+ * for it).  Answered like a permissions violation; the connection stays.
+ */
+static int publish_refused(client_t *from, const proto_msg_t *m)
+{
+    static const char inbox[] = SERVER_INBOX_PREFIX;
+    char msg[320];
+    if (has_prefix(m->subject, m->subject_len, inbox, sizeof inbox - 1))
+        snprintf(msg, sizeof msg, "Permissions Violation for Publish to \"%.*s\"",
+                 (int)(m->subject_len > 200 ? 200 : m->subject_len), m->subject);
+    else if (m->reply && has_prefix(m->reply, m->reply_len, ADMIN_PREFIX, strlen(ADMIN_PREFIX)))
+        snprintf(msg, sizeof msg, "Permissions Violation for Publish with reply subject \"%.*s\"",
+                 (int)(m->reply_len > 200 ? 200 : m->reply_len), m->reply);
+    else
+        return 0;
+    client_send_err(from, msg);
+    log_warn("cid:%llu %s:%d %s", (unsigned long long)from->id, from->ip, from->port, msg);
+    return 1;
+}
+
 void server_publish(server_t *s, client_t *from, const proto_msg_t *m)
 {
+    if (from && (m->subject[0] == '$' || (m->reply_len && m->reply[0] == '$')) && publish_refused(from, m))
+        return;
     if (m->subject_len > strlen(ADMIN_PREFIX) && m->subject[0] == '$' &&
         !memcmp(m->subject, ADMIN_PREFIX, strlen(ADMIN_PREFIX))) {
         static const char none[] = "{\"ok\":false,\"error\":\"this server answers no admin requests\"}";

@@ -20,6 +20,11 @@
 #define TIDE_DEFAULT_PORT 4222
 #define TIDE_DEFAULT_MAX_PENDING (64u * 1024 * 1024)
 
+/* Subjects under this prefix are the server's own inboxes: clients may not
+ * publish there (server_publish refuses it), so an answer that arrives
+ * there was made inside the server. */
+#define SERVER_INBOX_PREFIX "$TIDE.INBOX."
+
 typedef struct server_opts {
     char host[256];
     int port;

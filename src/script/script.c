@@ -479,6 +479,11 @@ double script_http_ack_timeout(const script_host_t *h)
     return h && h->cur && h->cur->http_ack_timeout > 0 ? h->cur->http_ack_timeout : 10;
 }
 
+double script_http_idle_timeout(const script_host_t *h)
+{
+    return h && h->cur && h->cur->http_idle_timeout > 0 ? h->cur->http_idle_timeout : 10;
+}
+
 int script_http_binary(const script_host_t *h, const char *subject, size_t len)
 {
     for (int i = 0; h->cur && i < h->cur->nhttp_binary; i++)

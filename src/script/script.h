@@ -142,6 +142,10 @@ int script_http_binary(const script_host_t *h, const char *subject, size_t len);
  * (10 unless set). */
 double script_http_ack_timeout(const script_host_t *h);
 
+/* http { idle_timeout }: seconds an HTTP connection may send nothing
+ * before it is closed (10 unless set; h may be NULL). */
+double script_http_idle_timeout(const script_host_t *h);
+
 /* True when the entry file said admin { eval = true }. */
 int script_admin_eval(const script_host_t *h);
 /* True while an event is in the pipeline (reload must wait). */

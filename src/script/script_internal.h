@@ -139,6 +139,7 @@ typedef struct state {
     char *http_binary[32]; /* http { binary = {...} }: subjects HTTP events reach in binary mode */
     int nhttp_binary;
     double http_ack_timeout; /* http { ack_timeout }: seconds, 0 for the default */
+    double http_idle_timeout; /* http { idle_timeout }: seconds, 0 for the default */
     int http_off;        /* listen { http = false } */
     char storage_dir[PATH_MAX]; /* storage { dir = ... }, resolved; "" when not said */
     stream_cfg_t streams[STATE_STREAMS_MAX];

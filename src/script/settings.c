@@ -168,10 +168,12 @@ int l_limits(lua_State *L)
  * subject matches go out in the CloudEvents NATS binding's binary mode
  * (ce-* headers, the data as payload) instead of as a JSON envelope.
  * http { ack_timeout = "10s" }: how long a request waits for the PubAcks
- * of the events a stream captures before it is answered 504. */
+ * of the events a stream captures before it is answered 504.
+ * http { idle_timeout = "10s" }: a connection that sends nothing for that
+ * long (half a request, or idle between requests) is closed. */
 int l_http(lua_State *L)
 {
-    static const char *const known[] = {"binary", "ack_timeout", NULL};
+    static const char *const known[] = {"binary", "ack_timeout", "idle_timeout", NULL};
     state_t *st = state_of(L);
     luaL_checktype(L, 1, LUA_TTABLE);
     settings_check_keys(L, 1, "http", known);
@@ -180,6 +182,13 @@ int l_http(lua_State *L)
         if (!(t >= 0.001 && t <= 3600))
             return luaL_error(L, "http: ack_timeout must be between 1ms and 1h");
         st->http_ack_timeout = t;
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, 1, "idle_timeout") != LUA_TNIL) {
+        double t = duration_field(L, 1, "idle_timeout", 0);
+        if (!(t >= 0.1 && t <= 3600))
+            return luaL_error(L, "http: idle_timeout must be between 100ms and 1h");
+        st->http_idle_timeout = t;
     }
     lua_pop(L, 1);
     if (lua_getfield(L, 1, "binary") != LUA_TNIL) {

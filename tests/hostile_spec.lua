@@ -1,0 +1,221 @@
+-- tide under attack (docs/scripting.md "Budgets and limits", docs/streams.md
+-- "HTTP"): each test is written as the attack, with a second, ordinary NATS
+-- client whose PING round trip must stay short while it runs, and, where
+-- memory is the target, the server's RSS.
+local h = require "helpers"
+local json = require "dkjson"
+local socket = require "socket"
+
+-- The server's resident memory in KiB.
+local function rss_kb(srv)
+  local text = h.read_file("/proc/" .. srv.pid .. "/status") or ""
+  return tonumber(text:match("VmRSS:%s*(%d+)"))
+end
+
+-- The PING round trip of client c, in ms.
+local function ping_ms(c)
+  local t0 = h.proc.now()
+  c:ping(5)
+  return (h.proc.now() - t0) * 1000
+end
+
+-- One HTTP request over a raw socket: returns the status code (or nil when
+-- the server closed the connection without answering) and the raw answer.
+local function http_raw(port, text, timeout)
+  local s = socket.tcp()
+  s:settimeout(timeout or 5)
+  assert(s:connect("127.0.0.1", port))
+  local ok, err = s:send(text)
+  local answer = ""
+  if ok then
+    while true do
+      local chunk, e, partial = s:receive(4096)
+      answer = answer .. (chunk or partial or "")
+      if not chunk then break end
+    end
+  end
+  s:close()
+  return tonumber(answer:match("^HTTP/1%.%d (%d%d%d)")), answer, err
+end
+
+-- POST path with body and header lines (a list of "Name: value").
+local function post(port, path, body, headers)
+  local lines = { ("POST %s HTTP/1.1"):format(path), ("Host: 127.0.0.1:%d"):format(port),
+    ("Content-Length: %d"):format(#body), "Connection: close" }
+  for _, l in ipairs(headers or {}) do lines[#lines + 1] = l end
+  return http_raw(port, table.concat(lines, "\r\n") .. "\r\n\r\n" .. body)
+end
+
+local function stats(srv)
+  return h.stats(srv.port)
+end
+
+describe("the HTTP face under attack", function()
+  local srv, hport, normal
+
+  setup(function()
+    hport = h.free_port()
+    srv = h.start_scripted(([[
+      listen { http = "127.0.0.1:%d" }
+      http { idle_timeout = "1s" }
+      storage { dir = "data" }
+      stream "orders" { subjects = { "orders.>" } }
+      filter("orders.>", function(e) return true end)
+    ]]):format(hport))
+    normal = h.connect(srv.port)
+    normal:send("CONNECT {\"verbose\":false}\r\n")
+  end)
+
+  teardown(function()
+    if normal then normal:close() end
+    if srv then srv:stop() end
+  end)
+
+  it("never publishes to $TIDE. or $JS. subjects, in any mode", function()
+    local reloads = stats(srv).scripts.reloads
+    local code, answer = post(hport, "/v1/publish/$TIDE.ADMIN.RELOAD", "{}", { "Content-Type: application/json" })
+    assert.are.equal(403, code, answer)
+    assert.matches("reserved", answer)
+    local ce = json.encode({ specversion = "1.0", id = "1", source = "x", type = "$TIDE.ADMIN.RELOAD" })
+    code = post(hport, "/v1/events", ce, { "Content-Type: application/cloudevents+json" })
+    assert.are.equal(403, code)
+    code = post(hport, "/v1/events", "[" .. ce:gsub("%$TIDE.ADMIN.RELOAD", "orders.ok") .. "," .. ce .. "]",
+      { "Content-Type: application/cloudevents-batch+json" })
+    assert.are.equal(403, code)
+    code = post(hport, "/v1/events", "{}", { "Content-Type: application/json", "ce-specversion: 1.0", "ce-id: 2",
+      "ce-source: x", "ce-type: $JS.API.STREAM.NAMES" })
+    assert.are.equal(403, code)
+    assert.are.equal(reloads, stats(srv).scripts.reloads)
+    -- The batch that held one reserved subject published none of its events.
+    local _, out = h.sh(("%s stream info orders --json -s 127.0.0.1:%d"):format(h.bin, srv.port))
+    assert.are.equal(0, json.decode(out).messages)
+  end)
+
+  it("wants a JSON or CloudEvents content type", function()
+    local code = post(hport, "/v1/publish/orders.a", "{}")
+    assert.are.equal(415, code)
+    code = post(hport, "/v1/events", "{}", { "ce-specversion: 1.0", "ce-id: 3", "ce-source: x", "ce-type: orders.a" })
+    assert.are.equal(415, code)
+    code = post(hport, "/v1/publish/orders.a", "{}", { "Content-Type: application/json" })
+    assert.are.equal(201, code)
+  end)
+
+  it("refuses writes a browser sends for a page of another origin", function()
+    local code = post(hport, "/v1/publish/orders.b", "{}",
+      { "Content-Type: application/json", "Origin: http://evil.example" })
+    assert.are.equal(403, code)
+    code = post(hport, "/v1/publish/orders.b", "{}", { "Content-Type: application/json", "Sec-Fetch-Site: cross-site" })
+    assert.are.equal(403, code)
+    code = post(hport, "/v1/publish/orders.b", "{}",
+      { "Content-Type: application/json", ("Origin: http://127.0.0.1:%d"):format(hport) })
+    assert.are.equal(201, code)
+  end)
+
+  it("takes the PubAck from the store, not from a subscriber that answers first", function()
+    local forger = h.connect(srv.port)
+    forger:send("CONNECT {\"verbose\":false}\r\n")
+    forger:sub("orders.>", 1)
+    forger:ping()
+    -- The POST is sent, then the forger answers what it sees before the
+    -- answer is read.
+    local s = socket.tcp()
+    s:settimeout(5)
+    assert(s:connect("127.0.0.1", hport))
+    s:send(("POST /v1/publish/orders.forged HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+      .. "Content-Length: 2\r\nConnection: close\r\n\r\n{}"):format(hport))
+    local m = assert(forger:msg(5))
+    assert.is_truthy(m.reply, "the event carries the store's reply subject")
+    forger:pub(m.reply, '{"stream":"orders","seq":424242}')
+    local frame = assert(forger:frame(5))
+    assert.are.equal("-ERR", frame.op)
+    assert.matches("Permissions Violation for Publish to", frame.text)
+    local answer = s:receive("*a")
+    s:close()
+    assert.matches("^HTTP/1%.1 201", answer)
+    assert.not_matches("424242", answer)
+    assert.matches('"stream":"orders"', answer)
+    forger:close()
+  end)
+
+  it("closes a connection that sends half a request and nothing more", function()
+    local s = socket.tcp()
+    s:settimeout(5)
+    assert(s:connect("127.0.0.1", hport))
+    s:send("POST /v1/events HTTP/1.1\r\nHost: x\r\n")
+    local t0 = h.proc.now()
+    local _, err = s:receive(1)
+    s:close()
+    assert.are.equal("closed", err)
+    local waited = h.proc.now() - t0
+    assert.is_true(waited >= 0.8 and waited < 4, ("closed after %.2f s"):format(waited))
+  end)
+
+  it("cuts a tail whose client never reads, as a slow consumer", function()
+    local s = socket.tcp()
+    s:settimeout(5)
+    assert(s:connect("127.0.0.1", hport))
+    s:send("GET /v1/tail?subject=flood.%3E HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert(s:receive("*l")) -- the status line; from here on it reads nothing
+    local before = rss_kb(srv)
+    local pub = h.connect(srv.port)
+    pub:send("CONNECT {\"verbose\":false}\r\n")
+    local payload = ("x"):rep(1024)
+    local chunk = {}
+    for i = 1, 100 do chunk[i] = ("PUB flood.x %d\r\n%s\r\n"):format(#payload, payload) end
+    chunk = table.concat(chunk)
+    local worst = 0
+    for _ = 1, 600 do -- 60 MB in all
+      pub:send(chunk)
+      worst = math.max(worst, ping_ms(normal))
+    end
+    pub:ping()
+    local grown = rss_kb(srv) - before
+    local _, metrics = h.sh(("curl -s http://127.0.0.1:%d/metrics"):format(hport))
+    s:close()
+    pub:close()
+    assert.matches("tide_http_slow_tails_total 1", metrics)
+    assert.is_true(grown < 30 * 1024, ("RSS grew %d KiB"):format(grown))
+    assert.is_true(worst < 50, ("PING took %.1f ms"):format(worst))
+  end)
+
+  it("refuses a request whose headers are too big, and stays small and responsive", function()
+    local before = rss_kb(srv)
+    local big = {}
+    for i = 1, 2000 do big[#big + 1] = ("X-Pad-%d: %s"):format(i, ("a"):rep(50)) end
+    for _ = 1, 3 do
+      local code = post(hport, "/v1/publish/orders.c", "{}", { "Content-Type: application/json", table.unpack(big) })
+      assert.is_true(code == nil or code == 413 or code == 431 or code == 400, tostring(code))
+      assert.is_true(ping_ms(normal) < 50)
+    end
+    assert.is_true(rss_kb(srv) - before < 20 * 1024, ("RSS grew %d KiB"):format(rss_kb(srv) - before))
+  end)
+end)
+
+describe("the admin surface reached sideways", function()
+  it("refuses a publish whose reply subject is an admin request", function()
+    local srv = h.start_scripted([[ admin { eval = true } ]])
+    local ok, err = pcall(function()
+      local echo = h.connect(srv.port)
+      echo:send("CONNECT {\"verbose\":false}\r\n")
+      echo:sub("echo", 1)
+      local watch = h.connect(srv.port)
+      watch:send("CONNECT {\"verbose\":false}\r\n")
+      watch:sub("pwned.>", 1)
+      echo:ping()
+      watch:ping()
+      local attacker = h.connect(srv.port)
+      attacker:send("CONNECT {\"verbose\":false}\r\n")
+      attacker:pub("echo", 'pub("pwned.x", {})', "$TIDE.ADMIN.EVAL")
+      local frame = assert(attacker:frame(5))
+      assert.are.equal("-ERR", frame.op)
+      assert.matches('Permissions Violation for Publish with reply subject "%$TIDE%.ADMIN%.EVAL"', frame.text)
+      -- The echo service never saw it, so it could not forward it; nothing ran.
+      assert.are.same({}, echo:until_pong(1))
+      assert.are.same({}, watch:until_pong(1))
+      -- The connection stays usable.
+      attacker:ping()
+    end)
+    srv:stop()
+    assert(ok, err)
+  end)
+end)
