@@ -219,3 +219,118 @@ describe("the admin surface reached sideways", function()
     assert(ok, err)
   end)
 end)
+
+describe("connections and output that one client can run up", function()
+  it("refuses connections past limits { max_connections } as nats-server does", function()
+    -- 4 clients held, and room for the one h.stats opens.
+    local srv = h.start_scripted([[ limits { max_connections = 5 } ]])
+    local ok, err = pcall(function()
+      local held = {}
+      for i = 1, 4 do
+        held[i] = h.connect(srv.port)
+        held[i]:send("CONNECT {\"verbose\":false}\r\n")
+        held[i]:ping()
+      end
+      local fifth = h.connect(srv.port)
+      local extra = h.connect(srv.port, { no_info = true })
+      assert.are.equal("-ERR 'maximum connections exceeded'", extra:line(5))
+      assert.is_true(extra:closed(5))
+      assert.is_true(ping_ms(held[1]) < 50)
+      fifth:close()
+      assert.are.equal(1, stats(srv).refused_connections)
+      held[4]:close()
+      -- Room again once it is gone.
+      assert.is_truthy(h.wait_until(function()
+        local c = h.connect(srv.port, { no_info = true })
+        local l = c:line(2)
+        c:close()
+        return l and l:match("^INFO ")
+      end, 5))
+      for i = 1, 3 do held[i]:close() end
+    end)
+    srv:stop()
+    assert(ok, err)
+  end)
+
+  it("keeps a descriptor in reserve: with none left, a new client is told and closed, the others go on", function()
+    local port, hport = h.free_port(), h.free_port()
+    local dir = h.make_tmpdir("tide-fd")
+    h.write_file(dir .. "/tide.lua", ([[
+      listen { http = "127.0.0.1:%d" }
+      http { idle_timeout = "2s" }
+    ]]):format(hport))
+    -- A hard limit of 48 descriptors: tide raises its soft limit to it, no further.
+    local srv = h.start_server({ port = port, bin = "/usr/bin/prlimit",
+      cmd = { "--nofile=48:48", h.bin, "serve", "-a", "127.0.0.1", "-p", tostring(port), "-c", dir .. "/tide.lua" } })
+    local ok, err = pcall(function()
+      local normal = h.connect(port)
+      normal:send("CONNECT {\"verbose\":false}\r\n")
+      normal:ping()
+      -- Half-sent HTTP requests take every descriptor left (slowloris).
+      local idle = {}
+      for i = 1, 60 do
+        local s = socket.tcp()
+        s:settimeout(1)
+        if s:connect("127.0.0.1", hport) then
+          s:send("POST / HTTP/1.1\r\n")
+          idle[#idle + 1] = s
+        end
+      end
+      local late = h.connect(port, { no_info = true })
+      local line = late:line(5)
+      assert.are.equal("-ERR 'maximum connections exceeded'", line)
+      late:close()
+      assert.is_true(ping_ms(normal) < 5)
+      -- Once the idle timeout has closed them, clients are served again.
+      assert.is_truthy(h.wait_until(function()
+        local c = h.connect(port, { no_info = true })
+        local l = c:line(2)
+        c:close()
+        return l and l:match("^INFO ")
+      end, 10))
+      for _, s in ipairs(idle) do s:close() end
+      assert.is_true(stats(srv).refused_connections >= 1)
+      normal:close()
+    end)
+    srv:stop()
+    h.remove_tmpdir(dir)
+    assert(ok, err)
+  end)
+
+  it("cuts the clients with the most output queued once all of it passes limits { max_pending_total }", function()
+    local srv = h.start_scripted([[ limits { max_pending_total = "16MB" } ]])
+    local ok, err = pcall(function()
+      local normal = h.connect(srv.port)
+      normal:send("CONNECT {\"verbose\":false}\r\n")
+      local sleepers = {}
+      for i = 1, 10 do -- subscribe, then never read again
+        sleepers[i] = h.connect(srv.port)
+        sleepers[i]:send("CONNECT {\"verbose\":false}\r\nSUB flood.> 1\r\n")
+        sleepers[i]:ping()
+      end
+      local before = rss_kb(srv)
+      local pub = h.connect(srv.port)
+      pub:send("CONNECT {\"verbose\":false}\r\n")
+      local payload = ("x"):rep(1024)
+      local chunk = {}
+      for i = 1, 100 do chunk[i] = ("PUB flood.x %d\r\n%s\r\n"):format(#payload, payload) end
+      chunk = table.concat(chunk)
+      local worst = 0
+      for _ = 1, 200 do -- 20 MB, to each of 10 subscribers
+        pub:send(chunk)
+        worst = math.max(worst, ping_ms(normal))
+      end
+      pub:ping()
+      local grown = rss_kb(srv) - before
+      local st = stats(srv)
+      assert.is_true(st.slow_consumers >= 1, "no client was cut")
+      assert.is_true(grown < 64 * 1024, ("RSS grew %d KiB"):format(grown))
+      assert.is_true(worst < 50, ("PING took %.1f ms"):format(worst))
+      for _, c in ipairs(sleepers) do c:close() end
+      pub:close()
+      normal:close()
+    end)
+    srv:stop()
+    assert(ok, err)
+  end)
+end)

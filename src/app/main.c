@@ -8,6 +8,7 @@
 #include <getopt.h>
 #include <malloc.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -314,6 +315,20 @@ static void serve_apply_flags(const serve_args_t *a, server_opts_t *o)
     if (a->set & (1u << 8)) o->write_deadline = f->write_deadline;
 }
 
+/* A server holds a descriptor per client: take all the process may have
+ * (the soft limit up to the hard one). */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max)
+        return;
+    rlim_t was = rl.rlim_cur;
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+        log_info("open files: the limit is %llu (was %llu)", (unsigned long long)rl.rlim_cur,
+                 (unsigned long long)was);
+}
+
 static int cmd_serve(int argc, char **argv)
 {
     serve_args_t a;
@@ -337,6 +352,7 @@ static int cmd_serve(int argc, char **argv)
     serve_apply_flags(&a, &o);
 
     signal(SIGPIPE, SIG_IGN);
+    raise_fd_limit();
     {
         char verr[512];
         if (vfs_init(verr, sizeof verr) < 0) {

@@ -572,5 +572,20 @@ int client_deliver(client_t *c, const sub_t *sub, const proto_msg_t *m)
         client_close(c, CLIENT_CLOSE_FLUSH, "slow consumer");
         return -1;
     }
+    if (pending != c->queued && server_note_queued(c->srv, c, pending))
+        return -1;
     return 0;
+}
+
+void client_cut_slow(client_t *c, const char *why)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    server_stats_mut(c->srv)->slow_consumers++;
+    log_warn("cid:%llu %s:%d slow consumer: %zu bytes pending, %s; disconnecting", (unsigned long long)c->id, c->ip,
+             c->port, evbuffer_get_length(out), why);
+    evbuffer_unfreeze(out, 1);
+    evbuffer_drain(out, evbuffer_get_length(out));
+    evbuffer_freeze(out, 1);
+    client_send_err(c, "Slow Consumer");
+    client_close(c, CLIENT_CLOSE_FLUSH, "slow consumer");
 }

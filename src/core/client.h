@@ -47,6 +47,7 @@ typedef struct client {
     char lang[32];
     char version[32];
     uint64_t in_msgs, out_msgs;
+    size_t queued; /* output bytes counted in the server's total (server_note_queued) */
     struct client *prev, *next; /* the server's list of live clients */
     struct client *next_dead;   /* the server's list of clients to free */
     struct client *flush_prev, *flush_next; /* the server's list of output to write */
@@ -87,6 +88,12 @@ void client_free(client_t *c);
 /* Server internals shared with client.c. */
 sublist_t *server_sublist(server_t *s);
 server_stats_t *server_stats_mut(server_t *s);
+/* c has `pending` bytes of output queued now: keeps the server-wide total,
+ * and cuts the clients with the most queued when it passes
+ * max_pending_total (maybe c itself: then 1 is returned). */
+int server_note_queued(server_t *s, client_t *c, size_t pending);
+/* Throws away c's queued output, sends -ERR 'Slow Consumer' and closes it. */
+void client_cut_slow(client_t *c, const char *why);
 void server_schedule_free(server_t *s, client_t *c);
 void server_build_info(server_t *s, client_t *c, char *out, size_t outsz);
 void server_unlink_client(server_t *s, client_t *c);

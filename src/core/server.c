@@ -1,6 +1,7 @@
 /* server.c - see server.h. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
@@ -8,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <cjson/cJSON.h>
 #include <event2/buffer.h>
@@ -50,6 +53,8 @@ struct server {
     int (*capture)(void *ctx, const proto_msg_t *m); /* the streams: 1 when a stream took m */
     void *capture_ctx;
     int capture_paused; /* server_pause_capture: tide repl's replay() */
+    size_t queued_total; /* output queued for all clients (server_note_queued) */
+    int reserve_fd;      /* held for the moment no descriptor is left (on_accept_error) */
     char id[23];
 };
 
@@ -64,6 +69,8 @@ void server_opts_default(server_opts_t *o)
     o->ping_interval = 120;
     o->max_pings_out = 2;
     o->write_deadline = 2;
+    o->max_connections = TIDE_DEFAULT_MAX_CONNECTIONS;
+    o->max_pending_total = TIDE_DEFAULT_MAX_PENDING_TOTAL;
 }
 
 static void make_id(char out[23])
@@ -89,6 +96,7 @@ server_t *server_new(const server_opts_t *opts)
     make_id(s->id);
     if (!s->opts.server_name[0])
         snprintf(s->opts.server_name, sizeof s->opts.server_name, "%s", s->id);
+    s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     s->base = event_base_new();
     s->subs = sublist_new();
     if (!s->base || !s->subs)
@@ -130,6 +138,8 @@ void server_free(server_t *s)
     }
     if (s->listener)
         evconnlistener_free(s->listener);
+    if (s->reserve_fd >= 0)
+        close(s->reserve_fd);
     if (s->reaper)
         event_free(s->reaper);
     if (s->flusher)
@@ -213,6 +223,8 @@ void server_build_info(server_t *s, client_t *c, char *out, size_t outsz)
 
 void server_unlink_client(server_t *s, client_t *c)
 {
+    s->queued_total -= c->queued; /* its output leaves the count with it */
+    c->queued = 0;
     if (c->prev)
         c->prev->next = c->next;
     else if (s->clients == c)
@@ -288,6 +300,26 @@ static void on_reap(evutil_socket_t fd, short what, void *arg)
         event_base_loopbreak(s->base);
 }
 
+#define NATS_REFUSED "-ERR 'maximum connections exceeded'\r\n"
+
+/* Tells a connection it cannot be served (msg: what to send it, as much as
+ * the socket takes at once) and closes it; logged at most once a second. */
+static void refuse_connection(server_t *s, int fd, const char *why, const char *msg, size_t len)
+{
+    static time_t last;
+    if (len) {
+        ssize_t n = send(fd, msg, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)n;
+    }
+    evutil_closesocket(fd);
+    s->stats.refused_connections++;
+    if (time(NULL) != last) {
+        last = time(NULL);
+        log_warn("connection refused: %s (%zu clients, %llu refused so far)", why, s->stats.connections,
+                 (unsigned long long)s->stats.refused_connections);
+    }
+}
+
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *addr, int len,
                       void *arg)
 {
@@ -299,6 +331,10 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     (void)len;
     if (s->shutting_down) {
         evutil_closesocket(fd);
+        return;
+    }
+    if (s->stats.connections >= s->opts.max_connections) {
+        refuse_connection(s, fd, "max_connections", NATS_REFUSED, sizeof NATS_REFUSED - 1);
         return;
     }
     if (addr->sa_family == AF_INET) {
@@ -328,12 +364,28 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     client_start(c);
 }
 
-static void on_accept_error(struct evconnlistener *l, void *arg)
+int server_refuse_pending(server_t *s, int listen_fd, const char *msg, size_t len)
 {
     int err = EVUTIL_SOCKET_ERROR();
-    (void)l;
-    (void)arg;
-    /* EMFILE and friends: log and keep serving the clients we have. */
+    if ((err != EMFILE && err != ENFILE) || s->reserve_fd < 0)
+        return 0;
+    /* No descriptor left: the reserve lets this one connection be accepted,
+     * told and closed, so it does not sit in the backlog and wake the loop
+     * again at once; the clients we have go on. */
+    close(s->reserve_fd);
+    int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd >= 0)
+        refuse_connection(s, fd, "no file descriptor left", msg, len);
+    s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    return 1;
+}
+
+static void on_accept_error(struct evconnlistener *l, void *arg)
+{
+    server_t *s = arg;
+    int err = EVUTIL_SOCKET_ERROR();
+    if (server_refuse_pending(s, evconnlistener_get_fd(l), NATS_REFUSED, sizeof NATS_REFUSED - 1))
+        return;
     log_error("accept failed: %s", evutil_socket_error_to_string(err));
 }
 
@@ -529,6 +581,38 @@ size_t server_route_to(server_t *s, client_t *from, const char *to, size_t tolen
     return delivered;
 }
 
+/* ---- the output of all clients together ------------------------------------- */
+
+int server_note_queued(server_t *s, client_t *c, size_t pending)
+{
+    s->queued_total = s->queued_total - c->queued + pending;
+    c->queued = pending;
+    if (s->queued_total <= s->opts.max_pending_total)
+        return 0;
+    /* The counts lag behind what the sockets took since: count again, then
+     * cut the clients with the most queued until the total fits. */
+    size_t total = 0;
+    for (client_t *k = s->clients; k; k = k->next) {
+        k->queued = (k->flags & CLIENT_CLOSING) ? 0 : evbuffer_get_length(bufferevent_get_output(k->bev));
+        total += k->queued;
+    }
+    int cut_self = 0;
+    while (total > s->opts.max_pending_total) {
+        client_t *worst = NULL;
+        for (client_t *k = s->clients; k; k = k->next)
+            if (!(k->flags & CLIENT_CLOSING) && (!worst || k->queued > worst->queued))
+                worst = k;
+        if (!worst || !worst->queued)
+            break;
+        total -= worst->queued;
+        worst->queued = 0;
+        cut_self |= worst == c;
+        client_cut_slow(worst, "the server's output for all clients is over max_pending_total");
+    }
+    s->queued_total = total;
+    return cut_self;
+}
+
 /* ---- admin requests and ingress ------------------------------------------ */
 
 #define ADMIN_PREFIX "$TIDE.ADMIN."
@@ -561,6 +645,7 @@ cJSON *server_stats_object(server_t *s)
     NUM(o, "in_bytes", s->stats.in_bytes);
     NUM(o, "out_bytes", s->stats.out_bytes);
     NUM(o, "slow_consumers", s->stats.slow_consumers);
+    NUM(o, "refused_connections", s->stats.refused_connections);
     NUM(o, "stale_connections", s->stats.stale_connections);
     NUM(o, "protocol_errors", s->stats.protocol_errors);
     NUM(o, "subscriptions", sublist_count(s->subs));

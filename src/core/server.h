@@ -19,6 +19,8 @@
 #define TIDE_VERSION "0.1.0"
 #define TIDE_DEFAULT_PORT 4222
 #define TIDE_DEFAULT_MAX_PENDING (64u * 1024 * 1024)
+#define TIDE_DEFAULT_MAX_CONNECTIONS 65536
+#define TIDE_DEFAULT_MAX_PENDING_TOTAL (512u * 1024 * 1024)
 
 /* Subjects under this prefix are the server's own inboxes: clients may not
  * publish there (server_publish refuses it), so an answer that arrives
@@ -34,6 +36,9 @@ typedef struct server_opts {
     double ping_interval;    /* seconds between server PINGs to an idle client */
     int max_pings_out;       /* unanswered PINGs before 'Stale Connection' */
     double write_deadline;   /* seconds a closing client gets to take its last bytes */
+    size_t max_connections;  /* clients at once; past it a new one gets -ERR and is closed */
+    size_t max_pending_total; /* bytes queued for all clients together; past it the
+                                 clients with the most queued are cut as slow consumers */
     char server_name[128];
 } server_opts_t;
 
@@ -45,6 +50,7 @@ typedef struct server_stats {
     uint64_t out_msgs, out_bytes; /* delivered to clients */
     uint64_t connections_total;
     uint64_t slow_consumers;
+    uint64_t refused_connections; /* over max_connections, or no descriptor left */
     uint64_t stale_connections;
     uint64_t protocol_errors;
     size_t connections; /* open now */
@@ -118,6 +124,15 @@ void server_set_admin(server_t *s, server_msg_hook fn, void *ctx);
 /* Publishes payload to req's reply subject, if it has one (an admin or API
  * answer). */
 void server_reply(server_t *s, const proto_msg_t *req, const char *payload, size_t len);
+
+/*
+ * For a listener's accept error: when it is for want of a descriptor
+ * (EMFILE, ENFILE), uses the server's reserved one to accept the waiting
+ * connection, send it msg (len bytes) and close it, and returns 1; else 0
+ * (errno untouched).  The NATS listener does this itself; other listeners
+ * on the loop (HTTP) call it from their error callback.
+ */
+int server_refuse_pending(server_t *s, int listen_fd, const char *msg, size_t len);
 
 /* True when c (may be NULL: false) connected from a loopback address. */
 int server_client_is_loopback(const struct client *c);

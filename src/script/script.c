@@ -208,6 +208,8 @@ void script_host_apply_settings(const script_host_t *h, server_opts_t *o)
     if (st->set_mask & SET_PING_INTERVAL) o->ping_interval = st->set.ping_interval;
     if (st->set_mask & SET_MAX_PINGS_OUT) o->max_pings_out = st->set.max_pings_out;
     if (st->set_mask & SET_WRITE_DEADLINE) o->write_deadline = st->set.write_deadline;
+    if (st->set_mask & SET_MAX_CONNECTIONS) o->max_connections = st->set.max_connections;
+    if (st->set_mask & SET_MAX_PENDING_TOTAL) o->max_pending_total = st->set.max_pending_total;
 }
 
 /* The server's ingress hook: every published message runs the pipeline. */

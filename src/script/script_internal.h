@@ -153,7 +153,7 @@ typedef struct state {
 /* Bits of state_t.set_mask. */
 enum {
     SET_MAX_PAYLOAD = 1, SET_MAX_CONTROL_LINE = 2, SET_MAX_PENDING = 4, SET_PING_INTERVAL = 8,
-    SET_MAX_PINGS_OUT = 16, SET_WRITE_DEADLINE = 32,
+    SET_MAX_PINGS_OUT = 16, SET_WRITE_DEADLINE = 32, SET_MAX_CONNECTIONS = 64, SET_MAX_PENDING_TOTAL = 128,
 };
 
 typedef struct err_seen {

@@ -126,8 +126,9 @@ int l_listen(lua_State *L)
 
 int l_limits(lua_State *L)
 {
-    static const char *const known[] = {"max_payload", "max_control_line", "max_pending", "ping_interval",
-                                        "max_pings_out", "write_deadline", NULL};
+    static const char *const known[] = {"max_payload",    "max_control_line", "max_pending",     "ping_interval",
+                                        "max_pings_out",  "write_deadline",   "max_connections", "max_pending_total",
+                                        NULL};
     state_t *st = state_of(L);
     server_opts_t *o = &st->set;
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -143,7 +144,16 @@ int l_limits(lua_State *L)
     SIZE_SETTING("max_payload", max_payload, SET_MAX_PAYLOAD);
     SIZE_SETTING("max_control_line", max_control_line, SET_MAX_CONTROL_LINE);
     SIZE_SETTING("max_pending", max_pending, SET_MAX_PENDING);
+    SIZE_SETTING("max_pending_total", max_pending_total, SET_MAX_PENDING_TOTAL);
 #undef SIZE_SETTING
+    if (lua_getfield(L, 1, "max_connections") != LUA_TNIL) {
+        lua_Integer n = luaL_checkinteger(L, -1);
+        if (n < 1)
+            return luaL_error(L, "limits: max_connections must be at least 1");
+        o->max_connections = (size_t)n;
+        st->set_mask |= SET_MAX_CONNECTIONS;
+    }
+    lua_pop(L, 1);
     if (lua_getfield(L, 1, "ping_interval") != LUA_TNIL) {
         o->ping_interval = duration_field(L, 1, "ping_interval", 0);
         st->set_mask |= SET_PING_INTERVAL;
