@@ -334,3 +334,73 @@ describe("connections and output that one client can run up", function()
     assert(ok, err)
   end)
 end)
+
+describe("tide.kv under a careless rule", function()
+  it("refuses a value over kv { max_value } (1 MiB by default) with a clear error, and stays small", function()
+    local srv = h.start_scripted([[
+      on("big.set", function(e)
+        tide.kv.set("k" .. e.data.i, string.rep("x", 8 * 1024 * 1024))
+      end)
+    ]])
+    local ok, err = pcall(function()
+      local dead = h.connect(srv.port)
+      dead:send("CONNECT {\"verbose\":false,\"headers\":true}\r\n")
+      dead:sub("$TIDE.DEAD.>", 1)
+      dead:ping()
+      local before = rss_kb(srv)
+      local pub = h.connect(srv.port)
+      pub:send("CONNECT {\"verbose\":false}\r\n")
+      for i = 1, 60 do
+        pub:pub("big.set", json.encode({ specversion = "1.0", id = tostring(i), source = "t", type = "big.set",
+          data = { i = i } }))
+      end
+      local msgs = dead:collect(60, 20)
+      assert.are.equal(60, #msgs)
+      local _, hd = h.parse_headers(msgs[1].headers)
+      assert.matches("a value of 8388608 bytes is over kv { max_value = 1048576 }", hd["Tide-Error"], 1, true)
+      local grown = rss_kb(srv) - before
+      assert.is_true(grown < 48 * 1024, ("RSS grew %d KiB"):format(grown))
+      pub:close()
+      dead:close()
+    end)
+    srv:stop()
+    assert(ok, err)
+  end)
+
+  it("holds kv { max_bytes } and { max_keys }; what is refused changes nothing", function()
+    local srv = h.start_scripted([[
+      kv { max_bytes = "64KB", max_keys = 10 }
+      on("kv.try", function(e, ctx)
+        local ok, err = pcall(tide.kv.set, e.data.k, string.rep("v", e.data.n))
+        ctx.publish("kv.result", { ok = ok, err = err and tostring(err) or tide.null, count = tide.kv.count(),
+          has = tide.kv.has(e.data.k) })
+      end)
+    ]])
+    local ok, err = pcall(function()
+      local c = h.connect(srv.port)
+      c:send("CONNECT {\"verbose\":false}\r\n")
+      c:sub("kv.result", 1)
+      c:ping()
+      local function try(k, n)
+        c:pub("kv.try", json.encode({ specversion = "1.0", id = k .. n, source = "t", type = "kv.try",
+          data = { k = k, n = n } }))
+        local m = assert(c:msg(5))
+        return json.decode(m.payload).data
+      end
+      assert.is_true(try("a", 40000).ok)
+      local r = try("b", 40000) -- 80,002 bytes would pass 64 KiB
+      assert.is_false(r.ok)
+      assert.matches("kv { max_bytes = 65536 } leaves no room", r.err, 1, true)
+      assert.is_false(r.has)
+      assert.is_true(try("a", 60000).ok) -- replacing a value counts only the difference
+      for i = 1, 9 do assert.is_true(try("k" .. i, 10).ok) end
+      r = try("k10", 10)
+      assert.is_false(r.ok)
+      assert.matches("kv { max_keys = 10 }", r.err, 1, true)
+      assert.are.equal(10, r.count)
+      c:close()
+    end)
+    srv:stop()
+    assert(ok, err)
+  end)
+end)

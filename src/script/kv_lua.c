@@ -12,6 +12,29 @@
 
 static kv_t *upkv(lua_State *L) { return lua_touserdata(L, lua_upvalueindex(1)); }
 
+/* Raises the error for rc, a failed kv_set/kv_incr of key k (what: the call). */
+static int raise_kv_error(lua_State *L, kv_t *kv, int rc, const char *what, const char *k, size_t vlen)
+{
+    const kv_limits_t *lim = kv_limits(kv);
+    size_t keys, bytes;
+    kv_usage(kv, &keys, &bytes);
+    switch (rc) {
+    case KV_TOO_BIG:
+        return luaL_error(L, "%s('%s'): a value of %I bytes is over kv { max_value = %I }", what, k,
+                          (lua_Integer)vlen, (lua_Integer)lim->max_value);
+    case KV_FULL:
+        return luaL_error(L, "%s('%s'): the store holds %I bytes; kv { max_bytes = %I } leaves no room", what,
+                          k, (lua_Integer)bytes, (lua_Integer)lim->max_bytes);
+    case KV_TOO_MANY:
+        return luaL_error(L, "%s('%s'): the store holds %I keys, kv { max_keys = %I }", what, k,
+                          (lua_Integer)keys, (lua_Integer)lim->max_keys);
+    case -2:
+        return luaL_error(L, "kv.incr: value of '%s' is not an integer", k);
+    default:
+        return luaL_error(L, "out of memory");
+    }
+}
+
 static void push_value(lua_State *L, const kv_value_t *v)
 {
     switch (v->type) {
@@ -118,8 +141,10 @@ static int l_set(lua_State *L)
         free(v);
         return luaL_error(L, "out of memory");
     }
-    if (kv_set(kv, k, kl, v) < 0)
-        return luaL_error(L, "out of memory");
+    size_t vlen = v->type == KV_STRING || v->type == KV_JSON ? v->len : 8;
+    int rc = kv_set(kv, k, kl, v);
+    if (rc < 0)
+        return raise_kv_error(L, kv, rc, "tide.kv.set", k, vlen);
     return 0;
 }
 
@@ -138,10 +163,8 @@ static int l_incr(lua_State *L)
     lua_Integer by = luaL_optinteger(L, 2, 1);
     int64_t now;
     int rc = kv_incr(upkv(L), k, kl, (int64_t)by, &now);
-    if (rc == -2)
-        return luaL_error(L, "kv.incr: value of '%s' is not an integer", k);
     if (rc < 0)
-        return luaL_error(L, "out of memory");
+        return raise_kv_error(L, upkv(L), rc, "tide.kv.incr", k, 8);
     lua_pushinteger(L, (lua_Integer)now);
     return 1;
 }

@@ -427,7 +427,7 @@ static void env_tide(state_t *st, int env)
     lua_State *L = st->L;
     static const luaL_Reg fns[] = {{"print", l_print},     {"require", l_require}, {"load", l_load},
                                    {"listen", l_listen},   {"limits", l_limits},   {"scripting", l_scripting},
-                                   {"admin", l_admin},     {"http", l_http},
+                                   {"admin", l_admin},     {"http", l_http},       {"kv", l_kv},
                                    {"storage", l_storage}, {"stream", l_stream}, {"consumer", l_consumer},
                                    {"upgrade", l_upgrade}, {"filter", l_filter},   {"route", l_route},
                                    {"on", l_on},           {NULL, NULL}};

@@ -91,6 +91,7 @@ static state_t *state_new(script_host_t *h, const script_limits_t *limits, char 
     }
     st->host = h;
     st->limits = *limits;
+    st->kv_lim = (kv_limits_t){KV_DEFAULT_MAX_VALUE, KV_DEFAULT_MAX_BYTES, KV_DEFAULT_MAX_KEYS};
     st->L = lua_newstate(state_alloc, st);
     if (!st->L) {
         snprintf(err, errsz, "cannot create a Lua state: out of memory");
@@ -184,12 +185,14 @@ script_host_t *script_host_new(const char *config_path, const char *lib_dir, cha
         script_host_free(h);
         return NULL;
     }
+    kv_set_limits(h->kv, &(kv_limits_t){KV_DEFAULT_MAX_VALUE, KV_DEFAULT_MAX_BYTES, KV_DEFAULT_MAX_KEYS});
     script_limits_default(&limits);
     h->cur = state_new(h, &limits, err, errsz);
     if (!h->cur) {
         script_host_free(h);
         return NULL;
     }
+    kv_set_limits(h->kv, &h->cur->kv_lim);
     h->st.generation = 1;
     snprintf(h->st.last_reload, sizeof h->st.last_reload, "ok");
     return h;
@@ -291,6 +294,7 @@ int script_reload(script_host_t *h, const char *why, char *err, size_t errsz)
     }
     state_free(h->cur);
     h->cur = st;
+    kv_set_limits(h->kv, &st->kv_lim);
     h->st.reloads++;
     h->st.generation++;
     snprintf(h->st.last_reload, sizeof h->st.last_reload, "ok");
@@ -348,6 +352,7 @@ int script_host_set_streams(script_host_t *h, streams_t *sm, char *err, size_t e
         return -1;
     }
     h->kv = fresh;
+    kv_set_limits(fresh, &h->cur->kv_lim);
     state_t *st = state_new(h, &h->cur->limits, err, errsz);
     if (!st) {
         h->kv = old;
@@ -356,6 +361,7 @@ int script_host_set_streams(script_host_t *h, streams_t *sm, char *err, size_t e
     }
     state_free(h->cur);
     h->cur = st;
+    kv_set_limits(h->kv, &st->kv_lim);
     kv_free(old);
     if (h->debounce) /* attached with file watching: watch the new state's files */
         start_watching(h);

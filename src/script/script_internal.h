@@ -140,6 +140,7 @@ typedef struct state {
     int nhttp_binary;
     double http_ack_timeout; /* http { ack_timeout }: seconds, 0 for the default */
     double http_idle_timeout; /* http { idle_timeout }: seconds, 0 for the default */
+    kv_limits_t kv_lim;       /* kv { ... }, or the defaults */
     int http_off;        /* listen { http = false } */
     char storage_dir[PATH_MAX]; /* storage { dir = ... }, resolved; "" when not said */
     stream_cfg_t streams[STATE_STREAMS_MAX];
@@ -149,6 +150,11 @@ typedef struct state {
     server_opts_t set; /* values of limits{} */
     unsigned set_mask; /* which of them */
 } state_t;
+
+/* kv { ... } unless the entry file says otherwise. */
+#define KV_DEFAULT_MAX_VALUE (1024 * 1024)
+#define KV_DEFAULT_MAX_BYTES ((size_t)256 * 1024 * 1024)
+#define KV_DEFAULT_MAX_KEYS 1000000
 
 /* Bits of state_t.set_mask. */
 enum {
@@ -232,6 +238,7 @@ int open_libs(lua_State *L);
 int l_listen(lua_State *L);
 int l_limits(lua_State *L);
 int l_http(lua_State *L);
+int l_kv(lua_State *L);
 int l_admin(lua_State *L);
 int l_scripting(lua_State *L);
 /* Raises "what: unknown setting 'k'" for a key of table t not in known. */

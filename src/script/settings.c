@@ -174,6 +174,27 @@ int l_limits(lua_State *L)
     return 0;
 }
 
+/* kv { max_value = "1MB", max_bytes = "256MB", max_keys = 1000000 }: what
+ * tide.kv may hold (0: no limit).  A change past a limit raises in the rule
+ * and changes nothing. */
+int l_kv(lua_State *L)
+{
+    static const char *const known[] = {"max_value", "max_bytes", "max_keys", NULL};
+    state_t *st = state_of(L);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    settings_check_keys(L, 1, "kv", known);
+    st->kv_lim.max_value = size_field(L, 1, "max_value", st->kv_lim.max_value);
+    st->kv_lim.max_bytes = size_field(L, 1, "max_bytes", st->kv_lim.max_bytes);
+    if (lua_getfield(L, 1, "max_keys") != LUA_TNIL) {
+        lua_Integer n = luaL_checkinteger(L, -1);
+        if (n < 0)
+            return luaL_error(L, "kv: max_keys must be 0 (no limit) or more");
+        st->kv_lim.max_keys = (size_t)n;
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
 /* http { binary = { "order.>", ... } }: events posted over HTTP whose
  * subject matches go out in the CloudEvents NATS binding's binary mode
  * (ce-* headers, the data as payload) instead of as a JSON envelope.

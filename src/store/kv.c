@@ -90,7 +90,25 @@ struct kv {
     uint64_t quiet_errs;
     char *buf;
     size_t bcap;
+    /* What is held, against the limits (kv_set_limits; 0: none). */
+    size_t bytes; /* keys and values */
+    kv_limits_t lim;
 };
+
+/* Bytes an entry holds: its key and its value. */
+static size_t entry_size(size_t kl, const kv_value_t *v)
+{
+    return kl + (v ? (v->type == KV_STRING || v->type == KV_JSON ? v->len : 8) : 0);
+}
+
+/* Counts the bytes again (after loading). */
+static void recount(kv_t *kv)
+{
+    kv->bytes = 0;
+    for (size_t i = 0; i < kv->d.cap; i++)
+        if (kv->d.slots[i].key)
+            kv->bytes += entry_size(kv->d.slots[i].klen, kv->d.slots[i].val);
+}
 
 void kv_value_free(kv_value_t *v)
 {
@@ -690,6 +708,7 @@ int kv_persist(kv_t *kv, const char *dir, char *err, size_t errsz)
         kv->gen = ld.log_gen;
     settle_files(kv, &ld, &pre);
     dict_clear(&pre, value_free);
+    recount(kv);
     return 0;
 
 fail:
@@ -699,6 +718,7 @@ fail:
     kv->d = pre;
     free(kv->dir);
     kv->dir = NULL;
+    recount(kv);
     return -1;
 }
 
@@ -709,13 +729,40 @@ const kv_value_t *kv_get(const kv_t *kv, const char *k, size_t kl)
     return dict_get(&((kv_t *)kv)->d, k, kl);
 }
 
+void kv_set_limits(kv_t *kv, const kv_limits_t *lim)
+{
+    kv->lim = *lim;
+}
+
+const kv_limits_t *kv_limits(const kv_t *kv)
+{
+    return &kv->lim;
+}
+
+void kv_usage(const kv_t *kv, size_t *keys, size_t *bytes)
+{
+    *keys = kv->d.count;
+    *bytes = kv->bytes;
+}
+
 int kv_set(kv_t *kv, const char *k, size_t kl, kv_value_t *v)
 {
     kv_value_t *old = dict_get(&kv->d, k, kl);
-    if (dict_put(&kv->d, k, kl, v) < 0) {
+    size_t was = old ? entry_size(kl, old) : 0, now = entry_size(kl, v);
+    int rc = 0;
+    if (kv->lim.max_value && now - kl > kv->lim.max_value)
+        rc = KV_TOO_BIG;
+    else if (kv->lim.max_keys && !old && kv->d.count >= kv->lim.max_keys)
+        rc = KV_TOO_MANY;
+    else if (kv->lim.max_bytes && now > was && kv->bytes - was + now > kv->lim.max_bytes)
+        rc = KV_FULL;
+    else if (dict_put(&kv->d, k, kl, v) < 0)
+        rc = -1;
+    if (rc < 0) {
         kv_value_free(v);
-        return -1;
+        return rc;
     }
+    kv->bytes = kv->bytes - was + now;
     value_free(old);
     changed(kv, k, kl, v);
     return 0;
@@ -726,6 +773,7 @@ int kv_del(kv_t *kv, const char *k, size_t kl)
     kv_value_t *v = dict_remove(&kv->d, k, kl);
     if (!v)
         return 0;
+    kv->bytes -= entry_size(kl, v);
     changed(kv, k, kl, NULL);
     value_free(v);
     return 1;
@@ -735,12 +783,17 @@ int kv_incr(kv_t *kv, const char *k, size_t kl, int64_t by, int64_t *out)
 {
     kv_value_t *v = dict_get(&kv->d, k, kl);
     if (!v) {
+        if (kv->lim.max_keys && kv->d.count >= kv->lim.max_keys)
+            return KV_TOO_MANY;
+        if (kv->lim.max_bytes && kv->bytes + kl + 8 > kv->lim.max_bytes)
+            return KV_FULL;
         v = calloc(1, sizeof *v);
         if (!v || dict_put(&kv->d, k, kl, v) < 0) {
             free(v);
             return -1;
         }
         v->type = KV_INT;
+        kv->bytes += entry_size(kl, v);
     } else if (v->type != KV_INT) {
         return -2;
     }
