@@ -6,6 +6,7 @@
 
 #include "admin.h"
 #include "client.h"
+#include "json_int.h"
 #include "repl.h"
 #include "util.h"
 
@@ -46,7 +47,7 @@ char *admin_stats_json(node_t *n, size_t *len)
     *len = 0;
     if (!o || !sc)
         goto done;
-#define NUM(k, v) cJSON_AddNumberToObject(sc, k, (double)(v))
+#define NUM(k, v) json_add_uint(sc, k, (uint64_t)(v))
     cJSON_AddBoolToObject(sc, "loaded", n->scripts != NULL);
     NUM("generation", st.generation);
     NUM("rules", st.rules);

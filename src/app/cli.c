@@ -7,6 +7,7 @@
  * JSON object per message for scripts.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <getopt.h>
 #include <netdb.h>
@@ -26,6 +27,7 @@
 
 #include "cli.h"
 #include "json.h"
+#include "json_int.h"
 #include "server.h"
 
 typedef struct conn {
@@ -916,6 +918,30 @@ static const char *numtxt(double v, char *b, size_t n)
     return b;
 }
 
+/* A number of an answer as text: whole numbers exactly as they came (a
+ * sequence past 2^53 too), others through numtxt; "0" when v is none. */
+static const char *vtxt(const cJSON *v, char *b, size_t n)
+{
+    uint64_t u;
+    if (json_get_uint(v, &u) == 0)
+        snprintf(b, n, "%" PRIu64, u);
+    else
+        numtxt(jis_num(v) ? jval(v) : 0, b, n);
+    return b;
+}
+
+static const char *jtxt(const cJSON *o, const char *key, char *b, size_t n)
+{
+    return vtxt(cJSON_GetObjectItemCaseSensitive(o, key), b, n);
+}
+
+/* A whole number of an answer, exactly; dflt when it is not one. */
+static uint64_t juint(const cJSON *o, const char *key, uint64_t dflt)
+{
+    uint64_t u;
+    return json_get_uint_member(o, key, &u) == 0 ? u : dflt;
+}
+
 /* "2026-01-02T15:04:05.123456789Z" -> "2026-01-02T15:04:05.123Z" */
 static const char *short_time(const char *t, char *b, size_t n)
 {
@@ -1030,7 +1056,7 @@ static void print_event_line(const cJSON *ev)
 {
     char t[64], seq[32], hl[2048];
     char *data = data_text(ev);
-    printf("#%s  %s  %s  %s", numtxt(jnum(ev, "seq", 0), seq, sizeof seq),
+    printf("#%s  %s  %s  %s", jtxt(ev, "seq", seq, sizeof seq),
            short_time(jstr(ev, "time", ""), t, sizeof t), jstr(ev, "subject", ""), data ? data : "");
     const cJSON *h = cJSON_GetObjectItemCaseSensitive(ev, "headers");
     if (h && h->child) {
@@ -1090,8 +1116,8 @@ static int stream_events(ops_t *o, const char *name, const ops_args_t *a, int ex
         if (a->until)
             cJSON_AddStringToObject(q, "until", time_arg(a->until, ub, sizeof ub));
         if (next)
-            cJSON_AddNumberToObject(q, "from_seq", (double)next);
-        cJSON_AddNumberToObject(q, "limit", page);
+            json_add_uint(q, "from_seq", next);
+        json_add_int(q, "limit", page);
         char *qs = cJSON_PrintUnformatted(q);
         cJSON_Delete(q);
         cJSON *r = qs ? ops_req(o, "STREAM.EVENTS", qs) : NULL;
@@ -1109,7 +1135,7 @@ static int stream_events(ops_t *o, const char *name, const ops_args_t *a, int ex
                 print_event_line(ev);
             got++;
         }
-        uint64_t nn = (uint64_t)jnum(r, "next_seq", 0);
+        uint64_t nn = juint(r, "next_seq", 0);
         cJSON_Delete(r);
         n += got;
         if (left > 0)
@@ -1136,35 +1162,35 @@ static void print_stream_info(const cJSON *s)
                                                                  subjects[0] ? ", " : "", x->valuestring);
     printf("stream %s\n", jstr(s, "name", "?"));
     printf("  subjects     %s\n", subjects);
-    printf("  messages     %s (%s bytes)\n", numtxt(jnum(s, "messages", 0), a, sizeof a),
-           numtxt(jnum(s, "bytes", 0), b, sizeof b));
-    printf("  sequences    %s..%s (durable up to %s)\n", numtxt(jnum(s, "first_seq", 0), a, sizeof a),
-           numtxt(jnum(s, "last_seq", 0), b, sizeof b), numtxt(jnum(s, "committed_seq", 0), c, sizeof c));
+    printf("  messages     %s (%s bytes)\n", jtxt(s, "messages", a, sizeof a),
+           jtxt(s, "bytes", b, sizeof b));
+    printf("  sequences    %s..%s (durable up to %s)\n", jtxt(s, "first_seq", a, sizeof a),
+           jtxt(s, "last_seq", b, sizeof b), jtxt(s, "committed_seq", c, sizeof c));
     if (jstr(s, "first_time", NULL))
         printf("  time         %s .. %s\n", short_time(jstr(s, "first_time", ""), t1, sizeof t1),
                short_time(jstr(s, "last_time", ""), t2, sizeof t2));
     printf("  fsync        %s\n", jstr(s, "fsync", "?"));
-    printf("  segments     %s\n", numtxt(jnum(s, "segments", 0), a, sizeof a));
-    printf("  consumers    %s\n", numtxt(jnum(s, "consumers", 0), a, sizeof a));
+    printf("  segments     %s\n", jtxt(s, "segments", a, sizeof a));
+    printf("  consumers    %s\n", jtxt(s, "consumers", a, sizeof a));
     printf("  stored       %s, duplicates %s, conflicts %s, store errors %s\n",
-           numtxt(jnum(s, "stored", 0), a, sizeof a), numtxt(jnum(s, "duplicates", 0), b, sizeof b),
-           numtxt(jnum(s, "conflicts", 0), c, sizeof c), numtxt(jnum(s, "store_errors", 0), d, sizeof d));
-    printf("  syncs        %s, sync errors %s, write errors %s\n", numtxt(jnum(s, "syncs", 0), a, sizeof a),
-           numtxt(jnum(s, "sync_errors", 0), b, sizeof b), numtxt(jnum(s, "write_errors", 0), c, sizeof c));
+           jtxt(s, "stored", a, sizeof a), jtxt(s, "duplicates", b, sizeof b),
+           jtxt(s, "conflicts", c, sizeof c), jtxt(s, "store_errors", d, sizeof d));
+    printf("  syncs        %s, sync errors %s, write errors %s\n", jtxt(s, "syncs", a, sizeof a),
+           jtxt(s, "sync_errors", b, sizeof b), jtxt(s, "write_errors", c, sizeof c));
     printf("  failed       %s\n", cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(s, "failed")) ? "YES (waiting to reopen)"
                                                                                              : "no");
     const cJSON *l = cJSON_GetObjectItemCaseSensitive(s, "limits");
     if (l) {
         char e[32];
         printf("  limits       max_msgs %s, max_bytes %s, max_age %s s, dedup_window %s s\n",
-               numtxt(jnum(l, "max_msgs", 0), a, sizeof a), numtxt(jnum(l, "max_bytes", 0), b, sizeof b),
-               numtxt(jnum(l, "max_age", 0), c, sizeof c), numtxt(jnum(l, "dedup_window", 0), e, sizeof e));
+               jtxt(l, "max_msgs", a, sizeof a), jtxt(l, "max_bytes", b, sizeof b),
+               jtxt(l, "max_age", c, sizeof c), jtxt(l, "dedup_window", e, sizeof e));
     }
     const cJSON *r = cJSON_GetObjectItemCaseSensitive(s, "recovery");
     if (r)
         printf("  recovery     %s records, %s damaged (%s bytes) skipped, torn tail %s bytes, %.3f s\n",
-               numtxt(jnum(r, "records", 0), a, sizeof a), numtxt(jnum(r, "corrupt_records", 0), b, sizeof b),
-               numtxt(jnum(r, "corrupt_bytes", 0), c, sizeof c), numtxt(jnum(r, "torn_bytes", 0), d, sizeof d),
+               jtxt(r, "records", a, sizeof a), jtxt(r, "corrupt_records", b, sizeof b),
+               jtxt(r, "corrupt_bytes", c, sizeof c), jtxt(r, "torn_bytes", d, sizeof d),
                jnum(r, "seconds", 0));
 }
 
@@ -1183,7 +1209,7 @@ static void print_consumer_info(const cJSON *c)
         if (cJSON_IsString(v))
             printf("  %-16s %s\n", keys[i], v->valuestring);
         else if (jis_num(v))
-            printf("  %-16s %s%s\n", keys[i], numtxt(jval(v), b, sizeof b),
+            printf("  %-16s %s%s\n", keys[i], vtxt(v, b, sizeof b),
                    !strcmp(keys[i], "ack_wait") ? " s" : "");
     }
 }
@@ -1192,7 +1218,7 @@ static void print_record(const cJSON *r)
 {
     char t[64], b[32];
     printf("stream   %s\n", jstr(r, "stream", "?"));
-    printf("seq      %s\n", numtxt(jnum(r, "seq", 0), b, sizeof b));
+    printf("seq      %s\n", jtxt(r, "seq", b, sizeof b));
     printf("time     %s\n", short_time(jstr(r, "time", ""), t, sizeof t));
     printf("subject  %s\n", jstr(r, "subject", ""));
     const cJSON *h = cJSON_GetObjectItemCaseSensitive(r, "headers"), *kv;
@@ -1263,9 +1289,9 @@ static int ops_run(ops_t *o, const char *cmd, const char *verb, char **pos, int 
                 cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(s, "subjects")) if (cJSON_IsString(x))
                     snprintf(subjects + strlen(subjects), sizeof subjects - strlen(subjects), "%s%s",
                              subjects[0] ? "," : "", x->valuestring);
-                table_row(&t, jstr(s, "name", "?"), subjects, numtxt(jnum(s, "messages", 0), m, sizeof m),
-                          numtxt(jnum(s, "bytes", 0), by, sizeof by), numtxt(jnum(s, "first_seq", 0), f, sizeof f),
-                          numtxt(jnum(s, "last_seq", 0), l, sizeof l), numtxt(jnum(s, "consumers", 0), c, sizeof c),
+                table_row(&t, jstr(s, "name", "?"), subjects, jtxt(s, "messages", m, sizeof m),
+                          jtxt(s, "bytes", by, sizeof by), jtxt(s, "first_seq", f, sizeof f),
+                          jtxt(s, "last_seq", l, sizeof l), jtxt(s, "consumers", c, sizeof c),
                           cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(s, "failed")) ? "FAILED" : jstr(s, "fsync", "?"));
             }
             table_print(&t);
@@ -1287,7 +1313,7 @@ static int ops_run(ops_t *o, const char *cmd, const char *verb, char **pos, int 
             return 2;
         cJSON *q = cJSON_CreateObject();
         cJSON_AddStringToObject(q, "stream", pos[0]);
-        cJSON_AddNumberToObject(q, "seq", (double)seq);
+        json_add_int(q, "seq", seq);
         char *qs = cJSON_PrintUnformatted(q);
         cJSON_Delete(q);
         r = qs ? ops_req(o, "STREAM.GET", qs) : NULL;
@@ -1321,10 +1347,10 @@ static int ops_run(ops_t *o, const char *cmd, const char *verb, char **pos, int 
             cJSON_ArrayForEach(c, r) {
                 char nx[32], p[32], ap[32], d[32], ak[32], dl[32];
                 table_row(&t, jstr(c, "name", "?"), jstr(c, "stream", "?"), jstr(c, "deliver", "-"),
-                          numtxt(jnum(c, "next_seq", 0), nx, sizeof nx), numtxt(jnum(c, "num_pending", 0), p, sizeof p),
-                          numtxt(jnum(c, "num_ack_pending", 0), ap, sizeof ap),
-                          numtxt(jnum(c, "delivered", 0), d, sizeof d), numtxt(jnum(c, "acked", 0), ak, sizeof ak),
-                          numtxt(jnum(c, "dead_lettered", 0), dl, sizeof dl));
+                          jtxt(c, "next_seq", nx, sizeof nx), jtxt(c, "num_pending", p, sizeof p),
+                          jtxt(c, "num_ack_pending", ap, sizeof ap),
+                          jtxt(c, "delivered", d, sizeof d), jtxt(c, "acked", ak, sizeof ak),
+                          jtxt(c, "dead_lettered", dl, sizeof dl));
             }
             table_print(&t);
         }
@@ -1353,9 +1379,9 @@ static int ops_run(ops_t *o, const char *cmd, const char *verb, char **pos, int 
             cJSON_ArrayForEach(c, r) {
                 int stored = jstr(c, "dlq_stream", NULL) != NULL;
                 table_row(&t, jstr(c, "consumer", "?"), jstr(c, "stream", "?"), jstr(c, "dead_letter", "?"),
-                          numtxt(jnum(c, "dead_lettered", 0), b1, sizeof b1),
+                          jtxt(c, "dead_lettered", b1, sizeof b1),
                           stored ? jstr(c, "dlq_stream", "") : "(no stream: not kept)",
-                          stored ? numtxt(jnum(c, "messages", 0), b2, sizeof b2) : "-");
+                          stored ? jtxt(c, "messages", b2, sizeof b2) : "-");
             }
             table_print(&t);
         }
@@ -1370,9 +1396,9 @@ static int ops_run(ops_t *o, const char *cmd, const char *verb, char **pos, int 
             int page = left > 0 && left < 500 ? (int)left : 500;
             cJSON *q = cJSON_CreateObject();
             cJSON_AddStringToObject(q, "stream", pos[0]);
-            cJSON_AddNumberToObject(q, "limit", page);
+            json_add_int(q, "limit", page);
             if (next)
-                cJSON_AddNumberToObject(q, "from_seq", (double)next);
+                json_add_uint(q, "from_seq", next);
             char *qs = cJSON_PrintUnformatted(q);
             cJSON_Delete(q);
             cJSON_Delete(r);
@@ -1391,16 +1417,16 @@ static int ops_run(ops_t *o, const char *cmd, const char *verb, char **pos, int 
                     print_json(d, 0);
                     continue;
                 }
-                table_row(&t, numtxt(jnum(d, "seq", 0), b1, sizeof b1), short_time(jstr(d, "time", ""), tm, sizeof tm),
+                table_row(&t, jtxt(d, "seq", b1, sizeof b1), short_time(jstr(d, "time", ""), tm, sizeof tm),
                           jstr(d, "original_subject", "?"), jstr(d, "reason", "-"),
-                          cJSON_GetObjectItemCaseSensitive(d, "deliveries") ? numtxt(jnum(d, "deliveries", 0), b2, sizeof b2)
+                          cJSON_GetObjectItemCaseSensitive(d, "deliveries") ? jtxt(d, "deliveries", b2, sizeof b2)
                                                                             : "-",
                           jstr(d, "consumer", "-"), jstr(d, "error", "-"));
             }
             n += got;
             if (left > 0)
                 left -= got;
-            uint64_t nn = (uint64_t)jnum(r, "next_seq", 0);
+            uint64_t nn = juint(r, "next_seq", 0);
             if (got < page || nn <= next)
                 break;
             next = nn;
@@ -1425,7 +1451,7 @@ static int ops_run(ops_t *o, const char *cmd, const char *verb, char **pos, int 
         if (a->all)
             cJSON_AddBoolToObject(q, "all", 1);
         else
-            cJSON_AddNumberToObject(q, "seq", (double)a->seq);
+            json_add_int(q, "seq", a->seq);
         char *qs = cJSON_PrintUnformatted(q);
         cJSON_Delete(q);
         r = qs ? ops_req(o, "DLQ.REPLAY", qs) : NULL;
@@ -1435,12 +1461,12 @@ static int ops_run(ops_t *o, const char *cmd, const char *verb, char **pos, int 
         if (o->json) {
             print_json(r, 0);
         } else {
-            double n = jnum(r, "replayed", 0);
+            uint64_t n = juint(r, "replayed", 0);
             printf("replayed %s dead letter%s from %s to their original subjects (stored %s, duplicates %s, refused "
                    "%s)\n",
-                   numtxt(n, b1, sizeof b1), n == 1 ? "" : "s", pos[0], numtxt(jnum(r, "stored", 0), b2, sizeof b2),
-                   numtxt(jnum(r, "duplicates", 0), b3, sizeof b3),
-                   numtxt(jnum(r, "refused", 0), b4, sizeof b4));
+                   jtxt(r, "replayed", b1, sizeof b1), n == 1 ? "" : "s", pos[0], jtxt(r, "stored", b2, sizeof b2),
+                   jtxt(r, "duplicates", b3, sizeof b3),
+                   jtxt(r, "refused", b4, sizeof b4));
         }
         rc = 0;
     } else {

@@ -21,6 +21,7 @@
 
 #include "dlq.h"
 #include "admin.h"
+#include "json_int.h"
 #include "http.h"
 #include "json.h"
 #include "log.h"
@@ -103,7 +104,7 @@ static void reply_json(struct evhttp_request *req, int code, const char *reason,
 static void reply_error(http_t *h, struct evhttp_request *req, int code, const char *reason, const char *msg)
 {
     cJSON *o = cJSON_CreateObject(), *e = cJSON_CreateObject();
-    cJSON_AddNumberToObject(e, "code", code);
+    json_add_int(e, "code", code);
     cJSON_AddStringToObject(e, "description", msg);
     cJSON_AddItemToObject(o, "error", e);
     char *s = cJSON_PrintUnformatted(o);
@@ -148,13 +149,14 @@ static int ack_status(const cJSON *ack, const char **reason)
         *reason = "Created";
         return 201;
     }
-    const cJSON *code = cJSON_GetObjectItemCaseSensitive(e, "code");
-    const cJSON *ec = cJSON_GetObjectItemCaseSensitive(e, "err_code");
-    if (cJSON_IsNumber(code) && code->valueint == 503) {
+    uint64_t code = 0, ec = 0;
+    json_get_uint_member(e, "code", &code);
+    json_get_uint_member(e, "err_code", &ec);
+    if (code == 503) {
         *reason = "Service Unavailable";
         return 503;
     }
-    if (cJSON_IsNumber(ec) && ec->valueint == 10071) {
+    if (ec == 10071) {
         *reason = "Conflict";
         return 409;
     }
@@ -185,14 +187,14 @@ static void wait_finish(ack_wait_t *w, int timed_out)
             reason = r;
             /* The error's code is the HTTP status, as in tide's other error bodies. */
             cJSON_ReplaceItemInObjectCaseSensitive(cJSON_GetObjectItemCaseSensitive(w->acks[i], "error"), "code",
-                                                   cJSON_CreateNumber(st));
+                                                   json_int(st));
             break;
         }
     }
     cJSON *body;
     if (w->batch) {
         body = cJSON_CreateObject();
-        cJSON_AddNumberToObject(body, "accepted", w->nevents);
+        json_add_int(body, "accepted", w->nevents);
         cJSON *a = cJSON_AddArrayToObject(body, "acks");
         for (int i = 0; i < w->nevents; i++) {
             cJSON_AddItemToArray(a, w->acks[i] ? w->acks[i] : cJSON_CreateNull());
@@ -240,7 +242,7 @@ static void on_puback(void *ctx, const proto_msg_t *m)
         return; /* late (after a timeout) or not ours */
     /* Only a stream's answer counts: a subscriber may answer the reply
      * subject too (it sees it on the event). */
-    cJSON *ack = cJSON_ParseWithLength(m->payload, m->payload_len);
+    cJSON *ack = json_parse_exact(m->payload, m->payload_len); /* "seq" goes out as it came */
     if (!cJSON_IsObject(ack) || !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(ack, "stream"))) {
         cJSON_Delete(ack);
         return;

@@ -20,6 +20,7 @@
 #include <event2/util.h>
 
 #include "client.h"
+#include "json_int.h"
 #include "log.h"
 #include "server.h"
 #include "subject.h"
@@ -635,7 +636,7 @@ cJSON *server_stats_object(server_t *s)
     cJSON *o = cJSON_CreateObject();
     if (!o)
         return NULL;
-#define NUM(obj, k, v) cJSON_AddNumberToObject(obj, k, (double)(v))
+#define NUM(obj, k, v) json_add_uint(obj, k, (uint64_t)(v))
     cJSON_AddStringToObject(o, "server_id", s->id);
     cJSON_AddStringToObject(o, "version", TIDE_VERSION);
     NUM(o, "connections", s->stats.connections);

@@ -1,6 +1,6 @@
 /* script.c - see script.h: the host and its Lua states. */
+#include "json_int.h"
 #include "script_internal.h"
-
 
 void script_limits_default(script_limits_t *l)
 {
@@ -392,14 +392,14 @@ void script_rules_json(const script_host_t *h, char **buf, size_t *len)
         cJSON_AddStringToObject(o, "kind", kind_names[r->kind]);
         cJSON_AddStringToObject(o, r->kind == RULE_UPGRADE ? "type" : "pattern", r->pattern);
         if (r->kind == RULE_UPGRADE)
-            cJSON_AddNumberToObject(o, "from_version", (double)r->from_version);
+            json_add_int(o, "from_version", r->from_version);
         cJSON_AddStringToObject(o, "where", r->where);
-        cJSON_AddNumberToObject(o, "calls", (double)r->calls);
-        cJSON_AddNumberToObject(o, "errors", (double)r->errors);
+        json_add_uint(o, "calls", r->calls);
+        json_add_uint(o, "errors", r->errors);
         if (r->kind == RULE_FILTER || r->kind == RULE_ROUTE)
-            cJSON_AddNumberToObject(o, "dropped", (double)r->dropped);
+            json_add_uint(o, "dropped", r->dropped);
         if (r->kind == RULE_ROUTE)
-            cJSON_AddNumberToObject(o, "routed", (double)r->routed);
+            json_add_uint(o, "routed", r->routed);
         cJSON_AddItemToArray(arr, o);
     }
     *buf = arr ? json_print(arr, len) : NULL;

@@ -30,6 +30,7 @@
 #include <event2/event.h>
 
 #include "crc32c.h"
+#include "json_int.h"
 #include "proto.h"
 #include "log.h"
 #include "stream_internal.h"
@@ -1466,21 +1467,21 @@ cJSON *consumer_json(consumer_t *c)
         cJSON_AddStringToObject(o, "dead_letter", c->cfg.dead_letter);
     if (c->cfg.ordered_by[0])
         cJSON_AddStringToObject(o, "ordered_by", c->cfg.ordered_by);
-    cJSON_AddNumberToObject(o, "next_seq", (double)c->next_seq);
-    cJSON_AddNumberToObject(o, "num_pending", (double)pending_count(c));
-    cJSON_AddNumberToObject(o, "num_ack_pending", (double)c->npending);
-    cJSON_AddNumberToObject(o, "num_parked", (double)c->nparked);
-    cJSON_AddNumberToObject(o, "delivered", (double)c->delivered);
-    cJSON_AddNumberToObject(o, "redelivered", (double)c->redelivered);
-    cJSON_AddNumberToObject(o, "acked", (double)c->acked);
-    cJSON_AddNumberToObject(o, "naked", (double)c->naked);
-    cJSON_AddNumberToObject(o, "terminated", (double)c->termed);
-    cJSON_AddNumberToObject(o, "ack_timeouts", (double)c->expired);
-    cJSON_AddNumberToObject(o, "dead_lettered", (double)c->dead_lettered);
-    cJSON_AddNumberToObject(o, "given_up", (double)c->given_up);
+    json_add_uint(o, "next_seq", c->next_seq);
+    json_add_uint(o, "num_pending", pending_count(c));
+    json_add_uint(o, "num_ack_pending", c->npending);
+    json_add_uint(o, "num_parked", c->nparked);
+    json_add_uint(o, "delivered", c->delivered);
+    json_add_uint(o, "redelivered", c->redelivered);
+    json_add_uint(o, "acked", c->acked);
+    json_add_uint(o, "naked", c->naked);
+    json_add_uint(o, "terminated", c->termed);
+    json_add_uint(o, "ack_timeouts", c->expired);
+    json_add_uint(o, "dead_lettered", c->dead_lettered);
+    json_add_uint(o, "given_up", c->given_up);
     cJSON_AddNumberToObject(o, "ack_wait", c->cfg.ack_wait);
-    cJSON_AddNumberToObject(o, "max_deliver", (double)c->cfg.max_deliver);
-    cJSON_AddNumberToObject(o, "max_ack_pending", (double)c->cfg.max_ack_pending);
+    json_add_int(o, "max_deliver", c->cfg.max_deliver);
+    json_add_int(o, "max_ack_pending", c->cfg.max_ack_pending);
     return o;
 }
 

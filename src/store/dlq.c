@@ -1,6 +1,7 @@
 /* dlq.c - dead letters: list, show and replay them (see dlq.h).  Reads the
  * streams' internals, never changes them; replays go through server_publish
  * like any publish. */
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +12,7 @@
 #include <cjson/cJSON.h>
 
 #include "dlq.h"
+#include "json_int.h"
 #include "proto.h"
 #include "stream_internal.h"
 #include "subject.h"
@@ -115,13 +117,17 @@ static void add_str(cJSON *o, const char *key, char *v)
     free(v);
 }
 
+/* A header holding a whole number (a sequence, a count) as that number,
+ * exactly; anything else as the string it is. */
 static void add_num(cJSON *o, const char *key, char *v)
 {
     if (v) {
-        char *end;
-        double d = strtod(v, &end);
-        if (end != v && !*end)
-            cJSON_AddNumberToObject(o, key, d);
+        size_t n = strlen(v);
+        int whole = n && n <= 20 && strspn(v, "0123456789") == n;
+        errno = 0;
+        uint64_t u = whole ? strtoull(v, NULL, 10) : 0;
+        if (whole && errno != ERANGE)
+            json_add_uint(o, key, u);
         else
             cJSON_AddStringToObject(o, key, v);
     }
@@ -133,7 +139,7 @@ static cJSON *dead_letter_obj(const slog_rec_t *r)
 {
     cJSON *o = cJSON_CreateObject();
     char t[64];
-    cJSON_AddNumberToObject(o, "seq", (double)r->seq);
+    json_add_uint(o, "seq", r->seq);
     util_time_ns(r->ts, t, sizeof t);
     cJSON_AddStringToObject(o, "time", t);
     add_str(o, "subject", mem_dup(r->subject, r->subject_len));
@@ -158,16 +164,7 @@ static cJSON *dead_letter_obj(const slog_rec_t *r)
         cJSON_AddItemToObject(o, "headers", h);
     else
         cJSON_Delete(h);
-    cJSON *data = r->payload_len && (r->payload[0] == '{' || r->payload[0] == '[')
-                      ? cJSON_ParseWithLength(r->payload, r->payload_len)
-                      : NULL;
-    if (data) {
-        cJSON_AddItemToObject(o, "data", data);
-    } else {
-        char *p = mem_dup(r->payload, r->payload_len);
-        cJSON_AddStringToObject(o, "payload", p ? p : "");
-        free(p);
-    }
+    stream_add_payload(o, r);
     return o;
 }
 
@@ -178,10 +175,11 @@ static int is_dead_letter(const slog_rec_t *r)
 }
 
 /* The request's stream: {"stream":S,...} or the bare name.  q gets the
- * parsed object (or NULL); NULL with err when there is no such stream. */
+ * parsed object (or NULL), its numbers exact (sequences past 2^53
+ * included); NULL with err when there is no such stream. */
 static stream_t *request_stream(streams_t *sm, const proto_msg_t *req, cJSON **q, char *err, size_t errsz)
 {
-    *q = req->payload_len && req->payload[0] == '{' ? cJSON_ParseWithLength(req->payload, req->payload_len) : NULL;
+    *q = req->payload_len && req->payload[0] == '{' ? json_parse_exact(req->payload, req->payload_len) : NULL;
     char name[STREAM_NAME_MAX + 1] = "";
     if (*q) {
         const cJSON *s = cJSON_GetObjectItemCaseSensitive(*q, "stream");
@@ -202,10 +200,11 @@ static stream_t *request_stream(streams_t *sm, const proto_msg_t *req, cJSON **q
     return st;
 }
 
-static double num(const cJSON *q, const char *key, double dflt)
+/* Whole number key of request q, or dflt. */
+static uint64_t num(const cJSON *q, const char *key, uint64_t dflt)
 {
-    const cJSON *v = q ? cJSON_GetObjectItemCaseSensitive(q, key) : NULL;
-    return cJSON_IsNumber(v) ? v->valuedouble : dflt;
+    uint64_t v;
+    return json_get_uint_member(q, key, &v) == 0 ? v : dflt;
 }
 
 /* ---- DLQ.LS --------------------------------------------------------------------- */
@@ -221,17 +220,16 @@ static void dlq_ls(streams_t *sm, const proto_msg_t *req)
         cJSON_AddStringToObject(o, "consumer", cfg->name);
         cJSON_AddStringToObject(o, "stream", cfg->stream);
         cJSON_AddStringToObject(o, "dead_letter", cfg->dead_letter);
-        cJSON *cj = consumer_json(sm->consumers[i]);
-        const cJSON *dl = cJSON_GetObjectItemCaseSensitive(cj, "dead_lettered");
-        cJSON_AddNumberToObject(o, "dead_lettered", cJSON_IsNumber(dl) ? dl->valuedouble : 0);
-        cJSON_Delete(cj);
+        consumer_info_t ci;
+        consumer_get_info(sm->consumers[i], &ci);
+        json_add_uint(o, "dead_lettered", ci.dead_lettered);
         const char *sn = dlq_capturing_stream(sm, cfg->dead_letter, strlen(cfg->dead_letter));
         stream_t *st = sn ? streams_find(sm, sn, strlen(sn)) : NULL;
         if (st) {
             slog_info_t in;
             slog_get_info(st->log, &in);
             cJSON_AddStringToObject(o, "dlq_stream", st->cfg.name);
-            cJSON_AddNumberToObject(o, "messages", (double)in.msgs);
+            json_add_uint(o, "messages", in.msgs);
         }
         cJSON_AddItemToArray(a, o);
     }
@@ -250,12 +248,13 @@ static void dlq_show(streams_t *sm, const proto_msg_t *req)
         reply_err(sm, req, err);
         return;
     }
-    double lim = num(q, "limit", SHOW_LIMIT), from = num(q, "from_seq", 0);
-    uint64_t limit = lim >= 1 ? (uint64_t)lim : SHOW_LIMIT;
+    uint64_t limit = num(q, "limit", SHOW_LIMIT), from = num(q, "from_seq", 0);
+    if (limit < 1)
+        limit = SHOW_LIMIT;
     cJSON_Delete(q);
     slog_info_t in;
     slog_get_info(st->log, &in);
-    uint64_t seq = from > (double)in.first_seq ? (uint64_t)from : in.first_seq, n = 0, scanned = 0;
+    uint64_t seq = from > in.first_seq ? from : in.first_seq, n = 0, scanned = 0;
     char *buf = NULL;
     size_t cap = 0;
     cJSON *o = cJSON_CreateObject();
@@ -269,7 +268,7 @@ static void dlq_show(streams_t *sm, const proto_msg_t *req)
         n++;
     }
     free(buf);
-    cJSON_AddNumberToObject(o, "next_seq", (double)seq);
+    json_add_uint(o, "next_seq", seq);
     reply(sm, req, o);
 }
 
@@ -341,7 +340,7 @@ static void dlq_replay(streams_t *sm, const proto_msg_t *req)
         reply_err(sm, req, err);
         return;
     }
-    double one = num(q, "seq", 0);
+    uint64_t one = num(q, "seq", 0);
     int all = cJSON_IsTrue(q ? cJSON_GetObjectItemCaseSensitive(q, "all") : NULL);
     cJSON_Delete(q);
     if ((one >= 1) == all) {
@@ -351,7 +350,7 @@ static void dlq_replay(streams_t *sm, const proto_msg_t *req)
     slog_info_t in;
     slog_get_info(st->log, &in);
     /* The range is fixed now: what the replays add to this stream is not replayed again. */
-    uint64_t first = all ? in.first_seq : (uint64_t)one, last = all ? in.committed_seq : (uint64_t)one;
+    uint64_t first = all ? in.first_seq : one, last = all ? in.committed_seq : one;
     uint64_t stored0 = sum_counter(sm, 0), dup0 = sum_counter(sm, 1), bad0 = sum_counter(sm, 2);
     uint64_t replayed = 0, scanned = 0;
     char *buf = NULL;
@@ -378,7 +377,7 @@ static void dlq_replay(streams_t *sm, const proto_msg_t *req)
         }
         if (replay_one(sm, st, &r) == 0) {
             replayed++;
-            cJSON_AddItemToArray(seqs, cJSON_CreateNumber((double)seq));
+            json_append_uint(seqs, seq);
         }
         /* The publish may have read other records into its buffers; buf is ours. */
     }
@@ -386,11 +385,11 @@ static void dlq_replay(streams_t *sm, const proto_msg_t *req)
     cJSON *o = cJSON_CreateObject();
     cJSON_AddBoolToObject(o, "ok", 1);
     cJSON_AddStringToObject(o, "stream", st->cfg.name);
-    cJSON_AddNumberToObject(o, "replayed", (double)replayed);
+    json_add_uint(o, "replayed", replayed);
     cJSON_AddItemToObject(o, "seqs", seqs);
-    cJSON_AddNumberToObject(o, "stored", (double)(sum_counter(sm, 0) - stored0));
-    cJSON_AddNumberToObject(o, "duplicates", (double)(sum_counter(sm, 1) - dup0));
-    cJSON_AddNumberToObject(o, "refused", (double)(sum_counter(sm, 2) - bad0));
+    json_add_uint(o, "stored", sum_counter(sm, 0) - stored0);
+    json_add_uint(o, "duplicates", sum_counter(sm, 1) - dup0);
+    json_add_uint(o, "refused", sum_counter(sm, 2) - bad0);
     reply(sm, req, o);
 }
 

@@ -12,8 +12,9 @@
 #include <cjson/cJSON.h>
 
 #include "dlq.h"
-#include "proto.h"
+#include "json_int.h"
 #include "log.h"
+#include "proto.h"
 #include "stream_internal.h"
 #include "subject.h"
 #include "util.h"
@@ -630,11 +631,11 @@ static cJSON *stream_obj(stream_t *st)
     cJSON_AddStringToObject(o, "fsync", st->cfg.o.fsync == FSYNC_ALWAYS     ? "always"
                                         : st->cfg.o.fsync == FSYNC_INTERVAL ? "interval"
                                                                             : "never");
-    cJSON_AddNumberToObject(o, "messages", (double)in.msgs);
-    cJSON_AddNumberToObject(o, "bytes", (double)in.bytes);
-    cJSON_AddNumberToObject(o, "first_seq", (double)in.first_seq);
-    cJSON_AddNumberToObject(o, "last_seq", (double)in.last_seq);
-    cJSON_AddNumberToObject(o, "committed_seq", (double)in.committed_seq);
+    json_add_uint(o, "messages", in.msgs);
+    json_add_uint(o, "bytes", in.bytes);
+    json_add_uint(o, "first_seq", in.first_seq);
+    json_add_uint(o, "last_seq", in.last_seq);
+    json_add_uint(o, "committed_seq", in.committed_seq);
     char t[64];
     if (in.msgs) {
         util_time_ns(in.first_ts, t, sizeof t);
@@ -642,25 +643,25 @@ static cJSON *stream_obj(stream_t *st)
         util_time_ns(in.last_ts, t, sizeof t);
         cJSON_AddStringToObject(o, "last_time", t);
     }
-    cJSON_AddNumberToObject(o, "segments", (double)in.segments);
-    cJSON_AddNumberToObject(o, "consumers", st->ncons);
-    cJSON_AddNumberToObject(o, "stored", (double)st->stored);
-    cJSON_AddNumberToObject(o, "duplicates", (double)st->duplicates);
-    cJSON_AddNumberToObject(o, "conflicts", (double)st->conflicts);
-    cJSON_AddNumberToObject(o, "store_errors", (double)st->store_errors);
-    cJSON_AddNumberToObject(o, "syncs", (double)in.syncs);
-    cJSON_AddNumberToObject(o, "sync_errors", (double)in.sync_errors);
-    cJSON_AddNumberToObject(o, "write_errors", (double)in.write_errors);
+    json_add_uint(o, "segments", in.segments);
+    json_add_uint(o, "consumers", (uint64_t)st->ncons);
+    json_add_uint(o, "stored", st->stored);
+    json_add_uint(o, "duplicates", st->duplicates);
+    json_add_uint(o, "conflicts", st->conflicts);
+    json_add_uint(o, "store_errors", st->store_errors);
+    json_add_uint(o, "syncs", in.syncs);
+    json_add_uint(o, "sync_errors", in.sync_errors);
+    json_add_uint(o, "write_errors", in.write_errors);
     cJSON_AddBoolToObject(o, "failed", in.failed);
     cJSON *rec = cJSON_AddObjectToObject(o, "recovery");
-    cJSON_AddNumberToObject(rec, "records", (double)st->opened.records);
-    cJSON_AddNumberToObject(rec, "corrupt_records", (double)st->opened.corrupt);
-    cJSON_AddNumberToObject(rec, "corrupt_bytes", (double)st->opened.corrupt_bytes);
-    cJSON_AddNumberToObject(rec, "torn_bytes", (double)st->opened.torn_bytes);
+    json_add_uint(rec, "records", st->opened.records);
+    json_add_uint(rec, "corrupt_records", st->opened.corrupt);
+    json_add_uint(rec, "corrupt_bytes", st->opened.corrupt_bytes);
+    json_add_uint(rec, "torn_bytes", st->opened.torn_bytes);
     cJSON_AddNumberToObject(rec, "seconds", st->opened.seconds);
     cJSON *lim = cJSON_AddObjectToObject(o, "limits");
-    cJSON_AddNumberToObject(lim, "max_msgs", (double)st->cfg.o.max_msgs);
-    cJSON_AddNumberToObject(lim, "max_bytes", (double)st->cfg.o.max_bytes);
+    json_add_uint(lim, "max_msgs", st->cfg.o.max_msgs);
+    json_add_uint(lim, "max_bytes", st->cfg.o.max_bytes);
     cJSON_AddNumberToObject(lim, "max_age", st->cfg.o.max_age);
     cJSON_AddNumberToObject(lim, "dedup_window", st->cfg.o.dedup_window);
     return o;
@@ -728,21 +729,10 @@ static cJSON *headers_obj(const char *hdr, size_t hl)
     return h;
 }
 
-static cJSON *record_obj(stream_t *st, const slog_rec_t *r)
+void stream_add_payload(cJSON *o, const slog_rec_t *r)
 {
-    cJSON *o = cJSON_CreateObject();
-    char t[64];
-    cJSON_AddStringToObject(o, "stream", st->cfg.name);
-    cJSON_AddNumberToObject(o, "seq", (double)r->seq);
-    util_time_ns(r->ts, t, sizeof t);
-    cJSON_AddStringToObject(o, "time", t);
-    char *s = mem_dup(r->subject, r->subject_len);
-    cJSON_AddStringToObject(o, "subject", s ? s : "");
-    free(s);
-    if (r->hdr_len)
-        cJSON_AddItemToObject(o, "headers", headers_obj(r->hdr, r->hdr_len));
-    /* JSON payloads go in as they are stored (cJSON would round integers
-     * beyond 2^53 through a double). */
+    /* JSON goes in as it is stored: through a cJSON tree its numbers would
+     * be rounded through doubles. */
     cJSON *data = r->payload_len && (r->payload[0] == '{' || r->payload[0] == '[')
                       ? cJSON_ParseWithLength(r->payload, r->payload_len)
                       : NULL;
@@ -756,6 +746,22 @@ static cJSON *record_obj(stream_t *st, const slog_rec_t *r)
         cJSON_AddStringToObject(o, "payload", p ? p : "");
         free(p);
     }
+}
+
+static cJSON *record_obj(stream_t *st, const slog_rec_t *r)
+{
+    cJSON *o = cJSON_CreateObject();
+    char t[64];
+    cJSON_AddStringToObject(o, "stream", st->cfg.name);
+    json_add_uint(o, "seq", r->seq);
+    util_time_ns(r->ts, t, sizeof t);
+    cJSON_AddStringToObject(o, "time", t);
+    char *s = mem_dup(r->subject, r->subject_len);
+    cJSON_AddStringToObject(o, "subject", s ? s : "");
+    free(s);
+    if (r->hdr_len)
+        cJSON_AddItemToObject(o, "headers", headers_obj(r->hdr, r->hdr_len));
+    stream_add_payload(o, r);
     return o;
 }
 
@@ -807,7 +813,7 @@ static int64_t parse_time(const char *s)
  * -> {"events":[...],"next_seq":n}: the event-store queries. */
 static char *stream_events_json(streams_t *sm, const char *req, size_t rl, char *err, size_t errsz, size_t *len)
 {
-    cJSON *q = cJSON_ParseWithLength(req, rl);
+    cJSON *q = json_parse_exact(req, rl); /* sequences past 2^53 stay exact */
     const cJSON *jn = q ? cJSON_GetObjectItemCaseSensitive(q, "stream") : NULL;
     stream_t *st = cJSON_IsString(jn) ? streams_find(sm, jn->valuestring, strlen(jn->valuestring)) : NULL;
     if (!st) {
@@ -818,8 +824,6 @@ static char *stream_events_json(streams_t *sm, const char *req, size_t rl, char 
     const cJSON *js = cJSON_GetObjectItemCaseSensitive(q, "subject");
     const cJSON *jsince = cJSON_GetObjectItemCaseSensitive(q, "since");
     const cJSON *juntil = cJSON_GetObjectItemCaseSensitive(q, "until");
-    const cJSON *jfrom = cJSON_GetObjectItemCaseSensitive(q, "from_seq");
-    const cJSON *jlim = cJSON_GetObjectItemCaseSensitive(q, "limit");
     const char *pat = cJSON_IsString(js) ? js->valuestring : NULL;
     if (pat && !subject_valid_pattern(pat, strlen(pat))) {
         snprintf(err, errsz, "'%s' is not a valid subject pattern", pat);
@@ -833,12 +837,14 @@ static char *stream_events_json(streams_t *sm, const char *req, size_t rl, char 
         cJSON_Delete(q);
         return NULL;
     }
-    uint64_t limit = cJSON_IsNumber(jlim) && jlim->valuedouble >= 1 ? (uint64_t)jlim->valuedouble : 1000;
+    uint64_t limit, from;
+    if (json_get_uint_member(q, "limit", &limit) < 0 || limit < 1)
+        limit = 1000;
     slog_info_t in;
     slog_get_info(st->log, &in);
     uint64_t seq = since > 0 ? slog_seq_at_time(st->log, since) : in.first_seq;
-    if (cJSON_IsNumber(jfrom) && jfrom->valuedouble > (double)seq)
-        seq = (uint64_t)jfrom->valuedouble;
+    if (json_get_uint_member(q, "from_seq", &from) == 0 && from > seq)
+        seq = from;
     cJSON *o = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(o, "events");
     uint64_t n = 0, scanned = 0;
     for (; seq <= in.committed_seq && n < limit && scanned < 10000000; seq++, scanned++) {
@@ -852,7 +858,7 @@ static char *stream_events_json(streams_t *sm, const char *req, size_t rl, char 
         cJSON_AddItemToArray(arr, record_obj(st, &r));
         n++;
     }
-    cJSON_AddNumberToObject(o, "next_seq", (double)seq);
+    json_add_uint(o, "next_seq", seq);
     cJSON_Delete(q);
     return print(o, len);
 }
@@ -928,13 +934,13 @@ int streams_admin(streams_t *sm, const char *verb, size_t vlen, const proto_msg_
         if (!out)
             snprintf(err, sizeof err, "no consumer '%s'", name);
     } else if (IS("STREAM.GET")) {
-        cJSON *q = cJSON_ParseWithLength(req->payload, req->payload_len);
+        cJSON *q = json_parse_exact(req->payload, req->payload_len);
         const cJSON *s = q ? cJSON_GetObjectItemCaseSensitive(q, "stream") : NULL;
-        const cJSON *n = q ? cJSON_GetObjectItemCaseSensitive(q, "seq") : NULL;
-        if (!cJSON_IsString(s) || !cJSON_IsNumber(n) || n->valuedouble < 1)
+        uint64_t seq;
+        if (!cJSON_IsString(s) || json_get_uint_member(q, "seq", &seq) < 0 || seq < 1)
             snprintf(err, sizeof err, "the request must be {\"stream\": name, \"seq\": n}");
         else
-            out = stream_get_json(sm, s->valuestring, (uint64_t)n->valuedouble, err, sizeof err, &len);
+            out = stream_get_json(sm, s->valuestring, seq, err, sizeof err, &len);
         cJSON_Delete(q);
     } else if (IS("STREAM.EVENTS")) {
         out = stream_events_json(sm, req->payload, req->payload_len, err, sizeof err, &len);

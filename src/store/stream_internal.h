@@ -84,6 +84,9 @@ void consumer_metrics(consumer_t *const *cs, int n, char **buf, size_t *len, siz
 
 /* stream.c */
 stream_t *streams_find(struct streams *sm, const char *name, size_t len);
+/* Adds r's payload to object o: "data" with its text as it is stored when
+ * it is a JSON object or array, else "payload" as a string. */
+void stream_add_payload(struct cJSON *o, const slog_rec_t *r);
 /* Appends printf output to a growing buffer. */
 void buf_printf(char **buf, size_t *len, size_t *cap, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
