@@ -292,7 +292,7 @@ describe("tide dlq", function()
     assert(h.wait_until(function() return tide_json({ "stream", "info", "dlq" }).messages == 2 end, 5),
       "the dead letters were not stored")
     assert.same({ { consumer = "shipper", stream = "orders", dead_letter = "dlq.orders", dead_lettered = 2,
-                    dlq_stream = "dlq", messages = 2 } }, tide_json { "dlq", "ls" })
+                    dead_letters_lost = 0, dlq_stream = "dlq", messages = 2 } }, tide_json { "dlq", "ls" })
     rc, out, err = tide { "dlq", "show", "dlq" }
     assert.are.equal(0, rc, err)
     local lines = {}

@@ -730,6 +730,7 @@ consumer "w" { stream = "orders", deliver = "work.w", ack_wait = "200ms", max_de
       ["Tide-Deliveries"] = "2",
       ["Tide-Reason"] = "max_deliver",
       ["Tide-Error"] = "max_deliver",
+      ["Tide-Dead-Letter-Id"] = "orders.w.1",
       ["X-Trace"] = "abc",
     }, hd)
     -- one well-formed block: its only empty line is the last

@@ -55,6 +55,7 @@ char *admin_stats_json(node_t *n, size_t *len)
     NUM("bypassed", st.bypassed);
     NUM("dropped", st.dropped);
     NUM("dead_letters", st.dead_letters);
+    NUM("dead_letters_lost", st.dead_letters_lost);
     NUM("errors", st.errors);
     NUM("budget_stops", st.budget_stops);
     NUM("emitted", st.emitted);

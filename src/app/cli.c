@@ -1200,7 +1200,8 @@ static void print_consumer_info(const cJSON *c)
                                        "dead_letter",  "ordered_by",      "next_seq",    "num_pending",
                                        "num_ack_pending", "num_parked",   "delivered",   "redelivered",
                                        "acked",        "naked",           "terminated",  "ack_timeouts",
-                                       "dead_lettered", "ack_wait",       "max_deliver", "max_ack_pending",
+                                       "dead_lettered", "dead_letters_lost", "ack_wait",  "max_deliver",
+                                       "max_ack_pending",
                                        NULL};
     printf("consumer %s\n", jstr(c, "name", "?"));
     for (int i = 0; keys[i]; i++) {

@@ -823,6 +823,8 @@ static void metrics(http_t *h, struct evhttp_request *req)
     metric(b, "tide_script_dropped_total", "counter", "Events dropped by filters or routes.", (double)st.dropped);
     metric(b, "tide_script_dead_letters_total", "counter", "Events sent to the dead-letter subject.",
            (double)st.dead_letters);
+    metric(b, "tide_script_dead_letters_lost_total", "counter",
+           "Dead letters of failed events that reached no stream and no subscriber.", (double)st.dead_letters_lost);
     metric(b, "tide_script_errors_total", "counter", "Lua errors in rules.", (double)st.errors);
     metric(b, "tide_script_budget_stops_total", "counter", "Rule calls stopped by a budget.", (double)st.budget_stops);
     metric(b, "tide_script_emitted_total", "counter", "Events published by handlers.", (double)st.emitted);

@@ -436,6 +436,7 @@ static int h_stats(lua_State *L)
     F("bypassed", st.bypassed);
     F("dropped", st.dropped);
     F("dead_letters", st.dead_letters);
+    F("dead_letters_lost", st.dead_letters_lost);
     F("errors", st.errors);
     F("emitted", st.emitted);
     F("loops_stopped", st.loops_stopped);

@@ -531,6 +531,9 @@ static void no_responders(server_t *s, client_t *from, const proto_msg_t *m)
     }
 }
 
+static size_t route(server_t *s, client_t *from, const char *to, size_t tolen, const proto_msg_t *m, int flags,
+                    int *captured);
+
 size_t server_route(server_t *s, client_t *from, const proto_msg_t *m)
 {
     return server_route_flags(s, from, m, 0);
@@ -543,12 +546,25 @@ size_t server_route_flags(server_t *s, client_t *from, const proto_msg_t *m, int
 
 size_t server_route_to(server_t *s, client_t *from, const char *to, size_t tolen, const proto_msg_t *m, int flags)
 {
+    int captured;
+    return route(s, from, to, tolen, m, flags, &captured);
+}
+
+size_t server_route_report(server_t *s, client_t *from, const proto_msg_t *m, int flags, int *captured)
+{
+    return route(s, from, m->subject, m->subject_len, m, flags, captured);
+}
+
+static size_t route(server_t *s, client_t *from, const char *to, size_t tolen, const proto_msg_t *m, int flags,
+                    int *captured)
+{
     size_t delivered = 0;
     sublist_result_t *r;
 
     s->stats.in_msgs++;
     s->stats.in_bytes += m->payload_len + m->hdr_len;
-    if (s->capture && !s->capture_paused && !(flags & ROUTE_NO_CAPTURE) && s->capture(s->capture_ctx, m) && m->reply)
+    *captured = s->capture && !s->capture_paused && !(flags & ROUTE_NO_CAPTURE) ? s->capture(s->capture_ctx, m) : 0;
+    if (*captured && m->reply)
         flags |= ROUTE_HAS_RESPONDER; /* a stream answers with its PubAck */
     r = sublist_match(s->subs, to, tolen);
     if (!r) {

@@ -97,6 +97,11 @@ size_t server_route_flags(server_t *s, struct client *from, const proto_msg_t *m
 size_t server_route_to(server_t *s, struct client *from, const char *to, size_t tolen, const proto_msg_t *msg,
                        int flags);
 
+/* server_route_flags that also says, in *captured, what the capture hook
+ * answered for msg (0 when it was not offered): for messages the server
+ * makes whose loss must be noticed, such as dead letters. */
+size_t server_route_report(server_t *s, struct client *from, const proto_msg_t *msg, int flags, int *captured);
+
 /*
  * The entry point for every message a client publishes: admin requests
  * ($TIDE.ADMIN.*) go to the admin hook, everything else to the ingress
@@ -144,8 +149,9 @@ void server_set_input_tap(server_t *s, void (*fn)(void *ctx, const proto_msg_t *
 
 struct streams;
 /* Attaches the persistent queue: fn is offered every routed message (except
- * ROUTE_NO_CAPTURE ones) and returns 1 when a stream stored it (it then
- * answers a reply subject itself).  NULL detaches it. */
+ * ROUTE_NO_CAPTURE ones) and returns 0 when no stream takes it, > 0 when a
+ * stream stored it, < 0 when a stream took it but refused to store it (in
+ * both cases the stream answers a reply subject itself).  NULL detaches it. */
 void server_set_capture(server_t *s, int (*fn)(void *ctx, const proto_msg_t *m), void *ctx);
 /* Pauses capture (paused != 0) or resumes it (0): while paused, routed
  * messages are not offered to the streams, as if every route had

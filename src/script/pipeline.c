@@ -413,60 +413,31 @@ static double elapsed_ms(const struct timespec *t0)
     return (double)(t1.tv_sec - t0->tv_sec) * 1e3 + (double)(t1.tv_nsec - t0->tv_nsec) / 1e6;
 }
 
-/* Publishes a failed event to <dead_letter>.<subject> with the error in headers. */
-void dead_letter(script_host_t *h, state_t *st, const proto_msg_t *m, const char *stage, const rule_t *r,
-                        const char *error)
+/*
+ * Dead-letters event m after a failure at stage (rule r; NULL when the
+ * pipeline itself failed): logs the failure (rate limited), publishes the dead letter to <dead_letter>.<subject>
+ * (dead_letter.h) and counts it, or counts and logs its loss.
+ */
+void pipeline_dead_letter(script_host_t *h, state_t *st, const proto_msg_t *m, const char *stage, const rule_t *r,
+                          const char *error)
 {
-    char subject[PROTO_MAX_CONTROL_LINE + 256], line[1200], clean[600];
-    size_t hl = 0, cap;
-    char *hdr;
-    proto_msg_t dl;
-    const char *where = r ? r->where : "(pipeline)";
-
-    snprintf(line, sizeof line, "%s at %s: %s (event on %.*s)", stage, where, error,
+    char line[1200], why[400];
+    snprintf(line, sizeof line, "%s at %s: %s (event on %.*s)", stage, r ? r->where : "(pipeline)", error,
              (int)(m->subject_len > 200 ? 200 : m->subject_len), m->subject);
     log_rate_limited(h, line);
     h->st.dead_letters++;
     if (h->trace)
         tracef(h, 0, "  ERROR    %s   -> %s.%.*s", line, st->limits.dead_letter, (int)m->subject_len, m->subject);
-
-    int sl = snprintf(subject, sizeof subject, "%s.%.*s", st->limits.dead_letter, (int)m->subject_len, m->subject);
-    if (sl < 0 || (size_t)sl >= sizeof subject)
+    dead_letter_facts_t f = {.to = st->limits.dead_letter, .per_subject = 1, .reason = "script", .stage = stage,
+                             .error = error, .script = r ? r->where : "(pipeline)"};
+    if (dead_letter_send(h->srv, m, &f, why, sizeof why) != DEAD_LETTER_LOST)
         return;
-    /* Error text as one header line: no CR/LF, bounded. */
-    size_t ci = 0;
-    for (const char *p = error; *p && ci < sizeof clean - 1; p++)
-        clean[ci++] = (*p == '\r' || *p == '\n') ? ' ' : *p;
-    clean[ci] = '\0';
-    cap = 256 + strlen(clean) + strlen(where) + m->subject_len + m->hdr_len;
-    hdr = malloc(cap);
-    if (!hdr)
-        return;
-    hl = (size_t)snprintf(hdr, cap, "NATS/1.0\r\nTide-Stage: %s\r\nTide-Script: %s\r\nTide-Error: %s\r\n"
-                                    "Tide-Original-Subject: %.*s\r\n",
-                          stage, where, clean, (int)m->subject_len, m->subject);
-    if (m->hdr && m->hdr_len > 2) {
-        /* The event's own headers follow, without their status line. */
-        const char *nl = memchr(m->hdr, '\n', m->hdr_len);
-        if (nl) {
-            size_t rest = m->hdr_len - (size_t)(nl + 1 - m->hdr);
-            if (rest >= 2)
-                rest -= 2; /* its final CRLF */
-            memcpy(hdr + hl, nl + 1, rest);
-            hl += rest;
-        }
-    }
-    memcpy(hdr + hl, "\r\n", 2);
-    hl += 2;
-    memset(&dl, 0, sizeof dl);
-    dl.subject = subject;
-    dl.subject_len = (size_t)sl;
-    dl.hdr = hdr;
-    dl.hdr_len = hl;
-    dl.payload = m->payload;
-    dl.payload_len = m->payload_len;
-    server_route(h->srv, NULL, &dl);
-    free(hdr);
+    h->st.dead_letters_lost++;
+    snprintf(line, sizeof line, "the dead letter of an event on %.*s is lost: %s",
+             (int)(m->subject_len > 200 ? 200 : m->subject_len), m->subject, why);
+    log_rate_limited(h, line);
+    if (h->trace)
+        tracef(h, 0, "  LOST     %s", line);
 }
 
 /* Calls rule r with the event (and ctx for handlers) at ev_idx.  Returns
@@ -825,7 +796,7 @@ int run_event(lua_State *L)
                        list[0] ? "   published " : "", list, last_call_ms);
             }
             if (!ok)
-                dead_letter(h, st, &out, "handler", r, lua_tostring(L, -1));
+                pipeline_dead_letter(h, st, &out, "handler", r, lua_tostring(L, -1));
             lua_pop(L, 1);
         }
     }
@@ -943,7 +914,7 @@ static void run_one(script_host_t *h, client_t *from, const proto_msg_t *m, int 
     if (rc != LUA_OK && !run.failed)
         lua_gc(L, LUA_GCCOLLECT); /* out of memory outside a rule: collect now */
     if (run.stage)
-        dead_letter(h, st, m, run.stage, run.failed, run.error);
+        pipeline_dead_letter(h, st, m, run.stage, run.failed, run.error);
     for (int d = 0; d < run.ndest; d++)
         if (run.dest[d] != run.dest0)
             free(run.dest[d]);

@@ -82,8 +82,9 @@ typedef struct script_stats {
     uint64_t events;        /* events that entered the pipeline */
     uint64_t bypassed;      /* events no rule matched: no Lua at all */
     uint64_t dropped;       /* by filters or routes */
-    uint64_t dead_letters;
-    uint64_t errors;        /* Lua errors in rules */
+    uint64_t dead_letters;       /* events that failed a rule and were dead-lettered */
+    uint64_t dead_letters_lost;  /* of which: the dead letter reached no stream and no subscriber */
+    uint64_t errors;        /* errors in rules (Lua errors, and bad answers such as a route's number) */
     uint64_t budget_stops;  /* of which: instruction/time/memory budget */
     uint64_t emitted;       /* ctx.publish */
     uint64_t decodes;       /* payloads parsed as JSON (lazily, on first envelope access) */

@@ -38,6 +38,7 @@
 #include <lualib.h>
 
 #include "client.h"
+#include "dead_letter.h"
 #include "dict.h"
 #include "event.h"
 #include "json_lua.h"
@@ -257,8 +258,11 @@ int l_on(lua_State *L);
 int l_upgrade(lua_State *L);
 int l_ctx_publish(lua_State *L);
 int l_ctx_reply(lua_State *L);
-void dead_letter(script_host_t *h, state_t *st, const proto_msg_t *m, const char *stage, const rule_t *r,
-                        const char *error);
+/* Dead-letters event m after a failure at stage (rule r, NULL for the
+ * pipeline itself): logs it with its traceback, publishes the dead letter
+ * (dead_letter.h) and counts it, or counts and logs its loss. */
+void pipeline_dead_letter(script_host_t *h, state_t *st, const proto_msg_t *m, const char *stage, const rule_t *r,
+                          const char *error);
 int run_event(lua_State *L);
 int script_add_rule(lua_State *L, int kind, const char *pattern, size_t plen, int64_t from, int fn_idx);
 int script_upgrade_possible(state_t *st, const proto_msg_t *m);

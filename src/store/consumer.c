@@ -30,6 +30,7 @@
 #include <event2/event.h>
 
 #include "crc32c.h"
+#include "dead_letter.h"
 #include "json_int.h"
 #include "proto.h"
 #include "log.h"
@@ -99,6 +100,7 @@ struct consumer {
     size_t ndeferred, capdeferred;
     uint64_t delivered, redelivered, acked, naked, termed, dead_lettered, expired;
     uint64_t given_up; /* after max_deliver or +TERM, dead-lettered or not */
+    uint64_t dead_letters_lost; /* given up, and the dead letter went nowhere */
     /* Events after next_seq that match the filter, counted up to counted_to. */
     uint64_t num_pending, counted_to;
     char *cbuf; /* read buffer for counting (the shared one may hold the record being sent) */
@@ -519,58 +521,46 @@ static void redeliver(consumer_t *c, pend_t *p)
     send_one(c, p, &r);
 }
 
-/* The dead-letter message: the event with headers saying why. */
+/* Gives p up (max_deliver reached, or +TERM): publishes its dead letter
+ * (dead_letter.h), or counts and logs why there is none. */
 static void dead_letter(consumer_t *c, pend_t *p, const char *reason)
 {
+    char why[400];
+    slog_rec_t r;
     c->given_up++;
     if (!c->cfg.dead_letter[0]) {
         log_warn("consumer %s: sequence %" PRIu64 " given up after %u deliveries (%s); no dead_letter subject is set",
                  c->cfg.name, p->seq, p->deliveries, reason);
         return;
     }
-    slog_rec_t r;
-    if (slog_read(c->st->log, p->seq, &r, &c->sm->rbuf, &c->sm->rcap) <= 0)
-        return;
-    char err[512];
-    snprintf(err, sizeof err, "%s", p->error ? p->error : reason);
-    for (char *q = err; *q; q++)
-        if (*q == '\r' || *q == '\n')
-            *q = ' ';
-    size_t cap = 512 + r.subject_len + r.hdr_len + strlen(err);
-    char *h = malloc(cap);
-    if (!h)
-        return;
-    int n = snprintf(h, cap,
-                     "NATS/1.0\r\nTide-Original-Subject: %.*s\r\nTide-Stream: %s\r\nTide-Consumer: %s\r\n"
-                     "Tide-Sequence: %" PRIu64 "\r\nTide-Deliveries: %u\r\nTide-Reason: %s\r\nTide-Error: %s\r\n",
-                     (int)r.subject_len, r.subject, c->st->cfg.name, c->cfg.name, p->seq, p->deliveries, reason, err);
-    size_t hl = (size_t)n;
-    if (r.hdr_len > 12) { /* the original headers, after their first line */
-        const char *nl = memchr(r.hdr, '\n', r.hdr_len);
-        if (nl) {
-            size_t rest = r.hdr_len - (size_t)(nl + 1 - r.hdr);
-            while (rest >= 2 && nl[rest - 1] == '\n' && nl[rest] == '\n')
-                rest--;
-            memcpy(h + hl, nl + 1, rest);
-            hl += rest;
-            /* the block ends with one empty line */
-            while (hl >= 4 && !memcmp(h + hl - 4, "\r\n\r\n", 4))
-                hl -= 2;
-        }
+    int rc = slog_read(c->st->log, p->seq, &r, &c->sm->rbuf, &c->sm->rcap);
+    if (rc < 0) {
+        snprintf(why, sizeof why, "its record cannot be read (%s)", strerror(errno));
+        goto lost;
     }
-    memcpy(h + hl, "\r\n", 2);
-    hl += 2;
+    if (rc == 0) { /* retention took it while it was pending */
+        snprintf(why, sizeof why, "its record is no longer in the stream");
+        goto lost;
+    }
     proto_msg_t m;
     memset(&m, 0, sizeof m);
-    m.subject = c->cfg.dead_letter;
-    m.subject_len = strlen(c->cfg.dead_letter);
-    m.hdr = h;
-    m.hdr_len = hl;
+    m.subject = r.subject;
+    m.subject_len = r.subject_len;
+    m.hdr = r.hdr_len ? r.hdr : NULL;
+    m.hdr_len = r.hdr_len;
     m.payload = r.payload;
     m.payload_len = r.payload_len;
-    server_route(c->sm->srv, NULL, &m);
-    c->dead_lettered++;
-    free(h);
+    dead_letter_facts_t f = {.to = c->cfg.dead_letter, .reason = reason, .error = p->error,
+                             .stream = c->st->cfg.name, .consumer = c->cfg.name, .seq = p->seq,
+                             .deliveries = p->deliveries};
+    if (dead_letter_send(c->sm->srv, &m, &f, why, sizeof why) != DEAD_LETTER_LOST) {
+        c->dead_lettered++;
+        return;
+    }
+lost:
+    c->dead_letters_lost++;
+    log_error("consumer %s: sequence %" PRIu64 " given up after %u deliveries (%s); its dead letter to %s is lost: %s",
+              c->cfg.name, p->seq, p->deliveries, reason, c->cfg.dead_letter, why);
 }
 
 static void deliver_new(consumer_t *c, uint64_t seq, const slog_rec_t *r, char *key)
@@ -1479,6 +1469,7 @@ cJSON *consumer_json(consumer_t *c)
     json_add_uint(o, "ack_timeouts", c->expired);
     json_add_uint(o, "dead_lettered", c->dead_lettered);
     json_add_uint(o, "given_up", c->given_up);
+    json_add_uint(o, "dead_letters_lost", c->dead_letters_lost);
     cJSON_AddNumberToObject(o, "ack_wait", c->cfg.ack_wait);
     json_add_int(o, "max_deliver", c->cfg.max_deliver);
     json_add_int(o, "max_ack_pending", c->cfg.max_ack_pending);
@@ -1496,6 +1487,7 @@ void consumer_get_info(consumer_t *c, consumer_info_t *out)
     out->redelivered = c->redelivered;
     out->acked = c->acked;
     out->dead_lettered = c->dead_lettered;
+    out->dead_letters_lost = c->dead_letters_lost;
 }
 
 void consumer_metrics(consumer_t *const *cs, int n, char **buf, size_t *len, size_t *cap)
@@ -1509,12 +1501,15 @@ void consumer_metrics(consumer_t *const *cs, int n, char **buf, size_t *len, siz
         {"tide_consumer_redelivered_total", "counter", "Redeliveries (after an ack timeout or a NAK)."},
         {"tide_consumer_acked_total", "counter", "Events acknowledged."},
         {"tide_consumer_dead_lettered_total", "counter", "Events given up (max_deliver or +TERM)."},
+        {"tide_consumer_dead_letters_lost_total", "counter",
+         "Events given up whose dead letter reached no stream and no subscriber."},
     };
     for (size_t k = 0; k < sizeof m / sizeof m[0]; k++) {
         buf_printf(buf, len, cap, "# HELP %s %s\n# TYPE %s %s\n", m[k][0], m[k][2], m[k][0], m[k][1]);
         for (int i = 0; i < n; i++) {
             consumer_t *c = cs[i];
-            uint64_t v[] = {pending_count(c), c->npending, c->delivered, c->redelivered, c->acked, c->dead_lettered};
+            uint64_t v[] = {pending_count(c), c->npending,     c->delivered,
+                            c->redelivered,   c->acked,        c->dead_lettered, c->dead_letters_lost};
             buf_printf(buf, len, cap, "%s{stream=\"%s\",consumer=\"%s\"} %" PRIu64 "\n", m[k][0], c->cfg.stream,
                        c->cfg.name, v[k]);
         }

@@ -11,6 +11,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "dead_letter.h"
 #include "dlq.h"
 #include "json_int.h"
 #include "proto.h"
@@ -21,11 +22,6 @@
 #define SHOW_LIMIT 1000      /* dead letters per DLQ.SHOW answer by default */
 #define REPLAY_MAX 100000    /* dead letters one DLQ.REPLAY publishes at most */
 #define SCAN_MAX 10000000    /* records one request looks at at most */
-
-/* Headers a message gets as a dead letter (consumer.c, pipeline.c). */
-static const char *const dl_headers[] = {"Tide-Original-Subject", "Tide-Stream", "Tide-Consumer",
-                                         "Tide-Sequence", "Tide-Deliveries", "Tide-Reason",
-                                         "Tide-Error", "Tide-Stage", "Tide-Script", NULL};
 
 /* ---- what http.c asks ------------------------------------------------------- */
 
@@ -90,18 +86,10 @@ static char *header(const slog_rec_t *r, const char *name)
     return v ? mem_dup(v, vl) : NULL;
 }
 
-static int is_dl_header(const char *name, size_t n)
-{
-    for (int i = 0; dl_headers[i]; i++)
-        if (strlen(dl_headers[i]) == n && !strncasecmp(dl_headers[i], name, n))
-            return 1;
-    return 0;
-}
-
 static void add_own_header(void *ctx, const char *n, size_t nl, const char *v, size_t vl)
 {
     cJSON *h = ctx;
-    if (is_dl_header(n, nl))
+    if (dead_letter_is_header(n, nl))
         return;
     char name[256], val[4096];
     snprintf(name, sizeof name, "%.*s", (int)nl, n);
@@ -145,13 +133,8 @@ static cJSON *dead_letter_obj(const slog_rec_t *r)
     add_str(o, "subject", mem_dup(r->subject, r->subject_len));
     add_str(o, "original_subject", header(r, "Tide-Original-Subject"));
     char *reason = header(r, "Tide-Reason");
-    if (!reason) { /* the pipeline's: the stage that failed */
-        char *stage = header(r, "Tide-Stage");
-        if (stage && (reason = malloc(strlen(stage) + 8)))
-            sprintf(reason, "script:%s", stage);
-        free(stage);
-    }
-    add_str(o, "reason", reason);
+    add_str(o, "reason", reason ? reason : mem_dup("script", 6)); /* the pipeline's once had none */
+    add_str(o, "stage", header(r, "Tide-Stage"));
     add_str(o, "error", header(r, "Tide-Error"));
     add_num(o, "deliveries", header(r, "Tide-Deliveries"));
     add_str(o, "consumer", header(r, "Tide-Consumer"));
@@ -223,6 +206,7 @@ static void dlq_ls(streams_t *sm, const proto_msg_t *req)
         consumer_info_t ci;
         consumer_get_info(sm->consumers[i], &ci);
         json_add_uint(o, "dead_lettered", ci.dead_lettered);
+        json_add_uint(o, "dead_letters_lost", ci.dead_letters_lost);
         const char *sn = dlq_capturing_stream(sm, cfg->dead_letter, strlen(cfg->dead_letter));
         stream_t *st = sn ? streams_find(sm, sn, strlen(sn)) : NULL;
         if (st) {
@@ -282,7 +266,7 @@ typedef struct hbuf {
 static void keep_header(void *ctx, const char *n, size_t nl, const char *v, size_t vl)
 {
     hbuf_t *h = ctx;
-    if (is_dl_header(n, nl) || (nl == 11 && !strncasecmp(n, "Nats-Msg-Id", 11)) ||
+    if (dead_letter_is_header(n, nl) || (nl == 11 && !strncasecmp(n, "Nats-Msg-Id", 11)) ||
         (nl > 14 && !strncasecmp(n, "Nats-Expected-", 14)))
         return;
     buf_printf(&h->b, &h->len, &h->cap, "%.*s: %.*s\r\n", (int)nl, n, (int)vl, v);

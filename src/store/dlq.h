@@ -4,19 +4,19 @@
  * the HTTP face asks before and after it publishes.
  *
  * A dead letter is a message a consumer (or the script pipeline) published
- * to its dead_letter subject, with Tide-Original-Subject, Tide-Stream,
- * Tide-Consumer, Tide-Sequence, Tide-Deliveries, Tide-Reason and Tide-Error
- * headers (Tide-Stage, Tide-Script from the pipeline) before the event's own
- * headers.  Like any message it is stored when a stream captures that
- * subject; that stream is where `tide dlq show` and `tide dlq replay` look.
+ * to its dead_letter subject, built by dead_letter.h (which lists its
+ * Tide-* headers).  Like any message it is stored when a stream captures
+ * that subject; that stream is where `tide dlq show` and `tide dlq replay`
+ * look.
  *
  *   DLQ.LS      -> [{"consumer","stream","dead_letter","dead_lettered",
- *                    "dlq_stream","messages"}]  (consumers with a dead_letter)
+ *                    "dead_letters_lost","dlq_stream","messages"}]
+ *                  (consumers with a dead_letter)
  *   DLQ.SHOW    {"stream":S,"from_seq":n,"limit":n} or S
  *               -> {"stream":S,"dead_letters":[{"seq","time","subject",
- *                   "original_subject","reason","error","deliveries",
- *                   "consumer","source_stream","source_seq","headers",
- *                   "data"|"payload"}],"next_seq":n}
+ *                   "original_subject","reason","stage","error",
+ *                   "deliveries","consumer","source_stream","source_seq",
+ *                   "script","headers","data"|"payload"}],"next_seq":n}
  *   DLQ.REPLAY  {"stream":S,"seq":n} | {"stream":S,"all":true}
  *               -> {"ok":true,"stream":S,"replayed":n,"seqs":[...],
  *                   "stored":n,"duplicates":n,"refused":n}

@@ -11,6 +11,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "dead_letter.h"
 #include "dlq.h"
 #include "json_int.h"
 #include "log.h"
@@ -274,6 +275,11 @@ static size_t dedup_key_std(const proto_msg_t *m, char *out, size_t n)
 {
     size_t vl, sl;
     const char *v, *s;
+    /* A dead letter is its own message, whatever ids the event carries. */
+    if (m->hdr && (v = proto_header_find(m->hdr, m->hdr_len, DEAD_LETTER_ID_HEADER, &vl)) && vl && vl + 3 < n) {
+        int k = snprintf(out, n, "dl\x1f%.*s", (int)vl, v);
+        return (size_t)k;
+    }
     if (m->hdr && (v = proto_header_find(m->hdr, m->hdr_len, "Nats-Msg-Id", &vl)) && vl && vl < n) {
         memcpy(out, v, vl);
         return vl;
@@ -300,6 +306,8 @@ static size_t dedup_key_std(const proto_msg_t *m, char *out, size_t n)
     return k;
 }
 
+/* Stores m in st (or refuses it, answering its reply subject either way).
+ * Returns a CAPTURE_* code. */
 static int store_msg(stream_t *st, const proto_msg_t *m)
 {
     const char *reply = m->reply;
@@ -312,7 +320,7 @@ static int store_msg(stream_t *st, const proto_msg_t *m)
         (vl != strlen(st->cfg.name) || memcmp(v, st->cfg.name, vl))) {
         st->conflicts++;
         puback_error(st, reply, rlen, 400, 10060, "expected stream does not match");
-        return 1;
+        return CAPTURE_CONFLICT;
     }
     char key[1024];
     size_t klen = st->cfg.o.dedup_window > 0 ? dedup_key(st, m, key, sizeof key) : 0;
@@ -320,14 +328,14 @@ static int store_msg(stream_t *st, const proto_msg_t *m)
     if (klen && (dup = slog_dedup_find(l, key, klen))) {
         st->duplicates++;
         if (!reply)
-            return 1;
+            return CAPTURE_DUPLICATE;
         /* The first copy may not be durable yet: the repeat is answered
          * when (and as) the first one is. */
         if (dup <= slog_committed(l))
             puback(st, reply, rlen, dup, 1);
         else if (push_ack(st, dup, reply, rlen, 1) < 0)
             puback_error(st, reply, rlen, 503, 10077, "stream %s: out of memory", st->cfg.name);
-        return 1;
+        return CAPTURE_DUPLICATE;
     }
     uint64_t want;
     int h = header_u64(m, "Nats-Expected-Last-Sequence", &want);
@@ -336,7 +344,7 @@ static int store_msg(stream_t *st, const proto_msg_t *m)
         if (h < 0 || want != last) {
             st->conflicts++;
             puback_error(st, reply, rlen, 400, 10071, "wrong last sequence: %" PRIu64, last);
-            return 1;
+            return CAPTURE_CONFLICT;
         }
     }
     h = header_u64(m, "Nats-Expected-Last-Subject-Sequence", &want);
@@ -345,7 +353,7 @@ static int store_msg(stream_t *st, const proto_msg_t *m)
         if (h < 0 || want != last) {
             st->conflicts++;
             puback_error(st, reply, rlen, 400, 10071, "wrong last sequence: %" PRIu64, last);
-            return 1;
+            return CAPTURE_CONFLICT;
         }
     }
     slog_rec_t r = {0};
@@ -359,15 +367,26 @@ static int store_msg(stream_t *st, const proto_msg_t *m)
     r.payload_len = m->payload_len;
     uint64_t seq = slog_append(l, &r);
     if (!seq) {
+        /* Said once per outage (a publish without a reply hears nothing):
+         * the rest are counted in store_errors. */
+        int e = errno;
+        if (!st->refusing++)
+            log_error("stream %s: storing failed (%s): publishes are refused until the log works again", st->cfg.name,
+                      strerror(e));
         st->store_errors++;
-        puback_error(st, reply, rlen, 503, 10077, "stream %s: storing failed: %s", st->cfg.name, strerror(errno));
-        return 1;
+        puback_error(st, reply, rlen, 503, 10077, "stream %s: storing failed: %s", st->cfg.name, strerror(e));
+        return CAPTURE_FAILED;
+    }
+    if (st->refusing) {
+        log_info("stream %s: storing again, after %" PRIu64 " publish%s refused", st->cfg.name, st->refusing,
+                 st->refusing == 1 ? "" : "es");
+        st->refusing = 0;
     }
     st->stored++;
     st->last_appended = seq;
     if (reply && push_ack(st, seq, reply, rlen, 0) < 0)
         log_error("stream %s: out of memory: the PubAck for sequence %" PRIu64 " is lost", st->cfg.name, seq);
-    return 1;
+    return CAPTURE_STORED;
 }
 
 static int capture(void *ctx, const proto_msg_t *m)

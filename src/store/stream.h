@@ -130,6 +130,7 @@ typedef struct consumer_info {
     uint64_t pending;          /* events matching its filter not delivered yet */
     uint64_t in_flight;        /* delivered, waiting for their ack */
     uint64_t delivered, redelivered, acked, dead_lettered;
+    uint64_t dead_letters_lost; /* given up, and the dead letter reached no stream and no subscriber */
 } consumer_info_t;
 
 /* The stream called name, or with name NULL the i-th stream (0 ..

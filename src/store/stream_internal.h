@@ -40,6 +40,7 @@ typedef struct stream {
     int ncons;
     uint64_t stored, duplicates, conflicts, store_errors;
     uint64_t last_appended; /* for taking back `stored` when the log loses records */
+    uint64_t refusing;      /* publishes refused in a row because the log could not take them */
 } stream_t;
 
 struct streams {
@@ -81,6 +82,13 @@ struct cJSON *consumer_json(consumer_t *c);
 void consumer_get_info(consumer_t *c, consumer_info_t *out);
 /* Prometheus lines for n consumers: each metric's HELP, TYPE and samples together. */
 void consumer_metrics(consumer_t *const *cs, int n, char **buf, size_t *len, size_t *cap);
+
+/* What capture (stream.c) answers the server for a message: no stream
+ * takes it; stored now, or earlier (a duplicate within the dedup window);
+ * refused by an expected-stream or expected-sequence header; storing
+ * failed.  The refusals are counted by the stream (conflicts,
+ * store_errors). */
+enum { CAPTURE_NONE = 0, CAPTURE_STORED = 1, CAPTURE_DUPLICATE = 2, CAPTURE_CONFLICT = -1, CAPTURE_FAILED = -2 };
 
 /* stream.c */
 stream_t *streams_find(struct streams *sm, const char *name, size_t len);
