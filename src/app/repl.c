@@ -410,6 +410,10 @@ static int h_rules(lua_State *L)
         if (dropped)
             out(", dropped %d", (int)dropped->valuedouble);
         out("\n");
+        cJSON *le = cJSON_GetObjectItem(rule, "last_error"), *at = cJSON_GetObjectItem(le, "at"),
+              *msg = cJSON_GetObjectItem(le, "message");
+        if (cJSON_IsString(at) && cJSON_IsString(msg))
+            out("           last error, raised at %s: %s\n", at->valuestring, msg->valuestring);
         n++;
     }
     if (!n)

@@ -235,11 +235,56 @@ void budget_error(state_t *st, int budget)
         lua_pushfstring(L, "memory budget exceeded (%I bytes)", (lua_Integer)st->limits.memory);
 }
 
+/* How frame ar is named in a traceback, as Lua's own traceback does. */
+static void frame_name(const lua_Debug *ar, char *out, size_t n)
+{
+    if (ar->namewhat && *ar->namewhat)
+        snprintf(out, n, "%s '%s'", ar->namewhat, ar->name ? ar->name : "?");
+    else if (ar->what && *ar->what == 'm')
+        snprintf(out, n, "main chunk");
+    else
+        snprintf(out, n, "function <%s:%d>", ar->short_src, ar->linedefined);
+}
+
+/*
+ * Records where the error being raised comes from: the first Lua frame
+ * (file:line) in st->err_at and up to TRACE_FRAMES Lua frames, innermost
+ * first, in st->err_trace ("file:line: in function 'f'", one a line).
+ * It allocates nothing, so it also runs while a budget stop unwinds:
+ * lua_getinfo fills a lua_Debug and the text goes to the state's buffers.
+ */
+static void note_traceback(lua_State *L, state_t *st)
+{
+    lua_Debug ar;
+    size_t o = 0;
+    int frames = 0;
+    st->err_at[0] = st->err_trace[0] = '\0';
+    for (int level = 1; level < 64 && frames < TRACE_FRAMES && lua_getstack(L, level, &ar); level++) {
+        if (!lua_getinfo(L, "Slnt", &ar) || ar.currentline <= 0)
+            continue; /* a C function: no file:line */
+        char name[160];
+        frame_name(&ar, name, sizeof name);
+        if (!frames)
+            snprintf(st->err_at, sizeof st->err_at, "%s:%d", ar.short_src, ar.currentline);
+        /* The frames a tail call replaced are gone: say so, as Lua does. */
+        int n = snprintf(st->err_trace + o, sizeof st->err_trace - o, "%s%s:%d: in %s%s", frames ? "\n" : "",
+                         ar.short_src, ar.currentline, name, ar.istailcall ? "\n(...tail calls...)" : "");
+        if (n < 0 || (size_t)n >= sizeof st->err_trace - o) {
+            st->err_trace[o] = '\0'; /* whole frames only */
+            break;
+        }
+        o += (size_t)n;
+        frames++;
+    }
+}
+
 /* Message handler for lua_pcall.  While a budget stop unwinds it must not
  * allocate: the stop's own message is returned as it is. */
 int budget_on_error(lua_State *L)
 {
     state_t *st = state_of(L);
+    if (st)
+        note_traceback(L, st);
     if (st && st->budget) {
         lua_rawgetp(L, LUA_REGISTRYINDEX, &budget_keys[st->budget]);
         return 1;
@@ -270,8 +315,10 @@ int budget_call(state_t *st, int nargs, int nres)
     int rc = lua_pcall(L, nargs, nres, base);
     int budget = budget_end(st, &outer);
     lua_remove(L, base);
-    if (rc != LUA_OK)
+    if (rc != LUA_OK) {
         budget_error(st, budget);
+        st->err_at[0] = st->err_trace[0] = '\0'; /* no rule failed: nobody reads them */
+    }
     return rc;
 }
 

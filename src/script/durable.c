@@ -227,9 +227,11 @@ static int push_upgraded(lua_State *L, state_t *st, durable_call_t *c, int i, ev
     rule_t *failed;
     if (script_upgrade_possible(st, &c->msgs[i]) && run_upgraders(L, st, idx, &failed, 0) < 0) {
         stream_verdict_t nv = {VERDICT_NAK, -1, ""};
+        char msg[3000];
         snprintf(nv.error, sizeof nv.error, "upgrade %s v%d (%s): %s", failed->pattern, (int)failed->from_version,
                  failed->where, lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
-        log_rate_limited(st->host, nv.error);
+        rule_failure_text(msg, sizeof msg, failed, "%s", nv.error);
+        log_rate_limited(st->host, msg);
         c->v[i] = nv;
         lua_settop(L, idx);
         event_expire_ptr(*ev);
@@ -266,8 +268,9 @@ static int durable_entry(lua_State *L)
                 script_set_handled(L, st, 0);
                 take_verdict(L, rc, &c->v[i]);
                 if (rc != LUA_OK) {
-                    char msg[1200];
-                    snprintf(msg, sizeof msg, "handler %s (consumer %s): %s", r->where, r->consumer, c->v[i].error);
+                    char msg[3000];
+                    rule_failure_text(msg, sizeof msg, r, "handler %s (consumer %s): %s", r->where, r->consumer,
+                                      c->v[i].error);
                     log_rate_limited(c->h, msg);
                 }
                 event_expire_ptr(ev);
@@ -298,9 +301,9 @@ static int durable_entry(lua_State *L)
             stream_verdict_t v = {VERDICT_ACK, -1, ""};
             take_verdict(L, rc, &v);
             if (rc != LUA_OK) {
-                char msg[1200];
-                snprintf(msg, sizeof msg, "batch handler %s (consumer %s, %d events): %s", r->where, r->consumer, m,
-                         v.error);
+                char msg[3000];
+                rule_failure_text(msg, sizeof msg, r, "batch handler %s (consumer %s, %d events): %s", r->where,
+                                  r->consumer, m, v.error);
                 log_rate_limited(c->h, msg);
             }
             for (int j = 0; j < m; j++) {

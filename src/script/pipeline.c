@@ -413,21 +413,57 @@ static double elapsed_ms(const struct timespec *t0)
     return (double)(t1.tv_sec - t0->tv_sec) * 1e3 + (double)(t1.tv_nsec - t0->tv_nsec) / 1e6;
 }
 
+void rule_note_error(state_t *st, rule_t *r, const char *msg, int from_lua)
+{
+    r->errors++;
+    if (!from_lua)
+        st->host->st.errors++; /* Lua errors are counted by budget_error */
+    snprintf(r->last_error, sizeof r->last_error, "%s", msg ? msg : "error");
+    if (from_lua && st->err_at[0]) {
+        snprintf(r->last_error_at, sizeof r->last_error_at, "%s", st->err_at);
+        snprintf(r->last_trace, sizeof r->last_trace, "%s", st->err_trace);
+    } else { /* not raised in Lua (a bad answer), or nothing recorded: the rule itself */
+        snprintf(r->last_error_at, sizeof r->last_error_at, "%s", r->where);
+        r->last_trace[0] = '\0';
+    }
+    r->last_error_time = time(NULL);
+    st->err_at[0] = st->err_trace[0] = '\0';
+}
+
+void rule_failure_text(char *out, size_t n, const rule_t *r, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(out, n, fmt, ap);
+    va_end(ap);
+    if (!r || !r->last_trace[0] || k < 0 || (size_t)k >= n)
+        return;
+    k += snprintf(out + k, n - (size_t)k, "\n    stack traceback:");
+    for (const char *p = r->last_trace; *p && k > 0 && (size_t)k < n;) {
+        size_t len = strcspn(p, "\n");
+        k += snprintf(out + k, n - (size_t)k, "\n        %.*s", (int)len, p);
+        p += len + (p[len] == '\n');
+    }
+}
+
 /*
  * Dead-letters event m after a failure at stage (rule r; NULL when the
- * pipeline itself failed): logs the failure (rate limited), publishes the dead letter to <dead_letter>.<subject>
+ * pipeline itself failed): logs the failure with its traceback (rate
+ * limited), publishes the dead letter to <dead_letter>.<subject>
  * (dead_letter.h) and counts it, or counts and logs its loss.
  */
 void pipeline_dead_letter(script_host_t *h, state_t *st, const proto_msg_t *m, const char *stage, const rule_t *r,
                           const char *error)
 {
-    char line[1200], why[400];
-    snprintf(line, sizeof line, "%s at %s: %s (event on %.*s)", stage, r ? r->where : "(pipeline)", error,
-             (int)(m->subject_len > 200 ? 200 : m->subject_len), m->subject);
+    char line[3000], why[400];
+    rule_failure_text(line, sizeof line, r, "%s at %s: %s (event on %.*s)", stage, r ? r->where : "(pipeline)", error,
+                      (int)(m->subject_len > 200 ? 200 : m->subject_len), m->subject);
     log_rate_limited(h, line);
     h->st.dead_letters++;
     if (h->trace)
-        tracef(h, 0, "  ERROR    %s   -> %s.%.*s", line, st->limits.dead_letter, (int)m->subject_len, m->subject);
+        tracef(h, 0, "  ERROR    %s at %s: %s%s%s   -> %s.%.*s", stage, r ? r->where : "(pipeline)", error,
+               r ? ", raised at " : "", r ? r->last_error_at : "", st->limits.dead_letter, (int)m->subject_len,
+               m->subject);
     dead_letter_facts_t f = {.to = st->limits.dead_letter, .per_subject = 1, .reason = "script", .stage = stage,
                              .error = error, .script = r ? r->where : "(pipeline)"};
     if (dead_letter_send(h->srv, m, &f, why, sizeof why) != DEAD_LETTER_LOST)
@@ -490,7 +526,7 @@ int script_call_rule_meta(state_t *st, rule_t *r, int ev_idx, int meta_idx)
     lua_remove(L, base);
     if (rc != LUA_OK) {
         budget_error(st, budget);
-        r->errors++;
+        rule_note_error(st, r, lua_tostring(L, -1), 1);
     }
     note_latency(st->host, elapsed_ms(&t0));
     return rc;
@@ -516,6 +552,7 @@ int run_upgraders(lua_State *L, state_t *st, int ev_idx, rule_t **failed, int td
         if (!lua_isnil(L, -1) && !lua_rawequal(L, -1, ev_idx)) {
             lua_pushfstring(L, "upgrader for %s v%d must return the event it was given (or nothing)", r->pattern,
                             (int)r->from_version);
+            rule_note_error(st, r, lua_tostring(L, -1), 0);
             return -1;
         }
         lua_pop(L, 1);
@@ -711,10 +748,13 @@ int run_event(lua_State *L)
         if (t != LUA_TSTRING && t != LUA_TTABLE) {
             lua_pushfstring(L, "route returned a %s (expected nil, false, a subject or a list of subjects)",
                             lua_typename(L, t));
+            rule_note_error(st, r, lua_tostring(L, -1), 0);
             return fail_rule(L, run, "route", r);
         }
-        if (take_destinations(L, run) < 0)
+        if (take_destinations(L, run) < 0) {
+            rule_note_error(st, r, lua_tostring(L, -1), 0);
             return fail_rule(L, run, "route", r);
+        }
         r->routed++;
         lua_pop(L, 1);
         if (tr) {
@@ -886,7 +926,7 @@ static void run_one(script_host_t *h, client_t *from, const proto_msg_t *m, int 
          * budget_call would have. */
         rule_t *r = run.calling;
         budget_error(st, budget_end(st, &run.outer));
-        r->errors++;
+        rule_note_error(st, r, lua_tostring(L, -1), 1);
         note_latency(h, elapsed_ms(&run.t0));
         run.stage = run.calling_stage;
         run.failed = r;

@@ -381,6 +381,27 @@ void script_get_stats(const script_host_t *h, script_stats_t *out)
     out->rules = h->cur ? (int)h->cur->nrules : 0;
 }
 
+/* {"message","at","time","traceback":[frames]} of r's last error. */
+static cJSON *last_error_json(const rule_t *r)
+{
+    cJSON *e = cJSON_CreateObject(), *tb = cJSON_CreateArray();
+    char t[64];
+    cJSON_AddStringToObject(e, "message", r->last_error);
+    cJSON_AddStringToObject(e, "at", r->last_error_at);
+    util_time_ns((int64_t)r->last_error_time * 1000000000, t, sizeof t);
+    cJSON_AddStringToObject(e, "time", t);
+    for (const char *p = r->last_trace; *p;) {
+        size_t n = strcspn(p, "\n");
+        char *frame = mem_dup(p, n);
+        if (frame)
+            cJSON_AddItemToArray(tb, cJSON_CreateString(frame));
+        free(frame);
+        p += n + (p[n] == '\n');
+    }
+    cJSON_AddItemToObject(e, "traceback", tb);
+    return e;
+}
+
 void script_rules_json(const script_host_t *h, char **buf, size_t *len)
 {
     cJSON *arr = cJSON_CreateArray();
@@ -400,6 +421,8 @@ void script_rules_json(const script_host_t *h, char **buf, size_t *len)
             json_add_uint(o, "dropped", r->dropped);
         if (r->kind == RULE_ROUTE)
             json_add_uint(o, "routed", r->routed);
+        if (r->last_error_time)
+            cJSON_AddItemToObject(o, "last_error", last_error_json(r));
         cJSON_AddItemToArray(arr, o);
     }
     *buf = arr ? json_print(arr, len) : NULL;

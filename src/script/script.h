@@ -152,7 +152,10 @@ int script_admin_eval(const script_host_t *h);
 /* True while an event is in the pipeline (reload must wait). */
 int script_is_processing(const script_host_t *h);
 
-/* Appends a JSON array describing every rule (kind, pattern, where, counters) to buf. */
+/* A JSON array describing every rule (kind, pattern, where, counters, and
+ * "last_error": {"message", "at" (file:line where it was raised), "time",
+ * "traceback": ["file:line: in ...", ...]} once it failed), malloc'd into
+ * *buf (caller frees; NULL when out of memory). */
 void script_rules_json(const script_host_t *h, char **buf, size_t *len);
 
 struct streams;

@@ -54,6 +54,8 @@
 #define MATCH_CACHE_MAX 4096
 #define UPGRADE_CHAIN_MAX 64
 #define ERROR_LOG_INTERVAL 10
+#define TRACE_FRAMES 12      /* Lua frames a rule error's traceback keeps (the innermost) */
+#define TRACE_TEXT_MAX 1024  /* bytes of that traceback */
 /* Stack slot of each state's main thread that holds the run_event closure
  * for the state's whole life (its upvalue 1 anchors the event in the
  * pipeline; upvalue 2 is the event metatable). */
@@ -72,6 +74,13 @@ typedef struct rule {
     int fn_ref;
     char where[200]; /* "file.lua:12" of the function */
     uint64_t calls, errors, dropped, routed;
+    /* The last error: its message, where it was raised (file:line; the
+     * rule's own line when it was not raised in Lua, such as a route's
+     * bad answer), its Lua frames one a line, and when (0: never). */
+    char last_error[512];
+    char last_error_at[200];
+    char last_trace[TRACE_TEXT_MAX];
+    time_t last_error_time;
     char consumer[64]; /* RULE_DURABLE: the consumer it takes events from */
     int batch;         /* RULE_DURABLE: events per call (1: one event, not a list) */
     double wait;       /* RULE_DURABLE: seconds a batch may wait to fill */
@@ -131,6 +140,11 @@ typedef struct state {
     struct timespec deadline;
     int cur_depth;   /* depth of the event being handled */
     int cur_ev_idx;  /* its stack index, for ctx.publish, or 0 */
+    /* Where the last error that reached a protected call was raised
+     * (file:line of its first Lua frame) and its Lua frames, one a line;
+     * written by budget_on_error, read and cleared by rule_note_error. */
+    char err_at[200];
+    char err_trace[TRACE_TEXT_MAX];
     /* Settings the entry file declared. */
     int has_listen;
     char listen_host[256];
@@ -227,9 +241,18 @@ int budget_end(state_t *st, const budget_saved_t *outer);
 /* Counts a failed call; for a budget stop, replaces the error message on
  * top of the stack by one that names the limit. */
 void budget_error(state_t *st, int budget);
-/* Message handler for protected calls of scripts (never allocates while a
- * budget stop unwinds). */
+/* Message handler for protected calls of scripts: records where the error
+ * was raised and its traceback in st->err_at / err_trace (never allocates
+ * while a budget stop unwinds). */
 int budget_on_error(lua_State *L);
+/* Counts a failure of rule r and keeps it as r's last error: msg, and
+ * where it was raised (st->err_at when from_lua, else the rule's line)
+ * with the traceback budget_on_error recorded, which it clears. */
+void rule_note_error(state_t *st, rule_t *r, const char *msg, int from_lua);
+/* The log text of a failure of rule r (may be NULL): the printf line,
+ * then r's last traceback, one frame a line, when it has one. */
+void rule_failure_text(char *out, size_t n, const rule_t *r, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 void charge(lua_State *L, state_t *st, double work);
 int load_file(state_t *st, const char *path, const char *chunkname);
 void chunk_name(const script_host_t *h, const char *path, char *out, size_t n);
