@@ -74,7 +74,7 @@ consumer "shipper" { stream = "orders", deliver = "ship.orders", ack_wait = "200
     assert.matches('"seq":' .. BASE .. ',', got, 1, true)
     local evs = admin(srv, "STREAM.EVENTS", '{"stream":"orders","from_seq":' .. BASE .. '}')
     assert.matches('"seq":' .. BASE .. ',', evs, 1, true)
-    assert.matches('"next_seq":' .. (BASE + 1) .. '}', evs, 1, true)
+    assert.matches('"next_seq":' .. (BASE + 1) .. ',"more":false}', evs, 1, true)
 
     local dlseq = BASE + 2
     assert(h.wait_until(function()

@@ -404,3 +404,41 @@ describe("tide.kv under a careless rule", function()
     assert(ok, err)
   end)
 end)
+
+describe("admin answers one client can blow up", function()
+  it("answers STREAM.EVENTS in bounded pages, whatever limit is asked, and export still gets every event", function()
+    local srv = h.start_scripted([[
+      storage { dir = "data" }
+      stream "big" { subjects = { "big.>" }, fsync = "never" }
+    ]])
+    local ok, err = pcall(function()
+      local pub = h.connect(srv.port)
+      pub:send("CONNECT {\"verbose\":false}\r\n")
+      local payload = ("y"):rep(1024)
+      local chunk = {}
+      for i = 1, 100 do chunk[i] = ("PUB big.x %d\r\n%s\r\n"):format(#payload, payload) end
+      chunk = table.concat(chunk)
+      for _ = 1, 30 do pub:send(chunk) end
+      pub:ping()
+      local normal = h.connect(srv.port)
+      normal:send("CONNECT {\"verbose\":false}\r\n")
+      local worst = 0
+      for _ = 1, 10 do
+        local m = assert(h.request(srv.port, "$TIDE.ADMIN.STREAM.EVENTS", '{"stream":"big","limit":100000000}'))
+        assert.is_true(#m.payload < 1024 * 1024, ("an answer of %d bytes"):format(#m.payload))
+        local a = json.decode(m.payload)
+        assert.is_true(a.more)
+        assert.is_true(#a.events >= 1 and #a.events < 3000)
+        worst = math.max(worst, ping_ms(normal))
+      end
+      assert.is_true(worst < 50, ("PING took %.1f ms"):format(worst))
+      local rc, out = h.sh(("{ %s stream export big -s 127.0.0.1:%d 2>/dev/null; } | wc -l"):format(h.bin, srv.port))
+      assert.are.equal(0, rc)
+      assert.are.equal(3000, tonumber(out))
+      pub:close()
+      normal:close()
+    end)
+    srv:stop()
+    assert(ok, err)
+  end)
+end)

@@ -1136,11 +1136,14 @@ static int stream_events(ops_t *o, const char *name, const ops_args_t *a, int ex
             got++;
         }
         uint64_t nn = juint(r, "next_seq", 0);
+        int more = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "more"));
         cJSON_Delete(r);
         n += got;
         if (left > 0)
             left -= got;
-        if (got < page || nn <= next)
+        /* A page can end early (the server bounds its size): go on while
+         * it says there is more. */
+        if ((got < page && !more) || nn <= next)
             break;
         next = nn;
     }

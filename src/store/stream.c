@@ -829,7 +829,13 @@ static int64_t parse_time(const char *s)
 }
 
 /* {"stream":..,"subject":pattern,"since":t,"until":t,"from_seq":n,"limit":n}
- * -> {"events":[...],"next_seq":n}: the event-store queries. */
+ * -> {"events":[...],"next_seq":n,"more":bool}: the event-store queries.
+ * One answer is a bounded page: at most EVENTS_PAGE events, about
+ * EVENTS_BYTES of them, EVENTS_SCAN records looked at (so a request never
+ * holds the loop long); "more" says to ask again from next_seq. */
+#define EVENTS_PAGE 1000
+#define EVENTS_BYTES (512 * 1024)
+#define EVENTS_SCAN 100000
 static char *stream_events_json(streams_t *sm, const char *req, size_t rl, char *err, size_t errsz, size_t *len)
 {
     cJSON *q = json_parse_exact(req, rl); /* sequences past 2^53 stay exact */
@@ -857,8 +863,8 @@ static char *stream_events_json(streams_t *sm, const char *req, size_t rl, char 
         return NULL;
     }
     uint64_t limit, from;
-    if (json_get_uint_member(q, "limit", &limit) < 0 || limit < 1)
-        limit = 1000;
+    if (json_get_uint_member(q, "limit", &limit) < 0 || limit < 1 || limit > EVENTS_PAGE)
+        limit = EVENTS_PAGE;
     slog_info_t in;
     slog_get_info(st->log, &in);
     uint64_t seq = since > 0 ? slog_seq_at_time(st->log, since) : in.first_seq;
@@ -866,18 +872,28 @@ static char *stream_events_json(streams_t *sm, const char *req, size_t rl, char 
         seq = from;
     cJSON *o = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(o, "events");
     uint64_t n = 0, scanned = 0;
-    for (; seq <= in.committed_seq && n < limit && scanned < 10000000; seq++, scanned++) {
+    size_t bytes = 0;
+    int more = 0, ended = 0;
+    for (; seq <= in.committed_seq; seq++, scanned++) {
+        if (n >= limit || scanned >= EVENTS_SCAN || bytes >= EVENTS_BYTES) {
+            more = 1; /* a bounded page: the rest from next_seq */
+            break;
+        }
         slog_rec_t r;
         if (slog_read(st->log, seq, &r, &sm->rbuf, &sm->rcap) <= 0)
             continue;
-        if (r.ts > until)
+        if (r.ts > until) {
+            ended = 1;
             break;
+        }
         if (pat && !subject_matches(pat, strlen(pat), r.subject, r.subject_len))
             continue;
         cJSON_AddItemToArray(arr, record_obj(st, &r));
+        bytes += 160 + r.subject_len + r.hdr_len + r.payload_len * 2; /* about what it prints as */
         n++;
     }
     json_add_uint(o, "next_seq", seq);
+    cJSON_AddBoolToObject(o, "more", more && !ended);
     cJSON_Delete(q);
     return print(o, len);
 }
