@@ -148,6 +148,36 @@ filter("view.raw", function(e)
   return true
 end)
 
+-- What a rule is handed for a payload: e.data's type and JSON text, e.type, the bytes.
+filter("strict", function(e)
+  local d = e.data
+  local text = d == nil and "nil" or tide.json.encode(d)
+  e.headers["X-Seen"] = table.concat({ type(d), text, tostring(e.type), tostring(#e.raw) }, "|")
+  return true
+end)
+filter("strict.bin", function(e)
+  local d = e.data
+  local text = type(d) == "string" and d:gsub("%z", "\\0") or tide.json.encode(d)
+  e.headers["X-Seen"] = table.concat({ type(d), text, tostring(e.type), tostring(#e.raw) }, "|")
+  return true
+end)
+
+filter("strict.decode", function(e)
+  local r = {}
+  for _, s in ipairs { '"a\tb"', '"a\0b"', "012", "2.", "-.5", "1e", "+1", ".5", "0.e1", "1.5e+", "-01",
+      "\f1", "[1,\0 2]", "[1] x", "\239\187\191 7", '"\\uZZZZ"', '"\\udc00"', '"\\ud800"',
+      '"\\ud800\\u0041"', '"\255"', '"\192\175"', '"\237\160\128"', '"\244\144\128\128"' } do
+    local v, err = tide.json.decode(s)
+    r[#r + 1] = tostring(v) .. "/" .. tostring(err)
+  end
+  for _, s in ipairs { " [ 0, -0, 1e5, 1E+5, -1.5e-3 ]\r\n", '"\240\159\152\128\127"' } do
+    local v = tide.json.decode(s)
+    r[#r + 1] = tide.json.encode(v)
+  end
+  e.headers["X-Decode"] = table.concat(r, " ")
+  return true
+end)
+
 filter("lazy.subject", function(e)
   return e.subject == "lazy.subject" and e.headers["X-Keep"] == "yes" and e.reply == nil
 end)
@@ -410,12 +440,13 @@ describe("values read from the payload's bytes", function()
       assert.are.equal("nil|nil|view.raw|1|" .. #p, header(m, "X-Raw"), p)
       assert.are.equal(p, m.payload)
     end
-    -- cJSON's rules decide what is JSON: these are
-    for p, want in pairs { ['-.5'] = "-0.5|number", ['1.'] = "1.0|number", ['\t [ ]\r\n'] = "[]|userdata",
-        ['\239\187\191 7'] = "7|number", ['"\\uZZZZ"'] = "|string" } do
+    -- RFC 8259 decides what is JSON: these are not (cJSON took them)
+    for _, p in ipairs { '-.5', '1.', '\239\187\191 7', '"\\uZZZZ"', '\0 1' } do
       local m = roundtrip("view.raw", p)
-      assert.are.equal(want .. "|view.raw|1|" .. #p, header(m, "X-Raw"), p)
+      assert.are.equal("nil|nil|view.raw|1|" .. #p, header(m, "X-Raw"), p)
     end
+    local m = roundtrip("view.raw", '\t [ ]\r\n')
+    assert.are.equal("[]|userdata|view.raw|1|7", header(m, "X-Raw"))
   end)
 end)
 
@@ -446,5 +477,111 @@ describe("lazy decoding", function()
     local after = h.stats(srv.port).scripts
     assert.are.equal(before.decodes + 3, after.decodes)
     c:close()
+  end)
+end)
+
+-- Publishes each payload on subject (with headers when given) over one
+-- connection and returns the messages delivered for them, in order.
+local function roundtrip_all(subject, payloads, headers)
+  local c = listener(subject)
+  local p = h.connect(srv.port)
+  p:send('CONNECT {"headers":true}\r\n')
+  for _, pl in ipairs(payloads) do
+    if headers then p:hpub(subject, headers, pl) else p:pub(subject, pl) end
+  end
+  assert(p:until_pong())
+  p:close()
+  local msgs = c:collect(#payloads, 10)
+  c:close()
+  assert.are.equal(#payloads, #msgs, "deliveries on " .. subject .. "; log: " .. srv:log():sub(-600))
+  return msgs
+end
+
+local function nest(n, inner)
+  return ("["):rep(n) .. (inner or "") .. ("]"):rep(n)
+end
+
+-- Not JSON by RFC 8259; each is also tried as the data of an envelope.
+local NOT_JSON_VALUES = {
+  -- control characters (any byte below 0x20) raw inside a string
+  '"a\tb"', '"a\nb"', '"\1"', '"a\0b"', '"\31"',
+  -- \u escapes: bad hex, lone low surrogate, high surrogate without a low one
+  '"\\uZZZZ"', '"\\u12"', '"\\u00g0"', '"\\udc00"', '"\\ud800"', '"\\ud800x"', '"\\ud800\\u0041"',
+  '"\\ud800\\ud800"', '"\\udbff\\n"', '"\\x"', '"\\U0041"',
+  -- numbers outside the grammar
+  '012', '-01', '2.', '-.5', '0.e1', '+1', '1e', '.5', '1.5e+', '-', '1.e5', '0x10', '1e+', 'NaN',
+  '-Infinity', '00', '1.5E', '--1', '1..2', '1ee2',
+  -- invalid UTF-8 inside a string: a bad lead byte, a lone continuation, an
+  -- overlong form, a surrogate, past U+10FFFF, cut short
+  '"\255"', '"\128"', '"\192\175"', '"\224\128\128"', '"\237\160\128"', '"\244\144\128\128"', '"\226\130"',
+  '"\248\136\128\128\128"', '"\240\144\128"',
+}
+
+-- Not JSON as whole texts: bytes between tokens, NUL, trailing garbage, a BOM.
+local NOT_JSON_TEXTS = {
+  '\f1', '\v[]', '[1,\0 2]', '\0 1', '1 \0', '[1\31]', '{"a":\0 1}', '[1]\0', '\0',
+  '{} x', '[1] ]', '1 2', 'nullx', 'true false', '{"data":1}}', '"a" "b"', '[1,]', '{"a":1,}',
+  '\239\187\191 7', '\239\187\191{"data":1}', '\239\187\191',
+  nest(1001), '{"data":' .. nest(1000) .. '}',
+}
+
+describe("reading strictly by RFC 8259", function()
+  it("leaves every text that is not JSON raw: the rule gets no decoded data, the bytes travel as sent", function()
+    local payloads = {}
+    for _, v in ipairs(NOT_JSON_VALUES) do
+      payloads[#payloads + 1] = v
+      payloads[#payloads + 1] = '{"specversion":"1.0","data":' .. v .. '}'
+      payloads[#payloads + 1] = '[' .. v .. ']'
+    end
+    for _, t in ipairs(NOT_JSON_TEXTS) do payloads[#payloads + 1] = t end
+    local msgs = roundtrip_all("strict", payloads)
+    for i, p in ipairs(payloads) do
+      assert.are.equal("nil|nil|strict|" .. #p, header(msgs[i], "X-Seen"), ("%q"):format(p))
+      assert.are.equal(p, msgs[i].payload)
+    end
+  end)
+
+  it("decodes every valid text, at the edges of each rule", function()
+    local cases = { -- payload, e.data's type, tide.json.encode(e.data)
+      { '[0,-0,1e5,1E+5,-1.5e-3,10,0.5,0E0,-0.0e-0,123456789012345678901234567890]', "userdata",
+        '[0,-0,1e5,1E+5,-1.5e-3,10,0.5,0E0,-0.0e-0,123456789012345678901234567890]' },
+      { ' \t\r\n[ \t\r\n1 \t\r\n, \t\r\n{ "a" : 2 } ] \t\r\n', "userdata", '[1,{"a":2}]' },
+      -- DEL, U+FFFF, U+10FFFF, the first of each UTF-8 length, pairs of surrogates
+      { '"\127 \239\191\191 \244\143\191\191 \194\128 \224\160\128 \240\144\128\128 \\ud83d\\ude00 \\uDBFF\\uDFFF"',
+        "string",
+        '"\127 \239\191\191 \244\143\191\191 \194\128 \224\160\128 \240\144\128\128 \240\159\152\128 \244\143\191\191"' },
+      { '"\\" \\\\ \\/ \\b \\f \\n \\r \\t \\u0041 \\u00e9 \\uFFFF"', "string",
+        '"\\" \\\\ / \\b \\f \\n \\r \\t A \195\169 \239\191\191"' },
+      { nest(1000), "userdata", nest(1000) },
+      { '{"data":' .. nest(999) .. '}', "userdata", nest(999) },
+      { '""', "string", '""' }, { '0', "number", '0' }, { '-0.5e+7', "number", '-5000000.0' },
+      { 'null', "table", 'null' }, { 'true', "boolean", 'true' },
+    }
+    local payloads = {}
+    for i, c in ipairs(cases) do payloads[i] = c[1] end
+    local msgs = roundtrip_all("strict", payloads)
+    for i, c in ipairs(cases) do
+      assert.are.equal(c[2] .. "|" .. c[3] .. "|strict|" .. #c[1], header(msgs[i], "X-Seen"), ("%q"):format(c[1]))
+      assert.are.equal(c[1], msgs[i].payload)
+    end
+  end)
+
+  it("takes a binary-mode payload that is not JSON as a string of its bytes", function()
+    local hdr = { { "ce-specversion", "1.0" }, { "ce-type", "t" }, { "ce-id", "1" } }
+    local payloads = { '{"a":01}', '"a\tb"', '[1,]', '{"a":1}' }
+    local msgs = roundtrip_all("strict.bin", payloads, hdr)
+    assert.are.equal('string|{"a":01}|t|8', header(msgs[1], "X-Seen"))
+    assert.are.equal('string|"a\tb"|t|5', header(msgs[2], "X-Seen"))
+    assert.are.equal('string|[1,]|t|4', header(msgs[3], "X-Seen"))
+    assert.are.equal('userdata|{"a":1}|t|7', header(msgs[4], "X-Seen"))
+  end)
+
+  it("makes tide.json.decode refuse what is not JSON and decode what is", function()
+    local m = roundtrip("strict.decode", "x")
+    local want = {}
+    for _ = 1, 23 do want[#want + 1] = "nil/invalid JSON" end
+    want[#want + 1] = "[0,-0,1e5,1E+5,-1.5e-3]"
+    want[#want + 1] = '"\240\159\152\128\127"'
+    assert.are.equal(table.concat(want, " "), header(m, "X-Decode"))
   end)
 end)

@@ -242,7 +242,7 @@ static void on_puback(void *ctx, const proto_msg_t *m)
         return; /* late (after a timeout) or not ours */
     /* Only a stream's answer counts: a subscriber may answer the reply
      * subject too (it sees it on the event). */
-    cJSON *ack = json_parse_exact(m->payload, m->payload_len); /* "seq" goes out as it came */
+    cJSON *ack = json_parse_owned(m->payload, m->payload_len); /* "seq" goes out as it came */
     if (!cJSON_IsObject(ack) || !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(ack, "stream"))) {
         cJSON_Delete(ack);
         return;

@@ -1,5 +1,6 @@
-/* json.c - the JSON codec: cJSON with exact numbers, and the token tape;
- * see json.h.  Knows no Lua (script/json_lua.c builds on it). */
+/* json.c - the JSON codec: the strict scanner (a tape of tokens), and
+ * cJSON with exact numbers; see json.h.  Knows no Lua (script/json_lua.c
+ * builds on it). */
 #include <errno.h>
 #include <math.h>
 #include <stddef.h>
@@ -175,8 +176,8 @@ cJSON *json_parse(const char *text, size_t len, char **nums)
 {
     const char *end = NULL;
     *nums = NULL;
-    if (len == 0)
-        return NULL;
+    if (json_scan(text, len, NULL, 0) < 0)
+        return NULL; /* cJSON reads more than JSON: the scanner decides */
     cJSON *v = cJSON_ParseWithLengthOpts(text, len, &end, 0);
     if (!v)
         return NULL;
@@ -211,133 +212,169 @@ char *json_print(const cJSON *v, size_t *len)
     return out;
 }
 
-/* ---- scanning: a tape of tokens instead of a tree --------------------------- */
-
 /*
- * json_scan follows cJSON 1.7's parser rule for rule, so that a payload is
- * JSON (or not) exactly as it was when cJSON decided:
- *   - a UTF-8 BOM is skipped when the text has 5 bytes or more;
- *   - whitespace is any byte <= 32 (NUL too), except after the top value,
- *     where json_parse allows only space, tab, CR and LF;
- *   - a number starts with '-' or a digit, and is what strtod reads of the
- *     run of [0-9+-.eE] that follows (as patched in Debian's 1.7.15, with no
- *     63-byte limit); when strtod stops before the run ends the document is
- *     not JSON;
- *   - a string ends at the first quote not paired with a backslash; any
- *     byte may appear raw; escapes are \b \f \n \r \t \" \\ \/ and \uXXXX,
- *     where a bad hex digit reads as U+0000, a low surrogate alone fails and
- *     a high one needs a low one;
- *   - at most 1000 nested arrays and objects (CJSON_NESTING_LIMIT).
- * tests/fuzz/fuzz_json.c checks this against cJSON on every input.
+ * json_scan reads JSON text as RFC 8259 defines it, and nothing else:
+ *   - whitespace is space, tab, CR and LF, and only between tokens;
+ *   - a number is -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?;
+ *   - a string holds no byte below 0x20 unescaped, only the escapes
+ *     \" \\ \/ \b \f \n \r \t and \uXXXX (four hex digits), where a high
+ *     surrogate must be followed by an escaped low one and a low one must
+ *     follow a high one (RFC 8259 allows lone surrogates syntactically, but
+ *     they are no character: such a string has no UTF-8 form, and every
+ *     string a rule reads is UTF-8);
+ *   - the bytes of a string are well-formed UTF-8 (RFC 8259 section 8.1;
+ *     the Unicode standard's table 3-7: no overlong forms, no surrogates,
+ *     nothing past U+10FFFF);
+ *   - no byte order mark (section 8.1 lets a parser ignore one; we do not,
+ *     so that the bytes a rule is told are JSON are the bytes that go out);
+ *   - one value, nothing after it but whitespace;
+ *   - at most JSON_MAX_DEPTH nested arrays and objects.
+ * tests/fuzz/fuzz_json.c checks this against a separate, plain reading of
+ * the grammar on every input.
  */
-#define SCAN_MAX_NEST 1000
 
 int json_is_digit(unsigned char c)
 {
     return c >= '0' && c <= '9';
 }
 
-static int in_number_run(unsigned char c)
+/* The value of 4 hex digits at p, or -1. */
+static long hex4(const unsigned char *p)
 {
-    return json_is_digit(c) || c == '-' || c == '+' || c == '.' || c == 'e' || c == 'E';
-}
-
-/* cJSON's parse_hex4: 0 as soon as a digit is not hex. */
-static unsigned hex4(const unsigned char *p)
-{
-    unsigned h = 0;
+    long h = 0;
     for (int i = 0; i < 4; i++) {
         unsigned char c = p[i];
         if (c >= '0' && c <= '9')
-            h = h * 16 + (unsigned)(c - '0');
+            h = h * 16 + (c - '0');
         else if (c >= 'A' && c <= 'F')
-            h = h * 16 + 10 + (unsigned)(c - 'A');
+            h = h * 16 + 10 + (c - 'A');
         else if (c >= 'a' && c <= 'f')
-            h = h * 16 + 10 + (unsigned)(c - 'a');
+            h = h * 16 + 10 + (c - 'a');
         else
-            return 0;
+            return -1;
     }
     return h;
 }
 
 /*
- * Decodes a \u sequence at p (end: the closing quote) like cJSON's
- * utf16_literal_to_utf8.  Returns the bytes it takes (6 or 12), or 0 when
- * invalid; writes the UTF-8 bytes to out (when not NULL) and their count.
+ * The escape at p (p[0] is the backslash, end the closing quote or the end
+ * of the text): the bytes it takes (2, 6, or 12 for a surrogate pair), or 0
+ * when it is not valid.  Sets *cp to the code point it stands for.
  */
-static int utf16_escape(const unsigned char *p, const unsigned char *end, unsigned char *out, int *outlen)
+static size_t escape_at(const unsigned char *p, const unsigned char *end, unsigned long *cp)
 {
+    if (end - p < 2)
+        return 0;
+    switch (p[1]) {
+    case '"': case '\\': case '/': *cp = p[1]; return 2;
+    case 'b': *cp = '\b'; return 2;
+    case 'f': *cp = '\f'; return 2;
+    case 'n': *cp = '\n'; return 2;
+    case 'r': *cp = '\r'; return 2;
+    case 't': *cp = '\t'; return 2;
+    case 'u': break;
+    default: return 0;
+    }
     if (end - p < 6)
         return 0;
-    unsigned long cp = hex4(p + 2);
-    int seq = 6;
-    if (cp >= 0xDC00 && cp <= 0xDFFF)
+    long hi = hex4(p + 2);
+    if (hi < 0 || (hi >= 0xDC00 && hi <= 0xDFFF))
         return 0;
-    if (cp >= 0xD800 && cp <= 0xDBFF) {
-        const unsigned char *q = p + 6;
-        if (end - q < 6 || q[0] != '\\' || q[1] != 'u')
-            return 0;
-        unsigned lo = hex4(q + 2);
-        if (lo < 0xDC00 || lo > 0xDFFF)
-            return 0;
-        cp = 0x10000 + (((cp & 0x3FF) << 10) | (lo & 0x3FF));
-        seq = 12;
+    if (hi < 0xD800 || hi > 0xDBFF) {
+        *cp = (unsigned long)hi;
+        return 6;
     }
-    int n = cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
-    if (out) {
-        static const unsigned char mark[5] = {0, 0, 0xC0, 0xE0, 0xF0};
-        for (int i = n - 1; i > 0; i--) {
-            out[i] = (unsigned char)((cp | 0x80) & 0xBF);
-            cp >>= 6;
-        }
-        out[0] = (unsigned char)(n > 1 ? (cp | mark[n]) & 0xFF : cp & 0x7F);
-    }
-    *outlen = n;
-    return seq;
+    if (end - p < 12 || p[6] != '\\' || p[7] != 'u')
+        return 0;
+    long lo = hex4(p + 8);
+    if (lo < 0xDC00 || lo > 0xDFFF)
+        return 0;
+    *cp = 0x10000 + (((unsigned long)(hi & 0x3FF) << 10) | (unsigned long)(lo & 0x3FF));
+    return 12;
 }
 
-/*
- * Decodes the string between s and end (its escapes as cJSON does) into
- * out, which has room for end - s bytes.  Returns the decoded length, or -1
- * when an escape is invalid (out NULL: only checks).
- */
+/* The length of the well-formed UTF-8 sequence at s[i] (a byte >= 0x80),
+ * or 0. */
+static size_t utf8_at(const unsigned char *s, size_t i, size_t len)
+{
+    unsigned char c = s[i], lo = 0x80, hi = 0xBF;
+    size_t n;
+    if (c < 0xC2)
+        return 0; /* a continuation byte, or an overlong 2-byte form */
+    if (c < 0xE0) {
+        n = 2;
+    } else if (c < 0xF0) {
+        n = 3;
+        if (c == 0xE0)
+            lo = 0xA0; /* overlong */
+        else if (c == 0xED)
+            hi = 0x9F; /* surrogates */
+    } else if (c < 0xF5) {
+        n = 4;
+        if (c == 0xF0)
+            lo = 0x90; /* overlong */
+        else if (c == 0xF4)
+            hi = 0x8F; /* past U+10FFFF */
+    } else {
+        return 0;
+    }
+    if (len - i < n || s[i + 1] < lo || s[i + 1] > hi)
+        return 0;
+    for (size_t k = 2; k < n; k++)
+        if (s[i + k] < 0x80 || s[i + k] > 0xBF)
+            return 0;
+    return n;
+}
+
+/* Writes code point cp as UTF-8 to out; returns its length. */
+static size_t utf8_put(unsigned long cp, unsigned char *out)
+{
+    if (cp < 0x80) {
+        out[0] = (unsigned char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        out[0] = (unsigned char)(0xC0 | (cp >> 6));
+        out[1] = (unsigned char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        out[0] = (unsigned char)(0xE0 | (cp >> 12));
+        out[1] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
+        out[2] = (unsigned char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    out[0] = (unsigned char)(0xF0 | (cp >> 18));
+    out[1] = (unsigned char)(0x80 | ((cp >> 12) & 0x3F));
+    out[2] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
+    out[3] = (unsigned char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
 long json_decode_string(const unsigned char *s, const unsigned char *end, unsigned char *out)
 {
     size_t n = 0;
     for (const unsigned char *p = s; p < end;) {
-        if (*p != '\\') {
-            if (out)
-                out[n] = *p;
-            n++;
-            p++;
-            continue;
-        }
-        unsigned char c = 0;
-        switch (p[1]) {
-        case 'b': c = '\b'; break;
-        case 'f': c = '\f'; break;
-        case 'n': c = '\n'; break;
-        case 'r': c = '\r'; break;
-        case 't': c = '\t'; break;
-        case '"': case '\\': case '/': c = p[1]; break;
-        case 'u': {
-            int ol, seq = utf16_escape(p, end, out ? out + n : NULL, &ol);
-            if (!seq)
-                return -1;
-            n += (size_t)ol;
-            p += seq;
-            continue;
-        }
-        default:
-            return -1;
-        }
+        const unsigned char *bs = memchr(p, '\\', (size_t)(end - p));
+        size_t run = (size_t)((bs ? bs : end) - p);
         if (out)
-            out[n] = c;
-        n++;
-        p += 2;
+            memcpy(out + n, p, run);
+        n += run;
+        p += run;
+        if (!bs)
+            break;
+        unsigned long cp;
+        unsigned char tmp[4];
+        size_t used = escape_at(p, end, &cp);
+        if (!used)
+            return -1;
+        n += utf8_put(cp, out ? out + n : tmp);
+        p += used;
     }
     return (long)n;
 }
+
+/* ---- scanning: a tape of tokens instead of a tree --------------------------- */
 
 typedef struct scan {
     const unsigned char *s;
@@ -362,15 +399,18 @@ SCAN_INLINE uint32_t add_tok(scan_t *sc, int type, size_t start, size_t len, int
     return k;
 }
 
-/* Position of the first byte of s[i..) that is a quote, a backslash or NUL
- * (or len). */
+/* Position of the first byte of s[i..) that a string cannot simply go on
+ * with: a quote, a backslash, a control character or a non-ASCII byte (or
+ * len). */
 SCAN_INLINE size_t string_stop(const unsigned char *s, size_t i, size_t len)
 {
 #ifdef __SSE2__
-    const __m128i q = _mm_set1_epi8('"'), b = _mm_set1_epi8('\\'), z = _mm_setzero_si128();
+    /* One signed compare finds both the bytes below 0x20 and those from
+     * 0x80 up (negative as signed bytes). */
+    const __m128i q = _mm_set1_epi8('"'), b = _mm_set1_epi8('\\'), sp = _mm_set1_epi8(0x20);
     while (i + 16 <= len) {
         __m128i v = _mm_loadu_si128((const __m128i *)(s + i));
-        __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, q), _mm_cmpeq_epi8(v, b)), _mm_cmpeq_epi8(v, z));
+        __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, q), _mm_cmpeq_epi8(v, b)), _mm_cmplt_epi8(v, sp));
         unsigned m = (unsigned)_mm_movemask_epi8(hit);
         if (m)
             return i + (size_t)__builtin_ctz(m);
@@ -380,12 +420,12 @@ SCAN_INLINE size_t string_stop(const unsigned char *s, size_t i, size_t len)
         /* The last bytes: the 16 that end the text, those before i masked. */
         size_t base = len - 16;
         __m128i v = _mm_loadu_si128((const __m128i *)(s + base));
-        __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, q), _mm_cmpeq_epi8(v, b)), _mm_cmpeq_epi8(v, z));
+        __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, q), _mm_cmpeq_epi8(v, b)), _mm_cmplt_epi8(v, sp));
         unsigned m = (unsigned)_mm_movemask_epi8(hit) >> (i - base);
         return m ? i + (size_t)__builtin_ctz(m) : len;
     }
 #endif
-    while (i < len && s[i] != '"' && s[i] != '\\' && s[i] != 0)
+    while (i < len && s[i] != '"' && s[i] != '\\' && s[i] >= 0x20 && s[i] < 0x80)
         i++;
     return i;
 }
@@ -394,84 +434,81 @@ SCAN_INLINE size_t string_stop(const unsigned char *s, size_t i, size_t len)
 SCAN_INLINE int scan_string(scan_t *sc, size_t *i)
 {
     const unsigned char *s = sc->s;
-    size_t start = *i + 1, j = start;
+    size_t start = *i + 1, j = start, n;
     int flags = JSON_TOK_PLAIN;
     for (;;) {
         j = string_stop(s, j, sc->len);
         if (j >= sc->len)
             return -1;
-        if (s[j] == '"')
+        unsigned char c = s[j];
+        if (c == '"')
             break;
-        if (s[j] == 0) {
-            flags = 0; /* cJSON's value ends at the NUL */
-            j++;
-            continue;
+        if (c == '\\') {
+            unsigned long cp;
+            n = escape_at(s + j, s + sc->len, &cp);
+            flags = 0;
+        } else if (c >= 0x80) {
+            n = utf8_at(s, j, sc->len);
+        } else {
+            return -1; /* a control character */
         }
-        /* An escape: find the end pairing every backslash with the next
-         * byte, as cJSON does, then check the escapes. */
-        flags = 0;
-        while (j < sc->len && s[j] != '"') {
-            if (s[j] == '\\') {
-                if (j + 1 >= sc->len)
-                    return -1;
-                j++;
-            }
-            j++;
-        }
-        if (j >= sc->len || json_decode_string(s + start, s + j, NULL) < 0)
+        if (!n)
             return -1;
-        break;
+        j += n;
     }
     add_tok(sc, JSON_TOK_STRING, start, j - start, flags);
     *i = j + 1;
     return 0;
 }
 
-/* A number starting at s[*i] ('-' or a digit). */
+/* A number starting at s[*i] ('-' or a digit).  What follows it is left to
+ * the caller: a byte that may not come after a value there fails the
+ * document (so "01", "1x" and "1-" fail). */
 SCAN_INLINE int scan_number(scan_t *sc, size_t *i)
 {
     const unsigned char *s = sc->s;
-    size_t start = *i, run = start, p = start;
-    while (run < sc->len && in_number_run(s[run]))
-        run++;
-    /* What strtod reads: [-]digits[.digits][e[+-]digits], one digit at least
-     * before the exponent; it must be the whole run. */
+    size_t start = *i, p = start, len = sc->len;
     if (s[p] == '-')
         p++;
-    size_t digits = 0;
-    while (p < run && json_is_digit(s[p]))
-        p++, digits++;
-    if (p < run && s[p] == '.') {
+    if (p >= len || !json_is_digit(s[p]))
+        return -1;
+    if (s[p++] != '0')
+        while (p < len && json_is_digit(s[p]))
+            p++;
+    if (p < len && s[p] == '.') {
         p++;
-        while (p < run && json_is_digit(s[p]))
-            p++, digits++;
+        if (p >= len || !json_is_digit(s[p]))
+            return -1;
+        while (p < len && json_is_digit(s[p]))
+            p++;
     }
-    if (!digits)
-        return -1;
-    if (p < run && (s[p] == 'e' || s[p] == 'E')) {
-        size_t q = p + 1;
-        if (q < run && (s[q] == '+' || s[q] == '-'))
-            q++;
-        if (q < run && json_is_digit(s[q])) {
-            while (q < run && json_is_digit(s[q]))
-                q++;
-            p = q;
-        }
+    if (p < len && (s[p] == 'e' || s[p] == 'E')) {
+        p++;
+        if (p < len && (s[p] == '+' || s[p] == '-'))
+            p++;
+        if (p >= len || !json_is_digit(s[p]))
+            return -1;
+        while (p < len && json_is_digit(s[p]))
+            p++;
     }
-    if (p != run)
-        return -1;
-    add_tok(sc, JSON_TOK_NUMBER, start, run - start, 0);
-    *i = run;
+    add_tok(sc, JSON_TOK_NUMBER, start, p - start, 0);
+    *i = p;
     return 0;
 }
 
 SCAN_INLINE size_t skip_space(const unsigned char *s, size_t i, size_t len)
 {
-    if (i < len && s[i] > 32)
+    if (i < len && s[i] > ' ')
         return i; /* the common case: no space at all */
-    while (i < len && s[i] <= 32)
+    while (i < len && (s[i] == ' ' || s[i] == '\n' || s[i] == '\r' || s[i] == '\t'))
         i++;
     return i;
+}
+
+/* A literal (null, true, false) at s[i]: its length, or 0. */
+SCAN_INLINE size_t literal_at(const unsigned char *s, size_t i, size_t len, const char *word, size_t n)
+{
+    return len - i >= n && memcmp(s + i, word, n) == 0 ? n : 0;
 }
 
 long json_scan(const char *text, size_t len, json_tok_t *tok, uint32_t cap)
@@ -481,36 +518,34 @@ long json_scan(const char *text, size_t len, json_tok_t *tok, uint32_t cap)
     struct {
         uint32_t tok, members;
         int obj;
-    } stack[SCAN_MAX_NEST];
+    } stack[JSON_MAX_DEPTH];
     int depth = 0;
-    size_t i = 0;
+    size_t i = 0, n;
 
     if (len == 0 || len >= UINT32_MAX)
         return -1;
-    if (len > 4 && s[0] == 0xEF && s[1] == 0xBB && s[2] == 0xBF)
-        i = 3;
-    i = skip_space(s, i, len);
+    i = skip_space(s, 0, len);
 value:
     if (i >= len)
         return -1;
     switch (s[i]) {
     case 'n':
-        if (len - i < 4 || memcmp(s + i, "null", 4))
+        if (!(n = literal_at(s, i, len, "null", 4)))
             return -1;
-        add_tok(&sc, JSON_TOK_NULL, i, 4, 0);
-        i += 4;
+        add_tok(&sc, JSON_TOK_NULL, i, n, 0);
+        i += n;
         break;
     case 't':
-        if (len - i < 4 || memcmp(s + i, "true", 4))
+        if (!(n = literal_at(s, i, len, "true", 4)))
             return -1;
-        add_tok(&sc, JSON_TOK_TRUE, i, 4, 0);
-        i += 4;
+        add_tok(&sc, JSON_TOK_TRUE, i, n, 0);
+        i += n;
         break;
     case 'f':
-        if (len - i < 5 || memcmp(s + i, "false", 5))
+        if (!(n = literal_at(s, i, len, "false", 5)))
             return -1;
-        add_tok(&sc, JSON_TOK_FALSE, i, 5, 0);
-        i += 5;
+        add_tok(&sc, JSON_TOK_FALSE, i, n, 0);
+        i += n;
         break;
     case '"':
         if (scan_string(&sc, &i) < 0)
@@ -519,7 +554,7 @@ value:
     case '[':
     case '{': {
         int obj = s[i] == '{';
-        if (depth >= SCAN_MAX_NEST)
+        if (depth >= JSON_MAX_DEPTH)
             return -1;
         stack[depth].tok = add_tok(&sc, obj ? JSON_TOK_OBJECT : JSON_TOK_ARRAY, i, 0, 0);
         stack[depth].members = 0;
@@ -564,9 +599,8 @@ value:
             tok[stack[depth].tok].next = sc.n;
         }
     }
-    for (; i < len; i++)
-        if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r' && s[i] != '\n')
-            return -1;
+    if (skip_space(s, i, len) != len)
+        return -1;
     return (long)sc.n;
 key:
     if (i >= len || s[i] != '"' || scan_string(&sc, &i) < 0)

@@ -1,6 +1,9 @@
 /*
  * json.h - the JSON codec, on cJSON, knowing no Lua.
  *
+ * What is JSON is decided in one place, json_scan, strictly by RFC 8259
+ * (json.c lists the rules); json_parse accepts exactly what it accepts.
+ *
  * Two ways to read a document: json_scan checks it and records a tape of
  * tokens over the text (no tree, nothing allocated per value), and
  * json_parse builds a cJSON tree.  cJSON reads every number as a double, so
@@ -17,6 +20,9 @@
 #include <stdint.h>
 
 #include <cjson/cJSON.h>
+
+/* Arrays and objects nest at most this deep (1000 nested: JSON; 1001: not). */
+#define JSON_MAX_DEPTH 1000
 
 /*
  * A scanned document: json_scan checks the text and records one token per
@@ -42,17 +48,16 @@ typedef struct json_tok {
 } json_tok_t;
 
 /*
- * Scans exactly len bytes as one JSON value with cJSON's rules (what
- * json_parse accepts, this accepts, and the other way round).  Stores up to
- * cap tokens in tok and returns how many the document has: when that is
- * more than cap, scan again with room for them.  Returns -1 when the text
- * is not JSON (or is 4 GiB or more).
+ * Scans exactly len bytes as one JSON text (RFC 8259; see json.c).  Stores
+ * up to cap tokens in tok and returns how many the document has: when that
+ * is more than cap, scan again with room for them.  Returns -1 when the
+ * text is not JSON (or is 4 GiB or more).  Allocates nothing; any thread.
  */
 long json_scan(const char *text, size_t len, json_tok_t *tok, uint32_t cap);
 
-/* Decodes the string between s and end (its escapes) into out, which has
- * room for end - s bytes.  Returns the decoded length, or -1 when an escape
- * is invalid (out NULL: only checks). */
+/* Decodes the string text between s and end (its escapes) into out, which
+ * has room for end - s bytes.  Returns the decoded length, or -1 when an
+ * escape is invalid (out NULL: only checks).  A \u0000 gives a NUL byte. */
 long json_decode_string(const unsigned char *s, const unsigned char *end, unsigned char *out);
 
 /* The value of string token t of text, decoded: points into the text when
@@ -67,8 +72,8 @@ int json_is_digit(unsigned char c);
 void json_init(void);
 
 /*
- * Parses exactly len bytes as one JSON value (surrounding whitespace
- * allowed).  Returns the tree, or NULL when the text is not JSON.  Number
+ * Parses exactly len bytes as one JSON text (json_scan's rules; cJSON
+ * builds the tree).  Returns the tree, or NULL when the text is not JSON.  Number
  * nodes become raw nodes whose text lives in *nums (one allocation for the
  * whole document, owned by the caller, freed after the tree).
  */

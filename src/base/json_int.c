@@ -79,7 +79,7 @@ int json_get_uint(const cJSON *n, uint64_t *out)
     return 0;
 }
 
-cJSON *json_parse_exact(const char *text, size_t len)
+cJSON *json_parse_owned(const char *text, size_t len)
 {
     char *nums = NULL;
     cJSON *tree = json_parse(text, len, &nums);

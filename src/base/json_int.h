@@ -50,6 +50,6 @@ int json_get_uint_member(const cJSON *obj, const char *key, uint64_t *out);
  * alone.  For requests and answers that are read, not kept for long.
  * NULL when the text is not JSON or memory runs out.
  */
-cJSON *json_parse_exact(const char *text, size_t len);
+cJSON *json_parse_owned(const char *text, size_t len);
 
 #endif

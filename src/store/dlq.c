@@ -162,7 +162,7 @@ static int is_dead_letter(const slog_rec_t *r)
  * included); NULL with err when there is no such stream. */
 static stream_t *request_stream(streams_t *sm, const proto_msg_t *req, cJSON **q, char *err, size_t errsz)
 {
-    *q = req->payload_len && req->payload[0] == '{' ? json_parse_exact(req->payload, req->payload_len) : NULL;
+    *q = req->payload_len && req->payload[0] == '{' ? json_parse_owned(req->payload, req->payload_len) : NULL;
     char name[STREAM_NAME_MAX + 1] = "";
     if (*q) {
         const cJSON *s = cJSON_GetObjectItemCaseSensitive(*q, "stream");

@@ -838,7 +838,7 @@ static int64_t parse_time(const char *s)
 #define EVENTS_SCAN 100000
 static char *stream_events_json(streams_t *sm, const char *req, size_t rl, char *err, size_t errsz, size_t *len)
 {
-    cJSON *q = json_parse_exact(req, rl); /* sequences past 2^53 stay exact */
+    cJSON *q = json_parse_owned(req, rl); /* sequences past 2^53 stay exact */
     const cJSON *jn = q ? cJSON_GetObjectItemCaseSensitive(q, "stream") : NULL;
     stream_t *st = cJSON_IsString(jn) ? streams_find(sm, jn->valuestring, strlen(jn->valuestring)) : NULL;
     if (!st) {
@@ -969,7 +969,7 @@ int streams_admin(streams_t *sm, const char *verb, size_t vlen, const proto_msg_
         if (!out)
             snprintf(err, sizeof err, "no consumer '%s'", name);
     } else if (IS("STREAM.GET")) {
-        cJSON *q = json_parse_exact(req->payload, req->payload_len);
+        cJSON *q = json_parse_owned(req->payload, req->payload_len);
         const cJSON *s = q ? cJSON_GetObjectItemCaseSensitive(q, "stream") : NULL;
         uint64_t seq;
         if (!cJSON_IsString(s) || json_get_uint_member(q, "seq", &seq) < 0 || seq < 1)

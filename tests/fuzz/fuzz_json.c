@@ -1,12 +1,15 @@
 /*
- * fuzz_json.c - libFuzzer target for the JSON layer: json_parse (cJSON
- * plus the pass that keeps each number's text) and json_scan (the tape
- * events read payloads through), which must agree on every input.
+ * fuzz_json.c - libFuzzer target for the JSON layer: json_scan (the strict
+ * gate and the tape events are read through) and json_parse (cJSON plus
+ * the pass that keeps each number's text).
  *
  * For every input:
- *   - json_scan accepts it exactly when json_parse does (what counts as
- *     JSON must not depend on which of the two looked);
- * for every input cJSON accepts:
+ *   - json_scan accepts it exactly when a plain recursive reading of RFC
+ *     8259 written here does (reference_text below: the grammar as the RFC
+ *     writes it, UTF-8 by the Unicode standard's table 3-7), and exactly
+ *     when json_parse does;
+ * for every input that is JSON:
+ *   - cJSON itself accepts the text (json_parse builds its tree with it);
  *   - every number node carries text that strtod reads completely;
  *   - printing the tree gives JSON that parses again to a tree that prints
  *     the same (number texts survive a round trip unchanged);
@@ -21,6 +24,218 @@
 #include <lualib.h>
 
 #include "../../src/script/json_lua.h"
+
+/* ---- the reference reading ------------------------------------------------ */
+
+typedef struct ref {
+    const unsigned char *s;
+    size_t len, i;
+} ref_t;
+
+static int ref_value(ref_t *r, int depth);
+
+static void ref_ws(ref_t *r)
+{
+    while (r->i < r->len && strchr(" \t\r\n", r->s[r->i]) && r->s[r->i])
+        r->i++;
+}
+
+static int ref_peek(ref_t *r)
+{
+    return r->i < r->len ? r->s[r->i] : -1;
+}
+
+static int ref_digits(ref_t *r)
+{
+    size_t from = r->i;
+    while (ref_peek(r) >= '0' && ref_peek(r) <= '9')
+        r->i++;
+    return r->i > from;
+}
+
+/* number = [ minus ] int [ frac ] [ exp ] */
+static int ref_number(ref_t *r)
+{
+    if (ref_peek(r) == '-')
+        r->i++;
+    if (ref_peek(r) == '0')
+        r->i++;
+    else if (ref_peek(r) >= '1' && ref_peek(r) <= '9')
+        ref_digits(r);
+    else
+        return 0;
+    if (ref_peek(r) == '.') {
+        r->i++;
+        if (!ref_digits(r))
+            return 0;
+    }
+    if (ref_peek(r) == 'e' || ref_peek(r) == 'E') {
+        r->i++;
+        if (ref_peek(r) == '+' || ref_peek(r) == '-')
+            r->i++;
+        if (!ref_digits(r))
+            return 0;
+    }
+    return 1;
+}
+
+static long ref_hex4(ref_t *r)
+{
+    long v = 0;
+    for (int k = 0; k < 4; k++) {
+        int c = ref_peek(r);
+        const char *hex = "0123456789abcdef";
+        if (c < 0 || !c)
+            return -1;
+        const char *h = strchr(hex, c >= 'A' && c <= 'F' ? c + 32 : c);
+        if (!h)
+            return -1;
+        v = v * 16 + (h - hex);
+        r->i++;
+    }
+    return v;
+}
+
+/* One UTF-8 character (its first byte at r->i is >= 0x80), table 3-7. */
+static int ref_utf8(ref_t *r)
+{
+    static const struct {
+        unsigned char lead_lo, lead_hi, lo, hi; /* lead range, and the second byte's */
+        int n;
+    } rows[] = {{0xC2, 0xDF, 0x80, 0xBF, 2}, {0xE0, 0xE0, 0xA0, 0xBF, 3}, {0xE1, 0xEC, 0x80, 0xBF, 3},
+                {0xED, 0xED, 0x80, 0x9F, 3}, {0xEE, 0xEF, 0x80, 0xBF, 3}, {0xF0, 0xF0, 0x90, 0xBF, 4},
+                {0xF1, 0xF3, 0x80, 0xBF, 4}, {0xF4, 0xF4, 0x80, 0x8F, 4}};
+    int c = ref_peek(r);
+    for (size_t k = 0; k < sizeof rows / sizeof rows[0]; k++) {
+        if (c < rows[k].lead_lo || c > rows[k].lead_hi)
+            continue;
+        if (r->len - r->i < (size_t)rows[k].n)
+            return 0;
+        if (r->s[r->i + 1] < rows[k].lo || r->s[r->i + 1] > rows[k].hi)
+            return 0;
+        for (int j = 2; j < rows[k].n; j++)
+            if (r->s[r->i + j] < 0x80 || r->s[r->i + j] > 0xBF)
+                return 0;
+        r->i += (size_t)rows[k].n;
+        return 1;
+    }
+    return 0;
+}
+
+/* string = quotation-mark *char quotation-mark */
+static int ref_string(ref_t *r)
+{
+    r->i++; /* the quote */
+    for (;;) {
+        int c = ref_peek(r);
+        if (c < 0 || c < 0x20)
+            return 0;
+        if (c == '"') {
+            r->i++;
+            return 1;
+        }
+        if (c >= 0x80) {
+            if (!ref_utf8(r))
+                return 0;
+            continue;
+        }
+        r->i++;
+        if (c != '\\')
+            continue;
+        c = ref_peek(r);
+        r->i++;
+        if (c > 0 && strchr("\"\\/bfnrt", c))
+            continue;
+        if (c != 'u')
+            return 0;
+        long u = ref_hex4(r);
+        if (u < 0 || (u >= 0xDC00 && u <= 0xDFFF))
+            return 0; /* a low surrogate alone */
+        if (u >= 0xD800 && u <= 0xDBFF) {
+            if (ref_peek(r) != '\\')
+                return 0;
+            r->i++;
+            if (ref_peek(r) != 'u')
+                return 0;
+            r->i++;
+            long lo = ref_hex4(r);
+            if (lo < 0xDC00 || lo > 0xDFFF)
+                return 0;
+        }
+    }
+}
+
+static int ref_literal(ref_t *r, const char *w)
+{
+    size_t n = strlen(w);
+    if (r->len - r->i < n || memcmp(r->s + r->i, w, n))
+        return 0;
+    r->i += n;
+    return 1;
+}
+
+/* array or object: begin [ member *( value-separator member ) ] end */
+static int ref_container(ref_t *r, int depth)
+{
+    int obj = ref_peek(r) == '{';
+    if (depth >= JSON_MAX_DEPTH)
+        return 0;
+    r->i++;
+    ref_ws(r);
+    if (ref_peek(r) == (obj ? '}' : ']')) {
+        r->i++;
+        return 1;
+    }
+    for (;;) {
+        if (obj) {
+            if (ref_peek(r) != '"' || !ref_string(r))
+                return 0;
+            ref_ws(r);
+            if (ref_peek(r) != ':')
+                return 0;
+            r->i++;
+            ref_ws(r);
+        }
+        if (!ref_value(r, depth + 1))
+            return 0;
+        ref_ws(r);
+        if (ref_peek(r) == ',') {
+            r->i++;
+            ref_ws(r);
+            continue;
+        }
+        if (ref_peek(r) != (obj ? '}' : ']'))
+            return 0;
+        r->i++;
+        return 1;
+    }
+}
+
+static int ref_value(ref_t *r, int depth)
+{
+    switch (ref_peek(r)) {
+    case 'n': return ref_literal(r, "null");
+    case 't': return ref_literal(r, "true");
+    case 'f': return ref_literal(r, "false");
+    case '"': return ref_string(r);
+    case '[':
+    case '{': return ref_container(r, depth);
+    default: return ref_number(r);
+    }
+}
+
+/* JSON-text = ws value ws */
+static int reference_text(const uint8_t *data, size_t size)
+{
+    ref_t r = {data, size, 0};
+    ref_ws(&r);
+    if (!ref_value(&r, 0))
+        return 0;
+    ref_ws(&r);
+    return r.i == size;
+}
+
+/* ---- checks on accepted texts ------------------------------------------------ */
 
 static void check_numbers(const cJSON *n)
 {
@@ -68,12 +283,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     char *nums = NULL, *nums2 = NULL;
     json_init();
-    cJSON *v = json_parse((const char *)data, size, &nums);
     long ntok = json_scan((const char *)data, size, NULL, 0);
-    if ((v != NULL) != (ntok >= 0))
-        abort(); /* the scanner and cJSON disagree on what is JSON */
+    int ref = reference_text(data, size);
+    cJSON *v = json_parse((const char *)data, size, &nums);
+    if ((ntok >= 0) != ref)
+        abort(); /* the scanner and the grammar disagree on what is JSON */
+    if ((v != NULL) != ref)
+        abort(); /* the parser and the scanner disagree */
     if (!v)
         return 0;
+    cJSON *lax = cJSON_ParseWithLength((const char *)data, size);
+    if (!lax)
+        abort(); /* strict JSON that cJSON refuses */
+    cJSON_Delete(lax);
     check_numbers(v);
     size_t n1, n2, n3;
     char *p1 = json_print(v, &n1);
