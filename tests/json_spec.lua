@@ -170,11 +170,32 @@ filter("strict.decode", function(e)
     local v, err = tide.json.decode(s)
     r[#r + 1] = tostring(v) .. "/" .. tostring(err)
   end
-  for _, s in ipairs { " [ 0, -0, 1e5, 1E+5, -1.5e-3 ]\r\n", '"\240\159\152\128\127"' } do
+  for _, s in ipairs { '"\\u0000"', " [ 0, -0, 1e5, 1E+5, -1.5e-3 ]\r\n", '"\240\159\152\128\127"' } do
     local v = tide.json.decode(s)
     r[#r + 1] = tide.json.encode(v)
   end
   e.headers["X-Decode"] = table.concat(r, " ")
+  return true
+end)
+
+-- A raw event that becomes an envelope: its bytes are the data.
+filter("raw.promote", function(e)
+  e.id = "p-1"
+  return true
+end)
+
+-- Strings holding NUL (as \u0000), in values and keys: read, copied, written.
+filter("nul.use", function(e)
+  local d = e.data
+  local s, keys = d.s, {}
+  for k, v in pairs(d.obj) do keys[#keys + 1] = #k .. ":" .. tide.json.encode(k) .. "=" .. tide.json.encode(v) end
+  e.headers["X-Nul"] = table.concat({ #s, tostring(s == "a\0b"), tide.json.encode(s), tide.json.encode(d.obj["k\0ey"]),
+    tostring(d.obj.k), tostring(d.obj["k\0"]), table.concat(keys, " "), tostring(d.obj), tostring(#d.obj) }, ",")
+  d.copy = s
+  d.obj_copy = d.obj
+  d.lua = "x\0y"
+  d.t = { ["n\0k"] = "v\0w" }
+  d.obj["new\0"] = 0
   return true
 end)
 
@@ -283,15 +304,13 @@ describe("a changed event", function()
     assert.are.equal(1, env.data.x)
   end)
 
-  -- Known limitation: cJSON keeps strings NUL-terminated, so a string
-  -- holding \u0000 is cut at the NUL when read or when its event is
-  -- re-encoded (an unchanged event still goes out byte for byte).
-  pending("keeps a string holding \\u0000 whole, read and written back", function()
+  it("keeps a string holding \\u0000 whole, read and written back", function()
     local m = roundtrip("change.nul", '{"data":{"s":"a\\u0000b","x":0}}')
     assert.are.equal("3", header(m, "X-Len"))
     local env = json.decode(m.payload)
     assert.are.equal("a\0b", env.data.s)
     assert.are.equal(1, env.data.x)
+    assert.are.equal('{"data":{"s":"a\\u0000b","x":1}}', m.payload)
   end)
 
   it("reads integers outside 64 bits as floats and writes them back exactly when untouched", function()
@@ -417,7 +436,8 @@ end)
 describe("values read from the payload's bytes", function()
   it("follow the event once a write gives it a tree", function()
     local m = roundtrip("view.follow", '{"data":{"obj":{"k":"old","j":2},"list":[1,2,"x",null],"a":1}}')
-    assert.are.equal('old,4,2,x,' .. "null" .. ',1,new,new,2,10', header(m, "X-View"))
+    -- d["a\0b"] is not d.a: keys compare in full, NULs included
+    assert.are.equal('old,4,2,x,' .. "null" .. ',nil,new,new,2,10', header(m, "X-View"))
     assert.are.equal('{"data":{"obj":{"k":"new","j":2},"list":[10,2,"x",null],"a":1}}', m.payload)
   end)
 
@@ -568,20 +588,53 @@ describe("reading strictly by RFC 8259", function()
 
   it("takes a binary-mode payload that is not JSON as a string of its bytes", function()
     local hdr = { { "ce-specversion", "1.0" }, { "ce-type", "t" }, { "ce-id", "1" } }
-    local payloads = { '{"a":01}', '"a\tb"', '[1,]', '{"a":1}' }
+    local payloads = { '{"a":01}', '"a\tb"', '[1,]', '{"a":1}', 'a\0b' }
     local msgs = roundtrip_all("strict.bin", payloads, hdr)
     assert.are.equal('string|{"a":01}|t|8', header(msgs[1], "X-Seen"))
     assert.are.equal('string|"a\tb"|t|5', header(msgs[2], "X-Seen"))
     assert.are.equal('string|[1,]|t|4', header(msgs[3], "X-Seen"))
     assert.are.equal('userdata|{"a":1}|t|7', header(msgs[4], "X-Seen"))
+    assert.are.equal('string|a\\0b|t|3', header(msgs[5], "X-Seen")) -- the NUL kept
+  end)
+
+  it("makes a raw payload that is not JSON the data string of the envelope a rule turns it into", function()
+    local m = roundtrip("raw.promote", 'a\0b')
+    assert.are.equal('{"specversion":"1.0","type":"raw.promote","data":"a\\u0000b","id":"p-1"}', m.payload)
   end)
 
   it("makes tide.json.decode refuse what is not JSON and decode what is", function()
     local m = roundtrip("strict.decode", "x")
     local want = {}
     for _ = 1, 23 do want[#want + 1] = "nil/invalid JSON" end
+    want[#want + 1] = '"\\u0000"'
     want[#want + 1] = "[0,-0,1e5,1E+5,-1.5e-3]"
     want[#want + 1] = '"\240\159\152\128\127"'
     assert.are.equal(table.concat(want, " "), header(m, "X-Decode"))
+  end)
+end)
+
+describe("an exact round trip through a rule that changes another field", function()
+  it("keeps NULs, big integers, unicode escapes as written, escaped keys and deep nesting", function()
+    local doc = '{"specversion":"1.0","data":{"n":"a\\u0000b","big":123456789012345678901234567890,' ..
+      '"neg":-9223372036854775809,"u":"caf\\u00e9 \\ud83d\\ude00 \\u00E9\\/\\u0041","k\\u00e9y":1,' ..
+      '"e\\u0073c\\"":"\\t\\u001f","a\\u0000b":[1.50,"\\u0000"],"deep":' .. nest(998, '"\\u0000"') ..
+      ',"x":0,"utf8":"\240\159\152\128"}}'
+    local m = roundtrip("change.exact", doc)
+    assert.are.equal((doc:gsub('"x":0', '"x":1')), m.payload)
+    -- and one level deeper is not JSON: the rule's write fails, nothing is delivered
+    local c = listener("change.deep")
+    publish("change.deep", '{"data":{"deep":' .. nest(999) .. ',"x":0}}')
+    assert.are.equal(0, #assert(c:until_pong()))
+    c:close()
+  end)
+
+  it("keeps NULs when a rule reads, copies and writes strings and keys holding them", function()
+    local m = roundtrip("nul.use", '{"data":{"s":"a\\u0000b","obj":{"k\\u0000ey":"\\u0000","k":2}}}')
+    assert.are.equal(table.concat({ "3", "true", '"a\\u0000b"', '"\\u0000"', "2", "nil",
+      '4:"k\\u0000ey"="\\u0000" 1:"k"=2', '{"k\\u0000ey":"\\u0000","k":2}', "2" }, ","),
+      header(m, "X-Nul"))
+    assert.are.equal('{"data":{"s":"a\\u0000b","obj":{"k\\u0000ey":"\\u0000","k":2,"new\\u0000":0},' ..
+      '"copy":"a\\u0000b","obj_copy":{"k\\u0000ey":"\\u0000","k":2},"lua":"x\\u0000y","t":{"n\\u0000k":"v\\u0000w"}}}',
+      m.payload)
   end)
 end)

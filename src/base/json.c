@@ -1,12 +1,7 @@
-/* json.c - the JSON codec: the strict scanner (a tape of tokens), and
- * cJSON with exact numbers; see json.h.  Knows no Lua (script/json_lua.c
- * builds on it). */
-#include <errno.h>
-#include <math.h>
+/* json.c - reading JSON text: the strict scanner (a tape of tokens) and the
+ * decoding of strings; see json.h.  Trees and printing are json_tree.c. */
 #include <stddef.h>
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #ifdef __SSE2__
@@ -14,203 +9,6 @@
 #endif
 
 #include "json.h"
-/* ---- memory ------------------------------------------------------------ */
-
-/*
- * cJSON allocates every node, key and string separately, and an event's
- * tree lives only as long as the event: small blocks are recycled through
- * per-size free lists instead of going back to malloc each time.  A 16-byte
- * header keeps the size class (free() gets no size) and the alignment.
- * Loop thread only, like everything that touches cJSON here.
- */
-#define POOL_CLASSES 8
-#define POOL_KEEP 65536 /* blocks kept per class at most */
-static const size_t pool_size[POOL_CLASSES] = {16, 32, 48, 64, 96, 128, 192, 256};
-
-typedef union pool_block {
-    union pool_block *next;
-    max_align_t align;
-} pool_block_t;
-
-static pool_block_t *pool_free[POOL_CLASSES];
-static size_t pool_count[POOL_CLASSES];
-
-static void *pool_malloc(size_t n)
-{
-    int c = 0;
-    while (c < POOL_CLASSES && pool_size[c] < n)
-        c++;
-    unsigned char *p;
-    if (c < POOL_CLASSES && pool_free[c]) {
-        p = (unsigned char *)pool_free[c];
-        pool_free[c] = pool_free[c]->next;
-        pool_count[c]--;
-    } else {
-        p = malloc(sizeof(pool_block_t) + (c < POOL_CLASSES ? pool_size[c] : n));
-        if (!p)
-            return NULL;
-    }
-    *(int *)p = c;
-    return p + sizeof(pool_block_t);
-}
-
-static void pool_release(void *ptr)
-{
-    if (!ptr)
-        return;
-    unsigned char *p = (unsigned char *)ptr - sizeof(pool_block_t);
-    int c = *(int *)p;
-    if (c < POOL_CLASSES && pool_count[c] < POOL_KEEP) {
-        pool_block_t *b = (pool_block_t *)p;
-        b->next = pool_free[c];
-        pool_free[c] = b;
-        pool_count[c]++;
-        return;
-    }
-    free(p);
-}
-
-void json_init(void)
-{
-    static int done;
-    cJSON_Hooks hooks = {pool_malloc, pool_release};
-    if (!done) {
-        cJSON_InitHooks(&hooks);
-        done = 1;
-    }
-}
-
-/* ---- parsing ----------------------------------------------------------- */
-
-static int is_space(char c)
-{
-    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
-}
-
-/*
- * Gives every number node of tree its original text.  cJSON has already
- * checked the document, so a light scan is enough: outside strings, a '-'
- * or a digit starts a number, and numbers appear in the text in the same
- * order as in a depth-first walk of the tree.  The copy of the text in
- * *nums gets a NUL after each number (its delimiter is not needed there),
- * and each number node points into it, flagged as a reference so that
- * cJSON never frees that text.
- */
-static int attach_numbers(cJSON *tree, const char *text, size_t len, char **nums)
-{
-    cJSON *stack[1024]; /* cJSON refuses documents nested deeper than 1000 */
-    int sp = 0;
-    size_t i = 0;
-    char *copy = NULL;
-    cJSON *n = tree;
-
-    for (;;) {
-        if (n->type == cJSON_Number) {
-            for (;;) {
-                if (i >= len)
-                    goto fail;
-                char c = text[i];
-                if (c == '"') { /* skip a string: to the first quote not escaped */
-                    for (;;) {
-                        const char *q = memchr(text + i + 1, '"', len - i - 1);
-                        if (!q)
-                            goto fail;
-                        i = (size_t)(q - text);
-                        size_t bs = 0;
-                        while (text[i - 1 - bs] == '\\')
-                            bs++;
-                        if (bs % 2 == 0)
-                            break;
-                    }
-                    i++;
-                    continue;
-                }
-                if (c == '-' || (c >= '0' && c <= '9'))
-                    break;
-                i++;
-            }
-            size_t start = i;
-            while (i < len && (text[i] == '-' || text[i] == '+' || text[i] == '.' || text[i] == 'e' ||
-                               text[i] == 'E' || (text[i] >= '0' && text[i] <= '9')))
-                i++;
-            if (!copy) {
-                copy = malloc(len + 1);
-                if (!copy)
-                    goto fail;
-                memcpy(copy, text, len);
-                copy[len] = '\0';
-            }
-            copy[i] = '\0';
-            n->type = cJSON_Raw | cJSON_IsReference;
-            n->valuestring = copy + start;
-        }
-        /* The next node, depth first. */
-        if (n->child) {
-            if (sp == (int)(sizeof stack / sizeof stack[0]))
-                goto fail;
-            stack[sp++] = n;
-            n = n->child;
-            continue;
-        }
-        for (;;) {
-            if (sp == 0)
-                goto done; /* back at the root */
-            if (n->next) {
-                n = n->next;
-                break;
-            }
-            n = stack[--sp];
-        }
-    }
-done:
-    *nums = copy;
-    return 0;
-fail:
-    /* Nodes already pointing into copy must not outlive it: the caller
-     * deletes the tree, and reference nodes do not free their text. */
-    free(copy);
-    return -1;
-}
-
-cJSON *json_parse(const char *text, size_t len, char **nums)
-{
-    const char *end = NULL;
-    *nums = NULL;
-    if (json_scan(text, len, NULL, 0) < 0)
-        return NULL; /* cJSON reads more than JSON: the scanner decides */
-    cJSON *v = cJSON_ParseWithLengthOpts(text, len, &end, 0);
-    if (!v)
-        return NULL;
-    for (size_t i = (size_t)(end - text); i < len; i++) {
-        if (!is_space(text[i])) {
-            cJSON_Delete(v);
-            return NULL;
-        }
-    }
-    if (attach_numbers(v, text, len, nums) < 0) {
-        cJSON_Delete(v);
-        return NULL;
-    }
-    return v;
-}
-
-char *json_print(const cJSON *v, size_t *len)
-{
-    /* cJSON's buffer comes from the block pool; callers get plain malloc. */
-    char *s = cJSON_PrintUnformatted(v);
-    char *out = NULL;
-    *len = 0;
-    if (s) {
-        size_t n = strlen(s);
-        out = malloc(n + 1);
-        if (out) {
-            memcpy(out, s, n + 1);
-            *len = n;
-        }
-        cJSON_free(s);
-    }
-    return out;
-}
 
 /*
  * json_scan reads JSON text as RFC 8259 defines it, and nothing else:
@@ -372,6 +170,28 @@ long json_decode_string(const unsigned char *s, const unsigned char *end, unsign
         p += used;
     }
     return (long)n;
+}
+
+int json_escaped_equals(const unsigned char *s, const unsigned char *end, const char *key, size_t klen)
+{
+    const unsigned char *k = (const unsigned char *)key, *kend = k + klen;
+    for (const unsigned char *p = s; p < end;) {
+        if (*p != '\\') {
+            if (k == kend || *k != *p)
+                return 0;
+            k++;
+            p++;
+            continue;
+        }
+        unsigned long cp;
+        unsigned char u[4];
+        size_t used = escape_at(p, end, &cp), n = used ? utf8_put(cp, u) : 0;
+        if (!used || (size_t)(kend - k) < n || memcmp(k, u, n))
+            return 0;
+        k += n;
+        p += used;
+    }
+    return k == kend;
 }
 
 /* ---- scanning: a tape of tokens instead of a tree --------------------------- */
@@ -614,9 +434,6 @@ key:
 
 /* ---- reading a token ---------------------------------------------------------- */
 
-/* The value of string token t, decoded (escapes, and cut at a NUL as cJSON
- * cuts it): points into the text when it can, else into buf (room for
- * t->len bytes).  Sets *n. */
 const char *json_tok_string(const char *text, const json_tok_t *t, char *buf, size_t *n)
 {
     const char *s = text + t->start;
@@ -625,9 +442,6 @@ const char *json_tok_string(const char *text, const json_tok_t *t, char *buf, si
         return s;
     }
     long dl = json_decode_string((const unsigned char *)s, (const unsigned char *)s + t->len, (unsigned char *)buf);
-    const char *nul = memchr(buf, '\0', (size_t)(dl > 0 ? dl : 0));
-    *n = nul ? (size_t)(nul - buf) : (size_t)(dl > 0 ? dl : 0);
+    *n = dl > 0 ? (size_t)dl : 0;
     return buf;
 }
-
-

@@ -2,16 +2,19 @@
  * json.h - the JSON codec, on cJSON, knowing no Lua.
  *
  * What is JSON is decided in one place, json_scan, strictly by RFC 8259
- * (json.c lists the rules); json_parse accepts exactly what it accepts.
+ * (json.c lists the rules); every reader (the tape events are read
+ * through, json_parse, json_parse_exact) accepts exactly what it accepts.
  *
- * Two ways to read a document: json_scan checks it and records a tape of
- * tokens over the text (no tree, nothing allocated per value), and
- * json_parse builds a cJSON tree.  cJSON reads every number as a double, so
- * after parsing, each number node is turned into a raw node holding its
- * original text (json_parse does this in one pass over the text): printing
- * the tree gives untouched numbers exactly as they came in (1.10 stays
- * 1.10, 12345678901234567890 is not rounded).  How scripts see JSON is
- * script/json_lua.h.
+ * json_scan checks a document and records a tape of tokens over the text
+ * (no tree, nothing allocated per value).  Trees (json_tree.c) are cJSON
+ * trees built from a tape.  cJSON reads numbers as doubles and keeps
+ * strings NUL-terminated, so the trees here keep text instead where that
+ * would lose something: a number node is a raw node holding its original
+ * text (1.10 stays 1.10, 12345678901234567890 is not rounded), and in an
+ * exact tree a string written with escapes is a raw node holding its JSON
+ * text as written, quotes included ("caf\u00e9" stays so; "a\u0000b" keeps
+ * its NUL), and such a key is kept as written too (JSON_KEY_SPELLED).
+ * How scripts see JSON is script/json_lua.h.
  */
 #ifndef TIDE_JSON_H
 #define TIDE_JSON_H
@@ -36,7 +39,7 @@
  */
 enum json_tok_type { JSON_TOK_NULL = 1, JSON_TOK_FALSE, JSON_TOK_TRUE, JSON_TOK_NUMBER, JSON_TOK_STRING,
                      JSON_TOK_ARRAY, JSON_TOK_OBJECT };
-#define JSON_TOK_PLAIN 1 /* a string whose bytes are its value: no escapes, no NUL */
+#define JSON_TOK_PLAIN 1 /* a string whose bytes are its value: no escapes */
 #define JSON_NO_TOK UINT32_MAX
 
 typedef struct json_tok {
@@ -60,6 +63,10 @@ long json_scan(const char *text, size_t len, json_tok_t *tok, uint32_t cap);
  * escape is invalid (out NULL: only checks).  A \u0000 gives a NUL byte. */
 long json_decode_string(const unsigned char *s, const unsigned char *end, unsigned char *out);
 
+/* True when the string text between s and end decodes to the klen bytes
+ * at key (NULs included), decoding as it goes. */
+int json_escaped_equals(const unsigned char *s, const unsigned char *end, const char *key, size_t klen);
+
 /* The value of string token t of text, decoded: points into the text when
  * it can, else into buf (room for t->len bytes).  Sets *n. */
 const char *json_tok_string(const char *text, const json_tok_t *t, char *buf, size_t *n);
@@ -67,22 +74,80 @@ const char *json_tok_string(const char *text, const json_tok_t *t, char *buf, si
 /* True for an ASCII digit. */
 int json_is_digit(unsigned char c);
 
+/* ---- trees (json_tree.c); the loop thread only, like every cJSON use ---- */
+
+/* An item whose key (item->string) is the key's JSON text as written,
+ * quotes and escapes included, in a type bit cJSON leaves alone.  Only
+ * exact trees (and keys holding a NUL) have such items; json_print,
+ * json_key_bytes and json_object_get know them, cJSON's own functions do
+ * not, so exact trees are printed and searched only through this file. */
+#define JSON_KEY_SPELLED (1 << 12)
+
 /* Makes cJSON allocate through tide's block pool.  Call once, before any
  * other cJSON use (json_open does). */
 void json_init(void);
 
 /*
- * Parses exactly len bytes as one JSON text (json_scan's rules; cJSON
- * builds the tree).  Returns the tree, or NULL when the text is not JSON.  Number
- * nodes become raw nodes whose text lives in *nums (one allocation for the
- * whole document, owned by the caller, freed after the tree).
+ * Builds the tree of a scanned document (text, len; its ntok tokens).
+ * exact: strings and keys written with escapes keep their text (see the
+ * top of this file), and strings and keys point into *nums; otherwise
+ * strings and keys are decoded C strings of their own (a key holding a NUL
+ * is cut there, as cJSON does), except a string holding a NUL, which stays
+ * a raw node.  Number nodes always hold their text in *nums.  *nums (one
+ * allocation, the text with NULs written over delimiters) is owned by the
+ * caller and freed after the tree.  nodes, when not NULL (ntok entries),
+ * gets each token's node.  Returns NULL when out of memory.
+ */
+cJSON *json_tree_from_tape(const char *text, size_t len, const json_tok_t *tape, uint32_t ntok, int exact,
+                           cJSON **nodes, char **nums);
+
+/*
+ * Parses exactly len bytes as one JSON text (json_scan's rules).  Returns
+ * the tree, or NULL when the text is not JSON (or out of memory).
+ * json_parse gives a tree cJSON's own functions can print, search and
+ * copy (decoded strings; see json_tree_from_tape); json_parse_exact an
+ * exact tree.  *nums as for json_tree_from_tape.
  */
 cJSON *json_parse(const char *text, size_t len, char **nums);
+cJSON *json_parse_exact(const char *text, size_t len, char **nums);
 
-/* Compact text of v, malloc'd (caller frees); NULL when out of memory. */
+/* Compact text of v, malloc'd (caller frees); NULL when out of memory.
+ * Prints as cJSON does, and spelled keys and raw nodes as they are. */
 char *json_print(const cJSON *v, size_t *len);
 
 /* True for number nodes (raw-with-text or plain cJSON numbers). */
 int json_is_number(const cJSON *n);
+
+/* True for string nodes (cJSON strings, and raw nodes holding a string's
+ * JSON text). */
+int json_is_string(const cJSON *n);
+
+/* The bytes of string node n (json_is_string), NULs included: valuestring
+ * itself, or decoded into buf, which has room for strlen(valuestring)
+ * bytes.  Sets *len. */
+const char *json_string_bytes(const cJSON *n, char *buf, size_t *len);
+
+/* The bytes of item's key, NULs included, as json_string_bytes (buf: room
+ * for strlen(item->string)).  An item without a key gives "". */
+const char *json_key_bytes(const cJSON *item, char *buf, size_t *len);
+
+/* True when item's key is the klen bytes at key, NULs included. */
+int json_key_equals(const cJSON *item, const char *key, size_t klen);
+
+/* The nth (1 = the first) member of object obj whose key is the klen bytes
+ * at key, NULs included, or NULL. */
+cJSON *json_object_get(const cJSON *obj, const char *key, size_t klen, unsigned nth);
+
+/* A new string node for len bytes at s (a raw node with its JSON text when
+ * they hold a NUL), or NULL when out of memory. */
+cJSON *json_new_string(const char *s, size_t len);
+
+/* Gives item the key of klen bytes at key (copied; spelled when it holds a
+ * NUL), replacing any it has.  0, or -1 when out of memory. */
+int json_set_key(cJSON *item, const char *key, size_t klen);
+
+/* A deep copy of n that owns all its text (no references into anything),
+ * without n's key; NULL when out of memory. */
+cJSON *json_duplicate(const cJSON *n);
 
 #endif

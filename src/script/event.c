@@ -465,12 +465,10 @@ static void encode_headers(lua_State *L, int evidx, event_t *ev)
 static const char *const ce_attrs[] = {"id", "source", "type", "specversion", "time", "subject",
                                        "dataschema", "version", NULL};
 
-/* Adds a string member made from len bytes (not NUL-terminated). */
+/* Adds a string member made from len bytes (not NUL-terminated; NULs kept). */
 static void add_string(lua_State *L, cJSON *obj, const char *key, const char *val, size_t len)
 {
-    char *tmp = mem_dup(val, len);
-    cJSON *v = tmp ? cJSON_CreateString(tmp) : NULL;
-    free(tmp);
+    cJSON *v = json_new_string(val, len);
     if (!v || !cJSON_AddItemToObject(obj, key, v)) {
         cJSON_Delete(v);
         luaL_error(L, "out of memory");
@@ -555,7 +553,7 @@ static void decode_binary(lua_State *L, int idx, event_t *ev)
 {
     size_t vl;
     json_tree_t *t = tree_of(L, idx, ev); /* empty: the event has no tape */
-    cJSON *v = ev->payload_len ? json_parse(ev->payload, ev->payload_len, &t->nums) : NULL;
+    cJSON *v = ev->payload_len ? json_parse_exact(ev->payload, ev->payload_len, &t->nums) : NULL;
     cJSON *env = cJSON_CreateObject();
     if (!env) {
         cJSON_Delete(v);
@@ -658,7 +656,7 @@ static void promote(lua_State *L, int idx, event_t *ev)
 static int push_member(lua_State *L, int idx, event_t *ev, const char *key, size_t klen)
 {
     if (ev->owner.tree) {
-        cJSON *v = cJSON_GetObjectItemCaseSensitive(ev->owner.tree->root, key);
+        cJSON *v = json_object_get(ev->owner.tree->root, key, klen, 1);
         if (!v) {
             lua_pushnil(L);
             return LUA_TNIL;
@@ -778,20 +776,25 @@ static int event_index(lua_State *L)
     return event_get(L, 1, check_live(L, 1));
 }
 
-/* Sets root[key] = v, in place when the key exists (key order is kept);
- * the old value is kept until the event ends, for proxies still into it. */
-static void set_member(lua_State *L, event_t *ev, const char *key, cJSON *v)
+/* Sets root[key] = v (klen bytes of key), in place when the key exists
+ * (key order is kept); the old value is kept until the event ends, for
+ * proxies still into it. */
+static void set_member(lua_State *L, event_t *ev, const char *key, size_t klen, cJSON *v)
 {
-    if (json_object_set(&ev->owner, ev->owner.tree->root, key, v) < 0)
+    if (json_object_set(&ev->owner, ev->owner.tree->root, key, klen, v) < 0)
         luaL_error(L, "out of memory");
 }
+
+/* True when the kl bytes at k are the name lit. */
+#define KEY_IS(k, kl, lit) ((kl) == sizeof(lit) - 1 && memcmp((k), (lit), (kl)) == 0)
 
 static int event_newindex(lua_State *L)
 {
     event_t *ev = check_live(L, 1);
-    const char *k = luaL_checkstring(L, 2);
+    size_t kl;
+    const char *k = luaL_checklstring(L, 2, &kl);
 
-    if (strcmp(k, "subject") == 0) {
+    if (KEY_IS(k, kl, "subject")) {
         size_t n;
         const char *s = luaL_checklstring(L, 3, &n);
         if (!subject_valid_literal(s, n))
@@ -804,11 +807,11 @@ static int event_newindex(lua_State *L)
         ev->subject_dirty = 1;
         return 0;
     }
-    if (strcmp(k, "headers") == 0 || strcmp(k, "reply") == 0 || strcmp(k, "raw") == 0)
+    if (KEY_IS(k, kl, "headers") || KEY_IS(k, kl, "reply") || KEY_IS(k, kl, "raw"))
         return luaL_error(L, "e.%s cannot be assigned (set e.headers[name] or e.data instead)", k);
     decode(L, 1, ev);
     json_tree_t *t = tree_of(L, 1, ev);
-    if (strcmp(k, "data") == 0) {
+    if (KEY_IS(k, kl, "data")) {
         ev->data_view = NULL;
         lua_pushnil(L);
         set_uv(L, 1, ev, UV_DATA);
@@ -818,23 +821,23 @@ static int event_newindex(lua_State *L)
             t->root = v;
             ev->raw_is_json = v != NULL;
         } else if (lua_isnil(L, 3)) {
-            json_object_unset(&ev->owner, t->root, "data");
+            json_object_unset(&ev->owner, t->root, "data", 4);
         } else {
-            set_member(L, ev, "data", json_from_lua(L, 3));
+            set_member(L, ev, "data", 4, json_from_lua(L, 3));
         }
         ev->owner.dirty = 1;
         return 0;
     }
-    if (strcmp(k, "version") == 0 && !lua_isinteger(L, 3))
+    if (KEY_IS(k, kl, "version") && !lua_isinteger(L, 3))
         return luaL_error(L, "e.version must be an integer");
     if (ev->mode == EVENT_RAW)
         promote(L, 1, ev);
-    if (strcmp(k, "ce_subject") == 0)
-        k = "subject";
+    if (KEY_IS(k, kl, "ce_subject"))
+        k = "subject", kl = 7;
     if (lua_isnil(L, 3))
-        json_object_unset(&ev->owner, t->root, k);
+        json_object_unset(&ev->owner, t->root, k, kl);
     else
-        set_member(L, ev, k, json_from_lua(L, 3));
+        set_member(L, ev, k, kl, json_from_lua(L, 3));
     ev->owner.dirty = 1;
     return 0;
 }
@@ -891,9 +894,10 @@ void event_bytes(lua_State *L, int idx, proto_msg_t *out)
             int t = lua_gettop(L);
             cJSON *val;
             cJSON_ArrayForEach(val, root) {
-                const char *key = val->string;
-                if (!key || !strcmp(key, "data") || !strcmp(key, "datacontenttype"))
+                if (!val->string || json_key_equals(val, "data", 4) || json_key_equals(val, "datacontenttype", 15))
                     continue;
+                json_push_key(L, val);
+                const char *key = lua_tostring(L, -1); /* a NUL in it ends the header name */
                 /* Header names compare without case: drop "Ce-Source" before
                  * writing "ce-source", or both would go out. */
                 char hname[160];
@@ -909,17 +913,18 @@ void event_bytes(lua_State *L, int idx, proto_msg_t *out)
                     }
                 }
                 lua_pushfstring(L, "ce-%s", key);
-                if (cJSON_IsString(val))
-                    lua_pushstring(L, val->valuestring);
+                lua_remove(L, -2);
+                if (json_is_string(val))
+                    json_push_string(L, val);
                 else if (json_push_text(L, val) < 0)
                     luaL_error(L, "out of memory");
                 lua_rawset(L, t);
             }
             lua_pop(L, 1);
             ev->headers_dirty = 1;
-            cJSON *d = cJSON_GetObjectItemCaseSensitive(root, "data");
-            if (cJSON_IsString(d)) {
-                lua_pushstring(L, d->valuestring);
+            cJSON *d = json_object_get(root, "data", 4, 1);
+            if (json_is_string(d)) {
+                json_push_string(L, d);
                 set_payload_top(L, idx, ev);
             } else if (d) {
                 set_payload_json(L, idx, ev, d);

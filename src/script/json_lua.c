@@ -118,33 +118,26 @@ static inline int same_bytes(const char *a, const char *b, size_t n)
     return 1;
 }
 
-uint32_t json_tape_member(const json_owner_t *o, uint32_t obj, const char *key, size_t klen)
+/* The value token of the nth member named key of object token obj. */
+static uint32_t tape_member_nth(const json_owner_t *o, uint32_t obj, const char *key, size_t klen, unsigned nth)
 {
     const json_tok_t *tape = o->tape;
-    for (size_t i = 0; i < klen; i++)
-        if (key[i] == '\0') {
-            klen = i; /* cJSON compares C strings */
-            break;
-        }
     uint32_t k = obj + 1;
     for (uint32_t m = 0; m < tape[obj].len; m++) {
         const json_tok_t *kt = &tape[k];
-        if (kt->flags & JSON_TOK_PLAIN) {
-            if (kt->len == klen && same_bytes(o->text + kt->start, key, klen))
-                return k + 1;
-        } else if (kt->len >= klen) {
-            char small[256], *buf = kt->len <= sizeof small ? small : malloc(kt->len);
-            size_t n;
-            const char *v = buf ? json_tok_string(o->text, kt, buf, &n) : NULL;
-            int same = v && n == klen && memcmp(v, key, klen) == 0;
-            if (buf != small)
-                free(buf);
-            if (same)
-                return k + 1;
-        }
+        const unsigned char *ks = (const unsigned char *)o->text + kt->start;
+        int same = kt->flags & JSON_TOK_PLAIN ? kt->len == klen && same_bytes((const char *)ks, key, klen)
+                                              : json_escaped_equals(ks, ks + kt->len, key, klen);
+        if (same && --nth == 0)
+            return k + 1;
         k = tape[k + 1].next;
     }
     return JSON_NO_TOK;
+}
+
+uint32_t json_tape_member(const json_owner_t *o, uint32_t obj, const char *key, size_t klen)
+{
+    return tape_member_nth(o, obj, key, klen, 1);
 }
 
 /* Pushes a number as json_push_number does for its text. */
@@ -217,7 +210,7 @@ void json_push_tok(lua_State *L, json_owner_t *o, uint32_t tok, int owner_idx, i
         }
         luaL_Buffer b;
         char *buf = luaL_buffinitsize(L, &b, t->len + 1);
-        json_tok_string(o->text, t, buf, &n); /* not plain: decoded into buf */
+        json_tok_string(o->text, t, buf, &n); /* not plain: decoded into buf, NULs and all */
         luaL_pushresultsize(&b, n);
         return;
     }
@@ -228,97 +221,14 @@ void json_push_tok(lua_State *L, json_owner_t *o, uint32_t tok, int owner_idx, i
 
 /* ---- trees from tapes ------------------------------------------------------------ */
 
-/* Builds the subtree of token k (and its siblings' nodes are linked by the
- * caller).  Numbers become raw nodes over t->nums, as json_parse makes
- * them.  Returns the node or NULL when out of memory. */
-static cJSON *node_from_tok(const json_owner_t *o, json_tree_t *t, uint32_t k)
-{
-    const json_tok_t *tk = &o->tape[k];
-    cJSON *n = cJSON_CreateNull();
-    if (!n)
-        return NULL;
-    t->nodes[k] = n;
-    switch (tk->type) {
-    case JSON_TOK_NULL:
-        break;
-    case JSON_TOK_FALSE:
-        n->type = cJSON_False;
-        break;
-    case JSON_TOK_TRUE:
-        n->type = cJSON_True;
-        n->valueint = 1;
-        break;
-    case JSON_TOK_NUMBER:
-        n->type = cJSON_Raw | cJSON_IsReference;
-        n->valuestring = t->nums + tk->start;
-        break;
-    case JSON_TOK_STRING: {
-        char *buf = cJSON_malloc((size_t)tk->len + 1);
-        size_t len;
-        if (!buf)
-            goto fail;
-        const char *v = json_tok_string(o->text, tk, buf, &len);
-        if (v != buf)
-            memcpy(buf, v, len);
-        buf[len] = '\0';
-        n->type = cJSON_String;
-        n->valuestring = buf;
-        break;
-    }
-    default: {
-        int obj = tk->type == JSON_TOK_OBJECT;
-        cJSON *last = NULL;
-        uint32_t c = k + 1;
-        n->type = obj ? cJSON_Object : cJSON_Array;
-        for (uint32_t m = 0; m < tk->len; m++) {
-            const json_tok_t *kt = obj ? &o->tape[c] : NULL;
-            uint32_t vk = obj ? c + 1 : c;
-            cJSON *child = node_from_tok(o, t, vk);
-            if (!child)
-                goto fail;
-            if (last) {
-                last->next = child;
-                child->prev = last;
-            } else {
-                n->child = child;
-            }
-            last = child;
-            if (obj) {
-                char *key = cJSON_malloc((size_t)kt->len + 1);
-                size_t len;
-                if (!key)
-                    goto fail;
-                const char *v = json_tok_string(o->text, kt, key, &len);
-                if (v != key)
-                    memcpy(key, v, len);
-                key[len] = '\0';
-                child->string = key;
-            }
-            c = o->tape[vk].next;
-        }
-        if (n->child)
-            n->child->prev = last;
-    }
-    }
-    return n;
-fail:
-    cJSON_Delete(n);
-    return NULL;
-}
-
+/* The owner's exact tree (json_tree_from_tape), with the node of every
+ * token for views read before it. */
 static int tree_from_tape(const json_owner_t *o, json_tree_t *t)
 {
     t->nodes = calloc(o->ntok, sizeof *t->nodes);
-    t->nums = malloc(o->text_len + 1);
-    if (!t->nodes || !t->nums)
+    if (!t->nodes)
         return -1;
-    /* The number texts, each ended by a NUL over the byte after it (a
-     * delimiter, not needed here). */
-    memcpy(t->nums, o->text, o->text_len);
-    for (uint32_t k = 0; k < o->ntok; k++)
-        if (o->tape[k].type == JSON_TOK_NUMBER)
-            t->nums[o->tape[k].start + o->tape[k].len] = '\0';
-    t->root = node_from_tok(o, t, 0);
+    t->root = json_tree_from_tape(o->text, o->text_len, o->tape, o->ntok, 1, t->nodes, &t->nums);
     return t->root ? 0 : -1;
 }
 
@@ -357,14 +267,15 @@ static int push_cstring(lua_State *L)
 
 int json_push_text(lua_State *L, const cJSON *v)
 {
-    char *s = cJSON_PrintUnformatted(v);
+    size_t n;
+    char *s = json_print(v, &n);
     if (!s)
         return -1;
     /* Pushing allocates and may raise: protected, so s is freed either way. */
     lua_pushcfunction(L, push_cstring);
     lua_pushlightuserdata(L, s);
     int rc = lua_pcall(L, 1, 1, 0);
-    cJSON_free(s);
+    free(s);
     if (rc != LUA_OK) {
         lua_pop(L, 1);
         return -1;
@@ -436,29 +347,35 @@ static void replace_keep(cJSON *parent, cJSON *item, cJSON *replacement)
     item->next = item->prev = NULL;
 }
 
-int json_object_set(json_owner_t *o, cJSON *parent, const char *key, cJSON *v)
+int json_object_set(json_owner_t *o, cJSON *parent, const char *key, size_t klen, cJSON *v)
 {
-    cJSON *old = cJSON_GetObjectItemCaseSensitive(parent, key);
+    const int key_flags = cJSON_StringIsConst | JSON_KEY_SPELLED;
+    cJSON *old = json_object_get(parent, key, klen, 1);
     if (old) {
-        /* The key moves over with its flag; the old value is kept aside. */
+        /* The key moves over with its flags; the old value is kept aside. */
+        if (v->string && !(v->type & cJSON_StringIsConst))
+            cJSON_free(v->string);
         v->string = old->string;
-        v->type = (v->type & ~cJSON_StringIsConst) | (old->type & cJSON_StringIsConst);
+        v->type = (v->type & ~key_flags) | (old->type & key_flags);
         old->string = NULL;
-        old->type &= ~cJSON_StringIsConst;
+        old->type &= ~key_flags;
         replace_keep(parent, old, v);
         json_owner_discard(o, old);
         return 0;
     }
-    if (!cJSON_AddItemToObject(parent, key, v)) {
+    if (json_set_key(v, key, klen) < 0) {
         cJSON_Delete(v);
         return -1;
     }
+    cJSON_AddItemToArray(parent, v); /* links it in, key untouched */
     return 0;
 }
 
-void json_object_unset(json_owner_t *o, cJSON *parent, const char *key)
+void json_object_unset(json_owner_t *o, cJSON *parent, const char *key, size_t klen)
 {
-    json_owner_discard(o, cJSON_DetachItemFromObjectCaseSensitive(parent, key));
+    cJSON *item = json_object_get(parent, key, klen, 1);
+    if (item)
+        json_owner_discard(o, cJSON_DetachItemViaPointer(parent, item));
 }
 
 /* ---- null ------------------------------------------------------------------ */
@@ -493,25 +410,10 @@ int json_is_null(lua_State *L, int idx)
 
 /* ---- JSON -> Lua --------------------------------------------------------- */
 
-int json_is_number(const cJSON *n)
-{
-    return n && ((n->type & 0xff) == cJSON_Number || (n->type & 0xff) == cJSON_Raw);
-}
-
 void json_push_number(lua_State *L, const cJSON *n)
 {
     if ((n->type & 0xff) == cJSON_Raw && n->valuestring) {
-        const char *t = n->valuestring;
-        if (!strpbrk(t, ".eE")) {
-            char *end;
-            errno = 0;
-            long long v = strtoll(t, &end, 10);
-            if (errno == 0 && *end == '\0') {
-                lua_pushinteger(L, (lua_Integer)v);
-                return;
-            }
-        }
-        lua_pushnumber(L, strtod(t, NULL));
+        push_number_text(L, n->valuestring, strlen(n->valuestring));
         return;
     }
     double d = n->valuedouble;
@@ -610,6 +512,25 @@ static void push_proxy(lua_State *L, json_owner_t *o, cJSON *node, uint32_t tok,
     }
 }
 
+/* Pushes the bytes of string node v (json_is_string), or of v's key (key
+ * set), NULs included. */
+static void push_string_node(lua_State *L, const cJSON *v, int key)
+{
+    const char *text = key ? v->string : v->valuestring;
+    if (!text || !(key ? v->type & JSON_KEY_SPELLED : (v->type & 0xff) == cJSON_Raw)) {
+        lua_pushstring(L, text ? text : "");
+        return;
+    }
+    luaL_Buffer b;
+    size_t n;
+    char *buf = luaL_buffinitsize(L, &b, strlen(text) + 1);
+    if (key)
+        json_key_bytes(v, buf, &n);
+    else
+        json_string_bytes(v, buf, &n);
+    luaL_pushresultsize(&b, n);
+}
+
 /* json_push for a node of owner o (owner_idx as for push_proxy). */
 static void push_node(lua_State *L, cJSON *v, json_owner_t *o, int owner_idx)
 {
@@ -623,8 +544,13 @@ static void push_node(lua_State *L, cJSON *v, json_owner_t *o, int owner_idx)
     case cJSON_True:
         lua_pushboolean(L, 1);
         return;
-    case cJSON_Number:
     case cJSON_Raw:
+        if (json_is_string(v)) {
+            push_string_node(L, v, 0);
+            return;
+        }
+        /* FALLTHROUGH */
+    case cJSON_Number:
         json_push_number(L, v);
         return;
     case cJSON_String:
@@ -637,6 +563,16 @@ static void push_node(lua_State *L, cJSON *v, json_owner_t *o, int owner_idx)
     default:
         lua_pushnil(L);
     }
+}
+
+void json_push_string(lua_State *L, const cJSON *v)
+{
+    push_string_node(L, v, 0);
+}
+
+void json_push_key(lua_State *L, const cJSON *item)
+{
+    push_string_node(L, item, 1);
 }
 
 void json_push(lua_State *L, cJSON *v, int owner_idx)
@@ -671,13 +607,60 @@ static cJSON *double_value(lua_State *L, lua_Number d)
     return raw_number(L, buf);
 }
 
+typedef struct lua_key {
+    const char *s;
+    size_t n;
+} lua_key_t;
+
+/* Byte order, a key before the longer keys it starts (strcmp's order for
+ * keys without a NUL). */
 static int cmp_keys(const void *a, const void *b)
 {
-    const char *const *x = a, *const *y = b;
-    return strcmp(*x, *y);
+    const lua_key_t *x = a, *y = b;
+    int c = memcmp(x->s, y->s, x->n < y->n ? x->n : y->n);
+    return c ? c : (x->n > y->n) - (x->n < y->n);
 }
 
 static cJSON *from_lua(lua_State *L, int idx, int depth);
+
+/* The object for the table at idx, which has n pairs: its keys must be
+ * strings; written sorted so output is stable. */
+static cJSON *object_value(lua_State *L, int idx, int depth, size_t n)
+{
+    lua_key_t *keys = lua_newuserdatauv(L, (n ? n : 1) * sizeof *keys, 0);
+    int keys_idx = lua_gettop(L);
+    size_t k = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            luaL_error(L, "cannot encode as JSON: object key of type %s (keys must be strings)",
+                       luaL_typename(L, -1));
+        keys[k].s = lua_tolstring(L, -1, &keys[k].n); /* anchored by the table itself */
+        k++;
+    }
+    qsort(keys, k, sizeof *keys, cmp_keys);
+    cJSON *out = cJSON_CreateObject();
+    if (!out)
+        luaL_error(L, "out of memory");
+    json_push_document(L, out, NULL); /* the holder frees it if a child raises */
+    int holder = lua_gettop(L);
+    for (size_t i = 0; i < k; i++) {
+        lua_pushlstring(L, keys[i].s, keys[i].n);
+        lua_gettable(L, idx);
+        cJSON *e = from_lua(L, lua_gettop(L), depth + 1);
+        lua_pop(L, 1);
+        if (json_set_key(e, keys[i].s, keys[i].n) < 0) {
+            cJSON_Delete(e);
+            luaL_error(L, "out of memory");
+        }
+        cJSON_AddItemToArray(out, e); /* links it in, key untouched */
+    }
+    ((document_t *)lua_touserdata(L, holder))->t.root = NULL; /* released to the caller */
+    lua_remove(L, holder);
+    lua_remove(L, keys_idx);
+    return out;
+}
 
 static cJSON *table_value(lua_State *L, int idx, int depth)
 {
@@ -727,37 +710,7 @@ static cJSON *table_value(lua_State *L, int idx, int depth)
         lua_remove(L, holder);
         return out;
     }
-    /* An object: keys must be strings; written sorted so output is stable. */
-    const char **keys = lua_newuserdatauv(L, (n ? n : 1) * sizeof *keys, 0);
-    int keys_idx = lua_gettop(L);
-    size_t k = 0;
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-        lua_pop(L, 1);
-        if (lua_type(L, -1) != LUA_TSTRING)
-            luaL_error(L, "cannot encode as JSON: object key of type %s (keys must be strings)",
-                       luaL_typename(L, -1));
-        keys[k++] = lua_tostring(L, -1); /* anchored by the table itself */
-    }
-    qsort(keys, k, sizeof *keys, cmp_keys);
-    out = cJSON_CreateObject();
-    if (!out)
-        luaL_error(L, "out of memory");
-    json_push_document(L, out, NULL);
-    int holder = lua_gettop(L);
-    for (size_t i = 0; i < k; i++) {
-        lua_getfield(L, idx, keys[i]);
-        cJSON *e = from_lua(L, lua_gettop(L), depth + 1);
-        lua_pop(L, 1);
-        if (!cJSON_AddItemToObject(out, keys[i], e)) {
-            cJSON_Delete(e);
-            luaL_error(L, "out of memory");
-        }
-    }
-    ((document_t *)lua_touserdata(L, holder))->t.root = NULL;
-    lua_remove(L, holder);
-    lua_remove(L, keys_idx);
-    return out;
+    return object_value(L, idx, depth, n);
 }
 
 static cJSON *from_lua(lua_State *L, int idx, int depth)
@@ -781,9 +734,7 @@ static cJSON *from_lua(lua_State *L, int idx, int depth)
     case LUA_TSTRING: {
         size_t len;
         const char *s = lua_tolstring(L, idx, &len);
-        if (strlen(s) != len)
-            luaL_error(L, "cannot encode a string with a NUL byte as JSON");
-        v = cJSON_CreateString(s);
+        v = json_new_string(s, len);
         break;
     }
     case LUA_TTABLE:
@@ -802,7 +753,7 @@ static cJSON *from_lua(lua_State *L, int idx, int depth)
         if (lua_type(L, idx) == LUA_TLIGHTUSERDATA || luaL_testudata(L, idx, PROXY_MT)) {
             /* A copy: e.data.a = e.data.b must not alias the two. */
             proxy_t scratch, *p = tree_proxy(L, idx, &scratch, NULL);
-            v = cJSON_Duplicate(p->node, 1);
+            v = json_duplicate(p->node);
             break;
         }
         /* FALLTHROUGH */
@@ -831,10 +782,13 @@ static int child_owner_idx(lua_State *L, const json_owner_t *o)
     return lua_gettop(L);
 }
 
-int json_proxy_index(lua_State *L)
+/* Pushes the member of the proxy p (of owner o, at stack index 1) named by
+ * the key at stack index 2: an array's element, or the nth pair of an
+ * object with that key.  Returns 0 (nil pushed) when there is none.
+ * mt_idx: as for json_push_tok. */
+static int push_child(lua_State *L, proxy_t *p, json_owner_t *o, unsigned nth, int mt_idx)
 {
-    json_owner_t *o;
-    proxy_t scratch, *p = live_proxy(L, 1, &scratch, &o);
+    int is_key = lua_type(L, 2) == LUA_TSTRING;
     if (!p->node) {
         const json_tok_t *t = &o->tape[p->tok];
         uint32_t child = JSON_NO_TOK;
@@ -847,19 +801,19 @@ int json_proxy_index(lua_State *L)
                         child = o->tape[child].next;
                 }
             }
-        } else if (lua_type(L, 2) == LUA_TSTRING) {
+        } else if (is_key) {
             size_t kl;
             const char *k = lua_tolstring(L, 2, &kl);
-            child = json_tape_member(o, p->tok, k, kl);
+            child = tape_member_nth(o, p->tok, k, kl, nth);
         }
         if (child == JSON_NO_TOK) {
             lua_pushnil(L);
-            return 1;
+            return 0;
         }
         int ct = o->tape[child].type, oi = 0;
         if (ct == JSON_TOK_OBJECT || ct == JSON_TOK_ARRAY)
             oi = child_owner_idx(L, o);
-        json_push_tok(L, o, child, oi, lua_upvalueindex(1));
+        json_push_tok(L, o, child, oi, mt_idx);
         return 1;
     }
     cJSON *child = NULL;
@@ -869,14 +823,24 @@ int json_proxy_index(lua_State *L)
             if (i >= 1 && i <= INT32_MAX)
                 child = cJSON_GetArrayItem(p->node, (int)i - 1);
         }
-    } else if (lua_type(L, 2) == LUA_TSTRING) {
-        child = cJSON_GetObjectItemCaseSensitive(p->node, lua_tostring(L, 2));
+    } else if (is_key) {
+        size_t kl;
+        const char *k = lua_tolstring(L, 2, &kl);
+        child = json_object_get(p->node, k, kl, nth);
     }
     if (!child) {
         lua_pushnil(L);
-        return 1;
+        return 0;
     }
     push_node(L, child, o, child_owner_idx(L, o));
+    return 1;
+}
+
+int json_proxy_index(lua_State *L)
+{
+    json_owner_t *o;
+    proxy_t scratch, *p = live_proxy(L, 1, &scratch, &o);
+    push_child(L, p, o, 1, lua_upvalueindex(1));
     return 1;
 }
 
@@ -906,10 +870,11 @@ int json_proxy_newindex(lua_State *L)
     } else {
         if (lua_type(L, 2) != LUA_TSTRING)
             return luaL_error(L, "JSON object keys must be strings, got %s", luaL_typename(L, 2));
-        const char *k = lua_tostring(L, 2);
+        size_t kl;
+        const char *k = lua_tolstring(L, 2, &kl);
         if (lua_isnil(L, 3))
-            json_object_unset(o, p->node, k);
-        else if (json_object_set(o, p->node, k, json_from_lua(L, 3)) < 0)
+            json_object_unset(o, p->node, k, kl);
+        else if (json_object_set(o, p->node, k, kl, json_from_lua(L, 3)) < 0)
             return luaL_error(L, "out of memory");
     }
     o->dirty = 1;
@@ -983,7 +948,7 @@ int json_proxy_pairs(lua_State *L)
         if (cJSON_IsArray(p->node))
             lua_pushinteger(L, i + 1);
         else
-            lua_pushstring(L, c->string ? c->string : "");
+            json_push_key(L, c);
         lua_rawseti(L, -2, ++i);
     }
     lua_pushinteger(L, 0);
@@ -1041,7 +1006,7 @@ static int l_decode(lua_State *L)
     size_t n;
     char *nums;
     const char *s = luaL_checklstring(L, 1, &n);
-    cJSON *v = json_parse(s, n, &nums);
+    cJSON *v = json_parse_exact(s, n, &nums);
     if (!v) {
         lua_pushnil(L);
         lua_pushliteral(L, "invalid JSON");

@@ -3,27 +3,28 @@
  *
  * JSON objects and arrays reach Lua as proxies over the document rather
  * than as converted tables, which is what keeps a round trip exact: key
- * order, null, and empty array vs empty object stay as they were.  An
- * event's payload is read through a tape (json_scan: tokens over the text,
- * no tree); a cJSON tree is built when something writes.  cJSON
- * reads every number as a double, so after parsing, each number node is
- * turned into a raw node holding its original text (json_parse does this in
- * one pass over the text): reading gives the exact 64-bit integer or the
- * float the text means, and writing the tree out prints untouched numbers
- * exactly as they came in (1.10 stays 1.10, 12345678901234567890 is not
- * rounded).
+ * order, null, and empty array vs empty object stay as they were.  An event's payload is read through a tape (json_scan: tokens
+ * over the text, no tree); an exact tree (json.h) is built when something
+ * writes: numbers, and strings and keys written with escapes, keep their
+ * text, so untouched values print exactly as they came in (1.10 stays
+ * 1.10, 12345678901234567890 is not rounded, "caf\u00e9" and "a\u0000b"
+ * stay so).  Reading gives the exact 64-bit integer or the float the text
+ * means, and strings with every byte, NULs included.
  *
  *   JSON            Lua
  *   null            tide.null (a unique sentinel; distinct from a missing key)
  *   true/false      boolean
  *   integer         integer (64-bit; beyond int64 a float, text kept)
  *   other number    float
- *   string          string
+ *   string          string (NULs included: "\u0000" is a NUL byte)
  *   object, array   proxy: index, assign, #, pairs (in document order), tostring
+ *
+ * Keys compare in full, NULs included.
  *
  * Lua to JSON (assignments, ctx.publish, tide.json.encode): tables with keys
  * 1..n are arrays, other tables objects with string keys, written in sorted
  * key order; an empty table is an object unless made with tide.array().
+ * Strings (and keys) are written with any NUL as \u0000.
  *
  * Ownership: every tree belongs to an owner, a userdata starting with
  * json_owner_t (an event, or a standalone document).  Proxies keep their
@@ -85,16 +86,18 @@ void json_owner_release(json_owner_t *o);
  */
 void json_owner_discard(json_owner_t *o, cJSON *node);
 
-/* Sets parent[key] = v (in place when key exists; key order is kept), or
- * appends; the old value is discarded into o.  Returns 0, or -1 when out of
- * memory (v is then freed). */
-int json_object_set(json_owner_t *o, cJSON *parent, const char *key, cJSON *v);
+/* Sets parent[key] = v for the key of klen bytes (NULs included): in place
+ * of the first pair with that key (key order is kept), or appended; the
+ * old value is discarded into o.  Returns 0, or -1 when out of memory (v
+ * is then freed). */
+int json_object_set(json_owner_t *o, cJSON *parent, const char *key, size_t klen, cJSON *v);
 
-/* Removes parent[key], discarding it into o. */
-void json_object_unset(json_owner_t *o, cJSON *parent, const char *key);
+/* Removes the first pair of parent with the key of klen bytes, discarding
+ * it into o. */
+void json_object_unset(json_owner_t *o, cJSON *parent, const char *key, size_t klen);
 
-/* The value token of member key (klen bytes) of object token obj, or
- * JSON_NO_TOK.  Keys compare as cJSON compares them (up to a NUL). */
+/* The value token of the first member with key (klen bytes, NULs
+ * included) of object token obj, or JSON_NO_TOK. */
 uint32_t json_tape_member(const json_owner_t *o, uint32_t obj, const char *key, size_t klen);
 
 /* Pushes the Lua value of token tok: objects and arrays are views of owner
@@ -135,8 +138,8 @@ void json_push_proxy_metatable(lua_State *L);
  */
 json_tree_t *json_owner_tree(lua_State *L, json_owner_t *o, int owner_idx);
 
-/* Pushes the compact text of v as a Lua string; -1 (nothing pushed) when
- * out of memory. */
+/* Pushes the compact text of v (json_print) as a Lua string; -1 (nothing
+ * pushed) when out of memory. */
 int json_push_text(lua_State *L, const cJSON *v);
 
 /*
@@ -152,6 +155,12 @@ void json_push(lua_State *L, cJSON *v, int owner_idx);
  * keys, nesting deeper than 64).
  */
 cJSON *json_from_lua(lua_State *L, int idx);
+
+/* Pushes the bytes of string node v (json_is_string), NULs included. */
+void json_push_string(lua_State *L, const cJSON *v);
+
+/* Pushes the bytes of item's key, NULs included ("" without one). */
+void json_push_key(lua_State *L, const cJSON *item);
 
 /* True when the value at idx is tide.null. */
 int json_is_null(lua_State *L, int idx);

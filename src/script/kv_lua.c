@@ -52,7 +52,7 @@ static void push_value(lua_State *L, const kv_value_t *v)
         break;
     default: {
         char *nums;
-        cJSON *j = json_parse(v->s, v->len, &nums);
+        cJSON *j = json_parse_exact(v->s, v->len, &nums);
         if (!j) {
             lua_pushnil(L);
             break;

@@ -1,20 +1,23 @@
 /*
  * fuzz_json.c - libFuzzer target for the JSON layer: json_scan (the strict
- * gate and the tape events are read through) and json_parse (cJSON plus
- * the pass that keeps each number's text).
+ * gate and the tape events are read through), json_parse and
+ * json_parse_exact (trees), json_print, and the tree built from a tape.
  *
  * For every input:
  *   - json_scan accepts it exactly when a plain recursive reading of RFC
  *     8259 written here does (reference_text below: the grammar as the RFC
  *     writes it, UTF-8 by the Unicode standard's table 3-7), and exactly
- *     when json_parse does;
+ *     when json_parse and json_parse_exact do;
  * for every input that is JSON:
- *   - cJSON itself accepts the text (json_parse builds its tree with it);
+ *   - the exact tree prints as the input with the whitespace between
+ *     tokens taken out, byte for byte (an exact round trip);
+ *   - so does the tree json_owner_tree builds from the tape (what a write
+ *     to an event starts from), and a json_duplicate of it;
  *   - every number node carries text that strtod reads completely;
- *   - printing the tree gives JSON that parses again to a tree that prints
- *     the same (number texts survive a round trip unchanged);
- *   - the tree built from the tape (what a write to an event starts from)
- *     prints exactly as cJSON's own tree does.
+ *   - the cJSON-style tree (json_parse) prints JSON that json_scan accepts
+ *     and that parses again to a tree printing the same;
+ *   - cJSON itself accepts the text (the strict reading is a part of what
+ *     cJSON 1.7 reads, which the app layer's cJSON calls rely on).
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -237,10 +240,34 @@ static int reference_text(const uint8_t *data, size_t size)
 
 /* ---- checks on accepted texts ------------------------------------------------ */
 
+/* The text without the whitespace between tokens: what printing an exact
+ * tree must give. */
+static char *compact(const uint8_t *data, size_t size, size_t *len)
+{
+    char *out = malloc(size + 1);
+    size_t n = 0;
+    int in_string = 0;
+    for (size_t i = 0; out && i < size; i++) {
+        unsigned char c = data[i];
+        if (in_string) {
+            out[n++] = (char)c;
+            if (c == '\\')
+                out[n++] = (char)data[++i];
+            else if (c == '"')
+                in_string = 0;
+        } else if (!strchr(" \t\r\n", c) || !c) {
+            out[n++] = (char)c;
+            in_string = c == '"';
+        }
+    }
+    *len = n;
+    return out;
+}
+
 static void check_numbers(const cJSON *n)
 {
     for (; n; n = n->next) {
-        if ((n->type & 0xff) == cJSON_Raw) {
+        if (json_is_number(n) && (n->type & 0xff) == cJSON_Raw) {
             char *end;
             if (!n->valuestring || !n->valuestring[0])
                 abort();
@@ -252,8 +279,18 @@ static void check_numbers(const cJSON *n)
     }
 }
 
-/* The tree json_owner_tree builds from the tape of data, printed. */
-static char *print_from_tape(const uint8_t *data, size_t size, long ntok, size_t *len)
+static void check_prints_as(const cJSON *v, const char *want, size_t want_len)
+{
+    size_t n;
+    char *p = json_print(v, &n);
+    if (p && (n != want_len || memcmp(p, want, n) != 0))
+        abort();
+    free(p);
+}
+
+/* The tree json_owner_tree builds from the tape of data must print as the
+ * text does, and so must a copy of it. */
+static void check_tape_tree(const uint8_t *data, size_t size, long ntok, const char *want, size_t want_len)
 {
     static lua_State *L;
     if (!L) {
@@ -271,51 +308,69 @@ static char *print_from_tape(const uint8_t *data, size_t size, long ntok, size_t
     o->tape = tape;
     o->ntok = (uint32_t)ntok;
     json_tree_t *t = json_owner_tree(L, o, -1);
-    char *p = json_print(t->root, len);
-    json_tree_free(t);
+    check_prints_as(t->root, want, want_len);
+    cJSON *copy = json_duplicate(t->root);
+    json_tree_free(t); /* the copy must not point into it */
+    if (copy)
+        check_prints_as(copy, want, want_len);
+    cJSON_Delete(copy);
     lua_settop(L, 0);
     free(tape);
-    return p;
+}
+
+/* The cJSON-style tree prints JSON that reads back to the same print. */
+static void check_plain_tree(const cJSON *v)
+{
+    size_t n1, n2;
+    char *nums = NULL, *p1 = json_print(v, &n1);
+    if (!p1)
+        return;
+    if (json_scan(p1, n1, NULL, 0) < 0)
+        abort(); /* printed text must be JSON */
+    cJSON *w = json_parse(p1, n1, &nums);
+    if (!w)
+        abort();
+    char *p2 = json_print(w, &n2);
+    if (p2 && (n1 != n2 || memcmp(p1, p2, n1) != 0))
+        abort(); /* and print back identically */
+    free(p2);
+    cJSON_Delete(w);
+    free(nums);
+    free(p1);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    char *nums = NULL, *nums2 = NULL;
+    char *nums = NULL, *xnums = NULL;
     json_init();
     long ntok = json_scan((const char *)data, size, NULL, 0);
     int ref = reference_text(data, size);
     cJSON *v = json_parse((const char *)data, size, &nums);
+    cJSON *x = json_parse_exact((const char *)data, size, &xnums);
     if ((ntok >= 0) != ref)
         abort(); /* the scanner and the grammar disagree on what is JSON */
-    if ((v != NULL) != ref)
-        abort(); /* the parser and the scanner disagree */
-    if (!v)
+    if ((v != NULL) != ref || (x != NULL) != ref)
+        abort(); /* a parser and the scanner disagree */
+    if (!ref)
         return 0;
     cJSON *lax = cJSON_ParseWithLength((const char *)data, size);
     if (!lax)
         abort(); /* strict JSON that cJSON refuses */
     cJSON_Delete(lax);
-    check_numbers(v);
-    size_t n1, n2, n3;
-    char *p1 = json_print(v, &n1);
-    if (p1) {
-        cJSON *w = json_parse(p1, n1, &nums2);
-        if (!w)
-            abort(); /* printed text must be JSON */
-        char *p2 = json_print(w, &n2);
-        if (p2 && (n1 != n2 || memcmp(p1, p2, n1) != 0))
-            abort(); /* and print back identically */
-        free(p2);
-        cJSON_Delete(w);
-        free(nums2);
-        char *p3 = print_from_tape(data, size, ntok, &n3);
-        if (p3 && (n1 != n3 || memcmp(p1, p3, n1) != 0))
-            abort(); /* the tree from the tape is cJSON's tree */
-        free(p3);
+    size_t want_len;
+    char *want = compact(data, size, &want_len);
+    if (want) {
+        check_prints_as(x, want, want_len);
+        check_tape_tree(data, size, ntok, want, want_len);
     }
-    free(p1);
+    free(want);
+    check_numbers(v);
+    check_numbers(x);
+    check_plain_tree(v);
     cJSON_Delete(v);
+    cJSON_Delete(x);
     free(nums);
+    free(xnums);
     return 0;
 }
