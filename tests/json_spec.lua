@@ -199,6 +199,38 @@ filter("nul.use", function(e)
   return true
 end)
 
+-- Duplicate keys: each pair once, with its own value; e.data.k is the first.
+local function dup_report(e)
+  local r = {}
+  for k, v in pairs(e.data) do r[#r + 1] = k .. "=" .. tostring(v) end
+  return table.concat(r, ",") .. ";" .. tostring(e.data.k) .. ";" .. #e.data
+end
+filter("dup.read", function(e)
+  e.headers["X-Dup"] = dup_report(e)
+  return true
+end)
+filter("dup.other", function(e)
+  e.data.x = 1
+  e.headers["X-Dup"] = dup_report(e)
+  return true
+end)
+filter("dup.set", function(e)
+  e.data.k = 5
+  e.headers["X-Dup"] = dup_report(e)
+  return true
+end)
+filter("dup.decode", function(e)
+  local d, r = tide.json.decode(e.raw), {}
+  for k, v in pairs(d.data) do r[#r + 1] = k .. "=" .. tostring(v) end
+  e.headers["X-Dup"] = table.concat(r, ",") .. ";" .. tostring(d.data.k) .. ";" .. #d.data
+  return true
+end)
+filter("dup.unset", function(e)
+  e.data.k = nil
+  e.headers["X-Dup"] = dup_report(e)
+  return true
+end)
+
 filter("lazy.subject", function(e)
   return e.subject == "lazy.subject" and e.headers["X-Keep"] == "yes" and e.reply == nil
 end)
@@ -636,5 +668,35 @@ describe("an exact round trip through a rule that changes another field", functi
     assert.are.equal('{"data":{"s":"a\\u0000b","obj":{"k\\u0000ey":"\\u0000","k":2,"new\\u0000":0},' ..
       '"copy":"a\\u0000b","obj_copy":{"k\\u0000ey":"\\u0000","k":2},"lua":"x\\u0000y","t":{"n\\u0000k":"v\\u0000w"}}}',
       m.payload)
+  end)
+end)
+
+describe("duplicate keys", function()
+  local doc = '{"data":{"k":1,"z":3,"k":2}}'
+
+  it("go out as sent and pairs() gives each pair once, with its own value; e.data.k is the first", function()
+    local m = roundtrip("dup.read", doc)
+    assert.are.equal("k=1,z=3,k=2;1;3", header(m, "X-Dup"))
+    assert.are.equal(doc, m.payload)
+  end)
+
+  it("read the same way in a document from tide.json.decode", function()
+    local m = roundtrip("dup.decode", doc)
+    assert.are.equal("k=1,z=3,k=2;1;3", header(m, "X-Dup"))
+  end)
+
+  it("stay both on the wire when another field changes", function()
+    local m = roundtrip("dup.other", doc)
+    assert.are.equal("k=1,z=3,k=2,x=1;1;4", header(m, "X-Dup"))
+    assert.are.equal('{"data":{"k":1,"z":3,"k":2,"x":1}}', m.payload)
+  end)
+
+  it("become one pair, the first, when the key is written; none when it is set to nil", function()
+    local m = roundtrip("dup.set", doc)
+    assert.are.equal("k=5,z=3;5;2", header(m, "X-Dup"))
+    assert.are.equal('{"data":{"k":5,"z":3}}', m.payload)
+    m = roundtrip("dup.unset", doc)
+    assert.are.equal("z=3;nil;1", header(m, "X-Dup"))
+    assert.are.equal('{"data":{"z":3}}', m.payload)
   end)
 end)

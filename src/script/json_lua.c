@@ -347,12 +347,16 @@ static void replace_keep(cJSON *parent, cJSON *item, cJSON *replacement)
     item->next = item->prev = NULL;
 }
 
+static void unset_from(json_owner_t *o, cJSON *parent, cJSON *from, const char *key, size_t klen);
+
 int json_object_set(json_owner_t *o, cJSON *parent, const char *key, size_t klen, cJSON *v)
 {
     const int key_flags = cJSON_StringIsConst | JSON_KEY_SPELLED;
     cJSON *old = json_object_get(parent, key, klen, 1);
     if (old) {
-        /* The key moves over with its flags; the old value is kept aside. */
+        /* The key moves over with its flags; the old value is kept aside,
+         * and so are the pairs repeating the key: one pair is left. */
+        unset_from(o, parent, old->next, key, klen);
         if (v->string && !(v->type & cJSON_StringIsConst))
             cJSON_free(v->string);
         v->string = old->string;
@@ -371,11 +375,21 @@ int json_object_set(json_owner_t *o, cJSON *parent, const char *key, size_t klen
     return 0;
 }
 
+/* Removes every member of parent named key from `from` on, discarding them
+ * into o. */
+static void unset_from(json_owner_t *o, cJSON *parent, cJSON *from, const char *key, size_t klen)
+{
+    while (from) {
+        cJSON *next = from->next;
+        if (json_key_equals(from, key, klen))
+            json_owner_discard(o, cJSON_DetachItemViaPointer(parent, from));
+        from = next;
+    }
+}
+
 void json_object_unset(json_owner_t *o, cJSON *parent, const char *key, size_t klen)
 {
-    cJSON *item = json_object_get(parent, key, klen, 1);
-    if (item)
-        json_owner_discard(o, cJSON_DetachItemViaPointer(parent, item));
+    unset_from(o, parent, parent->child, key, klen);
 }
 
 /* ---- null ------------------------------------------------------------------ */
@@ -905,54 +919,121 @@ int json_proxy_tostring(lua_State *L)
     return 1;
 }
 
-/* pairs(): a snapshot of the keys in document order, then lookups. */
+/*
+ * pairs(): a snapshot of the keys in document order, then lookups, so that
+ * a script may change or remove members while it iterates.  A key that
+ * repeats (an object with duplicate keys) is looked up as the same pair:
+ * the snapshot keeps, at n + i, which of the pairs with its key the i-th
+ * is, when not the first.  A pair gone by the time it is reached is
+ * skipped.  Upvalues: the snapshot, the last position, n.
+ */
 static int proxy_next(lua_State *L)
 {
-    lua_Integer i = lua_tointeger(L, lua_upvalueindex(2)) + 1;
-    lua_pushinteger(L, i);
-    lua_replace(L, lua_upvalueindex(2));
-    if (lua_rawgeti(L, lua_upvalueindex(1), i) == LUA_TNIL)
-        return 1;
-    lua_pushvalue(L, -1);
-    lua_gettable(L, 1); /* proxy[key] */
-    return 2;
+    lua_Integer i = lua_tointeger(L, lua_upvalueindex(2)), n = lua_tointeger(L, lua_upvalueindex(3));
+    while (i < n) {
+        i++;
+        lua_pushinteger(L, i);
+        lua_replace(L, lua_upvalueindex(2));
+        json_owner_t *o;
+        proxy_t scratch, *p = live_proxy(L, 1, &scratch, &o);
+        unsigned nth = 1;
+        if (lua_rawgeti(L, lua_upvalueindex(1), n + i) == LUA_TNUMBER)
+            nth = (unsigned)lua_tointeger(L, -1);
+        lua_settop(L, 1);
+        lua_rawgeti(L, lua_upvalueindex(1), i); /* the key, at 2 */
+        if (push_child(L, p, o, nth, 0)) {
+            lua_pushvalue(L, 2); /* push_child may have pushed more than the value */
+            lua_insert(L, -2);
+            return 2;
+        }
+    }
+    lua_pushnil(L);
+    return 1;
+}
+
+/* Stores the key on top of the stack (popped) as the i-th of the snapshot
+ * at t (n keys in all), noting which pair it is when its key came before.
+ * seen: a filter of the keys so far (64 bits), or 0 with counts, a table
+ * of key -> pairs so far, for large objects. */
+static void snapshot_key(lua_State *L, int t, lua_Integer i, lua_Integer n, uint64_t *seen, int counts)
+{
+    lua_Integer nth = 1;
+    if (counts) {
+        lua_pushvalue(L, -1);
+        nth = lua_rawget(L, counts) == LUA_TNUMBER ? lua_tointeger(L, -1) + 1 : 1;
+        lua_pop(L, 1);
+        lua_pushvalue(L, -1);
+        lua_pushinteger(L, nth);
+        lua_rawset(L, counts);
+    } else {
+        size_t len;
+        const unsigned char *k = (const unsigned char *)lua_tolstring(L, -1, &len);
+        uint64_t bit = UINT64_C(1) << ((len * 31 + (len ? k[0] + k[len - 1] * 7u : 0)) & 63);
+        for (lua_Integer j = 1; (*seen & bit) && j < i; j++) {
+            lua_rawgeti(L, t, j);
+            nth += lua_rawequal(L, -1, -2);
+            lua_pop(L, 1);
+        }
+        *seen |= bit;
+    }
+    if (nth > 1) {
+        lua_pushinteger(L, nth);
+        lua_rawseti(L, t, n + i);
+    }
+    lua_rawseti(L, t, i);
 }
 
 int json_proxy_pairs(lua_State *L)
 {
     json_owner_t *o;
     proxy_t scratch, *p = live_proxy(L, 1, &scratch, &o);
-    cJSON *c;
-    lua_Integer i = 0;
-    lua_newtable(L);
+    int is_array = p->node ? cJSON_IsArray(p->node) : o->tape[p->tok].type == JSON_TOK_ARRAY;
+    lua_Integer n = p->node ? cJSON_GetArraySize(p->node) : (lua_Integer)o->tape[p->tok].len, i = 0;
+    uint64_t seen = 0;
+    int counts = 0;
+    lua_createtable(L, (int)n, 0);
+    int t = lua_gettop(L);
+    if (!is_array && n > 64) {
+        lua_createtable(L, 0, (int)n);
+        counts = t + 1;
+    }
     if (!p->node) {
-        const json_tok_t *t = &o->tape[p->tok];
         uint32_t k = p->tok + 1;
-        for (uint32_t m = 0; m < t->len; m++) {
-            if (t->type == JSON_TOK_ARRAY) {
+        for (; i < n; i++) {
+            if (is_array) {
                 lua_pushinteger(L, i + 1);
+                lua_rawseti(L, t, i + 1);
                 k = o->tape[k].next;
-            } else {
-                const json_tok_t *kt = &o->tape[k];
-                size_t n;
-                char *buf = lua_newuserdatauv(L, kt->len + 1, 0);
-                const char *v = json_tok_string(o->text, kt, buf, &n);
-                lua_pushlstring(L, v, n);
-                lua_remove(L, -2);
-                k = o->tape[k + 1].next;
+                continue;
             }
-            lua_rawseti(L, -2, ++i);
+            const json_tok_t *kt = &o->tape[k];
+            if (kt->flags & JSON_TOK_PLAIN) {
+                lua_pushlstring(L, o->text + kt->start, kt->len);
+            } else {
+                size_t len;
+                char *buf = lua_newuserdatauv(L, kt->len + 1, 0);
+                json_tok_string(o->text, kt, buf, &len); /* decoded into buf */
+                lua_pushlstring(L, buf, len);
+                lua_remove(L, -2);
+            }
+            snapshot_key(L, t, i + 1, n, &seen, counts);
+            k = o->tape[k + 1].next;
+        }
+    } else {
+        for (cJSON *c = p->node->child; c && i < n; c = c->next, i++) {
+            if (is_array) {
+                lua_pushinteger(L, i + 1);
+                lua_rawseti(L, t, i + 1);
+                continue;
+            }
+            push_string_node(L, c, 1);
+            snapshot_key(L, t, i + 1, n, &seen, counts);
         }
     }
-    cJSON_ArrayForEach(c, p->node) {
-        if (cJSON_IsArray(p->node))
-            lua_pushinteger(L, i + 1);
-        else
-            json_push_key(L, c);
-        lua_rawseti(L, -2, ++i);
-    }
+    lua_settop(L, t);
     lua_pushinteger(L, 0);
-    lua_pushcclosure(L, proxy_next, 2);
+    lua_pushinteger(L, n);
+    lua_pushcclosure(L, proxy_next, 3);
     lua_pushvalue(L, 1);
     lua_pushnil(L);
     return 3;

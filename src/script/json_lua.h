@@ -3,7 +3,8 @@
  *
  * JSON objects and arrays reach Lua as proxies over the document rather
  * than as converted tables, which is what keeps a round trip exact: key
- * order, null, and empty array vs empty object stay as they were.  An event's payload is read through a tape (json_scan: tokens
+ * order, duplicate keys, null, and empty array vs empty object stay as
+ * they were.  An event's payload is read through a tape (json_scan: tokens
  * over the text, no tree); an exact tree (json.h) is built when something
  * writes: numbers, and strings and keys written with escapes, keep their
  * text, so untouched values print exactly as they came in (1.10 stays
@@ -19,7 +20,9 @@
  *   string          string (NULs included: "\u0000" is a NUL byte)
  *   object, array   proxy: index, assign, #, pairs (in document order), tostring
  *
- * Keys compare in full, NULs included.
+ * Keys compare in full, NULs included.  An object with duplicate keys: a
+ * read gives the first pair's value, pairs() each pair with its own value,
+ * a write leaves one pair (the first, changed), nil removes them all.
  *
  * Lua to JSON (assignments, ctx.publish, tide.json.encode): tables with keys
  * 1..n are arrays, other tables objects with string keys, written in sorted
@@ -87,13 +90,14 @@ void json_owner_release(json_owner_t *o);
 void json_owner_discard(json_owner_t *o, cJSON *node);
 
 /* Sets parent[key] = v for the key of klen bytes (NULs included): in place
- * of the first pair with that key (key order is kept), or appended; the
- * old value is discarded into o.  Returns 0, or -1 when out of memory (v
- * is then freed). */
+ * of the first pair with that key (key order is kept; later pairs with the
+ * same key are removed, so one is left), or appended.  What is replaced or
+ * removed is discarded into o.  Returns 0, or -1 when out of memory (v is
+ * then freed). */
 int json_object_set(json_owner_t *o, cJSON *parent, const char *key, size_t klen, cJSON *v);
 
-/* Removes the first pair of parent with the key of klen bytes, discarding
- * it into o. */
+/* Removes every pair of parent with the key of klen bytes, discarding them
+ * into o. */
 void json_object_unset(json_owner_t *o, cJSON *parent, const char *key, size_t klen);
 
 /* The value token of the first member with key (klen bytes, NULs
