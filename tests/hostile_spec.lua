@@ -442,3 +442,89 @@ describe("admin answers one client can blow up", function()
     assert(ok, err)
   end)
 end)
+
+describe("rules that try to escape their budgets", function()
+  local srv, normal, dead
+
+  setup(function()
+    srv = h.start_scripted([[
+      scripting { time = "200ms" }
+      filter("esc.xpcall_loop", function(e)
+        xpcall(function() error("x") end, function(m) while true do end end)
+        return true
+      end)
+      filter("esc.xpcall_long", function(e)
+        local n = 0
+        xpcall(function() error("x") end, function(m) for i = 1, 3e9 do n = n + 1 end return m end)
+        return true
+      end)
+      filter("esc.xpcall_stop", function(e)
+        -- A stop inside the protected function must not enter the handler,
+        -- and the rule stays stopped after xpcall returns.
+        local ok = xpcall(function() while true do end end, function(m) while true do end end)
+        while true do end
+      end)
+      filter("esc.ok", function(e)
+        local ok, m = xpcall(function() error("plain") end, function(m) return "handled: " .. m end)
+        e.data.got = m
+        return true
+      end)
+    ]])
+    normal = h.connect(srv.port)
+    normal:send("CONNECT {\"verbose\":false}\r\n")
+    dead = h.connect(srv.port)
+    dead:send("CONNECT {\"verbose\":false,\"headers\":true}\r\n")
+    dead:sub("$TIDE.DEAD.>", 1)
+    dead:sub("esc.ok", 2)
+    dead:ping()
+  end)
+
+  teardown(function()
+    if srv then srv:stop() end
+  end)
+
+  local function attack(subject)
+    local pub = h.connect(srv.port)
+    pub:send("CONNECT {\"verbose\":false}\r\n")
+    local t0 = h.proc.now()
+    pub:pub(subject, '{"specversion":"1.0","id":"1","source":"t","type":"' .. subject .. '","data":{}}')
+    local worst = 0
+    local m
+    repeat
+      worst = math.max(worst, ping_ms(normal))
+      m = dead:msg(0.05)
+    until m or h.proc.now() - t0 > 10
+    pub:close()
+    assert(m, "no dead letter within 10 s")
+    local _, hd = h.parse_headers(m.headers)
+    return hd, h.proc.now() - t0, worst
+  end
+
+  it("stops an xpcall message handler that loops forever", function()
+    local hd, took, worst = attack("esc.xpcall_loop")
+    assert.matches("budget exceeded", hd["Tide-Error"])
+    assert.is_true(took < 2, ("stopped after %.2f s"):format(took))
+    assert.is_true(worst < 250, ("PING took %.1f ms"):format(worst))
+  end)
+
+  it("stops a long message handler at the budget, not 30 times past it", function()
+    local hd, took = attack("esc.xpcall_long")
+    assert.matches("budget exceeded", hd["Tide-Error"])
+    assert.is_true(took < 2, ("stopped after %.2f s"):format(took))
+  end)
+
+  it("keeps a stopped rule stopped: its handler is not entered, and the code after xpcall does not run", function()
+    local hd, took = attack("esc.xpcall_stop")
+    assert.matches("budget exceeded", hd["Tide-Error"])
+    assert.is_true(took < 2, ("stopped after %.2f s"):format(took))
+  end)
+
+  it("still runs the handler of an ordinary error", function()
+    local pub = h.connect(srv.port)
+    pub:send("CONNECT {\"verbose\":false}\r\n")
+    pub:pub("esc.ok", '{"specversion":"1.0","id":"2","source":"t","type":"esc.ok","data":{}}')
+    local m = assert(dead:msg(5))
+    assert.matches('"got":"handled: [^"]*plain"', m.payload)
+    pub:close()
+  end)
+end)

@@ -343,6 +343,46 @@ static int guarded_setmetatable(lua_State *L)
     return 1;
 }
 
+/*
+ * xpcall's message handler runs inside the error that calls it, and an
+ * error a budget stop raises comes from the count hook, where Lua runs no
+ * hooks: a handler entered then could loop with nothing to stop it.  So the
+ * script's handler is called through this one, which after a stop answers
+ * with the stop's message and never enters script code again.  (An ordinary
+ * error's handler runs under the hook like any code.)
+ */
+static int xpcall_handler(lua_State *L)
+{
+    state_t *st = state_of(L);
+    if (st->budget) {
+        lua_rawgetp(L, LUA_REGISTRYINDEX, &budget_keys[st->budget]);
+        return 1;
+    }
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
+    return 1;
+}
+
+static int guarded_xpcall(lua_State *L)
+{
+    int n = lua_gettop(L);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_pushvalue(L, 2);
+    lua_pushcclosure(L, xpcall_handler, 1);
+    lua_replace(L, 2); /* f, handler, args... */
+    lua_pushboolean(L, 1);
+    lua_pushvalue(L, 1);
+    lua_rotate(L, 3, 2); /* f, handler, true, f, args... */
+    int status = lua_pcall(L, n - 2, LUA_MULTRET, 2);
+    if (status != LUA_OK) {
+        lua_pushboolean(L, 0);
+        lua_insert(L, -2);
+        return 2;
+    }
+    return lua_gettop(L) - 2;
+}
+
 static void copy_fields(lua_State *L, int from, int to, const char *const *names)
 {
     for (int i = 0; names[i]; i++) {
@@ -352,7 +392,8 @@ static void copy_fields(lua_State *L, int from, int to, const char *const *names
 }
 
 /* Copies the base functions and copies of the safe libraries from the
- * global table g into env, with table.move and setmetatable guarded. */
+ * global table g into env, with table.move, setmetatable and xpcall
+ * guarded. */
 static void env_base(lua_State *L, int g, int env)
 {
     static const char *const base[] = {"assert", "error", "ipairs", "next", "pairs", "pcall", "rawequal",
@@ -382,6 +423,8 @@ static void env_base(lua_State *L, int g, int env)
     lua_getfield(L, env, "setmetatable");
     lua_pushcclosure(L, guarded_setmetatable, 1);
     lua_setfield(L, env, "setmetatable");
+    lua_pushcfunction(L, guarded_xpcall);
+    lua_setfield(L, env, "xpcall");
 }
 
 /* string: no dump; patterns and rep guarded; the same table behind the
