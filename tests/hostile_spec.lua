@@ -528,3 +528,50 @@ describe("rules that try to escape their budgets", function()
     pub:close()
   end)
 end)
+
+describe("a cascade that grows without end", function()
+  it("is stopped by its own budget, and the loop serves other clients between its steps", function()
+    local srv = h.start_scripted([[
+      scripting { cascade_time = "1s" }
+      on("fan.>", function(e, ctx)
+        local t = os.clock() + 0.04 -- about 40 ms of work per call
+        while os.clock() < t do end
+        for i = 1, 3 do ctx.publish("fan.x", { n = i }) end
+      end)
+    ]])
+    local ok, err = pcall(function()
+      local normal = h.connect(srv.port)
+      normal:send("CONNECT {\"verbose\":false}\r\n")
+      local dead = h.connect(srv.port)
+      dead:send("CONNECT {\"verbose\":false,\"headers\":true}\r\n")
+      dead:sub("$TIDE.DEAD.>", 1)
+      dead:ping()
+      local pub = h.connect(srv.port)
+      pub:send("CONNECT {\"verbose\":false}\r\n")
+      local t0 = h.proc.now()
+      pub:pub("fan.go", "{}")
+      local worst, first = 0, nil
+      repeat
+        worst = math.max(worst, ping_ms(normal))
+        first = first or dead:msg(0.02)
+      until first or h.proc.now() - t0 > 20
+      assert(first, "no dead letter within 20 s")
+      local _, hd = h.parse_headers(first.headers)
+      assert.matches("cascade budget exceeded", hd["Tide-Error"])
+      assert.is_true(worst < 150, ("PING took %.1f ms while the cascade ran"):format(worst))
+      -- What is left of it is dead-lettered, not run: the server is idle soon.
+      local quiet = h.wait_until(function()
+        local before = stats(srv).scripts.dead_letters
+        h.proc.sleep(0.3)
+        return stats(srv).scripts.dead_letters == before
+      end, 20)
+      assert.is_truthy(quiet)
+      assert.is_true(h.proc.now() - t0 < 10, ("the cascade took %.1f s"):format(h.proc.now() - t0))
+      pub:close()
+      dead:close()
+      normal:close()
+    end)
+    srv:stop()
+    assert(ok, err)
+  end)
+end)

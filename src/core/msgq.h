@@ -13,6 +13,7 @@
 typedef struct msgq_item {
     struct msgq_item *next;
     int depth;     /* emit-chain depth */
+    void *tag;     /* the owner's, set after msgq_push (NULL until then) */
     proto_msg_t m; /* points into the item's own copy */
 } msgq_item_t;
 
@@ -21,7 +22,8 @@ typedef struct msgq {
     size_t bytes; /* headers and payloads queued */
 } msgq_t;
 
-/* Appends a copy of m.  Returns 0, or -1 when out of memory. */
+/* Appends a copy of m (its tag NULL: q->tail->tag is the owner's to set).
+ * Returns 0, or -1 when out of memory. */
 int msgq_push(msgq_t *q, const proto_msg_t *m, int depth);
 
 /* Takes the oldest item (caller frees it with msgq_item_free), or NULL. */

@@ -327,8 +327,9 @@ static void hook_handle(void *ctx, const char *stream, const char *consumer, con
     durable_call_t c = {h, stream, consumer, msgs, seqs, deliveries, n, v};
     for (int i = 0; i < n; i++)
         v[i] = (stream_verdict_t){VERDICT_ACK, -1, ""};
+    cascade_t *outer = h->cascade;
     h->processing++;
-    h->queued_total = 0;
+    h->cascade = NULL; /* the batch starts a cascade of its own */
     lua_pushcfunction(L, durable_entry);
     lua_pushlightuserdata(L, &c);
     if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
@@ -342,6 +343,7 @@ static void hook_handle(void *ctx, const char *stream, const char *consumer, con
         lua_gc(L, LUA_GCCOLLECT);
     }
     lua_settop(L, top);
+    h->cascade = outer;
     script_drain(h); /* what the handlers published */
     h->processing--;
 }

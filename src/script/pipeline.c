@@ -177,7 +177,7 @@ int l_ctx_publish(lua_State *L)
         return luaL_error(L, "ctx.publish: invalid subject '%s'", subject);
     if (!lua_isnoneornil(L, 3))
         luaL_checktype(L, 3, LUA_TTABLE);
-    if (st->cur_depth + 1 > st->limits.emit_depth || h->queued_total >= st->limits.emit_max) {
+    if (st->cur_depth + 1 > st->limits.emit_depth || (h->cascade && h->cascade->emitted >= st->limits.emit_max)) {
         char msg[300];
         h->st.loops_stopped++;
         snprintf(msg, sizeof msg, "emit chain stopped at %s: %s (limit %d)", subject,
@@ -313,9 +313,18 @@ int l_ctx_publish(lua_State *L)
         qm.hdr = hs;
         qm.hdr_len = hl;
     }
-    if (msgq_push(&h->queue, &qm, st->cur_depth + 1) < 0)
+    if (!h->cascade && !(h->cascade = calloc(1, sizeof *h->cascade)))
         return luaL_error(L, "out of memory");
-    h->queued_total++;
+    if (msgq_push(&h->queue, &qm, st->cur_depth + 1) < 0) {
+        if (!h->cascade->refs) {
+            free(h->cascade);
+            h->cascade = NULL;
+        }
+        return luaL_error(L, "out of memory");
+    }
+    h->queue.tail->tag = h->cascade;
+    h->cascade->refs++;
+    h->cascade->emitted++;
     h->st.emitted++;
     lua_pushboolean(L, 1);
     return 1;
@@ -522,6 +531,8 @@ int script_call_rule_meta(state_t *st, rule_t *r, int ev_idx, int meta_idx)
     }
     budget_begin(st, &outer, &t0);
     int rc = lua_pcall(L, nargs, 1, base);
+    if (st->host->cascade)
+        st->host->cascade->instructions += st->instructions;
     int budget = budget_end(st, &outer);
     lua_remove(L, base);
     if (rc != LUA_OK) {
@@ -961,22 +972,115 @@ static void run_one(script_host_t *h, client_t *from, const proto_msg_t *m, int 
     lua_settop(L, top);
 }
 
+void cascade_release(script_host_t *h, cascade_t *c)
+{
+    if (c && --c->refs <= 0) {
+        if (h->cascade == c)
+            h->cascade = NULL;
+        free(c);
+    }
+}
+
+static double seconds_since(const struct timespec *t0)
+{
+    return elapsed_ms(t0) / 1000;
+}
+
+/* Runs one queued event as part of its cascade c, or dead-letters it when
+ * the cascade is over its budget. */
+static void run_queued(script_host_t *h, msgq_item_t *e)
+{
+    cascade_t *c = e->tag;
+    state_t *st = h->cur;
+    if (c && !c->stopped &&
+        (c->instructions > st->limits.cascade_instructions || c->seconds > st->limits.cascade_time)) {
+        c->stopped = 1;
+        h->st.budget_stops++;
+    }
+    if (c && c->stopped) {
+        char why[200];
+        snprintf(why, sizeof why, "cascade budget exceeded (%d events published, %.0f ms, %llu instructions)",
+                 c->emitted, c->seconds * 1000, (unsigned long long)c->instructions);
+        pipeline_dead_letter(h, st, &e->m, "cascade", NULL, why);
+        return;
+    }
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    h->cascade = c;
+    if (c)
+        c->refs++; /* kept while it runs, for what it publishes */
+    run_one(h, NULL, &e->m, e->depth);
+    if (c) {
+        c->seconds += seconds_since(&t0);
+        h->cascade = NULL;
+        cascade_release(h, c);
+    }
+}
+
+static void on_drain(evutil_socket_t fd, short what, void *arg)
+{
+    script_host_t *h = arg;
+    (void)fd;
+    (void)what;
+    h->processing++;
+    script_drain(h);
+    h->processing--;
+}
+
+int script_drain_attach(script_host_t *h, struct event_base *base)
+{
+    h->drain_ev = event_new(base, -1, 0, on_drain, h);
+    return h->drain_ev ? 0 : -1;
+}
+
+void script_queue_clear(script_host_t *h)
+{
+    msgq_item_t *e;
+    size_t dropped = 0;
+    while ((e = msgq_pop(&h->queue))) {
+        cascade_release(h, e->tag);
+        msgq_item_free(e);
+        dropped++;
+    }
+    if (dropped)
+        log_warn("%zu event%s that handlers published were not run: the server stopped first", dropped,
+                 dropped == 1 ? "" : "s");
+    if (h->drain_ev)
+        event_free(h->drain_ev);
+    h->drain_ev = NULL;
+}
+
 void script_drain(script_host_t *h)
 {
     /* Events the handlers published, breadth first: each goes through the
-     * whole pipeline; their own emissions queue behind them. */
+     * whole pipeline; their own emissions queue behind them.  A long queue
+     * gives the loop back every DRAIN_SLICE, so other clients are served
+     * while a cascade runs (where the loop can: tide serve and the prompt;
+     * offline runs drain it whole). */
+    struct timespec t0;
     msgq_item_t *e;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     while ((e = msgq_pop(&h->queue))) {
-        run_one(h, NULL, &e->m, e->depth);
+        run_queued(h, e);
+        cascade_release(h, e->tag);
         msgq_item_free(e);
+        if (h->drain_ev && h->queue.head && seconds_since(&t0) > DRAIN_SLICE) {
+            /* A timer, not event_active: the loop runs the active events
+             * it makes before it polls the sockets again. */
+            static const struct timeval now = {0, 0};
+            event_add(h->drain_ev, &now);
+            return;
+        }
     }
 }
 
 void script_process(script_host_t *h, client_t *from, const proto_msg_t *m)
 {
+    cascade_t *outer = h->cascade; /* a publish from inside a rule's call (the prompt) */
     h->processing++;
-    h->queued_total = 0;
+    h->cascade = NULL; /* a new cascade, made when it first publishes */
     run_one(h, from, m, 0);
+    h->cascade = outer; /* its queued events hold it */
     script_drain(h);
     h->processing--;
 }

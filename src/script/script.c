@@ -10,6 +10,8 @@ void script_limits_default(script_limits_t *l)
     l->time = 0.5;
     l->emit_depth = 8;
     l->emit_max = 10000;
+    l->cascade_instructions = 100 * 1000 * 1000;
+    l->cascade_time = 5;
     snprintf(l->dead_letter, sizeof l->dead_letter, "$TIDE.DEAD");
 }
 
@@ -233,7 +235,7 @@ int script_host_attach(script_host_t *h, server_t *srv)
     script_host_attach_offline(h, srv);
     h->debounce = evtimer_new(base, on_debounce, h);
     h->sighup = evsignal_new(base, SIGHUP, on_sighup, h);
-    if (!h->debounce || !h->sighup || event_add(h->sighup, NULL) < 0)
+    if (!h->debounce || !h->sighup || event_add(h->sighup, NULL) < 0 || script_drain_attach(h, base) < 0)
         return -1;
     start_watching(h);
     log_info("Loaded %s: %d rules (%d upgraders, %d filters, %d routes, %d handlers)", h->config_path,
@@ -251,7 +253,7 @@ void script_host_free(script_host_t *h)
         event_free(h->debounce);
     if (h->sighup)
         event_free(h->sighup);
-    msgq_clear(&h->queue);
+    script_queue_clear(h);
     state_free(h->cur);
     kv_free(h->kv);
     dict_clear(&h->errors_seen, free);

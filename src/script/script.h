@@ -36,6 +36,8 @@ typedef struct script_limits {
     double time;           /* seconds of wall clock per call */
     int emit_depth;        /* longest chain of ctx.publish from one event */
     int emit_max;          /* events one event may cause in all */
+    uint64_t cascade_instructions; /* all the calls of one event's cascade */
+    double cascade_time;           /* seconds the calls of one cascade may take in all */
     char dead_letter[128]; /* subject prefix for failed events */
 } script_limits_t;
 

@@ -166,6 +166,31 @@ typedef struct state {
     unsigned set_mask; /* which of them */
 } state_t;
 
+/*
+ * What one ingress event's cascade (the events its handlers publish, and
+ * theirs) has cost so far; each queued event of it holds a reference.
+ */
+typedef struct cascade {
+    uint64_t instructions;
+    double seconds;
+    int emitted;
+    int refs;
+    int stopped; /* over its budget: what is left of it is dead-lettered */
+} cascade_t;
+
+/* Drops a reference to cascade c (NULL: none), freeing it with the last. */
+void cascade_release(struct script_host *h, cascade_t *c);
+
+/* Lets script_drain give the loop back (base: the server's) between
+ * queued events.  0, or -1 when out of memory. */
+int script_drain_attach(struct script_host *h, struct event_base *base);
+
+/* Drops every queued event (and the drain event): the host is going. */
+void script_queue_clear(struct script_host *h);
+
+/* Seconds a drain runs before it gives the loop back (script_drain). */
+#define DRAIN_SLICE 0.005
+
 /* kv { ... } unless the entry file says otherwise. */
 #define KV_DEFAULT_MAX_VALUE (1024 * 1024)
 #define KV_DEFAULT_MAX_BYTES ((size_t)256 * 1024 * 1024)
@@ -197,7 +222,9 @@ struct script_host {
     kv_t *kv;
     script_stats_t st;
     msgq_t queue; /* events handlers published, run after the current one */
-    int queued_total; /* emitted by the current top-level event */
+    struct cascade *cascade; /* of the event running now, once it published one */
+    struct event *drain_ev;  /* runs the rest of the queue after the loop served others */
+    int drain_yields;        /* the queue may wait for the loop (tide serve; not flows) */
     int processing;   /* inside script_process */
     dict_t errors_seen; /* rate limit for error logs */
     struct event *sighup;

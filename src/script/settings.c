@@ -293,8 +293,9 @@ static void set_module_path(lua_State *L, state_t *st, int v)
 
 int l_scripting(lua_State *L)
 {
-    static const char *const known[] = {"instructions", "memory", "time", "emit_depth", "emit_max",
-                                        "dead_letter", "path", NULL};
+    static const char *const known[] = {"instructions", "memory",    "time", "emit_depth", "emit_max",
+                                        "dead_letter",  "path",      "cascade_instructions", "cascade_time",
+                                        NULL};
     state_t *st = state_of(L);
     script_limits_t *l = &st->limits;
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -322,6 +323,16 @@ int l_scripting(lua_State *L)
     if (lua_getfield(L, 1, "emit_max") != LUA_TNIL)
         l->emit_max = (int)luaL_checkinteger(L, -1);
     lua_pop(L, 1);
+    if (lua_getfield(L, 1, "cascade_instructions") != LUA_TNIL) {
+        lua_Integer i = luaL_checkinteger(L, -1);
+        if (i < HOOK_STEP)
+            return luaL_error(L, "scripting: cascade_instructions must be at least %d", HOOK_STEP);
+        l->cascade_instructions = (uint64_t)i;
+    }
+    lua_pop(L, 1);
+    l->cascade_time = duration_field(L, 1, "cascade_time", l->cascade_time);
+    if (l->cascade_time <= 0)
+        return luaL_error(L, "scripting: cascade_time must be above 0");
     if (lua_getfield(L, 1, "dead_letter") != LUA_TNIL) {
         size_t n;
         const char *d = luaL_checklstring(L, -1, &n);
