@@ -4,7 +4,7 @@
 
 /* ---- budgets ------------------------------------------------------------- */
 
-state_t *state_of(lua_State *L)
+state_t *script_state_of(lua_State *L)
 {
     return *(state_t **)lua_getextraspace(L);
 }
@@ -68,7 +68,7 @@ static void pool_put(state_t *st, void *p, size_t n)
     st->pool_n[c]++;
 }
 
-void state_pool_free(state_t *st)
+void budget_pool_free(state_t *st)
 {
     for (size_t c = 0; c < POOL_CLASSES; c++) {
         while (st->pool[c]) {
@@ -118,7 +118,7 @@ static void *pool_realloc(state_t *st, void *ptr, size_t osize, size_t nsize)
  * The clock is read for one small allocation in 16 and for every large
  * one: a C function that works long enough to matter grows buffers.
  */
-void *state_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+void *budget_state_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
     state_t *st = ud;
     if (!ptr)
@@ -154,7 +154,7 @@ void *state_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
  */
 void budget_hook(lua_State *L, lua_Debug *ar)
 {
-    state_t *st = state_of(L);
+    state_t *st = script_state_of(L);
     (void)ar;
     if (!st->in_call)
         return;
@@ -282,7 +282,7 @@ static void note_traceback(lua_State *L, state_t *st)
  * allocate: the stop's own message is returned as it is. */
 int budget_on_error(lua_State *L)
 {
-    state_t *st = state_of(L);
+    state_t *st = script_state_of(L);
     if (st)
         note_traceback(L, st);
     if (st && st->budget) {
@@ -324,7 +324,7 @@ int budget_call(state_t *st, int nargs, int nres)
 
 /* Budget check for guarded C calls that run without the VM: charges `work`
  * steps as instructions and looks at the clock, raising like the hook. */
-void charge(lua_State *L, state_t *st, double work)
+void budget_charge(lua_State *L, state_t *st, double work)
 {
     if (!st->in_call)
         return;

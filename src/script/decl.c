@@ -112,10 +112,10 @@ static void check_name(lua_State *L, const char *kind, const char *name)
     }
 }
 
-int l_storage(lua_State *L)
+int decl_l_storage(lua_State *L)
 {
     static const char *const known[] = {"dir", NULL};
-    state_t *st = state_of(L);
+    state_t *st = script_state_of(L);
     luaL_checktype(L, 1, LUA_TTABLE);
     settings_check_keys(L, 1, "storage", known);
     char dir[PATH_MAX] = "";
@@ -134,7 +134,7 @@ static int declare_stream(lua_State *L, const char *name)
 {
     static const char *const known[] = {"subjects", "max_msgs", "max_bytes", "max_age", "fsync", "sync_interval",
                                         "dedup_window", "segment_size", "dedup_key", NULL};
-    state_t *st = state_of(L);
+    state_t *st = script_state_of(L);
     char what[100];
     snprintf(what, sizeof what, "stream '%s'", name);
     luaL_checktype(L, -1, LUA_TTABLE);
@@ -293,7 +293,8 @@ static void consumer_start(lua_State *L, int t, const char *what, consumer_cfg_t
         }
     }
     lua_pop(L, 1);
-    if (!strcmp(pol, "all")) c->deliver_policy = c->start_seq ? DELIVER_BY_START_SEQ : c->start_time ? DELIVER_BY_START_TIME : DELIVER_ALL;
+    if (!strcmp(pol, "all"))
+        c->deliver_policy = c->start_seq ? DELIVER_BY_START_SEQ : c->start_time ? DELIVER_BY_START_TIME : DELIVER_ALL;
     else if (!strcmp(pol, "new")) c->deliver_policy = DELIVER_NEW;
     else if (!strcmp(pol, "last")) c->deliver_policy = DELIVER_LAST;
     else if (!strcmp(pol, "by_start_sequence")) c->deliver_policy = DELIVER_BY_START_SEQ;
@@ -312,7 +313,7 @@ static int declare_consumer(lua_State *L, const char *name)
     static const char *const known[] = {"stream", "filter", "deliver", "queue", "ack_wait", "max_deliver", "backoff",
                                         "max_ack_pending", "deliver_policy", "start_seq", "start_time",
                                         "dead_letter", "ordered_by", NULL};
-    state_t *st = state_of(L);
+    state_t *st = script_state_of(L);
     char what[100];
     snprintf(what, sizeof what, "consumer '%s'", name);
     luaL_checktype(L, -1, LUA_TTABLE);
@@ -345,7 +346,7 @@ static int consumer_body(lua_State *L)
     return declare_consumer(L, lua_tostring(L, lua_upvalueindex(1)));
 }
 
-int l_stream(lua_State *L)
+int decl_l_stream(lua_State *L)
 {
     const char *name = luaL_checkstring(L, 1);
     check_name(L, "stream", name);
@@ -356,7 +357,7 @@ int l_stream(lua_State *L)
     return 1;
 }
 
-int l_consumer(lua_State *L)
+int decl_l_consumer(lua_State *L)
 {
     const char *name = luaL_checkstring(L, 1);
     check_name(L, "consumer", name);

@@ -25,10 +25,10 @@ static const char verdict_mt = 'v';
 
 /* ---- registration ------------------------------------------------------------ */
 
-int l_on_durable(lua_State *L)
+int durable_l_on(lua_State *L)
 {
     static const char *const known[] = {"consumer", "batch", "wait", NULL};
-    state_t *st = state_of(L);
+    state_t *st = script_state_of(L);
     size_t n;
     const char *p = luaL_checklstring(L, 1, &n);
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -225,13 +225,13 @@ static int push_upgraded(lua_State *L, state_t *st, durable_call_t *c, int i, ev
     *ev = event_push(L, &c->msgs[i], 0);
     int idx = lua_gettop(L);
     rule_t *failed;
-    if (script_upgrade_possible(st, &c->msgs[i]) && run_upgraders(L, st, idx, &failed, 0) < 0) {
+    if (script_upgrade_possible(st, &c->msgs[i]) && pipeline_run_upgraders(L, st, idx, &failed, 0) < 0) {
         stream_verdict_t nv = {VERDICT_NAK, -1, ""};
         char msg[3000];
         snprintf(nv.error, sizeof nv.error, "upgrade %s v%d (%s): %s", failed->pattern, (int)failed->from_version,
                  failed->where, lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
-        rule_failure_text(msg, sizeof msg, failed, "%s", nv.error);
-        log_rate_limited(st->host, msg);
+        pipeline_rule_failure_text(msg, sizeof msg, failed, "%s", nv.error);
+        script_log_rate_limited(st->host, msg);
         c->v[i] = nv;
         lua_settop(L, idx);
         event_expire_ptr(*ev);
@@ -269,9 +269,9 @@ static int durable_entry(lua_State *L)
                 take_verdict(L, rc, &c->v[i]);
                 if (rc != LUA_OK) {
                     char msg[3000];
-                    rule_failure_text(msg, sizeof msg, r, "handler %s (consumer %s): %s", r->where, r->consumer,
-                                      c->v[i].error);
-                    log_rate_limited(c->h, msg);
+                    pipeline_rule_failure_text(msg, sizeof msg, r, "handler %s (consumer %s): %s", r->where,
+                                               r->consumer, c->v[i].error);
+                    script_log_rate_limited(c->h, msg);
                 }
                 event_expire_ptr(ev);
                 lua_settop(L, base);
@@ -302,9 +302,9 @@ static int durable_entry(lua_State *L)
             take_verdict(L, rc, &v);
             if (rc != LUA_OK) {
                 char msg[3000];
-                rule_failure_text(msg, sizeof msg, r, "batch handler %s (consumer %s, %d events): %s", r->where,
-                                  r->consumer, m, v.error);
-                log_rate_limited(c->h, msg);
+                pipeline_rule_failure_text(msg, sizeof msg, r, "batch handler %s (consumer %s, %d events): %s",
+                                           r->where, r->consumer, m, v.error);
+                script_log_rate_limited(c->h, msg);
             }
             for (int j = 0; j < m; j++) {
                 if (severity(v.kind) >= severity(c->v[idx[j]].kind))
@@ -336,7 +336,7 @@ static void hook_handle(void *ctx, const char *stream, const char *consumer, con
         /* out of memory or the like, outside any handler: try again later */
         char msg[600];
         snprintf(msg, sizeof msg, "consumer %s: %s", consumer, lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
-        log_rate_limited(h, msg);
+        script_log_rate_limited(h, msg);
         for (int i = 0; i < n; i++)
             if (v[i].kind == VERDICT_ACK)
                 v[i] = (stream_verdict_t){VERDICT_NAK, -1, ""};
@@ -361,7 +361,7 @@ static int upgrade_entry(lua_State *L)
     int idx = lua_gettop(L);
     rule_t *failed;
     int rc = 0;
-    if (run_upgraders(L, st, idx, &failed, 0) < 0) {
+    if (pipeline_run_upgraders(L, st, idx, &failed, 0) < 0) {
         snprintf(err, 512, "upgrade %s v%d (%s): %s", failed->pattern, (int)failed->from_version, failed->where,
                  lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
         rc = -1;
@@ -407,7 +407,7 @@ static int hook_upgrade(void *ctx, const proto_msg_t *in, proto_msg_t *out, char
     lua_settop(L, top);
     h->processing--;
     if (rc < 0)
-        log_rate_limited(h, err);
+        script_log_rate_limited(h, err);
     return rc;
 }
 
@@ -431,7 +431,7 @@ static size_t hook_dedup_key(void *ctx, const char *stream, const proto_msg_t *m
         char msg[700];
         snprintf(msg, sizeof msg, "stream %s: dedup_key: %s (stored without a key)", stream,
                  lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
-        log_rate_limited(h, msg);
+        script_log_rate_limited(h, msg);
     } else if (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER) {
         size_t l;
         const char *s = lua_tolstring(L, -1, &l);

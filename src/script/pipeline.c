@@ -11,7 +11,7 @@ static void forget_matches(state_t *st)
     st->last_len = 0;
 }
 
-void rule_free(rule_t *r)
+void pipeline_rule_free(rule_t *r)
 {
     if (r) {
         free(r->pattern);
@@ -21,7 +21,7 @@ void rule_free(rule_t *r)
 
 int script_add_rule(lua_State *L, int kind, const char *pattern, size_t plen, int64_t from, int fn_idx)
 {
-    state_t *st = state_of(L);
+    state_t *st = script_state_of(L);
     lua_Debug ar;
     rule_t *r = calloc(1, sizeof *r);
     if (!r)
@@ -31,7 +31,7 @@ int script_add_rule(lua_State *L, int kind, const char *pattern, size_t plen, in
     r->pattern_len = plen;
     r->from_version = from;
     if (!r->pattern || (st->nrules == st->caprules && 0)) {
-        rule_free(r);
+        pipeline_rule_free(r);
         return luaL_error(L, "out of memory");
     }
     lua_pushvalue(L, fn_idx);
@@ -41,7 +41,7 @@ int script_add_rule(lua_State *L, int kind, const char *pattern, size_t plen, in
         size_t nc = st->caprules ? st->caprules * 2 : 16;
         rule_t **nr = realloc(st->rules, nc * sizeof *nr);
         if (!nr) {
-            rule_free(r);
+            pipeline_rule_free(r);
             return luaL_error(L, "out of memory");
         }
         st->rules = nr;
@@ -54,11 +54,11 @@ int script_add_rule(lua_State *L, int kind, const char *pattern, size_t plen, in
         if (old) {
             char w[200];
             snprintf(w, sizeof w, "%s", old->where);
-            rule_free(r);
+            pipeline_rule_free(r);
             return luaL_error(L, "an upgrader for %s v%d is already registered at %s", pattern, (int)from, w);
         }
         if (dict_put(&st->upgraders, key, (size_t)kl, r) < 0) {
-            rule_free(r);
+            pipeline_rule_free(r);
             return luaL_error(L, "out of memory");
         }
     }
@@ -90,16 +90,16 @@ static int register_pattern_rule(lua_State *L, int kind)
     return script_add_rule(L, kind, p, n, 0, 2);
 }
 
-int l_filter(lua_State *L) { return register_pattern_rule(L, RULE_FILTER); }
-int l_route(lua_State *L) { return register_pattern_rule(L, RULE_ROUTE); }
-int l_on(lua_State *L)
+int pipeline_l_filter(lua_State *L) { return register_pattern_rule(L, RULE_FILTER); }
+int pipeline_l_route(lua_State *L) { return register_pattern_rule(L, RULE_ROUTE); }
+int pipeline_l_on(lua_State *L)
 {
     if (lua_type(L, 2) == LUA_TTABLE)
-        return l_on_durable(L); /* on(pattern, { consumer = ... }, fn) */
+        return durable_l_on(L); /* on(pattern, { consumer = ... }, fn) */
     return register_pattern_rule(L, RULE_HANDLER);
 }
 
-int l_upgrade(lua_State *L)
+int pipeline_l_upgrade(lua_State *L)
 {
     size_t n;
     const char *type = luaL_checklstring(L, 1, &n);
@@ -115,8 +115,8 @@ int l_upgrade(lua_State *L)
 /* ---- ctx.publish ---------------------------------------------------------------- */
 
 /* Registry slot of the event whose handlers are running (set around the
- * handler calls in run_event).  Handlers' C functions (ctx.publish,
- * ctx.reply) run in frames of their own, so a stack index of run_event's
+ * handler calls in pipeline_run_event).  Handlers' C functions (ctx.publish,
+ * ctx.reply) run in frames of their own, so a stack index of pipeline_run_event's
  * frame does not reach the event from there. */
 static const char handled_event_key = 'h';
 
@@ -163,9 +163,9 @@ static const char *current_attr(lua_State *L, state_t *st, const char *header, c
  * one is done.  It carries the correlation id of the chain and, as its
  * causation id, the id of the event being handled.
  */
-int l_ctx_publish(lua_State *L)
+int pipeline_l_ctx_publish(lua_State *L)
 {
-    state_t *st = state_of(L);
+    state_t *st = script_state_of(L);
     script_host_t *h = st->host;
     size_t sl;
     const char *subject = luaL_checklstring(L, 1, &sl);
@@ -183,7 +183,7 @@ int l_ctx_publish(lua_State *L)
         snprintf(msg, sizeof msg, "emit chain stopped at %s: %s (limit %d)", subject,
                  st->cur_depth + 1 > st->limits.emit_depth ? "depth over emit_depth" : "too many events from one event",
                  st->cur_depth + 1 > st->limits.emit_depth ? st->limits.emit_depth : st->limits.emit_max);
-        log_rate_limited(h, msg);
+        script_log_rate_limited(h, msg);
         lua_pushboolean(L, 0);
         lua_pushstring(L, msg);
         return 2;
@@ -298,7 +298,7 @@ int l_ctx_publish(lua_State *L)
         h->st.loops_stopped++;
         snprintf(msg, sizeof msg, "emit chain stopped at %s: queued events over the memory budget (%zu bytes)",
                  subject, st->limits.memory);
-        log_rate_limited(h, msg);
+        script_log_rate_limited(h, msg);
         lua_pushboolean(L, 0);
         lua_pushstring(L, msg);
         return 2;
@@ -331,16 +331,16 @@ int l_ctx_publish(lua_State *L)
 }
 
 /* ctx.reply(data): publishes to the reply subject of the event being handled. */
-int l_ctx_reply(lua_State *L)
+int pipeline_l_ctx_reply(lua_State *L)
 {
-    state_t *st = state_of(L);
+    state_t *st = script_state_of(L);
     event_t *ev = push_handled_event(L, st);
     lua_pop(L, 1); /* still anchored in the registry */
     if (!ev || !ev->reply)
         return luaL_error(L, "ctx.reply: the event has no reply subject");
     lua_pushlstring(L, ev->reply, ev->reply_len);
     lua_insert(L, 1);
-    return l_ctx_publish(L);
+    return pipeline_l_ctx_publish(L);
 }
 
 /* ---- the pipeline ------------------------------------------------------------------ */
@@ -422,7 +422,7 @@ static double elapsed_ms(const struct timespec *t0)
     return (double)(t1.tv_sec - t0->tv_sec) * 1e3 + (double)(t1.tv_nsec - t0->tv_nsec) / 1e6;
 }
 
-void rule_note_error(state_t *st, rule_t *r, const char *msg, int from_lua)
+void pipeline_rule_note_error(state_t *st, rule_t *r, const char *msg, int from_lua)
 {
     r->errors++;
     if (!from_lua)
@@ -439,7 +439,7 @@ void rule_note_error(state_t *st, rule_t *r, const char *msg, int from_lua)
     st->err_at[0] = st->err_trace[0] = '\0';
 }
 
-void rule_failure_text(char *out, size_t n, const rule_t *r, const char *fmt, ...)
+void pipeline_rule_failure_text(char *out, size_t n, const rule_t *r, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -465,9 +465,10 @@ void pipeline_dead_letter(script_host_t *h, state_t *st, const proto_msg_t *m, c
                           const char *error)
 {
     char line[3000], why[400];
-    rule_failure_text(line, sizeof line, r, "%s at %s: %s (event on %.*s)", stage, r ? r->where : "(pipeline)", error,
-                      (int)(m->subject_len > 200 ? 200 : m->subject_len), m->subject);
-    log_rate_limited(h, line);
+    pipeline_rule_failure_text(line, sizeof line, r, "%s at %s: %s (event on %.*s)", stage,
+                               r ? r->where : "(pipeline)", error, (int)(m->subject_len > 200 ? 200 : m->subject_len),
+                               m->subject);
+    script_log_rate_limited(h, line);
     h->st.dead_letters++;
     if (h->trace)
         tracef(h, 0, "  ERROR    %s at %s: %s%s%s   -> %s.%.*s", stage, r ? r->where : "(pipeline)", error,
@@ -480,7 +481,7 @@ void pipeline_dead_letter(script_host_t *h, state_t *st, const proto_msg_t *m, c
     h->st.dead_letters_lost++;
     snprintf(line, sizeof line, "the dead letter of an event on %.*s is lost: %s",
              (int)(m->subject_len > 200 ? 200 : m->subject_len), m->subject, why);
-    log_rate_limited(h, line);
+    script_log_rate_limited(h, line);
     if (h->trace)
         tracef(h, 0, "  LOST     %s", line);
 }
@@ -537,13 +538,13 @@ int script_call_rule_meta(state_t *st, rule_t *r, int ev_idx, int meta_idx)
     lua_remove(L, base);
     if (rc != LUA_OK) {
         budget_error(st, budget);
-        rule_note_error(st, r, lua_tostring(L, -1), 1);
+        pipeline_rule_note_error(st, r, lua_tostring(L, -1), 1);
     }
     note_latency(st->host, elapsed_ms(&t0));
     return rc;
 }
 
-int run_upgraders(lua_State *L, state_t *st, int ev_idx, rule_t **failed, int td)
+int pipeline_run_upgraders(lua_State *L, state_t *st, int ev_idx, rule_t **failed, int td)
 {
     script_host_t *h = st->host;
     for (int step = 0; step < UPGRADE_CHAIN_MAX; step++) {
@@ -563,7 +564,7 @@ int run_upgraders(lua_State *L, state_t *st, int ev_idx, rule_t **failed, int td
         if (!lua_isnil(L, -1) && !lua_rawequal(L, -1, ev_idx)) {
             lua_pushfstring(L, "upgrader for %s v%d must return the event it was given (or nothing)", r->pattern,
                             (int)r->from_version);
-            rule_note_error(st, r, lua_tostring(L, -1), 0);
+            pipeline_rule_note_error(st, r, lua_tostring(L, -1), 0);
             return -1;
         }
         lua_pop(L, 1);
@@ -674,7 +675,7 @@ static int take_destinations(lua_State *L, run_t *run)
  * that out-of-memory anywhere, not only in rules, fails only this event).
  * Rule failures are recorded in run->stage/failed/error and end the event.
  */
-int run_event(lua_State *L)
+int pipeline_run_event(lua_State *L)
 {
     run_t *run = lua_touserdata(L, 1);
     script_host_t *h = run->h;
@@ -711,7 +712,7 @@ int run_event(lua_State *L)
     /* 1. upgraders, chained: each takes the event from version v to v + 1. */
     if (script_upgrade_possible(st, run->in)) {
         rule_t *failed;
-        if (run_upgraders(L, st, e_idx, &failed, td) < 0)
+        if (pipeline_run_upgraders(L, st, e_idx, &failed, td) < 0)
             return fail_rule(L, run, "upgrade", failed);
     }
 
@@ -759,11 +760,11 @@ int run_event(lua_State *L)
         if (t != LUA_TSTRING && t != LUA_TTABLE) {
             lua_pushfstring(L, "route returned a %s (expected nil, false, a subject or a list of subjects)",
                             lua_typename(L, t));
-            rule_note_error(st, r, lua_tostring(L, -1), 0);
+            pipeline_rule_note_error(st, r, lua_tostring(L, -1), 0);
             return fail_rule(L, run, "route", r);
         }
         if (take_destinations(L, run) < 0) {
-            rule_note_error(st, r, lua_tostring(L, -1), 0);
+            pipeline_rule_note_error(st, r, lua_tostring(L, -1), 0);
             return fail_rule(L, run, "route", r);
         }
         r->routed++;
@@ -937,7 +938,7 @@ static void run_one(script_host_t *h, client_t *from, const proto_msg_t *m, int 
          * budget_call would have. */
         rule_t *r = run.calling;
         budget_error(st, budget_end(st, &run.outer));
-        rule_note_error(st, r, lua_tostring(L, -1), 1);
+        pipeline_rule_note_error(st, r, lua_tostring(L, -1), 1);
         note_latency(h, elapsed_ms(&run.t0));
         run.stage = run.calling_stage;
         run.failed = r;
@@ -972,7 +973,7 @@ static void run_one(script_host_t *h, client_t *from, const proto_msg_t *m, int 
     lua_settop(L, top);
 }
 
-void cascade_release(script_host_t *h, cascade_t *c)
+void pipeline_cascade_release(script_host_t *h, cascade_t *c)
 {
     if (c && --c->refs <= 0) {
         if (h->cascade == c)
@@ -1013,7 +1014,7 @@ static void run_queued(script_host_t *h, msgq_item_t *e)
     if (c) {
         c->seconds += seconds_since(&t0);
         h->cascade = NULL;
-        cascade_release(h, c);
+        pipeline_cascade_release(h, c);
     }
 }
 
@@ -1038,7 +1039,7 @@ void script_queue_clear(script_host_t *h)
     msgq_item_t *e;
     size_t dropped = 0;
     while ((e = msgq_pop(&h->queue))) {
-        cascade_release(h, e->tag);
+        pipeline_cascade_release(h, e->tag);
         msgq_item_free(e);
         dropped++;
     }
@@ -1062,7 +1063,7 @@ void script_drain(script_host_t *h)
     clock_gettime(CLOCK_MONOTONIC, &t0);
     while ((e = msgq_pop(&h->queue))) {
         run_queued(h, e);
-        cascade_release(h, e->tag);
+        pipeline_cascade_release(h, e->tag);
         msgq_item_free(e);
         if (h->drain_ev && h->queue.head && seconds_since(&t0) > DRAIN_SLICE) {
             /* A timer, not event_active: the loop runs the active events

@@ -78,7 +78,7 @@ static int note_file(state_t *st, const char *path)
 /* Loads a file as text only (never a binary chunk) with the sandbox as its
  * environment; pushes the chunk.  Returns LUA_OK or an error with the
  * message pushed. */
-int load_file(state_t *st, const char *path, const char *chunkname)
+int sandbox_load_file(state_t *st, const char *path, const char *chunkname)
 {
     lua_State *L = st->L;
     FILE *f = fopen(path, "rb");
@@ -130,7 +130,7 @@ static void relative_name(const char *dir, const char *path, char *out, size_t n
 
 /* The name errors and Tide-Script show for a file: relative to the entry
  * file's directory ("rules.lua"), or "lua/<file>" for tide's library. */
-void chunk_name(const script_host_t *h, const char *path, char *out, size_t n)
+void sandbox_chunk_name(const script_host_t *h, const char *path, char *out, size_t n)
 {
     size_t dl = strlen(h->config_dir), ll = h->lib_dir ? strlen(h->lib_dir) : 0;
     if (!strncmp(path, h->config_dir, dl) && path[dl] == '/')
@@ -145,7 +145,7 @@ void chunk_name(const script_host_t *h, const char *path, char *out, size_t n)
 
 static int l_require(lua_State *L)
 {
-    state_t *st = state_of(L);
+    state_t *st = script_state_of(L);
     const char *name = luaL_checkstring(L, 1);
     char rel[512], path[PATH_MAX], chunkname[PATH_MAX + 2];
     /* Search order: the entry file's directory, scripting{path}, lua/. */
@@ -177,8 +177,8 @@ static int l_require(lua_State *L)
             snprintf(path, sizeof path, variant ? "%s/%s/init.lua" : "%s/%s.lua", dirs[d], rel);
             if (access(path, R_OK) != 0)
                 continue;
-            chunk_name(st->host, path, chunkname, sizeof chunkname);
-            if (load_file(st, path, chunkname) != LUA_OK)
+            sandbox_chunk_name(st->host, path, chunkname, sizeof chunkname);
+            if (sandbox_load_file(st, path, chunkname) != LUA_OK)
                 return lua_error(L);
             lua_pushstring(L, name);
             lua_call(L, 1, 1);
@@ -190,7 +190,7 @@ static int l_require(lua_State *L)
             lua_setfield(L, -3, name);
             /* Required while serving (inside a rule): watch it from now on. */
             if (st->host->srv && st == st->host->cur && (st->host->watch_ev || st->host->poll_timer))
-                start_watching(st->host);
+                watch_start(st->host);
             return 1;
         }
     }
@@ -202,7 +202,7 @@ static int l_require(lua_State *L)
 /* load(text [, name [, mode [, env]]]): text only, sandbox by default. */
 static int l_load(lua_State *L)
 {
-    state_t *st = state_of(L);
+    state_t *st = script_state_of(L);
     size_t len;
     const char *s = luaL_checklstring(L, 1, &len);
     const char *name = luaL_optstring(L, 2, "=(load)");
@@ -271,7 +271,7 @@ static double pattern_work(const char *p, size_t pl, size_t n)
 
 static int guarded_pattern(lua_State *L)
 {
-    state_t *st = state_of(L);
+    state_t *st = script_state_of(L);
     size_t n, pl;
     luaL_checklstring(L, 1, &n);
     const char *p = luaL_checklstring(L, 2, &pl);
@@ -281,7 +281,7 @@ static int guarded_pattern(lua_State *L)
     double limit = st->limits.time * 2e8;
     if (limit > PATTERN_WORK_MAX)
         limit = PATTERN_WORK_MAX;
-    charge(L, st, (double)n / 16);
+    budget_charge(L, st, (double)n / 16);
     if (w > limit)
         return luaL_error(L, "pattern '%s' on %d bytes could run for too long (bound %f steps, limit %f); "
                              "match on a shorter string or use fewer repetitions", p, (int)n, w, limit);
@@ -294,7 +294,7 @@ static int guarded_pattern(lua_State *L)
 /* string.rep with the result size checked before the C call allocates it. */
 static int guarded_rep(lua_State *L)
 {
-    state_t *st = state_of(L);
+    state_t *st = script_state_of(L);
     size_t n, sepl = 0;
     luaL_checklstring(L, 1, &n);
     lua_Integer count = luaL_checkinteger(L, 2);
@@ -318,12 +318,12 @@ static int guarded_rep(lua_State *L)
  * so nothing else would stop it). */
 static int guarded_move(lua_State *L)
 {
-    state_t *st = state_of(L);
+    state_t *st = script_state_of(L);
     lua_Integer f = luaL_checkinteger(L, 2), e = luaL_checkinteger(L, 3);
     if (e >= f && (lua_Unsigned)e - (lua_Unsigned)f >= st->limits.instructions)
         return luaL_error(L, "table.move of %I elements is over the instruction budget", (lua_Integer)(e - f + 1));
     if (e >= f)
-        charge(L, st, (double)((lua_Unsigned)e - (lua_Unsigned)f) + 1); /* an element costs about an instruction */
+        budget_charge(L, st, (double)((lua_Unsigned)e - (lua_Unsigned)f) + 1); /* an element costs about an instruction */
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
     lua_call(L, lua_gettop(L) - 1, 1);
@@ -353,7 +353,7 @@ static int guarded_setmetatable(lua_State *L)
  */
 static int xpcall_handler(lua_State *L)
 {
-    state_t *st = state_of(L);
+    state_t *st = script_state_of(L);
     if (st->budget) {
         lua_rawgetp(L, LUA_REGISTRYINDEX, &budget_keys[st->budget]);
         return 1;
@@ -468,12 +468,25 @@ static void env_string_os(lua_State *L, int g, int env)
 static void env_tide(state_t *st, int env)
 {
     lua_State *L = st->L;
-    static const luaL_Reg fns[] = {{"print", l_print},     {"require", l_require}, {"load", l_load},
-                                   {"listen", l_listen},   {"limits", l_limits},   {"scripting", l_scripting},
-                                   {"admin", l_admin},     {"http", l_http},       {"kv", l_kv},
-                                   {"storage", l_storage}, {"stream", l_stream}, {"consumer", l_consumer},
-                                   {"upgrade", l_upgrade}, {"filter", l_filter},   {"route", l_route},
-                                   {"on", l_on},           {NULL, NULL}};
+    static const luaL_Reg fns[] = {
+        {"print", l_print},
+        {"require", l_require},
+        {"load", l_load},
+        {"listen", settings_l_listen},
+        {"limits", settings_l_limits},
+        {"scripting", settings_l_scripting},
+        {"admin", settings_l_admin},
+        {"http", settings_l_http},
+        {"kv", settings_l_kv},
+        {"storage", decl_l_storage},
+        {"stream", decl_l_stream},
+        {"consumer", decl_l_consumer},
+        {"upgrade", pipeline_l_upgrade},
+        {"filter", pipeline_l_filter},
+        {"route", pipeline_l_route},
+        {"on", pipeline_l_on},
+        {NULL, NULL},
+    };
     lua_pushvalue(L, env);
     luaL_setfuncs(L, fns, 0);
     lua_pop(L, 1);
@@ -498,7 +511,7 @@ static void env_tide(state_t *st, int env)
 }
 
 /* Builds the environment scripts see; leaves it on the stack. */
-void build_env(state_t *st)
+void sandbox_build_env(state_t *st)
 {
     lua_State *L = st->L;
     lua_newtable(L);
@@ -514,14 +527,14 @@ void build_env(state_t *st)
 
     /* The ctx handed to handlers. */
     lua_createtable(L, 0, 2);
-    lua_pushcfunction(L, l_ctx_publish);
+    lua_pushcfunction(L, pipeline_l_ctx_publish);
     lua_setfield(L, -2, "publish");
-    lua_pushcfunction(L, l_ctx_reply);
+    lua_pushcfunction(L, pipeline_l_ctx_reply);
     lua_setfield(L, -2, "reply");
     st->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
-int at_panic(lua_State *L)
+int sandbox_at_panic(lua_State *L)
 {
     log_error("PANIC: unprotected error in Lua: %s", lua_tostring(L, -1));
     abort();
@@ -529,7 +542,7 @@ int at_panic(lua_State *L)
 }
 
 /* Opens only what the sandbox copies from: base, table, string, math, utf8, os, coroutine. */
-int open_libs(lua_State *L)
+int sandbox_open_libs(lua_State *L)
 {
     static const luaL_Reg libs[] = {{LUA_GNAME, luaopen_base},       {LUA_TABLIBNAME, luaopen_table},
                                     {LUA_STRLIBNAME, luaopen_string}, {LUA_MATHLIBNAME, luaopen_math},

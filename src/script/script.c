@@ -19,7 +19,7 @@ void script_limits_default(script_limits_t *l)
 
 /* Logs an error once per distinct text per interval, with a count of the
  * repeats it held back. */
-void log_rate_limited(script_host_t *h, const char *text)
+void script_log_rate_limited(script_host_t *h, const char *text)
 {
     size_t n = strlen(text);
     time_t now = time(NULL);
@@ -52,9 +52,9 @@ static void state_free(state_t *st)
         return;
     if (st->L)
         lua_close(st->L);
-    state_pool_free(st);
+    budget_pool_free(st);
     for (size_t i = 0; i < st->nrules; i++)
-        rule_free(st->rules[i]);
+        pipeline_rule_free(st->rules[i]);
     free(st->rules);
     dict_clear(&st->upgraders, NULL);
     dict_clear(&st->matches, free);
@@ -71,13 +71,13 @@ static void state_free(state_t *st)
 
 static int run_entry(lua_State *L)
 {
-    state_t *st = state_of(L);
+    state_t *st = script_state_of(L);
     const char *path = st->host->config_path;
     if (!path)
         return 0; /* a prompt with no entry file */
     char chunkname[PATH_MAX + 8];
-    chunk_name(st->host, path, chunkname, sizeof chunkname);
-    if (load_file(st, path, chunkname) != LUA_OK)
+    sandbox_chunk_name(st->host, path, chunkname, sizeof chunkname);
+    if (sandbox_load_file(st, path, chunkname) != LUA_OK)
         return lua_error(L);
     lua_call(L, 0, 0);
     return 0;
@@ -94,14 +94,14 @@ static state_t *state_new(script_host_t *h, const script_limits_t *limits, char 
     st->host = h;
     st->limits = *limits;
     st->kv_lim = (kv_limits_t){KV_DEFAULT_MAX_VALUE, KV_DEFAULT_MAX_BYTES, KV_DEFAULT_MAX_KEYS};
-    st->L = lua_newstate(state_alloc, st);
+    st->L = lua_newstate(budget_state_alloc, st);
     if (!st->L) {
         snprintf(err, errsz, "cannot create a Lua state: out of memory");
         free(st);
         return NULL;
     }
     lua_State *L = st->L;
-    lua_atpanic(L, at_panic);
+    lua_atpanic(L, sandbox_at_panic);
     *(state_t **)lua_getextraspace(L) = st;
     lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_STEP);
     static const char *const budget_text[] = {"budget exceeded", "instruction budget exceeded",
@@ -117,13 +117,13 @@ static state_t *state_new(script_host_t *h, const script_limits_t *limits, char 
      * small, so they are spaced as far as Lua allows (the heap grown by
      * 200%): about 210 fewer instructions per event than at 60. */
     lua_gc(L, LUA_GCGEN, 200, 100);
-    lua_pushcfunction(L, open_libs);
+    lua_pushcfunction(L, sandbox_open_libs);
     if (lua_pcall(L, 0, 0, 0) != LUA_OK)
         goto fail;
     event_open(L);
     lua_newtable(L);
     lua_setfield(L, LUA_REGISTRYINDEX, "tide.loaded");
-    build_env(st);
+    sandbox_build_env(st);
     st->env_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
     /* Loading runs under the budgets too: a config that loops is refused. */
@@ -145,7 +145,7 @@ static state_t *state_new(script_host_t *h, const script_limits_t *limits, char 
     lua_pushnil(L);          /* upvalue 1: the event in the pipeline */
     event_push_metatable(L); /* upvalue 2: events' metatable, at hand */
     event_push_reused(L);    /* upvalue 3: the reused event */
-    lua_pushcclosure(L, run_event, 3); /* RUN_EVENT_SLOT */
+    lua_pushcclosure(L, pipeline_run_event, 3); /* RUN_EVENT_SLOT */
     return st;
 fail:
     snprintf(err, errsz, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "error while loading");
@@ -233,11 +233,11 @@ int script_host_attach(script_host_t *h, server_t *srv)
 {
     struct event_base *base = server_base(srv);
     script_host_attach_offline(h, srv);
-    h->debounce = evtimer_new(base, on_debounce, h);
-    h->sighup = evsignal_new(base, SIGHUP, on_sighup, h);
+    h->debounce = evtimer_new(base, watch_on_debounce, h);
+    h->sighup = evsignal_new(base, SIGHUP, watch_on_sighup, h);
     if (!h->debounce || !h->sighup || event_add(h->sighup, NULL) < 0 || script_drain_attach(h, base) < 0)
         return -1;
-    start_watching(h);
+    watch_start(h);
     log_info("Loaded %s: %d rules (%d upgraders, %d filters, %d routes, %d handlers)", h->config_path,
              (int)h->cur->nrules, h->cur->nkind[RULE_UPGRADE], h->cur->nkind[RULE_FILTER],
              h->cur->nkind[RULE_ROUTE], h->cur->nkind[RULE_HANDLER]);
@@ -248,7 +248,7 @@ void script_host_free(script_host_t *h)
 {
     if (!h)
         return;
-    stop_watching(h);
+    watch_stop(h);
     if (h->debounce)
         event_free(h->debounce);
     if (h->sighup)
@@ -305,7 +305,7 @@ int script_reload(script_host_t *h, const char *why, char *err, size_t errsz)
     if (h->on_reload)
         h->on_reload(h->on_reload_ctx);
     if (h->srv)
-        start_watching(h);
+        watch_start(h);
     return 0;
 }
 
@@ -366,7 +366,7 @@ int script_host_set_streams(script_host_t *h, streams_t *sm, char *err, size_t e
     kv_set_limits(h->kv, &st->kv_lim);
     kv_free(old);
     if (h->debounce) /* attached with file watching: watch the new state's files */
-        start_watching(h);
+        watch_start(h);
     if (durable_bind(h, h->cur, 1, err, errsz) < 0)
         return -1;
     if (streams_apply(sm, h->cur->streams, h->cur->nstreams, h->cur->consumers, h->cur->nconsumers, err, errsz) < 0)
@@ -456,8 +456,8 @@ int script_load_file(script_host_t *h, const char *path, char *err, size_t errsz
     lua_State *L = st->L;
     char chunkname[PATH_MAX + 8];
     int top = lua_gettop(L);
-    chunk_name(h, path, chunkname, sizeof chunkname);
-    int rc = load_file(st, path, chunkname);
+    sandbox_chunk_name(h, path, chunkname, sizeof chunkname);
+    int rc = sandbox_load_file(st, path, chunkname);
     if (rc == LUA_OK)
         rc = budget_call(st, 0, 0);
     if (rc != LUA_OK)

@@ -56,7 +56,7 @@
 #define ERROR_LOG_INTERVAL 10
 #define TRACE_FRAMES 12      /* Lua frames a rule error's traceback keeps (the innermost) */
 #define TRACE_TEXT_MAX 1024  /* bytes of that traceback */
-/* Stack slot of each state's main thread that holds the run_event closure
+/* Stack slot of each state's main thread that holds the pipeline_run_event closure
  * for the state's whole life (its upvalue 1 anchors the event in the
  * pipeline; upvalue 2 is the event metatable). */
 #define RUN_EVENT_SLOT 1
@@ -100,7 +100,7 @@ enum budget { BUDGET_OK = 0, BUDGET_INSTRUCTIONS, BUDGET_TIME, BUDGET_MEMORY };
 #define STATE_CONSUMERS_MAX 128
 
 /* The state's allocator keeps freed blocks of up to POOL_MAX bytes, by
- * POOL_GRAIN-byte class, at most POOL_KEEP per class (see state_alloc). */
+ * POOL_GRAIN-byte class, at most POOL_KEEP per class (see budget_state_alloc). */
 #define POOL_GRAIN 16
 #define POOL_MAX 512
 #define POOL_CLASSES (POOL_MAX / POOL_GRAIN)
@@ -142,7 +142,7 @@ typedef struct state {
     int cur_ev_idx;  /* its stack index, for ctx.publish, or 0 */
     /* Where the last error that reached a protected call was raised
      * (file:line of its first Lua frame) and its Lua frames, one a line;
-     * written by budget_on_error, read and cleared by rule_note_error. */
+     * written by budget_on_error, read and cleared by pipeline_rule_note_error. */
     char err_at[200];
     char err_trace[TRACE_TEXT_MAX];
     /* Settings the entry file declared. */
@@ -179,7 +179,7 @@ typedef struct cascade {
 } cascade_t;
 
 /* Drops a reference to cascade c (NULL: none), freeing it with the last. */
-void cascade_release(struct script_host *h, cascade_t *c);
+void pipeline_cascade_release(struct script_host *h, cascade_t *c);
 
 /* Lets script_drain give the loop back (base: the server's) between
  * queued events.  0, or -1 when out of memory. */
@@ -248,10 +248,10 @@ struct script_host {
 
 extern const char budget_keys[4];
 
-state_t *state_of(lua_State *L);
-void *state_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+state_t *script_state_of(lua_State *L);
+void *budget_state_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
 /* Frees the blocks the allocator kept (after lua_close). */
-void state_pool_free(state_t *st);
+void budget_pool_free(state_t *st);
 void budget_hook(lua_State *L, lua_Debug *ar);
 int budget_call(state_t *st, int nargs, int nres);
 /* The budgets of the call in progress, saved around a nested one. */
@@ -275,45 +275,45 @@ int budget_on_error(lua_State *L);
 /* Counts a failure of rule r and keeps it as r's last error: msg, and
  * where it was raised (st->err_at when from_lua, else the rule's line)
  * with the traceback budget_on_error recorded, which it clears. */
-void rule_note_error(state_t *st, rule_t *r, const char *msg, int from_lua);
+void pipeline_rule_note_error(state_t *st, rule_t *r, const char *msg, int from_lua);
 /* The log text of a failure of rule r (may be NULL): the printf line,
  * then r's last traceback, one frame a line, when it has one. */
-void rule_failure_text(char *out, size_t n, const rule_t *r, const char *fmt, ...)
+void pipeline_rule_failure_text(char *out, size_t n, const rule_t *r, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-void charge(lua_State *L, state_t *st, double work);
-int load_file(state_t *st, const char *path, const char *chunkname);
-void chunk_name(const script_host_t *h, const char *path, char *out, size_t n);
-void build_env(state_t *st);
-int at_panic(lua_State *L);
-int open_libs(lua_State *L);
-int l_listen(lua_State *L);
-int l_limits(lua_State *L);
-int l_http(lua_State *L);
-int l_kv(lua_State *L);
-int l_admin(lua_State *L);
-int l_scripting(lua_State *L);
+void budget_charge(lua_State *L, state_t *st, double work);
+int sandbox_load_file(state_t *st, const char *path, const char *chunkname);
+void sandbox_chunk_name(const script_host_t *h, const char *path, char *out, size_t n);
+void sandbox_build_env(state_t *st);
+int sandbox_at_panic(lua_State *L);
+int sandbox_open_libs(lua_State *L);
+int settings_l_listen(lua_State *L);
+int settings_l_limits(lua_State *L);
+int settings_l_http(lua_State *L);
+int settings_l_kv(lua_State *L);
+int settings_l_admin(lua_State *L);
+int settings_l_scripting(lua_State *L);
 /* Raises "what: unknown setting 'k'" for a key of table t not in known. */
 void settings_check_keys(lua_State *L, int t, const char *what, const char *const *known);
-int l_storage(lua_State *L);
-int l_stream(lua_State *L);
-int l_consumer(lua_State *L);
-void stop_watching(script_host_t *h);
-void on_debounce(evutil_socket_t fd, short what, void *arg);
-void start_watching(script_host_t *h);
-void on_sighup(evutil_socket_t fd, short what, void *arg);
-void rule_free(rule_t *r);
-int l_filter(lua_State *L);
-int l_route(lua_State *L);
-int l_on(lua_State *L);
-int l_upgrade(lua_State *L);
-int l_ctx_publish(lua_State *L);
-int l_ctx_reply(lua_State *L);
+int decl_l_storage(lua_State *L);
+int decl_l_stream(lua_State *L);
+int decl_l_consumer(lua_State *L);
+void watch_stop(script_host_t *h);
+void watch_on_debounce(evutil_socket_t fd, short what, void *arg);
+void watch_start(script_host_t *h);
+void watch_on_sighup(evutil_socket_t fd, short what, void *arg);
+void pipeline_rule_free(rule_t *r);
+int pipeline_l_filter(lua_State *L);
+int pipeline_l_route(lua_State *L);
+int pipeline_l_on(lua_State *L);
+int pipeline_l_upgrade(lua_State *L);
+int pipeline_l_ctx_publish(lua_State *L);
+int pipeline_l_ctx_reply(lua_State *L);
 /* Dead-letters event m after a failure at stage (rule r, NULL for the
  * pipeline itself): logs it with its traceback, publishes the dead letter
  * (dead_letter.h) and counts it, or counts and logs its loss. */
 void pipeline_dead_letter(script_host_t *h, state_t *st, const proto_msg_t *m, const char *stage, const rule_t *r,
                           const char *error);
-int run_event(lua_State *L);
+int pipeline_run_event(lua_State *L);
 int script_add_rule(lua_State *L, int kind, const char *pattern, size_t plen, int64_t from, int fn_idx);
 int script_upgrade_possible(state_t *st, const proto_msg_t *m);
 int script_call_rule(state_t *st, rule_t *r, int ev_idx);
@@ -321,18 +321,18 @@ int script_call_rule(state_t *st, rule_t *r, int ev_idx);
 int script_call_rule_meta(state_t *st, rule_t *r, int ev_idx, int meta_idx);
 /* Runs the upgraders on the event at ev_idx (trace lines at depth td).
  * 0, or -1 with the error pushed and *failed set. */
-int run_upgraders(lua_State *L, state_t *st, int ev_idx, rule_t **failed, int td);
+int pipeline_run_upgraders(lua_State *L, state_t *st, int ev_idx, rule_t **failed, int td);
 /* Runs the events handlers published (ctx.publish) through the pipeline. */
 void script_drain(script_host_t *h);
 /* Makes the event at ev_idx the one ctx.publish correlates with (0: none). */
 void script_set_handled(lua_State *L, state_t *st, int ev_idx);
-int l_on_durable(lua_State *L);
+int durable_l_on(lua_State *L);
 void durable_push_api(lua_State *L);
 void durable_set_hooks(script_host_t *h);
 /* Binds the consumers st's durable handlers name (check_only: just checks).
  * 0, or -1 with err when one names an undeclared consumer. */
 int durable_bind(script_host_t *h, state_t *st, int check_only, char *err, size_t errsz);
-void log_rate_limited(script_host_t *h, const char *text);
+void script_log_rate_limited(script_host_t *h, const char *text);
 
 /* The count hook, for arm_stop (defined after it). */
 lua_Hook budget_hook_fn(void);

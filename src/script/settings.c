@@ -80,10 +80,10 @@ void settings_check_keys(lua_State *L, int t, const char *what, const char *cons
     }
 }
 
-int l_listen(lua_State *L)
+int settings_l_listen(lua_State *L)
 {
     static const char *const known[] = {"nats", "http", NULL};
-    state_t *st = state_of(L);
+    state_t *st = script_state_of(L);
     luaL_checktype(L, 1, LUA_TTABLE);
     settings_check_keys(L, 1, "listen", known);
     if (lua_getfield(L, 1, "http") != LUA_TNIL) {
@@ -124,12 +124,12 @@ int l_listen(lua_State *L)
     return 0;
 }
 
-int l_limits(lua_State *L)
+int settings_l_limits(lua_State *L)
 {
     static const char *const known[] = {"max_payload",    "max_control_line", "max_pending",     "ping_interval",
                                         "max_pings_out",  "write_deadline",   "max_connections", "max_pending_total",
                                         NULL};
-    state_t *st = state_of(L);
+    state_t *st = script_state_of(L);
     server_opts_t *o = &st->set;
     luaL_checktype(L, 1, LUA_TTABLE);
     settings_check_keys(L, 1, "limits", known);
@@ -177,10 +177,10 @@ int l_limits(lua_State *L)
 /* kv { max_value = "1MB", max_bytes = "256MB", max_keys = 1000000 }: what
  * tide.kv may hold (0: no limit).  A change past a limit raises in the rule
  * and changes nothing. */
-int l_kv(lua_State *L)
+int settings_l_kv(lua_State *L)
 {
     static const char *const known[] = {"max_value", "max_bytes", "max_keys", NULL};
-    state_t *st = state_of(L);
+    state_t *st = script_state_of(L);
     luaL_checktype(L, 1, LUA_TTABLE);
     settings_check_keys(L, 1, "kv", known);
     st->kv_lim.max_value = size_field(L, 1, "max_value", st->kv_lim.max_value);
@@ -202,10 +202,10 @@ int l_kv(lua_State *L)
  * of the events a stream captures before it is answered 504.
  * http { idle_timeout = "10s" }: a connection that sends nothing for that
  * long (half a request, or idle between requests) is closed. */
-int l_http(lua_State *L)
+int settings_l_http(lua_State *L)
 {
     static const char *const known[] = {"binary", "ack_timeout", "idle_timeout", NULL};
-    state_t *st = state_of(L);
+    state_t *st = script_state_of(L);
     luaL_checktype(L, 1, LUA_TTABLE);
     settings_check_keys(L, 1, "http", known);
     if (lua_getfield(L, 1, "ack_timeout") != LUA_TNIL) {
@@ -246,10 +246,10 @@ int l_http(lua_State *L)
 
 /* admin { eval = true }: lets `tide repl --connect` run Lua on this node
  * (from loopback clients only).  Off unless set. */
-int l_admin(lua_State *L)
+int settings_l_admin(lua_State *L)
 {
     static const char *const known[] = {"eval", NULL};
-    state_t *st = state_of(L);
+    state_t *st = script_state_of(L);
     luaL_checktype(L, 1, LUA_TTABLE);
     settings_check_keys(L, 1, "admin", known);
     if (lua_getfield(L, 1, "eval") != LUA_TNIL) {
@@ -291,12 +291,12 @@ static void set_module_path(lua_State *L, state_t *st, int v)
     lua_setfield(L, LUA_REGISTRYINDEX, "tide.path");
 }
 
-int l_scripting(lua_State *L)
+int settings_l_scripting(lua_State *L)
 {
     static const char *const known[] = {"instructions", "memory",    "time", "emit_depth", "emit_max",
                                         "dead_letter",  "path",      "cascade_instructions", "cascade_time",
                                         NULL};
-    state_t *st = state_of(L);
+    state_t *st = script_state_of(L);
     script_limits_t *l = &st->limits;
     luaL_checktype(L, 1, LUA_TTABLE);
     settings_check_keys(L, 1, "scripting", known);

@@ -4,7 +4,7 @@
 
 /* ---- watching the files ------------------------------------------------------------ */
 
-void stop_watching(script_host_t *h)
+void watch_stop(script_host_t *h)
 {
     if (h->watch_ev) {
         event_free(h->watch_ev);
@@ -26,7 +26,7 @@ void stop_watching(script_host_t *h)
     h->nwatch_dirs = 0;
 }
 
-void on_debounce(evutil_socket_t fd, short what, void *arg)
+void watch_on_debounce(evutil_socket_t fd, short what, void *arg)
 {
     script_host_t *h = arg;
     char err[512];
@@ -93,10 +93,10 @@ static void on_poll(evutil_socket_t fd, short what, void *arg)
 }
 
 /* Watches the directories of every loaded file: inotify, else polling. */
-void start_watching(script_host_t *h)
+void watch_start(script_host_t *h)
 {
     struct event_base *base = server_base(h->srv);
-    stop_watching(h);
+    watch_stop(h);
     if (!h->cur)
         return;
     h->watch_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
@@ -126,7 +126,7 @@ void start_watching(script_host_t *h)
         if (h->watch_ev && h->nwatch_dirs && event_add(h->watch_ev, NULL) == 0)
             return;
         log_warn("cannot watch script files with inotify (%s); polling every second", strerror(errno));
-        stop_watching(h);
+        watch_stop(h);
     }
     h->poll_mtimes = calloc(h->cur->nfiles ? h->cur->nfiles : 1, sizeof *h->poll_mtimes);
     h->npoll = h->cur->nfiles;
@@ -138,7 +138,7 @@ void start_watching(script_host_t *h)
         event_add(h->poll_timer, &tv);
 }
 
-void on_sighup(evutil_socket_t fd, short what, void *arg)
+void watch_on_sighup(evutil_socket_t fd, short what, void *arg)
 {
     char err[512];
     (void)fd;
