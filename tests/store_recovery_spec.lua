@@ -94,9 +94,10 @@ local function event_payloads(port, name, from)
       n = n + 1
     end
     assert(n == total, "STREAM.EVENTS: cannot read the reply: " .. body:sub(1, 300))
-    local next_seq = tonumber(body:match('"next_seq":(%d+)}$'))
+    local next_seq, more = body:match('"next_seq":(%d+),"more":(%a+)}$')
+    next_seq = tonumber(next_seq)
     assert(next_seq, "STREAM.EVENTS: no next_seq: " .. body:sub(1, 300))
-    if n == 0 or next_seq <= seq then break end
+    if more ~= "true" or next_seq <= seq then break end
     seq = next_seq
   end
   return out
@@ -135,7 +136,7 @@ local function segments(data, name)
 end
 
 -- The records of a segment file: { off, len, seq, payload } each (parsed
--- here independently of the server, from the layout in src/store.h), and
+-- here independently of the server, from the layout in src/store/slog.h), and
 -- where they end: the active segment of an fsync = "always" stream is
 -- zero-filled ahead of its last record.
 local function parse_segment(bytes)
