@@ -6,7 +6,7 @@
  *                the new file size to the file system's journal;
  *   over zeros   the record is written over space zero-filled and synced
  *                beforehand, which is how tide's store writes under
- *                fsync = "always" (src/store.c, PREALLOC): data only.
+ *                fsync = "always" (src/store/slog.c, PREALLOC): data only.
  *
  *   fsync_probe DIR [N]   prints "append p50 US p99 US p99.9 US; over zeros
  *                         p50 US p99 US p99.9 US (N records of 160 B)"

@@ -8,6 +8,12 @@
 -- Prints every violation with the symbol that makes it; exits 1 on any.
 
 local build = arg[1] or "build"
+-- Sources are looked for beside the build directory's parent (the checkout),
+-- unless there is no src/ there (object trees made by the spec).
+local root = build:match("^(.*)/[^/]+$") or "."
+local probe = io.open(root .. "/src/core/server.c")
+local has_src = probe ~= nil
+if probe then probe:close() end
 local order = { base = 1, core = 2, store = 3, script = 4, app = 5 }
 local NO_LUA = { base = true, core = true, store = true }
 local MAX_CYCLE = 5
@@ -24,7 +30,12 @@ end
 local objs = {}
 for _, path in ipairs(lines("find '" .. build .. "/obj' -name '*.o' | sort")) do
   local layer, name = path:match("/obj/([^/]+)/([^/]+)%.o$")
-  if layer and order[layer] then objs[#objs + 1] = { id = layer .. "/" .. name, layer = layer, path = path } end
+  -- An object whose source is gone (renamed since it was built) is stale.
+  local src = io.open(("%s/src/%s/%s.c"):format(root, layer or "", name or ""))
+  if src then src:close() end
+  if layer and order[layer] and (src or not has_src) then
+    objs[#objs + 1] = { id = layer .. "/" .. name, layer = layer, path = path }
+  end
 end
 if #objs == 0 then
   io.stderr:write("layer-check: no objects under " .. build .. "/obj (build first)\n")

@@ -4,7 +4,7 @@
 -- integer only up to 2^53, so an answer built through one says
 -- 9007199254740992 for 9007199254740993.  The streams start there: each
 -- gets an empty segment file whose header names its first sequence, which
--- the store takes as where the stream left off (src/store/store.h).
+-- the store takes as where the stream left off (src/store/slog.h).
 -- Answers are checked as text, never through a decoder's numbers.
 local h = require "helpers"
 

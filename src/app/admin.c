@@ -70,7 +70,7 @@ char *admin_stats_json(node_t *n, size_t *len)
     sc = NULL;
     char *p = cJSON_PrintUnformatted(o);
     if (p) {
-        out = mem_dup(p, strlen(p));
+        out = util_mem_dup(p, strlen(p));
         *len = out ? strlen(out) : 0;
         cJSON_free(p);
     }

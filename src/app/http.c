@@ -406,16 +406,16 @@ static int publish_envelope(http_t *h, ack_wait_t *w, const char *extra, cJSON *
         }
         hl += (size_t)snprintf(hdr + hl, cap - hl, "%s\r\n", extra);
         cJSON *d = cJSON_GetObjectItemCaseSensitive(env, "data");
-        payload = cJSON_IsString(d) ? mem_dup(d->valuestring, strlen(d->valuestring))
-                : d ? cJSON_PrintUnformatted(d) : mem_dup("", 0);
+        payload = cJSON_IsString(d) ? util_mem_dup(d->valuestring, strlen(d->valuestring))
+                : d ? cJSON_PrintUnformatted(d) : util_mem_dup("", 0);
         if (payload && d && !cJSON_IsString(d)) { /* cJSON's buffer: make it plain malloc */
-            char *c = mem_dup(payload, strlen(payload));
+            char *c = util_mem_dup(payload, strlen(payload));
             cJSON_free(payload);
             payload = c;
         }
     } else {
         char *p = cJSON_PrintUnformatted(env);
-        payload = p ? mem_dup(p, strlen(p)) : NULL;
+        payload = p ? util_mem_dup(p, strlen(p)) : NULL;
         cJSON_free(p);
         if (extra[0] && (hdr = malloc(strlen(extra) + 16)))
             hl = (size_t)sprintf(hdr, "NATS/1.0\r\n%s\r\n", extra);
@@ -909,7 +909,7 @@ static void tail_deliver(void *ctx, const proto_msg_t *m)
     /* One event per message; data lines cannot hold newlines, so the payload
      * is sent as a JSON string when it is not a single line of JSON. */
     cJSON *o = cJSON_CreateObject();
-    char *subject = mem_dup(m->subject, m->subject_len), *payload = mem_dup(m->payload, m->payload_len);
+    char *subject = util_mem_dup(m->subject, m->subject_len), *payload = util_mem_dup(m->payload, m->payload_len);
     cJSON_AddStringToObject(o, "subject", subject ? subject : "");
     cJSON *p = payload ? cJSON_Parse(payload) : NULL;
     if (p)
@@ -1090,7 +1090,7 @@ static void on_request(struct evhttp_request *req, void *arg)
         /* The same JSON as $TIDE.ADMIN.STREAM.LS / CONSUMER.LS; [] without streams. */
         streams_t *sm = h->node->streams;
         size_t len = 0;
-        char *json = !sm ? NULL : path[4] == 's' ? streams_json(sm, &len) : consumers_json(sm, &len);
+        char *json = !sm ? NULL : path[4] == 's' ? streams_json(sm, &len) : streams_consumers_json(sm, &len);
         reply(req, 200, "OK", "application/json", json ? json : "[]", json ? len : 2);
         free(json);
     } else if (!strcmp(path, "/v1/tail")) {

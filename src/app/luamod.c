@@ -119,10 +119,10 @@ static int l_sublist_insert(lua_State *L)
     sub_t *s = calloc(1, sizeof *s);
     if (!s)
         return luaL_error(L, "out of memory");
-    s->subject = mem_dup(p, pn);
+    s->subject = util_mem_dup(p, pn);
     s->subject_len = pn;
     if (q) {
-        s->queue = mem_dup(q, qn);
+        s->queue = util_mem_dup(q, qn);
         s->queue_len = qn;
     }
     s->owner = (void *)(uintptr_t)(u->n + 1);

@@ -153,7 +153,7 @@ static void out(const char *fmt, ...)
 static cJSON *delivery_json(const proto_msg_t *m, int for_expect)
 {
     cJSON *o = cJSON_CreateObject();
-    char *subject = mem_dup(m->subject, m->subject_len);
+    char *subject = util_mem_dup(m->subject, m->subject_len);
     cJSON_AddStringToObject(o, "subject", subject ? subject : "");
     free(subject);
     cJSON *p = m->payload_len ? cJSON_ParseWithLength(m->payload, m->payload_len) : NULL;
@@ -172,7 +172,7 @@ static cJSON *delivery_json(const proto_msg_t *m, int for_expect)
     } else if (p) {
         cJSON_AddItemToObject(o, "data", p);
     } else {
-        char *raw = mem_dup(m->payload, m->payload_len);
+        char *raw = util_mem_dup(m->payload, m->payload_len);
         cJSON_AddStringToObject(o, "data", raw ? raw : "");
         free(raw);
     }
@@ -220,14 +220,14 @@ static void on_input(void *ctx, const proto_msg_t *m)
                 const char *le = eol ? eol : end;
                 const char *colon = memchr(p, ':', (size_t)(le - p));
                 if (colon) {
-                    char *k = mem_dup(p, (size_t)(colon - p));
+                    char *k = util_mem_dup(p, (size_t)(colon - p));
                     const char *v = colon + 1;
                     while (v < le && *v == ' ')
                         v++;
                     size_t vl = (size_t)(le - v);
                     if (vl && v[vl - 1] == '\r')
                         vl--;
-                    char *val = mem_dup(v, vl);
+                    char *val = util_mem_dup(v, vl);
                     if (k && val && !cJSON_GetObjectItemCaseSensitive(hd, k))
                         cJSON_AddStringToObject(hd, k, val);
                     free(k);
@@ -1206,7 +1206,7 @@ int repl_remote_eval(node_t *n, const char *code, size_t len, char **json, size_
         remote_ready = 1;
     }
     void (*saved)(const char *, size_t) = emit;
-    char *code_z = mem_dup(code, len);
+    char *code_z = util_mem_dup(code, len);
     if (!code_z)
         return -1;
     emit = emit_remote;
@@ -1231,7 +1231,7 @@ int repl_remote_eval(node_t *n, const char *code, size_t len, char **json, size_
     if (!s)
         return -1;
     *json_len = strlen(s);
-    *json = mem_dup(s, *json_len);
+    *json = util_mem_dup(s, *json_len);
     cJSON_free(s);
     return *json ? 0 : -1;
 }

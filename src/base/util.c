@@ -17,7 +17,7 @@ struct timeval util_timeval(double seconds)
     return tv;
 }
 
-char *mem_dup(const void *p, size_t n)
+char *util_mem_dup(const void *p, size_t n)
 {
     char *d = malloc(n + 1);
     if (!d)

@@ -14,7 +14,7 @@ struct timeval util_timeval(double seconds);
  * frees).  Unlike strndup it does not stop at a NUL inside the input, so a
  * stored length always matches the bytes stored.  NULL when out of memory.
  */
-char *mem_dup(const void *p, size_t n);
+char *util_mem_dup(const void *p, size_t n);
 
 /* A random (version 4) UUID as 36 characters and a NUL: CloudEvents ids. */
 void util_uuid4(char out[37]);

@@ -351,12 +351,12 @@ static int on_sub(void *ctx, const char *subject, size_t subject_len, const char
     if (!s)
         goto oom;
     s->owner = c;
-    s->subject = mem_dup(subject, subject_len);
+    s->subject = util_mem_dup(subject, subject_len);
     s->subject_len = subject_len;
-    s->sid = mem_dup(sid, sid_len);
+    s->sid = util_mem_dup(sid, sid_len);
     s->sid_len = sid_len;
     if (queue) {
-        s->queue = mem_dup(queue, queue_len);
+        s->queue = util_mem_dup(queue, queue_len);
         s->queue_len = queue_len;
     }
     if (!s->subject || !s->sid || (queue && !s->queue))

@@ -177,7 +177,7 @@ sub_t *server_subscribe_internal(server_t *s, const char *pattern, void (*fn)(vo
         return NULL;
     }
     s->internal = ni;
-    sub->subject = mem_dup(pattern, n);
+    sub->subject = util_mem_dup(pattern, n);
     sub->subject_len = n;
     sub->deliver = fn;
     sub->deliver_ctx = ctx;

@@ -228,7 +228,7 @@ int sublist_insert(sublist_t *sl, sub_t *sub)
             n->queues = nq;
             q = &n->queues[n->nqueues];
             memset(q, 0, sizeof *q);
-            q->name = mem_dup(sub->queue, sub->queue_len);
+            q->name = util_mem_dup(sub->queue, sub->queue_len);
             if (!q->name)
                 return -1;
             q->name_len = sub->queue_len;

@@ -170,7 +170,7 @@ static int declare_stream(lua_State *L, const char *name)
         const char *p = lua_tolstring(L, -1, &pl);
         if (lua_type(L, -1) != LUA_TSTRING || !subject_valid_pattern(p, pl))
             return luaL_error(L, "%s: '%s' is not a valid subject pattern", what, p ? p : luaL_typename(L, -1));
-        if (!(slot->subjects[slot->nsubjects] = mem_dup(p, pl)))
+        if (!(slot->subjects[slot->nsubjects] = util_mem_dup(p, pl)))
             return luaL_error(L, "out of memory");
         slot->nsubjects++;
         lua_pop(L, 1);

@@ -573,7 +573,7 @@ static void decode_binary(lua_State *L, int idx, event_t *ev)
         const char *val = proto_header_find(ev->hdr, ev->hdr_len, hname, &vl);
         if (!val)
             continue;
-        char *tmp = mem_dup(val, vl);
+        char *tmp = util_mem_dup(val, vl);
         char *endp = NULL;
         long long iv = tmp ? strtoll(tmp, &endp, 10) : 0;
         if (tmp && !strcmp(ce_attrs[i], "version") && vl && endp && *endp == '\0') {

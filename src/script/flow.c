@@ -141,11 +141,11 @@ static void record(void *ctx, const proto_msg_t *m)
         f->cap = nc;
     }
     delivery_t *d = &f->got[f->n];
-    d->subject = mem_dup(m->subject, m->subject_len);
+    d->subject = util_mem_dup(m->subject, m->subject_len);
     d->subject_len = m->subject_len;
-    d->hdr = m->hdr ? mem_dup(m->hdr, m->hdr_len) : NULL;
+    d->hdr = m->hdr ? util_mem_dup(m->hdr, m->hdr_len) : NULL;
     d->hdr_len = m->hdr ? m->hdr_len : 0;
-    d->payload = mem_dup(m->payload, m->payload_len);
+    d->payload = util_mem_dup(m->payload, m->payload_len);
     d->payload_len = m->payload_len;
     if (!d->subject || !d->payload || (m->hdr && !d->hdr)) {
         free(d->subject);

@@ -115,7 +115,7 @@ static int l_set(lua_State *L)
     case LUA_TSTRING: {
         const char *s = lua_tolstring(L, 2, &v->len);
         v->type = KV_STRING;
-        v->s = mem_dup(s, v->len);
+        v->s = util_mem_dup(s, v->len);
         break;
     }
     case LUA_TNUMBER:

@@ -27,7 +27,7 @@ int script_add_rule(lua_State *L, int kind, const char *pattern, size_t plen, in
     if (!r)
         return luaL_error(L, "out of memory");
     r->kind = kind;
-    r->pattern = mem_dup(pattern, plen);
+    r->pattern = util_mem_dup(pattern, plen);
     r->pattern_len = plen;
     r->from_version = from;
     if (!r->pattern || (st->nrules == st->caprules && 0)) {
@@ -212,7 +212,7 @@ int pipeline_l_ctx_publish(lua_State *L)
         }
         util_uuid4(idbuf);
         util_now_rfc3339(timebuf);
-        char *type = mem_dup(subject, sl);
+        char *type = util_mem_dup(subject, sl);
         cJSON_AddItemToObject(env, "specversion", cJSON_CreateString("1.0"));
         cJSON_AddItemToObject(env, "id", cJSON_CreateString(idbuf));
         cJSON_AddItemToObject(env, "source", cJSON_CreateString("tide"));
@@ -661,7 +661,7 @@ static int take_destinations(lua_State *L, run_t *run)
             lua_pushfstring(L, "route returned an invalid subject: %s", s ? s : luaL_typename(L, -1));
             return -1;
         }
-        run->dest[run->ndest] = mem_dup(s, sl);
+        run->dest[run->ndest] = util_mem_dup(s, sl);
         if (!run->dest[run->ndest])
             luaL_error(L, "out of memory");
         run->dest_len[run->ndest++] = sl;
@@ -785,7 +785,7 @@ int pipeline_run_event(lua_State *L)
     }
     if (run->ndest == 0) {
         /* Its own subject: copied into the run, no allocation when short. */
-        run->dest[0] = run->ev->subject_len < sizeof run->dest0 ? run->dest0 : mem_dup(run->ev->subject, run->ev->subject_len);
+        run->dest[0] = run->ev->subject_len < sizeof run->dest0 ? run->dest0 : util_mem_dup(run->ev->subject, run->ev->subject_len);
         if (!run->dest[0])
             return luaL_error(L, "out of memory");
         if (run->dest[0] == run->dest0) {

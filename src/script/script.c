@@ -394,7 +394,7 @@ static cJSON *last_error_json(const rule_t *r)
     cJSON_AddStringToObject(e, "time", t);
     for (const char *p = r->last_trace; *p;) {
         size_t n = strcspn(p, "\n");
-        char *frame = mem_dup(p, n);
+        char *frame = util_mem_dup(p, n);
         if (frame)
             cJSON_AddItemToArray(tb, cJSON_CreateString(frame));
         free(frame);

@@ -172,7 +172,7 @@ int script_declared_streams(const script_host_t *h);
  * be applied fails and the old state keeps serving).  0, or -1 with err. */
 int script_host_set_streams(script_host_t *h, struct streams *sm, char *err, size_t errsz);
 /* Opens the streams the entry file declares (not its consumers) in sm, each
- * with fsync policy `fsync` (an FSYNC_* of store.h) instead of the declared
+ * with fsync policy `fsync` (an FSYNC_* of slog.h) instead of the declared
  * one: a stream's fsync is fixed when it is first opened, so this, before
  * script_host_set_streams, keeps throwaway data unsynced.  0, or -1 with err. */
 int script_open_streams(const script_host_t *h, struct streams *sm, int fsync, char *err, size_t errsz);

@@ -233,7 +233,7 @@ int settings_l_http(lua_State *L)
             const char *p = luaL_checklstring(L, -1, &pl);
             if (!subject_valid_pattern(p, pl))
                 return luaL_error(L, "http: invalid subject pattern '%s'", p);
-            char *d = mem_dup(p, pl);
+            char *d = util_mem_dup(p, pl);
             if (!d)
                 return luaL_error(L, "out of memory");
             st->http_binary[st->nhttp_binary++] = d;

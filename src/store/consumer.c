@@ -346,11 +346,11 @@ static char *key_of(consumer_t *c, const slog_rec_t *r)
     if (!ob[0])
         return NULL;
     if (!strcmp(ob, "subject"))
-        return mem_dup(r->subject, r->subject_len);
+        return util_mem_dup(r->subject, r->subject_len);
     if (!strncmp(ob, "header:", 7)) {
         size_t vl;
         const char *v = r->hdr_len ? proto_header_find(r->hdr, r->hdr_len, ob + 7, &vl) : NULL;
-        return v ? mem_dup(v, vl) : NULL;
+        return v ? util_mem_dup(v, vl) : NULL;
     }
     cJSON *j = r->payload_len ? cJSON_ParseWithLength(r->payload, r->payload_len) : NULL;
     if (!j)
@@ -1021,7 +1021,7 @@ void consumers_on_ack(void *ctx, const proto_msg_t *m)
             while (rl && *r == ' ')
                 r++, rl--;
             free(pd->error);
-            pd->error = rl ? mem_dup(r, rl) : NULL;
+            pd->error = rl ? util_mem_dup(r, rl) : NULL;
             dead_letter(c, pd, "term");
             done(c, pd);
         }
@@ -1035,7 +1035,7 @@ void consumers_on_ack(void *ctx, const proto_msg_t *m)
             c->replies = nr;
             c->capreplies = nc;
         }
-        char *r = mem_dup(m->reply, m->reply_len);
+        char *r = util_mem_dup(m->reply, m->reply_len);
         if (r)
             c->replies[c->nreplies++] = r;
         event_active(c->flush_ev, EV_TIMEOUT, 0);
@@ -1505,12 +1505,12 @@ void consumer_metrics(consumer_t *const *cs, int n, char **buf, size_t *len, siz
          "Events given up whose dead letter reached no stream and no subscriber."},
     };
     for (size_t k = 0; k < sizeof m / sizeof m[0]; k++) {
-        buf_printf(buf, len, cap, "# HELP %s %s\n# TYPE %s %s\n", m[k][0], m[k][2], m[k][0], m[k][1]);
+        streams_buf_printf(buf, len, cap, "# HELP %s %s\n# TYPE %s %s\n", m[k][0], m[k][2], m[k][0], m[k][1]);
         for (int i = 0; i < n; i++) {
             consumer_t *c = cs[i];
             uint64_t v[] = {pending_count(c), c->npending,     c->delivered,
                             c->redelivered,   c->acked,        c->dead_lettered, c->dead_letters_lost};
-            buf_printf(buf, len, cap, "%s{stream=\"%s\",consumer=\"%s\"} %" PRIu64 "\n", m[k][0], c->cfg.stream,
+            streams_buf_printf(buf, len, cap, "%s{stream=\"%s\",consumer=\"%s\"} %" PRIu64 "\n", m[k][0], c->cfg.stream,
                        c->cfg.name, v[k]);
         }
     }

@@ -113,7 +113,7 @@ int dead_letter_build(const proto_msg_t *m, const dead_letter_facts_t *f, dead_l
     put(&b, "", 1); /* its NUL */
     size_t hdr_at = b.len;
     puts_(&b, "NATS/1.0\r\n");
-    char *subject = mem_dup(m->subject, m->subject_len);
+    char *subject = util_mem_dup(m->subject, m->subject_len);
     if (!subject)
         b.failed = 1;
     put_header(&b, "Tide-Original-Subject", subject);

@@ -83,7 +83,7 @@ static char *header(const slog_rec_t *r, const char *name)
 {
     size_t vl;
     const char *v = r->hdr_len ? proto_header_find(r->hdr, r->hdr_len, name, &vl) : NULL;
-    return v ? mem_dup(v, vl) : NULL;
+    return v ? util_mem_dup(v, vl) : NULL;
 }
 
 static void add_own_header(void *ctx, const char *n, size_t nl, const char *v, size_t vl)
@@ -130,10 +130,10 @@ static cJSON *dead_letter_obj(const slog_rec_t *r)
     json_add_uint(o, "seq", r->seq);
     util_time_ns(r->ts, t, sizeof t);
     cJSON_AddStringToObject(o, "time", t);
-    add_str(o, "subject", mem_dup(r->subject, r->subject_len));
+    add_str(o, "subject", util_mem_dup(r->subject, r->subject_len));
     add_str(o, "original_subject", header(r, "Tide-Original-Subject"));
     char *reason = header(r, "Tide-Reason");
-    add_str(o, "reason", reason ? reason : mem_dup("script", 6)); /* the pipeline's once had none */
+    add_str(o, "reason", reason ? reason : util_mem_dup("script", 6)); /* the pipeline's once had none */
     add_str(o, "stage", header(r, "Tide-Stage"));
     add_str(o, "error", header(r, "Tide-Error"));
     add_num(o, "deliveries", header(r, "Tide-Deliveries"));
@@ -269,7 +269,7 @@ static void keep_header(void *ctx, const char *n, size_t nl, const char *v, size
     if (dead_letter_is_header(n, nl) || (nl == 11 && !strncasecmp(n, "Nats-Msg-Id", 11)) ||
         (nl > 14 && !strncasecmp(n, "Nats-Expected-", 14)))
         return;
-    buf_printf(&h->b, &h->len, &h->cap, "%.*s: %.*s\r\n", (int)nl, n, (int)vl, v);
+    streams_buf_printf(&h->b, &h->len, &h->cap, "%.*s: %.*s\r\n", (int)nl, n, (int)vl, v);
 }
 
 static uint64_t sum_counter(streams_t *sm, int which)
@@ -291,10 +291,10 @@ static int replay_one(streams_t *sm, stream_t *st, const slog_rec_t *r)
         return -1;
     }
     hbuf_t h = {0};
-    buf_printf(&h.b, &h.len, &h.cap, "NATS/1.0\r\n");
+    streams_buf_printf(&h.b, &h.len, &h.cap, "NATS/1.0\r\n");
     proto_header_each(r->hdr, r->hdr_len, keep_header, &h);
-    buf_printf(&h.b, &h.len, &h.cap, "Nats-Msg-Id: tide-replay.%s.%" PRIu64 "\r\n\r\n", st->cfg.name, r->seq);
-    char *payload = mem_dup(r->payload, r->payload_len); /* r points into a buffer a publish may reuse */
+    streams_buf_printf(&h.b, &h.len, &h.cap, "Nats-Msg-Id: tide-replay.%s.%" PRIu64 "\r\n\r\n", st->cfg.name, r->seq);
+    char *payload = util_mem_dup(r->payload, r->payload_len); /* r points into a buffer a publish may reuse */
     int rc = -1;
     if (h.b && payload) {
         proto_msg_t m;

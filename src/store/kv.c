@@ -253,7 +253,7 @@ static int apply_record(kv_t *kv, const char *r, size_t len)
         break;
     default:
         v->len = vl;
-        if (!(v->s = mem_dup(val, vl))) {
+        if (!(v->s = util_mem_dup(val, vl))) {
             free(v);
             return -2;
         }

@@ -1,7 +1,7 @@
 /*
  * record.h - the one record framing of tide's files.
  *
- * Every record of a stream segment (store.c; dead letters are stream
+ * Every record of a stream segment (slog.c; dead letters are stream
  * records too) and of the kv store's snapshot and log (kv.c) starts with
  *
  *   0  u32 magic    4  u32 CRC-32C of bytes 8..end    8  u32 length

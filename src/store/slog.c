@@ -1,5 +1,5 @@
-/* store.c - a stream's segmented log, its index and group commit (see store.h). */
-#include "store.h"
+/* slog.c - a stream's segmented log, its index and group commit (see slog.h). */
+#include "slog.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -1,5 +1,5 @@
 /*
- * store.h - one stream's log on disk: a directory of append-only segment
+ * slog.h - one stream's log on disk: a directory of append-only segment
  * files, an index from sequence to position, and group commit.
  *
  * Layout: <dir>/<first seq, 20 digits>.seg.  A segment starts with a

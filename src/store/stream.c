@@ -20,7 +20,7 @@
 #include "subject.h"
 #include "util.h"
 
-void buf_printf(char **buf, size_t *len, size_t *cap, const char *fmt, ...)
+void streams_buf_printf(char **buf, size_t *len, size_t *cap, const char *fmt, ...)
 {
     va_list ap;
     for (;;) {
@@ -226,7 +226,7 @@ static int push_ack(stream_t *st, uint64_t seq, const char *reply, size_t rlen, 
         st->acap = nc;
         st->ahead = 0;
     }
-    char *r = mem_dup(reply, rlen);
+    char *r = util_mem_dup(reply, rlen);
     if (!r)
         return -1;
     st->acks[(st->ahead + st->alen++) % st->acap] = (pending_ack_t){seq, r, rlen, duplicate};
@@ -690,7 +690,7 @@ static char *print(cJSON *o, size_t *len)
 {
     char *p = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
-    char *out = p ? mem_dup(p, strlen(p)) : NULL;
+    char *out = p ? util_mem_dup(p, strlen(p)) : NULL;
     cJSON_free(p);
     *len = out ? strlen(out) : 0;
     return out;
@@ -704,7 +704,7 @@ char *streams_json(streams_t *sm, size_t *len)
     return print(a, len);
 }
 
-char *consumers_json(streams_t *sm, size_t *len)
+char *streams_consumers_json(streams_t *sm, size_t *len)
 {
     cJSON *a = cJSON_CreateArray();
     for (int i = 0; sm && i < sm->nc; i++)
@@ -755,13 +755,13 @@ void stream_add_payload(cJSON *o, const slog_rec_t *r)
     cJSON *data = r->payload_len && (r->payload[0] == '{' || r->payload[0] == '[')
                       ? cJSON_ParseWithLength(r->payload, r->payload_len)
                       : NULL;
-    char *raw = data ? mem_dup(r->payload, r->payload_len) : NULL;
+    char *raw = data ? util_mem_dup(r->payload, r->payload_len) : NULL;
     cJSON_Delete(data);
     if (raw) {
         cJSON_AddItemToObject(o, "data", cJSON_CreateRaw(raw));
         free(raw);
     } else {
-        char *p = mem_dup(r->payload, r->payload_len);
+        char *p = util_mem_dup(r->payload, r->payload_len);
         cJSON_AddStringToObject(o, "payload", p ? p : "");
         free(p);
     }
@@ -775,7 +775,7 @@ static cJSON *record_obj(stream_t *st, const slog_rec_t *r)
     json_add_uint(o, "seq", r->seq);
     util_time_ns(r->ts, t, sizeof t);
     cJSON_AddStringToObject(o, "time", t);
-    char *s = mem_dup(r->subject, r->subject_len);
+    char *s = util_mem_dup(r->subject, r->subject_len);
     cJSON_AddStringToObject(o, "subject", s ? s : "");
     free(s);
     if (r->hdr_len)
@@ -915,7 +915,7 @@ void streams_metrics(streams_t *sm, char **buf, size_t *len, size_t *cap)
     };
     for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
         int counter = strstr(names[k][0], "_total") != NULL;
-        buf_printf(buf, len, cap, "# HELP %s %s\n# TYPE %s %s\n", names[k][0], names[k][1], names[k][0],
+        streams_buf_printf(buf, len, cap, "# HELP %s %s\n# TYPE %s %s\n", names[k][0], names[k][1], names[k][0],
                    counter ? "counter" : "gauge");
         for (int i = 0; i < sm->n; i++) {
             stream_t *st = sm->streams[i];
@@ -923,7 +923,7 @@ void streams_metrics(streams_t *sm, char **buf, size_t *len, size_t *cap)
             slog_get_info(st->log, &in);
             uint64_t v[] = {in.msgs, in.bytes, in.first_seq, in.last_seq, st->stored, st->duplicates,
                             st->conflicts, st->store_errors, in.syncs};
-            buf_printf(buf, len, cap, "%s{stream=\"%s\"} %" PRIu64 "\n", names[k][0], st->cfg.name, v[k]);
+            streams_buf_printf(buf, len, cap, "%s{stream=\"%s\"} %" PRIu64 "\n", names[k][0], st->cfg.name, v[k]);
         }
     }
     consumer_metrics(sm->consumers, sm->nc, buf, len, cap);
@@ -958,7 +958,7 @@ int streams_admin(streams_t *sm, const char *verb, size_t vlen, const proto_msg_
     if (IS("STREAM.LS")) {
         out = streams_json(sm, &len);
     } else if (IS("CONSUMER.LS")) {
-        out = consumers_json(sm, &len);
+        out = streams_consumers_json(sm, &len);
     } else if (IS("STREAM.INFO")) {
         if (!(out = stream_info_json(sm, name, &len)))
             snprintf(err, sizeof err, "no stream '%s'", name);

@@ -21,7 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "store.h"
+#include "slog.h"
 
 #define STREAM_NAME_MAX 64
 #define STREAM_SUBJECTS_MAX 16
@@ -159,7 +159,7 @@ int streams_call_handlers(streams_t *sm, const char *stream, const char *consume
 
 /* JSON for $TIDE.ADMIN.STREAMS / GET /v1/streams and the consumers (malloc'd). */
 char *streams_json(streams_t *sm, size_t *len);
-char *consumers_json(streams_t *sm, size_t *len);
+char *streams_consumers_json(streams_t *sm, size_t *len);
 /* One stream's info, or NULL (unknown). */
 char *stream_info_json(streams_t *sm, const char *name, size_t *len);
 /* A stored record as JSON {"seq","time","subject","headers","data"}; NULL with

@@ -13,7 +13,7 @@
 #include "dict.h"
 #include "proto.h"
 #include "server.h"
-#include "store.h"
+#include "slog.h"
 #include "stream.h"
 
 #define STREAMS_MAX 64
@@ -96,6 +96,6 @@ stream_t *streams_find(struct streams *sm, const char *name, size_t len);
  * it is a JSON object or array, else "payload" as a string. */
 void stream_add_payload(struct cJSON *o, const slog_rec_t *r);
 /* Appends printf output to a growing buffer. */
-void buf_printf(char **buf, size_t *len, size_t *cap, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+void streams_buf_printf(char **buf, size_t *len, size_t *cap, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 #endif

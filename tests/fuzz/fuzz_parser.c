@@ -77,10 +77,10 @@ static int f_sub(void *ctx, const char *s, size_t sl, const char *q, size_t ql, 
         mix(r, q, ql);
     if (r->nsubs < 64 && subject_valid_pattern(s, sl)) {
         sub_t *sub = calloc(1, sizeof *sub);
-        sub->subject = mem_dup(s, sl);
+        sub->subject = util_mem_dup(s, sl);
         sub->subject_len = sl;
         if (q) {
-            sub->queue = mem_dup(q, ql);
+            sub->queue = util_mem_dup(q, ql);
             sub->queue_len = ql;
         }
         if (sublist_insert(r->sl, sub) == 0) {
