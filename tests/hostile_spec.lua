@@ -532,7 +532,7 @@ end)
 describe("a cascade that grows without end", function()
   it("is stopped by its own budget, and the loop serves other clients between its steps", function()
     local srv = h.start_scripted([[
-      scripting { cascade_time = "1s" }
+      scripting { cascade_time = "3s" }
       on("fan.>", function(e, ctx)
         local t = os.clock() + 0.04 -- about 40 ms of work per call
         while os.clock() < t do end
@@ -558,7 +558,9 @@ describe("a cascade that grows without end", function()
       assert(first, "no dead letter within 20 s")
       local _, hd = h.parse_headers(first.headers)
       assert.matches("cascade budget exceeded", hd["Tide-Error"])
-      assert.is_true(worst < 150, ("PING took %.1f ms while the cascade ran"):format(worst))
+      -- One call (40 ms of CPU, more on a loaded machine) and a slice, not
+      -- the 3 s the cascade runs.
+      assert.is_true(worst < 500, ("PING took %.1f ms while the cascade ran"):format(worst))
       -- What is left of it is dead-lettered, not run: the server is idle soon.
       local quiet = h.wait_until(function()
         local before = stats(srv).scripts.dead_letters
@@ -566,7 +568,7 @@ describe("a cascade that grows without end", function()
         return stats(srv).scripts.dead_letters == before
       end, 20)
       assert.is_truthy(quiet)
-      assert.is_true(h.proc.now() - t0 < 10, ("the cascade took %.1f s"):format(h.proc.now() - t0))
+      assert.is_true(h.proc.now() - t0 < 15, ("the cascade took %.1f s"):format(h.proc.now() - t0))
       pub:close()
       dead:close()
       normal:close()

@@ -163,79 +163,57 @@ static const char *current_attr(lua_State *L, state_t *st, const char *header, c
  * one is done.  It carries the correlation id of the chain and, as its
  * causation id, the id of the event being handled.
  */
-int pipeline_l_ctx_publish(lua_State *L)
+/* Pushes ctx.publish's payload: the bytes of an event (sm gets its
+ * message), a string as it is, or anything else as the data of a new
+ * envelope carrying the chain's ids.  Raises on what JSON cannot hold. */
+static void push_publish_payload(lua_State *L, const char *subject, size_t sl, event_t *src, proto_msg_t *sm,
+                                 const char *correlation, const char *causation)
 {
-    state_t *st = script_state_of(L);
-    script_host_t *h = st->host;
-    size_t sl;
-    const char *subject = luaL_checklstring(L, 1, &sl);
-    char corr[128], cause[128], idbuf[37], timebuf[64];
-    const char *correlation, *causation;
-
-    luaL_checkany(L, 2);
-    if (!subject_valid_literal(subject, sl))
-        return luaL_error(L, "ctx.publish: invalid subject '%s'", subject);
-    if (!lua_isnoneornil(L, 3))
-        luaL_checktype(L, 3, LUA_TTABLE);
-    if (st->cur_depth + 1 > st->limits.emit_depth || (h->cascade && h->cascade->emitted >= st->limits.emit_max)) {
-        char msg[300];
-        h->st.loops_stopped++;
-        snprintf(msg, sizeof msg, "emit chain stopped at %s: %s (limit %d)", subject,
-                 st->cur_depth + 1 > st->limits.emit_depth ? "depth over emit_depth" : "too many events from one event",
-                 st->cur_depth + 1 > st->limits.emit_depth ? st->limits.emit_depth : st->limits.emit_max);
-        script_log_rate_limited(h, msg);
-        lua_pushboolean(L, 0);
-        lua_pushstring(L, msg);
-        return 2;
-    }
-    causation = current_attr(L, st, NULL, "id", cause, sizeof cause);
-    correlation = current_attr(L, st, "Tide-Correlation-Id", "correlationid", corr, sizeof corr);
-    if (!correlation)
-        correlation = causation;
-
-    /* Everything that can raise is built on the Lua stack first; the
-     * queued copy is allocated last, so an error leaks nothing. */
-    event_t *src = event_test(L, 2);
-    proto_msg_t sm;
     if (src) {
-        event_bytes(L, 2, &sm);
-        lua_pushlstring(L, sm.payload, sm.payload_len);
-    } else if (lua_type(L, 2) == LUA_TSTRING) {
-        lua_pushvalue(L, 2);
-    } else {
-        cJSON *data = json_from_lua(L, 2);
-        cJSON *env = cJSON_CreateObject();
-        json_push_document(L, env, NULL); /* frees env (and data in it) if anything raises */
-        if (!env) {
-            cJSON_Delete(data);
-            return luaL_error(L, "out of memory");
-        }
-        util_uuid4(idbuf);
-        util_now_rfc3339(timebuf);
-        char *type = util_mem_dup(subject, sl);
-        cJSON_AddItemToObject(env, "specversion", cJSON_CreateString("1.0"));
-        cJSON_AddItemToObject(env, "id", cJSON_CreateString(idbuf));
-        cJSON_AddItemToObject(env, "source", cJSON_CreateString("tide"));
-        cJSON_AddItemToObject(env, "type", cJSON_CreateString(type ? type : ""));
-        cJSON_AddItemToObject(env, "time", cJSON_CreateString(timebuf));
-        free(type);
-        if (correlation)
-            cJSON_AddItemToObject(env, "correlationid", cJSON_CreateString(correlation));
-        if (causation)
-            cJSON_AddItemToObject(env, "causationid", cJSON_CreateString(causation));
-        cJSON_AddItemToObject(env, "data", data);
-        size_t pl;
-        char *p = json_print(env, &pl);
-        if (!p)
-            return luaL_error(L, "out of memory");
-        lua_pushlstring(L, p, pl);
-        free(p);
-        lua_remove(L, -2); /* the document */
+        event_bytes(L, 2, sm);
+        lua_pushlstring(L, sm->payload, sm->payload_len);
+        return;
     }
-    int payload_idx = lua_gettop(L);
+    if (lua_type(L, 2) == LUA_TSTRING) {
+        lua_pushvalue(L, 2);
+        return;
+    }
+    char idbuf[37], timebuf[64];
+    cJSON *data = json_from_lua(L, 2);
+    cJSON *env = cJSON_CreateObject();
+    json_push_document(L, env, NULL); /* frees env (and data in it) if anything raises */
+    if (!env) {
+        cJSON_Delete(data);
+        luaL_error(L, "out of memory");
+    }
+    util_uuid4(idbuf);
+    util_now_rfc3339(timebuf);
+    char *type = util_mem_dup(subject, sl);
+    cJSON_AddItemToObject(env, "specversion", cJSON_CreateString("1.0"));
+    cJSON_AddItemToObject(env, "id", cJSON_CreateString(idbuf));
+    cJSON_AddItemToObject(env, "source", cJSON_CreateString("tide"));
+    cJSON_AddItemToObject(env, "type", cJSON_CreateString(type ? type : ""));
+    cJSON_AddItemToObject(env, "time", cJSON_CreateString(timebuf));
+    free(type);
+    if (correlation)
+        cJSON_AddItemToObject(env, "correlationid", cJSON_CreateString(correlation));
+    if (causation)
+        cJSON_AddItemToObject(env, "causationid", cJSON_CreateString(causation));
+    cJSON_AddItemToObject(env, "data", data);
+    size_t pl;
+    char *p = json_print(env, &pl);
+    if (!p)
+        luaL_error(L, "out of memory");
+    lua_pushlstring(L, p, pl);
+    free(p);
+    lua_remove(L, -2); /* the document */
+}
 
-    /* The headers: the source event's, the caller's, then the chain's ids,
-     * appended to one string at acc (the stack stays free for lua_next). */
+/* Pushes ctx.publish's header block: the source event's lines (src_hdr,
+ * without its chain ids), the caller's table at index 3, then the chain's
+ * ids, appended to one string (the stack stays free for lua_next). */
+static void push_publish_headers(lua_State *L, const proto_msg_t *sm, const char *correlation, const char *causation)
+{
     lua_pushliteral(L, "NATS/1.0\r\n");
     int acc = lua_gettop(L);
 #define APPEND(push)                                                                                                   \
@@ -245,10 +223,8 @@ int pipeline_l_ctx_publish(lua_State *L)
         lua_concat(L, 2);                                                                                              \
         lua_replace(L, acc);                                                                                           \
     } while (0)
-    if (src && sm.hdr && sm.hdr_len >= 2) {
-        /* Its header lines, without the status line and the chain ids,
-         * which are set anew below. */
-        const char *p = memchr(sm.hdr, '\n', sm.hdr_len), *end = sm.hdr + sm.hdr_len;
+    if (sm && sm->hdr && sm->hdr_len >= 2) {
+        const char *p = memchr(sm->hdr, '\n', sm->hdr_len), *end = sm->hdr + sm->hdr_len;
         for (p = p ? p + 1 : end; p < end;) {
             const char *eol = memchr(p, '\n', (size_t)(end - p));
             const char *le = eol ? eol + 1 : end;
@@ -262,11 +238,11 @@ int pipeline_l_ctx_publish(lua_State *L)
         while (lua_next(L, 3)) { /* acc+1 = name, acc+2 = value */
             size_t kl, vl;
             if (lua_type(L, acc + 1) != LUA_TSTRING)
-                return luaL_error(L, "ctx.publish: header names must be strings");
+                luaL_error(L, "ctx.publish: header names must be strings");
             const char *k = lua_tolstring(L, acc + 1, &kl);
             const char *v = luaL_tolstring(L, acc + 2, &vl); /* acc+3 */
             if (memchr(k, ':', kl) || memchr(k, '\n', kl) || memchr(v, '\n', vl) || memchr(v, '\r', vl))
-                return luaL_error(L, "ctx.publish: header names hold no ':' and values no CR/LF");
+                luaL_error(L, "ctx.publish: header names hold no ':' and values no CR/LF");
             lua_pushvalue(L, acc);
             lua_pushvalue(L, acc + 1);
             lua_pushliteral(L, ": ");
@@ -284,6 +260,69 @@ int pipeline_l_ctx_publish(lua_State *L)
     APPEND(lua_pushliteral(L, "\r\n"));
 #undef APPEND
     lua_settop(L, acc);
+}
+
+/* Pushes false and msg, counted as a stopped chain: ctx.publish's answer
+ * when a limit refuses an event. */
+static int publish_refused(lua_State *L, script_host_t *h, const char *msg)
+{
+    h->st.loops_stopped++;
+    script_log_rate_limited(h, msg);
+    lua_pushboolean(L, 0);
+    lua_pushstring(L, msg);
+    return 2;
+}
+
+/* Queues m as an event of the current cascade (made on its first one). */
+static void queue_published(lua_State *L, script_host_t *h, state_t *st, const proto_msg_t *m)
+{
+    if (!h->cascade && !(h->cascade = calloc(1, sizeof *h->cascade)))
+        luaL_error(L, "out of memory");
+    if (msgq_push(&h->queue, m, st->cur_depth + 1) < 0) {
+        if (!h->cascade->refs) {
+            free(h->cascade);
+            h->cascade = NULL;
+        }
+        luaL_error(L, "out of memory");
+    }
+    h->queue.tail->tag = h->cascade;
+    h->cascade->refs++;
+    h->cascade->emitted++;
+    h->st.emitted++;
+}
+
+int pipeline_l_ctx_publish(lua_State *L)
+{
+    state_t *st = script_state_of(L);
+    script_host_t *h = st->host;
+    size_t sl;
+    const char *subject = luaL_checklstring(L, 1, &sl);
+    char corr[128], cause[128], msg[300];
+
+    luaL_checkany(L, 2);
+    if (!subject_valid_literal(subject, sl))
+        return luaL_error(L, "ctx.publish: invalid subject '%s'", subject);
+    if (!lua_isnoneornil(L, 3))
+        luaL_checktype(L, 3, LUA_TTABLE);
+    int too_deep = st->cur_depth + 1 > st->limits.emit_depth;
+    if (too_deep || (h->cascade && h->cascade->emitted >= st->limits.emit_max)) {
+        snprintf(msg, sizeof msg, "emit chain stopped at %s: %s (limit %d)", subject,
+                 too_deep ? "depth over emit_depth" : "too many events from one event",
+                 too_deep ? st->limits.emit_depth : st->limits.emit_max);
+        return publish_refused(L, h, msg);
+    }
+    const char *causation = current_attr(L, st, NULL, "id", cause, sizeof cause);
+    const char *correlation = current_attr(L, st, "Tide-Correlation-Id", "correlationid", corr, sizeof corr);
+    if (!correlation)
+        correlation = causation;
+
+    /* Everything that can raise is built on the Lua stack first; the
+     * queued copy is allocated last, so an error leaks nothing. */
+    event_t *src = event_test(L, 2);
+    proto_msg_t sm;
+    push_publish_payload(L, subject, sl, src, &sm, correlation, causation);
+    int payload_idx = lua_gettop(L);
+    push_publish_headers(L, src ? &sm : NULL, correlation, causation);
 
     size_t hl, pl;
     const char *hs = lua_tolstring(L, -1, &hl);
@@ -294,14 +333,9 @@ int pipeline_l_ctx_publish(lua_State *L)
                           (int)max_payload);
     /* Queued events live outside the Lua heap: they count against the same cap. */
     if (h->queue.bytes + pl + hl > st->limits.memory) {
-        char msg[200];
-        h->st.loops_stopped++;
         snprintf(msg, sizeof msg, "emit chain stopped at %s: queued events over the memory budget (%zu bytes)",
                  subject, st->limits.memory);
-        script_log_rate_limited(h, msg);
-        lua_pushboolean(L, 0);
-        lua_pushstring(L, msg);
-        return 2;
+        return publish_refused(L, h, msg);
     }
     proto_msg_t qm;
     memset(&qm, 0, sizeof qm);
@@ -313,19 +347,7 @@ int pipeline_l_ctx_publish(lua_State *L)
         qm.hdr = hs;
         qm.hdr_len = hl;
     }
-    if (!h->cascade && !(h->cascade = calloc(1, sizeof *h->cascade)))
-        return luaL_error(L, "out of memory");
-    if (msgq_push(&h->queue, &qm, st->cur_depth + 1) < 0) {
-        if (!h->cascade->refs) {
-            free(h->cascade);
-            h->cascade = NULL;
-        }
-        return luaL_error(L, "out of memory");
-    }
-    h->queue.tail->tag = h->cascade;
-    h->cascade->refs++;
-    h->cascade->emitted++;
-    h->st.emitted++;
+    queue_published(L, h, st, &qm);
     lua_pushboolean(L, 1);
     return 1;
 }
