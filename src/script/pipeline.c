@@ -649,6 +649,8 @@ static void call_in_pipeline(run_t *run, rule_t *r, int ev_idx, const char *stag
     run->calling_stage = stage;
     budget_begin(st, &run->outer, &run->t0);
     lua_call(L, 1, 1);
+    if (st->host->cascade)
+        st->host->cascade->instructions += st->instructions;
     budget_end(st, &run->outer);
     run->calling = NULL;
     note_latency(st->host, elapsed_ms(&run->t0));
@@ -692,6 +694,186 @@ static int take_destinations(lua_State *L, run_t *run)
     return 0;
 }
 
+/* The trace's first line for the event at ev_idx. */
+static void trace_event(lua_State *L, run_t *run, int ev_idx)
+{
+    lua_getfield(L, ev_idx, "type");
+    lua_getfield(L, ev_idx, "version");
+    lua_getfield(L, ev_idx, "id");
+    const char *type = lua_tostring(L, -3), *id = lua_isstring(L, -1) ? lua_tostring(L, -1) : NULL;
+    tracef(run->h, run->depth, "event %.*s  (type %s v%d%s%s%s)", (int)run->ev->subject_len, run->ev->subject,
+           type ? type : "?", (int)lua_tointeger(L, -2), id ? ", id " : "", id ? id : "",
+           run->depth ? ", published by a handler" : "");
+    lua_pop(L, 3);
+}
+
+/* 2. Filters, in order; the first false drops the event.  1 when dropped. */
+static int run_filters(lua_State *L, run_t *run, match_t *mt, int e_idx)
+{
+    script_host_t *h = run->h;
+    int tr = h->trace != NULL, td = run->depth;
+    for (size_t i = 0; i < mt->n[RULE_FILTER]; i++) {
+        rule_t *r = mt->r[RULE_FILTER][i];
+        call_in_pipeline(run, r, e_idx, "filter");
+        int keep = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        if (tr)
+            tracef(h, td, "  filter   %s   %s   %s   %.3f ms", r->pattern, r->where, keep ? "kept" : "DROPPED",
+                   last_call_ms);
+        if (!keep) {
+            r->dropped++;
+            h->st.dropped++;
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+/* 3. Routes: the first one that answers decides where the event goes
+ * (run->dest).  1 when the event is done: dropped, or failed (fail_rule). */
+static int run_routes(lua_State *L, run_t *run, match_t *mt, int e_idx)
+{
+    script_host_t *h = run->h;
+    state_t *st = run->st;
+    int tr = h->trace != NULL, td = run->depth;
+    for (size_t i = 0; i < mt->n[RULE_ROUTE]; i++) {
+        rule_t *r = mt->r[RULE_ROUTE][i];
+        call_in_pipeline(run, r, e_idx, "route");
+        int t = lua_type(L, -1);
+        if (t == LUA_TNIL) {
+            lua_pop(L, 1);
+            if (tr)
+                tracef(h, td, "  route    %s   %s   no opinion   %.3f ms", r->pattern, r->where, last_call_ms);
+            continue;
+        }
+        if (t == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
+            r->dropped++;
+            h->st.dropped++;
+            if (tr)
+                tracef(h, td, "  route    %s   %s   DROPPED   %.3f ms", r->pattern, r->where, last_call_ms);
+            return 1;
+        }
+        if (t != LUA_TSTRING && t != LUA_TTABLE) {
+            lua_pushfstring(L, "route returned a %s (expected nil, false, a subject or a list of subjects)",
+                            lua_typename(L, t));
+            pipeline_rule_note_error(st, r, lua_tostring(L, -1), 0);
+            return fail_rule(L, run, "route", r), 1;
+        }
+        if (take_destinations(L, run) < 0) {
+            pipeline_rule_note_error(st, r, lua_tostring(L, -1), 0);
+            return fail_rule(L, run, "route", r), 1;
+        }
+        r->routed++;
+        lua_pop(L, 1);
+        if (tr) {
+            char list[600] = "";
+            for (int d = 0; d < run->ndest; d++)
+                snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", d ? ", " : "", run->dest[d]);
+            tracef(h, td, "  route    %s   %s   -> %s   %.3f ms", r->pattern, r->where,
+                   run->ndest ? list : "(nowhere: dropped)", last_call_ms);
+        }
+        if (run->ndest == 0) { /* an empty list: nowhere to go */
+            r->dropped++;
+            h->st.dropped++;
+            return 1;
+        }
+        break;
+    }
+    return 0;
+}
+
+/* An event no route sent elsewhere goes to its own subject: copied into
+ * the run, with no allocation when short. */
+static void own_destination(lua_State *L, run_t *run)
+{
+    size_t n = run->ev->subject_len;
+    if (run->ndest)
+        return;
+    run->dest[0] = n < sizeof run->dest0 ? run->dest0 : util_mem_dup(run->ev->subject, n);
+    if (!run->dest[0])
+        luaL_error(L, "out of memory");
+    if (run->dest[0] == run->dest0) {
+        memcpy(run->dest0, run->ev->subject, n);
+        run->dest0[n] = '\0';
+    }
+    run->dest_len[0] = n;
+    run->ndest = 1;
+}
+
+
+/* 4. Delivery to every destination, with the bytes (out) re-encoded once
+ * if a script changed them.  1 when the event failed (fail_rule). */
+static int run_delivery(lua_State *L, run_t *run, int ev_idx, proto_msg_t *out)
+{
+    script_host_t *h = run->h;
+    state_t *st = run->st;
+    int tr = h->trace != NULL, td = run->depth;
+    event_bytes(L, ev_idx, out);
+    if (out->payload_len + out->hdr_len > server_get_opts(h->srv)->max_payload) {
+        lua_pushfstring(L, "the event grew to %d bytes, over max_payload (%d)", (int)(out->payload_len + out->hdr_len),
+                        (int)server_get_opts(h->srv)->max_payload);
+        return fail_rule(L, run, "pipeline", NULL), 1;
+    }
+    for (int d = 0; d < run->ndest; d++) {
+        proto_msg_t o = *out;
+        o.subject = run->dest[d];
+        o.subject_len = run->dest_len[d];
+        /* A request that a handler here will answer has a responder. */
+        match_t *dm = o.reply ? match_for(st, o.subject, o.subject_len) : NULL;
+        size_t n = server_route_flags(h->srv, run->from, &o, dm && dm->n[RULE_HANDLER] ? ROUTE_HAS_RESPONDER : 0);
+        if (tr)
+            tracef(h, td, "  deliver  %s   %zu subscriber%s%s", run->dest[d], n, n == 1 ? "" : "s",
+                   run->ev->owner.dirty || out->payload != run->in->payload ? "   (re-encoded)" : "");
+    }
+    return 0;
+}
+
+/* 5. Handlers, for each subject the event went to.  A handler's failure
+ * dead-letters the event for that handler; the others still run. */
+static void run_handlers(lua_State *L, run_t *run, int ev_idx, int e_idx, proto_msg_t *out)
+{
+    script_host_t *h = run->h;
+    state_t *st = run->st;
+    int tr = h->trace != NULL, td = run->depth;
+    st->cur_ev_idx = ev_idx;
+    for (int d = 0; d < run->ndest && st->nkind[RULE_HANDLER]; d++) {
+        match_t *hm = (run->mt && run->dest_len[d] == run->in->subject_len &&
+                       !memcmp(run->dest[d], run->in->subject, run->dest_len[d]))
+                          ? run->mt
+                          : match_for(st, run->dest[d], run->dest_len[d]);
+        if (!hm || hm->n[RULE_HANDLER] == 0)
+            continue;
+        if (!run->handled) {
+            lua_pushvalue(L, ev_idx);
+            lua_rawsetp(L, LUA_REGISTRYINDEX, &handled_event_key);
+            run->handled = 1;
+        }
+        if (run->dest_len[d] != run->ev->subject_len || memcmp(run->dest[d], run->ev->subject, run->dest_len[d])) {
+            lua_pushlstring(L, run->dest[d], run->dest_len[d]);
+            lua_setfield(L, ev_idx, "subject");
+            event_bytes(L, ev_idx, out);
+        }
+        for (size_t i = 0; i < hm->n[RULE_HANDLER]; i++) {
+            rule_t *r = hm->r[RULE_HANDLER][i];
+            msgq_item_t *before = h->queue.tail;
+            int ok = script_call_rule(st, r, e_idx) == LUA_OK;
+            if (tr) {
+                char list[600] = "";
+                for (msgq_item_t *e = before ? before->next : h->queue.head; e; e = e->next)
+                    snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", list[0] ? ", " : "",
+                             e->m.subject);
+                tracef(h, td, "  on       %s   %s   %s%s%s   %.3f ms", r->pattern, r->where, ok ? "ok" : "FAILED",
+                       list[0] ? "   published " : "", list, last_call_ms);
+            }
+            if (!ok)
+                pipeline_dead_letter(h, st, out, "handler", r, lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+    }
+    st->cur_ev_idx = 0;
+}
+
 /*
  * The pipeline for one message (a lua_CFunction run under lua_pcall, so
  * that out-of-memory anywhere, not only in rules, fails only this event).
@@ -700,7 +882,6 @@ static int take_destinations(lua_State *L, run_t *run)
 int pipeline_run_event(lua_State *L)
 {
     run_t *run = lua_touserdata(L, 1);
-    script_host_t *h = run->h;
     state_t *st = run->st;
     proto_msg_t out;
     match_t *mt;
@@ -719,162 +900,29 @@ int pipeline_run_event(lua_State *L)
         lua_replace(L, lua_upvalueindex(1));
     }
     run->ev->depth = run->depth;
-    int tr = h->trace != NULL, td = run->depth;
-    if (tr) {
-        lua_getfield(L, ev_idx, "type");
-        lua_getfield(L, ev_idx, "version");
-        lua_getfield(L, ev_idx, "id");
-        tracef(h, td, "event %.*s  (type %s v%d%s%s%s)", (int)run->ev->subject_len, run->ev->subject,
-               lua_tostring(L, -3) ? lua_tostring(L, -3) : "?",
-               (int)lua_tointeger(L, -2), lua_isstring(L, -1) ? ", id " : "", lua_isstring(L, -1) ? lua_tostring(L, -1) : "",
-               run->depth ? ", published by a handler" : "");
-        lua_pop(L, 3);
-    }
+    if (run->h->trace)
+        trace_event(L, run, ev_idx);
 
     /* 1. upgraders, chained: each takes the event from version v to v + 1. */
     if (script_upgrade_possible(st, run->in)) {
         rule_t *failed;
-        if (pipeline_run_upgraders(L, st, e_idx, &failed, td) < 0)
+        if (pipeline_run_upgraders(L, st, e_idx, &failed, run->depth) < 0)
             return fail_rule(L, run, "upgrade", failed);
     }
-
-    /* 2. filters, on the subject as it is now (an upgrader may have
-     * renamed the event; otherwise run_one's match still holds). */
+    /* The rules of the subject as it is now (an upgrader may have renamed
+     * the event; otherwise run_one's match still holds). */
     if (run->ev->subject == run->in->subject && run->mt)
         mt = run->mt;
     else
         mt = match_for(st, run->ev->subject, run->ev->subject_len);
     if (!mt)
         return luaL_error(L, "out of memory matching rules");
-    for (size_t i = 0; i < mt->n[RULE_FILTER]; i++) {
-        rule_t *r = mt->r[RULE_FILTER][i];
-        call_in_pipeline(run, r, e_idx, "filter");
-        int keep = lua_toboolean(L, -1);
-        lua_pop(L, 1);
-        if (tr)
-            tracef(h, td, "  filter   %s   %s   %s   %.3f ms", r->pattern, r->where, keep ? "kept" : "DROPPED",
-                   last_call_ms);
-        if (!keep) {
-            r->dropped++;
-            h->st.dropped++;
-            return 0;
-        }
-    }
-
-    /* 3. routes: the first one that answers decides. */
-    for (size_t i = 0; i < mt->n[RULE_ROUTE]; i++) {
-        rule_t *r = mt->r[RULE_ROUTE][i];
-        call_in_pipeline(run, r, e_idx, "route");
-        int t = lua_type(L, -1);
-        if (t == LUA_TNIL) {
-            lua_pop(L, 1);
-            if (tr)
-                tracef(h, td, "  route    %s   %s   no opinion   %.3f ms", r->pattern, r->where, last_call_ms);
-            continue;
-        }
-        if (t == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
-            r->dropped++;
-            h->st.dropped++;
-            if (tr)
-                tracef(h, td, "  route    %s   %s   DROPPED   %.3f ms", r->pattern, r->where, last_call_ms);
-            return 0;
-        }
-        if (t != LUA_TSTRING && t != LUA_TTABLE) {
-            lua_pushfstring(L, "route returned a %s (expected nil, false, a subject or a list of subjects)",
-                            lua_typename(L, t));
-            pipeline_rule_note_error(st, r, lua_tostring(L, -1), 0);
-            return fail_rule(L, run, "route", r);
-        }
-        if (take_destinations(L, run) < 0) {
-            pipeline_rule_note_error(st, r, lua_tostring(L, -1), 0);
-            return fail_rule(L, run, "route", r);
-        }
-        r->routed++;
-        lua_pop(L, 1);
-        if (tr) {
-            char list[600] = "";
-            for (int d = 0; d < run->ndest; d++)
-                snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", d ? ", " : "", run->dest[d]);
-            tracef(h, td, "  route    %s   %s   -> %s   %.3f ms", r->pattern, r->where,
-                   run->ndest ? list : "(nowhere: dropped)", last_call_ms);
-        }
-        if (run->ndest == 0) { /* an empty list: nowhere to go */
-            r->dropped++;
-            h->st.dropped++;
-            return 0;
-        }
-        break;
-    }
-    if (run->ndest == 0) {
-        /* Its own subject: copied into the run, no allocation when short. */
-        run->dest[0] = run->ev->subject_len < sizeof run->dest0 ? run->dest0 : util_mem_dup(run->ev->subject, run->ev->subject_len);
-        if (!run->dest[0])
-            return luaL_error(L, "out of memory");
-        if (run->dest[0] == run->dest0) {
-            memcpy(run->dest0, run->ev->subject, run->ev->subject_len);
-            run->dest0[run->ev->subject_len] = '\0';
-        }
-        run->dest_len[0] = run->ev->subject_len;
-        run->ndest = 1;
-    }
-
-    /* 4. delivery, with the bytes re-encoded once if a script changed them. */
-    event_bytes(L, ev_idx, &out);
-    if (out.payload_len + out.hdr_len > server_get_opts(h->srv)->max_payload) {
-        lua_pushfstring(L, "the event grew to %d bytes, over max_payload (%d)", (int)(out.payload_len + out.hdr_len),
-                        (int)server_get_opts(h->srv)->max_payload);
-        return fail_rule(L, run, "pipeline", NULL);
-    }
-    for (int d = 0; d < run->ndest; d++) {
-        proto_msg_t o = out;
-        o.subject = run->dest[d];
-        o.subject_len = run->dest_len[d];
-        /* A request that a handler here will answer has a responder. */
-        match_t *dm = o.reply ? match_for(st, o.subject, o.subject_len) : NULL;
-        size_t n = server_route_flags(h->srv, run->from, &o, dm && dm->n[RULE_HANDLER] ? ROUTE_HAS_RESPONDER : 0);
-        if (tr)
-            tracef(h, td, "  deliver  %s   %zu subscriber%s%s", run->dest[d], n, n == 1 ? "" : "s",
-                   run->ev->owner.dirty || out.payload != run->in->payload ? "   (re-encoded)" : "");
-    }
-
-    /* 5. handlers, for each subject the event went to.  A handler's failure
-     * dead-letters the event for that handler; the others still run. */
-    st->cur_ev_idx = ev_idx;
-    for (int d = 0; d < run->ndest && st->nkind[RULE_HANDLER]; d++) {
-        match_t *hm = (run->mt && run->dest_len[d] == run->in->subject_len &&
-                       !memcmp(run->dest[d], run->in->subject, run->dest_len[d]))
-                          ? run->mt
-                          : match_for(st, run->dest[d], run->dest_len[d]);
-        if (!hm || hm->n[RULE_HANDLER] == 0)
-            continue;
-        if (!run->handled) {
-            lua_pushvalue(L, ev_idx);
-            lua_rawsetp(L, LUA_REGISTRYINDEX, &handled_event_key);
-            run->handled = 1;
-        }
-        if (run->dest_len[d] != run->ev->subject_len || memcmp(run->dest[d], run->ev->subject, run->dest_len[d])) {
-            lua_pushlstring(L, run->dest[d], run->dest_len[d]);
-            lua_setfield(L, ev_idx, "subject");
-            event_bytes(L, ev_idx, &out);
-        }
-        for (size_t i = 0; i < hm->n[RULE_HANDLER]; i++) {
-            rule_t *r = hm->r[RULE_HANDLER][i];
-            msgq_item_t *before = h->queue.tail;
-            int ok = script_call_rule(st, r, e_idx) == LUA_OK;
-            if (tr) {
-                char list[600] = "";
-                for (msgq_item_t *e = before ? before->next : h->queue.head; e; e = e->next)
-                    snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", list[0] ? ", " : "",
-                             e->m.subject);
-                tracef(h, td, "  on       %s   %s   %s%s%s   %.3f ms", r->pattern, r->where, ok ? "ok" : "FAILED",
-                       list[0] ? "   published " : "", list, last_call_ms);
-            }
-            if (!ok)
-                pipeline_dead_letter(h, st, &out, "handler", r, lua_tostring(L, -1));
-            lua_pop(L, 1);
-        }
-    }
-    st->cur_ev_idx = 0;
+    if (run_filters(L, run, mt, e_idx) || run_routes(L, run, mt, e_idx))
+        return 0;
+    own_destination(L, run);
+    if (run_delivery(L, run, ev_idx, &out))
+        return 0;
+    run_handlers(L, run, ev_idx, e_idx, &out);
     return 0;
 }
 
