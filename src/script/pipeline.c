@@ -510,7 +510,6 @@ void pipeline_dead_letter(script_host_t *h, state_t *st, const proto_msg_t *m, c
 
 /* Calls rule r with the event (and ctx for handlers) at ev_idx.  Returns
  * LUA_OK with one result on the stack, or an error with the message. */
-static double last_call_ms; /* how long the last rule call took (for the trace) */
 
 const double script_latency_bounds[SCRIPT_LATENCY_BUCKETS] = {0.00001, 0.00005, 0.0001, 0.0005, 0.001,
                                                                0.005,   0.01,    0.05,   0.1,    0.5};
@@ -529,7 +528,7 @@ static void note_latency(script_host_t *h, double ms)
     h->lat_counts[b]++;
     h->lat_sum += ms / 1000;
     h->lat_count++;
-    last_call_ms = ms;
+    h->last_call_ms = ms;
 }
 
 int script_call_rule_meta(state_t *st, rule_t *r, int ev_idx, int meta_idx)
@@ -598,7 +597,7 @@ int pipeline_run_upgraders(lua_State *L, state_t *st, int ev_idx, rule_t **faile
         lua_pop(L, 1);
         if (h->trace)
             tracef(h, td, "  upgrade  %s v%d -> v%d   %s   %.3f ms", r->pattern, (int)r->from_version,
-                   (int)r->from_version + 1, r->where, last_call_ms);
+                   (int)r->from_version + 1, r->where, h->last_call_ms);
     }
     return 0;
 }
@@ -719,7 +718,7 @@ static int run_filters(lua_State *L, run_t *run, match_t *mt, int e_idx)
         lua_pop(L, 1);
         if (tr)
             tracef(h, td, "  filter   %s   %s   %s   %.3f ms", r->pattern, r->where, keep ? "kept" : "DROPPED",
-                   last_call_ms);
+                   h->last_call_ms);
         if (!keep) {
             r->dropped++;
             h->st.dropped++;
@@ -744,14 +743,14 @@ static int run_routes(lua_State *L, run_t *run, match_t *mt, int e_idx)
         if (t == LUA_TNIL) {
             lua_pop(L, 1);
             if (tr)
-                tracef(h, td, "  route    %s   %s   no opinion   %.3f ms", r->pattern, r->where, last_call_ms);
+                tracef(h, td, "  route    %s   %s   no opinion   %.3f ms", r->pattern, r->where, h->last_call_ms);
             continue;
         }
         if (t == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
             r->dropped++;
             h->st.dropped++;
             if (tr)
-                tracef(h, td, "  route    %s   %s   DROPPED   %.3f ms", r->pattern, r->where, last_call_ms);
+                tracef(h, td, "  route    %s   %s   DROPPED   %.3f ms", r->pattern, r->where, h->last_call_ms);
             return 1;
         }
         if (t != LUA_TSTRING && t != LUA_TTABLE) {
@@ -771,7 +770,7 @@ static int run_routes(lua_State *L, run_t *run, match_t *mt, int e_idx)
             for (int d = 0; d < run->ndest; d++)
                 snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", d ? ", " : "", run->dest[d]);
             tracef(h, td, "  route    %s   %s   -> %s   %.3f ms", r->pattern, r->where,
-                   run->ndest ? list : "(nowhere: dropped)", last_call_ms);
+                   run->ndest ? list : "(nowhere: dropped)", h->last_call_ms);
         }
         if (run->ndest == 0) { /* an empty list: nowhere to go */
             r->dropped++;
@@ -864,7 +863,7 @@ static void run_handlers(lua_State *L, run_t *run, int ev_idx, int e_idx, proto_
                     snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", list[0] ? ", " : "",
                              e->m.subject);
                 tracef(h, td, "  on       %s   %s   %s%s%s   %.3f ms", r->pattern, r->where, ok ? "ok" : "FAILED",
-                       list[0] ? "   published " : "", list, last_call_ms);
+                       list[0] ? "   published " : "", list, h->last_call_ms);
             }
             if (!ok)
                 pipeline_dead_letter(h, st, out, "handler", r, lua_tostring(L, -1));

@@ -240,6 +240,7 @@ struct script_host {
     void *trace_ctx;
     uint64_t lat_counts[SCRIPT_LATENCY_BUCKETS + 1]; /* rule call times, by bucket (+Inf last) */
     double lat_sum;
+    double last_call_ms; /* how long the last rule call took (for the trace) */
     uint64_t lat_count;
     streams_t *streams; /* the persistent queue, or NULL */
     void (*on_reload)(void *ctx); /* after a new state took over (tide repl) */
