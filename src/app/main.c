@@ -176,6 +176,65 @@ typedef struct serve_args {
     int no_http;
 } serve_args_t;
 
+/* Takes one of tide serve's options (ch as getopt_long gives it) into a.
+ * Returns -1 to go on, else the exit code (the error printed). */
+static int serve_take_option(serve_args_t *a, int ch, const char *arg)
+{
+    server_opts_t *f = &a->flags;
+    size_t n = 0;
+    int bit = -1, rc = 0;
+    switch (ch) {
+    case 'a': snprintf(f->host, sizeof f->host, "%s", arg), bit = 0; break;
+    case 'p':
+        if ((rc = parse_size_arg("--port", arg, 0, &n)) == 0 && n > 65535) {
+            fprintf(stderr, "tide: --port must be 0..65535, got '%s'\n", arg);
+            rc = -1;
+        }
+        f->port = (int)n, bit = 1;
+        break;
+    case 'c': a->config = arg; break;
+    case 'P': a->pid_file = arg; break;
+    case 'n': snprintf(f->server_name, sizeof f->server_name, "%s", arg), bit = 2; break;
+    case OPT_MAX_PAYLOAD:
+        rc = parse_size_arg("--max-payload", arg, 1, &f->max_payload), bit = 3;
+        break;
+    case OPT_MAX_CONTROL_LINE:
+        rc = parse_size_arg("--max-control-line", arg, 64, &f->max_control_line), bit = 4;
+        break;
+    case OPT_MAX_PENDING:
+        rc = parse_size_arg("--max-pending", arg, 1024, &f->max_pending), bit = 5;
+        break;
+    case OPT_PING_INTERVAL:
+        rc = parse_seconds_arg("--ping-interval", arg, &f->ping_interval), bit = 6;
+        break;
+    case OPT_MAX_PINGS_OUT:
+        rc = parse_size_arg("--max-pings-out", arg, 1, &n);
+        f->max_pings_out = (int)n, bit = 7;
+        break;
+    case OPT_WRITE_DEADLINE:
+        rc = parse_seconds_arg("--write-deadline", arg, &f->write_deadline), bit = 8;
+        break;
+    case OPT_HTTP:
+        if (!strrchr(arg, ':')) {
+            fprintf(stderr, "tide: --http expects HOST:PORT, got '%s'\n", arg);
+            return 2;
+        }
+        a->http_flag = arg;
+        break;
+    case OPT_NO_HTTP: a->no_http = 1; break;
+    case OPT_DATA: a->data_flag = arg; break;
+    case 'D': log_set_level(LOG_DEBUG); break;
+    case 'V': log_set_level(LOG_TRACE); break;
+    case 'h': usage(stdout); return 0;
+    default: return 2; /* getopt_long gives no other */
+    }
+    if (rc < 0)
+        return 2;
+    if (bit >= 0)
+        a->set |= 1u << bit;
+    return -1;
+}
+
 /* Reads tide serve's flags into a.  Returns -1 to go on, else the exit
  * code (0 after --help, 2 on a usage error, which is printed). */
 static int serve_parse_args(int argc, char **argv, serve_args_t *a)
@@ -200,98 +259,21 @@ static int serve_parse_args(int argc, char **argv, serve_args_t *a)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    size_t n;
-    int ch;
+    int ch, rc;
 
     memset(a, 0, sizeof *a);
     server_opts_default(&a->flags);
     opterr = 0;
     optind = 1;
     while ((ch = getopt_long(argc, argv, ":a:p:c:P:n:DVh", longopts, NULL)) != -1) {
-        switch (ch) {
-        case 'a':
-            snprintf(a->flags.host, sizeof a->flags.host, "%s", optarg);
-            a->set |= 1u << 0;
-            break;
-        case 'p':
-            if (parse_size_arg("--port", optarg, 0, &n) < 0 || n > 65535) {
-                if (n > 65535)
-                    fprintf(stderr, "tide: --port must be 0..65535, got '%s'\n", optarg);
-                return 2;
-            }
-            a->flags.port = (int)n;
-            a->set |= 1u << 1;
-            break;
-        case 'c':
-            a->config = optarg;
-            break;
-        case 'P':
-            a->pid_file = optarg;
-            break;
-        case 'n':
-            snprintf(a->flags.server_name, sizeof a->flags.server_name, "%s", optarg);
-            a->set |= 1u << 2;
-            break;
-        case OPT_MAX_PAYLOAD:
-            if (parse_size_arg("--max-payload", optarg, 1, &a->flags.max_payload) < 0)
-                return 2;
-            a->set |= 1u << 3;
-            break;
-        case OPT_MAX_CONTROL_LINE:
-            if (parse_size_arg("--max-control-line", optarg, 64, &a->flags.max_control_line) < 0)
-                return 2;
-            a->set |= 1u << 4;
-            break;
-        case OPT_MAX_PENDING:
-            if (parse_size_arg("--max-pending", optarg, 1024, &a->flags.max_pending) < 0)
-                return 2;
-            a->set |= 1u << 5;
-            break;
-        case OPT_PING_INTERVAL:
-            if (parse_seconds_arg("--ping-interval", optarg, &a->flags.ping_interval) < 0)
-                return 2;
-            a->set |= 1u << 6;
-            break;
-        case OPT_MAX_PINGS_OUT:
-            if (parse_size_arg("--max-pings-out", optarg, 1, &n) < 0)
-                return 2;
-            a->flags.max_pings_out = (int)n;
-            a->set |= 1u << 7;
-            break;
-        case OPT_WRITE_DEADLINE:
-            if (parse_seconds_arg("--write-deadline", optarg, &a->flags.write_deadline) < 0)
-                return 2;
-            a->set |= 1u << 8;
-            break;
-        case OPT_HTTP:
-            if (!strrchr(optarg, ':')) {
-                fprintf(stderr, "tide: --http expects HOST:PORT, got '%s'\n", optarg);
-                return 2;
-            }
-            a->http_flag = optarg;
-            break;
-        case OPT_NO_HTTP:
-            a->no_http = 1;
-            break;
-        case OPT_DATA:
-            a->data_flag = optarg;
-            break;
-        case 'D':
-            log_set_level(LOG_DEBUG);
-            break;
-        case 'V':
-            log_set_level(LOG_TRACE);
-            break;
-        case 'h':
-            usage(stdout);
-            return 0;
-        case ':':
-            fprintf(stderr, "tide: option '%s' needs a value\nTry 'tide --help'.\n", argv[optind - 1]);
-            return 2;
-        default:
-            fprintf(stderr, "tide: unknown option '%s'\nTry 'tide --help'.\n", argv[optind - 1]);
+        if (ch == ':' || ch == '?') {
+            fprintf(stderr, ch == ':' ? "tide: option '%s' needs a value\nTry 'tide --help'.\n"
+                                      : "tide: unknown option '%s'\nTry 'tide --help'.\n",
+                    argv[optind - 1]);
             return 2;
         }
+        if ((rc = serve_take_option(a, ch, optarg)) >= 0)
+            return rc;
     }
     if (optind < argc) {
         fprintf(stderr, "tide: unexpected argument '%s'\nTry 'tide --help'.\n", argv[optind]);
