@@ -6,6 +6,8 @@
 #                                      a corpus in build-fuzz/corpus (seeded from
 #                                      tests/fuzz/corpus); crashes land in build-fuzz/
 #   scripts/fuzz.sh run-json SECONDS   the same for the JSON layer (tests/fuzz/json-corpus)
+#   scripts/fuzz.sh run-admin SECONDS  the same for the admin requests the store answers
+#                                      (tests/fuzz/admin-corpus)
 set -eu
 cd "$(dirname "$0")/.."
 OUT=build-fuzz
@@ -29,9 +31,26 @@ if [ $jneed = 1 ]; then
         -fno-sanitize-recover=undefined $(pkg-config --cflags lua5.4 libcjson) -o "$JBIN" $JSRCS \
         $(pkg-config --libs lua5.4 libcjson) -lm
 fi
+ABIN=$OUT/fuzz_admin
+ASRCS="tests/fuzz/fuzz_admin.c $(ls src/base/*.c src/core/*.c src/store/*.c)"
+aneed=0
+[ -x "$ABIN" ] || aneed=1
+for f in $ASRCS src/*/*.h; do [ "$f" -nt "$ABIN" ] && aneed=1; done
+if [ $aneed = 1 ]; then
+    clang -std=c11 -D_GNU_SOURCE -Isrc/base -Isrc/core -Isrc/store -g -O1 -fsanitize=fuzzer,address,undefined \
+        -fno-sanitize-recover=undefined $(pkg-config --cflags libevent_core libcjson) -o "$ABIN" $ASRCS \
+        $(pkg-config --libs libevent_core libcjson) -lm -lpthread
+fi
 case "${1:-replay}" in
 replay)
-    "$BIN" -runs=0 tests/fuzz/corpus && exec "$JBIN" -runs=0 tests/fuzz/json-corpus
+    "$BIN" -runs=0 tests/fuzz/corpus && "$JBIN" -runs=0 tests/fuzz/json-corpus &&
+        exec "$ABIN" -runs=0 tests/fuzz/admin-corpus
+    ;;
+run-admin)
+    secs=${2:-600}
+    mkdir -p "$OUT/admin-corpus"
+    exec "$ABIN" -max_total_time="$secs" -max_len=4096 -artifact_prefix="$OUT/admin-" \
+        "$OUT/admin-corpus" tests/fuzz/admin-corpus
     ;;
 run-json)
     secs=${2:-600}
@@ -46,7 +65,7 @@ run)
         -dict=tests/fuzz/nats.dict "$OUT/corpus" tests/fuzz/corpus
     ;;
 *)
-    echo "usage: $0 replay | run SECONDS | run-json SECONDS" >&2
+    echo "usage: $0 replay | run SECONDS | run-json SECONDS | run-admin SECONDS" >&2
     exit 2
     ;;
 esac

@@ -802,6 +802,9 @@ char *stream_get_json(streams_t *sm, const char *name, uint64_t seq, char *err, 
     return print(record_obj(st, &r), len);
 }
 
+/* The last second (in 2262) whose time in ns since the epoch fits an int64. */
+#define TIME_MAX_SECONDS ((int64_t)9223372035)
+
 /* RFC 3339 or seconds (with fraction) since the epoch, to ns; -1 when neither. */
 static int64_t parse_time(const char *s)
 {
@@ -821,11 +824,16 @@ static int64_t parse_time(const char *s)
         }
         if (*rest)
             return -1;
-        return ((int64_t)timegm(&tm) - off) * 1000000000 + (int64_t)(frac * 1e9);
+        int64_t secs = (int64_t)timegm(&tm) - off;
+        if (secs < 0 || secs > TIME_MAX_SECONDS || !(frac >= 0 && frac < 1))
+            return -1; /* before 1970, or past what ns since the epoch can hold */
+        return secs * 1000000000 + (int64_t)(frac * 1e9);
     }
     char *end;
     double v = strtod(s, &end);
-    return end != s && !*end ? (int64_t)(v * 1e9) : -1;
+    if (end == s || *end || !(v >= 0 && v <= (double)TIME_MAX_SECONDS))
+        return -1;
+    return (int64_t)(v * 1e9);
 }
 
 /* {"stream":..,"subject":pattern,"since":t,"until":t,"from_seq":n,"limit":n}
