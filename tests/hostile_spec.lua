@@ -577,3 +577,35 @@ describe("a cascade that grows without end", function()
     assert(ok, err)
   end)
 end)
+
+describe("acks a client makes up", function()
+  it("takes a NAK delay too large for the clock (1e300 ns, 1e300s, 1e308m) as at most a year", function()
+    local srv = h.start_scripted([[
+      storage { dir = "data" }
+      stream "q" { subjects = { "q.>" } }
+      consumer "w" { stream = "q", deliver = "w.work", ack_wait = "30s" }
+    ]])
+    local ok, err = pcall(function()
+      local c = h.connect(srv.port)
+      c:send("CONNECT {\"verbose\":false}\r\n")
+      c:sub("w.work", 1)
+      c:ping()
+      for i, nak in ipairs({ '-NAK {"delay":1e300}', "-NAK 1e300s", "-NAK 1e308m" }) do
+        c:pub("q.x", '{"n":' .. i .. '}')
+        local m = assert(c:msg(5))
+        c:pub(m.reply, nak)
+        -- A delay that overflowed came out negative: redelivered at once.
+        local again = c:msg(0.5)
+        assert.is_nil(again, nak .. " was redelivered at once")
+      end
+      assert.is_true(ping_ms(c) < 50)
+      local _, out = h.sh(("%s consumer info w --json -s 127.0.0.1:%d"):format(h.bin, srv.port))
+      local info = json.decode(out)
+      assert.are.equal(3, info.naked)
+      assert.are.equal(3, info.num_ack_pending)
+      c:close()
+    end)
+    srv:stop()
+    assert(ok, err)
+  end)
+end)

@@ -122,6 +122,17 @@ const consumer_cfg_t *consumer_cfg(const consumer_t *c) { return &c->cfg; }
 /* ---- the deadline heap ------------------------------------------------------ */
 
 /* Earlier deadline first; among equal ones, stream order. */
+/* v units of `unit` ns as ns: -1 for a negative or not-a-number v, and at
+ * most NAK_DELAY_MAX (a client's number must not overflow the clock). */
+#define NAK_DELAY_MAX (366 * 86400 * INT64_C(1000000000))
+static int64_t delay_ns(double v, double unit)
+{
+    if (!(v >= 0))
+        return -1;
+    double ns = v * unit;
+    return ns < (double)NAK_DELAY_MAX ? (int64_t)ns : NAK_DELAY_MAX;
+}
+
 static int hent_before(const hent_t *a, const hent_t *b)
 {
     return a->due < b->due || (a->due == b->due && a->seq < b->seq);
@@ -420,7 +431,7 @@ static pend_t *pend_new(consumer_t *c, uint64_t seq, char *key)
 
 static uint64_t committed(consumer_t *c) { return slog_committed(c->st->log); }
 
-static void nak(consumer_t *c, pend_t *p, int64_t delay_ns);
+static void nak(consumer_t *c, pend_t *p, int64_t delay);
 static void gather(consumer_t *c, pend_t *p, const slog_rec_t *r);
 
 /* Events after next_seq that the consumer will deliver: for a filtered
@@ -860,7 +871,7 @@ static void call_handlers(consumer_t *c, int force)
             handler_ack(c, p);
             break;
         case VERDICT_NAK:
-            nak(c, p, v[i].delay < 0 ? -1 : (int64_t)(v[i].delay * 1e9));
+            nak(c, p, delay_ns(v[i].delay, 1e9));
             break;
         case VERDICT_PROGRESS:
             schedule(c, p, 0, mono_ns() + (int64_t)(c->cfg.ack_wait * 1e9));
@@ -923,7 +934,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 
 /* ---- acks ------------------------------------------------------------------- */
 
-static void nak(consumer_t *c, pend_t *p, int64_t delay_ns)
+static void nak(consumer_t *c, pend_t *p, int64_t delay)
 {
     c->naked++;
     if (c->cfg.max_deliver > 0 && p->deliveries >= (uint64_t)c->cfg.max_deliver) {
@@ -931,13 +942,13 @@ static void nak(consumer_t *c, pend_t *p, int64_t delay_ns)
         done(c, p);
         return;
     }
-    if (delay_ns < 0) {
+    if (delay < 0) {
         int step = p->deliveries ? (int)p->deliveries - 1 : 0;
-        delay_ns = c->cfg.nbackoff
+        delay = c->cfg.nbackoff
                        ? (int64_t)(c->cfg.backoff[step < c->cfg.nbackoff ? step : c->cfg.nbackoff - 1] * 1e9)
                        : 0;
     }
-    schedule(c, p, 1, mono_ns() + delay_ns);
+    schedule(c, p, 1, mono_ns() + delay);
 }
 
 /* "-NAK", "-NAK {\"delay\": ns}" or "-NAK 2s" (the delay), -1 when none. */
@@ -953,17 +964,17 @@ static int64_t nak_delay(const char *b, size_t n)
     if (*s == '{') {
         cJSON *j = cJSON_Parse(s);
         const cJSON *d = j ? cJSON_GetObjectItemCaseSensitive(j, "delay") : NULL;
-        int64_t v = cJSON_IsNumber(d) && d->valuedouble >= 0 ? (int64_t)d->valuedouble : -1;
+        int64_t v = cJSON_IsNumber(d) ? delay_ns(d->valuedouble, 1) : -1;
         cJSON_Delete(j);
         return v;
     }
     char *end;
     double v = strtod(s, &end);
-    if (end == s || v < 0)
+    if (end == s)
         return -1;
-    if (!strcmp(end, "ms")) return (int64_t)(v * 1e6);
-    if (!strcmp(end, "s") || !*end) return (int64_t)(v * 1e9);
-    if (!strcmp(end, "m")) return (int64_t)(v * 60e9);
+    if (!strcmp(end, "ms")) return delay_ns(v, 1e6);
+    if (!strcmp(end, "s") || !*end) return delay_ns(v, 1e9);
+    if (!strcmp(end, "m")) return delay_ns(v, 60e9);
     return -1;
 }
 
