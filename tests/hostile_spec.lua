@@ -237,7 +237,13 @@ describe("connections and output that one client can run up", function()
       assert.is_true(extra:closed(5))
       assert.is_true(ping_ms(held[1]) < 50)
       fifth:close()
-      assert.are.equal(1, stats(srv).refused_connections)
+      -- (Once the server has seen it go: the stats request needs a
+      -- connection, and one made too early is refused and counted too.)
+      local st = h.wait_until(function()
+        local okk, v = pcall(stats, srv)
+        return okk and v
+      end, 5)
+      assert.is_true(st.refused_connections >= 1)
       held[4]:close()
       -- Room again once it is gone.
       assert.is_truthy(h.wait_until(function()
@@ -257,7 +263,7 @@ describe("connections and output that one client can run up", function()
     local dir = h.make_tmpdir("tide-fd")
     h.write_file(dir .. "/tide.lua", ([[
       listen { http = "127.0.0.1:%d" }
-      http { idle_timeout = "2s" }
+      http { idle_timeout = "5s" }
     ]]):format(hport))
     -- A hard limit of 48 descriptors: tide raises its soft limit to it, no further.
     local srv = h.start_server({ port = port, bin = "/usr/bin/prlimit",
@@ -280,7 +286,7 @@ describe("connections and output that one client can run up", function()
       local line = late:line(5)
       assert.are.equal("-ERR 'maximum connections exceeded'", line)
       late:close()
-      assert.is_true(ping_ms(normal) < 5)
+      assert.is_true(ping_ms(normal) < 50)
       -- Once the idle timeout has closed them, clients are served again.
       assert.is_truthy(h.wait_until(function()
         local c = h.connect(port, { no_info = true })
@@ -532,7 +538,7 @@ end)
 describe("a cascade that grows without end", function()
   it("is stopped by its own budget, and the loop serves other clients between its steps", function()
     local srv = h.start_scripted([[
-      scripting { cascade_time = "3s" }
+      scripting { cascade_time = "4s" }
       on("fan.>", function(e, ctx)
         local t = os.clock() + 0.04 -- about 40 ms of work per call
         while os.clock() < t do end
@@ -558,9 +564,9 @@ describe("a cascade that grows without end", function()
       assert(first, "no dead letter within 20 s")
       local _, hd = h.parse_headers(first.headers)
       assert.matches("cascade budget exceeded", hd["Tide-Error"])
-      -- One call (40 ms of CPU, more on a loaded machine) and a slice, not
-      -- the 3 s the cascade runs.
-      assert.is_true(worst < 500, ("PING took %.1f ms while the cascade ran"):format(worst))
+      -- One call (40 ms of CPU, several times that on a loaded machine)
+      -- and a slice, not the 4 s the cascade runs.
+      assert.is_true(worst < 1000, ("PING took %.1f ms while the cascade ran"):format(worst))
       -- What is left of it is dead-lettered, not run: the server is idle soon.
       local quiet = h.wait_until(function()
         local before = stats(srv).scripts.dead_letters
