@@ -11,6 +11,13 @@
  *     p:feed(bytes) -> events, status, errtext
  *       events: list of {op="PUB", subject=, reply=, hdr=, payload=} ... ;
  *       status: "ok" or the error name ("unknown_op", "control_line", ...)
+ *   local str = core.patterns([{ limit = steps, two_way_from = bytes }])
+ *     str.find, str.match, str.gmatch, str.gsub: the sandbox's pattern
+ *     functions (pattern.h), counting their steps; past limit (if given)
+ *     they raise "step limit reached"; plain finds of needles of
+ *     two_way_from bytes or more use the two-way search
+ *   core.pattern_steps() -> steps counted since the last core.patterns()
+ *     (those of short calls are counted once they add up to 4096)
  */
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +25,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "pattern.h"
 #include "proto.h"
 #include "util.h"
 #include "subject.h"
@@ -344,6 +352,59 @@ static int l_parser_feed(lua_State *L)
     return 2;
 }
 
+/* ---- patterns ------------------------------------------------------------ */
+
+/* The step count of this Lua state's pattern functions, in the registry. */
+typedef struct step_count {
+    lua_Integer steps, limit; /* limit 0: none */
+} step_count_t;
+
+static const char step_count_key = 0;
+
+static step_count_t *step_count(lua_State *L)
+{
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &step_count_key);
+    step_count_t *c = lua_touserdata(L, -1);
+    lua_pop(L, 1); /* the registry keeps it */
+    if (!c) {
+        c = lua_newuserdatauv(L, sizeof *c, 0);
+        memset(c, 0, sizeof *c);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &step_count_key);
+    }
+    return c;
+}
+
+static void count_steps(lua_State *L, void *ud, size_t steps)
+{
+    step_count_t *c = ud; /* the registry's: it lives as long as the state */
+    c->steps += (lua_Integer)steps;
+    if (c->limit && c->steps > c->limit)
+        luaL_error(L, "step limit reached");
+}
+
+static int l_patterns(lua_State *L)
+{
+    step_count_t *c = step_count(L);
+    pattern_budget_t b = {count_steps, c, 0};
+    c->steps = c->limit = 0;
+    if (lua_istable(L, 1)) {
+        lua_getfield(L, 1, "limit");
+        c->limit = luaL_optinteger(L, -1, 0);
+        lua_getfield(L, 1, "two_way_from");
+        b.two_way_from = (size_t)luaL_optinteger(L, -1, 0);
+        lua_pop(L, 2);
+    }
+    lua_newtable(L);
+    pattern_register(L, &b);
+    return 1;
+}
+
+static int l_pattern_steps(lua_State *L)
+{
+    lua_pushinteger(L, step_count(L)->steps);
+    return 1;
+}
+
 int luaopen_tide_core(lua_State *L);
 int luaopen_tide_core(lua_State *L)
 {
@@ -358,6 +419,8 @@ int luaopen_tide_core(lua_State *L)
                                    {"matches", l_matches},
                                    {"sublist", l_sublist},
                                    {"parser", l_parser},
+                                   {"patterns", l_patterns},
+                                   {"pattern_steps", l_pattern_steps},
                                    {NULL, NULL}};
 
     luaL_newmetatable(L, SUBLIST_MT);
