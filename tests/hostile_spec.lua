@@ -615,3 +615,77 @@ describe("acks a client makes up", function()
     assert(ok, err)
   end)
 end)
+
+describe("a rule's string functions on big strings", function()
+  -- Each of these holds one C call that ran for a second to minutes (stock
+  -- Lua 5.4 on a 2-core machine: the run of '.', 47 s; the %b, 9 s; one
+  -- plain find, 4.8 s), which the count hook cannot interrupt, so the whole
+  -- server stalled.  The budget must stop each like any other code, and
+  -- the server answer a PING within 50 ms beyond the rule's time budget.
+  -- (A gsub calling a Lua function was stopped by the hook already.)
+  local BUDGET_MS = 100
+  local attacks = {
+    { "a pattern of 300,000 '.' against 200 KB", [[
+      local s = ("a"):rep(200000)
+      s:find(("."):rep(300000))]] },
+    { "%b() over 200 KB of '('", [[
+      local s = ("("):rep(200000)
+      s:find("%b()")]] },
+    { "plain finds of a 500 KB needle in 1 MB", [[
+      local s, needle = ("a"):rep(1000000), ("a"):rep(499999) .. "b"
+      while true do s:find(needle, 1, true) end]] },
+    { "gsub on 8 MB with a cheap C function for each match", [[
+      local s = ("x"):rep(8000000)
+      while true do s:gsub("(x)()", string.sub) end]] },
+    { "gsub on 8 MB with a cheap Lua function for each match", [[
+      local s = ("x"):rep(8000000)
+      while true do s:gsub("x", function() return "" end) end]] },
+    { "a gmatch loop over 200 KB of '('", [[
+      local s = ("("):rep(200000)
+      for _ in s:gmatch("%b()") do end]] },
+    { "a gmatch loop with a pattern of 300,000 '.'", [[
+      local s = ("a"):rep(200000)
+      for _ in s:gmatch(("."):rep(300000)) do end]] },
+  }
+  for _, attack in ipairs(attacks) do
+    it("stops " .. attack[1] .. " at the time budget; the server answers PINGs meanwhile", function()
+      local srv = h.start_scripted(([[
+        scripting { time = "%dms", instructions = 1000000000000 }
+        filter("attack", function(e)
+          %s
+          return true
+        end)
+      ]]):format(BUDGET_MS, attack[2]))
+      local ok, err = pcall(function()
+        local dead = h.connect(srv.port)
+        dead:send("CONNECT {\"verbose\":false,\"headers\":true}\r\n")
+        dead:sub("$TIDE.DEAD.>", 1)
+        dead:ping()
+        local normal = h.connect(srv.port)
+        normal:send("CONNECT {\"verbose\":false}\r\n")
+        normal:ping()
+        local pub = h.connect(srv.port)
+        pub:send("CONNECT {\"verbose\":false}\r\n")
+        pub:pub("attack", "go")
+        local t0, worst = h.proc.now(), 0
+        while h.proc.now() - t0 < 0.6 do
+          local t = h.proc.now()
+          assert(normal:ping(3), "no PONG within 3 s")
+          worst = math.max(worst, (h.proc.now() - t) * 1000)
+        end
+        local msgs = dead:collect(1, 3)
+        assert.are.equal(1, #msgs)
+        assert.are.equal("$TIDE.DEAD.attack", msgs[1].subject)
+        local _, hd = h.parse_headers(msgs[1].headers)
+        assert.matches(("time budget exceeded (%d ms)"):format(BUDGET_MS), hd["Tide-Error"], 1, true)
+        assert.is_true(worst < BUDGET_MS + 50, ("PING took %.1f ms"):format(worst))
+        dead:close()
+        normal:close()
+        pub:close()
+      end)
+      srv:kill()
+      h.remove_tmpdir(srv.dir)
+      assert(ok, err)
+    end)
+  end
+end)

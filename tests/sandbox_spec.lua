@@ -222,7 +222,7 @@ describe("a runaway script", function()
     { "string_doubling", "memory budget exceeded" },
     { "rep_huge", "over the memory budget" },
     { "rep_method", "over the memory budget" },
-    { "pattern", "could run for too long" },
+    { "pattern", "instruction budget exceeded (5000000 instructions)" },
   }
   for _, case in ipairs(cases) do
     local bomb, message = case[1], case[2]

@@ -1,6 +1,7 @@
 /* sandbox.c - what scripts see: text-only loading, require, print and log,
  * and the guarded versions of C functions no budget could interrupt. */
 #include "script_internal.h"
+#include "pattern.h"
 
 /* The script a call comes from, for print/log lines: "name.lua". */
 static const char *caller_name(lua_State *L, char *buf, size_t n)
@@ -224,71 +225,13 @@ static int l_load(lua_State *L)
 
 /* ---- the sandbox ---------------------------------------------------------------- */
 
-/*
- * The Lua patterns of string.find/match/gmatch/gsub run inside one C call
- * that neither returns to the VM nor (for find and match) allocates, so no
- * budget can interrupt them.  Their worst case grows as the subject length
- * to the power of the number of variable-length repetitions, so a call
- * whose bound exceeds PATTERN_WORK_MAX is refused before it starts.
- */
-#define PATTERN_WORK_MAX 2e9
-
-static double pattern_work(const char *p, size_t pl, size_t n)
+/* The pattern functions (pattern.c) pay for their steps as instructions,
+ * checking the clock as the count hook does, and raise the budget's stop
+ * in the middle of a match when it is spent. */
+static void pattern_check(lua_State *L, void *ud, size_t steps)
 {
-    int reps = 0, opts = 0, anchored = pl > 0 && p[0] == '^';
-    for (size_t i = 0; i < pl; i++) {
-        if (p[i] == '%') {
-            i++;
-            continue;
-        }
-        if (p[i] == '[') { /* skip a set: its ']' may come first, and '%' escapes */
-            i++;
-            if (i < pl && p[i] == '^')
-                i++;
-            if (i < pl && p[i] == ']')
-                i++;
-            while (i < pl && p[i] != ']') {
-                if (p[i] == '%')
-                    i++;
-                i++;
-            }
-            continue;
-        }
-        if (p[i] == '*' || p[i] == '+' || p[i] == '-')
-            reps++;
-        else if (p[i] == '?')
-            opts++; /* each optional item can double the backtracking */
-    }
-    double work = (double)n + 1;
-    for (int r = 0; r < reps && work < 1e300; r++)
-        work *= (double)n + 1;
-    for (int r = 0; r < opts && work < 1e300; r++)
-        work *= 2;
-    if (anchored && n > 0)
-        work /= (double)n;
-    return work;
-}
-
-static int guarded_pattern(lua_State *L)
-{
-    state_t *st = script_state_of(L);
-    size_t n, pl;
-    luaL_checklstring(L, 1, &n);
-    const char *p = luaL_checklstring(L, 2, &pl);
-    double w = pattern_work(p, pl, n);
-    /* Matching steps take a few nanoseconds: no single call may take more
-     * than the whole time budget (at 5 ns a step). */
-    double limit = st->limits.time * 2e8;
-    if (limit > PATTERN_WORK_MAX)
-        limit = PATTERN_WORK_MAX;
-    budget_charge(L, st, (double)n / 16);
-    if (w > limit)
-        return luaL_error(L, "pattern '%s' on %d bytes could run for too long (bound %f steps, limit %f); "
-                             "match on a shorter string or use fewer repetitions", p, (int)n, w, limit);
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-    return lua_gettop(L);
+    (void)ud;
+    budget_charge(L, script_state_of(L), (double)steps);
 }
 
 /* string.rep with the result size checked before the C call allocates it. */
@@ -427,23 +370,20 @@ static void env_base(lua_State *L, int g, int env)
     lua_setfield(L, env, "xpcall");
 }
 
-/* string: no dump; patterns and rep guarded; the same table behind the
- * method calls on strings.  os: the clock and the date only. */
+/* string: no dump; the pattern functions of pattern.c; rep guarded; the
+ * same table behind the method calls on strings.  os: the clock and the
+ * date only. */
 static void env_string_os(lua_State *L, int g, int env)
 {
     static const char *const os_ok[] = {"clock", "date", "time", "difftime", NULL};
     static const char *const str_ok[] = {"byte", "char", "format", "len", "lower", "upper", "reverse", "sub",
                                          "pack", "packsize", "unpack", NULL};
-    static const char *const str_patterns[] = {"find", "match", "gmatch", "gsub", NULL};
+    static const pattern_budget_t budget = {pattern_check, NULL, 0};
     lua_getfield(L, g, "string");
     int strlib = lua_gettop(L);
     lua_newtable(L);
     copy_fields(L, strlib, lua_gettop(L), str_ok);
-    for (int i = 0; str_patterns[i]; i++) {
-        lua_getfield(L, strlib, str_patterns[i]);
-        lua_pushcclosure(L, guarded_pattern, 1);
-        lua_setfield(L, -2, str_patterns[i]);
-    }
+    pattern_register(L, &budget);
     lua_getfield(L, strlib, "rep");
     lua_pushcclosure(L, guarded_rep, 1);
     lua_setfield(L, -2, "rep");
