@@ -646,6 +646,14 @@ describe("a rule's string functions on big strings", function()
     { "a gmatch loop with a pattern of 300,000 '.'", [[
       local s = ("a"):rep(200000)
       for _ in s:gmatch(("."):rep(300000)) do end]] },
+    { "string.format of 100,000 %.0s items on a 2 MB string", [[
+      local s, args = ("x"):rep(2000000), {}
+      for i = 1, 100000 do args[i] = s end
+      string.format(("%.0s"):rep(#args), table.unpack(args))]] },
+    { "string.format of 20,000 %d items on a 2 MB number", [[
+      local s, args = "1" .. (" "):rep(2000000), {}
+      for i = 1, 20000 do args[i] = s end
+      string.format(("%d"):rep(#args), table.unpack(args))]] },
   }
   for _, attack in ipairs(attacks) do
     it("stops " .. attack[1] .. " at the time budget; the server answers PINGs meanwhile", function()
@@ -688,4 +696,47 @@ describe("a rule's string functions on big strings", function()
       assert(ok, err)
     end)
   end
+
+  it("leaves string.format's results as they were, long arguments included", function()
+    -- Evaluated by the rule and here, by stock Lua.
+    local cases = [==[
+      local big = ("ab"):rep(200)
+      local zero = ("ab"):rep(100) .. "\0" .. ("ab"):rep(100)
+      local num, flt = "  12" .. (" "):rep(300), "1.5" .. (" "):rep(300)
+      local t = setmetatable({}, { __tostring = function() return ("T"):rep(300) end })
+      local list = {
+        { "%.3s|%-10.5s|%10.2s|%.99s", big, big, big, big }, { "%.0s", zero }, { "%5s", zero }, { "%.5s", t },
+        { "%10s", t }, { "%d %5.1f %x", num, flt, num }, { "%d", flt }, { "%d", "1" .. ("x"):rep(300) },
+        { "%s %q", big, "a\0b" }, { "%.100s", big }, { "%5.3s", 12345.5 }, { "%c", num }, { "%i", num },
+        { "%g|%a", num, flt }, { "%d", zero }, { "%.3s%.3s", big }, { "%.3s", nil }, { "%.2s", true },
+        { "%%%.1s%%", big }, { "%", big }, { "%.3z", big }, { "%.3s", "\0" .. big },
+      }
+      local out = {}
+      for i, c in ipairs(list) do
+        local ok, r = pcall(string.format, table.unpack(c, 1, 5))
+        out[i] = tostring(ok) .. ":" .. tostring(r):gsub("bad argument #(%d+) to '[^']*'", "#%1")
+      end
+      -- called as a method, an argument error counts from the format
+      local _, e = pcall(function() return ("%s|%d"):format("a", "x") end)
+      out[#out + 1] = e:gsub("^.-:%d+: ", "")
+      return table.concat(out, "\n")
+    ]==]
+    local srv = h.start_scripted(([[
+      local function cases() %s end
+      on("fmt", function(e, ctx) ctx.publish("fmt.out", { text = cases() }) end)
+    ]]):format(cases))
+    local ok, err = pcall(function()
+      local c = h.connect(srv.port)
+      c:send("CONNECT {\"verbose\":false}\r\n")
+      c:sub("fmt.out", 1)
+      c:ping()
+      c:pub("fmt", "go")
+      local m = assert(c:msg(5))
+      assert.are.equal(assert(load(cases))(), json.decode(m.payload).data.text)
+      c:close()
+    end)
+    srv:stop()
+    h.remove_tmpdir(srv.dir)
+    assert(ok, err)
+  end)
 end)

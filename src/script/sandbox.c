@@ -234,6 +234,84 @@ static void pattern_check(lua_State *L, void *ud, size_t steps)
     budget_charge(L, script_state_of(L), (double)steps);
 }
 
+/*
+ * string.format copies what it formats into a buffer that grows, and the
+ * allocator checks the budgets as it grows, except where an item reads a
+ * long argument and writes little: a %s with a precision ("%.0s") first
+ * measures its whole string with strlen, and a numeric item converts a
+ * string argument ("1" and a million spaces is 1) in one scan.  Such
+ * arguments are prepared here, paid for one at a time (so the clock is
+ * read between them): a long string for a %.Ns is cut to FORMAT_KEEP
+ * bytes (an item shows at most 99) once it is known to hold no '\0'
+ * (which format refuses), and a long numeric string is converted.  Format
+ * then gives the same result it would have, only cheaply; __tostring of
+ * a %.Ns argument runs here instead of in format.
+ */
+#define FORMAT_KEEP 128
+#define FORMAT_CHUNK 65536
+
+static void format_cut_string(lua_State *L, state_t *st, int arg)
+{
+    size_t len;
+    if (!lua_isstring(L, arg)) {
+        luaL_tolstring(L, arg, NULL);
+        lua_replace(L, arg);
+    }
+    if (lua_type(L, arg) != LUA_TSTRING)
+        return;
+    const char *s = lua_tolstring(L, arg, &len);
+    if (len <= FORMAT_KEEP)
+        return;
+    for (size_t at = 0; at < len; at += FORMAT_CHUNK) {
+        size_t n = len - at < FORMAT_CHUNK ? len - at : FORMAT_CHUNK;
+        budget_charge(L, st, (double)n / 16);
+        if (memchr(s + at, '\0', n))
+            return; /* format raises "string contains zeros" */
+    }
+    lua_pushlstring(L, s, FORMAT_KEEP);
+    lua_replace(L, arg);
+}
+
+static void format_convert_number(lua_State *L, state_t *st, int arg)
+{
+    size_t len;
+    if (lua_type(L, arg) != LUA_TSTRING)
+        return;
+    const char *s = lua_tolstring(L, arg, &len);
+    if (len <= FORMAT_KEEP)
+        return;
+    budget_charge(L, st, (double)len / 16);
+    size_t used = lua_stringtonumber(L, s);
+    if (used == len + 1)
+        lua_replace(L, arg);
+    else if (used)
+        lua_pop(L, 1); /* it stopped at a '\0': not a number to format */
+}
+
+/* The stock function is called directly, in this function's call, so
+ * that its argument errors read as they would without the guard. */
+static int guarded_format(lua_State *L)
+{
+    state_t *st = script_state_of(L);
+    size_t fl;
+    const char *f = luaL_checklstring(L, 1, &fl);
+    int top = lua_gettop(L), arg = 1;
+    for (size_t i = 0; i < fl; i++) {
+        if (f[i] != '%' || ++i == fl || f[i] == '%')
+            continue;
+        int precision = 0;
+        while (i < fl && f[i] && strchr("-+ #0123456789.", f[i]))
+            precision |= f[i++] == '.';
+        if (++arg > top || i == fl)
+            continue;
+        if (f[i] == 's' && precision)
+            format_cut_string(L, st, arg);
+        else if (f[i] && strchr("cdiouxXaAeEfFgG", f[i]))
+            format_convert_number(L, st, arg);
+    }
+    return lua_tocfunction(L, lua_upvalueindex(1))(L);
+}
+
 /* string.rep with the result size checked before the C call allocates it. */
 static int guarded_rep(lua_State *L)
 {
@@ -370,13 +448,13 @@ static void env_base(lua_State *L, int g, int env)
     lua_setfield(L, env, "xpcall");
 }
 
-/* string: no dump; the pattern functions of pattern.c; rep guarded; the
- * same table behind the method calls on strings.  os: the clock and the
- * date only. */
+/* string: no dump; the pattern functions of pattern.c; format and rep
+ * guarded; the same table behind the method calls on strings.  os: the
+ * clock and the date only. */
 static void env_string_os(lua_State *L, int g, int env)
 {
     static const char *const os_ok[] = {"clock", "date", "time", "difftime", NULL};
-    static const char *const str_ok[] = {"byte", "char", "format", "len", "lower", "upper", "reverse", "sub",
+    static const char *const str_ok[] = {"byte", "char", "len", "lower", "upper", "reverse", "sub",
                                          "pack", "packsize", "unpack", NULL};
     static const pattern_budget_t budget = {pattern_check, NULL, 0};
     lua_getfield(L, g, "string");
@@ -384,6 +462,9 @@ static void env_string_os(lua_State *L, int g, int env)
     lua_newtable(L);
     copy_fields(L, strlib, lua_gettop(L), str_ok);
     pattern_register(L, &budget);
+    lua_getfield(L, strlib, "format");
+    lua_pushcclosure(L, guarded_format, 1);
+    lua_setfield(L, -2, "format");
     lua_getfield(L, strlib, "rep");
     lua_pushcclosure(L, guarded_rep, 1);
     lua_setfield(L, -2, "rep");
