@@ -50,6 +50,30 @@ local function stats(srv)
   return h.stats(srv.port)
 end
 
+-- A client connected and past CONNECT (headers: it takes HMSG).
+local function client(port, headers)
+  local c = h.connect(port)
+  c:send(headers and 'CONNECT {"verbose":false,"headers":true}\r\n' or 'CONNECT {"verbose":false}\r\n')
+  return c
+end
+
+-- 100 PUBs of 1 KiB on subject, as one string to send.
+local function flood_chunk(subject)
+  local payload = ("x"):rep(1024)
+  local pubs = {}
+  for i = 1, 100 do pubs[i] = ("PUB %s %d\r\n%s\r\n"):format(subject, #payload, payload) end
+  return table.concat(pubs)
+end
+
+-- Starts a server with these rules, runs fn(srv) and stops the server
+-- whatever fn does; fn's error fails the test.
+local function with_server(rules, fn)
+  local srv = h.start_scripted(rules)
+  local ok, err = pcall(fn, srv)
+  srv:stop()
+  assert(ok, err)
+end
+
 describe("the HTTP face under attack", function()
   local srv, hport, normal
 
@@ -62,8 +86,7 @@ describe("the HTTP face under attack", function()
       stream "orders" { subjects = { "orders.>" } }
       filter("orders.>", function(e) return true end)
     ]]):format(hport))
-    normal = h.connect(srv.port)
-    normal:send("CONNECT {\"verbose\":false}\r\n")
+    normal = client(srv.port)
   end)
 
   teardown(function()
@@ -112,8 +135,7 @@ describe("the HTTP face under attack", function()
   end)
 
   it("takes the PubAck from the store, not from a subscriber that answers first", function()
-    local forger = h.connect(srv.port)
-    forger:send("CONNECT {\"verbose\":false}\r\n")
+    local forger = client(srv.port)
     forger:sub("orders.>", 1)
     forger:ping()
     -- The POST is sent, then the forger answers what it sees before the
@@ -157,12 +179,8 @@ describe("the HTTP face under attack", function()
     s:send("GET /v1/tail?subject=flood.%3E HTTP/1.1\r\nHost: x\r\n\r\n")
     assert(s:receive("*l")) -- the status line; from here on it reads nothing
     local before = rss_kb(srv)
-    local pub = h.connect(srv.port)
-    pub:send("CONNECT {\"verbose\":false}\r\n")
-    local payload = ("x"):rep(1024)
-    local chunk = {}
-    for i = 1, 100 do chunk[i] = ("PUB flood.x %d\r\n%s\r\n"):format(#payload, payload) end
-    chunk = table.concat(chunk)
+    local pub = client(srv.port)
+    local chunk = flood_chunk("flood.x")
     local worst = 0
     for _ = 1, 600 do -- 60 MB in all
       pub:send(chunk)
@@ -193,18 +211,14 @@ end)
 
 describe("the admin surface reached sideways", function()
   it("refuses a publish whose reply subject is an admin request", function()
-    local srv = h.start_scripted([[ admin { eval = true } ]])
-    local ok, err = pcall(function()
-      local echo = h.connect(srv.port)
-      echo:send("CONNECT {\"verbose\":false}\r\n")
+    with_server([[ admin { eval = true } ]], function(srv)
+      local echo = client(srv.port)
       echo:sub("echo", 1)
-      local watch = h.connect(srv.port)
-      watch:send("CONNECT {\"verbose\":false}\r\n")
+      local watch = client(srv.port)
       watch:sub("pwned.>", 1)
       echo:ping()
       watch:ping()
-      local attacker = h.connect(srv.port)
-      attacker:send("CONNECT {\"verbose\":false}\r\n")
+      local attacker = client(srv.port)
       attacker:pub("echo", 'pub("pwned.x", {})', "$TIDE.ADMIN.EVAL")
       local frame = assert(attacker:frame(5))
       assert.are.equal("-ERR", frame.op)
@@ -215,16 +229,13 @@ describe("the admin surface reached sideways", function()
       -- The connection stays usable.
       attacker:ping()
     end)
-    srv:stop()
-    assert(ok, err)
   end)
 end)
 
 describe("connections and output that one client can run up", function()
   it("refuses connections past limits { max_connections } as nats-server does", function()
     -- 4 clients held, and room for the one h.stats opens.
-    local srv = h.start_scripted([[ limits { max_connections = 5 } ]])
-    local ok, err = pcall(function()
+    with_server([[ limits { max_connections = 5 } ]], function(srv)
       local held = {}
       for i = 1, 4 do
         held[i] = h.connect(srv.port)
@@ -254,8 +265,6 @@ describe("connections and output that one client can run up", function()
       end, 5))
       for i = 1, 3 do held[i]:close() end
     end)
-    srv:stop()
-    assert(ok, err)
   end)
 
   it("keeps a descriptor in reserve: with none left, a new client is told and closed, the others go on", function()
@@ -269,8 +278,7 @@ describe("connections and output that one client can run up", function()
     local srv = h.start_server({ port = port, bin = "/usr/bin/prlimit",
       cmd = { "--nofile=48:48", h.bin, "serve", "-a", "127.0.0.1", "-p", tostring(port), "-c", dir .. "/tide.lua" } })
     local ok, err = pcall(function()
-      local normal = h.connect(port)
-      normal:send("CONNECT {\"verbose\":false}\r\n")
+      local normal = client(port)
       normal:ping()
       -- Half-sent HTTP requests take every descriptor left (slowloris).
       local idle = {}
@@ -304,10 +312,8 @@ describe("connections and output that one client can run up", function()
   end)
 
   it("cuts the clients with the most output queued once all of it passes limits { max_pending_total }", function()
-    local srv = h.start_scripted([[ limits { max_pending_total = "16MB" } ]])
-    local ok, err = pcall(function()
-      local normal = h.connect(srv.port)
-      normal:send("CONNECT {\"verbose\":false}\r\n")
+    with_server([[ limits { max_pending_total = "16MB" } ]], function(srv)
+      local normal = client(srv.port)
       local sleepers = {}
       for i = 1, 10 do -- subscribe, then never read again
         sleepers[i] = h.connect(srv.port)
@@ -315,12 +321,8 @@ describe("connections and output that one client can run up", function()
         sleepers[i]:ping()
       end
       local before = rss_kb(srv)
-      local pub = h.connect(srv.port)
-      pub:send("CONNECT {\"verbose\":false}\r\n")
-      local payload = ("x"):rep(1024)
-      local chunk = {}
-      for i = 1, 100 do chunk[i] = ("PUB flood.x %d\r\n%s\r\n"):format(#payload, payload) end
-      chunk = table.concat(chunk)
+      local pub = client(srv.port)
+      local chunk = flood_chunk("flood.x")
       local worst = 0
       for _ = 1, 200 do -- 20 MB, to each of 10 subscribers
         pub:send(chunk)
@@ -336,26 +338,21 @@ describe("connections and output that one client can run up", function()
       pub:close()
       normal:close()
     end)
-    srv:stop()
-    assert(ok, err)
   end)
 end)
 
 describe("tide.kv under a careless rule", function()
   it("refuses a value over kv { max_value } (1 MiB by default) with a clear error, and stays small", function()
-    local srv = h.start_scripted([[
+    with_server([[
       on("big.set", function(e)
         tide.kv.set("k" .. e.data.i, string.rep("x", 8 * 1024 * 1024))
       end)
-    ]])
-    local ok, err = pcall(function()
-      local dead = h.connect(srv.port)
-      dead:send("CONNECT {\"verbose\":false,\"headers\":true}\r\n")
+    ]], function(srv)
+      local dead = client(srv.port, true)
       dead:sub("$TIDE.DEAD.>", 1)
       dead:ping()
       local before = rss_kb(srv)
-      local pub = h.connect(srv.port)
-      pub:send("CONNECT {\"verbose\":false}\r\n")
+      local pub = client(srv.port)
       for i = 1, 60 do
         pub:pub("big.set", json.encode({ specversion = "1.0", id = tostring(i), source = "t", type = "big.set",
           data = { i = i } }))
@@ -369,22 +366,18 @@ describe("tide.kv under a careless rule", function()
       pub:close()
       dead:close()
     end)
-    srv:stop()
-    assert(ok, err)
   end)
 
   it("holds kv { max_bytes } and { max_keys }; what is refused changes nothing", function()
-    local srv = h.start_scripted([[
+    with_server([[
       kv { max_bytes = "64KB", max_keys = 10 }
       on("kv.try", function(e, ctx)
         local ok, err = pcall(tide.kv.set, e.data.k, string.rep("v", e.data.n))
         ctx.publish("kv.result", { ok = ok, err = err and tostring(err) or tide.null, count = tide.kv.count(),
           has = tide.kv.has(e.data.k) })
       end)
-    ]])
-    local ok, err = pcall(function()
-      local c = h.connect(srv.port)
-      c:send("CONNECT {\"verbose\":false}\r\n")
+    ]], function(srv)
+      local c = client(srv.port)
       c:sub("kv.result", 1)
       c:ping()
       local function try(k, n)
@@ -406,28 +399,20 @@ describe("tide.kv under a careless rule", function()
       assert.are.equal(10, r.count)
       c:close()
     end)
-    srv:stop()
-    assert(ok, err)
   end)
 end)
 
 describe("admin answers one client can blow up", function()
   it("answers STREAM.EVENTS in bounded pages, whatever limit is asked, and export still gets every event", function()
-    local srv = h.start_scripted([[
+    with_server([[
       storage { dir = "data" }
       stream "big" { subjects = { "big.>" }, fsync = "never" }
-    ]])
-    local ok, err = pcall(function()
-      local pub = h.connect(srv.port)
-      pub:send("CONNECT {\"verbose\":false}\r\n")
-      local payload = ("y"):rep(1024)
-      local chunk = {}
-      for i = 1, 100 do chunk[i] = ("PUB big.x %d\r\n%s\r\n"):format(#payload, payload) end
-      chunk = table.concat(chunk)
+    ]], function(srv)
+      local pub = client(srv.port)
+      local chunk = flood_chunk("big.x")
       for _ = 1, 30 do pub:send(chunk) end
       pub:ping()
-      local normal = h.connect(srv.port)
-      normal:send("CONNECT {\"verbose\":false}\r\n")
+      local normal = client(srv.port)
       local worst = 0
       for _ = 1, 10 do
         local m = assert(h.request(srv.port, "$TIDE.ADMIN.STREAM.EVENTS", '{"stream":"big","limit":100000000}'))
@@ -444,8 +429,6 @@ describe("admin answers one client can blow up", function()
       pub:close()
       normal:close()
     end)
-    srv:stop()
-    assert(ok, err)
   end)
 end)
 
@@ -476,10 +459,8 @@ describe("rules that try to escape their budgets", function()
         return true
       end)
     ]])
-    normal = h.connect(srv.port)
-    normal:send("CONNECT {\"verbose\":false}\r\n")
-    dead = h.connect(srv.port)
-    dead:send("CONNECT {\"verbose\":false,\"headers\":true}\r\n")
+    normal = client(srv.port)
+    dead = client(srv.port, true)
     dead:sub("$TIDE.DEAD.>", 1)
     dead:sub("esc.ok", 2)
     dead:ping()
@@ -490,8 +471,7 @@ describe("rules that try to escape their budgets", function()
   end)
 
   local function attack(subject)
-    local pub = h.connect(srv.port)
-    pub:send("CONNECT {\"verbose\":false}\r\n")
+    local pub = client(srv.port)
     local t0 = h.proc.now()
     pub:pub(subject, '{"specversion":"1.0","id":"1","source":"t","type":"' .. subject .. '","data":{}}')
     local worst = 0
@@ -526,8 +506,7 @@ describe("rules that try to escape their budgets", function()
   end)
 
   it("still runs the handler of an ordinary error", function()
-    local pub = h.connect(srv.port)
-    pub:send("CONNECT {\"verbose\":false}\r\n")
+    local pub = client(srv.port)
     pub:pub("esc.ok", '{"specversion":"1.0","id":"2","source":"t","type":"esc.ok","data":{}}')
     local m = assert(dead:msg(5))
     assert.matches('"got":"handled: [^"]*plain"', m.payload)
@@ -537,23 +516,19 @@ end)
 
 describe("a cascade that grows without end", function()
   it("is stopped by its own budget, and the loop serves other clients between its steps", function()
-    local srv = h.start_scripted([[
+    with_server([[
       scripting { cascade_time = "4s" }
       on("fan.>", function(e, ctx)
         local t = os.clock() + 0.04 -- about 40 ms of work per call
         while os.clock() < t do end
         for i = 1, 3 do ctx.publish("fan.x", { n = i }) end
       end)
-    ]])
-    local ok, err = pcall(function()
-      local normal = h.connect(srv.port)
-      normal:send("CONNECT {\"verbose\":false}\r\n")
-      local dead = h.connect(srv.port)
-      dead:send("CONNECT {\"verbose\":false,\"headers\":true}\r\n")
+    ]], function(srv)
+      local normal = client(srv.port)
+      local dead = client(srv.port, true)
       dead:sub("$TIDE.DEAD.>", 1)
       dead:ping()
-      local pub = h.connect(srv.port)
-      pub:send("CONNECT {\"verbose\":false}\r\n")
+      local pub = client(srv.port)
       local t0 = h.proc.now()
       pub:pub("fan.go", "{}")
       local worst, first = 0, nil
@@ -579,21 +554,17 @@ describe("a cascade that grows without end", function()
       dead:close()
       normal:close()
     end)
-    srv:stop()
-    assert(ok, err)
   end)
 end)
 
 describe("acks a client makes up", function()
   it("takes a NAK delay too large for the clock (1e300 ns, 1e300s, 1e308m) as at most a year", function()
-    local srv = h.start_scripted([[
+    with_server([[
       storage { dir = "data" }
       stream "q" { subjects = { "q.>" } }
       consumer "w" { stream = "q", deliver = "w.work", ack_wait = "30s" }
-    ]])
-    local ok, err = pcall(function()
-      local c = h.connect(srv.port)
-      c:send("CONNECT {\"verbose\":false}\r\n")
+    ]], function(srv)
+      local c = client(srv.port)
       c:sub("w.work", 1)
       c:ping()
       for i, nak in ipairs({ '-NAK {"delay":1e300}', "-NAK 1e300s", "-NAK 1e308m" }) do
@@ -611,8 +582,6 @@ describe("acks a client makes up", function()
       assert.are.equal(3, info.num_ack_pending)
       c:close()
     end)
-    srv:stop()
-    assert(ok, err)
   end)
 end)
 
@@ -665,15 +634,12 @@ describe("a rule's string functions on big strings", function()
         end)
       ]]):format(BUDGET_MS, attack[2]))
       local ok, err = pcall(function()
-        local dead = h.connect(srv.port)
-        dead:send("CONNECT {\"verbose\":false,\"headers\":true}\r\n")
+        local dead = client(srv.port, true)
         dead:sub("$TIDE.DEAD.>", 1)
         dead:ping()
-        local normal = h.connect(srv.port)
-        normal:send("CONNECT {\"verbose\":false}\r\n")
+        local normal = client(srv.port)
         normal:ping()
-        local pub = h.connect(srv.port)
-        pub:send("CONNECT {\"verbose\":false}\r\n")
+        local pub = client(srv.port)
         pub:pub("attack", "go")
         local t0, worst = h.proc.now(), 0
         while h.proc.now() - t0 < 0.6 do
@@ -726,8 +692,7 @@ describe("a rule's string functions on big strings", function()
       on("fmt", function(e, ctx) ctx.publish("fmt.out", { text = cases() }) end)
     ]]):format(cases))
     local ok, err = pcall(function()
-      local c = h.connect(srv.port)
-      c:send("CONNECT {\"verbose\":false}\r\n")
+      local c = client(srv.port)
       c:sub("fmt.out", 1)
       c:ping()
       c:pub("fmt", "go")
