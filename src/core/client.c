@@ -59,6 +59,7 @@ client_t *client_new(server_t *srv, int fd, const char *ip, int port)
         return NULL;
     }
     c->srv = srv;
+    c->output = server_output(srv);
     c->flags = 0;
     snprintf(c->ip, sizeof c->ip, "%s", ip);
     c->port = port;
@@ -572,7 +573,10 @@ int client_deliver(client_t *c, const sub_t *sub, const proto_msg_t *m)
         client_close(c, CLIENT_CLOSE_FLUSH, "slow consumer");
         return -1;
     }
-    if (pending != c->queued && server_note_queued(c->srv, c, pending))
+    server_output_t *all = c->output;
+    all->total = all->total - c->queued + pending;
+    c->queued = pending;
+    if (all->total > all->cap && server_output_over(c->srv, c))
         return -1;
     return 0;
 }

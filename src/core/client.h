@@ -47,7 +47,8 @@ typedef struct client {
     char lang[32];
     char version[32];
     uint64_t in_msgs, out_msgs;
-    size_t queued; /* output bytes counted in the server's total (server_note_queued) */
+    size_t queued; /* output bytes counted in the server's total (client_deliver) */
+    struct server_output *output; /* that total: the server's */
     struct client *prev, *next; /* the server's list of live clients */
     struct client *next_dead;   /* the server's list of clients to free */
     struct client *flush_prev, *flush_next; /* the server's list of output to write */
@@ -88,10 +89,19 @@ void client_free(client_t *c);
 /* Server internals shared with client.c. */
 sublist_t *server_sublist(server_t *s);
 server_stats_t *server_stats_mut(server_t *s);
-/* c has `pending` bytes of output queued now: keeps the server-wide total,
- * and cuts the clients with the most queued when it passes
- * max_pending_total (maybe c itself: then 1 is returned). */
-int server_note_queued(server_t *s, client_t *c, size_t pending);
+/* Output queued for all clients together, kept by client_deliver as it
+ * queues (so the common case costs no call) and by the server as clients
+ * go. */
+typedef struct server_output {
+    size_t total;
+    size_t cap; /* max_pending_total */
+} server_output_t;
+server_output_t *server_output(server_t *s);
+
+/* The total is over max_pending_total: counts it again, exactly, and cuts
+ * the clients with the most queued until it fits.  1 when c itself was
+ * cut. */
+int server_output_over(server_t *s, client_t *c);
 /* Throws away c's queued output, sends -ERR 'Slow Consumer' and closes it. */
 void client_cut_slow(client_t *c, const char *why);
 void server_schedule_free(server_t *s, client_t *c);

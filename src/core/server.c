@@ -54,7 +54,7 @@ struct server {
     int (*capture)(void *ctx, const proto_msg_t *m); /* the streams: 1 when a stream took m */
     void *capture_ctx;
     int capture_paused; /* server_pause_capture: tide repl's replay() */
-    size_t queued_total; /* output queued for all clients (server_note_queued) */
+    server_output_t output; /* output queued for all clients (client.h) */
     int reserve_fd;      /* held for the moment no descriptor is left (on_accept_error) */
     char id[23];
 };
@@ -98,6 +98,7 @@ server_t *server_new(const server_opts_t *opts)
     if (!s->opts.server_name[0])
         snprintf(s->opts.server_name, sizeof s->opts.server_name, "%s", s->id);
     s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    s->output.cap = s->opts.max_pending_total;
     s->base = event_base_new();
     s->subs = sublist_new();
     if (!s->base || !s->subs)
@@ -224,7 +225,7 @@ void server_build_info(server_t *s, client_t *c, char *out, size_t outsz)
 
 void server_unlink_client(server_t *s, client_t *c)
 {
-    s->queued_total -= c->queued; /* its output leaves the count with it */
+    s->output.total -= c->queued; /* its output leaves the count with it */
     c->queued = 0;
     if (c->prev)
         c->prev->next = c->next;
@@ -600,12 +601,13 @@ static size_t route(server_t *s, client_t *from, const char *to, size_t tolen, c
 
 /* ---- the output of all clients together ------------------------------------- */
 
-int server_note_queued(server_t *s, client_t *c, size_t pending)
+server_output_t *server_output(server_t *s)
 {
-    s->queued_total = s->queued_total - c->queued + pending;
-    c->queued = pending;
-    if (s->queued_total <= s->opts.max_pending_total)
-        return 0;
+    return &s->output;
+}
+
+int server_output_over(server_t *s, client_t *c)
+{
     /* The counts lag behind what the sockets took since: count again, then
      * cut the clients with the most queued until the total fits. */
     size_t total = 0;
@@ -614,7 +616,7 @@ int server_note_queued(server_t *s, client_t *c, size_t pending)
         total += k->queued;
     }
     int cut_self = 0;
-    while (total > s->opts.max_pending_total) {
+    while (total > s->output.cap) {
         client_t *worst = NULL;
         for (client_t *k = s->clients; k; k = k->next)
             if (!(k->flags & CLIENT_CLOSING) && (!worst || k->queued > worst->queued))
@@ -626,7 +628,7 @@ int server_note_queued(server_t *s, client_t *c, size_t pending)
         cut_self |= worst == c;
         client_cut_slow(worst, "the server's output for all clients is over max_pending_total");
     }
-    s->queued_total = total;
+    s->output.total = total;
     return cut_self;
 }
 

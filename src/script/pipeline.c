@@ -1129,6 +1129,8 @@ void script_drain(script_host_t *h)
      * offline runs drain it whole). */
     struct timespec t0;
     msgq_item_t *e;
+    if (!h->queue.head)
+        return; /* the common case: nothing was published */
     clock_gettime(CLOCK_MONOTONIC, &t0);
     while ((e = msgq_pop(&h->queue))) {
         run_queued(h, e);
