@@ -602,6 +602,8 @@ out:
  * payload and CRLF), so reading it cannot wait. */
 static int frame_ready(const conn_t *c)
 {
+    if (c->len == sizeof c->buf)
+        return 1; /* a frame larger than the buffer: read_exact takes the rest */
     const char *nl = memchr(c->buf, '\n', c->len);
     if (!nl)
         return 0;
@@ -655,7 +657,7 @@ static int rc_frames(conn_t *c)
     int got_reply = 0;
     while (frame_ready(c)) {
         msg_t m;
-        int r = read_msg(c, &m, now_s());
+        int r = read_msg(c, &m, now_s() + 10); /* (waits only for the rest of a large frame) */
         if (r != 1) {
             if (r < 0)
                 rc_done = 1;
@@ -765,6 +767,9 @@ int cli_repl_connect(const char *server)
         if (hist[0])
             read_history(hist);
         rl_callback_handler_install("> ", rc_line);
+    } else {
+        /* A pipe: no line may wait in stdio while poll sees nothing. */
+        setvbuf(stdin, NULL, _IONBF, 0);
     }
     while (!rc_done) {
         struct pollfd pfd[2] = {{0, POLLIN, 0}, {c.fd, POLLIN, 0}};
@@ -774,7 +779,9 @@ int cli_repl_connect(const char *server)
             break;
         }
         if (pfd[1].revents) {
-            if (fill(&c, now_s()) < 0) {
+            /* Readable: this does not wait (a deadline of now would not
+             * read at all, and the node's output would pile up). */
+            if (fill(&c, now_s() + 1) < 0) {
                 fprintf(stderr, "\ntide: the node closed the connection\n");
                 break;
             }
