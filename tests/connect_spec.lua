@@ -60,6 +60,31 @@ local function open_session(port, dir, name)
   return s
 end
 
+-- The server's resident memory in KB (VmRSS).
+local function rss_kb(pid)
+  local status = h.read_file(("/proc/%d/status"):format(pid)) or ""
+  return tonumber(status:match("VmRSS:%s+(%d+)"))
+end
+
+-- n messages of 1 KB on load.<k>, sent in batches; returns once the server
+-- has read them all (the PONG after them).
+local function publish_load(c, n, srv)
+  local payload = ('{"specversion":"1.0","id":"%s","source":"load","type":"load","data":{"pad":"'
+    .. ("x"):rep(900) .. '"}}')
+  local batch = {}
+  for i = 1, n do
+    local p = payload:format(i)
+    batch[#batch + 1] = ("PUB load.%d %d\r\n%s\r\n"):format(i % 10, #p, p)
+    if #batch == 200 or i == n then
+      assert(c:send(table.concat(batch)))
+      batch = {}
+    end
+  end
+  local t0 = h.proc.now()
+  assert(c:ping(30), ("the node did not take %d messages within 30 s (RSS %d KB)"):format(n, rss_kb(srv.pid)))
+  return h.proc.now() - t0
+end
+
 describe("tide repl --connect", function()
   local srv
   setup(function()
@@ -185,5 +210,174 @@ describe("tide repl --connect to a node that does not allow it", function()
     local rc, out = sh(("%s repl --connect 127.0.0.1:%d < /dev/null"):format(h.bin, h.free_port()))
     assert.are.equal(1, rc)
     assert.matches("cannot connect", out)
+  end)
+end)
+
+describe("tide repl --connect sessions", function()
+  local asan = os.getenv("TIDE_PASS") == "asan"
+  it("leave nothing behind: the node's memory returns to where it was", function()
+    local srv = h.start_scripted([[
+admin { eval = true }
+filter("load.>", function(e) return e.data.pad ~= nil end)
+]])
+    local dir = h.make_tmpdir()
+    local ok, err = pcall(function()
+      local c = h.connect(srv.port)
+      publish_load(c, 20000, srv) -- the node's own buffers at their working size first
+      h.proc.sleep(0.5)
+      local base = rss_kb(srv.pid)
+      local during = {}
+      for i = 1, 3 do
+        local s = open_session(srv.port, dir, "s" .. i)
+        s.lines('sub("load.>")\ntrace()\n')
+        s.wait_for("trace on")
+        publish_load(c, 20000, srv)
+        s.settle()
+        local r1 = rss_kb(srv.pid)
+        publish_load(c, 20000, srv)
+        s.settle()
+        local r2 = rss_kb(srv.pid)
+        during[#during + 1] = ("%d->%d"):format(r1, r2)
+        s.lines('expect("' .. dir .. '/out' .. i .. '.jsonl")\n')
+        s.wait_for("wrote %d+ deliveries")
+        local st, code = s.leave()
+        assert.are.equal("exited", st)
+        assert.are.equal(0, code)
+        publish_load(c, 20000, srv) -- between sessions
+        -- (a) while attached, memory does not grow with the traffic.
+        -- (Under ASan freed memory sits in quarantine; there the leak check at exit decides.)
+        if not asan then
+          assert.is_true(r2 - r1 < 4 * 1024, ("session %d grew from %d KB to %d KB with 20,000 more messages")
+            :format(i, r1, r2))
+        end
+      end
+      h.proc.sleep(0.5)
+      local after = rss_kb(srv.pid)
+      print(("\nRSS before the first session %d KB, during (after 20k, 40k messages) %s, after three sessions %d KB")
+        :format(base, table.concat(during, ", "), after))
+      -- (b) and once the sessions are over, it is back where it was
+      if not asan then
+        assert.is_true(after - base < 4 * 1024, ("RSS %d KB before the sessions, %d KB after"):format(base, after))
+      end
+      c:close()
+    end)
+    local st, code = srv:stop()
+    h.remove_tmpdir(srv.dir)
+    h.remove_tmpdir(dir)
+    assert(ok, err)
+    assert.are.equal("exited", st)
+    assert.are.equal(0, code, "exit code (99: leaks reported by LeakSanitizer)")
+  end)
+end)
+
+describe("the end of a tide repl --connect session", function()
+  local srv, dir
+  setup(function()
+    srv = h.start_scripted([[
+admin { eval = true }
+on("order.>", function(e) print("handled " .. e.subject) end)
+]])
+    dir = h.make_tmpdir()
+  end)
+  teardown(function()
+    local st, code = srv:stop()
+    h.remove_tmpdir(srv.dir)
+    h.remove_tmpdir(dir)
+    assert.are.equal("exited", st)
+    assert.are.equal(0, code, "exit code (99: leaks reported by LeakSanitizer)")
+  end)
+
+  -- Publishes subject (with $TIDE.TRACE watched on the same connection)
+  -- and returns the $TIDE.TRACE lines that follow within a moment.
+  local function trace_lines_after(subject)
+    local c = h.connect(srv.port)
+    c:sub("$TIDE.TRACE", "1")
+    assert(c:ping())
+    local ev = '{"specversion":"1.0","id":"E1","data":{}}'
+    c:send(("PUB %s %d\r\n%s\r\n"):format(subject, #ev, ev))
+    h.proc.sleep(0.3)
+    local msgs = assert(c:until_pong())
+    c:close()
+    local lines = {}
+    for _, m in ipairs(msgs) do lines[#lines + 1] = m.payload end
+    return table.concat(lines, "\n")
+  end
+
+  it("takes down what it set up: trace, watchers, recordings, the helpers", function()
+    local s = open_session(srv.port, dir, "setup")
+    s.lines(('trace()\nsub("order.>")\nkeep = sub\nrecord("order.>", "%s/rec.jsonl")\n'):format(dir))
+    s.wait_for("recording order")
+    assert.matches("event order%.during", trace_lines_after("order.during"))
+    assert.are.equal("exited", (s.leave()))
+
+    -- Nothing traces or watches any more, nothing is recorded, and the
+    -- rules' print goes to the log again.
+    assert.are.equal("", trace_lines_after("order.after"))
+    local rec = h.read_file(dir .. "/rec.jsonl")
+    assert.matches("order%.during", rec)
+    assert.is_nil(rec:match("order%.after"))
+    assert(h.wait_until(function() return srv:log():match("handled order%.after") end, 5), srv:log())
+
+    -- A helper kept in a global outlives its session only to say so.
+    local s2 = open_session(srv.port, dir, "later")
+    s2.lines('keep("x.>")\n')
+    s2.wait_for("error: ")
+    assert.matches("session this helper came from has ended", s2.output())
+    assert.are.equal("exited", (s2.leave()))
+  end)
+
+  it("ends when its connection goes without saying goodbye", function()
+    local s = open_session(srv.port, dir, "killed")
+    s.lines('trace()\n')
+    s.wait_for("trace on")
+    s.kill()
+    assert(h.wait_until(function() return trace_lines_after("order.gone") == "" end, 5),
+      "the node still traces after its session's connection went")
+  end)
+
+  it("lasts while any connection that joined it is there", function()
+    local a, b = open_session(srv.port, dir, "a"), open_session(srv.port, dir, "b")
+    a.lines('trace()\n')
+    a.wait_for("trace on")
+    b.lines('1 + 1\n')
+    b.wait_for("\n2\n")
+    assert.are.equal("exited", (a.leave()))
+    assert.matches("event order%.shared", trace_lines_after("order.shared"))
+    assert.are.equal("exited", (b.leave()))
+    assert.are.equal("", trace_lines_after("order.alone"))
+  end)
+end)
+
+describe("tide repl --connect to a tide repl", function()
+  it("is refused: that node's prompt is its terminal", function()
+    local dir = h.make_tmpdir()
+    local port = h.free_port()
+    h.write_file(dir .. "/flow.lua", "admin { eval = true }\n")
+    local pid = h.proc.spawn({ "/bin/sh", "-c", ("sleep 3 | %s repl -c %s/flow.lua --listen 127.0.0.1:%d")
+      :format(h.bin, dir, port) }, dir .. "/prompt.txt")
+    local up = h.wait_until(function() return pcall(h.connect, port) end, 5)
+    local rc, out = remote(port, "1 + 1\n")
+    h.proc.wait(pid, 10)
+    h.remove_tmpdir(dir)
+    assert(up, "the prompt's router did not listen")
+    assert.are.equal(0, rc, out)
+    assert.matches("error: this node is a tide repl: its prompt is its terminal", out)
+  end)
+end)
+
+describe("a node that stops", function()
+  it("takes its tide repl --connect session down with it", function()
+    local srv = h.start_scripted("admin { eval = true }\n")
+    local dir = h.make_tmpdir()
+    local s = open_session(srv.port, dir, "open")
+    s.lines(('trace()\nsub(">")\nrecord(">", "%s/rec.jsonl")\n'):format(dir))
+    s.wait_for("recording >")
+    local st, code = srv:stop()
+    local sst = s.leave()
+    h.remove_tmpdir(srv.dir)
+    h.remove_tmpdir(dir)
+    assert.are.equal("exited", st)
+    assert.are.equal(0, code, "exit code (99: leaks reported by LeakSanitizer)")
+    assert.are.equal("exited", sst)
   end)
 end)

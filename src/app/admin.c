@@ -120,10 +120,25 @@ static void verb_eval(node_t *n, client_t *from, const proto_msg_t *m)
         reply_error(n, m, "remote evaluation is only for loopback clients");
     else if (script_is_processing(n->scripts))
         reply_error(n, m, "busy");
-    else if (repl_remote_eval(n, m->payload, m->payload_len, &json, &len) == 0)
+    else if (repl_remote_eval(n, from, m->payload, m->payload_len, &json, &len) == 0)
         reply_owned(n, m, json, len);
     else
         reply_error(n, m, "out of memory");
+}
+
+/* tide repl --connect leaving: its connection is out of the session (which
+ * ends when it was the last); closing the connection does the same. */
+static void verb_eval_end(node_t *n, client_t *from, const proto_msg_t *m)
+{
+    const char *ended = "{\"ok\":true,\"ended\":true}", *stays = "{\"ok\":true,\"ended\":false}";
+    if (!from)
+        reply_error(n, m, "only a connection can leave a session");
+    else if (n->scripts && script_is_processing(n->scripts))
+        reply_error(n, m, "busy");
+    else if (repl_remote_detach(n, from))
+        server_reply(n->srv, m, ended, strlen(ended));
+    else
+        server_reply(n->srv, m, stays, strlen(stays));
 }
 
 static void verb_rules(node_t *n, client_t *from, const proto_msg_t *m)
@@ -146,6 +161,7 @@ static const struct {
     {"RELOAD", verb_reload},
     {"STATS", verb_stats},
     {"EVAL", verb_eval},
+    {"EVAL.END", verb_eval_end},
     {"RULES", verb_rules},
 };
 
@@ -163,7 +179,7 @@ static void on_admin(void *ctx, client_t *from, const proto_msg_t *m)
     /* STREAM.*, CONSUMER.*, DLQ.*: the streams' own verbs. */
     if (n->streams && streams_admin(n->streams, op, oplen, m))
         return;
-    reply_error(n, m, "unknown admin request; try RELOAD, STATS, RULES or EVAL");
+    reply_error(n, m, "unknown admin request; try RELOAD, STATS, RULES, EVAL or EVAL.END");
 }
 
 void admin_attach(node_t *n)

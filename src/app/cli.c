@@ -623,7 +623,8 @@ static int frame_ready(const conn_t *c)
 static conn_t *rc_conn;
 static char *rc_buf;      /* the statement being typed */
 static char rc_inbox[64];
-static int rc_done, rc_tty, rc_seq;
+static int rc_done, rc_tty, rc_seq; /* rc_done: 1 end of input, 2 the node closed the connection */
+static int rc_ending; /* EVAL.END was sent: its answer is not printed */
 
 /* Prints a line from the node while the prompt may be on the screen. */
 static void rc_print(const char *s, size_t n)
@@ -660,11 +661,13 @@ static int rc_frames(conn_t *c)
         int r = read_msg(c, &m, now_s() + 10); /* (waits only for the rest of a large frame) */
         if (r != 1) {
             if (r < 0)
-                rc_done = 1;
+                rc_done = 2;
             break;
         }
         if (!strcmp(m.subject, "$TIDE.TRACE")) {
             rc_print(m.payload, m.payload_len);
+        } else if (rc_ending) {
+            got_reply = 1;
         } else {
             cJSON *o = cJSON_ParseWithLength(m.payload, m.payload_len);
             cJSON *ok = cJSON_GetObjectItem(o, "ok"), *output = cJSON_GetObjectItem(o, "output"),
@@ -718,7 +721,7 @@ static void rc_line(char *line)
     snprintf(reply, sizeof reply, "%s.%d", rc_inbox, ++rc_seq);
     if (publish(c, "$TIDE.ADMIN.EVAL", reply, NULL, 0, rc_buf, strlen(rc_buf)) < 0) {
         fprintf(stderr, "tide: lost the connection\n");
-        rc_done = 1;
+        rc_done = 2;
         return;
     }
     /* Wait for the answer; what the node traces meanwhile is shown. */
@@ -734,11 +737,27 @@ static void rc_line(char *line)
         }
         if (fill(c, now_s() + 0.5) < 0) {
             fprintf(stderr, "tide: the node closed the connection\n");
-            rc_done = 1;
+            rc_done = 2;
         }
     }
     if (rc_tty)
         rl_set_prompt(rc_buf ? ">> " : "> ");
+}
+
+/* Says goodbye so the node takes the session down now (closing the
+ * connection does it too, a moment later), waiting a little for the answer. */
+static void rc_leave(conn_t *c)
+{
+    char reply[96];
+    if (rc_done == 2)
+        return; /* the node closed the connection */
+    rc_ending = 1;
+    snprintf(reply, sizeof reply, "%s.%d", rc_inbox, ++rc_seq);
+    if (publish(c, "$TIDE.ADMIN.EVAL.END", reply, NULL, 0, "", 0) < 0)
+        return;
+    for (double deadline = now_s() + 2; !rc_frames(c) && now_s() < deadline;)
+        if (fill(c, deadline) < 0)
+            return;
 }
 
 int cli_repl_connect(const char *server)
@@ -783,6 +802,7 @@ int cli_repl_connect(const char *server)
              * read at all, and the node's output would pile up). */
             if (fill(&c, now_s() + 1) < 0) {
                 fprintf(stderr, "\ntide: the node closed the connection\n");
+                rc_done = 2;
                 break;
             }
             rc_frames(&c);
@@ -810,6 +830,7 @@ int cli_repl_connect(const char *server)
             write_history(hist);
         printf("\n");
     }
+    rc_leave(&c);
     free(rc_buf);
     close(c.fd);
     return 0;

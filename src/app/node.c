@@ -6,6 +6,7 @@
 #include "http.h"
 #include "log.h"
 #include "node.h"
+#include "repl.h"
 
 int node_start_scripts(node_t *n, const char *data_flag)
 {
@@ -65,6 +66,7 @@ int node_start_http(node_t *n, const char *http_flag, int no_http)
 
 void node_stop(node_t *n)
 {
+    repl_remote_detach(n, NULL);
     http_free(n->http);
     if (n->scripts)
         script_host_set_streams(n->scripts, NULL, NULL, 0);

@@ -13,12 +13,14 @@
 #include "stream.h"
 
 struct http;
+struct repl;
 
 typedef struct node {
     server_t *srv;
     script_host_t *scripts; /* the entry file's rules; NULL without -c */
     streams_t *streams;     /* the persistent queue; NULL without one */
     struct http *http;      /* the HTTP face; NULL when off */
+    struct repl *remote;    /* the tide repl --connect session (repl.c); NULL when none */
 } node_t;
 
 /* With n->srv and n->scripts set: routes the server's events through the
@@ -33,7 +35,7 @@ int node_start_scripts(node_t *n, const char *data_flag);
 int node_start_http(node_t *n, const char *http_flag, int no_http);
 
 /* Stops and frees every part, in the order they depend on each other
- * (HTTP, streams, server, scripts), and zeroes n. */
+ * (a remote prompt session, HTTP, streams, server, scripts), and zeroes n. */
 void node_stop(node_t *n);
 
 #endif

@@ -17,6 +17,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +32,7 @@
 #include <readline/readline.h>
 
 #include "admin.h"
+#include "client.h"
 #include "flow.h"
 #include "log.h"
 #include "msgq.h"
@@ -46,7 +48,6 @@ typedef struct watch {
     struct repl *r;
     sub_t *sub;
     char pattern[256];
-    int active;
 } watch_t;
 
 typedef struct recording {
@@ -63,9 +64,11 @@ typedef struct replay_job {
 } replay_job_t;
 
 #define REPLAY_JOBS_MAX 16
+#define REPL_SEEN_MAX (8u << 20) /* bytes of deliveries kept for expect() */
+#define REPL_CONNS_MAX 16        /* connections sharing a remote session */
 
 typedef struct repl {
-    node_t node; /* the prompt's own router, or the served node (--connect) */
+    node_t node; /* the prompt's own router, or a copy of the served node's parts (--connect) */
     const char *entry;
     int tty;
     int done;
@@ -76,7 +79,12 @@ typedef struct repl {
     watch_t watches[32];
     recording_t recs[8];
     int nrecs;
-    cJSON *seen; /* deliveries since start or the last expect(), for expect() */
+    /* Deliveries since the start or the last expect(), as JSON lines, at
+     * most REPL_SEEN_MAX bytes; what came after that is only counted. */
+    char *seen;
+    size_t seen_len, seen_cap, seen_lines, seen_dropped;
+    sub_t *any_sub; /* ">": what feeds seen */
+    int tracing;    /* trace() is on */
     int reload_asked;
     int incomplete; /* the last eval() wants more lines */
     char history[1024];
@@ -91,16 +99,32 @@ typedef struct repl {
     const char *data_from; /* why there: "--data", "storage { dir }", NULL: temporary */
     int in_line;           /* evaluating a line: output is not asynchronous */
     int rl_on;             /* readline's callback handler is installed */
+    /* A remote session (tide repl --connect) only: */
+    int remote;
+    node_t *served;                  /* the node; its ->remote is this session */
+    uint64_t conns[REPL_CONNS_MAX];  /* ids of the connections that use it */
+    int nconns;
+    int evaluating;                  /* a request is being answered: output is its reply */
+    int end_asked;                   /* end once the request is answered */
+    char *reply;                     /* the output of the request */
+    size_t reply_len, reply_cap;
+    msgq_t trace_out;                /* output between requests, for $TIDE.TRACE */
+    struct event *flush_ev;          /* publishes it from the loop */
 } repl_t;
 
-static repl_t *the_repl; /* readline's callback takes no context */
+static repl_t *the_repl; /* the terminal's prompt: readline's callback takes no context */
+
+static void emit_remote(repl_t *r, const char *s, size_t n);
 
 /* Where the prompt's output goes: the terminal, or (for a remote session)
  * the reply being built, or $TIDE.TRACE between requests. */
-static void emit_stdout(const char *s, size_t n)
+static void emit(repl_t *r, const char *s, size_t n)
 {
-    repl_t *r = the_repl;
-    if (r && r->tty && r->rl_on && !r->in_line) {
+    if (r->remote) {
+        emit_remote(r, s, n);
+        return;
+    }
+    if (r->tty && r->rl_on && !r->in_line) {
         /* Output between lines (a watcher, the trace of a durable handler,
          * a reload): above the prompt, which is drawn again with what was
          * typed so far. */
@@ -122,10 +146,8 @@ static void emit_stdout(const char *s, size_t n)
     fflush(stdout);
 }
 
-static void (*emit)(const char *s, size_t n) = emit_stdout;
-
-static void out(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void out(const char *fmt, ...)
+static void out(repl_t *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void out(repl_t *r, const char *fmt, ...)
 {
     char small[2048], *buf = small;
     va_list ap;
@@ -142,7 +164,7 @@ static void out(const char *fmt, ...)
         vsnprintf(buf, (size_t)n + 1, fmt, ap);
         va_end(ap);
     }
-    emit(buf, (size_t)n);
+    emit(r, buf, (size_t)n);
     if (buf != small)
         free(buf);
 }
@@ -179,27 +201,59 @@ static cJSON *delivery_json(const proto_msg_t *m, int for_expect)
     return o;
 }
 
-static void print_delivery(const char *tag, const proto_msg_t *m)
+static void print_delivery(repl_t *r, const char *tag, const proto_msg_t *m)
 {
     int n = (int)(m->payload_len > 300 ? 300 : m->payload_len);
-    out("  <- [%s] %.*s  %.*s%s\n", tag, (int)m->subject_len, m->subject, n, m->payload,
+    out(r, "  <- [%s] %.*s  %.*s%s\n", tag, (int)m->subject_len, m->subject, n, m->payload,
         m->payload_len > 300 ? "..." : "");
+}
+
+/* A remote session's own output: watching it would feed it back to itself. */
+static int is_trace(const proto_msg_t *m)
+{
+    return m->subject_len == 11 && !memcmp(m->subject, "$TIDE.TRACE", 11);
 }
 
 static void on_watch(void *ctx, const proto_msg_t *m)
 {
     watch_t *w = ctx;
-    if (w->active)
-        print_delivery(w->pattern, m);
+    if (!is_trace(m))
+        print_delivery(w->r, w->pattern, m);
 }
 
+/* Keeps the delivery for expect(), up to REPL_SEEN_MAX bytes. */
 static void on_any(void *ctx, const proto_msg_t *m)
 {
     repl_t *r = ctx;
-    if (!r->seen)
-        r->seen = cJSON_CreateArray();
-    if (r->seen && cJSON_GetArraySize(r->seen) < 100000)
-        cJSON_AddItemToArray(r->seen, delivery_json(m, 1));
+    if (is_trace(m))
+        return;
+    cJSON *d = delivery_json(m, 1);
+    char *line = d ? cJSON_PrintUnformatted(d) : NULL;
+    size_t n = line ? strlen(line) + 1 : 0;
+    cJSON_Delete(d);
+    if (!line || r->seen_len + n > REPL_SEEN_MAX) {
+        r->seen_dropped++;
+        goto done;
+    }
+    if (r->seen_len + n > r->seen_cap) {
+        size_t cap = r->seen_cap ? r->seen_cap * 2 : 65536;
+        while (cap < r->seen_len + n)
+            cap *= 2;
+        cap = cap > REPL_SEEN_MAX ? REPL_SEEN_MAX : cap;
+        char *nb = realloc(r->seen, cap);
+        if (!nb) {
+            r->seen_dropped++;
+            goto done;
+        }
+        r->seen = nb;
+        r->seen_cap = cap;
+    }
+    memcpy(r->seen + r->seen_len, line, n - 1);
+    r->seen[r->seen_len + n - 1] = '\n';
+    r->seen_len += n;
+    r->seen_lines++;
+done:
+    cJSON_free(line);
 }
 
 /* record(): what is published (before the pipeline), as tide run input. */
@@ -250,15 +304,20 @@ static void on_input(void *ctx, const proto_msg_t *m)
 
 static void on_trace(void *ctx, const char *line)
 {
-    (void)ctx;
-    out("%s\n", line);
+    out(ctx, "%s\n", line);
 }
 
 /* ---- helpers at the prompt ------------------------------------------------- */
 
+/* The prompt a helper belongs to.  Its first upvalue is a box the prompt
+ * empties when a remote session ends, so a helper kept by a rule (local p =
+ * pub) then raises an error instead of touching a freed session. */
 static repl_t *up(lua_State *L)
 {
-    return lua_touserdata(L, lua_upvalueindex(1));
+    repl_t **box = lua_touserdata(L, lua_upvalueindex(1));
+    if (!box || !*box)
+        luaL_error(L, "the tide repl --connect session this helper came from has ended");
+    return *box;
 }
 
 /* pub(subject, data [, headers]): queued, run after the current line. */
@@ -343,23 +402,18 @@ static int h_sub(lua_State *L)
     const char *pattern = luaL_checklstring(L, 1, &n);
     if (!subject_valid_pattern(pattern, n) || n >= sizeof r->watches[0].pattern)
         return luaL_error(L, "sub: invalid subject pattern '%s'", pattern);
-    for (int i = 0; i < 32; i++) {
-        watch_t *w = &r->watches[i];
-        if (w->sub && !strcmp(w->pattern, pattern)) {
-            w->active = 1;
+    for (int i = 0; i < 32; i++)
+        if (r->watches[i].sub && !strcmp(r->watches[i].pattern, pattern))
             return 0;
-        }
-    }
     for (int i = 0; i < 32; i++) {
         watch_t *w = &r->watches[i];
         if (!w->sub) {
             snprintf(w->pattern, sizeof w->pattern, "%s", pattern);
             w->r = r;
-            w->active = 1;
             w->sub = server_subscribe_internal(r->node.srv, pattern, on_watch, w);
             if (!w->sub)
                 return luaL_error(L, "out of memory");
-            out("watching %s\n", pattern);
+            out(r, "watching %s\n", pattern);
             return 0;
         }
     }
@@ -370,9 +424,12 @@ static int h_unsub(lua_State *L)
 {
     repl_t *r = up(L);
     const char *pattern = luaL_checkstring(L, 1);
-    for (int i = 0; i < 32; i++)
-        if (r->watches[i].sub && !strcmp(r->watches[i].pattern, pattern))
-            r->watches[i].active = 0;
+    for (int i = 0; i < 32; i++) {
+        if (r->watches[i].sub && !strcmp(r->watches[i].pattern, pattern)) {
+            server_unsubscribe_internal(r->node.srv, r->watches[i].sub);
+            r->watches[i].sub = NULL;
+        }
+    }
     return 0;
 }
 
@@ -381,7 +438,8 @@ static int h_trace(lua_State *L)
     repl_t *r = up(L);
     int on = lua_isnone(L, 1) ? 1 : lua_toboolean(L, 1);
     script_set_trace(r->node.scripts, on ? on_trace : NULL, r);
-    out("trace %s\n", on ? "on: every event's path is shown" : "off");
+    r->tracing = on;
+    out(r, "trace %s\n", on ? "on: every event's path is shown" : "off");
     return 0;
 }
 
@@ -405,19 +463,19 @@ static int h_rules(lua_State *L)
                      (int)from->valuedouble + 1);
         else
             snprintf(what, sizeof what, "%s", pat->valuestring);
-        out("  %-8s %-28s %-24s calls %d, errors %d", kind->valuestring, what, where->valuestring,
+        out(r, "  %-8s %-28s %-24s calls %d, errors %d", kind->valuestring, what, where->valuestring,
             (int)calls->valuedouble, (int)errors->valuedouble);
         if (dropped)
-            out(", dropped %d", (int)dropped->valuedouble);
-        out("\n");
+            out(r, ", dropped %d", (int)dropped->valuedouble);
+        out(r, "\n");
         cJSON *le = cJSON_GetObjectItem(rule, "last_error"), *at = cJSON_GetObjectItem(le, "at"),
               *msg = cJSON_GetObjectItem(le, "message");
         if (cJSON_IsString(at) && cJSON_IsString(msg))
-            out("           last error, raised at %s: %s\n", at->valuestring, msg->valuestring);
+            out(r, "           last error, raised at %s: %s\n", at->valuestring, msg->valuestring);
         n++;
     }
     if (!n)
-        out("  no rules yet: try  filter(\"order.created\", function(e) return e.data.amount > 100 end)\n");
+        out(r, "  no rules yet: try  filter(\"order.created\", function(e) return e.data.amount > 100 end)\n");
     cJSON_Delete(arr);
     free(buf);
     return 0;
@@ -461,7 +519,7 @@ static int h_load(lua_State *L)
     /* Run outside this call's stack frame, but still inside the line's budget. */
     if (script_load_file(r->node.scripts, path, err, sizeof err) < 0)
         return luaL_error(L, "%s", err);
-    out("loaded %s\n", path);
+    out(r, "loaded %s\n", path);
     return 0;
 }
 
@@ -490,7 +548,7 @@ static int h_record(lua_State *L)
         return luaL_error(L, "record: cannot open %s: %s", file, strerror(errno));
     snprintf(r->recs[r->nrecs].pattern, sizeof r->recs[0].pattern, "%s", pattern);
     r->recs[r->nrecs++].f = f;
-    out("recording %s to %s\n", pattern, file);
+    out(r, "recording %s to %s\n", pattern, file);
     return 0;
 }
 
@@ -503,18 +561,16 @@ static int h_expect(lua_State *L)
     FILE *f = fopen(file, "w");
     if (!f)
         return luaL_error(L, "expect: cannot write %s: %s", file, strerror(errno));
-    int n = 0;
-    cJSON *d;
-    cJSON_ArrayForEach(d, r->seen) {
-        char *s = cJSON_PrintUnformatted(d);
-        fprintf(f, "%s\n", s);
-        cJSON_free(s);
-        n++;
-    }
-    fclose(f);
-    cJSON_Delete(r->seen);
+    int ok = fwrite(r->seen ? r->seen : "", 1, r->seen_len, f) == r->seen_len;
+    if (fclose(f) != 0 || !ok)
+        return luaL_error(L, "expect: cannot write %s: %s", file, strerror(errno));
+    out(r, "wrote %zu deliveries to %s\n", r->seen_lines, file);
+    if (r->seen_dropped)
+        out(r, "(%zu later deliveries are not in it: expect() keeps %u MB of them; call it more often)\n",
+            r->seen_dropped, REPL_SEEN_MAX >> 20);
+    free(r->seen);
     r->seen = NULL;
-    out("wrote %d deliveries to %s\n", n, file);
+    r->seen_len = r->seen_cap = r->seen_lines = r->seen_dropped = 0;
     return 0;
 }
 
@@ -533,7 +589,7 @@ static int h_streams(lua_State *L)
     repl_t *r = up(L);
     streams_t *sm = r->node.streams;
     if (!sm || !streams_count(sm)) {
-        out("no streams: declare them in the flow (stream \"orders\" { subjects = {...} }) and start\n"
+        out(r, "no streams: declare them in the flow (stream \"orders\" { subjects = {...} }) and start\n"
             "tide repl -c flow.lua\n");
         return 0;
     }
@@ -651,7 +707,7 @@ static void run_replay(repl_t *r, const replay_job_t *j)
     streams_t *sm = r->node.streams;
     stream_info_t si;
     if (!sm || !streams_stream_info(sm, j->stream, 0, &si)) {
-        out("replay: stream %s is gone\n", j->stream);
+        out(r, "replay: stream %s is gone\n", j->stream);
         return;
     }
     const consumer_cfg_t *cc = NULL, *cfg;
@@ -659,7 +715,7 @@ static void run_replay(repl_t *r, const replay_job_t *j)
         if (!strcmp(cfg->name, j->consumer))
             cc = cfg;
     if (j->consumer[0] && (!cc || streams_call_handlers(sm, j->stream, cc->name, NULL, 0, NULL) < 0)) {
-        out("replay: consumer %s is gone\n", j->consumer);
+        out(r, "replay: consumer %s is gone\n", j->consumer);
         return;
     }
     const slog_info_t in = si.log;
@@ -693,21 +749,21 @@ static void run_replay(repl_t *r, const replay_job_t *j)
         stream_verdict_t v;
         memset(&v, 0, sizeof v);
         streams_call_handlers(sm, j->stream, cc->name, &m, seq, &v);
-        out("  %s seq %llu  %.*s  %s%s%s\n", cc->name, (unsigned long long)seq, (int)rec.subject_len, rec.subject,
+        out(r, "  %s seq %llu  %.*s  %s%s%s\n", cc->name, (unsigned long long)seq, (int)rec.subject_len, rec.subject,
             verdict_name(v.kind), v.error[0] ? ": " : "", v.error);
         n++;
     }
     server_pause_capture(r->node.srv, was);
-    out("replayed %llu event%s of %s", (unsigned long long)n, n == 1 ? "" : "s", j->stream);
+    out(r, "replayed %llu event%s of %s", (unsigned long long)n, n == 1 ? "" : "s", j->stream);
     if (in.msgs && from <= to)
-        out(" (sequences %llu..%llu)", (unsigned long long)from, (unsigned long long)to);
+        out(r, " (sequences %llu..%llu)", (unsigned long long)from, (unsigned long long)to);
     if (cc)
-        out(" to the handlers of %s", cc->name);
+        out(r, " to the handlers of %s", cc->name);
     if (filtered)
-        out(", %llu outside its filter", (unsigned long long)filtered);
+        out(r, ", %llu outside its filter", (unsigned long long)filtered);
     if (missing)
-        out(", %llu not in the stream", (unsigned long long)missing);
-    out("; nothing was stored\n");
+        out(r, ", %llu not in the stream", (unsigned long long)missing);
+    out(r, "; nothing was stored\n");
 }
 
 /* Handlers typed (or loaded) at the prompt for a durable consumer: bind it. */
@@ -720,29 +776,30 @@ static void bind_new_handlers(repl_t *r)
     r->nrules = stt.rules;
     char err[512];
     if (script_bind_durable(r->node.scripts, err, sizeof err) < 0)
-        out("%s\n", err);
+        out(r, "%s\n", err);
 }
 
 /* print() at the prompt goes to the terminal, not to the log. */
 static int h_print(lua_State *L)
 {
+    repl_t *r = up(L);
     int n = lua_gettop(L);
     for (int i = 1; i <= n; i++) {
         size_t len;
         const char *s = luaL_tolstring(L, i, &len);
         if (i > 1)
-            emit("\t", 1);
-        emit(s, len);
+            emit(r, "\t", 1);
+        emit(r, s, len);
         lua_pop(L, 1);
     }
-    emit("\n", 1);
+    emit(r, "\n", 1);
     return 0;
 }
 
 static int h_help(lua_State *L)
 {
-    (void)L;
-    out("rules      upgrade(type, v, fn)  filter(pat, fn)  route(pat, fn)  on(pat, fn(e, ctx))\n"
+    repl_t *r = up(L);
+    out(r, "rules      upgrade(type, v, fn)  filter(pat, fn)  route(pat, fn)  on(pat, fn(e, ctx))\n"
         "events     pub(subject, data_or_string [, headers])   sub(pattern)   unsub(pattern)\n"
         "see        trace([false])   rules()   stats()\n"
         "files      load \"file.lua\"   reload()   record(pattern, \"in.jsonl\") (what is published)\n"
@@ -755,23 +812,64 @@ static int h_help(lua_State *L)
     return 0;
 }
 
+static const luaL_Reg helpers[] = {{"pub", h_pub},       {"sub", h_sub},       {"tail", h_sub},
+                                    {"unsub", h_unsub},   {"trace", h_trace},   {"rules", h_rules},
+                                    {"stats", h_stats},   {"load", h_load},     {"reload", h_reload},
+                                    {"record", h_record}, {"expect", h_expect}, {"help", h_help},
+                                    {"print", h_print},   {"streams", h_streams}, {"replay", h_replay},
+                                    {NULL, NULL}};
+
+/*
+ * Puts the helpers into the scripts' environment (a state made by a reload
+ * gets them again).  What they replace (the sandbox's print, a rule file's
+ * own pub) is kept in the registry under r, with the helpers' box at [1],
+ * for uninstall_helpers.
+ */
 static void install_helpers(repl_t *r)
 {
-    static const luaL_Reg fns[] = {{"pub", h_pub},       {"sub", h_sub},       {"tail", h_sub},
-                                   {"unsub", h_unsub},   {"trace", h_trace},   {"rules", h_rules},
-                                   {"stats", h_stats},   {"load", h_load},     {"reload", h_reload},
-                                   {"record", h_record}, {"expect", h_expect}, {"help", h_help},
-                                   {"print", h_print},   {"streams", h_streams}, {"replay", h_replay},
-                                   {NULL, NULL}};
     lua_State *L = script_lua(r->node.scripts);
     script_push_env(r->node.scripts);
-    for (const luaL_Reg *f = fns; f->name; f++) {
-        lua_pushlightuserdata(L, r);
-        lua_pushvalue(L, -2); /* the env, for helpers that run Lua */
-        lua_pushcclosure(L, f->func, 2);
-        lua_setfield(L, -2, f->name);
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, r) != LUA_TTABLE) { /* not yet in this state */
+        lua_pop(L, 1);
+        lua_createtable(L, 1, 16);
+        for (const luaL_Reg *f = helpers; f->name; f++) {
+            lua_getfield(L, -2, f->name);
+            lua_setfield(L, -2, f->name);
+        }
+        repl_t **box = lua_newuserdatauv(L, sizeof *box, 0);
+        *box = r;
+        lua_rawseti(L, -2, 1);
+        lua_pushvalue(L, -1);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, r);
     }
-    lua_pop(L, 1);
+    for (const luaL_Reg *f = helpers; f->name; f++) {
+        lua_rawgeti(L, -1, 1);
+        lua_pushvalue(L, -3); /* the env, for helpers that run Lua */
+        lua_pushcclosure(L, f->func, 2);
+        lua_setfield(L, -3, f->name);
+    }
+    lua_pop(L, 2);
+}
+
+/* Puts back what install_helpers replaced, and empties the helpers' box. */
+static void uninstall_helpers(repl_t *r)
+{
+    lua_State *L = script_lua(r->node.scripts);
+    script_push_env(r->node.scripts);
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, r) == LUA_TTABLE) {
+        lua_rawgeti(L, -1, 1);
+        repl_t **box = lua_touserdata(L, -1);
+        if (box)
+            *box = NULL;
+        lua_pop(L, 1);
+        for (const luaL_Reg *f = helpers; f->name; f++) {
+            lua_getfield(L, -1, f->name);
+            lua_setfield(L, -3, f->name);
+        }
+        lua_pushnil(L);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, r);
+    }
+    lua_pop(L, 2);
 }
 
 static void reinstall(void *ctx)
@@ -779,7 +877,7 @@ static void reinstall(void *ctx)
     repl_t *r = ctx;
     install_helpers(r);
     if (r->tty)
-        out("\n(rules reloaded)\n");
+        out(r, "\n(rules reloaded)\n");
 }
 
 /* ---- one line ---------------------------------------------------------------- */
@@ -823,16 +921,16 @@ static void print_results(repl_t *r, lua_State *L, int base)
     lua_getfield(L, -1, "require");
     lua_pushliteral(L, "tide.pretty");
     if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
-        out("(cannot print: %s)\n", lua_tostring(L, -1));
+        out(r, "(cannot print: %s)\n", lua_tostring(L, -1));
         lua_settop(L, base);
         return;
     }
     lua_remove(L, -2); /* env */
     lua_insert(L, base + 1);
     if (script_pcall(r->node.scripts, n, 1) == LUA_OK)
-        out("%s\n", lua_tostring(L, -1));
+        out(r, "%s\n", lua_tostring(L, -1));
     else
-        out("(cannot print: %s)\n", lua_tostring(L, -1));
+        out(r, "(cannot print: %s)\n", lua_tostring(L, -1));
     lua_settop(L, base);
 }
 
@@ -875,7 +973,7 @@ static void eval(repl_t *r, const char *code)
         status = script_pcall(r->node.scripts, 0, LUA_MULTRET);
     }
     if (status != LUA_OK) {
-        out("error: %s\n", lua_tostring(L, -1) ? lua_tostring(L, -1) : "(no message)");
+        out(r, "error: %s\n", lua_tostring(L, -1) ? lua_tostring(L, -1) : "(no message)");
         lua_settop(L, base);
     } else {
         print_results(r, L, base);
@@ -886,9 +984,9 @@ static void eval(repl_t *r, const char *code)
         char err[1024];
         r->reload_asked = 0;
         if (script_reload(r->node.scripts, "prompt", err, sizeof err) == 0) {
-            out("reloaded%s\n", r->entry ? "" : " (no entry file: the rules typed at the prompt are gone)");
+            out(r, "reloaded%s\n", r->entry ? "" : " (no entry file: the rules typed at the prompt are gone)");
         } else {
-            out("reload failed, the previous rules keep running: %s\n", err);
+            out(r, "reload failed, the previous rules keep running: %s\n", err);
         }
     }
 }
@@ -899,7 +997,7 @@ static void handle_line(char *line)
     if (!line) {
         r->done = 1;
         r->in_line = 1; /* (no prompt drawn again: the session ends) */
-        out("\n");
+        out(r, "\n");
         return;
     }
     r->in_line = 1;
@@ -1032,8 +1130,9 @@ int repl_main(const char *entry, const char *lib_dir, const char *listen_addr, c
     }
     if (!entry)
         script_host_attach_offline(r.node.scripts, r.node.srv);
+    r.node.remote = &r; /* (the prompt is here: tide repl --connect to it is refused) */
     admin_attach(&r.node);
-    server_subscribe_internal(r.node.srv, ">", on_any, &r);
+    r.any_sub = server_subscribe_internal(r.node.srv, ">", on_any, &r);
     server_set_input_tap(r.node.srv, on_input, &r);
     /* Before the helpers go in: setting up the streams loads the flow again. */
     if (open_streams(&r, data_flag) < 0) {
@@ -1062,20 +1161,20 @@ int repl_main(const char *entry, const char *lib_dir, const char *listen_addr, c
             read_history(r.history);
     }
 
-    out("tide %s repl: an embedded router%s%s. help() lists the helpers; Ctrl-D leaves.\n", TIDE_VERSION,
+    out(&r, "tide %s repl: an embedded router%s%s. help() lists the helpers; Ctrl-D leaves.\n", TIDE_VERSION,
         listen_addr ? ", NATS clients welcome on " : "", listen_addr ? listen_addr : "");
     if (r.node.streams) {
-        out("streams:");
+        out(&r, "streams:");
         stream_info_t si;
         for (int i = 0; streams_stream_info(r.node.streams, NULL, i, &si); i++)
-            out("%s %s (%llu message%s)", i ? "," : "", si.cfg->name, (unsigned long long)si.log.msgs,
+            out(&r, "%s %s (%llu message%s)", i ? "," : "", si.cfg->name, (unsigned long long)si.log.msgs,
                 si.log.msgs == 1 ? "" : "s");
         if (!streams_count(r.node.streams))
-            out(" none declared");
+            out(&r, " none declared");
         if (r.data_from)
-            out(" in %s (%s)\n", r.data_dir, r.data_from);
+            out(&r, " in %s (%s)\n", r.data_dir, r.data_from);
         else
-            out(" in %s, a temporary directory removed at exit (--data DIR keeps them)\n", r.data_dir);
+            out(&r, " in %s, a temporary directory removed at exit (--data DIR keeps them)\n", r.data_dir);
     }
     struct stat sb;
     int regular = fstat(0, &sb) == 0 && S_ISREG(sb.st_mode);
@@ -1108,7 +1207,7 @@ int repl_main(const char *entry, const char *lib_dir, const char *listen_addr, c
             char why[300];
             if (r.node.streams && flow_settle(r.node.srv, r.node.streams, busy_note[0] ? 0.2 : 5, why, sizeof why) < 0) {
                 if (strcmp(why, busy_note))
-                    out("(the streams are still busy: %s)\n", why);
+                    out(&r, "(the streams are still busy: %s)\n", why);
                 snprintf(busy_note, sizeof busy_note, "%s", why);
             } else {
                 busy_note[0] = '\0';
@@ -1121,7 +1220,7 @@ int repl_main(const char *entry, const char *lib_dir, const char *listen_addr, c
     for (int i = 0; i < r.nrecs; i++)
         if (r.recs[i].f)
             fclose(r.recs[i].f);
-    cJSON_Delete(r.seen);
+    free(r.seen);
     msgq_clear(&r.pending);
     free(r.buf);
     free(r.rbuf);
@@ -1135,36 +1234,41 @@ int repl_main(const char *entry, const char *lib_dir, const char *listen_addr, c
 
 /* ---- remote sessions: $TIDE.ADMIN.EVAL on a serving node -------------------- */
 
-static repl_t remote;
-static int remote_ready;
-static char *reply_buf;
-static size_t reply_len, reply_cap;
-static int evaluating;
-static msgq_t remote_out;          /* lines for $TIDE.TRACE */
-static struct event *remote_flush; /* publishes them from the loop */
+/*
+ * A session is made by the first request and owned by the node
+ * (n->remote).  It lasts while some connection that sent a request is
+ * open and has not said $TIDE.ADMIN.EVAL.END; the last one leaving takes
+ * down everything the session set up (subscriptions, the input tap, trace,
+ * recordings, buffers, the helpers in the scripts' environment).
+ */
+
+#define REPL_REPLY_MAX (1u << 20) /* bytes of output in one reply */
+#define REPL_TRACE_MAX (4u << 20) /* bytes of output waiting for $TIDE.TRACE */
 
 /* During a request, output is the reply; between requests (a sub() watcher,
  * the trace of events from clients) it goes to $TIDE.TRACE, line by line. */
-static void emit_remote(const char *s, size_t n)
+static void emit_remote(repl_t *r, const char *s, size_t n)
 {
-    if (evaluating) {
-        if (reply_len + n + 1 > reply_cap) {
-            size_t nc = (reply_len + n + 1) * 2;
-            char *nb = realloc(reply_buf, nc);
+    if (r->evaluating) {
+        if (r->reply_len + n > REPL_REPLY_MAX)
+            n = REPL_REPLY_MAX - r->reply_len; /* (the rest is cut off) */
+        if (r->reply_len + n + 1 > r->reply_cap) {
+            size_t nc = (r->reply_len + n + 1) * 2;
+            char *nb = realloc(r->reply, nc);
             if (!nb)
                 return;
-            reply_buf = nb;
-            reply_cap = nc;
+            r->reply = nb;
+            r->reply_cap = nc;
         }
-        memcpy(reply_buf + reply_len, s, n);
-        reply_len += n;
-        reply_buf[reply_len] = '\0';
+        memcpy(r->reply + r->reply_len, s, n);
+        r->reply_len += n;
+        r->reply[r->reply_len] = '\0';
         return;
     }
     while (n && s[n - 1] == '\n')
         n--;
-    if (!n)
-        return;
+    if (!n || r->trace_out.bytes + n > REPL_TRACE_MAX)
+        return; /* (nobody reads it fast enough: dropped) */
     /* This may run inside a delivery (a watcher, a trace step): publishing
      * now would change the subscription index under it, so the line waits
      * for the loop's next turn. */
@@ -1174,64 +1278,175 @@ static void emit_remote(const char *s, size_t n)
     m.subject_len = strlen(m.subject);
     m.payload = s;
     m.payload_len = n;
-    if (msgq_push(&remote_out, &m, 0) == 0)
-        event_active(remote_flush, EV_TIMEOUT, 0);
+    if (msgq_push(&r->trace_out, &m, 0) == 0)
+        event_active(r->flush_ev, EV_TIMEOUT, 0);
 }
 
 static void flush_remote(evutil_socket_t fd, short what, void *arg)
 {
+    repl_t *r = arg;
     msgq_item_t *it;
     (void)fd;
     (void)what;
-    (void)arg;
-    while ((it = msgq_pop(&remote_out))) {
-        server_route(remote.node.srv, NULL, &it->m);
+    while ((it = msgq_pop(&r->trace_out))) {
+        server_route(r->node.srv, NULL, &it->m);
         msgq_item_free(it);
     }
 }
 
-int repl_remote_eval(node_t *n, const char *code, size_t len, char **json, size_t *json_len)
+/* Takes down everything the session set up, and frees it. */
+static void session_end(repl_t *r)
 {
-    if (!remote_ready) {
-        memset(&remote, 0, sizeof remote);
-        remote.node = *n;
-        remote.entry = "(served)";
-        remote_flush = event_new(server_base(n->srv), -1, 0, flush_remote, NULL);
-        if (!remote_flush)
-            return -1;
-        server_subscribe_internal(n->srv, ">", on_any, &remote);
-        server_set_input_tap(n->srv, on_input, &remote);
-        install_helpers(&remote);
-        script_set_reload_hook(n->scripts, reinstall, &remote);
-        remote_ready = 1;
+    server_t *srv = r->node.srv;
+    if (r->flush_ev)
+        event_free(r->flush_ev);
+    server_unsubscribe_internal(srv, r->any_sub);
+    for (int i = 0; i < 32; i++)
+        server_unsubscribe_internal(srv, r->watches[i].sub);
+    server_set_input_tap(srv, NULL, NULL);
+    server_set_close_hook(srv, NULL, NULL);
+    if (r->tracing)
+        script_set_trace(r->node.scripts, NULL, NULL);
+    script_set_reload_hook(r->node.scripts, NULL, NULL);
+    uninstall_helpers(r);
+    for (int i = 0; i < r->nrecs; i++)
+        if (r->recs[i].f)
+            fclose(r->recs[i].f);
+    msgq_clear(&r->trace_out);
+    msgq_clear(&r->pending);
+    free(r->seen);
+    free(r->reply);
+    free(r->buf);
+    free(r->rbuf);
+    r->served->remote = NULL;
+    free(r);
+    /* What the session held was many small blocks; give the pages back. */
+    malloc_trim(0);
+}
+
+/* Forgets connection id; the session ends when none is left (after the
+ * request being answered, if any). */
+static void session_detach(repl_t *r, uint64_t id)
+{
+    for (int i = 0; i < r->nconns; i++)
+        if (r->conns[i] == id)
+            r->conns[i] = r->conns[--r->nconns];
+    if (r->nconns)
+        return;
+    if (r->evaluating)
+        r->end_asked = 1;
+    else
+        session_end(r);
+}
+
+static void on_client_closed(void *ctx, client_t *c)
+{
+    session_detach(ctx, c->id);
+}
+
+static repl_t *session_start(node_t *n)
+{
+    repl_t *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->remote = 1;
+    r->served = n;
+    r->node = *n;
+    r->entry = "(served)";
+    r->flush_ev = event_new(server_base(n->srv), -1, 0, flush_remote, r);
+    r->any_sub = server_subscribe_internal(n->srv, ">", on_any, r);
+    if (!r->flush_ev || !r->any_sub) {
+        if (r->flush_ev)
+            event_free(r->flush_ev);
+        server_unsubscribe_internal(n->srv, r->any_sub);
+        free(r);
+        return NULL;
     }
-    void (*saved)(const char *, size_t) = emit;
-    char *code_z = util_mem_dup(code, len);
-    if (!code_z)
+    server_set_input_tap(n->srv, on_input, r);
+    server_set_close_hook(n->srv, on_client_closed, r);
+    install_helpers(r);
+    script_set_reload_hook(n->scripts, reinstall, r);
+    n->remote = r;
+    return r;
+}
+
+/* Adds connection id to the session; -1 when there is no room. */
+static int session_attach(repl_t *r, uint64_t id)
+{
+    for (int i = 0; i < r->nconns; i++)
+        if (r->conns[i] == id)
+            return 0;
+    if (r->nconns == REPL_CONNS_MAX)
         return -1;
-    emit = emit_remote;
-    reply_len = 0;
-    if (reply_buf)
-        reply_buf[0] = '\0';
-    evaluating = 1;
-    free(remote.buf);
-    remote.buf = NULL;
-    eval(&remote, code_z);
-    evaluating = 0;
-    free(code_z);
+    r->conns[r->nconns++] = id;
+    return 0;
+}
+
+/* {"ok":false,"error":msg} as a malloc'd string. */
+static int error_json(const char *msg, char **json, size_t *json_len)
+{
     cJSON *o = cJSON_CreateObject();
-    cJSON_AddBoolToObject(o, "ok", 1);
-    cJSON_AddStringToObject(o, "output", reply_buf ? reply_buf : "");
-    cJSON_AddBoolToObject(o, "incomplete", remote.incomplete);
+    cJSON_AddBoolToObject(o, "ok", 0);
+    cJSON_AddStringToObject(o, "error", msg);
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
-    /* Asynchronous output (watchers, trace) keeps going to $TIDE.TRACE. */
-    emit = emit_remote;
-    (void)saved;
-    if (!s)
-        return -1;
-    *json_len = strlen(s);
-    *json = util_mem_dup(s, *json_len);
+    *json = s ? util_mem_dup(s, strlen(s)) : NULL;
+    *json_len = *json ? strlen(*json) : 0;
     cJSON_free(s);
     return *json ? 0 : -1;
+}
+
+int repl_remote_eval(node_t *n, client_t *from, const char *code, size_t len, char **json, size_t *json_len)
+{
+    char *code_z = NULL, *s = NULL;
+    repl_t *r = n->remote;
+    if (r && !r->remote)
+        return error_json("this node is a tide repl: its prompt is its terminal", json, json_len);
+    if (!r && !(r = session_start(n)))
+        return -1;
+    if (session_attach(r, from->id) < 0)
+        return error_json("too many tide repl --connect connections on this node", json, json_len);
+    if (!(code_z = util_mem_dup(code, len)))
+        goto done;
+    r->node = *n;
+    r->reply_len = 0;
+    if (r->reply)
+        r->reply[0] = '\0';
+    r->evaluating = 1;
+    free(r->buf);
+    r->buf = NULL;
+    eval(r, code_z);
+    r->evaluating = 0;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddBoolToObject(o, "ok", 1);
+    cJSON_AddStringToObject(o, "output", r->reply ? r->reply : "");
+    cJSON_AddBoolToObject(o, "incomplete", r->incomplete);
+    s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (r->reply_cap > 65536) { /* a long answer: its buffer is not kept */
+        free(r->reply);
+        r->reply = NULL;
+        r->reply_len = r->reply_cap = 0;
+    }
+done:
+    free(code_z);
+    if (r->end_asked)
+        session_end(r);
+    *json_len = s ? strlen(s) : 0;
+    *json = s ? util_mem_dup(s, *json_len) : NULL;
+    cJSON_free(s);
+    return *json ? 0 : -1;
+}
+
+int repl_remote_detach(node_t *n, const client_t *c)
+{
+    repl_t *r = n->remote;
+    if (!r || !r->remote)
+        return 0;
+    if (c) {
+        session_detach(r, c->id);
+        return n->remote == NULL;
+    }
+    session_end(r);
+    return 1;
 }

@@ -41,6 +41,10 @@ struct server {
     sub_t **expired;             /* auto-unsubscribed during a route, removed after it */
     sub_t **internal;            /* subscriptions inside the server */
     size_t ninternal;
+    size_t ngone;                /* of them, removed during a route (SUB_GONE) */
+    int routing;                 /* routes under way (a delivery may route again) */
+    void (*close_hook)(void *ctx, client_t *c); /* sees every client freed */
+    void *close_hook_ctx;
     size_t nexpired, capexpired;
     uint64_t next_client_id;
     int shutting_down;
@@ -191,6 +195,40 @@ sub_t *server_subscribe_internal(server_t *s, const char *pattern, void (*fn)(vo
     return sub;
 }
 
+/* Frees the internal subscriptions marked SUB_GONE (none walks a result now). */
+static void sweep_internal(server_t *s)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < s->ninternal; i++) {
+        sub_t *sub = s->internal[i];
+        if (!(sub->flags & SUB_GONE)) {
+            s->internal[k++] = sub;
+            continue;
+        }
+        sublist_remove(s->subs, sub);
+        free(sub->subject);
+        free(sub);
+    }
+    s->ninternal = k;
+    s->ngone = 0;
+}
+
+void server_unsubscribe_internal(server_t *s, sub_t *sub)
+{
+    if (!sub || (sub->flags & SUB_GONE))
+        return;
+    sub->flags |= SUB_GONE;
+    s->ngone++;
+    if (!s->routing)
+        sweep_internal(s);
+}
+
+void server_set_close_hook(server_t *s, void (*fn)(void *ctx, client_t *c), void *ctx)
+{
+    s->close_hook = fn;
+    s->close_hook_ctx = ctx;
+}
+
 void server_set_ingress(server_t *s, server_msg_hook fn, void *ctx)
 {
     s->ingress = fn;
@@ -296,6 +334,8 @@ static void on_reap(evutil_socket_t fd, short what, void *arg)
         client_t *c = s->dead;
         s->dead = c->next_dead;
         s->stats.connections--;
+        if (s->close_hook)
+            s->close_hook(s->close_hook_ctx, c);
         client_free(c);
     }
     if (s->shutting_down && !s->clients)
@@ -477,6 +517,8 @@ static int deliver_one(server_t *s, sub_t *sub, const proto_msg_t *m)
         /* Inside the server: tide repl's and tide run's watchers are not
          * subscribers anyone asked for, so not counted as a delivery;
          * one that answers requests (the consumers' acks) is. */
+        if (sub->flags & SUB_GONE)
+            return 0;
         sub->deliver(sub->deliver_ctx, m);
         sub->delivered++;
         return (sub->flags & SUB_RESPONDER) ? 1 : 0;
@@ -572,6 +614,7 @@ static size_t route(server_t *s, client_t *from, const char *to, size_t tolen, c
         log_error("out of memory matching subject, message dropped");
         return 0;
     }
+    s->routing++;
     for (size_t i = 0; i < r->npsubs; i++) {
         sub_t *sub = r->psubs[i];
         if (may_receive(from, sub))
@@ -596,6 +639,8 @@ static size_t route(server_t *s, client_t *from, const char *to, size_t tolen, c
         sub_t *sub = s->expired[--s->nexpired];
         client_remove_sub(sub->owner, sub);
     }
+    if (--s->routing == 0 && s->ngone)
+        sweep_internal(s);
     return delivered;
 }
 

@@ -165,14 +165,28 @@ int server_has_interest(server_t *s, const char *subject, size_t len);
 /*
  * Subscribes a function inside the server: fn(ctx, msg) is called for every
  * message routed to a subject pattern matches (msg valid during the call).
- * Returns the subscription (freed with the server), or NULL.
+ * Returns the subscription (freed with the server, or by
+ * server_unsubscribe_internal), or NULL.
  */
 /* sub_t.flags of an internal subscription that answers the requests it
  * receives (a request to it gets no "no responders" status). */
 #define SUB_RESPONDER 1
+/* sub_t.flags of an internal subscription removed while a route was under
+ * way: it receives nothing more and is freed when the route ends. */
+#define SUB_GONE 2
 
 sub_t *server_subscribe_internal(server_t *s, const char *pattern, void (*fn)(void *, const proto_msg_t *),
                                  void *ctx);
+
+/* Removes and frees a subscription made by server_subscribe_internal; fn is
+ * not called again.  May be called from anywhere on the loop, a delivery
+ * included (then it is freed once the route is over). */
+void server_unsubscribe_internal(server_t *s, sub_t *sub);
+
+/* Calls fn(ctx, c) for every client as the server frees it, from the loop
+ * and outside any route, after its connection closed (not for the clients
+ * server_free frees).  One hook; NULL removes it. */
+void server_set_close_hook(server_t *s, void (*fn)(void *ctx, struct client *c), void *ctx);
 
 void server_get_stats(const server_t *s, server_stats_t *out);
 
