@@ -426,9 +426,11 @@ static void usage_clients(void)
     fprintf(stderr, "usage: tide pub SUBJECT [DATA|-] [-H NAME:VALUE]... [--reply SUBJECT] [-s SERVER]\n"
                     "       tide sub PATTERN [--queue Q] [--count N] [--json] [-s SERVER]\n"
                     "       tide req SUBJECT [DATA] [-H NAME:VALUE]... [--timeout SECONDS] [--json] [-s SERVER]\n"
-                    "       tide stats [--json] [-s SERVER]\n"
+                    "       tide stats | rules [--json] [-s SERVER]\n"
                     "SERVER is host:port (default 127.0.0.1:4222, or $TIDE_SERVER)\n");
 }
+
+static void print_inspection(const char *cmd, const msg_t *m);
 
 static int is_status_503(const msg_t *m)
 {
@@ -482,8 +484,9 @@ int cli_main(const char *cmd, int argc, char **argv)
     }
     int npos = argc - optind;
     char **pos = argv + optind;
-    int need = !strcmp(cmd, "stats") ? 0 : 1;
-    if (npos < need || npos > need + 1 || (!strcmp(cmd, "sub") && npos != 1)) {
+    int inspect = !strcmp(cmd, "stats") || !strcmp(cmd, "rules"); /* an admin request, no arguments */
+    int need = inspect ? 0 : 1;
+    if (npos < need || npos > need + 1 || (!strcmp(cmd, "sub") && npos != 1) || (inspect && npos)) {
         usage_clients();
         return 2;
     }
@@ -550,14 +553,16 @@ int cli_main(const char *cmd, int argc, char **argv)
             msg_free(&m);
         }
         rc = 0;
-    } else if (!strcmp(cmd, "req") || !strcmp(cmd, "stats")) {
+    } else if (!strcmp(cmd, "req") || inspect) {
         char inbox[64], line[256];
         unsigned char rnd[8];
         evutil_secure_rng_get_bytes(rnd, sizeof rnd);
         snprintf(inbox, sizeof inbox, "_INBOX.%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3],
                  rnd[4], rnd[5], rnd[6], rnd[7]);
         snprintf(line, sizeof line, "SUB %s 1\r\nUNSUB 1 1\r\n", inbox);
-        const char *subject = !strcmp(cmd, "stats") ? "$TIDE.ADMIN.STATS" : pos[0];
+        const char *subject = !strcmp(cmd, "stats") ? "$TIDE.ADMIN.STATS"
+                            : !strcmp(cmd, "rules") ? "$TIDE.ADMIN.RULES"
+                                                    : pos[0];
         if (send_all(&c, line, strlen(line)) < 0 ||
             publish(&c, subject, inbox, hdr, hlen, data, dlen) < 0)
             goto out;
@@ -574,17 +579,12 @@ int cli_main(const char *cmd, int argc, char **argv)
             msg_free(&m);
             goto out;
         }
-        if (!strcmp(cmd, "stats") && !json) {
-            cJSON *o = cJSON_ParseWithLength(m.payload, m.payload_len);
-            char *s = o ? cJSON_Print(o) : NULL;
-            printf("%s\n", s ? s : m.payload);
-            cJSON_free(s);
-            cJSON_Delete(o);
-        } else if (!strcmp(cmd, "stats")) {
-            printf("%s\n", m.payload);
-        } else {
+        if (inspect && !json)
+            print_inspection(cmd, &m);
+        else if (inspect)
+            printf("%s\n", m.payload); /* the answer as it came */
+        else
             print_msg(&m, json, 1);
-        }
         msg_free(&m);
         rc = 0;
     }
@@ -1030,6 +1030,11 @@ static void table_print(table_t *t)
     for (size_t r = 0; r < t->nrows; r++) {
         for (int i = 0; i < t->ncols; i++) {
             const char *s = t->cells[r * (size_t)t->ncols + (size_t)i];
+            const char *last = t->cells[r * (size_t)t->ncols + (size_t)t->ncols - 1];
+            if (i == t->ncols - 2 && (!last || !*last)) { /* nothing after it: no padding */
+                printf("%s\n", s ? s : "");
+                break;
+            }
             if (i == t->ncols - 1)
                 printf("%s\n", s ? s : "");
             else
@@ -1263,6 +1268,89 @@ static void print_record(const cJSON *r)
     } else {
         printf("payload  %s\n", jstr(r, "payload", ""));
     }
+}
+
+/* A scalar of an answer as text: strings as they are, numbers exactly. */
+static const char *scalar_text(const cJSON *v, char *b, size_t n)
+{
+    if (cJSON_IsString(v))
+        return v->valuestring;
+    if (cJSON_IsBool(v))
+        return cJSON_IsTrue(v) ? "true" : "false";
+    if (jis_num(v))
+        return cJSON_IsRaw(v) ? v->valuestring : numtxt(v->valuedouble, b, n);
+    return cJSON_IsNull(v) ? "null" : "...";
+}
+
+/* tide stats: a row per counter, the server's first, then each part
+ * (scripts) under its name.  Every field of the answer is shown, so a
+ * counter the server adds needs nothing here. */
+static void print_stats(const cJSON *o)
+{
+    table_t t = {2, NULL, 0, 0};
+    const cJSON *v, *w;
+    char b[64], key[256];
+    cJSON_ArrayForEach(v, o) if (!cJSON_IsObject(v) && !cJSON_IsArray(v))
+        table_row(&t, v->string, scalar_text(v, b, sizeof b));
+    cJSON_ArrayForEach(v, o) {
+        if (!cJSON_IsObject(v))
+            continue;
+        table_row(&t, v->string, "");
+        cJSON_ArrayForEach(w, v) if (!cJSON_IsObject(w) && !cJSON_IsArray(w)) {
+            snprintf(key, sizeof key, "  %s", w->string);
+            table_row(&t, key, scalar_text(w, b, sizeof b));
+        }
+    }
+    table_print(&t);
+}
+
+/* tide rules: a row per rule, then the last error of each rule that has one. */
+static void print_rules(const cJSON *arr)
+{
+    table_t t = {7, NULL, 0, 0};
+    const cJSON *r;
+    char what[512], c[32], e[32], d[32], ro[32], tm[64];
+    if (!cJSON_GetArraySize(arr)) {
+        printf("no rules loaded\n");
+        return;
+    }
+    table_row(&t, "KIND", "RULE", "WHERE", "CALLS", "ERRORS", "DROPPED", "ROUTED");
+    cJSON_ArrayForEach(r, arr) {
+        const cJSON *from = cJSON_GetObjectItemCaseSensitive(r, "from_version");
+        if (from)
+            snprintf(what, sizeof what, "%s v%s->v%.0f", jstr(r, "type", "?"), vtxt(from, c, sizeof c), jval(from) + 1);
+        else
+            snprintf(what, sizeof what, "%s", jstr(r, "pattern", "?"));
+        table_row(&t, jstr(r, "kind", "?"), what, jstr(r, "where", "?"), jtxt(r, "calls", c, sizeof c),
+                  jtxt(r, "errors", e, sizeof e),
+                  cJSON_GetObjectItemCaseSensitive(r, "dropped") ? jtxt(r, "dropped", d, sizeof d) : "-",
+                  cJSON_GetObjectItemCaseSensitive(r, "routed") ? jtxt(r, "routed", ro, sizeof ro) : "-");
+    }
+    table_print(&t);
+    cJSON_ArrayForEach(r, arr) {
+        const cJSON *le = cJSON_GetObjectItemCaseSensitive(r, "last_error");
+        if (!cJSON_IsObject(le))
+            continue;
+        printf("last error of %s %s (%s), %s, raised at %s: %s\n", jstr(r, "kind", "?"),
+               jstr(r, "pattern", jstr(r, "type", "?")), jstr(r, "where", "?"),
+               short_time(jstr(le, "time", "?"), tm, sizeof tm), jstr(le, "at", "?"), jstr(le, "message", "?"));
+    }
+}
+
+/* tide stats and tide rules without --json: the answer readable (as it
+ * came when it is not the JSON expected). */
+static void print_inspection(const char *cmd, const msg_t *m)
+{
+    char *nums = NULL;
+    cJSON *j = json_parse(m->payload, m->payload_len, &nums);
+    if (!strcmp(cmd, "stats") && cJSON_IsObject(j))
+        print_stats(j);
+    else if (!strcmp(cmd, "rules") && cJSON_IsArray(j))
+        print_rules(j);
+    else
+        printf("%s\n", m->payload);
+    cJSON_Delete(j);
+    free(nums);
 }
 
 static void usage_ops(void)

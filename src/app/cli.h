@@ -1,11 +1,11 @@
 /*
  * cli.h - command-line clients against a running server:
- * tide pub, tide sub, tide req, tide stats.
+ * tide pub, tide sub, tide req, tide stats, tide rules.
  */
 #ifndef TIDE_CLI_H
 #define TIDE_CLI_H
 
-/* Runs client command `cmd` ("pub", "sub", "req", "stats") with its
+/* Runs client command `cmd` ("pub", "sub", "req", "stats", "rules") with its
  * arguments (argv[0] is the command).  Returns the exit code: 0 ok,
  * 1 failure (server not there, no reply, ...), 2 usage. */
 int cli_main(const char *cmd, int argc, char **argv);

@@ -52,7 +52,7 @@ static void usage(FILE *f)
             "  pub SUBJECT [DATA] [-H NAME:VALUE]... [--reply SUBJECT]\n"
             "  sub PATTERN [--queue Q] [--count N]\n"
             "  req SUBJECT [DATA] [-H NAME:VALUE]... [--timeout SECONDS]\n"
-            "  stats                  clients against a running server: -s HOST:PORT\n"
+            "  stats | rules          clients against a running server: -s HOST:PORT\n"
             "                         (default 127.0.0.1:4222 or $TIDE_SERVER), --json\n"
             "  stream ls | info NAME | get NAME SEQ\n"
             "  stream events NAME [--subject PATTERN] [--since TIME] [--until TIME]\n"
@@ -488,7 +488,8 @@ int main(int argc, char **argv)
         return cmd_check(argc - 1, argv + 1);
     if (!strcmp(cmd, "repl"))
         return cmd_repl(argc - 1, argv + 1);
-    if (!strcmp(cmd, "pub") || !strcmp(cmd, "sub") || !strcmp(cmd, "req") || !strcmp(cmd, "stats")) {
+    if (!strcmp(cmd, "pub") || !strcmp(cmd, "sub") || !strcmp(cmd, "req") || !strcmp(cmd, "stats") ||
+        !strcmp(cmd, "rules")) {
         signal(SIGPIPE, SIG_IGN);
         return cli_main(cmd, argc - 1, argv + 1);
     }
