@@ -257,9 +257,12 @@ describe("tide consumer", function()
     assert.matches("^shipper%s+orders%s+ship%.orders%s+1%s+2%s+0%s+0%s+0%s+0$", lines[3]) -- 2 created orders
     rc, out, err = tide { "consumer", "info", "shipper" }
     assert.are.equal(0, rc, err)
-    assert.matches("^consumer shipper\n  stream           orders\n  filter           order%.created%.%*\n" ..
-                   "  deliver          ship%.orders\n  dead_letter      dlq%.orders\n  next_seq         1\n", out)
-    assert.matches("\n  ack_wait         0%.3 s\n  max_deliver      1\n", out)
+    assert.matches("^consumer shipper\n  stream +orders\n  filter +order%.created%.%*\n" ..
+                   "  deliver +ship%.orders\n  dead_letter +dlq%.orders\n  next_seq +1\n", out)
+    assert.matches("\n  ack_wait +0%.3 s\n  max_deliver +1\n", out)
+    local at = {} -- every value starts in one column, past the longest name (dead_letters_lost)
+    for line in out:gmatch("\n(  %S+ +)") do at[#line] = true end
+    assert.are.same({ [#"  dead_letters_lost "] = true }, at)
     local all = tide_json { "consumer", "ls" }
     assert.are.equal(2, #all)
     local s = tide_json { "consumer", "info", "shipper" }

@@ -1239,15 +1239,18 @@ static void print_consumer_info(const cJSON *c)
                                        "dead_lettered", "dead_letters_lost", "ack_wait",  "max_deliver",
                                        "max_ack_pending",
                                        NULL};
+    int w = 0;
+    for (int i = 0; keys[i]; i++)
+        if (cJSON_GetObjectItemCaseSensitive(c, keys[i]) && (int)strlen(keys[i]) > w)
+            w = (int)strlen(keys[i]);
     printf("consumer %s\n", jstr(c, "name", "?"));
     for (int i = 0; keys[i]; i++) {
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(c, keys[i]);
         char b[32];
         if (cJSON_IsString(v))
-            printf("  %-16s %s\n", keys[i], v->valuestring);
+            printf("  %-*s %s\n", w, keys[i], v->valuestring);
         else if (jis_num(v))
-            printf("  %-16s %s%s\n", keys[i], vtxt(v, b, sizeof b),
-                   !strcmp(keys[i], "ack_wait") ? " s" : "");
+            printf("  %-*s %s%s\n", w, keys[i], vtxt(v, b, sizeof b), !strcmp(keys[i], "ack_wait") ? " s" : "");
     }
 }
 
