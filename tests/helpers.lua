@@ -48,7 +48,8 @@ local Server = {}
 Server.__index = Server
 
 -- Starts `tide serve -a 127.0.0.1 -p <port> <extra args...>` and waits until
--- the port accepts connections.  opts.args: extra argv entries;
+-- it is ready: its log says it listens on the port and is ready, and the
+-- port accepts connections.  opts.args: extra argv entries;
 -- opts.bin: other binary; opts.wait = false to skip waiting (for start-up
 -- failure tests).
 function M.start_server(opts)
@@ -67,18 +68,29 @@ function M.start_server(opts)
   if opts.wait ~= false then
     local deadline = proc.now() + (opts.timeout or 10)
     while true do
+      -- Up when this server says it listens on the port (it could be
+      -- another's that took it first) and that its start-up is done (the
+      -- port accepts before the scripts, the store and HTTP are there),
+      -- and the port accepts.
+      local text = self:log()
       local c = socket.tcp()
       c:settimeout(0.2)
-      local ok = c:connect("127.0.0.1", port)
+      local ok = text:find("Listening for client connections on [^\n]*:" .. port .. "%f[^%d]")
+        and text:find("Server is ready", 1, true) and c:connect("127.0.0.1", port)
       c:close()
       if ok then break end
       local st, code = proc.wait(pid, 0)
       if st then
+        if not opts.port and not opts.cmd and (opts.tries or 1) < 3
+          and self:log():find("cannot listen on [^\n]*:" .. port .. ": Address already in use") then
+          local o = setmetatable({ tries = (opts.tries or 1) + 1 }, { __index = opts })
+          return M.start_server(o) -- taken since free_port(): on another port
+        end
         error(string.format("tide exited (%s %s) during start-up:\n%s", st, code, self:log()))
       end
       if proc.now() > deadline then
         self:kill()
-        error("tide did not start listening on port " .. port .. ":\n" .. self:log())
+        error("tide was not ready on port " .. port .. " in time:\n" .. self:log())
       end
       proc.sleep(0.02)
     end
