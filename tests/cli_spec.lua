@@ -64,13 +64,21 @@ describe("tide command line", function()
 
   for _, sig in ipairs { "TERM", "INT" } do
     it("exits 0 on SIG" .. sig .. " after flushing and removes its pid file", function()
-      local pidfile = h.tmpdir .. "/tide-cli-" .. sig .. ".pid"
+      local dir = h.make_tmpdir("tide-cli")
+      local pidfile = dir .. "/tide.pid"
       local s = h.start_server { args = { "-P", pidfile } }
-      finally(function() s:stop() end) -- (a no-op once the test has stopped it)
-      -- written once start-up is done, which can be after the port accepts
-      local f = assert(h.wait_until(function() return io.open(pidfile) end, 10), "no pid file")
-      assert.are.equal(s.pid, tonumber(f:read("l")))
-      f:close()
+      finally(function()
+        s:stop() -- (a no-op once the test has stopped it)
+        h.remove_tmpdir(dir)
+      end)
+      -- written once start-up is done, which can be after the port accepts;
+      -- the file is created before its line is in it
+      local text = h.wait_until(function()
+        local t = h.read_file(pidfile)
+        return t and t:match("\n$") and t
+      end, 10)
+      assert(text, "no pid line in " .. pidfile)
+      assert.are.equal(s.pid .. "\n", text)
       local c = h.connect(s.port)
       c:send("SUB bye 1\r\nPUB bye 3\r\nyes\r\n")
       assert.are.equal("yes", assert(c:msg()).payload)
