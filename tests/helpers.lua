@@ -30,12 +30,37 @@ function M.npm_ready()
     if f then f:close() else missing = true end
   end
   if not missing then return true end
-  local rc, out = M.sh(("cd '%s' && timeout 300 npm ci --no-audit --no-fund"):format(dir))
+  -- Under a lock, and only if still missing then: specs running side by
+  -- side may all get here at once.
+  local test = {}
+  for _, p in ipairs(need) do test[#test + 1] = "test -f node_modules/" .. p .. "/package.json" end
+  local rc, out = M.sh(("cd '%s' && flock . sh -c '%s || timeout 300 npm ci --no-audit --no-fund'")
+    :format(dir, table.concat(test, " && ")))
   return rc == 0, out
 end
 
--- A port nobody listens on right now (bind to 0, read it back, release it).
+-- TIDE_TEST_PORTS="FIRST-LAST": the ports this busted process takes its free
+-- ports from.  scripts/run-tests.sh gives each spec it runs side by side a
+-- range of its own, so that two specs never pick the same port between
+-- one's free_port() and its server's bind.
+local port_first, port_last = (os.getenv("TIDE_TEST_PORTS") or ""):match("^(%d+)%-(%d+)$")
+port_first, port_last = tonumber(port_first), tonumber(port_last)
+local port_next = port_first
+
+-- A port nobody listens on right now: the next one of TIDE_TEST_PORTS that
+-- binds (tried and released), else one the kernel picks (bind to 0).
 function M.free_port()
+  if port_first then
+    for _ = port_first, port_last do
+      local port = port_next
+      port_next = port_next < port_last and port_next + 1 or port_first
+      local s = socket.bind("127.0.0.1", port)
+      if s then
+        s:close()
+        return port
+      end
+    end
+  end
   local s = assert(socket.bind("127.0.0.1", 0))
   local _, port = s:getsockname()
   s:close()
@@ -51,7 +76,10 @@ Server.__index = Server
 -- it is ready: its log says it listens on the port and is ready, and the
 -- port accepts connections.  opts.args: extra argv entries;
 -- opts.bin: other binary; opts.wait = false to skip waiting (for start-up
--- failure tests).
+-- failure tests).  A `serve` given neither --http nor --no-http gets
+-- --no-http: tide's default HTTP address, 127.0.0.1:8222, is one port for
+-- all the specs that run side by side (a test of HTTP names a free port
+-- with --http).
 function M.start_server(opts)
   opts = opts or {}
   local port = opts.port or M.free_port()
@@ -59,10 +87,16 @@ function M.start_server(opts)
   local log = string.format("%s/tide-test-%d-%d.log", M.tmpdir, proc.now() * 1000 // 1, log_seq)
   os.remove(log)
   local argv = { opts.bin or M.bin }
+  local serve, http = false, false
   for _, a in ipairs(opts.cmd or { "serve", "-a", "127.0.0.1", "-p", tostring(port) }) do
     argv[#argv + 1] = a
   end
   for _, a in ipairs(opts.args or {}) do argv[#argv + 1] = a end
+  for _, a in ipairs(argv) do
+    serve = serve or a == "serve"
+    http = http or a == "--no-http" or a:match("^%-%-http") ~= nil
+  end
+  if serve and not http then argv[#argv + 1] = "--no-http" end
   local pid = proc.spawn(argv, log)
   local self = setmetatable({ port = port, pid = pid, logfile = log, argv = argv }, Server)
   if opts.wait ~= false then
