@@ -88,7 +88,8 @@ $(JSBENCH): bench/js_bench.c bench/bench_util.c bench/bench_util.h
 run: deps all
 	$(TIDE) serve -c examples/tour/tide.lua
 
-# The whole suite: the plain build, then the same specs under ASan + UBSan.
+# The whole suite: the specs against the plain build and under ASan + UBSan,
+# side by side (scripts/run-tests.sh; TEST_JOBS busted processes at a time).
 test: deps
 	@scripts/run-tests.sh
 
