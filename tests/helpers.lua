@@ -73,13 +73,12 @@ local Server = {}
 Server.__index = Server
 
 -- Starts `tide serve -a 127.0.0.1 -p <port> <extra args...>` and waits until
--- it is ready: its log says it listens on the port and is ready, and the
--- port accepts connections.  opts.args: extra argv entries;
--- opts.bin: other binary; opts.wait = false to skip waiting (for start-up
--- failure tests).  A `serve` given neither --http nor --no-http gets
--- --no-http: tide's default HTTP address, 127.0.0.1:8222, is one port for
--- all the specs that run side by side (a test of HTTP names a free port
--- with --http).
+-- it is ready: its log says it listens on the port and is ready.
+-- opts.args: extra argv entries; opts.bin: other binary; opts.wait = false
+-- to skip waiting (for start-up failure tests).  A `serve` given neither
+-- --http nor --no-http gets --no-http: tide's default HTTP address,
+-- 127.0.0.1:8222, is one port for all the specs that run side by side (a
+-- test of HTTP names a free port with --http).
 function M.start_server(opts)
   opts = opts or {}
   local port = opts.port or M.free_port()
@@ -102,17 +101,15 @@ function M.start_server(opts)
   if opts.wait ~= false then
     local deadline = proc.now() + (opts.timeout or 10)
     while true do
-      -- Up when this server says it listens on the port (it could be
-      -- another's that took it first) and that its start-up is done (the
-      -- port accepts before the scripts, the store and HTTP are there),
-      -- and the port accepts.
+      -- Up when this server says it listens on the port (a connection
+      -- could reach another that took it first, and would count against
+      -- the server's connection limit) and that its start-up is done (the
+      -- port accepts before the scripts, the store and HTTP are there).
       local text = self:log()
-      local c = socket.tcp()
-      c:settimeout(0.2)
-      local ok = text:find("Listening for client connections on [^\n]*:" .. port .. "%f[^%d]")
-        and text:find("Server is ready", 1, true) and c:connect("127.0.0.1", port)
-      c:close()
-      if ok then break end
+      if text:find("Listening for client connections on [^\n]*:" .. port .. "%f[^%d]")
+        and text:find("Server is ready", 1, true) then
+        break
+      end
       local st, code = proc.wait(pid, 0)
       if st then
         if not opts.port and not opts.cmd and (opts.tries or 1) < 3
