@@ -75,10 +75,10 @@ Server.__index = Server
 -- Starts `tide serve -a 127.0.0.1 -p <port> <extra args...>` and waits until
 -- it is ready: its log says it listens on the port and is ready.
 -- opts.args: extra argv entries; opts.bin: other binary; opts.wait = false
--- to skip waiting (for start-up failure tests).  A `serve` given neither
--- --http nor --no-http gets --no-http: tide's default HTTP address,
--- 127.0.0.1:8222, is one port for all the specs that run side by side (a
--- test of HTTP names a free port with --http).
+-- to skip waiting (for start-up failure tests).  A `serve` given neither --http nor --no-http, nor an
+-- entry file (-c) whose listen { } names http, gets --no-http: tide's
+-- default HTTP address, 127.0.0.1:8222, is one port for all the specs that
+-- run side by side (a test of HTTP names a free port for it).
 function M.start_server(opts)
   opts = opts or {}
   local port = opts.port or M.free_port()
@@ -91,9 +91,12 @@ function M.start_server(opts)
     argv[#argv + 1] = a
   end
   for _, a in ipairs(opts.args or {}) do argv[#argv + 1] = a end
-  for _, a in ipairs(argv) do
+  for i, a in ipairs(argv) do
     serve = serve or a == "serve"
     http = http or a == "--no-http" or a:match("^%-%-http") ~= nil
+    if (a == "-c" or a == "--config") and argv[i + 1] then
+      http = http or (M.read_file(argv[i + 1]) or ""):find("listen%s*{[^}]*http") ~= nil
+    end
   end
   if serve and not http then argv[#argv + 1] = "--no-http" end
   local pid = proc.spawn(argv, log)
