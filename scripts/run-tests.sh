@@ -46,6 +46,7 @@ store_recovery_spec 30 44
 streams_spec 34 35
 durable_handlers_spec 19 21
 interop_js_spec 19 19
+hostile_spec 11 17
 http_spec 11 10
 examples_durable_spec 4 10
 repl_streams_spec 7 8
@@ -53,18 +54,23 @@ streams_cli_spec 5 7
 interop_spec 6 6
 layers_spec 2 5
 protocol_spec 3 3
+pattern_spec 2 2
 repl_spec 2 3
 connect_spec 2 3
 kv_durable_spec 2 3
 reload_spec 1 2
 run_spec 1 2
 sandbox_spec 1 2
+dead_letters_spec 1 1
+exact_numbers_spec 1 1
+fixture_spec 1 1
 core_spec 1 1
 examples_spec 1 1
 clients_spec 0 1
 cli_spec 0 1
 json_spec 0 0
 pipeline_spec 0 0
+rule_errors_spec 0 0
 "
 
 rm -rf "$LOGDIR"
