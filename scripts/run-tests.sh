@@ -17,6 +17,8 @@
 # below), so that the run does not end on one long spec; the layer check and
 # the fuzz replay start with the first specs.  A sanitizer spec waits for
 # its build and for the plain one (busted loads the plain Lua modules).
+# The specs in ALONE (below: those that time the server's answers) run last,
+# with no other spec beside them.
 #
 # Each busted process gets a directory of its own as TIDE_TEST_TMP
 # (build/test-logs/PASS/SPEC: server logs, data, pid files), a range of
@@ -119,15 +121,28 @@ expected() {
     echo "${t:-999}"
 }
 
-# The queue: "PASS SPEC" lines, the longest expected first.
+# alone SPEC: true for a spec that times the server's answers under attack;
+# it runs at the end, beside no other spec (its two passes may run at once:
+# it waits more than it computes), so that the load of the others does not
+# count against its limits.
+ALONE="hostile_spec"
+alone() {
+    case " $ALONE " in *" $(basename "$1" .lua) "*) return 0 ;; esac
+    return 1
+}
+
+# The queue: "PASS SPEC" lines, the longest expected first, those to run
+# alone last.
 queue=()
 queue_fill() {
     local passes=() p s
     [ "$mode" != "--asan-only" ] && passes+=(plain)
     [ "$mode" != "--plain-only" ] && passes+=(asan)
     mapfile -t queue < <(for p in "${passes[@]}"; do
-        for s in $SPECS; do printf '%s %s %s\n' "$(expected "$p" "$s")" "$p" "$s"; done
-    done | sort -k1,1 -rn | cut -d' ' -f2-)
+        for s in $SPECS; do
+            printf '%d %s %s %s\n' "$(alone "$s" && echo 0 || echo 1)" "$(expected "$p" "$s")" "$p" "$s"
+        done
+    done | sort -k1,1 -k2,2 -rn | cut -d' ' -f3-)
 }
 
 declare -A job_what=() job_start=() job_tmux=() job_slot=()
@@ -243,16 +258,24 @@ build_done() {
     return 0
 }
 
-# Starts queued specs whose build is there, up to PARALLEL at a time.
+# Starts queued specs whose build is there, up to PARALLEL at a time; a
+# spec to run alone only once nothing but such specs runs (no build, no
+# check, no other spec).
 pool_fill() {
-    local i running pass
-    running=0
-    for i in "${job_what[@]}"; do [ "${i%% *}" = spec ] && running=$((running + 1)); done
+    local i running=0 others=0 pass spec
+    for i in "${job_what[@]}"; do
+        [ "${i%% *}" = spec ] && running=$((running + 1))
+        [ "${i%% *}" = spec ] && alone "${i##* }" || others=$((others + 1))
+    done
     for i in "${!queue[@]}"; do
         [ "$running" -lt "$PARALLEL" ] || return 0
         pass=${queue[$i]%% *}
+        spec=${queue[$i]#* }
         [ -n "${ready[$pass]:-}" ] || continue
-        spec_start "$pass" "${queue[$i]#* }"
+        if alone "$spec"; then
+            [ "$others" -eq 0 ] || return 0
+        fi
+        spec_start "$pass" "$spec"
         unset "queue[$i]"
         running=$((running + 1))
     done
