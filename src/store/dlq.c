@@ -160,7 +160,7 @@ static int is_dead_letter(const slog_rec_t *r)
 /* The request's stream: {"stream":S,...} or the bare name.  q gets the
  * parsed object (or NULL), its numbers exact (sequences past 2^53
  * included); NULL with err when there is no such stream. */
-static stream_t *request_stream(streams_t *sm, const proto_msg_t *req, cJSON **q, char *err, size_t errsz)
+static stream_t *find_stream(streams_t *sm, const proto_msg_t *req, cJSON **q, char *err, size_t errsz)
 {
     *q = req->payload_len && req->payload[0] == '{' ? json_parse_owned(req->payload, req->payload_len) : NULL;
     char name[STREAM_NAME_MAX + 1] = "";
@@ -180,6 +180,20 @@ static stream_t *request_stream(streams_t *sm, const proto_msg_t *req, cJSON **q
     stream_t *st = streams_find(sm, name, strlen(name));
     if (!st)
         snprintf(err, errsz, "no stream '%s'", name);
+    return st;
+}
+
+/* The stream a DLQ request names, with the request's JSON in *q (the
+ * caller deletes it); or NULL, the error answered and nothing to delete. */
+static stream_t *request_stream(streams_t *sm, const proto_msg_t *req, cJSON **q)
+{
+    char err[300];
+    stream_t *st = find_stream(sm, req, q, err, sizeof err);
+    if (!st) {
+        cJSON_Delete(*q);
+        *q = NULL;
+        reply_err(sm, req, err);
+    }
     return st;
 }
 
@@ -224,14 +238,10 @@ static void dlq_ls(streams_t *sm, const proto_msg_t *req)
 
 static void dlq_show(streams_t *sm, const proto_msg_t *req)
 {
-    char err[300];
     cJSON *q;
-    stream_t *st = request_stream(sm, req, &q, err, sizeof err);
-    if (!st) {
-        cJSON_Delete(q);
-        reply_err(sm, req, err);
+    stream_t *st = request_stream(sm, req, &q);
+    if (!st)
         return;
-    }
     uint64_t limit = num(q, "limit", SHOW_LIMIT), from = num(q, "from_seq", 0);
     if (limit < 1)
         limit = SHOW_LIMIT;
@@ -318,12 +328,9 @@ static void dlq_replay(streams_t *sm, const proto_msg_t *req)
 {
     char err[300];
     cJSON *q;
-    stream_t *st = request_stream(sm, req, &q, err, sizeof err);
-    if (!st) {
-        cJSON_Delete(q);
-        reply_err(sm, req, err);
+    stream_t *st = request_stream(sm, req, &q);
+    if (!st)
         return;
-    }
     uint64_t one = num(q, "seq", 0);
     int all = cJSON_IsTrue(q ? cJSON_GetObjectItemCaseSensitive(q, "all") : NULL);
     cJSON_Delete(q);
