@@ -122,9 +122,9 @@ expected() {
 }
 
 # alone SPEC: true for a spec that times the server's answers under attack;
-# it runs at the end, beside no other spec (its two passes may run at once:
-# it waits more than it computes), so that the load of the others does not
-# count against its limits.
+# it runs at the end, beside no other spec (its two passes one after the
+# other), so that the load of the others does not count against its
+# limits.
 ALONE="hostile_spec"
 alone() {
     case " $ALONE " in *" $(basename "$1" .lua) "*) return 0 ;; esac
@@ -259,8 +259,8 @@ build_done() {
 }
 
 # Starts queued specs whose build is there, up to PARALLEL at a time; a
-# spec to run alone only once nothing but such specs runs (no build, no
-# check, no other spec).
+# spec to run alone only once nothing else runs (no build, no check, no
+# other spec, not its other pass).
 pool_fill() {
     local i running=0 others=0 pass spec
     for i in "${job_what[@]}"; do
@@ -273,7 +273,7 @@ pool_fill() {
         spec=${queue[$i]#* }
         [ -n "${ready[$pass]:-}" ] || continue
         if alone "$spec"; then
-            [ "$others" -eq 0 ] || return 0
+            [ "$others" -eq 0 ] && [ "$running" -eq 0 ] || return 0
         fi
         spec_start "$pass" "$spec"
         unset "queue[$i]"
