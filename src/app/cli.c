@@ -1382,11 +1382,16 @@ static int parse_count(const char *flag, const char *s, long long *out)
     return 0;
 }
 
-static int ops_run(ops_t *o, const char *cmd, const char *verb, char **pos, int npos, const ops_args_t *a)
+/* Usage error for a command ops_run does not know. */
+static int ops_unknown(const char *cmd, const char *verb)
 {
-    cJSON *r = NULL;
-    int rc = 1;
-    char b1[32], b2[32], b3[32], b4[32];
+    fprintf(stderr, "tide %s: unknown command '%s'\n", cmd, verb);
+    usage_ops();
+    return 2;
+}
+
+/* The number of positional arguments a command takes: a usage error when
+ * npos is not n. */
 #define NEED(n)                                                                                                        \
     do {                                                                                                               \
         if (npos != (n)) {                                                                                             \
@@ -1394,7 +1399,13 @@ static int ops_run(ops_t *o, const char *cmd, const char *verb, char **pos, int 
             return 2;                                                                                                  \
         }                                                                                                              \
     } while (0)
-    if (!strcmp(cmd, "stream") && !strcmp(verb, "ls")) {
+
+/* tide stream ls | info | get | events | export. */
+static int ops_stream(ops_t *o, const char *verb, char **pos, int npos, const ops_args_t *a)
+{
+    cJSON *r = NULL;
+    int rc = 1;
+    if (!strcmp(verb, "ls")) {
         NEED(0);
         if (!(r = ops_req(o, "STREAM.LS", "")))
             return 1;
@@ -1420,7 +1431,7 @@ static int ops_run(ops_t *o, const char *cmd, const char *verb, char **pos, int 
             table_print(&t);
         }
         rc = 0;
-    } else if (!strcmp(cmd, "stream") && !strcmp(verb, "info")) {
+    } else if (!strcmp(verb, "info")) {
         NEED(1);
         if (!(r = ops_req(o, "STREAM.INFO", pos[0])))
             return 1;
@@ -1429,7 +1440,7 @@ static int ops_run(ops_t *o, const char *cmd, const char *verb, char **pos, int 
         else
             print_stream_info(r);
         rc = 0;
-    } else if (!strcmp(cmd, "stream") && !strcmp(verb, "get")) {
+    } else if (!strcmp(verb, "get")) {
         NEED(2);
         long long seq;
         if (parse_count("SEQ", pos[1], &seq) < 0)
@@ -1448,13 +1459,25 @@ static int ops_run(ops_t *o, const char *cmd, const char *verb, char **pos, int 
         else
             print_record(r);
         rc = 0;
-    } else if (!strcmp(cmd, "stream") && (!strcmp(verb, "events") || !strcmp(verb, "export"))) {
+    } else if ((!strcmp(verb, "events") || !strcmp(verb, "export"))) {
         NEED(1);
         /* The name first, so an unknown stream is named in the error. */
         if (!(r = ops_req(o, "STREAM.INFO", pos[0])))
             return 1;
         rc = stream_events(o, pos[0], a, !strcmp(verb, "export"));
-    } else if (!strcmp(cmd, "consumer") && !strcmp(verb, "ls")) {
+    } else {
+        return ops_unknown("stream", verb);
+    }
+    cJSON_Delete(r);
+    return rc;
+}
+
+/* tide consumer ls | info. */
+static int ops_consumer(ops_t *o, const char *verb, char **pos, int npos, const ops_args_t *a)
+{
+    cJSON *r = NULL;
+    int rc = 1;
+    if (!strcmp(verb, "ls")) {
         NEED(0);
         if (!(r = ops_req(o, "CONSUMER.LS", "")))
             return 1;
@@ -1478,7 +1501,7 @@ static int ops_run(ops_t *o, const char *cmd, const char *verb, char **pos, int 
             table_print(&t);
         }
         rc = 0;
-    } else if (!strcmp(cmd, "consumer") && !strcmp(verb, "info")) {
+    } else if (!strcmp(verb, "info")) {
         NEED(1);
         if (!(r = ops_req(o, "CONSUMER.INFO", pos[0])))
             return 1;
@@ -1487,29 +1510,20 @@ static int ops_run(ops_t *o, const char *cmd, const char *verb, char **pos, int 
         else
             print_consumer_info(r);
         rc = 0;
-    } else if (!strcmp(cmd, "dlq") && !strcmp(verb, "ls")) {
-        NEED(0);
-        if (!(r = ops_req(o, "DLQ.LS", "")))
-            return 1;
-        if (o->json) {
-            print_json(r, 0);
-        } else if (!cJSON_GetArraySize(r)) {
-            printf("no consumer has a dead_letter subject\n");
-        } else {
-            table_t t = {6, NULL, 0, 0};
-            table_row(&t, "CONSUMER", "STREAM", "DEAD_LETTER", "DEAD_LETTERED", "STORED_IN", "MESSAGES");
-            const cJSON *c;
-            cJSON_ArrayForEach(c, r) {
-                int stored = jstr(c, "dlq_stream", NULL) != NULL;
-                table_row(&t, jstr(c, "consumer", "?"), jstr(c, "stream", "?"), jstr(c, "dead_letter", "?"),
-                          jtxt(c, "dead_lettered", b1, sizeof b1),
-                          stored ? jstr(c, "dlq_stream", "") : "(no stream: not kept)",
-                          stored ? jtxt(c, "messages", b2, sizeof b2) : "-");
-            }
-            table_print(&t);
-        }
-        rc = 0;
-    } else if (!strcmp(cmd, "dlq") && !strcmp(verb, "show")) {
+    } else {
+        return ops_unknown("consumer", verb);
+    }
+    cJSON_Delete(r);
+    return rc;
+}
+
+/* tide dlq show. */
+static int ops_dlq_show(ops_t *o, const char *verb, char **pos, int npos, const ops_args_t *a)
+{
+    cJSON *r = NULL;
+    int rc = 1;
+    char b1[32], b2[32];
+    if (!strcmp(verb, "show")) {
         NEED(1);
         long long left = a->limit > 0 ? a->limit : -1, n = 0;
         uint64_t next = a->from > 0 ? (uint64_t)a->from : 0;
@@ -1563,7 +1577,42 @@ static int ops_run(ops_t *o, const char *cmd, const char *verb, char **pos, int 
             table_free(&t);
         }
         rc = 0;
-    } else if (!strcmp(cmd, "dlq") && !strcmp(verb, "replay")) {
+    } else {
+        return ops_unknown("dlq", verb);
+    }
+    cJSON_Delete(r);
+    return rc;
+}
+
+/* tide dlq ls | replay. */
+static int ops_dlq(ops_t *o, const char *verb, char **pos, int npos, const ops_args_t *a)
+{
+    cJSON *r = NULL;
+    int rc = 1;
+    char b1[32], b2[32], b3[32], b4[32];
+    if (!strcmp(verb, "ls")) {
+        NEED(0);
+        if (!(r = ops_req(o, "DLQ.LS", "")))
+            return 1;
+        if (o->json) {
+            print_json(r, 0);
+        } else if (!cJSON_GetArraySize(r)) {
+            printf("no consumer has a dead_letter subject\n");
+        } else {
+            table_t t = {6, NULL, 0, 0};
+            table_row(&t, "CONSUMER", "STREAM", "DEAD_LETTER", "DEAD_LETTERED", "STORED_IN", "MESSAGES");
+            const cJSON *c;
+            cJSON_ArrayForEach(c, r) {
+                int stored = jstr(c, "dlq_stream", NULL) != NULL;
+                table_row(&t, jstr(c, "consumer", "?"), jstr(c, "stream", "?"), jstr(c, "dead_letter", "?"),
+                          jtxt(c, "dead_lettered", b1, sizeof b1),
+                          stored ? jstr(c, "dlq_stream", "") : "(no stream: not kept)",
+                          stored ? jtxt(c, "messages", b2, sizeof b2) : "-");
+            }
+            table_print(&t);
+        }
+        rc = 0;
+    } else if (!strcmp(verb, "replay")) {
         NEED(1);
         if ((a->seq > 0) == a->all) {
             fprintf(stderr, "tide dlq replay: give --seq N or --all\n");
@@ -1593,13 +1642,23 @@ static int ops_run(ops_t *o, const char *cmd, const char *verb, char **pos, int 
         }
         rc = 0;
     } else {
-        fprintf(stderr, "tide %s: unknown command '%s'\n", cmd, verb);
-        usage_ops();
-        return 2;
+        return ops_unknown("dlq", verb);
     }
-#undef NEED
     cJSON_Delete(r);
     return rc;
+}
+
+#undef NEED
+
+static int ops_run(ops_t *o, const char *cmd, const char *verb, char **pos, int npos, const ops_args_t *a)
+{
+    if (!strcmp(cmd, "stream"))
+        return ops_stream(o, verb, pos, npos, a);
+    if (!strcmp(cmd, "consumer"))
+        return ops_consumer(o, verb, pos, npos, a);
+    if (!strcmp(cmd, "dlq"))
+        return !strcmp(verb, "show") ? ops_dlq_show(o, verb, pos, npos, a) : ops_dlq(o, verb, pos, npos, a);
+    return ops_unknown(cmd, verb);
 }
 
 int cli_ops_main(const char *cmd, int argc, char **argv)
