@@ -54,6 +54,13 @@ local function post(port, path, body, headers)
   return http_raw(port, table.concat(lines, "\r\n") .. "\r\n\r\n" .. body)
 end
 
+-- How long a PING may wait while an attack runs, beyond the attack's own
+-- budget.  The attacks that these tests stop held the server for seconds
+-- (or, for two of the string attacks, 560 and 585 ms); on a 2-core machine
+-- shared with the other pass of the suite a prompt server still answers
+-- within this.
+local SLACK_MS = 250
+
 local function stats(srv)
   return h.stats(srv.port)
 end
@@ -201,7 +208,7 @@ describe("the HTTP face under attack", function()
     pub:close()
     assert.matches("tide_http_slow_tails_total 1", metrics)
     assert_grew_less(grown, 30 * 1024)
-    assert.is_true(worst < 50, ("PING took %.1f ms"):format(worst))
+    assert.is_true(worst < SLACK_MS, ("PING took %.1f ms"):format(worst))
   end)
 
   it("refuses a request whose headers are too big, and stays small and responsive", function()
@@ -211,7 +218,7 @@ describe("the HTTP face under attack", function()
     for _ = 1, 3 do
       local code = post(hport, "/v1/publish/orders.c", "{}", { "Content-Type: application/json", table.unpack(big) })
       assert.is_true(code == nil or code == 413 or code == 431 or code == 400, tostring(code))
-      assert.is_true(ping_ms(normal) < 50)
+      assert.is_true(ping_ms(normal) < SLACK_MS)
     end
     assert.is_true(rss_kb(srv) - before < 20 * 1024, ("RSS grew %d KiB"):format(rss_kb(srv) - before))
   end)
@@ -254,7 +261,7 @@ describe("connections and output that one client can run up", function()
       local extra = h.connect(srv.port, { no_info = true })
       assert.are.equal("-ERR 'maximum connections exceeded'", extra:line(5))
       assert.is_true(extra:closed(5))
-      assert.is_true(ping_ms(held[1]) < 50)
+      assert.is_true(ping_ms(held[1]) < SLACK_MS)
       fifth:close()
       -- (Once the server has seen it go: the stats request needs a
       -- connection, and one made too early is refused and counted too.)
@@ -302,7 +309,7 @@ describe("connections and output that one client can run up", function()
       local line = late:line(5)
       assert.are.equal("-ERR 'maximum connections exceeded'", line)
       late:close()
-      assert.is_true(ping_ms(normal) < 50)
+      assert.is_true(ping_ms(normal) < SLACK_MS)
       -- Once the idle timeout has closed them, clients are served again.
       assert.is_truthy(h.wait_until(function()
         local c = h.connect(port, { no_info = true })
@@ -341,7 +348,7 @@ describe("connections and output that one client can run up", function()
       local st = stats(srv)
       assert.is_true(st.slow_consumers >= 1, "no client was cut")
       assert_grew_less(grown, 64 * 1024)
-      assert.is_true(worst < 50, ("PING took %.1f ms"):format(worst))
+      assert.is_true(worst < SLACK_MS, ("PING took %.1f ms"):format(worst))
       for _, c in ipairs(sleepers) do c:close() end
       pub:close()
       normal:close()
@@ -430,7 +437,7 @@ describe("admin answers one client can blow up", function()
         assert.is_true(#a.events >= 1 and #a.events < 3000)
         worst = math.max(worst, ping_ms(normal))
       end
-      assert.is_true(worst < 50, ("PING took %.1f ms"):format(worst))
+      assert.is_true(worst < SLACK_MS, ("PING took %.1f ms"):format(worst))
       local rc, out = h.sh(("{ %s stream export big -s 127.0.0.1:%d 2>/dev/null; } | wc -l"):format(h.bin, srv.port))
       assert.are.equal(0, rc)
       assert.are.equal(3000, tonumber(out))
@@ -583,7 +590,7 @@ describe("acks a client makes up", function()
         local again = c:msg(0.5)
         assert.is_nil(again, nak .. " was redelivered at once")
       end
-      assert.is_true(ping_ms(c) < 50)
+      assert.is_true(ping_ms(c) < SLACK_MS)
       local _, out = h.sh(("%s consumer info w --json -s 127.0.0.1:%d"):format(h.bin, srv.port))
       local info = json.decode(out)
       assert.are.equal(3, info.naked)
@@ -660,7 +667,7 @@ describe("a rule's string functions on big strings", function()
         assert.are.equal("$TIDE.DEAD.attack", msgs[1].subject)
         local _, hd = h.parse_headers(msgs[1].headers)
         assert.matches(("time budget exceeded (%d ms)"):format(BUDGET_MS), hd["Tide-Error"], 1, true)
-        assert.is_true(worst < BUDGET_MS + 50, ("PING took %.1f ms"):format(worst))
+        assert.is_true(worst < BUDGET_MS + SLACK_MS, ("PING took %.1f ms"):format(worst))
         dead:close()
         normal:close()
         pub:close()
