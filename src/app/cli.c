@@ -437,6 +437,79 @@ static int is_status_503(const msg_t *m)
     return m->hdr && m->hdr_len >= 12 && !strncmp(m->hdr, "NATS/1.0 503", 12);
 }
 
+/* tide sub: prints what arrives on subject (in queue, if any), count
+ * messages (0: until stopped).  0, or -1 (reported). */
+static int cli_subscribe(conn_t *c, const char *subject, const char *queue, long count, int json)
+{
+    char line[4200];
+    /* Not flush(): a message can come before the PONG (a consumer's
+     * backlog does) and flush() would read past it.  "listening" once
+     * the PONG says the SUB is in place. */
+    snprintf(line, sizeof line, "SUB %s%s%s 1\r\nPING\r\n", subject, queue ? " " : "", queue ? queue : "");
+    if (send_all(c, line, strlen(line)) < 0)
+        return -1;
+    int listening = 0;
+    for (long n = 1; !count || n <= count;) {
+        msg_t m;
+        int r = read_frame(c, &m, -1, !listening);
+        if (r == 2) {
+            listening = 1;
+            if (!json)
+                fprintf(stderr, "listening on %s%s%s (Ctrl-C to stop)\n", subject, queue ? " in queue " : "",
+                        queue ? queue : "");
+            continue;
+        }
+        if (r != 1) {
+            if (r == -1)
+                fprintf(stderr, "tide: the server closed the connection\n");
+            return -1;
+        }
+        print_msg(&m, json, n++);
+        msg_free(&m);
+    }
+    return 0;
+}
+
+/* tide req, stats and rules (inspect): one request to subject, its answer
+ * printed.  0, or -1 (reported). */
+static int cli_request(conn_t *c, const char *cmd, int inspect, const char *to, const char *hdr, size_t hlen,
+                       const char *data, size_t dlen, double timeout, int json)
+{
+    char inbox[64], line[256];
+    unsigned char rnd[8];
+    evutil_secure_rng_get_bytes(rnd, sizeof rnd);
+    snprintf(inbox, sizeof inbox, "_INBOX.%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3],
+             rnd[4], rnd[5], rnd[6], rnd[7]);
+    snprintf(line, sizeof line, "SUB %s 1\r\nUNSUB 1 1\r\n", inbox);
+    const char *subject = !strcmp(cmd, "stats") ? "$TIDE.ADMIN.STATS"
+                        : !strcmp(cmd, "rules") ? "$TIDE.ADMIN.RULES"
+                                                : to;
+    if (send_all(c, line, strlen(line)) < 0 ||
+        publish(c, subject, inbox, hdr, hlen, data, dlen) < 0)
+        return -1;
+    msg_t m;
+    int r = read_msg(c, &m, now_s() + timeout);
+    if (r == 0) {
+        fprintf(stderr, "tide: no reply from %s within %.1f s\n", subject, timeout);
+        return -1;
+    }
+    if (r != 1)
+        return -1;
+    if (is_status_503(&m)) {
+        fprintf(stderr, "tide: no responders for %s\n", subject);
+        msg_free(&m);
+        return -1;
+    }
+    if (inspect && !json)
+        print_inspection(cmd, &m);
+    else if (inspect)
+        printf("%s\n", m.payload); /* the answer as it came */
+    else
+        print_msg(&m, json, 1);
+    msg_free(&m);
+    return 0;
+}
+
 int cli_main(const char *cmd, int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -526,67 +599,9 @@ int cli_main(const char *cmd, int argc, char **argv)
             printf("published %zu bytes to %s\n", dlen, pos[0]);
         rc = 0;
     } else if (!strcmp(cmd, "sub")) {
-        char line[4200];
-        /* Not flush(): a message can come before the PONG (a consumer's
-         * backlog does) and flush() would read past it.  "listening" once
-         * the PONG says the SUB is in place. */
-        snprintf(line, sizeof line, "SUB %s%s%s 1\r\nPING\r\n", pos[0], queue ? " " : "", queue ? queue : "");
-        if (send_all(&c, line, strlen(line)) < 0)
-            goto out;
-        int listening = 0;
-        for (long n = 1; !count || n <= count;) {
-            msg_t m;
-            int r = read_frame(&c, &m, -1, !listening);
-            if (r == 2) {
-                listening = 1;
-                if (!json)
-                    fprintf(stderr, "listening on %s%s%s (Ctrl-C to stop)\n", pos[0], queue ? " in queue " : "",
-                            queue ? queue : "");
-                continue;
-            }
-            if (r != 1) {
-                if (r == -1)
-                    fprintf(stderr, "tide: the server closed the connection\n");
-                goto out;
-            }
-            print_msg(&m, json, n++);
-            msg_free(&m);
-        }
-        rc = 0;
+        rc = cli_subscribe(&c, pos[0], queue, count, json) < 0 ? 1 : 0;
     } else if (!strcmp(cmd, "req") || inspect) {
-        char inbox[64], line[256];
-        unsigned char rnd[8];
-        evutil_secure_rng_get_bytes(rnd, sizeof rnd);
-        snprintf(inbox, sizeof inbox, "_INBOX.%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3],
-                 rnd[4], rnd[5], rnd[6], rnd[7]);
-        snprintf(line, sizeof line, "SUB %s 1\r\nUNSUB 1 1\r\n", inbox);
-        const char *subject = !strcmp(cmd, "stats") ? "$TIDE.ADMIN.STATS"
-                            : !strcmp(cmd, "rules") ? "$TIDE.ADMIN.RULES"
-                                                    : pos[0];
-        if (send_all(&c, line, strlen(line)) < 0 ||
-            publish(&c, subject, inbox, hdr, hlen, data, dlen) < 0)
-            goto out;
-        msg_t m;
-        int r = read_msg(&c, &m, now_s() + timeout);
-        if (r == 0) {
-            fprintf(stderr, "tide: no reply from %s within %.1f s\n", subject, timeout);
-            goto out;
-        }
-        if (r != 1)
-            goto out;
-        if (is_status_503(&m)) {
-            fprintf(stderr, "tide: no responders for %s\n", subject);
-            msg_free(&m);
-            goto out;
-        }
-        if (inspect && !json)
-            print_inspection(cmd, &m);
-        else if (inspect)
-            printf("%s\n", m.payload); /* the answer as it came */
-        else
-            print_msg(&m, json, 1);
-        msg_free(&m);
-        rc = 0;
+        rc = cli_request(&c, cmd, inspect, inspect ? NULL : pos[0], hdr, hlen, data, dlen, timeout, json) < 0 ? 1 : 0;
     }
 out:
     free(hdr);
