@@ -47,6 +47,7 @@ SEED_TIMES="
 store_recovery_spec 30 44
 streams_spec 34 35
 durable_handlers_spec 19 21
+connect_spec 15 24
 interop_js_spec 19 19
 hostile_spec 11 17
 http_spec 11 10
@@ -58,7 +59,6 @@ layers_spec 2 5
 protocol_spec 3 3
 pattern_spec 2 2
 repl_spec 2 3
-connect_spec 2 3
 kv_durable_spec 2 3
 reload_spec 1 2
 run_spec 1 2
