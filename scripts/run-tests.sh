@@ -28,6 +28,10 @@
 # ends, with its failures; its TAP output is in build/test-logs/PASS/SPEC.tap
 # and, gathered in spec order, in build/test-logs/PASS.tap.  The sanitizer
 # reports are looked for in the logs of every server the run started.
+#
+# A whole-suite run (no SPECS) waits while another one is going on on the
+# machine (a lock in $TMPDIR or /tmp), so that the two do not make each
+# other's timed tests fail.
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -37,6 +41,8 @@ JOBS=$(nproc 2>/dev/null || echo 2)
 PARALLEL=${TEST_JOBS:-8}
 [ "$PARALLEL" -ge 1 ] 2>/dev/null || PARALLEL=1
 SAN_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
+whole=0
+[ -n "${SPECS:-}" ] || whole=1
 SPECS=${SPECS:-$(ls tests/*_spec.lua)}
 LOGDIR="$ROOT/build/test-logs"
 TIMES="$ROOT/build/test-times"
@@ -75,6 +81,17 @@ pipeline_spec 0 0
 rule_errors_spec 0 0
 "
 
+# One whole suite at a time on a machine (a subset does not wait): two at
+# once on two cores stretch each other's waits and push the timed tests past
+# their limits.  The lock is fd 9, closed in every child.
+if [ "$whole" = 1 ]; then
+    exec 9>"${TMPDIR:-/tmp}/tide-suite.lock"
+    if ! flock -n 9; then
+        echo "== waiting for the whole suite that another run has going on this machine"
+        flock 9
+    fi
+fi
+
 rm -rf "$LOGDIR"
 mkdir -p "$LOGDIR"
 
@@ -88,10 +105,10 @@ build_start() {
     if [ "$1" = plain ]; then
         # The interop checkers too: the specs of both passes would otherwise
         # build them at the same moment.
-        make -s -j"$JOBS" all build/interop_c build/interop_js_c >"$LOGDIR/build-plain.log" 2>&1 &
+        make -s -j"$JOBS" all build/interop_c build/interop_js_c >"$LOGDIR/build-plain.log" 2>&1 9>&- &
     else
         make -s -j"$JOBS" BUILD=build-asan OPT="-O1 -g" SAN="$SAN_FLAGS" build-asan/tide \
-            >"$LOGDIR/build-asan.log" 2>&1 &
+            >"$LOGDIR/build-asan.log" 2>&1 9>&- &
     fi
     job_what[$!]="build $1"
 }
@@ -175,6 +192,7 @@ spec_start() {
         fi
         export TIDE_ROOT="$ROOT" TIDE_BIN="$bin" TIDE_TEST_TMP="$dir" TIDE_PASS="$pass" \
             TIDE_TEST_PORTS="$ports" TMUX_TMPDIR="$tmux"
+        exec 9>&-
         exec timeout 600 lua5.4 /usr/bin/busted --lpath="$ROOT/tests/?.lua" --cpath="$ROOT/build/?.so" \
             -o TAP "$spec" >"$dir.tap" 2>&1
     ) &
@@ -217,8 +235,8 @@ spec_report() {
 # background, into build/test-logs/NAME.log.
 check_start() {
     case $1 in
-    layer-check) lua5.4 scripts/layer-check.lua build >"$LOGDIR/$1.log" 2>&1 & ;;
-    fuzz-replay) scripts/fuzz.sh replay >"$LOGDIR/$1.log" 2>&1 & ;;
+    layer-check) lua5.4 scripts/layer-check.lua build >"$LOGDIR/$1.log" 2>&1 9>&- & ;;
+    fuzz-replay) scripts/fuzz.sh replay >"$LOGDIR/$1.log" 2>&1 9>&- & ;;
     esac
     job_what[$!]="check $1"
 }
