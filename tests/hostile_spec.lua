@@ -445,6 +445,63 @@ describe("admin answers one client can blow up", function()
       normal:close()
     end)
   end)
+
+  it("answers DLQ.SHOW and DLQ.REPLAY in bounded pages, and the CLI still sees and replays every dead letter", function()
+    with_server([[
+      storage { dir = "data" }
+      stream "dead" { subjects = { "$TIDE.DEAD.>" }, fsync = "never" }
+      on("pay.>", function(e) error("cannot pay") end)
+    ]], function(srv)
+      local pub = client(srv.port)
+      local chunk = flood_chunk("pay.x")
+      for _ = 1, 30 do pub:send(chunk) end
+      pub:ping()
+      local function messages()
+        local m = assert(h.request(srv.port, "$TIDE.ADMIN.STREAM.INFO", "dead"))
+        return json.decode(m.payload).messages
+      end
+      assert(h.wait_until(function() return messages() == 3000 end, 20), "3000 dead letters")
+      local normal = client(srv.port)
+      local worst = 0
+      local m = assert(h.request(srv.port, "$TIDE.ADMIN.DLQ.SHOW", '{"stream":"dead","limit":100000000}'))
+      assert.is_true(#m.payload < 1024 * 1024, ("an answer of %d bytes"):format(#m.payload))
+      local a = json.decode(m.payload)
+      assert.is_true(a.more)
+      assert.is_true(#a.dead_letters >= 1 and #a.dead_letters <= 1000, #a.dead_letters .. " dead letters")
+      -- Replay all, page by page: each answer bounded, the range fixed by the
+      -- first page (the replays fail again and add 3000 dead letters, which
+      -- are not replayed), the normal client served between pages.
+      local replayed, pages, q = 0, 0, '{"stream":"dead","all":true}'
+      repeat
+        m = assert(h.request(srv.port, "$TIDE.ADMIN.DLQ.REPLAY", q, { timeout = 10 }))
+        a = json.decode(m.payload)
+        assert.is_true(a.ok, m.payload)
+        assert.is_true(a.replayed <= 256 and #a.seqs == a.replayed)
+        assert.are.equal(3000, a.until_seq)
+        replayed, pages = replayed + a.replayed, pages + 1
+        worst = math.max(worst, ping_ms(normal))
+        q = ('{"stream":"dead","all":true,"from_seq":%d,"until_seq":%d}'):format(a.next_seq, a.until_seq)
+      until not a.more or pages > 100
+      assert.are.equal(3000, replayed)
+      assert.is_true(pages >= 12, pages .. " pages")
+      assert.is_true(worst < SLACK_MS, ("PING took %.1f ms"):format(worst))
+      assert(h.wait_until(function() return messages() == 6000 end, 20), "6000 dead letters")
+      -- The CLI pages for itself.
+      local rc, out = h.sh(("{ %s dlq show dead --json -s 127.0.0.1:%d 2>/dev/null; } | wc -l"):format(h.bin, srv.port))
+      assert.are.equal(0, rc)
+      assert.are.equal(6000, tonumber(out))
+      local rc2, out2 = h.sh(("%s dlq replay dead --all --json -s 127.0.0.1:%d"):format(h.bin, srv.port))
+      assert.are.equal(0, rc2, out2)
+      local r = json.decode(out2)
+      assert.are.equal(6000, r.replayed)
+      assert.are.equal(6000, #r.seqs)
+      assert.are.equal(6000, r.seqs[6000])
+      assert.is_nil(r.more)
+      assert(h.wait_until(function() return messages() == 12000 end, 20), "12000 dead letters")
+      pub:close()
+      normal:close()
+    end)
+  end)
 end)
 
 describe("rules that try to escape their budgets", function()

@@ -1579,7 +1579,8 @@ static int ops_dlq_show(ops_t *o, const char *verb, char **pos, int npos, const 
             if (left > 0)
                 left -= got;
             uint64_t nn = juint(r, "next_seq", 0);
-            if (got < page || nn <= next)
+            const cJSON *more = cJSON_GetObjectItemCaseSensitive(r, "more");
+            if ((more ? !cJSON_IsTrue(more) : got < page) || nn <= next)
                 break;
             next = nn;
         }
@@ -1597,6 +1598,61 @@ static int ops_dlq_show(ops_t *o, const char *verb, char **pos, int npos, const 
     }
     cJSON_Delete(r);
     return rc;
+}
+
+/* DLQ.REPLAY of one (--seq) or of all, page after page (the server
+ * answers a bounded page and the range the first page fixed): the pages'
+ * answers summed into one, in the shape of one page without its cursor;
+ * NULL when a request failed (said on stderr). */
+static cJSON *ops_dlq_replay(ops_t *o, const char *stream, const ops_args_t *a)
+{
+    cJSON *sum = NULL, *r = NULL;
+    uint64_t next = 0, until = 0;
+    for (int pages = 0; pages < 10000000; pages++) {
+        cJSON *q = cJSON_CreateObject();
+        cJSON_AddStringToObject(q, "stream", stream);
+        if (!a->all) {
+            json_add_int(q, "seq", a->seq);
+        } else {
+            cJSON_AddBoolToObject(q, "all", 1);
+            if (next) {
+                json_add_uint(q, "from_seq", next);
+                json_add_uint(q, "until_seq", until);
+            }
+        }
+        char *qs = cJSON_PrintUnformatted(q);
+        cJSON_Delete(q);
+        r = qs ? ops_req(o, "DLQ.REPLAY", qs) : NULL;
+        cJSON_free(qs);
+        if (!r) {
+            cJSON_Delete(sum);
+            return NULL;
+        }
+        int more = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "more"));
+        uint64_t nn = juint(r, "next_seq", 0);
+        until = juint(r, "until_seq", 0);
+        cJSON_DeleteItemFromObjectCaseSensitive(r, "next_seq");
+        cJSON_DeleteItemFromObjectCaseSensitive(r, "until_seq");
+        cJSON_DeleteItemFromObjectCaseSensitive(r, "more");
+        if (!sum) {
+            sum = r;
+        } else {
+            static const char *counts[] = {"replayed", "stored", "duplicates", "refused"};
+            for (size_t i = 0; i < sizeof counts / sizeof counts[0]; i++) {
+                uint64_t v = juint(sum, counts[i], 0) + juint(r, counts[i], 0);
+                cJSON_DeleteItemFromObjectCaseSensitive(sum, counts[i]);
+                json_add_uint(sum, counts[i], v);
+            }
+            cJSON *to = cJSON_GetObjectItemCaseSensitive(sum, "seqs"), *from = cJSON_GetObjectItemCaseSensitive(r, "seqs");
+            while (to && from && from->child)
+                cJSON_AddItemToArray(to, cJSON_DetachItemViaPointer(from, from->child));
+            cJSON_Delete(r);
+        }
+        if (!more || nn <= next)
+            break;
+        next = nn;
+    }
+    return sum;
 }
 
 /* tide dlq ls | replay. */
@@ -1633,17 +1689,7 @@ static int ops_dlq(ops_t *o, const char *verb, char **pos, int npos, const ops_a
             fprintf(stderr, "tide dlq replay: give --seq N or --all\n");
             return 2;
         }
-        cJSON *q = cJSON_CreateObject();
-        cJSON_AddStringToObject(q, "stream", pos[0]);
-        if (a->all)
-            cJSON_AddBoolToObject(q, "all", 1);
-        else
-            json_add_int(q, "seq", a->seq);
-        char *qs = cJSON_PrintUnformatted(q);
-        cJSON_Delete(q);
-        r = qs ? ops_req(o, "DLQ.REPLAY", qs) : NULL;
-        cJSON_free(qs);
-        if (!r)
+        if (!(r = ops_dlq_replay(o, pos[0], a)))
             return 1;
         if (o->json) {
             print_json(r, 0);

@@ -19,9 +19,16 @@
 #include "subject.h"
 #include "util.h"
 
-#define SHOW_LIMIT 1000      /* dead letters per DLQ.SHOW answer by default */
-#define REPLAY_MAX 100000    /* dead letters one DLQ.REPLAY publishes at most */
-#define SCAN_MAX 10000000    /* records one request looks at at most */
+/* One answer is a bounded page, so that no request holds the loop long
+ * or builds a reply past max_payload: at most PAGE_SHOW dead letters
+ * (about PAGE_BYTES of JSON) shown or PAGE_REPLAY replayed, PAGE_SCAN
+ * records looked at and PAGE_NS spent; "more" says to ask again from
+ * "next_seq". */
+#define PAGE_SHOW 1000
+#define PAGE_BYTES (512 * 1024)
+#define PAGE_REPLAY 256
+#define PAGE_SCAN 100000
+#define PAGE_NS 20000000 /* 20 ms */
 
 /* ---- what http.c asks ------------------------------------------------------- */
 
@@ -204,6 +211,35 @@ static uint64_t num(const cJSON *q, const char *key, uint64_t dflt)
     return json_get_uint_member(q, key, &v) == 0 ? v : dflt;
 }
 
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* A page's bounds: records looked at and time spent. */
+typedef struct page {
+    uint64_t scanned;
+    int64_t until_ns;
+} page_t;
+
+static page_t page_start(void)
+{
+    page_t p = {0, mono_ns() + PAGE_NS};
+    return p;
+}
+
+/* Whether the page may look at one more record (the clock is read every
+ * 64 records). */
+static int page_open(page_t *p)
+{
+    if (p->scanned >= PAGE_SCAN || ((p->scanned & 63) == 63 && mono_ns() > p->until_ns))
+        return 0;
+    p->scanned++;
+    return 1;
+}
+
 /* ---- DLQ.LS --------------------------------------------------------------------- */
 
 static void dlq_ls(streams_t *sm, const proto_msg_t *req)
@@ -236,33 +272,39 @@ static void dlq_ls(streams_t *sm, const proto_msg_t *req)
 
 /* ---- DLQ.SHOW ------------------------------------------------------------------- */
 
+/* {"stream":S,"limit":n,"from_seq":n} -> {"stream":S,"dead_letters":[...],
+ * "next_seq":n,"more":bool}: one page of the dead letters S keeps. */
 static void dlq_show(streams_t *sm, const proto_msg_t *req)
 {
     cJSON *q;
     stream_t *st = request_stream(sm, req, &q);
     if (!st)
         return;
-    uint64_t limit = num(q, "limit", SHOW_LIMIT), from = num(q, "from_seq", 0);
-    if (limit < 1)
-        limit = SHOW_LIMIT;
+    uint64_t limit = num(q, "limit", PAGE_SHOW), from = num(q, "from_seq", 0);
+    if (limit < 1 || limit > PAGE_SHOW)
+        limit = PAGE_SHOW;
     cJSON_Delete(q);
     slog_info_t in;
     slog_get_info(st->log, &in);
-    uint64_t seq = from > in.first_seq ? from : in.first_seq, n = 0, scanned = 0;
+    uint64_t seq = from > in.first_seq ? from : in.first_seq, n = 0;
+    size_t bytes = 0;
+    page_t pg = page_start();
     char *buf = NULL;
     size_t cap = 0;
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "stream", st->cfg.name);
     cJSON *arr = cJSON_AddArrayToObject(o, "dead_letters");
-    for (; seq <= in.committed_seq && n < limit && scanned < SCAN_MAX; seq++, scanned++) {
+    for (; seq <= in.committed_seq && n < limit && bytes < PAGE_BYTES && page_open(&pg); seq++) {
         slog_rec_t r;
         if (slog_read(st->log, seq, &r, &buf, &cap) <= 0 || !is_dead_letter(&r))
             continue;
         cJSON_AddItemToArray(arr, dead_letter_obj(&r));
+        bytes += 400 + r.subject_len + r.hdr_len * 2 + r.payload_len * 2; /* about what it prints as */
         n++;
     }
     free(buf);
     json_add_uint(o, "next_seq", seq);
+    cJSON_AddBoolToObject(o, "more", seq <= in.committed_seq);
     reply(sm, req, o);
 }
 
@@ -324,48 +366,62 @@ static int replay_one(streams_t *sm, stream_t *st, const slog_rec_t *r)
     return rc;
 }
 
-static void dlq_replay(streams_t *sm, const proto_msg_t *req)
+/* A replay of one: the answer, or an error for what is not a dead letter. */
+static void replay_seq(streams_t *sm, stream_t *st, const proto_msg_t *req, uint64_t seq)
 {
     char err[300];
-    cJSON *q;
-    stream_t *st = request_stream(sm, req, &q);
-    if (!st)
-        return;
-    uint64_t one = num(q, "seq", 0);
-    int all = cJSON_IsTrue(q ? cJSON_GetObjectItemCaseSensitive(q, "all") : NULL);
-    cJSON_Delete(q);
-    if ((one >= 1) == all) {
-        reply_err(sm, req, "say which: {\"stream\": name, \"seq\": n} or {\"stream\": name, \"all\": true}");
+    uint64_t stored0 = sum_counter(sm, 0), dup0 = sum_counter(sm, 1), bad0 = sum_counter(sm, 2);
+    char *buf = NULL;
+    size_t cap = 0;
+    slog_rec_t r;
+    int rc = slog_read(st->log, seq, &r, &buf, &cap);
+    if (rc <= 0 || !is_dead_letter(&r)) {
+        if (rc > 0)
+            snprintf(err, sizeof err, "message %" PRIu64 " of stream '%s' is not a dead letter", seq, st->cfg.name);
+        else
+            snprintf(err, sizeof err, rc < 0 ? "stream '%s': cannot read sequence %" PRIu64
+                                             : "stream '%s' has no message %" PRIu64,
+                     st->cfg.name, seq);
+        free(buf);
+        reply_err(sm, req, err);
         return;
     }
+    cJSON *seqs = cJSON_CreateArray();
+    int ok = replay_one(sm, st, &r) == 0;
+    free(buf);
+    if (ok)
+        json_append_uint(seqs, seq);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddBoolToObject(o, "ok", 1);
+    cJSON_AddStringToObject(o, "stream", st->cfg.name);
+    json_add_uint(o, "replayed", ok);
+    cJSON_AddItemToObject(o, "seqs", seqs);
+    json_add_uint(o, "stored", sum_counter(sm, 0) - stored0);
+    json_add_uint(o, "duplicates", sum_counter(sm, 1) - dup0);
+    json_add_uint(o, "refused", sum_counter(sm, 2) - bad0);
+    reply(sm, req, o);
+}
+
+/* A replay of all: one page of the dead letters in [from_seq, until_seq].
+ * The first request fixes until_seq (the last record then), so that what
+ * the replays add to this stream is not replayed again; the answer gives
+ * it back with next_seq and more, for the next page. */
+static void replay_page(streams_t *sm, stream_t *st, const proto_msg_t *req, uint64_t from, uint64_t until)
+{
     slog_info_t in;
     slog_get_info(st->log, &in);
-    /* The range is fixed now: what the replays add to this stream is not replayed again. */
-    uint64_t first = all ? in.first_seq : one, last = all ? in.committed_seq : one;
+    if (!until || until > in.committed_seq)
+        until = in.committed_seq;
     uint64_t stored0 = sum_counter(sm, 0), dup0 = sum_counter(sm, 1), bad0 = sum_counter(sm, 2);
-    uint64_t replayed = 0, scanned = 0;
+    uint64_t replayed = 0, seq = from > in.first_seq ? from : in.first_seq;
+    page_t pg = page_start();
     char *buf = NULL;
     size_t cap = 0;
     cJSON *seqs = cJSON_CreateArray();
-    for (uint64_t seq = first; seq <= last && replayed < REPLAY_MAX && scanned < SCAN_MAX; seq++, scanned++) {
+    for (; seq <= until && replayed < PAGE_REPLAY && page_open(&pg); seq++) {
         slog_rec_t r;
-        int rc = slog_read(st->log, seq, &r, &buf, &cap);
-        if (rc <= 0 || !is_dead_letter(&r)) {
-            if (!all) {
-                if (rc > 0)
-                    snprintf(err, sizeof err, "message %" PRIu64 " of stream '%s' is not a dead letter", seq,
-                             st->cfg.name);
-                else
-                    snprintf(err, sizeof err, rc < 0 ? "stream '%s': cannot read sequence %" PRIu64
-                                                     : "stream '%s' has no message %" PRIu64,
-                             st->cfg.name, seq);
-                free(buf);
-                cJSON_Delete(seqs);
-                reply_err(sm, req, err);
-                return;
-            }
+        if (slog_read(st->log, seq, &r, &buf, &cap) <= 0 || !is_dead_letter(&r))
             continue;
-        }
         if (replay_one(sm, st, &r) == 0) {
             replayed++;
             json_append_uint(seqs, seq);
@@ -381,7 +437,27 @@ static void dlq_replay(streams_t *sm, const proto_msg_t *req)
     json_add_uint(o, "stored", sum_counter(sm, 0) - stored0);
     json_add_uint(o, "duplicates", sum_counter(sm, 1) - dup0);
     json_add_uint(o, "refused", sum_counter(sm, 2) - bad0);
+    json_add_uint(o, "next_seq", seq);
+    json_add_uint(o, "until_seq", until);
+    cJSON_AddBoolToObject(o, "more", seq <= until);
     reply(sm, req, o);
+}
+
+static void dlq_replay(streams_t *sm, const proto_msg_t *req)
+{
+    cJSON *q;
+    stream_t *st = request_stream(sm, req, &q);
+    if (!st)
+        return;
+    uint64_t one = num(q, "seq", 0), from = num(q, "from_seq", 0), until = num(q, "until_seq", 0);
+    int all = cJSON_IsTrue(q ? cJSON_GetObjectItemCaseSensitive(q, "all") : NULL);
+    cJSON_Delete(q);
+    if ((one >= 1) == all)
+        reply_err(sm, req, "say which: {\"stream\": name, \"seq\": n} or {\"stream\": name, \"all\": true}");
+    else if (all)
+        replay_page(sm, st, req, from, until);
+    else
+        replay_seq(sm, st, req, one);
 }
 
 int dlq_admin(streams_t *sm, const char *verb, size_t vlen, const proto_msg_t *req)

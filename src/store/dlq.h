@@ -16,10 +16,20 @@
  *               -> {"stream":S,"dead_letters":[{"seq","time","subject",
  *                   "original_subject","reason","stage","error",
  *                   "deliveries","consumer","source_stream","source_seq",
- *                   "script","headers","data"|"payload"}],"next_seq":n}
- *   DLQ.REPLAY  {"stream":S,"seq":n} | {"stream":S,"all":true}
+ *                   "script","headers","data"|"payload"}],"next_seq":n,
+ *                   "more":bool}
+ *   DLQ.REPLAY  {"stream":S,"seq":n}
+ *               | {"stream":S,"all":true[,"from_seq":n,"until_seq":n]}
  *               -> {"ok":true,"stream":S,"replayed":n,"seqs":[...],
  *                   "stored":n,"duplicates":n,"refused":n}
+ *                  (all: also "next_seq","until_seq","more")
+ *
+ * SHOW and a replay of all answer one bounded page (at most 1,000 dead
+ * letters shown, about 512 KiB of them, or 256 replayed; 100,000 records
+ * looked at; about 20 ms): "more" says to ask again from "next_seq".  The
+ * first page of a replay fixes "until_seq", the stream's last record then,
+ * and the next pages pass it back, so the dead letters the replays
+ * themselves make are not replayed again.
  *
  * Replay publishes each dead letter to its Tide-Original-Subject through
  * server_publish (the pipeline, then the streams), with the event's own
