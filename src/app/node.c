@@ -24,6 +24,7 @@ int node_start_scripts(node_t *n, const char *data_flag)
         snprintf(dd, sizeof dd, "%s", sd);
     else
         script_default_storage_dir(n->scripts, dd, sizeof dd);
+    snprintf(n->data_dir, sizeof n->data_dir, "%s", dd);
     if (!script_declared_streams(n->scripts) && !data_flag && !sd)
         return 0;
     if (!(n->streams = streams_new(n->srv, dd))) {

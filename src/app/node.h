@@ -21,6 +21,7 @@ typedef struct node {
     streams_t *streams;     /* the persistent queue; NULL without one */
     struct http *http;      /* the HTTP face; NULL when off */
     struct repl *remote;    /* the tide repl --connect session (repl.c); NULL when none */
+    char data_dir[4200];    /* where its files go: --data, storage { dir }, or "data" beside the entry file */
 } node_t;
 
 /* With n->srv and n->scripts set: routes the server's events through the

@@ -17,6 +17,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -511,11 +512,47 @@ static int h_stats(lua_State *L)
     return 1;
 }
 
+/* ---- files a remote session may touch -------------------------------------- */
+
+/* A remote session (tide repl --connect) runs on the node for whoever
+ * connected, so its file helpers reach no further than the docs say:
+ * load reads files of the rules' directory (a relative path without ".."),
+ * record and expect write plain file names in <data dir>/repl.  The
+ * node's own prompt (tide repl) may use any path.  Raises the error. */
+static void remote_path(repl_t *r, lua_State *L, const char *what, const char *name, char *out, size_t n)
+{
+    if (!r->remote) {
+        snprintf(out, n, "%s", name);
+        return;
+    }
+    if (!strcmp(what, "load")) {
+        const char *dir = script_config_dir(r->served->scripts);
+        if (name[0] == '/' || !strcmp(name, "..") || !strncmp(name, "../", 3) || strstr(name, "/../") ||
+            (strlen(name) >= 3 && !strcmp(name + strlen(name) - 3, "/..")))
+            luaL_error(L, "load: a remote prompt loads only files of the rules' directory (a relative path "
+                          "without '..'), not '%s'", name);
+        if ((size_t)snprintf(out, n, "%s/%s", dir ? dir : ".", name) >= n)
+            luaL_error(L, "load: path too long");
+        return;
+    }
+    size_t len = strlen(name);
+    if (!len || len > 128 || name[0] == '.' || strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                                            "0123456789._-") != len)
+        luaL_error(L, "%s: a remote prompt writes only plain file names (letters, digits, '.', '_', '-'), "
+                      "kept in the node's %s/repl, not '%s'", what, r->served->data_dir, name);
+    char dir[sizeof r->served->data_dir + 8];
+    snprintf(dir, sizeof dir, "%s/repl", r->served->data_dir);
+    if ((mkdir(r->served->data_dir, 0700) < 0 && errno != EEXIST) || (mkdir(dir, 0700) < 0 && errno != EEXIST))
+        luaL_error(L, "%s: cannot make %s: %s", what, dir, strerror(errno));
+    if ((size_t)snprintf(out, n, "%s/%s", dir, name) >= n)
+        luaL_error(L, "%s: path too long", what);
+}
+
 static int h_load(lua_State *L)
 {
     repl_t *r = up(L);
-    const char *path = luaL_checkstring(L, 1);
-    char err[1024];
+    char path[PATH_MAX], err[1024];
+    remote_path(r, L, "load", luaL_checkstring(L, 1), path, sizeof path);
     /* Run outside this call's stack frame, but still inside the line's budget. */
     if (script_load_file(r->node.scripts, path, err, sizeof err) < 0)
         return luaL_error(L, "%s", err);
@@ -538,11 +575,12 @@ static int h_record(lua_State *L)
     repl_t *r = up(L);
     size_t n;
     const char *pattern = luaL_checklstring(L, 1, &n);
-    const char *file = luaL_checkstring(L, 2);
+    char file[PATH_MAX];
     if (!subject_valid_pattern(pattern, n) || n >= sizeof r->recs[0].pattern)
         return luaL_error(L, "record: invalid subject pattern '%s'", pattern);
     if (r->nrecs == 8)
         return luaL_error(L, "record: at most 8 recordings");
+    remote_path(r, L, "record", luaL_checkstring(L, 2), file, sizeof file);
     FILE *f = fopen(file, "a");
     if (!f)
         return luaL_error(L, "record: cannot open %s: %s", file, strerror(errno));
@@ -557,7 +595,8 @@ static int h_record(lua_State *L)
 static int h_expect(lua_State *L)
 {
     repl_t *r = up(L);
-    const char *file = luaL_checkstring(L, 1);
+    char file[PATH_MAX];
+    remote_path(r, L, "expect", luaL_checkstring(L, 1), file, sizeof file);
     FILE *f = fopen(file, "w");
     if (!f)
         return luaL_error(L, "expect: cannot write %s: %s", file, strerror(errno));

@@ -309,6 +309,11 @@ int script_reload(script_host_t *h, const char *why, char *err, size_t errsz)
     return 0;
 }
 
+const char *script_config_dir(const script_host_t *h)
+{
+    return h->config_dir;
+}
+
 const char *script_storage_dir(const script_host_t *h)
 {
     return h->cur->storage_dir[0] ? h->cur->storage_dir : NULL;

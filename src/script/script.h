@@ -161,6 +161,8 @@ int script_is_processing(const script_host_t *h);
 void script_rules_json(const script_host_t *h, char **buf, size_t *len);
 
 struct streams;
+/* The entry file's directory, absolute (the working directory without one). */
+const char *script_config_dir(const script_host_t *h);
 /* The directory storage { dir = ... } named (resolved), or NULL. */
 const char *script_storage_dir(const script_host_t *h);
 /* "data" beside the entry file: where streams live when nothing says. */
