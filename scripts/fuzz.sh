@@ -38,8 +38,8 @@ aneed=0
 for f in $ASRCS src/*/*.h; do [ "$f" -nt "$ABIN" ] && aneed=1; done
 if [ $aneed = 1 ]; then
     clang -std=c11 -D_GNU_SOURCE -Isrc/base -Isrc/core -Isrc/store -g -O1 -fsanitize=fuzzer,address,undefined \
-        -fno-sanitize-recover=undefined $(pkg-config --cflags libevent_core libcjson) -o "$ABIN" $ASRCS \
-        $(pkg-config --libs libevent_core libcjson) -lm -lpthread
+        -fno-sanitize-recover=undefined $(pkg-config --cflags libevent_core libcjson libcrypto) -o "$ABIN" $ASRCS \
+        $(pkg-config --libs libevent_core libcjson libcrypto) -lm -lpthread
 fi
 case "${1:-replay}" in
 replay)
