@@ -56,6 +56,7 @@ durable_handlers_spec 19 21
 connect_spec 15 24
 interop_js_spec 19 19
 hostile_spec 11 17
+nkey_spec 11 12
 http_spec 11 10
 examples_durable_spec 4 10
 repl_streams_spec 7 8

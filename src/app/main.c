@@ -22,6 +22,7 @@
 #include "admin.h"
 #include "http.h"
 #include "node.h"
+#include "nkey_cli.h"
 #include "json_lua.h"
 #include "log.h"
 #include "repl.h"
@@ -63,6 +64,9 @@ static void usage(FILE *f)
             "  dlq ls | show STREAM [--limit N] | replay STREAM (--seq N | --all)\n"
             "                         the persistent queue of a running server (same -s,\n"
             "                         --json); TIME: RFC 3339, epoch seconds or 15m/2h/7d ago\n"
+            "  nkey gen | pub SEEDFILE | sign SEEDFILE MESSAGE | verify PUBKEY MESSAGE SIG\n"
+            "                         NATS user nkeys: gen prints a new seed, then its\n"
+            "                         public key (as nk -gen user -pubout)\n"
             "\n"
             "Server options (tide serve):\n"
             "  -a, --addr HOST        bind to HOST (default 127.0.0.1)\n"
@@ -497,6 +501,8 @@ int main(int argc, char **argv)
         signal(SIGPIPE, SIG_IGN);
         return cli_ops_main(cmd, argc - 1, argv + 1);
     }
+    if (!strcmp(cmd, "nkey"))
+        return nkey_cli_main(argc - 1, argv + 1);
     if (cmd[0] == '-')
         fprintf(stderr, "tide: unknown option '%s'\nTry 'tide --help'.\n", cmd);
     else
