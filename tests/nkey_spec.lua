@@ -3,6 +3,7 @@
 -- from the same seed, the same signature of the same message, each side's
 -- signatures accepted by the other, and what both refuse.
 local h = require "helpers"
+local core = require "tide_core"
 
 local NODE_DIR = h.root .. "/tests/interop/node"
 
@@ -233,6 +234,36 @@ describe("tide nkey", function()
       local rc, _, err = tide(table.unpack(args))
       assert.are.equal(2, rc)
       assert.matches("usage: tide nkey gen", err, 1, true)
+    end
+  end)
+end)
+
+describe("nkey nonces (tide_core)", function()
+  setup(function()
+    local ready, out = h.npm_ready()
+    assert(ready, "npm ci failed in " .. NODE_DIR .. ":\n" .. tostring(out))
+  end)
+
+  it("are 11 random bytes in base64url without padding, as nats-server's", function()
+    local seen = {}
+    for i = 1, 1000 do
+      local n = core.nkey_nonce()
+      assert.are.equal(15, #n)
+      assert.matches("^[A-Za-z0-9_-]+$", n)
+      -- 15 characters carry 90 bits; 11 bytes leave the last one's low two zero
+      assert.matches("[AEIMQUYcgkosw048]$", n)
+      assert.is_nil(seen[n], "nonce " .. i .. " repeats")
+      seen[n] = true
+    end
+  end)
+
+  it("verify when signed by nats.js, in either encoding, and only for that nonce", function()
+    local kp = ref("create", "user")
+    local nonce = core.nkey_nonce()
+    for _, sig in ipairs(ref("sign", kp[1], nonce)) do
+      assert.are.same({ true, "ok" }, { core.nkey_verify(kp[2], nonce, sig) })
+      assert.are.same({ false, "signature does not verify" },
+        { core.nkey_verify(kp[2], core.nkey_nonce(), sig) })
     end
   end)
 end)

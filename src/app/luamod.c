@@ -18,6 +18,8 @@
  *     two_way_from bytes or more use the two-way search
  *   core.pattern_steps() -> steps counted since the last core.patterns()
  *     (those of short calls are counted once they add up to 4096)
+ *   core.nkey_nonce() -> a fresh INFO nonce (nkey.h)
+ *   core.nkey_verify(pubkey, message, sig) -> true, or false and the reason
  */
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +27,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "nkey.h"
 #include "pattern.h"
 #include "proto.h"
 #include "util.h"
@@ -405,6 +408,31 @@ static int l_pattern_steps(lua_State *L)
     return 1;
 }
 
+static int l_nkey_nonce(lua_State *L)
+{
+    char nonce[NKEY_NONCE_STR_LEN + 1];
+    int rc = nkey_nonce(nonce, sizeof nonce);
+    if (rc != NKEY_OK)
+        return luaL_error(L, "nkey_nonce: %s", nkey_strerror(rc));
+    lua_pushstring(L, nonce);
+    return 1;
+}
+
+static int l_nkey_verify(lua_State *L)
+{
+    unsigned char pub[NKEY_KEY_LEN];
+    size_t msg_len, sig_len;
+    const char *key = luaL_checkstring(L, 1);
+    const char *msg = luaL_checklstring(L, 2, &msg_len);
+    const char *sig = luaL_checklstring(L, 3, &sig_len);
+    int rc = nkey_public_decode(key, pub);
+    if (rc == NKEY_OK)
+        rc = nkey_verify(pub, msg, msg_len, sig, sig_len);
+    lua_pushboolean(L, rc == NKEY_OK);
+    lua_pushstring(L, nkey_strerror(rc));
+    return 2;
+}
+
 int luaopen_tide_core(lua_State *L);
 int luaopen_tide_core(lua_State *L)
 {
@@ -421,6 +449,8 @@ int luaopen_tide_core(lua_State *L)
                                    {"parser", l_parser},
                                    {"patterns", l_patterns},
                                    {"pattern_steps", l_pattern_steps},
+                                   {"nkey_nonce", l_nkey_nonce},
+                                   {"nkey_verify", l_nkey_verify},
                                    {NULL, NULL}};
 
     luaL_newmetatable(L, SUBLIST_MT);
