@@ -8,6 +8,7 @@
 #   scripts/fuzz.sh run-json SECONDS   the same for the JSON layer (tests/fuzz/json-corpus)
 #   scripts/fuzz.sh run-admin SECONDS  the same for the admin requests the store answers
 #                                      (tests/fuzz/admin-corpus)
+#   scripts/fuzz.sh run-nkey SECONDS   the same for the nkey codec (tests/fuzz/nkey-corpus)
 set -eu
 cd "$(dirname "$0")/.."
 OUT=build-fuzz
@@ -41,10 +42,26 @@ if [ $aneed = 1 ]; then
         -fno-sanitize-recover=undefined $(pkg-config --cflags libevent_core libcjson libcrypto) -o "$ABIN" $ASRCS \
         $(pkg-config --libs libevent_core libcjson libcrypto) -lm -lpthread
 fi
+NBIN=$OUT/fuzz_nkey
+NSRCS="tests/fuzz/fuzz_nkey.c src/base/nkey.c"
+nneed=0
+[ -x "$NBIN" ] || nneed=1
+for f in $NSRCS src/base/nkey.h; do [ "$f" -nt "$NBIN" ] && nneed=1; done
+if [ $nneed = 1 ]; then
+    clang -std=c11 -D_GNU_SOURCE -Isrc/base -g -O1 -fsanitize=fuzzer,address,undefined \
+        -fno-sanitize-recover=undefined $(pkg-config --cflags libcrypto) -o "$NBIN" $NSRCS \
+        $(pkg-config --libs libcrypto)
+fi
 case "${1:-replay}" in
 replay)
     "$BIN" -runs=0 tests/fuzz/corpus && "$JBIN" -runs=0 tests/fuzz/json-corpus &&
-        exec "$ABIN" -runs=0 tests/fuzz/admin-corpus
+        "$ABIN" -runs=0 tests/fuzz/admin-corpus && exec "$NBIN" -runs=0 tests/fuzz/nkey-corpus
+    ;;
+run-nkey)
+    secs=${2:-600}
+    mkdir -p "$OUT/nkey-corpus"
+    exec "$NBIN" -max_total_time="$secs" -max_len=256 -artifact_prefix="$OUT/nkey-" \
+        "$OUT/nkey-corpus" tests/fuzz/nkey-corpus
     ;;
 run-admin)
     secs=${2:-600}
@@ -65,7 +82,7 @@ run)
         -dict=tests/fuzz/nats.dict "$OUT/corpus" tests/fuzz/corpus
     ;;
 *)
-    echo "usage: $0 replay | run SECONDS | run-json SECONDS | run-admin SECONDS" >&2
+    echo "usage: $0 replay | run SECONDS | run-json SECONDS | run-admin SECONDS | run-nkey SECONDS" >&2
     exit 2
     ;;
 esac
