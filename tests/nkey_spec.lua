@@ -184,7 +184,9 @@ describe("tide nkey", function()
     local cases = {
       { flip(kp[2], 20), "bad checksum" },
       { flip(kp[2], 56), "bad checksum" },
-      { kp[2]:sub(1, 55), "bad checksum" },     -- still base32: 34 bytes, the CRC is off
+      -- still base32: 34 bytes, the CRC is off (or, once in 65,536 keys,
+      -- matches by chance, and the length is what is refused)
+      { kp[2]:sub(1, 55), "bad checksum", "not a public user key" },
       { kp[2]:sub(1, 54), "bad encoding" },     -- not a length base32 can end at
       { kp[2]:sub(1, 41), "bad encoding" },
       { kp[2]:lower(), "bad encoding" },
@@ -197,7 +199,7 @@ describe("tide nkey", function()
       local rc, out, err = tide("nkey", "verify", c[1], "n", sig)
       assert.are.equal(1, rc, "case " .. i)
       assert.are.equal("", out)
-      assert.matches(c[2], err, 1, true)
+      if not (c[3] and err:find(c[3], 1, true)) then assert.matches(c[2], err, 1, true) end
       assert.is_false(server_takes(c[1]), "nats-server takes case " .. i)
     end
     -- One character more that adds no whole byte: Go's and nats.js' base32
