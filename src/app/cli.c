@@ -510,7 +510,29 @@ static int cli_request(conn_t *c, const char *cmd, int inspect, const char *to, 
     return 0;
 }
 
-int cli_main(const char *cmd, int argc, char **argv)
+#define CLI_HEADERS_MAX 64
+
+/* What tide pub, sub, req, stats or rules was asked to do. */
+typedef struct cli_args {
+    const char *server;             /* -s, else $TIDE_SERVER, else 127.0.0.1:4222 */
+    const char *reply;              /* --reply (pub), or NULL */
+    const char *queue;              /* --queue (sub), or NULL */
+    char *headers[CLI_HEADERS_MAX]; /* -H NAME:VALUE, as given */
+    int nh;
+    long count;     /* --count (sub); 0: until stopped */
+    double timeout; /* --timeout (req, stats, rules), seconds */
+    int json;
+    int inspect;    /* stats or rules: an admin request, no arguments */
+    char **pos;     /* the positional arguments (in argv) */
+    int npos;
+} cli_args_t;
+
+/*
+ * Reads cmd's options and arguments (argv[0] is the command) into a.
+ * Returns -1 when the command is to run, else the exit code to leave with
+ * at once: 0 after --help, 2 after a usage error (said on stderr).
+ */
+static int cli_parse_args(const char *cmd, int argc, char **argv, cli_args_t *a)
 {
     static const struct option longopts[] = {
         {"server", required_argument, NULL, 's'}, {"header", required_argument, NULL, 'H'},
@@ -519,32 +541,27 @@ int cli_main(const char *cmd, int argc, char **argv)
         {"json", no_argument, NULL, 'j'},         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *server = getenv("TIDE_SERVER") ? getenv("TIDE_SERVER") : "127.0.0.1:4222";
-    const char *reply = NULL, *queue = NULL;
-    char *headers[64];
-    int nh = 0, json = 0, ch;
-    long count = 0;
-    double timeout = 5;
-    conn_t c;
-    int rc = 1;
-
+    int ch;
+    memset(a, 0, sizeof *a);
+    a->server = getenv("TIDE_SERVER") ? getenv("TIDE_SERVER") : "127.0.0.1:4222";
+    a->timeout = 5;
     opterr = 0;
     optind = 1;
     while ((ch = getopt_long(argc, argv, ":s:H:r:q:n:t:jh", longopts, NULL)) != -1) {
         switch (ch) {
-        case 's': server = optarg; break;
+        case 's': a->server = optarg; break;
         case 'H':
-            if (nh == 64) {
+            if (a->nh == CLI_HEADERS_MAX) {
                 fprintf(stderr, "tide: too many headers\n");
                 return 2;
             }
-            headers[nh++] = optarg;
+            a->headers[a->nh++] = optarg;
             break;
-        case 'r': reply = optarg; break;
-        case 'q': queue = optarg; break;
-        case 'n': count = strtol(optarg, NULL, 10); break;
-        case 't': timeout = strtod(optarg, NULL); break;
-        case 'j': json = 1; break;
+        case 'r': a->reply = optarg; break;
+        case 'q': a->queue = optarg; break;
+        case 'n': a->count = strtol(optarg, NULL, 10); break;
+        case 't': a->timeout = strtod(optarg, NULL); break;
+        case 'j': a->json = 1; break;
         case 'h': usage_clients(); return 0;
         case ':':
             fprintf(stderr, "tide %s: option '%s' needs a value\n", cmd, argv[optind - 1]);
@@ -555,55 +572,90 @@ int cli_main(const char *cmd, int argc, char **argv)
             return 2;
         }
     }
-    int npos = argc - optind;
-    char **pos = argv + optind;
-    int inspect = !strcmp(cmd, "stats") || !strcmp(cmd, "rules"); /* an admin request, no arguments */
-    int need = inspect ? 0 : 1;
-    if (npos < need || npos > need + 1 || (!strcmp(cmd, "sub") && npos != 1) || (inspect && npos)) {
+    a->npos = argc - optind;
+    a->pos = argv + optind;
+    a->inspect = !strcmp(cmd, "stats") || !strcmp(cmd, "rules");
+    int need = a->inspect ? 0 : 1;
+    if (a->npos < need || a->npos > need + 1 || (!strcmp(cmd, "sub") && a->npos != 1) || (a->inspect && a->npos)) {
         usage_clients();
         return 2;
     }
-    const char *data = npos > 1 ? pos[1] : "";
-    char *stdin_data = NULL;
-    size_t dlen = strlen(data);
-    if (!strcmp(data, "-")) { /* DATA "-": read it from standard input */
-        size_t cap = 65536;
-        stdin_data = malloc(cap);
-        dlen = 0;
-        for (size_t n; stdin_data && (n = fread(stdin_data + dlen, 1, cap - dlen, stdin)) > 0;) {
-            dlen += n;
-            if (dlen == cap) {
-                char *nb = realloc(stdin_data, cap *= 2);
-                if (!nb) {
-                    free(stdin_data);
-                    stdin_data = NULL;
-                }
-                stdin_data = nb;
-            }
-        }
-        if (!stdin_data) {
-            fprintf(stderr, "tide: out of memory reading standard input\n");
-            return 1;
-        }
-        data = stdin_data;
-    }
-    size_t hlen = 0;
-    char *hdr = header_block(headers, nh, &hlen);
+    return -1;
+}
 
-    if (cli_connect(&c, server) < 0)
-        goto out;
-    if (!strcmp(cmd, "pub")) {
-        if (publish(&c, pos[0], reply, hdr, hlen, data, dlen) < 0 || flush(&c) < 0)
-            goto out;
-        if (!json)
-            printf("published %zu bytes to %s\n", dlen, pos[0]);
-        rc = 0;
-    } else if (!strcmp(cmd, "sub")) {
-        rc = cli_subscribe(&c, pos[0], queue, count, json) < 0 ? 1 : 0;
-    } else if (!strcmp(cmd, "req") || inspect) {
-        rc = cli_request(&c, cmd, inspect, inspect ? NULL : pos[0], hdr, hlen, data, dlen, timeout, json) < 0 ? 1 : 0;
+/* All of standard input, in a buffer the caller frees (not NUL-terminated),
+ * its length in *len; NULL when it does not fit in memory. */
+static char *cli_read_stdin(size_t *len)
+{
+    size_t cap = 65536;
+    char *b = malloc(cap);
+    *len = 0;
+    for (size_t n; b && (n = fread(b + *len, 1, cap - *len, stdin)) > 0;) {
+        *len += n;
+        if (*len == cap) {
+            char *nb = realloc(b, cap *= 2);
+            if (!nb)
+                free(b);
+            b = nb;
+        }
     }
-out:
+    return b;
+}
+
+/*
+ * The message's data and its length: DATA as given, "" without it, or for
+ * DATA "-" all of standard input (then also in *owned, which the caller
+ * frees).  NULL when standard input does not fit in memory (said on stderr).
+ */
+static const char *cli_message_data(const cli_args_t *a, char **owned, size_t *len)
+{
+    const char *data = a->npos > 1 ? a->pos[1] : "";
+    *owned = NULL;
+    *len = strlen(data);
+    if (strcmp(data, "-"))
+        return data;
+    if (!(*owned = cli_read_stdin(len)))
+        fprintf(stderr, "tide: out of memory reading standard input\n");
+    return *owned;
+}
+
+/* Runs cmd (pub, sub, req, stats or rules) over the connection c with the
+ * message hdr + data.  Returns the exit code: 0, or 1 (said on stderr). */
+static int cli_run(conn_t *c, const char *cmd, const cli_args_t *a, const char *hdr, size_t hlen,
+                   const char *data, size_t dlen)
+{
+    if (!strcmp(cmd, "pub")) {
+        if (publish(c, a->pos[0], a->reply, hdr, hlen, data, dlen) < 0 || flush(c) < 0)
+            return 1;
+        if (!a->json)
+            printf("published %zu bytes to %s\n", dlen, a->pos[0]);
+        return 0;
+    }
+    if (!strcmp(cmd, "sub"))
+        return cli_subscribe(c, a->pos[0], a->queue, a->count, a->json) < 0 ? 1 : 0;
+    if (!strcmp(cmd, "req") || a->inspect) {
+        const char *to = a->inspect ? NULL : a->pos[0];
+        return cli_request(c, cmd, a->inspect, to, hdr, hlen, data, dlen, a->timeout, a->json) < 0 ? 1 : 0;
+    }
+    return 1;
+}
+
+int cli_main(const char *cmd, int argc, char **argv)
+{
+    cli_args_t a;
+    conn_t c;
+    char *stdin_data = NULL, *hdr = NULL;
+    size_t dlen = 0, hlen = 0;
+    int rc = cli_parse_args(cmd, argc, argv, &a);
+    if (rc >= 0)
+        return rc;
+    const char *data = cli_message_data(&a, &stdin_data, &dlen);
+    if (!data)
+        return 1;
+    hdr = header_block(a.headers, a.nh, &hlen);
+    rc = 1;
+    if (cli_connect(&c, a.server) == 0)
+        rc = cli_run(&c, cmd, &a, hdr, hlen, data, dlen);
     free(hdr);
     free(stdin_data);
     if (c.fd >= 0)
@@ -1722,6 +1774,32 @@ static int ops_run(ops_t *o, const char *cmd, const char *verb, char **pos, int 
     return ops_unknown(cmd, verb);
 }
 
+/* Connects o to server and subscribes to the inbox its requests' answers
+ * come to.  0, or -1 when it cannot connect (said on stderr) or send the
+ * SUB; either way the caller calls ops_close(o) afterwards. */
+static int ops_open(ops_t *o, const char *server)
+{
+    unsigned char rnd[8];
+    char line[128];
+    if (cli_connect(&o->c, server) < 0)
+        return -1;
+    evutil_secure_rng_get_bytes(rnd, sizeof rnd);
+    snprintf(o->inbox, sizeof o->inbox, "_INBOX.%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3],
+             rnd[4], rnd[5], rnd[6], rnd[7]);
+    snprintf(line, sizeof line, "SUB %s.* 1\r\n", o->inbox);
+    return send_all(&o->c, line, strlen(line));
+}
+
+/* Closes o's connection (if any) and frees the number texts of its answers. */
+static void ops_close(ops_t *o)
+{
+    if (o->c.fd >= 0)
+        close(o->c.fd);
+    for (size_t i = 0; i < o->nnums; i++)
+        free(o->nums[i]);
+    free(o->nums);
+}
+
 int cli_ops_main(const char *cmd, int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -1783,24 +1861,9 @@ int cli_ops_main(const char *cmd, int argc, char **argv)
         usage_ops();
         return 2;
     }
-    const char *verb = argv[optind];
-    if (cli_connect(&o.c, server) < 0) {
-        if (o.c.fd >= 0)
-            close(o.c.fd);
-        return 1;
-    }
-    unsigned char rnd[8];
-    evutil_secure_rng_get_bytes(rnd, sizeof rnd);
-    snprintf(o.inbox, sizeof o.inbox, "_INBOX.%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3],
-             rnd[4], rnd[5], rnd[6], rnd[7]);
-    char line[128];
-    snprintf(line, sizeof line, "SUB %s.* 1\r\n", o.inbox);
     int rc = 1;
-    if (send_all(&o.c, line, strlen(line)) == 0)
-        rc = ops_run(&o, cmd, verb, argv + optind + 1, argc - optind - 1, &a);
-    close(o.c.fd);
-    for (size_t i = 0; i < o.nnums; i++)
-        free(o.nums[i]);
-    free(o.nums);
+    if (ops_open(&o, server) == 0)
+        rc = ops_run(&o, cmd, argv[optind], argv + optind + 1, argc - optind - 1, &a);
+    ops_close(&o);
     return rc;
 }

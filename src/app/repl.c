@@ -1130,144 +1130,189 @@ static void close_streams(repl_t *r)
     }
 }
 
-int repl_main(const char *entry, const char *lib_dir, const char *listen_addr, const char *data_flag)
+/* Takes down r's node: the streams, the server, the script host, and the
+ * streams' directory when it was a temporary one.  Safe on a node only
+ * partly set up. */
+static void repl_close_node(repl_t *r)
 {
-    repl_t r;
+    close_streams(r);
+    server_free(r->node.srv);
+    r->node.srv = NULL;
+    script_host_free(r->node.scripts);
+    r->node.scripts = NULL;
+    if (r->data_dir[0] && !r->data_from)
+        flow_remove_tree(r->data_dir);
+}
+
+/*
+ * Sets up r's node (r->entry, r->tty set): the script host loading the
+ * flow, the embedded server (listening on listen_addr if not NULL), the
+ * admin verbs, the taps the helpers read, the flow's streams and the
+ * helpers.  Returns 0, or the exit code (1; 2 for a --listen that is not
+ * HOST:PORT) after saying why on stderr and taking down what was set up.
+ */
+static int repl_setup(repl_t *r, const char *lib_dir, const char *listen_addr, const char *data_flag)
+{
     char err[1024];
     server_opts_t o;
-    memset(&r, 0, sizeof r);
-    the_repl = &r;
-    r.entry = entry;
-    r.tty = isatty(0);
-    r.node.scripts = script_host_new(entry, lib_dir, err, sizeof err);
-    if (!r.node.scripts) {
+    int rc = 1;
+    r->node.scripts = script_host_new(r->entry, lib_dir, err, sizeof err);
+    if (!r->node.scripts) {
         fprintf(stderr, "tide repl: %s\n", err);
         return 1;
     }
     server_opts_default(&o);
-    script_host_apply_settings(r.node.scripts, &o);
+    script_host_apply_settings(r->node.scripts, &o);
     if (listen_addr) {
         const char *colon = strrchr(listen_addr, ':');
         if (!colon) {
             fprintf(stderr, "tide repl: --listen wants HOST:PORT\n");
-            script_host_free(r.node.scripts);
-            return 2;
+            rc = 2;
+            goto fail;
         }
         snprintf(o.host, sizeof o.host, "%.*s", (int)(colon - listen_addr), listen_addr);
         o.port = atoi(colon + 1);
     }
-    r.node.srv = server_new(&o);
-    if (!r.node.srv || (listen_addr && server_listen(r.node.srv) < 0)) {
-        server_free(r.node.srv);
-        script_host_free(r.node.scripts);
-        return 1;
-    }
-    if (entry && script_host_attach(r.node.scripts, r.node.srv) < 0) {
-        server_free(r.node.srv);
-        script_host_free(r.node.scripts);
-        return 1;
-    }
-    if (!entry)
-        script_host_attach_offline(r.node.scripts, r.node.srv);
-    r.node.remote = &r; /* (the prompt is here: tide repl --connect to it is refused) */
-    admin_attach(&r.node);
-    r.any_sub = server_subscribe_internal(r.node.srv, ">", on_any, &r);
-    server_set_input_tap(r.node.srv, on_input, &r);
+    r->node.srv = server_new(&o);
+    if (!r->node.srv || (listen_addr && server_listen(r->node.srv) < 0))
+        goto fail;
+    if (r->entry && script_host_attach(r->node.scripts, r->node.srv) < 0)
+        goto fail;
+    if (!r->entry)
+        script_host_attach_offline(r->node.scripts, r->node.srv);
+    r->node.remote = r; /* (the prompt is here: tide repl --connect to it is refused) */
+    admin_attach(&r->node);
+    r->any_sub = server_subscribe_internal(r->node.srv, ">", on_any, r);
+    server_set_input_tap(r->node.srv, on_input, r);
     /* Before the helpers go in: setting up the streams loads the flow again. */
-    if (open_streams(&r, data_flag) < 0) {
-        close_streams(&r);
-        server_free(r.node.srv);
-        script_host_free(r.node.scripts);
-        if (r.data_dir[0] && !r.data_from)
-            flow_remove_tree(r.data_dir);
-        return 1;
-    }
-    install_helpers(&r);
+    if (open_streams(r, data_flag) < 0)
+        goto fail;
+    install_helpers(r);
     /* A reload (reload(), a changed file, SIGHUP) makes a new state: the
      * helpers go into it too. */
-    script_set_reload_hook(r.node.scripts, reinstall, &r);
+    script_set_reload_hook(r->node.scripts, reinstall, r);
+    return 0;
+fail:
+    repl_close_node(r);
+    return rc;
+}
 
+/* The history file: $TIDE_HISTORY, else ~/.tide_history, made if missing
+ * (handle_line appends each line to it), and read back at a terminal. */
+static void repl_open_history(repl_t *r)
+{
     const char *hist = getenv("TIDE_HISTORY");
     if (hist)
-        snprintf(r.history, sizeof r.history, "%s", hist);
+        snprintf(r->history, sizeof r->history, "%s", hist);
     else if (getenv("HOME"))
-        snprintf(r.history, sizeof r.history, "%s/.tide_history", getenv("HOME"));
-    if (r.history[0]) {
-        int fd = open(r.history, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        snprintf(r->history, sizeof r->history, "%s/.tide_history", getenv("HOME"));
+    if (r->history[0]) {
+        int fd = open(r->history, O_WRONLY | O_CREAT | O_APPEND, 0600);
         if (fd >= 0)
             close(fd);
-        if (r.tty)
-            read_history(r.history);
+        if (r->tty)
+            read_history(r->history);
     }
+}
 
-    out(&r, "tide %s repl: an embedded router%s%s. help() lists the helpers; Ctrl-D leaves.\n", TIDE_VERSION,
+/* The greeting: what the prompt is, where clients may join, and the flow's
+ * streams with where they live. */
+static void repl_greet(repl_t *r, const char *listen_addr)
+{
+    out(r, "tide %s repl: an embedded router%s%s. help() lists the helpers; Ctrl-D leaves.\n", TIDE_VERSION,
         listen_addr ? ", NATS clients welcome on " : "", listen_addr ? listen_addr : "");
-    if (r.node.streams) {
-        out(&r, "streams:");
-        stream_info_t si;
-        for (int i = 0; streams_stream_info(r.node.streams, NULL, i, &si); i++)
-            out(&r, "%s %s (%llu message%s)", i ? "," : "", si.cfg->name, (unsigned long long)si.log.msgs,
-                si.log.msgs == 1 ? "" : "s");
-        if (!streams_count(r.node.streams))
-            out(&r, " none declared");
-        if (r.data_from)
-            out(&r, " in %s (%s)\n", r.data_dir, r.data_from);
-        else
-            out(&r, " in %s, a temporary directory removed at exit (--data DIR keeps them)\n", r.data_dir);
-    }
-    struct stat sb;
-    int regular = fstat(0, &sb) == 0 && S_ISREG(sb.st_mode);
-    if (!regular) {
-        /* A terminal or a pipe: input is read from the loop, so the router
-         * serves (--listen) while the prompt waits. */
-        if (r.tty) {
-            rl_callback_handler_install("> ", handle_line);
-            r.rl_on = 1;
-        } else
-            setvbuf(stdin, NULL, _IONBF, 0); /* no line may wait in stdio while epoll sees nothing */
-        r.stdin_ev = event_new(server_base(r.node.srv), 0, EV_READ | EV_PERSIST, on_stdin, &r);
-        event_add(r.stdin_ev, NULL);
-        server_run(r.node.srv);
-        if (r.tty)
-            rl_callback_handler_remove();
-        r.rl_on = 0;
-        event_free(r.stdin_ev);
-    } else {
-        /* A file (which epoll cannot watch): line by line, letting the loop
-         * run between lines. */
-        char busy_note[300] = "";
-        while (!r.done) {
-            on_stdin(0, EV_READ, &r);
-            event_base_loop(server_base(r.node.srv), EVLOOP_NONBLOCK);
-            /* A script: each line's durable work is done before the next
-             * (the store's commits, the consumers and their handlers).
-             * Something that stays busy (a NAK with a long delay) is said
-             * once and then waited for briefly only. */
-            char why[300];
-            if (r.node.streams && flow_settle(r.node.srv, r.node.streams, busy_note[0] ? 0.2 : 5, why, sizeof why) < 0) {
-                if (strcmp(why, busy_note))
-                    out(&r, "(the streams are still busy: %s)\n", why);
-                snprintf(busy_note, sizeof busy_note, "%s", why);
-            } else {
-                busy_note[0] = '\0';
-            }
+    if (!r->node.streams)
+        return;
+    out(r, "streams:");
+    stream_info_t si;
+    for (int i = 0; streams_stream_info(r->node.streams, NULL, i, &si); i++)
+        out(r, "%s %s (%llu message%s)", i ? "," : "", si.cfg->name, (unsigned long long)si.log.msgs,
+            si.log.msgs == 1 ? "" : "s");
+    if (!streams_count(r->node.streams))
+        out(r, " none declared");
+    if (r->data_from)
+        out(r, " in %s (%s)\n", r->data_dir, r->data_from);
+    else
+        out(r, " in %s, a temporary directory removed at exit (--data DIR keeps them)\n", r->data_dir);
+}
+
+/* Input from a terminal or a pipe: read from the loop, so the router
+ * serves (--listen) while the prompt waits.  Returns at end of input. */
+static void repl_loop_events(repl_t *r)
+{
+    if (r->tty) {
+        rl_callback_handler_install("> ", handle_line);
+        r->rl_on = 1;
+    } else
+        setvbuf(stdin, NULL, _IONBF, 0); /* no line may wait in stdio while epoll sees nothing */
+    r->stdin_ev = event_new(server_base(r->node.srv), 0, EV_READ | EV_PERSIST, on_stdin, r);
+    event_add(r->stdin_ev, NULL);
+    server_run(r->node.srv);
+    if (r->tty)
+        rl_callback_handler_remove();
+    r->rl_on = 0;
+    event_free(r->stdin_ev);
+}
+
+/* Input from a file (which epoll cannot watch): line by line, letting the
+ * loop run between lines.  Returns at end of input, the clients given
+ * their last bytes. */
+static void repl_loop_file(repl_t *r)
+{
+    char busy_note[300] = "";
+    while (!r->done) {
+        on_stdin(0, EV_READ, r);
+        event_base_loop(server_base(r->node.srv), EVLOOP_NONBLOCK);
+        /* A script: each line's durable work is done before the next
+         * (the store's commits, the consumers and their handlers).
+         * Something that stays busy (a NAK with a long delay) is said
+         * once and then waited for briefly only. */
+        char why[300];
+        if (r->node.streams && flow_settle(r->node.srv, r->node.streams, busy_note[0] ? 0.2 : 5, why, sizeof why) < 0) {
+            if (strcmp(why, busy_note))
+                out(r, "(the streams are still busy: %s)\n", why);
+            snprintf(busy_note, sizeof busy_note, "%s", why);
+        } else {
+            busy_note[0] = '\0';
         }
-        /* on_stdin asked for the shutdown; give clients their last bytes. */
-        for (int i = 0; i < 100 && server_connections(r.node.srv) > 0; i++)
-            event_base_loop(server_base(r.node.srv), EVLOOP_ONCE | EVLOOP_NONBLOCK);
     }
-    for (int i = 0; i < r.nrecs; i++)
-        if (r.recs[i].f)
-            fclose(r.recs[i].f);
-    free(r.seen);
-    msgq_clear(&r.pending);
-    free(r.buf);
-    free(r.rbuf);
-    close_streams(&r);
-    server_free(r.node.srv);
-    script_host_free(r.node.scripts);
-    if (r.data_dir[0] && !r.data_from)
-        flow_remove_tree(r.data_dir);
+    /* on_stdin asked for the shutdown; give clients their last bytes. */
+    for (int i = 0; i < 100 && server_connections(r->node.srv) > 0; i++)
+        event_base_loop(server_base(r->node.srv), EVLOOP_ONCE | EVLOOP_NONBLOCK);
+}
+
+/* Frees what the prompt holds (recordings, the deliveries kept for
+ * expect(), pending pub() calls, buffers), then takes down the node. */
+static void repl_teardown(repl_t *r)
+{
+    for (int i = 0; i < r->nrecs; i++)
+        if (r->recs[i].f)
+            fclose(r->recs[i].f);
+    free(r->seen);
+    msgq_clear(&r->pending);
+    free(r->buf);
+    free(r->rbuf);
+    repl_close_node(r);
+}
+
+int repl_main(const char *entry, const char *lib_dir, const char *listen_addr, const char *data_flag)
+{
+    repl_t r;
+    struct stat sb;
+    memset(&r, 0, sizeof r);
+    the_repl = &r;
+    r.entry = entry;
+    r.tty = isatty(0);
+    int rc = repl_setup(&r, lib_dir, listen_addr, data_flag);
+    if (rc)
+        return rc;
+    repl_open_history(&r);
+    repl_greet(&r, listen_addr);
+    if (fstat(0, &sb) == 0 && S_ISREG(sb.st_mode))
+        repl_loop_file(&r);
+    else
+        repl_loop_events(&r);
+    repl_teardown(&r);
     return 0;
 }
 
