@@ -85,7 +85,7 @@ consumer "shipper" { stream = "orders", deliver = "ship.orders", ack_wait = "200
     local show = admin(srv, "DLQ.SHOW", '{"stream":"dlq","from_seq":' .. dlseq .. '}')
     assert.matches('"seq":' .. dlseq .. ',', show, 1, true)
     assert.matches('"source_seq":' .. BASE .. ',', show, 1, true)
-    assert.matches('"next_seq":' .. (dlseq + 1) .. '}', show, 1, true)
+    assert.matches('"next_seq":' .. (dlseq + 1) .. ',"more":false}', show, 1, true)
     assert.matches('"first_seq":' .. BASE .. ',', curl(("http://127.0.0.1:%d/v1/streams"):format(hport)), 1, true)
     assert.matches('"next_seq":' .. (BASE + 1) .. ',', curl(("http://127.0.0.1:%d/v1/consumers"):format(hport)),
       1, true)

@@ -331,6 +331,39 @@ SCAN_INLINE size_t literal_at(const unsigned char *s, size_t i, size_t len, cons
     return len - i >= n && memcmp(s + i, word, n) == 0 ? n : 0;
 }
 
+/* A value that is not a container, at *i: its token added, *i past it;
+ * -1 when it is not valid JSON. */
+static inline int scan_scalar(scan_t *sc, size_t *i)
+{
+    const unsigned char *s = sc->s;
+    size_t len = sc->len, n;
+    switch (s[*i]) {
+    case 'n':
+        if (!(n = literal_at(s, *i, len, "null", 4)))
+            return -1;
+        add_tok(sc, JSON_TOK_NULL, *i, n, 0);
+        break;
+    case 't':
+        if (!(n = literal_at(s, *i, len, "true", 4)))
+            return -1;
+        add_tok(sc, JSON_TOK_TRUE, *i, n, 0);
+        break;
+    case 'f':
+        if (!(n = literal_at(s, *i, len, "false", 5)))
+            return -1;
+        add_tok(sc, JSON_TOK_FALSE, *i, n, 0);
+        break;
+    case '"':
+        return scan_string(sc, i);
+    default:
+        if (s[*i] != '-' && !json_is_digit(s[*i]))
+            return -1;
+        return scan_number(sc, i);
+    }
+    *i += n;
+    return 0;
+}
+
 long json_scan(const char *text, size_t len, json_tok_t *tok, uint32_t cap)
 {
     scan_t sc = {(const unsigned char *)text, len, tok, cap, 0};
@@ -340,7 +373,7 @@ long json_scan(const char *text, size_t len, json_tok_t *tok, uint32_t cap)
         int obj;
     } stack[JSON_MAX_DEPTH];
     int depth = 0;
-    size_t i = 0, n;
+    size_t i = 0;
 
     if (len == 0 || len >= UINT32_MAX)
         return -1;
@@ -348,31 +381,7 @@ long json_scan(const char *text, size_t len, json_tok_t *tok, uint32_t cap)
 value:
     if (i >= len)
         return -1;
-    switch (s[i]) {
-    case 'n':
-        if (!(n = literal_at(s, i, len, "null", 4)))
-            return -1;
-        add_tok(&sc, JSON_TOK_NULL, i, n, 0);
-        i += n;
-        break;
-    case 't':
-        if (!(n = literal_at(s, i, len, "true", 4)))
-            return -1;
-        add_tok(&sc, JSON_TOK_TRUE, i, n, 0);
-        i += n;
-        break;
-    case 'f':
-        if (!(n = literal_at(s, i, len, "false", 5)))
-            return -1;
-        add_tok(&sc, JSON_TOK_FALSE, i, n, 0);
-        i += n;
-        break;
-    case '"':
-        if (scan_string(&sc, &i) < 0)
-            return -1;
-        break;
-    case '[':
-    case '{': {
+    if (s[i] == '[' || s[i] == '{') {
         int obj = s[i] == '{';
         if (depth >= JSON_MAX_DEPTH)
             return -1;
@@ -390,13 +399,8 @@ value:
             goto key;
         goto value;
     }
-    default:
-        if (s[i] != '-' && !json_is_digit(s[i]))
-            return -1;
-        if (scan_number(&sc, &i) < 0)
-            return -1;
-        break;
-    }
+    if (scan_scalar(&sc, &i) < 0)
+        return -1;
     /* After a value: the end of the text, or of its container, or a comma. */
     while (depth > 0) {
         i = skip_space(s, i, len);
