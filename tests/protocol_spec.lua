@@ -428,7 +428,11 @@ end)
 describe("slow consumers", function()
   local s2
   setup(function()
-    s2 = h.start_server { args = { "--max-pending", "262144" } }
+    -- The slow one reads what it was sent only after the good one got
+    -- everything, which takes more than the default 2 s write deadline of
+    -- a closing connection on a loaded machine (under ASan): allow 60 s, so
+    -- the test sees the -ERR that ends its output.
+    s2 = h.start_server { args = { "--max-pending", "262144", "--write-deadline", "60" } }
   end)
   teardown(function()
     assert.are.equal("exited", (s2:stop()))
