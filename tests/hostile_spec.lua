@@ -326,6 +326,49 @@ describe("connections and output that one client can run up", function()
     assert(ok, err)
   end)
 
+  it("keeps a descriptor in reserve for HTTP too: with none left, a request is answered 503 and closed", function()
+    local port, hport = h.free_port(), h.free_port()
+    local dir = h.make_tmpdir("tide-fd-http")
+    h.write_file(dir .. "/tide.lua", ([[
+      listen { http = "127.0.0.1:%d" }
+    ]]):format(hport))
+    local srv = h.start_server({ port = port, bin = "/usr/bin/prlimit",
+      cmd = { "--nofile=48:48", h.bin, "serve", "-a", "127.0.0.1", "-p", tostring(port), "-c", dir .. "/tide.lua" } })
+    local ok, err = pcall(function()
+      local normal = client(port)
+      normal:ping()
+      -- Idle NATS connections take every descriptor left; the last ones
+      -- are refused by the NATS listener's own reserve.
+      local idle = {}
+      for i = 1, 60 do
+        local s = socket.tcp()
+        s:settimeout(1)
+        if s:connect("127.0.0.1", port) then idle[#idle + 1] = s end
+      end
+      local late = h.connect(port, { no_info = true })
+      assert.are.equal("-ERR 'maximum connections exceeded'", late:line(5))
+      late:close()
+      -- A new HTTP request is told at once, not left in the backlog.
+      local t0 = h.proc.now()
+      local code, answer, e = http_raw(hport, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 3)
+      local took = h.proc.now() - t0
+      assert.are.equal(503, code, ("%s %s"):format(answer, e))
+      assert.matches("no file descriptor left", answer)
+      assert.is_true(took < 1, ("the answer took %.2f s"):format(took))
+      -- The loop is not spinning on the listener: a client we have is answered.
+      assert.is_true(ping_ms(normal) < SLACK_MS)
+      -- Once the idle connections are gone, HTTP serves again.
+      for _, s in ipairs(idle) do s:close() end
+      assert.is_truthy(h.wait_until(function()
+        return (http_raw(hport, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 2)) == 200
+      end, 10))
+      normal:close()
+    end)
+    srv:stop()
+    h.remove_tmpdir(dir)
+    assert(ok, err)
+  end)
+
   it("cuts the clients with the most output queued once all of it passes limits { max_pending_total }", function()
     with_server([[ limits { max_pending_total = "16MB" } ]], function(srv)
       local normal = client(srv.port)

@@ -17,6 +17,7 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
 #include <event2/util.h>
 
 #include "dlq.h"
@@ -64,11 +65,25 @@ typedef struct tail {
  * as a NATS client past max_pending is. */
 #define TAIL_MAX_PENDING (1024 * 1024)
 
+/* What a connection that arrives when no descriptor is left is told
+ * before it is closed (see on_accept_error). */
+#define HTTP_REFUSED_BODY "{\"error\":{\"code\":503,\"description\":\"no file descriptor left\"}}"
+#define HTTP_REFUSED                                                                                             \
+    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"                \
+    "Content-Length: " HTTP_REFUSED_LEN "\r\n\r\n" HTTP_REFUSED_BODY
+#define HTTP_REFUSED_LEN "62"
+/* How long the listener rests after an accept error the reserve cannot
+ * answer, rather than waking the loop again at once. */
+#define HTTP_ACCEPT_PAUSE_MS 100
+
 struct http {
     double idle_timeout; /* seconds, as set on eh */
     server_t *srv;
     node_t *node;
     struct evhttp *eh;
+    struct evconnlistener *listener; /* owned by eh once bound */
+    struct event *relisten;          /* re-enables the listener after a failed accept */
+    time_t accept_error_logged;      /* one log line a second at most */
     struct event *heartbeat; /* keeps tails alive, and finds the ones whose client left */
     tail_t tails[MAX_TAILS];
     uint64_t requests, ingested, rejected;
@@ -1111,7 +1126,100 @@ static void on_request(struct evhttp_request *req, void *arg)
         evhttp_uri_free(u);
 }
 
-http_t *http_new(node_t *node, const char *host, int port)
+_Static_assert(sizeof HTTP_REFUSED_BODY - 1 == 62, "HTTP_REFUSED_LEN is the length of HTTP_REFUSED_BODY");
+
+/* ---- the listener ------------------------------------------------------------------ */
+
+typedef struct face_find {
+    struct evhttp *eh;
+    http_t *h;
+} face_find_t;
+
+static int face_of_event(const struct event_base *base, const struct event *ev, void *arg)
+{
+    face_find_t *f = arg;
+    http_t *h = event_get_callback_arg(ev);
+    (void)base;
+    if (event_get_callback(ev) != on_heartbeat || h->eh != f->eh)
+        return 0;
+    f->h = h;
+    return 1;
+}
+
+static void on_relisten(evutil_socket_t fd, short what, void *arg)
+{
+    http_t *h = arg;
+    (void)fd;
+    (void)what;
+    evconnlistener_enable(h->listener);
+}
+
+/*
+ * An accept on the HTTP listener failed.  evhttp_bind_listener makes evhttp
+ * the listener's context, so the face is found by its heartbeat event on
+ * the loop (a walk over the loop's events, on this rare path only).  With
+ * no descriptor left (EMFILE, ENFILE) the server's reserve descriptor lets
+ * the waiting connection be accepted, told 503 and closed: it does not sit
+ * in the backlog waking the loop at every turn.  Any other failure (or no
+ * reserve) rests the listener for HTTP_ACCEPT_PAUSE_MS instead of spinning.
+ */
+static void on_accept_error(struct evconnlistener *lev, void *arg)
+{
+    int err = EVUTIL_SOCKET_ERROR();
+    face_find_t f = {arg, NULL};
+    event_base_foreach_event(evconnlistener_get_base(lev), face_of_event, &f);
+    EVUTIL_SET_SOCKET_ERROR(err);
+    if (!f.h) {
+        log_error("HTTP accept failed: %s", evutil_socket_error_to_string(err));
+        return;
+    }
+    if (server_refuse_pending(f.h->srv, evconnlistener_get_fd(lev), HTTP_REFUSED, sizeof HTTP_REFUSED - 1))
+        return;
+    struct timeval tv = {0, HTTP_ACCEPT_PAUSE_MS * 1000};
+    evconnlistener_disable(lev);
+    evtimer_add(f.h->relisten, &tv);
+    if (time(NULL) != f.h->accept_error_logged) {
+        f.h->accept_error_logged = time(NULL);
+        log_error("HTTP accept failed: %s; pausing the listener", evutil_socket_error_to_string(err));
+    }
+}
+
+/* Serves eh's requests on lev (which eh then owns and frees). */
+static int face_bind(http_t *h, struct evconnlistener *lev)
+{
+    if (!lev)
+        return -1;
+    if (!evhttp_bind_listener(h->eh, lev)) {
+        evconnlistener_free(lev);
+        return -1;
+    }
+    h->listener = lev;
+    evconnlistener_set_error_cb(lev, on_accept_error);
+    return 0;
+}
+
+#define LISTEN_FLAGS (LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC)
+
+/* Binds host:port (the first address it resolves to) and listens there. */
+static int face_listen(http_t *h, const char *host, int port)
+{
+    struct evutil_addrinfo hints, *res = NULL;
+    char service[16];
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = EVUTIL_AI_PASSIVE | EVUTIL_AI_ADDRCONFIG;
+    snprintf(service, sizeof service, "%d", port);
+    if (evutil_getaddrinfo(host, service, &hints, &res) != 0 || !res)
+        return -1;
+    struct evconnlistener *lev =
+        evconnlistener_new_bind(server_base(h->srv), NULL, NULL, LISTEN_FLAGS, 128, res->ai_addr, (int)res->ai_addrlen);
+    evutil_freeaddrinfo(res);
+    return face_bind(h, lev);
+}
+
+/* The face without a listener: http_new adds one. */
+static http_t *face_new(node_t *node)
 {
     http_t *h = calloc(1, sizeof *h);
     if (!h)
@@ -1119,7 +1227,8 @@ http_t *http_new(node_t *node, const char *host, int port)
     h->srv = node->srv;
     h->node = node;
     h->eh = evhttp_new(server_base(node->srv));
-    if (!h->eh)
+    h->relisten = evtimer_new(server_base(node->srv), on_relisten, h);
+    if (!h->eh || !h->relisten)
         goto fail;
     /* Room for max_payload of data plus an envelope's attributes. */
     evhttp_set_max_body_size(h->eh, (ev_ssize_t)server_get_opts(h->srv)->max_payload + 4096);
@@ -1140,17 +1249,27 @@ http_t *http_new(node_t *node, const char *host, int port)
     char pattern[64];
     snprintf(pattern, sizeof pattern, "%s.>", h->inbox);
     h->inbox_sub = server_subscribe_internal(h->srv, pattern, on_puback, h);
+    /* The heartbeat also names the face to on_accept_error: it must be
+     * on the loop before the listener is. */
     struct timeval one = {1, 0};
     h->heartbeat = event_new(server_base(h->srv), -1, EV_PERSIST, on_heartbeat, h);
     if (!h->heartbeat || event_add(h->heartbeat, &one) < 0)
         goto fail;
-    if (!evhttp_bind_socket_with_handle(h->eh, host, (ev_uint16_t)port))
-        goto fail; /* the caller says how bad that is */
-    log_info("Listening for HTTP on %s:%d", host, port);
     return h;
 fail:
     http_free(h);
     return NULL;
+}
+
+http_t *http_new(node_t *node, const char *host, int port)
+{
+    http_t *h = face_new(node);
+    if (!h || face_listen(h, host, port) < 0) {
+        http_free(h);
+        return NULL; /* the caller says how bad that is */
+    }
+    log_info("Listening for HTTP on %s:%d", host, port);
+    return h;
 }
 
 void http_free(http_t *h)
@@ -1176,6 +1295,8 @@ void http_free(http_t *h)
         wait_free(h->waits);
     if (h->heartbeat)
         event_free(h->heartbeat);
+    if (h->relisten)
+        event_free(h->relisten);
     if (h->eh)
         evhttp_free(h->eh);
     free(h);
