@@ -273,6 +273,37 @@ end)
     h.remove_tmpdir(dir)
     assert(ok, err)
   end)
+
+  it("puts a number attribute of any length whole into its ce-* header", function()
+    -- Numbers keep their text (json.h): 300 digits are 300 bytes of header.
+    local dir = h.make_tmpdir()
+    h.write_file(dir .. "/tide.lua", [[ http { binary = { "bin.>" } } ]])
+    local hport = h.free_port()
+    local s = h.start_server { args = { "-c", dir .. "/tide.lua", "--http", "127.0.0.1:" .. hport } }
+    local ok, err = pcall(function()
+      local c = h.connect(s.port)
+      c:send('CONNECT {"headers":true}\r\nSUB bin.> 1\r\n')
+      assert(c:ping())
+      local long, frac = ("7"):rep(300), "-0." .. ("1"):rep(200) .. "e-5"
+      local f = os.tmpname()
+      h.write_file(f, ('{"specversion":"1.0","id":"e-1","source":"s","type":"bin.n","n":%s,"f":%s,"data":{}}')
+        :format(long, frac))
+      local code = curl(("-X POST http://127.0.0.1:%d/ -H 'Content-Type: application/cloudevents+json' " ..
+        "--data-binary @%s"):format(hport, f))
+      os.remove(f)
+      assert.are.equal(202, code)
+      local m = assert(c:msg())
+      assert.are.equal("HMSG", m.op)
+      local _, hd = h.parse_headers(m.headers)
+      assert.are.equal(long, hd["ce-n"])
+      assert.are.equal(frac, hd["ce-f"])
+      assert.are.equal("e-1", hd["ce-id"])
+      c:close()
+    end)
+    assert.are.equal("exited", (s:stop()))
+    h.remove_tmpdir(dir)
+    assert(ok, err)
+  end)
 end)
 
 -- HTTP/1.1 on one socket (keep-alive): returns status, body, headers.

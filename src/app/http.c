@@ -397,7 +397,10 @@ static int publish_envelope(http_t *h, ack_wait_t *w, const char *extra, cJSON *
         /* Binary mode: every attribute a ce-* header, the data the payload. */
         size_t cap = 64 + strlen(extra);
         cJSON *a;
-        cJSON_ArrayForEach(a, env) cap += strlen(a->string) + 8 + (cJSON_IsString(a) ? strlen(a->valuestring) : 32);
+        /* A number keeps its text (a raw node, json.h), of any length; a
+         * double or a bool prints in at most 32. */
+        cJSON_ArrayForEach(a, env) cap += strlen(a->string) + 8 +
+                                          (cJSON_IsString(a) || cJSON_IsRaw(a) ? strlen(a->valuestring) : 32);
         hdr = malloc(cap);
         if (!hdr) {
             snprintf(err, errsz, "out of memory");
