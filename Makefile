@@ -106,7 +106,8 @@ bench: deps all $(BENCHBIN) $(JSBENCH) $(FSPROBE)
 	@scripts/bench-js.sh
 
 # Longer than the suite: reload under load at 100,000 events, 200 kill -9
-# rounds of the stream crash test, both fuzzers.
+# rounds of the stream crash test, the attack specs, every fuzz target
+# (parser, JSON, admin requests, HTTP).
 soak: deps
 	@scripts/soak.sh
 

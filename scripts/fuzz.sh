@@ -1,7 +1,7 @@
 #!/bin/bash
 # The protocol parser fuzzer (libFuzzer, clang, ASan + UBSan).
 #
-#   scripts/fuzz.sh replay             run every stored input once (both targets)
+#   scripts/fuzz.sh replay             run every stored input once (every target)
 #   scripts/fuzz.sh run SECONDS        fuzz the protocol parser for SECONDS, growing
 #                                      a corpus in build-fuzz/corpus (seeded from
 #                                      tests/fuzz/corpus); crashes land in build-fuzz/
@@ -9,6 +9,8 @@
 #   scripts/fuzz.sh run-admin SECONDS  the same for the admin requests the store answers
 #                                      (tests/fuzz/admin-corpus)
 #   scripts/fuzz.sh run-nkey SECONDS   the same for the nkey codec (tests/fuzz/nkey-corpus)
+#   scripts/fuzz.sh run-http SECONDS   the same for what an HTTP client sends on one
+#                                      connection (tests/fuzz/http-corpus, http.dict)
 set -eu
 cd "$(dirname "$0")/.."
 OUT=build-fuzz
@@ -52,16 +54,35 @@ if [ $nneed = 1 ]; then
         -fno-sanitize-recover=undefined $(pkg-config --cflags libcrypto) -o "$NBIN" $NSRCS \
         $(pkg-config --libs libcrypto)
 fi
+HBIN=$OUT/fuzz_http
+HSRCS="tests/fuzz/fuzz_http.c $(ls src/base/*.c src/core/*.c src/store/*.c src/script/*.c src/app/*.c |
+    grep -v -e src/app/main.c -e src/app/luamod.c)"
+hneed=0
+[ -x "$HBIN" ] || hneed=1
+for f in $HSRCS src/*/*.h; do [ "$f" -nt "$HBIN" ] && hneed=1; done
+if [ $hneed = 1 ]; then
+    clang -std=c11 -D_GNU_SOURCE -Isrc/base -Isrc/core -Isrc/store -Isrc/script -Isrc/app -g -O1 \
+        -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+        $(pkg-config --cflags libevent_core libevent_extra lua5.4 libcjson libcrypto) -o "$HBIN" $HSRCS \
+        $(pkg-config --libs libevent_core libevent_extra lua5.4 libcjson libcrypto) -lreadline -lm -lpthread
+fi
 case "${1:-replay}" in
 replay)
     "$BIN" -runs=0 tests/fuzz/corpus && "$JBIN" -runs=0 tests/fuzz/json-corpus &&
-        "$ABIN" -runs=0 tests/fuzz/admin-corpus && exec "$NBIN" -runs=0 tests/fuzz/nkey-corpus
+        "$ABIN" -runs=0 tests/fuzz/admin-corpus && "$NBIN" -runs=0 tests/fuzz/nkey-corpus &&
+        exec "$HBIN" -runs=0 tests/fuzz/http-corpus
     ;;
 run-nkey)
     secs=${2:-600}
     mkdir -p "$OUT/nkey-corpus"
     exec "$NBIN" -max_total_time="$secs" -max_len=256 -artifact_prefix="$OUT/nkey-" \
         "$OUT/nkey-corpus" tests/fuzz/nkey-corpus
+    ;;
+run-http)
+    secs=${2:-600}
+    mkdir -p "$OUT/http-corpus"
+    exec "$HBIN" -max_total_time="$secs" -max_len=20000 -artifact_prefix="$OUT/http-" \
+        -dict=tests/fuzz/http.dict "$OUT/http-corpus" tests/fuzz/http-corpus
     ;;
 run-admin)
     secs=${2:-600}
@@ -82,7 +103,7 @@ run)
         -dict=tests/fuzz/nats.dict "$OUT/corpus" tests/fuzz/corpus
     ;;
 *)
-    echo "usage: $0 replay | run SECONDS | run-json SECONDS | run-admin SECONDS | run-nkey SECONDS" >&2
+    echo "usage: $0 replay | run SECONDS | run-json SECONDS | run-admin SECONDS | run-nkey SECONDS | run-http SECONDS" >&2
     exit 2
     ;;
 esac

@@ -42,3 +42,5 @@ echo "== fuzzing the JSON layer for ${SOAK_FUZZ_SECONDS:-300}s"
 scripts/fuzz.sh run-json "${SOAK_FUZZ_SECONDS:-300}" 2>&1 | tail -3
 echo "== fuzzing the admin requests for ${SOAK_FUZZ_SECONDS:-300}s"
 scripts/fuzz.sh run-admin "${SOAK_FUZZ_SECONDS:-300}" 2>&1 | tail -3
+echo "== fuzzing the HTTP face for ${SOAK_FUZZ_SECONDS:-300}s"
+scripts/fuzz.sh run-http "${SOAK_FUZZ_SECONDS:-300}" 2>&1 | tail -3

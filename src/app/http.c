@@ -239,8 +239,6 @@ static void on_wait_timeout(evutil_socket_t fd, short what, void *arg)
 static void on_puback(void *ctx, const proto_msg_t *m)
 {
     http_t *h = ctx;
-    if (!h) /* after http_free: the subscription outlives it */
-        return;
     size_t il = strlen(h->inbox);
     char tail[64];
     if (m->subject_len <= il + 1 || m->subject_len - il - 1 >= sizeof tail)
@@ -1221,7 +1219,7 @@ static int face_listen(http_t *h, const char *host, int port)
     return face_bind(h, lev);
 }
 
-/* The face without a listener: http_new adds one. */
+/* The face without a listener: http_new and http_new_fd add one. */
 static http_t *face_new(node_t *node)
 {
     http_t *h = calloc(1, sizeof *h);
@@ -1275,6 +1273,22 @@ http_t *http_new(node_t *node, const char *host, int port)
     return h;
 }
 
+http_t *http_new_fd(node_t *node, int fd)
+{
+    http_t *h = face_new(node);
+    struct evconnlistener *lev = h ? evconnlistener_new(server_base(node->srv), NULL, NULL, LISTEN_FLAGS, 0, fd) : NULL;
+    if (!lev) {
+        evutil_closesocket(fd);
+        goto fail;
+    }
+    if (face_bind(h, lev) < 0) /* lev, and fd with it, freed */
+        goto fail;
+    return h;
+fail:
+    http_free(h);
+    return NULL;
+}
+
 void http_free(http_t *h)
 {
     if (!h)
@@ -1287,12 +1301,12 @@ void http_free(http_t *h)
             h->tails[i].req = NULL;
         }
     }
-    /* The server's subscriptions outlive this: they must not reach it. */
+    /* Our subscriptions go with us (the face may stop before the server). */
     if (h->inbox_sub)
-        h->inbox_sub->deliver_ctx = NULL;
+        server_unsubscribe_internal(h->srv, h->inbox_sub);
     for (int i = 0; i < MAX_TAILS; i++)
         if (h->tails[i].sub)
-            h->tails[i].sub->deliver_ctx = NULL;
+            server_unsubscribe_internal(h->srv, h->tails[i].sub);
     /* Requests still waiting for PubAcks: evhttp_free frees them with their connections. */
     while (h->waits)
         wait_free(h->waits);

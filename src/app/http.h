@@ -17,6 +17,11 @@ typedef struct http http_t;
  * default port is not an error, a configured one is). */
 http_t *http_new(node_t *node, const char *host, int port);
 
+/* The same on fd, a socket that already listens (of any family: the
+ * fuzz target gives it a Unix socket), which the face owns and closes,
+ * failure included.  NULL on failure. */
+http_t *http_new_fd(node_t *node, int fd);
+
 /* Stops listening; call before server_free. */
 void http_free(http_t *h);
 
