@@ -304,6 +304,41 @@ end)
     h.remove_tmpdir(dir)
     assert(ok, err)
   end)
+
+  it("leaves out an attribute whose name cannot be a header name, rather than forge header lines", function()
+    local dir = h.make_tmpdir()
+    h.write_file(dir .. "/tide.lua", [[ http { binary = { "bin.>" } } ]])
+    local hport = h.free_port()
+    local s = h.start_server { args = { "-c", dir .. "/tide.lua", "--http", "127.0.0.1:" .. hport } }
+    local ok, err = pcall(function()
+      local c = h.connect(s.port)
+      c:send('CONNECT {"headers":true}\r\nSUB bin.> 1\r\n')
+      assert(c:ping())
+      local f = os.tmpname()
+      h.write_file(f, '{"specversion":"1.0","id":"e-1","source":"s","type":"bin.n","traceid":"t1",' ..
+        '"x\\r\\nNats-Msg-Id":"forged","a b":"1","c:d":"2","":"3","data":{}}')
+      local code = curl(("-X POST http://127.0.0.1:%d/ -H 'Content-Type: application/cloudevents+json' " ..
+        "--data-binary @%s"):format(hport, f))
+      os.remove(f)
+      assert.are.equal(202, code)
+      local m = assert(c:msg())
+      assert.are.equal("HMSG", m.op)
+      local status, hd = h.parse_headers(m.headers)
+      assert.are.equal("NATS/1.0", status)
+      assert.is_nil(hd["Nats-Msg-Id"])
+      assert.are.equal("t1", hd["ce-traceid"])
+      assert.are.equal("e-1", hd["ce-id"])
+      for line in m.headers:gmatch("([^\r\n]*)\r\n") do
+        if line ~= "" and line ~= "NATS/1.0" then
+          assert.matches("^[%w!#$%%&'*+.^_`|~-]+: ", line)
+        end
+      end
+      c:close()
+    end)
+    assert.are.equal("exited", (s:stop()))
+    h.remove_tmpdir(dir)
+    assert(ok, err)
+  end)
 end)
 
 -- HTTP/1.1 on one socket (keep-alive): returns status, body, headers.

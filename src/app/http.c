@@ -5,6 +5,7 @@
  * publishes (server_publish); one that a stream captures carries a reply
  * subject of ours, and its request is answered when the PubAck comes.
  */
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -374,6 +375,19 @@ static int check_subject_open(const char *subject, char *err, size_t errsz)
     return 0;
 }
 
+/* True when name may stand before "ce-" as a header name (an RFC 9110
+ * token): a structured envelope's keys are any JSON string, and one with
+ * a line break or a colon would forge header lines. */
+static int header_name_ok(const char *name)
+{
+    if (!*name)
+        return 0;
+    for (; *name; name++)
+        if (!isalnum((unsigned char)*name) && !strchr("!#$%&'*+-.^_`|~", *name))
+            return 0;
+    return 1;
+}
+
 /* Publishes one envelope (a JSON object) under subject; extra holds
  * "Name: value\r\n" header lines to send with it ("" for none). */
 static int publish_envelope(http_t *h, ack_wait_t *w, const char *extra, cJSON *env, const char *subject, char *err,
@@ -406,7 +420,7 @@ static int publish_envelope(http_t *h, ack_wait_t *w, const char *extra, cJSON *
         }
         hl = (size_t)snprintf(hdr, cap, "NATS/1.0\r\n");
         cJSON_ArrayForEach(a, env) {
-            if (!strcmp(a->string, "data"))
+            if (!strcmp(a->string, "data") || !header_name_ok(a->string))
                 continue;
             if (strchr(a->valuestring ? a->valuestring : "", '\n') || strchr(a->valuestring ? a->valuestring : "", '\r'))
                 continue;
