@@ -19,7 +19,7 @@ OPT     ?= -O2 -g
 SAN     ?=
 PKGS     = libevent_core libevent_extra lua5.4 libcjson libcrypto
 CFLAGS  += $(CSTD) $(WARN) $(OPT) $(SAN) $(INCS) -fPIC $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lreadline -lm
+LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lreadline -lcrypt -lm
 LDFLAGS += $(SAN)
 
 # src/ has one folder per layer (docs/architecture.md): base, core, store,

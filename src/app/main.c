@@ -28,6 +28,7 @@
 #include "repl.h"
 #include "script.h"
 #include "server.h"
+#include "passwd.h"
 #include "stream.h"
 #include "vfs.h"
 
@@ -45,6 +46,8 @@ static void usage(FILE *f)
             "                         each event waits (at most --settle, default 10 s) for\n"
             "                         its durable handlers\n"
             "  check FLOW...          load flows in the sandbox and report errors (exit 1)\n"
+            "  passwd [--cost N]      read a password (twice, not echoed; or a line of\n"
+            "                         stdin) and print its bcrypt hash for auth { users }\n"
             "  repl [-c FLOW] [--data DIR] [--listen HOST:PORT] | repl --connect HOST:PORT\n"
             "                         a router at a Lua prompt: define rules, publish,\n"
             "                         trace events (help() there lists the helpers); the\n"
@@ -492,6 +495,8 @@ int main(int argc, char **argv)
         return cmd_check(argc - 1, argv + 1);
     if (!strcmp(cmd, "repl"))
         return cmd_repl(argc - 1, argv + 1);
+    if (!strcmp(cmd, "passwd"))
+        return passwd_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "pub") || !strcmp(cmd, "sub") || !strcmp(cmd, "req") || !strcmp(cmd, "stats") ||
         !strcmp(cmd, "rules")) {
         signal(SIGPIPE, SIG_IGN);
