@@ -1,5 +1,607 @@
 -- Identities and subject permissions on the NATS listener (docs/security.md).
+--
+-- Every protocol case runs against tide and against nats-server (2.9) with
+-- the equivalent configuration, and must get the very same answers; each
+-- also states the answer it expects, so two servers wrong in the same way
+-- would not pass either.  Real clients (nats.js) must see their usual
+-- errors.  Then what only tide does: the admin subjects, rules and streams
+-- never seeing a refused event, reloads that revoke, and password checks
+-- that keep the loop free.
 local h = require "helpers"
+local json = require "dkjson"
+
+local NODE_DIR = h.root .. "/tests/interop/node"
+
+local function exists(path)
+  local f = io.open(path, "r")
+  if f then f:close() end
+  return f ~= nil
+end
+
+-- The reference server: NATS_SERVER_BIN, else where Debian puts it.
+local function nats_server_bin()
+  local env = os.getenv("NATS_SERVER_BIN")
+  if env and env ~= "" then return env end
+  for _, p in ipairs({ "/usr/bin/nats-server", "/usr/sbin/nats-server" }) do
+    if exists(p) then return p end
+  end
+  local rc, out = h.sh("command -v nats-server")
+  assert(rc == 0, "nats-server not found (set NATS_SERVER_BIN)")
+  return (out:gsub("%s+$", ""))
+end
+
+-- A bcrypt hash of pw made by `tide passwd` (cost 4 unless said: the
+-- protocol cases need the check, not its cost).
+local function hash(pw, cost)
+  local rc, out = h.sh(("printf '%%s\\n' '%s' | '%s' passwd --cost %d"):format(pw, h.bin, cost or 4))
+  assert(rc == 0, out)
+  return assert(out:match("(%$2b%$%d%d%$%S+)"), out)
+end
+
+local SHOP_HASH, RESP_HASH = hash("shoppw"), hash("resppw")
+
+-- The same configuration for both servers.
+local TIDE_CONF = ([[
+auth {
+  timeout = "1s",
+  users = {
+    { user = "shop", password = %q,
+      permissions = {
+        publish = { allow = { "orders.>" }, deny = { "orders.internal.>" } },
+        subscribe = { allow = { "_INBOX.>", "orders.*", "audit.>" }, deny = { "audit.secret.>" } },
+      } },
+    { user = "all", password = "allpw" },
+    { user = "resp", password = %q,
+      permissions = { subscribe = { allow = { "svc.>" } }, allow_responses = true } },
+    { user = "guest", password = "guestpw",
+      permissions = { publish = { allow = { "public.>" } }, subscribe = { allow = { "public.>" } } } },
+    { user = "ops", password = "opspw", admin = true },
+  },
+  no_auth_user = "guest",
+}
+limits { max_subscriptions = 4 }
+]]):format(SHOP_HASH, RESP_HASH)
+
+local NATS_CONF = ([[
+authorization {
+  timeout: 1
+  users = [
+    {user: shop, password: "%s", permissions: {
+       publish: {allow: ["orders.>"], deny: ["orders.internal.>"]},
+       subscribe: {allow: ["_INBOX.>", "orders.*", "audit.>"], deny: ["audit.secret.>"]}}}
+    {user: all, password: "allpw"}
+    {user: resp, password: "%s", permissions: {subscribe: {allow: ["svc.>"]}, allow_responses: true}}
+    {user: guest, password: "guestpw", permissions: {publish: {allow: ["public.>"]}, subscribe: {allow: ["public.>"]}}}
+    {user: ops, password: "opspw"}
+  ]
+}
+no_auth_user: guest
+max_subscriptions: 4
+]]):format(SHOP_HASH, RESP_HASH)
+
+local function start_nats(conf)
+  local dir = h.make_tmpdir("nats-auth")
+  h.write_file(dir .. "/nats.conf", conf)
+  local port = h.free_port()
+  local srv = h.start_server({ bin = nats_server_bin(), port = port,
+    cmd = { "-a", "127.0.0.1", "-p", tostring(port), "-c", dir .. "/nats.conf" } })
+  srv.dir = dir
+  return srv
+end
+
+local function stop_all(list)
+  for _, srv in ipairs(list) do
+    srv:stop(srv.argv[1] == h.bin and "TERM" or "INT") -- nats-server 2.9 exits 0 on SIGINT
+    h.remove_tmpdir(srv.dir)
+  end
+end
+
+-- CONNECT with user and password.
+local function creds(user, pass)
+  return json.encode({ verbose = false, pedantic = false, user = user, pass = pass })
+end
+
+-- What c receives until the PONG of a PING sent now, or until it is
+-- closed: "-ERR ..." lines, "MSG subject payload", "<closed>".
+local function answers(c, timeout)
+  local out = {}
+  c:send("PING\r\n")
+  while true do
+    local f, err = c:frame(timeout or 3)
+    if not f then
+      out[#out + 1] = "<" .. tostring(err) .. ">"
+      return out
+    end
+    if f.op == "PONG" then return out end
+    if f.op == "MSG" or f.op == "HMSG" then
+      out[#out + 1] = ("MSG %s %s"):format(f.subject, f.payload)
+    else
+      out[#out + 1] = f.text or f.op
+    end
+  end
+end
+
+-- A client logged in as user (nil: no CONNECT sent), its answers so far
+-- checked to be none.
+local function login(port, user, pass)
+  local c = h.connect(port)
+  if user then c:send("CONNECT " .. creds(user, pass) .. "\r\n") end
+  assert.are.same({}, answers(c))
+  return c
+end
+
+-- The protocol cases: each takes a port and returns what the clients saw.
+local CASES = {
+  { name = "INFO: with a no_auth_user, auth is not required", expect = { "nil" },
+    run = function(port)
+      local c = h.connect(port)
+      c:close()
+      return { tostring(json.decode(c.info).auth_required) }
+    end },
+  { name = "a bcrypt password that matches", expect = {},
+    run = function(port)
+      local c = h.connect(port)
+      c:send("CONNECT " .. creds("shop", "shoppw") .. "\r\n")
+      return answers(c)
+    end },
+  { name = "a wrong password", expect = { "-ERR 'Authorization Violation'", "<closed>" },
+    run = function(port)
+      local c = h.connect(port)
+      c:send("CONNECT " .. creds("shop", "nope") .. "\r\nPUB orders.a 1\r\nx\r\n")
+      return answers(c)
+    end },
+  { name = "an unknown user", expect = { "-ERR 'Authorization Violation'", "<closed>" },
+    run = function(port)
+      local c = h.connect(port)
+      c:send("CONNECT " .. creds("nobody", "shoppw") .. "\r\n")
+      return answers(c)
+    end },
+  { name = "a plain-text password, right then wrong",
+    expect = { "-ERR 'Authorization Violation'", "<closed>" },
+    run = function(port)
+      login(port, "all", "allpw"):close()
+      local c = h.connect(port)
+      c:send("CONNECT " .. creds("all", "allpw ") .. "\r\n")
+      return answers(c)
+    end },
+  { name = "no credentials: the no_auth_user, with its permissions",
+    expect = { "MSG public.a 1", "-ERR 'Permissions Violation for Publish to \"orders.a\"'" },
+    run = function(port)
+      local c = h.connect(port)
+      c:send("CONNECT {\"verbose\":false}\r\nSUB public.> 1\r\nPUB public.a 1\r\n1\r\nPUB orders.a 1\r\n2\r\n")
+      return answers(c)
+    end },
+  { name = "no CONNECT at all: the no_auth_user too",
+    expect = { "MSG public.b x", "-ERR 'Permissions Violation for Publish to \"orders.a\"'" },
+    run = function(port)
+      local c = h.connect(port)
+      c:send("SUB public.> 1\r\nPUB public.b 1\r\nx\r\nPUB orders.a 0\r\n\r\n")
+      -- nats-server takes a client that sent no CONNECT as verbose (+OK
+      -- after each command); tide never has, with or without auth.
+      local out = {}
+      for _, l in ipairs(answers(c)) do
+        if l ~= "+OK" then out[#out + 1] = l end
+      end
+      return out
+    end },
+  { name = "publish: allow, deny wins, outside the allow list; the connection stays",
+    expect = { "-ERR 'Permissions Violation for Publish to \"orders.internal.x\"'",
+               "-ERR 'Permissions Violation for Publish to \"shipping.a\"'", "MSG orders.b 3" },
+    run = function(port)
+      local all = login(port, "all", "allpw")
+      all:sub("orders.>", "1")
+      assert.are.same({}, answers(all))
+      local c = login(port, "shop", "shoppw")
+      c:send("PUB orders.a 1\r\n1\r\nPUB orders.internal.x 1\r\n2\r\nPUB shipping.a 1\r\nx\r\nPUB orders.b 1\r\n3\r\n")
+      local out = answers(c)
+      local seen = answers(all)
+      assert.are.same({ "MSG orders.a 1", "MSG orders.b 3" }, seen)
+      out[#out + 1] = seen[2]
+      all:close()
+      return out
+    end },
+  { name = "subscribe: allowed, not allowed, denied, with a queue",
+    expect = { "-ERR 'Permissions Violation for Subscription to \"orders.a.b\"'",
+               "-ERR 'Permissions Violation for Subscription to \"audit.secret.x\"'",
+               "-ERR 'Permissions Violation for Subscription to \"shipping.a\" using queue \"q\"'",
+               "MSG orders.a 1" },
+    run = function(port)
+      local c = login(port, "shop", "shoppw")
+      c:send("SUB orders.* 1\r\nSUB orders.a.b 2\r\nSUB audit.secret.x 3\r\nSUB shipping.a q 4\r\n")
+      local out = answers(c)
+      local all = login(port, "all", "allpw")
+      all:send("PUB orders.a 1\r\n1\r\nPUB orders.a.b 1\r\n2\r\nPUB audit.secret.x 1\r\n3\r\n")
+      assert.are.same({}, answers(all))
+      for _, l in ipairs(answers(c)) do out[#out + 1] = l end
+      all:close()
+      return out
+    end },
+  { name = "a wildcard subscription does not receive what its deny covers",
+    expect = { "MSG audit.open.k 2" },
+    run = function(port)
+      local c = login(port, "shop", "shoppw")
+      c:sub("audit.>", "1")
+      assert.are.same({}, answers(c))
+      local all = login(port, "all", "allpw")
+      all:send("PUB audit.secret.k 1\r\n1\r\nPUB audit.open.k 1\r\n2\r\nPUB audit.secret.j 1\r\n3\r\n")
+      assert.are.same({}, answers(all))
+      all:close()
+      return answers(c)
+    end },
+  { name = "allow_responses: one answer to a request received, nothing else",
+    expect = { "-ERR 'Permissions Violation for Publish to \"_INBOX.req1\"'",
+               "-ERR 'Permissions Violation for Publish to \"svc.other\"'", "MSG _INBOX.req1 one" },
+    run = function(port)
+      local svc = login(port, "resp", "resppw")
+      svc:sub("svc.>", "1")
+      assert.are.same({}, answers(svc))
+      local asker = login(port, "all", "allpw")
+      asker:sub("_INBOX.req1", "1")
+      asker:pub("svc.a", "q", "_INBOX.req1")
+      assert.are.same({}, answers(asker))
+      local m = assert(svc:msg())
+      assert.are.equal("_INBOX.req1", m.reply)
+      svc:send("PUB _INBOX.req1 3\r\none\r\nPUB _INBOX.req1 3\r\ntwo\r\nPUB svc.other 0\r\n\r\n")
+      local out = answers(svc)
+      for _, l in ipairs(answers(asker)) do out[#out + 1] = l end
+      asker:close()
+      return out
+    end },
+  { name = "max_subscriptions: at the limit, then one past it",
+    expect = { "-ERR 'maximum subscriptions exceeded'", "MSG s.4 x" },
+    run = function(port)
+      local c = login(port, "all", "allpw")
+      c:send("SUB s.1 1\r\nSUB s.2 2\r\nSUB s.3 3\r\nSUB s.4 4\r\n")
+      assert.are.same({}, answers(c)) -- four: exactly the limit
+      c:send("SUB s.5 5\r\nPUB s.5 1\r\nx\r\nPUB s.4 1\r\nx\r\n")
+      return answers(c)
+    end },
+  { name = "no CONNECT before the timeout", expect = { "-ERR 'Authentication Timeout'", "<closed>" },
+    run = function(port)
+      local c = h.connect(port)
+      local out = {}
+      for _ = 1, 2 do
+        local l, err = c:line(3)
+        out[#out + 1] = l or ("<" .. err .. ">")
+      end
+      return out
+    end },
+}
+
+describe("auth, against nats-server with the same configuration", function()
+  local tide, nats
+  setup(function()
+    tide = h.start_scripted(TIDE_CONF)
+    nats = start_nats(NATS_CONF)
+  end)
+  teardown(function()
+    stop_all({ tide, nats })
+  end)
+
+  for _, case in ipairs(CASES) do
+    it(case.name, function()
+      local want = case.run(nats.port)
+      local got = case.run(tide.port)
+      assert.are.same(case.expect, want, "nats-server answered otherwise than this test expects")
+      assert.are.same(want, got)
+    end)
+  end
+
+  it("gives nats.js its usual errors", function()
+    local ok, npm_out = h.npm_ready()
+    assert(ok, "npm ci failed:\n" .. tostring(npm_out))
+    local function node(port, spec)
+      local rc, out = h.sh(("cd '%s' && timeout 20 node auth.mjs %d '%s'"):format(NODE_DIR, port, json.encode(spec)))
+      assert(rc == 0, out)
+      return out
+    end
+    local runs = {
+      { { opts = { user = "shop", pass = "shoppw" } }, "connected\nclosed\n" },
+      { { opts = { user = "shop", pass = "wrong" } }, "error AUTHORIZATION_VIOLATION\n" },
+      { { opts = { user = "ghost", pass = "shoppw" } }, "error AUTHORIZATION_VIOLATION\n" },
+      { { opts = { user = "shop", pass = "shoppw" }, sub = "shipping.a" },
+        "connected\nsub error PERMISSIONS_VIOLATION\nstatus error PERMISSIONS_VIOLATION\nclosed\n" },
+      { { opts = { user = "shop", pass = "shoppw" }, pub = "orders.internal.a" },
+        "connected\nstatus error PERMISSIONS_VIOLATION\nclosed\n" },
+    }
+    for _, r in ipairs(runs) do
+      assert.are.equal(r[2], node(nats.port, r[1]), "nats-server: " .. json.encode(r[1]))
+      assert.are.equal(r[2], node(tide.port, r[1]), "tide: " .. json.encode(r[1]))
+    end
+  end)
+end)
+
+describe("auth with one shared token, against nats-server", function()
+  it("lets the token in, refuses another or none, with nats.js's errors", function()
+    local ok, npm_out = h.npm_ready()
+    assert(ok, "npm ci failed:\n" .. tostring(npm_out))
+    local tide = h.start_scripted([[ auth { token = "s3cret-t0ken" } ]])
+    local nats = start_nats([[ authorization { token: "s3cret-t0ken" } ]])
+    local ok2, err = pcall(function()
+      for _, srv in ipairs({ nats, tide }) do
+        local function node(spec)
+          local _, out = h.sh(("cd '%s' && timeout 20 node auth.mjs %d '%s'"):format(NODE_DIR, srv.port,
+            json.encode(spec)))
+          return out
+        end
+        local c = h.connect(srv.port)
+        c:close()
+        assert.is_true(json.decode(c.info).auth_required)
+        assert.are.equal("connected\nclosed\n", node({ opts = { token = "s3cret-t0ken" } }))
+        assert.are.equal("error AUTHORIZATION_VIOLATION\n", node({ opts = { token = "s3cret-t0keN" } }))
+        assert.are.equal("error AUTHORIZATION_VIOLATION\n", node({ opts = {} }))
+        assert.are.equal("error AUTHORIZATION_VIOLATION\n", node({ opts = { user = "a", pass = "b" } }))
+      end
+    end)
+    stop_all({ tide, nats })
+    assert(ok2, err)
+  end)
+end)
+
+describe("auth { } in the entry file", function()
+  local function check(text)
+    local dir = h.make_tmpdir("tide-authcheck")
+    h.write_file(dir .. "/tide.lua", text)
+    local rc, out = h.sh(("'%s' check '%s/tide.lua'"):format(h.bin, dir))
+    h.remove_tmpdir(dir)
+    return rc, out
+  end
+
+  it("is refused at load when wrong, with what is wrong", function()
+    local cases = {
+      { [[auth { token = "a", users = { { user = "u", password = "p" } } }]],
+        "auth: token and users are exclusive" },
+      { [[auth { tokn = "x" }]], "auth: unknown setting 'tokn'" },
+      { [[auth { users = { { user = "u", password = "p", colour = 1 } } }]],
+        "auth: users[1]: unknown setting 'colour'" },
+      { [[auth { users = { { user = "u", password = "p", permissions = { publish = { allw = { "a" } } } } } }]],
+        "auth: users[1].permissions.publish: unknown setting 'allw'" },
+      { [[auth { users = { { user = "u", password = "p", permissions = { subscribe = { deny = { "a..b" } } } } } }]],
+        "auth: users[1].permissions.subscribe.deny: invalid subject pattern 'a..b'" },
+      { [[auth { users = { { user = "u", password = "$2b$11$tooshort" } } }]],
+        "auth: the password of user 'u' starts like a bcrypt hash but is not one" },
+      { [[auth { users = { { user = "u", password = "p" } }, no_auth_user = "x" }]],
+        "auth: no_auth_user 'x' is not one of the users" },
+      { [[auth { users = { { user = "u", password = "p" }, { user = "u", password = "q" } } }]],
+        "auth: user 'u' is declared twice" },
+      { [[auth { users = { { user = "u" } } }]], "auth: users[1] (user 'u') needs a password" },
+      { [[auth { timeout = "1s" }]], "auth: give a token or users" },
+      { [[limits { max_subscriptions = -1 }]], "limits: max_subscriptions must be 0" },
+    }
+    for _, c in ipairs(cases) do
+      local rc, out = check(c[1])
+      assert.are_not.equal(0, rc, c[1])
+      assert.is_truthy(out:find(c[2], 1, true), ("for %s:\n%s"):format(c[1], out))
+    end
+    -- A plain-text password loads, with a warning.
+    local rc, out = check([[auth { users = { { user = "u", password = "p" } } }]])
+    assert.are.equal(0, rc, out)
+    assert.matches("the password of user 'u' is plain text", out)
+    rc, out = check(([[auth { users = { { user = "u", password = %q } } }]]):format(SHOP_HASH))
+    assert.are.equal(0, rc, out)
+    assert.is_nil(out:find("plain text", 1, true))
+  end)
+end)
+
+describe("auth, what tide adds", function()
+  it("keeps $TIDE.ADMIN.> for admin users", function()
+    local srv = h.start_scripted(TIDE_CONF)
+    local ok, err = pcall(function()
+      local c = login(srv.port, "all", "allpw")
+      c:sub("_INBOX.me", "1")
+      c:pub("$TIDE.ADMIN.STATS", "", "_INBOX.me")
+      assert.are.same({ "-ERR 'Permissions Violation for Publish to \"$TIDE.ADMIN.STATS\"'" }, answers(c))
+      local ops = login(srv.port, "ops", "opspw")
+      ops:sub("_INBOX.ops", "1")
+      ops:pub("$TIDE.ADMIN.STATS", "", "_INBOX.ops")
+      local m = assert(ops:msg())
+      assert.is_number(json.decode(m.payload).connections)
+    end)
+    stop_all({ srv })
+    assert(ok, err)
+  end)
+
+  it("does not route, store or show to a rule an event it refuses", function()
+    local srv = h.start_scripted(TIDE_CONF .. [[
+      stream "ORD" { subjects = { "orders.>" } }
+      on("orders.>", function(e, ctx) ctx.publish("seen." .. e.subject, "x") end)
+    ]])
+    local ok, err = pcall(function()
+      local watch = login(srv.port, "all", "allpw")
+      watch:send("SUB orders.> 1\r\nSUB seen.> 2\r\n")
+      assert.are.same({}, answers(watch))
+      local shop = login(srv.port, "shop", "shoppw")
+      shop:send("PUB orders.internal.x 1\r\nA\r\nPUB orders.ok 1\r\nB\r\n")
+      assert.are.same({ "-ERR 'Permissions Violation for Publish to \"orders.internal.x\"'" }, answers(shop))
+      local got = watch:collect(2, 3)
+      local subjects = {}
+      for _, m in ipairs(got) do subjects[#subjects + 1] = m.subject end
+      table.sort(subjects)
+      assert.are.same({ "orders.ok", "seen.orders.ok" }, subjects)
+      assert.are.same({}, answers(watch))
+      local ops = login(srv.port, "ops", "opspw")
+      ops:sub("_INBOX.ops", "1")
+      ops:pub("$TIDE.ADMIN.STREAM.INFO", "ORD", "_INBOX.ops")
+      local info = json.decode(assert(ops:msg()).payload)
+      assert.are.equal(1, info.messages)
+    end)
+    stop_all({ srv })
+    assert(ok, err)
+  end)
+end)
+
+describe("auth under load", function()
+  -- bcrypt at cost 11 costs about 100 ms of CPU per check; the checks run
+  -- on threads of their own, so a client already connected is answered as
+  -- promptly as ever while 200 others log in.  The bound is 5 ms on an idle
+  -- machine; the suite runs specs side by side on 2 cores, so the test
+  -- allows the same loaded-machine slack as tests/hostile_spec.lua
+  -- (SLACK_MS there: 250 ms) for the 99th percentile, and checks the
+  -- median against 5 ms.  A server that checked passwords on its loop
+  -- fails both: each PING would wait behind ~100 ms checks.
+  local SLACK_MS = 250
+  local TARGET_MS = 5
+
+  it("answers a connected client's PING promptly while 200 clients log in with bcrypt passwords", function()
+    local storm_hash = hash("stormpw", 11)
+    local srv = h.start_scripted(([[
+      auth { users = { { user = "storm", password = %q }, { user = "all", password = "allpw" } } }
+    ]]):format(storm_hash))
+    local ok, err = pcall(function()
+      local normal = login(srv.port, "all", "allpw")
+      local clients = {}
+      local t0 = h.proc.now()
+      for i = 1, 200 do
+        -- Not waiting for INFO: a server that checked passwords on its
+        -- loop would hold the rest of the storm (and the PINGs) back.
+        clients[i] = h.connect(srv.port, { timeout = 60, no_info = true })
+        clients[i]:send("CONNECT " .. creds("storm", "stormpw") .. "\r\nPING\r\n")
+      end
+      -- While the logins are checked: PING the connected client.
+      local times = {}
+      local pending = 200
+      local done = {}
+      while pending > 0 and h.proc.now() - t0 < 120 do
+        local p0 = h.proc.now()
+        normal:ping(5)
+        times[#times + 1] = (h.proc.now() - p0) * 1000
+        -- Collect the PONGs of the logins done so far (without waiting).
+        for i = 1, 200 do
+          if not done[i] then
+            local l = clients[i]:line(0)
+            if l and not l:match("^INFO ") then
+              assert.are.equal("PONG", l)
+              done[i] = true
+              pending = pending - 1
+            end
+          end
+        end
+        h.proc.sleep(0.05)
+      end
+      local took = h.proc.now() - t0
+      assert.are.equal(0, pending, "logins left unanswered")
+      table.sort(times)
+      local median, p99, worst = times[#times // 2 + 1], times[math.ceil(#times * 0.99)], times[#times]
+      print(("\n  200 bcrypt logins (cost 11) in %.1f s; PING while they ran: %d samples, " ..
+        "median %.2f ms, 99th percentile %.2f ms, worst %.2f ms"):format(took, #times, median, p99, worst))
+      assert.is_true(#times >= 20, "too few samples")
+      assert.is_true(median < TARGET_MS, ("median PING %.2f ms"):format(median))
+      -- The 99th percentile, not the single worst sample: on a machine
+      -- shared with other work one PING in hundreds can wait for the
+      -- scheduler (this test's own process included) whatever tide does.
+      assert.is_true(p99 < SLACK_MS, ("99th percentile PING %.2f ms"):format(p99))
+      for i = 1, 200 do clients[i]:close() end
+    end)
+    stop_all({ srv })
+    assert(ok, err)
+  end)
+end)
+
+describe("auth on reload, against nats-server", function()
+  -- The entry file and nats.conf before and after: shop may no longer
+  -- subscribe to orders.*, and the user resp is gone.
+  local function confs(shop_subs, with_resp)
+    local lua_subs, conf_subs = {}, {}
+    for _, s in ipairs(shop_subs) do
+      lua_subs[#lua_subs + 1] = ("%q"):format(s)
+      conf_subs[#conf_subs + 1] = ('"%s"'):format(s)
+    end
+    local tide_text = ([[
+auth { users = {
+  { user = "shop", password = %q, permissions = { subscribe = { allow = { %s } } } },
+  { user = "all", password = "allpw" },
+  %s
+} }
+]]):format(SHOP_HASH, table.concat(lua_subs, ", "),
+      with_resp and ('{ user = "resp", password = "resppw" },') or "")
+    local nats_text = ([[
+authorization { users = [
+  {user: shop, password: "%s", permissions: {subscribe: {allow: [%s]}}}
+  {user: all, password: "allpw"}
+  %s
+] }
+]]):format(SHOP_HASH, table.concat(conf_subs, ", "), with_resp and '{user: resp, password: "resppw"}' or "")
+    return tide_text, nats_text
+  end
+
+  it("removes the subscriptions a permission no longer allows, and closes removed users", function()
+    local t1, n1 = confs({ "orders.*", "_INBOX.>" }, true)
+    local t2, n2 = confs({ "_INBOX.>" }, false)
+    local tide = h.start_scripted(t1)
+    local nats = start_nats(n1)
+    local reloads = {
+      [tide] = function()
+        local before = select(2, tide:log():gsub("Reloaded scripts", ""))
+        h.write_file(tide.config, t2)
+        assert(h.wait_until(function() return select(2, tide:log():gsub("Reloaded scripts", "")) > before end, 10),
+          "tide did not reload:\n" .. tide:log())
+      end,
+      [nats] = function()
+        h.write_file(nats.dir .. "/nats.conf", n2)
+        h.proc.kill(nats.pid, "HUP")
+        assert(h.wait_until(function() return nats:log():find("Reloaded server configuration", 1, true) end, 10),
+          "nats-server did not reload:\n" .. nats:log())
+      end,
+    }
+    local results = {}
+    local ok, err = pcall(function()
+      for _, srv in ipairs({ nats, tide }) do
+        local shop = login(srv.port, "shop", "shoppw")
+        shop:send("SUB orders.* 1\r\nSUB _INBOX.shop 2\r\n")
+        assert.are.same({}, answers(shop))
+        local resp = login(srv.port, "resp", "resppw")
+        local all = login(srv.port, "all", "allpw")
+        all:send("PUB orders.a 1\r\n1\r\n")
+        assert.are.same({}, answers(all))
+        assert.are.same({ "MSG orders.a 1" }, answers(shop))
+        reloads[srv]()
+        -- The subscriber keeps reading: told once, then nothing more on orders.*.
+        local out = {}
+        local told = shop:frame(5)
+        out[#out + 1] = told and told.text or "<nothing>"
+        all:send("PUB orders.b 1\r\n2\r\nPUB _INBOX.shop 1\r\n3\r\n")
+        assert.are.same({}, answers(all))
+        for _, l in ipairs(answers(shop)) do out[#out + 1] = l end
+        -- The removed user was closed.
+        for _, l in ipairs(answers(resp)) do out[#out + 1] = l end
+        results[#results + 1] = out
+        shop:close()
+        all:close()
+      end
+    end)
+    stop_all({ tide, nats })
+    assert(ok, err)
+    local expect = { "-ERR 'Permissions Violation for Subscription to \"orders.*\" (sid \"1\")'",
+                     "MSG _INBOX.shop 3", "-ERR 'Authorization Violation'", "<closed>" }
+    assert.are.same(expect, results[2])
+    -- nats-server 2.9 queues that -ERR for the removed user but closes the
+    -- connection before it is written (reload.go: authViolation); tide
+    -- writes it first, as at login.  The rest must be the same.
+    local function but_violation(list)
+      local out = {}
+      for _, l in ipairs(list) do
+        if l ~= "-ERR 'Authorization Violation'" then out[#out + 1] = l end
+      end
+      return out
+    end
+    assert.are.same(but_violation(expect), but_violation(results[1]))
+  end)
+
+  it("keeps the running auth when a reload fails", function()
+    local t1 = confs({ ">" }, true)
+    local tide = h.start_scripted(t1)
+    local ok, err = pcall(function()
+      local shop = login(tide.port, "shop", "shoppw")
+      h.write_file(tide.config, [[ auth { token = "x", users = { { user = "u", password = "p" } } } ]])
+      assert(h.wait_until(function() return tide:log():find("Reload %(.-%) failed") end, 10), tide:log())
+      assert.matches("token and users are exclusive", tide:log())
+      assert.are.same({}, answers(shop))
+      login(tide.port, "resp", "resppw"):close()
+    end)
+    stop_all({ tide })
+    assert(ok, err)
+  end)
+end)
 
 describe("tide passwd", function()
   it("prints a bcrypt hash of the line read from stdin", function()

@@ -100,6 +100,10 @@ void client_start(client_t *c)
     char info[1024];
     server_build_info(c->srv, c, info, sizeof info);
     send_raw(c, info, strlen(info));
+    if (client_auth_start(c) < 0) {
+        client_close(c, CLIENT_CLOSE_FLUSH, "out of memory");
+        return;
+    }
     event_add(c->read_ev, NULL); /* writes: client_flush */
 }
 
@@ -127,6 +131,7 @@ void client_free(client_t *c)
         if (c->subs.slots[i].key)
             sublist_remove(sl, c->subs.slots[i].val);
     dict_clear(&c->subs, sub_free);
+    client_auth_free(c);
     proto_free(&c->parser);
     if (c->ping_timer)
         event_free(c->ping_timer);
@@ -308,25 +313,47 @@ static int on_connect(void *ctx, const char *json, size_t len)
     copy_json_string(obj, "name", c->name, sizeof c->name);
     copy_json_string(obj, "lang", c->lang, sizeof c->lang);
     copy_json_string(obj, "version", c->version, sizeof c->version);
-    /* Auth fields (user, pass, auth_token, jwt, nkey, sig) are accepted and
-     * ignored: this server has no authentication configured. */
-    cJSON_Delete(obj);
-    c->flags |= CLIENT_CONNECTED;
     log_debug("cid:%llu CONNECT name='%s' lang='%s' version='%s' flags=%#x", (unsigned long long)c->id,
               c->name, c->lang, c->version, (unsigned)c->flags);
-    if (c->flags & CLIENT_VERBOSE)
-        SEND_LITERAL(c, "+OK\r\n");
+    /* Credentials (user, pass, auth_token, nkey): checked when the server
+     * has auth, else ignored. */
+    int stop = client_auth_connect(c, obj);
+    cJSON_Delete(obj);
+    if (stop)
+        return 1; /* refused, or held until its password is checked */
+    client_connect_done(c, 0);
     return 0;
 }
+
+static void parse_input(client_t *c);
+
+void client_connect_done(client_t *c, int held)
+{
+    c->flags |= CLIENT_CONNECTED;
+    if (c->flags & CLIENT_VERBOSE)
+        SEND_LITERAL(c, "+OK\r\n");
+    if (held && !(c->flags & CLIENT_CLOSING)) {
+        event_add(c->read_ev, NULL);
+        parse_input(c); /* what came after the CONNECT while it was held */
+    }
+}
+
+/* With auth, nothing but a CONNECT may come first (client_auth_before_connect). */
+#define AUTH_FIRST(c) \
+    (!((c)->flags & CLIENT_CONNECTED) && server_auth((c)->srv) && client_auth_before_connect(c))
 
 static int on_pub(void *ctx, const proto_msg_t *m)
 {
     client_t *c = ctx;
+    if (AUTH_FIRST(c))
+        return 1;
     if (!subject_valid_literal(m->subject, m->subject_len) ||
         (m->reply && !subject_valid_literal(m->reply, m->reply_len))) {
         client_send_err(c, "Invalid Publish Subject");
         return 0;
     }
+    if (!client_auth_publish(c, m))
+        return 0; /* not routed, stored nor seen by a rule; the connection stays */
     c->in_msgs++;
     server_publish(c->srv, c, m);
     if (c->flags & CLIENT_VERBOSE)
@@ -339,9 +366,22 @@ static int on_sub(void *ctx, const char *subject, size_t subject_len, const char
 {
     client_t *c = ctx;
     sub_t *s = NULL;
+    int flags = 0;
+    size_t max_subs = server_get_opts(c->srv)->max_subs;
+    if (AUTH_FIRST(c))
+        return 1;
     if (!subject_valid_pattern(subject, subject_len) ||
         (queue && !subject_valid_literal(queue, queue_len))) {
         client_send_err(c, "Invalid Subject");
+        return 0;
+    }
+    if (!client_auth_subscribe(c, subject, subject_len, queue, queue_len, &flags))
+        return 0;
+    if (max_subs && c->subs.count >= max_subs) {
+        /* nats-server's text; the connection stays. */
+        log_info("cid:%llu %s:%d maximum subscriptions exceeded (%zu)", (unsigned long long)c->id, c->ip, c->port,
+                 max_subs);
+        client_send_err(c, "maximum subscriptions exceeded");
         return 0;
     }
     if (dict_get(&c->subs, sid, sid_len)) {
@@ -352,6 +392,7 @@ static int on_sub(void *ctx, const char *subject, size_t subject_len, const char
     if (!s)
         goto oom;
     s->owner = c;
+    s->flags = flags;
     s->subject = util_mem_dup(subject, subject_len);
     s->subject_len = subject_len;
     s->sid = util_mem_dup(sid, sid_len);
@@ -384,6 +425,8 @@ oom:
 static int on_unsub(void *ctx, const char *sid, size_t sid_len, uint64_t max_msgs)
 {
     client_t *c = ctx;
+    if (AUTH_FIRST(c))
+        return 1;
     sub_t *s = dict_get(&c->subs, sid, sid_len);
     if (s) {
         if (max_msgs > 0 && s->delivered < max_msgs) {
@@ -400,6 +443,8 @@ static int on_unsub(void *ctx, const char *sid, size_t sid_len, uint64_t max_msg
 static int on_ping(void *ctx)
 {
     client_t *c = ctx;
+    if (AUTH_FIRST(c))
+        return 1;
     SEND_LITERAL(c, "PONG\r\n");
     return 0;
 }
@@ -407,6 +452,8 @@ static int on_ping(void *ctx)
 static int on_pong(void *ctx)
 {
     client_t *c = ctx;
+    if (AUTH_FIRST(c))
+        return 1;
     c->pings_out = 0;
     return 0;
 }
@@ -428,8 +475,6 @@ static const proto_handler_t handler = {
  * bufferevent keeps the writes.
  */
 #define READ_CHUNK (64 * 1024)
-
-static void parse_input(client_t *c);
 
 static void on_readable(evutil_socket_t fd, short what, void *arg)
 {
@@ -467,7 +512,7 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
 static void parse_input(client_t *c)
 {
     struct evbuffer *in = c->in;
-    while (!(c->flags & CLIENT_CLOSING)) {
+    while (!(c->flags & (CLIENT_CLOSING | CLIENT_AUTH_HOLD))) {
         struct evbuffer_iovec v[16];
         int n = evbuffer_peek(in, -1, NULL, v, 16);
         if (n <= 0)
@@ -478,7 +523,8 @@ static void parse_input(client_t *c)
         int rc = PROTO_OK;
         for (int k = 0; k < n && rc == PROTO_OK; k++) {
             rc = proto_parse(&c->parser, v[k].iov_base, v[k].iov_len, &handler, c);
-            used += v[k].iov_len;
+            /* Stopped: what follows the command that stopped it stays for later. */
+            used += rc == PROTO_STOP ? c->parser.stopped_at : v[k].iov_len;
         }
         evbuffer_drain(in, used);
         if (rc < 0) {
@@ -522,6 +568,8 @@ int client_deliver(client_t *c, const sub_t *sub, const proto_msg_t *m)
 
     if (c->flags & CLIENT_CLOSING)
         return -1;
+    if (c->perms && !client_auth_deliver(c, sub, m))
+        return -1; /* its permissions keep it from this one */
     out = bufferevent_get_output(c->bev);
     if (evbuffer_reserve_space(out, (ev_ssize_t)need, &v, 1) < 1) {
         client_close(c, CLIENT_CLOSE_NOW, "out of memory for output");

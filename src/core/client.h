@@ -28,7 +28,15 @@ enum client_flags {
     CLIENT_FREE_SCHEDULED = 1 << 7,
     CLIENT_ACTIVE = 1 << 8,        /* sent something since the last ping tick */
     CLIENT_FLUSH_PENDING = 1 << 9, /* on the server's list of output to write */
+    CLIENT_AUTHED = 1 << 10,       /* auth is on and it passed (client_auth.c) */
+    CLIENT_ADMIN = 1 << 11,        /* its user has admin = true */
+    CLIENT_AUTH_HOLD = 1 << 12,    /* its password is being checked: its input waits */
+    CLIENT_BY_TOKEN = 1 << 13,     /* it passed with the shared token */
 };
+
+/* sub_t.flags of a client's wildcard subscription that a subscribe deny
+ * pattern may cover: each message is checked before delivery. */
+#define SUB_DENY_CHECK 4
 
 typedef struct client {
     server_t *srv;
@@ -52,6 +60,13 @@ typedef struct client {
     struct client *prev, *next; /* the server's list of live clients */
     struct client *next_dead;   /* the server's list of clients to free */
     struct client *flush_prev, *flush_next; /* the server's list of output to write */
+    /* Identity and permissions, when the server has auth (client_auth.c). */
+    char *user;                    /* the user it is, NULL for none or a token */
+    const struct auth_perms *perms; /* what it may do, in the server's config; NULL: all */
+    struct authq_job *auth_job;    /* its password being checked, or NULL */
+    struct event *auth_timer;      /* 'Authentication Timeout' until its CONNECT */
+    dict_t pub_seen;               /* subject -> PUB_ALLOWED/PUB_REFUSED: publish decisions */
+    dict_t replies;                /* allow_responses: reply subject -> its grant */
 } client_t;
 
 /* Takes ownership of fd (a connected socket) and sends INFO.  Returns NULL on failure (fd closed). */
@@ -86,6 +101,57 @@ int client_deliver(client_t *c, const sub_t *sub, const proto_msg_t *m);
 /* Called by the server only: releases everything c owns. */
 void client_free(client_t *c);
 
+/* ---- auth (client_auth.c) ---- */
+struct auth_config;
+struct cJSON;
+
+/* When the server has auth: arms c's 'Authentication Timeout'.  0, or -1
+ * when out of memory. */
+int client_auth_start(client_t *c);
+
+/* Checks the credentials of c's CONNECT (obj).  Returns 0 when c may go
+ * on (no auth, or it passed), 1 when parsing must stop: c was refused and
+ * is closing, or its password is being checked off the loop (c is held:
+ * CLIENT_AUTH_HOLD, no input read until the answer). */
+int client_auth_connect(client_t *c, const struct cJSON *obj);
+
+/* An operation other than CONNECT came first: with auth and no
+ * no_auth_user that is an 'Authorization Violation' (c closing, returns
+ * 1); else 0. */
+int client_auth_before_connect(client_t *c);
+
+/* True when c may publish m (its subject, or as a response it was granted);
+ * else sends the permissions violation and returns 0. */
+int client_auth_publish(client_t *c, const proto_msg_t *m);
+
+/* True when c may subscribe to subject (queue may be NULL); else sends the
+ * violation and returns 0.  Sets SUB_DENY_CHECK in *flags when the
+ * subscription's deliveries must be checked. */
+int client_auth_subscribe(client_t *c, const char *subject, size_t len, const char *queue, size_t qlen,
+                          int *flags);
+
+/* A message is being delivered to c on sub: 0 when c's permissions keep it
+ * from receiving it; else 1 (and, with allow_responses, c may now answer
+ * its reply subject). */
+int client_auth_deliver(client_t *c, const sub_t *sub, const proto_msg_t *m);
+
+/* The server's auth changed (a reload): c takes the permissions of its
+ * user in cfg, loses the subscriptions they no longer allow, or is closed
+ * with 'Authorization Violation' when its user is gone. */
+void client_auth_reload(client_t *c, const struct auth_config *cfg);
+
+/* c's CONNECT was accepted: marks it connected, answers +OK when verbose,
+ * and, when it was held for a password check (held != 0), reads and
+ * parses its input again. */
+void client_connect_done(client_t *c, int held);
+
+/* Releases what client_auth_* gave c (client_free calls it). */
+void client_auth_free(client_t *c);
+
+/* A password check finished (the server's authq calls this). */
+struct authq_job;
+void client_auth_answer(void *ctx, struct authq_job *job);
+
 /* Server internals shared with client.c. */
 sublist_t *server_sublist(server_t *s);
 server_stats_t *server_stats_mut(server_t *s);
@@ -106,6 +172,10 @@ int server_output_over(server_t *s, client_t *c);
 void client_cut_slow(client_t *c, const char *why);
 void server_schedule_free(server_t *s, client_t *c);
 void server_build_info(server_t *s, client_t *c, char *out, size_t outsz);
+/* The auth in force (NULL: none) and the password checker (started on
+ * first use; NULL when it cannot start). */
+const struct auth_config *server_auth(const server_t *s);
+struct authq *server_authq(server_t *s);
 void server_unlink_client(server_t *s, client_t *c);
 
 /*

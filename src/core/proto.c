@@ -368,6 +368,11 @@ int proto_parse(proto_parser_t *p, const char *buf, size_t len, const proto_hand
             p->arg_in_buf = 0;
             i = end + 1;
             rc = process_line(p, line, llen, in_argbuf, h, ctx);
+            if (rc == PROTO_STOP) {
+                p->stopped_at = i;
+                if (p->state == S_START)
+                    p->arg_len = 0;
+            }
             if (rc != PROTO_OK)
                 return rc;
             if (p->state == S_START)
@@ -379,8 +384,10 @@ int proto_parse(proto_parser_t *p, const char *buf, size_t len, const proto_hand
                 int op = p->op;
                 p->state = S_START;
                 i++;
-                if (op == OP_PING ? (h->on_ping && h->on_ping(ctx)) : (h->on_pong && h->on_pong(ctx)))
+                if (op == OP_PING ? (h->on_ping && h->on_ping(ctx)) : (h->on_pong && h->on_pong(ctx))) {
+                    p->stopped_at = i;
                     return PROTO_STOP;
+                }
             } else if (c == '\r' || c == ' ' || c == '\t') {
                 i++;
             } else {
@@ -426,8 +433,10 @@ int proto_parse(proto_parser_t *p, const char *buf, size_t len, const proto_hand
             m.payload_len = p->total_size - p->hdr_size;
             rc = h->on_pub ? h->on_pub(ctx, &m) : 0;
             reset_message(p);
-            if (rc)
+            if (rc) {
+                p->stopped_at = i;
                 return PROTO_STOP;
+            }
             break;
         }
         default:

@@ -45,7 +45,8 @@ typedef struct proto_msg {
 /*
  * Callbacks.  Pointers passed in are valid only during the call.  A callback
  * returns 0 to go on, non-zero to stop parsing (proto_parse then returns
- * PROTO_STOP; the parser must not be fed again).  Any callback may be NULL.
+ * PROTO_STOP and sets stopped_at; the rest of that feed may be parsed
+ * later, from stopped_at on, unless the connection is closing).  Any callback may be NULL.
  */
 typedef struct proto_handler {
     int (*on_connect)(void *ctx, const char *json, size_t len);
@@ -86,6 +87,10 @@ typedef struct proto_parser {
      * a longer description with a sanitized snippet for the log. */
     const char *errtext;
     char err[200];
+
+    /* After PROTO_STOP: the bytes of that feed consumed, up to and with the
+     * command whose callback stopped (the rest is still to be parsed). */
+    size_t stopped_at;
 } proto_parser_t;
 
 /* Sets up a parser with the given limits (0 = the defaults above). */

@@ -19,6 +19,8 @@
 #include <event2/listener.h>
 #include <event2/util.h>
 
+#include "auth.h"
+#include "authq.h"
 #include "client.h"
 #include "json_int.h"
 #include "log.h"
@@ -60,6 +62,8 @@ struct server {
     int capture_paused; /* server_pause_capture: tide repl's replay() */
     server_output_t output; /* output queued for all clients (client.h) */
     int reserve_fd;      /* held for the moment no descriptor is left (on_accept_error) */
+    auth_config_t *auth; /* who may connect and do what; NULL: anyone, anything */
+    authq_t *authq;      /* the bcrypt checker threads, started on first use */
     char id[23];
 };
 
@@ -142,6 +146,8 @@ void server_free(server_t *s)
         s->dead = c->next_dead;
         client_free(c);
     }
+    authq_free(s->authq); /* after the clients: they drop their jobs */
+    auth_config_release(s->auth);
     if (s->listener)
         evconnlistener_free(s->listener);
     if (s->reserve_fd >= 0)
@@ -255,10 +261,43 @@ void server_build_info(server_t *s, client_t *c, char *out, size_t outsz)
 {
     snprintf(out, outsz,
              "INFO {\"server_id\":\"%s\",\"server_name\":\"%s\",\"version\":\"%s\",\"proto\":1,"
-             "\"host\":\"%s\",\"port\":%d,\"headers\":true,\"max_payload\":%zu,"
+             "\"host\":\"%s\",\"port\":%d,\"headers\":true,%s\"max_payload\":%zu,"
              "\"client_id\":%llu,\"client_ip\":\"%s\"}\r\n",
-             s->id, s->opts.server_name, TIDE_VERSION, s->opts.host, s->opts.port, s->opts.max_payload,
-             (unsigned long long)c->id, c->ip);
+             s->id, s->opts.server_name, TIDE_VERSION, s->opts.host, s->opts.port,
+             /* As nats-server: with a no_auth_user no client has to authenticate. */
+             s->auth && !s->auth->no_auth_user ? "\"auth_required\":true," : "", s->opts.max_payload, (unsigned long long)c->id, c->ip);
+}
+
+const auth_config_t *server_auth(const server_t *s)
+{
+    return s->auth;
+}
+
+authq_t *server_authq(server_t *s)
+{
+    if (!s->authq) {
+        /* One thread per core, a few at most: a storm of logins then takes
+         * the spare cores, never the loop's. */
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        s->authq = authq_new(s->base, n < 1 ? 1 : n > 4 ? 4 : (int)n, client_auth_answer, s);
+    }
+    return s->authq;
+}
+
+void server_set_auth(server_t *s, auth_config_t *cfg)
+{
+    auth_config_t *old = s->auth;
+    if (cfg == old)
+        return;
+    s->auth = auth_config_retain(cfg);
+    for (client_t *c = s->clients, *next; c; c = next) {
+        next = c->next; /* c may close, and leave the list */
+        client_auth_reload(c, cfg);
+    }
+    auth_config_release(old); /* no client points into it any more */
+    log_info("auth: %s", !cfg ? "off: any client may connect and do anything"
+                         : cfg->token ? "one shared token"
+                                      : "users and permissions");
 }
 
 void server_unlink_client(server_t *s, client_t *c)

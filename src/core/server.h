@@ -39,6 +39,7 @@ typedef struct server_opts {
     size_t max_connections;  /* clients at once; past it a new one gets -ERR and is closed */
     size_t max_pending_total; /* bytes queued for all clients together; past it the
                                  clients with the most queued are cut as slow consumers */
+    size_t max_subs;         /* subscriptions per client; 0: no limit */
     char server_name[128];
 } server_opts_t;
 
@@ -125,6 +126,16 @@ void server_set_ingress(server_t *s, server_msg_hook fn, void *ctx);
 /* Every $TIDE.ADMIN.> request.  Without a hook such requests are answered
  * {"ok":false,...}. */
 void server_set_admin(server_t *s, server_msg_hook fn, void *ctx);
+
+struct auth_config;
+/*
+ * Sets who may connect and what each may do (auth.h); NULL: anyone,
+ * anything (the default).  Takes a reference to cfg (the caller keeps its
+ * own).  Applied at once: new connections must authenticate, live ones
+ * take their user's new permissions, lose the subscriptions these no
+ * longer allow, and are closed when their user is gone.
+ */
+void server_set_auth(server_t *s, struct auth_config *cfg);
 
 /* Publishes payload to req's reply subject, if it has one (an admin or API
  * answer). */

@@ -497,6 +497,7 @@ static void env_tide(state_t *st, int env)
         {"limits", settings_l_limits},
         {"scripting", settings_l_scripting},
         {"admin", settings_l_admin},
+        {"auth", settings_l_auth},
         {"http", settings_l_http},
         {"kv", settings_l_kv},
         {"storage", decl_l_storage},

@@ -1,4 +1,5 @@
 /* script.c - see script.h: the host and its Lua states. */
+#include "auth.h"
 #include "json_int.h"
 #include "script_internal.h"
 
@@ -66,6 +67,7 @@ static void state_free(state_t *st)
         free(st->http_binary[i]);
     for (int i = 0; i < st->nstreams; i++)
         stream_cfg_free(&st->streams[i]);
+    auth_config_release(st->auth);
     free(st);
 }
 
@@ -215,6 +217,7 @@ void script_host_apply_settings(const script_host_t *h, server_opts_t *o)
     if (st->set_mask & SET_WRITE_DEADLINE) o->write_deadline = st->set.write_deadline;
     if (st->set_mask & SET_MAX_CONNECTIONS) o->max_connections = st->set.max_connections;
     if (st->set_mask & SET_MAX_PENDING_TOTAL) o->max_pending_total = st->set.max_pending_total;
+    if (st->set_mask & SET_MAX_SUBS) o->max_subs = st->set.max_subs;
 }
 
 /* The server's ingress hook: every published message runs the pipeline. */
@@ -233,6 +236,7 @@ int script_host_attach(script_host_t *h, server_t *srv)
 {
     struct event_base *base = server_base(srv);
     script_host_attach_offline(h, srv);
+    server_set_auth(srv, h->cur->auth);
     h->debounce = evtimer_new(base, watch_on_debounce, h);
     h->sighup = evsignal_new(base, SIGHUP, watch_on_sighup, h);
     if (!h->debounce || !h->sighup || event_add(h->sighup, NULL) < 0 || script_drain_attach(h, base) < 0)
@@ -294,6 +298,8 @@ int script_reload(script_host_t *h, const char *why, char *err, size_t errsz)
         }
         durable_bind(h, st, 0, e, sizeof e);
     }
+    if (h->srv && (st->auth || h->cur->auth))
+        server_set_auth(h->srv, st->auth); /* live clients follow at once */
     state_free(h->cur);
     h->cur = st;
     kv_set_limits(h->kv, &st->kv_lim);
@@ -366,6 +372,8 @@ int script_host_set_streams(script_host_t *h, streams_t *sm, char *err, size_t e
         kv_free(fresh);
         return -1;
     }
+    if (h->srv && (st->auth || h->cur->auth))
+        server_set_auth(h->srv, st->auth); /* live clients follow at once */
     state_free(h->cur);
     h->cur = st;
     kv_set_limits(h->kv, &st->kv_lim);

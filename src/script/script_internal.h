@@ -6,6 +6,7 @@
  *   budget.c    instruction, time and memory budgets; protected calls
  *   sandbox.c   the environment scripts see: loading, require, guarded functions
  *   settings.c  listen{}, limits{}, scripting{}, admin{}, http{}
+ *   settings_auth.c  auth{}
  *   pipeline.c  rules and the pipeline itself: upgrade, filter, route, deliver, on
  *   watch.c     reloading on file changes and SIGHUP
  *   decl.c      storage{}, stream "name" {}, consumer "name" {}
@@ -162,6 +163,7 @@ typedef struct state {
     int nstreams;
     consumer_cfg_t consumers[STATE_CONSUMERS_MAX];
     int nconsumers;
+    struct auth_config *auth; /* auth { ... } (settings_auth.c), NULL when absent */
     server_opts_t set; /* values of limits{} */
     unsigned set_mask; /* which of them */
 } state_t;
@@ -200,6 +202,7 @@ void script_queue_clear(struct script_host *h);
 enum {
     SET_MAX_PAYLOAD = 1, SET_MAX_CONTROL_LINE = 2, SET_MAX_PENDING = 4, SET_PING_INTERVAL = 8,
     SET_MAX_PINGS_OUT = 16, SET_WRITE_DEADLINE = 32, SET_MAX_CONNECTIONS = 64, SET_MAX_PENDING_TOTAL = 128,
+    SET_MAX_SUBS = 256,
 };
 
 typedef struct err_seen {
@@ -293,6 +296,10 @@ int settings_l_http(lua_State *L);
 int settings_l_kv(lua_State *L);
 int settings_l_admin(lua_State *L);
 int settings_l_scripting(lua_State *L);
+int settings_l_auth(lua_State *L);
+/* Field key of table t as a duration in seconds (a number, or "250ms",
+ * "2s", "5m", "1h"); def when absent.  Raises on a bad value. */
+double settings_duration(lua_State *L, int t, const char *key, double def);
 /* Raises "what: unknown setting 'k'" for a key of table t not in known. */
 void settings_check_keys(lua_State *L, int t, const char *what, const char *const *known);
 int decl_l_storage(lua_State *L);

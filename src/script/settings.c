@@ -1,5 +1,6 @@
 /* settings.c - the settings an entry file declares: listen{}, limits{},
- * scripting{}, admin{} and http{}.  Unknown keys are errors. */
+ * scripting{}, admin{} and http{} (auth{}: settings_auth.c).  Unknown keys
+ * are errors. */
 #include "script_internal.h"
 
 /* ---- settings: listen{}, limits{}, scripting{} ------------------------------- */
@@ -37,7 +38,7 @@ static size_t size_field(lua_State *L, int t, const char *key, size_t def)
 }
 
 /* Durations: seconds as a number, or "250ms", "2s", "5m", "1h". */
-static double duration_field(lua_State *L, int t, const char *key, double def)
+double settings_duration(lua_State *L, int t, const char *key, double def)
 {
     double v = def;
     int type = lua_getfield(L, t, key);
@@ -128,7 +129,7 @@ int settings_l_limits(lua_State *L)
 {
     static const char *const known[] = {"max_payload",    "max_control_line", "max_pending",     "ping_interval",
                                         "max_pings_out",  "write_deadline",   "max_connections", "max_pending_total",
-                                        NULL};
+                                        "max_subscriptions", NULL};
     state_t *st = script_state_of(L);
     server_opts_t *o = &st->set;
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -154,13 +155,21 @@ int settings_l_limits(lua_State *L)
         st->set_mask |= SET_MAX_CONNECTIONS;
     }
     lua_pop(L, 1);
+    if (lua_getfield(L, 1, "max_subscriptions") != LUA_TNIL) {
+        lua_Integer n = luaL_checkinteger(L, -1);
+        if (n < 0)
+            return luaL_error(L, "limits: max_subscriptions must be 0 (no limit) or more");
+        o->max_subs = (size_t)n;
+        st->set_mask |= SET_MAX_SUBS;
+    }
+    lua_pop(L, 1);
     if (lua_getfield(L, 1, "ping_interval") != LUA_TNIL) {
-        o->ping_interval = duration_field(L, 1, "ping_interval", 0);
+        o->ping_interval = settings_duration(L, 1, "ping_interval", 0);
         st->set_mask |= SET_PING_INTERVAL;
     }
     lua_pop(L, 1);
     if (lua_getfield(L, 1, "write_deadline") != LUA_TNIL) {
-        o->write_deadline = duration_field(L, 1, "write_deadline", 0);
+        o->write_deadline = settings_duration(L, 1, "write_deadline", 0);
         st->set_mask |= SET_WRITE_DEADLINE;
     }
     lua_pop(L, 1);
@@ -209,14 +218,14 @@ int settings_l_http(lua_State *L)
     luaL_checktype(L, 1, LUA_TTABLE);
     settings_check_keys(L, 1, "http", known);
     if (lua_getfield(L, 1, "ack_timeout") != LUA_TNIL) {
-        double t = duration_field(L, 1, "ack_timeout", 0);
+        double t = settings_duration(L, 1, "ack_timeout", 0);
         if (!(t >= 0.001 && t <= 3600))
             return luaL_error(L, "http: ack_timeout must be between 1ms and 1h");
         st->http_ack_timeout = t;
     }
     lua_pop(L, 1);
     if (lua_getfield(L, 1, "idle_timeout") != LUA_TNIL) {
-        double t = duration_field(L, 1, "idle_timeout", 0);
+        double t = settings_duration(L, 1, "idle_timeout", 0);
         if (!(t >= 0.1 && t <= 3600))
             return luaL_error(L, "http: idle_timeout must be between 100ms and 1h");
         st->http_idle_timeout = t;
@@ -314,7 +323,7 @@ int settings_l_scripting(lua_State *L)
         return luaL_error(L, "scripting: memory %d is below what the scripts already use (%d)", (int)mem,
                           (int)st->mem_used);
     l->memory = mem;
-    l->time = duration_field(L, 1, "time", l->time);
+    l->time = settings_duration(L, 1, "time", l->time);
     if (l->time <= 0)
         return luaL_error(L, "scripting: time must be above 0");
     if (lua_getfield(L, 1, "emit_depth") != LUA_TNIL)
@@ -330,7 +339,7 @@ int settings_l_scripting(lua_State *L)
         l->cascade_instructions = (uint64_t)i;
     }
     lua_pop(L, 1);
-    l->cascade_time = duration_field(L, 1, "cascade_time", l->cascade_time);
+    l->cascade_time = settings_duration(L, 1, "cascade_time", l->cascade_time);
     if (l->cascade_time <= 0)
         return luaL_error(L, "scripting: cascade_time must be above 0");
     if (lua_getfield(L, 1, "dead_letter") != LUA_TNIL) {

@@ -1,0 +1,421 @@
+/*
+ * client_auth.c - identities and permissions of NATS clients (see client.h
+ * and auth.h): the CONNECT check, the answers of the password checker,
+ * publish and subscribe checks, and what a change of the server's auth
+ * does to the clients connected.  Error texts are nats-server's, so that
+ * client libraries map them to their usual errors.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cjson/cJSON.h>
+#include <event2/event.h>
+
+#include "auth.h"
+#include "authq.h"
+#include "client.h"
+#include "log.h"
+#include "util.h"
+
+/* The publish decisions a client keeps (subject -> decision); past this
+ * many the cache starts again, so a client that publishes to ever new
+ * subjects costs bounded memory. */
+#define PUB_SEEN_MAX 1024
+#define PUB_ALLOWED ((void *)1)
+#define PUB_REFUSED ((void *)2)
+
+/* allow_responses, as nats-server's defaults: one answer per request
+ * received, within two minutes, at most this many reply subjects held. */
+#define RESPONSE_MAX_MSGS 1
+#define RESPONSE_SECONDS 120
+#define REPLIES_MAX 4096
+
+#define ADMIN_SUBJECT_PREFIX "$TIDE.ADMIN."
+
+typedef struct response_grant {
+    time_t expires;
+    int left;
+} response_grant_t;
+
+/* why may hold what the client sent (a user name): sanitized for the log. */
+static void violation(client_t *c, const char *why)
+{
+    char clean[96];
+    log_info("cid:%llu %s:%d authorization violation: %s", (unsigned long long)c->id, c->ip, c->port,
+             log_sanitize(clean, sizeof clean, why, strlen(why) > 64 ? 64 : strlen(why)));
+    client_send_err(c, "Authorization Violation");
+    client_close(c, CLIENT_CLOSE_FLUSH, "authorization violation");
+}
+
+static void on_auth_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    client_t *c = arg;
+    (void)fd;
+    (void)what;
+    if (c->flags & (CLIENT_CLOSING | CLIENT_AUTHED | CLIENT_AUTH_HOLD))
+        return;
+    log_info("cid:%llu %s:%d authentication timeout", (unsigned long long)c->id, c->ip, c->port);
+    client_send_err(c, "Authentication Timeout");
+    client_close(c, CLIENT_CLOSE_FLUSH, "authentication timeout");
+}
+
+int client_auth_start(client_t *c)
+{
+    const auth_config_t *cfg = server_auth(c->srv);
+    if (!cfg || c->auth_timer)
+        return 0;
+    c->auth_timer = evtimer_new(server_base(c->srv), on_auth_timeout, c);
+    if (!c->auth_timer)
+        return -1;
+    struct timeval tv = util_timeval(cfg->timeout);
+    evtimer_add(c->auth_timer, &tv);
+    return 0;
+}
+
+/* c is now u (NULL: a token client) of cfg.  -1 when out of memory. */
+static int become(client_t *c, const auth_config_t *cfg, const auth_user_t *u, int by_token)
+{
+    char *name = NULL;
+    if (u && u->name && !(name = strdup(u->name)))
+        return -1;
+    free(c->user);
+    c->user = name;
+    c->perms = auth_user_perms(cfg, u);
+    c->flags &= ~(CLIENT_ADMIN | CLIENT_BY_TOKEN);
+    c->flags |= CLIENT_AUTHED | (u && u->admin ? CLIENT_ADMIN : 0) | (by_token ? CLIENT_BY_TOKEN : 0);
+    dict_clear(&c->pub_seen, NULL);
+    dict_clear(&c->replies, free);
+    if (c->auth_timer)
+        evtimer_del(c->auth_timer);
+    return 0;
+}
+
+static const char *json_string(const cJSON *obj, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* The password is bcrypt: checked off the loop, c held until the answer. */
+static int hold_for_check(client_t *c, const char *stored, const char *given)
+{
+    authq_t *q = server_authq(c->srv);
+    authq_job_t *job = q ? authq_job_new(stored, given, c) : NULL;
+    if (!job) {
+        log_error("cid:%llu cannot check a password: out of memory or no checker thread", (unsigned long long)c->id);
+        client_send_err(c, "Server Out Of Memory");
+        client_close(c, CLIENT_CLOSE_FLUSH, "out of memory");
+        return 1;
+    }
+    c->auth_job = job;
+    c->flags |= CLIENT_AUTH_HOLD;
+    event_del(c->read_ev);
+    authq_submit(q, job);
+    return 1;
+}
+
+int client_auth_connect(client_t *c, const cJSON *obj)
+{
+    const auth_config_t *cfg = server_auth(c->srv);
+    const char *user = json_string(obj, "user"), *pass = json_string(obj, "pass");
+    const char *token = json_string(obj, "auth_token"), *nkey = json_string(obj, "nkey");
+    const auth_user_t *u = NULL;
+    const char *stored, *given;
+    if (!cfg)
+        return 0;
+    if (c->flags & CLIENT_AUTH_HOLD)
+        return 1; /* cannot happen: its input waits */
+    if (cfg->token) {
+        stored = cfg->token;
+        given = token;
+    } else if (nkey) {
+        /* Users with an nkey are in the table; checking their signature of
+         * the nonce is not done yet, so such a CONNECT cannot pass. */
+        violation(c, "nkey authentication is not available");
+        return 1;
+    } else if (!user && !pass && !token && cfg->no_auth_user) {
+        u = auth_config_find_user(cfg, cfg->no_auth_user);
+        if (!u || become(c, cfg, u, 0) < 0) {
+            violation(c, "no_auth_user is not a configured user");
+            return 1;
+        }
+        return 0;
+    } else {
+        u = auth_config_find_user(cfg, user);
+        stored = u ? u->password : NULL;
+        given = pass;
+    }
+    if (!stored || !given) {
+        violation(c, user ? user : "no credentials");
+        return 1;
+    }
+    if (auth_is_bcrypt(stored)) {
+        free(c->user);
+        c->user = user ? strdup(user) : NULL; /* who it claims to be, until the answer */
+        if (user && !c->user) {
+            violation(c, "out of memory");
+            return 1;
+        }
+        return hold_for_check(c, stored, given);
+    }
+    if (!auth_password_ok(stored, given) || become(c, cfg, u, u == NULL) < 0) {
+        violation(c, user ? user : "token");
+        return 1;
+    }
+    return 0;
+}
+
+void client_auth_answer(void *ctx, authq_job_t *job)
+{
+    client_t *c = job->owner;
+    const auth_config_t *cfg = server_auth(c->srv);
+    const auth_user_t *u = NULL;
+    const char *now = NULL;
+    (void)ctx;
+    c->auth_job = NULL;
+    c->flags &= ~CLIENT_AUTH_HOLD;
+    if (c->flags & CLIENT_CLOSING) {
+        authq_job_free(job);
+        return;
+    }
+    /* The auth may have changed while the check ran: it counts only if the
+     * secret it checked is still the one in force. */
+    if (cfg && c->user) {
+        u = auth_config_find_user(cfg, c->user);
+        now = u ? u->password : NULL;
+    } else if (cfg) {
+        now = cfg->token;
+    }
+    if (!job->ok || !now || strcmp(now, job->stored) || become(c, cfg, u, u == NULL) < 0) {
+        violation(c, c->user ? c->user : "token");
+        authq_job_free(job);
+        return;
+    }
+    authq_job_free(job);
+    client_connect_done(c, 1);
+}
+
+int client_auth_before_connect(client_t *c)
+{
+    const auth_config_t *cfg = server_auth(c->srv);
+    const auth_user_t *u = cfg && cfg->no_auth_user ? auth_config_find_user(cfg, cfg->no_auth_user) : NULL;
+    if (!cfg)
+        return 0;
+    /* As nats-server: with a no_auth_user, a client may start without a
+     * CONNECT (telnet demos) and is that user. */
+    if (!u || become(c, cfg, u, 0) < 0) {
+        violation(c, "an operation before CONNECT");
+        return 1;
+    }
+    c->flags |= CLIENT_CONNECTED;
+    return 0;
+}
+
+/* c may answer m's subject once: it received a request with that reply. */
+static int response_granted(client_t *c, const proto_msg_t *m)
+{
+    response_grant_t *g = dict_get(&c->replies, m->subject, m->subject_len);
+    if (!g)
+        return 0;
+    int ok = g->expires >= time(NULL);
+    if (!ok || --g->left <= 0)
+        free(dict_remove(&c->replies, m->subject, m->subject_len));
+    return ok;
+}
+
+static int admin_subject(const proto_msg_t *m)
+{
+    static const char p[] = ADMIN_SUBJECT_PREFIX;
+    return m->subject_len >= sizeof p - 1 && m->subject[0] == '$' && !memcmp(m->subject, p, sizeof p - 1);
+}
+
+static void publish_violation(client_t *c, const proto_msg_t *m)
+{
+    char msg[320];
+    int n = m->subject_len > 256 ? 256 : (int)m->subject_len;
+    snprintf(msg, sizeof msg, "Permissions Violation for Publish to \"%.*s\"", n, m->subject);
+    log_info("cid:%llu %s:%d user '%s': publish violation, subject \"%.*s\"", (unsigned long long)c->id, c->ip,
+             c->port, c->user ? c->user : "", n, m->subject);
+    client_send_err(c, msg);
+}
+
+int client_auth_publish(client_t *c, const proto_msg_t *m)
+{
+    if (!server_auth(c->srv))
+        return 1;
+    if (admin_subject(m)) {
+        /* Whatever the lists say: admin requests are for admin users. */
+        if (c->flags & CLIENT_ADMIN)
+            return 1;
+        publish_violation(c, m);
+        return 0;
+    }
+    if (!c->perms)
+        return 1;
+    void *seen = dict_get(&c->pub_seen, m->subject, m->subject_len);
+    if (seen == PUB_ALLOWED)
+        return 1;
+    if (!seen) {
+        int ok = auth_may_publish(c->perms, m->subject, m->subject_len);
+        if (c->pub_seen.count >= PUB_SEEN_MAX)
+            dict_clear(&c->pub_seen, NULL);
+        dict_put(&c->pub_seen, m->subject, m->subject_len, ok ? PUB_ALLOWED : PUB_REFUSED); /* a cache: may fail */
+        if (ok)
+            return 1;
+    }
+    if (c->perms->allow_responses && response_granted(c, m))
+        return 1;
+    publish_violation(c, m);
+    return 0;
+}
+
+static int has_wildcard(const char *s, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if ((s[i] == '*' || s[i] == '>') && (i == 0 || s[i - 1] == '.') && (i + 1 == len || s[i + 1] == '.'))
+            return 1;
+    return 0;
+}
+
+int client_auth_subscribe(client_t *c, const char *subject, size_t len, const char *queue, size_t qlen,
+                          int *flags)
+{
+    char msg[600];
+    int n = len > 256 ? 256 : (int)len;
+    if (!c->perms)
+        return 1;
+    if (auth_may_subscribe(c->perms, subject, len)) {
+        if (c->perms->sub_deny.n && has_wildcard(subject, len))
+            *flags |= SUB_DENY_CHECK;
+        return 1;
+    }
+    if (queue)
+        snprintf(msg, sizeof msg, "Permissions Violation for Subscription to \"%.*s\" using queue \"%.*s\"", n,
+                 subject, (int)(qlen > 256 ? 256 : qlen), queue);
+    else
+        snprintf(msg, sizeof msg, "Permissions Violation for Subscription to \"%.*s\"", n, subject);
+    log_info("cid:%llu %s:%d user '%s': subscription violation, subject \"%.*s\"", (unsigned long long)c->id,
+             c->ip, c->port, c->user ? c->user : "", n, subject);
+    client_send_err(c, msg);
+    return 0;
+}
+
+/* allow_responses: c may answer reply once, for a while. */
+static void grant_response(client_t *c, const char *reply, size_t len)
+{
+    response_grant_t *g = dict_get(&c->replies, reply, len);
+    time_t now = time(NULL);
+    if (!g && c->replies.count >= REPLIES_MAX) {
+        for (size_t i = 0; i < c->replies.cap; i++) {
+            response_grant_t *old = c->replies.slots[i].val;
+            if (c->replies.slots[i].key && old->expires < now) {
+                free(dict_remove(&c->replies, c->replies.slots[i].key, c->replies.slots[i].klen));
+                i--; /* the removal shifted a later entry into this slot */
+            }
+        }
+        if (c->replies.count >= REPLIES_MAX)
+            return; /* full of live grants: this request cannot be answered */
+    }
+    if (!g) {
+        if (!(g = malloc(sizeof *g)) || dict_put(&c->replies, reply, len, g) < 0) {
+            free(g);
+            return;
+        }
+    }
+    g->expires = now + RESPONSE_SECONDS;
+    g->left = RESPONSE_MAX_MSGS;
+}
+
+int client_auth_deliver(client_t *c, const sub_t *sub, const proto_msg_t *m)
+{
+    if ((sub->flags & SUB_DENY_CHECK) && auth_deny_delivery(c->perms, m->subject, m->subject_len))
+        return 0;
+    if (m->reply && c->perms->allow_responses)
+        grant_response(c, m->reply, m->reply_len);
+    return 1;
+}
+
+/* Removes the subscriptions c's permissions no longer allow, telling it
+ * about each, and sets SUB_DENY_CHECK afresh on the others. */
+static void recheck_subs(client_t *c)
+{
+    for (size_t i = 0; i < c->subs.cap; i++) {
+        sub_t *s = c->subs.slots[i].key ? c->subs.slots[i].val : NULL;
+        if (!s)
+            continue;
+        s->flags &= ~SUB_DENY_CHECK;
+        if (auth_may_subscribe(c->perms, s->subject, s->subject_len)) {
+            if (c->perms && c->perms->sub_deny.n && has_wildcard(s->subject, s->subject_len))
+                s->flags |= SUB_DENY_CHECK;
+            continue;
+        }
+        char msg[600];
+        snprintf(msg, sizeof msg, "Permissions Violation for Subscription to \"%.200s\" (sid \"%.200s\")",
+                 s->subject, s->sid);
+        log_info("cid:%llu %s:%d user '%s': removed subscription to \"%s\": no longer allowed",
+                 (unsigned long long)c->id, c->ip, c->port, c->user ? c->user : "", s->subject);
+        client_send_err(c, msg);
+        client_remove_sub(c, s);
+        i--; /* the removal may have shifted a later entry into this slot */
+    }
+}
+
+void client_auth_reload(client_t *c, const auth_config_t *cfg)
+{
+    const auth_user_t *u = NULL;
+    if (c->flags & CLIENT_CLOSING) {
+        c->perms = NULL; /* the old config goes: nothing may point into it */
+        return;
+    }
+    if (c->flags & CLIENT_AUTH_HOLD)
+        return; /* its answer looks its user up in the config then in force */
+    if (!cfg) {
+        c->perms = NULL;
+        c->flags &= ~(CLIENT_AUTHED | CLIENT_ADMIN | CLIENT_BY_TOKEN);
+        dict_clear(&c->pub_seen, NULL);
+        if (c->auth_timer)
+            evtimer_del(c->auth_timer);
+        recheck_subs(c);
+        return;
+    }
+    if (!(c->flags & CLIENT_CONNECTED)) {
+        if (client_auth_start(c) < 0)
+            violation(c, "out of memory");
+        return;
+    }
+    if (c->flags & CLIENT_BY_TOKEN) {
+        if (!cfg->token) {
+            violation(c, "the token was removed");
+            return;
+        }
+    } else if (c->flags & CLIENT_AUTHED) {
+        if (!(u = auth_config_find_user(cfg, c->user))) {
+            violation(c, "its user was removed");
+            return;
+        }
+    } else if (!cfg->no_auth_user || !(u = auth_config_find_user(cfg, cfg->no_auth_user))) {
+        violation(c, "connected without credentials before auth was configured");
+        return;
+    }
+    if (become(c, cfg, u, (c->flags & CLIENT_BY_TOKEN) != 0) < 0) {
+        violation(c, "out of memory");
+        return;
+    }
+    recheck_subs(c);
+}
+
+void client_auth_free(client_t *c)
+{
+    if (c->auth_job)
+        authq_forget(server_authq(c->srv), c->auth_job);
+    c->auth_job = NULL;
+    if (c->auth_timer)
+        event_free(c->auth_timer);
+    c->auth_timer = NULL;
+    free(c->user);
+    c->user = NULL;
+    dict_clear(&c->pub_seen, NULL);
+    dict_clear(&c->replies, free);
+}
