@@ -42,7 +42,7 @@ for f in $ASRCS src/*/*.h; do [ "$f" -nt "$ABIN" ] && aneed=1; done
 if [ $aneed = 1 ]; then
     clang -std=c11 -D_GNU_SOURCE -Isrc/base -Isrc/core -Isrc/store -g -O1 -fsanitize=fuzzer,address,undefined \
         -fno-sanitize-recover=undefined $(pkg-config --cflags libevent_core libcjson libcrypto) -o "$ABIN" $ASRCS \
-        $(pkg-config --libs libevent_core libcjson libcrypto) -lm -lpthread
+        $(pkg-config --libs libevent_core libcjson libcrypto) -lcrypt -lm -lpthread
 fi
 NBIN=$OUT/fuzz_nkey
 NSRCS="tests/fuzz/fuzz_nkey.c src/base/nkey.c"
