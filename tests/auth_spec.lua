@@ -617,3 +617,48 @@ describe("tide passwd", function()
     assert.matches("no password given", out)
   end)
 end)
+
+describe("e.client in rules", function()
+  it("is who published the event, read-only, not forgeable by headers or envelope; handlers' events are $tide", function()
+    local srv = h.start_scripted(TIDE_CONF .. [[
+      local function seen(e, ctx)
+        local c = e.client
+        local assign_field = pcall(function() c.user = "x" end)
+        local assign_client = pcall(function() e.client = {} end)
+        ctx.publish("saw." .. e.subject, { user = c.user or "(none)", id = c.id, addr = c.addr or "(none)",
+          tls = c.tls, assign_field = assign_field, assign_client = assign_client, user_after = e.client.user })
+        ctx.publish("again.x", "1")
+      end
+      on("who.>", seen)
+      on("public.who", seen)
+      on("again.>", function(e, ctx) ctx.publish("saw.again", { user = e.client.user, id = e.client.id }) end)
+    ]])
+    local ok, err = pcall(function()
+      local watch = login(srv.port, "all", "allpw")
+      watch:sub("saw.>", "1")
+      assert.are.same({}, answers(watch))
+      local pub = login(srv.port, "all", "allpw")
+      local _, lport = pub.sock:getsockname()
+      local cid = json.decode(pub.info).client_id
+      pub:hpub("who.a", { { "client", "forged" }, { "ce-client", "forged" } },
+        json.encode({ specversion = "1.0", type = "t", id = "1", source = "s", client = { user = "forged" } }))
+      assert.are.same({}, answers(pub))
+      local got = {}
+      for _, m in ipairs(watch:collect(3, 5)) do got[m.subject] = json.decode(m.payload).data end
+      assert.are.same({ user = "all", id = cid, addr = "127.0.0.1:" .. lport, tls = false,
+        assign_field = false, assign_client = false, user_after = "all" }, got["saw.who.a"])
+      -- Events a handler publishes are tide's.
+      assert.are.same({ user = "$tide", id = 0 }, got["saw.again"])
+      -- Without credentials: the no_auth_user.
+      local guest = h.connect(srv.port)
+      guest:send("CONNECT {}\r\nPUB public.who 2\r\n{}\r\n")
+      assert.are.same({}, answers(guest))
+      local m = assert(watch:msg())
+      while m.subject ~= "saw.public.who" do m = assert(watch:msg()) end
+      assert.are.equal("guest", json.decode(m.payload).data.user)
+      guest:close()
+    end)
+    stop_all({ srv })
+    assert(ok, err)
+  end)
+end)

@@ -5,6 +5,7 @@
 
 #include <lauxlib.h>
 
+#include "client.h"
 #include "event.h"
 #include "subject.h"
 #include "util.h"
@@ -703,6 +704,47 @@ static void push_data(lua_State *L, int self, event_t *ev)
     }
 }
 
+static int client_newindex(lua_State *L)
+{
+    return luaL_error(L, "e.client is read-only");
+}
+
+/* e.client: who published the event, as a read-only table { user, id,
+ * addr, tls } made from the connection, never from the message, so no
+ * header or envelope field can forge it. */
+static void push_client(lua_State *L, const event_t *ev)
+{
+    lua_createtable(L, 0, 0); /* the proxy rules get */
+    lua_createtable(L, 0, 2); /* its metatable */
+    lua_createtable(L, 0, 4); /* the fields */
+    if (ev->origin == EVENT_FROM_CLIENT && ev->client) {
+        const client_t *c = ev->client;
+        if (c->user) {
+            lua_pushstring(L, c->user);
+            lua_setfield(L, -2, "user");
+        }
+        lua_pushinteger(L, (lua_Integer)c->id);
+        lua_setfield(L, -2, "id");
+        lua_pushfstring(L, strchr(c->ip, ':') ? "[%s]:%d" : "%s:%d", c->ip, c->port);
+        lua_setfield(L, -2, "addr");
+    } else {
+        if (ev->origin == EVENT_FROM_TIDE) {
+            lua_pushliteral(L, "$tide");
+            lua_setfield(L, -2, "user");
+        }
+        lua_pushinteger(L, 0);
+        lua_setfield(L, -2, "id");
+    }
+    lua_pushboolean(L, 0); /* no TLS listener yet */
+    lua_setfield(L, -2, "tls");
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, client_newindex);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_setmetatable(L, -2);
+}
+
 /* e[key] for the event ev at self (1, or where the reused event is). */
 static int event_get(lua_State *L, int self, event_t *ev)
 {
@@ -716,6 +758,12 @@ static int event_get(lua_State *L, int self, event_t *ev)
             proto_msg_t m;
             event_bytes(L, self, &m);
             lua_pushlstring(L, m.payload, m.payload_len);
+            return 1;
+        }
+        break;
+    case 6:
+        if (!memcmp(k, "client", 6)) {
+            push_client(L, ev);
             return 1;
         }
         break;
@@ -807,7 +855,7 @@ static int event_newindex(lua_State *L)
         ev->subject_dirty = 1;
         return 0;
     }
-    if (KEY_IS(k, kl, "headers") || KEY_IS(k, kl, "reply") || KEY_IS(k, kl, "raw"))
+    if (KEY_IS(k, kl, "headers") || KEY_IS(k, kl, "reply") || KEY_IS(k, kl, "raw") || KEY_IS(k, kl, "client"))
         return luaL_error(L, "e.%s cannot be assigned (set e.headers[name] or e.data instead)", k);
     decode(L, 1, ev);
     json_tree_t *t = tree_of(L, 1, ev);
