@@ -69,6 +69,10 @@ $(INTEROP): tests/interop/interop_c.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) -lnats
 
+$(BUILD)/auth_c: tests/interop/auth_c.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) -lnats
+
 $(BUILD)/interop_js_c: tests/interop/js_c.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) -lnats -lpthread

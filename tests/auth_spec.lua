@@ -3,8 +3,8 @@
 -- Every protocol case runs against tide and against nats-server (2.9) with
 -- the equivalent configuration, and must get the very same answers; each
 -- also states the answer it expects, so two servers wrong in the same way
--- would not pass either.  Real clients (nats.js) must see their usual
--- errors.  Then what only tide does: the admin subjects, rules and streams
+-- would not pass either.  Real clients (nats.js, and libnats through
+-- tests/interop/auth_c.c) must see their usual errors.  Then what only tide does: the admin subjects, rules and streams
 -- never seeing a refused event, reloads that revoke, and password checks
 -- that keep the loop free.
 local h = require "helpers"
@@ -39,6 +39,12 @@ local function hash(pw, cost)
 end
 
 local SHOP_HASH, RESP_HASH = hash("shoppw"), hash("resppw")
+
+-- build/auth_c, the libnats client (plain build, whatever the suite's flavour).
+local function build_auth_c()
+  local rc, out = h.sh(("make -s -C '%s' BUILD=build SAN= build/auth_c"):format(h.root))
+  assert(rc == 0, "building build/auth_c failed:\n" .. out)
+end
 
 -- The same configuration for both servers.
 local TIDE_CONF = ([[
@@ -309,12 +315,33 @@ describe("auth, against nats-server with the same configuration", function()
       assert.are.equal(r[2], node(tide.port, r[1]), "tide: " .. json.encode(r[1]))
     end
   end)
+
+  it("gives libnats its usual errors", function()
+    build_auth_c()
+    local function c_client(port, args)
+      local code, text = h.sh(("timeout 20 '%s/build/auth_c' %d %s"):format(h.root, port, args))
+      assert(code == 0, text)
+      return text
+    end
+    local runs = {
+      { "user shoppw shop", "connected\n" },
+      { "user wrong shop", "error Authentication Violation\n" },
+      { "user shoppw ghost", "error Authentication Violation\n" },
+      { "user shoppw shop shipping.a",
+        'connected\nasync Not Permitted: Permissions Violation for Subscription to "shipping.a"\n' },
+    }
+    for _, r in ipairs(runs) do
+      assert.are.equal(r[2], c_client(nats.port, r[1]), "nats-server: " .. r[1])
+      assert.are.equal(r[2], c_client(tide.port, r[1]), "tide: " .. r[1])
+    end
+  end)
 end)
 
 describe("auth with one shared token, against nats-server", function()
   it("lets the token in, refuses another or none, with nats.js's errors", function()
     local ok, npm_out = h.npm_ready()
     assert(ok, "npm ci failed:\n" .. tostring(npm_out))
+    build_auth_c()
     local tide = h.start_scripted([[ auth { token = "s3cret-t0ken" } ]])
     local nats = start_nats([[ authorization { token: "s3cret-t0ken" } ]])
     local ok2, err = pcall(function()
@@ -331,6 +358,13 @@ describe("auth with one shared token, against nats-server", function()
         assert.are.equal("error AUTHORIZATION_VIOLATION\n", node({ opts = { token = "s3cret-t0keN" } }))
         assert.are.equal("error AUTHORIZATION_VIOLATION\n", node({ opts = {} }))
         assert.are.equal("error AUTHORIZATION_VIOLATION\n", node({ opts = { user = "a", pass = "b" } }))
+        local function c_client(args)
+          local _, text = h.sh(("timeout 20 '%s/build/auth_c' %d %s"):format(h.root, srv.port, args))
+          return text
+        end
+        assert.are.equal("connected\n", c_client("token s3cret-t0ken"))
+        assert.are.equal("error Authentication Violation\n", c_client("token wrong"))
+        assert.are.equal("error Authentication Violation\n", c_client("none"))
       end
     end)
     stop_all({ tide, nats })
@@ -585,6 +619,24 @@ authorization { users = [
       return out
     end
     assert.are.same(but_violation(expect), but_violation(results[1]))
+  end)
+
+  it("lets a client in whose password check was under way when a reload turned auth off", function()
+    -- Cost 14: about 1.5 s of checking, time enough to reload meanwhile.
+    local tide = h.start_scripted(([[ auth { users = { { user = "slow", password = %q } } } ]])
+      :format(hash("slowpw", 14)))
+    local ok, err = pcall(function()
+      local c = h.connect(tide.port)
+      local t0 = h.proc.now()
+      c:send("CONNECT " .. creds("slow", "slowpw") .. "\r\n")
+      h.write_file(tide.config, "-- no auth\n")
+      h.proc.kill(tide.pid, "HUP")
+      assert(h.wait_until(function() return tide:log():find("auth: off", 1, true) end, 5), tide:log())
+      assert.is_true(h.proc.now() - t0 < 1, "the reload came after the check; the test proves nothing")
+      assert.are.same({}, answers(c, 10))
+    end)
+    stop_all({ tide })
+    assert(ok, err)
   end)
 
   it("keeps the running auth when a reload fails", function()

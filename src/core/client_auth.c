@@ -180,12 +180,19 @@ void client_auth_answer(void *ctx, authq_job_t *job)
         authq_job_free(job);
         return;
     }
+    if (!cfg) { /* auth was turned off while the check ran: anyone may connect */
+        free(c->user); /* a name it claimed, never checked */
+        c->user = NULL;
+        authq_job_free(job);
+        client_connect_done(c, 1);
+        return;
+    }
     /* The auth may have changed while the check ran: it counts only if the
      * secret it checked is still the one in force. */
-    if (cfg && c->user) {
+    if (c->user) {
         u = auth_config_find_user(cfg, c->user);
         now = u ? u->password : NULL;
-    } else if (cfg) {
+    } else {
         now = cfg->token;
     }
     if (!job->ok || !now || strcmp(now, job->stored) || become(c, cfg, u, u == NULL) < 0) {
