@@ -400,6 +400,9 @@ describe("auth { } in the entry file", function()
         "auth: user 'u' is declared twice" },
       { [[auth { users = { { user = "u" } } }]], "auth: users[1] (user 'u') needs a password" },
       { [[auth { timeout = "1s" }]], "auth: give a token or users" },
+      { [[auth { users = { { nkey = "UABC" } } }]], "auth: users[1]: 'UABC' is not a public user nkey" },
+      { [[auth { users = { { user = "u", nkey = "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4" } } }]],
+        "auth: users[1] has both user and nkey" },
       { [[limits { max_subscriptions = -1 }]], "limits: max_subscriptions must be 0" },
     }
     for _, c in ipairs(cases) do
@@ -430,6 +433,19 @@ describe("auth, what tide adds", function()
       ops:pub("$TIDE.ADMIN.STATS", "", "_INBOX.ops")
       local m = assert(ops:msg())
       assert.is_number(json.decode(m.payload).connections)
+    end)
+    stop_all({ srv })
+    assert(ok, err)
+  end)
+
+  it("takes nkey users in its table, but lets none log in until their signatures are checked", function()
+    local nk = "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4"
+    local srv = h.start_scripted(([[ auth { users = { { nkey = %q }, { user = "u", password = "p" } } } ]]):format(nk))
+    local ok, err = pcall(function()
+      local c = h.connect(srv.port)
+      c:send("CONNECT " .. json.encode({ nkey = nk, sig = "AAAA" }) .. "\r\n")
+      assert.are.same({ "-ERR 'Authorization Violation'", "<closed>" }, answers(c))
+      login(srv.port, "u", "p"):close()
     end)
     stop_all({ srv })
     assert(ok, err)

@@ -17,6 +17,7 @@
  *   }
  */
 #include "auth.h"
+#include "nkey.h"
 #include "script_internal.h"
 
 /* settings_check_keys with "auth: " before what. */
@@ -137,17 +138,6 @@ static void check_secret(lua_State *L, const char *secret, const char *where)
         log_warn("auth: %s is plain text; store a bcrypt hash instead (tide passwd)", where);
 }
 
-/* An nkey as nats writes it: 'U' and 55 more base32 characters. */
-static int nkey_shaped(const char *k)
-{
-    if (strlen(k) != 56 || k[0] != 'U')
-        return 0;
-    for (const char *p = k; *p; p++)
-        if (!((*p >= 'A' && *p <= 'Z') || (*p >= '2' && *p <= '7')))
-            return 0;
-    return 1;
-}
-
 static void read_user(lua_State *L, auth_config_t *cfg, int i)
 {
     static const char *const known[] = {"user", "password", "nkey", "permissions", "admin", NULL};
@@ -171,8 +161,12 @@ static void read_user(lua_State *L, auth_config_t *cfg, int i)
         luaL_error(L, "auth: %s (user '%s') needs a password", where, u->name);
     if (u->nkey && u->password)
         luaL_error(L, "auth: %s: an nkey user has no password", where);
-    if (u->nkey && !nkey_shaped(u->nkey))
-        luaL_error(L, "auth: %s: '%s' is not a public user nkey (U and 55 base32 characters)", where, u->nkey);
+    if (u->nkey) {
+        unsigned char pub[NKEY_KEY_LEN];
+        int rc = nkey_public_decode(u->nkey, pub);
+        if (rc != NKEY_OK)
+            luaL_error(L, "auth: %s: '%s' is not a public user nkey: %s", where, u->nkey, nkey_strerror(rc));
+    }
     for (size_t k = 0; u->name && k + 1 < cfg->nusers; k++)
         if (cfg->users[k].name && !strcmp(cfg->users[k].name, u->name))
             luaL_error(L, "auth: user '%s' is declared twice", u->name);
