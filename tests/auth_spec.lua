@@ -765,3 +765,36 @@ describe("e.client in rules", function()
     assert(ok, err)
   end)
 end)
+
+describe("tide serve beyond loopback", function()
+  -- 192.0.2.1 (TEST-NET-1, RFC 5737) is an address of no machine: tide
+  -- either refuses before binding, or gets past the check and fails to
+  -- bind it.  Nothing here listens beyond loopback.
+  local function serve(extra, entry)
+    local dir = h.make_tmpdir("tide-exposure")
+    h.write_file(dir .. "/tide.lua", entry or "-- nothing\n")
+    local rc, out = h.sh(("timeout 10 '%s' serve -a 192.0.2.1 -p %d --no-http -c '%s/tide.lua' %s")
+      :format(h.bin, h.free_port(), dir, extra or ""))
+    h.remove_tmpdir(dir)
+    return rc, out
+  end
+
+  it("refuses to start without auth, and says how to go on", function()
+    local rc, out = serve()
+    assert.are.equal(1, rc)
+    assert.matches("refusing to serve on 192%.0%.2%.1:%d+ without authentication", out)
+    assert.matches("auth { } block", out, 1, true)
+    assert.matches("--insecure", out, 1, true)
+    assert.is_nil(out:find("cannot listen", 1, true))
+  end)
+
+  it("goes on with an auth block, or with --insecure", function()
+    local rc, out = serve(nil, [[ auth { users = { { user = "u", password = "p" } } } ]])
+    assert.are_not.equal(0, rc)
+    assert.matches("cannot listen on 192%.0%.2%.1", out)
+    rc, out = serve("--insecure")
+    assert.are_not.equal(0, rc)
+    assert.matches("cannot listen on 192%.0%.2%.1", out)
+    assert.is_nil(out:find("refusing", 1, true))
+  end)
+end)

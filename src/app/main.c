@@ -88,6 +88,8 @@ static void usage(FILE *f)
             "      --no-http          no HTTP listener\n"
             "      --data DIR         directory of streams and consumer state (default:\n"
             "                         storage { dir } of the config, else data/ beside it)\n"
+            "      --insecure         serve on an address beyond loopback without auth { }\n"
+            "                         (refused otherwise: docs/security.md)\n"
             "  -D, --debug            debug logging\n"
             "  -V, --trace            trace logging\n"
             "\n"
@@ -172,6 +174,7 @@ enum {
     OPT_HTTP,
     OPT_NO_HTTP,
     OPT_DATA,
+    OPT_INSECURE,
 };
 
 /* What tide serve's command line says; flags in `set` override the entry
@@ -181,6 +184,7 @@ typedef struct serve_args {
     unsigned set; /* bit i: the i-th server option came from a flag */
     const char *pid_file, *config, *http_flag, *data_flag;
     int no_http;
+    int insecure; /* --insecure: serve beyond loopback without auth */
 } serve_args_t;
 
 /* Takes one of tide serve's options (ch as getopt_long gives it) into a.
@@ -230,6 +234,7 @@ static int serve_take_option(serve_args_t *a, int ch, const char *arg)
         break;
     case OPT_NO_HTTP: a->no_http = 1; break;
     case OPT_DATA: a->data_flag = arg; break;
+    case OPT_INSECURE: a->insecure = 1; break;
     case 'D': log_set_level(LOG_DEBUG); break;
     case 'V': log_set_level(LOG_TRACE); break;
     case 'h': usage(stdout); return 0;
@@ -260,6 +265,7 @@ static int serve_parse_args(int argc, char **argv, serve_args_t *a)
         {"write-deadline", required_argument, NULL, OPT_WRITE_DEADLINE},
         {"http", required_argument, NULL, OPT_HTTP},
         {"no-http", no_argument, NULL, OPT_NO_HTTP},
+        {"insecure", no_argument, NULL, OPT_INSECURE},
         {"data", required_argument, NULL, OPT_DATA},
         {"debug", no_argument, NULL, 'D'},
         {"trace", no_argument, NULL, 'V'},
@@ -304,6 +310,28 @@ static void serve_apply_flags(const serve_args_t *a, server_opts_t *o)
     if (a->set & (1u << 8)) o->write_deadline = f->write_deadline;
 }
 
+/* True for an address only this machine reaches. */
+static int host_is_loopback(const char *host)
+{
+    return !strncmp(host, "127.", 4) || !strcmp(host, "::1") || !strcmp(host, "localhost");
+}
+
+/* Without auth any client may publish, read every event and send admin
+ * requests: beyond loopback that takes an explicit --insecure.  0 to go
+ * on, else the message is printed. */
+static int serve_check_exposure(const serve_args_t *a, const server_opts_t *o, const script_host_t *scripts)
+{
+    if (a->insecure || host_is_loopback(o->host) || (scripts && script_auth_configured(scripts)))
+        return 0;
+    fprintf(stderr,
+            "tide: refusing to serve on %s:%d without authentication: any client that reaches it could\n"
+            "      publish anything, read every event and reload the rules.  Add an auth { } block to\n"
+            "      the entry file (users and passwords: docs/security.md; tide passwd makes the hashes),\n"
+            "      listen on 127.0.0.1, or pass --insecure to accept anonymous clients on purpose.\n",
+            o->host, o->port);
+    return -1;
+}
+
 /* A server holds a descriptor per client: take all the process may have
  * (the soft limit up to the hard one). */
 static void raise_fd_limit(void)
@@ -339,6 +367,10 @@ static int cmd_serve(int argc, char **argv)
         script_host_apply_settings(node.scripts, &o);
     }
     serve_apply_flags(&a, &o);
+    if (serve_check_exposure(&a, &o, node.scripts) < 0) {
+        node_stop(&node);
+        return 1;
+    }
 
     signal(SIGPIPE, SIG_IGN);
     raise_fd_limit();

@@ -538,6 +538,11 @@ int script_http_binary(const script_host_t *h, const char *subject, size_t len)
     return 0;
 }
 
+int script_auth_configured(const script_host_t *h)
+{
+    return h->cur && h->cur->auth;
+}
+
 int script_admin_eval(const script_host_t *h)
 {
     return h->cur && h->cur->admin_eval;

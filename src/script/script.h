@@ -149,6 +149,9 @@ double script_http_ack_timeout(const script_host_t *h);
  * before it is closed (10 unless set; h may be NULL). */
 double script_http_idle_timeout(const script_host_t *h);
 
+/* True when the entry file has an auth { } block. */
+int script_auth_configured(const script_host_t *h);
+
 /* True when the entry file said admin { eval = true }. */
 int script_admin_eval(const script_host_t *h);
 /* True while an event is in the pipeline (reload must wait). */
