@@ -438,6 +438,37 @@ describe("auth, what tide adds", function()
     assert(ok, err)
   end)
 
+  it("decides alike for subjects it has cached and subjects past its bounded cache", function()
+    local srv = h.start_scripted(TIDE_CONF)
+    local ok, err = pcall(function()
+      local watch = login(srv.port, "all", "allpw")
+      watch:sub("orders.>", "1")
+      assert.are.same({}, answers(watch))
+      local shop = login(srv.port, "shop", "shoppw")
+      local long = ("x"):rep(300) -- longer than a cached subject may be
+      local parts = {}
+      for round = 1, 2 do -- the second round after the cache was filled and started again
+        for i = 1, 300 do
+          parts[#parts + 1] = ("PUB orders.n%d 1\r\n%d\r\nPUB orders.internal.n%d 0\r\n\r\n"):format(i, round, i)
+        end
+        parts[#parts + 1] = ("PUB orders.%s 0\r\n\r\nPUB orders.internal.%s 0\r\n\r\n"):format(long, long)
+      end
+      shop:send(table.concat(parts))
+      local refused = 0
+      for _, l in ipairs(answers(shop, 10)) do
+        assert.matches("^%-ERR 'Permissions Violation for Publish to \"orders%.internal%.", l)
+        refused = refused + 1
+      end
+      assert.are.equal(602, refused)
+      local got = watch:collect(602, 10)
+      assert.are.equal(602, #got)
+      for _, m in ipairs(got) do assert.is_nil(m.subject:find("internal", 1, true)) end
+      assert.are.same({}, answers(watch))
+    end)
+    stop_all({ srv })
+    assert(ok, err)
+  end)
+
   it("takes nkey users in its table, but lets none log in until their signatures are checked", function()
     local nk = "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4"
     local srv = h.start_scripted(([[ auth { users = { { nkey = %q }, { user = "u", password = "p" } } } ]]):format(nk))

@@ -19,10 +19,12 @@
 #include "log.h"
 #include "util.h"
 
-/* The publish decisions a client keeps (subject -> decision); past this
- * many the cache starts again, so a client that publishes to ever new
- * subjects costs bounded memory. */
-#define PUB_SEEN_MAX 1024
+/* The publish decisions a client keeps (subject -> decision): past this
+ * many the cache starts again, and longer subjects are not kept, so a
+ * client that publishes to ever new (or long) subjects costs at most a
+ * few tens of KB (nats-server keeps 128 too). */
+#define PUB_SEEN_MAX 128
+#define PUB_SEEN_SUBJECT_MAX 256
 #define PUB_ALLOWED ((void *)1)
 #define PUB_REFUSED ((void *)2)
 
@@ -266,9 +268,11 @@ int client_auth_publish(client_t *c, const proto_msg_t *m)
         return 1;
     if (!seen) {
         int ok = auth_may_publish(c->perms, m->subject, m->subject_len);
-        if (c->pub_seen.count >= PUB_SEEN_MAX)
-            dict_clear(&c->pub_seen, NULL);
-        dict_put(&c->pub_seen, m->subject, m->subject_len, ok ? PUB_ALLOWED : PUB_REFUSED); /* a cache: may fail */
+        if (m->subject_len <= PUB_SEEN_SUBJECT_MAX) {
+            if (c->pub_seen.count >= PUB_SEEN_MAX)
+                dict_clear(&c->pub_seen, NULL);
+            dict_put(&c->pub_seen, m->subject, m->subject_len, ok ? PUB_ALLOWED : PUB_REFUSED); /* may fail: a cache */
+        }
         if (ok)
             return 1;
     }
