@@ -29,15 +29,16 @@ struct authq {
     void *ctx;
 };
 
-authq_job_t *authq_job_new(const char *stored, const char *given, void *owner)
+authq_job_t *authq_job_new(const char *stored, const char *given, const char *name, void *owner)
 {
     authq_job_t *j = calloc(1, sizeof *j);
     if (!j)
         return NULL;
     j->stored = strdup(stored);
     j->given = strdup(given);
+    j->name = name ? strdup(name) : NULL;
     j->owner = owner;
-    if (!j->stored || !j->given) {
+    if (!j->stored || !j->given || (name && !j->name)) {
         authq_job_free(j);
         return NULL;
     }
@@ -52,6 +53,7 @@ void authq_job_free(authq_job_t *j)
         explicit_bzero(j->given, strlen(j->given));
     free(j->stored);
     free(j->given);
+    free(j->name);
     free(j);
 }
 

@@ -18,6 +18,7 @@ typedef struct authq authq_t;
 typedef struct authq_job {
     char *stored;  /* the hash to check against (copied) */
     char *given;   /* the password the client sent (copied) */
+    char *name;    /* the user it is given for (copied), NULL for the token */
     int ok;        /* the answer, written by a checker thread */
     void *owner;   /* the loop's: whom the answer is for (NULL: gone, drop it) */
     struct authq_job *next;
@@ -32,8 +33,9 @@ authq_t *authq_new(struct event_base *base, int nthreads, void (*done)(void *ctx
  * and the jobs still in it, answered or not.  q may be NULL. */
 void authq_free(authq_t *q);
 
-/* A job for stored and given (both copied), owned by owner; NULL when out of memory. */
-authq_job_t *authq_job_new(const char *stored, const char *given, void *owner);
+/* A job for stored and given, claimed for user name (may be NULL), all
+ * copied, owned by owner; NULL when out of memory. */
+authq_job_t *authq_job_new(const char *stored, const char *given, const char *name, void *owner);
 void authq_job_free(authq_job_t *job);
 
 /* Queues job (the queue owns it until done() hands it back). */

@@ -100,11 +100,12 @@ static const char *json_string(const cJSON *obj, const char *key)
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
-/* The password is bcrypt: checked off the loop, c held until the answer. */
-static int hold_for_check(client_t *c, const char *stored, const char *given)
+/* The password is bcrypt: checked off the loop, c held until the answer
+ * (who it was until then, if anyone, it stays meanwhile). */
+static int hold_for_check(client_t *c, const char *stored, const char *given, const char *user)
 {
     authq_t *q = server_authq(c->srv);
-    authq_job_t *job = q ? authq_job_new(stored, given, c) : NULL;
+    authq_job_t *job = q ? authq_job_new(stored, given, user, c) : NULL;
     if (!job) {
         log_error("cid:%llu cannot check a password: out of memory or no checker thread", (unsigned long long)c->id);
         client_send_err(c, "Server Out Of Memory");
@@ -153,15 +154,8 @@ int client_auth_connect(client_t *c, const cJSON *obj)
         violation(c, user ? user : "no credentials");
         return 1;
     }
-    if (auth_is_bcrypt(stored)) {
-        free(c->user);
-        c->user = user ? strdup(user) : NULL; /* who it claims to be, until the answer */
-        if (user && !c->user) {
-            violation(c, "out of memory");
-            return 1;
-        }
-        return hold_for_check(c, stored, given);
-    }
+    if (auth_is_bcrypt(stored))
+        return hold_for_check(c, stored, given, user);
     if (!auth_password_ok(stored, given) || become(c, cfg, u, u == NULL) < 0) {
         violation(c, user ? user : "token");
         return 1;
@@ -183,22 +177,20 @@ void client_auth_answer(void *ctx, authq_job_t *job)
         return;
     }
     if (!cfg) { /* auth was turned off while the check ran: anyone may connect */
-        free(c->user); /* a name it claimed, never checked */
-        c->user = NULL;
         authq_job_free(job);
         client_connect_done(c, 1);
         return;
     }
     /* The auth may have changed while the check ran: it counts only if the
      * secret it checked is still the one in force. */
-    if (c->user) {
-        u = auth_config_find_user(cfg, c->user);
+    if (job->name) {
+        u = auth_config_find_user(cfg, job->name);
         now = u ? u->password : NULL;
     } else {
         now = cfg->token;
     }
     if (!job->ok || !now || strcmp(now, job->stored) || become(c, cfg, u, u == NULL) < 0) {
-        violation(c, c->user ? c->user : "token");
+        violation(c, job->name ? job->name : "token");
         authq_job_free(job);
         return;
     }
@@ -380,8 +372,8 @@ void client_auth_reload(client_t *c, const auth_config_t *cfg)
         c->perms = NULL; /* the old config goes: nothing may point into it */
         return;
     }
-    if (c->flags & CLIENT_AUTH_HOLD)
-        return; /* its answer looks its user up in the config then in force */
+    /* A held client's answer looks the user it claims up in the config
+     * then in force; meanwhile it is who it was (its deliveries go on). */
     if (!cfg) {
         c->perms = NULL;
         c->flags &= ~(CLIENT_AUTHED | CLIENT_ADMIN | CLIENT_BY_TOKEN);
