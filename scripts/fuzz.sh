@@ -64,7 +64,7 @@ if [ $hneed = 1 ]; then
     clang -std=c11 -D_GNU_SOURCE -Isrc/base -Isrc/core -Isrc/store -Isrc/script -Isrc/app -g -O1 \
         -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
         $(pkg-config --cflags libevent_core libevent_extra lua5.4 libcjson libcrypto) -o "$HBIN" $HSRCS \
-        $(pkg-config --libs libevent_core libevent_extra lua5.4 libcjson libcrypto) -lreadline -lm -lpthread
+        $(pkg-config --libs libevent_core libevent_extra lua5.4 libcjson libcrypto) -lreadline -lcrypt -lm -lpthread
 fi
 case "${1:-replay}" in
 replay)
