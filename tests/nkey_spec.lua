@@ -153,14 +153,16 @@ describe("tide nkey", function()
     local bad = {
       url:sub(1, 85),                          -- truncated
       url .. "A",                              -- too long
-      url .. "==",                             -- URL alphabet with padding
-      std:sub(1, 86),                          -- standard alphabet without padding
       "",
       url:sub(1, 43) .. "." .. url:sub(45),    -- not a base64 character
     }
+    -- A signature without '-' or '_' (about one in 15) is spelled the same
+    -- in both alphabets, so the mixed forms are only wrong when it has them.
     if url:find("[-_]") then
-      -- the URL alphabet inside a standard, padded signature
-      bad[#bad + 1] = url .. "=="
+      bad[#bad + 1] = url .. "=="              -- URL alphabet with padding
+    end
+    if std:find("[+/]") then
+      bad[#bad + 1] = std:sub(1, 86)           -- standard alphabet without padding
     end
     for i, sig in ipairs(bad) do
       local rc, _, err = tide("nkey", "verify", kp[2], "n", sig)
