@@ -115,17 +115,105 @@ describe("sublist", function()
     assert.is_false(sl:remove(b))
   end)
 
-  it("keeps unrelated cached results across a change", function()
+  it("keeps unrelated cached results across a literal change", function()
     local sl = core.sublist()
-    sl:insert("a.b")
+    local a = sl:insert("a.b")
     sl:match("a.b")
     sl:match("x.y")
     local n = sl:stats().cache_entries
-    sl:insert("a.*") -- matches a.b only
-    assert.are.equal(n - 1, sl:stats().cache_entries)
     local hits = sl:stats().cache_hits
+    -- A literal pattern makes only its own subject's result stale.
+    local b = sl:insert("a.b")
     sl:match("x.y")
     assert.are.equal(hits + 1, sl:stats().cache_hits)
+    assert.same({ a, b }, sl:match("a.b").plain) -- recomputed, in subscription order
+    assert.are.equal(hits + 1, sl:stats().cache_hits)
+    assert.are.equal(n, sl:stats().cache_entries)
+    assert.same({ a, b }, sl:match("a.b").plain)
+    assert.are.equal(hits + 2, sl:stats().cache_hits)
+  end)
+
+  it("recomputes every cached result once after a wildcard change", function()
+    local sl = core.sublist()
+    local a = sl:insert("a.b")
+    sl:match("a.b")
+    sl:match("x.y")
+    local w = sl:insert("*.*")
+    local hits = sl:stats().cache_hits
+    assert.same({ a, w }, sl:match("a.b").plain)
+    assert.same({ w }, sl:match("x.y").plain)
+    assert.are.equal(hits, sl:stats().cache_hits)
+    assert.same({ w }, sl:match("x.y").plain)
+    assert.are.equal(hits + 1, sl:stats().cache_hits)
+    assert.is_true(sl:remove(w))
+    assert.same({}, sl:match("x.y").plain)
+    assert.same({ a }, sl:match("a.b").plain)
+  end)
+
+  it("keeps subscription order on a subject after removals in the middle", function()
+    local sl = core.sublist()
+    local h = {}
+    for i = 1, 10 do h[i] = sl:insert("o.s") end
+    for _, i in ipairs { 1, 4, 5, 10 } do assert.is_true(sl:remove(h[i])) end
+    local again = sl:insert("o.s")
+    assert.same({ h[2], h[3], h[6], h[7], h[8], h[9], again }, sl:match("o.s").plain)
+    local q = {}
+    for i = 1, 5 do q[i] = sl:insert("o.s", "g") end
+    assert.is_true(sl:remove(q[3]))
+    assert.same({ q[1], q[2], q[4], q[5] }, sl:match("o.s").groups[1].members)
+  end)
+
+  -- Against a plain list of the live subscriptions and core.matches: every
+  -- subject's result holds exactly the live subscriptions whose pattern
+  -- matches it, in subscription order per pattern, through thousands of
+  -- inserts and removes interleaved with matches (so cached results go
+  -- stale in every way: literal and wildcard, inserts and removes).
+  it("agrees with a brute-force match through random inserts, removes and matches", function()
+    local sl = core.sublist()
+    math.randomseed(16)
+    local patterns = { "a", "a.b", "a.c", "a.*", "a.>", "*.b", "*", ">", "a.b.c", "a.*.c", "*.*.c", "b.>" }
+    local subjects = { "a", "b", "a.b", "a.c", "b.b", "a.b.c", "a.x.c", "b.c.d" }
+    local queues = { false, false, "q1", "q2" }
+    local live = {} -- handle -> { pattern, queue }, and the handles in subscription order
+    local order = {}
+    local function check(subject)
+      local r = sl:match(subject)
+      local plain, groups = {}, {}
+      for _, h in ipairs(order) do
+        local s = live[h]
+        if s and core.matches(s.pattern, subject) then
+          if s.queue then
+            groups[s.queue] = groups[s.queue] or {}
+            table.insert(groups[s.queue], h)
+          else
+            plain[#plain + 1] = h
+          end
+        end
+      end
+      assert.same(sorted(plain), sorted(r.plain), subject)
+      local got = {}
+      for _, g in ipairs(r.groups) do got[g.name] = sorted(g.members) end
+      for name, members in pairs(groups) do groups[name] = sorted(members) end
+      assert.same(groups, got, subject)
+    end
+    for step = 1, 4000 do
+      local roll = math.random()
+      if roll < 0.45 or #order == 0 then
+        local p, q = patterns[math.random(#patterns)], queues[math.random(#queues)]
+        local h = sl:insert(p, q or nil)
+        live[h] = { pattern = p, queue = q }
+        order[#order + 1] = h
+      elseif roll < 0.8 then
+        local i = math.random(#order)
+        local h = table.remove(order, i)
+        assert.is_true(sl:remove(h), "step " .. step)
+        live[h] = nil
+      else
+        check(subjects[math.random(#subjects)])
+      end
+    end
+    for _, subject in ipairs(subjects) do check(subject) end
+    assert.are.equal(#order, sl:stats().subs)
   end)
 
   it("handles many subscriptions and removals consistently", function()

@@ -123,6 +123,21 @@ void client_remove_sub(client_t *c, sub_t *s)
     sub_free(s);
 }
 
+size_t client_drop_subs(client_t *c, size_t max)
+{
+    dict_t *d = &c->subs;
+    for (; max > 0 && d->count > 0; max--) {
+        /* Every slot before the cursor is empty, so removing the entry at
+         * the cursor can only pull later entries back into it (the dict's
+         * backward shift stops at the first empty slot): one pass over the
+         * slots finds them all.  The wrap only makes that certain. */
+        while (!d->slots[c->subs_drop_at].key)
+            c->subs_drop_at = (c->subs_drop_at + 1) & (d->cap - 1);
+        client_remove_sub(c, d->slots[c->subs_drop_at].val);
+    }
+    return d->count;
+}
+
 void client_free(client_t *c)
 {
     server_forget_flush(c->srv, c);

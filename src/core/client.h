@@ -49,6 +49,7 @@ typedef struct client {
     int port;
     proto_parser_t parser;
     dict_t subs; /* sid -> sub_t* */
+    size_t subs_drop_at; /* client_drop_subs' place in subs' slots */
     int pings_out;
     struct event *ping_timer;
     char name[128];
@@ -97,6 +98,13 @@ void client_send_err(client_t *c, const char *msg);
  * closing or just became a slow consumer.
  */
 int client_deliver(client_t *c, const sub_t *sub, const proto_msg_t *m);
+
+/*
+ * Called by the server only, for a closed client: unsubscribes and frees up
+ * to max of c's subscriptions, so that a connection holding very many can
+ * be torn down over several turns of the loop.  Returns how many are left.
+ */
+size_t client_drop_subs(client_t *c, size_t max);
 
 /* Called by the server only: releases everything c owns. */
 void client_free(client_t *c);

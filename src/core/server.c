@@ -364,6 +364,11 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* Subscriptions of closed clients freed per turn of the loop: about a
+ * millisecond of work, so a connection closing with 100,000 of them never
+ * keeps the others waiting for more than that. */
+#define SERVER_REAP_BATCH 2000
+
 static void on_reap(evutil_socket_t fd, short what, void *arg)
 {
     server_t *s = arg;
@@ -371,6 +376,13 @@ static void on_reap(evutil_socket_t fd, short what, void *arg)
     (void)what;
     while (s->dead) {
         client_t *c = s->dead;
+        if (client_drop_subs(c, SERVER_REAP_BATCH) > 0) {
+            /* The rest on a later turn: a timer, not event_active, so that
+             * the loop polls the sockets in between. */
+            struct timeval now = {0, 0};
+            event_add(s->reaper, &now);
+            return;
+        }
         s->dead = c->next_dead;
         s->stats.connections--;
         if (s->close_hook)

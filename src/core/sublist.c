@@ -6,62 +6,84 @@
 #include "subject.h"
 #include "sublist.h"
 
+/* The subscribers of a node or queue group, in subscription order; linked
+ * through sub_t.sl_prev / sl_next so that one leaves without a search. */
+typedef struct members {
+    sub_t *head, *tail;
+    size_t n;
+} members_t;
+
 typedef struct qlist {
+    struct qlist *prev, *next;
     char *name;
     size_t name_len;
-    sub_t **subs;
-    size_t n, cap;
+    members_t members;
 } qlist_t;
 
 typedef struct node {
     struct node *parent;
     char *token; /* key under which parent holds this node ("*" / ">" for wildcards) */
     size_t token_len;
+    int wild;         /* a wildcard token on the path from the root */
     dict_t literal;   /* token -> node */
     struct node *pwc; /* '*' child */
     struct node *fwc; /* '>' child */
-    sub_t **psubs;
-    size_t npsubs, capsubs;
-    qlist_t *queues;
-    size_t nqueues;
+    members_t plain;
+    qlist_t *qhead, *qtail; /* queue groups, in order of creation */
 } node_t;
 
 struct sublist {
     node_t root;
     dict_t cache; /* subject -> sublist_result_t* */
+    uint64_t gen; /* bumped by every change to a wildcard pattern */
     size_t count;
     sublist_stats_t st;
 };
+
+/* Frees what r owns (not the subscriptions it points at). */
+static void result_clear(sublist_result_t *r)
+{
+    for (size_t i = 0; i < r->nqgroups; i++) {
+        free(r->qgroups[i].name);
+        free(r->qgroups[i].subs);
+    }
+    free(r->qgroups);
+    free(r->psubs);
+}
 
 static void result_free(void *p)
 {
     sublist_result_t *r = p;
     if (!r)
         return;
-    for (size_t i = 0; i < r->nqgroups; i++)
-        free(r->qgroups[i].subs);
-    free(r->qgroups);
-    free(r->psubs);
+    result_clear(r);
     free(r);
 }
 
 sublist_t *sublist_new(void)
 {
     sublist_t *sl = calloc(1, sizeof *sl);
+    if (sl)
+        sl->gen = 1; /* 0 marks a stale result */
     return sl;
 }
 
 static void node_free_children(node_t *n);
 
+static void queue_free(qlist_t *q)
+{
+    free(q->name);
+    free(q);
+}
+
 static void node_destroy(node_t *n)
 {
     node_free_children(n);
-    for (size_t i = 0; i < n->nqueues; i++) {
-        free(n->queues[i].name);
-        free(n->queues[i].subs);
+    while (n->qhead) {
+        qlist_t *q = n->qhead;
+        n->qhead = q->next;
+        queue_free(q);
     }
-    free(n->queues);
-    free(n->psubs);
     free(n->token);
 }
 
@@ -109,51 +131,51 @@ static int push_sub(sub_t ***arr, size_t *n, size_t *cap, sub_t *s)
     return 0;
 }
 
-static int remove_sub(sub_t **arr, size_t *n, sub_t *s)
+static void members_append(members_t *m, sub_t *s)
 {
-    for (size_t i = 0; i < *n; i++) {
-        if (arr[i] == s) {
-            /* Keep order: delivery order follows subscription order. */
-            memmove(&arr[i], &arr[i + 1], (*n - i - 1) * sizeof *arr);
-            (*n)--;
-            return 0;
-        }
-    }
-    return -1;
+    s->sl_prev = m->tail;
+    s->sl_next = NULL;
+    if (m->tail)
+        m->tail->sl_next = s;
+    else
+        m->head = s;
+    m->tail = s;
+    m->n++;
 }
 
-/* Drops the cached results of every subject `pattern` matches. */
-static void cache_invalidate(sublist_t *sl, const char *pattern, size_t plen)
+static void members_unlink(members_t *m, sub_t *s)
 {
-    dict_t *c = &sl->cache;
-    if (c->count == 0)
+    if (s->sl_prev)
+        s->sl_prev->sl_next = s->sl_next;
+    else
+        m->head = s->sl_next;
+    if (s->sl_next)
+        s->sl_next->sl_prev = s->sl_prev;
+    else
+        m->tail = s->sl_prev;
+    s->sl_prev = s->sl_next = NULL;
+    m->n--;
+}
+
+/*
+ * Marks the cached results that sub's pattern matches as stale, in O(1):
+ * a literal pattern matches only the subject it names; a wildcard one may
+ * match any cached subject, so the generation moves on for all of them
+ * (scanning the cache instead cost tens of µs per change when it was full).
+ */
+static void cache_touch(sublist_t *sl, const node_t *n, const sub_t *sub)
+{
+    if (n->wild) {
+        sl->gen++;
         return;
-    /* Collect first: removal shifts entries around. */
-    size_t nvict = 0;
-    char **victims = NULL;
-    for (size_t i = 0; i < c->cap; i++) {
-        dict_entry_t *e = &c->slots[i];
-        if (e->key && subject_matches(pattern, plen, e->key, e->klen)) {
-            char **nv = realloc(victims, (nvict + 1) * sizeof *nv);
-            if (!nv) {
-                /* Cannot track them: drop the whole cache instead. */
-                free(victims);
-                dict_clear(c, result_free);
-                return;
-            }
-            victims = nv;
-            victims[nvict++] = e->key;
-        }
     }
-    for (size_t i = 0; i < nvict; i++) {
-        /* dict_remove is done with the key before it frees the entry's copy,
-         * which is the very string passed here. */
-        result_free(dict_remove(c, victims[i], strlen(victims[i])));
-    }
-    free(victims);
+    sublist_result_t *r = dict_get(&sl->cache, sub->subject, sub->subject_len);
+    if (r)
+        r->gen = 0;
 }
 
-static node_t *child(node_t *n, const char *tok, size_t tlen, int create)
+/* The child of n under token tok, made when missing; NULL when out of memory. */
+static node_t *child(node_t *n, const char *tok, size_t tlen)
 {
     node_t **slot = NULL;
     node_t *c;
@@ -162,11 +184,11 @@ static node_t *child(node_t *n, const char *tok, size_t tlen, int create)
     else if (tlen == 1 && tok[0] == '>')
         slot = &n->fwc;
     if (slot) {
-        if (*slot || !create)
+        if (*slot)
             return *slot;
     } else {
         c = dict_get(&n->literal, tok, tlen);
-        if (c || !create)
+        if (c)
             return c;
     }
     c = calloc(1, sizeof *c);
@@ -181,6 +203,7 @@ static node_t *child(node_t *n, const char *tok, size_t tlen, int create)
     c->token[tlen] = '\0';
     c->token_len = tlen;
     c->parent = n;
+    c->wild = n->wild || slot != NULL;
     if (slot) {
         *slot = c;
     } else if (dict_put(&n->literal, tok, tlen, c) < 0) {
@@ -191,61 +214,89 @@ static node_t *child(node_t *n, const char *tok, size_t tlen, int create)
     return c;
 }
 
-static node_t *walk(sublist_t *sl, const char *s, size_t len, int create)
+static void prune(node_t *n);
+
+/* The node of pattern s, made (with the nodes above it) when missing. */
+static node_t *walk(sublist_t *sl, const char *s, size_t len)
 {
     node_t *n = &sl->root;
     size_t start = 0;
-    for (size_t i = 0; i <= len && n; i++) {
+    for (size_t i = 0; i <= len; i++) {
         if (i == len || s[i] == '.') {
-            n = child(n, s + start, i - start, create);
+            node_t *c = child(n, s + start, i - start);
+            if (!c) {
+                prune(n); /* the nodes made on the way hold nothing */
+                return NULL;
+            }
+            n = c;
             start = i + 1;
         }
     }
     return n;
 }
 
+/* n's queue group called name, made at the end of its groups when missing. */
+static qlist_t *queue_get(node_t *n, const char *name, size_t name_len)
+{
+    for (qlist_t *q = n->qhead; q; q = q->next)
+        if (q->name_len == name_len && memcmp(q->name, name, name_len) == 0)
+            return q;
+    qlist_t *q = calloc(1, sizeof *q);
+    if (!q)
+        return NULL;
+    q->name = util_mem_dup(name, name_len);
+    if (!q->name) {
+        free(q);
+        return NULL;
+    }
+    q->name_len = name_len;
+    q->prev = n->qtail;
+    if (n->qtail)
+        n->qtail->next = q;
+    else
+        n->qhead = q;
+    n->qtail = q;
+    return q;
+}
+
+static void queue_drop(node_t *n, qlist_t *q)
+{
+    if (q->prev)
+        q->prev->next = q->next;
+    else
+        n->qhead = q->next;
+    if (q->next)
+        q->next->prev = q->prev;
+    else
+        n->qtail = q->prev;
+    queue_free(q);
+}
+
 int sublist_insert(sublist_t *sl, sub_t *sub)
 {
-    node_t *n = walk(sl, sub->subject, sub->subject_len, 1);
+    qlist_t *q = NULL;
+    node_t *n = walk(sl, sub->subject, sub->subject_len);
     if (!n)
         return -1;
-    if (!sub->queue) {
-        if (push_sub(&n->psubs, &n->npsubs, &n->capsubs, sub) < 0)
-            return -1;
-    } else {
-        qlist_t *q = NULL;
-        for (size_t i = 0; i < n->nqueues; i++) {
-            if (n->queues[i].name_len == sub->queue_len &&
-                memcmp(n->queues[i].name, sub->queue, sub->queue_len) == 0) {
-                q = &n->queues[i];
-                break;
-            }
-        }
+    if (sub->queue) {
+        q = queue_get(n, sub->queue, sub->queue_len);
         if (!q) {
-            qlist_t *nq = realloc(n->queues, (n->nqueues + 1) * sizeof *nq);
-            if (!nq)
-                return -1;
-            n->queues = nq;
-            q = &n->queues[n->nqueues];
-            memset(q, 0, sizeof *q);
-            q->name = util_mem_dup(sub->queue, sub->queue_len);
-            if (!q->name)
-                return -1;
-            q->name_len = sub->queue_len;
-            n->nqueues++;
-        }
-        if (push_sub(&q->subs, &q->n, &q->cap, sub) < 0)
+            prune(n);
             return -1;
+        }
     }
+    members_append(q ? &q->members : &n->plain, sub);
+    sub->sl_node = n;
+    sub->sl_queue = q;
     sl->count++;
     sl->st.inserts++;
-    cache_invalidate(sl, sub->subject, sub->subject_len);
+    cache_touch(sl, n, sub);
     return 0;
 }
 
 static int node_empty(const node_t *n)
 {
-    return n->npsubs == 0 && n->nqueues == 0 && n->literal.count == 0 && !n->pwc && !n->fwc;
+    return n->plain.n == 0 && !n->qhead && n->literal.count == 0 && !n->pwc && !n->fwc;
 }
 
 /* Frees empty nodes from n up towards the root. */
@@ -267,70 +318,60 @@ static void prune(node_t *n)
 
 int sublist_remove(sublist_t *sl, sub_t *sub)
 {
-    node_t *n = walk(sl, sub->subject, sub->subject_len, 0);
+    node_t *n = sub->sl_node;
+    qlist_t *q = sub->sl_queue;
     if (!n)
         return -1;
-    if (!sub->queue) {
-        if (remove_sub(n->psubs, &n->npsubs, sub) < 0)
-            return -1;
-    } else {
-        size_t i;
-        for (i = 0; i < n->nqueues; i++) {
-            if (n->queues[i].name_len == sub->queue_len &&
-                memcmp(n->queues[i].name, sub->queue, sub->queue_len) == 0)
-                break;
-        }
-        if (i == n->nqueues || remove_sub(n->queues[i].subs, &n->queues[i].n, sub) < 0)
-            return -1;
-        if (n->queues[i].n == 0) {
-            free(n->queues[i].name);
-            free(n->queues[i].subs);
-            n->queues[i] = n->queues[--n->nqueues];
-        }
-    }
+    members_unlink(q ? &q->members : &n->plain, sub);
+    if (q && q->members.n == 0)
+        queue_drop(n, q);
+    sub->sl_node = NULL;
+    sub->sl_queue = NULL;
     sl->count--;
     sl->st.removes++;
-    cache_invalidate(sl, sub->subject, sub->subject_len);
+    cache_touch(sl, n, sub);
     prune(n);
     return 0;
+}
+
+/* r's queue group called name, added (empty) when missing. */
+static sublist_qgroup_t *result_group(sublist_result_t *r, const char *name, size_t name_len)
+{
+    /* One group per name, however many patterns it subscribed with. */
+    for (size_t j = 0; j < r->nqgroups; j++)
+        if (r->qgroups[j].name_len == name_len && memcmp(r->qgroups[j].name, name, name_len) == 0)
+            return &r->qgroups[j];
+    sublist_qgroup_t *ng = realloc(r->qgroups, (r->nqgroups + 1) * sizeof *ng);
+    if (!ng)
+        return NULL;
+    r->qgroups = ng;
+    sublist_qgroup_t *g = &r->qgroups[r->nqgroups];
+    memset(g, 0, sizeof *g);
+    g->name = util_mem_dup(name, name_len);
+    if (!g->name)
+        return NULL;
+    g->name_len = name_len;
+    r->nqgroups++;
+    return g;
 }
 
 /* Adds the subscriptions of node n to the result being built. */
 static int collect(sublist_result_t *r, size_t *pcap, const node_t *n)
 {
-    for (size_t i = 0; i < n->npsubs; i++)
-        if (push_sub(&r->psubs, &r->npsubs, pcap, n->psubs[i]) < 0)
+    for (const sub_t *s = n->plain.head; s; s = s->sl_next)
+        if (push_sub(&r->psubs, &r->npsubs, pcap, (sub_t *)s) < 0)
             return -1;
-    for (size_t i = 0; i < n->nqueues; i++) {
-        const qlist_t *q = &n->queues[i];
-        sublist_qgroup_t *g = NULL;
-        /* One group per name, however many patterns it subscribed with. */
-        for (size_t j = 0; j < r->nqgroups; j++) {
-            if (r->qgroups[j].name_len == q->name_len &&
-                memcmp(r->qgroups[j].name, q->name, q->name_len) == 0) {
-                g = &r->qgroups[j];
-                break;
-            }
-        }
-        if (!g) {
-            sublist_qgroup_t *ng = realloc(r->qgroups, (r->nqgroups + 1) * sizeof *ng);
-            if (!ng)
-                return -1;
-            r->qgroups = ng;
-            g = &r->qgroups[r->nqgroups++];
-            g->name = q->name;
-            g->name_len = q->name_len;
-            g->subs = NULL;
-            g->n = 0;
-            g->next = 0;
-        }
-        size_t cap = g->n; /* arrays grown exactly: groups are small */
-        sub_t **ns = realloc(g->subs, (cap + q->n) * sizeof *ns);
+    for (const qlist_t *q = n->qhead; q; q = q->next) {
+        sublist_qgroup_t *g = result_group(r, q->name, q->name_len);
+        if (!g)
+            return -1;
+        /* Arrays grown exactly: groups are small. */
+        sub_t **ns = realloc(g->subs, (g->n + q->members.n) * sizeof *ns);
         if (!ns)
             return -1;
-        memcpy(ns + g->n, q->subs, q->n * sizeof *ns);
         g->subs = ns;
-        g->n += q->n;
+        for (sub_t *s = q->members.head; s; s = s->sl_next)
+            g->subs[g->n++] = s;
     }
     return 0;
 }
@@ -360,19 +401,56 @@ static int match_level(sublist_result_t *r, size_t *pcap, const node_t *n, const
     return 0;
 }
 
+/* Computes the result for subject into *r (zeroed); -1 when out of memory. */
+static int result_build(sublist_t *sl, sublist_result_t *r, const char *subject, size_t len)
+{
+    size_t pcap = 0;
+    r->gen = sl->gen;
+    if (len > 0 && match_level(r, &pcap, &sl->root, subject, len, 0) < 0) {
+        result_clear(r);
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * Recomputes the stale result r in place (its address is what the cache
+ * holds).  Each queue group keeps its round-robin position, so that groups
+ * whose subjects see subscriptions come and go still share messages out.
+ */
+static int result_refresh(sublist_t *sl, sublist_result_t *r, const char *subject, size_t len)
+{
+    sublist_result_t fresh = {0};
+    if (result_build(sl, &fresh, subject, len) < 0)
+        return -1;
+    for (size_t i = 0; i < fresh.nqgroups; i++) {
+        sublist_qgroup_t *g = &fresh.qgroups[i];
+        for (size_t j = 0; j < r->nqgroups; j++) {
+            if (r->qgroups[j].name_len == g->name_len && memcmp(r->qgroups[j].name, g->name, g->name_len) == 0) {
+                g->next = r->qgroups[j].next;
+                break;
+            }
+        }
+    }
+    result_clear(r);
+    *r = fresh;
+    return 0;
+}
+
 sublist_result_t *sublist_match(sublist_t *sl, const char *subject, size_t len)
 {
     sl->st.matches++;
     sublist_result_t *r = dict_get(&sl->cache, subject, len);
-    if (r) {
+    if (r && r->gen == sl->gen) {
         sl->st.cache_hits++;
         return r;
     }
+    if (r)
+        return result_refresh(sl, r, subject, len) < 0 ? NULL : r;
     r = calloc(1, sizeof *r);
     if (!r)
         return NULL;
-    size_t pcap = 0;
-    if (len > 0 && match_level(r, &pcap, &sl->root, subject, len, 0) < 0)
+    if (result_build(sl, r, subject, len) < 0)
         goto fail;
     if (sl->cache.count >= SUBLIST_CACHE_MAX)
         dict_clear(&sl->cache, result_free);

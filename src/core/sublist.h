@@ -2,13 +2,19 @@
  * sublist.h - the subscription index: a trie over subject tokens, with a
  * cache of match results keyed by the published subject.
  *
- * A publish to a hot subject costs one hash lookup.  The cache is kept exact
- * rather than flushed: inserting or removing a subscription drops only the
- * cached results of subjects that the subscription's pattern matches.
+ * A publish to a hot subject costs one hash lookup.  Inserting or removing a
+ * subscription costs the same however many subscriptions and cached results
+ * there are: each node keeps its subscribers in a list that a subscription
+ * leaves without a search, and cached results are tagged rather than
+ * scanned.  A literal pattern marks the one cached result of its own subject
+ * stale; a wildcard pattern bumps the index's generation, which makes every
+ * cached result older than it stale.  A stale result is recomputed on its
+ * next match (keeping its queue groups' round-robin positions).
  *
- * Results returned by sublist_match stay valid until the next insert or
- * remove, so callers must not change the index while walking a result
- * (defer removals until the walk is over).
+ * Results returned by sublist_match stay valid until the next sublist_match
+ * (which may recompute or evict them) and point at subscriptions that the
+ * caller must not free while walking the result (defer removals until the
+ * walk is over).
  */
 #ifndef TIDE_SUBLIST_H
 #define TIDE_SUBLIST_H
@@ -35,10 +41,16 @@ typedef struct sub {
     /* A subscription inside the server (owner NULL): called for each message. */
     void (*deliver)(void *ctx, const proto_msg_t *m);
     void *deliver_ctx;
+    /* The index's own (zero before the first insert): its place among the
+     * subscribers of its node or queue group.  A subscription is in at most
+     * one index at a time. */
+    struct sub *sl_prev, *sl_next;
+    void *sl_node;  /* its trie node; NULL while not in an index */
+    void *sl_queue; /* its queue group in that node, or NULL */
 } sub_t;
 
 typedef struct sublist_qgroup {
-    const char *name;
+    char *name; /* the result's own copy */
     size_t name_len;
     sub_t **subs;
     size_t n;
@@ -50,6 +62,7 @@ typedef struct sublist_result {
     size_t npsubs;
     sublist_qgroup_t *qgroups; /* each group gets a message once */
     size_t nqgroups;
+    uint64_t gen; /* the index's: generation it was computed in, 0 = stale */
 } sublist_result_t;
 
 typedef struct sublist sublist_t;
@@ -58,10 +71,13 @@ typedef struct sublist sublist_t;
 sublist_t *sublist_new(void);
 void sublist_free(sublist_t *sl);
 
-/* Adds sub under sub->subject (which must be a valid pattern).  Returns 0 or -1 (out of memory). */
+/* Adds sub under sub->subject (which must be a valid pattern), after the
+ * subscriptions already there (delivery follows subscription order).  sub
+ * must not be in an index.  Returns 0 or -1 (out of memory).  O(tokens). */
 int sublist_insert(sublist_t *sl, sub_t *sub);
 
-/* Removes sub; returns 0, or -1 when it was not in the index. */
+/* Removes sub; returns 0, or -1 when it was not in an index.  O(tokens),
+ * whatever the number of subscriptions or cached results. */
 int sublist_remove(sublist_t *sl, sub_t *sub);
 
 /*
