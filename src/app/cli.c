@@ -1295,6 +1295,14 @@ static void print_stream_info(const cJSON *s)
                jtxt(r, "records", a, sizeof a), jtxt(r, "corrupt_records", b, sizeof b),
                jtxt(r, "corrupt_bytes", c, sizeof c), jtxt(r, "torn_bytes", d, sizeof d),
                jnum(r, "seconds", 0));
+    if (r && cJSON_GetObjectItemCaseSensitive(r, "checkpoints")) {
+        printf("  checkpoints  %s segments from checkpoints, %s bytes of segments scanned",
+               jtxt(r, "checkpoints", a, sizeof a), jtxt(r, "scanned_bytes", b, sizeof b));
+        if (juint(r, "checkpoint_fallbacks", 0))
+            printf(", %s not used (%s)", jtxt(r, "checkpoint_fallbacks", c, sizeof c),
+                   jstr(r, "checkpoint_fallback", "?"));
+        printf("\n");
+    }
 }
 
 static void print_consumer_info(const cJSON *c)

@@ -49,6 +49,7 @@ typedef struct seg {
     off_t size;  /* bytes of records in the file (not counting the write buffer) */
     off_t alloc; /* the file's length: size, or more when zero-filled ahead */
     int damaged; /* skipped bytes lie between its records (see rec_len) */
+    off_t ckpt_size; /* the records its checkpoint file covers (0: it has none) */
     /* Read-ahead: a consumer reads records in order, so one pread fetches
      * the next READ_AHEAD bytes and the records in them cost no syscall.
      * Records never change once written; a cut of the file clears it. */
@@ -57,6 +58,16 @@ typedef struct seg {
     size_t rc_len;
     char path[];
 } seg_t;
+
+/* A sealed segment's checkpoint, for the sync thread to write (after
+ * syncing the segment's file, fd). */
+typedef struct ckpt_job {
+    char *path;
+    char *buf;
+    size_t len;
+    uint64_t upto; /* the segment's last sequence */
+    int fd;
+} ckpt_job_t;
 
 typedef struct dedup_ent {
     int64_t ts;
@@ -113,6 +124,10 @@ struct slog {
     int busy, stop;
     uint64_t done; /* synced up to here */
     int done_err;  /* errno of a failed sync */
+    ckpt_job_t *jobs; /* checkpoints waiting for their records' sync, oldest first */
+    size_t njobs, capjobs;
+    uint64_t ckpt_errors; /* checkpoints the sync thread could not write */
+    uint64_t ckpt_errors_seen;
 };
 
 /* ---- little-endian fields --------------------------------------------------- */
@@ -188,10 +203,15 @@ static void seg_free(seg_t *s)
     free(s);
 }
 
-/* Cuts the segment's file (and forgets what the read-ahead held). */
+static void ckpt_forget(seg_t *s);
+
+/* Cuts the segment's file (and forgets what the read-ahead held, and the
+ * checkpoint when it lists records that go). */
 static int seg_truncate(seg_t *s, off_t len)
 {
     s->rc_len = 0;
+    if (len < s->ckpt_size)
+        ckpt_forget(s);
     if (vfs_truncate(s->fd, len) != 0)
         return -1;
     s->alloc = len;
@@ -397,6 +417,300 @@ uint64_t slog_subject_last(slog_t *l, const char *subject, size_t len)
     return (uintptr_t)dict_get(&l->subj_last, subject, len);
 }
 
+/* ---- checkpoints ------------------------------------------------------------ */
+
+/*
+ * A segment's checkpoint, <first seq>.ckpt beside its .seg, is what the
+ * recovery scan would rebuild from the records it covers: the index, the
+ * per-subject last sequences, the dedup keys still in the window, the
+ * counts.  One record.c frame (magic "TCK1", CRC-32C, length), then:
+ *
+ *  12 u32 version (1)             16 u64 first: sequence of index slot 0
+ *  24 u64 n: index slots          32 u64 size: end of the records covered
+ *  40 u64 offset of the last record   48 u32 its CRC   52 u32 damaged
+ *  56 u64 records   64 u64 their bytes   72 i64 time of the last record
+ *  80 i64 keys_from: every dedup key of a record from this time on is listed
+ *  88 u32 subjects  92 u32 keys
+ *  96 u32 offset[n] (HOLE: no record in that slot)
+ *     per subject: u16 length, u64 its last sequence in the segment, bytes
+ *     per key: u16 length, u64 sequence, i64 time, bytes
+ *
+ * A sealed segment never changes, so its checkpoint is written once, by
+ * the sync thread after the records are synced; the active segment's at a
+ * clean close.  A checkpoint only ever describes a prefix of its segment:
+ * whatever cuts the file below it deletes it first (seg_truncate).
+ */
+#define CKPT_MAGIC 0x314b4354u /* "TCK1" */
+#define CKPT_HDR 96
+#define CKPT_MAX (256u << 20)
+
+static const record_kind_t ckpt_record = {CKPT_MAGIC, CKPT_HDR, CKPT_MAX, NULL};
+
+static void ckpt_path(const seg_t *s, char *out, size_t n)
+{
+    snprintf(out, n, "%.*s.ckpt", (int)(strlen(s->path) - 4), s->path); /* ".seg" -> ".ckpt" */
+}
+
+/* Deletes the segment's checkpoint (its file is about to lose records it
+ * describes, or a record it lists failed its checksum). */
+static void ckpt_forget(seg_t *s)
+{
+    char p[4200];
+    ckpt_path(s, p, sizeof p);
+    if (vfs_unlink(p) != 0 && errno != ENOENT)
+        log_warn("store: cannot delete %s: %s", p, strerror(errno));
+    s->ckpt_size = 0;
+}
+
+/* The checkpoint of s as it is now, in *out (caller frees), *len bytes.
+ * 1 when there is nothing to write (no records, or too big), 0, -1 (errno). */
+static int ckpt_encode(slog_t *l, seg_t *s, char **out, size_t *len)
+{
+    uint64_t n = s->n;
+    while (n && s->off[n - 1] == HOLE)
+        n--;
+    if (!n || s->size < SEG_HDR)
+        return 1;
+    uint64_t lo = s->first, hi = s->first + n, records = 0, bytes = 0;
+    for (uint64_t i = 0; i < n; i++)
+        if (s->off[i] != HOLE) {
+            records++;
+            bytes += rec_len(l, s, i);
+        }
+    char h[REC_HDR];
+    if (vfs_pread(s->fd, h, REC_HDR, s->off[n - 1]) != REC_HDR)
+        return -1;
+    size_t need = CKPT_HDR + 4 * n, nsubj = 0, nkeys = 0;
+    for (size_t i = 0; i < l->subj_last.cap; i++) {
+        const dict_entry_t *e = &l->subj_last.slots[i];
+        uint64_t q = (uintptr_t)e->val;
+        if (e->key && q >= lo && q < hi) {
+            need += 10 + e->klen;
+            nsubj++;
+        }
+    }
+    for (size_t i = 0; i < l->dq_len; i++) {
+        const dedup_ent_t *d = &l->dq[(l->dq_head + i) % l->dq_cap];
+        if (d->seq >= lo && d->seq < hi) {
+            need += 18 + d->klen;
+            nkeys++;
+        }
+    }
+    if (need > CKPT_MAX)
+        return 1;
+    char *b = malloc(need), *p = b + CKPT_HDR;
+    if (!b)
+        return -1;
+    memset(b, 0, CKPT_HDR);
+    put32(b + 12, 1);
+    put64(b + 16, s->first);
+    put64(b + 24, n);
+    put64(b + 32, (uint64_t)s->size);
+    put64(b + 40, s->off[n - 1]);
+    memcpy(b + 48, h + 4, 4);
+    put32(b + 52, (uint32_t)s->damaged);
+    put64(b + 56, records);
+    put64(b + 64, bytes);
+    memcpy(b + 72, h + 24, 8);
+    put64(b + 80, l->o.dedup_window > 0 ? (uint64_t)(slog_now_ns() - (int64_t)(l->o.dedup_window * 1e9))
+                                        : (uint64_t)INT64_MAX);
+    put32(b + 88, (uint32_t)nsubj);
+    put32(b + 92, (uint32_t)nkeys);
+    memcpy(p, s->off, 4 * n);
+    p += 4 * n;
+    for (size_t i = 0; i < l->subj_last.cap; i++) {
+        const dict_entry_t *e = &l->subj_last.slots[i];
+        uint64_t q = (uintptr_t)e->val;
+        if (e->key && q >= lo && q < hi) {
+            put16(p, (uint16_t)e->klen);
+            put64(p + 2, q);
+            memcpy(p + 10, e->key, e->klen);
+            p += 10 + e->klen;
+        }
+    }
+    for (size_t i = 0; i < l->dq_len; i++) {
+        const dedup_ent_t *d = &l->dq[(l->dq_head + i) % l->dq_cap];
+        if (d->seq >= lo && d->seq < hi) {
+            put16(p, (uint16_t)d->klen);
+            put64(p + 2, d->seq);
+            put64(p + 10, (uint64_t)d->ts);
+            memcpy(p + 18, d->key, d->klen);
+            p += 18 + d->klen;
+        }
+    }
+    record_seal(b, CKPT_MAGIC, (uint32_t)need);
+    *out = b;
+    *len = need;
+    return 0;
+}
+
+/* Hands the checkpoint of sealed segment s to the sync thread, which
+ * syncs the segment's file and writes it (one fdatasync more per sealed
+ * segment, off the loop).  Failing to make one only means the next start
+ * scans the segment. */
+static void ckpt_queue(slog_t *l, seg_t *s)
+{
+    char *buf = NULL, *path = malloc(strlen(s->path) + 8);
+    size_t len = 0;
+    if (!path || ckpt_encode(l, s, &buf, &len) != 0)
+        goto fail;
+    ckpt_path(s, path, strlen(s->path) + 8);
+    uint64_t upto = s->first + s->n - 1;
+    pthread_mutex_lock(&l->mu);
+    if (l->njobs == l->capjobs) {
+        size_t nc = l->capjobs ? l->capjobs * 2 : 8;
+        ckpt_job_t *nj = realloc(l->jobs, nc * sizeof *nj);
+        if (!nj) {
+            pthread_mutex_unlock(&l->mu);
+            goto fail;
+        }
+        l->jobs = nj;
+        l->capjobs = nc;
+    }
+    l->jobs[l->njobs++] = (ckpt_job_t){path, buf, len, upto, s->fd};
+    pthread_cond_signal(&l->cv);
+    pthread_mutex_unlock(&l->mu);
+    s->ckpt_size = s->size;
+    return;
+fail:
+    free(path);
+    free(buf);
+}
+
+/* Drops the waiting checkpoints of segments whose last sequence is in
+ * lo..hi (mu held). */
+static void ckpt_drop_jobs(slog_t *l, uint64_t lo, uint64_t hi)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < l->njobs; i++) {
+        if (l->jobs[i].upto < lo || l->jobs[i].upto > hi) {
+            l->jobs[k++] = l->jobs[i];
+            continue;
+        }
+        free(l->jobs[i].path);
+        free(l->jobs[i].buf);
+    }
+    l->njobs = k;
+}
+
+/* A checkpoint read into b[0..len): its tables are walked once to check
+ * that they fit (install 0) and once to load them (install 1). */
+static int ckpt_tables(slog_t *l, const char *b, size_t len, int install, int64_t dedup_from)
+{
+    uint64_t n = get64(b + 24);
+    const char *p = b + CKPT_HDR + 4 * n, *end = b + len;
+    uint32_t nsubj = get32(b + 88), nkeys = get32(b + 92);
+    for (uint32_t i = 0; i < nsubj; i++) {
+        if (end - p < 10 || (size_t)(end - p - 10) < get16(p))
+            return -1;
+        uint16_t kl = get16(p);
+        if (install && dict_put(&l->subj_last, p + 10, kl, (void *)(uintptr_t)get64(p + 2)) < 0)
+            return -1;
+        p += 10 + kl;
+    }
+    for (uint32_t i = 0; i < nkeys; i++) {
+        if (end - p < 18 || (size_t)(end - p - 18) < get16(p))
+            return -1;
+        uint16_t kl = get16(p);
+        int64_t ts = (int64_t)get64(p + 10);
+        if (install && l->o.dedup_window > 0 && ts >= dedup_from && dedup_add(l, p + 18, kl, get64(p + 2), ts) < 0)
+            return -1;
+        p += 18 + kl;
+    }
+    return p == end ? 0 : -1;
+}
+
+/* Checks the cheap facts that say checkpoint b (len bytes) still describes
+ * segment s, whose file has fsize bytes: its frame and CRC, that it goes
+ * on from the sequences loaded so far, that the file holds what it covers,
+ * and that the last record it lists is there, whole, with its CRC.  NULL,
+ * or why not. */
+static const char *ckpt_check(slog_t *l, seg_t *s, const char *b, size_t len, size_t fsize, int64_t dedup_from,
+                              slog_report_t *rep)
+{
+    if (len < CKPT_HDR || record_check(&ckpt_record, b, len) != len) /* (0 for an empty file too) */
+        return "its checksum or length is wrong";
+    uint64_t first = get64(b + 16), n = get64(b + 24), size = get64(b + 32), last_off = get64(b + 40);
+    if (get32(b + 12) != 1 || !n || n > (len - CKPT_HDR) / 4 || ckpt_tables(l, b, len, 0, 0) != 0)
+        return "it cannot be read";
+    if (first < s->first || first <= l->last_seq)
+        return "its sequences do not follow the segments before it";
+    if (size > fsize || size < SEG_HDR || last_off < SEG_HDR || last_off + REC_HDR > size ||
+        get32(b + CKPT_HDR + 4 * (n - 1)) != last_off)
+        return "the segment is shorter than the records it lists";
+    if (l->o.dedup_window > 0 && (int64_t)get64(b + 72) >= dedup_from && dedup_from < (int64_t)get64(b + 80))
+        return "the dedup window reaches further back than the keys it lists";
+    char h[SEG_HDR + REC_HDR];
+    if (vfs_pread(s->fd, h, SEG_HDR, 0) != SEG_HDR || memcmp(h, SEG_MAGIC, 8))
+        return "the segment's header is not there";
+    if (vfs_pread(s->fd, h, REC_HDR, (off_t)last_off) != REC_HDR || get32(h + 8) > size - last_off ||
+        memcmp(h + 4, b + 48, 4) || get64(h + 16) != first + n - 1)
+        return "its last record is not the one at the checkpointed offset";
+    uint32_t rl = get32(h + 8);
+    char *r = malloc(rl ? rl : 1);
+    int whole = r && vfs_pread(s->fd, r, rl, (off_t)last_off) == (ssize_t)rl && record_check(&seg_record, r, rl) == rl;
+    free(r);
+    rep->scanned_bytes += SEG_HDR + rl;
+    return whole ? NULL : "its last record fails its checksum";
+}
+
+/* Loads segment s (its file fsize bytes) from its checkpoint.  1: loaded
+ * (s->size is where the records it covers end: the scan goes on from
+ * there), 0: no usable checkpoint (logged; the segment is scanned in
+ * full), -1: out of memory. */
+static int ckpt_load(slog_t *l, seg_t *s, size_t fsize, slog_report_t *rep, int64_t dedup_from)
+{
+    char path[4200], *b = NULL;
+    size_t len = 0;
+    const char *why = NULL;
+    ckpt_path(s, path, sizeof path);
+    if (vfs_read_file(path, CKPT_MAX, &b, &len) != 0) {
+        if (errno == ENOENT) {
+            log_info("store: %s: no checkpoint; scanning it in full", s->path);
+            return 0;
+        }
+        why = strerror(errno);
+    } else {
+        rep->checkpoint_bytes += len;
+        why = ckpt_check(l, s, b, len, fsize, dedup_from, rep);
+    }
+    if (why) {
+        log_warn("store: %s: checkpoint not used (%s); scanning the segment in full", s->path, why);
+        if (!rep->fallbacks++)
+            snprintf(rep->fallback, sizeof rep->fallback, "%s: %s", strrchr(s->path, '/') + 1, why);
+        free(b);
+        return 0;
+    }
+    uint64_t n = get64(b + 24);
+    uint32_t *off = malloc(n * sizeof *off);
+    if (!off || ckpt_tables(l, b, len, 1, dedup_from) != 0) {
+        free(off);
+        free(b);
+        errno = ENOMEM;
+        return -1;
+    }
+    memcpy(off, b + CKPT_HDR, n * 4);
+    free(s->off);
+    s->off = off;
+    s->n = s->cap = n;
+    s->first = get64(b + 16);
+    s->size = s->ckpt_size = (off_t)get64(b + 32);
+    s->damaged = get32(b + 52) != 0;
+    uint64_t i = 0;
+    while (off[i] == HOLE)
+        i++;
+    if (l->first_seq == 0)
+        l->first_seq = s->first + i;
+    l->last_seq = s->first + n - 1;
+    l->last_ts = (int64_t)get64(b + 72);
+    l->msgs += get64(b + 56);
+    l->bytes += get64(b + 64);
+    rep->records += get64(b + 56);
+    rep->checkpoints++;
+    free(b);
+    return 1;
+}
+
 /* ---- retention -------------------------------------------------------------- */
 
 /* Drops the first record (logically; whole segments go in drop_segments). */
@@ -437,9 +751,11 @@ static void drop_segments(slog_t *l)
                 l->sfds[i] = l->sfds[--l->nsfds];
                 break; /* listed once */
             }
+    ckpt_drop_jobs(l, 0, l->segs[k]->first - 1);
     pthread_mutex_unlock(&l->mu);
     for (size_t j = 0; j < k; j++) {
         seg_t *s = l->segs[j];
+        ckpt_forget(s);
         if (vfs_unlink(s->path) != 0)
             log_warn("store: cannot delete %s: %s", s->path, strerror(errno));
         seg_free(s);
@@ -514,6 +830,39 @@ static int sync_parents(const char *dir)
     return 0;
 }
 
+/* True when a checkpoint waits to be written (mu held). */
+static int ckpt_ready(const slog_t *l) { return l->njobs != 0; }
+
+/* Writes the waiting checkpoints (sync thread, mu held; released while
+ * writing, with busy set so that the loop neither closes nor cuts the
+ * files meanwhile). */
+static void ckpt_write_ready(slog_t *l)
+{
+    size_t k = l->njobs;
+    if (!k)
+        return;
+    ckpt_job_t *mine = malloc(k * sizeof *mine);
+    if (!mine)
+        return; /* the next round tries again */
+    memcpy(mine, l->jobs, k * sizeof *mine);
+    memmove(l->jobs, l->jobs + k, (l->njobs - k) * sizeof *l->jobs);
+    l->njobs -= k;
+    int was_busy = l->busy;
+    l->busy = 1;
+    pthread_mutex_unlock(&l->mu);
+    uint64_t failed = 0;
+    for (size_t i = 0; i < k; i++) {
+        if (vfs_checkpoint(mine[i].fd, mine[i].path, mine[i].buf, mine[i].len) != 0)
+            failed++;
+        free(mine[i].path);
+        free(mine[i].buf);
+    }
+    free(mine);
+    pthread_mutex_lock(&l->mu);
+    l->busy = was_busy;
+    l->ckpt_errors += failed;
+}
+
 static void *sync_main(void *arg)
 {
     slog_t *l = arg;
@@ -521,10 +870,14 @@ static void *sync_main(void *arg)
     size_t capfds = 0;
     pthread_mutex_lock(&l->mu);
     for (;;) {
-        while (!l->stop && l->want <= l->done && !l->nsfds && !l->want_dir)
+        while (!l->stop && l->want <= l->done && !l->nsfds && !l->want_dir && !ckpt_ready(l))
             pthread_cond_wait(&l->cv, &l->mu);
         if (l->stop && l->want <= l->done && !l->nsfds)
             break;
+        if (l->want <= l->done && !l->nsfds && !l->want_dir && !l->dir_unsynced) {
+            ckpt_write_ready(l); /* nothing to sync: only checkpoints to write */
+            continue;
+        }
         size_t n = l->nsfds;
         int dir = l->want_dir || l->dir_unsynced, parents = l->parents_unsynced, err = 0;
         uint64_t target = l->want;
@@ -564,7 +917,9 @@ static void *sync_main(void *arg)
         } else if (target > l->done) {
             l->done = target;
         }
-        uint64_t one = 1;
+        if (!err)
+            ckpt_write_ready(l);
+        uint64_t one = 1; /* (after checkpoints too: a reopen may wait for busy to clear) */
         if (write(l->efd, &one, sizeof one) < 0) {
             /* the counter is full: the loop has a wakeup pending anyway */
         }
@@ -624,6 +979,7 @@ static void fail_after(slog_t *l, uint64_t good, int err)
     pthread_mutex_lock(&l->mu);
     l->nsfds = 0;
     l->want = l->done;
+    ckpt_drop_jobs(l, 0, UINT64_MAX); /* (the reopen closes their files; the next start scans them) */
     pthread_mutex_unlock(&l->mu);
     reopen_when_idle(l);
 }
@@ -643,6 +999,7 @@ static int cut_files(slog_t *l, uint64_t good)
         if (s->first + s->n <= good + 1)
             break; /* this one, and so every older one, ends at or before good */
         if (s->first > good + 1) {
+            ckpt_forget(s);
             if (vfs_unlink(s->path) != 0 && errno != ENOENT)
                 return -1;
             continue;
@@ -673,6 +1030,14 @@ static void on_sync_done(evutil_socket_t fd, short what, void *arg)
     if (l->failed) {
         reopen_when_idle(l);
         return;
+    }
+    pthread_mutex_lock(&l->mu);
+    uint64_t ckpt_errors = l->ckpt_errors;
+    pthread_mutex_unlock(&l->mu);
+    if (ckpt_errors != l->ckpt_errors_seen) {
+        log_warn("store: %s: %" PRIu64 " checkpoint%s of sealed segments could not be written; the next start scans "
+                 "those segments", l->dir, ckpt_errors - l->ckpt_errors_seen, ckpt_errors - l->ckpt_errors_seen == 1 ? "" : "s");
+        l->ckpt_errors_seen = ckpt_errors;
     }
     if (err) {
         l->sync_errors++;
@@ -831,6 +1196,8 @@ static int roll(slog_t *l, uint64_t seq)
     seg_t *old = active(l);
     if (old && old->alloc > old->size && vfs_trim(old->fd, old->size) == 0)
         old->alloc = old->size; /* a sealed segment ends with its last record */
+    if (old && old->n && old->ckpt_size != old->size)
+        ckpt_queue(l, old);
     seg_t *s = seg_new(l->dir, seq);
     if (!s)
         return -1;
@@ -1003,6 +1370,8 @@ int slog_read(slog_t *l, uint64_t seq, slog_rec_t *out, char **buf, size_t *cap)
         l->msgs--;
         s->off[seq - s->first] = HOLE;
         s->damaged = 1;
+        if (s->ckpt_size)
+            ckpt_forget(s); /* it lists the record: the next start scans the segment */
         return 0;
     }
     return 1;
@@ -1156,8 +1525,10 @@ static long scan_damage(seg_t *s, const char *map, size_t size, size_t p, uint64
     return (long)size;
 }
 
-/* Scans one segment, filling its index; is_last: a bad tail is torn and
- * cut.  0, or -1 (errno). */
+/* Loads one segment, filling its index: from its checkpoint when it has a
+ * usable one, scanning (every record's CRC) only what was written after
+ * it; else by scanning it all.  is_last: a bad tail is torn and cut.  0,
+ * or -1 (errno). */
 static int scan_segment(slog_t *l, seg_t *s, int is_last, slog_report_t *rep, int64_t dedup_from)
 {
     struct stat sb;
@@ -1180,14 +1551,24 @@ static int scan_segment(slog_t *l, seg_t *s, int is_last, slog_report_t *rep, in
         s->size = 0;
         return 0;
     }
+    size_t p = SEG_HDR;
+    int got = ckpt_load(l, s, size, rep, dedup_from);
+    if (got < 0)
+        return -1;
+    if (got) {
+        p = (size_t)s->size;
+        s->size = (off_t)size;
+        if (p == size)
+            return 0;
+    }
+    rep->scanned_bytes += size - p;
     char *map = mmap(NULL, size, PROT_READ, MAP_SHARED, s->fd, 0);
     if (map == MAP_FAILED)
         return -1;
     madvise(map, size, MADV_SEQUENTIAL);
-    if (memcmp(map, SEG_MAGIC, 8) || get64(map + 8) != s->first)
+    if (!got && (memcmp(map, SEG_MAGIC, 8) || get64(map + 8) != s->first))
         log_warn("store: %s: damaged segment header (kept: records carry their own sequence)", s->path);
-    size_t p = SEG_HDR;
-    size_t dropped = 0; /* the mapping before this is out of our RSS */
+    size_t dropped = (p / SCAN_WINDOW) * SCAN_WINDOW; /* the mapping before this is out of our RSS */
     int rc = 0;
     while (p < size) {
         if (p - dropped >= SCAN_WINDOW) {
@@ -1222,6 +1603,9 @@ static int scan_segment(slog_t *l, seg_t *s, int is_last, slog_report_t *rep, in
 
 static void clear_memory(slog_t *l)
 {
+    pthread_mutex_lock(&l->mu);
+    ckpt_drop_jobs(l, 0, UINT64_MAX);
+    pthread_mutex_unlock(&l->mu);
     for (size_t i = 0; i < l->nsegs; i++)
         seg_free(l->segs[i]);
     l->nsegs = 0;
@@ -1250,6 +1634,12 @@ static int load(slog_t *l, slog_report_t *rep)
     struct dirent *de;
     while ((de = readdir(d))) {
         size_t nl = strlen(de->d_name);
+        if (nl > 9 && !strcmp(de->d_name + nl - 9, ".ckpt.tmp")) {
+            char tmp[4200]; /* a checkpoint a crash interrupted */
+            snprintf(tmp, sizeof tmp, "%s/%s", l->dir, de->d_name);
+            vfs_unlink(tmp);
+            continue;
+        }
         if (nl != 24 || strcmp(de->d_name + 20, ".seg"))
             continue;
         char *end;
@@ -1291,6 +1681,11 @@ static int load(slog_t *l, slog_report_t *rep)
     }
     free(firsts);
     rep->segments = l->nsegs;
+    /* Sealed segments scanned in full get their checkpoint now (the sync
+     * thread writes them), so that the next start need not scan them. */
+    for (size_t i = 0; i + 1 < l->nsegs; i++)
+        if (l->segs[i]->n && l->segs[i]->ckpt_size != l->segs[i]->size)
+            ckpt_queue(l, l->segs[i]);
     /* Sealed segments left with no records at all are of no use. */
     if (!l->nsegs || active(l)->size >= (off_t)l->o.segment_size) {
         if (roll(l, l->last_seq + 1) < 0)
@@ -1406,6 +1801,31 @@ fail:
     return NULL;
 }
 
+/* At a clean close (the sync thread stopped): writes the checkpoints still
+ * waiting, and one for every segment whose checkpoint does not cover all
+ * its records (the active one, segments scanned at start), so that the
+ * next start reads none of them. */
+static void ckpt_write_all(slog_t *l)
+{
+    for (size_t i = 0; i < l->njobs; i++)
+        if (vfs_checkpoint(l->jobs[i].fd, l->jobs[i].path, l->jobs[i].buf, l->jobs[i].len) != 0)
+            log_warn("store: cannot write %s: %s", l->jobs[i].path, strerror(errno));
+    ckpt_drop_jobs(l, 0, UINT64_MAX);
+    for (size_t i = 0; i < l->nsegs; i++) {
+        seg_t *s = l->segs[i];
+        char *buf = NULL, path[4200];
+        size_t len;
+        if (!s->n || s->ckpt_size == s->size || ckpt_encode(l, s, &buf, &len) != 0)
+            continue;
+        ckpt_path(s, path, sizeof path);
+        if (vfs_checkpoint(s->fd, path, buf, len) != 0)
+            log_warn("store: cannot write %s: %s", path, strerror(errno));
+        else
+            s->ckpt_size = s->size;
+        free(buf);
+    }
+}
+
 void slog_close(slog_t *l)
 {
     if (!l)
@@ -1442,6 +1862,8 @@ void slog_close(slog_t *l)
     if (l->cut_pending && cut_files(l, l->cut_after) < 0)
         log_error("store: %s: cannot cut off the records after sequence %" PRIu64 " (%s); they will be read back",
                   l->dir, l->cut_after, strerror(errno));
+    else if (l->have_thread && !l->failed && !l->cut_pending)
+        ckpt_write_all(l);
     if (l->flush_ev)
         event_free(l->flush_ev);
     if (l->tick_ev)
@@ -1456,6 +1878,7 @@ void slog_close(slog_t *l)
     free(l->wbuf);
     free(l->undo);
     free(l->sfds);
+    free(l->jobs);
     free(l->dir);
     pthread_mutex_destroy(&l->mu);
     pthread_cond_destroy(&l->cv);

@@ -15,11 +15,17 @@
  * it past segment_size.  Retention (max_msgs, max_bytes, max_age) moves the
  * first sequence; a segment is deleted once all of it is below that.
  *
- * Opening a log scans every segment and checks every record's CRC: that
- * rebuilds the index, the per-subject last sequences and the dedup window
- * from the log itself (there is no other metadata to lose).  A torn record
- * at the end is cut off; a damaged record anywhere else is skipped and the
- * records after it kept; both are reported.
+ * Opening a log rebuilds the index, the per-subject last sequences and the
+ * dedup window.  A segment with a checkpoint (<first seq>.ckpt: what a scan
+ * of the records it covers would rebuild, under its own CRC; written by
+ * the sync thread when the segment is sealed and at a clean close) is
+ * taken from it after cheap checks (the checkpoint's CRC, the file's size,
+ * the last record it lists, whole at its offset), and only what was written
+ * after it is scanned.  A segment without one, or whose checkpoint fails a
+ * check (logged with the reason), is scanned in full: every record's CRC
+ * checked, as from the log alone.  A torn record at the end is cut off; a
+ * damaged record anywhere else is skipped and the records after it kept;
+ * both are reported.
  *
  * Appends are buffered and written with one write() at the end of the
  * loop iteration.  Under fsync "always" a sync thread then runs fdatasync
@@ -70,6 +76,11 @@ typedef struct slog_report {
     uint64_t corrupt_bytes;   /* bytes they took */
     uint64_t torn_bytes;      /* bytes cut off the end of the last segment */
     double seconds;           /* time the scan took */
+    uint64_t checkpoints;     /* segments taken from their checkpoint */
+    uint64_t checkpoint_bytes;/* bytes of checkpoint files read */
+    uint64_t scanned_bytes;   /* bytes of segment files read and checked record by record */
+    uint64_t fallbacks;       /* checkpoints found damaged or stale: their segment scanned in full */
+    char fallback[160];       /* the first one's reason ("" for none) */
 } slog_report_t;
 
 typedef struct slog slog_t;

@@ -488,8 +488,9 @@ static stream_t *stream_open(streams_t *sm, const stream_cfg_t *cfg, char *err, 
                  " bytes), cut a torn tail of %" PRIu64 " bytes", cfg->name, r->records, r->corrupt,
                  r->corrupt == 1 ? "" : "s", r->corrupt_bytes, r->torn_bytes);
     log_info("stream %s: %" PRIu64 " messages, sequences %" PRIu64 "..%" PRIu64 " (%" PRIu64
-             " segment%s scanned in %.3f s), fsync %s", cfg->name, in.msgs, in.first_seq, in.last_seq, r->segments,
-             r->segments == 1 ? "" : "s", r->seconds,
+             " segment%s, %" PRIu64 " from checkpoints, %" PRIu64 " bytes scanned, in %.3f s), fsync %s", cfg->name,
+             in.msgs, in.first_seq, in.last_seq, r->segments, r->segments == 1 ? "" : "s", r->checkpoints,
+             r->scanned_bytes, r->seconds,
              cfg->o.fsync == FSYNC_ALWAYS ? "always" : cfg->o.fsync == FSYNC_INTERVAL ? "interval" : "never");
     return st;
 }
@@ -678,6 +679,12 @@ static cJSON *stream_obj(stream_t *st)
     json_add_uint(rec, "corrupt_bytes", st->opened.corrupt_bytes);
     json_add_uint(rec, "torn_bytes", st->opened.torn_bytes);
     cJSON_AddNumberToObject(rec, "seconds", st->opened.seconds);
+    json_add_uint(rec, "checkpoints", st->opened.checkpoints);
+    json_add_uint(rec, "checkpoint_bytes", st->opened.checkpoint_bytes);
+    json_add_uint(rec, "scanned_bytes", st->opened.scanned_bytes);
+    json_add_uint(rec, "checkpoint_fallbacks", st->opened.fallbacks);
+    if (st->opened.fallback[0])
+        cJSON_AddStringToObject(rec, "checkpoint_fallback", st->opened.fallback);
     cJSON *lim = cJSON_AddObjectToObject(o, "limits");
     json_add_uint(lim, "max_msgs", st->cfg.o.max_msgs);
     json_add_uint(lim, "max_bytes", st->cfg.o.max_bytes);
@@ -987,6 +994,7 @@ int streams_admin(streams_t *sm, const char *verb, size_t vlen, const proto_msg_
         cJSON_Delete(q);
     } else if (IS("STREAM.EVENTS")) {
         out = stream_events_json(sm, req->payload, req->payload_len, err, sizeof err, &len);
+
     } else {
         return 0;
     }
