@@ -25,7 +25,7 @@
  * check (logged with the reason), is scanned in full: every record's CRC
  * checked, as from the log alone.  A torn record at the end is cut off; a
  * damaged record anywhere else is skipped and the records after it kept;
- * both are reported.
+ * both are reported.  slog_verify checks every record on demand.
  *
  * Appends are buffered and written with one write() at the end of the
  * loop iteration.  Under fsync "always" a sync thread then runs fdatasync
@@ -109,6 +109,26 @@ uint64_t slog_append(slog_t *l, const slog_rec_t *r);
  * frees).  1: found, 0: no such record (deleted, skipped or not yet
  * written), -1: read error (errno). */
 int slog_read(slog_t *l, uint64_t seq, slog_rec_t *out, char **buf, size_t *cap);
+
+/* One step of a full check of the log (every record's CRC, as the scan of
+ * a start without checkpoints does). */
+#define SLOG_VERIFY_BAD 32
+typedef struct slog_verify {
+    uint64_t next_seq; /* where the next step starts; last + 1 when done */
+    uint64_t records;  /* records checked and whole */
+    uint64_t bytes;    /* bytes read */
+    uint64_t missing;  /* sequences with no record (skipped at start, deleted, damaged before) */
+    uint64_t bad;      /* records that failed their checksum: from now on they are gone, as
+                          after a failed read, and the next start scans their segment */
+    uint64_t bad_seqs[SLOG_VERIFY_BAD];
+    int nbad;
+} slog_verify_t;
+
+/* Checks the records from sequence `from` on (the first one when lower),
+ * until about max_bytes were read or max_seconds passed, so that a check of
+ * a big log is many short steps of the loop.  0, or -1 on a read error
+ * (errno; what was checked is in *v). */
+int slog_verify(slog_t *l, uint64_t from, uint64_t max_bytes, double max_seconds, slog_verify_t *v);
 
 /* First sequence at or after ts (ns), or last + 1. */
 uint64_t slog_seq_at_time(slog_t *l, int64_t ts);
