@@ -432,8 +432,14 @@ uint64_t slog_subject_last(slog_t *l, const char *subject, size_t len)
  *  80 i64 keys_from: every dedup key of a record from this time on is listed
  *  88 u32 subjects  92 u32 keys
  *  96 u32 offset[n] (HOLE: no record in that slot)
- *     per subject: u16 length, u64 its last sequence in the segment, bytes
  *     per key: u16 length, u64 sequence, i64 time, bytes
+ *     per subject: u16 length, u64 its last sequence in the segment, bytes
+ *
+ * The loop writes the header, the index and the keys (O(records of the
+ * segment)); the sync thread reads the subjects from the segment itself
+ * (ckpt_finish), so that sealing a segment costs the loop nothing that
+ * grows with the number of subjects in the stream.  Merged in segment
+ * order, the subject tables give each subject's last sequence in the log.
  *
  * A sealed segment never changes, so its checkpoint is written once, by
  * the sync thread after the records are synced; the active segment's at a
@@ -462,8 +468,25 @@ static void ckpt_forget(seg_t *s)
     s->ckpt_size = 0;
 }
 
-/* The checkpoint of s as it is now, in *out (caller frees), *len bytes.
- * 1 when there is nothing to write (no records, or too big), 0, -1 (errno). */
+/* The index in the dedup queue of its first entry with a sequence at or
+ * after seq (entries are in sequence order), or dq_len. */
+static size_t dedup_lower(const slog_t *l, uint64_t seq)
+{
+    size_t lo = 0, hi = l->dq_len;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (l->dq[(l->dq_head + mid) % l->dq_cap].seq < seq)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* The checkpoint of s as it is now, without its subject table (which
+ * ckpt_finish adds from the file), in *out (caller frees), *len bytes.
+ * O(records of s + their dedup keys): cheap enough for the loop.  1 when
+ * there is nothing to write (no records, or too big), 0, -1 (errno). */
 static int ckpt_encode(slog_t *l, seg_t *s, char **out, size_t *len)
 {
     uint64_t n = s->n;
@@ -471,7 +494,7 @@ static int ckpt_encode(slog_t *l, seg_t *s, char **out, size_t *len)
         n--;
     if (!n || s->size < SEG_HDR)
         return 1;
-    uint64_t lo = s->first, hi = s->first + n, records = 0, bytes = 0;
+    uint64_t hi = s->first + n, records = 0, bytes = 0;
     for (uint64_t i = 0; i < n; i++)
         if (s->off[i] != HOLE) {
             records++;
@@ -480,22 +503,9 @@ static int ckpt_encode(slog_t *l, seg_t *s, char **out, size_t *len)
     char h[REC_HDR];
     if (vfs_pread(s->fd, h, REC_HDR, s->off[n - 1]) != REC_HDR)
         return -1;
-    size_t need = CKPT_HDR + 4 * n, nsubj = 0, nkeys = 0;
-    for (size_t i = 0; i < l->subj_last.cap; i++) {
-        const dict_entry_t *e = &l->subj_last.slots[i];
-        uint64_t q = (uintptr_t)e->val;
-        if (e->key && q >= lo && q < hi) {
-            need += 10 + e->klen;
-            nsubj++;
-        }
-    }
-    for (size_t i = 0; i < l->dq_len; i++) {
-        const dedup_ent_t *d = &l->dq[(l->dq_head + i) % l->dq_cap];
-        if (d->seq >= lo && d->seq < hi) {
-            need += 18 + d->klen;
-            nkeys++;
-        }
-    }
+    size_t need = CKPT_HDR + 4 * n, nkeys = 0, k0 = dedup_lower(l, s->first);
+    for (size_t i = k0; i < l->dq_len && l->dq[(l->dq_head + i) % l->dq_cap].seq < hi; i++, nkeys++)
+        need += 18 + l->dq[(l->dq_head + i) % l->dq_cap].klen;
     if (need > CKPT_MAX)
         return 1;
     char *b = malloc(need), *p = b + CKPT_HDR;
@@ -514,34 +524,81 @@ static int ckpt_encode(slog_t *l, seg_t *s, char **out, size_t *len)
     memcpy(b + 72, h + 24, 8);
     put64(b + 80, l->o.dedup_window > 0 ? (uint64_t)(slog_now_ns() - (int64_t)(l->o.dedup_window * 1e9))
                                         : (uint64_t)INT64_MAX);
-    put32(b + 88, (uint32_t)nsubj);
     put32(b + 92, (uint32_t)nkeys);
     memcpy(p, s->off, 4 * n);
     p += 4 * n;
-    for (size_t i = 0; i < l->subj_last.cap; i++) {
-        const dict_entry_t *e = &l->subj_last.slots[i];
-        uint64_t q = (uintptr_t)e->val;
-        if (e->key && q >= lo && q < hi) {
-            put16(p, (uint16_t)e->klen);
-            put64(p + 2, q);
-            memcpy(p + 10, e->key, e->klen);
-            p += 10 + e->klen;
-        }
-    }
-    for (size_t i = 0; i < l->dq_len; i++) {
+    for (size_t i = k0; i < k0 + nkeys; i++) {
         const dedup_ent_t *d = &l->dq[(l->dq_head + i) % l->dq_cap];
-        if (d->seq >= lo && d->seq < hi) {
-            put16(p, (uint16_t)d->klen);
-            put64(p + 2, d->seq);
-            put64(p + 10, (uint64_t)d->ts);
-            memcpy(p + 18, d->key, d->klen);
-            p += 18 + d->klen;
-        }
+        put16(p, (uint16_t)d->klen);
+        put64(p + 2, d->seq);
+        put64(p + 10, (uint64_t)d->ts);
+        memcpy(p + 18, d->key, d->klen);
+        p += 18 + d->klen;
     }
-    record_seal(b, CKPT_MAGIC, (uint32_t)need);
     *out = b;
     *len = need;
     return 0;
+}
+
+/* Completes checkpoint *b (*len bytes, from ckpt_encode) of the segment
+ * open at fd: adds the subject table (each subject of the segment's
+ * records with its last sequence there, read from the file through a
+ * mapping) and seals it.  Touches nothing of the log: the sync thread
+ * runs it.  0, or -1 (errno). */
+static int ckpt_finish(int fd, char **b, size_t *len)
+{
+    uint64_t first = get64(*b + 16), n = get64(*b + 24), size = get64(*b + 32);
+    const char *offs = *b + CKPT_HDR;
+    dict_t subj;
+    dict_init(&subj);
+    size_t add = 0, nsubj = 0;
+    int rc = -1;
+    char *map = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED)
+        return -1;
+    for (uint64_t i = 0; i < n; i++) {
+        uint32_t off = get32(offs + 4 * i);
+        if (off == HOLE)
+            continue;
+        if ((uint64_t)off + REC_HDR > size || off + REC_HDR + (uint64_t)get16(map + off + 12) > size) {
+            errno = EIO;
+            goto fail;
+        }
+        uint16_t sl = get16(map + off + 12);
+        void *old = dict_get(&subj, map + off + REC_HDR, sl);
+        if (dict_put(&subj, map + off + REC_HDR, sl, (void *)(uintptr_t)(first + i)) < 0) {
+            errno = ENOMEM;
+            goto fail;
+        }
+        if (!old) {
+            add += 10 + sl;
+            nsubj++;
+        }
+    }
+    char *nb = *len + add <= CKPT_MAX ? realloc(*b, *len + add) : NULL;
+    if (!nb) {
+        errno = ENOMEM;
+        goto fail;
+    }
+    char *p = nb + *len;
+    for (size_t i = 0; i < subj.cap; i++) {
+        const dict_entry_t *e = &subj.slots[i];
+        if (!e->key)
+            continue;
+        put16(p, (uint16_t)e->klen);
+        put64(p + 2, (uintptr_t)e->val);
+        memcpy(p + 10, e->key, e->klen);
+        p += 10 + e->klen;
+    }
+    put32(nb + 88, (uint32_t)nsubj);
+    *b = nb;
+    *len += add;
+    record_seal(nb, CKPT_MAGIC, (uint32_t)*len);
+    rc = 0;
+fail:
+    munmap(map, size);
+    dict_clear(&subj, NULL);
+    return rc;
 }
 
 /* Hands the checkpoint of sealed segment s to the sync thread, which
@@ -593,21 +650,14 @@ static void ckpt_drop_jobs(slog_t *l, uint64_t lo, uint64_t hi)
     l->njobs = k;
 }
 
-/* A checkpoint read into b[0..len): its tables are walked once to check
- * that they fit (install 0) and once to load them (install 1). */
+/* A checkpoint read into b[0..len): its tables (dedup keys, then
+ * subjects) are walked once to check that they fit (install 0) and once to
+ * load them (install 1). */
 static int ckpt_tables(slog_t *l, const char *b, size_t len, int install, int64_t dedup_from)
 {
     uint64_t n = get64(b + 24);
     const char *p = b + CKPT_HDR + 4 * n, *end = b + len;
     uint32_t nsubj = get32(b + 88), nkeys = get32(b + 92);
-    for (uint32_t i = 0; i < nsubj; i++) {
-        if (end - p < 10 || (size_t)(end - p - 10) < get16(p))
-            return -1;
-        uint16_t kl = get16(p);
-        if (install && dict_put(&l->subj_last, p + 10, kl, (void *)(uintptr_t)get64(p + 2)) < 0)
-            return -1;
-        p += 10 + kl;
-    }
     for (uint32_t i = 0; i < nkeys; i++) {
         if (end - p < 18 || (size_t)(end - p - 18) < get16(p))
             return -1;
@@ -616,6 +666,14 @@ static int ckpt_tables(slog_t *l, const char *b, size_t len, int install, int64_
         if (install && l->o.dedup_window > 0 && ts >= dedup_from && dedup_add(l, p + 18, kl, get64(p + 2), ts) < 0)
             return -1;
         p += 18 + kl;
+    }
+    for (uint32_t i = 0; i < nsubj; i++) {
+        if (end - p < 10 || (size_t)(end - p - 10) < get16(p))
+            return -1;
+        uint16_t kl = get16(p);
+        if (install && dict_put(&l->subj_last, p + 10, kl, (void *)(uintptr_t)get64(p + 2)) < 0)
+            return -1;
+        p += 10 + kl;
     }
     return p == end ? 0 : -1;
 }
@@ -852,7 +910,8 @@ static void ckpt_write_ready(slog_t *l)
     pthread_mutex_unlock(&l->mu);
     uint64_t failed = 0;
     for (size_t i = 0; i < k; i++) {
-        if (vfs_checkpoint(mine[i].fd, mine[i].path, mine[i].buf, mine[i].len) != 0)
+        if (ckpt_finish(mine[i].fd, &mine[i].buf, &mine[i].len) != 0 ||
+            vfs_checkpoint(mine[i].fd, mine[i].path, mine[i].buf, mine[i].len) != 0)
             failed++;
         free(mine[i].path);
         free(mine[i].buf);
@@ -1863,7 +1922,8 @@ fail:
 static void ckpt_write_all(slog_t *l)
 {
     for (size_t i = 0; i < l->njobs; i++)
-        if (vfs_checkpoint(l->jobs[i].fd, l->jobs[i].path, l->jobs[i].buf, l->jobs[i].len) != 0)
+        if (ckpt_finish(l->jobs[i].fd, &l->jobs[i].buf, &l->jobs[i].len) != 0 ||
+            vfs_checkpoint(l->jobs[i].fd, l->jobs[i].path, l->jobs[i].buf, l->jobs[i].len) != 0)
             log_warn("store: cannot write %s: %s", l->jobs[i].path, strerror(errno));
     ckpt_drop_jobs(l, 0, UINT64_MAX);
     for (size_t i = 0; i < l->nsegs; i++) {
@@ -1873,7 +1933,7 @@ static void ckpt_write_all(slog_t *l)
         if (!s->n || s->ckpt_size == s->size || ckpt_encode(l, s, &buf, &len) != 0)
             continue;
         ckpt_path(s, path, sizeof path);
-        if (vfs_checkpoint(s->fd, path, buf, len) != 0)
+        if (ckpt_finish(s->fd, &buf, &len) != 0 || vfs_checkpoint(s->fd, path, buf, len) != 0)
             log_warn("store: cannot write %s: %s", path, strerror(errno));
         else
             s->ckpt_size = s->size;
