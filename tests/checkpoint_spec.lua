@@ -233,8 +233,12 @@ describe("stream checkpoints", function()
     -- Without the checkpoints, the same start scans everything.
     for _, f in ipairs(files(e.data .. "/streams/s", ".ckpt")) do os.remove(f) end
     srv = run(e)
-    r = info(srv.port, "s").recovery
-    assert.same({ n + 13, 0 }, { r.records, r.checkpoints })
+    i = info(srv.port, "s")
+    r = i.recovery
+    assert.same({ n + 13, 0, i.segments, 0 }, { r.records, r.checkpoints, r.checkpoint_missing,
+                                               r.checkpoint_fallbacks })
+    assert.truthy(srv:log():find(("stream s: %d segments without a checkpoint scanned in full"):format(i.segments),
+                                 1, true))
     assert(r.scanned_bytes >= before.bytes, "a full scan read " .. r.scanned_bytes)
   end)
 

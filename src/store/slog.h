@@ -79,6 +79,7 @@ typedef struct slog_report {
     uint64_t checkpoints;     /* segments taken from their checkpoint */
     uint64_t checkpoint_bytes;/* bytes of checkpoint files read */
     uint64_t scanned_bytes;   /* bytes of segment files read and checked record by record */
+    uint64_t no_checkpoint;   /* segments without one (older data, the active one after a crash) */
     uint64_t fallbacks;       /* checkpoints found damaged or stale: their segment scanned in full */
     char fallback[160];       /* the first one's reason ("" for none) */
 } slog_report_t;

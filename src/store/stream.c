@@ -487,6 +487,9 @@ static stream_t *stream_open(streams_t *sm, const stream_cfg_t *cfg, char *err, 
         log_warn("stream %s: recovered %" PRIu64 " records; skipped %" PRIu64 " damaged record%s (%" PRIu64
                  " bytes), cut a torn tail of %" PRIu64 " bytes", cfg->name, r->records, r->corrupt,
                  r->corrupt == 1 ? "" : "s", r->corrupt_bytes, r->torn_bytes);
+    if (r->no_checkpoint)
+        log_info("stream %s: %" PRIu64 " segment%s without a checkpoint scanned in full", cfg->name,
+                 r->no_checkpoint, r->no_checkpoint == 1 ? "" : "s");
     log_info("stream %s: %" PRIu64 " messages, sequences %" PRIu64 "..%" PRIu64 " (%" PRIu64
              " segment%s, %" PRIu64 " from checkpoints, %" PRIu64 " bytes scanned, in %.3f s), fsync %s", cfg->name,
              in.msgs, in.first_seq, in.last_seq, r->segments, r->segments == 1 ? "" : "s", r->checkpoints,
@@ -682,6 +685,7 @@ static cJSON *stream_obj(stream_t *st)
     json_add_uint(rec, "checkpoints", st->opened.checkpoints);
     json_add_uint(rec, "checkpoint_bytes", st->opened.checkpoint_bytes);
     json_add_uint(rec, "scanned_bytes", st->opened.scanned_bytes);
+    json_add_uint(rec, "checkpoint_missing", st->opened.no_checkpoint);
     json_add_uint(rec, "checkpoint_fallbacks", st->opened.fallbacks);
     if (st->opened.fallback[0])
         cJSON_AddStringToObject(rec, "checkpoint_fallback", st->opened.fallback);
