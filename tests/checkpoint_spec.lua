@@ -447,6 +447,23 @@ describe("stream checkpoints", function()
     assert.truthy(out:find("nope"), out)
   end)
 
+  it("verifies a big stream in bounded steps (32 MiB or 20 ms a request) and the command takes them all", function()
+    local n = 36000 -- about 38 MB
+    local e, before = stored(n, { segment_size = "4MB" })
+    local srv = run(e)
+    local v = admin(srv.port, "STREAM.VERIFY", json.encode { stream = "s", from_seq = 1 })
+    assert.is_true(v.more, json.encode(v))
+    assert(v.next_seq > 1 and v.next_seq <= n and v.bytes <= 32 * 1024 * KB + 1100 and v.records == v.next_seq - 1,
+           json.encode(v))
+    -- The next step starts where the first ended.
+    local v2 = admin(srv.port, "STREAM.VERIFY", json.encode { stream = "s", from_seq = v.next_seq })
+    assert(v2.next_seq > v.next_seq and v2.records == v2.next_seq - v.next_seq, json.encode(v2))
+    local rc, out = verify_cli(srv.port, "s", true)
+    assert.same(0, rc, out)
+    local j = json.decode(out)
+    assert.same({ n, 0, 0, before.bytes }, { j.records, j.bad, j.missing, j.bytes })
+  end)
+
   -- The n-th step of writing checkpoints (TIDE_FAULT ckpt: the data's
   -- sync, the temporary file's open, write and sync, the rename, the
   -- directory's sync) is where the process dies or the machine loses
