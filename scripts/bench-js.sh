@@ -47,7 +47,9 @@
 #                sequence N+1 (everything was recovered)
 #   recovery1k   the same with 1 KiB payloads (same count: RSS after recovery
 #                should not grow with payload bytes)
-#   recovery     both recovery runs
+#   recoverykill the same as recovery1k, the server killed with SIGKILL
+#                (once every PubAck came back) instead of stopped
+#   recovery     the three recovery runs
 #
 # Environment:
 #   BENCH_REPEAT         repetitions per scenario and server (default 3)
@@ -397,14 +399,31 @@ scen_consume() {
     stop_server "$side"
 }
 
-scen_recovery() {   # side key size
-    local side=$1 key=$2 size=$3 disk rate pub_cpu stop_ms ready rss hwm c_ready seq out
+# kill_server SIDE: SIGKILL at once (a crash); sets STOP_MS and STOP_RC.
+kill_server() {
+    local side=$1 pid=${PID[$1]:-} t0
+    STOP_MS=""; STOP_RC=""
+    [ -n "$pid" ] || return 0
+    t0=$(now_ms)
+    kill -9 "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null; STOP_RC=$?
+    STOP_MS=$(( $(now_ms) - t0 ))
+    echo "--- $(date +%T) killed (SIGKILL): status $STOP_RC" >> "$LOGDIR/$side.log"
+    PID[$side]=""
+    return 0
+}
+
+scen_recovery() {   # side key size [kill]
+    local side=$1 key=$2 size=$3 how=${4:-term} disk rate pub_cpu stop_ms ready rss hwm c_ready seq out
     fresh_server "$side" "$key" || return
     if ! run_client "$side" "$key" async --n "$REC_N" --size "$size" --max-pending "$MAX_PENDING"; then
         stop_server "$side"; return
     fi
     rate=$(field rate "$LINE"); pub_cpu=$CPU_S
-    if ! stop_server "$side"; then
+    if [ "$how" = kill ]; then
+        kill_server "$side"
+        STOP_RC=0
+    elif ! stop_server "$side"; then
         record_error "$key" "$side" "did not exit within ${STOP_TMO}s of SIGTERM (killed)"
         return
     fi
@@ -460,6 +479,7 @@ run_scenario() {  # id side
         consume)     scen_consume "$2" ;;
         recovery128) scen_recovery "$2" recovery128 128 ;;
         recovery1k)  scen_recovery "$2" recovery1k 1024 ;;
+        recoverykill) scen_recovery "$2" recoverykill 1024 kill ;;
     esac
     rm -rf "${DATA[$2]}"
 }
@@ -482,7 +502,7 @@ FSYNC_NOTE="tide: fsync = \"always\" (group commit; a PubAck means the message i
 : > "$LOGDIR/errors.log"
 : > "$LOGDIR/tide.log"
 : > "$LOGDIR/nats.log"
-SCENARIOS="seq seqi async consume recovery128 recovery1k"
+SCENARIOS="seq seqi async consume recovery128 recovery1k recoverykill"
 t_start=$(date +%s)
 
 echo "tide durable-publish benchmark: $REPEAT repetition(s); seq $SEQ_N, async $ASYNC_N, consume $CONSUME_N, recovery $REC_N"
@@ -536,14 +556,17 @@ recovery1k.disk|recovery 1 KiB: data on disk (MiB)|mib|lower
 recovery1k.stop|recovery 1 KiB: SIGTERM to exit (ms)|ms|lower
 recovery1k.ready|recovery 1 KiB: exec to PONG on restart (ms)|ms|lower
 recovery1k.rss|recovery 1 KiB: RSS after restart (MiB)|mib|lower
-recovery1k.hwm|recovery 1 KiB: peak RSS of restart (MiB)|mib|lower'
+recovery1k.hwm|recovery 1 KiB: peak RSS of restart (MiB)|mib|lower
+recoverykill.ready|recovery 1 KiB after SIGKILL: exec to PONG on restart (ms)|ms|lower
+recoverykill.rss|recovery 1 KiB after SIGKILL: RSS after restart (MiB)|mib|lower'
 CPUROWS='seq.cpu|publish, sequential|sec|lower
 async.cpu|publish, async|sec|lower
 consume.cpu|consume (preload + deliver + ack)|sec|lower
 recovery128.cpu|recovery 128 B: publishing|sec|lower
 recovery128.rcpu|recovery 128 B: restart until PONG|sec|lower
 recovery1k.cpu|recovery 1 KiB: publishing|sec|lower
-recovery1k.rcpu|recovery 1 KiB: restart until PONG|sec|lower'
+recovery1k.rcpu|recovery 1 KiB: restart until PONG|sec|lower
+recoverykill.rcpu|recovery 1 KiB after SIGKILL: restart until PONG|sec|lower'
 
 
 MAIN=$(table "$ROWS")

@@ -53,6 +53,7 @@ SEED_TIMES="
 store_recovery_spec 30 44
 streams_spec 34 35
 durable_handlers_spec 19 21
+checkpoint_spec 16 18
 connect_spec 15 24
 interop_js_spec 19 19
 hostile_spec 11 17

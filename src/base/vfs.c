@@ -23,8 +23,8 @@
 
 #include "log.h"
 
-enum { OP_OPEN, OP_WRITE, OP_SYNC, OP_RENAME, OP_TRUNCATE, OP_ALLOC, OP_N };
-static const char *const op_names[OP_N] = {"open", "write", "sync", "rename", "truncate", "alloc"};
+enum { OP_OPEN, OP_WRITE, OP_SYNC, OP_RENAME, OP_TRUNCATE, OP_ALLOC, OP_CKPT, OP_N };
+static const char *const op_names[OP_N] = {"open", "write", "sync", "rename", "truncate", "alloc", "ckpt"};
 
 typedef struct fault {
     int op;
@@ -247,9 +247,9 @@ static void track(int fd)
     pthread_mutex_unlock(&mu);
 }
 
-int vfs_open(const char *path, int flags, mode_t mode)
+static int open_op(int op, const char *path, int flags, mode_t mode)
 {
-    int e = fault_check(OP_OPEN);
+    int e = fault_check(op);
     if (e) {
         errno = e;
         return -1;
@@ -270,6 +270,8 @@ int vfs_open(const char *path, int flags, mode_t mode)
     }
     return fd;
 }
+
+int vfs_open(const char *path, int flags, mode_t mode) { return open_op(OP_OPEN, path, flags, mode); }
 
 int vfs_close(int fd)
 {
@@ -363,9 +365,9 @@ ssize_t vfs_pread(int fd, void *buf, size_t n, off_t off)
     return (ssize_t)done;
 }
 
-int vfs_sync(int fd)
+static int sync_op(int op, int fd)
 {
-    int e = fault_check(OP_SYNC);
+    int e = fault_check(op);
     if (e) {
         errno = e;
         return -1;
@@ -397,6 +399,40 @@ int vfs_sync(int fd)
     return 0;
 }
 
+int vfs_sync(int fd) { return sync_op(OP_SYNC, fd); }
+
+int vfs_read_file(const char *path, size_t max, char **out, size_t *len)
+{
+    char *buf = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) != 0)
+        goto fail;
+    if (sb.st_size < 0 || (size_t)sb.st_size > max) {
+        errno = EFBIG;
+        goto fail;
+    }
+    if (!(buf = malloc(sb.st_size ? (size_t)sb.st_size : 1)))
+        goto fail;
+    ssize_t got = vfs_pread(fd, buf, (size_t)sb.st_size, 0);
+    if (got != (ssize_t)sb.st_size) {
+        if (got >= 0)
+            errno = EIO;
+        goto fail;
+    }
+    close(fd);
+    *out = buf;
+    *len = (size_t)got;
+    return 0;
+fail:;
+    int e = errno ? errno : EIO;
+    if (fd >= 0)
+        close(fd);
+    free(buf);
+    errno = e;
+    return -1;
+}
+
 int vfs_truncate(int fd, off_t len)
 {
     int e = fault_check(OP_TRUNCATE);
@@ -420,9 +456,9 @@ int vfs_trim(int fd, off_t len)
     return 0;
 }
 
-int vfs_rename(const char *from, const char *to)
+static int rename_op(int op, const char *from, const char *to)
 {
-    int e = fault_check(OP_RENAME);
+    int e = fault_check(op);
     if (e) {
         errno = e;
         return -1;
@@ -447,6 +483,8 @@ int vfs_rename(const char *from, const char *to)
     return 0;
 }
 
+int vfs_rename(const char *from, const char *to) { return rename_op(OP_RENAME, from, to); }
+
 int vfs_unlink(const char *path)
 {
     if (unlink(path) != 0)
@@ -461,12 +499,12 @@ int vfs_unlink(const char *path)
     return 0;
 }
 
-int vfs_sync_dir(const char *path)
+static int sync_dir_op(int op, const char *path)
 {
     int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0)
         return -1;
-    int e = fault_check(OP_SYNC);
+    int e = fault_check(op);
     int rc = e ? -1 : fsync(fd);
     close(fd);
     if (e)
@@ -483,4 +521,43 @@ int vfs_sync_dir(const char *path)
         pthread_mutex_unlock(&mu);
     }
     return rc;
+}
+
+int vfs_sync_dir(const char *path) { return sync_dir_op(OP_SYNC, path); }
+
+int vfs_checkpoint(int data_fd, const char *path, const void *buf, size_t n)
+{
+    char tmp[4096], dir[4096];
+    int fd = -1;
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", path) >= sizeof tmp) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash) {
+        errno = EINVAL;
+        return -1;
+    }
+    *slash = '\0';
+    /* The data first: a checkpoint must never describe records that a
+     * power loss could still take away. */
+    if (data_fd >= 0 && sync_op(OP_CKPT, data_fd) != 0)
+        goto fail;
+    if ((fd = open_op(OP_CKPT, tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644)) < 0)
+        goto fail;
+    if (write_all(fd, buf, n, 0, fault_check(OP_CKPT)) < 0 || sync_op(OP_CKPT, fd) != 0)
+        goto fail;
+    vfs_close(fd);
+    fd = -1;
+    if (rename_op(OP_CKPT, tmp, path) != 0 || sync_dir_op(OP_CKPT, dir[0] ? dir : "/") != 0)
+        goto fail;
+    return 0;
+fail:;
+    int e = errno ? errno : EIO;
+    if (fd >= 0)
+        vfs_close(fd);
+    vfs_unlink(tmp);
+    errno = e;
+    return -1;
 }

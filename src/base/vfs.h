@@ -16,7 +16,8 @@
  *                                      before stays, as after a kill -9
  *
  * Several rules are separated by commas.  Operations: open, write, sync,
- * rename, truncate, alloc (the zero-filling of space ahead of the log).  Errors: ENOSPC, EIO, EDQUOT, EROFS.  A failing write
+ * rename, truncate, alloc (the zero-filling of space ahead of the log),
+ * ckpt (every step of writing a checkpoint: vfs_checkpoint).  Errors: ENOSPC, EIO, EDQUOT, EROFS.  A failing write
  * first writes half of what it was given (a short write that then fails),
  * which is the worst case a disk can hand back.  Calls are counted from
  * the start of the process, over every file of the store.
@@ -55,6 +56,10 @@ int vfs_zero(int fd, off_t off, off_t n);
  * which recovery reads as the end of the log whether or not they go. */
 int vfs_trim(int fd, off_t len);
 ssize_t vfs_pread(int fd, void *buf, size_t n, off_t off);
+/* Reads the whole file at path (at most max bytes, else EFBIG) into *out
+ * (caller frees), its length in *len.  Not a fault point: a read changes
+ * nothing.  0, or -1 (errno; ENOENT when there is no such file). */
+int vfs_read_file(const char *path, size_t max, char **out, size_t *len);
 /* fdatasync (fsync for directories). */
 int vfs_sync(int fd);
 int vfs_truncate(int fd, off_t len);
@@ -62,6 +67,18 @@ int vfs_rename(const char *from, const char *to);
 int vfs_unlink(const char *path);
 /* Syncs a directory, so that files created or renamed in it persist. */
 int vfs_sync_dir(const char *path);
+
+/*
+ * Replaces the file at path with buf, atomically: first syncs data_fd
+ * (the file buf describes; -1: none), then writes path.tmp, syncs it,
+ * renames it over path and syncs the directory.  After a crash or a power
+ * loss at any step, path is the old file or the new one, whole (a
+ * path.tmp may be left behind).  Every step is a call of the operation
+ * "ckpt" for fault injection, so that when checkpoints are written does
+ * not move the numbering of the log's own writes and syncs.  May be called
+ * from the sync thread.  0, or -1 (errno).
+ */
+int vfs_checkpoint(int data_fd, const char *path, const void *buf, size_t n);
 
 /* True when any fault rule is active (tests use it to check the setup). */
 int vfs_faulty(void);

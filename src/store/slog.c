@@ -23,106 +23,7 @@
 #include "util.h"
 #include "vfs.h"
 
-#define SEG_MAGIC "TIDESEG1"
-#define SEG_HDR 16
-#define REC_MAGIC 0x31435254u /* "TRC1" */
-#define REC_HDR 40
-#define HOLE UINT32_MAX
-#define MAX_SEGMENT (1u << 30)
-#define READ_AHEAD (64u << 10)
-#define SCAN_WINDOW (4u << 20) /* recovery lets go of what it scanned every 4 MiB */
-/* Under fsync = "always" the active segment is zero-filled ahead of its
- * end, PREALLOC at a time once less than PREALLOC_LOW is left: an fdatasync
- * of records written over zeros already on the disk flushes data only,
- * while one of records that grow the file must also commit its new size
- * to the file system's journal (measured on ext4: p50 270 -> 185 us, p99
- * 490 -> 330 us for one small record).  Recovery reads zeros as the end. */
-#define PREALLOC (1 << 20)
-#define PREALLOC_LOW (PREALLOC / 2)
-
-typedef struct seg {
-    uint64_t first; /* sequence of index slot 0 */
-    uint64_t n;     /* index slots */
-    uint32_t *off;  /* offset of each record, HOLE when it is not there */
-    size_t cap;
-    int fd;
-    off_t size;  /* bytes of records in the file (not counting the write buffer) */
-    off_t alloc; /* the file's length: size, or more when zero-filled ahead */
-    int damaged; /* skipped bytes lie between its records (see rec_len) */
-    /* Read-ahead: a consumer reads records in order, so one pread fetches
-     * the next READ_AHEAD bytes and the records in them cost no syscall.
-     * Records never change once written; a cut of the file clears it. */
-    char *rc;
-    off_t rc_off;
-    size_t rc_len;
-    char path[];
-} seg_t;
-
-typedef struct dedup_ent {
-    int64_t ts;
-    uint64_t seq;
-    char *key;
-    size_t klen;
-} dedup_ent_t;
-
-struct slog {
-    char *dir;
-    slog_opts_t o;
-    seg_t **segs;
-    size_t nsegs, capsegs;
-    uint64_t first_seq, last_seq, committed_seq, written_seq;
-    uint64_t msgs, bytes;
-    int64_t last_ts;
-    dict_t subj_last;
-    dict_t dedup;
-    dedup_ent_t *dq;
-    size_t dq_head, dq_len, dq_cap;
-    /* Appends not yet written, and how to take them back. */
-    char *wbuf;
-    size_t wlen, wcap;
-    uint64_t wfirst; /* first sequence in wbuf (0: none) */
-    uint64_t *undo;  /* per buffered record: the subject's previous last sequence */
-    size_t capundo;
-    /* Events. */
-    struct event_base *base;
-    struct event *flush_ev, *tick_ev, *sync_ev;
-    slog_commit_fn cb;
-    void *ctx;
-    int failed;          /* waiting to reopen after an I/O error */
-    int fail_err;
-    int cut_pending;     /* the files may still hold records after cut_after */
-    uint64_t cut_after;
-    uint64_t syncs, sync_errors, write_errors;
-    int prealloc_failed;        /* the last zero-fill failed (logged once) */
-    int64_t prealloc_retry_ns;  /* no zero-fill before then */
-    /* The sync thread. */
-    pthread_t th;
-    int have_thread;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int efd;
-    /* Files written since they were last synced.  There is room for every
-     * segment's file (made in segs_append), because a file left off this
-     * list would be reported synced without being so. */
-    int *sfds;
-    size_t nsfds, capsfds;
-    uint64_t want;    /* sync requested up to here */
-    int want_dir;     /* a segment was created: sync the directory */
-    int parents_unsynced; /* the stream's directory itself is new to its parents */
-    int dir_unsynced; /* a failed round left it unsynced: again with the next round */
-    int busy, stop;
-    uint64_t done; /* synced up to here */
-    int done_err;  /* errno of a failed sync */
-};
-
-/* ---- little-endian fields --------------------------------------------------- */
-
-static void put16(char *p, uint16_t v) { memcpy(p, &v, 2); }
-static void put32(char *p, uint32_t v) { memcpy(p, &v, 4); }
-static void put64(char *p, uint64_t v) { memcpy(p, &v, 8); }
-static uint16_t get16(const char *p) { uint16_t v; memcpy(&v, p, 2); return v; }
-static uint32_t get32(const char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
-static uint64_t get64(const char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+#include "slog_internal.h"
 
 int64_t slog_now_ns(void)
 {
@@ -140,6 +41,8 @@ static int record_fits(const char *p, uint32_t len)
 }
 
 static const record_kind_t seg_record = {REC_MAGIC, REC_HDR, UINT32_MAX, record_fits};
+
+uint32_t slog_record_whole(const char *p, size_t avail) { return record_check(&seg_record, p, avail); }
 
 /* Parses the record at p (avail bytes there).  1 with *out filled, 0 when
  * it is not a whole valid record. */
@@ -188,10 +91,13 @@ static void seg_free(seg_t *s)
     free(s);
 }
 
-/* Cuts the segment's file (and forgets what the read-ahead held). */
+/* Cuts the segment's file (and forgets what the read-ahead held, and the
+ * checkpoint when it lists records that go). */
 static int seg_truncate(seg_t *s, off_t len)
 {
     s->rc_len = 0;
+    if (len < s->ckpt_size)
+        ckpt_forget(s);
     if (vfs_truncate(s->fd, len) != 0)
         return -1;
     s->alloc = len;
@@ -312,7 +218,7 @@ static uint64_t rec_span(slog_t *l, seg_t *s, uint64_t i)
 /* Bytes the record at index i of s takes, as counted in l->bytes: its span,
  * unless damaged bytes skipped by the scan (or a record that failed its
  * checksum later) may lie after it; then its own length field. */
-static uint64_t rec_len(slog_t *l, seg_t *s, uint64_t i)
+uint64_t slog_rec_len(slog_t *l, seg_t *s, uint64_t i)
 {
     uint64_t span = rec_span(l, s, i);
     if (!s->damaged)
@@ -342,7 +248,7 @@ static void dedup_expire(slog_t *l, int64_t now)
     }
 }
 
-static int dedup_add(slog_t *l, const char *key, size_t klen, uint64_t seq, int64_t ts)
+int slog_dedup_add(slog_t *l, const char *key, size_t klen, uint64_t seq, int64_t ts)
 {
     if (l->dq_len == l->dq_cap) {
         size_t nc = l->dq_cap ? l->dq_cap * 2 : 256;
@@ -406,7 +312,7 @@ static void drop_first(slog_t *l)
     if (s) {
         uint64_t i = l->first_seq - s->first;
         if (s->off[i] != HOLE) {
-            l->bytes -= rec_len(l, s, i);
+            l->bytes -= slog_rec_len(l, s, i);
             l->msgs--;
         }
     }
@@ -437,9 +343,11 @@ static void drop_segments(slog_t *l)
                 l->sfds[i] = l->sfds[--l->nsfds];
                 break; /* listed once */
             }
+    ckpt_drop_jobs(l, 0, l->segs[k]->first - 1);
     pthread_mutex_unlock(&l->mu);
     for (size_t j = 0; j < k; j++) {
         seg_t *s = l->segs[j];
+        ckpt_forget(s);
         if (vfs_unlink(s->path) != 0)
             log_warn("store: cannot delete %s: %s", s->path, strerror(errno));
         seg_free(s);
@@ -521,10 +429,14 @@ static void *sync_main(void *arg)
     size_t capfds = 0;
     pthread_mutex_lock(&l->mu);
     for (;;) {
-        while (!l->stop && l->want <= l->done && !l->nsfds && !l->want_dir)
+        while (!l->stop && l->want <= l->done && !l->nsfds && !l->want_dir && !ckpt_ready(l))
             pthread_cond_wait(&l->cv, &l->mu);
         if (l->stop && l->want <= l->done && !l->nsfds)
             break;
+        if (l->want <= l->done && !l->nsfds && !l->want_dir && !l->dir_unsynced) {
+            ckpt_write_ready(l); /* nothing to sync: only checkpoints to write */
+            continue;
+        }
         size_t n = l->nsfds;
         int dir = l->want_dir || l->dir_unsynced, parents = l->parents_unsynced, err = 0;
         uint64_t target = l->want;
@@ -564,7 +476,9 @@ static void *sync_main(void *arg)
         } else if (target > l->done) {
             l->done = target;
         }
-        uint64_t one = 1;
+        if (!err)
+            ckpt_write_ready(l);
+        uint64_t one = 1; /* (after checkpoints too: a reopen may wait for busy to clear) */
         if (write(l->efd, &one, sizeof one) < 0) {
             /* the counter is full: the loop has a wakeup pending anyway */
         }
@@ -624,6 +538,7 @@ static void fail_after(slog_t *l, uint64_t good, int err)
     pthread_mutex_lock(&l->mu);
     l->nsfds = 0;
     l->want = l->done;
+    ckpt_drop_jobs(l, 0, UINT64_MAX); /* (the reopen closes their files; the next start scans them) */
     pthread_mutex_unlock(&l->mu);
     reopen_when_idle(l);
 }
@@ -643,6 +558,7 @@ static int cut_files(slog_t *l, uint64_t good)
         if (s->first + s->n <= good + 1)
             break; /* this one, and so every older one, ends at or before good */
         if (s->first > good + 1) {
+            ckpt_forget(s);
             if (vfs_unlink(s->path) != 0 && errno != ENOENT)
                 return -1;
             continue;
@@ -673,6 +589,14 @@ static void on_sync_done(evutil_socket_t fd, short what, void *arg)
     if (l->failed) {
         reopen_when_idle(l);
         return;
+    }
+    pthread_mutex_lock(&l->mu);
+    uint64_t ckpt_errors = l->ckpt_errors;
+    pthread_mutex_unlock(&l->mu);
+    if (ckpt_errors != l->ckpt_errors_seen) {
+        log_warn("store: %s: %" PRIu64 " checkpoint%s of sealed segments could not be written; the next start scans "
+                 "those segments", l->dir, ckpt_errors - l->ckpt_errors_seen, ckpt_errors - l->ckpt_errors_seen == 1 ? "" : "s");
+        l->ckpt_errors_seen = ckpt_errors;
     }
     if (err) {
         l->sync_errors++;
@@ -831,6 +755,8 @@ static int roll(slog_t *l, uint64_t seq)
     seg_t *old = active(l);
     if (old && old->alloc > old->size && vfs_trim(old->fd, old->size) == 0)
         old->alloc = old->size; /* a sealed segment ends with its last record */
+    if (old && old->n && old->ckpt_size != old->size)
+        ckpt_queue(l, old);
     seg_t *s = seg_new(l->dir, seq);
     if (!s)
         return -1;
@@ -944,7 +870,7 @@ uint64_t slog_append(slog_t *l, const slog_rec_t *r)
     }
     uint64_t prev = slog_subject_last(l, r->subject, r->subject_len);
     if (dict_put(&l->subj_last, r->subject, r->subject_len, (void *)(uintptr_t)seq) < 0 ||
-        (r->key_len && l->o.dedup_window > 0 && dedup_add(l, r->key, r->key_len, seq, ts) < 0)) {
+        (r->key_len && l->o.dedup_window > 0 && slog_dedup_add(l, r->key, r->key_len, seq, ts) < 0)) {
         if (prev)
             dict_put(&l->subj_last, r->subject, r->subject_len, (void *)(uintptr_t)prev);
         if (l->wfirst == seq)
@@ -999,13 +925,70 @@ int slog_read(slog_t *l, uint64_t seq, slog_rec_t *out, char **buf, size_t *cap)
     uint32_t len;
     if (!parse_rec(*buf, n, out, &len) || out->seq != seq) {
         log_error("store: %s: record %" PRIu64 " failed its checksum on read", l->dir, seq);
-        l->bytes -= rec_len(l, s, seq - s->first);
+        l->bytes -= slog_rec_len(l, s, seq - s->first);
         l->msgs--;
         s->off[seq - s->first] = HOLE;
         s->damaged = 1;
+        if (s->ckpt_size)
+            ckpt_forget(s); /* it lists the record: the next start scans the segment */
         return 0;
     }
     return 1;
+}
+
+int slog_verify(slog_t *l, uint64_t from, uint64_t max_bytes, double max_seconds, slog_verify_t *v)
+{
+    char *buf = NULL;
+    size_t cap = 0;
+    int rc = 0;
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    memset(v, 0, sizeof *v);
+    uint64_t seq = from > l->first_seq ? from : l->first_seq;
+    seg_t *prev = NULL;
+    for (; seq && seq <= l->last_seq; seq++) {
+        if (v->bytes >= max_bytes)
+            break;
+        if ((seq & 63) == 0) {
+            clock_gettime(CLOCK_MONOTONIC, &t);
+            if ((double)(t.tv_sec - t0.tv_sec) + (double)(t.tv_nsec - t0.tv_nsec) / 1e9 >= max_seconds)
+                break;
+        }
+        seg_t *s = seg_for(l, seq);
+        if (s != prev && prev && prev != active(l) && prev->rc) {
+            free(prev->rc); /* verifying reads every segment: keep no read-ahead behind it */
+            prev->rc = NULL;
+            prev->rc_len = 0;
+        }
+        prev = s;
+        if (!s || s->off[seq - s->first] == HOLE || (l->cut_pending && seq > l->cut_after)) {
+            v->missing++;
+            continue;
+        }
+        uint64_t span = rec_span(l, s, seq - s->first);
+        slog_rec_t r;
+        int got = slog_read(l, seq, &r, &buf, &cap);
+        if (got < 0) {
+            rc = -1;
+            break;
+        }
+        v->bytes += span;
+        if (got == 1) {
+            v->records++;
+        } else { /* it failed its checksum: slog_read made it a hole */
+            if (v->nbad < SLOG_VERIFY_BAD)
+                v->bad_seqs[v->nbad++] = seq;
+            v->bad++;
+        }
+    }
+    if (prev && prev != active(l) && prev->rc) {
+        free(prev->rc);
+        prev->rc = NULL;
+        prev->rc_len = 0;
+    }
+    free(buf);
+    v->next_seq = seq > l->last_seq ? l->last_seq + 1 : seq;
+    return rc;
 }
 
 uint64_t slog_seq_at_time(slog_t *l, int64_t ts)
@@ -1099,7 +1082,7 @@ static int scan_add(slog_t *l, seg_t *s, const slog_rec_t *r, size_t off, uint32
         return -1;
     dict_put(&l->subj_last, r->subject, r->subject_len, (void *)(uintptr_t)r->seq);
     if (r->key_len && l->o.dedup_window > 0 && r->ts >= dedup_from)
-        dedup_add(l, r->key, r->key_len, r->seq, r->ts);
+        slog_dedup_add(l, r->key, r->key_len, r->seq, r->ts);
     if (l->first_seq == 0)
         l->first_seq = r->seq;
     l->last_seq = r->seq;
@@ -1156,8 +1139,10 @@ static long scan_damage(seg_t *s, const char *map, size_t size, size_t p, uint64
     return (long)size;
 }
 
-/* Scans one segment, filling its index; is_last: a bad tail is torn and
- * cut.  0, or -1 (errno). */
+/* Loads one segment, filling its index: from its checkpoint when it has a
+ * usable one, scanning (every record's CRC) only what was written after
+ * it; else by scanning it all.  is_last: a bad tail is torn and cut.  0,
+ * or -1 (errno). */
 static int scan_segment(slog_t *l, seg_t *s, int is_last, slog_report_t *rep, int64_t dedup_from)
 {
     struct stat sb;
@@ -1180,14 +1165,24 @@ static int scan_segment(slog_t *l, seg_t *s, int is_last, slog_report_t *rep, in
         s->size = 0;
         return 0;
     }
+    size_t p = SEG_HDR;
+    int got = ckpt_load(l, s, size, rep, dedup_from);
+    if (got < 0)
+        return -1;
+    if (got) {
+        p = (size_t)s->size;
+        s->size = (off_t)size;
+        if (p == size)
+            return 0;
+    }
+    rep->scanned_bytes += size - p;
     char *map = mmap(NULL, size, PROT_READ, MAP_SHARED, s->fd, 0);
     if (map == MAP_FAILED)
         return -1;
     madvise(map, size, MADV_SEQUENTIAL);
-    if (memcmp(map, SEG_MAGIC, 8) || get64(map + 8) != s->first)
+    if (!got && (memcmp(map, SEG_MAGIC, 8) || get64(map + 8) != s->first))
         log_warn("store: %s: damaged segment header (kept: records carry their own sequence)", s->path);
-    size_t p = SEG_HDR;
-    size_t dropped = 0; /* the mapping before this is out of our RSS */
+    size_t dropped = (p / SCAN_WINDOW) * SCAN_WINDOW; /* the mapping before this is out of our RSS */
     int rc = 0;
     while (p < size) {
         if (p - dropped >= SCAN_WINDOW) {
@@ -1222,6 +1217,9 @@ static int scan_segment(slog_t *l, seg_t *s, int is_last, slog_report_t *rep, in
 
 static void clear_memory(slog_t *l)
 {
+    pthread_mutex_lock(&l->mu);
+    ckpt_drop_jobs(l, 0, UINT64_MAX);
+    pthread_mutex_unlock(&l->mu);
     for (size_t i = 0; i < l->nsegs; i++)
         seg_free(l->segs[i]);
     l->nsegs = 0;
@@ -1250,6 +1248,12 @@ static int load(slog_t *l, slog_report_t *rep)
     struct dirent *de;
     while ((de = readdir(d))) {
         size_t nl = strlen(de->d_name);
+        if (nl > 9 && !strcmp(de->d_name + nl - 9, ".ckpt.tmp")) {
+            char tmp[4200]; /* a checkpoint a crash interrupted */
+            snprintf(tmp, sizeof tmp, "%s/%s", l->dir, de->d_name);
+            vfs_unlink(tmp);
+            continue;
+        }
         if (nl != 24 || strcmp(de->d_name + 20, ".seg"))
             continue;
         char *end;
@@ -1291,6 +1295,11 @@ static int load(slog_t *l, slog_report_t *rep)
     }
     free(firsts);
     rep->segments = l->nsegs;
+    /* Sealed segments scanned in full get their checkpoint now (the sync
+     * thread writes them), so that the next start need not scan them. */
+    for (size_t i = 0; i + 1 < l->nsegs; i++)
+        if (l->segs[i]->n && l->segs[i]->ckpt_size != l->segs[i]->size)
+            ckpt_queue(l, l->segs[i]);
     /* Sealed segments left with no records at all are of no use. */
     if (!l->nsegs || active(l)->size >= (off_t)l->o.segment_size) {
         if (roll(l, l->last_seq + 1) < 0)
@@ -1442,6 +1451,8 @@ void slog_close(slog_t *l)
     if (l->cut_pending && cut_files(l, l->cut_after) < 0)
         log_error("store: %s: cannot cut off the records after sequence %" PRIu64 " (%s); they will be read back",
                   l->dir, l->cut_after, strerror(errno));
+    else if (l->have_thread && !l->failed && !l->cut_pending)
+        ckpt_write_all(l);
     if (l->flush_ev)
         event_free(l->flush_ev);
     if (l->tick_ev)
@@ -1456,6 +1467,7 @@ void slog_close(slog_t *l)
     free(l->wbuf);
     free(l->undo);
     free(l->sfds);
+    free(l->jobs);
     free(l->dir);
     pthread_mutex_destroy(&l->mu);
     pthread_cond_destroy(&l->cv);

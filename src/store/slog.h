@@ -15,11 +15,17 @@
  * it past segment_size.  Retention (max_msgs, max_bytes, max_age) moves the
  * first sequence; a segment is deleted once all of it is below that.
  *
- * Opening a log scans every segment and checks every record's CRC: that
- * rebuilds the index, the per-subject last sequences and the dedup window
- * from the log itself (there is no other metadata to lose).  A torn record
- * at the end is cut off; a damaged record anywhere else is skipped and the
- * records after it kept; both are reported.
+ * Opening a log rebuilds the index, the per-subject last sequences and the
+ * dedup window.  A segment with a checkpoint (<first seq>.ckpt: what a scan
+ * of the records it covers would rebuild, under its own CRC; written by
+ * the sync thread when the segment is sealed and at a clean close) is
+ * taken from it after cheap checks (the checkpoint's CRC, the file's size,
+ * the last record it lists, whole at its offset), and only what was written
+ * after it is scanned.  A segment without one, or whose checkpoint fails a
+ * check (logged with the reason), is scanned in full: every record's CRC
+ * checked, as from the log alone.  A torn record at the end is cut off; a
+ * damaged record anywhere else is skipped and the records after it kept;
+ * both are reported.  slog_verify checks every record on demand.
  *
  * Appends are buffered and written with one write() at the end of the
  * loop iteration.  Under fsync "always" a sync thread then runs fdatasync
@@ -70,6 +76,12 @@ typedef struct slog_report {
     uint64_t corrupt_bytes;   /* bytes they took */
     uint64_t torn_bytes;      /* bytes cut off the end of the last segment */
     double seconds;           /* time the scan took */
+    uint64_t checkpoints;     /* segments taken from their checkpoint */
+    uint64_t checkpoint_bytes;/* bytes of checkpoint files read */
+    uint64_t scanned_bytes;   /* bytes of segment files read and checked record by record */
+    uint64_t no_checkpoint;   /* segments without one (older data, the active one after a crash) */
+    uint64_t fallbacks;       /* checkpoints found damaged or stale: their segment scanned in full */
+    char fallback[160];       /* the first one's reason ("" for none) */
 } slog_report_t;
 
 typedef struct slog slog_t;
@@ -98,6 +110,26 @@ uint64_t slog_append(slog_t *l, const slog_rec_t *r);
  * frees).  1: found, 0: no such record (deleted, skipped or not yet
  * written), -1: read error (errno). */
 int slog_read(slog_t *l, uint64_t seq, slog_rec_t *out, char **buf, size_t *cap);
+
+/* One step of a full check of the log (every record's CRC, as the scan of
+ * a start without checkpoints does). */
+#define SLOG_VERIFY_BAD 32
+typedef struct slog_verify {
+    uint64_t next_seq; /* where the next step starts; last + 1 when done */
+    uint64_t records;  /* records checked and whole */
+    uint64_t bytes;    /* bytes read */
+    uint64_t missing;  /* sequences with no record (skipped at start, deleted, damaged before) */
+    uint64_t bad;      /* records that failed their checksum: from now on they are gone, as
+                          after a failed read, and the next start scans their segment */
+    uint64_t bad_seqs[SLOG_VERIFY_BAD];
+    int nbad;
+} slog_verify_t;
+
+/* Checks the records from sequence `from` on (the first one when lower),
+ * until about max_bytes were read or max_seconds passed, so that a check of
+ * a big log is many short steps of the loop.  0, or -1 on a read error
+ * (errno; what was checked is in *v). */
+int slog_verify(slog_t *l, uint64_t from, uint64_t max_bytes, double max_seconds, slog_verify_t *v);
 
 /* First sequence at or after ts (ns), or last + 1. */
 uint64_t slog_seq_at_time(slog_t *l, int64_t ts);

@@ -487,9 +487,13 @@ static stream_t *stream_open(streams_t *sm, const stream_cfg_t *cfg, char *err, 
         log_warn("stream %s: recovered %" PRIu64 " records; skipped %" PRIu64 " damaged record%s (%" PRIu64
                  " bytes), cut a torn tail of %" PRIu64 " bytes", cfg->name, r->records, r->corrupt,
                  r->corrupt == 1 ? "" : "s", r->corrupt_bytes, r->torn_bytes);
+    if (r->no_checkpoint)
+        log_info("stream %s: %" PRIu64 " segment%s without a checkpoint scanned in full", cfg->name,
+                 r->no_checkpoint, r->no_checkpoint == 1 ? "" : "s");
     log_info("stream %s: %" PRIu64 " messages, sequences %" PRIu64 "..%" PRIu64 " (%" PRIu64
-             " segment%s scanned in %.3f s), fsync %s", cfg->name, in.msgs, in.first_seq, in.last_seq, r->segments,
-             r->segments == 1 ? "" : "s", r->seconds,
+             " segment%s, %" PRIu64 " from checkpoints, %" PRIu64 " bytes scanned, in %.3f s), fsync %s", cfg->name,
+             in.msgs, in.first_seq, in.last_seq, r->segments, r->segments == 1 ? "" : "s", r->checkpoints,
+             r->scanned_bytes, r->seconds,
              cfg->o.fsync == FSYNC_ALWAYS ? "always" : cfg->o.fsync == FSYNC_INTERVAL ? "interval" : "never");
     return st;
 }
@@ -678,6 +682,13 @@ static cJSON *stream_obj(stream_t *st)
     json_add_uint(rec, "corrupt_bytes", st->opened.corrupt_bytes);
     json_add_uint(rec, "torn_bytes", st->opened.torn_bytes);
     cJSON_AddNumberToObject(rec, "seconds", st->opened.seconds);
+    json_add_uint(rec, "checkpoints", st->opened.checkpoints);
+    json_add_uint(rec, "checkpoint_bytes", st->opened.checkpoint_bytes);
+    json_add_uint(rec, "scanned_bytes", st->opened.scanned_bytes);
+    json_add_uint(rec, "checkpoint_missing", st->opened.no_checkpoint);
+    json_add_uint(rec, "checkpoint_fallbacks", st->opened.fallbacks);
+    if (st->opened.fallback[0])
+        cJSON_AddStringToObject(rec, "checkpoint_fallback", st->opened.fallback);
     cJSON *lim = cJSON_AddObjectToObject(o, "limits");
     json_add_uint(lim, "max_msgs", st->cfg.o.max_msgs);
     json_add_uint(lim, "max_bytes", st->cfg.o.max_bytes);
@@ -844,6 +855,49 @@ static int64_t parse_time(const char *s)
 #define EVENTS_PAGE 1000
 #define EVENTS_BYTES (512 * 1024)
 #define EVENTS_SCAN 100000
+/* One page of STREAM.VERIFY: {"stream": name, "from_seq": n} (or the name
+ * alone).  A page reads about VERIFY_BYTES or runs VERIFY_SECONDS, so that
+ * a check of a big stream never holds the loop long; the caller asks again
+ * from next_seq while more is true. */
+#define VERIFY_BYTES (32u << 20)
+#define VERIFY_SECONDS 0.02
+static char *stream_verify_json(streams_t *sm, const char *req, size_t rl, char *err, size_t errsz, size_t *len)
+{
+    cJSON *q = rl && req[0] == '{' ? json_parse_owned(req, rl) : NULL;
+    const cJSON *jn = q ? cJSON_GetObjectItemCaseSensitive(q, "stream") : NULL;
+    stream_t *st = NULL;
+    uint64_t from = 0;
+    if (q)
+        st = cJSON_IsString(jn) ? streams_find(sm, jn->valuestring, strlen(jn->valuestring)) : NULL;
+    else
+        st = streams_find(sm, req, rl);
+    if (!st) {
+        snprintf(err, errsz, "no such stream");
+        cJSON_Delete(q);
+        return NULL;
+    }
+    if (q && json_get_uint_member(q, "from_seq", &from) < 0)
+        from = 0;
+    cJSON_Delete(q);
+    slog_verify_t v;
+    int rc = slog_verify(st->log, from, VERIFY_BYTES, VERIFY_SECONDS, &v);
+    uint64_t last = slog_last(st->log, NULL);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "stream", st->cfg.name);
+    json_add_uint(o, "records", v.records);
+    json_add_uint(o, "bytes", v.bytes);
+    json_add_uint(o, "missing", v.missing);
+    json_add_uint(o, "bad", v.bad);
+    cJSON *arr = cJSON_AddArrayToObject(o, "bad_seqs");
+    for (int i = 0; i < v.nbad; i++)
+        json_append_uint(arr, v.bad_seqs[i]);
+    if (rc < 0)
+        cJSON_AddStringToObject(o, "error", strerror(errno));
+    json_add_uint(o, "next_seq", v.next_seq);
+    cJSON_AddBoolToObject(o, "more", rc == 0 && v.next_seq <= last);
+    return print(o, len);
+}
+
 static char *stream_events_json(streams_t *sm, const char *req, size_t rl, char *err, size_t errsz, size_t *len)
 {
     cJSON *q = json_parse_owned(req, rl); /* sequences past 2^53 stay exact */
@@ -987,6 +1041,8 @@ int streams_admin(streams_t *sm, const char *verb, size_t vlen, const proto_msg_
         cJSON_Delete(q);
     } else if (IS("STREAM.EVENTS")) {
         out = stream_events_json(sm, req->payload, req->payload_len, err, sizeof err, &len);
+    } else if (IS("STREAM.VERIFY")) {
+        out = stream_verify_json(sm, req->payload, req->payload_len, err, sizeof err, &len);
     } else {
         return 0;
     }
