@@ -17,7 +17,7 @@ CSTD     = -std=c11 -D_GNU_SOURCE
 WARN     = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter
 OPT     ?= -O2 -g
 SAN     ?=
-PKGS     = libevent_core libevent_extra lua5.4 libcjson libcrypto
+PKGS     = libevent_core libevent_extra libevent_openssl openssl lua5.4 libcjson libcrypto
 CFLAGS  += $(CSTD) $(WARN) $(OPT) $(SAN) $(INCS) -fPIC $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lreadline -lcrypt -lm
 LDFLAGS += $(SAN)
@@ -70,6 +70,10 @@ $(INTEROP): tests/interop/interop_c.c
 	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) -lnats
 
 $(BUILD)/auth_c: tests/interop/auth_c.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) -lnats
+
+$(BUILD)/tls_c: tests/interop/tls_c.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) -lnats
 

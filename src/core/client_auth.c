@@ -114,7 +114,7 @@ static int hold_for_check(client_t *c, const char *stored, const char *given, co
     }
     c->auth_job = job;
     c->flags |= CLIENT_AUTH_HOLD;
-    event_del(c->read_ev);
+    client_input_pause(c);
     authq_submit(q, job);
     return 1;
 }
