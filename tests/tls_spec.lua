@@ -1,5 +1,5 @@
--- TLS on the NATS listener (docs/tls.md): tls { cert, key, ca, verify,
--- map_user, timeout }.  Certificates are made here with the openssl
+-- TLS on the NATS and HTTP listeners (docs/tls.md): tls { cert, key, ca, verify,
+-- map_user, timeout, http }.  Certificates are made here with the openssl
 -- command; the clients are real ones: the Node client (npm "nats",
 -- tests/interop/node/tls_client.mjs) and the C client (libnats,
 -- tests/interop/tls_c.c), plus a raw socket for what a plain client sees.
@@ -168,7 +168,7 @@ local function compare(certs, tide_block, nats_settings, expected)
   assert(ok, err)
 end
 
-describe("TLS on the NATS listener", function()
+describe("tls {}", function()
   local certs
 
   setup(function()
@@ -298,6 +298,77 @@ describe("TLS on the NATS listener", function()
     end)
     stop(tide)
     assert(ok, err)
+  end)
+
+  describe("on the HTTP listener", function()
+    local function curl(url, args)
+      local rc, out = h.sh(("curl -sS --max-time 10 %s %s"):format(args or "", q(url)))
+      return rc, out
+    end
+    local function start_https(block)
+      local hport = h.free_port()
+      local tide = start_tide(certs, ('listen { http = "127.0.0.1:%d" }\n%s\n'):format(hport, block))
+      return tide, hport
+    end
+
+    it("serves HTTPS with the same certificate with http = true, and nothing in the clear", function()
+      local tide, hport = start_https('tls { cert = "server.pem", key = "server-key.pem", http = true }')
+      local ca = "--cacert " .. q(certs .. "/ca.pem")
+      local rc1, out1 = curl(("https://127.0.0.1:%d/healthz"):format(hport), ca)
+      local rc2, out2 = curl(("https://localhost:%d/v1/publish/orders.new"):format(hport),
+        ca .. " -H 'Content-Type: application/json' -d '{\"n\":1}' -w ' %{http_code}'")
+      local rc3, out3 = curl(("http://127.0.0.1:%d/healthz"):format(hport))
+      local rc4 = curl(("https://127.0.0.1:%d/healthz"):format(hport)) -- without the CA
+      stop(tide)
+      assert.are.equal(0, rc1, out1)
+      assert.matches('{"status":"ok"}', out1)
+      assert.are.equal(0, rc2, out2)
+      assert.matches(" 20%d$", out2)
+      assert.are_not.equal(0, rc3, out3)
+      assert.is_nil(out3:find("status", 1, true))
+      assert.are_not.equal(0, rc4)
+    end)
+
+    it("asks HTTPS clients for a certificate signed by ca under verify", function()
+      local tide, hport = start_https('tls { cert = "server.pem", key = "server-key.pem", ca = "ca.pem", ' ..
+        'verify = true, http = true }')
+      local url = ("https://127.0.0.1:%d/healthz"):format(hport)
+      local ca = "--cacert " .. q(certs .. "/ca.pem")
+      local rc1, out1 = curl(url, ca .. (" --cert %s/client.pem --key %s/client-key.pem"):format(q(certs), q(certs)))
+      local rc2, out2 = curl(url, ca)
+      local rc3, out3 = curl(url, ca .. (" --cert %s/intruder.pem --key %s/intruder-key.pem"):format(q(certs), q(certs)))
+      stop(tide)
+      assert.are.equal(0, rc1, out1)
+      assert.matches('{"status":"ok"}', out1)
+      assert.are_not.equal(0, rc2, out2)
+      assert.is_nil(out2:find("status", 1, true))
+      assert.are_not.equal(0, rc3, out3)
+      assert.is_nil(out3:find("status", 1, true))
+    end)
+
+    it("stays plain HTTP without http = true", function()
+      local tide, hport = start_https('tls { cert = "server.pem", key = "server-key.pem" }')
+      local rc, out = curl(("http://127.0.0.1:%d/healthz"):format(hport))
+      stop(tide)
+      assert.are.equal(0, rc, out)
+      assert.matches('{"status":"ok"}', out)
+    end)
+
+    it("takes a reloaded certificate for new HTTPS connections", function()
+      local tide, hport = start_https('tls { cert = "server.pem", key = "server-key.pem", http = true }')
+      local url = ("https://127.0.0.1:%d/healthz"):format(hport)
+      local ok, err = pcall(function()
+        assert.are.equal(0, (curl(url, "--cacert " .. q(certs .. "/ca.pem"))))
+        h.write_file(tide.config, ('listen { http = "127.0.0.1:%d" }\n'):format(hport) ..
+          'tls { cert = "server2.pem", key = "server2-key.pem", http = true }\n')
+        assert(h.wait_until(function() return tide:log():find("Reloaded scripts", 1, true) end, 10, 0.05), "no reload")
+        local rc, out = curl(url, "--cacert " .. q(certs .. "/other-ca.pem"))
+        assert.are.equal(0, rc, out)
+        assert.are_not.equal(0, (curl(url, "--cacert " .. q(certs .. "/ca.pem"))))
+      end)
+      stop(tide)
+      assert(ok, err)
+    end)
   end)
 
   describe("refuses to load", function()

@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
@@ -158,6 +160,21 @@ const tls_config_t *tls_context_config(const tls_context_t *t)
 SSL *tls_context_new_ssl(tls_context_t *t)
 {
     return SSL_new(t->ctx);
+}
+
+struct bufferevent *tls_bufferevent_accepting(tls_context_t *t, struct event_base *base)
+{
+    SSL *ssl = SSL_new(t->ctx);
+    if (!ssl)
+        return NULL;
+    struct bufferevent *bev =
+        bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+    if (!bev) {
+        SSL_free(ssl);
+        return NULL;
+    }
+    bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    return bev;
 }
 
 int tls_peer_cn(SSL *ssl, char *out, size_t outsz)

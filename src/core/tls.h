@@ -56,6 +56,14 @@ struct ssl_st;
  * when out of memory. */
 struct ssl_st *tls_context_new_ssl(tls_context_t *t);
 
+struct bufferevent;
+struct event_base;
+/* A bufferevent on base that runs the server half of a TLS handshake with
+ * t on the socket it is given later (bufferevent_setfd), then carries the
+ * connection: what evhttp_set_bevcb wants for HTTPS.  It owns its SSL and
+ * closes its socket when freed.  NULL when out of memory. */
+struct bufferevent *tls_bufferevent_accepting(tls_context_t *t, struct event_base *base);
+
 /* Copies the subject CN of the certificate the peer of ssl presented
  * (verified: only call after a handshake that required one) into out.
  * Returns 0, or -1 (out is then "") when there is none, more than one, or
