@@ -21,6 +21,10 @@
  * which costs a syscall per 16 KiB under load. */
 #define CLIENT_IO_CHUNK (256 * 1024)
 
+/* Bytes of output a TLS connection's records are made of, at least (a
+ * TLS record holds up to 16 KiB). */
+#define TLS_OUTPUT_PIECE (16 * 1024)
+
 /* Bytes one read may take (on_readable, and a TLS bufferevent's reads). */
 #define READ_CHUNK (64 * 1024)
 
@@ -140,6 +144,10 @@ void client_tls_opened(client_t *c, struct bufferevent *bev)
     bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
     bufferevent_set_max_single_write(bev, CLIENT_IO_CHUNK);
     bufferevent_set_max_single_read(bev, READ_CHUNK);
+    /* Without a high watermark an OpenSSL bufferevent reads 4 KB at a
+     * time; with one it reads up to it (on_tls_read empties the input, so
+     * the watermark never stops reading). */
+    bufferevent_setwatermark(bev, EV_READ, 0, READ_CHUNK);
     bufferevent_setcb(bev, on_tls_read, NULL, on_event, c);
     bufferevent_enable(bev, EV_READ | EV_WRITE);
     /* The time to authenticate starts now, as on a plain connection; the
@@ -645,6 +653,13 @@ int client_deliver(client_t *c, const sub_t *sub, const proto_msg_t *m)
     if (c->perms && !client_auth_deliver(c, sub, m))
         return -1; /* its permissions keep it from this one */
     out = bufferevent_get_output(c->bev);
+    /* A TLS bufferevent makes one record, and one write, of each piece of
+     * the buffer: give it pieces of TLS_OUTPUT_PIECE bytes or more rather
+     * than one per message. */
+    if (c->tls && evbuffer_expand(out, need > TLS_OUTPUT_PIECE ? need : TLS_OUTPUT_PIECE) < 0) {
+        client_close(c, CLIENT_CLOSE_NOW, "out of memory for output");
+        return -1;
+    }
     if (evbuffer_reserve_space(out, (ev_ssize_t)need, &v, 1) < 1) {
         client_close(c, CLIENT_CLOSE_NOW, "out of memory for output");
         return -1;

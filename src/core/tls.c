@@ -108,6 +108,10 @@ tls_context_t *tls_context_new(const tls_config_t *cfg, char *err, size_t errsz)
      * with nats-server: not one OpenSSL completes from ca. */
     SSL_CTX_set_mode(t->ctx, SSL_MODE_NO_AUTO_CHAIN);
     SSL_CTX_set_session_id_context(t->ctx, session_id, sizeof session_id - 1);
+    /* AES-128-GCM first, as nats-server (Go) prefers on CPUs with AES
+     * instructions: OpenSSL's own order puts AES-256 first, about a third
+     * slower for the same protection a client asks for. */
+    SSL_CTX_set_ciphersuites(t->ctx, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256");
     if (SSL_CTX_use_certificate_chain_file(t->ctx, cfg->cert) != 1) {
         snprintf(err, errsz, "tls: cert '%s' is not a PEM certificate (%s)", cfg->cert,
                  tls_last_error(why, sizeof why));
