@@ -6,7 +6,7 @@
 #                   under ASan+UBSan); ends with "N passed, N failed"
 #   make asan       the suite under AddressSanitizer + UBSan only
 #   make bench      side-by-side benchmark against nats-server (core, scripts,
-#                   HTTP, durable streams against JetStream)
+#                   HTTP, TLS, durable streams against JetStream)
 #   make soak       long runs: reload under load, stream crash rounds, fuzzers
 #   make fuzz       run the protocol parser fuzzer (FUZZ_SECONDS, default 600)
 #   make deps       install missing Debian packages
@@ -111,6 +111,7 @@ bench: deps all $(BENCHBIN) $(JSBENCH) $(FSPROBE)
 	@scripts/bench.sh
 	@scripts/bench-scripts.sh
 	@scripts/bench-http.sh
+	@scripts/bench-tls.sh
 	@scripts/bench-js.sh
 
 # Longer than the suite: reload under load at 100,000 events, 200 kill -9
