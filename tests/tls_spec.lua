@@ -6,23 +6,11 @@
 -- Every client case runs against tide and against nats-server 2.9 with the
 -- equivalent configuration, and the answers must agree.
 local h = require "helpers"
-local socket = require "socket"
+local ts = require "tls_support"
+local q, sh_ok, make_certs, start_tide, stop = ts.q, ts.sh_ok, ts.make_certs, ts.start_tide, ts.stop
 
-local NODE_DIR = h.root .. "/tests/interop/node"
+local NODE_DIR = ts.NODE_DIR
 local TLS_C = h.root .. "/build/tls_c"
-
--- How long a PING may wait while a burst of handshakes runs (as in
--- hostile_spec.lua: a prompt server answers within this on a 2-core machine
--- shared with another pass of the suite).
-local SLACK_MS = 250
-
-local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-
-local function sh_ok(cmd)
-  local rc, out = h.sh(cmd)
-  assert(rc == 0, cmd .. "\n" .. out)
-  return out
-end
 
 local function nats_server_bin()
   local env = os.getenv("NATS_SERVER_BIN")
@@ -34,42 +22,6 @@ local function nats_server_bin()
   local rc, out = h.sh("command -v nats-server")
   assert(rc == 0, "nats-server not found (set NATS_SERVER_BIN)")
   return (out:gsub("%s+$", ""))
-end
-
--- A CA, a server certificate for 127.0.0.1 and localhost signed by it, a
--- client certificate (CN "shop") signed by it; a second CA with a client
--- certificate and a server certificate of its own.  RSA 2048 throughout,
--- but for big.pem (RSA 4096: a handshake that costs the server ~4 ms).
-local function make_certs(dir)
-  local function ossl(args) sh_ok(("cd %s && openssl %s"):format(q(dir), args)) end
-  h.write_file(dir .. "/san.ext", "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-  local function ca(name, cn)
-    ossl(("req -x509 -newkey rsa:2048 -nodes -days 2 -subj '/CN=%s' -keyout %s-key.pem -out %s.pem"):format(cn, name, name))
-  end
-  local function leaf(name, cn, signer, bits, ext)
-    ossl(("req -newkey rsa:%d -nodes -subj '/CN=%s' -keyout %s-key.pem -out %s.csr"):format(bits, cn, name, name))
-    ossl(("x509 -req -in %s.csr -CA %s.pem -CAkey %s-key.pem -CAcreateserial -days 2 %s -out %s.pem")
-      :format(name, signer, signer, ext and "-extfile san.ext" or "", name))
-  end
-  ca("ca", "tide test CA")
-  ca("other-ca", "another CA")
-  leaf("server", "localhost", "ca", 2048, true)
-  leaf("client", "shop", "ca", 2048, false)
-  leaf("intruder", "shop", "other-ca", 2048, false)
-  leaf("server2", "localhost", "other-ca", 2048, true)
-  leaf("big", "localhost", "ca", 4096, true)
-  h.write_file(dir .. "/not-a-cert.pem", "this is not PEM\n")
-end
-
--- tide with a tls{} block (text) in an entry file beside copies of the
--- certificates (so the relative names are taken from its directory).
-local function start_tide(certs, tls_block, opts)
-  local files = { ["tide.lua"] = tls_block }
-  for _, f in ipairs({ "ca.pem", "server.pem", "server-key.pem", "server2.pem", "server2-key.pem",
-                       "other-ca.pem", "big.pem", "big-key.pem", "client-key.pem", "not-a-cert.pem" }) do
-    files[f] = h.read_file(certs .. "/" .. f)
-  end
-  return h.start_scripted(files, opts)
 end
 
 -- nats-server with the same settings, in its configuration syntax.
@@ -86,13 +38,6 @@ local function start_nats(certs, t)
   local srv = h.start_server { bin = nats_server_bin(), port = port, cmd = { "-c", conf } }
   srv.stop_signal = "INT" -- nats-server 2.9 exits 0 on SIGINT
   return srv
-end
-
-local function stop(srv)
-  if not srv then return end
-  local st, code = srv:stop(srv.stop_signal)
-  assert(st == "exited" and code == 0, ("server ended with %s %s:\n%s"):format(tostring(st), tostring(code),
-    srv:log():sub(-3000)))
 end
 
 -- The Node client's outcome: "ok" or "refused" (and its error, for messages).
@@ -246,31 +191,6 @@ describe("tls {}", function()
     assert.matches("TLS handshake done %(TLSv1%.[23], CN shop%)", log)
   end)
 
-  it("keeps connected clients prompt during a burst of handshakes", function()
-    -- 300 RSA-4096 handshakes cost the server over a second of CPU; the
-    -- client already connected must not wait behind them.
-    local tide = start_tide(certs, 'tls { cert = "big.pem", key = "big-key.pem", timeout = "30s" }')
-    local out = ("%s/rtt-%d.out"):format(certs, tide.port)
-    local _, node = h.sh("command -v node")
-    local probe = h.proc.spawn({ (node:gsub("%s+$", "")), NODE_DIR .. "/tls_rtt.mjs", tostring(tide.port), certs .. "/ca.pem", "5" }, out)
-    local ok, err = pcall(function()
-      assert(h.wait_until(function() return (h.read_file(out) or ""):find("ready") end, 10, 0.05), "probe not ready")
-      h.proc.sleep(0.5)
-      local _, burst = h.sh(("cd %s && timeout -k 5 60 node tls_burst.mjs %d %s/ca.pem 300"):format(q(NODE_DIR),
-        tide.port, q(certs)))
-      assert.matches("handshakes 300 of 300", burst)
-    end)
-    local st = h.proc.wait(probe, 20)
-    if not st then h.proc.kill(probe, "KILL") h.proc.wait(probe, 5) end
-    stop(tide)
-    assert(ok, err)
-    local text = h.read_file(out) or ""
-    local n, worst = text:match('"n":(%d+),"max_ms":([%d.]+)')
-    assert(n, "no round trips measured:\n" .. text)
-    assert.is_true(tonumber(n) > 50, text)
-    assert.is_true(tonumber(worst) < SLACK_MS, ("a PING round trip took %s ms during the burst"):format(worst))
-  end)
-
   it("cuts a TLS subscriber that stops reading as a slow consumer", function()
     local tide = start_tide(certs, 'tls { cert = "server.pem", key = "server-key.pem" }\nlimits { max_pending = "1MB" }')
     local _, out = h.sh(("cd %s && timeout -k 5 60 node tls_slow.mjs %d %s/ca.pem 64"):format(q(NODE_DIR), tide.port,
@@ -310,8 +230,12 @@ describe("tls {}", function()
       end
       assert(h.wait_until(function() return fds() <= fd0 end, 5, 0.05),
         ("descriptors: %d before, %d after"):format(fd0, fds()))
+      -- Under ASan freed memory sits in quarantine: there LeakSanitizer's
+      -- check at exit (stop() wants exit code 0) decides instead.
       local grown = rss_kb() - rss0
-      assert.is_true(grown < 2048, ("RSS grew by %d KB over 600 handshakes"):format(grown))
+      if os.getenv("TIDE_PASS") ~= "asan" then
+        assert.is_true(grown < 2048, ("RSS grew by %d KB over 600 handshakes"):format(grown))
+      end
     end)
     stop(tide)
     assert(ok, err)
