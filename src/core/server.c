@@ -285,7 +285,7 @@ void server_get_stats(const server_t *s, server_stats_t *out)
 
 void server_build_info(server_t *s, client_t *c, char *out, size_t outsz)
 {
-    const tls_config_t *tc = client_is_tls(c) ? tls_context_config(s->tls) : NULL;
+    const tls_config_t *tc = client_is_tls(c) && s->tls ? tls_context_config(s->tls) : NULL;
     snprintf(out, outsz,
              "INFO {\"server_id\":\"%s\",\"server_name\":\"%s\",\"version\":\"%s\",\"proto\":1,"
              "\"host\":\"%s\",\"port\":%d,\"headers\":true,%s%s\"max_payload\":%zu,"
