@@ -39,6 +39,7 @@ struct client_tls {
 };
 
 static void on_handshake(evutil_socket_t fd, short what, void *arg);
+static void on_deadline(evutil_socket_t fd, short what, void *arg);
 
 int client_is_tls(const client_t *c)
 {
@@ -66,7 +67,7 @@ int client_tls_begin(client_t *c, tls_context_t *t, int fd)
         goto fail;
     SSL_set_accept_state(ct->ssl);
     ct->io = event_new(server_base(c->srv), fd, EV_READ, on_handshake, c);
-    ct->deadline = event_new(server_base(c->srv), -1, 0, on_handshake, c);
+    ct->deadline = event_new(server_base(c->srv), -1, 0, on_deadline, c);
     if (!ct->io || !ct->deadline || event_priority_set(ct->io, SERVER_PRIORITY_HANDSHAKE) < 0)
         goto fail;
     c->tls = ct;
@@ -135,20 +136,28 @@ static void handshake_failed(client_t *c, const char *why)
     client_close(c, CLIENT_CLOSE_NOW, "TLS handshake error");
 }
 
+static void on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    client_t *c = arg;
+    (void)fd;
+    (void)what;
+    if (!(c->flags & CLIENT_CLOSING))
+        handshake_failed(c, "timeout");
+}
+
+/* One step of the handshake: the socket is ready for what the last step
+ * asked for. */
 static void on_handshake(evutil_socket_t fd, short what, void *arg)
 {
     client_t *c = arg;
     struct client_tls *ct = c->tls;
     char why[256];
     (void)fd;
+    (void)what;
     if (c->flags & CLIENT_CLOSING)
         return;
-    if (fd < 0) { /* the deadline */
-        handshake_failed(c, "timeout");
-        return;
-    }
-    (void)what;
     ERR_clear_error();
+    errno = 0;
     int r = SSL_do_handshake(ct->ssl);
     if (r == 1) {
         handshake_done(c);
