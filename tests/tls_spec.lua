@@ -243,15 +243,27 @@ describe("tls {}", function()
 
   it("takes a changed certificate on reload for new connections, and keeps the old one on a failed reload", function()
     local tide = start_tide(certs, 'tls { cert = "server.pem", key = "server-key.pem" }')
+    local out = ("%s/live-%d.out"):format(certs, tide.port)
+    local probe
     local ok, err = pcall(function()
       local ca1, ca2 = "--ca " .. q(certs .. "/ca.pem"), "--ca " .. q(certs .. "/other-ca.pem")
       assert.are.equal("ok", (js(tide.port, ca1)))
       assert.are.equal("refused", (js(tide.port, ca2)))
+      -- A client connected before the reload, making round trips through it.
+      local _, node = h.sh("command -v node")
+      probe = h.proc.spawn({ (node:gsub("%s+$", "")), NODE_DIR .. "/tls_rtt.mjs", tostring(tide.port),
+        certs .. "/ca.pem", "3" }, out)
+      assert(h.wait_until(function() return (h.read_file(out) or ""):find("ready") end, 10, 0.05), "probe not ready")
       -- A certificate of the other CA: new clients must trust that one.
       h.write_file(tide.config, 'tls { cert = "server2.pem", key = "server2-key.pem" }')
       assert(h.wait_until(function() return tide:log():find("Reloaded scripts", 1, true) end, 10, 0.05), "no reload")
       assert.are.equal("ok", (js(tide.port, ca2)))
       assert.are.equal("refused", (js(tide.port, ca1)))
+      -- The connection made before the reload went on to its end.
+      local st, code = h.proc.wait(probe, 15)
+      probe = nil
+      assert.are.same({ "exited", 0 }, { st, code }, h.read_file(out))
+      assert.matches('"n":%d+', h.read_file(out))
       -- A reload whose certificate cannot be used fails; the running one stays.
       h.write_file(tide.config, 'tls { cert = "missing.pem", key = "server2-key.pem" }')
       assert(h.wait_until(function() return tide:log():find("failed, the previous scripts keep serving", 1, true) end,
@@ -266,6 +278,7 @@ describe("tls {}", function()
       assert(c:ping(3), "no PONG on a plain connection")
       c:close()
     end)
+    if probe and not h.proc.wait(probe, 0) then h.proc.kill(probe, "KILL") h.proc.wait(probe, 5) end
     stop(tide)
     assert(ok, err)
   end)
