@@ -283,6 +283,66 @@ describe("tls {}", function()
     assert(ok, err)
   end)
 
+  describe("with auth {}", function()
+    local function cert(name) return ("--ca %s/ca.pem --cert %s/%s.pem --key %s/%s-key.pem"):format(q(certs), q(certs),
+      name, q(certs), name) end
+    local MTLS = 'tls { cert = "server.pem", key = "server-key.pem", ca = "ca.pem", verify = true, map_user = true }\n'
+
+    it("with map_user, knows the client as the user its certificate's CN names", function()
+      -- The filter lets the check message through only when the rules see
+      -- who sent it: shop, over TLS.
+      local tide = start_tide(certs, MTLS .. [[
+        auth { users = { { user = "shop", password = "not-used-here",
+                           permissions = { publish = { allow = { "tls.js.>" } }, subscribe = { allow = { "tls.js.>" } } } } } }
+        filter("tls.js.>", function(e) return e.client.tls == true and e.client.user == "shop" end)
+      ]])
+      local shop = js(tide.port, cert("client"))
+      local shop_with_creds = js(tide.port, cert("client") .. " --user nobody --pass wrong")
+      local stranger, why = js(tide.port, cert("stranger"))
+      local stranger_claiming = js(tide.port, cert("stranger") .. " --user shop --pass not-used-here")
+      stop(tide)
+      assert.are.equal("ok", shop)
+      assert.are.equal("ok", shop_with_creds) -- the certificate decides, not the CONNECT
+      assert.are.equal("refused", stranger)
+      assert.matches("AUTHORIZATION_VIOLATION", why)
+      assert.are.equal("refused", stranger_claiming)
+    end)
+
+    it("with map_user, applies the mapped user's permissions", function()
+      local tide = start_tide(certs, MTLS .. [[
+        auth { users = { { user = "shop", password = "not-used-here",
+                           permissions = { publish = { allow = { "tls.js.>" } }, subscribe = { deny = { "tls.js.>" } } } } } }
+      ]])
+      local outcome, why = js(tide.port, cert("client"))
+      stop(tide)
+      assert.are.equal("refused", outcome)
+      assert.matches("PERMISSIONS_VIOLATION", why)
+    end)
+
+    it("tells rules an event came over plain TCP (e.client.tls false)", function()
+      local tide = start_tide(certs, 'auth { users = { { user = "ops", password = "pw-plain-for-test" } } }\n' ..
+        'filter("tls.js.>", function(e) return e.client.tls == false and e.client.user == "ops" end)\n')
+      local outcome, why = js(tide.port, "--plain --user ops --pass pw-plain-for-test")
+      stop(tide)
+      assert.are.equal("ok", outcome, why)
+    end)
+
+    it("checks a bcrypt password over TLS", function()
+      local rc, hash = h.sh(("echo 's3cret-pass' | %s passwd"):format(q(h.bin)))
+      assert.are.equal(0, rc, hash)
+      hash = hash:match("(%$2[ab]%$%S+)")
+      local tide = start_tide(certs, 'tls { cert = "server.pem", key = "server-key.pem" }\n' ..
+        ('auth { users = { { user = "ops", password = "%s" } } }\n'):format(hash))
+      local ca = "--ca " .. q(certs .. "/ca.pem")
+      local good = js(tide.port, ca .. " --user ops --pass s3cret-pass")
+      local bad, why = js(tide.port, ca .. " --user ops --pass wrong")
+      stop(tide)
+      assert.are.equal("ok", good)
+      assert.are.equal("refused", bad)
+      assert.matches("AUTHORIZATION_VIOLATION", why)
+    end)
+  end)
+
   describe("on the HTTP listener", function()
     local function curl(url, args)
       local rc, out = h.sh(("curl -sS --max-time 10 %s %s"):format(args or "", q(url)))

@@ -35,6 +35,7 @@ local function make_certs(dir, opts)
   leaf("server", "localhost", "ca", 2048, true)
   leaf("client", "shop", "ca", 2048, false)
   leaf("intruder", "shop", "other-ca", 2048, false)
+  leaf("stranger", "stranger", "ca", 2048, false)
   leaf("server2", "localhost", "other-ca", 2048, true)
   if opts and opts.big then leaf("big", "localhost", "ca", 4096, true) end
   h.write_file(dir .. "/not-a-cert.pem", "this is not PEM\n")

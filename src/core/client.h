@@ -102,6 +102,10 @@ void client_send_err(client_t *c, const char *msg);
  */
 int client_deliver(client_t *c, const sub_t *sub, const proto_msg_t *m);
 
+/* True when tls { verify, map_user } applies to c: its user is the one its
+ * certificate's CN names (client_tls_cn), once its handshake is done. */
+int client_tls_maps_user(const struct client *c);
+
 /* Stops reading c's socket (a plain one, or a TLS one past its handshake),
  * and starts again: while a password is checked, c's input waits. */
 void client_input_pause(client_t *c);

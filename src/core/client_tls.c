@@ -53,6 +53,11 @@ const char *client_tls_cn(const client_t *c)
     return c->tls->cn;
 }
 
+int client_tls_maps_user(const client_t *c)
+{
+    return c && c->tls && c->tls->map_user;
+}
+
 int client_tls_begin(client_t *c, tls_context_t *t, int fd)
 {
     const tls_config_t *cfg = tls_context_config(t);
