@@ -6,7 +6,7 @@
 #                   under ASan+UBSan); ends with "N passed, N failed"
 #   make asan       the suite under AddressSanitizer + UBSan only
 #   make bench      side-by-side benchmark against nats-server (core, scripts,
-#                   HTTP, durable streams against JetStream, subscription scale)
+#                   HTTP, TLS, durable streams against JetStream, subscription scale)
 #   make soak       long runs: reload under load, stream crash rounds, fuzzers
 #   make fuzz       run the protocol parser fuzzer (FUZZ_SECONDS, default 600)
 #   make deps       install missing Debian packages
@@ -17,7 +17,7 @@ CSTD     = -std=c11 -D_GNU_SOURCE
 WARN     = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter
 OPT     ?= -O2 -g
 SAN     ?=
-PKGS     = libevent_core libevent_extra lua5.4 libcjson libcrypto
+PKGS     = libevent_core libevent_extra libevent_openssl openssl lua5.4 libcjson libcrypto
 CFLAGS  += $(CSTD) $(WARN) $(OPT) $(SAN) $(INCS) -fPIC $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lreadline -lcrypt -lm
 LDFLAGS += $(SAN)
@@ -73,6 +73,10 @@ $(BUILD)/auth_c: tests/interop/auth_c.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) -lnats
 
+$(BUILD)/tls_c: tests/interop/tls_c.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) -lnats
+
 $(BUILD)/interop_js_c: tests/interop/js_c.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) -lnats -lpthread
@@ -107,6 +111,7 @@ bench: deps all $(BENCHBIN) $(JSBENCH) $(FSPROBE)
 	@scripts/bench.sh
 	@scripts/bench-scripts.sh
 	@scripts/bench-http.sh
+	@scripts/bench-tls.sh
 	@scripts/bench-js.sh
 	@scripts/bench-scale.sh
 

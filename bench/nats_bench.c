@@ -81,7 +81,8 @@ static void die_usage(void)
             " [--timeout SECS] [--raw FILE]\n"
             "       nats_bench idle   --url URL --conns N [--hold SECS]"
             " [--no-stdin]\n"
-            "       nats_bench ping   --url URL\n");
+            "       nats_bench ping   --url URL\n"
+            "       (any command: --tls-ca FILE connects with TLS, trusting FILE)\n");
     exit(2);
 }
 
@@ -98,6 +99,8 @@ static void fail(const char *cmd, const char *fmt, ...)
     fprintf(stderr, "nats_bench %s: %s\n", cmd, buf);
     exit(1);
 }
+
+static const char *tls_ca; /* --tls-ca: connect with TLS, trusting this CA */
 
 struct args {
     const char *url;
@@ -175,6 +178,7 @@ static void parse_args(int argc, char **argv, struct args *a)
         else if (strcmp(o, "--hold") == 0) a->hold = parse_double(o, v);
         else if (strcmp(o, "--raw") == 0) a->raw = v;
         else if (strcmp(o, "--subject") == 0) a->subject = v;
+        else if (strcmp(o, "--tls-ca") == 0) tls_ca = v;
         else die_usage();
     }
     if (a->size > (64L << 20) || a->subs < 1 || a->subs > 1024 || a->msgs < 1 ||
@@ -225,6 +229,8 @@ static natsConnection *connect_or_fail(const char *cmd, const char *url,
     if (s == NATS_OK) s = natsOptions_SetAllowReconnect(opts, false);
     if (s == NATS_OK) s = natsOptions_SetTimeout(opts, 5000);
     if (s == NATS_OK) s = natsOptions_SetSendAsap(opts, send_asap);
+    if (s == NATS_OK && tls_ca) s = natsOptions_SetSecure(opts, true);
+    if (s == NATS_OK && tls_ca) s = natsOptions_LoadCATrustedCertificates(opts, tls_ca);
     if (s == NATS_OK)
         s = natsOptions_SetErrorHandler(opts, on_async_error, (void *)name);
     if (s == NATS_OK)

@@ -41,8 +41,8 @@ aneed=0
 for f in $ASRCS src/*/*.h; do [ "$f" -nt "$ABIN" ] && aneed=1; done
 if [ $aneed = 1 ]; then
     clang -std=c11 -D_GNU_SOURCE -Isrc/base -Isrc/core -Isrc/store -g -O1 -fsanitize=fuzzer,address,undefined \
-        -fno-sanitize-recover=undefined $(pkg-config --cflags libevent_core libcjson libcrypto) -o "$ABIN" $ASRCS \
-        $(pkg-config --libs libevent_core libcjson libcrypto) -lcrypt -lm -lpthread
+        -fno-sanitize-recover=undefined $(pkg-config --cflags libevent_core libevent_openssl openssl libcjson libcrypto) -o "$ABIN" $ASRCS \
+        $(pkg-config --libs libevent_core libevent_openssl openssl libcjson libcrypto) -lcrypt -lm -lpthread
 fi
 NBIN=$OUT/fuzz_nkey
 NSRCS="tests/fuzz/fuzz_nkey.c src/base/nkey.c"
@@ -63,8 +63,8 @@ for f in $HSRCS src/*/*.h; do [ "$f" -nt "$HBIN" ] && hneed=1; done
 if [ $hneed = 1 ]; then
     clang -std=c11 -D_GNU_SOURCE -Isrc/base -Isrc/core -Isrc/store -Isrc/script -Isrc/app -g -O1 \
         -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-        $(pkg-config --cflags libevent_core libevent_extra lua5.4 libcjson libcrypto) -o "$HBIN" $HSRCS \
-        $(pkg-config --libs libevent_core libevent_extra lua5.4 libcjson libcrypto) -lreadline -lcrypt -lm -lpthread
+        $(pkg-config --cflags libevent_core libevent_extra libevent_openssl openssl lua5.4 libcjson libcrypto) -o "$HBIN" $HSRCS \
+        $(pkg-config --libs libevent_core libevent_extra libevent_openssl openssl lua5.4 libcjson libcrypto) -lreadline -lcrypt -lm -lpthread
 fi
 case "${1:-replay}" in
 replay)

@@ -5,7 +5,7 @@
 set -eu
 
 PKGS="make gcc clang pkg-config libc6-dev
-libevent-dev liblua5.4-dev lua5.4 libcjson-dev libreadline-dev libssl-dev libcrypt-dev
+libevent-dev liblua5.4-dev lua5.4 libcjson-dev libreadline-dev libssl-dev libcrypt-dev openssl
 lua-busted lua-socket tmux strace curl wrk
 libnats-dev nats-server
 libclang-rt-14-dev

@@ -57,6 +57,8 @@ checkpoint_spec 16 18
 connect_spec 15 24
 interop_js_spec 19 19
 hostile_spec 11 17
+tls_spec 30 35
+tls_hostile_spec 12 14
 nkey_spec 11 12
 http_spec 11 10
 examples_durable_spec 4 10
@@ -140,11 +142,12 @@ expected() {
     echo "${t:-999}"
 }
 
-# alone SPEC: true for a spec that times the server's answers under attack;
+# alone SPEC: true for a spec that times the server's answers under attack
+# (or under a burst of TLS handshakes);
 # it runs at the end, beside no other spec (its two passes one after the
 # other), so that the load of the others does not count against its
 # limits.
-ALONE="hostile_spec"
+ALONE="hostile_spec tls_hostile_spec"
 alone() {
     case " $ALONE " in *" $(basename "$1" .lua) "*) return 0 ;; esac
     return 1

@@ -31,6 +31,7 @@
 #include "server.h"
 #include "stream.h"
 #include "subject.h"
+#include "tls.h"
 #include "util.h"
 
 #define MAX_TAILS 64
@@ -1233,6 +1234,19 @@ static int face_listen(http_t *h, const char *host, int port)
     return face_bind(h, lev);
 }
 
+/* evhttp's bufferevent for each new connection: with tls { http = true }
+ * an HTTPS one from the server's context of the moment (a reload's
+ * certificate applies to the next connection), else a plain one. */
+static struct bufferevent *new_connection(struct event_base *base, void *arg)
+{
+    http_t *h = arg;
+    tls_context_t *t = server_tls(h->srv);
+    if (t && tls_context_config(t)->http)
+        return tls_bufferevent_accepting(t, base); /* NULL only out of memory (evhttp then
+                                                    * makes a plain one itself) */
+    return bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+}
+
 /* The face without a listener: http_new and http_new_fd add one. */
 static http_t *face_new(node_t *node)
 {
@@ -1254,6 +1268,7 @@ static http_t *face_new(node_t *node)
     evhttp_set_max_headers_size(h->eh, HTTP_MAX_HEADERS);
     set_idle_timeout(h);
     evhttp_set_gencb(h->eh, on_request, h);
+    evhttp_set_bevcb(h->eh, new_connection, h);
     /* PubAcks for ingested events come to a subject of our own, in the
      * server's inboxes: no client can publish there, so an answer there is
      * the store's. */

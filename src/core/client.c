@@ -8,18 +8,28 @@
 #include <cjson/cJSON.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 
 #include "client.h"
 #include "log.h"
 #include "util.h"
 #include "subject.h"
+#include "tls.h"
 
 /* Bytes one read or write call may move.  libevent's default is 16 KiB,
  * which costs a syscall per 16 KiB under load. */
 #define CLIENT_IO_CHUNK (256 * 1024)
 
+/* Bytes of output a TLS connection's records are made of, at least (a
+ * TLS record holds up to 16 KiB). */
+#define TLS_OUTPUT_PIECE (16 * 1024)
+
+/* Bytes one read may take (on_readable, and a TLS bufferevent's reads). */
+#define READ_CHUNK (64 * 1024)
+
 static void on_readable(evutil_socket_t fd, short what, void *arg);
+static void on_tls_read(struct bufferevent *bev, void *arg);
 static void on_write(struct bufferevent *bev, void *arg);
 static void on_event(struct bufferevent *bev, short what, void *arg);
 
@@ -27,6 +37,8 @@ static void on_event(struct bufferevent *bev, short what, void *arg);
  * unless the write event already waits for the socket. */
 static void output_queued(client_t *c)
 {
+    if (c->tls) /* a TLS bufferevent writes by itself, on its write event */
+        return;
     if (!(bufferevent_get_enabled(c->bev) & EV_WRITE))
         server_want_flush(c->srv, c);
 }
@@ -34,6 +46,8 @@ static void on_ping_timer(evutil_socket_t fd, short what, void *arg);
 
 static void send_raw(client_t *c, const char *s, size_t n)
 {
+    if (!c->bev) /* a TLS handshake under way: nothing may go out in the clear */
+        return;
     if (evbuffer_add(bufferevent_get_output(c->bev), s, n) < 0)
         client_close(c, CLIENT_CLOSE_NOW, "out of memory");
     else
@@ -65,18 +79,24 @@ client_t *client_new(server_t *srv, int fd, const char *ip, int port)
     c->port = port;
     dict_init(&c->subs);
     proto_init(&c->parser, o->max_control_line, o->max_payload);
-    c->bev = bufferevent_socket_new(server_base(srv), fd, BEV_OPT_CLOSE_ON_FREE);
-    if (!c->bev) {
-        evutil_closesocket(fd);
-        free(c);
-        return NULL;
-    }
-    bufferevent_set_max_single_write(c->bev, CLIENT_IO_CHUNK);
-    bufferevent_setcb(c->bev, NULL, on_write, on_event, c);
     c->in = evbuffer_new();
-    c->read_ev = event_new(server_base(srv), fd, EV_READ | EV_PERSIST, on_readable, c);
-    if (!c->in || !c->read_ev)
+    if (!c->in)
         goto fail;
+    if (server_tls(srv)) {
+        if (client_tls_begin(c, server_tls(srv), fd) < 0)
+            goto fail;
+        fd = -1; /* c->tls has it */
+    } else {
+        c->bev = bufferevent_socket_new(server_base(srv), fd, BEV_OPT_CLOSE_ON_FREE);
+        if (!c->bev)
+            goto fail;
+        fd = -1;
+        bufferevent_set_max_single_write(c->bev, CLIENT_IO_CHUNK);
+        bufferevent_setcb(c->bev, NULL, on_write, on_event, c);
+        c->read_ev = event_new(server_base(srv), bufferevent_getfd(c->bev), EV_READ | EV_PERSIST, on_readable, c);
+        if (!c->read_ev)
+            goto fail;
+    }
     if (o->ping_interval > 0) {
         struct timeval tv = util_timeval(o->ping_interval);
         c->ping_timer = event_new(server_base(srv), -1, EV_PERSIST, on_ping_timer, c);
@@ -86,11 +106,18 @@ client_t *client_new(server_t *srv, int fd, const char *ip, int port)
     }
     return c;
 fail:
+    if (fd >= 0)
+        evutil_closesocket(fd);
+    if (c->ping_timer)
+        event_free(c->ping_timer);
     if (c->read_ev)
         event_free(c->read_ev);
     if (c->in)
         evbuffer_free(c->in);
-    bufferevent_free(c->bev);
+    if (c->bev)
+        bufferevent_free(c->bev);
+    client_tls_free(c);
+    proto_free(&c->parser);
     free(c);
     return NULL;
 }
@@ -99,12 +126,34 @@ void client_start(client_t *c)
 {
     char info[1024];
     server_build_info(c->srv, c, info, sizeof info);
+    if (c->tls) {
+        client_tls_start(c, info, strlen(info));
+        return;
+    }
     send_raw(c, info, strlen(info));
     if (client_auth_start(c) < 0) {
         client_close(c, CLIENT_CLOSE_FLUSH, "out of memory");
         return;
     }
     event_add(c->read_ev, NULL); /* writes: client_flush */
+}
+
+void client_tls_opened(client_t *c, struct bufferevent *bev)
+{
+    c->bev = bev;
+    bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    bufferevent_set_max_single_write(bev, CLIENT_IO_CHUNK);
+    bufferevent_set_max_single_read(bev, READ_CHUNK);
+    /* Without a high watermark an OpenSSL bufferevent reads 4 KB at a
+     * time; with one it reads up to it (on_tls_read empties the input, so
+     * the watermark never stops reading). */
+    bufferevent_setwatermark(bev, EV_READ, 0, READ_CHUNK);
+    bufferevent_setcb(bev, on_tls_read, NULL, on_event, c);
+    bufferevent_enable(bev, EV_READ | EV_WRITE);
+    /* The time to authenticate starts now, as on a plain connection; the
+     * handshake had a deadline of its own. */
+    if (client_auth_start(c) < 0)
+        client_close(c, CLIENT_CLOSE_FLUSH, "out of memory");
 }
 
 static void sub_free(void *p)
@@ -156,6 +205,7 @@ void client_free(client_t *c)
         evbuffer_free(c->in);
     if (c->bev)
         bufferevent_free(c->bev);
+    client_tls_free(c);
     free(c);
 }
 
@@ -178,6 +228,8 @@ void client_flush(client_t *c)
 {
     if (c->flags & CLIENT_CLOSING)
         return; /* a closing client's output goes by the write event (client_close) */
+    if (c->tls)
+        return; /* its bufferevent writes by itself */
     struct evbuffer *out = bufferevent_get_output(c->bev);
     if (evbuffer_get_length(out) == 0)
         return;
@@ -212,10 +264,10 @@ void client_close(client_t *c, int how, const char *reason)
     c->flags |= CLIENT_CLOSING;
     log_debug("cid:%llu %s:%d closing: %s", (unsigned long long)c->id, c->ip, c->port,
               reason ? reason : "client closed");
-    event_del(c->read_ev);
+    client_input_pause(c);
     if (c->ping_timer)
         event_del(c->ping_timer);
-    if (how == CLIENT_CLOSE_FLUSH && evbuffer_get_length(bufferevent_get_output(c->bev)) > 0) {
+    if (how == CLIENT_CLOSE_FLUSH && c->bev && evbuffer_get_length(bufferevent_get_output(c->bev)) > 0) {
         const server_opts_t *o = server_get_opts(c->srv);
         struct timeval tv = util_timeval(o->write_deadline);
         /* The write callback fires once the output drains; a stalled reader
@@ -348,9 +400,25 @@ void client_connect_done(client_t *c, int held)
     if (c->flags & CLIENT_VERBOSE)
         SEND_LITERAL(c, "+OK\r\n");
     if (held && !(c->flags & CLIENT_CLOSING)) {
-        event_add(c->read_ev, NULL);
+        client_input_resume(c);
         parse_input(c); /* what came after the CONNECT while it was held */
     }
+}
+
+void client_input_pause(client_t *c)
+{
+    if (c->read_ev)
+        event_del(c->read_ev);
+    else if (c->bev)
+        bufferevent_disable(c->bev, EV_READ);
+}
+
+void client_input_resume(client_t *c)
+{
+    if (c->read_ev)
+        event_add(c->read_ev, NULL);
+    else if (c->bev)
+        bufferevent_enable(c->bev, EV_READ);
 }
 
 /* With auth, nothing but a CONNECT may come first (client_auth_before_connect). */
@@ -489,7 +557,6 @@ static const proto_handler_t handler = {
  * takes up to READ_CHUNK bytes into the client's own input buffer.  The
  * bufferevent keeps the writes.
  */
-#define READ_CHUNK (64 * 1024)
 
 static void on_readable(evutil_socket_t fd, short what, void *arg)
 {
@@ -519,6 +586,21 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
         v[1].iov_len = (size_t)r - v[0].iov_len;
     }
     evbuffer_commit_space(in, v, n);
+    c->flags |= CLIENT_ACTIVE;
+    parse_input(c);
+}
+
+/* A TLS connection's bufferevent decrypted input: it joins c's own input
+ * buffer (moved, not copied) and is parsed as on a plain connection. */
+static void on_tls_read(struct bufferevent *bev, void *arg)
+{
+    client_t *c = arg;
+    if (c->flags & CLIENT_CLOSING)
+        return;
+    if (evbuffer_add_buffer(c->in, bufferevent_get_input(bev)) < 0) {
+        client_close(c, CLIENT_CLOSE_NOW, "out of memory for input");
+        return;
+    }
     c->flags |= CLIENT_ACTIVE;
     parse_input(c);
 }
@@ -586,6 +668,13 @@ int client_deliver(client_t *c, const sub_t *sub, const proto_msg_t *m)
     if (c->perms && !client_auth_deliver(c, sub, m))
         return -1; /* its permissions keep it from this one */
     out = bufferevent_get_output(c->bev);
+    /* A TLS bufferevent makes one record, and one write, of each piece of
+     * the buffer: give it pieces of TLS_OUTPUT_PIECE bytes or more rather
+     * than one per message. */
+    if (c->tls && evbuffer_expand(out, need > TLS_OUTPUT_PIECE ? need : TLS_OUTPUT_PIECE) < 0) {
+        client_close(c, CLIENT_CLOSE_NOW, "out of memory for output");
+        return -1;
+    }
     if (evbuffer_reserve_space(out, (ev_ssize_t)need, &v, 1) < 1) {
         client_close(c, CLIENT_CLOSE_NOW, "out of memory for output");
         return -1;
@@ -621,10 +710,11 @@ int client_deliver(client_t *c, const sub_t *sub, const proto_msg_t *m)
     st->out_msgs++;
     st->out_bytes += body;
     size_t pending = evbuffer_get_length(out);
-    if (pending > server_get_opts(c->srv)->max_pending) {
+    if (pending > server_get_opts(c->srv)->max_pending && !c->tls) {
         /* A burst from one big read can pass the limit before the loop gets
          * to write; only a socket that will not take the bytes makes a slow
-         * consumer, so try to write first. */
+         * consumer, so try to write first.  (A TLS bufferevent cannot be
+         * written from here: it writes on its own write event.) */
         write_now(c, out); /* an error shows on the next read */
         pending = evbuffer_get_length(out);
     }
@@ -650,9 +740,11 @@ void client_cut_slow(client_t *c, const char *why)
     server_stats_mut(c->srv)->slow_consumers++;
     log_warn("cid:%llu %s:%d slow consumer: %zu bytes pending, %s; disconnecting", (unsigned long long)c->id, c->ip,
              c->port, evbuffer_get_length(out), why);
-    evbuffer_unfreeze(out, 1);
+    if (!c->tls)
+        evbuffer_unfreeze(out, 1); /* a socket bufferevent keeps the front frozen (write_now) */
     evbuffer_drain(out, evbuffer_get_length(out));
-    evbuffer_freeze(out, 1);
+    if (!c->tls)
+        evbuffer_freeze(out, 1);
     client_send_err(c, "Slow Consumer");
     client_close(c, CLIENT_CLOSE_FLUSH, "slow consumer");
 }

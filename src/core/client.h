@@ -32,7 +32,10 @@ enum client_flags {
     CLIENT_ADMIN = 1 << 11,        /* its user has admin = true */
     CLIENT_AUTH_HOLD = 1 << 12,    /* its password is being checked: its input waits */
     CLIENT_BY_TOKEN = 1 << 13,     /* it passed with the shared token */
+    CLIENT_TLS = 1 << 14,          /* a TLS connection (c->tls); c->bev is NULL until its handshake is done */
 };
+
+struct client_tls;
 
 /* sub_t.flags of a client's wildcard subscription that a subscribe deny
  * pattern may cover: each message is checked before delivery. */
@@ -41,7 +44,8 @@ enum client_flags {
 typedef struct client {
     server_t *srv;
     struct bufferevent *bev;    /* the socket, and what is queued to write to it */
-    struct event *read_ev;      /* reads go around the bufferevent (client.c) */
+    struct event *read_ev;      /* reads go around the bufferevent (client.c); NULL with TLS */
+    struct client_tls *tls;     /* the TLS side of a TLS connection (client_tls.c), else NULL */
     struct evbuffer *in;        /* read, not parsed yet */
     uint64_t id;
     int flags;
@@ -105,6 +109,24 @@ int client_deliver(client_t *c, const sub_t *sub, const proto_msg_t *m);
  * be torn down over several turns of the loop.  Returns how many are left.
  */
 size_t client_drop_subs(client_t *c, size_t max);
+
+/* True when tls { verify, map_user } applies to c: its user is the one its
+ * certificate's CN names (client_tls_cn), once its handshake is done. */
+int client_tls_maps_user(const struct client *c);
+
+/* Stops reading c's socket (a plain one, or a TLS one past its handshake),
+ * and starts again: while a password is checked, c's input waits. */
+void client_input_pause(client_t *c);
+void client_input_resume(client_t *c);
+
+/* True when c is a TLS connection (its handshake may still be under way). */
+int client_is_tls(const struct client *c);
+
+/* With tls { verify = true, map_user = true }: the subject CN of the
+ * certificate c presented, once its handshake is done; NULL otherwise
+ * (plain connection, no mapping, or handshake not finished).  The name
+ * the client is known by in place of a user/password. */
+const char *client_tls_cn(const struct client *c);
 
 /* Called by the server only: releases everything c owns. */
 void client_free(client_t *c);
@@ -197,5 +219,21 @@ void server_unlink_client(server_t *s, client_t *c);
 void server_want_flush(server_t *s, client_t *c);
 void server_forget_flush(server_t *s, client_t *c);
 void client_flush(client_t *c);
+
+/*
+ * Between client.c and client_tls.c.  A TLS connection starts without a
+ * bufferevent: client_tls_begin (from client_new) takes the socket,
+ * client_tls_start (from client_start) writes INFO in the clear, as NATS
+ * clients expect, and runs the handshake at SERVER_PRIORITY_HANDSHAKE
+ * under the handshake timeout; once it is done, client_tls_opened gives
+ * the client its OpenSSL bufferevent and traffic flows as on a plain one.
+ * client_tls_free releases what client_tls_begin made.  Both return 0 or
+ * -1 (c is then closed, or to be freed by the caller).
+ */
+struct tls_context;
+int client_tls_begin(client_t *c, struct tls_context *t, int fd);
+int client_tls_start(client_t *c, const char *info, size_t len);
+void client_tls_opened(client_t *c, struct bufferevent *bev);
+void client_tls_free(client_t *c);
 
 #endif

@@ -114,7 +114,7 @@ static int hold_for_check(client_t *c, const char *stored, const char *given, co
     }
     c->auth_job = job;
     c->flags |= CLIENT_AUTH_HOLD;
-    event_del(c->read_ev);
+    client_input_pause(c);
     authq_submit(q, job);
     return 1;
 }
@@ -130,6 +130,18 @@ int client_auth_connect(client_t *c, const cJSON *obj)
         return 0;
     if (c->flags & CLIENT_AUTH_HOLD)
         return 1; /* cannot happen: its input waits */
+    if (client_tls_maps_user(c)) {
+        /* tls { verify, map_user }: the verified certificate names the
+         * user, whatever credentials the CONNECT carries (as nats-server's
+         * verify_and_map). */
+        const char *cn = client_tls_cn(c);
+        u = cn ? auth_config_find_user(cfg, cn) : NULL;
+        if (!u || become(c, cfg, u, 0) < 0) {
+            violation(c, cn ? cn : "client certificate without a usable CN");
+            return 1;
+        }
+        return 0;
+    }
     if (cfg->token) {
         stored = cfg->token;
         given = token;

@@ -26,6 +26,7 @@
 #include "log.h"
 #include "server.h"
 #include "subject.h"
+#include "tls.h"
 #include "util.h"
 
 struct server {
@@ -64,6 +65,7 @@ struct server {
     int reserve_fd;      /* held for the moment no descriptor is left (on_accept_error) */
     auth_config_t *auth; /* who may connect and do what; NULL: anyone, anything */
     authq_t *authq;      /* the bcrypt checker threads, started on first use */
+    tls_context_t *tls;  /* what new connections get (server_set_tls), or NULL: plain */
     char id[23];
 };
 
@@ -92,6 +94,29 @@ static void make_id(char out[23])
     out[22] = '\0';
 }
 
+/*
+ * The loop, with the priorities of server.h.  TLS handshakes run at the
+ * lowest and one step at a time per loop pass (a step of an RSA handshake
+ * costs about a millisecond of CPU): after each the loop polls again and
+ * serves connected clients first, so a burst of handshakes delays them by
+ * one step at most instead of by the whole burst.
+ */
+static struct event_base *new_base(void)
+{
+    struct event_config *cfg = event_config_new();
+    struct event_base *base = NULL;
+    if (!cfg)
+        return NULL;
+    if (event_config_set_max_dispatch_interval(cfg, NULL, 1, SERVER_PRIORITY_HANDSHAKE) == 0)
+        base = event_base_new_with_config(cfg);
+    event_config_free(cfg);
+    if (base && event_base_priority_init(base, SERVER_PRIORITIES) < 0) {
+        event_base_free(base);
+        base = NULL;
+    }
+    return base;
+}
+
 static void on_reap(evutil_socket_t fd, short what, void *arg);
 static void on_flush(evutil_socket_t fd, short what, void *arg);
 static void on_signal(evutil_socket_t sig, short what, void *arg);
@@ -107,7 +132,7 @@ server_t *server_new(const server_opts_t *opts)
         snprintf(s->opts.server_name, sizeof s->opts.server_name, "%s", s->id);
     s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     s->output.cap = s->opts.max_pending_total;
-    s->base = event_base_new();
+    s->base = new_base();
     s->subs = sublist_new();
     if (!s->base || !s->subs)
         goto fail;
@@ -152,6 +177,7 @@ void server_free(server_t *s)
         evconnlistener_free(s->listener);
     if (s->reserve_fd >= 0)
         close(s->reserve_fd);
+    tls_context_unref(s->tls);
     if (s->reaper)
         event_free(s->reaper);
     if (s->flusher)
@@ -259,13 +285,16 @@ void server_get_stats(const server_t *s, server_stats_t *out)
 
 void server_build_info(server_t *s, client_t *c, char *out, size_t outsz)
 {
+    const tls_config_t *tc = client_is_tls(c) && s->tls ? tls_context_config(s->tls) : NULL;
     snprintf(out, outsz,
              "INFO {\"server_id\":\"%s\",\"server_name\":\"%s\",\"version\":\"%s\",\"proto\":1,"
-             "\"host\":\"%s\",\"port\":%d,\"headers\":true,%s\"max_payload\":%zu,"
+             "\"host\":\"%s\",\"port\":%d,\"headers\":true,%s%s\"max_payload\":%zu,"
              "\"client_id\":%llu,\"client_ip\":\"%s\"}\r\n",
              s->id, s->opts.server_name, TIDE_VERSION, s->opts.host, s->opts.port,
              /* As nats-server: with a no_auth_user no client has to authenticate. */
-             s->auth && !s->auth->no_auth_user ? "\"auth_required\":true," : "", s->opts.max_payload, (unsigned long long)c->id, c->ip);
+             s->auth && !s->auth->no_auth_user ? "\"auth_required\":true," : "",
+             !tc ? "" : tc->verify ? "\"tls_required\":true,\"tls_verify\":true," : "\"tls_required\":true,",
+             s->opts.max_payload, (unsigned long long)c->id, c->ip);
 }
 
 const auth_config_t *server_auth(const server_t *s)
@@ -298,6 +327,22 @@ void server_set_auth(server_t *s, auth_config_t *cfg)
     log_info("auth: %s", !cfg ? "off: any client may connect and do anything"
                          : cfg->token ? "one shared token"
                                       : "users and permissions");
+}
+
+void server_set_tls(server_t *s, tls_context_t *t)
+{
+    if (t == s->tls)
+        return;
+    tls_context_unref(s->tls);
+    s->tls = tls_context_ref(t);
+    if (t)
+        log_info("TLS required for client connections (cert %s%s)", tls_context_config(t)->cert,
+                 tls_context_config(t)->verify ? ", client certificates verified" : "");
+}
+
+tls_context_t *server_tls(const server_t *s)
+{
+    return s->tls;
 }
 
 void server_unlink_client(server_t *s, client_t *c)
@@ -708,7 +753,7 @@ int server_output_over(server_t *s, client_t *c)
      * cut the clients with the most queued until the total fits. */
     size_t total = 0;
     for (client_t *k = s->clients; k; k = k->next) {
-        k->queued = (k->flags & CLIENT_CLOSING) ? 0 : evbuffer_get_length(bufferevent_get_output(k->bev));
+        k->queued = (k->flags & CLIENT_CLOSING) || !k->bev ? 0 : evbuffer_get_length(bufferevent_get_output(k->bev));
         total += k->queued;
     }
     int cut_self = 0;

@@ -208,6 +208,24 @@ cJSON *server_stats_object(server_t *s);
 /* Clients connected now. */
 size_t server_connections(const server_t *s);
 
+/*
+ * TLS.  New connections get the context set last (the server takes a
+ * reference; NULL: plain connections again); connections already made
+ * keep theirs.  server_tls returns the current one (NULL: none), valid
+ * until the next server_set_tls unless the caller takes a reference.
+ */
+struct tls_context;
+void server_set_tls(server_t *s, struct tls_context *t);
+struct tls_context *server_tls(const server_t *s);
+
+/* Event priorities on the server's loop (0 is the most urgent; events get
+ * SERVER_PRIORITY_NORMAL unless set).  Callbacks at
+ * SERVER_PRIORITY_HANDSHAKE (TLS handshakes) run only when nothing more
+ * urgent is ready, and one per loop pass. */
+#define SERVER_PRIORITIES 3
+#define SERVER_PRIORITY_NORMAL 1
+#define SERVER_PRIORITY_HANDSHAKE 2
+
 struct event_base;
 /* The server's event loop, for adding events of one's own (tide repl's stdin). */
 struct event_base *server_base(server_t *s);

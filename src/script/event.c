@@ -727,6 +727,8 @@ static void push_client(lua_State *L, const event_t *ev)
         lua_setfield(L, -2, "id");
         lua_pushfstring(L, strchr(c->ip, ':') ? "[%s]:%d" : "%s:%d", c->ip, c->port);
         lua_setfield(L, -2, "addr");
+        lua_pushboolean(L, client_is_tls(c));
+        lua_setfield(L, -2, "tls");
     } else {
         if (ev->origin == EVENT_FROM_TIDE) {
             lua_pushliteral(L, "$tide");
@@ -734,9 +736,9 @@ static void push_client(lua_State *L, const event_t *ev)
         }
         lua_pushinteger(L, 0);
         lua_setfield(L, -2, "id");
+        lua_pushboolean(L, 0);
+        lua_setfield(L, -2, "tls");
     }
-    lua_pushboolean(L, 0); /* no TLS listener yet */
-    lua_setfield(L, -2, "tls");
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, client_newindex);
     lua_setfield(L, -2, "__newindex");

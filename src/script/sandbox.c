@@ -500,6 +500,7 @@ static void env_tide(state_t *st, int env)
         {"auth", settings_l_auth},
         {"http", settings_l_http},
         {"kv", settings_l_kv},
+        {"tls", settings_l_tls},
         {"storage", decl_l_storage},
         {"stream", decl_l_stream},
         {"consumer", decl_l_consumer},

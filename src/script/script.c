@@ -68,6 +68,7 @@ static void state_free(state_t *st)
     for (int i = 0; i < st->nstreams; i++)
         stream_cfg_free(&st->streams[i]);
     auth_config_release(st->auth);
+    tls_context_unref(st->tls);
     free(st);
 }
 
@@ -226,10 +227,18 @@ static void on_ingress(void *ctx, client_t *from, const proto_msg_t *m)
     script_process(ctx, from, m);
 }
 
+/* The current state's tls{} to the server: new connections get it. */
+static void apply_tls(script_host_t *h)
+{
+    if (h->srv)
+        server_set_tls(h->srv, h->cur->tls);
+}
+
 void script_host_attach_offline(script_host_t *h, server_t *srv)
 {
     h->srv = srv;
     server_set_ingress(srv, on_ingress, h);
+    apply_tls(h);
 }
 
 int script_host_attach(script_host_t *h, server_t *srv)
@@ -303,6 +312,7 @@ int script_reload(script_host_t *h, const char *why, char *err, size_t errsz)
     state_free(h->cur);
     h->cur = st;
     kv_set_limits(h->kv, &st->kv_lim);
+    apply_tls(h);
     h->st.reloads++;
     h->st.generation++;
     snprintf(h->st.last_reload, sizeof h->st.last_reload, "ok");
@@ -377,6 +387,7 @@ int script_host_set_streams(script_host_t *h, streams_t *sm, char *err, size_t e
     state_free(h->cur);
     h->cur = st;
     kv_set_limits(h->kv, &st->kv_lim);
+    apply_tls(h);
     kv_free(old);
     if (h->debounce) /* attached with file watching: watch the new state's files */
         watch_start(h);

@@ -5,7 +5,7 @@
  *   script.c    host and states: create, load, reload, stats, the prompt's hooks
  *   budget.c    instruction, time and memory budgets; protected calls
  *   sandbox.c   the environment scripts see: loading, require, guarded functions
- *   settings.c  listen{}, limits{}, scripting{}, admin{}, http{}
+ *   settings.c  listen{}, limits{}, scripting{}, admin{}, http{}, tls{}
  *   settings_auth.c  auth{}
  *   pipeline.c  rules and the pipeline itself: upgrade, filter, route, deliver, on
  *   watch.c     reloading on file changes and SIGHUP
@@ -49,6 +49,7 @@
 #include "script.h"
 #include "stream.h"
 #include "subject.h"
+#include "tls.h"
 #include "util.h"
 
 #define HOOK_STEP 1000
@@ -166,6 +167,7 @@ typedef struct state {
     struct auth_config *auth; /* auth { ... } (settings_auth.c), NULL when absent */
     server_opts_t set; /* values of limits{} */
     unsigned set_mask; /* which of them */
+    struct tls_context *tls; /* tls { ... }, built and checked at load (a reference); NULL when not said */
 } state_t;
 
 /*
@@ -300,6 +302,7 @@ int settings_l_auth(lua_State *L);
 /* Field key of table t as a duration in seconds (a number, or "250ms",
  * "2s", "5m", "1h"); def when absent.  Raises on a bad value. */
 double settings_duration(lua_State *L, int t, const char *key, double def);
+int settings_l_tls(lua_State *L);
 /* Raises "what: unknown setting 'k'" for a key of table t not in known. */
 void settings_check_keys(lua_State *L, int t, const char *what, const char *const *known);
 int decl_l_storage(lua_State *L);

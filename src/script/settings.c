@@ -1,6 +1,6 @@
 /* settings.c - the settings an entry file declares: listen{}, limits{},
- * scripting{}, admin{} and http{} (auth{}: settings_auth.c).  Unknown keys
- * are errors. */
+ * scripting{}, admin{}, http{} and tls{} (auth{}: settings_auth.c).
+ * Unknown keys are errors. */
 #include "script_internal.h"
 
 /* ---- settings: listen{}, limits{}, scripting{} ------------------------------- */
@@ -353,5 +353,70 @@ int settings_l_scripting(lua_State *L)
     if (lua_getfield(L, 1, "path") != LUA_TNIL)
         set_module_path(L, st, lua_absindex(L, -1));
     lua_pop(L, 1);
+    return 0;
+}
+
+/* t[key], a file name taken from the entry file's directory when relative,
+ * into out; "" when absent. */
+static void path_field(lua_State *L, state_t *st, int t, const char *key, char *out, size_t outsz)
+{
+    out[0] = '\0';
+    if (lua_getfield(L, t, key) != LUA_TNIL) {
+        const char *p = lua_tostring(L, -1);
+        if (lua_type(L, -1) != LUA_TSTRING || !p[0])
+            luaL_error(L, "tls: %s must be a file name", key);
+        int n = snprintf(out, outsz, "%s%s%s", p[0] == '/' ? "" : st->host->config_dir, p[0] == '/' ? "" : "/", p);
+        if (n < 0 || (size_t)n >= outsz)
+            luaL_error(L, "tls: %s: file name too long", key);
+    }
+    lua_pop(L, 1);
+}
+
+static int bool_field(lua_State *L, int t, const char *key)
+{
+    int on = 0;
+    if (lua_getfield(L, t, key) != LUA_TNIL) {
+        if (lua_type(L, -1) != LUA_TBOOLEAN)
+            luaL_error(L, "tls: %s must be true or false", key);
+        on = lua_toboolean(L, -1);
+    }
+    lua_pop(L, 1);
+    return on;
+}
+
+/* tls { cert, key, ca, verify, map_user, timeout, http }: TLS on the NATS
+ * listener (and on HTTP with http = true).  The files are read and checked
+ * here, at load: a reload whose certificate cannot be used fails and the
+ * running one keeps serving.  The context goes to the server when the
+ * state is swapped in (script.c). */
+int settings_l_tls(lua_State *L)
+{
+    static const char *const known[] = {"cert", "key", "ca", "verify", "map_user", "timeout", "http", NULL};
+    state_t *st = script_state_of(L);
+    tls_config_t *cfg = lua_newuserdatauv(L, sizeof *cfg, 0); /* too big for the C stack of a Lua call */
+    char err[PATH_MAX * 2 + 256];
+    luaL_checktype(L, 1, LUA_TTABLE);
+    settings_check_keys(L, 1, "tls", known);
+    if (st->tls)
+        return luaL_error(L, "tls: declared twice");
+    tls_config_default(cfg);
+    path_field(L, st, 1, "cert", cfg->cert, sizeof cfg->cert);
+    path_field(L, st, 1, "key", cfg->key, sizeof cfg->key);
+    path_field(L, st, 1, "ca", cfg->ca, sizeof cfg->ca);
+    if (!cfg->cert[0] || !cfg->key[0])
+        return luaL_error(L, "tls: cert and key are required");
+    cfg->verify = bool_field(L, 1, "verify");
+    cfg->map_user = bool_field(L, 1, "map_user");
+    cfg->http = bool_field(L, 1, "http");
+    if (cfg->verify && !cfg->ca[0])
+        return luaL_error(L, "tls: verify = true needs ca (the CA client certificates must be signed by)");
+    if (cfg->map_user && !cfg->verify)
+        return luaL_error(L, "tls: map_user = true needs verify = true");
+    cfg->timeout = settings_duration(L, 1, "timeout", TLS_DEFAULT_TIMEOUT);
+    if (!(cfg->timeout >= 0.001 && cfg->timeout <= 3600))
+        return luaL_error(L, "tls: timeout must be between 1ms and 1h");
+    st->tls = tls_context_new(cfg, err, sizeof err);
+    if (!st->tls)
+        return luaL_error(L, "%s", err);
     return 0;
 }

@@ -1,0 +1,97 @@
+#!/bin/bash
+# TLS benchmark (run by `make bench`): publish throughput over TLS, tide
+# against nats-server with the same certificate, and tide without TLS for
+# reference; 1 publisher -> 1 subscriber (nats_bench pubsub, libnats with
+# TLS), BENCH_TLS_SIZES payload sizes (default "128 1024"),
+# BENCH_TLS_MSGS messages (default 500000), medians of BENCH_REPEAT
+# (default 3) runs, the servers taken in turn.  Beside each rate, the
+# server's CPU seconds for the run (from /proc): on a 2-core machine the
+# client's own TLS work bounds the rate, and the CPU shows what the server
+# spent for it.  Certificates are made with openssl in a temporary
+# directory; loopback only; every run bounded (--timeout).
+set -u
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+TIDE=${TIDE:-$ROOT/build/tide}
+BENCH=$ROOT/build/nats_bench
+NATS_BIN=${NATS_SERVER_BIN:-nats-server}
+REPEAT=${BENCH_REPEAT:-3}
+MSGS=${BENCH_TLS_MSGS:-500000}
+SIZES=${BENCH_TLS_SIZES:-128 1024}
+OUT=$ROOT/build/bench-tls.md
+LOGS=$ROOT/build/bench-logs
+CLK_TCK=$(getconf CLK_TCK)
+mkdir -p "$LOGS"
+[ -x "$BENCH" ] || { echo "bench-tls: $BENCH not built (make build/nats_bench)"; exit 2; }
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/tide-bench-tls.XXXXXX")
+PIDS=""
+cleanup() { for p in $PIDS; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; rm -rf "$TMP"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+median() { sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print 0}'; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+(cd "$TMP" &&
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >san.ext &&
+    openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=bench-ca -keyout ca-key.pem -out ca.pem &&
+    openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server-key.pem -out server.csr &&
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 1 -extfile san.ext \
+        -out server.pem) >"$LOGS/tls-certs.log" 2>&1 || { echo "bench-tls: openssl failed"; exit 1; }
+echo 'tls { cert = "server.pem", key = "server-key.pem" }' >"$TMP/tide.lua"
+
+# start SIDE: starts the server for SIDE (tide-tls, nats-tls, tide-plain);
+# sets PORT and PID.
+start() {
+    PORT=$(free_port)
+    case $1 in
+    tide-tls) "$TIDE" serve -c "$TMP/tide.lua" -a 127.0.0.1 -p "$PORT" --no-http >"$LOGS/tls-$1.log" 2>&1 & ;;
+    tide-plain) "$TIDE" serve -a 127.0.0.1 -p "$PORT" --no-http >"$LOGS/tls-$1.log" 2>&1 & ;;
+    nats-tls)
+        printf 'listen: 127.0.0.1:%s\ntls { cert_file: "%s/server.pem", key_file: "%s/server-key.pem" }\n' \
+            "$PORT" "$TMP" "$TMP" >"$TMP/nats.conf"
+        "$NATS_BIN" -c "$TMP/nats.conf" >"$LOGS/tls-$1.log" 2>&1 & ;;
+    esac
+    PID=$!
+    PIDS="$PIDS $PID"
+    # Both servers log this line once they listen (a probe in the clear
+    # would only fill the TLS servers' logs with handshake errors).
+    for _ in $(seq 1 100); do grep -q "Server is ready" "$LOGS/tls-$1.log" && return 0; sleep 0.05; done
+    echo "bench-tls: $1 did not start"; exit 1
+}
+
+SIDES="tide-tls nats-tls tide-plain"
+declare -A RATES CPUS
+for size in $SIZES; do
+    for r in $(seq 1 "$REPEAT"); do
+        for side in $SIDES; do
+            start "$side"
+            tls=""
+            [ "$side" != tide-plain ] && tls="--tls-ca $TMP/ca.pem"
+            c0=$(cpu_ticks "$PID")
+            line=$("$BENCH" pubsub --url "nats://127.0.0.1:$PORT" --size "$size" --msgs "$MSGS" --subs 1 \
+                --timeout 120 $tls 2>&1)
+            c1=$(cpu_ticks "$PID")
+            rate=$(echo "$line" | sed -n 's/^RESULT.* rate=\([0-9]*\).*/\1/p')
+            [ -n "$rate" ] || { echo "bench-tls: $side failed: $line"; exit 1; }
+            RATES[$side.$size]="${RATES[$side.$size]:-} $rate"
+            CPUS[$side.$size]="${CPUS[$side.$size]:-} $(awk -v t=$((c1 - c0)) -v k="$CLK_TCK" 'BEGIN {printf "%.2f", t / k}')"
+            kill "$PID"; wait "$PID" 2>/dev/null
+        done
+        SIDES=$(echo "$SIDES" | awk '{print $2, $3, $1}') # a different one first next time
+    done
+done
+
+{
+    echo "| TLS pub/sub, 1 -> 1 | tide TLS msg/s (server CPU s) | nats-server TLS msg/s (CPU s) | tide/nats | tide plain msg/s (CPU s) |"
+    echo "|---|---:|---:|---:|---:|"
+    for size in $SIZES; do
+        m() { printf '%s\n' ${RATES[$1.$size]} | median; }
+        c() { printf '%s\n' ${CPUS[$1.$size]} | median; }
+        t=$(m tide-tls); n=$(m nats-tls); p=$(m tide-plain)
+        printf '| %s B, %s msgs | %s (%s) | %s (%s) | %s | %s (%s) |\n' "$size" "$MSGS" "$t" "$(c tide-tls)" \
+            "$n" "$(c nats-tls)" "$(awk -v a="$t" -v b="$n" 'BEGIN {printf "%.2f", b ? a / b : 0}')" "$p" "$(c tide-plain)"
+    done
+    echo
+    echo "Medians of $REPEAT runs; nats-server $("$NATS_BIN" --version 2>&1 | head -1); $(nproc) cores."
+} | tee "$OUT"
