@@ -930,6 +930,54 @@ static void set_payload_json(lua_State *L, int idx, event_t *ev, const cJSON *v)
     set_payload_top(L, idx, ev);
 }
 
+/* A binary-mode event's changed tree back into its message: attributes
+ * into ce-* headers, data into the payload.  idx is the event's index. */
+static void binary_from_tree(lua_State *L, int idx, event_t *ev, cJSON *root)
+{
+    push_header_table(L, idx, ev);
+    int t = lua_gettop(L);
+    cJSON *val;
+    cJSON_ArrayForEach(val, root) {
+        if (!val->string || json_key_equals(val, "data", 4) || json_key_equals(val, "datacontenttype", 15))
+            continue;
+        json_push_key(L, val);
+        const char *key = lua_tostring(L, -1); /* a NUL in it ends the header name */
+        /* Header names compare without case: drop "Ce-Source" before
+         * writing "ce-source", or both would go out. */
+        char hname[160];
+        snprintf(hname, sizeof hname, "ce-%s", key);
+        lua_pushnil(L);
+        while (lua_next(L, t)) {
+            lua_pop(L, 1);
+            if (lua_type(L, -1) == LUA_TSTRING && !strcasecmp(lua_tostring(L, -1), hname) &&
+                strcmp(lua_tostring(L, -1), hname)) {
+                lua_pushvalue(L, -1);
+                lua_pushnil(L);
+                lua_rawset(L, t); /* clearing a field during lua_next is allowed */
+            }
+        }
+        lua_pushfstring(L, "ce-%s", key);
+        lua_remove(L, -2);
+        if (json_is_string(val))
+            json_push_string(L, val);
+        else if (json_push_text(L, val) < 0)
+            luaL_error(L, "out of memory");
+        lua_rawset(L, t);
+    }
+    lua_pop(L, 1);
+    ev->headers_dirty = 1;
+    cJSON *d = json_object_get(root, "data", 4, 1);
+    if (json_is_string(d)) {
+        json_push_string(L, d);
+        set_payload_top(L, idx, ev);
+    } else if (d) {
+        set_payload_json(L, idx, ev, d);
+    } else {
+        lua_pushliteral(L, "");
+        set_payload_top(L, idx, ev);
+    }
+}
+
 void event_bytes(lua_State *L, int idx, proto_msg_t *out)
 {
     event_t *ev = lua_touserdata(L, idx); /* callers hold an event here */
@@ -939,49 +987,7 @@ void event_bytes(lua_State *L, int idx, proto_msg_t *out)
     if (ev->owner.dirty) {
         cJSON *root = ev->owner.tree->root; /* a change made a tree */
         if (ev->mode == EVENT_BINARY) {
-            /* Attributes back into ce-* headers, data into the payload. */
-            push_header_table(L, idx, ev);
-            int t = lua_gettop(L);
-            cJSON *val;
-            cJSON_ArrayForEach(val, root) {
-                if (!val->string || json_key_equals(val, "data", 4) || json_key_equals(val, "datacontenttype", 15))
-                    continue;
-                json_push_key(L, val);
-                const char *key = lua_tostring(L, -1); /* a NUL in it ends the header name */
-                /* Header names compare without case: drop "Ce-Source" before
-                 * writing "ce-source", or both would go out. */
-                char hname[160];
-                snprintf(hname, sizeof hname, "ce-%s", key);
-                lua_pushnil(L);
-                while (lua_next(L, t)) {
-                    lua_pop(L, 1);
-                    if (lua_type(L, -1) == LUA_TSTRING && !strcasecmp(lua_tostring(L, -1), hname) &&
-                        strcmp(lua_tostring(L, -1), hname)) {
-                        lua_pushvalue(L, -1);
-                        lua_pushnil(L);
-                        lua_rawset(L, t); /* clearing a field during lua_next is allowed */
-                    }
-                }
-                lua_pushfstring(L, "ce-%s", key);
-                lua_remove(L, -2);
-                if (json_is_string(val))
-                    json_push_string(L, val);
-                else if (json_push_text(L, val) < 0)
-                    luaL_error(L, "out of memory");
-                lua_rawset(L, t);
-            }
-            lua_pop(L, 1);
-            ev->headers_dirty = 1;
-            cJSON *d = json_object_get(root, "data", 4, 1);
-            if (json_is_string(d)) {
-                json_push_string(L, d);
-                set_payload_top(L, idx, ev);
-            } else if (d) {
-                set_payload_json(L, idx, ev, d);
-            } else {
-                lua_pushliteral(L, "");
-                set_payload_top(L, idx, ev);
-            }
+            binary_from_tree(L, idx, ev, root);
         } else {
             set_payload_json(L, idx, ev, root);
         }
