@@ -6,7 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <time.h>
 
 #include <cjson/cJSON.h>
@@ -19,6 +21,7 @@
 #include "stream_internal.h"
 #include "subject.h"
 #include "util.h"
+#include "vfs.h"
 
 void streams_buf_printf(char **buf, size_t *len, size_t *cap, const char *fmt, ...)
 {
@@ -306,6 +309,31 @@ static size_t dedup_key_std(const proto_msg_t *m, char *out, size_t n)
     return k;
 }
 
+/* max_msg_size, and discard "new" past max_msgs / max_bytes: 1 when m is
+ * refused (and its reply subject told why, as nats-server says it). */
+static int store_refuse_limits(stream_t *st, const proto_msg_t *m)
+{
+    size_t size = (m->hdr ? m->hdr_len : 0) + m->payload_len;
+    const char *why = NULL;
+    int code = 400, err_code = 10054;
+    if (st->cfg.max_msg_size && size > st->cfg.max_msg_size) {
+        why = "message size exceeds maximum allowed";
+    } else if (st->cfg.discard_new && (st->cfg.o.max_msgs || st->cfg.o.max_bytes)) {
+        slog_info_t in;
+        slog_get_info(st->log, &in);
+        code = 503, err_code = 10077;
+        if (st->cfg.o.max_msgs && in.msgs >= st->cfg.o.max_msgs)
+            why = "maximum messages exceeded";
+        else if (st->cfg.o.max_bytes && in.bytes + size + m->subject_len > st->cfg.o.max_bytes)
+            why = "maximum bytes exceeded";
+    }
+    if (!why)
+        return 0;
+    st->conflicts++;
+    puback_error(st, m->reply, m->reply_len, code, err_code, "%s", why);
+    return 1;
+}
+
 /* Stores m in st (or refuses it, answering its reply subject either way).
  * Returns a CAPTURE_* code. */
 static int store_msg(stream_t *st, const proto_msg_t *m)
@@ -322,6 +350,8 @@ static int store_msg(stream_t *st, const proto_msg_t *m)
         puback_error(st, reply, rlen, 400, 10060, "expected stream does not match");
         return CAPTURE_CONFLICT;
     }
+    if (store_refuse_limits(st, m))
+        return CAPTURE_CONFLICT;
     char key[1024];
     size_t klen = st->cfg.o.dedup_window > 0 ? dedup_key(st, m, key, sizeof key) : 0;
     uint64_t dup;
@@ -522,6 +552,11 @@ static void stream_reconfigure(stream_t *st, const stream_cfg_t *cfg)
         }
     }
     st->cfg.dedup_fn_ref = cfg->dedup_fn_ref;
+    st->cfg.api = cfg->api;
+    st->cfg.max_msg_size = cfg->max_msg_size;
+    st->cfg.discard_new = cfg->discard_new;
+    if (!cfg->api)
+        snprintf(st->cfg.where, sizeof st->cfg.where, "%s", cfg->where);
     slog_set_limits(st->log, &cfg->o);
     st->cfg.o.max_msgs = cfg->o.max_msgs;
     st->cfg.o.max_bytes = cfg->o.max_bytes;
@@ -532,7 +567,7 @@ static void stream_reconfigure(stream_t *st, const stream_cfg_t *cfg)
 static void streams_close_undeclared(streams_t *sm, const stream_cfg_t *scfg, int ns)
 {
     for (int i = 0; i < sm->n;) {
-        int keep = 0;
+        int keep = sm->streams[i]->cfg.api;
         for (int k = 0; k < ns; k++)
             keep |= !strcmp(scfg[k].name, sm->streams[i]->cfg.name);
         if (keep) {
@@ -639,6 +674,156 @@ undo:
     for (int i = 0; i < nopened; i++)
         stream_close(opened[i]);
     return -1;
+}
+
+/* ---- streams made at run time ----------------------------------------------- */
+
+/* The next token of a subject pattern at *p (advanced past it and its dot). */
+static size_t next_token(const char **p, const char *end, const char **tok)
+{
+    const char *dot = memchr(*p, '.', (size_t)(end - *p));
+    *tok = *p;
+    size_t n = dot ? (size_t)(dot - *p) : (size_t)(end - *p);
+    *p = dot ? dot + 1 : end;
+    return n;
+}
+
+int streams_patterns_overlap(const char *a, const char *b)
+{
+    const char *pa = a, *pb = b, *ea = a + strlen(a), *eb = b + strlen(b);
+    while (pa < ea && pb < eb) {
+        const char *ta, *tb;
+        size_t na = next_token(&pa, ea, &ta), nb = next_token(&pb, eb, &tb);
+        if ((na == 1 && *ta == '>') || (nb == 1 && *tb == '>'))
+            return 1;
+        if ((na == 1 && *ta == '*') || (nb == 1 && *tb == '*'))
+            continue;
+        if (na != nb || memcmp(ta, tb, na))
+            return 0;
+    }
+    return pa >= ea && pb >= eb;
+}
+
+/* A running stream other than `except` one of whose subjects overlaps one
+ * of cfg's, or NULL. */
+static stream_t *streams_overlapping(streams_t *sm, const stream_cfg_t *cfg, const stream_t *except)
+{
+    for (int i = 0; i < sm->n; i++) {
+        stream_t *st = sm->streams[i];
+        if (st == except)
+            continue;
+        for (int a = 0; a < st->cfg.nsubjects; a++)
+            for (int b = 0; b < cfg->nsubjects; b++)
+                if (streams_patterns_overlap(st->cfg.subjects[a], cfg->subjects[b]))
+                    return st;
+    }
+    return NULL;
+}
+
+int streams_add(streams_t *sm, const stream_cfg_t *cfg, char *err, size_t errsz)
+{
+    stream_t *st, *other;
+    if (streams_find(sm, cfg->name, strlen(cfg->name))) {
+        snprintf(err, errsz, "stream name already in use");
+        return STREAMS_EEXIST;
+    }
+    if ((other = streams_overlapping(sm, cfg, NULL))) {
+        snprintf(err, errsz, "subjects overlap with stream %s", other->cfg.name);
+        return STREAMS_EOVERLAP;
+    }
+    if (sm->n >= STREAMS_MAX) {
+        snprintf(err, errsz, "at most %d streams", STREAMS_MAX);
+        return STREAMS_EFULL;
+    }
+    if (!(st = stream_open(sm, cfg, err, errsz)))
+        return STREAMS_EFAIL;
+    st->cfg.api = 1;
+    st->cfg.dedup_fn_ref = LUA_NOREF_VALUE;
+    sm->streams[sm->n++] = st;
+    return 0;
+}
+
+/* The running stream called name that streams_add made, or NULL with the
+ * reason (*code) and err filled in. */
+static stream_t *streams_find_api(streams_t *sm, const char *name, int *code, char *err, size_t errsz)
+{
+    stream_t *st = streams_find(sm, name, strlen(name));
+    if (!st) {
+        snprintf(err, errsz, "stream not found");
+        *code = STREAMS_ENOENT;
+    } else if (!st->cfg.api) {
+        snprintf(err, errsz, "stream %s is declared in the entry file (%s): change it there", name, st->cfg.where);
+        *code = STREAMS_EDECLARED;
+        st = NULL;
+    }
+    return st;
+}
+
+int streams_change(streams_t *sm, const stream_cfg_t *cfg, char *err, size_t errsz)
+{
+    int code = 0;
+    stream_t *st = streams_find_api(sm, cfg->name, &code, err, errsz), *other;
+    if (!st)
+        return code;
+    if ((other = streams_overlapping(sm, cfg, st))) {
+        snprintf(err, errsz, "subjects overlap with stream %s", other->cfg.name);
+        return STREAMS_EOVERLAP;
+    }
+    stream_cfg_t c = *cfg;
+    c.api = 1;
+    c.dedup_fn_ref = LUA_NOREF_VALUE;
+    stream_reconfigure(st, &c);
+    return 0;
+}
+
+/* Deletes dir and everything in it (the files a stream's log keeps there). */
+static int remove_tree(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char path[4400];
+    int rc = 0;
+    if (!d)
+        return errno == ENOENT ? 0 : -1;
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        struct stat sb;
+        if (lstat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
+            rc |= remove_tree(path);
+        else if (vfs_unlink(path) != 0)
+            rc = -1;
+    }
+    closedir(d);
+    if (rmdir(dir) != 0)
+        rc = -1;
+    return rc;
+}
+
+int streams_remove(streams_t *sm, const char *name, char *err, size_t errsz)
+{
+    int code = 0;
+    stream_t *st = streams_find_api(sm, name, &code, err, errsz);
+    if (!st)
+        return code;
+    char dir[sizeof st->dir];
+    snprintf(dir, sizeof dir, "%s", st->dir);
+    for (int i = 0; i < sm->n; i++)
+        if (sm->streams[i] == st)
+            sm->streams[i] = sm->streams[--sm->n];
+    stream_close(st);
+    if (remove_tree(dir) < 0) {
+        snprintf(err, errsz, "stream %s: cannot delete %s: %s", name, dir, strerror(errno));
+        return STREAMS_EFAIL;
+    }
+    return 0;
+}
+
+uint64_t streams_subject_last(streams_t *sm, const char *stream, const char *subject, size_t len)
+{
+    stream_t *st = streams_find(sm, stream, strlen(stream));
+    return st ? slog_subject_last(st->log, subject, len) : 0;
 }
 
 /* ---- the admin view --------------------------------------------------------- */

@@ -36,6 +36,12 @@ typedef struct stream_cfg {
     slog_opts_t o;
     int dedup_fn_ref; /* LUA_NOREF, or a function(e) -> key in the declaring state */
     char where[200];  /* file:line of the declaration */
+    /* Made at run time by streams_add (the JetStream API), not declared:
+     * streams_apply leaves it running; a declaration of the same name
+     * takes it over. */
+    int api;
+    uint64_t max_msg_size; /* bytes of headers and payload; 0: no limit */
+    int discard_new;       /* past max_msgs / max_bytes refuse the new message, not drop the oldest */
 } stream_cfg_t;
 
 typedef struct consumer_cfg {
@@ -112,6 +118,41 @@ void streams_bind(streams_t *sm, const char *consumer, int batch, double wait);
 
 /* Number of streams. */
 int streams_count(const streams_t *sm);
+
+/* ---- streams made at run time (the JetStream API) ---- */
+
+/* Why streams_add / streams_change / streams_remove refused. */
+enum {
+    STREAMS_EEXIST = -1,   /* a stream of that name runs */
+    STREAMS_EOVERLAP = -2, /* a subject overlaps another stream's */
+    STREAMS_EFULL = -3,    /* STREAMS_MAX streams run */
+    STREAMS_ENOENT = -4,   /* no stream of that name */
+    STREAMS_EDECLARED = -5, /* the stream is declared: the entry file owns it */
+    STREAMS_EFAIL = -6     /* its files could not be made or removed (err says why) */
+};
+
+/* Opens a stream that no declaration owns (cfg->api is implied), its log
+ * in <data>/streams/<name> (recovered when it is there).  Its subjects may
+ * not overlap any running stream's.  0, or a STREAMS_E* code with the
+ * reason in err.  cfg is copied. */
+int streams_add(streams_t *sm, const stream_cfg_t *cfg, char *err, size_t errsz);
+
+/* Gives the streams_add stream cfg->name new subjects and limits (the
+ * fsync policy, segment size and dedup window stay as opened).  0, or a
+ * STREAMS_E* code with the reason in err. */
+int streams_change(streams_t *sm, const stream_cfg_t *cfg, char *err, size_t errsz);
+
+/* Stops the streams_add stream called name and deletes its files.  0, or a
+ * STREAMS_E* code with the reason in err. */
+int streams_remove(streams_t *sm, const char *name, char *err, size_t errsz);
+
+/* True when some subject matches both subject patterns (NUL-terminated):
+ * how streams_add tells that two streams would capture the same subject. */
+int streams_patterns_overlap(const char *a, const char *b);
+
+/* The last sequence stored for subject in stream (0: none, or no such
+ * stream). */
+uint64_t streams_subject_last(streams_t *sm, const char *stream, const char *subject, size_t len);
 
 /* ---- reading streams and consumers (the prompt, offline runs) ---- */
 
