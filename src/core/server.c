@@ -55,6 +55,7 @@ struct server {
     void *ingress_ctx;
     server_msg_hook admin;       /* $TIDE.ADMIN.> requests */
     void *admin_ctx;
+    int info_jetstream;          /* INFO says "jetstream":true */
     void (*input_tap)(void *ctx, const proto_msg_t *m); /* sees every publish (tide repl's record) */
     void *input_tap_ctx;
     server_stats_t stats;
@@ -283,18 +284,23 @@ void server_get_stats(const server_t *s, server_stats_t *out)
     *out = s->stats;
 }
 
+void server_set_info_jetstream(server_t *s, int on)
+{
+    s->info_jetstream = on;
+}
+
 void server_build_info(server_t *s, client_t *c, char *out, size_t outsz)
 {
     const tls_config_t *tc = client_is_tls(c) && s->tls ? tls_context_config(s->tls) : NULL;
     snprintf(out, outsz,
-             "INFO {\"server_id\":\"%s\",\"server_name\":\"%s\",\"version\":\"%s\",\"proto\":1,"
-             "\"host\":\"%s\",\"port\":%d,\"headers\":true,%s%s\"max_payload\":%zu,"
+             "INFO {\"server_id\":\"%s\",\"server_name\":\"%s\",\"version\":\"%s\",\"tide_version\":\"%s\","
+             "\"proto\":1,\"host\":\"%s\",\"port\":%d,\"headers\":true,%s%s%s\"max_payload\":%zu,"
              "\"client_id\":%llu,\"client_ip\":\"%s\"}\r\n",
-             s->id, s->opts.server_name, TIDE_VERSION, s->opts.host, s->opts.port,
+             s->id, s->opts.server_name, TIDE_NATS_VERSION, TIDE_VERSION, s->opts.host, s->opts.port,
              /* As nats-server: with a no_auth_user no client has to authenticate. */
              s->auth && !s->auth->no_auth_user ? "\"auth_required\":true," : "",
              !tc ? "" : tc->verify ? "\"tls_required\":true,\"tls_verify\":true," : "\"tls_required\":true,",
-             s->opts.max_payload, (unsigned long long)c->id, c->ip);
+             s->info_jetstream ? "\"jetstream\":true," : "", s->opts.max_payload, (unsigned long long)c->id, c->ip);
 }
 
 const auth_config_t *server_auth(const server_t *s)

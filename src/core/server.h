@@ -17,6 +17,11 @@
 #include "sublist.h"
 
 #define TIDE_VERSION "0.1.0"
+/* The nats-server version whose client protocol and JetStream API tide
+ * answers: INFO's "version" (clients gate features on it: nats.js refuses
+ * KV and the consumers API below 2.x releases), with TIDE_VERSION in
+ * "tide_version". */
+#define TIDE_NATS_VERSION "2.10.0"
 #define TIDE_DEFAULT_PORT 4222
 #define TIDE_DEFAULT_MAX_PENDING (64u * 1024 * 1024)
 #define TIDE_DEFAULT_MAX_CONNECTIONS 65536
@@ -136,6 +141,10 @@ struct auth_config;
  * longer allow, and are closed when their user is gone.
  */
 void server_set_auth(server_t *s, struct auth_config *cfg);
+
+/* INFO tells clients "jetstream":true from now on (on != 0): set when
+ * the layers above answer the JetStream API. */
+void server_set_info_jetstream(server_t *s, int on);
 
 /* Publishes payload to req's reply subject, if it has one (an admin or API
  * answer). */
