@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "http.h"
+#include "jsapi.h"
 #include "log.h"
 #include "node.h"
 #include "repl.h"
@@ -35,7 +36,9 @@ int node_start_scripts(node_t *n, const char *data_flag)
         log_error("%s", err);
         return -1;
     }
-    return 0;
+    int failed;
+    n->jsapi = jsapi_start(n, &failed);
+    return failed ? -1 : 0;
 }
 
 int node_start_http(node_t *n, const char *http_flag, int no_http)
@@ -69,6 +72,7 @@ void node_stop(node_t *n)
 {
     repl_remote_detach(n, NULL);
     http_free(n->http);
+    jsapi_free(n->jsapi);
     if (n->scripts)
         script_host_set_streams(n->scripts, NULL, NULL, 0);
     streams_free(n->streams); /* writes and syncs what is buffered */

@@ -13,6 +13,7 @@
 #include "stream.h"
 
 struct http;
+struct jsapi;
 struct repl;
 
 typedef struct node {
@@ -21,13 +22,15 @@ typedef struct node {
     streams_t *streams;     /* the persistent queue; NULL without one */
     struct http *http;      /* the HTTP face; NULL when off */
     struct repl *remote;    /* the tide repl --connect session (repl.c); NULL when none */
+    struct jsapi *jsapi;    /* the JetStream API over the streams (jsapi.c); NULL without streams */
     char data_dir[4200];    /* where its files go: --data, storage { dir }, or "data" beside the entry file */
 } node_t;
 
 /* With n->srv and n->scripts set: routes the server's events through the
  * scripts, watches their files, and opens the persistent queue the entry
  * file asks for (in data_flag, else its storage { dir }, else "data"
- * beside it).  0, or -1 with the reason logged. */
+ * beside it) with the JetStream API over it.  0, or -1 with the reason
+ * logged. */
 int node_start_scripts(node_t *n, const char *data_flag);
 
 /* Opens the HTTP face: on http_flag (HOST:PORT), else the entry file's

@@ -1,0 +1,30 @@
+/*
+ * jsapi.h - the JetStream API ($JS.API.>) over tide's streams, so that
+ * stock JetStream clients (nats.js, nats.go, libnats) manage streams as
+ * they do on nats-server: account INFO, STREAM.CREATE / UPDATE / INFO /
+ * DELETE / NAMES / LIST, STREAM.MSG.GET and DIRECT.GET, answered with
+ * nats-server 2.10's JSON shapes and error codes (docs/jetstream.md).
+ *
+ * Streams made through the API are kept beside the declared ones: their
+ * configuration in <data>/jsapi/streams/<name>.json, their log where every
+ * stream's is.  Declared streams are listed and read; changing or deleting
+ * them is refused with an error that names the declaration.
+ */
+#ifndef TIDE_JSAPI_H
+#define TIDE_JSAPI_H
+
+#include "node.h"
+
+typedef struct jsapi jsapi_t;
+
+/* With n->streams running (else it does nothing and returns NULL without
+ * an error): reopens the streams made through the API earlier, answers
+ * $JS.API.> and has INFO say "jetstream":true.  Returns the API (freed by
+ * jsapi_free), or NULL; *failed is set when that is an error (logged). */
+jsapi_t *jsapi_start(node_t *n, int *failed);
+
+/* Stops answering and frees the API (NULL is fine); the streams stay
+ * open (node_stop closes them). */
+void jsapi_free(jsapi_t *api);
+
+#endif

@@ -1,0 +1,65 @@
+/*
+ * jsapi_internal.h - what jsapi.c (the requests and answers) and
+ * jsapi_stream.c (stream configurations, their files, stored messages)
+ * share.  Not for use elsewhere; jsapi.h is the API's public face.
+ */
+#ifndef TIDE_JSAPI_INTERNAL_H
+#define TIDE_JSAPI_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+
+#include "jsapi.h"
+
+struct jsapi {
+    node_t *n;
+    sub_t *sub;       /* on $JS.API.> */
+    cJSON *made;      /* name -> {"config","created"} of each stream made through the API */
+    char dir[4400];   /* <data>/jsapi/streams: one <name>.json each */
+    char started[64]; /* "created" of declared streams */
+    uint64_t total, errors;
+    char *rbuf; /* record read buffer */
+    size_t rcap;
+};
+
+/* A JetStream API error: HTTP-like code, nats-server's err_code, text. */
+typedef struct api_err {
+    int code, err_code;
+    char desc[600];
+} api_err_t;
+
+void jsapi_set_err(api_err_t *e, int code, int err_code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+/* RFC 3339 with nanoseconds in UTC; 0 is Go's zero time, as nats-server
+ * prints it. */
+void jsapi_time(int64_t ns, char out[64]);
+
+/* 0 when name (len bytes) is a stream name nats-server takes and that fits
+ * tide's; else -1 with e set to nats-server's error. */
+int jsapi_name_check(const char *name, size_t len, api_err_t *e);
+
+/* The stream configuration of request req for stream name, checked and
+ * with nats-server's defaults filled in (a new object, caller deletes), or
+ * NULL with e set: unknown fields are ignored, fields tide does not
+ * implement refused unless they have their default value. */
+cJSON *jsapi_config_normalize(const cJSON *req, const char *name, api_err_t *e);
+/* The configuration a declared stream shows (a new object). */
+cJSON *jsapi_config_from_stream(const stream_cfg_t *c);
+/* Creates (update 0) or updates the stream name with configuration norm
+ * (from jsapi_config_normalize) and saves it; e->code is 0 on success,
+ * else e says why. */
+void jsapi_stream_apply(jsapi_t *api, const char *name, const cJSON *norm, int update, api_err_t *e);
+
+/* Reads the saved configurations and opens their streams (one that cannot
+ * open is logged and left).  0, or -1 when the directory cannot be read. */
+int jsapi_saved_load(jsapi_t *api);
+/* Deletes the saved configuration of name; 0 or -1. */
+int jsapi_saved_remove(jsapi_t *api, const char *name);
+
+/* STREAM.MSG.GET (direct 0) and DIRECT.GET (direct 1) on stream name:
+ * answers m itself and leaves e->code 0, or sets e for the caller to
+ * answer. */
+void jsapi_msg_get(jsapi_t *api, const proto_msg_t *m, const char *name, int direct, api_err_t *e);
+
+#endif

@@ -1,0 +1,216 @@
+-- The JetStream API ($JS.API.>): stock clients manage tide's streams.
+--
+-- tests/interop/node/jsapi.mjs drives nats.js v2 (jetstreamManager,
+-- js.publish, direct gets, raw API requests) through the same steps
+-- against nats-server -js (2.9, the reference, on a fresh store) and
+-- against tide (a fresh data directory), and prints what each step got;
+-- the two must agree on every step.  Then tide alone: INFO, restarts,
+-- reloads and streams the entry file declares.
+local h = require "helpers"
+local json = require "dkjson"
+
+local ROOT = h.root
+local NODE_DIR = ROOT .. "/tests/interop/node"
+local PROGRAM_TIMEOUT = 45
+
+local function q(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+local function nats_server_bin()
+  local env = os.getenv("NATS_SERVER_BIN")
+  if env and env ~= "" then return env end
+  local rc, out = h.sh("command -v nats-server")
+  assert(rc == 0, "nats-server not found (set NATS_SERVER_BIN)")
+  return (out:gsub("%s+$", ""))
+end
+
+-- Runs jsapi.mjs against the server on port; returns its decoded answers.
+local function run_steps(port, label, log)
+  local rc, out = h.sh(("cd %s && timeout -k 5 %d node jsapi.mjs %d"):format(q(NODE_DIR), PROGRAM_TIMEOUT, port))
+  local line = out:match("(%b{})%s*$")
+  local res = line and json.decode(line)
+  assert(rc == 0 and res, ("%s: jsapi.mjs ended with %s:\n%s\n--- server log ---\n%s"):format(label, tostring(rc),
+    out, log()))
+  return res
+end
+
+-- A JetStream API request to tide: the decoded answer (nil when none came).
+local function api(port, subject, body, timeout)
+  local m = h.request(port, subject, body and (type(body) == "string" and body or json.encode(body)) or "",
+    { timeout = timeout })
+  return m and assert(json.decode(m.payload), subject .. ": not JSON: " .. m.payload)
+end
+
+-- Canonical text of a decoded value (sorted keys), to compare and print.
+local function canon(v)
+  if type(v) ~= "table" then return json.encode(v) end
+  local keys, parts, n = {}, {}, #v
+  if n > 0 or next(v) == nil then
+    for i = 1, n do parts[i] = canon(v[i]) end
+    return "[" .. table.concat(parts, ",") .. "]"
+  end
+  for k in pairs(v) do keys[#keys + 1] = k end
+  table.sort(keys)
+  for _, k in ipairs(keys) do parts[#parts + 1] = json.encode(k) .. ":" .. canon(v[k]) end
+  return "{" .. table.concat(parts, ",") .. "}"
+end
+
+describe("the JetStream API, with nats.js v2, against nats-server -js", function()
+  local ref, got, srv, data
+
+  setup(function()
+    local ok, out = h.npm_ready()
+    assert(ok, "npm ci failed:\n" .. tostring(out))
+    -- the reference
+    local sd = h.make_tmpdir("jsapi-ns")
+    local port = h.free_port()
+    local ns = h.start_server { bin = nats_server_bin(), port = port,
+      cmd = { "-a", "127.0.0.1", "-p", tostring(port), "-js", "-sd", sd } }
+    ref = run_steps(port, "nats-server", function() return ns:log() end)
+    ns:stop("INT")
+    h.remove_tmpdir(sd)
+    -- tide: an entry file that declares nothing, streams in --data
+    data = h.make_tmpdir("jsapi-data")
+    srv = h.start_scripted("-- nothing declared\n", { args = { "--data", data } })
+    got = run_steps(srv.port, "tide", function() return srv:log() end)
+  end)
+
+  teardown(function()
+    if srv then
+      srv:kill()
+      h.remove_tmpdir(srv.dir)
+    end
+    if data then h.remove_tmpdir(data) end
+  end)
+
+  it("gives the same answer as nats-server at every step", function()
+    local diffs, keys = {}, {}
+    for k in pairs(ref) do keys[#keys + 1] = k end
+    table.sort(keys)
+    assert(#keys >= 40, "the reference run has only " .. #keys .. " steps")
+    for _, k in ipairs(keys) do
+      if canon(ref[k]) ~= canon(got[k]) then
+        diffs[#diffs + 1] = ("%s:\n  nats-server: %s\n  tide:        %s"):format(k, canon(ref[k]), canon(got[k]))
+      end
+    end
+    assert(#diffs == 0, table.concat(diffs, "\n") .. "\n--- tide log ---\n" .. srv:log())
+  end)
+
+  it("answered the steps themselves (not only the same failure twice)", function()
+    assert.are.same({ "EVENTS", "ORDERS", "TYPED" }, got.names)
+    assert.are.same({ messages = 3, bytes_gt0 = true, first_seq = 1, last_seq = 3, consumer_count = 0 },
+      got.info_orders)
+    assert.are.same({ messages = 2, bytes_gt0 = true, first_seq = 2, last_seq = 3, consumer_count = 0 },
+      got.info_events)
+    assert.are.equal(10058, got.add_orders_again_other.err)
+    assert.are.equal(10065, got.add_overlapping.err)
+    assert.are.equal(10025, got.create_bad_json.err)
+    assert.are.equal(10056, got.create_name_mismatch.err)
+    assert.are.equal(10059, got.info_missing.err)
+    assert.are.equal(10037, got.get_missing_seq.err)
+    assert.are.equal(10054, got.publish_too_big.err)
+    assert.are.same({ subject = "orders.us.new", seq = 2, data = "order 2", order = "n2" }, got.get_seq_2)
+    assert.are.same({ subject = "events.e3", seq = 3, data = "event 3", stream = "EVENTS" }, got.direct_get_seq)
+    assert.are.same({ "orders.>", "more.>" }, got.update_orders.config.subjects)
+    assert.is_true(got.delete_events)
+    assert.are.same({ "ORDERS", "TYPED" }, got.names_after_delete)
+  end)
+
+  it("keeps the streams made through the API across a restart, and not the deleted one", function()
+    srv:stop("TERM")
+    local dir, config = srv.dir, srv.config
+    srv = h.start_server { args = { "-c", config, "--data", data } }
+    srv.dir, srv.config = dir, config
+    local names = api(srv.port, "$JS.API.STREAM.NAMES")
+    assert.are.same({ "ORDERS", "TYPED" }, names.streams, canon(names))
+    local info = api(srv.port, "$JS.API.STREAM.INFO.ORDERS")
+    assert.are.same({ "orders.>", "more.>" }, info.config.subjects)
+    assert.are.equal(10, info.config.max_msgs)
+    assert.are.equal(4, info.state.messages)
+    assert.are.equal(4, info.state.last_seq)
+    local f = io.open(data .. "/streams/EVENTS/.", "r")
+    assert(not f, "EVENTS' files are still there")
+    -- and a publish to it is stored again, as sequence 5
+    local pa = assert(h.request(srv.port, "orders.eu.late", "late"))
+    assert.are.same({ stream = "ORDERS", seq = 5 }, json.decode(pa.payload))
+  end)
+end)
+
+describe("the JetStream API beside declared streams", function()
+  local srv, data
+  local CONFIG = 'stream "DECL" { subjects = { "decl.>" }, max_msgs = 100 }\n'
+
+  before_each(function()
+    data = h.make_tmpdir("jsapi-decl")
+    srv = h.start_scripted(CONFIG, { args = { "--data", data } })
+  end)
+
+  after_each(function()
+    srv:kill()
+    h.remove_tmpdir(srv.dir)
+    h.remove_tmpdir(data)
+  end)
+
+  it("INFO says jetstream, the nats-server version it answers as, and tide's own", function()
+    local c = h.connect(srv.port)
+    local info = json.decode(c.info)
+    c:close()
+    assert.is_true(info.jetstream)
+    assert.are.equal("2.10.0", info.version)
+    assert.are.equal("0.1.0", info.tide_version)
+  end)
+
+  it("shows a declared stream, and refuses to change or delete it, naming the entry file", function()
+    local info = api(srv.port, "$JS.API.STREAM.INFO.DECL")
+    assert.are.same({ "decl.>" }, info.config.subjects)
+    assert.are.equal(100, info.config.max_msgs)
+    local del = api(srv.port, "$JS.API.STREAM.DELETE.DECL")
+    assert.are.equal(10050, del.error.err_code)
+    assert.truthy(del.error.description:find("tide.lua", 1, true), del.error.description)
+    local upd = api(srv.port, "$JS.API.STREAM.UPDATE.DECL", { name = "DECL", subjects = { "decl.>", "x" } })
+    assert.are.equal(10069, upd.error.err_code)
+    assert.truthy(upd.error.description:find("tide.lua", 1, true), upd.error.description)
+    local ovl = api(srv.port, "$JS.API.STREAM.CREATE.MINE", { name = "MINE", subjects = { "decl.a" } })
+    assert.are.equal(10065, ovl.error.err_code)
+    assert.are.equal(1, api(srv.port, "$JS.API.STREAM.NAMES").total)
+  end)
+
+  it("keeps API streams through a reload", function()
+    local made = api(srv.port, "$JS.API.STREAM.CREATE.MINE", { name = "MINE", subjects = { "mine.>" } })
+    assert.are.equal("MINE", made.config.name, canon(made))
+    h.write_file(srv.config, CONFIG .. 'stream "MORE" { subjects = { "more.>" } }\n')
+    local m = assert(h.request(srv.port, "$TIDE.ADMIN.RELOAD", ""))
+    assert(json.decode(m.payload).ok, m.payload)
+    assert.are.same({ "DECL", "MINE", "MORE" }, api(srv.port, "$JS.API.STREAM.NAMES").streams)
+  end)
+
+  it("refuses what tide does not implement with nats-server's error", function()
+    local r = api(srv.port, "$JS.API.STREAM.CREATE.MEM", { name = "MEM", subjects = { "mem" }, storage = "memory" })
+    assert.are.equal(10052, r.error.err_code)
+    r = api(srv.port, "$JS.API.STREAM.CREATE.WQ", { name = "WQ", subjects = { "wq" }, retention = "workqueue" })
+    assert.are.equal(10052, r.error.err_code)
+    r = api(srv.port, "$JS.API.STREAM.CREATE.P", { name = "P", subjects = { "p" }, max_msgs_per_subject = 1 })
+    assert.are.equal(10052, r.error.err_code)
+    r = api(srv.port, "$JS.API.STREAM.CREATE.a/b", { name = "a/b", subjects = { "ab" } })
+    assert.are.equal(10128, r.error.err_code)
+    r = api(srv.port, "$JS.API.CONSUMER.NAMES.DECL")
+    assert.are.equal(10003, r.error.err_code)
+    assert.are.equal(1, api(srv.port, "$JS.API.STREAM.NAMES").total)
+  end)
+end)
+
+describe("the JetStream API without streams", function()
+  it("is off: INFO says no jetstream and $JS.API has no responder", function()
+    local srv = h.start_scripted("-- nothing declared, no storage\n")
+    local c = h.connect(srv.port)
+    local info = json.decode(c.info)
+    c:close()
+    local answer = api(srv.port, "$JS.API.INFO", nil, 1)
+    srv:kill()
+    h.remove_tmpdir(srv.dir)
+    assert.is_nil(info.jetstream)
+    assert.are.equal("2.10.0", info.version)
+    assert.is_nil(answer)
+  end)
+end)
