@@ -22,7 +22,7 @@
 // Every stream must be empty at the start: the checks expect exact sequences.
 //
 // Deliveries are read from a plain nc.subscribe() on the deliver subject (tide
-// has no $JS.API, so js.subscribe() cannot bind to the consumer) and wrapped
+// has no consumers API yet, so js.subscribe() cannot bind to the consumer) and wrapped
 // with the package's own toJsMsg(), so ack() / ackAck() / nak() / working() /
 // term() and the delivery info are the client's code, not ours.
 //
