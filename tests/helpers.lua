@@ -23,7 +23,8 @@ end
 -- when one is missing).  Returns true, or false and npm's output.
 function M.npm_ready()
   local dir = M.root .. "/tests/interop/node"
-  local need = { "nats", "nkeys.js", "cloudevents", "parse-prometheus-text-format" }
+  local need = { "nats", "nkeys.js", "cloudevents", "parse-prometheus-text-format", "@nats-io/jetstream",
+    "@nats-io/transport-node" }
   local missing = false
   for _, p in ipairs(need) do
     local f = io.open(dir .. "/node_modules/" .. p .. "/package.json")

@@ -1,6 +1,6 @@
 -- The JetStream API ($JS.API.>): stock clients manage tide's streams.
 --
--- tests/interop/node/jsapi.mjs drives nats.js v2 (jetstreamManager,
+-- tests/interop/node/jsapi.mjs drives nats.js v2, then v3 (jetstreamManager,
 -- js.publish, direct gets, raw API requests) through the same steps
 -- against nats-server -js (2.9, the reference, on a fresh store) and
 -- against tide (a fresh data directory), and prints what each step got;
@@ -26,8 +26,9 @@ local function nats_server_bin()
 end
 
 -- Runs jsapi.mjs against the server on port; returns its decoded answers.
-local function run_steps(port, label, log)
-  local rc, out = h.sh(("cd %s && timeout -k 5 %d node jsapi.mjs %d"):format(q(NODE_DIR), PROGRAM_TIMEOUT, port))
+local function run_steps(port, flag, label, log)
+  local rc, out = h.sh(("cd %s && timeout -k 5 %d node jsapi.mjs %d %s"):format(q(NODE_DIR), PROGRAM_TIMEOUT, port,
+    flag))
   local line = out:match("(%b{})%s*$")
   local res = line and json.decode(line)
   assert(rc == 0 and res, ("%s: jsapi.mjs ended with %s:\n%s\n--- server log ---\n%s"):format(label, tostring(rc),
@@ -56,8 +57,11 @@ local function canon(v)
   return "{" .. table.concat(parts, ",") .. "}"
 end
 
-describe("the JetStream API, with nats.js v2, against nats-server -js", function()
+-- One client's run against both servers (flag: jsapi.mjs's client choice).
+local function compare_suite(label, flag, more)
+describe("the JetStream API, with " .. label .. ", against nats-server -js", function()
   local ref, got, srv, data
+  local ctx = {}
 
   setup(function()
     local ok, out = h.npm_ready()
@@ -67,19 +71,20 @@ describe("the JetStream API, with nats.js v2, against nats-server -js", function
     local port = h.free_port()
     local ns = h.start_server { bin = nats_server_bin(), port = port,
       cmd = { "-a", "127.0.0.1", "-p", tostring(port), "-js", "-sd", sd } }
-    ref = run_steps(port, "nats-server", function() return ns:log() end)
+    ref = run_steps(port, flag, "nats-server", function() return ns:log() end)
     ns:stop("INT")
     h.remove_tmpdir(sd)
     -- tide: an entry file that declares nothing, streams in --data
     data = h.make_tmpdir("jsapi-data")
     srv = h.start_scripted("-- nothing declared\n", { args = { "--data", data } })
-    got = run_steps(srv.port, "tide", function() return srv:log() end)
+    got = run_steps(srv.port, flag, "tide", function() return srv:log() end)
+    ctx.srv, ctx.data, ctx.got = srv, data, got
   end)
 
   teardown(function()
-    if srv then
-      srv:kill()
-      h.remove_tmpdir(srv.dir)
+    if ctx.srv then
+      ctx.srv:kill()
+      h.remove_tmpdir(ctx.srv.dir)
     end
     if data then h.remove_tmpdir(data) end
   end)
@@ -108,20 +113,27 @@ describe("the JetStream API, with nats.js v2, against nats-server -js", function
     assert.are.equal(10025, got.create_bad_json.err)
     assert.are.equal(10056, got.create_name_mismatch.err)
     assert.are.equal(10059, got.info_missing.err)
-    assert.are.equal(10037, got.get_missing_seq.err)
     assert.are.equal(10054, got.publish_too_big.err)
     assert.are.same({ subject = "orders.us.new", seq = 2, data = "order 2", order = "n2" }, got.get_seq_2)
     assert.are.same({ subject = "events.e3", seq = 3, data = "event 3", stream = "EVENTS" }, got.direct_get_seq)
     assert.are.same({ "orders.>", "more.>" }, got.update_orders.config.subjects)
     assert.is_true(got.delete_events)
     assert.are.same({ "ORDERS", "TYPED" }, got.names_after_delete)
+    assert.are.equal("no responders", got.publish_deleted)
   end)
 
+  if more then more(ctx) end
+end)
+end
+
+compare_suite("nats.js v2", "", function(ctx)
   it("keeps the streams made through the API across a restart, and not the deleted one", function()
+    local srv, data = ctx.srv, ctx.data
     srv:stop("TERM")
     local dir, config = srv.dir, srv.config
     srv = h.start_server { args = { "-c", config, "--data", data } }
     srv.dir, srv.config = dir, config
+    ctx.srv = srv
     local names = api(srv.port, "$JS.API.STREAM.NAMES")
     assert.are.same({ "ORDERS", "TYPED" }, names.streams, canon(names))
     local info = api(srv.port, "$JS.API.STREAM.INFO.ORDERS")
@@ -136,6 +148,9 @@ describe("the JetStream API, with nats.js v2, against nats-server -js", function
     assert.are.same({ stream = "ORDERS", seq = 5 }, json.decode(pa.payload))
   end)
 end)
+
+-- nats.js v3 gates features on INFO's version: the same steps with it.
+compare_suite("nats.js v3 (@nats-io/jetstream)", "--v3")
 
 describe("the JetStream API beside declared streams", function()
   local srv, data

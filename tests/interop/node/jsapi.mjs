@@ -1,11 +1,14 @@
 // jsapi.mjs - stream management through the JetStream API with the nats.js
-// client (npm package "nats", v2): jetstreamManager(), streams.add / info /
+// client (npm package "nats", v2, or v3 with --v3): the manager's streams.add / info /
 // update / delete / list / names / getMessage, direct.getMessage,
 // js.publish and its PubAcks, and raw $JS.API requests for the answers a
 // client library would refuse to send (bad JSON, a name that does not
 // match the subject).
 //
-// Usage: node jsapi.mjs <port>
+// Usage: node jsapi.mjs <port> [--v3]
+//
+// With --v3 the same steps run with the v3 packages (@nats-io/jetstream
+// and @nats-io/transport-node), which gate features on INFO's version.
 //
 // Runs the same steps against any server with JetStream on an empty store
 // (tests/jsapi_spec.lua runs it against tide and against nats-server -js)
@@ -13,25 +16,42 @@
 // reduced to the fields both implement (no timestamps; sizes as "more
 // than 0"), errors as their err_code.  Exit status 0 when every step got
 // an answer; 2 on a global timeout.
-import { connect, headers, JSONCodec, StringCodec } from "nats";
-
 const GLOBAL_TIMEOUT_MS = 40000;
 const port = Number(process.argv[2]);
-if (!Number.isInteger(port) || port <= 0 || port > 65535) {
-  console.error("usage: node jsapi.mjs <port>");
+const v3 = process.argv[3] === "--v3";
+if (!Number.isInteger(port) || port <= 0 || port > 65535 || (process.argv.length > 3 && !v3)) {
+  console.error("usage: node jsapi.mjs <port> [--v3]");
   process.exit(2);
 }
 setTimeout(() => {
   process.stdout.write('{"bail":"global timeout"}\n', () => process.exit(2));
 }, GLOBAL_TIMEOUT_MS).unref();
 
-const sc = StringCodec();
-const jc = JSONCodec();
+// The client: nats.js v2 (package "nats"), or with --v3 the v3 packages
+// (@nats-io/transport-node and @nats-io/jetstream).
+let connect, headers, managerOf, jetstreamOf;
+if (v3) {
+  const core = await import("@nats-io/transport-node");
+  const jsmod = await import("@nats-io/jetstream");
+  ({ connect, headers } = core);
+  managerOf = (nc) => jsmod.jetstreamManager(nc);
+  jetstreamOf = (nc) => jsmod.jetstream(nc);
+} else {
+  const nats = await import("nats");
+  ({ connect, headers } = nats);
+  managerOf = (nc) => nc.jetstreamManager();
+  jetstreamOf = (nc) => nc.jetstream();
+}
+const te = new TextEncoder();
+const td = new TextDecoder();
+const sc = { encode: (s) => te.encode(s), decode: (b) => td.decode(b) };
+const jc = { encode: (o) => te.encode(JSON.stringify(o)), decode: (b) => JSON.parse(td.decode(b)) };
 const out = {};
 
 // What an error says: its JetStream err_code, else its message.
 function errCode(e) {
   if (e && e.api_error && e.api_error.err_code) return e.api_error.err_code;
+  if (e && typeof e.code === "number") return e.code; // v3's JetStreamApiError
   const m = /err_code[=: ]+(\d+)/.exec(String(e && e.message));
   if (m) return Number(m[1]);
   return `error: ${e && (e.code || e.message)}`;
@@ -71,8 +91,8 @@ async function raw(nc, subject, body, fn) {
 const nc = await connect({ servers: `127.0.0.1:${port}`, timeout: 3000 });
 const info = nc.info;
 out.server_info = { jetstream: info.jetstream === true, headers: info.headers === true };
-const jsm = await nc.jetstreamManager();
-const js = nc.jetstream();
+const jsm = await managerOf(nc);
+const js = jetstreamOf(nc);
 
 await step("account_info_empty", async () => {
   const a = await jsm.getAccountInfo();
@@ -188,7 +208,9 @@ await step("publish_deleted", async () => {
     await js.publish("events.e9", sc.encode("x"), { timeout: 1000 });
     return "stored";
   } catch (e) {
-    return e.code === "503" ? "no responders" : `error: ${e.code}`;
+    const none = e.code === "503" || (typeof e.isNoResponders === "function" && e.isNoResponders()) ||
+      /NoResponders|JetStreamNotEnabled/.test(e.name);
+    return none ? "no responders" : `error: ${e.name} ${e.message}`;
   }
 });
 await step("account_info", async () => {
