@@ -403,6 +403,124 @@ void slog_set_limits(slog_t *l, const slog_opts_t *o)
     slog_expire(l);
 }
 
+/* ---- purges and deletes ---------------------------------------------------- */
+
+/* <dir>/removed lists, one line each, the purges ("p <first seq kept>")
+ * and deletes ("d <seq>") done on the log, synced before they take
+ * effect: opening the log replays them after the scan, so what was
+ * removed stays removed (the records themselves stay in their segment
+ * until it is deleted whole).  A torn last line is ignored. */
+#define REMOVED_FILE "removed"
+
+/* Appends n bytes of lines to the removed file and syncs it.  0 or -1. */
+static int removed_append(slog_t *l, const char *lines, size_t n)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/" REMOVED_FILE, l->dir);
+    int fd = vfs_open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644), rc = -1;
+    if (fd < 0)
+        return -1;
+    if (vfs_write(fd, lines, n) == (ssize_t)n && vfs_sync(fd) == 0 && vfs_sync_dir(l->dir) == 0)
+        rc = 0;
+    vfs_close(fd);
+    return rc;
+}
+
+/* True when record seq is in the log. */
+static int rec_present(slog_t *l, uint64_t seq)
+{
+    seg_t *s = seq >= l->first_seq && seq <= l->last_seq ? seg_for(l, seq) : NULL;
+    return s && s->off[seq - s->first] != HOLE;
+}
+
+/* Makes record seq a hole, and moves first_seq past holes. */
+static void drop_one(slog_t *l, uint64_t seq)
+{
+    if (!rec_present(l, seq))
+        return;
+    seg_t *s = seg_for(l, seq);
+    l->bytes -= slog_rec_len(l, s, seq - s->first);
+    l->msgs--;
+    s->off[seq - s->first] = HOLE;
+    s->damaged = 1; /* the record before the hole no longer spans to the next one: count lengths */
+    while (l->first_seq <= l->last_seq && !rec_present(l, l->first_seq))
+        drop_first(l);
+}
+
+/* Drops every record below `below` (not past the last one). */
+static void drop_below(slog_t *l, uint64_t below)
+{
+    while (l->first_seq < below && l->first_seq <= l->last_seq)
+        drop_first(l);
+}
+
+/* Replays the removed file on a log just loaded. */
+static void removed_replay(slog_t *l)
+{
+    char path[4200], line[64];
+    snprintf(path, sizeof path, "%s/" REMOVED_FILE, l->dir);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    while (fgets(line, sizeof line, f)) {
+        char op, *end;
+        if (!strchr(line, '\n') || (line[0] != 'p' && line[0] != 'd') || line[1] != ' ')
+            continue; /* torn, or not ours */
+        op = line[0];
+        uint64_t seq = strtoull(line + 2, &end, 10);
+        if (*end != '\n')
+            continue;
+        if (op == 'p')
+            drop_below(l, seq);
+        else
+            drop_one(l, seq);
+    }
+    fclose(f);
+}
+
+uint64_t slog_purge(slog_t *l, uint64_t below, int *err)
+{
+    char line[40];
+    *err = 0;
+    if (below > l->last_seq + 1)
+        below = l->last_seq + 1;
+    if (below <= l->first_seq || !l->msgs)
+        return 0;
+    int n = snprintf(line, sizeof line, "p %" PRIu64 "\n", below);
+    if (removed_append(l, line, (size_t)n) < 0) {
+        *err = errno ? errno : EIO;
+        return 0;
+    }
+    uint64_t before = l->msgs;
+    drop_below(l, below);
+    drop_segments(l);
+    return before - l->msgs;
+}
+
+int slog_delete(slog_t *l, const uint64_t *seqs, size_t n)
+{
+    char *lines = malloc(n * 24 + 1);
+    size_t len = 0;
+    int rc = -1;
+    if (!lines)
+        return -1;
+    for (size_t i = 0; i < n; i++)
+        if (rec_present(l, seqs[i]))
+            len += (size_t)snprintf(lines + len, 25, "d %" PRIu64 "\n", seqs[i]);
+    if (len && removed_append(l, lines, len) < 0)
+        goto done;
+    rc = 0;
+    for (size_t i = 0; i < n; i++)
+        if (rec_present(l, seqs[i])) {
+            drop_one(l, seqs[i]);
+            rc++;
+        }
+    drop_segments(l);
+done:
+    free(lines);
+    return rc;
+}
+
 /* ---- the sync thread -------------------------------------------------------- */
 
 /* Syncs the two directories above a stream's (<data>/streams and <data>),
@@ -1398,6 +1516,7 @@ slog_t *slog_open(const char *dir, const slog_opts_t *o, struct event_base *base
         snprintf(err, errsz, "cannot open the stream in %s: %s", dir, strerror(errno));
         goto fail;
     }
+    removed_replay(l);
     l->cb = on_commit;
     l->parents_unsynced = l->o.fsync != FSYNC_NEVER; /* with the first sync round */
     if (pthread_create(&l->th, NULL, sync_main, l) != 0) {

@@ -156,6 +156,17 @@ uint64_t slog_committed(const slog_t *l);
  * since the log was opened (cheap). */
 uint64_t slog_last(const slog_t *l, uint64_t *failures);
 
+/* Drops every record below sequence `below` (all of them with last + 1):
+ * first noted durably in <dir>/removed, which opening the log replays.
+ * Returns how many records went; 0 with *err = errno when the note could
+ * not be written (then nothing changed). */
+uint64_t slog_purge(slog_t *l, uint64_t below, int *err);
+
+/* Deletes the records seqs[0..n) that are in the log (noted durably as
+ * slog_purge does, all in one sync).  Returns how many went, or -1 (errno)
+ * when the note could not be written (then nothing changed). */
+int slog_delete(slog_t *l, const uint64_t *seqs, size_t n);
+
 /* Applies max_age now (also done on a timer and on append). */
 void slog_expire(slog_t *l);
 

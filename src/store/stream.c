@@ -820,6 +820,101 @@ int streams_remove(streams_t *sm, const char *name, char *err, size_t errsz)
     return 0;
 }
 
+/* The sequences of st's records below `below` whose subject matches
+ * filter, in a malloc'd array of *n (NULL with *n 0 when none; -1 when a
+ * read failed). */
+static int matching_seqs(stream_t *st, const char *filter, uint64_t below, uint64_t **out, size_t *n)
+{
+    slog_info_t in;
+    slog_rec_t r;
+    size_t cap = 0;
+    *out = NULL;
+    *n = 0;
+    slog_get_info(st->log, &in);
+    for (uint64_t q = in.first_seq; q <= in.last_seq && (!below || q < below); q++) {
+        int got = slog_read(st->log, q, &r, &st->sm->rbuf, &st->sm->rcap);
+        if (got < 0)
+            return -1;
+        if (!got || !subject_matches(filter, strlen(filter), r.subject, r.subject_len))
+            continue;
+        if (*n == cap) {
+            uint64_t *g = realloc(*out, (cap = cap ? cap * 2 : 64) * sizeof *g);
+            if (!g)
+                return -1;
+            *out = g;
+        }
+        (*out)[(*n)++] = q;
+    }
+    return 0;
+}
+
+/* The sequence below which st holds `keep` records more than it keeps. */
+static uint64_t keep_below(stream_t *st, uint64_t keep)
+{
+    slog_info_t in;
+    slog_rec_t r;
+    slog_get_info(st->log, &in);
+    if (in.last_seq - in.first_seq + 1 == in.msgs) /* no holes */
+        return in.last_seq + 1 - keep;
+    uint64_t q = in.last_seq + 1;
+    for (uint64_t kept = 0; kept < keep && q > in.first_seq;)
+        kept += slog_read(st->log, --q, &r, &st->sm->rbuf, &st->sm->rcap) > 0;
+    return q;
+}
+
+int streams_purge(streams_t *sm, const char *name, const char *filter, uint64_t below, uint64_t keep,
+                  uint64_t *purged, char *err, size_t errsz)
+{
+    stream_t *st = streams_find(sm, name, strlen(name));
+    int e = 0;
+    *purged = 0;
+    if (!st) {
+        snprintf(err, errsz, "stream not found");
+        return STREAMS_ENOENT;
+    }
+    slog_info_t in;
+    slog_get_info(st->log, &in);
+    if (!filter || !filter[0] || !strcmp(filter, ">")) {
+        if (keep && keep >= in.msgs)
+            return 0;
+        *purged = slog_purge(st->log, keep ? keep_below(st, keep) : below ? below : in.last_seq + 1, &e);
+    } else {
+        uint64_t *seqs = NULL;
+        size_t n = 0;
+        if (matching_seqs(st, filter, below, &seqs, &n) < 0)
+            e = errno ? errno : EIO;
+        size_t drop = keep >= n ? 0 : n - (size_t)keep; /* the oldest go, the last `keep` stay */
+        int rc = e || !drop ? 0 : slog_delete(st->log, seqs, drop);
+        if (rc < 0)
+            e = errno ? errno : EIO;
+        else
+            *purged = (uint64_t)rc;
+        free(seqs);
+    }
+    if (e) {
+        snprintf(err, errsz, "stream %s: purge failed: %s", name, strerror(e));
+        return STREAMS_EFAIL;
+    }
+    for (int i = 0; i < st->ncons; i++)
+        consumer_pump(st->cons[i]);
+    return 0;
+}
+
+int streams_delete_msg(streams_t *sm, const char *name, uint64_t seq, char *err, size_t errsz)
+{
+    stream_t *st = streams_find(sm, name, strlen(name));
+    if (!st) {
+        snprintf(err, errsz, "stream not found");
+        return STREAMS_ENOENT;
+    }
+    int rc = slog_delete(st->log, &seq, 1);
+    if (rc < 0) {
+        snprintf(err, errsz, "stream %s: delete failed: %s", name, strerror(errno));
+        return STREAMS_EFAIL;
+    }
+    return rc;
+}
+
 uint64_t streams_subject_last(streams_t *sm, const char *stream, const char *subject, size_t len)
 {
     stream_t *st = streams_find(sm, stream, strlen(stream));

@@ -146,6 +146,19 @@ int streams_change(streams_t *sm, const stream_cfg_t *cfg, char *err, size_t err
  * STREAMS_E* code with the reason in err. */
 int streams_remove(streams_t *sm, const char *name, char *err, size_t errsz);
 
+/* Purges the stream called name (declared or not): with filter NULL, ""
+ * or ">" the records below `below` (0: all), or all but the last `keep`
+ * (keep != 0); with a filter only the records whose subject it matches,
+ * below `below` when set, all but the last `keep` of them when set.
+ * *purged says how many went.  0, or STREAMS_ENOENT / STREAMS_EFAIL with
+ * the reason in err.  Durable when it returns (see slog_purge). */
+int streams_purge(streams_t *sm, const char *name, const char *filter, uint64_t below, uint64_t keep,
+                  uint64_t *purged, char *err, size_t errsz);
+
+/* Deletes record seq of the stream called name: 1 deleted, 0 no such
+ * record, or STREAMS_ENOENT / STREAMS_EFAIL with the reason in err. */
+int streams_delete_msg(streams_t *sm, const char *name, uint64_t seq, char *err, size_t errsz);
+
 /* True when some subject matches both subject patterns (NUL-terminated):
  * how streams_add tells that two streams would capture the same subject. */
 int streams_patterns_overlap(const char *a, const char *b);
