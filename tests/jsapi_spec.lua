@@ -93,7 +93,7 @@ describe("the JetStream API, with " .. label .. ", against nats-server -js", fun
     local diffs, keys = {}, {}
     for k in pairs(ref) do keys[#keys + 1] = k end
     table.sort(keys)
-    assert(#keys >= 40, "the reference run has only " .. #keys .. " steps")
+    assert(#keys >= 55, "the reference run has only " .. #keys .. " steps")
     for _, k in ipairs(keys) do
       if canon(ref[k]) ~= canon(got[k]) then
         diffs[#diffs + 1] = ("%s:\n  nats-server: %s\n  tide:        %s"):format(k, canon(ref[k]), canon(got[k]))
@@ -120,6 +120,14 @@ describe("the JetStream API, with " .. label .. ", against nats-server -js", fun
     assert.is_true(got.delete_events)
     assert.are.same({ "ORDERS", "TYPED" }, got.names_after_delete)
     assert.are.equal("no responders", got.publish_deleted)
+    assert.are.equal(1, got.purge_filter.purged)
+    assert.are.equal(10043, got.delete_msg_again.err)
+    assert.are.same({ messages = 1, bytes_gt0 = true, first_seq = 4, last_seq = 4, consumer_count = 0 },
+      got.info_after_keep)
+    assert.are.equal(10110, got.purge_guarded.err)
+    assert.are.equal(10057, got.delete_guarded.err)
+    assert.are.same({ messages = 2, bytes_gt0 = true, first_seq = 4, last_seq = 5, consumer_count = 0 },
+      got.info_final)
   end)
 
   if more then more(ctx) end
@@ -127,25 +135,33 @@ end)
 end
 
 compare_suite("nats.js v2", "", function(ctx)
-  it("keeps the streams made through the API across a restart, and not the deleted one", function()
+  it("keeps the streams made through the API, their purges and deletes across a kill -9", function()
     local srv, data = ctx.srv, ctx.data
-    srv:stop("TERM")
+    srv:kill()
     local dir, config = srv.dir, srv.config
     srv = h.start_server { args = { "-c", config, "--data", data } }
     srv.dir, srv.config = dir, config
     ctx.srv = srv
     local names = api(srv.port, "$JS.API.STREAM.NAMES")
-    assert.are.same({ "ORDERS", "TYPED" }, names.streams, canon(names))
+    assert.are.same({ "GUARDED", "ORDERS", "TYPED" }, names.streams, canon(names))
     local info = api(srv.port, "$JS.API.STREAM.INFO.ORDERS")
     assert.are.same({ "orders.>", "more.>" }, info.config.subjects)
     assert.are.equal(10, info.config.max_msgs)
-    assert.are.equal(4, info.state.messages)
-    assert.are.equal(4, info.state.last_seq)
+    -- what the client saw last (info_final), not what the log holds
+    assert.are.same(ctx.got.info_final, { messages = info.state.messages, bytes_gt0 = info.state.bytes > 0,
+      first_seq = info.state.first_seq, last_seq = info.state.last_seq, consumer_count = 0 })
+    assert.are.equal(3, api(srv.port, "$JS.API.STREAM.INFO.TYPED").state.first_seq)
+    for _, seq in ipairs({ 1, 2, 3 }) do -- purged by filter, deleted, purged by keep
+      local r = api(srv.port, "$JS.API.STREAM.MSG.GET.ORDERS", { seq = seq })
+      assert.are.equal(10037, r.error and r.error.err_code, canon(r))
+    end
+    assert.are.equal("bW9yZQ==", api(srv.port, "$JS.API.STREAM.MSG.GET.ORDERS", { seq = 4 }).message.data)
+    assert.is_true(api(srv.port, "$JS.API.STREAM.INFO.GUARDED").config.deny_purge)
     local f = io.open(data .. "/streams/EVENTS/.", "r")
     assert(not f, "EVENTS' files are still there")
-    -- and a publish to it is stored again, as sequence 5
+    -- and a publish to it is stored again, after the last one
     local pa = assert(h.request(srv.port, "orders.eu.late", "late"))
-    assert.are.same({ stream = "ORDERS", seq = 5 }, json.decode(pa.payload))
+    assert.are.same({ stream = "ORDERS", seq = 6 }, json.decode(pa.payload))
   end)
 end)
 
@@ -198,6 +214,25 @@ describe("the JetStream API beside declared streams", function()
     local m = assert(h.request(srv.port, "$TIDE.ADMIN.RELOAD", ""))
     assert(json.decode(m.payload).ok, m.payload)
     assert.are.same({ "DECL", "MINE", "MORE" }, api(srv.port, "$JS.API.STREAM.NAMES").streams)
+  end)
+
+  it("keeps the byte count exact through a message delete and a purge, and across a restart", function()
+    api(srv.port, "$JS.API.STREAM.CREATE.B", { name = "B", subjects = { "b.*" } })
+    for i = 1, 3 do assert(h.request(srv.port, "b.x", ("payload-%d"):format(i))) end
+    local full = api(srv.port, "$JS.API.STREAM.INFO.B").state.bytes
+    assert.is_true(api(srv.port, "$JS.API.STREAM.MSG.DELETE.B", { seq = 2 }).success)
+    local st = api(srv.port, "$JS.API.STREAM.INFO.B").state
+    -- three records of the same size: one third went
+    assert.are.same({ 2, full * 2 // 3, 1, 3 }, { st.messages, st.bytes, st.first_seq, st.last_seq })
+    srv:kill()
+    local dir, config = srv.dir, srv.config
+    srv = h.start_server { args = { "-c", config, "--data", data } }
+    srv.dir, srv.config = dir, config
+    st = api(srv.port, "$JS.API.STREAM.INFO.B").state
+    assert.are.same({ 2, full * 2 // 3, 1, 3 }, { st.messages, st.bytes, st.first_seq, st.last_seq })
+    assert.are.equal(2, api(srv.port, "$JS.API.STREAM.PURGE.B", { seq = 4 }).purged)
+    st = api(srv.port, "$JS.API.STREAM.INFO.B").state
+    assert.are.same({ 0, 0, 4, 3 }, { st.messages, st.bytes, st.first_seq, st.last_seq })
   end)
 
   it("refuses what tide does not implement with nats-server's error", function()

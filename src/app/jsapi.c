@@ -357,6 +357,81 @@ static void verb_msg_get(jsapi_t *api, const proto_msg_t *m, const char *name, i
         reply_err(api, m, "stream_msg_get_response", &e);
 }
 
+/* True when flag (deny_purge, deny_delete) is set on the stream name. */
+static int denied(jsapi_t *api, const char *name, const char *flag)
+{
+    const cJSON *cfg = cJSON_GetObjectItemCaseSensitive(made_entry(api, name), "config");
+    return cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(cfg, flag));
+}
+
+static void verb_stream_purge(jsapi_t *api, const proto_msg_t *m, const char *name)
+{
+    const char *type = "stream_purge_response";
+    api_err_t e = {0};
+    char err[512];
+    int bad;
+    uint64_t seq = 0, keep = 0, purged = 0;
+    cJSON *req = request_json(m, &bad, &e);
+    const cJSON *filter = cJSON_GetObjectItemCaseSensitive(req, "filter");
+    if (!bad && req)
+        json_get_uint_member(req, "seq", &seq), json_get_uint_member(req, "keep", &keep);
+    if (bad) {
+        /* e says why */
+    } else if (seq && keep) {
+        jsapi_set_err(&e, 400, 10003, "bad request");
+    } else if (!streams_stream_info(api->n->streams, name, -1, NULL)) {
+        jsapi_set_err(&e, 404, 10059, "stream not found");
+    } else if (denied(api, name, "deny_purge")) {
+        jsapi_set_err(&e, 500, 10110, "stream purge not permitted");
+    } else if (filter && (!cJSON_IsString(filter) ||
+                          (filter->valuestring[0] && !subject_valid_pattern(filter->valuestring,
+                                                                            strlen(filter->valuestring))))) {
+        jsapi_set_err(&e, 500, 10110, "invalid subject filter");
+    } else if (streams_purge(api->n->streams, name, cJSON_IsString(filter) ? filter->valuestring : NULL, seq, keep,
+                             &purged, err, sizeof err) < 0) {
+        jsapi_set_err(&e, 500, 10110, "%s", err);
+    }
+    cJSON_Delete(req);
+    if (e.code) {
+        reply_err(api, m, type, &e);
+        return;
+    }
+    cJSON *o = answer(type);
+    cJSON_AddBoolToObject(o, "success", 1);
+    json_add_uint(o, "purged", purged);
+    reply_obj(api, m, o);
+}
+
+static void verb_msg_delete(jsapi_t *api, const proto_msg_t *m, const char *name)
+{
+    const char *type = "stream_msg_delete_response";
+    api_err_t e = {0};
+    char err[512];
+    int bad, rc = 0;
+    uint64_t seq = 0; /* none: 0, which is never found (as nats-server) */
+    cJSON *req = request_json(m, &bad, &e);
+    if (req)
+        json_get_uint_member(req, "seq", &seq);
+    if (!req && !bad)
+        jsapi_set_err(&e, 400, 10003, "bad request");
+    else if (!bad && !streams_stream_info(api->n->streams, name, -1, NULL))
+        jsapi_set_err(&e, 404, 10059, "stream not found");
+    else if (!bad && denied(api, name, "deny_delete"))
+        jsapi_set_err(&e, 500, 10057, "message delete not permitted");
+    else if (!bad && (rc = streams_delete_msg(api->n->streams, name, seq, err, sizeof err)) < 0)
+        jsapi_set_err(&e, 500, 10057, "%s", err);
+    else if (!bad && rc == 0)
+        jsapi_set_err(&e, 400, 10043, "sequence %" PRIu64 " not found", seq);
+    cJSON_Delete(req);
+    if (e.code) {
+        reply_err(api, m, type, &e);
+        return;
+    }
+    cJSON *o = answer(type);
+    cJSON_AddBoolToObject(o, "success", 1);
+    reply_obj(api, m, o);
+}
+
 /* ---- dispatch --------------------------------------------------------------- */
 
 static const struct {
@@ -373,6 +448,8 @@ static const struct {
     {"STREAM.DELETE.", 6, "stream_delete_response"},
     {"STREAM.MSG.GET.", 7, "stream_msg_get_response"},
     {"DIRECT.GET.", 8, "stream_msg_get_response"},
+    {"STREAM.PURGE.", 9, "stream_purge_response"},
+    {"STREAM.MSG.DELETE.", 10, "stream_msg_delete_response"},
 };
 
 static void on_request(void *ctx, const proto_msg_t *m)
@@ -406,6 +483,8 @@ static void on_request(void *ctx, const proto_msg_t *m)
         case 5: verb_stream_info(api, m, name); return;
         case 6: verb_stream_delete(api, m, name); return;
         case 7: verb_msg_get(api, m, name, 0); return;
+        case 9: verb_stream_purge(api, m, name); return;
+        case 10: verb_msg_delete(api, m, name); return;
         default: return;
         }
     }

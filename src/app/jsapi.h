@@ -2,8 +2,9 @@
  * jsapi.h - the JetStream API ($JS.API.>) over tide's streams, so that
  * stock JetStream clients (nats.js, nats.go, libnats) manage streams as
  * they do on nats-server: account INFO, STREAM.CREATE / UPDATE / INFO /
- * DELETE / NAMES / LIST, STREAM.MSG.GET and DIRECT.GET, answered with
- * nats-server 2.10's JSON shapes and error codes (docs/jetstream.md).
+ * DELETE / NAMES / LIST / PURGE, STREAM.MSG.GET / MSG.DELETE and
+ * DIRECT.GET, answered with nats-server 2.10's JSON shapes and error codes
+ * (docs/jetstream.md).
  *
  * Streams made through the API are kept beside the declared ones: their
  * configuration in <data>/jsapi/streams/<name>.json, their log where every

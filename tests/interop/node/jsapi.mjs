@@ -218,5 +218,38 @@ await step("account_info", async () => {
   return { streams: a.streams, consumers: a.consumers, storage_gt0: a.storage > 0 };
 });
 
+// Purges and message deletes, on ORDERS (1 orders.eu.new, 2 orders.us.new,
+// 3 orders.eu.new, 4 more.x).
+await step("purge_filter", async () => (await jsm.streams.purge("ORDERS", { filter: "orders.us.>" })));
+await step("info_after_purge_filter", async () => state(await jsm.streams.info("ORDERS")));
+await step("delete_msg", () => jsm.streams.deleteMessage("ORDERS", 3));
+await step("delete_msg_again", () => jsm.streams.deleteMessage("ORDERS", 3));
+await step("delete_msg_raw_empty", () => raw(nc, "$JS.API.STREAM.MSG.DELETE.ORDERS", ""));
+await step("get_deleted", async () => {
+  const m = await jsm.streams.getMessage("ORDERS", { seq: 3 });
+  return m ? sm(m) : null;
+});
+await step("info_after_delete", async () => state(await jsm.streams.info("ORDERS")));
+await step("purge_keep_1", async () => (await jsm.streams.purge("ORDERS", { keep: 1 })));
+await step("info_after_keep", async () => state(await jsm.streams.info("ORDERS")));
+await step("purge_seq_and_keep", () => raw(nc, "$JS.API.STREAM.PURGE.ORDERS", { seq: 2, keep: 1 }));
+await step("purge_missing", () => raw(nc, "$JS.API.STREAM.PURGE.MISSING", ""));
+await step("purge_all_typed", () => raw(nc, "$JS.API.STREAM.PURGE.TYPED", "",
+  (r) => ({ type: r.type, success: r.success, purged: r.purged })));
+await step("publish_after_purge", async () => (await js.publish("orders.eu.new", sc.encode("order 5"))).seq);
+await step("add_guarded", async () => {
+  const si = await jsm.streams.add({ name: "GUARDED", subjects: ["guarded"], deny_delete: true, deny_purge: true });
+  await js.publish("guarded", sc.encode("g"));
+  return config(si.config);
+});
+await step("purge_guarded", () => jsm.streams.purge("GUARDED"));
+await step("delete_guarded", () => jsm.streams.deleteMessage("GUARDED", 1));
+await step("purge_seq", async () => {
+  for (let i = 0; i < 3; i++) await js.publish("typed", sc.encode(`t${i}`));
+  const r = await jsm.streams.purge("TYPED", { seq: 3 });
+  return { purged: r.purged, state: state(await jsm.streams.info("TYPED")) };
+});
+await step("info_final", async () => state(await jsm.streams.info("ORDERS")));
+
 await nc.close();
 process.stdout.write(JSON.stringify(out) + "\n", () => process.exit(0));
