@@ -147,7 +147,7 @@ expected() {
 # it runs at the end, beside no other spec (its two passes one after the
 # other), so that the load of the others does not count against its
 # limits.
-ALONE="hostile_spec tls_hostile_spec"
+ALONE="hostile_spec tls_hostile_spec subscriptions_spec"
 alone() {
     case " $ALONE " in *" $(basename "$1" .lua) "*) return 0 ;; esac
     return 1
