@@ -826,6 +826,9 @@ cJSON *server_stats_object(server_t *s)
     NUM(o, "stale_connections", s->stats.stale_connections);
     NUM(o, "protocol_errors", s->stats.protocol_errors);
     NUM(o, "subscriptions", sublist_count(s->subs));
+    sublist_stats_t sl;
+    sublist_get_stats(s->subs, &sl);
+    NUM(o, "subscription_cache", sl.cache_entries);
 #undef NUM
     return o;
 }
