@@ -732,6 +732,8 @@ static size_t route(server_t *s, client_t *from, const char *to, size_t tolen, c
         log_error("out of memory matching subject, message dropped");
         return 0;
     }
+    /* A delivery may route again: the hold keeps r whole until the walk is over. */
+    sublist_result_hold(r);
     s->routing++;
     for (size_t i = 0; i < r->npsubs; i++) {
         sub_t *sub = r->psubs[i];
@@ -752,6 +754,7 @@ static size_t route(server_t *s, client_t *from, const char *to, size_t tolen, c
     if (delivered == 0 && m->reply && from && !(flags & ROUTE_HAS_RESPONDER) &&
         (from->flags & (CLIENT_NO_RESPONDERS | CLIENT_HEADERS)) == (CLIENT_NO_RESPONDERS | CLIENT_HEADERS))
         no_responders(s, from, m);
+    sublist_result_release(r);
     if (--s->routing == 0)
         settle(s);
     return delivered;
