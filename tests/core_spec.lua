@@ -133,6 +133,35 @@ describe("sublist", function()
     assert.are.equal(hits + 2, sl:stats().cache_hits)
   end)
 
+  it("keeps a held result's members while its subject's result is recomputed", function()
+    local sl = core.sublist()
+    local a = sl:insert("a.b")
+    sl:hold("a.b")
+    local b = sl:insert("a.b") -- the cached result is stale now
+    sl:hold("a.b") -- a new one: the held one is not rebuilt under its walk
+    assert.same({ a, b }, sl:held().plain)
+    sl:release()
+    assert.same({ a }, sl:held().plain)
+    sl:release()
+    local hits = sl:stats().cache_hits
+    assert.same({ a, b }, sl:match("a.b").plain) -- the new one is what the cache serves
+    assert.are.equal(hits + 1, sl:stats().cache_hits)
+  end)
+
+  it("keeps a held result when a full cache starts over", function()
+    local sl = core.sublist()
+    local a = sl:insert("f.1")
+    sl:hold("f.1")
+    for i = 2, 4096 do sl:match("f." .. i) end
+    assert.are.equal(4096, sl:stats().cache_entries)
+    sl:match("g.1") -- a miss with the cache full
+    assert.are.equal(1, sl:stats().cache_entries)
+    assert.same({ a }, sl:held().plain)
+    sl:release() -- frees it
+    assert.same({ a }, sl:match("f.1").plain) -- computed again
+    assert.are.equal(2, sl:stats().cache_entries)
+  end)
+
   it("recomputes every cached result once after a wildcard change", function()
     local sl = core.sublist()
     local a = sl:insert("a.b")

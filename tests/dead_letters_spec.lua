@@ -212,3 +212,71 @@ describe("a stream that cannot store", function()
     c:close()
   end)
 end)
+
+-- A +TERM ack routes its dead letter from inside the route of the ack:
+-- whatever the inner route does to the subscription index must leave the
+-- outer route's result and subscriptions whole.
+describe("a dead letter routed while its ack is being delivered", function()
+  local config = [[
+stream "orders" { subjects = { "order.>" } }
+consumer "w" { stream = "orders", deliver = "work.w", ack_wait = "60s", max_deliver = 5, dead_letter = "%s" }
+]]
+
+  -- Publishes order.1 and returns the ack subject of its delivery on work.w.
+  local function delivered(c)
+    c:sub("work.w", "1")
+    c:pub("order.1", "{}")
+    local m = assert(c:msg(5))
+    assert.are.equal("1", m.sid)
+    return assert(m.reply)
+  end
+
+  it("does not free the ack's cached result when its subject fills the cache", function()
+    local srv = start(config:format("dlq.w"))
+    local c = client(srv)
+    local ack = delivered(c)
+    -- the stats on this connection's own inbox, so that each request after
+    -- the first leaves the number of cached results as it was
+    c:sub("_INBOX.cache", "2")
+    local function cached()
+      c:pub("$TIDE.ADMIN.STATS", "", "_INBOX.cache")
+      local m = assert(c:msg(5))
+      return assert(json.decode(m.payload)).subscription_cache
+    end
+    cached()
+    local n = cached()
+    -- one short of full (SUBLIST_CACHE_MAX, 4,096 results): the ack's
+    -- subject fills the cache, and the dead letter's subject, never matched
+    -- before, finds it full and starts it over from inside the ack's route
+    local fill = {}
+    for i = 1, 4095 - n do fill[#fill + 1] = ("PUB fill.%d 0\r\n\r\n"):format(i) end
+    assert(c:send(table.concat(fill)))
+    assert.are.equal(4095, cached())
+    c:pub(ack, "+TERM")
+    assert(c:ping(), "the server did not survive the ack")
+    local info = admin(srv, "CONSUMER.INFO", "w")
+    assert.are.equal(1, info.terminated)
+    assert.are.equal(1, info.given_up)
+    c:close()
+  end)
+
+  it("does not free a subscription the ack's route has still to visit", function()
+    -- the dead letter's subject is one the ack's subscribers also match
+    local srv = start(config:format("$JS.ACK.orders.dead"))
+    local c = client(srv)
+    local ack = delivered(c)
+    -- after the server's own $JS.ACK.> in the ack's result, used up by the
+    -- dead letter (delivered once, then auto-unsubscribed)
+    c:sub("$JS.ACK.orders.>", "3")
+    c:send("UNSUB 3 1\r\n")
+    c:pub(ack, "+TERM")
+    local got = c:until_pong(5)
+    assert(got, "the server did not survive the ack")
+    -- the subscription took the dead letter, its one message, and not the ack
+    assert.are.equal(1, #got)
+    assert.are.equal("$JS.ACK.orders.dead", got[1].subject)
+    assert(c:ping())
+    assert.are.equal(1, admin(srv, "CONSUMER.INFO", "w").terminated)
+    c:close()
+  end)
+end)

@@ -7,6 +7,8 @@
  *     sl:insert(pattern [, queue]) -> handle    sl:remove(handle) -> bool
  *     sl:match(subject) -> { plain = {handle...}, groups = { {name=, members={handle...}}... } }
  *     sl:stats() -> { subs, cache_entries, matches, cache_hits }
+ *     sl:hold(subject): matches and holds the result (sublist_result_hold)
+ *     sl:held() -> the last held result, as from match;  sl:release()
  *   local p = core.parser([max_control_line [, max_payload]])
  *     p:feed(bytes) -> events, status, errtext
  *       events: list of {op="PUB", subject=, reply=, hdr=, payload=} ... ;
@@ -69,6 +71,8 @@ typedef struct lsublist {
     sublist_t *sl;
     sub_t **subs; /* handle h (1-based) is subs[h-1]; NULL once removed */
     size_t n, cap;
+    sublist_result_t *held[8]; /* sl:hold's, the last on top */
+    int nheld;
 } lsublist_t;
 
 static lsublist_t *check_sublist(lua_State *L)
@@ -101,6 +105,8 @@ static int l_sublist_gc(lua_State *L)
 {
     lsublist_t *u = luaL_checkudata(L, 1, SUBLIST_MT);
     if (u->sl) {
+        while (u->nheld)
+            sublist_result_release(u->held[--u->nheld]);
         sublist_free(u->sl);
         for (size_t i = 0; i < u->n; i++)
             if (u->subs[i])
@@ -162,16 +168,20 @@ static int l_sublist_remove(lua_State *L)
     return 1;
 }
 
-static int l_sublist_match(lua_State *L)
+static sublist_result_t *match_arg(lua_State *L, lsublist_t *u)
 {
-    lsublist_t *u = check_sublist(L);
     size_t n;
     const char *s = luaL_checklstring(L, 2, &n);
     if (!subject_valid_literal(s, n))
-        return luaL_error(L, "invalid subject '%s'", s);
+        luaL_error(L, "invalid subject '%s'", s);
     sublist_result_t *r = sublist_match(u->sl, s, n);
     if (!r)
-        return luaL_error(L, "out of memory");
+        luaL_error(L, "out of memory");
+    return r;
+}
+
+static int push_result(lua_State *L, const sublist_result_t *r)
+{
     lua_createtable(L, 0, 2);
     lua_createtable(L, (int)r->npsubs, 0);
     for (size_t i = 0; i < r->npsubs; i++) {
@@ -194,6 +204,40 @@ static int l_sublist_match(lua_State *L)
     }
     lua_setfield(L, -2, "groups");
     return 1;
+}
+
+static int l_sublist_match(lua_State *L)
+{
+    lsublist_t *u = check_sublist(L);
+    return push_result(L, match_arg(L, u));
+}
+
+static int l_sublist_hold(lua_State *L)
+{
+    lsublist_t *u = check_sublist(L);
+    if (u->nheld == (int)(sizeof u->held / sizeof u->held[0]))
+        return luaL_error(L, "too many holds");
+    sublist_result_t *r = match_arg(L, u);
+    sublist_result_hold(r);
+    u->held[u->nheld++] = r;
+    return 0;
+}
+
+static int l_sublist_held(lua_State *L)
+{
+    lsublist_t *u = check_sublist(L);
+    if (!u->nheld)
+        return luaL_error(L, "nothing held");
+    return push_result(L, u->held[u->nheld - 1]);
+}
+
+static int l_sublist_release(lua_State *L)
+{
+    lsublist_t *u = check_sublist(L);
+    if (!u->nheld)
+        return luaL_error(L, "nothing held");
+    sublist_result_release(u->held[--u->nheld]);
+    return 0;
 }
 
 static int l_sublist_stats(lua_State *L)
@@ -440,6 +484,9 @@ int luaopen_tide_core(lua_State *L)
                                                {"remove", l_sublist_remove},
                                                {"match", l_sublist_match},
                                                {"stats", l_sublist_stats},
+                                               {"hold", l_sublist_hold},
+                                               {"held", l_sublist_held},
+                                               {"release", l_sublist_release},
                                                {NULL, NULL}};
     static const luaL_Reg parser_methods[] = {{"feed", l_parser_feed}, {NULL, NULL}};
     static const luaL_Reg fns[] = {{"valid_pattern", l_valid_pattern},

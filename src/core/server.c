@@ -41,7 +41,7 @@ struct server {
     sublist_t *subs;
     client_t *clients;           /* live clients */
     client_t *dead;              /* closed, waiting for the reaper */
-    sub_t **expired;             /* auto-unsubscribed during a route, removed after it */
+    sub_t **expired;             /* auto-unsubscribed during a route, removed after the outermost */
     sub_t **internal;            /* subscriptions inside the server */
     size_t ninternal;
     size_t ngone;                /* of them, removed during a route (SUB_GONE) */
@@ -679,6 +679,22 @@ static void no_responders(server_t *s, client_t *from, const proto_msg_t *m)
 static size_t route(server_t *s, client_t *from, const char *to, size_t tolen, const proto_msg_t *m, int flags,
                     int *captured);
 
+/*
+ * Applies the removals that deliveries left for later (auto-unsubscribes,
+ * internal subscriptions dropped).  Only once the outermost route is over:
+ * a subscription used up by a route nested in a delivery (a dead letter
+ * routed from an ack) may be in the result an outer route is still walking.
+ */
+static void settle(server_t *s)
+{
+    while (s->nexpired) {
+        sub_t *sub = s->expired[--s->nexpired];
+        client_remove_sub(sub->owner, sub);
+    }
+    if (s->ngone)
+        sweep_internal(s);
+}
+
 size_t server_route(server_t *s, client_t *from, const proto_msg_t *m)
 {
     return server_route_flags(s, from, m, 0);
@@ -716,6 +732,8 @@ static size_t route(server_t *s, client_t *from, const char *to, size_t tolen, c
         log_error("out of memory matching subject, message dropped");
         return 0;
     }
+    /* A delivery may route again: the hold keeps r whole until the walk is over. */
+    sublist_result_hold(r);
     s->routing++;
     for (size_t i = 0; i < r->npsubs; i++) {
         sub_t *sub = r->psubs[i];
@@ -736,13 +754,9 @@ static size_t route(server_t *s, client_t *from, const char *to, size_t tolen, c
     if (delivered == 0 && m->reply && from && !(flags & ROUTE_HAS_RESPONDER) &&
         (from->flags & (CLIENT_NO_RESPONDERS | CLIENT_HEADERS)) == (CLIENT_NO_RESPONDERS | CLIENT_HEADERS))
         no_responders(s, from, m);
-    /* Auto-unsubscribes are applied now that no result is being walked. */
-    while (s->nexpired) {
-        sub_t *sub = s->expired[--s->nexpired];
-        client_remove_sub(sub->owner, sub);
-    }
-    if (--s->routing == 0 && s->ngone)
-        sweep_internal(s);
+    sublist_result_release(r);
+    if (--s->routing == 0)
+        settle(s);
     return delivered;
 }
 
@@ -815,6 +829,9 @@ cJSON *server_stats_object(server_t *s)
     NUM(o, "stale_connections", s->stats.stale_connections);
     NUM(o, "protocol_errors", s->stats.protocol_errors);
     NUM(o, "subscriptions", sublist_count(s->subs));
+    sublist_stats_t sl;
+    sublist_get_stats(s->subs, &sl);
+    NUM(o, "subscription_cache", sl.cache_entries);
 #undef NUM
     return o;
 }

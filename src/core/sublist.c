@@ -60,6 +60,21 @@ static void result_free(void *p)
     free(r);
 }
 
+void sublist_result_free(sublist_result_t *r)
+{
+    result_free(r);
+}
+
+/* Takes r out of the cache's hands: freed now, or by its last release. */
+static void result_drop(void *p)
+{
+    sublist_result_t *r = p;
+    if (r->holds)
+        r->dropped = 1;
+    else
+        result_free(r);
+}
+
 sublist_t *sublist_new(void)
 {
     sublist_t *sl = calloc(1, sizeof *sl);
@@ -113,7 +128,7 @@ void sublist_free(sublist_t *sl)
     if (!sl)
         return;
     node_destroy(&sl->root);
-    dict_clear(&sl->cache, result_free);
+    dict_clear(&sl->cache, result_drop);
     free(sl);
 }
 
@@ -413,28 +428,69 @@ static int result_build(sublist_t *sl, sublist_result_t *r, const char *subject,
     return 0;
 }
 
-/*
- * Recomputes the stale result r in place (its address is what the cache
- * holds).  Each queue group keeps its round-robin position, so that groups
- * whose subjects see subscriptions come and go still share messages out.
- */
+/* Each queue group of fresh takes the round-robin position of its namesake
+ * in old, so that groups whose subjects see subscriptions come and go still
+ * share messages out. */
+static void result_carry(sublist_result_t *fresh, const sublist_result_t *old)
+{
+    for (size_t i = 0; i < fresh->nqgroups; i++) {
+        sublist_qgroup_t *g = &fresh->qgroups[i];
+        for (size_t j = 0; j < old->nqgroups; j++) {
+            if (old->qgroups[j].name_len == g->name_len && memcmp(old->qgroups[j].name, g->name, g->name_len) == 0) {
+                g->next = old->qgroups[j].next;
+                break;
+            }
+        }
+    }
+}
+
+/* Recomputes the stale result r in place (its address is what the cache
+ * holds); only when no one holds it. */
 static int result_refresh(sublist_t *sl, sublist_result_t *r, const char *subject, size_t len)
 {
     sublist_result_t fresh = {0};
     if (result_build(sl, &fresh, subject, len) < 0)
         return -1;
-    for (size_t i = 0; i < fresh.nqgroups; i++) {
-        sublist_qgroup_t *g = &fresh.qgroups[i];
-        for (size_t j = 0; j < r->nqgroups; j++) {
-            if (r->qgroups[j].name_len == g->name_len && memcmp(r->qgroups[j].name, g->name, g->name_len) == 0) {
-                g->next = r->qgroups[j].next;
-                break;
-            }
-        }
-    }
+    result_carry(&fresh, r);
     result_clear(r);
     *r = fresh;
     return 0;
+}
+
+/*
+ * Computes a new result for subject and caches it.  held is the stale
+ * result it replaces, which someone is walking: dropped, not rebuilt.  On a
+ * miss (held NULL) a full cache starts over, dropping every result.
+ */
+static sublist_result_t *result_add(sublist_t *sl, sublist_result_t *held, const char *subject, size_t len)
+{
+    sublist_result_t *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    if (result_build(sl, r, subject, len) < 0)
+        goto fail;
+    if (!held && sl->cache.count >= SUBLIST_CACHE_MAX)
+        dict_clear(&sl->cache, result_drop);
+    if (dict_put(&sl->cache, subject, len, r) < 0)
+        goto fail;
+    if (held) {
+        result_carry(r, held);
+        held->dropped = 1;
+    }
+    return r;
+fail:
+    result_free(r);
+    return NULL;
+}
+
+/* sublist_match past the cache: r is the stale cached result, or NULL.  Out
+ * of line, so that a hit (the publish fast path) saves no registers for it. */
+static __attribute__((noinline)) sublist_result_t *match_slow(sublist_t *sl, sublist_result_t *r,
+                                                              const char *subject, size_t len)
+{
+    if (r && !r->holds)
+        return result_refresh(sl, r, subject, len) < 0 ? NULL : r;
+    return result_add(sl, r, subject, len);
 }
 
 sublist_result_t *sublist_match(sublist_t *sl, const char *subject, size_t len)
@@ -445,21 +501,7 @@ sublist_result_t *sublist_match(sublist_t *sl, const char *subject, size_t len)
         sl->st.cache_hits++;
         return r;
     }
-    if (r)
-        return result_refresh(sl, r, subject, len) < 0 ? NULL : r;
-    r = calloc(1, sizeof *r);
-    if (!r)
-        return NULL;
-    if (result_build(sl, r, subject, len) < 0)
-        goto fail;
-    if (sl->cache.count >= SUBLIST_CACHE_MAX)
-        dict_clear(&sl->cache, result_free);
-    if (dict_put(&sl->cache, subject, len, r) < 0)
-        goto fail;
-    return r;
-fail:
-    result_free(r);
-    return NULL;
+    return match_slow(sl, r, subject, len);
 }
 
 void sublist_get_stats(const sublist_t *sl, sublist_stats_t *out)

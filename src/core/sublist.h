@@ -11,10 +11,21 @@
  * cached result older than it stale.  A stale result is recomputed on its
  * next match (keeping its queue groups' round-robin positions).
  *
- * Results returned by sublist_match stay valid until the next sublist_match
- * (which may recompute or evict them) and point at subscriptions that the
- * caller must not free while walking the result (defer removals until the
- * walk is over).
+ * Walking a result.  A result returned by sublist_match is owned by the
+ * index and points at subscriptions the caller owns.  A later sublist_match
+ * may rebuild a stale result in place or, on a miss with the cache full,
+ * free every cached result.  So whoever walks a result while something else
+ * may match (a delivery that routes again, like a +TERM ack routing its
+ * dead letter) holds it for the walk: sublist_result_hold right after
+ * sublist_match, sublist_result_release after the last member.  A held
+ * result is never rebuilt or freed by the index: a match that finds it
+ * stale caches a new result in its place, and a full cache that starts
+ * over lets it go, and either way the last release frees it.  So a walk
+ * keeps the members it started with (only its queue groups' round-robin
+ * positions move).  Holds nest.  Inserting and removing subscriptions
+ * while a result is held is allowed, but a subscription removed then must
+ * not be freed before the release: the held result may still point at it.
+ * Without a hold, a result is valid only until the next sublist_match.
  */
 #ifndef TIDE_SUBLIST_H
 #define TIDE_SUBLIST_H
@@ -63,6 +74,8 @@ typedef struct sublist_result {
     sublist_qgroup_t *qgroups; /* each group gets a message once */
     size_t nqgroups;
     uint64_t gen; /* the index's: generation it was computed in, 0 = stale */
+    unsigned holds; /* walks under way (sublist_result_hold) */
+    int dropped;    /* let go by the cache while held: the last release frees it */
 } sublist_result_t;
 
 typedef struct sublist sublist_t;
@@ -82,9 +95,37 @@ int sublist_remove(sublist_t *sl, sub_t *sub);
 
 /*
  * Returns the subscriptions matching the literal `subject`.  Never NULL
- * except when out of memory.  Owned by the index (see the validity rule above).
+ * except when out of memory.  Owned by the index; how long it stays valid:
+ * see "Walking a result" above.
  */
 sublist_result_t *sublist_match(sublist_t *sl, const char *subject, size_t len);
+
+/* Holds the index for a walk over results: until the matching
+ * sublist_release, no result returned since is freed or changed (see above).
+ * Every hold must be released; holds nest.  O(1). */
+void sublist_hold(sublist_t *sl);
+
+/* Ends a hold; the last one frees the results replaced while held (so no
+ * result returned under the hold may be used after it). */
+void sublist_release(sublist_t *sl);
+
+/* Frees a result the cache let go; only for sublist_result_release. */
+void sublist_result_free(sublist_result_t *r);
+
+/* Holds r, just matched, for a walk: until the release, the index neither
+ * rebuilds nor frees it (see "Walking a result" above).  O(1). */
+static inline void sublist_result_hold(sublist_result_t *r)
+{
+    r->holds++;
+}
+
+/* Ends a hold of r; r must not be used after it (the last release frees a
+ * result the cache let go meanwhile). */
+static inline void sublist_result_release(sublist_result_t *r)
+{
+    if (--r->holds == 0 && r->dropped)
+        sublist_result_free(r);
+}
 
 /* Picks the next member of a queue group, round robin. */
 static inline sub_t *sublist_qgroup_pick(sublist_qgroup_t *g)
