@@ -225,7 +225,7 @@ static int push_upgraded(lua_State *L, state_t *st, durable_call_t *c, int i, ev
     *ev = event_push(L, &c->msgs[i], 0);
     int idx = lua_gettop(L);
     rule_t *failed;
-    if (script_upgrade_possible(st, &c->msgs[i]) && pipeline_run_upgraders(L, st, idx, &failed, 0) < 0) {
+    if (script_upgrade_possible(st, &c->msgs[i]) && pipeline_run_upgraders(L, st, idx, idx, &failed, 0) < 0) {
         stream_verdict_t nv = {VERDICT_NAK, -1, ""};
         char msg[3000];
         snprintf(nv.error, sizeof nv.error, "upgrade %s v%d (%s): %s", failed->pattern, (int)failed->from_version,
@@ -361,7 +361,7 @@ static int upgrade_entry(lua_State *L)
     int idx = lua_gettop(L);
     rule_t *failed;
     int rc = 0;
-    if (pipeline_run_upgraders(L, st, idx, &failed, 0) < 0) {
+    if (pipeline_run_upgraders(L, st, idx, idx, &failed, 0) < 0) {
         snprintf(err, 512, "upgrade %s v%d (%s): %s", failed->pattern, (int)failed->from_version, failed->where,
                  lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
         rc = -1;

@@ -835,6 +835,65 @@ static void set_member(lua_State *L, event_t *ev, const char *key, size_t klen, 
         luaL_error(L, "out of memory");
 }
 
+/* Member key of the event ev at idx when it is a string (kind 0) or an
+ * integer (kind 1), pushed; otherwise nothing is pushed and 0 returned.
+ * Reads as push_member does, without making proxies. */
+static int push_scalar_member(lua_State *L, int idx, event_t *ev, const char *key, size_t klen, int kind)
+{
+    if (ev->owner.tree) {
+        cJSON *v = json_object_get(ev->owner.tree->root, key, klen, 1);
+        if (kind == 0 && json_is_string(v))
+            json_push_string(L, v);
+        else if (kind == 1 && json_is_number(v))
+            json_push_number(L, v);
+        else
+            return 0;
+    } else {
+        uint32_t t = json_tape_member(&ev->owner, 0, key, klen);
+        if (t == JSON_NO_TOK || ev->owner.tape[t].type != (kind == 0 ? JSON_TOK_STRING : JSON_TOK_NUMBER))
+            return 0;
+        json_push_tok(L, &ev->owner, t, idx, 0);
+    }
+    if (kind == 1 && !lua_isinteger(L, -1)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    return 1;
+}
+
+void event_push_type_version(lua_State *L, int idx, lua_Integer *version)
+{
+    event_t *ev = check_live(L, idx);
+    idx = lua_absindex(L, idx);
+    decode(L, idx, ev);
+    *version = 1;
+    if (ev->mode == EVENT_RAW) {
+        lua_pushlstring(L, ev->subject, ev->subject_len);
+        return;
+    }
+    if (push_scalar_member(L, idx, ev, "version", 7, 1)) {
+        *version = lua_tointeger(L, -1);
+        lua_pop(L, 1);
+    }
+    if (!push_scalar_member(L, idx, ev, "type", 4, 0))
+        lua_pushlstring(L, ev->subject, ev->subject_len);
+}
+
+void event_set_version(lua_State *L, int idx, lua_Integer version)
+{
+    event_t *ev = check_live(L, idx);
+    idx = lua_absindex(L, idx);
+    decode(L, idx, ev);
+    tree_of(L, idx, ev); /* as a script's assignment: the tree first */
+    if (ev->mode == EVENT_RAW)
+        promote(L, idx, ev);
+    lua_pushinteger(L, version);
+    cJSON *v = json_from_lua(L, -1);
+    lua_pop(L, 1);
+    set_member(L, ev, "version", 7, v);
+    ev->owner.dirty = 1;
+}
+
 /* True when the kl bytes at k are the name lit. */
 #define KEY_IS(k, kl, lit) ((kl) == sizeof(lit) - 1 && memcmp((k), (lit), (kl)) == 0)
 

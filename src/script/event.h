@@ -114,6 +114,18 @@ event_t *event_test(lua_State *L, int idx);
 void event_bytes(lua_State *L, int idx, proto_msg_t *out);
 
 /*
+ * e.type and e.version of the event object at idx (not a handle), read as
+ * scripts read them but without the metatable: pushes the type (a string)
+ * and stores the version in *version.  For the upgrader chain.  Raises a
+ * Lua error when the event has ended or memory runs out.
+ */
+void event_push_type_version(lua_State *L, int idx, lua_Integer *version);
+
+/* e.version = version on the event object at idx, as a script's assignment
+ * does.  Raises a Lua error when the event has ended or memory runs out. */
+void event_set_version(lua_State *L, int idx, lua_Integer version);
+
+/*
  * Ends the event's life for scripts: later access raises an error (a
  * script may have kept `e` in a global).  Frees its tree, if it has one.
  */

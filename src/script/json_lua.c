@@ -740,9 +740,17 @@ static cJSON *from_lua(lua_State *L, int idx, int depth)
         break;
     case LUA_TNUMBER:
         if (lua_isinteger(L, idx)) {
-            char buf[32];
-            snprintf(buf, sizeof buf, "%lld", (long long)lua_tointeger(L, idx));
-            return raw_number(L, buf);
+            /* As "%lld" prints it, without printf's cost on the hot path. */
+            char buf[32], *p = buf + sizeof buf - 1;
+            lua_Integer i = lua_tointeger(L, idx);
+            unsigned long long u = i < 0 ? 0 - (unsigned long long)i : (unsigned long long)i;
+            *p = '\0';
+            do
+                *--p = (char)('0' + u % 10);
+            while ((u /= 10) != 0);
+            if (i < 0)
+                *--p = '-';
+            return raw_number(L, p);
         }
         return double_value(L, lua_tonumber(L, idx));
     case LUA_TSTRING: {

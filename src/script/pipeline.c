@@ -413,14 +413,21 @@ int script_upgrade_possible(state_t *st, const proto_msg_t *m)
 {
     if (!st->nkind[RULE_UPGRADE])
         return 0;
+    /* The subject first: it is the common case (a raw event's type is its
+     * subject) and costs no scan of the payload. */
+    for (size_t i = 0; i < st->nrules; i++) {
+        rule_t *r = st->rules[i];
+        if (r->kind == RULE_UPGRADE && r->pattern_len == m->subject_len &&
+            !memcmp(r->pattern, m->subject, m->subject_len))
+            return 1;
+    }
     if (memmem(m->payload, m->payload_len, "\\u", 2))
         return 1;
     for (size_t i = 0; i < st->nrules; i++) {
         rule_t *r = st->rules[i];
         if (r->kind != RULE_UPGRADE)
             continue;
-        if ((r->pattern_len == m->subject_len && !memcmp(r->pattern, m->subject, m->subject_len)) ||
-            memmem(m->payload, m->payload_len, r->pattern, r->pattern_len) ||
+        if (memmem(m->payload, m->payload_len, r->pattern, r->pattern_len) ||
             (m->hdr && memmem(m->hdr, m->hdr_len, r->pattern, r->pattern_len)))
             return 1;
     }
@@ -565,18 +572,40 @@ int script_call_rule_meta(state_t *st, rule_t *r, int ev_idx, int meta_idx)
     return rc;
 }
 
-int pipeline_run_upgraders(lua_State *L, state_t *st, int ev_idx, rule_t **failed, int td)
+/* The upgrader for (type, version), or NULL.  The key is the type's bytes
+ * up to a NUL, a NUL, and the version in decimal. */
+static rule_t *upgrader_for(state_t *st, const char *type, size_t tl, lua_Integer version)
+{
+    char key[600], digits[24];
+    size_t nd = 0;
+    unsigned long long u = version < 0 ? 0 - (unsigned long long)version : (unsigned long long)version;
+    const char *nul = memchr(type, '\0', tl);
+    if (nul)
+        tl = (size_t)(nul - type);
+    do
+        digits[nd++] = (char)('0' + u % 10);
+    while ((u /= 10) != 0);
+    if (version < 0)
+        digits[nd++] = '-';
+    if (tl + 1 + nd >= sizeof key)
+        return NULL;
+    memcpy(key, type, tl);
+    key[tl] = '\0';
+    for (size_t i = 0; i < nd; i++)
+        key[tl + 1 + i] = digits[nd - 1 - i];
+    return dict_get(&st->upgraders, key, tl + 1 + nd);
+}
+
+int pipeline_run_upgraders(lua_State *L, state_t *st, int obj_idx, int ev_idx, rule_t **failed, int td)
 {
     script_host_t *h = st->host;
     for (int step = 0; step < UPGRADE_CHAIN_MAX; step++) {
-        char key[600];
-        lua_getfield(L, ev_idx, "type");
-        lua_getfield(L, ev_idx, "version");
-        const char *type = lua_tostring(L, -2);
-        lua_Integer version = lua_tointeger(L, -1);
-        int kl = snprintf(key, sizeof key, "%s%c%lld", type ? type : "", 0, (long long)version);
-        lua_pop(L, 2);
-        rule_t *r = (kl > 0 && (size_t)kl < sizeof key) ? dict_get(&st->upgraders, key, (size_t)kl) : NULL;
+        size_t tl;
+        lua_Integer version;
+        event_push_type_version(L, obj_idx, &version);
+        const char *type = lua_tolstring(L, -1, &tl);
+        rule_t *r = upgrader_for(st, type, tl, version);
+        lua_pop(L, 1);
         if (!r)
             break;
         *failed = r;
@@ -589,12 +618,10 @@ int pipeline_run_upgraders(lua_State *L, state_t *st, int ev_idx, rule_t **faile
             return -1;
         }
         lua_pop(L, 1);
-        lua_getfield(L, ev_idx, "version");
-        if (lua_tointeger(L, -1) == r->from_version) {
-            lua_pushinteger(L, r->from_version + 1);
-            lua_setfield(L, ev_idx, "version");
-        }
+        event_push_type_version(L, obj_idx, &version);
         lua_pop(L, 1);
+        if (version == r->from_version)
+            event_set_version(L, obj_idx, r->from_version + 1);
         if (h->trace)
             tracef(h, td, "  upgrade  %s v%d -> v%d   %s   %.3f ms", r->pattern, (int)r->from_version,
                    (int)r->from_version + 1, r->where, h->last_call_ms);
@@ -907,7 +934,7 @@ int pipeline_run_event(lua_State *L)
     /* 1. upgraders, chained: each takes the event from version v to v + 1. */
     if (script_upgrade_possible(st, run->in)) {
         rule_t *failed;
-        if (pipeline_run_upgraders(L, st, e_idx, &failed, run->depth) < 0)
+        if (pipeline_run_upgraders(L, st, ev_idx, e_idx, &failed, run->depth) < 0)
             return fail_rule(L, run, "upgrade", failed);
     }
     /* The rules of the subject as it is now (an upgrader may have renamed

@@ -330,9 +330,10 @@ int script_upgrade_possible(state_t *st, const proto_msg_t *m);
 int script_call_rule(state_t *st, rule_t *r, int ev_idx);
 /* The same with a third argument (the value at meta_idx; 0: none). */
 int script_call_rule_meta(state_t *st, rule_t *r, int ev_idx, int meta_idx);
-/* Runs the upgraders on the event at ev_idx (trace lines at depth td).
- * 0, or -1 with the error pushed and *failed set. */
-int pipeline_run_upgraders(lua_State *L, state_t *st, int ev_idx, rule_t **failed, int td);
+/* Runs the upgraders on the event object at obj_idx, giving them ev_idx
+ * (the object or its handle) (trace lines at depth td).  0, or -1 with the
+ * error pushed and *failed set. */
+int pipeline_run_upgraders(lua_State *L, state_t *st, int obj_idx, int ev_idx, rule_t **failed, int td);
 /* Runs the events handlers published (ctx.publish) through the pipeline. */
 void script_drain(script_host_t *h);
 /* Makes the event at ev_idx the one ctx.publish correlates with (0: none). */
