@@ -599,15 +599,17 @@ static rule_t *upgrader_for(state_t *st, const char *type, size_t tl, lua_Intege
 int pipeline_run_upgraders(lua_State *L, state_t *st, int obj_idx, int ev_idx, rule_t **failed, int td)
 {
     script_host_t *h = st->host;
+    lua_Integer version;
+    /* The event's type and version: read once here, then after each
+     * upgrader (which may change both). */
+    event_push_type_version(L, obj_idx, &version);
     for (int step = 0; step < UPGRADE_CHAIN_MAX; step++) {
         size_t tl;
-        lua_Integer version;
-        event_push_type_version(L, obj_idx, &version);
         const char *type = lua_tolstring(L, -1, &tl);
         rule_t *r = upgrader_for(st, type, tl, version);
         lua_pop(L, 1);
         if (!r)
-            break;
+            return 0;
         *failed = r;
         if (script_call_rule(st, r, ev_idx) != LUA_OK)
             return -1;
@@ -619,13 +621,15 @@ int pipeline_run_upgraders(lua_State *L, state_t *st, int obj_idx, int ev_idx, r
         }
         lua_pop(L, 1);
         event_push_type_version(L, obj_idx, &version);
-        lua_pop(L, 1);
-        if (version == r->from_version)
-            event_set_version(L, obj_idx, r->from_version + 1);
+        if (version == r->from_version) {
+            version = r->from_version + 1;
+            event_set_version(L, obj_idx, version);
+        }
         if (h->trace)
             tracef(h, td, "  upgrade  %s v%d -> v%d   %s   %.3f ms", r->pattern, (int)r->from_version,
                    (int)r->from_version + 1, r->where, h->last_call_ms);
     }
+    lua_pop(L, 1);
     return 0;
 }
 
