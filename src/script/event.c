@@ -187,6 +187,10 @@ void event_expire_ptr(event_t *ev)
     if (ev->pooled_tape)
         tape_put(ev->pooled_tape);
     ev->pooled_tape = NULL;
+    if (ev->printing) {
+        free(ev->printing);
+        ev->printing = NULL;
+    }
     /* The tree goes now (its holder, if it has one, finds it empty once
      * collected), and so do the views of the payload. */
     json_owner_release(&ev->owner);
@@ -982,10 +986,21 @@ static void set_payload_top(lua_State *L, int idx, event_t *ev)
 /* Sets the payload to the JSON text of v (NULL prints as null). */
 static void set_payload_json(lua_State *L, int idx, event_t *ev, const cJSON *v)
 {
-    if (!v)
+    size_t n;
+    if (!v) {
         lua_pushliteral(L, "null");
-    else if (json_push_text(L, v) < 0)
-        luaL_error(L, "out of memory");
+    } else {
+        char *s = json_print(v, &n);
+        if (!s)
+            luaL_error(L, "out of memory");
+        /* Pushing may raise (out of memory), and every event is expired
+         * when its pipeline ends, error or not: held here, s is freed
+         * either way without a protected call per event. */
+        ev->printing = s;
+        lua_pushlstring(L, s, n);
+        ev->printing = NULL;
+        free(s);
+    }
     set_payload_top(L, idx, ev);
 }
 

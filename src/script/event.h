@@ -66,6 +66,7 @@ typedef struct event {
     size_t out_hdr_len;
     const char *out_payload;
     size_t out_payload_len;
+    char *printing; /* re-encoded text being made a Lua string: freed by event_expire_ptr if that raised */
 } event_t;
 
 /* Registers the event metatable.  Call once per Lua state. */
