@@ -53,6 +53,9 @@ upgrade("jump.ahead", 1, function(e)               -- sets the version itself
   return e
 end)
 upgrade("bad.upgrade", 1, function(e) return { not_the_event = true } end)
+upgrade("old.name", 1, function(e) e.type = "new.name" end) -- renames: the chain goes on as new.name
+upgrade("new.name", 2, function(e) e.data = "renamed" end)
+upgrade("raw.thing", 1, function(e) e.data = { seen = true } end) -- a raw event: its type is the subject
 
 -- filters ------------------------------------------------------------------
 filter("order.created", function(e) return e.data.amount > 100 end)
@@ -410,6 +413,19 @@ describe("upgraders", function()
     -- already at v2: untouched
     assert.are.equal(v2hdr, msgs[2].headers)
     assert.are.equal('{"firstName":"x"}', msgs[2].payload)
+    c:close()
+  end)
+
+  it("follow a type an upgrader renamed, and take the subject for a raw event or a type that is no string", function()
+    local c = listener("old.name", "raw.thing")
+    publish("old.name", '{"type":"old.name","data":1}')
+    publish("old.name", '{"type":5,"version":1,"data":1}')
+    publish("raw.thing", "plain text")
+    local msgs = received(c)
+    assert.are.equal(3, #msgs)
+    assert.are.equal('{"type":"new.name","data":"renamed","version":3}', msgs[1].payload)
+    assert.are.equal('{"type":"new.name","version":3,"data":"renamed"}', msgs[2].payload)
+    assert.are.equal('{"specversion":"1.0","type":"raw.thing","data":{"seen":true},"version":2}', msgs[3].payload)
     c:close()
   end)
 
