@@ -372,6 +372,170 @@ describe("auth with one shared token, against nats-server", function()
   end)
 end)
 
+-- A fresh user key pair from `tide nkey gen`: its seed file, public key.
+local function nkey_pair(dir, name)
+  local rc, out = h.sh(("'%s' nkey gen"):format(h.bin))
+  assert(rc == 0, out)
+  local seed, pub = out:match("^(SU%w+)\n(U%w+)\n$")
+  assert(seed, out)
+  local path = dir .. "/" .. name .. ".nk"
+  h.write_file(path, seed .. "\n")
+  return { seed = seed, pub = pub, file = path }
+end
+
+-- The signature of nonce by the seed in file, from `tide nkey sign`.
+local function nkey_sign(file, nonce)
+  local rc, out = h.sh(("'%s' nkey sign '%s' '%s'"):format(h.bin, file, nonce))
+  assert(rc == 0, out)
+  return (out:gsub("%s+$", ""))
+end
+
+describe("nkey login, against nats-server with the same configuration", function()
+  local dir, alice, bob, tide, nats
+  setup(function()
+    dir = h.make_tmpdir("nkey-auth")
+    alice, bob = nkey_pair(dir, "alice"), nkey_pair(dir, "bob")
+    -- A .creds file as `nsc` writes it; neither server is in operator
+    -- mode, so the JWT in it is sent but not looked at.
+    h.write_file(dir .. "/alice.creds", table.concat({
+      "-----BEGIN NATS USER JWT-----", "eyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.e30.c2ln",
+      "------END NATS USER JWT------", "", "-----BEGIN USER NKEY SEED-----", alice.seed,
+      "------END USER NKEY SEED------", "" }, "\n"))
+    tide = h.start_scripted(([[
+auth { users = {
+  { nkey = %q, permissions = { publish = { allow = { "orders.>" } } } },
+  { user = "u", password = "p" },
+} }
+]]):format(alice.pub))
+    nats = start_nats(([[
+authorization { users = [
+  { nkey: %s, permissions: { publish: { allow: ["orders.>"] } } }
+  { user: u, password: p }
+] }
+]]):format(alice.pub))
+  end)
+  teardown(function()
+    stop_all({ tide, nats })
+    h.remove_tmpdir(dir)
+  end)
+
+  -- What a client that logs in with CONNECT fields made by sign(nonce) sees.
+  local function nkey_case(port, fields, after)
+    local c = h.connect(port)
+    local nonce = json.decode(c.info).nonce
+    local msg = { verbose = false }
+    for k, v in pairs(fields(nonce)) do msg[k] = v end
+    c:send("CONNECT " .. json.encode(msg) .. "\r\n" .. (after or ""))
+    return answers(c)
+  end
+
+  local cases = {
+    { name = "the nonce signed by a configured key; its permissions hold",
+      expect = { "-ERR 'Permissions Violation for Publish to \"shipping.a\"'" },
+      fields = function(nonce) return { nkey = alice.pub, sig = nkey_sign(alice.file, nonce) } end,
+      after = "PUB orders.a 1\r\nx\r\nPUB shipping.a 1\r\nx\r\n" },
+    { name = "a nonce of another connection", expect = { "-ERR 'Authorization Violation'", "<closed>" },
+      fields = function() return { nkey = alice.pub, sig = nkey_sign(alice.file, "AAAAAAAAAAAAAAA") } end },
+    { name = "a key that is not configured, signing right",
+      expect = { "-ERR 'Authorization Violation'", "<closed>" },
+      fields = function(nonce) return { nkey = bob.pub, sig = nkey_sign(bob.file, nonce) } end },
+    { name = "the configured key, signed by another seed",
+      expect = { "-ERR 'Authorization Violation'", "<closed>" },
+      fields = function(nonce) return { nkey = alice.pub, sig = nkey_sign(bob.file, nonce) } end },
+    { name = "the configured key, no signature", expect = { "-ERR 'Authorization Violation'", "<closed>" },
+      fields = function() return { nkey = alice.pub } end },
+    { name = "a password user beside nkey users", expect = {},
+      fields = function() return { user = "u", pass = "p" } end },
+  }
+  for _, case in ipairs(cases) do
+    it(case.name, function()
+      local want = nkey_case(nats.port, case.fields, case.after)
+      local got = nkey_case(tide.port, case.fields, case.after)
+      assert.are.same(case.expect, want, "nats-server answered otherwise than this test expects")
+      assert.are.same(want, got)
+    end)
+  end
+
+  it("sends each connection its own nonce of 15 characters", function()
+    for _, srv in ipairs({ nats, tide }) do
+      local a, b = h.connect(srv.port), h.connect(srv.port)
+      local na, nb = json.decode(a.info).nonce, json.decode(b.info).nonce
+      a:close()
+      b:close()
+      assert.are.equal(15, #na)
+      assert.are.equal(15, #nb)
+      assert.are_not.equal(na, nb)
+    end
+    -- Without nkey users there is nothing to sign.
+    local plain = h.start_scripted([[ auth { users = { { user = "u", password = "p" } } } ]])
+    local d = h.connect(plain.port)
+    d:close()
+    stop_all({ plain })
+    assert.is_nil(json.decode(d.info).nonce)
+  end)
+
+  it("lets nats.js in with nkeyAuthenticator and credsAuthenticator, refuses a wrong seed", function()
+    local ok, npm_out = h.npm_ready()
+    assert(ok, "npm ci failed:\n" .. tostring(npm_out))
+    local runs = {
+      { { nkeySeed = alice.seed }, "connected\nclosed\n" },
+      { { credsFile = dir .. "/alice.creds" }, "connected\nclosed\n" },
+      { { nkeySeed = alice.seed, pub = "shipping.a" }, "connected\nstatus error PERMISSIONS_VIOLATION\nclosed\n" },
+      { { nkeySeed = bob.seed }, "error AUTHORIZATION_VIOLATION\n" },
+    }
+    for _, r in ipairs(runs) do
+      for _, srv in ipairs({ nats, tide }) do
+        local rc, out = h.sh(("cd '%s' && timeout 20 node auth.mjs %d '%s'"):format(NODE_DIR, srv.port,
+          json.encode(r[1])))
+        assert(rc == 0, out)
+        assert.are.equal(r[2], out, (srv == tide and "tide: " or "nats-server: ") .. json.encode(r[1]))
+      end
+    end
+  end)
+
+  it("shows rules the public key as e.client.user; a reload that removes the key closes its client", function()
+    local conf = [[
+auth { users = { %s { user = "w", password = "w" } } }
+on("who.>", function(e, ctx) ctx.publish("saw.who", { user = e.client.user }) end)
+]]
+    local srv = h.start_scripted(conf:format(("{ nkey = %q },"):format(alice.pub)))
+    local ok, err = pcall(function()
+      local watch = login(srv.port, "w", "w")
+      watch:sub("saw.who", "1")
+      assert.are.same({}, answers(watch))
+      local c = h.connect(srv.port)
+      local nonce = json.decode(c.info).nonce
+      c:send("CONNECT " .. json.encode({ nkey = alice.pub, sig = nkey_sign(alice.file, nonce) }) .. "\r\n")
+      c:send("PUB who.a 2\r\n{}\r\n")
+      assert.are.same({}, answers(c))
+      local m = assert(watch:msg())
+      assert.are.equal(alice.pub, json.decode(m.payload).data.user)
+      local before = select(2, srv:log():gsub("Reloaded scripts", ""))
+      h.write_file(srv.config, conf:format(""))
+      assert(h.wait_until(function() return select(2, srv:log():gsub("Reloaded scripts", "")) > before end, 10))
+      assert.are.same({ "-ERR 'Authorization Violation'", "<closed>" }, answers(c))
+      assert.are.same({}, answers(watch))
+    end)
+    stop_all({ srv })
+    assert(ok, err)
+  end)
+
+  it("lets libnats in with natsOptions_SetNKeyFromSeed, refuses a wrong seed", function()
+    build_auth_c()
+    local runs = {
+      { ("nkey %s %s"):format(alice.pub, alice.file), "connected\n" },
+      { ("nkey %s %s"):format(alice.pub, bob.file), "error Authentication Violation\n" },
+      { ("nkey %s %s"):format(bob.pub, bob.file), "error Authentication Violation\n" },
+    }
+    for _, r in ipairs(runs) do
+      for _, srv in ipairs({ nats, tide }) do
+        local _, out = h.sh(("timeout 20 '%s/build/auth_c' %d %s"):format(h.root, srv.port, r[1]))
+        assert.are.equal(r[2], out, (srv == tide and "tide: " or "nats-server: ") .. r[1])
+      end
+    end
+  end)
+end)
+
 describe("auth { } in the entry file", function()
   local function check(text)
     local dir = h.make_tmpdir("tide-authcheck")
@@ -464,19 +628,6 @@ describe("auth, what tide adds", function()
       assert.are.equal(602, #got)
       for _, m in ipairs(got) do assert.is_nil(m.subject:find("internal", 1, true)) end
       assert.are.same({}, answers(watch))
-    end)
-    stop_all({ srv })
-    assert(ok, err)
-  end)
-
-  it("takes nkey users in its table, but lets none log in until their signatures are checked", function()
-    local nk = "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4"
-    local srv = h.start_scripted(([[ auth { users = { { nkey = %q }, { user = "u", password = "p" } } } ]]):format(nk))
-    local ok, err = pcall(function()
-      local c = h.connect(srv.port)
-      c:send("CONNECT " .. json.encode({ nkey = nk, sig = "AAAA" }) .. "\r\n")
-      assert.are.same({ "-ERR 'Authorization Violation'", "<closed>" }, answers(c))
-      login(srv.port, "u", "p"):close()
     end)
     stop_all({ srv })
     assert(ok, err)
