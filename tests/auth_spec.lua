@@ -536,6 +536,97 @@ on("who.>", function(e, ctx) ctx.publish("saw.who", { user = e.client.user }) en
   end)
 end)
 
+describe("the command-line clients with auth", function()
+  local dir, ops_key, srv, tok
+  setup(function()
+    dir = h.make_tmpdir("cli-auth")
+    ops_key = nkey_pair(dir, "ops")
+    srv = h.start_scripted(([[
+admin { eval = true }
+auth { users = {
+  { user = "ops", password = %q, admin = true },
+  { nkey = %q, admin = true },
+  { user = "shop", password = "shop pw", permissions = { publish = { allow = { "orders.>" } } } },
+} }
+]]):format(hash("ops:pw@1"), ops_key.pub))
+    tok = h.start_scripted([[ auth { token = "t0k" } ]])
+  end)
+  teardown(function()
+    stop_all({ srv, tok })
+    h.remove_tmpdir(dir)
+  end)
+
+  local function tide(args)
+    local rc, out = h.sh(("timeout 20 '%s' %s 2>&1"):format(h.bin, args))
+    return rc, out
+  end
+
+  it("tide stats: as admin by password, URL or nkey; refused clearly otherwise, exit 1", function()
+    local addr = "127.0.0.1:" .. srv.port
+    for _, how in ipairs({ "-s " .. addr .. " --user ops --password 'ops:pw@1'",
+                           "-s nats://ops:ops%3Apw%401@" .. addr,
+                           "-s " .. addr .. " --nkey '" .. ops_key.file .. "'" }) do
+      local rc, out = tide("stats " .. how)
+      assert.are.equal(0, rc, how .. "\n" .. out)
+      assert.truthy(out:find("server_id", 1, true), out)
+    end
+    local rc, out = tide(("stats -s %s --user shop --password 'shop pw'"):format(addr))
+    assert.are.equal(1, rc)
+    assert.truthy(out:find([[Permissions Violation for Publish to "$TIDE.ADMIN.STATS"]], 1, true), out)
+    assert.truthy(out:find("admin = true", 1, true), out)
+    for _, how in ipairs({ "", "--user ops --password wrong", "--user ghost --password x" }) do
+      rc, out = tide(("stats -s %s %s"):format(addr, how))
+      assert.are.equal(1, rc, how)
+      assert.truthy(out:find("'Authorization Violation'", 1, true), out)
+      assert.truthy(out:find("--user U --password P", 1, true), out)
+    end
+    -- A token client is in (it gets as far as the admin check: a token
+    -- has no admin user), a wrong token is not.
+    for _, how in ipairs({ "-s nats://t0k@127.0.0.1:" .. tok.port, "-s 127.0.0.1:" .. tok.port .. " --token t0k" }) do
+      rc, out = tide(("pub %s x.y 1"):format(how))
+      assert.are.equal(0, rc, out)
+      rc, out = tide(("stats %s"):format(how))
+      assert.are.equal(1, rc, out)
+      assert.truthy(out:find("admin = true", 1, true), out)
+    end
+    rc, out = tide(("pub -s 127.0.0.1:%d --token nope x.y 1"):format(tok.port))
+    assert.are.equal(1, rc, out)
+    assert.truthy(out:find("'Authorization Violation'", 1, true), out)
+  end)
+
+  it("tide pub, rules and stream: a user's permissions, with the server's words", function()
+    local addr = "127.0.0.1:" .. srv.port
+    local rc, out = tide(("pub -s %s --user shop --password 'shop pw' orders.a x"):format(addr))
+    assert.are.equal(0, rc, out)
+    rc, out = tide(("pub -s %s --user shop --password 'shop pw' shipping.a x"):format(addr))
+    assert.are.equal(1, rc, out)
+    assert.truthy(out:find([[not permitted: 'Permissions Violation for Publish to "shipping.a"']], 1, true), out)
+    rc, out = tide(("rules -s %s --nkey '%s'"):format(addr, ops_key.file))
+    assert.are.equal(0, rc, out)
+    rc, out = tide(("stream ls -s %s --user shop --password 'shop pw'"):format(addr))
+    assert.are.equal(1, rc, out)
+    assert.truthy(out:find([[Publish to "$TIDE.ADMIN.STREAM.LS"]], 1, true), out)
+    rc, out = tide(("stream ls -s %s --nkey '%s'"):format(addr, dir .. "/missing.nk"))
+    assert.are.equal(1, rc, out)
+    assert.truthy(out:find("missing.nk", 1, true), out)
+  end)
+
+  it("tide repl --connect: as admin it runs lines on the node; without credentials it is refused", function()
+    h.write_file(dir .. "/in.txt", "20 + 22\n")
+    local rc, out = tide(("repl --connect 127.0.0.1:%d --user ops --password 'ops:pw@1' < '%s'"):format(srv.port,
+      dir .. "/in.txt"))
+    assert.are.equal(0, rc, out)
+    assert.truthy(out:find("42", 1, true), out)
+    rc, out = tide(("repl --nkey '%s' --connect 127.0.0.1:%d < '%s'"):format(ops_key.file, srv.port, dir .. "/in.txt"))
+    assert.are.equal(0, rc, out)
+    assert.truthy(out:find("42", 1, true), out)
+    rc, out = tide(("repl --connect 127.0.0.1:%d < '%s'"):format(srv.port, dir .. "/in.txt"))
+    assert.are.equal(1, rc, out)
+    assert.truthy(out:find("'Authorization Violation'", 1, true), out)
+    assert.falsy(out:find("42", 1, true), out)
+  end)
+end)
+
 describe("auth { } in the entry file", function()
   local function check(text)
     local dir = h.make_tmpdir("tide-authcheck")
