@@ -627,6 +627,158 @@ auth { users = {
   end)
 end)
 
+describe("the HTTP listener with auth", function()
+  local srv, tok, hport, tport, watch
+  local SLOW_HASH -- cost 13: a check takes long enough to tell a remembered one
+  setup(function()
+    SLOW_HASH = hash("slow pw", 13)
+    hport, tport = h.free_port(), h.free_port()
+    srv = h.start_scripted(([[
+auth { users = {
+  { user = "ops", password = "opspw", admin = true },
+  { user = "shop", password = %q,
+    permissions = { publish = { allow = { "orders.>" } }, subscribe = { allow = { "orders.>" }, deny = { "orders.secret.>" } } } },
+  { user = "slow", password = %q },
+  { user = "all", password = "allpw" },
+} }
+]]):format(SHOP_HASH, SLOW_HASH), { args = { "--http", "127.0.0.1:" .. hport } })
+    tok = h.start_scripted([[ auth { token = "t0k" } ]], { args = { "--http", "127.0.0.1:" .. tport } })
+    watch = login(srv.port, "all", "allpw")
+    watch:sub(">", "1")
+    assert.are.same({}, answers(watch))
+  end)
+  teardown(function()
+    watch:close()
+    stop_all({ srv, tok })
+  end)
+
+  -- status, body and the WWW-Authenticate header of one request.
+  local function req(port, path, args)
+    local rc, out = h.sh(("curl -s -i --max-time 20 %s 'http://127.0.0.1:%d%s'"):format(args or "", port, path))
+    assert(rc == 0 or rc == 28, out)
+    local code = tonumber(out:match("^HTTP/1%.1 (%d+)"))
+    return code, out:match("\r\n\r\n(.*)$") or "", out:match("\r\n[Ww][Ww][Ww]%-[Aa]uthenticate: ([^\r]*)")
+  end
+  local function publish(user_pass, subject)
+    return req(hport, "/v1/publish/" .. subject,
+      ("-u '%s' -X POST -H 'Content-Type: application/json' -d '{\"n\":1}'"):format(user_pass))
+  end
+
+  it("wants a user for everything but GET /healthz: 401 with a Basic challenge", function()
+    assert.are.equal(200, (req(hport, "/healthz")))
+    for _, path in ipairs({ "/metrics", "/readyz", "/v1/stats", "/v1/rules", "/v1/tail?subject=orders.a" }) do
+      local code, body, challenge = req(hport, path)
+      assert.are.equal(401, code, path)
+      assert.are.equal('Basic realm="tide"', challenge, path)
+      assert.truthy(body:find("Authorization Violation", 1, true), body)
+    end
+    for _, how in ipairs({ "-u ops:wrong", "-u ghost:opspw", "-H 'Authorization: Bearer opspw'",
+                           "-H 'Authorization: Basic !!!!'" }) do
+      assert.are.equal(401, (req(hport, "/metrics", how)), how)
+    end
+    assert.are.equal(401, (publish("shop:wrong", "orders.a")))
+    assert.are.equal(200, (req(hport, "/metrics", "-u ops:opspw")))
+    assert.are.equal(200, (req(hport, "/metrics", "-u 'shop:shoppw'")))
+    assert.are.equal(200, (req(hport, "/readyz", "-u all:allpw")))
+  end)
+
+  it("keeps the views of admin requests for admin users", function()
+    for _, path in ipairs({ "/v1/stats", "/v1/rules", "/v1/streams", "/v1/consumers" }) do
+      assert.are.equal(200, (req(hport, path, "-u ops:opspw")), path)
+      local code, body = req(hport, path, "-u all:allpw")
+      assert.are.equal(403, code, path)
+      assert.truthy(body:find("admin = true", 1, true), body)
+    end
+  end)
+
+  it("holds posts to the user's publish permissions, as NATS publishes", function()
+    local code, body = publish("shop:shoppw", "orders.a")
+    assert.are.equal(202, code, body)
+    code, body = publish("shop:shoppw", "shipping.a")
+    assert.are.equal(403, code, body)
+    assert.truthy(body:find([[Permissions Violation for Publish to \"shipping.a\"]], 1, true), body)
+    code = publish("ops:opspw", "shipping.b")
+    assert.are.equal(202, code)
+    local got = {}
+    for _, l in ipairs(answers(watch)) do got[#got + 1] = l:match("^MSG (%S+)") end
+    assert.are.same({ "orders.a", "shipping.b" }, got)
+  end)
+
+  it("holds tails to the user's subscribe permissions", function()
+    local code, body = req(hport, "/v1/tail?subject=shipping.>", "-u shop:shoppw")
+    assert.are.equal(403, code)
+    assert.truthy(body:find([[Permissions Violation for Subscription to \"shipping.>\"]], 1, true), body)
+    -- A wildcard tail does not show what the user's deny covers.
+    local out = h.make_tmpdir("tail") .. "/out"
+    local pid = h.proc.spawn({ "/bin/sh", "-c", ("exec curl -s -N --max-time 3 -u shop:shoppw " ..
+      "'http://127.0.0.1:%d/v1/tail?subject=orders.>'"):format(hport) }, out)
+    assert(h.wait_until(function() local f = io.open(out) local t = f and f:read("a") or "" if f then f:close() end
+      return t:find("tail of", 1, true) end, 5))
+    watch:send("PUB orders.secret.x 1\r\n1\r\nPUB orders.open.x 1\r\n2\r\n")
+    assert.are.same({ "MSG orders.secret.x 1", "MSG orders.open.x 2" }, answers(watch))
+    h.proc.wait(pid, 10)
+    local f = assert(io.open(out))
+    local text = f:read("a")
+    f:close()
+    assert.truthy(text:find("orders.open.x", 1, true), text)
+    assert.falsy(text:find("orders.secret.x", 1, true), text)
+  end)
+
+  it("takes the token as Bearer, and challenges with Bearer", function()
+    assert.are.equal(200, (req(tport, "/metrics", "-H 'Authorization: Bearer t0k'")))
+    local code, _, challenge = req(tport, "/metrics", "-H 'Authorization: Bearer t0K'")
+    assert.are.equal(401, code)
+    assert.are.equal('Bearer realm="tide"', challenge)
+    assert.are.equal(401, (req(tport, "/metrics", "-u t0k:t0k")))
+  end)
+
+  it("checks a bcrypt password off the loop, and remembers one that passed", function()
+    -- Wrong passwords at cost 13 (each check about half a second of CPU
+    -- or more): the loop answers NATS PINGs meanwhile.
+    local pids = {}
+    local dir = h.make_tmpdir("http-storm")
+    for i = 1, 4 do
+      pids[i] = h.proc.spawn({ "/bin/sh", "-c", ("exec curl -s -o /dev/null -w '%%{http_code}' --max-time 60 " ..
+        "-u 'slow:nope%d' 'http://127.0.0.1:%d/metrics'"):format(i, hport) }, dir .. "/c" .. i)
+    end
+    h.proc.sleep(0.1)
+    local times = {}
+    for _ = 1, 20 do
+      local p0 = h.proc.now()
+      watch:ping(5)
+      times[#times + 1] = (h.proc.now() - p0) * 1000
+      h.proc.sleep(0.05)
+    end
+    for i = 1, 4 do h.proc.wait(pids[i], 60) end
+    for i = 1, 4 do
+      local f = assert(io.open(dir .. "/c" .. i))
+      assert.are.equal("401", f:read("a"))
+      f:close()
+    end
+    table.sort(times)
+    -- On the loop, each PING would wait behind a check of 500 ms or more.
+    assert.is_true(times[#times // 2 + 1] < 50, ("median PING %.1f ms"):format(times[#times // 2 + 1]))
+    -- The first right password is checked (slow); the next requests are not.
+    local t0 = h.proc.now()
+    assert.are.equal(200, (req(hport, "/metrics", "-u 'slow:slow pw'")))
+    local first = h.proc.now() - t0
+    t0 = h.proc.now()
+    for _ = 1, 5 do assert.are.equal(200, (req(hport, "/metrics", "-u 'slow:slow pw'"))) end
+    local next5 = h.proc.now() - t0
+    print(("\n  HTTP Basic at bcrypt cost 13: first request %.0f ms, the next five %.0f ms in all"):format(
+      first * 1000, next5 * 1000))
+    assert.is_true(next5 < first, ("five remembered checks took %.3f s, the first %.3f s"):format(next5, first))
+    -- A remembered check does not outlive a changed password.
+    local before = select(2, srv:log():gsub("Reloaded scripts", ""))
+    local conf = io.open(srv.config):read("a")
+    h.write_file(srv.config, (conf:gsub(SLOW_HASH:gsub("%p", "%%%0"), (hash("new pw"):gsub("%%", "%%%%")))))
+    assert(h.wait_until(function() return select(2, srv:log():gsub("Reloaded scripts", "")) > before end, 10))
+    assert.are.equal(401, (req(hport, "/metrics", "-u 'slow:slow pw'")))
+    assert.are.equal(200, (req(hport, "/metrics", "-u 'slow:new pw'")))
+    h.remove_tmpdir(dir)
+  end)
+end)
+
 describe("auth { } in the entry file", function()
   local function check(text)
     local dir = h.make_tmpdir("tide-authcheck")

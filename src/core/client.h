@@ -209,9 +209,7 @@ int server_output_over(server_t *s, client_t *c);
 void client_cut_slow(client_t *c, const char *why);
 void server_schedule_free(server_t *s, client_t *c);
 void server_build_info(server_t *s, client_t *c, char *out, size_t outsz);
-/* The auth in force (NULL: none) and the password checker (started on
- * first use; NULL when it cannot start). */
-const struct auth_config *server_auth(const server_t *s);
+/* The password checker (started on first use; NULL when it cannot start). */
 struct authq *server_authq(server_t *s);
 void server_unlink_client(server_t *s, client_t *c);
 
