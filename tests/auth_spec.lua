@@ -1233,6 +1233,63 @@ describe("e.client in rules", function()
   end)
 end)
 
+describe("e.client of test events", function()
+  local FLOW = [[
+filter("orders.>", function(e) return e.client.user == "shop" or (e.data.total or 0) <= 10000 end)
+on("orders.>", function(e, ctx)
+  local c = e.client
+  ctx.publish("seen." .. e.subject, { user = c.user or "(none)", id = c.id, addr = c.addr or "(none)", tls = c.tls })
+end)
+]]
+  local dir
+  before_each(function() dir = h.make_tmpdir("test-identity") end)
+  after_each(function() h.remove_tmpdir(dir) end)
+
+  it("is what a 'client' field of a tide run input line says, and nobody without it", function()
+    h.write_file(dir .. "/flow.lua", FLOW)
+    h.write_file(dir .. "/in.jsonl", table.concat({
+      '{"subject":"orders.a","data":{"total":20000},"client":{"user":"shop","id":7,"addr":"10.0.0.1:5000","tls":true}}',
+      '{"subject":"orders.b","data":{"total":20000},"client":{"user":"other"}}',
+      '{"subject":"orders.c","data":{"total":5}}',
+      "" }, "\n"))
+    local rc, out = h.sh(("'%s' run '%s/flow.lua' --events '%s/in.jsonl' 2>&1"):format(h.bin, dir, dir))
+    assert.are.equal(0, rc, out)
+    local seen = {}
+    for line in out:gmatch("[^\n]+") do
+      local v = json.decode(line)
+      if v.subject:match("^seen%.") then seen[v.subject] = v.event.data end
+    end
+    assert.are.same({
+      ["seen.orders.a"] = { user = "shop", id = 7, addr = "10.0.0.1:5000", tls = true },
+      ["seen.orders.c"] = { user = "(none)", id = 0, addr = "(none)", tls = false },
+    }, seen)
+    h.write_file(dir .. "/bad.jsonl", '{"subject":"orders.a","data":{},"client":{"name":"x"}}\n')
+    rc, out = h.sh(("'%s' run '%s/flow.lua' --events '%s/bad.jsonl' 2>&1"):format(h.bin, dir, dir))
+    assert.are.equal(2, rc, out)
+    assert.truthy(out:find("bad.jsonl:1", 1, true), out)
+    assert.truthy(out:find("not 'name'", 1, true), out)
+  end)
+
+  it("is what pub()'s fourth argument says at the prompt", function()
+    h.write_file(dir .. "/flow.lua", FLOW)
+    h.write_file(dir .. "/in.txt", table.concat({
+      'sub("seen.>")',
+      'pub("orders.a", { total = 20000 }, nil, { user = "shop", id = 3 })',
+      'pub("orders.b", { total = 20000 }, { ["x-h"] = "1" }, { user = "other" })',
+      'pub("orders.c", { total = 1 })',
+      'pub("orders.d", {}, nil, { nope = 1 })',
+      "" }, "\n"))
+    local rc, out = h.sh(("cd '%s' && TIDE_HISTORY='%s/history' '%s' repl -c flow.lua < in.txt 2>&1"):format(dir, dir,
+      h.bin))
+    assert.are.equal(0, rc, out)
+    assert.truthy(out:find('"user":"shop"', 1, true), out)
+    assert.truthy(out:find('"id":3', 1, true), out)
+    assert.truthy(out:find('"user":"(none)"', 1, true), out)
+    assert.falsy(out:find('"user":"other"', 1, true), out)
+    assert.truthy(out:find("not 'nope'", 1, true), out)
+  end)
+end)
+
 describe("tide serve beyond loopback", function()
   -- 192.0.2.1 (TEST-NET-1, RFC 5737) is an address of no machine: tide
   -- either refuses before binding, or gets past the check and fails to
