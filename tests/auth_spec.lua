@@ -709,7 +709,8 @@ auth { users = {
     assert.are.equal(403, code)
     assert.truthy(body:find([[Permissions Violation for Subscription to \"shipping.>\"]], 1, true), body)
     -- A wildcard tail does not show what the user's deny covers.
-    local out = h.make_tmpdir("tail") .. "/out"
+    local tdir = h.make_tmpdir("tail")
+    local out = tdir .. "/out"
     local pid = h.proc.spawn({ "/bin/sh", "-c", ("exec curl -s -N --max-time 3 -u shop:shoppw " ..
       "'http://127.0.0.1:%d/v1/tail?subject=orders.>'"):format(hport) }, out)
     assert(h.wait_until(function() local f = io.open(out) local t = f and f:read("a") or "" if f then f:close() end
@@ -722,6 +723,7 @@ auth { users = {
     f:close()
     assert.truthy(text:find("orders.open.x", 1, true), text)
     assert.falsy(text:find("orders.secret.x", 1, true), text)
+    h.remove_tmpdir(tdir)
   end)
 
   it("takes the token as Bearer, and challenges with Bearer", function()
