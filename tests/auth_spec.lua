@@ -878,6 +878,24 @@ describe("auth, what tide adds", function()
     assert(ok, err)
   end)
 
+  it("forgets the publish decisions it remembered when a reload changes the permissions", function()
+    local conf = [[ auth { users = { { user = "p", password = "p", permissions = { publish = { %s } } } } } ]]
+    local srv = h.start_scripted(conf:format('"orders.>"'))
+    local ok, err = pcall(function()
+      local c = login(srv.port, "p", "p")
+      c:send("PUB orders.a 1\r\nx\r\nPUB orders.a 1\r\nx\r\nPUB orders.b 1\r\nx\r\nPUB orders.a 1\r\nx\r\n")
+      assert.are.same({}, answers(c))
+      local before = select(2, srv:log():gsub("Reloaded scripts", ""))
+      h.write_file(srv.config, conf:format('"shipping.>"'))
+      assert(h.wait_until(function() return select(2, srv:log():gsub("Reloaded scripts", "")) > before end, 10))
+      c:send("PUB orders.a 1\r\nx\r\nPUB orders.b 1\r\nx\r\nPUB shipping.a 1\r\nx\r\n")
+      assert.are.same({ [[-ERR 'Permissions Violation for Publish to "orders.a"']],
+                        [[-ERR 'Permissions Violation for Publish to "orders.b"']] }, answers(c))
+    end)
+    stop_all({ srv })
+    assert(ok, err)
+  end)
+
   it("does not route, store or show to a rule an event it refuses", function()
     local srv = h.start_scripted(TIDE_CONF .. [[
       stream "ORD" { subjects = { "orders.>" } }

@@ -73,6 +73,8 @@ typedef struct client {
     struct authq_job *auth_job;    /* its password being checked, or NULL */
     struct event *auth_timer;      /* 'Authentication Timeout' until its CONNECT */
     dict_t pub_seen;               /* subject -> PUB_ALLOWED/PUB_REFUSED: publish decisions */
+    char pub_last[64];             /* the subject it last published and may, when it fits */
+    unsigned char pub_last_len;    /* its length; 0: none (set anew with the permissions) */
     dict_t replies;                /* allow_responses: reply subject -> its grant */
 } client_t;
 

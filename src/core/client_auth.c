@@ -100,6 +100,7 @@ static int become(client_t *c, const auth_config_t *cfg, const auth_user_t *u, i
     c->flags &= ~(CLIENT_ADMIN | CLIENT_BY_TOKEN | CLIENT_BY_NKEY);
     c->flags |= CLIENT_AUTHED | (u && u->admin ? CLIENT_ADMIN : 0) | (how & (CLIENT_BY_TOKEN | CLIENT_BY_NKEY));
     dict_clear(&c->pub_seen, NULL);
+    c->pub_last_len = 0;
     dict_clear(&c->replies, free);
     if (c->auth_timer)
         evtimer_del(c->auth_timer);
@@ -289,6 +290,17 @@ static void publish_violation(client_t *c, const proto_msg_t *m)
     client_send_err(c, msg);
 }
 
+/* m's subject is allowed: remembered as the last one, if it fits.
+ * Returns 1. */
+static int remember_allowed(client_t *c, const proto_msg_t *m)
+{
+    if (m->subject_len < sizeof c->pub_last) {
+        memcpy(c->pub_last, m->subject, m->subject_len);
+        c->pub_last_len = (unsigned char)m->subject_len;
+    }
+    return 1;
+}
+
 int client_auth_publish(client_t *c, const proto_msg_t *m)
 {
     if (!server_auth(c->srv))
@@ -302,9 +314,13 @@ int client_auth_publish(client_t *c, const proto_msg_t *m)
     }
     if (!c->perms)
         return 1;
+    /* A publisher mostly sends to the subject it sent to last: that
+     * decision costs a compare, not a hash lookup. */
+    if (m->subject_len == c->pub_last_len && !memcmp(m->subject, c->pub_last, m->subject_len))
+        return 1;
     void *seen = dict_get(&c->pub_seen, m->subject, m->subject_len);
     if (seen == PUB_ALLOWED)
-        return 1;
+        return remember_allowed(c, m);
     if (!seen) {
         int ok = auth_may_publish(c->perms, m->subject, m->subject_len);
         if (m->subject_len <= PUB_SEEN_SUBJECT_MAX) {
@@ -313,7 +329,7 @@ int client_auth_publish(client_t *c, const proto_msg_t *m)
             dict_put(&c->pub_seen, m->subject, m->subject_len, ok ? PUB_ALLOWED : PUB_REFUSED); /* may fail: a cache */
         }
         if (ok)
-            return 1;
+            return remember_allowed(c, m);
     }
     if (c->perms->allow_responses && response_granted(c, m))
         return 1;
@@ -425,6 +441,7 @@ void client_auth_reload(client_t *c, const auth_config_t *cfg)
         c->perms = NULL;
         c->flags &= ~(CLIENT_AUTHED | CLIENT_ADMIN | CLIENT_BY_TOKEN | CLIENT_BY_NKEY);
         dict_clear(&c->pub_seen, NULL);
+        c->pub_last_len = 0;
         if (c->auth_timer)
             evtimer_del(c->auth_timer);
         recheck_subs(c);
@@ -472,5 +489,6 @@ void client_auth_free(client_t *c)
     free(c->user);
     c->user = NULL;
     dict_clear(&c->pub_seen, NULL);
+    c->pub_last_len = 0;
     dict_clear(&c->replies, free);
 }
