@@ -6,7 +6,8 @@
 #                   under ASan+UBSan); ends with "N passed, N failed"
 #   make asan       the suite under AddressSanitizer + UBSan only
 #   make bench      side-by-side benchmark against nats-server (core, scripts,
-#                   HTTP, TLS, durable streams against JetStream, subscription scale)
+#                   HTTP, TLS, auth, durable streams against JetStream,
+#                   subscription scale)
 #   make soak       long runs: reload under load, stream crash rounds, fuzzers
 #   make fuzz       run the protocol parser fuzzer (FUZZ_SECONDS, default 600)
 #   make deps       install missing Debian packages
@@ -112,6 +113,7 @@ bench: deps all $(BENCHBIN) $(JSBENCH) $(FSPROBE)
 	@scripts/bench-scripts.sh
 	@scripts/bench-http.sh
 	@scripts/bench-tls.sh
+	@scripts/bench-auth.sh
 	@scripts/bench-js.sh
 	@scripts/bench-scale.sh
 

@@ -42,6 +42,12 @@
  *   ping
  *       One raw connection: CONNECT + PING, waits for PONG.  Prints the
  *       round trip and the server's INFO line; used to wait for readiness.
+ *
+ *   connect --n N
+ *       N libnats connections one after the other, each made (CONNECT and
+ *       its credentials from the URL, PING, PONG: the server has accepted
+ *       it) and closed before the next.  Reports connections/s and the
+ *       mean time of one.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -82,6 +88,7 @@ static void die_usage(void)
             "       nats_bench idle   --url URL --conns N [--hold SECS]"
             " [--no-stdin]\n"
             "       nats_bench ping   --url URL\n"
+            "       nats_bench connect --url URL --n N\n"
             "       (any command: --tls-ca FILE connects with TLS, trusting FILE)\n");
     exit(2);
 }
@@ -724,6 +731,25 @@ static int cmd_idle(const struct args *a)
     return closed_by_server ? 1 : 0;
 }
 
+/* --------------------------------------------------------------- connect */
+
+static int cmd_connect(const struct args *a)
+{
+    if (a->n <= 0)
+        fail("connect", "--n must be > 0");
+    atomic_store(&closing, true); /* every close here is ours: not a disconnect to report */
+    int64_t t0 = now_ns();
+    for (long i = 0; i < a->n; i++) {
+        natsConnection *nc = connect_or_fail("connect", a->url, "bench-connect", false);
+        natsConnection_Destroy(nc);
+    }
+    double secs = (double)(now_ns() - t0) / 1e9;
+    printf("RESULT connect n=%ld secs=%.3f rate=%.0f mean_us=%.0f\n", a->n, secs, (double)a->n / secs,
+           secs * 1e6 / (double)a->n);
+    fflush(stdout);
+    return 0;
+}
+
 /* ------------------------------------------------------------------ main */
 
 int main(int argc, char **argv)
@@ -741,7 +767,7 @@ int main(int argc, char **argv)
         return cmd_idle(&a);
     if (strcmp(cmd, "ping") == 0)
         return cmd_ping(&a);
-    if (strcmp(cmd, "pubsub") != 0 && strcmp(cmd, "reqrep") != 0)
+    if (strcmp(cmd, "pubsub") != 0 && strcmp(cmd, "reqrep") != 0 && strcmp(cmd, "connect") != 0)
         die_usage();
 
     natsStatus s = nats_Open(-1);
@@ -749,6 +775,8 @@ int main(int argc, char **argv)
         fail(cmd, "nats_Open: %s", natsStatus_GetText(s));
     if (strcmp(cmd, "pubsub") == 0)
         rc = cmd_pubsub(&a);
+    else if (strcmp(cmd, "connect") == 0)
+        rc = cmd_connect(&a);
     else
         rc = cmd_reqrep(&a);
     nats_CloseAndWait(5000);

@@ -372,6 +372,415 @@ describe("auth with one shared token, against nats-server", function()
   end)
 end)
 
+-- A fresh user key pair from `tide nkey gen`: its seed file, public key.
+local function nkey_pair(dir, name)
+  local rc, out = h.sh(("'%s' nkey gen"):format(h.bin))
+  assert(rc == 0, out)
+  local seed, pub = out:match("^(SU%w+)\n(U%w+)\n$")
+  assert(seed, out)
+  local path = dir .. "/" .. name .. ".nk"
+  h.write_file(path, seed .. "\n")
+  return { seed = seed, pub = pub, file = path }
+end
+
+-- The signature of nonce by the seed in file, from `tide nkey sign`.
+local function nkey_sign(file, nonce)
+  local rc, out = h.sh(("'%s' nkey sign '%s' '%s'"):format(h.bin, file, nonce))
+  assert(rc == 0, out)
+  return (out:gsub("%s+$", ""))
+end
+
+describe("nkey login, against nats-server with the same configuration", function()
+  local dir, alice, bob, tide, nats
+  setup(function()
+    dir = h.make_tmpdir("nkey-auth")
+    alice, bob = nkey_pair(dir, "alice"), nkey_pair(dir, "bob")
+    -- A .creds file as `nsc` writes it; neither server is in operator
+    -- mode, so the JWT in it is sent but not looked at.
+    h.write_file(dir .. "/alice.creds", table.concat({
+      "-----BEGIN NATS USER JWT-----", "eyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.e30.c2ln",
+      "------END NATS USER JWT------", "", "-----BEGIN USER NKEY SEED-----", alice.seed,
+      "------END USER NKEY SEED------", "" }, "\n"))
+    tide = h.start_scripted(([[
+auth { users = {
+  { nkey = %q, permissions = { publish = { allow = { "orders.>" } } } },
+  { user = "u", password = "p" },
+} }
+]]):format(alice.pub))
+    nats = start_nats(([[
+authorization { users = [
+  { nkey: %s, permissions: { publish: { allow: ["orders.>"] } } }
+  { user: u, password: p }
+] }
+]]):format(alice.pub))
+  end)
+  teardown(function()
+    stop_all({ tide, nats })
+    h.remove_tmpdir(dir)
+  end)
+
+  -- What a client that logs in with CONNECT fields made by sign(nonce) sees.
+  local function nkey_case(port, fields, after)
+    local c = h.connect(port)
+    local nonce = json.decode(c.info).nonce
+    local msg = { verbose = false }
+    for k, v in pairs(fields(nonce)) do msg[k] = v end
+    c:send("CONNECT " .. json.encode(msg) .. "\r\n" .. (after or ""))
+    return answers(c)
+  end
+
+  local cases = {
+    { name = "the nonce signed by a configured key; its permissions hold",
+      expect = { "-ERR 'Permissions Violation for Publish to \"shipping.a\"'" },
+      fields = function(nonce) return { nkey = alice.pub, sig = nkey_sign(alice.file, nonce) } end,
+      after = "PUB orders.a 1\r\nx\r\nPUB shipping.a 1\r\nx\r\n" },
+    { name = "a nonce of another connection", expect = { "-ERR 'Authorization Violation'", "<closed>" },
+      fields = function() return { nkey = alice.pub, sig = nkey_sign(alice.file, "AAAAAAAAAAAAAAA") } end },
+    { name = "a key that is not configured, signing right",
+      expect = { "-ERR 'Authorization Violation'", "<closed>" },
+      fields = function(nonce) return { nkey = bob.pub, sig = nkey_sign(bob.file, nonce) } end },
+    { name = "the configured key, signed by another seed",
+      expect = { "-ERR 'Authorization Violation'", "<closed>" },
+      fields = function(nonce) return { nkey = alice.pub, sig = nkey_sign(bob.file, nonce) } end },
+    { name = "the configured key, no signature", expect = { "-ERR 'Authorization Violation'", "<closed>" },
+      fields = function() return { nkey = alice.pub } end },
+    { name = "a password user beside nkey users", expect = {},
+      fields = function() return { user = "u", pass = "p" } end },
+  }
+  for _, case in ipairs(cases) do
+    it(case.name, function()
+      local want = nkey_case(nats.port, case.fields, case.after)
+      local got = nkey_case(tide.port, case.fields, case.after)
+      assert.are.same(case.expect, want, "nats-server answered otherwise than this test expects")
+      assert.are.same(want, got)
+    end)
+  end
+
+  it("sends each connection its own nonce of 15 characters", function()
+    for _, srv in ipairs({ nats, tide }) do
+      local a, b = h.connect(srv.port), h.connect(srv.port)
+      local na, nb = json.decode(a.info).nonce, json.decode(b.info).nonce
+      a:close()
+      b:close()
+      assert.are.equal(15, #na)
+      assert.are.equal(15, #nb)
+      assert.are_not.equal(na, nb)
+    end
+    -- Without nkey users there is nothing to sign.
+    local plain = h.start_scripted([[ auth { users = { { user = "u", password = "p" } } } ]])
+    local d = h.connect(plain.port)
+    d:close()
+    stop_all({ plain })
+    assert.is_nil(json.decode(d.info).nonce)
+  end)
+
+  it("lets nats.js in with nkeyAuthenticator and credsAuthenticator, refuses a wrong seed", function()
+    local ok, npm_out = h.npm_ready()
+    assert(ok, "npm ci failed:\n" .. tostring(npm_out))
+    local runs = {
+      { { nkeySeed = alice.seed }, "connected\nclosed\n" },
+      { { credsFile = dir .. "/alice.creds" }, "connected\nclosed\n" },
+      { { nkeySeed = alice.seed, pub = "shipping.a" }, "connected\nstatus error PERMISSIONS_VIOLATION\nclosed\n" },
+      { { nkeySeed = bob.seed }, "error AUTHORIZATION_VIOLATION\n" },
+    }
+    for _, r in ipairs(runs) do
+      for _, srv in ipairs({ nats, tide }) do
+        local rc, out = h.sh(("cd '%s' && timeout 20 node auth.mjs %d '%s'"):format(NODE_DIR, srv.port,
+          json.encode(r[1])))
+        assert(rc == 0, out)
+        assert.are.equal(r[2], out, (srv == tide and "tide: " or "nats-server: ") .. json.encode(r[1]))
+      end
+    end
+  end)
+
+  it("shows rules the public key as e.client.user; a reload that removes the key closes its client", function()
+    local conf = [[
+auth { users = { %s { user = "w", password = "w" } } }
+on("who.>", function(e, ctx) ctx.publish("saw.who", { user = e.client.user }) end)
+]]
+    local srv = h.start_scripted(conf:format(("{ nkey = %q },"):format(alice.pub)))
+    local ok, err = pcall(function()
+      local watch = login(srv.port, "w", "w")
+      watch:sub("saw.who", "1")
+      assert.are.same({}, answers(watch))
+      local c = h.connect(srv.port)
+      local nonce = json.decode(c.info).nonce
+      c:send("CONNECT " .. json.encode({ nkey = alice.pub, sig = nkey_sign(alice.file, nonce) }) .. "\r\n")
+      c:send("PUB who.a 2\r\n{}\r\n")
+      assert.are.same({}, answers(c))
+      local m = assert(watch:msg())
+      assert.are.equal(alice.pub, json.decode(m.payload).data.user)
+      local before = select(2, srv:log():gsub("Reloaded scripts", ""))
+      h.write_file(srv.config, conf:format(""))
+      assert(h.wait_until(function() return select(2, srv:log():gsub("Reloaded scripts", "")) > before end, 10))
+      assert.are.same({ "-ERR 'Authorization Violation'", "<closed>" }, answers(c))
+      assert.are.same({}, answers(watch))
+    end)
+    stop_all({ srv })
+    assert(ok, err)
+  end)
+
+  it("lets libnats in with natsOptions_SetNKeyFromSeed, refuses a wrong seed", function()
+    build_auth_c()
+    local runs = {
+      { ("nkey %s %s"):format(alice.pub, alice.file), "connected\n" },
+      { ("nkey %s %s"):format(alice.pub, bob.file), "error Authentication Violation\n" },
+      { ("nkey %s %s"):format(bob.pub, bob.file), "error Authentication Violation\n" },
+    }
+    for _, r in ipairs(runs) do
+      for _, srv in ipairs({ nats, tide }) do
+        local _, out = h.sh(("timeout 20 '%s/build/auth_c' %d %s"):format(h.root, srv.port, r[1]))
+        assert.are.equal(r[2], out, (srv == tide and "tide: " or "nats-server: ") .. r[1])
+      end
+    end
+  end)
+end)
+
+describe("the command-line clients with auth", function()
+  local dir, ops_key, srv, tok
+  setup(function()
+    dir = h.make_tmpdir("cli-auth")
+    ops_key = nkey_pair(dir, "ops")
+    srv = h.start_scripted(([[
+admin { eval = true }
+auth { users = {
+  { user = "ops", password = %q, admin = true },
+  { nkey = %q, admin = true },
+  { user = "shop", password = "shop pw", permissions = { publish = { allow = { "orders.>" } } } },
+} }
+]]):format(hash("ops:pw@1"), ops_key.pub))
+    tok = h.start_scripted([[ auth { token = "t0k" } ]])
+  end)
+  teardown(function()
+    stop_all({ srv, tok })
+    h.remove_tmpdir(dir)
+  end)
+
+  local function tide(args)
+    local rc, out = h.sh(("timeout 20 '%s' %s 2>&1"):format(h.bin, args))
+    return rc, out
+  end
+
+  it("tide stats: as admin by password, URL or nkey; refused clearly otherwise, exit 1", function()
+    local addr = "127.0.0.1:" .. srv.port
+    for _, how in ipairs({ "-s " .. addr .. " --user ops --password 'ops:pw@1'",
+                           "-s nats://ops:ops%3Apw%401@" .. addr,
+                           "-s " .. addr .. " --nkey '" .. ops_key.file .. "'" }) do
+      local rc, out = tide("stats " .. how)
+      assert.are.equal(0, rc, how .. "\n" .. out)
+      assert.truthy(out:find("server_id", 1, true), out)
+    end
+    local rc, out = tide(("stats -s %s --user shop --password 'shop pw'"):format(addr))
+    assert.are.equal(1, rc)
+    assert.truthy(out:find([[Permissions Violation for Publish to "$TIDE.ADMIN.STATS"]], 1, true), out)
+    assert.truthy(out:find("admin = true", 1, true), out)
+    for _, how in ipairs({ "", "--user ops --password wrong", "--user ghost --password x" }) do
+      rc, out = tide(("stats -s %s %s"):format(addr, how))
+      assert.are.equal(1, rc, how)
+      assert.truthy(out:find("'Authorization Violation'", 1, true), out)
+      assert.truthy(out:find("--user U --password P", 1, true), out)
+    end
+    -- A token client is in (it gets as far as the admin check: a token
+    -- has no admin user), a wrong token is not.
+    for _, how in ipairs({ "-s nats://t0k@127.0.0.1:" .. tok.port, "-s 127.0.0.1:" .. tok.port .. " --token t0k" }) do
+      rc, out = tide(("pub %s x.y 1"):format(how))
+      assert.are.equal(0, rc, out)
+      rc, out = tide(("stats %s"):format(how))
+      assert.are.equal(1, rc, out)
+      assert.truthy(out:find("admin = true", 1, true), out)
+    end
+    rc, out = tide(("pub -s 127.0.0.1:%d --token nope x.y 1"):format(tok.port))
+    assert.are.equal(1, rc, out)
+    assert.truthy(out:find("'Authorization Violation'", 1, true), out)
+  end)
+
+  it("tide pub, rules and stream: a user's permissions, with the server's words", function()
+    local addr = "127.0.0.1:" .. srv.port
+    local rc, out = tide(("pub -s %s --user shop --password 'shop pw' orders.a x"):format(addr))
+    assert.are.equal(0, rc, out)
+    rc, out = tide(("pub -s %s --user shop --password 'shop pw' shipping.a x"):format(addr))
+    assert.are.equal(1, rc, out)
+    assert.truthy(out:find([[not permitted: 'Permissions Violation for Publish to "shipping.a"']], 1, true), out)
+    rc, out = tide(("rules -s %s --nkey '%s'"):format(addr, ops_key.file))
+    assert.are.equal(0, rc, out)
+    rc, out = tide(("stream ls -s %s --user shop --password 'shop pw'"):format(addr))
+    assert.are.equal(1, rc, out)
+    assert.truthy(out:find([[Publish to "$TIDE.ADMIN.STREAM.LS"]], 1, true), out)
+    rc, out = tide(("stream ls -s %s --nkey '%s'"):format(addr, dir .. "/missing.nk"))
+    assert.are.equal(1, rc, out)
+    assert.truthy(out:find("missing.nk", 1, true), out)
+  end)
+
+  it("tide repl --connect: as admin it runs lines on the node; without credentials it is refused", function()
+    h.write_file(dir .. "/in.txt", "20 + 22\n")
+    local rc, out = tide(("repl --connect 127.0.0.1:%d --user ops --password 'ops:pw@1' < '%s'"):format(srv.port,
+      dir .. "/in.txt"))
+    assert.are.equal(0, rc, out)
+    assert.truthy(out:find("42", 1, true), out)
+    rc, out = tide(("repl --nkey '%s' --connect 127.0.0.1:%d < '%s'"):format(ops_key.file, srv.port, dir .. "/in.txt"))
+    assert.are.equal(0, rc, out)
+    assert.truthy(out:find("42", 1, true), out)
+    rc, out = tide(("repl --connect 127.0.0.1:%d < '%s'"):format(srv.port, dir .. "/in.txt"))
+    assert.are.equal(1, rc, out)
+    assert.truthy(out:find("'Authorization Violation'", 1, true), out)
+    assert.falsy(out:find("42", 1, true), out)
+  end)
+end)
+
+describe("the HTTP listener with auth", function()
+  local srv, tok, hport, tport, watch
+  local SLOW_HASH -- cost 13: a check takes long enough to tell a remembered one
+  setup(function()
+    SLOW_HASH = hash("slow pw", 13)
+    hport, tport = h.free_port(), h.free_port()
+    srv = h.start_scripted(([[
+auth { users = {
+  { user = "ops", password = "opspw", admin = true },
+  { user = "shop", password = %q,
+    permissions = { publish = { allow = { "orders.>" } }, subscribe = { allow = { "orders.>" }, deny = { "orders.secret.>" } } } },
+  { user = "slow", password = %q },
+  { user = "all", password = "allpw" },
+} }
+]]):format(SHOP_HASH, SLOW_HASH), { args = { "--http", "127.0.0.1:" .. hport } })
+    tok = h.start_scripted([[ auth { token = "t0k" } ]], { args = { "--http", "127.0.0.1:" .. tport } })
+    watch = login(srv.port, "all", "allpw")
+    watch:sub(">", "1")
+    assert.are.same({}, answers(watch))
+  end)
+  teardown(function()
+    watch:close()
+    stop_all({ srv, tok })
+  end)
+
+  -- status, body and the WWW-Authenticate header of one request.
+  local function req(port, path, args)
+    local rc, out = h.sh(("curl -s -i --max-time 20 %s 'http://127.0.0.1:%d%s'"):format(args or "", port, path))
+    assert(rc == 0 or rc == 28, out)
+    local code = tonumber(out:match("^HTTP/1%.1 (%d+)"))
+    return code, out:match("\r\n\r\n(.*)$") or "", out:match("\r\n[Ww][Ww][Ww]%-[Aa]uthenticate: ([^\r]*)")
+  end
+  local function publish(user_pass, subject)
+    return req(hport, "/v1/publish/" .. subject,
+      ("-u '%s' -X POST -H 'Content-Type: application/json' -d '{\"n\":1}'"):format(user_pass))
+  end
+
+  it("wants a user for everything but GET /healthz: 401 with a Basic challenge", function()
+    assert.are.equal(200, (req(hport, "/healthz")))
+    for _, path in ipairs({ "/metrics", "/readyz", "/v1/stats", "/v1/rules", "/v1/tail?subject=orders.a" }) do
+      local code, body, challenge = req(hport, path)
+      assert.are.equal(401, code, path)
+      assert.are.equal('Basic realm="tide"', challenge, path)
+      assert.truthy(body:find("Authorization Violation", 1, true), body)
+    end
+    for _, how in ipairs({ "-u ops:wrong", "-u ghost:opspw", "-H 'Authorization: Bearer opspw'",
+                           "-H 'Authorization: Basic !!!!'" }) do
+      assert.are.equal(401, (req(hport, "/metrics", how)), how)
+    end
+    assert.are.equal(401, (publish("shop:wrong", "orders.a")))
+    assert.are.equal(200, (req(hport, "/metrics", "-u ops:opspw")))
+    assert.are.equal(200, (req(hport, "/metrics", "-u 'shop:shoppw'")))
+    assert.are.equal(200, (req(hport, "/readyz", "-u all:allpw")))
+  end)
+
+  it("keeps the views of admin requests for admin users", function()
+    for _, path in ipairs({ "/v1/stats", "/v1/rules", "/v1/streams", "/v1/consumers" }) do
+      assert.are.equal(200, (req(hport, path, "-u ops:opspw")), path)
+      local code, body = req(hport, path, "-u all:allpw")
+      assert.are.equal(403, code, path)
+      assert.truthy(body:find("admin = true", 1, true), body)
+    end
+  end)
+
+  it("holds posts to the user's publish permissions, as NATS publishes", function()
+    local code, body = publish("shop:shoppw", "orders.a")
+    assert.are.equal(202, code, body)
+    code, body = publish("shop:shoppw", "shipping.a")
+    assert.are.equal(403, code, body)
+    assert.truthy(body:find([[Permissions Violation for Publish to \"shipping.a\"]], 1, true), body)
+    code = publish("ops:opspw", "shipping.b")
+    assert.are.equal(202, code)
+    local got = {}
+    for _, l in ipairs(answers(watch)) do got[#got + 1] = l:match("^MSG (%S+)") end
+    assert.are.same({ "orders.a", "shipping.b" }, got)
+  end)
+
+  it("holds tails to the user's subscribe permissions", function()
+    local code, body = req(hport, "/v1/tail?subject=shipping.>", "-u shop:shoppw")
+    assert.are.equal(403, code)
+    assert.truthy(body:find([[Permissions Violation for Subscription to \"shipping.>\"]], 1, true), body)
+    -- A wildcard tail does not show what the user's deny covers.
+    local tdir = h.make_tmpdir("tail")
+    local out = tdir .. "/out"
+    local pid = h.proc.spawn({ "/bin/sh", "-c", ("exec curl -s -N --max-time 3 -u shop:shoppw " ..
+      "'http://127.0.0.1:%d/v1/tail?subject=orders.>'"):format(hport) }, out)
+    assert(h.wait_until(function() local f = io.open(out) local t = f and f:read("a") or "" if f then f:close() end
+      return t:find("tail of", 1, true) end, 5))
+    watch:send("PUB orders.secret.x 1\r\n1\r\nPUB orders.open.x 1\r\n2\r\n")
+    assert.are.same({ "MSG orders.secret.x 1", "MSG orders.open.x 2" }, answers(watch))
+    h.proc.wait(pid, 10)
+    local f = assert(io.open(out))
+    local text = f:read("a")
+    f:close()
+    assert.truthy(text:find("orders.open.x", 1, true), text)
+    assert.falsy(text:find("orders.secret.x", 1, true), text)
+    h.remove_tmpdir(tdir)
+  end)
+
+  it("takes the token as Bearer, and challenges with Bearer", function()
+    assert.are.equal(200, (req(tport, "/metrics", "-H 'Authorization: Bearer t0k'")))
+    local code, _, challenge = req(tport, "/metrics", "-H 'Authorization: Bearer t0K'")
+    assert.are.equal(401, code)
+    assert.are.equal('Bearer realm="tide"', challenge)
+    assert.are.equal(401, (req(tport, "/metrics", "-u t0k:t0k")))
+  end)
+
+  it("checks a bcrypt password off the loop, and remembers one that passed", function()
+    -- Wrong passwords at cost 13 (each check about half a second of CPU
+    -- or more): the loop answers NATS PINGs meanwhile.
+    local pids = {}
+    local dir = h.make_tmpdir("http-storm")
+    for i = 1, 4 do
+      pids[i] = h.proc.spawn({ "/bin/sh", "-c", ("exec curl -s -o /dev/null -w '%%{http_code}' --max-time 60 " ..
+        "-u 'slow:nope%d' 'http://127.0.0.1:%d/metrics'"):format(i, hport) }, dir .. "/c" .. i)
+    end
+    h.proc.sleep(0.1)
+    local times = {}
+    for _ = 1, 20 do
+      local p0 = h.proc.now()
+      watch:ping(5)
+      times[#times + 1] = (h.proc.now() - p0) * 1000
+      h.proc.sleep(0.05)
+    end
+    for i = 1, 4 do h.proc.wait(pids[i], 60) end
+    for i = 1, 4 do
+      local f = assert(io.open(dir .. "/c" .. i))
+      assert.are.equal("401", f:read("a"))
+      f:close()
+    end
+    table.sort(times)
+    -- On the loop, each PING would wait behind a check of 500 ms or more.
+    assert.is_true(times[#times // 2 + 1] < 50, ("median PING %.1f ms"):format(times[#times // 2 + 1]))
+    -- The first right password is checked (slow); the next requests are not.
+    local t0 = h.proc.now()
+    assert.are.equal(200, (req(hport, "/metrics", "-u 'slow:slow pw'")))
+    local first = h.proc.now() - t0
+    t0 = h.proc.now()
+    for _ = 1, 5 do assert.are.equal(200, (req(hport, "/metrics", "-u 'slow:slow pw'"))) end
+    local next5 = h.proc.now() - t0
+    print(("\n  HTTP Basic at bcrypt cost 13: first request %.0f ms, the next five %.0f ms in all"):format(
+      first * 1000, next5 * 1000))
+    assert.is_true(next5 < first, ("five remembered checks took %.3f s, the first %.3f s"):format(next5, first))
+    -- A remembered check does not outlive a changed password.
+    local before = select(2, srv:log():gsub("Reloaded scripts", ""))
+    local conf = io.open(srv.config):read("a")
+    h.write_file(srv.config, (conf:gsub(SLOW_HASH:gsub("%p", "%%%0"), (hash("new pw"):gsub("%%", "%%%%")))))
+    assert(h.wait_until(function() return select(2, srv:log():gsub("Reloaded scripts", "")) > before end, 10))
+    assert.are.equal(401, (req(hport, "/metrics", "-u 'slow:slow pw'")))
+    assert.are.equal(200, (req(hport, "/metrics", "-u 'slow:new pw'")))
+    h.remove_tmpdir(dir)
+  end)
+end)
+
 describe("auth { } in the entry file", function()
   local function check(text)
     local dir = h.make_tmpdir("tide-authcheck")
@@ -469,14 +878,19 @@ describe("auth, what tide adds", function()
     assert(ok, err)
   end)
 
-  it("takes nkey users in its table, but lets none log in until their signatures are checked", function()
-    local nk = "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4"
-    local srv = h.start_scripted(([[ auth { users = { { nkey = %q }, { user = "u", password = "p" } } } ]]):format(nk))
+  it("forgets the publish decisions it remembered when a reload changes the permissions", function()
+    local conf = [[ auth { users = { { user = "p", password = "p", permissions = { publish = { %s } } } } } ]]
+    local srv = h.start_scripted(conf:format('"orders.>"'))
     local ok, err = pcall(function()
-      local c = h.connect(srv.port)
-      c:send("CONNECT " .. json.encode({ nkey = nk, sig = "AAAA" }) .. "\r\n")
-      assert.are.same({ "-ERR 'Authorization Violation'", "<closed>" }, answers(c))
-      login(srv.port, "u", "p"):close()
+      local c = login(srv.port, "p", "p")
+      c:send("PUB orders.a 1\r\nx\r\nPUB orders.a 1\r\nx\r\nPUB orders.b 1\r\nx\r\nPUB orders.a 1\r\nx\r\n")
+      assert.are.same({}, answers(c))
+      local before = select(2, srv:log():gsub("Reloaded scripts", ""))
+      h.write_file(srv.config, conf:format('"shipping.>"'))
+      assert(h.wait_until(function() return select(2, srv:log():gsub("Reloaded scripts", "")) > before end, 10))
+      c:send("PUB orders.a 1\r\nx\r\nPUB orders.b 1\r\nx\r\nPUB shipping.a 1\r\nx\r\n")
+      assert.are.same({ [[-ERR 'Permissions Violation for Publish to "orders.a"']],
+                        [[-ERR 'Permissions Violation for Publish to "orders.b"']] }, answers(c))
     end)
     stop_all({ srv })
     assert(ok, err)
@@ -836,6 +1250,63 @@ describe("e.client in rules", function()
     end)
     stop_all({ srv })
     assert(ok, err)
+  end)
+end)
+
+describe("e.client of test events", function()
+  local FLOW = [[
+filter("orders.>", function(e) return e.client.user == "shop" or (e.data.total or 0) <= 10000 end)
+on("orders.>", function(e, ctx)
+  local c = e.client
+  ctx.publish("seen." .. e.subject, { user = c.user or "(none)", id = c.id, addr = c.addr or "(none)", tls = c.tls })
+end)
+]]
+  local dir
+  before_each(function() dir = h.make_tmpdir("test-identity") end)
+  after_each(function() h.remove_tmpdir(dir) end)
+
+  it("is what a 'client' field of a tide run input line says, and nobody without it", function()
+    h.write_file(dir .. "/flow.lua", FLOW)
+    h.write_file(dir .. "/in.jsonl", table.concat({
+      '{"subject":"orders.a","data":{"total":20000},"client":{"user":"shop","id":7,"addr":"10.0.0.1:5000","tls":true}}',
+      '{"subject":"orders.b","data":{"total":20000},"client":{"user":"other"}}',
+      '{"subject":"orders.c","data":{"total":5}}',
+      "" }, "\n"))
+    local rc, out = h.sh(("'%s' run '%s/flow.lua' --events '%s/in.jsonl' 2>&1"):format(h.bin, dir, dir))
+    assert.are.equal(0, rc, out)
+    local seen = {}
+    for line in out:gmatch("[^\n]+") do
+      local v = json.decode(line)
+      if v.subject:match("^seen%.") then seen[v.subject] = v.event.data end
+    end
+    assert.are.same({
+      ["seen.orders.a"] = { user = "shop", id = 7, addr = "10.0.0.1:5000", tls = true },
+      ["seen.orders.c"] = { user = "(none)", id = 0, addr = "(none)", tls = false },
+    }, seen)
+    h.write_file(dir .. "/bad.jsonl", '{"subject":"orders.a","data":{},"client":{"name":"x"}}\n')
+    rc, out = h.sh(("'%s' run '%s/flow.lua' --events '%s/bad.jsonl' 2>&1"):format(h.bin, dir, dir))
+    assert.are.equal(2, rc, out)
+    assert.truthy(out:find("bad.jsonl:1", 1, true), out)
+    assert.truthy(out:find("not 'name'", 1, true), out)
+  end)
+
+  it("is what pub()'s fourth argument says at the prompt", function()
+    h.write_file(dir .. "/flow.lua", FLOW)
+    h.write_file(dir .. "/in.txt", table.concat({
+      'sub("seen.>")',
+      'pub("orders.a", { total = 20000 }, nil, { user = "shop", id = 3 })',
+      'pub("orders.b", { total = 20000 }, { ["x-h"] = "1" }, { user = "other" })',
+      'pub("orders.c", { total = 1 })',
+      'pub("orders.d", {}, nil, { nope = 1 })',
+      "" }, "\n"))
+    local rc, out = h.sh(("cd '%s' && TIDE_HISTORY='%s/history' '%s' repl -c flow.lua < in.txt 2>&1"):format(dir, dir,
+      h.bin))
+    assert.are.equal(0, rc, out)
+    assert.truthy(out:find('"user":"shop"', 1, true), out)
+    assert.truthy(out:find('"id":3', 1, true), out)
+    assert.truthy(out:find('"user":"(none)"', 1, true), out)
+    assert.falsy(out:find('"user":"other"', 1, true), out)
+    assert.truthy(out:find("not 'nope'", 1, true), out)
   end)
 end)
 

@@ -120,7 +120,8 @@ local function input_message(line, n)
   if not v then return nil, err end
   if type(v) ~= "table" or ARRAY[v] then return nil, ("line %d: expected a JSON object"):format(n) end
   for k in pairs(v) do
-    if k ~= "subject" and k ~= "headers" and k ~= "data" and k ~= "event" and k ~= "id" and k ~= "reply" then
+    if k ~= "subject" and k ~= "headers" and k ~= "data" and k ~= "event" and k ~= "id" and k ~= "reply"
+       and k ~= "client" then
       return nil, ("line %d: unknown key '%s'"):format(n, k)
     end
   end
@@ -139,7 +140,10 @@ local function input_message(line, n)
     payload = '{"specversion":"1.0","id":' .. json.encode(v.id or ("evt-" .. n)) ..
       ',"source":"events.jsonl","type":' .. json.encode(v.subject) .. ',"data":' .. canon(v.data) .. "}"
   end
-  return v.subject, header_block(v.headers), payload, v.reply
+  if v.client ~= nil and (type(v.client) ~= "table" or ARRAY[v.client]) then
+    return nil, ("line %d: 'client' must be an object like {\"user\":\"shop\"}"):format(n)
+  end
+  return v.subject, header_block(v.headers), payload, v.reply, v.client
 end
 
 -- A delivery as the line tide run prints.
@@ -255,9 +259,10 @@ local function main(args)
 
   local got = {}
   for _, l in ipairs(inputs) do
-    local subject, hdr, payload, reply = input_message(l.text, l.n)
+    local subject, hdr, payload, reply, client = input_message(l.text, l.n)
     if not subject then f:close(); return fail(events .. ": " .. hdr) end
-    local delivered, busy = f:publish(subject, hdr, payload, reply)
+    local okp, delivered, busy = pcall(f.publish, f, subject, hdr, payload, reply, client)
+    if not okp then f:close(); return fail(("%s:%d: %s"):format(events, l.n, delivered)) end
     for _, d in ipairs(delivered) do
       got[#got + 1] = delivery_record(d)
     end

@@ -26,6 +26,7 @@
 #include <readline/readline.h>
 
 #include "cli.h"
+#include "cli_auth.h"
 #include "json.h"
 #include "json_int.h"
 #include "server.h"
@@ -174,7 +175,7 @@ static int read_frame(conn_t *c, msg_t *m, double deadline, int want_pong)
         if (want_pong && !strcmp(line, "PONG"))
             return 2;
         if (!strncmp(line, "-ERR", 4)) {
-            fprintf(stderr, "tide: server error: %s\n", line + 5);
+            cli_server_error(line + 5);
             return -2;
         }
         char *w[6];
@@ -220,16 +221,17 @@ static void msg_free(msg_t *m)
     m->mem = NULL;
 }
 
-/* Connects and handshakes; prints why not and returns -1 when it cannot. */
-static int cli_connect(conn_t *c, const char *server)
+/* Connects and handshakes with the credentials of creds (or of a
+ * nats://user:pass@ server); prints why not and returns -1 when it cannot. */
+static int cli_connect(conn_t *c, const char *server, const cli_creds_t *creds)
 {
     char host[256], port[16], line[4200];
     struct addrinfo hints, *res = NULL;
-    const char *colon = strrchr(server, ':');
+    const char *colon;
+    cli_creds_t cr = *creds;
     memset(c, 0, sizeof *c);
     c->fd = -1;
-    if (!strncmp(server, "nats://", 7))
-        server += 7;
+    server = cli_creds_from_url(&cr, server);
     colon = strrchr(server, ':');
     if (colon) {
         size_t hl = (size_t)(colon - server);
@@ -274,10 +276,10 @@ static int cli_connect(conn_t *c, const char *server)
     cJSON *mp = cJSON_GetObjectItemCaseSensitive(info, "max_payload");
     c->max_payload = cJSON_IsNumber(mp) ? (size_t)mp->valuedouble : 1024 * 1024;
     cJSON_Delete(info);
-    const char hello[] = "CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"no_responders\":true,"
-                         "\"name\":\"tide-cli\",\"lang\":\"c\",\"version\":\"" TIDE_VERSION "\",\"protocol\":1}\r\n"
-                         "PING\r\n";
-    if (send_all(c, hello, sizeof hello - 1) < 0)
+    char *hello = cli_creds_connect(&cr, line + 5);
+    int sent = hello ? send_all(c, hello, strlen(hello)) : -1;
+    free(hello);
+    if (sent < 0)
         return -1;
     for (;;) {
         int r = read_line(c, line, sizeof line, deadline);
@@ -288,7 +290,7 @@ static int cli_connect(conn_t *c, const char *server)
         if (!strcmp(line, "PONG"))
             return 0;
         if (!strncmp(line, "-ERR", 4)) {
-            fprintf(stderr, "tide: server refused the connection: %s\n", line + 5);
+            cli_server_error(line + 5);
             return -1;
         }
     }
@@ -308,7 +310,7 @@ static int flush(conn_t *c)
         if (!strcmp(line, "PONG"))
             return 0;
         if (!strncmp(line, "-ERR", 4)) {
-            fprintf(stderr, "tide: server error: %s\n", line + 5);
+            cli_server_error(line + 5);
             return -1;
         }
     }
@@ -427,7 +429,7 @@ static void usage_clients(void)
                     "       tide sub PATTERN [--queue Q] [--count N] [--json] [-s SERVER]\n"
                     "       tide req SUBJECT [DATA] [-H NAME:VALUE]... [--timeout SECONDS] [--json] [-s SERVER]\n"
                     "       tide stats | rules [--json] [-s SERVER]\n"
-                    "SERVER is host:port (default 127.0.0.1:4222, or $TIDE_SERVER)\n");
+                    "SERVER is host:port (default 127.0.0.1:4222, or $TIDE_SERVER)\n" CLI_CREDS_USAGE);
 }
 
 static void print_inspection(const char *cmd, const msg_t *m);
@@ -525,6 +527,7 @@ typedef struct cli_args {
     int inspect;    /* stats or rules: an admin request, no arguments */
     char **pos;     /* the positional arguments (in argv) */
     int npos;
+    cli_creds_t creds; /* --user, --password, --token, --nkey */
 } cli_args_t;
 
 /*
@@ -539,7 +542,7 @@ static int cli_parse_args(const char *cmd, int argc, char **argv, cli_args_t *a)
         {"reply", required_argument, NULL, 'r'},  {"queue", required_argument, NULL, 'q'},
         {"count", required_argument, NULL, 'n'},  {"timeout", required_argument, NULL, 't'},
         {"json", no_argument, NULL, 'j'},         {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        CLI_CREDS_LONGOPTS,                       {NULL, 0, NULL, 0},
     };
     int ch;
     memset(a, 0, sizeof *a);
@@ -563,6 +566,9 @@ static int cli_parse_args(const char *cmd, int argc, char **argv, cli_args_t *a)
         case 't': a->timeout = strtod(optarg, NULL); break;
         case 'j': a->json = 1; break;
         case 'h': usage_clients(); return 0;
+        case CLI_OPT_USER: case CLI_OPT_PASSWORD: case CLI_OPT_TOKEN: case CLI_OPT_NKEY:
+            cli_creds_option(&a->creds, ch, optarg);
+            break;
         case ':':
             fprintf(stderr, "tide %s: option '%s' needs a value\n", cmd, argv[optind - 1]);
             return 2;
@@ -654,7 +660,7 @@ int cli_main(const char *cmd, int argc, char **argv)
         return 1;
     hdr = header_block(a.headers, a.nh, &hlen);
     rc = 1;
-    if (cli_connect(&c, a.server) == 0)
+    if (cli_connect(&c, a.server, &a.creds) == 0)
         rc = cli_run(&c, cmd, &a, hdr, hlen, data, dlen);
     free(hdr);
     free(stdin_data);
@@ -827,12 +833,12 @@ static void rc_leave(conn_t *c)
             return;
 }
 
-int cli_repl_connect(const char *server)
+int cli_repl_connect(const char *server, const cli_creds_t *creds)
 {
     conn_t c;
     char line[256], hist[1024] = "";
     unsigned char rnd[8];
-    if (cli_connect(&c, server) < 0)
+    if (cli_connect(&c, server, creds) < 0)
         return 1;
     rc_conn = &c;
     rc_tty = isatty(0);
@@ -1501,6 +1507,7 @@ static void usage_ops(void)
             "       tide consumer ls | info NAME\n"
             "       tide dlq ls | show STREAM [--limit N] | replay STREAM (--seq N | --all)\n"
             "all take -s SERVER (host:port; default 127.0.0.1:4222 or $TIDE_SERVER), --json and --timeout SECONDS;\n"
+            CLI_CREDS_USAGE
             "TIME is RFC 3339, seconds since the epoch, or a duration ago (90s, 15m, 2h, 7d)\n");
 }
 
@@ -1851,11 +1858,11 @@ static int ops_run(ops_t *o, const char *cmd, const char *verb, char **pos, int 
 /* Connects o to server and subscribes to the inbox its requests' answers
  * come to.  0, or -1 when it cannot connect (said on stderr) or send the
  * SUB; either way the caller calls ops_close(o) afterwards. */
-static int ops_open(ops_t *o, const char *server)
+static int ops_open(ops_t *o, const char *server, const cli_creds_t *creds)
 {
     unsigned char rnd[8];
     char line[128];
-    if (cli_connect(&o->c, server) < 0)
+    if (cli_connect(&o->c, server, creds) < 0)
         return -1;
     evutil_secure_rng_get_bytes(rnd, sizeof rnd);
     snprintf(o->inbox, sizeof o->inbox, "_INBOX.%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3],
@@ -1882,12 +1889,15 @@ int cli_ops_main(const char *cmd, int argc, char **argv)
         {"subject", required_argument, NULL, OO_SUBJECT}, {"since", required_argument, NULL, OO_SINCE},
         {"until", required_argument, NULL, OO_UNTIL},     {"from", required_argument, NULL, OO_FROM},
         {"limit", required_argument, NULL, OO_LIMIT},     {"seq", required_argument, NULL, OO_SEQ},
-        {"all", no_argument, NULL, OO_ALL},               {NULL, 0, NULL, 0},
+        {"all", no_argument, NULL, OO_ALL},               CLI_CREDS_LONGOPTS,
+        {NULL, 0, NULL, 0},
     };
     const char *server = getenv("TIDE_SERVER") ? getenv("TIDE_SERVER") : "127.0.0.1:4222";
     ops_t o;
     ops_args_t a;
+    cli_creds_t creds;
     int ch;
+    memset(&creds, 0, sizeof creds);
     memset(&o, 0, sizeof o);
     memset(&a, 0, sizeof a);
     o.timeout = 10;
@@ -1922,6 +1932,9 @@ int cli_ops_main(const char *cmd, int argc, char **argv)
                 return 2;
             break;
         case OO_ALL: a.all = 1; break;
+        case CLI_OPT_USER: case CLI_OPT_PASSWORD: case CLI_OPT_TOKEN: case CLI_OPT_NKEY:
+            cli_creds_option(&creds, ch, optarg);
+            break;
         case ':':
             fprintf(stderr, "tide %s: option '%s' needs a value\n", cmd, argv[optind - 1]);
             return 2;
@@ -1936,7 +1949,7 @@ int cli_ops_main(const char *cmd, int argc, char **argv)
         return 2;
     }
     int rc = 1;
-    if (ops_open(&o, server) == 0)
+    if (ops_open(&o, server, &creds) == 0)
         rc = ops_run(&o, cmd, argv[optind], argv + optind + 1, argc - optind - 1, &a);
     ops_close(&o);
     return rc;

@@ -17,7 +17,9 @@ int cli_ops_main(const char *cmd, int argc, char **argv);
 
 /* tide repl --connect SERVER: a prompt whose lines run on a serving node
  * ($TIDE.ADMIN.EVAL; the node must allow it with admin { eval = true }),
- * showing what the node traces ($TIDE.TRACE) as it happens. */
-int cli_repl_connect(const char *server);
+ * showing what the node traces ($TIDE.TRACE) as it happens.  creds: the
+ * credentials to log in with (cli_auth.h). */
+struct cli_creds;
+int cli_repl_connect(const char *server, const struct cli_creds *creds);
 
 #endif

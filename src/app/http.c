@@ -23,6 +23,8 @@
 
 #include "dlq.h"
 #include "admin.h"
+#include "auth.h"
+#include "http_auth.h"
 #include "json_int.h"
 #include "http.h"
 #include "json.h"
@@ -60,6 +62,8 @@ typedef struct tail {
     struct evhttp_request *req;
     sub_t *sub;
     int live;
+    int checked;    /* auth was on when it started: its user's permissions hold */
+    char user[256]; /* that user ("" for the token) */
 } tail_t;
 
 #define HTTP_MAX_HEADERS (16 * 1024)
@@ -94,6 +98,8 @@ struct http {
     char inbox[48];
     uint64_t next_wait;
     ack_wait_t *waits;
+    http_auth_t *auth;     /* who asks, when the server has auth */
+    const http_who_t *who; /* the request being handled (route) */
 };
 
 /* ---- replies ------------------------------------------------------------------ */
@@ -398,6 +404,11 @@ static int publish_envelope(http_t *h, ack_wait_t *w, const char *extra, cJSON *
     int code = check_subject_open(subject, err, errsz);
     if (code)
         return code;
+    if (h->who && h->who->checked && !auth_may_publish(h->who->perms, subject, sl)) {
+        /* The check a NATS publish gets (client_auth.c), with its words. */
+        snprintf(err, errsz, "Permissions Violation for Publish to \"%.256s\"", subject);
+        return 403;
+    }
     if (!subject_valid_literal(subject, sl)) {
         snprintf(err, errsz, "'%s' is not a valid subject", subject);
         return 400;
@@ -922,10 +933,31 @@ static void tail_cut(tail_t *t, size_t pending)
     t->live = 0;
 }
 
+/* True when t's user may (still: a reload may have changed that) see m;
+ * a tail whose user may no longer read its pattern is ended. */
+static int tail_allowed(tail_t *t, const proto_msg_t *m)
+{
+    http_who_t w;
+    if (!t->checked)
+        return 1;
+    if (http_auth_who(server_auth(t->http->srv), t->user[0] ? t->user : NULL, &w) < 0 ||
+        !auth_may_subscribe(w.perms, t->sub->subject, strlen(t->sub->subject))) {
+        struct evhttp_connection *conn = evhttp_request_get_connection(t->req);
+        log_info("tail %s: its user '%s' may no longer read it, ended", t->sub->subject, t->user);
+        if (conn)
+            evhttp_connection_set_closecb(conn, NULL, NULL);
+        evhttp_send_reply_end(t->req);
+        t->req = NULL;
+        t->live = 0;
+        return 0;
+    }
+    return !auth_deny_delivery(w.perms, m->subject, m->subject_len);
+}
+
 static void tail_deliver(void *ctx, const proto_msg_t *m)
 {
     tail_t *t = ctx;
-    if (!t || !t->live)
+    if (!t || !t->live || !tail_allowed(t, m))
         return;
     struct evhttp_connection *conn = evhttp_request_get_connection(t->req);
     struct bufferevent *bev = conn ? evhttp_connection_get_bufferevent(conn) : NULL;
@@ -983,8 +1015,10 @@ static void tail(http_t *h, struct evhttp_request *req, const char *pattern)
     for (int i = 0; i < MAX_TAILS && !t; i++)
         if (!h->tails[i].live && !h->tails[i].sub)
             t = &h->tails[i];
-    if (0) {
-        reply_error(h, req, 400, "Bad Request", "GET /v1/tail?subject=<pattern> with a valid subject pattern");
+    if (h->who && h->who->checked && !auth_may_subscribe(h->who->perms, pattern, strlen(pattern))) {
+        char msg[320];
+        snprintf(msg, sizeof msg, "Permissions Violation for Subscription to \"%.256s\"", pattern);
+        reply_error(h, req, 403, "Forbidden", msg);
         return;
     }
     if (!t) {
@@ -993,6 +1027,8 @@ static void tail(http_t *h, struct evhttp_request *req, const char *pattern)
     }
     t->http = h;
     t->req = req;
+    t->checked = h->who && h->who->checked;
+    snprintf(t->user, sizeof t->user, "%s", t->checked ? h->who->user : "");
     if (!t->sub)
         t->sub = server_subscribe_internal(h->srv, pattern, tail_deliver, t);
     if (!t->sub) {
@@ -1070,20 +1106,52 @@ static void set_idle_timeout(http_t *h)
     h->idle_timeout = t;
 }
 
-static void on_request(struct evhttp_request *req, void *arg)
+/* The views of $TIDE.ADMIN.> requests (stats, rules, streams) are for
+ * admin users, as those requests are: 1 when who may see them, else 0
+ * after answering 403. */
+static int admin_view_ok(http_t *h, struct evhttp_request *req, const http_who_t *who)
 {
-    http_t *h = arg;
-    set_idle_timeout(h); /* a reload may have changed it */
+    if (!who || !who->checked || who->admin)
+        return 1;
+    reply_error(h, req, 403, "Forbidden", "this view is for users with admin = true");
+    return 0;
+}
+
+/* /v1/stats, /v1/rules, /v1/streams or /v1/consumers: the JSON of the
+ * admin request of the same name. */
+static void admin_view(http_t *h, struct evhttp_request *req, const char *path)
+{
+    char *json = NULL;
+    size_t len = 0;
+    const char *none = "[]";
+    if (!strcmp(path, "/v1/stats")) {
+        json = admin_stats_json(h->node, &len);
+        none = "{}";
+    } else if (!strcmp(path, "/v1/rules")) {
+        if (h->node->scripts)
+            script_rules_json(h->node->scripts, &json, &len);
+    } else if (h->node->streams) {
+        /* The same JSON as $TIDE.ADMIN.STREAM.LS / CONSUMER.LS; [] without streams. */
+        streams_t *sm = h->node->streams;
+        json = path[4] == 's' ? streams_json(sm, &len) : streams_consumers_json(sm, &len);
+    }
+    reply(req, 200, "OK", "application/json", json ? json : none, json ? len : 2);
+    free(json);
+}
+
+/* Answers req as who (NULL or unchecked: the server has no auth). */
+static void route(http_t *h, struct evhttp_request *req, const http_who_t *who)
+{
     const char *uri = evhttp_request_get_uri(req);
     /* Nonconformant: let "subject=order.>" through unescaped, as curl sends it. */
     struct evhttp_uri *u = evhttp_uri_parse_with_flags(uri, EVHTTP_URI_NONCONFORMANT);
     const char *path = u ? evhttp_uri_get_path(u) : NULL;
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
-    h->requests++;
     if (!path || !*path)
         path = "/";
     char *decoded = evhttp_uridecode(path, 0, NULL);
     path = decoded ? decoded : path;
+    h->who = who;
     if (cmd == EVHTTP_REQ_POST && (!strcmp(path, "/") || !strcmp(path, "/v1/events") ||
                                    !strncmp(path, "/v1/publish/", 12))) {
         ingest(h, req, path);
@@ -1105,25 +1173,10 @@ static void on_request(struct evhttp_request *req, void *arg)
             reply_json(req, 200, "OK", "{\"status\":\"ready\"}");
     } else if (!strcmp(path, "/metrics")) {
         metrics(h, req);
-    } else if (!strcmp(path, "/v1/stats")) {
-        size_t len;
-        char *json = admin_stats_json(h->node, &len);
-        reply(req, 200, "OK", "application/json", json ? json : "{}", json ? len : 2);
-        free(json);
-    } else if (!strcmp(path, "/v1/rules")) {
-        char *json = NULL;
-        size_t len = 0;
-        if (h->node->scripts)
-            script_rules_json(h->node->scripts, &json, &len);
-        reply(req, 200, "OK", "application/json", json ? json : "[]", json ? len : 2);
-        free(json);
-    } else if (!strcmp(path, "/v1/streams") || !strcmp(path, "/v1/consumers")) {
-        /* The same JSON as $TIDE.ADMIN.STREAM.LS / CONSUMER.LS; [] without streams. */
-        streams_t *sm = h->node->streams;
-        size_t len = 0;
-        char *json = !sm ? NULL : path[4] == 's' ? streams_json(sm, &len) : streams_consumers_json(sm, &len);
-        reply(req, 200, "OK", "application/json", json ? json : "[]", json ? len : 2);
-        free(json);
+    } else if (!strcmp(path, "/v1/stats") || !strcmp(path, "/v1/rules") || !strcmp(path, "/v1/streams") ||
+               !strcmp(path, "/v1/consumers")) {
+        if (admin_view_ok(h, req, who))
+            admin_view(h, req, path);
     } else if (!strcmp(path, "/v1/tail")) {
         struct evkeyvalq q;
         const char *query = u ? evhttp_uri_get_query(u) : NULL;
@@ -1137,9 +1190,34 @@ static void on_request(struct evhttp_request *req, void *arg)
     } else {
         reply_error(h, req, 404, "Not Found", "unknown path; see /v1/stats, /metrics, /healthz");
     }
+    h->who = NULL;
     free(decoded);
     if (u)
         evhttp_uri_free(u);
+}
+
+static void on_auth_resume(void *ctx, struct evhttp_request *req, const http_who_t *who)
+{
+    route(ctx, req, who);
+}
+
+static void on_request(struct evhttp_request *req, void *arg)
+{
+    http_t *h = arg;
+    http_who_t who;
+    set_idle_timeout(h); /* a reload may have changed it */
+    h->requests++;
+    /* Health is for probes, which carry no credentials. */
+    const char *uri = evhttp_request_get_uri(req);
+    if (evhttp_request_get_command(req) == EVHTTP_REQ_GET && (!strcmp(uri, "/healthz") || !strncmp(uri, "/healthz?", 9))) {
+        route(h, req, NULL);
+        return;
+    }
+    int rc = http_auth_check(h->auth, server_auth(h->srv), req, &who);
+    if (rc == HTTP_AUTH_PASS)
+        route(h, req, &who);
+    else if (rc == HTTP_AUTH_REFUSED)
+        h->rejected++;
 }
 
 _Static_assert(sizeof HTTP_REFUSED_BODY - 1 == 62, "HTTP_REFUSED_LEN is the length of HTTP_REFUSED_BODY");
@@ -1269,6 +1347,8 @@ static http_t *face_new(node_t *node)
     set_idle_timeout(h);
     evhttp_set_gencb(h->eh, on_request, h);
     evhttp_set_bevcb(h->eh, new_connection, h);
+    if (!(h->auth = http_auth_new(h->srv, on_auth_resume, h)))
+        goto fail;
     /* PubAcks for ingested events come to a subject of our own, in the
      * server's inboxes: no client can publish there, so an answer there is
      * the store's. */
@@ -1339,6 +1419,7 @@ void http_free(http_t *h)
     /* Requests still waiting for PubAcks: evhttp_free frees them with their connections. */
     while (h->waits)
         wait_free(h->waits);
+    http_auth_free(h->auth);
     if (h->heartbeat)
         event_free(h->heartbeat);
     if (h->relisten)

@@ -18,6 +18,7 @@
 #include <lualib.h>
 
 #include "cli.h"
+#include "cli_auth.h"
 #include "flow.h"
 #include "admin.h"
 #include "http.h"
@@ -409,8 +410,10 @@ out:
 /* tide repl [-c FLOW] [--data DIR] [--listen HOST:PORT] [-D] */
 static int cmd_repl(int argc, char **argv)
 {
-    const char *entry = NULL, *listen_addr = NULL, *data_dir = NULL;
+    const char *entry = NULL, *listen_addr = NULL, *data_dir = NULL, *connect_to = NULL;
     char lib[4096];
+    cli_creds_t creds;
+    memset(&creds, 0, sizeof creds);
     log_set_level(LOG_WARN); /* the prompt is the output; -D brings the log back */
     for (int i = 1; i < argc; i++) {
         if ((!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) && i + 1 < argc)
@@ -419,21 +422,30 @@ static int cmd_repl(int argc, char **argv)
             listen_addr = argv[++i];
         else if (!strcmp(argv[i], "--data") && i + 1 < argc)
             data_dir = argv[++i];
-        else if (!strcmp(argv[i], "--connect") && i + 1 < argc) {
-            signal(SIGPIPE, SIG_IGN);
-            return cli_repl_connect(argv[i + 1]);
-        }
+        else if (!strcmp(argv[i], "--connect") && i + 1 < argc)
+            connect_to = argv[++i];
+        else if (!strcmp(argv[i], "--user") && i + 1 < argc)
+            creds.user = argv[++i];
+        else if (!strcmp(argv[i], "--password") && i + 1 < argc)
+            creds.password = argv[++i];
+        else if (!strcmp(argv[i], "--token") && i + 1 < argc)
+            creds.token = argv[++i];
+        else if (!strcmp(argv[i], "--nkey") && i + 1 < argc)
+            creds.nkey_file = argv[++i];
         else if (!strcmp(argv[i], "-D"))
             log_set_level(LOG_DEBUG);
         else if (argv[i][0] != '-' && !entry)
             entry = argv[i];
         else {
             fprintf(stderr, "usage: tide repl [-c flow.lua] [--data DIR] [--listen HOST:PORT] [-D]\n"
-                            "       tide repl --connect HOST:PORT\n");
+                            "       tide repl --connect HOST:PORT [--user U --password P | --token T | "
+                            "--nkey SEEDFILE]\n");
             return 2;
         }
     }
     signal(SIGPIPE, SIG_IGN);
+    if (connect_to)
+        return cli_repl_connect(connect_to, &creds);
     return repl_main(entry, lua_lib_dir(lib, sizeof lib), listen_addr, data_dir);
 }
 

@@ -34,10 +34,7 @@ static int report(const char *what, int rc, const char *expected)
     return 1;
 }
 
-/* Reads the first user seed of path ("-": standard input) into seed, as
- * nk and the NATS clients read a seed or .creds file.  Returns 0, or 1
- * after saying why on stderr. */
-static int seed_read(const char *path, unsigned char seed[NKEY_KEY_LEN])
+int nkey_cli_seed_read(const char *path, unsigned char seed[NKEY_KEY_LEN])
 {
     int rc = 1;
     size_t len = 0;
@@ -82,7 +79,7 @@ static int cmd_pub(const char *path)
 {
     unsigned char seed[NKEY_KEY_LEN], pub[NKEY_KEY_LEN];
     char out[NKEY_PUBLIC_STR_LEN + 1];
-    int rc = seed_read(path, seed);
+    int rc = nkey_cli_seed_read(path, seed);
     if (rc == 0 && (nkey_seed_public(seed, pub) != NKEY_OK ||
                     nkey_public_encode(pub, out, sizeof out) != NKEY_OK))
         rc = report(path, NKEY_E_CRYPTO, "");
@@ -96,7 +93,7 @@ static int cmd_sign(const char *path, const char *msg)
 {
     unsigned char seed[NKEY_KEY_LEN];
     char sig[NKEY_SIG_STR_LEN + 1];
-    int rc = seed_read(path, seed);
+    int rc = nkey_cli_seed_read(path, seed);
     if (rc == 0) {
         int src = nkey_sign(seed, msg, strlen(msg), sig, sizeof sig);
         if (src != NKEY_OK)

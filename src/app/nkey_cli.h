@@ -13,4 +13,9 @@
  * (bad key, signature that does not verify, unreadable file), 2 usage. */
 int nkey_cli_main(int argc, char **argv);
 
+/* Reads the first user seed of path ("-": standard input) into seed, as nk
+ * and the NATS clients read a seed or .creds file.  Returns 0, or 1 after
+ * saying why on stderr.  The caller wipes seed (OPENSSL_cleanse) after use. */
+int nkey_cli_seed_read(const char *path, unsigned char seed[32]);
+
 #endif

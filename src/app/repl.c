@@ -321,7 +321,9 @@ static repl_t *up(lua_State *L)
     return *box;
 }
 
-/* pub(subject, data [, headers]): queued, run after the current line. */
+/* pub(subject, data [, headers [, client]]): queued, run after the
+ * current line; client ({ user = ..., id, addr, tls }) is who the event
+ * shows as e.client. */
 static int h_pub(lua_State *L)
 {
     repl_t *r = up(L);
@@ -332,6 +334,14 @@ static int h_pub(lua_State *L)
     luaL_checkany(L, 2);
     if (!lua_isnoneornil(L, 3))
         luaL_checktype(L, 3, LUA_TTABLE);
+    script_identity_t *who = NULL;
+    if (!lua_isnoneornil(L, 4)) {
+        script_identity_t id;
+        script_identity_from_lua(L, 4, &id, "pub");
+        if (!(who = malloc(sizeof *who)))
+            return luaL_error(L, "out of memory");
+        *who = id;
+    }
     lua_settop(L, 3);
     /* The header block (index 4), built by concatenation: the stack stays
      * free for lua_next. */
@@ -389,8 +399,11 @@ static int h_pub(lua_State *L)
         m.hdr = hs;
         m.hdr_len = hl;
     }
-    if (msgq_push(&r->pending, &m, 0) < 0)
+    if (msgq_push(&r->pending, &m, 0) < 0) {
+        free(who);
         return luaL_error(L, "out of memory");
+    }
+    r->pending.tail->tag = who;
     r->npub++;
     return 0;
 }
@@ -839,7 +852,7 @@ static int h_help(lua_State *L)
 {
     repl_t *r = up(L);
     out(r, "rules      upgrade(type, v, fn)  filter(pat, fn)  route(pat, fn)  on(pat, fn(e, ctx))\n"
-        "events     pub(subject, data_or_string [, headers])   sub(pattern)   unsub(pattern)\n"
+        "events     pub(subject, data_or_string [, headers [, {user = ...}]])   sub(pattern)   unsub(pattern)\n"
         "see        trace([false])   rules()   stats()\n"
         "files      load \"file.lua\"   reload()   record(pattern, \"in.jsonl\") (what is published)\n"
         "           expect(\"out.jsonl\") (what was delivered since the last expect)\n"
@@ -921,6 +934,14 @@ static void reinstall(void *ctx)
 
 /* ---- one line ---------------------------------------------------------------- */
 
+/* Drops the pub() calls not run, and their identities. */
+static void pending_clear(repl_t *r)
+{
+    for (msgq_item_t *it = r->pending.head; it; it = it->next)
+        free(it->tag);
+    msgq_clear(&r->pending);
+}
+
 static void run_pending(repl_t *r)
 {
     msgq_item_t *it;
@@ -931,7 +952,10 @@ static void run_pending(repl_t *r)
             run_replay(r, &r->jobs[j++]);
         if (!(it = msgq_pop(&r->pending)))
             break;
+        script_set_identity(r->node.scripts, it->tag);
         server_publish(r->node.srv, NULL, &it->m);
+        script_set_identity(r->node.scripts, NULL);
+        free(it->tag);
         msgq_item_free(it);
         done++;
     }
@@ -1289,7 +1313,7 @@ static void repl_teardown(repl_t *r)
         if (r->recs[i].f)
             fclose(r->recs[i].f);
     free(r->seen);
-    msgq_clear(&r->pending);
+    pending_clear(r);
     free(r->buf);
     free(r->rbuf);
     repl_close_node(r);
@@ -1397,7 +1421,7 @@ static void session_end(repl_t *r)
         if (r->recs[i].f)
             fclose(r->recs[i].f);
     msgq_clear(&r->trace_out);
-    msgq_clear(&r->pending);
+    pending_clear(r);
     free(r->seen);
     free(r->reply);
     free(r->buf);

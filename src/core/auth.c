@@ -84,6 +84,24 @@ const auth_user_t *auth_config_find_user(const auth_config_t *c, const char *nam
     return NULL;
 }
 
+const auth_user_t *auth_config_find_nkey(const auth_config_t *c, const char *nkey)
+{
+    if (!c || !nkey)
+        return NULL;
+    for (size_t i = 0; i < c->nusers; i++)
+        if (c->users[i].nkey && !strcmp(c->users[i].nkey, nkey))
+            return &c->users[i];
+    return NULL;
+}
+
+int auth_config_has_nkeys(const auth_config_t *c)
+{
+    for (size_t i = 0; c && i < c->nusers; i++)
+        if (c->users[i].nkey)
+            return 1;
+    return 0;
+}
+
 auth_perms_t *auth_perms_new(void)
 {
     return calloc(1, sizeof(auth_perms_t));

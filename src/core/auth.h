@@ -74,6 +74,13 @@ auth_user_t *auth_config_add_user(auth_config_t *c);
 /* The user called name (NULL, or an nkey user's public key: no match), or NULL. */
 const auth_user_t *auth_config_find_user(const auth_config_t *c, const char *name);
 
+/* The nkey user whose public key is nkey (NULL: no match), or NULL. */
+const auth_user_t *auth_config_find_nkey(const auth_config_t *c, const char *nkey);
+
+/* True when c (may be NULL) has an nkey user: clients then get a nonce in
+ * their INFO to sign. */
+int auth_config_has_nkeys(const auth_config_t *c);
+
 /* A new permissions object with no list given, or NULL. */
 auth_perms_t *auth_perms_new(void);
 void auth_perms_free(auth_perms_t *p);

@@ -125,6 +125,10 @@ fail:
 void client_start(client_t *c)
 {
     char info[1024];
+    if (client_auth_nonce(c) < 0) {
+        client_close(c, CLIENT_CLOSE_NOW, "no random bytes for a nonce");
+        return;
+    }
     server_build_info(c->srv, c, info, sizeof info);
     if (c->tls) {
         client_tls_start(c, info, strlen(info));

@@ -33,6 +33,7 @@ enum client_flags {
     CLIENT_AUTH_HOLD = 1 << 12,    /* its password is being checked: its input waits */
     CLIENT_BY_TOKEN = 1 << 13,     /* it passed with the shared token */
     CLIENT_TLS = 1 << 14,          /* a TLS connection (c->tls); c->bev is NULL until its handshake is done */
+    CLIENT_BY_NKEY = 1 << 15,      /* it passed by signing its nonce with an nkey */
 };
 
 struct client_tls;
@@ -66,11 +67,14 @@ typedef struct client {
     struct client *next_dead;   /* the server's list of clients to free */
     struct client *flush_prev, *flush_next; /* the server's list of output to write */
     /* Identity and permissions, when the server has auth (client_auth.c). */
-    char *user;                    /* the user it is, NULL for none or a token */
+    char *user;                    /* the user it is (an nkey user: its public key), NULL for none or a token */
+    char nonce[16];                /* what its INFO asked it to sign, "" when no nkey user was configured */
     const struct auth_perms *perms; /* what it may do, in the server's config; NULL: all */
     struct authq_job *auth_job;    /* its password being checked, or NULL */
     struct event *auth_timer;      /* 'Authentication Timeout' until its CONNECT */
     dict_t pub_seen;               /* subject -> PUB_ALLOWED/PUB_REFUSED: publish decisions */
+    char pub_last[64];             /* the subject it last published and may, when it fits */
+    unsigned char pub_last_len;    /* its length; 0: none (set anew with the permissions) */
     dict_t replies;                /* allow_responses: reply subject -> its grant */
 } client_t;
 
@@ -134,6 +138,11 @@ void client_free(client_t *c);
 /* ---- auth (client_auth.c) ---- */
 struct auth_config;
 struct cJSON;
+
+/* Before c's INFO: when the server has nkey users, gives c a fresh nonce
+ * to sign (c->nonce, which the INFO then carries).  0, or -1 when no
+ * random bytes could be had. */
+int client_auth_nonce(client_t *c);
 
 /* When the server has auth: arms c's 'Authentication Timeout'.  0, or -1
  * when out of memory. */
@@ -202,9 +211,7 @@ int server_output_over(server_t *s, client_t *c);
 void client_cut_slow(client_t *c, const char *why);
 void server_schedule_free(server_t *s, client_t *c);
 void server_build_info(server_t *s, client_t *c, char *out, size_t outsz);
-/* The auth in force (NULL: none) and the password checker (started on
- * first use; NULL when it cannot start). */
-const struct auth_config *server_auth(const server_t *s);
+/* The password checker (started on first use; NULL when it cannot start). */
 struct authq *server_authq(server_t *s);
 void server_unlink_client(server_t *s, client_t *c);
 

@@ -17,6 +17,7 @@
 #include "authq.h"
 #include "client.h"
 #include "log.h"
+#include "nkey.h"
 #include "util.h"
 
 /* The publish decisions a client keeps (subject -> decision): past this
@@ -63,6 +64,14 @@ static void on_auth_timeout(evutil_socket_t fd, short what, void *arg)
     client_close(c, CLIENT_CLOSE_FLUSH, "authentication timeout");
 }
 
+int client_auth_nonce(client_t *c)
+{
+    c->nonce[0] = '\0';
+    if (!auth_config_has_nkeys(server_auth(c->srv)))
+        return 0;
+    return nkey_nonce(c->nonce, sizeof c->nonce) == NKEY_OK ? 0 : -1;
+}
+
 int client_auth_start(client_t *c)
 {
     const auth_config_t *cfg = server_auth(c->srv);
@@ -76,18 +85,22 @@ int client_auth_start(client_t *c)
     return 0;
 }
 
-/* c is now u (NULL: a token client) of cfg.  -1 when out of memory. */
-static int become(client_t *c, const auth_config_t *cfg, const auth_user_t *u, int by_token)
+/* c is now u (NULL: a token client) of cfg, having passed how
+ * (CLIENT_BY_TOKEN, CLIENT_BY_NKEY or 0 for a password or none).  -1 when
+ * out of memory. */
+static int become(client_t *c, const auth_config_t *cfg, const auth_user_t *u, int how)
 {
+    const char *who = u ? (u->name ? u->name : u->nkey) : NULL;
     char *name = NULL;
-    if (u && u->name && !(name = strdup(u->name)))
+    if (who && !(name = strdup(who)))
         return -1;
     free(c->user);
     c->user = name;
     c->perms = auth_user_perms(cfg, u);
-    c->flags &= ~(CLIENT_ADMIN | CLIENT_BY_TOKEN);
-    c->flags |= CLIENT_AUTHED | (u && u->admin ? CLIENT_ADMIN : 0) | (by_token ? CLIENT_BY_TOKEN : 0);
+    c->flags &= ~(CLIENT_ADMIN | CLIENT_BY_TOKEN | CLIENT_BY_NKEY);
+    c->flags |= CLIENT_AUTHED | (u && u->admin ? CLIENT_ADMIN : 0) | (how & (CLIENT_BY_TOKEN | CLIENT_BY_NKEY));
     dict_clear(&c->pub_seen, NULL);
+    c->pub_last_len = 0;
     dict_clear(&c->replies, free);
     if (c->auth_timer)
         evtimer_del(c->auth_timer);
@@ -119,6 +132,32 @@ static int hold_for_check(client_t *c, const char *stored, const char *given, co
     return 1;
 }
 
+/* An nkey login: the signature of c's nonce must verify with the public
+ * key of a configured nkey user.  An Ed25519 check costs about 50 us, in
+ * the range of the CONNECT's own parsing and far below a bcrypt check, so
+ * it is done here on the loop: a client must open a new connection for
+ * each wrong try, which costs the server about as much again.  0: c is
+ * that user; 1: refused (c closing). */
+static int nkey_login(client_t *c, const auth_config_t *cfg, const char *nkey, const char *sig)
+{
+    unsigned char pub[NKEY_KEY_LEN];
+    const auth_user_t *u = auth_config_find_nkey(cfg, nkey);
+    const char *why = !u ? "unknown nkey" : !sig ? "no signature" : !c->nonce[0] ? "no nonce was sent" : NULL;
+    if (!why && nkey_public_decode(nkey, pub) != NKEY_OK)
+        why = "bad nkey";
+    if (!why && nkey_verify(pub, c->nonce, strlen(c->nonce), sig, strlen(sig)) != NKEY_OK)
+        why = "the nonce's signature does not verify";
+    if (!why && become(c, cfg, u, CLIENT_BY_NKEY) < 0)
+        why = "out of memory";
+    if (why) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "%s (nkey %.56s)", why, nkey);
+        violation(c, msg);
+        return 1;
+    }
+    return 0;
+}
+
 int client_auth_connect(client_t *c, const cJSON *obj)
 {
     const auth_config_t *cfg = server_auth(c->srv);
@@ -145,12 +184,9 @@ int client_auth_connect(client_t *c, const cJSON *obj)
     if (cfg->token) {
         stored = cfg->token;
         given = token;
-    } else if (nkey) {
-        /* Users with an nkey are in the table; checking their signature of
-         * the nonce is not done yet, so such a CONNECT cannot pass. */
-        violation(c, "nkey authentication is not available");
-        return 1;
-    } else if (!user && !pass && !token && cfg->no_auth_user) {
+    } else if (nkey && auth_config_has_nkeys(cfg)) {
+        return nkey_login(c, cfg, nkey, json_string(obj, "sig"));
+    } else if (!user && !pass && !token && !nkey && cfg->no_auth_user) {
         u = auth_config_find_user(cfg, cfg->no_auth_user);
         if (!u || become(c, cfg, u, 0) < 0) {
             violation(c, "no_auth_user is not a configured user");
@@ -168,7 +204,7 @@ int client_auth_connect(client_t *c, const cJSON *obj)
     }
     if (auth_is_bcrypt(stored))
         return hold_for_check(c, stored, given, user);
-    if (!auth_password_ok(stored, given) || become(c, cfg, u, u == NULL) < 0) {
+    if (!auth_password_ok(stored, given) || become(c, cfg, u, u ? 0 : CLIENT_BY_TOKEN) < 0) {
         violation(c, user ? user : "token");
         return 1;
     }
@@ -201,7 +237,7 @@ void client_auth_answer(void *ctx, authq_job_t *job)
     } else {
         now = cfg->token;
     }
-    if (!job->ok || !now || strcmp(now, job->stored) || become(c, cfg, u, u == NULL) < 0) {
+    if (!job->ok || !now || strcmp(now, job->stored) || become(c, cfg, u, u ? 0 : CLIENT_BY_TOKEN) < 0) {
         violation(c, job->name ? job->name : "token");
         authq_job_free(job);
         return;
@@ -254,6 +290,17 @@ static void publish_violation(client_t *c, const proto_msg_t *m)
     client_send_err(c, msg);
 }
 
+/* m's subject is allowed: remembered as the last one, if it fits.
+ * Returns 1. */
+static int remember_allowed(client_t *c, const proto_msg_t *m)
+{
+    if (m->subject_len < sizeof c->pub_last) {
+        memcpy(c->pub_last, m->subject, m->subject_len);
+        c->pub_last_len = (unsigned char)m->subject_len;
+    }
+    return 1;
+}
+
 int client_auth_publish(client_t *c, const proto_msg_t *m)
 {
     if (!server_auth(c->srv))
@@ -267,9 +314,13 @@ int client_auth_publish(client_t *c, const proto_msg_t *m)
     }
     if (!c->perms)
         return 1;
+    /* A publisher mostly sends to the subject it sent to last: that
+     * decision costs a compare, not a hash lookup. */
+    if (m->subject_len == c->pub_last_len && !memcmp(m->subject, c->pub_last, m->subject_len))
+        return 1;
     void *seen = dict_get(&c->pub_seen, m->subject, m->subject_len);
     if (seen == PUB_ALLOWED)
-        return 1;
+        return remember_allowed(c, m);
     if (!seen) {
         int ok = auth_may_publish(c->perms, m->subject, m->subject_len);
         if (m->subject_len <= PUB_SEEN_SUBJECT_MAX) {
@@ -278,7 +329,7 @@ int client_auth_publish(client_t *c, const proto_msg_t *m)
             dict_put(&c->pub_seen, m->subject, m->subject_len, ok ? PUB_ALLOWED : PUB_REFUSED); /* may fail: a cache */
         }
         if (ok)
-            return 1;
+            return remember_allowed(c, m);
     }
     if (c->perms->allow_responses && response_granted(c, m))
         return 1;
@@ -388,8 +439,9 @@ void client_auth_reload(client_t *c, const auth_config_t *cfg)
      * then in force; meanwhile it is who it was (its deliveries go on). */
     if (!cfg) {
         c->perms = NULL;
-        c->flags &= ~(CLIENT_AUTHED | CLIENT_ADMIN | CLIENT_BY_TOKEN);
+        c->flags &= ~(CLIENT_AUTHED | CLIENT_ADMIN | CLIENT_BY_TOKEN | CLIENT_BY_NKEY);
         dict_clear(&c->pub_seen, NULL);
+        c->pub_last_len = 0;
         if (c->auth_timer)
             evtimer_del(c->auth_timer);
         recheck_subs(c);
@@ -405,6 +457,11 @@ void client_auth_reload(client_t *c, const auth_config_t *cfg)
             violation(c, "the token was removed");
             return;
         }
+    } else if (c->flags & CLIENT_BY_NKEY) {
+        if (!(u = auth_config_find_nkey(cfg, c->user))) {
+            violation(c, "its nkey was removed");
+            return;
+        }
     } else if (c->flags & CLIENT_AUTHED) {
         if (!(u = auth_config_find_user(cfg, c->user))) {
             violation(c, "its user was removed");
@@ -414,7 +471,7 @@ void client_auth_reload(client_t *c, const auth_config_t *cfg)
         violation(c, "connected without credentials before auth was configured");
         return;
     }
-    if (become(c, cfg, u, (c->flags & CLIENT_BY_TOKEN) != 0) < 0) {
+    if (become(c, cfg, u, c->flags & (CLIENT_BY_TOKEN | CLIENT_BY_NKEY)) < 0) {
         violation(c, "out of memory");
         return;
     }
@@ -432,5 +489,6 @@ void client_auth_free(client_t *c)
     free(c->user);
     c->user = NULL;
     dict_clear(&c->pub_seen, NULL);
+    c->pub_last_len = 0;
     dict_clear(&c->replies, free);
 }

@@ -295,12 +295,13 @@ void server_build_info(server_t *s, client_t *c, char *out, size_t outsz)
     snprintf(out, outsz,
              "INFO {\"server_id\":\"%s\",\"server_name\":\"%s\",\"version\":\"%s\",\"tide_version\":\"%s\","
              "\"proto\":1,\"host\":\"%s\",\"port\":%d,\"headers\":true,%s%s%s\"max_payload\":%zu,"
-             "\"client_id\":%llu,\"client_ip\":\"%s\"}\r\n",
+             "\"client_id\":%llu,\"client_ip\":\"%s\"%s%s%s}\r\n",
              s->id, s->opts.server_name, TIDE_NATS_VERSION, TIDE_VERSION, s->opts.host, s->opts.port,
              /* As nats-server: with a no_auth_user no client has to authenticate. */
              s->auth && !s->auth->no_auth_user ? "\"auth_required\":true," : "",
              !tc ? "" : tc->verify ? "\"tls_required\":true,\"tls_verify\":true," : "\"tls_required\":true,",
-             s->info_jetstream ? "\"jetstream\":true," : "", s->opts.max_payload, (unsigned long long)c->id, c->ip);
+             s->info_jetstream ? "\"jetstream\":true," : "", s->opts.max_payload, (unsigned long long)c->id, c->ip,
+             c->nonce[0] ? ",\"nonce\":\"" : "", c->nonce, c->nonce[0] ? "\"" : "");
 }
 
 const auth_config_t *server_auth(const server_t *s)

@@ -141,6 +141,9 @@ struct auth_config;
  * longer allow, and are closed when their user is gone.
  */
 void server_set_auth(server_t *s, struct auth_config *cfg);
+/* The auth in force, NULL when none.  Valid until the next
+ * server_set_auth; loop thread only. */
+const struct auth_config *server_auth(const server_t *s);
 
 /* INFO tells clients "jetstream":true from now on (on != 0): set when
  * the layers above answer the JetStream API. */

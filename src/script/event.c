@@ -7,6 +7,7 @@
 
 #include "client.h"
 #include "event.h"
+#include "script.h"
 #include "subject.h"
 #include "util.h"
 
@@ -732,6 +733,19 @@ static void push_client(lua_State *L, const event_t *ev)
         lua_pushfstring(L, strchr(c->ip, ':') ? "[%s]:%d" : "%s:%d", c->ip, c->port);
         lua_setfield(L, -2, "addr");
         lua_pushboolean(L, client_is_tls(c));
+        lua_setfield(L, -2, "tls");
+    } else if (ev->origin == EVENT_FROM_TEST && ev->who) {
+        if (ev->who->user[0]) {
+            lua_pushstring(L, ev->who->user);
+            lua_setfield(L, -2, "user");
+        }
+        lua_pushinteger(L, (lua_Integer)ev->who->id);
+        lua_setfield(L, -2, "id");
+        if (ev->who->addr[0]) {
+            lua_pushstring(L, ev->who->addr);
+            lua_setfield(L, -2, "addr");
+        }
+        lua_pushboolean(L, ev->who->tls);
         lua_setfield(L, -2, "tls");
     } else {
         if (ev->origin == EVENT_FROM_TIDE) {

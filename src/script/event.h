@@ -33,8 +33,9 @@ enum event_mode { EVENT_UNDECODED = 0, EVENT_RAW, EVENT_STRUCTURED, EVENT_BINARY
 
 /* Who published an event (e.client): a NATS client, a handler inside tide
  * (ctx.publish), or the server itself (HTTP, the prompt, stored events). */
-enum event_origin { EVENT_FROM_SERVER = 0, EVENT_FROM_CLIENT, EVENT_FROM_TIDE };
+enum event_origin { EVENT_FROM_SERVER = 0, EVENT_FROM_CLIENT, EVENT_FROM_TIDE, EVENT_FROM_TEST };
 struct client;
+struct script_identity;
 
 typedef struct event {
     json_owner_t owner; /* the payload as JSON; owner.dirty: the envelope or data changed; owner.dead: expired */
@@ -51,6 +52,7 @@ typedef struct event {
     int reusable;     /* the pipeline's reused event (event_push_pipeline) */
     int origin;       /* enum event_origin; set by the pipeline, EVENT_FROM_SERVER otherwise */
     const struct client *client; /* EVENT_FROM_CLIENT: the publisher (alive while the event is) */
+    const struct script_identity *who; /* EVENT_FROM_TEST: the identity tide run or the prompt set */
     /* The message; borrowed unless event_push copied it.  A subject a
      * script set and re-encoded bytes are Lua strings the event keeps. */
     const char *subject;

@@ -258,6 +258,9 @@ static int l_publish(lua_State *L)
     const char *payload = luaL_checklstring(L, 4, &pl);
     size_t rl = 0;
     const char *reply = luaL_optlstring(L, 5, NULL, &rl);
+    script_identity_t who;
+    if (!lua_isnoneornil(L, 6))
+        script_identity_from_lua(L, 6, &who, "client");
     proto_msg_t m;
     if (!f->srv)
         return luaL_error(L, "flow is closed");
@@ -272,7 +275,9 @@ static int l_publish(lua_State *L)
     m.payload_len = pl;
     drop_recorded(f);
     f->oom = 0;
+    script_set_identity(f->host, lua_isnoneornil(L, 6) ? NULL : &who);
     server_publish(f->srv, NULL, &m);
+    script_set_identity(f->host, NULL);
     /* Durable consumers and their handlers: until the streams are idle. */
     char why[300];
     int late = f->sm && flow_settle(f->srv, f->sm, f->settle, why, sizeof why) < 0;

@@ -920,7 +920,10 @@ int pipeline_run_event(lua_State *L)
      * handle of the reused event, or the same event). */
     run->ev = event_push_pipeline(L, run->in, lua_upvalueindex(2), lua_upvalueindex(3));
     run->ev->client = run->from;
-    run->ev->origin = run->from ? EVENT_FROM_CLIENT : run->depth > 0 ? EVENT_FROM_TIDE : EVENT_FROM_SERVER;
+    run->ev->who = &run->h->test_who;
+    run->ev->origin = run->from ? EVENT_FROM_CLIENT
+                    : run->depth > 0 ? EVENT_FROM_TIDE
+                    : run->h->has_test_who ? EVENT_FROM_TEST : EVENT_FROM_SERVER;
     int e_idx = lua_gettop(L), ev_idx = e_idx - 1;
     if (!run->ev->reusable) {
         /* run_one ends it on every path: its payload's views can be the

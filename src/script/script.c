@@ -490,6 +490,59 @@ int script_load_file(script_host_t *h, const char *path, char *err, size_t errsz
     return rc == LUA_OK ? 0 : -1;
 }
 
+void script_set_identity(script_host_t *h, const script_identity_t *who)
+{
+    if (!h)
+        return;
+    h->has_test_who = who != NULL;
+    if (who)
+        h->test_who = *who;
+    else
+        memset(&h->test_who, 0, sizeof h->test_who);
+}
+
+void script_identity_from_lua(lua_State *L, int idx, script_identity_t *who, const char *what)
+{
+    static const char *const known[] = {"user", "id", "addr", "tls", NULL};
+    idx = lua_absindex(L, idx);
+    memset(who, 0, sizeof *who);
+    luaL_checktype(L, idx, LUA_TTABLE);
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        int ok = 0;
+        for (int i = 0; known[i] && lua_type(L, -2) == LUA_TSTRING; i++)
+            ok |= !strcmp(lua_tostring(L, -2), known[i]);
+        if (!ok)
+            luaL_error(L, "%s: the identity takes user, id, addr and tls, not '%s'", what, luaL_tolstring(L, -2, NULL));
+        lua_pop(L, 1);
+    }
+    if (lua_getfield(L, idx, "user") != LUA_TNIL) {
+        size_t n = 0;
+        const char *u = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
+        if (!u || n == 0 || n >= sizeof who->user)
+            luaL_error(L, "%s: user must be a name of 1 to %d bytes", what, (int)sizeof who->user - 1);
+        memcpy(who->user, u, n + 1);
+    }
+    if (lua_getfield(L, idx, "id") != LUA_TNIL) {
+        int isint = 0;
+        lua_Integer id = lua_tointegerx(L, -1, &isint);
+        if (!isint || id < 0)
+            luaL_error(L, "%s: id must be a whole number >= 0", what);
+        who->id = (unsigned long long)id;
+    }
+    if (lua_getfield(L, idx, "addr") != LUA_TNIL) {
+        size_t n = 0;
+        const char *a = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
+        if (!a || n >= sizeof who->addr)
+            luaL_error(L, "%s: addr must be a string of at most %d bytes", what, (int)sizeof who->addr - 1);
+        memcpy(who->addr, a, n + 1);
+    }
+    if (lua_getfield(L, idx, "tls") != LUA_TNIL && lua_type(L, -1) != LUA_TBOOLEAN)
+        luaL_error(L, "%s: tls must be true or false", what);
+    who->tls = lua_toboolean(L, -1);
+    lua_pop(L, 4);
+}
+
 void script_set_trace(script_host_t *h, void (*fn)(void *ctx, const char *line), void *ctx)
 {
     h->trace = fn;

@@ -66,6 +66,27 @@ void script_host_attach_offline(script_host_t *h, server_t *srv);
 
 void script_host_free(script_host_t *h);
 
+/* Who a test event is, for e.client (tide run, the prompt): a user name
+ * ("" for none), a client id, an address ("" for none), TLS or not. */
+typedef struct script_identity {
+    char user[256];
+    unsigned long long id;
+    char addr[96];
+    int tls;
+} script_identity_t;
+
+/* Events the server itself publishes while an identity is set (not those
+ * a handler publishes, nor a client's) show it as e.client.  who is
+ * copied; NULL clears it.  For tide run and the prompt: set it around one
+ * publish, and clear it after. */
+void script_set_identity(script_host_t *h, const script_identity_t *who);
+
+struct lua_State;
+/* Reads the identity table at idx of L ({ user = "shop", id = 7, addr =
+ * "10.0.0.1:5000", tls = true }, every key optional) into who; raises a
+ * Lua error naming what (a function's name) when it is not such a table. */
+void script_identity_from_lua(struct lua_State *L, int idx, script_identity_t *who, const char *what);
+
 /*
  * Runs the pipeline for one published message and delivers the results.
  * `from` is the publishing client (NULL for the server itself).  The

@@ -250,6 +250,8 @@ struct script_host {
     streams_t *streams; /* the persistent queue, or NULL */
     void (*on_reload)(void *ctx); /* after a new state took over (tide repl) */
     void *on_reload_ctx;
+    script_identity_t test_who; /* script_set_identity: who the server's own events are */
+    int has_test_who;
 };
 
 extern const char budget_keys[4];

@@ -170,6 +170,9 @@ static void read_user(lua_State *L, auth_config_t *cfg, int i)
     for (size_t k = 0; u->name && k + 1 < cfg->nusers; k++)
         if (cfg->users[k].name && !strcmp(cfg->users[k].name, u->name))
             luaL_error(L, "auth: user '%s' is declared twice", u->name);
+    for (size_t k = 0; u->nkey && k + 1 < cfg->nusers; k++)
+        if (cfg->users[k].nkey && !strcmp(cfg->users[k].nkey, u->nkey))
+            luaL_error(L, "auth: nkey '%s' is declared twice", u->nkey);
     if (u->password) {
         char what[200];
         snprintf(what, sizeof what, "the password of user '%s'", u->name);

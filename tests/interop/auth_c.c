@@ -4,6 +4,7 @@
  *
  * Usage: auth_c <port> user PASSWORD USER [SUBJECT]
  *        auth_c <port> token TOKEN [SUBJECT]
+ *        auth_c <port> nkey PUBKEY SEEDFILE [SUBJECT]
  *        auth_c <port> none [SUBJECT]
  * Connects (no reconnect) with those credentials and prints "connected",
  * or "error <status text>" when the connection is refused; with SUBJECT,
@@ -45,7 +46,8 @@ int main(int argc, char **argv)
     char url[64];
     const char *subject = NULL;
     if (argc < 3) {
-        fprintf(stderr, "usage: auth_c PORT user PASS USER [SUBJECT] | token TOKEN [SUBJECT] | none [SUBJECT]\n");
+        fprintf(stderr, "usage: auth_c PORT user PASS USER [SUBJECT] | token TOKEN [SUBJECT] | nkey PUB SEEDFILE [SUBJECT] | "
+                        "none [SUBJECT]\n");
         return 2;
     }
     signal(SIGALRM, on_alarm);
@@ -63,6 +65,9 @@ int main(int argc, char **argv)
     } else if (!strcmp(argv[2], "token") && argc >= 4) {
         natsOptions_SetToken(opts, argv[3]);
         subject = argc > 4 ? argv[4] : NULL;
+    } else if (!strcmp(argv[2], "nkey") && argc >= 5) {
+        natsOptions_SetNKeyFromSeed(opts, argv[3], argv[4]);
+        subject = argc > 5 ? argv[5] : NULL;
     } else {
         subject = argc > 3 ? argv[3] : NULL;
     }

@@ -3,12 +3,15 @@
 //
 // Usage: node auth.mjs <port> '<json>'
 //   json: { "opts": { user, pass, token, ... }   connect options
+//           "nkeySeed": "SU...",                   log in with nkeyAuthenticator
+//           "credsFile": "path",                   log in with credsAuthenticator
 //           "sub": "subject",                      subscribe, report errors
 //           "pub": "subject" }                     publish, report errors
 // Prints one line per outcome: "connected", "error <code>" (connect
 // failed), "sub error <code>", "status error <code>", "closed".  Every
 // wait is bounded; the program ends within 10 s whatever the server does.
-import { connect } from "nats";
+import { readFileSync } from "node:fs";
+import { connect, credsAuthenticator, nkeyAuthenticator } from "nats";
 
 const [port, json] = process.argv.slice(2);
 const o = JSON.parse(json || "{}");
@@ -18,8 +21,14 @@ setTimeout(() => {
 }, 10000).unref();
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+const te = new TextEncoder();
+let authenticator;
+if (o.nkeySeed) authenticator = nkeyAuthenticator(te.encode(o.nkeySeed));
+if (o.credsFile) authenticator = credsAuthenticator(readFileSync(o.credsFile));
+
 try {
   const nc = await connect({
+    ...(authenticator ? { authenticator } : {}),
     servers: `127.0.0.1:${port}`,
     reconnect: false,
     timeout: 5000,
