@@ -130,6 +130,17 @@ filter("view.follow", function(e)
   return true
 end)
 
+-- Writes strings that need escapes next to the payload's own (printed as
+-- written), over an existing key, as a new key and as a copied subtree.
+filter("view.mix", function(e)
+  local d = e.data
+  d.k = 'q"b\\\n\1/\195\169'
+  d.list[2] = "t\tab"
+  d['n"k'] = "v"
+  d.copy = d.obj
+  return true
+end)
+
 filter("view.read", function(e)
   local d = e.data
   local keys, sum = {}, 0
@@ -484,6 +495,14 @@ describe("values read from the payload's bytes", function()
     assert.are.equal('big esc abc dup dup neg long été s|100|5050|100|nil|a"b/|1|1|0|integer|' ..
       '1.2345678901235e+71|float|u|😀|t.v|3|i-1', header(m, "X-Read"))
     assert.are.equal(payload, m.payload)
+  end)
+
+  it("print the payload's strings as written and escape those a rule wrote", function()
+    local m = roundtrip("view.mix",
+      '{"data":{"k":"old","obj":{"\195\169":"\195\169t\195\169","b\\u0041":"x\\/y"},"list":[1,"two"],"z":"keep"}}')
+    assert.are.equal('{"data":{"k":"q\\"b\\\\\\n\\u0001/\195\169","obj":{"\195\169":"\195\169t\195\169",' ..
+      '"b\\u0041":"x\\/y"},"list":[1,"t\\tab"],"z":"keep","n\\"k":"v",' ..
+      '"copy":{"\195\169":"\195\169t\195\169","b\\u0041":"x\\/y"}}}', m.payload)
   end)
 
   it("leave a payload that is not JSON raw, whatever it starts with", function()

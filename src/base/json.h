@@ -83,6 +83,17 @@ int json_is_digit(unsigned char c);
  * not, so exact trees are printed and searched only through this file. */
 #define JSON_KEY_SPELLED (1 << 12)
 
+/* Strings an exact tree took from a text without escapes hold no byte a
+ * JSON string must escape (json_scan saw to that), so json_print copies
+ * them between quotes as they are instead of looking at every byte.
+ * JSON_STRING_PLAIN marks such a value (a reference, whose string cJSON
+ * never changes), JSON_KEY_PLAIN such a key (a constant one: cJSON drops
+ * cJSON_StringIsConst when it gives an item another key, and json_set_key
+ * drops both).  json_print trusts the mark only together with
+ * cJSON_IsReference or cJSON_StringIsConst; json_duplicate drops them. */
+#define JSON_STRING_PLAIN (1 << 13)
+#define JSON_KEY_PLAIN (1 << 14)
+
 /* Makes cJSON allocate through tide's block pool.  Call once, before any
  * other cJSON use (json_open does). */
 void json_init(void);

@@ -121,7 +121,7 @@ static int string_node(build_t *b, cJSON *n, const json_tok_t *t)
 {
     if (b->exact) {
         int plain = t->flags & JSON_TOK_PLAIN;
-        n->type = (plain ? cJSON_String : cJSON_Raw) | cJSON_IsReference;
+        n->type = (plain ? cJSON_String | JSON_STRING_PLAIN : cJSON_Raw) | cJSON_IsReference;
         n->valuestring = plain ? nums_plain(b, t) : nums_spelled(b, t);
         return 0;
     }
@@ -151,7 +151,7 @@ static int key_node(build_t *b, cJSON *item, const json_tok_t *t)
     if (b->exact) {
         int plain = t->flags & JSON_TOK_PLAIN;
         item->string = plain ? nums_plain(b, t) : nums_spelled(b, t);
-        item->type |= cJSON_StringIsConst | (plain ? 0 : JSON_KEY_SPELLED);
+        item->type |= cJSON_StringIsConst | (plain ? JSON_KEY_PLAIN : JSON_KEY_SPELLED);
         return 0;
     }
     char *key = cJSON_malloc((size_t)t->len + 1);
@@ -368,6 +368,18 @@ static void put_string(out_t *o, const char *s, size_t n)
     put_char(o, '"');
 }
 
+/* n bytes at s that need no escapes (JSON_STRING_PLAIN), between quotes. */
+static inline __attribute__((always_inline)) void put_quoted(out_t *o, const char *s, size_t n)
+{
+    if (o->cap - o->len < n + 2 && out_grow(o, n + 2) < 0)
+        return;
+    char *d = o->buf + o->len;
+    d[0] = '"';
+    memcpy(d + 1, s, n);
+    d[n + 1] = '"';
+    o->len += n + 2;
+}
+
 /* A plain cJSON number, as cJSON prints it. */
 static void put_number(out_t *o, const cJSON *v)
 {
@@ -401,7 +413,12 @@ static void put_node(out_t *o, const cJSON *v)
             put(o, v->valuestring, strlen(v->valuestring));
         return;
     case cJSON_String:
-        put_string(o, v->valuestring ? v->valuestring : "", v->valuestring ? strlen(v->valuestring) : 0);
+        if (!v->valuestring)
+            put(o, "\"\"", 2);
+        else if ((v->type & (JSON_STRING_PLAIN | cJSON_IsReference)) == (JSON_STRING_PLAIN | cJSON_IsReference))
+            put_quoted(o, v->valuestring, strlen(v->valuestring));
+        else
+            put_string(o, v->valuestring, strlen(v->valuestring));
         return;
     case cJSON_Array:
         put_char(o, '[');
@@ -417,6 +434,9 @@ static void put_node(out_t *o, const cJSON *v)
         for (c = v->child; c && !o->failed; c = c->next) {
             if (c->type & JSON_KEY_SPELLED)
                 put(o, c->string, strlen(c->string));
+            else if (c->string && (c->type & (JSON_KEY_PLAIN | cJSON_StringIsConst)) ==
+                                      (JSON_KEY_PLAIN | cJSON_StringIsConst))
+                put_quoted(o, c->string, strlen(c->string));
             else
                 put_string(o, c->string ? c->string : "", c->string ? strlen(c->string) : 0);
             put_char(o, ':');
@@ -559,7 +579,7 @@ int json_set_key(cJSON *item, const char *key, size_t klen)
     if (item->string && !(item->type & cJSON_StringIsConst))
         cJSON_free(item->string);
     item->string = k;
-    item->type &= ~(cJSON_StringIsConst | JSON_KEY_SPELLED);
+    item->type &= ~(cJSON_StringIsConst | JSON_KEY_SPELLED | JSON_KEY_PLAIN);
     if (nul)
         item->type |= JSON_KEY_SPELLED;
     return 0;
@@ -570,7 +590,8 @@ cJSON *json_duplicate(const cJSON *n)
     cJSON *d = cJSON_CreateNull(), *last = NULL;
     if (!d)
         return NULL;
-    d->type = n->type & ~(cJSON_IsReference | cJSON_StringIsConst | JSON_KEY_SPELLED);
+    d->type = n->type &
+              ~(cJSON_IsReference | cJSON_StringIsConst | JSON_KEY_SPELLED | JSON_KEY_PLAIN | JSON_STRING_PLAIN);
     d->valueint = n->valueint;
     d->valuedouble = n->valuedouble;
     if (n->valuestring && !(d->valuestring = node_text(n->valuestring, strlen(n->valuestring))))

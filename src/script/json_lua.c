@@ -351,7 +351,7 @@ static void unset_from(json_owner_t *o, cJSON *parent, cJSON *from, const char *
 
 int json_object_set(json_owner_t *o, cJSON *parent, const char *key, size_t klen, cJSON *v)
 {
-    const int key_flags = cJSON_StringIsConst | JSON_KEY_SPELLED;
+    const int key_flags = cJSON_StringIsConst | JSON_KEY_SPELLED | JSON_KEY_PLAIN;
     cJSON *old = json_object_get(parent, key, klen, 1);
     if (old) {
         /* The key moves over with its flags; the old value is kept aside,
