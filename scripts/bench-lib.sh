@@ -4,7 +4,7 @@
 # Sourced, not run.
 
 # Prints "label|tide|nats|ratio|better" rows with medians of the samples, for
-# rows "key|label|kind|better" (kind: rate, us, ms, mib, kib, sec).  A row
+# rows "key|label|kind|better" (kind: rate, us, ms, ns, mib, kib, sec).  A row
 # whose runs all failed still shows, with how many failed.
 table() {
     echo "$1" | awk -F'|' -v samples="$SAMPLES" '
@@ -25,7 +25,7 @@ table() {
         if (x == "") return "n/a"
         if (kind == "rate") return commas(x)
         if (kind == "us") return sprintf("%.1f", x)
-        if (kind == "ms") return sprintf("%.0f", x)
+        if (kind == "ms" || kind == "ns") return sprintf("%.0f", x)
         if (kind == "kib") return sprintf("%.1f", x)
         if (kind == "mib") return sprintf("%.1f", x / 1024)
         if (kind == "sec") return sprintf("%.2f", x)

@@ -15,6 +15,10 @@
 #   pubsub128  1 publisher -> 1 subscriber,  128 B payload
 #   pubsub1k   1 publisher -> 1 subscriber, 1024 B payload
 #   fanout4    1 publisher -> 4 subscribers, 128 B payload (deliveries/s)
+#   fanout10 fanout100 fanout1000
+#              1 publisher -> 10, 100, 1000 subscriber connections, 128 B,
+#              BENCH_FANOUT_DELIVERIES deliveries in all (messages = that /
+#              connections): deliveries/s and server CPU ns per delivery
 #   reqrep     BENCH_RR_N (default 20000) sequential requests, 16 B payload;
 #              round-trip p50 / p99 / p99.9 / mean in microseconds.  Made in
 #              blocks of BENCH_RR_BLOCK (default 2000) requests that alternate
@@ -26,6 +30,7 @@
 #   BENCH_RR_N         requests in the req/reply scenario (default 20000)
 #   BENCH_RR_BLOCK     requests per alternating req/reply block (default 2000)
 #   BENCH_IDLE_CONNS   idle connections (default 1000)
+#   BENCH_FANOUT_DELIVERIES  deliveries per fanout10/100/1000 run (default 4000000)
 #   BENCH_ONLY         space-separated subset of the scenario ids above
 #   NATS_SERVER_BIN    nats-server binary (default: nats-server on PATH)
 #   TIDE_BIN_OVERRIDE  command used instead of "build/tide serve" for the
@@ -56,6 +61,7 @@ MSGS=${BENCH_MSGS:-1000000}
 RR_N=${BENCH_RR_N:-20000}
 RR_BLOCK=${BENCH_RR_BLOCK:-2000}
 IDLE_CONNS=${BENCH_IDLE_CONNS:-1000}
+FANOUT_DELIVERIES=${BENCH_FANOUT_DELIVERIES:-4000000}
 ONLY=${BENCH_ONLY:-}
 NATS_BIN=${NATS_SERVER_BIN:-nats-server}
 TIDE_CMD=${TIDE_BIN_OVERRIDE:-$BUILD/tide serve --no-http}
@@ -72,7 +78,7 @@ command -v "$NATS_BIN" >/dev/null 2>&1 || die "$NATS_BIN not found"
 set -- $TIDE_CMD
 command -v "$1" >/dev/null 2>&1 || [ -x "$1" ] || die "$1 not found (run: make all)"
 set --
-case "$REPEAT$MSGS$RR_N$RR_BLOCK$IDLE_CONNS" in *[!0-9]*) die "BENCH_* values must be integers" ;; esac
+case "$REPEAT$MSGS$RR_N$RR_BLOCK$IDLE_CONNS$FANOUT_DELIVERIES" in *[!0-9]*) die "BENCH_* values must be integers" ;; esac
 [ "$REPEAT" -ge 1 ] || die "BENCH_REPEAT must be >= 1"
 [ "$RR_BLOCK" -ge 1 ] && [ "$RR_N" -ge 1 ] || die "BENCH_RR_N and BENCH_RR_BLOCK must be >= 1"
 
@@ -251,6 +257,19 @@ scen_pubsub() {   # side key size subs
     printf '  %-11s %-9s %12s msg/s\n' "$(label "$side")" "$key" "$(field rate "$LINE")"
 }
 
+# Fan-out to many connections: the same number of deliveries at every size,
+# so the CPU per delivery shows how the cost grows with the connections.
+scen_fanout() {   # side key subs
+    local side=$1 key=$2 subs=$3 msgs
+    msgs=$(( FANOUT_DELIVERIES / subs ))
+    run_client "$side" "$key" 180 pubsub --size 128 --msgs "$msgs" --subs "$subs" \
+        --timeout 120 || return
+    sample "$key" "$side" "$(field rate "$LINE")"
+    sample "$key.cpu" "$side" "$CPU_S"
+    sample "$key.ns" "$side" "$(awk -v c="$CPU_S" -v n="$msgs" -v k="$subs" 'BEGIN { printf "%.0f", c * 1e9 / (n * k) }')"
+    printf '  %-11s %-10s %12s deliveries/s  %s s CPU\n' "$(label "$side")" "$key" "$(field rate "$LINE")" "$CPU_S"
+}
+
 # Request/reply latency reacts to every burst of background load, so the
 # RR_N requests per server are made in blocks of RR_BLOCK that alternate
 # between the servers (the first server flips every block), and each
@@ -367,6 +386,9 @@ run_scenario() {  # id side
         pubsub128) scen_pubsub "$2" pubsub128 128 1 ;;
         pubsub1k)  scen_pubsub "$2" pubsub1k 1024 1 ;;
         fanout4)   scen_pubsub "$2" fanout4 128 4 ;;
+        fanout10)  scen_fanout "$2" fanout10 10 ;;
+        fanout100) scen_fanout "$2" fanout100 100 ;;
+        fanout1000) scen_fanout "$2" fanout1000 1000 ;;
     esac
 }
 
@@ -385,7 +407,7 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo "uncommitted")
 : > "$LOGDIR/errors.log"
 : > "$LOGDIR/tide.log"
 : > "$LOGDIR/nats.log"
-SCENARIOS="idle pubsub16 pubsub128 pubsub1k fanout4 reqrep"
+SCENARIOS="idle pubsub16 pubsub128 pubsub1k fanout4 fanout10 fanout100 fanout1000 reqrep"
 t_start=$(date +%s)
 
 echo "tide benchmark: $REPEAT repetition(s), $MSGS messages per pub/sub run, $RR_N requests"
@@ -428,6 +450,12 @@ ROWS='pubsub16|pub/sub 1->1, 16 B (msgs/s)|rate|higher
 pubsub128|pub/sub 1->1, 128 B (msgs/s)|rate|higher
 pubsub1k|pub/sub 1->1, 1 KiB (msgs/s)|rate|higher
 fanout4|fan-out 1->4, 128 B (msgs/s delivered)|rate|higher
+fanout10|fan-out 1->10 connections, 128 B (deliveries/s)|rate|higher
+fanout100|fan-out 1->100 connections, 128 B (deliveries/s)|rate|higher
+fanout1000|fan-out 1->1000 connections, 128 B (deliveries/s)|rate|higher
+fanout10.ns|fan-out 1->10, server CPU per delivery (ns)|ns|lower
+fanout100.ns|fan-out 1->100, server CPU per delivery (ns)|ns|lower
+fanout1000.ns|fan-out 1->1000, server CPU per delivery (ns)|ns|lower
 reqrep.p50|req/reply p50 (us)|us|lower
 reqrep.p99|req/reply p99 (us)|us|lower
 reqrep.p999|req/reply p99.9 (us)|us|lower
@@ -440,6 +468,9 @@ pubsub16.cpu|pub/sub 1->1, 16 B|sec|lower
 pubsub128.cpu|pub/sub 1->1, 128 B|sec|lower
 pubsub1k.cpu|pub/sub 1->1, 1 KiB|sec|lower
 fanout4.cpu|fan-out 1->4, 128 B|sec|lower
+fanout10.cpu|fan-out 1->10, 128 B|sec|lower
+fanout100.cpu|fan-out 1->100, 128 B|sec|lower
+fanout1000.cpu|fan-out 1->1000, 128 B|sec|lower
 reqrep.cpu|req/reply|sec|lower'
 
 
@@ -478,7 +509,7 @@ echo "client:  build/nats_bench, libnats $libnats_version; run took ${elapsed}s"
     echo
     echo "- Machine: $(nproc) CPU(s), $cpu_model, $mem_total RAM, Linux $(uname -r)"
     echo "- tide ${VERSION[tide]:-?} (\`$TIDE_SHOWN\`, ${TIDE_ID}commit $commit); nats-server ${VERSION[nats]:-?}; client libnats $libnats_version"
-    echo "- Settings: BENCH_REPEAT=$REPEAT BENCH_MSGS=$MSGS BENCH_RR_N=$RR_N BENCH_RR_BLOCK=$RR_BLOCK BENCH_IDLE_CONNS=$IDLE_CONNS${ONLY:+ BENCH_ONLY=\"$ONLY\"}; run took ${elapsed}s; $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "- Settings: BENCH_REPEAT=$REPEAT BENCH_MSGS=$MSGS BENCH_RR_N=$RR_N BENCH_RR_BLOCK=$RR_BLOCK BENCH_IDLE_CONNS=$IDLE_CONNS BENCH_FANOUT_DELIVERIES=$FANOUT_DELIVERIES${ONLY:+ BENCH_ONLY=\"$ONLY\"}; run took ${elapsed}s; $(date -u '+%Y-%m-%d %H:%M UTC')"
 } > "$MD"
 echo "markdown: $MD"
 
