@@ -25,6 +25,13 @@
  * TLS record holds up to 16 KiB). */
 #define TLS_OUTPUT_PIECE (16 * 1024)
 
+/* Bytes of output one new piece of a client's buffer holds at most.  A
+ * piece is as big as what is already queued (up to this), so a queue that
+ * builds up during a fan-out takes a few allocations, not one per handful
+ * of messages.  libevent rounds a piece and its header up to a power of
+ * two: this one is a 64 KiB block. */
+#define OUTPUT_PIECE_MAX (60 * 1024)
+
 /* Bytes one read may take (on_readable, and a TLS bufferevent's reads). */
 #define READ_CHUNK (64 * 1024)
 
@@ -658,6 +665,36 @@ static char *put_u64(char *w, uint64_t v)
     return w;
 }
 
+/*
+ * Reserves `need` contiguous bytes at the end of c's output in *v, and sets
+ * c->out_room to the free bytes there (the caller takes off what it
+ * commits).  When the last piece cannot take them, the new piece is made as
+ * big as what is queued (OUTPUT_PIECE_MAX at most): libevent's own choice
+ * is about 1 KiB, a malloc every few messages while a fan-out queues.  A TLS
+ * bufferevent makes one record, and one write, of each piece of the
+ * buffer: its pieces are TLS_OUTPUT_PIECE bytes or more rather than one
+ * per message.  -1 when out of memory.
+ */
+static int reserve_output(client_t *c, struct evbuffer *out, size_t need, struct evbuffer_iovec *v)
+{
+    size_t pending = evbuffer_get_length(out);
+    /* All of it written frees every piece.  Other writers (evbuffer_add)
+     * leave out_room off: too little costs a piece made early, too much
+     * lets evbuffer_reserve_space make a small one; either way it works. */
+    size_t room = pending ? c->out_room : 0;
+    if (room < need) {
+        size_t piece = pending < OUTPUT_PIECE_MAX ? pending : OUTPUT_PIECE_MAX;
+        if (c->tls && piece < TLS_OUTPUT_PIECE)
+            piece = TLS_OUTPUT_PIECE;
+        if (evbuffer_expand(out, piece > need ? piece : need) < 0)
+            return -1;
+    }
+    if (evbuffer_reserve_space(out, (ev_ssize_t)need, v, 1) < 1)
+        return -1;
+    c->out_room = v->iov_len;
+    return 0;
+}
+
 int client_deliver(client_t *c, const sub_t *sub, const proto_msg_t *m)
 {
     struct evbuffer *out;
@@ -672,14 +709,7 @@ int client_deliver(client_t *c, const sub_t *sub, const proto_msg_t *m)
     if (c->perms && !client_auth_deliver(c, sub, m))
         return -1; /* its permissions keep it from this one */
     out = bufferevent_get_output(c->bev);
-    /* A TLS bufferevent makes one record, and one write, of each piece of
-     * the buffer: give it pieces of TLS_OUTPUT_PIECE bytes or more rather
-     * than one per message. */
-    if (c->tls && evbuffer_expand(out, need > TLS_OUTPUT_PIECE ? need : TLS_OUTPUT_PIECE) < 0) {
-        client_close(c, CLIENT_CLOSE_NOW, "out of memory for output");
-        return -1;
-    }
-    if (evbuffer_reserve_space(out, (ev_ssize_t)need, &v, 1) < 1) {
+    if (reserve_output(c, out, need, &v) < 0) {
         client_close(c, CLIENT_CLOSE_NOW, "out of memory for output");
         return -1;
     }
@@ -706,6 +736,7 @@ int client_deliver(client_t *c, const sub_t *sub, const proto_msg_t *m)
     *w++ = '\r';
     *w++ = '\n';
     v.iov_len = (size_t)(w - (char *)v.iov_base);
+    c->out_room -= v.iov_len;
     evbuffer_commit_space(out, &v, 1);
     output_queued(c);
     c->out_msgs++;

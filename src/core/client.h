@@ -62,6 +62,7 @@ typedef struct client {
     char version[32];
     uint64_t in_msgs, out_msgs;
     size_t queued; /* output bytes counted in the server's total (client_deliver) */
+    size_t out_room; /* free bytes after the output's last chain, as client_deliver left it */
     struct server_output *output; /* that total: the server's */
     struct client *prev, *next; /* the server's list of live clients */
     struct client *next_dead;   /* the server's list of clients to free */
