@@ -19,6 +19,7 @@
 #include <event2/listener.h>
 #include <event2/util.h>
 
+#include "alloc.h"
 #include "auth.h"
 #include "authq.h"
 #include "client.h"
@@ -38,6 +39,7 @@ struct server {
     struct event *flusher;       /* writes queued output once the callback that queued it returns */
     client_t *flush;             /* clients with output to write (client.h) */
     struct event *shutdown_timer;
+    alloc_trimmer_t *trimmer;    /* gives free heap back to the system (alloc.h) */
     sublist_t *subs;
     client_t *clients;           /* live clients */
     client_t *dead;              /* closed, waiting for the reaper */
@@ -141,7 +143,9 @@ server_t *server_new(const server_opts_t *opts)
     s->flusher = event_new(s->base, -1, 0, on_flush, s);
     s->sig_int = evsignal_new(s->base, SIGINT, on_signal, s);
     s->sig_term = evsignal_new(s->base, SIGTERM, on_signal, s);
-    if (!s->reaper || !s->flusher || !s->sig_int || !s->sig_term)
+    alloc_tune();
+    s->trimmer = alloc_trimmer_new(s->base, ALLOC_TRIM_INTERVAL, ALLOC_KEEP_FREE, &s->stats.out_msgs);
+    if (!s->reaper || !s->flusher || !s->sig_int || !s->sig_term || !s->trimmer)
         goto fail;
     event_add(s->sig_int, NULL);
     event_add(s->sig_term, NULL);
@@ -189,6 +193,7 @@ void server_free(server_t *s)
         event_free(s->sig_term);
     if (s->shutdown_timer)
         event_free(s->shutdown_timer);
+    alloc_trimmer_free(s->trimmer);
     sublist_free(s->subs);
     free(s->expired);
     if (s->base)
