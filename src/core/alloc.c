@@ -16,6 +16,8 @@ struct alloc_trimmer {
     const uint64_t *activity;
     uint64_t last;  /* *activity at the last check */
     int busy;       /* checks in a row that found it moved */
+    int trimmed;    /* trimmed since *activity last moved */
+    size_t free_at_trim; /* free heap then */
 };
 
 void alloc_tune(void)
@@ -50,11 +52,22 @@ int alloc_trimmer_check(alloc_trimmer_t *t)
     int idle = now == t->last;
     t->last = now;
     t->busy = idle ? 0 : t->busy + 1;
+    if (!idle)
+        t->trimmed = 0;
     if (!idle && t->busy < ALLOC_TRIM_BUSY_CHECKS)
         return 0;
-    if (free_heap() <= t->keep)
+    size_t held = free_heap();
+    if (held <= t->keep)
+        return 0;
+    /* Trimming leaves the free heap as it was (its pages go, not its
+     * blocks): an idle server would trim the same holes every second.
+     * Any change of it since (connections come and go without a
+     * delivery) may have brought pages back. */
+    if (idle && t->trimmed && held == t->free_at_trim)
         return 0;
     t->busy = 0;
+    t->trimmed = 1;
+    t->free_at_trim = held;
 #ifdef __GLIBC__
     malloc_trim(0);
     return 1;

@@ -53,7 +53,8 @@ typedef struct alloc_trimmer alloc_trimmer_t;
  * such as its deliveries; it must outlive the trimmer) has not moved since
  * the last check, or ALLOC_TRIM_BUSY_CHECKS checks in a row found it
  * moving.  Trimming while busy would only hand back pages the next loop
- * pass faults in again.  Returns NULL when out of memory.  Free it with
+ * pass faults in again.  Once it trimmed, an idle server is trimmed again
+ * only when its free heap has changed since.  Returns NULL when out of memory.  Free it with
  * alloc_trimmer_free before base.
  */
 alloc_trimmer_t *alloc_trimmer_new(struct event_base *base, double interval, size_t keep,
