@@ -319,6 +319,20 @@ describe("tls {}", function()
       assert.are.equal("refused", stranger_claiming)
     end)
 
+    it("with map_user, takes a user with no password: its certificate is its only way in", function()
+      local tide = start_tide(certs, MTLS .. [[
+        auth { users = { { user = "shop", permissions = { publish = { allow = { "tls.js.>" } },
+                                                          subscribe = { allow = { "tls.js.>" } } } } } }
+        filter("tls.js.>", function(e) return e.client.user == "shop" end)
+      ]])
+      local shop, shop_why = js(tide.port, cert("client"))
+      local claiming, why = js(tide.port, cert("stranger") .. " --user shop --pass anything")
+      stop(tide)
+      assert.are.equal("ok", shop, shop_why)
+      assert.are.equal("refused", claiming)
+      assert.matches("AUTHORIZATION_VIOLATION", why)
+    end)
+
     it("with map_user, applies the mapped user's permissions", function()
       local tide = start_tide(certs, MTLS .. [[
         auth { users = { { user = "shop", password = "not-used-here",

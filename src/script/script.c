@@ -83,7 +83,7 @@ static int run_entry(lua_State *L)
     if (sandbox_load_file(st, path, chunkname) != LUA_OK)
         return lua_error(L);
     lua_call(L, 0, 0);
-    return 0;
+    return settings_auth_finish(L);
 }
 
 /* Builds a state from the entry file.  NULL with "file:line: message" in err on failure. */

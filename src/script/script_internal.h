@@ -301,6 +301,10 @@ int settings_l_kv(lua_State *L);
 int settings_l_admin(lua_State *L);
 int settings_l_scripting(lua_State *L);
 int settings_l_auth(lua_State *L);
+/* Checks what auth {} needs of the rest of the entry file, once it has
+ * run: a user without a password (one only its certificate can name) is
+ * allowed only under tls { verify = true, map_user = true }.  Raises. */
+int settings_auth_finish(lua_State *L);
 /* Field key of table t as a duration in seconds (a number, or "250ms",
  * "2s", "5m", "1h"); def when absent.  Raises on a bad value. */
 double settings_duration(lua_State *L, int t, const char *key, double def);

@@ -11,7 +11,8 @@
  *     users = { { user = "shop", password = "$2b$11$...", admin = true,
  *                 permissions = { publish = { allow = {...}, deny = {...} },
  *                                 subscribe = { ... }, allow_responses = true } },
- *               { nkey = "U...", permissions = { ... } } },
+ *               { nkey = "U...", permissions = { ... } },
+ *               { user = "CN", permissions = { ... } } },  -- tls map_user only
  *     default_permissions = { ... },
  *     no_auth_user = "guest",
  *   }
@@ -156,9 +157,7 @@ static void read_user(lua_State *L, auth_config_t *cfg, int i)
     if (u->name && u->nkey)
         luaL_error(L, "auth: %s has both user and nkey: one identity each", where);
     if (!u->name && !u->nkey)
-        luaL_error(L, "auth: %s needs user (with password) or nkey", where);
-    if (u->name && !u->password)
-        luaL_error(L, "auth: %s (user '%s') needs a password", where, u->name);
+        luaL_error(L, "auth: %s needs user (with a password, or a certificate under tls map_user) or nkey", where);
     if (u->nkey && u->password)
         luaL_error(L, "auth: %s: an nkey user has no password", where);
     if (u->nkey) {
@@ -238,5 +237,20 @@ int settings_l_auth(lua_State *L)
     read_string(L, 1, "no_auth_user", &cfg->no_auth_user, "auth");
     if (cfg->no_auth_user && !auth_config_find_user(cfg, cfg->no_auth_user))
         return luaL_error(L, "auth: no_auth_user '%s' is not one of the users", cfg->no_auth_user);
+    return 0;
+}
+
+int settings_auth_finish(lua_State *L)
+{
+    state_t *st = script_state_of(L);
+    const tls_config_t *tls = st->tls ? tls_context_config(st->tls) : NULL;
+    if (!st->auth || (tls && tls->verify && tls->map_user))
+        return 0;
+    for (size_t i = 0; i < st->auth->nusers; i++)
+        if (st->auth->users[i].name && !st->auth->users[i].password)
+            return luaL_error(L,
+                              "auth: user '%s' needs a password (only under tls { verify = true, map_user = true } "
+                              "can a user log in by its certificate alone)",
+                              st->auth->users[i].name);
     return 0;
 }
