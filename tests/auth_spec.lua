@@ -1256,6 +1256,69 @@ describe("e.client in rules", function()
   end)
 end)
 
+describe("e.client of events posted over HTTP", function()
+  -- The handler records who the rules saw post each event.
+  local RULES = [[
+    on("who.>", function(e, ctx)
+      local c = e.client
+      ctx.publish("saw." .. e.subject, { user = c.user or "(none)", id = c.id, addr = c.addr or "(none)", tls = c.tls })
+    end)
+  ]]
+  local function post(port, subject, how)
+    local rc, out = h.sh(("curl -s -o /dev/null -w '%%{http_code} %%{local_port}' --max-time 10 %s -X POST " ..
+      "-H 'Content-Type: application/json' -d '{\"n\":1}' 'http://127.0.0.1:%d/v1/publish/%s'"):format(how, port, subject))
+    assert.are.equal(0, rc, out)
+    local code, lport = out:match("^(%d+) (%d+)$")
+    return tonumber(code), lport
+  end
+  local function seen(watch, n)
+    local got = {}
+    for _, m in ipairs(watch:collect(n, 5)) do got[m.subject] = json.decode(m.payload).data end
+    return got
+  end
+
+  it("is the Basic user, or no user for the token, with the HTTP peer's address", function()
+    local hport, tport = h.free_port(), h.free_port()
+    local srv = h.start_scripted('auth { users = { { user = "ops", password = "opspw" } } }\n' .. RULES,
+      { args = { "--http", "127.0.0.1:" .. hport } })
+    local tok = h.start_scripted('auth { token = "t0k" }\n' .. RULES, { args = { "--http", "127.0.0.1:" .. tport } })
+    local ok, err = pcall(function()
+      local watch = login(srv.port, "ops", "opspw")
+      watch:sub("saw.>", "1")
+      assert.are.same({}, answers(watch))
+      local code, lport = post(hport, "who.basic", "-u ops:opspw")
+      assert.are.equal(202, code)
+      assert.are.same({ user = "ops", id = 0, addr = "127.0.0.1:" .. lport, tls = false }, seen(watch, 1)["saw.who.basic"])
+      watch:close()
+      watch = h.connect(tok.port)
+      watch:send('CONNECT {"auth_token":"t0k"}\r\nSUB saw.> 1\r\n')
+      assert.are.same({}, answers(watch))
+      code, lport = post(tport, "who.token", "-H 'Authorization: Bearer t0k'")
+      assert.are.equal(202, code)
+      assert.are.same({ user = "(none)", id = 0, addr = "127.0.0.1:" .. lport, tls = false },
+        seen(watch, 1)["saw.who.token"])
+      watch:close()
+    end)
+    stop_all({ srv, tok })
+    assert(ok, err)
+  end)
+
+  it("is the server's own (id 0, no user, no address) without auth", function()
+    local hport = h.free_port()
+    local srv = h.start_scripted(RULES, { args = { "--http", "127.0.0.1:" .. hport } })
+    local ok, err = pcall(function()
+      local watch = h.connect(srv.port)
+      watch:send("CONNECT {}\r\nSUB saw.> 1\r\n")
+      assert.are.same({}, answers(watch))
+      assert.are.equal(202, (post(hport, "who.open", "")))
+      assert.are.same({ user = "(none)", id = 0, addr = "(none)", tls = false }, seen(watch, 1)["saw.who.open"])
+      watch:close()
+    end)
+    stop_all({ srv })
+    assert(ok, err)
+  end)
+end)
+
 describe("e.client of test events", function()
   local FLOW = [[
 filter("orders.>", function(e) return e.client.user == "shop" or (e.data.total or 0) <= 10000 end)

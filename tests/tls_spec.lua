@@ -414,6 +414,22 @@ describe("tls {}", function()
       assert.is_nil(out3:find("status", 1, true))
     end)
 
+    it("tells rules an event was posted over HTTPS, and by which user", function()
+      local tide, hport = start_https('tls { cert = "server.pem", key = "server-key.pem", http = true }\n' ..
+        'auth { users = { { user = "ops", password = "opspw" } } }\n' ..
+        'on("who.>", function(e) print(("saw %s user=%s tls=%s addr=%s"):format(e.subject, tostring(e.client.user), ' ..
+        'tostring(e.client.tls), tostring(e.client.addr))) end)')
+      local rc, out = curl(("https://127.0.0.1:%d/v1/publish/who.https"):format(hport), "--cacert " ..
+        q(certs .. "/ca.pem") .. " -u ops:opspw -H 'Content-Type: application/json' -d '{\"n\":1}' -w ' %{http_code}'")
+      local seen = h.wait_until(function() return tide:log():find("saw who.https", 1, true) end, 5, 0.05)
+      local log = tide:log()
+      stop(tide)
+      assert.are.equal(0, rc, out)
+      assert.matches(" 202$", out)
+      assert(seen, log)
+      assert.matches("saw who%.https user=ops tls=true addr=127%.0%.0%.1:%d+", log)
+    end)
+
     it("stays plain HTTP without http = true", function()
       local tide, hport = start_https('tls { cert = "server.pem", key = "server-key.pem" }')
       local rc, out = curl(("http://127.0.0.1:%d/healthz"):format(hport))

@@ -15,6 +15,7 @@
 #include <cjson/cJSON.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
@@ -100,6 +101,8 @@ struct http {
     ack_wait_t *waits;
     http_auth_t *auth;     /* who asks, when the server has auth */
     const http_who_t *who; /* the request being handled (route) */
+    int has_ident;             /* with auth: the events of that request show ident as e.client */
+    script_identity_t ident;
 };
 
 /* ---- replies ------------------------------------------------------------------ */
@@ -367,7 +370,11 @@ static void publish_msg(http_t *h, ack_wait_t *w, const char *subject, size_t sl
     m.hdr_len = hl;
     m.payload = payload;
     m.payload_len = pl;
+    if (h->has_ident)
+        script_set_identity(h->node->scripts, &h->ident);
     server_publish(h->srv, NULL, &m);
+    if (h->has_ident)
+        script_set_identity(h->node->scripts, NULL);
     h->ingested++;
 }
 
@@ -1139,6 +1146,27 @@ static void admin_view(http_t *h, struct evhttp_request *req, const char *path)
     free(json);
 }
 
+/* With auth on (who checked), who req's events are to rules: its user
+ * (none for the token), id 0 (the HTTP listener's; NATS client ids start
+ * at 1), its peer's address and whether it came over HTTPS. */
+static void set_ident(http_t *h, struct evhttp_request *req, const http_who_t *who)
+{
+    struct evhttp_connection *conn = evhttp_request_get_connection(req);
+    struct bufferevent *bev = conn ? evhttp_connection_get_bufferevent(conn) : NULL;
+    char *ip = NULL; /* evhttp's */
+    ev_uint16_t port = 0;
+    h->has_ident = who && who->checked;
+    memset(&h->ident, 0, sizeof h->ident);
+    if (!h->has_ident)
+        return;
+    snprintf(h->ident.user, sizeof h->ident.user, "%s", who->user);
+    if (conn)
+        evhttp_connection_get_peer(conn, &ip, &port);
+    if (ip)
+        snprintf(h->ident.addr, sizeof h->ident.addr, strchr(ip, ':') ? "[%s]:%u" : "%s:%u", ip, (unsigned)port);
+    h->ident.tls = bev && bufferevent_openssl_get_ssl(bev) != NULL;
+}
+
 /* Answers req as who (NULL or unchecked: the server has no auth). */
 static void route(http_t *h, struct evhttp_request *req, const http_who_t *who)
 {
@@ -1152,6 +1180,7 @@ static void route(http_t *h, struct evhttp_request *req, const http_who_t *who)
     char *decoded = evhttp_uridecode(path, 0, NULL);
     path = decoded ? decoded : path;
     h->who = who;
+    set_ident(h, req, who);
     if (cmd == EVHTTP_REQ_POST && (!strcmp(path, "/") || !strcmp(path, "/v1/events") ||
                                    !strncmp(path, "/v1/publish/", 12))) {
         ingest(h, req, path);
@@ -1191,6 +1220,7 @@ static void route(http_t *h, struct evhttp_request *req, const http_who_t *who)
         reply_error(h, req, 404, "Not Found", "unknown path; see /v1/stats, /metrics, /healthz");
     }
     h->who = NULL;
+    h->has_ident = 0;
     free(decoded);
     if (u)
         evhttp_uri_free(u);
