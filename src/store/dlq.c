@@ -366,11 +366,38 @@ static int replay_one(streams_t *sm, stream_t *st, const slog_rec_t *r)
     return rc;
 }
 
+/* What the publishes of a replay did to the streams: counters before it. */
+typedef struct replay_count {
+    uint64_t stored, duplicates, refused;
+} replay_count_t;
+
+static replay_count_t replay_count_now(streams_t *sm)
+{
+    replay_count_t c = {sum_counter(sm, 0), sum_counter(sm, 1), sum_counter(sm, 2)};
+    return c;
+}
+
+/* The answer to a replay that published the dead letters seqs lists
+ * (taken), the counters since c0 in it. */
+static cJSON *replay_answer(streams_t *sm, stream_t *st, cJSON *seqs, replay_count_t c0)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddBoolToObject(o, "ok", 1);
+    cJSON_AddStringToObject(o, "stream", st->cfg.name);
+    json_add_uint(o, "replayed", (uint64_t)cJSON_GetArraySize(seqs));
+    cJSON_AddItemToObject(o, "seqs", seqs);
+    replay_count_t c = replay_count_now(sm);
+    json_add_uint(o, "stored", c.stored - c0.stored);
+    json_add_uint(o, "duplicates", c.duplicates - c0.duplicates);
+    json_add_uint(o, "refused", c.refused - c0.refused);
+    return o;
+}
+
 /* A replay of one: the answer, or an error for what is not a dead letter. */
 static void replay_seq(streams_t *sm, stream_t *st, const proto_msg_t *req, uint64_t seq)
 {
     char err[300];
-    uint64_t stored0 = sum_counter(sm, 0), dup0 = sum_counter(sm, 1), bad0 = sum_counter(sm, 2);
+    replay_count_t c0 = replay_count_now(sm);
     char *buf = NULL;
     size_t cap = 0;
     slog_rec_t r;
@@ -387,19 +414,10 @@ static void replay_seq(streams_t *sm, stream_t *st, const proto_msg_t *req, uint
         return;
     }
     cJSON *seqs = cJSON_CreateArray();
-    int ok = replay_one(sm, st, &r) == 0;
-    free(buf);
-    if (ok)
+    if (replay_one(sm, st, &r) == 0)
         json_append_uint(seqs, seq);
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddBoolToObject(o, "ok", 1);
-    cJSON_AddStringToObject(o, "stream", st->cfg.name);
-    json_add_uint(o, "replayed", ok);
-    cJSON_AddItemToObject(o, "seqs", seqs);
-    json_add_uint(o, "stored", sum_counter(sm, 0) - stored0);
-    json_add_uint(o, "duplicates", sum_counter(sm, 1) - dup0);
-    json_add_uint(o, "refused", sum_counter(sm, 2) - bad0);
-    reply(sm, req, o);
+    free(buf);
+    reply(sm, req, replay_answer(sm, st, seqs, c0));
 }
 
 /* A replay of all: one page of the dead letters in [from_seq, until_seq].
@@ -412,7 +430,7 @@ static void replay_page(streams_t *sm, stream_t *st, const proto_msg_t *req, uin
     slog_get_info(st->log, &in);
     if (!until || until > in.committed_seq)
         until = in.committed_seq;
-    uint64_t stored0 = sum_counter(sm, 0), dup0 = sum_counter(sm, 1), bad0 = sum_counter(sm, 2);
+    replay_count_t c0 = replay_count_now(sm);
     uint64_t replayed = 0, seq = from > in.first_seq ? from : in.first_seq;
     page_t pg = page_start();
     char *buf = NULL;
@@ -429,14 +447,7 @@ static void replay_page(streams_t *sm, stream_t *st, const proto_msg_t *req, uin
         /* The publish may have read other records into its buffers; buf is ours. */
     }
     free(buf);
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddBoolToObject(o, "ok", 1);
-    cJSON_AddStringToObject(o, "stream", st->cfg.name);
-    json_add_uint(o, "replayed", replayed);
-    cJSON_AddItemToObject(o, "seqs", seqs);
-    json_add_uint(o, "stored", sum_counter(sm, 0) - stored0);
-    json_add_uint(o, "duplicates", sum_counter(sm, 1) - dup0);
-    json_add_uint(o, "refused", sum_counter(sm, 2) - bad0);
+    cJSON *o = replay_answer(sm, st, seqs, c0);
     json_add_uint(o, "next_seq", seq);
     json_add_uint(o, "until_seq", until);
     cJSON_AddBoolToObject(o, "more", seq <= until);
