@@ -484,3 +484,145 @@ describe("tls {}", function()
     end
   end)
 end)
+
+-- tide's own clients (stats, pub, sub, repl --connect) against a TLS node:
+-- the plain INFO, then the TLS handshake on the same socket.
+describe("tide's command-line clients over TLS", function()
+  local certs
+
+  -- tide's output and exit code for args (a shell command line after the binary).
+  local function tide(args)
+    local rc, out = h.sh(("timeout -k 2 20 %s %s"):format(q(h.bin), args))
+    return rc, out
+  end
+
+  -- A node with a tls block and what it names, beside admin { eval = true }.
+  local function node(tls_block)
+    local files = { ["tide.lua"] = "admin { eval = true }\n" .. tls_block .. "\n" }
+    for _, f in ipairs({ "ca.pem", "server.pem", "server-key.pem", "named.pem", "named-key.pem" }) do
+      files[f] = h.read_file(certs .. "/" .. f)
+    end
+    return h.start_scripted(files)
+  end
+
+  setup(function()
+    certs = h.make_tmpdir("tide-tls-cli")
+    make_certs(certs)
+    -- a server certificate for example.org only: neither 127.0.0.1 nor localhost
+    h.write_file(certs .. "/named.ext", "subjectAltName=DNS:example.org\n")
+    sh_ok(("{ cd %s && openssl req -newkey rsa:2048 -nodes -subj /CN=example.org -keyout named-key.pem -out named.csr"
+      .. " && openssl x509 -req -in named.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 2"
+      .. " -extfile named.ext -out named.pem; }"):format(q(certs)))
+  end)
+
+  teardown(function()
+    h.remove_tmpdir(certs)
+  end)
+
+  it("tide stats trusts --tls-ca; without TLS options it says the node requires TLS; another CA is refused", function()
+    local srv = node('tls { cert = "server.pem", key = "server-key.pem" }')
+    local ok, err = pcall(function()
+      local rc, out = tide(("stats -s 127.0.0.1:%d --tls-ca %s/ca.pem"):format(srv.port, q(certs)))
+      assert.are.equal(0, rc, out)
+      assert.matches("server_id", out)
+      rc, out = tide(("stats -s localhost:%d --tls-ca %s/ca.pem"):format(srv.port, q(certs)))
+      assert.are.equal(0, rc, out)
+      rc, out = tide(("stats -s 127.0.0.1:%d"):format(srv.port))
+      assert.are.equal(1, rc, out)
+      assert.matches("127.0.0.1:%d+ requires TLS: give %-%-tls%-ca FILE", out)
+      rc, out = tide(("stats -s 127.0.0.1:%d --tls-ca %s/other-ca.pem"):format(srv.port, q(certs)))
+      assert.are.equal(1, rc, out)
+      assert.matches("the server's certificate does not verify: unable to get local issuer certificate", out)
+      assert.not_matches("server_id", out)
+    end)
+    stop(srv)
+    assert(ok, err)
+  end)
+
+  it("checks the -s host against the server's certificate", function()
+    local srv = node('tls { cert = "named.pem", key = "named-key.pem" }')
+    local ok, err = pcall(function()
+      local rc, out = tide(("stats -s 127.0.0.1:%d --tls-ca %s/ca.pem"):format(srv.port, q(certs)))
+      assert.are.equal(1, rc, out)
+      assert.matches("does not verify: IP address mismatch", out)
+      rc, out = tide(("stats -s localhost:%d --tls-ca %s/ca.pem"):format(srv.port, q(certs)))
+      assert.are.equal(1, rc, out)
+      assert.matches("does not verify: hostname mismatch", out)
+    end)
+    stop(srv)
+    assert(ok, err)
+  end)
+
+  it("presents --tls-cert and --tls-key under verify, and without them is told to", function()
+    local srv = node('tls { cert = "server.pem", key = "server-key.pem", ca = "ca.pem", verify = true }')
+    local ok, err = pcall(function()
+      local mine = ("--tls-ca %s/ca.pem --tls-cert %s/client.pem --tls-key %s/client-key.pem"):format(q(certs), q(certs), q(certs))
+      local rc, out = tide(("stats -s 127.0.0.1:%d %s"):format(srv.port, mine))
+      assert.are.equal(0, rc, out)
+      assert.matches("server_id", out)
+      rc, out = tide(("stats -s 127.0.0.1:%d --tls-ca %s/ca.pem"):format(srv.port, q(certs)))
+      assert.are.equal(1, rc, out)
+      assert.matches("requires a client certificate %(tls { verify = true }%): give %-%-tls%-cert FILE %-%-tls%-key FILE", out)
+      -- a certificate another CA signed: the node refuses it in the handshake
+      rc, out = tide(("stats -s 127.0.0.1:%d --tls-ca %s/ca.pem --tls-cert %s/intruder.pem --tls-key %s/intruder-key.pem")
+        :format(srv.port, q(certs), q(certs), q(certs)))
+      assert.are.equal(1, rc, out)
+      assert.matches("closed the TLS connection: .*unknown ca", out)
+    end)
+    stop(srv)
+    assert(ok, err)
+  end)
+
+  it("tide sub --count 1 receives what tide pub sends over TLS (tls:// URL and --tls-ca)", function()
+    local srv = node('tls { cert = "server.pem", key = "server-key.pem", ca = "ca.pem", verify = true }')
+    local out = certs .. "/sub.out"
+    local tls = { "--tls-ca", certs .. "/ca.pem", "--tls-cert", certs .. "/client.pem", "--tls-key", certs .. "/client-key.pem" }
+    local argv = { h.bin, "sub", "tls.>", "--count", "1", "-s", "tls://127.0.0.1:" .. srv.port }
+    for _, a in ipairs(tls) do argv[#argv + 1] = a end
+    local pid = h.proc.spawn(argv, out)
+    local ok, err = pcall(function()
+      assert(h.wait_until(function() return (h.read_file(out) or ""):find("listening on tls.>", 1, true) end, 10),
+        h.read_file(out))
+      local rc, o = tide(("pub tls.one 'over TLS' -s 127.0.0.1:%d %s"):format(srv.port,
+        table.concat({ q(tls[1]), q(tls[2]), q(tls[3]), q(tls[4]), q(tls[5]), q(tls[6]) }, " ")))
+      assert.are.equal(0, rc, o)
+      local st, code = h.proc.wait(pid, 10)
+      if st then pid = nil end
+      assert.are.equal("exited", st, h.read_file(out))
+      assert.are.equal(0, code, h.read_file(out))
+      assert.matches("tls.one\nover TLS", h.read_file(out))
+    end)
+    if pid and not h.proc.wait(pid, 0) then h.proc.kill(pid, "KILL") h.proc.wait(pid, 5) end
+    stop(srv)
+    assert(ok, err)
+  end)
+
+  it("tide repl --connect runs lines on a TLS node", function()
+    local srv = node('tls { cert = "server.pem", key = "server-key.pem" }')
+    local ok, err = pcall(function()
+      h.write_file(certs .. "/in.txt", "return 20 + 22\n")
+      local rc, out = tide(("repl --connect 127.0.0.1:%d --tls-ca %s/ca.pem < %s/in.txt"):format(srv.port, q(certs), q(certs)))
+      assert.are.equal(0, rc, out)
+      assert.matches("connected to 127.0.0.1:%d+", out)
+      assert.matches("\n42\n", out)
+      rc, out = tide(("repl --connect 127.0.0.1:%d < %s/in.txt"):format(srv.port, q(certs)))
+      assert.are.equal(1, rc, out)
+      assert.matches("requires TLS", out)
+    end)
+    stop(srv)
+    assert(ok, err)
+  end)
+
+  it("a node without tls {} is not reached with TLS options", function()
+    local srv = node("")
+    local ok, err = pcall(function()
+      local rc, out = tide(("stats -s tls://127.0.0.1:%d"):format(srv.port))
+      assert.are.equal(1, rc, out)
+      assert.matches("does not offer TLS", out)
+      rc, out = tide(("stats -s 127.0.0.1:%d"):format(srv.port))
+      assert.are.equal(0, rc, out)
+    end)
+    stop(srv)
+    assert(ok, err)
+  end)
+end)

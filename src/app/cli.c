@@ -27,12 +27,14 @@
 
 #include "cli.h"
 #include "cli_auth.h"
+#include "cli_tls.h"
 #include "json.h"
 #include "json_int.h"
 #include "server.h"
 
 typedef struct conn {
     int fd;
+    SSL *ssl;         /* after a TLS handshake, or NULL */
     char buf[65536];
     size_t len;       /* bytes in buf */
     size_t max_payload;
@@ -58,6 +60,8 @@ static double now_s(void)
 
 static int send_all(conn_t *c, const char *p, size_t n)
 {
+    if (c->ssl)
+        return cli_tls_write(c->ssl, p, n);
     while (n) {
         ssize_t w = send(c->fd, p, n, MSG_NOSIGNAL);
         if (w < 0) {
@@ -87,15 +91,21 @@ static int fill(conn_t *c, double deadline)
             ms = (int)(left * 1000) + 1;
         }
         struct pollfd pfd = {c->fd, POLLIN, 0};
-        int r = poll(&pfd, 1, ms);
+        int r = c->ssl && SSL_pending(c->ssl) > 0 ? 1 : poll(&pfd, 1, ms);
         if (r < 0 && errno == EINTR)
             continue;
         if (r == 0)
             return 0;
         if (r < 0)
             return -1;
-        ssize_t n = recv(c->fd, c->buf + c->len, sizeof c->buf - c->len, 0);
-        if (n <= 0)
+        ssize_t n;
+        if (c->ssl) {
+            if ((n = cli_tls_read(c->ssl, c->buf + c->len, sizeof c->buf - c->len)) == 0)
+                continue; /* a record without data */
+        } else if ((n = recv(c->fd, c->buf + c->len, sizeof c->buf - c->len, 0)) == 0) {
+            n = -1;
+        }
+        if (n < 0)
             return -1;
         c->len += (size_t)n;
         return (int)n;
@@ -221,6 +231,43 @@ static void msg_free(msg_t *m)
     m->mem = NULL;
 }
 
+/* Starts TLS on c when the server's INFO (info) requires it or cr asks
+ * for it, as NATS clients do.  0, or -1 after saying why. */
+static int conn_secure(conn_t *c, const cli_creds_t *cr, const char *host, const char *port, const cJSON *info)
+{
+    int required = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(info, "tls_required"));
+    int verify = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(info, "tls_verify"));
+    if (!required && !cr->tls)
+        return 0;
+    if (!required) {
+        fprintf(stderr, "tide: %s:%s does not offer TLS (it has no tls { ... }); connect without the TLS options\n",
+                host, port);
+        return -1;
+    }
+    if (!cr->tls) {
+        fprintf(stderr, "tide: %s:%s requires TLS: give --tls-ca FILE (the CA that signed its certificate), "
+                        "or -s tls://%s:%s to trust the system's CAs\n", host, port, host, port);
+        return -1;
+    }
+    if (verify && !cr->tls_cert) {
+        fprintf(stderr, "tide: %s:%s requires a client certificate (tls { verify = true }): "
+                        "give --tls-cert FILE --tls-key FILE\n", host, port);
+        return -1;
+    }
+    c->ssl = cli_tls_start(c->fd, host, cr);
+    return c->ssl ? 0 : -1;
+}
+
+/* Closes c's connection (TLS and socket) if it has one. */
+static void conn_close(conn_t *c)
+{
+    cli_tls_close(c->ssl);
+    c->ssl = NULL;
+    if (c->fd >= 0)
+        close(c->fd);
+    c->fd = -1;
+}
+
 /* Connects and handshakes with the credentials of creds (or of a
  * nats://user:pass@ server); prints why not and returns -1 when it cannot. */
 static int cli_connect(conn_t *c, const char *server, const cli_creds_t *creds)
@@ -275,16 +322,24 @@ static int cli_connect(conn_t *c, const char *server, const cli_creds_t *creds)
     cJSON *info = cJSON_Parse(line + 5);
     cJSON *mp = cJSON_GetObjectItemCaseSensitive(info, "max_payload");
     c->max_payload = cJSON_IsNumber(mp) ? (size_t)mp->valuedouble : 1024 * 1024;
+    int secured = conn_secure(c, &cr, host, port, info);
     cJSON_Delete(info);
-    char *hello = cli_creds_connect(&cr, line + 5);
-    int sent = hello ? send_all(c, hello, strlen(hello)) : -1;
-    free(hello);
-    if (sent < 0)
+    if (secured < 0)
         return -1;
+    char *hello = cli_creds_connect(&cr, line + 5);
+    if (!hello)
+        return -1;
+    /* A failed send is not the end yet: what the server said before it
+     * closed (a TLS alert refusing our certificate) is still to be read. */
+    send_all(c, hello, strlen(hello));
+    free(hello);
     for (;;) {
         int r = read_line(c, line, sizeof line, deadline);
         if (r != 1) {
-            fprintf(stderr, "tide: no answer from %s:%s\n", host, port);
+            if (c->ssl && cli_tls_why()) /* e.g. the server refused our certificate */
+                fprintf(stderr, "tide: %s:%s closed the TLS connection: %s\n", host, port, cli_tls_why());
+            else
+                fprintf(stderr, "tide: no answer from %s:%s\n", host, port);
             return -1;
         }
         if (!strcmp(line, "PONG"))
@@ -527,7 +582,7 @@ typedef struct cli_args {
     int inspect;    /* stats or rules: an admin request, no arguments */
     char **pos;     /* the positional arguments (in argv) */
     int npos;
-    cli_creds_t creds; /* --user, --password, --token, --nkey */
+    cli_creds_t creds; /* --user, --password, --token, --nkey, --tls-* */
 } cli_args_t;
 
 /*
@@ -567,6 +622,7 @@ static int cli_parse_args(const char *cmd, int argc, char **argv, cli_args_t *a)
         case 'j': a->json = 1; break;
         case 'h': usage_clients(); return 0;
         case CLI_OPT_USER: case CLI_OPT_PASSWORD: case CLI_OPT_TOKEN: case CLI_OPT_NKEY:
+        case CLI_OPT_TLS_CA: case CLI_OPT_TLS_CERT: case CLI_OPT_TLS_KEY:
             cli_creds_option(&a->creds, ch, optarg);
             break;
         case ':':
@@ -664,8 +720,7 @@ int cli_main(const char *cmd, int argc, char **argv)
         rc = cli_run(&c, cmd, &a, hdr, hlen, data, dlen);
     free(hdr);
     free(stdin_data);
-    if (c.fd >= 0)
-        close(c.fd);
+    conn_close(&c);
     return rc;
 }
 
@@ -838,8 +893,10 @@ int cli_repl_connect(const char *server, const cli_creds_t *creds)
     conn_t c;
     char line[256], hist[1024] = "";
     unsigned char rnd[8];
-    if (cli_connect(&c, server, creds) < 0)
+    if (cli_connect(&c, server, creds) < 0) {
+        conn_close(&c);
         return 1;
+    }
     rc_conn = &c;
     rc_tty = isatty(0);
     evutil_secure_rng_get_bytes(rnd, sizeof rnd);
@@ -865,7 +922,10 @@ int cli_repl_connect(const char *server, const cli_creds_t *creds)
     }
     while (!rc_done) {
         struct pollfd pfd[2] = {{0, POLLIN, 0}, {c.fd, POLLIN, 0}};
-        if (poll(pfd, 2, -1) < 0) {
+        /* Bytes OpenSSL already decrypted do not make the socket readable. */
+        if (c.ssl && SSL_pending(c.ssl) > 0)
+            pfd[1].revents = POLLIN;
+        else if (poll(pfd, 2, -1) < 0) {
             if (errno == EINTR)
                 continue;
             break;
@@ -905,7 +965,7 @@ int cli_repl_connect(const char *server, const cli_creds_t *creds)
     }
     rc_leave(&c);
     free(rc_buf);
-    close(c.fd);
+    conn_close(&c);
     return 0;
 }
 
@@ -1874,8 +1934,7 @@ static int ops_open(ops_t *o, const char *server, const cli_creds_t *creds)
 /* Closes o's connection (if any) and frees the number texts of its answers. */
 static void ops_close(ops_t *o)
 {
-    if (o->c.fd >= 0)
-        close(o->c.fd);
+    conn_close(&o->c);
     for (size_t i = 0; i < o->nnums; i++)
         free(o->nums[i]);
     free(o->nums);
@@ -1933,6 +1992,7 @@ int cli_ops_main(const char *cmd, int argc, char **argv)
             break;
         case OO_ALL: a.all = 1; break;
         case CLI_OPT_USER: case CLI_OPT_PASSWORD: case CLI_OPT_TOKEN: case CLI_OPT_NKEY:
+        case CLI_OPT_TLS_CA: case CLI_OPT_TLS_CERT: case CLI_OPT_TLS_KEY:
             cli_creds_option(&creds, ch, optarg);
             break;
         case ':':

@@ -18,6 +18,9 @@ int cli_creds_option(cli_creds_t *cr, int ch, const char *arg)
     case CLI_OPT_PASSWORD: cr->password = arg; return 1;
     case CLI_OPT_TOKEN: cr->token = arg; return 1;
     case CLI_OPT_NKEY: cr->nkey_file = arg; return 1;
+    case CLI_OPT_TLS_CA: cr->tls_ca = arg; cr->tls = 1; return 1;
+    case CLI_OPT_TLS_CERT: cr->tls_cert = arg; cr->tls = 1; return 1;
+    case CLI_OPT_TLS_KEY: cr->tls_key = arg; cr->tls = 1; return 1;
     default: return 0;
     }
 }
@@ -47,6 +50,10 @@ const char *cli_creds_from_url(cli_creds_t *cr, const char *server)
 {
     if (!strncmp(server, "nats://", 7))
         server += 7;
+    else if (!strncmp(server, "tls://", 6)) {
+        server += 6;
+        cr->tls = 1;
+    }
     const char *at = strrchr(server, '@');
     if (!at)
         return server;

@@ -15,25 +15,30 @@ typedef struct cli_creds {
     const char *token;           /* --token, or nats://token@ */
     const char *nkey_file;       /* --nkey SEEDFILE: signs the server's nonce */
     char url_user[256], url_pass[256]; /* what a URL held, decoded */
+    const char *tls_ca, *tls_cert, *tls_key; /* --tls-ca, --tls-cert, --tls-key (cli_tls.h) */
+    int tls;                                 /* TLS asked for: one of those, or a tls:// URL */
 } cli_creds_t;
 
 /* getopt_long codes of the credential options. */
-enum { CLI_OPT_USER = 3000, CLI_OPT_PASSWORD, CLI_OPT_TOKEN, CLI_OPT_NKEY };
+enum { CLI_OPT_USER = 3000, CLI_OPT_PASSWORD, CLI_OPT_TOKEN, CLI_OPT_NKEY, CLI_OPT_TLS_CA, CLI_OPT_TLS_CERT, CLI_OPT_TLS_KEY };
 
-/* The four entries of a struct option array for them. */
+/* The entries of a struct option array for them. */
 #define CLI_CREDS_LONGOPTS                                                                                    \
     {"user", required_argument, NULL, CLI_OPT_USER}, {"password", required_argument, NULL, CLI_OPT_PASSWORD}, \
-        {"token", required_argument, NULL, CLI_OPT_TOKEN}, {"nkey", required_argument, NULL, CLI_OPT_NKEY}
+        {"token", required_argument, NULL, CLI_OPT_TOKEN}, {"nkey", required_argument, NULL, CLI_OPT_NKEY},   \
+        {"tls-ca", required_argument, NULL, CLI_OPT_TLS_CA},                                                  \
+        {"tls-cert", required_argument, NULL, CLI_OPT_TLS_CERT}, {"tls-key", required_argument, NULL, CLI_OPT_TLS_KEY}
 
 /* One line for usage texts. */
-#define CLI_CREDS_USAGE \
-    "credentials: --user U --password P | --token T | --nkey SEEDFILE, or nats://user:pass@host:port\n"
+#define CLI_CREDS_USAGE                                                                              \
+    "credentials: --user U --password P | --token T | --nkey SEEDFILE, or nats://user:pass@host:port\n" \
+    "TLS: --tls-ca FILE [--tls-cert FILE --tls-key FILE], or tls://host:port (the system's CAs)\n"
 
 /* Takes option ch with its argument into cr when it is a credential
  * option: returns 1, else 0 (cr untouched). */
 int cli_creds_option(cli_creds_t *cr, int ch, const char *arg);
 
-/* Strips "nats://" and any "user:pass@" or "token@" from server and
+/* Strips "nats://" (or "tls://", which sets cr->tls) and any "user:pass@" or "token@" from server and
  * returns the host:port that is left (a pointer into server).  What the
  * URL held (%-decoded) fills cr's user and password, or token, unless an
  * option gave credentials already. */

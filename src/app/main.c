@@ -432,6 +432,12 @@ static int cmd_repl(int argc, char **argv)
             creds.token = argv[++i];
         else if (!strcmp(argv[i], "--nkey") && i + 1 < argc)
             creds.nkey_file = argv[++i];
+        else if (!strcmp(argv[i], "--tls-ca") && i + 1 < argc)
+            cli_creds_option(&creds, CLI_OPT_TLS_CA, argv[++i]);
+        else if (!strcmp(argv[i], "--tls-cert") && i + 1 < argc)
+            cli_creds_option(&creds, CLI_OPT_TLS_CERT, argv[++i]);
+        else if (!strcmp(argv[i], "--tls-key") && i + 1 < argc)
+            cli_creds_option(&creds, CLI_OPT_TLS_KEY, argv[++i]);
         else if (!strcmp(argv[i], "-D"))
             log_set_level(LOG_DEBUG);
         else if (argv[i][0] != '-' && !entry)
@@ -439,7 +445,8 @@ static int cmd_repl(int argc, char **argv)
         else {
             fprintf(stderr, "usage: tide repl [-c flow.lua] [--data DIR] [--listen HOST:PORT] [-D]\n"
                             "       tide repl --connect HOST:PORT [--user U --password P | --token T | "
-                            "--nkey SEEDFILE]\n");
+                            "--nkey SEEDFILE]\n"
+                            "              [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]\n");
             return 2;
         }
     }
