@@ -321,30 +321,11 @@ static repl_t *up(lua_State *L)
     return *box;
 }
 
-/* pub(subject, data [, headers [, client]]): queued, run after the
- * current line; client ({ user = ..., id, addr, tls }) is who the event
- * shows as e.client. */
-static int h_pub(lua_State *L)
+/* pub's header block from the headers table at index 3, pushed (index 4;
+ * the stack above 3 must be empty); returns how many headers it holds.
+ * Built by concatenation, so the stack stays free for lua_next. */
+static int pub_headers(lua_State *L)
 {
-    repl_t *r = up(L);
-    size_t sl;
-    const char *subject = luaL_checklstring(L, 1, &sl);
-    if (!subject_valid_literal(subject, sl))
-        return luaL_error(L, "pub: invalid subject '%s'", subject);
-    luaL_checkany(L, 2);
-    if (!lua_isnoneornil(L, 3))
-        luaL_checktype(L, 3, LUA_TTABLE);
-    script_identity_t *who = NULL;
-    if (!lua_isnoneornil(L, 4)) {
-        script_identity_t id;
-        script_identity_from_lua(L, 4, &id, "pub");
-        if (!(who = malloc(sizeof *who)))
-            return luaL_error(L, "out of memory");
-        *who = id;
-    }
-    lua_settop(L, 3);
-    /* The header block (index 4), built by concatenation: the stack stays
-     * free for lua_next. */
     int nh = 0;
     lua_pushliteral(L, "NATS/1.0\r\n");
     if (lua_istable(L, 3)) {
@@ -368,24 +349,50 @@ static int h_pub(lua_State *L)
     }
     lua_pushliteral(L, "\r\n");
     lua_concat(L, 2); /* index 4 */
-    /* The payload (index 5): a string as it is; anything else is the data
-     * of a new CloudEvents envelope. */
+    return nh;
+}
+
+/* pub's payload, pushed: the data at index 2 as it is when a string, else
+ * the data of a new CloudEvents envelope whose type is the subject (1). */
+static void pub_payload(lua_State *L)
+{
     if (lua_type(L, 2) == LUA_TSTRING) {
         lua_pushvalue(L, 2);
-    } else {
-        /* tide.json.encode of an envelope, built in Lua for brevity. */
-        static const char build[] =
-            "local subject, data = ...\n"
-            "return tide.json.encode({ specversion = '1.0', id = tostring(math.random(1, 2^40)),\n"
-            "  source = 'tide.repl', type = subject, data = data })";
-        if (luaL_loadstring(L, build) != LUA_OK)
-            return lua_error(L);
-        lua_pushvalue(L, lua_upvalueindex(2)); /* the sandbox env, for tide.json */
-        lua_setupvalue(L, -2, 1);
-        lua_pushvalue(L, 1);
-        lua_pushvalue(L, 2);
-        lua_call(L, 2, 1);
+        return;
     }
+    /* tide.json.encode of an envelope, built in Lua for brevity. */
+    static const char build[] = "local subject, data = ...\n"
+                                "return tide.json.encode({ specversion = '1.0', id = tostring(math.random(1, 2^40)),\n"
+                                "  source = 'tide.repl', type = subject, data = data })";
+    if (luaL_loadstring(L, build) != LUA_OK)
+        lua_error(L);
+    lua_pushvalue(L, lua_upvalueindex(2)); /* the sandbox env, for tide.json */
+    lua_setupvalue(L, -2, 1);
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, 2);
+    lua_call(L, 2, 1);
+}
+
+/* pub(subject, data [, headers [, client]]): queued, run after the
+ * current line; client ({ user = ..., id, addr, tls }) is who the event
+ * shows as e.client. */
+static int h_pub(lua_State *L)
+{
+    repl_t *r = up(L);
+    size_t sl;
+    const char *subject = luaL_checklstring(L, 1, &sl);
+    if (!subject_valid_literal(subject, sl))
+        return luaL_error(L, "pub: invalid subject '%s'", subject);
+    luaL_checkany(L, 2);
+    if (!lua_isnoneornil(L, 3))
+        luaL_checktype(L, 3, LUA_TTABLE);
+    script_identity_t id;
+    int has_id = !lua_isnoneornil(L, 4);
+    if (has_id)
+        script_identity_from_lua(L, 4, &id, "pub");
+    lua_settop(L, 3);
+    int nh = pub_headers(L); /* index 4 */
+    pub_payload(L);          /* index 5 */
     size_t hl, pl;
     const char *hs = lua_tolstring(L, 4, &hl);
     const char *ps = lua_tolstring(L, 5, &pl);
@@ -399,10 +406,14 @@ static int h_pub(lua_State *L)
         m.hdr = hs;
         m.hdr_len = hl;
     }
-    if (msgq_push(&r->pending, &m, 0) < 0) {
+    /* Nothing below raises before the queue owns who. */
+    script_identity_t *who = has_id ? malloc(sizeof *who) : NULL;
+    if ((has_id && !who) || msgq_push(&r->pending, &m, 0) < 0) {
         free(who);
         return luaL_error(L, "out of memory");
     }
+    if (who)
+        *who = id;
     r->pending.tail->tag = who;
     r->npub++;
     return 0;
