@@ -838,6 +838,35 @@ static void rule_line(void *ctx, const script_rule_info_t *r)
     evbuffer_add_printf(rm->b, "\"} %llu\n", (unsigned long long)v[rm->pass]);
 }
 
+/* The rules' counters and the rule-call time histogram, in b. */
+static void rule_metrics(struct evbuffer *b, script_host_t *sh)
+{
+    static const char *const help[] = {"Calls of each rule.", "Lua errors of each rule.",
+                                       "Events each filter or route dropped.", "Events each route redirected."};
+    static const char *const names[] = {"tide_rule_calls_total", "tide_rule_errors_total",
+                                        "tide_rule_dropped_total", "tide_rule_routed_total"};
+    for (int pass = 0; pass < 4; pass++) {
+        rule_metrics_t rm = {b, pass};
+        evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s counter\n", names[pass], help[pass], names[pass]);
+        script_foreach_rule(sh, rule_line, &rm);
+    }
+    const uint64_t *counts;
+    double sum;
+    uint64_t count, cum = 0;
+    script_latency(sh, &counts, &sum, &count);
+    evbuffer_add_printf(b, "# HELP tide_script_call_seconds Time of each rule call.\n"
+                           "# TYPE tide_script_call_seconds histogram\n");
+    for (int i = 0; i < SCRIPT_LATENCY_BUCKETS; i++) {
+        cum += counts[i];
+        evbuffer_add_printf(b, "tide_script_call_seconds_bucket{le=\"%g\"} %llu\n", script_latency_bounds[i],
+                            (unsigned long long)cum);
+    }
+    cum += counts[SCRIPT_LATENCY_BUCKETS];
+    evbuffer_add_printf(b, "tide_script_call_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
+    evbuffer_add_printf(b, "tide_script_call_seconds_sum %.17g\ntide_script_call_seconds_count %llu\n", sum,
+                        (unsigned long long)count);
+}
+
 static void metrics(http_t *h, struct evhttp_request *req)
 {
     server_stats_t s;
@@ -884,32 +913,8 @@ static void metrics(http_t *h, struct evhttp_request *req)
     metric(b, "tide_script_last_reload_success", "gauge", "1 when the last reload (or the first load) succeeded.",
            !strcmp(st.last_reload, "ok") || !sh ? 1 : 0);
     metric(b, "tide_script_memory_bytes", "gauge", "Memory used by the current Lua state.", (double)st.memory);
-    if (sh) {
-        static const char *const help[] = {"Calls of each rule.", "Lua errors of each rule.",
-                                           "Events each filter or route dropped.", "Events each route redirected."};
-        static const char *const names[] = {"tide_rule_calls_total", "tide_rule_errors_total",
-                                            "tide_rule_dropped_total", "tide_rule_routed_total"};
-        for (int pass = 0; pass < 4; pass++) {
-            rule_metrics_t rm = {b, pass};
-            evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s counter\n", names[pass], help[pass], names[pass]);
-            script_foreach_rule(sh, rule_line, &rm);
-        }
-        const uint64_t *counts;
-        double sum;
-        uint64_t count, cum = 0;
-        script_latency(sh, &counts, &sum, &count);
-        evbuffer_add_printf(b, "# HELP tide_script_call_seconds Time of each rule call.\n"
-                               "# TYPE tide_script_call_seconds histogram\n");
-        for (int i = 0; i < SCRIPT_LATENCY_BUCKETS; i++) {
-            cum += counts[i];
-            evbuffer_add_printf(b, "tide_script_call_seconds_bucket{le=\"%g\"} %llu\n", script_latency_bounds[i],
-                                (unsigned long long)cum);
-        }
-        cum += counts[SCRIPT_LATENCY_BUCKETS];
-        evbuffer_add_printf(b, "tide_script_call_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
-        evbuffer_add_printf(b, "tide_script_call_seconds_sum %.17g\ntide_script_call_seconds_count %llu\n", sum,
-                            (unsigned long long)count);
-    }
+    if (sh)
+        rule_metrics(b, sh);
     if (h->node->streams) {
         char *sb = NULL;
         size_t sl = 0, sc = 0;
