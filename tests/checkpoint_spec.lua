@@ -13,49 +13,10 @@ local proc = h.proc
 
 local KB = 1024
 
-local function new_env()
-  local dir = h.make_tmpdir("tide-ckpt")
-  return { dir = dir, data = dir .. "/data" }
-end
+local store = require "store_support"
+local start, admin, info, stream_decl = store.start, store.admin, store.info, store.stream_decl
+local function new_env() return store.new_env("tide-ckpt") end
 
-local function stream_decl(name, o)
-  o = o or {}
-  local t = { ("stream %q {"):format(name), ("  subjects = { %q },"):format(name .. ".>"),
-              ("  fsync = %q,"):format(o.fsync or "always") }
-  for _, k in ipairs { "segment_size", "dedup_window" } do
-    if o[k] then t[#t + 1] = ("  %s = %q,"):format(k, o[k]) end
-  end
-  t[#t + 1] = "}"
-  return table.concat(t, "\n")
-end
-
-local function start(env, opts)
-  opts = opts or {}
-  h.write_file(env.dir .. "/tide.lua", env.config)
-  local port = h.free_port()
-  local cmd = { "serve", "-a", "127.0.0.1", "-p", tostring(port), "-c", env.dir .. "/tide.lua",
-                "--data", env.data, "--no-http" }
-  local bin
-  if opts.fault then
-    bin = "/usr/bin/env"
-    table.insert(cmd, 1, h.bin)
-    table.insert(cmd, 1, "TIDE_FAULT=" .. opts.fault)
-  end
-  return h.start_server { bin = bin, cmd = cmd, port = port, timeout = 20 }
-end
-
-local function admin(port, verb, payload)
-  local m = assert(h.request(port, "$TIDE.ADMIN." .. verb, payload, { timeout = 10 }))
-  return assert(json.decode(m.payload), verb .. " did not answer JSON: " .. m.payload)
-end
-
-local function info(port, name)
-  local i = admin(port, "STREAM.INFO", name)
-  assert(i.name == name, "STREAM.INFO " .. name .. ": " .. json.encode(i))
-  return i
-end
-
--- Every stored event as { seq, payload }, in order.
 local function events(port, name)
   local out, seq = {}, 1
   for _ = 1, 10000 do
@@ -126,11 +87,7 @@ local function publish_hdr(port, subject, payload, hdrs)
   return json.decode(m.payload)
 end
 
-local function sh(cmd)
-  local rc, out = h.sh(cmd)
-  assert(rc == 0, cmd .. ": " .. out)
-  return out
-end
+local read_all, write_raw, sh = store.read_all, store.write_raw, store.sh
 
 local function files(dir, suffix)
   local t = {}
@@ -138,14 +95,6 @@ local function files(dir, suffix)
     if f:sub(-#suffix) == suffix then t[#t + 1] = dir .. "/" .. f end
   end
   return t
-end
-
-local function read_all(path) return assert(h.read_file(path), "cannot read " .. path) end
-
-local function write_raw(path, data)
-  local f = assert(io.open(path, "wb"))
-  assert(f:write(data))
-  assert(f:close())
 end
 
 -- Flips byte `at` (0-based) of the file at path.

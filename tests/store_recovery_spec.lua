@@ -19,53 +19,10 @@ local SEG_HDR, REC_HDR = 16, 40
 
 -- Servers ----------------------------------------------------------------------
 
--- A test's directory: <dir>/tide.lua is its config, <dir>/data its data.
-local function new_env()
-  local dir = h.make_tmpdir("tide-store")
-  return { dir = dir, data = dir .. "/data" }
-end
+local store = require "store_support"
+local start, admin, info, stream_decl = store.start, store.admin, store.info, store.stream_decl
+local function new_env() return store.new_env("tide-store") end
 
--- A stream declaration as Lua source (o: subject, fsync and limits).
-local function stream_decl(name, o)
-  o = o or {}
-  local t = { ("stream %q {"):format(name), ("  subjects = { %q },"):format(o.subject or (name .. ".>")),
-              ("  fsync = %q,"):format(o.fsync or "always") }
-  for _, k in ipairs { "sync_interval", "segment_size", "max_msgs", "max_bytes" } do
-    if o[k] then t[#t + 1] = ("  %s = %s,"):format(k, type(o[k]) == "number" and o[k] or ("%q"):format(o[k])) end
-  end
-  t[#t + 1] = "}"
-  return table.concat(t, "\n")
-end
-
--- Starts tide on env.config (the text of its tide.lua) and env.data;
--- opts.fault: a TIDE_FAULT spec.
-local function start(env, opts)
-  opts = opts or {}
-  h.write_file(env.dir .. "/tide.lua", env.config)
-  local port = h.free_port()
-  local cmd = { "serve", "-a", "127.0.0.1", "-p", tostring(port), "-c", env.dir .. "/tide.lua",
-                "--data", env.data, "--no-http" }
-  local bin
-  if opts.fault then
-    bin = "/usr/bin/env"
-    table.insert(cmd, 1, h.bin)
-    table.insert(cmd, 1, "TIDE_FAULT=" .. opts.fault)
-  end
-  return h.start_server { bin = bin, cmd = cmd, port = port, timeout = 20 }
-end
-
-local function admin(port, verb, payload)
-  local m = assert(h.request(port, "$TIDE.ADMIN." .. verb, payload, { timeout = 10 }))
-  return assert(json.decode(m.payload), verb .. " did not answer JSON: " .. m.payload)
-end
-
-local function info(port, name)
-  local i = admin(port, "STREAM.INFO", name)
-  assert(i.name == name, "STREAM.INFO " .. name .. ": " .. json.encode(i))
-  return i
-end
-
--- Every stored event from sequence `from` on, in order (EVENTS pages).
 local function events(port, name, from)
   local out, seq = {}, from or 1
   for _ = 1, 10000 do
@@ -103,21 +60,7 @@ local function event_payloads(port, name, from)
   return out
 end
 
-local function read_all(path)
-  return assert(h.read_file(path), "cannot read " .. path)
-end
-
-local function write_raw(path, data)
-  local f = assert(io.open(path, "wb"))
-  assert(f:write(data))
-  assert(f:close())
-end
-
-local function sh(cmd)
-  local rc, out = h.sh(cmd)
-  assert(rc == 0, cmd .. ": " .. out)
-  return out
-end
+local read_all, write_raw, sh = store.read_all, store.write_raw, store.sh
 
 local function file_size(path)
   local f = io.open(path, "rb")
