@@ -12,23 +12,8 @@ local json = require "dkjson"
 
 local NODE_DIR = h.root .. "/tests/interop/node"
 
-local function exists(path)
-  local f = io.open(path, "r")
-  if f then f:close() end
-  return f ~= nil
-end
 
 -- The reference server: NATS_SERVER_BIN, else where Debian puts it.
-local function nats_server_bin()
-  local env = os.getenv("NATS_SERVER_BIN")
-  if env and env ~= "" then return env end
-  for _, p in ipairs({ "/usr/bin/nats-server", "/usr/sbin/nats-server" }) do
-    if exists(p) then return p end
-  end
-  local rc, out = h.sh("command -v nats-server")
-  assert(rc == 0, "nats-server not found (set NATS_SERVER_BIN)")
-  return (out:gsub("%s+$", ""))
-end
 
 -- A bcrypt hash of pw made by `tide passwd` (cost 4 unless said: the
 -- protocol cases need the check, not its cost).
@@ -89,7 +74,7 @@ local function start_nats(conf)
   local dir = h.make_tmpdir("nats-auth")
   h.write_file(dir .. "/nats.conf", conf)
   local port = h.free_port()
-  local srv = h.start_server({ bin = nats_server_bin(), port = port,
+  local srv = h.start_server({ bin = h.nats_server_bin(), port = port,
     cmd = { "-a", "127.0.0.1", "-p", tostring(port), "-c", dir .. "/nats.conf" } })
   srv.dir = dir
   return srv

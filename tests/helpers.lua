@@ -19,6 +19,26 @@ function M.sh(cmd)
   return tonumber(out:match("rc=(%d+)%s*$")), (out:gsub("rc=%d+%s*$", ""))
 end
 
+-- True when path names a file this process can open for reading.
+function M.exists(path)
+  local f = io.open(path, "r")
+  if f then f:close() return true end
+  return false
+end
+
+-- The nats-server the reference comparisons run: $NATS_SERVER_BIN, else
+-- Debian's, else the one on PATH.  Fails the calling test when there is none.
+function M.nats_server_bin()
+  local env = os.getenv("NATS_SERVER_BIN")
+  if env and env ~= "" then return env end
+  for _, p in ipairs({ "/usr/bin/nats-server", "/usr/sbin/nats-server" }) do
+    if M.exists(p) then return p end
+  end
+  local rc, out = M.sh("command -v nats-server")
+  assert(rc == 0, "nats-server not found (set NATS_SERVER_BIN)")
+  return (out:gsub("%s+$", ""))
+end
+
 -- Makes sure tests/interop/node has its npm packages (npm ci from the lock
 -- when one is missing).  Returns true, or false and npm's output.
 function M.npm_ready()

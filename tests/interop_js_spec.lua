@@ -83,11 +83,6 @@ local function q(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
 
-local function exists(path)
-  local f = io.open(path, "r")
-  if f then f:close() return true end
-  return false
-end
 
 -- Runs a shell command; returns ok, how ("exit"/"signal"), code, output
 -- (stdout and stderr together).
@@ -208,7 +203,7 @@ describe("JetStream interop with tide's streams", function()
       -- build/interop_js_c, whatever the surrounding build flavour is.
       local ok, _, _, out = run(string.format("make -s -C %s BUILD=build SAN= build/interop_js_c", q(ROOT)))
       assert(ok, "building build/interop_js_c failed:\n" .. out)
-      assert(exists(C_BIN), C_BIN .. " is missing")
+      assert(h.exists(C_BIN), C_BIN .. " is missing")
     end, q(C_BIN), C_CHECKS)
   end)
 

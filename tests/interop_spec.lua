@@ -21,11 +21,6 @@ local function q(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
 
-local function exists(path)
-  local f = io.open(path, "r")
-  if f then f:close() return true end
-  return false
-end
 
 -- Runs a shell command; returns ok, how ("exit"/"signal"), code, output
 -- (stdout and stderr together).
@@ -38,22 +33,12 @@ end
 
 -- The reference server: NATS_SERVER_BIN, else where Debian puts it (sbin),
 -- else wherever PATH has it.
-local function nats_server_bin()
-  local env = os.getenv("NATS_SERVER_BIN")
-  if env and env ~= "" then return env end
-  for _, p in ipairs({ "/usr/bin/nats-server", "/usr/sbin/nats-server" }) do
-    if exists(p) then return p end
-  end
-  local ok, _, _, out = run("command -v nats-server")
-  assert(ok, "nats-server not found (set NATS_SERVER_BIN)")
-  return (out:gsub("%s+$", ""))
-end
 
 local function start_server()
   if target == "nats-server" then
     local port = h.free_port()
     return h.start_server{
-      bin = nats_server_bin(),
+      bin = h.nats_server_bin(),
       port = port,
       cmd = { "-a", "127.0.0.1", "-p", tostring(port) },
     }
@@ -124,7 +109,7 @@ describe("interop with NATS client libraries (" .. target .. ")", function()
         local ok, _, _, out = run(string.format("make -s -C %s BUILD=build SAN= build/interop_c", q(ROOT)))
         assert(ok, "building build/interop_c failed:\n" .. out)
       end
-      assert(exists(C_BIN), C_BIN .. " is missing")
+      assert(h.exists(C_BIN), C_BIN .. " is missing")
       srv = start_server()
     end)
 

@@ -17,13 +17,6 @@ local function q(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
 
-local function nats_server_bin()
-  local env = os.getenv("NATS_SERVER_BIN")
-  if env and env ~= "" then return env end
-  local rc, out = h.sh("command -v nats-server")
-  assert(rc == 0, "nats-server not found (set NATS_SERVER_BIN)")
-  return (out:gsub("%s+$", ""))
-end
 
 -- Runs jsapi.mjs against the server on port; returns its decoded answers.
 local function run_steps(port, flag, label, log)
@@ -69,7 +62,7 @@ describe("the JetStream API, with " .. label .. ", against nats-server -js", fun
     -- the reference
     local sd = h.make_tmpdir("jsapi-ns")
     local port = h.free_port()
-    local ns = h.start_server { bin = nats_server_bin(), port = port,
+    local ns = h.start_server { bin = h.nats_server_bin(), port = port,
       cmd = { "-a", "127.0.0.1", "-p", tostring(port), "-js", "-sd", sd } }
     ref = run_steps(port, flag, "nats-server", function() return ns:log() end)
     ns:stop("INT")

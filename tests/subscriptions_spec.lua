@@ -15,30 +15,13 @@ local SLACK_MS = tonumber(os.getenv("TIDE_PING_SLACK_MS")) or 250
 local N = 100000
 local TRAFFIC = 4000
 
-local function exists(path)
-  local f = io.open(path, "r")
-  if f then f:close() end
-  return f ~= nil
-end
 
 -- The reference server: NATS_SERVER_BIN, else where Debian puts it.
-local function nats_server_bin()
-  local env = os.getenv("NATS_SERVER_BIN")
-  if env and env ~= "" then return env end
-  for _, p in ipairs({ "/usr/bin/nats-server", "/usr/sbin/nats-server" }) do
-    if exists(p) then return p end
-  end
-  local p = io.popen("command -v nats-server")
-  local out = p:read("a")
-  p:close()
-  assert(out ~= "", "nats-server not found (set NATS_SERVER_BIN)")
-  return (out:gsub("%s+$", ""))
-end
 
 local function start_nats_server()
   local port = h.free_port()
   return h.start_server {
-    bin = nats_server_bin(),
+    bin = h.nats_server_bin(),
     port = port,
     cmd = { "-a", "127.0.0.1", "-p", tostring(port) },
   }

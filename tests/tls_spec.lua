@@ -12,17 +12,6 @@ local q, sh_ok, make_certs, start_tide, stop = ts.q, ts.sh_ok, ts.make_certs, ts
 local NODE_DIR = ts.NODE_DIR
 local TLS_C = h.root .. "/build/tls_c"
 
-local function nats_server_bin()
-  local env = os.getenv("NATS_SERVER_BIN")
-  if env and env ~= "" then return env end
-  for _, p in ipairs({ "/usr/bin/nats-server", "/usr/sbin/nats-server" }) do
-    local f = io.open(p)
-    if f then f:close() return p end
-  end
-  local rc, out = h.sh("command -v nats-server")
-  assert(rc == 0, "nats-server not found (set NATS_SERVER_BIN)")
-  return (out:gsub("%s+$", ""))
-end
 
 -- nats-server with the same settings, in its configuration syntax.
 local function start_nats(certs, t)
@@ -35,7 +24,7 @@ local function start_nats(certs, t)
   if t.verify then lines[#lines + 1] = "  verify: true" end
   lines[#lines + 1] = "}"
   h.write_file(conf, table.concat(lines, "\n") .. "\n")
-  local srv = h.start_server { bin = nats_server_bin(), port = port, cmd = { "-c", conf } }
+  local srv = h.start_server { bin = h.nats_server_bin(), port = port, cmd = { "-c", conf } }
   srv.stop_signal = "INT" -- nats-server 2.9 exits 0 on SIGINT
   return srv
 end
