@@ -25,6 +25,7 @@
 #include "dlq.h"
 #include "admin.h"
 #include "auth.h"
+#include "console.h"
 #include "http_auth.h"
 #include "json_int.h"
 #include "http.h"
@@ -71,6 +72,10 @@ typedef struct tail {
 /* Bytes a tail may have waiting for its client; past it the tail is cut,
  * as a NATS client past max_pending is. */
 #define TAIL_MAX_PENDING (1024 * 1024)
+/* The longest subject pattern a tail follows, and the longest query string
+ * of any request: past them the answer is 400 or 414 at once. */
+#define TAIL_SUBJECT_MAX 512
+#define HTTP_QUERY_MAX 2048
 
 /* What a connection that arrives when no descriptor is left is told
  * before it is closed (see on_accept_error). */
@@ -101,6 +106,7 @@ struct http {
     ack_wait_t *waits;
     http_auth_t *auth;     /* who asks, when the server has auth */
     const http_who_t *who; /* the request being handled (route) */
+    console_t *console;    /* /api/flow and /api/rates */
     int has_ident;             /* with auth: the events of that request show ident as e.client */
     script_identity_t ident;
 };
@@ -1021,6 +1027,13 @@ static void tail(http_t *h, struct evhttp_request *req, const char *pattern)
         reply_error(h, req, 400, "Bad Request", "GET /v1/tail?subject=<pattern> with a valid subject pattern");
         return;
     }
+    if (strlen(pattern) > TAIL_SUBJECT_MAX) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "a tail's subject pattern is at most %d bytes, not %zu", TAIL_SUBJECT_MAX,
+                 strlen(pattern));
+        reply_error(h, req, 400, "Bad Request", msg);
+        return;
+    }
     for (int i = 0; i < MAX_TAILS && !t; i++) /* a closed tail on the same pattern: reuse its subscription */
         if (!h->tails[i].live && h->tails[i].sub && !strcmp(h->tails[i].sub->subject, pattern))
             t = &h->tails[i];
@@ -1067,6 +1080,7 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
     http_t *h = arg;
     (void)fd;
     (void)what;
+    console_tick(h->console);
     for (int i = 0; i < MAX_TAILS; i++) {
         tail_t *t = &h->tails[i];
         if (!t->live || !t->req)
@@ -1172,6 +1186,46 @@ static void set_ident(http_t *h, struct evhttp_request *req, const http_who_t *w
     h->ident.tls = bev && bufferevent_openssl_get_ssl(bev) != NULL;
 }
 
+/* GET /v1/tail or /api/tail: a tail of the query's subject. */
+static void tail_query(http_t *h, struct evhttp_request *req, const struct evhttp_uri *u)
+{
+    struct evkeyvalq q;
+    const char *query = u ? evhttp_uri_get_query(u) : NULL;
+    memset(&q, 0, sizeof q);
+    if (query && evhttp_parse_query_str(query, &q) == 0) {
+        tail(h, req, evhttp_find_header(&q, "subject"));
+        evhttp_clear_headers(&q);
+    } else {
+        tail(h, req, NULL);
+    }
+}
+
+/* GET /api/...: the console's JSON (console.h) and its tail. */
+static void api(http_t *h, struct evhttp_request *req, const char *path, const struct evhttp_uri *u)
+{
+    char *json = NULL;
+    size_t len = 0;
+    if (!strcmp(path, "/api/tail")) {
+        tail_query(h, req, u);
+        return;
+    }
+    if (!strcmp(path, "/api/flow"))
+        json = console_flow_json(h->console, &len);
+    else if (!strcmp(path, "/api/rates"))
+        json = console_rates_json(h->console, &len);
+    else {
+        reply_error(h, req, 404, "Not Found", "unknown /api/ path; see /api/flow, /api/rates, /api/tail");
+        return;
+    }
+    if (!json) {
+        reply_error(h, req, 500, "Internal Server Error", "out of memory");
+        return;
+    }
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Cache-Control", "no-store");
+    reply(req, 200, "OK", "application/json", json, len);
+    free(json);
+}
+
 /* Answers req as who (NULL or unchecked: the server has no auth). */
 static void route(http_t *h, struct evhttp_request *req, const http_who_t *who)
 {
@@ -1184,9 +1238,14 @@ static void route(http_t *h, struct evhttp_request *req, const http_who_t *who)
         path = "/";
     char *decoded = evhttp_uridecode(path, 0, NULL);
     path = decoded ? decoded : path;
+    const char *query = u ? evhttp_uri_get_query(u) : NULL;
     h->who = who;
     set_ident(h, req, who);
-    if (cmd == EVHTTP_REQ_POST && (!strcmp(path, "/") || !strcmp(path, "/v1/events") ||
+    if (query && strlen(query) > HTTP_QUERY_MAX) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "a query string is at most %d bytes", HTTP_QUERY_MAX);
+        reply_error(h, req, 414, "URI Too Long", msg);
+    } else if (cmd == EVHTTP_REQ_POST && (!strcmp(path, "/") || !strcmp(path, "/v1/events") ||
                                    !strncmp(path, "/v1/publish/", 12))) {
         ingest(h, req, path);
     } else if (cmd != EVHTTP_REQ_GET) {
@@ -1212,15 +1271,9 @@ static void route(http_t *h, struct evhttp_request *req, const http_who_t *who)
         if (admin_view_ok(h, req, who))
             admin_view(h, req, path);
     } else if (!strcmp(path, "/v1/tail")) {
-        struct evkeyvalq q;
-        const char *query = u ? evhttp_uri_get_query(u) : NULL;
-        memset(&q, 0, sizeof q);
-        if (query && evhttp_parse_query_str(query, &q) == 0) {
-            tail(h, req, evhttp_find_header(&q, "subject"));
-            evhttp_clear_headers(&q);
-        } else {
-            tail(h, req, NULL);
-        }
+        tail_query(h, req, u);
+    } else if (!strncmp(path, "/api/", 5)) {
+        api(h, req, path, u);
     } else {
         reply_error(h, req, 404, "Not Found", "unknown path; see /v1/stats, /metrics, /healthz");
     }
@@ -1382,7 +1435,7 @@ static http_t *face_new(node_t *node)
     set_idle_timeout(h);
     evhttp_set_gencb(h->eh, on_request, h);
     evhttp_set_bevcb(h->eh, new_connection, h);
-    if (!(h->auth = http_auth_new(h->srv, on_auth_resume, h)))
+    if (!(h->auth = http_auth_new(h->srv, on_auth_resume, h)) || !(h->console = console_new(node)))
         goto fail;
     /* PubAcks for ingested events come to a subject of our own, in the
      * server's inboxes: no client can publish there, so an answer there is
@@ -1455,6 +1508,7 @@ void http_free(http_t *h)
     while (h->waits)
         wait_free(h->waits);
     http_auth_free(h->auth);
+    console_free(h->console);
     if (h->heartbeat)
         event_free(h->heartbeat);
     if (h->relisten)

@@ -2,8 +2,9 @@
  * http.h - the HTTP face: CloudEvents ingestion (binary, structured and
  * batched; POST /v1/publish/<subject> for plain JSON), GET /metrics in the
  * Prometheus text format, /healthz, /readyz, /v1/stats, /v1/rules,
- * /v1/streams, /v1/consumers, and GET /v1/tail?subject=<pattern> as
- * Server-Sent Events.
+ * /v1/streams, /v1/consumers, GET /v1/tail?subject=<pattern> (and
+ * /api/tail) as Server-Sent Events, and the console's /api/flow and
+ * /api/rates (console.h).
  */
 #ifndef TIDE_HTTP_H
 #define TIDE_HTTP_H

@@ -560,9 +560,14 @@ void script_foreach_rule(const script_host_t *h, void (*fn)(void *ctx, const scr
     for (size_t i = 0; h->cur && i < h->cur->nrules; i++) {
         const rule_t *r = h->cur->rules[i];
         script_rule_info_t info = {kind_names[r->kind], r->pattern, r->from_version, r->where, r->calls, r->errors,
-                                   r->dropped, r->routed};
+                                   r->dropped, r->routed, r->kind == RULE_DURABLE ? r->consumer : ""};
         fn(ctx, &info);
     }
+}
+
+const char *script_dead_letter_prefix(const script_host_t *h)
+{
+    return h && h->cur ? h->cur->limits.dead_letter : "$TIDE.DEAD";
 }
 
 void script_latency(const script_host_t *h, const uint64_t **counts, double *sum, uint64_t *count)

@@ -145,9 +145,14 @@ typedef struct script_rule_info {
     int64_t from_version;
     const char *where;   /* file:line */
     uint64_t calls, errors, dropped, routed;
+    const char *consumer; /* an on rule bound to a durable consumer: its name; else "" */
 } script_rule_info_t;
 
 void script_foreach_rule(const script_host_t *h, void (*fn)(void *ctx, const script_rule_info_t *r), void *ctx);
+
+/* The subject prefix failed events are dead-lettered under
+ * (scripting { dead_letter }, "$TIDE.DEAD" unless set); h may be NULL. */
+const char *script_dead_letter_prefix(const script_host_t *h);
 
 /* Rule call times: counts per bucket (upper bounds in seconds below, then
  * +Inf), their sum in seconds and their number. */

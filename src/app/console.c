@@ -1,0 +1,542 @@
+/*
+ * console.c - see console.h.
+ *
+ * The graph: one subject node per pattern a rule names (an upgrader's
+ * event type counts as its pattern), and per pattern its rules in the
+ * order the pipeline calls them: upgraders, filters and routes one after
+ * the other, then the handlers side by side.  A stream hangs under the
+ * subject node of its subjects, its consumers under it, and a consumer's
+ * handlers and dead-letter subject under the consumer.  Every rule has an
+ * edge to the scripts' dead-letter subject (a failed call sends the event
+ * there).
+ *
+ * An edge's count is a counter that already exists: into a rule, its
+ * calls; into a stream, its last sequence; into a consumer, its
+ * deliveries; into a dead-letter subject, the errors of the rule or the
+ * dead letters of the consumer it comes from.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cjson/cJSON.h>
+
+#include "console.h"
+#include "dlq.h"
+#include "json.h"
+#include "json_int.h"
+
+typedef struct sample {
+    double t;     /* monotonic seconds */
+    uint64_t sig; /* the graph's shape: a rate compares samples of one shape only */
+    int n;
+    uint64_t *count; /* per edge */
+} sample_t;
+
+struct console {
+    node_t *node;
+    sample_t s[CONSOLE_SAMPLES]; /* a ring, s[head] the newest */
+    int head, filled;
+    cJSON *edges; /* the newest sample's [{"from","to"}] */
+    double asked; /* when /api/ was last asked (monotonic), 0: never */
+};
+
+/* A rule as script_foreach_rule shows it (its strings are the host's,
+ * valid while the graph is built). */
+typedef struct rule_row {
+    script_rule_info_t r;
+    int index; /* its place among the rules, as in /v1/rules */
+    int done;
+} rule_row_t;
+
+typedef struct graph {
+    node_t *node;
+    int detail; /* counters, positions and errors on the nodes (/api/flow) */
+    cJSON *nodes, *edges;
+    uint64_t *count;
+    int n, cap;
+    uint64_t sig;
+    rule_row_t *rules;
+    int nrules, rcap;
+    int lost; /* a rule could not be collected (out of memory) */
+    cJSON *rules_doc; /* detail: /v1/rules, for the last errors */
+} graph_t;
+
+static double now_mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static uint64_t fnv(uint64_t h, const char *s)
+{
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return (h ^ 0xff) * 1099511628211ULL;
+}
+
+/* ---- building the graph --------------------------------------------------------- */
+
+/* The node called id, or a new one of kind and label; NULL when out of memory. */
+static cJSON *graph_node(graph_t *g, const char *id, const char *kind, const char *label)
+{
+    cJSON *o;
+    cJSON_ArrayForEach(o, g->nodes) {
+        if (!strcmp(cJSON_GetObjectItemCaseSensitive(o, "id")->valuestring, id))
+            return o;
+    }
+    o = cJSON_CreateObject();
+    if (!o || !cJSON_AddStringToObject(o, "id", id) || !cJSON_AddStringToObject(o, "kind", kind) ||
+        !cJSON_AddStringToObject(o, "label", label)) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    cJSON_AddItemToArray(g->nodes, o);
+    return o;
+}
+
+/* An edge from -> to whose events are counted by count.  0 or -1. */
+static int graph_edge(graph_t *g, const char *from, const char *to, uint64_t count)
+{
+    if (g->n == g->cap) {
+        int nc = g->cap ? g->cap * 2 : 16;
+        uint64_t *na = realloc(g->count, (size_t)nc * sizeof *na);
+        if (!na)
+            return -1;
+        g->count = na;
+        g->cap = nc;
+    }
+    cJSON *e = cJSON_CreateObject();
+    if (!e || !cJSON_AddStringToObject(e, "from", from) || !cJSON_AddStringToObject(e, "to", to)) {
+        cJSON_Delete(e);
+        return -1;
+    }
+    cJSON_AddItemToArray(g->edges, e);
+    g->count[g->n++] = count;
+    g->sig = fnv(fnv(g->sig, from), to);
+    return 0;
+}
+
+static void rule_collect(void *ctx, const script_rule_info_t *r)
+{
+    graph_t *g = ctx;
+    if (g->nrules == g->rcap) {
+        int nc = g->rcap ? g->rcap * 2 : 16;
+        rule_row_t *na = realloc(g->rules, (size_t)nc * sizeof *na);
+        if (!na) {
+            g->lost = 1;
+            return;
+        }
+        g->rules = na;
+        g->rcap = nc;
+    }
+    g->rules[g->nrules].r = *r;
+    g->rules[g->nrules].index = g->nrules;
+    g->rules[g->nrules].done = 0;
+    g->nrules++;
+}
+
+static int stage_of(const script_rule_info_t *r)
+{
+    return !strcmp(r->kind, "upgrade") ? 0 : !strcmp(r->kind, "filter") ? 1 : !strcmp(r->kind, "route") ? 2 : 3;
+}
+
+/* The node of rule row w, with its counters when g->detail. */
+static cJSON *rule_node(graph_t *g, const rule_row_t *w, char *id, size_t n)
+{
+    const script_rule_info_t *r = &w->r;
+    char label[600];
+    int handler = !strcmp(r->kind, "on");
+    snprintf(id, n, "rule:%d", w->index);
+    if (!strcmp(r->kind, "upgrade"))
+        snprintf(label, sizeof label, "upgrade %s v%lld -> v%lld", r->pattern, (long long)r->from_version,
+                 (long long)r->from_version + 1);
+    else
+        snprintf(label, sizeof label, "%s %s", handler ? "on" : r->kind, r->pattern);
+    cJSON *o = graph_node(g, id, handler ? "handler" : r->kind, label);
+    if (!o || !g->detail)
+        return o;
+    cJSON_AddStringToObject(o, handler || stage_of(r) ? "pattern" : "type", r->pattern);
+    if (!strcmp(r->kind, "upgrade"))
+        json_add_int(o, "from_version", r->from_version);
+    if (r->consumer && r->consumer[0])
+        cJSON_AddStringToObject(o, "consumer", r->consumer);
+    cJSON_AddStringToObject(o, "where", r->where);
+    json_add_uint(o, "calls", r->calls);
+    json_add_uint(o, "errors", r->errors);
+    if (stage_of(r) == 1 || stage_of(r) == 2)
+        json_add_uint(o, "dropped", r->dropped);
+    if (stage_of(r) == 2)
+        json_add_uint(o, "routed", r->routed);
+    cJSON *doc = cJSON_GetArrayItem(g->rules_doc, w->index);
+    cJSON *err = doc ? cJSON_DetachItemFromObjectCaseSensitive(doc, "last_error") : NULL;
+    if (err)
+        cJSON_AddItemToObject(o, "last_error", err);
+    return o;
+}
+
+/* The scripts' dead-letter subject, as a node: its id in id. */
+static cJSON *script_dlq_node(graph_t *g, char *id, size_t n)
+{
+    char label[300];
+    snprintf(label, sizeof label, "%s.>", script_dead_letter_prefix(g->node->scripts));
+    snprintf(id, n, "dlq:%s", label);
+    return graph_node(g, id, "dlq", label);
+}
+
+/* Every rule of the pattern of rules[first], in pipeline order, under its
+ * subject node.  0 or -1. */
+static int graph_pattern(graph_t *g, int first, const char *dlq)
+{
+    char sid[600], prev[600], rid[64];
+    const char *pattern = g->rules[first].r.pattern;
+    snprintf(sid, sizeof sid, "subject:%s", pattern);
+    if (!graph_node(g, sid, "subject", pattern))
+        return -1;
+    snprintf(prev, sizeof prev, "%s", sid);
+    for (int stage = 0; stage < 4; stage++) {
+        for (int i = first; i < g->nrules; i++) {
+            rule_row_t *w = &g->rules[i];
+            if (w->done || strcmp(w->r.pattern, pattern) || stage_of(&w->r) != stage || w->r.consumer[0])
+                continue;
+            w->done = 1;
+            if (!rule_node(g, w, rid, sizeof rid) || graph_edge(g, prev, rid, w->r.calls) < 0 ||
+                graph_edge(g, rid, dlq, w->r.errors) < 0)
+                return -1;
+            if (stage < 3) /* handlers all take what the last of the others let through */
+                snprintf(prev, sizeof prev, "%s", rid);
+        }
+    }
+    return 0;
+}
+
+/* The rules: every pattern's chain, then the durable handlers (under
+ * their consumers, see graph_consumer).  0 or -1. */
+static int graph_rules(graph_t *g)
+{
+    char dlq[320];
+    if (!g->node->scripts)
+        return 0;
+    script_foreach_rule(g->node->scripts, rule_collect, g);
+    if (g->lost)
+        return -1;
+    if (!g->nrules)
+        return 0;
+    if (!script_dlq_node(g, dlq, sizeof dlq))
+        return -1;
+    for (int i = 0; i < g->nrules; i++)
+        if (!g->rules[i].done && !g->rules[i].r.consumer[0] && graph_pattern(g, i, dlq) < 0)
+            return -1;
+    return 0;
+}
+
+/* The messages stored for subject (a dead-letter subject or pattern): those
+ * of the first stream whose subjects overlap it, with its name in *stream. */
+static uint64_t dlq_depth(streams_t *sm, const char *subject, const char **stream)
+{
+    stream_info_t si;
+    for (int i = 0; sm && i < streams_count(sm); i++) {
+        if (!streams_stream_info(sm, NULL, i, &si))
+            continue;
+        for (int k = 0; k < si.cfg->nsubjects; k++)
+            if (streams_patterns_overlap(si.cfg->subjects[k], subject)) {
+                *stream = si.cfg->name;
+                return si.log.msgs;
+            }
+    }
+    *stream = NULL;
+    return 0;
+}
+
+/* A dead-letter node's depth and stream, for /api/flow. */
+static void dlq_detail(graph_t *g, cJSON *o, const char *subject)
+{
+    const char *stream = NULL;
+    uint64_t depth = dlq_depth(g->node->streams, subject, &stream);
+    if (!g->detail || cJSON_GetObjectItemCaseSensitive(o, "depth"))
+        return;
+    json_add_uint(o, "depth", depth);
+    if (stream)
+        cJSON_AddStringToObject(o, "stream", stream);
+}
+
+/* Consumer ci of a stream (its id in sid) with its handlers and its
+ * dead-letter subject.  0 or -1. */
+static int graph_consumer(graph_t *g, const char *stream_id, const consumer_info_t *ci)
+{
+    char id[STREAM_NAME_MAX * 2 + 16], did[300], rid[64];
+    snprintf(id, sizeof id, "consumer:%s/%s", ci->cfg->stream, ci->cfg->name);
+    cJSON *o = graph_node(g, id, "consumer", ci->cfg->name);
+    if (!o || graph_edge(g, stream_id, id, ci->delivered) < 0)
+        return -1;
+    if (g->detail) {
+        cJSON_AddStringToObject(o, "stream", ci->cfg->stream);
+        if (ci->cfg->filter[0])
+            cJSON_AddStringToObject(o, "filter", ci->cfg->filter);
+        if (ci->cfg->deliver[0])
+            cJSON_AddStringToObject(o, "deliver", ci->cfg->deliver);
+        json_add_uint(o, "pending", ci->pending);
+        json_add_uint(o, "in_flight", ci->in_flight);
+        json_add_uint(o, "delivered", ci->delivered);
+        json_add_uint(o, "redelivered", ci->redelivered);
+        json_add_uint(o, "acked", ci->acked);
+        json_add_uint(o, "dead_lettered", ci->dead_lettered);
+    }
+    for (int i = 0; i < g->nrules; i++) {
+        rule_row_t *w = &g->rules[i];
+        if (w->done || strcmp(w->r.consumer, ci->cfg->name))
+            continue;
+        w->done = 1;
+        if (!rule_node(g, w, rid, sizeof rid) || graph_edge(g, id, rid, w->r.calls) < 0)
+            return -1;
+    }
+    if (!ci->cfg->dead_letter[0])
+        return 0;
+    snprintf(did, sizeof did, "dlq:%s", ci->cfg->dead_letter);
+    cJSON *d = graph_node(g, did, "dlq", ci->cfg->dead_letter);
+    if (!d || graph_edge(g, id, did, ci->dead_lettered) < 0)
+        return -1;
+    dlq_detail(g, d, ci->cfg->dead_letter);
+    return 0;
+}
+
+/* Stream si under the subject node of its subjects, with its consumers. */
+static int graph_stream(graph_t *g, const stream_info_t *si)
+{
+    char id[STREAM_NAME_MAX + 8], sid[STREAM_SUBJECTS_MAX * 260], label[sizeof sid];
+    size_t o = 0;
+    label[0] = 0;
+    for (int k = 0; k < si->cfg->nsubjects && o < sizeof label; k++)
+        o += (size_t)snprintf(label + o, sizeof label - o, "%s%s", k ? " " : "", si->cfg->subjects[k]);
+    snprintf(sid, sizeof sid, "subject:%s", label);
+    snprintf(id, sizeof id, "stream:%s", si->cfg->name);
+    cJSON *s = graph_node(g, id, "stream", si->cfg->name);
+    if (!s || !graph_node(g, sid, "subject", label) || graph_edge(g, sid, id, si->log.last_seq) < 0)
+        return -1;
+    if (g->detail) {
+        json_add_uint(s, "messages", si->log.msgs);
+        json_add_uint(s, "bytes", si->log.bytes);
+        json_add_uint(s, "first_seq", si->log.first_seq);
+        json_add_uint(s, "last_seq", si->log.last_seq);
+        cJSON_AddBoolToObject(s, "failed", si->log.failed);
+    }
+    consumer_info_t ci;
+    for (int i = 0; i < si->nconsumers; i++)
+        if (streams_consumer_info(g->node->streams, si->cfg->name, i, &ci) && graph_consumer(g, id, &ci) < 0)
+            return -1;
+    return 0;
+}
+
+/* Durable handlers whose consumer is not running (no streams): under the
+ * subject node of their pattern.  0 or -1. */
+static int graph_unbound(graph_t *g)
+{
+    char sid[600], rid[64];
+    for (int i = 0; i < g->nrules; i++) {
+        rule_row_t *w = &g->rules[i];
+        if (w->done)
+            continue;
+        w->done = 1;
+        snprintf(sid, sizeof sid, "subject:%s", w->r.pattern);
+        if (!graph_node(g, sid, "subject", w->r.pattern) || !rule_node(g, w, rid, sizeof rid) ||
+            graph_edge(g, sid, rid, w->r.calls) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* The graph of the node as it is now, in g (graph_clear frees it).  0 or -1. */
+static int graph_build(graph_t *g, node_t *node, int detail)
+{
+    char dlq[320];
+    memset(g, 0, sizeof *g);
+    g->node = node;
+    g->detail = detail;
+    g->sig = 14695981039346656037ULL;
+    g->nodes = cJSON_CreateArray();
+    g->edges = cJSON_CreateArray();
+    if (!g->nodes || !g->edges)
+        return -1;
+    if (detail && node->scripts) {
+        char *rules = NULL;
+        size_t len = 0;
+        script_rules_json(node->scripts, &rules, &len);
+        g->rules_doc = rules ? cJSON_ParseWithLength(rules, len) : NULL;
+        free(rules);
+    }
+    if (node->scripts) {
+        script_stats_t st;
+        script_get_stats(node->scripts, &st);
+        g->sig ^= st.generation;
+    }
+    if (graph_rules(g) < 0)
+        return -1;
+    stream_info_t si;
+    for (int i = 0; node->streams && i < streams_count(node->streams); i++)
+        if (streams_stream_info(node->streams, NULL, i, &si) && graph_stream(g, &si) < 0)
+            return -1;
+    if (graph_unbound(g) < 0)
+        return -1;
+    if (g->nrules && detail) {
+        cJSON *d = script_dlq_node(g, dlq, sizeof dlq);
+        if (d)
+            dlq_detail(g, d, cJSON_GetObjectItemCaseSensitive(d, "label")->valuestring);
+    }
+    return 0;
+}
+
+static void graph_clear(graph_t *g)
+{
+    cJSON_Delete(g->nodes);
+    cJSON_Delete(g->edges);
+    cJSON_Delete(g->rules_doc);
+    free(g->count);
+    free(g->rules);
+    memset(g, 0, sizeof *g);
+}
+
+/* ---- sampling -------------------------------------------------------------------- */
+
+/* Takes a sample: the counts of the graph's edges now, as the newest. */
+static void console_sample(console_t *c)
+{
+    graph_t g;
+    if (graph_build(&g, c->node, 0) < 0)
+        goto done;
+    int next = c->filled ? (c->head + 1) % CONSOLE_SAMPLES : 0;
+    sample_t *s = &c->s[next];
+    free(s->count);
+    s->count = g.count; /* the sample takes the counts */
+    g.count = NULL;
+    s->n = g.n;
+    s->sig = g.sig;
+    s->t = now_mono();
+    c->head = next;
+    if (c->filled < CONSOLE_SAMPLES)
+        c->filled++;
+    cJSON_Delete(c->edges);
+    c->edges = g.edges;
+    g.edges = NULL;
+done:
+    graph_clear(&g);
+}
+
+/* Events a second on edge e of a graph of shape sig, over the oldest
+ * sample of that shape to the newest; 0 without two such samples. */
+static double edge_rate(const console_t *c, uint64_t sig, int e)
+{
+    const sample_t *new = &c->s[c->head], *old = NULL;
+    if (!c->filled || new->sig != sig || e >= new->n)
+        return 0;
+    for (int k = 1; k < c->filled; k++) {
+        const sample_t *s = &c->s[(c->head - k + CONSOLE_SAMPLES) % CONSOLE_SAMPLES];
+        if (s->sig != sig || s->n != new->n)
+            break;
+        old = s;
+    }
+    if (!old || new->t <= old->t || new->count[e] < old->count[e])
+        return 0; /* a counter that went back (a stream made anew) says nothing */
+    double r = (double)(new->count[e] - old->count[e]) / (new->t - old->t);
+    return (double)(int64_t)(r * 100 + 0.5) / 100;
+}
+
+/* The console is in use: sampling goes on; a first sample now if it had
+ * stopped, so that the next one gives a rate. */
+static void console_touch(console_t *c)
+{
+    double now = now_mono();
+    int idle = !c->asked || now - c->asked > CONSOLE_IDLE_SECONDS;
+    c->asked = now;
+    if (idle) {
+        c->filled = 0;
+        console_sample(c);
+    }
+}
+
+void console_tick(console_t *c)
+{
+    if (c && c->asked && now_mono() - c->asked <= CONSOLE_IDLE_SECONDS)
+        console_sample(c);
+}
+
+/* Puts each edge's rate into edges (a graph of shape sig). */
+static void add_rates(const console_t *c, cJSON *edges, uint64_t sig)
+{
+    int i = 0;
+    cJSON *e;
+    cJSON_ArrayForEach(e, edges) {
+        cJSON_DeleteItemFromObjectCaseSensitive(e, "rate");
+        cJSON_AddNumberToObject(e, "rate", edge_rate(c, sig, i++));
+    }
+}
+
+static char *print_owned(cJSON *doc, size_t *len)
+{
+    char *out = doc ? json_print(doc, len) : NULL;
+    cJSON_Delete(doc);
+    if (!out)
+        *len = 0;
+    return out;
+}
+
+char *console_rates_json(console_t *c, size_t *len)
+{
+    console_touch(c);
+    cJSON *doc = cJSON_CreateObject(), *edges = c->edges ? cJSON_Duplicate(c->edges, 1) : cJSON_CreateArray();
+    if (!doc || !edges) {
+        cJSON_Delete(edges);
+        cJSON_Delete(doc);
+        *len = 0;
+        return NULL;
+    }
+    add_rates(c, edges, c->s[c->head].sig);
+    cJSON_AddItemToObject(doc, "edges", edges);
+    return print_owned(doc, len);
+}
+
+char *console_flow_json(console_t *c, size_t *len)
+{
+    graph_t g;
+    cJSON *doc = NULL;
+    console_touch(c);
+    if (graph_build(&g, c->node, 1) < 0 || !(doc = cJSON_CreateObject()))
+        goto fail;
+    script_stats_t st;
+    memset(&st, 0, sizeof st);
+    if (c->node->scripts)
+        script_get_stats(c->node->scripts, &st);
+    json_add_uint(doc, "generation", st.generation);
+    add_rates(c, g.edges, g.sig);
+    cJSON_AddItemToObject(doc, "nodes", g.nodes);
+    cJSON_AddItemToObject(doc, "edges", g.edges);
+    g.nodes = g.edges = NULL;
+    graph_clear(&g);
+    return print_owned(doc, len);
+fail:
+    graph_clear(&g);
+    cJSON_Delete(doc);
+    *len = 0;
+    return NULL;
+}
+
+/* ---- life --------------------------------------------------------------------------- */
+
+console_t *console_new(node_t *node)
+{
+    console_t *c = calloc(1, sizeof *c);
+    if (c)
+        c->node = node;
+    return c;
+}
+
+void console_free(console_t *c)
+{
+    if (!c)
+        return;
+    for (int i = 0; i < CONSOLE_SAMPLES; i++)
+        free(c->s[i].count);
+    cJSON_Delete(c->edges);
+    free(c);
+}

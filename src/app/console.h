@@ -1,0 +1,49 @@
+/*
+ * console.h - what the web console shows, as JSON for /api/ (docs/console.md):
+ * the flow of the loaded rules, streams, consumers and dead-letter subjects
+ * as a graph, and the rate of events on each of its edges.
+ *
+ *   /api/flow  -> {"generation":n,"nodes":[{"id","kind","label",...}],
+ *                  "edges":[{"from","to","rate"}]}
+ *   /api/rates -> {"edges":[{"from","to","rate"}]}
+ *
+ * No event is counted for the console: an edge's rate is the rate of a
+ * counter the pipeline and the store keep anyway (a rule's calls and
+ * errors, a stream's last sequence, a consumer's deliveries and dead
+ * letters), read once a second while someone asks (console_tick) and
+ * compared over the last few seconds.
+ */
+#ifndef TIDE_CONSOLE_H
+#define TIDE_CONSOLE_H
+
+#include <stddef.h>
+
+#include "node.h"
+
+typedef struct console console_t;
+
+/* A console over the node's parts (which it must not outlive).  NULL when
+ * out of memory. */
+console_t *console_new(node_t *node);
+
+/* Frees c and its samples; c may be NULL. */
+void console_free(console_t *c);
+
+/* Takes a sample of the counters, if /api/ was asked in the last
+ * CONSOLE_IDLE_SECONDS: call once a second, on the loop. */
+void console_tick(console_t *c);
+
+/* The /api/flow document, malloc'd (caller frees); NULL when out of
+ * memory.  Marks the console as in use. */
+char *console_flow_json(console_t *c, size_t *len);
+
+/* The /api/rates document, malloc'd (caller frees); NULL when out of
+ * memory.  Marks the console as in use. */
+char *console_rates_json(console_t *c, size_t *len);
+
+/* Sampling stops this long after the last /api/ request. */
+#define CONSOLE_IDLE_SECONDS 60
+/* Samples kept: a rate spans the last CONSOLE_SAMPLES - 1 seconds. */
+#define CONSOLE_SAMPLES 4
+
+#endif

@@ -1,0 +1,286 @@
+-- The console's JSON endpoints: /api/flow, /api/rates and /api/tail against
+-- a real tide serving examples/tour, bad input, a node with streams, and auth.
+local h = require "helpers"
+local json = require "dkjson"
+local socket = require "socket"
+
+local TOUR = h.root .. "/examples/tour/tide.lua"
+local KINDS = { subject = true, upgrade = true, filter = true, route = true, handler = true, stream = true,
+  consumer = true, dlq = true }
+
+-- curl: status, body (args are put in the shell command as they are).
+local function curl(args)
+  local rc, out = h.sh("curl -s -o /dev/stdout -w '\\n%{http_code}' --max-time 5 " .. args)
+  assert.are.equal(0, rc, out)
+  local body, code = out:match("^(.*)\n(%d+)%s*$")
+  return tonumber(code), body
+end
+
+local function get_json(url, extra)
+  local code, body = curl((extra or "") .. " '" .. url .. "'")
+  assert.are.equal(200, code, body)
+  return json.decode(body)
+end
+
+-- Sends a raw GET of target and reads the status line, in at most `within`
+-- seconds: the status code, or nil and why.  Closes the connection.
+local function raw_status(port, target, within)
+  local s = socket.tcp()
+  s:settimeout(within)
+  assert(s:connect("127.0.0.1", port))
+  s:send("GET " .. target .. " HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+  local line, err = s:receive("*l")
+  s:close()
+  if not line then return nil, err end
+  return tonumber(line:match("^HTTP/1%.%d (%d+)")), line
+end
+
+local function by_id(list)
+  local t = {}
+  for _, n in ipairs(list) do t[n.id] = n end
+  return t
+end
+
+local function edge_rate(edges, from, to)
+  for _, e in ipairs(edges) do
+    if e.from == from and e.to == to then return e.rate end
+  end
+end
+
+local function publish_for(port, seconds, subject, payload)
+  local c = h.connect(port)
+  local deadline, n = h.proc.now() + seconds, 0
+  while h.proc.now() < deadline do
+    for _ = 1, 20 do c:pub(subject, payload); n = n + 1 end
+    h.proc.sleep(0.05)
+  end
+  assert(c:ping())
+  c:close()
+  return n
+end
+
+describe("/api/ on the tour", function()
+  local srv, hport, base
+
+  setup(function()
+    hport = h.free_port()
+    srv = h.start_server { args = { "-c", TOUR, "--http", "127.0.0.1:" .. hport } }
+    base = "http://127.0.0.1:" .. hport
+  end)
+
+  teardown(function()
+    assert.are.equal("exited", (srv:stop()))
+  end)
+
+  it("/api/flow has a node for every rule, with its kind, pattern and place, and edges between known nodes", function()
+    local rules = get_json(base .. "/v1/rules")
+    local flow = get_json(base .. "/api/flow")
+    assert.are.equal(6, #rules)
+    local nodes = by_id(flow.nodes)
+    for _, n in ipairs(flow.nodes) do
+      assert.is_true(KINDS[n.kind], n.kind)
+      assert.is_string(n.label)
+    end
+    local kind_of = { upgrade = "upgrade", filter = "filter", route = "route", on = "handler" }
+    for i, r in ipairs(rules) do
+      local n = nodes["rule:" .. (i - 1)]
+      assert.is_table(n, "no node for rule " .. i)
+      assert.are.equal(kind_of[r.kind], n.kind)
+      assert.are.equal(r.where, n.where)
+      -- a rule's label holds its subject pattern, an upgrader's its type
+      assert.is_truthy(n.label:find(r.pattern or r.type, 1, true), n.label)
+      -- and its subject node feeds it
+      assert.is_table(nodes["subject:" .. (r.pattern or r.type)])
+    end
+    assert.are.equal("dlq", nodes["dlq:$TIDE.DEAD.>"].kind)
+    for _, e in ipairs(flow.edges) do
+      assert.is_table(nodes[e.from], e.from)
+      assert.is_table(nodes[e.to], e.to)
+      assert.are.equal(0, e.rate)
+    end
+    -- the pipeline's order within a pattern: subject -> filter -> route
+    assert.is_number(edge_rate(flow.edges, "subject:order.created", "rule:2"))
+    assert.is_number(edge_rate(flow.edges, "rule:2", "rule:3"))
+    assert.is_number(edge_rate(flow.edges, "subject:user.created", "rule:0"))
+    assert.is_number(edge_rate(flow.edges, "rule:0", "rule:1"))
+    assert.is_number(edge_rate(flow.edges, "rule:5", "dlq:$TIDE.DEAD.>"))
+    -- /api/rates: the same edges, rates only
+    local rates = get_json(base .. "/api/rates")
+    assert.are.equal(#flow.edges, #rates.edges)
+    for i, e in ipairs(rates.edges) do
+      assert.are.same({ from = flow.edges[i].from, to = flow.edges[i].to, rate = 0 }, e)
+    end
+  end)
+
+  it("edge rates rise while a publisher runs and fall to zero after", function()
+    get_json(base .. "/api/rates") -- the console is in use from now on: sampled every second
+    local big = '{"specversion":"1.0","id":"x","source":"t","type":"order.created","data":{"amount":5000}}'
+    local n = publish_for(srv.port, 3, "order.created", big)
+    local rates = get_json(base .. "/api/rates").edges
+    local into_filter = edge_rate(rates, "subject:order.created", "rule:2")
+    assert.is_true(into_filter > 20, "rate " .. tostring(into_filter) .. " after " .. n .. " events")
+    assert.is_true(edge_rate(rates, "rule:2", "rule:3") > 20)
+    assert.are.equal(0, edge_rate(rates, "subject:order.paid", "rule:4"))
+    assert.are.equal(0, edge_rate(rates, "rule:2", "dlq:$TIDE.DEAD.>"))
+    local flow = get_json(base .. "/api/flow")
+    assert.is_true(edge_rate(flow.edges, "subject:order.created", "rule:2") > 20)
+    assert.are.equal(n, by_id(flow.nodes)["rule:2"].calls)
+    -- a handler's failures are the rate of its edge to the dead letters
+    local c = h.connect(srv.port)
+    for _ = 1, 30 do c:pub("payment.authorized", '{"data":{}}') end -- no id: the handler raises
+    assert(c:ping())
+    c:close()
+    assert(h.wait_until(function()
+      return edge_rate(get_json(base .. "/api/rates").edges, "rule:5", "dlq:$TIDE.DEAD.>") > 0
+    end, 5), "no rate on the handler's dead-letter edge")
+    local rule5 = by_id(get_json(base .. "/api/flow").nodes)["rule:5"]
+    assert.are.equal(30, rule5.errors)
+    assert.matches("needs a CloudEvents id", rule5.last_error.message)
+    assert(h.wait_until(function()
+      local e = get_json(base .. "/api/rates").edges
+      return edge_rate(e, "subject:order.created", "rule:2") == 0 and edge_rate(e, "rule:5", "dlq:$TIDE.DEAD.>") == 0
+    end, 8), "rates did not fall to zero")
+  end)
+
+  it("/api/tail streams matching events as server-sent events", function()
+    local out = h.tmpdir .. "/console-tail-" .. h.free_port() .. ".txt"
+    local pid = h.proc.spawn({ "/usr/bin/curl", "-s", "-N", "--max-time", "2", base .. "/api/tail?subject=order.>" }, out)
+    h.proc.sleep(0.4)
+    local c = h.connect(srv.port)
+    c:pub("order.paid", '{"data":{"order_id":7}}')
+    c:pub("greet.world", "hi")
+    assert(c:ping())
+    c:close()
+    h.proc.wait(pid, 5)
+    local text = h.read_file(out) or ""
+    os.remove(out)
+    assert.matches(': tail of order.>\n\n', text, 1, true)
+    assert.matches('event: message\ndata: {"subject":"order.paid","data":{"data":{"order_id":7}}}', text, 1, true)
+    assert.is_nil(text:find("greet.world", 1, true))
+  end)
+
+  it("bad input gets a 4xx at once and holds nothing", function()
+    local before = get_json(base .. "/api/flow")
+    local long = ("a"):rep(5000)
+    local checks = {
+      { "/api/tail?subject=bad..x", 400 },
+      { "/api/tail?subject=a.>.b", 400 },
+      { "/api/tail", 400 },
+      { "/v1/tail?subject=" .. long, 414 },
+      { "/api/tail?subject=" .. long, 414 },
+      { "/api/tail?subject=" .. ("a."):rep(300) .. "x", 400 }, -- a subject over 512 bytes
+      { "/v1/tail?subject=" .. ("a."):rep(300) .. "x", 400 },
+      { "/api/tail?subject=order.>&pad=" .. ("x"):rep(3000), 414 },
+      { "/api/flow?pad=" .. ("x"):rep(3000), 414 },
+      { "/api/nope", 404 },
+      { "/api/", 404 },
+      { "/api/flow/x", 404 },
+    }
+    for _, c in ipairs(checks) do
+      local t0 = h.proc.now()
+      local code, why = raw_status(hport, c[1], 3)
+      assert.are.equal(c[2], code, c[1]:sub(1, 60) .. ": " .. tostring(why))
+      assert.is_true(h.proc.now() - t0 < 2, c[1]:sub(1, 60))
+    end
+    -- 100 KB of subject: refused at once too
+    for _, path in ipairs({ "/api/tail", "/v1/tail" }) do
+      local code = raw_status(hport, path .. "?subject=" .. ("a"):rep(100 * 1024), 3)
+      assert.is_true(code >= 400 and code < 500, tostring(code))
+    end
+    -- no tail slot was taken: more refused tails than there are slots, then a good one
+    for i = 1, 70 do
+      local path = i % 2 == 0 and "/api/tail?subject=" or "/v1/tail?subject="
+      assert.are.equal(400, (raw_status(hport, path .. ("a."):rep(300) .. "x", 3)))
+      assert.are.equal(414, (raw_status(hport, path .. long, 3)))
+    end
+    assert.are.equal(200, (raw_status(hport, "/api/tail?subject=ok.>", 3)))
+    local after = get_json(base .. "/api/flow")
+    assert.are.same(before.nodes, after.nodes)
+    local code = curl("-X POST '" .. base .. "/api/flow'")
+    assert.are.equal(405, code)
+  end)
+end)
+
+describe("/api/flow with streams, consumers and dead letters", function()
+  it("shows them, with the counters behind their edges", function()
+    local dir = h.make_tmpdir()
+    h.write_file(dir .. "/tide.lua", [[
+storage { dir = "data" }
+stream "orders" { subjects = { "order.>" } }
+stream "dead" { subjects = { "dlq.>" } }
+consumer "w" { stream = "orders", deliver = "work.w", ack_wait = "200ms", max_deliver = 1, dead_letter = "dlq.w" }
+consumer "c" { stream = "orders" }
+on("order.*", { consumer = "c" }, function(e) end)
+filter("order.created", function(e) return true end)
+]])
+    local hport = h.free_port()
+    local srv = h.start_server { args = { "-c", dir .. "/tide.lua", "--http", "127.0.0.1:" .. hport } }
+    local base = "http://127.0.0.1:" .. hport
+    local ok, err = pcall(function()
+      local sub = h.connect(srv.port)
+      sub:send("SUB work.w 1\r\n") -- takes deliveries, never acks: each one is dead-lettered
+      assert(sub:ping())
+      local c = h.connect(srv.port)
+      for i = 1, 5 do c:pub("order.created", '{"data":{"k":' .. i .. '}}') end
+      assert(c:ping())
+      c:close()
+      local flow
+      assert(h.wait_until(function()
+        flow = get_json(base .. "/api/flow")
+        local d = by_id(flow.nodes)["dlq:dlq.w"]
+        return d and d.depth == 5
+      end, 10), "the dead letters did not arrive")
+      sub:close()
+      local nodes = by_id(flow.nodes)
+      assert.are.equal("stream", nodes["stream:orders"].kind)
+      assert.are.equal(5, nodes["stream:orders"].messages)
+      assert.are.equal("consumer", nodes["consumer:orders/w"].kind)
+      assert.are.equal(5, nodes["consumer:orders/w"].dead_lettered)
+      assert.are.equal("dead", nodes["dlq:dlq.w"].stream)
+      assert.are.equal("c", nodes["rule:0"].consumer)
+      assert.are.equal(5, nodes["rule:0"].calls)
+      local edges = {}
+      for _, e in ipairs(flow.edges) do edges[e.from .. " -> " .. e.to] = true end
+      for _, want in ipairs({ "subject:order.> -> stream:orders", "stream:orders -> consumer:orders/w",
+        "consumer:orders/w -> dlq:dlq.w", "stream:orders -> consumer:orders/c", "consumer:orders/c -> rule:0",
+        "subject:order.created -> rule:1", "subject:dlq.> -> stream:dead" }) do
+        assert.is_true(edges[want], want)
+      end
+    end)
+    assert.are.equal("exited", (srv:stop()))
+    h.remove_tmpdir(dir)
+    assert(ok, err)
+  end)
+end)
+
+describe("/api/ with auth", function()
+  it("needs a user for the views, and the tail a user who may read its subject", function()
+    local dir = h.make_tmpdir()
+    h.write_file(dir .. "/tide.lua", [[
+auth { users = {
+  { user = "admin", password = "adminpw", admin = true },
+  { user = "shop", password = "shoppw", permissions = { subscribe = { allow = { "orders.>" } } } },
+} }
+filter("orders.*", function(e) return true end)
+]])
+    local hport = h.free_port()
+    local srv = h.start_server { args = { "-c", dir .. "/tide.lua", "--http", "127.0.0.1:" .. hport } }
+    local base = "http://127.0.0.1:" .. hport
+    local ok, err = pcall(function()
+      for _, path in ipairs({ "/api/flow", "/api/rates", "/api/tail?subject=orders.>", "/api/nope" }) do
+        assert.are.equal(401, (curl("'" .. base .. path .. "'")), path)
+        assert.are.equal(401, (curl("-u shop:wrong '" .. base .. path .. "'")), path)
+      end
+      for _, who in ipairs({ "shop:shoppw", "admin:adminpw" }) do
+        local flow = get_json(base .. "/api/flow", "-u " .. who)
+        assert.are.equal("filter", by_id(flow.nodes)["rule:0"].kind)
+        get_json(base .. "/api/rates", "-u " .. who)
+      end
+      assert.are.equal(403, (curl("-u shop:shoppw '" .. base .. "/api/tail?subject=payments.>'")))
+      assert.are.equal(404, (curl("-u shop:shoppw '" .. base .. "/api/nope'")))
+    end)
+    assert.are.equal("exited", (srv:stop()))
+    h.remove_tmpdir(dir)
+    assert(ok, err)
+  end)
+end)
