@@ -35,6 +35,15 @@ local function raw_status(port, target, within)
   return tonumber(line:match("^HTTP/1%.%d (%d+)")), line
 end
 
+-- POSTs body (JSON text) to url: status, decoded answer (or the raw body).
+local function post_json(url, body, extra)
+  local f = os.tmpname()
+  h.write_file(f, body)
+  local code, out = curl(("-X POST -H 'Content-Type: application/json' %s --data-binary @%s '%s'"):format(extra or "", f, url))
+  os.remove(f)
+  return code, json.decode(out) or out
+end
+
 local function by_id(list)
   local t = {}
   for _, n in ipairs(list) do t[n.id] = n end
@@ -159,6 +168,63 @@ describe("/api/ on the tour", function()
     assert.is_nil(text:find("greet.world", 1, true))
   end)
 
+  it("POST /api/trace publishes an event and answers its steps with the filter's decision", function()
+    local c = h.connect(srv.port)
+    c:send('CONNECT {"headers":true}\r\n')
+    c:sub("order.>", 1)
+    assert(c:ping())
+    local code, t = post_json(base .. "/api/trace", '{"subject":"order.created","data":{"amount":50}}')
+    assert.are.equal(200, code, t)
+    assert.are.equal("order.created", t.subject)
+    assert.matches("^event order%.created", t.steps[1])
+    assert.matches("filter%s+order%.created%s+%S+order%-filter/rules%.lua:4%s+DROPPED", t.steps[2])
+    code, t = post_json(base .. "/api/trace", '{"subject":"order.created","data":{"amount":5000},"headers":{"X-Why":"test"}}')
+    assert.are.equal(200, code, t)
+    local text = table.concat(t.steps, "\n")
+    assert.matches("filter%s+order%.created%s+%S+%s+kept", text)
+    assert.matches("route%s+order%.created%s+%S+%s+%-> order%.review", text)
+    -- it was published for real, with its headers
+    local m = c:msg()
+    assert.are.equal("order.review", m.subject)
+    assert.are.equal(t.id, json.decode(m.payload).id)
+    assert.matches("X%-Why: test", m.headers or "")
+    c:close()
+  end)
+
+  it("POST /api/trace and /api/dlq/replay refuse bad input and change nothing", function()
+    local before = get_json(base .. "/api/flow")
+    local calls = by_id(before.nodes)["rule:2"].calls
+    for _, c in ipairs({
+      { '{"subject":"bad..x","data":1}', 400 },
+      { '{"subject":"order.*","data":1}', 400 },
+      { '{"subject":"$TIDE.ADMIN.RELOAD","data":1}', 403 },
+      { '{"subject":"$JS.API.INFO"}', 403 },
+      { '{"data":1}', 400 },
+      { '[1,2]', 400 },
+      { 'not json', 400 },
+      { '{"subject":"order.created","headers":{"Bad Name":"x"}}', 400 },
+      { '{"subject":"order.created","headers":{"X":"a\\r\\nY: b"}}', 400 },
+      { '{"subject":"order.created","headers":["x"]}', 400 },
+    }) do
+      local code, body = post_json(base .. "/api/trace", c[1])
+      assert.are.equal(c[2], code, c[1] .. ": " .. json.encode(body))
+    end
+    local code = post_json(base .. "/api/trace", '{"subject":"order.created"}', "-H 'Origin: http://evil.example'")
+    assert.are.equal(403, code)
+    code = curl("-X POST -H 'Content-Type: text/plain' --data-binary '{}' '" .. base .. "/api/trace'")
+    assert.are.equal(415, code)
+    assert.are.equal(404, (post_json(base .. "/api/nope", "{}")))
+    -- the tour has no streams: nothing to replay or show
+    assert.are.equal(404, (post_json(base .. "/api/dlq/replay", '{"stream":"dead","seq":1}')))
+    assert.are.equal(400, (post_json(base .. "/api/dlq/replay", '{"stream":"dead"}')))
+    assert.are.equal(400, (post_json(base .. "/api/dlq/replay", '{"stream":"dead","seq":-1}')))
+    assert.are.equal(404, (curl("'" .. base .. "/api/dlq?stream=dead'")))
+    assert.are.equal(400, (curl("'" .. base .. "/api/dlq'")))
+    assert.are.equal(calls, by_id(get_json(base .. "/api/flow").nodes)["rule:2"].calls)
+    local st = get_json(base .. "/api/streams")
+    assert.are.same({ streams = {}, consumers = {}, dead_letter_streams = {} }, st)
+  end)
+
   it("bad input gets a 4xx at once and holds nothing", function()
     local before = get_json(base .. "/api/flow")
     local long = ("a"):rep(5000)
@@ -175,6 +241,9 @@ describe("/api/ on the tour", function()
       { "/api/nope", 404 },
       { "/api/", 404 },
       { "/api/flow/x", 404 },
+      { "/api/dlq?stream=", 400 },
+      { "/api/dlq?stream=dead&from_seq=x", 400 },
+      { "/api/dlq?stream=" .. ("s"):rep(80), 400 },
     }
     for _, c in ipairs(checks) do
       local t0 = h.proc.now()
@@ -246,6 +315,38 @@ filter("order.created", function(e) return true end)
         "subject:order.created -> rule:1", "subject:dlq.> -> stream:dead" }) do
         assert.is_true(edges[want], want)
       end
+      -- the Streams view's JSON, a page of dead letters, and a replay
+      local st = get_json(base .. "/api/streams")
+      assert.are.same({ "dead" }, st.dead_letter_streams)
+      assert.are.equal(2, #st.streams)
+      assert.are.equal(2, #st.consumers)
+      local page = get_json(base .. "/api/dlq?stream=dead")
+      assert.are.equal(5, #page.dead_letters)
+      assert.are.equal("order.created", page.dead_letters[1].original_subject)
+      assert.are.equal(404, (curl("'" .. base .. "/api/dlq?stream=nope'")))
+      local code, a = post_json(base .. "/api/dlq/replay", '{"stream":"dead","seq":' .. page.dead_letters[1].seq .. '}')
+      assert.are.equal(200, code, json.encode(a))
+      assert.are.equal(1, a.replayed)
+      assert(h.wait_until(function()
+        return by_id(get_json(base .. "/api/flow").nodes)["stream:orders"].messages == 6
+      end, 5), "the replayed event was not stored again")
+      assert.are.equal(404, (post_json(base .. "/api/dlq/replay", '{"stream":"nope","seq":1}')))
+      -- the reload history: a failed reload, then a good one
+      local reloads = get_json(base .. "/api/reloads")
+      assert.are.equal(1, #reloads.reloads)
+      assert.is_true(reloads.reloads[1].ok)
+      local text = h.read_file(dir .. "/tide.lua")
+      h.write_file(dir .. "/tide.lua", text .. "\nthis is not lua\n")
+      assert(h.wait_until(function() return #get_json(base .. "/api/reloads").reloads == 2 end, 10), "no failed reload noted")
+      reloads = get_json(base .. "/api/reloads").reloads
+      assert.is_false(reloads[2].ok)
+      assert.matches("tide%.lua:%d+", reloads[2].error)
+      h.write_file(dir .. "/tide.lua", text .. "\n-- changed\n")
+      assert(h.wait_until(function() return #get_json(base .. "/api/reloads").reloads == 3 end, 10), "no reload noted")
+      reloads = get_json(base .. "/api/reloads")
+      assert.is_true(reloads.reloads[3].ok)
+      assert.are.equal(2, reloads.reloads[3].generation)
+      assert.are.equal(2, reloads.generation)
     end)
     assert.are.equal("exited", (srv:stop()))
     h.remove_tmpdir(dir)
@@ -278,6 +379,14 @@ filter("orders.*", function(e) return true end)
       end
       assert.are.equal(403, (curl("-u shop:shoppw '" .. base .. "/api/tail?subject=payments.>'")))
       assert.are.equal(404, (curl("-u shop:shoppw '" .. base .. "/api/nope'")))
+      -- actions are for admin users; the page and the views for any user
+      local body = '{"subject":"orders.x","data":{}}'
+      assert.are.equal(401, (post_json(base .. "/api/trace", body)))
+      assert.are.equal(403, (post_json(base .. "/api/trace", body, "-u shop:shoppw")))
+      local code, t = post_json(base .. "/api/trace", body, "-u admin:adminpw")
+      assert.are.equal(200, code, json.encode(t))
+      assert.matches("filter%s+orders%.%*", t.steps[2])
+      assert.are.equal(403, (post_json(base .. "/api/dlq/replay", '{"stream":"s","seq":1}', "-u shop:shoppw")))
     end)
     assert.are.equal("exited", (srv:stop()))
     h.remove_tmpdir(dir)

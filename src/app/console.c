@@ -21,11 +21,13 @@
 #include <time.h>
 
 #include <cjson/cJSON.h>
+#include <event2/util.h>
 
 #include "console.h"
 #include "dlq.h"
 #include "json.h"
 #include "json_int.h"
+#include "util.h"
 
 typedef struct sample {
     double t;     /* monotonic seconds */
@@ -34,8 +36,23 @@ typedef struct sample {
     uint64_t *count; /* per edge */
 } sample_t;
 
+/* One line of the reload history. */
+typedef struct reload_note {
+    char time[64]; /* RFC 3339 */
+    uint64_t generation;
+    int ok;
+    char error[512];
+} reload_note_t;
+
 struct console {
     node_t *node;
+    sub_t *answers;   /* <inbox>.>: answers of the admin verbs asked (console_admin) */
+    char inbox[64];
+    char *answer;     /* the answer of the verb being asked, malloc'd */
+    size_t answer_len;
+    reload_note_t reloads[CONSOLE_RELOADS]; /* a ring, oldest first from reload_first */
+    int reload_first, nreloads;
+    uint64_t seen_reloads, seen_failures; /* the script stats at the last note */
     sample_t s[CONSOLE_SAMPLES]; /* a ring, s[head] the newest */
     int head, filled;
     cJSON *edges; /* the newest sample's [{"from","to"}] */
@@ -75,6 +92,26 @@ static uint64_t fnv(uint64_t h, const char *s)
     for (; *s; s++)
         h = (h ^ (unsigned char)*s) * 1099511628211ULL;
     return (h ^ 0xff) * 1099511628211ULL;
+}
+
+/* True when array a holds the string v. */
+static int json_array_has(const cJSON *a, const char *v)
+{
+    const cJSON *e;
+    cJSON_ArrayForEach(e, a) {
+        if (cJSON_IsString(e) && !strcmp(e->valuestring, v))
+            return 1;
+    }
+    return 0;
+}
+
+static char *print_owned(cJSON *doc, size_t *len)
+{
+    char *out = doc ? json_print(doc, len) : NULL;
+    cJSON_Delete(doc);
+    if (!out)
+        *len = 0;
+    return out;
 }
 
 /* ---- building the graph --------------------------------------------------------- */
@@ -310,10 +347,16 @@ static int graph_stream(graph_t *g, const stream_info_t *si)
     label[0] = 0;
     for (int k = 0; k < si->cfg->nsubjects && o < sizeof label; k++)
         o += (size_t)snprintf(label + o, sizeof label - o, "%s%s", k ? " " : "", si->cfg->subjects[k]);
-    snprintf(sid, sizeof sid, "subject:%s", label);
+    /* The stream of the scripts' dead letters hangs under their node. */
+    char dead_label[300];
+    snprintf(dead_label, sizeof dead_label, "%s.>", script_dead_letter_prefix(g->node->scripts));
+    int dead = g->nrules && !strcmp(label, dead_label);
+    snprintf(sid, sizeof sid, "dlq:%s", label);
+    if (!dead)
+        snprintf(sid, sizeof sid, "subject:%s", label);
     snprintf(id, sizeof id, "stream:%s", si->cfg->name);
     cJSON *s = graph_node(g, id, "stream", si->cfg->name);
-    if (!s || !graph_node(g, sid, "subject", label) || graph_edge(g, sid, id, si->log.last_seq) < 0)
+    if (!s || !graph_node(g, sid, dead ? "dlq" : "subject", label) || graph_edge(g, sid, id, si->log.last_seq) < 0)
         return -1;
     if (g->detail) {
         json_add_uint(s, "messages", si->log.msgs);
@@ -455,10 +498,139 @@ static void console_touch(console_t *c)
     }
 }
 
+/* Adds a line to the reload history (the oldest goes when it is full). */
+static void reload_note(console_t *c, uint64_t generation, int ok, const char *error)
+{
+    int i = (c->reload_first + c->nreloads) % CONSOLE_RELOADS;
+    if (c->nreloads == CONSOLE_RELOADS)
+        c->reload_first = (c->reload_first + 1) % CONSOLE_RELOADS;
+    else
+        c->nreloads++;
+    reload_note_t *r = &c->reloads[i];
+    util_now_rfc3339(r->time);
+    r->generation = generation;
+    r->ok = ok;
+    snprintf(r->error, sizeof r->error, "%s", ok ? "" : error);
+}
+
+/* Notes the reloads (and failed ones) since the last look. */
+static void reload_watch(console_t *c)
+{
+    script_stats_t st;
+    if (!c->node->scripts)
+        return;
+    script_get_stats(c->node->scripts, &st);
+    if (st.reload_failures > c->seen_failures)
+        reload_note(c, st.generation, 0, st.last_reload);
+    if (st.reloads > c->seen_reloads)
+        reload_note(c, st.generation, 1, "");
+    c->seen_failures = st.reload_failures;
+    c->seen_reloads = st.reloads;
+}
+
 void console_tick(console_t *c)
 {
-    if (c && c->asked && now_mono() - c->asked <= CONSOLE_IDLE_SECONDS)
+    if (!c)
+        return;
+    reload_watch(c);
+    if (c->asked && now_mono() - c->asked <= CONSOLE_IDLE_SECONDS)
         console_sample(c);
+}
+
+char *console_reloads_json(console_t *c, size_t *len)
+{
+    cJSON *doc = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(doc, "reloads");
+    script_stats_t st;
+    memset(&st, 0, sizeof st);
+    reload_watch(c);
+    if (c->node->scripts)
+        script_get_stats(c->node->scripts, &st);
+    json_add_uint(doc, "generation", st.generation);
+    for (int k = 0; a && k < c->nreloads; k++) {
+        const reload_note_t *r = &c->reloads[(c->reload_first + k) % CONSOLE_RELOADS];
+        cJSON *o = cJSON_CreateObject();
+        if (!o)
+            break;
+        cJSON_AddStringToObject(o, "time", r->time);
+        json_add_uint(o, "generation", r->generation);
+        cJSON_AddBoolToObject(o, "ok", r->ok);
+        if (!r->ok)
+            cJSON_AddStringToObject(o, "error", r->error);
+        cJSON_AddItemToArray(a, o);
+    }
+    return print_owned(doc, len);
+}
+
+/* ---- the streams' admin verbs ------------------------------------------------------- */
+
+static void on_answer(void *ctx, const proto_msg_t *m)
+{
+    console_t *c = ctx;
+    free(c->answer);
+    c->answer = util_mem_dup(m->payload, m->payload_len);
+    c->answer_len = c->answer ? m->payload_len : 0;
+}
+
+char *console_admin(console_t *c, const char *verb, const char *payload, size_t plen, size_t *len)
+{
+    char subject[128];
+    proto_msg_t m;
+    *len = 0;
+    if (!c->node->streams || !c->answers)
+        return NULL;
+    snprintf(subject, sizeof subject, "$TIDE.ADMIN.%s", verb);
+    memset(&m, 0, sizeof m);
+    m.subject = subject;
+    m.subject_len = strlen(subject);
+    m.reply = c->inbox;
+    m.reply_len = strlen(c->inbox);
+    m.payload = payload;
+    m.payload_len = plen;
+    free(c->answer);
+    c->answer = NULL;
+    streams_admin(c->node->streams, verb, strlen(verb), &m); /* answers at once, through on_answer */
+    char *out = c->answer;
+    *len = c->answer_len;
+    c->answer = NULL;
+    return out;
+}
+
+/* The names of the streams that store dead letters: those DLQ.LS names,
+ * then the one that stores the scripts'. */
+static cJSON *dead_letter_streams(console_t *c)
+{
+    size_t len;
+    char *ls = console_admin(c, "DLQ.LS", "", 0, &len), pattern[300];
+    cJSON *doc = ls ? cJSON_ParseWithLength(ls, len) : NULL, *e, *out = cJSON_CreateArray();
+    free(ls);
+    cJSON_ArrayForEach(e, doc) {
+        const cJSON *s = cJSON_GetObjectItemCaseSensitive(e, "dlq_stream");
+        if (cJSON_IsString(s) && !json_array_has(out, s->valuestring))
+            cJSON_AddItemToArray(out, cJSON_CreateString(s->valuestring));
+    }
+    cJSON_Delete(doc);
+    const char *stream = NULL;
+    snprintf(pattern, sizeof pattern, "%s.>", script_dead_letter_prefix(c->node->scripts));
+    dlq_depth(c->node->streams, pattern, &stream);
+    if (stream && out && !json_array_has(out, stream))
+        cJSON_AddItemToArray(out, cJSON_CreateString(stream));
+    return out;
+}
+
+char *console_streams_json(console_t *c, size_t *len)
+{
+    streams_t *sm = c->node->streams;
+    size_t sl = 0, cl = 0;
+    char *st = sm ? streams_json(sm, &sl) : NULL, *cs = sm ? streams_consumers_json(sm, &cl) : NULL;
+    cJSON *doc = cJSON_CreateObject();
+    cJSON *streams = st ? cJSON_ParseWithLength(st, sl) : cJSON_CreateArray();
+    cJSON *consumers = cs ? cJSON_ParseWithLength(cs, cl) : cJSON_CreateArray();
+    free(st);
+    free(cs);
+    cJSON_AddItemToObject(doc, "streams", streams ? streams : cJSON_CreateArray());
+    cJSON_AddItemToObject(doc, "consumers", consumers ? consumers : cJSON_CreateArray());
+    cJSON_AddItemToObject(doc, "dead_letter_streams", sm ? dead_letter_streams(c) : cJSON_CreateArray());
+    return print_owned(doc, len);
 }
 
 /* Puts each edge's rate into edges (a graph of shape sig). */
@@ -470,15 +642,6 @@ static void add_rates(const console_t *c, cJSON *edges, uint64_t sig)
         cJSON_DeleteItemFromObjectCaseSensitive(e, "rate");
         cJSON_AddNumberToObject(e, "rate", edge_rate(c, sig, i++));
     }
-}
-
-static char *print_owned(cJSON *doc, size_t *len)
-{
-    char *out = doc ? json_print(doc, len) : NULL;
-    cJSON_Delete(doc);
-    if (!out)
-        *len = 0;
-    return out;
 }
 
 char *console_rates_json(console_t *c, size_t *len)
@@ -526,17 +689,41 @@ fail:
 console_t *console_new(node_t *node)
 {
     console_t *c = calloc(1, sizeof *c);
-    if (c)
-        c->node = node;
+    unsigned char rnd[8];
+    char pattern[sizeof c->inbox + 4];
+    if (!c)
+        return NULL;
+    c->node = node;
+    /* Answers come to a subject of the server's inboxes: no client can
+     * publish there. */
+    evutil_secure_rng_get_bytes(rnd, sizeof rnd);
+    snprintf(c->inbox, sizeof c->inbox, SERVER_INBOX_PREFIX "CONSOLE.%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0],
+             rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
+    snprintf(pattern, sizeof pattern, "%s", c->inbox);
+    if (!(c->answers = server_subscribe_internal(node->srv, pattern, on_answer, c)))
+        goto fail;
+    if (node->scripts) {
+        script_stats_t st;
+        script_get_stats(node->scripts, &st);
+        c->seen_reloads = st.reloads;
+        c->seen_failures = st.reload_failures;
+        reload_note(c, st.generation, 1, ""); /* the state serving when the console starts */
+    }
     return c;
+fail:
+    console_free(c);
+    return NULL;
 }
 
 void console_free(console_t *c)
 {
     if (!c)
         return;
+    if (c->answers)
+        server_unsubscribe_internal(c->node->srv, c->answers);
     for (int i = 0; i < CONSOLE_SAMPLES; i++)
         free(c->s[i].count);
     cJSON_Delete(c->edges);
+    free(c->answer);
     free(c);
 }

@@ -41,9 +41,26 @@ char *console_flow_json(console_t *c, size_t *len);
  * memory.  Marks the console as in use. */
 char *console_rates_json(console_t *c, size_t *len);
 
+/* {"generation":n,"reloads":[{"time","generation","ok","error"}]}: the
+ * reloads since the console started (the last CONSOLE_RELOADS), the state
+ * that served then first.  Malloc'd (caller frees); NULL when out of memory. */
+char *console_reloads_json(console_t *c, size_t *len);
+
+/* {"streams":[...],"consumers":[...],"dead_letter_streams":[names]}: the
+ * JSON of /v1/streams and /v1/consumers, and the streams that store dead
+ * letters (a consumer's, or the scripts').  Malloc'd; NULL when out of memory. */
+char *console_streams_json(console_t *c, size_t *len);
+
+/* Runs the streams' admin verb ("DLQ.SHOW", ...) with payload as a
+ * $TIDE.ADMIN.<verb> request would, and returns its JSON answer, malloc'd
+ * (caller frees), with its length in *len; NULL without streams. */
+char *console_admin(console_t *c, const char *verb, const char *payload, size_t plen, size_t *len);
+
 /* Sampling stops this long after the last /api/ request. */
 #define CONSOLE_IDLE_SECONDS 60
 /* Samples kept: a rate spans the last CONSOLE_SAMPLES - 1 seconds. */
 #define CONSOLE_SAMPLES 4
+/* Lines of reload history kept. */
+#define CONSOLE_RELOADS 64
 
 #endif

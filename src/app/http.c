@@ -26,6 +26,7 @@
 #include "admin.h"
 #include "auth.h"
 #include "console.h"
+#include "console_assets.h"
 #include "http_auth.h"
 #include "json_int.h"
 #include "http.h"
@@ -1200,6 +1201,95 @@ static void tail_query(http_t *h, struct evhttp_request *req, const struct evhtt
     }
 }
 
+/* ---- the console ------------------------------------------------------------------ */
+
+/* What a console page may load and ask: its own files and /api/ only. */
+#define CONSOLE_CSP                                                                                              \
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "       \
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+
+/* GET / and /assets/...: the console's files.  1 when path is one of
+ * theirs (answered), else 0. */
+static int console_file(http_t *h, struct evhttp_request *req, const char *path)
+{
+    const char *want = !strcmp(path, "/") ? "/index.html" : path;
+    if (strcmp(want, "/index.html") && strncmp(want, "/assets/", 8))
+        return 0;
+    if (!&console_nassets) {
+        reply_error(h, req, 404, "Not Found", "this build of tide has no console (make builds it from console/)");
+        return 1;
+    }
+    for (size_t i = 0; i < console_nassets; i++) {
+        const console_asset_t *a = &console_assets[i];
+        if (strcmp(a->path, want))
+            continue;
+        struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+        evhttp_add_header(out, "Cache-Control", a->immutable ? "public, max-age=31536000, immutable" : "no-cache");
+        evhttp_add_header(out, "Content-Security-Policy", CONSOLE_CSP);
+        evhttp_add_header(out, "X-Content-Type-Options", "nosniff");
+        evhttp_add_header(out, "Referrer-Policy", "no-referrer");
+        reply(req, 200, "OK", a->type, (const char *)a->data, a->len);
+        return 1;
+    }
+    reply_error(h, req, 404, "Not Found", "no such console file");
+    return 1;
+}
+
+/* Answers a streams' admin verb's JSON answer: 200, or 400 (404 for an
+ * unknown stream) when it is {"ok":false,"error":...}. */
+static void reply_admin_answer(http_t *h, struct evhttp_request *req, char *json, size_t len)
+{
+    cJSON *a = json ? cJSON_ParseWithLength(json, len) : NULL;
+    const cJSON *err = cJSON_GetObjectItemCaseSensitive(a, "error");
+    if (!json)
+        reply_error(h, req, 404, "Not Found", "this node has no streams");
+    else if (cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(a, "ok")) && cJSON_IsString(err))
+        reply_error(h, req, strncmp(err->valuestring, "no stream", 9) ? 400 : 404,
+                    strncmp(err->valuestring, "no stream", 9) ? "Bad Request" : "Not Found", err->valuestring);
+    else
+        reply(req, 200, "OK", "application/json", json, len);
+    cJSON_Delete(a);
+    free(json);
+}
+
+/* GET /api/dlq?stream=S[&from_seq=N]: a page of the dead letters S holds. */
+static void api_dlq(http_t *h, struct evhttp_request *req, const struct evhttp_uri *u)
+{
+    struct evkeyvalq q;
+    const char *query = u ? evhttp_uri_get_query(u) : NULL;
+    memset(&q, 0, sizeof q);
+    const char *stream = query && evhttp_parse_query_str(query, &q) == 0 ? evhttp_find_header(&q, "stream") : NULL;
+    const char *from = stream ? evhttp_find_header(&q, "from_seq") : NULL;
+    char *end = NULL;
+    unsigned long long seq = from ? strtoull(from, &end, 10) : 1;
+    if (!stream || !*stream || strlen(stream) >= STREAM_NAME_MAX || (from && (!*from || *end))) {
+        reply_error(h, req, 400, "Bad Request", "GET /api/dlq?stream=<name>[&from_seq=<n>]");
+    } else {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "stream", stream);
+        json_add_uint(o, "from_seq", seq);
+        json_add_uint(o, "limit", 100);
+        char *p = cJSON_PrintUnformatted(o);
+        size_t len = 0;
+        char *json = p ? console_admin(h->console, "DLQ.SHOW", p, strlen(p), &len) : NULL;
+        cJSON_free(p);
+        cJSON_Delete(o);
+        reply_admin_answer(h, req, json, len);
+    }
+    evhttp_clear_headers(&q);
+}
+
+/* True for the paths of the console's views (GET). */
+static int api_view(const char *path)
+{
+    static const char *const views[] = {"/api/flow", "/api/rates", "/api/tail", "/api/streams", "/api/dlq",
+                                        "/api/reloads", NULL};
+    for (int i = 0; views[i]; i++)
+        if (!strcmp(path, views[i]))
+            return 1;
+    return 0;
+}
+
 /* GET /api/...: the console's JSON (console.h) and its tail. */
 static void api(http_t *h, struct evhttp_request *req, const char *path, const struct evhttp_uri *u)
 {
@@ -1209,12 +1299,21 @@ static void api(http_t *h, struct evhttp_request *req, const char *path, const s
         tail_query(h, req, u);
         return;
     }
+    if (!strcmp(path, "/api/dlq")) {
+        api_dlq(h, req, u);
+        return;
+    }
     if (!strcmp(path, "/api/flow"))
         json = console_flow_json(h->console, &len);
     else if (!strcmp(path, "/api/rates"))
         json = console_rates_json(h->console, &len);
+    else if (!strcmp(path, "/api/streams"))
+        json = console_streams_json(h->console, &len);
+    else if (!strcmp(path, "/api/reloads"))
+        json = console_reloads_json(h->console, &len);
     else {
-        reply_error(h, req, 404, "Not Found", "unknown /api/ path; see /api/flow, /api/rates, /api/tail");
+        reply_error(h, req, 404, "Not Found",
+                    "unknown /api/ path; see /api/flow, /api/rates, /api/tail, /api/streams, /api/dlq, /api/reloads");
         return;
     }
     if (!json) {
@@ -1224,6 +1323,138 @@ static void api(http_t *h, struct evhttp_request *req, const char *path, const s
     evhttp_add_header(evhttp_request_get_output_headers(req), "Cache-Control", "no-store");
     reply(req, 200, "OK", "application/json", json, len);
     free(json);
+}
+
+static void trace_step(void *ctx, const char *line)
+{
+    cJSON_AddItemToArray(ctx, cJSON_CreateString(line));
+}
+
+/* The header lines of a trace's {"headers":{"Name":"value"}} in extra
+ * (n bytes): 0, or 400 with err. */
+static int trace_headers(const cJSON *hd, char *extra, size_t n, char *err, size_t errsz)
+{
+    const cJSON *e;
+    size_t o = 0;
+    extra[0] = 0;
+    if (hd && !cJSON_IsObject(hd)) {
+        snprintf(err, errsz, "headers must be an object of strings");
+        return 400;
+    }
+    cJSON_ArrayForEach(e, hd) {
+        if (!cJSON_IsString(e) || !header_name_ok(e->string) || strpbrk(e->valuestring, "\r\n") ||
+            strlen(e->string) + strlen(e->valuestring) + 5 > n - o) {
+            snprintf(err, errsz, "header '%.100s': a token name and a one-line string, %zu bytes in all at most",
+                     e->string, n - 1);
+            return 400;
+        }
+        o += (size_t)snprintf(extra + o, n - o, "%s: %s\r\n", e->string, e->valuestring);
+    }
+    return 0;
+}
+
+/* POST /api/trace {"subject","data","headers"}: publishes a new envelope
+ * with that data and answers the pipeline's steps for it, as the prompt's
+ * trace() prints them.  0, or a status with err. */
+static int api_trace(http_t *h, struct evhttp_request *req, cJSON *doc, char *err, size_t errsz)
+{
+    const cJSON *subject = cJSON_GetObjectItemCaseSensitive(doc, "subject");
+    char extra[1024], id[37], when[64];
+    script_host_t *sh = h->node->scripts;
+    int code;
+    if (!cJSON_IsString(subject)) {
+        snprintf(err, errsz, "POST /api/trace {\"subject\": ..., \"data\": ..., \"headers\": {...}}");
+        return 400;
+    }
+    if ((code = trace_headers(cJSON_GetObjectItemCaseSensitive(doc, "headers"), extra, sizeof extra, err, errsz)))
+        return code;
+    if (sh && script_tracing(sh)) {
+        snprintf(err, errsz, "a trace is on already (tide repl --connect): try again when it is off");
+        return 409;
+    }
+    cJSON *env = cJSON_CreateObject(), *steps = cJSON_CreateArray(), *data = cJSON_DetachItemFromObject(doc, "data");
+    util_uuid4(id);
+    util_now_rfc3339(when);
+    cJSON_AddStringToObject(env, "specversion", "1.0");
+    cJSON_AddStringToObject(env, "id", id);
+    cJSON_AddStringToObject(env, "source", "console");
+    cJSON_AddStringToObject(env, "type", subject->valuestring);
+    cJSON_AddStringToObject(env, "time", when);
+    cJSON_AddItemToObject(env, "data", data ? data : cJSON_CreateNull());
+    if (sh)
+        script_set_trace(sh, trace_step, steps);
+    code = publish_envelope(h, NULL, extra, env, subject->valuestring, err, errsz);
+    if (sh)
+        script_set_trace(sh, NULL, NULL);
+    cJSON_Delete(env);
+    if (!code) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "subject", subject->valuestring);
+        cJSON_AddStringToObject(o, "id", id);
+        cJSON_AddItemToObject(o, "steps", steps);
+        steps = NULL;
+        char *s = cJSON_PrintUnformatted(o);
+        cJSON_Delete(o);
+        reply_json(req, 200, "OK", s ? s : "{}");
+        cJSON_free(s);
+    }
+    cJSON_Delete(steps);
+    return code;
+}
+
+/* POST /api/dlq/replay {"stream":S,"seq":n}: one dead letter published
+ * again (DLQ.REPLAY).  0 (answered), or a status with err. */
+static int api_replay(http_t *h, struct evhttp_request *req, const cJSON *doc, char *err, size_t errsz)
+{
+    const cJSON *stream = cJSON_GetObjectItemCaseSensitive(doc, "stream");
+    uint64_t seq = 0;
+    if (!cJSON_IsString(stream) || json_get_uint_member(doc, "seq", &seq) < 0 || !seq) {
+        snprintf(err, errsz, "POST /api/dlq/replay {\"stream\": name, \"seq\": n}");
+        return 400;
+    }
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "stream", stream->valuestring);
+    json_add_uint(o, "seq", seq);
+    char *p = cJSON_PrintUnformatted(o);
+    size_t len = 0;
+    char *json = p ? console_admin(h->console, "DLQ.REPLAY", p, strlen(p), &len) : NULL;
+    cJSON_free(p);
+    cJSON_Delete(o);
+    reply_admin_answer(h, req, json, len);
+    return 0;
+}
+
+/* POST /api/trace and /api/dlq/replay: the console's actions, for admin
+ * users, same-origin, with a JSON body. */
+static void api_post(http_t *h, struct evhttp_request *req, const char *path, const http_who_t *who)
+{
+    struct evkeyvalq *hd = evhttp_request_get_input_headers(req);
+    char err[512], *nums = NULL, *body = NULL;
+    size_t len = 0;
+    cJSON *doc = NULL;
+    int code = 0;
+    int trace = !strcmp(path, "/api/trace");
+    if (!trace && strcmp(path, "/api/dlq/replay"))
+        code = api_view(path) ? 405 : 404, snprintf(err, sizeof err, "POST is for /api/trace and /api/dlq/replay");
+    else if (cross_origin(hd))
+        code = 403, snprintf(err, sizeof err, "cross-origin writes from a browser are refused");
+    else if (who && who->checked && !who->admin)
+        code = 403, snprintf(err, sizeof err, "this action is for users with admin = true");
+    else if (!starts_with_ci(evhttp_find_header(hd, "Content-Type"), "application/json"))
+        code = 415, snprintf(err, sizeof err, "send Content-Type application/json");
+    else if (!(body = body_of(req, &len)))
+        code = 500, snprintf(err, sizeof err, "out of memory");
+    else if (!cJSON_IsObject(doc = json_parse(body, len, &nums)))
+        code = 400, snprintf(err, sizeof err, "the body must be a JSON object");
+    else
+        code = trace ? api_trace(h, req, doc, err, sizeof err) : api_replay(h, req, doc, err, sizeof err);
+    if (code)
+        reply_error(h, req, code, code == 404 ? "Not Found" : code == 405 ? "Method Not Allowed" : code == 403 ? "Forbidden" : code == 415
+                    ? "Unsupported Media Type" : code == 409 ? "Conflict" : code == 413 ? "Payload Too Large"
+                    : code == 500 ? "Internal Server Error" : "Bad Request", err);
+    cJSON_Delete(doc);
+    free(nums);
+    free(body);
 }
 
 /* Answers req as who (NULL or unchecked: the server has no auth). */
@@ -1248,6 +1479,8 @@ static void route(http_t *h, struct evhttp_request *req, const http_who_t *who)
     } else if (cmd == EVHTTP_REQ_POST && (!strcmp(path, "/") || !strcmp(path, "/v1/events") ||
                                    !strncmp(path, "/v1/publish/", 12))) {
         ingest(h, req, path);
+    } else if (cmd == EVHTTP_REQ_POST && !strncmp(path, "/api/", 5)) {
+        api_post(h, req, path, who);
     } else if (cmd != EVHTTP_REQ_GET) {
         reply_error(h, req, 405, "Method Not Allowed", "GET for views, POST / or /v1/publish/<subject> for events");
     } else if (!strcmp(path, "/healthz")) {
@@ -1274,6 +1507,8 @@ static void route(http_t *h, struct evhttp_request *req, const http_who_t *who)
         tail_query(h, req, u);
     } else if (!strncmp(path, "/api/", 5)) {
         api(h, req, path, u);
+    } else if (console_file(h, req, path)) {
+        /* answered */
     } else {
         reply_error(h, req, 404, "Not Found", "unknown path; see /v1/stats, /metrics, /healthz");
     }

@@ -549,6 +549,11 @@ void script_set_trace(script_host_t *h, void (*fn)(void *ctx, const char *line),
     h->trace_ctx = ctx;
 }
 
+int script_tracing(const script_host_t *h)
+{
+    return h->trace != NULL;
+}
+
 void script_set_reload_hook(script_host_t *h, void (*fn)(void *ctx), void *ctx)
 {
     h->on_reload = fn;

@@ -135,6 +135,8 @@ int script_pcall(script_host_t *h, int nargs, int nres);
 int script_load_file(script_host_t *h, const char *path, char *err, size_t errsz);
 /* Calls fn with one line per pipeline step of every event, or stops (NULL). */
 void script_set_trace(script_host_t *h, void (*fn)(void *ctx, const char *line), void *ctx);
+/* True while a trace function is set (the prompt's trace(), a console trace). */
+int script_tracing(const script_host_t *h);
 /* Calls fn after every reload that swapped a new state in (whatever
  * triggered it), e.g. to put the prompt's helpers into the new state. */
 void script_set_reload_hook(script_host_t *h, void (*fn)(void *ctx), void *ctx);
