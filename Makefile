@@ -32,6 +32,13 @@ CORE_SRC = $(filter-out src/app/main.c src/app/luamod.c, $(foreach l,$(LAYERS),$
 CORE_OBJ = $(CORE_SRC:src/%.c=$(BUILD)/obj/%.o)
 HDRS     = $(foreach l,$(LAYERS),$(wildcard src/$(l)/*.h))
 
+# The web console (console/: TypeScript + Vite), built and embedded into
+# the tide binary as a generated C file when its sources change.
+CONSOLE_SRC = console/index.html console/package-lock.json console/tsconfig.json console/vite.config.ts \
+              $(wildcard console/src/*) scripts/console-build.sh scripts/embed-assets.lua
+CONSOLE_GEN = $(BUILD)/gen/console_assets.c
+CONSOLE_OBJ = $(BUILD)/obj/gen/console_assets.o
+
 TIDE     = $(BUILD)/tide
 LIBTIDE  = $(BUILD)/libtide.a
 LUAMOD   = $(BUILD)/tide_core.so
@@ -56,7 +63,14 @@ $(LIBTIDE): $(CORE_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(TIDE): $(BUILD)/obj/app/main.o $(LIBTIDE)
+$(CONSOLE_GEN): $(CONSOLE_SRC)
+	scripts/console-build.sh $(BUILD)/console $@
+
+$(CONSOLE_OBJ): $(CONSOLE_GEN) src/app/console_assets.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(TIDE): $(BUILD)/obj/app/main.o $(CONSOLE_OBJ) $(LIBTIDE)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(LUAMOD): $(BUILD)/obj/app/luamod.o $(LIBTIDE)

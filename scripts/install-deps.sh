@@ -1,5 +1,8 @@
 #!/bin/sh
 # Installs the Debian packages tide builds, tests and benchmarks with.
+# (The console's npm packages come with the build: scripts/console-build.sh
+# runs npm ci from console/package-lock.json.  chromium is for its browser
+# test, driven by playwright-core from that lock: no browser download.)
 # Skips what is already present; runs `apt-get update` only when something
 # is missing. Needs root (or sudo) on Debian 12.
 set -eu
@@ -9,7 +12,8 @@ libevent-dev liblua5.4-dev lua5.4 libcjson-dev libreadline-dev libssl-dev libcry
 lua-busted lua-socket tmux strace curl wrk
 libnats-dev nats-server
 libclang-rt-14-dev
-nodejs npm"
+nodejs npm
+chromium fonts-dejavu-core"
 
 missing=""
 for p in $PKGS; do

@@ -1,0 +1,45 @@
+-- The web console end to end in a real browser: Debian's chromium driven by
+-- playwright-core (console/node_modules, from console/package-lock.json),
+-- against tide serving examples/tour with a stream for its dead letters.
+-- The checks are in tests/console/e2e.mjs; screenshots of each view go to
+-- build/console-*.png.
+local h = require "helpers"
+
+describe("the web console in chromium", function()
+  it("draws every rule, live rates, tails, traces and replays a dead letter", function()
+    if os.getenv("TIDE_PASS") == "asan" then
+      pending("runs in the plain pass only: the browser, not tide, is what costs here")
+      return
+    end
+    local chromium = os.getenv("CHROMIUM") or "/usr/bin/chromium"
+    assert(io.open(chromium), "no " .. chromium .. ": scripts/install-deps.sh installs Debian's chromium")
+    assert(io.open(h.root .. "/console/node_modules/playwright-core/package.json"),
+      "no playwright-core: make builds the console, which runs npm ci in console/")
+    local dir = h.make_tmpdir()
+    -- The tour's entry file, with its examples found from here, plus a
+    -- stream that keeps the scripts' dead letters (so one can be replayed).
+    h.write_file(dir .. "/tide.lua", ([[
+scripting { path = %q }
+storage { dir = "data" }
+stream "dead" { subjects = { "$TIDE.DEAD.>" } }
+require "user-upgrade.rules"
+require "order-filter.rules"
+require "order-flow.rules"
+require "idempotent.rules"
+]]):format(h.root .. "/examples"))
+    local tour = h.read_file(h.root .. "/examples/tour/tide.lua")
+    for _, ex in ipairs({ "user-upgrade", "order-filter", "order-flow", "idempotent" }) do
+      assert.is_truthy(tour:find('require "' .. ex .. '.rules"', 1, true), "the tour no longer requires " .. ex)
+    end
+    local hport = h.free_port()
+    local srv = h.start_server { args = { "-c", dir .. "/tide.lua", "--http", "127.0.0.1:" .. hport } }
+    local shots = h.root .. "/build"
+    local rc, out = h.sh(("CHROMIUM=%q timeout -k 5 120 node %q %d %q %q"):format(chromium,
+      h.root .. "/tests/console/e2e.mjs", srv.port, "http://127.0.0.1:" .. hport, shots))
+    assert.are.equal("exited", (srv:stop()))
+    h.remove_tmpdir(dir)
+    assert.are.equal(0, rc, out)
+    assert.is_nil(out:find("not ok", 1, true), out)
+    assert.matches("ok %- the dead letter was replayed", out)
+  end)
+end)
