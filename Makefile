@@ -7,7 +7,7 @@
 #   make asan       the suite under AddressSanitizer + UBSan only
 #   make bench      side-by-side benchmark against nats-server (core, scripts,
 #                   HTTP, TLS, auth, durable streams against JetStream,
-#                   subscription scale)
+#                   subscription scale), and the web console's cost
 #   make soak       long runs: reload under load, stream crash rounds, fuzzers
 #   make fuzz       run the protocol parser fuzzer (FUZZ_SECONDS, default 600)
 #   make deps       install missing Debian packages
@@ -130,6 +130,7 @@ bench: deps all $(BENCHBIN) $(JSBENCH) $(FSPROBE)
 	@scripts/bench-auth.sh
 	@scripts/bench-js.sh
 	@scripts/bench-scale.sh
+	@scripts/bench-console.sh
 
 # Longer than the suite: reload under load at 100,000 events, 200 kill -9
 # rounds of the stream crash test, the attack specs, every fuzz target
