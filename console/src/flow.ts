@@ -118,9 +118,34 @@ export function mountFlow(root: HTMLElement): () => void {
   }
 
   function select(id: string) {
+    const fresh = id !== selected;
     selected = id;
     const n = flow?.nodes.find((x) => x.id === id);
-    side.replaceChildren(n ? details(n) : h("p", { class: "hint" }, "That node is gone."));
+    const box = n ? details(n) : h("p", { class: "hint" }, "That node is gone.");
+    const old = side.querySelector(".source");
+    side.replaceChildren(box);
+    if (n && id.startsWith("rule:")) {
+      if (old && !fresh) box.append(old);
+      else showSource(box, id.slice(5));
+    }
+  }
+
+  async function showSource(box: HTMLElement, rule: string) {
+    try {
+      const src = await getJSON<{ where: string; line: number; first_line: number; lines?: string[]; error?: string }>(
+        "/api/source?rule=" + rule,
+      );
+      const pre = h("pre", { class: "source", "aria-label": "Source around " + src.where });
+      (src.lines || []).forEach((text, i) => {
+        const no = src.first_line + i;
+        const line = h("span", { class: no === src.line ? "here" : "" }, `${String(no).padStart(4)}  ${text}\n`);
+        pre.append(line);
+      });
+      if (src.error) pre.textContent = src.error;
+      if (selected === "rule:" + rule && box.isConnected) box.append(h("h3", {}, "Source"), pre);
+    } catch {
+      /* the node's details stand without it */
+    }
   }
 
   function setRates(edges: Edge[]) {

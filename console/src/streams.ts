@@ -28,7 +28,48 @@ export function mountStreams(root: HTMLElement, arg: string): () => void {
   const dl = h("div", { id: "dlq-list" });
   const note = h("p", { role: "status", class: "hint", id: "dlq-note" });
   const form = h("form", { class: "row" }, h("label", { for: "dlq-stream" }, "Stream"), pick, show);
-  root.append(h("h2", {}, "Streams"), top, h("h2", {}, "Dead letters"), form, note, dl);
+  const bStream = h("select", { id: "ev-stream" });
+  const bFrom = h("input", { id: "ev-from", inputmode: "numeric", placeholder: "1", size: 8 });
+  const bSince = h("input", { id: "ev-since", placeholder: "2026-12-01T00:00:00Z", size: 22 });
+  const bSubject = h("input", { id: "ev-subject", placeholder: "order.>", size: 14 });
+  const browse = h(
+    "form",
+    { class: "row" },
+    h("label", { for: "ev-stream" }, "Stream"),
+    bStream,
+    h("label", { for: "ev-from" }, "from seq"),
+    bFrom,
+    h("label", { for: "ev-since" }, "since"),
+    bSince,
+    h("label", { for: "ev-subject" }, "subject"),
+    bSubject,
+    h("button", { type: "submit" }, "Show messages"),
+  );
+  const events = h("div", { id: "ev-list" });
+  root.append(h("h2", {}, "Streams"), top, h("h2", {}, "Messages"), browse, events, h("h2", {}, "Dead letters"), form, note, dl);
+
+  browse.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const q = new URLSearchParams({ stream: bStream.value });
+    if (bFrom.value.trim()) q.set("from_seq", bFrom.value.trim());
+    if (bSince.value.trim()) q.set("since", bSince.value.trim());
+    if (bSubject.value.trim()) q.set("subject", bSubject.value.trim());
+    try {
+      const r = await getJSON<{ events: Obj[]; next_seq: number; more: boolean }>("/api/events?" + q.toString());
+      const rows = r.events.map((e) => [
+        str(e.seq),
+        str(e.time),
+        str(e.subject),
+        h("pre", {}, e.data !== undefined ? JSON.stringify(e.data, null, 2) : str(e.payload)),
+      ]);
+      events.replaceChildren(
+        rows.length ? table(["seq", "time", "subject", "data"], rows, r.more ? `Up to seq ${r.next_seq - 1}; more from ${r.next_seq}` : "Messages") : h("p", {}, "No messages there."),
+      );
+      if (r.more) bFrom.value = String(r.next_seq);
+    } catch (e) {
+      events.replaceChildren(h("p", { class: "error" }, (e as Error).message));
+    }
+  });
 
   async function showDlq(stream: string) {
     history.replaceState(null, "", "#/streams/" + encodeURIComponent(stream));
@@ -76,6 +117,7 @@ export function mountStreams(root: HTMLElement, arg: string): () => void {
       );
       const names = [...r.dead_letter_streams, ...r.streams.map((x) => str(x.name)).filter((n) => !r.dead_letter_streams.includes(n))];
       pick.replaceChildren(...names.map((n) => h("option", { value: n }, n)));
+      bStream.replaceChildren(...r.streams.map((x) => h("option", { value: str(x.name) }, str(x.name))));
       const want = arg && names.includes(arg) ? arg : r.dead_letter_streams[0];
       if (want) {
         pick.value = want;

@@ -342,7 +342,7 @@ static int graph_consumer(graph_t *g, const char *stream_id, const consumer_info
 /* Stream si under the subject node of its subjects, with its consumers. */
 static int graph_stream(graph_t *g, const stream_info_t *si)
 {
-    char id[STREAM_NAME_MAX + 8], sid[STREAM_SUBJECTS_MAX * 260], label[sizeof sid];
+    char id[STREAM_NAME_MAX + 8], label[STREAM_SUBJECTS_MAX * 260], sid[sizeof label + 16];
     size_t o = 0;
     label[0] = 0;
     for (int k = 0; k < si->cfg->nsubjects && o < sizeof label; k++)
@@ -557,6 +557,78 @@ char *console_reloads_json(console_t *c, size_t *len)
         if (!r->ok)
             cJSON_AddStringToObject(o, "error", r->error);
         cJSON_AddItemToArray(a, o);
+    }
+    return print_owned(doc, len);
+}
+
+/* ---- a rule's source ------------------------------------------------------------------- */
+
+typedef struct rule_pick {
+    int want, at;
+    char where[200];
+} rule_pick_t;
+
+static void rule_pick(void *ctx, const script_rule_info_t *r)
+{
+    rule_pick_t *p = ctx;
+    if (p->at++ == p->want)
+        snprintf(p->where, sizeof p->where, "%s", r->where);
+}
+
+/* Lines first .. last of the file at path (1-based), into lines. */
+static int read_lines(const char *path, int first, int last, cJSON *lines)
+{
+    FILE *f = fopen(path, "r");
+    char buf[CONSOLE_SOURCE_LINE];
+    int n = 1;
+    if (!f)
+        return -1;
+    while (n <= last && fgets(buf, sizeof buf, f)) {
+        size_t l = strlen(buf);
+        int whole = l && buf[l - 1] == '\n';
+        if (whole)
+            buf[--l] = 0;
+        if (n >= first)
+            cJSON_AddItemToArray(lines, cJSON_CreateString(buf));
+        if (!whole) { /* a line longer than the buffer: the rest is skipped */
+            int ch;
+            while ((ch = fgetc(f)) != EOF && ch != '\n')
+                ;
+        }
+        n++;
+    }
+    fclose(f);
+    return 0;
+}
+
+char *console_source_json(console_t *c, int rule, size_t *len)
+{
+    rule_pick_t p = {rule, 0, ""};
+    char path[4400];
+    *len = 0;
+    if (!c->node->scripts || rule < 0)
+        return NULL;
+    script_foreach_rule(c->node->scripts, rule_pick, &p);
+    char *colon = strrchr(p.where, ':');
+    if (!p.where[0] || !colon)
+        return NULL;
+    *colon = 0;
+    int line = atoi(colon + 1);
+    if (p.where[0] == '/')
+        snprintf(path, sizeof path, "%s", p.where);
+    else
+        snprintf(path, sizeof path, "%s/%s", script_config_dir(c->node->scripts), p.where);
+    int first = line > CONSOLE_SOURCE_BEFORE ? line - CONSOLE_SOURCE_BEFORE : 1;
+    cJSON *doc = cJSON_CreateObject(), *lines = cJSON_CreateArray();
+    *colon = ':';
+    cJSON_AddStringToObject(doc, "where", p.where);
+    json_add_int(doc, "line", line);
+    json_add_int(doc, "first_line", first);
+    if (read_lines(path, first, line + CONSOLE_SOURCE_AFTER, lines) < 0) {
+        cJSON_Delete(lines);
+        cJSON_AddStringToObject(doc, "error", "the file cannot be read now");
+    } else {
+        cJSON_AddItemToObject(doc, "lines", lines);
     }
     return print_owned(doc, len);
 }

@@ -56,6 +56,15 @@ char *console_streams_json(console_t *c, size_t *len);
  * (caller frees), with its length in *len; NULL without streams. */
 char *console_admin(console_t *c, const char *verb, const char *payload, size_t plen, size_t *len);
 
+/* {"where","line","first_line","lines":[...]}: the lines around rule
+ * number rule (its place in /v1/rules) in the file it was loaded from, as
+ * the file is now ("error" instead of "lines" when it cannot be read).
+ * Malloc'd (caller frees); NULL when there is no such rule. */
+char *console_source_json(console_t *c, int rule, size_t *len);
+#define CONSOLE_SOURCE_BEFORE 3
+#define CONSOLE_SOURCE_AFTER 12
+#define CONSOLE_SOURCE_LINE 512
+
 /* Sampling stops this long after the last /api/ request. */
 #define CONSOLE_IDLE_SECONDS 60
 /* Samples kept: a rate spans the last CONSOLE_SAMPLES - 1 seconds. */

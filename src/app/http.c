@@ -1241,13 +1241,14 @@ static void reply_admin_answer(http_t *h, struct evhttp_request *req, char *json
 {
     cJSON *a = json ? cJSON_ParseWithLength(json, len) : NULL;
     const cJSON *err = cJSON_GetObjectItemCaseSensitive(a, "error");
-    if (!json)
+    if (!json) {
         reply_error(h, req, 404, "Not Found", "this node has no streams");
-    else if (cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(a, "ok")) && cJSON_IsString(err))
-        reply_error(h, req, strncmp(err->valuestring, "no stream", 9) ? 400 : 404,
-                    strncmp(err->valuestring, "no stream", 9) ? "Bad Request" : "Not Found", err->valuestring);
-    else
+    } else if (cJSON_IsString(err) && !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, "ok"))) {
+        int unknown = !strncmp(err->valuestring, "no stream", 9) || !strncmp(err->valuestring, "no such stream", 14);
+        reply_error(h, req, unknown ? 404 : 400, unknown ? "Not Found" : "Bad Request", err->valuestring);
+    } else {
         reply(req, 200, "OK", "application/json", json, len);
+    }
     cJSON_Delete(a);
     free(json);
 }
@@ -1279,11 +1280,69 @@ static void api_dlq(http_t *h, struct evhttp_request *req, const struct evhttp_u
     evhttp_clear_headers(&q);
 }
 
+/* GET /api/source?rule=N: the source around a rule. */
+static void api_source(http_t *h, struct evhttp_request *req, const struct evhttp_uri *u)
+{
+    struct evkeyvalq q;
+    const char *query = u ? evhttp_uri_get_query(u) : NULL;
+    memset(&q, 0, sizeof q);
+    const char *rule = query && evhttp_parse_query_str(query, &q) == 0 ? evhttp_find_header(&q, "rule") : NULL;
+    char *end = NULL;
+    long n = rule ? strtol(rule, &end, 10) : -1;
+    size_t len = 0;
+    char *json = rule && *rule && !*end && n >= 0 && n < 1000000 ? console_source_json(h->console, (int)n, &len) : NULL;
+    if (!rule || !*rule || *end || n < 0)
+        reply_error(h, req, 400, "Bad Request", "GET /api/source?rule=<n> (its place in /v1/rules, from 0)");
+    else if (!json)
+        reply_error(h, req, 404, "Not Found", "no such rule");
+    else
+        reply(req, 200, "OK", "application/json", json, len);
+    free(json);
+    evhttp_clear_headers(&q);
+}
+
+/* GET /api/events?stream=S[&from_seq=N][&since=T][&until=T][&subject=P]:
+ * a page of the messages S holds (STREAM.EVENTS), at most 50. */
+static void api_events(http_t *h, struct evhttp_request *req, const struct evhttp_uri *u)
+{
+    static const char *const keys[] = {"since", "until", "subject", NULL};
+    struct evkeyvalq q;
+    const char *query = u ? evhttp_uri_get_query(u) : NULL;
+    memset(&q, 0, sizeof q);
+    const char *stream = query && evhttp_parse_query_str(query, &q) == 0 ? evhttp_find_header(&q, "stream") : NULL;
+    const char *from = stream ? evhttp_find_header(&q, "from_seq") : NULL;
+    char *end = NULL;
+    unsigned long long seq = from ? strtoull(from, &end, 10) : 0;
+    if (!stream || !*stream || strlen(stream) >= STREAM_NAME_MAX || (from && (!*from || *end))) {
+        reply_error(h, req, 400, "Bad Request",
+                    "GET /api/events?stream=<name>[&from_seq=<n>][&since=<time>][&until=<time>][&subject=<pattern>]");
+        evhttp_clear_headers(&q);
+        return;
+    }
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "stream", stream);
+    if (from)
+        json_add_uint(o, "from_seq", seq);
+    for (int i = 0; keys[i]; i++) {
+        const char *v = evhttp_find_header(&q, keys[i]);
+        if (v && *v)
+            cJSON_AddStringToObject(o, keys[i], v);
+    }
+    json_add_uint(o, "limit", 50);
+    char *p = cJSON_PrintUnformatted(o);
+    size_t len = 0;
+    char *json = p ? console_admin(h->console, "STREAM.EVENTS", p, strlen(p), &len) : NULL;
+    cJSON_free(p);
+    cJSON_Delete(o);
+    reply_admin_answer(h, req, json, len);
+    evhttp_clear_headers(&q);
+}
+
 /* True for the paths of the console's views (GET). */
 static int api_view(const char *path)
 {
-    static const char *const views[] = {"/api/flow", "/api/rates", "/api/tail", "/api/streams", "/api/dlq",
-                                        "/api/reloads", NULL};
+    static const char *const views[] = {"/api/flow",    "/api/rates",  "/api/tail",   "/api/streams", "/api/dlq",
+                                        "/api/reloads", "/api/events", "/api/source", NULL};
     for (int i = 0; views[i]; i++)
         if (!strcmp(path, views[i]))
             return 1;
@@ -1303,6 +1362,14 @@ static void api(http_t *h, struct evhttp_request *req, const char *path, const s
         api_dlq(h, req, u);
         return;
     }
+    if (!strcmp(path, "/api/events")) {
+        api_events(h, req, u);
+        return;
+    }
+    if (!strcmp(path, "/api/source")) {
+        api_source(h, req, u);
+        return;
+    }
     if (!strcmp(path, "/api/flow"))
         json = console_flow_json(h->console, &len);
     else if (!strcmp(path, "/api/rates"))
@@ -1313,7 +1380,8 @@ static void api(http_t *h, struct evhttp_request *req, const char *path, const s
         json = console_reloads_json(h->console, &len);
     else {
         reply_error(h, req, 404, "Not Found",
-                    "unknown /api/ path; see /api/flow, /api/rates, /api/tail, /api/streams, /api/dlq, /api/reloads");
+                    "unknown /api/ path; see /api/flow, /api/rates, /api/tail, /api/streams, /api/dlq, "
+                    "/api/events, /api/source, /api/reloads");
         return;
     }
     if (!json) {

@@ -103,6 +103,8 @@ try {
   await page.keyboard.press("Enter");
   const where = await page.textContent('.details dd[data-field="where"]');
   check(where && where.includes("order-filter/rules.lua:4"), `Enter on the filter shows its file:line (${where})`);
+  const here = await until(async () => page.textContent(".details pre.source .here").catch(() => null), 5000, "the filter's source shows");
+  check(here.includes('filter("order.created"'), `its source excerpt marks its line (${here.trim()})`);
 
   // Tail in one page, Trace publishing from another: the event shows in
   // the tail, and its trace has the filter's decision.
@@ -134,7 +136,10 @@ try {
   const callsBefore = (await api("/api/flow")).nodes.find((n) => n.id === "rule:5").calls;
   await page.goto(base + "/#/streams/dead");
   await page.waitForSelector("#dlq-list button[data-seq]");
-  await page.screenshot({ path: `${shots}/console-streams.png` });
+  await page.click("text=Show messages");
+  await page.waitForSelector("#ev-list table");
+  check((await page.textContent("#ev-list")).includes("payment.authorized"), "the stream's messages can be browsed");
+  await page.screenshot({ path: `${shots}/console-streams.png`, fullPage: true });
   await page.click("#dlq-list button[data-seq]");
   const note = await until(async () => {
     const t = await page.textContent("#dlq-note");
