@@ -17,6 +17,7 @@ export function mountTail(root: HTMLElement, arg: string): () => void {
   let es: EventSource | null = null;
   let paused = false;
   let held: { subject: string; body: string }[] = [];
+  let heldTotal = 0;
 
   function show(ev: { subject: string; body: string }) {
     const li = h("li", {}, h("code", { class: "subject" }, ev.subject), h("pre", {}, ev.body));
@@ -40,7 +41,9 @@ export function mountTail(root: HTMLElement, arg: string): () => void {
       const item = { subject: ev.subject || "", body };
       if (paused) {
         held.push(item);
-        info.textContent = `Paused: ${held.length} event${held.length === 1 ? "" : "s"} held`;
+        heldTotal++;
+        if (held.length > KEEP) held.shift(); /* only the newest are shown anyway */
+        info.textContent = `Paused: ${heldTotal} event${heldTotal === 1 ? "" : "s"} held`;
       } else show(item);
     });
     es.addEventListener("error", () => {
@@ -62,6 +65,7 @@ export function mountTail(root: HTMLElement, arg: string): () => void {
     if (!paused) {
       for (const x of held) show(x);
       held = [];
+      heldTotal = 0;
       info.textContent = "Following " + input.value;
     }
   });
