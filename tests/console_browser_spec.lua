@@ -12,8 +12,8 @@ describe("the web console in chromium", function()
       return
     end
     local chromium = os.getenv("CHROMIUM") or "/usr/bin/chromium"
-    assert(io.open(chromium), "no " .. chromium .. ": scripts/install-deps.sh installs Debian's chromium")
-    assert(io.open(h.root .. "/console/node_modules/playwright-core/package.json"),
+    assert(h.exists(chromium), "no " .. chromium .. ": scripts/install-deps.sh installs Debian's chromium")
+    assert(h.exists(h.root .. "/console/node_modules/playwright-core/package.json"),
       "no playwright-core: make builds the console, which runs npm ci in console/")
     local dir = h.make_tmpdir()
     -- The tour's entry file, with its examples found from here, plus a
