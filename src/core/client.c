@@ -178,6 +178,7 @@ static void sub_free(void *p)
 
 void client_remove_sub(client_t *c, sub_t *s)
 {
+    server_note_interest(c->srv, s, 0);
     dict_remove(&c->subs, s->sid, s->sid_len);
     sublist_remove(server_sublist(c->srv), s);
     sub_free(s);
@@ -203,8 +204,10 @@ void client_free(client_t *c)
     server_forget_flush(c->srv, c);
     sublist_t *sl = server_sublist(c->srv);
     for (size_t i = 0; i < c->subs.cap; i++)
-        if (c->subs.slots[i].key)
+        if (c->subs.slots[i].key) {
+            server_note_interest(c->srv, c->subs.slots[i].val, 0);
             sublist_remove(sl, c->subs.slots[i].val);
+        }
     dict_clear(&c->subs, sub_free);
     client_auth_free(c);
     proto_free(&c->parser);
@@ -503,6 +506,7 @@ static int on_sub(void *ctx, const char *subject, size_t subject_len, const char
         dict_remove(&c->subs, sid, sid_len);
         goto oom;
     }
+    server_note_interest(c->srv, s, 1);
 ok:
     if (c->flags & CLIENT_VERBOSE)
         SEND_LITERAL(c, "+OK\r\n");

@@ -195,6 +195,9 @@ void client_auth_answer(void *ctx, struct authq_job *job);
 /* Server internals shared with client.c. */
 sublist_t *server_sublist(server_t *s);
 server_stats_t *server_stats_mut(server_t *s);
+/* Tells the cluster hook (server_set_cluster) that a client's sub was
+ * added (1) or is about to be freed (0).  No-op outside cluster mode. */
+void server_note_interest(server_t *s, sub_t *sub, int added);
 /* Output queued for all clients together, kept by client_deliver as it
  * queues (so the common case costs no call) and by the server as clients
  * go. */

@@ -69,6 +69,7 @@ struct server {
     auth_config_t *auth; /* who may connect and do what; NULL: anyone, anything */
     authq_t *authq;      /* the bcrypt checker threads, started on first use */
     tls_context_t *tls;  /* what new connections get (server_set_tls), or NULL: plain */
+    server_cluster_hooks_t cluster; /* cluster mode (server_set_cluster); egress NULL: off */
     char id[23];
 };
 
@@ -722,6 +723,81 @@ size_t server_route_report(server_t *s, client_t *from, const proto_msg_t *m, in
     return route(s, from, m->subject, m->subject_len, m, flags, captured);
 }
 
+/* ---- cluster mode ------------------------------------------------------ */
+
+void server_set_cluster(server_t *s, const server_cluster_hooks_t *hooks)
+{
+    memset(&s->cluster, 0, sizeof s->cluster);
+    if (!hooks)
+        return;
+    s->cluster = *hooks;
+    for (client_t *c = s->clients; c; c = c->next)
+        for (size_t i = 0; i < c->subs.cap; i++)
+            if (c->subs.slots[i].key)
+                s->cluster.interest(s->cluster.ctx, c->subs.slots[i].val, 1);
+}
+
+void server_note_interest(server_t *s, sub_t *sub, int added)
+{
+    if (s->cluster.interest)
+        s->cluster.interest(s->cluster.ctx, sub, added);
+}
+
+int server_subject_travels(const char *subject, size_t len)
+{
+    static const char cluster[] = "$TIDE.CLUSTER.";
+    if (!len || subject[0] != '$')
+        return 1;
+    return len >= sizeof cluster - 1 && !memcmp(subject, cluster, sizeof cluster - 1);
+}
+
+/* True when r holds a subscription of a client here. */
+static int has_client_sub(const sublist_result_t *r)
+{
+    for (size_t i = 0; i < r->npsubs; i++)
+        if (r->psubs[i]->owner)
+            return 1;
+    for (size_t i = 0; i < r->nqgroups; i++)
+        for (size_t k = 0; k < r->qgroups[i].n; k++)
+            if (r->qgroups[i].subs[k]->owner)
+                return 1;
+    return 0;
+}
+
+/*
+ * Hands m to the cluster when it travels: 1 when the cluster took it (the
+ * clients here get it back from there), 0 when it stays here, -1 when the
+ * cluster refused it (told to the publisher, counted by the hook; the
+ * clients here do not get it either, as nobody else does).
+ */
+static int to_cluster(server_t *s, client_t *from, const char *to, size_t tolen, const proto_msg_t *m, int flags,
+                      const sublist_result_t *r)
+{
+    char err[256];
+    if (!s->cluster.egress || to != m->subject || !server_subject_travels(to, tolen))
+        return 0;
+    /* An answer for a requester here is delivered here: an inbox has one owner. */
+    if ((flags & (ROUTE_ANSWER | ROUTE_NO_CAPTURE)) && has_client_sub(r))
+        return 0;
+    if (s->cluster.egress(s->cluster.ctx, m, err, sizeof err) == 0)
+        return 1;
+    if (from && !(from->flags & CLIENT_CLOSING))
+        client_send_err(from, err);
+    return -1;
+}
+
+int server_deliver_sub(server_t *s, sub_t *sub, const proto_msg_t *m)
+{
+    int n = 0;
+    if (!may_receive(NULL, sub))
+        return 0;
+    s->routing++;
+    n = deliver_one(s, sub, m);
+    if (--s->routing == 0)
+        settle(s);
+    return n;
+}
+
 static size_t route(server_t *s, client_t *from, const char *to, size_t tolen, const proto_msg_t *m, int flags,
                     int *captured)
 {
@@ -738,12 +814,16 @@ static size_t route(server_t *s, client_t *from, const char *to, size_t tolen, c
         log_error("out of memory matching subject, message dropped");
         return 0;
     }
+    /* In cluster mode the clients here get it back from the cluster. */
+    int remote = to_cluster(s, from, to, tolen, m, flags, r);
+    if (remote > 0)
+        delivered++;
     /* A delivery may route again: the hold keeps r whole until the walk is over. */
     sublist_result_hold(r);
     s->routing++;
     for (size_t i = 0; i < r->npsubs; i++) {
         sub_t *sub = r->psubs[i];
-        if (may_receive(from, sub))
+        if ((!remote || !sub->owner) && may_receive(from, sub))
             delivered += (size_t)deliver_one(s, sub, m);
     }
     for (size_t i = 0; i < r->nqgroups; i++) {
@@ -751,13 +831,13 @@ static size_t route(server_t *s, client_t *from, const char *to, size_t tolen, c
         /* One member per group; skip members that cannot take it now. */
         for (size_t tries = 0; tries < g->n; tries++) {
             sub_t *sub = sublist_qgroup_pick(g);
-            if (may_receive(from, sub) && deliver_one(s, sub, m)) {
+            if ((!remote || !sub->owner) && may_receive(from, sub) && deliver_one(s, sub, m)) {
                 delivered++;
                 break;
             }
         }
     }
-    if (delivered == 0 && m->reply && from && !(flags & ROUTE_HAS_RESPONDER) &&
+    if (!remote && delivered == 0 && m->reply && from && !(flags & ROUTE_HAS_RESPONDER) &&
         (from->flags & (CLIENT_NO_RESPONDERS | CLIENT_HEADERS)) == (CLIENT_NO_RESPONDERS | CLIENT_HEADERS))
         no_responders(s, from, m);
     sublist_result_release(r);
@@ -813,7 +893,7 @@ void server_reply(server_t *s, const proto_msg_t *req, const char *payload, size
     r.subject_len = req->reply_len;
     r.payload = payload;
     r.payload_len = len;
-    server_route(s, NULL, &r);
+    server_route_flags(s, NULL, &r, ROUTE_ANSWER);
 }
 
 cJSON *server_stats_object(server_t *s)

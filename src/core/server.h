@@ -94,6 +94,8 @@ size_t server_route(server_t *s, struct client *from, const proto_msg_t *msg);
 /* Flags for server_route_flags. */
 #define ROUTE_HAS_RESPONDER 1 /* a handler inside tide will answer: no 503 status */
 #define ROUTE_NO_CAPTURE 2    /* not for streams: acks, consumer deliveries */
+#define ROUTE_ANSWER 4        /* an answer the server makes (server_reply); in cluster mode it
+                                 stays here when a client here subscribes to it */
 
 /* server_route with flags. */
 size_t server_route_flags(server_t *s, struct client *from, const proto_msg_t *msg, int flags);
@@ -243,5 +245,40 @@ struct event_base;
 struct event_base *server_base(server_t *s);
 const server_opts_t *server_get_opts(const server_t *s);
 const char *server_id(const server_t *s);
+
+/*
+ * Cluster mode: the layer above carries messages between nodes over an
+ * upstream NATS cluster (app/cluster.c).  With hooks set, a routed message
+ * whose subject travels (server_subject_travels) goes to `egress` instead
+ * of to the clients here, which receive it back from the cluster through
+ * the subscriptions `interest` mirrors there (server_deliver_sub); the
+ * subscriptions inside the server still get it here.  An answer
+ * (ROUTE_ANSWER, ROUTE_NO_CAPTURE) that a client here subscribes to stays
+ * here.  A message routed to another subject than its own
+ * (server_route_to) stays here.
+ */
+typedef struct server_cluster_hooks {
+    /* Takes m for the cluster (m is valid during the call): 0 when it was
+     * sent or queued for sending, -1 when refused, with the reason in err. */
+    int (*egress)(void *ctx, const proto_msg_t *m, char *err, size_t errsz);
+    /* A client's subscription was added (added = 1) or is about to be
+     * freed (0); sub is valid until then. */
+    void (*interest)(void *ctx, sub_t *sub, int added);
+    void *ctx;
+} server_cluster_hooks_t;
+
+/* Sets the hooks (copied; NULL: cluster mode off).  Clients' subscriptions
+ * made before the call are announced to `interest` at once. */
+void server_set_cluster(server_t *s, const server_cluster_hooks_t *hooks);
+
+/* True when a message on subject (or a subscription on pattern) travels
+ * in cluster mode: every subject except those beginning with '$', which
+ * stay on their node ($TIDE., $JS., $KV., ...), and $TIDE.CLUSTER.>. */
+int server_subject_travels(const char *subject, size_t len);
+
+/* Delivers m to the one client subscription sub (a message that arrived
+ * from the cluster for it), as a route would; no capture, no hooks.
+ * Returns 1 when delivered, 0 when sub cannot take it now. */
+int server_deliver_sub(server_t *s, sub_t *sub, const proto_msg_t *m);
 
 #endif
