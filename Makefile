@@ -18,7 +18,7 @@ CSTD     = -std=c11 -D_GNU_SOURCE
 WARN     = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter
 OPT     ?= -O2 -g
 SAN     ?=
-PKGS     = libevent_core libevent_extra libevent_openssl openssl lua5.4 libcjson libcrypto
+PKGS     = libevent_core libevent_extra libevent_openssl libevent_pthreads openssl lua5.4 libcjson libcrypto libnats
 CFLAGS  += $(CSTD) $(WARN) $(OPT) $(SAN) $(INCS) -fPIC $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lreadline -lcrypt -lm
 LDFLAGS += $(SAN)

@@ -63,8 +63,8 @@ for f in $HSRCS src/*/*.h; do [ "$f" -nt "$HBIN" ] && hneed=1; done
 if [ $hneed = 1 ]; then
     clang -std=c11 -D_GNU_SOURCE -Isrc/base -Isrc/core -Isrc/store -Isrc/script -Isrc/app -g -O1 \
         -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-        $(pkg-config --cflags libevent_core libevent_extra libevent_openssl openssl lua5.4 libcjson libcrypto) -o "$HBIN" $HSRCS \
-        $(pkg-config --libs libevent_core libevent_extra libevent_openssl openssl lua5.4 libcjson libcrypto) -lreadline -lcrypt -lm -lpthread
+        $(pkg-config --cflags libevent_core libevent_extra libevent_openssl libevent_pthreads openssl lua5.4 libcjson libcrypto libnats) -o "$HBIN" $HSRCS \
+        $(pkg-config --libs libevent_core libevent_extra libevent_openssl libevent_pthreads openssl lua5.4 libcjson libcrypto libnats) -lreadline -lcrypt -lm -lpthread
 fi
 case "${1:-replay}" in
 replay)

@@ -24,6 +24,7 @@
 
 #include "dlq.h"
 #include "admin.h"
+#include "cluster.h"
 #include "auth.h"
 #include "console.h"
 #include "console_assets.h"
@@ -1558,10 +1559,12 @@ static void route(http_t *h, struct evhttp_request *req, const http_who_t *who)
         script_stats_t st;
         if (sh)
             script_get_stats(sh, &st);
-        char failed[300];
+        char failed[600];
         if (sh && strcmp(st.last_reload, "ok"))
             reply_error(h, req, 503, "Service Unavailable", "the last script reload failed");
         else if (storage_failed(h, failed, sizeof failed))
+            reply_error(h, req, 503, "Service Unavailable", failed);
+        else if (h->node->cluster && !cluster_connected(h->node->cluster, failed, sizeof failed))
             reply_error(h, req, 503, "Service Unavailable", failed);
         else
             reply_json(req, 200, "OK", "{\"status\":\"ready\"}");

@@ -21,6 +21,7 @@
 #include "cli_auth.h"
 #include "flow.h"
 #include "admin.h"
+#include "cluster.h"
 #include "http.h"
 #include "node.h"
 #include "nkey_cli.h"
@@ -383,6 +384,8 @@ static int cmd_serve(int argc, char **argv)
             return 2;
         }
     }
+    if (node.scripts && script_cluster_settings(node.scripts))
+        cluster_prepare_threads(); /* before the loop exists */
     if (!(node.srv = server_new(&o))) {
         node_stop(&node);
         return 1;
@@ -393,6 +396,8 @@ static int cmd_serve(int argc, char **argv)
     if (server_listen(node.srv) < 0)
         goto out;
     if (node.scripts && node_start_scripts(&node, a.data_flag) < 0)
+        goto out;
+    if (node_start_cluster(&node) < 0)
         goto out;
     if (node_start_http(&node, a.http_flag, a.no_http) < 0)
         goto out;

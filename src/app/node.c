@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cluster.h"
 #include "http.h"
 #include "jsapi.h"
 #include "log.h"
@@ -41,6 +42,18 @@ int node_start_scripts(node_t *n, const char *data_flag)
     return failed ? -1 : 0;
 }
 
+int node_start_cluster(node_t *n)
+{
+    char err[600];
+    if (!n->scripts || !script_cluster_settings(n->scripts))
+        return 0;
+    if (!(n->cluster = cluster_start(n, err, sizeof err))) {
+        log_error("%s", err);
+        return -1;
+    }
+    return 0;
+}
+
 int node_start_http(node_t *n, const char *http_flag, int no_http)
 {
     /* --http / listen{http=...} must bind; the default is tried. */
@@ -72,6 +85,7 @@ void node_stop(node_t *n)
 {
     repl_remote_detach(n, NULL);
     http_free(n->http);
+    cluster_free(n->cluster);
     jsapi_free(n->jsapi);
     if (n->scripts)
         script_host_set_streams(n->scripts, NULL, NULL, 0);

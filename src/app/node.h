@@ -12,6 +12,7 @@
 #include "server.h"
 #include "stream.h"
 
+struct cluster;
 struct http;
 struct jsapi;
 struct repl;
@@ -23,6 +24,7 @@ typedef struct node {
     struct http *http;      /* the HTTP face; NULL when off */
     struct repl *remote;    /* the tide repl --connect session (repl.c); NULL when none */
     struct jsapi *jsapi;    /* the JetStream API over the streams (jsapi.c); NULL without streams */
+    struct cluster *cluster; /* the upstream NATS cluster (cluster.c); NULL without cluster { } */
     char data_dir[4200];    /* where its files go: --data, storage { dir }, or "data" beside the entry file */
 } node_t;
 
@@ -33,13 +35,19 @@ typedef struct node {
  * logged. */
 int node_start_scripts(node_t *n, const char *data_flag);
 
+/* Joins the upstream cluster when the entry file has cluster { } (n->srv
+ * and n->scripts set, before the loop runs).  0 (also when there is none),
+ * or -1 with the reason logged.  An unreachable upstream is not a failure:
+ * the node keeps trying. */
+int node_start_cluster(node_t *n);
+
 /* Opens the HTTP face: on http_flag (HOST:PORT), else the entry file's
  * listen { http }, else 127.0.0.1:8222 when that is free.  0, or -1 (logged)
  * when an address that was asked for cannot be bound. */
 int node_start_http(node_t *n, const char *http_flag, int no_http);
 
 /* Stops and frees every part, in the order they depend on each other
- * (a remote prompt session, HTTP, streams, server, scripts), and zeroes n. */
+ * (a remote prompt session, HTTP, the cluster, streams, server, scripts), and zeroes n. */
 void node_stop(node_t *n);
 
 #endif

@@ -501,6 +501,7 @@ static void env_tide(state_t *st, int env)
         {"http", settings_l_http},
         {"kv", settings_l_kv},
         {"tls", settings_l_tls},
+        {"cluster", settings_l_cluster},
         {"storage", decl_l_storage},
         {"stream", decl_l_stream},
         {"consumer", decl_l_consumer},

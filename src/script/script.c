@@ -69,6 +69,7 @@ static void state_free(state_t *st)
         stream_cfg_free(&st->streams[i]);
     auth_config_release(st->auth);
     tls_context_unref(st->tls);
+    free(st->cluster);
     free(st);
 }
 
@@ -580,6 +581,11 @@ void script_latency(const script_host_t *h, const uint64_t **counts, double *sum
     *counts = h->lat_counts;
     *sum = h->lat_sum;
     *count = h->lat_count;
+}
+
+const cluster_settings_t *script_cluster_settings(const script_host_t *h)
+{
+    return h && h->cur ? h->cur->cluster : NULL;
 }
 
 int script_http_setting(const script_host_t *h, char *addr, size_t n)

@@ -27,6 +27,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cluster_settings.h"
 #include "proto.h"
 #include "server.h"
 
@@ -161,6 +162,11 @@ const char *script_dead_letter_prefix(const script_host_t *h);
 #define SCRIPT_LATENCY_BUCKETS 10
 extern const double script_latency_bounds[SCRIPT_LATENCY_BUCKETS];
 void script_latency(const script_host_t *h, const uint64_t **counts, double *sum, uint64_t *count);
+
+/* What the entry file's cluster { } said (cluster_settings.h), or NULL
+ * when it has none.  Owned by the loaded rules: valid until the next
+ * reload swaps them. */
+const cluster_settings_t *script_cluster_settings(const script_host_t *h);
 
 /* What listen { http = ... } said: 1 with the address in addr, -1 for
  * false (off), 0 when not said. */

@@ -7,6 +7,7 @@
  *   sandbox.c   the environment scripts see: loading, require, guarded functions
  *   settings.c  listen{}, limits{}, scripting{}, admin{}, http{}, tls{}
  *   settings_auth.c  auth{}
+ *   settings_cluster.c  cluster{}
  *   pipeline.c  rules and the pipeline itself: upgrade, filter, route, deliver, on
  *   watch.c     reloading on file changes and SIGHUP
  *   decl.c      storage{}, stream "name" {}, consumer "name" {}
@@ -168,6 +169,7 @@ typedef struct state {
     server_opts_t set; /* values of limits{} */
     unsigned set_mask; /* which of them */
     struct tls_context *tls; /* tls { ... }, built and checked at load (a reference); NULL when not said */
+    struct cluster_settings *cluster; /* cluster { ... } (settings_cluster.c), owned; NULL when not said */
 } state_t;
 
 /*
@@ -309,6 +311,7 @@ int settings_auth_finish(lua_State *L);
  * "2s", "5m", "1h"); def when absent.  Raises on a bad value. */
 double settings_duration(lua_State *L, int t, const char *key, double def);
 int settings_l_tls(lua_State *L);
+int settings_l_cluster(lua_State *L);
 /* Raises "what: unknown setting 'k'" for a key of table t not in known. */
 void settings_check_keys(lua_State *L, int t, const char *what, const char *const *known);
 int decl_l_storage(lua_State *L);

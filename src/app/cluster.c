@@ -1,0 +1,677 @@
+/* cluster.c - cluster mode over libnats; see cluster.h and docs/cluster.md. */
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+#include <event2/event.h>
+#include <nats/nats.h>
+
+/* The adapter is a header of function definitions without prototypes. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmissing-prototypes"
+#pragma GCC diagnostic ignored "-Wstrict-prototypes"
+#include <nats/adapters/libevent.h>
+#pragma GCC diagnostic pop
+
+#include "cluster.h"
+#include "dict.h"
+#include "json_int.h"
+#include "log.h"
+#include "nkey.h"
+#include "node.h"
+#include "util.h"
+
+/* What libnats' threads hand to the loop. */
+enum item_kind { ITEM_MSG, ITEM_CONNECTED, ITEM_DISCONNECTED, ITEM_RECONNECTED, ITEM_CLOSED, ITEM_ERROR };
+
+typedef struct item {
+    struct item *next;
+    enum item_kind kind;
+    int64_t sid;  /* ITEM_MSG: the upstream subscription it came on */
+    natsMsg *msg; /* ITEM_MSG, owned */
+    char text[160]; /* ITEM_ERROR */
+} item_t;
+
+/* A client's subscription here, mirrored upstream. */
+typedef struct mirror {
+    sub_t *sub;
+    natsSubscription *ns;
+    int64_t sid;
+} mirror_t;
+
+/* Upstream messages one subscription may have waiting in libnats before
+ * it counts them as a slow consumer; the loop takes them much faster. */
+#define CLUSTER_PENDING_MSGS (1024 * 1024)
+#define CLUSTER_PENDING_BYTES (256 * 1024 * 1024)
+#define CLUSTER_RECONNECT_WAIT_MS 1000
+
+struct cluster {
+    node_t *n;
+    natsOptions *opts;
+    natsConnection *nc;
+    dict_t mirrors; /* by the address of the client's sub_t: mirror_t */
+    dict_t by_sid;  /* by the upstream subscription id: the same mirror_t */
+    natsSubscription *status_sub; /* CLUSTER_STATUS_SUBJECT */
+    int64_t status_sid;
+    struct event *wake; /* drains the queue on the loop */
+    struct event *tick; /* once a second: events/s */
+    pthread_mutex_t lock; /* guards head, tail, woken and lost: libnats' threads add to the queue */
+    item_t *head, *tail;
+    int woken;
+    uint64_t lost; /* items that could not be queued (out of memory) */
+    /* The loop's own. */
+    int connected;
+    char url[256];        /* the server connected to, or the last one */
+    char last_error[256]; /* "" when none yet */
+    uint64_t sent, received, refused, disconnects, reconnects, mirror_failures;
+    uint64_t last_events;
+    double events_per_s;
+    cluster_settings_t started; /* what cluster { } said at start: the connection's settings */
+    uint64_t generation;        /* of the rules last compared with it */
+    time_t last_refusal_log;
+};
+
+void cluster_prepare_threads(void)
+{
+    natsLibevent_Init();
+}
+
+/* ---- from libnats' threads ------------------------------------------------ */
+
+/* Any thread: queues it for the loop and wakes the loop when the queue was empty. */
+static void enqueue(cluster_t *c, item_t *it)
+{
+    int wake;
+    pthread_mutex_lock(&c->lock);
+    if (c->tail)
+        c->tail->next = it;
+    else
+        c->head = it;
+    c->tail = it;
+    wake = !c->woken;
+    c->woken = 1;
+    pthread_mutex_unlock(&c->lock);
+    if (wake)
+        event_active(c->wake, EV_READ, 0);
+}
+
+static item_t *item_new(cluster_t *c, enum item_kind kind)
+{
+    item_t *it = calloc(1, sizeof *it);
+    if (!it) {
+        pthread_mutex_lock(&c->lock);
+        c->lost++;
+        pthread_mutex_unlock(&c->lock);
+        return NULL;
+    }
+    it->kind = kind;
+    return it;
+}
+
+static void on_upstream_msg(natsConnection *nc, natsSubscription *ns, natsMsg *msg, void *closure)
+{
+    cluster_t *c = closure;
+    item_t *it = item_new(c, ITEM_MSG);
+    (void)nc;
+    if (!it) {
+        natsMsg_Destroy(msg);
+        return;
+    }
+    it->sid = natsSubscription_GetID(ns);
+    it->msg = msg;
+    enqueue(c, it);
+}
+
+static void on_conn_event(cluster_t *c, enum item_kind kind)
+{
+    item_t *it = item_new(c, kind);
+    if (it)
+        enqueue(c, it);
+}
+
+static void on_connected(natsConnection *nc, void *closure) { (void)nc, on_conn_event(closure, ITEM_CONNECTED); }
+static void on_disconnected(natsConnection *nc, void *closure) { (void)nc, on_conn_event(closure, ITEM_DISCONNECTED); }
+static void on_reconnected(natsConnection *nc, void *closure) { (void)nc, on_conn_event(closure, ITEM_RECONNECTED); }
+static void on_closed(natsConnection *nc, void *closure) { (void)nc, on_conn_event(closure, ITEM_CLOSED); }
+
+static void on_async_error(natsConnection *nc, natsSubscription *ns, natsStatus err, void *closure)
+{
+    cluster_t *c = closure;
+    item_t *it = item_new(c, ITEM_ERROR);
+    (void)nc;
+    if (!it)
+        return;
+    snprintf(it->text, sizeof it->text, "%s%s", ns ? "upstream subscription: " : "", natsStatus_GetText(err));
+    enqueue(c, it);
+}
+
+/* ---- on the loop ---------------------------------------------------------- */
+
+/* m's headers as a NATS header block ("NATS/1.0[ status]\r\nK: V\r\n\r\n"),
+ * malloc'd into *out (caller frees); *out NULL when m has none.  0, or -1
+ * when out of memory. */
+static int header_block(natsMsg *m, char **out, size_t *len)
+{
+    const char **keys = NULL, **vals = NULL, *status = NULL, *desc = NULL;
+    int nkeys = 0, nvals = 0, rc = -1;
+    FILE *f = NULL;
+    *out = NULL;
+    *len = 0;
+    if (natsMsgHeader_Keys(m, &keys, &nkeys) != NATS_OK || nkeys == 0)
+        return 0;
+    if (!(f = open_memstream(out, len)))
+        goto fail;
+    natsMsgHeader_Get(m, "Status", &status);
+    natsMsgHeader_Get(m, "Description", &desc);
+    fprintf(f, "NATS/1.0%s%s%s%s\r\n", status ? " " : "", status ? status : "", status && desc ? " " : "",
+            status && desc ? desc : "");
+    for (int i = 0; i < nkeys; i++) {
+        if (status && (!strcmp(keys[i], "Status") || !strcmp(keys[i], "Description")))
+            continue;
+        if (natsMsgHeader_Values(m, keys[i], &vals, &nvals) != NATS_OK)
+            continue;
+        for (int k = 0; k < nvals; k++)
+            fprintf(f, "%s: %s\r\n", keys[i], vals[k]);
+        free((void *)vals);
+        vals = NULL;
+    }
+    fputs("\r\n", f);
+    rc = 0;
+fail:
+    if (f && fclose(f) != 0)
+        rc = -1;
+    if (rc < 0) {
+        free(*out);
+        *out = NULL;
+    }
+    free((void *)keys);
+    return rc;
+}
+
+/* Hands an upstream message to the one client subscription it is for. */
+static void deliver_upstream(cluster_t *c, sub_t *sub, natsMsg *nm)
+{
+    proto_msg_t m;
+    char *hdr = NULL;
+    size_t hlen = 0;
+    memset(&m, 0, sizeof m);
+    m.subject = natsMsg_GetSubject(nm);
+    m.subject_len = strlen(m.subject);
+    m.reply = natsMsg_GetReply(nm);
+    if (m.reply && !m.reply[0])
+        m.reply = NULL;
+    m.reply_len = m.reply ? strlen(m.reply) : 0;
+    m.payload = natsMsg_GetData(nm) ? natsMsg_GetData(nm) : "";
+    m.payload_len = (size_t)natsMsg_GetDataLength(nm);
+    if (header_block(nm, &hdr, &hlen) < 0) {
+        log_error("cluster: out of memory reading the headers of a message on %s: dropped", m.subject);
+        return;
+    }
+    m.hdr = hdr;
+    m.hdr_len = hlen;
+    c->received++;
+    server_deliver_sub(c->n->srv, sub, &m);
+    free(hdr);
+}
+
+static void answer_status(cluster_t *c, natsMsg *req)
+{
+    const char *reply = natsMsg_GetReply(req);
+    cJSON *o = NULL;
+    char *text = NULL;
+    if (!reply || !reply[0])
+        return;
+    if (!(o = cluster_status_object(c)) || !(text = cJSON_PrintUnformatted(o)))
+        goto fail;
+    natsConnection_PublishString(c->nc, reply, text);
+fail:
+    cJSON_Delete(o);
+    cJSON_free(text);
+}
+
+static void note_state(cluster_t *c, enum item_kind kind, const char *text)
+{
+    const char *what = NULL;
+    if (kind == ITEM_CONNECTED || kind == ITEM_RECONNECTED) {
+        c->connected = 1;
+        c->reconnects += kind == ITEM_RECONNECTED;
+        natsConnection_GetConnectedUrl(c->nc, c->url, sizeof c->url);
+        log_info("cluster: %s to the upstream at %s", kind == ITEM_CONNECTED ? "connected" : "reconnected", c->url);
+        return;
+    }
+    if (kind == ITEM_DISCONNECTED)
+        what = "disconnected from the upstream; reconnecting (publishes wait in the reconnect buffer)";
+    else if (kind == ITEM_CLOSED)
+        what = "the upstream connection is closed";
+    if (what) {
+        c->connected = 0;
+        c->disconnects += kind == ITEM_DISCONNECTED;
+        snprintf(c->last_error, sizeof c->last_error, "%s", what);
+        log_warn("cluster: %s", what);
+        return;
+    }
+    snprintf(c->last_error, sizeof c->last_error, "%s", text);
+    log_warn("cluster: %s", text);
+}
+
+static void on_wake(evutil_socket_t fd, short what, void *arg)
+{
+    cluster_t *c = arg;
+    item_t *it, *next;
+    (void)fd;
+    (void)what;
+    pthread_mutex_lock(&c->lock);
+    it = c->head;
+    c->head = c->tail = NULL;
+    c->woken = 0;
+    pthread_mutex_unlock(&c->lock);
+    for (; it; it = next) {
+        next = it->next;
+        if (it->kind == ITEM_MSG) {
+            mirror_t *m = dict_get(&c->by_sid, (const char *)&it->sid, sizeof it->sid);
+            if (it->sid == c->status_sid)
+                answer_status(c, it->msg);
+            else if (m)
+                deliver_upstream(c, m->sub, it->msg);
+            natsMsg_Destroy(it->msg);
+        } else {
+            note_state(c, it->kind, it->text);
+        }
+        free(it);
+    }
+}
+
+/* True when a and b connect the same way (all but name). */
+static int same_connection(const cluster_settings_t *a, const cluster_settings_t *b)
+{
+    if (a->nupstream != b->nupstream || a->tls != b->tls)
+        return 0;
+    for (int i = 0; i < a->nupstream; i++)
+        if (strcmp(a->upstream[i], b->upstream[i]))
+            return 0;
+    return !strcmp(a->user, b->user) && !strcmp(a->password, b->password) && !strcmp(a->token, b->token) &&
+           !strcmp(a->nkey, b->nkey) && !strcmp(a->tls_ca, b->tls_ca) && !strcmp(a->tls_cert, b->tls_cert) &&
+           !strcmp(a->tls_key, b->tls_key);
+}
+
+/* After a reload: only name applies to a running node; say so when the
+ * new rules change the rest. */
+static void warn_unapplied(cluster_t *c)
+{
+    const cluster_settings_t *now = script_cluster_settings(c->n->scripts);
+    if (!now)
+        log_warn("cluster: the reloaded rules have no cluster { }; the node stays in the cluster until it restarts");
+    else if (!same_connection(&c->started, now))
+        log_warn("cluster: the reloaded cluster { } changes upstream, credentials or tls: they apply at the next "
+                 "start (name applies now)");
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    cluster_t *c = arg;
+    uint64_t events;
+    (void)fd;
+    (void)what;
+    if (c->n->scripts) {
+        script_stats_t st;
+        script_get_stats(c->n->scripts, &st);
+        events = st.events;
+        if (st.generation != c->generation) {
+            c->generation = st.generation;
+            warn_unapplied(c);
+        }
+    } else {
+        server_stats_t st;
+        server_get_stats(c->n->srv, &st);
+        events = st.in_msgs;
+    }
+    c->events_per_s = (double)(events - c->last_events);
+    c->last_events = events;
+}
+
+/* ---- the server's hooks ---------------------------------------------------- */
+
+static void add_header(void *ctx, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    char *k = util_mem_dup(name, nlen), *v = util_mem_dup(value, vlen);
+    if (k && v)
+        natsMsgHeader_Add(ctx, k, v);
+    free(k);
+    free(v);
+}
+
+/* Refused: the reason for the publisher, counted, logged at most once a second. */
+static int refuse(cluster_t *c, natsStatus s, const char *subject, char *err, size_t errsz)
+{
+    time_t now = time(NULL);
+    c->refused++;
+    if (s == NATS_INSUFFICIENT_BUFFER)
+        snprintf(err, errsz, "cluster upstream unreachable and its reconnect buffer is full: publish refused");
+    else
+        snprintf(err, errsz, "cluster upstream refused the publish: %s", natsStatus_GetText(s));
+    snprintf(c->last_error, sizeof c->last_error, "%s", err);
+    if (now != c->last_refusal_log) {
+        c->last_refusal_log = now;
+        log_warn("cluster: %s (subject %s; %" PRIu64 " refused so far)", err, subject, c->refused);
+    }
+    return -1;
+}
+
+static int on_egress(void *ctx, const proto_msg_t *m, char *err, size_t errsz)
+{
+    cluster_t *c = ctx;
+    natsMsg *msg = NULL;
+    natsStatus s = NATS_NO_MEMORY;
+    char *subject = util_mem_dup(m->subject, m->subject_len);
+    char *reply = m->reply ? util_mem_dup(m->reply, m->reply_len) : NULL;
+    if (!subject || (m->reply && !reply))
+        goto fail;
+    s = natsMsg_Create(&msg, subject, reply, m->payload, (int)m->payload_len);
+    if (s != NATS_OK)
+        goto fail;
+    if (m->hdr_len)
+        proto_header_each(m->hdr, m->hdr_len, add_header, msg);
+    s = natsConnection_PublishMsg(c->nc, msg);
+fail:
+    if (s == NATS_OK)
+        c->sent++;
+    else
+        refuse(c, s, subject ? subject : "?", err, errsz);
+    natsMsg_Destroy(msg);
+    free(subject);
+    free(reply);
+    return s == NATS_OK ? 0 : -1;
+}
+
+static void mirror_add(cluster_t *c, sub_t *sub)
+{
+    mirror_t *m = calloc(1, sizeof *m);
+    natsStatus s = NATS_NO_MEMORY;
+    if (!m)
+        goto fail;
+    m->sub = sub;
+    if (sub->queue)
+        s = natsConnection_QueueSubscribe(&m->ns, c->nc, sub->subject, sub->queue, on_upstream_msg, c);
+    else
+        s = natsConnection_Subscribe(&m->ns, c->nc, sub->subject, on_upstream_msg, c);
+    if (s != NATS_OK)
+        goto fail;
+    natsSubscription_SetPendingLimits(m->ns, CLUSTER_PENDING_MSGS, CLUSTER_PENDING_BYTES);
+    m->sid = natsSubscription_GetID(m->ns);
+    if (dict_put(&c->mirrors, (const char *)&sub, sizeof sub, m) < 0)
+        goto fail;
+    if (dict_put(&c->by_sid, (const char *)&m->sid, sizeof m->sid, m) < 0) {
+        dict_remove(&c->mirrors, (const char *)&sub, sizeof sub);
+        goto fail;
+    }
+    return;
+fail:
+    c->mirror_failures++;
+    snprintf(c->last_error, sizeof c->last_error, "cannot subscribe upstream to %s: %s", sub->subject,
+             natsStatus_GetText(s));
+    log_error("cluster: %s (the subscriber here gets nothing from the cluster)", c->last_error);
+    if (m && m->ns)
+        natsSubscription_Destroy(m->ns);
+    free(m);
+}
+
+static void mirror_free(mirror_t *m, int unsubscribe)
+{
+    if (unsubscribe)
+        natsSubscription_Unsubscribe(m->ns);
+    natsSubscription_Destroy(m->ns);
+    free(m);
+}
+
+static void on_interest(void *ctx, sub_t *sub, int added)
+{
+    cluster_t *c = ctx;
+    if (!server_subject_travels(sub->subject, sub->subject_len))
+        return;
+    if (added) {
+        mirror_add(c, sub);
+        return;
+    }
+    mirror_t *m = dict_remove(&c->mirrors, (const char *)&sub, sizeof sub);
+    if (m) {
+        dict_remove(&c->by_sid, (const char *)&m->sid, sizeof m->sid);
+        mirror_free(m, 1);
+    }
+}
+
+/* ---- starting and stopping --------------------------------------------------- */
+
+/* The nkey seed file's public key into pub, for libnats. */
+static int nkey_public_of(const char *file, char *pub, size_t pubsz, char *err, size_t errsz)
+{
+    unsigned char seed[NKEY_KEY_LEN], raw[NKEY_KEY_LEN];
+    char text[4096];
+    size_t len = 0;
+    int rc = -1;
+    FILE *f = fopen(file, "r");
+    if (f) {
+        len = fread(text, 1, sizeof text - 1, f);
+        fclose(f);
+    }
+    if (!f || nkey_seed_find(text, len, seed) < 0 || nkey_seed_public(seed, raw) < 0 ||
+        nkey_public_encode(raw, pub, pubsz) < 0)
+        snprintf(err, errsz, "cluster: nkey: no usable seed in %s", file);
+    else
+        rc = 0;
+    memset(seed, 0, sizeof seed);
+    memset(text, 0, sizeof text);
+    return rc;
+}
+
+/* Credentials and TLS from cluster { }. */
+static natsStatus set_credentials(natsOptions *o, const cluster_settings_t *cs, char *err, size_t errsz)
+{
+    natsStatus s = NATS_OK;
+    char pub[128];
+    if (cs->user[0])
+        s = natsOptions_SetUserInfo(o, cs->user, cs->password);
+    else if (cs->token[0])
+        s = natsOptions_SetToken(o, cs->token);
+    else if (cs->nkey[0]) {
+        if (nkey_public_of(cs->nkey, pub, sizeof pub, err, errsz) < 0)
+            return NATS_INVALID_ARG;
+        s = natsOptions_SetNKeyFromSeed(o, pub, cs->nkey);
+    }
+    if (s == NATS_OK && cs->tls)
+        s = natsOptions_SetSecure(o, true);
+    if (s == NATS_OK && cs->tls_ca[0])
+        s = natsOptions_LoadCATrustedCertificates(o, cs->tls_ca);
+    if (s == NATS_OK && cs->tls_cert[0])
+        s = natsOptions_LoadCertificatesChain(o, cs->tls_cert, cs->tls_key);
+    if (s != NATS_OK && !err[0])
+        snprintf(err, errsz, "cluster: credentials or TLS: %s", natsStatus_GetText(s));
+    return s;
+}
+
+static natsStatus set_options(cluster_t *c, const cluster_settings_t *cs, char *err, size_t errsz)
+{
+    const char *urls[CLUSTER_UPSTREAM_MAX];
+    char name[200];
+    natsOptions *o = c->opts;
+    natsStatus s;
+    for (int i = 0; i < cs->nupstream; i++)
+        urls[i] = cs->upstream[i];
+    snprintf(name, sizeof name, "tide %s", cs->name[0] ? cs->name : "node");
+    s = natsOptions_SetServers(o, urls, cs->nupstream);
+    if (s == NATS_OK)
+        s = natsOptions_SetName(o, name);
+    if (s == NATS_OK)
+        s = natsOptions_SetMaxReconnect(o, -1);
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectWait(o, CLUSTER_RECONNECT_WAIT_MS);
+    if (s == NATS_OK)
+        s = natsOptions_SetRetryOnFailedConnect(o, true, on_connected, c);
+    if (s == NATS_OK)
+        s = natsOptions_SetDisconnectedCB(o, on_disconnected, c);
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectedCB(o, on_reconnected, c);
+    if (s == NATS_OK)
+        s = natsOptions_SetClosedCB(o, on_closed, c);
+    if (s == NATS_OK)
+        s = natsOptions_SetErrorHandler(o, on_async_error, c);
+    if (s == NATS_OK) /* a pool of threads, not one per subscription */
+        s = natsOptions_UseGlobalMessageDelivery(o, true);
+    if (s == NATS_OK)
+        s = natsOptions_SetEventLoop(o, server_base(c->n->srv), natsLibevent_Attach, natsLibevent_Read,
+                                     natsLibevent_Write, natsLibevent_Detach);
+    if (s != NATS_OK)
+        snprintf(err, errsz, "cluster: %s", natsStatus_GetText(s));
+    else
+        s = set_credentials(o, cs, err, errsz);
+    return s;
+}
+
+cluster_t *cluster_start(node_t *n, char *err, size_t errsz)
+{
+    const cluster_settings_t *cs = script_cluster_settings(n->scripts);
+    server_cluster_hooks_t hooks = {on_egress, on_interest, NULL};
+    cluster_t *c = calloc(1, sizeof *c);
+    natsStatus s;
+    err[0] = '\0';
+    if (!c || !cs)
+        goto fail;
+    c->n = n;
+    dict_init(&c->mirrors);
+    dict_init(&c->by_sid);
+    pthread_mutex_init(&c->lock, NULL);
+    c->wake = event_new(server_base(n->srv), -1, 0, on_wake, c);
+    c->tick = event_new(server_base(n->srv), -1, EV_PERSIST, on_tick, c);
+    struct timeval second = {1, 0};
+    if (!c->wake || !c->tick || event_add(c->tick, &second) < 0 || natsOptions_Create(&c->opts) != NATS_OK)
+        goto fail;
+    c->started = *cs;
+    c->generation = 1;
+    if (set_options(c, cs, err, errsz) != NATS_OK)
+        goto fail;
+    snprintf(c->url, sizeof c->url, "%s", cs->upstream[0]);
+    s = natsConnection_Connect(&c->nc, c->opts);
+    if (s == NATS_NOT_YET_CONNECTED) {
+        snprintf(c->last_error, sizeof c->last_error, "cannot reach the upstream yet; retrying");
+        log_warn("cluster: cannot reach the upstream (%s, ...) yet; retrying in the background", cs->upstream[0]);
+    } else if (s != NATS_OK) {
+        snprintf(err, errsz, "cluster: cannot connect to the upstream: %s", natsStatus_GetText(s));
+        goto fail;
+    } else {
+        on_conn_event(c, ITEM_CONNECTED);
+    }
+    s = natsConnection_Subscribe(&c->status_sub, c->nc, CLUSTER_STATUS_SUBJECT, on_upstream_msg, c);
+    if (s != NATS_OK) {
+        snprintf(err, errsz, "cluster: cannot subscribe to %s: %s", CLUSTER_STATUS_SUBJECT, natsStatus_GetText(s));
+        goto fail;
+    }
+    c->status_sid = natsSubscription_GetID(c->status_sub);
+    hooks.ctx = c;
+    server_set_cluster(n->srv, &hooks);
+    return c;
+fail:
+    if (!err[0])
+        snprintf(err, errsz, "cluster: out of memory");
+    cluster_free(c);
+    return NULL;
+}
+
+static void mirror_release(void *p)
+{
+    mirror_free(p, 0);
+}
+
+void cluster_free(cluster_t *c)
+{
+    if (!c)
+        return;
+    server_set_cluster(c->n->srv, NULL);
+    dict_clear(&c->by_sid, NULL);
+    dict_clear(&c->mirrors, mirror_release);
+    if (c->status_sub)
+        natsSubscription_Destroy(c->status_sub);
+    if (c->nc) {
+        natsConnection_Close(c->nc);
+        natsConnection_Destroy(c->nc);
+    }
+    natsOptions_Destroy(c->opts);
+    /* libnats' threads may still hold c as their closure: wait for them. */
+    if (nats_CloseAndWait(2000) != NATS_OK)
+        log_warn("cluster: libnats' threads did not end within 2s");
+    for (item_t *it = c->head, *next; it; it = next) {
+        next = it->next;
+        natsMsg_Destroy(it->msg);
+        free(it);
+    }
+    if (c->wake)
+        event_free(c->wake);
+    if (c->tick)
+        event_free(c->tick);
+    pthread_mutex_destroy(&c->lock);
+    free(c);
+}
+
+/* ---- status ------------------------------------------------------------------- */
+
+int cluster_connected(cluster_t *c, char *why, size_t n)
+{
+    const char *last = NULL;
+    natsConnStatus st = c->nc ? natsConnection_Status(c->nc) : NATS_CONN_STATUS_CLOSED;
+    if (st == NATS_CONN_STATUS_CONNECTED)
+        return 1;
+    if (c->nc)
+        natsConnection_GetLastError(c->nc, &last);
+    snprintf(why, n, "cluster upstream not connected (%s, last at %s)%s%s",
+             st == NATS_CONN_STATUS_CLOSED ? "closed" : "reconnecting", c->url, last && last[0] ? ": " : "",
+             last && last[0] ? last : "");
+    return 0;
+}
+
+static void status_name(cluster_t *c, char *out, size_t n)
+{
+    const cluster_settings_t *cs = script_cluster_settings(c->n->scripts);
+    if (cs && cs->name[0])
+        snprintf(out, n, "%s", cs->name);
+    else if (gethostname(out, n) != 0)
+        snprintf(out, n, "%s", server_id(c->n->srv));
+    out[n - 1] = '\0';
+}
+
+cJSON *cluster_status_object(cluster_t *c)
+{
+    char name[256], addr[300], why[512];
+    const server_opts_t *so = server_get_opts(c->n->srv);
+    script_stats_t st;
+    cJSON *o = cJSON_CreateObject(), *rules;
+    if (!o || !(rules = cJSON_AddObjectToObject(o, "rules"))) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    status_name(c, name, sizeof name);
+    snprintf(addr, sizeof addr, "%s:%d", so->host, so->port);
+    int up = cluster_connected(c, why, sizeof why);
+    cJSON_AddStringToObject(o, "name", name);
+    cJSON_AddStringToObject(o, "server_id", server_id(c->n->srv));
+    cJSON_AddStringToObject(o, "address", addr);
+    cJSON_AddStringToObject(o, "upstream", c->url);
+    cJSON_AddBoolToObject(o, "connected", up);
+    memset(&st, 0, sizeof st);
+    if (c->n->scripts)
+        script_get_stats(c->n->scripts, &st);
+    json_add_uint(rules, "revision", st.generation);
+    cJSON_AddStringToObject(rules, "state", st.last_reload[0] ? st.last_reload : "none");
+    json_add_uint(o, "connections", server_connections(c->n->srv));
+    cJSON_AddNumberToObject(o, "events_per_s", c->events_per_s);
+    json_add_uint(o, "sent", c->sent);
+    json_add_uint(o, "received", c->received);
+    json_add_uint(o, "refused", c->refused);
+    json_add_uint(o, "disconnects", c->disconnects);
+    json_add_uint(o, "reconnects", c->reconnects);
+    cJSON_AddStringToObject(o, "last_error", c->last_error);
+    return o;
+}

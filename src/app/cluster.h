@@ -1,0 +1,56 @@
+/*
+ * cluster.h - cluster mode: a node joins an upstream NATS cluster
+ * (docs/cluster.md).
+ *
+ * The node keeps one libnats connection to the cluster, driven by the
+ * node's own libevent loop (libnats' libevent adapter).  What a client
+ * here publishes runs this node's pipeline and then goes upstream; the
+ * node holds one upstream subscription for each of its clients'
+ * subscriptions (queue groups included) and hands what arrives on it to
+ * that subscription alone, so the cluster decides who receives what, and
+ * no event runs a second pipeline.  libnats hands messages and connection
+ * events over from its own threads; they wait in a queue that the loop
+ * drains, so only the loop touches the node's state.
+ */
+#ifndef TIDE_CLUSTER_H
+#define TIDE_CLUSTER_H
+
+#include <stddef.h>
+
+#include <cjson/cJSON.h>
+
+struct node;
+typedef struct cluster cluster_t;
+
+/* Subject every node answers with its status (tide cluster status). */
+#define CLUSTER_STATUS_SUBJECT "$TIDE.CLUSTER.STATUS"
+
+/* Makes libevent safe to call from libnats' threads.  Must be called
+ * before the node's event loop is created, and only when the node will
+ * join a cluster (it adds locking to every libevent call).  Once per
+ * process. */
+void cluster_prepare_threads(void);
+
+/*
+ * Joins the cluster that n's entry file names in cluster { }: connects in
+ * the background (a node whose upstream is unreachable starts and keeps
+ * trying across the listed servers, for ever) and registers the server's
+ * cluster hooks.  Call with n->srv and n->scripts set, before the loop
+ * runs.  Returns the cluster (freed by cluster_free), or NULL with the
+ * reason in err (a setting libnats refuses, out of memory).
+ */
+cluster_t *cluster_start(struct node *n, char *err, size_t errsz);
+
+/* Leaves the cluster: takes the hooks off the server, closes the
+ * connection, waits for libnats' threads and frees c (NULL: nothing). */
+void cluster_free(cluster_t *c);
+
+/* 1 when the upstream connection is up; else 0 with why it is not in why
+ * (what libnats last said, or "connecting"). */
+int cluster_connected(cluster_t *c, char *why, size_t n);
+
+/* This node's status as a new cJSON object (caller deletes; NULL when out
+ * of memory): what it answers on CLUSTER_STATUS_SUBJECT. */
+cJSON *cluster_status_object(cluster_t *c);
+
+#endif

@@ -1,0 +1,300 @@
+-- Cluster mode (docs/cluster.md): tide nodes joined to a real NATS cluster
+-- of three nats-server processes with routes between them, all on
+-- loopback.  The pipeline runs where an event enters; the cluster does the
+-- delivery, queue groups included.
+local h = require "helpers"
+local json = require "dkjson"
+local http = require "socket.http"
+
+local started = {} -- every process a test starts, stopped in teardown by pid
+
+local function keep(srv)
+  started[#started + 1] = srv
+  return srv
+end
+
+-- One nats-server of the cluster: n = { port, cport, name, routes, dir }.
+local function start_nats(n)
+  local srv = h.start_server { bin = h.nats_server_bin(), port = n.port,
+    cmd = { "-a", "127.0.0.1", "-p", tostring(n.port), "-n", n.name, "--cluster_name", "tidetest",
+            "-cluster", "nats://127.0.0.1:" .. n.cport, "-routes", n.routes, "-P", n.dir .. "/pid" } }
+  srv.stop_signal = "INT"
+  srv.spec = n
+  return keep(srv)
+end
+
+local function stop(srv)
+  if srv and srv:alive() then srv:stop(srv.stop_signal) end
+end
+
+local function get(port, path)
+  local body, code = http.request(("http://127.0.0.1:%d%s"):format(port, path))
+  return code, body
+end
+
+-- A tide node joined to the cluster: upstream is a list of client ports.
+local function start_node(name, upstream, extra)
+  local urls = {}
+  for _, p in ipairs(upstream) do urls[#urls + 1] = ('"nats://127.0.0.1:%d"'):format(p) end
+  local hport = h.free_port()
+  local srv = h.start_scripted(("cluster { upstream = { %s }, name = %q }\n%s"):format(
+    table.concat(urls, ", "), name, extra or ""), { args = { "--http", "127.0.0.1:" .. hport } })
+  srv.hport = hport
+  return keep(srv)
+end
+
+local function client(port)
+  local c = h.connect(port)
+  c:send('CONNECT {"verbose":false,"headers":true,"no_responders":true}\r\n')
+  assert(c:ping())
+  return c
+end
+
+-- Publishes probes on `pub` until `sub` (subscribed to subject, which
+-- matches "probe.<n>" subjects via prefix) receives one: the upstream
+-- subscription behind sub has reached the whole cluster.  Drains the rest.
+local function wait_route(pub, sub, prefix)
+  local n = 0
+  local ok = h.wait_until(function()
+    n = n + 1
+    pub:pub(prefix .. ".probe", tostring(n))
+    local f = sub:frame(0.2)
+    return f and (f.op == "MSG" or f.op == "HMSG")
+  end, 10, 0)
+  assert(ok, "the subscription never reached the publisher's node through the cluster")
+  while sub:frame(0.3) do end
+end
+
+describe("cluster mode", function()
+  local ns, a, b, dir = {}, nil, nil, nil
+
+  setup(function()
+    dir = h.make_tmpdir("cluster")
+    local nodes = {}
+    for i = 1, 3 do nodes[i] = { port = h.free_port(), cport = h.free_port(), name = "n" .. i } end
+    local routes = {}
+    for i = 1, 3 do routes[i] = "nats://127.0.0.1:" .. nodes[i].cport end
+    for i = 1, 3 do
+      nodes[i].routes = table.concat(routes, ",")
+      nodes[i].dir = dir .. "/n" .. i
+      os.execute("mkdir -p '" .. nodes[i].dir .. "'")
+      ns[i] = start_nats(nodes[i])
+    end
+    a = start_node("a", { ns[1].port, ns[2].port }, 'filter("secret.>", function(e) return false end)\n')
+    b = start_node("b", { ns[3].port })
+    assert(h.wait_until(function() return get(a.hport, "/readyz") == 200 and get(b.hport, "/readyz") == 200 end, 10),
+      "the nodes did not get ready:\n" .. a:log() .. b:log())
+  end)
+
+  teardown(function()
+    for i = #started, 1, -1 do stop(started[i]) end
+    for _, s in ipairs(started) do if s.dir then h.remove_tmpdir(s.dir) end end
+    h.remove_tmpdir(dir)
+  end)
+
+  it("delivers what a client publishes on node A to a subscriber on node B, headers and all", function()
+    local pub, sub = client(a.port), client(b.port)
+    sub:sub("orders.>", "1")
+    wait_route(pub, sub, "orders")
+    pub:hpub("orders.paid", { { "Order", "42" } }, '{"amount":7}', "reply.here")
+    local m = assert(sub:msg(5))
+    assert.equal("orders.paid", m.subject)
+    assert.equal("reply.here", m.reply)
+    assert.equal('{"amount":7}', m.payload)
+    local _, hd = h.parse_headers(m.headers)
+    assert.equal("42", hd.Order)
+    pub:close()
+    sub:close()
+  end)
+
+  it("gives each event to one member of a queue group spread over both nodes, exactly once", function()
+    local N = 10000
+    local pub = client(a.port)
+    local qa, qb = client(a.port), client(b.port)
+    qa:sub("work.>", "1", "workers")
+    qb:sub("work.>", "1", "workers")
+    -- Both members are known cluster-wide once each has received a probe.
+    local seen_a, seen_b = false, false
+    assert(h.wait_until(function()
+      pub:pub("work.probe", "p")
+      seen_a = seen_a or qa:frame(0.05) ~= nil
+      seen_b = seen_b or qb:frame(0.05) ~= nil
+      return seen_a and seen_b
+    end, 10, 0), "the queue members never both received a probe")
+    while qa:frame(0.3) do end
+    while qb:frame(0.3) do end
+    local parts = {}
+    for i = 1, N do parts[#parts + 1] = ("PUB work.item 0 %d\r\n%d\r\n"):format(#tostring(i), i) end
+    assert(pub:send(table.concat(parts)))
+    assert(pub:ping(10))
+    local got, count = {}, { 0, 0 }
+    local deadline = h.proc.now() + 30
+    while count[1] + count[2] < N and h.proc.now() < deadline do
+      for k, c in ipairs({ qa, qb }) do
+        local f = c:frame(0.05)
+        while f do
+          if f.op == "MSG" then
+            got[f.payload] = (got[f.payload] or 0) + 1
+            count[k] = count[k] + 1
+          end
+          f = c:frame(0.001)
+        end
+      end
+    end
+    -- Anything more would be a duplicate: give it a moment to show.
+    for k, c in ipairs({ qa, qb }) do
+      for _, f in ipairs(c:collect(1, 0.5)) do
+        got[f.payload] = (got[f.payload] or 0) + 1
+        count[k] = count[k] + 1
+      end
+    end
+    assert.equal(N, count[1] + count[2])
+    for i = 1, N do assert.equal(1, got[tostring(i)], "event " .. i) end
+    assert.is_true(count[1] > 0 and count[2] > 0, ("A got %d, B got %d"):format(count[1], count[2]))
+    pub:close()
+    qa:close()
+    qb:close()
+  end)
+
+  it("drops on A what A's filter drops, before any subscriber anywhere sees it", function()
+    local pub = client(a.port)
+    local on_a, on_b = client(a.port), client(b.port)
+    local direct = client(ns[2].port) -- a plain NATS client of the cluster itself
+    for _, c in ipairs({ on_a, on_b, direct }) do c:sub(">", "1") end
+    wait_route(pub, on_b, "any")
+    wait_route(pub, direct, "any")
+    for _, c in ipairs({ on_a, on_b, direct }) do
+      while c:frame(0.3) do end
+    end
+    pub:pub("secret.plans", "no one may see this")
+    pub:pub("public.news", "everyone sees this")
+    for name, c in pairs({ a = on_a, b = on_b, upstream = direct }) do
+      local m = assert(c:msg(5), name .. " got nothing")
+      assert.equal("public.news", m.subject, name .. " saw the filtered event")
+    end
+    for _, c in ipairs({ pub, on_a, on_b, direct }) do c:close() end
+  end)
+
+  it("keeps $TIDE. subjects on their node", function()
+    local pub, here, there = client(a.port), client(a.port), client(b.port)
+    here:sub("$TIDE.EVENTS.x", "1")
+    there:sub("$TIDE.EVENTS.x", "1")
+    assert(here:ping())
+    assert(there:ping())
+    pub:pub("$TIDE.EVENTS.x", "local")
+    local m = assert(here:msg(5))
+    assert.equal("local", m.payload)
+    assert.is_nil((there:msg(1)))
+    for _, c in ipairs({ pub, here, there }) do c:close() end
+  end)
+
+  local function deliver_again(prefix)
+    local pub, sub = client(a.port), client(b.port)
+    sub:sub(prefix .. ".>", "1")
+    wait_route(pub, sub, prefix)
+    pub:pub(prefix .. ".x", "delivered")
+    local m = assert(sub:msg(5))
+    assert.equal("delivered", m.payload)
+    pub:close()
+    sub:close()
+  end
+
+  it("moves to another server of the cluster when its own stops", function()
+    -- b lists only ns[3]; the cluster told it of the others.
+    local before = select(2, b:log():gsub("cluster: reconnected to the upstream", ""))
+    ns[3]:stop("INT")
+    assert(h.wait_until(function()
+      return select(2, b:log():gsub("cluster: reconnected to the upstream", "")) > before
+    end, 15), "b did not reconnect:\n" .. b:log())
+    deliver_again("moved")
+    ns[3] = start_nats(ns[3].spec)
+  end)
+
+  it("while the whole cluster is down: /healthz 200, /readyz 503; after a restart it reconnects and delivers", function()
+    for i = 1, 3 do ns[i]:stop("INT") end
+    assert(h.wait_until(function() return get(b.hport, "/readyz") == 503 end, 10), "readyz stayed 200")
+    local code, body = get(b.hport, "/readyz")
+    assert.equal(503, code)
+    assert.truthy(body:find("cluster upstream not connected", 1, true), body)
+    assert.equal(200, (get(b.hport, "/healthz")))
+    for i = 1, 3 do ns[i] = start_nats(ns[i].spec) end
+    assert(h.wait_until(function() return get(a.hport, "/readyz") == 200 and get(b.hport, "/readyz") == 200 end, 15),
+      "the nodes did not reconnect:\n" .. a:log() .. b:log())
+    deliver_again("again")
+  end)
+end)
+
+describe("cluster mode with the upstream unreachable", function()
+  it("starts, serves /healthz, answers /readyz 503, refuses publishes once the buffer is full, then connects", function()
+    local port, cport = h.free_port(), h.free_port()
+    local dir = h.make_tmpdir("cluster-late")
+    local node = start_node("late", { port })
+    local ok, err = pcall(function()
+      assert.equal(200, (get(node.hport, "/healthz")))
+      local code, body = get(node.hport, "/readyz")
+      assert.equal(503, code)
+      assert.truthy(body:find("cluster upstream not connected", 1, true), body)
+      -- libnats keeps 8 MB for the reconnect; past that, each publish is refused.
+      local c = client(node.port)
+      local big = ("x"):rep(60000)
+      local parts = {}
+      for _ = 1, 200 do parts[#parts + 1] = ("PUB fill.x %d\r\n%s\r\n"):format(#big, big) end
+      assert(c:send(table.concat(parts)))
+      local refused = 0
+      for _ = 1, 200 do
+        local f = c:frame(1)
+        if not f then break end
+        if f.op == "-ERR" and f.text:find("reconnect buffer is full", 1, true) then refused = refused + 1 end
+      end
+      assert.is_true(refused >= 40 and refused <= 80, "refused " .. refused .. " of 200")
+      c:close()
+      -- The upstream appears: the node connects on its own.
+      local srv = start_nats { port = port, cport = cport, name = "late", routes = "nats://127.0.0.1:" .. cport,
+        dir = dir }
+      assert(h.wait_until(function() return get(node.hport, "/readyz") == 200 end, 15),
+        "the node did not connect:\n" .. node:log())
+      stop(srv)
+    end)
+    stop(node)
+    h.remove_tmpdir(node.dir)
+    h.remove_tmpdir(dir)
+    assert(ok, err)
+  end)
+end)
+
+describe("cluster { } settings", function()
+  local function check(text)
+    local dir = h.make_tmpdir("cluster-check")
+    h.write_file(dir .. "/tide.lua", text)
+    local rc, out = h.sh(("'%s' check '%s/tide.lua'"):format(h.bin, dir))
+    h.remove_tmpdir(dir)
+    return rc, out
+  end
+
+  it("accepts the documented shape", function()
+    local rc, out = check('cluster { upstream = { "nats://10.0.0.1:4222", "10.0.0.2:4222" }, name = "edge-1",'
+      .. ' user = "tide", password = "pw" }')
+    assert.equal(0, rc, out)
+  end)
+
+  for _, case in ipairs({
+    { "cluster { name = 'x' }", "upstream = { \"nats://host:port\", ... } is required" },
+    { "cluster { upstream = {} }", "upstream must list 1 to 16 servers" },
+    { "cluster { upstream = { 'nats://h' } }", "host:port expected" },
+    { "cluster { upstream = { 'http://h:1' } }", "the scheme must be nats:// or tls://" },
+    { "cluster { upstream = { 'h:1' }, user = 'u' }", "user needs password" },
+    { "cluster { upstream = { 'h:1' }, password = 'p' }", "password needs user" },
+    { "cluster { upstream = { 'h:1' }, user = 'u', password = 'p', token = 't' }", "say one of user/password, token or nkey" },
+    { "cluster { upstream = { 'h:1' }, name = 'a.b' }", "must be one subject token" },
+    { "cluster { upstream = { 'h:1' }, nkey = 'missing.nk' }", "cluster: nkey: cannot read" },
+    { "cluster { upstream = { 'h:1' }, tls = { cert = 'missing.pem' } }", "cluster.tls: cert: cannot read" },
+    { "cluster { upstream = { 'h:1' }, port = 1 }", "cluster: unknown setting 'port'" },
+    { "cluster { upstream = { 'h:1' } }\ncluster { upstream = { 'h:1' } }", "cluster: declared twice" },
+  }) do
+    it("refuses " .. case[1]:gsub("\n", " "), function()
+      local rc, out = check(case[1])
+      assert.are_not.equal(0, rc)
+      assert.truthy(out:find(case[2], 1, true), out)
+    end)
+  end
+end)
