@@ -188,6 +188,31 @@ describe("cluster mode", function()
     for _, c in ipairs({ pub, here, there }) do c:close() end
   end)
 
+  it("tide cluster status lists every node, asked through a tide node or a server of the cluster", function()
+    for _, port in ipairs({ a.port, ns[2].port }) do
+      local rc, out = h.sh(("'%s' cluster status -s 127.0.0.1:%d --json --timeout 1"):format(h.bin, port))
+      assert.equal(0, rc, out)
+      local nodes = assert(json.decode(out), out)
+      assert.equal(2, #nodes, out)
+      for i, want in ipairs({ { "a", a }, { "b", b } }) do
+        local n = nodes[i]
+        assert.equal(want[1], n.name)
+        assert.equal("127.0.0.1:" .. want[2].port, n.address)
+        assert.is_true(n.connected)
+        assert.truthy(n.upstream:match("^nats://127%.0%.0%.1:%d+$"), n.upstream)
+        assert.equal(1, n.rules.revision)
+        assert.equal("ok", n.rules.state)
+        assert.is_number(n.connections)
+        assert.is_number(n.events_per_s)
+        assert.equal("", n.last_error)
+      end
+    end
+    local rc, out = h.sh(("'%s' cluster status -s nats://127.0.0.1:%d"):format(h.bin, b.port))
+    assert.equal(0, rc, out)
+    assert.truthy(out:find("\na +127%.0%.0%.1:" .. a.port), out)
+    assert.truthy(out:find("\nb +127%.0%.0%.1:" .. b.port), out)
+  end)
+
   local function deliver_again(prefix)
     local pub, sub = client(a.port), client(b.port)
     sub:sub(prefix .. ".>", "1")

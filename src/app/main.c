@@ -21,6 +21,7 @@
 #include "cli_auth.h"
 #include "flow.h"
 #include "admin.h"
+#include "cli_cluster.h"
 #include "cluster.h"
 #include "http.h"
 #include "node.h"
@@ -72,6 +73,9 @@ static void usage(FILE *f)
             "  nkey gen | pub SEEDFILE | sign SEEDFILE MESSAGE | verify PUBKEY MESSAGE SIG\n"
             "                         NATS user nkeys: gen prints a new seed, then its\n"
             "                         public key (as nk -gen user -pubout)\n"
+            "  cluster status -s URL [--timeout SECONDS] [--json]\n"
+            "                         every node of the cluster (cluster { }): name, address,\n"
+            "                         upstream, rules, connections, events/s, last error\n"
             "\n"
             "Server options (tide serve):\n"
             "  -a, --addr HOST        bind to HOST (default 127.0.0.1)\n"
@@ -564,6 +568,10 @@ int main(int argc, char **argv)
     }
     if (!strcmp(cmd, "nkey"))
         return nkey_cli_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "cluster")) {
+        signal(SIGPIPE, SIG_IGN);
+        return cli_cluster_main(argc - 1, argv + 1);
+    }
     if (cmd[0] == '-')
         fprintf(stderr, "tide: unknown option '%s'\nTry 'tide --help'.\n", cmd);
     else
