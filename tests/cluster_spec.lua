@@ -15,9 +15,12 @@ end
 
 -- One nats-server of the cluster: n = { port, cport, name, routes, dir }.
 local function start_nats(n)
-  local srv = h.start_server { bin = h.nats_server_bin(), port = n.port,
-    cmd = { "-a", "127.0.0.1", "-p", tostring(n.port), "-n", n.name, "--cluster_name", "tidetest",
-            "-cluster", "nats://127.0.0.1:" .. n.cport, "-routes", n.routes, "-P", n.dir .. "/pid" } }
+  local cmd = { "-a", "127.0.0.1", "-p", tostring(n.port), "-n", n.name, "--cluster_name", n.cluster or "tidetest",
+                "-cluster", "nats://127.0.0.1:" .. n.cport, "-routes", n.routes, "-P", n.dir .. "/pid" }
+  if n.js then
+    for _, a in ipairs({ "-js", "-sd", n.dir .. "/js" }) do cmd[#cmd + 1] = a end
+  end
+  local srv = h.start_server { bin = h.nats_server_bin(), port = n.port, cmd = cmd }
   srv.stop_signal = "INT"
   srv.spec = n
   return keep(srv)
@@ -249,6 +252,104 @@ describe("cluster mode", function()
   end)
 end)
 
+-- Three routed nats-servers (with JetStream when js); returns them.
+local function start_cluster(dir, name, js)
+  local nodes, routes, ns = {}, {}, {}
+  for i = 1, 3 do
+    nodes[i] = { port = h.free_port(), cport = h.free_port(), name = name .. i, cluster = name, js = js,
+                 dir = dir .. "/" .. name .. i }
+    routes[i] = "nats://127.0.0.1:" .. nodes[i].cport
+    os.execute("mkdir -p '" .. nodes[i].dir .. "'")
+  end
+  for i = 1, 3 do
+    nodes[i].routes = table.concat(routes, ",")
+    ns[i] = start_nats(nodes[i])
+  end
+  return ns
+end
+
+-- A request on a fresh plain connection to port; the answer's payload decoded.
+local function js_request(port, subject, body)
+  local m = assert(h.request(port, subject, body or ""))
+  return assert(json.decode(m.payload), m.payload)
+end
+
+describe("cluster mode, streams with backend = \"jetstream\"", function()
+  local ns, node, dir
+
+  setup(function()
+    dir = h.make_tmpdir("cluster-js")
+    ns = start_cluster(dir, "js", true)
+    node = start_node("js-a", { ns[1].port },
+      'stream "orders" { subjects = { "orders.>" }, backend = "jetstream", replicas = 3 }\n')
+  end)
+
+  teardown(function()
+    stop(node)
+    for i = 1, 3 do stop(ns[i]) end
+    h.remove_tmpdir(node.dir)
+    h.remove_tmpdir(dir)
+  end)
+
+  it("makes the stream in the cluster's JetStream with 3 replicas, and /readyz waits for it", function()
+    assert(h.wait_until(function() return get(node.hport, "/readyz") == 200 end, 30),
+      "the stream was not made:\n" .. node:log())
+    assert.truthy(node:log():find("stream 'orders' created in the cluster's JetStream (3 replicas)", 1, true))
+    local info = js_request(ns[2].port, "$JS.API.STREAM.INFO.orders")
+    assert.is_nil(info.error)
+    assert.equal(3, info.config.num_replicas)
+    assert.same({ "orders.>" }, info.config.subjects)
+    assert.equal(2, #info.cluster.replicas)
+  end)
+
+  it("passes JetStream's PubAck through to the client that published on the node", function()
+    local c = client(node.port)
+    c:sub("_INBOX.acks.*", "1")
+    assert(c:ping())
+    c:pub("orders.paid", '{"n":1}', "_INBOX.acks.1")
+    local m = assert(c:msg(10))
+    local ack = assert(json.decode(m.payload), m.payload)
+    assert.equal("orders", ack.stream)
+    assert.is_number(ack.seq)
+    local info = js_request(ns[3].port, "$JS.API.STREAM.INFO.orders")
+    assert.equal(ack.seq, info.state.last_seq)
+    c:close()
+  end)
+
+  it("binds the stream when the node starts again, and refuses one declared with other replicas", function()
+    local again = start_node("js-b", { ns[2].port },
+      'stream "orders" { subjects = { "orders.>" }, backend = "jetstream", replicas = 3 }\n')
+    local other = start_node("js-c", { ns[3].port },
+      'stream "orders" { subjects = { "orders.>" }, backend = "jetstream", replicas = 1 }\n')
+    local ok, err = pcall(function()
+      assert(h.wait_until(function() return get(again.hport, "/readyz") == 200 end, 15), again:log())
+      assert.truthy(again:log():find("stream 'orders' bound in the cluster's JetStream", 1, true))
+      assert(h.wait_until(function() return other:log():find("exists in the cluster with other", 1, true) end, 15),
+        other:log())
+      local code, body = get(other.hport, "/readyz")
+      assert.equal(503, code)
+      assert.truthy(body:find("jetstream stream 'orders' is not bound", 1, true), body)
+      assert.equal(3, js_request(ns[1].port, "$JS.API.STREAM.INFO.orders").config.num_replicas)
+    end)
+    for _, s in ipairs({ again, other }) do
+      stop(s)
+      h.remove_tmpdir(s.dir)
+    end
+    assert(ok, err)
+  end)
+
+  it("gives no PubAck while the upstream is unreachable", function()
+    local c = client(node.port)
+    c:sub("_INBOX.down.*", "1")
+    assert(c:ping())
+    for i = 1, 3 do stop(ns[i]) end
+    assert(h.wait_until(function() return get(node.hport, "/readyz") == 503 end, 10))
+    c:pub("orders.late", "x", "_INBOX.down.1")
+    assert.is_nil((c:msg(1.5)))
+    c:close()
+  end)
+end)
+
 describe("cluster mode with the upstream unreachable", function()
   it("starts, serves /healthz, answers /readyz 503, refuses publishes once the buffer is full, then connects", function()
     local port, cport = h.free_port(), h.free_port()
@@ -315,6 +416,17 @@ describe("cluster { } settings", function()
     { "cluster { upstream = { 'h:1' }, tls = { cert = 'missing.pem' } }", "cluster.tls: cert: cannot read" },
     { "cluster { upstream = { 'h:1' }, port = 1 }", "cluster: unknown setting 'port'" },
     { "cluster { upstream = { 'h:1' } }\ncluster { upstream = { 'h:1' } }", "cluster: declared twice" },
+    { "stream 's' { subjects = { 'a.>' }, backend = 'disk' }", "backend must be \"local\" or \"jetstream\"" },
+    { "stream 's' { subjects = { 'a.>' }, replicas = 3 }", "replicas needs backend = \"jetstream\"" },
+    { "stream 's' { subjects = { 'a.>' }, backend = 'jetstream', replicas = 7 }", "replicas must be 1 to 5" },
+    { "stream 's' { subjects = { 'a.>' }, backend = 'jetstream', fsync = 'never' }", "unknown setting 'fsync'" },
+    { "stream 's' { subjects = { '$JS.x' }, backend = 'jetstream' }", "not a subject pattern that travels" },
+    { "stream 's' { subjects = { 'a.>' } }\nstream 's' { subjects = { 'b.>' }, backend = 'jetstream' }",
+      "stream 's' is declared twice" },
+    { "stream 's' { subjects = { 'a.>' }, backend = 'jetstream' }\nconsumer 'c' { stream = 's' }",
+      "consumers on it are not supported yet" },
+    { "consumer 'c' { stream = 's' }\nstream 's' { subjects = { 'a.>' }, backend = 'jetstream' }",
+      "consumers on a stream kept in JetStream are not supported yet" },
   }) do
     it("refuses " .. case[1]:gsub("\n", " "), function()
       local rc, out = check(case[1])

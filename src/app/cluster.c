@@ -20,6 +20,7 @@
 #pragma GCC diagnostic pop
 
 #include "cluster.h"
+#include "cluster_js.h"
 #include "dict.h"
 #include "json_int.h"
 #include "log.h"
@@ -59,6 +60,9 @@ struct cluster {
     dict_t by_sid;  /* by the upstream subscription id: the same mirror_t */
     natsSubscription *status_sub; /* CLUSTER_STATUS_SUBJECT */
     int64_t status_sid;
+    cluster_js_t *js;             /* the jetstream-backed streams */
+    natsSubscription *js_sub;     /* their answers' inbox */
+    int64_t js_sid;
     struct event *wake; /* drains the queue on the loop */
     struct event *tick; /* once a second: events/s */
     pthread_mutex_t lock; /* guards head, tail, woken and lost: libnats' threads add to the queue */
@@ -243,6 +247,7 @@ static void note_state(cluster_t *c, enum item_kind kind, const char *text)
         c->reconnects += kind == ITEM_RECONNECTED;
         natsConnection_GetConnectedUrl(c->nc, c->url, sizeof c->url);
         log_info("cluster: %s to the upstream at %s", kind == ITEM_CONNECTED ? "connected" : "reconnected", c->url);
+        cluster_js_sync(c->js, 1);
         return;
     }
     if (kind == ITEM_DISCONNECTED)
@@ -277,6 +282,8 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
             mirror_t *m = dict_get(&c->by_sid, (const char *)&it->sid, sizeof it->sid);
             if (it->sid == c->status_sid)
                 answer_status(c, it->msg);
+            else if (it->sid == c->js_sid)
+                cluster_js_answer(c->js, it->msg);
             else if (m)
                 deliver_upstream(c, m->sub, it->msg);
             natsMsg_Destroy(it->msg);
@@ -325,6 +332,9 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         if (st.generation != c->generation) {
             c->generation = st.generation;
             warn_unapplied(c);
+            cluster_js_rules_changed(c->js);
+        } else {
+            cluster_js_sync(c->js, 0);
         }
     } else {
         server_stats_t st;
@@ -532,6 +542,25 @@ static natsStatus set_options(cluster_t *c, const cluster_settings_t *cs, char *
     return s;
 }
 
+/* The jetstream-backed streams: their answers' inbox, and the first questions. */
+static int start_streams(cluster_t *c, char *err, size_t errsz)
+{
+    char inbox[128], pattern[140];
+    snprintf(inbox, sizeof inbox, "_INBOX.tide-js.%s", server_id(c->n->srv));
+    snprintf(pattern, sizeof pattern, "%s.*", inbox);
+    natsStatus s = natsConnection_Subscribe(&c->js_sub, c->nc, pattern, on_upstream_msg, c);
+    if (s != NATS_OK) {
+        snprintf(err, errsz, "cluster: cannot subscribe to %s: %s", pattern, natsStatus_GetText(s));
+        return -1;
+    }
+    c->js_sid = natsSubscription_GetID(c->js_sub);
+    if (!(c->js = cluster_js_new(c->nc, c->n->scripts, inbox))) {
+        snprintf(err, errsz, "cluster: out of memory");
+        return -1;
+    }
+    return 0;
+}
+
 cluster_t *cluster_start(node_t *n, char *err, size_t errsz)
 {
     const cluster_settings_t *cs = script_cluster_settings(n->scripts);
@@ -571,6 +600,8 @@ cluster_t *cluster_start(node_t *n, char *err, size_t errsz)
         goto fail;
     }
     c->status_sid = natsSubscription_GetID(c->status_sub);
+    if (start_streams(c, err, errsz) < 0)
+        goto fail;
     hooks.ctx = c;
     server_set_cluster(n->srv, &hooks);
     return c;
@@ -595,6 +626,8 @@ void cluster_free(cluster_t *c)
     dict_clear(&c->mirrors, mirror_release);
     if (c->status_sub)
         natsSubscription_Destroy(c->status_sub);
+    if (c->js_sub)
+        natsSubscription_Destroy(c->js_sub);
     if (c->nc) {
         natsConnection_Close(c->nc);
         natsConnection_Destroy(c->nc);
@@ -603,6 +636,7 @@ void cluster_free(cluster_t *c)
     /* libnats' threads may still hold c as their closure: wait for them. */
     if (nats_CloseAndWait(2000) != NATS_OK)
         log_warn("cluster: libnats' threads did not end within 2s");
+    cluster_js_free(c->js);
     for (item_t *it = c->head, *next; it; it = next) {
         next = it->next;
         natsMsg_Destroy(it->msg);
@@ -617,6 +651,11 @@ void cluster_free(cluster_t *c)
 }
 
 /* ---- status ------------------------------------------------------------------- */
+
+int cluster_ready(cluster_t *c, char *why, size_t n)
+{
+    return cluster_connected(c, why, n) && cluster_js_ready(c->js, why, n);
+}
 
 int cluster_connected(cluster_t *c, char *why, size_t n)
 {
@@ -673,5 +712,6 @@ cJSON *cluster_status_object(cluster_t *c)
     json_add_uint(o, "disconnects", c->disconnects);
     json_add_uint(o, "reconnects", c->reconnects);
     cJSON_AddStringToObject(o, "last_error", c->last_error);
+    cluster_js_status(c->js, o);
     return o;
 }

@@ -49,6 +49,10 @@ void cluster_free(cluster_t *c);
  * (what libnats last said, or "connecting"). */
 int cluster_connected(cluster_t *c, char *why, size_t n);
 
+/* 1 when the node is ready as far as the cluster goes: connected, and
+ * every jetstream-backed stream made or bound; else 0 with why. */
+int cluster_ready(cluster_t *c, char *why, size_t n);
+
 /* This node's status as a new cJSON object (caller deletes; NULL when out
  * of memory): what it answers on CLUSTER_STATUS_SUBJECT. */
 cJSON *cluster_status_object(cluster_t *c);

@@ -1564,7 +1564,7 @@ static void route(http_t *h, struct evhttp_request *req, const http_who_t *who)
             reply_error(h, req, 503, "Service Unavailable", "the last script reload failed");
         else if (storage_failed(h, failed, sizeof failed))
             reply_error(h, req, 503, "Service Unavailable", failed);
-        else if (h->node->cluster && !cluster_connected(h->node->cluster, failed, sizeof failed))
+        else if (h->node->cluster && !cluster_ready(h->node->cluster, failed, sizeof failed))
             reply_error(h, req, 503, "Service Unavailable", failed);
         else
             reply_json(req, 200, "OK", "{\"status\":\"ready\"}");

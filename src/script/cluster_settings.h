@@ -7,6 +7,7 @@
 #define TIDE_CLUSTER_SETTINGS_H
 
 #include <limits.h>
+#include <stdint.h>
 
 #define CLUSTER_UPSTREAM_MAX 16
 
@@ -21,5 +22,20 @@ typedef struct cluster_settings {
     char tls_ca[PATH_MAX], tls_cert[PATH_MAX], tls_key[PATH_MAX]; /* tls = { ... }, resolved */
     int tls;             /* tls = { ... } was said */
 } cluster_settings_t;
+
+/* stream "name" { backend = "jetstream", ... }: a stream the cluster's
+ * JetStream keeps, made or bound by the node (app/cluster_js.c). */
+#define CLUSTER_STREAMS_MAX 64
+#define CLUSTER_STREAM_SUBJECTS 16
+typedef struct cluster_stream {
+    char name[64];
+    char subjects[CLUSTER_STREAM_SUBJECTS][256];
+    int nsubjects;
+    int replicas;       /* 1 to 5 */
+    uint64_t max_msgs;  /* 0: no limit */
+    uint64_t max_bytes; /* 0: no limit */
+    double max_age;     /* seconds; 0: no limit */
+    char where[200];    /* file:line of the declaration */
+} cluster_stream_t;
 
 #endif

@@ -130,19 +130,94 @@ int decl_l_storage(lua_State *L)
     return 0;
 }
 
+/* stream "name" { backend = "jetstream", subjects, replicas, max_msgs,
+ * max_bytes, max_age }: kept in the cluster's JetStream, not here. */
+static int declare_cluster_stream(lua_State *L, const char *name, int t, const char *what)
+{
+    static const char *const known[] = {"backend", "subjects", "replicas", "max_msgs", "max_bytes", "max_age", NULL};
+    state_t *st = script_state_of(L);
+    cluster_stream_t *cs;
+    settings_check_keys(L, t, what, known);
+    for (int i = 0; i < st->nconsumers; i++)
+        if (!strcmp(st->consumers[i].stream, name))
+            return luaL_error(L, "%s: consumer '%s' reads it, and consumers on a stream kept in JetStream are not "
+                              "supported yet", what, st->consumers[i].name);
+    if (st->ncluster_streams == CLUSTER_STREAMS_MAX)
+        return luaL_error(L, "at most %d jetstream streams", CLUSTER_STREAMS_MAX);
+    if (!st->cluster_streams && !(st->cluster_streams = calloc(CLUSTER_STREAMS_MAX, sizeof *cs)))
+        return luaL_error(L, "out of memory");
+    cs = &st->cluster_streams[st->ncluster_streams];
+    memset(cs, 0, sizeof *cs);
+    snprintf(cs->name, sizeof cs->name, "%s", name);
+    where(L, cs->where, sizeof cs->where);
+    if (lua_getfield(L, t, "subjects") == LUA_TSTRING) {
+        lua_createtable(L, 1, 0);
+        lua_insert(L, -2);
+        lua_rawseti(L, -2, 1);
+    }
+    int n = lua_type(L, -1) == LUA_TTABLE ? (int)lua_rawlen(L, -1) : 0;
+    if (n < 1 || n > CLUSTER_STREAM_SUBJECTS)
+        return luaL_error(L, "%s: subjects must be a list of 1 to %d subject patterns", what, CLUSTER_STREAM_SUBJECTS);
+    for (int i = 1; i <= n; i++) {
+        size_t pl;
+        lua_rawgeti(L, -1, i);
+        const char *p = lua_tolstring(L, -1, &pl);
+        if (lua_type(L, -1) != LUA_TSTRING || !subject_valid_pattern(p, pl) || pl >= sizeof cs->subjects[0] ||
+            p[0] == '$')
+            return luaL_error(L, "%s: '%s' is not a subject pattern that travels in the cluster", what,
+                              p ? p : luaL_typename(L, -1));
+        memcpy(cs->subjects[cs->nsubjects++], p, pl + 1);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    uint64_t r = size_opt(L, t, what, "replicas", 1);
+    if (r < 1 || r > 5)
+        return luaL_error(L, "%s: replicas must be 1 to 5", what);
+    cs->replicas = (int)r;
+    cs->max_msgs = size_opt(L, t, what, "max_msgs", 0);
+    cs->max_bytes = size_opt(L, t, what, "max_bytes", 0);
+    cs->max_age = duration_opt(L, t, what, "max_age", 0);
+    st->ncluster_streams++;
+    return 0;
+}
+
+/* backend = "local" (the default) | "jetstream": 1 when the stream was
+ * declared as one kept in JetStream, 0 when it is a local one.  Raises. */
+static int other_backend(lua_State *L, const char *name, int t, const char *what)
+{
+    state_t *st = script_state_of(L);
+    char backend[16] = "local";
+    for (int i = 0; i < st->ncluster_streams; i++)
+        if (!strcmp(st->cluster_streams[i].name, name))
+            luaL_error(L, "%s is declared twice", what);
+    string_opt(L, t, what, "backend", backend, sizeof backend);
+    if (!strcmp(backend, "jetstream")) {
+        declare_cluster_stream(L, name, t, what);
+        return 1;
+    }
+    if (strcmp(backend, "local"))
+        luaL_error(L, "%s: backend must be \"local\" or \"jetstream\"", what);
+    if (lua_getfield(L, t, "replicas") != LUA_TNIL)
+        luaL_error(L, "%s: replicas needs backend = \"jetstream\"", what);
+    lua_pop(L, 1);
+    return 0;
+}
+
 static int declare_stream(lua_State *L, const char *name)
 {
     static const char *const known[] = {"subjects", "max_msgs", "max_bytes", "max_age", "fsync", "sync_interval",
-                                        "dedup_window", "segment_size", "dedup_key", NULL};
+                                        "dedup_window", "segment_size", "dedup_key", "backend", NULL};
     state_t *st = script_state_of(L);
     char what[100];
     snprintf(what, sizeof what, "stream '%s'", name);
     luaL_checktype(L, -1, LUA_TTABLE);
     int t = lua_gettop(L);
-    settings_check_keys(L, t, what, known);
     for (int i = 0; i < st->nstreams; i++)
         if (!strcmp(st->streams[i].name, name))
             return luaL_error(L, "%s is declared twice", what);
+    if (other_backend(L, name, t, what))
+        return 0;
+    settings_check_keys(L, t, what, known);
     if (st->nstreams == STATE_STREAMS_MAX)
         return luaL_error(L, "at most %d streams", STATE_STREAMS_MAX);
     stream_cfg_t c;
@@ -331,6 +406,10 @@ static int declare_consumer(lua_State *L, const char *name)
     consumer_subjects(L, t, what, &c);
     consumer_limits(L, t, what, &c);
     consumer_start(L, t, what, &c);
+    for (int i = 0; i < st->ncluster_streams; i++)
+        if (!strcmp(st->cluster_streams[i].name, c.stream))
+            return luaL_error(L, "%s: stream '%s' is kept in JetStream (backend = \"jetstream\"): consumers on it "
+                              "are not supported yet", what, c.stream);
     st->consumers[st->nconsumers++] = c;
     return 0;
 }

@@ -70,6 +70,7 @@ static void state_free(state_t *st)
     auth_config_release(st->auth);
     tls_context_unref(st->tls);
     free(st->cluster);
+    free(st->cluster_streams);
     free(st);
 }
 
@@ -586,6 +587,12 @@ void script_latency(const script_host_t *h, const uint64_t **counts, double *sum
 const cluster_settings_t *script_cluster_settings(const script_host_t *h)
 {
     return h && h->cur ? h->cur->cluster : NULL;
+}
+
+int script_cluster_streams(const script_host_t *h, const cluster_stream_t **out)
+{
+    *out = h && h->cur ? h->cur->cluster_streams : NULL;
+    return h && h->cur ? h->cur->ncluster_streams : 0;
 }
 
 int script_http_setting(const script_host_t *h, char *addr, size_t n)

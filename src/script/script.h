@@ -168,6 +168,11 @@ void script_latency(const script_host_t *h, const uint64_t **counts, double *sum
  * reload swaps them. */
 const cluster_settings_t *script_cluster_settings(const script_host_t *h);
 
+/* The streams the entry file keeps in the cluster's JetStream (stream
+ * "name" { backend = "jetstream" }): their number, the array in *out
+ * (NULL when none).  Valid until the next reload swaps the rules. */
+int script_cluster_streams(const script_host_t *h, const cluster_stream_t **out);
+
 /* What listen { http = ... } said: 1 with the address in addr, -1 for
  * false (off), 0 when not said. */
 int script_http_setting(const script_host_t *h, char *addr, size_t n);

@@ -170,6 +170,8 @@ typedef struct state {
     unsigned set_mask; /* which of them */
     struct tls_context *tls; /* tls { ... }, built and checked at load (a reference); NULL when not said */
     struct cluster_settings *cluster; /* cluster { ... } (settings_cluster.c), owned; NULL when not said */
+    cluster_stream_t *cluster_streams; /* stream { backend = "jetstream" } (decl.c), owned; NULL when none */
+    int ncluster_streams;
 } state_t;
 
 /*
