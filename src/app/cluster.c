@@ -51,6 +51,7 @@ typedef struct mirror {
 #define CLUSTER_PENDING_MSGS (1024 * 1024)
 #define CLUSTER_PENDING_BYTES (256 * 1024 * 1024)
 #define CLUSTER_RECONNECT_WAIT_MS 1000
+#define CLUSTER_DRAIN_BATCH 4096
 
 struct cluster {
     node_t *n;
@@ -271,11 +272,22 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
     item_t *it, *next;
     (void)fd;
     (void)what;
+    /* At most CLUSTER_DRAIN_BATCH items a pass, so that a flood from the
+     * cluster leaves the loop to the clients in between. */
     pthread_mutex_lock(&c->lock);
     it = c->head;
-    c->head = c->tail = NULL;
-    c->woken = 0;
+    item_t *last = it;
+    for (int k = 1; last && last->next && k < CLUSTER_DRAIN_BATCH; k++)
+        last = last->next;
+    c->head = last ? last->next : NULL;
+    if (!c->head)
+        c->tail = NULL;
+    int more = c->woken = c->head != NULL;
     pthread_mutex_unlock(&c->lock);
+    if (last)
+        last->next = NULL;
+    if (more)
+        event_active(c->wake, EV_READ, 0);
     for (; it; it = next) {
         next = it->next;
         if (it->kind == ITEM_MSG) {
