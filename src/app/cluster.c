@@ -544,6 +544,11 @@ static natsStatus set_options(cluster_t *c, const cluster_settings_t *cs, char *
         s = natsOptions_SetErrorHandler(o, on_async_error, c);
     if (s == NATS_OK) /* a pool of threads, not one per subscription */
         s = natsOptions_UseGlobalMessageDelivery(o, true);
+    /* Without it libnats' flusher thread waits a millisecond before it
+     * asks the loop to write; with it the loop writes what a pass
+     * published at the end of that pass. */
+    if (s == NATS_OK)
+        s = natsOptions_SetSendAsap(o, true);
     if (s == NATS_OK)
         s = natsOptions_SetEventLoop(o, server_base(c->n->srv), natsLibevent_Attach, natsLibevent_Read,
                                      natsLibevent_Write, natsLibevent_Detach);
