@@ -83,8 +83,15 @@ describe("cluster mode", function()
       os.execute("mkdir -p '" .. nodes[i].dir .. "'")
       ns[i] = start_nats(nodes[i])
     end
-    a = start_node("a", { ns[1].port, ns[2].port }, 'filter("secret.>", function(e) return false end)\n')
-    b = start_node("b", { ns[3].port })
+    a = start_node("a", { ns[1].port, ns[2].port }, [[
+filter("secret.>", function(e) return false end)
+on("jobs.>", function(e, ctx) ctx.publish("done." .. e.subject, { from = "a" }) end)
+]])
+    -- b's rules would drop twice.> and answer jobs.> too, were they run on a's events
+    b = start_node("b", { ns[3].port }, [[
+filter("twice.>", function(e) return false end)
+on("jobs.>", function(e, ctx) ctx.publish("done." .. e.subject, { from = "b" }) end)
+]])
     assert(h.wait_until(function() return get(a.hport, "/readyz") == 200 and get(b.hport, "/readyz") == 200 end, 10),
       "the nodes did not get ready:\n" .. a:log() .. b:log())
   end)
@@ -176,6 +183,25 @@ describe("cluster mode", function()
       assert.equal("public.news", m.subject, name .. " saw the filtered event")
     end
     for _, c in ipairs({ pub, on_a, on_b, direct }) do c:close() end
+  end)
+
+  it("runs an event's pipeline once, on the node it entered: not again where it is delivered", function()
+    local pub_a, pub_b, sub = client(a.port), client(b.port), client(b.port)
+    sub:sub("twice.>", "1")
+    sub:sub("done.>", "2")
+    wait_route(pub_a, sub, "twice")
+    pub_b:pub("twice.x", "dropped by b's filter")
+    pub_a:pub("twice.x", "not b's to filter")
+    local got = sub:collect(2, 1.5)
+    assert.equal(1, #got)
+    assert.equal("not b's to filter", got[1].payload)
+    -- a's handler answers a job published on a, once; b's does not run
+    pub_a:pub("jobs.1", "{}")
+    local done = sub:collect(2, 2)
+    assert.equal(1, #done)
+    assert.equal("done.jobs.1", done[1].subject)
+    assert.equal("a", json.decode(done[1].payload).data.from)
+    for _, c in ipairs({ pub_a, pub_b, sub }) do c:close() end
   end)
 
   it("keeps $TIDE. subjects on their node", function()
