@@ -254,12 +254,20 @@ static void note_state(cluster_t *c, enum item_kind kind, const char *text)
     if (kind == ITEM_DISCONNECTED)
         what = "disconnected from the upstream; reconnecting (publishes wait in the reconnect buffer)";
     else if (kind == ITEM_CLOSED)
-        what = "the upstream connection is closed";
+        what = "the connection to the upstream is closed for good (libnats stops trying when the servers refuse "
+               "the node's credentials); the node stays out of the cluster until it restarts";
     if (what) {
+        const char *last = NULL;
         c->connected = 0;
         c->disconnects += kind == ITEM_DISCONNECTED;
-        snprintf(c->last_error, sizeof c->last_error, "%s", what);
-        log_warn("cluster: %s", what);
+        if (kind == ITEM_CLOSED && natsConnection_GetLastError(c->nc, &last) != NATS_OK && last && last[0])
+            snprintf(c->last_error, sizeof c->last_error, "%s (%s)", what, last);
+        else
+            snprintf(c->last_error, sizeof c->last_error, "%s", what);
+        if (kind == ITEM_CLOSED)
+            log_error("cluster: %s", c->last_error);
+        else
+            log_warn("cluster: %s", c->last_error);
         return;
     }
     snprintf(c->last_error, sizeof c->last_error, "%s", text);
@@ -613,7 +621,11 @@ cluster_t *cluster_start(node_t *n, char *err, size_t errsz)
     }
     s = natsConnection_Subscribe(&c->status_sub, c->nc, CLUSTER_STATUS_SUBJECT, on_upstream_msg, c);
     if (s != NATS_OK) {
-        snprintf(err, errsz, "cluster: cannot subscribe to %s: %s", CLUSTER_STATUS_SUBJECT, natsStatus_GetText(s));
+        const char *last = NULL;
+        if (natsConnection_IsClosed(c->nc) && natsConnection_GetLastError(c->nc, &last) != NATS_OK && last)
+            snprintf(err, errsz, "cluster: the upstream closed the connection: %s", last); /* e.g. credentials */
+        else
+            snprintf(err, errsz, "cluster: cannot subscribe to %s: %s", CLUSTER_STATUS_SUBJECT, natsStatus_GetText(s));
         goto fail;
     }
     c->status_sid = natsSubscription_GetID(c->status_sub);
@@ -680,6 +692,10 @@ int cluster_connected(cluster_t *c, char *why, size_t n)
     natsConnStatus st = c->nc ? natsConnection_Status(c->nc) : NATS_CONN_STATUS_CLOSED;
     if (st == NATS_CONN_STATUS_CONNECTED)
         return 1;
+    if (st == NATS_CONN_STATUS_CLOSED && c->last_error[0]) {
+        snprintf(why, n, "cluster upstream not connected: %s", c->last_error);
+        return 0;
+    }
     if (c->nc)
         natsConnection_GetLastError(c->nc, &last);
     snprintf(why, n, "cluster upstream not connected (%s, last at %s)%s%s",
