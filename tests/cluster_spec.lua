@@ -477,6 +477,7 @@ describe("cluster { } settings", function()
     { "cluster { upstream = { 'h:1' }, tls = { cert = 'missing.pem' } }", "cluster.tls: cert: cannot read" },
     { "cluster { upstream = { 'h:1' }, port = 1 }", "cluster: unknown setting 'port'" },
     { "cluster { upstream = { 'h:1' } }\ncluster { upstream = { 'h:1' } }", "cluster: declared twice" },
+    { "stream 's' { subjects = { 'a.>' }, backend = 'jetstream' }", "backend = \"jetstream\" needs cluster {" },
     { "stream 's' { subjects = { 'a.>' }, backend = 'disk' }", "backend must be \"local\" or \"jetstream\"" },
     { "stream 's' { subjects = { 'a.>' }, replicas = 3 }", "replicas needs backend = \"jetstream\"" },
     { "stream 's' { subjects = { 'a.>' }, backend = 'jetstream', replicas = 7 }", "replicas must be 1 to 5" },

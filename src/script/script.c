@@ -85,6 +85,7 @@ static int run_entry(lua_State *L)
     if (sandbox_load_file(st, path, chunkname) != LUA_OK)
         return lua_error(L);
     lua_call(L, 0, 0);
+    settings_cluster_finish(L);
     return settings_auth_finish(L);
 }
 

@@ -314,6 +314,9 @@ int settings_auth_finish(lua_State *L);
 double settings_duration(lua_State *L, int t, const char *key, double def);
 int settings_l_tls(lua_State *L);
 int settings_l_cluster(lua_State *L);
+/* After the entry file ran: raises when a stream is kept in JetStream
+ * without a cluster { } to reach it. */
+void settings_cluster_finish(lua_State *L);
 /* Raises "what: unknown setting 'k'" for a key of table t not in known. */
 void settings_check_keys(lua_State *L, int t, const char *what, const char *const *known);
 int decl_l_storage(lua_State *L);

@@ -120,3 +120,11 @@ int settings_l_cluster(lua_State *L)
     *st->cluster = *cs;
     return 0;
 }
+
+void settings_cluster_finish(lua_State *L)
+{
+    state_t *st = script_state_of(L);
+    if (st->ncluster_streams && !st->cluster)
+        luaL_error(L, "%s: stream '%s': backend = \"jetstream\" needs cluster { upstream = { ... } } in the entry file",
+                   st->cluster_streams[0].where, st->cluster_streams[0].name);
+}
