@@ -327,6 +327,10 @@ describe("cluster mode, streams with backend = \"jetstream\"", function()
     assert.equal(3, info.config.num_replicas)
     assert.same({ "orders.>" }, info.config.subjects)
     assert.equal(2, #info.cluster.replicas)
+    local rc, out = h.sh(("'%s' cluster status -s 127.0.0.1:%d --json"):format(h.bin, ns[3].port))
+    assert.equal(0, rc, out)
+    local st = assert(json.decode(out), out)[1]
+    assert.same({ { name = "orders", replicas = 3, state = "bound", error = "" } }, st.streams)
   end)
 
   it("passes JetStream's PubAck through to the client that published on the node", function()

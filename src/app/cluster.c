@@ -398,24 +398,38 @@ static int on_egress(void *ctx, const proto_msg_t *m, char *err, size_t errsz)
     cluster_t *c = ctx;
     natsMsg *msg = NULL;
     natsStatus s = NATS_NO_MEMORY;
-    char *subject = util_mem_dup(m->subject, m->subject_len);
-    char *reply = m->reply ? util_mem_dup(m->reply, m->reply_len) : NULL;
-    if (!subject || (m->reply && !reply))
+    /* libnats wants NUL-terminated names: one copy of both, on the stack
+     * for the usual sizes. */
+    char small[512], *names = small, *subject, *reply = NULL;
+    size_t need = m->subject_len + m->reply_len + 2;
+    if (need > sizeof small && !(names = malloc(need)))
         goto fail;
+    subject = names;
+    memcpy(subject, m->subject, m->subject_len);
+    subject[m->subject_len] = '\0';
+    if (m->reply) {
+        reply = subject + m->subject_len + 1;
+        memcpy(reply, m->reply, m->reply_len);
+        reply[m->reply_len] = '\0';
+    }
+    if (!m->hdr_len) { /* the common case: no message object to build */
+        s = reply ? natsConnection_PublishRequest(c->nc, subject, reply, m->payload, (int)m->payload_len)
+                  : natsConnection_Publish(c->nc, subject, m->payload, (int)m->payload_len);
+        goto fail;
+    }
     s = natsMsg_Create(&msg, subject, reply, m->payload, (int)m->payload_len);
     if (s != NATS_OK)
         goto fail;
-    if (m->hdr_len)
-        proto_header_each(m->hdr, m->hdr_len, add_header, msg);
+    proto_header_each(m->hdr, m->hdr_len, add_header, msg);
     s = natsConnection_PublishMsg(c->nc, msg);
 fail:
     if (s == NATS_OK)
         c->sent++;
     else
-        refuse(c, s, subject ? subject : "?", err, errsz);
+        refuse(c, s, names ? names : "?", err, errsz);
     natsMsg_Destroy(msg);
-    free(subject);
-    free(reply);
+    if (names != small)
+        free(names);
     return s == NATS_OK ? 0 : -1;
 }
 
@@ -567,6 +581,20 @@ static natsStatus set_options(cluster_t *c, const cluster_settings_t *cs, char *
     return s;
 }
 
+/* Why a subscription at start failed: most often libnats closed the
+ * connection already (the servers refused the node's credentials). */
+static void subscribe_failed(cluster_t *c, const char *subject, natsStatus s, char *err, size_t errsz)
+{
+    const char *last = NULL;
+    if (natsConnection_IsClosed(c->nc)) {
+        natsConnection_GetLastError(c->nc, &last);
+        snprintf(err, errsz, "cluster: the upstream closed the connection: %s (refused credentials?)",
+                 last && last[0] ? last : "no reason given");
+    } else {
+        snprintf(err, errsz, "cluster: cannot subscribe to %s: %s", subject, natsStatus_GetText(s));
+    }
+}
+
 /* The jetstream-backed streams: their answers' inbox, and the first questions. */
 static int start_streams(cluster_t *c, char *err, size_t errsz)
 {
@@ -575,7 +603,7 @@ static int start_streams(cluster_t *c, char *err, size_t errsz)
     snprintf(pattern, sizeof pattern, "%s.*", inbox);
     natsStatus s = natsConnection_Subscribe(&c->js_sub, c->nc, pattern, on_upstream_msg, c);
     if (s != NATS_OK) {
-        snprintf(err, errsz, "cluster: cannot subscribe to %s: %s", pattern, natsStatus_GetText(s));
+        subscribe_failed(c, pattern, s, err, errsz);
         return -1;
     }
     c->js_sid = natsSubscription_GetID(c->js_sub);
@@ -621,11 +649,7 @@ cluster_t *cluster_start(node_t *n, char *err, size_t errsz)
     }
     s = natsConnection_Subscribe(&c->status_sub, c->nc, CLUSTER_STATUS_SUBJECT, on_upstream_msg, c);
     if (s != NATS_OK) {
-        const char *last = NULL;
-        if (natsConnection_IsClosed(c->nc) && natsConnection_GetLastError(c->nc, &last) != NATS_OK && last)
-            snprintf(err, errsz, "cluster: the upstream closed the connection: %s", last); /* e.g. credentials */
-        else
-            snprintf(err, errsz, "cluster: cannot subscribe to %s: %s", CLUSTER_STATUS_SUBJECT, natsStatus_GetText(s));
+        subscribe_failed(c, CLUSTER_STATUS_SUBJECT, s, err, errsz);
         goto fail;
     }
     c->status_sid = natsSubscription_GetID(c->status_sub);
