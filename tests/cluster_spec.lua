@@ -405,11 +405,22 @@ describe("cluster mode with the upstream unreachable", function()
       end
       assert.is_true(refused >= 40 and refused <= 80, "refused " .. refused .. " of 200")
       c:close()
+      -- a subscription made while the upstream is away is there once it connects
+      local sub = client(node.port)
+      sub:sub("late.>", "1")
+      assert(sub:ping())
       -- The upstream appears: the node connects on its own.
       local srv = start_nats { port = port, cport = cport, name = "late", routes = "nats://127.0.0.1:" .. cport,
         dir = dir }
       assert(h.wait_until(function() return get(node.hport, "/readyz") == 200 end, 15),
         "the node did not connect:\n" .. node:log())
+      local direct = client(port)
+      wait_route(direct, sub, "late")
+      direct:pub("late.x", "from the cluster")
+      local m = assert(sub:msg(5))
+      assert.equal("from the cluster", m.payload)
+      sub:close()
+      direct:close()
       stop(srv)
     end)
     stop(node)
