@@ -228,6 +228,51 @@ describe("the JetStream API beside declared streams", function()
     assert.are.same({ 0, 0, 4, 3 }, { st.messages, st.bytes, st.first_seq, st.last_seq })
   end)
 
+  it("finds the newest message left on a subject once its last one is deleted, also after a kill -9", function()
+    api(srv.port, "$JS.API.STREAM.CREATE.LS", { name = "LS", subjects = { "ls.*" }, allow_direct = true })
+    for _, s in ipairs({ "ls.a", "ls.b", "ls.a", "ls.a" }) do assert(h.request(srv.port, s, s)) end
+    assert.is_true(api(srv.port, "$JS.API.STREAM.MSG.DELETE.LS", { seq = 4 }).success)
+    assert.is_true(api(srv.port, "$JS.API.STREAM.MSG.DELETE.LS", { seq = 3 }).success)
+    local function last_a()
+      local got = api(srv.port, "$JS.API.STREAM.MSG.GET.LS", { last_by_subj = "ls.a" })
+      local direct = h.request(srv.port, "$JS.API.DIRECT.GET.LS.ls.a", "")
+      local _, hdrs = h.parse_headers(direct.headers)
+      return { got.message and got.message.seq or got.error.err_code, tonumber(hdrs["Nats-Sequence"]) }
+    end
+    assert.are.same({ 1, 1 }, last_a())
+    -- what an expected-last-subject-sequence publish is held against, too
+    local pa = h.request(srv.port, "ls.a", "cas", { headers = { { "Nats-Expected-Last-Subject-Sequence", "1" } } })
+    assert.are.same({ stream = "LS", seq = 5 }, json.decode(pa.payload))
+    assert.is_true(api(srv.port, "$JS.API.STREAM.MSG.DELETE.LS", { seq = 5 }).success)
+    srv:kill()
+    local dir, config = srv.dir, srv.config
+    srv = h.start_server { args = { "-c", config, "--data", data } }
+    srv.dir, srv.config = dir, config
+    assert.are.same({ 1, 1 }, last_a())
+    assert.is_true(api(srv.port, "$JS.API.STREAM.MSG.DELETE.LS", { seq = 1 }).success)
+    local gone = api(srv.port, "$JS.API.STREAM.MSG.GET.LS", { last_by_subj = "ls.a" })
+    assert.are.equal(10037, gone.error and gone.error.err_code, canon(gone))
+  end)
+
+  it("compacts the file of removed sequences once they are all below the first sequence", function()
+    api(srv.port, "$JS.API.STREAM.CREATE.RM", { name = "RM", subjects = { "rm" } })
+    for i = 1, 20 do assert(h.request(srv.port, "rm", "m" .. i)) end
+    for seq = 2, 18, 2 do assert.is_true(api(srv.port, "$JS.API.STREAM.MSG.DELETE.RM", { seq = seq }).success) end
+    local removed = data .. "/streams/RM/removed"
+    assert.are.equal(9, select(2, h.read_file(removed):gsub("\n", "")))
+    -- a delete above the first sequence still has to be said: no compaction
+    assert.are.equal(7, api(srv.port, "$JS.API.STREAM.PURGE.RM", { seq = 15 }).purged)
+    assert.are.equal(10, select(2, h.read_file(removed):gsub("\n", "")))
+    assert.are.equal(2, api(srv.port, "$JS.API.STREAM.PURGE.RM", { seq = 19 }).purged)
+    assert.are.equal("p 19\n", h.read_file(removed))
+    srv:kill()
+    local dir, config = srv.dir, srv.config
+    srv = h.start_server { args = { "-c", config, "--data", data } }
+    srv.dir, srv.config = dir, config
+    local st = api(srv.port, "$JS.API.STREAM.INFO.RM").state
+    assert.are.same({ 2, 19, 20 }, { st.messages, st.first_seq, st.last_seq })
+  end)
+
   it("refuses what tide does not implement with nats-server's error", function()
     local r = api(srv.port, "$JS.API.STREAM.CREATE.MEM", { name = "MEM", subjects = { "mem" }, storage = "memory" })
     assert.are.equal(10052, r.error.err_code)

@@ -298,9 +298,37 @@ uint64_t slog_dedup_find(slog_t *l, const char *key, size_t len)
     return l->cut_pending && seq > l->cut_after ? 0 : seq; /* reported lost: not a duplicate of it */
 }
 
+static int rec_present(slog_t *l, uint64_t seq);
+static void removed_compact(slog_t *l);
+
+/* The newest record at or below `from` on subject, or 0: read back record
+ * by record (only when the subject's last record was removed). */
+static uint64_t subject_scan_back(slog_t *l, uint64_t from, const char *subject, size_t len)
+{
+    char *buf = NULL;
+    size_t cap = 0;
+    uint64_t found = 0;
+    slog_rec_t r;
+    for (uint64_t q = from; q >= l->first_seq && q > 0 && !found; q--)
+        if (rec_present(l, q) && slog_read(l, q, &r, &buf, &cap) > 0 && r.subject_len == len &&
+            !memcmp(r.subject, subject, len))
+            found = q;
+    free(buf);
+    return found;
+}
+
 uint64_t slog_subject_last(slog_t *l, const char *subject, size_t len)
 {
-    return (uintptr_t)dict_get(&l->subj_last, subject, len);
+    uint64_t seq = (uintptr_t)dict_get(&l->subj_last, subject, len);
+    if (!seq || rec_present(l, seq))
+        return seq;
+    /* Deleted, purged or past the limits: the newest one left, kept for
+     * the next time (records only ever go, so it stays right until it goes
+     * too). */
+    seq = subject_scan_back(l, seq - 1, subject, len);
+    if (!seq || dict_put(&l->subj_last, subject, len, (void *)(uintptr_t)seq) < 0)
+        dict_remove(&l->subj_last, subject, len);
+    return seq;
 }
 
 /* ---- retention -------------------------------------------------------------- */
@@ -392,6 +420,8 @@ void slog_expire(slog_t *l)
         }
     }
     drop_segments(l);
+    if (l->removed_lines)
+        removed_compact(l);
 }
 
 void slog_set_limits(slog_t *l, const slog_opts_t *o)
@@ -411,10 +441,13 @@ void slog_set_limits(slog_t *l, const slog_opts_t *o)
  * removed stays removed (the records themselves stay in their segment
  * until it is deleted whole).  A torn last line is ignored. */
 #define REMOVED_FILE "removed"
+#define REMOVED_COMPACT_LINES 8 /* not worth a rewrite below this */
 
 /* Appends n bytes of lines to the removed file and syncs it.  0 or -1. */
 static int removed_append(slog_t *l, const char *lines, size_t n)
 {
+    for (size_t i = 0; i < n; i++)
+        l->removed_lines += lines[i] == '\n';
     char path[4200];
     snprintf(path, sizeof path, "%s/" REMOVED_FILE, l->dir);
     int fd = vfs_open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644), rc = -1;
@@ -470,12 +503,43 @@ static void removed_replay(slog_t *l)
         uint64_t seq = strtoull(line + 2, &end, 10);
         if (*end != '\n')
             continue;
-        if (op == 'p')
+        l->removed_lines++;
+        if (op == 'p') {
             drop_below(l, seq);
-        else
+        } else {
             drop_one(l, seq);
+            if (seq > l->removed_max_del)
+                l->removed_max_del = seq;
+        }
     }
     fclose(f);
+    removed_compact(l);
+}
+
+/* Once every delete the removed file notes is below the first sequence,
+ * all it says is "nothing below first_seq": it is rewritten as that one
+ * purge line (a temporary file synced and renamed over it), so that it does
+ * not grow for as long as the stream lives.  Failing only leaves the longer
+ * file, which says the same. */
+static void removed_compact(slog_t *l)
+{
+    char path[4200], tmp[4300], line[40];
+    if (l->removed_lines < REMOVED_COMPACT_LINES || l->removed_max_del >= l->first_seq)
+        return;
+    snprintf(path, sizeof path, "%s/" REMOVED_FILE, l->dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int n = snprintf(line, sizeof line, "p %" PRIu64 "\n", l->first_seq);
+    int fd = vfs_open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644), ok = fd >= 0;
+    ok = ok && vfs_write(fd, line, (size_t)n) == n && vfs_sync(fd) == 0;
+    if (fd >= 0)
+        vfs_close(fd);
+    if (!ok || vfs_rename(tmp, path) != 0 || vfs_sync_dir(l->dir) != 0) {
+        log_warn("store: %s: cannot compact %s: %s", l->dir, REMOVED_FILE, strerror(errno));
+        vfs_unlink(tmp);
+        return;
+    }
+    l->removed_lines = 1;
+    l->removed_max_del = 0;
 }
 
 uint64_t slog_purge(slog_t *l, uint64_t below, int *err)
@@ -494,6 +558,7 @@ uint64_t slog_purge(slog_t *l, uint64_t below, int *err)
     uint64_t before = l->msgs;
     drop_below(l, below);
     drop_segments(l);
+    removed_compact(l);
     return before - l->msgs;
 }
 
@@ -513,9 +578,12 @@ int slog_delete(slog_t *l, const uint64_t *seqs, size_t n)
     for (size_t i = 0; i < n; i++)
         if (rec_present(l, seqs[i])) {
             drop_one(l, seqs[i]);
+            if (seqs[i] > l->removed_max_del)
+                l->removed_max_del = seqs[i];
             rc++;
         }
     drop_segments(l);
+    removed_compact(l);
 done:
     free(lines);
     return rc;

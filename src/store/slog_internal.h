@@ -121,6 +121,9 @@ struct slog {
     size_t njobs, capjobs;
     uint64_t ckpt_errors; /* checkpoints the sync thread could not write */
     uint64_t ckpt_errors_seen;
+    /* The removed file: its lines, and the highest sequence a "d" line of
+     * it deletes (for removed_compact). */
+    uint64_t removed_lines, removed_max_del;
 };
 
 /* ---- little-endian fields --------------------------------------------------- */
