@@ -273,12 +273,84 @@ describe("the JetStream API beside declared streams", function()
     assert.are.same({ 2, 19, 20 }, { st.messages, st.first_seq, st.last_seq })
   end)
 
+  -- kill -9 and a start on the same data directory
+  local function restart()
+    srv:kill()
+    local dir, config = srv.dir, srv.config
+    srv = h.start_server { args = { "-c", config, "--data", data } }
+    srv.dir, srv.config = dir, config
+  end
+
+  local function state(name)
+    local st = api(srv.port, "$JS.API.STREAM.INFO." .. name).state
+    return { st.messages, st.first_seq, st.last_seq }
+  end
+
+  local function has(name, seq)
+    local r = api(srv.port, "$JS.API.STREAM.MSG.GET." .. name, { seq = seq })
+    return r.message ~= nil
+  end
+
+  it("keeps the newest max_msgs_per_subject messages of each subject, also across a kill -9", function()
+    local made = api(srv.port, "$JS.API.STREAM.CREATE.PS", { name = "PS", subjects = { "ps.*" },
+      max_msgs_per_subject = 2 })
+    assert.are.equal(2, made.config.max_msgs_per_subject, canon(made))
+    for _, s in ipairs({ "ps.a", "ps.a", "ps.b", "ps.a", "ps.a" }) do assert(h.request(srv.port, s, s)) end
+    assert.are.same({ 3, 3, 5 }, state("PS"))
+    assert.are.same({ false, false, true, true, true }, { has("PS", 1), has("PS", 2), has("PS", 3), has("PS", 4),
+      has("PS", 5) })
+    restart()
+    assert.are.same({ 3, 3, 5 }, state("PS"))
+    assert.are.same({ false, false, true }, { has("PS", 1), has("PS", 2), has("PS", 4) })
+    local upd = api(srv.port, "$JS.API.STREAM.UPDATE.PS", { name = "PS", subjects = { "ps.*" },
+      max_msgs_per_subject = 1 })
+    assert.are.equal(1, upd.config.max_msgs_per_subject, canon(upd))
+    assert.are.same({ 2, 3, 5 }, state("PS"))
+    assert.is_false(has("PS", 4))
+    assert(h.request(srv.port, "ps.b", "b2"))
+    assert.are.same({ 2, 5, 6 }, state("PS"))
+  end)
+
+  it("rolls up a subject or the whole stream on Nats-Rollup, durably, and only where allowed", function()
+    api(srv.port, "$JS.API.STREAM.CREATE.RU", { name = "RU", subjects = { "ru.*" }, allow_rollup_hdrs = true })
+    for _, s in ipairs({ "ru.a", "ru.a", "ru.b" }) do assert(h.request(srv.port, s, s)) end
+    local pa = h.request(srv.port, "ru.a", "", { headers = { { "Nats-Rollup", "sub" } } })
+    assert.are.same({ stream = "RU", seq = 4 }, json.decode(pa.payload))
+    assert.are.same({ 2, 3, 4 }, state("RU"))
+    restart()
+    assert.are.same({ 2, 3, 4 }, state("RU"))
+    pa = h.request(srv.port, "ru.c", "", { headers = { { "Nats-Rollup", "all" } } })
+    assert.are.same({ stream = "RU", seq = 5 }, json.decode(pa.payload))
+    assert.are.same({ 1, 5, 5 }, state("RU"))
+    pa = json.decode(h.request(srv.port, "ru.c", "", { headers = { { "Nats-Rollup", "most" } } }).payload)
+    assert.are.same({ 500, 10111, 'rollup value invalid: "most"' }, { pa.error.code, pa.error.err_code,
+      pa.error.description })
+    restart()
+    assert.are.same({ 1, 5, 5 }, state("RU"))
+    api(srv.port, "$JS.API.STREAM.CREATE.NR", { name = "NR", subjects = { "nr" } })
+    pa = json.decode(h.request(srv.port, "nr", "", { headers = { { "Nats-Rollup", "all" } } }).payload)
+    assert.are.same({ 500, 10111, "rollup not permitted" }, { pa.error.code, pa.error.err_code, pa.error.description })
+    assert.are.same({ 0, 0, 0 }, state("NR"))
+  end)
+
+  it("keeps a memory stream's messages until a restart, which forgets the stream as nats-server does", function()
+    local made = api(srv.port, "$JS.API.STREAM.CREATE.MEM", { name = "MEM", subjects = { "mem" }, storage = "memory" })
+    assert.are.equal("memory", made.config.storage, canon(made))
+    for i = 1, 3 do assert(h.request(srv.port, "mem", "m" .. i)) end
+    assert.are.same({ 3, 1, 3 }, state("MEM"))
+    local upd = api(srv.port, "$JS.API.STREAM.UPDATE.MEM", { name = "MEM", subjects = { "mem" } })
+    assert.are.equal(10052, upd.error and upd.error.err_code, canon(upd))
+    restart()
+    assert.are.equal(10059, api(srv.port, "$JS.API.STREAM.INFO.MEM").error.err_code)
+    -- made again, it starts empty although the old files were left by the kill
+    api(srv.port, "$JS.API.STREAM.CREATE.MEM", { name = "MEM", subjects = { "mem" }, storage = "memory" })
+    assert.are.same({ 0, 0, 0 }, state("MEM"))
+  end)
+
   it("refuses what tide does not implement with nats-server's error", function()
-    local r = api(srv.port, "$JS.API.STREAM.CREATE.MEM", { name = "MEM", subjects = { "mem" }, storage = "memory" })
+    local r = api(srv.port, "$JS.API.STREAM.CREATE.WQ", { name = "WQ", subjects = { "wq" }, retention = "workqueue" })
     assert.are.equal(10052, r.error.err_code)
-    r = api(srv.port, "$JS.API.STREAM.CREATE.WQ", { name = "WQ", subjects = { "wq" }, retention = "workqueue" })
-    assert.are.equal(10052, r.error.err_code)
-    r = api(srv.port, "$JS.API.STREAM.CREATE.P", { name = "P", subjects = { "p" }, max_msgs_per_subject = 1 })
+    r = api(srv.port, "$JS.API.STREAM.CREATE.MI", { name = "MI", subjects = { "mi" }, mirror = { name = "DECL" } })
     assert.are.equal(10052, r.error.err_code)
     r = api(srv.port, "$JS.API.STREAM.CREATE.a/b", { name = "a/b", subjects = { "ab" } })
     assert.are.equal(10128, r.error.err_code)

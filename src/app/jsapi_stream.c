@@ -98,8 +98,8 @@ static int is_set(const cJSON *req, const char *key)
 static int refuse_unsupported(const cJSON *req, api_err_t *e)
 {
     static const char *const fields[] = {"mirror", "sources", "placement", "republish", "subject_transform",
-                                         "template_owner", "no_ack", "sealed", "allow_rollup_hdrs",
-                                         "mirror_direct", "discard_new_per_subject", "first_seq", NULL};
+                                         "template_owner", "no_ack", "sealed", "mirror_direct",
+                                         "discard_new_per_subject", "first_seq", NULL};
     for (int i = 0; fields[i]; i++)
         if (is_set(req, fields[i])) {
             jsapi_set_err(e, 500, 10052, "%s is not supported by tide", fields[i]);
@@ -115,8 +115,8 @@ static int refuse_unsupported(const cJSON *req, api_err_t *e)
         jsapi_set_err(e, 500, 10052, "retention \"%s\" is not supported by tide (only \"limits\")", ret ? ret : "?");
         return -1;
     }
-    if (!sto || (sto[0] && strcmp(sto, "file"))) {
-        jsapi_set_err(e, 500, 10052, "storage \"%s\" is not supported by tide (only \"file\")", sto ? sto : "?");
+    if (!sto || (sto[0] && strcmp(sto, "file") && strcmp(sto, "memory"))) {
+        jsapi_set_err(e, 400, 10025, "invalid JSON: storage must be \"file\" or \"memory\"");
         return -1;
     }
     return 0;
@@ -173,10 +173,6 @@ static int norm_limits(const cJSON *req, cJSON *o, api_err_t *e)
         if (v[i] <= 0 && strcmp(keys[i], "max_age"))
             v[i] = -1;
     }
-    if (v[4] != -1) {
-        jsapi_set_err(e, 500, 10052, "max_msgs_per_subject is not supported by tide");
-        return -1;
-    }
     cJSON_AddStringToObject(o, "retention", "limits");
     for (int i = 0; keys[i]; i++)
         json_add_int(o, keys[i], v[i]);
@@ -211,8 +207,9 @@ static int norm_policies(const cJSON *req, cJSON *o, api_err_t *e)
         jsapi_set_err(e, 500, 10052, "duplicates window can not be larger then max age");
         return -1;
     }
+    const char *sto = get_str(req, "storage", "file");
     cJSON_AddStringToObject(o, "discard", discard);
-    cJSON_AddStringToObject(o, "storage", "file");
+    cJSON_AddStringToObject(o, "storage", sto && !strcmp(sto, "memory") ? "memory" : "file");
     cJSON_AddNumberToObject(o, "num_replicas", 1);
     json_add_int(o, "duplicate_window", dup);
     cJSON_AddStringToObject(o, "compression", "none");
@@ -260,17 +257,17 @@ cJSON *jsapi_config_from_stream(const stream_cfg_t *c)
     json_add_int(o, "max_msgs", c->o.max_msgs ? (int64_t)c->o.max_msgs : -1);
     json_add_int(o, "max_bytes", c->o.max_bytes ? (int64_t)c->o.max_bytes : -1);
     json_add_int(o, "max_age", (int64_t)(c->o.max_age * 1e9));
-    json_add_int(o, "max_msgs_per_subject", -1);
+    json_add_int(o, "max_msgs_per_subject", c->max_msgs_per_subject ? (int64_t)c->max_msgs_per_subject : -1);
     json_add_int(o, "max_msg_size", c->max_msg_size ? (int64_t)c->max_msg_size : -1);
     cJSON_AddStringToObject(o, "discard", c->discard_new ? "new" : "old");
-    cJSON_AddStringToObject(o, "storage", "file");
+    cJSON_AddStringToObject(o, "storage", c->memory ? "memory" : "file");
     cJSON_AddNumberToObject(o, "num_replicas", 1);
     json_add_int(o, "duplicate_window", (int64_t)(c->o.dedup_window * 1e9));
     cJSON_AddStringToObject(o, "compression", "none");
     static const char *const flags[] = {"allow_direct", "mirror_direct", "sealed", "deny_delete", "deny_purge",
                                         "allow_rollup_hdrs", NULL};
     for (int i = 0; flags[i]; i++)
-        cJSON_AddBoolToObject(o, flags[i], 0);
+        cJSON_AddBoolToObject(o, flags[i], !strcmp(flags[i], "allow_rollup_hdrs") && c->allow_rollup);
     cJSON_AddObjectToObject(o, "consumer_limits");
     if (c->where[0]) /* where the entry file declares it: the API does not change it */
         cJSON_AddItemToObject(o, "metadata", cJSON_CreateObject()),
@@ -298,6 +295,11 @@ static void config_to_stream(const cJSON *norm, stream_cfg_t *c)
     c->o.dedup_window = get_int(norm, "duplicate_window", 0, &v) == 0 && v > 0 ? (double)v / 1e9 : 0;
     c->max_msg_size = get_int(norm, "max_msg_size", -1, &v) == 0 && v > 0 ? (uint64_t)v : 0;
     c->discard_new = !strcmp(get_str(norm, "discard", "old"), "new");
+    c->max_msgs_per_subject = get_int(norm, "max_msgs_per_subject", -1, &v) == 0 && v > 0 ? (uint64_t)v : 0;
+    c->allow_rollup = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(norm, "allow_rollup_hdrs"));
+    c->memory = !strcmp(get_str(norm, "storage", "file"), "memory");
+    if (c->memory)
+        c->o.fsync = FSYNC_NEVER;
     c->api = 1;
 }
 
@@ -360,6 +362,10 @@ static void refusal(int rc, int update, const char *err, api_err_t *e)
 /* Update may not take back deny_delete / deny_purge (as nats-server). */
 static int update_allowed(const cJSON *old, const cJSON *norm, api_err_t *e)
 {
+    if (strcmp(get_str(old, "storage", "file"), get_str(norm, "storage", "file"))) {
+        jsapi_set_err(e, 500, 10052, "stream configuration update can not change storage type");
+        return 0;
+    }
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(old, "deny_delete")) &&
         !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(norm, "deny_delete"))) {
         jsapi_set_err(e, 500, 10052, "stream configuration update can not cancel deny message deletes");
@@ -405,7 +411,10 @@ void jsapi_stream_apply(jsapi_t *api, const char *name, const cJSON *norm, int u
     entry = cJSON_CreateObject();
     cJSON_AddItemToObject(entry, "config", json_duplicate(norm));
     cJSON_AddStringToObject(entry, "created", update && cJSON_IsString(created) ? created->valuestring : now);
-    if (saved_write(api, name, entry) < 0) {
+    /* A memory stream is gone at a restart, its configuration too (as
+     * nats-server's, which keeps no meta file for one). */
+    int memory = !strcmp(get_str(norm, "storage", "file"), "memory");
+    if (!memory && saved_write(api, name, entry) < 0) {
         if (!update)
             streams_remove(api->n->streams, name, err, sizeof err);
         jsapi_set_err(e, 500, update ? 10069 : 10049, "cannot save the configuration of stream %s", name);

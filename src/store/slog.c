@@ -487,6 +487,18 @@ static void drop_below(slog_t *l, uint64_t below)
         drop_first(l);
 }
 
+int slog_has(slog_t *l, uint64_t seq)
+{
+    return rec_present(l, seq) && !(l->cut_pending && seq > l->cut_after);
+}
+
+void slog_forget(slog_t *l, const uint64_t *seqs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        drop_one(l, seqs[i]);
+    drop_segments(l);
+}
+
 /* Replays the removed file on a log just loaded. */
 static void removed_replay(slog_t *l)
 {

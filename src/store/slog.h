@@ -167,6 +167,14 @@ uint64_t slog_purge(slog_t *l, uint64_t below, int *err);
  * when the note could not be written (then nothing changed). */
 int slog_delete(slog_t *l, const uint64_t *seqs, size_t n);
 
+/* True when record seq is in the log (cheap: the index only). */
+int slog_has(slog_t *l, uint64_t seq);
+
+/* Drops the records seqs[0..n) from the log without noting it anywhere:
+ * the next open finds them again unless whatever dropped them (a
+ * per-subject limit the owner applies) drops them again. */
+void slog_forget(slog_t *l, const uint64_t *seqs, size_t n);
+
 /* Applies max_age now (also done on a timer and on append). */
 void slog_expire(slog_t *l);
 

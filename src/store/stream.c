@@ -386,6 +386,12 @@ static int store_msg(stream_t *st, const proto_msg_t *m)
             return CAPTURE_CONFLICT;
         }
     }
+    char why[160];
+    if (stream_subjects_check_rollup(st, m, why, sizeof why) < 0) {
+        st->conflicts++;
+        puback_error(st, reply, rlen, 500, 10111, "%s", why);
+        return CAPTURE_CONFLICT;
+    }
     slog_rec_t r = {0};
     r.subject = m->subject;
     r.subject_len = m->subject_len;
@@ -414,6 +420,7 @@ static int store_msg(stream_t *st, const proto_msg_t *m)
     }
     st->stored++;
     st->last_appended = seq;
+    stream_subjects_added(st, m, seq);
     if (reply && push_ack(st, seq, reply, rlen, 0) < 0)
         log_error("stream %s: out of memory: the PubAck for sequence %" PRIu64 " is lost", st->cfg.name, seq);
     return CAPTURE_STORED;
@@ -451,6 +458,8 @@ streams_t *streams_new(server_t *srv, const char *data_dir)
     return sm;
 }
 
+static int remove_tree(const char *dir);
+
 static void stream_close(stream_t *st)
 {
     streams_t *sm = st->sm;
@@ -463,6 +472,9 @@ static void stream_close(stream_t *st)
     st->ncons = 0;
     slog_close(st->log); /* writes and syncs what was buffered */
     on_commit(st, UINT64_MAX, 0);
+    stream_subjects_free(st);
+    if (st->cfg.memory && remove_tree(st->dir) < 0)
+        log_warn("stream %s: cannot delete %s: %s", st->cfg.name, st->dir, strerror(errno));
     for (size_t i = 0; i < st->alen; i++)
         free(st->acks[(st->ahead + i) % st->acap].reply);
     free(st->acks);
@@ -496,6 +508,8 @@ static stream_t *stream_open(streams_t *sm, const stream_cfg_t *cfg, char *err, 
         if ((st->cfg.subjects[i] = strdup(cfg->subjects[i])))
             st->cfg.nsubjects++;
     snprintf(st->dir, sizeof st->dir, "%s/streams/%s", sm->dir, cfg->name);
+    if (cfg->memory && remove_tree(st->dir) < 0) /* what a memory stream held is gone at a restart */
+        log_warn("stream %s: cannot empty %s: %s", cfg->name, st->dir, strerror(errno));
     if (util_mkdirs(st->dir) < 0) {
         snprintf(err, errsz, "stream '%s': cannot create %s: %s", cfg->name, st->dir, strerror(errno));
         stream_cfg_free(&st->cfg);
@@ -525,6 +539,7 @@ static stream_t *stream_open(streams_t *sm, const stream_cfg_t *cfg, char *err, 
              in.msgs, in.first_seq, in.last_seq, r->segments, r->segments == 1 ? "" : "s", r->checkpoints,
              r->scanned_bytes, r->seconds,
              cfg->o.fsync == FSYNC_ALWAYS ? "always" : cfg->o.fsync == FSYNC_INTERVAL ? "interval" : "never");
+    stream_subjects_sync(st);
     return st;
 }
 
@@ -555,6 +570,11 @@ static void stream_reconfigure(stream_t *st, const stream_cfg_t *cfg)
     st->cfg.api = cfg->api;
     st->cfg.max_msg_size = cfg->max_msg_size;
     st->cfg.discard_new = cfg->discard_new;
+    int resync = st->cfg.max_msgs_per_subject != cfg->max_msgs_per_subject || st->cfg.allow_rollup != cfg->allow_rollup;
+    st->cfg.max_msgs_per_subject = cfg->max_msgs_per_subject;
+    st->cfg.allow_rollup = cfg->allow_rollup;
+    if (resync)
+        stream_subjects_sync(st);
     if (!cfg->api)
         snprintf(st->cfg.where, sizeof st->cfg.where, "%s", cfg->where);
     slog_set_limits(st->log, &cfg->o);

@@ -42,6 +42,10 @@ typedef struct stream_cfg {
     int api;
     uint64_t max_msg_size; /* bytes of headers and payload; 0: no limit */
     int discard_new;       /* past max_msgs / max_bytes refuse the new message, not drop the oldest */
+    uint64_t max_msgs_per_subject; /* 0: no limit; past it the subject's oldest message goes */
+    int allow_rollup;      /* a Nats-Rollup header ("sub", "all") purges what came before; else refused */
+    int memory;            /* storage "memory": the log is emptied when the stream opens and deleted
+                              when it closes, never synced */
 } stream_cfg_t;
 
 typedef struct consumer_cfg {

@@ -41,6 +41,10 @@ typedef struct stream {
     uint64_t stored, duplicates, conflicts, store_errors;
     uint64_t last_appended; /* for taking back `stored` when the log loses records */
     uint64_t refusing;      /* publishes refused in a row because the log could not take them */
+    /* Each subject's sequences, oldest first (struct subject_seqs *), kept
+     * while max_msgs_per_subject or rollups need them (stream_subjects.c). */
+    dict_t subjects;
+    int subjects_on;
 } stream_t;
 
 struct streams {
@@ -89,6 +93,22 @@ void consumer_metrics(consumer_t *const *cs, int n, char **buf, size_t *len, siz
  * failed.  The refusals are counted by the stream (conflicts,
  * store_errors). */
 enum { CAPTURE_NONE = 0, CAPTURE_STORED = 1, CAPTURE_DUPLICATE = 2, CAPTURE_CONFLICT = -1, CAPTURE_FAILED = -2 };
+
+/* stream_subjects.c: the per-subject limit and rollups */
+/* Fills st's per-subject index from its log when its configuration needs
+ * one (dropping again what the limit dropped before), or frees it when it
+ * no longer does.  Called when the stream opens and when its configuration
+ * changes. */
+void stream_subjects_sync(stream_t *st);
+/* Frees the index. */
+void stream_subjects_free(stream_t *st);
+/* 0 when m's Nats-Rollup header (if any) may be stored in st; else -1 with
+ * the nats-server description of the refusal in why. */
+int stream_subjects_check_rollup(stream_t *st, const proto_msg_t *m, char *why, size_t n);
+/* Record seq, on m's subject, was appended: the rollup m asks for (durably,
+ * as a purge) and the per-subject limit (in memory: the next open applies
+ * it again).  0, or -1 when the rollup could not be noted (logged). */
+int stream_subjects_added(stream_t *st, const proto_msg_t *m, uint64_t seq);
 
 /* stream.c */
 stream_t *streams_find(struct streams *sm, const char *name, size_t len);
