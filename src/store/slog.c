@@ -443,8 +443,9 @@ void slog_set_limits(slog_t *l, const slog_opts_t *o)
 #define REMOVED_FILE "removed"
 #define REMOVED_COMPACT_LINES 8 /* not worth a rewrite below this */
 
-/* Appends n bytes of lines to the removed file and syncs it.  0 or -1. */
-static int removed_append(slog_t *l, const char *lines, size_t n)
+/* Appends n bytes of lines to the removed file, and with sync syncs it
+ * (and so every line written before).  0 or -1. */
+static int removed_append(slog_t *l, const char *lines, size_t n, int sync)
 {
     for (size_t i = 0; i < n; i++)
         l->removed_lines += lines[i] == '\n';
@@ -453,7 +454,7 @@ static int removed_append(slog_t *l, const char *lines, size_t n)
     int fd = vfs_open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644), rc = -1;
     if (fd < 0)
         return -1;
-    if (vfs_write(fd, lines, n) == (ssize_t)n && vfs_sync(fd) == 0 && vfs_sync_dir(l->dir) == 0)
+    if (vfs_write(fd, lines, n) == (ssize_t)n && (!sync || (vfs_sync(fd) == 0 && vfs_sync_dir(l->dir) == 0)))
         rc = 0;
     vfs_close(fd);
     return rc;
@@ -494,9 +495,19 @@ int slog_has(slog_t *l, uint64_t seq)
 
 void slog_forget(slog_t *l, const uint64_t *seqs, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
-        drop_one(l, seqs[i]);
+    char lines[24 * 16];
+    for (size_t i = 0; i < n;) {
+        size_t len = 0;
+        for (; i < n && len + 24 <= sizeof lines; i++)
+            if (rec_present(l, seqs[i])) {
+                len += (size_t)snprintf(lines + len, 25, "d %" PRIu64 "\n", seqs[i]);
+                drop_one(l, seqs[i]);
+            }
+        if (len && removed_append(l, lines, len, 0) < 0)
+            log_warn("store: %s: cannot note dropped records in %s: %s", l->dir, REMOVED_FILE, strerror(errno));
+    }
     drop_segments(l);
+    removed_compact(l);
 }
 
 /* Replays the removed file on a log just loaded. */
@@ -520,38 +531,50 @@ static void removed_replay(slog_t *l)
             drop_below(l, seq);
         } else {
             drop_one(l, seq);
-            if (seq > l->removed_max_del)
-                l->removed_max_del = seq;
         }
     }
     fclose(f);
     removed_compact(l);
 }
 
-/* Once every delete the removed file notes is below the first sequence,
- * all it says is "nothing below first_seq": it is rewritten as that one
- * purge line (a temporary file synced and renamed over it), so that it does
- * not grow for as long as the stream lives.  Failing only leaves the longer
- * file, which says the same. */
+/* The removed file only has to say what the index says: nothing below
+ * first_seq, and which sequences after it are holes.  Once it has more
+ * than twice the lines that takes, it is rewritten as just those (a
+ * temporary file synced and renamed over it), so that it does not grow for
+ * as long as the stream lives.  Failing only leaves the longer file, which
+ * says the same. */
 static void removed_compact(slog_t *l)
 {
-    char path[4200], tmp[4300], line[40];
-    if (l->removed_lines < REMOVED_COMPACT_LINES || l->removed_max_del >= l->first_seq)
+    char path[4200], tmp[4300], *text = NULL;
+    uint64_t span = l->last_seq >= l->first_seq ? l->last_seq - l->first_seq + 1 : 0;
+    uint64_t holes = span - (l->msgs < span ? l->msgs : span), lines = 1;
+    if (l->removed_lines < REMOVED_COMPACT_LINES || l->removed_lines <= 2 * (holes + 1))
         return;
+    size_t len = 0, cap = 24 * (size_t)(holes + 1);
+    int fd = -1, ok = 0;
+    if (!(text = malloc(cap)))
+        goto fail;
+    len = (size_t)snprintf(text, cap, "p %" PRIu64 "\n", l->first_seq);
+    for (uint64_t q = l->first_seq; holes && q <= l->last_seq && len + 24 <= cap; q++)
+        if (!rec_present(l, q)) {
+            len += (size_t)snprintf(text + len, cap - len, "d %" PRIu64 "\n", q);
+            lines++;
+        }
     snprintf(path, sizeof path, "%s/" REMOVED_FILE, l->dir);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    int n = snprintf(line, sizeof line, "p %" PRIu64 "\n", l->first_seq);
-    int fd = vfs_open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644), ok = fd >= 0;
-    ok = ok && vfs_write(fd, line, (size_t)n) == n && vfs_sync(fd) == 0;
-    if (fd >= 0)
-        vfs_close(fd);
-    if (!ok || vfs_rename(tmp, path) != 0 || vfs_sync_dir(l->dir) != 0) {
+    if ((fd = vfs_open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)) < 0)
+        goto fail;
+    ok = vfs_write(fd, text, len) == (ssize_t)len && vfs_sync(fd) == 0;
+    vfs_close(fd);
+    ok = ok && vfs_rename(tmp, path) == 0 && vfs_sync_dir(l->dir) == 0;
+    if (ok)
+        l->removed_lines = lines;
+fail:
+    if (!ok) {
         log_warn("store: %s: cannot compact %s: %s", l->dir, REMOVED_FILE, strerror(errno));
         vfs_unlink(tmp);
-        return;
     }
-    l->removed_lines = 1;
-    l->removed_max_del = 0;
+    free(text);
 }
 
 uint64_t slog_purge(slog_t *l, uint64_t below, int *err)
@@ -563,7 +586,7 @@ uint64_t slog_purge(slog_t *l, uint64_t below, int *err)
     if (below <= l->first_seq || !l->msgs)
         return 0;
     int n = snprintf(line, sizeof line, "p %" PRIu64 "\n", below);
-    if (removed_append(l, line, (size_t)n) < 0) {
+    if (removed_append(l, line, (size_t)n, 1) < 0) {
         *err = errno ? errno : EIO;
         return 0;
     }
@@ -584,14 +607,12 @@ int slog_delete(slog_t *l, const uint64_t *seqs, size_t n)
     for (size_t i = 0; i < n; i++)
         if (rec_present(l, seqs[i]))
             len += (size_t)snprintf(lines + len, 25, "d %" PRIu64 "\n", seqs[i]);
-    if (len && removed_append(l, lines, len) < 0)
+    if (len && removed_append(l, lines, len, 1) < 0)
         goto done;
     rc = 0;
     for (size_t i = 0; i < n; i++)
         if (rec_present(l, seqs[i])) {
             drop_one(l, seqs[i]);
-            if (seqs[i] > l->removed_max_del)
-                l->removed_max_del = seqs[i];
             rc++;
         }
     drop_segments(l);

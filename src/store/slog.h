@@ -170,9 +170,11 @@ int slog_delete(slog_t *l, const uint64_t *seqs, size_t n);
 /* True when record seq is in the log (cheap: the index only). */
 int slog_has(slog_t *l, uint64_t seq);
 
-/* Drops the records seqs[0..n) from the log without noting it anywhere:
- * the next open finds them again unless whatever dropped them (a
- * per-subject limit the owner applies) drops them again. */
+/* Drops the records seqs[0..n) from the log, noted in the removed file
+ * without a sync of its own: the next slog_purge / slog_delete (which sync
+ * the file) or compaction makes the note durable.  Until then a crash may
+ * bring the records back, and the owner (a per-subject limit) must drop
+ * them again when it opens the log. */
 void slog_forget(slog_t *l, const uint64_t *seqs, size_t n);
 
 /* Applies max_age now (also done on a timer and on append). */

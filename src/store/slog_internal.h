@@ -121,9 +121,7 @@ struct slog {
     size_t njobs, capjobs;
     uint64_t ckpt_errors; /* checkpoints the sync thread could not write */
     uint64_t ckpt_errors_seen;
-    /* The removed file: its lines, and the highest sequence a "d" line of
-     * it deletes (for removed_compact). */
-    uint64_t removed_lines, removed_max_del;
+    uint64_t removed_lines; /* in the removed file (for removed_compact) */
 };
 
 /* ---- little-endian fields --------------------------------------------------- */

@@ -106,8 +106,8 @@ void stream_subjects_free(stream_t *st);
  * the nats-server description of the refusal in why. */
 int stream_subjects_check_rollup(stream_t *st, const proto_msg_t *m, char *why, size_t n);
 /* Record seq, on m's subject, was appended: the rollup m asks for (durably,
- * as a purge) and the per-subject limit (in memory: the next open applies
- * it again).  0, or -1 when the rollup could not be noted (logged). */
+ * as a purge) and the per-subject limit (noted unsynced, see slog_forget;
+ * the next open applies it again).  0, or -1 when the rollup could not be noted (logged). */
 int stream_subjects_added(stream_t *st, const proto_msg_t *m, uint64_t seq);
 
 /* stream.c */

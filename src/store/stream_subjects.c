@@ -8,11 +8,13 @@
  * at, so that nothing else has to tell the index.
  *
  * A rollup is a purge and is noted durably as one (slog_purge /
- * slog_delete).  The per-subject limit drops records only from memory
- * (slog_forget): it applies on every append, and a durable note would cost
- * a second sync per message.  Opening the stream reads its log once and
- * applies the limit again (stream_subjects_sync), which drops the same
- * records, so what a client saw dropped stays dropped. */
+ * slog_delete).  The per-subject limit applies on every append, where a
+ * synced note would cost a second sync per message: its drops are noted
+ * unsynced (slog_forget), made durable by the next sync of the removed
+ * file.  A crash can lose only the notes after the last such sync, and
+ * then nothing removed durably came after them: opening the stream reads
+ * its log once and applies the limit again (stream_subjects_sync), which
+ * drops the same records, so what a client saw dropped stays dropped. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
