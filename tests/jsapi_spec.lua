@@ -348,7 +348,7 @@ describe("the JetStream API beside declared streams", function()
   end)
 
   it("refuses what tide does not implement with nats-server's error", function()
-    local r = api(srv.port, "$JS.API.STREAM.CREATE.WQ", { name = "WQ", subjects = { "wq" }, retention = "workqueue" })
+    local r = api(srv.port, "$JS.API.STREAM.CREATE.SE", { name = "SE", subjects = { "se" }, sealed = true })
     assert.are.equal(10052, r.error.err_code)
     r = api(srv.port, "$JS.API.STREAM.CREATE.MI", { name = "MI", subjects = { "mi" }, mirror = { name = "DECL" } })
     assert.are.equal(10052, r.error.err_code)

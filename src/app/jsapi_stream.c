@@ -111,8 +111,8 @@ static int refuse_unsupported(const cJSON *req, api_err_t *e)
         jsapi_set_err(e, 500, 10052, "compression is not supported by tide");
         return -1;
     }
-    if (!ret || (ret[0] && strcmp(ret, "limits"))) {
-        jsapi_set_err(e, 500, 10052, "retention \"%s\" is not supported by tide (only \"limits\")", ret ? ret : "?");
+    if (!ret || (ret[0] && strcmp(ret, "limits") && strcmp(ret, "interest") && strcmp(ret, "workqueue"))) {
+        jsapi_set_err(e, 400, 10025, "invalid JSON: retention must be \"limits\", \"interest\" or \"workqueue\"");
         return -1;
     }
     if (!sto || (sto[0] && strcmp(sto, "file") && strcmp(sto, "memory"))) {
@@ -173,7 +173,8 @@ static int norm_limits(const cJSON *req, cJSON *o, api_err_t *e)
         if (v[i] <= 0 && strcmp(keys[i], "max_age"))
             v[i] = -1;
     }
-    cJSON_AddStringToObject(o, "retention", "limits");
+    const char *ret = get_str(req, "retention", "limits");
+    cJSON_AddStringToObject(o, "retention", ret && ret[0] ? ret : "limits");
     for (int i = 0; keys[i]; i++)
         json_add_int(o, keys[i], v[i]);
     return 0;
@@ -252,7 +253,8 @@ cJSON *jsapi_config_from_stream(const stream_cfg_t *c)
     subs = cJSON_AddArrayToObject(o, "subjects");
     for (int i = 0; i < c->nsubjects; i++)
         cJSON_AddItemToArray(subs, cJSON_CreateString(c->subjects[i]));
-    cJSON_AddStringToObject(o, "retention", "limits");
+    static const char *const retentions[] = {"limits", "interest", "workqueue"};
+    cJSON_AddStringToObject(o, "retention", retentions[c->retention]);
     json_add_int(o, "max_consumers", -1);
     json_add_int(o, "max_msgs", c->o.max_msgs ? (int64_t)c->o.max_msgs : -1);
     json_add_int(o, "max_bytes", c->o.max_bytes ? (int64_t)c->o.max_bytes : -1);
@@ -298,6 +300,9 @@ static void config_to_stream(const cJSON *norm, stream_cfg_t *c)
     c->max_msgs_per_subject = get_int(norm, "max_msgs_per_subject", -1, &v) == 0 && v > 0 ? (uint64_t)v : 0;
     c->allow_rollup = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(norm, "allow_rollup_hdrs"));
     c->memory = !strcmp(get_str(norm, "storage", "file"), "memory");
+    const char *ret = get_str(norm, "retention", "limits");
+    c->retention = !strcmp(ret, "interest") ? RETENTION_INTEREST : !strcmp(ret, "workqueue") ? RETENTION_WORKQUEUE
+                                                                                              : RETENTION_LIMITS;
     if (c->memory)
         c->o.fsync = FSYNC_NEVER;
     c->api = 1;
@@ -364,6 +369,11 @@ static int update_allowed(const cJSON *old, const cJSON *norm, api_err_t *e)
 {
     if (strcmp(get_str(old, "storage", "file"), get_str(norm, "storage", "file"))) {
         jsapi_set_err(e, 500, 10052, "stream configuration update can not change storage type");
+        return 0;
+    }
+    const char *was = get_str(old, "retention", "limits"), *now = get_str(norm, "retention", "limits");
+    if (strcmp(was, now) && (!strcmp(was, "workqueue") || !strcmp(now, "workqueue"))) {
+        jsapi_set_err(e, 500, 10052, "stream configuration update can not change retention policy to/from workqueue");
         return 0;
     }
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(old, "deny_delete")) &&

@@ -2,7 +2,7 @@
  *
  *   storage  { dir = "data" }
  *   stream   "name" { subjects, max_msgs, max_bytes, max_age, fsync,
- *                     sync_interval, dedup_window, segment_size }
+ *                     sync_interval, dedup_window, segment_size, retention }
  *   consumer "name" { stream, filter, deliver, queue, ack_wait, max_deliver,
  *                     backoff, max_ack_pending, deliver_policy, start_seq,
  *                     start_time, dead_letter, ordered_by }
@@ -206,7 +206,7 @@ static int other_backend(lua_State *L, const char *name, int t, const char *what
 static int declare_stream(lua_State *L, const char *name)
 {
     static const char *const known[] = {"subjects", "max_msgs", "max_bytes", "max_age", "fsync", "sync_interval",
-                                        "dedup_window", "segment_size", "dedup_key", "backend", NULL};
+                                        "dedup_window", "segment_size", "dedup_key", "backend", "retention", NULL};
     state_t *st = script_state_of(L);
     char what[100];
     snprintf(what, sizeof what, "stream '%s'", name);
@@ -268,6 +268,12 @@ static int declare_stream(lua_State *L, const char *name)
     else return luaL_error(L, "%s: fsync must be \"always\", \"interval\" or \"never\"", what);
     if (o->fsync == FSYNC_INTERVAL && o->sync_interval <= 0)
         return luaL_error(L, "%s: sync_interval must be above 0", what);
+    char ret[16] = "limits";
+    string_opt(L, t, what, "retention", ret, sizeof ret);
+    if (!strcmp(ret, "limits")) slot->retention = RETENTION_LIMITS;
+    else if (!strcmp(ret, "interest")) slot->retention = RETENTION_INTEREST;
+    else if (!strcmp(ret, "workqueue")) slot->retention = RETENTION_WORKQUEUE;
+    else return luaL_error(L, "%s: retention must be \"limits\", \"interest\" or \"workqueue\"", what);
     /* dedup_key = function(e) return key end: the key of events that have
      * neither a Nats-Msg-Id nor a CloudEvents source and id. */
     int kt = lua_getfield(L, t, "dedup_key");

@@ -592,6 +592,7 @@ static void done(consumer_t *c, pend_t *p)
     log_op(c, 'A', 0, seq);
     dict_remove(&c->pending, (const char *)&seq, 8);
     c->npending--;
+    stream_retention_done(c->st, c, seq); /* the stream's retention may let it go now */
     if (p->key) {
         keyq_t *q = dict_get(&c->keys, p->key, strlen(p->key));
         if (q && q->n) {
@@ -612,6 +613,19 @@ static void done(consumer_t *c, pend_t *p)
 }
 
 static void run_due(consumer_t *c);
+
+int consumer_has_acked(consumer_t *c, uint64_t seq)
+{
+    if (seq >= c->next_seq || pend_get(c, seq))
+        return 0;
+    for (size_t i = 0; c->nparked && i < c->keys.cap; i++) {
+        const keyq_t *q = c->keys.slots[i].key ? c->keys.slots[i].val : NULL;
+        for (size_t k = 0; q && k < q->n; k++)
+            if (q->seqs[(q->head + k) % q->cap] == seq)
+                return 0;
+    }
+    return 1;
+}
 
 void consumer_pump(consumer_t *c)
 {

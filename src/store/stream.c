@@ -421,6 +421,7 @@ static int store_msg(stream_t *st, const proto_msg_t *m)
     st->stored++;
     st->last_appended = seq;
     stream_subjects_added(st, m, seq);
+    stream_retention_stored(st, m, seq);
     if (reply && push_ack(st, seq, reply, rlen, 0) < 0)
         log_error("stream %s: out of memory: the PubAck for sequence %" PRIu64 " is lost", st->cfg.name, seq);
     return CAPTURE_STORED;
@@ -572,6 +573,7 @@ static void stream_reconfigure(stream_t *st, const stream_cfg_t *cfg)
     st->cfg.discard_new = cfg->discard_new;
     int resync = st->cfg.max_msgs_per_subject != cfg->max_msgs_per_subject || st->cfg.allow_rollup != cfg->allow_rollup;
     st->cfg.max_msgs_per_subject = cfg->max_msgs_per_subject;
+    st->cfg.retention = cfg->retention;
     st->cfg.allow_rollup = cfg->allow_rollup;
     if (resync)
         stream_subjects_sync(st);
@@ -654,19 +656,41 @@ static void streams_apply_consumer(streams_t *sm, const consumer_cfg_t *cfg)
     consumer_pump(c);
 }
 
+/* On a workqueue stream, consumer ccfg[i] may not overlap a consumer
+ * declared before it on the same stream.  0, or -1 with err. */
+static int workqueue_declared_conflict(const stream_cfg_t *s, const consumer_cfg_t *ccfg, int i, char *err,
+                                       size_t errsz)
+{
+    char why[128];
+    int code;
+    if (s->retention != RETENTION_WORKQUEUE)
+        return 0;
+    for (int k = 0; k < i; k++)
+        if (!strcmp(ccfg[k].stream, s->name) &&
+            stream_workqueue_filters_conflict(ccfg[i].filter, ccfg[k].filter, &code, why, sizeof why) < 0) {
+            snprintf(err, errsz, "%s: consumer '%s': %s '%s' (consumer '%s' takes the same messages)", ccfg[i].where,
+                     ccfg[i].name, why, s->name, ccfg[k].name);
+            return -1;
+        }
+    return 0;
+}
+
 int streams_apply(streams_t *sm, const stream_cfg_t *scfg, int ns, const consumer_cfg_t *ccfg, int nc, char *err,
                   size_t errsz)
 {
     /* Check first, so that a bad declaration changes nothing. */
     for (int i = 0; i < nc; i++) {
-        int found = 0;
+        int found = -1;
         for (int k = 0; k < ns; k++)
-            found |= !strcmp(scfg[k].name, ccfg[i].stream);
-        if (!found) {
+            if (!strcmp(scfg[k].name, ccfg[i].stream))
+                found = k;
+        if (found < 0) {
             snprintf(err, errsz, "%s: consumer '%s': no stream '%s' is declared", ccfg[i].where, ccfg[i].name,
                      ccfg[i].stream);
             return -1;
         }
+        if (workqueue_declared_conflict(&scfg[found], ccfg, i, err, errsz) < 0)
+            return -1;
     }
     stream_t *opened[STREAMS_MAX];
     int nopened = 0;

@@ -29,6 +29,12 @@
 
 enum { DELIVER_ALL, DELIVER_NEW, DELIVER_BY_START_SEQ, DELIVER_BY_START_TIME, DELIVER_LAST };
 
+/* When a stored message goes, besides the limits: never (limits), once
+ * every consumer whose filter takes it has acked it (interest; at once when
+ * no consumer takes it), once a consumer has acked it (workqueue, whose
+ * consumers' filters may not overlap). */
+enum { RETENTION_LIMITS, RETENTION_INTEREST, RETENTION_WORKQUEUE };
+
 typedef struct stream_cfg {
     char name[STREAM_NAME_MAX];
     char *subjects[STREAM_SUBJECTS_MAX];
@@ -46,6 +52,7 @@ typedef struct stream_cfg {
     int allow_rollup;      /* a Nats-Rollup header ("sub", "all") purges what came before; else refused */
     int memory;            /* storage "memory": the log is emptied when the stream opens and deleted
                               when it closes, never synced */
+    int retention;         /* RETENTION_* */
 } stream_cfg_t;
 
 typedef struct consumer_cfg {
@@ -162,6 +169,15 @@ int streams_purge(streams_t *sm, const char *name, const char *filter, uint64_t 
 /* Deletes record seq of the stream called name: 1 deleted, 0 no such
  * record, or STREAMS_ENOENT / STREAMS_EFAIL with the reason in err. */
 int streams_delete_msg(streams_t *sm, const char *name, uint64_t seq, char *err, size_t errsz);
+
+/* On a workqueue stream, a consumer (not called except_name) whose filter
+ * overlaps filter ("" for none, which overlaps every other): 0 when there
+ * is none (or the stream is no workqueue), else -1 with nats-server's
+ * description in err ("multiple non-filtered consumers not allowed on
+ * workqueue stream", err_code 10099, or "filtered consumer not unique on
+ * workqueue stream", 10100) and its err_code in *err_code. */
+int streams_workqueue_conflict(streams_t *sm, const char *stream, const char *filter, const char *except_name,
+                               int *err_code, char *err, size_t errsz);
 
 /* True when some subject matches both subject patterns (NUL-terminated):
  * how streams_add tells that two streams would capture the same subject. */

@@ -110,6 +110,21 @@ int stream_subjects_check_rollup(stream_t *st, const proto_msg_t *m, char *why, 
  * the next open applies it again).  0, or -1 when the rollup could not be noted (logged). */
 int stream_subjects_added(stream_t *st, const proto_msg_t *m, uint64_t seq);
 
+/* retention.c: interest and workqueue retention */
+/* Consumer c is done with record seq of its stream (acked, terminated or
+ * given up): on an interest or workqueue stream the record goes once the
+ * retention allows it.  Called by the consumers, loop thread. */
+void stream_retention_done(stream_t *st, consumer_t *c, uint64_t seq);
+/* Record seq was stored from m: on an interest stream that no consumer
+ * takes it goes at once. */
+void stream_retention_stored(stream_t *st, const proto_msg_t *m, uint64_t seq);
+/* 0 when consumers with filters a and b ("" for none) may share a workqueue
+ * stream; else -1 with nats-server's description and err_code. */
+int stream_workqueue_filters_conflict(const char *a, const char *b, int *err_code, char *err, size_t errsz);
+/* consumer.c: true when c has record seq behind it (looked at, and neither
+ * in flight nor parked). */
+int consumer_has_acked(consumer_t *c, uint64_t seq);
+
 /* stream.c */
 stream_t *streams_find(struct streams *sm, const char *name, size_t len);
 /* Adds r's payload to object o: "data" with its text as it is stored when
