@@ -16,14 +16,6 @@ local function q(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
 
-local function nats_server_bin()
-  local env = os.getenv("NATS_SERVER_BIN")
-  if env and env ~= "" then return env end
-  local rc, out = h.sh("command -v nats-server")
-  assert(rc == 0, "nats-server not found (set NATS_SERVER_BIN)")
-  return (out:gsub("%s+$", ""))
-end
-
 -- Runs kv.mjs against the server on port; returns its decoded answers.
 local function run_steps(port, flag, label, log)
   local rc, out = h.sh(("cd %s && timeout -k 5 %d node kv.mjs %d %s"):format(q(NODE_DIR), PROGRAM_TIMEOUT, port, flag))
@@ -62,7 +54,7 @@ local function compare_suite(label, flag)
       assert(ok, "npm ci failed:\n" .. tostring(out))
       local sd = h.make_tmpdir("kv-ns")
       local port = h.free_port()
-      local ns = h.start_server { bin = nats_server_bin(), port = port,
+      local ns = h.start_server { bin = h.nats_server_bin(), port = port,
         cmd = { "-a", "127.0.0.1", "-p", tostring(port), "-js", "-sd", sd } }
       ref = run_steps(port, flag, "nats-server", function() return ns:log() end)
       ns:stop("INT")
