@@ -24,6 +24,13 @@ typedef struct jsapi jsapi_t;
  * jsapi_free), or NULL; *failed is set when that is an error (logged). */
 jsapi_t *jsapi_start(node_t *n, int *failed);
 
+/* Makes the KV bucket `bucket` (api, a jsapi_t *, as ctx): the stream
+ * KV_<bucket> on $KV.<bucket>.> with the configuration nats.js gives a
+ * bucket of history 1 (max_msgs_per_subject 1, rollups, discard new,
+ * direct gets), saved as the API's own.  0, or -1 with the reason in err.
+ * The scripts' tide.kv.bucket calls it (script_host_set_bucket_maker). */
+int jsapi_bucket_make(void *api, const char *bucket, char *err, size_t errsz);
+
 /* Stops answering and frees the API (NULL is fine); the streams stay
  * open (node_stop closes them). */
 void jsapi_free(jsapi_t *api);

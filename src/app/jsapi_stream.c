@@ -629,3 +629,28 @@ void jsapi_msg_get(jsapi_t *api, const proto_msg_t *m, const char *name, int dir
     if (!e->code)
         direct ? direct_reply(api, m, sname, &r) : get_reply(api, m, &r);
 }
+
+/* ---- KV buckets the scripts make -------------------------------------------- */
+
+int jsapi_bucket_make(void *ctx, const char *bucket, char *err, size_t errsz)
+{
+    jsapi_t *api = ctx;
+    char name[STREAM_NAME_MAX], subj[STREAM_NAME_MAX + 8];
+    api_err_t e = {0};
+    snprintf(name, sizeof name, "KV_%s", bucket);
+    snprintf(subj, sizeof subj, "$KV.%s.>", bucket);
+    cJSON *req = cJSON_CreateObject(), *norm = NULL;
+    cJSON_AddStringToObject(req, "name", name);
+    cJSON_AddItemToArray(cJSON_AddArrayToObject(req, "subjects"), cJSON_CreateString(subj));
+    cJSON_AddNumberToObject(req, "max_msgs_per_subject", 1);
+    cJSON_AddStringToObject(req, "discard", "new");
+    cJSON_AddBoolToObject(req, "allow_direct", 1);
+    cJSON_AddBoolToObject(req, "allow_rollup_hdrs", 1);
+    if ((norm = jsapi_config_normalize(req, name, &e)))
+        jsapi_stream_apply(api, name, norm, 0, &e);
+    if (e.code)
+        snprintf(err, errsz, "%s", e.desc);
+    cJSON_Delete(norm);
+    cJSON_Delete(req);
+    return e.code ? -1 : 0;
+}

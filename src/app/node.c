@@ -39,6 +39,8 @@ int node_start_scripts(node_t *n, const char *data_flag)
     }
     int failed;
     n->jsapi = jsapi_start(n, &failed);
+    if (n->jsapi)
+        script_host_set_bucket_maker(n->scripts, jsapi_bucket_make, n->jsapi);
     return failed ? -1 : 0;
 }
 
@@ -86,6 +88,8 @@ void node_stop(node_t *n)
     repl_remote_detach(n, NULL);
     http_free(n->http);
     cluster_free(n->cluster);
+    if (n->scripts)
+        script_host_set_bucket_maker(n->scripts, NULL, NULL);
     jsapi_free(n->jsapi);
     if (n->scripts)
         script_host_set_streams(n->scripts, NULL, NULL, 0);

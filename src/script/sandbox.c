@@ -523,6 +523,8 @@ static void env_tide(state_t *st, int env)
     lua_setfield(L, tide, "array");
     lua_setfield(L, tide, "json");
     kv_lua_push_api(L, st->host->kv);
+    kv_bucket_lua_push(L, st->host);
+    lua_setfield(L, -2, "bucket");
     lua_setfield(L, tide, "kv");
     durable_push_api(L); /* tide.nak, tide.progress, tide.term */
     lua_pushcfunction(L, l_log);

@@ -359,6 +359,13 @@ int script_open_streams(const script_host_t *h, streams_t *sm, int fsync, char *
     return streams_apply(sm, cfg, st->nstreams, NULL, 0, err, errsz);
 }
 
+void script_host_set_bucket_maker(script_host_t *h, int (*fn)(void *ctx, const char *bucket, char *err, size_t errsz),
+                                  void *ctx)
+{
+    h->bucket_maker = fn;
+    h->bucket_ctx = ctx;
+}
+
 int script_host_set_streams(script_host_t *h, streams_t *sm, char *err, size_t errsz)
 {
     if (h->streams && h->streams != sm)

@@ -215,6 +215,11 @@ int script_declared_streams(const script_host_t *h);
  * applied now and after every reload (a reload whose declarations cannot
  * be applied fails and the old state keeps serving).  0, or -1 with err. */
 int script_host_set_streams(script_host_t *h, struct streams *sm, char *err, size_t errsz);
+/* How tide.kv.bucket(name) makes the stream KV_<name> when it is not there:
+ * fn(ctx, name, err, errsz) returns 0, or -1 with err.  The JetStream API
+ * sets it (it keeps the stream's configuration); fn NULL unsets it. */
+void script_host_set_bucket_maker(script_host_t *h, int (*fn)(void *ctx, const char *bucket, char *err, size_t errsz),
+                                  void *ctx);
 /* Opens the streams the entry file declares (not its consumers) in sm, each
  * with fsync policy `fsync` (an FSYNC_* of slog.h) instead of the declared
  * one: a stream's fsync is fixed when it is first opened, so this, before

@@ -256,6 +256,9 @@ struct script_host {
     void *on_reload_ctx;
     script_identity_t test_who; /* script_set_identity: who the server's own events are */
     int has_test_who;
+    /* Makes the stream of a tide.kv.bucket (script_host_set_bucket_maker). */
+    int (*bucket_maker)(void *ctx, const char *bucket, char *err, size_t errsz);
+    void *bucket_ctx;
 };
 
 extern const char budget_keys[4];

@@ -488,6 +488,33 @@ static void drop_below(slog_t *l, uint64_t below)
         drop_first(l);
 }
 
+int slog_each_subject(slog_t *l, const char *prefix, size_t plen,
+                      void (*fn)(void *ctx, const char *subject, size_t len, uint64_t seq), void *ctx)
+{
+    char **subs = NULL;
+    size_t n = 0;
+    int rc = -1;
+    if (l->subj_last.count && !(subs = calloc(l->subj_last.count, sizeof *subs)))
+        return -1;
+    /* Copied first: slog_subject_last may change the table it walks. */
+    for (size_t i = 0; i < l->subj_last.cap && n < l->subj_last.count; i++) {
+        const dict_entry_t *e = &l->subj_last.slots[i];
+        if (e->key && e->klen >= plen && !memcmp(e->key, prefix, plen) && !(subs[n++] = strdup(e->key)))
+            goto fail;
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint64_t seq = slog_subject_last(l, subs[i], strlen(subs[i]));
+        if (seq)
+            fn(ctx, subs[i], strlen(subs[i]), seq);
+    }
+    rc = 0;
+fail:
+    for (size_t i = 0; i < n; i++)
+        free(subs[i]);
+    free(subs);
+    return rc;
+}
+
 int slog_has(slog_t *l, uint64_t seq)
 {
     return rec_present(l, seq) && !(l->cut_pending && seq > l->cut_after);

@@ -167,6 +167,12 @@ uint64_t slog_purge(slog_t *l, uint64_t below, int *err);
  * when the note could not be written (then nothing changed). */
 int slog_delete(slog_t *l, const uint64_t *seqs, size_t n);
 
+/* Calls fn for every subject starting with prefix (plen bytes) that still
+ * has a record, with its newest sequence, in no order.  fn may read the
+ * log but not append.  0, or -1 when out of memory. */
+int slog_each_subject(slog_t *l, const char *prefix, size_t plen,
+                      void (*fn)(void *ctx, const char *subject, size_t len, uint64_t seq), void *ctx);
+
 /* True when record seq is in the log (cheap: the index only). */
 int slog_has(slog_t *l, uint64_t seq);
 

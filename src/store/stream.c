@@ -959,6 +959,25 @@ int streams_delete_msg(streams_t *sm, const char *name, uint64_t seq, char *err,
     return rc;
 }
 
+int streams_store(streams_t *sm, const char *stream, const proto_msg_t *m, uint64_t *seq)
+{
+    stream_t *st = streams_find(sm, stream, strlen(stream));
+    proto_msg_t q = *m;
+    q.reply = NULL; /* nobody waits for a PubAck */
+    q.reply_len = 0;
+    int rc = st ? store_msg(st, &q) : CAPTURE_NONE;
+    if (rc == CAPTURE_STORED)
+        *seq = st->last_appended;
+    return rc;
+}
+
+int streams_subjects_each(streams_t *sm, const char *stream, const char *prefix, size_t plen,
+                          void (*fn)(void *ctx, const char *subject, size_t len, uint64_t seq), void *ctx)
+{
+    stream_t *st = streams_find(sm, stream, strlen(stream));
+    return st ? slog_each_subject(st->log, prefix, plen, fn, ctx) : -1;
+}
+
 uint64_t streams_subject_last(streams_t *sm, const char *stream, const char *subject, size_t len)
 {
     stream_t *st = streams_find(sm, stream, strlen(stream));

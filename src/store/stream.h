@@ -183,6 +183,19 @@ int streams_workqueue_conflict(streams_t *sm, const char *stream, const char *fi
  * how streams_add tells that two streams would capture the same subject. */
 int streams_patterns_overlap(const char *a, const char *b);
 
+/* Stores m in the stream called stream as a publish to one of its subjects
+ * would be (Nats-Expected-Last-Subject-Sequence, Nats-Rollup, the limits
+ * all apply), with no PubAck.  1: stored, *seq its sequence (durable later,
+ * under the stream's fsync policy); 0: no such stream; -1: refused by an
+ * expected-sequence header, a rollup or a limit; -2: storing failed
+ * (logged).  The KV buckets of tide.kv.bucket write through it. */
+int streams_store(streams_t *sm, const char *stream, const struct proto_msg *m, uint64_t *seq);
+
+/* slog_each_subject over the log of the stream called stream; -1 when
+ * there is none. */
+int streams_subjects_each(streams_t *sm, const char *stream, const char *prefix, size_t plen,
+                          void (*fn)(void *ctx, const char *subject, size_t len, uint64_t seq), void *ctx);
+
 /* The last sequence stored for subject in stream (0: none, or no such
  * stream). */
 uint64_t streams_subject_last(streams_t *sm, const char *stream, const char *subject, size_t len);

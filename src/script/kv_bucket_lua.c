@@ -1,0 +1,473 @@
+/* kv_bucket_lua.c - tide.kv.bucket(name): a handle on the JetStream KV
+ * bucket `name`, the stream KV_<name> on $KV.<name>.> (see kv_lua.h).
+ *
+ * A value is the payload of the newest message on $KV.<name>.<key>; a
+ * message whose KV-Operation header says DEL or PURGE means the key is
+ * gone, as the clients' KV API reads it.  What Lua stores keeps its Lua
+ * type in a Tide-Kv-Type header (int, float, bool, json; none for a
+ * string), so a client reads the text ("42", "true", the JSON) and Lua gets
+ * back what it stored; a value a client put has no such header and reads
+ * as a string.  A key's revision is its message's stream sequence. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+
+#include "json_lua.h"
+#include "kv_lua.h"
+#include "proto.h"
+#include "script_internal.h"
+#include "stream.h"
+
+#define BUCKET_NAME_MAX (STREAM_NAME_MAX - 4) /* "KV_" and the NUL */
+#define KEY_MAX 1024
+#define UPDATE_TRIES 64
+#define TYPE_HEADER "Tide-Kv-Type"
+
+typedef struct bucket {
+    script_host_t *host;
+    char name[BUCKET_NAME_MAX];
+    char stream[STREAM_NAME_MAX];
+    char *buf; /* record read buffer */
+    size_t cap;
+} bucket_t;
+
+/* ---- names ------------------------------------------------------------------ */
+
+static int bucket_name_ok(const char *s, size_t n)
+{
+    if (!n || n >= BUCKET_NAME_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!(s[i] == '-' || s[i] == '_' || (s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'z') ||
+              (s[i] >= 'A' && s[i] <= 'Z')))
+            return 0;
+    return 1;
+}
+
+/* A key as the clients' KV API allows it: letters, digits, - / _ = and
+ * dots between tokens. */
+static int key_ok(const char *k, size_t n)
+{
+    if (!n || n > KEY_MAX || k[0] == '.' || k[n - 1] == '.')
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = k[i];
+        if (c == '.' && k[i + 1] == '.')
+            return 0;
+        if (!(c == '.' || c == '-' || c == '/' || c == '_' || c == '=' || (c >= '0' && c <= '9') ||
+              (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')))
+            return 0;
+    }
+    return 1;
+}
+
+/* The bucket of the call: the handle's upvalue; arguments start at 1
+ * whether it was called as b.get(k) or b:get(k). */
+static bucket_t *self(lua_State *L)
+{
+    if (lua_istable(L, 1) && lua_rawequal(L, 1, lua_upvalueindex(2)))
+        lua_remove(L, 1);
+    return lua_touserdata(L, lua_upvalueindex(1));
+}
+
+/* Checks the key at idx and writes its subject to subj. */
+static void check_key(lua_State *L, bucket_t *b, int idx, char *subj, size_t sn)
+{
+    size_t kl;
+    const char *k = luaL_checklstring(L, idx, &kl);
+    if (!key_ok(k, kl))
+        luaL_error(L, "bucket '%s': '%s' is not a valid key (letters, digits, - / _ = and dots between them)",
+                   b->name, k);
+    snprintf(subj, sn, "$KV.%s.%.*s", b->name, (int)kl, k);
+}
+
+/* The bucket's streams, its stream made through the host's bucket maker
+ * when it is not there; raises when it cannot be. */
+static streams_t *open_stream(lua_State *L, bucket_t *b)
+{
+    script_host_t *h = b->host;
+    char err[512] = "";
+    if (!h->streams)
+        luaL_error(L, "bucket '%s': there are no streams (tide.kv.bucket needs a data directory)", b->name);
+    if (streams_stream_info(h->streams, b->stream, -1, NULL))
+        return h->streams;
+    if (!h->bucket_maker || h->bucket_maker(h->bucket_ctx, b->name, err, sizeof err) < 0 ||
+        !streams_stream_info(h->streams, b->stream, -1, NULL))
+        luaL_error(L, "bucket '%s': cannot make stream %s%s%s", b->name, b->stream, err[0] ? ": " : "", err);
+    return h->streams;
+}
+
+/* ---- reading ---------------------------------------------------------------- */
+
+enum { ENTRY_NONE, ENTRY_VALUE, ENTRY_GONE };
+
+/* The newest message on subj into *r (its bytes in b->buf, valid until the
+ * next read) and *rev: ENTRY_VALUE, ENTRY_GONE (a DEL or PURGE marker), or
+ * ENTRY_NONE (no message; *rev 0). */
+static int newest(lua_State *L, bucket_t *b, const char *subj, slog_rec_t *r, uint64_t *rev)
+{
+    streams_t *sm = open_stream(L, b);
+    size_t vl;
+    *rev = streams_subject_last(sm, b->stream, subj, strlen(subj));
+    if (!*rev || streams_read(sm, b->stream, *rev, r, &b->buf, &b->cap) <= 0) {
+        *rev = 0;
+        return ENTRY_NONE;
+    }
+    const char *op = r->hdr_len ? proto_header_find(r->hdr, r->hdr_len, "KV-Operation", &vl) : NULL;
+    return op && ((vl == 3 && !memcmp(op, "DEL", 3)) || (vl == 5 && !memcmp(op, "PURGE", 5))) ? ENTRY_GONE
+                                                                                                : ENTRY_VALUE;
+}
+
+/* Pushes the value of record r, as the Lua type its Tide-Kv-Type says. */
+static void push_value(lua_State *L, const slog_rec_t *r)
+{
+    size_t tl;
+    const char *t = r->hdr_len ? proto_header_find(r->hdr, r->hdr_len, TYPE_HEADER, &tl) : NULL;
+    char num[64];
+    snprintf(num, sizeof num, "%.*s", (int)(r->payload_len < sizeof num ? r->payload_len : 0), r->payload);
+    if (t && tl == 3 && !memcmp(t, "int", 3) && lua_stringtonumber(L, num)) {
+        return;
+    } else if (t && tl == 5 && !memcmp(t, "float", 5)) {
+        lua_pushnumber(L, strtod(num, NULL));
+    } else if (t && tl == 4 && !memcmp(t, "bool", 4)) {
+        lua_pushboolean(L, !strcmp(num, "true"));
+    } else if (t && tl == 4 && !memcmp(t, "json", 4)) {
+        char *nums;
+        cJSON *j = json_parse_exact(r->payload, r->payload_len, &nums);
+        if (!j) {
+            lua_pushnil(L);
+            return;
+        }
+        json_push_document(L, j, nums); /* owns the tree; proxies keep it alive */
+        json_push(L, j, -1);
+        lua_remove(L, -2);
+    } else {
+        lua_pushlstring(L, r->payload, r->payload_len);
+    }
+}
+
+/* ---- writing ---------------------------------------------------------------- */
+
+/* A message for a bucket: subject, header block and payload. */
+typedef struct put {
+    char hdr[256];
+    size_t hlen;
+    char num[64];
+    char *text; /* a table's JSON (malloc'd) */
+    const char *payload;
+    size_t plen;
+} put_t;
+
+/* The payload and Tide-Kv-Type of the Lua value at idx (nil: none). */
+static void put_value(lua_State *L, int idx, put_t *p, const char **type)
+{
+    int t = lua_type(L, idx);
+    *type = NULL;
+    p->payload = "";
+    p->plen = 0;
+    if (t == LUA_TSTRING) {
+        p->payload = lua_tolstring(L, idx, &p->plen);
+    } else if (t == LUA_TNUMBER) {
+        *type = lua_isinteger(L, idx) ? "int" : "float";
+        p->plen = (size_t)(lua_isinteger(L, idx) ? snprintf(p->num, sizeof p->num, LUA_INTEGER_FMT, lua_tointeger(L, idx))
+                                                 : snprintf(p->num, sizeof p->num, "%.17g", lua_tonumber(L, idx)));
+        p->payload = p->num;
+    } else if (t == LUA_TBOOLEAN) {
+        *type = "bool";
+        p->payload = lua_toboolean(L, idx) ? "true" : "false";
+        p->plen = strlen(p->payload);
+    } else if (t != LUA_TNIL) {
+        cJSON *j = json_from_lua(L, idx); /* raises for functions, userdata, ... */
+        p->text = json_print(j, &p->plen);
+        cJSON_Delete(j);
+        if (!p->text)
+            luaL_error(L, "out of memory");
+        *type = "json";
+        p->payload = p->text;
+    }
+}
+
+/* Writes the value at idx (LUA_TNONE / nil with op: a DEL or PURGE marker)
+ * to subj, only if the subject's newest sequence is `expect` (UINT64_MAX:
+ * whatever it is).  Returns the new revision, or 0 when the subject had
+ * moved on; raises when the bucket refuses the message. */
+static uint64_t put(lua_State *L, bucket_t *b, const char *subj, int idx, const char *op, uint64_t expect)
+{
+    streams_t *sm = open_stream(L, b);
+    put_t p = {0};
+    const char *type = NULL;
+    uint64_t seq = 0;
+    if (!op)
+        put_value(L, idx, &p, &type);
+    int n = snprintf(p.hdr, sizeof p.hdr, "NATS/1.0\r\n");
+    if (type)
+        n += snprintf(p.hdr + n, sizeof p.hdr - (size_t)n, TYPE_HEADER ": %s\r\n", type);
+    if (op)
+        n += snprintf(p.hdr + n, sizeof p.hdr - (size_t)n, "KV-Operation: %s\r\n%s", op,
+                      !strcmp(op, "PURGE") ? "Nats-Rollup: sub\r\n" : "");
+    if (expect != UINT64_MAX)
+        n += snprintf(p.hdr + n, sizeof p.hdr - (size_t)n, "Nats-Expected-Last-Subject-Sequence: %" PRIu64 "\r\n",
+                      expect);
+    n += snprintf(p.hdr + n, sizeof p.hdr - (size_t)n, "\r\n");
+    proto_msg_t m = {0};
+    m.subject = subj;
+    m.subject_len = strlen(subj);
+    if (n > 12) { /* more than the status line and the end */
+        m.hdr = p.hdr;
+        m.hdr_len = (size_t)n;
+    }
+    m.payload = p.payload;
+    m.payload_len = p.plen;
+    int rc = streams_store(sm, b->stream, &m, &seq);
+    free(p.text);
+    if (rc == 1)
+        return seq;
+    if (rc == -1 && expect != UINT64_MAX && streams_subject_last(sm, b->stream, subj, strlen(subj)) != expect)
+        return 0;
+    luaL_error(L, "bucket '%s': %s was not stored (%s)", b->name, subj,
+               rc == -1 ? "refused by the bucket's limits" : "the stream could not store it");
+    return 0;
+}
+
+/* ---- the handle's functions ------------------------------------------------- */
+
+static int l_get(lua_State *L)
+{
+    bucket_t *b = self(L);
+    char subj[KEY_MAX + 100];
+    slog_rec_t r;
+    uint64_t rev;
+    check_key(L, b, 1, subj, sizeof subj);
+    if (newest(L, b, subj, &r, &rev) == ENTRY_VALUE)
+        push_value(L, &r);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
+static int l_has(lua_State *L)
+{
+    bucket_t *b = self(L);
+    char subj[KEY_MAX + 100];
+    slog_rec_t r;
+    uint64_t rev;
+    check_key(L, b, 1, subj, sizeof subj);
+    lua_pushboolean(L, newest(L, b, subj, &r, &rev) == ENTRY_VALUE);
+    return 1;
+}
+
+static int l_revision(lua_State *L)
+{
+    bucket_t *b = self(L);
+    char subj[KEY_MAX + 100];
+    slog_rec_t r;
+    uint64_t rev;
+    check_key(L, b, 1, subj, sizeof subj);
+    if (newest(L, b, subj, &r, &rev) == ENTRY_VALUE)
+        lua_pushinteger(L, (lua_Integer)rev);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
+/* del(k) -> existed: a DEL marker, as a client's kv.delete writes. */
+static int l_del(lua_State *L)
+{
+    bucket_t *b = self(L);
+    char subj[KEY_MAX + 100];
+    slog_rec_t r;
+    uint64_t rev;
+    check_key(L, b, 1, subj, sizeof subj);
+    int existed = newest(L, b, subj, &r, &rev) == ENTRY_VALUE;
+    if (existed)
+        put(L, b, subj, 0, "DEL", UINT64_MAX);
+    lua_pushboolean(L, existed);
+    return 1;
+}
+
+/* set(k, v) -> revision; v nil deletes. */
+static int l_set(lua_State *L)
+{
+    bucket_t *b = self(L);
+    char subj[KEY_MAX + 100];
+    check_key(L, b, 1, subj, sizeof subj);
+    if (lua_isnoneornil(L, 2)) {
+        lua_settop(L, 1);
+        return l_del(L);
+    }
+    lua_pushinteger(L, (lua_Integer)put(L, b, subj, 2, NULL, UINT64_MAX));
+    return 1;
+}
+
+/* incr(k [, by]) -> the new integer (a missing key counts as 0). */
+static int l_incr(lua_State *L)
+{
+    bucket_t *b = self(L);
+    char subj[KEY_MAX + 100];
+    slog_rec_t r;
+    uint64_t rev;
+    lua_Integer by = luaL_optinteger(L, 2, 1), now = 0;
+    check_key(L, b, 1, subj, sizeof subj);
+    if (newest(L, b, subj, &r, &rev) == ENTRY_VALUE) {
+        push_value(L, &r);
+        int isnum = 0;
+        now = lua_tointegerx(L, -1, &isnum);
+        if (!isnum || lua_type(L, -1) == LUA_TBOOLEAN)
+            return luaL_error(L, "bucket '%s': kv.incr: value of '%s' is not an integer", b->name,
+                              lua_tostring(L, 1));
+        lua_pop(L, 1);
+    }
+    lua_pushinteger(L, (lua_Integer)((lua_Unsigned)now + (lua_Unsigned)by));
+    put(L, b, subj, lua_gettop(L), NULL, UINT64_MAX);
+    return 1;
+}
+
+/* update(k, fn) -> revision: fn(value, revision) gives the new value (nil
+ * deletes), written only if the key has not changed since it was read;
+ * read and called again when it has. */
+static int l_update(lua_State *L)
+{
+    bucket_t *b = self(L);
+    char subj[KEY_MAX + 100];
+    slog_rec_t r;
+    uint64_t rev, done = 0;
+    check_key(L, b, 1, subj, sizeof subj);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    for (int tries = 0; tries < UPDATE_TRIES && !done; tries++) {
+        lua_settop(L, 2);
+        int e = newest(L, b, subj, &r, &rev);
+        lua_pushvalue(L, 2);
+        if (e == ENTRY_VALUE)
+            push_value(L, &r);
+        else
+            lua_pushnil(L);
+        if (e == ENTRY_VALUE)
+            lua_pushinteger(L, (lua_Integer)rev);
+        else
+            lua_pushnil(L);
+        lua_call(L, 2, 1);
+        if (lua_isnil(L, -1) && e != ENTRY_VALUE)
+            return 0; /* nothing there, and nothing to write */
+        done = put(L, b, subj, lua_isnil(L, -1) ? 0 : 3, lua_isnil(L, -1) ? "DEL" : NULL, rev);
+    }
+    if (!done)
+        return luaL_error(L, "bucket '%s': update of %s: the key kept changing (%d tries)", b->name, subj,
+                          UPDATE_TRIES);
+    lua_pushinteger(L, (lua_Integer)done);
+    return 1;
+}
+
+typedef struct keys_ctx {
+    lua_State *L;
+    bucket_t *b;
+    size_t skip; /* "$KV.<bucket>." */
+    lua_Integer n;
+    int list;
+} keys_ctx_t;
+
+static void add_key(void *ctx, const char *subject, size_t len, uint64_t seq)
+{
+    keys_ctx_t *k = ctx;
+    slog_rec_t r;
+    size_t vl;
+    if (streams_read(k->b->host->streams, k->b->stream, seq, &r, &k->b->buf, &k->b->cap) <= 0 ||
+        (r.hdr_len && proto_header_find(r.hdr, r.hdr_len, "KV-Operation", &vl)))
+        return; /* gone, or a DEL / PURGE marker */
+    k->n++;
+    if (k->list) {
+        lua_pushlstring(k->L, subject + k->skip, len - k->skip);
+        lua_rawseti(k->L, -2, k->n);
+    }
+}
+
+/* keys([prefix]) -> sorted list, or count() -> n: the keys with a value. */
+static int each_key(lua_State *L, bucket_t *b, const char *prefix, size_t pl, int list)
+{
+    streams_t *sm = open_stream(L, b);
+    char p[KEY_MAX + 100];
+    keys_ctx_t k = {L, b, 0, 0, list};
+    k.skip = (size_t)snprintf(p, sizeof p, "$KV.%s.", b->name);
+    snprintf(p + k.skip, sizeof p - k.skip, "%.*s", (int)pl, prefix);
+    if (list)
+        lua_newtable(L);
+    if (streams_subjects_each(sm, b->stream, p, strlen(p), add_key, &k) < 0)
+        return luaL_error(L, "bucket '%s': out of memory", b->name);
+    if (!list) {
+        lua_pushinteger(L, k.n);
+        return 1;
+    }
+    lua_getglobal(L, "table");
+    if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, "sort");
+        lua_pushvalue(L, -3);
+        lua_call(L, 1, 0);
+    }
+    lua_pop(L, 1);
+    return 1;
+}
+
+static int l_keys(lua_State *L)
+{
+    bucket_t *b = self(L);
+    size_t pl = 0;
+    const char *prefix = luaL_optlstring(L, 1, "", &pl);
+    return each_key(L, b, prefix, pl, 1);
+}
+
+static int l_count(lua_State *L)
+{
+    return each_key(L, self(L), "", 0, 0);
+}
+
+static int l_bucket_gc(lua_State *L)
+{
+    bucket_t *b = lua_touserdata(L, 1);
+    free(b->buf);
+    b->buf = NULL;
+    return 0;
+}
+
+/* tide.kv.bucket(name) -> the handle (made lazily: its stream is made or
+ * opened at the first call that needs it). */
+static int l_bucket(lua_State *L)
+{
+    static const luaL_Reg fns[] = {{"get", l_get},     {"set", l_set},       {"del", l_del},
+                                   {"incr", l_incr},   {"has", l_has},       {"keys", l_keys},
+                                   {"count", l_count}, {"update", l_update}, {"revision", l_revision},
+                                   {NULL, NULL}};
+    size_t nl;
+    const char *name = luaL_checklstring(L, 1, &nl);
+    if (!bucket_name_ok(name, nl))
+        return luaL_error(L, "tide.kv.bucket: '%s' is not a bucket name (letters, digits, - and _, at most %d)", name,
+                          BUCKET_NAME_MAX - 1);
+    lua_createtable(L, 0, 10);
+    int handle = lua_gettop(L);
+    bucket_t *b = lua_newuserdatauv(L, sizeof *b, 0);
+    memset(b, 0, sizeof *b);
+    b->host = lua_touserdata(L, lua_upvalueindex(1));
+    snprintf(b->name, sizeof b->name, "%s", name);
+    snprintf(b->stream, sizeof b->stream, "KV_%s", name);
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, l_bucket_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    for (const luaL_Reg *f = fns; f->name; f++) {
+        lua_pushvalue(L, -1);     /* the bucket */
+        lua_pushvalue(L, handle); /* the handle, to tell b:get(k) from b.get(k) */
+        lua_pushcclosure(L, f->func, 2);
+        lua_setfield(L, handle, f->name);
+    }
+    lua_pop(L, 1);
+    lua_pushstring(L, name);
+    lua_setfield(L, handle, "name");
+    return 1;
+}
+
+void kv_bucket_lua_push(lua_State *L, script_host_t *host)
+{
+    lua_pushlightuserdata(L, host);
+    lua_pushcclosure(L, l_bucket, 1);
+}
