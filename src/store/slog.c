@@ -441,7 +441,7 @@ void slog_set_limits(slog_t *l, const slog_opts_t *o)
  * removed stays removed (the records themselves stay in their segment
  * until it is deleted whole).  A torn last line is ignored. */
 #define REMOVED_FILE "removed"
-#define REMOVED_COMPACT_LINES 8 /* not worth a rewrite below this */
+#define REMOVED_COMPACT_LINES 256 /* below this a rewrite (two syncs) costs more than it saves */
 
 /* Appends n bytes of lines to the removed file, and with sync syncs it
  * (and so every line written before).  0 or -1. */
