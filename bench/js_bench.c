@@ -98,7 +98,7 @@ static int64_t realtime_ns(void)
 static void die_usage(void)
 {
     fprintf(stderr,
-            "usage: js_bench --scenario seq|async|consume|ping|wait-ready [--url URL]\n"
+            "usage: js_bench --scenario seq|async|consume|kv|ping|wait-ready [--url URL]\n"
             "                [--n N] [--size S] [--warmup W] [--max-pending P]\n"
             "                [--timeout SECS] [--raw FILE] [--create-stream]\n"
             "                [--create-consumer] [--tide-admin] [--stream NAME] [--subject SUBJ]\n"
@@ -214,6 +214,7 @@ static void parse_args(int argc, char **argv, struct args *a)
         if (strcmp(scenario, "seq") == 0) a->n = 5000;
         else if (strcmp(scenario, "async") == 0) a->n = 200000;
         else if (strcmp(scenario, "consume") == 0) a->n = 100000;
+        else if (strcmp(scenario, "kv") == 0) a->n = 5000;
         else a->n = 1;
     }
     if (a->n < 1 || a->n > 100000000L || a->size < 8 || a->size > (8L << 20) ||
@@ -740,6 +741,71 @@ static int raw_ping(const struct addrinfo *ai, int timeout_ms, char *err, size_t
     return 0;
 }
 
+/* ---------------------------------------------------------------- kv */
+
+#define KV_KEYS 1000
+
+/* kv: a bucket "bench" (history 1) made through the client's KV API, then
+ * n sequential puts of `size` bytes over KV_KEYS keys, each waiting for its
+ * PubAck, then n sequential gets of those keys (the latest value, by
+ * direct get when the server offers it); rates and p50 of each. */
+static int run_kv(const struct args *a, natsConnection *nc, jsCtx *js, int64_t deadline)
+{
+    (void)nc;
+    kvConfig cfg;
+    kvStore *kv = NULL;
+    kvConfig_Init(&cfg);
+    cfg.Bucket = "bench";
+    cfg.History = 1;
+    natsStatus s = js_CreateKeyValue(&kv, js, &cfg);
+    if (s != NATS_OK)
+        fail("js_CreateKeyValue: %s", errtext(s));
+    char *payload = make_payload(a->size), key[32];
+    size_t n = (size_t)a->n;
+    double *lat = malloc(sizeof(double) * n), put_secs, get_secs, put_p50, get_p50;
+    if (!lat)
+        fail("out of memory");
+    int64_t t_start = now_ns();
+    for (size_t i = 0; i < n; i++) {
+        if (now_ns() > deadline)
+            fail("timeout after %.0fs (%zu of %zu puts done)", a->timeout, i, n);
+        snprintf(key, sizeof key, "k%zu", i % KV_KEYS);
+        memcpy(payload, &i, sizeof i);
+        uint64_t rev = 0;
+        int64_t t0 = now_ns();
+        if ((s = kvStore_Put(&rev, kv, key, payload, (int)a->size)) != NATS_OK)
+            fail("kvStore_Put #%zu failed: %s", i, errtext(s));
+        lat[i] = (double)(now_ns() - t0) / 1e3;
+    }
+    put_secs = (double)(now_ns() - t_start) / 1e9;
+    qsort(lat, n, sizeof *lat, cmp_double);
+    put_p50 = pct(lat, n, 0.50);
+    t_start = now_ns();
+    for (size_t i = 0; i < n; i++) {
+        if (now_ns() > deadline)
+            fail("timeout after %.0fs (%zu of %zu gets done)", a->timeout, i, n);
+        snprintf(key, sizeof key, "k%zu", (i * 7919) % KV_KEYS);
+        kvEntry *e = NULL;
+        int64_t t0 = now_ns();
+        if ((s = kvStore_Get(&e, kv, key)) != NATS_OK)
+            fail("kvStore_Get #%zu (%s) failed: %s", i, key, errtext(s));
+        lat[i] = (double)(now_ns() - t0) / 1e3;
+        if (kvEntry_ValueLen(e) != (int)a->size)
+            fail("kvStore_Get #%zu (%s): %d bytes, expected %ld", i, key, kvEntry_ValueLen(e), a->size);
+        kvEntry_Destroy(e);
+    }
+    get_secs = (double)(now_ns() - t_start) / 1e9;
+    qsort(lat, n, sizeof *lat, cmp_double);
+    get_p50 = pct(lat, n, 0.50);
+    check_conn();
+    printf("RESULT kv size=%ld n=%zu put_rate=%.0f put_p50_us=%.1f get_rate=%.0f get_p50_us=%.1f\n", a->size, n,
+           (double)n / put_secs, put_p50, (double)n / get_secs, get_p50);
+    kvStore_Destroy(kv);
+    free(lat);
+    free(payload);
+    return 0;
+}
+
 static int run_ping(const struct args *a)
 {
     struct addrinfo *ai = resolve(a->url);
@@ -798,6 +864,7 @@ int main(int argc, char **argv)
     if (strcmp(scenario, "seq") == 0) run = run_seq;
     else if (strcmp(scenario, "async") == 0) run = run_async;
     else if (strcmp(scenario, "consume") == 0) run = run_consume;
+    else if (strcmp(scenario, "kv") == 0) run = run_kv;
     else die_usage();
 
     natsStatus s = nats_Open(-1);

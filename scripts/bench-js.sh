@@ -50,10 +50,16 @@
 #   recoverykill the same as recovery1k, the server killed with SIGKILL
 #                (once every PubAck came back) instead of stopped
 #   recovery     the three recovery runs
+#   kv           a KV bucket "bench" (history 1) made with js_CreateKeyValue on
+#                both servers (tide: through its JetStream API, a stream with
+#                fsync "always"), then BENCH_JS_KV_N (default 5000)
+#                sequential kvStore_Put of 128 B over 1,000 keys, each waiting
+#                for its PubAck, then as many kvStore_Get (direct gets);
+#                puts/s, gets/s and the p50 of each
 #
 # Environment:
 #   BENCH_REPEAT         repetitions per scenario and server (default 3)
-#   BENCH_JS_SEQ_N, BENCH_JS_ASYNC_N, BENCH_JS_CONSUME_N, BENCH_RECOVERY_N,
+#   BENCH_JS_SEQ_N, BENCH_JS_ASYNC_N, BENCH_JS_CONSUME_N, BENCH_RECOVERY_N, BENCH_JS_KV_N,
 #   BENCH_JS_MAX_PENDING as above
 #   BENCH_JS_TIMEOUT     deadline of one js_bench run in seconds (default 600);
 #                        a run past it fails
@@ -86,6 +92,7 @@ REPEAT=${BENCH_REPEAT:-3}
 SEQ_N=${BENCH_JS_SEQ_N:-5000}
 ASYNC_N=${BENCH_JS_ASYNC_N:-200000}
 CONSUME_N=${BENCH_JS_CONSUME_N:-100000}
+KV_N=${BENCH_JS_KV_N:-5000}
 REC_N=${BENCH_RECOVERY_N:-1000000}
 MAX_PENDING=${BENCH_JS_MAX_PENDING:-4096}
 JS_TMO=${BENCH_JS_TIMEOUT:-600}
@@ -105,11 +112,11 @@ die() { echo "bench-js: $*" >&2; exit 2; }
 [ -x "$BENCH" ] || die "$BENCH not built (run: make build/js_bench)"
 [ -x "$BUILD/fsync_probe" ] || die "$BUILD/fsync_probe not built (run: make build/fsync_probe)"
 command -v "$NATS_BIN" >/dev/null 2>&1 || die "$NATS_BIN not found"
-case "$REPEAT$SEQ_N$ASYNC_N$CONSUME_N$REC_N$MAX_PENDING$JS_TMO" in
+case "$REPEAT$SEQ_N$ASYNC_N$CONSUME_N$REC_N$MAX_PENDING$JS_TMO$KV_N" in
     *[!0-9]*) die "BENCH_* values must be integers" ;;
 esac
 [ "$REPEAT" -ge 1 ] || die "BENCH_REPEAT must be >= 1"
-for v in "$SEQ_N" "$ASYNC_N" "$CONSUME_N" "$REC_N" "$MAX_PENDING" "$JS_TMO"; do
+for v in "$SEQ_N" "$ASYNC_N" "$CONSUME_N" "$REC_N" "$MAX_PENDING" "$JS_TMO" "$KV_N"; do
     [ "$v" -ge 1 ] || die "BENCH_JS_* and BENCH_RECOVERY_N must be >= 1"
 done
 
@@ -400,6 +407,22 @@ scen_consume() {
 }
 
 # kill_server SIDE: SIGKILL at once (a crash); sets STOP_MS and STOP_RC.
+scen_kv() {
+    local side=$1 key=kv
+    fresh_server "$side" "$key" || return
+    if run_client "$side" "$key" kv --n "$KV_N" --size 128; then
+        sample "$key.put" "$side" "$(field put_rate "$LINE")"
+        sample "$key.putp50" "$side" "$(field put_p50_us "$LINE")"
+        sample "$key.get" "$side" "$(field get_rate "$LINE")"
+        sample "$key.getp50" "$side" "$(field get_p50_us "$LINE")"
+        sample "$key.cpu" "$side" "$CPU_S"
+        printf '  %-11s %-12s put %s/s (p50 %s us)  get %s/s (p50 %s us)\n' "$(label "$side")" "$key" \
+            "$(field put_rate "$LINE")" "$(field put_p50_us "$LINE")" "$(field get_rate "$LINE")" \
+            "$(field get_p50_us "$LINE")"
+    fi
+    stop_server "$side"
+}
+
 kill_server() {
     local side=$1 pid=${PID[$1]:-} t0
     STOP_MS=""; STOP_RC=""
@@ -477,6 +500,7 @@ run_scenario() {  # id side
         seqi)        TIDE_CFG="$TMP/tide-js-interval.lua"; scen_seq "$2" seqi; TIDE_CFG="$TMP/tide-js.lua" ;;
         async)       scen_async "$2" ;;
         consume)     scen_consume "$2" ;;
+        kv)          scen_kv "$2" ;;
         recovery128) scen_recovery "$2" recovery128 128 ;;
         recovery1k)  scen_recovery "$2" recovery1k 1024 ;;
         recoverykill) scen_recovery "$2" recoverykill 1024 kill ;;
@@ -502,7 +526,7 @@ FSYNC_NOTE="tide: fsync = \"always\" (group commit; a PubAck means the message i
 : > "$LOGDIR/errors.log"
 : > "$LOGDIR/tide.log"
 : > "$LOGDIR/nats.log"
-SCENARIOS="seq seqi async consume recovery128 recovery1k recoverykill"
+SCENARIOS="seq seqi async consume kv recovery128 recovery1k recoverykill"
 t_start=$(date +%s)
 
 echo "tide durable-publish benchmark: $REPEAT repetition(s); seq $SEQ_N, async $ASYNC_N, consume $CONSUME_N, recovery $REC_N"
@@ -545,6 +569,10 @@ async|publish, async ('"$MAX_PENDING"' in flight), 128 B (msgs/s)|rate|higher
 async.disk|data dir after '"$ASYNC_N"' async msgs (MiB)|mib|lower
 consume|push consumer: deliver + ack (msgs/s)|rate|higher
 consume.pre|consume preload, async publish (msgs/s)|rate|higher
+kv.put|KV put, sequential, 128 B, 1,000 keys (puts/s)|rate|higher
+kv.putp50|KV put, sequential: p50 (us)|us|lower
+kv.get|KV get, sequential, direct get (gets/s)|rate|higher
+kv.getp50|KV get, sequential: p50 (us)|us|lower
 recovery128.pub|recovery 128 B: async publish of '"$REC_N"' (msgs/s)|rate|higher
 recovery128.disk|recovery 128 B: data on disk (MiB)|mib|lower
 recovery128.stop|recovery 128 B: SIGTERM to exit (ms)|ms|lower
@@ -562,6 +590,7 @@ recoverykill.rss|recovery 1 KiB after SIGKILL: RSS after restart (MiB)|mib|lower
 CPUROWS='seq.cpu|publish, sequential|sec|lower
 async.cpu|publish, async|sec|lower
 consume.cpu|consume (preload + deliver + ack)|sec|lower
+kv.cpu|KV puts and gets|sec|lower
 recovery128.cpu|recovery 128 B: publishing|sec|lower
 recovery128.rcpu|recovery 128 B: restart until PONG|sec|lower
 recovery1k.cpu|recovery 1 KiB: publishing|sec|lower
@@ -620,7 +649,8 @@ echo "client:  $BENCH, libnats $libnats_version; run took ${elapsed}s"
     echo "- $nats_version: \`nats-server -js -sd DIR\`, stream \"bench\" (subjects bench.s, file storage) and durable push consumer \"w\" (deliver.bench, ack explicit, ack wait 30 s, max ack pending 20000) created with js_AddStream/js_AddConsumer"
     echo "- RSS is VmRSS, peak RSS is VmHWM from /proc: both count file pages a server has mapped with mmap, not only its heap"
     echo "- Client: $BENCH, libnats $libnats_version; consumer acks are \"+ACK\" published to the reply subject of a plain subscription"
-    echo "- Settings: BENCH_REPEAT=$REPEAT BENCH_JS_SEQ_N=$SEQ_N BENCH_JS_ASYNC_N=$ASYNC_N BENCH_JS_CONSUME_N=$CONSUME_N BENCH_RECOVERY_N=$REC_N BENCH_JS_MAX_PENDING=$MAX_PENDING${ONLY:+ BENCH_ONLY=\"$ONLY\"}; run took ${elapsed}s; $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "- KV: bucket \"bench\" (history 1) made by js_CreateKeyValue on both servers (on tide a stream made through its JetStream API: fsync always); kvStore_Put / kvStore_Get of libnats"
+    echo "- Settings: BENCH_REPEAT=$REPEAT BENCH_JS_SEQ_N=$SEQ_N BENCH_JS_ASYNC_N=$ASYNC_N BENCH_JS_CONSUME_N=$CONSUME_N BENCH_JS_KV_N=$KV_N BENCH_RECOVERY_N=$REC_N BENCH_JS_MAX_PENDING=$MAX_PENDING${ONLY:+ BENCH_ONLY=\"$ONLY\"}; run took ${elapsed}s; $(date -u '+%Y-%m-%d %H:%M UTC')"
 } > "$MD"
 echo "markdown: $MD"
 
