@@ -142,9 +142,9 @@ int stream_subjects_added(stream_t *st, const proto_msg_t *m, uint64_t seq)
 {
     size_t vl;
     int rc = 0, e = 0;
-    const char *v = rollup_of(m, &vl);
     if (!st->subjects_on)
         return 0;
+    const char *v = rollup_of(m, &vl);
     if (v && is_value(v, vl, "all")) {
         slog_purge(st->log, seq, &e);
         if (e) {
