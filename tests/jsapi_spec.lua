@@ -378,3 +378,22 @@ describe("the JetStream API without streams", function()
     assert.is_nil(answer)
   end)
 end)
+
+describe("the JetStream API when a stream's log fails", function()
+  local S = require "store_support"
+
+  it("keeps a deleted message deleted once the log reopens after a failed sync", function()
+    local env = S.new_env("jsapi-reopen")
+    env.config = 'stream "D" { subjects = { "d" } }\n'
+    -- the 10th sync is the group commit of the publishes after the delete
+    local srv = S.start(env, { fault = "sync:10:EIO" })
+    for i = 1, 3 do assert(h.request(srv.port, "d", "m" .. i)) end
+    assert.is_true(api(srv.port, "$JS.API.STREAM.MSG.DELETE.D", { seq = 2 }).success)
+    for i = 4, 6 do h.request(srv.port, "d", "m" .. i, { timeout = 3 }) end
+    assert(h.wait_until(function() return srv:log():find("reopened", 1, true) end, 10), srv:log())
+    local got = api(srv.port, "$JS.API.STREAM.MSG.GET.D", { seq = 2 })
+    srv:kill()
+    h.remove_tmpdir(env.dir)
+    assert.are.equal(10037, got.error and got.error.err_code, canon(got))
+  end)
+end)

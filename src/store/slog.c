@@ -1581,6 +1581,8 @@ static int reopen(slog_t *l)
         clear_memory(l);
         return -1;
     }
+    l->removed_lines = 0;
+    removed_replay(l); /* what was purged or deleted stays so, as at a start */
     l->failed = 0;
     log_info("store: %s reopened from the disk: sequences %" PRIu64 "..%" PRIu64, l->dir, l->first_seq,
              l->last_seq);
