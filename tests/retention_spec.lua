@@ -91,6 +91,10 @@ on("job.a", { consumer = "a" }, function(e) end)
     local r = json.decode(assert(h.request(srv.port, "$TIDE.ADMIN.RELOAD", "")).payload)
     assert.truthy(tostring(r.error):find("multiple non-filtered consumers not allowed on workqueue stream", 1, true),
       json.encode(r))
+    h.write_file(srv.config, base .. 'consumer "b" { stream = "jobs", filter = "job.b", deliver = "w.b", ' ..
+      'deliver_policy = "new" }\n')
+    r = json.decode(assert(h.request(srv.port, "$TIDE.ADMIN.RELOAD", "")).payload)
+    assert.truthy(tostring(r.error):find("consumer must be deliver all on workqueue stream", 1, true), json.encode(r))
     -- apart, they are fine
     h.write_file(srv.config, base .. 'consumer "b" { stream = "jobs", filter = "job.b", deliver = "w.b" }\n')
     r = json.decode(assert(h.request(srv.port, "$TIDE.ADMIN.RELOAD", "")).payload)

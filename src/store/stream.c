@@ -656,8 +656,9 @@ static void streams_apply_consumer(streams_t *sm, const consumer_cfg_t *cfg)
     consumer_pump(c);
 }
 
-/* On a workqueue stream, consumer ccfg[i] may not overlap a consumer
- * declared before it on the same stream.  0, or -1 with err. */
+/* On a workqueue stream, consumer ccfg[i] must deliver all and may not
+ * overlap a consumer declared before it on the same stream.  0, or -1 with
+ * err. */
 static int workqueue_declared_conflict(const stream_cfg_t *s, const consumer_cfg_t *ccfg, int i, char *err,
                                        size_t errsz)
 {
@@ -665,6 +666,11 @@ static int workqueue_declared_conflict(const stream_cfg_t *s, const consumer_cfg
     int code;
     if (s->retention != RETENTION_WORKQUEUE)
         return 0;
+    if (ccfg[i].deliver_policy != DELIVER_ALL) {
+        snprintf(err, errsz, "%s: consumer '%s': consumer must be deliver all on workqueue stream '%s'", ccfg[i].where,
+                 ccfg[i].name, s->name);
+        return -1;
+    }
     for (int k = 0; k < i; k++)
         if (!strcmp(ccfg[k].stream, s->name) &&
             stream_workqueue_filters_conflict(ccfg[i].filter, ccfg[k].filter, &code, why, sizeof why) < 0) {
