@@ -334,6 +334,31 @@ static int store_refuse_limits(stream_t *st, const proto_msg_t *m)
     return 1;
 }
 
+/* Nats-Expected-Last-Sequence, Nats-Expected-Last-Subject-Sequence and
+ * Nats-Rollup: 1 when m is refused (and its reply subject told why, as
+ * nats-server says it). */
+static int store_refuse_headers(stream_t *st, const proto_msg_t *m)
+{
+    uint64_t want = 0, last = 0;
+    char why[160];
+    int h = header_u64(m, "Nats-Expected-Last-Sequence", &want);
+    if (h && ((last = slog_last(st->log, NULL)), h < 0 || want != last))
+        goto wrong_last;
+    h = header_u64(m, "Nats-Expected-Last-Subject-Sequence", &want);
+    if (h && ((last = slog_subject_last(st->log, m->subject, m->subject_len)), h < 0 || want != last))
+        goto wrong_last;
+    if (stream_subjects_check_rollup(st, m, why, sizeof why) < 0) {
+        st->conflicts++;
+        puback_error(st, m->reply, m->reply_len, 500, 10111, "%s", why);
+        return 1;
+    }
+    return 0;
+wrong_last:
+    st->conflicts++;
+    puback_error(st, m->reply, m->reply_len, 400, 10071, "wrong last sequence: %" PRIu64, last);
+    return 1;
+}
+
 /* Stores m in st (or refuses it, answering its reply subject either way).
  * Returns a CAPTURE_* code. */
 static int store_msg(stream_t *st, const proto_msg_t *m)
@@ -367,31 +392,8 @@ static int store_msg(stream_t *st, const proto_msg_t *m)
             puback_error(st, reply, rlen, 503, 10077, "stream %s: out of memory", st->cfg.name);
         return CAPTURE_DUPLICATE;
     }
-    uint64_t want;
-    int h = header_u64(m, "Nats-Expected-Last-Sequence", &want);
-    if (h) {
-        uint64_t last = slog_last(l, NULL);
-        if (h < 0 || want != last) {
-            st->conflicts++;
-            puback_error(st, reply, rlen, 400, 10071, "wrong last sequence: %" PRIu64, last);
-            return CAPTURE_CONFLICT;
-        }
-    }
-    h = header_u64(m, "Nats-Expected-Last-Subject-Sequence", &want);
-    if (h) {
-        uint64_t last = slog_subject_last(l, m->subject, m->subject_len);
-        if (h < 0 || want != last) {
-            st->conflicts++;
-            puback_error(st, reply, rlen, 400, 10071, "wrong last sequence: %" PRIu64, last);
-            return CAPTURE_CONFLICT;
-        }
-    }
-    char why[160];
-    if (stream_subjects_check_rollup(st, m, why, sizeof why) < 0) {
-        st->conflicts++;
-        puback_error(st, reply, rlen, 500, 10111, "%s", why);
+    if (store_refuse_headers(st, m))
         return CAPTURE_CONFLICT;
-    }
     slog_rec_t r = {0};
     r.subject = m->subject;
     r.subject_len = m->subject_len;
