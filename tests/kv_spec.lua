@@ -101,6 +101,7 @@ local function compare_suite(label, flag)
       assert.are.same({ messages = 3, bytes_gt0 = true, first_seq = 3, last_seq = 5 }, got.per_subject_state)
       assert.are.same({ messages = 1, bytes_gt0 = true, first_seq = 5, last_seq = 5 }, got.rollup_all_state)
       assert.are.equal("memory", got.add_memory.storage)
+      assert.are.equal(10052, got.rollup_without_purge.err)
     end)
 
     it("keeps the bucket as the client left it across a kill -9", function()

@@ -218,6 +218,11 @@ static int norm_policies(const cJSON *req, cJSON *o, api_err_t *e)
                                         "allow_rollup_hdrs", NULL};
     for (int i = 0; flags[i]; i++)
         cJSON_AddBoolToObject(o, flags[i], cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, flags[i])));
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "deny_purge")) &&
+        cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "allow_rollup_hdrs"))) {
+        jsapi_set_err(e, 500, 10052, "roll-ups require the purge permission");
+        return -1;
+    }
     cJSON_AddObjectToObject(o, "consumer_limits");
     return 0;
 }

@@ -162,6 +162,8 @@ await step("rollup_all", async () => (await js.publish("ru.c", te.encode(""), ro
 await step("rollup_all_state", async () => state(await jsm.streams.info("RU")));
 // (an invalid Nats-Rollup value: nats-server 2.9 does not answer, 2.10 says
 // 10111; tests/jsapi_spec.lua holds tide to 2.10's answer)
+await step("rollup_without_purge", async () =>
+  config((await jsm.streams.add({ name: "RD", subjects: ["rd"], allow_rollup_hdrs: true, deny_purge: true })).config));
 await jsm.streams.add({ name: "NR", subjects: ["nr"] });
 await step("rollup_not_allowed", async () => (await js.publish("nr", te.encode(""), rollup("all"))).seq);
 
