@@ -344,9 +344,12 @@ describe("the JetStream API beside declared streams", function()
     assert.are.same({ 3, 1, 3 }, state("MEM"))
     local upd = api(srv.port, "$JS.API.STREAM.UPDATE.MEM", { name = "MEM", subjects = { "mem" } })
     assert.are.equal(10052, upd.error and upd.error.err_code, canon(upd))
+    assert.is_true(h.exists(data .. "/memory/MEM"))
     restart()
     assert.are.equal(10059, api(srv.port, "$JS.API.STREAM.INFO.MEM").error.err_code)
-    -- made again, it starts empty although the old files were left by the kill
+    -- what the kill left is gone with the start
+    assert.is_false(h.exists(data .. "/memory/MEM"))
+    -- made again, it starts empty
     api(srv.port, "$JS.API.STREAM.CREATE.MEM", { name = "MEM", subjects = { "mem" }, storage = "memory" })
     assert.are.same({ 0, 0, 0 }, state("MEM"))
   end)

@@ -445,6 +445,8 @@ static int capture(void *ctx, const proto_msg_t *m)
 
 /* ---- the manager ------------------------------------------------------------ */
 
+static int remove_tree(const char *dir);
+
 streams_t *streams_new(server_t *srv, const char *data_dir)
 {
     streams_t *sm = calloc(1, sizeof *sm);
@@ -454,14 +456,18 @@ streams_t *streams_new(server_t *srv, const char *data_dir)
     }
     sm->srv = srv;
     sm->base = server_base(srv);
+    /* What memory streams left when the process was killed: gone at a
+     * restart, as the streams themselves are. */
+    char mem[4200];
+    snprintf(mem, sizeof mem, "%s/memory", sm->dir);
+    if (remove_tree(mem) < 0)
+        log_warn("streams: cannot delete %s: %s", mem, strerror(errno));
     sm->ack_sub = server_subscribe_internal(srv, "$JS.ACK.>", consumers_on_ack, sm);
     if (sm->ack_sub)
         sm->ack_sub->flags |= SUB_RESPONDER; /* an ack sent as a request (AckSync) gets its answer */
     server_set_capture(srv, capture, sm);
     return sm;
 }
-
-static int remove_tree(const char *dir);
 
 static void stream_close(stream_t *st)
 {
@@ -510,8 +516,8 @@ static stream_t *stream_open(streams_t *sm, const stream_cfg_t *cfg, char *err, 
     for (int i = 0; i < cfg->nsubjects; i++)
         if ((st->cfg.subjects[i] = strdup(cfg->subjects[i])))
             st->cfg.nsubjects++;
-    snprintf(st->dir, sizeof st->dir, "%s/streams/%s", sm->dir, cfg->name);
-    if (cfg->memory && remove_tree(st->dir) < 0) /* what a memory stream held is gone at a restart */
+    snprintf(st->dir, sizeof st->dir, "%s/%s/%s", sm->dir, cfg->memory ? "memory" : "streams", cfg->name);
+    if (cfg->memory && remove_tree(st->dir) < 0) /* a memory stream starts empty */
         log_warn("stream %s: cannot empty %s: %s", cfg->name, st->dir, strerror(errno));
     if (util_mkdirs(st->dir) < 0) {
         snprintf(err, errsz, "stream '%s': cannot create %s: %s", cfg->name, st->dir, strerror(errno));
