@@ -520,6 +520,48 @@ int slog_has(slog_t *l, uint64_t seq)
     return rec_present(l, seq) && !(l->cut_pending && seq > l->cut_after);
 }
 
+/* Writes the notes of dropped records that waited for the buffer. */
+static void forget_write(slog_t *l)
+{
+    if (!l->flen)
+        return;
+    if (removed_append(l, l->fbuf, l->flen, 0) < 0)
+        log_warn("store: %s: cannot note dropped records in %s: %s", l->dir, REMOVED_FILE, strerror(errno));
+    l->flen = 0;
+    drop_segments(l);
+    removed_compact(l);
+}
+
+/* Notes lines (n bytes) of dropped records: at once when nothing is
+ * buffered, else after the buffered records are written, which replace
+ * them (a per-subject limit drops the old ones when a new one is
+ * appended): a note written while they wait in the buffer would, after a
+ * kill, leave the subject with neither. */
+static void forget_note(slog_t *l, const char *lines, size_t n)
+{
+    if (!l->wlen) {
+        if (removed_append(l, lines, n, 0) < 0)
+            log_warn("store: %s: cannot note dropped records in %s: %s", l->dir, REMOVED_FILE, strerror(errno));
+        return;
+    }
+    if (l->flen + n > l->fcap) {
+        size_t nc = l->fcap ? l->fcap * 2 : 1024;
+        while (nc < l->flen + n)
+            nc *= 2;
+        char *nb = realloc(l->fbuf, nc);
+        if (!nb) { /* at once, then: the worst is what was done before */
+            forget_write(l);
+            if (removed_append(l, lines, n, 0) < 0)
+                log_warn("store: %s: cannot note dropped records in %s: %s", l->dir, REMOVED_FILE, strerror(errno));
+            return;
+        }
+        l->fbuf = nb;
+        l->fcap = nc;
+    }
+    memcpy(l->fbuf + l->flen, lines, n);
+    l->flen += n;
+}
+
 void slog_forget(slog_t *l, const uint64_t *seqs, size_t n)
 {
     char lines[24 * 16];
@@ -530,11 +572,13 @@ void slog_forget(slog_t *l, const uint64_t *seqs, size_t n)
                 len += (size_t)snprintf(lines + len, 25, "d %" PRIu64 "\n", seqs[i]);
                 drop_one(l, seqs[i]);
             }
-        if (len && removed_append(l, lines, len, 0) < 0)
-            log_warn("store: %s: cannot note dropped records in %s: %s", l->dir, REMOVED_FILE, strerror(errno));
+        if (len)
+            forget_note(l, lines, len);
     }
-    drop_segments(l);
-    removed_compact(l);
+    if (!l->flen) { /* else once the buffer is written: files say what memory says only then */
+        drop_segments(l);
+        removed_compact(l);
+    }
 }
 
 /* Replays the removed file on a log just loaded. */
@@ -914,6 +958,9 @@ static int flush(slog_t *l)
             l->first_seq = good + 1;
         l->wlen = 0;
         l->wfirst = 0;
+        /* The drops they made stay in memory only: at the next start the
+         * old records are back, as they should be without these. */
+        l->flen = 0;
         if (l->cb)
             l->cb(l->ctx, good, err);
         return -1;
@@ -924,6 +971,7 @@ static int flush(slog_t *l)
     l->wlen = 0;
     l->wfirst = 0;
     l->written_seq = l->last_seq;
+    forget_write(l);
     if (l->o.fsync == FSYNC_ALWAYS) {
         request_sync(l, s->fd, l->last_seq, 0);
     } else {
@@ -1714,6 +1762,7 @@ void slog_close(slog_t *l)
     free(l->segs);
     free(l->dq);
     free(l->wbuf);
+    free(l->fbuf);
     free(l->undo);
     free(l->sfds);
     free(l->jobs);

@@ -177,6 +177,7 @@ int slog_each_subject(slog_t *l, const char *prefix, size_t plen,
 int slog_has(slog_t *l, uint64_t seq);
 
 /* Drops the records seqs[0..n) from the log, noted in the removed file
+ * once what is buffered is written (when that write fails, not at all),
  * without a sync of its own: the next slog_purge / slog_delete (which sync
  * the file) or compaction makes the note durable.  Until then a crash may
  * bring the records back, and the owner (a per-subject limit) must drop

@@ -87,6 +87,10 @@ struct slog {
     uint64_t wfirst; /* first sequence in wbuf (0: none) */
     uint64_t *undo;  /* per buffered record: the subject's previous last sequence */
     size_t capundo;
+    /* Notes of dropped records (slog_forget) that wait for the buffered
+     * records which replace them: written right after those. */
+    char *fbuf;
+    size_t flen, fcap;
     /* Events. */
     struct event_base *base;
     struct event *flush_ev, *tick_ev, *sync_ev;
