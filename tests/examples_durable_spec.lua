@@ -126,7 +126,9 @@ describe("examples/projection", function()
 
     -- Throw the read model away; the consumer starts over at sequence 1.
     srv:stop()
-    assert(os.execute("rm -rf '" .. data .. "/kv' '" .. data .. "/consumers/balances'"))
+    -- (tide.kv is the bucket `tide`: the stream KV_tide, made through the JetStream API)
+    assert(os.execute("rm -rf '" .. data .. "/streams/KV_tide' '" .. data .. "/jsapi/streams/KV_tide.json' '" .. data ..
+      "/consumers/balances'"))
     srv = start("projection", data)
     assert.truthy(h.wait_until(caught_up, 10), "the rebuilt projection did not catch up")
     for _, a in ipairs(accounts) do

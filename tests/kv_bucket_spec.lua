@@ -53,6 +53,22 @@ on("lua.update", function(e, ctx)
     tostring(rev == b.revision("c"))))
 end)
 
+on("tidekv.write", function(e, ctx)
+  tide.kv.set("greeting", "hi")
+  tide.kv.set("user 42", 7)
+  tide.kv.incr("n")
+  tide.kv.incr("n")
+  ctx.reply("ok")
+end)
+
+on("tidekv.read", function(e, ctx)
+  local out = {}
+  for _, k in ipairs({ "fromclient", "user 42", "n" }) do out[#out + 1] = k .. "=" .. show(tide.kv.get(k)) end
+  out[#out + 1] = "keys=" .. table.concat(tide.kv.keys(), ",")
+  out[#out + 1] = "same=" .. tostring(tide.kv.bucket("tide").get("user 42") == 7)
+  ctx.reply(table.concat(out, " "))
+end)
+
 on("lua.bad", function(e, ctx)
   local ok, err = pcall(function() tide.kv.bucket("app").set("a..b", 1) end)
   local ok2, err2 = pcall(tide.kv.bucket, "no.dots")
@@ -60,14 +76,16 @@ on("lua.bad", function(e, ctx)
 end)
 ]]
 
-local function node(port, ...)
+local function node_on(bucket, port, ...)
   local args = { ... }
   for i, a in ipairs(args) do args[i] = "'" .. a .. "'" end
-  local rc, out = h.sh(("cd '%s' && timeout -k 5 30 node kv_lua.mjs %d app %s"):format(NODE_DIR, port,
+  local rc, out = h.sh(("cd '%s' && timeout -k 5 30 node kv_lua.mjs %d %s %s"):format(NODE_DIR, port, bucket,
     table.concat(args, " ")))
   assert(rc == 0, out)
   return json.decode(out:match("(%b{})%s*$") or out:match("(%S+)%s*$"))
 end
+
+local function node(port, ...) return node_on("app", port, ...) end
 
 local function ask(port, subject)
   local m = assert(h.request(port, subject, ""))
@@ -113,6 +131,18 @@ describe("tide.kv.bucket", function()
   it("update() writes only over the revision it read, and reads again when the key moved", function()
     assert.are.equal("calls=2 c=107 rev=13 same=true", ask(srv.port, "lua.update"))
     assert.are.same({ value = "107", revision = 13, operation = "PUT" }, node(srv.port, "read", "c").c)
+  end)
+
+  it("tide.kv is the bucket `tide`: a client reads what a handler writes, a handler what it puts", function()
+    assert.are.equal("ok", ask(srv.port, "tidekv.write"))
+    -- "user 42" is no KV key: it is stored as "=" and its base64url.
+    local got = node_on("tide", srv.port, "read", "greeting", "n", "=dXNlciA0Mg")
+    assert.are.equal("hi", got.greeting.value)
+    assert.are.equal("2", got.n.value)
+    assert.are.equal("7", got["=dXNlciA0Mg"].value)
+    assert.is_number(node_on("tide", srv.port, "put", "fromclient", "hello lua"))
+    assert.are.equal("fromclient=string:hello lua user 42=integer:7 n=integer:2 keys=fromclient,greeting,n,user 42 " ..
+      "same=true", ask(srv.port, "tidekv.read"))
   end)
 
   it("refuses keys and bucket names the clients' KV API would not take", function()

@@ -1,7 +1,11 @@
--- tide.kv on disk (src/kv.c): with a data directory, every change is logged
--- to <data>/kv/log and the store is reloaded at start (snapshot, then log);
--- damaged records are skipped, the log is compacted into a new snapshot.
+-- tide.kv on disk: with a data directory tide.kv is the JetStream KV bucket
+-- `tide`, the stream KV_tide (one message per key, the newest), so values
+-- of every type outlive a restart and a kill -9, deletes stay deleted, the
+-- stream holds one message per key however many changes, and the stream
+-- log's recovery (a damaged record skipped, a torn tail cut) and failed
+-- writes apply to it.
 local h = require "helpers"
+local json = require "dkjson"
 
 -- The entry file: counts the server's starts in "boots" (an increment at
 -- load time) and answers requests that change or read the store.
@@ -115,6 +119,15 @@ local function restart(hard)
   return boot()
 end
 
+local function stream_info()
+  return json.decode(call("$JS.API.STREAM.INFO.KV_tide"))
+end
+
+-- The stream's segment file (one, at these sizes).
+local function segment()
+  return data .. "/streams/KV_tide/00000000000000000001.seg"
+end
+
 local function file_size(path)
   local f = io.open(path, "rb")
   if not f then return nil end
@@ -162,7 +175,8 @@ describe("tide.kv with a data directory", function()
     -- The entry file's increment at load adds to the stored counter.
     assert.are.equal("int:2", call("kv.get", "boots"))
     assert.are.equal("4", call("kv.incr", "hits"))
-    assert.matches("kv: loaded 12 keys from", srv:log(), nil, true)
+    -- The store is the stream KV_tide: one message per key.
+    assert.are.equal(12, stream_info().state.messages)
     assert.is_true(#text > 0 and #text2 > 0)
   end)
 
@@ -201,28 +215,18 @@ describe("tide.kv with a data directory", function()
     assert.are.equal('"vd"', after.d)
   end)
 
-  it("compacts the log into a snapshot and loads the same state", function()
+  it("holds one message per key however many changes, and loads the same state", function()
     start()
     assert.are.equal("ok", call("kv.fill"))
-    -- 25 x 1000 rounds of two changes each: 50,000 records unless compacted.
+    -- 25 x 1000 rounds of two changes each: 50,000 messages if all were kept.
     for _ = 1, 25 do assert.are.equal("ok", call("kv.churn", "1000")) end
     local before = dump()
     assert.are.equal("int:25000", before["churn.count"])
     assert.are.equal("int:24999", before["churn.49"])
     assert.are.equal("int:25000", before["churn.0"])
-
-    local snap = assert(h.read_file(data .. "/kv/snapshot"), "no snapshot was written")
-    local magic, gen, count = string.unpack("<c8I8I8", snap)
-    assert.are.equal("TIDEKVS1", magic)
-    assert.is_true(gen >= 1)
-    assert.is_true(count >= 50 and count <= 70, "snapshot entries: " .. count)
-    local log = assert(h.read_file(data .. "/kv/log"))
-    local lmagic, lgen = string.unpack("<c8I8", log)
-    assert.are.equal("TIDEKVL1", lmagic)
-    assert.are.equal(gen, lgen)
-    -- One record is ~30 bytes: 50,000 of them would be ~1.5 MB.
-    local total = #snap + #log
-    assert.is_true(total < 400000, "kv files hold " .. total .. " bytes")
+    local st = stream_info().state
+    assert.is_true(st.messages >= 50 and st.messages <= 70, "messages: " .. st.messages)
+    assert.is_true(st.last_seq > 50000, "last_seq: " .. st.last_seq)
 
     restart()
     local after = dump()
@@ -235,39 +239,13 @@ describe("tide.kv with a data directory", function()
     assert.is_nil(srv:log():find("damaged", 1, true), srv:log())
   end)
 
-  it("never applies a log older than the snapshot", function()
-    start()
-    assert.are.equal("ok", call("kv.set", "x=old"))
-    local stale = assert(h.read_file(data .. "/kv/log"))
-    assert.are.equal(0, (string.unpack("<I8", stale, 9)))
-    assert.is_truthy(stale:find("old", 1, true))
-    assert.are.equal("ok", call("kv.set", "x=new"))
-    for _ = 1, 6 do assert.are.equal("ok", call("kv.churn", "1000")) end
-    srv:stop()
-    local snap = assert(h.read_file(data .. "/kv/snapshot"))
-    assert.is_true(string.unpack("<I8", snap, 9) >= 1)
-    -- As a crash between the snapshot's rename and the new log's leaves it.
-    h.write_file(data .. "/kv/log", stale)
-    boot()
-    assert.are.equal('"new"', call("kv.get", "x"))
-    -- (what the snapshot holds: the changes after it were in the log replaced)
-    local n = tonumber(call("kv.get", "churn.count"):match("^int:(%d+)$"))
-    assert.is_true(n >= 4000 and n <= 6000, tostring(n))
-    assert.matches("kv: .*/kv/log is of generation 0, older than the snapshot %(%d+%): not applied", srv:log())
-    restart()
-    assert.are.equal('"new"', call("kv.get", "x"))
-  end)
-
-  it("skips a damaged record in the log and keeps the others", function()
+  it("skips a damaged record of the bucket's stream and keeps the others", function()
     start()
     for i = 1, 5 do assert.are.equal("ok", call("kv.set", "k" .. i .. "=VALUE-NUMBER-" .. i)) end
     srv:stop()
-    local path = data .. "/kv/log"
-    local log = assert(h.read_file(path))
-    local at = assert(log:find("VALUE-NUMBER-3", 1, true))
-    patch(path, at - 1 + 6, "X") -- one byte of k3's value: its CRC no longer matches
-    local size = #log
-
+    local seg = assert(h.read_file(segment()))
+    local at = assert(seg:find("VALUE-NUMBER-3", 1, true))
+    patch(segment(), at - 1 + 6, "X") -- one byte of k3's value: its CRC no longer matches
     boot()
     local after = dump()
     assert.are.equal('"VALUE-NUMBER-1"', after.k1)
@@ -276,100 +254,85 @@ describe("tide.kv with a data directory", function()
     assert.are.equal('"VALUE-NUMBER-4"', after.k4)
     assert.are.equal('"VALUE-NUMBER-5"', after.k5)
     assert.are.equal("int:2", after.boots)
-    local text = srv:log()
-    assert.matches("%[WRN%] kv: .*/kv/log: skipped 1 damaged record%(s%)", text)
-    -- A copy of the damaged log is kept and a fresh snapshot written.
-    assert.are.equal(size, file_size(data .. "/kv/log.damaged"))
-    assert.is_truthy(file_size(data .. "/kv/snapshot"))
-
-    -- The next start finds nothing damaged.
+    assert.matches("streams/KV_tide: record %d+ failed its checksum", srv:log())
     assert.are.equal("ok", call("kv.set", "k6=six"))
     restart()
-    local again = dump()
-    assert.are.equal('"six"', again.k6)
-    assert.are.equal('"VALUE-NUMBER-5"', again.k5)
-    assert.is_nil(again.k3)
-    assert.is_nil(srv:log():find("damaged", 1, true), srv:log())
+    assert.are.equal('"six"', call("kv.get", "k6"))
+    assert.are.equal('"VALUE-NUMBER-5"', call("kv.get", "k5"))
   end)
 
-  it("cuts a torn tail off the log", function()
+  it("cuts a torn tail off the bucket's stream", function()
     start()
     for i = 1, 3 do assert.are.equal("ok", call("kv.set", "t" .. i .. "=torn-" .. i)) end
     srv:kill()
-    local path = data .. "/kv/log"
-    local good = file_size(path)
-    -- Half of a record, as a crash in the middle of a write leaves it.
-    local f = assert(io.open(path, "ab"))
-    f:write("TKV1\1\2\3\4\200\0\0\0S")
-    f:close()
+    -- Half of a record after the last whole one, as a crash in the middle of a write leaves it.
+    local seg = assert(h.read_file(segment()))
+    local last = assert(seg:find("torn-3", 1, true)) + 5
+    patch(segment(), last, seg:sub(1, 40))
     boot()
     local after = dump()
+    assert.are.equal('"torn-1"', after.t1)
     assert.are.equal('"torn-3"', after.t3)
-    assert.matches("kv: .*/kv/log: cut a torn tail of 13 bytes", srv:log())
+    assert.matches("stream KV_tide: .*torn", srv:log())
     -- Appends go on right after the last whole record.
     assert.are.equal("ok", call("kv.set", "t4=after the cut"))
     srv:stop()
     boot()
     assert.are.equal('"after the cut"', call("kv.get", "t4"))
     assert.are.equal("int:3", call("kv.get", "boots"))
-    assert.is_nil(srv:log():find("torn", 1, true), srv:log())
-    assert.is_true(file_size(path) > good)
   end)
 
-  it("reports a corrupt snapshot and still starts", function()
-    start()
-    assert.are.equal("ok", call("kv.fill"))
-    for _ = 1, 12 do assert.are.equal("ok", call("kv.churn", "1000")) end
-    srv:stop()
-    local path = data .. "/kv/snapshot"
-    local snap = assert(h.read_file(path))
-    assert.are.equal("TIDEKVS1", snap:sub(1, 8))
-
-    -- A damaged header: reported, the records themselves still load.
-    patch(path, 10, "\255\255")
-    boot()
-    local text = srv:log()
-    assert.matches("%[ERR%] kv: the snapshot .*/kv/snapshot is damaged: its header does not check out", text)
-    assert.are.equal("int:12000", call("kv.get", "churn.count"))
-    assert.are.equal(EXPECTED_FILL.tbl, call("kv.get", "tbl"))
-    srv:stop()
-
-    -- Garbage instead of the snapshot: reported; the server starts, serves
-    -- and keeps what is written from then on.
-    local f = assert(io.open(path, "wb"))
-    f:write(string.rep("\0garbage", 500))
-    f:close()
-    boot()
-    assert.matches("%[ERR%] kv: the snapshot .*/kv/snapshot is damaged", srv:log())
-    assert.is_true(srv:alive())
-    assert.are.equal("ok", call("kv.set", "fresh=start"))
-    srv:kill()
-    boot()
-    assert.are.equal('"start"', call("kv.get", "fresh"))
-    assert.is_nil(srv:log():find("damaged", 1, true), srv:log())
-  end)
-
-  it("logs a failed write, keeps the value and writes it once the disk takes it", function()
+  it("logs a failed write; the change it lost reads as gone, later changes are stored", function()
     local port = h.free_port()
     h.write_file(cfg, config(data))
-    -- Writes: 1 the log header, 2 the entry file's increment, 3 a, 4 b (fails).
+    -- Writes: 1 the bucket's saved configuration, 2 the entry file's
+    -- increment, 3 a, 4 b (fails).
     srv = h.start_server({ port = port, bin = "/usr/bin/env",
       cmd = { "TIDE_FAULT=write:4:ENOSPC", h.bin, "serve", "-a", "127.0.0.1", "-p", tostring(port), "-c", cfg,
               "--no-http" } })
     assert.are.equal("ok", call("kv.set", "a=1"))
     assert.are.equal("ok", call("kv.set", "b=2"))
-    assert.matches("%[ERR%] kv: cannot write a change in .*/kv: No space left on device", srv:log())
-    assert.are.equal('"2"', call("kv.get", "b"))
-    -- More than a second later the next change writes a snapshot of it all.
-    require("procmod").sleep(1.1)
+    h.wait_until(function() return srv:log():find("write failed", 1, true) end, 5)
+    assert.matches("%[ERR%] store: .*/streams/KV_tide: write failed %(No space left on device%); 1 record not stored",
+      srv:log())
+    assert.are.equal("nil", call("kv.get", "b"))
     assert.are.equal("ok", call("kv.set", "c=3"))
-    assert.matches("kv: the store is on disk again", srv:log())
+    assert.are.equal('"3"', call("kv.get", "c"))
     srv:kill()
     boot()
     local after = dump()
     assert.are.equal('"1"', after.a)
-    assert.are.equal('"2"', after.b)
+    assert.is_nil(after.b)
     assert.are.equal('"3"', after.c)
     assert.are.equal("int:2", after.boots)
+  end)
+
+  it("holds the kv { } limits on the bucket, counting what a client put too; what is refused changes nothing", function()
+    h.write_file(cfg, ([[
+storage { dir = %q }
+kv { max_value = "50KB", max_bytes = "64KB", max_keys = 10 }
+on("kv.try", function(e, ctx)
+  local k, n = e.raw:match("^(%%S+) (%%d+)$")
+  local ok, err = pcall(tide.kv.set, k, string.rep("v", tonumber(n)))
+  ctx.reply((ok and "ok" or tostring(err)) .. " count=" .. tide.kv.count() .. " has=" .. tostring(tide.kv.has(k)))
+end)
+]]):format(data))
+    boot()
+    assert.are.equal("ok count=1 has=true", call("kv.try", "a 40000"))
+    local r = call("kv.try", "big 60000")
+    assert.matches("tide.kv.set('big'): a value of 60000 bytes is over kv { max_value = 51200 }", r, 1, true)
+    assert.matches("has=false", r, 1, true)
+    r = call("kv.try", "b 40000") -- 80,002 bytes would pass 64 KiB
+    assert.matches("the store holds 40001 bytes; kv { max_bytes = 65536 } leaves no room", r, 1, true)
+    assert.matches("count=1 has=false", r, 1, true)
+    assert.are.equal("ok count=1 has=true", call("kv.try", "a 50000")) -- a new value counts only the difference
+    -- A client's put counts too (it is held only to the bucket's own limits).
+    local ack = assert(h.request(srv.port, "$KV.tide.fromclient", "x", { timeout = 5 }))
+    assert.is_nil(json.decode(ack.payload).error, ack.payload)
+    for i = 1, 8 do assert.matches("^ok count=" .. (i + 2), call("kv.try", "k" .. i .. " 10")) end
+    r = call("kv.try", "k9 10")
+    assert.matches("the store holds 10 keys, kv { max_keys = 10 }", r, 1, true)
+    assert.matches("count=10 has=false", r, 1, true)
+    assert.matches("^ok count=10", call("kv.try", "k1 20")) -- a key that is there is no new key
   end)
 end)

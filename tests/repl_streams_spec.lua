@@ -174,7 +174,8 @@ describe("tide repl with streams (terminal)", function()
     local copy = dir .. "/copy"
     assert(os.execute(("cp -r '%s' '%s'"):format(data, copy)))
     t = terminal(dir, "-c flow.lua --data copy")
-    t.wait("streams: orders %(3 messages%) in copy %(%-%-data%)")
+    -- (KV_tide: the bucket `tide` that tide.kv is)
+    t.wait("streams: KV_tide %(1 message%), orders %(3 messages%) in copy %(%-%-data%)")
     t.keys('print("total=" .. tide.kv.get("total"))')
     t.wait("\ntotal=60\n") -- the node's tide.kv came along
     t.keys('filter("order.created", function(e) return e.data.amount ~= 20 end)')
@@ -260,7 +261,7 @@ consumer "audit" { stream = "orders", filter = "order.created" }
     assert.matches("streams: orders %(0 messages%) in [^\n]*/kept %(storage { dir }%)", out)
     rc, out = script(dir, "-c flow.lua", { 'print("n=" .. streams().orders.messages .. " total=" .. tide.kv.get("total"))' })
     assert.are.equal(0, rc, out)
-    assert.matches("streams: orders %(1 message%) in", out)
+    assert.matches("streams: KV_tide %(1 message%), orders %(1 message%) in", out)
     assert.matches("\nn=1 total=4\n", out)
     rc, out = script(dir, "-c flow.lua --data other", { 'print("n=" .. streams().orders.messages)' })
     assert.are.equal(0, rc, out)

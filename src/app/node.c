@@ -33,15 +33,19 @@ int node_start_scripts(node_t *n, const char *data_flag)
         log_error("cannot set up the streams");
         return -1;
     }
+    /* The API first: tide.kv is its bucket `tide`, made through it, and
+     * the entry file runs (again) when the streams are set. */
+    int failed;
+    n->jsapi = jsapi_start(n, &failed);
+    if (failed)
+        return -1;
+    if (n->jsapi)
+        script_host_set_bucket_maker(n->scripts, jsapi_bucket_make, n->jsapi);
     if (script_host_set_streams(n->scripts, n->streams, err, sizeof err) < 0) {
         log_error("%s", err);
         return -1;
     }
-    int failed;
-    n->jsapi = jsapi_start(n, &failed);
-    if (n->jsapi)
-        script_host_set_bucket_maker(n->scripts, jsapi_bucket_make, n->jsapi);
-    return failed ? -1 : 0;
+    return 0;
 }
 
 int node_start_cluster(node_t *n)

@@ -35,6 +35,7 @@
 #include "admin.h"
 #include "client.h"
 #include "flow.h"
+#include "jsapi.h"
 #include "log.h"
 #include "msgq.h"
 #include "node.h"
@@ -1149,6 +1150,14 @@ static int open_streams(repl_t *r, const char *data_flag)
         fprintf(stderr, "tide repl: cannot set up the streams\n");
         return -1;
     }
+    /* The streams made through the JetStream API too, with the bucket
+     * `tide` that tide.kv is, as tide serve has them. */
+    int failed;
+    r->node.jsapi = jsapi_start(&r->node, &failed);
+    if (failed)
+        return -1;
+    if (r->node.jsapi)
+        script_host_set_bucket_maker(r->node.scripts, jsapi_bucket_make, r->node.jsapi);
     if (script_host_set_streams(r->node.scripts, r->node.streams, err, sizeof err) < 0) {
         fprintf(stderr, "tide repl: %s\n", err);
         return -1;
@@ -1158,6 +1167,10 @@ static int open_streams(repl_t *r, const char *data_flag)
 
 static void close_streams(repl_t *r)
 {
+    if (r->node.scripts)
+        script_host_set_bucket_maker(r->node.scripts, NULL, NULL);
+    jsapi_free(r->node.jsapi);
+    r->node.jsapi = NULL;
     if (r->node.streams) {
         script_host_set_streams(r->node.scripts, NULL, NULL, 0);
         streams_free(r->node.streams); /* writes and syncs what is buffered */

@@ -32,6 +32,7 @@ typedef struct bucket {
     char stream[STREAM_NAME_MAX];
     char *buf; /* record read buffer */
     size_t cap;
+    int tide; /* tide.kv itself: any key (encoded), the kv { } limits */
 } bucket_t;
 
 /* ---- names ------------------------------------------------------------------ */
@@ -73,15 +74,78 @@ static bucket_t *self(lua_State *L)
     return lua_touserdata(L, lua_upvalueindex(1));
 }
 
+/* base64url without padding of n bytes at p, to out (4 * n / 3 + 4 bytes). */
+static size_t b64url_encode(const unsigned char *p, size_t n, char *out)
+{
+    static const char abc[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    size_t o = 0;
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < n ? (uint32_t)p[i + 1] << 8 : 0) | (i + 2 < n ? p[i + 2] : 0);
+        out[o++] = abc[v >> 18 & 63];
+        out[o++] = abc[v >> 12 & 63];
+        if (i + 1 < n)
+            out[o++] = abc[v >> 6 & 63];
+        if (i + 2 < n)
+            out[o++] = abc[v & 63];
+    }
+    out[o] = '\0';
+    return o;
+}
+
+/* Decodes base64url without padding (n chars at s) to out (n bytes will
+ * do); the length, or -1 when s is not such text. */
+static long b64url_decode(const char *s, size_t n, char *out)
+{
+    uint32_t v = 0;
+    int bits = 0;
+    long o = 0;
+    if (n % 4 == 1)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        int d = c >= 'A' && c <= 'Z' ? c - 'A' : c >= 'a' && c <= 'z' ? c - 'a' + 26 : c >= '0' && c <= '9' ? c - '0' + 52
+              : c == '-' ? 62 : c == '_' ? 63 : -1;
+        if (d < 0)
+            return -1;
+        v = v << 6 | (uint32_t)d;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (char)(v >> bits & 0xff);
+        }
+    }
+    return o;
+}
+
+int kv_bucket_subject(const char *bucket, int encode, const char *k, size_t kl, char *subj, size_t sn)
+{
+    int n = snprintf(subj, sn, "$KV.%s.", bucket);
+    if (n < 0 || (size_t)n >= sn)
+        return -1;
+    if (key_ok(k, kl) && !(encode && k[0] == '=')) {
+        if ((size_t)n + kl >= sn)
+            return -1;
+        memcpy(subj + n, k, kl);
+        subj[n + kl] = '\0';
+        return 0;
+    }
+    if (!encode || kl > (KEY_MAX - 1) / 4 * 3 || (size_t)n + 2 + kl / 3 * 4 + 4 > sn)
+        return -1;
+    subj[n] = '=';
+    b64url_encode((const unsigned char *)k, kl, subj + n + 1);
+    return 0;
+}
+
 /* Checks the key at idx and writes its subject to subj. */
 static void check_key(lua_State *L, bucket_t *b, int idx, char *subj, size_t sn)
 {
     size_t kl;
     const char *k = luaL_checklstring(L, idx, &kl);
-    if (!key_ok(k, kl))
-        luaL_error(L, "bucket '%s': '%s' is not a valid key (letters, digits, - / _ = and dots between them)",
-                   b->name, k);
-    snprintf(subj, sn, "$KV.%s.%.*s", b->name, (int)kl, k);
+    if (kv_bucket_subject(b->name, b->tide, k, kl, subj, sn) == 0)
+        return;
+    if (b->tide)
+        luaL_error(L, "tide.kv: a key of %I bytes is too long (at most %d)", (lua_Integer)kl, (KEY_MAX - 1) / 4 * 3);
+    luaL_error(L, "bucket '%s': '%s' is not a valid key (letters, digits, - / _ = and dots between them)", b->name, k);
 }
 
 /* The bucket's streams, its stream made through the host's bucket maker
@@ -151,10 +215,8 @@ static void push_value(lua_State *L, const slog_rec_t *r)
 
 /* ---- writing ---------------------------------------------------------------- */
 
-/* A message for a bucket: subject, header block and payload. */
+/* A value for a bucket: its payload. */
 typedef struct put {
-    char hdr[256];
-    size_t hlen;
     char num[64];
     char *text; /* a table's JSON (malloc'd) */
     const char *payload;
@@ -190,39 +252,108 @@ static void put_value(lua_State *L, int idx, put_t *p, const char **type)
     }
 }
 
+int kv_bucket_store(streams_t *sm, const char *stream, const char *subj, const char *type, const char *op,
+                    uint64_t expect, const char *payload, size_t plen, uint64_t *seq)
+{
+    char hdr[256];
+    int n = snprintf(hdr, sizeof hdr, "NATS/1.0\r\n");
+    if (type)
+        n += snprintf(hdr + n, sizeof hdr - (size_t)n, TYPE_HEADER ": %s\r\n", type);
+    if (op)
+        n += snprintf(hdr + n, sizeof hdr - (size_t)n, "KV-Operation: %s\r\n%s", op,
+                      !strcmp(op, "PURGE") ? "Nats-Rollup: sub\r\n" : "");
+    if (expect != UINT64_MAX)
+        n += snprintf(hdr + n, sizeof hdr - (size_t)n, "Nats-Expected-Last-Subject-Sequence: %" PRIu64 "\r\n",
+                      expect);
+    n += snprintf(hdr + n, sizeof hdr - (size_t)n, "\r\n");
+    proto_msg_t m = {0};
+    m.subject = subj;
+    m.subject_len = strlen(subj);
+    if (n > 12) { /* more than the status line and the end */
+        m.hdr = hdr;
+        m.hdr_len = (size_t)n;
+    }
+    m.payload = payload;
+    m.payload_len = plen;
+    return streams_store(sm, stream, &m, seq);
+}
+
+typedef struct usage_ctx {
+    bucket_t *b;
+    size_t skip, keys, bytes;
+} usage_ctx_t;
+
+static void add_usage(void *ctx, const char *subject, size_t len, uint64_t seq)
+{
+    usage_ctx_t *u = ctx;
+    slog_rec_t r;
+    size_t vl;
+    if (streams_read(u->b->host->streams, u->b->stream, seq, &r, &u->b->buf, &u->b->cap) <= 0 ||
+        (r.hdr_len && proto_header_find(r.hdr, r.hdr_len, "KV-Operation", &vl)))
+        return;
+    len -= u->skip;
+    u->keys++;
+    u->bytes += (subject[u->skip] == '=' ? (len - 1) * 3 / 4 : len) + r.payload_len;
+}
+
+/* tide.kv's limits (kv { }) for a write of plen bytes to subj, a key of kl
+ * bytes; raises past one.  The stream's own counts (every message, markers
+ * and headers included) bound the keys and bytes from above, so the exact
+ * count, a scan of the bucket, is needed only near a limit. */
+static void check_limits(lua_State *L, bucket_t *b, const char *what, const char *subj, size_t kl, size_t plen)
+{
+    const kv_limits_t *lim = kv_limits(b->host->kv);
+    stream_info_t si;
+    slog_rec_t r;
+    uint64_t rev;
+    if (lim->max_value && plen > lim->max_value)
+        luaL_error(L, "%s('%s'): a value of %I bytes is over kv { max_value = %I }", what, lua_tostring(L, 1),
+                   (lua_Integer)plen, (lua_Integer)lim->max_value);
+    if (!lim->max_keys && !lim->max_bytes)
+        return;
+    size_t old = newest(L, b, subj, &r, &rev) == ENTRY_VALUE ? kl + r.payload_len : 0;
+    if (!streams_stream_info(b->host->streams, b->stream, -1, &si))
+        return;
+    int near_keys = lim->max_keys && !old && si.log.msgs >= lim->max_keys;
+    int near_bytes = lim->max_bytes && si.log.bytes + kl + plen > lim->max_bytes + old;
+    if (!near_keys && !near_bytes)
+        return;
+    usage_ctx_t u = {b, (size_t)snprintf(NULL, 0, "$KV.%s.", b->name), 0, 0};
+    if (streams_subjects_each(b->host->streams, b->stream, subj, u.skip, add_usage, &u) < 0)
+        luaL_error(L, "out of memory");
+    if (lim->max_keys && !old && u.keys >= lim->max_keys)
+        luaL_error(L, "%s('%s'): the store holds %I keys, kv { max_keys = %I }", what, lua_tostring(L, 1),
+                   (lua_Integer)u.keys, (lua_Integer)lim->max_keys);
+    if (lim->max_bytes && u.bytes + kl + plen > lim->max_bytes + old)
+        luaL_error(L, "%s('%s'): the store holds %I bytes; kv { max_bytes = %I } leaves no room", what,
+                   lua_tostring(L, 1), (lua_Integer)u.bytes, (lua_Integer)lim->max_bytes);
+}
+
 /* Writes the value at idx (LUA_TNONE / nil with op: a DEL or PURGE marker)
- * to subj, only if the subject's newest sequence is `expect` (UINT64_MAX:
- * whatever it is).  Returns the new revision, or 0 when the subject had
- * moved on; raises when the bucket refuses the message. */
-static uint64_t put(lua_State *L, bucket_t *b, const char *subj, int idx, const char *op, uint64_t expect)
+ * to subj, the key at stack index 1, only if the subject's newest sequence
+ * is `expect` (UINT64_MAX: whatever it is).  Returns the new revision, or 0
+ * when the subject had moved on; raises when the bucket refuses the message
+ * (what: the call, for tide.kv's limits). */
+static uint64_t put(lua_State *L, bucket_t *b, const char *what, const char *subj, int idx, const char *op,
+                    uint64_t expect)
 {
     streams_t *sm = open_stream(L, b);
     put_t p = {0};
     const char *type = NULL;
     uint64_t seq = 0;
+    size_t kl = 0;
     if (!op)
         put_value(L, idx, &p, &type);
-    int n = snprintf(p.hdr, sizeof p.hdr, "NATS/1.0\r\n");
-    if (type)
-        n += snprintf(p.hdr + n, sizeof p.hdr - (size_t)n, TYPE_HEADER ": %s\r\n", type);
-    if (op)
-        n += snprintf(p.hdr + n, sizeof p.hdr - (size_t)n, "KV-Operation: %s\r\n%s", op,
-                      !strcmp(op, "PURGE") ? "Nats-Rollup: sub\r\n" : "");
-    if (expect != UINT64_MAX)
-        n += snprintf(p.hdr + n, sizeof p.hdr - (size_t)n, "Nats-Expected-Last-Subject-Sequence: %" PRIu64 "\r\n",
-                      expect);
-    n += snprintf(p.hdr + n, sizeof p.hdr - (size_t)n, "\r\n");
-    proto_msg_t m = {0};
-    m.subject = subj;
-    m.subject_len = strlen(subj);
-    if (n > 12) { /* more than the status line and the end */
-        m.hdr = p.hdr;
-        m.hdr_len = (size_t)n;
+    if (p.text) { /* kept on the stack from here, so that a raise frees it */
+        lua_pushlstring(L, p.text, p.plen);
+        free(p.text);
+        p.payload = lua_tostring(L, -1);
     }
-    m.payload = p.payload;
-    m.payload_len = p.plen;
-    int rc = streams_store(sm, b->stream, &m, &seq);
-    free(p.text);
+    if (b->tide && !op) {
+        lua_tolstring(L, 1, &kl);
+        check_limits(L, b, what, subj, kl, p.plen);
+    }
+    int rc = kv_bucket_store(sm, b->stream, subj, type, op, expect, p.payload, p.plen, &seq);
     if (rc == 1)
         return seq;
     if (rc == -1 && expect != UINT64_MAX && streams_subject_last(sm, b->stream, subj, strlen(subj)) != expect)
@@ -283,7 +414,7 @@ static int l_del(lua_State *L)
     check_key(L, b, 1, subj, sizeof subj);
     int existed = newest(L, b, subj, &r, &rev) == ENTRY_VALUE;
     if (existed)
-        put(L, b, subj, 0, "DEL", UINT64_MAX);
+        put(L, b, "tide.kv.del", subj, 0, "DEL", UINT64_MAX);
     lua_pushboolean(L, existed);
     return 1;
 }
@@ -298,7 +429,7 @@ static int l_set(lua_State *L)
         lua_settop(L, 1);
         return l_del(L);
     }
-    lua_pushinteger(L, (lua_Integer)put(L, b, subj, 2, NULL, UINT64_MAX));
+    lua_pushinteger(L, (lua_Integer)put(L, b, "tide.kv.set", subj, 2, NULL, UINT64_MAX));
     return 1;
 }
 
@@ -321,7 +452,7 @@ static int l_incr(lua_State *L)
         lua_pop(L, 1);
     }
     lua_pushinteger(L, (lua_Integer)((lua_Unsigned)now + (lua_Unsigned)by));
-    put(L, b, subj, lua_gettop(L), NULL, UINT64_MAX);
+    put(L, b, "tide.kv.incr", subj, lua_gettop(L), NULL, UINT64_MAX);
     return 1;
 }
 
@@ -351,7 +482,7 @@ static int l_update(lua_State *L)
         lua_call(L, 2, 1);
         if (lua_isnil(L, -1) && e != ENTRY_VALUE)
             return 0; /* nothing there, and nothing to write */
-        done = put(L, b, subj, lua_isnil(L, -1) ? 0 : 3, lua_isnil(L, -1) ? "DEL" : NULL, rev);
+        done = put(L, b, "tide.kv.update", subj, lua_isnil(L, -1) ? 0 : 3, lua_isnil(L, -1) ? "DEL" : NULL, rev);
     }
     if (!done)
         return luaL_error(L, "bucket '%s': update of %s: the key kept changing (%d tries)", b->name, subj,
@@ -366,6 +497,9 @@ typedef struct keys_ctx {
     size_t skip; /* "$KV.<bucket>." */
     lua_Integer n;
     int list;
+    const char *prefix; /* tide.kv: keys are decoded, then matched */
+    size_t pl;
+    char key[KEY_MAX];
 } keys_ctx_t;
 
 static void add_key(void *ctx, const char *subject, size_t len, uint64_t seq)
@@ -376,9 +510,18 @@ static void add_key(void *ctx, const char *subject, size_t len, uint64_t seq)
     if (streams_read(k->b->host->streams, k->b->stream, seq, &r, &k->b->buf, &k->b->cap) <= 0 ||
         (r.hdr_len && proto_header_find(r.hdr, r.hdr_len, "KV-Operation", &vl)))
         return; /* gone, or a DEL / PURGE marker */
+    const char *key = subject + k->skip;
+    long kl = (long)(len - k->skip);
+    if (k->b->tide && key[0] == '=') {
+        long dl = b64url_decode(key + 1, (size_t)kl - 1, k->key);
+        if (dl >= 0)
+            key = k->key, kl = dl;
+    }
+    if (k->b->tide && ((size_t)kl < k->pl || memcmp(key, k->prefix, k->pl)))
+        return;
     k->n++;
     if (k->list) {
-        lua_pushlstring(k->L, subject + k->skip, len - k->skip);
+        lua_pushlstring(k->L, key, (size_t)kl);
         lua_rawseti(k->L, -2, k->n);
     }
 }
@@ -388,9 +531,10 @@ static int each_key(lua_State *L, bucket_t *b, const char *prefix, size_t pl, in
 {
     streams_t *sm = open_stream(L, b);
     char p[KEY_MAX + 100];
-    keys_ctx_t k = {L, b, 0, 0, list};
+    keys_ctx_t k = {L, b, 0, 0, list, prefix, pl, ""};
     k.skip = (size_t)snprintf(p, sizeof p, "$KV.%s.", b->name);
-    snprintf(p + k.skip, sizeof p - k.skip, "%.*s", (int)pl, prefix);
+    if (!b->tide) /* tide.kv's encoded keys match only once decoded */
+        snprintf(p + k.skip, sizeof p - k.skip, "%.*s", (int)pl, prefix);
     if (list)
         lua_newtable(L);
     if (streams_subjects_each(sm, b->stream, p, strlen(p), add_key, &k) < 0)
@@ -430,24 +574,20 @@ static int l_bucket_gc(lua_State *L)
     return 0;
 }
 
-/* tide.kv.bucket(name) -> the handle (made lazily: its stream is made or
- * opened at the first call that needs it). */
-static int l_bucket(lua_State *L)
+/* Pushes the handle on bucket name (tide: tide.kv itself).  The handle's
+ * stream is made or opened at the first call that needs it. */
+static void push_handle(lua_State *L, script_host_t *host, const char *name, int tide)
 {
     static const luaL_Reg fns[] = {{"get", l_get},     {"set", l_set},       {"del", l_del},
                                    {"incr", l_incr},   {"has", l_has},       {"keys", l_keys},
                                    {"count", l_count}, {"update", l_update}, {"revision", l_revision},
                                    {NULL, NULL}};
-    size_t nl;
-    const char *name = luaL_checklstring(L, 1, &nl);
-    if (!bucket_name_ok(name, nl))
-        return luaL_error(L, "tide.kv.bucket: '%s' is not a bucket name (letters, digits, - and _, at most %d)", name,
-                          BUCKET_NAME_MAX - 1);
-    lua_createtable(L, 0, 10);
+    lua_createtable(L, 0, 11);
     int handle = lua_gettop(L);
     bucket_t *b = lua_newuserdatauv(L, sizeof *b, 0);
     memset(b, 0, sizeof *b);
-    b->host = lua_touserdata(L, lua_upvalueindex(1));
+    b->host = host;
+    b->tide = tide;
     snprintf(b->name, sizeof b->name, "%s", name);
     snprintf(b->stream, sizeof b->stream, "KV_%s", name);
     lua_createtable(L, 0, 1);
@@ -463,6 +603,17 @@ static int l_bucket(lua_State *L)
     lua_pop(L, 1);
     lua_pushstring(L, name);
     lua_setfield(L, handle, "name");
+}
+
+/* tide.kv.bucket(name) -> the handle. */
+static int l_bucket(lua_State *L)
+{
+    size_t nl;
+    const char *name = luaL_checklstring(L, 1, &nl);
+    if (!bucket_name_ok(name, nl))
+        return luaL_error(L, "tide.kv.bucket: '%s' is not a bucket name (letters, digits, - and _, at most %d)", name,
+                          BUCKET_NAME_MAX - 1);
+    push_handle(L, lua_touserdata(L, lua_upvalueindex(1)), name, !strcmp(name, KV_TIDE_BUCKET));
     return 1;
 }
 
@@ -470,4 +621,9 @@ void kv_bucket_lua_push(lua_State *L, script_host_t *host)
 {
     lua_pushlightuserdata(L, host);
     lua_pushcclosure(L, l_bucket, 1);
+}
+
+void kv_bucket_lua_push_tide(lua_State *L, script_host_t *host)
+{
+    push_handle(L, host, KV_TIDE_BUCKET, 1);
 }

@@ -8,6 +8,8 @@
 #include "json_lua.h"
 #include "kv.h"
 #include "kv_lua.h"
+#include "script_internal.h"
+#include "stream.h"
 #include "util.h"
 
 static kv_t *upkv(lua_State *L) { return lua_touserdata(L, lua_upvalueindex(1)); }
@@ -211,4 +213,12 @@ void kv_lua_push_api(lua_State *L, kv_t *kv)
     lua_createtable(L, 0, 7);
     lua_pushlightuserdata(L, kv);
     luaL_setfuncs(L, fns, 1);
+}
+
+void kv_lua_push_tide(lua_State *L, struct script_host *host)
+{
+    if (host->streams && host->bucket_maker)
+        kv_bucket_lua_push_tide(L, host);
+    else
+        kv_lua_push_api(L, host->kv);
 }

@@ -2,6 +2,9 @@
 #ifndef TIDE_KV_LUA_H
 #define TIDE_KV_LUA_H
 
+#include <stddef.h>
+#include <stdint.h>
+
 #include <lua.h>
 
 #include "kv.h"
@@ -25,5 +28,43 @@ void kv_lua_push_api(lua_State *L, kv_t *kv);
  * when the node has no streams.  host must outlive the Lua state. */
 struct script_host;
 void kv_bucket_lua_push(lua_State *L, struct script_host *host);
+
+/* The bucket `tide.kv` is, with a data directory and a bucket maker. */
+#define KV_TIDE_BUCKET "tide"
+
+/* Pushes `tide.kv`: with streams and a bucket maker on the host (a node
+ * with its JetStream API), the handle on bucket `tide` (the functions of
+ * kv_bucket_lua_push's handles; any string is a key: one the clients' KV
+ * API does not take, or that starts with "=", is stored as "=" and its
+ * base64url without padding, and read back decoded; the kv { } limits
+ * hold); else the in-memory table of kv_lua_push_api over host's kv. */
+void kv_lua_push_tide(lua_State *L, struct script_host *host);
+
+/* Pushes the handle on bucket `tide` (see kv_lua_push_tide). */
+void kv_bucket_lua_push_tide(lua_State *L, struct script_host *host);
+
+/* Writes "$KV.<bucket>.<key>" for key k (kl bytes) to subj (sn bytes):
+ * the key as it is when the clients' KV API takes it (and, with encode,
+ * it does not start with "="), else with encode "=" and its base64url
+ * without padding.  0, or -1 when the key cannot be one (or is too long). */
+int kv_bucket_subject(const char *bucket, int encode, const char *k, size_t kl, char *subj, size_t sn);
+
+/* Stores a bucket message on subj of stream: payload with a Tide-Kv-Type
+ * header `type` (NULL: a string), or a KV-Operation `op` marker (DEL,
+ * PURGE; NULL: a value), only if the subject's newest sequence is expect
+ * (UINT64_MAX: whatever it is).  streams_store's answer (1 stored, *seq). */
+struct streams;
+int kv_bucket_store(struct streams *sm, const char *stream, const char *subj, const char *type, const char *op,
+                    uint64_t expect, const char *payload, size_t plen, uint64_t *seq);
+
+/* Moves the store tide.kv kept before it was the bucket `tide` (<data>/kv,
+ * store/kv.c) into the bucket (made through the host's bucket maker), at
+ * start, before the entry file runs: every key the bucket does not hold
+ * yet (no value and no marker) is written with its value and type; once
+ * that is durable the old directory is renamed <data>/kv.migrated (never
+ * deleted), so that a start cut short does it again and finds the keys
+ * written already.  Logs the counts.  0 (also when there is nothing to
+ * move), or -1 with err. */
+int kv_migrate(struct script_host *host, char *err, size_t errsz);
 
 #endif

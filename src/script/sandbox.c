@@ -522,7 +522,7 @@ static void env_tide(state_t *st, int env)
     lua_getfield(L, -1, "array");
     lua_setfield(L, tide, "array");
     lua_setfield(L, tide, "json");
-    kv_lua_push_api(L, st->host->kv);
+    kv_lua_push_tide(L, st->host);
     kv_bucket_lua_push(L, st->host);
     lua_setfield(L, -2, "bucket");
     lua_setfield(L, tide, "kv");

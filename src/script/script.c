@@ -1,6 +1,7 @@
 /* script.c - see script.h: the host and its Lua states. */
 #include "auth.h"
 #include "json_int.h"
+#include "kv_lua.h"
 #include "script_internal.h"
 
 void script_limits_default(script_limits_t *l)
@@ -373,14 +374,15 @@ int script_host_set_streams(script_host_t *h, streams_t *sm, char *err, size_t e
     h->streams = sm;
     if (!sm)
         return 0;
-    /* tide.kv comes from the data directory, which the entry file names:
-     * open the store there, then load the entry file again so that code
-     * it runs at load time (defaults such as `if not tide.kv.has(k) ...`)
-     * sees the stored values, as it does on a reload. */
-    char kvdir[PATH_MAX + 8];
-    snprintf(kvdir, sizeof kvdir, "%s/kv", streams_dir(sm));
+    /* tide.kv is the bucket `tide` in the data directory, which the entry
+     * file names (in memory without a bucket maker): move the store it
+     * kept before into the bucket, then load the entry file again so that
+     * code it runs at load time (defaults such as `if not tide.kv.has(k)
+     * ...`) sees the stored values, as it does on a reload. */
     kv_t *fresh = kv_new(), *old = h->kv;
-    if (!fresh || kv_persist(fresh, kvdir, err, errsz) < 0) {
+    if (!fresh || (h->bucket_maker && kv_migrate(h, err, errsz) < 0)) {
+        if (!fresh)
+            snprintf(err, errsz, "out of memory");
         kv_free(fresh);
         return -1;
     }
