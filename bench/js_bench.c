@@ -60,7 +60,9 @@
  * Options: --url nats://HOST:PORT (default nats://127.0.0.1:4222), --n,
  * --size, --warmup, --max-pending, --timeout SECS, --raw FILE,
  * --create-stream, --create-consumer, --tide-admin, --stream NAME, --subject SUBJ,
- * --deliver SUBJ, --durable NAME, --since-ns NS.
+ * --deliver SUBJ, --durable NAME, --since-ns NS, --kv-fsync POLICY (kv: the
+ * bucket's stream made by a STREAM.CREATE request with metadata.tide_fsync
+ * POLICY, for tide's interval / never fsync, then bound with js_KeyValue).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -102,7 +104,7 @@ static void die_usage(void)
             "                [--n N] [--size S] [--warmup W] [--max-pending P]\n"
             "                [--timeout SECS] [--raw FILE] [--create-stream]\n"
             "                [--create-consumer] [--tide-admin] [--stream NAME] [--subject SUBJ]\n"
-            "                [--deliver SUBJ] [--durable NAME] [--since-ns NS]\n");
+            "                [--deliver SUBJ] [--durable NAME] [--since-ns NS] [--kv-fsync POLICY]\n");
     exit(2);
 }
 
@@ -130,6 +132,7 @@ struct args {
     const char *raw;
     bool create_stream, create_consumer, tide_admin;
     const char *stream, *subject, *deliver, *durable;
+    const char *kv_fsync; /* kv: make the bucket's stream with metadata.tide_fsync */
     int64_t since_ns;
 };
 
@@ -208,6 +211,7 @@ static void parse_args(int argc, char **argv, struct args *a)
         else if (strcmp(o, "--deliver") == 0) a->deliver = v;
         else if (strcmp(o, "--durable") == 0) a->durable = v;
         else if (strcmp(o, "--since-ns") == 0) a->since_ns = (int64_t)parse_long(o, v);
+        else if (strcmp(o, "--kv-fsync") == 0) a->kv_fsync = v;
         else die_usage();
     }
     if (!a->n_set) {
@@ -751,13 +755,35 @@ static int raw_ping(const struct addrinfo *ai, int timeout_ms, char *err, size_t
  * direct get when the server offers it); rates and p50 of each. */
 static int run_kv(const struct args *a, natsConnection *nc, jsCtx *js, int64_t deadline)
 {
-    (void)nc;
     kvConfig cfg;
     kvStore *kv = NULL;
     kvConfig_Init(&cfg);
     cfg.Bucket = "bench";
     cfg.History = 1;
-    natsStatus s = js_CreateKeyValue(&kv, js, &cfg);
+    natsStatus s;
+    if (a->kv_fsync) {
+        /* The stream js_CreateKeyValue makes for history 1, asked for by
+         * hand with tide's fsync policy in its metadata (this libnats has
+         * no metadata in jsStreamConfig), then bound as a bucket. */
+        char req[1024];
+        natsMsg *reply = NULL;
+        snprintf(req, sizeof req,
+                 "{\"name\":\"KV_bench\",\"subjects\":[\"$KV.bench.>\"],\"retention\":\"limits\","
+                 "\"max_msgs_per_subject\":1,\"max_msgs\":-1,\"max_bytes\":-1,\"max_age\":0,"
+                 "\"max_msg_size\":-1,\"storage\":\"file\",\"discard\":\"new\",\"num_replicas\":1,"
+                 "\"duplicate_window\":120000000000,\"allow_rollup_hdrs\":true,\"deny_delete\":true,"
+                 "\"allow_direct\":true,\"metadata\":{\"tide_fsync\":\"%s\"}}",
+                 a->kv_fsync);
+        s = natsConnection_RequestString(&reply, nc, "$JS.API.STREAM.CREATE.KV_bench", req, 5000);
+        if (s != NATS_OK)
+            fail("STREAM.CREATE KV_bench: %s", errtext(s));
+        if (strstr(natsMsg_GetData(reply), "\"error\""))
+            fail("STREAM.CREATE KV_bench: %s", natsMsg_GetData(reply));
+        natsMsg_Destroy(reply);
+        s = js_KeyValue(&kv, js, "bench");
+    } else {
+        s = js_CreateKeyValue(&kv, js, &cfg);
+    }
     if (s != NATS_OK)
         fail("js_CreateKeyValue: %s", errtext(s));
     char *payload = make_payload(a->size), key[32];

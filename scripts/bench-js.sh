@@ -56,6 +56,9 @@
 #                sequential kvStore_Put of 128 B over 1,000 keys, each waiting
 #                for its PubAck, then as many kvStore_Get (direct gets);
 #                puts/s, gets/s and the p50 of each
+#   kvi          the same, with tide's bucket stream on fsync "interval"
+#                (metadata.tide_fsync: acked once written, synced every
+#                second), the promise nats-server's PubAck makes
 #
 # Environment:
 #   BENCH_REPEAT         repetitions per scenario and server (default 3)
@@ -408,9 +411,12 @@ scen_consume() {
 
 # kill_server SIDE: SIGKILL at once (a crash); sets STOP_MS and STOP_RC.
 scen_kv() {
-    local side=$1 key=kv
+    local side=$1 key=${2:-kv} extra=()
+    # kvi: tide's bucket stream on fsync "interval" (acked once written,
+    # synced every second), the policy nats-server's PubAck follows.
+    [ "$key" = kvi ] && [ "${KIND[$side]}" = tide ] && extra=(--kv-fsync interval)
     fresh_server "$side" "$key" || return
-    if run_client "$side" "$key" kv --n "$KV_N" --size 128; then
+    if run_client "$side" "$key" kv --n "$KV_N" --size 128 "${extra[@]}"; then
         sample "$key.put" "$side" "$(field put_rate "$LINE")"
         sample "$key.putp50" "$side" "$(field put_p50_us "$LINE")"
         sample "$key.get" "$side" "$(field get_rate "$LINE")"
@@ -501,6 +507,7 @@ run_scenario() {  # id side
         async)       scen_async "$2" ;;
         consume)     scen_consume "$2" ;;
         kv)          scen_kv "$2" ;;
+        kvi)         scen_kv "$2" kvi ;;
         recovery128) scen_recovery "$2" recovery128 128 ;;
         recovery1k)  scen_recovery "$2" recovery1k 1024 ;;
         recoverykill) scen_recovery "$2" recoverykill 1024 kill ;;
@@ -526,7 +533,7 @@ FSYNC_NOTE="tide: fsync = \"always\" (group commit; a PubAck means the message i
 : > "$LOGDIR/errors.log"
 : > "$LOGDIR/tide.log"
 : > "$LOGDIR/nats.log"
-SCENARIOS="seq seqi async consume kv recovery128 recovery1k recoverykill"
+SCENARIOS="seq seqi async consume kv kvi recovery128 recovery1k recoverykill"
 t_start=$(date +%s)
 
 echo "tide durable-publish benchmark: $REPEAT repetition(s); seq $SEQ_N, async $ASYNC_N, consume $CONSUME_N, recovery $REC_N"
@@ -573,6 +580,8 @@ kv.put|KV put, sequential, 128 B, 1,000 keys (puts/s)|rate|higher
 kv.putp50|KV put, sequential: p50 (us)|us|lower
 kv.get|KV get, sequential, direct get (gets/s)|rate|higher
 kv.getp50|KV get, sequential: p50 (us)|us|lower
+kvi.put|KV put, sequential, tide fsync=interval (as JetStream acks) (puts/s)|rate|higher
+kvi.putp50|KV put, sequential, tide fsync=interval: p50 (us)|us|lower
 recovery128.pub|recovery 128 B: async publish of '"$REC_N"' (msgs/s)|rate|higher
 recovery128.disk|recovery 128 B: data on disk (MiB)|mib|lower
 recovery128.stop|recovery 128 B: SIGTERM to exit (ms)|ms|lower
@@ -649,7 +658,7 @@ echo "client:  $BENCH, libnats $libnats_version; run took ${elapsed}s"
     echo "- $nats_version: \`nats-server -js -sd DIR\`, stream \"bench\" (subjects bench.s, file storage) and durable push consumer \"w\" (deliver.bench, ack explicit, ack wait 30 s, max ack pending 20000) created with js_AddStream/js_AddConsumer"
     echo "- RSS is VmRSS, peak RSS is VmHWM from /proc: both count file pages a server has mapped with mmap, not only its heap"
     echo "- Client: $BENCH, libnats $libnats_version; consumer acks are \"+ACK\" published to the reply subject of a plain subscription"
-    echo "- KV: bucket \"bench\" (history 1) made by js_CreateKeyValue on both servers (on tide a stream made through its JetStream API: fsync always); kvStore_Put / kvStore_Get of libnats"
+    echo "- KV: bucket \"bench\" (history 1) made by js_CreateKeyValue on both servers (on tide a stream made through its JetStream API: fsync always); kvi: on tide the same stream asked for by STREAM.CREATE with metadata.tide_fsync \"interval\" (acked once written, synced every second), bound with js_KeyValue; kvStore_Put / kvStore_Get of libnats"
     echo "- Settings: BENCH_REPEAT=$REPEAT BENCH_JS_SEQ_N=$SEQ_N BENCH_JS_ASYNC_N=$ASYNC_N BENCH_JS_CONSUME_N=$CONSUME_N BENCH_JS_KV_N=$KV_N BENCH_RECOVERY_N=$REC_N BENCH_JS_MAX_PENDING=$MAX_PENDING${ONLY:+ BENCH_ONLY=\"$ONLY\"}; run took ${elapsed}s; $(date -u '+%Y-%m-%d %H:%M UTC')"
 } > "$MD"
 echo "markdown: $MD"

@@ -335,4 +335,23 @@ end)
     assert.matches("count=10 has=false", r, 1, true)
     assert.matches("^ok count=10", call("kv.try", "k1 20")) -- a key that is there is no new key
   end)
+
+  it("acks a key's new value on a bucket stream that does not sync each write (interval, memory)", function()
+    start()
+    for _, v in ipairs({ { "KV_iv", '"metadata":{"tide_fsync":"interval"}' }, { "KV_mem", '"storage":"memory"' } }) do
+      local name = v[1]
+      local bucket = name:sub(4)
+      local m = assert(h.request(srv.port, "$JS.API.STREAM.CREATE." .. name, ('{"name":"%s","subjects":["$KV.%s.>"],' ..
+        '"max_msgs_per_subject":1,"discard":"new","allow_rollup_hdrs":true,"allow_direct":true,%s}'):format(name,
+        bucket, v[2]), { timeout = 5 }))
+      assert.is_nil(json.decode(m.payload).error, m.payload)
+      for i = 1, 3 do -- the second and third drop the value before them
+        local ack = h.request(srv.port, "$KV." .. bucket .. ".k", "v" .. i, { timeout = 2 })
+        assert.is_truthy(ack, name .. ": no PubAck for value " .. i)
+        assert.are.same({ stream = name, seq = i }, json.decode(ack.payload))
+      end
+      local got = assert(h.request(srv.port, "$JS.API.DIRECT.GET." .. name .. ".$KV." .. bucket .. ".k", "", { timeout = 5 }))
+      assert.are.equal("v3", got.payload)
+    end
+  end)
 end)

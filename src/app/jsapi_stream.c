@@ -308,6 +308,13 @@ static void config_to_stream(const cJSON *norm, stream_cfg_t *c)
     const char *ret = get_str(norm, "retention", "limits");
     c->retention = !strcmp(ret, "interest") ? RETENTION_INTEREST : !strcmp(ret, "workqueue") ? RETENTION_WORKQUEUE
                                                                                               : RETENTION_LIMITS;
+    /* metadata.tide_fsync: the declared streams' fsync policy ("interval":
+     * acked once written, synced every second, as nats-server does). */
+    const char *fs = get_str(cJSON_GetObjectItemCaseSensitive(norm, "metadata"), "tide_fsync", "always");
+    if (fs && !strcmp(fs, "interval"))
+        c->o.fsync = FSYNC_INTERVAL;
+    else if (fs && !strcmp(fs, "never"))
+        c->o.fsync = FSYNC_NEVER;
     if (c->memory)
         c->o.fsync = FSYNC_NEVER;
     c->api = 1;
