@@ -452,6 +452,15 @@ static int l_pattern_steps(lua_State *L)
     return 1;
 }
 
+/* frac_ns(".123456789Z") -> ns, and how many bytes it read (util_frac_ns). */
+static int l_frac_ns(lua_State *L)
+{
+    const char *s = luaL_checkstring(L, 1), *end;
+    lua_pushinteger(L, (lua_Integer)util_frac_ns(s, &end));
+    lua_pushinteger(L, (lua_Integer)(end - s));
+    return 2;
+}
+
 static int l_nkey_nonce(lua_State *L)
 {
     char nonce[NKEY_NONCE_STR_LEN + 1];
@@ -496,6 +505,7 @@ int luaopen_tide_core(lua_State *L)
                                    {"parser", l_parser},
                                    {"patterns", l_patterns},
                                    {"pattern_steps", l_pattern_steps},
+                                   {"frac_ns", l_frac_ns},
                                    {"nkey_nonce", l_nkey_nonce},
                                    {"nkey_verify", l_nkey_verify},
                                    {NULL, NULL}};

@@ -85,3 +85,15 @@ void util_time_ns(int64_t ns, char *out, size_t n)
     size_t k = strftime(out, n, "%Y-%m-%dT%H:%M:%S", &tm);
     snprintf(out + k, n - k, ".%09lldZ", (long long)(ns % 1000000000));
 }
+
+int64_t util_frac_ns(const char *p, const char **end)
+{
+    int64_t ns = 0, scale = 100000000;
+    *end = p;
+    if (*p != '.')
+        return 0;
+    for (p++; *p >= '0' && *p <= '9'; p++, scale /= 10)
+        ns += (*p - '0') * scale; /* (0 once past the ninth digit) */
+    *end = p;
+    return ns;
+}

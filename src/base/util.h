@@ -28,4 +28,10 @@ int util_mkdirs(const char *path);
 /* ns since the epoch as RFC 3339 UTC with nanoseconds ("...T12:00:00.123456789Z"). */
 void util_time_ns(int64_t ns, char *out, size_t n);
 
+/* The fraction of a second at p, as RFC 3339 writes it ("." and digits), in
+ * ns, exactly (not through a double, which can land 1 ns short; digits
+ * past the ninth are dropped).  *end is set past it; 0 (and *end = p) when
+ * p does not start with ".". */
+int64_t util_frac_ns(const char *p, const char **end);
+
 #endif

@@ -367,10 +367,7 @@ static void consumer_start(lua_State *L, int t, const char *what, consumer_cfg_t
             if (!rest)
                 luaL_error(L, "%s: start_time must be RFC 3339 (2026-01-02T15:04:05Z) or seconds since "
                                      "the epoch", what);
-            double frac = 0;
-            if (*rest == '.')
-                frac = strtod(rest, (char **)&rest);
-            c->start_time = ((int64_t)timegm(&tm)) * 1000000000 + (int64_t)(frac * 1e9);
+            c->start_time = ((int64_t)timegm(&tm)) * 1000000000 + util_frac_ns(rest, &rest);
         }
     }
     lua_pop(L, 1);

@@ -1180,9 +1180,7 @@ static int64_t parse_time(const char *s)
     memset(&tm, 0, sizeof tm);
     const char *rest = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
     if (rest) {
-        double frac = 0;
-        if (*rest == '.')
-            frac = strtod(rest, (char **)&rest);
+        int64_t frac = util_frac_ns(rest, &rest);
         int64_t off = 0; /* the zone: Z, +hh:mm or -hh:mm */
         if ((*rest == '+' || *rest == '-') && strlen(rest) >= 6 && rest[3] == ':') {
             off = (int64_t)(atoi(rest + 1) * 3600 + atoi(rest + 4) * 60) * (*rest == '-' ? -1 : 1);
@@ -1193,9 +1191,9 @@ static int64_t parse_time(const char *s)
         if (*rest)
             return -1;
         int64_t secs = (int64_t)timegm(&tm) - off;
-        if (secs < 0 || secs > TIME_MAX_SECONDS || !(frac >= 0 && frac < 1))
+        if (secs < 0 || secs > TIME_MAX_SECONDS)
             return -1; /* before 1970, or past what ns since the epoch can hold */
-        return secs * 1000000000 + (int64_t)(frac * 1e9);
+        return secs * 1000000000 + frac;
     }
     char *end;
     double v = strtod(s, &end);
