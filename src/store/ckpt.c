@@ -17,16 +17,18 @@
 /*
  * A segment's checkpoint, <first seq>.ckpt beside its .seg, is what the
  * recovery scan would rebuild from the records it covers: the index, the
- * per-subject last sequences, the dedup keys still in the window, the
- * counts.  One record.c frame (magic "TCK1", CRC-32C, length), then:
+ * seek index, the per-subject last sequences, the dedup keys still in the
+ * window, the counts.  One record.c frame (magic "TCK1", CRC-32C, length),
+ * then:
  *
- *  12 u32 version (1)             16 u64 first: sequence of index slot 0
+ *  12 u32 version (2)             16 u64 first: sequence of index slot 0
  *  24 u64 n: index slots          32 u64 size: end of the records covered
  *  40 u64 offset of the last record   48 u32 its CRC   52 u32 damaged
  *  56 u64 records   64 u64 their bytes   72 i64 time of the last record
  *  80 i64 keys_from: every dedup key of a record from this time on is listed
  *  88 u32 subjects  92 u32 keys
  *  96 u32 offset[n] (HOLE: no record in that slot)
+ *     u32 seek entries, then per entry: u64 sequence, i64 time, u32 offset
  *     per key: u16 length, u64 sequence, i64 time, bytes
  *     per subject: u16 length, u64 its last sequence in the segment, bytes
  *
@@ -36,6 +38,9 @@
  * grows with the number of subjects in the stream.  Merged in segment
  * order, the subject tables give each subject's last sequence in the log.
  *
+ * Version 1 had no seek index: such a checkpoint is not used (its segment
+ * is scanned, which rebuilds the seek index, and checkpointed again).
+ *
  * A sealed segment never changes, so its checkpoint is written once, by
  * the sync thread after the records are synced; the active segment's at a
  * clean close.  A checkpoint only ever describes a prefix of its segment:
@@ -44,6 +49,8 @@
 #define CKPT_MAGIC 0x314b4354u /* "TCK1" */
 #define CKPT_HDR 96
 #define CKPT_MAX (256u << 20)
+#define CKPT_VERSION 2
+#define SEEK_ENT 20 /* bytes of a seek entry */
 
 static const record_kind_t ckpt_record = {CKPT_MAGIC, CKPT_HDR, CKPT_MAX, NULL};
 
@@ -98,7 +105,10 @@ static int ckpt_encode(slog_t *l, seg_t *s, char **out, size_t *len)
     char h[REC_HDR];
     if (vfs_pread(s->fd, h, REC_HDR, s->off[n - 1]) != REC_HDR)
         return -1;
-    size_t need = CKPT_HDR + 4 * n, nkeys = 0, k0 = dedup_lower(l, s->first);
+    size_t nseek = 0; /* (entries of records after the last one kept are left out) */
+    while (nseek < s->nseek && s->seek[nseek].seq < hi)
+        nseek++;
+    size_t need = CKPT_HDR + 4 * n + 4 + SEEK_ENT * nseek, nkeys = 0, k0 = dedup_lower(l, s->first);
     for (size_t i = k0; i < l->dq_len && l->dq[(l->dq_head + i) % l->dq_cap].seq < hi; i++, nkeys++)
         need += 18 + l->dq[(l->dq_head + i) % l->dq_cap].klen;
     if (need > CKPT_MAX)
@@ -107,7 +117,7 @@ static int ckpt_encode(slog_t *l, seg_t *s, char **out, size_t *len)
     if (!b)
         return -1;
     memset(b, 0, CKPT_HDR);
-    put32(b + 12, 1);
+    put32(b + 12, CKPT_VERSION);
     put64(b + 16, s->first);
     put64(b + 24, n);
     put64(b + 32, (uint64_t)s->size);
@@ -122,6 +132,13 @@ static int ckpt_encode(slog_t *l, seg_t *s, char **out, size_t *len)
     put32(b + 92, (uint32_t)nkeys);
     memcpy(p, s->off, 4 * n);
     p += 4 * n;
+    put32(p, (uint32_t)nseek);
+    p += 4;
+    for (size_t i = 0; i < nseek; i++, p += SEEK_ENT) {
+        put64(p, s->seek[i].seq);
+        put64(p + 8, (uint64_t)s->seek[i].ts);
+        put32(p + 16, s->seek[i].off);
+    }
     for (size_t i = k0; i < k0 + nkeys; i++) {
         const dedup_ent_t *d = &l->dq[(l->dq_head + i) % l->dq_cap];
         put16(p, (uint16_t)d->klen);
@@ -245,14 +262,17 @@ void ckpt_drop_jobs(slog_t *l, uint64_t lo, uint64_t hi)
     l->njobs = k;
 }
 
-/* A checkpoint read into b[0..len): its tables (dedup keys, then
- * subjects) are walked once to check that they fit (install 0) and once to
- * load them (install 1). */
+/* A checkpoint read into b[0..len): its tables (seek entries, dedup keys,
+ * then subjects) are walked once to check that they fit (install 0) and
+ * once to load the last two (install 1). */
 static int ckpt_tables(slog_t *l, const char *b, size_t len, int install, int64_t dedup_from)
 {
     uint64_t n = get64(b + 24);
     const char *p = b + CKPT_HDR + 4 * n, *end = b + len;
     uint32_t nsubj = get32(b + 88), nkeys = get32(b + 92);
+    if (end - p < 4 || (size_t)(end - p - 4) / SEEK_ENT < get32(p))
+        return -1;
+    p += 4 + (size_t)SEEK_ENT * get32(p);
     for (uint32_t i = 0; i < nkeys; i++) {
         if (end - p < 18 || (size_t)(end - p - 18) < get16(p))
             return -1;
@@ -273,6 +293,33 @@ static int ckpt_tables(slog_t *l, const char *b, size_t len, int install, int64_
     return p == end ? 0 : -1;
 }
 
+/* True when the seek table of checkpoint b (whose tables fit) describes
+ * its index: entries in order of sequence and time, the first one for slot
+ * 0, each at its record's offset (or a slot emptied since), none after the
+ * last record's time.  (A wrong one would make seeks by time miss.) */
+static int seek_table_fits(const char *b)
+{
+    uint64_t first = get64(b + 16), n = get64(b + 24), prev = 0;
+    int64_t prev_ts = INT64_MIN, last_ts = (int64_t)get64(b + 72);
+    const char *offs = b + CKPT_HDR, *p = offs + 4 * n;
+    uint32_t ns = get32(p);
+    if (!ns || get64(p + 4) != first)
+        return 0;
+    for (uint32_t i = 0; i < ns; i++) {
+        const char *e = p + 4 + (size_t)SEEK_ENT * i;
+        uint64_t seq = get64(e);
+        int64_t ts = (int64_t)get64(e + 8);
+        if ((i && seq <= prev) || seq >= first + n || ts < prev_ts || ts > last_ts)
+            return 0;
+        uint32_t off = get32(offs + 4 * (seq - first));
+        if (off != HOLE && off != get32(e + 16))
+            return 0;
+        prev = seq;
+        prev_ts = ts;
+    }
+    return 1;
+}
+
 /* Checks the cheap facts that say checkpoint b (len bytes) still describes
  * segment s, whose file has fsize bytes: its frame and CRC, that it goes
  * on from the sequences loaded so far, that the file holds what it covers,
@@ -284,8 +331,12 @@ static const char *ckpt_check(slog_t *l, seg_t *s, const char *b, size_t len, si
     if (len < CKPT_HDR || record_check(&ckpt_record, b, len) != len) /* (0 for an empty file too) */
         return "its checksum or length is wrong";
     uint64_t first = get64(b + 16), n = get64(b + 24), size = get64(b + 32), last_off = get64(b + 40);
-    if (get32(b + 12) != 1 || !n || n > (len - CKPT_HDR) / 4 || ckpt_tables(l, b, len, 0, 0) != 0)
+    if (get32(b + 12) == 1)
+        return "it has no seek index (an older version)";
+    if (get32(b + 12) != CKPT_VERSION || !n || n > (len - CKPT_HDR) / 4 || ckpt_tables(l, b, len, 0, 0) != 0)
         return "it cannot be read";
+    if (!seek_table_fits(b))
+        return "its seek index does not fit its records";
     if (first < s->first || first <= l->last_seq)
         return "its sequences do not follow the segments before it";
     if (size > fsize || size < SEG_HDR || last_off < SEG_HDR || last_off + REC_HDR > size ||
@@ -335,16 +386,27 @@ int ckpt_load(slog_t *l, seg_t *s, size_t fsize, slog_report_t *rep, int64_t ded
         return 0;
     }
     uint64_t n = get64(b + 24);
+    const char *st = b + CKPT_HDR + 4 * n;
+    uint32_t ns = get32(st);
     uint32_t *off = malloc(n * sizeof *off);
-    if (!off || ckpt_tables(l, b, len, 1, dedup_from) != 0) {
+    seek_ent_t *seek = malloc(ns * sizeof *seek);
+    if (!off || !seek || ckpt_tables(l, b, len, 1, dedup_from) != 0) {
         free(off);
+        free(seek);
         free(b);
         errno = ENOMEM;
         return -1;
     }
     memcpy(off, b + CKPT_HDR, n * 4);
+    for (uint32_t i = 0; i < ns; i++) {
+        const char *e = st + 4 + (size_t)SEEK_ENT * i;
+        seek[i] = (seek_ent_t){get64(e), (int64_t)get64(e + 8), get32(e + 16)};
+    }
     free(s->off);
     s->off = off;
+    free(s->seek);
+    s->seek = seek;
+    s->nseek = s->capseek = ns;
     s->n = s->cap = n;
     s->first = get64(b + 16);
     s->size = s->ckpt_size = (off_t)get64(b + 32);

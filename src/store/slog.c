@@ -87,6 +87,7 @@ static void seg_free(seg_t *s)
     if (s->fd >= 0)
         vfs_close(s->fd);
     free(s->off);
+    free(s->seek);
     free(s->rc);
     free(s);
 }
@@ -104,8 +105,18 @@ static int seg_truncate(seg_t *s, off_t len)
     return 0;
 }
 
+/* vfs_pread of a segment's file, counted in the log's reads. */
+static ssize_t log_pread(slog_t *l, int fd, void *buf, size_t n, off_t off)
+{
+    ssize_t got = vfs_pread(fd, buf, n, off);
+    l->reads++;
+    if (got > 0)
+        l->read_bytes += (uint64_t)got;
+    return got;
+}
+
 /* Copies n bytes at off (all below s->size) into out, through the read-ahead. */
-static int seg_pread(seg_t *s, char *out, size_t n, off_t off)
+static int seg_pread(slog_t *l, seg_t *s, char *out, size_t n, off_t off)
 {
     if (!(s->rc_len && off >= s->rc_off && off + (off_t)n <= s->rc_off + (off_t)s->rc_len)) {
         size_t want = n > READ_AHEAD ? n : READ_AHEAD;
@@ -114,11 +125,11 @@ static int seg_pread(seg_t *s, char *out, size_t n, off_t off)
         if (!s->rc || want > READ_AHEAD) {
             char *nb = realloc(s->rc, want > READ_AHEAD ? want : READ_AHEAD);
             if (!nb)
-                return vfs_pread(s->fd, out, n, off) == (ssize_t)n ? 0 : -1;
+                return log_pread(l, s->fd, out, n, off) == (ssize_t)n ? 0 : -1;
             s->rc = nb;
         }
         s->rc_len = 0;
-        ssize_t got = vfs_pread(s->fd, s->rc, want, off);
+        ssize_t got = log_pread(l, s->fd, s->rc, want, off);
         if (got < (ssize_t)n)
             return -1;
         s->rc_off = off;
@@ -147,6 +158,33 @@ static int seg_push(seg_t *s, uint32_t off)
     }
     s->off[s->n++] = off;
     return 0;
+}
+
+int slog_seek_reserve(seg_t *s)
+{
+    if (s->nseek < s->capseek)
+        return 0;
+    size_t nc = s->capseek ? s->capseek * 2 : 16;
+    seek_ent_t *ne = realloc(s->seek, nc * sizeof *ne);
+    if (!ne)
+        return -1;
+    s->seek = ne;
+    s->capseek = nc;
+    return 0;
+}
+
+void slog_seek_note(seg_t *s, uint64_t seq, int64_t ts, uint32_t off)
+{
+    if (s->nseek && off - s->seek[s->nseek - 1].off < SEEK_STEP)
+        return;
+    s->seek[s->nseek++] = (seek_ent_t){seq, ts, off};
+}
+
+/* Forgets the seek entries of s for records after seq (taken back). */
+static void seek_drop_after(seg_t *s, uint64_t seq)
+{
+    while (s->nseek && s->seek[s->nseek - 1].seq > seq)
+        s->nseek--;
 }
 
 static seg_t *active(slog_t *l) { return l->nsegs ? l->segs[l->nsegs - 1] : NULL; }
@@ -227,7 +265,7 @@ uint64_t slog_rec_len(slog_t *l, seg_t *s, uint64_t i)
     char h[12];
     if (off >= s->size)
         memcpy(h, l->wbuf + (off - s->size), sizeof h);
-    else if (vfs_pread(s->fd, h, sizeof h, off) != (ssize_t)sizeof h)
+    else if (log_pread(l, s->fd, h, sizeof h, off) != (ssize_t)sizeof h)
         return span;
     uint32_t len = get32(h + 8);
     return len >= REC_HDR && len <= span ? len : span;
@@ -402,7 +440,7 @@ static int64_t rec_time(slog_t *l, uint64_t seq)
     char h[REC_HDR];
     if (off >= s->size) {
         memcpy(h, l->wbuf + (off - s->size), REC_HDR);
-    } else if (vfs_pread(s->fd, h, REC_HDR, off) != REC_HDR) {
+    } else if (log_pread(l, s->fd, h, REC_HDR, off) != REC_HDR) {
         return -1;
     }
     return (int64_t)get64(h + 24);
@@ -950,6 +988,7 @@ static int flush(slog_t *l)
                 }
             }
             qs->n--;
+            seek_drop_after(qs, good);
         }
         /* A segment rolled for the failed records stays, empty: the next
          * append writes its header again. */
@@ -1134,7 +1173,7 @@ uint64_t slog_append(slog_t *l, const slog_rec_t *r)
         s = active(l);
     }
     size_t need = len + (s->size == 0 && l->wlen == 0 ? SEG_HDR : 0);
-    if (wbuf_reserve(l, need) < 0 || seg_push(s, 0) < 0) {
+    if (wbuf_reserve(l, need) < 0 || slog_seek_reserve(s) < 0 || seg_push(s, 0) < 0) {
         errno = ENOMEM;
         return 0;
     }
@@ -1173,6 +1212,7 @@ uint64_t slog_append(slog_t *l, const slog_rec_t *r)
         return 0;
     }
     l->undo[ui] = prev;
+    slog_seek_note(s, seq, ts, (uint32_t)(s->size + (off_t)l->wlen));
     s->off[s->n++] = (uint32_t)(s->size + (off_t)l->wlen);
     l->wlen += len;
     l->last_seq = seq;
@@ -1211,7 +1251,7 @@ int slog_read(slog_t *l, uint64_t seq, slog_rec_t *out, char **buf, size_t *cap)
     }
     if (off >= s->size) {
         memcpy(*buf, l->wbuf + (off - s->size), n);
-    } else if (seg_pread(s, *buf, n, off) != 0) {
+    } else if (seg_pread(l, s, *buf, n, off) != 0) {
         if (!errno)
             errno = EIO;
         return -1;
@@ -1285,20 +1325,80 @@ int slog_verify(slog_t *l, uint64_t from, uint64_t max_bytes, double max_seconds
     return rc;
 }
 
-uint64_t slog_seq_at_time(slog_t *l, int64_t ts)
+/* Time of the record at index i of s (not a hole), through the
+ * read-ahead: a seek reads its window once.  -1 when it cannot be read. */
+static int64_t seg_rec_time(slog_t *l, seg_t *s, uint64_t i)
 {
-    uint64_t lo = l->first_seq ? l->first_seq : 1, hi = l->last_seq + 1;
-    while (lo < hi) {
-        uint64_t mid = lo + (hi - lo) / 2, m = mid;
-        int64_t t = -1;
-        while (m < hi && (t = rec_time(l, m)) < 0)
-            m++; /* holes: the next record decides */
-        if (m == hi || t >= ts)
+    off_t off = s->off[i];
+    char h[REC_HDR];
+    if (off >= s->size)
+        memcpy(h, l->wbuf + (off - s->size), REC_HDR);
+    else if (seg_pread(l, s, h, REC_HDR, off) != 0)
+        return -1;
+    return (int64_t)get64(h + 24);
+}
+
+/* The last seek entry with a time before ts: its segment in *si and its
+ * index in *ei.  Every record after it and from the next entry on (of its
+ * segment, else the first of the next segment that has records) is at or
+ * after ts.  0 when no entry is before ts.  Memory only. */
+static int seek_find(slog_t *l, int64_t ts, size_t *si, size_t *ei)
+{
+    size_t lo = 0, hi = l->nsegs;
+    while (lo < hi) { /* the first segment whose first entry is at or after ts */
+        size_t mid = lo + (hi - lo) / 2, m = mid;
+        while (m < hi && !l->segs[m]->nseek)
+            m++; /* a segment without records: the next one decides */
+        if (m == hi || l->segs[m]->seek[0].ts >= ts)
             hi = mid;
         else
             lo = m + 1;
     }
-    return lo;
+    while (lo > 0 && !l->segs[lo - 1]->nseek)
+        lo--;
+    if (lo == 0)
+        return 0;
+    const seg_t *s = l->segs[lo - 1];
+    size_t a = 0, b = s->nseek; /* its first entry at or after ts (not entry 0) */
+    while (a < b) {
+        size_t mid = a + (b - a) / 2;
+        if (s->seek[mid].ts >= ts)
+            b = mid;
+        else
+            a = mid + 1;
+    }
+    *si = lo - 1;
+    *ei = a - 1;
+    return 1;
+}
+
+uint64_t slog_seq_at_time(slog_t *l, int64_t ts)
+{
+    uint64_t reads = l->reads, bytes = l->read_bytes, from = l->first_seq ? l->first_seq : 1, q = from;
+    size_t si, ei;
+    l->seeks++;
+    if (seek_find(l, ts, &si, &ei)) {
+        /* The answer is in the window after entry ei: at most SEEK_STEP
+         * bytes and a record, read in order. */
+        seg_t *s = l->segs[si];
+        uint64_t stop = ei + 1 < s->nseek ? s->seek[ei + 1].seq : s->first + s->n;
+        if (s->seek[ei].seq + 1 > q)
+            q = s->seek[ei].seq + 1;
+        for (; q < stop; q++) {
+            uint64_t i = q - s->first;
+            if (s->off[i] == HOLE)
+                continue;
+            l->seek_records++;
+            int64_t t = seg_rec_time(l, s, i);
+            if (t >= ts)
+                break; /* (unreadable, -1: as a hole, the next record decides) */
+        }
+    }
+    if (q > l->last_seq + 1)
+        q = l->last_seq + 1;
+    l->seek_reads += l->reads - reads;
+    l->seek_bytes += l->read_bytes - bytes;
+    return q;
 }
 
 uint64_t slog_committed(const slog_t *l) { return l->committed_seq; }
@@ -1330,6 +1430,12 @@ void slog_get_info(slog_t *l, slog_info_t *o)
     o->sync_errors = l->sync_errors;
     o->write_errors = l->write_errors;
     o->failed = l->failed;
+    o->reads = l->reads;
+    o->read_bytes = l->read_bytes;
+    o->seeks = l->seeks;
+    o->seek_reads = l->seek_reads;
+    o->seek_bytes = l->seek_bytes;
+    o->seek_records = l->seek_records;
 }
 
 /* ---- opening: the recovery scan -------------------------------------------- */
@@ -1372,8 +1478,9 @@ static int scan_add(slog_t *l, seg_t *s, const slog_rec_t *r, size_t off, uint32
     while (s->first + s->n < r->seq)
         if (seg_push(s, HOLE) < 0)
             return -1;
-    if (seg_push(s, (uint32_t)off) < 0)
+    if (slog_seek_reserve(s) < 0 || seg_push(s, (uint32_t)off) < 0)
         return -1;
+    slog_seek_note(s, r->seq, r->ts, (uint32_t)off);
     dict_put(&l->subj_last, r->subject, r->subject_len, (void *)(uintptr_t)r->seq);
     if (r->key_len && l->o.dedup_window > 0 && r->ts >= dedup_from)
         slog_dedup_add(l, r->key, r->key_len, r->seq, r->ts);

@@ -131,7 +131,11 @@ typedef struct slog_verify {
  * (errno; what was checked is in *v). */
 int slog_verify(slog_t *l, uint64_t from, uint64_t max_bytes, double max_seconds, slog_verify_t *v);
 
-/* First sequence at or after ts (ns), or last + 1. */
+/* First sequence at or after ts (ns), or last + 1 (a sequence whose record
+ * is gone may be returned when every record after it is at or after ts).
+ * Finds its window in each segment's seek index (in memory) and reads at
+ * most one window of the file: about SEEK_STEP (64 KiB) bytes, whatever
+ * the size of the log.  Counted in slog_info_t's seek_* fields. */
 uint64_t slog_seq_at_time(slog_t *l, int64_t ts);
 
 /* Last sequence stored for subject (0: none in the log). */
@@ -147,6 +151,9 @@ typedef struct slog_info {
     uint64_t segments;
     uint64_t syncs, sync_errors, write_errors;
     int failed;                   /* waiting to reopen after an I/O error */
+    uint64_t reads, read_bytes;   /* reads of segment files since the log was opened */
+    uint64_t seeks;               /* slog_seq_at_time calls */
+    uint64_t seek_reads, seek_bytes, seek_records; /* what they read, and the records they looked at */
 } slog_info_t;
 
 void slog_get_info(slog_t *l, slog_info_t *out);

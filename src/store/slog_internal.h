@@ -32,6 +32,20 @@
  * 490 -> 330 us for one small record).  Recovery reads zeros as the end. */
 #define PREALLOC (1 << 20)
 #define PREALLOC_LOW (PREALLOC / 2)
+/* The seek index has an entry for a segment's first record and for the
+ * first record at least SEEK_STEP bytes past the previous entry: a seek by
+ * time finds its window in memory and reads at most SEEK_STEP bytes (and a
+ * record) of the file, whatever the size of the stream. */
+#define SEEK_STEP (64u << 10)
+
+/* One entry of a segment's seek index: record seq has time ts and lies at
+ * offset off.  Times never go backwards within a stream, so the entries
+ * are in order of both. */
+typedef struct seek_ent {
+    uint64_t seq;
+    int64_t ts;
+    uint32_t off;
+} seek_ent_t;
 
 typedef struct seg {
     uint64_t first; /* sequence of index slot 0 */
@@ -43,6 +57,8 @@ typedef struct seg {
     off_t alloc; /* the file's length: size, or more when zero-filled ahead */
     int damaged; /* skipped bytes lie between its records (see rec_len) */
     off_t ckpt_size; /* the records its checkpoint file covers (0: it has none) */
+    seek_ent_t *seek; /* the seek index, in sequence order */
+    size_t nseek, capseek;
     /* Read-ahead: a consumer reads records in order, so one pread fetches
      * the next READ_AHEAD bytes and the records in them cost no syscall.
      * Records never change once written; a cut of the file clears it. */
@@ -126,6 +142,10 @@ struct slog {
     uint64_t ckpt_errors; /* checkpoints the sync thread could not write */
     uint64_t ckpt_errors_seen;
     uint64_t removed_lines; /* in the removed file (for removed_compact) */
+    /* Reads of segment files (the loop's, after opening), and those of the
+     * seeks by time among them. */
+    uint64_t reads, read_bytes;
+    uint64_t seeks, seek_reads, seek_bytes, seek_records;
 };
 
 /* ---- little-endian fields --------------------------------------------------- */
@@ -145,6 +165,13 @@ uint64_t slog_rec_len(slog_t *l, seg_t *s, uint64_t i);
 int slog_dedup_add(slog_t *l, const char *key, size_t klen, uint64_t seq, int64_t ts);
 /* The length of the whole, valid stream record at p (avail bytes), or 0. */
 uint32_t slog_record_whole(const char *p, size_t avail);
+/* Room for one more entry in the seek index of s.  0, or -1 when out of
+ * memory. */
+int slog_seek_reserve(seg_t *s);
+/* Notes record seq (time ts, at offset off, after every record s already
+ * holds) in the seek index of s when it starts a new step; there is room
+ * (slog_seek_reserve). */
+void slog_seek_note(seg_t *s, uint64_t seq, int64_t ts, uint32_t off);
 
 /* ---- ckpt.c: the checkpoints ---- */
 

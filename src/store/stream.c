@@ -1046,6 +1046,13 @@ static cJSON *stream_obj(stream_t *st)
     json_add_uint(rec, "checkpoint_fallbacks", st->opened.fallbacks);
     if (st->opened.fallback[0])
         cJSON_AddStringToObject(rec, "checkpoint_fallback", st->opened.fallback);
+    cJSON *io = cJSON_AddObjectToObject(o, "io");
+    json_add_uint(io, "reads", in.reads);
+    json_add_uint(io, "read_bytes", in.read_bytes);
+    json_add_uint(io, "seeks", in.seeks);
+    json_add_uint(io, "seek_reads", in.seek_reads);
+    json_add_uint(io, "seek_bytes", in.seek_bytes);
+    json_add_uint(io, "seek_records", in.seek_records);
     cJSON *lim = cJSON_AddObjectToObject(o, "limits");
     json_add_uint(lim, "max_msgs", st->cfg.o.max_msgs);
     json_add_uint(lim, "max_bytes", st->cfg.o.max_bytes);
