@@ -21,6 +21,7 @@
 #include <event2/keyvalq_struct.h>
 #include <event2/listener.h>
 #include <event2/util.h>
+#include <openssl/ssl.h>
 
 #include "dlq.h"
 #include "admin.h"
@@ -1706,6 +1707,57 @@ static int face_listen(http_t *h, const char *host, int port)
     return face_bind(h, lev);
 }
 
+/* An HTTPS connection whose handshake is to run at the lowest priority. */
+typedef struct handshake_lower {
+    struct event *ev;
+    struct bufferevent *bev; /* a reference of ours */
+} handshake_lower_t;
+
+/* Puts the handshake of a new HTTPS connection at SERVER_PRIORITY_HANDSHAKE,
+ * as the NATS listener does (client_tls.c): the handshake is where TLS
+ * costs CPU, and a storm of them must not hold up the clients already
+ * connected.  Runs right after evhttp has given the bufferevent its socket
+ * (which assigns its events anew, at the normal priority) and before its
+ * first read.  The OpenSSL bufferevent assigns its events anew again once
+ * the handshake is done: the connection then runs at the normal priority. */
+static void on_handshake_lower(evutil_socket_t fd, short what, void *arg)
+{
+    handshake_lower_t *hl = arg;
+    (void)fd;
+    (void)what;
+    SSL *ssl = bufferevent_openssl_get_ssl(hl->bev);
+    if (ssl && !SSL_is_init_finished(ssl) && bufferevent_priority_set(hl->bev, SERVER_PRIORITY_HANDSHAKE) < 0)
+        log_debug("http: cannot lower the priority of a TLS handshake");
+    bufferevent_decref(hl->bev); /* (frees it if evhttp let go of it meanwhile) */
+    event_free(hl->ev);
+    free(hl);
+}
+
+/* An HTTPS bufferevent (tls_bufferevent_accepting) whose handshake goes to
+ * the lowest priority once evhttp has set it up; NULL when out of memory. */
+static struct bufferevent *https_connection(tls_context_t *t, struct event_base *base)
+{
+    handshake_lower_t *hl = calloc(1, sizeof *hl);
+    struct bufferevent *bev = tls_bufferevent_accepting(t, base);
+    if (!hl || !bev)
+        goto fail;
+    hl->ev = event_new(base, -1, 0, on_handshake_lower, hl);
+    if (!hl->ev)
+        goto fail;
+    hl->bev = bev;
+    bufferevent_incref(bev);
+    /* Active now, at the normal priority: it runs in this pass of the
+     * loop, after the listener's callback that is setting the connection
+     * up, before the socket can be read. */
+    event_active(hl->ev, EV_TIMEOUT, 0);
+    return bev;
+fail:
+    if (bev)
+        bufferevent_free(bev);
+    free(hl);
+    return NULL;
+}
+
 /* evhttp's bufferevent for each new connection: with tls { http = true }
  * an HTTPS one from the server's context of the moment (a reload's
  * certificate applies to the next connection), else a plain one. */
@@ -1714,8 +1766,8 @@ static struct bufferevent *new_connection(struct event_base *base, void *arg)
     http_t *h = arg;
     tls_context_t *t = server_tls(h->srv);
     if (t && tls_context_config(t)->http)
-        return tls_bufferevent_accepting(t, base); /* NULL only out of memory (evhttp then
-                                                    * makes a plain one itself) */
+        return https_connection(t, base); /* NULL only out of memory (evhttp then
+                                           * makes a plain one itself) */
     return bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
 }
 

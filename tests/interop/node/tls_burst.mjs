@@ -1,18 +1,27 @@
 // A burst of TLS handshakes against a NATS server, for tests/tls_spec.lua.
 //
-//   node tls_burst.mjs PORT CA N
+//   node tls_burst.mjs PORT CA N [https]
 //
 // Opens N connections at once; each reads the server's INFO line in the
-// clear, as NATS clients do, then makes the TLS handshake (trusting CA)
-// and closes.  Prints "handshakes OK of N" and exits.
+// clear, as NATS clients do (with "https": starts at once, as an HTTPS
+// client does), then makes the TLS handshake (trusting CA) and closes.
+// Prints "handshakes OK of N" and exits.
 import net from "node:net";
 import tls from "node:tls";
 import fs from "node:fs";
 
-const [port, caFile, n] = [Number(process.argv[2]), process.argv[3], Number(process.argv[4])];
+const [port, caFile, n, https] = [Number(process.argv[2]), process.argv[3], Number(process.argv[4]),
+                                  process.argv[5] === "https"];
 const ca = fs.readFileSync(caFile);
 
 function one() {
+  if (https) {
+    return new Promise((resolve) => {
+      const t = tls.connect({ port, host: "127.0.0.1", ca, servername: "localhost" });
+      t.on("secureConnect", () => { t.destroy(); resolve(true); });
+      t.on("error", () => resolve(false));
+    });
+  }
   return new Promise((resolve) => {
     const sock = net.connect(port, "127.0.0.1");
     let buf = "";
