@@ -7,8 +7,14 @@
 # (default 3) runs, the servers taken in turn.  Beside each rate, the
 # server's CPU seconds for the run (from /proc): on a 2-core machine the
 # client's own TLS work bounds the rate, and the CPU shows what the server
-# spent for it.  Certificates are made with openssl in a temporary
-# directory; loopback only; every run bounded (--timeout).
+# spent for it.  Then the connect rate: BENCH_TLS_CONNS (default 1000)
+# connections, BENCH_TLS_CONC (default 8) in flight at a time, each the
+# INFO line, the TLS handshake, CONNECT, PING and its PONG, then close
+# (bench/tls_connect.mjs, node: libnats' own TLS connect waits about 40 ms
+# per connection on either server, which would hide both); connections/s,
+# beside each the server's CPU seconds, medians as above.  Certificates are made
+# with openssl in a temporary directory; loopback only; every run bounded
+# (--timeout).
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -18,6 +24,8 @@ NATS_BIN=${NATS_SERVER_BIN:-nats-server}
 REPEAT=${BENCH_REPEAT:-3}
 MSGS=${BENCH_TLS_MSGS:-500000}
 SIZES=${BENCH_TLS_SIZES:-128 1024}
+CONNS=${BENCH_TLS_CONNS:-1000}
+CONC=${BENCH_TLS_CONC:-8}
 OUT=$ROOT/build/bench-tls.md
 LOGS=$ROOT/build/bench-logs
 CLK_TCK=$(getconf CLK_TCK)
@@ -44,13 +52,16 @@ echo 'tls { cert = "server.pem", key = "server-key.pem" }' >"$TMP/tide.lua"
 # sets PORT and PID.
 start() {
     PORT=$(free_port)
+    # Emptied here, not by the server's redirection: that happens in the
+    # child, and the wait below could read the last run's "ready" line.
+    : >"$LOGS/tls-$1.log"
     case $1 in
-    tide-tls) "$TIDE" serve -c "$TMP/tide.lua" -a 127.0.0.1 -p "$PORT" --no-http >"$LOGS/tls-$1.log" 2>&1 & ;;
-    tide-plain) "$TIDE" serve -a 127.0.0.1 -p "$PORT" --no-http >"$LOGS/tls-$1.log" 2>&1 & ;;
+    tide-tls) "$TIDE" serve -c "$TMP/tide.lua" -a 127.0.0.1 -p "$PORT" --no-http >>"$LOGS/tls-$1.log" 2>&1 & ;;
+    tide-plain) "$TIDE" serve -a 127.0.0.1 -p "$PORT" --no-http >>"$LOGS/tls-$1.log" 2>&1 & ;;
     nats-tls)
         printf 'listen: 127.0.0.1:%s\ntls { cert_file: "%s/server.pem", key_file: "%s/server-key.pem" }\n' \
             "$PORT" "$TMP" "$TMP" >"$TMP/nats.conf"
-        "$NATS_BIN" -c "$TMP/nats.conf" >"$LOGS/tls-$1.log" 2>&1 & ;;
+        "$NATS_BIN" -c "$TMP/nats.conf" >>"$LOGS/tls-$1.log" 2>&1 & ;;
     esac
     PID=$!
     PIDS="$PIDS $PID"
@@ -82,6 +93,23 @@ for size in $SIZES; do
     done
 done
 
+for r in $(seq 1 "$REPEAT"); do
+    for side in $SIDES; do
+        start "$side"
+        ca=$TMP/ca.pem
+        [ "$side" = tide-plain ] && ca=-
+        c0=$(cpu_ticks "$PID")
+        line=$(timeout -k 5 $((CONNS / 10 + 90)) node bench/tls_connect.mjs "$PORT" "$ca" "$CONNS" "$CONC" 2>&1)
+        c1=$(cpu_ticks "$PID")
+        rate=$(echo "$line" | sed -n "s/^RESULT tls_connect n=$CONNS ok=$CONNS .* rate=\([0-9]*\).*/\1/p")
+        [ -n "$rate" ] || { echo "bench-tls: $side connect failed: $line"; exit 1; }
+        RATES[$side.connect]="${RATES[$side.connect]:-} $rate"
+        CPUS[$side.connect]="${CPUS[$side.connect]:-} $(awk -v t=$((c1 - c0)) -v k="$CLK_TCK" 'BEGIN {printf "%.2f", t / k}')"
+        kill "$PID"; wait "$PID" 2>/dev/null
+    done
+    SIDES=$(echo "$SIDES" | awk '{print $2, $3, $1}')
+done
+
 {
     echo "| TLS pub/sub, 1 -> 1 | tide TLS msg/s (server CPU s) | nats-server TLS msg/s (CPU s) | tide/nats | tide plain msg/s (CPU s) |"
     echo "|---|---:|---:|---:|---:|"
@@ -92,6 +120,15 @@ done
         printf '| %s B, %s msgs | %s (%s) | %s (%s) | %s | %s (%s) |\n' "$size" "$MSGS" "$t" "$(c tide-tls)" \
             "$n" "$(c nats-tls)" "$(awk -v a="$t" -v b="$n" 'BEGIN {printf "%.2f", b ? a / b : 0}')" "$p" "$(c tide-plain)"
     done
+    echo
+    echo "| TLS connect rate | tide TLS conn/s (server CPU s) | nats-server TLS conn/s (CPU s) | tide/nats | tide plain conn/s (CPU s) |"
+    echo "|---|---:|---:|---:|---:|"
+    m() { printf '%s\n' ${RATES[$1.connect]} | median; }
+    c() { printf '%s\n' ${CPUS[$1.connect]} | median; }
+    t=$(m tide-tls); n=$(m nats-tls); p=$(m tide-plain)
+    printf '| %s connections, %s at a time (INFO, handshake, CONNECT, PING/PONG, close) | %s (%s) | %s (%s) | %s | %s (%s) |\n' \
+        "$CONNS" "$CONC" "$t" "$(c tide-tls)" "$n" "$(c nats-tls)" "$(awk -v a="$t" -v b="$n" 'BEGIN {printf "%.2f", b ? a / b : 0}')" \
+        "$p" "$(c tide-plain)"
     echo
     echo "Medians of $REPEAT runs; nats-server $("$NATS_BIN" --version 2>&1 | head -1); $(nproc) cores."
 } | tee "$OUT"
