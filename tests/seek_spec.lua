@@ -94,6 +94,19 @@ local function seek(port, since)
     bytes = after.seek_bytes - before.seek_bytes, records = after.seek_records - before.seek_records }
 end
 
+-- CRC-32C (Castagnoli), as record.c seals checkpoints with.
+local CRC = {}
+for i = 0, 255 do
+  local c = i
+  for _ = 1, 8 do c = (c & 1 == 1) and ((c >> 1) ~ 0x82f63b78) or (c >> 1) end
+  CRC[i] = c
+end
+local function crc32c(b)
+  local c = 0xffffffff
+  for i = 1, #b do c = (c >> 8) ~ CRC[(c ~ b:byte(i)) & 0xff] end
+  return c ~ 0xffffffff
+end
+
 local function files(dir, suffix)
   local t = {}
   for f in sh(("ls '%s' | sort"):format(dir)):gmatch("[^\n]+") do
@@ -206,28 +219,40 @@ consumer "t" { stream = "s", deliver = "d.t", ack_wait = "30s", deliver_policy =
   end)
 
   it("falls back to the scan, which rebuilds the index, when a checkpoint is missing or damaged", function()
-    local n = 3000
+    local n = 4500
     local e, ts = stored(n)
     local dir = e.data .. "/streams/s"
     local ckpts = files(dir, ".ckpt")
     assert(#ckpts >= 3, "checkpoints: " .. #ckpts)
     -- The first checkpoint goes; the second has a byte of its seek index
-    -- flipped (the first entry's time).
+    -- flipped (the first entry's time); the third's seek index says its
+    -- first entry is later than the segment's last record, under a CRC
+    -- made again (a checkpoint that passes its checksum but not the checks
+    -- of its seek index).
     os.remove(ckpts[1])
     local b = read_all(ckpts[2])
     local nslots = string.unpack("<I8", b, 25)
     local at = 96 + 4 * nslots + 4 + 8 + 3 -- 0-based
     write_raw(ckpts[2], b:sub(1, at) .. string.char(b:byte(at + 1) ~ 0x40) .. b:sub(at + 2))
+    b = read_all(ckpts[3])
+    nslots = string.unpack("<I8", b, 25)
+    local last_ts = string.unpack("<i8", b, 73)
+    at = 96 + 4 * nslots + 4 + 8 -- 0-based: entry 0's time
+    b = b:sub(1, at) .. string.pack("<i8", last_ts + 1) .. b:sub(at + 9)
+    write_raw(ckpts[3], b:sub(1, 4) .. string.pack("<I4", crc32c(b:sub(9))) .. b:sub(9))
     local srv = run(e)
     local i = info(srv.port, "s")
     local r = i.recovery
-    assert.same({ n, 1, 1 }, { i.messages, r.checkpoint_missing, r.checkpoint_fallbacks })
+    assert.same({ n, 1, 2 }, { i.messages, r.checkpoint_missing, r.checkpoint_fallbacks })
     assert.truthy(r.checkpoint_fallback:find("checksum", 1, true), r.checkpoint_fallback)
-    -- Seeks into the two segments scanned, and into one from its checkpoint.
+    assert.truthy(srv:log():find("checkpoint not used (its seek index does not fit its records)", 1, true))
+    -- Seeks into the three segments scanned, and into one from its
+    -- checkpoint.
     local segs = files(dir, ".seg")
+    assert(#segs >= 4, "segments: " .. #segs)
     local function first_of(path) return tonumber(path:match("(%d+)%.seg$")) end
     for _, k in ipairs { first_of(segs[1]) + 100, first_of(segs[2]) + 5, first_of(segs[2]) + 300,
-                         first_of(segs[3]) + 200 } do
+                         first_of(segs[3]) + 1, first_of(segs[3]) + 200, first_of(segs[4]) + 200 } do
       for _, d in ipairs { 0, 1 } do
         local since = iso_add(ts[k], d)
         local got, c = seek(srv.port, since)
