@@ -4,11 +4,34 @@
 
 /* ---- rule registration ------------------------------------------------------- */
 
-/* Empties the match cache (and the last-subject shortcut into it). */
+/* Empties the match cache (and the last-subject shortcut into it).  While
+ * an event is in the pipeline its rules may be going through the tables
+ * (a rule registering another, the cache full): they are kept until it
+ * ends. */
 static void forget_matches(state_t *st)
 {
-    dict_clear(&st->matches, free);
     st->last_len = 0;
+    if (st->pipelines > 0) {
+        for (size_t i = 0; i < st->matches.cap; i++) {
+            match_t *m = st->matches.slots[i].key ? st->matches.slots[i].val : NULL;
+            if (m) {
+                m->retired = st->retired_matches;
+                st->retired_matches = m;
+            }
+        }
+        dict_clear(&st->matches, NULL);
+        return;
+    }
+    dict_clear(&st->matches, free);
+}
+
+void pipeline_free_retired(state_t *st)
+{
+    while (st->retired_matches) {
+        match_t *m = st->retired_matches;
+        st->retired_matches = m->retired;
+        free(m);
+    }
 }
 
 void pipeline_rule_free(rule_t *r)
@@ -1037,7 +1060,10 @@ static void run_one(script_host_t *h, client_t *from, const proto_msg_t *m, int 
     lua_pushcfunction(L, budget_on_error);
     lua_pushvalue(L, RUN_EVENT_SLOT);
     lua_pushlightuserdata(L, &run);
+    st->pipelines++;
     int rc = lua_pcall(L, 1, 0, top + 1);
+    if (--st->pipelines == 0)
+        pipeline_free_retired(st);
     if (rc != LUA_OK && run.calling) {
         /* A filter or route failed (call_in_pipeline): close its call as
          * budget_call would have. */

@@ -60,6 +60,7 @@ static void state_free(state_t *st)
     free(st->rules);
     dict_clear(&st->upgraders, NULL);
     dict_clear(&st->matches, free);
+    pipeline_free_retired(st);
     dict_clear(&st->first_tokens, NULL);
     for (size_t i = 0; i < st->nfiles; i++)
         free(st->files[i]);

@@ -93,6 +93,7 @@ typedef struct rule {
 typedef struct match {
     rule_t **r[RULE_KINDS];
     size_t n[RULE_KINDS];
+    struct match *retired; /* the next in state_t.retired_matches */
 } match_t;
 
 
@@ -134,6 +135,11 @@ typedef struct state {
     char last_subject[128];
     size_t last_len;
     match_t *last_mt;
+    /* Events in the pipeline now (the prompt's can nest), and the match
+     * tables forgotten meanwhile (a rule registered a rule), which those
+     * events may still be going through: freed when the last one ends. */
+    int pipelines;
+    match_t *retired_matches;
     char **files;     /* every file loaded, for the watcher */
     size_t nfiles;
     /* The call in progress. */
@@ -330,6 +336,9 @@ void watch_on_debounce(evutil_socket_t fd, short what, void *arg);
 void watch_start(script_host_t *h);
 void watch_on_sighup(evutil_socket_t fd, short what, void *arg);
 void pipeline_rule_free(rule_t *r);
+
+/* Frees the match tables st->retired_matches holds. */
+void pipeline_free_retired(state_t *st);
 int pipeline_l_filter(lua_State *L);
 int pipeline_l_route(lua_State *L);
 int pipeline_l_on(lua_State *L);
