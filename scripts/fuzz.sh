@@ -25,7 +25,7 @@ if [ $need = 1 ]; then
         -fno-sanitize-recover=undefined -o "$BIN" $SRCS
 fi
 JBIN=$OUT/fuzz_json
-JSRCS="tests/fuzz/fuzz_json.c src/base/json.c src/base/json_tree.c src/script/json_lua.c"
+JSRCS="tests/fuzz/fuzz_json.c src/base/json.c src/base/json_tree.c src/script/json_lua.c src/script/json_edit.c"
 jneed=0
 [ -x "$JBIN" ] || jneed=1
 for f in $JSRCS src/*/*.h; do [ "$f" -nt "$JBIN" ] && jneed=1; done

@@ -65,6 +65,8 @@ char *admin_stats_json(node_t *n, size_t *len)
     cJSON_AddStringToObject(sc, "last_reload", st.last_reload);
     NUM("memory", st.memory);
     NUM("decodes", st.decodes);
+    NUM("spliced", st.spliced);
+    NUM("reencoded", st.reencoded);
 #undef NUM
     cJSON_AddItemToObject(o, "scripts", sc);
     sc = NULL;

@@ -126,6 +126,11 @@ cJSON *json_parse_exact(const char *text, size_t len, char **nums);
  * Prints as cJSON does, and spelled keys and raw nodes as they are. */
 char *json_print(const cJSON *v, size_t *len);
 
+/* Writes the n bytes at s as a JSON string, quotes included and escaped
+ * as json_print escapes strings, into dst (room for cap bytes).  Returns
+ * the length written, or 0 when it does not fit.  Allocates nothing. */
+size_t json_write_string(char *dst, size_t cap, const char *s, size_t n);
+
 /* True for number nodes (raw-with-text or plain cJSON numbers). */
 int json_is_number(const cJSON *n);
 

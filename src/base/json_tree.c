@@ -341,6 +341,26 @@ static size_t escape_stop(const unsigned char *s, size_t i, size_t n)
     return i;
 }
 
+/* The escape of byte c (one escape_stop stopped at) into esc: its length. */
+static size_t escape_of(unsigned char c, char esc[8])
+{
+    static const char hex[] = "0123456789abcdef";
+    esc[0] = '\\';
+    switch (c) {
+    case '"': case '\\': esc[1] = (char)c; return 2;
+    case '\b': esc[1] = 'b'; return 2;
+    case '\f': esc[1] = 'f'; return 2;
+    case '\n': esc[1] = 'n'; return 2;
+    case '\r': esc[1] = 'r'; return 2;
+    case '\t': esc[1] = 't'; return 2;
+    default:
+        memcpy(esc + 1, "u00", 3);
+        esc[4] = hex[c >> 4];
+        esc[5] = hex[c & 15];
+        return 6;
+    }
+}
+
 /* n bytes at s as a JSON string, escaped as cJSON escapes (quote,
  * backslash, control characters; everything else as it is). */
 static void put_string(out_t *o, const char *s, size_t n)
@@ -352,20 +372,50 @@ static void put_string(out_t *o, const char *s, size_t n)
         put(o, s + i, j - i);
         if (j == n)
             break;
-        char esc[8] = {'\\', 0};
-        switch (u[j]) {
-        case '"': case '\\': esc[1] = (char)u[j]; break;
-        case '\b': esc[1] = 'b'; break;
-        case '\f': esc[1] = 'f'; break;
-        case '\n': esc[1] = 'n'; break;
-        case '\r': esc[1] = 'r'; break;
-        case '\t': esc[1] = 't'; break;
-        default: snprintf(esc + 1, sizeof esc - 1, "u%04x", u[j]); break;
-        }
-        put(o, esc, strlen(esc));
+        char esc[8];
+        put(o, esc, escape_of(u[j], esc));
         i = j + 1;
     }
     put_char(o, '"');
+}
+
+size_t json_write_string(char *dst, size_t cap, const char *s, size_t n)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    size_t len = 0;
+    if (cap < n + 2)
+        return 0;
+    if (n <= 32) {
+        /* Short strings (keys, codes) rarely need an escape: look first. */
+        size_t i = 0;
+        while (i < n && u[i] >= 0x20 && u[i] != '"' && u[i] != '\\')
+            i++;
+        if (i == n) {
+            dst[0] = '"';
+            memcpy(dst + 1, s, n);
+            dst[n + 1] = '"';
+            return n + 2;
+        }
+    }
+    dst[len++] = '"';
+    for (size_t i = 0;;) {
+        size_t j = escape_stop(u, i, n);
+        if (cap - len < j - i + 1)
+            return 0;
+        memcpy(dst + len, s + i, j - i);
+        len += j - i;
+        if (j == n)
+            break;
+        char esc[8];
+        size_t e = escape_of(u[j], esc);
+        if (cap - len < e + 1)
+            return 0;
+        memcpy(dst + len, esc, e);
+        len += e;
+        i = j + 1;
+    }
+    dst[len++] = '"';
+    return len;
 }
 
 /* n bytes at s that need no escapes (JSON_STRING_PLAIN), between quotes. */

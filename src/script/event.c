@@ -7,6 +7,7 @@
 
 #include "client.h"
 #include "event.h"
+#include "json_edit.h"
 #include "script.h"
 #include "subject.h"
 #include "util.h"
@@ -31,7 +32,12 @@
 #define UV_OUT_HDR 7     /* re-encoded headers (a Lua string) */
 #define UV_OUT_PAYLOAD 8 /* re-encoded payload (a Lua string) */
 #define UV_INPUT 9       /* event_push(copy = 1): the message's bytes */
-#define EVENT_NUV 9
+#define UV_SPLICED 10    /* the buffer edited payloads are spliced into, kept from one event to the next */
+#define EVENT_NUV 10
+
+/* A spliced payload longer than this gets a buffer of its own, which goes
+ * with its event, so that one big event does not pin its size. */
+#define SPLICED_KEEP_MAX 65536
 
 /* Registry keys (addresses) of the event metatable and of the pipeline's
  * reused event. */
@@ -219,6 +225,7 @@ event_t *event_push_pipeline(lua_State *L, const proto_msg_t *m, int mt_idx, int
         ev->gen = gen;
         ev->reusable = 1;
         ev->owner.released_by_owner = 1;
+        ev->owner.edits = (json_edits_t *)(ev + 1); /* emptied when the last event ended */
         if (json_push_owner_handle(L, &ev->owner)) {
             borrow_message(ev, m);
             return ev;
@@ -510,11 +517,17 @@ static void add_extensions(lua_State *L, event_t *ev, cJSON *env)
     }
 }
 
-static uint64_t decodes;
+static uint64_t decodes, spliced, reencoded;
 
 uint64_t event_decode_count(void)
 {
     return decodes;
+}
+
+void event_encode_counts(uint64_t *s, uint64_t *r)
+{
+    *s = spliced;
+    *r = reencoded;
 }
 
 /* The tree of the event at idx, built now if it has none (see json_owner_tree). */
@@ -868,7 +881,7 @@ static int push_scalar_member(lua_State *L, int idx, event_t *ev, const char *ke
             return 0;
     } else {
         uint32_t t = json_tape_member(&ev->owner, 0, key, klen);
-        if (t == JSON_NO_TOK || ev->owner.tape[t].type != (kind == 0 ? JSON_TOK_STRING : JSON_TOK_NUMBER))
+        if (t == JSON_NO_TOK || json_tok_type(&ev->owner, t) != (kind == 0 ? JSON_TOK_STRING : JSON_TOK_NUMBER))
             return 0;
         json_push_tok(L, &ev->owner, t, idx, 0);
     }
@@ -902,6 +915,15 @@ void event_set_version(lua_State *L, int idx, lua_Integer version)
     event_t *ev = check_live(L, idx);
     idx = lua_absindex(L, idx);
     decode(L, idx, ev);
+    if (ev->mode == EVENT_STRUCTURED && !ev->owner.tree) {
+        lua_pushinteger(L, version);
+        int done = json_edit_set(L, &ev->owner, 0, "version", 7, -1) == 0;
+        lua_pop(L, 1);
+        if (done) {
+            ev->owner.dirty = 1;
+            return;
+        }
+    }
     tree_of(L, idx, ev); /* as a script's assignment: the tree first */
     if (ev->mode == EVENT_RAW)
         promote(L, idx, ev);
@@ -914,6 +936,25 @@ void event_set_version(lua_State *L, int idx, lua_Integer version)
 
 /* True when the kl bytes at k are the name lit. */
 #define KEY_IS(k, kl, lit) ((kl) == sizeof(lit) - 1 && memcmp((k), (lit), (kl)) == 0)
+
+/* e[k] = the value at 3 for the event at 1, kept as an edit of the
+ * envelope (json_edit.h) when it can be one: 1 when it was. */
+static int edit_member(lua_State *L, event_t *ev, const char *k, size_t kl)
+{
+    if (ev->mode != EVENT_STRUCTURED || ev->owner.tree)
+        return 0;
+    if (KEY_IS(k, kl, "ce_subject"))
+        k = "subject", kl = 7;
+    if (json_edit_set(L, &ev->owner, 0, k, kl, 3) < 0)
+        return 0;
+    if (KEY_IS(k, kl, "data")) {
+        ev->data_view = NULL;
+        lua_pushnil(L);
+        set_uv(L, 1, ev, UV_DATA);
+    }
+    ev->owner.dirty = 1;
+    return 1;
+}
 
 static int event_newindex(lua_State *L)
 {
@@ -937,6 +978,10 @@ static int event_newindex(lua_State *L)
     if (KEY_IS(k, kl, "headers") || KEY_IS(k, kl, "reply") || KEY_IS(k, kl, "raw") || KEY_IS(k, kl, "client"))
         return luaL_error(L, "e.%s cannot be assigned (set e.headers[name] or e.data instead)", k);
     decode(L, 1, ev);
+    if (KEY_IS(k, kl, "version") && !lua_isinteger(L, 3))
+        return luaL_error(L, "e.version must be an integer");
+    if (edit_member(L, ev, k, kl))
+        return 0;
     json_tree_t *t = tree_of(L, 1, ev);
     if (KEY_IS(k, kl, "data")) {
         ev->data_view = NULL;
@@ -955,8 +1000,6 @@ static int event_newindex(lua_State *L)
         ev->owner.dirty = 1;
         return 0;
     }
-    if (KEY_IS(k, kl, "version") && !lua_isinteger(L, 3))
-        return luaL_error(L, "e.version must be an integer");
     if (ev->mode == EVENT_RAW)
         promote(L, 1, ev);
     if (KEY_IS(k, kl, "ce_subject"))
@@ -995,6 +1038,39 @@ static void set_payload_top(lua_State *L, int idx, event_t *ev)
 {
     ev->out_payload = lua_tolstring(L, -1, &ev->out_payload_len);
     set_uv(L, idx, ev, UV_OUT_PAYLOAD);
+}
+
+/* Sets the payload to the event's text with its edits spliced in
+ * (json_edit.h), written into the buffer the event keeps for that.  A
+ * buffer already holding this event's bytes is left alone (the pipeline
+ * may still hold them) and a new one used.  0, or -1 when the text must
+ * be printed from the tree instead. */
+static int splice_payload(lua_State *L, int idx, event_t *ev)
+{
+    char *buf = NULL;
+    size_t cap = 0;
+    if (lua_getiuservalue(L, idx, UV_SPLICED) == LUA_TUSERDATA) {
+        buf = lua_touserdata(L, -1);
+        cap = ev->out_payload == buf ? 0 : lua_rawlen(L, -1);
+    }
+    lua_pop(L, 1);
+    size_t n = json_edit_splice(&ev->owner, buf, cap);
+    if (!n)
+        return -1;
+    if (n > cap) {
+        int keep = (!buf || ev->out_payload != buf) && n <= SPLICED_KEEP_MAX;
+        size_t room = keep ? (n < 512 ? 1024 : 2 * n) : n;
+        buf = lua_newuserdatauv(L, room, 0);
+        json_edit_splice(&ev->owner, buf, room);
+        if (keep)
+            lua_setiuservalue(L, idx, UV_SPLICED); /* not set_uv: the next events use it too */
+        else
+            set_uv(L, idx, ev, UV_OUT_PAYLOAD);
+    }
+    ev->out_payload = buf;
+    ev->out_payload_len = n;
+    spliced++;
+    return 0;
 }
 
 /* Sets the payload to the JSON text of v (NULL prints as null). */
@@ -1073,11 +1149,13 @@ void event_bytes(lua_State *L, int idx, proto_msg_t *out)
         luaL_error(L, "this event's pipeline has ended");
     idx = lua_absindex(L, idx);
     if (ev->owner.dirty) {
-        cJSON *root = ev->owner.tree->root; /* a change made a tree */
-        if (ev->mode == EVENT_BINARY) {
-            binary_from_tree(L, idx, ev, root);
-        } else {
-            set_payload_json(L, idx, ev, root);
+        if (ev->owner.tree || splice_payload(L, idx, ev) < 0) {
+            cJSON *root = tree_of(L, idx, ev)->root;
+            reencoded++;
+            if (ev->mode == EVENT_BINARY)
+                binary_from_tree(L, idx, ev, root);
+            else
+                set_payload_json(L, idx, ev, root);
         }
         ev->owner.dirty = 0;
     }
@@ -1201,9 +1279,10 @@ void event_open(lua_State *L)
     lua_setfield(L, -2, "__metatable");
     lua_pop(L, 1);
 
-    /* The pipeline's reused event, ended until event_push_pipeline. */
-    event_t *ev = lua_newuserdatauv(L, sizeof *ev, EVENT_NUV);
-    memset(ev, 0, sizeof *ev);
+    /* The pipeline's reused event, ended until event_push_pipeline, and
+     * after it the room for its edits (json_edit.h). */
+    event_t *ev = lua_newuserdatauv(L, sizeof *ev + sizeof(json_edits_t), EVENT_NUV);
+    memset(ev, 0, sizeof *ev + sizeof(json_edits_t));
     ev->expired = 1;
     ev->owner.dead = 1;
     ev->reusable = 1;

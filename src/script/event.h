@@ -11,13 +11,16 @@
  * e.type is the subject, e.version 1, e.data the payload if it is JSON.
  *
  * Decoding scans the payload into tokens (json_scan) without building a
- * tree: e.data and its members are read straight from the bytes.  The
- * first write builds the tree (json_owner_tree), and values read before
- * follow it.
+ * tree: e.data and its members are read straight from the bytes.  In the
+ * pipeline's event, writes of scalars to members of objects are kept as
+ * edits against the tokens (json_edit.h); any other write builds the tree
+ * (json_owner_tree), values read before follow it, and the edits are
+ * applied to it.
  *
  * An event nothing changed goes out with its original bytes.  A changed one
  * is re-encoded once, in the mode it came in, when the pipeline asks for
- * its bytes (event_bytes).
+ * its bytes (event_bytes): its edits spliced into the original text when
+ * that can be done, else printed from the tree.
  */
 #ifndef TIDE_EVENT_H
 #define TIDE_EVENT_H
@@ -140,5 +143,10 @@ void event_expire_ptr(event_t *ev);
 /* Payloads decoded so far (by every Lua state of the process): lets tests
  * and stats show that lazy access really skipped decoding. */
 uint64_t event_decode_count(void);
+
+/* Changed payloads made so far (by every Lua state of the process) by
+ * splicing changes into the original text (*spliced) and by printing a
+ * tree (*reencoded): lets tests and stats show which way events took. */
+void event_encode_counts(uint64_t *spliced, uint64_t *reencoded);
 
 #endif

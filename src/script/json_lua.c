@@ -10,6 +10,7 @@
 
 #include <lauxlib.h>
 
+#include "json_edit.h"
 #include "json_lua.h"
 #define PROXY_MT "tide.json.proxy" /* registry name, for luaL_testudata */
 #define MAX_DEPTH 64
@@ -135,13 +136,22 @@ static uint32_t tape_member_nth(const json_owner_t *o, uint32_t obj, const char 
     return JSON_NO_TOK;
 }
 
+uint32_t json_tape_member_nth(const json_owner_t *o, uint32_t obj, const char *key, size_t klen, unsigned nth)
+{
+    return tape_member_nth(o, obj, key, klen, nth);
+}
+
 uint32_t json_tape_member(const json_owner_t *o, uint32_t obj, const char *key, size_t klen)
 {
+    if (o->edits && o->edits->n) {
+        uint32_t e = json_edit_find(o, obj, key, klen);
+        if (e != JSON_NO_TOK)
+            return e;
+    }
     return tape_member_nth(o, obj, key, klen, 1);
 }
 
-/* Pushes a number as json_push_number does for its text. */
-static void push_number_text(lua_State *L, const char *s, size_t n)
+void json_push_number_text(lua_State *L, const char *s, size_t n)
 {
     char small[64], *buf = small;
     size_t i = 0;
@@ -188,6 +198,10 @@ static void push_proxy(lua_State *L, json_owner_t *o, cJSON *node, uint32_t tok,
 
 void json_push_tok(lua_State *L, json_owner_t *o, uint32_t tok, int owner_idx, int mt_idx)
 {
+    if (tok >= o->ntok) {
+        json_edit_push(L, o, tok); /* a value an edit set */
+        return;
+    }
     const json_tok_t *t = &o->tape[tok];
     switch (t->type) {
     case JSON_TOK_NULL:
@@ -200,7 +214,7 @@ void json_push_tok(lua_State *L, json_owner_t *o, uint32_t tok, int owner_idx, i
         lua_pushboolean(L, 1);
         return;
     case JSON_TOK_NUMBER:
-        push_number_text(L, o->text + t->start, t->len);
+        json_push_number_text(L, o->text + t->start, t->len);
         return;
     case JSON_TOK_STRING: {
         size_t n;
@@ -248,6 +262,7 @@ json_tree_t *json_owner_tree(lua_State *L, json_owner_t *o, int owner_idx)
             luaL_error(L, "out of memory");
         }
         o->tree = t;
+        json_edit_apply(L, o);
         return t;
     }
     owner_idx = lua_absindex(L, owner_idx);
@@ -256,6 +271,7 @@ json_tree_t *json_owner_tree(lua_State *L, json_owner_t *o, int owner_idx)
         luaL_error(L, "out of memory");
     lua_setiuservalue(L, owner_idx, JSON_OWNER_UV);
     o->tree = &d->t;
+    json_edit_apply(L, o);
     return o->tree;
 }
 
@@ -303,6 +319,8 @@ void json_owner_release(json_owner_t *o)
     }
     o->serial = NO_SERIAL;
     o->dead = 1;
+    if (o->edits)
+        o->edits->n = o->edits->used = 0;
     if (o->tree) {
         json_tree_free(o->tree);
         if (o->released_by_owner)
@@ -427,7 +445,7 @@ int json_is_null(lua_State *L, int idx)
 void json_push_number(lua_State *L, const cJSON *n)
 {
     if ((n->type & 0xff) == cJSON_Raw && n->valuestring) {
-        push_number_text(L, n->valuestring, strlen(n->valuestring));
+        json_push_number_text(L, n->valuestring, strlen(n->valuestring));
         return;
     }
     double d = n->valuedouble;
@@ -605,20 +623,35 @@ static cJSON *raw_number(lua_State *L, const char *text)
     return n;
 }
 
-static cJSON *double_value(lua_State *L, lua_Number d)
+size_t json_number_text(lua_State *L, int idx, char buf[JSON_NUMBER_TEXT_MAX])
 {
-    char buf[40];
+    if (lua_isinteger(L, idx)) {
+        /* As "%lld" prints it, without printf's cost on the hot path. */
+        char digits[24], *p = digits + sizeof digits;
+        lua_Integer i = lua_tointeger(L, idx);
+        unsigned long long u = i < 0 ? 0 - (unsigned long long)i : (unsigned long long)i;
+        do
+            *--p = (char)('0' + u % 10);
+        while ((u /= 10) != 0);
+        if (i < 0)
+            *--p = '-';
+        size_t n = (size_t)(digits + sizeof digits - p);
+        memcpy(buf, p, n);
+        buf[n] = '\0';
+        return n;
+    }
+    lua_Number d = lua_tonumber(L, idx);
     if (isnan(d) || isinf(d))
         luaL_error(L, "cannot encode %s as JSON", isnan(d) ? "NaN" : "infinity");
     /* The shortest text that reads back as the same double. */
     for (int prec = 15; prec <= 17; prec++) {
-        snprintf(buf, sizeof buf, "%.*g", prec, d);
+        snprintf(buf, JSON_NUMBER_TEXT_MAX, "%.*g", prec, d);
         if (strtod(buf, NULL) == d)
             break;
     }
     if (!strpbrk(buf, ".eE"))
         strcat(buf, ".0"); /* keep it a float when read back */
-    return raw_number(L, buf);
+    return strlen(buf);
 }
 
 typedef struct lua_key {
@@ -738,21 +771,11 @@ static cJSON *from_lua(lua_State *L, int idx, int depth)
     case LUA_TBOOLEAN:
         v = cJSON_CreateBool(lua_toboolean(L, idx));
         break;
-    case LUA_TNUMBER:
-        if (lua_isinteger(L, idx)) {
-            /* As "%lld" prints it, without printf's cost on the hot path. */
-            char buf[32], *p = buf + sizeof buf - 1;
-            lua_Integer i = lua_tointeger(L, idx);
-            unsigned long long u = i < 0 ? 0 - (unsigned long long)i : (unsigned long long)i;
-            *p = '\0';
-            do
-                *--p = (char)('0' + u % 10);
-            while ((u /= 10) != 0);
-            if (i < 0)
-                *--p = '-';
-            return raw_number(L, p);
-        }
-        return double_value(L, lua_tonumber(L, idx));
+    case LUA_TNUMBER: {
+        char buf[JSON_NUMBER_TEXT_MAX];
+        json_number_text(L, idx, buf);
+        return raw_number(L, buf);
+    }
     case LUA_TSTRING: {
         size_t len;
         const char *s = lua_tolstring(L, idx, &len);
@@ -826,13 +849,13 @@ static int push_child(lua_State *L, proxy_t *p, json_owner_t *o, unsigned nth, i
         } else if (is_key) {
             size_t kl;
             const char *k = lua_tolstring(L, 2, &kl);
-            child = tape_member_nth(o, p->tok, k, kl, nth);
+            child = nth == 1 ? json_tape_member(o, p->tok, k, kl) : tape_member_nth(o, p->tok, k, kl, nth);
         }
         if (child == JSON_NO_TOK) {
             lua_pushnil(L);
             return 0;
         }
-        int ct = o->tape[child].type, oi = 0;
+        int ct = json_tok_type(o, child), oi = 0;
         if (ct == JSON_TOK_OBJECT || ct == JSON_TOK_ARRAY)
             oi = child_owner_idx(L, o);
         json_push_tok(L, o, child, oi, mt_idx);
@@ -869,7 +892,16 @@ int json_proxy_index(lua_State *L)
 int json_proxy_newindex(lua_State *L)
 {
     json_owner_t *o;
-    proxy_t scratch, *p = tree_proxy(L, 1, &scratch, &o);
+    proxy_t scratch, *p = live_proxy(L, 1, &scratch, &o);
+    if (!p->node && o->edits && lua_type(L, 2) == LUA_TSTRING) {
+        size_t kl;
+        const char *k = lua_tolstring(L, 2, &kl);
+        if (json_edit_set(L, o, p->tok, k, kl, 3) == 0) {
+            o->dirty = 1;
+            return 0;
+        }
+    }
+    p = tree_proxy(L, 1, &scratch, &o);
     if (cJSON_IsArray(p->node)) {
         lua_Integer i = luaL_checkinteger(L, 2);
         int n = cJSON_GetArraySize(p->node);
@@ -907,6 +939,8 @@ int json_proxy_len(lua_State *L)
 {
     json_owner_t *o;
     proxy_t scratch, *p = live_proxy(L, 1, &scratch, &o);
+    if (!p->node && json_edit_touches(o, p->tok))
+        p = tree_proxy(L, 1, &scratch, &o); /* members an edit added count */
     if (!p->node) {
         lua_pushinteger(L, (lua_Integer)o->tape[p->tok].len);
         return 1;
@@ -995,6 +1029,8 @@ int json_proxy_pairs(lua_State *L)
 {
     json_owner_t *o;
     proxy_t scratch, *p = live_proxy(L, 1, &scratch, &o);
+    if (!p->node && json_edit_touches(o, p->tok))
+        p = tree_proxy(L, 1, &scratch, &o); /* the tree has the members edits added, in order */
     int is_array = p->node ? cJSON_IsArray(p->node) : o->tape[p->tok].type == JSON_TOK_ARRAY;
     lua_Integer n = p->node ? cJSON_GetArraySize(p->node) : (lua_Integer)o->tape[p->tok].len, i = 0;
     uint64_t seen = 0;

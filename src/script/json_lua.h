@@ -6,10 +6,10 @@
  * order, duplicate keys, null, and empty array vs empty object stay as
  * they were.  An event's payload is read through a tape (json_scan: tokens
  * over the text, no tree); an exact tree (json.h) is built when something
- * writes: numbers, and strings and keys written with escapes, keep their
- * text, so untouched values print exactly as they came in (1.10 stays
- * 1.10, 12345678901234567890 is not rounded, "caf\u00e9" and "a\u0000b"
- * stay so).  Reading gives the exact 64-bit integer or the float the text
+ * writes (but see edits, below): numbers, and strings and keys written
+ * with escapes, keep their text, so untouched values print exactly as they
+ * came in (1.10 stays 1.10, 12345678901234567890 is not rounded,
+ * "caf\u00e9" and "a\u0000b" stay so).  Reading gives the exact 64-bit integer or the float the text
  * means, and strings with every byte, NULs included.
  *
  *   JSON            Lua
@@ -32,7 +32,9 @@
  * Ownership: every tree belongs to an owner, a userdata starting with
  * json_owner_t (an event, or a standalone document).  Proxies keep their
  * owner alive; once the owner is dead (an event whose pipeline ended) every
- * proxy into it raises an error instead of reading freed memory.
+ * proxy into it raises an error instead of reading freed memory.  An owner
+ * with room for edits (json_edit.h) keeps scalar writes to objects as
+ * edits of its tape and builds the tree only for other writes.
  */
 #ifndef TIDE_JSON_LUA_H
 #define TIDE_JSON_LUA_H
@@ -71,6 +73,9 @@ typedef struct json_owner {
      * tree is C memory.  Set only where release is certain to come. */
     int released_by_owner;
     uint64_t serial;        /* its views' registration (json.c), 0: none yet */
+    /* Writes kept against the tape instead of a tree (json_edit.h), or
+     * NULL: writes build the tree.  Storage the owner's creator provides. */
+    struct json_edits *edits;
 } json_owner_t;
 
 #define JSON_OWNER_UV 1
@@ -101,8 +106,13 @@ int json_object_set(json_owner_t *o, cJSON *parent, const char *key, size_t klen
 void json_object_unset(json_owner_t *o, cJSON *parent, const char *key, size_t klen);
 
 /* The value token of the first member with key (klen bytes, NULs
- * included) of object token obj, or JSON_NO_TOK. */
+ * included) of object token obj, or JSON_NO_TOK: a value an edit set
+ * (json_edit.h) if there is one, else the tape's. */
 uint32_t json_tape_member(const json_owner_t *o, uint32_t obj, const char *key, size_t klen);
+
+/* The value token of the nth (1 = the first) member with key of object
+ * token obj in the tape itself, edits aside, or JSON_NO_TOK. */
+uint32_t json_tape_member_nth(const json_owner_t *o, uint32_t obj, const char *key, size_t klen, unsigned nth);
 
 /* Pushes the Lua value of token tok: objects and arrays are views of owner
  * o, or proxies tied to the owner's userdata at owner_idx; mt_idx is where
@@ -175,6 +185,16 @@ void json_push_document(lua_State *L, cJSON *tree, char *nums);
 
 /* A number node's value as Lua sees it: exact integer, else float. */
 void json_push_number(lua_State *L, const cJSON *n);
+
+/* The same for the n bytes of a JSON number's text at s. */
+void json_push_number_text(lua_State *L, const char *s, size_t n);
+
+/* Writes the JSON text of the Lua number at idx into buf, as assignments
+ * write numbers (an integer in decimal, a float as the shortest text that
+ * reads back as it, with ".0" when it would read as an integer), and
+ * returns its length.  Raises a Lua error for NaN and infinities. */
+#define JSON_NUMBER_TEXT_MAX 48
+size_t json_number_text(lua_State *L, int idx, char buf[JSON_NUMBER_TEXT_MAX]);
 
 /* Registers the metatables and pushes the table
  * { null = ..., array = fn, encode = fn, decode = fn }. */

@@ -13,6 +13,10 @@
  *     tokens taken out, byte for byte (an exact round trip);
  *   - so does the tree json_owner_tree builds from the tape (what a write
  *     to an event starts from), and a json_duplicate of it;
+ *   - edits of that text (json_edit.h: scalars written to members of its
+ *     objects, new and existing) read back as written, and the text with
+ *     them spliced in is what the tree with them applied prints; a text
+ *     with whitespace between tokens is not spliced;
  *   - every number node carries text that strtod reads completely;
  *   - the cJSON-style tree (json_parse) prints JSON that json_scan accepts
  *     and that parses again to a tree printing the same;
@@ -26,6 +30,7 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
+#include "../../src/script/json_edit.h"
 #include "../../src/script/json_lua.h"
 
 /* ---- the reference reading ------------------------------------------------ */
@@ -318,6 +323,113 @@ static void check_tape_tree(const uint8_t *data, size_t size, long ntok, const c
     free(tape);
 }
 
+/* Pushes the scalar edit i of the document writes: an integer, a string
+ * needing escapes, a float, a boolean, a string. */
+static void push_edit_value(lua_State *L, unsigned i)
+{
+    switch (i % 5) {
+    case 0: lua_pushinteger(L, (lua_Integer)i * -7); break;
+    case 1: lua_pushlstring(L, "q\"\\\n\0\x01\xc3\xa9", 8); break;
+    case 2: lua_pushnumber(L, 0.1 * i); break;
+    case 3: lua_pushboolean(L, i & 1); break;
+    default: lua_pushliteral(L, "plain"); break;
+    }
+}
+
+/* An owner of the len bytes at text (ntok tokens, scanned into a new tape)
+ * with the edits ed; NULL when out of memory. */
+static json_owner_t *edit_owner(lua_State *L, const char *text, size_t len, long ntok, json_edits_t *ed)
+{
+    json_tok_t *tape = malloc((size_t)ntok * sizeof *tape);
+    if (!tape)
+        return NULL;
+    if (json_scan(text, len, tape, (uint32_t)ntok) != ntok)
+        abort();
+    json_owner_t *o = lua_newuserdatauv(L, sizeof *o, 1);
+    memset(o, 0, sizeof *o);
+    memset(ed, 0, sizeof *ed);
+    o->text = text;
+    o->text_len = len;
+    o->tape = tape;
+    o->ntok = (uint32_t)ntok;
+    o->edits = ed;
+    return o;
+}
+
+/* Writes to each object of o, as far as the edits go, a new member, and
+ * its first member when that holds a scalar; each reads back as written.
+ * Returns how many were kept as edits. */
+static unsigned make_edits(lua_State *L, json_owner_t *o)
+{
+    unsigned made = 0;
+    for (uint32_t k = 0; k < o->ntok; k++) {
+        if (o->tape[k].type != JSON_TOK_OBJECT)
+            continue;
+        char key[16], buf[64];
+        int kl = snprintf(key, sizeof key, "n\x01%u", k);
+        size_t n;
+        const json_tok_t *kt = &o->tape[k + 1];
+        const char *first = o->tape[k].len && kt->len <= sizeof buf ? json_tok_string(o->text, kt, buf, &n) : NULL;
+        for (int which = 0; which < 2; which++) {
+            const char *name = which ? first : key;
+            size_t nl = which ? n : (size_t)kl;
+            push_edit_value(L, made);
+            if (name && json_edit_set(L, o, k, name, nl, -1) == 0) {
+                made++;
+                uint32_t t = json_tape_member(o, k, name, nl);
+                if (t < o->ntok)
+                    abort(); /* the edit is not what a read finds */
+                json_edit_push(L, o, t);
+                if (!lua_compare(L, -1, -2, LUA_OPEQ))
+                    abort(); /* nor what was written */
+                lua_pop(L, 1);
+            }
+            lua_pop(L, 1);
+        }
+    }
+    return made;
+}
+
+/* Edits of the compact text want (want_len bytes): spliced, it must be
+ * what the tree with the edits applied prints.  The input (data, size),
+ * when it has whitespace, must not be spliced. */
+static void check_edits(const char *want, size_t want_len, const uint8_t *data, size_t size, long ntok)
+{
+    static lua_State *L;
+    static json_edits_t ed;
+    if (!L) {
+        L = luaL_newstate();
+        json_open(L);
+        lua_pop(L, 1);
+    }
+    json_owner_t *o = edit_owner(L, want, want_len, ntok, &ed);
+    if (!o)
+        return;
+    unsigned made = make_edits(L, o);
+    size_t need = json_edit_splice(o, NULL, 0);
+    char *spliced = need ? malloc(need) : NULL;
+    if (!need || (spliced && json_edit_splice(o, spliced, need) != need))
+        abort(); /* a compact text is always spliced */
+    if (spliced && made) {
+        json_tree_t *t = json_owner_tree(L, o, -1); /* applies the edits */
+        if (ed.n)
+            abort();
+        check_prints_as(t->root, spliced, need);
+    } else if (spliced && (need != want_len || memcmp(spliced, want, want_len))) {
+        abort(); /* no edits: the text itself */
+    }
+    free(spliced);
+    free((void *)o->tape);
+    lua_settop(L, 0);
+    if (size != want_len && (o = edit_owner(L, (const char *)data, size, ntok, &ed))) {
+        make_edits(L, o);
+        if (json_edit_splice(o, NULL, 0) != 0)
+            abort(); /* whitespace: printed from the tree instead */
+        free((void *)o->tape);
+        lua_settop(L, 0);
+    }
+}
+
 /* The cJSON-style tree prints JSON that reads back to the same print. */
 static void check_plain_tree(const cJSON *v)
 {
@@ -363,6 +475,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (want) {
         check_prints_as(x, want, want_len);
         check_tape_tree(data, size, ntok, want, want_len);
+        check_edits(want, want_len, data, size, ntok);
     }
     free(want);
     check_numbers(v);
