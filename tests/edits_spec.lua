@@ -128,6 +128,11 @@ upgrade("up.chain", 1, function(e) e.data.v2 = true end)
 upgrade("up.chain", 2, function(e) e.data.v3 = true end)
 upgrade("up.chain", 3, function(e) e.data.v4 = true end)
 upgrade("up.fails", 1, function(e) e.data.x = 1 error("upgrader-breaks") end)
+-- Upgraders registered while events flow: a new start, a new last step.
+on("up.add", function(e)
+  upgrade("up.late", 1, function(e) e.data.late = true end)
+  upgrade("up.chain", 4, function(e) e.data.v5 = true end)
+end)
 ]==]
 
 local srv
@@ -318,6 +323,19 @@ describe("the upgrader chain", function()
     -- 3.0 is a float: not an integer version, so the event is at version 1
     m = roundtrip("up.chain", '{"type":"up.chain","version":3.0,"data":{}}')[1]
     assert.are.equal('{"type":"up.chain","version":4,"data":{"v2":true,"v3":true,"v4":true}}', m.payload)
+  end)
+
+  it("takes in upgraders registered after events of their type went through", function()
+    -- (naming a known upgrader's type, so that the chain looks up up.late)
+    local late, chain = '{"type":"up.late","data":{"see":"up.order"}}', '{"type":"up.chain","data":{}}'
+    assert.are.equal('{"type":"up.chain","data":{"v2":true,"v3":true,"v4":true},"version":4}',
+      roundtrip("up.chain", chain)[1].payload)
+    assert.are.equal(late, roundtrip("up.late", late)[1].payload)
+    publish("up.add", "{}")
+    assert.are.equal('{"type":"up.late","data":{"see":"up.order","late":true},"version":2}',
+      roundtrip("up.late", late)[1].payload)
+    assert.are.equal('{"type":"up.chain","data":{"v2":true,"v3":true,"v4":true,"v5":true},"version":5}',
+      roundtrip("up.chain", chain)[1].payload)
   end)
 
   it("dead-letters an event whose upgrader fails, unchanged, naming the upgrader", function()

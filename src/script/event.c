@@ -892,22 +892,42 @@ static int push_scalar_member(lua_State *L, int idx, event_t *ev, const char *ke
     return 1;
 }
 
-void event_push_type_version(lua_State *L, int idx, lua_Integer *version)
+void event_type_version(lua_State *L, int idx, char *buf, size_t cap, const char **type, size_t *tl,
+                        lua_Integer *version)
 {
     event_t *ev = check_live(L, idx);
+    json_owner_t *o = &ev->owner;
     idx = lua_absindex(L, idx);
     decode(L, idx, ev);
     *version = 1;
-    if (ev->mode == EVENT_RAW) {
-        lua_pushlstring(L, ev->subject, ev->subject_len);
+    *type = ev->subject;
+    *tl = ev->subject_len;
+    if (ev->mode == EVENT_RAW)
+        return;
+    if (o->tree) {
+        if (push_scalar_member(L, idx, ev, "version", 7, 1)) {
+            *version = lua_tointeger(L, -1);
+            lua_pop(L, 1);
+        }
+        if (push_scalar_member(L, idx, ev, "type", 4, 0)) {
+            const char *s = lua_tolstring(L, -1, tl);
+            *type = *tl <= cap ? memcpy(buf, s, *tl) : NULL;
+            lua_pop(L, 1);
+        }
         return;
     }
-    if (push_scalar_member(L, idx, ev, "version", 7, 1)) {
-        *version = lua_tointeger(L, -1);
-        lua_pop(L, 1);
+    /* Read from the tape and the edits: no Lua value is made. */
+    size_t n;
+    lua_Integer v;
+    uint32_t t = json_tape_member(o, 0, "version", 7);
+    if (t != JSON_NO_TOK && json_tok_type(o, t) == JSON_TOK_NUMBER) {
+        const char *s = json_tok_bytes(o, t, NULL, 0, &n);
+        if (json_number_text_integer(s, n, &v))
+            *version = v;
     }
-    if (!push_scalar_member(L, idx, ev, "type", 4, 0))
-        lua_pushlstring(L, ev->subject, ev->subject_len);
+    t = json_tape_member(o, 0, "type", 4);
+    if (t != JSON_NO_TOK && json_tok_type(o, t) == JSON_TOK_STRING)
+        *type = json_tok_bytes(o, t, buf, cap, tl);
 }
 
 void event_set_version(lua_State *L, int idx, lua_Integer version)

@@ -121,11 +121,15 @@ void event_bytes(lua_State *L, int idx, proto_msg_t *out);
 
 /*
  * e.type and e.version of the event object at idx (not a handle), read as
- * scripts read them but without the metatable: pushes the type (a string)
- * and stores the version in *version.  For the upgrader chain.  Raises a
- * Lua error when the event has ended or memory runs out.
+ * scripts read them but without the metatable and without making Lua
+ * values: *type gets the type's bytes (*tl of them), which point into the
+ * event or into buf (room for cap bytes) and stay valid until the event
+ * changes, or NULL when they need more room than cap; *version the
+ * version.  For the upgrader chain.  Raises a Lua error when the event
+ * has ended or memory runs out.
  */
-void event_push_type_version(lua_State *L, int idx, lua_Integer *version);
+void event_type_version(lua_State *L, int idx, char *buf, size_t cap, const char **type, size_t *tl,
+                        lua_Integer *version);
 
 /* e.version = version on the event object at idx, as a script's assignment
  * does.  Raises a Lua error when the event has ended or memory runs out. */

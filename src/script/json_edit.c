@@ -146,6 +146,29 @@ static const char *edit_string(const json_edits_t *ed, const json_edit_t *e, cha
     return buf;
 }
 
+const char *json_tok_bytes(const json_owner_t *o, uint32_t tok, char *buf, size_t cap, size_t *n)
+{
+    if (tok < o->ntok) {
+        const json_tok_t *t = &o->tape[tok];
+        if (t->type == JSON_TOK_STRING && !(t->flags & JSON_TOK_PLAIN)) {
+            if (t->len > cap)
+                return NULL;
+            return json_tok_string(o->text, t, buf, n);
+        }
+        *n = t->len;
+        return o->text + t->start;
+    }
+    const json_edits_t *ed = o->edits;
+    const json_edit_t *e = &ed->e[tok - o->ntok];
+    if (e->type != JSON_TOK_STRING) {
+        *n = e->text_len;
+        return ed->bytes + e->text;
+    }
+    if ((size_t)e->text_len - 2 > cap && memchr(ed->bytes + e->text + 1, '\\', (size_t)e->text_len - 2))
+        return NULL;
+    return edit_string(ed, e, buf, n);
+}
+
 void json_edit_push(lua_State *L, const json_owner_t *o, uint32_t tok)
 {
     const json_edits_t *ed = o->edits;

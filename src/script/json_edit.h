@@ -67,6 +67,12 @@ int json_edit_touches(const json_owner_t *o, uint32_t obj);
 /* The enum json_tok_type of value token tok of o, edits' tokens included. */
 int json_tok_type(const json_owner_t *o, uint32_t tok);
 
+/* The bytes of scalar value token tok of o (edits' tokens included): a
+ * string's value, decoded into buf when written with escapes (NULL when
+ * that needs more than cap bytes), or the text of any other scalar.
+ * Points into the text, the edits or buf; sets *n. */
+const char *json_tok_bytes(const json_owner_t *o, uint32_t tok, char *buf, size_t cap, size_t *n);
+
 /* Pushes the Lua value of the edit's token tok (>= o->ntok). */
 void json_edit_push(lua_State *L, const json_owner_t *o, uint32_t tok);
 

@@ -151,6 +151,37 @@ uint32_t json_tape_member(const json_owner_t *o, uint32_t obj, const char *key, 
     return tape_member_nth(o, obj, key, klen, 1);
 }
 
+int json_number_text_integer(const char *s, size_t n, lua_Integer *v)
+{
+    char buf[32];
+    size_t i = 0;
+    int neg = 0;
+    lua_Integer x = 0;
+    if (n && s[0] == '-')
+        neg = 1, i = 1;
+    if (n <= 18 && n > i) {
+        /* Up to 18 digits always fit in 64 bits. */
+        for (; i < n && json_is_digit((unsigned char)s[i]); i++)
+            x = x * 10 + (s[i] - '0');
+        if (i == n) {
+            *v = neg ? -x : x;
+            return 1;
+        }
+        return 0;
+    }
+    if (n >= sizeof buf || memchr(s, '.', n) || memchr(s, 'e', n) || memchr(s, 'E', n))
+        return 0;
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+    char *end;
+    errno = 0;
+    long long ll = strtoll(buf, &end, 10);
+    if (errno || *end != '\0' || end == buf)
+        return 0;
+    *v = (lua_Integer)ll;
+    return 1;
+}
+
 void json_push_number_text(lua_State *L, const char *s, size_t n)
 {
     char small[64], *buf = small;

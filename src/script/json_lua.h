@@ -189,6 +189,10 @@ void json_push_number(lua_State *L, const cJSON *n);
 /* The same for the n bytes of a JSON number's text at s. */
 void json_push_number_text(lua_State *L, const char *s, size_t n);
 
+/* 1 with the integer in *v when that text reads as an integer (as
+ * json_push_number_text would push one), else 0. */
+int json_number_text_integer(const char *s, size_t n, lua_Integer *v);
+
 /* Writes the JSON text of the Lua number at idx into buf, as assignments
  * write numbers (an integer in decimal, a float as the shortest text that
  * reads back as it, with ".0" when it would read as an integer), and

@@ -84,6 +84,10 @@ int script_add_rule(lua_State *L, int kind, const char *pattern, size_t plen, in
             pipeline_rule_free(r);
             return luaL_error(L, "out of memory");
         }
+        /* The cached chains may have a new step. */
+        st->up_known = 0;
+        for (size_t i = 0; i < st->nrules; i++)
+            st->rules[i]->next_up_known = 0;
     }
     lua_pushvalue(L, fn_idx);
     r->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -595,11 +599,14 @@ int script_call_rule_meta(state_t *st, rule_t *r, int ev_idx, int meta_idx)
     return rc;
 }
 
+/* Types up to this long can have upgraders (the longest dictionary key). */
+#define UPGRADE_TYPE_MAX 600
+
 /* The upgrader for (type, version), or NULL.  The key is the type's bytes
  * up to a NUL, a NUL, and the version in decimal. */
 static rule_t *upgrader_for(state_t *st, const char *type, size_t tl, lua_Integer version)
 {
-    char key[600], digits[24];
+    char key[UPGRADE_TYPE_MAX], digits[24];
     size_t nd = 0;
     unsigned long long u = version < 0 ? 0 - (unsigned long long)version : (unsigned long long)version;
     const char *nul = memchr(type, '\0', tl);
@@ -617,43 +624,6 @@ static rule_t *upgrader_for(state_t *st, const char *type, size_t tl, lua_Intege
     for (size_t i = 0; i < nd; i++)
         key[tl + 1 + i] = digits[nd - 1 - i];
     return dict_get(&st->upgraders, key, tl + 1 + nd);
-}
-
-int pipeline_run_upgraders(lua_State *L, state_t *st, int obj_idx, int ev_idx, rule_t **failed, int td)
-{
-    script_host_t *h = st->host;
-    lua_Integer version;
-    /* The event's type and version: read once here, then after each
-     * upgrader (which may change both). */
-    event_push_type_version(L, obj_idx, &version);
-    for (int step = 0; step < UPGRADE_CHAIN_MAX; step++) {
-        size_t tl;
-        const char *type = lua_tolstring(L, -1, &tl);
-        rule_t *r = upgrader_for(st, type, tl, version);
-        lua_pop(L, 1);
-        if (!r)
-            return 0;
-        *failed = r;
-        if (script_call_rule(st, r, ev_idx) != LUA_OK)
-            return -1;
-        if (!lua_isnil(L, -1) && !lua_rawequal(L, -1, ev_idx)) {
-            lua_pushfstring(L, "upgrader for %s v%d must return the event it was given (or nothing)", r->pattern,
-                            (int)r->from_version);
-            pipeline_rule_note_error(st, r, lua_tostring(L, -1), 0);
-            return -1;
-        }
-        lua_pop(L, 1);
-        event_push_type_version(L, obj_idx, &version);
-        if (version == r->from_version) {
-            version = r->from_version + 1;
-            event_set_version(L, obj_idx, version);
-        }
-        if (h->trace)
-            tracef(h, td, "  upgrade  %s v%d -> v%d   %s   %.3f ms", r->pattern, (int)r->from_version,
-                   (int)r->from_version + 1, r->where, h->last_call_ms);
-    }
-    lua_pop(L, 1);
-    return 0;
 }
 
 /* Destinations chosen by routes: up to this many subjects per event. */
@@ -707,6 +677,87 @@ static void call_in_pipeline(run_t *run, rule_t *r, int ev_idx, const char *stag
     budget_end(st, &run->outer);
     run->calling = NULL;
     note_latency(st->host, elapsed_ms(&run->t0));
+}
+
+/* The upgrader for (type, version) when the chain's previous step was prev
+ * (NULL: this is its start), or NULL.  The step after an upgrader, and
+ * the start from the last (type, version) seen, are kept: an event of the
+ * usual type looks nothing up. */
+static rule_t *upgrader_next(state_t *st, rule_t *prev, const char *type, size_t tl, lua_Integer version)
+{
+    const char *nul = memchr(type, '\0', tl);
+    if (nul)
+        tl = (size_t)(nul - type); /* as upgrader_for keys it */
+    if (prev) {
+        if (version != prev->from_version + 1 || tl != prev->pattern_len || memcmp(type, prev->pattern, tl))
+            return upgrader_for(st, type, tl, version);
+        if (!prev->next_up_known) {
+            prev->next_up = upgrader_for(st, type, tl, version);
+            prev->next_up_known = 1;
+        }
+        return prev->next_up;
+    }
+    if (st->up_known && version == st->up_version && tl == st->up_tl && !memcmp(type, st->up_type, tl))
+        return st->up_rule;
+    rule_t *r = upgrader_for(st, type, tl, version);
+    if (tl <= sizeof st->up_type) {
+        memcpy(st->up_type, type, tl);
+        st->up_tl = tl;
+        st->up_version = version;
+        st->up_rule = r;
+        st->up_known = 1;
+    }
+    return r;
+}
+
+/*
+ * The upgrader chain for the event object at obj_idx, giving the upgraders
+ * ev_idx.  Inside the pipeline (run) they are called as filters are
+ * (call_in_pipeline: an error unwinds to run_one); otherwise each in a
+ * protected call of its own.
+ */
+static int upgrade_chain(lua_State *L, state_t *st, int obj_idx, int ev_idx, rule_t **failed, int td, run_t *run)
+{
+    script_host_t *h = st->host;
+    char buf[UPGRADE_TYPE_MAX];
+    const char *type;
+    size_t tl;
+    lua_Integer version;
+    rule_t *r = NULL;
+    /* The event's type and version: read once here, then after each
+     * upgrader (which may change both). */
+    event_type_version(L, obj_idx, buf, sizeof buf, &type, &tl, &version);
+    for (int step = 0; step < UPGRADE_CHAIN_MAX; step++) {
+        r = type ? upgrader_next(st, r, type, tl, version) : NULL;
+        if (!r)
+            return 0;
+        *failed = r;
+        if (run)
+            call_in_pipeline(run, r, ev_idx, "upgrade");
+        else if (script_call_rule(st, r, ev_idx) != LUA_OK)
+            return -1;
+        if (!lua_isnil(L, -1) && !lua_rawequal(L, -1, ev_idx)) {
+            lua_pushfstring(L, "upgrader for %s v%d must return the event it was given (or nothing)", r->pattern,
+                            (int)r->from_version);
+            pipeline_rule_note_error(st, r, lua_tostring(L, -1), 0);
+            return -1;
+        }
+        lua_pop(L, 1);
+        event_type_version(L, obj_idx, buf, sizeof buf, &type, &tl, &version);
+        if (version == r->from_version) {
+            version = r->from_version + 1;
+            event_set_version(L, obj_idx, version);
+        }
+        if (h->trace)
+            tracef(h, td, "  upgrade  %s v%d -> v%d   %s   %.3f ms", r->pattern, (int)r->from_version,
+                   (int)r->from_version + 1, r->where, h->last_call_ms);
+    }
+    return 0;
+}
+
+int pipeline_run_upgraders(lua_State *L, state_t *st, int obj_idx, int ev_idx, rule_t **failed, int td)
+{
+    return upgrade_chain(L, st, obj_idx, ev_idx, failed, td, NULL);
 }
 
 static int fail_rule(lua_State *L, run_t *run, const char *stage, rule_t *r)
@@ -964,7 +1015,7 @@ int pipeline_run_event(lua_State *L)
     /* 1. upgraders, chained: each takes the event from version v to v + 1. */
     if (script_upgrade_possible(st, run->in)) {
         rule_t *failed;
-        if (pipeline_run_upgraders(L, st, ev_idx, e_idx, &failed, run->depth) < 0)
+        if (upgrade_chain(L, st, ev_idx, e_idx, &failed, run->depth, run) < 0)
             return fail_rule(L, run, "upgrade", failed);
     }
     /* The rules of the subject as it is now (an upgrader may have renamed

@@ -87,6 +87,10 @@ typedef struct rule {
     char consumer[64]; /* RULE_DURABLE: the consumer it takes events from */
     int batch;         /* RULE_DURABLE: events per call (1: one event, not a list) */
     double wait;       /* RULE_DURABLE: seconds a batch may wait to fill */
+    /* RULE_UPGRADE: the upgrader for (pattern, from_version + 1), the
+     * chain's next step, once looked up (next_known). */
+    struct rule *next_up;
+    int next_up_known;
 } rule_t;
 
 /* The rules that apply to one subject, in registration order. */
@@ -129,6 +133,14 @@ typedef struct state {
     dict_t first_tokens;
     int any_first;
     dict_t upgraders; /* "type\0version" -> rule */
+    /* The last (type, version) an upgrader chain started from and its
+     * upgrader (NULL: none); up_known 0: none cached.  Forgotten, with
+     * every rule's next_up, when an upgrader is added. */
+    char up_type[64];
+    size_t up_tl;
+    lua_Integer up_version;
+    rule_t *up_rule;
+    int up_known;
     dict_t matches;   /* subject -> match_t */
     /* The last subject seen and its match (NULL: ruled out by its first
      * token); last_len 0: none.  Cleared with the matches. */
