@@ -128,6 +128,9 @@ upgrade("up.chain", 1, function(e) e.data.v2 = true end)
 upgrade("up.chain", 2, function(e) e.data.v3 = true end)
 upgrade("up.chain", 3, function(e) e.data.v4 = true end)
 upgrade("up.fails", 1, function(e) e.data.x = 1 error("upgrader-breaks") end)
+-- An event without a type has its subject's: renaming it renames the type.
+upgrade("up.sub", 1, function(e) e.subject = "up.sub2" end)
+upgrade("up.sub2", 2, function(e) e.data.two = true end)
 -- Upgraders registered while events flow: a new start, a new last step.
 on("up.add", function(e)
   upgrade("up.late", 1, function(e) e.data.late = true end)
@@ -323,6 +326,19 @@ describe("the upgrader chain", function()
     -- 3.0 is a float: not an integer version, so the event is at version 1
     m = roundtrip("up.chain", '{"type":"up.chain","version":3.0,"data":{}}')[1]
     assert.are.equal('{"type":"up.chain","version":4,"data":{"v2":true,"v3":true,"v4":true}}', m.payload)
+  end)
+
+  it("follows a type that changed with the subject, and the first of repeated type and version keys", function()
+    local c = listener("up.sub", "up.sub2")
+    publish("up.sub", '{"data":{}}')
+    local msgs = assert(c:until_pong())
+    c:close()
+    assert.are.equal(1, #msgs)
+    assert.are.equal("up.sub2", msgs[1].subject)
+    assert.are.equal('{"data":{"two":true},"version":3}', msgs[1].payload)
+    -- version 2 (the first) is read; setting it leaves one pair, as the tree does
+    local m = roundtrip("up.chain", '{"type":"up.chain","version":2,"type":"x","version":1,"data":{}}')[1]
+    assert.are.equal('{"type":"up.chain","version":4,"type":"x","data":{"v3":true,"v4":true}}', m.payload)
   end)
 
   it("takes in upgraders registered after events of their type went through", function()

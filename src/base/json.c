@@ -205,6 +205,12 @@ typedef struct scan {
 
 #define SCAN_INLINE static inline __attribute__((always_inline))
 
+/* json_is_digit without a call, for the scanner's loops. */
+SCAN_INLINE int is_digit(unsigned char c)
+{
+    return (unsigned char)(c - '0') < 10;
+}
+
 SCAN_INLINE uint32_t add_tok(scan_t *sc, int type, size_t start, size_t len, int flags)
 {
     uint32_t k = sc->n++;
@@ -290,25 +296,25 @@ SCAN_INLINE int scan_number(scan_t *sc, size_t *i)
     size_t start = *i, p = start, len = sc->len;
     if (s[p] == '-')
         p++;
-    if (p >= len || !json_is_digit(s[p]))
+    if (p >= len || !is_digit(s[p]))
         return -1;
     if (s[p++] != '0')
-        while (p < len && json_is_digit(s[p]))
+        while (p < len && is_digit(s[p]))
             p++;
     if (p < len && s[p] == '.') {
         p++;
-        if (p >= len || !json_is_digit(s[p]))
+        if (p >= len || !is_digit(s[p]))
             return -1;
-        while (p < len && json_is_digit(s[p]))
+        while (p < len && is_digit(s[p]))
             p++;
     }
     if (p < len && (s[p] == 'e' || s[p] == 'E')) {
         p++;
         if (p < len && (s[p] == '+' || s[p] == '-'))
             p++;
-        if (p >= len || !json_is_digit(s[p]))
+        if (p >= len || !is_digit(s[p]))
             return -1;
-        while (p < len && json_is_digit(s[p]))
+        while (p < len && is_digit(s[p]))
             p++;
     }
     add_tok(sc, JSON_TOK_NUMBER, start, p - start, 0);
@@ -356,7 +362,7 @@ static inline int scan_scalar(scan_t *sc, size_t *i)
     case '"':
         return scan_string(sc, i);
     default:
-        if (s[*i] != '-' && !json_is_digit(s[*i]))
+        if (s[*i] != '-' && !is_digit(s[*i]))
             return -1;
         return scan_number(sc, i);
     }

@@ -386,14 +386,19 @@ size_t json_write_string(char *dst, size_t cap, const char *s, size_t n)
     if (cap < n + 2)
         return 0;
     if (n <= 32) {
-        /* Short strings (keys, codes) rarely need an escape: look first. */
+        /* Short strings (keys, codes) rarely need an escape: copied as
+         * they are looked at. */
+        static const unsigned char escaped[256] = {
+            [0x00] = 1, [0x01] = 1, [0x02] = 1, [0x03] = 1, [0x04] = 1, [0x05] = 1, [0x06] = 1, [0x07] = 1,
+            [0x08] = 1, [0x09] = 1, [0x0a] = 1, [0x0b] = 1, [0x0c] = 1, [0x0d] = 1, [0x0e] = 1, [0x0f] = 1,
+            [0x10] = 1, [0x11] = 1, [0x12] = 1, [0x13] = 1, [0x14] = 1, [0x15] = 1, [0x16] = 1, [0x17] = 1,
+            [0x18] = 1, [0x19] = 1, [0x1a] = 1, [0x1b] = 1, [0x1c] = 1, [0x1d] = 1, [0x1e] = 1, [0x1f] = 1,
+            ['"'] = 1, ['\\'] = 1};
         size_t i = 0;
-        while (i < n && u[i] >= 0x20 && u[i] != '"' && u[i] != '\\')
-            i++;
+        for (; i < n && !escaped[u[i]]; i++)
+            dst[i + 1] = (char)u[i];
         if (i == n) {
-            dst[0] = '"';
-            memcpy(dst + 1, s, n);
-            dst[n + 1] = '"';
+            dst[0] = dst[n + 1] = '"';
             return n + 2;
         }
     }

@@ -617,6 +617,64 @@ static void decode_binary(lua_State *L, int idx, event_t *ev)
     }
 }
 
+/* The envelope members an event notes when decoded (env_tok). */
+enum { ENV_TYPE, ENV_VERSION, ENV_DATA, ENV_NOTED };
+static const char *const env_names[ENV_NOTED] = {"type", "version", "data"};
+
+/* Which noted envelope member the n bytes at k name, or -1. */
+static int env_slot(const char *k, size_t n)
+{
+    if (n == 4)
+        return !memcmp(k, "type", 4) ? ENV_TYPE : !memcmp(k, "data", 4) ? ENV_DATA : -1;
+    return n == 7 && !memcmp(k, "version", 7) ? ENV_VERSION : -1;
+}
+
+/* Notes where the structured event's type, version and data are, in one
+ * pass over the envelope's members (the first of a repeated key, as
+ * json_tape_member finds it).  The upgrader chain reads two of them at
+ * every step and sets the version; other events need not pay for it. */
+static void note_envelope(event_t *ev)
+{
+    const json_owner_t *o = &ev->owner;
+    const json_tok_t *tape = o->tape;
+    uint32_t k = 1;
+    for (int i = 0; i < ENV_NOTED; i++)
+        ev->env_tok[i] = JSON_NO_TOK;
+    ev->env_dup = 0;
+    ev->env_noted = 1;
+    for (uint32_t m = 0; m < tape[0].len; m++, k = tape[k + 1].next) {
+        const json_tok_t *kt = &tape[k];
+        const unsigned char *ks = (const unsigned char *)o->text + kt->start;
+        int slot = -1;
+        if (!(kt->flags & JSON_TOK_PLAIN)) {
+            for (int i = 0; i < ENV_NOTED && slot < 0; i++)
+                if (json_escaped_equals(ks, ks + kt->len, env_names[i], strlen(env_names[i])))
+                    slot = i;
+        } else if (kt->len == 4 || kt->len == 7) {
+            slot = env_slot((const char *)ks, kt->len);
+        }
+        if (slot >= 0 && ev->env_tok[slot] == JSON_NO_TOK)
+            ev->env_tok[slot] = k + 1;
+        else if (slot >= 0)
+            ev->env_dup |= 1u << slot;
+    }
+}
+
+/* The value token of envelope member key of the structured event ev,
+ * which has no tree: an edit's, else the tape's (json_tape_member). */
+static uint32_t envelope_member(const event_t *ev, const char *key, size_t klen)
+{
+    int slot = ev->env_noted ? env_slot(key, klen) : -1;
+    if (slot < 0)
+        return json_tape_member(&ev->owner, 0, key, klen);
+    if (ev->owner.edits && ev->owner.edits->n) {
+        uint32_t e = json_edit_find(&ev->owner, 0, key, klen);
+        if (e != JSON_NO_TOK)
+            return e;
+    }
+    return ev->env_tok[slot];
+}
+
 /* Decodes the event at idx once, on the first access that needs it: the
  * payload is scanned (no tree is built until something writes). */
 static void decode(lua_State *L, int idx, event_t *ev)
@@ -682,7 +740,7 @@ static int push_member(lua_State *L, int idx, event_t *ev, const char *key, size
         }
         json_push(L, v, idx);
     } else {
-        uint32_t t = json_tape_member(&ev->owner, 0, key, klen);
+        uint32_t t = envelope_member(ev, key, klen);
         if (t == JSON_NO_TOK) {
             lua_pushnil(L);
             return LUA_TNIL;
@@ -919,13 +977,15 @@ void event_type_version(lua_State *L, int idx, char *buf, size_t cap, const char
     /* Read from the tape and the edits: no Lua value is made. */
     size_t n;
     lua_Integer v;
-    uint32_t t = json_tape_member(o, 0, "version", 7);
+    if (!ev->env_noted)
+        note_envelope(ev);
+    uint32_t t = envelope_member(ev, "version", 7);
     if (t != JSON_NO_TOK && json_tok_type(o, t) == JSON_TOK_NUMBER) {
         const char *s = json_tok_bytes(o, t, NULL, 0, &n);
         if (json_number_text_integer(s, n, &v))
             *version = v;
     }
-    t = json_tape_member(o, 0, "type", 4);
+    t = envelope_member(ev, "type", 4);
     if (t != JSON_NO_TOK && json_tok_type(o, t) == JSON_TOK_STRING)
         *type = json_tok_bytes(o, t, buf, cap, tl);
 }
@@ -935,11 +995,12 @@ void event_set_version(lua_State *L, int idx, lua_Integer version)
     event_t *ev = check_live(L, idx);
     idx = lua_absindex(L, idx);
     decode(L, idx, ev);
-    if (ev->mode == EVENT_STRUCTURED && !ev->owner.tree) {
-        lua_pushinteger(L, version);
-        int done = json_edit_set(L, &ev->owner, 0, "version", 7, -1) == 0;
-        lua_pop(L, 1);
-        if (done) {
+    if (ev->mode == EVENT_STRUCTURED && !ev->owner.tree && !ev->env_noted)
+        note_envelope(ev);
+    if (ev->mode == EVENT_STRUCTURED && !ev->owner.tree && !(ev->env_dup & (1u << ENV_VERSION))) {
+        char text[JSON_NUMBER_TEXT_MAX];
+        size_t n = json_integer_text(version, text);
+        if (json_edit_put(&ev->owner, 0, "version", 7, ev->env_tok[ENV_VERSION], text, n, JSON_TOK_NUMBER) == 0) {
             ev->owner.dirty = 1;
             return;
         }
@@ -976,11 +1037,18 @@ static int edit_member(lua_State *L, event_t *ev, const char *k, size_t kl)
     return 1;
 }
 
+unsigned event_change_stamp(lua_State *L, int idx)
+{
+    const event_t *ev = lua_touserdata(L, idx);
+    return ev->assigned * 2 + (ev->owner.tree != NULL);
+}
+
 static int event_newindex(lua_State *L)
 {
     event_t *ev = check_live(L, 1);
     size_t kl;
     const char *k = luaL_checklstring(L, 2, &kl);
+    ev->assigned++;
 
     if (KEY_IS(k, kl, "subject")) {
         size_t n;

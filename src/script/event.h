@@ -51,6 +51,14 @@ typedef struct event {
     union tape_block *pooled_tape; /* the payload's tokens, when not in a userdata (event.c) */
     unsigned uv_set;  /* user values set (bits), for the pipeline's reused event */
     void *data_view;  /* e.data when it is a light userdata view (json.c) */
+    /* A structured event's envelope members type, version and data: their
+     * value tokens (JSON_NO_TOK: absent), found in one pass when the
+     * upgrader chain first asks (env_noted), and which of them the
+     * envelope holds more than once (bits). */
+    uint32_t env_tok[3];
+    unsigned env_dup;
+    int env_noted;
+    unsigned assigned; /* fields scripts assigned (e.x = ...), counted */
     uint32_t gen;     /* uses of this event object: 0 except for the reused one */
     int reusable;     /* the pipeline's reused event (event_push_pipeline) */
     int origin;       /* enum event_origin; set by the pipeline, EVENT_FROM_SERVER otherwise */
@@ -130,6 +138,12 @@ void event_bytes(lua_State *L, int idx, proto_msg_t *out);
  */
 void event_type_version(lua_State *L, int idx, char *buf, size_t cap, const char **type, size_t *tl,
                         lua_Integer *version);
+
+/* A number that stays the same as long as no script assigns a field of
+ * the event object at idx (e.type, e.version, e.subject, ...) and it gets
+ * no tree: while it does, event_type_version reads what it read before
+ * (writes into e.data or e.headers change neither). */
+unsigned event_change_stamp(lua_State *L, int idx);
 
 /* e.version = version on the event object at idx, as a script's assignment
  * does.  Raises a Lua error when the event has ended or memory runs out. */

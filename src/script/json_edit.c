@@ -51,47 +51,27 @@ static size_t value_text(lua_State *L, int idx, char *dst, size_t cap, uint8_t *
     return n;
 }
 
-uint32_t json_edit_find(const json_owner_t *o, uint32_t obj, const char *key, size_t klen)
-{
-    const json_edits_t *ed = o->edits;
-    for (uint32_t i = 0; ed && i < ed->n; i++) {
-        const json_edit_t *e = &ed->e[i];
-        if (e->obj == obj && e->klen == klen && memcmp(ed->bytes + e->key, key, klen) == 0)
-            return o->ntok + i;
-    }
-    return JSON_NO_TOK;
-}
-
-int json_edit_set(lua_State *L, json_owner_t *o, uint32_t obj, const char *key, size_t klen, int val_idx)
+/* Records obj[key] = the value whose JSON text (tl bytes, of token type
+ * type) is at the end of the bytes used: in place of the edit already
+ * setting that member, else as a new edit replacing old (the member's
+ * value in the tape, unique and a scalar; JSON_NO_TOK: a new member).
+ * 0, or -1 when it does not fit. */
+static int record(json_owner_t *o, uint32_t obj, const char *key, size_t klen, uint32_t old, size_t tl, uint8_t type)
 {
     json_edits_t *ed = o->edits;
-    uint8_t type;
-    if (!ed || o->tree || !o->tape || obj >= o->ntok || o->tape[obj].type != JSON_TOK_OBJECT)
-        return -1;
     size_t used = ed->used, room = JSON_EDIT_BYTES - used;
-    size_t tl = value_text(L, val_idx, ed->bytes + used, room, &type);
-    if (!tl)
-        return -1;
     uint32_t prev = json_edit_find(o, obj, key, klen);
+    json_edit_t *e = prev != JSON_NO_TOK ? &ed->e[prev - o->ntok] : &ed->e[ed->n];
     if (prev != JSON_NO_TOK) {
         /* Set again: the edit takes the new value. */
-        json_edit_t *e = &ed->e[prev - o->ntok];
         e->text = (uint16_t)used;
         e->text_len = (uint16_t)tl;
         e->type = type;
         ed->used += (uint32_t)tl;
         return 0;
     }
-    /* Only a scalar is replaced: a script may hold a view into an object
-     * or array, and writes through it must not reach the output.  A key
-     * the object holds twice loses its later pairs: the tree does that. */
-    uint32_t old = json_tape_member_nth(o, obj, key, klen, 1);
-    if (old != JSON_NO_TOK &&
-        (o->tape[old].type >= JSON_TOK_ARRAY || json_tape_member_nth(o, obj, key, klen, 2) != JSON_NO_TOK))
-        return -1;
     if (ed->n == JSON_EDITS_MAX || room - tl < klen)
         return -1;
-    json_edit_t *e = &ed->e[ed->n];
     size_t at = used + tl;
     e->ktext = (uint16_t)at;
     e->ktext_len = 0;
@@ -115,6 +95,43 @@ int json_edit_set(lua_State *L, json_owner_t *o, uint32_t obj, const char *key, 
     return 0;
 }
 
+/* True when o can keep an edit of object token obj. */
+static int editable(const json_owner_t *o, uint32_t obj)
+{
+    return o->edits && !o->tree && o->tape && obj < o->ntok && o->tape[obj].type == JSON_TOK_OBJECT;
+}
+
+int json_edit_set(lua_State *L, json_owner_t *o, uint32_t obj, const char *key, size_t klen, int val_idx)
+{
+    json_edits_t *ed = o->edits;
+    uint8_t type;
+    if (!editable(o, obj))
+        return -1;
+    size_t tl = value_text(L, val_idx, ed->bytes + ed->used, JSON_EDIT_BYTES - ed->used, &type);
+    if (!tl)
+        return -1;
+    /* Only a scalar is replaced: a script may hold a view into an object
+     * or array, and writes through it must not reach the output.  A key
+     * the object holds twice loses its later pairs: the tree does that. */
+    uint32_t old = json_tape_member_nth(o, obj, key, klen, 1);
+    if (old != JSON_NO_TOK &&
+        (o->tape[old].type >= JSON_TOK_ARRAY || json_tape_member_nth(o, obj, key, klen, 2) != JSON_NO_TOK))
+        return -1;
+    return record(o, obj, key, klen, old, tl, type);
+}
+
+int json_edit_put(json_owner_t *o, uint32_t obj, const char *key, size_t klen, uint32_t old, const char *text,
+                  size_t tl, int type)
+{
+    if (!editable(o, obj) || (old != JSON_NO_TOK && o->tape[old].type >= JSON_TOK_ARRAY))
+        return -1;
+    json_edits_t *ed = o->edits;
+    if (tl > JSON_EDIT_BYTES - ed->used)
+        return -1;
+    memcpy(ed->bytes + ed->used, text, tl);
+    return record(o, obj, key, klen, old, tl, (uint8_t)type);
+}
+
 int json_edit_touches(const json_owner_t *o, uint32_t obj)
 {
     const json_edits_t *ed = o->edits;
@@ -125,11 +142,6 @@ int json_edit_touches(const json_owner_t *o, uint32_t obj)
 }
 
 /* ---- reading ----------------------------------------------------------------- */
-
-int json_tok_type(const json_owner_t *o, uint32_t tok)
-{
-    return tok < o->ntok ? o->tape[tok].type : o->edits->e[tok - o->ntok].type;
-}
 
 /* The bytes of the edit's string value decoded into buf (room for its text's
  * length); sets *n. */
@@ -244,25 +256,20 @@ void json_edit_apply(lua_State *L, json_owner_t *o)
 /* ---- splicing ------------------------------------------------------------------ */
 
 /* True when the text is its tokens and the punctuation between them, with
- * no whitespace: the length such a text has is the text's length. */
+ * no whitespace: the length such a text has is the text's length.  Per
+ * token: its text (strings: and quotes; objects: a colon and a comma per
+ * member, arrays a comma per element, one fewer and the two brackets). */
 static int compact(const json_owner_t *o)
 {
+    static const uint8_t per[8] = {[JSON_TOK_OBJECT] = 2, [JSON_TOK_ARRAY] = 1};
+    static const uint8_t base[8] = {[JSON_TOK_STRING] = 2, [JSON_TOK_OBJECT] = 1, [JSON_TOK_ARRAY] = 1};
     size_t need = 0;
     for (uint32_t k = 0; k < o->ntok; k++) {
         const json_tok_t *t = &o->tape[k];
-        switch (t->type) {
-        case JSON_TOK_STRING:
-            need += (size_t)t->len + 2;
-            break;
-        case JSON_TOK_OBJECT: /* braces, a colon per member, commas between */
-            need += 2 + (t->len ? 2 * (size_t)t->len - 1 : 0);
-            break;
-        case JSON_TOK_ARRAY:
-            need += 2 + (t->len ? (size_t)t->len - 1 : 0);
-            break;
-        default:
-            need += t->len;
-        }
+        if (t->type >= JSON_TOK_ARRAY)
+            need += (size_t)t->len * per[t->type] + base[t->type] + (t->len == 0);
+        else
+            need += (size_t)t->len + base[t->type];
     }
     return need == o->text_len;
 }
@@ -302,6 +309,8 @@ static size_t edit_pos(const json_owner_t *o, const json_edit_t *e)
     const json_tok_t *tape = o->tape;
     if (e->tok != JSON_NO_TOK)
         return tape[e->tok].start - (tape[e->tok].type == JSON_TOK_STRING);
+    if (e->obj == 0)
+        return o->text_len - 1; /* the document's last byte: its own brace */
     if (!tape[e->obj].len)
         return tape[e->obj].start + 1;
     return tok_end(tape, last_child(tape, e->obj));

@@ -24,6 +24,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <lua.h>
 
@@ -57,15 +58,36 @@ typedef struct json_edits {
  */
 int json_edit_set(lua_State *L, json_owner_t *o, uint32_t obj, const char *key, size_t klen, int val_idx);
 
+/*
+ * The same for a value given as its JSON text (tl bytes at text, of enum
+ * json_tok_type type), when the caller has found the member's value in
+ * the tape: old, which must be the only member with key (JSON_NO_TOK:
+ * there is none).  Returns 0, or -1 when the write needs the tree.
+ */
+int json_edit_put(json_owner_t *o, uint32_t obj, const char *key, size_t klen, uint32_t old, const char *text,
+                  size_t tl, int type);
+
 /* The value token of an edit setting obj[key] (o->ntok + the edit's
- * index), or JSON_NO_TOK. */
-uint32_t json_edit_find(const json_owner_t *o, uint32_t obj, const char *key, size_t klen);
+ * index), or JSON_NO_TOK.  Inline: every read of a member asks. */
+static inline uint32_t json_edit_find(const json_owner_t *o, uint32_t obj, const char *key, size_t klen)
+{
+    const json_edits_t *ed = o->edits;
+    for (uint32_t i = 0; ed && i < ed->n; i++) {
+        const json_edit_t *e = &ed->e[i];
+        if (e->obj == obj && e->klen == klen && memcmp(ed->bytes + e->key, key, klen) == 0)
+            return o->ntok + i;
+    }
+    return JSON_NO_TOK;
+}
 
 /* True when an edit adds to or changes a member of token obj. */
 int json_edit_touches(const json_owner_t *o, uint32_t obj);
 
 /* The enum json_tok_type of value token tok of o, edits' tokens included. */
-int json_tok_type(const json_owner_t *o, uint32_t tok);
+static inline int json_tok_type(const json_owner_t *o, uint32_t tok)
+{
+    return tok < o->ntok ? o->tape[tok].type : o->edits->e[tok - o->ntok].type;
+}
 
 /* The bytes of scalar value token tok of o (edits' tokens included): a
  * string's value, decoded into buf when written with escapes (NULL when

@@ -654,23 +654,26 @@ static cJSON *raw_number(lua_State *L, const char *text)
     return n;
 }
 
+size_t json_integer_text(lua_Integer i, char buf[JSON_NUMBER_TEXT_MAX])
+{
+    /* As "%lld" prints it, without printf's cost on the hot path. */
+    char digits[24], *p = digits + sizeof digits;
+    unsigned long long u = i < 0 ? 0 - (unsigned long long)i : (unsigned long long)i;
+    do
+        *--p = (char)('0' + u % 10);
+    while ((u /= 10) != 0);
+    if (i < 0)
+        *--p = '-';
+    size_t n = (size_t)(digits + sizeof digits - p);
+    memcpy(buf, p, n);
+    buf[n] = '\0';
+    return n;
+}
+
 size_t json_number_text(lua_State *L, int idx, char buf[JSON_NUMBER_TEXT_MAX])
 {
-    if (lua_isinteger(L, idx)) {
-        /* As "%lld" prints it, without printf's cost on the hot path. */
-        char digits[24], *p = digits + sizeof digits;
-        lua_Integer i = lua_tointeger(L, idx);
-        unsigned long long u = i < 0 ? 0 - (unsigned long long)i : (unsigned long long)i;
-        do
-            *--p = (char)('0' + u % 10);
-        while ((u /= 10) != 0);
-        if (i < 0)
-            *--p = '-';
-        size_t n = (size_t)(digits + sizeof digits - p);
-        memcpy(buf, p, n);
-        buf[n] = '\0';
-        return n;
-    }
+    if (lua_isinteger(L, idx))
+        return json_integer_text(lua_tointeger(L, idx), buf);
     lua_Number d = lua_tonumber(L, idx);
     if (isnan(d) || isinf(d))
         luaL_error(L, "cannot encode %s as JSON", isnan(d) ? "NaN" : "infinity");

@@ -200,6 +200,9 @@ int json_number_text_integer(const char *s, size_t n, lua_Integer *v);
 #define JSON_NUMBER_TEXT_MAX 48
 size_t json_number_text(lua_State *L, int idx, char buf[JSON_NUMBER_TEXT_MAX]);
 
+/* The same for the integer i. */
+size_t json_integer_text(lua_Integer i, char buf[JSON_NUMBER_TEXT_MAX]);
+
 /* Registers the metatables and pushes the table
  * { null = ..., array = fn, encode = fn, decode = fn }. */
 void json_open(lua_State *L);

@@ -732,6 +732,7 @@ static int upgrade_chain(lua_State *L, state_t *st, int obj_idx, int ev_idx, rul
         if (!r)
             return 0;
         *failed = r;
+        unsigned stamp = event_change_stamp(L, obj_idx);
         if (run)
             call_in_pipeline(run, r, ev_idx, "upgrade");
         else if (script_call_rule(st, r, ev_idx) != LUA_OK)
@@ -743,7 +744,10 @@ static int upgrade_chain(lua_State *L, state_t *st, int obj_idx, int ev_idx, rul
             return -1;
         }
         lua_pop(L, 1);
-        event_type_version(L, obj_idx, buf, sizeof buf, &type, &tl, &version);
+        /* An upgrader that assigned no field of e left its type and version
+         * (writes into e.data cannot change them). */
+        if (event_change_stamp(L, obj_idx) != stamp)
+            event_type_version(L, obj_idx, buf, sizeof buf, &type, &tl, &version);
         if (version == r->from_version) {
             version = r->from_version + 1;
             event_set_version(L, obj_idx, version);
