@@ -221,8 +221,12 @@ event_t *event_push_pipeline(lua_State *L, const proto_msg_t *m, int mt_idx, int
             }
         }
         uint32_t gen = ev->gen + 1;
+        char *spliced = ev->spliced;
+        size_t spliced_cap = ev->spliced_cap;
         memset(ev, 0, sizeof *ev);
         ev->gen = gen;
+        ev->spliced = spliced;
+        ev->spliced_cap = spliced_cap;
         ev->reusable = 1;
         ev->owner.released_by_owner = 1;
         ev->owner.edits = (json_edits_t *)(ev + 1); /* emptied when the last event ended */
@@ -878,7 +882,8 @@ static int event_get(lua_State *L, int self, event_t *ev)
         }
         break;
     }
-    decode(L, self, ev);
+    if (ev->mode == EVENT_UNDECODED)
+        decode(L, self, ev);
     if (kl == 4 && !memcmp(k, "data", 4)) {
         push_data(L, self, ev);
         return 1;
@@ -1000,7 +1005,8 @@ void event_set_version(lua_State *L, int idx, lua_Integer version)
     if (ev->mode == EVENT_STRUCTURED && !ev->owner.tree && !(ev->env_dup & (1u << ENV_VERSION))) {
         char text[JSON_NUMBER_TEXT_MAX];
         size_t n = json_integer_text(version, text);
-        if (json_edit_put(&ev->owner, 0, "version", 7, ev->env_tok[ENV_VERSION], text, n, JSON_TOK_NUMBER) == 0) {
+        if (json_edit_put(&ev->owner, 0, "version", 7, "\"version\"", 9, ev->env_tok[ENV_VERSION], text, n,
+                          JSON_TOK_NUMBER) == 0) {
             ev->owner.dirty = 1;
             return;
         }
@@ -1035,12 +1041,6 @@ static int edit_member(lua_State *L, event_t *ev, const char *k, size_t kl)
     }
     ev->owner.dirty = 1;
     return 1;
-}
-
-unsigned event_change_stamp(lua_State *L, int idx)
-{
-    const event_t *ev = lua_touserdata(L, idx);
-    return ev->assigned * 2 + (ev->owner.tree != NULL);
 }
 
 static int event_newindex(lua_State *L)
@@ -1135,13 +1135,8 @@ static void set_payload_top(lua_State *L, int idx, event_t *ev)
  * be printed from the tree instead. */
 static int splice_payload(lua_State *L, int idx, event_t *ev)
 {
-    char *buf = NULL;
-    size_t cap = 0;
-    if (lua_getiuservalue(L, idx, UV_SPLICED) == LUA_TUSERDATA) {
-        buf = lua_touserdata(L, -1);
-        cap = ev->out_payload == buf ? 0 : lua_rawlen(L, -1);
-    }
-    lua_pop(L, 1);
+    char *buf = ev->spliced;
+    size_t cap = buf && ev->out_payload == buf ? 0 : ev->spliced_cap;
     size_t n = json_edit_splice(&ev->owner, buf, cap);
     if (!n)
         return -1;
@@ -1150,10 +1145,13 @@ static int splice_payload(lua_State *L, int idx, event_t *ev)
         size_t room = keep ? (n < 512 ? 1024 : 2 * n) : n;
         buf = lua_newuserdatauv(L, room, 0);
         json_edit_splice(&ev->owner, buf, room);
-        if (keep)
+        if (keep) {
+            ev->spliced = buf;
+            ev->spliced_cap = room;
             lua_setiuservalue(L, idx, UV_SPLICED); /* not set_uv: the next events use it too */
-        else
+        } else {
             set_uv(L, idx, ev, UV_OUT_PAYLOAD);
+        }
     }
     ev->out_payload = buf;
     ev->out_payload_len = n;
@@ -1279,13 +1277,15 @@ void event_bytes(lua_State *L, int idx, proto_msg_t *out)
 #define REUSED_UV lua_upvalueindex(2)
 
 /* The reused event, when a handle's owner o is its owner (the handle's
- * event is the one in the pipeline); raises otherwise. */
+ * event is the one in the pipeline); raises otherwise.  Only a reused
+ * event's owner gets handles (event_push_pipeline), and a live one is in
+ * its pipeline: the owner itself says which event it is, and the handles
+ * a state's scripts hold are its own reused event's. */
 static event_t *handle_event(lua_State *L, const json_owner_t *o)
 {
-    event_t *ev = lua_touserdata(L, REUSED_UV);
-    if (o != &ev->owner)
+    if (!o)
         luaL_error(L, "%s", ENDED);
-    return ev;
+    return (event_t *)((const char *)o - offsetof(event_t, owner));
 }
 
 /* When the light userdata at 1 is an event handle, puts the reused event
@@ -1305,14 +1305,21 @@ static int handle_to_event(lua_State *L)
 static int light_index(lua_State *L)
 {
     json_owner_t *o;
-    if (json_light_kind(L, 1, &o) != JSON_LIGHT_OWNER)
-        return json_proxy_index(L);
+    const void *light = lua_touserdata(L, 1);
+    if (json_light_kind_of(light, &o) != JSON_LIGHT_OWNER)
+        return json_view_index(L, light);
     return event_get(L, REUSED_UV, handle_event(L, o));
 }
 
 static int light_newindex(lua_State *L)
 {
-    return handle_to_event(L) ? event_newindex(L) : json_proxy_newindex(L);
+    json_owner_t *o;
+    const void *light = lua_touserdata(L, 1);
+    if (json_light_kind_of(light, &o) != JSON_LIGHT_OWNER)
+        return json_view_newindex(L, light);
+    handle_event(L, o);
+    lua_copy(L, REUSED_UV, 1);
+    return event_newindex(L);
 }
 
 static int light_len(lua_State *L)

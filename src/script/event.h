@@ -59,6 +59,10 @@ typedef struct event {
     unsigned env_dup;
     int env_noted;
     unsigned assigned; /* fields scripts assigned (e.x = ...), counted */
+    /* The buffer edited payloads are spliced into (its user value keeps
+     * it), carried over from one use of the reused event to the next. */
+    char *spliced;
+    size_t spliced_cap;
     uint32_t gen;     /* uses of this event object: 0 except for the reused one */
     int reusable;     /* the pipeline's reused event (event_push_pipeline) */
     int origin;       /* enum event_origin; set by the pipeline, EVENT_FROM_SERVER otherwise */
@@ -140,10 +144,13 @@ void event_type_version(lua_State *L, int idx, char *buf, size_t cap, const char
                         lua_Integer *version);
 
 /* A number that stays the same as long as no script assigns a field of
- * the event object at idx (e.type, e.version, e.subject, ...) and it gets
- * no tree: while it does, event_type_version reads what it read before
- * (writes into e.data or e.headers change neither). */
-unsigned event_change_stamp(lua_State *L, int idx);
+ * the event ev (e.type, e.version, e.subject, ...) and it gets no tree:
+ * while it does, event_type_version reads what it read before (writes
+ * into e.data or e.headers change neither). */
+static inline unsigned event_change_stamp(const event_t *ev)
+{
+    return ev->assigned * 2 + (ev->owner.tree != NULL);
+}
 
 /* e.version = version on the event object at idx, as a script's assignment
  * does.  Raises a Lua error when the event has ended or memory runs out. */

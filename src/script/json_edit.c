@@ -54,9 +54,11 @@ static size_t value_text(lua_State *L, int idx, char *dst, size_t cap, uint8_t *
 /* Records obj[key] = the value whose JSON text (tl bytes, of token type
  * type) is at the end of the bytes used: in place of the edit already
  * setting that member, else as a new edit replacing old (the member's
- * value in the tape, unique and a scalar; JSON_NO_TOK: a new member).
- * 0, or -1 when it does not fit. */
-static int record(json_owner_t *o, uint32_t obj, const char *key, size_t klen, uint32_t old, size_t tl, uint8_t type)
+ * value in the tape, unique and a scalar; JSON_NO_TOK: a new member, whose
+ * key as JSON text is ktext, or written here when NULL).  0, or -1 when it
+ * does not fit. */
+static int record(json_owner_t *o, uint32_t obj, const char *key, size_t klen, uint32_t old, size_t tl, uint8_t type,
+                  const char *ktext, size_t ktext_len)
 {
     json_edits_t *ed = o->edits;
     size_t used = ed->used, room = JSON_EDIT_BYTES - used;
@@ -76,8 +78,10 @@ static int record(json_owner_t *o, uint32_t obj, const char *key, size_t klen, u
     e->ktext = (uint16_t)at;
     e->ktext_len = 0;
     if (old == JSON_NO_TOK) {
-        size_t kt = json_write_string(ed->bytes + at, room - tl - klen, key, klen);
-        if (!kt)
+        size_t kt = ktext_len;
+        if (ktext && ktext_len <= room - tl - klen)
+            memcpy(ed->bytes + at, ktext, ktext_len);
+        else if (ktext || !(kt = json_write_string(ed->bytes + at, room - tl - klen, key, klen)))
             return -1;
         e->ktext_len = (uint16_t)kt;
         at += kt;
@@ -117,11 +121,11 @@ int json_edit_set(lua_State *L, json_owner_t *o, uint32_t obj, const char *key, 
     if (old != JSON_NO_TOK &&
         (o->tape[old].type >= JSON_TOK_ARRAY || json_tape_member_nth(o, obj, key, klen, 2) != JSON_NO_TOK))
         return -1;
-    return record(o, obj, key, klen, old, tl, type);
+    return record(o, obj, key, klen, old, tl, type, NULL, 0);
 }
 
-int json_edit_put(json_owner_t *o, uint32_t obj, const char *key, size_t klen, uint32_t old, const char *text,
-                  size_t tl, int type)
+int json_edit_put(json_owner_t *o, uint32_t obj, const char *key, size_t klen, const char *ktext, size_t ktext_len,
+                  uint32_t old, const char *text, size_t tl, int type)
 {
     if (!editable(o, obj) || (old != JSON_NO_TOK && o->tape[old].type >= JSON_TOK_ARRAY))
         return -1;
@@ -129,7 +133,7 @@ int json_edit_put(json_owner_t *o, uint32_t obj, const char *key, size_t klen, u
     if (tl > JSON_EDIT_BYTES - ed->used)
         return -1;
     memcpy(ed->bytes + ed->used, text, tl);
-    return record(o, obj, key, klen, old, tl, (uint8_t)type);
+    return record(o, obj, key, klen, old, tl, (uint8_t)type, ktext, ktext_len);
 }
 
 int json_edit_touches(const json_owner_t *o, uint32_t obj)

@@ -62,10 +62,12 @@ int json_edit_set(lua_State *L, json_owner_t *o, uint32_t obj, const char *key, 
  * The same for a value given as its JSON text (tl bytes at text, of enum
  * json_tok_type type), when the caller has found the member's value in
  * the tape: old, which must be the only member with key (JSON_NO_TOK:
- * there is none).  Returns 0, or -1 when the write needs the tree.
+ * there is none), and has the key as JSON text (ktext, ktext_len bytes,
+ * as json_write_string writes it; NULL: written here).  Returns 0, or -1
+ * when the write needs the tree.
  */
-int json_edit_put(json_owner_t *o, uint32_t obj, const char *key, size_t klen, uint32_t old, const char *text,
-                  size_t tl, int type);
+int json_edit_put(json_owner_t *o, uint32_t obj, const char *key, size_t klen, const char *ktext, size_t ktext_len,
+                  uint32_t old, const char *text, size_t tl, int type);
 
 /* The value token of an edit setting obj[key] (o->ntok + the edit's
  * index), or JSON_NO_TOK.  Inline: every read of a member asks. */

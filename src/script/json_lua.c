@@ -94,7 +94,12 @@ int json_push_owner_handle(lua_State *L, json_owner_t *o)
 
 int json_light_kind(lua_State *L, int idx, json_owner_t **o)
 {
-    uint64_t v = (uint64_t)(uintptr_t)lua_touserdata(L, idx);
+    return json_light_kind_of(lua_touserdata(L, idx), o);
+}
+
+int json_light_kind_of(const void *light, json_owner_t **o)
+{
+    uint64_t v = (uint64_t)(uintptr_t)light;
     if ((v & LIGHT_TOK_MASK) != LIGHT_OWNER_TOK)
         return JSON_LIGHT_VIEW;
     *o = light_owner(v >> LIGHT_TOK_BITS);
@@ -151,6 +156,12 @@ uint32_t json_tape_member(const json_owner_t *o, uint32_t obj, const char *key, 
     return tape_member_nth(o, obj, key, klen, 1);
 }
 
+/* json_is_digit without a call: numbers are read on the hot path. */
+static inline int is_digit(char c)
+{
+    return (unsigned char)(c - '0') < 10;
+}
+
 int json_number_text_integer(const char *s, size_t n, lua_Integer *v)
 {
     char buf[32];
@@ -161,7 +172,7 @@ int json_number_text_integer(const char *s, size_t n, lua_Integer *v)
         neg = 1, i = 1;
     if (n <= 18 && n > i) {
         /* Up to 18 digits always fit in 64 bits. */
-        for (; i < n && json_is_digit((unsigned char)s[i]); i++)
+        for (; i < n && is_digit(s[i]); i++)
             x = x * 10 + (s[i] - '0');
         if (i == n) {
             *v = neg ? -x : x;
@@ -192,7 +203,7 @@ void json_push_number_text(lua_State *L, const char *s, size_t n)
         neg = 1, i = 1;
     lua_Integer v = 0;
     for (size_t j = i; plain && j < n; j++) {
-        if (!json_is_digit((unsigned char)s[j]))
+        if (!is_digit(s[j]))
             plain = 0;
         else
             v = v * 10 + (s[j] - '0');
@@ -491,13 +502,22 @@ void json_push_number(lua_State *L, const cJSON *n)
  * its owner, or an error when the owner's event has ended.  Metamethods
  * are only reachable through the proxy metatable, so idx holds a proxy.
  */
+static proxy_t *live_view(lua_State *L, int is_light, const void *light, proxy_t *p, json_owner_t **owner);
+
 static proxy_t *live_proxy(lua_State *L, int idx, proxy_t *scratch, json_owner_t **owner)
 {
-    proxy_t *p;
+    if (lua_islightuserdata(L, idx))
+        return live_view(L, 1, lua_touserdata(L, idx), scratch, owner);
+    return live_view(L, 0, NULL, lua_touserdata(L, idx), owner);
+}
+
+/* live_proxy for the view whose light userdata value is light (is_light;
+ * p is scratch space), or for the userdata proxy p. */
+static proxy_t *live_view(lua_State *L, int is_light, const void *light, proxy_t *p, json_owner_t **owner)
+{
     json_owner_t *o;
-    if (lua_islightuserdata(L, idx)) {
-        uint64_t v = (uint64_t)(uintptr_t)lua_touserdata(L, idx);
-        p = scratch;
+    if (is_light) {
+        uint64_t v = (uint64_t)(uintptr_t)light;
         p->serial = v >> LIGHT_TOK_BITS;
         p->tok = (uint32_t)(v & LIGHT_TOK_MASK);
         p->node = NULL;
@@ -505,7 +525,6 @@ static proxy_t *live_proxy(lua_State *L, int idx, proxy_t *scratch, json_owner_t
         if (o && p->tok >= o->ntok)
             o = NULL; /* not a view this owner made */
     } else {
-        p = lua_touserdata(L, idx);
         o = p->serial ? light_owner(p->serial) : p->owner;
     }
     if (!o || o->dead)
@@ -923,10 +942,33 @@ int json_proxy_index(lua_State *L)
     return 1;
 }
 
+int json_view_index(lua_State *L, const void *light)
+{
+    json_owner_t *o;
+    proxy_t scratch, *p = live_view(L, 1, light, &scratch, &o);
+    push_child(L, p, o, 1, lua_upvalueindex(1));
+    return 1;
+}
+
+static int proxy_newindex(lua_State *L, proxy_t *p, proxy_t *scratch, json_owner_t *o);
+
 int json_proxy_newindex(lua_State *L)
 {
     json_owner_t *o;
     proxy_t scratch, *p = live_proxy(L, 1, &scratch, &o);
+    return proxy_newindex(L, p, &scratch, o);
+}
+
+int json_view_newindex(lua_State *L, const void *light)
+{
+    json_owner_t *o;
+    proxy_t scratch, *p = live_view(L, 1, light, &scratch, &o);
+    return proxy_newindex(L, p, &scratch, o);
+}
+
+/* p[2] = 3 for the live proxy p (or view: scratch) at 1, of owner o. */
+static int proxy_newindex(lua_State *L, proxy_t *p, proxy_t *scratch, json_owner_t *o)
+{
     if (!p->node && o->edits && lua_type(L, 2) == LUA_TSTRING) {
         size_t kl;
         const char *k = lua_tolstring(L, 2, &kl);
@@ -935,7 +977,7 @@ int json_proxy_newindex(lua_State *L)
             return 0;
         }
     }
-    p = tree_proxy(L, 1, &scratch, &o);
+    p = tree_proxy(L, 1, scratch, &o);
     if (cJSON_IsArray(p->node)) {
         lua_Integer i = luaL_checkinteger(L, 2);
         int n = cJSON_GetArraySize(p->node);

@@ -132,6 +132,9 @@ int json_push_owner_handle(lua_State *L, json_owner_t *o);
 enum { JSON_LIGHT_VIEW, JSON_LIGHT_OWNER };
 int json_light_kind(lua_State *L, int idx, json_owner_t **o);
 
+/* The same for light, the value of such a light userdata. */
+int json_light_kind_of(const void *light, json_owner_t **o);
+
 /* The metamethods of JSON values, for the light userdata metatable
  * (event_open); their upvalue 1 must be the proxy metatable. */
 int json_proxy_index(lua_State *L);
@@ -139,6 +142,11 @@ int json_proxy_newindex(lua_State *L);
 int json_proxy_len(lua_State *L);
 int json_proxy_tostring(lua_State *L);
 int json_proxy_pairs(lua_State *L);
+
+/* json_proxy_index for the view at index 1 whose value (lua_touserdata)
+ * the caller has read: light. */
+int json_view_index(lua_State *L, const void *light);
+int json_view_newindex(lua_State *L, const void *light);
 
 /* Pushes the metatable of JSON proxies, made now if json_open has not
  * run yet in this state (event_open comes first). */

@@ -685,9 +685,7 @@ static void call_in_pipeline(run_t *run, rule_t *r, int ev_idx, const char *stag
  * usual type looks nothing up. */
 static rule_t *upgrader_next(state_t *st, rule_t *prev, const char *type, size_t tl, lua_Integer version)
 {
-    const char *nul = memchr(type, '\0', tl);
-    if (nul)
-        tl = (size_t)(nul - type); /* as upgrader_for keys it */
+    /* Compared as they are: upgrader_for cuts a type at a NUL itself. */
     if (prev) {
         if (version != prev->from_version + 1 || tl != prev->pattern_len || memcmp(type, prev->pattern, tl))
             return upgrader_for(st, type, tl, version);
@@ -724,6 +722,7 @@ static int upgrade_chain(lua_State *L, state_t *st, int obj_idx, int ev_idx, rul
     size_t tl;
     lua_Integer version;
     rule_t *r = NULL;
+    const event_t *ev = lua_touserdata(L, obj_idx);
     /* The event's type and version: read once here, then after each
      * upgrader (which may change both). */
     event_type_version(L, obj_idx, buf, sizeof buf, &type, &tl, &version);
@@ -732,7 +731,7 @@ static int upgrade_chain(lua_State *L, state_t *st, int obj_idx, int ev_idx, rul
         if (!r)
             return 0;
         *failed = r;
-        unsigned stamp = event_change_stamp(L, obj_idx);
+        unsigned stamp = event_change_stamp(ev);
         if (run)
             call_in_pipeline(run, r, ev_idx, "upgrade");
         else if (script_call_rule(st, r, ev_idx) != LUA_OK)
@@ -746,7 +745,7 @@ static int upgrade_chain(lua_State *L, state_t *st, int obj_idx, int ev_idx, rul
         lua_pop(L, 1);
         /* An upgrader that assigned no field of e left its type and version
          * (writes into e.data cannot change them). */
-        if (event_change_stamp(L, obj_idx) != stamp)
+        if (event_change_stamp(ev) != stamp)
             event_type_version(L, obj_idx, buf, sizeof buf, &type, &tl, &version);
         if (version == r->from_version) {
             version = r->from_version + 1;
