@@ -625,12 +625,22 @@ static void decode_binary(lua_State *L, int idx, event_t *ev)
 enum { ENV_TYPE, ENV_VERSION, ENV_DATA, ENV_NOTED };
 static const char *const env_names[ENV_NOTED] = {"type", "version", "data"};
 
-/* Which noted envelope member the n bytes at k name, or -1. */
-static int env_slot(const char *k, size_t n)
+/* The 4 bytes at k as one word (a load, not a call). */
+static inline uint32_t word4(const char *k)
 {
-    if (n == 4)
-        return !memcmp(k, "type", 4) ? ENV_TYPE : !memcmp(k, "data", 4) ? ENV_DATA : -1;
-    return n == 7 && !memcmp(k, "version", 7) ? ENV_VERSION : -1;
+    uint32_t w;
+    memcpy(&w, k, 4);
+    return w;
+}
+
+/* Which noted envelope member the n bytes at k name, or -1. */
+static inline int env_slot(const char *k, size_t n)
+{
+    if (n == 4) {
+        uint32_t w = word4(k);
+        return w == word4("type") ? ENV_TYPE : w == word4("data") ? ENV_DATA : -1;
+    }
+    return n == 7 && word4(k) == word4("vers") && word4(k + 3) == word4("sion") ? ENV_VERSION : -1;
 }
 
 /* Notes where the structured event's type, version and data are, in one
@@ -762,9 +772,11 @@ static void push_data(lua_State *L, int self, event_t *ev)
         lua_pushlightuserdata(L, ev->data_view);
         return;
     }
-    if (lua_getiuservalue(L, self, UV_DATA) != LUA_TNIL)
-        return;
-    lua_pop(L, 1);
+    if (ev->uv_set & (1u << UV_DATA)) { /* else it was never set */
+        if (lua_getiuservalue(L, self, UV_DATA) != LUA_TNIL)
+            return;
+        lua_pop(L, 1);
+    }
     if (ev->mode != EVENT_RAW)
         push_member(L, self, ev, "data", 4);
     else if (ev->owner.tree && ev->owner.tree->root)
