@@ -521,18 +521,13 @@ static void add_extensions(lua_State *L, event_t *ev, cJSON *env)
     }
 }
 
-static uint64_t decodes, spliced, reencoded;
+static uint64_t decodes;
 
 uint64_t event_decode_count(void)
 {
     return decodes;
 }
 
-void event_encode_counts(uint64_t *s, uint64_t *r)
-{
-    *s = spliced;
-    *r = reencoded;
-}
 
 /* The tree of the event at idx, built now if it has none (see json_owner_tree). */
 static json_tree_t *tree_of(lua_State *L, int idx, event_t *ev)
@@ -1167,7 +1162,7 @@ static int splice_payload(lua_State *L, int idx, event_t *ev)
     }
     ev->out_payload = buf;
     ev->out_payload_len = n;
-    spliced++;
+    ev->spliced_n++;
     return 0;
 }
 
@@ -1249,7 +1244,7 @@ void event_bytes(lua_State *L, int idx, proto_msg_t *out)
     if (ev->owner.dirty) {
         if (ev->owner.tree || splice_payload(L, idx, ev) < 0) {
             cJSON *root = tree_of(L, idx, ev)->root;
-            reencoded++;
+            ev->reencoded_n++;
             if (ev->mode == EVENT_BINARY)
                 binary_from_tree(L, idx, ev, root);
             else

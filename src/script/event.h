@@ -63,6 +63,9 @@ typedef struct event {
      * it), carried over from one use of the reused event to the next. */
     char *spliced;
     size_t spliced_cap;
+    /* Changed payloads this event made by splicing edits into its text
+     * and by printing its tree (event_bytes): which way it took. */
+    unsigned spliced_n, reencoded_n;
     uint32_t gen;     /* uses of this event object: 0 except for the reused one */
     int reusable;     /* the pipeline's reused event (event_push_pipeline) */
     int origin;       /* enum event_origin; set by the pipeline, EVENT_FROM_SERVER otherwise */
@@ -169,9 +172,5 @@ void event_expire_ptr(event_t *ev);
  * and stats show that lazy access really skipped decoding. */
 uint64_t event_decode_count(void);
 
-/* Changed payloads made so far (by every Lua state of the process) by
- * splicing changes into the original text (*spliced) and by printing a
- * tree (*reencoded): lets tests and stats show which way events took. */
-void event_encode_counts(uint64_t *spliced, uint64_t *reencoded);
 
 #endif

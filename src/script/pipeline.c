@@ -1080,6 +1080,25 @@ static int needs_lua(state_t *st, const proto_msg_t *m, match_t **mt)
     return (*mt)->n[RULE_FILTER] || (*mt)->n[RULE_ROUTE] || (*mt)->n[RULE_HANDLER] || script_upgrade_possible(st, m);
 }
 
+/* The event ends here, whatever a script kept of it (ev: the event
+ * object, when the pipeline got as far as making it); the way its bytes
+ * were made is counted. */
+static void end_event(lua_State *L, script_host_t *h, event_t *ev)
+{
+    if (ev) {
+        h->st.spliced += ev->spliced_n;
+        h->st.reencoded += ev->reencoded_n;
+    }
+    if (ev && ev->reusable) {
+        event_expire_ptr(ev);
+    } else {
+        if (lua_getupvalue(L, RUN_EVENT_SLOT, 1) && lua_type(L, -1) == LUA_TUSERDATA)
+            event_expire_ptr(lua_touserdata(L, -1));
+        lua_pushnil(L);
+        lua_setupvalue(L, RUN_EVENT_SLOT, 1);
+    }
+}
+
 static void run_one(script_host_t *h, client_t *from, const proto_msg_t *m, int depth)
 {
     state_t *st = h->cur;
@@ -1139,15 +1158,7 @@ static void run_one(script_host_t *h, client_t *from, const proto_msg_t *m, int 
         lua_pushnil(L);
         lua_rawsetp(L, LUA_REGISTRYINDEX, &handled_event_key);
     }
-    /* The event ends here, whatever a script kept of it. */
-    if (run.ev && run.ev->reusable) {
-        event_expire_ptr(run.ev);
-    } else {
-        if (lua_getupvalue(L, RUN_EVENT_SLOT, 1) && lua_type(L, -1) == LUA_TUSERDATA)
-            event_expire_ptr(lua_touserdata(L, -1));
-        lua_pushnil(L);
-        lua_setupvalue(L, RUN_EVENT_SLOT, 1);
-    }
+    end_event(L, h, run.ev);
     if (rc != LUA_OK && !run.failed)
         lua_gc(L, LUA_GCCOLLECT); /* out of memory outside a rule: collect now */
     if (run.stage)

@@ -416,7 +416,6 @@ void script_get_stats(const script_host_t *h, script_stats_t *out)
 {
     *out = h->st;
     out->decodes = event_decode_count();
-    event_encode_counts(&out->spliced, &out->reencoded);
     out->memory = h->cur ? h->cur->mem_used : 0;
     out->rules = h->cur ? (int)h->cur->nrules : 0;
 }

@@ -112,8 +112,8 @@ typedef struct script_stats {
     uint64_t budget_stops;  /* of which: instruction/time/memory budget */
     uint64_t emitted;       /* ctx.publish */
     uint64_t decodes;       /* payloads parsed as JSON (lazily, on first envelope access) */
-    uint64_t spliced;       /* changed payloads made by splicing the changes into the original text */
-    uint64_t reencoded;     /* changed payloads printed from a document tree */
+    uint64_t spliced;       /* changed payloads the pipeline made by splicing the changes into the original text */
+    uint64_t reencoded;     /* changed payloads the pipeline printed from a document tree */
     uint64_t loops_stopped; /* emit chains cut by emit_depth / emit_max */
     uint64_t reloads;
     uint64_t reload_failures;
