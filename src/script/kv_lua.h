@@ -67,4 +67,8 @@ int kv_bucket_store(struct streams *sm, const char *stream, const char *subj, co
  * move), or -1 with err. */
 int kv_migrate(struct script_host *host, char *err, size_t errsz);
 
+/* Drops a move kv_migrate left waiting (the old directory stays where it
+ * is and is moved again at the next start).  For script_host_free. */
+void kv_migrate_cancel(struct script_host *host);
+
 #endif

@@ -26,7 +26,8 @@
 
 typedef struct migration {
     streams_t *sm;
-    struct event_base *base;
+    script_host_t *host;
+    struct event *wait; /* the timer that checks the committed sequence */
     char stream[STREAM_NAME_MAX];
     char dir[PATH_MAX];
     uint64_t last; /* the last sequence written */
@@ -103,23 +104,40 @@ static void rename_aside(migration_t *m)
              KV_TIDE_BUCKET, to);
 }
 
+static void migration_free(migration_t *m)
+{
+    if (m->host && m->host->kv_migration == m)
+        m->host->kv_migration = NULL;
+    if (m->wait)
+        event_free(m->wait);
+    free(m);
+}
+
 /* Waits for the moved keys to be durable, then renames the old store. */
 static void on_wait(evutil_socket_t fd, short what, void *ctx)
 {
     migration_t *m = ctx;
     stream_info_t si;
+    (void)fd;
+    (void)what;
     if (!streams_stream_info(m->sm, m->stream, -1, &si)) {
-        free(m);
+        migration_free(m);
         return;
     }
     if (si.log.committed_seq < m->last) {
         struct timeval tv = {0, WAIT_MS * 1000};
-        if (event_base_once(m->base, -1, EV_TIMEOUT, on_wait, m, &tv) < 0)
-            free(m);
+        if (evtimer_add(m->wait, &tv) < 0)
+            migration_free(m);
         return;
     }
     rename_aside(m);
-    free(m);
+    migration_free(m);
+}
+
+void kv_migrate_cancel(script_host_t *h)
+{
+    if (h->kv_migration)
+        migration_free(h->kv_migration);
 }
 
 int kv_migrate(script_host_t *h, char *err, size_t errsz)
@@ -158,7 +176,13 @@ int kv_migrate(script_host_t *h, char *err, size_t errsz)
         free(m);
         return 0;
     }
-    m->base = server_base(h->srv);
+    if (!(m->wait = evtimer_new(server_base(h->srv), on_wait, m))) {
+        free(m); /* moved again at the next start */
+        return 0;
+    }
+    m->host = h;
+    kv_migrate_cancel(h);
+    h->kv_migration = m;
     on_wait(-1, EV_TIMEOUT, m);
     return 0;
 fail:

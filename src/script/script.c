@@ -370,8 +370,10 @@ void script_host_set_bucket_maker(script_host_t *h, int (*fn)(void *ctx, const c
 
 int script_host_set_streams(script_host_t *h, streams_t *sm, char *err, size_t errsz)
 {
-    if (h->streams && h->streams != sm)
+    if (h->streams && h->streams != sm) {
         streams_set_hooks(h->streams, NULL);
+        kv_migrate_cancel(h); /* it writes into those streams */
+    }
     h->streams = sm;
     if (!sm)
         return 0;

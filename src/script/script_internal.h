@@ -277,6 +277,9 @@ struct script_host {
     /* Makes the stream of a tide.kv.bucket (script_host_set_bucket_maker). */
     int (*bucket_maker)(void *ctx, const char *bucket, char *err, size_t errsz);
     void *bucket_ctx;
+    /* A move of the old tide.kv store waiting for its writes to be durable
+     * (kv_migrate), freed with the host if the node stops first. */
+    struct migration *kv_migration;
 };
 
 extern const char budget_keys[4];
