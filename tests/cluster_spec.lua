@@ -500,10 +500,12 @@ describe("cluster { } settings", function()
     { "stream 's' { subjects = { '$JS.x' }, backend = 'jetstream' }", "not a subject pattern that travels" },
     { "stream 's' { subjects = { 'a.>' } }\nstream 's' { subjects = { 'b.>' }, backend = 'jetstream' }",
       "stream 's' is declared twice" },
-    { "stream 's' { subjects = { 'a.>' }, backend = 'jetstream' }\nconsumer 'c' { stream = 's' }",
-      "consumers on it are not supported yet" },
-    { "consumer 'c' { stream = 's' }\nstream 's' { subjects = { 'a.>' }, backend = 'jetstream' }",
-      "consumers on a stream kept in JetStream are not supported yet" },
+    { "cluster { upstream = { 'h:1' } }\nstream 's' { subjects = { 'a.>' }, backend = 'jetstream' }\n" ..
+      "consumer 'c' { stream = 's', deliver = 'out' }", "its consumers take Lua handlers only" },
+    { "cluster { upstream = { 'h:1' } }\nconsumer 'c' { stream = 's', ordered_by = 'subject' }\n" ..
+      "stream 's' { subjects = { 'a.>' }, backend = 'jetstream' }", "its consumers take Lua handlers only" },
+    { "cluster { upstream = { 'h:1' } }\nstream 's' { subjects = { 'a.>' }, backend = 'jetstream' }\n" ..
+      "consumer 'c' { stream = 's' }\nconsumer 'c' { stream = 's' }", "consumer 'c' is declared twice" },
   }) do
     it("refuses " .. case[1]:gsub("\n", " "), function()
       local rc, out = check(case[1])

@@ -21,6 +21,7 @@
 
 #include "cluster.h"
 #include "cluster_js.h"
+#include "cluster_pull.h"
 #include "dict.h"
 #include "json_int.h"
 #include "log.h"
@@ -64,6 +65,9 @@ struct cluster {
     cluster_js_t *js;             /* the jetstream-backed streams */
     natsSubscription *js_sub;     /* their answers' inbox */
     int64_t js_sid;
+    cluster_pull_t *pull;         /* the consumers on those streams */
+    natsSubscription *pull_sub;   /* their inbox: events, pull ends, API answers */
+    int64_t pull_sid;
     struct event *wake; /* drains the queue on the loop */
     struct event *tick; /* once a second: events/s */
     pthread_mutex_t lock; /* guards head, tail, woken and lost: libnats' threads add to the queue */
@@ -158,10 +162,7 @@ static void on_async_error(natsConnection *nc, natsSubscription *ns, natsStatus 
 
 /* ---- on the loop ---------------------------------------------------------- */
 
-/* m's headers as a NATS header block ("NATS/1.0[ status]\r\nK: V\r\n\r\n"),
- * malloc'd into *out (caller frees); *out NULL when m has none.  0, or -1
- * when out of memory. */
-static int header_block(natsMsg *m, char **out, size_t *len)
+int cluster_header_block(natsMsg *m, char **out, size_t *len)
 {
     const char **keys = NULL, **vals = NULL, *status = NULL, *desc = NULL;
     int nkeys = 0, nvals = 0, rc = -1;
@@ -214,7 +215,7 @@ static void deliver_upstream(cluster_t *c, sub_t *sub, natsMsg *nm)
     m.reply_len = m.reply ? strlen(m.reply) : 0;
     m.payload = natsMsg_GetData(nm) ? natsMsg_GetData(nm) : "";
     m.payload_len = (size_t)natsMsg_GetDataLength(nm);
-    if (header_block(nm, &hdr, &hlen) < 0) {
+    if (cluster_header_block(nm, &hdr, &hlen) < 0) {
         log_error("cluster: out of memory reading the headers of a message on %s: dropped", m.subject);
         return;
     }
@@ -249,6 +250,7 @@ static void note_state(cluster_t *c, enum item_kind kind, const char *text)
         natsConnection_GetConnectedUrl(c->nc, c->url, sizeof c->url);
         log_info("cluster: %s to the upstream at %s", kind == ITEM_CONNECTED ? "connected" : "reconnected", c->url);
         cluster_js_sync(c->js, 1);
+        cluster_pull_sync(c->pull, 1);
         return;
     }
     if (kind == ITEM_DISCONNECTED)
@@ -260,6 +262,7 @@ static void note_state(cluster_t *c, enum item_kind kind, const char *text)
         const char *last = NULL;
         c->connected = 0;
         c->disconnects += kind == ITEM_DISCONNECTED;
+        cluster_pull_pause(c->pull);
         if (kind == ITEM_CLOSED && natsConnection_GetLastError(c->nc, &last) != NATS_OK && last && last[0])
             snprintf(c->last_error, sizeof c->last_error, "%s (%s)", what, last);
         else
@@ -304,6 +307,8 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
                 answer_status(c, it->msg);
             else if (it->sid == c->js_sid)
                 cluster_js_answer(c->js, it->msg);
+            else if (it->sid == c->pull_sid)
+                cluster_pull_message(c->pull, it->msg);
             else if (m)
                 deliver_upstream(c, m->sub, it->msg);
             natsMsg_Destroy(it->msg);
@@ -353,8 +358,10 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
             c->generation = st.generation;
             warn_unapplied(c);
             cluster_js_rules_changed(c->js);
+            cluster_pull_rules_changed(c->pull);
         } else {
             cluster_js_sync(c->js, 0);
+            cluster_pull_sync(c->pull, 0);
         }
     } else {
         server_stats_t st;
@@ -595,7 +602,8 @@ static void subscribe_failed(cluster_t *c, const char *subject, natsStatus s, ch
     }
 }
 
-/* The jetstream-backed streams: their answers' inbox, and the first questions. */
+/* The jetstream-backed streams and their consumers: their answers'
+ * inboxes, and the first questions. */
 static int start_streams(cluster_t *c, char *err, size_t errsz)
 {
     char inbox[128], pattern[140];
@@ -608,6 +616,19 @@ static int start_streams(cluster_t *c, char *err, size_t errsz)
     }
     c->js_sid = natsSubscription_GetID(c->js_sub);
     if (!(c->js = cluster_js_new(c->nc, c->n->scripts, inbox))) {
+        snprintf(err, errsz, "cluster: out of memory");
+        return -1;
+    }
+    snprintf(inbox, sizeof inbox, "_INBOX.tide-pull.%s", server_id(c->n->srv));
+    snprintf(pattern, sizeof pattern, "%s.>", inbox);
+    s = natsConnection_Subscribe(&c->pull_sub, c->nc, pattern, on_upstream_msg, c);
+    if (s != NATS_OK) {
+        subscribe_failed(c, pattern, s, err, errsz);
+        return -1;
+    }
+    natsSubscription_SetPendingLimits(c->pull_sub, CLUSTER_PENDING_MSGS, CLUSTER_PENDING_BYTES);
+    c->pull_sid = natsSubscription_GetID(c->pull_sub);
+    if (!(c->pull = cluster_pull_new(c->nc, c->n->scripts, c->js, inbox))) {
         snprintf(err, errsz, "cluster: out of memory");
         return -1;
     }
@@ -681,6 +702,8 @@ void cluster_free(cluster_t *c)
         natsSubscription_Destroy(c->status_sub);
     if (c->js_sub)
         natsSubscription_Destroy(c->js_sub);
+    if (c->pull_sub)
+        natsSubscription_Destroy(c->pull_sub);
     if (c->nc) {
         natsConnection_Close(c->nc);
         natsConnection_Destroy(c->nc);
@@ -689,6 +712,7 @@ void cluster_free(cluster_t *c)
     /* libnats' threads may still hold c as their closure: wait for them. */
     if (nats_CloseAndWait(2000) != NATS_OK)
         log_warn("cluster: libnats' threads did not end within 2s");
+    cluster_pull_free(c->pull);
     cluster_js_free(c->js);
     for (item_t *it = c->head, *next; it; it = next) {
         next = it->next;
@@ -770,5 +794,6 @@ cJSON *cluster_status_object(cluster_t *c)
     json_add_uint(o, "reconnects", c->reconnects);
     cJSON_AddStringToObject(o, "last_error", c->last_error);
     cluster_js_status(c->js, o);
+    cluster_pull_status(c->pull, o);
     return o;
 }

@@ -18,6 +18,7 @@
 #include <stddef.h>
 
 #include <cjson/cJSON.h>
+#include <nats/nats.h>
 
 struct node;
 typedef struct cluster cluster_t;
@@ -56,5 +57,10 @@ int cluster_ready(cluster_t *c, char *why, size_t n);
 /* This node's status as a new cJSON object (caller deletes; NULL when out
  * of memory): what it answers on CLUSTER_STATUS_SUBJECT. */
 cJSON *cluster_status_object(cluster_t *c);
+
+/* m's headers as a NATS header block ("NATS/1.0[ status]\r\nK: V\r\n\r\n"),
+ * malloc'd into *out (caller frees); *out NULL when m has none.  Returns
+ * 0, or -1 when out of memory.  Any thread. */
+int cluster_header_block(natsMsg *m, char **out, size_t *len);
 
 #endif

@@ -243,6 +243,14 @@ int cluster_js_ready(cluster_js_t *j, char *why, size_t n)
     return 1;
 }
 
+int cluster_js_bound(cluster_js_t *j, const char *name)
+{
+    for (int i = 0; i < j->n; i++)
+        if (!strcmp(j->streams[i].cfg.name, name))
+            return j->streams[i].state == JS_BOUND;
+    return 0;
+}
+
 void cluster_js_status(cluster_js_t *j, cJSON *o)
 {
     cJSON *arr = cJSON_AddArrayToObject(o, "streams");

@@ -42,6 +42,9 @@ void cluster_js_answer(cluster_js_t *j, natsMsg *m);
  * not, and why, in why. */
 int cluster_js_ready(cluster_js_t *j, char *why, size_t n);
 
+/* 1 when the declared stream name is bound, else 0. */
+int cluster_js_bound(cluster_js_t *j, const char *name);
+
 /* Adds "streams": [{name, replicas, state, error}] to o. */
 void cluster_js_status(cluster_js_t *j, cJSON *o);
 

@@ -130,6 +130,25 @@ int decl_l_storage(lua_State *L)
     return 0;
 }
 
+/* A consumer on a stream kept in JetStream: a durable pull consumer there
+ * whose events only Lua handlers take (docs/cluster.md).  Raises. */
+static void add_cluster_consumer(lua_State *L, const consumer_cfg_t *c)
+{
+    state_t *st = script_state_of(L);
+    char what[100];
+    snprintf(what, sizeof what, "consumer '%s'", c->name);
+    if (c->deliver[0] || c->queue[0] || c->ordered_by[0])
+        luaL_error(L, "%s: stream '%s' is kept in JetStream: its consumers take Lua handlers only (no deliver, "
+                   "queue or ordered_by)", what, c->stream);
+    if (c->deliver_policy == DELIVER_BY_START_TIME)
+        luaL_error(L, "%s: deliver_policy by_start_time is not supported on a stream kept in JetStream", what);
+    if (st->ncluster_consumers == STATE_CONSUMERS_MAX)
+        luaL_error(L, "at most %d consumers on jetstream streams", STATE_CONSUMERS_MAX);
+    if (!st->cluster_consumers && !(st->cluster_consumers = calloc(STATE_CONSUMERS_MAX, sizeof *c)))
+        luaL_error(L, "out of memory");
+    st->cluster_consumers[st->ncluster_consumers++] = *c;
+}
+
 /* stream "name" { backend = "jetstream", subjects, replicas, max_msgs,
  * max_bytes, max_age }: kept in the cluster's JetStream, not here. */
 static int declare_cluster_stream(lua_State *L, const char *name, int t, const char *what)
@@ -138,10 +157,6 @@ static int declare_cluster_stream(lua_State *L, const char *name, int t, const c
     state_t *st = script_state_of(L);
     cluster_stream_t *cs;
     settings_check_keys(L, t, what, known);
-    for (int i = 0; i < st->nconsumers; i++)
-        if (!strcmp(st->consumers[i].stream, name))
-            return luaL_error(L, "%s: consumer '%s' reads it, and consumers on a stream kept in JetStream are not "
-                              "supported yet", what, st->consumers[i].name);
     if (st->ncluster_streams == CLUSTER_STREAMS_MAX)
         return luaL_error(L, "at most %d jetstream streams", CLUSTER_STREAMS_MAX);
     if (!st->cluster_streams && !(st->cluster_streams = calloc(CLUSTER_STREAMS_MAX, sizeof *cs)))
@@ -178,6 +193,16 @@ static int declare_cluster_stream(lua_State *L, const char *name, int t, const c
     cs->max_bytes = size_opt(L, t, what, "max_bytes", 0);
     cs->max_age = duration_opt(L, t, what, "max_age", 0);
     st->ncluster_streams++;
+    /* Consumers declared before it read it from the cluster too. */
+    for (int i = 0; i < st->nconsumers;) {
+        if (strcmp(st->consumers[i].stream, name)) {
+            i++;
+            continue;
+        }
+        add_cluster_consumer(L, &st->consumers[i]);
+        memmove(&st->consumers[i], &st->consumers[i + 1], (size_t)(st->nconsumers - i - 1) * sizeof st->consumers[0]);
+        st->nconsumers--;
+    }
     return 0;
 }
 
@@ -400,6 +425,9 @@ static int declare_consumer(lua_State *L, const char *name)
     for (int i = 0; i < st->nconsumers; i++)
         if (!strcmp(st->consumers[i].name, name))
             return luaL_error(L, "%s is declared twice", what);
+    for (int i = 0; i < st->ncluster_consumers; i++)
+        if (!strcmp(st->cluster_consumers[i].name, name))
+            return luaL_error(L, "%s is declared twice", what);
     if (st->nconsumers == STATE_CONSUMERS_MAX)
         return luaL_error(L, "at most %d consumers", STATE_CONSUMERS_MAX);
     consumer_cfg_t c;
@@ -410,9 +438,10 @@ static int declare_consumer(lua_State *L, const char *name)
     consumer_limits(L, t, what, &c);
     consumer_start(L, t, what, &c);
     for (int i = 0; i < st->ncluster_streams; i++)
-        if (!strcmp(st->cluster_streams[i].name, c.stream))
-            return luaL_error(L, "%s: stream '%s' is kept in JetStream (backend = \"jetstream\"): consumers on it "
-                              "are not supported yet", what, c.stream);
+        if (!strcmp(st->cluster_streams[i].name, c.stream)) {
+            add_cluster_consumer(L, &c);
+            return 0;
+        }
     st->consumers[st->nconsumers++] = c;
     return 0;
 }

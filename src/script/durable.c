@@ -348,6 +348,21 @@ static void hook_handle(void *ctx, const char *stream, const char *consumer, con
     h->processing--;
 }
 
+int script_consumer_handled(const script_host_t *h, const char *consumer)
+{
+    const state_t *st = h && h->cur ? h->cur : NULL;
+    for (size_t i = 0; st && i < st->nrules; i++)
+        if (st->rules[i]->kind == RULE_DURABLE && !strcmp(st->rules[i]->consumer, consumer))
+            return 1;
+    return 0;
+}
+
+void script_handle_events(script_host_t *h, const char *stream, const char *consumer, const proto_msg_t *msgs,
+                          const uint64_t *seqs, const uint32_t *deliveries, int n, stream_verdict_t *v)
+{
+    hook_handle(h, stream, consumer, msgs, seqs, deliveries, n, v);
+}
+
 /* Upgrades a stored event on its way to a deliver subject. */
 static int upgrade_entry(lua_State *L)
 {
@@ -466,6 +481,8 @@ int durable_bind(script_host_t *h, state_t *st, int check_only, char *err, size_
         int found = 0;
         for (int k = 0; k < st->nconsumers; k++)
             found |= !strcmp(st->consumers[k].name, r->consumer);
+        for (int k = 0; k < st->ncluster_consumers; k++)
+            found |= !strcmp(st->cluster_consumers[k].name, r->consumer);
         if (!found) {
             snprintf(err, errsz, "%s: on(...) names consumer '%s', which is not declared", r->where, r->consumer);
             return -1;

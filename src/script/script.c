@@ -73,6 +73,7 @@ static void state_free(state_t *st)
     tls_context_unref(st->tls);
     free(st->cluster);
     free(st->cluster_streams);
+    free(st->cluster_consumers);
     free(st);
 }
 
@@ -606,6 +607,12 @@ int script_cluster_streams(const script_host_t *h, const cluster_stream_t **out)
 {
     *out = h && h->cur ? h->cur->cluster_streams : NULL;
     return h && h->cur ? h->cur->ncluster_streams : 0;
+}
+
+int script_cluster_consumers(const script_host_t *h, const consumer_cfg_t **out)
+{
+    *out = h && h->cur ? h->cur->cluster_consumers : NULL;
+    return h && h->cur ? h->cur->ncluster_consumers : 0;
 }
 
 int script_http_setting(const script_host_t *h, char *addr, size_t n)

@@ -30,6 +30,7 @@
 #include "cluster_settings.h"
 #include "proto.h"
 #include "server.h"
+#include "stream.h"
 
 typedef struct script_limits {
     uint64_t instructions; /* VM instructions per call */
@@ -174,6 +175,24 @@ const cluster_settings_t *script_cluster_settings(const script_host_t *h);
  * "name" { backend = "jetstream" }): their number, the array in *out
  * (NULL when none).  Valid until the next reload swaps the rules. */
 int script_cluster_streams(const script_host_t *h, const cluster_stream_t **out);
+
+/* The consumers declared on those streams (their Lua handlers run on
+ * events the cluster's JetStream hands out): their number, the array in
+ * *out (NULL when none).  Valid until the next reload swaps the rules. */
+int script_cluster_consumers(const script_host_t *h, const consumer_cfg_t **out);
+
+/* 1 when the loaded rules bind a Lua handler to consumer, else 0. */
+int script_consumer_handled(const script_host_t *h, const char *consumer);
+
+/*
+ * Runs the Lua handlers bound to consumer (on(..., { consumer = ... }))
+ * on n events of stream, with their stream sequences and delivery counts,
+ * and writes what each said into v[0..n-1] (VERDICT_ACK when no handler
+ * matched).  What the handlers publish is routed before it returns.  Loop
+ * thread only, not from inside a rule call.
+ */
+void script_handle_events(script_host_t *h, const char *stream, const char *consumer, const proto_msg_t *msgs,
+                          const uint64_t *seqs, const uint32_t *deliveries, int n, stream_verdict_t *v);
 
 /* What listen { http = ... } said: 1 with the address in addr, -1 for
  * false (off), 0 when not said. */

@@ -190,6 +190,8 @@ typedef struct state {
     struct cluster_settings *cluster; /* cluster { ... } (settings_cluster.c), owned; NULL when not said */
     cluster_stream_t *cluster_streams; /* stream { backend = "jetstream" } (decl.c), owned; NULL when none */
     int ncluster_streams;
+    consumer_cfg_t *cluster_consumers; /* consumers on those streams (decl.c), owned; NULL when none */
+    int ncluster_consumers;
 } state_t;
 
 /*

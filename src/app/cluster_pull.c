@@ -1,0 +1,527 @@
+/* cluster_pull.c - handlers on jetstream-backed streams; see cluster_pull.h. */
+#include <inttypes.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "cluster.h"
+#include "cluster_pull.h"
+#include "log.h"
+
+enum pc_state { PC_WAITING, PC_CREATING, PC_PULLING, PC_FAILED };
+
+static const char *const pc_state_names[] = {"waiting", "creating", "pulling", "failed"};
+
+/* Events one pull asks for; seconds a pull waits on the server for them. */
+#define PULL_BATCH 32
+#define PULL_EXPIRES 2.0
+/* Seconds before a create without an answer, or a failed one, is tried again. */
+#define PULL_RETRY 2.0
+/* Seconds a dead letter waits for its PubAck; after a refused one, the
+ * delay of the -NAK that tries it again. */
+#define DEAD_LETTER_WAIT 10.0
+#define DEAD_LETTER_RETRY 5.0
+
+typedef struct pull_consumer {
+    consumer_cfg_t cfg;
+    enum pc_state state;
+    unsigned token;    /* of the create in flight */
+    double asked;      /* when the create or the last pull went */
+    int outstanding;   /* events the last pull may still bring */
+    uint64_t handled, acked, naked, redelivered, dead_lettered, given_up, dead_letter_failures, pending;
+    char error[300];
+} pull_consumer_t;
+
+/* A dead letter waiting for JetStream's PubAck before its event is +TERM'd. */
+typedef struct dead_letter {
+    struct dead_letter *next;
+    unsigned token;
+    double sent;
+    char consumer[STREAM_NAME_MAX];
+    char *ack_subject; /* the event's $JS.ACK reply, owned */
+} dead_letter_t;
+
+struct cluster_pull {
+    natsConnection *nc;
+    script_host_t *scripts;
+    cluster_js_t *js;
+    char inbox[128];
+    pull_consumer_t *consumers;
+    int n;
+    unsigned next_token;
+    dead_letter_t *dead_letters;
+};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+cluster_pull_t *cluster_pull_new(natsConnection *nc, script_host_t *scripts, cluster_js_t *js, const char *inbox)
+{
+    cluster_pull_t *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    p->nc = nc;
+    p->scripts = scripts;
+    p->js = js;
+    snprintf(p->inbox, sizeof p->inbox, "%s", inbox);
+    cluster_pull_rules_changed(p);
+    return p;
+}
+
+void cluster_pull_free(cluster_pull_t *p)
+{
+    if (!p)
+        return;
+    for (dead_letter_t *d = p->dead_letters, *next; d; d = next) {
+        next = d->next;
+        free(d->ack_subject);
+        free(d);
+    }
+    free(p->consumers);
+    free(p);
+}
+
+/* What JetStream is told: a change of any of these makes the consumer again. */
+static int same_consumer(const consumer_cfg_t *a, const consumer_cfg_t *b)
+{
+    return !strcmp(a->name, b->name) && !strcmp(a->stream, b->stream) && !strcmp(a->filter, b->filter) &&
+           a->ack_wait == b->ack_wait && a->max_ack_pending == b->max_ack_pending &&
+           a->deliver_policy == b->deliver_policy && a->start_seq == b->start_seq;
+}
+
+void cluster_pull_rules_changed(cluster_pull_t *p)
+{
+    const consumer_cfg_t *decl = NULL;
+    int n = script_cluster_consumers(p->scripts, &decl);
+    pull_consumer_t *fresh = n ? calloc((size_t)n, sizeof *fresh) : NULL;
+    if (n && !fresh) {
+        log_error("cluster: out of memory taking the reloaded jetstream consumers; keeping the old ones");
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        fresh[i].cfg = decl[i];
+        for (int k = 0; k < p->n; k++) {
+            if (!same_consumer(&p->consumers[k].cfg, &decl[i]))
+                continue;
+            fresh[i] = p->consumers[k]; /* its state and counters */
+            fresh[i].cfg = decl[i];     /* max_deliver, backoff, dead_letter apply here */
+        }
+    }
+    free(p->consumers);
+    p->consumers = fresh;
+    p->n = n;
+    cluster_pull_sync(p, 0);
+}
+
+static pull_consumer_t *find(cluster_pull_t *p, const char *name, size_t len)
+{
+    for (int i = 0; i < p->n; i++)
+        if (strlen(p->consumers[i].cfg.name) == len && !memcmp(p->consumers[i].cfg.name, name, len))
+            return &p->consumers[i];
+    return NULL;
+}
+
+static void consumer_fail(pull_consumer_t *pc, const char *why)
+{
+    if (pc->state != PC_FAILED || strcmp(pc->error, why))
+        log_error("cluster: consumer '%s' (%s): %s", pc->cfg.name, pc->cfg.where, why);
+    pc->state = PC_FAILED;
+    snprintf(pc->error, sizeof pc->error, "%s", why);
+}
+
+/* The body of $JS.API.CONSUMER.DURABLE.CREATE, malloc'd (cJSON_free). */
+static char *create_body(const consumer_cfg_t *c)
+{
+    static const char *const policies[] = {"all", "new", "by_start_sequence", "by_start_time", "last"};
+    cJSON *o = cJSON_CreateObject(), *cfg = o ? cJSON_AddObjectToObject(o, "config") : NULL;
+    char *text = NULL;
+    if (!cfg)
+        goto fail;
+    cJSON_AddStringToObject(o, "stream_name", c->stream);
+    cJSON_AddStringToObject(cfg, "durable_name", c->name);
+    cJSON_AddStringToObject(cfg, "deliver_policy", policies[c->deliver_policy]);
+    if (c->deliver_policy == DELIVER_BY_START_SEQ)
+        cJSON_AddNumberToObject(cfg, "opt_start_seq", (double)c->start_seq);
+    cJSON_AddStringToObject(cfg, "ack_policy", "explicit");
+    cJSON_AddNumberToObject(cfg, "ack_wait", c->ack_wait * 1e9);
+    /* tide counts deliveries itself, so that an event is dead-lettered
+     * (and its PubAck seen) before JetStream stops offering it. */
+    cJSON_AddNumberToObject(cfg, "max_deliver", -1);
+    if (c->filter[0])
+        cJSON_AddStringToObject(cfg, "filter_subject", c->filter);
+    if (c->max_ack_pending > 0)
+        cJSON_AddNumberToObject(cfg, "max_ack_pending", (double)c->max_ack_pending);
+    cJSON_AddStringToObject(cfg, "replay_policy", "instant");
+    text = cJSON_PrintUnformatted(o);
+fail:
+    cJSON_Delete(o);
+    return text;
+}
+
+static void consumer_create(cluster_pull_t *p, pull_consumer_t *pc)
+{
+    char subject[300], reply[200], *body = create_body(&pc->cfg);
+    if (!body) {
+        consumer_fail(pc, "out of memory");
+        return;
+    }
+    snprintf(subject, sizeof subject, "$JS.API.CONSUMER.DURABLE.CREATE.%s.%s", pc->cfg.stream, pc->cfg.name);
+    pc->token = ++p->next_token;
+    snprintf(reply, sizeof reply, "%s.a.%u", p->inbox, pc->token);
+    pc->asked = now_s();
+    pc->state = PC_CREATING;
+    natsStatus s = natsConnection_PublishRequest(p->nc, subject, reply, body, (int)strlen(body));
+    cJSON_free(body);
+    if (s != NATS_OK) {
+        char why[200];
+        snprintf(why, sizeof why, "cannot ask the JetStream API: %s", natsStatus_GetText(s));
+        consumer_fail(pc, why);
+    }
+}
+
+/* Asks for the next events: up to PULL_BATCH (fewer under a small
+ * max_ack_pending), the server holding the request PULL_EXPIRES seconds. */
+static void consumer_pull(cluster_pull_t *p, pull_consumer_t *pc)
+{
+    char subject[300], reply[200], body[100];
+    int batch = PULL_BATCH;
+    if (pc->cfg.max_ack_pending > 0 && pc->cfg.max_ack_pending < batch)
+        batch = (int)pc->cfg.max_ack_pending;
+    snprintf(subject, sizeof subject, "$JS.API.CONSUMER.MSG.NEXT.%s.%s", pc->cfg.stream, pc->cfg.name);
+    snprintf(reply, sizeof reply, "%s.p.%s", p->inbox, pc->cfg.name);
+    snprintf(body, sizeof body, "{\"batch\":%d,\"expires\":%.0f}", batch, PULL_EXPIRES * 1e9);
+    pc->asked = now_s();
+    pc->outstanding = batch;
+    if (natsConnection_PublishRequestString(p->nc, subject, reply, body) != NATS_OK)
+        pc->outstanding = 0; /* asked again at the next sync */
+}
+
+void cluster_pull_sync(cluster_pull_t *p, int force)
+{
+    double now = now_s();
+    if (natsConnection_Status(p->nc) != NATS_CONN_STATUS_CONNECTED)
+        return;
+    for (int i = 0; i < p->n; i++) {
+        pull_consumer_t *pc = &p->consumers[i];
+        if (!script_consumer_handled(p->scripts, pc->cfg.name) || !cluster_js_bound(p->js, pc->cfg.stream))
+            continue;
+        if (pc->state == PC_WAITING || (pc->state != PC_PULLING && now - pc->asked >= PULL_RETRY))
+            consumer_create(p, pc);
+        else if (pc->state == PC_PULLING && (force || pc->outstanding <= 0 || now - pc->asked > PULL_EXPIRES + 1))
+            consumer_pull(p, pc);
+    }
+    /* Dead letters without a PubAck: their events come back after ack_wait. */
+    for (dead_letter_t **dp = &p->dead_letters, *d; (d = *dp);) {
+        if (now - d->sent < DEAD_LETTER_WAIT) {
+            dp = &d->next;
+            continue;
+        }
+        *dp = d->next;
+        free(d->ack_subject);
+        free(d);
+    }
+}
+
+void cluster_pull_pause(cluster_pull_t *p)
+{
+    for (int i = 0; i < p->n; i++)
+        p->consumers[i].outstanding = 0;
+}
+
+/* The verdict on an event, to its $JS.ACK subject. */
+static void reply_ack(cluster_pull_t *p, const char *ack_subject, const char *body)
+{
+    natsConnection_PublishString(p->nc, ack_subject, body);
+}
+
+/* Copies m's headers but those that must not follow an event to its dead
+ * letter (Nats-Msg-Id, Nats-Expected-*) into dl. */
+static void copy_headers(natsMsg *m, natsMsg *dl)
+{
+    const char **keys = NULL, **vals = NULL;
+    int nkeys = 0, nvals = 0;
+    if (natsMsgHeader_Keys(m, &keys, &nkeys) != NATS_OK)
+        return;
+    for (int i = 0; i < nkeys; i++) {
+        if (!strcasecmp(keys[i], "Nats-Msg-Id") || !strncasecmp(keys[i], "Nats-Expected-", 14) ||
+            natsMsgHeader_Values(m, keys[i], &vals, &nvals) != NATS_OK)
+            continue;
+        for (int k = 0; k < nvals; k++)
+            natsMsgHeader_Add(dl, keys[i], vals[k]);
+        free((void *)vals);
+    }
+    free((void *)keys);
+}
+
+/* Gives the event up: to the consumer's dead_letter (its +TERM waits for
+ * JetStream's PubAck there), or, without one, logged and +TERM'd. */
+static void give_up(cluster_pull_t *p, pull_consumer_t *pc, natsMsg *m, uint64_t seq, uint32_t deliveries,
+                    const char *reason, const char *error)
+{
+    char reply[200], id[300], num[32];
+    natsMsg *dl = NULL;
+    dead_letter_t *d = NULL;
+    const char *ack = natsMsg_GetReply(m);
+    if (!pc->cfg.dead_letter[0]) {
+        pc->given_up++;
+        log_warn("cluster: consumer '%s' gives up on %s (stream %s, seq %" PRIu64 ", %u deliveries): %s",
+                 pc->cfg.name, natsMsg_GetSubject(m), pc->cfg.stream, seq, deliveries, error);
+        reply_ack(p, ack, "+TERM");
+        return;
+    }
+    if (!(d = calloc(1, sizeof *d)) || !(d->ack_subject = strdup(ack)))
+        goto fail;
+    d->token = ++p->next_token;
+    snprintf(reply, sizeof reply, "%s.a.%u", p->inbox, d->token);
+    if (natsMsg_Create(&dl, pc->cfg.dead_letter, reply, natsMsg_GetData(m), natsMsg_GetDataLength(m)) != NATS_OK)
+        goto fail;
+    copy_headers(m, dl);
+    snprintf(id, sizeof id, "%s.%s.%" PRIu64, pc->cfg.stream, pc->cfg.name, seq);
+    natsMsgHeader_Set(dl, "Tide-Original-Subject", natsMsg_GetSubject(m));
+    natsMsgHeader_Set(dl, "Tide-Reason", reason);
+    natsMsgHeader_Set(dl, "Tide-Error", error);
+    natsMsgHeader_Set(dl, "Tide-Stream", pc->cfg.stream);
+    natsMsgHeader_Set(dl, "Tide-Consumer", pc->cfg.name);
+    snprintf(num, sizeof num, "%" PRIu64, seq);
+    natsMsgHeader_Set(dl, "Tide-Sequence", num);
+    snprintf(num, sizeof num, "%u", deliveries);
+    natsMsgHeader_Set(dl, "Tide-Deliveries", num);
+    natsMsgHeader_Set(dl, "Tide-Dead-Letter-Id", id);
+    natsMsgHeader_Set(dl, "Nats-Msg-Id", id); /* JetStream keeps one per event given up */
+    if (natsConnection_PublishMsg(p->nc, dl) != NATS_OK)
+        goto fail;
+    snprintf(d->consumer, sizeof d->consumer, "%s", pc->cfg.name);
+    d->sent = now_s();
+    d->next = p->dead_letters;
+    p->dead_letters = d;
+    natsMsg_Destroy(dl);
+    return;
+fail:
+    /* Not sent: the event comes back after ack_wait and is given up again. */
+    pc->dead_letter_failures++;
+    natsMsg_Destroy(dl);
+    if (d)
+        free(d->ack_subject);
+    free(d);
+}
+
+/* A dead letter's PubAck (or its refusal): +TERM the event, or try again later. */
+static void dead_letter_answer(cluster_pull_t *p, dead_letter_t *d, natsMsg *m)
+{
+    pull_consumer_t *pc = find(p, d->consumer, strlen(d->consumer));
+    const char *status = NULL;
+    cJSON *a = cJSON_ParseWithLength(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m));
+    int stored = a && !cJSON_GetObjectItem(a, "error") && cJSON_GetObjectItem(a, "seq");
+    if (natsMsgHeader_Get(m, "Status", &status) == NATS_OK && status)
+        stored = 0;
+    if (stored) {
+        reply_ack(p, d->ack_subject, "+TERM");
+        if (pc)
+            pc->dead_lettered++;
+    } else {
+        char nak[64];
+        snprintf(nak, sizeof nak, "-NAK {\"delay\":%.0f}", DEAD_LETTER_RETRY * 1e9);
+        reply_ack(p, d->ack_subject, nak);
+        if (pc) {
+            pc->dead_letter_failures++;
+            log_warn("cluster: consumer '%s': JetStream did not store the dead letter on %s (%s); the event stays "
+                     "and is given up again in %.0fs", pc->cfg.name, pc->cfg.dead_letter,
+                     status ? "no stream captures that subject" : "refused", DEAD_LETTER_RETRY);
+        }
+    }
+    cJSON_Delete(a);
+}
+
+/* What JetStream answered to a create (or to a dead letter). */
+static void api_answer(cluster_pull_t *p, unsigned token, natsMsg *m)
+{
+    for (dead_letter_t **dp = &p->dead_letters, *d; (d = *dp); dp = &d->next) {
+        if (d->token != token)
+            continue;
+        *dp = d->next;
+        dead_letter_answer(p, d, m);
+        free(d->ack_subject);
+        free(d);
+        return;
+    }
+    for (int i = 0; i < p->n; i++) {
+        pull_consumer_t *pc = &p->consumers[i];
+        if (pc->token != token || pc->state != PC_CREATING)
+            continue;
+        cJSON *a = cJSON_ParseWithLength(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m));
+        const cJSON *err = cJSON_GetObjectItem(a, "error");
+        const char *status = NULL;
+        char why[300];
+        if (natsMsgHeader_Get(m, "Status", &status) == NATS_OK && status) {
+            consumer_fail(pc, "the cluster has no JetStream (no responders on $JS.API)");
+        } else if (!a || err) {
+            const char *desc = cJSON_GetStringValue(cJSON_GetObjectItem(err, "description"));
+            snprintf(why, sizeof why, "the JetStream API answered: %s", desc ? desc : "not JSON");
+            consumer_fail(pc, why);
+        } else {
+            log_info("cluster: consumer '%s' on stream '%s' ready in the cluster's JetStream; pulling", pc->cfg.name,
+                     pc->cfg.stream);
+            pc->state = PC_PULLING;
+            pc->error[0] = '\0';
+            consumer_pull(p, pc);
+        }
+        cJSON_Delete(a);
+        return;
+    }
+}
+
+/* The tokens of a $JS.ACK subject: stream, consumer, deliveries, stream
+ * sequence, pending (both the 2.9 form and the one with domain and hash). */
+typedef struct ack_info {
+    const char *consumer;
+    size_t consumer_len;
+    uint32_t deliveries;
+    uint64_t seq, pending;
+} ack_info_t;
+
+static int parse_ack(const char *s, ack_info_t *a)
+{
+    const char *t[12];
+    size_t len[12];
+    int n = 0;
+    if (strncmp(s, "$JS.ACK.", 8))
+        return -1;
+    for (const char *q = s + 8; n < 12;) {
+        const char *dot = strchr(q, '.');
+        t[n] = q;
+        len[n++] = dot ? (size_t)(dot - q) : strlen(q);
+        if (!dot)
+            break;
+        q = dot + 1;
+    }
+    int b = n == 7 ? 0 : n >= 9 ? 2 : -1; /* where the stream's token is */
+    if (b < 0)
+        return -1;
+    a->consumer = t[b + 1];
+    a->consumer_len = len[b + 1];
+    a->deliveries = (uint32_t)strtoul(t[b + 2], NULL, 10);
+    a->seq = strtoull(t[b + 3], NULL, 10);
+    a->pending = strtoull(t[b + 6], NULL, 10);
+    return 0;
+}
+
+/* The delay of a -NAK: the handler's, else the consumer's backoff for this delivery. */
+static double nak_delay(const pull_consumer_t *pc, const stream_verdict_t *v, uint32_t deliveries)
+{
+    if (v->delay >= 0)
+        return v->delay;
+    if (!pc->cfg.nbackoff)
+        return 0;
+    int k = deliveries >= 1 ? (int)deliveries - 1 : 0;
+    return pc->cfg.backoff[k < pc->cfg.nbackoff ? k : pc->cfg.nbackoff - 1];
+}
+
+/* An event from the consumer: its handlers, then its verdict. */
+static void handle_event(cluster_pull_t *p, pull_consumer_t *pc, natsMsg *m, const ack_info_t *a)
+{
+    proto_msg_t pm;
+    char *hdr = NULL, body[80];
+    size_t hlen = 0;
+    stream_verdict_t v = {VERDICT_ACK, -1, ""};
+    uint32_t deliveries = a->deliveries;
+    int64_t max = pc->cfg.max_deliver;
+    pc->outstanding--;
+    pc->pending = a->pending;
+    pc->redelivered += deliveries > 1;
+    if (max > 0 && deliveries > (uint64_t)max) { /* given up before, its dead letter unconfirmed */
+        give_up(p, pc, m, a->seq, deliveries, "max_deliver", "max_deliver reached");
+        return;
+    }
+    if (cluster_header_block(m, &hdr, &hlen) < 0)
+        return; /* out of memory: JetStream offers it again after ack_wait */
+    memset(&pm, 0, sizeof pm);
+    pm.subject = natsMsg_GetSubject(m);
+    pm.subject_len = strlen(pm.subject);
+    pm.payload = natsMsg_GetData(m) ? natsMsg_GetData(m) : "";
+    pm.payload_len = (size_t)natsMsg_GetDataLength(m);
+    pm.hdr = hdr;
+    pm.hdr_len = hlen;
+    script_handle_events(p->scripts, pc->cfg.stream, pc->cfg.name, &pm, &a->seq, &deliveries, 1, &v);
+    free(hdr);
+    pc->handled++;
+    if (v.kind == VERDICT_ACK) {
+        reply_ack(p, natsMsg_GetReply(m), "+ACK");
+        pc->acked++;
+    } else if (v.kind == VERDICT_PROGRESS) {
+        reply_ack(p, natsMsg_GetReply(m), "+WPI");
+    } else if (v.kind == VERDICT_TERM) {
+        give_up(p, pc, m, a->seq, deliveries, "term", v.error);
+    } else if (max > 0 && deliveries >= (uint64_t)max) {
+        give_up(p, pc, m, a->seq, deliveries, "max_deliver", v.error[0] ? v.error : "max_deliver reached");
+    } else {
+        snprintf(body, sizeof body, "-NAK {\"delay\":%.0f}", nak_delay(pc, &v, deliveries) * 1e9);
+        reply_ack(p, natsMsg_GetReply(m), body);
+        pc->naked++;
+    }
+}
+
+void cluster_pull_message(cluster_pull_t *p, natsMsg *m)
+{
+    const char *subject = natsMsg_GetSubject(m), *reply = natsMsg_GetReply(m);
+    size_t il = strlen(p->inbox);
+    ack_info_t a;
+    if (reply && parse_ack(reply, &a) == 0) {
+        pull_consumer_t *pc = find(p, a.consumer, a.consumer_len);
+        /* A consumer reloaded away leaves it unacked: another node, or a
+         * later rule, gets it after ack_wait. */
+        if (pc && pc->state == PC_PULLING && script_consumer_handled(p->scripts, pc->cfg.name))
+            handle_event(p, pc, m, &a);
+        if (pc && pc->state == PC_PULLING && pc->outstanding <= 0)
+            consumer_pull(p, pc);
+        return;
+    }
+    if (strncmp(subject, p->inbox, il) || strlen(subject) < il + 3 || subject[il] != '.')
+        return;
+    if (!strncmp(subject + il, ".a.", 3)) {
+        api_answer(p, (unsigned)strtoul(subject + il + 3, NULL, 10), m);
+        return;
+    }
+    if (!strncmp(subject + il, ".p.", 3)) {
+        /* A status (408 the pull expired, 404 nothing yet, 409 the server
+         * ended it): pull again now. */
+        pull_consumer_t *pc = find(p, subject + il + 3, strlen(subject + il + 3));
+        if (pc && pc->state == PC_PULLING) {
+            pc->outstanding = 0;
+            consumer_pull(p, pc);
+        }
+    }
+}
+
+void cluster_pull_status(cluster_pull_t *p, cJSON *o)
+{
+    cJSON *arr = cJSON_AddArrayToObject(o, "consumers");
+    uint64_t lag = 0;
+    for (int i = 0; arr && i < p->n; i++) {
+        pull_consumer_t *pc = &p->consumers[i];
+        cJSON *c = cJSON_CreateObject();
+        if (!c)
+            break;
+        cJSON_AddStringToObject(c, "name", pc->cfg.name);
+        cJSON_AddStringToObject(c, "stream", pc->cfg.stream);
+        cJSON_AddStringToObject(c, "state", pc_state_names[pc->state]);
+        cJSON_AddStringToObject(c, "error", pc->error);
+        cJSON_AddNumberToObject(c, "handled", (double)pc->handled);
+        cJSON_AddNumberToObject(c, "acked", (double)pc->acked);
+        cJSON_AddNumberToObject(c, "naked", (double)pc->naked);
+        cJSON_AddNumberToObject(c, "redelivered", (double)pc->redelivered);
+        cJSON_AddNumberToObject(c, "dead_lettered", (double)pc->dead_lettered);
+        cJSON_AddNumberToObject(c, "given_up", (double)pc->given_up);
+        cJSON_AddNumberToObject(c, "dead_letter_failures", (double)pc->dead_letter_failures);
+        cJSON_AddNumberToObject(c, "pending", (double)pc->pending);
+        cJSON_AddItemToArray(arr, c);
+        lag += pc->pending;
+    }
+    cJSON_AddNumberToObject(o, "handler_lag", (double)lag);
+}
