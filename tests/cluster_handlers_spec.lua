@@ -20,6 +20,15 @@ local function stop(srv)
   if srv and srv:alive() then srv:stop(srv.stop_signal) end
 end
 
+-- Sends a signal by name (STOP, CONT) to a process a test started.
+local function signal(srv, name)
+  assert(h.proc.kill(srv.pid, name))
+end
+
+local function proc_cont(srv)
+  h.proc.kill(srv.pid, "CONT")
+end
+
 local function get(port, path)
   local body, code = http.request(("http://127.0.0.1:%d%s"):format(port, path))
   return code, body
@@ -177,7 +186,7 @@ describe("cluster mode, handlers on a consumer of a jetstream-backed stream", fu
   it("splits the handlers' work between the nodes and handles every acked event", function()
     local N = 600
     local events = {}
-    for i = 1, N do events[i] = { n = i, spin = 1000000 } end
+    for i = 1, N do events[i] = { n = i, spin = 2000000 } end
     local pub = client(a.port)
     local acks, nacked = publish_acked(pub, events)
     assert.equal(N, nacked)
@@ -255,5 +264,162 @@ describe("cluster mode, handlers on a consumer of a jetstream-backed stream", fu
     assert.equal(1, #st, "the killed node still answers")
     assert.truthy(st[1].consumers[1].redelivered > 0, out)
     pub:close()
+  end)
+end)
+
+-- Publishes rounds of `per` events (n from first on) on pub, one round
+-- every `every` seconds for `secs` seconds, calling during(elapsed) between
+-- rounds; then waits up to `drain` seconds for late PubAcks.  Returns the
+-- set of the n JetStream acked and how many were sent.
+local function publish_during(pub, first, per, every, secs, during, drain, spin)
+  pub:sub("_INBOX.fault.*", "98")
+  assert(pub:ping())
+  local acks, sent, t0 = {}, 0, socket.gettime()
+  local function read(until_t)
+    while socket.gettime() < until_t do
+      local f = pub:frame(math.max(0.01, until_t - socket.gettime()))
+      if f and (f.op == "MSG" or f.op == "HMSG") and f.subject:match("^_INBOX%.fault%.") then
+        local a = json.decode(f.payload)
+        if a and a.seq and not a.error then acks[tonumber(f.subject:match("(%d+)$"))] = true end
+      end
+    end
+  end
+  while socket.gettime() - t0 < secs do
+    local parts = {}
+    for _ = 1, per do
+      local n = first + sent
+      sent = sent + 1
+      local body = json.encode { specversion = "1.0", id = "f" .. n, source = "spec", type = "orders.paid",
+                                 data = { n = n, spin = spin or 100000 } }
+      parts[#parts + 1] = ("PUB orders.paid _INBOX.fault.%d %d\r\n%s\r\n"):format(n, #body, body)
+    end
+    assert(pub:send(table.concat(parts)))
+    read(socket.gettime() + every)
+    if during then during(socket.gettime() - t0) end
+  end
+  read(socket.gettime() + drain)
+  return acks, sent
+end
+
+local function status_of(port)
+  local rc, out = h.sh(("'%s' cluster status -s 127.0.0.1:%d --json"):format(h.bin, port))
+  assert.equal(0, rc, out)
+  local by = {}
+  for _, node in ipairs(assert(json.decode(out), out)) do by[node.name] = node end
+  return by, out
+end
+
+-- A subscriber to handled.> on port, once a probe from probe_port reaches it.
+local function watcher(port, probe_port)
+  local w = client(port)
+  w:sub("handled.>", "1")
+  local probe = client(probe_port)
+  assert(h.wait_until(function()
+    probe:pub("handled.probe", "{}")
+    local f = w:frame(0.2)
+    return f and f.op == "MSG"
+  end, 15, 0), "the watcher's interest never reached the cluster")
+  probe:close()
+  while w:frame(0.3) do end
+  return w
+end
+
+describe("cluster mode, handlers while servers of the cluster fail", function()
+  local ns, fa, fb, dir
+
+  setup(function()
+    dir = h.make_tmpdir("cluster-faults")
+    ns = start_cluster(dir)
+    fa = start_node("fa", { ns[1].port, ns[2].port })
+    fb = start_node("fb", { ns[3].port })
+    assert(h.wait_until(function()
+      return fa:log():find("consumer 'billing' on stream 'orders' ready", 1, true)
+        and fb:log():find("consumer 'billing' on stream 'orders' ready", 1, true)
+    end, 30), "the consumer was not made:\n" .. fa:log() .. fb:log())
+  end)
+
+  teardown(function()
+    for _, s in ipairs(ns or {}) do if s:alive() then proc_cont(s) end end
+    for i = #started, 1, -1 do stop(started[i]) end
+    for _, s in ipairs(started) do if s.dir then h.remove_tmpdir(s.dir) end end
+    h.remove_tmpdir(dir)
+  end)
+
+  it("a node's server paused (SIGSTOP) 10 s: its handlers pause and resume, no acked event is lost", function()
+    local w = watcher(ns[2].port, ns[1].port)
+    local pub = client(ns[2].port)
+    local stopped, resumed = false, false
+    local acks = publish_during(pub, 1, 20, 0.25, 14, function(t)
+      if t >= 1 and not stopped then
+        stopped = true
+        signal(ns[3], "STOP")
+      elseif t >= 11 and not resumed then
+        resumed = true
+        signal(ns[3], "CONT")
+      end
+    end, 5)
+    assert.truthy(stopped and resumed)
+    local got = collect_handled(w, { by = {}, nodes = {} }, covers(acks), 40)
+    local missing = {}
+    for n in pairs(acks) do if not got.by[n] then missing[#missing + 1] = n end end
+    assert.same({}, missing)
+    local log = fb:log()
+    assert.truthy(log:find("disconnected from the upstream", 1, true), log)
+    assert.truthy(log:find("handlers on jetstream consumers paused", 1, true), log)
+    assert(h.wait_until(function() return fb:log():find("handlers on jetstream consumers resume", 1, true) end, 15),
+      fb:log())
+    local st, out = status_of(ns[1].port)
+    assert.truthy(st.fb and st.fb.disconnects >= 1 and st.fb.reconnects >= 1 and st.fb.handler_pauses >= 1, out)
+    assert.is_false(st.fb.handlers_paused)
+    -- fb takes work again
+    local before = 0
+    for _, c in ipairs(st.fb.consumers) do before = before + c.handled end
+    -- (batches of slow events until it has one: fa, pulling too, may take
+    -- a whole batch while a pull of fb's is lost to a leader election)
+    local pub2, k = client(fa.port), 0
+    assert(h.wait_until(function()
+      local more = {}
+      for i = 1, 50 do more[i] = { n = 5000 + k + i, spin = 1000000 } end
+      k = k + 50
+      publish_acked(pub2, more)
+      local s = status_of(ns[1].port)
+      return s.fb and s.fb.consumers[1].handled > before
+    end, 30, 0.5), "fb handled nothing after it resumed:\n" .. fb:log())
+    pub:close()
+    pub2:close()
+    w:close()
+  end)
+
+  it("a server killed (-9) while publishers and handlers run: every acked event is handled", function()
+    local st = status_of(ns[3].port)
+    local victim
+    for i = 1, 2 do
+      if st.fa.upstream == ("nats://127.0.0.1:%d"):format(ns[i].port) then victim = ns[i] end
+    end
+    assert.truthy(victim, "fa's upstream is none of its servers: " .. tostring(st.fa.upstream))
+    local w = watcher(ns[3].port, victim == ns[1] and ns[2].port or ns[1].port)
+    local pub = client(ns[3].port)
+    local killed = false
+    -- JetStream elects new leaders for what the dead server led (seconds):
+    -- publishes meanwhile get no PubAck; publishing goes on past that.
+    local acks, sent = publish_during(pub, 10001, 20, 0.25, 15, function(t)
+      if t >= 1 and not killed then
+        killed = true
+        victim:kill()
+      end
+    end, 5)
+    assert.truthy(killed)
+    local late = 0
+    for n in pairs(acks) do if n > 10001 + sent * 0.75 then late = late + 1 end end
+    assert.truthy(late > 0, "JetStream acked nothing in the last quarter:\n" .. fa:log())
+    local got = collect_handled(w, { by = {}, nodes = {} }, covers(acks), 40)
+    local missing = {}
+    for n in pairs(acks) do if not got.by[n] then missing[#missing + 1] = n end end
+    assert.same({}, missing)
+    assert(h.wait_until(function() return fa:log():find("reconnected to the upstream", 1, true) end, 10), fa:log())
+    local after = status_of(ns[3].port)
+    assert.truthy(after.fa.reconnects >= 1)
+    pub:close()
+    w:close()
   end)
 end)

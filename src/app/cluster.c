@@ -52,6 +52,11 @@ typedef struct mirror {
 #define CLUSTER_PENDING_MSGS (1024 * 1024)
 #define CLUSTER_PENDING_BYTES (256 * 1024 * 1024)
 #define CLUSTER_RECONNECT_WAIT_MS 1000
+/* A server that stops answering (paused, or its machine gone without a
+ * reset) is noticed after CLUSTER_PINGS_OUT unanswered pings, one every
+ * CLUSTER_PING_INTERVAL_MS: about 4 to 6 s, not libnats' 4 minutes. */
+#define CLUSTER_PING_INTERVAL_MS 2000
+#define CLUSTER_PINGS_OUT 2
 #define CLUSTER_DRAIN_BATCH 4096
 
 struct cluster {
@@ -561,6 +566,10 @@ static natsStatus set_options(cluster_t *c, const cluster_settings_t *cs, char *
         s = natsOptions_SetMaxReconnect(o, -1);
     if (s == NATS_OK)
         s = natsOptions_SetReconnectWait(o, CLUSTER_RECONNECT_WAIT_MS);
+    if (s == NATS_OK)
+        s = natsOptions_SetPingInterval(o, CLUSTER_PING_INTERVAL_MS);
+    if (s == NATS_OK)
+        s = natsOptions_SetMaxPingsOut(o, CLUSTER_PINGS_OUT);
     if (s == NATS_OK)
         s = natsOptions_SetRetryOnFailedConnect(o, true, on_connected, c);
     if (s == NATS_OK)

@@ -15,9 +15,13 @@ enum pc_state { PC_WAITING, PC_CREATING, PC_PULLING, PC_FAILED };
 
 static const char *const pc_state_names[] = {"waiting", "creating", "pulling", "failed"};
 
-/* Events one pull asks for; seconds a pull waits on the server for them. */
+/* Events one pull asks for; seconds a pull waits on the server for them.
+ * A pull that gets neither events nor its end (408) within PULL_EXPIRES +
+ * PULL_LOST seconds was lost (sent while the consumer had no leader yet,
+ * or before a reconnect) and is asked again at the next sync. */
 #define PULL_BATCH 32
-#define PULL_EXPIRES 2.0
+#define PULL_EXPIRES 1.0
+#define PULL_LOST 0.5
 /* Seconds before a create without an answer, or a failed one, is tried again. */
 #define PULL_RETRY 2.0
 /* Seconds a dead letter waits for its PubAck; after a refused one, the
@@ -53,6 +57,8 @@ struct cluster_pull {
     int n;
     unsigned next_token;
     dead_letter_t *dead_letters;
+    int paused;       /* the upstream went away and has not come back */
+    uint64_t pauses;  /* how often */
 };
 
 static double now_s(void)
@@ -208,13 +214,19 @@ void cluster_pull_sync(cluster_pull_t *p, int force)
     double now = now_s();
     if (natsConnection_Status(p->nc) != NATS_CONN_STATUS_CONNECTED)
         return;
+    if (p->paused && force) {
+        p->paused = 0;
+        if (p->n)
+            log_info("cluster: handlers on jetstream consumers resume (pulling again)");
+    }
     for (int i = 0; i < p->n; i++) {
         pull_consumer_t *pc = &p->consumers[i];
         if (!script_consumer_handled(p->scripts, pc->cfg.name) || !cluster_js_bound(p->js, pc->cfg.stream))
             continue;
         if (pc->state == PC_WAITING || (pc->state != PC_PULLING && now - pc->asked >= PULL_RETRY))
             consumer_create(p, pc);
-        else if (pc->state == PC_PULLING && (force || pc->outstanding <= 0 || now - pc->asked > PULL_EXPIRES + 1))
+        else if (pc->state == PC_PULLING &&
+                 (force || pc->outstanding <= 0 || now - pc->asked > PULL_EXPIRES + PULL_LOST))
             consumer_pull(p, pc);
     }
     /* Dead letters without a PubAck: their events come back after ack_wait. */
@@ -233,6 +245,13 @@ void cluster_pull_pause(cluster_pull_t *p)
 {
     for (int i = 0; i < p->n; i++)
         p->consumers[i].outstanding = 0;
+    if (p->paused)
+        return;
+    p->paused = 1;
+    p->pauses++;
+    if (p->n)
+        log_warn("cluster: handlers on jetstream consumers paused until the upstream is back (what this node "
+                 "holds unacked goes to other nodes after ack_wait)");
 }
 
 /* The verdict on an event, to its $JS.ACK subject. */
@@ -524,4 +543,6 @@ void cluster_pull_status(cluster_pull_t *p, cJSON *o)
         lag += pc->pending;
     }
     cJSON_AddNumberToObject(o, "handler_lag", (double)lag);
+    cJSON_AddBoolToObject(o, "handlers_paused", p->paused);
+    cJSON_AddNumberToObject(o, "handler_pauses", (double)p->pauses);
 }

@@ -47,8 +47,9 @@ void cluster_pull_message(cluster_pull_t *p, natsMsg *m);
 void cluster_pull_pause(cluster_pull_t *p);
 
 /* Adds "consumers": [{name, stream, state, error, handled, acked, naked,
- * redelivered, dead_lettered, given_up, dead_letter_failures, pending}]
- * and "handler_lag" (their pending events, summed) to o. */
+ * redelivered, dead_lettered, given_up, dead_letter_failures, pending}],
+ * "handler_lag" (their pending events, summed), "handlers_paused" and
+ * "handler_pauses" (how often the upstream went away) to o. */
 void cluster_pull_status(cluster_pull_t *p, cJSON *o);
 
 #endif
