@@ -7,7 +7,8 @@
 #   make asan       the suite under AddressSanitizer + UBSan only
 #   make bench      side-by-side benchmark against nats-server (core, scripts,
 #                   HTTP, TLS, auth, durable streams against JetStream,
-#                   subscription scale), and the web console's cost
+#                   subscription scale), the web console's cost, and handlers
+#                   in cluster mode with 1, 2 and 3 nodes
 #   make soak       long runs: reload under load, stream crash rounds, fuzzers
 #   make fuzz       run the protocol parser fuzzer (FUZZ_SECONDS, default 600)
 #   make deps       install missing Debian packages
@@ -122,7 +123,7 @@ asan: deps
 check: all
 	@scripts/run-tests.sh --plain-only
 
-bench: deps all $(BENCHBIN) $(JSBENCH) $(FSPROBE)
+bench: deps all $(BENCHBIN) $(JSBENCH) $(FSPROBE) $(PROCMOD)
 	@scripts/bench.sh
 	@scripts/bench-scripts.sh
 	@scripts/bench-http.sh
@@ -131,6 +132,7 @@ bench: deps all $(BENCHBIN) $(JSBENCH) $(FSPROBE)
 	@scripts/bench-js.sh
 	@scripts/bench-scale.sh
 	@scripts/bench-console.sh
+	@scripts/bench-cluster.sh
 
 # Longer than the suite: reload under load at 100,000 events, 200 kill -9
 # rounds of the stream crash test, the attack specs, every fuzz target
