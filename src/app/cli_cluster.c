@@ -127,16 +127,18 @@ static const char *text_of(const cJSON *o, const char *key)
 static void print_table(cJSON **nodes, int n)
 {
     qsort(nodes, (size_t)n, sizeof *nodes, by_name);
-    printf("%-16s %-22s %-28s %-6s %-8s %6s %9s  %s\n", "NAME", "ADDRESS", "UPSTREAM", "RULES", "STATE", "CONNS",
-           "EVENTS/S", "LAST ERROR");
+    printf("%-16s %-22s %-28s %-6s %-8s %6s %9s %7s  %s\n", "NAME", "ADDRESS", "UPSTREAM", "RULES", "STATE", "CONNS",
+           "EVENTS/S", "LAG", "LAST ERROR");
     for (int i = 0; i < n; i++) {
         const cJSON *o = nodes[i], *rules = cJSON_GetObjectItem(o, "rules");
         const char *state = text_of(rules, "state");
-        printf("%-16s %-22s %-28s %-6.0f %-8s %6.0f %9.1f  %s\n", text_of(o, "name"), text_of(o, "address"),
+        const cJSON *lag = cJSON_GetObjectItem(o, "handler_lag");
+        printf("%-16s %-22s %-28s %-6.0f %-8s %6.0f %9.1f %7.0f  %s\n", text_of(o, "name"), text_of(o, "address"),
                cJSON_IsTrue(cJSON_GetObjectItem(o, "connected")) ? text_of(o, "upstream") : "(not connected)",
                cJSON_GetNumberValue(cJSON_GetObjectItem(rules, "revision")), strcmp(state, "ok") ? "failed" : "ok",
                cJSON_GetNumberValue(cJSON_GetObjectItem(o, "connections")),
-               cJSON_GetNumberValue(cJSON_GetObjectItem(o, "events_per_s")), text_of(o, "last_error"));
+               cJSON_GetNumberValue(cJSON_GetObjectItem(o, "events_per_s")), cJSON_IsNumber(lag) ? lag->valuedouble : 0,
+               text_of(o, "last_error"));
         if (strcmp(state, "ok") && strcmp(state, "-"))
             printf("%-16s rules: %s\n", "", state);
     }
