@@ -34,6 +34,7 @@
 #include "json_int.h"
 #include "proto.h"
 #include "log.h"
+#include "pull.h"
 #include "stream_internal.h"
 #include "subject.h"
 #include "util.h"
@@ -51,6 +52,7 @@ typedef struct pend {
     int waiting;  /* 1: to be (re)delivered at due; 0: in flight until due */
     int64_t due;  /* monotonic ns */
     uint32_t gen; /* bumps when due changes: older heap entries are stale */
+    uint64_t dseq; /* the consumer sequence of its last delivery */
     char *key;    /* ordered_by key (owned), or NULL */
     char *error;  /* last error (NAK or TERM reason), or NULL */
 } pend_t;
@@ -106,9 +108,31 @@ struct consumer {
     char *cbuf; /* read buffer for counting (the shared one may hold the record being sent) */
     size_t ccap;
     int pumping;
+    /* Pull consumers: the requests held; push and pull: when someone to
+     * deliver to was last seen (monotonic), the last delivery (wall). */
+    pullq_t pulls;
+    int64_t seen, last_active, last_sent, last_ack;
+    uint64_t last_sseq;
+    /* deliver_policy last_per_subject: the sequences to deliver before
+     * next_seq, in stream order. */
+    uint64_t *lps;
+    size_t nlps, lps_at;
 };
 
 static void release_deferred(consumer_t *c);
+
+/* True when the consumer's filters take subject (all when it has none). */
+static int filtered(const consumer_t *c) { return c->cfg.nfilters > 0 || c->cfg.filter[0]; }
+
+static int matches(const consumer_t *c, const char *subject, size_t len)
+{
+    if (c->cfg.nfilters == 0)
+        return !c->cfg.filter[0] || subject_matches(c->cfg.filter, strlen(c->cfg.filter), subject, len);
+    for (int i = 0; i < c->cfg.nfilters; i++)
+        if (subject_matches(c->cfg.filters[i], strlen(c->cfg.filters[i]), subject, len))
+            return 1;
+    return 0;
+}
 
 static int64_t mono_ns(void)
 {
@@ -443,37 +467,95 @@ static uint64_t pending_count(consumer_t *c)
     if (c->next_seq > com) {
         c->num_pending = 0;
         c->counted_to = com;
-        return 0;
+        return c->nlps - c->lps_at;
     }
-    if (!c->cfg.filter[0])
-        return com - c->next_seq + 1;
+    if (!filtered(c))
+        return com - c->next_seq + 1 + (c->nlps - c->lps_at);
     if (c->counted_to + 1 < c->next_seq) { /* fell behind the pump: count afresh */
         c->num_pending = 0;
         c->counted_to = c->next_seq - 1;
     }
-    size_t fl = strlen(c->cfg.filter);
     for (uint64_t q = c->counted_to + 1; q <= com; q++) {
         slog_rec_t r;
-        if (slog_read(c->st->log, q, &r, &c->cbuf, &c->ccap) > 0 &&
-            subject_matches(c->cfg.filter, fl, r.subject, r.subject_len))
+        if (slog_read(c->st->log, q, &r, &c->cbuf, &c->ccap) > 0 && matches(c, r.subject, r.subject_len))
             c->num_pending++;
     }
     c->counted_to = com;
-    return c->num_pending;
+    return c->num_pending + (c->nlps - c->lps_at);
 }
 
-/* Sends record r for p (one more delivery) to the deliver subject, or
- * gathers it for the Lua handlers the consumer is bound to. */
+static void done(consumer_t *c, pend_t *p);
+
+/* The header block of a headers_only delivery of m: its headers and
+ * Nats-Msg-Size (malloc'd, caller frees; NULL when out of memory). */
+static char *headers_only(const proto_msg_t *m, size_t *len)
+{
+    size_t keep = m->hdr_len >= 4 ? m->hdr_len - 2 : 0; /* without the blank line that ends it */
+    char *h = malloc(keep + 64);
+    if (!h)
+        return NULL;
+    if (keep)
+        memcpy(h, m->hdr, keep);
+    else
+        keep = (size_t)sprintf(h, "NATS/1.0\r\n");
+    *len = keep + (size_t)sprintf(h + keep, "Nats-Msg-Size: %zu\r\n\r\n", m->payload_len);
+    return h;
+}
+
+/* Routes m to `to` as the consumer delivers it: today's upgraders applied
+ * (0), or -1 with the reason in err when one failed. */
+static int route_out(consumer_t *c, const char *to, size_t tolen, proto_msg_t m, char *err, size_t errsz)
+{
+    proto_msg_t up, orig = m;
+    char *ubuf = NULL, *hbuf = NULL;
+    orig.reply = NULL;
+    orig.reply_len = 0;
+    int u = c->sm->hooks.upgrade ? c->sm->hooks.upgrade(c->sm->hooks.ctx, &orig, &up, &ubuf, err, errsz) : 0;
+    if (u < 0)
+        return -1;
+    if (u > 0) {
+        up.subject = m.subject;
+        up.subject_len = m.subject_len;
+        up.reply = m.reply;
+        up.reply_len = m.reply_len;
+        m = up;
+    }
+    if (c->cfg.headers_only && (hbuf = headers_only(&m, &m.hdr_len))) {
+        m.hdr = hbuf;
+        m.payload = "";
+        m.payload_len = 0;
+    }
+    server_route_to(c->sm->srv, NULL, to, tolen, &m, ROUTE_NO_CAPTURE);
+    free(hbuf);
+    free(ubuf);
+    return 0;
+}
+
+/* Sends record r for p (one more delivery) to the deliver subject or the
+ * oldest pull request that takes it, or gathers it for the Lua handlers
+ * the consumer is bound to.  A pull consumer without a request for it
+ * keeps p for the next one. */
 static void send_one(consumer_t *c, pend_t *p, const slog_rec_t *r)
 {
-    char reply[512];
+    char reply[512], err[512];
+    int64_t now = mono_ns();
+    pull_wait_t *w = NULL;
+    int n = snprintf(reply, sizeof reply, "$JS.ACK.%s.%s.%u.%" PRIu64 ".%" PRIu64 ".%" PRId64 ".%" PRIu64,
+                     c->st->cfg.name, c->cfg.name, p->deliveries + 1, p->seq, c->dseq + 1, r->ts, pending_count(c));
+    size_t size = r->subject_len + (size_t)n + r->hdr_len + (c->cfg.headers_only ? 0 : r->payload_len);
+    if (c->cfg.pull && !(w = pullq_target(&c->pulls, c->sm->srv, size, now))) {
+        schedule(c, p, 1, now);
+        return;
+    }
     p->deliveries++;
-    c->dseq++;
+    p->dseq = ++c->dseq;
     if (p->deliveries > 1)
         c->redelivered++;
+    else if (p->seq > c->last_sseq)
+        c->last_sseq = p->seq;
     c->delivered++;
-    int n = snprintf(reply, sizeof reply, "$JS.ACK.%s.%s.%u.%" PRIu64 ".%" PRIu64 ".%" PRId64 ".%" PRIu64,
-                     c->st->cfg.name, c->cfg.name, p->deliveries, p->seq, c->dseq, r->ts, pending_count(c));
+    c->last_active = slog_now_ns();
+    c->last_sent = now;
     /* The event keeps its own subject; it reaches the subscribers of the
      * deliver subject (as JetStream push consumers do). */
     proto_msg_t m;
@@ -487,36 +569,24 @@ static void send_one(consumer_t *c, pend_t *p, const slog_rec_t *r)
     m.payload = r->payload;
     m.payload_len = r->payload_len;
     log_op(c, 'D', p->deliveries, p->seq);
-    schedule(c, p, 0, mono_ns() + (int64_t)(c->cfg.ack_wait * 1e9));
-    if (!c->cfg.deliver[0]) {
+    schedule(c, p, 0, now + (int64_t)(c->cfg.ack_wait * 1e9));
+    if (!c->cfg.deliver[0] && !c->cfg.pull) {
         gather(c, p, r);
         return;
     }
     /* Stored events meet today's upgraders on their way out. */
-    proto_msg_t up;
-    char *ubuf = NULL, err[512];
-    proto_msg_t orig = m;
-    orig.reply = NULL;
-    orig.reply_len = 0;
-    int u = c->sm->hooks.upgrade ? c->sm->hooks.upgrade(c->sm->hooks.ctx, &orig, &up, &ubuf, err, sizeof err) : 0;
-    if (u < 0) {
+    const char *to = w ? w->reply : c->cfg.deliver;
+    if (route_out(c, to, w ? w->rlen : strlen(to), m, err, sizeof err) < 0) {
         free(p->error);
         p->error = strdup(err);
         nak(c, p, -1);
         return;
     }
-    if (u > 0) {
-        up.subject = m.subject;
-        up.subject_len = m.subject_len;
-        up.reply = m.reply;
-        up.reply_len = m.reply_len;
-        m = up;
-    }
-    server_route_to(c->sm->srv, NULL, c->cfg.deliver, strlen(c->cfg.deliver), &m, ROUTE_NO_CAPTURE);
-    free(ubuf);
+    if (w)
+        pullq_delivered(&c->pulls, c->sm->srv, w, size, now);
+    if (c->cfg.ack_policy == ACK_NONE)
+        done(c, p);
 }
-
-static void done(consumer_t *c, pend_t *p);
 
 /* Delivers p again (or for the first time after a restart). */
 static void redeliver(consumer_t *c, pend_t *p)
@@ -639,9 +709,24 @@ static int can_deliver(consumer_t *c)
 {
     if (c->sm->hooks.busy && c->sm->hooks.busy(c->sm->hooks.ctx))
         return 0;
+    if (c->cfg.pull)
+        return c->pulls.n > 0;
     if (!c->cfg.deliver[0])
         return c->batch > 0 && c->sm->hooks.handle;
     return server_has_interest(c->sm->srv, c->cfg.deliver, strlen(c->cfg.deliver));
+}
+
+/* True when nothing is there to deliver now: no new message, none due
+ * again. */
+static int at_end(consumer_t *c)
+{
+    while (c->nheap) { /* acked ones leave their deadline behind */
+        pend_t *p = pend_get(c, c->heap[0].seq);
+        if (p && p->gen == c->heap[0].gen)
+            break;
+        heap_pop(c);
+    }
+    return c->next_seq > committed(c) && c->lps_at >= c->nlps && (!c->nheap || c->heap[0].due > mono_ns());
 }
 
 static void call_handlers(consumer_t *c, int force);
@@ -655,17 +740,19 @@ static void pump_now(consumer_t *c)
     c->pumping = 1;
     run_due(c);
     uint64_t com = committed(c);
-    size_t fl = strlen(c->cfg.filter);
+    int fl = filtered(c);
     uint64_t park_max = (uint64_t)c->cfg.max_ack_pending * 8 + 1024;
-    while ((int64_t)c->npending < c->cfg.max_ack_pending && c->next_seq <= com && c->nparked < park_max) {
-        uint64_t seq = c->next_seq++;
+    while ((int64_t)c->npending < c->cfg.max_ack_pending && (c->lps_at < c->nlps || c->next_seq <= com) &&
+           c->nparked < park_max && (!c->cfg.pull || c->pulls.n)) {
+        int from_lps = c->lps_at < c->nlps;
+        uint64_t seq = from_lps ? c->lps[c->lps_at++] : c->next_seq++;
         slog_rec_t r;
         int rc = slog_read(c->st->log, seq, &r, &c->sm->rbuf, &c->sm->rcap);
         if (rc <= 0)
             continue;
-        if (fl && !subject_matches(c->cfg.filter, fl, r.subject, r.subject_len))
+        if (fl && !matches(c, r.subject, r.subject_len))
             continue;
-        if (fl && seq <= c->counted_to && c->num_pending)
+        if (fl && !from_lps && seq <= c->counted_to && c->num_pending)
             c->num_pending--;
         char *key = key_of(c, &r);
         if (key) {
@@ -682,7 +769,10 @@ static void pump_now(consumer_t *c)
             if (!q || dict_put(&c->keys, key, strlen(key), q) < 0) {
                 free(q);
                 free(key);
-                c->next_seq--;
+                if (from_lps)
+                    c->lps_at--;
+                else
+                    c->next_seq--;
                 break;
             }
         }
@@ -692,6 +782,8 @@ static void pump_now(consumer_t *c)
     }
     if (c->nbq)
         call_handlers(c, 0);
+    if (c->cfg.pull && c->pulls.n && at_end(c))
+        pullq_tick(&c->pulls, c->sm->srv, mono_ns(), 1, c->dseq, c->last_sseq);
     c->pumping = 0;
 }
 
@@ -934,10 +1026,34 @@ static void run_due(consumer_t *c)
     }
 }
 
+/* A push consumer's 100 Idle Heartbeat when it sent nothing for
+ * idle_heartbeat seconds (with nats-server's headers). */
+static void push_heartbeat(consumer_t *c, int64_t now)
+{
+    if (now - c->last_sent < (int64_t)(c->cfg.idle_heartbeat * 1e9))
+        return;
+    char h[160];
+    snprintf(h, sizeof h, "Nats-Last-Consumer: %" PRIu64 "\r\nNats-Last-Stream: %" PRIu64 "\r\n", c->dseq,
+             c->last_sseq);
+    pull_status(c->sm->srv, c->cfg.deliver, strlen(c->cfg.deliver), "100 Idle Heartbeat", h);
+    c->last_sent = now;
+}
+
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     consumer_t *c = arg;
-    if (!c->cfg.deliver[0] && !c->batch)
+    int64_t now = mono_ns();
+    if (c->cfg.pull) {
+        if (c->pulls.n) {
+            c->seen = now;
+            pullq_tick(&c->pulls, c->sm->srv, now, at_end(c), c->dseq, c->last_sseq);
+        }
+    } else if (c->cfg.deliver[0] && server_has_interest(c->sm->srv, c->cfg.deliver, strlen(c->cfg.deliver))) {
+        c->seen = now;
+        if (c->cfg.idle_heartbeat > 0)
+            push_heartbeat(c, now);
+    }
+    if (!c->cfg.deliver[0] && !c->batch && !c->cfg.pull)
         return;
     if (!can_deliver(c))
         return;
@@ -992,6 +1108,28 @@ static int64_t nak_delay(const char *b, size_t n)
     return -1;
 }
 
+/* ack_policy all: an ack of seq acks every message up to it. */
+static void ack_upto(consumer_t *c, uint64_t seq)
+{
+    uint64_t *seqs = NULL;
+    size_t n = 0;
+    if (c->npending && !(seqs = malloc(c->npending * sizeof *seqs)))
+        return;
+    for (size_t i = 0; i < c->pending.cap; i++) {
+        pend_t *p = c->pending.slots[i].key ? c->pending.slots[i].val : NULL;
+        if (p && p->seq <= seq && p->deliveries && n < c->npending)
+            seqs[n++] = p->seq;
+    }
+    for (size_t i = 0; i < n; i++) {
+        pend_t *p = pend_get(c, seqs[i]);
+        if (p) {
+            c->acked++;
+            done(c, p);
+        }
+    }
+    free(seqs);
+}
+
 static consumer_t *find_consumer(streams_t *sm, const char *s, size_t sl, const char *name, size_t nl)
 {
     for (int i = 0; i < sm->nc; i++) {
@@ -1030,8 +1168,13 @@ void consumers_on_ack(void *ctx, const proto_msg_t *m)
     pend_t *pd = pend_get(c, seq);
     const char *b = m->payload;
     size_t n = m->payload_len;
-    if (pd) {
-        if (n == 0 || (n >= 4 && (!memcmp(b, "+ACK", 4) || !memcmp(b, "+NXT", 4)))) {
+    int ack = n == 0 || (n >= 4 && (!memcmp(b, "+ACK", 4) || !memcmp(b, "+NXT", 4)));
+    if (ack && (pd || c->cfg.ack_policy == ACK_ALL))
+        c->last_ack = slog_now_ns();
+    if (ack && c->cfg.ack_policy == ACK_ALL)
+        ack_upto(c, seq);
+    else if (pd) {
+        if (ack) {
             c->acked++;
             done(c, pd);
         } else if (n >= 4 && !memcmp(b, "-NAK", 4)) {
@@ -1070,6 +1213,37 @@ void consumers_on_ack(void *ctx, const proto_msg_t *m)
 
 /* ---- opening: the state from disk ------------------------------------------ */
 
+static int cmp_u64(const void *a, const void *b);
+
+/* deliver_policy last_per_subject: the last sequence of each subject the
+ * filters take, in stream order, into c->lps. */
+static void last_per_subject(consumer_t *c, const slog_info_t *in)
+{
+    dict_t last;
+    dict_init(&last);
+    for (uint64_t q = in->first_seq; q && q <= in->last_seq; q++) {
+        slog_rec_t r;
+        if (slog_read(c->st->log, q, &r, &c->sm->rbuf, &c->sm->rcap) <= 0 || !matches(c, r.subject, r.subject_len))
+            continue;
+        uint64_t *v = dict_get(&last, r.subject, r.subject_len);
+        if (!v && (v = malloc(sizeof *v)) && dict_put(&last, r.subject, r.subject_len, v) < 0) {
+            free(v);
+            v = NULL;
+        }
+        if (v)
+            *v = q;
+    }
+    free(c->lps);
+    c->lps = last.count ? malloc(last.count * sizeof *c->lps) : NULL;
+    c->nlps = c->lps_at = 0;
+    for (size_t i = 0; c->lps && i < last.cap; i++)
+        if (last.slots[i].key)
+            c->lps[c->nlps++] = *(uint64_t *)last.slots[i].val;
+    if (c->nlps)
+        qsort(c->lps, c->nlps, sizeof *c->lps, cmp_u64);
+    dict_clear(&last, free);
+}
+
 static uint64_t start_seq(consumer_t *c)
 {
     slog_info_t in;
@@ -1080,20 +1254,22 @@ static uint64_t start_seq(consumer_t *c)
     case DELIVER_LAST: {
         /* The last event the filter matches. */
         size_t fl = strlen(c->cfg.filter);
-        if (!fl || !in.last_seq)
+        if (!filtered(c) || !in.last_seq)
             return in.last_seq ? in.last_seq : 1;
-        if (subject_valid_literal(c->cfg.filter, fl)) {
+        if (!c->cfg.nfilters && subject_valid_literal(c->cfg.filter, fl)) {
             uint64_t q = slog_subject_last(c->st->log, c->cfg.filter, fl);
             return q ? q : in.last_seq + 1;
         }
         for (uint64_t q = in.last_seq; q >= in.first_seq && q > 0; q--) {
             slog_rec_t r;
-            if (slog_read(c->st->log, q, &r, &c->sm->rbuf, &c->sm->rcap) > 0 &&
-                subject_matches(c->cfg.filter, fl, r.subject, r.subject_len))
+            if (slog_read(c->st->log, q, &r, &c->sm->rbuf, &c->sm->rcap) > 0 && matches(c, r.subject, r.subject_len))
                 return q;
         }
         return in.last_seq + 1;
     }
+    case DELIVER_LAST_PER_SUBJECT:
+        last_per_subject(c, &in);
+        return in.last_seq + 1;
     case DELIVER_BY_START_SEQ:
         return c->cfg.start_seq;
     case DELIVER_BY_START_TIME:
@@ -1373,6 +1549,48 @@ static int load_state(consumer_t *c)
     return 0;
 }
 
+/* c->dir: <data>/consumers/<name> for a declared consumer,
+ * <data>/jsapi/consumers/<stream>/<name> for one made through the API
+ * (names are per stream there), made when missing; none for an
+ * ephemeral.  0, or -1 with err set. */
+static int state_dir(consumer_t *c, char *err, size_t errsz)
+{
+    if (c->cfg.api && c->cfg.ephemeral)
+        return 0;
+    if (c->cfg.api)
+        snprintf(c->dir, sizeof c->dir, "%.3900s/jsapi/consumers/%s/%s", c->sm->dir, c->cfg.stream, c->cfg.name);
+    else
+        snprintf(c->dir, sizeof c->dir, "%.4000s/consumers/%s", c->sm->dir, c->cfg.name);
+    if (util_mkdirs(c->dir) < 0) {
+        snprintf(err, errsz, "cannot create %s: %s", c->dir, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+const char *consumer_dir(const consumer_t *c) { return c->dir; }
+
+int consumer_pull(consumer_t *c, const consumer_pull_req_t *req, const char *reply, size_t rlen)
+{
+    if (!c->cfg.pull)
+        return -1;
+    c->seen = mono_ns();
+    if (req->no_wait && !req->expires && pending_count(c) == 0 && at_end(c)) {
+        pull_status(c->sm->srv, reply, rlen, "404 No Messages", "");
+        return 0;
+    }
+    int rc = pullq_add(&c->pulls, c->cfg.max_waiting, req, reply, rlen, c->seen);
+    if (rc == -1)
+        pull_status(c->sm->srv, reply, rlen, "409 Exceeded MaxWaiting", "");
+    else if (rc < 0)
+        log_error("consumer %s: out of memory holding a pull request", c->cfg.name);
+    else
+        consumer_pump(c);
+    return 0;
+}
+
+void consumer_end_pulls(consumer_t *c, const char *status) { pullq_clear(&c->pulls, c->sm->srv, status); }
+
 consumer_t *consumer_open(streams_t *sm, stream_t *st, const consumer_cfg_t *cfg, char *err, size_t errsz)
 {
     consumer_t *c = calloc(1, sizeof *c);
@@ -1386,11 +1604,8 @@ consumer_t *consumer_open(streams_t *sm, stream_t *st, const consumer_cfg_t *cfg
     c->logfd = -1;
     dict_init(&c->pending);
     dict_init(&c->keys);
-    char cdir[4096];
-    snprintf(cdir, sizeof cdir, "%s/consumers", sm->dir);
-    snprintf(c->dir, sizeof c->dir, "%.4000s/%s", cdir, cfg->name);
-    if ((mkdir(cdir, 0755) != 0 && errno != EEXIST) || (mkdir(c->dir, 0755) != 0 && errno != EEXIST)) {
-        snprintf(err, errsz, "cannot create %s: %s", c->dir, strerror(errno));
+    c->seen = mono_ns();
+    if (state_dir(c, err, errsz) < 0) {
         free(c);
         return NULL;
     }
@@ -1402,6 +1617,10 @@ consumer_t *consumer_open(streams_t *sm, stream_t *st, const consumer_cfg_t *cfg
         consumer_close(c);
         return NULL;
     }
+    if (cfg->api && cfg->ephemeral) {
+        c->next_seq = start_seq(c); /* nothing on disk: it starts afresh */
+        goto started;
+    }
     load_state(c);
     snapshot(c); /* a new generation: the state as loaded, and an empty log */
     if (c->logfd < 0) {
@@ -1409,6 +1628,7 @@ consumer_t *consumer_open(streams_t *sm, stream_t *st, const consumer_cfg_t *cfg
         consumer_close(c);
         return NULL;
     }
+started:;
     struct timeval tv = {0, TICK_MS * 1000};
     event_add(c->tick_ev, &tv);
     return c;
@@ -1459,6 +1679,8 @@ void consumer_close(consumer_t *c)
     for (size_t i = 0; i < c->nreplies; i++)
         free(c->replies[i]);
     free(c->replies);
+    pullq_clear(&c->pulls, NULL, NULL);
+    free(c->lps);
     free(c->heap);
     free(c->obuf);
     free(c->cbuf);
@@ -1513,6 +1735,31 @@ void consumer_get_info(consumer_t *c, consumer_info_t *out)
     out->acked = c->acked;
     out->dead_lettered = c->dead_lettered;
     out->dead_letters_lost = c->dead_letters_lost;
+    out->dseq = c->dseq;
+    /* With nothing left to deliver, the consumer has looked at everything
+     * before next_seq (as nats-server's delivered stream sequence says;
+     * after a restart, too). */
+    uint64_t looked = out->pending == 0 && c->next_seq ? c->next_seq - 1 : 0;
+    out->last_sseq = c->last_sseq > looked ? c->last_sseq : looked;
+    out->num_waiting = (int)c->pulls.n;
+    out->last_active_ns = c->last_active;
+    out->last_ack_ns = c->last_ack;
+    out->idle_ns = can_deliver(c) || (c->cfg.deliver[0] && server_has_interest(c->sm->srv, c->cfg.deliver,
+                                                                               strlen(c->cfg.deliver)))
+                       ? 0
+                       : mono_ns() - c->seen;
+    const pend_t *low = NULL;
+    for (size_t i = 0; i < c->pending.cap; i++) {
+        const pend_t *p = c->pending.slots[i].key ? c->pending.slots[i].val : NULL;
+        if (p && p->deliveries > 1)
+            out->num_redelivered++;
+        if (p && (!low || p->seq < low->seq))
+            low = p;
+    }
+    /* Everything below the oldest in flight is done; with none in flight,
+     * everything delivered. */
+    out->floor_sseq = low ? low->seq - 1 : out->last_sseq;
+    out->floor_dseq = low ? (low->dseq ? low->dseq - 1 : c->dseq) : c->dseq;
 }
 
 void consumer_metrics(consumer_t *const *cs, int n, char **buf, size_t *len, size_t *cap)

@@ -616,7 +616,7 @@ static void consumers_close_undeclared(streams_t *sm, const consumer_cfg_t *ccfg
     for (int i = 0; i < sm->nc;) {
         consumer_t *c = sm->consumers[i];
         const consumer_cfg_t *old = consumer_cfg(c);
-        int keep = 0;
+        int keep = old->api; /* the API's: not the entry file's to stop */
         for (int k = 0; k < nc; k++)
             keep |= !strcmp(ccfg[k].name, old->name) && !strcmp(ccfg[k].stream, old->stream);
         if (keep) {
@@ -640,8 +640,14 @@ static void streams_apply_consumer(streams_t *sm, const consumer_cfg_t *cfg)
 {
     consumer_t *c = NULL;
     for (int k = 0; k < sm->nc && !c; k++)
-        if (!strcmp(consumer_cfg(sm->consumers[k])->name, cfg->name))
+        if (!strcmp(consumer_cfg(sm->consumers[k])->name, cfg->name) &&
+            (!consumer_cfg(sm->consumers[k])->api || !strcmp(consumer_cfg(sm->consumers[k])->stream, cfg->stream)))
             c = sm->consumers[k];
+    if (c && consumer_cfg(c)->api) {
+        log_error("%s: consumer %s: one of that name was made on stream %s through the JetStream API; delete it "
+                  "there first", cfg->where, cfg->name, cfg->stream);
+        return;
+    }
     if (c) {
         consumer_update(c, cfg);
         return;
@@ -876,6 +882,105 @@ int streams_remove(streams_t *sm, const char *name, char *err, size_t errsz)
         return STREAMS_EFAIL;
     }
     return 0;
+}
+
+/* ---- consumers made at run time ---------------------------------------------- */
+
+static consumer_t *consumer_find(streams_t *sm, const char *stream, const char *name)
+{
+    for (int i = 0; i < sm->nc; i++) {
+        const consumer_cfg_t *c = consumer_cfg(sm->consumers[i]);
+        if (!strcmp(c->name, name) && !strcmp(c->stream, stream))
+            return sm->consumers[i];
+    }
+    return NULL;
+}
+
+int streams_consumer_add(streams_t *sm, const consumer_cfg_t *cfg, char *err, size_t errsz)
+{
+    stream_t *st = streams_find(sm, cfg->stream, strlen(cfg->stream));
+    consumer_cfg_t c = *cfg;
+    consumer_t *made;
+    c.api = 1;
+    if (!st) {
+        snprintf(err, errsz, "stream not found");
+        return STREAMS_ENOENT;
+    }
+    if (consumer_find(sm, cfg->stream, cfg->name)) {
+        snprintf(err, errsz, "consumer name already in use");
+        return STREAMS_EEXIST;
+    }
+    if (sm->nc == CONSUMERS_MAX || st->ncons == CONSUMERS_MAX) {
+        snprintf(err, errsz, "maximum consumers limit reached");
+        return STREAMS_EFULL;
+    }
+    if (!(made = consumer_open(sm, st, &c, err, errsz)))
+        return STREAMS_EFAIL;
+    sm->consumers[sm->nc++] = made;
+    st->cons[st->ncons++] = made;
+    consumer_pump(made);
+    return 0;
+}
+
+int streams_consumer_change(streams_t *sm, const consumer_cfg_t *cfg)
+{
+    consumer_t *c = consumer_find(sm, cfg->stream, cfg->name);
+    if (!c || !consumer_cfg(c)->api)
+        return STREAMS_ENOENT;
+    consumer_cfg_t n = *cfg;
+    n.api = 1;
+    n.ephemeral = consumer_cfg(c)->ephemeral;
+    consumer_update(c, &n);
+    consumer_pump(c);
+    return 0;
+}
+
+int streams_consumer_remove(streams_t *sm, const char *stream, const char *name, char *err, size_t errsz)
+{
+    consumer_t *c = consumer_find(sm, stream, name);
+    stream_t *st = streams_find(sm, stream, strlen(stream));
+    char dir[4096];
+    if (!c || !st) {
+        snprintf(err, errsz, "consumer not found");
+        return STREAMS_ENOENT;
+    }
+    if (!consumer_cfg(c)->api) {
+        snprintf(err, errsz, "consumer %s is declared in the entry file (%s): remove it there", name,
+                 consumer_cfg(c)->where);
+        return STREAMS_EDECLARED;
+    }
+    snprintf(dir, sizeof dir, "%s", consumer_dir(c));
+    consumer_end_pulls(c, "409 Consumer Deleted");
+    for (int k = 0; k < st->ncons; k++)
+        if (st->cons[k] == c)
+            st->cons[k] = st->cons[--st->ncons];
+    for (int k = 0; k < sm->nc; k++)
+        if (sm->consumers[k] == c)
+            sm->consumers[k] = sm->consumers[--sm->nc];
+    consumer_close(c);
+    if (dir[0] && remove_tree(dir) < 0) {
+        snprintf(err, errsz, "consumer %s: cannot delete %s: %s", name, dir, strerror(errno));
+        return STREAMS_EFAIL;
+    }
+    return 0;
+}
+
+int streams_consumer_pull(streams_t *sm, const char *stream, const char *name, const consumer_pull_req_t *req,
+                          const char *reply, size_t rlen)
+{
+    consumer_t *c = consumer_find(sm, stream, name);
+    if (!c)
+        return STREAMS_ENOENT;
+    return consumer_pull(c, req, reply, rlen) < 0 ? STREAMS_EEXIST : 0;
+}
+
+const consumer_cfg_t *streams_consumer_find(streams_t *sm, const char *stream, const char *name,
+                                            consumer_info_t *out)
+{
+    consumer_t *c = consumer_find(sm, stream, name);
+    if (c && out)
+        consumer_get_info(c, out);
+    return c ? consumer_cfg(c) : NULL;
 }
 
 /* The sequences of st's records below `below` whose subject matches

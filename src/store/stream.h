@@ -26,8 +26,12 @@
 #define STREAM_NAME_MAX 64
 #define STREAM_SUBJECTS_MAX 16
 #define CONSUMER_BACKOFF_MAX 16
+#define CONSUMER_FILTERS_MAX 8
 
-enum { DELIVER_ALL, DELIVER_NEW, DELIVER_BY_START_SEQ, DELIVER_BY_START_TIME, DELIVER_LAST };
+enum { DELIVER_ALL, DELIVER_NEW, DELIVER_BY_START_SEQ, DELIVER_BY_START_TIME, DELIVER_LAST, DELIVER_LAST_PER_SUBJECT };
+/* What an ack covers: each message its own (explicit), none is expected
+ * (none), or every message up to the one acked (all). */
+enum { ACK_EXPLICIT, ACK_NONE, ACK_ALL };
 
 /* When a stored message goes, besides the limits: never (limits), once
  * every consumer whose filter takes it has acked it (interest; at once when
@@ -72,6 +76,20 @@ typedef struct consumer_cfg {
     char dead_letter[256]; /* subject, "" for none */
     char ordered_by[128];  /* "data.order_id", "header:Name", "" */
     char where[200];
+    /* Made through the JetStream API (streams_consumer_add): a reload
+     * leaves it, its state is in <data>/jsapi/consumers/<stream>/<name>. */
+    int api;
+    int ephemeral;        /* with api: no state on disk */
+    int pull;             /* no deliver subject: pull requests take the messages (streams_consumer_pull) */
+    int ack_policy;       /* ACK_EXPLICIT, ACK_NONE, ACK_ALL */
+    int headers_only;     /* deliver the headers and Nats-Msg-Size, no payload */
+    int64_t max_waiting;  /* pull requests held at once */
+    double idle_heartbeat; /* push: seconds of silence before a 100 Idle Heartbeat; 0 none */
+    int flow_control;     /* push: a 100 FlowControl Request with each heartbeat */
+    /* More filters (filter_subjects): a message matching any is delivered;
+     * when nfilters > 0, filter is not used. */
+    char filters[CONSUMER_FILTERS_MAX][256];
+    int nfilters;
 } consumer_cfg_t;
 
 void stream_cfg_free(stream_cfg_t *c);
@@ -218,7 +236,55 @@ typedef struct consumer_info {
     uint64_t in_flight;        /* delivered, waiting for their ack */
     uint64_t delivered, redelivered, acked, dead_lettered;
     uint64_t dead_letters_lost; /* given up, and the dead letter reached no stream and no subscriber */
+    uint64_t dseq;              /* deliveries numbered so far (the consumer sequence) */
+    uint64_t last_sseq;         /* the stream sequence delivered last for the first time */
+    uint64_t floor_dseq, floor_sseq; /* everything up to these is acknowledged */
+    uint64_t num_redelivered;   /* in flight and delivered more than once */
+    int num_waiting;            /* pull requests held */
+    int64_t last_active_ns;     /* wall clock of the last delivery (0: none) */
+    int64_t last_ack_ns;        /* wall clock of the last ack (0: none) */
+    int64_t idle_ns;            /* monotonic ns since a pull request or a subscriber was last seen */
 } consumer_info_t;
+
+/* ---- consumers made at run time (the JetStream API) ---- */
+
+/* Opens the consumer cfg->name on stream cfg->stream (cfg->api is
+ * implied), its state recovered from the disk unless cfg->ephemeral.  0,
+ * or STREAMS_ENOENT (no such stream), STREAMS_EEXIST (the name is taken
+ * there), STREAMS_EFULL or STREAMS_EFAIL with the reason in err. */
+int streams_consumer_add(streams_t *sm, const consumer_cfg_t *cfg, char *err, size_t errsz);
+
+/* Gives the running API consumer cfg->name of cfg->stream the settings of
+ * cfg that may change (filters, ack_wait, max_deliver, backoff,
+ * max_ack_pending, deliver subject and group, headers_only).  0 or
+ * STREAMS_ENOENT. */
+int streams_consumer_change(streams_t *sm, const consumer_cfg_t *cfg);
+
+/* Stops the API consumer name of stream (its pull requests get 409
+ * Consumer Deleted) and deletes its state.  0, or STREAMS_ENOENT /
+ * STREAMS_EDECLARED / STREAMS_EFAIL with the reason in err. */
+int streams_consumer_remove(streams_t *sm, const char *stream, const char *name, char *err, size_t errsz);
+
+/* A pull request (JetStream's CONSUMER.MSG.NEXT). */
+typedef struct consumer_pull_req {
+    int64_t batch;     /* messages at most */
+    int64_t max_bytes; /* bytes at most, 0: no limit */
+    int64_t expires;   /* ns until a 408, 0: never */
+    int64_t heartbeat; /* ns between 100 Idle Heartbeats, 0: none */
+    int no_wait;       /* 404 when nothing is there now */
+} consumer_pull_req_t;
+
+/* Hands pull request req (answers to reply) to consumer name of stream.
+ * Returns 0 (held or answered: messages and status messages go to reply),
+ * STREAMS_ENOENT (no such consumer), or STREAMS_EEXIST when it is a push
+ * consumer (the caller answers 409). */
+int streams_consumer_pull(streams_t *sm, const char *stream, const char *name, const consumer_pull_req_t *req,
+                          const char *reply, size_t rlen);
+
+/* The consumer name of stream and with out not NULL its description in
+ * *out; NULL when there is none. */
+const consumer_cfg_t *streams_consumer_find(streams_t *sm, const char *stream, const char *name,
+                                            consumer_info_t *out);
 
 /* The stream called name, or with name NULL the i-th stream (0 ..
  * streams_count - 1): its declaration, valid until the next streams_apply

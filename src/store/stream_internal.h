@@ -82,6 +82,13 @@ void consumers_on_ack(void *ctx, const proto_msg_t *m);
 /* JSON object describing the consumer (cJSON *), for admin and HTTP. */
 struct cJSON;
 struct cJSON *consumer_json(consumer_t *c);
+/* Hands a pull request to c: 0 (held or answered), -1 when c is a push
+ * consumer. */
+int consumer_pull(consumer_t *c, const consumer_pull_req_t *req, const char *reply, size_t rlen);
+/* Answers every pull request c holds with the status line status. */
+void consumer_end_pulls(consumer_t *c, const char *status);
+/* Where c keeps its state ("" for none). */
+const char *consumer_dir(const consumer_t *c);
 /* Fills *out for streams_consumer_info (all but handlers, which the streams know). */
 void consumer_get_info(consumer_t *c, consumer_info_t *out);
 /* Prometheus lines for n consumers: each metric's HELP, TYPE and samples together. */
