@@ -320,6 +320,7 @@ static void verb_stream_delete(jsapi_t *api, const proto_msg_t *m, const char *n
         return;
     }
     cJSON_DeleteItemFromObjectCaseSensitive(api->made, name);
+    jsapi_consumers_stream_gone(api, name);
     log_info("stream %s: deleted through the JetStream API", name);
     cJSON *o = answer("stream_delete_response");
     cJSON_AddBoolToObject(o, "success", 1);
@@ -460,6 +461,8 @@ static void on_request(void *ctx, const proto_msg_t *m)
     char name[STREAM_NAME_MAX], direct[600];
     api_err_t e;
     api->total++;
+    if (jsapi_consumer_request(api, m, op, oplen))
+        return;
     for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++) {
         size_t vl = strlen(verbs[i].verb);
         int named = verbs[i].verb[vl - 1] == '.';
@@ -505,7 +508,7 @@ jsapi_t *jsapi_start(node_t *n, int *failed)
     api->n = n;
     jsapi_time(slog_now_ns(), api->started);
     snprintf(api->dir, sizeof api->dir, "%s/jsapi/streams", streams_dir(n->streams));
-    if (jsapi_saved_load(api) < 0)
+    if (jsapi_saved_load(api) < 0 || jsapi_consumers_start(api) < 0)
         goto fail;
     if (!(api->sub = server_subscribe_internal(n->srv, API_PREFIX ">", on_request, api)))
         goto fail;
@@ -527,7 +530,34 @@ void jsapi_free(jsapi_t *api)
         server_unsubscribe_internal(api->n->srv, api->sub);
     if (api->n && api->n->srv)
         server_set_info_jetstream(api->n->srv, 0);
+    jsapi_consumers_stop(api);
     cJSON_Delete(api->made);
     free(api->rbuf);
     free(api);
+}
+
+/* ---- for jsapi_consumer.c --------------------------------------------------- */
+
+void jsapi_reply_obj(jsapi_t *api, const proto_msg_t *m, cJSON *o) { reply_obj(api, m, o); }
+
+void jsapi_reply_err(jsapi_t *api, const proto_msg_t *m, const char *type, const api_err_t *e)
+{
+    reply_err(api, m, type, e);
+}
+
+cJSON *jsapi_answer(const char *type) { return answer(type); }
+
+cJSON *jsapi_request_json(const proto_msg_t *m, int *bad, api_err_t *e) { return request_json(m, bad, e); }
+
+void jsapi_status(jsapi_t *api, const proto_msg_t *m, const char *status)
+{
+    char hdr[256];
+    int n = snprintf(hdr, sizeof hdr, "NATS/1.0 %s\r\n\r\n", status);
+    proto_msg_t out = {0};
+    out.subject = m->reply;
+    out.subject_len = m->reply_len;
+    out.hdr = hdr;
+    out.hdr_len = (size_t)n < sizeof hdr ? (size_t)n : sizeof hdr - 1;
+    out.payload = "";
+    server_route_flags(api->n->srv, NULL, &out, ROUTE_NO_CAPTURE);
 }

@@ -22,7 +22,11 @@ struct jsapi {
     uint64_t total, errors;
     char *rbuf; /* record read buffer */
     size_t rcap;
+    cJSON *cons;          /* "<stream>/<name>" -> {"config","created"} of each consumer made through the API */
+    struct event *reaper; /* deletes consumers past their inactive_threshold */
 };
+
+#define CONSUMER_NAMES_MAX 128 /* consumers a node runs at most */
 
 /* A JetStream API error: HTTP-like code, nats-server's err_code, text. */
 typedef struct api_err {
@@ -61,5 +65,27 @@ int jsapi_saved_remove(jsapi_t *api, const char *name);
  * answers m itself and leaves e->code 0, or sets e for the caller to
  * answer. */
 void jsapi_msg_get(jsapi_t *api, const proto_msg_t *m, const char *name, int direct, api_err_t *e);
+
+/* Answers (jsapi.c): o (deleted here) to m's reply; an error of type
+ * TYPE_PREFIX type; a new answer object of that type; a status message
+ * "NATS/1.0 <status>" without a body. */
+void jsapi_reply_obj(jsapi_t *api, const proto_msg_t *m, cJSON *o);
+void jsapi_reply_err(jsapi_t *api, const proto_msg_t *m, const char *type, const api_err_t *e);
+cJSON *jsapi_answer(const char *type);
+void jsapi_status(jsapi_t *api, const proto_msg_t *m, const char *status);
+/* The request's JSON: NULL for an empty one, or NULL with *bad set and e
+ * filled when it is not a JSON object. */
+cJSON *jsapi_request_json(const proto_msg_t *m, int *bad, api_err_t *e);
+
+/* Consumers (jsapi_consumer.c).  Answers m when op (oplen bytes after
+ * $JS.API.) is a CONSUMER verb: 1, else 0. */
+int jsapi_consumer_request(jsapi_t *api, const proto_msg_t *m, const char *op, size_t oplen);
+/* Reopens the saved consumers (after the streams) and starts deleting
+ * inactive ones; 0 or -1. */
+int jsapi_consumers_start(jsapi_t *api);
+/* Forgets the consumers of stream, which is gone, and deletes their files. */
+void jsapi_consumers_stream_gone(jsapi_t *api, const char *stream);
+/* Stops the inactivity checks and forgets the consumers (the store closes them). */
+void jsapi_consumers_stop(jsapi_t *api);
 
 #endif

@@ -439,12 +439,22 @@ void client_input_resume(client_t *c)
 #define AUTH_FIRST(c) \
     (!((c)->flags & CLIENT_CONNECTED) && server_auth((c)->srv) && client_auth_before_connect(c))
 
+/* JetStream clients put a consumer's filter, wildcards and all, at the
+ * end of $JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>; nats-server
+ * takes wildcards in a published subject, tide only there. */
+static int consumer_create_subject(const proto_msg_t *m)
+{
+    static const char pre[] = "$JS.API.CONSUMER.CREATE.";
+    return m->subject_len > sizeof pre - 1 && !memcmp(m->subject, pre, sizeof pre - 1) &&
+           subject_valid_pattern(m->subject, m->subject_len);
+}
+
 static int on_pub(void *ctx, const proto_msg_t *m)
 {
     client_t *c = ctx;
     if (AUTH_FIRST(c))
         return 1;
-    if (!subject_valid_literal(m->subject, m->subject_len) ||
+    if ((!subject_valid_literal(m->subject, m->subject_len) && !consumer_create_subject(m)) ||
         (m->reply && !subject_valid_literal(m->reply, m->reply_len))) {
         client_send_err(c, "Invalid Publish Subject");
         return 0;

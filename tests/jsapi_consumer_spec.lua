@@ -1,0 +1,309 @@
+-- Consumers through the JetStream API ($JS.API.CONSUMER.*): stock clients
+-- make, read and delete consumers, and pull from them.
+--
+-- tests/interop/node/jscons.mjs drives nats.js v2, then v3 (the consumer
+-- manager, js.fetch / pullSubscribe, consumers.get + fetch / consume, push
+-- subscriptions, raw CONSUMER.MSG.NEXT requests for the status messages)
+-- through the same steps against nats-server -js (the reference, on a
+-- fresh store) and against tide (a fresh data directory), and prints what
+-- each step got; the two must agree on every step but the ones listed in
+-- DIVERGES.  Then tide alone: restarts, reloads, filter_subjects.
+local h = require "helpers"
+local json = require "dkjson"
+
+local ROOT = h.root
+local NODE_DIR = ROOT .. "/tests/interop/node"
+local PROGRAM_TIMEOUT = 70
+
+-- Steps where nats-server 2.9 (the binary the suite runs) and 2.10 (whose
+-- API tide answers) differ, with tide's answer, which is 2.10's.
+local DIVERGES = {
+  -- the client sends action "create": 2.10 refuses another configuration
+  -- (server/consumer.go: NewJSConsumerAlreadyExistsError), 2.9 ignores the
+  -- action and updates
+  add_pull_other_ack_wait = { err = 10148 },
+}
+
+local function q(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+local function nats_server_bin()
+  local env = os.getenv("NATS_SERVER_BIN")
+  if env and env ~= "" then return env end
+  local rc, out = h.sh("command -v nats-server")
+  assert(rc == 0, "nats-server not found (set NATS_SERVER_BIN)")
+  return (out:gsub("%s+$", ""))
+end
+
+local function run_steps(port, flag, label, log)
+  local rc, out = h.sh(("cd %s && timeout -k 5 %d node jscons.mjs %d %s"):format(q(NODE_DIR), PROGRAM_TIMEOUT, port,
+    flag))
+  local line = out:match("(%b{})%s*$")
+  local res = line and json.decode(line)
+  assert(rc == 0 and res, ("%s: jscons.mjs ended with %s:\n%s\n--- server log ---\n%s"):format(label, tostring(rc),
+    out, log()))
+  return res
+end
+
+-- A JetStream API request to tide: the decoded answer (nil when none came).
+local function api(port, subject, body, timeout)
+  local m = h.request(port, subject, body and (type(body) == "string" and body or json.encode(body)) or "",
+    { timeout = timeout })
+  return m and assert(json.decode(m.payload), subject .. ": not JSON: " .. m.payload)
+end
+
+local function canon(v)
+  if type(v) ~= "table" then return json.encode(v) end
+  local keys, parts, n = {}, {}, #v
+  if n > 0 or next(v) == nil then
+    for i = 1, n do parts[i] = canon(v[i]) end
+    return "[" .. table.concat(parts, ",") .. "]"
+  end
+  for k in pairs(v) do keys[#keys + 1] = k end
+  table.sort(keys)
+  for _, k in ipairs(keys) do parts[#parts + 1] = json.encode(k) .. ":" .. canon(v[k]) end
+  return "{" .. table.concat(parts, ",") .. "}"
+end
+
+local function seqs(list)
+  local t = {}
+  for _, m in ipairs(list) do t[#t + 1] = m.seq or m.status end
+  return t
+end
+
+local function compare_suite(label, flag)
+describe("JetStream consumers, with " .. label .. ", against nats-server -js", function()
+  local ref, got, srv, data
+
+  setup(function()
+    local ok, out = h.npm_ready()
+    assert(ok, "npm ci failed:\n" .. tostring(out))
+    local sd = h.make_tmpdir("jscons-ns")
+    local port = h.free_port()
+    local ns = h.start_server { bin = nats_server_bin(), port = port,
+      cmd = { "-a", "127.0.0.1", "-p", tostring(port), "-js", "-sd", sd } }
+    ref = run_steps(port, flag, "nats-server", function() return ns:log() end)
+    ns:stop("INT")
+    h.remove_tmpdir(sd)
+    data = h.make_tmpdir("jscons-data")
+    srv = h.start_scripted("-- nothing declared\n", { args = { "--data", data } })
+    got = run_steps(srv.port, flag, "tide", function() return srv:log() end)
+  end)
+
+  teardown(function()
+    if srv then
+      srv:kill()
+      h.remove_tmpdir(srv.dir)
+    end
+    if data then h.remove_tmpdir(data) end
+  end)
+
+  it("gives the same answer as nats-server at every step", function()
+    local diffs, keys = {}, {}
+    for k in pairs(ref) do keys[#keys + 1] = k end
+    table.sort(keys)
+    assert(#keys >= 55, "the reference run has only " .. #keys .. " steps")
+    for _, k in ipairs(keys) do
+      local want = DIVERGES[k] or ref[k]
+      if canon(want) ~= canon(got[k]) then
+        diffs[#diffs + 1] = ("%s:\n  nats-server: %s\n  tide:        %s"):format(k, canon(want), canon(got[k]))
+      end
+    end
+    assert(#diffs == 0, table.concat(diffs, "\n") .. "\n--- tide log ---\n" .. srv:log())
+  end)
+
+  it("answered the steps themselves (not only the same failure twice)", function()
+    assert.are.equal("PULL", got.add_pull.name)
+    assert.are.same({ 1000, 512, 30000000000, -1 }, { got.add_pull.config.max_ack_pending,
+      got.add_pull.config.max_waiting, got.add_pull.config.ack_wait, got.add_pull.config.max_deliver })
+    assert.are.equal(20000000000, got.update_pull_ack_wait.ack_wait)
+    assert.are.same({ 10012, 10012, 10059, 10014, 10059, 10025, 10056, 10017, 10018, 10131, 10088, 10116, 10094,
+      10108, 10103 }, { got.update_pull_other_policy.err, got.update_pull_to_push.err, got.add_missing_stream.err,
+      got.info_missing.err, got.info_missing_stream.err, got.create_bad_json.err, got.create_stream_mismatch.err,
+      got.create_durable_mismatch.err, got.create_durable_unset.err, got.create_filter_mismatch.err,
+      got.create_hb_on_pull.err, got.create_backoff_max_deliver.err, got.create_by_seq_without_seq.err,
+      got.create_fc_without_hb.err, got.create_bad_name.err })
+    assert.are.equal("orders.eu.>", got.create_filter_in_subject.config.filter_subject)
+    assert.are.same({ "EU", "PULL" }, got.names)
+    assert.are.same({ 1, 2, 3 }, seqs(got.fetch_3))
+    assert.are.same({ 4, 5, 6 }, seqs(got.fetch_rest))
+    assert.are.same({ delivered = { 6, 6 }, ack_floor = { 6, 6 }, num_ack_pending = 0, num_redelivered = 0,
+      num_pending = 0 }, got.info_after_rest)
+    assert.are.same({ { status = 404, description = "No Messages" } }, got.raw_no_wait_empty)
+    assert.are.same({ { status = 408, description = "Request Timeout", pending_messages = 2 } },
+      got.raw_expires_empty)
+    assert.is_true(got.raw_heartbeat.heartbeats_gt0)
+    assert.are.equal(400, got.raw_bad_heartbeat[1].status)
+    assert.are.same({ 7 }, seqs(got.raw_held_then_published))
+    assert.are.same({ 8, 9 }, seqs(got.raw_number_body))
+    assert.are.same({ { status = 409, description = "Message Size Exceeds MaxBytes", pending_messages = 1 } },
+      got.raw_max_bytes_small)
+    assert.are.same({ 10, 408 }, seqs(got.raw_after_max_bytes))
+    assert.are.equal("Exceeded MaxWaiting", got.raw_max_waiting.second[1].description)
+    assert.are.equal("Consumer Deleted", got.raw_max_waiting.first[1].description)
+    assert.are.equal("Exceeded MaxRequestBatch of 5", got.raw_max_batch[1].description)
+    assert.are.same({ 1, 1, 3 }, { got.nak_then_redelivered.a[1].seq, got.nak_then_redelivered.b[1].seq,
+      got.nak_then_redelivered.c[1].seq })
+    assert.are.equal(2, got.nak_then_redelivered.b[1].deliveries)
+    assert.are.same({ 1, 2, 3 }, got.ack_none.got)
+    assert.are.equal(0, got.ack_none.state.num_ack_pending)
+    assert.are.same({ 6, 6 }, got.ack_all.after.ack_floor)
+    assert.are.same({ 1, 2 }, { got.ack_wait_max_deliver.a[1].deliveries, got.ack_wait_max_deliver.b[1].deliveries })
+    assert.are.same({}, got.ack_wait_max_deliver.c)
+    assert.are.same({ got = { 1, 2, 408 }, num_ack_pending = 2 }, got.max_ack_pending)
+    assert.are.same({ 10, 408 }, seqs(got.policy_last.got))
+    assert.are.same({ 408 }, seqs(got.policy_new.got))
+    assert.are.same({ 8, 9, 10, 408 }, seqs(got.policy_by_seq.got))
+    assert.are.same({ 1, 3, 5, 7, 9, 408 }, seqs(got.policy_last_per_subject.got))
+    assert.are.same({ 2, 4, 6, 8, 10, 408 }, seqs(got.policy_filter_us.got))
+    assert.are.equal(49, got.policy_headers_only.got[10].size)
+    assert.are.equal("", got.policy_headers_only.got[10].data)
+    assert.are.same({ 9, 10 }, { got.policy_by_time.got[1], got.policy_by_time.got[2] })
+    assert.are.same({ 2, 4, 6, 8 }, seqs(got.push_durable.got))
+    assert.are.equal("Consumer is push based", got.push_pull_request[1].description)
+    assert.are.equal("Idle Heartbeat", got.push_heartbeat[1].description)
+    assert.are.same({ err = 10014 }, got.ephemeral.after)
+    assert.are.equal(5000000000, got.ephemeral_default_threshold.inactive_threshold)
+    assert.is_true(got.delete_with_waiting.ok)
+    assert.are.equal("Consumer Deleted", got.delete_with_waiting.waiting[1].description)
+    assert.are.same({ err = 10014 }, got.delete_again)
+  end)
+end)
+end
+
+compare_suite("nats.js v2", "")
+compare_suite("nats.js v3 (@nats-io/jetstream)", "--v3")
+
+describe("JetStream consumers in tide", function()
+  local srv, data
+  local CONFIG = 'stream "DECL" { subjects = { "decl.>" } }\n' ..
+    'consumer "WORK" { stream = "DECL", deliver = "work.in" }\n'
+
+  local function restart(sig)
+    if sig == "KILL" then srv:kill() else srv:stop(sig) end
+    local dir, config = srv.dir, srv.config
+    srv = h.start_server { args = { "-c", config, "--data", data } }
+    srv.dir, srv.config = dir, config
+  end
+
+  -- Pulls batch messages (a raw MSG.NEXT) and acks those for which ack(seq) is
+  -- true with an AckSync; returns the stream sequences received.
+  local function pull_ack(stream, consumer, batch, ack)
+    local c = h.connect(srv.port)
+    c:send('CONNECT {"headers":true}\r\n')
+    local inbox = "_INBOX.pull" .. math.random(1e9)
+    c:sub(inbox, "1")
+    c:pub("$JS.API.CONSUMER.MSG.NEXT." .. stream .. "." .. consumer,
+      json.encode({ batch = batch, expires = 500000000 }), inbox)
+    local got = {}
+    while #got < batch do
+      local m = c:frame(2)
+      if not m or m.op ~= "MSG" and m.op ~= "HMSG" or (m.headers and m.headers:find("NATS/1.0 4", 1, true)) then
+        break
+      end
+      local seq = tonumber(m.reply:match("^%$JS%.ACK%.[^.]+%.[^.]+%.%d+%.(%d+)%."))
+      got[#got + 1] = seq
+      if ack(seq) then
+        local r = h.request(srv.port, m.reply, "+ACK", { timeout = 2 })
+        assert(r, "no answer to the AckSync of " .. seq)
+      end
+    end
+    c:close()
+    return got
+  end
+
+  before_each(function()
+    data = h.make_tmpdir("jscons-tide")
+    srv = h.start_scripted(CONFIG, { args = { "--data", data } })
+  end)
+
+  after_each(function()
+    srv:kill()
+    h.remove_tmpdir(srv.dir)
+    h.remove_tmpdir(data)
+  end)
+
+  it("keeps durable consumers, their configuration and acks across a kill -9; ephemerals go", function()
+    api(srv.port, "$JS.API.STREAM.CREATE.S", { name = "S", subjects = { "s.>" } })
+    for i = 1, 6 do assert(h.request(srv.port, "s." .. i, "m" .. i)) end
+    local made = api(srv.port, "$JS.API.CONSUMER.CREATE.S.D", { stream_name = "S",
+      config = { durable_name = "D", ack_policy = "explicit", ack_wait = 60000000000, filter_subject = "s.*" } })
+    assert.are.equal("D", made.name, canon(made))
+    local eph = api(srv.port, "$JS.API.CONSUMER.CREATE.S", { stream_name = "S", config = { ack_policy = "explicit" } })
+    assert.truthy(eph.name, canon(eph))
+    -- 1, 2, 3 delivered; 1 and 3 acked, 2 left in flight
+    assert.are.same({ 1, 2, 3 }, pull_ack("S", "D", 3, function(s) return s ~= 2 end))
+    restart("KILL")
+    local info = api(srv.port, "$JS.API.CONSUMER.INFO.S.D")
+    assert.are.equal(60000000000, info.config.ack_wait, canon(info))
+    assert.are.equal("s.*", info.config.filter_subject)
+    assert.are.equal(10014, api(srv.port, "$JS.API.CONSUMER.INFO.S." .. eph.name).error.err_code)
+    -- 2 again (it was never acked), then 4..6; never 1 or 3
+    assert.are.same({ 2, 4, 5, 6 }, pull_ack("S", "D", 4, function() return true end))
+    restart("TERM")
+    local st = api(srv.port, "$JS.API.CONSUMER.INFO.S.D")
+    assert.are.same({ 0, 0, 6 }, { st.num_ack_pending, st.num_pending, st.ack_floor.stream_seq }, canon(st))
+    -- and deleting the stream deletes its consumers' files
+    assert.is_true(api(srv.port, "$JS.API.STREAM.DELETE.S").success)
+    assert.is_nil(io.open(data .. "/jsapi/consumers/S/D/config.json"))
+  end)
+
+  it("keeps API consumers through a reload, beside the declared one", function()
+    api(srv.port, "$JS.API.CONSUMER.CREATE.DECL.MINE", { stream_name = "DECL",
+      config = { durable_name = "MINE", ack_policy = "explicit" } })
+    local taken = api(srv.port, "$JS.API.CONSUMER.CREATE.DECL.WORK", { stream_name = "DECL",
+      config = { durable_name = "WORK", ack_policy = "explicit" } })
+    assert.are.equal(10013, taken.error.err_code, canon(taken))
+    h.write_file(srv.config, CONFIG .. "-- reloaded\n")
+    local m = assert(h.request(srv.port, "$TIDE.ADMIN.RELOAD", ""))
+    assert(json.decode(m.payload).ok, m.payload)
+    assert(h.request(srv.port, "decl.x", "after the reload"))
+    assert.are.same({ 1 }, pull_ack("DECL", "MINE", 1, function() return true end))
+    assert.are.same({ "MINE" }, api(srv.port, "$JS.API.CONSUMER.NAMES.DECL").consumers)
+  end)
+
+  it("takes filter_subjects (nats-server 2.10) and refuses overlapping ones", function()
+    api(srv.port, "$JS.API.STREAM.CREATE.F", { name = "F", subjects = { "f.>" } })
+    for _, s in ipairs({ "f.a", "f.b", "f.c", "f.a", "f.c" }) do assert(h.request(srv.port, s, s)) end
+    local r = api(srv.port, "$JS.API.CONSUMER.CREATE.F.AC", { stream_name = "F",
+      config = { durable_name = "AC", ack_policy = "explicit", filter_subjects = { "f.a", "f.c" } } })
+    assert.are.same({ "f.a", "f.c" }, r.config.filter_subjects, canon(r))
+    assert.are.equal(4, r.num_pending)
+    assert.are.same({ 1, 3, 4, 5 }, pull_ack("F", "AC", 4, function() return true end))
+    r = api(srv.port, "$JS.API.CONSUMER.CREATE.F.X", { stream_name = "F",
+      config = { durable_name = "X", ack_policy = "explicit", filter_subjects = { "f.>", "f.a" } } })
+    assert.are.equal(10138, r.error.err_code)
+    r = api(srv.port, "$JS.API.CONSUMER.CREATE.F.Y", { stream_name = "F",
+      config = { durable_name = "Y", ack_policy = "explicit", filter_subject = "f.a", filter_subjects = { "f.b" } } })
+    assert.are.equal(10136, r.error.err_code)
+  end)
+
+  it("answers a no_wait request with 404 once the acked messages' ack_wait has run out", function()
+    api(srv.port, "$JS.API.STREAM.CREATE.N", { name = "N", subjects = { "n.>" } })
+    assert(h.request(srv.port, "n.1", "one"))
+    api(srv.port, "$JS.API.CONSUMER.CREATE.N.C", { stream_name = "N",
+      config = { durable_name = "C", ack_policy = "explicit", ack_wait = 200000000 } })
+    assert.are.same({ 1 }, pull_ack("N", "C", 1, function() return true end))
+    h.proc.sleep(0.4) -- the acked message's deadline passes
+    local c = h.connect(srv.port)
+    c:send('CONNECT {"headers":true}\r\n')
+    c:sub("_INBOX.nowait", "1")
+    c:pub("$JS.API.CONSUMER.MSG.NEXT.N.C", json.encode({ batch = 1, no_wait = true }), "_INBOX.nowait")
+    local m = c:frame(2)
+    c:close()
+    assert(m and m.headers, "no answer to a no_wait request")
+    assert.truthy(m.headers:find("NATS/1.0 404 No Messages", 1, true), m.headers)
+  end)
+
+  it("refuses what tide does not implement, with the reason", function()
+    api(srv.port, "$JS.API.STREAM.CREATE.R", { name = "R", subjects = { "r.>" } })
+    local r = api(srv.port, "$JS.API.CONSUMER.CREATE.R.O", { stream_name = "R",
+      config = { durable_name = "O", ack_policy = "explicit", replay_policy = "original" } })
+    assert.are.equal(10012, r.error.err_code)
+    assert.truthy(r.error.description:find("original", 1, true), r.error.description)
+    r = api(srv.port, "$JS.API.CONSUMER.CREATE.R.T", { stream_name = "R",
+      config = { durable_name = "T", ack_policy = "explicit", num_replicas = 3 } })
+    assert.are.equal(10074, r.error.err_code)
+  end)
+end)
