@@ -36,6 +36,12 @@ local function nats_server_bin()
   return (out:gsub("%s+$", ""))
 end
 
+local function node_bin()
+  local rc, out = h.sh("command -v node")
+  assert(rc == 0, "node not found")
+  return (out:gsub("%s+$", ""))
+end
+
 local function run_steps(port, flag, label, log)
   local rc, out = h.sh(("cd %s && timeout -k 5 %d node jscons.mjs %d %s"):format(q(NODE_DIR), PROGRAM_TIMEOUT, port,
     flag))
@@ -125,6 +131,7 @@ describe("JetStream consumers, with " .. label .. ", against nats-server -js", f
       got.create_hb_on_pull.err, got.create_backoff_max_deliver.err, got.create_by_seq_without_seq.err,
       got.create_fc_without_hb.err, got.create_bad_name.err })
     assert.are.equal("orders.eu.>", got.create_filter_in_subject.config.filter_subject)
+    assert.are.equal("-ERR 'Maximum Payload Violation'", got.create_over_max_payload_raw)
     assert.are.same({ "EU", "PULL" }, got.names)
     assert.are.same({ 1, 2, 3 }, seqs(got.fetch_3))
     assert.are.same({ 4, 5, 6 }, seqs(got.fetch_rest))
@@ -277,6 +284,38 @@ describe("JetStream consumers in tide", function()
     r = api(srv.port, "$JS.API.CONSUMER.CREATE.F.Y", { stream_name = "F",
       config = { durable_name = "Y", ack_policy = "explicit", filter_subject = "f.a", filter_subjects = { "f.b" } } })
     assert.are.equal(10136, r.error.err_code)
+  end)
+
+  it("redelivers no acked message and loses none when killed -9 twice during pull fetches", function()
+    local N = 6000
+    local out = srv.dir .. "/crash.out"
+    local pid = h.proc.spawn({ node_bin(), NODE_DIR .. "/jscons_crash.mjs", tostring(srv.port), tostring(N) }, out)
+    -- the highest "acked N" the client printed
+    local function acked()
+      local n = 0
+      for k in (h.read_file(out) or ""):gmatch("acked (%d+)") do n = math.max(n, tonumber(k)) end
+      return n
+    end
+    for _, at in ipairs({ 1000, 3000 }) do -- killed while it fetches and acks
+      local ok = h.wait_until(function() return acked() >= at end, 45)
+      assert(ok, "the client did not get to " .. at .. " acks:\n" .. tostring(h.read_file(out)) .. srv:log())
+      srv:kill()
+      local dir, config, port = srv.dir, srv.config, srv.port
+      srv = h.start_server { port = port, args = { "-c", config, "--data", data } }
+      srv.dir, srv.config = dir, config
+    end
+    local st = h.proc.wait(pid, 60)
+    if not st then h.proc.kill(pid, "KILL"); h.proc.wait(pid, 5) end
+    local text = h.read_file(out) or ""
+    local res = json.decode(text:match("(%b{})%s*$") or "null")
+    assert(res, "jscons_crash.mjs gave no result:\n" .. text)
+    assert.are.same({}, res.again, "delivered again after their ack was answered: " .. canon(res))
+    assert.are.same({}, res.missing, canon(res))
+    assert.are.equal(N, res.acked)
+    assert.is_true(res.deliveries > N, "the kills came after the last fetch: " .. canon(res))
+    -- and the consumer agrees: everything acked, nothing pending
+    local info = api(srv.port, "$JS.API.CONSUMER.INFO.C.W")
+    assert.are.same({ 0, 0, N }, { info.num_ack_pending, info.num_pending, info.ack_floor.stream_seq }, canon(info))
   end)
 
   it("answers a no_wait request with 404 once the acked messages' ack_wait has run out", function()

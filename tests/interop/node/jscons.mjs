@@ -195,6 +195,36 @@ await step("create_by_seq_without_seq", () => raw(nc, "$JS.API.CONSUMER.CREATE.O
 await step("create_fc_without_hb", () => raw(nc, "$JS.API.CONSUMER.CREATE.ORDERS.X",
   { stream_name: "ORDERS", config: { durable_name: "X", ack_policy: "explicit", deliver_subject: "d.x",
     flow_control: true } }));
+// over max_payload: the client library refuses to send it; on a raw
+// connection the server's answer
+await step("create_over_max_payload_client", async () => {
+  try {
+    await raw(nc, "$JS.API.CONSUMER.CREATE.ORDERS.BIG", "x".repeat(nc.info.max_payload + 1));
+    return "sent";
+  } catch (e) {
+    return { error: String(e.code) };
+  }
+});
+await step("create_over_max_payload_raw", async () => {
+  const net = await import("node:net");
+  const n = nc.info.max_payload + 1;
+  return await new Promise((resolve) => {
+    const sock = net.connect(port, "127.0.0.1");
+    let text = "";
+    sock.on("data", (d) => {
+      text += d.toString();
+      const m = /-ERR[^\r\n]*/.exec(text);
+      if (m) {
+        sock.destroy();
+        resolve(m[0]);
+      }
+    });
+    sock.on("error", () => resolve("error"));
+    // (both servers answer the control line; the payload is not sent)
+    sock.write(`CONNECT {"verbose":false}\r\nPUB $JS.API.CONSUMER.CREATE.ORDERS.BIG _INBOX.big ${n}\r\n`);
+    setTimeout(() => { sock.destroy(); resolve(text.includes("-ERR") ? text : "no error"); }, 2000);
+  });
+});
 await step("create_bad_name", () => raw(nc, "$JS.API.CONSUMER.DURABLE.CREATE.ORDERS.a*b",
   { stream_name: "ORDERS", config: { durable_name: "a*b", ack_policy: "explicit" } }));
 await step("create_filter_in_subject", () => raw(nc, "$JS.API.CONSUMER.CREATE.ORDERS.EU.orders.eu.>",
