@@ -97,6 +97,10 @@ $(BUILD)/interop_js_c: tests/interop/js_c.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) -lnats -lpthread
 
+$(BUILD)/interop_jscons_c: tests/interop/jscons_c.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) -lnats
+
 $(BENCHBIN): bench/nats_bench.c bench/bench_util.c bench/bench_util.h
 	@mkdir -p $(BUILD)
 	$(CC) $(CSTD) -O2 -g -Wall -Wextra -o $@ bench/nats_bench.c bench/bench_util.c -lnats -lpthread -lm

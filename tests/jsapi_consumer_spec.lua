@@ -182,6 +182,42 @@ end
 compare_suite("nats.js v2", "")
 compare_suite("nats.js v3 (@nats-io/jetstream)", "--v3")
 
+describe("JetStream consumers with libnats (C), against nats-server -js and tide", function()
+  local C_BIN = ROOT .. "/build/interop_jscons_c"
+
+  setup(function()
+    -- a plain build, always at build/interop_jscons_c, whatever the build flavour
+    local rc, out = h.sh(("make -s -C %s BUILD=build SAN= build/interop_jscons_c"):format(q(ROOT)))
+    assert(rc == 0, "building build/interop_jscons_c failed:\n" .. out)
+  end)
+
+  local function checks(port, log)
+    local rc, out = h.sh(("timeout -k 5 50 %s %d"):format(q(C_BIN), port))
+    assert(rc == 0 and out:find("1..14", 1, true), out .. "\n--- server log ---\n" .. log())
+  end
+
+  it("passes every check against nats-server -js", function()
+    local sd = h.make_tmpdir("jscons-c-ns")
+    local port = h.free_port()
+    local ns = h.start_server { bin = nats_server_bin(), port = port,
+      cmd = { "-a", "127.0.0.1", "-p", tostring(port), "-js", "-sd", sd } }
+    local ok, err = pcall(checks, port, function() return ns:log() end)
+    ns:stop("INT")
+    h.remove_tmpdir(sd)
+    assert(ok, err)
+  end)
+
+  it("passes every check against tide", function()
+    local data = h.make_tmpdir("jscons-c-data")
+    local srv = h.start_scripted("-- nothing declared\n", { args = { "--data", data } })
+    local ok, err = pcall(checks, srv.port, function() return srv:log() end)
+    srv:kill()
+    h.remove_tmpdir(srv.dir)
+    h.remove_tmpdir(data)
+    assert(ok, err)
+  end)
+end)
+
 describe("JetStream consumers in tide", function()
   local srv, data
   local CONFIG = 'stream "DECL" { subjects = { "decl.>" } }\n' ..
