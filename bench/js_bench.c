@@ -50,6 +50,14 @@
  *            With --create-consumer (nats-server: js_GetConsumerInfo) or
  *            --tide-admin (tide: $TIDE.ADMIN.CONSUMER.INFO) the consumer's
  *            state is then read back and must show no pending acks.
+ *   pull     preloads --n N (default 100000) messages as in async, makes a
+ *            durable pull consumer "p" through the JetStream API
+ *            (js_AddConsumer: ack explicit, max ack pending 20000; on both
+ *            servers), then js_PullSubscribe and natsSubscription_Fetch of
+ *            --batch B (default 100) messages at a time, each acked with
+ *            natsMsg_Ack, until all N have arrived.  Reports messages/s from
+ *            the first fetch to the last ack flushed; the consumer's info
+ *            must then show no pending acks.
  *   ping     one raw connection: CONNECT + PING, waits for PONG.
  *   wait-ready
  *            retries a raw CONNECT + PING every 2 ms until a PONG comes
@@ -100,7 +108,7 @@ static int64_t realtime_ns(void)
 static void die_usage(void)
 {
     fprintf(stderr,
-            "usage: js_bench --scenario seq|async|consume|kv|ping|wait-ready [--url URL]\n"
+            "usage: js_bench --scenario seq|async|consume|kv|pull|ping|wait-ready [--url URL]\n"
             "                [--n N] [--size S] [--warmup W] [--max-pending P]\n"
             "                [--timeout SECS] [--raw FILE] [--create-stream]\n"
             "                [--create-consumer] [--tide-admin] [--stream NAME] [--subject SUBJ]\n"
@@ -126,7 +134,7 @@ static void fail(const char *fmt, ...)
 
 struct args {
     const char *url;
-    long n, size, warmup, max_pending;
+    long n, size, warmup, max_pending, batch;
     bool n_set;
     double timeout;
     const char *raw;
@@ -168,6 +176,7 @@ static void parse_args(int argc, char **argv, struct args *a)
     a->size = 128;
     a->warmup = 100;
     a->max_pending = 4096;
+    a->batch = 100;
     a->timeout = 300;
     a->raw = NULL;
     a->create_stream = a->create_consumer = a->tide_admin = false;
@@ -210,6 +219,7 @@ static void parse_args(int argc, char **argv, struct args *a)
         else if (strcmp(o, "--subject") == 0) a->subject = v;
         else if (strcmp(o, "--deliver") == 0) a->deliver = v;
         else if (strcmp(o, "--durable") == 0) a->durable = v;
+        else if (strcmp(o, "--batch") == 0) a->batch = parse_long(o, v);
         else if (strcmp(o, "--since-ns") == 0) a->since_ns = (int64_t)parse_long(o, v);
         else if (strcmp(o, "--kv-fsync") == 0) a->kv_fsync = v;
         else die_usage();
@@ -219,6 +229,7 @@ static void parse_args(int argc, char **argv, struct args *a)
         else if (strcmp(scenario, "async") == 0) a->n = 200000;
         else if (strcmp(scenario, "consume") == 0) a->n = 100000;
         else if (strcmp(scenario, "kv") == 0) a->n = 5000;
+        else if (strcmp(scenario, "pull") == 0) a->n = 100000;
         else a->n = 1;
     }
     if (a->n < 1 || a->n > 100000000L || a->size < 8 || a->size > (8L << 20) ||
@@ -832,6 +843,82 @@ static int run_kv(const struct args *a, natsConnection *nc, jsCtx *js, int64_t d
     return 0;
 }
 
+/* -------------------------------------------------------------- pull */
+
+/* Makes the durable pull consumer "p" on a->stream through $JS.API. */
+static void make_pull_consumer(const struct args *a, jsCtx *js)
+{
+    jsConsumerConfig cc;
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    jsConsumerConfig_Init(&cc);
+    cc.Durable = "p";
+    cc.DeliverPolicy = js_DeliverAll;
+    cc.AckPolicy = js_AckExplicit;
+    cc.AckWait = 30LL * 1000000000LL;
+    cc.MaxAckPending = 20000;
+    natsStatus s = js_AddConsumer(&ci, js, a->stream, &cc, NULL, &jerr);
+    if (s != NATS_OK)
+        fail("js_AddConsumer %s/p: %s (errcode %d)", a->stream, errtext(s), (int)jerr);
+    jsConsumerInfo_Destroy(ci);
+}
+
+static int run_pull(const struct args *a, natsConnection *nc, jsCtx *js, int64_t deadline)
+{
+    (void)nc;
+    struct async_res pre = publish_async(a, js, a->n, deadline);
+    make_pull_consumer(a, js);
+    natsSubscription *sub = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_PullSubscribe(&sub, js, a->subject, "p", NULL, NULL, &jerr);
+    if (s != NATS_OK)
+        fail("js_PullSubscribe: %s (errcode %d)", errtext(s), (int)jerr);
+    long got = 0, fetches = 0;
+    int64_t t0 = now_ns();
+    while (got < a->n) {
+        if (now_ns() > deadline)
+            fail("timeout after %.0fs: %ld of %ld fetched", a->timeout, got, a->n);
+        natsMsgList list = { 0 };
+        long want = a->n - got < a->batch ? a->n - got : a->batch;
+        s = natsSubscription_Fetch(&list, sub, (int)want, 5000, &jerr);
+        if (s != NATS_OK && s != NATS_TIMEOUT)
+            fail("fetch: %s (errcode %d)", errtext(s), (int)jerr);
+        fetches++;
+        for (int i = 0; i < list.Count; i++)
+            if (natsMsg_Ack(list.Msgs[i], NULL) != NATS_OK)
+                fail("natsMsg_Ack failed");
+        got += list.Count;
+        natsMsgList_Destroy(&list);
+    }
+    s = natsConnection_FlushTimeout(nc, ms_left(deadline));
+    int64_t t1 = now_ns();
+    if (s != NATS_OK)
+        fail("flushing the acks: %s", errtext(s));
+    long ack_pending = -1;
+    int64_t until = now_ns() + 10000000000LL;
+    for (;;) {
+        jsConsumerInfo *ci = NULL;
+        s = js_GetConsumerInfo(&ci, js, a->stream, "p", NULL, &jerr);
+        if (s != NATS_OK)
+            fail("js_GetConsumerInfo: %s (errcode %d)", errtext(s), (int)jerr);
+        ack_pending = (long)ci->NumAckPending;
+        jsConsumerInfo_Destroy(ci);
+        if (ack_pending == 0)
+            break;
+        if (now_ns() > until)
+            fail("consumer still has %ld unacknowledged messages", ack_pending);
+        sleep_us(20000);
+    }
+    double secs = (double)(t1 - t0) / 1e9;
+    printf("RESULT pull size=%ld n=%ld batch=%ld fetches=%ld secs=%.3f rate=%.0f preload_rate=%.0f\n", a->size,
+           got, a->batch, fetches, secs, (double)got / secs, (double)a->n / pre.secs);
+    fflush(stdout);
+    atomic_store(&closing, true);
+    natsSubscription_Unsubscribe(sub);
+    natsSubscription_Destroy(sub);
+    return 0;
+}
+
 static int run_ping(const struct args *a)
 {
     struct addrinfo *ai = resolve(a->url);
@@ -891,6 +978,7 @@ int main(int argc, char **argv)
     else if (strcmp(scenario, "async") == 0) run = run_async;
     else if (strcmp(scenario, "consume") == 0) run = run_consume;
     else if (strcmp(scenario, "kv") == 0) run = run_kv;
+    else if (strcmp(scenario, "pull") == 0) run = run_pull;
     else die_usage();
 
     natsStatus s = nats_Open(-1);

@@ -39,6 +39,13 @@
 #                async publishes, then a plain subscription on the deliver
 #                subject receives and acks them ("+ACK" to the reply subject);
 #                messages/s delivered and acked
+#   pull1, pull100, pull1000
+#                BENCH_JS_PULL_N (default 100000; pull1: BENCH_JS_PULL1_N,
+#                default 5000) messages preloaded with async publishes, then
+#                a durable pull consumer made through $JS.API on both servers
+#                (js_AddConsumer) is fetched from with natsSubscription_Fetch
+#                of 1, 100 or 1000 messages at a time, each message acked
+#                (natsMsg_Ack); messages/s fetched and acked
 #   recovery128  BENCH_RECOVERY_N (default 1000000) events of 128 B published
 #                async, the server stopped with SIGTERM and started again on
 #                the same data: time from exec until it accepts a connection
@@ -96,6 +103,8 @@ SEQ_N=${BENCH_JS_SEQ_N:-5000}
 ASYNC_N=${BENCH_JS_ASYNC_N:-200000}
 CONSUME_N=${BENCH_JS_CONSUME_N:-100000}
 KV_N=${BENCH_JS_KV_N:-5000}
+PULL_N=${BENCH_JS_PULL_N:-100000}
+PULL1_N=${BENCH_JS_PULL1_N:-5000}
 REC_N=${BENCH_RECOVERY_N:-1000000}
 MAX_PENDING=${BENCH_JS_MAX_PENDING:-4096}
 JS_TMO=${BENCH_JS_TIMEOUT:-600}
@@ -115,7 +124,7 @@ die() { echo "bench-js: $*" >&2; exit 2; }
 [ -x "$BENCH" ] || die "$BENCH not built (run: make build/js_bench)"
 [ -x "$BUILD/fsync_probe" ] || die "$BUILD/fsync_probe not built (run: make build/fsync_probe)"
 command -v "$NATS_BIN" >/dev/null 2>&1 || die "$NATS_BIN not found"
-case "$REPEAT$SEQ_N$ASYNC_N$CONSUME_N$REC_N$MAX_PENDING$JS_TMO$KV_N" in
+case "$REPEAT$SEQ_N$ASYNC_N$CONSUME_N$PULL_N$PULL1_N$REC_N$MAX_PENDING$JS_TMO$KV_N" in
     *[!0-9]*) die "BENCH_* values must be integers" ;;
 esac
 [ "$REPEAT" -ge 1 ] || die "BENCH_REPEAT must be >= 1"
@@ -442,6 +451,19 @@ kill_server() {
     return 0
 }
 
+scen_pull() {   # side batch n
+    local side=$1 batch=$2 n=$3 key=pull$2
+    fresh_server "$side" "$key" || return
+    # (the pull consumer "p" is made through $JS.API on both servers)
+    if run_client "$side" "$key" pull --n "$n" --size 128 --batch "$batch" --max-pending "$MAX_PENDING"; then
+        sample "$key" "$side" "$(field rate "$LINE")"
+        sample "$key.cpu" "$side" "$CPU_S"
+        printf '  %-11s %-12s %10s msg/s fetched+acked (%s fetches)\n' "$(label "$side")" "$key" \
+            "$(field rate "$LINE")" "$(field fetches "$LINE")"
+    fi
+    stop_server "$side"
+}
+
 scen_recovery() {   # side key size [kill]
     local side=$1 key=$2 size=$3 how=${4:-term} disk rate pub_cpu stop_ms ready rss hwm c_ready seq out
     fresh_server "$side" "$key" || return
@@ -506,6 +528,9 @@ run_scenario() {  # id side
         seqi)        TIDE_CFG="$TMP/tide-js-interval.lua"; scen_seq "$2" seqi; TIDE_CFG="$TMP/tide-js.lua" ;;
         async)       scen_async "$2" ;;
         consume)     scen_consume "$2" ;;
+        pull1)       scen_pull "$2" 1 "$PULL1_N" ;;
+        pull100)     scen_pull "$2" 100 "$PULL_N" ;;
+        pull1000)    scen_pull "$2" 1000 "$PULL_N" ;;
         kv)          scen_kv "$2" ;;
         kvi)         scen_kv "$2" kvi ;;
         recovery128) scen_recovery "$2" recovery128 128 ;;
@@ -533,7 +558,7 @@ FSYNC_NOTE="tide: fsync = \"always\" (group commit; a PubAck means the message i
 : > "$LOGDIR/errors.log"
 : > "$LOGDIR/tide.log"
 : > "$LOGDIR/nats.log"
-SCENARIOS="seq seqi async consume kv kvi recovery128 recovery1k recoverykill"
+SCENARIOS="seq seqi async consume pull1 pull100 pull1000 kv kvi recovery128 recovery1k recoverykill"
 t_start=$(date +%s)
 
 echo "tide durable-publish benchmark: $REPEAT repetition(s); seq $SEQ_N, async $ASYNC_N, consume $CONSUME_N, recovery $REC_N"
@@ -576,6 +601,9 @@ async|publish, async ('"$MAX_PENDING"' in flight), 128 B (msgs/s)|rate|higher
 async.disk|data dir after '"$ASYNC_N"' async msgs (MiB)|mib|lower
 consume|push consumer: deliver + ack (msgs/s)|rate|higher
 consume.pre|consume preload, async publish (msgs/s)|rate|higher
+pull1|pull consumer: fetch 1 + ack (msgs/s)|rate|higher
+pull100|pull consumer: fetch 100 + ack (msgs/s)|rate|higher
+pull1000|pull consumer: fetch 1000 + ack (msgs/s)|rate|higher
 kv.put|KV put, sequential, 128 B, 1,000 keys (puts/s)|rate|higher
 kv.putp50|KV put, sequential: p50 (us)|us|lower
 kv.get|KV get, sequential, direct get (gets/s)|rate|higher
@@ -599,6 +627,7 @@ recoverykill.rss|recovery 1 KiB after SIGKILL: RSS after restart (MiB)|mib|lower
 CPUROWS='seq.cpu|publish, sequential|sec|lower
 async.cpu|publish, async|sec|lower
 consume.cpu|consume (preload + deliver + ack)|sec|lower
+pull100.cpu|pull, batch 100 (preload + fetch + ack)|sec|lower
 kv.cpu|KV puts and gets|sec|lower
 recovery128.cpu|recovery 128 B: publishing|sec|lower
 recovery128.rcpu|recovery 128 B: restart until PONG|sec|lower

@@ -76,8 +76,8 @@ pull_wait_t *pullq_target(pullq_t *q, server_t *srv, size_t size, int64_t now)
             status_pending(srv, w, "408 Request Timeout");
         } else if (w->bytes && (int64_t)size > w->bytes) {
             status_pending(srv, w, "409 Message Size Exceeds MaxBytes");
-        } else if (server_has_interest(srv, w->reply, w->rlen)) {
-            return w;
+        } else if (w->got || server_has_interest(srv, w->reply, w->rlen)) {
+            return w; /* (a request that took a message had a listener: pullq_tick looks again) */
         }
         drop(q, 0);
     }

@@ -38,7 +38,8 @@ int pullq_add(pullq_t *q, int64_t max, const consumer_pull_req_t *req, const cha
 /* The oldest request that can take a message of size bytes now, or NULL.
  * Requests on the way that cannot (expired: 408; size over their
  * max_bytes: 409; nobody subscribed to their reply: dropped) are answered
- * and dropped. */
+ * and dropped.  Whether someone listens is asked before a request's first
+ * message only: pullq_tick asks again for those that got some. */
 pull_wait_t *pullq_target(pullq_t *q, server_t *srv, size_t size, int64_t now);
 
 /* The request pullq_target returned got a message of size bytes: counts
