@@ -666,13 +666,15 @@ static int create_name(const cJSON *rc, const char *subj_name, int durable_form,
     if (!subj_name[0] && durable[0])
         return jsapi_set_err(e, 400, 10020,
                              "consumer expected to be ephemeral but a durable name was set in request"), -1;
-    if (subj_name[0]) {
-        snprintf(out, STREAM_NAME_MAX, "%s", subj_name);
+    if (subj_name[0]) { /* (create_subject checked it) */
+        snprintf(out, STREAM_NAME_MAX, "%.63s", subj_name);
         return 0;
     }
     if (name[0]) { /* legacy ephemeral with a name: nats-server takes it */
-        snprintf(out, STREAM_NAME_MAX, "%s", name);
-        return name_check(out, e);
+        if (name_check(name, e) < 0)
+            return -1;
+        snprintf(out, STREAM_NAME_MAX, "%.63s", name);
+        return 0;
     }
     static const char alnum[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     unsigned char b[8];
