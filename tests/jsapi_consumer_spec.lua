@@ -175,6 +175,9 @@ describe("JetStream consumers, with " .. label .. ", against nats-server -js", f
     assert.is_true(got.delete_with_waiting.ok)
     assert.are.equal("Consumer Deleted", got.delete_with_waiting.waiting[1].description)
     assert.are.same({ err = 10014 }, got.delete_again)
+    assert.are.same({ 10084, 10100, 10099, 10101 }, { got.wq_ack_none.err, got.wq_overlap.err, got.wq_unfiltered.err,
+      got.wq_deliver_new.err })
+    assert.are.same({ got = { 1, 2 }, messages = 1, first_seq = 3 }, got.wq_fetch_removes)
   end)
 end)
 end

@@ -749,6 +749,33 @@ static int create_existing(jsapi_t *api, const consumer_cfg_t *c, cJSON *norm, c
     return 0;
 }
 
+/* What a workqueue stream asks of a new consumer c (as nats-server's
+ * checkConsumerCfg and addConsumerWithAssignment): explicit acks, a filter
+ * no other consumer overlaps (none only for the first), deliver all.  0,
+ * or -1 with e set. */
+static int workqueue_check(jsapi_t *api, const consumer_cfg_t *c, api_err_t *e)
+{
+    stream_info_t in;
+    const stream_cfg_t *sc = streams_stream_info(api->n->streams, c->stream, -1, &in);
+    char err[256];
+    int code = 0;
+    if (!sc || sc->retention != RETENTION_WORKQUEUE)
+        return 0;
+    if (c->pull && c->ack_policy == ACK_NONE) /* checkConsumerCfg's, first */
+        return jsapi_set_err(e, 400, 10084, "consumer in pull mode requires ack policy"), -1;
+    if (c->ack_policy != ACK_EXPLICIT)
+        return jsapi_set_err(e, 400, 10098, "workqueue stream requires explicit ack"), -1;
+    if (!c->filter[0] && !c->nfilters && in.nconsumers > 0)
+        return jsapi_set_err(e, 400, 10099, "multiple non-filtered consumers not allowed on workqueue stream"), -1;
+    for (int i = 0; i < (c->nfilters ? c->nfilters : 1); i++)
+        if (streams_workqueue_conflict(api->n->streams, c->stream, c->nfilters ? c->filters[i] : c->filter, c->name,
+                                       &code, err, sizeof err) < 0)
+            return jsapi_set_err(e, 400, code, "%s", err), -1;
+    if (c->deliver_policy != DELIVER_ALL)
+        return jsapi_set_err(e, 400, 10101, "consumer must be deliver all on workqueue stream"), -1;
+    return 0;
+}
+
 /* CONSUMER.CREATE.<stream>[.<name>[.<filter>]] and DURABLE.CREATE.<stream>.<durable> */
 static void verb_create(jsapi_t *api, const proto_msg_t *m, const char *rest, size_t len)
 {
@@ -788,6 +815,9 @@ static void verb_create(jsapi_t *api, const proto_msg_t *m, const char *rest, si
     } else if (action && !strcmp(action, "update")) {
         cJSON_Delete(norm);
         jsapi_set_err(&e, 400, 10149, "consumer does not exist");
+        goto fail;
+    } else if (workqueue_check(api, &c, &e) < 0) {
+        cJSON_Delete(norm);
         goto fail;
     } else {
         jsapi_time(slog_now_ns(), now);

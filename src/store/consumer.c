@@ -124,6 +124,10 @@ static void release_deferred(consumer_t *c);
 /* True when the consumer's filters take subject (all when it has none). */
 static int filtered(const consumer_t *c) { return c->cfg.nfilters > 0 || c->cfg.filter[0]; }
 
+static int matches(const consumer_t *c, const char *subject, size_t len);
+
+int consumer_matches(const consumer_t *c, const char *subject, size_t len) { return matches(c, subject, len); }
+
 static int matches(const consumer_t *c, const char *subject, size_t len)
 {
     if (c->cfg.nfilters == 0)
@@ -688,6 +692,9 @@ int consumer_has_acked(consumer_t *c, uint64_t seq)
 {
     if (seq >= c->next_seq || pend_get(c, seq))
         return 0;
+    for (size_t i = c->lps_at; i < c->nlps; i++) /* last_per_subject: still to come */
+        if (c->lps[i] == seq)
+            return 0;
     for (size_t i = 0; c->nparked && i < c->keys.cap; i++) {
         const keyq_t *q = c->keys.slots[i].key ? c->keys.slots[i].val : NULL;
         for (size_t k = 0; q && k < q->n; k++)

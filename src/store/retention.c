@@ -15,11 +15,7 @@
 #include "stream_internal.h"
 #include "subject.h"
 
-static int takes(const consumer_t *c, const char *subject, size_t len)
-{
-    const char *f = consumer_cfg(c)->filter;
-    return !f[0] || subject_matches(f, strlen(f), subject, len);
-}
+static int takes(const consumer_t *c, const char *subject, size_t len) { return consumer_matches(c, subject, len); }
 
 /* True when every consumer of st whose filter takes the subject has acked
  * seq (also when none takes it). */

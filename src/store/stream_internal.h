@@ -87,6 +87,8 @@ struct cJSON *consumer_json(consumer_t *c);
 int consumer_pull(consumer_t *c, const consumer_pull_req_t *req, const char *reply, size_t rlen);
 /* Answers every pull request c holds with the status line status. */
 void consumer_end_pulls(consumer_t *c, const char *status);
+/* True when c's filters (filter, or filters when it has a list) take subject. */
+int consumer_matches(const consumer_t *c, const char *subject, size_t len);
 /* Where c keeps its state ("" for none). */
 const char *consumer_dir(const consumer_t *c);
 /* Fills *out for streams_consumer_info (all but handlers, which the streams know). */

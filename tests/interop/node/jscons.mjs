@@ -472,6 +472,25 @@ if (!v3) {
   });
 }
 
+// ---- a workqueue stream -------------------------------------------------------
+await step("wq_stream", async () => (await jsm.streams.add({ name: "WQ", subjects: ["wq.>"],
+  retention: "workqueue" })).config.retention);
+await step("wq_ack_none", () => jsm.consumers.add("WQ", { durable_name: "N", ack_policy: AP.none }));
+await step("wq_first", async () => cfg((await jsm.consumers.add("WQ", { durable_name: "A", ack_policy: AP.explicit,
+  filter_subject: "wq.a.*" })).config));
+await step("wq_overlap", () => jsm.consumers.add("WQ", { durable_name: "B", ack_policy: AP.explicit,
+  filter_subject: "wq.>" }));
+await step("wq_unfiltered", () => jsm.consumers.add("WQ", { durable_name: "C", ack_policy: AP.explicit }));
+await step("wq_deliver_new", () => jsm.consumers.add("WQ", { durable_name: "D", ack_policy: AP.explicit,
+  filter_subject: "wq.d", deliver_policy: "new" }));
+await step("wq_fetch_removes", async () => {
+  for (let i = 1; i <= 3; i++) await js.publish(`wq.a.${i}`, enc(`job ${i}`));
+  const got = await fetch(js, "WQ", "A", { batch: 2, expires: 1000 });
+  await sleep(100);
+  const st = (await jsm.streams.info("WQ")).state;
+  return { got: got.map((m) => m.seq), messages: st.messages, first_seq: st.first_seq };
+});
+
 // ---- ephemerals and delete ---------------------------------------------------
 await step("ephemeral", async () => {
   const ci = await jsm.consumers.add("ORDERS", { ack_policy: AP.explicit, inactive_threshold: 500e6 });
