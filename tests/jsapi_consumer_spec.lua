@@ -178,6 +178,8 @@ describe("JetStream consumers, with " .. label .. ", against nats-server -js", f
     assert.are.same({ 10084, 10100, 10099, 10101 }, { got.wq_ack_none.err, got.wq_overlap.err, got.wq_unfiltered.err,
       got.wq_deliver_new.err })
     assert.are.same({ got = { 1, 2 }, messages = 1, first_seq = 3 }, got.wq_fetch_removes)
+    assert.are.same({ keys = { "a", "b" }, history = { "PUT:1", "PUT:3" }, watch = { "b=2", "a=3", "c=4" },
+      keys_after_delete = { "a", "c" } }, got.kv_through_consumers)
   end)
 end)
 end

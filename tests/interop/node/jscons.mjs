@@ -491,6 +491,38 @@ await step("wq_fetch_removes", async () => {
   return { got: got.map((m) => m.seq), messages: st.messages, first_seq: st.first_seq };
 });
 
+// ---- KV calls that read through consumers (keys, history, watch) -------------
+await step("kv_through_consumers", async () => {
+  let kv;
+  if (v3) {
+    const { Kvm } = await import("@nats-io/kv");
+    kv = await new Kvm(nc).create("probe", { history: 5 });
+  } else {
+    kv = await js.views.kv("probe", { history: 5 });
+  }
+  await kv.put("a", enc("1"));
+  await kv.put("b", enc("2"));
+  await kv.put("a", enc("3"));
+  const res = { keys: [], history: [], watch: [], keys_after_delete: [] };
+  for await (const k of await kv.keys()) res.keys.push(k);
+  for await (const e of await kv.history({ key: "a" })) res.history.push(`${e.operation}:${dec(e.value)}`);
+  const w = await kv.watch();
+  const done = (async () => {
+    for await (const e of w) {
+      res.watch.push(`${e.key}=${dec(e.value)}`);
+      if (res.watch.length === 3) break;
+    }
+  })();
+  await sleep(200);
+  await kv.put("c", enc("4"));
+  await Promise.race([done, sleep(2000)]);
+  await kv.delete("b");
+  for await (const k of await kv.keys()) res.keys_after_delete.push(k);
+  res.keys.sort();
+  res.keys_after_delete.sort();
+  return res;
+});
+
 // ---- ephemerals and delete ---------------------------------------------------
 await step("ephemeral", async () => {
   const ci = await jsm.consumers.add("ORDERS", { ack_policy: AP.explicit, inactive_threshold: 500e6 });
