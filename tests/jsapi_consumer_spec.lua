@@ -170,6 +170,10 @@ describe("JetStream consumers, with " .. label .. ", against nats-server -js", f
     assert.are.same({ 2, 4, 6, 8 }, seqs(got.push_durable.got))
     assert.are.equal("Consumer is push based", got.push_pull_request[1].description)
     assert.are.equal("Idle Heartbeat", got.push_heartbeat[1].description)
+    if flag == "" then -- js.subscribe is v2's
+      assert.are.same({ seqs = { 1, 3, 5, 7, 9 }, deliver_group = "workers" }, got.js_subscribe_queue)
+      assert.are.same({ 1, 3, 5, 7, 9 }, got.js_subscribe_durable)
+    end
     assert.are.same({ err = 10014 }, got.ephemeral.after)
     assert.are.equal(5000000000, got.ephemeral_default_threshold.inactive_threshold)
     assert.is_true(got.delete_with_waiting.ok)

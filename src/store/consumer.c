@@ -121,13 +121,14 @@ struct consumer {
 
 static void release_deferred(consumer_t *c);
 
-/* True when the consumer's filters take subject (all when it has none). */
+/* True when the consumer has a filter (or a list of them). */
 static int filtered(const consumer_t *c) { return c->cfg.nfilters > 0 || c->cfg.filter[0]; }
 
 static int matches(const consumer_t *c, const char *subject, size_t len);
 
 int consumer_matches(const consumer_t *c, const char *subject, size_t len) { return matches(c, subject, len); }
 
+/* True when the consumer's filters take subject (all when it has none). */
 static int matches(const consumer_t *c, const char *subject, size_t len)
 {
     if (c->cfg.nfilters == 0)

@@ -454,6 +454,33 @@ if (!v3) {
     await Promise.race([done, sleep(2000)]);
     return seqs;
   });
+  await step("js_subscribe_queue", async () => {
+    const { consumerOpts } = await import("nats");
+    const inbox = createInbox();
+    const subs = [];
+    for (let i = 0; i < 2; i++) {
+      const opts = consumerOpts();
+      opts.durable("QG");
+      opts.queue("workers");
+      opts.manualAck();
+      opts.ackExplicit();
+      opts.deliverTo(inbox);
+      opts.filterSubject("orders.eu.*");
+      subs.push(await js.subscribe("orders.eu.*", opts));
+    }
+    const seqs = [];
+    const done = subs.map((sub) => (async () => {
+      for await (const m of sub) {
+        seqs.push(m.seq);
+        m.ack();
+      }
+    })());
+    await sleep(1000);
+    subs.forEach((sub) => sub.unsubscribe());
+    await Promise.all(done);
+    const ci = await jsm.consumers.info("ORDERS", "QG");
+    return { seqs: seqs.sort((a, b) => a - b), deliver_group: ci.config.deliver_group };
+  });
   await step("js_subscribe_ordered", async () => {
     const { consumerOpts } = await import("nats");
     const opts = consumerOpts();
