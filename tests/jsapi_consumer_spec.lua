@@ -159,6 +159,9 @@ describe("JetStream consumers, with " .. label .. ", against nats-server -js", f
     assert.are.same({ 1, 2 }, { got.ack_wait_max_deliver.a[1].deliveries, got.ack_wait_max_deliver.b[1].deliveries })
     assert.are.same({}, got.ack_wait_max_deliver.c)
     assert.are.same({ got = { 1, 2, 408 }, num_ack_pending = 2 }, got.max_ack_pending)
+    assert.are.same({ 1, 0 }, { got.in_progress_holds.before.num_ack_pending,
+      got.in_progress_holds.before.num_redelivered })
+    assert.are.same({ 408 }, seqs(got.in_progress_holds.again))
     assert.are.same({ 10, 408 }, seqs(got.policy_last.got))
     assert.are.same({ 408 }, seqs(got.policy_new.got))
     assert.are.same({ 8, 9, 10, 408 }, seqs(got.policy_by_seq.got))

@@ -117,6 +117,9 @@ struct consumer {
      * next_seq, in stream order. */
     uint64_t *lps;
     size_t nlps, lps_at;
+    /* The ack floor before the first ack: where the consumer started. */
+    uint64_t opened_next;
+    int acked_once;
 };
 
 static void release_deferred(consumer_t *c);
@@ -665,6 +668,7 @@ static void done(consumer_t *c, pend_t *p)
 {
     uint64_t seq = p->seq;
     log_op(c, 'A', 0, seq);
+    c->acked_once = 1;
     dict_remove(&c->pending, (const char *)&seq, 8);
     c->npending--;
     stream_retention_done(c->st, c, seq); /* the stream's retention may let it go now */
@@ -1637,6 +1641,8 @@ consumer_t *consumer_open(streams_t *sm, stream_t *st, const consumer_cfg_t *cfg
         return NULL;
     }
 started:;
+    c->opened_next = c->next_seq;
+    c->acked_once = c->dseq > 0; /* (a consumer with a past has its floor in its state) */
     struct timeval tv = {0, TICK_MS * 1000};
     event_add(c->tick_ev, &tv);
     return c;
@@ -1768,6 +1774,10 @@ void consumer_get_info(consumer_t *c, consumer_info_t *out)
      * everything delivered. */
     out->floor_sseq = low ? low->seq - 1 : out->last_sseq;
     out->floor_dseq = low ? (low->dseq ? low->dseq - 1 : c->dseq) : c->dseq;
+    if (!c->acked_once && low) { /* nothing acked yet: the floor is where it started (as nats-server) */
+        out->floor_sseq = c->opened_next ? c->opened_next - 1 : 0;
+        out->floor_dseq = 0;
+    }
 }
 
 void consumer_metrics(consumer_t *const *cs, int n, char **buf, size_t *len, size_t *cap)

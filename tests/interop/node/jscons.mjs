@@ -335,6 +335,23 @@ await step("ack_wait_max_deliver", async () => {
   // (nats-server leaves ack_floor at 0 and counts the given-up message as redelivered; tide does not)
   return { a, b, c, num_ack_pending: st.num_ack_pending, num_pending: st.num_pending };
 });
+await step("in_progress_holds", async () => {
+  await jsm.consumers.add("ORDERS", { durable_name: "WPI", ack_policy: AP.explicit, ack_wait: 600e6,
+    filter_subject: "orders.eu.3" });
+  const inbox = createInbox();
+  const sub = nc.subscribe(inbox, { max: 1 });
+  nc.publish("$JS.API.CONSUMER.MSG.NEXT.ORDERS.WPI", enc(JSON.stringify({ batch: 1, expires: 1e9 })), { reply: inbox });
+  let m;
+  for await (const x of sub) m = x;
+  for (let i = 0; i < 3; i++) { // 3 x 400 ms, each within ack_wait of the last +WPI
+    await sleep(400);
+    await nc.request(m.reply, enc("+WPI"), { timeout: 1000 });
+  }
+  const before = state(await jsm.consumers.info("ORDERS", "WPI"));
+  await nc.request(m.reply, enc("+ACK"), { timeout: 1000 });
+  const again = await pull(nc, "ORDERS", "WPI", { batch: 1, expires: 300e6 }, 1000);
+  return { before, again };
+});
 await step("max_ack_pending", async () => {
   await jsm.consumers.add("ORDERS", { durable_name: "MAP", ack_policy: AP.explicit, max_ack_pending: 2 });
   const got = await pull(nc, "ORDERS", "MAP", { batch: 5, expires: 300e6 }, 2000, false);
