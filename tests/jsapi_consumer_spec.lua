@@ -383,6 +383,19 @@ describe("JetStream consumers in tide", function()
     assert.truthy(m.headers:find("NATS/1.0 404 No Messages", 1, true), m.headers)
   end)
 
+  it("counts num_pending with the new filter after an update changes it", function()
+    api(srv.port, "$JS.API.STREAM.CREATE.U", { name = "U", subjects = { "u.>" } })
+    for _, s in ipairs({ "u.a", "u.a", "u.a", "u.b", "u.b" }) do assert(h.request(srv.port, s, s)) end
+    local cfg = { durable_name = "C", ack_policy = "explicit", filter_subject = "u.a" }
+    local r = api(srv.port, "$JS.API.CONSUMER.CREATE.U.C", { stream_name = "U", config = cfg })
+    assert.are.equal(3, r.num_pending, canon(r))
+    cfg.filter_subject = "u.b"
+    r = api(srv.port, "$JS.API.CONSUMER.CREATE.U.C", { stream_name = "U", config = cfg, action = "update" })
+    assert.are.equal("u.b", r.config.filter_subject, canon(r))
+    assert.are.equal(2, r.num_pending, canon(r))
+    assert.are.same({ 4, 5 }, pull_ack("U", "C", 2, function() return true end))
+  end)
+
   it("refuses what tide does not implement, with the reason", function()
     api(srv.port, "$JS.API.STREAM.CREATE.R", { name = "R", subjects = { "r.>" } })
     local r = api(srv.port, "$JS.API.CONSUMER.CREATE.R.O", { stream_name = "R",

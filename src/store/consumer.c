@@ -1659,6 +1659,14 @@ void consumer_update(consumer_t *c, const consumer_cfg_t *cfg)
     memcpy(c->cfg.ordered_by, keep.ordered_by, sizeof c->cfg.ordered_by);
     if (strcmp(keep.ordered_by, cfg->ordered_by))
         log_warn("consumer %s: ordered_by changes only for a new consumer", c->cfg.name);
+    /* What is pending was counted with the old filters: count afresh. */
+    int same = !strcmp(keep.filter, c->cfg.filter) && keep.nfilters == c->cfg.nfilters;
+    for (int i = 0; same && i < c->cfg.nfilters; i++)
+        same = !strcmp(keep.filters[i], c->cfg.filters[i]);
+    if (!same) {
+        c->num_pending = 0;
+        c->counted_to = c->next_seq ? c->next_seq - 1 : 0;
+    }
 }
 
 void consumer_close(consumer_t *c)
