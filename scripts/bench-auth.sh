@@ -18,6 +18,7 @@
 # and in build/bench-auth.md.
 set -u
 cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
 ROOT=$(pwd)
 TIDE=${TIDE:-$ROOT/build/tide}
 BENCH=$ROOT/build/nats_bench
@@ -35,10 +36,6 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/tide-bench-auth.XXXXXX")
 PIDS=""
 cleanup() { for p in $PIDS; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; rm -rf "$TMP"; }
 trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-median() { sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print 0}'; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 HASH=$(printf 'slowpw\n' | "$TIDE" passwd --cost 11 | tail -1)
 case $HASH in '$2'*) ;; *) echo "bench-auth: tide passwd failed"; exit 1 ;; esac

@@ -20,6 +20,7 @@
 # Results also go to build/bench-console.md.  Loopback only; bounded runs.
 set -u
 cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
 ROOT=$(pwd)
 TIDE=${TIDE:-$ROOT/build/tide}
 BENCH=$ROOT/build/nats_bench
@@ -40,11 +41,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 TICK_NS=$((1000000000 / $(getconf CLK_TCK)))
-median() { sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print 0}'; }
-median_of() { echo $1 | tr ' ' '\n' | median; }
 
 start_tide() { # port http_port
     "$TIDE" serve -a 127.0.0.1 -p "$1" --http "127.0.0.1:$2" -c "$ROOT/bench/scripts/full.lua" \

@@ -6,6 +6,7 @@
 # Loopback only; every run bounded (wrk -d, nats_bench --timeout).
 set -u
 cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
 ROOT=$(pwd)
 TIDE=${TIDE:-$ROOT/build/tide}
 REPEAT=${BENCH_REPEAT:-3}
@@ -14,8 +15,6 @@ OUT=$ROOT/build/bench-http.md
 LOGS=$ROOT/build/bench-logs
 mkdir -p "$LOGS"
 command -v wrk >/dev/null || { echo "wrk is needed (make deps installs it)"; exit 1; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-median() { sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print 0}'; }
 http_rates=() nats_rates=()
 for r in $(seq 1 "$REPEAT"); do
     np=$(free_port); hp=$(free_port)

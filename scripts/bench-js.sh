@@ -183,48 +183,9 @@ want() {
     return 1
 }
 
-# A loopback port no socket uses (in any state), below the kernel's
-# ephemeral range, distinct from the ones handed out in this run.
-read -r EPH_LO EPH_HI < /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || { EPH_LO=32768; EPH_HI=60999; }
-if [ "$EPH_LO" -gt 12000 ]; then PORT_LO=10000; PORT_HI=$((EPH_LO - 1))
-else PORT_LO=$((EPH_HI + 1)); PORT_HI=65000; fi
-USED_PORTS=""
-free_port() {
-    local p
-    for _ in $(seq 1 200); do
-        p=$(( PORT_LO + (RANDOM * 32768 + RANDOM) % (PORT_HI - PORT_LO + 1) ))
-        case " $USED_PORTS " in *" $p "*) continue ;; esac
-        if command -v ss >/dev/null 2>&1 && [ -n "$(ss -Htan "( sport = :$p or dport = :$p )" 2>/dev/null)" ]; then
-            continue
-        fi
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            USED_PORTS="$USED_PORTS $p"
-            echo "$p"; return 0
-        fi
-    done
-    die "no free port found"
-}
-
-label() { case "$1" in tide) echo "tide" ;; nats) echo "nats-server" ;; esac; }
-
 alive() { [ -n "${PID[$1]:-}" ] && kill -0 "${PID[$1]}" 2>/dev/null; }
 
-rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null; }
-hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null; }
-
-# utime + stime of a process, in clock ticks.
-cpu_ticks() {
-    local stat
-    stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
-    stat=${stat##*) }
-    echo "$stat" | awk '{ print $12 + $13 }'
-}
-
 ticks_to_s() { awk -v a="$1" -v b="$2" -v t="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / t }'; }
-
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
-
-sample() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$SAMPLES"; }
 
 # record_error KEY SIDE MESSAGE: one failed run of KEY.  note_error only adds
 # the message (for a second symptom of a run already counted as failed).
@@ -239,8 +200,6 @@ note_error() {
     echo "  !! $(label "$side") $key: $*" >&2
     echo "$(date +%T) $(label "$side") $key: $*" >> "$LOGDIR/errors.log"
 }
-
-field() { echo "$2" | tr ' ' '\n' | sed -n "s/^$1=//p" | head -n 1; }
 
 # Flags js_bench needs for a server: nats-server gets the stream and the
 # consumer through $JS.API, tide has them in its entry file (and answers
@@ -635,7 +594,6 @@ recovery1k.cpu|recovery 1 KiB: publishing|sec|lower
 recovery1k.rcpu|recovery 1 KiB: restart until PONG|sec|lower
 recoverykill.rcpu|recovery 1 KiB after SIGKILL: restart until PONG|sec|lower'
 
-
 MAIN=$(table "$ROWS")
 CPU=$(table "$CPUROWS")
 
@@ -660,7 +618,6 @@ echo
 echo "machine: $(nproc) CPU(s), $cpu_model, $mem_total, Linux $(uname -r); data on $fs_type ($fs_dev)"
 echo "servers: tide ($TIDE_SHOWN, ${TIDE_ID}commit $commit), $nats_version"
 echo "client:  $BENCH, libnats $libnats_version; run took ${elapsed}s"
-
 
 {
     echo "Durable publish: tide streams against nats-server JetStream (file storage)."

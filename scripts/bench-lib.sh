@@ -1,7 +1,59 @@
-# bench-lib.sh - what the benchmark runners (bench.sh, bench-js.sh) share:
-# the side-by-side table built from the samples file ($SAMPLES: lines
-# "key<TAB>side<TAB>value", value ERR for a failed run) and its markdown form.
-# Sourced, not run.
+# bench-lib.sh - what the benchmark runners (scripts/bench.sh and
+# scripts/bench-*.sh) share: free loopback ports, medians, a process's CPU
+# ticks and RSS, the samples file ($SAMPLES: lines "key<TAB>side<TAB>value",
+# value ERR for a failed run), the side-by-side table built from it and its
+# markdown form.  Sourced, not run; it defines functions and the port range
+# only.
+
+# A loopback port no socket uses (in any state), below the kernel's
+# ephemeral range (a scenario with many connections leaves client ports in
+# TIME_WAIT there, which would make a new server's bind() fail), and not one
+# of the ports already in the caller's PORT array.  Fails after 200 tries.
+read -r EPH_LO EPH_HI < /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || { EPH_LO=32768; EPH_HI=60999; }
+if [ "$EPH_LO" -gt 12000 ]; then PORT_LO=10000; PORT_HI=$((EPH_LO - 1))
+else PORT_LO=$((EPH_HI + 1)); PORT_HI=65000; fi
+free_port() {
+    local p
+    for _ in $(seq 1 200); do
+        p=$(( PORT_LO + (RANDOM * 32768 + RANDOM) % (PORT_HI - PORT_LO + 1) ))
+        case " ${PORT[*]:-} " in *" $p "*) continue ;; esac
+        if command -v ss >/dev/null 2>&1 && [ -n "$(ss -Htan "( sport = :$p or dport = :$p )" 2>/dev/null)" ]; then
+            continue
+        fi
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            echo "$p"; return 0
+        fi
+    done
+    echo "bench: no free port found" >&2
+    return 1
+}
+
+# The median of the numbers on stdin, one a line (the upper one of an even
+# count); 0 for none.  median_of: the same for its words.
+median() { sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print 0}'; }
+median_of() { echo $1 | tr ' ' '\n' | median; }
+
+# utime + stime of a process, in clock ticks (0 once it is gone).
+cpu_ticks() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+    stat=${stat##*) }
+    echo "$stat" | awk '{ print $12 + $13 }'
+}
+
+# Resident and peak resident size of a process, in KiB.
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null; }
+hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null; }
+
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+
+# field NAME LINE -> value of NAME=... in a RESULT line
+field() { echo "$2" | tr ' ' '\n' | sed -n "s/^$1=//p" | head -n 1; }
+
+label() { case "$1" in tide) echo "tide" ;; nats) echo "nats-server" ;; esac; }
+
+# One sample line into $SAMPLES: sample KEY SIDE VALUE.
+sample() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$SAMPLES"; }
 
 # Prints "label|tide|nats|ratio|better" rows with medians of the samples, for
 # rows "key|label|kind|better" (kind: rate, us, ms, ns, mib, kib, sec).  A row

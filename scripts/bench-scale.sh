@@ -40,8 +40,6 @@ mkdir -p "$LOGDIR"
 cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
 start_server() { # side port
     case "$1" in
         tide) "$BUILD/tide" serve --no-http -a 127.0.0.1 -p "$2" >>"$LOGDIR/scale-tide.log" 2>&1 & ;;

@@ -23,6 +23,7 @@
 # bounded (nats_bench --timeout).
 set -u
 cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
 ROOT=$(pwd)
 TIDE=${TIDE:-$ROOT/build/tide}
 BENCH=$ROOT/build/nats_bench
@@ -39,8 +40,6 @@ SERVER_PID=
 
 cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; }
 trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 start_tide() { # cfg port [wrapper...]
     local cfg=$1 port=$2
@@ -63,10 +62,6 @@ stop_tide() {
     SERVER_PID=
 }
 
-median() { sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print 0}'; }
-median_of() { echo $1 | tr ' ' '\n' | median; }
-
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 TICK_NS=$((1000000000 / $(getconf CLK_TCK)))
 
 echo "== script pipeline: throughput, $MSGS messages of 200 B, median of $REPEAT"

@@ -21,6 +21,7 @@
 # Loopback only.  Prints one line per figure.
 set -u
 cd "$(dirname "$0")/.." || exit 2
+. scripts/bench-lib.sh
 
 BUILD=${BUILD:-build}
 N=${BENCH_SEEK_N:-10000000}
@@ -36,8 +37,6 @@ mkdir -p "$DIR"
 cleanup() { [ -n "$PID" ] && kill -9 "$PID" 2>/dev/null; rm -rf "$DIR/tide" "$DIR/nats"; }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 rss_mb() { awk '/^VmRSS:/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 
 # Syncs and drops the side's data files from the page cache (only those).
@@ -74,8 +73,6 @@ stop() { # signal
     STOP=$(( $(now_ms) - t0 ))
     PID=
 }
-
-field() { echo "$2" | tr ' ' '\n' | sed -n "s/^$1=//p" | head -n 1; }
 
 side() {
     local s=$1 port flags="" line t mid

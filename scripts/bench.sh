@@ -108,36 +108,12 @@ trap 'echo "bench: interrupted" >&2; exit 130' INT TERM
 
 want() { [ -z "$ONLY" ] || case " $ONLY " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
-# A loopback port no socket uses (in any state), distinct from the ones
-# already handed out.  Ports are taken below the kernel's ephemeral range:
-# the idle-connection scenario leaves ~1000 client ports in TIME_WAIT there,
-# which would make a new server's bind() fail.
-read -r EPH_LO EPH_HI < /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || { EPH_LO=32768; EPH_HI=60999; }
-if [ "$EPH_LO" -gt 12000 ]; then PORT_LO=10000; PORT_HI=$((EPH_LO - 1))
-else PORT_LO=$((EPH_HI + 1)); PORT_HI=65000; fi
-free_port() {
-    local p
-    for _ in $(seq 1 200); do
-        p=$(( PORT_LO + (RANDOM * 32768 + RANDOM) % (PORT_HI - PORT_LO + 1) ))
-        case " ${PORT[*]:-} " in *" $p "*) continue ;; esac
-        if command -v ss >/dev/null 2>&1 && [ -n "$(ss -Htan "( sport = :$p or dport = :$p )" 2>/dev/null)" ]; then
-            continue
-        fi
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"; return 0
-        fi
-    done
-    die "no free port found"
-}
-
 server_cmd() {
     case "$1" in
         tide) echo "$TIDE_CMD" ;;
         nats) echo "$NATS_BIN" ;;
     esac
 }
-
-label() { case "$1" in tide) echo "tide" ;; nats) echo "nats-server" ;; esac; }
 
 alive() { [ -n "${PID[$1]:-}" ] && kill -0 "${PID[$1]}" 2>/dev/null; }
 
@@ -173,18 +149,6 @@ stop_server() {
     PID[$side]=""
 }
 
-rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null; }
-
-# utime + stime of a process, in clock ticks.
-cpu_ticks() {
-    local stat
-    stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
-    stat=${stat##*) }
-    echo "$stat" | awk '{ print $12 + $13 }'
-}
-
-sample() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$SAMPLES"; }
-
 # record_error KEY SIDE MESSAGE: one failed run of KEY.  note_error only adds
 # the message (for a second symptom of a run already counted as failed).
 record_error() {
@@ -213,9 +177,6 @@ check_server() {
     start_server "$side" || true
     return 1
 }
-
-# field NAME LINE -> value of NAME=... in a RESULT line
-field() { echo "$2" | tr ' ' '\n' | sed -n "s/^$1=//p" | head -n 1; }
 
 # run_client SIDE KEY TIMEOUT SUBCOMMAND ARGS...
 # On success sets LINE (the RESULT line) and CPU_S (server CPU seconds used).
@@ -473,7 +434,6 @@ fanout100.cpu|fan-out 1->100, 128 B|sec|lower
 fanout1000.cpu|fan-out 1->1000, 128 B|sec|lower
 reqrep.cpu|req/reply|sec|lower'
 
-
 MAIN=$(table "$ROWS")
 CPU=$(table "$CPUROWS")
 
@@ -495,7 +455,6 @@ echo
 echo "machine: $(nproc) CPU(s), $cpu_model, $mem_total, Linux $(uname -r)"
 echo "servers: tide ${VERSION[tide]:-?} ($TIDE_SHOWN, ${TIDE_ID}commit $commit), nats-server ${VERSION[nats]:-?}"
 echo "client:  build/nats_bench, libnats $libnats_version; run took ${elapsed}s"
-
 
 {
     echo "Medians of $REPEAT run(s) per server, both servers measured alternately in"
