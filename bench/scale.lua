@@ -5,16 +5,26 @@
 --         cache is full), then makes N subscriptions on N subjects; a second
 --         client PINGs while the first closes.
 --   one   the same with N subscriptions on one subject.
--- Prints "RESULT subs_ms=... stall_ms=...": the time from the first SUB to
--- the PONG after the last, and the longest PING round trip of the second
--- client from the first one's close until STALL_WINDOW (0.3 s) after it.
+--         Both print "RESULT subs_ms=... stall_ms=...": the time from the
+--         first SUB to the PONG after the last, and the longest PING round
+--         trip of the second client from the first one's close until
+--         STALL_WINDOW (0.3 s) after it.
+--   hold  N subscriptions on N subjects, then "READY" and a pause of
+--         HOLD_PAUSE (2 s: the runner reads the server's RSS meanwhile),
+--         then PUBS (arg 4, default 200000) 16-byte publishes on a subject
+--         none of them matches, in chunks, up to a PONG.  Prints
+--         "RESULT subs_ms=... pub_rate=..." (publishes per second).
+--   ping  PINGS (arg 3) PING round trips one after the other on a fresh
+--         connection.  Prints "RESULT p50_ms=... p99_ms=...".
 -- Loopback only; every wait is bounded (60 s per read).
 local socket = require "socket"
 
 local scenario, port, n = arg[1], tonumber(arg[2]), tonumber(arg[3])
-assert((scenario == "many" or scenario == "one") and port and n, "usage: scale.lua many|one PORT N")
+assert((scenario == "many" or scenario == "one" or scenario == "hold" or scenario == "ping")
+       and port and n, "usage: scale.lua many|one|hold|ping PORT N [PUBS]")
 local TRAFFIC = 4000
 local STALL_WINDOW = 0.3
+local HOLD_PAUSE = 2
 
 local function connect()
   local c = assert(socket.tcp())
@@ -47,6 +57,39 @@ local function send_lines(c, count, fn)
       chunk = {}
     end
   end
+end
+
+if scenario == "ping" then
+  local c = connect()
+  ping(c)
+  local rtt = {}
+  for i = 1, n do
+    local p0 = socket.gettime()
+    ping(c)
+    rtt[i] = (socket.gettime() - p0) * 1000
+  end
+  c:close()
+  table.sort(rtt)
+  print(("RESULT p50_ms=%.3f p99_ms=%.3f"):format(rtt[math.ceil(n * 0.5)], rtt[math.ceil(n * 0.99)]))
+  os.exit(0)
+end
+
+if scenario == "hold" then
+  local pubs = tonumber(arg[4]) or 200000
+  local c = connect()
+  local t0 = socket.gettime()
+  send_lines(c, n, function(i) return ("SUB scale.sub.%d %d\r\n"):format(i, i) end)
+  ping(c)
+  local subs_ms = (socket.gettime() - t0) * 1000
+  io.stdout:write("READY\n"); io.stdout:flush()
+  socket.sleep(HOLD_PAUSE)
+  local t1 = socket.gettime()
+  send_lines(c, pubs, function() return "PUB scale.nobody 16\r\n0123456789abcdef\r\n" end)
+  ping(c)
+  local secs = socket.gettime() - t1
+  c:close()
+  print(("RESULT subs_ms=%.1f pub_rate=%.0f"):format(subs_ms, pubs / secs))
+  os.exit(0)
 end
 
 local a = connect()
