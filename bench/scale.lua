@@ -11,8 +11,10 @@
 --         STALL_WINDOW (0.3 s) after it.
 --   hold  N subscriptions on N subjects, then "READY" and a pause of
 --         HOLD_PAUSE (2 s: the runner reads the server's RSS meanwhile),
---         then PUBS (arg 4, default 200000) 16-byte publishes on a subject
---         none of them matches, in chunks, up to a PONG.  Prints
+--         then PUBS (arg 4, default 2000000) 16-byte publishes on a subject
+--         none of them matches, in chunks, up to a PONG; then "DONE" and
+--         half that pause before it closes (the runner reads the server's
+--         CPU time at READY + 1 s and at DONE).  Prints
 --         "RESULT subs_ms=... pub_rate=..." (publishes per second).
 --   ping  PINGS (arg 3) PING round trips one after the other on a fresh
 --         connection.  Prints "RESULT p50_ms=... p99_ms=...".
@@ -75,7 +77,7 @@ if scenario == "ping" then
 end
 
 if scenario == "hold" then
-  local pubs = tonumber(arg[4]) or 200000
+  local pubs = tonumber(arg[4]) or 2000000
   local c = connect()
   local t0 = socket.gettime()
   send_lines(c, n, function(i) return ("SUB scale.sub.%d %d\r\n"):format(i, i) end)
@@ -87,6 +89,8 @@ if scenario == "hold" then
   send_lines(c, pubs, function() return "PUB scale.nobody 16\r\n0123456789abcdef\r\n" end)
   ping(c)
   local secs = socket.gettime() - t1
+  io.stdout:write("DONE\n"); io.stdout:flush()
+  socket.sleep(HOLD_PAUSE / 2)
   c:close()
   print(("RESULT subs_ms=%.1f pub_rate=%.0f"):format(subs_ms, pubs / secs))
   os.exit(0)

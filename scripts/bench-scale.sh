@@ -12,8 +12,9 @@
 #            (default 100000); growth in µs per subscription.
 #   hold     N subscriptions on N subjects held by one connection (same two
 #            N): server RSS, and the rate of BENCH_SCALE_PUBS (default
-#            200000) 16 B publishes on a subject none matches; growth in
-#            bytes of RSS and ns per publish per subscription.
+#            2000000) 16 B publishes on a subject none matches, and the
+#            server's CPU per publish; growth in bytes of RSS per
+#            subscription and ns of CPU per publish per 1,000 subscriptions.
 #   fanout   1 publisher -> 10 and -> 1,000 subscriber connections, 128 B,
 #            BENCH_SCALE_FANOUT_DELIVERIES (default 2000000) deliveries at
 #            both sizes: deliveries/s and server CPU ns per delivery; growth
@@ -46,7 +47,7 @@ REPEAT=${BENCH_REPEAT:-3}
 SMALL=${BENCH_SCALE_SMALL:-10000}
 BIG=${BENCH_SCALE_N:-100000}
 ROWSET=${BENCH_SCALE_ROWS:-subs fanout restart hold idle}
-PUBS=${BENCH_SCALE_PUBS:-200000}
+PUBS=${BENCH_SCALE_PUBS:-2000000}
 FAN_DELIV=${BENCH_SCALE_FANOUT_DELIVERIES:-2000000}
 FAN_SMALL=10
 FAN_BIG=1000
@@ -144,17 +145,28 @@ run_hold() {
         kill -0 "$cpid" 2>/dev/null || break
         sleep 0.1
     done
-    grep -q '^READY' "$out" && { sleep 1; rss=$(rss_kb "$SERVER_PID"); }
+    local c0="" c1=""
+    if grep -q '^READY' "$out"; then
+        sleep 1
+        rss=$(rss_kb "$SERVER_PID"); c0=$(cpu_ticks "$SERVER_PID")
+        for _ in $(seq 1 3000); do
+            grep -q '^DONE' "$out" 2>/dev/null && { c1=$(cpu_ticks "$SERVER_PID"); break; }
+            kill -0 "$cpid" 2>/dev/null || break
+            sleep 0.05
+        done
+    fi
     wait "$cpid"
     stop_server
     line=$(grep -m1 '^RESULT ' "$out")
-    if [ -z "$line" ] || [ -z "$rss" ]; then
+    if [ -z "$line" ] || [ -z "$rss" ] || [ -z "$c1" ]; then
         echo "  !! $side hold $n failed (see $LOGDIR/scale-client.log)" >&2; FAILED=1; return
     fi
     sample "rss.$n" "$side" "$rss"
     sample "pub.$n" "$side" "$(field pub_rate "$line")"
-    sample "pubns.$n" "$side" "$(awk -v r="$(field pub_rate "$line")" 'BEGIN { printf "%.1f", r ? 1e9 / r : 0 }')"
-    printf '  %-11s hold N=%-7s RSS %8s KiB  publish %10s msg/s\n' "$side" "$n" "$rss" "$(field pub_rate "$line")"
+    local ns
+    ns=$(awk -v a="$c0" -v b="$c1" -v t="$CLK_TCK" -v n="$PUBS" 'BEGIN { printf "%.1f", (b - a) / t * 1e9 / n }')
+    sample "pubns.$n" "$side" "$ns"
+    printf '  %-11s hold N=%-7s RSS %8s KiB  publish %10s msg/s  %6s ns CPU per publish\n' "$side" "$n" "$rss" "$(field pub_rate "$line")" "$ns"
 }
 
 # fanout SIDE K: FAN_DELIV deliveries of 128 B to K subscriber connections;
@@ -304,7 +316,9 @@ rss.$BIG|RSS with $BIG subscriptions (MiB)|mib|lower
 rss.growth|  growth per subscription (bytes)|raw|lower
 pub.$SMALL|publish with $SMALL subscriptions present (msgs/s)|rate|higher
 pub.$BIG|publish with $BIG subscriptions present (msgs/s)|rate|higher
-pubns.growth|  growth per 1,000 subscriptions (ns per publish)|raw|lower
+pubns.$SMALL|publish with $SMALL subscriptions: server CPU per publish (ns)|raw|lower
+pubns.$BIG|publish with $BIG subscriptions: server CPU per publish (ns)|raw|lower
+pubns.growth|  growth per 1,000 subscriptions (ns of CPU per publish)|raw|lower
 fan.$FAN_SMALL|fan-out 1 -> $FAN_SMALL connections, 128 B (deliveries/s)|rate|higher
 fan.$FAN_BIG|fan-out 1 -> $FAN_BIG connections, 128 B (deliveries/s)|rate|higher
 fanns.$FAN_SMALL|fan-out 1 -> $FAN_SMALL: server CPU per delivery (ns)|ns|lower
