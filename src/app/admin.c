@@ -6,6 +6,7 @@
 
 #include "admin.h"
 #include "client.h"
+#include "history.h"
 #include "json_int.h"
 #include "repl.h"
 #include "util.h"
@@ -82,15 +83,28 @@ done:
     return out;
 }
 
+/* Who sent an admin request, for the rule history: its user ("" for
+ * none), copied into out (a reload applies the new auth { } to live
+ * clients, which may free the client's own copy). */
+static const char *admin_identity(const client_t *from, char *out, size_t n)
+{
+    snprintf(out, n, "%s", from && from->user ? from->user : "");
+    return out;
+}
+
 static void verb_reload(node_t *n, client_t *from, const proto_msg_t *m)
 {
-    char err[1024], buf[128];
-    (void)from;
+    char err[1024], buf[128], who[128];
     if (!n->scripts) {
         reply_error(n, m, "no scripts are loaded (start with -c)");
         return;
     }
-    if (script_reload(n->scripts, "admin request", err, sizeof err) < 0) {
+    if (n->history)
+        history_set_by(n->history, admin_identity(from, who, sizeof who));
+    int rc = script_reload(n->scripts, "admin request", err, sizeof err);
+    if (n->history)
+        history_set_by(n->history, NULL);
+    if (rc < 0) {
         reply_error(n, m, err);
         return;
     }
@@ -156,6 +170,41 @@ static void verb_rules(node_t *n, client_t *from, const proto_msg_t *m)
         server_reply(n->srv, m, "[]", 2);
 }
 
+static void verb_rules_history(node_t *n, client_t *from, const proto_msg_t *m)
+{
+    size_t len = 0;
+    (void)from;
+    char *json = n->history ? history_json(n->history, &len) : NULL;
+    if (!n->history)
+        reply_error(n, m, "no rule history: no scripts are loaded (start with -c)");
+    else
+        reply_owned(n, m, json, len);
+}
+
+/* {"rev":N} (optional: the revision before the live one) -> {"ok":true,
+ * "live":N,"from":M}. */
+static void verb_rules_rollback(node_t *n, client_t *from, const proto_msg_t *m)
+{
+    char err[1024], buf[128], who[128];
+    uint64_t rev = 0, live, was;
+    cJSON *q = m->payload_len ? json_parse_owned(m->payload, m->payload_len) : NULL;
+    const cJSON *r = cJSON_GetObjectItemCaseSensitive(q, "rev");
+    if (!n->history) {
+        reply_error(n, m, "no rule history: no scripts are loaded (start with -c)");
+    } else if (m->payload_len && (!cJSON_IsObject(q) || (r && !cJSON_IsNull(r) && json_get_uint(r, &rev) < 0))) {
+        reply_error(n, m, "expected {\"rev\": N} (or nothing for the revision before the live one)");
+    } else if (script_is_processing(n->scripts)) {
+        reply_error(n, m, "busy");
+    } else if (history_rollback(n->history, rev, admin_identity(from, who, sizeof who), &live, &was, err, sizeof err) < 0) {
+        reply_error(n, m, err);
+    } else {
+        int len = snprintf(buf, sizeof buf, "{\"ok\":true,\"live\":%llu,\"from\":%llu}", (unsigned long long)live,
+                           (unsigned long long)was);
+        server_reply(n->srv, m, buf, (size_t)len);
+    }
+    cJSON_Delete(q);
+}
+
 static const struct {
     const char *name;
     void (*fn)(node_t *n, client_t *from, const proto_msg_t *m);
@@ -165,6 +214,8 @@ static const struct {
     {"EVAL", verb_eval},
     {"EVAL.END", verb_eval_end},
     {"RULES", verb_rules},
+    {"RULES.HISTORY", verb_rules_history},
+    {"RULES.ROLLBACK", verb_rules_rollback},
 };
 
 static void on_admin(void *ctx, client_t *from, const proto_msg_t *m)
@@ -181,7 +232,7 @@ static void on_admin(void *ctx, client_t *from, const proto_msg_t *m)
     /* STREAM.*, CONSUMER.*, DLQ.*: the streams' own verbs. */
     if (n->streams && streams_admin(n->streams, op, oplen, m))
         return;
-    reply_error(n, m, "unknown admin request; try RELOAD, STATS, RULES, EVAL or EVAL.END");
+    reply_error(n, m, "unknown admin request; try RELOAD, STATS, RULES, RULES.HISTORY, RULES.ROLLBACK, EVAL or EVAL.END");
 }
 
 void admin_attach(node_t *n)

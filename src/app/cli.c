@@ -1028,7 +1028,9 @@ static cJSON *ops_req(ops_t *o, const char *verb, const char *payload)
         const cJSON *ok = cJSON_GetObjectItemCaseSensitive(j, "ok"), *err = cJSON_GetObjectItemCaseSensitive(j, "error");
         if (cJSON_IsFalse(ok)) {
             const char *e = cJSON_IsString(err) ? err->valuestring : "the request failed";
-            if (!strncmp(e, "unknown admin request", 21))
+            if (!strncmp(e, "unknown admin request", 21) && !strncmp(verb, "RULES.", 6))
+                fprintf(stderr, "tide: this server does not answer %s\n", subject);
+            else if (!strncmp(e, "unknown admin request", 21))
                 fprintf(stderr, "tide: this server has no persistent queue (its config declares no stream)\n");
             else
                 fprintf(stderr, "tide: %s\n", e);
@@ -1566,6 +1568,7 @@ static void usage_ops(void)
             "       tide stream export NAME [--subject PATTERN] [--since TIME] [--until TIME] > events.jsonl\n"
             "       tide consumer ls | info NAME\n"
             "       tide dlq ls | show STREAM [--limit N] | replay STREAM (--seq N | --all)\n"
+            "       tide rules history | rollback [REV]\n"
             "all take -s SERVER (host:port; default 127.0.0.1:4222 or $TIDE_SERVER), --json and --timeout SECONDS;\n"
             CLI_CREDS_USAGE
             "TIME is RFC 3339, seconds since the epoch, or a duration ago (90s, 15m, 2h, 7d)\n");
@@ -1902,6 +1905,66 @@ static int ops_dlq(ops_t *o, const char *verb, char **pos, int npos, const ops_a
     return rc;
 }
 
+/* tide rules history without --json: one line per revision, newest first. */
+static void print_history(const cJSON *r)
+{
+    char rev[32], tm[64], files[512];
+    const cJSON *v, *f;
+    table_t t = {7, NULL, 0, 0};
+    uint64_t live = juint(r, "live", 0);
+    table_row(&t, "REV", "HASH", "STATE", "AT", "BY", "FILES", "REASON");
+    cJSON_ArrayForEach(v, cJSON_GetObjectItemCaseSensitive(r, "revisions")) {
+        size_t used = 0;
+        files[0] = '\0';
+        cJSON_ArrayForEach(f, cJSON_GetObjectItemCaseSensitive(v, "files")) {
+            const char *base = cJSON_IsString(f) ? strrchr(f->valuestring, '/') : NULL;
+            if (used < sizeof files)
+                used += (size_t)snprintf(files + used, sizeof files - used, "%s%s", used ? "," : "",
+                                         base ? base + 1 : (cJSON_IsString(f) ? f->valuestring : "?"));
+        }
+        snprintf(rev, sizeof rev, "%s%llu", juint(v, "rev", 0) == live ? "*" : "",
+                 (unsigned long long)juint(v, "rev", 0));
+        table_row(&t, rev, jstr(v, "hash", "?"), jstr(v, "state", "?"),
+                  short_time(jstr(v, "at", "?"), tm, sizeof tm), jstr(v, "by", "")[0] ? jstr(v, "by", "") : "-",
+                  files, jstr(v, "reason", ""));
+    }
+    table_print(&t);
+}
+
+/* tide rules history | rollback [REV]. */
+static int ops_rules(ops_t *o, const char *verb, char **pos, int npos)
+{
+    char q[64];
+    cJSON *r = NULL;
+    if (!strcmp(verb, "history")) {
+        NEED(0);
+        if (!(r = ops_req(o, "RULES.HISTORY", "")))
+            return 1;
+        if (o->json)
+            print_json(r, 0);
+        else
+            print_history(r);
+    } else if (!strcmp(verb, "rollback")) {
+        long long rev = 0;
+        if (npos > 1 || (npos == 1 && parse_count("REV", pos[0], &rev) < 0)) {
+            usage_ops();
+            return 2;
+        }
+        snprintf(q, sizeof q, rev ? "{\"rev\":%lld}" : "{}", rev);
+        if (!(r = ops_req(o, "RULES.ROLLBACK", q)))
+            return 1;
+        if (o->json)
+            print_json(r, 0);
+        else
+            printf("rev %llu is live again (rev %llu rolled back)\n", (unsigned long long)juint(r, "live", 0),
+                   (unsigned long long)juint(r, "from", 0));
+    } else {
+        return ops_unknown("rules", verb);
+    }
+    cJSON_Delete(r);
+    return 0;
+}
+
 #undef NEED
 
 static int ops_run(ops_t *o, const char *cmd, const char *verb, char **pos, int npos, const ops_args_t *a)
@@ -1912,6 +1975,8 @@ static int ops_run(ops_t *o, const char *cmd, const char *verb, char **pos, int 
         return ops_consumer(o, verb, pos, npos, a);
     if (!strcmp(cmd, "dlq"))
         return !strcmp(verb, "show") ? ops_dlq_show(o, verb, pos, npos, a) : ops_dlq(o, verb, pos, npos, a);
+    if (!strcmp(cmd, "rules"))
+        return ops_rules(o, verb, pos, npos);
     return ops_unknown(cmd, verb);
 }
 

@@ -61,6 +61,8 @@ static void usage(FILE *f)
             "  req SUBJECT [DATA] [-H NAME:VALUE]... [--timeout SECONDS]\n"
             "  stats | rules          clients against a running server: -s HOST:PORT\n"
             "                         (default 127.0.0.1:4222 or $TIDE_SERVER), --json\n"
+            "  rules history | rollback [REV]\n"
+            "                         the rule revisions a node loaded; make one live again\n"
             "  stream ls | info NAME | get NAME SEQ\n"
             "  stream events NAME [--subject PATTERN] [--since TIME] [--until TIME]\n"
             "                [--from SEQ] [--limit N]\n"
@@ -527,6 +529,24 @@ out:
     return rc;
 }
 
+/* tide rules VERB ... (history, rollback) rather than tide rules [--json]:
+ * a word that is not an option's value names a verb. */
+static int rules_verb_given(int argc, char **argv)
+{
+    static const char *const verbs[] = {"history", "rollback"};
+    for (int i = 2; i < argc; i++) {
+        if (argv[i][0] == '-') {
+            i += argv[i][1] && argv[i][1] != '-' && strchr("st", argv[i][1]) && !argv[i][2]; /* -s URL, -t S */
+            continue;
+        }
+        for (size_t k = 0; k < sizeof verbs / sizeof verbs[0]; k++)
+            if (!strcmp(argv[i], verbs[k]))
+                return 1;
+        return 0;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     /* Input is read 64 KB at a time into buffers freed once parsed; keep
@@ -557,6 +577,10 @@ int main(int argc, char **argv)
         return cmd_repl(argc - 1, argv + 1);
     if (!strcmp(cmd, "passwd"))
         return passwd_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "rules") && rules_verb_given(argc, argv)) {
+        signal(SIGPIPE, SIG_IGN);
+        return cli_ops_main(cmd, argc - 1, argv + 1);
+    }
     if (!strcmp(cmd, "pub") || !strcmp(cmd, "sub") || !strcmp(cmd, "req") || !strcmp(cmd, "stats") ||
         !strcmp(cmd, "rules")) {
         signal(SIGPIPE, SIG_IGN);

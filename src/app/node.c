@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cluster.h"
+#include "history.h"
 #include "http.h"
 #include "jsapi.h"
 #include "log.h"
@@ -27,7 +28,12 @@ int node_start_scripts(node_t *n, const char *data_flag)
     else
         script_default_storage_dir(n->scripts, dd, sizeof dd);
     snprintf(n->data_dir, sizeof n->data_dir, "%s", dd);
-    if (!script_declared_streams(n->scripts) && !data_flag && !sd)
+    /* The rule history lives in the data directory when the node has one
+     * in use; a node without one keeps it in memory rather than making a
+     * directory beside the entry file. */
+    int has_data = script_declared_streams(n->scripts) || data_flag || sd;
+    n->history = history_open(has_data ? dd : NULL, n->scripts);
+    if (!has_data)
         return 0;
     if (!(n->streams = streams_new(n->srv, dd))) {
         log_error("cannot set up the streams");
@@ -99,6 +105,7 @@ void node_stop(node_t *n)
         script_host_set_streams(n->scripts, NULL, NULL, 0);
     streams_free(n->streams); /* writes and syncs what is buffered */
     server_free(n->srv);
+    history_free(n->history);
     script_host_free(n->scripts);
     memset(n, 0, sizeof *n);
 }

@@ -13,6 +13,7 @@
 #include "stream.h"
 
 struct cluster;
+struct history;
 struct http;
 struct jsapi;
 struct repl;
@@ -25,6 +26,7 @@ typedef struct node {
     struct repl *remote;    /* the tide repl --connect session (repl.c); NULL when none */
     struct jsapi *jsapi;    /* the JetStream API over the streams (jsapi.c); NULL without streams */
     struct cluster *cluster; /* the upstream NATS cluster (cluster.c); NULL without cluster { } */
+    struct history *history; /* the rule history (history.c); NULL without scripts */
     char data_dir[4200];    /* where its files go: --data, storage { dir }, or "data" beside the entry file */
 } node_t;
 

@@ -82,20 +82,25 @@ static int note_file(state_t *st, const char *path)
 int sandbox_load_file(state_t *st, const char *path, const char *chunkname)
 {
     lua_State *L = st->L;
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        lua_pushfstring(L, "cannot open %s: %s", path, strerror(errno));
-        return LUA_ERRFILE;
-    }
-    luaL_Buffer b;
-    char chunk[4096];
-    size_t n;
-    luaL_buffinit(L, &b);
-    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-        luaL_addlstring(&b, chunk, n);
-    fclose(f);
-    luaL_pushresult(&b);
     size_t len;
+    const char *stored = st->host->source ? st->host->source(st->host->source_ctx, path, &len) : NULL;
+    if (stored) {
+        lua_pushlstring(L, stored, len);
+    } else {
+        FILE *f = fopen(path, "rb");
+        if (!f) {
+            lua_pushfstring(L, "cannot open %s: %s", path, strerror(errno));
+            return LUA_ERRFILE;
+        }
+        luaL_Buffer b;
+        char chunk[4096];
+        size_t n;
+        luaL_buffinit(L, &b);
+        while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+            luaL_addlstring(&b, chunk, n);
+        fclose(f);
+        luaL_pushresult(&b);
+    }
     const char *text = lua_tolstring(L, -1, &len);
     /* Skip a #! line like the standalone interpreter does. */
     const char *start = text;
@@ -176,7 +181,9 @@ static int l_require(lua_State *L)
             continue;
         for (int variant = 0; variant < 2; variant++) {
             snprintf(path, sizeof path, variant ? "%s/%s/init.lua" : "%s/%s.lua", dirs[d], rel);
-            if (access(path, R_OK) != 0)
+            size_t stored_len;
+            if (!(st->host->source && st->host->source(st->host->source_ctx, path, &stored_len)) &&
+                access(path, R_OK) != 0)
                 continue;
             sandbox_chunk_name(st->host, path, chunkname, sizeof chunkname);
             if (sandbox_load_file(st, path, chunkname) != LUA_OK)

@@ -326,9 +326,34 @@ int script_reload(script_host_t *h, const char *why, char *err, size_t errsz)
              (int)st->nrules);
     if (h->on_reload)
         h->on_reload(h->on_reload_ctx);
+    if (h->on_swap)
+        h->on_swap(h->on_swap_ctx, why);
     if (h->srv)
         watch_start(h);
     return 0;
+}
+
+int script_reload_from(script_host_t *h, const char *why, script_source_fn fn, void *ctx, char *err,
+                       size_t errsz)
+{
+    h->source = fn;
+    h->source_ctx = ctx;
+    int rc = script_reload(h, why, err, errsz);
+    h->source = NULL;
+    h->source_ctx = NULL;
+    return rc;
+}
+
+const char *const *script_files(const script_host_t *h, size_t *n)
+{
+    *n = h->cur->nfiles;
+    return (const char *const *)h->cur->files;
+}
+
+void script_set_swap_hook(script_host_t *h, void (*fn)(void *ctx, const char *why), void *ctx)
+{
+    h->on_swap = fn;
+    h->on_swap_ctx = ctx;
 }
 
 const char *script_config_dir(const script_host_t *h)

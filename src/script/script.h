@@ -103,6 +103,28 @@ void script_process(script_host_t *h, struct client *from, const proto_msg_t *m)
  */
 int script_reload(script_host_t *h, const char *why, char *err, size_t errsz);
 
+/* Where a reload may read its files from instead of the disk: the text of
+ * the file at path (absolute, as loading builds it) and its length, or
+ * NULL to read the file on disk.  The text must live until the reload
+ * returns. */
+typedef const char *(*script_source_fn)(void *ctx, const char *path, size_t *len);
+
+/*
+ * script_reload, with every file the new state loads read through fn
+ * first (a stored revision of the rules).  The source is forgotten when it
+ * returns: a later reload reads the disk again.
+ */
+int script_reload_from(script_host_t *h, const char *why, script_source_fn fn, void *ctx, char *err,
+                       size_t errsz);
+
+/* The files the current state loaded (absolute, the entry file first) and
+ * their number in *n.  Valid until the next reload. */
+const char *const *script_files(const script_host_t *h, size_t *n);
+
+/* Calls fn(ctx, why) after every reload that swapped a new state in (why
+ * as given to script_reload), e.g. to record a revision.  NULL stops it. */
+void script_set_swap_hook(script_host_t *h, void (*fn)(void *ctx, const char *why), void *ctx);
+
 typedef struct script_stats {
     uint64_t events;        /* events that entered the pipeline */
     uint64_t bypassed;      /* events no rule matched: no Lua at all */

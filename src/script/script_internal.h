@@ -274,6 +274,10 @@ struct script_host {
     streams_t *streams; /* the persistent queue, or NULL */
     void (*on_reload)(void *ctx); /* after a new state took over (tide repl) */
     void *on_reload_ctx;
+    void (*on_swap)(void *ctx, const char *why); /* after every swap (rule history) */
+    void *on_swap_ctx;
+    script_source_fn source; /* script_reload_from: files are read here first */
+    void *source_ctx;
     script_identity_t test_who; /* script_set_identity: who the server's own events are */
     int has_test_who;
     /* Makes the stream of a tide.kv.bucket (script_host_set_bucket_maker). */

@@ -1,0 +1,234 @@
+-- Safe deploys (docs/deploys.md): the rule history and rollback, through
+-- the CLI (tide rules history / rollback) and the admin subjects
+-- ($TIDE.ADMIN.RULES.HISTORY / .ROLLBACK).
+local h = require "helpers"
+local json = require "dkjson"
+
+local out_dir
+
+-- Runs build/tide with args (a list) against srv; returns exit code,
+-- stdout, stderr.
+local function tide(srv, args)
+  local cmd = h.bin
+  for _, a in ipairs(args) do cmd = cmd .. " '" .. a .. "'" end
+  cmd = cmd .. " -s 127.0.0.1:" .. srv.port
+  local o, e = out_dir .. "/out", out_dir .. "/err"
+  local rc = h.sh(("{ timeout 20 %s > %s 2> %s; }"):format(cmd, o, e))
+  return rc, h.read_file(o) or "", h.read_file(e) or ""
+end
+
+local function admin(srv, verb, payload)
+  local m = assert(h.request(srv.port, "$TIDE.ADMIN." .. verb, payload or ""))
+  return assert(json.decode(m.payload), m.payload)
+end
+
+-- A filter that keeps events whose data.amount is at least min.
+local function rules(min)
+  return ([[
+local lib = require "lib.limits"
+filter("order.>", function(e) return e.data.amount >= lib.min end)
+]]), ("return { min = %d }\n"):format(min)
+end
+
+local function write_rules(dir, min)
+  local entry, lib = rules(min)
+  h.write_file(dir .. "/lib/limits.lua", lib)
+  h.write_file(dir .. "/tide.lua", entry)
+end
+
+-- Publishes order.x with amount and says whether it was delivered.
+local function kept(srv, amount)
+  local c = h.connect(srv.port)
+  c:send('CONNECT {"headers":true}\r\n')
+  c:sub("order.>", "1")
+  c:pub("order.x", json.encode { specversion = "1.0", id = "o" .. amount, source = "spec", type = "order",
+                                 data = { amount = amount } })
+  local got = c:collect(1, 0.5)
+  c:close()
+  return #got == 1
+end
+
+-- The history, once the live revision is want (polls: file changes reload
+-- after a debounce).
+local function history_at(srv, want)
+  local hist
+  assert(h.wait_until(function()
+    hist = admin(srv, "RULES.HISTORY")
+    return hist.live == want
+  end, 5), "live never became rev " .. want .. ": " .. json.encode(hist))
+  return hist
+end
+
+local function start(dir, extra)
+  local args = { "-c", dir .. "/tide.lua" }
+  for _, a in ipairs(extra or {}) do args[#args + 1] = a end
+  return h.start_server { args = args }
+end
+
+describe("rule history", function()
+  local dir, srv
+
+  before_each(function()
+    dir = h.make_tmpdir("tide-deploy")
+    out_dir = dir
+  end)
+
+  after_each(function()
+    if srv then srv:stop() end
+    srv = nil
+    h.remove_tmpdir(dir)
+  end)
+
+  it("records each revision loaded and rolls back to the previous one through the CLI", function()
+    write_rules(dir, 10)
+    srv = start(dir)
+    assert.is_true(kept(srv, 50))
+    write_rules(dir, 100) -- the change drops what the first kept
+    local hist = history_at(srv, 2)
+    assert.is_false(kept(srv, 50))
+
+    local rc, out, err = tide(srv, { "rules", "history", "--json" })
+    assert.are.equal(0, rc, err)
+    local j = assert(json.decode(out), out)
+    assert.are.equal(2, j.live)
+    assert.are.equal(2, #j.revisions)
+    local r2, r1 = j.revisions[1], j.revisions[2] -- newest first
+    assert.are.equal(2, r2.rev)
+    assert.are.equal("live", r2.state)
+    assert.are.equal(1, r1.rev)
+    assert.are.equal("replaced", r1.state)
+    assert.truthy(r1.reason:find("replaced by rev 2", 1, true), r1.reason)
+    assert.are_not.equal(r1.hash, r2.hash)
+    assert.truthy(r1.at:match("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d"), r1.at)
+    local files = { table.unpack(r2.files) }
+    table.sort(files)
+    assert.are.same({ dir .. "/lib/limits.lua", dir .. "/tide.lua" }, files)
+    assert.are.same(hist.revisions, j.revisions)
+
+    rc, out = tide(srv, { "rules", "history" })
+    assert.are.equal(0, rc)
+    assert.truthy(out:find("REV%s+HASH%s+STATE"), out)
+    assert.truthy(out:find("%*2%s+" .. r2.hash .. "%s+live"), out)
+
+    rc, out, err = tide(srv, { "rules", "rollback" })
+    assert.are.equal(0, rc, err)
+    assert.are.equal("rev 1 is live again (rev 2 rolled back)\n", out)
+    assert.is_true(kept(srv, 50))
+    j = admin(srv, "RULES.HISTORY")
+    assert.are.equal(1, j.live)
+    assert.are.equal("rolled back", j.revisions[1].state)
+    assert.are.equal("rolled back to rev 1", j.revisions[1].reason)
+    assert.are.equal("live", j.revisions[2].state)
+
+    -- Nothing before rev 1: an error, and rev 1 stays live.
+    rc, out, err = tide(srv, { "rules", "rollback" })
+    assert.are.equal(1, rc)
+    assert.truthy(err:find("no revision before the live one (rev 1)", 1, true), err)
+    assert.is_true(kept(srv, 50))
+  end)
+
+  it("rolls back through $TIDE.ADMIN.RULES.ROLLBACK from the stored files, not the disk", function()
+    write_rules(dir, 10)
+    srv = start(dir)
+    write_rules(dir, 100)
+    history_at(srv, 2)
+    -- The module rev 1 required is gone from the disk, and tide.lua changed.
+    os.remove(dir .. "/lib/limits.lua")
+    h.write_file(dir .. "/tide.lua", "error('broken on disk')\n")
+    local r = admin(srv, "RULES.ROLLBACK", json.encode { rev = 1 })
+    assert.are.same({ ok = true, live = 1, from = 2 }, r)
+    assert.is_true(kept(srv, 50))
+    assert.is_false(kept(srv, 5))
+
+    r = admin(srv, "RULES.ROLLBACK", json.encode { rev = 7 })
+    assert.is_false(r.ok)
+    assert.truthy(r.error:find("no rev 7 in the history", 1, true), r.error)
+    r = admin(srv, "RULES.ROLLBACK", json.encode { rev = 1 })
+    assert.are.same({ ok = false, error = "rev 1 is already live" }, r)
+    r = admin(srv, "RULES.ROLLBACK", "[1]")
+    assert.is_false(r.ok)
+  end)
+
+  it("survives a restart in the data directory and rolls back to a revision from before it", function()
+    write_rules(dir, 10)
+    srv = start(dir, { "--data", dir .. "/data" })
+    write_rules(dir, 100)
+    local before = history_at(srv, 2)
+    srv:stop()
+    -- The same files again: no new revision.
+    srv = start(dir, { "--data", dir .. "/data" })
+    local j = admin(srv, "RULES.HISTORY")
+    assert.are.same(before, j)
+    srv:stop()
+    write_rules(dir, 1000)
+    srv = start(dir, { "--data", dir .. "/data" })
+    j = admin(srv, "RULES.HISTORY")
+    assert.are.equal(3, j.live)
+    assert.are.equal("start", j.revisions[1].cause)
+    assert.are.equal("replaced by rev 3 (start)", j.revisions[2].reason)
+    assert.is_false(kept(srv, 500))
+    os.remove(dir .. "/lib/limits.lua")
+    local rc, out, err = tide(srv, { "rules", "rollback", "1" })
+    assert.are.equal(0, rc, err)
+    assert.are.equal("rev 1 is live again (rev 3 rolled back)\n", out)
+    assert.is_true(kept(srv, 50))
+  end)
+
+  it("keeps the last 64 revisions, on disk too", function()
+    write_rules(dir, 0)
+    srv = start(dir, { "--data", dir .. "/data" })
+    for i = 1, 66 do
+      write_rules(dir, i)
+      local r = admin(srv, "RELOAD")
+      assert.is_true(r.ok, json.encode(r))
+    end
+    local j = history_at(srv, 67)
+    assert.are.equal(64, #j.revisions)
+    assert.are.equal(67, j.revisions[1].rev)
+    assert.are.equal(4, j.revisions[64].rev)
+    local _, ls = h.sh("ls " .. dir .. "/data/rules")
+    local n = 0
+    for name in ls:gmatch("rev%-%d+%.json") do n = n + 1 end
+    assert.are.equal(64, n, ls)
+    assert.falsy(ls:find("rev-3.json", 1, true), ls)
+    assert.truthy(ls:find("rev-4.json", 1, true), ls)
+    local r = admin(srv, "RULES.ROLLBACK", json.encode { rev = 4 }) -- loaded with min = 3
+    assert.is_true(r.ok, json.encode(r))
+    assert.is_true(kept(srv, 3))
+    assert.is_false(kept(srv, 2))
+  end)
+
+  it("says who asked for a reload and a rollback (the admin identity)", function()
+    local auth = '\nauth { users = { { user = "ops", password = "opspw", admin = true } } }\n'
+    write_rules(dir, 10)
+    h.write_file(dir .. "/tide.lua", rules(10) .. auth)
+    srv = start(dir)
+    write_rules(dir, 100)
+    h.write_file(dir .. "/tide.lua", rules(100) .. auth)
+    local function as_ops(args)
+      for _, a in ipairs { "--user", "ops", "--password", "opspw" } do args[#args + 1] = a end
+      return tide(srv, args)
+    end
+    local function history()
+      local rc, out, err = as_ops { "rules", "history", "--json" }
+      assert.are.equal(0, rc, err)
+      return assert(json.decode(out), out)
+    end
+    assert(h.wait_until(function() return history().live == 2 end, 5))
+    local rc, out, err = as_ops { "rules", "rollback" }
+    assert.are.equal(0, rc, err)
+    local j = history()
+    assert.are.equal("rolled back to rev 1 by ops", j.revisions[1].reason)
+    -- Reloading the files on disk (rev 2's content) is a new revision, by ops.
+    rc, out, err = as_ops { "req", "$TIDE.ADMIN.RELOAD", "" }
+    assert.are.equal(0, rc, err)
+    j = history()
+    assert.are.equal(3, j.live)
+    assert.are.equal("ops", j.revisions[1].by)
+    assert.are.equal("admin request", j.revisions[1].cause)
+    assert.are.equal("", j.revisions[2].by)
+    -- Without the admin permission: refused.
+    rc = tide(srv, { "rules", "history" })
+    assert.are_not.equal(0, rc)
+  end)
+end)
