@@ -203,8 +203,7 @@ describe("rule history", function()
     write_rules(dir, 10)
     h.write_file(dir .. "/tide.lua", rules(10) .. auth)
     srv = start(dir)
-    write_rules(dir, 100)
-    h.write_file(dir .. "/tide.lua", rules(100) .. auth)
+    h.write_file(dir .. "/lib/limits.lua", select(2, rules(100)))
     local function as_ops(args)
       for _, a in ipairs { "--user", "ops", "--password", "opspw" } do args[#args + 1] = a end
       return tide(srv, args)
@@ -230,5 +229,162 @@ describe("rule history", function()
     -- Without the admin permission: refused.
     rc = tide(srv, { "rules", "history" })
     assert.are_not.equal(0, rc)
+  end)
+end)
+
+-- An event envelope for order.* with data.
+local function envelope(id, data)
+  return json.encode { specversion = "1.0", id = id, source = "spec", type = "order", data = data }
+end
+
+-- Subscribes to everything, publishes each {subject, payload}, and returns
+-- what was delivered (after a PING round trip, so the deliveries are in).
+local function publish_all(srv, events)
+  local c = h.connect(srv.port)
+  c:send('CONNECT {"headers":true}\r\n')
+  c:sub(">", "1")
+  for _, e in ipairs(events) do c:pub(e[1], e[2]) end
+  local got = c:collect(1000, 1)
+  c:close()
+  return got
+end
+
+describe("shadow", function()
+  local dir, srv
+
+  before_each(function()
+    dir = h.make_tmpdir("tide-shadow")
+    out_dir = dir
+  end)
+
+  after_each(function()
+    if srv then srv:stop() end
+    srv = nil
+    h.remove_tmpdir(dir)
+  end)
+
+  it("compares a candidate with a threshold typo and promotes the fix, through the CLI", function()
+    write_rules(dir, 100)
+    h.write_file(dir .. "/candidate/lib/limits.lua", "return { min = 1000 }\n") -- the typo
+    srv = start(dir)
+    local rc, out, err = tide(srv, { "rules", "shadow", dir .. "/candidate" })
+    assert.are.equal(0, rc, err)
+    local events = {}
+    for i, amount in ipairs { 50, 150, 500, 5000, 99 } do
+      events[i] = { "order.created", envelope("o" .. i, { amount = amount }) }
+    end
+    local got = publish_all(srv, events)
+    -- Live traffic is the live rules' alone: 150, 500 and 5000.
+    assert.are.equal(3, #got)
+    rc, out, err = tide(srv, { "rules", "diff", "--json" })
+    assert.are.equal(0, rc, err)
+    local d = assert(json.decode(out), out)
+    assert.are.equal(5, d.events)
+    assert.are.equal(2, d.differ)
+    assert.are.same({ kept = 2, routed = 0, data = 0, emitted = 0, errors = 0, kv = 0 }, d.kinds)
+    assert.are.same({ ["candidate tide.lua:2"] = 2 }, d.rules)
+    assert.are.equal(2, #d.samples)
+    assert.are.same({ "kept" }, d.samples[1].kinds)
+    assert.are.equal("order.created", d.samples[1].subject)
+    assert.truthy(d.samples[1].live[1]:find('^deliver order.created {.*"amount":150'), d.samples[1].live[1])
+    assert.are.same({ "dropped by tide.lua:2" }, d.samples[1].candidate)
+    rc, out = tide(srv, { "rules", "diff" })
+    assert.are.equal(0, rc)
+    assert.truthy(out:find("5 events, 2 differ", 1, true), out)
+    assert.truthy(out:find("candidate  dropped by tide.lua:2", 1, true), out)
+
+    -- The fix: a new shadow replaces the old one and starts counting anew.
+    h.write_file(dir .. "/candidate/lib/limits.lua", "return { min = 200 }\n")
+    rc, out, err = tide(srv, { "rules", "shadow", dir .. "/candidate" })
+    assert.are.equal(0, rc, err)
+    publish_all(srv, events)
+    rc, out = tide(srv, { "rules", "diff", "--json" })
+    d = json.decode(out)
+    assert.are.equal(5, d.events)
+    assert.are.equal(1, d.differ) -- 150
+    rc, out, err = tide(srv, { "rules", "promote" })
+    assert.are.equal(0, rc, err)
+    assert.are.equal("the candidate is live\n", out)
+    assert.is_false(kept(srv, 150))
+    assert.is_true(kept(srv, 250))
+    local hist = admin(srv, "RULES.HISTORY")
+    assert.are.equal(2, hist.live)
+    assert.are.equal("shadow promote", hist.revisions[1].cause)
+    rc, out, err = tide(srv, { "rules", "diff" })
+    assert.are.equal(1, rc)
+    assert.truthy(err:find("no shadow is running", 1, true), err)
+    -- The promoted text is what a rollback goes back from.
+    assert.are.same({ ok = true, live = 1, from = 2 }, admin(srv, "RULES.ROLLBACK"))
+    assert.is_true(kept(srv, 150))
+  end)
+
+  it("captures the candidate's publishes, kv writes and dead letters, never doing them", function()
+    h.write_file(dir .. "/tide.lua", [[
+filter("order.>", function(e)
+  e.headers["X-Count"] = tostring(tide.kv.get("count"))
+  return true
+end)
+on("order.>", function(e, ctx) end)
+]])
+    h.write_file(dir .. "/cand.lua", [[
+filter("order.>", function(e)
+  if e.data.boom then error("candidate fails") end
+  return true
+end)
+on("order.>", function(e, ctx)
+  local n = tide.kv.incr("count")
+  ctx.publish("audit.seen", { n = n })
+end)
+]])
+    srv = start(dir)
+    local r = admin(srv, "RULES.SHADOW", json.encode { path = dir .. "/cand.lua" })
+    assert.are.same({ ok = true, path = dir .. "/cand.lua" }, r)
+    local got = publish_all(srv, {
+      { "order.a", envelope("a1", { n = 1 }) },
+      { "order.a", envelope("a2", { n = 2 }) },
+      { "order.b", envelope("b1", { boom = true }) },
+    })
+    -- Only the three live deliveries: no audit.seen, no dead letter; the
+    -- live kv never saw the candidate's incr.
+    assert.are.equal(3, #got)
+    for _, m in ipairs(got) do
+      assert.truthy(m.subject:match("^order%."), m.subject)
+      local _, hd = h.parse_headers(m.headers)
+      assert.are.equal("nil", hd["X-Count"])
+    end
+    local d = admin(srv, "RULES.DIFF")
+    assert.are.equal(3, d.events)
+    assert.are.equal(3, d.differ)
+    assert.are.equal(1, d.kinds.kept) -- b1: dead-lettered instead of delivered
+    assert.are.equal(1, d.kinds.errors)
+    assert.are.equal(2, d.kinds.emitted)
+    assert.are.equal(2, d.kinds.kv)
+    local s1, s2, s3 = d.samples[1], d.samples[2], d.samples[3]
+    assert.are.same({ "emitted", "kv" }, s1.kinds)
+    assert.are.equal("kv incr count", s1.candidate[2])
+    assert.truthy(s1.candidate[3]:find('^publish audit.seen {.*"n":1'), s1.candidate[3])
+    -- The scratch store: the candidate reads its own writes.
+    assert.truthy(s2.candidate[3]:find('^publish audit.seen {.*"n":2'), s2.candidate[3])
+    -- The candidate's rules are named by the file they stand in for.
+    assert.are.equal("dead letter (filter at tide.lua:1): tide.lua:2: candidate fails", s3.candidate[1])
+    assert.are.same({ "kept", "errors" }, s3.kinds)
+    assert.are.equal(1, d.rules["candidate tide.lua:1"])
+    assert.are.same({ ok = true }, admin(srv, "RULES.STOP"))
+    assert.is_false(admin(srv, "RULES.DIFF").ok)
+    assert.are.equal(0, h.stats(srv.port).scripts.dead_letters)
+  end)
+
+  it("refuses a candidate that does not load, and keeps no shadow", function()
+    write_rules(dir, 100)
+    h.write_file(dir .. "/bad.lua", "filter('x', function( end)\n")
+    srv = start(dir)
+    local r = admin(srv, "RULES.SHADOW", json.encode { path = dir .. "/bad.lua" })
+    assert.is_false(r.ok)
+    assert.truthy(r.error:find("bad.lua", 1, true) or r.error:find("tide.lua", 1, true), r.error)
+    assert.is_false(admin(srv, "RULES.DIFF").ok)
+    r = admin(srv, "RULES.SHADOW", json.encode { path = dir .. "/missing.lua" })
+    assert.is_false(r.ok)
+    assert.truthy(r.error:find("cannot open", 1, true), r.error)
+    assert.is_false(admin(srv, "RULES.PROMOTE").ok)
   end)
 end)

@@ -205,6 +205,77 @@ static void verb_rules_rollback(node_t *n, client_t *from, const proto_msg_t *m)
     cJSON_Delete(q);
 }
 
+/* {"path":"..."} -> {"ok":true,"path":...,"rules":N}: a candidate beside the rules. */
+static void verb_rules_shadow(node_t *n, client_t *from, const proto_msg_t *m)
+{
+    char err[1024];
+    cJSON *q = json_parse_owned(m->payload, m->payload_len), *a = NULL;
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(q, "path");
+    char *out = NULL;
+    (void)from;
+    if (!n->scripts)
+        reply_error(n, m, "no scripts are loaded (start with -c)");
+    else if (!cJSON_IsString(p) || !p->valuestring[0])
+        reply_error(n, m, "expected {\"path\": \"candidate.lua or a directory\"}");
+    else if (script_is_processing(n->scripts))
+        reply_error(n, m, "busy");
+    else if (script_shadow_start(n->scripts, p->valuestring, err, sizeof err) < 0)
+        reply_error(n, m, err);
+    else if ((a = cJSON_CreateObject())) {
+        cJSON_AddBoolToObject(a, "ok", 1);
+        cJSON_AddStringToObject(a, "path", p->valuestring);
+        out = cJSON_PrintUnformatted(a);
+        reply_owned(n, m, out ? util_mem_dup(out, strlen(out)) : NULL, out ? strlen(out) : 0);
+    }
+    cJSON_free(out);
+    cJSON_Delete(a);
+    cJSON_Delete(q);
+}
+
+static void verb_rules_diff(node_t *n, client_t *from, const proto_msg_t *m)
+{
+    size_t len = 0;
+    (void)from;
+    char *json = n->scripts ? script_shadow_diff_json(n->scripts, &len) : NULL;
+    if (!n->scripts || !script_shadow_running(n->scripts))
+        reply_error(n, m, "no shadow is running (tide rules shadow PATH starts one)");
+    else
+        reply_owned(n, m, json, len);
+}
+
+static void verb_rules_promote(node_t *n, client_t *from, const proto_msg_t *m)
+{
+    char err[1024], buf[128], who[128];
+    if (!n->scripts) {
+        reply_error(n, m, "no scripts are loaded (start with -c)");
+        return;
+    }
+    if (n->history)
+        history_set_by(n->history, admin_identity(from, who, sizeof who));
+    int rc = script_is_processing(n->scripts) ? -1 : script_shadow_promote(n->scripts, err, sizeof err);
+    if (n->history)
+        history_set_by(n->history, NULL);
+    if (rc < 0) {
+        reply_error(n, m, script_is_processing(n->scripts) ? "busy" : err);
+        return;
+    }
+    script_stats_t st;
+    script_get_stats(n->scripts, &st);
+    int len = snprintf(buf, sizeof buf, "{\"ok\":true,\"generation\":%llu,\"rules\":%d}",
+                       (unsigned long long)st.generation, st.rules);
+    server_reply(n->srv, m, buf, (size_t)len);
+}
+
+static void verb_rules_stop(node_t *n, client_t *from, const proto_msg_t *m)
+{
+    static const char ok[] = "{\"ok\":true}";
+    (void)from;
+    if (!n->scripts || script_is_processing(n->scripts) || script_shadow_stop(n->scripts) < 0)
+        reply_error(n, m, "no shadow is running");
+    else
+        server_reply(n->srv, m, ok, strlen(ok));
+}
+
 static const struct {
     const char *name;
     void (*fn)(node_t *n, client_t *from, const proto_msg_t *m);
@@ -216,6 +287,10 @@ static const struct {
     {"RULES", verb_rules},
     {"RULES.HISTORY", verb_rules_history},
     {"RULES.ROLLBACK", verb_rules_rollback},
+    {"RULES.SHADOW", verb_rules_shadow},
+    {"RULES.DIFF", verb_rules_diff},
+    {"RULES.PROMOTE", verb_rules_promote},
+    {"RULES.STOP", verb_rules_stop},
 };
 
 static void on_admin(void *ctx, client_t *from, const proto_msg_t *m)
@@ -232,7 +307,7 @@ static void on_admin(void *ctx, client_t *from, const proto_msg_t *m)
     /* STREAM.*, CONSUMER.*, DLQ.*: the streams' own verbs. */
     if (n->streams && streams_admin(n->streams, op, oplen, m))
         return;
-    reply_error(n, m, "unknown admin request; try RELOAD, STATS, RULES, RULES.HISTORY, RULES.ROLLBACK, EVAL or EVAL.END");
+    reply_error(n, m, "unknown admin request; try RELOAD, STATS, RULES, RULES.HISTORY, RULES.ROLLBACK, RULES.SHADOW, RULES.DIFF, RULES.PROMOTE, RULES.STOP, EVAL or EVAL.END");
 }
 
 void admin_attach(node_t *n)

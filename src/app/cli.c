@@ -1568,7 +1568,7 @@ static void usage_ops(void)
             "       tide stream export NAME [--subject PATTERN] [--since TIME] [--until TIME] > events.jsonl\n"
             "       tide consumer ls | info NAME\n"
             "       tide dlq ls | show STREAM [--limit N] | replay STREAM (--seq N | --all)\n"
-            "       tide rules history | rollback [REV]\n"
+            "       tide rules history | rollback [REV] | shadow PATH | diff | promote | stop\n"
             "all take -s SERVER (host:port; default 127.0.0.1:4222 or $TIDE_SERVER), --json and --timeout SECONDS;\n"
             CLI_CREDS_USAGE
             "TIME is RFC 3339, seconds since the epoch, or a duration ago (90s, 15m, 2h, 7d)\n");
@@ -1931,6 +1931,73 @@ static void print_history(const cJSON *r)
     table_print(&t);
 }
 
+/* tide rules diff without --json. */
+static void print_diff(const cJSON *r)
+{
+    char n1[32], n2[32];
+    const cJSON *k, *x, *l;
+    printf("shadow %s since %s: %s events, %s differ\n", jstr(r, "path", "?"), jstr(r, "since", "?"),
+           jtxt(r, "events", n1, sizeof n1), jtxt(r, "differ", n2, sizeof n2));
+    printf("  by kind:");
+    cJSON_ArrayForEach(k, cJSON_GetObjectItemCaseSensitive(r, "kinds"))
+        printf(" %s %s", k->string, vtxt(k, n1, sizeof n1));
+    printf("\n");
+    if (cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(r, "rules")))
+        printf("  by rule:");
+    cJSON_ArrayForEach(k, cJSON_GetObjectItemCaseSensitive(r, "rules"))
+        printf(" %s %s", k->string, vtxt(k, n1, sizeof n1));
+    if (cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(r, "rules")))
+        printf("\n");
+    cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(r, "samples")) {
+        printf("event %s  (", jstr(x, "subject", "?"));
+        cJSON_ArrayForEach(k, cJSON_GetObjectItemCaseSensitive(x, "kinds"))
+            printf("%s%s", k == cJSON_GetObjectItemCaseSensitive(x, "kinds")->child ? "" : ", ",
+                   cJSON_IsString(k) ? k->valuestring : "?");
+        printf(")\n");
+        static const char *const sides[] = {"live", "candidate"};
+        for (int i = 0; i < 2; i++) {
+            const cJSON *lines = cJSON_GetObjectItemCaseSensitive(x, sides[i]);
+            if (!cJSON_GetArraySize(lines))
+                printf("  %-10s (nothing)\n", sides[i]);
+            cJSON_ArrayForEach(l, lines)
+                printf("  %-10s %s\n", l == lines->child ? sides[i] : "", cJSON_IsString(l) ? l->valuestring : "?");
+        }
+    }
+}
+
+/* tide rules shadow PATH | diff | promote | stop: an answer with nothing
+ * more to show than that it worked. */
+static int ops_rules_shadow(ops_t *o, const char *verb, char **pos, int npos)
+{
+    char real[PATH_MAX];
+    cJSON *r = NULL;
+    if (!strcmp(verb, "shadow")) {
+        NEED(1);
+        /* The node resolves a relative path from its own directory: send it whole. */
+        cJSON *q = cJSON_CreateObject();
+        cJSON_AddStringToObject(q, "path", realpath(pos[0], real) ? real : pos[0]);
+        char *qs = cJSON_PrintUnformatted(q);
+        cJSON_Delete(q);
+        r = qs ? ops_req(o, "RULES.SHADOW", qs) : NULL;
+        cJSON_free(qs);
+        if (r && !o->json)
+            printf("shadow of %s started: every event also goes through it, in dry mode\n", pos[0]);
+    } else if (!strcmp(verb, "diff")) {
+        NEED(0);
+        if ((r = ops_req(o, "RULES.DIFF", "")) && !o->json)
+            print_diff(r);
+    } else {
+        NEED(0);
+        r = ops_req(o, !strcmp(verb, "promote") ? "RULES.PROMOTE" : "RULES.STOP", "");
+        if (r && !o->json)
+            printf("%s\n", !strcmp(verb, "promote") ? "the candidate is live" : "the shadow is stopped");
+    }
+    if (r && o->json)
+        print_json(r, 0);
+    cJSON_Delete(r);
+    return r ? 0 : 1;
+}
+
 /* tide rules history | rollback [REV]. */
 static int ops_rules(ops_t *o, const char *verb, char **pos, int npos)
 {
@@ -1958,6 +2025,9 @@ static int ops_rules(ops_t *o, const char *verb, char **pos, int npos)
         else
             printf("rev %llu is live again (rev %llu rolled back)\n", (unsigned long long)juint(r, "live", 0),
                    (unsigned long long)juint(r, "from", 0));
+    } else if (!strcmp(verb, "shadow") || !strcmp(verb, "diff") || !strcmp(verb, "promote") ||
+               !strcmp(verb, "stop")) {
+        return ops_rules_shadow(o, verb, pos, npos);
     } else {
         return ops_unknown("rules", verb);
     }

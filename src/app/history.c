@@ -200,7 +200,9 @@ static void hash_update(uint64_t *hv, const char *p, size_t n)
 }
 
 /* What h runs now: {"files":[...],"contents":[...]} and its hash (17
- * bytes).  NULL when a file cannot be read back or out of memory. */
+ * bytes), each file's text as the reload read it (from a source: a
+ * promoted candidate, a rollback), else read back from the disk.  NULL
+ * when a file cannot be read back or out of memory. */
 static cJSON *history_snapshot(script_host_t *h, char hash[17])
 {
     size_t n, len;
@@ -211,7 +213,8 @@ static cJSON *history_snapshot(script_host_t *h, char hash[17])
     if (!o || !fa || !ca)
         goto fail;
     for (size_t i = 0; i < n; i++) {
-        char *text = history_read_file(files[i], &len);
+        const char *stored = script_source_text(h, files[i], &len);
+        char *text = stored ? util_mem_dup(stored, len + 1) : history_read_file(files[i], &len);
         if (!text) {
             log_warn("rule history: cannot read back %s: %s", files[i], strerror(errno));
             goto fail;

@@ -63,6 +63,9 @@ static void usage(FILE *f)
             "                         (default 127.0.0.1:4222 or $TIDE_SERVER), --json\n"
             "  rules history | rollback [REV]\n"
             "                         the rule revisions a node loaded; make one live again\n"
+            "  rules shadow PATH | diff | promote | stop\n"
+            "                         a candidate beside the live rules, in dry mode; what it\n"
+            "                         would do differently; make it live; drop it\n"
             "  stream ls | info NAME | get NAME SEQ\n"
             "  stream events NAME [--subject PATTERN] [--since TIME] [--until TIME]\n"
             "                [--from SEQ] [--limit N]\n"
@@ -533,7 +536,7 @@ out:
  * a word that is not an option's value names a verb. */
 static int rules_verb_given(int argc, char **argv)
 {
-    static const char *const verbs[] = {"history", "rollback"};
+    static const char *const verbs[] = {"history", "rollback", "shadow", "diff", "promote", "stop"};
     for (int i = 2; i < argc; i++) {
         if (argv[i][0] == '-') {
             i += argv[i][1] && argv[i][1] != '-' && strchr("st", argv[i][1]) && !argv[i][2]; /* -s URL, -t S */

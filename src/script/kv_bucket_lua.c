@@ -158,6 +158,8 @@ static streams_t *open_stream(lua_State *L, bucket_t *b)
         luaL_error(L, "bucket '%s': there are no streams (tide.kv.bucket needs a data directory)", b->name);
     if (streams_stream_info(h->streams, b->stream, -1, NULL))
         return h->streams;
+    if (h->dry) /* a shadow's candidate makes nothing (docs/deploys.md) */
+        luaL_error(L, "bucket '%s': no stream %s, and a shadow does not make one", b->name, b->stream);
     if (!h->bucket_maker || h->bucket_maker(h->bucket_ctx, b->name, err, sizeof err) < 0 ||
         !streams_stream_info(h->streams, b->stream, -1, NULL))
         luaL_error(L, "bucket '%s': cannot make stream %s%s%s", b->name, b->stream, err[0] ? ": " : "", err);
@@ -337,6 +339,10 @@ static void check_limits(lua_State *L, bucket_t *b, const char *what, const char
 static uint64_t put(lua_State *L, bucket_t *b, const char *what, const char *subj, int idx, const char *op,
                     uint64_t expect)
 {
+    if (b->host->rec)
+        shadow_note(b->host, SHADOW_KV, subj, strlen(subj), op ? op : "put", strlen(op ? op : "put"), NULL);
+    if (b->host->dry) /* noted, not stored: a made-up revision, as if it had been */
+        return (expect != UINT64_MAX ? expect : 0) + 1;
     streams_t *sm = open_stream(L, b);
     put_t p = {0};
     const char *type = NULL;

@@ -14,6 +14,24 @@
 
 static kv_t *upkv(lua_State *L) { return lua_touserdata(L, lua_upvalueindex(1)); }
 
+/* A shadow candidate's store is a scratch overlay over the live one
+ * (upvalue 2): reads look in the scratch first, writes stay there. */
+static kv_t *live_kv(lua_State *L) { return lua_touserdata(L, lua_upvalueindex(2)); }
+
+static const kv_value_t *kv_lookup(lua_State *L, const char *k, size_t kl)
+{
+    const kv_value_t *v = kv_get(upkv(L), k, kl);
+    return v || !live_kv(L) ? v : kv_get(live_kv(L), k, kl);
+}
+
+/* A write, for the shadow's comparison of decisions (script.h). */
+static void note_write(lua_State *L, const char *what, const char *k, size_t kl)
+{
+    script_host_t *h = script_state_of(L)->host;
+    if (h->rec)
+        shadow_note(h, SHADOW_KV, k, kl, what, strlen(what), NULL);
+}
+
 /* Raises the error for rc, a failed kv_set/kv_incr of key k (what: the call). */
 static int raise_kv_error(lua_State *L, kv_t *kv, int rc, const char *what, const char *k, size_t vlen)
 {
@@ -71,7 +89,7 @@ static int l_get(lua_State *L)
 {
     size_t kl;
     const char *k = luaL_checklstring(L, 1, &kl);
-    const kv_value_t *v = kv_get(upkv(L), k, kl);
+    const kv_value_t *v = kv_lookup(L, k, kl);
     if (!v)
         lua_pushnil(L);
     else
@@ -83,7 +101,7 @@ static int l_has(lua_State *L)
 {
     size_t kl;
     const char *k = luaL_checklstring(L, 1, &kl);
-    lua_pushboolean(L, kv_get(upkv(L), k, kl) != NULL);
+    lua_pushboolean(L, kv_lookup(L, k, kl) != NULL);
     return 1;
 }
 
@@ -92,6 +110,7 @@ static int l_set(lua_State *L)
     kv_t *kv = upkv(L);
     size_t kl;
     const char *k = luaL_checklstring(L, 1, &kl);
+    note_write(L, "set", k, kl);
     if (lua_isnoneornil(L, 2)) {
         kv_del(kv, k, kl);
         return 0;
@@ -154,6 +173,7 @@ static int l_del(lua_State *L)
 {
     size_t kl;
     const char *k = luaL_checklstring(L, 1, &kl);
+    note_write(L, "del", k, kl);
     lua_pushboolean(L, kv_del(upkv(L), k, kl));
     return 1;
 }
@@ -164,6 +184,10 @@ static int l_incr(lua_State *L)
     const char *k = luaL_checklstring(L, 1, &kl);
     lua_Integer by = luaL_optinteger(L, 2, 1);
     int64_t now;
+    note_write(L, "incr", k, kl);
+    const kv_value_t *base = live_kv(L) && !kv_get(upkv(L), k, kl) ? kv_get(live_kv(L), k, kl) : NULL;
+    if (base && base->type == KV_INT && kv_incr(upkv(L), k, kl, base->i, &now) < 0)
+        return luaL_error(L, "out of memory");
     int rc = kv_incr(upkv(L), k, kl, (int64_t)by, &now);
     if (rc < 0)
         return raise_kv_error(L, upkv(L), rc, "tide.kv.incr", k, 8);
@@ -206,19 +230,22 @@ static int l_count(lua_State *L)
     return 1;
 }
 
-void kv_lua_push_api(lua_State *L, kv_t *kv)
+void kv_lua_push_api(lua_State *L, kv_t *kv, kv_t *live)
 {
     static const luaL_Reg fns[] = {{"get", l_get},   {"set", l_set},   {"del", l_del},     {"incr", l_incr},
                                    {"has", l_has},   {"keys", l_keys}, {"count", l_count}, {NULL, NULL}};
     lua_createtable(L, 0, 7);
     lua_pushlightuserdata(L, kv);
-    luaL_setfuncs(L, fns, 1);
+    lua_pushlightuserdata(L, live);
+    luaL_setfuncs(L, fns, 2);
 }
 
 void kv_lua_push_tide(lua_State *L, struct script_host *host)
 {
     if (host->streams && host->bucket_maker)
         kv_bucket_lua_push_tide(L, host);
+    else if (host->dry_kv) /* a shadow's candidate loading: its writes stay in its scratch store */
+        kv_lua_push_api(L, host->dry_kv, host->kv);
     else
-        kv_lua_push_api(L, host->kv);
+        kv_lua_push_api(L, host->kv, NULL);
 }

@@ -14,8 +14,10 @@
  *   del(k) -> existed          incr(k [, by]) -> new integer value
  *   has(k) -> bool             keys([prefix]) -> sorted list
  *   count() -> n
- * kv must outlive every Lua state it is pushed into. */
-void kv_lua_push_api(lua_State *L, kv_t *kv);
+ * live NULL, or the store kv overlays (a shadow candidate's scratch
+ * store): reads look in kv first, then in live; writes go to kv.
+ * Both must outlive every Lua state they are pushed into. */
+void kv_lua_push_api(lua_State *L, kv_t *kv, kv_t *live);
 
 /* Pushes tide.kv.bucket(name): a handle on the JetStream KV bucket `name`
  * (the stream KV_<name> on $KV.<name>.>, made through the host's bucket

@@ -303,6 +303,10 @@ static int publish_refused(lua_State *L, script_host_t *h, const char *msg)
 /* Queues m as an event of the current cascade (made on its first one). */
 static void queue_published(lua_State *L, script_host_t *h, state_t *st, const proto_msg_t *m)
 {
+    if (h->rec)
+        shadow_note(h, SHADOW_EMIT, m->subject, m->subject_len, m->payload, m->payload_len, NULL);
+    if (h->dry)
+        return;
     if (!h->cascade && !(h->cascade = calloc(1, sizeof *h->cascade)))
         luaL_error(L, "out of memory");
     if (msgq_push(&h->queue, m, st->cur_depth + 1) < 0) {
@@ -521,6 +525,10 @@ void pipeline_dead_letter(script_host_t *h, state_t *st, const proto_msg_t *m, c
                           const char *error)
 {
     char line[3000], why[400];
+    if (h->rec)
+        shadow_note(h, SHADOW_DEAD, stage, strlen(stage), error, strlen(error), r ? r->where : "(pipeline)");
+    if (h->dry)
+        return;
     pipeline_rule_failure_text(line, sizeof line, r, "%s at %s: %s (event on %.*s)", stage,
                                r ? r->where : "(pipeline)", error, (int)(m->subject_len > 200 ? 200 : m->subject_len),
                                m->subject);
@@ -828,6 +836,8 @@ static int run_filters(lua_State *L, run_t *run, match_t *mt, int e_idx)
             tracef(h, td, "  filter   %s   %s   %s   %.3f ms", r->pattern, r->where, keep ? "kept" : "DROPPED",
                    h->last_call_ms);
         if (!keep) {
+            if (h->rec)
+                shadow_note(h, SHADOW_DROP, NULL, 0, NULL, 0, r->where);
             r->dropped++;
             h->st.dropped++;
             return 1;
@@ -855,6 +865,8 @@ static int run_routes(lua_State *L, run_t *run, match_t *mt, int e_idx)
             continue;
         }
         if (t == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
+            if (h->rec)
+                shadow_note(h, SHADOW_DROP, NULL, 0, NULL, 0, r->where);
             r->dropped++;
             h->st.dropped++;
             if (tr)
@@ -881,6 +893,8 @@ static int run_routes(lua_State *L, run_t *run, match_t *mt, int e_idx)
                    run->ndest ? list : "(nowhere: dropped)", h->last_call_ms);
         }
         if (run->ndest == 0) { /* an empty list: nowhere to go */
+            if (h->rec)
+                shadow_note(h, SHADOW_DROP, NULL, 0, NULL, 0, r->where);
             r->dropped++;
             h->st.dropped++;
             return 1;
@@ -928,7 +942,11 @@ static int run_delivery(lua_State *L, run_t *run, int ev_idx, proto_msg_t *out)
         o.subject_len = run->dest_len[d];
         /* A request that a handler here will answer has a responder. */
         match_t *dm = o.reply ? match_for(st, o.subject, o.subject_len) : NULL;
-        size_t n = server_route_flags(h->srv, run->from, &o, dm && dm->n[RULE_HANDLER] ? ROUTE_HAS_RESPONDER : 0);
+        if (h->rec)
+            shadow_note(h, SHADOW_DELIVER, o.subject, o.subject_len, o.payload, o.payload_len, NULL);
+        size_t n = h->dry ? 0
+                          : server_route_flags(h->srv, run->from, &o,
+                                               dm && dm->n[RULE_HANDLER] ? ROUTE_HAS_RESPONDER : 0);
         if (tr)
             tracef(h, td, "  deliver  %s   %zu subscriber%s%s", run->dest[d], n, n == 1 ? "" : "s",
                    run->ev->owner.dirty || out->payload != run->in->payload ? "   (re-encoded)" : "");
@@ -1099,7 +1117,7 @@ static void end_event(lua_State *L, script_host_t *h, event_t *ev)
     }
 }
 
-static void run_one(script_host_t *h, client_t *from, const proto_msg_t *m, int depth)
+void pipeline_run_one(script_host_t *h, client_t *from, const proto_msg_t *m, int depth)
 {
     state_t *st = h->cur;
     lua_State *L = st->L;
@@ -1110,7 +1128,9 @@ static void run_one(script_host_t *h, client_t *from, const proto_msg_t *m, int 
     h->st.events++;
     if (!needs_lua(st, m, &mt)) {
         h->st.bypassed++;
-        size_t n = server_route(h->srv, from, m);
+        if (h->rec)
+            shadow_note(h, SHADOW_DELIVER, m->subject, m->subject_len, m->payload, m->payload_len, NULL);
+        size_t n = h->dry ? 0 : server_route(h->srv, from, m);
         if (h->trace)
             tracef(h, depth, "event %.*s  (no rule matches)\n%*s  deliver  %.*s   %zu subscriber%s", (int)m->subject_len,
                    m->subject, depth * 4, "", (int)m->subject_len, m->subject, n, n == 1 ? "" : "s");
@@ -1206,7 +1226,7 @@ static void run_queued(script_host_t *h, msgq_item_t *e)
     h->cascade = c;
     if (c)
         c->refs++; /* kept while it runs, for what it publishes */
-    run_one(h, NULL, &e->m, e->depth);
+    pipeline_run_one(h, NULL, &e->m, e->depth);
     if (c) {
         c->seconds += seconds_since(&t0);
         h->cascade = NULL;
@@ -1278,7 +1298,10 @@ void script_process(script_host_t *h, client_t *from, const proto_msg_t *m)
     cascade_t *outer = h->cascade; /* a publish from inside a rule's call (the prompt) */
     h->processing++;
     h->cascade = NULL; /* a new cascade, made when it first publishes */
-    run_one(h, from, m, 0);
+    if (h->shadow)
+        h->shadow_process(h, from, m);
+    else
+        pipeline_run_one(h, from, m, 0);
     h->cascade = outer; /* its queued events hold it */
     script_drain(h);
     h->processing--;

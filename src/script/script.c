@@ -273,6 +273,8 @@ void script_host_free(script_host_t *h)
     if (h->sighup)
         event_free(h->sighup);
     script_queue_clear(h);
+    if (h->shadow_free)
+        h->shadow_free(h);
     state_free(h->cur);
     kv_free(h->kv);
     dict_clear(&h->errors_seen, free);
@@ -342,6 +344,26 @@ int script_reload_from(script_host_t *h, const char *why, script_source_fn fn, v
     h->source = NULL;
     h->source_ctx = NULL;
     return rc;
+}
+
+state_t *script_state_build(script_host_t *h, script_source_fn fn, void *ctx, char *err, size_t errsz)
+{
+    h->source = fn;
+    h->source_ctx = ctx;
+    state_t *st = state_new(h, &h->cur->limits, err, errsz);
+    h->source = NULL;
+    h->source_ctx = NULL;
+    return st;
+}
+
+void script_state_release(state_t *st)
+{
+    state_free(st);
+}
+
+const char *script_source_text(const script_host_t *h, const char *path, size_t *len)
+{
+    return h->source ? h->source(h->source_ctx, path, len) : NULL;
 }
 
 const char *const *script_files(const script_host_t *h, size_t *n)

@@ -117,6 +117,10 @@ typedef const char *(*script_source_fn)(void *ctx, const char *path, size_t *len
 int script_reload_from(script_host_t *h, const char *why, script_source_fn fn, void *ctx, char *err,
                        size_t errsz);
 
+/* While a reload from a source runs (in the swap hook): the source's text
+ * of path and its length, or NULL when the file came from the disk. */
+const char *script_source_text(const script_host_t *h, const char *path, size_t *len);
+
 /* The files the current state loaded (absolute, the entry file first) and
  * their number in *n.  Valid until the next reload. */
 const char *const *script_files(const script_host_t *h, size_t *n);
@@ -124,6 +128,27 @@ const char *const *script_files(const script_host_t *h, size_t *n);
 /* Calls fn(ctx, why) after every reload that swapped a new state in (why
  * as given to script_reload), e.g. to record a revision.  NULL stops it. */
 void script_set_swap_hook(script_host_t *h, void (*fn)(void *ctx, const char *why), void *ctx);
+
+/* ---- shadow: a candidate beside the live rules (shadow.c, docs/deploys.md) ---- */
+
+/*
+ * Loads path (an entry file, or a directory holding the entry file's name
+ * and its modules) as a candidate that every event also goes through in
+ * dry mode: what it would deliver, publish, dead-letter or write to
+ * tide.kv is noted and compared with the live decision, never done (its
+ * kv writes go to a scratch store its reads also see).  Replaces a shadow
+ * that was running.  0, or -1 with the reason in err.
+ */
+int script_shadow_start(script_host_t *h, const char *path, char *err, size_t errsz);
+/* Drops the shadow: 0, or -1 when none was running. */
+int script_shadow_stop(script_host_t *h);
+/* Makes the candidate the live rules (a reload from its files, recorded
+ * as such) and ends the shadow.  0, or -1 with the reason in err. */
+int script_shadow_promote(script_host_t *h, char *err, size_t errsz);
+int script_shadow_running(const script_host_t *h);
+/* {"path","since","events","differ","kinds":{...},"rules":{...},
+ * "samples":[...]}, malloc'd (caller frees); NULL when no shadow runs. */
+char *script_shadow_diff_json(const script_host_t *h, size_t *len);
 
 typedef struct script_stats {
     uint64_t events;        /* events that entered the pipeline */

@@ -278,6 +278,14 @@ struct script_host {
     void *on_swap_ctx;
     script_source_fn source; /* script_reload_from: files are read here first */
     void *source_ctx;
+    struct shadow *shadow;          /* a candidate running beside the rules (shadow.c), or NULL */
+    /* shadow.c's, reached through these so that the pipeline and the host
+     * do not call it (it calls them): run an event with the shadow; free it */
+    void (*shadow_process)(struct script_host *h, struct client *from, const proto_msg_t *m);
+    void (*shadow_free)(struct script_host *h);
+    struct shadow_decision *rec;    /* where the event running now notes what it does, or NULL */
+    int dry;                        /* the shadow's candidate is running: capture, never act */
+    kv_t *dry_kv;                   /* while a candidate loads: its scratch store */
     script_identity_t test_who; /* script_set_identity: who the server's own events are */
     int has_test_who;
     /* Makes the stream of a tide.kv.bucket (script_host_set_bucket_maker). */
@@ -287,6 +295,50 @@ struct script_host {
      * (kv_migrate), freed with the host if the node stops first. */
     struct migration *kv_migration;
 };
+
+/* ---- shadow.c: a candidate beside the live rules ---- */
+
+/* What a decision is made of, for comparing the live one with the candidate's. */
+enum { SHADOW_DELIVER, SHADOW_EMIT, SHADOW_DEAD, SHADOW_KV, SHADOW_DROP, SHADOW_KINDS };
+
+#define SHADOW_ITEMS 8
+/* One thing an event did, kept (cut short) to show when decisions differ. */
+typedef struct shadow_item {
+    int kind;
+    size_t subject_len, data_len; /* as they were, before cutting */
+    char subject[96];             /* or the key, the stage */
+    char data[200];               /* or what ("set", "incr", the error) */
+    char where[96];               /* the rule, for drops and dead letters */
+} shadow_item_t;
+
+/* One event's decision: counts and checksums per kind (compared), and the
+ * first SHADOW_ITEMS things it did (shown). */
+typedef struct shadow_decision {
+    int n[SHADOW_KINDS];
+    uint32_t sum[SHADOW_KINDS];
+    uint32_t subjects; /* of the deliveries alone: routed vs data */
+    char where[96];    /* the rule that dropped or dead-lettered it */
+    shadow_item_t items[SHADOW_ITEMS];
+    int nitems;
+} shadow_decision_t;
+
+/* Empties d for the next event. */
+void shadow_decision_reset(shadow_decision_t *d);
+
+/* Notes one thing the event running now does (h->rec is set): kind,
+ * subject (or key, stage), data (or what), and the rule's file:line for
+ * drops and dead letters.  Allocates nothing. */
+void shadow_note(script_host_t *h, int kind, const char *subject, size_t sl, const char *data, size_t dl,
+                 const char *where);
+
+
+/* One event through the current state at depth (pipeline.c). */
+void pipeline_run_one(script_host_t *h, struct client *from, const proto_msg_t *m, int depth);
+
+/* A state built from the files as script_reload would (read through fn
+ * first), not swapped in; NULL with the reason in err. */
+state_t *script_state_build(script_host_t *h, script_source_fn fn, void *ctx, char *err, size_t errsz);
+void script_state_release(state_t *st);
 
 extern const char budget_keys[4];
 
