@@ -8,6 +8,9 @@
 #       subject  a filter reading only e.subject (no JSON decoding)
 #       data     a filter reading e.data.amount (the payload is parsed)
 #       full     upgrader (changes the event: re-encoded) + filter + route
+#       shadow   data, with the same rules running beside it as a shadow
+#                (tide rules shadow): every event runs twice, the decisions
+#                match
 #     alternating the configurations in one run, BENCH_REPEAT times (default
 #     3); medians and the ratio to `none`, both as the ratio of the medians
 #     and as the median of each round's ratio (a round runs every
@@ -34,7 +37,7 @@ RELOADS=${BENCH_RELOADS:-50}
 OUT=$ROOT/build/bench-scripts.md
 LOGS=$ROOT/build/bench-logs
 mkdir -p "$LOGS"
-CONFIGS="none bypass subject data full"
+CONFIGS="none bypass subject data full shadow"
 failed=0
 SERVER_PID=
 
@@ -45,11 +48,17 @@ start_tide() { # cfg port [wrapper...]
     local cfg=$1 port=$2
     shift 2
     local args=(serve -a 127.0.0.1 -p "$port" --no-http)
-    [ "$cfg" != none ] && args+=(-c "$ROOT/bench/scripts/$cfg.lua")
+    local rules=$cfg
+    [ "$cfg" = shadow ] && rules=data
+    [ "$cfg" != none ] && args+=(-c "$ROOT/bench/scripts/$rules.lua")
     "$@" "$TIDE" "${args[@]}" >"$LOGS/scripts-$cfg.log" 2>&1 &
     SERVER_PID=$!
     for _ in $(seq 1 300); do
-        "$BENCH" ping --url "nats://127.0.0.1:$port" >/dev/null 2>&1 && return 0
+        if "$BENCH" ping --url "nats://127.0.0.1:$port" >/dev/null 2>&1; then
+            [ "$cfg" != shadow ] && return 0
+            "$TIDE" rules shadow "$ROOT/bench/scripts/data.lua" -s "127.0.0.1:$port" --timeout 60 >/dev/null && return 0
+            break
+        fi
         sleep 0.05
     done
     echo "tide ($cfg) did not start" >&2
