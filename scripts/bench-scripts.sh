@@ -11,6 +11,8 @@
 #       shadow   data, with the same rules running beside it as a shadow
 #                (tide rules shadow): every event runs twice, the decisions
 #                match
+#       canary   data, with the same rules as a canary for 10% of the events
+#                (tide rules canary --percent 10, keyed by the event id)
 #     alternating the configurations in one run, BENCH_REPEAT times (default
 #     3); medians and the ratio to `none`, both as the ratio of the medians
 #     and as the median of each round's ratio (a round runs every
@@ -37,7 +39,7 @@ RELOADS=${BENCH_RELOADS:-50}
 OUT=$ROOT/build/bench-scripts.md
 LOGS=$ROOT/build/bench-logs
 mkdir -p "$LOGS"
-CONFIGS="none bypass subject data full shadow"
+CONFIGS="none bypass subject data full shadow canary"
 failed=0
 SERVER_PID=
 
@@ -49,14 +51,16 @@ start_tide() { # cfg port [wrapper...]
     shift 2
     local args=(serve -a 127.0.0.1 -p "$port" --no-http)
     local rules=$cfg
-    [ "$cfg" = shadow ] && rules=data
+    [ "$cfg" = shadow ] || [ "$cfg" = canary ] && rules=data
     [ "$cfg" != none ] && args+=(-c "$ROOT/bench/scripts/$rules.lua")
     "$@" "$TIDE" "${args[@]}" >"$LOGS/scripts-$cfg.log" 2>&1 &
     SERVER_PID=$!
     for _ in $(seq 1 300); do
         if "$BENCH" ping --url "nats://127.0.0.1:$port" >/dev/null 2>&1; then
-            [ "$cfg" != shadow ] && return 0
-            "$TIDE" rules shadow "$ROOT/bench/scripts/data.lua" -s "127.0.0.1:$port" --timeout 60 >/dev/null && return 0
+            case $cfg in
+            shadow) "$TIDE" rules shadow "$ROOT/bench/scripts/data.lua" -s "127.0.0.1:$port" --timeout 60 ;;
+            canary) "$TIDE" rules canary "$ROOT/bench/scripts/data.lua" --percent 10 -s "127.0.0.1:$port" --timeout 60 ;;
+            esac >/dev/null && return 0
             break
         fi
         sleep 0.05

@@ -388,3 +388,148 @@ end)
     assert.is_false(admin(srv, "RULES.PROMOTE").ok)
   end)
 end)
+
+describe("canary", function()
+  local dir, srv
+
+  -- Rules that stamp which side handled an event.
+  local function side_rules(side, fail)
+    return ([[
+filter("order.>", function(e)
+  %s
+  e.headers["X-Side"] = %q
+  return true
+end)
+]]):format(fail and 'error("candidate broken")' or "", side)
+  end
+
+  before_each(function()
+    dir = h.make_tmpdir("tide-canary")
+    out_dir = dir
+    h.write_file(dir .. "/tide.lua", side_rules("live"))
+    h.write_file(dir .. "/cand.lua", side_rules("candidate"))
+  end)
+
+  after_each(function()
+    if srv then srv:stop() end
+    srv = nil
+    h.remove_tmpdir(dir)
+  end)
+
+  -- Publishes `per` events for each of n customers; returns key -> {side = count}.
+  local function sides(n, per)
+    local c = h.connect(srv.port)
+    c:send('CONNECT {"headers":true}\r\n')
+    c:sub("order.>", "1")
+    for round = 1, per do
+      for i = 1, n do
+        c:pub("order.created", envelope(("e%d-%d"):format(i, round), { customer_id = "c" .. i }))
+      end
+    end
+    local got = c:collect(n * per, 10)
+    c:close()
+    assert.are.equal(n * per, #got)
+    local by = {}
+    for _, m in ipairs(got) do
+      local body = json.decode(m.payload)
+      local _, hd = h.parse_headers(m.headers)
+      local k = body.data.customer_id
+      by[k] = by[k] or {}
+      by[k][hd["X-Side"]] = (by[k][hd["X-Side"]] or 0) + 1
+    end
+    return by
+  end
+
+  it("sends about 10% of 1,000 keys to the candidate, each key always to one side, across a restart", function()
+    srv = start(dir)
+    local rc, out, err = tide(srv, { "rules", "canary", dir .. "/cand.lua", "--percent", "10", "--key",
+                                     "data.customer_id", "--window", "60s" })
+    assert.are.equal(0, rc, err)
+    assert.truthy(out:find("10% of the events by data.customer_id", 1, true), out)
+    local by = sides(1000, 2)
+    local cand, first = 0, {}
+    for k, t in pairs(by) do
+      local n = 0
+      for side, count in pairs(t) do
+        n = n + 1
+        assert.are.equal(2, count, k)
+        first[k] = side
+      end
+      assert.are.equal(1, n, "key " .. k .. " went to both sides")
+      if t.candidate then cand = cand + 1 end
+    end
+    assert.is_true(cand >= 70 and cand <= 130, "keys on the candidate: " .. cand)
+    local d = admin(srv, "RULES.DIFF")
+    assert.are.equal("canary", d.mode)
+    assert.are.equal(2000, d.events)
+    assert.are.equal(cand * 2, d.candidate.events)
+
+    -- The same keys go to the same sides after a restart.
+    srv:stop()
+    srv = start(dir)
+    assert.is_true(admin(srv, "RULES.CANARY", json.encode { path = dir .. "/cand.lua", percent = 10,
+                                                          key = "data.customer_id" }).ok ~= false)
+    by = sides(1000, 1)
+    for k, t in pairs(by) do
+      assert.are.equal(1, t[first[k]], k)
+    end
+  end)
+
+  it("rolls back by itself within a window of failing, losing and repeating no event", function()
+    h.write_file(dir .. "/cand.lua", side_rules("candidate", true))
+    srv = start(dir)
+    local r = admin(srv, "RULES.CANARY", json.encode { path = dir .. "/cand.lua", percent = 50, window = 0.5,
+                                                      max_error_rate = 0.01 })
+    assert.are.equal("canary", r.mode)
+    local c = h.connect(srv.port)
+    c:send('CONNECT {"headers":true}\r\n')
+    c:sub("order.>", "1")
+    c:sub("$TIDE.DEAD.>", "2")
+    local N, t0 = 0, h.proc.now()
+    while h.proc.now() - t0 < 1.5 do
+      N = N + 1
+      c:pub("order.created", envelope("e" .. N, { customer_id = "c" .. N }))
+      h.proc.sleep(0.01)
+    end
+    local got = c:collect(N, 10)
+    c:close()
+    -- Each event exactly once: delivered by the live rules, or dead-lettered by the candidate.
+    local seen, dead = {}, 0
+    for _, m in ipairs(got) do
+      local id = json.decode(m.payload).id
+      assert.is_nil(seen[id], "twice: " .. tostring(id))
+      seen[id] = true
+      if m.subject:find("^%$TIDE%.DEAD") then dead = dead + 1 end
+    end
+    assert.are.equal(N, #got)
+    assert.is_true(dead > 0)
+    local d = admin(srv, "RULES.DIFF")
+    assert.is_false(d.ok) -- the canary is gone
+    local hist = admin(srv, "RULES.HISTORY")
+    local entry = hist.revisions[1]
+    assert.are.equal("canary", entry.cause)
+    assert.are.equal("rolled back", entry.state)
+    assert.truthy(entry.reason:find("^canary rolled back: dead%-letter rate 100%.0%%"), entry.reason)
+    assert.are.equal(1, hist.live)
+    -- At 100 events/s for half a second, the candidate's first window has at
+    -- most about 50 events on its side: it failed them, and no more.
+    assert.is_true(dead <= 40, "dead letters: " .. dead)
+    assert.truthy(srv:log():find("canary rolled back", 1, true))
+  end)
+
+  it("finishes at --percent 100: the candidate becomes the live rules", function()
+    srv = start(dir)
+    local rc, out, err = tide(srv, { "rules", "canary", dir .. "/cand.lua", "--percent", "5" })
+    assert.are.equal(0, rc, err)
+    rc, out, err = tide(srv, { "rules", "canary", "--percent", "100" })
+    assert.are.equal(0, rc, err)
+    assert.are.equal("the canary is finished: the candidate is live\n", out)
+    local by = sides(20, 1)
+    for _, t in pairs(by) do assert.are.equal(1, t.candidate) end
+    local hist = admin(srv, "RULES.HISTORY")
+    assert.are.equal(3, hist.live)
+    assert.are.equal("canary finished", hist.revisions[1].cause)
+    assert.are.equal("promoted", hist.revisions[2].state)
+    assert.are.equal("canary", hist.revisions[2].cause)
+  end)
+end)

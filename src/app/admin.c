@@ -7,6 +7,7 @@
 #include "admin.h"
 #include "client.h"
 #include "history.h"
+#include "json.h"
 #include "json_int.h"
 #include "repl.h"
 #include "util.h"
@@ -232,6 +233,54 @@ static void verb_rules_shadow(node_t *n, client_t *from, const proto_msg_t *m)
     cJSON_Delete(q);
 }
 
+/* A number node's value (requests keep numbers as their text), or dflt. */
+static double admin_number(const cJSON *v, double dflt)
+{
+    if (!v || !json_is_number(v))
+        return dflt;
+    return cJSON_IsNumber(v) ? v->valuedouble : strtod(v->valuestring, NULL);
+}
+
+/* {"path","percent","key","max_error_rate","window"}: a canary; without a
+ * path, a new share for the running one (100 finishes it). */
+static void verb_rules_canary(node_t *n, client_t *from, const proto_msg_t *m)
+{
+    char err[1024], who[128];
+    cJSON *q = json_parse_owned(m->payload, m->payload_len);
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(q, "path"), *pc = cJSON_GetObjectItemCaseSensitive(q, "percent"),
+                *k = cJSON_GetObjectItemCaseSensitive(q, "key"),
+                *r = cJSON_GetObjectItemCaseSensitive(q, "max_error_rate"),
+                *w = cJSON_GetObjectItemCaseSensitive(q, "window");
+    script_canary_t c = {cJSON_IsString(p) ? p->valuestring : NULL, admin_number(pc, -1),
+                         cJSON_IsString(k) ? k->valuestring : NULL, admin_number(r, 0.01), admin_number(w, 60)};
+    int rc = -1;
+    if (!n->scripts)
+        snprintf(err, sizeof err, "no scripts are loaded (start with -c)");
+    else if (!pc || !json_is_number(pc))
+        snprintf(err, sizeof err, "expected {\"path\", \"percent\", \"key\", \"max_error_rate\", \"window\"}");
+    else if (script_is_processing(n->scripts))
+        snprintf(err, sizeof err, "busy");
+    else {
+        if (n->history)
+            history_set_by(n->history, admin_identity(from, who, sizeof who));
+        rc = c.path ? script_canary_start(n->scripts, &c, err, sizeof err)
+                    : script_canary_set_percent(n->scripts, c.percent, err, sizeof err);
+        if (n->history)
+            history_set_by(n->history, NULL);
+    }
+    cJSON_Delete(q);
+    if (rc < 0) {
+        reply_error(n, m, err);
+        return;
+    }
+    size_t len = 0;
+    char *json = script_shadow_diff_json(n->scripts, &len);
+    if (json)
+        reply_owned(n, m, json, len);
+    else
+        server_reply(n->srv, m, "{\"ok\":true,\"finished\":true}", strlen("{\"ok\":true,\"finished\":true}"));
+}
+
 static void verb_rules_diff(node_t *n, client_t *from, const proto_msg_t *m)
 {
     size_t len = 0;
@@ -291,6 +340,7 @@ static const struct {
     {"RULES.DIFF", verb_rules_diff},
     {"RULES.PROMOTE", verb_rules_promote},
     {"RULES.STOP", verb_rules_stop},
+    {"RULES.CANARY", verb_rules_canary},
 };
 
 static void on_admin(void *ctx, client_t *from, const proto_msg_t *m)
@@ -307,7 +357,7 @@ static void on_admin(void *ctx, client_t *from, const proto_msg_t *m)
     /* STREAM.*, CONSUMER.*, DLQ.*: the streams' own verbs. */
     if (n->streams && streams_admin(n->streams, op, oplen, m))
         return;
-    reply_error(n, m, "unknown admin request; try RELOAD, STATS, RULES, RULES.HISTORY, RULES.ROLLBACK, RULES.SHADOW, RULES.DIFF, RULES.PROMOTE, RULES.STOP, EVAL or EVAL.END");
+    reply_error(n, m, "unknown admin request; try RELOAD, STATS, RULES, RULES.HISTORY, RULES.ROLLBACK, RULES.SHADOW, RULES.DIFF, RULES.PROMOTE, RULES.STOP, RULES.CANARY, EVAL or EVAL.END");
 }
 
 void admin_attach(node_t *n)

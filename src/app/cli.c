@@ -1265,6 +1265,7 @@ typedef struct ops_args {
     const char *subject, *since, *until;
     long long from, limit, seq;
     int all;
+    const char *percent, *key, *max_error_rate, *window; /* tide rules canary */
 } ops_args_t;
 
 /* stream events / export: pages through STREAM.EVENTS until the limit. */
@@ -1569,12 +1570,14 @@ static void usage_ops(void)
             "       tide consumer ls | info NAME\n"
             "       tide dlq ls | show STREAM [--limit N] | replay STREAM (--seq N | --all)\n"
             "       tide rules history | rollback [REV] | shadow PATH | diff | promote | stop\n"
+            "       tide rules canary [PATH] --percent P [--key EXPR] [--max-error-rate R] [--window 60s]\n"
             "all take -s SERVER (host:port; default 127.0.0.1:4222 or $TIDE_SERVER), --json and --timeout SECONDS;\n"
             CLI_CREDS_USAGE
             "TIME is RFC 3339, seconds since the epoch, or a duration ago (90s, 15m, 2h, 7d)\n");
 }
 
-enum { OO_SUBJECT = 2000, OO_SINCE, OO_UNTIL, OO_FROM, OO_LIMIT, OO_SEQ, OO_ALL };
+enum { OO_SUBJECT = 2000, OO_SINCE, OO_UNTIL, OO_FROM, OO_LIMIT, OO_SEQ, OO_ALL, OO_PERCENT, OO_KEY, OO_MAXERR,
+       OO_WINDOW };
 
 static int parse_count(const char *flag, const char *s, long long *out)
 {
@@ -1998,8 +2001,57 @@ static int ops_rules_shadow(ops_t *o, const char *verb, char **pos, int npos)
     return r ? 0 : 1;
 }
 
+/* A number from text, with an optional unit of time (s, m, h) when
+ * seconds; -1 when it is not one. */
+static double number_arg(const char *s, int seconds)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || v < 0)
+        return -1;
+    if (seconds && *end && !end[1] && strchr("smh", *end))
+        v *= *end == 'h' ? 3600 : *end == 'm' ? 60 : 1, end++;
+    return *end ? -1 : v;
+}
+
+/* tide rules canary [PATH] --percent P [--key EXPR] [--max-error-rate R] [--window 60s]. */
+static int ops_rules_canary(ops_t *o, char **pos, int npos, const ops_args_t *a)
+{
+    char real[PATH_MAX];
+    double pc = a->percent ? number_arg(a->percent, 0) : -1, r = a->max_error_rate ? number_arg(a->max_error_rate, 0) : 0.01,
+           w = a->window ? number_arg(a->window, 1) : 60;
+    if (npos > 1 || pc < 0 || pc > 100 || r < 0 || w <= 0) {
+        fprintf(stderr, "tide rules canary: PATH --percent P (0 to 100) [--key EXPR] [--max-error-rate R (a fraction)] "
+                        "[--window 60s]\n");
+        return 2;
+    }
+    cJSON *q = cJSON_CreateObject();
+    if (npos)
+        cJSON_AddStringToObject(q, "path", realpath(pos[0], real) ? real : pos[0]);
+    cJSON_AddNumberToObject(q, "percent", pc);
+    if (a->key)
+        cJSON_AddStringToObject(q, "key", a->key);
+    cJSON_AddNumberToObject(q, "max_error_rate", r);
+    cJSON_AddNumberToObject(q, "window", w);
+    char *qs = cJSON_PrintUnformatted(q);
+    cJSON_Delete(q);
+    cJSON *ans = qs ? ops_req(o, "RULES.CANARY", qs) : NULL;
+    cJSON_free(qs);
+    if (ans && o->json)
+        print_json(ans, 0);
+    else if (ans && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(ans, "finished")))
+        printf("the canary is finished: the candidate is live\n");
+    else if (ans)
+        printf("canary %s: %g%% of the events by %s; rolled back when its dead-letter rate is %g points over the "
+               "live rules' in a %gs window\n",
+               jstr(ans, "path", "?"), jnum(ans, "percent", 0), jstr(ans, "key", "id"), jnum(ans, "max_error_rate", 0) * 100,
+               jnum(ans, "window", 0));
+    cJSON_Delete(ans);
+    return ans ? 0 : 1;
+}
+
 /* tide rules history | rollback [REV]. */
-static int ops_rules(ops_t *o, const char *verb, char **pos, int npos)
+static int ops_rules(ops_t *o, const char *verb, char **pos, int npos, const ops_args_t *a)
 {
     char q[64];
     cJSON *r = NULL;
@@ -2025,6 +2077,8 @@ static int ops_rules(ops_t *o, const char *verb, char **pos, int npos)
         else
             printf("rev %llu is live again (rev %llu rolled back)\n", (unsigned long long)juint(r, "live", 0),
                    (unsigned long long)juint(r, "from", 0));
+    } else if (!strcmp(verb, "canary")) {
+        return ops_rules_canary(o, pos, npos, a);
     } else if (!strcmp(verb, "shadow") || !strcmp(verb, "diff") || !strcmp(verb, "promote") ||
                !strcmp(verb, "stop")) {
         return ops_rules_shadow(o, verb, pos, npos);
@@ -2046,7 +2100,7 @@ static int ops_run(ops_t *o, const char *cmd, const char *verb, char **pos, int 
     if (!strcmp(cmd, "dlq"))
         return !strcmp(verb, "show") ? ops_dlq_show(o, verb, pos, npos, a) : ops_dlq(o, verb, pos, npos, a);
     if (!strcmp(cmd, "rules"))
-        return ops_rules(o, verb, pos, npos);
+        return ops_rules(o, verb, pos, npos, a);
     return ops_unknown(cmd, verb);
 }
 
@@ -2083,7 +2137,9 @@ int cli_ops_main(const char *cmd, int argc, char **argv)
         {"subject", required_argument, NULL, OO_SUBJECT}, {"since", required_argument, NULL, OO_SINCE},
         {"until", required_argument, NULL, OO_UNTIL},     {"from", required_argument, NULL, OO_FROM},
         {"limit", required_argument, NULL, OO_LIMIT},     {"seq", required_argument, NULL, OO_SEQ},
-        {"all", no_argument, NULL, OO_ALL},               CLI_CREDS_LONGOPTS,
+        {"all", no_argument, NULL, OO_ALL},               {"percent", required_argument, NULL, OO_PERCENT},
+        {"key", required_argument, NULL, OO_KEY},         {"max-error-rate", required_argument, NULL, OO_MAXERR},
+        {"window", required_argument, NULL, OO_WINDOW},   CLI_CREDS_LONGOPTS,
         {NULL, 0, NULL, 0},
     };
     const char *server = getenv("TIDE_SERVER") ? getenv("TIDE_SERVER") : "127.0.0.1:4222";
@@ -2126,6 +2182,10 @@ int cli_ops_main(const char *cmd, int argc, char **argv)
                 return 2;
             break;
         case OO_ALL: a.all = 1; break;
+        case OO_PERCENT: a.percent = optarg; break;
+        case OO_KEY: a.key = optarg; break;
+        case OO_MAXERR: a.max_error_rate = optarg; break;
+        case OO_WINDOW: a.window = optarg; break;
         case CLI_OPT_USER: case CLI_OPT_PASSWORD: case CLI_OPT_TOKEN: case CLI_OPT_NKEY:
         case CLI_OPT_TLS_CA: case CLI_OPT_TLS_CERT: case CLI_OPT_TLS_KEY:
             cli_creds_option(&creds, ch, optarg);

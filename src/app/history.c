@@ -37,6 +37,7 @@ struct history {
     uint64_t next;   /* the number the next revision gets */
     char by[128];    /* history_set_by */
     int rolling_back; /* a rollback's reload is under way: it records itself */
+    uint64_t canary;  /* the running canary's entry, 0 when none */
 };
 
 static revision_t *history_find(history_t *hi, uint64_t rev)
@@ -305,6 +306,37 @@ static void history_on_swap(void *ctx, const char *why)
         history_record(hi, why);
 }
 
+/* A canary's entry: made when it starts, its state set when it ends. */
+static void history_on_deploy(void *ctx, const char *state, const char *path, const char *reason)
+{
+    history_t *hi = ctx;
+    revision_t *r = hi->canary ? history_find(hi, hi->canary) : NULL;
+    if (!strcmp(state, "canary")) {
+        size_t len = 0;
+        char *text = history_read_file(path, &len);
+        uint64_t hv = 14695981039346656037ULL;
+        hash_update(&hv, text ? text : "", len + 1);
+        free(text);
+        history_trim(hi);
+        r = &hi->revs[hi->nrevs++];
+        r->rev = hi->next++;
+        snprintf(r->hash, sizeof r->hash, "%016llx", (unsigned long long)hv);
+        r->files = cJSON_CreateArray();
+        cJSON_AddItemToArray(r->files, cJSON_CreateString(path));
+        util_now_rfc3339(r->at);
+        snprintf(r->by, sizeof r->by, "%s", hi->by);
+        snprintf(r->cause, sizeof r->cause, "canary");
+        hi->canary = r->rev;
+    } else if (!r) {
+        return;
+    } else {
+        hi->canary = 0;
+    }
+    snprintf(r->state, sizeof r->state, "%s", state);
+    snprintf(r->reason, sizeof r->reason, "%s", reason);
+    history_save(hi);
+}
+
 history_t *history_open(const char *data_dir, script_host_t *h)
 {
     history_t *hi = calloc(1, sizeof *hi);
@@ -321,6 +353,7 @@ history_t *history_open(const char *data_dir, script_host_t *h)
     if (history_record(hi, "start") < 0)
         goto fail;
     script_set_swap_hook(h, history_on_swap, hi);
+    script_set_deploy_hook(h, history_on_deploy, hi);
     return hi;
 fail:
     history_free(hi);
@@ -331,8 +364,10 @@ void history_free(history_t *hi)
 {
     if (!hi)
         return;
-    if (hi->h)
+    if (hi->h) {
         script_set_swap_hook(hi->h, NULL, NULL);
+        script_set_deploy_hook(hi->h, NULL, NULL);
+    }
     for (size_t i = 0; i < hi->nrevs; i++)
         revision_clear(&hi->revs[i]);
     free(hi);
@@ -376,12 +411,14 @@ static revision_t *rollback_target(history_t *hi, uint64_t rev, char *err, size_
         return NULL;
     }
     for (size_t i = 0; i < hi->nrevs; i++) {
+        if (!strcmp(hi->revs[i].cause, "canary")) /* never the live rules: no files kept */
+            continue;
         if (rev ? hi->revs[i].rev == rev : hi->revs[i].rev < hi->live)
             t = &hi->revs[i];
     }
     if (!t && rev)
-        snprintf(err, errsz, "no rev %llu in the history (it keeps the last %d)", (unsigned long long)rev,
-                 HISTORY_MAX);
+        snprintf(err, errsz, "no rev %llu in the history that was live (it keeps the last %d)",
+                 (unsigned long long)rev, HISTORY_MAX);
     else if (!t)
         snprintf(err, errsz, "no revision before the live one (rev %llu) to roll back to",
                  (unsigned long long)hi->live);

@@ -66,6 +66,8 @@ static void usage(FILE *f)
             "  rules shadow PATH | diff | promote | stop\n"
             "                         a candidate beside the live rules, in dry mode; what it\n"
             "                         would do differently; make it live; drop it\n"
+            "  rules canary PATH --percent P [--key EXPR] [--max-error-rate R] [--window 60s]\n"
+            "                         a candidate for P%% of the events, rolled back by itself\n"
             "  stream ls | info NAME | get NAME SEQ\n"
             "  stream events NAME [--subject PATTERN] [--since TIME] [--until TIME]\n"
             "                [--from SEQ] [--limit N]\n"
@@ -536,7 +538,7 @@ out:
  * a word that is not an option's value names a verb. */
 static int rules_verb_given(int argc, char **argv)
 {
-    static const char *const verbs[] = {"history", "rollback", "shadow", "diff", "promote", "stop"};
+    static const char *const verbs[] = {"history", "rollback", "shadow", "diff", "promote", "stop", "canary"};
     for (int i = 2; i < argc; i++) {
         if (argv[i][0] == '-') {
             i += argv[i][1] && argv[i][1] != '-' && strchr("st", argv[i][1]) && !argv[i][2]; /* -s URL, -t S */

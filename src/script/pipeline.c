@@ -1298,7 +1298,7 @@ void script_process(script_host_t *h, client_t *from, const proto_msg_t *m)
     cascade_t *outer = h->cascade; /* a publish from inside a rule's call (the prompt) */
     h->processing++;
     h->cascade = NULL; /* a new cascade, made when it first publishes */
-    if (h->shadow)
+    if (h->shadow_process)
         h->shadow_process(h, from, m);
     else
         pipeline_run_one(h, from, m, 0);

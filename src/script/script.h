@@ -150,6 +150,34 @@ int script_shadow_running(const script_host_t *h);
  * "samples":[...]}, malloc'd (caller frees); NULL when no shadow runs. */
 char *script_shadow_diff_json(const script_host_t *h, size_t *len);
 
+/* tide rules canary PATH --percent P [--key EXPR] [--max-error-rate R] [--window S]. */
+typedef struct script_canary {
+    const char *path;
+    double percent;        /* of the events, 0 to 100 */
+    const char *key;       /* a dotted path into the event; NULL or "": "id" */
+    double max_error_rate; /* a fraction: 0.01 is one percentage point */
+    double window;         /* seconds */
+} script_canary_t;
+
+/*
+ * Loads c->path as a candidate that handles c->percent of the events for
+ * real, picked by a stable hash of each event's key; the rest go through
+ * the live rules.  When over a window the candidate's dead-letter rate
+ * exceeds the live rules' by more than max_error_rate, it is dropped
+ * between two events, the reason logged and told to the deploy hook.
+ * Replaces a running shadow or canary.  0, or -1 with the reason in err.
+ */
+int script_canary_start(script_host_t *h, const script_canary_t *c, char *err, size_t errsz);
+/* Changes the running canary's share; 100 finishes it (as promote).  0, or
+ * -1 with the reason in err. */
+int script_canary_set_percent(script_host_t *h, double percent, char *err, size_t errsz);
+
+/* Calls fn(ctx, state, path, reason) when a canary starts ("canary"), is
+ * rolled back ("rolled back": by itself, stopped or replaced) or finishes
+ * ("promoted"); for the rule history.  NULL stops it. */
+void script_set_deploy_hook(script_host_t *h,
+                            void (*fn)(void *ctx, const char *state, const char *path, const char *reason), void *ctx);
+
 typedef struct script_stats {
     uint64_t events;        /* events that entered the pipeline */
     uint64_t bypassed;      /* events no rule matched: no Lua at all */

@@ -283,6 +283,8 @@ struct script_host {
      * do not call it (it calls them): run an event with the shadow; free it */
     void (*shadow_process)(struct script_host *h, struct client *from, const proto_msg_t *m);
     void (*shadow_free)(struct script_host *h);
+    void (*on_deploy)(void *ctx, const char *state, const char *path, const char *reason); /* the history */
+    void *on_deploy_ctx;
     struct shadow_decision *rec;    /* where the event running now notes what it does, or NULL */
     int dry;                        /* the shadow's candidate is running: capture, never act */
     kv_t *dry_kv;                   /* while a candidate loads: its scratch store */

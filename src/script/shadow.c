@@ -10,45 +10,9 @@
  * they differ and a sample is kept. */
 #include "json_int.h"
 #include "script_internal.h"
+#include "shadow.h"
 
-#define SHADOW_SAMPLES 20
-#define SHADOW_RULES 64
-#define SHADOW_FILES 64
-
-enum { D_KEPT, D_ROUTED, D_DATA, D_EMITTED, D_ERRORS, D_KV, D_KINDS };
 static const char *const diff_kind[D_KINDS] = {"kept", "routed", "data", "emitted", "errors", "kv"};
-
-
-#define SHADOW_TEXT 2048
-typedef struct shadow_sample {
-    char subject[128];
-    int kinds; /* bits of D_* */
-    char live[SHADOW_TEXT], cand[SHADOW_TEXT]; /* one line per thing done */
-} shadow_sample_t;
-
-typedef struct shadow_file {
-    char *path, *text;
-    size_t len;
-} shadow_file_t;
-
-typedef struct shadow shadow_t;
-
-struct shadow {
-    state_t *cand;
-    kv_t *scratch;
-    char path[PATH_MAX];  /* as given */
-    char real[PATH_MAX];  /* resolved */
-    int is_dir;
-    char since[64];
-    shadow_file_t files[SHADOW_FILES]; /* the candidate's files, read once */
-    size_t nfiles;
-    shadow_decision_t live, dec;
-    uint64_t events, differ, kinds[D_KINDS];
-    struct { char where[128]; uint64_t n; } rules[SHADOW_RULES];
-    size_t nrules;
-    shadow_sample_t samples[SHADOW_SAMPLES];
-    size_t nsamples;
-};
 
 /* Appends to out (cap bytes, holding *len) as snprintf would, cut at its end. */
 static void text_add(char *out, size_t cap, size_t *len, const char *fmt, ...)
@@ -279,15 +243,34 @@ static void shadow_free(script_host_t *h)
 {
     shadow_release(h->shadow);
     h->shadow = NULL;
+    h->shadow_process = NULL;
 }
 
-int script_shadow_start(script_host_t *h, const char *path, char *err, size_t errsz)
+void shadow_discard(script_host_t *h)
+{
+    shadow_free(h);
+}
+
+void shadow_tell(script_host_t *h, const char *state, const char *path, const char *reason)
+{
+    if (h->on_deploy)
+        h->on_deploy(h->on_deploy_ctx, state, path, reason);
+}
+
+void script_set_deploy_hook(script_host_t *h,
+                            void (*fn)(void *ctx, const char *state, const char *path, const char *reason), void *ctx)
+{
+    h->on_deploy = fn;
+    h->on_deploy_ctx = ctx;
+}
+
+shadow_t *shadow_build(script_host_t *h, const char *path, int dry, char *err, size_t errsz)
 {
     struct stat sb;
     shadow_t *s = NULL;
     if (h->processing) {
-        snprintf(err, errsz, "cannot start a shadow from inside a script");
-        return -1;
+        snprintf(err, errsz, "cannot start a candidate from inside a script");
+        return NULL;
     }
     if (!(s = calloc(1, sizeof *s)) || !(s->scratch = kv_new())) {
         snprintf(err, errsz, "out of memory");
@@ -302,8 +285,8 @@ int script_shadow_start(script_host_t *h, const char *path, char *err, size_t er
     kv_set_limits(s->scratch, kv_limits(h->kv));
     shadow_t *old = h->shadow;
     h->shadow = s; /* for candidate_source */
-    h->dry = 1;    /* what the candidate's files do while loading stays in the scratch */
-    h->dry_kv = s->scratch;
+    h->dry = dry;  /* in a shadow, what the files do while loading stays in the scratch */
+    h->dry_kv = dry ? s->scratch : NULL;
     s->cand = script_state_build(h, candidate_source, h, err, errsz);
     h->dry_kv = NULL;
     h->dry = 0;
@@ -311,23 +294,41 @@ int script_shadow_start(script_host_t *h, const char *path, char *err, size_t er
     if (!s->cand)
         goto fail;
     util_now_rfc3339(s->since);
-    shadow_free(h);
-    h->shadow = s;
-    h->shadow_process = shadow_process;
-    h->shadow_free = shadow_free;
-    log_info("Shadow started: %s (%d rules) runs beside the live rules in dry mode", path, (int)s->cand->nrules);
-    return 0;
+    return s;
 fail:
     shadow_release(s);
-    return -1;
+    return NULL;
+}
+
+void shadow_install(script_host_t *h, shadow_t *s,
+                    void (*process)(script_host_t *h, struct client *from, const proto_msg_t *m))
+{
+    if (h->shadow && h->shadow->canary)
+        shadow_tell(h, "rolled back", h->shadow->path, "replaced by another candidate");
+    shadow_free(h);
+    h->shadow = s;
+    h->shadow_process = process;
+    h->shadow_free = shadow_free;
+}
+
+int script_shadow_start(script_host_t *h, const char *path, char *err, size_t errsz)
+{
+    shadow_t *s = shadow_build(h, path, 1, err, errsz);
+    if (!s)
+        return -1;
+    shadow_install(h, s, shadow_process);
+    log_info("Shadow started: %s (%d rules) runs beside the live rules in dry mode", path, (int)s->cand->nrules);
+    return 0;
 }
 
 int script_shadow_stop(script_host_t *h)
 {
     if (!h->shadow)
         return -1;
-    log_info("Shadow stopped: %s after %llu events (%llu differed)", h->shadow->path,
-             (unsigned long long)h->shadow->events, (unsigned long long)h->shadow->differ);
+    log_info("%s stopped: %s after %llu events", h->shadow->canary ? "Canary" : "Shadow", h->shadow->path,
+             (unsigned long long)h->shadow->events);
+    if (h->shadow->canary)
+        shadow_tell(h, "rolled back", h->shadow->path, "canary stopped");
     shadow_free(h);
     return 0;
 }
@@ -340,8 +341,11 @@ int script_shadow_promote(script_host_t *h, char *err, size_t errsz)
     }
     /* A fresh state from the same files, as a reload builds it: the
      * candidate ran dry, with a scratch store and no durable consumers. */
-    if (script_reload_from(h, "shadow promote", candidate_source, h, err, errsz) < 0)
+    int canary = h->shadow->canary;
+    if (script_reload_from(h, canary ? "canary finished" : "shadow promote", candidate_source, h, err, errsz) < 0)
         return -1;
+    if (canary)
+        shadow_tell(h, "promoted", h->shadow->path, "canary finished at 100%");
     shadow_free(h);
     return 0;
 }
@@ -387,7 +391,10 @@ char *script_shadow_diff_json(const script_host_t *h, size_t *len)
     *len = 0;
     if (!o || !s)
         goto done;
+    cJSON_AddStringToObject(o, "mode", s->canary ? "canary" : "shadow");
     cJSON_AddStringToObject(o, "path", s->path);
+    if (s->canary)
+        canary_status(s, o);
     cJSON_AddStringToObject(o, "since", s->since);
     json_add_uint(o, "events", s->events);
     json_add_uint(o, "differ", s->differ);

@@ -1,0 +1,156 @@
+/* canary.c - a candidate that takes a share of the events for real (tide
+ * rules canary; docs/deploys.md).
+ *
+ * Which side an event goes to is a hash of its key (a dotted path into
+ * the event, "id" unless said), so one key stays on one side, across
+ * reloads and restarts.  Over each window the two sides' dead-letter rates
+ * are compared (a rule error dead-letters its event); when the candidate's
+ * exceeds the live rules' by more than max_rate, the candidate is dropped
+ * between two events and the deploy hook told why. */
+#include "json.h"
+#include "json_int.h"
+#include "script_internal.h"
+#include "shadow.h"
+
+/* The event's key as text in out ("" when the event has no such field). */
+static void canary_key(const shadow_t *s, const proto_msg_t *m, char *out, size_t n)
+{
+    char seg[128];
+    out[0] = '\0';
+    cJSON *doc = json_parse_owned(m->payload, m->payload_len);
+    const cJSON *v = doc;
+    for (const char *p = s->key; v && *p;) {
+        const char *dot = strchr(p, '.');
+        size_t len = dot ? (size_t)(dot - p) : strlen(p);
+        snprintf(seg, sizeof seg, "%.*s", (int)(len < sizeof seg ? len : sizeof seg - 1), p);
+        v = cJSON_IsObject(v) ? cJSON_GetObjectItemCaseSensitive(v, seg) : NULL;
+        p += len + (dot != NULL);
+    }
+    if (cJSON_IsString(v))
+        snprintf(out, n, "%s", v->valuestring);
+    else if (v && json_is_number(v) && !cJSON_IsNumber(v))
+        snprintf(out, n, "%s", v->valuestring); /* the number as written */
+    else if (cJSON_IsNumber(v))
+        snprintf(out, n, "%.17g", v->valuedouble);
+    else if (cJSON_IsBool(v))
+        snprintf(out, n, "%s", cJSON_IsTrue(v) ? "true" : "false");
+    cJSON_Delete(doc);
+}
+
+/* 1 when the event goes to the candidate: FNV-1a of its key, in 10,000ths. */
+static int canary_picks(const shadow_t *s, const proto_msg_t *m)
+{
+    char key[512];
+    uint64_t hv = 14695981039346656037ULL;
+    canary_key(s, m, key, sizeof key);
+    for (const char *p = key; *p; p++)
+        hv = (hv ^ (unsigned char)*p) * 1099511628211ULL;
+    return (double)(hv % 10000) < s->percent * 100;
+}
+
+static double seconds_since(const struct timespec *t0)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(now.tv_sec - t0->tv_sec) + (double)(now.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
+/* At the end of a window: rolls the candidate back when it failed more
+ * than the live rules by max_rate, else starts the next window. */
+static void canary_check(script_host_t *h, shadow_t *s)
+{
+    char why[400];
+    if (seconds_since(&s->win_start) < s->window)
+        return;
+    double live = s->win_events[0] ? (double)s->win_fail[0] / (double)s->win_events[0] : 0;
+    double cand = s->win_events[1] ? (double)s->win_fail[1] / (double)s->win_events[1] : 0;
+    if (s->win_events[1] && cand - live > s->max_rate) {
+        snprintf(why, sizeof why,
+                 "canary rolled back: dead-letter rate %.1f%% (%llu of %llu events) against the live rules' %.1f%% "
+                 "(%llu of %llu) over %gs, more than %g points over",
+                 cand * 100, (unsigned long long)s->win_fail[1], (unsigned long long)s->win_events[1], live * 100,
+                 (unsigned long long)s->win_fail[0], (unsigned long long)s->win_events[0], s->window,
+                 s->max_rate * 100);
+        log_warn("%s: %s", s->path, why);
+        shadow_tell(h, "rolled back", s->path, why);
+        shadow_discard(h);
+        return;
+    }
+    memset(s->win_events, 0, sizeof s->win_events);
+    memset(s->win_fail, 0, sizeof s->win_fail);
+    clock_gettime(CLOCK_MONOTONIC, &s->win_start);
+}
+
+/* script_process with a canary: the event through one side, for real. */
+static void canary_process(script_host_t *h, struct client *from, const proto_msg_t *m)
+{
+    shadow_t *s = h->shadow;
+    int side = canary_picks(s, m);
+    uint64_t failed = h->st.dead_letters;
+    state_t *live = h->cur;
+    if (side)
+        h->cur = s->cand;
+    if (h->trace)
+        h->trace(h->trace_ctx, side ? "  canary: the candidate handles this event" : "  canary: the live rules");
+    pipeline_run_one(h, from, m, 0);
+    h->cur = live;
+    failed = h->st.dead_letters - failed;
+    s->events++;
+    s->side_events[side]++;
+    s->side_fail[side] += failed;
+    s->win_events[side]++;
+    s->win_fail[side] += failed;
+    canary_check(h, s);
+}
+
+int script_canary_start(script_host_t *h, const script_canary_t *c, char *err, size_t errsz)
+{
+    if (c->percent < 0 || c->percent > 100 || c->window <= 0 || c->max_error_rate < 0) {
+        snprintf(err, errsz, "percent must be 0 to 100, window over 0 seconds, max_error_rate 0 or more");
+        return -1;
+    }
+    shadow_t *s = shadow_build(h, c->path, 0, err, errsz);
+    if (!s)
+        return -1;
+    s->canary = 1;
+    s->percent = c->percent;
+    s->max_rate = c->max_error_rate;
+    s->window = c->window;
+    snprintf(s->key, sizeof s->key, "%s", c->key && c->key[0] ? c->key : "id");
+    clock_gettime(CLOCK_MONOTONIC, &s->win_start);
+    shadow_install(h, s, canary_process);
+    log_info("Canary started: %s takes %g%% of the events by %s", c->path, s->percent, s->key);
+    shadow_tell(h, "canary", c->path, "");
+    return 0;
+}
+
+int script_canary_set_percent(script_host_t *h, double percent, char *err, size_t errsz)
+{
+    if (!h->shadow || !h->shadow->canary) {
+        snprintf(err, errsz, "no canary is running (tide rules canary PATH --percent P starts one)");
+        return -1;
+    }
+    if (percent >= 100)
+        return script_shadow_promote(h, err, errsz);
+    if (percent < 0) {
+        snprintf(err, errsz, "percent must be 0 to 100");
+        return -1;
+    }
+    h->shadow->percent = percent;
+    log_info("Canary %s now takes %g%% of the events", h->shadow->path, percent);
+    return 0;
+}
+
+void canary_status(const shadow_t *s, cJSON *o)
+{
+    static const char *const side[2] = {"live", "candidate"};
+    cJSON_AddNumberToObject(o, "percent", s->percent);
+    cJSON_AddStringToObject(o, "key", s->key);
+    cJSON_AddNumberToObject(o, "max_error_rate", s->max_rate);
+    cJSON_AddNumberToObject(o, "window", s->window);
+    for (int i = 0; i < 2; i++) {
+        cJSON *x = cJSON_AddObjectToObject(o, side[i]);
+        json_add_uint(x, "events", s->side_events[i]);
+        json_add_uint(x, "dead_letters", s->side_fail[i]);
+    }
+}
