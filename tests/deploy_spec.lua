@@ -281,7 +281,7 @@ describe("shadow", function()
     local d = assert(json.decode(out), out)
     assert.are.equal(5, d.events)
     assert.are.equal(2, d.differ)
-    assert.are.same({ kept = 2, routed = 0, data = 0, emitted = 0, errors = 0, kv = 0 }, d.kinds)
+    assert.are.same({ kept = 2, routed = 0, data = 0, emitted = 0, errors = 0, kv = 0, acks = 0 }, d.kinds)
     assert.are.same({ ["candidate tide.lua:2"] = 2 }, d.rules)
     assert.are.equal(2, #d.samples)
     assert.are.same({ "kept" }, d.samples[1].kinds)
@@ -372,6 +372,48 @@ end)
     assert.are.same({ ok = true }, admin(srv, "RULES.STOP"))
     assert.is_false(admin(srv, "RULES.DIFF").ok)
     assert.are.equal(0, h.stats(srv.port).scripts.dead_letters)
+  end)
+
+  it("captures the verdicts of the candidate's handlers on a durable consumer, never acking", function()
+    local stream = 'stream "orders" { subjects = { "order.>" } }\nconsumer "c" { stream = "orders" }\n'
+    h.write_file(dir .. "/tide.lua", stream .. [[
+on("order.*", { consumer = "c" }, function(e, ctx) end)
+]])
+    h.write_file(dir .. "/cand.lua", stream .. [[
+on("order.*", { consumer = "c" }, function(e, ctx)
+  ctx.publish("cand.seen", { id = e.id })
+  return tide.nak(0.1)
+end)
+]])
+    srv = start(dir, { "--data", dir .. "/data" })
+    assert.is_true(admin(srv, "RULES.SHADOW", json.encode { path = dir .. "/cand.lua" }).ok)
+    local c = h.connect(srv.port)
+    c:send('CONNECT {"headers":true}\r\n')
+    c:sub("cand.seen", "1")
+    for i = 1, 3 do
+      local m = assert(h.request(srv.port, "order.created", envelope("d" .. i, { n = i })))
+      assert.truthy(json.decode(m.payload).seq, m.payload)
+    end
+    local function consumer()
+      local m = assert(h.request(srv.port, "$TIDE.ADMIN.CONSUMER.INFO", "c"))
+      return (json.decode(m.payload))
+    end
+    assert.truthy(h.wait_until(function() return consumer().acked == 3 end), json.encode(consumer()))
+    h.proc.sleep(0.3) -- a nak of 0.1 s would have redelivered by now
+    local info = consumer()
+    assert.are.equal(0, info.redelivered)
+    assert.are.equal(0, info.num_ack_pending)
+    assert.are.equal(0, #c:collect(1, 0.2)) -- the candidate's publish was not delivered
+    c:close()
+    local d = admin(srv, "RULES.DIFF")
+    assert.is_true(d.kinds.acks >= 1, json.encode(d))
+    assert.are.equal(d.differ, d.kinds.acks)
+    assert.are.equal(d.kinds.acks, d.kinds.emitted)
+    local sm = d.samples[1]
+    assert.are.equal("ack order.created", sm.live[1])
+    local text = table.concat(sm.candidate, "\n")
+    assert.truthy(text:find("publish cand.seen", 1, true), text)
+    assert.truthy(text:find("nak order.created", 1, true), text)
   end)
 
   it("refuses a candidate that does not load, and keeps no shadow", function()

@@ -317,10 +317,9 @@ static int durable_entry(lua_State *L)
     return 0;
 }
 
-static void hook_handle(void *ctx, const char *stream, const char *consumer, const proto_msg_t *msgs,
-                        const uint64_t *seqs, const uint32_t *deliveries, int n, stream_verdict_t *v)
+void durable_run(script_host_t *h, const char *stream, const char *consumer, const proto_msg_t *msgs,
+                 const uint64_t *seqs, const uint32_t *deliveries, int n, stream_verdict_t *v)
 {
-    script_host_t *h = ctx;
     state_t *st = h->cur;
     lua_State *L = st->L;
     int top = lua_gettop(L);
@@ -346,6 +345,16 @@ static void hook_handle(void *ctx, const char *stream, const char *consumer, con
     h->cascade = outer;
     script_drain(h); /* what the handlers published */
     h->processing--;
+}
+
+static void hook_handle(void *ctx, const char *stream, const char *consumer, const proto_msg_t *msgs,
+                        const uint64_t *seqs, const uint32_t *deliveries, int n, stream_verdict_t *v)
+{
+    script_host_t *h = ctx;
+    if (h->shadow_durable)
+        h->shadow_durable(h, stream, consumer, msgs, seqs, deliveries, n, v);
+    else
+        durable_run(h, stream, consumer, msgs, seqs, deliveries, n, v);
 }
 
 int script_consumer_handled(const script_host_t *h, const char *consumer)

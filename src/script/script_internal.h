@@ -283,6 +283,10 @@ struct script_host {
      * do not call it (it calls them): run an event with the shadow; free it */
     void (*shadow_process)(struct script_host *h, struct client *from, const proto_msg_t *m);
     void (*shadow_free)(struct script_host *h);
+    /* a shadow's: hands stored events to the live handlers, then to the candidate's in dry mode */
+    void (*shadow_durable)(struct script_host *h, const char *stream, const char *consumer,
+                           const proto_msg_t *msgs, const uint64_t *seqs, const uint32_t *deliveries, int n,
+                           stream_verdict_t *v);
     void (*on_deploy)(void *ctx, const char *state, const char *path, const char *reason); /* the history */
     void *on_deploy_ctx;
     struct shadow_decision *rec;    /* where the event running now notes what it does, or NULL */
@@ -301,7 +305,7 @@ struct script_host {
 /* ---- shadow.c: a candidate beside the live rules ---- */
 
 /* What a decision is made of, for comparing the live one with the candidate's. */
-enum { SHADOW_DELIVER, SHADOW_EMIT, SHADOW_DEAD, SHADOW_KV, SHADOW_DROP, SHADOW_KINDS };
+enum { SHADOW_DELIVER, SHADOW_EMIT, SHADOW_DEAD, SHADOW_KV, SHADOW_DROP, SHADOW_ACK, SHADOW_KINDS };
 
 #define SHADOW_ITEMS 8
 /* One thing an event did, kept (cut short) to show when decisions differ. */
@@ -333,6 +337,11 @@ void shadow_decision_reset(shadow_decision_t *d);
 void shadow_note(script_host_t *h, int kind, const char *subject, size_t sl, const char *data, size_t dl,
                  const char *where);
 
+
+/* Stored events of consumer through the current state's handlers bound to
+ * it, their verdicts in v (durable.c). */
+void durable_run(script_host_t *h, const char *stream, const char *consumer, const proto_msg_t *msgs,
+                 const uint64_t *seqs, const uint32_t *deliveries, int n, stream_verdict_t *v);
 
 /* One event through the current state at depth (pipeline.c). */
 void pipeline_run_one(script_host_t *h, struct client *from, const proto_msg_t *m, int depth);

@@ -12,7 +12,52 @@
 #include "script_internal.h"
 #include "shadow.h"
 
-static const char *const diff_kind[D_KINDS] = {"kept", "routed", "data", "emitted", "errors", "kv"};
+static const char *const diff_kind[D_KINDS] = {"kept", "routed", "data", "emitted", "errors", "kv", "acks"};
+
+static void shadow_compare(shadow_t *s, const proto_msg_t *m);
+
+/* Notes the verdicts of a consumer's handlers (ack, nak, progress, term). */
+static void note_verdicts(script_host_t *h, const proto_msg_t *msgs, int n, const stream_verdict_t *v)
+{
+    static const char *const verdict[] = {"ack", "nak", "progress", "term"};
+    for (int i = 0; i < n; i++)
+        shadow_note(h, SHADOW_ACK, msgs[i].subject, msgs[i].subject_len, v[i].error, strlen(v[i].error),
+                    verdict[v[i].kind & 3]);
+}
+
+/*
+ * A consumer's stored events with a shadow: the live handlers for real,
+ * then the candidate's bound to the same consumer name in dry mode, their
+ * verdicts noted and never given to the consumer; compared per batch.
+ */
+static void shadow_durable(script_host_t *h, const char *stream, const char *consumer, const proto_msg_t *msgs,
+                           const uint64_t *seqs, const uint32_t *deliveries, int n, stream_verdict_t *v)
+{
+    shadow_t *s = h->shadow;
+    stream_verdict_t cv[64];
+    shadow_decision_reset(&s->live);
+    shadow_decision_reset(&s->dec);
+    h->rec = &s->live;
+    durable_run(h, stream, consumer, msgs, seqs, deliveries, n, v);
+    note_verdicts(h, msgs, n, v);
+    char saved[offsetof(script_stats_t, reloads)];
+    memcpy(saved, &h->st, sizeof saved);
+    state_t *live = h->cur;
+    h->cur = s->cand;
+    h->dry = 1;
+    h->rec = &s->dec;
+    for (int i = 0; i < n; i += 64) { /* in slices: the verdicts stay on the stack */
+        int k = n - i < 64 ? n - i : 64;
+        durable_run(h, stream, consumer, msgs + i, seqs + i, deliveries + i, k, cv);
+        note_verdicts(h, msgs + i, k, cv);
+    }
+    h->rec = NULL;
+    h->dry = 0;
+    h->cur = live;
+    memcpy(&h->st, saved, sizeof saved);
+    if (n)
+        shadow_compare(s, &msgs[0]);
+}
 
 /* Appends to out (cap bytes, holding *len) as snprintf would, cut at its end. */
 static void text_add(char *out, size_t cap, size_t *len, const char *fmt, ...)
@@ -48,6 +93,9 @@ static void decision_text(const shadow_decision_t *d, char *out, size_t cap)
         case SHADOW_KV:
             text_add(out, cap, &len, "kv %s %s\n", it->data, it->subject);
             break;
+        case SHADOW_ACK:
+            text_add(out, cap, &len, "%s %s%s%s\n", it->where, it->subject, it->data[0] ? ": " : "", it->data);
+            break;
         default:
             text_add(out, cap, &len, "%s %s %s%s\n", it->kind == SHADOW_DELIVER ? "deliver" : "publish",
                      it->subject, it->data, more);
@@ -74,6 +122,8 @@ static int decision_diff(const shadow_decision_t *a, const shadow_decision_t *b)
         kinds |= 1 << D_ERRORS;
     if (a->n[SHADOW_KV] != b->n[SHADOW_KV] || a->sum[SHADOW_KV] != b->sum[SHADOW_KV])
         kinds |= 1 << D_KV;
+    if (a->n[SHADOW_ACK] != b->n[SHADOW_ACK] || a->sum[SHADOW_ACK] != b->sum[SHADOW_ACK])
+        kinds |= 1 << D_ACKS;
     return kinds;
 }
 
@@ -244,6 +294,7 @@ static void shadow_free(script_host_t *h)
     shadow_release(h->shadow);
     h->shadow = NULL;
     h->shadow_process = NULL;
+    h->shadow_durable = NULL;
 }
 
 void shadow_discard(script_host_t *h)
@@ -309,6 +360,7 @@ void shadow_install(script_host_t *h, shadow_t *s,
     h->shadow = s;
     h->shadow_process = process;
     h->shadow_free = shadow_free;
+    h->shadow_durable = s->canary ? NULL : shadow_durable;
 }
 
 int script_shadow_start(script_host_t *h, const char *path, char *err, size_t errsz)
