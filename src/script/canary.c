@@ -12,29 +12,52 @@
 #include "script_internal.h"
 #include "shadow.h"
 
-/* The event's key as text in out ("" when the event has no such field). */
+/* The token of the member named seg (seglen bytes) of object token o, or
+ * JSON_NO_TOK. */
+static uint32_t member(const char *text, const json_tok_t *tok, uint32_t o, const char *seg, size_t seglen)
+{
+    if (tok[o].type != JSON_TOK_OBJECT)
+        return JSON_NO_TOK;
+    uint32_t i = o + 1;
+    for (uint32_t m = 0; m < tok[o].len; m++) {
+        const unsigned char *k = (const unsigned char *)text + tok[i].start;
+        if (json_escaped_equals(k, k + tok[i].len, seg, seglen))
+            return i + 1;
+        i = tok[i + 1].next;
+    }
+    return JSON_NO_TOK;
+}
+
+/* The event's key as text in out ("" when the event has no such field, or
+ * is not JSON or too big to look into).  Scans the payload onto the stack:
+ * no allocation. */
+#define KEY_TOKENS 512
 static void canary_key(const shadow_t *s, const proto_msg_t *m, char *out, size_t n)
 {
-    char seg[128];
+    json_tok_t tok[KEY_TOKENS];
+    char buf[512];
+    size_t len;
     out[0] = '\0';
-    cJSON *doc = json_parse_owned(m->payload, m->payload_len);
-    const cJSON *v = doc;
-    for (const char *p = s->key; v && *p;) {
+    long nt = json_scan(m->payload, m->payload_len, tok, KEY_TOKENS);
+    if (nt <= 0 || nt > KEY_TOKENS)
+        return;
+    uint32_t v = 0;
+    for (const char *p = s->key; v != JSON_NO_TOK && *p;) {
         const char *dot = strchr(p, '.');
-        size_t len = dot ? (size_t)(dot - p) : strlen(p);
-        snprintf(seg, sizeof seg, "%.*s", (int)(len < sizeof seg ? len : sizeof seg - 1), p);
-        v = cJSON_IsObject(v) ? cJSON_GetObjectItemCaseSensitive(v, seg) : NULL;
-        p += len + (dot != NULL);
+        size_t sl = dot ? (size_t)(dot - p) : strlen(p);
+        v = member(m->payload, tok, v, p, sl);
+        p += sl + (dot != NULL);
     }
-    if (cJSON_IsString(v))
-        snprintf(out, n, "%s", v->valuestring);
-    else if (v && json_is_number(v) && !cJSON_IsNumber(v))
-        snprintf(out, n, "%s", v->valuestring); /* the number as written */
-    else if (cJSON_IsNumber(v))
-        snprintf(out, n, "%.17g", v->valuedouble);
-    else if (cJSON_IsBool(v))
-        snprintf(out, n, "%s", cJSON_IsTrue(v) ? "true" : "false");
-    cJSON_Delete(doc);
+    if (v == JSON_NO_TOK)
+        return;
+    if (tok[v].type == JSON_TOK_STRING && tok[v].len < sizeof buf) {
+        const char *t = json_tok_string(m->payload, &tok[v], buf, &len);
+        snprintf(out, n, "%.*s", (int)len, t);
+    } else if (tok[v].type == JSON_TOK_NUMBER) { /* the number as written */
+        snprintf(out, n, "%.*s", (int)tok[v].len, m->payload + tok[v].start);
+    } else if (tok[v].type == JSON_TOK_TRUE || tok[v].type == JSON_TOK_FALSE) {
+        snprintf(out, n, "%s", tok[v].type == JSON_TOK_TRUE ? "true" : "false");
+    }
 }
 
 /* 1 when the event goes to the candidate: FNV-1a of its key, in 10,000ths. */
