@@ -575,3 +575,37 @@ end)
     assert.are.equal("canary", hist.revisions[2].cause)
   end)
 end)
+
+describe("the prompt's deploy helpers", function()
+  it("shadow(), diff() and promote(), with both decisions in the trace", function()
+    local dir = h.make_tmpdir("tide-repl-deploy")
+    h.write_file(dir .. "/flow.lua", 'filter("order.>", function(e) return e.data.amount > 100 end)\n')
+    h.write_file(dir .. "/cand.lua", 'filter("order.>", function(e) return e.data.amount > 1000 end)\n')
+    h.write_file(dir .. "/input.txt", table.concat({
+      'shadow("cand.lua")',
+      "trace()",
+      'pub("order.x", { amount = 500 })',
+      "trace(false)",
+      'pub("order.x", { amount = 5000 })',
+      "diff()",
+      "promote()",
+      "diff()",
+      "trace()",
+      'pub("order.x", { amount = 500 })',
+    }, "\n") .. "\n")
+    local rc, out = h.sh(("cd %s && TIDE_HISTORY=%s/history %s repl -c flow.lua < %s/input.txt"):format(dir, dir,
+                                                                                                        h.bin, dir))
+    h.remove_tmpdir(dir)
+    assert.are.equal(0, rc, out)
+    assert.matches("shadow of cand.lua: every event also goes through it", out, 1, true)
+    -- The trace: the live decision, then the candidate's.
+    assert.matches("  filter   order.>   flow.lua:1   kept[^\n]*\n[^\n]*deliver  order.x[^\n]*\n  shadow candidate:\n"
+                   .. "event order.x[^\n]*\n  filter   order.>   flow.lua:1   DROPPED", out)
+    assert.matches("shadow [^\n]*cand.lua: 2 events, 1 differ\n  kept 1 routed 0", out)
+    assert.matches("    live       deliver order.x [^\n]*\"amount\":500", out)
+    assert.matches("    candidate  dropped by flow.lua:1", out, 1, true)
+    assert.matches("promoted: the candidate is the live rules", out, 1, true)
+    assert.matches("diff: no shadow is running", out, 1, true)
+    assert.matches("  filter   order.>   flow.lua:1   DROPPED", out:match("promoted.*$"))
+  end)
+end)

@@ -4,8 +4,8 @@
  * The prompt runs in the script host's own Lua state, so everything a rules
  * file can do works at the prompt (upgrade, filter, route, on, require,
  * tide.kv), plus helpers: pub, sub, unsub, trace, rules, stats, load,
- * reload, record, expect, streams, replay, help.  The router is embedded
- * (no separate server); --listen lets real NATS clients join.  Input is
+ * reload, record, expect, streams, replay, shadow, diff, promote, help.  The
+ * router is embedded (no separate server); --listen lets real NATS clients join.  Input is
  * read through GNU readline from a libevent callback, so the router keeps
  * serving while the prompt waits.
  *
@@ -88,6 +88,7 @@ typedef struct repl {
     sub_t *any_sub; /* ">": what feeds seen */
     int tracing;    /* trace() is on */
     int reload_asked;
+    int promote_asked; /* promote(): the candidate takes over after the line */
     int incomplete; /* the last eval() wants more lines */
     char history[1024];
     struct event *stdin_ev;
@@ -593,6 +594,63 @@ static int h_reload(lua_State *L)
     return 0;
 }
 
+/* shadow(path): a candidate beside the rules, in dry mode (docs/deploys.md). */
+static int h_shadow(lua_State *L)
+{
+    repl_t *r = up(L);
+    char path[PATH_MAX], err[1024];
+    remote_path(r, L, "load", luaL_checkstring(L, 1), path, sizeof path);
+    if (script_shadow_start(r->node.scripts, path, err, sizeof err) < 0)
+        return luaL_error(L, "shadow: %s", err);
+    out(r, "shadow of %s: every event also goes through it, in dry mode; diff() shows what differs\n", path);
+    return 0;
+}
+
+/* Prints a sample's side (a JSON array of lines). */
+static void out_lines(repl_t *r, const char *side, const cJSON *lines)
+{
+    const cJSON *l;
+    if (!cJSON_GetArraySize(lines))
+        out(r, "    %-10s (nothing)\n", side);
+    cJSON_ArrayForEach(l, lines)
+        out(r, "    %-10s %s\n", l == lines->child ? side : "", cJSON_IsString(l) ? l->valuestring : "?");
+}
+
+/* diff(): what the shadow's candidate would have done differently. */
+static int h_diff(lua_State *L)
+{
+    repl_t *r = up(L);
+    size_t len = 0;
+    char *json = script_shadow_diff_json(r->node.scripts, &len);
+    cJSON *d = json ? cJSON_ParseWithLength(json, len) : NULL, *k, *x;
+    free(json);
+    if (!d)
+        return luaL_error(L, "diff: no shadow is running (shadow(\"candidate.lua\") starts one)");
+    out(r, "%s %s: %d events, %d differ\n ", cJSON_GetStringValue(cJSON_GetObjectItem(d, "mode")),
+        cJSON_GetStringValue(cJSON_GetObjectItem(d, "path")), (int)cJSON_GetNumberValue(cJSON_GetObjectItem(d, "events")),
+        (int)cJSON_GetNumberValue(cJSON_GetObjectItem(d, "differ")));
+    cJSON_ArrayForEach(k, cJSON_GetObjectItem(d, "kinds"))
+        out(r, " %s %d", k->string, (int)k->valuedouble);
+    out(r, "\n");
+    cJSON_ArrayForEach(x, cJSON_GetObjectItem(d, "samples")) {
+        out(r, "  event %s\n", cJSON_GetStringValue(cJSON_GetObjectItem(x, "subject")));
+        out_lines(r, "live", cJSON_GetObjectItem(x, "live"));
+        out_lines(r, "candidate", cJSON_GetObjectItem(x, "candidate"));
+    }
+    cJSON_Delete(d);
+    return 0;
+}
+
+/* promote(): the candidate becomes the live rules, after this line (as reload()). */
+static int h_promote(lua_State *L)
+{
+    repl_t *r = up(L);
+    if (!script_shadow_running(r->node.scripts))
+        return luaL_error(L, "promote: no shadow is running (shadow(\"candidate.lua\") starts one)");
+    r->promote_asked = 1;
+    return 0;
+}
+
 /* record(pattern, "file.jsonl"): append what is published there, as it
  * comes in (before the pipeline), as tide run input. */
 static int h_record(lua_State *L)
@@ -866,6 +924,7 @@ static int h_help(lua_State *L)
     out(r, "rules      upgrade(type, v, fn)  filter(pat, fn)  route(pat, fn)  on(pat, fn(e, ctx))\n"
         "events     pub(subject, data_or_string [, headers [, {user = ...}]])   sub(pattern)   unsub(pattern)\n"
         "see        trace([false])   rules()   stats()\n"
+        "deploys    shadow(\"candidate.lua\")   diff()   promote()   (docs/deploys.md)\n"
         "files      load \"file.lua\"   reload()   record(pattern, \"in.jsonl\") (what is published)\n"
         "           expect(\"out.jsonl\") (what was delivered since the last expect)\n"
         "streams    streams() (messages, sequences, consumers)   replay(stream, from [, to])\n"
@@ -881,6 +940,7 @@ static const luaL_Reg helpers[] = {{"pub", h_pub},       {"sub", h_sub},       {
                                     {"stats", h_stats},   {"load", h_load},     {"reload", h_reload},
                                     {"record", h_record}, {"expect", h_expect}, {"help", h_help},
                                     {"print", h_print},   {"streams", h_streams}, {"replay", h_replay},
+                                    {"shadow", h_shadow}, {"diff", h_diff},   {"promote", h_promote},
                                     {NULL, NULL}};
 
 /*
@@ -1055,6 +1115,14 @@ static void eval(repl_t *r, const char *code)
     }
     bind_new_handlers(r);
     run_pending(r);
+    if (r->promote_asked) {
+        char err[1024];
+        r->promote_asked = 0;
+        if (script_shadow_promote(r->node.scripts, err, sizeof err) == 0)
+            out(r, "promoted: the candidate is the live rules\n");
+        else
+            out(r, "promote failed, the previous rules keep running: %s\n", err);
+    }
     if (r->reload_asked) {
         char err[1024];
         r->reload_asked = 0;
