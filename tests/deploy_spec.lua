@@ -416,6 +416,26 @@ end)
     assert.truthy(text:find("nak order.created", 1, true), text)
   end)
 
+  it("captures the candidate's writes to a JetStream KV bucket, storing none", function()
+    h.write_file(dir .. "/tide.lua", [[
+on("kv.probe", function(e, ctx) ctx.reply(tostring(tide.kv.bucket("app").get("n"))) end)
+on("kv.seed", function(e, ctx) tide.kv.bucket("app").set("n", 1) ctx.reply("ok") end)
+on("order.>", function(e, ctx) end)
+]])
+    h.write_file(dir .. "/cand.lua", [[
+on("order.>", function(e, ctx) tide.kv.bucket("app").incr("n", 10) end)
+]])
+    srv = start(dir, { "--data", dir .. "/data" })
+    assert.are.equal("ok", assert(h.request(srv.port, "kv.seed", "")).payload)
+    assert.is_true(admin(srv, "RULES.SHADOW", json.encode { path = dir .. "/cand.lua" }).ok)
+    publish_all(srv, { { "order.a", envelope("k1", {}) }, { "order.a", envelope("k2", {}) } })
+    assert.are.equal("1", assert(h.request(srv.port, "kv.probe", "")).payload)
+    local d = admin(srv, "RULES.DIFF")
+    assert.are.equal(2, d.kinds.kv)
+    assert.are.equal("kv put $KV.app.n", d.samples[1].candidate[2])
+    assert.are.equal(1, #d.samples[1].live) -- the delivery alone
+  end)
+
   it("refuses a candidate that does not load, and keeps no shadow", function()
     write_rules(dir, 100)
     h.write_file(dir .. "/bad.lua", "filter('x', function( end)\n")
