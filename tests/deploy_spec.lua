@@ -521,6 +521,10 @@ end)
       if t.candidate then cand = cand + 1 end
     end
     assert.is_true(cand >= 70 and cand <= 130, "keys on the candidate: " .. cand)
+    rc, out = tide(srv, { "rules", "diff" })
+    assert.are.equal(0, rc)
+    assert.truthy(out:find(("10%% by data.customer_id; live %d events, 0 dead letters; candidate %d events, 0 dead letters")
+                             :format(2000 - 2 * cand, 2 * cand), 1, true), out)
     local d = admin(srv, "RULES.DIFF")
     assert.are.equal("canary", d.mode)
     assert.are.equal(2000, d.events)

@@ -1939,6 +1939,16 @@ static void print_diff(const cJSON *r)
 {
     char n1[32], n2[32];
     const cJSON *k, *x, *l;
+    if (!strcmp(jstr(r, "mode", "shadow"), "canary")) {
+        const cJSON *lv = cJSON_GetObjectItemCaseSensitive(r, "live"),
+                    *cv = cJSON_GetObjectItemCaseSensitive(r, "candidate");
+        char a1[32], a2[32], b1[32], b2[32];
+        printf("canary %s since %s: %s%% by %s; live %s events, %s dead letters; candidate %s events, %s dead letters\n",
+               jstr(r, "path", "?"), jstr(r, "since", "?"), jtxt(r, "percent", n1, sizeof n1), jstr(r, "key", "id"),
+               jtxt(lv, "events", a1, sizeof a1), jtxt(lv, "dead_letters", a2, sizeof a2),
+               jtxt(cv, "events", b1, sizeof b1), jtxt(cv, "dead_letters", b2, sizeof b2));
+        return;
+    }
     printf("shadow %s since %s: %s events, %s differ\n", jstr(r, "path", "?"), jstr(r, "since", "?"),
            jtxt(r, "events", n1, sizeof n1), jtxt(r, "differ", n2, sizeof n2));
     printf("  by kind:");
@@ -1993,7 +2003,7 @@ static int ops_rules_shadow(ops_t *o, const char *verb, char **pos, int npos)
         NEED(0);
         r = ops_req(o, !strcmp(verb, "promote") ? "RULES.PROMOTE" : "RULES.STOP", "");
         if (r && !o->json)
-            printf("%s\n", !strcmp(verb, "promote") ? "the candidate is live" : "the shadow is stopped");
+            printf("%s\n", !strcmp(verb, "promote") ? "the candidate is live" : "the candidate is stopped");
     }
     if (r && o->json)
         print_json(r, 0);
