@@ -75,10 +75,12 @@ struct cluster {
     int64_t pull_sid;
     struct event *wake; /* drains the queue on the loop */
     struct event *tick; /* once a second: events/s */
-    pthread_mutex_t lock; /* guards head, tail, woken and lost: libnats' threads add to the queue */
+    pthread_mutex_t lock; /* guards head, tail, woken, lost and live: libnats' threads add to the queue */
     item_t *head, *tail;
     int woken;
     uint64_t lost; /* items that could not be queued (out of memory) */
+    int live;             /* upstream subscriptions whose last callback has not returned yet */
+    pthread_cond_t ended; /* signalled when live drops to 0 */
     /* The loop's own. */
     int connected;
     char url[256];        /* the server connected to, or the last one */
@@ -140,6 +142,17 @@ static void on_upstream_msg(natsConnection *nc, natsSubscription *ns, natsMsg *m
     it->sid = natsSubscription_GetID(ns);
     it->msg = msg;
     enqueue(c, it);
+}
+
+/* A delivery thread: the subscription is closed and its message handler
+ * will not run again. */
+static void on_sub_ended(void *closure)
+{
+    cluster_t *c = closure;
+    pthread_mutex_lock(&c->lock);
+    if (--c->live == 0)
+        pthread_cond_broadcast(&c->ended);
+    pthread_mutex_unlock(&c->lock);
 }
 
 static void on_conn_event(cluster_t *c, enum item_kind kind)
@@ -445,6 +458,22 @@ fail:
     return s == NATS_OK ? 0 : -1;
 }
 
+/* Subscribes upstream (queue may be NULL), counted in c->live until
+ * libnats says the subscription's handler is done for good. */
+static natsStatus subscribe_upstream(cluster_t *c, natsSubscription **ns, const char *subject, const char *queue)
+{
+    natsStatus s = queue ? natsConnection_QueueSubscribe(ns, c->nc, subject, queue, on_upstream_msg, c)
+                         : natsConnection_Subscribe(ns, c->nc, subject, on_upstream_msg, c);
+    if (s != NATS_OK)
+        return s;
+    pthread_mutex_lock(&c->lock);
+    c->live++;
+    pthread_mutex_unlock(&c->lock);
+    if (natsSubscription_SetOnCompleteCB(*ns, on_sub_ended, c) != NATS_OK)
+        on_sub_ended(c); /* closed already: not waited for */
+    return NATS_OK;
+}
+
 static void mirror_add(cluster_t *c, sub_t *sub)
 {
     mirror_t *m = calloc(1, sizeof *m);
@@ -452,10 +481,7 @@ static void mirror_add(cluster_t *c, sub_t *sub)
     if (!m)
         goto fail;
     m->sub = sub;
-    if (sub->queue)
-        s = natsConnection_QueueSubscribe(&m->ns, c->nc, sub->subject, sub->queue, on_upstream_msg, c);
-    else
-        s = natsConnection_Subscribe(&m->ns, c->nc, sub->subject, on_upstream_msg, c);
+    s = subscribe_upstream(c, &m->ns, sub->subject, sub->queue);
     if (s != NATS_OK)
         goto fail;
     natsSubscription_SetPendingLimits(m->ns, CLUSTER_PENDING_MSGS, CLUSTER_PENDING_BYTES);
@@ -618,7 +644,7 @@ static int start_streams(cluster_t *c, char *err, size_t errsz)
     char inbox[128], pattern[140];
     snprintf(inbox, sizeof inbox, "_INBOX.tide-js.%s", server_id(c->n->srv));
     snprintf(pattern, sizeof pattern, "%s.*", inbox);
-    natsStatus s = natsConnection_Subscribe(&c->js_sub, c->nc, pattern, on_upstream_msg, c);
+    natsStatus s = subscribe_upstream(c, &c->js_sub, pattern, NULL);
     if (s != NATS_OK) {
         subscribe_failed(c, pattern, s, err, errsz);
         return -1;
@@ -630,7 +656,7 @@ static int start_streams(cluster_t *c, char *err, size_t errsz)
     }
     snprintf(inbox, sizeof inbox, "_INBOX.tide-pull.%s", server_id(c->n->srv));
     snprintf(pattern, sizeof pattern, "%s.>", inbox);
-    s = natsConnection_Subscribe(&c->pull_sub, c->nc, pattern, on_upstream_msg, c);
+    s = subscribe_upstream(c, &c->pull_sub, pattern, NULL);
     if (s != NATS_OK) {
         subscribe_failed(c, pattern, s, err, errsz);
         return -1;
@@ -657,6 +683,7 @@ cluster_t *cluster_start(node_t *n, char *err, size_t errsz)
     dict_init(&c->mirrors);
     dict_init(&c->by_sid);
     pthread_mutex_init(&c->lock, NULL);
+    pthread_cond_init(&c->ended, NULL);
     c->wake = event_new(server_base(n->srv), -1, 0, on_wake, c);
     c->tick = event_new(server_base(n->srv), -1, EV_PERSIST, on_tick, c);
     struct timeval second = {1, 0};
@@ -677,7 +704,7 @@ cluster_t *cluster_start(node_t *n, char *err, size_t errsz)
     } else {
         on_conn_event(c, ITEM_CONNECTED);
     }
-    s = natsConnection_Subscribe(&c->status_sub, c->nc, CLUSTER_STATUS_SUBJECT, on_upstream_msg, c);
+    s = subscribe_upstream(c, &c->status_sub, CLUSTER_STATUS_SUBJECT, NULL);
     if (s != NATS_OK) {
         subscribe_failed(c, CLUSTER_STATUS_SUBJECT, s, err, errsz);
         goto fail;
@@ -693,6 +720,36 @@ fail:
         snprintf(err, errsz, "cluster: out of memory");
     cluster_free(c);
     return NULL;
+}
+
+/* Waits up to secs seconds for c->live to drop to 0; -1 when it did not. */
+static int wait_subscriptions(cluster_t *c, int secs)
+{
+    struct timespec until;
+    int rc = 0;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += secs;
+    pthread_mutex_lock(&c->lock);
+    while (c->live > 0 && rc == 0)
+        rc = pthread_cond_timedwait(&c->ended, &c->lock, &until);
+    rc = c->live > 0 ? -1 : 0;
+    pthread_mutex_unlock(&c->lock);
+    return rc;
+}
+
+/* Frees what the queue holds, messages included. */
+static void queue_clear(cluster_t *c)
+{
+    item_t *it, *next;
+    pthread_mutex_lock(&c->lock);
+    it = c->head;
+    c->head = c->tail = NULL;
+    pthread_mutex_unlock(&c->lock);
+    for (; it; it = next) {
+        next = it->next;
+        natsMsg_Destroy(it->msg);
+        free(it);
+    }
 }
 
 static void mirror_release(void *p)
@@ -718,20 +775,26 @@ void cluster_free(cluster_t *c)
         natsConnection_Destroy(c->nc);
     }
     natsOptions_Destroy(c->opts);
+    /* Messages go back to libnats while it still runs: a natsMsg_Destroy
+     * after nats_CloseAndWait uses the library's freed state, and one its
+     * own delivery threads make (the end marker of a closed subscription)
+     * after its collector thread ended is never freed.  So wait until
+     * every subscription's handler is done (the end markers are then
+     * collected) and give back the queued messages before closing. */
+    if (wait_subscriptions(c, 2) < 0)
+        log_warn("cluster: libnats' subscriptions did not end within 2s");
+    queue_clear(c);
     /* libnats' threads may still hold c as their closure: wait for them. */
     if (nats_CloseAndWait(2000) != NATS_OK)
         log_warn("cluster: libnats' threads did not end within 2s");
     cluster_pull_free(c->pull);
     cluster_js_free(c->js);
-    for (item_t *it = c->head, *next; it; it = next) {
-        next = it->next;
-        natsMsg_Destroy(it->msg);
-        free(it);
-    }
+    queue_clear(c); /* what the last connection events added: no messages */
     if (c->wake)
         event_free(c->wake);
     if (c->tick)
         event_free(c->tick);
+    pthread_cond_destroy(&c->ended);
     pthread_mutex_destroy(&c->lock);
     free(c);
 }
