@@ -419,8 +419,11 @@ describe("tide.kv under a careless rule", function()
       assert.are.equal(60, #msgs)
       local _, hd = h.parse_headers(msgs[1].headers)
       assert.matches("a value of 8388608 bytes is over kv { max_value = 1048576 }", hd["Tide-Error"], 1, true)
+      -- 60 refused values of 8 MiB kept would be 480 MiB; what may stay is
+      -- the Lua state's garbage, up to its 64 MB cap (scripting { memory }),
+      -- collected when the collector gets to it.
       local grown = rss_kb(srv) - before
-      assert_grew_less(grown, 48 * 1024)
+      assert_grew_less(grown, 80 * 1024)
       pub:close()
       dead:close()
     end)
