@@ -44,7 +44,7 @@ end
 function M.npm_ready()
   local dir = M.root .. "/tests/interop/node"
   local need = { "nats", "nkeys.js", "cloudevents", "parse-prometheus-text-format", "@nats-io/jetstream",
-    "@nats-io/transport-node", "@nats-io/kv" }
+    "@nats-io/transport-node", "@nats-io/kv", "@nats-io/obj" }
   local missing = false
   for _, p in ipairs(need) do
     local f = io.open(dir .. "/node_modules/" .. p .. "/package.json")

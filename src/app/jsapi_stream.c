@@ -514,6 +514,37 @@ static char *base64(const char *p, size_t n)
     return out;
 }
 
+/* The newest sequence among the subjects a wildcard matches. */
+typedef struct {
+    const char *pattern;
+    size_t len;
+    uint64_t seq;
+} last_match_t;
+
+static void last_match_each(void *ctx, const char *subject, size_t len, uint64_t seq)
+{
+    last_match_t *lm = ctx;
+    if (seq > lm->seq && subject_matches(lm->pattern, lm->len, subject, len))
+        lm->seq = seq;
+}
+
+/* The last sequence stored in stream name for subj, which may hold
+ * wildcards (then the newest of the subjects it matches, as nats-server's
+ * last_by_subj: the object store lists its objects this way); 0 when
+ * none. */
+static uint64_t subject_last(jsapi_t *api, const char *name, const char *subj)
+{
+    size_t len = strlen(subj), plen = 0;
+    if (subject_valid_literal(subj, len))
+        return streams_subject_last(api->n->streams, name, subj, len);
+    while (plen < len && subj[plen] != '*' && subj[plen] != '>')
+        plen++;
+    last_match_t lm = {subj, len, 0};
+    if (streams_subjects_each(api->n->streams, name, subj, plen, last_match_each, &lm) < 0)
+        return 0;
+    return lm.seq;
+}
+
 /* The sequence a MSG.GET / DIRECT.GET request asks for (0 with e set when
  * it asks for none, or for no stored message). */
 static uint64_t wanted_seq(jsapi_t *api, const proto_msg_t *m, const char *name, const char *last_subj,
@@ -533,7 +564,7 @@ static uint64_t wanted_seq(jsapi_t *api, const proto_msg_t *m, const char *name,
     }
     if ((seq && subj) || (!seq && !subj))
         jsapi_set_err(e, 400, 10003, "bad request");
-    else if (subj && !(seq = streams_subject_last(api->n->streams, name, subj, strlen(subj))))
+    else if (subj && !(seq = subject_last(api, name, subj)))
         jsapi_set_err(e, 404, 10037, "no message found");
     cJSON_Delete(j);
     return e->code ? 0 : seq;
