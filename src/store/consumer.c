@@ -120,7 +120,19 @@ struct consumer {
     /* The ack floor before the first ack: where the consumer started. */
     uint64_t opened_next;
     int acked_once;
+    /* Push flow control: bytes sent since the client last answered, the
+     * part of them the outstanding request covers, and its number (0:
+     * none outstanding). */
+    uint64_t fc_bytes, fc_size, fc_id, fc_next;
+    uint64_t fc_window; /* the bytes it may send unanswered; 0: not set yet */
 };
+
+/* A flow-controlled push consumer asks the client to answer when half its
+ * window is on its way, and stops when the whole of it is.  The window
+ * starts small and doubles with each answer up to its limit (a slow
+ * start, with nats-server's sizes). */
+#define FC_WINDOW_START (2u * 1024 * 1024)
+#define FC_WINDOW_MAX (32u * 1024 * 1024)
 
 static void release_deferred(consumer_t *c);
 
@@ -539,6 +551,41 @@ static int route_out(consumer_t *c, const char *to, size_t tolen, proto_msg_t m,
     return 0;
 }
 
+/* A 100 FlowControl Request to the deliver subject, with the reply subject
+ * $JS.FC.<stream>.<consumer>.<id> the client answers on. */
+static void flow_control_request(consumer_t *c)
+{
+    char reply[512], hdr[] = "NATS/1.0 100 FlowControl Request\r\n\r\n";
+    c->fc_id = ++c->fc_next;
+    c->fc_size = c->fc_bytes;
+    int n = snprintf(reply, sizeof reply, "$JS.FC.%s.%s.%" PRIu64, c->st->cfg.name, c->cfg.name, c->fc_id);
+    proto_msg_t m;
+    memset(&m, 0, sizeof m);
+    m.subject = c->cfg.deliver;
+    m.subject_len = strlen(c->cfg.deliver);
+    m.reply = reply;
+    m.reply_len = (size_t)n;
+    m.hdr = hdr;
+    m.hdr_len = sizeof hdr - 1;
+    m.payload = "";
+    server_route_flags(c->sm->srv, NULL, &m, ROUTE_NO_CAPTURE);
+}
+
+/* Counts size bytes more sent to a flow-controlled push consumer's client;
+ * asks for an answer when half the window is out and none is asked for
+ * yet.  An outstanding request grows to cover what is sent beyond a
+ * window while it waits (as nats-server's). */
+static void flow_control_sent(consumer_t *c, size_t size)
+{
+    if (!c->fc_window)
+        c->fc_window = FC_WINDOW_START;
+    c->fc_bytes += size;
+    if (!c->fc_id && c->fc_bytes > c->fc_window / 2)
+        flow_control_request(c);
+    else if (c->fc_id && c->fc_bytes - c->fc_size >= c->fc_window)
+        c->fc_size += size;
+}
+
 /* Sends record r for p (one more delivery) to the deliver subject or the
  * oldest pull request that takes it, or gathers it for the Lua handlers
  * the consumer is bound to.  A pull consumer without a request for it
@@ -592,6 +639,8 @@ static void send_one(consumer_t *c, pend_t *p, const slog_rec_t *r)
     }
     if (w)
         pullq_delivered(&c->pulls, c->sm->srv, w, size, now);
+    else if (c->cfg.flow_control)
+        flow_control_sent(c, size);
     if (c->cfg.ack_policy == ACK_NONE)
         done(c, p);
 }
@@ -716,6 +765,13 @@ void consumer_pump(consumer_t *c)
     event_active(c->pump_ev, EV_TIMEOUT, 0);
 }
 
+/* True when a flow-controlled push consumer has its window out and waits
+ * for the client's answer. */
+static int flow_control_stalled(const consumer_t *c)
+{
+    return c->cfg.flow_control && c->cfg.deliver[0] && c->fc_bytes > (c->fc_window ? c->fc_window : FC_WINDOW_START);
+}
+
 /* True when there is someone to deliver to now. */
 static int can_deliver(consumer_t *c)
 {
@@ -725,6 +781,8 @@ static int can_deliver(consumer_t *c)
         return c->pulls.n > 0;
     if (!c->cfg.deliver[0])
         return c->batch > 0 && c->sm->hooks.handle;
+    if (flow_control_stalled(c))
+        return 0;
     return server_has_interest(c->sm->srv, c->cfg.deliver, strlen(c->cfg.deliver));
 }
 
@@ -755,7 +813,7 @@ static void pump_now(consumer_t *c)
     int fl = filtered(c);
     uint64_t park_max = (uint64_t)c->cfg.max_ack_pending * 8 + 1024;
     while ((int64_t)c->npending < c->cfg.max_ack_pending && (c->lps_at < c->nlps || c->next_seq <= com) &&
-           c->nparked < park_max && (!c->cfg.pull || c->pulls.n)) {
+           c->nparked < park_max && (!c->cfg.pull || c->pulls.n) && !flow_control_stalled(c)) {
         int from_lps = c->lps_at < c->nlps;
         uint64_t seq = from_lps ? c->lps[c->lps_at++] : c->next_seq++;
         slog_rec_t r;
@@ -1044,9 +1102,12 @@ static void push_heartbeat(consumer_t *c, int64_t now)
 {
     if (now - c->last_sent < (int64_t)(c->cfg.idle_heartbeat * 1e9))
         return;
-    char h[160];
-    snprintf(h, sizeof h, "Nats-Last-Consumer: %" PRIu64 "\r\nNats-Last-Stream: %" PRIu64 "\r\n", c->dseq,
-             c->last_sseq);
+    char h[400];
+    int n = snprintf(h, sizeof h, "Nats-Last-Consumer: %" PRIu64 "\r\nNats-Last-Stream: %" PRIu64 "\r\n", c->dseq,
+                     c->last_sseq);
+    if (c->fc_id) /* the outstanding request again: the client answers it (it may have missed it) */
+        snprintf(h + n, sizeof h - (size_t)n, "Nats-Consumer-Stalled: $JS.FC.%s.%s.%" PRIu64 "\r\n", c->st->cfg.name,
+                 c->cfg.name, c->fc_id);
     pull_status(c->sm->srv, c->cfg.deliver, strlen(c->cfg.deliver), "100 Idle Heartbeat", h);
     c->last_sent = now;
 }
@@ -1151,6 +1212,28 @@ static consumer_t *find_consumer(streams_t *sm, const char *s, size_t sl, const 
             return c;
     }
     return NULL;
+}
+
+void consumers_on_flow_control(void *ctx, const proto_msg_t *m)
+{
+    streams_t *sm = ctx;
+    /* $JS.FC.<stream>.<consumer>.<id> */
+    const char *s = m->subject + 7, *end = m->subject + m->subject_len;
+    const char *d1 = m->subject_len > 7 ? memchr(s, '.', (size_t)(end - s)) : NULL;
+    const char *d2 = d1 ? memchr(d1 + 1, '.', (size_t)(end - d1 - 1)) : NULL;
+    if (!d2)
+        return;
+    consumer_t *c = find_consumer(sm, s, (size_t)(d1 - s), d1 + 1, (size_t)(d2 - d1 - 1));
+    char num[24];
+    snprintf(num, sizeof num, "%.*s", (int)((size_t)(end - d2 - 1) < 23 ? (size_t)(end - d2 - 1) : 23), d2 + 1);
+    if (!c || !c->fc_id || strtoull(num, NULL, 10) != c->fc_id)
+        return; /* an answer to an older request, or to none */
+    if (c->fc_window < FC_WINDOW_MAX)
+        c->fc_window = c->fc_window ? c->fc_window * 2 : FC_WINDOW_START * 2;
+    c->fc_bytes = c->fc_bytes > c->fc_size ? c->fc_bytes - c->fc_size : 0;
+    c->fc_size = 0;
+    c->fc_id = 0;
+    consumer_pump(c);
 }
 
 void consumers_on_ack(void *ctx, const proto_msg_t *m)

@@ -465,6 +465,7 @@ streams_t *streams_new(server_t *srv, const char *data_dir)
     sm->ack_sub = server_subscribe_internal(srv, "$JS.ACK.>", consumers_on_ack, sm);
     if (sm->ack_sub)
         sm->ack_sub->flags |= SUB_RESPONDER; /* an ack sent as a request (AckSync) gets its answer */
+    sm->fc_sub = server_subscribe_internal(srv, "$JS.FC.>", consumers_on_flow_control, sm);
     server_set_capture(srv, capture, sm);
     return sm;
 }

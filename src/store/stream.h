@@ -85,7 +85,7 @@ typedef struct consumer_cfg {
     int headers_only;     /* deliver the headers and Nats-Msg-Size, no payload */
     int64_t max_waiting;  /* pull requests held at once */
     double idle_heartbeat; /* push: seconds of silence before a 100 Idle Heartbeat; 0 none */
-    int flow_control;     /* push: a 100 FlowControl Request with each heartbeat */
+    int flow_control;     /* push: 100 FlowControl Requests; delivery stalls on a window unanswered */
     /* More filters (filter_subjects): a message matching any is delivered;
      * when nfilters > 0, filter is not used. */
     char filters[CONSUMER_FILTERS_MAX][256];

@@ -56,6 +56,7 @@ struct streams {
     consumer_t *consumers[CONSUMERS_MAX];
     int nc;
     sub_t *ack_sub;
+    sub_t *fc_sub;
     stream_hooks_t hooks;
     /* Lua bindings, remembered for consumers that open later. */
     char bound[CONSUMERS_MAX][STREAM_NAME_MAX];
@@ -79,6 +80,9 @@ const consumer_cfg_t *consumer_cfg(const consumer_t *c);
 void consumer_pump(consumer_t *c);
 /* A message on $JS.ACK.> */
 void consumers_on_ack(void *ctx, const proto_msg_t *m);
+/* A message on $JS.FC.<stream>.<consumer>.<id>: the client's answer to a
+ * push consumer's flow control request; the consumer delivers again. */
+void consumers_on_flow_control(void *ctx, const proto_msg_t *m);
 /* JSON object describing the consumer (cJSON *), for admin and HTTP. */
 struct cJSON;
 struct cJSON *consumer_json(consumer_t *c);
