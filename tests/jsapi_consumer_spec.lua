@@ -315,7 +315,7 @@ describe("JetStream consumers in tide", function()
     assert(json.decode(m.payload).ok, m.payload)
     assert(h.request(srv.port, "decl.x", "after the reload"))
     assert.are.same({ 1 }, pull_ack("DECL", "MINE", 1, function() return true end))
-    assert.are.same({ "MINE" }, api(srv.port, "$JS.API.CONSUMER.NAMES.DECL").consumers)
+    assert.are.same({ "MINE", "WORK" }, api(srv.port, "$JS.API.CONSUMER.NAMES.DECL").consumers)
   end)
 
   it("takes filter_subjects (nats-server 2.10) and refuses overlapping ones", function()

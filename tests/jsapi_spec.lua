@@ -200,6 +200,38 @@ describe("the JetStream API beside declared streams", function()
     assert.are.equal(1, api(srv.port, "$JS.API.STREAM.NAMES").total)
   end)
 
+  it("shows a declared consumer in CONSUMER.NAMES/LIST/INFO, and refuses to change or delete it, naming the "
+    .. "entry file", function()
+    h.write_file(srv.config, CONFIG .. 'consumer "WORK" { stream = "DECL", filter = "decl.a", deliver = "w.decl", '
+      .. 'ack_wait = "5s", max_deliver = 3, max_ack_pending = 7 }\n')
+    local m = assert(h.request(srv.port, "$TIDE.ADMIN.RELOAD", ""))
+    assert(json.decode(m.payload).ok, m.payload)
+    api(srv.port, "$JS.API.CONSUMER.CREATE.DECL.MINE", { stream_name = "DECL",
+      config = { durable_name = "MINE", ack_policy = "explicit" } })
+    assert(h.request(srv.port, "decl.a", "one"))
+    local names = api(srv.port, "$JS.API.CONSUMER.NAMES.DECL")
+    assert.are.same({ "MINE", "WORK" }, names.consumers, canon(names))
+    assert.are.equal(2, names.total)
+    local info = api(srv.port, "$JS.API.CONSUMER.INFO.DECL.WORK")
+    assert.are.equal("WORK", info.name, canon(info))
+    assert.are.same({ durable_name = "WORK", name = "WORK", filter_subject = "decl.a", deliver_subject = "w.decl",
+      deliver_policy = "all", ack_policy = "explicit", ack_wait = 5000000000, max_deliver = 3, max_ack_pending = 7,
+      replay_policy = "instant", num_replicas = 1 },
+      (function() local c = info.config; local md = c.metadata; c.metadata = nil
+        assert.truthy(md and md.tide_declared:find("tide.lua", 1, true), canon(md)); return c end)())
+    assert.are.equal(1, info.num_pending)
+    local list = api(srv.port, "$JS.API.CONSUMER.LIST.DECL")
+    assert.are.same({ "MINE", "WORK" }, { list.consumers[1].name, list.consumers[2].name }, canon(list))
+    local del = api(srv.port, "$JS.API.CONSUMER.DELETE.DECL.WORK")
+    assert.is_table(del.error, canon(del))
+    assert.truthy(del.error.description:find("tide.lua", 1, true), del.error.description)
+    local upd = api(srv.port, "$JS.API.CONSUMER.CREATE.DECL.WORK", { stream_name = "DECL",
+      config = { durable_name = "WORK", ack_policy = "explicit", deliver_subject = "w.other" } })
+    assert.are.equal(10013, upd.error.err_code)
+    assert.truthy(upd.error.description:find("tide.lua", 1, true), upd.error.description)
+    assert.are.equal("WORK", api(srv.port, "$JS.API.CONSUMER.INFO.DECL.WORK").name)
+  end)
+
   it("keeps API streams through a reload", function()
     local made = api(srv.port, "$JS.API.STREAM.CREATE.MINE", { name = "MINE", subjects = { "mine.>" } })
     assert.are.equal("MINE", made.config.name, canon(made))

@@ -586,6 +586,45 @@ static void add_seq_info(cJSON *o, const char *key, uint64_t cseq, uint64_t sseq
     }
 }
 
+/* The configuration a consumer the entry file declares shows, as
+ * nats-server would show it (a new object); metadata.tide_declared says
+ * where it is declared. */
+static cJSON *declared_config(const consumer_cfg_t *c)
+{
+    cJSON *o = cJSON_CreateObject(), *meta;
+    cJSON_AddStringToObject(o, "durable_name", c->name); /* declared consumers are durable */
+    cJSON_AddStringToObject(o, "name", c->name);
+    cJSON_AddStringToObject(o, "deliver_policy", deliver_policies[c->deliver_policy]);
+    add_nz(o, "opt_start_seq", (int64_t)c->start_seq);
+    if (c->start_time) {
+        char t[64];
+        jsapi_time(c->start_time, t);
+        cJSON_AddStringToObject(o, "opt_start_time", t);
+    }
+    cJSON_AddStringToObject(o, "ack_policy", ack_policies[c->ack_policy]);
+    add_nz(o, "ack_wait", (int64_t)(c->ack_wait * 1e9 + 0.5));
+    json_add_int(o, "max_deliver", c->max_deliver);
+    if (c->nbackoff) {
+        cJSON *b = cJSON_AddArrayToObject(o, "backoff");
+        for (int i = 0; i < c->nbackoff; i++)
+            cJSON_AddItemToArray(b, cJSON_CreateNumber((double)(int64_t)(c->backoff[i] * 1e9 + 0.5)));
+    }
+    add_str_nz(o, "filter_subject", c->nfilters ? NULL : c->filter);
+    if (c->nfilters) {
+        cJSON *f = cJSON_AddArrayToObject(o, "filter_subjects");
+        for (int i = 0; i < c->nfilters; i++)
+            cJSON_AddItemToArray(f, cJSON_CreateString(c->filters[i]));
+    }
+    cJSON_AddStringToObject(o, "replay_policy", "instant");
+    add_nz(o, "max_ack_pending", c->max_ack_pending);
+    add_str_nz(o, "deliver_subject", c->deliver);
+    add_str_nz(o, "deliver_group", c->queue);
+    json_add_int(o, "num_replicas", 1);
+    meta = cJSON_AddObjectToObject(o, "metadata");
+    cJSON_AddStringToObject(meta, "tide_declared", c->where);
+    return o;
+}
+
 /* ConsumerInfo of consumer name of stream added to o; -1 when there is none. */
 static int add_info(jsapi_t *api, cJSON *o, const char *stream, const char *name)
 {
@@ -593,12 +632,13 @@ static int add_info(jsapi_t *api, cJSON *o, const char *stream, const char *name
     char now[64];
     const cJSON *entry = reg_get(api, stream, name);
     const consumer_cfg_t *c = streams_consumer_find(api->n->streams, stream, name, &in);
-    if (!c || !entry)
+    if (!c || (!entry && c->api))
         return -1;
     cJSON_AddStringToObject(o, "stream_name", stream);
     cJSON_AddStringToObject(o, "name", name);
-    cJSON_AddStringToObject(o, "created", get_str(entry, "created", ""));
-    cJSON_AddItemToObject(o, "config", json_duplicate(cJSON_GetObjectItemCaseSensitive(entry, "config")));
+    cJSON_AddStringToObject(o, "created", entry ? get_str(entry, "created", "") : api->started);
+    cJSON_AddItemToObject(o, "config", entry ? json_duplicate(cJSON_GetObjectItemCaseSensitive(entry, "config"))
+                                             : declared_config(c));
     add_seq_info(o, "delivered", in.dseq, in.last_sseq, in.last_active_ns);
     add_seq_info(o, "ack_floor", in.floor_dseq, in.floor_sseq, in.last_ack_ns);
     json_add_uint(o, "num_ack_pending", c->ack_policy == ACK_NONE ? 0 : in.in_flight);
@@ -719,8 +759,10 @@ static int create_existing(jsapi_t *api, const consumer_cfg_t *c, cJSON *norm, c
     const cJSON *entry = reg_get(api, c->stream, c->name), *old = cJSON_GetObjectItemCaseSensitive(entry, "config");
     char created[64];
     if (!entry) { /* declared in the entry file */
+        const consumer_cfg_t *d = streams_consumer_find(api->n->streams, c->stream, c->name, NULL);
         cJSON_Delete(norm);
-        return jsapi_set_err(e, 400, 10013, "consumer name already in use"), -1;
+        return jsapi_set_err(e, 400, 10013, "consumer name already in use: consumer %s is declared in the entry file "
+                             "(%s): change it there", c->name, d ? d->where : "?"), -1;
     }
     if (cJSON_Compare(old, norm, 1)) {
         cJSON_Delete(norm);
@@ -837,6 +879,13 @@ fail:
 
 /* <stream>.<name> after the verb: 0, or -1 with e set (stream or consumer
  * not found). */
+/* True when the entry file declares consumer name of stream. */
+static int declared(jsapi_t *api, const char *stream, const char *name)
+{
+    const consumer_cfg_t *c = streams_consumer_find(api->n->streams, stream, name, NULL);
+    return c && !c->api;
+}
+
 static int stream_and_name(jsapi_t *api, const char *rest, size_t len, char tok[][STREAM_NAME_MAX * 4],
                            int need_name, api_err_t *e)
 {
@@ -849,7 +898,7 @@ static int stream_and_name(jsapi_t *api, const char *rest, size_t len, char tok[
         jsapi_set_err(e, 404, 10059, "stream not found");
         return -1;
     }
-    if (need_name && !reg_get(api, tok[0], tok[1])) {
+    if (need_name && !reg_get(api, tok[0], tok[1]) && !declared(api, tok[0], tok[1])) {
         jsapi_set_err(e, 404, 10014, "consumer not found");
         return -1;
     }
@@ -908,6 +957,10 @@ static void verb_names(jsapi_t *api, const proto_msg_t *m, const char *rest, siz
         if (n < CONSUMER_NAMES_MAX && !strncmp(it->string, tok[0], sl) && it->string[sl] == '/')
             names[n++] = it->string + sl + 1;
     }
+    const consumer_cfg_t *dc;
+    for (int i = 0; n < CONSUMER_NAMES_MAX && (dc = streams_consumer_info(api->n->streams, tok[0], i, NULL)); i++)
+        if (!dc->api)
+            names[n++] = dc->name;
     qsort(names, (size_t)n, sizeof *names, cmp_str);
     cJSON *o = jsapi_answer(type), *arr;
     cJSON_AddNumberToObject(o, "total", n);
