@@ -420,14 +420,6 @@ void jsapi_stream_apply(jsapi_t *api, const char *name, const cJSON *norm, int u
     }
     if (update && cur && cur->api && old_cfg && !update_allowed(old_cfg, norm, e))
         return;
-    config_to_stream(norm, &c);
-    int rc = update ? streams_change(api->n->streams, &c, err, sizeof err)
-                    : streams_add(api->n->streams, &c, err, sizeof err);
-    stream_cfg_free(&c);
-    if (rc < 0) {
-        refusal(rc, update, err, e);
-        return;
-    }
     jsapi_time(slog_now_ns(), now);
     const cJSON *created = cJSON_GetObjectItemCaseSensitive(old, "created");
     entry = cJSON_CreateObject();
@@ -435,17 +427,35 @@ void jsapi_stream_apply(jsapi_t *api, const char *name, const cJSON *norm, int u
     cJSON_AddStringToObject(entry, "created", update && cJSON_IsString(created) ? created->valuestring : now);
     /* A memory stream is gone at a restart, its configuration too (as
      * nats-server's, which keeps no meta file for one). */
-    int memory = !strcmp(get_str(norm, "storage", "file"), "memory");
-    if (!memory && saved_write(api, name, entry) < 0) {
-        if (!update)
-            streams_remove(api->n->streams, name, err, sizeof err);
-        jsapi_set_err(e, 500, update ? 10069 : 10049, "cannot save the configuration of stream %s", name);
-        cJSON_Delete(entry);
-        return;
+    int save = strcmp(get_str(norm, "storage", "file"), "memory") != 0;
+    /* A new stream's configuration is saved before its files are made: a
+     * process killed in between leaves a configuration that the next
+     * start opens (making the files then), never files without one. */
+    if (!update && save && saved_write(api, name, entry) < 0) {
+        jsapi_saved_remove(api, name);
+        jsapi_set_err(e, 500, 10049, "cannot save the configuration of stream %s", name);
+        goto fail;
+    }
+    config_to_stream(norm, &c);
+    int rc = update ? streams_change(api->n->streams, &c, err, sizeof err)
+                    : streams_add(api->n->streams, &c, err, sizeof err);
+    stream_cfg_free(&c);
+    if (rc < 0) {
+        if (!update && save)
+            jsapi_saved_remove(api, name);
+        refusal(rc, update, err, e);
+        goto fail;
+    }
+    if (update && save && saved_write(api, name, entry) < 0) {
+        jsapi_set_err(e, 500, 10069, "cannot save the configuration of stream %s", name);
+        goto fail;
     }
     cJSON_DeleteItemFromObjectCaseSensitive(api->made, name);
     cJSON_AddItemToObject(api->made, name, entry);
     log_info("stream %s: %s through the JetStream API", name, update ? "updated" : "created");
+    return;
+fail:
+    cJSON_Delete(entry);
 }
 
 /* Reads and opens one saved configuration (file name.json). */
