@@ -10,9 +10,9 @@
 -- DIVERGES.  Then tide alone: restarts, reloads, filter_subjects.
 local h = require "helpers"
 local json = require "dkjson"
+local js = require "js_support"
 
 local ROOT = h.root
-local NODE_DIR = ROOT .. "/tests/interop/node"
 local PROGRAM_TIMEOUT = 70
 
 -- Steps where nats-server 2.9 (the binary the suite runs) and 2.10 (whose
@@ -24,17 +24,8 @@ local DIVERGES = {
   add_pull_other_ack_wait = { err = 10148 },
 }
 
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local function nats_server_bin()
-  local env = os.getenv("NATS_SERVER_BIN")
-  if env and env ~= "" then return env end
-  local rc, out = h.sh("command -v nats-server")
-  assert(rc == 0, "nats-server not found (set NATS_SERVER_BIN)")
-  return (out:gsub("%s+$", ""))
-end
+local q = js.q
+local NODE_DIR = js.NODE_DIR
 
 local function node_bin()
   local rc, out = h.sh("command -v node")
@@ -42,35 +33,7 @@ local function node_bin()
   return (out:gsub("%s+$", ""))
 end
 
-local function run_steps(port, flag, label, log)
-  local rc, out = h.sh(("cd %s && timeout -k 5 %d node jscons.mjs %d %s"):format(q(NODE_DIR), PROGRAM_TIMEOUT, port,
-    flag))
-  local line = out:match("(%b{})%s*$")
-  local res = line and json.decode(line)
-  assert(rc == 0 and res, ("%s: jscons.mjs ended with %s:\n%s\n--- server log ---\n%s"):format(label, tostring(rc),
-    out, log()))
-  return res
-end
-
--- A JetStream API request to tide: the decoded answer (nil when none came).
-local function api(port, subject, body, timeout)
-  local m = h.request(port, subject, body and (type(body) == "string" and body or json.encode(body)) or "",
-    { timeout = timeout })
-  return m and assert(json.decode(m.payload), subject .. ": not JSON: " .. m.payload)
-end
-
-local function canon(v)
-  if type(v) ~= "table" then return json.encode(v) end
-  local keys, parts, n = {}, {}, #v
-  if n > 0 or next(v) == nil then
-    for i = 1, n do parts[i] = canon(v[i]) end
-    return "[" .. table.concat(parts, ",") .. "]"
-  end
-  for k in pairs(v) do keys[#keys + 1] = k end
-  table.sort(keys)
-  for _, k in ipairs(keys) do parts[#parts + 1] = json.encode(k) .. ":" .. canon(v[k]) end
-  return "{" .. table.concat(parts, ",") .. "}"
-end
+local api, canon = js.api, js.canon
 
 local function seqs(list)
   local t = {}
@@ -83,40 +46,15 @@ describe("JetStream consumers, with " .. label .. ", against nats-server -js", f
   local ref, got, srv, data
 
   setup(function()
-    local ok, out = h.npm_ready()
-    assert(ok, "npm ci failed:\n" .. tostring(out))
-    local sd = h.make_tmpdir("jscons-ns")
-    local port = h.free_port()
-    local ns = h.start_server { bin = nats_server_bin(), port = port,
-      cmd = { "-a", "127.0.0.1", "-p", tostring(port), "-js", "-sd", sd } }
-    ref = run_steps(port, flag, "nats-server", function() return ns:log() end)
-    ns:stop("INT")
-    h.remove_tmpdir(sd)
-    data = h.make_tmpdir("jscons-data")
-    srv = h.start_scripted("-- nothing declared\n", { args = { "--data", data } })
-    got = run_steps(srv.port, flag, "tide", function() return srv:log() end)
+    ref, got, srv, data = js.run_both("jscons.mjs", flag, PROGRAM_TIMEOUT, "jscons")
   end)
 
   teardown(function()
-    if srv then
-      srv:kill()
-      h.remove_tmpdir(srv.dir)
-    end
-    if data then h.remove_tmpdir(data) end
+    js.stop(srv, data)
   end)
 
   it("gives the same answer as nats-server at every step", function()
-    local diffs, keys = {}, {}
-    for k in pairs(ref) do keys[#keys + 1] = k end
-    table.sort(keys)
-    assert(#keys >= 55, "the reference run has only " .. #keys .. " steps")
-    for _, k in ipairs(keys) do
-      local want = DIVERGES[k] or ref[k]
-      if canon(want) ~= canon(got[k]) then
-        diffs[#diffs + 1] = ("%s:\n  nats-server: %s\n  tide:        %s"):format(k, canon(want), canon(got[k]))
-      end
-    end
-    assert(#diffs == 0, table.concat(diffs, "\n") .. "\n--- tide log ---\n" .. srv:log())
+    js.assert_same_steps(ref, got, 55, srv, DIVERGES)
   end)
 
   it("answered the steps themselves (not only the same failure twice)", function()
@@ -211,7 +149,7 @@ describe("JetStream consumers with libnats (C), against nats-server -js and tide
   it("passes every check against nats-server -js", function()
     local sd = h.make_tmpdir("jscons-c-ns")
     local port = h.free_port()
-    local ns = h.start_server { bin = nats_server_bin(), port = port,
+    local ns = h.start_server { bin = h.nats_server_bin(), port = port,
       cmd = { "-a", "127.0.0.1", "-p", tostring(port), "-js", "-sd", sd } }
     local ok, err = pcall(checks, port, function() return ns:log() end)
     ns:stop("INT")

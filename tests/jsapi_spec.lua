@@ -8,47 +8,11 @@
 -- reloads and streams the entry file declares.
 local h = require "helpers"
 local json = require "dkjson"
+local js = require "js_support"
 
-local ROOT = h.root
-local NODE_DIR = ROOT .. "/tests/interop/node"
 local PROGRAM_TIMEOUT = 45
 
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-
--- Runs jsapi.mjs against the server on port; returns its decoded answers.
-local function run_steps(port, flag, label, log)
-  local rc, out = h.sh(("cd %s && timeout -k 5 %d node jsapi.mjs %d %s"):format(q(NODE_DIR), PROGRAM_TIMEOUT, port,
-    flag))
-  local line = out:match("(%b{})%s*$")
-  local res = line and json.decode(line)
-  assert(rc == 0 and res, ("%s: jsapi.mjs ended with %s:\n%s\n--- server log ---\n%s"):format(label, tostring(rc),
-    out, log()))
-  return res
-end
-
--- A JetStream API request to tide: the decoded answer (nil when none came).
-local function api(port, subject, body, timeout)
-  local m = h.request(port, subject, body and (type(body) == "string" and body or json.encode(body)) or "",
-    { timeout = timeout })
-  return m and assert(json.decode(m.payload), subject .. ": not JSON: " .. m.payload)
-end
-
--- Canonical text of a decoded value (sorted keys), to compare and print.
-local function canon(v)
-  if type(v) ~= "table" then return json.encode(v) end
-  local keys, parts, n = {}, {}, #v
-  if n > 0 or next(v) == nil then
-    for i = 1, n do parts[i] = canon(v[i]) end
-    return "[" .. table.concat(parts, ",") .. "]"
-  end
-  for k in pairs(v) do keys[#keys + 1] = k end
-  table.sort(keys)
-  for _, k in ipairs(keys) do parts[#parts + 1] = json.encode(k) .. ":" .. canon(v[k]) end
-  return "{" .. table.concat(parts, ",") .. "}"
-end
+local api, canon = js.api, js.canon
 
 -- One client's run against both servers (flag: jsapi.mjs's client choice).
 local function compare_suite(label, flag, more)
@@ -57,42 +21,16 @@ describe("the JetStream API, with " .. label .. ", against nats-server -js", fun
   local ctx = {}
 
   setup(function()
-    local ok, out = h.npm_ready()
-    assert(ok, "npm ci failed:\n" .. tostring(out))
-    -- the reference
-    local sd = h.make_tmpdir("jsapi-ns")
-    local port = h.free_port()
-    local ns = h.start_server { bin = h.nats_server_bin(), port = port,
-      cmd = { "-a", "127.0.0.1", "-p", tostring(port), "-js", "-sd", sd } }
-    ref = run_steps(port, flag, "nats-server", function() return ns:log() end)
-    ns:stop("INT")
-    h.remove_tmpdir(sd)
-    -- tide: an entry file that declares nothing, streams in --data
-    data = h.make_tmpdir("jsapi-data")
-    srv = h.start_scripted("-- nothing declared\n", { args = { "--data", data } })
-    got = run_steps(srv.port, flag, "tide", function() return srv:log() end)
+    ref, got, srv, data = js.run_both("jsapi.mjs", flag, PROGRAM_TIMEOUT, "jsapi")
     ctx.srv, ctx.data, ctx.got = srv, data, got
   end)
 
   teardown(function()
-    if ctx.srv then
-      ctx.srv:kill()
-      h.remove_tmpdir(ctx.srv.dir)
-    end
-    if data then h.remove_tmpdir(data) end
+    js.stop(ctx.srv, data)
   end)
 
   it("gives the same answer as nats-server at every step", function()
-    local diffs, keys = {}, {}
-    for k in pairs(ref) do keys[#keys + 1] = k end
-    table.sort(keys)
-    assert(#keys >= 55, "the reference run has only " .. #keys .. " steps")
-    for _, k in ipairs(keys) do
-      if canon(ref[k]) ~= canon(got[k]) then
-        diffs[#diffs + 1] = ("%s:\n  nats-server: %s\n  tide:        %s"):format(k, canon(ref[k]), canon(got[k]))
-      end
-    end
-    assert(#diffs == 0, table.concat(diffs, "\n") .. "\n--- tide log ---\n" .. srv:log())
+    js.assert_same_steps(ref, got, 55, srv)
   end)
 
   it("answered the steps themselves (not only the same failure twice)", function()

@@ -5,79 +5,27 @@
 -- under them, against nats-server -js (the reference, on a fresh store)
 -- and against tide (a fresh data directory); the two must agree on every
 -- step.
-local h = require "helpers"
-local json = require "dkjson"
 
-local NODE_DIR = h.root .. "/tests/interop/node"
+local js = require "js_support"
+
 local PROGRAM_TIMEOUT = 110
 local BIG = 10 * 1024 * 1024
 
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
--- Runs obj.mjs against the server on port; returns its decoded answers.
-local function run_steps(port, flag, label, log)
-  local rc, out = h.sh(("cd %s && timeout -k 5 %d node obj.mjs %d %s"):format(q(NODE_DIR), PROGRAM_TIMEOUT, port, flag))
-  local line = out:match("(%b{})%s*$")
-  local res = line and json.decode(line)
-  assert(rc == 0 and res, ("%s: obj.mjs ended with %s:\n%s\n--- server log ---\n%s"):format(label, tostring(rc), out,
-    log()))
-  return res
-end
-
--- Canonical text of a decoded value (sorted keys), to compare and print.
-local function canon(v)
-  if type(v) ~= "table" then return json.encode(v) end
-  local keys, parts, n = {}, {}, #v
-  if n > 0 or next(v) == nil then
-    for i = 1, n do parts[i] = canon(v[i]) end
-    return "[" .. table.concat(parts, ",") .. "]"
-  end
-  for k in pairs(v) do keys[#keys + 1] = k end
-  table.sort(keys)
-  for _, k in ipairs(keys) do parts[#parts + 1] = json.encode(k) .. ":" .. canon(v[k]) end
-  return "{" .. table.concat(parts, ",") .. "}"
-end
 
 local function compare_suite(label, flag)
   describe("the object store with " .. label .. ", against nats-server -js", function()
     local ref, got, srv, data
 
     setup(function()
-      local ok, out = h.npm_ready()
-      assert(ok, "npm ci failed:\n" .. tostring(out))
-      local sd = h.make_tmpdir("obj-ns")
-      local port = h.free_port()
-      local ns = h.start_server { bin = h.nats_server_bin(), port = port,
-        cmd = { "-a", "127.0.0.1", "-p", tostring(port), "-js", "-sd", sd } }
-      ref = run_steps(port, flag, "nats-server", function() return ns:log() end)
-      ns:stop("INT")
-      h.remove_tmpdir(sd)
-      data = h.make_tmpdir("obj-data")
-      srv = h.start_scripted("-- nothing declared\n", { args = { "--data", data } })
-      got = run_steps(srv.port, flag, "tide", function() return srv:log() end)
+      ref, got, srv, data = js.run_both("obj.mjs", flag, PROGRAM_TIMEOUT, "obj")
     end)
 
     teardown(function()
-      if srv then
-        srv:kill()
-        h.remove_tmpdir(srv.dir)
-      end
-      if data then h.remove_tmpdir(data) end
+      js.stop(srv, data)
     end)
 
     it("gives the same answer as nats-server at every step", function()
-      local diffs, keys = {}, {}
-      for k in pairs(ref) do keys[#keys + 1] = k end
-      table.sort(keys)
-      assert(#keys >= 20, "the reference run has only " .. #keys .. " steps")
-      for _, k in ipairs(keys) do
-        if canon(ref[k]) ~= canon(got[k]) then
-          diffs[#diffs + 1] = ("%s:\n  nats-server: %s\n  tide:        %s"):format(k, canon(ref[k]), canon(got[k]))
-        end
-      end
-      assert(#diffs == 0, table.concat(diffs, "\n") .. "\n--- tide log ---\n" .. srv:log())
+      js.assert_same_steps(ref, got, 20, srv)
     end)
 
     it("answered the steps themselves (not only the same failure twice)", function()
