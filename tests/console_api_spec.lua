@@ -441,3 +441,93 @@ filter("orders.*", function(e) return true end)
     assert(ok, err)
   end)
 end)
+
+describe("/api/rules/ on examples/order-filter", function()
+  local ORDERS = h.root .. "/examples/order-filter"
+
+  local function order(id, amount)
+    return json.encode { specversion = "1.0", id = id, source = "spec", type = "order.created",
+                         data = { order_id = id, amount = amount } }
+  end
+
+  it("shows the history and a shadow's diff, and promotes, stops and rolls back", function()
+    local hport = h.free_port()
+    local srv = h.start_server { args = { "-c", ORDERS .. "/tide.lua", "--http", "127.0.0.1:" .. hport } }
+    local base = "http://127.0.0.1:" .. hport
+    local ok, err = pcall(function()
+      local hist = get_json(base .. "/api/rules/history")
+      assert.are.equal(1, hist.live)
+      assert.are.equal("live", hist.revisions[1].state)
+      -- no shadow yet: the diff, promote and stop are a conflict
+      assert.are.equal(409, (curl("'" .. base .. "/api/rules/diff'")))
+      assert.are.equal(409, (post_json(base .. "/api/rules/promote", "{}")))
+      assert.are.equal(409, (post_json(base .. "/api/rules/stop", "{}")))
+      -- bad input, and a revision that does not exist: 4xx, nothing changed
+      assert.are.equal(400, (post_json(base .. "/api/rules/rollback", "{}")))
+      assert.are.equal(400, (post_json(base .. "/api/rules/rollback", '{"rev":"x"}')))
+      assert.are.equal(400, (post_json(base .. "/api/rules/rollback", '{"rev":99}')))
+      assert.are.equal(405, (curl("'" .. base .. "/api/rules/promote'")))
+      assert.are.equal(405, (post_json(base .. "/api/rules/history", "{}")))
+      assert.are.equal(1, get_json(base .. "/api/rules/history").live)
+
+      local m = assert(h.request(srv.port, "$TIDE.ADMIN.RULES.SHADOW", json.encode { path = ORDERS .. "/candidate" }))
+      assert.is_true(json.decode(m.payload).ok, m.payload)
+      local c = h.connect(srv.port)
+      c:send('CONNECT {"headers":true}\r\n')
+      c:pub("order.created", order("A-1", 40))
+      c:pub("order.created", order("A-2", 250))
+      c:pub("order.created", order("A-3", 500))
+      assert(c:ping())
+      c:close()
+      local d = get_json(base .. "/api/rules/diff")
+      assert.are.equal(3, d.events)
+      assert.are.equal(2, d.differ)
+      assert.are.equal(2, d.kinds.kept)
+      assert.are.equal("dropped by rules.lua:5", d.samples[1].candidate[1])
+
+      local code, p = post_json(base .. "/api/rules/promote", "{}")
+      assert.are.equal(200, code, json.encode(p))
+      assert.is_true(p.ok)
+      hist = get_json(base .. "/api/rules/history")
+      assert.are.equal(2, hist.live)
+      assert.are.equal(409, (curl("'" .. base .. "/api/rules/diff'")))
+
+      code, p = post_json(base .. "/api/rules/rollback", '{"rev":1}')
+      assert.are.equal(200, code, json.encode(p))
+      assert.are.same({ ok = true, live = 1, from = 2 }, p)
+      assert.are.equal(1, get_json(base .. "/api/rules/history").live)
+    end)
+    assert.are.equal("exited", (srv:stop()))
+    assert(ok, err)
+  end)
+
+  it("needs a user for the views and admin for the actions", function()
+    local dir = h.make_tmpdir()
+    h.write_file(dir .. "/tide.lua", [[
+auth { users = {
+  { user = "admin", password = "adminpw", admin = true },
+  { user = "shop", password = "shoppw" },
+} }
+filter("orders.*", function(e) return true end)
+]])
+    local hport = h.free_port()
+    local srv = h.start_server { args = { "-c", dir .. "/tide.lua", "--http", "127.0.0.1:" .. hport } }
+    local base = "http://127.0.0.1:" .. hport
+    local ok, err = pcall(function()
+      assert.are.equal(401, (curl("'" .. base .. "/api/rules/history'")))
+      assert.are.equal(1, get_json(base .. "/api/rules/history", "-u shop:shoppw").live)
+      for _, action in ipairs({ "promote", "stop", "rollback" }) do
+        local url = base .. "/api/rules/" .. action
+        assert.are.equal(401, (post_json(url, '{"rev":1}')), action)
+        assert.are.equal(403, (post_json(url, '{"rev":1}', "-u shop:shoppw")), action)
+        assert.are.equal(403, (post_json(url, '{"rev":1}', "-u admin:adminpw -H 'Origin: http://evil.example'")), action)
+      end
+      -- admin passes: no shadow runs, rev 1 is already live
+      assert.are.equal(409, (post_json(base .. "/api/rules/stop", "{}", "-u admin:adminpw")))
+      assert.are.equal(400, (post_json(base .. "/api/rules/rollback", '{"rev":1}', "-u admin:adminpw")))
+    end)
+    assert.are.equal("exited", (srv:stop()))
+    h.remove_tmpdir(dir)
+    assert(ok, err)
+  end)
+end)

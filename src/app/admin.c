@@ -360,6 +360,25 @@ static void on_admin(void *ctx, client_t *from, const proto_msg_t *m)
     reply_error(n, m, "unknown admin request; try RELOAD, STATS, RULES, RULES.HISTORY, RULES.ROLLBACK, RULES.SHADOW, RULES.DIFF, RULES.PROMOTE, RULES.STOP, RULES.CANARY, EVAL or EVAL.END");
 }
 
+int admin_rules_request(node_t *n, const char *user, const char *verb, const proto_msg_t *m)
+{
+    static const char *const allowed[] = {"RULES.HISTORY", "RULES.DIFF", "RULES.PROMOTE", "RULES.STOP",
+                                          "RULES.ROLLBACK", NULL};
+    client_t as;
+    memset(&as, 0, sizeof as);
+    as.user = (char *)user; /* read only, by admin_identity */
+    for (int a = 0; allowed[a]; a++) {
+        if (strcmp(verb, allowed[a]))
+            continue;
+        for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++)
+            if (!strcmp(verbs[i].name, verb)) {
+                verbs[i].fn(n, user ? &as : NULL, m);
+                return 0;
+            }
+    }
+    return -1;
+}
+
 void admin_attach(node_t *n)
 {
     server_set_admin(n->srv, on_admin, n);

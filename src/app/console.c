@@ -23,6 +23,7 @@
 #include <cjson/cJSON.h>
 #include <event2/util.h>
 
+#include "admin.h"
 #include "console.h"
 #include "dlq.h"
 #include "json.h"
@@ -661,6 +662,31 @@ char *console_admin(console_t *c, const char *verb, const char *payload, size_t 
     free(c->answer);
     c->answer = NULL;
     streams_admin(c->node->streams, verb, strlen(verb), &m); /* answers at once, through on_answer */
+    char *out = c->answer;
+    *len = c->answer_len;
+    c->answer = NULL;
+    return out;
+}
+
+char *console_rules(console_t *c, const char *verb, const char *user, const char *payload, size_t plen, size_t *len)
+{
+    proto_msg_t m;
+    char subject[128];
+    *len = 0;
+    if (!c->answers)
+        return NULL;
+    snprintf(subject, sizeof subject, "$TIDE.ADMIN.%s", verb);
+    memset(&m, 0, sizeof m);
+    m.subject = subject;
+    m.subject_len = strlen(subject);
+    m.reply = c->inbox;
+    m.reply_len = strlen(c->inbox);
+    m.payload = payload;
+    m.payload_len = plen;
+    free(c->answer);
+    c->answer = NULL;
+    if (admin_rules_request(c->node, user, verb, &m) < 0) /* answers at once, through on_answer */
+        return NULL;
     char *out = c->answer;
     *len = c->answer_len;
     c->answer = NULL;

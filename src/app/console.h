@@ -56,6 +56,13 @@ char *console_streams_json(console_t *c, size_t *len);
  * (caller frees), with its length in *len; NULL without streams. */
 char *console_admin(console_t *c, const char *verb, const char *payload, size_t plen, size_t *len);
 
+/* Runs the rule-history verb ("RULES.HISTORY", "RULES.DIFF",
+ * "RULES.PROMOTE", "RULES.STOP", "RULES.ROLLBACK"; admin.h) as user (NULL
+ * for none) with payload, and returns its JSON answer, malloc'd (caller
+ * frees), with its length in *len; NULL for another verb or out of memory. */
+char *console_rules(console_t *c, const char *verb, const char *user, const char *payload, size_t plen,
+                    size_t *len);
+
 /* {"where","line","first_line","lines":[...]}: the lines around rule
  * number rule (its place in /v1/rules) in the file it was loaded from, as
  * the file is now ("error" instead of "lines" when it cannot be read).

@@ -1282,6 +1282,80 @@ static void api_dlq(http_t *h, struct evhttp_request *req, const struct evhttp_u
     evhttp_clear_headers(&q);
 }
 
+/* Answers req with a rule-history verb's JSON (console_rules): 200, or
+ * its error as 404 (no history), 409 (no shadow, busy) or 400. */
+static void reply_rules_answer(http_t *h, struct evhttp_request *req, char *json, size_t len)
+{
+    cJSON *a = json ? cJSON_ParseWithLength(json, len) : NULL;
+    const cJSON *err = cJSON_GetObjectItemCaseSensitive(a, "error");
+    if (!json) {
+        reply_error(h, req, 500, "Internal Server Error", "out of memory");
+    } else if (cJSON_IsString(err) && !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, "ok"))) {
+        const char *e = err->valuestring;
+        int code = !strncmp(e, "no rule history", 15) || !strncmp(e, "no scripts", 10) ? 404
+                   : !strncmp(e, "no shadow", 9) || !strcmp(e, "busy")                  ? 409
+                                                                                        : 400;
+        reply_error(h, req, code, code == 404 ? "Not Found" : code == 409 ? "Conflict" : "Bad Request", e);
+    } else {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Cache-Control", "no-store");
+        reply(req, 200, "OK", "application/json", json, len);
+    }
+    cJSON_Delete(a);
+    free(json);
+}
+
+/* GET /api/rules/history and /api/rules/diff: RULES.HISTORY, RULES.DIFF. */
+static void api_rules_view(http_t *h, struct evhttp_request *req, const char *verb)
+{
+    size_t len = 0;
+    char *json = console_rules(h->console, verb, h->who && h->who->checked ? h->who->user : NULL, "", 0, &len);
+    reply_rules_answer(h, req, json, len);
+}
+
+/* POST /api/rules/promote, /stop, /rollback {"rev":N}: the verb's answer,
+ * as the caller.  0 (answered), or a status with err. */
+static int api_rules_post(http_t *h, struct evhttp_request *req, const char *path, const cJSON *doc, char *err,
+                          size_t errsz)
+{
+    const char *verb = !strcmp(path, "/api/rules/promote") ? "RULES.PROMOTE"
+                       : !strcmp(path, "/api/rules/stop")  ? "RULES.STOP"
+                                                           : "RULES.ROLLBACK";
+    char *p = NULL, *json;
+    size_t len = 0;
+    uint64_t rev = 0;
+    const cJSON *r = cJSON_GetObjectItemCaseSensitive(doc, "rev");
+    if (!strcmp(verb, "RULES.ROLLBACK")) {
+        if (!r || json_get_uint(r, &rev) < 0 || !rev) {
+            snprintf(err, errsz, "POST /api/rules/rollback {\"rev\": n}");
+            return 400;
+        }
+        cJSON *o = cJSON_CreateObject();
+        json_add_uint(o, "rev", rev);
+        p = cJSON_PrintUnformatted(o);
+        cJSON_Delete(o);
+        if (!p) {
+            snprintf(err, errsz, "out of memory");
+            return 500;
+        }
+    }
+    json = console_rules(h->console, verb, h->who && h->who->checked ? h->who->user : NULL, p ? p : "",
+                         p ? strlen(p) : 0, &len);
+    cJSON_free(p);
+    reply_rules_answer(h, req, json, len);
+    return 0;
+}
+
+/* True for the console's actions (POST). */
+static int api_action(const char *path)
+{
+    static const char *const actions[] = {"/api/trace", "/api/dlq/replay", "/api/rules/promote", "/api/rules/stop",
+                                          "/api/rules/rollback", NULL};
+    for (int i = 0; actions[i]; i++)
+        if (!strcmp(path, actions[i]))
+            return 1;
+    return 0;
+}
+
 /* GET /api/source?rule=N: the source around a rule. */
 static void api_source(http_t *h, struct evhttp_request *req, const struct evhttp_uri *u)
 {
@@ -1344,7 +1418,8 @@ static void api_events(http_t *h, struct evhttp_request *req, const struct evhtt
 static int api_view(const char *path)
 {
     static const char *const views[] = {"/api/flow",    "/api/rates",  "/api/tail",   "/api/streams", "/api/dlq",
-                                        "/api/reloads", "/api/events", "/api/source", NULL};
+                                        "/api/reloads", "/api/events", "/api/source", "/api/rules/history",
+                                        "/api/rules/diff", NULL};
     for (int i = 0; views[i]; i++)
         if (!strcmp(path, views[i]))
             return 1;
@@ -1380,10 +1455,16 @@ static void api(http_t *h, struct evhttp_request *req, const char *path, const s
         json = console_streams_json(h->console, &len);
     else if (!strcmp(path, "/api/reloads"))
         json = console_reloads_json(h->console, &len);
-    else {
+    else if (!strcmp(path, "/api/rules/history") || !strcmp(path, "/api/rules/diff")) {
+        api_rules_view(h, req, !strcmp(path, "/api/rules/diff") ? "RULES.DIFF" : "RULES.HISTORY");
+        return;
+    } else if (api_action(path)) {
+        reply_error(h, req, 405, "Method Not Allowed", "POST for the console's actions");
+        return;
+    } else {
         reply_error(h, req, 404, "Not Found",
                     "unknown /api/ path; see /api/flow, /api/rates, /api/tail, /api/streams, /api/dlq, "
-                    "/api/events, /api/source, /api/reloads");
+                    "/api/events, /api/source, /api/reloads, /api/rules/history, /api/rules/diff");
         return;
     }
     if (!json) {
@@ -1504,8 +1585,10 @@ static void api_post(http_t *h, struct evhttp_request *req, const char *path, co
     cJSON *doc = NULL;
     int code = 0;
     int trace = !strcmp(path, "/api/trace");
-    if (!trace && strcmp(path, "/api/dlq/replay"))
-        code = api_view(path) ? 405 : 404, snprintf(err, sizeof err, "POST is for /api/trace and /api/dlq/replay");
+    int rules = !strncmp(path, "/api/rules/", 11);
+    if (!api_action(path))
+        code = api_view(path) ? 405 : 404,
+        snprintf(err, sizeof err, "POST is for /api/trace, /api/dlq/replay and /api/rules/promote, stop, rollback");
     else if (cross_origin(hd))
         code = 403, snprintf(err, sizeof err, "cross-origin writes from a browser are refused");
     else if (who && who->checked && !who->admin)
@@ -1517,7 +1600,9 @@ static void api_post(http_t *h, struct evhttp_request *req, const char *path, co
     else if (!cJSON_IsObject(doc = json_parse(body, len, &nums)))
         code = 400, snprintf(err, sizeof err, "the body must be a JSON object");
     else
-        code = trace ? api_trace(h, req, doc, err, sizeof err) : api_replay(h, req, doc, err, sizeof err);
+        code = trace   ? api_trace(h, req, doc, err, sizeof err)
+               : rules ? api_rules_post(h, req, path, doc, err, sizeof err)
+                       : api_replay(h, req, doc, err, sizeof err);
     if (code)
         reply_error(h, req, code, code == 404 ? "Not Found" : code == 405 ? "Method Not Allowed" : code == 403 ? "Forbidden" : code == 415
                     ? "Unsupported Media Type" : code == 409 ? "Conflict" : code == 413 ? "Payload Too Large"
