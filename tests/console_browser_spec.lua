@@ -4,9 +4,10 @@
 -- The checks are in tests/console/e2e.mjs; screenshots of each view go to
 -- build/console-*.png.
 local h = require "helpers"
+local json = require "dkjson"
 
 describe("the web console in chromium", function()
-  it("draws every rule, live rates, tails, traces and replays a dead letter", function()
+  it("draws every rule, live rates, tails, traces, replays a dead letter, promotes a shadow and rolls back", function()
     if os.getenv("TIDE_PASS") == "asan" then
       pending("runs in the plain pass only: the browser, not tide, is what costs here")
       return
@@ -33,13 +34,30 @@ require "idempotent.rules"
     end
     local hport = h.free_port()
     local srv = h.start_server { args = { "-c", dir .. "/tide.lua", "--http", "127.0.0.1:" .. hport } }
+    -- examples/order-filter with its candidate shadowing it (docs/deploys.md),
+    -- for the Rules view's diff, Promote and Rollback.
+    local ORDERS = h.root .. "/examples/order-filter"
+    local oport = h.free_port()
+    local osrv = h.start_server { args = { "-c", ORDERS .. "/tide.lua", "--http", "127.0.0.1:" .. oport } }
+    local shadow = h.request(osrv.port, "$TIDE.ADMIN.RULES.SHADOW", json.encode { path = ORDERS .. "/candidate" })
+    local c = h.connect(osrv.port)
+    for i, amount in ipairs({ 40, 250, 500 }) do
+      c:pub("order.created", json.encode { specversion = "1.0", id = "o" .. i, source = "spec",
+                                           type = "order.created", data = { amount = amount } })
+    end
+    c:ping()
+    c:close()
     local shots = h.root .. "/build"
-    local rc, out = h.sh(("CHROMIUM=%q timeout -k 5 120 node %q %d %q %q"):format(chromium,
-      h.root .. "/tests/console/e2e.mjs", srv.port, "http://127.0.0.1:" .. hport, shots))
+    local rc, out = h.sh(("CHROMIUM=%q timeout -k 5 120 node %q %d %q %q %q"):format(chromium,
+      h.root .. "/tests/console/e2e.mjs", srv.port, "http://127.0.0.1:" .. hport, shots,
+      "http://127.0.0.1:" .. oport))
     assert.are.equal("exited", (srv:stop()))
+    assert.are.equal("exited", (osrv:stop()))
+    assert.is_true(shadow and json.decode(shadow.payload).ok, shadow and shadow.payload)
     h.remove_tmpdir(dir)
     assert.are.equal(0, rc, out)
     assert.is_nil(out:find("not ok", 1, true), out)
     assert.matches("ok %- the dead letter was replayed", out)
+    assert.matches("ok %- Rollback from the page", out)
   end)
 end)

@@ -1,12 +1,14 @@
 // The console end to end, in Debian's chromium driven by playwright-core:
-//   node tests/console/e2e.mjs NATS_PORT HTTP_BASE SHOTS_DIR
+//   node tests/console/e2e.mjs NATS_PORT HTTP_BASE SHOTS_DIR ORDERS_BASE
 // against a tide serving examples/tour (with a stream for its dead
-// letters), started by tests/console_browser_spec.lua.  Prints one line per
+// letters) and one serving examples/order-filter with its candidate
+// shadowing it (ORDERS_BASE, 3 events seen: 2 differ), started by
+// tests/console_browser_spec.lua.  Prints one line per
 // check ("ok - ..."), and exits 1 at the first that fails.
 import net from "node:net";
 import { pathToFileURL } from "node:url";
 
-const [natsPort, base, shots] = process.argv.slice(2);
+const [natsPort, base, shots, orders] = process.argv.slice(2);
 const root = new URL("../..", import.meta.url).pathname;
 const { chromium } = await import(pathToFileURL(root + "console/node_modules/playwright-core/index.mjs").href);
 
@@ -25,6 +27,7 @@ async function until(fn, ms, what) {
   }
 }
 const api = async (path) => (await fetch(base + path)).json();
+const api2 = async (path) => (await fetch(orders + path)).json();
 
 // One NATS publish without a CloudEvents id: the tour's payment handler
 // raises on it, so it becomes a dead letter.
@@ -53,7 +56,7 @@ try {
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   const outside = [];
   ctx.on("request", (r) => {
-    if (!r.url().startsWith(base) && !r.url().startsWith("data:")) outside.push(r.url());
+    if (!r.url().startsWith(base) && !r.url().startsWith(orders) && !r.url().startsWith("data:")) outside.push(r.url());
   });
   const page = await ctx.newPage();
   const errors = [];
@@ -154,6 +157,20 @@ try {
   await page.waitForSelector("table");
   check((await page.textContent("main")).includes("Generation 1 serves now"), "the rules view shows the generation serving");
   await page.screenshot({ path: `${shots}/console-rules.png` });
+
+  // Rules on examples/order-filter: the shadow's diff, Promote, Rollback.
+  await page.goto(orders + "/#/rules");
+  await page.waitForSelector("#shadow-differ");
+  check((await page.textContent("#shadow-differ")) === "2", "the rules view shows the shadow's 2 differing events");
+  check((await page.textContent("#rules-shadow")).includes("dropped by rules.lua:5"), "the diff shows the samples side by side");
+  await page.screenshot({ path: `${shots}/console-rules-shadow.png`, fullPage: true });
+  await page.click("#shadow-promote");
+  await until(async () => (await page.textContent("#rules-history caption")) === "Revision 2 is live", 5000, "Promote makes rev 2 live");
+  check((await api2("/api/rules/history")).live === 2, "Promote made the candidate live (history: rev 2)");
+  check((await page.textContent("#rules-shadow")).includes("No shadow is running"), "the shadow ended");
+  await page.click('#rules-history button[data-rev="1"]');
+  await until(async () => (await page.textContent("#rules-history caption")) === "Revision 1 is live", 5000, "Rollback makes rev 1 live");
+  check((await api2("/api/rules/history")).live === 1, "Rollback from the page restored revision 1");
 
   // A phone: no sideways scroll in any view.
   const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, deviceScaleFactor: 1 });
