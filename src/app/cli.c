@@ -1935,7 +1935,7 @@ static void print_history(const cJSON *r)
 }
 
 /* tide rules diff without --json. */
-static void print_diff(const cJSON *r)
+void cli_print_diff(const cJSON *r)
 {
     char n1[32], n2[32];
     const cJSON *k, *x, *l;
@@ -1998,7 +1998,7 @@ static int ops_rules_shadow(ops_t *o, const char *verb, char **pos, int npos)
     } else if (!strcmp(verb, "diff")) {
         NEED(0);
         if ((r = ops_req(o, "RULES.DIFF", "")) && !o->json)
-            print_diff(r);
+            cli_print_diff(r);
     } else {
         NEED(0);
         r = ops_req(o, !strcmp(verb, "promote") ? "RULES.PROMOTE" : "RULES.STOP", "");

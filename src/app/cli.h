@@ -22,4 +22,8 @@ int cli_ops_main(const char *cmd, int argc, char **argv);
 struct cli_creds;
 int cli_repl_connect(const char *server, const struct cli_creds *creds);
 
+/* Prints a RULES.DIFF answer as tide rules diff does (also tide check --replay). */
+struct cJSON;
+void cli_print_diff(const struct cJSON *r);
+
 #endif

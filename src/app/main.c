@@ -29,6 +29,7 @@
 #include "json_lua.h"
 #include "log.h"
 #include "repl.h"
+#include "replay.h"
 #include "script.h"
 #include "server.h"
 #include "passwd.h"
@@ -477,6 +478,9 @@ static int cmd_check(int argc, char **argv)
 {
     char lib[4096];
     int bad = 0;
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--replay"))
+            return replay_main(argc, argv, cli_print_diff);
     if (argc < 2) {
         fprintf(stderr, "usage: tide check flow.lua [flow.lua...]\n");
         return 2;
