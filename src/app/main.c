@@ -50,6 +50,8 @@ static void usage(FILE *f)
             "                         each event waits (at most --settle, default 10 s) for\n"
             "                         its durable handlers\n"
             "  check FLOW...          load flows in the sandbox and report errors (exit 1)\n"
+            "  check FLOW --replay DATADIR:STREAM [--from X] [--to X] [--against FLOW0] [--json]\n"
+            "                         a candidate beside the live rules over stored events\n"
             "  passwd [--cost N]      read a password (twice, not echoed; or a line of\n"
             "                         stdin) and print its bcrypt hash for auth { users }\n"
             "  repl [-c FLOW] [--data DIR] [--listen HOST:PORT] | repl --connect HOST:PORT\n"
@@ -482,7 +484,8 @@ static int cmd_check(int argc, char **argv)
         if (!strcmp(argv[i], "--replay"))
             return replay_main(argc, argv, cli_print_diff);
     if (argc < 2) {
-        fprintf(stderr, "usage: tide check flow.lua [flow.lua...]\n");
+        fprintf(stderr, "usage: tide check flow.lua [flow.lua...]\n"
+                        "       tide check FLOW --replay DATADIR:STREAM [--from SEQ|TIME] [--to SEQ|TIME] [--against FLOW0] [--json]\n");
         return 2;
     }
     for (int i = 1; i < argc; i++) {
