@@ -124,12 +124,16 @@ static int replay_last_entry(const char *data, char *out, size_t n, char *err, s
     char path[4200];
     size_t len;
     snprintf(path, sizeof path, "%s/rules/history.json", data);
-    char text[65536];
+    char *text = NULL;
     FILE *f = fopen(path, "rb");
-    len = f ? fread(text, 1, sizeof text, f) : 0;
+    long size = f && fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+    len = 0;
+    if (size > 0 && fseek(f, 0, SEEK_SET) == 0 && (text = malloc((size_t)size)))
+        len = fread(text, 1, (size_t)size, f);
     if (f)
         fclose(f);
     cJSON *h = len ? cJSON_ParseWithLength(text, len) : NULL, *r;
+    free(text);
     double live = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(h, "live"));
     int rc = -1;
     cJSON_ArrayForEach(r, cJSON_GetObjectItemCaseSensitive(h, "revisions")) {
@@ -151,7 +155,7 @@ static int replay_events(script_host_t *h, slog_t *l, uint64_t from, uint64_t to
     char *buf = NULL;
     size_t cap = 0;
     slog_rec_t r;
-    for (uint64_t seq = from; seq <= to && seq; seq++) {
+    for (uint64_t seq = from; seq && seq <= to; seq++) {
         if (!slog_has(l, seq) || slog_read(l, seq, &r, &buf, &cap) < 0)
             continue;
         proto_msg_t m = {r.subject, r.subject_len, NULL, 0, r.hdr_len ? r.hdr : NULL, r.hdr_len, r.payload,
@@ -177,6 +181,13 @@ static int replay_run(const replay_args_t *a, const char *live_flow, slog_t *l, 
         fprintf(stderr, "tide check: bad range: --from and --to take a sequence (1, 2, ...) or an RFC 3339 time\n");
         return 2;
     }
+    if (from > slog_last(l, NULL)) {
+        fprintf(stderr, "tide check: bad range: no stored event from %s on (the last is %" PRIu64 ")\n", a->from,
+                slog_last(l, NULL));
+        return 2;
+    }
+    if (to > slog_last(l, NULL))
+        to = slog_last(l, NULL); /* an end past the last event: up to it */
     if (to < from) {
         fprintf(stderr, "tide check: bad range: --to %" PRIu64 " is before --from %" PRIu64 "\n", to, from);
         return 2;
