@@ -181,14 +181,14 @@ static int replay_run(const replay_args_t *a, const char *live_flow, slog_t *l, 
         fprintf(stderr, "tide check: bad range: --from and --to take a sequence (1, 2, ...) or an RFC 3339 time\n");
         return 2;
     }
-    if (from > slog_last(l, NULL)) {
+    if (a->from && from > slog_last(l, NULL)) {
         fprintf(stderr, "tide check: bad range: no stored event from %s on (the last is %" PRIu64 ")\n", a->from,
                 slog_last(l, NULL));
         return 2;
     }
     if (to > slog_last(l, NULL))
         to = slog_last(l, NULL); /* an end past the last event: up to it */
-    if (to < from) {
+    if (to < from && (a->from || a->to)) { /* (an empty stream without bounds: no events) */
         fprintf(stderr, "tide check: bad range: --to %" PRIu64 " is before --from %" PRIu64 "\n", to, from);
         return 2;
     }
