@@ -228,6 +228,34 @@ static int other_backend(lua_State *L, const char *name, int t, const char *what
     return 0;
 }
 
+/* A stream declaration's subjects (one pattern or a list) into slot;
+ * raises on a bad one. */
+static void stream_subjects(lua_State *L, int t, const char *what, stream_cfg_t *slot)
+{
+    if (lua_getfield(L, t, "subjects") == LUA_TSTRING) {
+        lua_createtable(L, 1, 0);
+        lua_insert(L, -2);
+        lua_rawseti(L, -2, 1);
+    }
+    if (lua_type(L, -1) != LUA_TTABLE || lua_rawlen(L, -1) == 0)
+        luaL_error(L, "%s: subjects must be a list of subject patterns", what);
+    int n = (int)lua_rawlen(L, -1);
+    if (n > STREAM_SUBJECTS_MAX)
+        luaL_error(L, "%s: at most %d subjects", what, STREAM_SUBJECTS_MAX);
+    for (int i = 1; i <= n; i++) {
+        size_t pl;
+        lua_rawgeti(L, -1, i);
+        const char *p = lua_tolstring(L, -1, &pl);
+        if (lua_type(L, -1) != LUA_TSTRING || !subject_valid_pattern(p, pl))
+            luaL_error(L, "%s: '%s' is not a valid subject pattern", what, p ? p : luaL_typename(L, -1));
+        if (!(slot->subjects[slot->nsubjects] = util_mem_dup(p, pl)))
+            luaL_error(L, "out of memory");
+        slot->nsubjects++;
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
 static int declare_stream(lua_State *L, const char *name)
 {
     static const char *const known[] = {"subjects", "max_msgs", "max_bytes", "max_age", "fsync", "sync_interval",
@@ -254,28 +282,7 @@ static int declare_stream(lua_State *L, const char *name)
     c.dedup_fn_ref = LUA_NOREF;
     stream_cfg_t *slot = &st->streams[st->nstreams++];
     *slot = c;
-    if (lua_getfield(L, t, "subjects") == LUA_TSTRING) {
-        lua_createtable(L, 1, 0);
-        lua_insert(L, -2);
-        lua_rawseti(L, -2, 1);
-    }
-    if (lua_type(L, -1) != LUA_TTABLE || lua_rawlen(L, -1) == 0)
-        return luaL_error(L, "%s: subjects must be a list of subject patterns", what);
-    int n = (int)lua_rawlen(L, -1);
-    if (n > STREAM_SUBJECTS_MAX)
-        return luaL_error(L, "%s: at most %d subjects", what, STREAM_SUBJECTS_MAX);
-    for (int i = 1; i <= n; i++) {
-        size_t pl;
-        lua_rawgeti(L, -1, i);
-        const char *p = lua_tolstring(L, -1, &pl);
-        if (lua_type(L, -1) != LUA_TSTRING || !subject_valid_pattern(p, pl))
-            return luaL_error(L, "%s: '%s' is not a valid subject pattern", what, p ? p : luaL_typename(L, -1));
-        if (!(slot->subjects[slot->nsubjects] = util_mem_dup(p, pl)))
-            return luaL_error(L, "out of memory");
-        slot->nsubjects++;
-        lua_pop(L, 1);
-    }
-    lua_pop(L, 1);
+    stream_subjects(L, t, what, slot);
     slog_opts_t *o = &slot->o;
     o->max_msgs = size_opt(L, t, what, "max_msgs", 0);
     o->max_bytes = size_opt(L, t, what, "max_bytes", 0);
