@@ -40,6 +40,13 @@ local function compare_suite(label, flag)
       assert.is_true(got.info_big_deleted.deleted)
       assert.are.same({ "alias.txt", "small.txt" }, got.list_after_delete)
       assert.are.equal(4, got.state_after_delete.messages)
+      assert.are.same({ bucket = "FILES", sealed = true }, got.seal)
+      assert.is_true(got.stream_config_sealed.sealed)
+      assert.are.equal("hello again", got.get_after_seal)
+      assert.are.same(got.state_after_delete, got.state_after_seal)
+      -- nats.js v3 words the error "error: 10109"
+      assert.is_truthy(tostring(got.put_after_seal.err):match("10109"), js.canon(got.put_after_seal))
+      assert.is_truthy(tostring(got.delete_after_seal.err):match("10109"), js.canon(got.delete_after_seal))
     end)
   end)
 end

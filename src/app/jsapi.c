@@ -358,7 +358,7 @@ static void verb_msg_get(jsapi_t *api, const proto_msg_t *m, const char *name, i
         reply_err(api, m, "stream_msg_get_response", &e);
 }
 
-/* True when flag (deny_purge, deny_delete) is set on the stream name. */
+/* True when flag (sealed, deny_purge, deny_delete) is set on the stream name. */
 static int denied(jsapi_t *api, const char *name, const char *flag)
 {
     const cJSON *cfg = cJSON_GetObjectItemCaseSensitive(made_entry(api, name), "config");
@@ -382,6 +382,8 @@ static void verb_stream_purge(jsapi_t *api, const proto_msg_t *m, const char *na
         jsapi_set_err(&e, 400, 10003, "bad request");
     } else if (!streams_stream_info(api->n->streams, name, -1, NULL)) {
         jsapi_set_err(&e, 404, 10059, "stream not found");
+    } else if (denied(api, name, "sealed")) {
+        jsapi_set_err(&e, 400, 10109, "invalid operation on sealed stream");
     } else if (denied(api, name, "deny_purge")) {
         jsapi_set_err(&e, 500, 10110, "stream purge not permitted");
     } else if (filter && (!cJSON_IsString(filter) ||
@@ -417,6 +419,8 @@ static void verb_msg_delete(jsapi_t *api, const proto_msg_t *m, const char *name
         jsapi_set_err(&e, 400, 10003, "bad request");
     else if (!bad && !streams_stream_info(api->n->streams, name, -1, NULL))
         jsapi_set_err(&e, 404, 10059, "stream not found");
+    else if (!bad && denied(api, name, "sealed"))
+        jsapi_set_err(&e, 400, 10109, "invalid operation on sealed stream");
     else if (!bad && denied(api, name, "deny_delete"))
         jsapi_set_err(&e, 500, 10057, "message delete not permitted");
     else if (!bad && (rc = streams_delete_msg(api->n->streams, name, seq, err, sizeof err)) < 0)

@@ -98,7 +98,7 @@ static int is_set(const cJSON *req, const char *key)
 static int refuse_unsupported(const cJSON *req, api_err_t *e)
 {
     static const char *const fields[] = {"mirror", "sources", "placement", "republish", "subject_transform",
-                                         "template_owner", "no_ack", "sealed", "mirror_direct",
+                                         "template_owner", "no_ack", "mirror_direct",
                                          "discard_new_per_subject", "first_seq", NULL};
     for (int i = 0; fields[i]; i++)
         if (is_set(req, fields[i])) {
@@ -227,6 +227,19 @@ static int norm_policies(const cJSON *req, cJSON *o, api_err_t *e)
     return 0;
 }
 
+/* A sealed stream keeps what it holds: no max_age, discard "new", no
+ * deletes, purges or roll-ups (nats-server's adjustments). */
+static void norm_sealed(cJSON *o)
+{
+    if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "sealed")))
+        return;
+    cJSON_ReplaceItemInObjectCaseSensitive(o, "max_age", cJSON_CreateNumber(0));
+    cJSON_ReplaceItemInObjectCaseSensitive(o, "discard", cJSON_CreateString("new"));
+    cJSON_ReplaceItemInObjectCaseSensitive(o, "deny_delete", cJSON_CreateTrue());
+    cJSON_ReplaceItemInObjectCaseSensitive(o, "deny_purge", cJSON_CreateTrue());
+    cJSON_ReplaceItemInObjectCaseSensitive(o, "allow_rollup_hdrs", cJSON_CreateFalse());
+}
+
 cJSON *jsapi_config_normalize(const cJSON *req, const char *name, api_err_t *e)
 {
     e->code = 0;
@@ -246,6 +259,7 @@ cJSON *jsapi_config_normalize(const cJSON *req, const char *name, api_err_t *e)
         cJSON_Delete(o);
         return NULL;
     }
+    norm_sealed(o);
     if (cJSON_IsObject(meta) && cJSON_GetArraySize(meta))
         cJSON_AddItemToObject(o, "metadata", json_duplicate(meta));
     return o;
@@ -274,7 +288,8 @@ cJSON *jsapi_config_from_stream(const stream_cfg_t *c)
     static const char *const flags[] = {"allow_direct", "mirror_direct", "sealed", "deny_delete", "deny_purge",
                                         "allow_rollup_hdrs", NULL};
     for (int i = 0; flags[i]; i++)
-        cJSON_AddBoolToObject(o, flags[i], !strcmp(flags[i], "allow_rollup_hdrs") && c->allow_rollup);
+        cJSON_AddBoolToObject(o, flags[i], (!strcmp(flags[i], "allow_rollup_hdrs") && c->allow_rollup) ||
+                                               (!strcmp(flags[i], "sealed") && c->sealed));
     cJSON_AddObjectToObject(o, "consumer_limits");
     if (c->where[0]) /* where the entry file declares it: the API does not change it */
         cJSON_AddItemToObject(o, "metadata", cJSON_CreateObject()),
@@ -304,6 +319,7 @@ static void config_to_stream(const cJSON *norm, stream_cfg_t *c)
     c->discard_new = !strcmp(get_str(norm, "discard", "old"), "new");
     c->max_msgs_per_subject = get_int(norm, "max_msgs_per_subject", -1, &v) == 0 && v > 0 ? (uint64_t)v : 0;
     c->allow_rollup = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(norm, "allow_rollup_hdrs"));
+    c->sealed = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(norm, "sealed"));
     c->memory = !strcmp(get_str(norm, "storage", "file"), "memory");
     const char *ret = get_str(norm, "retention", "limits");
     c->retention = !strcmp(ret, "interest") ? RETENTION_INTEREST : !strcmp(ret, "workqueue") ? RETENTION_WORKQUEUE
@@ -376,7 +392,8 @@ static void refusal(int rc, int update, const char *err, api_err_t *e)
         jsapi_set_err(e, 500, update ? 10069 : 10049, "%s", err);
 }
 
-/* Update may not take back deny_delete / deny_purge (as nats-server). */
+/* Update may not take back deny_delete / deny_purge / sealed (as
+ * nats-server). */
 static int update_allowed(const cJSON *old, const cJSON *norm, api_err_t *e)
 {
     if (strcmp(get_str(old, "storage", "file"), get_str(norm, "storage", "file"))) {
@@ -398,6 +415,11 @@ static int update_allowed(const cJSON *old, const cJSON *norm, api_err_t *e)
         jsapi_set_err(e, 500, 10052, "stream configuration update can not cancel deny purge");
         return 0;
     }
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(old, "sealed")) &&
+        !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(norm, "sealed"))) {
+        jsapi_set_err(e, 500, 10052, "stream configuration update can not unseal a sealed stream");
+        return 0;
+    }
     return 1;
 }
 
@@ -409,6 +431,10 @@ void jsapi_stream_apply(jsapi_t *api, const char *name, const cJSON *norm, int u
     cJSON *old = cJSON_GetObjectItemCaseSensitive(api->made, name), *entry = NULL;
     const cJSON *old_cfg = cJSON_GetObjectItemCaseSensitive(old, "config");
     e->code = 0;
+    if (!update && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(norm, "sealed"))) {
+        jsapi_set_err(e, 500, 10052, "stream configuration for create can not be sealed");
+        return;
+    }
     if (!update && cur) { /* the same again is fine; another is not */
         cJSON *have = cur->api && old_cfg ? json_duplicate(old_cfg) : jsapi_config_from_stream(cur);
         if (!cur->api) /* where it is declared is not part of what a request says */

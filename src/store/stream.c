@@ -309,14 +309,16 @@ static size_t dedup_key_std(const proto_msg_t *m, char *out, size_t n)
     return k;
 }
 
-/* max_msg_size, and discard "new" past max_msgs / max_bytes: 1 when m is
+/* A sealed stream, max_msg_size, and discard "new" past max_msgs / max_bytes: 1 when m is
  * refused (and its reply subject told why, as nats-server says it). */
 static int store_refuse_limits(stream_t *st, const proto_msg_t *m)
 {
     size_t size = (m->hdr ? m->hdr_len : 0) + m->payload_len;
     const char *why = NULL;
     int code = 400, err_code = 10054;
-    if (st->cfg.max_msg_size && size > st->cfg.max_msg_size) {
+    if (st->cfg.sealed) {
+        why = "invalid operation on sealed stream", err_code = 10109;
+    } else if (st->cfg.max_msg_size && size > st->cfg.max_msg_size) {
         why = "message size exceeds maximum allowed";
     } else if (st->cfg.discard_new && (st->cfg.o.max_msgs || st->cfg.o.max_bytes)) {
         slog_info_t in;
@@ -584,6 +586,7 @@ static void stream_reconfigure(stream_t *st, const stream_cfg_t *cfg)
     st->cfg.max_msgs_per_subject = cfg->max_msgs_per_subject;
     st->cfg.retention = cfg->retention;
     st->cfg.allow_rollup = cfg->allow_rollup;
+    st->cfg.sealed = cfg->sealed;
     if (resync)
         stream_subjects_sync(st);
     if (!cfg->api)

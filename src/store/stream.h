@@ -54,6 +54,7 @@ typedef struct stream_cfg {
     int discard_new;       /* past max_msgs / max_bytes refuse the new message, not drop the oldest */
     uint64_t max_msgs_per_subject; /* 0: no limit; past it the subject's oldest message goes */
     int allow_rollup;      /* a Nats-Rollup header ("sub", "all") purges what came before; else refused */
+    int sealed;            /* every publish refused (10109) */
     int memory;            /* storage "memory": the log is emptied when the stream opens and deleted
                               when it closes, never synced */
     int retention;         /* RETENTION_* */

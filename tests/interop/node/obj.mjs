@@ -1,9 +1,8 @@
 // obj.mjs - the object store with the stock nats.js clients: v2's
 // js.views.os, or with --v3 the v3 package (@nats-io/obj's Objm): bucket
 // create and status, put / get of a 10 MB object (bytes and digest
-// compared), a small object, info, list, a link, delete, and the OBJ_<bucket>
-// stream under them.  (Sealing a bucket is not in it: tide refuses a
-// stream's sealed flag.)
+// compared), a small object, info, list, a link, delete, sealing the bucket
+// (then a put and a delete refused), and the OBJ_<bucket> stream under them.
 //
 // Usage: node obj.mjs <port> [--v3]
 //
@@ -127,6 +126,19 @@ await step("status_after", async () => {
   const s = await os.status();
   return { bucket: s.bucket, size_gt0: s.size > 0, sealed: s.sealed };
 });
+await step("seal", async () => {
+  const s = await os.seal();
+  return { bucket: s.bucket, sealed: s.sealed };
+});
+await step("stream_config_sealed", async () => {
+  const c = (await jsm.streams.info("OBJ_FILES")).config;
+  return { sealed: c.sealed, deny_delete: c.deny_delete, deny_purge: c.deny_purge, discard: c.discard,
+    allow_rollup_hdrs: c.allow_rollup_hdrs };
+});
+await step("put_after_seal", async () => info(await os.putBlob({ name: "late.txt" }, te.encode("late"))));
+await step("delete_after_seal", async () => (await os.delete("small.txt")).success);
+await step("get_after_seal", async () => td.decode(await os.getBlob("small.txt")));
+await step("state_after_seal", async () => state(await jsm.streams.info("OBJ_FILES")));
 
 await nc.close();
 process.stdout.write(JSON.stringify(out) + "\n");
