@@ -35,10 +35,10 @@ describe("the JetStream API, with " .. label .. ", against nats-server -js", fun
 
   it("answered the steps themselves (not only the same failure twice)", function()
     assert.are.same({ "EVENTS", "ORDERS", "TYPED" }, got.names)
-    assert.are.same({ messages = 3, bytes_gt0 = true, first_seq = 1, last_seq = 3, consumer_count = 0 },
-      got.info_orders)
-    assert.are.same({ messages = 2, bytes_gt0 = true, first_seq = 2, last_seq = 3, consumer_count = 0 },
-      got.info_events)
+    assert.are.same({ messages = 3, bytes_gt0 = true, first_seq = 1, last_seq = 3, consumer_count = 0,
+      num_subjects = 2 }, got.info_orders)
+    assert.are.same({ messages = 2, bytes_gt0 = true, first_seq = 2, last_seq = 3, consumer_count = 0,
+      num_subjects = 2 }, got.info_events)
     assert.are.equal(10058, got.add_orders_again_other.err)
     assert.are.equal(10065, got.add_overlapping.err)
     assert.are.equal(10025, got.create_bad_json.err)
@@ -53,12 +53,12 @@ describe("the JetStream API, with " .. label .. ", against nats-server -js", fun
     assert.are.equal("no responders", got.publish_deleted)
     assert.are.equal(1, got.purge_filter.purged)
     assert.are.equal(10043, got.delete_msg_again.err)
-    assert.are.same({ messages = 1, bytes_gt0 = true, first_seq = 4, last_seq = 4, consumer_count = 0 },
-      got.info_after_keep)
+    assert.are.same({ messages = 1, bytes_gt0 = true, first_seq = 4, last_seq = 4, consumer_count = 0,
+      num_subjects = 1 }, got.info_after_keep)
     assert.are.equal(10110, got.purge_guarded.err)
     assert.are.equal(10057, got.delete_guarded.err)
-    assert.are.same({ messages = 2, bytes_gt0 = true, first_seq = 4, last_seq = 5, consumer_count = 0 },
-      got.info_final)
+    assert.are.same({ messages = 2, bytes_gt0 = true, first_seq = 4, last_seq = 5, consumer_count = 0,
+      num_subjects = 2 }, got.info_final)
   end)
 
   if more then more(ctx) end
@@ -80,7 +80,8 @@ compare_suite("nats.js v2", "", function(ctx)
     assert.are.equal(10, info.config.max_msgs)
     -- what the client saw last (info_final), not what the log holds
     assert.are.same(ctx.got.info_final, { messages = info.state.messages, bytes_gt0 = info.state.bytes > 0,
-      first_seq = info.state.first_seq, last_seq = info.state.last_seq, consumer_count = 0 })
+      first_seq = info.state.first_seq, last_seq = info.state.last_seq, consumer_count = 0,
+      num_subjects = info.state.num_subjects or 0 })
     assert.are.equal(3, api(srv.port, "$JS.API.STREAM.INFO.TYPED").state.first_seq)
     for _, seq in ipairs({ 1, 2, 3 }) do -- purged by filter, deleted, purged by keep
       local r = api(srv.port, "$JS.API.STREAM.MSG.GET.ORDERS", { seq = seq })

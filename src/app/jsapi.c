@@ -103,6 +103,13 @@ static cJSON *state_obj(const stream_info_t *in)
     return s;
 }
 
+/* streams_subjects_each: one more subject (ctx: a uint64_t count). */
+static void subject_count(void *ctx, const char *subject, size_t len, uint64_t seq)
+{
+    (void)subject, (void)len, (void)seq;
+    (*(uint64_t *)ctx)++;
+}
+
 /* The saved entry of a stream made through the API, or NULL. */
 static const cJSON *made_entry(jsapi_t *api, const char *name)
 {
@@ -122,7 +129,10 @@ static int add_info(jsapi_t *api, cJSON *o, const char *name)
                                   : jsapi_config_from_stream(in.cfg);
     cJSON_AddItemToObject(o, "config", cfg);
     cJSON_AddStringToObject(o, "created", cJSON_IsString(created) ? created->valuestring : api->started);
-    cJSON_AddItemToObject(o, "state", state_obj(&in));
+    cJSON *st = cJSON_AddItemToObject(o, "state", state_obj(&in)) ? cJSON_GetObjectItemCaseSensitive(o, "state") : NULL;
+    uint64_t nsubjects = 0; /* subjects with a message left; absent when 0, as nats-server */
+    if (st && streams_subjects_each(api->n->streams, name, "", 0, subject_count, &nsubjects) == 0 && nsubjects)
+        json_add_uint(st, "num_subjects", nsubjects);
     cJSON *cl = cJSON_AddObjectToObject(o, "cluster");
     cJSON_AddStringToObject(cl, "leader", server_get_opts(api->n->srv)->server_name);
     jsapi_time(slog_now_ns(), now);

@@ -69,7 +69,7 @@ async function step(name, fn) {
 function state(si) {
   const s = si.state;
   return { messages: s.messages, bytes_gt0: s.bytes > 0, first_seq: s.first_seq, last_seq: s.last_seq,
-    consumer_count: s.consumer_count };
+    consumer_count: s.consumer_count, num_subjects: s.num_subjects ?? 0 };
 }
 
 function config(c) {
