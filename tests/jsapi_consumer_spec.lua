@@ -11,6 +11,7 @@
 local h = require "helpers"
 local json = require "dkjson"
 local js = require "js_support"
+local socket = require "socket"
 
 local ROOT = h.root
 local PROGRAM_TIMEOUT = 70
@@ -334,12 +335,68 @@ describe("JetStream consumers in tide", function()
     assert.are.same({ 4, 5 }, pull_ack("U", "C", 2, function() return true end))
   end)
 
+  -- Receives n messages on c (subscribed already): their stored times (from
+  -- the ack reply, ns) and when each came (s).
+  local function timed(c, n)
+    local stored, came = {}, {}
+    while #came < n do
+      local m = c:frame(10)
+      assert(m, "only " .. #came .. " of " .. n .. " messages came")
+      if m.op == "MSG" or m.op == "HMSG" then
+        stored[#stored + 1] = tonumber(m.reply:match("^%$JS%.ACK%.[^.]+%.[^.]+%.%d+%.%d+%.%d+%.(%d+)%."))
+        came[#came + 1] = socket.gettime()
+      end
+    end
+    return stored, came
+  end
+
+  -- The gaps between deliveries against the gaps between the stored times:
+  -- none early (beyond rounding), none much late (a loaded machine).
+  local function same_spacing(stored, came)
+    for i = 2, #came do
+      local want, got = (stored[i] - stored[i - 1]) / 1e9, came[i] - came[i - 1]
+      assert(got >= want - 0.05, ("message %d came %.3fs after the one before; stored %.3fs after"):format(i, got,
+        want))
+    end
+    local want, got = (stored[#stored] - stored[1]) / 1e9, came[#came] - came[1]
+    assert(got <= want + 1.5, ("the whole replay took %.3fs; stored over %.3fs"):format(got, want))
+  end
+
+  it("delivers with the stored spacing under replay_policy original, push and pull", function()
+    api(srv.port, "$JS.API.STREAM.CREATE.RO", { name = "RO", subjects = { "ro" } })
+    for i, gap in ipairs({ 0.4, 0.8, 0, 0 }) do
+      assert(h.request(srv.port, "ro", "m" .. i))
+      socket.sleep(gap)
+    end
+    local c = h.connect(srv.port)
+    c:send('CONNECT {"headers":true}\r\n')
+    c:sub("ro.push", "1")
+    local r = api(srv.port, "$JS.API.CONSUMER.CREATE.RO.P", { stream_name = "RO",
+      config = { durable_name = "P", ack_policy = "none", replay_policy = "original", deliver_subject = "ro.push" } })
+    assert.are.equal("original", r.config and r.config.replay_policy, canon(r))
+    local stored, came = timed(c, 4)
+    assert((stored[3] - stored[1]) / 1e9 >= 1.1, "the stored gaps are not there")
+    same_spacing(stored, came)
+    c:close()
+    r = api(srv.port, "$JS.API.CONSUMER.CREATE.RO.Q", { stream_name = "RO",
+      config = { durable_name = "Q", ack_policy = "none", replay_policy = "original" } })
+    assert.are.equal("original", r.config and r.config.replay_policy, canon(r))
+    c = h.connect(srv.port)
+    c:send('CONNECT {"headers":true}\r\n')
+    c:sub("_INBOX.ro", "1")
+    c:pub("$JS.API.CONSUMER.MSG.NEXT.RO.Q", json.encode({ batch = 4, expires = 8000000000 }), "_INBOX.ro")
+    stored, came = timed(c, 4)
+    same_spacing(stored, came)
+    c:close()
+  end)
+
   it("refuses what tide does not implement, with the reason", function()
     api(srv.port, "$JS.API.STREAM.CREATE.R", { name = "R", subjects = { "r.>" } })
     local r = api(srv.port, "$JS.API.CONSUMER.CREATE.R.O", { stream_name = "R",
-      config = { durable_name = "O", ack_policy = "explicit", replay_policy = "original" } })
+      config = { durable_name = "O", ack_policy = "explicit", rate_limit_bps = 1000,
+        deliver_subject = "deliver.r" } })
     assert.are.equal(10012, r.error.err_code)
-    assert.truthy(r.error.description:find("original", 1, true), r.error.description)
+    assert.truthy(r.error.description:find("rate_limit_bps", 1, true), r.error.description)
     r = api(srv.port, "$JS.API.CONSUMER.CREATE.R.T", { stream_name = "R",
       config = { durable_name = "T", ack_policy = "explicit", num_replicas = 3 } })
     assert.are.equal(10074, r.error.err_code)

@@ -299,9 +299,8 @@ static int creq_check(const creq_t *r, api_err_t *e)
         return jsapi_set_err(e, 400, 10108, "consumer with flow control also needs heartbeats"), -1;
     if (r->durable[0] && r->name[0] && strcmp(r->durable, r->name))
         return jsapi_set_err(e, 400, 10132, "Consumer Durable and Name have to be equal if both are provided"), -1;
-    if (!strcmp(r->rp, "original") || r->rate > 0)
-        return jsapi_set_err(e, 500, 10012, "%s is not supported by tide",
-                             r->rate > 0 ? "rate_limit_bps" : "replay_policy \"original\""), -1;
+    if (r->rate > 0)
+        return jsapi_set_err(e, 500, 10012, "rate_limit_bps is not supported by tide"), -1;
     return 0;
 }
 
@@ -337,6 +336,7 @@ static void creq_settings(const creq_t *r, consumer_cfg_t *c)
     c->idle_heartbeat = (double)r->hb / 1e9;
     c->flow_control = r->fc;
     c->headers_only = r->ho;
+    c->replay_original = !strcmp(r->rp, "original");
 }
 
 /* Adds key: v to o unless v is 0 (Go's omitempty). */

@@ -89,6 +89,7 @@ struct consumer {
     char **replies; /* AckSync replies, sent once the ack is written */
     size_t nreplies, capreplies;
     struct event *flush_ev, *tick_ev, *pump_ev;
+    int64_t replay_ts, replay_mono; /* replay_original: stored time of the last new message sent, and when */
     /* Bound to Lua handlers: events gathered for the next call. */
     int batch;          /* 0: not bound */
     double wait;        /* seconds a batch may wait to fill */
@@ -801,6 +802,24 @@ static int at_end(consumer_t *c)
 
 static void call_handlers(consumer_t *c, int force);
 
+/* replay_policy "original": 1 when r is due later (its stored time less the
+ * last sent one's, after that one went out), with the pump timed for then;
+ * 0 when it may go now (noted as the last sent). */
+static int replay_wait(consumer_t *c, const slog_rec_t *r)
+{
+    int64_t now = mono_ns();
+    if (c->replay_mono && r->ts > c->replay_ts) {
+        int64_t due = c->replay_mono + (r->ts - c->replay_ts);
+        if (due > now) {
+            struct timeval tv = {(time_t)((due - now) / 1000000000), (suseconds_t)((due - now) % 1000000000 / 1000)};
+            event_add(c->pump_ev, &tv);
+            return 1;
+        }
+    }
+    c->replay_ts = r->ts, c->replay_mono = now;
+    return 0;
+}
+
 static void pump_now(consumer_t *c)
 {
     if (c->ndeferred)
@@ -822,6 +841,13 @@ static void pump_now(consumer_t *c)
             continue;
         if (fl && !matches(c, r.subject, r.subject_len))
             continue;
+        if (c->cfg.replay_original && replay_wait(c, &r)) {
+            if (from_lps)
+                c->lps_at--;
+            else
+                c->next_seq--;
+            break;
+        }
         if (fl && !from_lps && seq <= c->counted_to && c->num_pending)
             c->num_pending--;
         char *key = key_of(c, &r);

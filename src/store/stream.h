@@ -84,6 +84,7 @@ typedef struct consumer_cfg {
     int pull;             /* no deliver subject: pull requests take the messages (streams_consumer_pull) */
     int ack_policy;       /* ACK_EXPLICIT, ACK_NONE, ACK_ALL */
     int headers_only;     /* deliver the headers and Nats-Msg-Size, no payload */
+    int replay_original;  /* new messages go out spaced as their stored times were (replay_policy "original") */
     int64_t max_waiting;  /* pull requests held at once */
     double idle_heartbeat; /* push: seconds of silence before a 100 Idle Heartbeat; 0 none */
     int flow_control;     /* push: 100 FlowControl Requests; delivery stalls on a window unanswered */
