@@ -297,8 +297,12 @@ describe("JetStream consumers in tide", function()
     local res = json.decode(text:match("(%b{})%s*$") or "null")
     assert(res, "jscons_crash.mjs gave no result:\n" .. text)
     assert.are.same({}, res.again, "delivered again after their ack was answered: " .. canon(res))
-    assert.are.same({}, res.missing, canon(res))
-    assert.are.equal(N, res.acked)
+    -- An ack the server applied just before a kill has no answer: the
+    -- client counts it as not known to be acked, and nothing redelivers it
+    -- (rightly).  At most one such ack per kill (the client acks one at a
+    -- time); the consumer's own state below says whether it was applied.
+    assert.is_true(#res.missing <= 2, canon(res))
+    assert.are.equal(N, res.acked + #res.missing, canon(res))
     assert.is_true(res.deliveries > N, "the kills came after the last fetch: " .. canon(res))
     -- and the consumer agrees: everything acked, nothing pending
     local info = api(srv.port, "$JS.API.CONSUMER.INFO.C.W")
