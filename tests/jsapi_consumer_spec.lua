@@ -257,6 +257,24 @@ describe("JetStream consumers in tide", function()
     assert.are.same({ "MINE", "WORK" }, api(srv.port, "$JS.API.CONSUMER.NAMES.DECL").consumers)
   end)
 
+  it("shows API-made streams and consumers in tide stream / tide consumer", function()
+    api(srv.port, "$JS.API.STREAM.CREATE.APIS", { name = "APIS", subjects = { "apis.>" } })
+    api(srv.port, "$JS.API.CONSUMER.CREATE.APIS.VIAAPI", { stream_name = "APIS",
+      config = { durable_name = "VIAAPI", ack_policy = "explicit" } })
+    assert(h.request(srv.port, "apis.one", "1"))
+    local s = "127.0.0.1:" .. srv.port
+    local rc, out = h.sh(("'%s' stream ls -s %s"):format(h.bin, s))
+    assert.are.equal(0, rc, out)
+    assert.truthy(out:find("\nAPIS%s+apis%.>%s+1%s"), out)
+    rc, out = h.sh(("'%s' consumer ls -s %s"):format(h.bin, s))
+    assert.are.equal(0, rc, out)
+    assert.truthy(out:find("\nVIAAPI%s+APIS%s"), out)
+    rc, out = h.sh(("'%s' consumer info VIAAPI -s %s"):format(h.bin, s))
+    assert.are.equal(0, rc, out)
+    assert.truthy(out:find("stream%s+APIS"), out)
+    assert.truthy(out:find("num_pending%s+1"), out)
+  end)
+
   it("takes filter_subjects (nats-server 2.10) and refuses overlapping ones", function()
     api(srv.port, "$JS.API.STREAM.CREATE.F", { name = "F", subjects = { "f.>" } })
     for _, s in ipairs({ "f.a", "f.b", "f.c", "f.a", "f.c" }) do assert(h.request(srv.port, s, s)) end
