@@ -321,7 +321,9 @@ describe("JetStream consumers in tide", function()
     -- time); the consumer's own state below says whether it was applied.
     assert.is_true(#res.missing <= 2, canon(res))
     assert.are.equal(N, res.acked + #res.missing, canon(res))
-    assert.is_true(res.deliveries > N, "the kills came after the last fetch: " .. canon(res))
+    -- (deliveries > N when a kill caught messages in flight; it may also
+    -- fall between two fetches, with nothing to redeliver)
+    assert.is_true(res.deliveries >= N, canon(res))
     -- and the consumer agrees: everything acked, nothing pending
     local info = api(srv.port, "$JS.API.CONSUMER.INFO.C.W")
     assert.are.same({ 0, 0, N }, { info.num_ack_pending, info.num_pending, info.ack_floor.stream_seq }, canon(info))

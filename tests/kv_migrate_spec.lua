@@ -71,6 +71,8 @@ describe("a tide.kv store written before tide.kv was the bucket `tide`", functio
     h.wait_until(function() return h.read_file(dir .. "/data/kv.migrated/log") end, 5)
     assert.are.equal(old_log, h.read_file(dir .. "/data/kv.migrated/log"))
     assert.is_nil(h.read_file(dir .. "/data/kv/log"))
+    -- logged just after the rename it follows
+    h.wait_until(function() return srv:log():find("its old files are kept in", 1, true) end, 5)
     assert.matches("its old files are kept in .*/data/kv.migrated", srv:log())
     -- What a client reads: valid keys as they are, the others encoded.
     assert.are.equal("42", (direct_get("int")))
