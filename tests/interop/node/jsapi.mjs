@@ -16,55 +16,17 @@
 // reduced to the fields both implement (no timestamps; sizes as "more
 // than 0"), errors as their err_code.  Exit status 0 when every step got
 // an answer; 2 on a global timeout.
-const GLOBAL_TIMEOUT_MS = 40000;
-const port = Number(process.argv[2]);
-const v3 = process.argv[3] === "--v3";
-if (!Number.isInteger(port) || port <= 0 || port > 65535 || (process.argv.length > 3 && !v3)) {
-  console.error("usage: node jsapi.mjs <port> [--v3]");
-  process.exit(2);
-}
-setTimeout(() => {
-  process.stdout.write('{"bail":"global timeout"}\n', () => process.exit(2));
-}, GLOBAL_TIMEOUT_MS).unref();
+import { loadClient, parseArgs, stepsInto } from "./jsclient.mjs";
 
-// The client: nats.js v2 (package "nats"), or with --v3 the v3 packages
-// (@nats-io/transport-node and @nats-io/jetstream).
-let connect, headers, managerOf, jetstreamOf;
-if (v3) {
-  const core = await import("@nats-io/transport-node");
-  const jsmod = await import("@nats-io/jetstream");
-  ({ connect, headers } = core);
-  managerOf = (nc) => jsmod.jetstreamManager(nc);
-  jetstreamOf = (nc) => jsmod.jetstream(nc);
-} else {
-  const nats = await import("nats");
-  ({ connect, headers } = nats);
-  managerOf = (nc) => nc.jetstreamManager();
-  jetstreamOf = (nc) => nc.jetstream();
-}
+const GLOBAL_TIMEOUT_MS = 40000;
+const { port, v3 } = parseArgs("jsapi.mjs", GLOBAL_TIMEOUT_MS);
+const { connect, headers, managerOf, jetstreamOf } = await loadClient(v3);
 const te = new TextEncoder();
 const td = new TextDecoder();
 const sc = { encode: (s) => te.encode(s), decode: (b) => td.decode(b) };
 const jc = { encode: (o) => te.encode(JSON.stringify(o)), decode: (b) => JSON.parse(td.decode(b)) };
 const out = {};
-
-// What an error says: its JetStream err_code, else its message.
-function errCode(e) {
-  if (e && e.api_error && e.api_error.err_code) return e.api_error.err_code;
-  if (e && typeof e.code === "number") return e.code; // v3's JetStreamApiError
-  const m = /err_code[=: ]+(\d+)/.exec(String(e && e.message));
-  if (m) return Number(m[1]);
-  return `error: ${e && (e.code || e.message)}`;
-}
-
-// The step's result, or {err: code} when it threw.
-async function step(name, fn) {
-  try {
-    out[name] = await fn();
-  } catch (e) {
-    out[name] = { err: errCode(e) };
-  }
-}
+const step = stepsInto(out);
 
 function state(si) {
   const s = si.state;

@@ -13,52 +13,18 @@
 // server answered, reduced to what both implement (no timestamps, no
 // generated names), errors as their err_code.  Exit status 0 when every
 // step got an answer; 2 on a global timeout.
-const GLOBAL_TIMEOUT_MS = 60000;
-const port = Number(process.argv[2]);
-const v3 = process.argv[3] === "--v3";
-if (!Number.isInteger(port) || port <= 0 || port > 65535 || (process.argv.length > 3 && !v3)) {
-  console.error("usage: node jscons.mjs <port> [--v3]");
-  process.exit(2);
-}
-setTimeout(() => {
-  process.stdout.write('{"bail":"global timeout"}\n', () => process.exit(2));
-}, GLOBAL_TIMEOUT_MS).unref();
+import { errCode, loadClient, parseArgs, stepsInto } from "./jsclient.mjs";
 
-let connect, headers, createInbox, managerOf, jetstreamOf;
-if (v3) {
-  const core = await import("@nats-io/transport-node");
-  const jsmod = await import("@nats-io/jetstream");
-  ({ connect, headers, createInbox } = core);
-  managerOf = (nc) => jsmod.jetstreamManager(nc);
-  jetstreamOf = (nc) => jsmod.jetstream(nc);
-} else {
-  const nats = await import("nats");
-  ({ connect, headers, createInbox } = nats);
-  managerOf = (nc) => nc.jetstreamManager();
-  jetstreamOf = (nc) => nc.jetstream();
-}
+const GLOBAL_TIMEOUT_MS = 60000;
+const { port, v3 } = parseArgs("jscons.mjs", GLOBAL_TIMEOUT_MS);
+const { connect, headers, createInbox, managerOf, jetstreamOf } = await loadClient(v3);
 const te = new TextEncoder();
 const td = new TextDecoder();
 const enc = (s) => te.encode(s);
 const dec = (b) => td.decode(b);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const out = {};
-
-function errCode(e) {
-  if (e && e.api_error && e.api_error.err_code) return e.api_error.err_code;
-  if (e && typeof e.code === "number") return e.code;
-  const m = /err_code[=: ]+(\d+)/.exec(String(e && e.message));
-  if (m) return Number(m[1]);
-  return `error: ${e && (e.code || e.message)}`;
-}
-
-async function step(name, fn) {
-  try {
-    out[name] = await fn();
-  } catch (e) {
-    out[name] = { err: errCode(e) };
-  }
-}
+const step = stepsInto(out);
 
 // The configuration fields both servers implement.
 function cfg(c) {

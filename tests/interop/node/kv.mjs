@@ -14,56 +14,23 @@
 // to what both implement (no times, sizes as "more than 0"), errors as
 // their err_code.  Exit status 0 when every step got an answer; 2 on a
 // global timeout.
-const GLOBAL_TIMEOUT_MS = 40000;
-const port = Number(process.argv[2]);
-const v3 = process.argv[3] === "--v3";
-if (!Number.isInteger(port) || port <= 0 || port > 65535 || (process.argv.length > 3 && !v3)) {
-  console.error("usage: node kv.mjs <port> [--v3]");
-  process.exit(2);
-}
-setTimeout(() => {
-  process.stdout.write('{"bail":"global timeout"}\n', () => process.exit(2));
-}, GLOBAL_TIMEOUT_MS).unref();
+import { errCode, loadClient, parseArgs, stepsInto } from "./jsclient.mjs";
 
-// The client: a connection, its stream manager, and opening a bucket.
-let connect, headers, managerOf, jetstreamOf, bucketOf;
-if (v3) {
-  const core = await import("@nats-io/transport-node");
-  const jsmod = await import("@nats-io/jetstream");
-  const kvmod = await import("@nats-io/kv");
-  ({ connect, headers } = core);
-  managerOf = (nc) => jsmod.jetstreamManager(nc);
-  jetstreamOf = (nc) => jsmod.jetstream(nc);
-  bucketOf = (nc, name, opts) => new kvmod.Kvm(nc).create(name, opts);
-} else {
-  const nats = await import("nats");
-  ({ connect, headers } = nats);
-  managerOf = (nc) => nc.jetstreamManager();
-  jetstreamOf = (nc) => nc.jetstream();
-  bucketOf = (nc, name, opts) => nc.jetstream().views.kv(name, opts);
-}
+const GLOBAL_TIMEOUT_MS = 40000;
+const { port, v3 } = parseArgs("kv.mjs", GLOBAL_TIMEOUT_MS);
+const { connect, headers, managerOf, jetstreamOf, bucketOf } = await loadClient(v3);
 const te = new TextEncoder();
 const td = new TextDecoder();
 const out = {};
 
-// What an error says: its JetStream err_code, else its message.
-function errCode(e) {
-  if (e && e.api_error && e.api_error.err_code) return e.api_error.err_code;
-  if (e && typeof e.code === "number") return e.code;
-  const m = /err_code[=: ]+(\d+)/.exec(String(e && e.message));
-  if (m) return Number(m[1]);
-  const w = /wrong last sequence/.exec(String(e && e.message));
-  if (w) return 10071;
-  return `error: ${e && (e.code || e.message)}`;
+// What an error says; a failed compare-and-set that carries no err_code
+// is 10071 (JSStreamWrongLastSequence).
+function kvErrCode(e) {
+  const code = errCode(e);
+  if (typeof code === "string" && /wrong last sequence/.test(String(e && e.message))) return 10071;
+  return code;
 }
-
-async function step(name, fn) {
-  try {
-    out[name] = await fn();
-  } catch (e) {
-    out[name] = { err: errCode(e) };
-  }
-}
+const step = stepsInto(out, kvErrCode);
 
 // An entry as both servers can say it (no created time, no delta).
 function entry(e) {

@@ -12,51 +12,16 @@
 // to what both implement (no times, no nuids), errors as their code.  Exit
 // status 0 when every step got an answer; 2 on a global timeout.
 import { createHash } from "node:crypto";
+import { loadClient, parseArgs, stepsInto } from "./jsclient.mjs";
 
 const GLOBAL_TIMEOUT_MS = 100000;
 const BIG = 10 * 1024 * 1024;
-const port = Number(process.argv[2]);
-const v3 = process.argv[3] === "--v3";
-if (!Number.isInteger(port) || port <= 0 || port > 65535 || (process.argv.length > 3 && !v3)) {
-  console.error("usage: node obj.mjs <port> [--v3]");
-  process.exit(2);
-}
-setTimeout(() => {
-  process.stdout.write(JSON.stringify({ bail: "global timeout", out }) + "\n", () => process.exit(2));
-}, GLOBAL_TIMEOUT_MS).unref();
-
-let connect, managerOf, storeOf;
-if (v3) {
-  const core = await import("@nats-io/transport-node");
-  const jsmod = await import("@nats-io/jetstream");
-  const objmod = await import("@nats-io/obj");
-  ({ connect } = core);
-  managerOf = (nc) => jsmod.jetstreamManager(nc);
-  storeOf = (nc, name, opts) => new objmod.Objm(nc).create(name, opts);
-} else {
-  const nats = await import("nats");
-  ({ connect } = nats);
-  managerOf = (nc) => nc.jetstreamManager();
-  storeOf = (nc, name, opts) => nc.jetstream().views.os(name, opts);
-}
+const out = {};
+const { port, v3 } = parseArgs("obj.mjs", GLOBAL_TIMEOUT_MS, () => ({ bail: "global timeout", out }));
+const { connect, managerOf, storeOf } = await loadClient(v3);
 const te = new TextEncoder();
 const td = new TextDecoder();
-const out = {};
-
-function errCode(e) {
-  if (e && e.api_error && e.api_error.err_code) return e.api_error.err_code;
-  const m = /err_code[=: ]+(\d+)/.exec(String(e && e.message));
-  if (m) return Number(m[1]);
-  return `error: ${e && (e.code || e.message)}`;
-}
-
-async function step(name, fn) {
-  try {
-    out[name] = await fn();
-  } catch (e) {
-    out[name] = { err: errCode(e) };
-  }
-}
+const step = stepsInto(out);
 
 const sha256 = (b) => "SHA-256=" + createHash("sha256").update(b).digest("base64url");
 
