@@ -16,6 +16,7 @@
 -- process started is stopped.
 package.path = (os.getenv("TIDE_ROOT") or ".") .. "/tests/?.lua;" .. package.path
 local h = require "helpers"
+local cs = require "cluster_support"
 local json = require "dkjson"
 local socket = require "socket"
 
@@ -34,24 +35,6 @@ local function stop_all()
   started = {}
 end
 
-local function start_cluster(dir)
-  local spec, routes, ns = {}, {}, {}
-  for i = 1, 3 do
-    spec[i] = { port = h.free_port(), cport = h.free_port(), dir = dir .. "/s" .. i }
-    routes[i] = "nats://127.0.0.1:" .. spec[i].cport
-    os.execute("mkdir -p '" .. spec[i].dir .. "'")
-  end
-  for i = 1, 3 do
-    local n = spec[i]
-    local srv = h.start_server { bin = h.nats_server_bin(), port = n.port, cmd = {
-      "-a", "127.0.0.1", "-p", tostring(n.port), "-n", "b" .. i, "--cluster_name", "bench",
-      "-cluster", "nats://127.0.0.1:" .. n.cport, "-routes", table.concat(routes, ","), "-js", "-sd", n.dir } }
-    srv.stop_signal = "INT"
-    ns[i] = keep(srv)
-  end
-  return ns
-end
-
 local HANDLER = [[
 on("orders.paid", { consumer = "billing" }, function(e, ctx, meta)
   for i = 1, %d do end
@@ -62,22 +45,13 @@ end)
 local function rules(name, cluster_ports)
   local text
   if cluster_ports then
-    local urls = {}
-    for _, p in ipairs(cluster_ports) do urls[#urls + 1] = ('"nats://127.0.0.1:%d"'):format(p) end
-    text = ("cluster { upstream = { %s }, name = %q }\n"):format(table.concat(urls, ", "), name) ..
+    text = cs.cluster_block(name, cluster_ports) ..
       'stream "orders" { subjects = { "orders.>" }, backend = "jetstream", replicas = 3 }\n'
   else
     text = 'stream "orders" { subjects = { "orders.>" } }\n'
   end
   return text .. 'consumer "billing" { stream = "orders", filter = "orders.paid", ack_wait = "30s", ' ..
     'max_ack_pending = 20000 }\n' .. (HANDLER:format(SPIN):gsub("NAME", name))
-end
-
-local function client(port)
-  local c = h.connect(port)
-  c:send('CONNECT {"verbose":false,"headers":true,"no_responders":true}\r\n')
-  assert(c:ping())
-  return c
 end
 
 local function event(n)
@@ -94,7 +68,7 @@ local function start_setup(dir)
     local srv = keep(h.start_scripted(rules("solo"), { args = { "--data", dir .. "/data" } }))
     return srv.port, srv.port, { srv }
   end
-  local ns = start_cluster(dir)
+  local ns = cs.start_cluster(dir, "bench", keep)
   for i = 1, nodes do
     local text = rules("n" .. i, { ns[i].port })
     local srv = keep(h.start_scripted(text, { args = { "--data", dir .. "/data" .. i } }))
@@ -112,25 +86,11 @@ local function start_setup(dir)
   return list[1].port, ns[2].port, list
 end
 
-local function watcher(port, probe_port)
-  local w = client(port)
-  w:sub("handled.>", "1")
-  local probe = client(probe_port)
-  assert(h.wait_until(function()
-    probe:pub("handled.probe", "{}")
-    local f = w:frame(0.2)
-    return f and f.op == "MSG"
-  end, 15, 0), "the watcher's interest never reached the cluster")
-  probe:close()
-  while w:frame(0.3) do end
-  return w
-end
-
 local function run()
   local dir = h.make_tmpdir("bench-cluster")
   local pub_port, watch_port, list = start_setup(dir, true)
-  local w = watcher(watch_port, pub_port)
-  local pub = client(pub_port)
+  local w = cs.watcher(watch_port, pub_port)
+  local pub = cs.client(pub_port)
   pub:sub("_INBOX.b.*", "9")
   assert(pub:ping())
   -- latency first: one at a time
