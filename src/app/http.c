@@ -1255,29 +1255,51 @@ static void reply_admin_answer(http_t *h, struct evhttp_request *req, char *json
     free(json);
 }
 
+/* Parses the query of u into q (which the caller clears) and points stream
+ * at its stream= and from at its from_seq= (NULL when absent, *seq then
+ * left as it was): 0, or -1 when stream is missing or too long or from_seq
+ * is not a number. */
+static int stream_query(const struct evhttp_uri *u, struct evkeyvalq *q, const char **stream, const char **from,
+                        unsigned long long *seq)
+{
+    const char *query = u ? evhttp_uri_get_query(u) : NULL;
+    char *end = NULL;
+    memset(q, 0, sizeof *q);
+    *stream = query && evhttp_parse_query_str(query, q) == 0 ? evhttp_find_header(q, "stream") : NULL;
+    *from = *stream ? evhttp_find_header(q, "from_seq") : NULL;
+    if (*from)
+        *seq = strtoull(*from, &end, 10);
+    if (!*stream || !**stream || strlen(*stream) >= STREAM_NAME_MAX || (*from && (!**from || *end)))
+        return -1;
+    return 0;
+}
+
+/* Answers req with the streams' admin verb's answer to the request o
+ * (which it frees), as reply_admin_answer says. */
+static void reply_console_admin(http_t *h, struct evhttp_request *req, const char *verb, cJSON *o)
+{
+    char *p = o ? cJSON_PrintUnformatted(o) : NULL;
+    size_t len = 0;
+    char *json = p ? console_admin(h->console, verb, p, strlen(p), &len) : NULL;
+    cJSON_free(p);
+    cJSON_Delete(o);
+    reply_admin_answer(h, req, json, len);
+}
+
 /* GET /api/dlq?stream=S[&from_seq=N]: a page of the dead letters S holds. */
 static void api_dlq(http_t *h, struct evhttp_request *req, const struct evhttp_uri *u)
 {
     struct evkeyvalq q;
-    const char *query = u ? evhttp_uri_get_query(u) : NULL;
-    memset(&q, 0, sizeof q);
-    const char *stream = query && evhttp_parse_query_str(query, &q) == 0 ? evhttp_find_header(&q, "stream") : NULL;
-    const char *from = stream ? evhttp_find_header(&q, "from_seq") : NULL;
-    char *end = NULL;
-    unsigned long long seq = from ? strtoull(from, &end, 10) : 1;
-    if (!stream || !*stream || strlen(stream) >= STREAM_NAME_MAX || (from && (!*from || *end))) {
+    const char *stream, *from;
+    unsigned long long seq = 1;
+    if (stream_query(u, &q, &stream, &from, &seq) < 0) {
         reply_error(h, req, 400, "Bad Request", "GET /api/dlq?stream=<name>[&from_seq=<n>]");
     } else {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "stream", stream);
         json_add_uint(o, "from_seq", seq);
         json_add_uint(o, "limit", 100);
-        char *p = cJSON_PrintUnformatted(o);
-        size_t len = 0;
-        char *json = p ? console_admin(h->console, "DLQ.SHOW", p, strlen(p), &len) : NULL;
-        cJSON_free(p);
-        cJSON_Delete(o);
-        reply_admin_answer(h, req, json, len);
+        reply_console_admin(h, req, "DLQ.SHOW", o);
     }
     evhttp_clear_headers(&q);
 }
@@ -1383,13 +1405,9 @@ static void api_events(http_t *h, struct evhttp_request *req, const struct evhtt
 {
     static const char *const keys[] = {"since", "until", "subject", NULL};
     struct evkeyvalq q;
-    const char *query = u ? evhttp_uri_get_query(u) : NULL;
-    memset(&q, 0, sizeof q);
-    const char *stream = query && evhttp_parse_query_str(query, &q) == 0 ? evhttp_find_header(&q, "stream") : NULL;
-    const char *from = stream ? evhttp_find_header(&q, "from_seq") : NULL;
-    char *end = NULL;
-    unsigned long long seq = from ? strtoull(from, &end, 10) : 0;
-    if (!stream || !*stream || strlen(stream) >= STREAM_NAME_MAX || (from && (!*from || *end))) {
+    const char *stream, *from;
+    unsigned long long seq = 0;
+    if (stream_query(u, &q, &stream, &from, &seq) < 0) {
         reply_error(h, req, 400, "Bad Request",
                     "GET /api/events?stream=<name>[&from_seq=<n>][&since=<time>][&until=<time>][&subject=<pattern>]");
         evhttp_clear_headers(&q);
@@ -1405,12 +1423,7 @@ static void api_events(http_t *h, struct evhttp_request *req, const struct evhtt
             cJSON_AddStringToObject(o, keys[i], v);
     }
     json_add_uint(o, "limit", 50);
-    char *p = cJSON_PrintUnformatted(o);
-    size_t len = 0;
-    char *json = p ? console_admin(h->console, "STREAM.EVENTS", p, strlen(p), &len) : NULL;
-    cJSON_free(p);
-    cJSON_Delete(o);
-    reply_admin_answer(h, req, json, len);
+    reply_console_admin(h, req, "STREAM.EVENTS", o);
     evhttp_clear_headers(&q);
 }
 
@@ -1566,12 +1579,7 @@ static int api_replay(http_t *h, struct evhttp_request *req, const cJSON *doc, c
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "stream", stream->valuestring);
     json_add_uint(o, "seq", seq);
-    char *p = cJSON_PrintUnformatted(o);
-    size_t len = 0;
-    char *json = p ? console_admin(h->console, "DLQ.REPLAY", p, strlen(p), &len) : NULL;
-    cJSON_free(p);
-    cJSON_Delete(o);
-    reply_admin_answer(h, req, json, len);
+    reply_console_admin(h, req, "DLQ.REPLAY", o);
     return 0;
 }
 
