@@ -29,12 +29,11 @@ CONNS=${BENCH_AUTH_CONNS:-2000}
 BCONNS=${BENCH_AUTH_BCRYPT_CONNS:-20}
 OUT=$ROOT/build/bench-auth.md
 LOGS=$ROOT/build/bench-logs
-CLK_TCK=$(getconf CLK_TCK)
 mkdir -p "$LOGS"
 [ -x "$BENCH" ] || { echo "bench-auth: $BENCH not built (make build/nats_bench)"; exit 2; }
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/tide-bench-auth.XXXXXX")
-PIDS=""
-cleanup() { for p in $PIDS; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; rm -rf "$TMP"; }
+PID=
+cleanup() { stop_pid "$PID"; rm -rf "$TMP"; }
 trap cleanup EXIT
 
 HASH=$(printf 'slowpw\n' | "$TIDE" passwd --cost 11 | tail -1)
@@ -67,8 +66,7 @@ start() {
     nats-*) "$NATS_BIN" -a 127.0.0.1 -p "$PORT" -c "$TMP/$1.conf" >"$LOGS/auth-$1.log" 2>&1 & ;;
     esac
     PID=$!
-    PIDS="$PIDS $PID"
-    for _ in $(seq 1 100); do grep -q "Server is ready" "$LOGS/auth-$1.log" && return 0; sleep 0.05; done
+    wait_log_ready "$LOGS/auth-$1.log" && return 0
     echo "bench-auth: $1 did not start"; exit 1
 }
 
@@ -90,8 +88,8 @@ run() {
     v=$(echo "$line" | sed -n 's/^RESULT.* rate=\([0-9]*\).*/\1/p')
     [ -n "$v" ] || { echo "bench-auth: $side $what failed: $line"; exit 1; }
     VAL[$side.$what]="${VAL[$side.$what]:-} $v"
-    CPUS[$side.$what]="${CPUS[$side.$what]:-} $(awk -v t=$((c1 - c0)) -v k="$CLK_TCK" 'BEGIN {printf "%.2f", t / k}')"
-    kill "$PID"; wait "$PID" 2>/dev/null
+    CPUS[$side.$what]="${CPUS[$side.$what]:-} $(ticks_to_s "$c0" "$c1")"
+    stop_pid "$PID"; PID=
 }
 
 SIDES="tide-none tide-auth nats-none nats-auth"

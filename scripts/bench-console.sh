@@ -47,17 +47,13 @@ start_tide() { # port http_port
     "$TIDE" serve -a 127.0.0.1 -p "$1" --http "127.0.0.1:$2" -c "$ROOT/bench/scripts/full.lua" \
         >"$LOGS/console-tide.log" 2>&1 &
     SERVER_PID=$!
-    for _ in $(seq 1 300); do
-        "$BENCH" ping --url "nats://127.0.0.1:$1" >/dev/null 2>&1 && return 0
-        sleep 0.05
-    done
+    wait_ping "$1" 300 "$SERVER_PID" && return 0
     echo "tide did not start" >&2
     return 1
 }
 
 stop_tide() {
-    kill -TERM "$SERVER_PID" 2>/dev/null
-    wait "$SERVER_PID" 2>/dev/null
+    stop_pid "$SERVER_PID"
     SERVER_PID=
 }
 

@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 . scripts/bench-lib.sh
 ROOT=$(pwd)
 TIDE=${TIDE:-$ROOT/build/tide}
+BENCH=$ROOT/build/nats_bench
 REPEAT=${BENCH_REPEAT:-3}
 DUR=${BENCH_HTTP_SECONDS:-5}
 OUT=$ROOT/build/bench-http.md
@@ -20,7 +21,7 @@ for r in $(seq 1 "$REPEAT"); do
     np=$(free_port); hp=$(free_port)
     "$TIDE" serve -a 127.0.0.1 -p "$np" --http "127.0.0.1:$hp" >"$LOGS/http-bench.log" 2>&1 &
     pid=$!
-    for _ in $(seq 1 100); do "$ROOT/build/nats_bench" ping --url "nats://127.0.0.1:$np" >/dev/null 2>&1 && break; sleep 0.05; done
+    wait_ping "$np" 100 "$pid" || { echo "tide did not start (see $LOGS/http-bench.log)"; stop_pid "$pid"; exit 1; }
     # a subscriber, so both paths deliver what they take in
     "$ROOT/build/tide" sub 'bench.>' -s "127.0.0.1:$np" --json >/dev/null 2>&1 &
     subpid=$!
@@ -31,10 +32,10 @@ for r in $(seq 1 "$REPEAT"); do
     [ -n "$non2xx" ] && { echo "wrk saw errors: $line"; kill $subpid $pid; exit 1; }
     http_rates+=("$rate")
     kill $subpid 2>/dev/null; wait $subpid 2>/dev/null
-    nl=$("$ROOT/build/nats_bench" pubsub --url "nats://127.0.0.1:$np" --size 128 --msgs 300000 --subs 1 --json \
+    nl=$("$BENCH" pubsub --url "nats://127.0.0.1:$np" --size 128 --msgs 300000 --subs 1 --json \
          --subject bench.nats --timeout 60 2>&1)
     nats_rates+=("$(echo "$nl" | sed -n 's/.* rate=\([0-9]*\).*/\1/p')")
-    kill -TERM $pid; wait $pid 2>/dev/null
+    stop_pid "$pid"
 done
 h=$(printf '%s\n' "${http_rates[@]}" | median)
 n=$(printf '%s\n' "${nats_rates[@]}" | median)

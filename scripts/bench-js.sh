@@ -114,7 +114,6 @@ OVERRIDE=${TIDE_JS_OVERRIDE:-}
 LOGDIR=$BUILD/bench-js-logs
 SAMPLES=$LOGDIR/samples.tsv
 MD=$BUILD/bench-js-results.md
-CLK_TCK=$(getconf CLK_TCK)
 SIDES="tide nats"
 READY_TMO=120      # seconds a (re)started server gets to answer PING
 STOP_TMO=60        # seconds a server gets to exit after SIGTERM
@@ -183,24 +182,6 @@ want() {
     return 1
 }
 
-alive() { [ -n "${PID[$1]:-}" ] && kill -0 "${PID[$1]}" 2>/dev/null; }
-
-ticks_to_s() { awk -v a="$1" -v b="$2" -v t="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / t }'; }
-
-# record_error KEY SIDE MESSAGE: one failed run of KEY.  note_error only adds
-# the message (for a second symptom of a run already counted as failed).
-record_error() {
-    sample "$1" "$2" "ERR"
-    note_error "$@"
-}
-
-note_error() {
-    local key=$1 side=$2; shift 2
-    FAILED=1
-    echo "  !! $(label "$side") $key: $*" >&2
-    echo "$(date +%T) $(label "$side") $key: $*" >> "$LOGDIR/errors.log"
-}
-
 # Flags js_bench needs for a server: nats-server gets the stream and the
 # consumer through $JS.API, tide has them in its entry file (and answers
 # consumer-state questions on $TIDE.ADMIN.CONSUMER.INFO instead).
@@ -267,14 +248,7 @@ stop_server() {
     STOP_MS=""; STOP_RC=""
     [ -n "$pid" ] || return 0
     t0=$(now_ms)
-    if kill "$pid" 2>/dev/null; then
-        for _ in $(seq 1 $(( STOP_TMO * 50 ))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.02; done
-        if kill -0 "$pid" 2>/dev/null; then
-            kill -9 "$pid" 2>/dev/null
-            killed=1
-        fi
-    fi
-    wait "$pid" 2>/dev/null; STOP_RC=$?
+    stop_pid "$pid" "$STOP_TMO" || killed=1
     STOP_MS=$(( $(now_ms) - t0 ))
     echo "--- $(date +%T) stopped: status $STOP_RC after ${STOP_MS} ms$([ $killed = 1 ] && echo ', SIGKILL')" \
         >> "$LOGDIR/$side.log"
@@ -282,46 +256,13 @@ stop_server() {
     [ $killed = 0 ]
 }
 
-# After a run: a server that went away is a failure of that run.
-check_server() {
-    local side=$1 key=$2 counted=${3:-} rc fn=record_error
-    alive "$side" && return 0
-    wait "${PID[$side]}" 2>/dev/null; rc=$?
-    [ -n "$counted" ] && fn=note_error
-    $fn "$key" "$side" "$(label "$side") exited (status $rc) during $key; see $LOGDIR/$side.log"
-    tail -n 10 "$LOGDIR/$side.log" | sed 's/^/     /' >&2
-    PID[$side]=""
-    return 1
-}
-
-# run_client SIDE KEY SCENARIO ARGS...
-# On success sets LINE (the RESULT line) and CPU_S (server CPU seconds used).
-run_client() {
-    local side=$1 key=$2 sc=$3 c0 c1 rc out
+# js_client SIDE KEY SCENARIO ARGS...: run_client with js_bench's
+# timeout and the flags SIDE's server needs.
+js_client() {
+    local side=$1 key=$2 sc=$3
     shift 3
-    LINE=""
-    if ! alive "$side"; then
-        record_error "$key" "$side" "server not running"
-        return 1
-    fi
-    c0=$(cpu_ticks "${PID[$side]}")
     # shellcheck disable=SC2046  # js_flags is a word list
-    out=$(timeout -k 5 $(( JS_TMO + 60 )) "$BENCH" "$sc" --url "nats://127.0.0.1:${PORT[$side]}" \
-          --timeout "$JS_TMO" $(js_flags "$side") "$@" 2>>"$LOGDIR/client.log")
-    rc=$?
-    c1=$(cpu_ticks "${PID[$side]}")
-    LINE=$(echo "$out" | grep -m1 '^RESULT ')
-    echo "$(label "$side") [${KIND[$side]}] $key: $out" >> "$LOGDIR/client.log"
-    if [ $rc -ne 0 ] || [ -z "$LINE" ]; then
-        [ $rc -eq 124 ] && out="client killed after $(( JS_TMO + 60 ))s"
-        record_error "$key" "$side" "${out:-client exited with status $rc}"
-        check_server "$side" "$key" counted
-        LINE=""
-        return 1
-    fi
-    if ! check_server "$side" "$key"; then LINE=""; return 1; fi
-    CPU_S=$(ticks_to_s "$c0" "$c1")
-    return 0
+    run_client "$side" "$key" $(( JS_TMO + 60 )) "$sc" --timeout "$JS_TMO" $(js_flags "$side") "$@"
 }
 
 fresh_server() {   # side key
@@ -335,7 +276,7 @@ fresh_server() {   # side key
 scen_seq() {
     local side=$1 key=${2:-seq}
     fresh_server "$side" "$key" || return
-    if run_client "$side" "$key" seq --n "$SEQ_N" --size 128 --warmup 100; then
+    if js_client "$side" "$key" seq --n "$SEQ_N" --size 128 --warmup 100; then
         sample "$key.p50" "$side" "$(field p50_us "$LINE")"
         sample "$key.p99" "$side" "$(field p99_us "$LINE")"
         sample "$key.p999" "$side" "$(field p999_us "$LINE")"
@@ -350,7 +291,7 @@ scen_seq() {
 scen_async() {
     local side=$1 key=async disk
     fresh_server "$side" "$key" || return
-    if run_client "$side" "$key" async --n "$ASYNC_N" --size 128 --max-pending "$MAX_PENDING"; then
+    if js_client "$side" "$key" async --n "$ASYNC_N" --size 128 --max-pending "$MAX_PENDING"; then
         disk=$(du -sk "${DATA[$side]}" | cut -f1)
         sample "$key" "$side" "$(field rate "$LINE")"
         sample "$key.disk" "$side" "$disk"
@@ -364,7 +305,7 @@ scen_async() {
 scen_consume() {
     local side=$1 key=consume
     fresh_server "$side" "$key" || return
-    if run_client "$side" "$key" consume --n "$CONSUME_N" --size 128 --max-pending "$MAX_PENDING"; then
+    if js_client "$side" "$key" consume --n "$CONSUME_N" --size 128 --max-pending "$MAX_PENDING"; then
         if [ "$(field redelivered "$LINE")" != 0 ]; then
             note_error "$key" "$side" "$(field redelivered "$LINE") redeliveries (not counted in the rate)"
         fi
@@ -384,7 +325,7 @@ scen_kv() {
     # synced every second), the policy nats-server's PubAck follows.
     [ "$key" = kvi ] && [ "${KIND[$side]}" = tide ] && extra=(--kv-fsync interval)
     fresh_server "$side" "$key" || return
-    if run_client "$side" "$key" kv --n "$KV_N" --size 128 "${extra[@]}"; then
+    if js_client "$side" "$key" kv --n "$KV_N" --size 128 "${extra[@]}"; then
         sample "$key.put" "$side" "$(field put_rate "$LINE")"
         sample "$key.putp50" "$side" "$(field put_p50_us "$LINE")"
         sample "$key.get" "$side" "$(field get_rate "$LINE")"
@@ -414,7 +355,7 @@ scen_pull() {   # side batch n
     local side=$1 batch=$2 n=$3 key=pull$2
     fresh_server "$side" "$key" || return
     # (the pull consumer "p" is made through $JS.API on both servers)
-    if run_client "$side" "$key" pull --n "$n" --size 128 --batch "$batch" --max-pending "$MAX_PENDING"; then
+    if js_client "$side" "$key" pull --n "$n" --size 128 --batch "$batch" --max-pending "$MAX_PENDING"; then
         sample "$key" "$side" "$(field rate "$LINE")"
         sample "$key.cpu" "$side" "$CPU_S"
         printf '  %-11s %-12s %10s msg/s fetched+acked (%s fetches)\n' "$(label "$side")" "$key" \
@@ -426,7 +367,7 @@ scen_pull() {   # side batch n
 scen_recovery() {   # side key size [kill]
     local side=$1 key=$2 size=$3 how=${4:-term} disk rate pub_cpu stop_ms ready rss hwm c_ready seq out
     fresh_server "$side" "$key" || return
-    if ! run_client "$side" "$key" async --n "$REC_N" --size "$size" --max-pending "$MAX_PENDING"; then
+    if ! js_client "$side" "$key" async --n "$REC_N" --size "$size" --max-pending "$MAX_PENDING"; then
         stop_server "$side"; return
     fi
     rate=$(field rate "$LINE"); pub_cpu=$CPU_S

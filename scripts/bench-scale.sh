@@ -98,9 +98,7 @@ start_server() { # side port
 }
 
 stop_server() {
-    [ -n "$SERVER_PID" ] || return 0
-    kill "$SERVER_PID" 2>/dev/null
-    wait "$SERVER_PID" 2>/dev/null
+    stop_pid "$SERVER_PID"
     SERVER_PID=
 }
 

@@ -55,23 +55,18 @@ start_tide() { # cfg port [wrapper...]
     [ "$cfg" != none ] && args+=(-c "$ROOT/bench/scripts/$rules.lua")
     "$@" "$TIDE" "${args[@]}" >"$LOGS/scripts-$cfg.log" 2>&1 &
     SERVER_PID=$!
-    for _ in $(seq 1 300); do
-        if "$BENCH" ping --url "nats://127.0.0.1:$port" >/dev/null 2>&1; then
-            case $cfg in
-            shadow) "$TIDE" rules shadow "$ROOT/bench/scripts/data.lua" -s "127.0.0.1:$port" --timeout 60 ;;
-            canary) "$TIDE" rules canary "$ROOT/bench/scripts/data.lua" --percent 10 -s "127.0.0.1:$port" --timeout 60 ;;
-            esac >/dev/null && return 0
-            break
-        fi
-        sleep 0.05
-    done
+    if wait_ping "$port" 300 "$SERVER_PID"; then
+        case $cfg in
+        shadow) "$TIDE" rules shadow "$ROOT/bench/scripts/data.lua" -s "127.0.0.1:$port" --timeout 60 ;;
+        canary) "$TIDE" rules canary "$ROOT/bench/scripts/data.lua" --percent 10 -s "127.0.0.1:$port" --timeout 60 ;;
+        esac >/dev/null && return 0
+    fi
     echo "tide ($cfg) did not start" >&2
     return 1
 }
 
 stop_tide() {
-    kill -TERM "$SERVER_PID" 2>/dev/null
-    wait "$SERVER_PID" 2>/dev/null
+    stop_pid "$SERVER_PID"
     SERVER_PID=
 }
 

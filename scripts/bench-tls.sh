@@ -29,12 +29,11 @@ CONNS=${BENCH_TLS_CONNS:-1000}
 CONC=${BENCH_TLS_CONC:-8}
 OUT=$ROOT/build/bench-tls.md
 LOGS=$ROOT/build/bench-logs
-CLK_TCK=$(getconf CLK_TCK)
 mkdir -p "$LOGS"
 [ -x "$BENCH" ] || { echo "bench-tls: $BENCH not built (make build/nats_bench)"; exit 2; }
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/tide-bench-tls.XXXXXX")
-PIDS=""
-cleanup() { for p in $PIDS; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; rm -rf "$TMP"; }
+PID=
+cleanup() { stop_pid "$PID"; rm -rf "$TMP"; }
 trap cleanup EXIT
 
 (cd "$TMP" &&
@@ -61,10 +60,9 @@ start() {
         "$NATS_BIN" -c "$TMP/nats.conf" >>"$LOGS/tls-$1.log" 2>&1 & ;;
     esac
     PID=$!
-    PIDS="$PIDS $PID"
-    # Both servers log this line once they listen (a probe in the clear
-    # would only fill the TLS servers' logs with handshake errors).
-    for _ in $(seq 1 100); do grep -q "Server is ready" "$LOGS/tls-$1.log" && return 0; sleep 0.05; done
+    # (A probe in the clear would only fill the TLS servers' logs with
+    # handshake errors.)
+    wait_log_ready "$LOGS/tls-$1.log" && return 0
     echo "bench-tls: $1 did not start"; exit 1
 }
 
@@ -83,8 +81,8 @@ for size in $SIZES; do
             rate=$(echo "$line" | sed -n 's/^RESULT.* rate=\([0-9]*\).*/\1/p')
             [ -n "$rate" ] || { echo "bench-tls: $side failed: $line"; exit 1; }
             RATES[$side.$size]="${RATES[$side.$size]:-} $rate"
-            CPUS[$side.$size]="${CPUS[$side.$size]:-} $(awk -v t=$((c1 - c0)) -v k="$CLK_TCK" 'BEGIN {printf "%.2f", t / k}')"
-            kill "$PID"; wait "$PID" 2>/dev/null
+            CPUS[$side.$size]="${CPUS[$side.$size]:-} $(ticks_to_s "$c0" "$c1")"
+            stop_pid "$PID"; PID=
         done
         SIDES=$(echo "$SIDES" | awk '{print $2, $3, $1}') # a different one first next time
     done
@@ -101,8 +99,8 @@ for r in $(seq 1 "$REPEAT"); do
         rate=$(echo "$line" | sed -n "s/^RESULT tls_connect n=$CONNS ok=$CONNS .* rate=\([0-9]*\).*/\1/p")
         [ -n "$rate" ] || { echo "bench-tls: $side connect failed: $line"; exit 1; }
         RATES[$side.connect]="${RATES[$side.connect]:-} $rate"
-        CPUS[$side.connect]="${CPUS[$side.connect]:-} $(awk -v t=$((c1 - c0)) -v k="$CLK_TCK" 'BEGIN {printf "%.2f", t / k}')"
-        kill "$PID"; wait "$PID" 2>/dev/null
+        CPUS[$side.connect]="${CPUS[$side.connect]:-} $(ticks_to_s "$c0" "$c1")"
+        stop_pid "$PID"; PID=
     done
     SIDES=$(echo "$SIDES" | awk '{print $2, $3, $1}')
 done

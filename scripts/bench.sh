@@ -68,7 +68,6 @@ TIDE_CMD=${TIDE_BIN_OVERRIDE:-$BUILD/tide serve --no-http}
 LOGDIR=$BUILD/bench-logs
 SAMPLES=$LOGDIR/samples.tsv
 MD=$BUILD/bench-results.md
-CLK_TCK=$(getconf CLK_TCK)
 SIDES="tide nats"
 
 die() { echo "bench: $*" >&2; exit 2; }
@@ -115,8 +114,6 @@ server_cmd() {
     esac
 }
 
-alive() { [ -n "${PID[$1]:-}" ] && kill -0 "${PID[$1]}" 2>/dev/null; }
-
 start_server() {
     local side=$1 port cmd
     port=$(free_port)
@@ -125,13 +122,7 @@ start_server() {
     # shellcheck disable=SC2086  # the command may carry arguments
     $cmd -a 127.0.0.1 -p "$port" >>"$LOGDIR/$side.log" 2>&1 &
     PID[$side]=$!
-    for _ in $(seq 1 100); do
-        if "$BENCH" ping --url "nats://127.0.0.1:$port" >"$TMP/ping.$side" 2>/dev/null; then
-            return 0
-        fi
-        alive "$side" || break
-        sleep 0.1
-    done
+    wait_ping "$port" 200 "${PID[$side]}" "$TMP/ping.$side" && return 0
     echo "bench: $(label "$side") did not come up on port $port (see $LOGDIR/$side.log)" >&2
     tail -n 5 "$LOGDIR/$side.log" >&2
     stop_server "$side"
@@ -139,73 +130,13 @@ start_server() {
 }
 
 stop_server() {
-    local side=$1 pid=${PID[$1]:-}
-    [ -n "$pid" ] || return 0
-    if kill "$pid" 2>/dev/null; then
-        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null
-    fi
-    wait "$pid" 2>/dev/null
-    PID[$side]=""
+    stop_pid "${PID[$1]:-}" 5
+    PID[$1]=""
 }
 
-# record_error KEY SIDE MESSAGE: one failed run of KEY.  note_error only adds
-# the message (for a second symptom of a run already counted as failed).
-record_error() {
-    sample "$1" "$2" "ERR"
-    note_error "$@"
-}
-
-note_error() {
-    local key=$1 side=$2; shift 2
-    FAILED=1
-    echo "  !! $(label "$side") $key: $*" >&2
-    echo "$(date +%T) $key: $*" >> "$LOGDIR/errors.log"
-}
-
-# After a run: note a server crash and bring the server back for the rest.
-# A third argument says the run was already counted as failed.
-check_server() {
-    local side=$1 key=$2 counted=${3:-} rc
-    alive "$side" && return 0
-    wait "${PID[$side]}" 2>/dev/null; rc=$?
-    local fn=record_error
-    [ -n "$counted" ] && fn=note_error
-    $fn "$key" "$side" "$(label "$side") exited (status $rc) during $key; see $LOGDIR/$side.log"
-    tail -n 10 "$LOGDIR/$side.log" | sed 's/^/     /' >&2
-    PID[$side]=""
-    start_server "$side" || true
-    return 1
-}
-
-# run_client SIDE KEY TIMEOUT SUBCOMMAND ARGS...
-# On success sets LINE (the RESULT line) and CPU_S (server CPU seconds used).
-run_client() {
-    local side=$1 key=$2 tmo=$3 sub=$4 c0 c1 rc out
-    shift 4
-    LINE=""
-    if ! alive "$side"; then
-        record_error "$key" "$side" "server not running"
-        return 1
-    fi
-    c0=$(cpu_ticks "${PID[$side]}")
-    out=$(timeout -k 5 "$tmo" "$BENCH" "$sub" --url "nats://127.0.0.1:${PORT[$side]}" "$@" \
-          2>>"$LOGDIR/client.log")
-    rc=$?
-    c1=$(cpu_ticks "${PID[$side]}")
-    LINE=$(echo "$out" | grep -m1 '^RESULT ')
-    echo "$(label "$side") $out" >> "$LOGDIR/client.log"
-    if [ $rc -ne 0 ] || [ -z "$LINE" ]; then
-        [ $rc -eq 124 ] && out="client killed after ${tmo}s"
-        record_error "$key" "$side" "${out:-client exited with status $rc}"
-        check_server "$side" "$key" counted
-        LINE=""
-        return 1
-    fi
-    if ! check_server "$side" "$key"; then LINE=""; return 1; fi
-    CPU_S=$(awk -v a="$c0" -v b="$c1" -v t="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / t }')
-    return 0
-}
+# After a run: a crashed server is brought back for the rest (check_server
+# calls this).
+on_server_gone() { start_server "$1" || true; }
 
 # ------------------------------------------------------------ scenarios
 
@@ -317,7 +248,7 @@ scen_idle() {
     sample "$key.rss0" "$side" "$rss0"
     sample "$key.rss1" "$side" "$rss1"
     sample "$key.perconn" "$side" "$(awk -v a="$rss0" -v b="$rss1" -v n="$IDLE_CONNS" 'BEGIN { printf "%.2f", (b - a) / n }')"
-    sample "$key.cpu" "$side" "$(awk -v a="$c0" -v b="$c1" -v t="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / t }')"
+    sample "$key.cpu" "$side" "$(ticks_to_s "$c0" "$c1")"
     printf '  %-11s %-9s RSS %s KiB idle, %s KiB with %s connections\n' \
         "$(label "$side")" "$key" "$rss0" "$rss1" "$IDLE_CONNS"
 }
