@@ -7,7 +7,8 @@
 // then "1..N" closes the run.  Exit status 0 iff every check passed.  Every
 // wait is bounded: each check has its own deadline, and a global timer ends
 // the program ("Bail out!", exit 2) whatever the server does.
-import { connect, headers, StringCodec } from "nats";
+import { headers, StringCodec } from "nats";
+import { assert, sleep, startChecks, withTimeout } from "./tap.mjs";
 
 const GLOBAL_TIMEOUT_MS = 25000; // well under 30 s
 const CHECK_TIMEOUT_MS = 8000;
@@ -22,12 +23,12 @@ if (!Number.isInteger(port) || port <= 0 || port > 65535) {
 }
 const server = `127.0.0.1:${port}`;
 
-const globalTimer = setTimeout(() => {
-  process.stdout.write("Bail out! global timeout: the checks did not finish in time\n", () =>
-    process.exit(2),
-  );
-  setTimeout(() => process.exit(2), 500).unref();
-}, GLOBAL_TIMEOUT_MS);
+const { conn, check, finish } = startChecks({
+  server,
+  globalTimeoutMs: GLOBAL_TIMEOUT_MS,
+  checkTimeoutMs: CHECK_TIMEOUT_MS,
+  connectTimeoutMs: CONNECT_TIMEOUT_MS,
+});
 
 // Every subject of a run starts with a token of its own, so runs sharing a
 // server never see each other's messages.
@@ -39,52 +40,13 @@ const sc = StringCodec();
 const enc = (s) => sc.encode(s);
 const dec = (b) => sc.decode(b);
 
-let num = 0;
-let failed = 0;
-
 // ---------------------------------------------------------------------------
-
-class CheckFailed extends Error {}
-
-function assert(cond, why) {
-  if (!cond) throw new CheckFailed(why);
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // Resolves once cond() holds, or after ms (no error: the caller asserts).
 async function waitFor(cond, ms = MSG_TIMEOUT_MS) {
   const end = Date.now() + ms;
   while (!cond() && Date.now() < end) await sleep(5);
   return cond();
-}
-
-function withTimeout(promise, ms, what) {
-  let t;
-  const timeout = new Promise((_, reject) => {
-    t = setTimeout(() => reject(new CheckFailed(`${what}: no answer within ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(t));
-}
-
-// Connections opened by the running check; closed when it ends.
-let open = [];
-
-async function conn(name, extra = {}) {
-  const nc = await withTimeout(
-    connect({
-      servers: server,
-      name,
-      timeout: CONNECT_TIMEOUT_MS,
-      reconnect: false,
-      maxReconnectAttempts: 0,
-      ...extra,
-    }),
-    CONNECT_TIMEOUT_MS + 1000,
-    `connect ${name}`,
-  );
-  open.push(nc);
-  return nc;
 }
 
 const flush = (nc, what = "flush") => withTimeout(nc.flush(), MSG_TIMEOUT_MS, what);
@@ -99,32 +61,6 @@ function collect(nc, subject, opts = {}) {
     },
   });
   return { sub, msgs };
-}
-
-function describe(e) {
-  if (e instanceof CheckFailed) return e.message;
-  const msg = e && e.message ? e.message : String(e);
-  return e && e.code && e.code !== msg ? `${e.code}: ${msg}` : msg;
-}
-
-async function check(name, fn) {
-  open = [];
-  let reason = null;
-  try {
-    await withTimeout(fn(), CHECK_TIMEOUT_MS, "check");
-  } catch (e) {
-    reason = describe(e);
-  }
-  const conns = open;
-  open = [];
-  await Promise.allSettled(conns.map((nc) => withTimeout(nc.close(), 2000, "close")));
-  num++;
-  if (reason === null) {
-    console.log(`ok ${num} - ${name}`);
-  } else {
-    failed++;
-    console.log(`not ok ${num} - ${name} # ${String(reason).replace(/[\r\n]+/g, " ")}`);
-  }
 }
 
 const eqBytes = (a, b) => a.length === b.length && Buffer.compare(Buffer.from(a), Buffer.from(b)) === 0;
@@ -401,8 +337,4 @@ await check("drain: subscription and connection drain deliver pending messages",
   assert(dc.isClosed(), "connection not closed after drain");
 });
 
-console.log(`1..${num}`);
-clearTimeout(globalTimer);
-process.exitCode = failed ? 1 : 0;
-// leave no handle behind: exit once stdout is written
-process.stdout.write("", () => process.exit(failed ? 1 : 0));
+finish();

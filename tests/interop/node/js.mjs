@@ -30,7 +30,8 @@
 // then "1..N" closes the run.  Exit status 0 iff every check passed.  Every
 // wait is bounded: each check has its own deadline, and a global timer ends
 // the program ("Bail out!", exit 2) whatever the server does.
-import { AckPolicy, connect, DeliverPolicy, nanos, StorageType, StringCodec } from "nats";
+import { AckPolicy, DeliverPolicy, nanos, StorageType, StringCodec } from "nats";
+import { assert, CheckFailed, describe, startChecks, withTimeout } from "./tap.mjs";
 import { toJsMsg } from "nats/lib/jetstream/jsmsg.js";
 
 const GLOBAL_TIMEOUT_MS = 50000;
@@ -49,84 +50,20 @@ if (!Number.isInteger(port) || port <= 0 || port > 65535 || (process.argv.length
 }
 const server = `127.0.0.1:${port}`;
 
-const globalTimer = setTimeout(() => {
-  process.stdout.write("Bail out! global timeout: the checks did not finish in time\n", () =>
-    process.exit(2),
-  );
-  setTimeout(() => process.exit(2), 500).unref();
-}, GLOBAL_TIMEOUT_MS);
+const { conn, check, keepOpen, finish } = startChecks({
+  server,
+  globalTimeoutMs: GLOBAL_TIMEOUT_MS,
+  checkTimeoutMs: CHECK_TIMEOUT_MS,
+  connectTimeoutMs: CONNECT_TIMEOUT_MS,
+});
 
 const sc = StringCodec();
 const enc = (s) => sc.encode(s);
 const dec = (b) => sc.decode(b);
 
-let num = 0;
-let failed = 0;
-
 // ---------------------------------------------------------------------------
 
-class CheckFailed extends Error {}
-
-function assert(cond, why) {
-  if (!cond) throw new CheckFailed(why);
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function withTimeout(promise, ms, what) {
-  let t;
-  const timeout = new Promise((_, reject) => {
-    t = setTimeout(() => reject(new CheckFailed(`${what}: no answer within ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(t));
-}
-
-// Connections opened by the running check; closed when it ends.
-let open = [];
-
-async function conn(name) {
-  const nc = await withTimeout(
-    connect({
-      servers: server,
-      name,
-      timeout: CONNECT_TIMEOUT_MS,
-      reconnect: false,
-      maxReconnectAttempts: 0,
-    }),
-    CONNECT_TIMEOUT_MS + 1000,
-    `connect ${name}`,
-  );
-  open.push(nc);
-  return nc;
-}
-
 const flush = (nc, what = "flush") => withTimeout(nc.flush(), MSG_TIMEOUT_MS, what);
-
-function describe(e) {
-  if (e instanceof CheckFailed) return e.message;
-  const msg = e && e.message ? e.message : String(e);
-  return e && e.code && e.code !== msg ? `${e.code}: ${msg}` : msg;
-}
-
-async function check(name, fn) {
-  open = [];
-  let reason = null;
-  try {
-    await withTimeout(fn(), CHECK_TIMEOUT_MS, "check");
-  } catch (e) {
-    reason = describe(e);
-  }
-  const conns = open;
-  open = [];
-  await Promise.allSettled(conns.map((nc) => withTimeout(nc.close(), 2000, "close")));
-  num++;
-  if (reason === null) {
-    console.log(`ok ${num} - ${name}`);
-  } else {
-    failed++;
-    console.log(`not ok ${num} - ${name} # ${String(reason).replace(/[\r\n]+/g, " ")}`);
-  }
-}
 
 // js.publish that must succeed with a PubAck from `stream`, sequence `seq`
 // and the given duplicate flag.
@@ -283,7 +220,7 @@ if (create) {
     console.log(`Bail out! creating the streams and consumers: ${describe(e)}`);
     process.exit(2);
   }
-  open = [];
+  keepOpen();
 }
 
 // ---------------------------------------------------------------------------
@@ -448,6 +385,4 @@ await check("push consumer: term() stops redelivery, an unacked message comes ba
   await expectQuiet(d, 1500, "after term(), past ack_wait");
 });
 
-console.log(`1..${num}`);
-clearTimeout(globalTimer);
-process.exit(failed ? 1 : 0);
+finish();
