@@ -97,6 +97,39 @@ stop_pid() {
     return $killed
 }
 
+# idle_hold URL CONNS HOLD TIMEOUT OUT CLIENT_LOG TRIES: starts `$BENCH
+# idle` holding CONNS connections to URL (for HOLD seconds at the most,
+# killed 60 s after that; TIMEOUT its own --timeout), its stdin a fifo in $TMP kept open on fd 7, its output
+# in OUT and its errors added to CLIENT_LOG; sets IDLE_CLIENT, then waits up
+# to TRIES times 0.1 s for its RESULT or ERROR line and sets LINE to it
+# (empty when none came, or the client exited first).  idle_release lets
+# the client go.
+idle_hold() {
+    local url=$1 conns=$2 hold=$3 tmo=$4 out=$5 log=$6 tries=$7
+    rm -f "$TMP/idle.fifo" "$out"
+    mkfifo "$TMP/idle.fifo"
+    timeout -k 5 $(( hold + 60 )) "$BENCH" idle --url "$url" --conns "$conns" --hold "$hold" --timeout "$tmo" \
+        < "$TMP/idle.fifo" > "$out" 2>>"$log" &
+    IDLE_CLIENT=$!
+    exec 7>"$TMP/idle.fifo"
+    LINE=""
+    for _ in $(seq 1 "$tries"); do
+        LINE=$(grep -m1 -E '^(RESULT|ERROR) ' "$out" 2>/dev/null)
+        [ -n "$LINE" ] && break
+        kill -0 "$IDLE_CLIENT" 2>/dev/null || break
+        sleep 0.1
+    done
+}
+
+# idle_release: closes fd 7 (stdin EOF: the client closes its connections
+# and exits), reaps the client and sets IDLE_RC to its exit status.
+idle_release() {
+    exec 7>&-
+    wait "$IDLE_CLIENT"
+    IDLE_RC=$?
+    IDLE_CLIENT=""
+}
+
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
 # field NAME LINE -> value of NAME=... in a RESULT line

@@ -198,27 +198,14 @@ run_idle() {
     if ! start_server "$side" "$port"; then
         echo "  !! $side did not start" >&2; FAILED=1; stop_server; return
     fi
-    rm -f "$TMP/idle.fifo" "$out"
-    mkfifo "$TMP/idle.fifo"
-    timeout -k 5 300 "$BENCH" idle --url "nats://127.0.0.1:$port" --conns "$n" --hold 240 --timeout 120 \
-        < "$TMP/idle.fifo" > "$out" 2>>"$LOGDIR/scale-client.log" &
-    IDLE_CLIENT=$!
-    exec 7>"$TMP/idle.fifo"
-    line=""
-    for _ in $(seq 1 1500); do
-        line=$(grep -m1 -E '^(RESULT|ERROR) ' "$out" 2>/dev/null)
-        [ -n "$line" ] && break
-        kill -0 "$IDLE_CLIENT" 2>/dev/null || break
-        sleep 0.1
-    done
+    idle_hold "nats://127.0.0.1:$port" "$n" 240 120 "$out" "$LOGDIR/scale-client.log" 1500
+    line=$LINE
     if [ "${line%% *}" = RESULT ]; then
         sleep 1
         rss=$(rss_kb "$SERVER_PID")
         ping=$(timeout -k 5 120 lua5.4 bench/scale.lua ping "$port" "$PINGS" 2>>"$LOGDIR/scale-client.log" | grep -m1 '^RESULT ')
     fi
-    exec 7>&-
-    wait "$IDLE_CLIENT"
-    IDLE_CLIENT=
+    idle_release
     stop_server
     if [ -z "$rss" ] || [ -z "$ping" ]; then
         echo "  !! $side idle $n failed: ${line:-no result} (see $LOGDIR/scale-client.log)" >&2; FAILED=1; return

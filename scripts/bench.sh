@@ -217,26 +217,14 @@ scen_idle() {
     pid=${PID[$side]}
     rss0=$(rss_kb "$pid")
     c0=$(cpu_ticks "$pid")
-    rm -f "$TMP/idle.fifo" "$out"
-    mkfifo "$TMP/idle.fifo"
-    "$BENCH" idle --url "nats://127.0.0.1:${PORT[$side]}" --conns "$IDLE_CONNS" \
-        --hold 90 --timeout 60 < "$TMP/idle.fifo" > "$out" 2>>"$LOGDIR/client.log" &
-    IDLE_CLIENT=$!
-    exec 7>"$TMP/idle.fifo"
-    line=""
-    for _ in $(seq 1 700); do
-        line=$(grep -m1 -E '^(RESULT|ERROR) ' "$out" 2>/dev/null)
-        [ -n "$line" ] && break
-        kill -0 "$IDLE_CLIENT" 2>/dev/null || break
-        sleep 0.1
-    done
+    idle_hold "nats://127.0.0.1:${PORT[$side]}" "$IDLE_CONNS" 90 60 "$out" "$LOGDIR/client.log" 700
+    line=$LINE
     if [ "${line%% *}" = RESULT ]; then
         sleep 1   # let the server finish any per-connection work
         rss1=$(rss_kb "$pid")
     fi
-    exec 7>&-     # stdin EOF: the client closes its connections and exits
-    wait "$IDLE_CLIENT"; local rc=$?
-    IDLE_CLIENT=""
+    idle_release
+    local rc=$IDLE_RC
     c1=$(cpu_ticks "$pid")
     echo "$(label "$side") $(cat "$out")" >> "$LOGDIR/client.log"
     if [ "${line%% *}" != RESULT ] || [ $rc -ne 0 ] || [ -z "${rss1:-}" ]; then
