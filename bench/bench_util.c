@@ -149,3 +149,58 @@ int bench_raw_connect(const struct addrinfo *ai, int timeout_ms, char *err, size
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     return fd;
 }
+
+/* ------------------------------------------------- libnats connections */
+
+atomic_int bench_async_errors;
+atomic_int bench_disconnects;
+atomic_bool bench_closing;
+char bench_last_async_error[256];
+static const char *bench_prog = "bench"; /* set by bench_nats_connect */
+
+static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
+{
+    (void)nc;
+    (void)sub;
+    const char *name = closure;
+    atomic_fetch_add(&bench_async_errors, 1);
+    snprintf(bench_last_async_error, sizeof bench_last_async_error, "%s: %s", name ? name : "?",
+             natsStatus_GetText(err));
+    fprintf(stderr, "%s: async error on %s: %s\n", bench_prog, name ? name : "?", natsStatus_GetText(err));
+}
+
+static void on_disconnected(natsConnection *nc, void *closure)
+{
+    (void)nc;
+    const char *name = closure;
+    if (atomic_load(&bench_closing))
+        return;
+    atomic_fetch_add(&bench_disconnects, 1);
+    fprintf(stderr, "%s: %s disconnected\n", bench_prog, name ? name : "?");
+}
+
+natsStatus bench_nats_connect(natsConnection **nc, const char *prog, const char *url, const char *name,
+                              bool send_asap, const char *tls_ca)
+{
+    natsOptions *opts = NULL;
+    bench_prog = prog;
+    natsStatus s = natsOptions_Create(&opts);
+    if (s == NATS_OK) s = natsOptions_SetURL(opts, url);
+    if (s == NATS_OK) s = natsOptions_SetName(opts, name);
+    if (s == NATS_OK) s = natsOptions_SetAllowReconnect(opts, false);
+    if (s == NATS_OK) s = natsOptions_SetTimeout(opts, 5000);
+    if (s == NATS_OK) s = natsOptions_SetSendAsap(opts, send_asap);
+    if (s == NATS_OK && tls_ca) s = natsOptions_SetSecure(opts, true);
+    if (s == NATS_OK && tls_ca) s = natsOptions_LoadCATrustedCertificates(opts, tls_ca);
+    if (s == NATS_OK) s = natsOptions_SetErrorHandler(opts, on_async_error, (void *)name);
+    if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(opts, on_disconnected, (void *)name);
+    if (s == NATS_OK) s = natsConnection_Connect(nc, opts);
+    natsOptions_Destroy(opts);
+    return s;
+}
+
+const char *bench_nats_error(natsStatus s)
+{
+    const char *t = nats_GetLastError(NULL);
+    return t && t[0] ? t : natsStatus_GetText(s);
+}

@@ -242,67 +242,20 @@ static void parse_args(int argc, char **argv, struct args *a)
 
 /* ------------------------------------------------- libnats connections */
 
-static atomic_int async_errors;
-static atomic_int disconnects;
-static atomic_bool closing; /* set before we close connections ourselves */
-static char last_async_error[256];
-
-static void on_async_error(natsConnection *nc, natsSubscription *sub,
-                           natsStatus err, void *closure)
-{
-    (void)nc;
-    (void)sub;
-    const char *name = closure;
-    atomic_fetch_add(&async_errors, 1);
-    snprintf(last_async_error, sizeof last_async_error, "%s: %s",
-             name ? name : "?", natsStatus_GetText(err));
-    fprintf(stderr, "js_bench: async error on %s: %s\n", name ? name : "?",
-            natsStatus_GetText(err));
-}
-
-static void on_disconnected(natsConnection *nc, void *closure)
-{
-    (void)nc;
-    const char *name = closure;
-    if (atomic_load(&closing))
-        return;
-    atomic_fetch_add(&disconnects, 1);
-    fprintf(stderr, "js_bench: %s disconnected\n", name ? name : "?");
-}
-
 static void check_conn(void)
 {
-    if (atomic_load(&disconnects))
+    if (atomic_load(&bench_disconnects))
         fail("connection lost during the run (server gone?)");
-    if (atomic_load(&async_errors))
-        fail("asynchronous error (%s)", last_async_error);
+    if (atomic_load(&bench_async_errors))
+        fail("asynchronous error (%s)", bench_last_async_error);
 }
 
-static const char *errtext(natsStatus s)
+static natsConnection *connect_or_fail(const char *url, const char *name, bool send_asap)
 {
-    const char *t = nats_GetLastError(NULL);
-    return t && t[0] ? t : natsStatus_GetText(s);
-}
-
-static natsConnection *connect_or_fail(const char *url, const char *name,
-                                       bool send_asap)
-{
-    natsOptions *opts = NULL;
     natsConnection *nc = NULL;
-    natsStatus s = natsOptions_Create(&opts);
-    if (s == NATS_OK) s = natsOptions_SetURL(opts, url);
-    if (s == NATS_OK) s = natsOptions_SetName(opts, name);
-    if (s == NATS_OK) s = natsOptions_SetAllowReconnect(opts, false);
-    if (s == NATS_OK) s = natsOptions_SetTimeout(opts, 5000);
-    if (s == NATS_OK) s = natsOptions_SetSendAsap(opts, send_asap);
-    if (s == NATS_OK)
-        s = natsOptions_SetErrorHandler(opts, on_async_error, (void *)name);
-    if (s == NATS_OK)
-        s = natsOptions_SetDisconnectedCB(opts, on_disconnected, (void *)name);
-    if (s == NATS_OK) s = natsConnection_Connect(&nc, opts);
-    natsOptions_Destroy(opts);
+    natsStatus s = bench_nats_connect(&nc, "js_bench", url, name, send_asap, NULL);
     if (s != NATS_OK)
-        fail("connect %s (%s) failed: %s", url, name, errtext(s));
+        fail("connect %s (%s) failed: %s", url, name, bench_nats_error(s));
     return nc;
 }
 
@@ -356,7 +309,7 @@ static jsCtx *js_or_fail(natsConnection *nc, const struct args *a)
     jo.PublishAsync.StallWait = 1000;
     natsStatus s = natsConnection_JetStream(&js, nc, &jo);
     if (s != NATS_OK)
-        fail("JetStream context: %s", errtext(s));
+        fail("JetStream context: %s", bench_nats_error(s));
     expect_stream = a->stream;
     return js;
 }
@@ -376,7 +329,7 @@ static void setup_js(jsCtx *js, const struct args *a)
         sc.Storage = js_FileStorage;
         s = js_AddStream(&si, js, &sc, NULL, &jerr);
         if (s != NATS_OK)
-            fail("js_AddStream %s: %s (errcode %d)", a->stream, errtext(s), (int)jerr);
+            fail("js_AddStream %s: %s (errcode %d)", a->stream, bench_nats_error(s), (int)jerr);
         jsStreamInfo_Destroy(si);
     }
     if (a->create_consumer) {
@@ -392,7 +345,7 @@ static void setup_js(jsCtx *js, const struct args *a)
         s = js_AddConsumer(&ci, js, a->stream, &cc, NULL, &jerr);
         if (s != NATS_OK)
             fail("js_AddConsumer %s/%s: %s (errcode %d)", a->stream, a->durable,
-                 errtext(s), (int)jerr);
+                 bench_nats_error(s), (int)jerr);
         jsConsumerInfo_Destroy(ci);
     }
 }
@@ -438,7 +391,7 @@ static int run_seq(const struct args *a, natsConnection *nc, jsCtx *js, int64_t 
         natsStatus s = js_Publish(&pa, js, a->subject, payload, (int)a->size, &po, &jerr);
         int64_t t1 = now_ns();
         if (s != NATS_OK)
-            fail("js_Publish #%ld failed: %s (errcode %d)", i, errtext(s), (int)jerr);
+            fail("js_Publish #%ld failed: %s (errcode %d)", i, bench_nats_error(s), (int)jerr);
         if (!pa || !pa->Stream || strcmp(pa->Stream, a->stream) != 0)
             fail("js_Publish #%ld: PubAck names stream \"%s\", expected \"%s\"", i,
                  pa && pa->Stream ? pa->Stream : "(none)", a->stream);
@@ -504,7 +457,7 @@ static struct async_res publish_async(const struct args *a, jsCtx *js, long n,
             if (s == NATS_OK)
                 break;
             if (s != NATS_TIMEOUT) /* a stall past StallWait: not sent, retry */
-                fail("js_PublishAsync #%ld failed: %s", i, errtext(s));
+                fail("js_PublishAsync #%ld failed: %s", i, bench_nats_error(s));
             r.stalls++;
             check_conn();
             if (now_ns() > deadline)
@@ -526,7 +479,7 @@ static struct async_res publish_async(const struct args *a, jsCtx *js, long n,
     natsStatus s = js_PublishAsyncComplete(js, &po);
     int64_t t1 = now_ns();
     if (s != NATS_OK)
-        fail("js_PublishAsyncComplete: %s (%ld of %ld acked, %ld errors)", errtext(s),
+        fail("js_PublishAsyncComplete: %s (%ld of %ld acked, %ld errors)", bench_nats_error(s),
              (long)atomic_load(&acks_ok), n, (long)atomic_load(&acks_err));
     check_conn();
     /* Complete can return while the last ack callback is still running:
@@ -628,12 +581,12 @@ static int run_consume(const struct args *a, natsConnection *nc, jsCtx *js, int6
     natsStatus s = natsConnection_Subscribe(&sub, cn, a->deliver, cs_on_msg, NULL);
     if (s == NATS_OK) s = natsSubscription_SetPendingLimits(sub, -1, -1);
     if (s != NATS_OK)
-        fail("subscribe to %s: %s", a->deliver, errtext(s));
+        fail("subscribe to %s: %s", a->deliver, bench_nats_error(s));
 
     bool timed_out = false;
     pthread_mutex_lock(&cs.mu);
     while (atomic_load(&cs.distinct) < cs.n) {
-        if (atomic_load(&disconnects) || atomic_load(&async_errors))
+        if (atomic_load(&bench_disconnects) || atomic_load(&bench_async_errors))
             break;
         int64_t left = deadline - now_ns();
         if (left <= 0) {
@@ -659,7 +612,7 @@ static int run_consume(const struct args *a, natsConnection *nc, jsCtx *js, int6
     s = natsConnection_FlushTimeout(cn, ms_left(deadline));
     int64_t t1 = now_ns();
     if (s != NATS_OK)
-        fail("flushing the acks: %s", errtext(s));
+        fail("flushing the acks: %s", bench_nats_error(s));
     if (atomic_load(&cs.no_reply))
         fail("%ld deliveries without a reply subject (cannot ack)",
              (long)atomic_load(&cs.no_reply));
@@ -680,7 +633,7 @@ static int run_consume(const struct args *a, natsConnection *nc, jsCtx *js, int6
             jsErrCode jerr = 0;
             s = js_GetConsumerInfo(&ci, js, a->stream, a->durable, NULL, &jerr);
             if (s != NATS_OK)
-                fail("js_GetConsumerInfo: %s (errcode %d)", errtext(s), (int)jerr);
+                fail("js_GetConsumerInfo: %s (errcode %d)", bench_nats_error(s), (int)jerr);
             ack_pending = (long)ci->NumAckPending;
             jsConsumerInfo_Destroy(ci);
             if (ack_pending == 0)
@@ -701,7 +654,7 @@ static int run_consume(const struct args *a, natsConnection *nc, jsCtx *js, int6
             s = natsConnection_RequestString(&reply, cn, "$TIDE.ADMIN.CONSUMER.INFO",
                                              a->durable, 5000);
             if (s != NATS_OK)
-                fail("$TIDE.ADMIN.CONSUMER.INFO %s: %s", a->durable, errtext(s));
+                fail("$TIDE.ADMIN.CONSUMER.INFO %s: %s", a->durable, bench_nats_error(s));
             char body[512];
             snprintf(body, sizeof body, "%.*s", natsMsg_GetDataLength(reply),
                      natsMsg_GetData(reply));
@@ -727,7 +680,7 @@ static int run_consume(const struct args *a, natsConnection *nc, jsCtx *js, int6
            ack_pending);
     fflush(stdout);
 
-    atomic_store(&closing, true);
+    atomic_store(&bench_closing, true);
     natsSubscription_Unsubscribe(sub);
     natsSubscription_Destroy(sub);
     natsConnection_Destroy(cn);
@@ -787,7 +740,7 @@ static int run_kv(const struct args *a, natsConnection *nc, jsCtx *js, int64_t d
                  a->kv_fsync);
         s = natsConnection_RequestString(&reply, nc, "$JS.API.STREAM.CREATE.KV_bench", req, 5000);
         if (s != NATS_OK)
-            fail("STREAM.CREATE KV_bench: %s", errtext(s));
+            fail("STREAM.CREATE KV_bench: %s", bench_nats_error(s));
         if (strstr(natsMsg_GetData(reply), "\"error\""))
             fail("STREAM.CREATE KV_bench: %s", natsMsg_GetData(reply));
         natsMsg_Destroy(reply);
@@ -796,7 +749,7 @@ static int run_kv(const struct args *a, natsConnection *nc, jsCtx *js, int64_t d
         s = js_CreateKeyValue(&kv, js, &cfg);
     }
     if (s != NATS_OK)
-        fail("js_CreateKeyValue: %s", errtext(s));
+        fail("js_CreateKeyValue: %s", bench_nats_error(s));
     char *payload = make_payload(a->size), key[32];
     size_t n = (size_t)a->n;
     double *lat = malloc(sizeof(double) * n), put_secs, get_secs, put_p50, get_p50;
@@ -811,7 +764,7 @@ static int run_kv(const struct args *a, natsConnection *nc, jsCtx *js, int64_t d
         uint64_t rev = 0;
         int64_t t0 = now_ns();
         if ((s = kvStore_Put(&rev, kv, key, payload, (int)a->size)) != NATS_OK)
-            fail("kvStore_Put #%zu failed: %s", i, errtext(s));
+            fail("kvStore_Put #%zu failed: %s", i, bench_nats_error(s));
         lat[i] = (double)(now_ns() - t0) / 1e3;
     }
     put_secs = (double)(now_ns() - t_start) / 1e9;
@@ -825,7 +778,7 @@ static int run_kv(const struct args *a, natsConnection *nc, jsCtx *js, int64_t d
         kvEntry *e = NULL;
         int64_t t0 = now_ns();
         if ((s = kvStore_Get(&e, kv, key)) != NATS_OK)
-            fail("kvStore_Get #%zu (%s) failed: %s", i, key, errtext(s));
+            fail("kvStore_Get #%zu (%s) failed: %s", i, key, bench_nats_error(s));
         lat[i] = (double)(now_ns() - t0) / 1e3;
         if (kvEntry_ValueLen(e) != (int)a->size)
             fail("kvStore_Get #%zu (%s): %d bytes, expected %ld", i, key, kvEntry_ValueLen(e), a->size);
@@ -859,7 +812,7 @@ static void make_pull_consumer(const struct args *a, jsCtx *js)
     cc.MaxAckPending = 20000;
     natsStatus s = js_AddConsumer(&ci, js, a->stream, &cc, NULL, &jerr);
     if (s != NATS_OK)
-        fail("js_AddConsumer %s/p: %s (errcode %d)", a->stream, errtext(s), (int)jerr);
+        fail("js_AddConsumer %s/p: %s (errcode %d)", a->stream, bench_nats_error(s), (int)jerr);
     jsConsumerInfo_Destroy(ci);
 }
 
@@ -872,7 +825,7 @@ static int run_pull(const struct args *a, natsConnection *nc, jsCtx *js, int64_t
     jsErrCode jerr = 0;
     natsStatus s = js_PullSubscribe(&sub, js, a->subject, "p", NULL, NULL, &jerr);
     if (s != NATS_OK)
-        fail("js_PullSubscribe: %s (errcode %d)", errtext(s), (int)jerr);
+        fail("js_PullSubscribe: %s (errcode %d)", bench_nats_error(s), (int)jerr);
     long got = 0, fetches = 0;
     int64_t t0 = now_ns();
     while (got < a->n) {
@@ -882,7 +835,7 @@ static int run_pull(const struct args *a, natsConnection *nc, jsCtx *js, int64_t
         long want = a->n - got < a->batch ? a->n - got : a->batch;
         s = natsSubscription_Fetch(&list, sub, (int)want, 5000, &jerr);
         if (s != NATS_OK && s != NATS_TIMEOUT)
-            fail("fetch: %s (errcode %d)", errtext(s), (int)jerr);
+            fail("fetch: %s (errcode %d)", bench_nats_error(s), (int)jerr);
         fetches++;
         for (int i = 0; i < list.Count; i++)
             if (natsMsg_Ack(list.Msgs[i], NULL) != NATS_OK)
@@ -893,14 +846,14 @@ static int run_pull(const struct args *a, natsConnection *nc, jsCtx *js, int64_t
     s = natsConnection_FlushTimeout(nc, ms_left(deadline));
     int64_t t1 = now_ns();
     if (s != NATS_OK)
-        fail("flushing the acks: %s", errtext(s));
+        fail("flushing the acks: %s", bench_nats_error(s));
     long ack_pending = -1;
     int64_t until = now_ns() + 10000000000LL;
     for (;;) {
         jsConsumerInfo *ci = NULL;
         s = js_GetConsumerInfo(&ci, js, a->stream, "p", NULL, &jerr);
         if (s != NATS_OK)
-            fail("js_GetConsumerInfo: %s (errcode %d)", errtext(s), (int)jerr);
+            fail("js_GetConsumerInfo: %s (errcode %d)", bench_nats_error(s), (int)jerr);
         ack_pending = (long)ci->NumAckPending;
         jsConsumerInfo_Destroy(ci);
         if (ack_pending == 0)
@@ -913,7 +866,7 @@ static int run_pull(const struct args *a, natsConnection *nc, jsCtx *js, int64_t
     printf("RESULT pull size=%ld n=%ld batch=%ld fetches=%ld secs=%.3f rate=%.0f preload_rate=%.0f\n", a->size,
            got, a->batch, fetches, secs, (double)got / secs, (double)a->n / pre.secs);
     fflush(stdout);
-    atomic_store(&closing, true);
+    atomic_store(&bench_closing, true);
     natsSubscription_Unsubscribe(sub);
     natsSubscription_Destroy(sub);
     return 0;
@@ -990,7 +943,7 @@ int main(int argc, char **argv)
     setup_js(js, &a);
     int rc = run(&a, nc, js, deadline);
     fflush(stdout);
-    atomic_store(&closing, true);
+    atomic_store(&bench_closing, true);
     jsCtx_Destroy(js);
     natsConnection_Destroy(nc);
     nats_CloseAndWait(5000);

@@ -197,57 +197,12 @@ static void parse_args(int argc, char **argv, struct args *a)
 
 /* ------------------------------------------------- libnats connections */
 
-static atomic_int async_errors;
-static atomic_int disconnects;
-static atomic_bool closing; /* set before we close connections ourselves */
-static char last_async_error[256];
-
-static void on_async_error(natsConnection *nc, natsSubscription *sub,
-                           natsStatus err, void *closure)
+static natsConnection *connect_or_fail(const char *cmd, const char *url, const char *name, bool send_asap)
 {
-    (void)nc;
-    (void)sub;
-    const char *name = closure;
-    atomic_fetch_add(&async_errors, 1);
-    snprintf(last_async_error, sizeof last_async_error, "%s: %s",
-             name ? name : "?", natsStatus_GetText(err));
-    fprintf(stderr, "nats_bench: async error on %s: %s\n", name ? name : "?",
-            natsStatus_GetText(err));
-}
-
-static void on_disconnected(natsConnection *nc, void *closure)
-{
-    (void)nc;
-    const char *name = closure;
-    if (atomic_load(&closing))
-        return;
-    atomic_fetch_add(&disconnects, 1);
-    fprintf(stderr, "nats_bench: %s disconnected\n", name ? name : "?");
-}
-
-static natsConnection *connect_or_fail(const char *cmd, const char *url,
-                                       const char *name, bool send_asap)
-{
-    natsOptions *opts = NULL;
     natsConnection *nc = NULL;
-    natsStatus s = natsOptions_Create(&opts);
-    if (s == NATS_OK) s = natsOptions_SetURL(opts, url);
-    if (s == NATS_OK) s = natsOptions_SetName(opts, name);
-    if (s == NATS_OK) s = natsOptions_SetAllowReconnect(opts, false);
-    if (s == NATS_OK) s = natsOptions_SetTimeout(opts, 5000);
-    if (s == NATS_OK) s = natsOptions_SetSendAsap(opts, send_asap);
-    if (s == NATS_OK && tls_ca) s = natsOptions_SetSecure(opts, true);
-    if (s == NATS_OK && tls_ca) s = natsOptions_LoadCATrustedCertificates(opts, tls_ca);
-    if (s == NATS_OK)
-        s = natsOptions_SetErrorHandler(opts, on_async_error, (void *)name);
-    if (s == NATS_OK)
-        s = natsOptions_SetDisconnectedCB(opts, on_disconnected, (void *)name);
-    if (s == NATS_OK) s = natsConnection_Connect(&nc, opts);
-    natsOptions_Destroy(opts);
+    natsStatus s = bench_nats_connect(&nc, "nats_bench", url, name, send_asap, tls_ca);
     if (s != NATS_OK)
-        fail(cmd, "connect %s (%s) failed: %s", url, name,
-             nats_GetLastError(NULL) ? nats_GetLastError(NULL)
-                                     : natsStatus_GetText(s));
+        fail(cmd, "connect %s (%s) failed: %s", url, name, bench_nats_error(s));
     return nc;
 }
 
@@ -414,7 +369,7 @@ static int cmd_pubsub(const struct args *a)
             fail("pubsub", "publish #%" PRIu64 " failed: %s", i,
                  natsStatus_GetText(s));
         if ((i + 1) % burst == 0) {
-            if (atomic_load(&disconnects) || atomic_load(&async_errors))
+            if (atomic_load(&bench_disconnects) || atomic_load(&bench_async_errors))
                 break;
             while (i + 1 - ps_min_recv(subs, k) > window) {
                 waits++;
@@ -434,7 +389,7 @@ static int cmd_pubsub(const struct args *a)
     /* Wait for every delivery, bounded by the deadline. */
     pthread_mutex_lock(&ps_mu);
     while (atomic_load(&ps_total_recv) < ps_total_expected &&
-           !atomic_load(&disconnects) && !atomic_load(&async_errors)) {
+           !atomic_load(&bench_disconnects) && !atomic_load(&bench_async_errors)) {
         int64_t now = now_ns();
         if (now >= deadline)
             break;
@@ -465,10 +420,10 @@ static int cmd_pubsub(const struct args *a)
     char err[512] = "";
     if (fs != NATS_OK)
         snprintf(err, sizeof err, "final flush failed: %s", natsStatus_GetText(fs));
-    else if (atomic_load(&disconnects))
-        snprintf(err, sizeof err, "%d connection(s) disconnected", atomic_load(&disconnects));
-    else if (atomic_load(&async_errors))
-        snprintf(err, sizeof err, "async error (%s)", last_async_error);
+    else if (atomic_load(&bench_disconnects))
+        snprintf(err, sizeof err, "%d connection(s) disconnected", atomic_load(&bench_disconnects));
+    else if (atomic_load(&bench_async_errors))
+        snprintf(err, sizeof err, "async error (%s)", bench_last_async_error);
     else if (got < ps_total_expected)
         snprintf(err, sizeof err, "timeout after %.0fs", a->timeout);
     else if (got > ps_total_expected)
@@ -495,7 +450,7 @@ static int cmd_pubsub(const struct args *a)
     }
     fflush(stdout);
 
-    atomic_store(&closing, true);
+    atomic_store(&bench_closing, true);
     natsConnection_Destroy(pub);
     for (long i = 0; i < k; i++) {
         natsSubscription_Unsubscribe(subs[i].sub);
@@ -564,9 +519,9 @@ static int cmd_reqrep(const struct args *a)
         if (i >= a->warmup)
             lat[i - a->warmup] = (double)(t1 - t0) / 1e3;
     }
-    if (atomic_load(&disconnects) || atomic_load(&async_errors))
+    if (atomic_load(&bench_disconnects) || atomic_load(&bench_async_errors))
         fail("reqrep", "connection error during run (%s)",
-             last_async_error[0] ? last_async_error : "disconnected");
+             bench_last_async_error[0] ? bench_last_async_error : "disconnected");
 
     size_t n = (size_t)a->n;
     if (a->raw) {
@@ -588,7 +543,7 @@ static int cmd_reqrep(const struct args *a)
            sum / (double)n, lat[0], lat[n - 1]);
     fflush(stdout);
 
-    atomic_store(&closing, true);
+    atomic_store(&bench_closing, true);
     natsConnection_Destroy(req);
     natsSubscription_Unsubscribe(sub);
     natsSubscription_Destroy(sub);
@@ -737,7 +692,7 @@ static int cmd_connect(const struct args *a)
 {
     if (a->n <= 0)
         fail("connect", "--n must be > 0");
-    atomic_store(&closing, true); /* every close here is ours: not a disconnect to report */
+    atomic_store(&bench_closing, true); /* every close here is ours: not a disconnect to report */
     int64_t t0 = now_ns();
     for (long i = 0; i < a->n; i++) {
         natsConnection *nc = connect_or_fail("connect", a->url, "bench-connect", false);
