@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -23,6 +24,30 @@ void sleep_us(long us)
     struct timespec ts = { us / 1000000, (us % 1000000) * 1000 };
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
     }
+}
+
+long bench_parse_long(const char *prog, const char *opt, const char *v)
+{
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (errno || *end || x < 0) {
+        fprintf(stderr, "%s: bad value for %s: %s\n", prog, opt, v);
+        exit(2);
+    }
+    return x;
+}
+
+double bench_parse_double(const char *prog, const char *opt, const char *v, bool positive)
+{
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (errno || *end || x < 0 || (positive && x == 0) || !isfinite(x)) {
+        fprintf(stderr, "%s: bad value for %s: %s\n", prog, opt, v);
+        exit(2);
+    }
+    return x;
 }
 
 int cmp_double(const void *x, const void *y)

@@ -24,6 +24,12 @@ void sleep_us(long us);
 int cmp_double(const void *x, const void *y);
 double pct(const double *v, size_t n, double p);
 
+/* The value v of the option opt: a whole number >= 0, or a finite number
+ * >= 0 (> 0 when positive); else a message as prog's on stderr and exit
+ * status 2. */
+long bench_parse_long(const char *prog, const char *opt, const char *v);
+double bench_parse_double(const char *prog, const char *opt, const char *v, bool positive);
+
 /* Resolves a nats://[user@]host[:port] URL (default port 4222).  NULL with
  * the reason in err. */
 struct addrinfo *bench_resolve(const char *url, char *err, size_t errsz);

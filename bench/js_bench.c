@@ -146,26 +146,12 @@ struct args {
 
 static long parse_long(const char *opt, const char *v)
 {
-    char *end;
-    errno = 0;
-    long x = strtol(v, &end, 10);
-    if (errno || *end || x < 0) {
-        fprintf(stderr, "js_bench: bad value for %s: %s\n", opt, v);
-        exit(2);
-    }
-    return x;
+    return bench_parse_long("js_bench", opt, v);
 }
 
 static double parse_double(const char *opt, const char *v)
 {
-    char *end;
-    errno = 0;
-    double x = strtod(v, &end);
-    if (errno || *end || x <= 0 || !isfinite(x)) {
-        fprintf(stderr, "js_bench: bad value for %s: %s\n", opt, v);
-        exit(2);
-    }
-    return x;
+    return bench_parse_double("js_bench", opt, v, true);
 }
 
 static void parse_args(int argc, char **argv, struct args *a)

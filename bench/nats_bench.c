@@ -122,26 +122,12 @@ struct args {
 
 static long parse_long(const char *opt, const char *v)
 {
-    char *end;
-    errno = 0;
-    long x = strtol(v, &end, 10);
-    if (errno || *end || x < 0) {
-        fprintf(stderr, "nats_bench: bad value for %s: %s\n", opt, v);
-        exit(2);
-    }
-    return x;
+    return bench_parse_long("nats_bench", opt, v);
 }
 
 static double parse_double(const char *opt, const char *v)
 {
-    char *end;
-    errno = 0;
-    double x = strtod(v, &end);
-    if (errno || *end || x < 0 || !isfinite(x)) {
-        fprintf(stderr, "nats_bench: bad value for %s: %s\n", opt, v);
-        exit(2);
-    }
-    return x;
+    return bench_parse_double("nats_bench", opt, v, false);
 }
 
 static void parse_args(int argc, char **argv, struct args *a)
