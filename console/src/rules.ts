@@ -21,6 +21,7 @@ interface Revision {
   by: string;
   state: string;
   reason: string;
+  cause: string;
 }
 
 interface History {
@@ -92,7 +93,7 @@ function historyView(hist: History, act: Act): HTMLElement {
     r.by || "-",
     r.state,
     r.reason,
-    r.rev === hist.live
+    r.rev === hist.live || r.cause === "shadow" || r.cause === "canary" // a candidate's entry keeps no files
       ? ""
       : button(`rollback-${r.rev}`, "Rollback", () => act("/api/rules/rollback", { rev: r.rev }), {
           "data-rev": String(r.rev),

@@ -209,20 +209,24 @@ static void verb_rules_rollback(node_t *n, client_t *from, const proto_msg_t *m)
 /* {"path":"..."} -> {"ok":true,"path":...,"rules":N}: a candidate beside the rules. */
 static void verb_rules_shadow(node_t *n, client_t *from, const proto_msg_t *m)
 {
-    char err[1024];
+    char err[1024], who[128];
     cJSON *q = json_parse_owned(m->payload, m->payload_len), *a = NULL;
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(q, "path");
     char *out = NULL;
-    (void)from;
+    int rc = -1;
+    if (n->history)
+        history_set_by(n->history, admin_identity(from, who, sizeof who));
     if (!n->scripts)
         reply_error(n, m, "no scripts are loaded (start with -c)");
     else if (!cJSON_IsString(p) || !p->valuestring[0])
         reply_error(n, m, "expected {\"path\": \"candidate.lua or a directory\"}");
     else if (script_is_processing(n->scripts))
         reply_error(n, m, "busy");
-    else if (script_shadow_start(n->scripts, p->valuestring, err, sizeof err) < 0)
+    else if ((rc = script_shadow_start(n->scripts, p->valuestring, err, sizeof err)) < 0)
         reply_error(n, m, err);
-    else if ((a = cJSON_CreateObject())) {
+    if (n->history)
+        history_set_by(n->history, NULL);
+    if (rc == 0 && (a = cJSON_CreateObject())) {
         cJSON_AddBoolToObject(a, "ok", 1);
         cJSON_AddStringToObject(a, "path", p->valuestring);
         out = cJSON_PrintUnformatted(a);
@@ -318,8 +322,13 @@ static void verb_rules_promote(node_t *n, client_t *from, const proto_msg_t *m)
 static void verb_rules_stop(node_t *n, client_t *from, const proto_msg_t *m)
 {
     static const char ok[] = "{\"ok\":true}";
-    (void)from;
-    if (!n->scripts || script_is_processing(n->scripts) || script_shadow_stop(n->scripts) < 0)
+    char who[128];
+    if (n->history)
+        history_set_by(n->history, admin_identity(from, who, sizeof who));
+    int rc = !n->scripts || script_is_processing(n->scripts) ? -1 : script_shadow_stop(n->scripts);
+    if (n->history)
+        history_set_by(n->history, NULL);
+    if (rc < 0)
         reply_error(n, m, "no shadow is running");
     else
         server_reply(n->srv, m, ok, strlen(ok));

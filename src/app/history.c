@@ -37,7 +37,7 @@ struct history {
     uint64_t next;   /* the number the next revision gets */
     char by[128];    /* history_set_by */
     int rolling_back; /* a rollback's reload is under way: it records itself */
-    uint64_t canary;  /* the running canary's entry, 0 when none */
+    uint64_t candidate; /* the running shadow's or canary's entry, 0 when none */
 };
 
 static revision_t *history_find(history_t *hi, uint64_t rev)
@@ -183,6 +183,10 @@ static void history_load(history_t *hi)
         copy_field(v->reason, sizeof v->reason, r, "reason");
         copy_field(v->cause, sizeof v->cause, r, "cause");
         v->files = cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(r, "files"), 1);
+        if (!strcmp(v->state, "shadow") || !strcmp(v->state, "canary")) { /* it ended with the process */
+            snprintf(v->state, sizeof v->state, "stopped");
+            snprintf(v->reason, sizeof v->reason, "the node stopped while it ran");
+        }
         hi->nrevs++;
         if (v->rev >= hi->next)
             hi->next = v->rev + 1;
@@ -306,34 +310,44 @@ static void history_on_swap(void *ctx, const char *why)
         history_record(hi, why);
 }
 
-/* A canary's entry: made when it starts, its state set when it ends. */
+/* 1 for the entry of a shadow or a canary: no files of its own are kept,
+ * so it is never rolled back to. */
+static int is_candidate(const revision_t *r)
+{
+    return !strcmp(r->cause, "shadow") || !strcmp(r->cause, "canary");
+}
+
+/* A shadow's or canary's entry: made when it starts (state "shadow" or
+ * "canary", and cause the same), its state and reason set when it ends. */
 static void history_on_deploy(void *ctx, const char *state, const char *path, const char *reason)
 {
     history_t *hi = ctx;
-    revision_t *r = hi->canary ? history_find(hi, hi->canary) : NULL;
-    if (!strcmp(state, "canary")) {
-        size_t len = 0;
-        char *text = history_read_file(path, &len);
-        uint64_t hv = 14695981039346656037ULL;
-        hash_update(&hv, text ? text : "", len + 1);
-        free(text);
+    revision_t *r = hi->candidate ? history_find(hi, hi->candidate) : NULL;
+    if (!strcmp(state, "canary") || !strcmp(state, "shadow")) {
         history_trim(hi);
         r = &hi->revs[hi->nrevs++];
         r->rev = hi->next++;
-        snprintf(r->hash, sizeof r->hash, "%016llx", (unsigned long long)hv);
+        if (script_candidate_hash(hi->h, r->hash) < 0)
+            snprintf(r->hash, sizeof r->hash, "%016llx", 0ULL);
         r->files = cJSON_CreateArray();
         cJSON_AddItemToArray(r->files, cJSON_CreateString(path));
         util_now_rfc3339(r->at);
         snprintf(r->by, sizeof r->by, "%s", hi->by);
-        snprintf(r->cause, sizeof r->cause, "canary");
-        hi->canary = r->rev;
-    } else if (!r) {
+        snprintf(r->cause, sizeof r->cause, "%s", state);
+        snprintf(r->state, sizeof r->state, "%s", state);
+        hi->candidate = r->rev;
+        history_save(hi);
         return;
-    } else {
-        hi->canary = 0;
     }
+    if (!r)
+        return;
+    hi->candidate = 0;
     snprintf(r->state, sizeof r->state, "%s", state);
-    snprintf(r->reason, sizeof r->reason, "%s", reason);
+    /* A promotion swapped the new live revision in before it told us. */
+    snprintf(r->reason, sizeof r->reason, "%s%s%s", reason, hi->by[0] ? " by " : "", hi->by);
+    if (!strcmp(state, "promoted"))
+        snprintf(r->reason + strlen(r->reason), sizeof r->reason - strlen(r->reason), ": rev %llu is live",
+                 (unsigned long long)hi->live);
     history_save(hi);
 }
 
@@ -411,7 +425,7 @@ static revision_t *rollback_target(history_t *hi, uint64_t rev, char *err, size_
         return NULL;
     }
     for (size_t i = 0; i < hi->nrevs; i++) {
-        if (!strcmp(hi->revs[i].cause, "canary")) /* never the live rules: no files kept */
+        if (is_candidate(&hi->revs[i])) /* never the live rules: no files kept */
             continue;
         if (rev ? hi->revs[i].rev == rev : hi->revs[i].rev < hi->live)
             t = &hi->revs[i];

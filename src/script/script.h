@@ -146,6 +146,10 @@ int script_shadow_stop(script_host_t *h);
  * as such) and ends the shadow.  0, or -1 with the reason in err. */
 int script_shadow_promote(script_host_t *h, char *err, size_t errsz);
 int script_shadow_running(const script_host_t *h);
+/* The running shadow's or canary's content hash (16 hex digits and a NUL
+ * in hash): FNV-1a over the paths and text of the files it has of its own.
+ * 0, or -1 when none runs. */
+int script_candidate_hash(const script_host_t *h, char hash[17]);
 /* {"path","since","events","differ","kinds":{...},"rules":{...},
  * "samples":[...]}, malloc'd (caller frees); NULL when no shadow runs. */
 char *script_shadow_diff_json(const script_host_t *h, size_t *len);
@@ -172,9 +176,12 @@ int script_canary_start(script_host_t *h, const script_canary_t *c, char *err, s
  * -1 with the reason in err. */
 int script_canary_set_percent(script_host_t *h, double percent, char *err, size_t errsz);
 
-/* Calls fn(ctx, state, path, reason) when a canary starts ("canary"), is
- * rolled back ("rolled back": by itself, stopped or replaced) or finishes
- * ("promoted"); for the rule history.  NULL stops it. */
+/* Calls fn(ctx, state, path, reason) when a shadow starts ("shadow"), is
+ * stopped or replaced ("stopped") or promoted ("promoted"), and when a
+ * canary starts ("canary"), is rolled back ("rolled back": by itself,
+ * stopped or replaced) or finishes ("promoted"); for the rule history.
+ * At a promotion the new live rules are swapped in (the swap hook) first.
+ * NULL stops it. */
 void script_set_deploy_hook(script_host_t *h,
                             void (*fn)(void *ctx, const char *state, const char *path, const char *reason), void *ctx);
 

@@ -354,8 +354,9 @@ fail:
 void shadow_install(script_host_t *h, shadow_t *s,
                     void (*process)(script_host_t *h, struct client *from, const proto_msg_t *m))
 {
-    if (h->shadow && h->shadow->canary)
-        shadow_tell(h, "rolled back", h->shadow->path, "replaced by another candidate");
+    if (h->shadow)
+        shadow_tell(h, h->shadow->canary ? "rolled back" : "stopped", h->shadow->path,
+                    "replaced by another candidate");
     shadow_free(h);
     h->shadow = s;
     h->shadow_process = process;
@@ -370,6 +371,7 @@ int script_shadow_start(script_host_t *h, const char *path, char *err, size_t er
         return -1;
     shadow_install(h, s, shadow_process);
     log_info("Shadow started: %s (%d rules) runs beside the live rules in dry mode", path, (int)s->cand->nrules);
+    shadow_tell(h, "shadow", path, "");
     return 0;
 }
 
@@ -379,8 +381,8 @@ int script_shadow_stop(script_host_t *h)
         return -1;
     log_info("%s stopped: %s after %llu events", h->shadow->canary ? "Canary" : "Shadow", h->shadow->path,
              (unsigned long long)h->shadow->events);
-    if (h->shadow->canary)
-        shadow_tell(h, "rolled back", h->shadow->path, "canary stopped");
+    shadow_tell(h, h->shadow->canary ? "rolled back" : "stopped", h->shadow->path,
+                h->shadow->canary ? "canary stopped" : "shadow stopped");
     shadow_free(h);
     return 0;
 }
@@ -396,9 +398,26 @@ int script_shadow_promote(script_host_t *h, char *err, size_t errsz)
     int canary = h->shadow->canary;
     if (script_reload_from(h, canary ? "canary finished" : "shadow promote", candidate_source, h, err, errsz) < 0)
         return -1;
-    if (canary)
-        shadow_tell(h, "promoted", h->shadow->path, "canary finished at 100%");
+    shadow_tell(h, "promoted", h->shadow->path, canary ? "canary finished at 100%" : "shadow promoted");
     shadow_free(h);
+    return 0;
+}
+
+int script_candidate_hash(const script_host_t *h, char hash[17])
+{
+    const shadow_t *s = h->shadow;
+    uint64_t hv = 14695981039346656037ULL;
+    if (!s)
+        return -1;
+    /* The files the candidate has of its own (the others are the live
+     * ones), in the order they loaded: paths and text, as history.c does. */
+    for (size_t i = 0; i < s->nfiles; i++) {
+        for (const char *p = s->files[i].path; p == s->files[i].path || p[-1]; p++)
+            hv = (hv ^ (unsigned char)*p) * 1099511628211ULL;
+        for (size_t k = 0; k <= s->files[i].len; k++)
+            hv = (hv ^ (unsigned char)s->files[i].text[k]) * 1099511628211ULL;
+    }
+    snprintf(hash, 17, "%016llx", (unsigned long long)hv);
     return 0;
 }
 

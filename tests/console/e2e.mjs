@@ -165,8 +165,10 @@ try {
   check((await page.textContent("#rules-shadow")).includes("dropped by rules.lua:5"), "the diff shows the samples side by side");
   await page.screenshot({ path: `${shots}/console-rules-shadow.png`, fullPage: true });
   await page.click("#shadow-promote");
-  await until(async () => (await page.textContent("#rules-history caption")) === "Revision 2 is live", 5000, "Promote makes rev 2 live");
-  check((await api2("/api/rules/history")).live === 2, "Promote made the candidate live (history: rev 2)");
+  // rev 2 is the shadow's own entry; the promoted rules are rev 3.
+  await until(async () => (await page.textContent("#rules-history caption")) === "Revision 3 is live", 5000, "Promote makes rev 3 live");
+  check((await api2("/api/rules/history")).live === 3, "Promote made the candidate live (history: rev 3)");
+  check((await page.$('#rules-history button[data-rev="2"]')) === null, "a shadow's entry has no Rollback button");
   check((await page.textContent("#rules-shadow")).includes("No shadow is running"), "the shadow ended");
   await page.click('#rules-history button[data-rev="1"]');
   await until(async () => (await page.textContent("#rules-history caption")) === "Revision 1 is live", 5000, "Rollback makes rev 1 live");
