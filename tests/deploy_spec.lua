@@ -678,6 +678,54 @@ end)
     assert.truthy(srv:log():find("canary rolled back", 1, true))
   end)
 
+  it("runs what a side's handlers publish through that side, never the candidate's through the live rules", function()
+    local function rules(side)
+      return ([[
+filter("order.>", function(e) e.headers["X-Side"] = %q return true end)
+filter("audit.>", function(e) e.headers["X-Side"] = %q return true end)
+on("order.created", function(e, ctx) ctx.publish("audit." .. e.data.customer_id, { n = 1 }) end)
+]]):format(side, side)
+    end
+    h.write_file(dir .. "/tide.lua", rules("live"))
+    h.write_file(dir .. "/cand.lua", rules("candidate"))
+    srv = start(dir)
+    local r = admin(srv, "RULES.CANARY", json.encode { path = dir .. "/cand.lua", percent = 50,
+                                                      key = "data.customer_id" })
+    assert.are.equal("canary", r.mode)
+    local c = h.connect(srv.port)
+    c:send('CONNECT {"headers":true}\r\n')
+    c:sub("order.>", "1")
+    c:sub("audit.>", "2")
+    local n = 40
+    for i = 1, n do c:pub("order.created", envelope("e" .. i, { customer_id = "c" .. i })) end
+    local got = c:collect(2 * n, 10)
+    c:close()
+    assert.are.equal(2 * n, #got)
+    local order_side, audit_side = {}, {}
+    for _, m in ipairs(got) do
+      local _, hd = h.parse_headers(m.headers)
+      local cust = m.subject:match("^audit%.(.+)$")
+      if cust then
+        audit_side[cust] = hd["X-Side"]
+      else
+        order_side[json.decode(m.payload).data.customer_id] = hd["X-Side"]
+      end
+    end
+    local count = { live = 0, candidate = 0 }
+    for i = 1, n do
+      local k = "c" .. i
+      assert.is_not_nil(order_side[k], k)
+      -- The audit event a side's handler published went through that side.
+      assert.are.equal(order_side[k], audit_side[k], k)
+      count[order_side[k]] = count[order_side[k]] + 1
+    end
+    assert.is_true(count.live > 0 and count.candidate > 0, json.encode(count))
+    -- Each side counts the events its handlers published as its own.
+    local d = admin(srv, "RULES.DIFF")
+    assert.are.equal(2 * count.candidate, d.candidate.events)
+    assert.are.equal(2 * count.live, d.live.events)
+  end)
+
   it("finishes at --percent 100: the candidate becomes the live rules", function()
     srv = start(dir)
     local rc, out, err = tide(srv, { "rules", "canary", dir .. "/cand.lua", "--percent", "5" })

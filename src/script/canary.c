@@ -104,18 +104,18 @@ static void canary_check(script_host_t *h, shadow_t *s)
     clock_gettime(CLOCK_MONOTONIC, &s->win_start);
 }
 
-/* script_process with a canary: the event through one side, for real. */
-static void canary_process(script_host_t *h, struct client *from, const proto_msg_t *m)
+/* Runs m (at depth) through side (1: the candidate) for real and counts
+ * it, and its dead letters, to that side. */
+static void canary_run_side(script_host_t *h, shadow_t *s, int side, struct client *from, const proto_msg_t *m,
+                            int depth)
 {
-    shadow_t *s = h->shadow;
-    int side = canary_picks(s, m);
     uint64_t failed = h->st.dead_letters;
     state_t *live = h->cur;
     if (side)
         h->cur = s->cand;
     if (h->trace)
         h->trace(h->trace_ctx, side ? "  canary: the candidate handles this event" : "  canary: the live rules");
-    pipeline_run_one(h, from, m, 0);
+    pipeline_run_one(h, from, m, depth);
     h->cur = live;
     failed = h->st.dead_letters - failed;
     s->events++;
@@ -123,7 +123,35 @@ static void canary_process(script_host_t *h, struct client *from, const proto_ms
     s->side_fail[side] += failed;
     s->win_events[side]++;
     s->win_fail[side] += failed;
+}
+
+/* script_process with a canary: the event through one side, for real;
+ * what that side's handlers publish is tagged to go through it too. */
+static void canary_process(script_host_t *h, struct client *from, const proto_msg_t *m)
+{
+    shadow_t *s = h->shadow;
+    int side = canary_picks(s, m);
+    canary_run_side(h, s, side, from, m, 0);
+    if (h->cascade) { /* made by this event's publishes (script_process starts with none) */
+        h->cascade->canary = s->serial;
+        h->cascade->side = side;
+    }
     canary_check(h, s);
+}
+
+/* h->shadow_queued with a canary: an event a side's handlers published
+ * (or one of its descendants) goes through the same side, so that a
+ * candidate's output never runs through the live rules, nor the live
+ * rules' through the candidate.  0 when c is not this canary's (it ended:
+ * then the event runs through whatever rules are live, as any other). */
+static int canary_queued(script_host_t *h, cascade_t *c, const proto_msg_t *m, int depth)
+{
+    shadow_t *s = h->shadow;
+    if (!s || !s->canary || c->canary != s->serial)
+        return 0;
+    canary_run_side(h, s, c->side, NULL, m, depth);
+    canary_check(h, s);
+    return 1;
 }
 
 int script_canary_start(script_host_t *h, const script_canary_t *c, char *err, size_t errsz)
@@ -142,6 +170,7 @@ int script_canary_start(script_host_t *h, const script_canary_t *c, char *err, s
     snprintf(s->key, sizeof s->key, "%s", c->key && c->key[0] ? c->key : "id");
     clock_gettime(CLOCK_MONOTONIC, &s->win_start);
     shadow_install(h, s, canary_process);
+    h->shadow_queued = canary_queued;
     log_info("Canary started: %s takes %g%% of the events by %s", c->path, s->percent, s->key);
     shadow_tell(h, "canary", c->path, "");
     return 0;

@@ -1226,7 +1226,8 @@ static void run_queued(script_host_t *h, msgq_item_t *e)
     h->cascade = c;
     if (c)
         c->refs++; /* kept while it runs, for what it publishes */
-    pipeline_run_one(h, NULL, &e->m, e->depth);
+    if (!c || !c->canary || !h->shadow_queued || !h->shadow_queued(h, c, &e->m, e->depth))
+        pipeline_run_one(h, NULL, &e->m, e->depth);
     if (c) {
         c->seconds += seconds_since(&t0);
         h->cascade = NULL;

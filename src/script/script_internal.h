@@ -204,6 +204,11 @@ typedef struct cascade {
     int emitted;
     int refs;
     int stopped; /* over its budget: what is left of it is dead-lettered */
+    /* Started by an event a canary sent to a side (canary.c): the serial
+     * of that canary (0: none) and the side (1: the candidate), so that
+     * what the side's handlers publish runs through that side too. */
+    uint64_t canary;
+    int side;
 } cascade_t;
 
 /* Drops a reference to cascade c (NULL: none), freeing it with the last. */
@@ -283,6 +288,10 @@ struct script_host {
      * do not call it (it calls them): run an event with the shadow; free it */
     void (*shadow_process)(struct script_host *h, struct client *from, const proto_msg_t *m);
     void (*shadow_free)(struct script_host *h);
+    /* a canary's: runs a queued event of cascade c through the side that
+     * started it; 0 when c is not the running canary's (run it as usual) */
+    int (*shadow_queued)(struct script_host *h, cascade_t *c, const proto_msg_t *m, int depth);
+    uint64_t deploys; /* shadows and canaries started: their serials */
     /* a shadow's: hands stored events to the live handlers, then to the candidate's in dry mode */
     void (*shadow_durable)(struct script_host *h, const char *stream, const char *consumer,
                            const proto_msg_t *msgs, const uint64_t *seqs, const uint32_t *deliveries, int n,

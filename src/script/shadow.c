@@ -295,6 +295,7 @@ static void shadow_free(script_host_t *h)
     h->shadow = NULL;
     h->shadow_process = NULL;
     h->shadow_durable = NULL;
+    h->shadow_queued = NULL;
 }
 
 void shadow_discard(script_host_t *h)
@@ -332,6 +333,7 @@ shadow_t *shadow_build(script_host_t *h, const char *path, int dry, char *err, s
         goto fail;
     }
     s->is_dir = S_ISDIR(sb.st_mode);
+    s->serial = ++h->deploys;
     snprintf(s->path, sizeof s->path, "%s", path);
     kv_set_limits(s->scratch, kv_limits(h->kv));
     shadow_t *old = h->shadow;

@@ -33,6 +33,7 @@ struct shadow {
     char path[PATH_MAX];  /* as given */
     char real[PATH_MAX];  /* resolved */
     int is_dir;
+    uint64_t serial; /* tells this candidate's cascades from an earlier one's */
     char since[64];
     shadow_file_t files[SHADOW_FILES]; /* the candidate's files, read once */
     size_t nfiles;
