@@ -134,3 +134,100 @@ require "rules"
     assert.matches("usage", err, 1, true)
   end)
 end)
+
+describe("tide check --replay with the node's state", function()
+  local dir, data
+
+  before_each(function()
+    dir = h.make_tmpdir("tide-replay-kv")
+    data = dir .. "/data"
+    -- The live rules keep orders over 100; a handler keeps settings in tide.kv.
+    h.write_file(dir .. "/tide.lua", [[
+storage { dir = "data" }
+stream "orders" { subjects = { "order.>" } }
+filter("order.>", function(e) return e.data.amount > 100 end)
+filter("mord.>", function(e) return e.data.amount > 100 end)
+on("config.set", function(e)
+  tide.kv.set("threshold", e.data.threshold)
+  tide.kv.set("cfg a/b", { ok = true })
+  tide.kv.set("gone", 1)
+  tide.kv.del("gone")
+end)
+]])
+    -- The candidate takes its threshold from tide.kv, and insists on the
+    -- rest of what the handler left there.
+    h.write_file(dir .. "/cand.lua", [[
+local function keep(e)
+  local cfg = tide.kv.get("cfg a/b")
+  assert(cfg and cfg.ok == true, "no cfg a/b in tide.kv")
+  assert(tide.kv.get("gone") == nil, "gone is back")
+  return e.data.amount > (tide.kv.get("threshold") or 0)
+end
+filter("order.>", keep)
+filter("mord.>", keep)
+]])
+  end)
+
+  after_each(function() h.remove_tmpdir(dir) end)
+
+  local function publish_orders(c, subject)
+    for i, a in ipairs(amounts) do
+      c:pub(subject, json.encode { specversion = "1.0", id = "o" .. i, source = "spec", type = "order.created",
+                                   data = { amount = a } })
+    end
+    c:ping()
+  end
+
+  it("starts tide.kv as the data directory's, so a rule reading it decides as on the node", function()
+    local srv = h.start_server { args = { "-c", dir .. "/tide.lua" } }
+    local ok, err = pcall(function()
+      local c = h.connect(srv.port)
+      c:pub("config.set", json.encode { specversion = "1.0", id = "cfg", source = "spec", type = "config",
+                                        data = { threshold = 1000 } })
+      c:ping()
+      publish_orders(c, "order.created")
+      c:close()
+    end)
+    srv:stop()
+    assert(ok, err)
+    local before = digest(data)
+    local rc, out, err2 = check(dir, { dir .. "/cand.lua", "--replay", data .. ":orders", "--json" })
+    assert.are.equal(0, rc, err2)
+    local d = assert(json.decode(out), out)
+    -- Stored: 250, 100.5, 1000, 1500, 5000.  With the node's threshold of
+    -- 1000 the candidate drops 250, 100.5 and 1000 and fails none.
+    assert.are.equal(5, d.events)
+    assert.are.equal(3, d.differ)
+    assert.are.equal(3, d.kinds.kept)
+    assert.are.equal(0, d.kinds.errors)
+    assert.matches('"amount":250', d.samples[1].live[1], 1, true)
+    -- The node's tide.kv was read from a copy: the data directory is as it was.
+    assert.are.equal(before, digest(data))
+  end)
+
+  it("reads a memory stream of a running node", function()
+    local srv = h.start_server { args = { "-c", dir .. "/tide.lua" } }
+    local ok, err = pcall(function()
+      local m = assert(h.request(srv.port, "$JS.API.STREAM.CREATE.mem",
+                                 json.encode { name = "mem", subjects = { "mord.>" }, storage = "memory" }))
+      assert.is_nil(json.decode(m.payload).error, m.payload)
+      local c = h.connect(srv.port)
+      c:pub("config.set", json.encode { specversion = "1.0", id = "cfg", source = "spec", type = "config",
+                                        data = { threshold = 1000 } })
+      publish_orders(c, "mord.created")
+      c:close()
+      assert(h.wait_until(function() return h.sh("ls " .. data .. "/memory/mem/*.seg >/dev/null 2>&1") == 0 end, 5))
+      local rc, out, err2 = check(dir, { dir .. "/cand.lua", "--replay", data .. ":mem", "--json",
+                                         "--against", dir .. "/tide.lua" })
+      assert.are.equal(0, rc, err2)
+      local d = assert(json.decode(out), out)
+      -- The running node's memory stream and tide.kv: 3 of the 5 stored differ.
+      assert.are.equal(5, d.events)
+      assert.are.equal(3, d.differ)
+      assert.are.equal(3, d.kinds.kept)
+      assert.are.equal(0, d.kinds.errors)
+    end)
+    srv:stop()
+    assert(ok, err)
+  end)
+end)

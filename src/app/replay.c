@@ -1,7 +1,8 @@
 /* replay.c - tide check FLOW --replay DATADIR:STREAM (docs/deploys.md):
  * the live rules (FLOW0) and a candidate (FLOW) over a stream's stored
- * events, offline, compared as a shadow compares them on a node.  The
- * stream's files are copied to a temporary directory first: opening a log
+ * events, offline, compared as a shadow compares them on a node, with
+ * tide.kv as the node's (its bucket `tide`, the stream KV_tide).  The
+ * streams' files are copied to a temporary directory first: opening a log
  * may write to it (recovery, checkpoints), and DATADIR must stay as it is. */
 #include <errno.h>
 #include <dirent.h>
@@ -11,13 +12,17 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 
 #include "cJSON.h"
 #include "flow.h"
 #include "json_int.h"
+#include "kv.h"
+#include "kv_lua.h"
 #include "log.h"
+#include "proto.h"
 #include "replay.h"
 #include "script.h"
 #include "server.h"
@@ -149,6 +154,105 @@ static int replay_last_entry(const char *data, char *out, size_t n, char *err, s
     return rc;
 }
 
+/* base64url without padding (a tide.kv key that a bucket key cannot be,
+ * kv_lua.h) decoded into out (n bytes at least); its length, or -1. */
+static long replay_b64url(const char *s, size_t n, char *out)
+{
+    static const char alpha[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    uint32_t acc = 0;
+    int bits = 0;
+    long len = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *p = memchr(alpha, s[i], 64);
+        if (!p || !s[i])
+            return -1;
+        acc = (acc << 6) | (uint32_t)(p - alpha);
+        if ((bits += 6) >= 8) {
+            bits -= 8;
+            out[len++] = (char)((acc >> bits) & 0xff);
+        }
+    }
+    return len;
+}
+
+/* Applies one record of the bucket `tide` to kv: a value (typed by its
+ * Tide-Kv-Type header, as tide.kv stored it), or a DEL/PURGE marker. */
+static void replay_kv_record(kv_t *kv, const slog_rec_t *r)
+{
+    static const char prefix[] = "$KV." KV_TIDE_BUCKET ".";
+    char key[2048], num[64];
+    size_t kl = r->subject_len - (sizeof prefix - 1), tl = 0, ol = 0;
+    if (r->subject_len <= sizeof prefix - 1 || memcmp(r->subject, prefix, sizeof prefix - 1) ||
+        kl >= sizeof key)
+        return;
+    const char *k = r->subject + sizeof prefix - 1;
+    if (k[0] == '=') { /* an encoded key */
+        long dl = replay_b64url(k + 1, kl - 1, key);
+        if (dl < 0)
+            return;
+        kl = (size_t)dl;
+    } else
+        memcpy(key, k, kl);
+    const char *op = r->hdr_len ? proto_header_find(r->hdr, r->hdr_len, "KV-Operation", &ol) : NULL;
+    if (op && ((ol == 3 && !memcmp(op, "DEL", 3)) || (ol == 5 && !memcmp(op, "PURGE", 5)))) {
+        kv_del(kv, key, kl);
+        return;
+    }
+    const char *t = r->hdr_len ? proto_header_find(r->hdr, r->hdr_len, "Tide-Kv-Type", &tl) : NULL;
+    kv_value_t v = {.type = KV_STRING};
+    snprintf(num, sizeof num, "%.*s", (int)(r->payload_len < sizeof num ? r->payload_len : 0), r->payload);
+    if (t && tl == 3 && !memcmp(t, "int", 3))
+        v = (kv_value_t){.type = KV_INT, .i = strtoll(num, NULL, 10)};
+    else if (t && tl == 5 && !memcmp(t, "float", 5))
+        v = (kv_value_t){.type = KV_FLOAT, .f = strtod(num, NULL)};
+    else if (t && tl == 4 && !memcmp(t, "bool", 4))
+        v = (kv_value_t){.type = KV_BOOL, .i = !strcmp(num, "true")};
+    else {
+        v.type = t && tl == 4 && !memcmp(t, "json", 4) ? KV_JSON : KV_STRING;
+        if (!(v.s = util_mem_dup(r->payload, r->payload_len)))
+            return;
+        v.len = r->payload_len;
+    }
+    kv_value_t *nv = malloc(sizeof *nv); /* the store keeps the value itself */
+    if (!nv) {
+        free(v.s);
+        return;
+    }
+    *nv = v;
+    if (kv_set(kv, key, kl, nv) != 0)
+        log_warn("tide check: tide.kv key '%.*s' could not be set for the replay", (int)kl, key);
+}
+
+/* Fills kv with the tide.kv of data: its stream KV_tide copied to dir and
+ * read whole (no such stream: kv stays empty).  0, or -1 with err. */
+static int replay_kv_load(kv_t *kv, const char *data, const char *dir, struct event_base *base, char *err,
+                          size_t errsz)
+{
+    char src[4400];
+    struct stat sb;
+    slog_opts_t o = {.segment_size = 64 << 20, .fsync = FSYNC_NEVER};
+    slog_report_t rep;
+    slog_rec_t r;
+    char *buf = NULL;
+    size_t cap = 0;
+    slog_t *l = NULL;
+    snprintf(src, sizeof src, "%s/streams/KV_%s", data, KV_TIDE_BUCKET);
+    if (stat(src, &sb) < 0 || !S_ISDIR(sb.st_mode))
+        return 0;
+    if (util_mkdirs(dir) < 0) {
+        snprintf(err, errsz, "cannot make %.900s: %s", dir, strerror(errno));
+        return -1;
+    }
+    if (copy_dir(src, dir, err, errsz) < 0 || !(l = slog_open(dir, &o, base, NULL, NULL, &rep, err, errsz)))
+        return -1;
+    for (uint64_t seq = 1, last = slog_last(l, NULL); seq <= last; seq++)
+        if (slog_has(l, seq) && slog_read(l, seq, &r, &buf, &cap) == 1)
+            replay_kv_record(kv, &r);
+    free(buf);
+    slog_close(l);
+    return 0;
+}
+
 /* Runs every stored event from..to of l through h (which has the shadow). */
 static int replay_events(script_host_t *h, slog_t *l, uint64_t from, uint64_t to)
 {
@@ -166,8 +270,10 @@ static int replay_events(script_host_t *h, slog_t *l, uint64_t from, uint64_t to
     return 0;
 }
 
-/* Prints the diff as tide rules diff does (print) or its JSON. */
-static int replay_run(const replay_args_t *a, const char *live_flow, slog_t *l, void (*print)(const cJSON *r))
+/* Prints the diff as tide rules diff does (print) or its JSON; tide.kv
+ * starts as the data directory's (copied to kv_dir). */
+static int replay_run(const replay_args_t *a, const char *live_flow, slog_t *l, const char *kv_dir,
+                      struct event_base *base, void (*print)(const cJSON *r))
 {
     char err[1024];
     uint64_t from = 1, to = slog_last(l, NULL);
@@ -202,6 +308,10 @@ static int replay_run(const replay_args_t *a, const char *live_flow, slog_t *l, 
     if (!(srv = server_new(&o)))
         goto done;
     script_host_attach_offline(h, srv);
+    if (replay_kv_load(script_host_kv(h), a->data, kv_dir, base, err, sizeof err) < 0) {
+        fprintf(stderr, "tide check: tide.kv of %s: %s\n", a->data, err);
+        goto done;
+    }
     if (script_shadow_start(h, a->flow, err, sizeof err) < 0) {
         fprintf(stderr, "tide check: %s: %s\n", a->flow, err);
         goto done;
@@ -262,7 +372,7 @@ usage:
 int replay_main(int argc, char **argv, void (*print)(const cJSON *r))
 {
     replay_args_t a;
-    char src[4400], tmp[4096] = "", err[1024], live[4096];
+    char src[4400], tmp[4096] = "", dir[4200], kv_dir[4200], err[1024], live[4096];
     struct stat sb;
     slog_t *l = NULL;
     struct event_base *base = NULL;
@@ -276,6 +386,8 @@ int replay_main(int argc, char **argv, void (*print)(const cJSON *r))
         return 2;
     }
     snprintf(src, sizeof src, "%s/streams/%s", a.data, a.stream);
+    if (!strchr(a.stream, '/') && (stat(src, &sb) < 0 || !S_ISDIR(sb.st_mode))) /* a memory stream's log */
+        snprintf(src, sizeof src, "%s/memory/%s", a.data, a.stream);
     if (strchr(a.stream, '/') || stat(src, &sb) < 0 || !S_ISDIR(sb.st_mode)) {
         fprintf(stderr, "tide check: no stream %s in %s\n", a.stream, a.data);
         return 2;
@@ -294,12 +406,16 @@ int replay_main(int argc, char **argv, void (*print)(const cJSON *r))
         tmp[0] = '\0';
         goto done;
     }
-    if (copy_dir(src, tmp, err, sizeof err) < 0 || !(base = event_base_new()) ||
-        !(l = slog_open(tmp, &o, base, NULL, NULL, &rep, err, sizeof err))) {
+    snprintf(dir, sizeof dir, "%s/stream", tmp);
+    snprintf(kv_dir, sizeof kv_dir, "%s/kv", tmp);
+    if (util_mkdirs(dir) < 0)
+        snprintf(err, sizeof err, "cannot make %.900s: %s", dir, strerror(errno));
+    if (access(dir, W_OK) < 0 || copy_dir(src, dir, err, sizeof err) < 0 || !(base = event_base_new()) ||
+        !(l = slog_open(dir, &o, base, NULL, NULL, &rep, err, sizeof err))) {
         fprintf(stderr, "tide check: stream %s: %s\n", a.stream, err);
         goto done;
     }
-    rc = replay_run(&a, live, l, print);
+    rc = replay_run(&a, live, l, kv_dir, base, print);
 done:
     if (l)
         slog_close(l);

@@ -378,6 +378,11 @@ void script_set_swap_hook(script_host_t *h, void (*fn)(void *ctx, const char *wh
     h->on_swap_ctx = ctx;
 }
 
+kv_t *script_host_kv(script_host_t *h)
+{
+    return h->kv;
+}
+
 const char *script_config_dir(const script_host_t *h)
 {
     return h->config_dir;

@@ -28,6 +28,7 @@
 #include <stdint.h>
 
 #include "cluster_settings.h"
+#include "kv.h"
 #include "proto.h"
 #include "server.h"
 #include "stream.h"
@@ -150,6 +151,11 @@ int script_shadow_running(const script_host_t *h);
  * in hash): FNV-1a over the paths and text of the files it has of its own.
  * 0, or -1 when none runs. */
 int script_candidate_hash(const script_host_t *h, char hash[17]);
+
+/* The store `tide.kv` is when the host has no streams (offline runs, the
+ * prompt without --data); owned by h.  tide check --replay fills it with a
+ * data directory's tide.kv before the events run. */
+kv_t *script_host_kv(script_host_t *h);
 /* {"path","since","events","differ","kinds":{...},"rules":{...},
  * "samples":[...]}, malloc'd (caller frees); NULL when no shadow runs. */
 char *script_shadow_diff_json(const script_host_t *h, size_t *len);
