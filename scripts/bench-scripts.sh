@@ -21,9 +21,13 @@
 #     /proc), which the load of other processes moves much less;
 #  2. instructions per event from callgrind (repeatable, unlike seconds):
 #     BENCH_CG_MSGS events (default 20000) minus a run with none;
+#     then shadow and canary against data (the same rules alone): events/s,
+#     CPU and instructions per event, failing the run when the shadow's
+#     instructions per event pass twice data's (the bound of the issue);
 #  3. reload latency: a rules file rewritten BENCH_RELOADS times (default
 #     50), from the write to the new version routing events.
 #
+# BENCH_SCRIPT_CONFIGS runs a subset (keep none, and data for the ratios).
 # Results also go to build/bench-scripts.md.  Loopback only; every run is
 # bounded (nats_bench --timeout).
 set -u
@@ -39,7 +43,7 @@ RELOADS=${BENCH_RELOADS:-50}
 OUT=$ROOT/build/bench-scripts.md
 LOGS=$ROOT/build/bench-logs
 mkdir -p "$LOGS"
-CONFIGS="none bypass subject data full shadow canary"
+CONFIGS=${BENCH_SCRIPT_CONFIGS:-none bypass subject data full shadow canary}
 failed=0
 SERVER_PID=
 
@@ -148,8 +152,28 @@ none_med=$(echo ${rates[none]:-0} | tr ' ' '\n' | median)
     echo
     echo "Rounds (messages/s): $(for cfg in $CONFIGS; do printf '%s:%s; ' "$cfg" "$(echo ${rates[$cfg]:-} | tr ' ' ',')"; done)"
     echo
+    # The shadow's and the canary's cost against the same rules alone
+    # (data): the shadow must stay within 2x the CPU per event.
+    data_cpu=$(median_of "${cpu[data]:-0}")
+    data_rate=$(median_of "${rates[data]:-0}")
+    for cfg in shadow canary; do
+        awk -v cfg="$cfg" -v r="$(median_of "${rates[$cfg]:-0}")" -v dr="$data_rate" \
+            -v c="$(median_of "${cpu[$cfg]:-0}")" -v dc="$data_cpu" -v i="${instr[$cfg]:-0}" -v di="${instr[data]:-0}" \
+            'BEGIN { er = (dr > 0) ? r / dr : 0; cr = (dc > 0) ? c / dc : 0
+                     ir = (di > 0 && i > 0) ? sprintf("%.2f", i / di) : "n/a"
+                     printf "%s against data (the same rules alone): events/s %.2fx, server CPU per event %.2fx, instructions per event %sx\n", cfg, er, cr, ir }'
+    done
+    echo
     echo "Reload latency: ${reload_line:-FAILED}"
 } | tee "$OUT"
+
+# The issue's bound: a shadow costs at most 2x the CPU per event of the
+# live rules alone.  Instructions are the repeatable measure of it.
+if [ "${instr[shadow]:-?}" != "?" ] && [ "${instr[data]:-?}" != "?" ] && [ -n "${instr[data]:-}" ] &&
+   [ "${instr[data]}" -gt 0 ] && [ $((instr[shadow] * 100)) -gt $((instr[data] * 200)) ]; then
+    echo "FAILED: the shadow costs ${instr[shadow]} instructions per event, more than twice data's ${instr[data]}"
+    failed=1
+fi
 
 if [ "$failed" -ne 0 ]; then
     echo "FAILED: some script benchmark runs did not complete (logs in $LOGS)"
