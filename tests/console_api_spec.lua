@@ -502,6 +502,105 @@ describe("/api/rules/ on examples/order-filter", function()
     assert(ok, err)
   end)
 
+  it("starts a shadow and a canary from POST, and refuses bad input with nothing changed", function()
+    local hport = h.free_port()
+    local srv = h.start_server { args = { "-c", ORDERS .. "/tide.lua", "--http", "127.0.0.1:" .. hport } }
+    local base = "http://127.0.0.1:" .. hport
+    local function publish(prefix, amounts)
+      local c = h.connect(srv.port)
+      c:send('CONNECT {"headers":true}\r\n')
+      for i, amount in ipairs(amounts) do c:pub("order.created", order(prefix .. i, amount)) end
+      assert(c:ping())
+      c:close()
+    end
+    -- each bad request: its status, and the state unchanged after it
+    local function refused(path, body, status, state)
+      local code, a = post_json(base .. path, body)
+      assert.are.equal(status, code, path .. " " .. body .. ": " .. json.encode(a))
+      assert.is_string(a.error.description, path .. " " .. body)
+      local hist = get_json(base .. "/api/rules/history")
+      assert.are.equal(1, hist.live, body)
+      assert.are.equal(1, #hist.revisions, body)
+      if not state then
+        assert.are.equal(409, (curl("'" .. base .. "/api/rules/diff'")), body)
+      else
+        local d = get_json(base .. "/api/rules/diff")
+        for k, v in pairs(state) do assert.are.equal(v, d[k], body .. ": " .. k) end
+      end
+    end
+    local dir = h.make_tmpdir()
+    h.write_file(dir .. "/broken.lua", 'filter("order.created", function(e) return e.data.amount >\n')
+    local BROKEN = ('{"path":"%s"}'):format(dir .. "/broken.lua")
+    local ok, err = pcall(function()
+      local BAD_SHADOW = { "{}", '{"path":""}', '{"path":7}', '{"path":"nope"}', '{"path":"/nonexistent/x.lua"}',
+        ('{"path":"%s"}'):format(("a"):rep(5000)), BROKEN }
+      local BAD_CANARY = { '{"path":"candidate"}', '{"path":"candidate","percent":-1}',
+        '{"path":"candidate","percent":101}', '{"path":"candidate","percent":"10"}',
+        '{"path":"candidate","percent":10,"key":"a..b"}', '{"path":"candidate","percent":10,"key":"data.x y"}',
+        ('{"path":"candidate","percent":10,"key":"%s"}'):format(("k"):rep(200)),
+        '{"path":"candidate","percent":10,"max_error_rate":2}', '{"path":"candidate","percent":10,"window":0}',
+        '{"path":"candidate","percent":10,"window":"60s"}', '{"path":"nope","percent":10}',
+        '{"percent":10,"window":30}', ('{"path":"%s","percent":10}'):format(dir .. "/broken.lua") }
+      for _, b in ipairs(BAD_SHADOW) do refused("/api/rules/shadow", b, 400) end
+      for _, b in ipairs(BAD_CANARY) do refused("/api/rules/canary", b, 400) end
+      refused("/api/rules/canary", '{"percent":50}', 409) -- no canary runs
+
+      -- a shadow of the candidate, its path taken from the entry file's directory
+      local code, a = post_json(base .. "/api/rules/shadow", '{"path":"candidate"}')
+      assert.are.equal(200, code, json.encode(a))
+      assert.are.same({ ok = true, path = ORDERS .. "/candidate" }, a)
+      publish("S-", { 40, 250, 500 }) -- 250 and 500: kept by the live rules, dropped by the candidate
+      local shadow = { mode = "shadow", path = ORDERS .. "/candidate", events = 3, differ = 2 }
+      refused("/api/rules/shadow", '{"path":"nope"}', 400, shadow) -- the running shadow stays
+      refused("/api/rules/canary", '{"path":"candidate","percent":200}', 400, shadow)
+      refused("/api/rules/canary", '{"percent":50}', 409, shadow) -- a shadow is no canary
+      code = post_json(base .. "/api/rules/stop", "{}")
+      assert.are.equal(200, code)
+      assert.are.equal(409, (curl("'" .. base .. "/api/rules/diff'")))
+
+      -- a canary at 50% by the order id, its share changed, then finished
+      code, a = post_json(base .. "/api/rules/canary",
+        ('{"path":"%s","percent":50,"key":"data.order_id","max_error_rate":0.05,"window":30}'):format(ORDERS .. "/candidate"))
+      assert.are.equal(200, code, json.encode(a))
+      assert.are.equal("canary", a.mode)
+      assert.are.equal(50, a.percent)
+      assert.are.equal("data.order_id", a.key)
+      assert.are.equal(0.05, a.max_error_rate)
+      assert.are.equal(30, a.window)
+      local amounts = {}
+      for i = 1, 20 do amounts[i] = 100 + i end
+      publish("C-", amounts)
+      local d = get_json(base .. "/api/rules/diff")
+      assert.are.equal(20, d.live.events + d.candidate.events)
+      assert.is_true(d.live.events > 0 and d.candidate.events > 0, json.encode(d))
+      code, a = post_json(base .. "/api/rules/canary", '{"percent":30}')
+      assert.are.equal(200, code, json.encode(a))
+      assert.are.equal(30, get_json(base .. "/api/rules/diff").percent)
+      local canary = { mode = "canary", percent = 30, key = "data.order_id" }
+      local hist_before = get_json(base .. "/api/rules/history")
+      for _, b in ipairs({ '{"percent":30,"window":5}', '{"percent":-5}', '{"percent":"all"}' }) do
+        local c2 = post_json(base .. "/api/rules/canary", b)
+        assert.are.equal(400, c2, b)
+        local now = get_json(base .. "/api/rules/diff")
+        for k, v in pairs(canary) do assert.are.equal(v, now[k], b .. ": " .. k) end
+      end
+      assert.are.same(hist_before, get_json(base .. "/api/rules/history"))
+      code, a = post_json(base .. "/api/rules/canary", '{"percent":100}')
+      assert.are.equal(200, code, json.encode(a))
+      assert.are.same({ ok = true, finished = true }, a)
+      assert.are.equal(409, (curl("'" .. base .. "/api/rules/diff'")))
+      local hist = get_json(base .. "/api/rules/history")
+      assert.is_true(hist.live > 1)
+      local states = {}
+      for _, r in ipairs(hist.revisions) do states[r.state] = r end
+      assert.is_truthy(states.promoted, json.encode(hist))
+      assert.are.same({ ORDERS .. "/candidate" }, states.promoted.files)
+    end)
+    assert.are.equal("exited", (srv:stop()))
+    h.remove_tmpdir(dir)
+    assert(ok, err)
+  end)
+
   it("needs a user for the views and admin for the actions", function()
     local dir = h.make_tmpdir()
     h.write_file(dir .. "/tide.lua", [[
@@ -517,15 +616,27 @@ filter("orders.*", function(e) return true end)
     local ok, err = pcall(function()
       assert.are.equal(401, (curl("'" .. base .. "/api/rules/history'")))
       assert.are.equal(1, get_json(base .. "/api/rules/history", "-u shop:shoppw").live)
-      for _, action in ipairs({ "promote", "stop", "rollback" }) do
+      -- a candidate that would load: what a refused request would have started
+      h.write_file(dir .. "/candidate.lua", 'filter("orders.*", function(e) return false end)\n')
+      local body = ('{"rev":1,"path":"%s","percent":10}'):format(dir .. "/candidate.lua")
+      for _, action in ipairs({ "promote", "stop", "rollback", "shadow", "canary" }) do
         local url = base .. "/api/rules/" .. action
-        assert.are.equal(401, (post_json(url, '{"rev":1}')), action)
-        assert.are.equal(403, (post_json(url, '{"rev":1}', "-u shop:shoppw")), action)
-        assert.are.equal(403, (post_json(url, '{"rev":1}', "-u admin:adminpw -H 'Origin: http://evil.example'")), action)
+        assert.are.equal(401, (post_json(url, body)), action)
+        assert.are.equal(403, (post_json(url, body, "-u shop:shoppw")), action)
+        assert.are.equal(403, (post_json(url, body, "-u admin:adminpw -H 'Origin: http://evil.example'")), action)
       end
+      assert.are.equal(409, (curl("-u shop:shoppw '" .. base .. "/api/rules/diff'"))) -- nothing was started
       -- admin passes: no shadow runs, rev 1 is already live
       assert.are.equal(409, (post_json(base .. "/api/rules/stop", "{}", "-u admin:adminpw")))
       assert.are.equal(400, (post_json(base .. "/api/rules/rollback", '{"rev":1}', "-u admin:adminpw")))
+      local code, a = post_json(base .. "/api/rules/shadow", body, "-u admin:adminpw")
+      assert.are.equal(200, code, json.encode(a))
+      assert.are.equal("shadow", get_json(base .. "/api/rules/diff", "-u shop:shoppw").mode)
+      code, a = post_json(base .. "/api/rules/canary", body, "-u admin:adminpw")
+      assert.are.equal(200, code, json.encode(a))
+      assert.are.equal(10, get_json(base .. "/api/rules/diff", "-u shop:shoppw").percent)
+      local hist = get_json(base .. "/api/rules/history", "-u shop:shoppw")
+      assert.are.equal("admin", hist.revisions[1].by, json.encode(hist))
     end)
     assert.are.equal("exited", (srv:stop()))
     h.remove_tmpdir(dir)

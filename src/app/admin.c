@@ -372,7 +372,7 @@ static void on_admin(void *ctx, client_t *from, const proto_msg_t *m)
 int admin_rules_request(node_t *n, const char *user, const char *verb, const proto_msg_t *m)
 {
     static const char *const allowed[] = {"RULES.HISTORY", "RULES.DIFF", "RULES.PROMOTE", "RULES.STOP",
-                                          "RULES.ROLLBACK", NULL};
+                                          "RULES.ROLLBACK", "RULES.SHADOW", "RULES.CANARY", NULL};
     client_t as;
     memset(&as, 0, sizeof as);
     as.user = (char *)user; /* read only, by admin_identity */

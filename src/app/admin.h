@@ -21,7 +21,8 @@ void admin_attach(node_t *n);
 char *admin_stats_json(node_t *n, size_t *len);
 
 /* Answers the rule-history verb ("RULES.HISTORY", "RULES.DIFF",
- * "RULES.PROMOTE", "RULES.STOP" or "RULES.ROLLBACK") for a caller that is
+ * "RULES.PROMOTE", "RULES.STOP", "RULES.ROLLBACK", "RULES.SHADOW" or
+ * "RULES.CANARY") for a caller that is
  * not a connection (the HTTP console), as user (NULL or "" for none; it is
  * recorded as who made the change), on m's reply subject.  0, or -1 for
  * any other verb (nothing answered). */

@@ -693,6 +693,110 @@ char *console_rules(console_t *c, const char *verb, const char *user, const char
     return out;
 }
 
+/* ---- starting a shadow or a canary ---------------------------------------------------- */
+
+/* Member key of doc as a number in *out: 0, 1 when it is absent, -1 when
+ * it is not a number. */
+static int number_member(const cJSON *doc, const char *key, double *out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(doc, key);
+    char *end = NULL;
+    if (!v)
+        return 1;
+    if (!json_is_number(v))
+        return -1;
+    *out = cJSON_IsNumber(v) ? v->valuedouble : strtod(v->valuestring, &end); /* json_parse keeps the text */
+    return end && *end ? -1 : 0;
+}
+
+/* True for a key the canary can hash: words of letters, digits and _
+ * joined by dots ("id", "data.customer_id"). */
+static int canary_key_ok(const char *k)
+{
+    size_t n = strlen(k);
+    if (!n || n > CONSOLE_CANARY_KEY_MAX || k[0] == '.' || k[n - 1] == '.' || strstr(k, ".."))
+        return 0;
+    for (; *k; k++)
+        if (!(*k == '.' || *k == '_' || (*k >= 'a' && *k <= 'z') || (*k >= 'A' && *k <= 'Z') || (*k >= '0' && *k <= '9')))
+            return 0;
+    return 1;
+}
+
+/* The candidate's path into q: absolute, or taken from the entry file's
+ * directory.  0, or -1 with err. */
+static int candidate_path(console_t *c, const cJSON *p, cJSON *q, char *err, size_t errsz)
+{
+    char full[4200];
+    if (!cJSON_IsString(p) || !p->valuestring[0] || strlen(p->valuestring) >= 4096) {
+        snprintf(err, errsz, "\"path\" must be the candidate's entry file or directory on the node (a string, "
+                             "at most 4095 bytes; relative: from the entry file's directory)");
+        return -1;
+    }
+    if (p->valuestring[0] == '/' || !c->node->scripts)
+        snprintf(full, sizeof full, "%s", p->valuestring);
+    else
+        snprintf(full, sizeof full, "%s/%s", script_config_dir(c->node->scripts), p->valuestring);
+    return cJSON_AddStringToObject(q, "path", full) ? 0 : -1;
+}
+
+/* A canary's settings from doc into q.  0, or -1 with err. */
+static int canary_settings(const cJSON *doc, cJSON *q, char *err, size_t errsz)
+{
+    double percent = -1, rate = 0.01, window = 60;
+    const cJSON *k = cJSON_GetObjectItemCaseSensitive(doc, "key");
+    int starts = cJSON_GetObjectItemCaseSensitive(doc, "path") != NULL;
+    if (number_member(doc, "percent", &percent) || percent < 0 || percent > 100) {
+        snprintf(err, errsz, "\"percent\" must be a number from 0 to 100 (100 finishes the canary)");
+        return -1;
+    }
+    if (!starts && (k || cJSON_GetObjectItemCaseSensitive(doc, "max_error_rate") ||
+                    cJSON_GetObjectItemCaseSensitive(doc, "window"))) {
+        snprintf(err, errsz, "\"key\", \"max_error_rate\" and \"window\" are set when a canary starts, with its \"path\"");
+        return -1;
+    }
+    if (k && (!cJSON_IsString(k) || !canary_key_ok(k->valuestring))) {
+        snprintf(err, errsz, "\"key\" must be a dotted path into the event (\"id\", \"data.customer_id\"), at most %d bytes",
+                 CONSOLE_CANARY_KEY_MAX);
+        return -1;
+    }
+    if (number_member(doc, "max_error_rate", &rate) < 0 || rate < 0 || rate > 1) {
+        snprintf(err, errsz, "\"max_error_rate\" must be a fraction from 0 to 1 (0.01 is one percentage point)");
+        return -1;
+    }
+    if (number_member(doc, "window", &window) < 0 || !(window > 0) || window > 86400) {
+        snprintf(err, errsz, "\"window\" must be a number of seconds over 0, at most 86400");
+        return -1;
+    }
+    cJSON_AddNumberToObject(q, "percent", percent);
+    if (!starts)
+        return 0;
+    if (k)
+        cJSON_AddStringToObject(q, "key", k->valuestring);
+    cJSON_AddNumberToObject(q, "max_error_rate", rate);
+    cJSON_AddNumberToObject(q, "window", window);
+    return 0;
+}
+
+char *console_candidate_request(console_t *c, const char *what, const cJSON *doc, char *err, size_t errsz)
+{
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(doc, "path");
+    int canary = !strcmp(what, "canary");
+    char *out = NULL;
+    size_t len = 0;
+    cJSON *q = cJSON_CreateObject();
+    snprintf(err, errsz, "out of memory");
+    if (!q)
+        return NULL;
+    if ((p || !canary) && candidate_path(c, p, q, err, errsz) < 0)
+        goto done;
+    if (canary && canary_settings(doc, q, err, errsz) < 0)
+        goto done;
+    out = json_print(q, &len);
+done:
+    cJSON_Delete(q);
+    return out;
+}
+
 /* The names of the streams that store dead letters: those DLQ.LS names,
  * then the one that stores the scripts'. */
 static cJSON *dead_letter_streams(console_t *c)

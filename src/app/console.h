@@ -18,6 +18,8 @@
 
 #include <stddef.h>
 
+#include <cjson/cJSON.h>
+
 #include "node.h"
 
 typedef struct console console_t;
@@ -57,11 +59,25 @@ char *console_streams_json(console_t *c, size_t *len);
 char *console_admin(console_t *c, const char *verb, const char *payload, size_t plen, size_t *len);
 
 /* Runs the rule-history verb ("RULES.HISTORY", "RULES.DIFF",
- * "RULES.PROMOTE", "RULES.STOP", "RULES.ROLLBACK"; admin.h) as user (NULL
+ * "RULES.PROMOTE", "RULES.STOP", "RULES.ROLLBACK", "RULES.SHADOW",
+ * "RULES.CANARY"; admin.h) as user (NULL
  * for none) with payload, and returns its JSON answer, malloc'd (caller
  * frees), with its length in *len; NULL for another verb or out of memory. */
 char *console_rules(console_t *c, const char *verb, const char *user, const char *payload, size_t plen,
                     size_t *len);
+
+/*
+ * The payload of RULES.SHADOW or RULES.CANARY (what is "shadow" or
+ * "canary") for the page's request doc, checked: a shadow's {"path"}; a
+ * canary's {"path","percent","key","max_error_rate","window"}, or
+ * {"percent"} alone for the running canary's share (100 finishes it).  A
+ * relative path is taken from the entry file's directory.  Returns the
+ * payload, malloc'd (caller frees), or NULL with why in err (the request
+ * is bad: 400) — nothing is started either way.
+ */
+char *console_candidate_request(console_t *c, const char *what, const cJSON *doc, char *err, size_t errsz);
+/* Longest canary key (a dotted path into the event). */
+#define CONSOLE_CANARY_KEY_MAX 127
 
 /* {"where","line","first_line","lines":[...]}: the lines around rule
  * number rule (its place in /v1/rules) in the file it was loaded from, as

@@ -1315,7 +1315,7 @@ static void reply_rules_answer(http_t *h, struct evhttp_request *req, char *json
     } else if (cJSON_IsString(err) && !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, "ok"))) {
         const char *e = err->valuestring;
         int code = !strncmp(e, "no rule history", 15) || !strncmp(e, "no scripts", 10) ? 404
-                   : !strncmp(e, "no shadow", 9) || !strcmp(e, "busy")                  ? 409
+                   : !strncmp(e, "no shadow", 9) || !strncmp(e, "no canary", 9) || !strcmp(e, "busy") ? 409
                                                                                         : 400;
         reply_error(h, req, code, code == 404 ? "Not Found" : code == 409 ? "Conflict" : "Bad Request", e);
     } else {
@@ -1334,26 +1334,33 @@ static void api_rules_view(http_t *h, struct evhttp_request *req, const char *ve
     reply_rules_answer(h, req, json, len);
 }
 
-/* POST /api/rules/promote, /stop, /rollback {"rev":N}: the verb's answer,
- * as the caller.  0 (answered), or a status with err. */
+/* POST /api/rules/promote, /stop, /rollback {"rev":N}, /shadow {"path"},
+ * /canary {"path","percent",...}: the verb's answer, as the caller.  0
+ * (answered), or a status with err. */
 static int api_rules_post(http_t *h, struct evhttp_request *req, const char *path, const cJSON *doc, char *err,
                           size_t errsz)
 {
     const char *verb = !strcmp(path, "/api/rules/promote") ? "RULES.PROMOTE"
                        : !strcmp(path, "/api/rules/stop")  ? "RULES.STOP"
+                       : !strcmp(path, "/api/rules/shadow") ? "RULES.SHADOW"
+                       : !strcmp(path, "/api/rules/canary") ? "RULES.CANARY"
                                                            : "RULES.ROLLBACK";
     char *p = NULL, *json;
     size_t len = 0;
     uint64_t rev = 0;
     const cJSON *r = cJSON_GetObjectItemCaseSensitive(doc, "rev");
-    if (!strcmp(verb, "RULES.ROLLBACK")) {
+    int shadow = !strcmp(verb, "RULES.SHADOW");
+    if (shadow || !strcmp(verb, "RULES.CANARY")) {
+        if (!(p = console_candidate_request(h->console, shadow ? "shadow" : "canary", doc, err, errsz)))
+            return 400;
+    } else if (!strcmp(verb, "RULES.ROLLBACK")) {
         if (!r || json_get_uint(r, &rev) < 0 || !rev) {
             snprintf(err, errsz, "POST /api/rules/rollback {\"rev\": n}");
             return 400;
         }
         cJSON *o = cJSON_CreateObject();
         json_add_uint(o, "rev", rev);
-        p = cJSON_PrintUnformatted(o);
+        p = o ? json_print(o, &len) : NULL;
         cJSON_Delete(o);
         if (!p) {
             snprintf(err, errsz, "out of memory");
@@ -1362,7 +1369,7 @@ static int api_rules_post(http_t *h, struct evhttp_request *req, const char *pat
     }
     json = console_rules(h->console, verb, h->who && h->who->checked ? h->who->user : NULL, p ? p : "",
                          p ? strlen(p) : 0, &len);
-    cJSON_free(p);
+    free(p);
     reply_rules_answer(h, req, json, len);
     return 0;
 }
@@ -1371,7 +1378,7 @@ static int api_rules_post(http_t *h, struct evhttp_request *req, const char *pat
 static int api_action(const char *path)
 {
     static const char *const actions[] = {"/api/trace", "/api/dlq/replay", "/api/rules/promote", "/api/rules/stop",
-                                          "/api/rules/rollback", NULL};
+                                          "/api/rules/rollback", "/api/rules/shadow", "/api/rules/canary", NULL};
     for (int i = 0; actions[i]; i++)
         if (!strcmp(path, actions[i]))
             return 1;
@@ -1596,7 +1603,7 @@ static void api_post(http_t *h, struct evhttp_request *req, const char *path, co
     int rules = !strncmp(path, "/api/rules/", 11);
     if (!api_action(path))
         code = api_view(path) ? 405 : 404,
-        snprintf(err, sizeof err, "POST is for /api/trace, /api/dlq/replay and /api/rules/promote, stop, rollback");
+        snprintf(err, sizeof err, "POST is for /api/trace, /api/dlq/replay and /api/rules/shadow, canary, promote, stop, rollback");
     else if (cross_origin(hd))
         code = 403, snprintf(err, sizeof err, "cross-origin writes from a browser are refused");
     else if (who && who->checked && !who->admin)
