@@ -1,8 +1,10 @@
-// The Rules view: the running shadow's diff with Promote / Stop
-// (GET /api/rules/diff), the revision history with a Rollback button for
-// each revision that is not live (GET /api/rules/history), the reload
-// history (GET /api/reloads) and the rules of the current generation with
-// their counters (from /api/flow).
+// The Rules view: forms that start a shadow or a canary of a candidate on
+// the node (POST /api/rules/shadow, /api/rules/canary), the running
+// shadow's diff with Promote / Stop or the running canary's state with
+// Finish / Stop (GET /api/rules/diff), the revision history with a
+// Rollback button for each revision that is not live (GET
+// /api/rules/history), the reload history (GET /api/reloads) and the rules
+// of the current generation with their counters (from /api/flow).
 import { ApiError, Flow, getJSON, postJSON, setStatus } from "./api";
 import { h, table } from "./dom";
 
@@ -36,8 +38,20 @@ interface Sample {
   candidate: string[];
 }
 
+interface Side {
+  events: number;
+  dead_letters: number;
+}
+
 interface Diff {
+  mode: "shadow" | "canary";
   path: string;
+  percent?: number;
+  key?: string;
+  max_error_rate?: number;
+  window?: number;
+  live?: Side;
+  candidate?: Side;
   since: string;
   events: number;
   differ: number;
@@ -84,6 +98,98 @@ function diffView(d: Diff, act: Act): HTMLElement {
   );
 }
 
+function canaryView(d: Diff, act: Act): HTMLElement {
+  const sides = (["live", "candidate"] as const).map((k) => {
+    const x = d[k] ?? { events: 0, dead_letters: 0 };
+    return [k, h("span", { id: `canary-events-${k}` }, String(x.events)), h("span", { id: `canary-dead-${k}` }, String(x.dead_letters))];
+  });
+  return h(
+    "div",
+    {},
+    h(
+      "p",
+      {},
+      "Canary of ",
+      h("code", {}, d.path),
+      ` since ${d.since}: `,
+      h("strong", { id: "canary-percent" }, `${d.percent}%`),
+      " of the events go through it for real, by ",
+      h("code", {}, d.key ?? "id"),
+      `; rolled back by itself when its dead-letter rate is ${((d.max_error_rate ?? 0) * 100).toFixed(1)} points over the live rules' in a ${d.window}s window.`,
+    ),
+    h(
+      "p",
+      {},
+      button("canary-finish", "Finish (100%)", () => act("/api/rules/canary", { percent: 100 })),
+      " ",
+      button("shadow-stop", "Stop", () => act("/api/rules/stop", {})),
+    ),
+    table(["side", "events", "dead letters"], sides, "Events by side"),
+  );
+}
+
+// A labelled input for the start forms.
+function field(id: string, label: string, attrs: Record<string, string>): HTMLElement[] {
+  return [h("label", { for: id }, label), h("input", { id, autocomplete: "off", spellcheck: "false", ...attrs })];
+}
+
+const valueOf = (root: HTMLElement, id: string) => (root.querySelector(`#${id}`) as HTMLInputElement).value.trim();
+
+// The forms that start a candidate; they stay as typed while the state
+// above them refreshes.
+function startForms(act: Act): HTMLElement {
+  const shadow = h(
+    "form",
+    { class: "stack", id: "shadow-form" },
+    ...field("shadow-path", "Candidate (an entry file or directory on the node; relative: from the entry file's directory)", {
+      placeholder: "candidate",
+    }),
+    h("div", {}, h("button", { type: "submit", id: "shadow-start" }, "Start shadow")),
+  );
+  shadow.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    act("/api/rules/shadow", { path: valueOf(shadow, "shadow-path") });
+  });
+  const canary = h(
+    "form",
+    { class: "stack", id: "canary-form" },
+    ...field("canary-path", "Candidate", { placeholder: "candidate" }),
+    ...field("canary-share", "Percent of the events (0 to 100)", { type: "number", min: "0", max: "100", step: "any", value: "10" }),
+    ...field("canary-key", "Key (a dotted path into the event)", { placeholder: "id" }),
+    ...field("canary-rate", "Max error rate (a fraction: 0.01 is one point)", { type: "number", min: "0", max: "1", step: "any", value: "0.01" }),
+    ...field("canary-window", "Window (seconds)", { type: "number", min: "1", step: "any", value: "60" }),
+    h(
+      "div",
+      {},
+      h("button", { type: "submit", id: "canary-start" }, "Start canary"),
+      " ",
+      button("canary-set", "Set the running canary's percent", () => {
+        act("/api/rules/canary", { percent: Number(valueOf(canary, "canary-share")) });
+      }),
+    ),
+  );
+  canary.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const key = valueOf(canary, "canary-key");
+    act("/api/rules/canary", {
+      path: valueOf(canary, "canary-path"),
+      percent: Number(valueOf(canary, "canary-share")),
+      ...(key ? { key } : {}),
+      max_error_rate: Number(valueOf(canary, "canary-rate")),
+      window: Number(valueOf(canary, "canary-window")),
+    });
+  });
+  return h(
+    "div",
+    { id: "rules-start" },
+    h("p", { class: "hint" }, "Starting a shadow or a canary replaces the one running."),
+    h("h3", {}, "Shadow"),
+    shadow,
+    h("h3", {}, "Canary"),
+    canary,
+  );
+}
+
 function historyView(hist: History, act: Act): HTMLElement {
   const rows = hist.revisions.map((r) => [
     r.rev === hist.live ? `*${r.rev}` : String(r.rev),
@@ -108,27 +214,30 @@ export function mountRules(root: HTMLElement): () => void {
   const revs = h("div", { id: "rules-history" });
   const hist = h("div");
   const rules = h("div");
-  root.append(h("h2", {}, "Shadow"), shadow, note, h("h2", {}, "Revisions"), revs, h("h2", {}, "Reloads"), hist,
-    h("h2", {}, "Rules"), rules);
   let gone = false;
 
   const act: Act = async (path, body) => {
     try {
-      note.textContent = `${baseName(path)}: ${JSON.stringify(await postJSON<unknown>(path, body))}`;
+      const a = await postJSON<Partial<Diff>>(path, body);
+      note.textContent = a.mode ? `${a.mode} of ${a.path} running` : `${baseName(path)}: ${JSON.stringify(a)}`;
     } catch (e) {
       note.replaceChildren(h("span", { class: "error" }, `${baseName(path)}: ${(e as Error).message}`));
     }
     await load();
   };
 
+  root.append(h("h2", {}, "Shadow or canary"), shadow, note, h("h2", {}, "Start a candidate"), startForms(act),
+    h("h2", {}, "Revisions"), revs, h("h2", {}, "Reloads"), hist, h("h2", {}, "Rules"), rules);
+
   async function loadDeploys() {
     try {
-      shadow.replaceChildren(diffView(await getJSON<Diff>("/api/rules/diff"), act));
+      const d = await getJSON<Diff>("/api/rules/diff");
+      shadow.replaceChildren(d.mode === "canary" ? canaryView(d, act) : diffView(d, act));
     } catch (e) {
       const none = e instanceof ApiError && e.status === 409;
       shadow.replaceChildren(
         none
-          ? h("p", {}, "No shadow is running (", h("code", {}, "tide rules shadow PATH"), " starts one).")
+          ? h("p", {}, "No shadow or canary is running (start one below, or with ", h("code", {}, "tide rules shadow PATH"), ").")
           : h("p", { class: "error" }, (e as Error).message),
       );
     }
