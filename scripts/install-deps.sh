@@ -1,8 +1,9 @@
 #!/bin/sh
 # Installs the Debian packages tide builds, tests and benchmarks with.
 # (The console's npm packages come with the build: scripts/console-build.sh
-# runs npm ci from console/package-lock.json.  chromium is for its browser
-# test, driven by playwright-core from that lock: no browser download.)
+# runs npm ci from console/package-lock.json.  chromium and firefox-esr are
+# for its browser tests, driven by playwright-core and puppeteer-core from
+# that lock: no browser download.)
 # Skips what is already present; runs `apt-get update` only when something
 # is missing. Needs root (or sudo) on Debian 12.
 set -eu
@@ -13,7 +14,7 @@ lua-busted lua-socket tmux strace curl wrk
 libnats-dev nats-server
 libclang-rt-14-dev
 nodejs npm
-chromium fonts-dejavu-core"
+chromium firefox-esr fonts-dejavu-core"
 
 missing=""
 for p in $PKGS; do

@@ -1,8 +1,9 @@
--- The web console end to end in a real browser: Debian's chromium driven by
--- playwright-core (console/node_modules, from console/package-lock.json),
+-- The web console end to end in real browsers: Debian's chromium driven by
+-- playwright-core, and Debian's firefox-esr driven by puppeteer-core over
+-- WebDriver BiDi (console/node_modules, from console/package-lock.json),
 -- against tide serving examples/tour with a stream for its dead letters.
 -- The checks are in tests/console/e2e.mjs; screenshots of each view go to
--- build/console-*.png.
+-- build/console-*.png (Firefox's: build/console-firefox-*.png).
 local h = require "helpers"
 
 -- The tour's entry file in dir, with its examples found from here, plus a
@@ -60,5 +61,28 @@ describe("the web console in chromium", function()
     assert.matches("ok %- Stop from the page ended the shadow", out)
     assert.matches("ok %- Rollback from the page", out)
     assert.matches("ok %- the canary was finished from the page", out)
+  end)
+end)
+
+describe("the web console in firefox", function()
+  it("draws every rule, live rates, tails and traces, and fits a phone", function()
+    if skip_asan() then return end
+    local firefox = os.getenv("FIREFOX") or "/usr/bin/firefox-esr"
+    assert(h.exists(firefox), "no " .. firefox .. ": scripts/install-deps.sh installs Debian's firefox-esr")
+    assert(h.exists(h.root .. "/console/node_modules/puppeteer-core/package.json"),
+      "no puppeteer-core: make builds the console, which runs npm ci in console/")
+    local dir = h.make_tmpdir()
+    local hport = h.free_port()
+    local srv = h.start_server { args = { "-c", tour_config(dir), "--http", "127.0.0.1:" .. hport } }
+    -- Firefox keeps its profile in TMPDIR: the test's own directory.
+    local rc, out = h.sh(("BROWSER=firefox FIREFOX=%q TMPDIR=%q timeout -k 5 120 node %q %d %q %q"):format(firefox,
+      dir, h.root .. "/tests/console/e2e.mjs", srv.port, "http://127.0.0.1:" .. hport, h.root .. "/build"))
+    assert.are.equal("exited", (srv:stop()))
+    h.remove_tmpdir(dir)
+    assert.are.equal(0, rc, out)
+    assert.is_nil(out:find("not ok", 1, true), out)
+    assert.matches("# firefox/", out)
+    assert.matches("ok %- the event published from the page is in the tail", out)
+    assert.matches("ok %- #/rules at 390 px: no sideways scroll", out)
   end)
 end)
