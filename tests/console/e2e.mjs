@@ -283,7 +283,7 @@ async function deploys(page) {
   await page.click("#canary-finish");
   await until(async () => ((await text(page, "#rules-shadow")) || "").includes(NONE), 5000, "Finish ends the canary");
   const hist = await api2("/api/rules/history");
-  const finished = hist.revisions.find((r) => r.state === "promoted");
+  const finished = hist.revisions.filter((r) => r.state === "promoted").sort((x, y) => y.rev - x.rev)[0]; // the canary's, after the shadow's
   check(hist.live > 2 && finished && finished.files[0].endsWith("/candidate"), `Finish made the candidate live (rev ${hist.live}, ${finished && finished.reason})`);
   await until(async () => (await caption(page)) === `Revision ${hist.live} is live`, 5000, "the history shows the new live revision");
   check(true, "the canary was finished from the page");
