@@ -1,5 +1,6 @@
 /* pipeline.c - the rules and the pipeline every event goes through:
  * upgraders, filters, routes, delivery, handlers, dead letters and the trace. */
+#include "clock.h"
 #include "script_internal.h"
 
 /* ---- rule registration ------------------------------------------------------- */
@@ -213,8 +214,8 @@ static void push_publish_payload(lua_State *L, const char *subject, size_t sl, e
         cJSON_Delete(data);
         luaL_error(L, "out of memory");
     }
-    util_uuid4(idbuf);
-    util_now_rfc3339(timebuf);
+    clock_event_id(idbuf); /* (both follow tide run --clock virtual) */
+    clock_now_rfc3339(timebuf);
     char *type = util_mem_dup(subject, sl);
     cJSON_AddItemToObject(env, "specversion", cJSON_CreateString("1.0"));
     cJSON_AddItemToObject(env, "id", cJSON_CreateString(idbuf));

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "clock.h"
 #include "dead_letter.h"
 #include "stream_internal.h"
 #include "util.h"
@@ -93,7 +94,7 @@ static void letter_id(const dead_letter_facts_t *f, char *out, size_t n)
         return;
     }
     char uuid[37];
-    util_uuid4(uuid);
+    clock_event_id(uuid);
     snprintf(out, n, "%s", uuid);
 }
 

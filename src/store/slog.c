@@ -17,6 +17,7 @@
 
 #include <event2/event.h>
 
+#include "clock.h"
 #include "dict.h"
 #include "log.h"
 #include "record.h"
@@ -25,12 +26,7 @@
 
 #include "slog_internal.h"
 
-int64_t slog_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
+int64_t slog_now_ns(void) { return clock_now_ns(); }
 
 /* A record's fields add up to its length (the frame is record.c's). */
 static int record_fits(const char *p, uint32_t len)

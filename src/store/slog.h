@@ -194,7 +194,8 @@ void slog_forget(slog_t *l, const uint64_t *seqs, size_t n);
 /* Applies max_age now (also done on a timer and on append). */
 void slog_expire(slog_t *l);
 
-/* Monotonic-ish wall clock in ns. */
+/* The wall clock in ns since the epoch (clock_now_ns: the virtual time
+ * under tide run --clock virtual). */
 int64_t slog_now_ns(void);
 
 #endif
