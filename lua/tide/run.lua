@@ -1,6 +1,7 @@
 -- tide run: runs a flow offline.
 --
 --   tide run flow.lua --events in.jsonl [--expect out.jsonl] [--settle SECONDS]
+--                     [--clock real|virtual]
 --
 -- Publishes every line of in.jsonl through the flow (a router with no
 -- network), prints every delivery as a JSON line in delivery order, and
@@ -14,6 +15,14 @@
 -- consumer to deliver, no Lua handler call pending), at most --settle
 -- seconds (default 10), so what durable handlers publish follows the event
 -- that caused it, in the same order on every run.
+--
+-- --clock virtual runs the flow on the events' own time (a line's `time`,
+-- or its event's): before each line, what falls due up to its time runs
+-- in due order (redeliveries after ack_wait, backoff, NAK delays, batch
+-- waits) with the clock at each due time; then the clock is set to the
+-- line's time and the line is published.  A line without a time leaves
+-- the clock where it is.  At the end of the input the clock jumps to each
+-- time a handler consumer still has work due, until none has.
 local flow = require "tide.flow"
 local json = tide_json -- set by the C side: encode, decode, null, array
 
@@ -121,7 +130,7 @@ local function input_message(line, n)
   if type(v) ~= "table" or ARRAY[v] then return nil, ("line %d: expected a JSON object"):format(n) end
   for k in pairs(v) do
     if k ~= "subject" and k ~= "headers" and k ~= "data" and k ~= "event" and k ~= "id" and k ~= "reply"
-       and k ~= "client" then
+       and k ~= "client" and k ~= "time" then
       return nil, ("line %d: unknown key '%s'"):format(n, k)
     end
   end
@@ -133,17 +142,43 @@ local function input_message(line, n)
   if (v.data == nil) == (v.event == nil) then
     return nil, ("line %d: give exactly one of 'data' and 'event'"):format(n)
   end
-  local payload
+  if v.time ~= nil and (v.event ~= nil or type(v.time) ~= "string") then
+    return nil, ("line %d: 'time' is an RFC 3339 string beside 'data' (an 'event' has its own)"):format(n)
+  end
+  local payload, time
   if v.event ~= nil then
     payload = canon(v.event)
+    if type(v.event) == "table" and type(v.event.time) == "string" then time = v.event.time end
   else
+    time = v.time
     payload = '{"specversion":"1.0","id":' .. json.encode(v.id or ("evt-" .. n)) ..
-      ',"source":"events.jsonl","type":' .. json.encode(v.subject) .. ',"data":' .. canon(v.data) .. "}"
+      ',"source":"events.jsonl","type":' .. json.encode(v.subject) ..
+      (time and ',"time":' .. json.encode(time) or "") .. ',"data":' .. canon(v.data) .. "}"
   end
   if v.client ~= nil and (type(v.client) ~= "table" or ARRAY[v.client]) then
     return nil, ("line %d: 'client' must be an object like {\"user\":\"shop\"}"):format(n)
   end
-  return v.subject, header_block(v.headers), payload, v.reply, v.client
+  return { subject = v.subject, hdr = header_block(v.headers), payload = payload, reply = v.reply,
+           client = v.client, time = time }
+end
+
+-- The lines' messages, and under the virtual clock each one's time in ns
+-- (nil for a line without one).
+local function input_messages(inputs, events, virtual)
+  local out = {}
+  for i, l in ipairs(inputs) do
+    local m, err = input_message(l.text, l.n)
+    if not m then return nil, events .. ": " .. err end
+    if virtual and m.time then
+      m.ns = m.time:match("^%d%d%d%d%-%d%d%-%d%d[Tt]") and flow.time(m.time)
+      if not m.ns then
+        return nil, ("%s:%d: 'time' is not an RFC 3339 time: %s"):format(events, l.n, m.time)
+      end
+    end
+    m.n = l.n
+    out[i] = m
+  end
+  return out
 end
 
 -- A delivery as the line tide run prints.
@@ -227,7 +262,7 @@ local function expectations(path)
 end
 
 local function main(args)
-  local entry, events, expect, settle = nil, nil, nil, nil
+  local entry, events, expect, settle, clock = nil, nil, nil, nil, "real"
   local i = 1
   while i <= #args do
     local a = args[i]
@@ -239,36 +274,65 @@ local function main(args)
         return fail("--settle wants a number of seconds from 0 to 3600")
       end
       i = i + 2
+    elseif a == "--clock" then
+      clock = args[i + 1]
+      if clock ~= "real" and clock ~= "virtual" then
+        return fail("--clock wants 'real' or 'virtual'" .. (clock and ", not '" .. clock .. "'" or ""))
+      end
+      i = i + 2
     elseif a:sub(1, 1) == "-" then return fail("unknown option '" .. a .. "'")
     elseif not entry then entry = a; i = i + 1
     else return fail("unexpected argument '" .. a .. "'") end
   end
   if not entry or not events then
-    return fail("usage: tide run flow.lua --events in.jsonl [--expect out.jsonl] [--settle SECONDS]")
+    return fail("usage: tide run flow.lua --events in.jsonl [--expect out.jsonl] [--settle SECONDS]"
+                .. " [--clock real|virtual]")
   end
+  local virtual = clock == "virtual"
   local inputs, err = read_lines(events)
   if not inputs then return fail(err) end
+  local msgs
+  msgs, err = input_messages(inputs, events, virtual)
+  if not msgs then return fail(err) end
   local want
   if expect then
     want, err = expectations(expect)
     if not want then return fail(err) end
   end
+  local start
+  if virtual then
+    start = 0 -- the epoch, when no line has a time
+    for _, m in ipairs(msgs) do
+      if m.ns then start = m.ns; break end
+    end
+  end
   local f
-  f, err = flow.open(entry, { settle = settle })
+  f, err = flow.open(entry, { settle = settle, virtual_start = start })
   if not f then return fail(err) end
 
   local got = {}
-  for _, l in ipairs(inputs) do
-    local subject, hdr, payload, reply, client = input_message(l.text, l.n)
-    if not subject then f:close(); return fail(events .. ": " .. hdr) end
-    local okp, delivered, busy = pcall(f.publish, f, subject, hdr, payload, reply, client)
-    if not okp then f:close(); return fail(("%s:%d: %s"):format(events, l.n, delivered)) end
-    for _, d in ipairs(delivered) do
-      got[#got + 1] = delivery_record(d)
+  local function take(delivered)
+    for _, d in ipairs(delivered) do got[#got + 1] = delivery_record(d) end
+  end
+  for _, m in ipairs(msgs) do
+    if virtual then
+      local delivered, stopped = f:advance(m.ns, m.n)
+      take(delivered)
+      if stopped then
+        io.stderr:write(("tide run: %s:%d: before this line: %s\n"):format(events, m.n, stopped))
+      end
     end
+    local okp, delivered, busy = pcall(f.publish, f, m.subject, m.hdr, m.payload, m.reply, m.client)
+    if not okp then f:close(); return fail(("%s:%d: %s"):format(events, m.n, delivered)) end
+    take(delivered)
     if busy then
-      io.stderr:write(("tide run: %s:%d: %s; going on with the next line\n"):format(events, l.n, busy))
+      io.stderr:write(("tide run: %s:%d: %s; going on with the next line\n"):format(events, m.n, busy))
     end
+  end
+  if virtual then
+    local delivered, stopped = f:advance(math.maxinteger)
+    take(delivered)
+    if stopped then io.stderr:write(("tide run: at the end of the input: %s\n"):format(stopped)) end
   end
   f:close()
 

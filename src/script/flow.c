@@ -9,6 +9,7 @@
 #include <event2/event.h>
 #include <lauxlib.h>
 
+#include "clock.h"
 #include "flow.h"
 #include "script.h"
 #include "server.h"
@@ -44,10 +45,9 @@ static double mono_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-int flow_streams_idle(server_t *srv, streams_t *sm, char *why, size_t n)
+/* True when every append is durable (or its stream has failed). */
+static int streams_durable(streams_t *sm, char *why, size_t n)
 {
-    if (!sm)
-        return 1;
     stream_info_t si;
     for (int i = 0; streams_stream_info(sm, NULL, i, &si); i++) {
         const slog_info_t *in = &si.log;
@@ -57,6 +57,15 @@ int flow_streams_idle(server_t *srv, streams_t *sm, char *why, size_t n)
             return 0;
         }
     }
+    return 1;
+}
+
+int flow_streams_idle(server_t *srv, streams_t *sm, char *why, size_t n)
+{
+    if (!sm)
+        return 1;
+    if (!streams_durable(sm, why, n))
+        return 0;
     consumer_info_t ci;
     for (int i = 0; streams_consumer_info(sm, NULL, i, &ci); i++) {
         const consumer_cfg_t *cfg = ci.cfg;
@@ -87,6 +96,69 @@ int flow_settle(server_t *srv, streams_t *sm, double limit, char *why, size_t n)
         /* Blocks until something is due: a commit, a consumer's tick (10 ms). */
         event_base_loop(base, EVLOOP_ONCE);
     }
+}
+
+/* ---- the virtual clock ------------------------------------------------------------ */
+
+/* Jumps of the virtual clock one advance or the end of the input may take
+ * (each runs what falls due at one time): a bound for flows whose work
+ * never ends, such as a handler that always fails without max_deliver. */
+#define FLOW_VIRTUAL_STEPS 100000
+
+/* flow_settle under the virtual clock: runs the loop until every append is
+ * durable and no consumer has work due at the current virtual time (work
+ * due later waits for the clock).  0, or -1 after `limit` seconds of real
+ * time with what is still busy in why.  sm is not NULL. */
+static int settle_virtual(server_t *srv, streams_t *sm, double limit, char *why, size_t n)
+{
+    struct event_base *base = server_base(srv);
+    double deadline = mono_s() + limit;
+    for (;;) {
+        event_base_loop(base, EVLOOP_NONBLOCK);
+        int durable = streams_durable(sm, why, n);
+        int64_t now = clock_mono_ns();
+        const char *who = "";
+        if (durable && streams_next_due(sm, now, 0, &who) > now)
+            return 0;
+        if (mono_s() >= deadline) {
+            if (durable)
+                snprintf(why, n, "consumer %s has work due at every turn", who);
+            return -1;
+        }
+        if (durable)
+            streams_run_due(sm);
+        else
+            event_base_loop(base, EVLOOP_ONCE); /* (the commit comes with the next turn) */
+    }
+}
+
+/* Moves the virtual clock to `to` (INT64_MAX: for as long as handler
+ * consumers have work due, the end of the input), running what falls due
+ * on the way in due order with the clock at each due time.  0; -1 when
+ * settling took too long (why), -2 when FLOW_VIRTUAL_STEPS ran out (why
+ * says when the next work was due). */
+static int advance_virtual(server_t *srv, streams_t *sm, double limit, int64_t to, char *why, size_t n)
+{
+    int at_end = to == INT64_MAX;
+    for (int step = 0; sm; step++) { /* (without streams nothing is ever due) */
+        if (settle_virtual(srv, sm, limit, why, n) < 0)
+            return -1;
+        const char *who = "";
+        int64_t due = streams_next_due(sm, clock_mono_ns(), at_end, &who);
+        if (due == INT64_MAX || due > to)
+            break;
+        if (step == FLOW_VIRTUAL_STEPS) {
+            char t[64];
+            util_time_ns(due, t, sizeof t);
+            snprintf(why, n, "stopped after %d steps of the virtual clock, with consumer %s due again at %s",
+                     FLOW_VIRTUAL_STEPS, who, t);
+            return -2;
+        }
+        clock_set(due);
+    }
+    if (!at_end)
+        clock_set(to);
+    return 0;
 }
 
 int flow_make_tmpdir(const char *prefix, char *out, size_t n)
@@ -188,6 +260,37 @@ static void flow_close(flow_t *f)
     f->data_dir[0] = '\0';
 }
 
+/* Settles the flow's streams on the clock in use: 0, or -1 with why. */
+static int settle(flow_t *f, char *why, size_t n)
+{
+    if (!f->sm)
+        return 0;
+    if (clock_is_virtual())
+        return settle_virtual(f->srv, f->sm, f->settle, why, n);
+    return flow_settle(f->srv, f->sm, f->settle, why, n);
+}
+
+/* Pushes what was recorded since drop_recorded, as a list of
+ * {subject=, headers=, payload=}, and forgets it. */
+static void push_recorded(lua_State *L, flow_t *f)
+{
+    lua_createtable(L, (int)f->n, 0);
+    for (size_t i = 0; i < f->n; i++) {
+        delivery_t *d = &f->got[i];
+        lua_createtable(L, 0, 3);
+        lua_pushlstring(L, d->subject, d->subject_len);
+        lua_setfield(L, -2, "subject");
+        if (d->hdr) {
+            lua_pushlstring(L, d->hdr, d->hdr_len);
+            lua_setfield(L, -2, "headers");
+        }
+        lua_pushlstring(L, d->payload, d->payload_len);
+        lua_setfield(L, -2, "payload");
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    drop_recorded(f);
+}
+
 static int l_gc(lua_State *L)
 {
     flow_close(luaL_checkudata(L, 1, FLOW_MT));
@@ -202,6 +305,13 @@ static int l_open(lua_State *L)
     flow_t *f = lua_newuserdatauv(L, sizeof *f, 0);
     memset(f, 0, sizeof *f);
     luaL_setmetatable(L, FLOW_MT);
+    /* Before anything reads the clock: the entry file's code, the
+     * consumers' first times when they open. */
+    if (lua_istable(L, 2)) {
+        if (lua_getfield(L, 2, "virtual_start") != LUA_TNIL)
+            clock_use_virtual((int64_t)luaL_checkinteger(L, -1));
+        lua_pop(L, 1);
+    }
     f->host = script_host_new(path, lib_dir[0] ? lib_dir : NULL, err, sizeof err);
     if (!f->host) {
         lua_pushnil(L);
@@ -244,7 +354,7 @@ static int l_open(lua_State *L)
         }
         /* What opening the consumers set off (nothing, in a new directory). */
         char why[300];
-        flow_settle(f->srv, f->sm, f->settle, why, sizeof why);
+        settle(f, why, sizeof why);
     }
     return 1;
 }
@@ -280,28 +390,57 @@ static int l_publish(lua_State *L)
     script_set_identity(f->host, NULL);
     /* Durable consumers and their handlers: until the streams are idle. */
     char why[300];
-    int late = f->sm && flow_settle(f->srv, f->sm, f->settle, why, sizeof why) < 0;
+    int late = settle(f, why, sizeof why) < 0;
     if (f->oom)
         return luaL_error(L, "out of memory recording deliveries");
-    lua_createtable(L, (int)f->n, 0);
-    for (size_t i = 0; i < f->n; i++) {
-        delivery_t *d = &f->got[i];
-        lua_createtable(L, 0, 3);
-        lua_pushlstring(L, d->subject, d->subject_len);
-        lua_setfield(L, -2, "subject");
-        if (d->hdr) {
-            lua_pushlstring(L, d->hdr, d->hdr_len);
-            lua_setfield(L, -2, "headers");
-        }
-        lua_pushlstring(L, d->payload, d->payload_len);
-        lua_setfield(L, -2, "payload");
-        lua_rawseti(L, -2, (lua_Integer)i + 1);
-    }
-    drop_recorded(f);
+    push_recorded(L, f);
     if (late) {
         lua_pushfstring(L, "the streams were still busy after %f s (%s)", f->settle, why);
         return 2;
     }
+    return 1;
+}
+
+/* f:advance(ns|nil, line): under the virtual clock, starts input line
+ * `line` (its events' ids) and moves the clock to ns (nil: where it is),
+ * running what falls due on the way; f:advance(math.maxinteger) runs what
+ * handler consumers still have due, the end of the input.  Returns what
+ * was delivered meanwhile, and nil or why the clock stopped early. */
+static int l_advance(lua_State *L)
+{
+    flow_t *f = luaL_checkudata(L, 1, FLOW_MT);
+    int64_t to = lua_isnoneornil(L, 2) ? clock_now_ns() : (int64_t)luaL_checkinteger(L, 2);
+    if (!f->srv)
+        return luaL_error(L, "flow is closed");
+    if (!clock_is_virtual())
+        return luaL_error(L, "advance needs the virtual clock");
+    if (!lua_isnoneornil(L, 3))
+        clock_mark_line((uint64_t)luaL_checkinteger(L, 3));
+    drop_recorded(f);
+    f->oom = 0;
+    char why[300];
+    int rc = advance_virtual(f->srv, f->sm, f->settle, to, why, sizeof why);
+    if (f->oom)
+        return luaL_error(L, "out of memory recording deliveries");
+    push_recorded(L, f);
+    if (rc == -1) {
+        lua_pushfstring(L, "the streams were still busy after %f s (%s)", f->settle, why);
+        return 2;
+    }
+    if (rc < 0) {
+        lua_pushstring(L, why);
+        return 2;
+    }
+    return 1;
+}
+
+/* flow.time(text) -> ns since the epoch of an RFC 3339 time, or nil. */
+static int l_time(lua_State *L)
+{
+    int64_t ns = streams_parse_time(luaL_checkstring(L, 1));
+    if (ns < 0)
+        return 0;
+    lua_pushinteger(L, (lua_Integer)ns);
     return 1;
 }
 
@@ -332,16 +471,18 @@ static int l_close(lua_State *L)
 
 int flow_open_module(lua_State *L)
 {
-    static const luaL_Reg methods[] = {{"publish", l_publish}, {"rules", l_rules}, {"streams", l_streams},
-                                       {"close", l_close},     {NULL, NULL}};
+    static const luaL_Reg methods[] = {{"publish", l_publish}, {"advance", l_advance}, {"rules", l_rules},
+                                       {"streams", l_streams}, {"close", l_close},     {NULL, NULL}};
     luaL_newmetatable(L, FLOW_MT);
     luaL_newlib(L, methods);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, l_gc);
     lua_setfield(L, -2, "__gc");
     lua_pop(L, 1);
-    lua_createtable(L, 0, 1);
+    lua_createtable(L, 0, 2);
     lua_pushcfunction(L, l_open);
     lua_setfield(L, -2, "open");
+    lua_pushcfunction(L, l_time);
+    lua_setfield(L, -2, "time");
     return 1;
 }

@@ -8,15 +8,23 @@
  * to survive a crash, and without the sync thread the order of events is
  * the same on every run).  After each publish the loop runs until the
  * streams are idle (see flow_settle), so what durable consumers and their
- * Lua handlers publish is among the publish's deliveries.
+ * Lua handlers publish is among the publish's deliveries.  Under the
+ * virtual clock, idle means nothing due at the current virtual time; what
+ * is due later runs when advance moves the clock there.
  *
  * Exposed to Lua as the module "tide.flow" for the driver in lua/tide/run.lua:
  *   local flow = require "tide.flow"
- *   local f, err = flow.open(entry_file [, { settle = seconds }])
+ *   local f, err = flow.open(entry_file [, { settle = seconds, virtual_start = ns }])
  *                                             -- nil, "file:line: ..." on failure
+ *                       (virtual_start: the process runs on the virtual clock
+ *                       of clock.h from then on, starting at ns)
  *   f:publish(subject, headers_block|nil, payload [, reply])
  *     -> { {subject=, headers=block|nil, payload=}, ... } in delivery order,
  *        and nil, or what was still busy when the settle time ran out
+ *   f:advance(ns|nil, line) -> deliveries as publish's, and nil or why the
+ *        clock stopped early: under the virtual clock, runs what falls due
+ *        up to ns in due order, then sets the clock to ns (see l_advance)
+ *   flow.time(text) -> ns since the epoch, or nil
  *   f:streams() -> true when the flow runs streams
  *   f:rules()  -> JSON text of the rules     f:close()
  */

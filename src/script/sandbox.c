@@ -1,5 +1,6 @@
 /* sandbox.c - what scripts see: text-only loading, require, print and log,
  * and the guarded versions of C functions no budget could interrupt. */
+#include "clock.h"
 #include "script_internal.h"
 #include "pattern.h"
 
@@ -30,6 +31,14 @@ static int l_print(lua_State *L)
     luaL_pushresult(&b);
     log_info("[%s] %s", caller_name(L, who, sizeof who), lua_tostring(L, -1));
     return 0;
+}
+
+/* tide.now(): ms since the epoch, an integer; the virtual time under
+ * tide run --clock virtual. */
+static int l_now(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)(clock_now_ns() / 1000000));
+    return 1;
 }
 
 /* log(msg) or log(level, msg) with level "debug" | "info" | "warn" | "error". */
@@ -536,6 +545,8 @@ static void env_tide(state_t *st, int env)
     durable_push_api(L); /* tide.nak, tide.progress, tide.term */
     lua_pushcfunction(L, l_log);
     lua_setfield(L, tide, "log");
+    lua_pushcfunction(L, l_now);
+    lua_setfield(L, tide, "now");
     lua_pushcfunction(L, l_log);
     lua_setfield(L, env, "log");
     lua_pushstring(L, TIDE_VERSION);

@@ -91,6 +91,7 @@ struct consumer {
     size_t nreplies, capreplies;
     struct event *flush_ev, *tick_ev, *pump_ev;
     int64_t replay_ts, replay_mono; /* replay_original: stored time of the last new message sent, and when */
+    int64_t replay_due;             /* replay_original: when the next one may go (0: now) */
     /* Bound to Lua handlers: events gathered for the next call. */
     int batch;          /* 0: not bound */
     double wait;        /* seconds a batch may wait to fill */
@@ -157,7 +158,7 @@ static int matches(const consumer_t *c, const char *subject, size_t len)
 }
 
 /* Deadlines are on clock.h's monotonic scale: virtual under tide run
- * --clock virtual, where the run driver moves time. */
+ * --clock virtual, where the run driver moves time (consumer_next_due). */
 static int64_t mono_ns(void) { return clock_mono_ns(); }
 
 const consumer_cfg_t *consumer_cfg(const consumer_t *c) { return &c->cfg; }
@@ -785,16 +786,23 @@ static int can_deliver(consumer_t *c)
     return server_has_interest(c->sm->srv, c->cfg.deliver, strlen(c->cfg.deliver));
 }
 
-/* True when nothing is there to deliver now: no new message, none due
- * again. */
-static int at_end(consumer_t *c)
+/* Drops the stale deadlines at the top of the heap (acked ones leave
+ * theirs behind), so that heap[0] is a live one. */
+static void heap_clean_top(consumer_t *c)
 {
-    while (c->nheap) { /* acked ones leave their deadline behind */
+    while (c->nheap) {
         pend_t *p = pend_get(c, c->heap[0].seq);
         if (p && p->gen == c->heap[0].gen)
             break;
         heap_pop(c);
     }
+}
+
+/* True when nothing is there to deliver now: no new message, none due
+ * again. */
+static int at_end(consumer_t *c)
+{
+    heap_clean_top(c);
     return c->next_seq > committed(c) && c->lps_at >= c->nlps && (!c->nheap || c->heap[0].due > mono_ns());
 }
 
@@ -811,9 +819,11 @@ static int replay_wait(consumer_t *c, const slog_rec_t *r)
         if (due > now) {
             struct timeval tv = {(time_t)((due - now) / 1000000000), (suseconds_t)((due - now) % 1000000000 / 1000)};
             event_add(c->pump_ev, &tv);
+            c->replay_due = due;
             return 1;
         }
     }
+    c->replay_due = 0;
     c->replay_ts = r->ts, c->replay_mono = now;
     return 0;
 }
@@ -1919,4 +1929,52 @@ void consumer_metrics(consumer_t *const *cs, int n, char **buf, size_t *len, siz
                        c->cfg.name, v[k]);
         }
     }
+}
+
+/* ---- driving time (tide run --clock virtual) ------------------------------- */
+
+/* When c next has work (see streams_next_due): now when it can deliver a
+ * new event, hand over a full batch or record deferred acks; else the
+ * earliest of its batch wait, its replay_original pacing and its deadlines
+ * (the last only for handler consumers when handlers_only). */
+static int64_t consumer_next_due(consumer_t *c, int64_t now, int handlers_only)
+{
+    int lua = !c->cfg.deliver[0] && !c->cfg.pull;
+    if (c->cfg.pull || (handlers_only && !lua) || (lua && !c->batch) || !can_deliver(c))
+        return INT64_MAX;
+    if (c->ndeferred || (c->nbq && c->nbq >= (size_t)c->batch))
+        return now;
+    int64_t due = INT64_MAX;
+    uint64_t park_max = (uint64_t)c->cfg.max_ack_pending * 8 + 1024;
+    if ((c->lps_at < c->nlps || c->next_seq <= committed(c)) && (int64_t)c->npending < c->cfg.max_ack_pending &&
+        c->nparked < park_max && !flow_control_stalled(c))
+        due = c->cfg.replay_original && c->replay_due > now ? c->replay_due : now;
+    if (c->nbq && c->bq_since + (int64_t)(c->wait * 1e9) < due)
+        due = c->bq_since + (int64_t)(c->wait * 1e9);
+    heap_clean_top(c);
+    if (c->nheap && c->heap[0].due < due)
+        due = c->heap[0].due;
+    return due < now ? now : due;
+}
+
+int64_t streams_next_due(streams_t *sm, int64_t now, int handlers_only, const char **who)
+{
+    int64_t due = INT64_MAX;
+    for (int i = 0; i < sm->nc; i++) {
+        int64_t d = consumer_next_due(sm->consumers[i], now, handlers_only);
+        if (d < due) {
+            due = d;
+            if (who)
+                *who = sm->consumers[i]->cfg.name;
+        }
+    }
+    return due;
+}
+
+void streams_run_due(streams_t *sm)
+{
+    int64_t now = mono_ns();
+    for (int i = 0; i < sm->nc; i++)
+        if (consumer_next_due(sm->consumers[i], now, 0) <= now)
+            on_tick(-1, 0, sm->consumers[i]);
 }

@@ -1289,8 +1289,7 @@ char *stream_get_json(streams_t *sm, const char *name, uint64_t seq, char *err, 
 /* The last second (in 2262) whose time in ns since the epoch fits an int64. */
 #define TIME_MAX_SECONDS ((int64_t)9223372035)
 
-/* RFC 3339 or seconds (with fraction) since the epoch, to ns; -1 when neither. */
-static int64_t parse_time(const char *s)
+int64_t streams_parse_time(const char *s)
 {
     struct tm tm;
     memset(&tm, 0, sizeof tm);
@@ -1388,8 +1387,8 @@ static char *stream_events_json(streams_t *sm, const char *req, size_t rl, char 
         cJSON_Delete(q);
         return NULL;
     }
-    int64_t since = cJSON_IsString(jsince) ? parse_time(jsince->valuestring) : 0;
-    int64_t until = cJSON_IsString(juntil) ? parse_time(juntil->valuestring) : INT64_MAX;
+    int64_t since = cJSON_IsString(jsince) ? streams_parse_time(jsince->valuestring) : 0;
+    int64_t until = cJSON_IsString(juntil) ? streams_parse_time(juntil->valuestring) : INT64_MAX;
     if (since < 0 || until < 0) {
         snprintf(err, errsz, "since and until must be RFC 3339 times or seconds since the epoch");
         cJSON_Delete(q);

@@ -248,6 +248,29 @@ typedef struct consumer_info {
     int64_t idle_ns;            /* monotonic ns since a pull request or a subscriber was last seen */
 } consumer_info_t;
 
+/* ---- driving time (tide run --clock virtual) ---- */
+
+/* RFC 3339 or seconds (with fraction) since the epoch, to ns; -1 when
+ * neither (or before 1970, or past 2262). */
+int64_t streams_parse_time(const char *s);
+
+/*
+ * The earliest time, on clock_mono_ns's scale, at which a consumer that can
+ * deliver (bound to Lua handlers, or a deliver subject with a subscriber)
+ * has work: `now` when it has some now (a new event to deliver, a full
+ * batch, acks waiting to be recorded), else its next deadline (ack_wait,
+ * backoff, NAK delay, batch wait, replay_original pacing); INT64_MAX when
+ * none has any.  With handlers_only, push consumers' deadlines do not
+ * count (their deliveries wait for an ack nobody may send).  *who (when
+ * not NULL) is set to the name of the consumer that is due first.
+ */
+int64_t streams_next_due(streams_t *sm, int64_t now, int handlers_only, const char **who);
+
+/* Lets every consumer whose work is due at clock_mono_ns() do it now, as
+ * its timer would: redeliveries, handler calls, new deliveries.  Called
+ * outside any callback of the loop. */
+void streams_run_due(streams_t *sm);
+
 /* ---- consumers made at run time (the JetStream API) ---- */
 
 /* Opens the consumer cfg->name on stream cfg->stream (cfg->api is
