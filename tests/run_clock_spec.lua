@@ -96,6 +96,42 @@ end)
     assert.are.equal("dlq.work", got[#got].subject)
   end)
 
+  it("runs a batch when its wait runs out and a NAK after its delay, between lines and after the input", function()
+    local rc, out, err, got = run([[
+stream "orders" { subjects = { "order.>" } }
+consumer "batch" { stream = "orders", filter = "order.b" }
+consumer "later" { stream = "orders", filter = "order.n" }
+on("order.b", { consumer = "batch", batch = 10, wait = "2s" }, function(events, ctx, metas)
+  ctx.publish("batch", { size = #events })
+end)
+on("order.n", { consumer = "later" }, function(e, ctx, meta)
+  ctx.publish("n", { deliveries = meta.deliveries })
+  if meta.deliveries == 1 then return tide.nak("5m") end
+end)
+]], {
+      '{"subject": "order.b", "data": {}, "time": "2026-01-01T00:00:00Z"}',
+      '{"subject": "order.b", "data": {}, "time": "2026-01-01T00:00:01Z"}',
+      '{"subject": "order.n", "data": {}, "time": "2026-01-01T00:00:01.500Z"}',
+      '{"subject": "order.b", "data": {}, "time": "2026-01-01T00:00:03Z"}',
+    })
+    assert.are.equal(0, rc, out .. err)
+    local seen = {}
+    for _, d in ipairs(got) do
+      local data = d.event.data
+      seen[#seen + 1] = table.concat({ d.subject, d.event.time, tostring(data.size or data.deliveries or "") }, " ")
+    end
+    assert.are.same({
+      "order.b 2026-01-01T00:00:00Z ",
+      "order.b 2026-01-01T00:00:01Z ",
+      "order.n 2026-01-01T00:00:01.500Z ",
+      "n 2026-01-01T00:00:01.500Z 1",
+      "batch 2026-01-01T00:00:02.000Z 2", -- the first event's wait ran out before line 4
+      "order.b 2026-01-01T00:00:03Z ",
+      "batch 2026-01-01T00:00:05.000Z 1",
+      "n 2026-01-01T00:05:01.500Z 2",
+    }, seen)
+  end)
+
   it("keeps the duplicate window by the events' times", function()
     local rc, out, err, got = run([[
 stream "orders" { subjects = { "order.>" }, dedup_window = "2m" }
