@@ -136,7 +136,8 @@ static int settle_virtual(server_t *srv, streams_t *sm, double limit, char *why,
  * consumers have work due, the end of the input), running what falls due
  * on the way in due order with the clock at each due time.  0; -1 when
  * settling took too long (why), -2 when FLOW_VIRTUAL_STEPS ran out (why
- * says when the next work was due). */
+ * says when the next work was due; the clock is at `to` all the same, and
+ * what was still due runs late, at that time, when the streams settle). */
 static int advance_virtual(server_t *srv, streams_t *sm, double limit, int64_t to, char *why, size_t n)
 {
     int at_end = to == INT64_MAX;
@@ -152,6 +153,8 @@ static int advance_virtual(server_t *srv, streams_t *sm, double limit, int64_t t
             util_time_ns(due, t, sizeof t);
             snprintf(why, n, "stopped after %d steps of the virtual clock, with consumer %s due again at %s",
                      FLOW_VIRTUAL_STEPS, who, t);
+            if (!at_end)
+                clock_set(to);
             return -2;
         }
         clock_set(due);
