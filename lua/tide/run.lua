@@ -261,6 +261,40 @@ local function expectations(path)
   return out
 end
 
+-- Publishes msgs through the flow entry (opened with opts) and returns the
+-- deliveries as records, in order; nil and a message when it cannot.
+local function run_flow(entry, opts, msgs, events)
+  local virtual = opts.virtual_start ~= nil
+  local f, err = flow.open(entry, opts)
+  if not f then return nil, err end
+  local got = {}
+  local function take(delivered)
+    for _, d in ipairs(delivered) do got[#got + 1] = delivery_record(d) end
+  end
+  for _, m in ipairs(msgs) do
+    if virtual then -- first what falls due up to the line's time
+      local delivered, stopped = f:advance(m.ns, m.n)
+      take(delivered)
+      if stopped then
+        io.stderr:write(("tide run: %s:%d: before this line: %s\n"):format(events, m.n, stopped))
+      end
+    end
+    local okp, delivered, busy = pcall(f.publish, f, m.subject, m.hdr, m.payload, m.reply, m.client)
+    if not okp then f:close(); return nil, ("%s:%d: %s"):format(events, m.n, delivered) end
+    take(delivered)
+    if busy then
+      io.stderr:write(("tide run: %s:%d: %s; going on with the next line\n"):format(events, m.n, busy))
+    end
+  end
+  if virtual then
+    local delivered, stopped = f:advance(math.maxinteger)
+    take(delivered)
+    if stopped then io.stderr:write(("tide run: at the end of the input: %s\n"):format(stopped)) end
+  end
+  f:close()
+  return got
+end
+
 local function main(args)
   local entry, events, expect, settle, clock = nil, nil, nil, nil, "real"
   local i = 1
@@ -306,35 +340,9 @@ local function main(args)
       if m.ns then start = m.ns; break end
     end
   end
-  local f
-  f, err = flow.open(entry, { settle = settle, virtual_start = start })
-  if not f then return fail(err) end
-
-  local got = {}
-  local function take(delivered)
-    for _, d in ipairs(delivered) do got[#got + 1] = delivery_record(d) end
-  end
-  for _, m in ipairs(msgs) do
-    if virtual then
-      local delivered, stopped = f:advance(m.ns, m.n)
-      take(delivered)
-      if stopped then
-        io.stderr:write(("tide run: %s:%d: before this line: %s\n"):format(events, m.n, stopped))
-      end
-    end
-    local okp, delivered, busy = pcall(f.publish, f, m.subject, m.hdr, m.payload, m.reply, m.client)
-    if not okp then f:close(); return fail(("%s:%d: %s"):format(events, m.n, delivered)) end
-    take(delivered)
-    if busy then
-      io.stderr:write(("tide run: %s:%d: %s; going on with the next line\n"):format(events, m.n, busy))
-    end
-  end
-  if virtual then
-    local delivered, stopped = f:advance(math.maxinteger)
-    take(delivered)
-    if stopped then io.stderr:write(("tide run: at the end of the input: %s\n"):format(stopped)) end
-  end
-  f:close()
+  local got
+  got, err = run_flow(entry, { settle = settle, virtual_start = start }, msgs, events)
+  if not got then return fail(err) end
 
   if not want then
     for _, r in ipairs(got) do print(record_line(r)) end
