@@ -240,6 +240,26 @@ on("order.*", { consumer = "work" }, function(e, ctx, meta) return tide.nak() en
     assert.is_true(took < 10, ("the run took %.2f s"):format(took))
   end)
 
+  it("moves the clock to a line's time even when the step bound runs out before it", function()
+    local rc, out, err, got = run([[
+stream "orders" { subjects = { "order.>" } }
+consumer "work" { stream = "orders", backoff = { "1s" }, max_deliver = 100010 }
+on("order.*", { consumer = "work" }, function(e, ctx, meta)
+  if e.data.n == 1 then return tide.nak() end
+  ctx.publish("got", { now = tide.now() })
+end)
+]], {
+      '{"subject": "order.a", "data": {"n": 1}, "time": "2026-01-01T00:00:00Z"}',
+      '{"subject": "order.a", "data": {"n": 2}, "time": "2026-01-03T00:00:00Z"}',
+    })
+    assert.are.equal(0, rc, out .. err)
+    assert.matches("in.jsonl:2: before this line: stopped after 100000 steps of the virtual clock", err)
+    local got2 = only(got, "got")
+    assert.are.equal(1, #got2)
+    assert.are.equal("2026-01-03T00:00:00.000Z", got2[1].event.time)
+    assert.are.equal(ms(2026, 1, 3, 0, 0, 0), got2[1].event.data.now)
+  end)
+
   it("refuses a bad --clock or time with exit 2 and a clear error", function()
     local rc, _, err = run('on("x", function() end)\n', { '{"subject": "x", "data": 1}' }, "--clock wall")
     assert.are.equal(2, rc)
