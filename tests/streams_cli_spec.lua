@@ -214,6 +214,17 @@ describe("tide stream", function()
     assert.matches("exported 4 events from orders", h.read_file(out_dir .. "/export.err"))
     local lines = {}
     for l in h.read_file(file):gmatch("[^\n]+") do lines[#lines + 1] = json.decode(l) end
+    -- data lines carry the record's stored time (for tide run --clock virtual); an envelope has its own
+    local stored = {}
+    for i, l in ipairs(lines) do
+      if l.data ~= nil then
+        assert.matches("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d[%.%d]*Z$", l.time, "line " .. i)
+        stored[l.subject], l.time = l.time, nil
+      else
+        assert.is_nil(l.time, "line " .. i)
+      end
+    end
+    assert.is_true(stored["order.created.1001"] <= stored["order.shipped.1001"])
     assert.same({
       { subject = "order.created.1001", headers = { ["Nats-Msg-Id"] = "m1" }, data = { order_id = 1001, amount = 50 } },
       { subject = "order.paid.1001", data = { order_id = 1001 } },
@@ -231,6 +242,7 @@ describe("tide stream", function()
     for l in out:gmatch("[^\n]+") do got[#got + 1] = json.decode(l) end
     assert.are.equal(3, #got, out)
     assert.are.equal("order.created.1001", got[1].subject)
+    assert.are.equal(stored["order.created.1001"], got[1].event.time, "the run's envelope has the stored time")
     assert.same({ order_id = 1001, amount = 50 }, got[1].event.data)
     assert.are.equal("m1", got[1].headers["nats-msg-id"])
     assert.are.equal("order.paid.1001", got[2].subject)

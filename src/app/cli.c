@@ -1238,7 +1238,8 @@ static void print_event_line(const cJSON *ev)
 /*
  * An exported event as a `tide run --events` line: the subject, the
  * headers, and the stored payload: a CloudEvents envelope as "event" (sent
- * as it is), anything else as "data" (which tide run wraps in an envelope).
+ * as it is), anything else as "data" (which tide run wraps in an envelope)
+ * with the record's stored "time".
  */
 static void print_export_line(const cJSON *ev)
 {
@@ -1250,12 +1251,17 @@ static void print_export_line(const cJSON *ev)
     const cJSON *d = cJSON_GetObjectItemCaseSensitive(ev, "data");
     if (cJSON_IsObject(d) && cJSON_IsString(cJSON_GetObjectItemCaseSensitive(d, "specversion"))) {
         cJSON_AddItemToObject(o, "event", cJSON_Duplicate(d, 1));
-    } else if (d) {
-        cJSON_AddItemToObject(o, "data", cJSON_Duplicate(d, 1));
     } else {
-        const char *p = jstr(ev, "payload", "");
-        cJSON *v = *p ? cJSON_Parse(p) : NULL; /* 42, "text", true: JSON that is not an object */
-        cJSON_AddItemToObject(o, "data", v ? v : cJSON_CreateString(p));
+        if (d) {
+            cJSON_AddItemToObject(o, "data", cJSON_Duplicate(d, 1));
+        } else {
+            const char *p = jstr(ev, "payload", "");
+            cJSON *v = *p ? cJSON_Parse(p) : NULL; /* 42, "text", true: JSON that is not an object */
+            cJSON_AddItemToObject(o, "data", v ? v : cJSON_CreateString(p));
+        }
+        /* The stored time, so `tide run --clock virtual` replays it when. */
+        if (*jstr(ev, "time", ""))
+            cJSON_AddStringToObject(o, "time", jstr(ev, "time", ""));
     }
     print_json(o, 0);
     cJSON_Delete(o);
