@@ -4,55 +4,14 @@
 -- delivery, queue groups included.
 local h = require "helpers"
 local json = require "dkjson"
-local http = require "socket.http"
 
-local started = {} -- every process a test starts, stopped in teardown by pid
+local cs = require("cluster_support").new() -- every process a test starts, stopped in teardown by pid
+local started = cs.started
 
-local function keep(srv)
-  started[#started + 1] = srv
-  return srv
-end
-
--- One nats-server of the cluster: n = { port, cport, name, routes, dir }.
-local function start_nats(n)
-  local cmd = { "-a", "127.0.0.1", "-p", tostring(n.port), "-n", n.name, "--cluster_name", n.cluster or "tidetest",
-                "-cluster", "nats://127.0.0.1:" .. n.cport, "-routes", n.routes, "-P", n.dir .. "/pid" }
-  if n.js then
-    for _, a in ipairs({ "-js", "-sd", n.dir .. "/js" }) do cmd[#cmd + 1] = a end
-  end
-  local srv = h.start_server { bin = h.nats_server_bin(), port = n.port, cmd = cmd }
-  srv.stop_signal = "INT"
-  srv.spec = n
-  return keep(srv)
-end
-
-local function stop(srv)
-  if srv and srv:alive() then srv:stop(srv.stop_signal) end
-end
-
-local function get(port, path)
-  local body, code = http.request(("http://127.0.0.1:%d%s"):format(port, path))
-  return code, body
-end
-
--- A tide node joined to the cluster: upstream is a list of client ports.
-local function start_node(name, upstream, extra, settings)
-  local urls = {}
-  for _, p in ipairs(upstream) do urls[#urls + 1] = ('"nats://127.0.0.1:%d"'):format(p) end
-  local hport = h.free_port()
-  local srv = h.start_scripted(("cluster { upstream = { %s }, name = %q%s }\n%s"):format(
-    table.concat(urls, ", "), name, settings and (", " .. settings) or "", extra or ""),
-    { args = { "--http", "127.0.0.1:" .. hport } })
-  srv.hport = hport
-  return keep(srv)
-end
-
-local function client(port)
-  local c = h.connect(port)
-  c:send('CONNECT {"verbose":false,"headers":true,"no_responders":true}\r\n')
-  assert(c:ping())
-  return c
-end
+local function keep(srv) return cs:keep(srv) end
+local function start_nats(n) return cs:start_nats(n) end
+local stop, get, client = cs.stop, cs.get, cs.client
+local function start_node(name, upstream, extra, settings) return cs:start_node(name, upstream, extra, settings) end
 
 -- Publishes probes on `pub` until `sub` (subscribed to subject, which
 -- matches "probe.<n>" subjects via prefix) receives one: the upstream
@@ -280,20 +239,7 @@ on("jobs.>", function(e, ctx) ctx.publish("done." .. e.subject, { from = "b" }) 
 end)
 
 -- Three routed nats-servers (with JetStream when js); returns them.
-local function start_cluster(dir, name, js)
-  local nodes, routes, ns = {}, {}, {}
-  for i = 1, 3 do
-    nodes[i] = { port = h.free_port(), cport = h.free_port(), name = name .. i, cluster = name, js = js,
-                 dir = dir .. "/" .. name .. i }
-    routes[i] = "nats://127.0.0.1:" .. nodes[i].cport
-    os.execute("mkdir -p '" .. nodes[i].dir .. "'")
-  end
-  for i = 1, 3 do
-    nodes[i].routes = table.concat(routes, ",")
-    ns[i] = start_nats(nodes[i])
-  end
-  return ns
-end
+local function start_cluster(dir, name, js) return cs:start_cluster(dir, name, js) end
 
 -- A request on a fresh plain connection to port; the answer's payload decoded.
 local function js_request(port, subject, body)

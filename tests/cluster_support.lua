@@ -2,7 +2,9 @@
 -- routed nats-servers with JetStream, the cluster { } block that joins a
 -- node to them, a NATS client that speaks headers, and a watcher whose
 -- interest has reached the whole cluster.  Loopback only; the caller stops
--- every server it is given.
+-- every server it is given.  M.new() makes a tracker that starts
+-- nats-servers (with or without JetStream) and tide nodes and remembers
+-- them, so that a spec's teardown stops them all (tracker:stop_all).
 local h = require "helpers"
 
 local M = {}
@@ -66,6 +68,84 @@ function M.watcher(port, probe_port)
   probe:close()
   while w:frame(0.3) do end
   return w
+end
+
+-- GET on a node's HTTP port: the status code and the body.
+function M.get(port, path)
+  local http = require "socket.http" -- here: the benchmarks never load it
+  local body, code = http.request(("http://127.0.0.1:%d%s"):format(port, path))
+  return code, body
+end
+
+-- Stops srv (a helpers server object) when it still runs.
+function M.stop(srv)
+  if srv and srv:alive() then srv:stop(srv.stop_signal) end
+end
+
+-- The tracker's methods; the module's functions (get, stop, client, ...)
+-- are reached through it too.
+local Tracker = setmetatable({}, { __index = M })
+Tracker.__index = Tracker
+
+-- A tracker: every process started through it is in tracker.started.
+function M.new()
+  return setmetatable({ started = {} }, Tracker)
+end
+
+-- Remembers srv for stop_all; returns it.
+function Tracker:keep(srv)
+  self.started[#self.started + 1] = srv
+  return srv
+end
+
+-- Stops every process started here, newest first, and removes the
+-- directories of the tide nodes' entry files.
+function Tracker:stop_all()
+  for i = #self.started, 1, -1 do M.stop(self.started[i]) end
+  for _, s in ipairs(self.started) do if s.dir then h.remove_tmpdir(s.dir) end end
+end
+
+-- One nats-server of a cluster: n = { port, cport, name, routes, dir,
+-- cluster (its name, default "tidetest"), js (JetStream on) }.
+function Tracker:start_nats(n)
+  local cmd = { "-a", "127.0.0.1", "-p", tostring(n.port), "-n", n.name, "--cluster_name", n.cluster or "tidetest",
+                "-cluster", "nats://127.0.0.1:" .. n.cport, "-routes", n.routes, "-P", n.dir .. "/pid" }
+  if n.js then
+    for _, a in ipairs({ "-js", "-sd", n.dir .. "/js" }) do cmd[#cmd + 1] = a end
+  end
+  local srv = h.start_server { bin = h.nats_server_bin(), port = n.port, cmd = cmd }
+  srv.stop_signal = "INT"
+  srv.spec = n
+  return self:keep(srv)
+end
+
+-- Three routed nats-servers named name1..name3 under dir (with JetStream
+-- when js), the cluster called name; returns them.
+function Tracker:start_cluster(dir, name, js)
+  local nodes, routes, ns = {}, {}, {}
+  for i = 1, 3 do
+    nodes[i] = { port = h.free_port(), cport = h.free_port(), name = name .. i, cluster = name, js = js,
+                 dir = dir .. "/" .. name .. i }
+    routes[i] = "nats://127.0.0.1:" .. nodes[i].cport
+    os.execute("mkdir -p '" .. nodes[i].dir .. "'")
+  end
+  for i = 1, 3 do
+    nodes[i].routes = table.concat(routes, ",")
+    ns[i] = self:start_nats(nodes[i])
+  end
+  return ns
+end
+
+-- A tide node joined to the cluster through the client ports upstream:
+-- extra is Lua after cluster { }, settings more fields of the block, args
+-- more arguments of tide serve.  srv.hport is its HTTP port.
+function Tracker:start_node(name, upstream, extra, settings, args)
+  local hport = h.free_port()
+  local argv = { "--http", "127.0.0.1:" .. hport }
+  for _, a in ipairs(args or {}) do argv[#argv + 1] = a end
+  local srv = h.start_scripted(M.cluster_block(name, upstream, settings) .. (extra or ""), { args = argv })
+  srv.hport = hport
+  return self:keep(srv)
 end
 
 return M

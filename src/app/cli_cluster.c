@@ -78,12 +78,11 @@ static int seed_public(const char *file, char *pub, size_t n)
     return rc;
 }
 
-static natsStatus connect_to(status_args_t *a, natsConnection **nc)
+natsStatus cli_cluster_connect(const char *server, cli_creds_t *cr, natsConnection **nc)
 {
     natsOptions *o = NULL;
     char url[600], pub[128];
-    cli_creds_t *cr = &a->creds;
-    const char *hostport = cli_creds_from_url(cr, a->server);
+    const char *hostport = cli_creds_from_url(cr, server);
     natsStatus s = natsOptions_Create(&o);
     snprintf(url, sizeof url, "%s://%s", cr->tls ? "tls" : "nats", hostport);
     if (s == NATS_OK)
@@ -104,7 +103,7 @@ static natsStatus connect_to(status_args_t *a, natsConnection **nc)
     if (s == NATS_OK)
         s = natsConnection_Connect(nc, o);
     if (s != NATS_OK)
-        fprintf(stderr, "tide: cannot reach %s: %s\n", a->server, nats_GetLastError(NULL));
+        fprintf(stderr, "tide: cannot reach %s: %s\n", server, nats_GetLastError(NULL));
     natsOptions_Destroy(o);
     return s;
 }
@@ -131,16 +130,23 @@ static void print_table(cJSON **nodes, int n)
            "EVENTS/S", "LAG", "LAST ERROR");
     for (int i = 0; i < n; i++) {
         const cJSON *o = nodes[i], *rules = cJSON_GetObjectItem(o, "rules");
-        const char *state = text_of(rules, "state");
-        const cJSON *lag = cJSON_GetObjectItem(o, "handler_lag");
-        printf("%-16s %-22s %-28s %-6.0f %-8s %6.0f %9.1f %7.0f  %s\n", text_of(o, "name"), text_of(o, "address"),
+        const char *state = text_of(rules, "state"), *deployed = text_of(o, "rules_error");
+        const cJSON *lag = cJSON_GetObjectItem(o, "handler_lag"), *rev = cJSON_GetObjectItem(o, "rules_revision");
+        int failed = strcmp(state, "ok") && strcmp(state, "-");
+        char rev_text[32];
+        /* The deployed revision when the node has one, else "-" (its own files alone). */
+        snprintf(rev_text, sizeof rev_text, cJSON_IsNumber(rev) && rev->valuedouble > 0 ? "%.0f" : "-",
+                 cJSON_IsNumber(rev) ? rev->valuedouble : 0);
+        printf("%-16s %-22s %-28s %-6s %-8s %6.0f %9.1f %7.0f  %s\n", text_of(o, "name"), text_of(o, "address"),
                cJSON_IsTrue(cJSON_GetObjectItem(o, "connected")) ? text_of(o, "upstream") : "(not connected)",
-               cJSON_GetNumberValue(cJSON_GetObjectItem(rules, "revision")), strcmp(state, "ok") ? "failed" : "ok",
+               rev_text, failed || !strcmp(text_of(o, "rules_state"), "failed") ? "failed" : "ok",
                cJSON_GetNumberValue(cJSON_GetObjectItem(o, "connections")),
                cJSON_GetNumberValue(cJSON_GetObjectItem(o, "events_per_s")), cJSON_IsNumber(lag) ? lag->valuedouble : 0,
                text_of(o, "last_error"));
-        if (strcmp(state, "ok") && strcmp(state, "-"))
+        if (failed)
             printf("%-16s rules: %s\n", "", state);
+        if (strcmp(deployed, "-"))
+            printf("%-16s rules: %s\n", "", deployed);
     }
 }
 
@@ -189,7 +195,7 @@ int cli_cluster_main(int argc, char **argv)
     if ((rc = parse_args(argc - 1, argv + 1, &a)) >= 0)
         return rc;
     rc = 1;
-    if (connect_to(&a, &nc) != NATS_OK)
+    if (cli_cluster_connect(a.server, &a.creds, &nc) != NATS_OK)
         goto out;
     n = gather(nc, a.timeout, &nodes);
     if (n == 0) {

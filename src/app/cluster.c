@@ -20,6 +20,7 @@
 #pragma GCC diagnostic pop
 
 #include "cluster.h"
+#include "cluster_deploy.h"
 #include "cluster_js.h"
 #include "cluster_pull.h"
 #include "dict.h"
@@ -73,6 +74,10 @@ struct cluster {
     cluster_pull_t *pull;         /* the consumers on those streams */
     natsSubscription *pull_sub;   /* their inbox: events, pull ends, API answers */
     int64_t pull_sid;
+    cluster_deploy_t *deploy;        /* rules deployed to the cluster */
+    natsSubscription *deploy_sub;    /* its inbox: the bucket's answers, the watch */
+    natsSubscription *deploy_req_sub; /* CLUSTER_DEPLOY_SUBJECT, in a queue group */
+    int64_t deploy_sid, deploy_req_sid;
     struct event *wake; /* drains the queue on the loop */
     struct event *tick; /* once a second: events/s */
     pthread_mutex_t lock; /* guards head, tail, woken, lost and live: libnats' threads add to the queue */
@@ -269,6 +274,7 @@ static void note_state(cluster_t *c, enum item_kind kind, const char *text)
         log_info("cluster: %s to the upstream at %s", kind == ITEM_CONNECTED ? "connected" : "reconnected", c->url);
         cluster_js_sync(c->js, 1);
         cluster_pull_sync(c->pull, 1);
+        cluster_deploy_connected(c->deploy);
         return;
     }
     if (kind == ITEM_DISCONNECTED)
@@ -327,6 +333,12 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
                 cluster_js_answer(c->js, it->msg);
             else if (it->sid == c->pull_sid)
                 cluster_pull_message(c->pull, it->msg);
+            else if (it->sid == c->deploy_sid)
+                cluster_deploy_answer(c->deploy, it->msg);
+            else if (it->sid == c->deploy_req_sid)
+                cluster_deploy_request(c->deploy, it->msg);
+            else if (it->sid == cluster_deploy_watch_sid(c->deploy))
+                cluster_deploy_revision(c->deploy, it->msg);
             else if (m)
                 deliver_upstream(c, m->sub, it->msg);
             natsMsg_Destroy(it->msg);
@@ -386,6 +398,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         server_get_stats(c->n->srv, &st);
         events = st.in_msgs;
     }
+    cluster_deploy_tick(c->deploy);
     c->events_per_s = (double)(events - c->last_events);
     c->last_events = events;
 }
@@ -670,6 +683,43 @@ static int start_streams(cluster_t *c, char *err, size_t errsz)
     return 0;
 }
 
+/* cluster_deploy's subscriptions to its watch's subject. */
+static int subscribe_watch(void *ctx, const char *subject, natsSubscription **ns, int64_t *sid)
+{
+    cluster_t *c = ctx;
+    if (subscribe_upstream(c, ns, subject, NULL) != NATS_OK)
+        return -1;
+    *sid = natsSubscription_GetID(*ns);
+    return 0;
+}
+
+/* Rules deployed to the cluster: the inbox of their bucket, and the
+ * deploy requests, taken by one node of the queue group each. */
+static int start_deploy(cluster_t *c, char *err, size_t errsz)
+{
+    char inbox[128], pattern[140], watch[128];
+    snprintf(inbox, sizeof inbox, "_INBOX.tide-deploy.%s", server_id(c->n->srv));
+    snprintf(pattern, sizeof pattern, "%s.>", inbox);
+    snprintf(watch, sizeof watch, "_INBOX.tide-rules.%s", server_id(c->n->srv));
+    if (!(c->deploy = cluster_deploy_new(c->nc, c->n, inbox, watch, subscribe_watch, c))) {
+        snprintf(err, errsz, "cluster: cannot set up the deployed rules");
+        return -1;
+    }
+    natsStatus s = subscribe_upstream(c, &c->deploy_sub, pattern, NULL);
+    if (s != NATS_OK) {
+        subscribe_failed(c, pattern, s, err, errsz);
+        return -1;
+    }
+    c->deploy_sid = natsSubscription_GetID(c->deploy_sub);
+    s = subscribe_upstream(c, &c->deploy_req_sub, CLUSTER_DEPLOY_SUBJECT, CLUSTER_DEPLOY_QUEUE);
+    if (s != NATS_OK) {
+        subscribe_failed(c, CLUSTER_DEPLOY_SUBJECT, s, err, errsz);
+        return -1;
+    }
+    c->deploy_req_sid = natsSubscription_GetID(c->deploy_req_sub);
+    return 0;
+}
+
 cluster_t *cluster_start(node_t *n, char *err, size_t errsz)
 {
     const cluster_settings_t *cs = script_cluster_settings(n->scripts);
@@ -710,7 +760,7 @@ cluster_t *cluster_start(node_t *n, char *err, size_t errsz)
         goto fail;
     }
     c->status_sid = natsSubscription_GetID(c->status_sub);
-    if (start_streams(c, err, errsz) < 0)
+    if (start_streams(c, err, errsz) < 0 || start_deploy(c, err, errsz) < 0)
         goto fail;
     hooks.ctx = c;
     server_set_cluster(n->srv, &hooks);
@@ -770,6 +820,11 @@ void cluster_free(cluster_t *c)
         natsSubscription_Destroy(c->js_sub);
     if (c->pull_sub)
         natsSubscription_Destroy(c->pull_sub);
+    if (c->deploy_sub)
+        natsSubscription_Destroy(c->deploy_sub);
+    if (c->deploy_req_sub)
+        natsSubscription_Destroy(c->deploy_req_sub);
+    cluster_deploy_unsubscribe(c->deploy);
     if (c->nc) {
         natsConnection_Close(c->nc);
         natsConnection_Destroy(c->nc);
@@ -789,6 +844,7 @@ void cluster_free(cluster_t *c)
         log_warn("cluster: libnats' threads did not end within 2s");
     cluster_pull_free(c->pull);
     cluster_js_free(c->js);
+    cluster_deploy_free(c->deploy);
     queue_clear(c); /* what the last connection events added: no messages */
     if (c->wake)
         event_free(c->wake);
@@ -803,7 +859,8 @@ void cluster_free(cluster_t *c)
 
 int cluster_ready(cluster_t *c, char *why, size_t n)
 {
-    return cluster_connected(c, why, n) && cluster_js_ready(c->js, why, n);
+    return cluster_connected(c, why, n) && cluster_js_ready(c->js, why, n) &&
+           cluster_deploy_ready(c->deploy, why, n);
 }
 
 int cluster_connected(cluster_t *c, char *why, size_t n)
@@ -867,5 +924,6 @@ cJSON *cluster_status_object(cluster_t *c)
     cJSON_AddStringToObject(o, "last_error", c->last_error);
     cluster_js_status(c->js, o);
     cluster_pull_status(c->pull, o);
+    cluster_deploy_status(c->deploy, o);
     return o;
 }

@@ -431,6 +431,16 @@ static int parse_ack(const char *s, ack_info_t *a)
     return 0;
 }
 
+int cluster_pull_ack_seq(const char *reply, uint64_t *seq, uint64_t *pending)
+{
+    ack_info_t a;
+    if (!reply || parse_ack(reply, &a) < 0)
+        return -1;
+    *seq = a.seq;
+    *pending = a.pending;
+    return 0;
+}
+
 /* The delay of a -NAK: the handler's, else the consumer's backoff for this delivery. */
 static double nak_delay(const pull_consumer_t *pc, const stream_verdict_t *v, uint32_t deliveries)
 {

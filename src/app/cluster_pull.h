@@ -52,4 +52,9 @@ void cluster_pull_pause(cluster_pull_t *p);
  * "handler_pauses" (how often the upstream went away) to o. */
 void cluster_pull_status(cluster_pull_t *p, cJSON *o);
 
+/* The stream sequence and the pending count a JetStream delivery's reply
+ * subject ($JS.ACK.<stream>.<consumer>...., with or without domain and
+ * hash) carries.  0, or -1 when reply is not such a subject. */
+int cluster_pull_ack_seq(const char *reply, uint64_t *seq, uint64_t *pending);
+
 #endif

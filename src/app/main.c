@@ -22,6 +22,7 @@
 #include "flow.h"
 #include "admin.h"
 #include "cli_cluster.h"
+#include "cli_deploy.h"
 #include "cluster.h"
 #include "http.h"
 #include "node.h"
@@ -89,6 +90,9 @@ static void usage(FILE *f)
             "  cluster status -s URL [--timeout SECONDS] [--json]\n"
             "                         every node of the cluster (cluster { }): name, address,\n"
             "                         upstream, rules, connections, events/s, last error\n"
+            "  deploy DIR -s URL [--entry FILE] [--no-check] [--json]\n"
+            "                         store DIR's *.lua files as the cluster's next revision\n"
+            "                         of the rules: every node loads it after its own file\n"
             "\n"
             "Server options (tide serve):\n"
             "  -a, --addr HOST        bind to HOST (default 127.0.0.1)\n"
@@ -610,6 +614,11 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "cluster")) {
         signal(SIGPIPE, SIG_IGN);
         return cli_cluster_main(argc - 1, argv + 1);
+    }
+    if (!strcmp(cmd, "deploy")) {
+        char lib[4096];
+        signal(SIGPIPE, SIG_IGN);
+        return cli_deploy_main(argc - 1, argv + 1, lua_lib_dir(lib, sizeof lib));
     }
     if (cmd[0] == '-')
         fprintf(stderr, "tide: unknown option '%s'\nTry 'tide --help'.\n", cmd);

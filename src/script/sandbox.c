@@ -148,7 +148,10 @@ static void relative_name(const char *dir, const char *path, char *out, size_t n
 void sandbox_chunk_name(const script_host_t *h, const char *path, char *out, size_t n)
 {
     size_t dl = strlen(h->config_dir), ll = h->lib_dir ? strlen(h->lib_dir) : 0;
-    if (!strncmp(path, h->config_dir, dl) && path[dl] == '/')
+    size_t pl = h->deployed_dir ? strlen(h->deployed_dir) : 0;
+    if (pl && !strncmp(path, h->deployed_dir, pl) && path[pl] == '/')
+        snprintf(out, n, "@%s/%s", h->deployed_label, path + pl + 1);
+    else if (!strncmp(path, h->config_dir, dl) && path[dl] == '/')
         snprintf(out, n, "@%s", path + dl + 1);
     else if (ll && !strncmp(path, h->lib_dir, ll) && path[ll] == '/')
         snprintf(out, n, "@lua/%s", path + ll + 1);
@@ -163,11 +166,15 @@ static int l_require(lua_State *L)
     state_t *st = script_state_of(L);
     const char *name = luaL_checkstring(L, 1);
     char rel[512], path[PATH_MAX], chunkname[PATH_MAX + 2];
-    /* Search order: the entry file's directory, scripting{path}, lua/. */
-    const char *dirs[2 + MAX_MODULE_DIRS] = {st->host->config_dir};
-    int ndirs = 1;
+    /* Search order: the entry file's directory, the deployed rules' directory,
+     * scripting{path}, lua/. */
+    const char *dirs[3 + MAX_MODULE_DIRS] = {st->host->config_dir};
+    int ndirs = 1, first_path;
+    if (st->host->deployed_dir) /* the deployed rules' own modules */
+        dirs[ndirs++] = st->host->deployed_dir;
+    first_path = ndirs;
     lua_getfield(L, LUA_REGISTRYINDEX, "tide.path");
-    for (int i = 1; lua_istable(L, -1) && i <= (int)lua_rawlen(L, -1) && ndirs <= MAX_MODULE_DIRS; i++) {
+    for (int i = 1; lua_istable(L, -1) && i <= (int)lua_rawlen(L, -1) && ndirs < first_path + MAX_MODULE_DIRS; i++) {
         lua_rawgeti(L, -1, i);
         dirs[ndirs++] = lua_tostring(L, -1); /* kept alive by the registry table */
         lua_pop(L, 1);
@@ -212,7 +219,7 @@ static int l_require(lua_State *L)
         }
     }
     return luaL_error(L, "module '%s' not found beside %s%s or in %s", name, st->host->config_dir,
-                      ndirs > 2 ? ", in scripting{path}" : "",
+                      ndirs > first_path + 1 ? ", in scripting{path}" : "",
                       st->host->lib_dir ? st->host->lib_dir : "(no lua/ directory)");
 }
 

@@ -77,19 +77,60 @@ static void state_free(state_t *st)
     free(st);
 }
 
+/* What only the node's own entry file may declare: deployed rules that
+ * call one of these are refused. */
+static const char *const node_settings[] = {"cluster", "listen", "limits", "admin", "auth", "tls", "storage", NULL};
+
+static int refuse_node_setting(lua_State *L)
+{
+    luaL_where(L, 2);
+    return luaL_error(L, "%s%s { } is a node setting: it belongs in the node's own entry file, not in deployed rules",
+                      lua_tostring(L, -1), lua_tostring(L, lua_upvalueindex(1)));
+}
+
+/* Runs the deployed entry file with the node settings refused (put back
+ * afterwards, for what runs later in this state). */
+static void run_deployed(lua_State *L, state_t *st)
+{
+    char chunkname[PATH_MAX + 80];
+    int top = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, st->env_ref);
+    int env = lua_gettop(L);
+    lua_newtable(L); /* the originals */
+    for (int i = 0; node_settings[i]; i++) {
+        lua_getfield(L, env, node_settings[i]);
+        lua_setfield(L, env + 1, node_settings[i]);
+        lua_pushstring(L, node_settings[i]);
+        lua_pushcclosure(L, refuse_node_setting, 1);
+        lua_setfield(L, env, node_settings[i]);
+    }
+    sandbox_chunk_name(st->host, st->host->deployed_entry, chunkname, sizeof chunkname);
+    if (sandbox_load_file(st, st->host->deployed_entry, chunkname) != LUA_OK)
+        lua_error(L);
+    lua_call(L, 0, 0);
+    for (int i = 0; node_settings[i]; i++) {
+        lua_getfield(L, env + 1, node_settings[i]);
+        lua_setfield(L, env, node_settings[i]);
+    }
+    lua_settop(L, top);
+}
+
 static int run_entry(lua_State *L)
 {
     state_t *st = script_state_of(L);
     const char *path = st->host->config_path;
-    if (!path)
-        return 0; /* a prompt with no entry file */
     char chunkname[PATH_MAX + 8];
-    sandbox_chunk_name(st->host, path, chunkname, sizeof chunkname);
-    if (sandbox_load_file(st, path, chunkname) != LUA_OK)
-        return lua_error(L);
-    lua_call(L, 0, 0);
-    settings_cluster_finish(L);
-    return settings_auth_finish(L);
+    if (path) { /* else a prompt with no entry file, or deployed rules checked alone */
+        sandbox_chunk_name(st->host, path, chunkname, sizeof chunkname);
+        if (sandbox_load_file(st, path, chunkname) != LUA_OK)
+            return lua_error(L);
+        lua_call(L, 0, 0);
+    }
+    if (st->host->deployed_entry)
+        run_deployed(L, st);
+    if (path) /* a bundle checked alone cannot know the node's cluster { } */
+        settings_cluster_finish(L);
+    return path ? settings_auth_finish(L) : 0;
 }
 
 /* Builds a state from the entry file.  NULL with "file:line: message" in err on failure. */
@@ -278,6 +319,7 @@ void script_host_free(script_host_t *h)
     state_free(h->cur);
     kv_free(h->kv);
     dict_clear(&h->errors_seen, free);
+    script_set_deployed(h, NULL, NULL, NULL);
     free(h->config_path);
     free(h->config_dir);
     free(h->lib_dir);
@@ -359,6 +401,50 @@ state_t *script_state_build(script_host_t *h, script_source_fn fn, void *ctx, ch
 void script_state_release(state_t *st)
 {
     state_free(st);
+}
+
+int script_set_deployed(script_host_t *h, const char *entry, const char *dir, const char *label)
+{
+    char *e = NULL, *d = NULL, *l = NULL;
+    if (entry && (!(e = strdup(entry)) || !(d = strdup(dir)) || !(l = strdup(label)))) {
+        free(e);
+        free(d);
+        return -1;
+    }
+    free(h->deployed_entry);
+    free(h->deployed_dir);
+    free(h->deployed_label);
+    h->deployed_entry = e;
+    h->deployed_dir = d;
+    h->deployed_label = l;
+    return 0;
+}
+
+int script_load_deployed(script_host_t *h, const char *entry, const char *dir, const char *label, const char *why,
+                         char *err, size_t errsz)
+{
+    char *e = h->deployed_entry, *d = h->deployed_dir, *l = h->deployed_label;
+    char last[sizeof h->st.last_reload];
+    int rc = -1;
+    snprintf(last, sizeof last, "%s", h->st.last_reload);
+    h->deployed_entry = h->deployed_dir = h->deployed_label = NULL;
+    if (script_set_deployed(h, entry, dir, label) < 0) {
+        snprintf(err, errsz, "out of memory");
+        goto fail;
+    }
+    if ((rc = script_reload(h, why, err, errsz)) == 0) {
+        free(e);
+        free(d);
+        free(l);
+        return 0;
+    }
+    snprintf(h->st.last_reload, sizeof h->st.last_reload, "%s", last);
+fail:
+    script_set_deployed(h, NULL, NULL, NULL);
+    h->deployed_entry = e;
+    h->deployed_dir = d;
+    h->deployed_label = l;
+    return rc;
 }
 
 const char *script_source_text(const script_host_t *h, const char *path, size_t *len)

@@ -118,6 +118,28 @@ typedef const char *(*script_source_fn)(void *ctx, const char *path, size_t *len
 int script_reload_from(script_host_t *h, const char *why, script_source_fn fn, void *ctx, char *err,
                        size_t errsz);
 
+/*
+ * Rules deployed to the cluster (tide deploy, docs/cluster.md): from the
+ * next load on, the state runs the entry file and then entry (absolute,
+ * inside dir, where its modules are looked for too), as if the entry file
+ * ended by running it; errors and rule locations name its files
+ * "<label>/<file>".  Node settings (cluster, listen, limits, admin, auth,
+ * tls, storage) called by it are refused.  entry NULL: none again.  The
+ * strings are copied.  0, or -1 when out of memory (nothing changed).
+ */
+int script_set_deployed(script_host_t *h, const char *entry, const char *dir, const char *label);
+
+/*
+ * script_set_deployed, then a reload (why as for script_reload).  When
+ * the new rules do not load, the deployed rules that were set before stay
+ * set, the old state keeps serving, -1 is returned with the reason in err
+ * and, unlike script_reload, the stats' last_reload keeps what it said:
+ * the rules that serve are the ones that loaded, and the refusal is the
+ * caller's to report.  0 when swapped in.  Loop thread, not from a rule.
+ */
+int script_load_deployed(script_host_t *h, const char *entry, const char *dir, const char *label, const char *why,
+                         char *err, size_t errsz);
+
 /* While a reload from a source runs (in the swap hook): the source's text
  * of path and its length, or NULL when the file came from the disk. */
 const char *script_source_text(const script_host_t *h, const char *path, size_t *len);

@@ -309,6 +309,10 @@ struct script_host {
     /* A move of the old tide.kv store waiting for its writes to be durable
      * (kv_migrate), freed with the host if the node stops first. */
     struct migration *kv_migration;
+    /* Rules deployed to the cluster (script_set_deployed): their entry
+     * file runs after the entry file in every load; modules are looked
+     * for in their directory too; chunk names begin with their label. */
+    char *deployed_entry, *deployed_dir, *deployed_label;
 };
 
 /* ---- shadow.c: a candidate beside the live rules ---- */
