@@ -50,8 +50,9 @@ void cluster_free(cluster_t *c);
  * (what libnats last said, or "connecting"). */
 int cluster_connected(cluster_t *c, char *why, size_t n);
 
-/* 1 when the node is ready as far as the cluster goes: connected, and
- * every jetstream-backed stream made or bound; else 0 with why. */
+/* 1 when the node is ready as far as the cluster goes: connected, every
+ * jetstream-backed stream made or bound, and caught up with the rules
+ * deployed to the cluster (cluster_deploy.h); else 0 with why. */
 int cluster_ready(cluster_t *c, char *why, size_t n);
 
 /* This node's status as a new cJSON object (caller deletes; NULL when out
