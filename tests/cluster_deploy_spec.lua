@@ -115,7 +115,7 @@ describe("tide deploy", function()
     local ans = assert(json.decode(out), out)
     assert.is_true(ans.rev > 0, out)
     assert.matches("^%x+$", ans.hash)
-    revs[1] = ans.rev
+    revs[1], revs.hash1 = ans.rev, ans.hash
     local st = wait_status(a.port, { "a", "b" }, function(n) return n.rules_revision == ans.rev end,
       "the nodes did not load rev " .. ans.rev)
     for _, name in ipairs({ "a", "b" }) do
@@ -222,6 +222,23 @@ describe("tide deploy", function()
     cs.stop(c)
   end)
 
+  it("rolls back by storing an earlier revision's files again", function()
+    local rc, out, err = deploy({ "--rollback", tostring(revs[1]), "-s", "127.0.0.1:" .. b.port, "--json" }, out_dir)
+    assert.equal(0, rc, err)
+    local ans = assert(json.decode(out), out)
+    assert.equal(revs[1], ans.rollback_of)
+    assert.equal(revs.hash1, ans.hash)
+    assert.is_true(ans.rev > revs[3])
+    revs[4] = ans.rev
+    wait_status(a.port, { "a", "b" }, function(n) return n.rules_revision == ans.rev and n.rules_state == "loaded" end,
+      "the nodes did not load rev " .. ans.rev)
+    -- rev 1's filter again, and rev 3's route gone
+    assert.same({ "t.keep.5", "t.in.t" }, seen(b, a, { "t.drop.5", "t.keep.5", "t.in.t" }))
+    rc, _, err = deploy({ "--rollback", "9999", "-s", "127.0.0.1:" .. a.port }, out_dir)
+    assert.equal(1, rc)
+    assert.matches("no rev 9999 in the rules bucket", err, 1, true)
+  end)
+
   it("says what is wrong with bad input", function()
     local rc, _, err = deploy({ dir .. "/no-such-dir", "-s", "127.0.0.1:" .. a.port }, out_dir)
     assert.equal(1, rc)
@@ -238,7 +255,7 @@ describe("tide deploy", function()
     h.remove_tmpdir(src)
     -- none of these reached the nodes
     local st = status(a.port)
-    assert.equal(revs[3], st.a.rules_revision)
-    assert.equal(revs[3], st.b.rules_revision)
+    assert.equal(revs[4], st.a.rules_revision)
+    assert.equal(revs[4], st.b.rules_revision)
   end)
 end)

@@ -21,6 +21,7 @@
 
 typedef struct deploy_args {
     const char *dir, *server, *entry;
+    long long rollback; /* --rollback REV, else 0 */
     double timeout;
     int json, no_check;
     cli_creds_t creds;
@@ -32,8 +33,10 @@ typedef struct deploy_args {
 static void usage(FILE *f)
 {
     fprintf(f, "usage: tide deploy DIR -s URL [--entry FILE] [--no-check] [--json] [--timeout SECONDS] [credentials]\n"
-               "  stores the *.lua files under DIR as the cluster's next revision of the rules,\n"
-               "  which every tide node of the cluster loads after its own entry file;\n"
+               "       tide deploy --rollback REV -s URL [--json] [--timeout SECONDS] [credentials]\n"
+               "  stores the *.lua files under DIR (or, with --rollback, the files of revision REV)\n"
+               "  as the cluster's next revision of the rules, which every tide node of the\n"
+               "  cluster loads after its own entry file;\n"
                "  URL: nats://host:port or host:port of any tide node or server of the cluster;\n"
                "  --entry: the file that runs (default tide.lua); the rules are checked here first\n"
                "  unless --no-check\n" CLI_CREDS_USAGE);
@@ -45,6 +48,7 @@ static int parse_args(int argc, char **argv, deploy_args_t *a)
         {"server", required_argument, NULL, 's'}, {"entry", required_argument, NULL, 'e'},
         {"timeout", required_argument, NULL, 't'}, {"json", no_argument, NULL, 'j'},
         {"no-check", no_argument, NULL, 'n'},     {"help", no_argument, NULL, 'h'},
+        {"rollback", required_argument, NULL, 'r'},
         CLI_CREDS_LONGOPTS,                       {NULL, 0, NULL, 0},
     };
     int ch;
@@ -66,14 +70,16 @@ static int parse_args(int argc, char **argv, deploy_args_t *a)
             a->json = 1;
         else if (ch == 'n')
             a->no_check = 1;
+        else if (ch == 'r')
+            a->rollback = atoll(optarg);
         else if (ch == 'h')
             return usage(stdout), 0;
         else
             return usage(stderr), 2;
     }
-    if (optind != argc - 1 || !(a->timeout > 0 && a->timeout <= 600))
+    if (optind != argc - !a->rollback || !(a->timeout > 0 && a->timeout <= 600) || a->rollback < 0)
         return usage(stderr), 2;
-    a->dir = argv[optind];
+    a->dir = a->rollback ? NULL : argv[optind];
     return -1;
 }
 
@@ -168,12 +174,19 @@ static char *build_request(const deploy_args_t *a, size_t *len, int *nfiles)
     const char *user = a->creds.user ? a->creds.user : getenv("USER");
     size_t total = 0;
     char *text = NULL;
-    if (!o || !files || collect(a->dir, "", files, &total) < 0)
-        goto done;
-    cJSON_AddStringToObject(o, "entry", a->entry);
     gethostname(host, sizeof host - 1);
     snprintf(by, sizeof by, "%s%s%s", user && user[0] ? user : "", user && user[0] && host[0] ? "@" : "", host);
-    cJSON_AddStringToObject(o, "by", by);
+    if (!o || !files || !cJSON_AddStringToObject(o, "by", by))
+        goto done;
+    if (a->rollback) {
+        cJSON_DeleteItemFromObject(o, "files");
+        if (cJSON_AddNumberToObject(o, "rollback", (double)a->rollback) && (text = cJSON_PrintUnformatted(o)))
+            *len = strlen(text);
+        goto done;
+    }
+    if (collect(a->dir, "", files, &total) < 0)
+        goto done;
+    cJSON_AddStringToObject(o, "entry", a->entry);
     *nfiles = cJSON_GetArraySize(files);
     if (!cJSON_GetObjectItemCaseSensitive(files, a->entry)) {
         fprintf(stderr, "tide deploy: no entry file %s in %s (name it with --entry)\n", a->entry, a->dir);
@@ -217,6 +230,10 @@ static int send_request(const deploy_args_t *a, natsConnection *nc, const char *
     const char *error = cJSON_GetStringValue(cJSON_GetObjectItem(ans, "error"));
     if (a->json)
         printf("%.*s\n", natsMsg_GetDataLength(reply), natsMsg_GetData(reply));
+    else if (!error && a->rollback)
+        printf("deployed rev %.0f (hash %s): the files of rev %lld again\n",
+               cJSON_GetNumberValue(cJSON_GetObjectItem(ans, "rev")),
+               cJSON_GetStringValue(cJSON_GetObjectItem(ans, "hash")), a->rollback);
     else if (!error)
         printf("deployed rev %.0f (hash %s): %d file%s from %s, entry %s\n",
                cJSON_GetNumberValue(cJSON_GetObjectItem(ans, "rev")),
@@ -243,7 +260,7 @@ int cli_deploy_main(int argc, char **argv, const char *lib_dir)
     rc = 1;
     if (!(text = build_request(&a, &len, &nfiles)))
         goto out;
-    if (!a.no_check && check_bundle(a.dir, a.entry, lib_dir) < 0)
+    if (!a.rollback && !a.no_check && check_bundle(a.dir, a.entry, lib_dir) < 0)
         goto out;
     if (cli_cluster_connect(a.server, &a.creds, &nc) != NATS_OK)
         goto out;

@@ -31,11 +31,15 @@ enum watch_state { WATCH_NONE, WATCH_CREATING, WATCH_SYNCING, WATCH_LIVE, WATCH_
 #define DEPLOY_WATCH_CHECK_S 10
 #define DEPLOY_PENDING_MAX 16
 
-/* A deploy request waiting for the bucket's PubAck. */
+/* A deploy request waiting for the bucket: for the revision to roll back
+ * to (getting), then for the PubAck of what it stores. */
 typedef struct put {
     unsigned token; /* 0: a free slot */
+    int getting;
     char reply[256];
     char hash[17];
+    char by[128];
+    uint64_t rollback_of; /* the revision stored again, 0 for new files */
     time_t sent;
 } put_t;
 
@@ -252,11 +256,23 @@ static void on_watch_answer(cluster_deploy_t *d, const cJSON *a)
         snprintf(d->error, sizeof d->error, "rules bucket: cannot watch it: %s", desc ? desc : "an error");
         return;
     }
-    if (d->watch != WATCH_CREATING)
+    const char *type = cJSON_GetStringValue(cJSON_GetObjectItem(a, "type"));
+    if (!type || !strstr(type, "consumer_create_response"))
         return; /* INFO: it still exists */
     snprintf(d->consumer, sizeof d->consumer, "%s", name ? name : "");
-    /* Nothing to deliver: the bucket holds no revision newer than what runs. */
-    d->watch = cJSON_GetNumberValue(cJSON_GetObjectItem(a, "num_pending")) > 0 ? WATCH_SYNCING : WATCH_LIVE;
+    /* The first delivery may come before this answer: then it decided. */
+    if (d->watch == WATCH_CREATING)
+        d->watch = cJSON_GetNumberValue(cJSON_GetObjectItem(a, "num_pending")) > 0 ? WATCH_SYNCING : WATCH_LIVE;
+}
+
+static void answer_error(cluster_deploy_t *d, const char *reply, const char *why)
+{
+    cJSON *o = cJSON_CreateObject();
+    char *text = NULL;
+    if (o && cJSON_AddStringToObject(o, "error", why) && (text = cJSON_PrintUnformatted(o)))
+        natsConnection_PublishString(d->nc, reply, text);
+    cJSON_free(text);
+    cJSON_Delete(o);
 }
 
 /* A PubAck for a deploy request: answers its requester. */
@@ -266,16 +282,23 @@ static void on_put_answer(cluster_deploy_t *d, put_t *p, natsMsg *m, const cJSON
     const cJSON *err = cJSON_GetObjectItem(a, "error");
     const cJSON *seq = cJSON_GetObjectItem(a, "seq");
     const char *desc = cJSON_GetStringValue(cJSON_GetObjectItem(err, "description"));
-    char out[800];
-    if (natsMsgHeader_Get(m, "Status", &status) == NATS_OK && status && !strcmp(status, "503"))
-        snprintf(out, sizeof out, "{\"error\":\"the rules bucket is not there (no JetStream answered)\"}");
-    else if (err || !cJSON_IsNumber(seq))
-        snprintf(out, sizeof out, "{\"error\":\"the rules bucket refused the revision: %.300s\"}",
-                 desc ? desc : "no answer it understood");
+    char out[400];
+    p->token = 0;
+    if (natsMsgHeader_Get(m, "Status", &status) == NATS_OK && status && !strcmp(status, "503")) {
+        answer_error(d, p->reply, "the rules bucket is not there (no JetStream answered)");
+        return;
+    }
+    if (err || !cJSON_IsNumber(seq)) {
+        snprintf(out, sizeof out, "the rules bucket refused the revision: %.300s", desc ? desc : "no answer it understood");
+        answer_error(d, p->reply, out);
+        return;
+    }
+    if (p->rollback_of)
+        snprintf(out, sizeof out, "{\"rev\":%.0f,\"hash\":\"%s\",\"rollback_of\":%" PRIu64 "}", seq->valuedouble,
+                 p->hash, p->rollback_of);
     else
         snprintf(out, sizeof out, "{\"rev\":%.0f,\"hash\":\"%s\"}", seq->valuedouble, p->hash);
     natsConnection_PublishString(d->nc, p->reply, out);
-    p->token = 0;
 }
 
 /* ---- loading a revision ------------------------------------------------------ */
@@ -377,8 +400,7 @@ void cluster_deploy_revision(cluster_deploy_t *d, natsMsg *m)
     cJSON *b = NULL;
     if (cluster_pull_ack_seq(natsMsg_GetReply(m), &rev, &pending) < 0)
         goto done; /* not a JetStream delivery */
-    if (pending == 0)
-        d->watch = WATCH_LIVE;
+    d->watch = pending == 0 ? WATCH_LIVE : WATCH_SYNCING;
     if (rev <= d->seen)
         goto done; /* handled already (a new watch starts with the last one again) */
     if (natsMsgHeader_Get(m, "KV-Operation", &op) == NATS_OK && op) {
@@ -395,6 +417,117 @@ done:
     cJSON_Delete(b);
 }
 
+/* ---- requests, lifecycle, status ----------------------------------------------- */
+
+/* The stored form of a bundle: entry, files, hash, by, at. */
+static char *stored_bundle(const cJSON *bundle, const char *by, char hash[17])
+{
+    char at[64];
+    cJSON *o = cJSON_CreateObject();
+    char *text = NULL;
+    cluster_deploy_hash(cJSON_GetObjectItem(bundle, "files"), hash);
+    util_now_rfc3339(at);
+    if (o && cJSON_AddItemToObject(o, "entry", cJSON_Duplicate(cJSON_GetObjectItem(bundle, "entry"), 1)) &&
+        cJSON_AddItemToObject(o, "files", cJSON_Duplicate(cJSON_GetObjectItem(bundle, "files"), 1)) &&
+        cJSON_AddStringToObject(o, "hash", hash) && cJSON_AddStringToObject(o, "by", by) &&
+        cJSON_AddStringToObject(o, "at", at))
+        text = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return text;
+}
+
+/* Stores bundle as the next revision for p's requester.  0, or -1 with err. */
+static int start_put(cluster_deploy_t *d, put_t *p, const cJSON *bundle, char *err, size_t errsz)
+{
+    char *text = NULL;
+    int rc = -1;
+    if (cluster_deploy_check_bundle(bundle, err, errsz) < 0)
+        goto done;
+    if (!(text = stored_bundle(bundle, p->by, p->hash)))
+        snprintf(err, errsz, "out of memory");
+    else if (!(p->token = ask(d, "put", CLUSTER_RULES_KEY_SUBJECT, text)))
+        snprintf(err, errsz, "cannot publish to the rules bucket");
+    else
+        rc = 0;
+    p->getting = 0;
+    p->sent = time(NULL);
+done:
+    cJSON_free(text);
+    return rc;
+}
+
+/* The revision a rollback stores again, from the bucket's direct get. */
+static void on_get_answer(cluster_deploy_t *d, put_t *p, natsMsg *m)
+{
+    const char *status = NULL, *subject = NULL;
+    char err[400];
+    cJSON *b = NULL;
+    p->token = 0;
+    if (natsMsgHeader_Get(m, "Status", &status) == NATS_OK && status)
+        snprintf(err, sizeof err, "no rev %" PRIu64 " in the rules bucket (it keeps the last %d)", p->rollback_of,
+                 CLUSTER_RULES_HISTORY);
+    else if (natsMsgHeader_Get(m, "Nats-Subject", &subject) != NATS_OK || !subject ||
+             strcmp(subject, CLUSTER_RULES_KEY_SUBJECT))
+        snprintf(err, sizeof err, "rev %" PRIu64 " is not a revision of the rules", p->rollback_of);
+    else if (!(b = cJSON_ParseWithLength(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m))))
+        snprintf(err, sizeof err, "rev %" PRIu64 " in the bucket is not JSON", p->rollback_of);
+    else if (start_put(d, p, b, err, sizeof err) == 0)
+        err[0] = '\0';
+    if (err[0])
+        answer_error(d, p->reply, err);
+    cJSON_Delete(b);
+}
+
+/* A request: {"entry","files","by"} (new files) or {"rollback":REV,"by"}. */
+void cluster_deploy_request(cluster_deploy_t *d, natsMsg *m)
+{
+    const char *reply = natsMsg_GetReply(m), *by;
+    char err[400] = "", body[64];
+    cJSON *req = NULL;
+    const cJSON *rollback;
+    put_t *p = NULL;
+    if (!reply || !reply[0])
+        return;
+    for (int i = 0; i < DEPLOY_PENDING_MAX && !p; i++)
+        if (!d->puts[i].token)
+            p = &d->puts[i];
+    if (!(req = cJSON_ParseWithLength(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m))))
+        snprintf(err, sizeof err, "the request is not JSON");
+    else if (d->bucket != BUCKET_READY)
+        snprintf(err, sizeof err, "the rules bucket is not ready on this node yet%s%.300s", d->error[0] ? ": " : "",
+                 d->error);
+    else if (!p)
+        snprintf(err, sizeof err, "too many deploys in flight on this node; try again");
+    if (err[0])
+        goto done;
+    memset(p, 0, sizeof *p);
+    by = cJSON_GetStringValue(cJSON_GetObjectItem(req, "by"));
+    snprintf(p->by, sizeof p->by, "%s", by ? by : "");
+    snprintf(p->reply, sizeof p->reply, "%s", reply);
+    rollback = cJSON_GetObjectItem(req, "rollback");
+    if (!rollback) {
+        start_put(d, p, req, err, sizeof err);
+        goto done;
+    }
+    if (!cJSON_IsNumber(rollback) || rollback->valuedouble < 1) {
+        snprintf(err, sizeof err, "rollback: a revision number (1 or more)");
+        goto done;
+    }
+    p->rollback_of = (uint64_t)rollback->valuedouble;
+    p->getting = 1;
+    p->sent = time(NULL);
+    snprintf(body, sizeof body, "{\"seq\":%" PRIu64 "}", p->rollback_of);
+    if (!(p->token = ask(d, "get", "$JS.API.DIRECT.GET." CLUSTER_RULES_STREAM, body)))
+        snprintf(err, sizeof err, "cannot ask the rules bucket for rev %" PRIu64, p->rollback_of);
+done:
+    if (err[0]) {
+        if (p)
+            p->token = 0;
+        answer_error(d, reply, err);
+    }
+    cJSON_Delete(req);
+}
+
 void cluster_deploy_answer(cluster_deploy_t *d, natsMsg *m)
 {
     const char *subject = natsMsg_GetSubject(m) + strlen(d->inbox) + 1;
@@ -404,10 +537,16 @@ void cluster_deploy_answer(cluster_deploy_t *d, natsMsg *m)
     if (!token)
         return;
     a = cJSON_ParseWithLength(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m));
-    if (!strncmp(subject, "put.", 4)) {
-        for (int i = 0; i < DEPLOY_PENDING_MAX; i++)
-            if (d->puts[i].token == token)
-                on_put_answer(d, &d->puts[i], m, a);
+    if (!strncmp(subject, "put.", 4) || !strncmp(subject, "get.", 4)) {
+        for (int i = 0; i < DEPLOY_PENDING_MAX; i++) {
+            put_t *p = &d->puts[i];
+            if (p->token != token)
+                continue;
+            if (p->getting && subject[0] == 'g')
+                on_get_answer(d, p, m);
+            else if (!p->getting && subject[0] == 'p')
+                on_put_answer(d, p, m, a);
+        }
     } else if (!strncmp(subject, "api.", 4) && token == d->api_token) {
         d->api_token = 0;
         if (natsMsgHeader_Get(m, "Status", &status) == NATS_OK && status && !strcmp(status, "503")) {
@@ -426,75 +565,6 @@ void cluster_deploy_answer(cluster_deploy_t *d, natsMsg *m)
             on_watch_answer(d, a);
     }
     cJSON_Delete(a);
-}
-
-/* ---- requests, lifecycle, status ----------------------------------------------- */
-
-static void answer_error(cluster_deploy_t *d, const char *reply, const char *why)
-{
-    cJSON *o = cJSON_CreateObject();
-    char *text = NULL;
-    if (o && cJSON_AddStringToObject(o, "error", why) && (text = cJSON_PrintUnformatted(o)))
-        natsConnection_PublishString(d->nc, reply, text);
-    cJSON_free(text);
-    cJSON_Delete(o);
-}
-
-/* The stored form of a request's bundle: entry, files, hash, by, at. */
-static char *stored_bundle(const cJSON *req, char hash[17])
-{
-    char at[64];
-    const cJSON *by = cJSON_GetObjectItem(req, "by");
-    cJSON *o = cJSON_CreateObject();
-    char *text = NULL;
-    cluster_deploy_hash(cJSON_GetObjectItem(req, "files"), hash);
-    util_now_rfc3339(at);
-    if (o && cJSON_AddItemToObject(o, "entry", cJSON_Duplicate(cJSON_GetObjectItem(req, "entry"), 1)) &&
-        cJSON_AddItemToObject(o, "files", cJSON_Duplicate(cJSON_GetObjectItem(req, "files"), 1)) &&
-        cJSON_AddStringToObject(o, "hash", hash) &&
-        cJSON_AddStringToObject(o, "by", cJSON_IsString(by) ? by->valuestring : "") &&
-        cJSON_AddStringToObject(o, "at", at))
-        text = cJSON_PrintUnformatted(o);
-    cJSON_Delete(o);
-    return text;
-}
-
-void cluster_deploy_request(cluster_deploy_t *d, natsMsg *m)
-{
-    const char *reply = natsMsg_GetReply(m);
-    char err[400], hash[17];
-    cJSON *req = NULL;
-    char *text = NULL;
-    put_t *p = NULL;
-    if (!reply || !reply[0])
-        return;
-    for (int i = 0; i < DEPLOY_PENDING_MAX && !p; i++)
-        if (!d->puts[i].token)
-            p = &d->puts[i];
-    if (!(req = cJSON_ParseWithLength(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m))))
-        snprintf(err, sizeof err, "the request is not JSON");
-    else if (cluster_deploy_check_bundle(req, err, sizeof err) < 0)
-        ;
-    else if (d->bucket != BUCKET_READY)
-        snprintf(err, sizeof err, "the rules bucket is not ready on this node yet%s%.300s", d->error[0] ? ": " : "",
-                 d->error);
-    else if (!p)
-        snprintf(err, sizeof err, "too many deploys in flight on this node; try again");
-    else if (!(text = stored_bundle(req, hash)))
-        snprintf(err, sizeof err, "out of memory");
-    else if (!(p->token = ask(d, "put", CLUSTER_RULES_KEY_SUBJECT, text)))
-        snprintf(err, sizeof err, "cannot publish to the rules bucket");
-    else
-        err[0] = '\0';
-    if (err[0]) {
-        answer_error(d, reply, err);
-    } else {
-        snprintf(p->reply, sizeof p->reply, "%s", reply);
-        snprintf(p->hash, sizeof p->hash, "%s", hash);
-        p->sent = time(NULL);
-    }
-    cJSON_free(text);
-    cJSON_Delete(req);
 }
 
 cluster_deploy_t *cluster_deploy_new(natsConnection *nc, node_t *n, const char *inbox, const char *watch_prefix,
