@@ -93,6 +93,8 @@ static void usage(FILE *f)
             "  deploy DIR -s URL [--entry FILE] [--no-check] [--json]\n"
             "                         store DIR's *.lua files as the cluster's next revision\n"
             "                         of the rules: every node loads it after its own file\n"
+            "  deploy --rollback REV -s URL [--json]\n"
+            "                         store revision REV's files again as the next revision\n"
             "\n"
             "Server options (tide serve):\n"
             "  -a, --addr HOST        bind to HOST (default 127.0.0.1)\n"
