@@ -8,6 +8,7 @@
  * string), so a client reads the text ("42", "true", the JSON) and Lua gets
  * back what it stored; a value a client put has no such header and reads
  * as a string.  A key's revision is its message's stream sequence. */
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,7 +34,18 @@ typedef struct bucket {
     char *buf; /* record read buffer */
     size_t cap;
     int tide; /* tide.kv itself: any key (encoded), the kv { } limits */
+    int opened; /* the remote keeps its replica (script_kv_remote_t.open) */
 } bucket_t;
+
+/* An update (or cluster-mode incr) waiting in the remote for its turn. */
+struct script_kv_job {
+    struct script_kv_job *prev, *next; /* in host->kv_jobs */
+    script_host_t *host;
+    state_t *st;    /* whose registry holds fn_ref; NULL once that state is gone */
+    int fn_ref;     /* LUA_NOREF: an incr by `by` */
+    lua_Integer by;
+    char subject[KEY_MAX + 100];
+};
 
 /* ---- names ------------------------------------------------------------------ */
 
@@ -187,13 +199,12 @@ static int newest(lua_State *L, bucket_t *b, const char *subj, slog_rec_t *r, ui
                                                                                                 : ENTRY_VALUE;
 }
 
-/* Pushes the value of record r, as the Lua type its Tide-Kv-Type says. */
-static void push_value(lua_State *L, const slog_rec_t *r)
+/* Pushes payload (plen bytes) as the Lua type t (tl bytes; NULL: a
+ * string) says. */
+static void push_typed(lua_State *L, const char *payload, size_t plen, const char *t, size_t tl)
 {
-    size_t tl;
-    const char *t = r->hdr_len ? proto_header_find(r->hdr, r->hdr_len, TYPE_HEADER, &tl) : NULL;
     char num[64];
-    snprintf(num, sizeof num, "%.*s", (int)(r->payload_len < sizeof num ? r->payload_len : 0), r->payload);
+    snprintf(num, sizeof num, "%.*s", (int)(plen < sizeof num ? plen : 0), payload);
     if (t && tl == 3 && !memcmp(t, "int", 3) && lua_stringtonumber(L, num)) {
         return;
     } else if (t && tl == 5 && !memcmp(t, "float", 5)) {
@@ -202,7 +213,7 @@ static void push_value(lua_State *L, const slog_rec_t *r)
         lua_pushboolean(L, !strcmp(num, "true"));
     } else if (t && tl == 4 && !memcmp(t, "json", 4)) {
         char *nums;
-        cJSON *j = json_parse_exact(r->payload, r->payload_len, &nums);
+        cJSON *j = json_parse_exact(payload, plen, &nums);
         if (!j) {
             lua_pushnil(L);
             return;
@@ -211,8 +222,22 @@ static void push_value(lua_State *L, const slog_rec_t *r)
         json_push(L, j, -1);
         lua_remove(L, -2);
     } else {
-        lua_pushlstring(L, r->payload, r->payload_len);
+        lua_pushlstring(L, payload, plen);
     }
+}
+
+/* Pushes the value of record r, as the Lua type its Tide-Kv-Type says. */
+static void push_value(lua_State *L, const slog_rec_t *r)
+{
+    size_t tl = 0;
+    const char *t = r->hdr_len ? proto_header_find(r->hdr, r->hdr_len, TYPE_HEADER, &tl) : NULL;
+    push_typed(L, r->payload, r->payload_len, t, tl);
+}
+
+/* Pushes the value of a remote replica's entry. */
+static void push_entry(lua_State *L, const script_kv_entry_t *e)
+{
+    push_typed(L, e->payload, e->len, e->type, e->type ? strlen(e->type) : 0);
 }
 
 /* ---- writing ---------------------------------------------------------------- */
@@ -369,6 +394,284 @@ static uint64_t put(lua_State *L, bucket_t *b, const char *what, const char *sub
     return 0;
 }
 
+/* ---- buckets kept by a remote (cluster mode) ------------------------------- */
+
+/* The remote keeps b's replica from here on; raises when it cannot. */
+static void remote_open(lua_State *L, bucket_t *b)
+{
+    char err[300] = "";
+    if (b->opened)
+        return;
+    if (b->host->kv_remote.open(b->host->kv_remote.ctx, b->name, err, sizeof err) < 0)
+        luaL_error(L, "bucket '%s': %s", b->name, err);
+    b->opened = 1;
+}
+
+/* The replica's value of subj: 1 with *e, or 0. */
+static int remote_get(lua_State *L, bucket_t *b, const char *subj, script_kv_entry_t *e)
+{
+    remote_open(L, b);
+    return b->host->kv_remote.get(b->host->kv_remote.ctx, b->name, subj, e);
+}
+
+/* Sends the value at idx (op "DEL": a marker) to subj without waiting;
+ * raises when it cannot be sent or is over kv { max_value } (tide.kv). */
+static void remote_put(lua_State *L, bucket_t *b, const char *what, const char *subj, int idx, const char *op)
+{
+    char err[300] = "";
+    put_t p = {0};
+    const char *type = NULL;
+    if (b->host->rec)
+        shadow_note(b->host, SHADOW_KV, subj, strlen(subj), op ? op : "put", strlen(op ? op : "put"), NULL);
+    if (b->host->dry)
+        return;
+    remote_open(L, b);
+    if (!op)
+        put_value(L, idx, &p, &type);
+    if (p.text) { /* kept on the stack from here, so that a raise frees it */
+        lua_pushlstring(L, p.text, p.plen);
+        free(p.text);
+        p.payload = lua_tostring(L, -1);
+    }
+    const kv_limits_t *lim = kv_limits(b->host->kv);
+    if (b->tide && !op && lim->max_value && p.plen > lim->max_value)
+        luaL_error(L, "%s('%s'): a value of %I bytes is over kv { max_value = %I }", what, lua_tostring(L, 1),
+                   (lua_Integer)p.plen, (lua_Integer)lim->max_value);
+    if (b->host->kv_remote.put(b->host->kv_remote.ctx, b->name, subj, type, op, p.payload, p.plen, err,
+                               sizeof err) < 0)
+        luaL_error(L, "bucket '%s': %s was not sent (%s)", b->name, subj, err);
+}
+
+/* A new job for subj, linked into the host's list. */
+static script_kv_job_t *job_new(lua_State *L, bucket_t *b, const char *subj)
+{
+    script_kv_job_t *j = calloc(1, sizeof *j);
+    if (!j)
+        luaL_error(L, "out of memory");
+    j->host = b->host;
+    j->fn_ref = LUA_NOREF;
+    snprintf(j->subject, sizeof j->subject, "%s", subj);
+    j->next = b->host->kv_jobs;
+    if (j->next)
+        j->next->prev = j;
+    b->host->kv_jobs = j;
+    return j;
+}
+
+/* Hands j to the remote (which frees it in every case); raises on refusal. */
+static void job_queue(lua_State *L, bucket_t *b, script_kv_job_t *j)
+{
+    char err[300] = "";
+    if (b->host->kv_remote.update(b->host->kv_remote.ctx, b->name, j->subject, j, err, sizeof err) < 0)
+        luaL_error(L, "bucket '%s': %s was not queued (%s)", b->name, j->subject, err);
+}
+
+/* update(k, fn) in cluster mode: fn runs when the job's turn comes, with
+ * the replica current; returns true (queued). */
+static int remote_update(lua_State *L, bucket_t *b, const char *subj)
+{
+    if (b->host->rec)
+        shadow_note(b->host, SHADOW_KV, subj, strlen(subj), "update", 6, NULL);
+    if (b->host->dry) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    remote_open(L, b);
+    script_kv_job_t *j = job_new(L, b, subj);
+    j->st = script_state_of(L);
+    lua_pushvalue(L, 2);
+    j->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    job_queue(L, b, j);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* incr(k, by) in cluster mode: an exact update, queued; returns what the
+ * replica's value plus by is now (the stored result is exact, this is
+ * this node's view). */
+static int remote_incr(lua_State *L, bucket_t *b, const char *subj, lua_Integer by)
+{
+    script_kv_entry_t e;
+    lua_Integer now = 0;
+    int isnum = 1;
+    if (remote_get(L, b, subj, &e)) {
+        push_entry(L, &e);
+        now = lua_tointegerx(L, -1, &isnum);
+        if (!isnum || lua_type(L, -1) == LUA_TBOOLEAN)
+            return luaL_error(L, "bucket '%s': kv.incr: value of '%s' is not an integer", b->name,
+                              lua_tostring(L, 1));
+        lua_pop(L, 1);
+    }
+    if (b->host->rec)
+        shadow_note(b->host, SHADOW_KV, subj, strlen(subj), "incr", 4, NULL);
+    if (!b->host->dry) {
+        script_kv_job_t *j = job_new(L, b, subj);
+        j->by = by;
+        job_queue(L, b, j);
+    }
+    lua_pushinteger(L, (lua_Integer)((lua_Unsigned)now + (lua_Unsigned)by));
+    return 1;
+}
+
+typedef struct keys_ctx {
+    lua_State *L;
+    bucket_t *b;
+    size_t skip; /* "$KV.<bucket>." */
+    lua_Integer n;
+    int list;
+    const char *prefix; /* tide.kv: keys are decoded, then matched */
+    size_t pl;
+    char key[KEY_MAX];
+} keys_ctx_t;
+
+static void remote_add_key(void *arg, const char *subject, size_t len, const script_kv_entry_t *e)
+{
+    keys_ctx_t *k = arg;
+    const char *key = subject + k->skip;
+    long kl = (long)(len - k->skip);
+    (void)e;
+    if (k->b->tide && key[0] == '=') {
+        long dl = b64url_decode(key + 1, (size_t)kl - 1, k->key);
+        if (dl >= 0)
+            key = k->key, kl = dl;
+    }
+    if ((size_t)kl < k->pl || memcmp(key, k->prefix, k->pl))
+        return;
+    k->n++;
+    if (k->list) {
+        lua_pushlstring(k->L, key, (size_t)kl);
+        lua_rawseti(k->L, -2, k->n);
+    }
+}
+
+/* keys([prefix]) / count() over the replica. */
+static int remote_keys(lua_State *L, bucket_t *b, const char *prefix, size_t pl, int list)
+{
+    keys_ctx_t k = {L, b, 0, 0, list, prefix, pl, ""};
+    remote_open(L, b);
+    k.skip = (size_t)snprintf(NULL, 0, "$KV.%s.", b->name);
+    if (list)
+        lua_newtable(L);
+    b->host->kv_remote.each(b->host->kv_remote.ctx, b->name, remote_add_key, &k);
+    if (!list) {
+        lua_pushinteger(L, k.n);
+        return 1;
+    }
+    lua_getglobal(L, "table");
+    if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, "sort");
+        lua_pushvalue(L, -3);
+        lua_call(L, 1, 0);
+    }
+    lua_pop(L, 1);
+    return 1;
+}
+
+/* In a protected call: fn (1) of the job with value (2) and revision (3);
+ * its result into the script_kv_write_t (4, light userdata). */
+static int job_call(lua_State *L)
+{
+    script_kv_write_t *out = lua_touserdata(L, 4);
+    put_t p = {0};
+    const char *type = NULL;
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, 3);
+    lua_call(L, 2, 1);
+    if (lua_isnil(L, -1)) {
+        out->op = "DEL";
+        return 0;
+    }
+    put_value(L, lua_gettop(L), &p, &type);
+    out->payload = p.text ? p.text : util_mem_dup(p.payload, p.plen ? p.plen : 1);
+    if (!out->payload)
+        return luaL_error(L, "out of memory");
+    out->len = p.plen;
+    out->type = type;
+    return 0;
+}
+
+/* An incr job: the integer in cur (none: 0) plus by. */
+static int job_incr(script_kv_job_t *j, const script_kv_entry_t *cur, script_kv_write_t *out)
+{
+    char num[64], *end;
+    long long now = 0;
+    if (cur) {
+        if (cur->len >= sizeof num || (cur->type && strcmp(cur->type, "int")))
+            goto fail;
+        memcpy(num, cur->payload, cur->len);
+        num[cur->len] = '\0';
+        errno = 0;
+        now = strtoll(num, &end, 10);
+        if (!cur->len || *end || errno)
+            goto fail;
+    }
+    int n = snprintf(num, sizeof num, "%lld", (long long)((unsigned long long)now + (unsigned long long)j->by));
+    if (!(out->payload = util_mem_dup(num, (size_t)n)))
+        return SCRIPT_KV_FAILED;
+    out->len = (size_t)n;
+    out->type = "int";
+    return SCRIPT_KV_WRITE;
+fail:
+    log_warn("kv: incr of %s dropped: its value is not an integer", j->subject);
+    return SCRIPT_KV_FAILED;
+}
+
+int script_kv_job_run(script_kv_job_t *j, const script_kv_entry_t *cur, script_kv_write_t *out)
+{
+    memset(out, 0, sizeof *out);
+    if (j->fn_ref == LUA_NOREF && !j->st)
+        return job_incr(j, cur, out);
+    if (!j->st) {
+        log_warn("kv: update of %s dropped: the rules were reloaded before its turn came", j->subject);
+        return SCRIPT_KV_FAILED;
+    }
+    lua_State *L = j->st->L;
+    int top = lua_gettop(L), rc;
+    lua_pushcfunction(L, job_call);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, j->fn_ref);
+    if (cur) {
+        push_entry(L, cur);
+        lua_pushinteger(L, (lua_Integer)cur->revision);
+    } else {
+        lua_pushnil(L);
+        lua_pushnil(L);
+    }
+    lua_pushlightuserdata(L, out);
+    rc = budget_call(j->st, 4, 0);
+    if (rc != LUA_OK) {
+        log_warn("kv: update of %s failed: %s", j->subject, lua_isstring(L, -1) ? lua_tostring(L, -1) : "?");
+        free(out->payload);
+        memset(out, 0, sizeof *out);
+    }
+    lua_settop(L, top);
+    if (rc != LUA_OK)
+        return SCRIPT_KV_FAILED;
+    return out->op && !cur ? SCRIPT_KV_NOTHING : SCRIPT_KV_WRITE;
+}
+
+void script_kv_job_free(script_kv_job_t *j)
+{
+    if (!j)
+        return;
+    if (j->prev)
+        j->prev->next = j->next;
+    else
+        j->host->kv_jobs = j->next;
+    if (j->next)
+        j->next->prev = j->prev;
+    if (j->st && j->fn_ref != LUA_NOREF)
+        luaL_unref(j->st->L, LUA_REGISTRYINDEX, j->fn_ref);
+    free(j);
+}
+
+void kv_bucket_jobs_orphan(state_t *st)
+{
+    for (script_kv_job_t *j = st->host->kv_jobs; j; j = j->next)
+        if (j->st == st)
+            j->st = NULL;
+}
+
 /* ---- the handle's functions ------------------------------------------------- */
 
 static int l_get(lua_State *L)
@@ -377,7 +680,15 @@ static int l_get(lua_State *L)
     char subj[KEY_MAX + 100];
     slog_rec_t r;
     uint64_t rev;
+    script_kv_entry_t e;
     check_key(L, b, 1, subj, sizeof subj);
+    if (b->host->has_kv_remote) {
+        if (remote_get(L, b, subj, &e))
+            push_entry(L, &e);
+        else
+            lua_pushnil(L);
+        return 1;
+    }
     if (newest(L, b, subj, &r, &rev) == ENTRY_VALUE)
         push_value(L, &r);
     else
@@ -391,7 +702,12 @@ static int l_has(lua_State *L)
     char subj[KEY_MAX + 100];
     slog_rec_t r;
     uint64_t rev;
+    script_kv_entry_t e;
     check_key(L, b, 1, subj, sizeof subj);
+    if (b->host->has_kv_remote) {
+        lua_pushboolean(L, remote_get(L, b, subj, &e));
+        return 1;
+    }
     lua_pushboolean(L, newest(L, b, subj, &r, &rev) == ENTRY_VALUE);
     return 1;
 }
@@ -402,7 +718,15 @@ static int l_revision(lua_State *L)
     char subj[KEY_MAX + 100];
     slog_rec_t r;
     uint64_t rev;
+    script_kv_entry_t e;
     check_key(L, b, 1, subj, sizeof subj);
+    if (b->host->has_kv_remote) {
+        if (remote_get(L, b, subj, &e))
+            lua_pushinteger(L, (lua_Integer)e.revision);
+        else
+            lua_pushnil(L);
+        return 1;
+    }
     if (newest(L, b, subj, &r, &rev) == ENTRY_VALUE)
         lua_pushinteger(L, (lua_Integer)rev);
     else
@@ -418,6 +742,14 @@ static int l_del(lua_State *L)
     slog_rec_t r;
     uint64_t rev;
     check_key(L, b, 1, subj, sizeof subj);
+    if (b->host->has_kv_remote) {
+        script_kv_entry_t e;
+        int had = remote_get(L, b, subj, &e);
+        if (had)
+            remote_put(L, b, "tide.kv.del", subj, 0, "DEL");
+        lua_pushboolean(L, had);
+        return 1;
+    }
     int existed = newest(L, b, subj, &r, &rev) == ENTRY_VALUE;
     if (existed)
         put(L, b, "tide.kv.del", subj, 0, "DEL", UINT64_MAX);
@@ -435,6 +767,11 @@ static int l_set(lua_State *L)
         lua_settop(L, 1);
         return l_del(L);
     }
+    if (b->host->has_kv_remote) { /* the revision is known once the write comes back */
+        remote_put(L, b, "tide.kv.set", subj, 2, NULL);
+        lua_pushboolean(L, 1);
+        return 1;
+    }
     lua_pushinteger(L, (lua_Integer)put(L, b, "tide.kv.set", subj, 2, NULL, UINT64_MAX));
     return 1;
 }
@@ -448,6 +785,8 @@ static int l_incr(lua_State *L)
     uint64_t rev;
     lua_Integer by = luaL_optinteger(L, 2, 1), now = 0;
     check_key(L, b, 1, subj, sizeof subj);
+    if (b->host->has_kv_remote)
+        return remote_incr(L, b, subj, by);
     if (newest(L, b, subj, &r, &rev) == ENTRY_VALUE) {
         push_value(L, &r);
         int isnum = 0;
@@ -473,6 +812,8 @@ static int l_update(lua_State *L)
     uint64_t rev, done = 0;
     check_key(L, b, 1, subj, sizeof subj);
     luaL_checktype(L, 2, LUA_TFUNCTION);
+    if (b->host->has_kv_remote)
+        return remote_update(L, b, subj);
     for (int tries = 0; tries < UPDATE_TRIES && !done; tries++) {
         lua_settop(L, 2);
         int e = newest(L, b, subj, &r, &rev);
@@ -496,17 +837,6 @@ static int l_update(lua_State *L)
     lua_pushinteger(L, (lua_Integer)done);
     return 1;
 }
-
-typedef struct keys_ctx {
-    lua_State *L;
-    bucket_t *b;
-    size_t skip; /* "$KV.<bucket>." */
-    lua_Integer n;
-    int list;
-    const char *prefix; /* tide.kv: keys are decoded, then matched */
-    size_t pl;
-    char key[KEY_MAX];
-} keys_ctx_t;
 
 static void add_key(void *ctx, const char *subject, size_t len, uint64_t seq)
 {
@@ -564,12 +894,13 @@ static int l_keys(lua_State *L)
     bucket_t *b = self(L);
     size_t pl = 0;
     const char *prefix = luaL_optlstring(L, 1, "", &pl);
-    return each_key(L, b, prefix, pl, 1);
+    return b->host->has_kv_remote ? remote_keys(L, b, prefix, pl, 1) : each_key(L, b, prefix, pl, 1);
 }
 
 static int l_count(lua_State *L)
 {
-    return each_key(L, self(L), "", 0, 0);
+    bucket_t *b = self(L);
+    return b->host->has_kv_remote ? remote_keys(L, b, "", 0, 0) : each_key(L, b, "", 0, 0);
 }
 
 static int l_bucket_gc(lua_State *L)
@@ -580,9 +911,10 @@ static int l_bucket_gc(lua_State *L)
     return 0;
 }
 
-/* Pushes the handle on bucket name (tide: tide.kv itself).  The handle's
- * stream is made or opened at the first call that needs it. */
-static void push_handle(lua_State *L, script_host_t *host, const char *name, int tide)
+/* Pushes the handle on bucket name (tide: tide.kv itself) and returns its
+ * bucket.  The handle's stream is made or opened at the first call that
+ * needs it. */
+static bucket_t *push_handle(lua_State *L, script_host_t *host, const char *name, int tide)
 {
     static const luaL_Reg fns[] = {{"get", l_get},     {"set", l_set},       {"del", l_del},
                                    {"incr", l_incr},   {"has", l_has},       {"keys", l_keys},
@@ -609,6 +941,7 @@ static void push_handle(lua_State *L, script_host_t *host, const char *name, int
     lua_pop(L, 1);
     lua_pushstring(L, name);
     lua_setfield(L, handle, "name");
+    return b;
 }
 
 /* tide.kv.bucket(name) -> the handle. */
@@ -619,7 +952,10 @@ static int l_bucket(lua_State *L)
     if (!bucket_name_ok(name, nl))
         return luaL_error(L, "tide.kv.bucket: '%s' is not a bucket name (letters, digits, - and _, at most %d)", name,
                           BUCKET_NAME_MAX - 1);
-    push_handle(L, lua_touserdata(L, lua_upvalueindex(1)), name, !strcmp(name, KV_TIDE_BUCKET));
+    script_host_t *host = lua_touserdata(L, lua_upvalueindex(1));
+    bucket_t *b = push_handle(L, host, name, !strcmp(name, KV_TIDE_BUCKET));
+    if (host->has_kv_remote && !host->dry) /* named: its replica starts filling now */
+        remote_open(L, b);
     return 1;
 }
 

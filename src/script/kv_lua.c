@@ -242,7 +242,7 @@ void kv_lua_push_api(lua_State *L, kv_t *kv, kv_t *live)
 
 void kv_lua_push_tide(lua_State *L, struct script_host *host)
 {
-    if (host->streams && host->bucket_maker)
+    if (host->has_kv_remote || (host->streams && host->bucket_maker))
         kv_bucket_lua_push_tide(L, host);
     else if (host->dry_kv) /* a shadow's candidate loading: its writes stay in its scratch store */
         kv_lua_push_api(L, host->dry_kv, host->kv);

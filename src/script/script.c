@@ -52,6 +52,7 @@ static void state_free(state_t *st)
 {
     if (!st)
         return;
+    kv_bucket_jobs_orphan(st);
     if (st->L)
         lua_close(st->L);
     budget_pool_free(st);
@@ -326,7 +327,10 @@ void script_host_free(script_host_t *h)
     free(h);
 }
 
-int script_reload(script_host_t *h, const char *why, char *err, size_t errsz)
+/* A new state from the files, swapped in; quiet: not counted as a
+ * reload (same revision, no hooks), for a change of what the rules run
+ * on rather than of the rules. */
+static int reload_state(script_host_t *h, const char *why, int quiet, char *err, size_t errsz)
 {
     state_t *st;
     if (h->processing) {
@@ -363,6 +367,11 @@ int script_reload(script_host_t *h, const char *why, char *err, size_t errsz)
     h->cur = st;
     kv_set_limits(h->kv, &st->kv_lim);
     apply_tls(h);
+    if (quiet) {
+        if (h->srv)
+            watch_start(h);
+        return 0;
+    }
     h->st.reloads++;
     h->st.generation++;
     snprintf(h->st.last_reload, sizeof h->st.last_reload, "ok");
@@ -375,6 +384,21 @@ int script_reload(script_host_t *h, const char *why, char *err, size_t errsz)
     if (h->srv)
         watch_start(h);
     return 0;
+}
+
+int script_reload(script_host_t *h, const char *why, char *err, size_t errsz)
+{
+    return reload_state(h, why, 0, err, errsz);
+}
+
+int script_host_set_kv_remote(script_host_t *h, const script_kv_remote_t *ops, char *err, size_t errsz)
+{
+    h->has_kv_remote = ops != NULL;
+    if (ops)
+        h->kv_remote = *ops;
+    else
+        memset(&h->kv_remote, 0, sizeof h->kv_remote);
+    return h->cur && ops ? reload_state(h, "remote buckets", 1, err, errsz) : 0;
 }
 
 int script_reload_from(script_host_t *h, const char *why, script_source_fn fn, void *ctx, char *err,

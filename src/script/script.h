@@ -351,6 +351,70 @@ int script_host_set_streams(script_host_t *h, struct streams *sm, char *err, siz
  * sets it (it keeps the stream's configuration); fn NULL unsets it. */
 void script_host_set_bucket_maker(script_host_t *h, int (*fn)(void *ctx, const char *bucket, char *err, size_t errsz),
                                   void *ctx);
+/*
+ * Buckets kept somewhere else (cluster mode: the cluster's JetStream KV,
+ * src/app/cluster_kv.c).  With a remote set, tide.kv and tide.kv.bucket
+ * read a replica the remote keeps on the loop and write through it; the
+ * loop never waits for the network (docs/cluster.md).
+ */
+typedef struct script_kv_entry {
+    const char *payload; /* the value's bytes (valid until the loop runs on) */
+    size_t len;
+    const char *type;    /* its Tide-Kv-Type ("int", "float", "bool", "json"), or NULL: a string */
+    uint64_t revision;   /* the stream sequence of the message */
+} script_kv_entry_t;
+
+/* What an update job wants written: payload (malloc'd, the caller of
+ * script_kv_job_run frees it) of type (as above), or op "DEL". */
+typedef struct script_kv_write {
+    char *payload;
+    size_t len;
+    const char *type;
+    const char *op;
+} script_kv_write_t;
+
+typedef struct script_kv_job script_kv_job_t;
+
+typedef struct script_kv_remote {
+    void *ctx;
+    /* Starts keeping a replica of bucket (idempotent).  0, or -1 with err. */
+    int (*open)(void *ctx, const char *bucket, char *err, size_t errsz);
+    /* The replica's value of subject ($KV.<bucket>.<key>): 1 with *e, or
+     * 0 when it has none (never written, or deleted). */
+    int (*get)(void *ctx, const char *bucket, const char *subject, script_kv_entry_t *e);
+    /* fn for every subject of the replica with a value, in no order. */
+    void (*each)(void *ctx, const char *bucket,
+                 void (*fn)(void *arg, const char *subject, size_t len, const script_kv_entry_t *e), void *arg);
+    /* Publishes a value (op NULL) or a "DEL" marker, without waiting.  0,
+     * or -1 with err when it cannot even be sent. */
+    int (*put)(void *ctx, const char *bucket, const char *subject, const char *type, const char *op,
+               const char *payload, size_t len, char *err, size_t errsz);
+    /* Queues job for subject: the remote calls script_kv_job_run when its
+     * turn comes (and again after a conflict), then script_kv_job_free.
+     * Takes job in every case.  0, or -1 with err (job freed). */
+    int (*update)(void *ctx, const char *bucket, const char *subject, script_kv_job_t *job, char *err,
+                  size_t errsz);
+} script_kv_remote_t;
+
+/* Sets the remote buckets and rebuilds the rules' state with them, so
+ * that tide.kv and code the entry file runs at load time use them; the
+ * rules' revision does not change.  ops is copied.  0, or -1 with err
+ * (the old state keeps serving).  ops NULL unsets them, without a rebuild:
+ * for a node that stops (calls from then on use the local buckets). */
+int script_host_set_kv_remote(script_host_t *h, const script_kv_remote_t *ops, char *err, size_t errsz);
+
+enum { SCRIPT_KV_WRITE = 1, SCRIPT_KV_NOTHING = 0, SCRIPT_KV_FAILED = -1 };
+
+/* Runs an update job with the replica's value (cur NULL: none): its Lua
+ * function, under the rules' budgets.  SCRIPT_KV_WRITE with *out filled,
+ * SCRIPT_KV_NOTHING (nothing to write: done), or SCRIPT_KV_FAILED (the
+ * function raised, the rules were reloaded since, or the value is not an
+ * integer for incr; logged, done).  Loop thread, never inside a script. */
+int script_kv_job_run(script_kv_job_t *job, const script_kv_entry_t *cur, script_kv_write_t *out);
+
+/* Frees a job (NULL: nothing). */
+void script_kv_job_free(script_kv_job_t *job);
+
 /* Opens the streams the entry file declares (not its consumers) in sm, each
  * with fsync policy `fsync` (an FSYNC_* of slog.h) instead of the declared
  * one: a stream's fsync is fixed when it is first opened, so this, before

@@ -313,6 +313,10 @@ struct script_host {
      * file runs after the entry file in every load; modules are looked
      * for in their directory too; chunk names begin with their label. */
     char *deployed_entry, *deployed_dir, *deployed_label;
+    /* Buckets kept elsewhere (script_host_set_kv_remote), when has_kv_remote. */
+    script_kv_remote_t kv_remote;
+    int has_kv_remote;
+    struct script_kv_job *kv_jobs; /* update jobs not yet freed, for state_free */
 };
 
 /* ---- shadow.c: a candidate beside the live rules ---- */
@@ -350,6 +354,10 @@ void shadow_decision_reset(shadow_decision_t *d);
 void shadow_note(script_host_t *h, int kind, const char *subject, size_t sl, const char *data, size_t dl,
                  const char *where);
 
+
+/* The state's update jobs waiting in the remote lose their function:
+ * they will fail when their turn comes (kv_bucket_lua.c). */
+void kv_bucket_jobs_orphan(state_t *st);
 
 /* Stored events of consumer through the current state's handlers bound to
  * it, their verdicts in v (durable.c). */
