@@ -82,6 +82,22 @@ function M.stop(srv)
   if srv and srv:alive() then srv:stop(srv.stop_signal) end
 end
 
+-- Waits until every node in nodes answers /readyz with 200; raises with
+-- their logs after timeout seconds (default 10).
+function M.wait_ready(nodes, timeout)
+  local ok = h.wait_until(function()
+    for _, n in ipairs(nodes) do
+      if M.get(n.hport, "/readyz") ~= 200 then return false end
+    end
+    return true
+  end, timeout or 10)
+  if not ok then
+    local logs = {}
+    for _, n in ipairs(nodes) do logs[#logs + 1] = n:log() end
+    error("the nodes did not get ready:\n" .. table.concat(logs, "\n"))
+  end
+end
+
 -- The tracker's methods; the module's functions (get, stop, client, ...)
 -- are reached through it too.
 local Tracker = setmetatable({}, { __index = M })

@@ -22,6 +22,7 @@
 #include "cluster.h"
 #include "cluster_deploy.h"
 #include "cluster_js.h"
+#include "cluster_kv.h"
 #include "cluster_pull.h"
 #include "dict.h"
 #include "json_int.h"
@@ -78,6 +79,9 @@ struct cluster {
     natsSubscription *deploy_sub;    /* its inbox: the bucket's answers, the watch */
     natsSubscription *deploy_req_sub; /* CLUSTER_DEPLOY_SUBJECT, in a queue group */
     int64_t deploy_sid, deploy_req_sid;
+    cluster_kv_t *kv;             /* the KV buckets the scripts use */
+    natsSubscription *kv_sub;     /* their inbox: watches, PubAcks, API answers */
+    int64_t kv_sid;
     struct event *wake; /* drains the queue on the loop */
     struct event *tick; /* once a second: events/s */
     pthread_mutex_t lock; /* guards head, tail, woken, lost and live: libnats' threads add to the queue */
@@ -275,6 +279,7 @@ static void note_state(cluster_t *c, enum item_kind kind, const char *text)
         cluster_js_sync(c->js, 1);
         cluster_pull_sync(c->pull, 1);
         cluster_deploy_connected(c->deploy);
+        cluster_kv_connected(c->kv, c->url);
         return;
     }
     if (kind == ITEM_DISCONNECTED)
@@ -339,6 +344,8 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
                 cluster_deploy_request(c->deploy, it->msg);
             else if (it->sid == cluster_deploy_watch_sid(c->deploy))
                 cluster_deploy_revision(c->deploy, it->msg);
+            else if (it->sid == c->kv_sid || !m) /* the inbox, or a bucket's watch */
+                cluster_kv_message(c->kv, it->sid, it->msg);
             else if (m)
                 deliver_upstream(c, m->sub, it->msg);
             natsMsg_Destroy(it->msg);
@@ -399,6 +406,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         events = st.in_msgs;
     }
     cluster_deploy_tick(c->deploy);
+    cluster_kv_tick(c->kv);
     c->events_per_s = (double)(events - c->last_events);
     c->last_events = events;
 }
@@ -720,6 +728,39 @@ static int start_deploy(cluster_t *c, char *err, size_t errsz)
     return 0;
 }
 
+/* cluster_kv's subscriptions to its watches' deliver subjects. */
+static natsStatus subscribe_bucket_watch(void *ctx, natsSubscription **ns, const char *subject)
+{
+    cluster_t *c = ctx;
+    natsStatus s = subscribe_upstream(c, ns, subject, NULL);
+    if (s == NATS_OK)
+        natsSubscription_SetPendingLimits(*ns, CLUSTER_PENDING_MSGS, CLUSTER_PENDING_BYTES);
+    return s;
+}
+
+/* The scripts' KV buckets: their inbox, and tide.kv / tide.kv.bucket
+ * pointed at them (the rules' state is built again for that). */
+static int start_buckets(cluster_t *c, char *err, size_t errsz)
+{
+    char inbox[128], pattern[140];
+    script_kv_remote_t ops;
+    snprintf(inbox, sizeof inbox, "_INBOX.tide-kv.%s", server_id(c->n->srv));
+    snprintf(pattern, sizeof pattern, "%s.>", inbox);
+    natsStatus s = subscribe_upstream(c, &c->kv_sub, pattern, NULL);
+    if (s != NATS_OK) {
+        subscribe_failed(c, pattern, s, err, errsz);
+        return -1;
+    }
+    natsSubscription_SetPendingLimits(c->kv_sub, CLUSTER_PENDING_MSGS, CLUSTER_PENDING_BYTES);
+    c->kv_sid = natsSubscription_GetID(c->kv_sub);
+    if (!(c->kv = cluster_kv_new(c->nc, server_base(c->n->srv), inbox, subscribe_bucket_watch, c))) {
+        snprintf(err, errsz, "cluster: out of memory");
+        return -1;
+    }
+    cluster_kv_remote(c->kv, &ops);
+    return script_host_set_kv_remote(c->n->scripts, &ops, err, errsz);
+}
+
 cluster_t *cluster_start(node_t *n, char *err, size_t errsz)
 {
     const cluster_settings_t *cs = script_cluster_settings(n->scripts);
@@ -760,7 +801,7 @@ cluster_t *cluster_start(node_t *n, char *err, size_t errsz)
         goto fail;
     }
     c->status_sid = natsSubscription_GetID(c->status_sub);
-    if (start_streams(c, err, errsz) < 0 || start_deploy(c, err, errsz) < 0)
+    if (start_streams(c, err, errsz) < 0 || start_deploy(c, err, errsz) < 0 || start_buckets(c, err, errsz) < 0)
         goto fail;
     hooks.ctx = c;
     server_set_cluster(n->srv, &hooks);
@@ -812,6 +853,8 @@ void cluster_free(cluster_t *c)
     if (!c)
         return;
     server_set_cluster(c->n->srv, NULL);
+    if (c->kv)
+        script_host_set_kv_remote(c->n->scripts, NULL, NULL, 0);
     dict_clear(&c->by_sid, NULL);
     dict_clear(&c->mirrors, mirror_release);
     if (c->status_sub)
@@ -825,6 +868,9 @@ void cluster_free(cluster_t *c)
     if (c->deploy_req_sub)
         natsSubscription_Destroy(c->deploy_req_sub);
     cluster_deploy_unsubscribe(c->deploy);
+    if (c->kv_sub)
+        natsSubscription_Destroy(c->kv_sub);
+    cluster_kv_unsubscribe(c->kv);
     if (c->nc) {
         natsConnection_Close(c->nc);
         natsConnection_Destroy(c->nc);
@@ -845,6 +891,7 @@ void cluster_free(cluster_t *c)
     cluster_pull_free(c->pull);
     cluster_js_free(c->js);
     cluster_deploy_free(c->deploy);
+    cluster_kv_free(c->kv);
     queue_clear(c); /* what the last connection events added: no messages */
     if (c->wake)
         event_free(c->wake);
@@ -925,5 +972,6 @@ cJSON *cluster_status_object(cluster_t *c)
     cluster_js_status(c->js, o);
     cluster_pull_status(c->pull, o);
     cluster_deploy_status(c->deploy, o);
+    cluster_kv_status(c->kv, o);
     return o;
 }

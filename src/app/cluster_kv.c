@@ -1,0 +1,964 @@
+/* cluster_kv.c - the cluster's JetStream KV buckets as replicas on the
+ * node; see cluster_kv.h and docs/cluster.md. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cjson/cJSON.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/util.h>
+#include <nats/nats.h>
+
+#include "cluster_kv.h"
+#include "dict.h"
+#include "json_int.h"
+#include "log.h"
+#include "util.h"
+
+#define KV_RETRY 3         /* s: a question to the JetStream API without an answer is asked again */
+#define KV_FAILED_RETRY 10 /* s: a bucket that could not be made or watched is tried again */
+#define KV_WRITE_RETRY 5   /* s: an update without a PubAck is sent again (same Nats-Msg-Id) */
+#define KV_SILENCE 15      /* s: a watch that heard nothing, not even a heartbeat, starts again */
+#define KV_CATCHUP_WAIT 5  /* s: an update waiting for the replica to reach a sequence stops waiting */
+#define KV_PUT_FORGET 30   /* s: a put without a PubAck is counted as failed */
+#define KV_HEARTBEAT_NS "5000000000"
+#define KV_BUCKET_MAX 64
+#define KV_REPLICAS_MAX 3
+
+/* KV_WATCHING: the watch's consumer asked for; KV_LOADING: it delivers
+ * what the bucket held; KV_LIVE: the replica is whole. */
+enum kv_state { KV_ASKING, KV_CREATING, KV_WATCHING, KV_LOADING, KV_LIVE, KV_FAILED };
+static const char *const state_names[] = {"asking", "creating", "watching", "loading", "live", "failed"};
+
+/* A key's newest message as the replica holds it. */
+typedef struct kv_item {
+    char *payload; /* NULL when gone */
+    size_t len;
+    char type[8]; /* Tide-Kv-Type, "" for a string */
+    uint64_t rev;
+    int gone; /* a DEL or PURGE marker */
+} kv_item_t;
+
+/* An update waiting for its turn. */
+typedef struct kv_job {
+    struct kv_job *next;
+    script_kv_job_t *job;
+    char *subject;
+} kv_job_t;
+
+typedef struct kv_bucket {
+    cluster_kv_t *k;
+    char name[KV_BUCKET_MAX];
+    enum kv_state state;
+    char error[300];
+    unsigned token; /* of the API question in flight */
+    time_t asked;
+    int replicas;       /* asked for when making it */
+    uint64_t info_last; /* the stream's last sequence when asked */
+    dict_t items;       /* subject -> kv_item_t */
+    uint64_t last_seq;  /* the highest stream sequence the watch delivered */
+    uint64_t cseq;      /* the watch's last consumer sequence */
+    unsigned gen;       /* of the watch: its deliveries' inbox ends in .<gen> */
+    int synced;
+    char consumer[128]; /* the watch's consumer, to delete when it starts again */
+    natsSubscription *watch; /* on its deliver subject exactly: JetStream delivers only to such interest */
+    int64_t watch_sid;
+    int made;               /* the stream is there (made or found) */
+    struct kv_held *held, *held_tail; /* puts made before it was */
+    time_t heard;
+    kv_job_t *head, *tail; /* updates waiting */
+    kv_job_t *current;     /* the update being written */
+    natsMsg *sending;      /* its write, until JetStream answers */
+    unsigned send_token;
+    time_t sent;
+    uint64_t need; /* the next update waits until last_seq reaches it */
+    time_t need_since;
+    uint64_t puts, put_errors, updates, conflicts, update_failures;
+} kv_bucket_t;
+
+/* A put waiting for the bucket's stream to be there. */
+typedef struct kv_held {
+    struct kv_held *next;
+    natsMsg *msg;
+} kv_held_t;
+
+/* A put waiting for its PubAck. */
+typedef struct kv_put {
+    kv_bucket_t *b;
+    natsMsg *msg; /* sent again when no server answered for the stream */
+    time_t first, sent;
+    int again; /* to be sent again at the next tick */
+} kv_put_t;
+
+struct cluster_kv {
+    natsConnection *nc;
+    struct event_base *base;
+    char inbox[128];
+    dict_t buckets; /* name -> kv_bucket_t */
+    dict_t puts;    /* token text -> kv_put_t */
+    unsigned next_token;
+    uint64_t msg_ids;
+    struct event *kick; /* runs the update queues outside the scripts' calls */
+    cluster_kv_subscribe_fn subscribe; /* how to subscribe upstream */
+    void *subscribe_ctx;
+    struct bufferevent *probe;
+    char version[32]; /* the upstream server's, "" until known */
+    int per_subject;  /* it enforces Nats-Expected-Last-Subject-Sequence between racing writers */
+};
+
+static void run_queue(kv_bucket_t *b);
+
+/* ---- the server's version ----------------------------------------------------- */
+
+/* nats-server before 2.9.21 does not enforce the per-subject expected
+ * sequence between two writers racing in a cluster (nats-server issue
+ * 4320): those get the stream-wide one, exact on every version. */
+static int version_enforces_subject(const char *v)
+{
+    int major = 0, minor = 0, patch = 0;
+    if (sscanf(v, "%d.%d.%d", &major, &minor, &patch) < 2)
+        return 0;
+    if (major != 2)
+        return major > 2;
+    return minor > 9 || (minor == 9 && patch >= 21);
+}
+
+static void probe_end(cluster_kv_t *k)
+{
+    if (k->probe)
+        bufferevent_free(k->probe);
+    k->probe = NULL;
+}
+
+static void on_probe_read(struct bufferevent *bev, void *arg)
+{
+    cluster_kv_t *k = arg;
+    size_t n;
+    char *line = evbuffer_readln(bufferevent_get_input(bev), &n, EVBUFFER_EOL_CRLF);
+    if (!line)
+        return;
+    cJSON *info = strncmp(line, "INFO ", 5) ? NULL : cJSON_Parse(line + 5);
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(info, "version");
+    if (cJSON_IsString(v)) {
+        snprintf(k->version, sizeof k->version, "%s", v->valuestring);
+        k->per_subject = version_enforces_subject(v->valuestring);
+        log_info("cluster: the upstream server is nats-server %s: kv updates expect the %s sequence", k->version,
+                 k->per_subject ? "key's (Nats-Expected-Last-Subject-Sequence)"
+                                : "stream's (Nats-Expected-Last-Sequence)");
+    }
+    cJSON_Delete(info);
+    free(line);
+    probe_end(k);
+}
+
+static void on_probe_event(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    if (what & (BEV_EVENT_ERROR | BEV_EVENT_EOF | BEV_EVENT_TIMEOUT))
+        probe_end(arg);
+}
+
+/* Reads the INFO line the server at url sends first (before any TLS or
+ * login), for its version.  Without it (a host name, no answer) updates
+ * keep the stream-wide sequence, exact everywhere. */
+static void probe_version(cluster_kv_t *k, const char *url)
+{
+    struct sockaddr_storage ss;
+    int sslen = sizeof ss;
+    struct timeval five = {5, 0};
+    const char *hostport = strstr(url, "://");
+    hostport = hostport ? hostport + 3 : url;
+    probe_end(k);
+    if (evutil_parse_sockaddr_port(hostport, (struct sockaddr *)&ss, &sslen) < 0)
+        return;
+    if (!(k->probe = bufferevent_socket_new(k->base, -1, BEV_OPT_CLOSE_ON_FREE)))
+        return;
+    bufferevent_setcb(k->probe, on_probe_read, NULL, on_probe_event, k);
+    bufferevent_set_timeouts(k->probe, &five, &five);
+    bufferevent_enable(k->probe, EV_READ);
+    if (bufferevent_socket_connect(k->probe, (struct sockaddr *)&ss, sslen) < 0)
+        probe_end(k);
+}
+
+/* ---- the JetStream API ---------------------------------------------------------- */
+
+/* A question about b on $JS.API.<what> (body may be NULL); next: b's state
+ * while it waits for the answer. */
+static void ask(kv_bucket_t *b, const char *what, const char *body, enum kv_state next)
+{
+    char subject[256], reply[200];
+    snprintf(subject, sizeof subject, "$JS.API.%s", what);
+    b->token = ++b->k->next_token;
+    snprintf(reply, sizeof reply, "%s.a.%u", b->k->inbox, b->token);
+    b->asked = time(NULL);
+    b->state = next;
+    natsStatus s = natsConnection_PublishRequest(b->k->nc, subject, reply, body, body ? (int)strlen(body) : 0);
+    if (s != NATS_OK) {
+        b->state = KV_FAILED;
+        snprintf(b->error, sizeof b->error, "cannot ask the JetStream API: %s", natsStatus_GetText(s));
+    }
+}
+
+static void ask_info(kv_bucket_t *b)
+{
+    char what[128];
+    snprintf(what, sizeof what, "STREAM.INFO.KV_%s", b->name);
+    ask(b, what, NULL, KV_ASKING);
+}
+
+/* The bucket as the clients' KV API makes it: one value per key, deletes
+ * by marker, rollups allowed. */
+static void ask_create(kv_bucket_t *b)
+{
+    char what[128], body[1024];
+    snprintf(what, sizeof what, "STREAM.CREATE.KV_%s", b->name);
+    snprintf(body, sizeof body,
+             "{\"name\":\"KV_%s\",\"subjects\":[\"$KV.%s.>\"],\"retention\":\"limits\",\"max_consumers\":-1,"
+             "\"max_msgs_per_subject\":1,\"max_msgs\":-1,\"max_bytes\":-1,\"max_age\":0,\"max_msg_size\":-1,"
+             "\"storage\":\"file\",\"discard\":\"new\",\"num_replicas\":%d,\"duplicate_window\":120000000000,"
+             "\"allow_rollup_hdrs\":true,\"deny_delete\":true,\"deny_purge\":false,\"allow_direct\":true}",
+             b->name, b->name, b->replicas);
+    ask(b, what, body, KV_CREATING);
+}
+
+/* Sends the puts made before the stream was there. */
+static void flush_held(kv_bucket_t *b)
+{
+    kv_held_t *h, *next;
+    for (h = b->held; h; h = next) {
+        next = h->next;
+        natsConnection_PublishMsg(b->k->nc, h->msg); /* else sent again by the tick */
+        free(h);
+    }
+    b->held = b->held_tail = NULL;
+}
+
+/* A new watch: the newest message of every key (or, once the replica is
+ * whole, every message after last_seq), on <inbox>.w.<name>.<gen>. */
+static void start_watch(kv_bucket_t *b)
+{
+    char what[320], body[1024], from[64];
+    if (b->consumer[0]) { /* the old one, if the server still has it */
+        snprintf(what, sizeof what, "$JS.API.CONSUMER.DELETE.KV_%s.%s", b->name, b->consumer);
+        natsConnection_Publish(b->k->nc, what, NULL, 0);
+        b->consumer[0] = '\0';
+    }
+    if (b->watch) {
+        natsSubscription_Unsubscribe(b->watch);
+        natsSubscription_Destroy(b->watch);
+        b->watch = NULL;
+        b->watch_sid = 0;
+    }
+    b->gen++;
+    b->cseq = 0;
+    b->heard = time(NULL);
+    snprintf(what, sizeof what, "%s.w.%s.%u", b->k->inbox, b->name, b->gen);
+    natsStatus s = b->k->subscribe(b->k->subscribe_ctx, &b->watch, what);
+    if (s != NATS_OK) {
+        b->state = KV_FAILED;
+        b->asked = time(NULL);
+        snprintf(b->error, sizeof b->error, "cannot subscribe for the watch: %s", natsStatus_GetText(s));
+        return;
+    }
+    b->watch_sid = natsSubscription_GetID(b->watch);
+    if (b->synced) {
+        log_info("cluster: bucket %s: watching again from sequence %" PRIu64, b->name, b->last_seq + 1);
+        snprintf(from, sizeof from, "\"by_start_sequence\",\"opt_start_seq\":%" PRIu64, b->last_seq + 1);
+    }
+    else
+        snprintf(from, sizeof from, "\"last_per_subject\"");
+    snprintf(what, sizeof what, "CONSUMER.CREATE.KV_%s", b->name);
+    snprintf(body, sizeof body,
+             "{\"stream_name\":\"KV_%s\",\"config\":{\"deliver_subject\":\"%s.w.%s.%u\",\"deliver_policy\":%s,"
+             "\"filter_subject\":\"$KV.%s.>\",\"ack_policy\":\"none\",\"replay_policy\":\"instant\","
+             "\"idle_heartbeat\":" KV_HEARTBEAT_NS ",\"mem_storage\":true,"
+             "\"num_replicas\":1}}",
+             b->name, b->k->inbox, b->name, b->gen, from, b->name);
+    ask(b, what, body, KV_WATCHING);
+}
+
+static void note_synced(kv_bucket_t *b)
+{
+    if (b->synced)
+        return;
+    b->synced = 1;
+    if (b->info_last > b->last_seq)
+        b->last_seq = b->info_last;
+    b->state = KV_LIVE;
+    log_info("cluster: bucket %s: replica loaded (%zu keys, up to sequence %" PRIu64 ")", b->name,
+             b->items.count, b->last_seq);
+}
+
+/* min(3, the servers the connection knows of). */
+static int replicas_wanted(cluster_kv_t *k)
+{
+    char **servers = NULL;
+    int n = 0;
+    if (natsConnection_GetServers(k->nc, &servers, &n) != NATS_OK)
+        return 1;
+    for (int i = 0; i < n; i++)
+        free(servers[i]);
+    free(servers);
+    return n < 1 ? 1 : n > KV_REPLICAS_MAX ? KV_REPLICAS_MAX : n;
+}
+
+static void api_failed(kv_bucket_t *b, const char *what, const cJSON *err)
+{
+    const cJSON *d = cJSON_GetObjectItemCaseSensitive(err, "description");
+    b->state = KV_FAILED;
+    snprintf(b->error, sizeof b->error, "%s: %s", what, cJSON_IsString(d) ? d->valuestring : "refused");
+    log_warn("cluster: bucket %s: %s (tried again in %ds)", b->name, b->error, KV_FAILED_RETRY);
+}
+
+/* An answer of the JetStream API about b. */
+static void api_answer(kv_bucket_t *b, const cJSON *o)
+{
+    const cJSON *err = cJSON_GetObjectItemCaseSensitive(o, "error");
+    uint64_t code = 0, pending = 0;
+    json_get_uint(cJSON_GetObjectItemCaseSensitive(err, "err_code"), &code);
+    if (b->state == KV_ASKING && err && code == 10059) { /* stream not found */
+        b->replicas = replicas_wanted(b->k);
+        ask_create(b);
+    } else if (b->state == KV_CREATING && err && b->replicas > 1 && (code == 10023 || code == 10074)) {
+        b->replicas = 1; /* fewer servers with JetStream than the connection knows of */
+        ask_create(b);
+    } else if (b->state == KV_CREATING && err && code == 10058) { /* made meanwhile by another node */
+        ask_info(b);
+    } else if (err) {
+        api_failed(b, b->state == KV_ASKING ? "stream info" : b->state == KV_CREATING ? "create" : "watch", err);
+    } else if (b->state == KV_ASKING || b->state == KV_CREATING) {
+        const cJSON *st = cJSON_GetObjectItemCaseSensitive(o, "state");
+        json_get_uint(cJSON_GetObjectItemCaseSensitive(st, "last_seq"), &b->info_last);
+        if (b->state == KV_CREATING)
+            log_info("cluster: bucket %s: made stream KV_%s with %d replicas", b->name, b->name, b->replicas);
+        start_watch(b);
+    } else {
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(o, "name");
+        if (cJSON_IsString(name))
+            snprintf(b->consumer, sizeof b->consumer, "%s", name->valuestring);
+        b->error[0] = '\0';
+        json_get_uint(cJSON_GetObjectItemCaseSensitive(o, "num_pending"), &pending);
+        if (b->state == KV_WATCHING)
+            b->state = b->synced ? KV_LIVE : KV_LOADING;
+        b->made = 1; /* and has a leader: it made the consumer */
+        flush_held(b);
+        if (!pending)
+            note_synced(b);
+    }
+}
+
+/* ---- the watch ------------------------------------------------------------------ */
+
+static void item_free(void *p)
+{
+    kv_item_t *it = p;
+    if (it)
+        free(it->payload);
+    free(it);
+}
+
+/* Stream sequence, consumer sequence and pending count from a delivery's
+ * $JS.ACK reply subject (v1: 9 tokens; v2: 11 or 12).  0, or -1. */
+static int ack_meta(const char *reply, uint64_t *sseq, uint64_t *cseq, uint64_t *pending)
+{
+    const char *tok[13];
+    int n = 0;
+    if (!reply || strncmp(reply, "$JS.ACK.", 8))
+        return -1;
+    for (const char *p = reply; p && n < 13; p = strchr(p, '.'), p = p ? p + 1 : NULL)
+        tok[n++] = p;
+    int base = n == 9 ? 5 : n >= 11 ? 7 : -1;
+    if (base < 0)
+        return -1;
+    *sseq = strtoull(tok[base], NULL, 10);
+    *cseq = strtoull(tok[base + 1], NULL, 10);
+    *pending = strtoull(tok[base + 3], NULL, 10);
+    return 0;
+}
+
+/* Takes m's value (or marker) into the replica. */
+static void apply(kv_bucket_t *b, natsMsg *m, uint64_t sseq)
+{
+    const char *subject = natsMsg_GetSubject(m), *op = NULL, *type = NULL;
+    kv_item_t *it = dict_get(&b->items, subject, strlen(subject));
+    if (it && it->rev >= sseq)
+        return;
+    if (!it) {
+        if (!(it = calloc(1, sizeof *it)) || dict_put(&b->items, subject, strlen(subject), it) < 0) {
+            free(it);
+            log_error("cluster: bucket %s: out of memory keeping %s", b->name, subject);
+            return;
+        }
+    }
+    natsMsgHeader_Get(m, "KV-Operation", &op);
+    natsMsgHeader_Get(m, "Tide-Kv-Type", &type);
+    free(it->payload);
+    it->payload = NULL;
+    it->len = 0;
+    it->rev = sseq;
+    it->gone = op && (!strcmp(op, "DEL") || !strcmp(op, "PURGE"));
+    snprintf(it->type, sizeof it->type, "%s", type && strlen(type) < sizeof it->type ? type : "");
+    if (!it->gone) {
+        int len = natsMsg_GetDataLength(m);
+        it->payload = util_mem_dup(natsMsg_GetData(m) ? natsMsg_GetData(m) : "", (size_t)len);
+        it->len = (size_t)len;
+        if (!it->payload)
+            it->gone = 1;
+    }
+}
+
+/* A delivery (or heartbeat, flow control request) of b's watch. */
+static void on_watch(kv_bucket_t *b, natsMsg *m)
+{
+    const char *status = NULL, *reply = natsMsg_GetReply(m);
+    uint64_t sseq, cseq, pending;
+    b->heard = time(NULL);
+    if (natsMsgHeader_Get(m, "Status", &status) == NATS_OK && status) {
+        const char *last = NULL;
+        if (strcmp(status, "100"))
+            start_watch(b); /* the consumer went away */
+        else if (reply && reply[0]) /* flow control: the server waits for this */
+            natsConnection_Publish(b->k->nc, reply, NULL, 0);
+        else if (natsMsgHeader_Get(m, "Nats-Last-Consumer", &last) == NATS_OK && last &&
+                 strtoull(last, NULL, 10) > b->cseq)
+            start_watch(b); /* a heartbeat says deliveries were lost */
+        return;
+    }
+    if (ack_meta(reply, &sseq, &cseq, &pending) < 0)
+        return;
+    if (cseq != b->cseq + 1) { /* a delivery was lost: start again after what is kept */
+        log_warn("cluster: bucket %s: watch skipped from %" PRIu64 " to %" PRIu64 "; starting it again", b->name,
+                 b->cseq, cseq);
+        start_watch(b);
+        return;
+    }
+    b->cseq = cseq;
+    apply(b, m, sseq);
+    if (sseq > b->last_seq)
+        b->last_seq = sseq;
+    if (!pending)
+        note_synced(b);
+    run_queue(b);
+}
+
+/* ---- updates --------------------------------------------------------------------- */
+
+static void job_free(kv_job_t *j)
+{
+    if (!j)
+        return;
+    script_kv_job_free(j->job);
+    free(j->subject);
+    free(j);
+}
+
+/* The current update is over (written, or given up). */
+static void current_done(kv_bucket_t *b)
+{
+    job_free(b->current);
+    b->current = NULL;
+    if (b->sending)
+        natsMsg_Destroy(b->sending);
+    b->sending = NULL;
+}
+
+/* The message for w to subject, with the headers of its type or marker,
+ * what it expects, and an id of its own (a resend is deduplicated). */
+static natsMsg *write_msg(kv_bucket_t *b, const char *subject, const script_kv_write_t *w, uint64_t expect,
+                          unsigned token, const char *reply_kind)
+{
+    char reply[200], id[200], num[32];
+    natsMsg *m = NULL;
+    snprintf(reply, sizeof reply, "%s.%s.%u", b->k->inbox, reply_kind, token);
+    if (natsMsg_Create(&m, subject, reply, w->payload, (int)w->len) != NATS_OK)
+        return NULL;
+    if (w->type)
+        natsMsgHeader_Set(m, "Tide-Kv-Type", w->type);
+    if (w->op)
+        natsMsgHeader_Set(m, "KV-Operation", w->op);
+    if (expect != UINT64_MAX) {
+        snprintf(num, sizeof num, "%" PRIu64, expect);
+        natsMsgHeader_Set(m, b->k->per_subject ? "Nats-Expected-Last-Subject-Sequence" : "Nats-Expected-Last-Sequence",
+                          num);
+        snprintf(id, sizeof id, "%s-%" PRIu64, b->k->inbox, ++b->k->msg_ids);
+        natsMsgHeader_Set(m, "Nats-Msg-Id", id);
+    }
+    return m;
+}
+
+/* Runs the current update's function on the replica and sends its write. */
+static void attempt(kv_bucket_t *b)
+{
+    kv_item_t *it = dict_get(&b->items, b->current->subject, strlen(b->current->subject));
+    script_kv_entry_t e = {0};
+    script_kv_write_t w;
+    if (it && !it->gone) {
+        e.payload = it->payload;
+        e.len = it->len;
+        e.type = it->type[0] ? it->type : NULL;
+        e.revision = it->rev;
+    }
+    int rc = script_kv_job_run(b->current->job, it && !it->gone ? &e : NULL, &w);
+    if (rc != SCRIPT_KV_WRITE) {
+        b->update_failures += rc == SCRIPT_KV_FAILED;
+        current_done(b);
+        return;
+    }
+    uint64_t expect = b->k->per_subject ? (it ? it->rev : 0) : b->last_seq;
+    b->send_token = ++b->k->next_token;
+    b->sending = write_msg(b, b->current->subject, &w, expect, b->send_token, "u");
+    free(w.payload);
+    if (!b->sending || natsConnection_PublishMsg(b->k->nc, b->sending) != NATS_OK) {
+        /* not even buffered (the reconnect buffer is full): tried again by the tick */
+        log_warn("cluster: bucket %s: cannot send the update of %s yet", b->name, b->current->subject);
+    }
+    b->sent = time(NULL);
+}
+
+/* Starts the next update when none is being written and the replica is
+ * current up to what this node knows of the bucket. */
+static void run_queue(kv_bucket_t *b)
+{
+    while (b->synced && !b->sending && (b->current || b->head) &&
+           natsConnection_Status(b->k->nc) == NATS_CONN_STATUS_CONNECTED) {
+        if (b->need > b->last_seq)
+            return;
+        if (!b->current) {
+            b->current = b->head;
+            b->head = b->head->next;
+            if (!b->head)
+                b->tail = NULL;
+        }
+        attempt(b);
+    }
+}
+
+/* JetStream's answer to the current update's write. */
+static void on_update_ack(kv_bucket_t *b, const cJSON *o)
+{
+    const cJSON *err = cJSON_GetObjectItemCaseSensitive(o, "error");
+    uint64_t code = 0, seq = 0;
+    json_get_uint(cJSON_GetObjectItemCaseSensitive(err, "err_code"), &code);
+    if (err && code == 10071) { /* wrong last sequence: wait for the replica, then call fn again */
+        const cJSON *d = cJSON_GetObjectItemCaseSensitive(err, "description");
+        const char *n = cJSON_IsString(d) ? strrchr(d->valuestring, ' ') : NULL;
+        b->conflicts++;
+        b->need = n ? strtoull(n + 1, NULL, 10) : 0;
+        if (b->need <= b->last_seq)
+            b->need = b->last_seq + 1;
+        b->need_since = time(NULL);
+        natsMsg_Destroy(b->sending);
+        b->sending = NULL;
+    } else if (err) {
+        const cJSON *d = cJSON_GetObjectItemCaseSensitive(err, "description");
+        b->update_failures++;
+        log_warn("cluster: bucket %s: update of %s refused: %s", b->name, b->current->subject,
+                 cJSON_IsString(d) ? d->valuestring : "?");
+        current_done(b);
+    } else {
+        b->updates++;
+        if (json_get_uint(cJSON_GetObjectItemCaseSensitive(o, "seq"), &seq) == 0)
+            b->need = seq; /* the next update sees this one */
+        b->need_since = time(NULL);
+        current_done(b);
+    }
+    run_queue(b);
+}
+
+static void on_kick(evutil_socket_t fd, short what, void *arg)
+{
+    cluster_kv_t *k = arg;
+    (void)fd;
+    (void)what;
+    for (size_t i = 0; i < k->buckets.cap; i++)
+        if (k->buckets.slots[i].key)
+            run_queue(k->buckets.slots[i].val);
+}
+
+/* ---- the remote's functions ---------------------------------------------------------- */
+
+static kv_bucket_t *bucket_of(cluster_kv_t *k, const char *name)
+{
+    return dict_get(&k->buckets, name, strlen(name));
+}
+
+int cluster_kv_open(cluster_kv_t *k, const char *bucket, char *err, size_t errsz)
+{
+    kv_bucket_t *b;
+    size_t n = strlen(bucket);
+    if (bucket_of(k, bucket))
+        return 0;
+    if (!n || n >= KV_BUCKET_MAX || strpbrk(bucket, ".*> \t")) {
+        snprintf(err, errsz, "'%s' is not a bucket name", bucket);
+        return -1;
+    }
+    if (!(b = calloc(1, sizeof *b)) || dict_put(&k->buckets, bucket, n, b) < 0) {
+        free(b);
+        snprintf(err, errsz, "out of memory");
+        return -1;
+    }
+    b->k = k;
+    snprintf(b->name, sizeof b->name, "%s", bucket);
+    dict_init(&b->items);
+    if (natsConnection_Status(k->nc) == NATS_CONN_STATUS_CONNECTED)
+        ask_info(b);
+    else
+        b->state = KV_FAILED; /* asked once connected */
+    return 0;
+}
+
+int cluster_kv_get(cluster_kv_t *k, const char *bucket, const char *subject, script_kv_entry_t *e)
+{
+    kv_bucket_t *b = bucket_of(k, bucket);
+    kv_item_t *it = b ? dict_get(&b->items, subject, strlen(subject)) : NULL;
+    if (!it || it->gone)
+        return 0;
+    e->payload = it->payload;
+    e->len = it->len;
+    e->type = it->type[0] ? it->type : NULL;
+    e->revision = it->rev;
+    return 1;
+}
+
+int cluster_kv_synced(cluster_kv_t *k, const char *bucket)
+{
+    kv_bucket_t *b = bucket_of(k, bucket);
+    return b && b->synced;
+}
+
+static int remote_open(void *ctx, const char *bucket, char *err, size_t errsz)
+{
+    return cluster_kv_open(ctx, bucket, err, errsz);
+}
+
+static int remote_get(void *ctx, const char *bucket, const char *subject, script_kv_entry_t *e)
+{
+    return cluster_kv_get(ctx, bucket, subject, e);
+}
+
+static void remote_each(void *ctx, const char *bucket,
+                        void (*fn)(void *arg, const char *subject, size_t len, const script_kv_entry_t *e), void *arg)
+{
+    kv_bucket_t *b = bucket_of(ctx, bucket);
+    for (size_t i = 0; b && i < b->items.cap; i++) {
+        dict_entry_t *d = &b->items.slots[i];
+        kv_item_t *it = d->val;
+        if (!d->key || it->gone)
+            continue;
+        script_kv_entry_t e = {it->payload, it->len, it->type[0] ? it->type : NULL, it->rev};
+        fn(arg, d->key, d->klen, &e);
+    }
+}
+
+static void put_free(void *p)
+{
+    kv_put_t *put = p;
+    if (put)
+        natsMsg_Destroy(put->msg);
+    free(put);
+}
+
+static int remote_put(void *ctx, const char *bucket, const char *subject, const char *type, const char *op,
+                      const char *payload, size_t len, char *err, size_t errsz)
+{
+    cluster_kv_t *k = ctx;
+    kv_bucket_t *b = bucket_of(k, bucket);
+    script_kv_write_t w = {(char *)payload, len, type, op};
+    kv_put_t *p = calloc(1, sizeof *p);
+    kv_held_t *h = NULL;
+    char key[32];
+    natsStatus s = NATS_NO_MEMORY;
+    unsigned token = ++k->next_token;
+    snprintf(key, sizeof key, "%u", token);
+    if (!b || !p || !(p->msg = write_msg(b, subject, &w, UINT64_MAX, token, "p")))
+        goto fail;
+    p->b = b;
+    p->first = p->sent = time(NULL);
+    if (!b->made && !(h = calloc(1, sizeof *h)))
+        goto fail;
+    if (dict_put(&k->puts, key, strlen(key), p) < 0)
+        goto fail;
+    if (h) { /* sent, in order, once the stream is there (flush_held) */
+        h->msg = p->msg;
+        if (b->held_tail)
+            b->held_tail->next = h;
+        else
+            b->held = h;
+        b->held_tail = h;
+    } else if ((s = natsConnection_PublishMsg(k->nc, p->msg)) != NATS_OK) {
+        put_free(dict_remove(&k->puts, key, strlen(key)));
+        p = NULL;
+        goto fail;
+    }
+    b->puts++;
+    return 0;
+fail:
+    snprintf(err, errsz, "%s", !b ? "bucket not open" : natsStatus_GetText(s));
+    if (b)
+        b->put_errors++;
+    put_free(p);
+    free(h);
+    return -1;
+}
+
+static int remote_update(void *ctx, const char *bucket, const char *subject, script_kv_job_t *job, char *err,
+                         size_t errsz)
+{
+    cluster_kv_t *k = ctx;
+    kv_bucket_t *b = bucket_of(k, bucket);
+    kv_job_t *j = calloc(1, sizeof *j);
+    if (!b || !j || !(j->subject = strdup(subject))) {
+        snprintf(err, errsz, "%s", b ? "out of memory" : "bucket not open");
+        free(j);
+        script_kv_job_free(job);
+        return -1;
+    }
+    j->job = job;
+    if (b->tail)
+        b->tail->next = j;
+    else
+        b->head = j;
+    b->tail = j;
+    event_active(k->kick, EV_TIMEOUT, 0); /* not now: the caller is a script */
+    return 0;
+}
+
+void cluster_kv_remote(cluster_kv_t *k, script_kv_remote_t *ops)
+{
+    ops->ctx = k;
+    ops->open = remote_open;
+    ops->get = remote_get;
+    ops->each = remote_each;
+    ops->put = remote_put;
+    ops->update = remote_update;
+}
+
+/* ---- the inbox, the tick, the connection -------------------------------------------- */
+
+static kv_bucket_t *bucket_by_token(cluster_kv_t *k, unsigned token, int sending)
+{
+    for (size_t i = 0; i < k->buckets.cap; i++) {
+        kv_bucket_t *b = k->buckets.slots[i].key ? k->buckets.slots[i].val : NULL;
+        if (b && (sending ? b->sending && b->send_token == token : b->token == token))
+            return b;
+    }
+    return NULL;
+}
+
+/* JetStream's answer to a put: a PubAck, an error, or (no status 503:
+ * the stream has no leader just now) nothing: then it is sent again. */
+static void on_put_ack(cluster_kv_t *k, const char *token, natsMsg *m, const cJSON *o)
+{
+    kv_put_t *p = dict_get(&k->puts, token, strlen(token));
+    const cJSON *err = cJSON_GetObjectItemCaseSensitive(o, "error");
+    const cJSON *d = cJSON_GetObjectItemCaseSensitive(err, "description");
+    const char *status = NULL;
+    if (!p)
+        return;
+    if (!o && natsMsgHeader_Get(m, "Status", &status) == NATS_OK && status && !strcmp(status, "503")) {
+        p->again = 1;
+        return;
+    }
+    if (err || !o) {
+        p->b->put_errors++;
+        log_warn("cluster: bucket %s: a write was refused: %s", p->b->name, cJSON_IsString(d) ? d->valuestring : "?");
+    }
+    put_free(dict_remove(&k->puts, token, strlen(token)));
+}
+
+void cluster_kv_message(cluster_kv_t *k, int64_t sid, natsMsg *m)
+{
+    const char *subject = natsMsg_GetSubject(m), *rest;
+    size_t il = strlen(k->inbox);
+    unsigned n = 0;
+    for (size_t i = 0; i < k->buckets.cap; i++) {
+        kv_bucket_t *b = k->buckets.slots[i].key ? k->buckets.slots[i].val : NULL;
+        if (b && b->watch && b->watch_sid == sid) {
+            on_watch(b, m);
+            return;
+        }
+    }
+    if (strncmp(subject, k->inbox, il) || (rest = subject + il)[0] != '.' || !rest[1] || rest[2] != '.')
+        return; /* a watch's message that came after it started again */
+    cJSON *o = cJSON_ParseWithLength(natsMsg_GetData(m) ? natsMsg_GetData(m) : "", (size_t)natsMsg_GetDataLength(m));
+    n = (unsigned)strtoul(rest + 3, NULL, 10);
+    if (rest[1] == 'p') {
+        on_put_ack(k, rest + 3, m, o);
+    } else if (rest[1] == 'u') {
+        kv_bucket_t *b = bucket_by_token(k, n, 1);
+        if (b && o)
+            on_update_ack(b, o);
+    } else if (rest[1] == 'a') {
+        kv_bucket_t *b = bucket_by_token(k, n, 0);
+        if (b && o && b->state != KV_FAILED)
+            api_answer(b, o);
+    }
+    cJSON_Delete(o);
+}
+
+static void tick_bucket(kv_bucket_t *b, time_t now)
+{
+    if ((b->state == KV_FAILED && now - b->asked >= KV_FAILED_RETRY) ||
+        ((b->state == KV_ASKING || b->state == KV_CREATING || b->state == KV_WATCHING) && now - b->asked >= KV_RETRY))
+        ask_info(b);
+    else if ((b->state == KV_LIVE || b->state == KV_LOADING) && now - b->heard >= KV_SILENCE)
+        start_watch(b);
+    if (b->sending && now - b->sent >= KV_WRITE_RETRY) {
+        natsConnection_PublishMsg(b->k->nc, b->sending); /* same id: JetStream keeps one */
+        b->sent = now;
+    }
+    if (!b->sending && b->need > b->last_seq && now - b->need_since >= KV_CATCHUP_WAIT) {
+        log_warn("cluster: bucket %s: the replica did not reach sequence %" PRIu64 " (it is at %" PRIu64
+                 "); the next update goes ahead",
+                 b->name, b->need, b->last_seq);
+        b->need = 0;
+    }
+    run_queue(b);
+}
+
+void cluster_kv_tick(cluster_kv_t *k)
+{
+    time_t now = time(NULL);
+    if (natsConnection_Status(k->nc) != NATS_CONN_STATUS_CONNECTED)
+        return;
+    for (size_t i = 0; i < k->buckets.cap; i++)
+        if (k->buckets.slots[i].key)
+            tick_bucket(k->buckets.slots[i].val, now);
+    for (size_t i = 0; i < k->puts.cap; i++) {
+        dict_entry_t *d = &k->puts.slots[i];
+        kv_put_t *p = d->key ? d->val : NULL;
+        if (p && now - p->first >= KV_PUT_FORGET) {
+            p->b->put_errors++;
+            log_warn("cluster: bucket %s: a write got no answer in %ds: given up", p->b->name, KV_PUT_FORGET);
+            put_free(dict_remove(&k->puts, d->key, d->klen));
+            i--; /* backward-shift deletion may have moved another entry here */
+        } else if (p && p->again && p->b->made) {
+            p->again = 0;
+            p->sent = now;
+            natsConnection_PublishMsg(k->nc, p->msg);
+        }
+    }
+}
+
+void cluster_kv_connected(cluster_kv_t *k, const char *url)
+{
+    probe_version(k, url);
+    for (size_t i = 0; i < k->buckets.cap; i++) {
+        kv_bucket_t *b = k->buckets.slots[i].key ? k->buckets.slots[i].val : NULL;
+        if (!b)
+            continue;
+        if (b->state == KV_LIVE || b->state == KV_LOADING || b->state == KV_WATCHING)
+            start_watch(b); /* the old consumer may be gone with the connection */
+        else
+            ask_info(b);
+        if (b->sending) {
+            natsConnection_PublishMsg(k->nc, b->sending);
+            b->sent = time(NULL);
+        }
+    }
+}
+
+/* ---- making and freeing, status --------------------------------------------------------- */
+
+cluster_kv_t *cluster_kv_new(natsConnection *nc, struct event_base *base, const char *inbox,
+                             cluster_kv_subscribe_fn subscribe, void *ctx)
+{
+    cluster_kv_t *k = calloc(1, sizeof *k);
+    if (!k)
+        return NULL;
+    k->nc = nc;
+    k->subscribe = subscribe;
+    k->subscribe_ctx = ctx;
+    k->base = base;
+    snprintf(k->inbox, sizeof k->inbox, "%s", inbox);
+    dict_init(&k->buckets);
+    dict_init(&k->puts);
+    if (!(k->kick = event_new(base, -1, 0, on_kick, k))) {
+        free(k);
+        return NULL;
+    }
+    return k;
+}
+
+void cluster_kv_unsubscribe(cluster_kv_t *k)
+{
+    for (size_t i = 0; k && i < k->buckets.cap; i++) {
+        kv_bucket_t *b = k->buckets.slots[i].key ? k->buckets.slots[i].val : NULL;
+        if (b && b->watch)
+            natsSubscription_Destroy(b->watch);
+        if (b)
+            b->watch = NULL, b->watch_sid = 0;
+    }
+}
+
+static void bucket_free(void *p)
+{
+    kv_bucket_t *b = p;
+    kv_job_t *j, *next;
+    kv_held_t *h, *hn;
+    for (h = b->held; h; h = hn) { /* their messages are the puts' */
+        hn = h->next;
+        free(h);
+    }
+    if (b->watch)
+        natsSubscription_Destroy(b->watch);
+    current_done(b);
+    for (j = b->head; j; j = next) {
+        next = j->next;
+        job_free(j);
+    }
+    dict_clear(&b->items, item_free);
+    free(b);
+}
+
+void cluster_kv_free(cluster_kv_t *k)
+{
+    if (!k)
+        return;
+    probe_end(k);
+    for (size_t i = 0; i < k->buckets.cap; i++) {
+        kv_bucket_t *b = k->buckets.slots[i].key ? k->buckets.slots[i].val : NULL;
+        if (b && (b->current || b->head))
+            log_warn("cluster: bucket %s: updates not written as the node stops: %s", b->name,
+                     b->sending ? "one sent without an answer yet, and the queued ones" : "the queued ones");
+    }
+    dict_clear(&k->buckets, bucket_free);
+    dict_clear(&k->puts, put_free);
+    if (k->kick)
+        event_free(k->kick);
+    free(k);
+}
+
+void cluster_kv_status(cluster_kv_t *k, cJSON *o)
+{
+    cJSON *arr = cJSON_AddArrayToObject(o, "buckets");
+    cJSON_AddStringToObject(o, "kv_expect", k->per_subject ? "subject" : "stream");
+    for (size_t i = 0; arr && i < k->buckets.cap; i++) {
+        kv_bucket_t *b = k->buckets.slots[i].key ? k->buckets.slots[i].val : NULL;
+        cJSON *e = b ? cJSON_CreateObject() : NULL;
+        size_t queued = 0;
+        if (!e)
+            continue;
+        for (kv_job_t *j = b->head; j; j = j->next)
+            queued++;
+        cJSON_AddStringToObject(e, "name", b->name);
+        cJSON_AddStringToObject(e, "state", state_names[b->state]);
+        cJSON_AddStringToObject(e, "error", b->error);
+        cJSON_AddBoolToObject(e, "synced", b->synced);
+        json_add_uint(e, "keys", b->items.count);
+        json_add_uint(e, "last_seq", b->last_seq);
+        json_add_uint(e, "puts", b->puts);
+        json_add_uint(e, "put_errors", b->put_errors);
+        json_add_uint(e, "updates", b->updates);
+        json_add_uint(e, "conflicts", b->conflicts);
+        json_add_uint(e, "update_failures", b->update_failures);
+        json_add_uint(e, "queued", queued + (b->current != NULL));
+        cJSON_AddItemToArray(arr, e);
+    }
+}
