@@ -177,4 +177,39 @@ describe("cluster mode: kv buckets", function()
     assert.equal(N, updates.a, out)
     assert.equal(N, updates.b, out)
   end)
+
+  it("acks a handler's event only once the bucket updates it queued are stored (kill -9 right after)", function()
+    local c = t:start_node("c", { ns[2].port }, [[
+stream "jobs" { subjects = { "jobs.>" }, backend = "jetstream", replicas = 3 }
+consumer "tally" { stream = "jobs", filter = "jobs.>", ack_wait = "30s" }
+local tallies = tide.kv.bucket("tallies")
+on("jobs.>", { consumer = "tally" }, function(e)
+  tallies:update("done", function(v) return (v or 0) + 1 end)
+end)
+]])
+    cs.wait_ready({ c })
+    assert(h.wait_until(function() return c:log():find("bucket tallies: replica loaded", 1, true) end, 30), c:log())
+    local N = 300
+    local pub = cs.client(ns[1].port)
+    local parts = {}
+    for i = 1, N do
+      local body = event { i = i }
+      parts[i] = ("PUB jobs.x %d\r\n%s\r\n"):format(#body, body)
+    end
+    assert(pub:send(table.concat(parts)))
+    assert(pub:ping())
+    pub:close()
+    -- the moment JetStream has every event acked, the node dies
+    local floor = 0
+    h.wait_until(function()
+      local m = h.request(ns[1].port, "$JS.API.CONSUMER.INFO.jobs.tally", "")
+      local info = m and json.decode(m.payload)
+      floor = info and info.ack_floor and info.ack_floor.consumer_seq or floor
+      return floor >= N
+    end, 60, 0)
+    c:kill()
+    assert.equal(N, floor, c:log())
+    local seen = client_kv(ns[3].port, "tallies", "read", "done")
+    assert.equal(tostring(N), seen.done and seen.done.value, c:log())
+  end)
 end)

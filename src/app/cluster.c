@@ -738,6 +738,12 @@ static natsStatus subscribe_bucket_watch(void *ctx, natsSubscription **ns, const
     return s;
 }
 
+static void kv_settled(void *arg)
+{
+    cluster_t *c = arg;
+    cluster_pull_kv_settled(c->pull);
+}
+
 /* The scripts' KV buckets: their inbox, and tide.kv / tide.kv.bucket
  * pointed at them (the rules' state is built again for that). */
 static int start_buckets(cluster_t *c, char *err, size_t errsz)
@@ -757,6 +763,8 @@ static int start_buckets(cluster_t *c, char *err, size_t errsz)
         snprintf(err, errsz, "cluster: out of memory");
         return -1;
     }
+    cluster_kv_on_settled(c->kv, kv_settled, c);
+    cluster_pull_set_kv(c->pull, c->kv);
     cluster_kv_remote(c->kv, &ops);
     return script_host_set_kv_remote(c->n->scripts, &ops, err, errsz);
 }

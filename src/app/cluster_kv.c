@@ -50,6 +50,7 @@ typedef struct kv_job {
     struct kv_job *next;
     script_kv_job_t *job;
     char *subject;
+    uint64_t ticket; /* its place among the node's writes */
 } kv_job_t;
 
 typedef struct kv_bucket {
@@ -94,6 +95,7 @@ typedef struct kv_put {
     natsMsg *msg; /* sent again when no server answered for the stream */
     time_t first, sent;
     int again; /* to be sent again at the next tick */
+    uint64_t ticket;
 } kv_put_t;
 
 struct cluster_kv {
@@ -108,6 +110,9 @@ struct cluster_kv {
     cluster_kv_subscribe_fn subscribe; /* how to subscribe upstream */
     void *subscribe_ctx;
     struct bufferevent *probe;
+    uint64_t tickets; /* writes (puts and updates) queued so far */
+    void (*on_settled)(void *arg); /* a write was answered (or given up) */
+    void *settled_arg;
     char version[32]; /* the upstream server's, "" until known */
     int per_subject;  /* it enforces Nats-Expected-Last-Subject-Sequence between racing writers */
 };
@@ -461,11 +466,14 @@ static void job_free(kv_job_t *j)
 /* The current update is over (written, or given up). */
 static void current_done(kv_bucket_t *b)
 {
+    int was = b->current != NULL;
     job_free(b->current);
     b->current = NULL;
     if (b->sending)
         natsMsg_Destroy(b->sending);
     b->sending = NULL;
+    if (was && b->k->on_settled)
+        b->k->on_settled(b->k->settled_arg);
 }
 
 /* The message for w to subject, with the headers of its type or marker,
@@ -679,6 +687,7 @@ static int remote_put(void *ctx, const char *bucket, const char *subject, const 
     if (!b || !p || !(p->msg = write_msg(b, subject, &w, UINT64_MAX, token, "p")))
         goto fail;
     p->b = b;
+    p->ticket = ++k->tickets;
     p->first = p->sent = time(NULL);
     if (!b->made && !(h = calloc(1, sizeof *h)))
         goto fail;
@@ -720,6 +729,7 @@ static int remote_update(void *ctx, const char *bucket, const char *subject, scr
         return -1;
     }
     j->job = job;
+    j->ticket = ++k->tickets;
     if (b->tail)
         b->tail->next = j;
     else
@@ -727,6 +737,32 @@ static int remote_update(void *ctx, const char *bucket, const char *subject, scr
     b->tail = j;
     event_active(k->kick, EV_TIMEOUT, 0); /* not now: the caller is a script */
     return 0;
+}
+
+uint64_t cluster_kv_ticket(cluster_kv_t *k)
+{
+    return k ? k->tickets : 0;
+}
+
+int cluster_kv_settled(cluster_kv_t *k, uint64_t ticket)
+{
+    if (!k)
+        return 1;
+    for (size_t i = 0; i < k->puts.cap; i++)
+        if (k->puts.slots[i].key && ((kv_put_t *)k->puts.slots[i].val)->ticket <= ticket)
+            return 0;
+    for (size_t i = 0; i < k->buckets.cap; i++) {
+        kv_bucket_t *b = k->buckets.slots[i].key ? k->buckets.slots[i].val : NULL;
+        if (b && ((b->current && b->current->ticket <= ticket) || (b->head && b->head->ticket <= ticket)))
+            return 0;
+    }
+    return 1;
+}
+
+void cluster_kv_on_settled(cluster_kv_t *k, void (*fn)(void *arg), void *arg)
+{
+    k->on_settled = fn;
+    k->settled_arg = arg;
 }
 
 void cluster_kv_remote(cluster_kv_t *k, script_kv_remote_t *ops)
@@ -770,6 +806,8 @@ static void on_put_ack(cluster_kv_t *k, const char *token, natsMsg *m, const cJS
         log_warn("cluster: bucket %s: a write was refused: %s", p->b->name, cJSON_IsString(d) ? d->valuestring : "?");
     }
     put_free(dict_remove(&k->puts, token, strlen(token)));
+    if (k->on_settled)
+        k->on_settled(k->settled_arg);
 }
 
 void cluster_kv_message(cluster_kv_t *k, int64_t sid, natsMsg *m)
@@ -838,6 +876,8 @@ void cluster_kv_tick(cluster_kv_t *k)
             log_warn("cluster: bucket %s: a write got no answer in %ds: given up", p->b->name, KV_PUT_FORGET);
             put_free(dict_remove(&k->puts, d->key, d->klen));
             i--; /* backward-shift deletion may have moved another entry here */
+            if (k->on_settled)
+                k->on_settled(k->settled_arg);
         } else if (p && p->again && p->b->made) {
             p->again = 0;
             p->sent = now;
@@ -921,6 +961,7 @@ void cluster_kv_free(cluster_kv_t *k)
 {
     if (!k)
         return;
+    k->on_settled = NULL; /* what waits for the writes goes first */
     probe_end(k);
     for (size_t i = 0; i < k->buckets.cap; i++) {
         kv_bucket_t *b = k->buckets.slots[i].key ? k->buckets.slots[i].val : NULL;

@@ -76,6 +76,18 @@ void cluster_kv_connected(cluster_kv_t *k, const char *url);
  * a watch that stopped hearing from JetStream is started again. */
 void cluster_kv_tick(cluster_kv_t *k);
 
+/* The node's writes to buckets (puts, updates, incrs) so far: a ticket
+ * that cluster_kv_settled compares with (k NULL: 0). */
+uint64_t cluster_kv_ticket(cluster_kv_t *k);
+
+/* 1 when every write made up to ticket was answered by JetStream (stored,
+ * refused) or given up, else 0 (k NULL: 1).  A scan of the writes in
+ * flight: call it when cluster_kv_on_settled's fn says one ended. */
+int cluster_kv_settled(cluster_kv_t *k, uint64_t ticket);
+
+/* fn(arg) is called on the loop each time a write ends (NULL: none). */
+void cluster_kv_on_settled(cluster_kv_t *k, void (*fn)(void *arg), void *arg);
+
 /* Adds "buckets": [{name, state, error, keys, last_seq, synced, puts,
  * put_errors, updates, conflicts, update_failures, queued}] and
  * "kv_expect" (the header updates use) to o. */

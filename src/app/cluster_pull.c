@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "cluster.h"
+#include "cluster_kv.h"
 #include "cluster_pull.h"
 #include "log.h"
 
@@ -48,6 +49,13 @@ typedef struct dead_letter {
     char *ack_subject; /* the event's $JS.ACK reply, owned */
 } dead_letter_t;
 
+/* An +ACK waiting for the bucket writes its handler queued. */
+typedef struct held_ack {
+    struct held_ack *next;
+    uint64_t ticket; /* cluster_kv_ticket after the handler */
+    char *ack_subject;
+} held_ack_t;
+
 struct cluster_pull {
     natsConnection *nc;
     script_host_t *scripts;
@@ -57,6 +65,8 @@ struct cluster_pull {
     int n;
     unsigned next_token;
     dead_letter_t *dead_letters;
+    cluster_kv_t *kv;     /* the buckets the handlers write, or NULL */
+    held_ack_t *held, *held_tail; /* acks waiting for them, oldest first */
     int paused;       /* the upstream went away and has not come back */
     uint64_t pauses;  /* how often */
 };
@@ -89,6 +99,11 @@ void cluster_pull_free(cluster_pull_t *p)
         next = d->next;
         free(d->ack_subject);
         free(d);
+    }
+    for (held_ack_t *a = p->held, *next; a; a = next) { /* not acked: JetStream offers them again */
+        next = a->next;
+        free(a->ack_subject);
+        free(a);
     }
     free(p->consumers);
     free(p);
@@ -258,6 +273,47 @@ void cluster_pull_pause(cluster_pull_t *p)
 static void reply_ack(cluster_pull_t *p, const char *ack_subject, const char *body)
 {
     natsConnection_PublishString(p->nc, ack_subject, body);
+}
+
+/* +ACK for an event whose handler returned: at once, or, when it queued
+ * bucket writes, once JetStream answered them (cluster_pull_kv_settled), so
+ * that an acked event's writes are stored. */
+static void ack_handled(cluster_pull_t *p, const char *ack_subject)
+{
+    uint64_t ticket = cluster_kv_ticket(p->kv);
+    held_ack_t *a = NULL;
+    if (!p->held && cluster_kv_settled(p->kv, ticket)) {
+        reply_ack(p, ack_subject, "+ACK");
+        return;
+    }
+    if (!(a = calloc(1, sizeof *a)) || !(a->ack_subject = strdup(ack_subject))) {
+        free(a); /* out of memory: not acked, JetStream offers it again after ack_wait */
+        return;
+    }
+    a->ticket = ticket;
+    if (p->held_tail)
+        p->held_tail->next = a;
+    else
+        p->held = a;
+    p->held_tail = a;
+}
+
+void cluster_pull_set_kv(cluster_pull_t *p, cluster_kv_t *kv)
+{
+    p->kv = kv;
+}
+
+void cluster_pull_kv_settled(cluster_pull_t *p)
+{
+    while (p->held && cluster_kv_settled(p->kv, p->held->ticket)) {
+        held_ack_t *a = p->held;
+        p->held = a->next;
+        if (!p->held)
+            p->held_tail = NULL;
+        reply_ack(p, a->ack_subject, "+ACK");
+        free(a->ack_subject);
+        free(a);
+    }
 }
 
 /* Copies m's headers but those that must not follow an event to its dead
@@ -481,7 +537,7 @@ static void handle_event(cluster_pull_t *p, pull_consumer_t *pc, natsMsg *m, con
     free(hdr);
     pc->handled++;
     if (v.kind == VERDICT_ACK) {
-        reply_ack(p, natsMsg_GetReply(m), "+ACK");
+        ack_handled(p, natsMsg_GetReply(m));
         pc->acked++;
     } else if (v.kind == VERDICT_PROGRESS) {
         reply_ack(p, natsMsg_GetReply(m), "+WPI");

@@ -46,6 +46,16 @@ void cluster_pull_message(cluster_pull_t *p, natsMsg *m);
 /* The upstream went away: handlers pause until cluster_pull_sync(p, 1). */
 void cluster_pull_pause(cluster_pull_t *p);
 
+struct cluster_kv;
+/* The buckets the handlers write (kv may be NULL): an event's +ACK waits
+ * until JetStream answered the bucket writes queued up to its handler's
+ * end. */
+void cluster_pull_set_kv(cluster_pull_t *p, struct cluster_kv *kv);
+
+/* A bucket write ended: sends the acks that waited for it (and those
+ * before). */
+void cluster_pull_kv_settled(cluster_pull_t *p);
+
 /* Adds "consumers": [{name, stream, state, error, handled, acked, naked,
  * redelivered, dead_lettered, given_up, dead_letter_failures, pending}],
  * "handler_lag" (their pending events, summed), "handlers_paused" and
