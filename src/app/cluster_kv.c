@@ -30,6 +30,7 @@
 #define KV_HEARTBEAT_NS "5000000000"
 #define KV_BUCKET_MAX 64
 #define KV_REPLICAS_MAX 3
+#define KV_QUEUE_MAX 100000 /* updates one bucket may have waiting; past it update() raises */
 
 /* KV_WATCHING: the watch's consumer asked for; KV_LOADING: it delivers
  * what the bucket held; KV_LIVE: the replica is whole. */
@@ -75,6 +76,7 @@ typedef struct kv_bucket {
     time_t heard;
     kv_job_t *head, *tail; /* updates waiting */
     kv_job_t *current;     /* the update being written */
+    size_t queued;         /* from head to tail */
     natsMsg *sending;      /* its write, until JetStream answers */
     unsigned send_token;
     time_t sent;
@@ -540,6 +542,7 @@ static void run_queue(kv_bucket_t *b)
         if (!b->current) {
             b->current = b->head;
             b->head = b->head->next;
+            b->queued--;
             if (!b->head)
                 b->tail = NULL;
         }
@@ -721,15 +724,19 @@ static int remote_update(void *ctx, const char *bucket, const char *subject, scr
 {
     cluster_kv_t *k = ctx;
     kv_bucket_t *b = bucket_of(k, bucket);
-    kv_job_t *j = calloc(1, sizeof *j);
+    kv_job_t *j = b && b->queued < KV_QUEUE_MAX ? calloc(1, sizeof *j) : NULL;
     if (!b || !j || !(j->subject = strdup(subject))) {
-        snprintf(err, errsz, "%s", b ? "out of memory" : "bucket not open");
+        if (b && b->queued >= KV_QUEUE_MAX)
+            snprintf(err, errsz, "%d updates wait for the bucket already", KV_QUEUE_MAX);
+        else
+            snprintf(err, errsz, "%s", b ? "out of memory" : "bucket not open");
         free(j);
         script_kv_job_free(job);
         return -1;
     }
     j->job = job;
     j->ticket = ++k->tickets;
+    b->queued++;
     if (b->tail)
         b->tail->next = j;
     else
@@ -983,11 +990,8 @@ void cluster_kv_status(cluster_kv_t *k, cJSON *o)
     for (size_t i = 0; arr && i < k->buckets.cap; i++) {
         kv_bucket_t *b = k->buckets.slots[i].key ? k->buckets.slots[i].val : NULL;
         cJSON *e = b ? cJSON_CreateObject() : NULL;
-        size_t queued = 0;
         if (!e)
             continue;
-        for (kv_job_t *j = b->head; j; j = j->next)
-            queued++;
         cJSON_AddStringToObject(e, "name", b->name);
         cJSON_AddStringToObject(e, "state", state_names[b->state]);
         cJSON_AddStringToObject(e, "error", b->error);
@@ -999,7 +1003,7 @@ void cluster_kv_status(cluster_kv_t *k, cJSON *o)
         json_add_uint(e, "updates", b->updates);
         json_add_uint(e, "conflicts", b->conflicts);
         json_add_uint(e, "update_failures", b->update_failures);
-        json_add_uint(e, "queued", queued + (b->current != NULL));
+        json_add_uint(e, "queued", b->queued + (b->current != NULL));
         cJSON_AddItemToArray(arr, e);
     }
 }
