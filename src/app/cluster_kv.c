@@ -15,111 +15,13 @@
 #include <event2/util.h>
 #include <nats/nats.h>
 
-#include "cluster_kv.h"
+#include "cluster_kv_internal.h"
 #include "dict.h"
 #include "json_int.h"
 #include "log.h"
 #include "util.h"
 
-#define KV_RETRY 3         /* s: a question to the JetStream API without an answer is asked again */
-#define KV_FAILED_RETRY 10 /* s: a bucket that could not be made or watched is tried again */
-#define KV_WRITE_RETRY 5   /* s: an update without a PubAck is sent again (same Nats-Msg-Id) */
-#define KV_SILENCE 15      /* s: a watch that heard nothing, not even a heartbeat, starts again */
-#define KV_CATCHUP_WAIT 5  /* s: an update waiting for the replica to reach a sequence stops waiting */
-#define KV_PUT_FORGET 30   /* s: a put without a PubAck is counted as failed */
-#define KV_HEARTBEAT_NS "5000000000"
-#define KV_BUCKET_MAX 64
-#define KV_REPLICAS_MAX 3
-#define KV_QUEUE_MAX 100000 /* updates one bucket may have waiting; past it update() raises */
-
-/* KV_WATCHING: the watch's consumer asked for; KV_LOADING: it delivers
- * what the bucket held; KV_LIVE: the replica is whole. */
-enum kv_state { KV_ASKING, KV_CREATING, KV_WATCHING, KV_LOADING, KV_LIVE, KV_FAILED };
 static const char *const state_names[] = {"asking", "creating", "watching", "loading", "live", "failed"};
-
-/* A key's newest message as the replica holds it. */
-typedef struct kv_item {
-    char *payload; /* NULL when gone */
-    size_t len;
-    char type[8]; /* Tide-Kv-Type, "" for a string */
-    uint64_t rev;
-    int gone; /* a DEL or PURGE marker */
-} kv_item_t;
-
-/* An update waiting for its turn. */
-typedef struct kv_job {
-    struct kv_job *next;
-    script_kv_job_t *job;
-    char *subject;
-    uint64_t ticket; /* its place among the node's writes */
-} kv_job_t;
-
-typedef struct kv_bucket {
-    cluster_kv_t *k;
-    char name[KV_BUCKET_MAX];
-    enum kv_state state;
-    char error[300];
-    unsigned token; /* of the API question in flight */
-    time_t asked;
-    int replicas;       /* asked for when making it */
-    uint64_t info_last; /* the stream's last sequence when asked */
-    dict_t items;       /* subject -> kv_item_t */
-    uint64_t last_seq;  /* the highest stream sequence the watch delivered */
-    uint64_t cseq;      /* the watch's last consumer sequence */
-    unsigned gen;       /* of the watch: its deliveries' inbox ends in .<gen> */
-    int synced;
-    char consumer[128]; /* the watch's consumer, to delete when it starts again */
-    natsSubscription *watch; /* on its deliver subject exactly: JetStream delivers only to such interest */
-    int64_t watch_sid;
-    int made;               /* the stream is there (made or found) */
-    struct kv_held *held, *held_tail; /* puts made before it was */
-    time_t heard;
-    kv_job_t *head, *tail; /* updates waiting */
-    kv_job_t *current;     /* the update being written */
-    size_t queued;         /* from head to tail */
-    natsMsg *sending;      /* its write, until JetStream answers */
-    unsigned send_token;
-    time_t sent;
-    uint64_t need; /* the next update waits until last_seq reaches it */
-    time_t need_since;
-    uint64_t puts, put_errors, updates, conflicts, update_failures;
-} kv_bucket_t;
-
-/* A put waiting for the bucket's stream to be there. */
-typedef struct kv_held {
-    struct kv_held *next;
-    natsMsg *msg;
-} kv_held_t;
-
-/* A put waiting for its PubAck. */
-typedef struct kv_put {
-    kv_bucket_t *b;
-    natsMsg *msg; /* sent again when no server answered for the stream */
-    time_t first, sent;
-    int again; /* to be sent again at the next tick */
-    uint64_t ticket;
-} kv_put_t;
-
-struct cluster_kv {
-    natsConnection *nc;
-    struct event_base *base;
-    char inbox[128];
-    dict_t buckets; /* name -> kv_bucket_t */
-    dict_t puts;    /* token text -> kv_put_t */
-    unsigned next_token;
-    uint64_t msg_ids;
-    struct event *kick; /* runs the update queues outside the scripts' calls */
-    cluster_kv_subscribe_fn subscribe; /* how to subscribe upstream */
-    void *subscribe_ctx;
-    struct bufferevent *probe;
-    uint64_t tickets; /* writes (puts and updates) queued so far */
-    void (*on_settled)(void *arg); /* a write was answered (or given up) */
-    void *settled_arg;
-    char version[32]; /* the upstream server's, "" until known */
-    int per_subject;  /* it enforces Nats-Expected-Last-Subject-Sequence between racing writers */
-};
-
-static void run_queue(kv_bucket_t *b);
 
 /* ---- the server's version ----------------------------------------------------- */
 
@@ -234,18 +136,6 @@ static void ask_create(kv_bucket_t *b)
     ask(b, what, body, KV_CREATING);
 }
 
-/* Sends the puts made before the stream was there. */
-static void flush_held(kv_bucket_t *b)
-{
-    kv_held_t *h, *next;
-    for (h = b->held; h; h = next) {
-        next = h->next;
-        natsConnection_PublishMsg(b->k->nc, h->msg); /* else sent again by the tick */
-        free(h);
-    }
-    b->held = b->held_tail = NULL;
-}
-
 /* A new watch: the newest message of every key (or, once the replica is
  * whole, every message after last_seq), on <inbox>.w.<name>.<gen>. */
 static void start_watch(kv_bucket_t *b)
@@ -354,7 +244,7 @@ static void api_answer(kv_bucket_t *b, const cJSON *o)
         if (b->state == KV_WATCHING)
             b->state = b->synced ? KV_LIVE : KV_LOADING;
         b->made = 1; /* and has a leader: it made the consumer */
-        flush_held(b);
+        kv_flush_held(b);
         if (!pending)
             note_synced(b);
     }
@@ -451,150 +341,12 @@ static void on_watch(kv_bucket_t *b, natsMsg *m)
         b->last_seq = sseq;
     if (!pending)
         note_synced(b);
-    run_queue(b);
-}
-
-/* ---- updates --------------------------------------------------------------------- */
-
-static void job_free(kv_job_t *j)
-{
-    if (!j)
-        return;
-    script_kv_job_free(j->job);
-    free(j->subject);
-    free(j);
-}
-
-/* The current update is over (written, or given up). */
-static void current_done(kv_bucket_t *b)
-{
-    int was = b->current != NULL;
-    job_free(b->current);
-    b->current = NULL;
-    if (b->sending)
-        natsMsg_Destroy(b->sending);
-    b->sending = NULL;
-    if (was && b->k->on_settled)
-        b->k->on_settled(b->k->settled_arg);
-}
-
-/* The message for w to subject, with the headers of its type or marker,
- * what it expects, and an id of its own (a resend is deduplicated). */
-static natsMsg *write_msg(kv_bucket_t *b, const char *subject, const script_kv_write_t *w, uint64_t expect,
-                          unsigned token, const char *reply_kind)
-{
-    char reply[200], id[200], num[32];
-    natsMsg *m = NULL;
-    snprintf(reply, sizeof reply, "%s.%s.%u", b->k->inbox, reply_kind, token);
-    if (natsMsg_Create(&m, subject, reply, w->payload, (int)w->len) != NATS_OK)
-        return NULL;
-    if (w->type)
-        natsMsgHeader_Set(m, "Tide-Kv-Type", w->type);
-    if (w->op)
-        natsMsgHeader_Set(m, "KV-Operation", w->op);
-    if (expect != UINT64_MAX) {
-        snprintf(num, sizeof num, "%" PRIu64, expect);
-        natsMsgHeader_Set(m, b->k->per_subject ? "Nats-Expected-Last-Subject-Sequence" : "Nats-Expected-Last-Sequence",
-                          num);
-        snprintf(id, sizeof id, "%s-%" PRIu64, b->k->inbox, ++b->k->msg_ids);
-        natsMsgHeader_Set(m, "Nats-Msg-Id", id);
-    }
-    return m;
-}
-
-/* Runs the current update's function on the replica and sends its write. */
-static void attempt(kv_bucket_t *b)
-{
-    kv_item_t *it = dict_get(&b->items, b->current->subject, strlen(b->current->subject));
-    script_kv_entry_t e = {0};
-    script_kv_write_t w;
-    if (it && !it->gone) {
-        e.payload = it->payload;
-        e.len = it->len;
-        e.type = it->type[0] ? it->type : NULL;
-        e.revision = it->rev;
-    }
-    int rc = script_kv_job_run(b->current->job, it && !it->gone ? &e : NULL, &w);
-    if (rc != SCRIPT_KV_WRITE) {
-        b->update_failures += rc == SCRIPT_KV_FAILED;
-        current_done(b);
-        return;
-    }
-    uint64_t expect = b->k->per_subject ? (it ? it->rev : 0) : b->last_seq;
-    b->send_token = ++b->k->next_token;
-    b->sending = write_msg(b, b->current->subject, &w, expect, b->send_token, "u");
-    free(w.payload);
-    if (!b->sending || natsConnection_PublishMsg(b->k->nc, b->sending) != NATS_OK) {
-        /* not even buffered (the reconnect buffer is full): tried again by the tick */
-        log_warn("cluster: bucket %s: cannot send the update of %s yet", b->name, b->current->subject);
-    }
-    b->sent = time(NULL);
-}
-
-/* Starts the next update when none is being written and the replica is
- * current up to what this node knows of the bucket. */
-static void run_queue(kv_bucket_t *b)
-{
-    while (b->synced && !b->sending && (b->current || b->head) &&
-           natsConnection_Status(b->k->nc) == NATS_CONN_STATUS_CONNECTED) {
-        if (b->need > b->last_seq)
-            return;
-        if (!b->current) {
-            b->current = b->head;
-            b->head = b->head->next;
-            b->queued--;
-            if (!b->head)
-                b->tail = NULL;
-        }
-        attempt(b);
-    }
-}
-
-/* JetStream's answer to the current update's write. */
-static void on_update_ack(kv_bucket_t *b, const cJSON *o)
-{
-    const cJSON *err = cJSON_GetObjectItemCaseSensitive(o, "error");
-    uint64_t code = 0, seq = 0;
-    json_get_uint(cJSON_GetObjectItemCaseSensitive(err, "err_code"), &code);
-    if (err && code == 10071) { /* wrong last sequence: wait for the replica, then call fn again */
-        const cJSON *d = cJSON_GetObjectItemCaseSensitive(err, "description");
-        const char *n = cJSON_IsString(d) ? strrchr(d->valuestring, ' ') : NULL;
-        b->conflicts++;
-        b->need = n ? strtoull(n + 1, NULL, 10) : 0;
-        if (b->need <= b->last_seq)
-            b->need = b->last_seq + 1;
-        b->need_since = time(NULL);
-        natsMsg_Destroy(b->sending);
-        b->sending = NULL;
-    } else if (err) {
-        const cJSON *d = cJSON_GetObjectItemCaseSensitive(err, "description");
-        b->update_failures++;
-        log_warn("cluster: bucket %s: update of %s refused: %s", b->name, b->current->subject,
-                 cJSON_IsString(d) ? d->valuestring : "?");
-        current_done(b);
-    } else {
-        b->updates++;
-        if (json_get_uint(cJSON_GetObjectItemCaseSensitive(o, "seq"), &seq) == 0)
-            b->need = seq; /* the next update sees this one */
-        b->need_since = time(NULL);
-        current_done(b);
-    }
-    run_queue(b);
-}
-
-static void on_kick(evutil_socket_t fd, short what, void *arg)
-{
-    cluster_kv_t *k = arg;
-    (void)fd;
-    (void)what;
-    for (size_t i = 0; i < k->buckets.cap; i++)
-        if (k->buckets.slots[i].key)
-            run_queue(k->buckets.slots[i].val);
+    kv_run_queue(b);
 }
 
 /* ---- the remote's functions ---------------------------------------------------------- */
 
-static kv_bucket_t *bucket_of(cluster_kv_t *k, const char *name)
+kv_bucket_t *kv_bucket_of(cluster_kv_t *k, const char *name)
 {
     return dict_get(&k->buckets, name, strlen(name));
 }
@@ -603,7 +355,7 @@ int cluster_kv_open(cluster_kv_t *k, const char *bucket, char *err, size_t errsz
 {
     kv_bucket_t *b;
     size_t n = strlen(bucket);
-    if (bucket_of(k, bucket))
+    if (kv_bucket_of(k, bucket))
         return 0;
     if (!n || n >= KV_BUCKET_MAX || strpbrk(bucket, ".*> \t")) {
         snprintf(err, errsz, "'%s' is not a bucket name", bucket);
@@ -626,7 +378,7 @@ int cluster_kv_open(cluster_kv_t *k, const char *bucket, char *err, size_t errsz
 
 int cluster_kv_get(cluster_kv_t *k, const char *bucket, const char *subject, script_kv_entry_t *e)
 {
-    kv_bucket_t *b = bucket_of(k, bucket);
+    kv_bucket_t *b = kv_bucket_of(k, bucket);
     kv_item_t *it = b ? dict_get(&b->items, subject, strlen(subject)) : NULL;
     if (!it || it->gone)
         return 0;
@@ -639,7 +391,7 @@ int cluster_kv_get(cluster_kv_t *k, const char *bucket, const char *subject, scr
 
 int cluster_kv_synced(cluster_kv_t *k, const char *bucket)
 {
-    kv_bucket_t *b = bucket_of(k, bucket);
+    kv_bucket_t *b = kv_bucket_of(k, bucket);
     return b && b->synced;
 }
 
@@ -656,7 +408,7 @@ static int remote_get(void *ctx, const char *bucket, const char *subject, script
 static void remote_each(void *ctx, const char *bucket,
                         void (*fn)(void *arg, const char *subject, size_t len, const script_kv_entry_t *e), void *arg)
 {
-    kv_bucket_t *b = bucket_of(ctx, bucket);
+    kv_bucket_t *b = kv_bucket_of(ctx, bucket);
     for (size_t i = 0; b && i < b->items.cap; i++) {
         dict_entry_t *d = &b->items.slots[i];
         kv_item_t *it = d->val;
@@ -667,119 +419,14 @@ static void remote_each(void *ctx, const char *bucket,
     }
 }
 
-static void put_free(void *p)
-{
-    kv_put_t *put = p;
-    if (put)
-        natsMsg_Destroy(put->msg);
-    free(put);
-}
-
-static int remote_put(void *ctx, const char *bucket, const char *subject, const char *type, const char *op,
-                      const char *payload, size_t len, char *err, size_t errsz)
-{
-    cluster_kv_t *k = ctx;
-    kv_bucket_t *b = bucket_of(k, bucket);
-    script_kv_write_t w = {(char *)payload, len, type, op};
-    kv_put_t *p = calloc(1, sizeof *p);
-    kv_held_t *h = NULL;
-    char key[32];
-    natsStatus s = NATS_NO_MEMORY;
-    unsigned token = ++k->next_token;
-    snprintf(key, sizeof key, "%u", token);
-    if (!b || !p || !(p->msg = write_msg(b, subject, &w, UINT64_MAX, token, "p")))
-        goto fail;
-    p->b = b;
-    p->ticket = ++k->tickets;
-    p->first = p->sent = time(NULL);
-    if (!b->made && !(h = calloc(1, sizeof *h)))
-        goto fail;
-    if (dict_put(&k->puts, key, strlen(key), p) < 0)
-        goto fail;
-    if (h) { /* sent, in order, once the stream is there (flush_held) */
-        h->msg = p->msg;
-        if (b->held_tail)
-            b->held_tail->next = h;
-        else
-            b->held = h;
-        b->held_tail = h;
-    } else if ((s = natsConnection_PublishMsg(k->nc, p->msg)) != NATS_OK) {
-        put_free(dict_remove(&k->puts, key, strlen(key)));
-        p = NULL;
-        goto fail;
-    }
-    b->puts++;
-    return 0;
-fail:
-    snprintf(err, errsz, "%s", !b ? "bucket not open" : natsStatus_GetText(s));
-    if (b)
-        b->put_errors++;
-    put_free(p);
-    free(h);
-    return -1;
-}
-
-static int remote_update(void *ctx, const char *bucket, const char *subject, script_kv_job_t *job, char *err,
-                         size_t errsz)
-{
-    cluster_kv_t *k = ctx;
-    kv_bucket_t *b = bucket_of(k, bucket);
-    kv_job_t *j = b && b->queued < KV_QUEUE_MAX ? calloc(1, sizeof *j) : NULL;
-    if (!b || !j || !(j->subject = strdup(subject))) {
-        if (b && b->queued >= KV_QUEUE_MAX)
-            snprintf(err, errsz, "%d updates wait for the bucket already", KV_QUEUE_MAX);
-        else
-            snprintf(err, errsz, "%s", b ? "out of memory" : "bucket not open");
-        free(j);
-        script_kv_job_free(job);
-        return -1;
-    }
-    j->job = job;
-    j->ticket = ++k->tickets;
-    b->queued++;
-    if (b->tail)
-        b->tail->next = j;
-    else
-        b->head = j;
-    b->tail = j;
-    event_active(k->kick, EV_TIMEOUT, 0); /* not now: the caller is a script */
-    return 0;
-}
-
-uint64_t cluster_kv_ticket(cluster_kv_t *k)
-{
-    return k ? k->tickets : 0;
-}
-
-int cluster_kv_settled(cluster_kv_t *k, uint64_t ticket)
-{
-    if (!k)
-        return 1;
-    for (size_t i = 0; i < k->puts.cap; i++)
-        if (k->puts.slots[i].key && ((kv_put_t *)k->puts.slots[i].val)->ticket <= ticket)
-            return 0;
-    for (size_t i = 0; i < k->buckets.cap; i++) {
-        kv_bucket_t *b = k->buckets.slots[i].key ? k->buckets.slots[i].val : NULL;
-        if (b && ((b->current && b->current->ticket <= ticket) || (b->head && b->head->ticket <= ticket)))
-            return 0;
-    }
-    return 1;
-}
-
-void cluster_kv_on_settled(cluster_kv_t *k, void (*fn)(void *arg), void *arg)
-{
-    k->on_settled = fn;
-    k->settled_arg = arg;
-}
-
 void cluster_kv_remote(cluster_kv_t *k, script_kv_remote_t *ops)
 {
     ops->ctx = k;
     ops->open = remote_open;
     ops->get = remote_get;
     ops->each = remote_each;
-    ops->put = remote_put;
-    ops->update = remote_update;
+    ops->put = kv_remote_put;
+    ops->update = kv_remote_update;
 }
 
 /* ---- the inbox, the tick, the connection -------------------------------------------- */
@@ -792,29 +439,6 @@ static kv_bucket_t *bucket_by_token(cluster_kv_t *k, unsigned token, int sending
             return b;
     }
     return NULL;
-}
-
-/* JetStream's answer to a put: a PubAck, an error, or (no status 503:
- * the stream has no leader just now) nothing: then it is sent again. */
-static void on_put_ack(cluster_kv_t *k, const char *token, natsMsg *m, const cJSON *o)
-{
-    kv_put_t *p = dict_get(&k->puts, token, strlen(token));
-    const cJSON *err = cJSON_GetObjectItemCaseSensitive(o, "error");
-    const cJSON *d = cJSON_GetObjectItemCaseSensitive(err, "description");
-    const char *status = NULL;
-    if (!p)
-        return;
-    if (!o && natsMsgHeader_Get(m, "Status", &status) == NATS_OK && status && !strcmp(status, "503")) {
-        p->again = 1;
-        return;
-    }
-    if (err || !o) {
-        p->b->put_errors++;
-        log_warn("cluster: bucket %s: a write was refused: %s", p->b->name, cJSON_IsString(d) ? d->valuestring : "?");
-    }
-    put_free(dict_remove(&k->puts, token, strlen(token)));
-    if (k->on_settled)
-        k->on_settled(k->settled_arg);
 }
 
 void cluster_kv_message(cluster_kv_t *k, int64_t sid, natsMsg *m)
@@ -834,11 +458,11 @@ void cluster_kv_message(cluster_kv_t *k, int64_t sid, natsMsg *m)
     cJSON *o = cJSON_ParseWithLength(natsMsg_GetData(m) ? natsMsg_GetData(m) : "", (size_t)natsMsg_GetDataLength(m));
     n = (unsigned)strtoul(rest + 3, NULL, 10);
     if (rest[1] == 'p') {
-        on_put_ack(k, rest + 3, m, o);
+        kv_on_put_ack(k, rest + 3, m, o);
     } else if (rest[1] == 'u') {
         kv_bucket_t *b = bucket_by_token(k, n, 1);
         if (b && o)
-            on_update_ack(b, o);
+            kv_on_update_ack(b, o);
     } else if (rest[1] == 'a') {
         kv_bucket_t *b = bucket_by_token(k, n, 0);
         if (b && o && b->state != KV_FAILED)
@@ -864,7 +488,7 @@ static void tick_bucket(kv_bucket_t *b, time_t now)
                  b->name, b->need, b->last_seq);
         b->need = 0;
     }
-    run_queue(b);
+    kv_run_queue(b);
 }
 
 void cluster_kv_tick(cluster_kv_t *k)
@@ -881,7 +505,7 @@ void cluster_kv_tick(cluster_kv_t *k)
         if (p && now - p->first >= KV_PUT_FORGET) {
             p->b->put_errors++;
             log_warn("cluster: bucket %s: a write got no answer in %ds: given up", p->b->name, KV_PUT_FORGET);
-            put_free(dict_remove(&k->puts, d->key, d->klen));
+            kv_put_free(dict_remove(&k->puts, d->key, d->klen));
             i--; /* backward-shift deletion may have moved another entry here */
             if (k->on_settled)
                 k->on_settled(k->settled_arg);
@@ -926,7 +550,7 @@ cluster_kv_t *cluster_kv_new(natsConnection *nc, struct event_base *base, const 
     snprintf(k->inbox, sizeof k->inbox, "%s", inbox);
     dict_init(&k->buckets);
     dict_init(&k->puts);
-    if (!(k->kick = event_new(base, -1, 0, on_kick, k))) {
+    if (!(k->kick = event_new(base, -1, 0, kv_on_kick, k))) {
         free(k);
         return NULL;
     }
@@ -955,10 +579,10 @@ static void bucket_free(void *p)
     }
     if (b->watch)
         natsSubscription_Destroy(b->watch);
-    current_done(b);
+    kv_current_done(b);
     for (j = b->head; j; j = next) {
         next = j->next;
-        job_free(j);
+        kv_job_free(j);
     }
     dict_clear(&b->items, item_free);
     free(b);
@@ -977,7 +601,7 @@ void cluster_kv_free(cluster_kv_t *k)
                      b->sending ? "one sent without an answer yet, and the queued ones" : "the queued ones");
     }
     dict_clear(&k->buckets, bucket_free);
-    dict_clear(&k->puts, put_free);
+    dict_clear(&k->puts, kv_put_free);
     if (k->kick)
         event_free(k->kick);
     free(k);
