@@ -505,7 +505,7 @@ void cluster_kv_tick(cluster_kv_t *k)
         if (p && now - p->first >= KV_PUT_FORGET) {
             p->b->put_errors++;
             log_warn("cluster: bucket %s: a write got no answer in %ds: given up", p->b->name, KV_PUT_FORGET);
-            kv_put_free(dict_remove(&k->puts, d->key, d->klen));
+            kv_put_free(dict_remove(&k->puts, d->key, d->klen)); /* its bucket's queue runs at the next tick */
             i--; /* backward-shift deletion may have moved another entry here */
             if (k->on_settled)
                 k->on_settled(k->settled_arg);

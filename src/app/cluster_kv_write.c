@@ -110,11 +110,24 @@ static void attempt(kv_bucket_t *b)
 
 /* Starts the next update when none is being written and the replica is
  * current up to what this node knows of the bucket. */
+/* 1 when a put to b made before ticket has no answer yet. */
+static int put_before(kv_bucket_t *b, uint64_t ticket)
+{
+    for (size_t i = 0; i < b->k->puts.cap; i++) {
+        kv_put_t *p = b->k->puts.slots[i].key ? b->k->puts.slots[i].val : NULL;
+        if (p && p->b == b && p->ticket < ticket)
+            return 1;
+    }
+    return 0;
+}
+
 void kv_run_queue(kv_bucket_t *b)
 {
     while (b->synced && !b->sending && (b->current || b->head) &&
            natsConnection_Status(b->k->nc) == NATS_CONN_STATUS_CONNECTED) {
-        if (b->need > b->last_seq)
+        /* An update sees this node's writes made before it: the puts
+         * answered, and the replica as far as their sequences. */
+        if (b->need > b->last_seq || put_before(b, b->current ? b->current->ticket : b->head->ticket))
             return;
         if (!b->current) {
             b->current = b->head;
@@ -290,11 +303,17 @@ void kv_on_put_ack(cluster_kv_t *k, const char *token, natsMsg *m, const cJSON *
         p->again = 1;
         return;
     }
+    kv_bucket_t *b = p->b;
+    uint64_t seq = 0;
     if (err || !o) {
-        p->b->put_errors++;
-        log_warn("cluster: bucket %s: a write was refused: %s", p->b->name, cJSON_IsString(d) ? d->valuestring : "?");
+        b->put_errors++;
+        log_warn("cluster: bucket %s: a write was refused: %s", b->name, cJSON_IsString(d) ? d->valuestring : "?");
+    } else if (json_get_uint(cJSON_GetObjectItemCaseSensitive(o, "seq"), &seq) == 0 && seq > b->need) {
+        b->need = seq;
+        b->need_since = time(NULL);
     }
     kv_put_free(dict_remove(&k->puts, token, strlen(token)));
     if (k->on_settled)
         k->on_settled(k->settled_arg);
+    kv_run_queue(b);
 }

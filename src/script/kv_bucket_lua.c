@@ -743,10 +743,11 @@ static int l_del(lua_State *L)
     uint64_t rev;
     check_key(L, b, 1, subj, sizeof subj);
     if (b->host->has_kv_remote) {
+        /* The marker goes whatever the replica says: a set of this node
+         * that has not come back through the watch yet is deleted too. */
         script_kv_entry_t e;
         int had = remote_get(L, b, subj, &e);
-        if (had)
-            remote_put(L, b, "tide.kv.del", subj, 0, "DEL");
+        remote_put(L, b, "tide.kv.del", subj, 0, "DEL");
         lua_pushboolean(L, had);
         return 1;
     }
