@@ -23,6 +23,9 @@ on("setdel.NAME", function(e)
   b:set(e.data.key, e.data.value)
   if e.data.by_update then b:update(e.data.key, function() return nil end) else b:del(e.data.key) end
 end)
+on("hit.NAME", function(e)
+  tide.kv.bucket("hits"):update("n", function(v) return (v or 0) + 1 end)
+end)
 on("settide.NAME", function(e)
   tide.kv.set(e.data.key, e.data.value)
 end)
@@ -103,7 +106,7 @@ describe("cluster mode: kv buckets", function()
     local rc, out = h.sh(("cd %s && timeout -k 5 30 node kv_lua.mjs %d %s %s"):format(js.q(js.NODE_DIR), port, bucket,
       table.concat(args, " ")))
     local v = rc == 0 and json.decode(out:match("([^\n]+)\n?$") or "")
-    assert(v ~= nil, ("kv_lua.mjs %s ended with %s:\n%s"):format(table.concat(args, " "), tostring(rc), out))
+    assert(v ~= nil and v ~= false, ("kv_lua.mjs %s ended with %s:\n%s"):format(table.concat(args, " "), tostring(rc), out))
     return v
   end
 
@@ -159,6 +162,31 @@ describe("cluster mode: kv buckets", function()
     assert.same({ visits = 3 }, got and got.value, a:log())
     local seen = client_kv(ns[1].port, "tide", "read", "=dXNlciA0Mg")
     assert.equal('{"visits":3}', seen["=dXNlciA0Mg"] and seen["=dXNlciA0Mg"].value)
+  end)
+
+  it("runs the updates queued before a reload with the functions that queued them", function()
+    local N = 500
+    local c = cs.client(a.port)
+    local parts = {}
+    for i = 1, N do
+      local body = event { i = i }
+      parts[i] = ("PUB hit.a %d\r\n%s\r\n"):format(#body, body)
+    end
+    assert(c:send(table.concat(parts)))
+    assert(c:ping(30))
+    c:close()
+    local reloads = select(2, a:log():gsub("Reloaded scripts", ""))
+    h.proc.kill(a.pid, "HUP")
+    assert(h.wait_until(function() return select(2, a:log():gsub("Reloaded scripts", "")) > reloads end, 10),
+      "no reload:\n" .. a:log())
+    local last, since = nil, os.time()
+    h.wait_until(function()
+      local ok, seen = pcall(client_kv, ns[2].port, "hits", "read", "n") -- the bucket may not be there yet
+      local v = ok and seen.n and tonumber(seen.n.value)
+      if v ~= last then last, since = v, os.time() end
+      return v == N or os.time() - since >= 15
+    end, 90, 0.5)
+    assert.equal(N, last, a:log())
   end)
 
   it("counts 2,000 updates from two nodes exactly", function()

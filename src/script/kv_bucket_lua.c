@@ -39,9 +39,7 @@ typedef struct bucket {
 
 /* An update (or cluster-mode incr) waiting in the remote for its turn. */
 struct script_kv_job {
-    struct script_kv_job *prev, *next; /* in host->kv_jobs */
-    script_host_t *host;
-    state_t *st;    /* whose registry holds fn_ref; NULL once that state is gone */
+    state_t *st;    /* whose registry holds fn_ref (kept until the job ends); NULL for an incr */
     int fn_ref;     /* LUA_NOREF: an incr by `by` */
     lua_Integer by;
     char subject[KEY_MAX + 100];
@@ -442,19 +440,14 @@ static void remote_put(lua_State *L, bucket_t *b, const char *what, const char *
         luaL_error(L, "bucket '%s': %s was not sent (%s)", b->name, subj, err);
 }
 
-/* A new job for subj, linked into the host's list. */
-static script_kv_job_t *job_new(lua_State *L, bucket_t *b, const char *subj)
+/* A new job for subj. */
+static script_kv_job_t *job_new(lua_State *L, const char *subj)
 {
     script_kv_job_t *j = calloc(1, sizeof *j);
     if (!j)
         luaL_error(L, "out of memory");
-    j->host = b->host;
     j->fn_ref = LUA_NOREF;
     snprintf(j->subject, sizeof j->subject, "%s", subj);
-    j->next = b->host->kv_jobs;
-    if (j->next)
-        j->next->prev = j;
-    b->host->kv_jobs = j;
     return j;
 }
 
@@ -477,8 +470,9 @@ static int remote_update(lua_State *L, bucket_t *b, const char *subj)
         return 1;
     }
     remote_open(L, b);
-    script_kv_job_t *j = job_new(L, b, subj);
+    script_kv_job_t *j = job_new(L, subj);
     j->st = script_state_of(L);
+    j->st->kv_jobs++;
     lua_pushvalue(L, 2);
     j->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     job_queue(L, b, j);
@@ -505,7 +499,7 @@ static int remote_incr(lua_State *L, bucket_t *b, const char *subj, lua_Integer 
     if (b->host->rec)
         shadow_note(b->host, SHADOW_KV, subj, strlen(subj), "incr", 4, NULL);
     if (!b->host->dry) {
-        script_kv_job_t *j = job_new(L, b, subj);
+        script_kv_job_t *j = job_new(L, subj);
         j->by = by;
         job_queue(L, b, j);
     }
@@ -620,12 +614,8 @@ fail:
 int script_kv_job_run(script_kv_job_t *j, const script_kv_entry_t *cur, script_kv_write_t *out)
 {
     memset(out, 0, sizeof *out);
-    if (j->fn_ref == LUA_NOREF && !j->st)
+    if (!j->st)
         return job_incr(j, cur, out);
-    if (!j->st) {
-        log_warn("kv: update of %s dropped: the rules were reloaded before its turn came", j->subject);
-        return SCRIPT_KV_FAILED;
-    }
     lua_State *L = j->st->L;
     int top = lua_gettop(L), rc;
     lua_pushcfunction(L, job_call);
@@ -654,22 +644,12 @@ void script_kv_job_free(script_kv_job_t *j)
 {
     if (!j)
         return;
-    if (j->prev)
-        j->prev->next = j->next;
-    else
-        j->host->kv_jobs = j->next;
-    if (j->next)
-        j->next->prev = j->prev;
-    if (j->st && j->fn_ref != LUA_NOREF)
+    if (j->st) {
         luaL_unref(j->st->L, LUA_REGISTRYINDEX, j->fn_ref);
+        if (--j->st->kv_jobs == 0 && j->st->retired) /* replaced meanwhile: this was its last */
+            j->st->host->free_retired(j->st);
+    }
     free(j);
-}
-
-void kv_bucket_jobs_orphan(state_t *st)
-{
-    for (script_kv_job_t *j = st->host->kv_jobs; j; j = j->next)
-        if (j->st == st)
-            j->st = NULL;
 }
 
 /* ---- the handle's functions ------------------------------------------------- */

@@ -52,7 +52,10 @@ static void state_free(state_t *st)
 {
     if (!st)
         return;
-    kv_bucket_jobs_orphan(st);
+    if (st->kv_jobs > 0) { /* their functions live here: freed with the last (script_state_job_done) */
+        st->retired = 1;
+        return;
+    }
     if (st->L)
         lua_close(st->L);
     budget_pool_free(st);
@@ -216,6 +219,7 @@ script_host_t *script_host_new(const char *config_path, const char *lib_dir, cha
         return NULL;
     }
     h->watch_fd = -1;
+    h->free_retired = state_free;
     if (!config_path) {
         /* No entry file (tide repl without -c): rules come from the prompt,
          * require looks in the current directory. */

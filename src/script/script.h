@@ -408,8 +408,10 @@ enum { SCRIPT_KV_WRITE = 1, SCRIPT_KV_NOTHING = 0, SCRIPT_KV_FAILED = -1 };
 /* Runs an update job with the replica's value (cur NULL: none): its Lua
  * function, under the rules' budgets.  SCRIPT_KV_WRITE with *out filled,
  * SCRIPT_KV_NOTHING (nothing to write: done), or SCRIPT_KV_FAILED (the
- * function raised, the rules were reloaded since, or the value is not an
- * integer for incr; logged, done).  Loop thread, never inside a script. */
+ * function raised, or the value is not an integer for incr; logged,
+ * done).  A job queued before a reload runs in the state of the rules
+ * that queued it, kept until its last job ends.  Loop thread, never
+ * inside a script. */
 int script_kv_job_run(script_kv_job_t *job, const script_kv_entry_t *cur, script_kv_write_t *out);
 
 /* Frees a job (NULL: nothing). */

@@ -192,6 +192,10 @@ typedef struct state {
     int ncluster_streams;
     consumer_cfg_t *cluster_consumers; /* consumers on those streams (decl.c), owned; NULL when none */
     int ncluster_consumers;
+    /* Update jobs whose function this state holds (kv_bucket_lua.c); a
+     * state replaced while some wait is kept (retired) until the last ends. */
+    int kv_jobs;
+    int retired;
 } state_t;
 
 /*
@@ -316,7 +320,10 @@ struct script_host {
     /* Buckets kept elsewhere (script_host_set_kv_remote), when has_kv_remote. */
     script_kv_remote_t kv_remote;
     int has_kv_remote;
-    struct script_kv_job *kv_jobs; /* update jobs not yet freed, for state_free */
+    /* script.c's state_free, for a retired state's last update job to
+     * free it (kv_bucket_lua.c), reached through here so that the bucket
+     * code does not call the host it is part of. */
+    void (*free_retired)(state_t *st);
 };
 
 /* ---- shadow.c: a candidate beside the live rules ---- */
@@ -354,10 +361,6 @@ void shadow_decision_reset(shadow_decision_t *d);
 void shadow_note(script_host_t *h, int kind, const char *subject, size_t sl, const char *data, size_t dl,
                  const char *where);
 
-
-/* The state's update jobs waiting in the remote lose their function:
- * they will fail when their turn comes (kv_bucket_lua.c). */
-void kv_bucket_jobs_orphan(state_t *st);
 
 /* Stored events of consumer through the current state's handlers bound to
  * it, their verdicts in v (durable.c). */
