@@ -28,6 +28,64 @@ local function wait_route(pub, sub, prefix)
   while sub:frame(0.3) do end
 end
 
+-- Reads frames until none comes for `quiet` seconds; returns the messages
+-- as sorted lines "op subject sid payload headers" (the order between two
+-- publishers is the cluster's to choose).
+local function settle_lines(c, quiet)
+  local lines = {}
+  while true do
+    local f = c:frame(quiet)
+    if not f then break end
+    if f.op == "MSG" or f.op == "HMSG" then
+      local _, hd = h.parse_headers(f.headers)
+      local keys = {}
+      for k, v in pairs(hd) do keys[#keys + 1] = k .. "=" .. tostring(v) end
+      table.sort(keys)
+      lines[#lines + 1] = table.concat({ f.op, f.subject, f.sid, f.payload, table.concat(keys, ",") }, " ")
+    end
+  end
+  table.sort(lines)
+  return lines
+end
+
+-- The echo:false steps: a publisher P ("echo":false) and W on port `here`,
+-- R on port `there`, a plain subscriber S on port `plain`.  P subscribes to
+-- echo.> and, with W, to the queue group g on echo.q; P publishes, W
+-- publishes once.  Returns what P, W, R and S received.
+local function echo_steps(here, there, plain)
+  local p = h.connect(here, { connect = '{"verbose":false,"headers":true,"echo":false}' })
+  local w, r, s = client(here), client(there), client(plain)
+  p:sub("echo.>", "1")
+  p:sub("echo.q", "2", "g")
+  w:sub("echo.q", "1", "g")
+  w:sub("echo.>", "2")
+  r:sub("echo.>", "1")
+  s:sub("echo.>", "1")
+  for _, c in ipairs({ p, w, r, s }) do assert(c:ping()) end
+  -- every subscription has reached the whole cluster once W's probes reach them all
+  local n, seen = 0, {}
+  assert(h.wait_until(function()
+    n = n + 1
+    w:pub("echo.probe", tostring(n))
+    for i, c in ipairs({ p, r, s }) do
+      local f = c:frame(0.2)
+      seen[i] = seen[i] or (f and f.op:match("MSG") ~= nil)
+    end
+    return seen[1] and seen[2] and seen[3]
+  end, 10, 0), "the subscriptions never reached the cluster")
+  for _, c in ipairs({ p, w, r, s }) do settle_lines(c, 0.5) end
+  p:pub("echo.a", "plain")
+  p:hpub("echo.h", { { "X-K", "v" } }, "with headers")
+  for i = 1, 10 do p:pub("echo.q", "q" .. i) end
+  w:pub("echo.b", "from w")
+  local got = {}
+  for i, c in ipairs({ p, w, r, s }) do
+    got[i] = settle_lines(c, 1)
+    c:close()
+  end
+  return got
+end
+
 describe("cluster mode", function()
   local ns, a, b, dir = {}, nil, nil, nil
 
@@ -162,6 +220,28 @@ on("jobs.>", function(e, ctx) ctx.publish("done." .. e.subject, { from = "b" }) 
     assert.equal("done.jobs.1", done[1].subject)
     assert.equal("a", json.decode(done[1].payload).data.from)
     for _, c in ipairs({ pub_a, pub_b, sub }) do c:close() end
+  end)
+
+  it("does not give an echo:false client its own messages, as nats-server does not", function()
+    -- The same steps against the cluster's nats-servers, then tide nodes.
+    local want = echo_steps(ns[1].port, ns[2].port, ns[3].port)
+    local got = echo_steps(a.port, b.port, ns[3].port)
+    assert.same({ "MSG echo.b 1 from w " }, want[1])
+    assert.same(want[1], got[1])
+    assert.same(want[2], got[2])
+    assert.same(want[3], got[3])
+    -- A subscriber of the cluster itself sees the origin marker on what
+    -- an echo:false client published on a node, and nothing added to the
+    -- rest (W's message has no header at all).
+    local marked, plain = {}, {}
+    for _, line in ipairs(got[4]) do
+      local subject = line:match("^HMSG (%S+) .*Tide%-Origin=")
+      if subject then marked[#marked + 1] = subject else plain[#plain + 1] = line end
+    end
+    local q = { "echo.a", "echo.h" }
+    for _ = 1, 10 do q[#q + 1] = "echo.q" end
+    assert.same(q, marked)
+    assert.same({ "MSG echo.b 1 from w " }, plain)
   end)
 
   it("keeps $TIDE. subjects on their node", function()

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -60,6 +61,10 @@ typedef struct mirror {
 #define CLUSTER_PING_INTERVAL_MS 2000
 #define CLUSTER_PINGS_OUT 2
 #define CLUSTER_DRAIN_BATCH 4096
+/* The origin marker: "<server id>.<client id>" on what a client with
+ * "echo":false published, so that it does not come back to that client;
+ * never delivered to a client of a node (docs/cluster.md). */
+#define CLUSTER_ORIGIN_HEADER "Tide-Origin"
 
 struct cluster {
     node_t *n;
@@ -198,6 +203,10 @@ int cluster_header_block(natsMsg *m, char **out, size_t *len)
     *len = 0;
     if (natsMsgHeader_Keys(m, &keys, &nkeys) != NATS_OK || nkeys == 0)
         return 0;
+    if (nkeys == 1 && !strcmp(keys[0], CLUSTER_ORIGIN_HEADER)) {
+        free((void *)keys); /* only the marker: the publisher sent no headers */
+        return 0;
+    }
     if (!(f = open_memstream(out, len)))
         goto fail;
     natsMsgHeader_Get(m, "Status", &status);
@@ -206,6 +215,8 @@ int cluster_header_block(natsMsg *m, char **out, size_t *len)
             status && desc ? desc : "");
     for (int i = 0; i < nkeys; i++) {
         if (status && (!strcmp(keys[i], "Status") || !strcmp(keys[i], "Description")))
+            continue;
+        if (!strcmp(keys[i], CLUSTER_ORIGIN_HEADER))
             continue;
         if (natsMsgHeader_Values(m, keys[i], &vals, &nvals) != NATS_OK)
             continue;
@@ -225,6 +236,20 @@ fail:
     }
     free((void *)keys);
     return rc;
+}
+
+/* The id of the client here that published nm with "echo":false (its
+ * origin marker names this node), else 0. */
+static uint64_t origin_here(cluster_t *c, natsMsg *nm)
+{
+    const char *v = NULL, *id = server_id(c->n->srv);
+    size_t idlen = strlen(id);
+    char *end = NULL;
+    if (natsMsgHeader_Get(nm, CLUSTER_ORIGIN_HEADER, &v) != NATS_OK || !v || strncmp(v, id, idlen) ||
+        v[idlen] != '.')
+        return 0;
+    unsigned long long client = strtoull(v + idlen + 1, &end, 10);
+    return end && !*end ? (uint64_t)client : 0;
 }
 
 /* Hands an upstream message to the one client subscription it is for. */
@@ -249,7 +274,7 @@ static void deliver_upstream(cluster_t *c, sub_t *sub, natsMsg *nm)
     m.hdr = hdr;
     m.hdr_len = hlen;
     c->received++;
-    server_deliver_sub(c->n->srv, sub, &m);
+    server_deliver_sub_origin(c->n->srv, sub, &m, origin_here(c, nm));
     free(hdr);
 }
 
@@ -416,7 +441,8 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 static void add_header(void *ctx, const char *name, size_t nlen, const char *value, size_t vlen)
 {
     char *k = util_mem_dup(name, nlen), *v = util_mem_dup(value, vlen);
-    if (k && v)
+    /* A marker a client wrote itself could silence another client. */
+    if (k && v && strcasecmp(k, CLUSTER_ORIGIN_HEADER))
         natsMsgHeader_Add(ctx, k, v);
     free(k);
     free(v);
@@ -439,7 +465,7 @@ static int refuse(cluster_t *c, natsStatus s, const char *subject, char *err, si
     return -1;
 }
 
-static int on_egress(void *ctx, const proto_msg_t *m, char *err, size_t errsz)
+static int on_egress(void *ctx, const proto_msg_t *m, uint64_t origin, char *err, size_t errsz)
 {
     cluster_t *c = ctx;
     natsMsg *msg = NULL;
@@ -458,7 +484,7 @@ static int on_egress(void *ctx, const proto_msg_t *m, char *err, size_t errsz)
         memcpy(reply, m->reply, m->reply_len);
         reply[m->reply_len] = '\0';
     }
-    if (!m->hdr_len) { /* the common case: no message object to build */
+    if (!m->hdr_len && !origin) { /* the common case: no message object to build */
         s = reply ? natsConnection_PublishRequest(c->nc, subject, reply, m->payload, (int)m->payload_len)
                   : natsConnection_Publish(c->nc, subject, m->payload, (int)m->payload_len);
         goto fail;
@@ -466,8 +492,15 @@ static int on_egress(void *ctx, const proto_msg_t *m, char *err, size_t errsz)
     s = natsMsg_Create(&msg, subject, reply, m->payload, (int)m->payload_len);
     if (s != NATS_OK)
         goto fail;
-    proto_header_each(m->hdr, m->hdr_len, add_header, msg);
-    s = natsConnection_PublishMsg(c->nc, msg);
+    if (m->hdr_len)
+        proto_header_each(m->hdr, m->hdr_len, add_header, msg);
+    if (origin) {
+        char mark[64];
+        snprintf(mark, sizeof mark, "%s.%" PRIu64, server_id(c->n->srv), origin);
+        s = natsMsgHeader_Set(msg, CLUSTER_ORIGIN_HEADER, mark);
+    }
+    if (s == NATS_OK)
+        s = natsConnection_PublishMsg(c->nc, msg);
 fail:
     if (s == NATS_OK)
         c->sent++;

@@ -779,7 +779,8 @@ static int to_cluster(server_t *s, client_t *from, const char *to, size_t tolen,
     /* An answer for a requester here is delivered here: an inbox has one owner. */
     if ((flags & (ROUTE_ANSWER | ROUTE_NO_CAPTURE)) && has_client_sub(r))
         return 0;
-    if (s->cluster.egress(s->cluster.ctx, m, err, sizeof err) == 0)
+    uint64_t origin = from && (from->flags & CLIENT_NO_ECHO) ? from->id : 0;
+    if (s->cluster.egress(s->cluster.ctx, m, origin, err, sizeof err) == 0)
         return 1;
     if (from && !(from->flags & CLIENT_CLOSING))
         client_send_err(from, err);
@@ -788,7 +789,49 @@ static int to_cluster(server_t *s, client_t *from, const char *to, size_t tolen,
 
 int server_deliver_sub(server_t *s, sub_t *sub, const proto_msg_t *m)
 {
+    return server_deliver_sub_origin(s, sub, m, 0);
+}
+
+/* True when sub belongs to the client here whose id is origin and that
+ * client asked for no echo. */
+static int is_origin(const sub_t *sub, uint64_t origin)
+{
+    const client_t *owner = sub->owner;
+    return origin && owner && owner->id == origin && (owner->flags & CLIENT_NO_ECHO);
+}
+
+/* Another member of sub's queue group here, for m, that may take it; NULL
+ * when there is none. */
+static sub_t *queue_peer(server_t *s, const sub_t *sub, const proto_msg_t *m, uint64_t origin)
+{
+    sub_t *peer = NULL;
+    sublist_result_t *r = sublist_match(s->subs, m->subject, m->subject_len);
+    for (size_t i = 0; r && !peer && i < r->nqgroups; i++) {
+        sublist_qgroup_t *g = &r->qgroups[i];
+        if (g->name_len != sub->queue_len || memcmp(g->name, sub->queue, sub->queue_len))
+            continue;
+        for (size_t tries = 0; tries < g->n && !peer; tries++) {
+            sub_t *k = sublist_qgroup_pick(g);
+            if (k != sub && k->owner && !is_origin(k, origin) && may_receive(NULL, k))
+                peer = k;
+        }
+    }
+    return peer;
+}
+
+int server_deliver_sub_origin(server_t *s, sub_t *sub, const proto_msg_t *m, uint64_t origin)
+{
     int n = 0;
+    if (is_origin(sub, origin)) {
+        /* As on one server: the group's other members may have it, the
+         * publisher may not.  With none here, it keeps it (below) rather
+         * than the group losing it. */
+        sub_t *peer;
+        if (!sub->queue)
+            return 0;
+        if ((peer = queue_peer(s, sub, m, origin)))
+            sub = peer;
+    }
     if (!may_receive(NULL, sub))
         return 0;
     s->routing++;

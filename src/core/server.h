@@ -259,8 +259,11 @@ const char *server_id(const server_t *s);
  */
 typedef struct server_cluster_hooks {
     /* Takes m for the cluster (m is valid during the call): 0 when it was
-     * sent or queued for sending, -1 when refused, with the reason in err. */
-    int (*egress)(void *ctx, const proto_msg_t *m, char *err, size_t errsz);
+     * sent or queued for sending, -1 when refused, with the reason in err.
+     * origin is the id of the client here that published m when that
+     * client asked for no echo ("echo":false), else 0: m must come back
+     * with it (server_deliver_sub_origin). */
+    int (*egress)(void *ctx, const proto_msg_t *m, uint64_t origin, char *err, size_t errsz);
     /* A client's subscription was added (added = 1) or is about to be
      * freed (0); sub is valid until then. */
     void (*interest)(void *ctx, sub_t *sub, int added);
@@ -280,5 +283,13 @@ int server_subject_travels(const char *subject, size_t len);
  * from the cluster for it), as a route would; no capture, no hooks.
  * Returns 1 when delivered, 0 when sub cannot take it now. */
 int server_deliver_sub(server_t *s, sub_t *sub, const proto_msg_t *m);
+
+/* server_deliver_sub for a message the client here with id origin
+ * published (0: none), as egress was told: it is not delivered to that
+ * client when it asked for no echo.  When sub is that client's queue
+ * subscription, another member of the group here gets it, or, with none
+ * here, the publisher does (the cluster picked its member; the group
+ * does not lose the message).  Returns 1 when delivered, else 0. */
+int server_deliver_sub_origin(server_t *s, sub_t *sub, const proto_msg_t *m, uint64_t origin);
 
 #endif
