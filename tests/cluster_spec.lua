@@ -4,6 +4,7 @@
 -- delivery, queue groups included.
 local h = require "helpers"
 local json = require "dkjson"
+local http = require "socket.http"
 
 local cs = require("cluster_support").new() -- every process a test starts, stopped in teardown by pid
 local started = cs.started
@@ -486,6 +487,115 @@ describe("cluster mode with credentials", function()
     stop(ns)
     h.remove_tmpdir(good.dir)
     if bad then h.remove_tmpdir(bad.dir) end
+    assert(ok, err)
+  end)
+end)
+
+describe("cluster mode, a reload with other credentials", function()
+  -- One nats-server with JetStream, two users and its monitoring port; a
+  -- node logged in as the first is reloaded with the second's password.
+  it("connects again as the new user, keeping its subscriptions and its handlers; refused ones keep the old", function()
+    local dir = h.make_tmpdir("cluster-login")
+    local port, mport = h.free_port(), h.free_port()
+    h.write_file(dir .. "/nats.conf", ([[
+listen: 127.0.0.1:%d
+http: 127.0.0.1:%d
+jetstream { store_dir: "%s/js" }
+authorization { users = [ { user: tide, password: s3cret }, { user: tide2, password: other } ] }
+]]):format(port, mport, dir))
+    local ns = keep(h.start_server { bin = h.nats_server_bin(), port = port, cmd = { "-c", dir .. "/nats.conf" } })
+    ns.stop_signal = "INT"
+    local rules = [[
+stream "rl" { subjects = { "rl.>" }, backend = "jetstream" }
+consumer "rlc" { stream = "rl" }
+on("rl.>", { consumer = "rlc" }, function(e, ctx) ctx.publish("handled." .. e.subject, {}) end)
+]]
+    local function config(name, login)
+      return ('cluster { upstream = { "nats://127.0.0.1:%d" }, name = %q, %s }\n%s'):format(port, name, login, rules)
+    end
+    local hport = h.free_port()
+    local node = keep(h.start_scripted(config("r1", 'user = "tide", password = "s3cret"'),
+      { args = { "--http", "127.0.0.1:" .. hport } }))
+    local sub, direct
+    -- the node's connections as the server sees them: {name = user}
+    local function logins()
+      local body, code = http.request(("http://127.0.0.1:%d/connz?auth=true"):format(mport))
+      local t = {}
+      if code ~= 200 then return t end
+      for _, conn in ipairs(json.decode(body).connections or {}) do
+        if (conn.name or ""):match("^tide ") then t[conn.name] = conn.authorized_user or "?" end
+      end
+      return t
+    end
+    -- a message from the server's own client reaches the subscriber on the
+    -- node, one from the node reaches the server's client, and the handler
+    -- on the node runs on an event stored in JetStream
+    local function routes(tag)
+      direct:pub("news." .. tag, "to the node")
+      local m = assert(sub:msg(5), "nothing from the cluster after " .. tag)
+      assert.equal("news." .. tag, m.subject)
+      sub:pub("back." .. tag, "from the node")
+      m = assert(direct:msg(5), "nothing from the node after " .. tag)
+      assert.equal("back." .. tag, m.subject)
+      direct:pub("rl." .. tag, "{}")
+      m = assert(direct:msg(10), "the handler did not run after " .. tag)
+      assert.equal("handled.rl." .. tag, m.subject)
+    end
+    local ok, err = pcall(function()
+      assert(h.wait_until(function() return get(hport, "/readyz") == 200 end, 10), node:log())
+      sub = client(node.port)
+      sub:sub("news.>", "1")
+      assert(sub:ping())
+      direct = h.connect(port, { connect = '{"verbose":false,"headers":true,"user":"tide","pass":"s3cret"}' })
+      direct:sub("back.>", "1")
+      direct:sub("handled.>", "2")
+      assert(direct:ping())
+      local n = 0
+      assert(h.wait_until(function()
+        n = n + 1
+        direct:pub("news.probe", tostring(n))
+        local f = sub:frame(0.2)
+        return f and f.op == "MSG"
+      end, 10, 0), "the node's subscription never reached the server")
+      while sub:frame(0.3) do end
+      routes("before")
+      assert.same({ ["tide r1"] = "tide" }, logins())
+
+      h.write_file(node.config, config("r2", 'user = "tide2", password = "other"'))
+      -- the old connection drains and goes; the new one is the new user's, under the new name
+      assert(h.wait_until(function()
+        local t = logins()
+        return t["tide r2"] == "tide2" and t["tide r1"] == nil
+      end, 10), json.encode(logins()) .. "\n" .. node:log())
+      routes("after")
+      -- the deployed rules moved too: a deploy through the node is stored
+      -- (its request subscription), watched and run (the watch)
+      local src = h.make_tmpdir("deploy-bundle")
+      h.write_file(src .. "/tide.lua", 'on("dep.x", function(e, ctx) ctx.publish("handled.dep", {}) end)\n')
+      local rc, out = h.sh(("timeout 30 '%s' deploy '%s' -s 127.0.0.1:%d"):format(h.bin, src, node.port))
+      h.remove_tmpdir(src)
+      assert.equal(0, rc, out)
+      local m
+      assert(h.wait_until(function()
+        sub:pub("dep.x", "{}") -- enters the node's pipeline
+        m = direct:msg(0.5)
+        return m and m.subject == "handled.dep"
+      end, 15, 0), "the deployed rule never ran:\n" .. node:log())
+      while direct:frame(0.5) do end
+
+      -- credentials the server refuses: the node keeps the connection it has
+      h.write_file(node.config, config("r3", 'user = "tide2", password = "wrong"'))
+      assert(h.wait_until(function() return node:log():match("do not connect") end, 10), node:log())
+      assert.same({ ["tide r2"] = "tide2" }, logins())
+      routes("refused")
+      assert.equal(200, (get(hport, "/readyz")))
+    end)
+    if sub then sub:close() end
+    if direct then direct:close() end
+    stop(node)
+    stop(ns)
+    h.remove_tmpdir(node.dir)
+    h.remove_tmpdir(dir)
     assert(ok, err)
   end)
 end)

@@ -35,20 +35,50 @@
 /* What libnats' threads hand to the loop. */
 enum item_kind { ITEM_MSG, ITEM_CONNECTED, ITEM_DISCONNECTED, ITEM_RECONNECTED, ITEM_CLOSED, ITEM_ERROR };
 
+/* An upstream subscription's key: its connection's epoch (each
+ * connection the node makes gets the next one) and its id there. */
+typedef struct sub_key {
+    uint64_t epoch;
+    int64_t sid;
+} sub_key_t;
+
 typedef struct item {
     struct item *next;
     enum item_kind kind;
-    int64_t sid;  /* ITEM_MSG: the upstream subscription it came on */
-    natsMsg *msg; /* ITEM_MSG, owned */
+    sub_key_t key; /* ITEM_MSG: the subscription it came on; every kind: key.epoch, its connection */
+    natsMsg *msg;  /* ITEM_MSG, owned */
     char text[160]; /* ITEM_ERROR */
 } item_t;
 
-/* A client's subscription here, mirrored upstream. */
+/* What an upstream subscription is for. */
+enum upsub_kind { UPSUB_CLIENT, UPSUB_STATUS, UPSUB_JS, UPSUB_PULL, UPSUB_DEPLOY, UPSUB_DEPLOY_REQ, UPSUB_KV };
+
+/* An upstream subscription: a client's subscription here, mirrored, or
+ * one of the node's own inboxes. */
 typedef struct mirror {
-    sub_t *sub;
+    enum upsub_kind kind;
+    sub_t *sub;        /* UPSUB_CLIENT: the client's subscription */
+    char pattern[160]; /* the others: what they subscribe to */
+    const char *queue; /* the others: their queue group, or NULL */
     natsSubscription *ns;
-    int64_t sid;
+    sub_key_t key;
+    sub_key_t prev; /* its key on the connection before this one (epoch 0: none): what that
+                       connection handed over before it closed is still delivered */
 } mirror_t;
+
+struct cluster;
+/* The closure of one connection's callbacks, so that what a connection
+ * the node left (after a reload changed the credentials) still hands
+ * over is told apart.  Freed with the cluster. */
+typedef struct link {
+    struct cluster *c;
+    uint64_t epoch;
+    natsOptions *opts;
+    natsConnection *nc;      /* NULL once it ended */
+    natsSubscription **left; /* a connection the node left: its subscriptions, draining */
+    size_t nleft;
+    struct link *next;
+} link_t;
 
 /* Upstream messages one subscription may have waiting in libnats before
  * it counts them as a slow consumer; the loop takes them much faster. */
@@ -61,6 +91,9 @@ typedef struct mirror {
 #define CLUSTER_PING_INTERVAL_MS 2000
 #define CLUSTER_PINGS_OUT 2
 #define CLUSTER_DRAIN_BATCH 4096
+/* How long a connection the node leaves (a reload changed the
+ * credentials) may take to hand over what it holds before it is closed. */
+#define CLUSTER_DRAIN_TIMEOUT_MS 5000
 /* The origin marker: "<server id>.<client id>" on what a client with
  * "echo":false published, so that it does not come back to that client;
  * never delivered to a client of a node (docs/cluster.md). */
@@ -68,25 +101,22 @@ typedef struct mirror {
 
 struct cluster {
     node_t *n;
-    natsOptions *opts;
-    natsConnection *nc;
+    natsConnection *nc; /* the current connection: link->nc */
+    link_t *links;  /* one per connection made, the newest first */
+    link_t *link;   /* the current connection's */
+    uint64_t epoch; /* the current connection's */
     dict_t mirrors; /* by the address of the client's sub_t: mirror_t */
-    dict_t by_sid;  /* by the upstream subscription id: the same mirror_t */
-    natsSubscription *status_sub; /* CLUSTER_STATUS_SUBJECT */
-    int64_t status_sid;
-    cluster_js_t *js;             /* the jetstream-backed streams */
-    natsSubscription *js_sub;     /* their answers' inbox */
-    int64_t js_sid;
-    cluster_pull_t *pull;         /* the consumers on those streams */
-    natsSubscription *pull_sub;   /* their inbox: events, pull ends, API answers */
-    int64_t pull_sid;
-    cluster_deploy_t *deploy;        /* rules deployed to the cluster */
-    natsSubscription *deploy_sub;    /* its inbox: the bucket's answers, the watch */
-    natsSubscription *deploy_req_sub; /* CLUSTER_DEPLOY_SUBJECT, in a queue group */
-    int64_t deploy_sid, deploy_req_sid;
-    cluster_kv_t *kv;             /* the KV buckets the scripts use */
-    natsSubscription *kv_sub;     /* their inbox: watches, PubAcks, API answers */
-    int64_t kv_sid;
+    dict_t by_sid;  /* by sub_key_t (the current and the previous one): every mirror_t */
+    mirror_t *status; /* CLUSTER_STATUS_SUBJECT */
+    cluster_js_t *js; /* the jetstream-backed streams */
+    mirror_t *js_in;  /* their answers' inbox */
+    cluster_pull_t *pull; /* the consumers on those streams */
+    mirror_t *pull_in;    /* their inbox: events, pull ends, API answers */
+    cluster_deploy_t *deploy; /* rules deployed to the cluster */
+    mirror_t *deploy_in;      /* its inbox: the bucket's answers */
+    mirror_t *deploy_req;     /* CLUSTER_DEPLOY_SUBJECT, in a queue group */
+    cluster_kv_t *kv;         /* the KV buckets the scripts use */
+    mirror_t *kv_in;          /* their inbox: PubAcks, API answers (the watches are cluster_kv's) */
     struct event *wake; /* drains the queue on the loop */
     struct event *tick; /* once a second: events/s */
     pthread_mutex_t lock; /* guards head, tail, woken, lost and live: libnats' threads add to the queue */
@@ -106,6 +136,9 @@ struct cluster {
     uint64_t generation;        /* of the rules last compared with it */
     time_t last_refusal_log;
 };
+
+static void switch_connection(cluster_t *c, const cluster_settings_t *cs);
+static void link_end(link_t *l);
 
 void cluster_prepare_threads(void)
 {
@@ -131,49 +164,50 @@ static void enqueue(cluster_t *c, item_t *it)
         event_active(c->wake, EV_READ, 0);
 }
 
-static item_t *item_new(cluster_t *c, enum item_kind kind)
+static item_t *item_new(link_t *l, enum item_kind kind)
 {
     item_t *it = calloc(1, sizeof *it);
     if (!it) {
-        pthread_mutex_lock(&c->lock);
-        c->lost++;
-        pthread_mutex_unlock(&c->lock);
+        pthread_mutex_lock(&l->c->lock);
+        l->c->lost++;
+        pthread_mutex_unlock(&l->c->lock);
         return NULL;
     }
     it->kind = kind;
+    it->key.epoch = l->epoch;
     return it;
 }
 
 static void on_upstream_msg(natsConnection *nc, natsSubscription *ns, natsMsg *msg, void *closure)
 {
-    cluster_t *c = closure;
-    item_t *it = item_new(c, ITEM_MSG);
+    link_t *l = closure;
+    item_t *it = item_new(l, ITEM_MSG);
     (void)nc;
     if (!it) {
         natsMsg_Destroy(msg);
         return;
     }
-    it->sid = natsSubscription_GetID(ns);
+    it->key.sid = natsSubscription_GetID(ns);
     it->msg = msg;
-    enqueue(c, it);
+    enqueue(l->c, it);
 }
 
 /* A delivery thread: the subscription is closed and its message handler
  * will not run again. */
 static void on_sub_ended(void *closure)
 {
-    cluster_t *c = closure;
+    cluster_t *c = ((link_t *)closure)->c;
     pthread_mutex_lock(&c->lock);
     if (--c->live == 0)
         pthread_cond_broadcast(&c->ended);
     pthread_mutex_unlock(&c->lock);
 }
 
-static void on_conn_event(cluster_t *c, enum item_kind kind)
+static void on_conn_event(link_t *l, enum item_kind kind)
 {
-    item_t *it = item_new(c, kind);
+    item_t *it = item_new(l, kind);
     if (it)
-        enqueue(c, it);
+        enqueue(l->c, it);
 }
 
 static void on_connected(natsConnection *nc, void *closure) { (void)nc, on_conn_event(closure, ITEM_CONNECTED); }
@@ -183,13 +217,13 @@ static void on_closed(natsConnection *nc, void *closure) { (void)nc, on_conn_eve
 
 static void on_async_error(natsConnection *nc, natsSubscription *ns, natsStatus err, void *closure)
 {
-    cluster_t *c = closure;
-    item_t *it = item_new(c, ITEM_ERROR);
+    link_t *l = closure;
+    item_t *it = item_new(l, ITEM_ERROR);
     (void)nc;
     if (!it)
         return;
     snprintf(it->text, sizeof it->text, "%s%s", ns ? "upstream subscription: " : "", natsStatus_GetText(err));
-    enqueue(c, it);
+    enqueue(l->c, it);
 }
 
 /* ---- on the loop ---------------------------------------------------------- */
@@ -331,6 +365,54 @@ static void note_state(cluster_t *c, enum item_kind kind, const char *text)
     log_warn("cluster: %s", text);
 }
 
+/* A connection the node left has closed: gives it back to libnats. */
+static void left_closed(cluster_t *c, uint64_t epoch)
+{
+    for (link_t *l = c->links; l; l = l->next)
+        if (l->epoch == epoch && l != c->link && l->nc) {
+            link_end(l);
+            log_info("cluster: the previous connection to the upstream has drained and closed");
+        }
+}
+
+/* Hands a message from the cluster to what its subscription is for. */
+static void dispatch(cluster_t *c, item_t *it)
+{
+    mirror_t *m = dict_get(&c->by_sid, (const char *)&it->key, sizeof it->key);
+    if (!m) {
+        if (it->key.epoch != c->epoch)
+            return; /* a watch of a connection the node left */
+        if (it->key.sid == cluster_deploy_watch_sid(c->deploy))
+            cluster_deploy_revision(c->deploy, it->msg);
+        else
+            cluster_kv_message(c->kv, it->key.sid, it->msg); /* a bucket's watch, or unsubscribed since */
+        return;
+    }
+    switch (m->kind) {
+    case UPSUB_STATUS:
+        answer_status(c, it->msg);
+        break;
+    case UPSUB_JS:
+        cluster_js_answer(c->js, it->msg);
+        break;
+    case UPSUB_PULL:
+        cluster_pull_message(c->pull, it->msg);
+        break;
+    case UPSUB_DEPLOY:
+        cluster_deploy_answer(c->deploy, it->msg);
+        break;
+    case UPSUB_DEPLOY_REQ:
+        cluster_deploy_request(c->deploy, it->msg);
+        break;
+    case UPSUB_KV:
+        cluster_kv_message(c->kv, 0, it->msg);
+        break;
+    case UPSUB_CLIENT:
+        deliver_upstream(c, m->sub, it->msg);
+        break;
+    }
+}
+
 static void on_wake(evutil_socket_t fd, short what, void *arg)
 {
     cluster_t *c = arg;
@@ -356,54 +438,48 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
     for (; it; it = next) {
         next = it->next;
         if (it->kind == ITEM_MSG) {
-            mirror_t *m = dict_get(&c->by_sid, (const char *)&it->sid, sizeof it->sid);
-            if (it->sid == c->status_sid)
-                answer_status(c, it->msg);
-            else if (it->sid == c->js_sid)
-                cluster_js_answer(c->js, it->msg);
-            else if (it->sid == c->pull_sid)
-                cluster_pull_message(c->pull, it->msg);
-            else if (it->sid == c->deploy_sid)
-                cluster_deploy_answer(c->deploy, it->msg);
-            else if (it->sid == c->deploy_req_sid)
-                cluster_deploy_request(c->deploy, it->msg);
-            else if (it->sid == cluster_deploy_watch_sid(c->deploy))
-                cluster_deploy_revision(c->deploy, it->msg);
-            else if (it->sid == c->kv_sid || !m) /* the inbox, or a bucket's watch */
-                cluster_kv_message(c->kv, it->sid, it->msg);
-            else if (m)
-                deliver_upstream(c, m->sub, it->msg);
+            dispatch(c, it);
             natsMsg_Destroy(it->msg);
-        } else {
+        } else if (it->key.epoch == c->epoch) {
             note_state(c, it->kind, it->text);
+        } else if (it->kind == ITEM_CLOSED) { /* a connection the node left has drained */
+            left_closed(c, it->key.epoch);
         }
         free(it);
     }
 }
 
-/* True when a and b connect the same way (all but name). */
-static int same_connection(const cluster_settings_t *a, const cluster_settings_t *b)
+/* True when a and b list the same servers. */
+static int same_upstream(const cluster_settings_t *a, const cluster_settings_t *b)
 {
-    if (a->nupstream != b->nupstream || a->tls != b->tls)
+    if (a->nupstream != b->nupstream)
         return 0;
     for (int i = 0; i < a->nupstream; i++)
         if (strcmp(a->upstream[i], b->upstream[i]))
             return 0;
-    return !strcmp(a->user, b->user) && !strcmp(a->password, b->password) && !strcmp(a->token, b->token) &&
-           !strcmp(a->nkey, b->nkey) && !strcmp(a->tls_ca, b->tls_ca) && !strcmp(a->tls_cert, b->tls_cert) &&
-           !strcmp(a->tls_key, b->tls_key);
+    return 1;
 }
 
-/* After a reload: only name applies to a running node; say so when the
- * new rules change the rest. */
-static void warn_unapplied(cluster_t *c)
+/* True when a and b log in the same way (credentials and tls). */
+static int same_login(const cluster_settings_t *a, const cluster_settings_t *b)
+{
+    return a->tls == b->tls && !strcmp(a->user, b->user) && !strcmp(a->password, b->password) &&
+           !strcmp(a->token, b->token) && !strcmp(a->nkey, b->nkey) && !strcmp(a->tls_ca, b->tls_ca) &&
+           !strcmp(a->tls_cert, b->tls_cert) && !strcmp(a->tls_key, b->tls_key);
+}
+
+/* After a reload: name applies at once; new credentials or tls make the
+ * node connect again; a new upstream waits for the next start. */
+static void apply_reload(cluster_t *c)
 {
     const cluster_settings_t *now = script_cluster_settings(c->n->scripts);
     if (!now)
         log_warn("cluster: the reloaded rules have no cluster { }; the node stays in the cluster until it restarts");
-    else if (!same_connection(&c->started, now))
-        log_warn("cluster: the reloaded cluster { } changes upstream, credentials or tls: they apply at the next "
-                 "start (name applies now)");
+    else if (!same_upstream(&c->started, now))
+        log_warn("cluster: the reloaded cluster { } changes upstream: it applies, with the credentials and tls, at "
+                 "the next start (name applies now)");
+    else if (!same_login(&c->started, now))
+        switch_connection(c, now);
 }
 
 static void on_tick(evutil_socket_t fd, short what, void *arg)
@@ -418,7 +494,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         events = st.events;
         if (st.generation != c->generation) {
             c->generation = st.generation;
-            warn_unapplied(c);
+            apply_reload(c);
             cluster_js_rules_changed(c->js);
             cluster_pull_rules_changed(c->pull);
         } else {
@@ -512,20 +588,59 @@ fail:
     return s == NATS_OK ? 0 : -1;
 }
 
-/* Subscribes upstream (queue may be NULL), counted in c->live until
- * libnats says the subscription's handler is done for good. */
-static natsStatus subscribe_upstream(cluster_t *c, natsSubscription **ns, const char *subject, const char *queue)
+/* Subscribes on the current connection (queue may be NULL), counted in
+ * c->live until libnats says the subscription's handler is done for good. */
+static natsStatus subscribe_raw(cluster_t *c, natsSubscription **ns, const char *subject, const char *queue)
 {
-    natsStatus s = queue ? natsConnection_QueueSubscribe(ns, c->nc, subject, queue, on_upstream_msg, c)
-                         : natsConnection_Subscribe(ns, c->nc, subject, on_upstream_msg, c);
+    link_t *l = c->link;
+    natsStatus s = queue ? natsConnection_QueueSubscribe(ns, c->nc, subject, queue, on_upstream_msg, l)
+                         : natsConnection_Subscribe(ns, c->nc, subject, on_upstream_msg, l);
     if (s != NATS_OK)
         return s;
     pthread_mutex_lock(&c->lock);
     c->live++;
     pthread_mutex_unlock(&c->lock);
-    if (natsSubscription_SetOnCompleteCB(*ns, on_sub_ended, c) != NATS_OK)
-        on_sub_ended(c); /* closed already: not waited for */
+    if (natsSubscription_SetOnCompleteCB(*ns, on_sub_ended, l) != NATS_OK)
+        on_sub_ended(l); /* closed already: not waited for */
     return NATS_OK;
+}
+
+/* Subscribes m on the current connection (subscribe_raw), with its key in
+ * by_sid.  What m was subscribed to before stays the caller's. */
+static natsStatus upstream_open(cluster_t *c, mirror_t *m)
+{
+    natsSubscription *ns = NULL;
+    const char *subject = m->kind == UPSUB_CLIENT ? m->sub->subject : m->pattern;
+    const char *queue = m->kind == UPSUB_CLIENT ? m->sub->queue : m->queue;
+    natsStatus s = subscribe_raw(c, &ns, subject, queue);
+    if (s != NATS_OK)
+        return s;
+    if (m->kind == UPSUB_CLIENT || m->kind == UPSUB_PULL || m->kind == UPSUB_KV)
+        natsSubscription_SetPendingLimits(ns, CLUSTER_PENDING_MSGS, CLUSTER_PENDING_BYTES);
+    sub_key_t key = {c->epoch, natsSubscription_GetID(ns)};
+    if (dict_put(&c->by_sid, (const char *)&key, sizeof key, m) < 0) {
+        natsSubscription_Destroy(ns);
+        return NATS_NO_MEMORY;
+    }
+    m->ns = ns;
+    m->key = key;
+    return NATS_OK;
+}
+
+/* Takes m's keys out of by_sid, unsubscribes it (unsubscribe != 0: it
+ * ends here; 0: its connection is going) and frees it.  NULL: nothing. */
+static void mirror_free(cluster_t *c, mirror_t *m, int unsubscribe)
+{
+    if (!m)
+        return;
+    dict_remove(&c->by_sid, (const char *)&m->key, sizeof m->key);
+    if (m->prev.epoch)
+        dict_remove(&c->by_sid, (const char *)&m->prev, sizeof m->prev);
+    if (m->ns && unsubscribe)
+        natsSubscription_Unsubscribe(m->ns);
+    if (m->ns)
+        natsSubscription_Destroy(m->ns);
+    free(m);
 }
 
 static void mirror_add(cluster_t *c, sub_t *sub)
@@ -534,16 +649,15 @@ static void mirror_add(cluster_t *c, sub_t *sub)
     natsStatus s = NATS_NO_MEMORY;
     if (!m)
         goto fail;
+    m->kind = UPSUB_CLIENT;
     m->sub = sub;
-    s = subscribe_upstream(c, &m->ns, sub->subject, sub->queue);
+    s = upstream_open(c, m);
     if (s != NATS_OK)
         goto fail;
-    natsSubscription_SetPendingLimits(m->ns, CLUSTER_PENDING_MSGS, CLUSTER_PENDING_BYTES);
-    m->sid = natsSubscription_GetID(m->ns);
-    if (dict_put(&c->mirrors, (const char *)&sub, sizeof sub, m) < 0)
-        goto fail;
-    if (dict_put(&c->by_sid, (const char *)&m->sid, sizeof m->sid, m) < 0) {
-        dict_remove(&c->mirrors, (const char *)&sub, sizeof sub);
+    if (dict_put(&c->mirrors, (const char *)&sub, sizeof sub, m) < 0) {
+        mirror_free(c, m, 1);
+        m = NULL;
+        s = NATS_NO_MEMORY;
         goto fail;
     }
     return;
@@ -552,16 +666,6 @@ fail:
     snprintf(c->last_error, sizeof c->last_error, "cannot subscribe upstream to %s: %s", sub->subject,
              natsStatus_GetText(s));
     log_error("cluster: %s (the subscriber here gets nothing from the cluster)", c->last_error);
-    if (m && m->ns)
-        natsSubscription_Destroy(m->ns);
-    free(m);
-}
-
-static void mirror_free(mirror_t *m, int unsubscribe)
-{
-    if (unsubscribe)
-        natsSubscription_Unsubscribe(m->ns);
-    natsSubscription_Destroy(m->ns);
     free(m);
 }
 
@@ -574,11 +678,7 @@ static void on_interest(void *ctx, sub_t *sub, int added)
         mirror_add(c, sub);
         return;
     }
-    mirror_t *m = dict_remove(&c->mirrors, (const char *)&sub, sizeof sub);
-    if (m) {
-        dict_remove(&c->by_sid, (const char *)&m->sid, sizeof m->sid);
-        mirror_free(m, 1);
-    }
+    mirror_free(c, dict_remove(&c->mirrors, (const char *)&sub, sizeof sub), 1);
 }
 
 /* ---- starting and stopping --------------------------------------------------- */
@@ -630,11 +730,16 @@ static natsStatus set_credentials(natsOptions *o, const cluster_settings_t *cs, 
     return s;
 }
 
-static natsStatus set_options(cluster_t *c, const cluster_settings_t *cs, char *err, size_t errsz)
+/* Fills l->opts for a connection with cs's settings and l as the
+ * callbacks' closure.  retry != 0: the first connect goes on in the
+ * background when no server answers (at start); 0: it fails at once
+ * (a reload's new connection, which must not leave the node without one). */
+static natsStatus set_options(cluster_t *c, link_t *l, const cluster_settings_t *cs, int retry, char *err,
+                              size_t errsz)
 {
     const char *urls[CLUSTER_UPSTREAM_MAX];
     char name[200];
-    natsOptions *o = c->opts;
+    natsOptions *o = l->opts;
     natsStatus s;
     for (int i = 0; i < cs->nupstream; i++)
         urls[i] = cs->upstream[i];
@@ -650,16 +755,16 @@ static natsStatus set_options(cluster_t *c, const cluster_settings_t *cs, char *
         s = natsOptions_SetPingInterval(o, CLUSTER_PING_INTERVAL_MS);
     if (s == NATS_OK)
         s = natsOptions_SetMaxPingsOut(o, CLUSTER_PINGS_OUT);
+    if (s == NATS_OK && retry)
+        s = natsOptions_SetRetryOnFailedConnect(o, true, on_connected, l);
     if (s == NATS_OK)
-        s = natsOptions_SetRetryOnFailedConnect(o, true, on_connected, c);
+        s = natsOptions_SetDisconnectedCB(o, on_disconnected, l);
     if (s == NATS_OK)
-        s = natsOptions_SetDisconnectedCB(o, on_disconnected, c);
+        s = natsOptions_SetReconnectedCB(o, on_reconnected, l);
     if (s == NATS_OK)
-        s = natsOptions_SetReconnectedCB(o, on_reconnected, c);
+        s = natsOptions_SetClosedCB(o, on_closed, l);
     if (s == NATS_OK)
-        s = natsOptions_SetClosedCB(o, on_closed, c);
-    if (s == NATS_OK)
-        s = natsOptions_SetErrorHandler(o, on_async_error, c);
+        s = natsOptions_SetErrorHandler(o, on_async_error, l);
     if (s == NATS_OK) /* a pool of threads, not one per subscription */
         s = natsOptions_UseGlobalMessageDelivery(o, true);
     /* Without it libnats' flusher thread waits a millisecond before it
@@ -677,6 +782,41 @@ static natsStatus set_options(cluster_t *c, const cluster_settings_t *cs, char *
     return s;
 }
 
+/* A new connection's link, with its options made from cs (not connected
+ * yet), at the head of c->links; NULL with the reason in err. */
+static link_t *link_new(cluster_t *c, const cluster_settings_t *cs, int retry, char *err, size_t errsz)
+{
+    link_t *l = calloc(1, sizeof *l);
+    if (!l || natsOptions_Create(&l->opts) != NATS_OK) {
+        snprintf(err, errsz, "cluster: out of memory");
+        free(l);
+        return NULL;
+    }
+    l->c = c;
+    l->epoch = c->links ? c->links->epoch + 1 : 1;
+    l->next = c->links;
+    c->links = l;
+    if (set_options(c, l, cs, retry, err, errsz) != NATS_OK)
+        return NULL; /* stays in c->links, freed with c */
+    return l;
+}
+
+/* Gives l's subscriptions and connection back to libnats (closing the
+ * connection if it is still open). */
+static void link_end(link_t *l)
+{
+    for (size_t i = 0; i < l->nleft; i++)
+        natsSubscription_Destroy(l->left[i]);
+    free(l->left);
+    l->left = NULL;
+    l->nleft = 0;
+    if (l->nc) {
+        natsConnection_Close(l->nc);
+        natsConnection_Destroy(l->nc);
+        l->nc = NULL;
+    }
+}
+
 /* Why a subscription at start failed: most often libnats closed the
  * connection already (the servers refused the node's credentials). */
 static void subscribe_failed(cluster_t *c, const char *subject, natsStatus s, char *err, size_t errsz)
@@ -691,6 +831,25 @@ static void subscribe_failed(cluster_t *c, const char *subject, natsStatus s, ch
     }
 }
 
+/* A new upstream subscription of the node's own; NULL with the reason in err. */
+static mirror_t *inbox_open(cluster_t *c, enum upsub_kind kind, const char *pattern, const char *queue, char *err,
+                            size_t errsz)
+{
+    mirror_t *m = calloc(1, sizeof *m);
+    natsStatus s = NATS_NO_MEMORY;
+    if (m) {
+        m->kind = kind;
+        m->queue = queue;
+        snprintf(m->pattern, sizeof m->pattern, "%s", pattern);
+        s = upstream_open(c, m);
+    }
+    if (s == NATS_OK)
+        return m;
+    subscribe_failed(c, pattern, s, err, errsz);
+    free(m);
+    return NULL;
+}
+
 /* The jetstream-backed streams and their consumers: their answers'
  * inboxes, and the first questions. */
 static int start_streams(cluster_t *c, char *err, size_t errsz)
@@ -698,25 +857,16 @@ static int start_streams(cluster_t *c, char *err, size_t errsz)
     char inbox[128], pattern[140];
     snprintf(inbox, sizeof inbox, "_INBOX.tide-js.%s", server_id(c->n->srv));
     snprintf(pattern, sizeof pattern, "%s.*", inbox);
-    natsStatus s = subscribe_upstream(c, &c->js_sub, pattern, NULL);
-    if (s != NATS_OK) {
-        subscribe_failed(c, pattern, s, err, errsz);
+    if (!(c->js_in = inbox_open(c, UPSUB_JS, pattern, NULL, err, errsz)))
         return -1;
-    }
-    c->js_sid = natsSubscription_GetID(c->js_sub);
     if (!(c->js = cluster_js_new(c->nc, c->n->scripts, inbox))) {
         snprintf(err, errsz, "cluster: out of memory");
         return -1;
     }
     snprintf(inbox, sizeof inbox, "_INBOX.tide-pull.%s", server_id(c->n->srv));
     snprintf(pattern, sizeof pattern, "%s.>", inbox);
-    s = subscribe_upstream(c, &c->pull_sub, pattern, NULL);
-    if (s != NATS_OK) {
-        subscribe_failed(c, pattern, s, err, errsz);
+    if (!(c->pull_in = inbox_open(c, UPSUB_PULL, pattern, NULL, err, errsz)))
         return -1;
-    }
-    natsSubscription_SetPendingLimits(c->pull_sub, CLUSTER_PENDING_MSGS, CLUSTER_PENDING_BYTES);
-    c->pull_sid = natsSubscription_GetID(c->pull_sub);
     if (!(c->pull = cluster_pull_new(c->nc, c->n->scripts, c->js, inbox))) {
         snprintf(err, errsz, "cluster: out of memory");
         return -1;
@@ -728,7 +878,7 @@ static int start_streams(cluster_t *c, char *err, size_t errsz)
 static int subscribe_watch(void *ctx, const char *subject, natsSubscription **ns, int64_t *sid)
 {
     cluster_t *c = ctx;
-    if (subscribe_upstream(c, ns, subject, NULL) != NATS_OK)
+    if (subscribe_raw(c, ns, subject, NULL) != NATS_OK)
         return -1;
     *sid = natsSubscription_GetID(*ns);
     return 0;
@@ -746,26 +896,17 @@ static int start_deploy(cluster_t *c, char *err, size_t errsz)
         snprintf(err, errsz, "cluster: cannot set up the deployed rules");
         return -1;
     }
-    natsStatus s = subscribe_upstream(c, &c->deploy_sub, pattern, NULL);
-    if (s != NATS_OK) {
-        subscribe_failed(c, pattern, s, err, errsz);
+    if (!(c->deploy_in = inbox_open(c, UPSUB_DEPLOY, pattern, NULL, err, errsz)))
         return -1;
-    }
-    c->deploy_sid = natsSubscription_GetID(c->deploy_sub);
-    s = subscribe_upstream(c, &c->deploy_req_sub, CLUSTER_DEPLOY_SUBJECT, CLUSTER_DEPLOY_QUEUE);
-    if (s != NATS_OK) {
-        subscribe_failed(c, CLUSTER_DEPLOY_SUBJECT, s, err, errsz);
-        return -1;
-    }
-    c->deploy_req_sid = natsSubscription_GetID(c->deploy_req_sub);
-    return 0;
+    c->deploy_req = inbox_open(c, UPSUB_DEPLOY_REQ, CLUSTER_DEPLOY_SUBJECT, CLUSTER_DEPLOY_QUEUE, err, errsz);
+    return c->deploy_req ? 0 : -1;
 }
 
 /* cluster_kv's subscriptions to its watches' deliver subjects. */
 static natsStatus subscribe_bucket_watch(void *ctx, natsSubscription **ns, const char *subject)
 {
     cluster_t *c = ctx;
-    natsStatus s = subscribe_upstream(c, ns, subject, NULL);
+    natsStatus s = subscribe_raw(c, ns, subject, NULL);
     if (s == NATS_OK)
         natsSubscription_SetPendingLimits(*ns, CLUSTER_PENDING_MSGS, CLUSTER_PENDING_BYTES);
     return s;
@@ -785,13 +926,8 @@ static int start_buckets(cluster_t *c, char *err, size_t errsz)
     script_kv_remote_t ops;
     snprintf(inbox, sizeof inbox, "_INBOX.tide-kv.%s", server_id(c->n->srv));
     snprintf(pattern, sizeof pattern, "%s.>", inbox);
-    natsStatus s = subscribe_upstream(c, &c->kv_sub, pattern, NULL);
-    if (s != NATS_OK) {
-        subscribe_failed(c, pattern, s, err, errsz);
+    if (!(c->kv_in = inbox_open(c, UPSUB_KV, pattern, NULL, err, errsz)))
         return -1;
-    }
-    natsSubscription_SetPendingLimits(c->kv_sub, CLUSTER_PENDING_MSGS, CLUSTER_PENDING_BYTES);
-    c->kv_sid = natsSubscription_GetID(c->kv_sub);
     if (!(c->kv = cluster_kv_new(c->nc, server_base(c->n->srv), inbox, subscribe_bucket_watch, c))) {
         snprintf(err, errsz, "cluster: out of memory");
         return -1;
@@ -819,14 +955,16 @@ cluster_t *cluster_start(node_t *n, char *err, size_t errsz)
     c->wake = event_new(server_base(n->srv), -1, 0, on_wake, c);
     c->tick = event_new(server_base(n->srv), -1, EV_PERSIST, on_tick, c);
     struct timeval second = {1, 0};
-    if (!c->wake || !c->tick || event_add(c->tick, &second) < 0 || natsOptions_Create(&c->opts) != NATS_OK)
+    if (!c->wake || !c->tick || event_add(c->tick, &second) < 0)
         goto fail;
     c->started = *cs;
     c->generation = 1;
-    if (set_options(c, cs, err, errsz) != NATS_OK)
+    if (!(c->link = link_new(c, cs, 1, err, errsz)))
         goto fail;
+    c->epoch = c->link->epoch;
     snprintf(c->url, sizeof c->url, "%s", cs->upstream[0]);
-    s = natsConnection_Connect(&c->nc, c->opts);
+    s = natsConnection_Connect(&c->link->nc, c->link->opts);
+    c->nc = c->link->nc;
     if (s == NATS_NOT_YET_CONNECTED) {
         snprintf(c->last_error, sizeof c->last_error, "cannot reach the upstream yet; retrying");
         log_warn("cluster: cannot reach the upstream (%s, ...) yet; retrying in the background", cs->upstream[0]);
@@ -834,14 +972,10 @@ cluster_t *cluster_start(node_t *n, char *err, size_t errsz)
         snprintf(err, errsz, "cluster: cannot connect to the upstream: %s", natsStatus_GetText(s));
         goto fail;
     } else {
-        on_conn_event(c, ITEM_CONNECTED);
+        on_conn_event(c->link, ITEM_CONNECTED);
     }
-    s = subscribe_upstream(c, &c->status_sub, CLUSTER_STATUS_SUBJECT, NULL);
-    if (s != NATS_OK) {
-        subscribe_failed(c, CLUSTER_STATUS_SUBJECT, s, err, errsz);
+    if (!(c->status = inbox_open(c, UPSUB_STATUS, CLUSTER_STATUS_SUBJECT, NULL, err, errsz)))
         goto fail;
-    }
-    c->status_sid = natsSubscription_GetID(c->status_sub);
     if (start_streams(c, err, errsz) < 0 || start_deploy(c, err, errsz) < 0 || start_buckets(c, err, errsz) < 0)
         goto fail;
     hooks.ctx = c;
@@ -853,6 +987,99 @@ fail:
     cluster_free(c);
     return NULL;
 }
+
+/* ---- a reload that changes the credentials or tls ------------------------------ */
+
+/* Moves m to the current connection; what the previous one still hands
+ * over for it is delivered too (its previous key stays in by_sid), and
+ * its subscription there is left to that connection's drain, in l. */
+static void mirror_move(cluster_t *c, mirror_t *m, link_t *l)
+{
+    natsSubscription *old = m->ns;
+    sub_key_t was = m->key;
+    natsStatus s;
+    if (m->prev.epoch)
+        dict_remove(&c->by_sid, (const char *)&m->prev, sizeof m->prev);
+    m->prev.epoch = 0;
+    if ((s = upstream_open(c, m)) == NATS_OK) {
+        m->prev = was;
+    } else {
+        m->ns = NULL;
+        c->mirror_failures++;
+        snprintf(c->last_error, sizeof c->last_error, "cannot subscribe upstream to %s on the new connection: %s",
+                 m->kind == UPSUB_CLIENT ? m->sub->subject : m->pattern, natsStatus_GetText(s));
+        log_error("cluster: %s", c->last_error);
+    }
+    if (old)
+        l->left[l->nleft++] = old;
+}
+
+/* Moves every upstream subscription to the current connection; l is the
+ * connection left.  -1 when out of memory (nothing moved). */
+static int move_all(cluster_t *c, link_t *l)
+{
+    mirror_t *own[] = {c->status, c->js_in, c->pull_in, c->deploy_in, c->deploy_req, c->kv_in};
+    size_t n = c->mirrors.count + sizeof own / sizeof own[0];
+    if (!(l->left = calloc(n, sizeof *l->left)))
+        return -1;
+    for (size_t i = 0; i < c->mirrors.cap; i++)
+        if (c->mirrors.slots[i].key)
+            mirror_move(c, c->mirrors.slots[i].val, l);
+    for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
+        if (own[i])
+            mirror_move(c, own[i], l);
+    return 0;
+}
+
+/*
+ * Connects again with cs's credentials and tls (the same servers), moves
+ * every upstream subscription there, hands the JetStream machinery the
+ * new connection and drains the old one: what it had received is still
+ * delivered, what was published on it is sent, then it closes (its
+ * ITEM_CLOSED frees it).  When the new connection cannot be made (refused
+ * credentials, no server reachable) the node keeps the old one.  The loop
+ * waits for the new connection's handshake.
+ */
+static void switch_connection(cluster_t *c, const cluster_settings_t *cs)
+{
+    char err[160] = ""; /* fits in last_error with the words around it */
+    link_t *old = c->link, *l = link_new(c, cs, 0, err, sizeof err);
+    natsStatus s = NATS_NO_MEMORY;
+    if (!l)
+        goto fail;
+    if ((s = natsConnection_Connect(&l->nc, l->opts)) != NATS_OK) {
+        const char *last = nats_GetLastError(NULL), *at = last ? strstr(last, "): ") : NULL;
+        if (last && last[0] == '(' && at) /* "(conn.c:1905): Authorization Violation" */
+            last = at + 3;
+        snprintf(err, sizeof err, "%s", last && last[0] ? last : natsStatus_GetText(s));
+        goto fail;
+    }
+    c->link = l;
+    c->nc = l->nc;
+    c->epoch = l->epoch;
+    if (move_all(c, old) < 0) {
+        c->link = old, c->nc = old->nc, c->epoch = old->epoch;
+        link_end(l);
+        snprintf(err, sizeof err, "out of memory");
+        goto fail;
+    }
+    c->started = *cs;
+    cluster_js_set_connection(c->js, c->nc);
+    cluster_pull_set_connection(c->pull, c->nc);
+    cluster_deploy_set_connection(c->deploy, c->nc); /* its watch moves at ITEM_CONNECTED */
+    cluster_kv_set_connection(c->kv, c->nc);         /* so do the buckets' watches */
+    if (natsConnection_DrainTimeout(old->nc, CLUSTER_DRAIN_TIMEOUT_MS) != NATS_OK)
+        link_end(old); /* reconnecting: what waits in its buffer goes with it */
+    log_info("cluster: connected again with the reloaded credentials or tls; the previous connection drains");
+    on_conn_event(l, ITEM_CONNECTED);
+    return;
+fail:
+    snprintf(c->last_error, sizeof c->last_error,
+             "the reloaded credentials or tls do not connect (%s); the node keeps its connection", err);
+    log_error("cluster: %s", c->last_error);
+}
+
+/* ---- stopping ---------------------------------------------------------------- */
 
 /* Waits up to secs seconds for c->live to drop to 0; -1 when it did not. */
 static int wait_subscriptions(cluster_t *c, int secs)
@@ -886,11 +1113,15 @@ static void queue_clear(cluster_t *c)
 
 static void mirror_release(void *p)
 {
-    mirror_free(p, 0);
+    mirror_t *m = p;
+    if (m->ns)
+        natsSubscription_Destroy(m->ns);
+    free(m);
 }
 
 void cluster_free(cluster_t *c)
 {
+    link_t *l, *next;
     if (!c)
         return;
     server_set_cluster(c->n->srv, NULL);
@@ -898,25 +1129,14 @@ void cluster_free(cluster_t *c)
         script_host_set_kv_remote(c->n->scripts, NULL, NULL, 0);
     dict_clear(&c->by_sid, NULL);
     dict_clear(&c->mirrors, mirror_release);
-    if (c->status_sub)
-        natsSubscription_Destroy(c->status_sub);
-    if (c->js_sub)
-        natsSubscription_Destroy(c->js_sub);
-    if (c->pull_sub)
-        natsSubscription_Destroy(c->pull_sub);
-    if (c->deploy_sub)
-        natsSubscription_Destroy(c->deploy_sub);
-    if (c->deploy_req_sub)
-        natsSubscription_Destroy(c->deploy_req_sub);
+    mirror_t *own[] = {c->status, c->js_in, c->pull_in, c->deploy_in, c->deploy_req, c->kv_in};
+    for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
+        if (own[i])
+            mirror_release(own[i]);
     cluster_deploy_unsubscribe(c->deploy);
-    if (c->kv_sub)
-        natsSubscription_Destroy(c->kv_sub);
     cluster_kv_unsubscribe(c->kv);
-    if (c->nc) {
-        natsConnection_Close(c->nc);
-        natsConnection_Destroy(c->nc);
-    }
-    natsOptions_Destroy(c->opts);
+    for (l = c->links; l; l = l->next)
+        link_end(l);
     /* Messages go back to libnats while it still runs: a natsMsg_Destroy
      * after nats_CloseAndWait uses the library's freed state, and one its
      * own delivery threads make (the end marker of a closed subscription)
@@ -929,6 +1149,11 @@ void cluster_free(cluster_t *c)
     /* libnats' threads may still hold c as their closure: wait for them. */
     if (nats_CloseAndWait(2000) != NATS_OK)
         log_warn("cluster: libnats' threads did not end within 2s");
+    for (l = c->links; l; l = next) {
+        next = l->next;
+        natsOptions_Destroy(l->opts);
+        free(l);
+    }
     cluster_pull_free(c->pull);
     cluster_js_free(c->js);
     cluster_deploy_free(c->deploy);

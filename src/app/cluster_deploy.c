@@ -388,6 +388,12 @@ static void load_revision(cluster_deploy_t *d, uint64_t rev, const cJSON *b)
     prune(d);
 }
 
+void cluster_deploy_set_connection(cluster_deploy_t *d, natsConnection *nc)
+{
+    if (d)
+        d->nc = nc;
+}
+
 int64_t cluster_deploy_watch_sid(const cluster_deploy_t *d)
 {
     return d ? d->watch_sid : 0;

@@ -60,6 +60,11 @@ typedef int (*cluster_deploy_subscribe_fn)(void *ctx, const char *subject, natsS
 cluster_deploy_t *cluster_deploy_new(natsConnection *nc, struct node *n, const char *inbox, const char *watch_prefix,
                                      cluster_deploy_subscribe_fn subscribe, void *ctx);
 
+/* Requests go out on nc from now on (the node connected again with new
+ * credentials); call cluster_deploy_connected once it is up, which moves
+ * the watch to it. */
+void cluster_deploy_set_connection(cluster_deploy_t *d, natsConnection *nc);
+
 /* The id of the watch's subscription (0 when none). */
 int64_t cluster_deploy_watch_sid(const cluster_deploy_t *d);
 

@@ -44,6 +44,12 @@ cluster_js_t *cluster_js_new(natsConnection *nc, script_host_t *scripts, const c
     return j;
 }
 
+void cluster_js_set_connection(cluster_js_t *j, natsConnection *nc)
+{
+    if (j)
+        j->nc = nc;
+}
+
 void cluster_js_free(cluster_js_t *j)
 {
     if (!j)

@@ -27,6 +27,10 @@ typedef struct cluster_js cluster_js_t;
 cluster_js_t *cluster_js_new(natsConnection *nc, script_host_t *scripts, const char *inbox);
 void cluster_js_free(cluster_js_t *j);
 
+/* Requests go out on nc from now on (the node connected again with new
+ * credentials; answers keep arriving on the same inbox). */
+void cluster_js_set_connection(cluster_js_t *j, natsConnection *nc);
+
 /* The rules were reloaded: takes their declarations (keeping what is
  * bound already and unchanged) and asks about the rest. */
 void cluster_js_rules_changed(cluster_js_t *j);

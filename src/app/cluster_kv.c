@@ -557,6 +557,12 @@ cluster_kv_t *cluster_kv_new(natsConnection *nc, struct event_base *base, const 
     return k;
 }
 
+void cluster_kv_set_connection(cluster_kv_t *k, natsConnection *nc)
+{
+    if (k)
+        k->nc = nc;
+}
+
 void cluster_kv_unsubscribe(cluster_kv_t *k)
 {
     for (size_t i = 0; k && i < k->buckets.cap; i++) {

@@ -68,6 +68,10 @@ int cluster_kv_synced(cluster_kv_t *k, const char *bucket);
  * ignored). */
 void cluster_kv_message(cluster_kv_t *k, int64_t sid, natsMsg *m);
 
+/* The node's upstream connection is nc from now on (a reload changed its
+ * credentials or tls); the watches move at the next cluster_kv_connected. */
+void cluster_kv_set_connection(cluster_kv_t *k, natsConnection *nc);
+
 /* The connection is up (again) at url: asks the server's version, and
  * starts the watches and the update in flight again. */
 void cluster_kv_connected(cluster_kv_t *k, const char *url);

@@ -91,6 +91,12 @@ cluster_pull_t *cluster_pull_new(natsConnection *nc, script_host_t *scripts, clu
     return p;
 }
 
+void cluster_pull_set_connection(cluster_pull_t *p, natsConnection *nc)
+{
+    if (p)
+        p->nc = nc;
+}
+
 void cluster_pull_free(cluster_pull_t *p)
 {
     if (!p)

@@ -30,6 +30,10 @@ typedef struct cluster_pull cluster_pull_t;
 cluster_pull_t *cluster_pull_new(natsConnection *nc, script_host_t *scripts, cluster_js_t *js, const char *inbox);
 void cluster_pull_free(cluster_pull_t *p);
 
+/* Requests go out on nc from now on (the node connected again with new
+ * credentials; answers keep arriving on the same inbox). */
+void cluster_pull_set_connection(cluster_pull_t *p, natsConnection *nc);
+
 /* The rules were reloaded: takes their consumers, keeping the state of
  * those unchanged. */
 void cluster_pull_rules_changed(cluster_pull_t *p);
