@@ -128,7 +128,7 @@ struct cluster {
     /* The loop's own. */
     int connected;
     char url[256];        /* the server connected to, or the last one */
-    char last_error[256]; /* "" when none yet */
+    char last_error[320]; /* "" when none yet */
     uint64_t sent, received, refused, disconnects, reconnects, mirror_failures;
     uint64_t last_events;
     double events_per_s;
@@ -345,7 +345,8 @@ static void note_state(cluster_t *c, enum item_kind kind, const char *text)
         what = "disconnected from the upstream; reconnecting (publishes wait in the reconnect buffer)";
     else if (kind == ITEM_CLOSED)
         what = "the connection to the upstream is closed for good (libnats stops trying when the servers refuse "
-               "the node's credentials); the node stays out of the cluster until it restarts";
+               "the node's credentials); the node stays out of the cluster until it restarts or is reloaded "
+               "with other credentials";
     if (what) {
         const char *last = NULL;
         c->connected = 0;
