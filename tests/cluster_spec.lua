@@ -245,6 +245,34 @@ on("jobs.>", function(e, ctx) ctx.publish("done." .. e.subject, { from = "b" }) 
     assert.same({ "MSG echo.b 1 from w " }, plain)
   end)
 
+  it("gives a queue group each message of an echo:false member once, with no other member on its node", function()
+    -- The cluster prefers the member on the server where p's node
+    -- publishes, p's own; with no other member on a, p keeps what it is
+    -- given (docs/cluster.md): the group loses nothing and gets nothing twice.
+    local p = h.connect(a.port, { connect = '{"verbose":false,"headers":true,"echo":false}' })
+    local w = client(b.port)
+    p:sub("echoq.x", "1", "g")
+    w:sub("echoq.x", "1", "g")
+    -- w's interest has reached a's server once a subscriber on b made
+    -- after it gets what p publishes
+    local probe = client(b.port)
+    probe:sub("echoq.probe", "9")
+    wait_route(p, probe, "echoq")
+    for i = 1, 20 do p:pub("echoq.x", "m" .. i) end
+    local seen, total = {}, 0
+    for _, c in ipairs({ p, w }) do
+      for _, m in ipairs(settle_lines(c, 1)) do
+        local body = m:match("^MSG echoq%.x 1 (m%d+) $")
+        assert.truthy(body, m)
+        assert.is_nil(seen[body], "twice: " .. body)
+        seen[body] = true
+        total = total + 1
+      end
+    end
+    assert.equal(20, total)
+    for _, c in ipairs({ p, w, probe }) do c:close() end
+  end)
+
   it("keeps $TIDE. subjects on their node", function()
     local pub, here, there = client(a.port), client(a.port), client(b.port)
     here:sub("$TIDE.EVENTS.x", "1")
