@@ -628,6 +628,63 @@ on("rl.>", { consumer = "rlc" }, function(e, ctx) ctx.publish("handled." .. e.su
   end)
 end)
 
+describe("cluster mode, a reload with another tls", function()
+  -- A nats-server that speaks TLS only and wants a client certificate
+  -- signed by its CA; the node's certificate changes with each reload.
+  it("connects again with a reloaded client certificate; one the server refuses keeps the old connection", function()
+    local ts = require "tls_support"
+    local certs = h.make_tmpdir("cluster-tls")
+    ts.make_certs(certs)
+    local port, mport = h.free_port(), h.free_port()
+    h.write_file(certs .. "/nats.conf", ([[
+listen: 127.0.0.1:%d
+http: 127.0.0.1:%d
+tls { cert_file: "%s/server.pem", key_file: "%s/server-key.pem", ca_file: "%s/ca.pem", verify: true }
+]]):format(port, mport, certs, certs, certs))
+    local ns = keep(h.start_server { bin = h.nats_server_bin(), port = port, cmd = { "-c", certs .. "/nats.conf" } })
+    ns.stop_signal = "INT"
+    local function config(name, cert)
+      return ('cluster { upstream = { "tls://127.0.0.1:%d" }, name = %q, tls = { ca = "%s/ca.pem", '
+        .. 'cert = "%s/%s.pem", key = "%s/%s-key.pem" } }\n'):format(port, name, certs, certs, cert, certs, cert)
+    end
+    local hport = h.free_port()
+    local node = keep(h.start_scripted(config("t1", "client"), { args = { "--http", "127.0.0.1:" .. hport } }))
+    -- the node's connections the server sees: {name = tls version}
+    local function tls_conns()
+      local body, code = http.request(("http://127.0.0.1:%d/connz"):format(mport))
+      local t = {}
+      if code ~= 200 then return t end
+      for _, conn in ipairs(json.decode(body).connections or {}) do
+        if (conn.name or ""):match("^tide ") then t[conn.name] = conn.tls_version or "none" end
+      end
+      return t
+    end
+    local ok, err = pcall(function()
+      assert(h.wait_until(function() return get(hport, "/readyz") == 200 end, 10), node:log())
+      assert.truthy(tls_conns()["tide t1"])
+      -- a certificate of another CA: refused by the server, the node stays as it is
+      h.write_file(node.config, config("t2", "intruder"))
+      assert(h.wait_until(function() return node:log():match("do not connect") end, 10), node:log())
+      local t = tls_conns()
+      assert.truthy(t["tide t1"], json.encode(t))
+      assert.is_nil(t["tide t2"])
+      -- another certificate of its CA: the node connects again with it
+      h.write_file(node.config, config("t3", "stranger"))
+      assert(h.wait_until(function()
+        t = tls_conns()
+        return t["tide t3"] and not t["tide t1"]
+      end, 10), json.encode(t) .. "\n" .. node:log())
+      assert.are_not.equal("none", t["tide t3"])
+      assert.equal(200, (get(hport, "/readyz")))
+    end)
+    stop(node)
+    stop(ns)
+    h.remove_tmpdir(node.dir)
+    h.remove_tmpdir(certs)
+    assert(ok, err)
+  end)
+end)
+
 describe("cluster mode, stopped while reconnecting", function()
   -- libnats hands messages to the node from its own threads; a node told
   -- to stop while the upstream is gone and messages are still on their way
