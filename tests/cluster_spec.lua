@@ -520,6 +520,9 @@ describe("cluster mode with credentials", function()
 end)
 
 describe("cluster mode, a reload with other credentials", function()
+  -- what a test could not stop itself (a node that did not start)
+  teardown(function() for i = #started, 1, -1 do stop(started[i]) end end)
+
   -- One nats-server with JetStream, two users and its monitoring port; a
   -- node logged in as the first is reloaded with the second's password.
   it("connects again as the new user, keeping its subscriptions and its handlers; refused ones keep the old", function()
@@ -629,6 +632,9 @@ on("rl.>", { consumer = "rlc" }, function(e, ctx) ctx.publish("handled." .. e.su
 end)
 
 describe("cluster mode, a reload with another tls", function()
+  -- what a test could not stop itself (a node that did not start)
+  teardown(function() for i = #started, 1, -1 do stop(started[i]) end end)
+
   -- A nats-server that speaks TLS only and wants a client certificate
   -- signed by its CA; the node's certificate changes with each reload.
   it("connects again with a reloaded client certificate; one the server refuses keeps the old connection", function()
