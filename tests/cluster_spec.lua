@@ -540,6 +540,8 @@ authorization { users = [ { user: tide, password: s3cret }, { user: tide2, passw
 stream "rl" { subjects = { "rl.>" }, backend = "jetstream" }
 consumer "rlc" { stream = "rl" }
 on("rl.>", { consumer = "rlc" }, function(e, ctx) ctx.publish("handled." .. e.subject, {}) end)
+on("kv.inc", function(e) tide.kv.bucket("rk"):update("n", function(v) return (v or 0) + 1 end) end)
+on("kv.read", function(e, ctx) ctx.publish("handled.kv", { n = tide.kv.bucket("rk"):get("n") or 0 }) end)
 ]]
     local function config(name, login)
       return ('cluster { upstream = { "nats://127.0.0.1:%d" }, name = %q, %s }\n%s'):format(port, name, login, rules)
@@ -572,6 +574,20 @@ on("rl.>", { consumer = "rlc" }, function(e, ctx) ctx.publish("handled." .. e.su
       m = assert(direct:msg(10), "the handler did not run after " .. tag)
       assert.equal("handled.rl." .. tag, m.subject)
     end
+    -- the bucket rk, written by the rules on the node (update: through
+    -- JetStream) and read back from the node's copy (its watch), reaches n
+    local function counts(n, tag)
+      for _ = 1, 2 do sub:pub("kv.inc", "{}") end
+      local got
+      assert(h.wait_until(function()
+        sub:pub("kv.read", "{}")
+        local m = direct:msg(0.5)
+        while m and m.subject ~= "handled.kv" do m = direct:msg(0.2) end
+        got = m and json.decode(m.payload).data.n
+        return got == n
+      end, 15, 0), ("the bucket's counter is %s, not %d, %s:\n%s"):format(tostring(got), n, tag, node:log()))
+      while direct:frame(0.3) do end
+    end
     local ok, err = pcall(function()
       assert(h.wait_until(function() return get(hport, "/readyz") == 200 end, 10), node:log())
       sub = client(node.port)
@@ -590,6 +606,7 @@ on("rl.>", { consumer = "rlc" }, function(e, ctx) ctx.publish("handled." .. e.su
       end, 10, 0), "the node's subscription never reached the server")
       while sub:frame(0.3) do end
       routes("before")
+      counts(2, "before the reload")
       assert.same({ ["tide r1"] = "tide" }, logins())
 
       h.write_file(node.config, config("r2", 'user = "tide2", password = "other"'))
@@ -599,6 +616,7 @@ on("rl.>", { consumer = "rlc" }, function(e, ctx) ctx.publish("handled." .. e.su
         return t["tide r2"] == "tide2" and t["tide r1"] == nil
       end, 10), json.encode(logins()) .. "\n" .. node:log())
       routes("after")
+      counts(4, "after the reload (the bucket's writes and its watch moved to the new connection)")
       -- the deployed rules moved too: a deploy through the node is stored
       -- (its request subscription), watched and run (the watch)
       local src = h.make_tmpdir("deploy-bundle")
