@@ -6,6 +6,7 @@
 
 #include "admin.h"
 #include "client.h"
+#include "cluster.h"
 #include "history.h"
 #include "json.h"
 #include "json_int.h"
@@ -352,9 +353,9 @@ static const struct {
     {"RULES.CANARY", verb_rules_canary},
 };
 
-static void on_admin(void *ctx, client_t *from, const proto_msg_t *m)
+/* Answers m, a $TIDE.ADMIN.<verb> request, from the table or the streams' verbs. */
+static void admin_dispatch(node_t *n, client_t *from, const proto_msg_t *m)
 {
-    node_t *n = ctx;
     const char *op = m->subject + strlen(ADMIN_PREFIX);
     size_t oplen = m->subject_len - strlen(ADMIN_PREFIX);
     for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++) {
@@ -367,6 +368,89 @@ static void on_admin(void *ctx, client_t *from, const proto_msg_t *m)
     if (n->streams && streams_admin(n->streams, op, oplen, m))
         return;
     reply_error(n, m, "unknown admin request; try RELOAD, STATS, RULES, RULES.HISTORY, RULES.ROLLBACK, RULES.SHADOW, RULES.DIFF, RULES.PROMOTE, RULES.STOP, RULES.CANARY, EVAL or EVAL.END");
+}
+
+/* Answers req, on $TIDE.NODE.<name>.<rest> with <rest> at offset rest, as
+ * this node answers $TIDE.<rest>: the admin verbs and the cluster status.
+ * from is the requester (NULL: nobody named); connection is 0 when from
+ * is not a connection of this node (it stands for a requester elsewhere),
+ * and then the remote prompt is refused. */
+static void node_answer(node_t *n, client_t *from, int connection, const proto_msg_t *req, size_t rest)
+{
+    char subject[1024];
+    size_t len = req->subject_len - rest + 6, plen = strlen(ADMIN_PREFIX);
+    proto_msg_t local = *req;
+    if (len >= sizeof subject) {
+        reply_error(n, req, "the subject is too long");
+        return;
+    }
+    memcpy(subject, "$TIDE.", 6);
+    memcpy(subject + 6, req->subject + rest, len - 6);
+    subject[len] = '\0';
+    local.subject = subject;
+    local.subject_len = len;
+    if (len > plen && !memcmp(subject, ADMIN_PREFIX, plen)) {
+        if (!connection && (!strcmp(subject + plen, "EVAL") || !strcmp(subject + plen, "EVAL.END")))
+            reply_error(n, req, "remote evaluation is only for a connection of the node itself");
+        else
+            admin_dispatch(n, from, &local);
+    } else if (n->cluster && !strcmp(subject, CLUSTER_STATUS_SUBJECT)) {
+        cJSON *o = cluster_status_object(n->cluster);
+        char *p = o ? cJSON_PrintUnformatted(o) : NULL;
+        reply_owned(n, req, p ? util_mem_dup(p, strlen(p)) : NULL, p ? strlen(p) : 0);
+        cJSON_free(p);
+        cJSON_Delete(o);
+    } else {
+        reply_error(n, req, "a node answers $TIDE.NODE.<name>.ADMIN.<verb> and $TIDE.NODE.<name>.CLUSTER.STATUS");
+    }
+}
+
+/* A client's request on $TIDE.NODE.<name>.<rest> (its permissions were
+ * checked for $TIDE.<rest> too): answered here when <name> is this node,
+ * else sent to the cluster with who asked, as "<user>@<this node>". */
+static void node_request(node_t *n, client_t *from, const proto_msg_t *m)
+{
+    char own[256], by[512], err[320];
+    size_t name_len, rest;
+    if (!server_node_subject(m->subject, m->subject_len, &name_len, &rest)) {
+        reply_error(n, m, "expected $TIDE.NODE.<name>.<request>, such as $TIDE.NODE.edge-1.ADMIN.STATS");
+        return;
+    }
+    cluster_settings_address_name(n->scripts ? script_cluster_settings(n->scripts) : NULL, own, sizeof own);
+    if (strlen(own) == name_len && !memcmp(own, m->subject + strlen(SERVER_NODE_PREFIX), name_len)) {
+        node_answer(n, from, 1, m, rest);
+        return;
+    }
+    if (!n->cluster) {
+        server_route(n->srv, from, m); /* no other node here: no responders, as on NATS */
+        return;
+    }
+    snprintf(by, sizeof by, "%s@%s", from && from->user ? from->user : "", own);
+    if (cluster_node_forward(n->cluster, m, by, err, sizeof err) < 0 && from && !(from->flags & CLIENT_CLOSING))
+        client_send_err(from, err);
+}
+
+static void on_admin(void *ctx, client_t *from, const proto_msg_t *m)
+{
+    node_t *n = ctx;
+    if (m->subject_len >= strlen(SERVER_NODE_PREFIX) && !memcmp(m->subject, SERVER_NODE_PREFIX, strlen(SERVER_NODE_PREFIX)))
+        node_request(n, from, m);
+    else
+        admin_dispatch(n, from, m);
+}
+
+/* The cluster's hook: a request on $TIDE.NODE.<this node>.> from the
+ * cluster, with who asked as the node it entered through said. */
+static void on_cluster_request(void *ctx, const char *by, const proto_msg_t *m)
+{
+    node_t *n = ctx;
+    client_t as;
+    size_t name_len, rest;
+    if (!server_node_subject(m->subject, m->subject_len, &name_len, &rest))
+        return;
+    memset(&as, 0, sizeof as);
+    as.user = (char *)by; /* read only, by admin_identity */
+    node_answer(n, by && by[0] ? &as : NULL, 0, m, rest);
 }
 
 int admin_rules_request(node_t *n, const char *user, const char *verb, const proto_msg_t *m)
@@ -391,4 +475,10 @@ int admin_rules_request(node_t *n, const char *user, const char *verb, const pro
 void admin_attach(node_t *n)
 {
     server_set_admin(n->srv, on_admin, n);
+}
+
+void admin_attach_cluster(node_t *n)
+{
+    if (n->cluster)
+        cluster_set_requests(n->cluster, on_cluster_request, n);
 }

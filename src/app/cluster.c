@@ -51,7 +51,7 @@ typedef struct item {
 } item_t;
 
 /* What an upstream subscription is for. */
-enum upsub_kind { UPSUB_CLIENT, UPSUB_STATUS, UPSUB_JS, UPSUB_PULL, UPSUB_DEPLOY, UPSUB_DEPLOY_REQ, UPSUB_KV };
+enum upsub_kind { UPSUB_CLIENT, UPSUB_STATUS, UPSUB_JS, UPSUB_PULL, UPSUB_DEPLOY, UPSUB_DEPLOY_REQ, UPSUB_KV, UPSUB_NODE };
 
 /* An upstream subscription: a client's subscription here, mirrored, or
  * one of the node's own inboxes. */
@@ -98,6 +98,14 @@ typedef struct link {
  * "echo":false published, so that it does not come back to that client;
  * never delivered to a client of a node (docs/cluster.md). */
 #define CLUSTER_ORIGIN_HEADER "Tide-Origin"
+/* Who asked, on a $TIDE.NODE.> request a node sends on for its client:
+ * "<user>@<that node>".  The node sets it and drops one its client wrote,
+ * so a tide client cannot pass for another user (docs/cluster.md). */
+#define CLUSTER_BY_HEADER "Tide-By"
+/* Where the answers to $TIDE.NODE.> requests from the cluster are routed
+ * here, before they go back upstream: this, the server id, '.', the
+ * requester's reply subject. */
+#define CLUSTER_ANSWER_PREFIX SERVER_INBOX_PREFIX "NODE."
 
 struct cluster {
     node_t *n;
@@ -117,6 +125,11 @@ struct cluster {
     mirror_t *deploy_req;     /* CLUSTER_DEPLOY_SUBJECT, in a queue group */
     cluster_kv_t *kv;         /* the KV buckets the scripts use */
     mirror_t *kv_in;          /* their inbox: PubAcks, API answers (the watches are cluster_kv's) */
+    mirror_t *node_in;        /* $TIDE.NODE.<this node>.>: requests addressed to it */
+    sub_t *answers;           /* inside the server: their answers, sent back upstream */
+    char answer_prefix[128];  /* CLUSTER_ANSWER_PREFIX "<server id>." */
+    cluster_request_fn on_request; /* answers them (cluster_set_requests); NULL: not answered */
+    void *request_ctx;
     struct event *wake; /* drains the queue on the loop */
     struct event *tick; /* once a second: events/s */
     pthread_mutex_t lock; /* guards head, tail, woken, lost and live: libnats' threads add to the queue */
@@ -139,6 +152,9 @@ struct cluster {
 
 static void switch_connection(cluster_t *c, const cluster_settings_t *cs);
 static void link_end(link_t *l);
+static mirror_t *inbox_open(cluster_t *c, enum upsub_kind kind, const char *pattern, const char *queue, char *err,
+                            size_t errsz);
+static void mirror_free(cluster_t *c, mirror_t *m, int unsubscribe);
 
 void cluster_prepare_threads(void)
 {
@@ -327,6 +343,60 @@ fail:
     cJSON_free(text);
 }
 
+/* A request on $TIDE.NODE.<this node>.> from the cluster: answered as
+ * the node answers $TIDE.<rest>, with who asked as the entering node said
+ * (none when it came straight from a server of the cluster).  Its answer
+ * is routed to an inbox of the node's (answer_back) rather than straight
+ * to the requester, so that it goes back upstream even when a client here
+ * subscribes to the requester's subject. */
+static void answer_node_request(cluster_t *c, natsMsg *nm)
+{
+    const char *by = NULL, *reply = natsMsg_GetReply(nm);
+    char *local = NULL;
+    proto_msg_t m;
+    memset(&m, 0, sizeof m);
+    m.subject = natsMsg_GetSubject(nm);
+    m.subject_len = strlen(m.subject);
+    if (reply && reply[0]) {
+        size_t plen = strlen(c->answer_prefix), rlen = strlen(reply);
+        if (!(local = malloc(plen + rlen + 1))) {
+            log_error("cluster: out of memory answering a request on %s: dropped", m.subject);
+            return;
+        }
+        memcpy(local, c->answer_prefix, plen);
+        memcpy(local + plen, reply, rlen + 1);
+        m.reply = local;
+        m.reply_len = plen + rlen;
+    }
+    m.payload = natsMsg_GetData(nm) ? natsMsg_GetData(nm) : "";
+    m.payload_len = (size_t)natsMsg_GetDataLength(nm);
+    if (natsMsgHeader_Get(nm, CLUSTER_BY_HEADER, &by) != NATS_OK)
+        by = NULL;
+    c->received++;
+    if (c->on_request)
+        c->on_request(c->request_ctx, by, &m);
+    free(local);
+}
+
+static int on_egress(void *ctx, const proto_msg_t *m, uint64_t origin, char *err, size_t errsz);
+
+/* The inside subscription's delivery: an answer to a request from the
+ * cluster, sent upstream to the requester's reply subject. */
+static void answer_back(void *ctx, const proto_msg_t *m)
+{
+    cluster_t *c = ctx;
+    size_t plen = strlen(c->answer_prefix);
+    char err[320];
+    proto_msg_t up = *m;
+    if (m->subject_len <= plen)
+        return;
+    up.subject = m->subject + plen;
+    up.subject_len = m->subject_len - plen;
+    up.reply = NULL;
+    up.reply_len = 0;
+    on_egress(c, &up, 0, err, sizeof err); /* a refusal is counted and logged there */
+}
+
 static void note_state(cluster_t *c, enum item_kind kind, const char *text)
 {
     const char *what = NULL;
@@ -408,6 +478,9 @@ static void dispatch(cluster_t *c, item_t *it)
     case UPSUB_KV:
         cluster_kv_message(c->kv, 0, it->msg);
         break;
+    case UPSUB_NODE:
+        answer_node_request(c, it->msg);
+        break;
     case UPSUB_CLIENT:
         deliver_upstream(c, m->sub, it->msg);
         break;
@@ -483,6 +556,33 @@ static void apply_reload(cluster_t *c)
         switch_connection(c, now);
 }
 
+/* $TIDE.NODE.<this node's name>.>, the subject of the requests addressed
+ * to it; 0, or -1 with the reason in err. */
+static int node_inbox_open(cluster_t *c, char *err, size_t errsz)
+{
+    char name[256], pattern[300];
+    cluster_settings_address_name(script_cluster_settings(c->n->scripts), name, sizeof name);
+    snprintf(pattern, sizeof pattern, SERVER_NODE_PREFIX "%s.>", name);
+    c->node_in = inbox_open(c, UPSUB_NODE, pattern, NULL, err, errsz);
+    return c->node_in ? 0 : -1;
+}
+
+/* After a reload: a new name takes the requests addressed to it from now on. */
+static void node_inbox_refresh(cluster_t *c)
+{
+    char name[256], pattern[300], err[320];
+    cluster_settings_address_name(script_cluster_settings(c->n->scripts), name, sizeof name);
+    snprintf(pattern, sizeof pattern, SERVER_NODE_PREFIX "%s.>", name);
+    if (c->node_in && !strcmp(c->node_in->pattern, pattern))
+        return;
+    mirror_free(c, c->node_in, 1);
+    c->node_in = NULL;
+    if (node_inbox_open(c, err, sizeof err) < 0) {
+        snprintf(c->last_error, sizeof c->last_error, "%s", err);
+        log_error("%s (requests addressed to this node are not answered)", err);
+    }
+}
+
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     cluster_t *c = arg;
@@ -496,6 +596,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         if (st.generation != c->generation) {
             c->generation = st.generation;
             apply_reload(c);
+            node_inbox_refresh(c);
             cluster_js_rules_changed(c->js);
             cluster_pull_rules_changed(c->pull);
         } else {
@@ -518,8 +619,9 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 static void add_header(void *ctx, const char *name, size_t nlen, const char *value, size_t vlen)
 {
     char *k = util_mem_dup(name, nlen), *v = util_mem_dup(value, vlen);
-    /* A marker a client wrote itself could silence another client. */
-    if (k && v && strcasecmp(k, CLUSTER_ORIGIN_HEADER))
+    /* A marker a client wrote itself could silence another client, and
+     * an identity it wrote itself would pass it for another user. */
+    if (k && v && strcasecmp(k, CLUSTER_ORIGIN_HEADER) && strcasecmp(k, CLUSTER_BY_HEADER))
         natsMsgHeader_Add(ctx, k, v);
     free(k);
     free(v);
@@ -586,6 +688,38 @@ fail:
     natsMsg_Destroy(msg);
     if (names != small)
         free(names);
+    return s == NATS_OK ? 0 : -1;
+}
+
+void cluster_set_requests(cluster_t *c, cluster_request_fn fn, void *ctx)
+{
+    c->on_request = fn;
+    c->request_ctx = ctx;
+}
+
+int cluster_node_forward(cluster_t *c, const proto_msg_t *m, const char *by, char *err, size_t errsz)
+{
+    natsMsg *msg = NULL;
+    natsStatus s = NATS_NO_MEMORY;
+    char *subject = util_mem_dup(m->subject, m->subject_len);
+    char *reply = m->reply ? util_mem_dup(m->reply, m->reply_len) : NULL;
+    if (!subject || (m->reply && !reply))
+        goto fail;
+    if ((s = natsMsg_Create(&msg, subject, reply, m->payload, (int)m->payload_len)) != NATS_OK)
+        goto fail;
+    if (m->hdr_len)
+        proto_header_each(m->hdr, m->hdr_len, add_header, msg);
+    s = natsMsgHeader_Set(msg, CLUSTER_BY_HEADER, by);
+    if (s == NATS_OK)
+        s = natsConnection_PublishMsg(c->nc, msg);
+fail:
+    if (s == NATS_OK)
+        c->sent++;
+    else
+        refuse(c, s, subject ? subject : "?", err, errsz);
+    natsMsg_Destroy(msg);
+    free(subject);
+    free(reply);
     return s == NATS_OK ? 0 : -1;
 }
 
@@ -977,6 +1111,12 @@ cluster_t *cluster_start(node_t *n, char *err, size_t errsz)
     }
     if (!(c->status = inbox_open(c, UPSUB_STATUS, CLUSTER_STATUS_SUBJECT, NULL, err, errsz)))
         goto fail;
+    snprintf(c->answer_prefix, sizeof c->answer_prefix, CLUSTER_ANSWER_PREFIX "%s.", server_id(n->srv));
+    char answers[160];
+    snprintf(answers, sizeof answers, "%s>", c->answer_prefix);
+    if (!(c->answers = server_subscribe_internal(n->srv, answers, answer_back, c)) ||
+        node_inbox_open(c, err, errsz) < 0)
+        goto fail;
     if (start_streams(c, err, errsz) < 0 || start_deploy(c, err, errsz) < 0 || start_buckets(c, err, errsz) < 0)
         goto fail;
     hooks.ctx = c;
@@ -1019,7 +1159,7 @@ static void mirror_move(cluster_t *c, mirror_t *m, link_t *l)
  * connection left.  -1 when out of memory (nothing moved). */
 static int move_all(cluster_t *c, link_t *l)
 {
-    mirror_t *own[] = {c->status, c->js_in, c->pull_in, c->deploy_in, c->deploy_req, c->kv_in};
+    mirror_t *own[] = {c->status, c->js_in, c->pull_in, c->deploy_in, c->deploy_req, c->kv_in, c->node_in};
     size_t n = c->mirrors.count + sizeof own / sizeof own[0];
     if (!(l->left = calloc(n, sizeof *l->left)))
         return -1;
@@ -1126,11 +1266,13 @@ void cluster_free(cluster_t *c)
     if (!c)
         return;
     server_set_cluster(c->n->srv, NULL);
+    if (c->answers)
+        server_unsubscribe_internal(c->n->srv, c->answers);
     if (c->kv)
         script_host_set_kv_remote(c->n->scripts, NULL, NULL, 0);
     dict_clear(&c->by_sid, NULL);
     dict_clear(&c->mirrors, mirror_release);
-    mirror_t *own[] = {c->status, c->js_in, c->pull_in, c->deploy_in, c->deploy_req, c->kv_in};
+    mirror_t *own[] = {c->status, c->js_in, c->pull_in, c->deploy_in, c->deploy_req, c->kv_in, c->node_in};
     for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
         if (own[i])
             mirror_release(own[i]);

@@ -59,6 +59,25 @@ int cluster_ready(cluster_t *c, char *why, size_t n);
  * of memory): what it answers on CLUSTER_STATUS_SUBJECT. */
 cJSON *cluster_status_object(cluster_t *c);
 
+/*
+ * Sends m, a client's request on $TIDE.NODE.<another node>.<rest>, to the
+ * cluster with by ("<user>@<this node>") as who asked, in place of any
+ * such header the client wrote.  0, or -1 with the reason in err (the
+ * upstream refused it, or its reconnect buffer is full), counted as a
+ * refused publish.  Loop thread only.
+ */
+struct proto_msg;
+int cluster_node_forward(cluster_t *c, const struct proto_msg *m, const char *by, char *err, size_t errsz);
+
+/* Answers a request on $TIDE.NODE.<this node>.> that came from the
+ * cluster; by is who asked, as the node it entered through said ("" or
+ * NULL: nobody named); m's reply leads the answer back upstream. */
+typedef void (*cluster_request_fn)(void *ctx, const char *by, const struct proto_msg *m);
+
+/* Sets who answers the requests addressed to this node (NULL: nobody;
+ * they go unanswered).  Loop thread only. */
+void cluster_set_requests(cluster_t *c, cluster_request_fn fn, void *ctx);
+
 /* m's headers as a NATS header block ("NATS/1.0[ status]\r\nK: V\r\n\r\n"),
  * malloc'd into *out (caller frees); *out NULL when m has none.  Returns
  * 0, or -1 when out of memory.  Any thread. */

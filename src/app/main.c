@@ -422,6 +422,7 @@ static int cmd_serve(int argc, char **argv)
         goto out;
     if (node_start_cluster(&node) < 0)
         goto out;
+    admin_attach_cluster(&node);
     if (node_start_http(&node, a.http_flag, a.no_http) < 0)
         goto out;
     if (a.pid_file && write_pid_file(a.pid_file) < 0)

@@ -36,6 +36,9 @@
 #define REPLIES_MAX 4096
 
 #define ADMIN_SUBJECT_PREFIX "$TIDE.ADMIN."
+/* The longest $TIDE.<rest> checked for a $TIDE.NODE.<name>.<rest> publish;
+ * a longer one is refused. */
+#define NODE_LOCAL_SUBJECT_MAX 1024
 
 typedef struct response_grant {
     time_t expires;
@@ -301,17 +304,12 @@ static int remember_allowed(client_t *c, const proto_msg_t *m)
     return 1;
 }
 
-int client_auth_publish(client_t *c, const proto_msg_t *m)
+/* 1 when c may publish m (its admin right for admin subjects, else its
+ * lists, else a response it was granted); nothing told. */
+static int publish_allowed(client_t *c, const proto_msg_t *m)
 {
-    if (!server_auth(c->srv))
-        return 1;
-    if (admin_subject(m)) {
-        /* Whatever the lists say: admin requests are for admin users. */
-        if (c->flags & CLIENT_ADMIN)
-            return 1;
-        publish_violation(c, m);
-        return 0;
-    }
+    if (admin_subject(m))
+        return (c->flags & CLIENT_ADMIN) != 0; /* whatever the lists say: admin requests are for admin users */
     if (!c->perms)
         return 1;
     /* A publisher mostly sends to the subject it sent to last: that
@@ -331,7 +329,34 @@ int client_auth_publish(client_t *c, const proto_msg_t *m)
         if (ok)
             return remember_allowed(c, m);
     }
-    if (c->perms->allow_responses && response_granted(c, m))
+    return c->perms->allow_responses && response_granted(c, m);
+}
+
+/* For $TIDE.NODE.<name>.<rest>: 1 when c may also publish $TIDE.<rest>,
+ * what the node called <name> answers it as (so that a node's admin verbs
+ * are no nearer through another node); 1 for any other subject. */
+static int node_request_allowed(client_t *c, const proto_msg_t *m)
+{
+    char local[NODE_LOCAL_SUBJECT_MAX];
+    size_t name_len, rest;
+    proto_msg_t as;
+    if (!server_node_subject(m->subject, m->subject_len, &name_len, &rest))
+        return 1;
+    if (m->subject_len - rest + 6 > sizeof local)
+        return 0;
+    memcpy(local, "$TIDE.", 6);
+    memcpy(local + 6, m->subject + rest, m->subject_len - rest);
+    as = *m;
+    as.subject = local;
+    as.subject_len = m->subject_len - rest + 6;
+    return publish_allowed(c, &as);
+}
+
+int client_auth_publish(client_t *c, const proto_msg_t *m)
+{
+    if (!server_auth(c->srv))
+        return 1;
+    if (publish_allowed(c, m) && node_request_allowed(c, m))
         return 1;
     publish_violation(c, m);
     return 0;

@@ -981,7 +981,7 @@ static int has_prefix(const char *s, size_t len, const char *prefix, size_t plen
  * server's own inboxes (the HTTP face's PubAcks: an answer there must come
  * from the store), or with an admin subject as its reply (a request that
  * makes some other client, maybe a loopback service, send the admin request
- * for it).  Answered like a permissions violation; the connection stays.
+ * for it; $TIDE.NODE.> replies likewise).  Answered like a permissions violation; the connection stays.
  */
 static int publish_refused(client_t *from, const proto_msg_t *m)
 {
@@ -990,7 +990,8 @@ static int publish_refused(client_t *from, const proto_msg_t *m)
     if (has_prefix(m->subject, m->subject_len, inbox, sizeof inbox - 1))
         snprintf(msg, sizeof msg, "Permissions Violation for Publish to \"%.*s\"",
                  (int)(m->subject_len > 200 ? 200 : m->subject_len), m->subject);
-    else if (m->reply && has_prefix(m->reply, m->reply_len, ADMIN_PREFIX, strlen(ADMIN_PREFIX)))
+    else if (m->reply && (has_prefix(m->reply, m->reply_len, ADMIN_PREFIX, strlen(ADMIN_PREFIX)) ||
+                          has_prefix(m->reply, m->reply_len, SERVER_NODE_PREFIX, strlen(SERVER_NODE_PREFIX))))
         snprintf(msg, sizeof msg, "Permissions Violation for Publish with reply subject \"%.*s\"",
                  (int)(m->reply_len > 200 ? 200 : m->reply_len), m->reply);
     else
@@ -1000,12 +1001,27 @@ static int publish_refused(client_t *from, const proto_msg_t *m)
     return 1;
 }
 
+int server_node_subject(const char *subject, size_t len, size_t *name_len, size_t *rest)
+{
+    size_t plen = strlen(SERVER_NODE_PREFIX), i = plen;
+    if (!has_prefix(subject, len, SERVER_NODE_PREFIX, plen))
+        return 0;
+    while (i < len && subject[i] != '.')
+        i++;
+    if (i == plen || i + 1 >= len)
+        return 0;
+    *name_len = i - plen;
+    *rest = i + 1;
+    return 1;
+}
+
 void server_publish(server_t *s, client_t *from, const proto_msg_t *m)
 {
     if (from && (m->subject[0] == '$' || (m->reply_len && m->reply[0] == '$')) && publish_refused(from, m))
         return;
-    if (m->subject_len > strlen(ADMIN_PREFIX) && m->subject[0] == '$' &&
-        !memcmp(m->subject, ADMIN_PREFIX, strlen(ADMIN_PREFIX))) {
+    if ((m->subject_len > strlen(ADMIN_PREFIX) && has_prefix(m->subject, m->subject_len, ADMIN_PREFIX,
+                                                                 strlen(ADMIN_PREFIX))) ||
+        has_prefix(m->subject, m->subject_len, SERVER_NODE_PREFIX, strlen(SERVER_NODE_PREFIX))) {
         static const char none[] = "{\"ok\":false,\"error\":\"this server answers no admin requests\"}";
         if (s->admin)
             s->admin(s->admin_ctx, from, m);

@@ -31,6 +31,15 @@
  * publish there (server_publish refuses it), so an answer that arrives
  * there was made inside the server. */
 #define SERVER_INBOX_PREFIX "$TIDE.INBOX."
+/* Requests addressed to one node: $TIDE.NODE.<name>.<rest> is answered by
+ * the node called <name> as it answers $TIDE.<rest> (docs/cluster.md). */
+#define SERVER_NODE_PREFIX "$TIDE.NODE."
+
+/* For subject "$TIDE.NODE.<name>.<rest>" (len bytes; name one token, rest
+ * not empty): 1 with *name_len the name's length (it starts at
+ * subject + strlen(SERVER_NODE_PREFIX)) and *rest the offset in subject
+ * of <rest>; else 0. */
+int server_node_subject(const char *subject, size_t len, size_t *name_len, size_t *rest);
 
 typedef struct server_opts {
     char host[256];
@@ -130,8 +139,10 @@ typedef void (*server_msg_hook)(void *ctx, struct client *from, const proto_msg_
  * goes (it ends in server_route / server_route_flags). */
 void server_set_ingress(server_t *s, server_msg_hook fn, void *ctx);
 
-/* Every $TIDE.ADMIN.> request.  Without a hook such requests are answered
- * {"ok":false,...}. */
+/* Every $TIDE.ADMIN.> request, and every $TIDE.NODE.> request (addressed
+ * to one node: the hook answers it here or sends it on; the publisher's
+ * permissions were checked for $TIDE.<rest> too).  Without a hook such
+ * requests are answered {"ok":false,...}. */
 void server_set_admin(server_t *s, server_msg_hook fn, void *ctx);
 
 struct auth_config;

@@ -7,6 +7,7 @@
 #define TIDE_CLUSTER_SETTINGS_H
 
 #include <limits.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define CLUSTER_UPSTREAM_MAX 16
@@ -22,6 +23,12 @@ typedef struct cluster_settings {
     char tls_ca[PATH_MAX], tls_cert[PATH_MAX], tls_key[PATH_MAX]; /* tls = { ... }, resolved */
     int tls;             /* tls = { ... } was said */
 } cluster_settings_t;
+
+/* The name that addresses a node in $TIDE.NODE.<name>.> (docs/cluster.md):
+ * cs's name (cs may be NULL), else the host name, with every '.', '*',
+ * '>' and blank made '_' so that it is one token; copied into out (size
+ * bytes, truncated). */
+void cluster_settings_address_name(const cluster_settings_t *cs, char *out, size_t size);
 
 /* stream "name" { backend = "jetstream", ... }: a stream the cluster's
  * JetStream keeps, made or bound by the node (app/cluster_js.c). */

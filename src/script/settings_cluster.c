@@ -1,4 +1,6 @@
 /* settings_cluster.c - the entry file's cluster { } block (cluster_settings.h). */
+#include <unistd.h>
+
 #include "script_internal.h"
 
 /* t[key] as a string of at most outsz - 1 bytes into out; "" when absent. */
@@ -127,4 +129,18 @@ void settings_cluster_finish(lua_State *L)
     if (st->ncluster_streams && !st->cluster)
         luaL_error(L, "%s: stream '%s': backend = \"jetstream\" needs cluster { upstream = { ... } } in the entry file",
                    st->cluster_streams[0].where, st->cluster_streams[0].name);
+}
+
+void cluster_settings_address_name(const cluster_settings_t *cs, char *out, size_t size)
+{
+    if (!size)
+        return;
+    if (cs && cs->name[0])
+        snprintf(out, size, "%s", cs->name);
+    else if (gethostname(out, size) != 0)
+        snprintf(out, size, "tide");
+    out[size - 1] = '\0';
+    for (char *p = out; *p; p++)
+        if (*p == '.' || *p == '*' || *p == '>' || *p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')
+            *p = '_';
 }
