@@ -185,4 +185,20 @@ auth { users = {
     assert.are.equal("HMSG", f and f.op, json.encode(f or {}))
     assert.truthy(f.headers:find("503", 1, true), f.headers)
   end)
+
+  it("moves b's requests to its new name when a reload renames it", function()
+    local function named(port, name)
+      local f = ask(port, "$TIDE.NODE." .. name .. ".CLUSTER.STATUS")
+      return f and f.op == "MSG" and json.decode(f.payload).name == name
+    end
+    local function gone(port, name)
+      local f = ask(port, "$TIDE.NODE." .. name .. ".CLUSTER.STATUS")
+      return f and f.op == "HMSG" and f.headers:find("503", 1, true) ~= nil
+    end
+    h.write_file(b.config, cs.cluster_block("b2", { ns[3].port }) .. b_extra("renamed"))
+    assert(h.wait_until(function() return named(ns[1].port, "b2") end, 10), b:log())
+    assert(h.wait_until(function() return gone(ns[1].port, "b") end, 10), b:log())
+    h.write_file(b.config, b_rules({ ns[3].port }, "named b again"))
+    assert(h.wait_until(function() return named(ns[1].port, "b") end, 10), b:log())
+  end)
 end)

@@ -25,9 +25,9 @@ typedef struct cluster_settings {
 } cluster_settings_t;
 
 /* The name that addresses a node in $TIDE.NODE.<name>.> (docs/cluster.md):
- * cs's name (cs may be NULL), else the host name, with every '.', '*',
- * '>' and blank made '_' so that it is one token; copied into out (size
- * bytes, truncated). */
+ * cs's name (cs may be NULL; its name is one token already), else the
+ * host name with every '.', '*', '>' and blank made '_' so that it is one
+ * token; copied into out (size bytes, truncated). */
 void cluster_settings_address_name(const cluster_settings_t *cs, char *out, size_t size);
 
 /* stream "name" { backend = "jetstream", ... }: a stream the cluster's
