@@ -186,6 +186,28 @@ auth { users = {
     assert.truthy(f.headers:find("503", 1, true), f.headers)
   end)
 
+  it("lets tide stats, rules and rules history ask one node with --node", function()
+    local function tide(port, args)
+      local cmd = h.bin
+      for _, x in ipairs(args) do cmd = cmd .. " '" .. x .. "'" end
+      local o, e = dir .. "/cli.out", dir .. "/cli.err"
+      local rc = h.sh(("{ timeout 20 %s -s 127.0.0.1:%d > %s 2> %s; }"):format(cmd, port, o, e))
+      return rc, h.read_file(o) or "", h.read_file(e) or ""
+    end
+    local rc, out, err = tide(a.port, { "stats", "--node", "b", "--json", "--user", "ops", "--password", "opspw" })
+    assert.are.equal(0, rc, err)
+    assert.are.equal(h.stats(b.port).server_id, json.decode(out).server_id)
+    rc, out, err = tide(ns[2].port, { "rules", "history", "--node", "b", "--json" })
+    assert.are.equal(0, rc, err)
+    assert.are.same(answer(b.port, "$TIDE.ADMIN.RULES.HISTORY"), json.decode(out))
+    rc, out, err = tide(a.port, { "rules", "--node", "b", "--user", "plain", "--password", "pw" })
+    assert.are_not.equal(0, rc)
+    assert.truthy(err:find("Permissions Violation", 1, true), err)
+    rc, out, err = tide(ns[1].port, { "stats", "--node", "nobody" })
+    assert.are_not.equal(0, rc)
+    assert.truthy(err:find("no responders", 1, true), err)
+  end)
+
   it("moves b's requests to its new name when a reload renames it", function()
     local function named(port, name)
       local f = ask(port, "$TIDE.NODE." .. name .. ".CLUSTER.STATUS")

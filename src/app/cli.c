@@ -483,7 +483,7 @@ static void usage_clients(void)
     fprintf(stderr, "usage: tide pub SUBJECT [DATA|-] [-H NAME:VALUE]... [--reply SUBJECT] [-s SERVER]\n"
                     "       tide sub PATTERN [--queue Q] [--count N] [--json] [-s SERVER]\n"
                     "       tide req SUBJECT [DATA] [-H NAME:VALUE]... [--timeout SECONDS] [--json] [-s SERVER]\n"
-                    "       tide stats | rules [--json] [-s SERVER]\n"
+                    "       tide stats | rules [--node NAME] [--json] [-s SERVER]\n"
                     "SERVER is host:port (default 127.0.0.1:4222, or $TIDE_SERVER)\n" CLI_CREDS_USAGE);
 }
 
@@ -527,6 +527,27 @@ static int cli_subscribe(conn_t *c, const char *subject, const char *queue, long
     return 0;
 }
 
+/* The subject of the admin request verb: $TIDE.ADMIN.<verb>, or with a
+ * node name $TIDE.NODE.<node>.ADMIN.<verb> (docs/cluster.md). */
+static void cli_admin_subject(char *out, size_t size, const char *node, const char *verb)
+{
+    if (node)
+        snprintf(out, size, "$TIDE.NODE.%s.ADMIN.%s", node, verb);
+    else
+        snprintf(out, size, "$TIDE.ADMIN.%s", verb);
+}
+
+/* 0 when name may follow $TIDE.NODE. (one token, not too long); else -1,
+ * said on stderr. */
+static int cli_check_node(const char *name)
+{
+    if (name[0] && strlen(name) < 200 && !strpbrk(name, ".*> \t\r\n"))
+        return 0;
+    fprintf(stderr, "tide: --node expects a node's name, one subject token (no '.', '*', '>' or blanks), got '%s'\n",
+            name);
+    return -1;
+}
+
 /* tide req, stats and rules (inspect): one request to subject, its answer
  * printed.  0, or -1 (reported). */
 static int cli_request(conn_t *c, const char *cmd, int inspect, const char *to, const char *hdr, size_t hlen,
@@ -538,9 +559,7 @@ static int cli_request(conn_t *c, const char *cmd, int inspect, const char *to, 
     snprintf(inbox, sizeof inbox, "_INBOX.%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3],
              rnd[4], rnd[5], rnd[6], rnd[7]);
     snprintf(line, sizeof line, "SUB %s 1\r\nUNSUB 1 1\r\n", inbox);
-    const char *subject = !strcmp(cmd, "stats") ? "$TIDE.ADMIN.STATS"
-                        : !strcmp(cmd, "rules") ? "$TIDE.ADMIN.RULES"
-                                                : to;
+    const char *subject = to;
     if (send_all(c, line, strlen(line)) < 0 ||
         publish(c, subject, inbox, hdr, hlen, data, dlen) < 0)
         return -1;
@@ -578,6 +597,7 @@ typedef struct cli_args {
     int nh;
     long count;     /* --count (sub); 0: until stopped */
     double timeout; /* --timeout (req, stats, rules), seconds */
+    const char *node; /* --node (stats, rules): the node of the cluster that answers, or NULL */
     int json;
     int inspect;    /* stats or rules: an admin request, no arguments */
     char **pos;     /* the positional arguments (in argv) */
@@ -597,7 +617,8 @@ static int cli_parse_args(const char *cmd, int argc, char **argv, cli_args_t *a)
         {"reply", required_argument, NULL, 'r'},  {"queue", required_argument, NULL, 'q'},
         {"count", required_argument, NULL, 'n'},  {"timeout", required_argument, NULL, 't'},
         {"json", no_argument, NULL, 'j'},         {"help", no_argument, NULL, 'h'},
-        CLI_CREDS_LONGOPTS,                       {NULL, 0, NULL, 0},
+        {"node", required_argument, NULL, 'N'},   CLI_CREDS_LONGOPTS,
+        {NULL, 0, NULL, 0},
     };
     int ch;
     memset(a, 0, sizeof *a);
@@ -620,6 +641,11 @@ static int cli_parse_args(const char *cmd, int argc, char **argv, cli_args_t *a)
         case 'n': a->count = strtol(optarg, NULL, 10); break;
         case 't': a->timeout = strtod(optarg, NULL); break;
         case 'j': a->json = 1; break;
+        case 'N':
+            if (cli_check_node(optarg) < 0)
+                return 2;
+            a->node = optarg;
+            break;
         case 'h': usage_clients(); return 0;
         case CLI_OPT_USER: case CLI_OPT_PASSWORD: case CLI_OPT_TOKEN: case CLI_OPT_NKEY:
         case CLI_OPT_TLS_CA: case CLI_OPT_TLS_CERT: case CLI_OPT_TLS_KEY:
@@ -638,7 +664,8 @@ static int cli_parse_args(const char *cmd, int argc, char **argv, cli_args_t *a)
     a->pos = argv + optind;
     a->inspect = !strcmp(cmd, "stats") || !strcmp(cmd, "rules");
     int need = a->inspect ? 0 : 1;
-    if (a->npos < need || a->npos > need + 1 || (!strcmp(cmd, "sub") && a->npos != 1) || (a->inspect && a->npos)) {
+    if (a->npos < need || a->npos > need + 1 || (!strcmp(cmd, "sub") && a->npos != 1) || (a->inspect && a->npos) ||
+        (a->node && !a->inspect)) {
         usage_clients();
         return 2;
     }
@@ -696,7 +723,10 @@ static int cli_run(conn_t *c, const char *cmd, const cli_args_t *a, const char *
     if (!strcmp(cmd, "sub"))
         return cli_subscribe(c, a->pos[0], a->queue, a->count, a->json) < 0 ? 1 : 0;
     if (!strcmp(cmd, "req") || a->inspect) {
-        const char *to = a->inspect ? NULL : a->pos[0];
+        char subject[300];
+        const char *to = a->inspect ? subject : a->pos[0];
+        if (a->inspect)
+            cli_admin_subject(subject, sizeof subject, a->node, !strcmp(cmd, "stats") ? "STATS" : "RULES");
         return cli_request(c, cmd, a->inspect, to, hdr, hlen, data, dlen, a->timeout, a->json) < 0 ? 1 : 0;
     }
     return 1;
@@ -977,6 +1007,7 @@ typedef struct ops {
     int seq;
     double timeout;
     int json;
+    const char *node; /* --node: the node of the cluster that answers, or NULL */
     char **nums; /* number texts of the answers (json_parse), freed at the end */
     size_t nnums;
 } ops_t;
@@ -988,8 +1019,8 @@ typedef struct ops {
  */
 static cJSON *ops_req(ops_t *o, const char *verb, const char *payload)
 {
-    char subject[128], reply[96];
-    snprintf(subject, sizeof subject, "$TIDE.ADMIN.%s", verb);
+    char subject[300], reply[96];
+    cli_admin_subject(subject, sizeof subject, o->node, verb);
     snprintf(reply, sizeof reply, "%s.%d", o->inbox, ++o->seq);
     if (publish(&o->c, subject, reply, NULL, 0, payload, strlen(payload)) < 0) {
         fprintf(stderr, "tide: lost the connection to the server\n");
@@ -1578,12 +1609,13 @@ static void usage_ops(void)
             "       tide rules history | rollback [REV] | shadow PATH | diff | promote | stop\n"
             "       tide rules canary [PATH] --percent P [--key EXPR] [--max-error-rate R] [--window 60s]\n"
             "all take -s SERVER (host:port; default 127.0.0.1:4222 or $TIDE_SERVER), --json and --timeout SECONDS;\n"
+            "--node NAME asks the node of that name in a cluster, through whichever node or server -s names;\n"
             CLI_CREDS_USAGE
             "TIME is RFC 3339, seconds since the epoch, or a duration ago (90s, 15m, 2h, 7d)\n");
 }
 
 enum { OO_SUBJECT = 2000, OO_SINCE, OO_UNTIL, OO_FROM, OO_LIMIT, OO_SEQ, OO_ALL, OO_PERCENT, OO_KEY, OO_MAXERR,
-       OO_WINDOW };
+       OO_WINDOW, OO_NODE };
 
 static int parse_count(const char *flag, const char *s, long long *out)
 {
@@ -2155,7 +2187,8 @@ int cli_ops_main(const char *cmd, int argc, char **argv)
         {"limit", required_argument, NULL, OO_LIMIT},     {"seq", required_argument, NULL, OO_SEQ},
         {"all", no_argument, NULL, OO_ALL},               {"percent", required_argument, NULL, OO_PERCENT},
         {"key", required_argument, NULL, OO_KEY},         {"max-error-rate", required_argument, NULL, OO_MAXERR},
-        {"window", required_argument, NULL, OO_WINDOW},   CLI_CREDS_LONGOPTS,
+        {"window", required_argument, NULL, OO_WINDOW},   {"node", required_argument, NULL, OO_NODE},
+        CLI_CREDS_LONGOPTS,
         {NULL, 0, NULL, 0},
     };
     const char *server = getenv("TIDE_SERVER") ? getenv("TIDE_SERVER") : "127.0.0.1:4222";
@@ -2202,6 +2235,11 @@ int cli_ops_main(const char *cmd, int argc, char **argv)
         case OO_KEY: a.key = optarg; break;
         case OO_MAXERR: a.max_error_rate = optarg; break;
         case OO_WINDOW: a.window = optarg; break;
+        case OO_NODE:
+            if (cli_check_node(optarg) < 0)
+                return 2;
+            o.node = optarg;
+            break;
         case CLI_OPT_USER: case CLI_OPT_PASSWORD: case CLI_OPT_TOKEN: case CLI_OPT_NKEY:
         case CLI_OPT_TLS_CA: case CLI_OPT_TLS_CERT: case CLI_OPT_TLS_KEY:
             cli_creds_option(&creds, ch, optarg);
