@@ -433,7 +433,8 @@ static void node_request(node_t *n, client_t *from, const proto_msg_t *m)
 static void on_admin(void *ctx, client_t *from, const proto_msg_t *m)
 {
     node_t *n = ctx;
-    if (m->subject_len >= strlen(SERVER_NODE_PREFIX) && !memcmp(m->subject, SERVER_NODE_PREFIX, strlen(SERVER_NODE_PREFIX)))
+    size_t plen = strlen(SERVER_NODE_PREFIX);
+    if (m->subject_len >= plen && !memcmp(m->subject, SERVER_NODE_PREFIX, plen))
         node_request(n, from, m);
     else
         admin_dispatch(n, from, m);

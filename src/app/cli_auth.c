@@ -145,8 +145,10 @@ void cli_server_error(const char *text)
     else if (strstr(text, "Permissions Violation for Publish to \"$TIDE.ADMIN."))
         fprintf(stderr, "tide: not permitted: %s\n  admin requests need a user with admin = true\n", text);
     else if (strstr(text, "Permissions Violation for Publish to \"$TIDE.NODE."))
-        fprintf(stderr, "tide: not permitted: %s\n  a request to a node needs what $TIDE.<rest> needs (admin = true for "
-                        "admin requests) and permission for $TIDE.NODE.>\n", text);
+        fprintf(stderr,
+                "tide: not permitted: %s\n  a request to a node needs what $TIDE.<rest> needs (admin = true for "
+                "admin requests) and permission for $TIDE.NODE.>\n",
+                text);
     else if (strstr(text, "Permissions Violation"))
         fprintf(stderr, "tide: not permitted: %s\n", text);
     else

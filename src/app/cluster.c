@@ -51,7 +51,9 @@ typedef struct item {
 } item_t;
 
 /* What an upstream subscription is for. */
-enum upsub_kind { UPSUB_CLIENT, UPSUB_STATUS, UPSUB_JS, UPSUB_PULL, UPSUB_DEPLOY, UPSUB_DEPLOY_REQ, UPSUB_KV, UPSUB_NODE };
+enum upsub_kind {
+    UPSUB_CLIENT, UPSUB_STATUS, UPSUB_JS, UPSUB_PULL, UPSUB_DEPLOY, UPSUB_DEPLOY_REQ, UPSUB_KV, UPSUB_NODE
+};
 
 /* An upstream subscription: a client's subscription here, mirrored, or
  * one of the node's own inboxes. */
