@@ -8,6 +8,7 @@ local h = require "helpers"
 local json = require "dkjson"
 local http = require "socket.http"
 local socket = require "socket"
+local js = require "js_support"
 
 local started = {} -- every process a test starts, stopped in teardown
 
@@ -57,15 +58,28 @@ end
 -- The rules every node loads: NAME is the node's name.  A handler that
 -- spins `spin` iterations per event (so that work is in flight when a node
 -- dies), refuses events with data.fail, and reports each event it handled.
+-- An event with data.fx = TAG has an effect: its n under the key TAG.<id>
+-- of bucket fx, written only when the key has no value yet (the event's
+-- id as idempotency key), and a naive count of the runs under TAG in
+-- bucket runs.  An event with data.flaky returns false (nak) on its first
+-- delivery after its effect: a run whose effect is stored and whose event
+-- comes back all the same, on purpose, whatever the faults do.
 local RULES = [[
 stream "orders" { subjects = { "orders.>" }, backend = "jetstream", replicas = 3 }
 stream "dead" { subjects = { "dead.>" }, backend = "jetstream", replicas = 3 }
-consumer "billing" { stream = "orders", filter = "orders.paid", ack_wait = "2s", max_deliver = 3,
+consumer "billing" { stream = "orders", filter = "orders.paid", ack_wait = "2s", max_deliver = 3, max_ack_pending = 64,
                      dead_letter = "dead.billing" }
+local fx, runs = tide.kv.bucket("fx"), tide.kv.bucket("runs")
 on("orders.paid", { consumer = "billing" }, function(e, ctx, meta)
   if e.data.fail then error("refused on purpose") end
   for i = 1, (e.data.spin or 0) do end
-  ctx.publish("handled.NAME", { n = e.data.n, seq = meta.seq, deliveries = meta.deliveries })
+  local tag, n = e.data.fx, e.data.n
+  if tag then
+    fx:update(tag .. "." .. e.id, function(v) return v or n end)
+    runs:update(tag, function(v) return (v or 0) + 1 end)
+  end
+  ctx.publish("handled.NAME", { n = n, seq = meta.seq, deliveries = meta.deliveries, flaky = e.data.flaky })
+  if e.data.flaky and meta.deliveries == 1 then return false end
 end)
 ]]
 
@@ -77,6 +91,18 @@ local function start_node(name, upstream)
     table.concat(urls, ", "), name, (RULES:gsub("NAME", name))), { args = { "--http", "127.0.0.1:" .. hport } })
   srv.hport = hport
   return keep(srv)
+end
+
+-- 1 when every node of nodes has loaded its replica of the buckets fx
+-- and runs (their writes go to JetStream and their updates can run).
+local function replicas_loaded(nodes)
+  for _, n in ipairs(nodes) do
+    local log = n:log()
+    if not (log:find("bucket fx: replica loaded", 1, true) and log:find("bucket runs: replica loaded", 1, true)) then
+      return false
+    end
+  end
+  return true
 end
 
 local function client(port)
@@ -127,7 +153,7 @@ local function collect_handled(sub, into, want, timeout)
       local d = data_of(f)
       local node = f.subject:match("^handled%.(.+)$")
       if d and node and d.n then
-        if d.deliveries and d.deliveries > 1 and not into.first_redelivery then
+        if d.deliveries and d.deliveries > 1 and not d.flaky and not into.first_redelivery then
           into.first_redelivery = socket.gettime()
         end
         into.by[d.n] = into.by[d.n] or {}
@@ -147,10 +173,98 @@ local function covers(acks)
   end
 end
 
+-- Waits until consumer billing, asked through the server at port, has
+-- no event left to hand out nor in flight: every event acked (a handler's
+-- ack waits for its bucket writes) or given up.
+local function wait_drained(port, timeout)
+  local info
+  local ok = h.wait_until(function()
+    local m = h.request(port, "$JS.API.CONSUMER.INFO.orders.billing", "")
+    info = m and json.decode(m.payload)
+    return info and info.num_ack_pending == 0 and info.num_pending == 0
+  end, timeout or 60)
+  assert(ok, "events stayed pending in the consumer: " .. json.encode(info))
+end
+
+-- What the handlers report once the consumer is drained: what sub still
+-- holds, read until it is quiet for a second.
+local function collect_rest(sub, into)
+  return collect_handled(sub, into, function() return false end, 1)
+end
+
+-- nats.js's KV API on bucket through the nats-server at port
+-- (tests/interop/node/kv_lua.mjs): what it prints, decoded.
+local function client_kv(port, bucket, ...)
+  local args = {}
+  for i, v in ipairs({ ... }) do args[i] = js.q(v) end
+  local rc, out = h.sh(("cd %s && timeout -k 5 60 node kv_lua.mjs %d %s %s"):format(js.q(js.NODE_DIR), port, bucket,
+    table.concat(args, " ")))
+  local v = rc == 0 and json.decode(out:match("([^\n]+)\n?$") or "")
+  assert(v ~= nil and v ~= false, ("kv_lua.mjs %s ended with %s:\n%s"):format(table.concat(args, " "), tostring(rc), out))
+  return v
+end
+
+-- The effects of the events tagged tag (ids idp..n, n from first to last
+-- sent), read through the cluster at port once the consumer is drained:
+-- every acked event's key holds its n, no key belongs to an event not
+-- sent, and the runs the handlers reported (got) and the naive count of
+-- runs both exceed the keys, since some runs were repeated (the flaky
+-- events at least).  Returns the numbers, for the failure messages.
+local function check_effects(port, tag, idp, first, last, acks, got, sub)
+  wait_drained(port)
+  collect_rest(sub, got)
+  -- An event given up after max_deliver is out of the consumer while the
+  -- write of a node that handled it may still be queued there, and a
+  -- JetStream API request may time out while leaders are elected: read
+  -- again until every acked event's key is there, or 30 s have passed.
+  local keys, nkeys, stray, lost, t0 = nil, 0, {}, {}, socket.gettime()
+  h.wait_until(function()
+    local ok, seen = pcall(client_kv, port, "fx", "dump", tag)
+    if not ok then return false end
+    keys, nkeys, stray, lost = seen, 0, {}, {}
+    for k, v in pairs(keys) do
+      nkeys = nkeys + 1
+      local n = tonumber(k:match("^" .. tag .. "%." .. idp .. "(%-?%d+)$"))
+      if not n or n < first or n > last or tonumber(v) ~= n then stray[#stray + 1] = k .. "=" .. v end
+    end
+    for n in pairs(acks) do
+      if not keys[("%s.%s%d"):format(tag, idp, n)] then lost[#lost + 1] = n end
+    end
+    return #lost == 0
+  end, 30, 1)
+  assert(keys, "the bucket fx could not be read through the cluster")
+  local waited = socket.gettime() - t0
+  local nacked, runs, again, flaky = 0, 0, 0, 0
+  for _ in pairs(acks) do nacked = nacked + 1 end
+  for n = first, last do flaky = flaky + (n % 50 == 0 and 1 or 0) end
+  for n, nodes in pairs(got.by) do
+    if n >= first and n <= last then
+      runs = runs + #nodes
+      again = again + (#nodes > 1 and 1 or 0)
+    end
+  end
+  local seen = assert(h.wait_until(function()
+    local ok, v = pcall(client_kv, port, "runs", "read", tag)
+    return ok and v
+  end, 30, 1), "the bucket runs could not be read through the cluster")
+  local count = tonumber(seen[tag] and seen[tag].value) or 0
+  local report = ("%s: %d keys, %d acked, %d handler runs seen (%d events run more than once, %d of them flaky), "
+    .. "naive count %d; keys read after %.1fs"):format(tag, nkeys, nacked, runs, again, flaky, count, waited)
+  print("\n  " .. report)
+  table.sort(lost)
+  assert.same({}, lost, "acked events without their effect; " .. report)
+  assert.same({}, stray, "keys of events not sent, or with another value; " .. report)
+  assert.truthy(again > 0 and runs > nkeys, "no run was repeated; " .. report)
+  assert.truthy(count > nkeys, "the naive count did not count the repeated runs; " .. report)
+  return report
+end
+
 describe("cluster mode, handlers on a consumer of a jetstream-backed stream", function()
   local ns, a, b, dir, watch
 
   setup(function()
+    local ok, out = h.npm_ready()
+    assert(ok, "npm ci failed:\n" .. tostring(out))
     dir = h.make_tmpdir("cluster-handlers")
     ns = start_cluster(dir)
     a = start_node("ha", { ns[1].port })
@@ -161,6 +275,8 @@ describe("cluster mode, handlers on a consumer of a jetstream-backed stream", fu
       return a:log():find("consumer 'billing' on stream 'orders' ready", 1, true)
         and b:log():find("consumer 'billing' on stream 'orders' ready", 1, true)
     end, 20), "the consumer was not made:\n" .. a:log() .. b:log())
+    assert(h.wait_until(function() return replicas_loaded { a, b } end, 30),
+      "the buckets were not made and watched:\n" .. a:log() .. b:log())
     -- What the handlers report, watched on a server neither node uses; a
     -- probe from a node's server shows the interest has spread.
     watch = client(ns[2].port)
@@ -241,7 +357,7 @@ describe("cluster mode, handlers on a consumer of a jetstream-backed stream", fu
   it("when a node is killed (-9) mid-work, the other handles every acked event within ack_wait", function()
     local N = 1000
     local events = {}
-    for i = 1, N do events[i] = { n = 1000 + i, spin = 1000000 } end
+    for i = 1, N do events[i] = { n = 1000 + i, spin = 1000000, fx = "kill", flaky = i % 50 == 0 or nil } end
     local pub = client(a.port)
     local got = { by = {}, nodes = {} }
     local acks, nacked = publish_acked(pub, events)
@@ -265,6 +381,8 @@ describe("cluster mode, handlers on a consumer of a jetstream-backed stream", fu
     local st = assert(json.decode(out), out)
     assert.equal(1, #st, "the killed node still answers")
     assert.truthy(st[1].consumers[1].redelivered > 0, out)
+    -- the effects through the cluster: one key per event, though runs were repeated
+    check_effects(ns[1].port, "kill", "e", 1001, 1000 + N, acks, got, watch)
     pub:close()
   end)
 end)
@@ -272,8 +390,9 @@ end)
 -- Publishes rounds of `per` events (n from first on) on pub, one round
 -- every `every` seconds for `secs` seconds, calling during(elapsed) between
 -- rounds; then waits up to `drain` seconds for late PubAcks.  Returns the
--- set of the n JetStream acked and how many were sent.
-local function publish_during(pub, first, per, every, secs, during, drain, spin)
+-- set of the n JetStream acked and how many were sent.  The events have
+-- the effect tagged tag (every 50th flaky).
+local function publish_during(pub, first, per, every, secs, during, drain, spin, tag)
   pub:sub("_INBOX.fault.*", "98")
   assert(pub:ping())
   local acks, sent, t0 = {}, 0, socket.gettime()
@@ -292,7 +411,7 @@ local function publish_during(pub, first, per, every, secs, during, drain, spin)
       local n = first + sent
       sent = sent + 1
       local body = json.encode { specversion = "1.0", id = "f" .. n, source = "spec", type = "orders.paid",
-                                 data = { n = n, spin = spin or 100000 } }
+                                 data = { n = n, spin = spin or 100000, fx = tag, flaky = n % 50 == 0 or nil } }
       parts[#parts + 1] = ("PUB orders.paid _INBOX.fault.%d %d\r\n%s\r\n"):format(n, #body, body)
     end
     assert(pub:send(table.concat(parts)))
@@ -330,6 +449,8 @@ describe("cluster mode, handlers while servers of the cluster fail", function()
   local ns, fa, fb, dir
 
   setup(function()
+    local ok, out = h.npm_ready()
+    assert(ok, "npm ci failed:\n" .. tostring(out))
     dir = h.make_tmpdir("cluster-faults")
     ns = start_cluster(dir)
     fa = start_node("fa", { ns[1].port, ns[2].port })
@@ -338,6 +459,8 @@ describe("cluster mode, handlers while servers of the cluster fail", function()
       return fa:log():find("consumer 'billing' on stream 'orders' ready", 1, true)
         and fb:log():find("consumer 'billing' on stream 'orders' ready", 1, true)
     end, 30), "the consumer was not made:\n" .. fa:log() .. fb:log())
+    assert(h.wait_until(function() return replicas_loaded { fa, fb } end, 30),
+      "the buckets were not made and watched:\n" .. fa:log() .. fb:log())
   end)
 
   teardown(function()
@@ -351,7 +474,7 @@ describe("cluster mode, handlers while servers of the cluster fail", function()
     local w = watcher(ns[2].port, ns[1].port)
     local pub = client(ns[2].port)
     local stopped, resumed = false, false
-    local acks = publish_during(pub, 1, 20, 0.25, 14, function(t)
+    local acks, sent = publish_during(pub, 1, 20, 0.25, 14, function(t)
       if t >= 1 and not stopped then
         stopped = true
         signal(ns[3], "STOP")
@@ -359,12 +482,13 @@ describe("cluster mode, handlers while servers of the cluster fail", function()
         resumed = true
         signal(ns[3], "CONT")
       end
-    end, 5)
+    end, 5, nil, "stop")
     assert.truthy(stopped and resumed)
     local got = collect_handled(w, { by = {}, nodes = {} }, covers(acks), 40)
     local missing = {}
     for n in pairs(acks) do if not got.by[n] then missing[#missing + 1] = n end end
     assert.same({}, missing)
+    check_effects(ns[1].port, "stop", "f", 1, sent, acks, got, w)
     local log = fb:log()
     assert.truthy(log:find("disconnected from the upstream", 1, true), log)
     assert.truthy(log:find("handlers on jetstream consumers paused", 1, true), log)
@@ -413,7 +537,7 @@ describe("cluster mode, handlers while servers of the cluster fail", function()
         killed = true
         victim:kill()
       end
-    end, 5)
+    end, 5, nil, "srvkill")
     assert.truthy(killed)
     local late = 0
     for n in pairs(acks) do if n > 10001 + sent * 0.75 then late = late + 1 end end
@@ -422,6 +546,7 @@ describe("cluster mode, handlers while servers of the cluster fail", function()
     local missing = {}
     for n in pairs(acks) do if not got.by[n] then missing[#missing + 1] = n end end
     assert.same({}, missing)
+    check_effects(ns[3].port, "srvkill", "f", 10001, 10000 + sent, acks, got, w)
     assert(h.wait_until(function() return fa:log():find("reconnected to the upstream", 1, true) end, 10), fa:log())
     local after = status_of(ns[3].port)
     assert.truthy(after.fa.reconnects >= 1)

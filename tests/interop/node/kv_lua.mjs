@@ -4,6 +4,8 @@
 // Usage: node kv_lua.mjs <port> <bucket> read <key>...   prints {key: entry|null}
 //        node kv_lua.mjs <port> <bucket> put <key> <value>  prints the revision
 //        node kv_lua.mjs <port> <bucket> delete <key>       prints true
+//        node kv_lua.mjs <port> <bucket> dump <prefix>      prints {key: value} of the
+//                                                           keys <prefix>.*
 import { connect } from "nats";
 
 const [port, bucket, op, ...args] = process.argv.slice(2);
@@ -20,6 +22,14 @@ if (op === "read") {
   }
 } else if (op === "put") {
   out = await kv.put(args[0], te.encode(args[1]));
+} else if (op === "dump") {
+  out = {};
+  const keys = [];
+  for await (const k of await kv.keys(`${args[0]}.*`)) keys.push(k);
+  for (const k of keys) {
+    const e = await kv.get(k);
+    if (e && e.operation === "PUT") out[k] = td.decode(e.value);
+  }
 } else if (op === "delete") {
   await kv.delete(args[0]);
   out = true;
