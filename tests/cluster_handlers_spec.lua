@@ -6,19 +6,15 @@
 -- routed nats-servers with JetStream and two tide nodes, all on loopback.
 local h = require "helpers"
 local json = require "dkjson"
-local http = require "socket.http"
 local socket = require "socket"
-local js = require "js_support"
+local cs = require "cluster_support"
+local stop, get, client, watcher, client_kv = cs.stop, cs.get, cs.client, cs.watcher, cs.client_kv
 
 local started = {} -- every process a test starts, stopped in teardown
 
 local function keep(srv)
   started[#started + 1] = srv
   return srv
-end
-
-local function stop(srv)
-  if srv and srv:alive() then srv:stop(srv.stop_signal) end
 end
 
 -- Sends a signal by name (STOP, CONT) to a process a test started.
@@ -28,31 +24,6 @@ end
 
 local function proc_cont(srv)
   h.proc.kill(srv.pid, "CONT")
-end
-
-local function get(port, path)
-  local body, code = http.request(("http://127.0.0.1:%d%s"):format(port, path))
-  return code, body
-end
-
--- Three routed nats-servers with JetStream.
-local function start_cluster(dir)
-  local nodes, routes, ns = {}, {}, {}
-  for i = 1, 3 do
-    nodes[i] = { port = h.free_port(), cport = h.free_port(), name = "h" .. i, dir = dir .. "/h" .. i }
-    routes[i] = "nats://127.0.0.1:" .. nodes[i].cport
-    os.execute("mkdir -p '" .. nodes[i].dir .. "'")
-  end
-  for i = 1, 3 do
-    local n = nodes[i]
-    local srv = h.start_server { bin = h.nats_server_bin(), port = n.port, cmd = {
-      "-a", "127.0.0.1", "-p", tostring(n.port), "-n", n.name, "--cluster_name", "tidehandlers",
-      "-cluster", "nats://127.0.0.1:" .. n.cport, "-routes", table.concat(routes, ","), "-P", n.dir .. "/pid",
-      "-js", "-sd", n.dir .. "/js" } }
-    srv.stop_signal = "INT"
-    ns[i] = keep(srv)
-  end
-  return ns
 end
 
 -- The rules every node loads: NAME is the node's name.  A handler that
@@ -103,13 +74,6 @@ local function replicas_loaded(nodes)
     end
   end
   return true
-end
-
-local function client(port)
-  local c = h.connect(port)
-  c:send('CONNECT {"verbose":false,"headers":true,"no_responders":true}\r\n')
-  assert(c:ping())
-  return c
 end
 
 -- The payload's data: ctx.publish wraps it in an envelope.
@@ -202,18 +166,6 @@ local function collect_rest(sub, into)
   return into
 end
 
--- nats.js's KV API on bucket through the nats-server at port
--- (tests/interop/node/kv_lua.mjs): what it prints, decoded.
-local function client_kv(port, bucket, ...)
-  local args = {}
-  for i, v in ipairs({ ... }) do args[i] = js.q(v) end
-  local rc, out = h.sh(("cd %s && timeout -k 5 60 node kv_lua.mjs %d %s %s"):format(js.q(js.NODE_DIR), port, bucket,
-    table.concat(args, " ")))
-  local v = rc == 0 and json.decode(out:match("([^\n]+)\n?$") or "")
-  assert(v ~= nil and v ~= false, ("kv_lua.mjs %s ended with %s:\n%s"):format(table.concat(args, " "), tostring(rc), out))
-  return v
-end
-
 -- The effects of the events tagged tag (ids idp..n, n from first to last
 -- sent), read through the cluster at port once the consumer is drained:
 -- every acked event's key holds its n, no key belongs to an event not
@@ -278,7 +230,7 @@ describe("cluster mode, handlers on a consumer of a jetstream-backed stream", fu
     local ok, out = h.npm_ready()
     assert(ok, "npm ci failed:\n" .. tostring(out))
     dir = h.make_tmpdir("cluster-handlers")
-    ns = start_cluster(dir)
+    ns = cs.start_cluster(dir, "tidehandlers", keep)
     a = start_node("ha", { ns[1].port })
     b = start_node("hb", { ns[3].port })
     assert(h.wait_until(function() return get(a.hport, "/readyz") == 200 and get(b.hport, "/readyz") == 200 end, 30),
@@ -442,21 +394,6 @@ local function status_of(port)
   return by, out
 end
 
--- A subscriber to handled.> on port, once a probe from probe_port reaches it.
-local function watcher(port, probe_port)
-  local w = client(port)
-  w:sub("handled.>", "1")
-  local probe = client(probe_port)
-  assert(h.wait_until(function()
-    probe:pub("handled.probe", "{}")
-    local f = w:frame(0.2)
-    return f and f.op == "MSG"
-  end, 15, 0), "the watcher's interest never reached the cluster")
-  probe:close()
-  while w:frame(0.3) do end
-  return w
-end
-
 describe("cluster mode, handlers while servers of the cluster fail", function()
   local ns, fa, fb, dir
 
@@ -464,7 +401,7 @@ describe("cluster mode, handlers while servers of the cluster fail", function()
     local ok, out = h.npm_ready()
     assert(ok, "npm ci failed:\n" .. tostring(out))
     dir = h.make_tmpdir("cluster-faults")
-    ns = start_cluster(dir)
+    ns = cs.start_cluster(dir, "tidehandlers", keep)
     fa = start_node("fa", { ns[1].port, ns[2].port })
     fb = start_node("fb", { ns[3].port })
     assert(h.wait_until(function()

@@ -6,8 +6,8 @@
 -- two tide nodes, all on loopback.
 local h = require "helpers"
 local cs = require "cluster_support"
-local js = require "js_support"
 local json = require "dkjson"
+local client_kv = cs.client_kv
 
 -- NAME is the node's name.
 local RULES = [[
@@ -96,18 +96,6 @@ describe("cluster mode: kv buckets", function()
     end, timeout or 20, 0.2)
     c:close()
     return last
-  end
-
-  -- nats.js's KV API on bucket through the nats-server at port
-  -- (tests/interop/node/kv_lua.mjs): what it prints, decoded.
-  local function client_kv(port, bucket, ...)
-    local args = {}
-    for i, v in ipairs({ ... }) do args[i] = js.q(v) end
-    local rc, out = h.sh(("cd %s && timeout -k 5 30 node kv_lua.mjs %d %s %s"):format(js.q(js.NODE_DIR), port, bucket,
-      table.concat(args, " ")))
-    local v = rc == 0 and json.decode(out:match("([^\n]+)\n?$") or "")
-    assert(v ~= nil and v ~= false, ("kv_lua.mjs %s ended with %s:\n%s"):format(table.concat(args, " "), tostring(rc), out))
-    return v
   end
 
   it("shows a client's kv.put to Lua on both nodes", function()

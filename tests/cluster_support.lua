@@ -77,6 +77,20 @@ function M.get(port, path)
   return code, body
 end
 
+-- Runs tests/interop/node/kv_lua.mjs against the server at port on bucket
+-- with the words in ... (put KEY VALUE, get KEY, dump PREFIX, ...): a real
+-- nats.js KV client.  Returns its last line, decoded; raises when it fails.
+function M.client_kv(port, bucket, ...)
+  local js, json = require "js_support", require "dkjson" -- here: the benchmarks never load them
+  local args = {}
+  for i, v in ipairs({ ... }) do args[i] = js.q(v) end
+  local rc, out = h.sh(("cd %s && timeout -k 5 60 node kv_lua.mjs %d %s %s"):format(js.q(js.NODE_DIR), port, bucket,
+    table.concat(args, " ")))
+  local v = rc == 0 and json.decode(out:match("([^\n]+)\n?$") or "")
+  assert(v ~= nil and v ~= false, ("kv_lua.mjs %s ended with %s:\n%s"):format(table.concat(args, " "), tostring(rc), out))
+  return v
+end
+
 -- Stops srv (a helpers server object) when it still runs.
 function M.stop(srv)
   if srv and srv:alive() then srv:stop(srv.stop_signal) end
