@@ -150,9 +150,10 @@ void kv_on_update_ack(kv_bucket_t *b, const cJSON *o)
         const cJSON *d = cJSON_GetObjectItemCaseSensitive(err, "description");
         const char *n = cJSON_IsString(d) ? strrchr(d->valuestring, ' ') : NULL;
         b->conflicts++;
-        b->need = n ? strtoull(n + 1, NULL, 10) : 0;
-        if (b->need <= b->last_seq)
-            b->need = b->last_seq + 1;
+        /* The stream's last sequence when it refused: a replica already
+         * there is current, and fn runs again at once; without the number,
+         * wait for the next message. */
+        b->need = n ? strtoull(n + 1, NULL, 10) : b->last_seq + 1;
         b->need_since = time(NULL);
         natsMsg_Destroy(b->sending);
         b->sending = NULL;
