@@ -538,17 +538,12 @@ static void remote_add_key(void *arg, const char *subject, size_t len, const scr
     }
 }
 
-/* keys([prefix]) / count() over the replica. */
-static int remote_keys(lua_State *L, bucket_t *b, const char *prefix, size_t pl, int list)
+/* What keys() / count() return once k has gone over the keys: the count,
+ * or the list (on the stack) sorted. */
+static int keys_result(lua_State *L, const keys_ctx_t *k)
 {
-    keys_ctx_t k = {L, b, 0, 0, list, prefix, pl, ""};
-    remote_open(L, b);
-    k.skip = (size_t)snprintf(NULL, 0, "$KV.%s.", b->name);
-    if (list)
-        lua_newtable(L);
-    b->host->kv_remote.each(b->host->kv_remote.ctx, b->name, remote_add_key, &k);
-    if (!list) {
-        lua_pushinteger(L, k.n);
+    if (!k->list) {
+        lua_pushinteger(L, k->n);
         return 1;
     }
     lua_getglobal(L, "table");
@@ -559,6 +554,18 @@ static int remote_keys(lua_State *L, bucket_t *b, const char *prefix, size_t pl,
     }
     lua_pop(L, 1);
     return 1;
+}
+
+/* keys([prefix]) / count() over the replica. */
+static int remote_keys(lua_State *L, bucket_t *b, const char *prefix, size_t pl, int list)
+{
+    keys_ctx_t k = {L, b, 0, 0, list, prefix, pl, ""};
+    remote_open(L, b);
+    k.skip = (size_t)snprintf(NULL, 0, "$KV.%s.", b->name);
+    if (list)
+        lua_newtable(L);
+    b->host->kv_remote.each(b->host->kv_remote.ctx, b->name, remote_add_key, &k);
+    return keys_result(L, &k);
 }
 
 /* In a protected call: fn (1) of the job with value (2) and revision (3);
@@ -856,18 +863,7 @@ static int each_key(lua_State *L, bucket_t *b, const char *prefix, size_t pl, in
         lua_newtable(L);
     if (streams_subjects_each(sm, b->stream, p, strlen(p), add_key, &k) < 0)
         return luaL_error(L, "bucket '%s': out of memory", b->name);
-    if (!list) {
-        lua_pushinteger(L, k.n);
-        return 1;
-    }
-    lua_getglobal(L, "table");
-    if (lua_istable(L, -1)) {
-        lua_getfield(L, -1, "sort");
-        lua_pushvalue(L, -3);
-        lua_call(L, 1, 0);
-    }
-    lua_pop(L, 1);
-    return 1;
+    return keys_result(L, &k);
 }
 
 static int l_keys(lua_State *L)
