@@ -646,9 +646,14 @@ static int refuse(cluster_t *c, natsStatus s, const char *subject, char *err, si
     return -1;
 }
 
-static int on_egress(void *ctx, const proto_msg_t *m, uint64_t origin, char *err, size_t errsz)
+/*
+ * Publishes m upstream, with its headers and, when name is not NULL, the
+ * header name: value set on it (replacing one the client wrote).  Counted
+ * as sent, or refused (refuse) with -1.
+ */
+static int publish_upstream(cluster_t *c, const proto_msg_t *m, const char *name, const char *value, char *err,
+                            size_t errsz)
 {
-    cluster_t *c = ctx;
     natsMsg *msg = NULL;
     natsStatus s = NATS_NO_MEMORY;
     /* libnats wants NUL-terminated names: one copy of both, on the stack
@@ -665,7 +670,7 @@ static int on_egress(void *ctx, const proto_msg_t *m, uint64_t origin, char *err
         memcpy(reply, m->reply, m->reply_len);
         reply[m->reply_len] = '\0';
     }
-    if (!m->hdr_len && !origin) { /* the common case: no message object to build */
+    if (!m->hdr_len && !name) { /* the common case: no message object to build */
         s = reply ? natsConnection_PublishRequest(c->nc, subject, reply, m->payload, (int)m->payload_len)
                   : natsConnection_Publish(c->nc, subject, m->payload, (int)m->payload_len);
         goto fail;
@@ -675,11 +680,8 @@ static int on_egress(void *ctx, const proto_msg_t *m, uint64_t origin, char *err
         goto fail;
     if (m->hdr_len)
         proto_header_each(m->hdr, m->hdr_len, add_header, msg);
-    if (origin) {
-        char mark[64];
-        snprintf(mark, sizeof mark, "%s.%" PRIu64, server_id(c->n->srv), origin);
-        s = natsMsgHeader_Set(msg, CLUSTER_ORIGIN_HEADER, mark);
-    }
+    if (name)
+        s = natsMsgHeader_Set(msg, name, value);
     if (s == NATS_OK)
         s = natsConnection_PublishMsg(c->nc, msg);
 fail:
@@ -693,6 +695,16 @@ fail:
     return s == NATS_OK ? 0 : -1;
 }
 
+static int on_egress(void *ctx, const proto_msg_t *m, uint64_t origin, char *err, size_t errsz)
+{
+    cluster_t *c = ctx;
+    char mark[64];
+    if (!origin)
+        return publish_upstream(c, m, NULL, NULL, err, errsz);
+    snprintf(mark, sizeof mark, "%s.%" PRIu64, server_id(c->n->srv), origin);
+    return publish_upstream(c, m, CLUSTER_ORIGIN_HEADER, mark, err, errsz);
+}
+
 void cluster_set_requests(cluster_t *c, cluster_request_fn fn, void *ctx)
 {
     c->on_request = fn;
@@ -701,28 +713,7 @@ void cluster_set_requests(cluster_t *c, cluster_request_fn fn, void *ctx)
 
 int cluster_node_forward(cluster_t *c, const proto_msg_t *m, const char *by, char *err, size_t errsz)
 {
-    natsMsg *msg = NULL;
-    natsStatus s = NATS_NO_MEMORY;
-    char *subject = util_mem_dup(m->subject, m->subject_len);
-    char *reply = m->reply ? util_mem_dup(m->reply, m->reply_len) : NULL;
-    if (!subject || (m->reply && !reply))
-        goto fail;
-    if ((s = natsMsg_Create(&msg, subject, reply, m->payload, (int)m->payload_len)) != NATS_OK)
-        goto fail;
-    if (m->hdr_len)
-        proto_header_each(m->hdr, m->hdr_len, add_header, msg);
-    s = natsMsgHeader_Set(msg, CLUSTER_BY_HEADER, by);
-    if (s == NATS_OK)
-        s = natsConnection_PublishMsg(c->nc, msg);
-fail:
-    if (s == NATS_OK)
-        c->sent++;
-    else
-        refuse(c, s, subject ? subject : "?", err, errsz);
-    natsMsg_Destroy(msg);
-    free(subject);
-    free(reply);
-    return s == NATS_OK ? 0 : -1;
+    return publish_upstream(c, m, CLUSTER_BY_HEADER, by, err, errsz);
 }
 
 /* Subscribes on the current connection (queue may be NULL), counted in
