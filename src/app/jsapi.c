@@ -575,3 +575,11 @@ void jsapi_status(jsapi_t *api, const proto_msg_t *m, const char *status)
     out.payload = "";
     server_route_flags(api->n->srv, NULL, &out, ROUTE_NO_CAPTURE);
 }
+
+const char *jsapi_get_str(const cJSON *obj, const char *key, const char *dflt)
+{
+    const cJSON *n = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!n || cJSON_IsNull(n))
+        return dflt;
+    return cJSON_IsString(n) ? n->valuestring : NULL;
+}

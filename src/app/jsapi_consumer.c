@@ -67,15 +67,6 @@ static int get_i64(const cJSON *obj, const char *key, int64_t dflt, int64_t *out
     return -1;
 }
 
-/* obj's string member key: dflt when absent or null, NULL when not a string. */
-static const char *get_str(const cJSON *obj, const char *key, const char *dflt)
-{
-    const cJSON *n = cJSON_GetObjectItemCaseSensitive(obj, key);
-    if (!n || cJSON_IsNull(n))
-        return dflt;
-    return cJSON_IsString(n) ? n->valuestring : NULL;
-}
-
 static int get_bool(const cJSON *obj, const char *key)
 {
     return cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(obj, key));
@@ -162,17 +153,17 @@ static int creq_read(const cJSON *rc, creq_t *r, api_err_t *e)
     for (int i = 0; nums[i]; i++)
         if (get_i64(rc, nums[i], 0, dst[i]) < 0)
             goto bad;
-    r->durable = get_str(rc, "durable_name", "");
-    r->name = get_str(rc, "name", "");
-    r->desc = get_str(rc, "description", "");
-    r->dp = get_str(rc, "deliver_policy", "all");
-    r->ap = get_str(rc, "ack_policy", "none");
-    r->rp = get_str(rc, "replay_policy", "instant");
-    r->fs = get_str(rc, "filter_subject", "");
-    r->dsub = get_str(rc, "deliver_subject", "");
-    r->dgroup = get_str(rc, "deliver_group", "");
-    r->sample = get_str(rc, "sample_freq", "");
-    r->start_time = get_str(rc, "opt_start_time", "");
+    r->durable = jsapi_get_str(rc, "durable_name", "");
+    r->name = jsapi_get_str(rc, "name", "");
+    r->desc = jsapi_get_str(rc, "description", "");
+    r->dp = jsapi_get_str(rc, "deliver_policy", "all");
+    r->ap = jsapi_get_str(rc, "ack_policy", "none");
+    r->rp = jsapi_get_str(rc, "replay_policy", "instant");
+    r->fs = jsapi_get_str(rc, "filter_subject", "");
+    r->dsub = jsapi_get_str(rc, "deliver_subject", "");
+    r->dgroup = jsapi_get_str(rc, "deliver_group", "");
+    r->sample = jsapi_get_str(rc, "sample_freq", "");
+    r->start_time = jsapi_get_str(rc, "opt_start_time", "");
     if (!r->durable || !r->name || !r->desc || !r->fs || !r->dsub || !r->dgroup || !r->sample || !r->start_time ||
         pick(r->dp, deliver_policies) < 0 || pick(r->ap, ack_policies) < 0 || !r->rp ||
         (strcmp(r->rp, "instant") && strcmp(r->rp, "original")))
@@ -563,7 +554,7 @@ static void saved_open(jsapi_t *api, const char *stream, const char *name)
         remove_tree(dir);
         return;
     }
-    const char *created = get_str(entry, "created", "");
+    const char *created = jsapi_get_str(entry, "created", "");
     if (!entry || !created || name_check(name, &e) < 0 ||
         !(shown = config_normalize(cJSON_GetObjectItemCaseSensitive(entry, "config"), stream, name, &c, &e)) ||
         consumer_start(api, &c, shown, created, 0, &e) < 0)
@@ -636,7 +627,7 @@ static int add_info(jsapi_t *api, cJSON *o, const char *stream, const char *name
         return -1;
     cJSON_AddStringToObject(o, "stream_name", stream);
     cJSON_AddStringToObject(o, "name", name);
-    cJSON_AddStringToObject(o, "created", entry ? get_str(entry, "created", "") : api->started);
+    cJSON_AddStringToObject(o, "created", entry ? jsapi_get_str(entry, "created", "") : api->started);
     cJSON_AddItemToObject(o, "config", entry ? json_duplicate(cJSON_GetObjectItemCaseSensitive(entry, "config"))
                                              : declared_config(c));
     add_seq_info(o, "delivered", in.dseq, in.last_sseq, in.last_active_ns);
@@ -696,7 +687,7 @@ static int create_subject(const char *rest, size_t len, char tok[][STREAM_NAME_M
  * one for an ephemeral), checked against the request: 0 or -1 with e set. */
 static int create_name(const cJSON *rc, const char *subj_name, int durable_form, char *out, api_err_t *e)
 {
-    const char *durable = get_str(rc, "durable_name", ""), *name = get_str(rc, "name", "");
+    const char *durable = jsapi_get_str(rc, "durable_name", ""), *name = jsapi_get_str(rc, "name", "");
     durable = durable ? durable : "";
     name = name ? name : "";
     if (durable_form && !durable[0])
@@ -743,7 +734,7 @@ static int update_check(const cJSON *old, const cJSON *norm, api_err_t *e)
             return -1;
         }
     }
-    const char *od = get_str(old, "deliver_subject", ""), *nd = get_str(norm, "deliver_subject", "");
+    const char *od = jsapi_get_str(old, "deliver_subject", ""), *nd = jsapi_get_str(norm, "deliver_subject", "");
     if (!od[0] != !nd[0]) {
         jsapi_set_err(e, 500, 10012, "can not update %s", od[0] ? "push consumer to pull based"
                                                                  : "pull consumer to push based");
@@ -778,7 +769,7 @@ static int create_existing(jsapi_t *api, const consumer_cfg_t *c, cJSON *norm, c
             jsapi_set_err(e, 404, 10014, "consumer not found");
         return -1;
     }
-    snprintf(created, sizeof created, "%s", get_str(entry, "created", ""));
+    snprintf(created, sizeof created, "%s", jsapi_get_str(entry, "created", ""));
     cJSON *ne = cJSON_CreateObject();
     cJSON_AddItemToObject(ne, "config", norm);
     cJSON_AddStringToObject(ne, "created", created);
@@ -828,7 +819,7 @@ static void verb_create(jsapi_t *api, const proto_msg_t *m, const char *rest, si
     consumer_cfg_t c;
     cJSON *req = jsapi_request_json(m, &bad, &e), *norm = NULL;
     const cJSON *rc = cJSON_GetObjectItemCaseSensitive(req, "config");
-    const char *sname = get_str(req, "stream_name", ""), *action = get_str(req, "action", "");
+    const char *sname = jsapi_get_str(req, "stream_name", ""), *action = jsapi_get_str(req, "action", "");
     if (bad || create_subject(rest, len, tok, &durable_form, &e) < 0)
         goto fail;
     if (!req || !sname || strcmp(sname, tok[0])) {
@@ -841,7 +832,7 @@ static void verb_create(jsapi_t *api, const proto_msg_t *m, const char *rest, si
         jsapi_set_err(&e, 400, 10137, "consumer with multiple subject filters cannot use subject based API");
         goto fail;
     }
-    if (tok[2][0] && strcmp(get_str(rc, "filter_subject", "") ? get_str(rc, "filter_subject", "") : "", tok[2])) {
+    if (tok[2][0] && strcmp(jsapi_get_str(rc, "filter_subject", "") ? jsapi_get_str(rc, "filter_subject", "") : "", tok[2])) {
         jsapi_set_err(&e, 400, 10131, "Consumer create request did not match filtered subject from create subject");
         goto fail;
     }

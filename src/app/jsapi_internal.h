@@ -73,6 +73,10 @@ void jsapi_reply_obj(jsapi_t *api, const proto_msg_t *m, cJSON *o);
 void jsapi_reply_err(jsapi_t *api, const proto_msg_t *m, const char *type, const api_err_t *e);
 cJSON *jsapi_answer(const char *type);
 void jsapi_status(jsapi_t *api, const proto_msg_t *m, const char *status);
+
+/* obj's string member key: dflt when absent or null, NULL when not a string. */
+const char *jsapi_get_str(const cJSON *obj, const char *key, const char *dflt);
+
 /* The request's JSON: NULL for an empty one, or NULL with *bad set and e
  * filled when it is not a JSON object. */
 cJSON *jsapi_request_json(const proto_msg_t *m, int *bad, api_err_t *e);

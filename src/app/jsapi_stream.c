@@ -71,15 +71,6 @@ static int get_int(const cJSON *req, const char *key, int64_t dflt, int64_t *out
     return -1;
 }
 
-/* req's string member key, dflt when absent or null, NULL when not a string. */
-static const char *get_str(const cJSON *req, const char *key, const char *dflt)
-{
-    const cJSON *n = cJSON_GetObjectItemCaseSensitive(req, key);
-    if (!n || cJSON_IsNull(n))
-        return dflt;
-    return cJSON_IsString(n) ? n->valuestring : NULL;
-}
-
 /* True when req's member key is there with other than its zero value. */
 static int is_set(const cJSON *req, const char *key)
 {
@@ -105,8 +96,8 @@ static int refuse_unsupported(const cJSON *req, api_err_t *e)
             jsapi_set_err(e, 500, 10052, "%s is not supported by tide", fields[i]);
             return -1;
         }
-    const char *comp = get_str(req, "compression", "none"), *ret = get_str(req, "retention", "limits"),
-               *sto = get_str(req, "storage", "file");
+    const char *comp = jsapi_get_str(req, "compression", "none"), *ret = jsapi_get_str(req, "retention", "limits"),
+               *sto = jsapi_get_str(req, "storage", "file");
     if (!comp || (comp[0] && strcmp(comp, "none"))) {
         jsapi_set_err(e, 500, 10052, "compression is not supported by tide");
         return -1;
@@ -173,7 +164,7 @@ static int norm_limits(const cJSON *req, cJSON *o, api_err_t *e)
         if (v[i] <= 0 && strcmp(keys[i], "max_age"))
             v[i] = -1;
     }
-    const char *ret = get_str(req, "retention", "limits");
+    const char *ret = jsapi_get_str(req, "retention", "limits");
     cJSON_AddStringToObject(o, "retention", ret && ret[0] ? ret : "limits");
     for (int i = 0; keys[i]; i++)
         json_add_int(o, keys[i], v[i]);
@@ -183,7 +174,7 @@ static int norm_limits(const cJSON *req, cJSON *o, api_err_t *e)
 /* discard, storage, replicas, duplicate window and the flags. */
 static int norm_policies(const cJSON *req, cJSON *o, api_err_t *e)
 {
-    const char *discard = get_str(req, "discard", "old");
+    const char *discard = jsapi_get_str(req, "discard", "old");
     int64_t replicas, dup, max_age;
     if (!discard || (strcmp(discard, "old") && strcmp(discard, "new"))) {
         jsapi_set_err(e, 400, 10025, "invalid JSON: discard must be \"old\" or \"new\"");
@@ -208,7 +199,7 @@ static int norm_policies(const cJSON *req, cJSON *o, api_err_t *e)
         jsapi_set_err(e, 500, 10052, "duplicates window can not be larger then max age");
         return -1;
     }
-    const char *sto = get_str(req, "storage", "file");
+    const char *sto = jsapi_get_str(req, "storage", "file");
     cJSON_AddStringToObject(o, "discard", discard);
     cJSON_AddStringToObject(o, "storage", sto && !strcmp(sto, "memory") ? "memory" : "file");
     cJSON_AddNumberToObject(o, "num_replicas", 1);
@@ -243,12 +234,12 @@ static void norm_sealed(cJSON *o)
 cJSON *jsapi_config_normalize(const cJSON *req, const char *name, api_err_t *e)
 {
     e->code = 0;
-    const char *given = get_str(req, "name", "");
+    const char *given = jsapi_get_str(req, "name", "");
     if (!given || strcmp(given, name)) {
         jsapi_set_err(e, 400, 10056, "stream name in subject does not match request");
         return NULL;
     }
-    const char *desc = get_str(req, "description", "");
+    const char *desc = jsapi_get_str(req, "description", "");
     const cJSON *meta = cJSON_GetObjectItemCaseSensitive(req, "metadata");
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "name", name);
@@ -304,7 +295,7 @@ static void config_to_stream(const cJSON *norm, stream_cfg_t *c)
     int64_t v;
     const cJSON *s;
     memset(c, 0, sizeof *c);
-    snprintf(c->name, sizeof c->name, "%s", get_str(norm, "name", ""));
+    snprintf(c->name, sizeof c->name, "%s", jsapi_get_str(norm, "name", ""));
     cJSON_ArrayForEach(s, cJSON_GetObjectItemCaseSensitive(norm, "subjects"))
         if (c->nsubjects < STREAM_SUBJECTS_MAX && (c->subjects[c->nsubjects] = strdup(s->valuestring)))
             c->nsubjects++;
@@ -316,17 +307,17 @@ static void config_to_stream(const cJSON *norm, stream_cfg_t *c)
     c->o.max_age = get_int(norm, "max_age", 0, &v) == 0 && v > 0 ? (double)v / 1e9 : 0;
     c->o.dedup_window = get_int(norm, "duplicate_window", 0, &v) == 0 && v > 0 ? (double)v / 1e9 : 0;
     c->max_msg_size = get_int(norm, "max_msg_size", -1, &v) == 0 && v > 0 ? (uint64_t)v : 0;
-    c->discard_new = !strcmp(get_str(norm, "discard", "old"), "new");
+    c->discard_new = !strcmp(jsapi_get_str(norm, "discard", "old"), "new");
     c->max_msgs_per_subject = get_int(norm, "max_msgs_per_subject", -1, &v) == 0 && v > 0 ? (uint64_t)v : 0;
     c->allow_rollup = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(norm, "allow_rollup_hdrs"));
     c->sealed = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(norm, "sealed"));
-    c->memory = !strcmp(get_str(norm, "storage", "file"), "memory");
-    const char *ret = get_str(norm, "retention", "limits");
+    c->memory = !strcmp(jsapi_get_str(norm, "storage", "file"), "memory");
+    const char *ret = jsapi_get_str(norm, "retention", "limits");
     c->retention = !strcmp(ret, "interest") ? RETENTION_INTEREST : !strcmp(ret, "workqueue") ? RETENTION_WORKQUEUE
                                                                                               : RETENTION_LIMITS;
     /* metadata.tide_fsync: the declared streams' fsync policy ("interval":
      * acked once written, synced every second, as nats-server does). */
-    const char *fs = get_str(cJSON_GetObjectItemCaseSensitive(norm, "metadata"), "tide_fsync", "always");
+    const char *fs = jsapi_get_str(cJSON_GetObjectItemCaseSensitive(norm, "metadata"), "tide_fsync", "always");
     if (fs && !strcmp(fs, "interval"))
         c->o.fsync = FSYNC_INTERVAL;
     else if (fs && !strcmp(fs, "never"))
@@ -396,11 +387,11 @@ static void refusal(int rc, int update, const char *err, api_err_t *e)
  * nats-server). */
 static int update_allowed(const cJSON *old, const cJSON *norm, api_err_t *e)
 {
-    if (strcmp(get_str(old, "storage", "file"), get_str(norm, "storage", "file"))) {
+    if (strcmp(jsapi_get_str(old, "storage", "file"), jsapi_get_str(norm, "storage", "file"))) {
         jsapi_set_err(e, 500, 10052, "stream configuration update can not change storage type");
         return 0;
     }
-    const char *was = get_str(old, "retention", "limits"), *now = get_str(norm, "retention", "limits");
+    const char *was = jsapi_get_str(old, "retention", "limits"), *now = jsapi_get_str(norm, "retention", "limits");
     if (strcmp(was, now) && (!strcmp(was, "workqueue") || !strcmp(now, "workqueue"))) {
         jsapi_set_err(e, 500, 10052, "stream configuration update can not change retention policy to/from workqueue");
         return 0;
@@ -453,7 +444,7 @@ void jsapi_stream_apply(jsapi_t *api, const char *name, const cJSON *norm, int u
     cJSON_AddStringToObject(entry, "created", update && cJSON_IsString(created) ? created->valuestring : now);
     /* A memory stream is gone at a restart, its configuration too (as
      * nats-server's, which keeps no meta file for one). */
-    int save = strcmp(get_str(norm, "storage", "file"), "memory") != 0;
+    int save = strcmp(jsapi_get_str(norm, "storage", "file"), "memory") != 0;
     /* A new stream's configuration is saved before its files are made: a
      * process killed in between leaves a configuration that the next
      * start opens (making the files then), never files without one. */
