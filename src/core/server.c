@@ -208,8 +208,10 @@ server_stats_t *server_stats_mut(server_t *s) { return &s->stats; }
 const server_opts_t *server_get_opts(const server_t *s) { return &s->opts; }
 const char *server_id(const server_t *s) { return s->id; }
 
-sub_t *server_subscribe_internal(server_t *s, const char *pattern, void (*fn)(void *, const proto_msg_t *),
-                                 void *ctx)
+/* server_subscribe_internal with flags set on the subscription before it
+ * goes into the index. */
+static sub_t *subscribe_inside(server_t *s, const char *pattern, void (*fn)(void *, const proto_msg_t *), void *ctx,
+                               int flags)
 {
     size_t n = strlen(pattern);
     sub_t *sub = calloc(1, sizeof *sub);
@@ -225,12 +227,28 @@ sub_t *server_subscribe_internal(server_t *s, const char *pattern, void (*fn)(vo
     sub->subject_len = n;
     sub->deliver = fn;
     sub->deliver_ctx = ctx;
+    sub->flags = flags;
     if (!sub->subject || sublist_insert(s->subs, sub) < 0) {
         free(sub->subject);
         free(sub);
         return NULL;
     }
     s->internal[s->ninternal++] = sub;
+    return sub;
+}
+
+sub_t *server_subscribe_internal(server_t *s, const char *pattern, void (*fn)(void *, const proto_msg_t *),
+                                 void *ctx)
+{
+    return subscribe_inside(s, pattern, fn, ctx, 0);
+}
+
+sub_t *server_subscribe_as_client(server_t *s, const char *pattern, void (*fn)(void *, const proto_msg_t *),
+                                  void *ctx)
+{
+    sub_t *sub = subscribe_inside(s, pattern, fn, ctx, SUB_AS_CLIENT);
+    if (sub)
+        server_note_interest(s, sub, 1);
     return sub;
 }
 
@@ -256,6 +274,8 @@ void server_unsubscribe_internal(server_t *s, sub_t *sub)
 {
     if (!sub || (sub->flags & SUB_GONE))
         return;
+    if (sub->flags & SUB_AS_CLIENT)
+        server_note_interest(s, sub, 0);
     sub->flags |= SUB_GONE;
     s->ngone++;
     if (!s->routing)
@@ -735,6 +755,9 @@ void server_set_cluster(server_t *s, const server_cluster_hooks_t *hooks)
         for (size_t i = 0; i < c->subs.cap; i++)
             if (c->subs.slots[i].key)
                 s->cluster.interest(s->cluster.ctx, c->subs.slots[i].val, 1);
+    for (size_t i = 0; i < s->ninternal; i++)
+        if ((s->internal[i]->flags & (SUB_AS_CLIENT | SUB_GONE)) == SUB_AS_CLIENT)
+            s->cluster.interest(s->cluster.ctx, s->internal[i], 1);
 }
 
 void server_note_interest(server_t *s, sub_t *sub, int added)
@@ -749,6 +772,13 @@ int server_subject_travels(const char *subject, size_t len)
     if (!len || subject[0] != '$')
         return 1;
     return len >= sizeof cluster - 1 && !memcmp(subject, cluster, sizeof cluster - 1);
+}
+
+/* True when sub receives what goes to the cluster from there (a client's
+ * subscription, an internal one made as a client's), not here. */
+static int served_by_cluster(const sub_t *sub)
+{
+    return sub->owner || (sub->flags & SUB_AS_CLIENT);
 }
 
 /* True when r holds a subscription of a client here. */
@@ -866,7 +896,7 @@ static size_t route(server_t *s, client_t *from, const char *to, size_t tolen, c
     s->routing++;
     for (size_t i = 0; i < r->npsubs; i++) {
         sub_t *sub = r->psubs[i];
-        if ((!remote || !sub->owner) && may_receive(from, sub))
+        if ((!remote || !served_by_cluster(sub)) && may_receive(from, sub))
             delivered += (size_t)deliver_one(s, sub, m);
     }
     for (size_t i = 0; i < r->nqgroups; i++) {
@@ -874,7 +904,7 @@ static size_t route(server_t *s, client_t *from, const char *to, size_t tolen, c
         /* One member per group; skip members that cannot take it now. */
         for (size_t tries = 0; tries < g->n; tries++) {
             sub_t *sub = sublist_qgroup_pick(g);
-            if ((!remote || !sub->owner) && may_receive(from, sub) && deliver_one(s, sub, m)) {
+            if ((!remote || !served_by_cluster(sub)) && may_receive(from, sub) && deliver_one(s, sub, m)) {
                 delivered++;
                 break;
             }

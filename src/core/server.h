@@ -211,12 +211,30 @@ int server_has_interest(server_t *s, const char *subject, size_t len);
  * way: it receives nothing more and is freed when the route ends. */
 #define SUB_GONE 2
 
+/* sub_t.flags of an internal subscription that receives what a client's
+ * subscription on its pattern would (server_subscribe_as_client). */
+#define SUB_AS_CLIENT 4
+
 sub_t *server_subscribe_internal(server_t *s, const char *pattern, void (*fn)(void *, const proto_msg_t *),
                                  void *ctx);
 
-/* Removes and frees a subscription made by server_subscribe_internal; fn is
- * not called again.  May be called from anywhere on the loop, a delivery
- * included (then it is freed once the route is over). */
+/*
+ * server_subscribe_internal for a watcher that stands for a person (an
+ * HTTP tail, sub() at the prompt): it receives what a client subscribed
+ * to pattern here would.  In cluster mode that is what the cluster
+ * delivers on it, whichever node published it: the subscription is
+ * announced to the cluster's `interest` hook (added here, removed by
+ * server_unsubscribe_internal), and a message that goes to the cluster
+ * reaches it from there, not here as well.  Returns the subscription
+ * (flag SUB_AS_CLIENT), or NULL.  Loop thread only.
+ */
+sub_t *server_subscribe_as_client(server_t *s, const char *pattern, void (*fn)(void *, const proto_msg_t *),
+                                  void *ctx);
+
+/* Removes and frees a subscription made by server_subscribe_internal or
+ * server_subscribe_as_client (NULL: nothing); fn is not called again.  May
+ * be called from anywhere on the loop, a delivery included (then it is
+ * freed once the route is over). */
 void server_unsubscribe_internal(server_t *s, sub_t *sub);
 
 /* Calls fn(ctx, c) for every client as the server frees it, from the loop
@@ -262,7 +280,8 @@ const char *server_id(const server_t *s);
  * upstream NATS cluster (app/cluster.c).  With hooks set, a routed message
  * whose subject travels (server_subject_travels) goes to `egress` instead
  * of to the clients here, which receive it back from the cluster through
- * the subscriptions `interest` mirrors there (server_deliver_sub); the
+ * the subscriptions `interest` mirrors there (server_deliver_sub), as do
+ * the internal ones made by server_subscribe_as_client; the other
  * subscriptions inside the server still get it here.  An answer
  * (ROUTE_ANSWER, ROUTE_NO_CAPTURE) that a client here subscribes to stays
  * here.  A message routed to another subject than its own
@@ -275,14 +294,16 @@ typedef struct server_cluster_hooks {
      * client asked for no echo ("echo":false), else 0: m must come back
      * with it (server_deliver_sub_origin). */
     int (*egress)(void *ctx, const proto_msg_t *m, uint64_t origin, char *err, size_t errsz);
-    /* A client's subscription was added (added = 1) or is about to be
-     * freed (0); sub is valid until then. */
+    /* A client's subscription, or an internal one made by
+     * server_subscribe_as_client (sub->owner NULL), was added (added = 1)
+     * or is about to be freed (0); sub is valid until then. */
     void (*interest)(void *ctx, sub_t *sub, int added);
     void *ctx;
 } server_cluster_hooks_t;
 
 /* Sets the hooks (copied; NULL: cluster mode off).  Clients' subscriptions
- * made before the call are announced to `interest` at once. */
+ * (and the internal ones made by server_subscribe_as_client) made before
+ * the call are announced to `interest` at once. */
 void server_set_cluster(server_t *s, const server_cluster_hooks_t *hooks);
 
 /* True when a message on subject (or a subscription on pattern) travels
@@ -290,8 +311,9 @@ void server_set_cluster(server_t *s, const server_cluster_hooks_t *hooks);
  * stay on their node ($TIDE., $JS., $KV., ...), and $TIDE.CLUSTER.>. */
 int server_subject_travels(const char *subject, size_t len);
 
-/* Delivers m to the one client subscription sub (a message that arrived
- * from the cluster for it), as a route would; no capture, no hooks.
+/* Delivers m to the one client subscription sub, or internal one made by
+ * server_subscribe_as_client (a message that arrived from the cluster for
+ * it), as a route would; no capture, no hooks.
  * Returns 1 when delivered, 0 when sub cannot take it now. */
 int server_deliver_sub(server_t *s, sub_t *sub, const proto_msg_t *m);
 
