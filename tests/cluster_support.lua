@@ -136,12 +136,16 @@ function Tracker:stop_all()
 end
 
 -- One nats-server of a cluster: n = { port, cport, name, routes, dir,
--- cluster (its name, default "tidetest"), js (JetStream on) }.
+-- cluster (its name, default "tidetest"), js (JetStream on), monitor (its
+-- HTTP monitoring port: /connz, /subsz; none when nil) }.
 function Tracker:start_nats(n)
   local cmd = { "-a", "127.0.0.1", "-p", tostring(n.port), "-n", n.name, "--cluster_name", n.cluster or "tidetest",
                 "-cluster", "nats://127.0.0.1:" .. n.cport, "-routes", n.routes, "-P", n.dir .. "/pid" }
   if n.js then
     for _, a in ipairs({ "-js", "-sd", n.dir .. "/js" }) do cmd[#cmd + 1] = a end
+  end
+  if n.monitor then
+    for _, a in ipairs({ "-m", tostring(n.monitor) }) do cmd[#cmd + 1] = a end
   end
   local srv = h.start_server { bin = h.nats_server_bin(), port = n.port, cmd = cmd }
   srv.stop_signal = "INT"
@@ -150,12 +154,13 @@ function Tracker:start_nats(n)
 end
 
 -- Three routed nats-servers named name1..name3 under dir (with JetStream
--- when js), the cluster called name; returns them.
-function Tracker:start_cluster(dir, name, js)
+-- when js, with a monitoring port each, srv.spec.monitor, when monitor),
+-- the cluster called name; returns them.
+function Tracker:start_cluster(dir, name, js, monitor)
   local nodes, routes, ns = {}, {}, {}
   for i = 1, 3 do
     nodes[i] = { port = h.free_port(), cport = h.free_port(), name = name .. i, cluster = name, js = js,
-                 dir = dir .. "/" .. name .. i }
+                 dir = dir .. "/" .. name .. i, monitor = monitor and h.free_port() or nil }
     routes[i] = "nats://127.0.0.1:" .. nodes[i].cport
     os.execute("mkdir -p '" .. nodes[i].dir .. "'")
   end

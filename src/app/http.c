@@ -939,6 +939,17 @@ static void metrics(http_t *h, struct evhttp_request *req)
 
 /* ---- live tail (Server-Sent Events) ---------------------------------------------- */
 
+/* Frees t's slot: its subscription goes (in cluster mode with it the
+ * interest the node held upstream for it), and t is free for another tail.
+ * t's request is the caller's to end or to free first. */
+static void tail_end(tail_t *t)
+{
+    server_unsubscribe_internal(t->http->srv, t->sub);
+    t->sub = NULL;
+    t->req = NULL;
+    t->live = 0;
+}
+
 /* Ends a tail whose client does not read what it is sent: the stream is
  * finished (what is queued is left to the idle timeout) and the slot freed. */
 static void tail_cut(tail_t *t, size_t pending)
@@ -950,8 +961,7 @@ static void tail_cut(tail_t *t, size_t pending)
     if (conn)
         evhttp_connection_set_closecb(conn, NULL, NULL); /* the slot may be reused before it closes */
     evhttp_send_reply_end(t->req);
-    t->req = NULL;
-    t->live = 0;
+    tail_end(t);
 }
 
 /* True when t's user may (still: a reload may have changed that) see m;
@@ -968,8 +978,7 @@ static int tail_allowed(tail_t *t, const proto_msg_t *m)
         if (conn)
             evhttp_connection_set_closecb(conn, NULL, NULL);
         evhttp_send_reply_end(t->req);
-        t->req = NULL;
-        t->live = 0;
+        tail_end(t);
         return 0;
     }
     return !auth_deny_delivery(w.perms, m->subject, m->subject_len);
@@ -1015,12 +1024,10 @@ static void tail_closed(struct evhttp_connection *conn, void *arg)
     tail_t *t = arg;
     (void)conn;
     /* The client went away.  libevent detaches a request the user has not
-     * finished (a stream never is) and leaves it to the user: free it here.
-     * The subscription stays with the slot (it delivers only while live). */
+     * finished (a stream never is) and leaves it to the user: free it here. */
     if (t->req && !evhttp_request_get_connection(t->req))
         evhttp_request_free(t->req);
-    t->live = 0;
-    t->req = NULL;
+    tail_end(t);
 }
 
 static void tail(http_t *h, struct evhttp_request *req, const char *pattern)
@@ -1037,9 +1044,6 @@ static void tail(http_t *h, struct evhttp_request *req, const char *pattern)
         reply_error(h, req, 400, "Bad Request", msg);
         return;
     }
-    for (int i = 0; i < MAX_TAILS && !t; i++) /* a closed tail on the same pattern: reuse its subscription */
-        if (!h->tails[i].live && h->tails[i].sub && !strcmp(h->tails[i].sub->subject, pattern))
-            t = &h->tails[i];
     for (int i = 0; i < MAX_TAILS && !t; i++)
         if (!h->tails[i].live && !h->tails[i].sub)
             t = &h->tails[i];
@@ -1057,9 +1061,9 @@ static void tail(http_t *h, struct evhttp_request *req, const char *pattern)
     t->req = req;
     t->checked = h->who && h->who->checked;
     snprintf(t->user, sizeof t->user, "%s", t->checked ? h->who->user : "");
-    if (!t->sub)
-        t->sub = server_subscribe_internal(h->srv, pattern, tail_deliver, t);
-    if (!t->sub) {
+    /* As a client's subscription: in cluster mode it sees what every node
+     * publishes on pattern (docs/cluster.md). */
+    if (!(t->sub = server_subscribe_as_client(h->srv, pattern, tail_deliver, t))) {
         reply_error(h, req, 500, "Internal Server Error", "out of memory");
         return;
     }

@@ -437,7 +437,9 @@ static int h_sub(lua_State *L)
         if (!w->sub) {
             snprintf(w->pattern, sizeof w->pattern, "%s", pattern);
             w->r = r;
-            w->sub = server_subscribe_internal(r->node.srv, pattern, on_watch, w);
+            /* As a client's subscription: on a node in cluster mode it
+             * sees what every node publishes on pattern. */
+            w->sub = server_subscribe_as_client(r->node.srv, pattern, on_watch, w);
             if (!w->sub)
                 return luaL_error(L, "out of memory");
             out(r, "watching %s\n", pattern);
