@@ -11,13 +11,13 @@ local cs = require("cluster_support").new() -- every process a test starts, stop
 
 local NODE_RULES = "admin { eval = true }\n"
 
--- A tail of pattern on port's HTTP face, curl writing what it receives to
--- a file.  t.text() is what came so far; t.stop() ends it (curl is killed,
--- so the node sees its client go).
-local function open_tail(port, pattern)
+-- A tail of pattern on port's HTTP face (path: "/v1/tail" unless given),
+-- curl writing what it receives to a file.  t.text() is what came so far;
+-- t.stop() ends it (curl is killed, so the node sees its client go).
+local function open_tail(port, pattern, path)
   local out = ("%s/cltail-%d.txt"):format(h.tmpdir, h.free_port())
   local pid = h.proc.spawn({ "/usr/bin/curl", "-s", "-N", "--max-time", "60",
-    ("http://127.0.0.1:%d/v1/tail?subject=%s"):format(port, pattern) }, out)
+    ("http://127.0.0.1:%d%s?subject=%s"):format(port, path or "/v1/tail", pattern) }, out)
   local t = {}
   function t.text() return h.read_file(out) or "" end
   function t.stop()
@@ -108,6 +108,19 @@ describe("cluster mode: the node's own watchers", function()
     assert.are.equal(1, count(text, '{"subject":"tl1.from.b"'), text)
   end)
 
+  it("the console's tail on B sees an event published on A once", function()
+    local t = open_tail(b.hport, "tl5.>", "/api/tail")
+    wait_probe(a.port, "tl5", function() return t.text():find('"subject":"tl5.probe"', 1, true) end)
+    local pa = cs.client(a.port)
+    pa:pub("tl5.from.a", '{"id":"console-a"}')
+    assert(pa:ping())
+    h.proc.sleep(1)
+    local text = t.text()
+    t.stop()
+    pa:close()
+    assert.are.equal(1, count(text, '"id":"console-a"'), text)
+  end)
+
   it("holds the tail's interest upstream while it runs, and drops it when the tail ends", function()
     local t = open_tail(b.hport, "tl2.>")
     wait_probe(a.port, "tl2", function() return t.text():find('"subject":"tl2.probe"', 1, true) end)
@@ -161,6 +174,7 @@ describe("cluster mode: the node's own watchers", function()
       h.proc.sleep(1.5) -- a copy coming back late would arrive by then
       assert.are.equal(1, count(text(), "prompt-a"), text())
       assert.are.equal(1, count(text(), "prompt-b"), text())
+      assert.is_true(upstream_subs(ns, "B")["tl4.>"] or false, "no upstream subscription to tl4.> on B's connection")
     end)
     input:close()
     local st = h.proc.wait(pid, 10)
@@ -171,5 +185,8 @@ describe("cluster mode: the node's own watchers", function()
     os.remove(fifo)
     os.remove(out)
     assert(ok, err)
+    -- The session ended with its input: its watchers went, and their interest upstream.
+    local gone = h.wait_until(function() return not upstream_subs(ns, "B")["tl4.>"] end, 10, 0.2)
+    assert.is_true(gone or false, "B still subscribes upstream to tl4.> after the prompt's session ended")
   end)
 end)
