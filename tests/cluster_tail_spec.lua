@@ -149,6 +149,34 @@ describe("cluster mode: the node's own watchers", function()
     assert.are.equal(1, count(text, '"id":"event-again"'), text)
   end)
 
+  it("cuts a tail on B that never reads what A floods it with, and drops its interest upstream", function()
+    local socket = require "socket"
+    local s = socket.tcp()
+    s:settimeout(5)
+    assert(s:connect("127.0.0.1", b.hport))
+    s:send("GET /v1/tail?subject=tl6.%3E HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert(s:receive("*l")) -- the status line; from here on it reads nothing
+    assert(h.wait_until(function() return upstream_subs(ns, "B")["tl6.>"] end, 10, 0.1),
+      "no upstream subscription to tl6.> on B's connection")
+    local payload = ("x"):rep(16 * 1024)
+    local pubs = {}
+    for i = 1, 64 do pubs[i] = ("PUB tl6.flood %d\r\n%s\r\n"):format(#payload, payload) end
+    local chunk = table.concat(pubs) -- 1 MB
+    local pa = cs.client(a.port)
+    local cut = h.wait_until(function()
+      for _ = 1, 4 do assert(pa:send(chunk)) end
+      assert(pa:ping(30))
+      local _, metrics = cs.get(b.hport, "/metrics")
+      return (metrics or ""):find("tide_http_slow_tails_total 1", 1, true)
+    end, 60, 0)
+    pa:close()
+    s:close()
+    assert(cut, "B never cut the tail that does not read")
+    local gone = h.wait_until(function() return not upstream_subs(ns, "B")["tl6.>"] end, 10, 0.2)
+    assert.is_true(gone or false, "B still subscribes upstream to tl6.> after it cut the tail")
+    assert.is_true(b:alive())
+  end)
+
   it("sub() at a prompt on B sees an event published on A once, and one published on B once", function()
     local out = ("%s/cltail-repl-%d.txt"):format(h.tmpdir, h.free_port())
     local fifo = out .. ".in"
