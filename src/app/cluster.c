@@ -995,7 +995,7 @@ static int start_streams(cluster_t *c, char *err, size_t errsz)
     snprintf(pattern, sizeof pattern, "%s.>", inbox);
     if (!(c->pull_in = inbox_open(c, UPSUB_PULL, pattern, NULL, err, errsz)))
         return -1;
-    if (!(c->pull = cluster_pull_new(c->nc, c->n->scripts, c->js, inbox))) {
+    if (!(c->pull = cluster_pull_new(c->nc, server_base(c->n->srv), c->n->scripts, c->js, inbox))) {
         snprintf(err, errsz, "cluster: out of memory");
         return -1;
     }

@@ -7,6 +7,8 @@
 #include <strings.h>
 #include <time.h>
 
+#include <event2/event.h>
+
 #include "cluster.h"
 #include "cluster_kv.h"
 #include "cluster_pull.h"
@@ -29,6 +31,23 @@ static const char *const pc_state_names[] = {"waiting", "creating", "pulling", "
  * delay of the -NAK that tries it again. */
 #define DEAD_LETTER_WAIT 10.0
 #define DEAD_LETTER_RETRY 5.0
+/* The delay of the -NAK that sends back an event the node will not handle
+ * (its consumer reloaded away): past the end of the node's open pull,
+ * which would otherwise get it again at once. */
+#define SEND_BACK_DELAY (PULL_EXPIRES + PULL_LOST)
+/* Seconds before a batch due while a rule runs is looked at again. */
+#define BATCH_BUSY_RETRY 0.01
+
+/* An event pulled and not yet handed to the handlers: a copy of what they
+ * and its verdict need (the natsMsg goes back to libnats at once, since
+ * one destroyed after the library closed uses its freed state). */
+typedef struct gathered {
+    char *buf;                  /* one allocation: subject, reply, header block, payload */
+    const char *subject, *reply, *hdr, *payload;
+    size_t subject_len, hdr_len, payload_len;
+    uint64_t seq;
+    uint32_t deliveries;
+} gathered_t;
 
 typedef struct pull_consumer {
     consumer_cfg_t cfg;
@@ -38,6 +57,11 @@ typedef struct pull_consumer {
     int outstanding;   /* events the last pull may still bring */
     uint64_t handled, acked, naked, redelivered, dead_lettered, given_up, dead_letter_failures, pending;
     char error[300];
+    /* The batch filling for a batch handler (one event for the others). */
+    gathered_t *gathered;
+    int ngathered, capgathered;
+    double gathered_since; /* its first event's arrival */
+    double progressed;     /* its last +WPI (or its first event's arrival) */
 } pull_consumer_t;
 
 /* A dead letter waiting for JetStream's PubAck before its event is +TERM'd. */
@@ -58,6 +82,7 @@ typedef struct held_ack {
 
 struct cluster_pull {
     natsConnection *nc;
+    struct event *batch_timer; /* the next batch due (wait over, or a +WPI for it) */
     script_host_t *scripts;
     cluster_js_t *js;
     char inbox[128];
@@ -78,11 +103,20 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-cluster_pull_t *cluster_pull_new(natsConnection *nc, script_host_t *scripts, cluster_js_t *js, const char *inbox)
+static void gathered_release(cluster_pull_t *p, pull_consumer_t *pc, int nak);
+static void batch_timer_fired(evutil_socket_t fd, short what, void *arg);
+static void batch_arm(cluster_pull_t *p);
+
+cluster_pull_t *cluster_pull_new(natsConnection *nc, struct event_base *base, script_host_t *scripts,
+                                 cluster_js_t *js, const char *inbox)
 {
     cluster_pull_t *p = calloc(1, sizeof *p);
     if (!p)
         return NULL;
+    if (!(p->batch_timer = evtimer_new(base, batch_timer_fired, p))) {
+        free(p);
+        return NULL;
+    }
     p->nc = nc;
     p->scripts = scripts;
     p->js = js;
@@ -111,6 +145,11 @@ void cluster_pull_free(cluster_pull_t *p)
         free(a->ack_subject);
         free(a);
     }
+    /* Batches not handed over: JetStream offers them again after ack_wait
+     * (the connection is closed by now, no -NAK can go). */
+    for (int i = 0; i < p->n; i++)
+        gathered_release(p, &p->consumers[i], 0);
+    event_free(p->batch_timer);
     free(p->consumers);
     free(p);
 }
@@ -137,14 +176,23 @@ void cluster_pull_rules_changed(cluster_pull_t *p)
         for (int k = 0; k < p->n; k++) {
             if (!same_consumer(&p->consumers[k].cfg, &decl[i]))
                 continue;
-            fresh[i] = p->consumers[k]; /* its state and counters */
+            fresh[i] = p->consumers[k]; /* its state, counters and batch */
             fresh[i].cfg = decl[i];     /* max_deliver, backoff, dead_letter apply here */
+            p->consumers[k].gathered = NULL;
+            p->consumers[k].ngathered = 0;
         }
     }
+    /* A consumer dropped or made again: what its batch held goes back to
+     * JetStream at once, for another node (or the new consumer). */
+    for (int k = 0; k < p->n; k++)
+        gathered_release(p, &p->consumers[k], 1);
     free(p->consumers);
     p->consumers = fresh;
     p->n = n;
     cluster_pull_sync(p, 0);
+    /* The batches kept: handed over under the new rules' batch and wait,
+     * or sent back when no handler takes them any more. */
+    batch_arm(p);
 }
 
 static pull_consumer_t *find(cluster_pull_t *p, const char *name, size_t len)
@@ -213,12 +261,16 @@ static void consumer_create(cluster_pull_t *p, pull_consumer_t *pc)
     }
 }
 
-/* Asks for the next events: up to PULL_BATCH (fewer under a small
+/* Asks for the next events: up to PULL_BATCH, or a batch handler's batch
+ * when larger, so that one pull can fill it (fewer under a small
  * max_ack_pending), the server holding the request PULL_EXPIRES seconds. */
 static void consumer_pull(cluster_pull_t *p, pull_consumer_t *pc)
 {
     char subject[300], reply[200], body[100];
-    int batch = PULL_BATCH;
+    double wait;
+    int batch = script_consumer_batch(p->scripts, pc->cfg.name, &wait);
+    if (batch < PULL_BATCH)
+        batch = PULL_BATCH;
     if (pc->cfg.max_ack_pending > 0 && pc->cfg.max_ack_pending < batch)
         batch = (int)pc->cfg.max_ack_pending;
     snprintf(subject, sizeof subject, "$JS.API.CONSUMER.MSG.NEXT.%s.%s", pc->cfg.stream, pc->cfg.name);
@@ -264,8 +316,13 @@ void cluster_pull_sync(cluster_pull_t *p, int force)
 
 void cluster_pull_pause(cluster_pull_t *p)
 {
-    for (int i = 0; i < p->n; i++)
+    /* The batches filling are dropped unanswered: a verdict would wait in
+     * the reconnect buffer while JetStream offers them to other nodes
+     * after ack_wait. */
+    for (int i = 0; i < p->n; i++) {
         p->consumers[i].outstanding = 0;
+        gathered_release(p, &p->consumers[i], 0);
+    }
     if (p->paused)
         return;
     p->paused = 1;
@@ -322,57 +379,61 @@ void cluster_pull_kv_settled(cluster_pull_t *p)
     }
 }
 
-/* Copies m's headers but those that must not follow an event to its dead
- * letter (Nats-Msg-Id, Nats-Expected-*) into dl. */
-static void copy_headers(natsMsg *m, natsMsg *dl)
+/* Copies the headers of an event's header block but those that must not
+ * follow it to its dead letter (Nats-Msg-Id, Nats-Expected-*) into dl. */
+static void copy_headers(const char *hdr, size_t len, natsMsg *dl)
 {
-    const char **keys = NULL, **vals = NULL;
-    int nkeys = 0, nvals = 0;
-    if (natsMsgHeader_Keys(m, &keys, &nkeys) != NATS_OK)
-        return;
-    for (int i = 0; i < nkeys; i++) {
-        if (!strcasecmp(keys[i], "Nats-Msg-Id") || !strncasecmp(keys[i], "Nats-Expected-", 14) ||
-            natsMsgHeader_Values(m, keys[i], &vals, &nvals) != NATS_OK)
-            continue;
-        for (int k = 0; k < nvals; k++)
-            natsMsgHeader_Add(dl, keys[i], vals[k]);
-        free((void *)vals);
+    const char *end = hdr + len, *line = hdr ? memchr(hdr, '\n', len) : NULL; /* past "NATS/1.0" */
+    while (line && ++line < end) {
+        const char *eol = memchr(line, '\n', (size_t)(end - line)), *colon;
+        size_t n = (size_t)((eol ? eol : end) - line);
+        char *kv = NULL;
+        if (n && line[n - 1] == '\r')
+            n--;
+        colon = memchr(line, ':', n);
+        if (colon && colon > line && (kv = strndup(line, n))) {
+            char *val = kv + (colon - line) + 1;
+            kv[colon - line] = '\0';
+            val += strspn(val, " \t");
+            if (strcasecmp(kv, "Nats-Msg-Id") && strncasecmp(kv, "Nats-Expected-", 14))
+                natsMsgHeader_Add(dl, kv, val);
+            free(kv);
+        }
+        line = eol;
     }
-    free((void *)keys);
 }
 
 /* Gives the event up: to the consumer's dead_letter (its +TERM waits for
  * JetStream's PubAck there), or, without one, logged and +TERM'd. */
-static void give_up(cluster_pull_t *p, pull_consumer_t *pc, natsMsg *m, uint64_t seq, uint32_t deliveries,
-                    const char *reason, const char *error)
+static void give_up(cluster_pull_t *p, pull_consumer_t *pc, const gathered_t *e, const char *reason,
+                    const char *error)
 {
     char reply[200], id[300], num[32];
     natsMsg *dl = NULL;
     dead_letter_t *d = NULL;
-    const char *ack = natsMsg_GetReply(m);
     if (!pc->cfg.dead_letter[0]) {
         pc->given_up++;
         log_warn("cluster: consumer '%s' gives up on %s (stream %s, seq %" PRIu64 ", %u deliveries): %s",
-                 pc->cfg.name, natsMsg_GetSubject(m), pc->cfg.stream, seq, deliveries, error);
-        reply_ack(p, ack, "+TERM");
+                 pc->cfg.name, e->subject, pc->cfg.stream, e->seq, e->deliveries, error);
+        reply_ack(p, e->reply, "+TERM");
         return;
     }
-    if (!(d = calloc(1, sizeof *d)) || !(d->ack_subject = strdup(ack)))
+    if (!(d = calloc(1, sizeof *d)) || !(d->ack_subject = strdup(e->reply)))
         goto fail;
     d->token = ++p->next_token;
     snprintf(reply, sizeof reply, "%s.a.%u", p->inbox, d->token);
-    if (natsMsg_Create(&dl, pc->cfg.dead_letter, reply, natsMsg_GetData(m), natsMsg_GetDataLength(m)) != NATS_OK)
+    if (natsMsg_Create(&dl, pc->cfg.dead_letter, reply, e->payload, (int)e->payload_len) != NATS_OK)
         goto fail;
-    copy_headers(m, dl);
-    snprintf(id, sizeof id, "%s.%s.%" PRIu64, pc->cfg.stream, pc->cfg.name, seq);
-    natsMsgHeader_Set(dl, "Tide-Original-Subject", natsMsg_GetSubject(m));
+    copy_headers(e->hdr, e->hdr_len, dl);
+    snprintf(id, sizeof id, "%s.%s.%" PRIu64, pc->cfg.stream, pc->cfg.name, e->seq);
+    natsMsgHeader_Set(dl, "Tide-Original-Subject", e->subject);
     natsMsgHeader_Set(dl, "Tide-Reason", reason);
     natsMsgHeader_Set(dl, "Tide-Error", error);
     natsMsgHeader_Set(dl, "Tide-Stream", pc->cfg.stream);
     natsMsgHeader_Set(dl, "Tide-Consumer", pc->cfg.name);
-    snprintf(num, sizeof num, "%" PRIu64, seq);
+    snprintf(num, sizeof num, "%" PRIu64, e->seq);
     natsMsgHeader_Set(dl, "Tide-Sequence", num);
-    snprintf(num, sizeof num, "%u", deliveries);
+    snprintf(num, sizeof num, "%u", e->deliveries);
     natsMsgHeader_Set(dl, "Tide-Deliveries", num);
     natsMsgHeader_Set(dl, "Tide-Dead-Letter-Id", id);
     natsMsgHeader_Set(dl, "Nats-Msg-Id", id); /* JetStream keeps one per event given up */
@@ -514,48 +575,230 @@ static double nak_delay(const pull_consumer_t *pc, const stream_verdict_t *v, ui
     return pc->cfg.backoff[k < pc->cfg.nbackoff ? k : pc->cfg.nbackoff - 1];
 }
 
-/* An event from the consumer: its handlers, then its verdict. */
-static void handle_event(cluster_pull_t *p, pull_consumer_t *pc, natsMsg *m, const ack_info_t *a)
+/* What the handlers said of an event, to JetStream. */
+static void settle(cluster_pull_t *p, pull_consumer_t *pc, const gathered_t *e, const stream_verdict_t *v)
 {
-    proto_msg_t pm;
-    char *hdr = NULL, body[80];
-    size_t hlen = 0;
-    stream_verdict_t v = {VERDICT_ACK, -1, ""};
-    uint32_t deliveries = a->deliveries;
+    char body[80];
     int64_t max = pc->cfg.max_deliver;
-    pc->outstanding--;
-    pc->pending = a->pending;
-    pc->redelivered += deliveries > 1;
-    if (max > 0 && deliveries > (uint64_t)max) { /* given up before, its dead letter unconfirmed */
-        give_up(p, pc, m, a->seq, deliveries, "max_deliver", "max_deliver reached");
-        return;
-    }
-    if (cluster_header_block(m, &hdr, &hlen) < 0)
-        return; /* out of memory: JetStream offers it again after ack_wait */
-    memset(&pm, 0, sizeof pm);
-    pm.subject = natsMsg_GetSubject(m);
-    pm.subject_len = strlen(pm.subject);
-    pm.payload = natsMsg_GetData(m) ? natsMsg_GetData(m) : "";
-    pm.payload_len = (size_t)natsMsg_GetDataLength(m);
-    pm.hdr = hdr;
-    pm.hdr_len = hlen;
-    script_handle_events(p->scripts, pc->cfg.stream, pc->cfg.name, &pm, &a->seq, &deliveries, 1, &v);
-    free(hdr);
     pc->handled++;
-    if (v.kind == VERDICT_ACK) {
-        ack_handled(p, natsMsg_GetReply(m));
+    if (v->kind == VERDICT_ACK) {
+        ack_handled(p, e->reply);
         pc->acked++;
-    } else if (v.kind == VERDICT_PROGRESS) {
-        reply_ack(p, natsMsg_GetReply(m), "+WPI");
-    } else if (v.kind == VERDICT_TERM) {
-        give_up(p, pc, m, a->seq, deliveries, "term", v.error);
-    } else if (max > 0 && deliveries >= (uint64_t)max) {
-        give_up(p, pc, m, a->seq, deliveries, "max_deliver", v.error[0] ? v.error : "max_deliver reached");
+    } else if (v->kind == VERDICT_PROGRESS) {
+        reply_ack(p, e->reply, "+WPI");
+    } else if (v->kind == VERDICT_TERM) {
+        give_up(p, pc, e, "term", v->error);
+    } else if (max > 0 && e->deliveries >= (uint64_t)max) {
+        give_up(p, pc, e, "max_deliver", v->error[0] ? v->error : "max_deliver reached");
     } else {
-        snprintf(body, sizeof body, "-NAK {\"delay\":%.0f}", nak_delay(pc, &v, deliveries) * 1e9);
-        reply_ack(p, natsMsg_GetReply(m), body);
+        snprintf(body, sizeof body, "-NAK {\"delay\":%.0f}", nak_delay(pc, v, e->deliveries) * 1e9);
+        reply_ack(p, e->reply, body);
         pc->naked++;
     }
+}
+
+/* Copies m (a delivery whose $JS.ACK tokens are in a) into e: 0, or -1
+ * when out of memory. */
+static int gathered_copy(natsMsg *m, const ack_info_t *a, gathered_t *e)
+{
+    char *hdr = NULL, *q;
+    size_t hlen = 0;
+    const char *subject = natsMsg_GetSubject(m), *reply = natsMsg_GetReply(m);
+    memset(e, 0, sizeof *e);
+    if (cluster_header_block(m, &hdr, &hlen) < 0)
+        return -1;
+    e->subject_len = strlen(subject);
+    e->payload_len = (size_t)natsMsg_GetDataLength(m);
+    e->hdr_len = hlen;
+    if (!(e->buf = q = malloc(e->subject_len + strlen(reply) + hlen + e->payload_len + 3))) {
+        free(hdr);
+        return -1;
+    }
+    e->subject = memcpy(q, subject, e->subject_len + 1), q += e->subject_len + 1;
+    e->reply = strcpy(q, reply), q += strlen(reply) + 1;
+    e->hdr = hlen ? memcpy(q, hdr, hlen) : NULL, q += hlen;
+    e->payload = e->payload_len ? memcpy(q, natsMsg_GetData(m), e->payload_len) : "";
+    e->seq = a->seq;
+    e->deliveries = a->deliveries;
+    free(hdr);
+    return 0;
+}
+
+/* Sends back an event the node will not handle, for another node. */
+static void send_back(cluster_pull_t *p, const char *ack_subject)
+{
+    char body[64];
+    snprintf(body, sizeof body, "-NAK {\"delay\":%.0f}", SEND_BACK_DELAY * 1e9);
+    reply_ack(p, ack_subject, body);
+}
+
+/* Lets go of the batch pc was filling: each event sent back (nak), so
+ * that another node takes it now, or left for JetStream to offer again
+ * after ack_wait. */
+static void gathered_release(cluster_pull_t *p, pull_consumer_t *pc, int nak)
+{
+    for (int i = 0; i < pc->ngathered; i++) {
+        if (nak)
+            send_back(p, pc->gathered[i].reply);
+        free(pc->gathered[i].buf);
+    }
+    free(pc->gathered);
+    pc->gathered = NULL;
+    pc->ngathered = pc->capgathered = 0;
+}
+
+/* Adds an event to pc's batch: 0, or -1 when out of memory (JetStream
+ * offers it again after ack_wait). */
+static int gather(pull_consumer_t *pc, natsMsg *m, const ack_info_t *a)
+{
+    if (pc->ngathered == pc->capgathered) {
+        int cap = pc->capgathered ? pc->capgathered * 2 : 16;
+        gathered_t *g = realloc(pc->gathered, (size_t)cap * sizeof *g);
+        if (!g)
+            return -1;
+        pc->gathered = g;
+        pc->capgathered = cap;
+    }
+    if (gathered_copy(m, a, &pc->gathered[pc->ngathered]) < 0)
+        return -1;
+    if (!pc->ngathered++)
+        pc->gathered_since = pc->progressed = now_s();
+    return 0;
+}
+
+/* Runs the handlers on the first n events of pc's batch (a batch handler
+ * gets them as one list) and answers JetStream for each; the rest of the
+ * batch stays.  The +ACKs of the events wait, as one handler's does, for
+ * the bucket writes queued up to the handlers' end. */
+static void hand_over(cluster_pull_t *p, pull_consumer_t *pc, int n)
+{
+    gathered_t *g = pc->gathered;
+    proto_msg_t *pm = calloc((size_t)n, sizeof *pm);
+    uint64_t *seqs = calloc((size_t)n, sizeof *seqs);
+    uint32_t *deliveries = calloc((size_t)n, sizeof *deliveries);
+    stream_verdict_t *v = calloc((size_t)n, sizeof *v);
+    if (!pm || !seqs || !deliveries || !v)
+        goto fail; /* out of memory: the events come back after ack_wait */
+    for (int i = 0; i < n; i++) {
+        pm[i].subject = g[i].subject;
+        pm[i].subject_len = g[i].subject_len;
+        pm[i].hdr = g[i].hdr;
+        pm[i].hdr_len = g[i].hdr_len;
+        pm[i].payload = g[i].payload;
+        pm[i].payload_len = g[i].payload_len;
+        seqs[i] = g[i].seq;
+        deliveries[i] = g[i].deliveries;
+    }
+    script_handle_events(p->scripts, pc->cfg.stream, pc->cfg.name, pm, seqs, deliveries, n, v);
+    for (int i = 0; i < n; i++)
+        settle(p, pc, &g[i], &v[i]);
+fail:
+    for (int i = 0; i < n; i++)
+        free(g[i].buf);
+    pc->ngathered -= n;
+    memmove(g, g + n, (size_t)pc->ngathered * sizeof *g);
+    if (pc->ngathered)
+        pc->gathered_since = pc->progressed = now_s();
+    free(pm), free(seqs), free(deliveries), free(v);
+}
+
+/* When pc's batch needs something done (handed over, sent back, or kept
+ * from JetStream's ack_wait by a +WPI); -1 when it holds nothing.  A batch
+ * is full at `batch` events, or at max_ack_pending when that is smaller
+ * (JetStream hands out no more). */
+static double batch_due(cluster_pull_t *p, const pull_consumer_t *pc, int *full)
+{
+    double wait, due;
+    int batch = script_consumer_batch(p->scripts, pc->cfg.name, &wait);
+    *full = 0;
+    if (!pc->ngathered)
+        return -1;
+    if (batch <= 0 || pc->state != PC_PULLING)
+        return 0;
+    if (pc->cfg.max_ack_pending > 0 && pc->cfg.max_ack_pending < batch)
+        batch = (int)pc->cfg.max_ack_pending;
+    if (pc->ngathered >= batch) {
+        *full = batch;
+        return 0;
+    }
+    due = pc->gathered_since + wait;
+    if (pc->progressed + pc->cfg.ack_wait / 2 < due)
+        due = pc->progressed + pc->cfg.ack_wait / 2;
+    return due;
+}
+
+/* Does what pc's batch needs now: hands over what is full or has waited
+ * `wait` since its first event, sends a batch no handler takes any more
+ * back, and +WPIs a batch whose wait is longer than half the ack_wait. */
+static void batch_check(cluster_pull_t *p, pull_consumer_t *pc)
+{
+    double now = now_s(), wait;
+    int full, batch;
+    while (batch_due(p, pc, &full) >= 0 && full)
+        hand_over(p, pc, full);
+    if (batch_due(p, pc, &full) < 0)
+        return;
+    batch = script_consumer_batch(p->scripts, pc->cfg.name, &wait);
+    if (batch <= 0 || pc->state != PC_PULLING) {
+        gathered_release(p, pc, 1);
+    } else if (now >= pc->gathered_since + wait) {
+        hand_over(p, pc, pc->ngathered);
+    } else if (now >= pc->progressed + pc->cfg.ack_wait / 2) {
+        for (int i = 0; i < pc->ngathered; i++)
+            reply_ack(p, pc->gathered[i].reply, "+WPI");
+        pc->progressed = now;
+    }
+}
+
+/* Sets the batch timer to the earliest batch due. */
+static void batch_arm(cluster_pull_t *p)
+{
+    double first = -1, now = now_s();
+    int full;
+    for (int i = 0; i < p->n; i++) {
+        double due = batch_due(p, &p->consumers[i], &full);
+        if (due >= 0 && (first < 0 || due < first))
+            first = due;
+    }
+    evtimer_del(p->batch_timer);
+    if (first < 0)
+        return;
+    first = first > now ? first - now : 0;
+    struct timeval tv = {(time_t)first, (suseconds_t)((first - (double)(time_t)first) * 1e6)};
+    evtimer_add(p->batch_timer, &tv);
+}
+
+static void batch_timer_fired(evutil_socket_t fd, short what, void *arg)
+{
+    cluster_pull_t *p = arg;
+    (void)fd;
+    (void)what;
+    if (script_is_processing(p->scripts)) { /* a rule runs: not inside it */
+        struct timeval tv = {0, (suseconds_t)(BATCH_BUSY_RETRY * 1e6)};
+        evtimer_add(p->batch_timer, &tv);
+        return;
+    }
+    for (int i = 0; i < p->n; i++)
+        batch_check(p, &p->consumers[i]);
+    batch_arm(p);
+}
+
+/* An event from the consumer: into its batch (given up at once when its
+ * dead letter was sent before and not confirmed). */
+static void take_event(cluster_pull_t *p, pull_consumer_t *pc, natsMsg *m, const ack_info_t *a)
+{
+    int64_t max = pc->cfg.max_deliver;
+    gathered_t e;
+    pc->outstanding--;
+    pc->pending = a->pending;
+    pc->redelivered += a->deliveries > 1;
+    if (max > 0 && a->deliveries > (uint64_t)max) {
+        if (gathered_copy(m, a, &e) == 0)
+            give_up(p, pc, &e, "max_deliver", "max_deliver reached");
+        free(e.buf);
+        return;
+    }
+    gather(pc, m, a);
 }
 
 void cluster_pull_message(cluster_pull_t *p, natsMsg *m)
@@ -565,12 +808,18 @@ void cluster_pull_message(cluster_pull_t *p, natsMsg *m)
     ack_info_t a;
     if (reply && parse_ack(reply, &a) == 0) {
         pull_consumer_t *pc = find(p, a.consumer, a.consumer_len);
-        /* A consumer reloaded away leaves it unacked: another node, or a
-         * later rule, gets it after ack_wait. */
-        if (pc && pc->state == PC_PULLING && script_consumer_handled(p->scripts, pc->cfg.name))
-            handle_event(p, pc, m, &a);
-        if (pc && pc->state == PC_PULLING && pc->outstanding <= 0)
+        /* From a pull still open when the consumer was reloaded away. */
+        if (!pc || pc->state != PC_PULLING || !script_consumer_handled(p->scripts, pc->cfg.name)) {
+            send_back(p, reply);
+            return;
+        }
+        take_event(p, pc, m, &a);
+        /* The next pull goes out before the handlers run, so that its
+         * events are on their way meanwhile. */
+        if (pc->outstanding <= 0)
             consumer_pull(p, pc);
+        batch_check(p, pc);
+        batch_arm(p);
         return;
     }
     if (strncmp(subject, p->inbox, il) || strlen(subject) < il + 3 || subject[il] != '.')

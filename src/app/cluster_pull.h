@@ -7,8 +7,9 @@
  * The node never waits for JetStream on its loop: a pull is a request on
  * $JS.API.CONSUMER.MSG.NEXT whose messages (and end-of-pull statuses)
  * arrive on an inbox the caller subscribes to; each message runs the
- * consumer's Lua handlers and is then acked, nak'd, or given up (dead
- * letter, then +TERM) by a publish to its $JS.ACK reply subject.
+ * consumer's Lua handlers (a batch handler's once its batch is full or has
+ * waited its `wait`) and is then acked, nak'd, or given up (dead letter,
+ * then +TERM) by a publish to its $JS.ACK reply subject.
  * JetStream hands an unacked event to another node after ack_wait.  Loop
  * thread only.
  */
@@ -16,6 +17,7 @@
 #define TIDE_CLUSTER_PULL_H
 
 #include <cjson/cJSON.h>
+#include <event2/event.h>
 #include <nats/nats.h>
 
 #include "cluster_js.h"
@@ -26,8 +28,12 @@ typedef struct cluster_pull cluster_pull_t;
 /* For the consumers scripts declares on jetstream-backed streams (js
  * says which streams are bound yet).  Requests go out on nc with replies
  * under inbox: the caller subscribes to inbox.> and hands everything
- * arriving there to cluster_pull_message.  NULL when out of memory. */
-cluster_pull_t *cluster_pull_new(natsConnection *nc, script_host_t *scripts, cluster_js_t *js, const char *inbox);
+ * arriving there to cluster_pull_message.  Batches are handed over on
+ * base's timers.  NULL when out of memory. */
+cluster_pull_t *cluster_pull_new(natsConnection *nc, struct event_base *base, script_host_t *scripts,
+                                 cluster_js_t *js, const char *inbox);
+/* Frees p; the batches it was filling are not answered (JetStream offers
+ * them again after ack_wait).  Sends nothing on the connection. */
 void cluster_pull_free(cluster_pull_t *p);
 
 /* Requests go out on nc from now on (the node connected again with new
@@ -35,7 +41,8 @@ void cluster_pull_free(cluster_pull_t *p);
 void cluster_pull_set_connection(cluster_pull_t *p, natsConnection *nc);
 
 /* The rules were reloaded: takes their consumers, keeping the state of
- * those unchanged. */
+ * those unchanged.  The events in the batch of a consumer dropped or
+ * changed are -NAK'd at once, for another node. */
 void cluster_pull_rules_changed(cluster_pull_t *p);
 
 /* Makes missing consumers, and pulls for those with nothing on the way
@@ -47,7 +54,8 @@ void cluster_pull_sync(cluster_pull_t *p, int force);
  * end, an answer of the JetStream API. */
 void cluster_pull_message(cluster_pull_t *p, natsMsg *m);
 
-/* The upstream went away: handlers pause until cluster_pull_sync(p, 1). */
+/* The upstream went away: handlers pause until cluster_pull_sync(p, 1);
+ * the batches filling are dropped unanswered (back after ack_wait). */
 void cluster_pull_pause(cluster_pull_t *p);
 
 struct cluster_kv;

@@ -366,6 +366,21 @@ int script_consumer_handled(const script_host_t *h, const char *consumer)
     return 0;
 }
 
+int script_consumer_batch(const script_host_t *h, const char *consumer, double *wait)
+{
+    const state_t *st = h && h->cur ? h->cur : NULL;
+    *wait = 0;
+    for (size_t i = 0; st && i < st->nrules; i++) {
+        const rule_t *r = st->rules[i];
+        if (r->kind != RULE_DURABLE || strcmp(r->consumer, consumer))
+            continue;
+        /* the handlers of one consumer share their batching (on() checks it) */
+        *wait = r->batch > 1 ? r->wait : 0;
+        return r->batch > 1 ? r->batch : 1;
+    }
+    return 0;
+}
+
 void script_handle_events(script_host_t *h, const char *stream, const char *consumer, const proto_msg_t *msgs,
                           const uint64_t *seqs, const uint32_t *deliveries, int n, stream_verdict_t *v)
 {

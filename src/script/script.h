@@ -294,6 +294,11 @@ int script_cluster_consumers(const script_host_t *h, const consumer_cfg_t **out)
 /* 1 when the loaded rules bind a Lua handler to consumer, else 0. */
 int script_consumer_handled(const script_host_t *h, const char *consumer);
 
+/* How the loaded rules hand consumer's events to its Lua handlers: events
+ * per call (1: one event, not a list; 0: no handler bound), and in *wait
+ * the seconds a batch may wait to fill (0 when not a batch). */
+int script_consumer_batch(const script_host_t *h, const char *consumer, double *wait);
+
 /*
  * Runs the Lua handlers bound to consumer (on(..., { consumer = ... }))
  * on n events of stream, with their stream sequences and delivery counts,
