@@ -19,6 +19,7 @@
 #include "dict.h"
 #include "json_int.h"
 #include "log.h"
+#include "stream.h"
 #include "util.h"
 
 static const char *const state_names[] = {"asking", "creating", "watching", "loading", "live", "failed"};
@@ -209,8 +210,12 @@ static void api_failed(kv_bucket_t *b, const char *what, const cJSON *err)
 {
     const cJSON *d = cJSON_GetObjectItemCaseSensitive(err, "description");
     b->state = KV_FAILED;
+    /* 1 s, then twice as long each time up to KV_FAILED_RETRY: a cluster
+     * whose server just came back answers "temporarily unavailable" for a
+     * moment, and the copy is stale while the watch is down */
+    b->retry_in = b->retry_in ? (b->retry_in * 2 > KV_FAILED_RETRY ? KV_FAILED_RETRY : b->retry_in * 2) : 1;
     snprintf(b->error, sizeof b->error, "%s: %s", what, cJSON_IsString(d) ? d->valuestring : "refused");
-    log_warn("cluster: bucket %s: %s (tried again in %ds)", b->name, b->error, KV_FAILED_RETRY);
+    log_warn("cluster: bucket %s: %s (tried again in %ds)", b->name, b->error, b->retry_in);
 }
 
 /* An answer of the JetStream API about b. */
@@ -240,6 +245,7 @@ static void api_answer(kv_bucket_t *b, const cJSON *o)
         if (cJSON_IsString(name))
             snprintf(b->consumer, sizeof b->consumer, "%s", name->valuestring);
         b->error[0] = '\0';
+        b->retry_in = 0;
         json_get_uint(cJSON_GetObjectItemCaseSensitive(o, "num_pending"), &pending);
         if (b->state == KV_WATCHING)
             b->state = b->synced ? KV_LIVE : KV_LOADING;
@@ -310,6 +316,81 @@ static void apply(kv_bucket_t *b, natsMsg *m, uint64_t sseq)
     }
 }
 
+void kv_note_seq(kv_bucket_t *b, uint64_t seq)
+{
+    if (seq > b->known) {
+        b->known = seq;
+        b->known_at = time(NULL);
+    }
+}
+
+/* Asks b's stream for its last sequence (answered on <inbox>.i.<token>). */
+static void probe_last(kv_bucket_t *b)
+{
+    char subject[256], reply[200];
+    snprintf(subject, sizeof subject, "$JS.API.STREAM.INFO.KV_%s", b->name);
+    b->probe_token = ++b->k->next_token;
+    snprintf(reply, sizeof reply, "%s.i.%u", b->k->inbox, b->probe_token);
+    b->probed = time(NULL);
+    b->probe_from = b->last_seq;
+    natsConnection_PublishRequest(b->k->nc, subject, reply, NULL, 0);
+}
+
+static void restart_behind(kv_bucket_t *b)
+{
+    log_warn("cluster: bucket %s: the watch is quiet at sequence %" PRIu64 " while the stream holds %" PRIu64
+             "; starting it again",
+             b->name, b->last_seq, b->known);
+    b->watch_restarts++;
+    b->known_at = time(NULL); /* the new watch gets its grace too */
+    start_watch(b);
+}
+
+/* The stream's answer to probe_last.  Its last message, when the watch
+ * (quiet when asked, and still short of it) should have sent it a while
+ * ago, starts the watch again at once; otherwise the next heartbeat
+ * decides. */
+static void probe_answer(kv_bucket_t *b, const cJSON *o)
+{
+    uint64_t last = 0;
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(o, "state");
+    const cJSON *ts = cJSON_GetObjectItemCaseSensitive(st, "last_ts");
+    if (cJSON_GetObjectItemCaseSensitive(o, "error") ||
+        json_get_uint(cJSON_GetObjectItemCaseSensitive(st, "last_seq"), &last) < 0)
+        return;
+    if (last < b->known) { /* the stream was made again: what was known of it is gone */
+        b->known = 0;
+        b->known_at = time(NULL);
+    }
+    kv_note_seq(b, last);
+    int64_t stored = cJSON_IsString(ts) ? streams_parse_time(ts->valuestring) : -1;
+    if (last > b->last_seq && b->last_seq == b->probe_from && (b->state == KV_LIVE || b->state == KV_LOADING) &&
+        stored > 0 && stored / 1000000000 <= (int64_t)time(NULL) - KV_STALE)
+        restart_behind(b);
+}
+
+/* A heartbeat: b's watch had nothing to send for a while.  It has fallen
+ * behind when the consumer counts more deliveries than arrived (some were
+ * lost on the way), or when the stream holds a sequence it has not sent.
+ * The second happens on nats-server 2.9: a consumer on a replica that
+ * caught up after its server was paused or cut off can stay silent about
+ * what the catch-up stored, for seconds or minutes, heartbeats and all.
+ * Either way the watch starts again from the replica's last sequence.  A
+ * node that writes learns the stream's sequences from its PubAcks; a quiet
+ * watch also asks the stream now and then. */
+static void watch_idle(kv_bucket_t *b, natsMsg *m)
+{
+    const char *last = NULL;
+    time_t now = time(NULL);
+    if (natsMsgHeader_Get(m, "Nats-Last-Consumer", &last) == NATS_OK && last && strtoull(last, NULL, 10) > b->cseq) {
+        start_watch(b);
+    } else if (b->known > b->last_seq && now - b->known_at >= KV_BEHIND_GRACE) {
+        restart_behind(b);
+    } else if (now - b->probed >= KV_PROBE_EVERY) {
+        probe_last(b);
+    }
+}
+
 /* A delivery (or heartbeat, flow control request) of b's watch. */
 static void on_watch(kv_bucket_t *b, natsMsg *m)
 {
@@ -317,14 +398,12 @@ static void on_watch(kv_bucket_t *b, natsMsg *m)
     uint64_t sseq, cseq, pending;
     b->heard = time(NULL);
     if (natsMsgHeader_Get(m, "Status", &status) == NATS_OK && status) {
-        const char *last = NULL;
         if (strcmp(status, "100"))
             start_watch(b); /* the consumer went away */
         else if (reply && reply[0]) /* flow control: the server waits for this */
             natsConnection_Publish(b->k->nc, reply, NULL, 0);
-        else if (natsMsgHeader_Get(m, "Nats-Last-Consumer", &last) == NATS_OK && last &&
-                 strtoull(last, NULL, 10) > b->cseq)
-            start_watch(b); /* a heartbeat says deliveries were lost */
+        else
+            watch_idle(b, m);
         return;
     }
     if (ack_meta(reply, &sseq, &cseq, &pending) < 0)
@@ -463,6 +542,12 @@ void cluster_kv_message(cluster_kv_t *k, int64_t sid, natsMsg *m)
         kv_bucket_t *b = bucket_by_token(k, n, 1);
         if (b && o)
             kv_on_update_ack(b, o);
+    } else if (rest[1] == 'i') {
+        for (size_t i = 0; o && i < k->buckets.cap; i++) {
+            kv_bucket_t *b = k->buckets.slots[i].key ? k->buckets.slots[i].val : NULL;
+            if (b && b->probe_token == n)
+                probe_answer(b, o);
+        }
     } else if (rest[1] == 'a') {
         kv_bucket_t *b = bucket_by_token(k, n, 0);
         if (b && o && b->state != KV_FAILED)
@@ -473,7 +558,7 @@ void cluster_kv_message(cluster_kv_t *k, int64_t sid, natsMsg *m)
 
 static void tick_bucket(kv_bucket_t *b, time_t now)
 {
-    if ((b->state == KV_FAILED && now - b->asked >= KV_FAILED_RETRY) ||
+    if ((b->state == KV_FAILED && now - b->asked >= (b->retry_in ? b->retry_in : KV_FAILED_RETRY)) ||
         ((b->state == KV_ASKING || b->state == KV_CREATING || b->state == KV_WATCHING) && now - b->asked >= KV_RETRY))
         ask_info(b);
     else if ((b->state == KV_LIVE || b->state == KV_LOADING) && now - b->heard >= KV_SILENCE)
@@ -633,6 +718,7 @@ void cluster_kv_status(cluster_kv_t *k, cJSON *o)
         json_add_uint(e, "updates", b->updates);
         json_add_uint(e, "conflicts", b->conflicts);
         json_add_uint(e, "update_failures", b->update_failures);
+        json_add_uint(e, "watch_restarts", b->watch_restarts);
         json_add_uint(e, "queued", b->queued + (b->current != NULL));
         cJSON_AddItemToArray(arr, e);
     }

@@ -24,6 +24,9 @@
 #define KV_SILENCE 15      /* s: a watch that heard nothing, not even a heartbeat, starts again */
 #define KV_CATCHUP_WAIT 5  /* s: an update waiting for the replica to reach a sequence stops waiting */
 #define KV_PUT_FORGET 30   /* s: a put without a PubAck is counted as failed */
+#define KV_BEHIND_GRACE 3  /* s: a sequence the stream holds that a quiet watch has not sent restarts it */
+#define KV_PROBE_EVERY 10  /* s: a quiet watch's stream is asked for its last sequence at most this often */
+#define KV_STALE 8         /* s: a message stored this long ago that a quiet watch has not sent restarts it */
 #define KV_HEARTBEAT_NS "5000000000"
 #define KV_BUCKET_MAX 64
 #define KV_REPLICAS_MAX 3
@@ -57,6 +60,7 @@ typedef struct kv_bucket {
     char error[300];
     unsigned token; /* of the API question in flight */
     time_t asked;
+    int retry_in; /* s: after a failure, until the next try (0: KV_FAILED_RETRY) */
     int replicas;       /* asked for when making it */
     uint64_t info_last; /* the stream's last sequence when asked */
     dict_t items;       /* subject -> kv_item_t */
@@ -78,7 +82,12 @@ typedef struct kv_bucket {
     time_t sent;
     uint64_t need; /* the next update waits until last_seq reaches it */
     time_t need_since;
-    uint64_t puts, put_errors, updates, conflicts, update_failures;
+    uint64_t known; /* a sequence the stream is known to hold (PubAcks, refusals, its info) */
+    time_t known_at;
+    time_t probed;        /* when the stream was last asked for its last sequence */
+    unsigned probe_token; /* of that question */
+    uint64_t probe_from;  /* last_seq when it was asked */
+    uint64_t puts, put_errors, updates, conflicts, update_failures, watch_restarts;
 } kv_bucket_t;
 
 /* A put waiting for the bucket's stream to be there. */
@@ -117,6 +126,9 @@ struct cluster_kv {
 
 /* The bucket called name, or NULL when it is not open (cluster_kv.c). */
 kv_bucket_t *kv_bucket_of(cluster_kv_t *k, const char *name);
+/* Notes that b's stream holds sequence seq (a PubAck's, or the last one a
+ * refusal names): a watch that goes quiet short of it is started again. */
+void kv_note_seq(kv_bucket_t *b, uint64_t seq);
 
 /* ---- cluster_kv_write.c ---- */
 
@@ -129,6 +141,7 @@ void kv_job_free(kv_job_t *j);
 void kv_current_done(kv_bucket_t *b);
 /* Starts b's next update when none is in flight and the replica is current. */
 void kv_run_queue(kv_bucket_t *b);
+
 /* JetStream's answer o to the write of b's current update. */
 void kv_on_update_ack(kv_bucket_t *b, const cJSON *o);
 /* JetStream's answer (m; o its JSON, NULL when none) to the put of token. */

@@ -155,6 +155,8 @@ void kv_on_update_ack(kv_bucket_t *b, const cJSON *o)
          * wait for the next message. */
         b->need = n ? strtoull(n + 1, NULL, 10) : b->last_seq + 1;
         b->need_since = time(NULL);
+        if (n)
+            kv_note_seq(b, b->need);
         natsMsg_Destroy(b->sending);
         b->sending = NULL;
     } else if (err) {
@@ -165,8 +167,10 @@ void kv_on_update_ack(kv_bucket_t *b, const cJSON *o)
         kv_current_done(b);
     } else {
         b->updates++;
-        if (json_get_uint(cJSON_GetObjectItemCaseSensitive(o, "seq"), &seq) == 0)
+        if (json_get_uint(cJSON_GetObjectItemCaseSensitive(o, "seq"), &seq) == 0) {
             b->need = seq; /* the next update sees this one */
+            kv_note_seq(b, seq);
+        }
         b->need_since = time(NULL);
         kv_current_done(b);
     }
@@ -309,9 +313,12 @@ void kv_on_put_ack(cluster_kv_t *k, const char *token, natsMsg *m, const cJSON *
     if (err || !o) {
         b->put_errors++;
         log_warn("cluster: bucket %s: a write was refused: %s", b->name, cJSON_IsString(d) ? d->valuestring : "?");
-    } else if (json_get_uint(cJSON_GetObjectItemCaseSensitive(o, "seq"), &seq) == 0 && seq > b->need) {
-        b->need = seq;
-        b->need_since = time(NULL);
+    } else if (json_get_uint(cJSON_GetObjectItemCaseSensitive(o, "seq"), &seq) == 0) {
+        kv_note_seq(b, seq);
+        if (seq > b->need) {
+            b->need = seq;
+            b->need_since = time(NULL);
+        }
     }
     kv_put_free(dict_remove(&k->puts, token, strlen(token)));
     if (k->on_settled)
