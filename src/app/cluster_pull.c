@@ -472,10 +472,18 @@ static void dead_letter_answer(cluster_pull_t *p, dead_letter_t *d, natsMsg *m)
         snprintf(nak, sizeof nak, "-NAK {\"delay\":%.0f}", DEAD_LETTER_RETRY * 1e9);
         reply_ack(p, d->ack_subject, nak);
         if (pc) {
+            const cJSON *err = cJSON_GetObjectItem(a, "error");
+            const cJSON *why = cJSON_GetObjectItem(err, "description");
             pc->dead_letter_failures++;
+            /* no responders: no stream captures the subject, or the one
+             * that does has no leader for a moment (an election) */
             log_warn("cluster: consumer '%s': JetStream did not store the dead letter on %s (%s); the event stays "
-                     "and is given up again in %.0fs", pc->cfg.name, pc->cfg.dead_letter,
-                     status ? "no stream captures that subject" : "refused", DEAD_LETTER_RETRY);
+                     "and is given up again in %.0fs",
+                     pc->cfg.name, pc->cfg.dead_letter,
+                     status ? "no responders: no stream captures that subject, or its stream has no leader just now"
+                     : cJSON_IsString(why) ? why->valuestring
+                                           : "refused",
+                     DEAD_LETTER_RETRY);
         }
     }
     cJSON_Delete(a);
