@@ -172,15 +172,46 @@ end
 -- sent, and the runs the handlers reported (got) and the naive count of
 -- runs both exceed the keys, since some runs were repeated (the flaky
 -- events at least).  Returns the numbers, for the failure messages.
+-- Waits until every node that answers the cluster status through port
+-- holds bucket fx as far as its stream's last sequence: a node's copy
+-- follows the bucket after a fault (a watch that went quiet short of the
+-- stream is started again), so its updates do not wait for it.  Raises
+-- after timeout seconds with what each node holds.
+local function copies_current(port, timeout)
+  local js = require "js_support"
+  local last, held, out = nil, {}, ""
+  local ok = h.wait_until(function()
+    local info = js.api(port, "$JS.API.STREAM.INFO.KV_fx", nil, 5)
+    last = info and info.state and info.state.last_seq
+    local rc
+    rc, out = h.sh(("'%s' cluster status -s 127.0.0.1:%d --json"):format(h.bin, port))
+    if not last or rc ~= 0 then return false end
+    held = {}
+    local all = true
+    for _, node in ipairs(json.decode(out) or {}) do
+      for _, bk in ipairs(node.buckets or {}) do
+        if bk.name == "fx" then
+          held[#held + 1] = ("%s at %d"):format(node.name, bk.last_seq)
+          all = all and bk.last_seq >= last
+        end
+      end
+    end
+    return all and #held > 0
+  end, timeout, 0.5)
+  assert(ok, ("the nodes' copies of fx did not reach the stream's %s: %s\n%s"):format(tostring(last),
+    table.concat(held, ", "), out))
+end
+
 local function check_effects(port, tag, idp, first, last, acks, got, sub)
   wait_drained(port)
   collect_rest(sub, got)
+  local t_drained = socket.gettime()
+  copies_current(port, 20)
+  local caught_up = socket.gettime() - t_drained
   -- An event given up after max_deliver is out of the consumer while the
-  -- write of a node that handled it may still be queued there (after a
-  -- pause, a node's bucket watch was once seen silent for a minute, each
-  -- of its updates waiting for it), and a JetStream API request may time
-  -- out while leaders are elected: read again until every acked event's
-  -- key is there, or 90 s have passed.
+  -- write of a node that handled it may still be queued there, and a
+  -- JetStream API request may time out while leaders are elected: read
+  -- again until every acked event's key is there, or 90 s have passed.
   local keys, nkeys, stray, lost, t0 = nil, 0, {}, {}, socket.gettime()
   h.wait_until(function()
     local ok, seen = pcall(client_kv, port, "fx", "dump", tag)
@@ -213,7 +244,8 @@ local function check_effects(port, tag, idp, first, last, acks, got, sub)
   end, 30, 1), "the bucket runs could not be read through the cluster")
   local count = tonumber(seen[tag] and seen[tag].value) or 0
   local report = ("%s: %d keys, %d acked, %d handler runs seen (%d events run more than once, %d of them flaky), "
-    .. "naive count %d; keys read after %.1fs"):format(tag, nkeys, nacked, runs, again, flaky, count, waited)
+    .. "naive count %d; copies current after %.1fs, keys read after %.1fs"):format(tag, nkeys, nacked, runs, again,
+    flaky, count, caught_up, waited)
   print("\n  " .. report)
   table.sort(lost)
   assert.same({}, lost, "acked events without their effect; " .. report)
