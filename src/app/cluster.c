@@ -108,6 +108,8 @@ typedef struct link {
  * here, before they go back upstream: this, the server id, '.', the
  * requester's reply subject. */
 #define CLUSTER_ANSWER_PREFIX SERVER_INBOX_PREFIX "NODE."
+#define CLUSTER_ANSWERED_KEEP 10      /* s: a request answered here waits this long for a no-responders to drop */
+#define CLUSTER_ANSWERED_MAX 100000   /* such requests remembered at once */
 
 struct cluster {
     node_t *n;
@@ -150,6 +152,7 @@ struct cluster {
     cluster_settings_t started; /* what cluster { } said at start: the connection's settings */
     uint64_t generation;        /* of the rules last compared with it */
     time_t last_refusal_log;
+    dict_t answered; /* reply subject -> time_t: requests answered here (drop_no_responders) */
 };
 
 static void switch_connection(cluster_t *c, const cluster_settings_t *cs);
@@ -305,6 +308,47 @@ static uint64_t origin_here(cluster_t *c, natsMsg *nm)
 }
 
 /* Hands an upstream message to the one client subscription it is for. */
+/* Remembers that reply was answered here (see drop_no_responders). */
+static void note_answered(cluster_t *c, const char *reply, size_t len)
+{
+    time_t *at;
+    if (c->answered.count >= CLUSTER_ANSWERED_MAX || dict_get(&c->answered, reply, len))
+        return;
+    if (!(at = malloc(sizeof *at)) || dict_put(&c->answered, reply, len, at) < 0) {
+        free(at);
+        return;
+    }
+    *at = time(NULL);
+}
+
+/* True when nm is the cluster's "503 no responders" to a request that
+ * something on this node answered (a local stream's PubAck, a rule's
+ * handler): the server sends it because nobody else in the cluster
+ * subscribes to the subject, but the requester has its answer, and a
+ * client that takes the first reply might take this one.  Dropped. */
+static int drop_no_responders(cluster_t *c, natsMsg *nm)
+{
+    const char *status = NULL, *subject = natsMsg_GetSubject(nm);
+    if (!c->answered.count || natsMsg_GetDataLength(nm) ||
+        natsMsgHeader_Get(nm, "Status", &status) != NATS_OK || !status || strcmp(status, "503"))
+        return 0;
+    time_t *at = dict_remove(&c->answered, subject, strlen(subject));
+    free(at);
+    return at != NULL;
+}
+
+/* Forgets answered requests older than CLUSTER_ANSWERED_KEEP seconds. */
+static void expire_answered(cluster_t *c, time_t now)
+{
+    for (size_t i = 0; c->answered.count && i < c->answered.cap; i++) {
+        dict_entry_t *d = &c->answered.slots[i];
+        if (d->key && now - *(time_t *)d->val >= CLUSTER_ANSWERED_KEEP) {
+            free(dict_remove(&c->answered, d->key, d->klen));
+            i--; /* backward-shift deletion may have moved another entry here */
+        }
+    }
+}
+
 static void deliver_upstream(cluster_t *c, sub_t *sub, natsMsg *nm)
 {
     proto_msg_t m;
@@ -326,6 +370,10 @@ static void deliver_upstream(cluster_t *c, sub_t *sub, natsMsg *nm)
     m.hdr = hdr;
     m.hdr_len = hlen;
     c->received++;
+    if (drop_no_responders(c, nm)) {
+        free(hdr);
+        return;
+    }
     server_deliver_sub_origin(c->n->srv, sub, &m, origin_here(c, nm));
     free(hdr);
 }
@@ -380,7 +428,7 @@ static void answer_node_request(cluster_t *c, natsMsg *nm)
     free(local);
 }
 
-static int on_egress(void *ctx, const proto_msg_t *m, uint64_t origin, char *err, size_t errsz);
+static int on_egress(void *ctx, const proto_msg_t *m, uint64_t origin, int answered, char *err, size_t errsz);
 
 /* The inside subscription's delivery: an answer to a request from the
  * cluster, sent upstream to the requester's reply subject. */
@@ -396,7 +444,7 @@ static void answer_back(void *ctx, const proto_msg_t *m)
     up.subject_len = m->subject_len - plen;
     up.reply = NULL;
     up.reply_len = 0;
-    on_egress(c, &up, 0, err, sizeof err); /* a refusal is counted and logged there */
+    on_egress(c, &up, 0, 0, err, sizeof err); /* a refusal is counted and logged there */
 }
 
 static void note_state(cluster_t *c, enum item_kind kind, const char *text)
@@ -612,6 +660,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     }
     cluster_deploy_tick(c->deploy);
     cluster_kv_tick(c->kv);
+    expire_answered(c, time(NULL));
     c->events_per_s = (double)(events - c->last_events);
     c->last_events = events;
 }
@@ -695,10 +744,12 @@ fail:
     return s == NATS_OK ? 0 : -1;
 }
 
-static int on_egress(void *ctx, const proto_msg_t *m, uint64_t origin, char *err, size_t errsz)
+static int on_egress(void *ctx, const proto_msg_t *m, uint64_t origin, int answered, char *err, size_t errsz)
 {
     cluster_t *c = ctx;
     char mark[64];
+    if (answered)
+        note_answered(c, m->reply, m->reply_len);
     if (!origin)
         return publish_upstream(c, m, NULL, NULL, err, errsz);
     snprintf(mark, sizeof mark, "%s.%" PRIu64, server_id(c->n->srv), origin);
@@ -1077,6 +1128,7 @@ cluster_t *cluster_start(node_t *n, char *err, size_t errsz)
         goto fail;
     c->n = n;
     dict_init(&c->mirrors);
+    dict_init(&c->answered);
     dict_init(&c->by_sid);
     pthread_mutex_init(&c->lock, NULL);
     pthread_cond_init(&c->ended, NULL);
@@ -1265,6 +1317,7 @@ void cluster_free(cluster_t *c)
         script_host_set_kv_remote(c->n->scripts, NULL, NULL, 0);
     dict_clear(&c->by_sid, NULL);
     dict_clear(&c->mirrors, mirror_release);
+    dict_clear(&c->answered, free);
     mirror_t *own[] = {c->status, c->js_in, c->pull_in, c->deploy_in, c->deploy_req, c->kv_in, c->node_in};
     for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
         if (own[i])

@@ -810,7 +810,8 @@ static int to_cluster(server_t *s, client_t *from, const char *to, size_t tolen,
     if ((flags & (ROUTE_ANSWER | ROUTE_NO_CAPTURE)) && has_client_sub(r))
         return 0;
     uint64_t origin = from && (from->flags & CLIENT_NO_ECHO) ? from->id : 0;
-    if (s->cluster.egress(s->cluster.ctx, m, origin, err, sizeof err) == 0)
+    int answered = m->reply && (flags & ROUTE_HAS_RESPONDER);
+    if (s->cluster.egress(s->cluster.ctx, m, origin, answered, err, sizeof err) == 0)
         return 1;
     if (from && !(from->flags & CLIENT_CLOSING))
         client_send_err(from, err);

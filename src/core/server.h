@@ -292,8 +292,11 @@ typedef struct server_cluster_hooks {
      * sent or queued for sending, -1 when refused, with the reason in err.
      * origin is the id of the client here that published m when that
      * client asked for no echo ("echo":false), else 0: m must come back
-     * with it (server_deliver_sub_origin). */
-    int (*egress)(void *ctx, const proto_msg_t *m, uint64_t origin, char *err, size_t errsz);
+     * with it (server_deliver_sub_origin).  answered is 1 when m has a
+     * reply subject that something here answers (a stream's PubAck, a
+     * rule's handler), so that the cluster's "no responders" for it is
+     * not news to the requester. */
+    int (*egress)(void *ctx, const proto_msg_t *m, uint64_t origin, int answered, char *err, size_t errsz);
     /* A client's subscription, or an internal one made by
      * server_subscribe_as_client (sub->owner NULL), was added (added = 1)
      * or is about to be freed (0); sub is valid until then. */
