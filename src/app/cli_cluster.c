@@ -15,16 +15,18 @@
 typedef struct status_args {
     const char *server;
     double timeout;
+    const char *node; /* --node: only this node's answer; NULL: every node's */
     int json;
     cli_creds_t creds;
 } status_args_t;
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: tide cluster status -s URL [--timeout SECONDS] [--json] [credentials]\n"
+    fprintf(f, "usage: tide cluster status -s URL [--node NAME] [--timeout SECONDS] [--json] [credentials]\n"
                "  asks every tide node of the cluster for its status, through any tide node or\n"
                "  any server of the cluster (URL: nats://host:port or host:port), and prints\n"
-               "  the answers that came within the timeout (default 1 s)\n" CLI_CREDS_USAGE);
+               "  the answers that came within the timeout (default 1 s); --node NAME: only\n"
+               "  the node called NAME (exit 1 when it does not answer)\n" CLI_CREDS_USAGE);
 }
 
 static int parse_args(int argc, char **argv, status_args_t *a)
@@ -32,6 +34,7 @@ static int parse_args(int argc, char **argv, status_args_t *a)
     static const struct option opts[] = {
         {"server", required_argument, NULL, 's'}, {"timeout", required_argument, NULL, 't'},
         {"json", no_argument, NULL, 'j'},         {"help", no_argument, NULL, 'h'},
+        {"node", required_argument, NULL, 'n'},
         CLI_CREDS_LONGOPTS,                       {NULL, 0, NULL, 0},
     };
     int ch;
@@ -39,7 +42,7 @@ static int parse_args(int argc, char **argv, status_args_t *a)
     a->server = "127.0.0.1:4222";
     a->timeout = 1;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "s:t:jh", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "s:t:n:jh", opts, NULL)) != -1) {
         if (cli_creds_option(&a->creds, ch, optarg))
             continue;
         if (ch == 's')
@@ -48,12 +51,14 @@ static int parse_args(int argc, char **argv, status_args_t *a)
             a->timeout = atof(optarg);
         else if (ch == 'j')
             a->json = 1;
+        else if (ch == 'n')
+            a->node = optarg;
         else if (ch == 'h')
             return usage(stdout), 0;
         else
             return usage(stderr), 2;
     }
-    if (optind != argc || !(a->timeout > 0 && a->timeout <= 60))
+    if (optind != argc || !(a->timeout > 0 && a->timeout <= 60) || (a->node && !a->node[0]))
         return usage(stderr), 2;
     return -1;
 }
@@ -150,8 +155,16 @@ static void print_table(cJSON **nodes, int n)
     }
 }
 
-/* Sends the request and gathers what answers within the timeout. */
-static int gather(natsConnection *nc, double timeout, cJSON ***out)
+/* True when o is the answer of the node called name (NULL: any node). */
+static int node_named(const cJSON *o, const char *name)
+{
+    const char *own = cJSON_GetStringValue(cJSON_GetObjectItem(o, "name"));
+    return !name || (own && !strcmp(own, name));
+}
+
+/* Sends the request and gathers what answers within the timeout: every
+ * node's answer, or (name not NULL) the first of the node called name. */
+static int gather(natsConnection *nc, double timeout, const char *name, cJSON ***out)
 {
     natsSubscription *sub = NULL;
     natsMsg *m = NULL;
@@ -167,14 +180,16 @@ static int gather(natsConnection *nc, double timeout, cJSON ***out)
         if (natsSubscription_NextMsg(&m, sub, left) != NATS_OK)
             break;
         cJSON *o = cJSON_ParseWithLength(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m));
-        cJSON **more = o ? realloc(nodes, (size_t)(n + 1) * sizeof *nodes) : NULL;
-        if (more) {
-            nodes = more;
-            nodes[n++] = o;
-        } else {
-            cJSON_Delete(o);
-        }
+        cJSON **more = o && node_named(o, name) ? realloc(nodes, (size_t)(n + 1) * sizeof *nodes) : NULL;
         natsMsg_Destroy(m);
+        if (!more) {
+            cJSON_Delete(o);
+            continue;
+        }
+        nodes = more;
+        nodes[n++] = o;
+        if (name)
+            break;
     }
 done:
     natsSubscription_Destroy(sub);
@@ -197,7 +212,12 @@ int cli_cluster_main(int argc, char **argv)
     rc = 1;
     if (cli_cluster_connect(a.server, &a.creds, &nc) != NATS_OK)
         goto out;
-    n = gather(nc, a.timeout, &nodes);
+    n = gather(nc, a.timeout, a.node, &nodes);
+    if (n == 0 && a.node) {
+        fprintf(stderr, "tide: no tide node called %s answered on %s within %.1f s\n", a.node, CLUSTER_STATUS_SUBJECT,
+                a.timeout);
+        goto out;
+    }
     if (n == 0) {
         fprintf(stderr, "tide: no tide node answered on %s within %.1f s\n", CLUSTER_STATUS_SUBJECT, a.timeout);
         goto out;

@@ -87,7 +87,7 @@ static void usage(FILE *f)
             "  nkey gen | pub SEEDFILE | sign SEEDFILE MESSAGE | verify PUBKEY MESSAGE SIG\n"
             "                         NATS user nkeys: gen prints a new seed, then its\n"
             "                         public key (as nk -gen user -pubout)\n"
-            "  cluster status -s URL [--timeout SECONDS] [--json]\n"
+            "  cluster status -s URL [--node NAME] [--timeout SECONDS] [--json]\n"
             "                         every node of the cluster (cluster { }): name, address,\n"
             "                         upstream, rules, connections, events/s, last error\n"
             "  deploy DIR -s URL [--entry FILE] [--no-check] [--json]\n"
