@@ -1,6 +1,7 @@
--- Cluster mode (docs/cluster.md): `tide cluster status --node NAME`.
--- Three routed nats-servers with JetStream and two tide nodes, all on
--- loopback.
+-- Cluster mode and reloads (docs/cluster.md): a reload that changes
+-- `upstream` connects to the new servers; `tide cluster status --node
+-- NAME`.  Three routed nats-servers with JetStream and two tide nodes,
+-- all on loopback.
 local h = require "helpers"
 local json = require "dkjson"
 
@@ -82,5 +83,25 @@ describe("cluster mode, reloads and one node's status", function()
     rc, out = status(ns[3].port, "--node nosuch --timeout 1")
     assert.equal(1, rc, out)
     assert.truthy(out:find("no tide node called nosuch answered", 1, true), out)
+  end)
+
+  it("connects to the servers of a reloaded upstream and routes through them", function()
+    local st = assert(node_status(ns[3].port, "b"))
+    assert.equal("nats://127.0.0.1:" .. ns[2].port, st.upstream)
+    h.write_file(b.config, cs.cluster_block("b", { ns[3].port }) .. "-- b, upstream moved\n")
+    assert(h.wait_until(function()
+      st = node_status(ns[1].port, "b")
+      return st and st.upstream == "nats://127.0.0.1:" .. ns[3].port and st.connected
+    end, 15), json.encode(st or {}) .. "\n" .. b:log())
+    -- both ways between a and b, through the new server
+    local sa, sb = cs.client(a.port), cs.client(b.port)
+    sa:sub("mv.>", "1")
+    sb:sub("mv.>", "1")
+    assert(sa:ping() and sb:ping())
+    wait_route(sa, sb, "mv", "a's publish never reached b after the upstream changed:\n" .. b:log())
+    wait_route(sb, sa, "mv", "b's publish never reached a after the upstream changed:\n" .. b:log())
+    sa:close()
+    sb:close()
+    assert.equal(200, (cs.get(b.hport, "/readyz")))
   end)
 end)

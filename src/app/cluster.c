@@ -70,8 +70,8 @@ typedef struct mirror {
 
 struct cluster;
 /* The closure of one connection's callbacks, so that what a connection
- * the node left (after a reload changed the credentials) still hands
- * over is told apart.  Freed with the cluster. */
+ * the node left (after a reload changed the upstream or the credentials)
+ * still hands over is told apart.  Freed with the cluster. */
 typedef struct link {
     struct cluster *c;
     uint64_t epoch;
@@ -592,17 +592,14 @@ static int same_login(const cluster_settings_t *a, const cluster_settings_t *b)
            !strcmp(a->tls_cert, b->tls_cert) && !strcmp(a->tls_key, b->tls_key);
 }
 
-/* After a reload: name applies at once; new credentials or tls make the
- * node connect again; a new upstream waits for the next start. */
+/* After a reload: name applies at once; another upstream, new
+ * credentials or tls make the node connect again. */
 static void apply_reload(cluster_t *c)
 {
     const cluster_settings_t *now = script_cluster_settings(c->n->scripts);
     if (!now)
         log_warn("cluster: the reloaded rules have no cluster { }; the node stays in the cluster until it restarts");
-    else if (!same_upstream(&c->started, now))
-        log_warn("cluster: the reloaded cluster { } changes upstream: it applies, with the credentials and tls, at "
-                 "the next start (name applies now)");
-    else if (!same_login(&c->started, now))
+    else if (!same_upstream(&c->started, now) || !same_login(&c->started, now))
         switch_connection(c, now);
 }
 
@@ -1174,7 +1171,7 @@ fail:
     return NULL;
 }
 
-/* ---- a reload that changes the credentials or tls ------------------------------ */
+/* ---- a reload that changes the upstream, credentials or tls ---------------------- */
 
 /* Moves m to the current connection; what the previous one still hands
  * over for it is delivered too (its previous key stays in by_sid), and
@@ -1218,7 +1215,7 @@ static int move_all(cluster_t *c, link_t *l)
 }
 
 /*
- * Connects again with cs's credentials and tls (the same servers), moves
+ * Connects again with cs's servers, credentials and tls, moves
  * every upstream subscription there, hands the JetStream machinery the
  * new connection and drains the old one: what it had received is still
  * delivered, what was published on it is sent, then it closes (its
@@ -1256,12 +1253,13 @@ static void switch_connection(cluster_t *c, const cluster_settings_t *cs)
     cluster_kv_set_connection(c->kv, c->nc);         /* so do the buckets' watches */
     if (natsConnection_DrainTimeout(old->nc, CLUSTER_DRAIN_TIMEOUT_MS) != NATS_OK)
         link_end(old); /* reconnecting: what waits in its buffer goes with it */
-    log_info("cluster: connected again with the reloaded credentials or tls; the previous connection drains");
+    log_info("cluster: connected again with the reloaded upstream, credentials or tls; the previous connection "
+             "drains");
     on_conn_event(l, ITEM_CONNECTED);
     return;
 fail:
     snprintf(c->last_error, sizeof c->last_error,
-             "the reloaded credentials or tls do not connect (%s); the node keeps its connection", err);
+             "the reloaded upstream, credentials or tls do not connect (%s); the node keeps its connection", err);
     log_error("cluster: %s", c->last_error);
 }
 
