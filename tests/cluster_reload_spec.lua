@@ -1,7 +1,10 @@
 -- Cluster mode and reloads (docs/cluster.md): a reload that changes
--- `upstream` connects to the new servers; `tide cluster status --node
--- NAME`.  Three routed nats-servers with JetStream and two tide nodes,
--- all on loopback.
+-- `upstream` connects to the new servers; one that adds cluster { } to a
+-- node started without it joins the cluster; one that removes it leaves
+-- (its clients' messages delivered on the node alone, every PubAck it
+-- passed on still answered, the others refused with 503); and
+-- `tide cluster status --node NAME`.  Three routed nats-servers with
+-- JetStream and three tide nodes, all on loopback.
 local h = require "helpers"
 local json = require "dkjson"
 
@@ -45,7 +48,7 @@ local function quiet(sub, secs)
   return f == nil, f
 end
 
-describe("cluster mode, reloads and one node's status", function()
+describe("cluster mode, reloads that change upstream, join or leave the cluster", function()
   local ns, a, b, dir
   local A_RULES = 'stream "lv" { subjects = { "lv.>" }, backend = "jetstream", replicas = 3 }\n'
 
@@ -103,5 +106,132 @@ describe("cluster mode, reloads and one node's status", function()
     sa:close()
     sb:close()
     assert.equal(200, (cs.get(b.hport, "/readyz")))
+  end)
+
+  it("joins the cluster when a reload adds cluster { } to a node started without it", function()
+    local hport = h.free_port()
+    local c = cs:keep(h.start_scripted("-- alone\n", { args = { "--http", "127.0.0.1:" .. hport } }))
+    assert.equal(200, (cs.get(hport, "/readyz")))
+    local sc, sb = cs.client(c.port), cs.client(b.port)
+    sc:sub("jn.>", "1")
+    sb:sub("jn.>", "1")
+    assert(sc:ping() and sb:ping())
+    h.write_file(c.config, cs.cluster_block("c", { ns[3].port }) .. "-- joined\n")
+    assert(h.wait_until(function() return status(ns[1].port, "--node c --timeout 1") == 0 end, 15), c:log())
+    -- the subscription made before the join is in the cluster too, both ways
+    wait_route(sb, sc, "jn", "b's publish never reached the node that joined:\n" .. c:log())
+    wait_route(sc, sb, "jn", "the joined node's publish never reached b:\n" .. c:log())
+    assert(h.wait_until(function() return cs.get(hport, "/readyz") == 200 end, 10), c:log())
+    sc:close()
+    sb:close()
+  end)
+
+  it("leaves the cluster when a reload removes cluster { }: local delivery, every PubAck answered or refused", function()
+    local sa, sb = cs.client(a.port), cs.client(b.port)
+    sa:sub("news.>", "1")
+    sb:sub("news.>", "1")
+    assert(sa:ping() and sb:ping())
+    wait_route(sa, sb, "news", "a's publish never reached b")
+    wait_route(sb, sa, "news", "b's publish never reached a")
+    -- a publisher on a keeps 20 requests to the jetstream-backed stream in
+    -- flight across the reload: each is answered by JetStream's PubAck or,
+    -- once a stopped sending upstream, by a 503 (no responders here)
+    local p = cs.client(a.port)
+    p:sub("_INBOX.lv.*", "9")
+    assert(p:ping())
+    local pending, npending, acked, refused, n = {}, 0, {}, 0, 0
+    local function send_one()
+      n = n + 1
+      pending["_INBOX.lv." .. n] = true
+      npending = npending + 1
+      p:hpub("lv." .. n, { { "Nats-Msg-Id", "m" .. n } }, "event " .. n, "_INBOX.lv." .. n)
+    end
+    -- the next answer: true when it answered a pending request
+    local function take()
+      local f = p:frame(5)
+      assert(f, ("%d requests got no answer at all (of %d; %d acked, %d refused):\n%s"):format(npending, n, #acked,
+        refused, a:log()))
+      if not ((f.op == "MSG" or f.op == "HMSG") and pending[f.subject]) then return false end
+      pending[f.subject] = nil
+      npending = npending - 1
+      if f.op == "HMSG" and f.headers:match("^NATS/1%.0 503") then
+        refused = refused + 1
+      else
+        local ack = assert(json.decode(f.payload), f.payload)
+        assert.is_nil(ack.error, f.payload)
+        acked[#acked + 1] = ack.seq
+      end
+      return true
+    end
+    local function pump(done, secs, what)
+      local deadline = h.proc.now() + secs
+      while not done() do
+        assert(h.proc.now() < deadline, what .. ":\n" .. a:log())
+        if take() then send_one() end
+      end
+    end
+    for _ = 1, 20 do send_one() end
+    pump(function() return #acked >= 40 end, 15, "JetStream did not ack a's publishes")
+    h.write_file(a.config, "-- a, out of the cluster\n")
+    pump(function() return refused >= 100 end, 20, "a's publishes still reach JetStream after the reload")
+    while npending > 0 do take() end
+    assert.is_true(#acked > 40, ("%d acked, %d refused"):format(#acked, refused))
+    -- the node is out: it no longer answers the cluster's status
+    assert(h.wait_until(function() return status(ns[3].port, "--node a --timeout 1") == 1 end, 15), a:log())
+    assert(h.wait_until(function() return cs.get(a.hport, "/readyz") == 200 end, 10), a:log())
+    assert.truthy(a:log():find("out of the cluster", 1, true), a:log())
+    -- a's publish reaches its own subscriber and nobody on b; b's no longer reaches a
+    while sa:frame(0.3) do end
+    while sb:frame(0.3) do end
+    sa:pub("news.after", "from a")
+    local m = assert(sa:msg(5), "a's subscriber did not get a's publish after leaving")
+    assert.equal("news.after", m.subject)
+    assert(quiet(sb, 1.5), "b's subscriber got a's publish after a left")
+    sb:pub("news.fromb", "from b")
+    assert(quiet(sa, 1.5), "a's subscriber got b's publish after a left")
+    -- nothing acked is lost: the stream holds exactly what was acked
+    local info = js_api(ns[3].port, "$JS.API.STREAM.INFO.lv")
+    assert.equal(#acked, info.state.messages, json.encode(info))
+    for _, seq in ipairs(acked) do
+      local got = js_api(ns[2].port, "$JS.API.STREAM.MSG.GET.lv", json.encode({ seq = seq }))
+      assert.is_nil(got.error, json.encode(got))
+    end
+    sa:close()
+    sb:close()
+    p:close()
+  end)
+
+  it("joins again when a reload puts cluster { } back, and leaves again when it goes", function()
+    h.write_file(a.config, cs.cluster_block("a", { ns[1].port }) .. "-- a, back in the cluster\n")
+    assert(h.wait_until(function() return status(ns[3].port, "--node a --timeout 1") == 0 end, 15), a:log())
+    local sa, sb = cs.client(a.port), cs.client(b.port)
+    sa:sub("again.>", "1")
+    sb:sub("again.>", "1")
+    assert(sa:ping() and sb:ping())
+    wait_route(sa, sb, "again", "a's publish never reached b after a joined again:\n" .. a:log())
+    wait_route(sb, sa, "again", "b's publish never reached a after a joined again:\n" .. a:log())
+    h.write_file(a.config, "-- a, out again\n")
+    assert(h.wait_until(function() return status(ns[3].port, "--node a --timeout 1") == 1 end, 15), a:log())
+    assert(h.wait_until(function() return cs.get(a.hport, "/readyz") == 200 end, 10), a:log())
+    while sb:frame(0.3) do end
+    sa:pub("again.after", "{}")
+    assert(sa:msg(5), "a's subscriber did not get a's publish after leaving again")
+    assert(quiet(sb, 1.5), "b's subscriber got a's publish after a left again")
+    sa:close()
+    sb:close()
+  end)
+
+  it("a node that left is ready on its own without the cluster's servers, while a member is not", function()
+    for i = 1, 3 do cs.stop(ns[i]) end
+    assert(h.wait_until(function() return cs.get(b.hport, "/readyz") == 503 end, 15), b:log())
+    local code, body = cs.get(a.hport, "/readyz")
+    assert.equal(200, code, body)
+    -- and keeps delivering on its own
+    local sa = cs.client(a.port)
+    sa:sub("solo.>", "1")
+    assert(sa:ping())
+    sa:pub("solo.x", "{}")
+    assert(sa:msg(5), "a's subscriber got nothing with the cluster's servers gone")
+    sa:close()
   end)
 end)

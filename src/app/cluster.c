@@ -93,9 +93,16 @@ typedef struct link {
 #define CLUSTER_PING_INTERVAL_MS 2000
 #define CLUSTER_PINGS_OUT 2
 #define CLUSTER_DRAIN_BATCH 4096
-/* How long a connection the node leaves (a reload changed the
- * credentials) may take to hand over what it holds before it is closed. */
+/* How long a connection the node leaves (a reload changed the upstream
+ * or the credentials, or removed cluster { }) may take to hand over what it
+ * holds before it is closed. */
 #define CLUSTER_DRAIN_TIMEOUT_MS 5000
+/* When a reload removes cluster { }: how long the node keeps its upstream
+ * subscriptions after it stopped sending its clients' messages upstream,
+ * so that the answers to what it sent (PubAcks, replies) still reach the
+ * clients here before the connection drains (its drain unsubscribes at
+ * once, and an answer that comes after that is lost). */
+#define CLUSTER_LEAVE_GRACE_MS 1500
 /* The origin marker: "<server id>.<client id>" on what a client with
  * "echo":false published, so that it does not come back to that client;
  * never delivered to a client of a node (docs/cluster.md). */
@@ -153,9 +160,14 @@ struct cluster {
     uint64_t generation;        /* of the rules last compared with it */
     time_t last_refusal_log;
     dict_t answered; /* reply subject -> time_t: requests answered here (drop_no_responders) */
+    int leaving;                /* cluster_leave was called: nothing more goes upstream */
+    int left;                   /* ... and the connection has drained and closed */
+    struct event *leave_timer;  /* the end of CLUSTER_LEAVE_GRACE_MS: the drain begins */
 };
 
 static void switch_connection(cluster_t *c, const cluster_settings_t *cs);
+static void leave_state(cluster_t *c, enum item_kind kind);
+static void on_leave_timer(evutil_socket_t fd, short what, void *arg);
 static void link_end(link_t *l);
 static mirror_t *inbox_open(cluster_t *c, enum upsub_kind kind, const char *pattern, const char *queue, char *err,
                             size_t errsz);
@@ -503,10 +515,10 @@ static void dispatch(cluster_t *c, item_t *it)
     if (!m) {
         if (it->key.epoch != c->epoch)
             return; /* a watch of a connection the node left */
-        if (it->key.sid == cluster_deploy_watch_sid(c->deploy))
-            cluster_deploy_revision(c->deploy, it->msg);
-        else
+        if (it->key.sid != cluster_deploy_watch_sid(c->deploy))
             cluster_kv_message(c->kv, it->key.sid, it->msg); /* a bucket's watch, or unsubscribed since */
+        else if (!c->leaving) /* leaving: the node goes back to its own files */
+            cluster_deploy_revision(c->deploy, it->msg);
         return;
     }
     switch (m->kind) {
@@ -564,6 +576,8 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
         if (it->kind == ITEM_MSG) {
             dispatch(c, it);
             natsMsg_Destroy(it->msg);
+        } else if (it->key.epoch == c->epoch && c->leaving) {
+            leave_state(c, it->kind);
         } else if (it->key.epoch == c->epoch) {
             note_state(c, it->kind, it->text);
         } else if (it->kind == ITEM_CLOSED) { /* a connection the node left has drained */
@@ -593,13 +607,12 @@ static int same_login(const cluster_settings_t *a, const cluster_settings_t *b)
 }
 
 /* After a reload: name applies at once; another upstream, new
- * credentials or tls make the node connect again. */
+ * credentials or tls make the node connect again.  Rules without
+ * cluster { } are the node's to act on (cluster_leave). */
 static void apply_reload(cluster_t *c)
 {
     const cluster_settings_t *now = script_cluster_settings(c->n->scripts);
-    if (!now)
-        log_warn("cluster: the reloaded rules have no cluster { }; the node stays in the cluster until it restarts");
-    else if (!same_upstream(&c->started, now) || !same_login(&c->started, now))
+    if (now && (!same_upstream(&c->started, now) || !same_login(&c->started, now)))
         switch_connection(c, now);
 }
 
@@ -640,7 +653,9 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         script_stats_t st;
         script_get_stats(c->n->scripts, &st);
         events = st.events;
-        if (st.generation != c->generation) {
+        if (c->leaving || !script_cluster_settings(c->n->scripts)) {
+            /* nothing more is asked of the cluster: the node leaves it (cluster_leave) */
+        } else if (st.generation != c->generation) {
             c->generation = st.generation;
             apply_reload(c);
             node_inbox_refresh(c);
@@ -655,7 +670,8 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         server_get_stats(c->n->srv, &st);
         events = st.in_msgs;
     }
-    cluster_deploy_tick(c->deploy);
+    if (!c->leaving)
+        cluster_deploy_tick(c->deploy);
     cluster_kv_tick(c->kv);
     expire_answered(c, time(NULL));
     c->events_per_s = (double)(events - c->last_events);
@@ -851,7 +867,8 @@ static void on_interest(void *ctx, sub_t *sub, int added)
     if (!server_subject_travels(sub->subject, sub->subject_len))
         return;
     if (added) {
-        mirror_add(c, sub);
+        if (!c->leaving) /* leaving: the subscription gets what is delivered here */
+            mirror_add(c, sub);
         return;
     }
     mirror_free(c, dict_remove(&c->mirrors, (const char *)&sub, sizeof sub), 1);
@@ -1131,8 +1148,9 @@ cluster_t *cluster_start(node_t *n, char *err, size_t errsz)
     pthread_cond_init(&c->ended, NULL);
     c->wake = event_new(server_base(n->srv), -1, 0, on_wake, c);
     c->tick = event_new(server_base(n->srv), -1, EV_PERSIST, on_tick, c);
+    c->leave_timer = evtimer_new(server_base(n->srv), on_leave_timer, c);
     struct timeval second = {1, 0};
-    if (!c->wake || !c->tick || event_add(c->tick, &second) < 0)
+    if (!c->wake || !c->tick || !c->leave_timer || event_add(c->tick, &second) < 0)
         goto fail;
     c->started = *cs;
     c->generation = 1;
@@ -1263,6 +1281,75 @@ fail:
     log_error("cluster: %s", c->last_error);
 }
 
+/* ---- a reload that removes cluster { } ------------------------------------------- */
+
+/* The end of the grace: the connection drains (what it received is still
+ * delivered, what was published on it is sent) and closes; its
+ * ITEM_CLOSED makes the cluster left (leave_state). */
+static void on_leave_timer(evutil_socket_t fd, short what, void *arg)
+{
+    cluster_t *c = arg;
+    (void)fd;
+    (void)what;
+    /* The queue group's deploy requests go to the other nodes from now on. */
+    mirror_free(c, c->deploy_req, 1);
+    c->deploy_req = NULL;
+    cluster_deploy_unsubscribe(c->deploy);
+    if (natsConnection_DrainTimeout(c->nc, CLUSTER_DRAIN_TIMEOUT_MS) == NATS_OK) {
+        log_info("cluster: leaving the cluster: the upstream connection drains");
+        return;
+    }
+    /* Reconnecting (or closed): nothing can be sent; what waits in the
+     * reconnect buffer goes with the connection, and the log says so. */
+    int buffered = natsConnection_Buffered(c->nc);
+    if (buffered > 0)
+        log_warn("cluster: leaving the cluster while the upstream is unreachable: %d bytes of publishes waiting in "
+                 "the reconnect buffer are dropped",
+                 buffered);
+    c->left = 1;
+    log_info("cluster: left the cluster");
+}
+
+/* A connection event of the current connection while leaving. */
+static void leave_state(cluster_t *c, enum item_kind kind)
+{
+    if (kind == ITEM_DISCONNECTED || kind == ITEM_CLOSED)
+        c->connected = 0;
+    else if (kind == ITEM_CONNECTED || kind == ITEM_RECONNECTED)
+        c->connected = 1;
+    if (kind == ITEM_CLOSED && !c->left) {
+        c->left = 1;
+        log_info("cluster: left the cluster: the upstream connection has drained and closed");
+    }
+}
+
+void cluster_leave(cluster_t *c)
+{
+    server_cluster_hooks_t hooks = {NULL, on_interest, c};
+    struct timeval grace = {CLUSTER_LEAVE_GRACE_MS / 1000, (CLUSTER_LEAVE_GRACE_MS % 1000) * 1000};
+    if (c->leaving)
+        return;
+    c->leaving = 1;
+    /* Egress off: what clients here publish is delivered here.  The
+     * interest hook stays, so that a subscription that goes takes its
+     * mirror with it while the mirrors still deliver. */
+    server_set_cluster(c->n->srv, &hooks);
+    cluster_pull_pause(c->pull);
+    snprintf(c->last_error, sizeof c->last_error,
+             "leaving the cluster (the reloaded rules have no cluster { }): the upstream connection drains");
+    log_info("cluster: the reloaded rules have no cluster { }: the node leaves the cluster (its clients' messages "
+             "are delivered here from now on; answers to what it sent upstream are taken for %d ms, then the "
+             "connection drains)",
+             CLUSTER_LEAVE_GRACE_MS);
+    if (event_add(c->leave_timer, &grace) < 0)
+        on_leave_timer(-1, 0, c);
+}
+
+int cluster_left(const cluster_t *c)
+{
+    return c->left;
+}
+
 /* ---- stopping ---------------------------------------------------------------- */
 
 /* Waits up to secs seconds for c->live to drop to 0; -1 when it did not. */
@@ -1350,6 +1437,8 @@ void cluster_free(cluster_t *c)
         event_free(c->wake);
     if (c->tick)
         event_free(c->tick);
+    if (c->leave_timer)
+        event_free(c->leave_timer);
     pthread_cond_destroy(&c->ended);
     pthread_mutex_destroy(&c->lock);
     free(c);
@@ -1359,6 +1448,10 @@ void cluster_free(cluster_t *c)
 
 int cluster_ready(cluster_t *c, char *why, size_t n)
 {
+    if (c->leaving) {
+        snprintf(why, n, "%s", c->last_error);
+        return 0;
+    }
     return cluster_connected(c, why, n) && cluster_js_ready(c->js, why, n) &&
            cluster_deploy_ready(c->deploy, why, n);
 }
@@ -1384,7 +1477,9 @@ int cluster_connected(cluster_t *c, char *why, size_t n)
 static void status_name(cluster_t *c, char *out, size_t n)
 {
     const cluster_settings_t *cs = script_cluster_settings(c->n->scripts);
-    if (cs && cs->name[0])
+    if (!cs) /* leaving the cluster: the name it had */
+        cs = &c->started;
+    if (cs->name[0])
         snprintf(out, n, "%s", cs->name);
     else if (gethostname(out, n) != 0)
         snprintf(out, n, "%s", server_id(c->n->srv));
@@ -1409,6 +1504,7 @@ cJSON *cluster_status_object(cluster_t *c)
     cJSON_AddStringToObject(o, "address", addr);
     cJSON_AddStringToObject(o, "upstream", c->url);
     cJSON_AddBoolToObject(o, "connected", up);
+    cJSON_AddBoolToObject(o, "leaving", c->leaving);
     memset(&st, 0, sizeof st);
     if (c->n->scripts)
         script_get_stats(c->n->scripts, &st);

@@ -46,13 +46,29 @@ cluster_t *cluster_start(struct node *n, char *err, size_t errsz);
  * connection, waits for libnats' threads and frees c (NULL: nothing). */
 void cluster_free(cluster_t *c);
 
+/*
+ * Leaves the cluster, for a reload whose rules have no cluster { }: from
+ * now on what clients here publish is delivered here, their new
+ * subscriptions stay here and the handlers' pulls stop; for a short grace
+ * the upstream subscriptions still take the answers to what went
+ * upstream (PubAcks, replies), then the connection drains (what it
+ * received is delivered, what was published on it is sent) and closes.
+ * Then cluster_left is 1 and the caller frees c (cluster_free) outside
+ * c's own callbacks.  Calling it again does nothing.  Loop thread only.
+ */
+void cluster_leave(cluster_t *c);
+
+/* 1 once a cluster_leave has ended (the connection closed), else 0. */
+int cluster_left(const cluster_t *c);
+
 /* 1 when the upstream connection is up; else 0 with why it is not in why
  * (what libnats last said, or "connecting"). */
 int cluster_connected(cluster_t *c, char *why, size_t n);
 
 /* 1 when the node is ready as far as the cluster goes: connected, every
  * jetstream-backed stream made or bound, and caught up with the rules
- * deployed to the cluster (cluster_deploy.h); else 0 with why. */
+ * deployed to the cluster (cluster_deploy.h); else 0 with why (also
+ * while it leaves the cluster). */
 int cluster_ready(cluster_t *c, char *why, size_t n);
 
 /* This node's status as a new cJSON object (caller deletes; NULL when out

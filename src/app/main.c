@@ -407,8 +407,8 @@ static int cmd_serve(int argc, char **argv)
             return 2;
         }
     }
-    if (node.scripts && script_cluster_settings(node.scripts))
-        cluster_prepare_threads(); /* before the loop exists */
+    if (node.scripts)
+        cluster_prepare_threads(); /* before the loop exists: a reload may add cluster { } */
     if (!(node.srv = server_new(&o))) {
         node_stop(&node);
         return 1;

@@ -3,6 +3,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/event.h>
+
+#include "admin.h"
 #include "cluster.h"
 #include "history.h"
 #include "http.h"
@@ -54,10 +57,67 @@ int node_start_scripts(node_t *n, const char *data_flag)
     return 0;
 }
 
+/* A reload added cluster { }: joins, or logs why not and waits for the
+ * next reload. */
+static void node_join(node_t *n)
+{
+    char err[600];
+    script_stats_t st;
+    script_get_stats(n->scripts, &st);
+    if (n->cluster_refused == st.generation)
+        return;
+    log_info("cluster: the reloaded rules have cluster { }: the node joins the cluster");
+    if (!(n->cluster = cluster_start(n, err, sizeof err))) {
+        n->cluster_refused = st.generation;
+        log_error("%s (the node stays on its own until a reload changes cluster { })", err);
+        return;
+    }
+    n->cluster_refused = 0;
+    admin_attach_cluster(n);
+}
+
+/* The cluster has been left: frees it and goes back to the node's own
+ * files (no deployed rules) and buckets, loaded again. */
+static void node_left(node_t *n)
+{
+    char err[1024];
+    cluster_free(n->cluster);
+    n->cluster = NULL;
+    script_set_deployed(n->scripts, NULL, NULL, NULL);
+    if (script_reload(n->scripts, "left the cluster", err, sizeof err) < 0)
+        log_error("cluster: the node left the cluster, but its own rules do not load again: %s", err);
+    log_info("cluster: the node is out of the cluster: it delivers its clients' messages itself");
+}
+
+/* Once a second: does what the loaded rules say of the cluster.  Leaving
+ * is finished here rather than in the cluster's own callbacks, which must
+ * not free it. */
+static void node_cluster_watch(evutil_socket_t fd, short what, void *arg)
+{
+    node_t *n = arg;
+    int wanted = script_cluster_settings(n->scripts) != NULL;
+    (void)fd;
+    (void)what;
+    if (n->cluster && cluster_left(n->cluster))
+        node_left(n);
+    else if (n->cluster && !wanted)
+        cluster_leave(n->cluster);
+    else if (!n->cluster && wanted)
+        node_join(n);
+}
+
 int node_start_cluster(node_t *n)
 {
     char err[600];
-    if (!n->scripts || !script_cluster_settings(n->scripts))
+    struct timeval second = {1, 0};
+    if (!n->scripts)
+        return 0;
+    n->cluster_watch = event_new(server_base(n->srv), -1, EV_PERSIST, node_cluster_watch, n);
+    if (!n->cluster_watch || event_add(n->cluster_watch, &second) < 0) {
+        log_error("cluster: out of memory");
+        return -1;
+    }
+    if (!script_cluster_settings(n->scripts))
         return 0;
     if (!(n->cluster = cluster_start(n, err, sizeof err))) {
         log_error("%s", err);
@@ -97,6 +157,8 @@ void node_stop(node_t *n)
 {
     repl_remote_detach(n, NULL);
     http_free(n->http);
+    if (n->cluster_watch)
+        event_free(n->cluster_watch);
     cluster_free(n->cluster);
     if (n->scripts)
         script_host_set_bucket_maker(n->scripts, NULL, NULL);

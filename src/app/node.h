@@ -27,6 +27,8 @@ typedef struct node {
     struct jsapi *jsapi;    /* the JetStream API over the streams (jsapi.c); NULL without streams */
     struct cluster *cluster; /* the upstream NATS cluster (cluster.c); NULL without cluster { } */
     struct history *history; /* the rule history (history.c); NULL without scripts */
+    struct event *cluster_watch; /* joins or leaves the cluster after a reload (node.c); NULL without scripts */
+    uint64_t cluster_refused;    /* the rules' generation whose cluster { } failed to join (0: none) */
     char data_dir[4200];    /* where its files go: --data, storage { dir }, or "data" beside the entry file */
 } node_t;
 
@@ -38,9 +40,12 @@ typedef struct node {
 int node_start_scripts(node_t *n, const char *data_flag);
 
 /* Joins the upstream cluster when the entry file has cluster { } (n->srv
- * and n->scripts set, before the loop runs).  0 (also when there is none),
- * or -1 with the reason logged.  An unreachable upstream is not a failure:
- * the node keeps trying. */
+ * and n->scripts set, before the loop runs), and from then on follows the
+ * reloads: rules that add cluster { } join it, rules without it leave it
+ * (cluster_leave, then back to the node's own files and buckets).  0
+ * (also when there is none), or -1 with the reason logged.  An
+ * unreachable upstream is not a failure: the node keeps trying.  A node
+ * that may join later needs cluster_prepare_threads before its loop. */
 int node_start_cluster(node_t *n);
 
 /* Opens the HTTP face: on http_flag (HOST:PORT), else the entry file's
