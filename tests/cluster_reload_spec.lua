@@ -51,6 +51,8 @@ end
 describe("cluster mode, reloads that change upstream, join or leave the cluster", function()
   local ns, a, b, dir
   local A_RULES = 'stream "lv" { subjects = { "lv.>" }, backend = "jetstream", replicas = 3 }\n'
+  -- a's rules out of the cluster: tide.kv is the node's own store again
+  local KV_RULE = 'on("kvt.x", function(e, ctx) tide.kv.set("k", "own") ctx.publish("news.kv", { v = tide.kv.get("k") }) end)\n'
 
   setup(function()
     dir = h.make_tmpdir("cluster-reload")
@@ -133,6 +135,23 @@ describe("cluster mode, reloads that change upstream, join or leave the cluster"
     assert(sa:ping() and sb:ping())
     wait_route(sa, sb, "news", "a's publish never reached b")
     wait_route(sb, sa, "news", "b's publish never reached a")
+    -- rules deployed to the cluster run on a while it is a member
+    local src = h.make_tmpdir("deploy-bundle")
+    h.write_file(src .. "/tide.lua", 'on("dep.x", function(e, ctx) ctx.publish("news.deployed", {}) end)\n')
+    local rc, out
+    -- the rules bucket is made once JetStream answers the nodes, a few seconds after the start
+    h.wait_until(function()
+      rc, out = h.sh(("timeout 30 '%s' deploy '%s' -s 127.0.0.1:%d"):format(h.bin, src, ns[3].port))
+      return rc == 0
+    end, 30, 1)
+    h.remove_tmpdir(src)
+    assert.equal(0, rc, out)
+    assert(h.wait_until(function()
+      sa:pub("dep.x", "{}")
+      local f = sa:frame(0.3)
+      return f and f.subject == "news.deployed"
+    end, 15, 0), "the deployed rule never ran on a:\n" .. a:log())
+    while sa:frame(0.3) do end
     -- a publisher on a keeps 20 requests to the jetstream-backed stream in
     -- flight across the reload: each is answered by JetStream's PubAck or,
     -- once a stopped sending upstream, by a 503 (no responders here)
@@ -172,7 +191,7 @@ describe("cluster mode, reloads that change upstream, join or leave the cluster"
     end
     for _ = 1, 20 do send_one() end
     pump(function() return #acked >= 40 end, 15, "JetStream did not ack a's publishes")
-    h.write_file(a.config, "-- a, out of the cluster\n")
+    h.write_file(a.config, KV_RULE)
     pump(function() return refused >= 100 end, 20, "a's publishes still reach JetStream after the reload")
     while npending > 0 do take() end
     assert.is_true(#acked > 40, ("%d acked, %d refused"):format(#acked, refused))
@@ -189,6 +208,13 @@ describe("cluster mode, reloads that change upstream, join or leave the cluster"
     assert(quiet(sb, 1.5), "b's subscriber got a's publish after a left")
     sb:pub("news.fromb", "from b")
     assert(quiet(sa, 1.5), "a's subscriber got b's publish after a left")
+    -- a runs its own files alone, with its own store
+    sa:pub("dep.x", "{}")
+    assert(quiet(sa, 1), "a still runs the deployed rules after leaving")
+    sa:pub("kvt.x", "{}")
+    m = assert(sa:msg(5), "a's own rule did not run after leaving:\n" .. a:log())
+    assert.equal("news.kv", m.subject)
+    assert.equal("own", json.decode(m.payload).data.v, m.payload)
     -- nothing acked is lost: the stream holds exactly what was acked
     local info = js_api(ns[3].port, "$JS.API.STREAM.INFO.lv")
     assert.equal(#acked, info.state.messages, json.encode(info))
