@@ -95,7 +95,10 @@ static void ask(cluster_js_t *j, js_stream_t *s, const char *verb, const char *b
 {
     char subject[200], reply[200];
     snprintf(subject, sizeof subject, "$JS.API.STREAM.%s.%s", verb, s->cfg.name);
-    s->token = ++j->next_token;
+    /* The same question asked again keeps its reply subject: an answer
+     * slower than JS_RETRY (a cluster busy electing leaders) still counts. */
+    if (s->state != next || !s->token)
+        s->token = ++j->next_token;
     snprintf(reply, sizeof reply, "%s.%u", j->inbox, s->token);
     s->asked = time(NULL);
     s->state = next;

@@ -104,7 +104,12 @@ static void ask(kv_bucket_t *b, const char *what, const char *body, enum kv_stat
 {
     char subject[256], reply[200];
     snprintf(subject, sizeof subject, "$JS.API.%s", what);
-    b->token = ++b->k->next_token;
+    /* The stream's info asked again keeps its reply subject: an answer
+     * slower than the wait (a cluster busy electing leaders) still counts. */
+    if (!b->token || next != KV_ASKING || b->state != KV_ASKING) {
+        b->token = ++b->k->next_token;
+        b->first_asked = time(NULL);
+    }
     snprintf(reply, sizeof reply, "%s.a.%u", b->k->inbox, b->token);
     b->asked = time(NULL);
     b->state = next;
@@ -221,6 +226,9 @@ static void api_failed(kv_bucket_t *b, const char *what, const cJSON *err)
 /* An answer of the JetStream API about b. */
 static void api_answer(kv_bucket_t *b, const cJSON *o)
 {
+    /* the next questions wait twice as long as this answer took */
+    long took = (long)(time(NULL) - b->first_asked);
+    b->answer_wait = took * 2 <= KV_RETRY ? 0 : took * 2 > KV_RETRY_MAX ? KV_RETRY_MAX : (int)took * 2;
     const cJSON *err = cJSON_GetObjectItemCaseSensitive(o, "error");
     uint64_t code = 0, pending = 0;
     json_get_uint(cJSON_GetObjectItemCaseSensitive(err, "err_code"), &code);
@@ -558,9 +566,13 @@ void cluster_kv_message(cluster_kv_t *k, int64_t sid, natsMsg *m)
 
 static void tick_bucket(kv_bucket_t *b, time_t now)
 {
-    if ((b->state == KV_FAILED && now - b->asked >= (b->retry_in ? b->retry_in : KV_FAILED_RETRY)) ||
-        ((b->state == KV_ASKING || b->state == KV_CREATING || b->state == KV_WATCHING) && now - b->asked >= KV_RETRY))
+    int wait = b->answer_wait ? b->answer_wait : KV_RETRY;
+    if (b->state == KV_FAILED && now - b->asked >= (b->retry_in ? b->retry_in : KV_FAILED_RETRY)) {
         ask_info(b);
+    } else if ((b->state == KV_ASKING || b->state == KV_CREATING || b->state == KV_WATCHING) && now - b->asked >= wait) {
+        b->answer_wait = wait * 2 > KV_RETRY_MAX ? KV_RETRY_MAX : wait * 2; /* a slow cluster: wait longer */
+        ask_info(b);
+    }
     else if ((b->state == KV_LIVE || b->state == KV_LOADING) && now - b->heard >= KV_SILENCE)
         start_watch(b);
     if (b->sending && now - b->sent >= KV_WRITE_RETRY) {

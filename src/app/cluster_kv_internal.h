@@ -19,6 +19,7 @@
 #include "dict.h"
 
 #define KV_RETRY 3         /* s: a question to the JetStream API without an answer is asked again */
+#define KV_RETRY_MAX 24    /* s: ... after at most this long, when answers come slowly */
 #define KV_FAILED_RETRY 10 /* s: a bucket that could not be made or watched is tried again */
 #define KV_WRITE_RETRY 5   /* s: an update without a PubAck is sent again (same Nats-Msg-Id) */
 #define KV_SILENCE 15      /* s: a watch that heard nothing, not even a heartbeat, starts again */
@@ -60,6 +61,8 @@ typedef struct kv_bucket {
     char error[300];
     unsigned token; /* of the API question in flight */
     time_t asked;
+    time_t first_asked; /* when the question with this token was first asked */
+    int answer_wait;    /* s: how long a question waits for its answer (0: KV_RETRY) */
     int retry_in; /* s: after a failure, until the next try (0: KV_FAILED_RETRY) */
     int replicas;       /* asked for when making it */
     uint64_t info_last; /* the stream's last sequence when asked */

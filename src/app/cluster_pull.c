@@ -248,7 +248,10 @@ static void consumer_create(cluster_pull_t *p, pull_consumer_t *pc)
         return;
     }
     snprintf(subject, sizeof subject, "$JS.API.CONSUMER.DURABLE.CREATE.%s.%s", pc->cfg.stream, pc->cfg.name);
-    pc->token = ++p->next_token;
+    /* Asked again, the create keeps its reply subject: an answer slower
+     * than PULL_RETRY (a cluster busy electing leaders) still counts. */
+    if (pc->state != PC_CREATING || !pc->token)
+        pc->token = ++p->next_token;
     snprintf(reply, sizeof reply, "%s.a.%u", p->inbox, pc->token);
     pc->asked = now_s();
     pc->state = PC_CREATING;
