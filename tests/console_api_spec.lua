@@ -153,8 +153,10 @@ describe("/api/ on the tour", function()
 
   it("/api/tail streams matching events as server-sent events", function()
     local out = h.tmpdir .. "/console-tail-" .. h.free_port() .. ".txt"
-    local pid = h.proc.spawn({ "/usr/bin/curl", "-s", "-N", "--max-time", "2", base .. "/api/tail?subject=order.>" }, out)
-    h.proc.sleep(0.4)
+    local pid = h.proc.spawn({ "/usr/bin/curl", "-s", "-N", "--max-time", "4", base .. "/api/tail?subject=order.>" }, out)
+    -- the tail's subscription is made before its first line is written
+    assert(h.wait_until(function() return (h.read_file(out) or ""):find("tail of", 1, true) end, 5),
+      "the tail did not open")
     local c = h.connect(srv.port)
     c:pub("order.paid", '{"data":{"order_id":7}}')
     c:pub("greet.world", "hi")

@@ -188,8 +188,10 @@ end)
 describe("GET /v1/tail", function()
   it("streams matching events as Server-Sent Events", function()
     local out = h.tmpdir .. "/tail-" .. h.free_port() .. ".txt"
-    local pid = h.proc.spawn({ "/usr/bin/curl", "-s", "-N", "--max-time", "2", base .. "/v1/tail?subject=tail.>" }, out)
-    h.proc.sleep(0.4)
+    local pid = h.proc.spawn({ "/usr/bin/curl", "-s", "-N", "--max-time", "4", base .. "/v1/tail?subject=tail.>" }, out)
+    -- the tail's subscription is made before its first line is written
+    assert(h.wait_until(function() return (h.read_file(out) or ""):find("tail of", 1, true) end, 5),
+      "the tail did not open")
     local c = h.connect(srv.port)
     c:send("PUB tail.one 7\r\n{\"n\":1}\r\nPUB other.x 1\r\nx\r\nPUB tail.two 3\r\nabc\r\n")
     assert(c:ping())
