@@ -21,6 +21,7 @@
 #pragma GCC diagnostic pop
 
 #include "cluster.h"
+#include "cluster_ask.h"
 #include "cluster_deploy.h"
 #include "cluster_js.h"
 #include "cluster_kv.h"
@@ -52,7 +53,7 @@ typedef struct item {
 
 /* What an upstream subscription is for. */
 enum upsub_kind {
-    UPSUB_CLIENT, UPSUB_STATUS, UPSUB_JS, UPSUB_PULL, UPSUB_DEPLOY, UPSUB_DEPLOY_REQ, UPSUB_KV, UPSUB_NODE
+    UPSUB_CLIENT, UPSUB_STATUS, UPSUB_JS, UPSUB_PULL, UPSUB_DEPLOY, UPSUB_DEPLOY_REQ, UPSUB_KV, UPSUB_NODE, UPSUB_ASK
 };
 
 /* An upstream subscription: a client's subscription here, mirrored, or
@@ -137,6 +138,8 @@ struct cluster {
     cluster_kv_t *kv;         /* the KV buckets the scripts use */
     mirror_t *kv_in;          /* their inbox: PubAcks, API answers (the watches are cluster_kv's) */
     mirror_t *node_in;        /* $TIDE.NODE.<this node>.>: requests addressed to it */
+    cluster_ask_t *ask;       /* questions asked for a client, answered here (cluster_ask) */
+    mirror_t *ask_in;         /* their inbox */
     sub_t *answers;           /* inside the server: their answers, sent back upstream */
     char answer_prefix[128];  /* CLUSTER_ANSWER_PREFIX "<server id>." */
     cluster_request_fn on_request; /* answers them (cluster_set_requests); NULL: not answered */
@@ -543,6 +546,9 @@ static void dispatch(cluster_t *c, item_t *it)
     case UPSUB_NODE:
         answer_node_request(c, it->msg);
         break;
+    case UPSUB_ASK:
+        cluster_ask_answer(c->ask, it->msg);
+        break;
     case UPSUB_CLIENT:
         deliver_upstream(c, m->sub, it->msg);
         break;
@@ -674,6 +680,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         cluster_deploy_tick(c->deploy);
     cluster_kv_tick(c->kv);
     expire_answered(c, time(NULL));
+    cluster_ask_tick(c->ask);
     c->events_per_s = (double)(events - c->last_events);
     c->last_events = events;
 }
@@ -778,6 +785,16 @@ void cluster_set_requests(cluster_t *c, cluster_request_fn fn, void *ctx)
 int cluster_node_forward(cluster_t *c, const proto_msg_t *m, const char *by, char *err, size_t errsz)
 {
     return publish_upstream(c, m, CLUSTER_BY_HEADER, by, err, errsz);
+}
+
+int cluster_forward(cluster_t *c, const proto_msg_t *m, char *err, size_t errsz)
+{
+    return publish_upstream(c, m, NULL, NULL, err, errsz);
+}
+
+int cluster_ask(cluster_t *c, const char *subject, const char *payload, size_t len, cluster_answer_fn fn, void *ctx)
+{
+    return c->ask ? cluster_ask_send(c->ask, c->nc, subject, payload, len, fn, ctx) : -1;
 }
 
 /* Subscribes on the current connection (queue may be NULL), counted in
@@ -1131,6 +1148,20 @@ static int start_buckets(cluster_t *c, char *err, size_t errsz)
     return script_host_set_kv_remote(c->n->scripts, &ops, err, errsz);
 }
 
+/* The questions asked for clients: their inbox. */
+static int start_asks(cluster_t *c, char *err, size_t errsz)
+{
+    char inbox[128], pattern[140];
+    snprintf(inbox, sizeof inbox, "_INBOX.tide-ask.%s", server_id(c->n->srv));
+    snprintf(pattern, sizeof pattern, "%s.*", inbox);
+    if (!(c->ask = cluster_ask_new(inbox))) {
+        snprintf(err, errsz, "cluster: out of memory");
+        return -1;
+    }
+    c->ask_in = inbox_open(c, UPSUB_ASK, pattern, NULL, err, errsz);
+    return c->ask_in ? 0 : -1;
+}
+
 cluster_t *cluster_start(node_t *n, char *err, size_t errsz)
 {
     const cluster_settings_t *cs = script_cluster_settings(n->scripts);
@@ -1177,7 +1208,8 @@ cluster_t *cluster_start(node_t *n, char *err, size_t errsz)
     if (!(c->answers = server_subscribe_internal(n->srv, answers, answer_back, c)) ||
         node_inbox_open(c, err, errsz) < 0)
         goto fail;
-    if (start_streams(c, err, errsz) < 0 || start_deploy(c, err, errsz) < 0 || start_buckets(c, err, errsz) < 0)
+    if (start_streams(c, err, errsz) < 0 || start_deploy(c, err, errsz) < 0 || start_buckets(c, err, errsz) < 0 ||
+        start_asks(c, err, errsz) < 0)
         goto fail;
     hooks.ctx = c;
     server_set_cluster(n->srv, &hooks);
@@ -1219,7 +1251,8 @@ static void mirror_move(cluster_t *c, mirror_t *m, link_t *l)
  * connection left.  -1 when out of memory (nothing moved). */
 static int move_all(cluster_t *c, link_t *l)
 {
-    mirror_t *own[] = {c->status, c->js_in, c->pull_in, c->deploy_in, c->deploy_req, c->kv_in, c->node_in};
+    mirror_t *own[] = {c->status,     c->js_in, c->pull_in, c->deploy_in,
+                       c->deploy_req, c->kv_in, c->node_in, c->ask_in};
     size_t n = c->mirrors.count + sizeof own / sizeof own[0];
     if (!(l->left = calloc(n, sizeof *l->left)))
         return -1;
@@ -1396,6 +1429,8 @@ void cluster_free(cluster_t *c)
     if (!c)
         return;
     server_set_cluster(c->n->srv, NULL);
+    cluster_ask_free(c->ask); /* the askers answer their clients from what they have */
+    c->ask = NULL;
     if (c->answers)
         server_unsubscribe_internal(c->n->srv, c->answers);
     if (c->kv)
@@ -1403,7 +1438,8 @@ void cluster_free(cluster_t *c)
     dict_clear(&c->by_sid, NULL);
     dict_clear(&c->mirrors, mirror_release);
     dict_clear(&c->answered, free);
-    mirror_t *own[] = {c->status, c->js_in, c->pull_in, c->deploy_in, c->deploy_req, c->kv_in, c->node_in};
+    mirror_t *own[] = {c->status,     c->js_in, c->pull_in, c->deploy_in,
+                       c->deploy_req, c->kv_in, c->node_in, c->ask_in};
     for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
         if (own[i])
             mirror_release(own[i]);

@@ -20,6 +20,8 @@
 #include <cjson/cJSON.h>
 #include <nats/nats.h>
 
+#include "cluster_ask.h"
+
 struct node;
 typedef struct cluster cluster_t;
 
@@ -84,6 +86,20 @@ cJSON *cluster_status_object(cluster_t *c);
  */
 struct proto_msg;
 int cluster_node_forward(cluster_t *c, const struct proto_msg *m, const char *by, char *err, size_t errsz);
+
+/*
+ * Sends m, a client's message that the node does not take itself (a
+ * JetStream API request or an ack about a stream that is not local),
+ * to the cluster as it is: subject, reply subject and headers.  0, or -1
+ * with the reason in err, counted as a refused publish.  Loop thread only.
+ */
+int cluster_forward(cluster_t *c, const struct proto_msg *m, char *err, size_t errsz);
+
+/* Asks the cluster (cluster_ask.h): publishes payload (len bytes) to
+ * subject with a reply to the node's inbox; fn(ctx, answer) follows on
+ * the loop, with NULL when no answer came in time.  0, or -1 when out of
+ * memory (fn is not called).  Loop thread only. */
+int cluster_ask(cluster_t *c, const char *subject, const char *payload, size_t len, cluster_answer_fn fn, void *ctx);
 
 /* Answers a request on $TIDE.NODE.<this node>.> that came from the
  * cluster; by is who asked, as the node it entered through said ("" or

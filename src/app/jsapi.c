@@ -116,9 +116,7 @@ static const cJSON *made_entry(jsapi_t *api, const char *name)
     return cJSON_GetObjectItemCaseSensitive(api->made, name);
 }
 
-/* Adds config, created, state, cluster and ts of the stream called name to
- * o; 0, or -1 when there is no such stream. */
-static int add_info(jsapi_t *api, cJSON *o, const char *name)
+int jsapi_add_info(jsapi_t *api, cJSON *o, const char *name)
 {
     stream_info_t in;
     char now[64];
@@ -177,17 +175,24 @@ static cJSON *request_json(const proto_msg_t *m, int *bad, api_err_t *e)
 
 /* ---- the verbs -------------------------------------------------------------- */
 
-static void verb_account_info(jsapi_t *api, const proto_msg_t *m)
+int jsapi_account_usage(jsapi_t *api, uint64_t *bytes, uint64_t *consumers)
 {
-    uint64_t bytes = 0, consumers = 0;
     int n = streams_count(api->n->streams);
+    *bytes = *consumers = 0;
     for (int i = 0; i < n; i++) {
         stream_info_t in;
         if (streams_stream_info(api->n->streams, NULL, i, &in)) {
-            bytes += in.log.bytes;
-            consumers += (uint64_t)in.nconsumers;
+            *bytes += in.log.bytes;
+            *consumers += (uint64_t)in.nconsumers;
         }
     }
+    return n;
+}
+
+static void verb_account_info(jsapi_t *api, const proto_msg_t *m)
+{
+    uint64_t bytes, consumers;
+    int n = jsapi_account_usage(api, &bytes, &consumers);
     cJSON *o = answer("account_info_response");
     cJSON_AddNumberToObject(o, "memory", 0);
     json_add_uint(o, "storage", bytes);
@@ -216,7 +221,7 @@ static void verb_stream_info(jsapi_t *api, const proto_msg_t *m, const char *nam
     cJSON_AddNumberToObject(o, "total", 0);
     cJSON_AddNumberToObject(o, "offset", 0);
     cJSON_AddNumberToObject(o, "limit", 0);
-    if (add_info(api, o, name) < 0) {
+    if (jsapi_add_info(api, o, name) < 0) {
         cJSON_Delete(o);
         jsapi_set_err(&e, 404, 10059, "stream not found");
         reply_err(api, m, "stream_info_response", &e);
@@ -225,8 +230,7 @@ static void verb_stream_info(jsapi_t *api, const proto_msg_t *m, const char *nam
     reply_obj(api, m, o);
 }
 
-/* The offset and the subject filter of a NAMES or LIST request. */
-static int paged_request(const proto_msg_t *m, uint64_t *offset, char *filter, size_t fsz, api_err_t *e)
+int jsapi_paged_request(const proto_msg_t *m, uint64_t *offset, char *filter, size_t fsz, api_err_t *e)
 {
     int bad;
     cJSON *j = request_json(m, &bad, e);
@@ -246,9 +250,7 @@ static int paged_request(const proto_msg_t *m, uint64_t *offset, char *filter, s
     return 0;
 }
 
-/* The names of the streams (sorted; those with a subject overlapping
- * filter when it is not empty), in a new array of *n malloc'd strings. */
-static char **sorted_names(jsapi_t *api, const char *filter, int *n)
+char **jsapi_sorted_names(jsapi_t *api, const char *filter, int *n)
 {
     int total = streams_count(api->n->streams);
     char **names = calloc((size_t)total + 1, sizeof *names);
@@ -270,7 +272,7 @@ static char **sorted_names(jsapi_t *api, const char *filter, int *n)
     return names;
 }
 
-static void names_free(char **names, int n)
+void jsapi_names_free(char **names, int n)
 {
     for (int i = 0; names && i < n; i++)
         free(names[i]);
@@ -285,11 +287,11 @@ static void verb_stream_names(jsapi_t *api, const proto_msg_t *m, int list)
     uint64_t offset;
     char filter[256];
     int n = 0;
-    if (paged_request(m, &offset, filter, sizeof filter, &e) < 0) {
+    if (jsapi_paged_request(m, &offset, filter, sizeof filter, &e) < 0) {
         reply_err(api, m, type, &e);
         return;
     }
-    char **names = sorted_names(api, filter, &n);
+    char **names = jsapi_sorted_names(api, filter, &n);
     if (offset > (uint64_t)n)
         offset = (uint64_t)n;
     cJSON *o = answer(type);
@@ -305,10 +307,10 @@ static void verb_stream_names(jsapi_t *api, const proto_msg_t *m, int list)
             continue;
         }
         cJSON *si = cJSON_CreateObject();
-        add_info(api, si, names[i]);
+        jsapi_add_info(api, si, names[i]);
         cJSON_AddItemToArray(arr, si);
     }
-    names_free(names, n);
+    jsapi_names_free(names, n);
     reply_obj(api, m, o);
 }
 
@@ -356,7 +358,7 @@ static void verb_stream_create(jsapi_t *api, const proto_msg_t *m, const char *n
     }
     cJSON_Delete(norm);
     cJSON *o = answer(type);
-    add_info(api, o, name);
+    jsapi_add_info(api, o, name);
     reply_obj(api, m, o);
 }
 
@@ -467,14 +469,12 @@ static const struct {
     {"STREAM.MSG.DELETE.", 10, "stream_msg_delete_response"},
 };
 
-static void on_request(void *ctx, const proto_msg_t *m)
+void jsapi_request_local(jsapi_t *api, const proto_msg_t *m)
 {
-    jsapi_t *api = ctx;
     const char *op = m->subject + strlen(API_PREFIX);
     size_t oplen = m->subject_len - strlen(API_PREFIX), pre = strlen(API_PREFIX);
     char name[STREAM_NAME_MAX], direct[600];
     api_err_t e;
-    api->total++;
     if (jsapi_consumer_request(api, m, op, oplen))
         return;
     for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++) {
@@ -509,6 +509,16 @@ static void on_request(void *ctx, const proto_msg_t *m)
      * rather than a request that times out. */
     jsapi_set_err(&e, 400, 10003, "bad request: tide does not answer %.*s", (int)oplen, op);
     reply_err(api, m, "error_response", &e);
+}
+
+static void on_request(void *ctx, const proto_msg_t *m)
+{
+    jsapi_t *api = ctx;
+    api->total++;
+    /* In cluster mode what is not about a local stream is the cluster's. */
+    if (api->n->cluster && jsapi_cluster_request(api->n, api, m))
+        return;
+    jsapi_request_local(api, m);
 }
 
 jsapi_t *jsapi_start(node_t *n, int *failed)

@@ -35,4 +35,23 @@ int jsapi_bucket_make(void *api, const char *bucket, char *err, size_t errsz);
  * open (node_stop closes them). */
 void jsapi_free(jsapi_t *api);
 
+/*
+ * Cluster mode (jsapi_cluster.c, docs/cluster.md): the node answers the
+ * requests about its local streams itself and sends every other $JS.API
+ * request to the cluster with the client's reply subject (so JetStream's
+ * answer reaches the client through the cluster, as any reply does);
+ * INFO, STREAM.NAMES and STREAM.LIST are asked of the cluster and
+ * answered with the local streams added.  A client's acks ($JS.ACK.>)
+ * and flow-control answers ($JS.FC.>) for a stream that is not local go
+ * to the cluster too.
+ */
+typedef struct jsapi_cluster jsapi_cluster_t;
+
+/* With n->cluster running (and n->jsapi, when the node has streams):
+ * takes the acks and, without n->jsapi, the whole $JS.API.> for the
+ * cluster.  Freed by jsapi_cluster_free (before the cluster); NULL when
+ * out of memory (logged). */
+jsapi_cluster_t *jsapi_cluster_start(node_t *n);
+void jsapi_cluster_free(jsapi_cluster_t *f);
+
 #endif

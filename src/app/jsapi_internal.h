@@ -74,6 +74,26 @@ void jsapi_reply_err(jsapi_t *api, const proto_msg_t *m, const char *type, const
 cJSON *jsapi_answer(const char *type);
 void jsapi_status(jsapi_t *api, const proto_msg_t *m, const char *status);
 
+/* Adds config, created, state, cluster and ts of the local stream name to
+ * o (an answer object); 0, or -1 when there is no such stream. */
+int jsapi_add_info(jsapi_t *api, cJSON *o, const char *name);
+/* The local streams' count, with their stored bytes and consumers. */
+int jsapi_account_usage(jsapi_t *api, uint64_t *bytes, uint64_t *consumers);
+/* The offset and the subject filter (fsz bytes) of a NAMES or LIST
+ * request m; 0, or -1 with e set when it is not JSON. */
+int jsapi_paged_request(const proto_msg_t *m, uint64_t *offset, char *filter, size_t fsz, api_err_t *e);
+/* The names of the local streams (sorted; those with a subject
+ * overlapping filter when it is not empty), in a new array of *n malloc'd
+ * strings (jsapi_names_free). */
+char **jsapi_sorted_names(jsapi_t *api, const char *filter, int *n);
+void jsapi_names_free(char **names, int n);
+/* Answers m, a $JS.API request, from the local streams alone. */
+void jsapi_request_local(jsapi_t *api, const proto_msg_t *m);
+/* In cluster mode: takes m when it is the cluster's (sent on, or asked
+ * and merged with the local streams; api NULL: the node has none) and
+ * returns 1; 0 when the node answers it from its local streams. */
+int jsapi_cluster_request(node_t *n, jsapi_t *api, const proto_msg_t *m);
+
 /* obj's string member key: dflt when absent or null, NULL when not a string. */
 const char *jsapi_get_str(const cJSON *obj, const char *key, const char *dflt);
 

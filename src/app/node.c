@@ -74,6 +74,8 @@ static void node_join(node_t *n)
     }
     n->cluster_refused = 0;
     admin_attach_cluster(n);
+    if (!(n->jsfwd = jsapi_cluster_start(n)))
+        log_error("cluster: the JetStream API is answered from the local streams alone");
 }
 
 /* The cluster has been left: frees it and goes back to the node's own
@@ -81,6 +83,8 @@ static void node_join(node_t *n)
 static void node_left(node_t *n)
 {
     char err[1024];
+    jsapi_cluster_free(n->jsfwd);
+    n->jsfwd = NULL;
     cluster_free(n->cluster);
     n->cluster = NULL;
     script_set_deployed(n->scripts, NULL, NULL, NULL);
@@ -123,7 +127,7 @@ int node_start_cluster(node_t *n)
         log_error("%s", err);
         return -1;
     }
-    return 0;
+    return (n->jsfwd = jsapi_cluster_start(n)) ? 0 : -1;
 }
 
 int node_start_http(node_t *n, const char *http_flag, int no_http)
@@ -159,6 +163,7 @@ void node_stop(node_t *n)
     http_free(n->http);
     if (n->cluster_watch)
         event_free(n->cluster_watch);
+    jsapi_cluster_free(n->jsfwd);
     cluster_free(n->cluster);
     if (n->scripts)
         script_host_set_bucket_maker(n->scripts, NULL, NULL);

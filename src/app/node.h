@@ -16,6 +16,7 @@ struct cluster;
 struct history;
 struct http;
 struct jsapi;
+struct jsapi_cluster;
 struct repl;
 
 typedef struct node {
@@ -26,6 +27,7 @@ typedef struct node {
     struct repl *remote;    /* the tide repl --connect session (repl.c); NULL when none */
     struct jsapi *jsapi;    /* the JetStream API over the streams (jsapi.c); NULL without streams */
     struct cluster *cluster; /* the upstream NATS cluster (cluster.c); NULL without cluster { } */
+    struct jsapi_cluster *jsfwd; /* the JetStream API's part sent to the cluster (jsapi_cluster.c) */
     struct history *history; /* the rule history (history.c); NULL without scripts */
     struct event *cluster_watch; /* joins or leaves the cluster after a reload (node.c); NULL without scripts */
     uint64_t cluster_refused;    /* the rules' generation whose cluster { } failed to join (0: none) */
