@@ -4,7 +4,8 @@
 -- streams beside them.  npm "nats" (v2) connected to a tide node and to a
 -- nats-server of the same cluster must read the same things.  Three routed
 -- nats-servers with JetStream and two tide nodes (one with a local
--- stream, one with none), all on loopback.
+-- stream, one with none), all on loopback.  HTTP posts to a
+-- jetstream-backed stream's subjects are answered with JetStream's PubAck.
 local h = require "helpers"
 local cs = require "cluster_support"
 local js = require "js_support"
@@ -13,6 +14,7 @@ local json = require "dkjson"
 local RULES_A = [[
 stream "orders" { subjects = { "orders.>" }, backend = "jetstream", replicas = 3 }
 stream "loc" { subjects = { "loc.>" } }
+http { ack_timeout = "1500ms" }
 ]]
 
 -- Runs tests/interop/node/jsfwd.mjs against port with the words in ...;
@@ -27,6 +29,16 @@ local function jsfwd(port, ...)
   return v
 end
 
+-- POST /v1/publish/<subject> on a node's HTTP port with a JSON body and
+-- more curl arguments; the status code and the body decoded.
+local function post(node, subject, body, more)
+  local rc, out = h.sh(("curl -s -m 20 -w '\\n%%{http_code}' -X POST -H 'Content-Type: application/json' %s " ..
+    "'http://127.0.0.1:%d/v1/publish/%s' -d %s"):format(more or "", node.hport, subject, js.q(body)))
+  local text, code = out:match("^(.*)\n(%d+)$")
+  assert(rc == 0 and code, "curl: " .. tostring(out))
+  return tonumber(code), json.decode(text)
+end
+
 describe("cluster mode: the JetStream API on a node", function()
   local t, ns, a, b, dir = cs.new(), nil, nil, nil, nil
 
@@ -36,7 +48,8 @@ describe("cluster mode: the JetStream API on a node", function()
     dir = h.make_tmpdir("cluster-jsapi")
     ns = t:start_cluster(dir, "tidejsapi", true)
     a = t:start_node("a", { ns[1].port }, RULES_A)
-    b = t:start_node("b", { ns[2].port }, "-- no streams of its own\n")
+    -- b keeps no stream itself (no local JetStream API): "orders" is the cluster's
+    b = t:start_node("b", { ns[2].port }, 'stream "orders" { subjects = { "orders.>" }, backend = "jetstream", replicas = 3 }\n')
     cs.wait_ready({ a, b }, 30)
     jsfwd(ns[3].port, "setup")
   end)
@@ -87,5 +100,34 @@ describe("cluster mode: the JetStream API on a node", function()
   it("makes a stream a client creates through the node in the cluster", function()
     assert.same({ name = "made", subjects = { "made.>" } }, jsfwd(b.port, "create", "made").create)
     assert.same({ name = "made", subjects = { "made.>" } }, jsfwd(ns[1].port, "info", "made").info)
+  end)
+
+  it("answers an HTTP post to a jetstream-backed stream with JetStream's PubAck, its refusal, or 504", function()
+    local code, ack = post(a, "orders.http", '{"n":1}')
+    assert.are.equal(201, code)
+    assert.are.equal("orders", ack.stream)
+    assert.is_true(math.type(ack.seq) == "integer" and ack.seq > 3, "seq " .. tostring(ack.seq))
+    -- the sequence is JetStream's: the stream's last, read on a server of the cluster
+    local ref = jsfwd(ns[3].port, "read")
+    assert.are.equal(ack.seq, ref.stream.last_seq)
+    -- a node without local streams waits for it as well
+    code, ack = post(b, "orders.http", '{"n":2}')
+    assert.are.same({ 201, "orders", ref.stream.last_seq + 1 }, { code, ack.stream, ack.seq })
+    -- JetStream's refusal, answered as a local stream's (the HTTP status in the error's code)
+    code, ack = post(a, "orders.http", '{"n":3}', "-H 'Nats-Expected-Last-Sequence: 1'")
+    assert.are.equal(409, code)
+    assert.are.same({ 409, 10071 }, { ack.error.code, ack.error.err_code })
+    -- a subject no stream captures: 202 as before
+    code, ack = post(a, "other.http", '{"n":4}')
+    assert.are.same({ 202, { accepted = 1 } }, { code, ack })
+    -- the upstream paused: no PubAck within http { ack_timeout }
+    assert(h.proc.kill(ns[1].pid, "STOP"))
+    local ok, err = pcall(function()
+      code, ack = post(a, "orders.http", '{"n":5}')
+      assert.are.equal(504, code)
+      assert.matches("no PubAck within 1.5 s", ack.error.description, 1, true)
+    end)
+    assert(h.proc.kill(ns[1].pid, "CONT"))
+    assert(ok, err)
   end)
 end)

@@ -53,7 +53,7 @@ typedef struct item {
 
 /* What an upstream subscription is for. */
 enum upsub_kind {
-    UPSUB_CLIENT, UPSUB_STATUS, UPSUB_JS, UPSUB_PULL, UPSUB_DEPLOY, UPSUB_DEPLOY_REQ, UPSUB_KV, UPSUB_NODE, UPSUB_ASK
+    UPSUB_CLIENT, UPSUB_STATUS, UPSUB_JS, UPSUB_PULL, UPSUB_DEPLOY, UPSUB_DEPLOY_REQ, UPSUB_KV, UPSUB_NODE, UPSUB_ASK, UPSUB_REPLY
 };
 
 /* An upstream subscription: a client's subscription here, mirrored, or
@@ -140,6 +140,11 @@ struct cluster {
     mirror_t *node_in;        /* $TIDE.NODE.<this node>.>: requests addressed to it */
     cluster_ask_t *ask;       /* questions asked for a client, answered here (cluster_ask) */
     mirror_t *ask_in;         /* their inbox */
+    mirror_t *reply_in;       /* answers to what the node publishes for its HTTP face (cluster_inbox_open) */
+    cluster_inbox_fn reply_fn;
+    void *reply_ctx;
+    char reply_prefix[128]; /* their subjects' prefix; "" when none is open */
+    uint64_t reply_sent;    /* messages sent upstream with a reply under it */
     sub_t *answers;           /* inside the server: their answers, sent back upstream */
     char answer_prefix[128];  /* CLUSTER_ANSWER_PREFIX "<server id>." */
     cluster_request_fn on_request; /* answers them (cluster_set_requests); NULL: not answered */
@@ -322,6 +327,41 @@ static uint64_t origin_here(cluster_t *c, natsMsg *nm)
     return end && !*end ? (uint64_t)client : 0;
 }
 
+/* nm as a proto_msg_t in m, its header block malloc'd into *hdr (caller
+ * frees); 0, or -1 when out of memory (logged, nm dropped). */
+static int msg_view(natsMsg *nm, proto_msg_t *m, char **hdr)
+{
+    size_t hlen = 0;
+    memset(m, 0, sizeof *m);
+    m->subject = natsMsg_GetSubject(nm);
+    m->subject_len = strlen(m->subject);
+    m->reply = natsMsg_GetReply(nm);
+    if (m->reply && !m->reply[0])
+        m->reply = NULL;
+    m->reply_len = m->reply ? strlen(m->reply) : 0;
+    m->payload = natsMsg_GetData(nm) ? natsMsg_GetData(nm) : "";
+    m->payload_len = (size_t)natsMsg_GetDataLength(nm);
+    if (cluster_header_block(nm, hdr, &hlen) < 0) {
+        log_error("cluster: out of memory reading the headers of a message on %s: dropped", m->subject);
+        return -1;
+    }
+    m->hdr = *hdr;
+    m->hdr_len = hlen;
+    return 0;
+}
+
+/* An answer on the HTTP face's inbox: to its callback. */
+static void deliver_reply(cluster_t *c, natsMsg *nm)
+{
+    proto_msg_t m;
+    char *hdr = NULL;
+    if (!c->reply_fn || msg_view(nm, &m, &hdr) < 0)
+        return;
+    c->received++;
+    c->reply_fn(c->reply_ctx, &m);
+    free(hdr);
+}
+
 /* Hands an upstream message to the one client subscription it is for. */
 /* Remembers that reply was answered here (see drop_no_responders). */
 static void note_answered(cluster_t *c, const char *reply, size_t len)
@@ -368,22 +408,8 @@ static void deliver_upstream(cluster_t *c, sub_t *sub, natsMsg *nm)
 {
     proto_msg_t m;
     char *hdr = NULL;
-    size_t hlen = 0;
-    memset(&m, 0, sizeof m);
-    m.subject = natsMsg_GetSubject(nm);
-    m.subject_len = strlen(m.subject);
-    m.reply = natsMsg_GetReply(nm);
-    if (m.reply && !m.reply[0])
-        m.reply = NULL;
-    m.reply_len = m.reply ? strlen(m.reply) : 0;
-    m.payload = natsMsg_GetData(nm) ? natsMsg_GetData(nm) : "";
-    m.payload_len = (size_t)natsMsg_GetDataLength(nm);
-    if (cluster_header_block(nm, &hdr, &hlen) < 0) {
-        log_error("cluster: out of memory reading the headers of a message on %s: dropped", m.subject);
+    if (msg_view(nm, &m, &hdr) < 0)
         return;
-    }
-    m.hdr = hdr;
-    m.hdr_len = hlen;
     c->received++;
     if (drop_no_responders(c, nm)) {
         free(hdr);
@@ -548,6 +574,9 @@ static void dispatch(cluster_t *c, item_t *it)
         break;
     case UPSUB_ASK:
         cluster_ask_answer(c->ask, it->msg);
+        break;
+    case UPSUB_REPLY:
+        deliver_reply(c, it->msg);
         break;
     case UPSUB_CLIENT:
         deliver_upstream(c, m->sub, it->msg);
@@ -754,6 +783,8 @@ static int publish_upstream(cluster_t *c, const proto_msg_t *m, const char *name
     if (s == NATS_OK)
         s = natsConnection_PublishMsg(c->nc, msg);
 fail:
+    if (s == NATS_OK && reply && c->reply_prefix[0] && !strncmp(reply, c->reply_prefix, strlen(c->reply_prefix)))
+        c->reply_sent++;
     if (s == NATS_OK)
         c->sent++;
     else
@@ -790,6 +821,34 @@ int cluster_node_forward(cluster_t *c, const proto_msg_t *m, const char *by, cha
 int cluster_forward(cluster_t *c, const proto_msg_t *m, char *err, size_t errsz)
 {
     return publish_upstream(c, m, NULL, NULL, err, errsz);
+}
+
+int cluster_inbox_open(cluster_t *c, const char *prefix, cluster_inbox_fn fn, void *ctx)
+{
+    char pattern[140], err[320];
+    if (c->reply_in)
+        return -1;
+    snprintf(pattern, sizeof pattern, "%s.>", prefix);
+    if (!(c->reply_in = inbox_open(c, UPSUB_REPLY, pattern, NULL, err, sizeof err))) {
+        log_error("%s", err);
+        return -1;
+    }
+    snprintf(c->reply_prefix, sizeof c->reply_prefix, "%s.", prefix);
+    c->reply_fn = fn;
+    c->reply_ctx = ctx;
+    return 0;
+}
+
+uint64_t cluster_inbox_sent(cluster_t *c) { return c->reply_sent; }
+
+void cluster_inbox_close(cluster_t *c)
+{
+    if (!c || !c->reply_in)
+        return;
+    mirror_free(c, c->reply_in, 1);
+    c->reply_in = NULL;
+    c->reply_fn = NULL;
+    c->reply_prefix[0] = '\0';
 }
 
 int cluster_ask(cluster_t *c, const char *subject, const char *payload, size_t len, cluster_answer_fn fn, void *ctx)
@@ -1251,8 +1310,8 @@ static void mirror_move(cluster_t *c, mirror_t *m, link_t *l)
  * connection left.  -1 when out of memory (nothing moved). */
 static int move_all(cluster_t *c, link_t *l)
 {
-    mirror_t *own[] = {c->status,     c->js_in, c->pull_in, c->deploy_in,
-                       c->deploy_req, c->kv_in, c->node_in, c->ask_in};
+    mirror_t *own[] = {c->status, c->js_in,  c->pull_in, c->deploy_in, c->deploy_req,
+                       c->kv_in,  c->node_in, c->ask_in,  c->reply_in};
     size_t n = c->mirrors.count + sizeof own / sizeof own[0];
     if (!(l->left = calloc(n, sizeof *l->left)))
         return -1;
@@ -1438,8 +1497,8 @@ void cluster_free(cluster_t *c)
     dict_clear(&c->by_sid, NULL);
     dict_clear(&c->mirrors, mirror_release);
     dict_clear(&c->answered, free);
-    mirror_t *own[] = {c->status,     c->js_in, c->pull_in, c->deploy_in,
-                       c->deploy_req, c->kv_in, c->node_in, c->ask_in};
+    mirror_t *own[] = {c->status, c->js_in,  c->pull_in, c->deploy_in, c->deploy_req,
+                       c->kv_in,  c->node_in, c->ask_in,  c->reply_in};
     for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
         if (own[i])
             mirror_release(own[i]);

@@ -16,6 +16,7 @@
 #define TIDE_CLUSTER_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <cjson/cJSON.h>
 #include <nats/nats.h>
@@ -94,6 +95,21 @@ int cluster_node_forward(cluster_t *c, const struct proto_msg *m, const char *by
  * with the reason in err, counted as a refused publish.  Loop thread only.
  */
 int cluster_forward(cluster_t *c, const struct proto_msg *m, char *err, size_t errsz);
+
+/*
+ * An inbox in the cluster for the answers to what the node publishes on
+ * behalf of its HTTP face (JetStream's PubAcks): an upstream subscription
+ * to prefix.> whose messages go to fn (m valid during the call, headers
+ * included).  One per cluster; 0, or -1 when one is open already or the
+ * subscription fails (logged).  cluster_inbox_sent counts the messages
+ * the node has sent to the cluster with a reply subject under prefix.
+ * cluster_inbox_close (NULL c: nothing) ends it; call it before the
+ * cluster is freed.  Loop thread only.
+ */
+typedef void (*cluster_inbox_fn)(void *ctx, const struct proto_msg *m);
+int cluster_inbox_open(cluster_t *c, const char *prefix, cluster_inbox_fn fn, void *ctx);
+uint64_t cluster_inbox_sent(cluster_t *c);
+void cluster_inbox_close(cluster_t *c);
 
 /* Asks the cluster (cluster_ask.h): publishes payload (len bytes) to
  * subject with a reply to the node's inbox; fn(ctx, answer) follows on

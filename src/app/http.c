@@ -57,6 +57,7 @@ typedef struct ack_wait {
     int acap;
     int answers;
     int expected; /* -1 while publishing */
+    uint64_t csent; /* cluster mode: cluster_inbox_sent when it began */
     double timeout; /* seconds it waits for them (http { ack_timeout }) */
     struct event *timer;
     struct ack_wait *next;
@@ -105,6 +106,7 @@ struct http {
     uint64_t slow_tails; /* tails cut for not reading */
     sub_t *inbox_sub;     /* PubAcks for ingested events: <inbox>.> */
     char inbox[48];
+    char cinbox[96]; /* cluster mode: "_INBOX.tide-http.<server id>", where JetStream's PubAcks come; else "" */
     uint64_t next_wait;
     ack_wait_t *waits;
     http_auth_t *auth;     /* who asks, when the server has auth */
@@ -255,11 +257,11 @@ static void on_wait_timeout(evutil_socket_t fd, short what, void *arg)
     wait_finish(arg, 1);
 }
 
-/* A message on <inbox>.<id>.<index>: a PubAck for an ingested event. */
-static void on_puback(void *ctx, const proto_msg_t *m)
+/* A message on <prefix>.<id>.<index> (il: the prefix's length): a PubAck
+ * for an ingested event, taken when it is an object; `taken` says whether
+ * it is an answer a stream would give (not a subscriber's). */
+static void puback_in(http_t *h, const proto_msg_t *m, size_t il, int (*taken)(const cJSON *ack))
 {
-    http_t *h = ctx;
-    size_t il = strlen(h->inbox);
     char tail[64];
     if (m->subject_len <= il + 1 || m->subject_len - il - 1 >= sizeof tail)
         return;
@@ -276,7 +278,7 @@ static void on_puback(void *ctx, const proto_msg_t *m)
     /* Only a stream's answer counts: a subscriber may answer the reply
      * subject too (it sees it on the event). */
     cJSON *ack = json_parse_owned(m->payload, m->payload_len); /* "seq" goes out as it came */
-    if (!cJSON_IsObject(ack) || !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(ack, "stream"))) {
+    if (!cJSON_IsObject(ack) || !taken(ack)) {
         cJSON_Delete(ack);
         return;
     }
@@ -294,10 +296,38 @@ static void on_puback(void *ctx, const proto_msg_t *m)
         wait_finish(w, 0);
 }
 
+/* A local stream's PubAck names its stream. */
+static int local_ack(const cJSON *ack) { return cJSON_IsString(cJSON_GetObjectItemCaseSensitive(ack, "stream")); }
+
+/* JetStream's names its stream, or is a refusal without one. */
+static int jetstream_ack(const cJSON *ack) { return local_ack(ack) || cJSON_GetObjectItemCaseSensitive(ack, "error"); }
+
+static void on_puback(void *ctx, const proto_msg_t *m)
+{
+    http_t *h = ctx;
+    puback_in(h, m, strlen(h->inbox), local_ack);
+}
+
+/* An answer on cinbox, from the cluster: JetStream's PubAck, or a status
+ * without a body (503: no stream in the cluster captures the subject),
+ * answered as a refusal. */
+static void on_cluster_puback(void *ctx, const proto_msg_t *m)
+{
+    http_t *h = ctx;
+    proto_msg_t refusal = *m;
+    static const char no_stream[] = "{\"error\":{\"code\":503,\"description\":"
+                                    "\"no responders: no stream of the cluster's JetStream took the event\"}}";
+    if (m->hdr_len > 12 && !memcmp(m->hdr, "NATS/1.0 503", 12)) {
+        refusal.payload = no_stream;
+        refusal.payload_len = sizeof no_stream - 1;
+    }
+    puback_in(h, &refusal, strlen(h->cinbox), jetstream_ack);
+}
+
 /* A wait for one ingest request, or NULL when no stream is configured. */
 static ack_wait_t *wait_new(http_t *h, struct evhttp_request *req, int batch)
 {
-    if (!h->node->streams || !h->inbox_sub)
+    if ((!h->node->streams || !h->inbox_sub) && !h->cinbox[0])
         return NULL;
     ack_wait_t *w = calloc(1, sizeof *w);
     if (!w)
@@ -307,10 +337,24 @@ static ack_wait_t *wait_new(http_t *h, struct evhttp_request *req, int batch)
     w->id = ++h->next_wait;
     w->batch = batch;
     w->expected = -1;
+    w->csent = h->cinbox[0] ? cluster_inbox_sent(h->node->cluster) : 0;
     snprintf(w->prefix, sizeof w->prefix, "%s.%llu.", h->inbox, (unsigned long long)w->id);
     w->next = h->waits;
     h->waits = w;
     return w;
+}
+
+/* True when a jetstream-backed stream of the rules captures subject: its
+ * PubAck comes from the cluster. */
+static int jetstream_captures(http_t *h, const char *subject, size_t sl)
+{
+    const cluster_stream_t *decl = NULL;
+    int n = h->node->scripts ? script_cluster_streams(h->node->scripts, &decl) : 0;
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < decl[i].nsubjects; k++)
+            if (subject_matches(decl[i].subjects[k], strlen(decl[i].subjects[k]), subject, sl))
+                return 1;
+    return 0;
 }
 
 /* Counts the next event of w; returns its reply subject (in out) when a
@@ -329,10 +373,15 @@ static const char *wait_reply(ack_wait_t *w, const char *subject, size_t sl, cha
         w->acap = nc;
     }
     int i = w->nevents++;
-    if (!dlq_capturing_stream(w->http->node->streams, subject, sl))
-        return NULL;
-    snprintf(out, n, "%s%d", w->prefix, i);
-    return out;
+    if (dlq_capturing_stream(w->http->node->streams, subject, sl)) {
+        snprintf(out, n, "%s%d", w->prefix, i);
+        return out;
+    }
+    if (w->http->cinbox[0] && jetstream_captures(w->http, subject, sl)) {
+        snprintf(out, n, "%s.%llu.%d", w->http->cinbox, (unsigned long long)w->id, i);
+        return out;
+    }
+    return NULL;
 }
 
 /* After publishing: answer now (202 when nothing was captured, the PubAcks
@@ -342,6 +391,9 @@ static int wait_start(ack_wait_t *w)
     if (!w)
         return 0;
     size_t pending = dlq_pending_pubacks(w->http->node->streams, w->prefix, strlen(w->prefix));
+    /* What went to the cluster with a reply to cinbox: one PubAck each. */
+    if (w->http->cinbox[0])
+        pending += (size_t)(cluster_inbox_sent(w->http->node->cluster) - w->csent);
     w->expected = w->answers + (int)pending;
     if (w->expected == 0) {
         wait_free(w); /* nothing was stored (not captured, or a filter dropped it): 202 */
@@ -1909,6 +1961,13 @@ static http_t *face_new(node_t *node)
     char pattern[64];
     snprintf(pattern, sizeof pattern, "%s.>", h->inbox);
     h->inbox_sub = server_subscribe_internal(h->srv, pattern, on_puback, h);
+    /* In cluster mode, posts to a jetstream-backed stream's subjects get
+     * JetStream's PubAck: on an inbox of the node's in the cluster. */
+    if (node->cluster) {
+        snprintf(h->cinbox, sizeof h->cinbox, "_INBOX.tide-http.%s", server_id(h->srv));
+        if (cluster_inbox_open(node->cluster, h->cinbox, on_cluster_puback, h) < 0)
+            h->cinbox[0] = '\0'; /* answered 202 without the PubAck, as before */
+    }
     /* The heartbeat also names the face to on_accept_error: it must be
      * on the loop before the listener is. */
     struct timeval one = {1, 0};
@@ -1963,6 +2022,8 @@ void http_free(http_t *h)
     /* Our subscriptions go with us (the face may stop before the server). */
     if (h->inbox_sub)
         server_unsubscribe_internal(h->srv, h->inbox_sub);
+    if (h->cinbox[0])
+        cluster_inbox_close(h->node->cluster);
     for (int i = 0; i < MAX_TAILS; i++)
         if (h->tails[i].sub)
             server_unsubscribe_internal(h->srv, h->tails[i].sub);
