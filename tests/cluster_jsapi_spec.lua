@@ -39,6 +39,12 @@ local function post(node, subject, body, more)
   return tonumber(code), json.decode(text)
 end
 
+-- A JetStream API request straight to a server at port, its answer decoded.
+local function js_request(port, subject, body)
+  local m = assert(h.request(port, subject, body or ""))
+  return assert(json.decode(m.payload), m.payload)
+end
+
 describe("cluster mode: the JetStream API on a node", function()
   local t, ns, a, b, dir = cs.new(), nil, nil, nil, nil
 
@@ -100,6 +106,42 @@ describe("cluster mode: the JetStream API on a node", function()
   it("makes a stream a client creates through the node in the cluster", function()
     assert.same({ name = "made", subjects = { "made.>" } }, jsfwd(b.port, "create", "made").create)
     assert.same({ name = "made", subjects = { "made.>" } }, jsfwd(ns[1].port, "info", "made").info)
+  end)
+
+  it("updates a jetstream-backed stream whose config differs, and reports a refused update with its reason", function()
+    -- made by a client on the cluster: one subject, one replica, no limits
+    assert.same({ name = "upd", subjects = { "upd.>" } }, jsfwd(ns[1].port, "create", "upd").create)
+    -- memory storage: not a stream tide makes, so not updated
+    assert.is_nil(js_request(ns[1].port, "$JS.API.STREAM.CREATE.mem",
+      '{"name":"mem","subjects":["mem.>"],"storage":"memory"}').error)
+    local c = t:start_node("c", { ns[3].port },
+      'stream "upd" { subjects = { "upd.>", "upd2.>" }, backend = "jetstream", replicas = 3, max_msgs = 100 }\n' ..
+      'stream "mem" { subjects = { "mem.>", "mem2.>" }, backend = "jetstream" }\n')
+    assert(h.wait_until(function()
+      return c:log():find("stream 'upd' updated to the declared config", 1, true) and
+        c:log():find("stream 'mem' (", 1, true)
+    end, 20), c:log())
+    local info = js_request(ns[2].port, "$JS.API.STREAM.INFO.upd")
+    assert.same({ { "upd.>", "upd2.>" }, 3, 100 }, { info.config.subjects, info.config.num_replicas, info.config.max_msgs })
+    assert.truthy(c:log():find("not updated, not bound", 1, true), c:log())
+    assert.same({ "mem.>" }, js_request(ns[2].port, "$JS.API.STREAM.INFO.mem").config.subjects)
+    cs.stop(c)
+    -- an update JetStream refuses (5 replicas on 3 servers): reported, the stream left as it is
+    local d = t:start_node("d", { ns[2].port },
+      'stream "upd" { subjects = { "upd.>", "upd2.>" }, backend = "jetstream", replicas = 5, max_msgs = 100 }\n')
+    assert(h.wait_until(function() return d:log():find("the cluster refused to update it", 1, true) end, 20), d:log())
+    local code, body = cs.get(d.hport, "/readyz")
+    assert.are.equal(503, code)
+    assert.truthy(body:find("jetstream stream 'upd' is not bound yet (failed): the cluster refused to update it", 1, true),
+      body)
+    local rc, out = h.sh(("'%s' cluster status -s 127.0.0.1:%d --json"):format(h.bin, d.port))
+    assert.are.equal(0, rc, out)
+    local mine
+    for _, st in ipairs(assert(json.decode(out), out)) do if st.name == "d" then mine = st end end
+    assert.are.equal("failed", mine.streams[1].state)
+    assert.truthy(mine.streams[1].error:find("refused to update", 1, true), mine.streams[1].error)
+    assert.are.equal(3, js_request(ns[1].port, "$JS.API.STREAM.INFO.upd").config.num_replicas)
+    cs.stop(d)
   end)
 
   it("answers an HTTP post to a jetstream-backed stream with JetStream's PubAck, its refusal, or 504", function()

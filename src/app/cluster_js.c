@@ -8,9 +8,9 @@
 #include "cluster_js.h"
 #include "log.h"
 
-enum js_state { JS_IDLE, JS_ASKING, JS_CREATING, JS_BOUND, JS_FAILED };
+enum js_state { JS_IDLE, JS_ASKING, JS_CREATING, JS_UPDATING, JS_BOUND, JS_FAILED };
 
-static const char *const state_names[] = {"waiting", "asking", "creating", "bound", "failed"};
+static const char *const state_names[] = {"waiting", "asking", "creating", "updating", "bound", "failed"};
 
 typedef struct js_stream {
     cluster_stream_t cfg;
@@ -147,24 +147,75 @@ fail:
     return text;
 }
 
+/* cfg's number member key, or dflt. */
+static double number(const cJSON *cfg, const char *key, double dflt)
+{
+    const cJSON *v = cJSON_GetObjectItem(cfg, key);
+    return cJSON_IsNumber(v) ? v->valuedouble : dflt;
+}
+
+/* A declared limit as JetStream says it: -1 for none. */
+static double limit(int64_t v) { return v ? (double)v : -1; }
+
 /* Whether an existing stream's config (INFO's "config") has the declared
- * subjects and replicas; else why not into why. */
-static int compatible(const cluster_stream_t *c, const cJSON *cfg, char *why, size_t n)
+ * subjects and replicas (limits 0), and the declared limits too (limits 1). */
+static int same_config(const cluster_stream_t *c, const cJSON *cfg, int limits)
 {
     const cJSON *subjects = cJSON_GetObjectItem(cfg, "subjects");
-    const cJSON *reps = cJSON_GetObjectItem(cfg, "num_replicas");
-    int have = cJSON_GetArraySize(subjects), r = cJSON_IsNumber(reps) ? (int)reps->valuedouble : 1;
-    int same = have == c->nsubjects && r == c->replicas;
+    int same = cJSON_GetArraySize(subjects) == c->nsubjects && (int)number(cfg, "num_replicas", 1) == c->replicas;
     for (int i = 0; same && i < c->nsubjects; i++) {
         int found = 0;
         const cJSON *s;
         cJSON_ArrayForEach(s, subjects) found |= cJSON_IsString(s) && !strcmp(s->valuestring, c->subjects[i]);
         same = found;
     }
-    if (!same)
-        snprintf(why, n, "exists in the cluster with other subjects or replicas (%d subjects, %d replicas): not bound",
-                 have, r);
-    return same;
+    double age = number(cfg, "max_age", 0);
+    if (!limits)
+        return same;
+    return same && number(cfg, "max_msgs", -1) == limit(c->max_msgs) &&
+           number(cfg, "max_bytes", -1) == limit(c->max_bytes) &&
+           (c->max_age > 0 ? age == c->max_age * 1e9 : age == 0);
+}
+
+/* The UPDATE that gives the existing stream (cfg, INFO's "config") the
+ * declared subjects, replicas and limits, keeping the rest of its config
+ * (malloc'd, caller frees with cJSON_free); NULL with why set when the
+ * stream is not one tide would make (other storage or retention: such a
+ * change is not an update JetStream takes) or out of memory. */
+static char *update_body(const cluster_stream_t *c, const cJSON *cfg, char *why, size_t n)
+{
+    const char *storage = cJSON_GetStringValue(cJSON_GetObjectItem(cfg, "storage"));
+    const char *retention = cJSON_GetStringValue(cJSON_GetObjectItem(cfg, "retention"));
+    cJSON *o = NULL, *subjects = NULL;
+    char *text = NULL;
+    if (!storage || !retention || strcmp(storage, "file") || strcmp(retention, "limits")) {
+        snprintf(why, n,
+                 "exists in the cluster with other subjects, replicas or limits and %s storage, %s retention "
+                 "(not file, limits): not updated, not bound",
+                 storage ? storage : "unknown", retention ? retention : "unknown");
+        return NULL;
+    }
+    if (!(o = cJSON_Duplicate(cfg, 1)) || !(subjects = cJSON_CreateArray()))
+        goto fail;
+    for (int i = 0; i < c->nsubjects; i++)
+        cJSON_AddItemToArray(subjects, cJSON_CreateString(c->subjects[i]));
+    cJSON_ReplaceItemInObject(o, "subjects", subjects);
+    subjects = NULL;
+    cJSON_DeleteItemFromObject(o, "num_replicas");
+    cJSON_DeleteItemFromObject(o, "max_msgs");
+    cJSON_DeleteItemFromObject(o, "max_bytes");
+    cJSON_DeleteItemFromObject(o, "max_age");
+    cJSON_AddNumberToObject(o, "num_replicas", c->replicas);
+    cJSON_AddNumberToObject(o, "max_msgs", limit(c->max_msgs));
+    cJSON_AddNumberToObject(o, "max_bytes", limit(c->max_bytes));
+    cJSON_AddNumberToObject(o, "max_age", c->max_age > 0 ? c->max_age * 1e9 : 0);
+    text = cJSON_PrintUnformatted(o);
+fail:
+    if (!text && !why[0])
+        snprintf(why, n, "out of memory");
+    cJSON_Delete(subjects);
+    cJSON_Delete(o);
+    return text;
 }
 
 static void fail(js_stream_t *s, const char *why)
@@ -201,19 +252,37 @@ static void on_answer(cluster_js_t *j, js_stream_t *s, const cJSON *a)
             cJSON_free(body);
             return;
         }
-        snprintf(why, sizeof why, "the JetStream API answered: %s", desc ? desc : "an error");
+        snprintf(why, sizeof why, "%s: %s",
+                 s->state == JS_UPDATING ? "the cluster refused to update it to the declared subjects, replicas "
+                                           "and limits"
+                                         : "the JetStream API answered",
+                 desc ? desc : "an error");
         fail(s, why);
         return;
     }
-    if (s->state == JS_CREATING) {
-        bound(s, "created");
+    if (s->state == JS_CREATING || s->state == JS_UPDATING) {
+        bound(s, s->state == JS_CREATING ? "created" : "updated to the declared config");
         return;
     }
-    if (!compatible(&s->cfg, cJSON_GetObjectItem(a, "config"), why, sizeof why)) {
+    const cJSON *cfg = cJSON_GetObjectItem(a, "config");
+    if (same_config(&s->cfg, cfg, 1)) {
+        bound(s, "bound");
+        return;
+    }
+    why[0] = '\0';
+    char *body = update_body(&s->cfg, cfg, why, sizeof why);
+    if (!body && same_config(&s->cfg, cfg, 0)) {
+        bound(s, "bound (with its own limits)"); /* as before updates: the subjects and replicas decide */
+        return;
+    }
+    if (!body) {
         fail(s, why);
         return;
     }
-    bound(s, "bound");
+    log_info("cluster: stream '%s' exists in the cluster with another config: updating it to the declared one",
+             s->cfg.name);
+    ask(j, s, "UPDATE", body, JS_UPDATING);
+    cJSON_free(body);
 }
 
 void cluster_js_answer(cluster_js_t *j, natsMsg *m)
@@ -222,7 +291,8 @@ void cluster_js_answer(cluster_js_t *j, natsMsg *m)
     unsigned token = dot ? (unsigned)strtoul(dot + 1, NULL, 10) : 0;
     js_stream_t *s = NULL;
     for (int i = 0; i < j->n; i++)
-        if (j->streams[i].token == token && (j->streams[i].state == JS_ASKING || j->streams[i].state == JS_CREATING))
+        if (j->streams[i].token == token && (j->streams[i].state == JS_ASKING || j->streams[i].state == JS_CREATING ||
+                                             j->streams[i].state == JS_UPDATING))
             s = &j->streams[i];
     if (!s)
         return; /* an answer to a question asked again since, or about rules reloaded since */
