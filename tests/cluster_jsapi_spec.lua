@@ -57,6 +57,11 @@ describe("cluster mode: the JetStream API on a node", function()
     -- b keeps no stream itself (no local JetStream API): "orders" is the cluster's
     b = t:start_node("b", { ns[2].port }, 'stream "orders" { subjects = { "orders.>" }, backend = "jetstream", replicas = 3 }\n')
     cs.wait_ready({ a, b }, 30)
+    -- the rules bucket the nodes make, so that the lists of streams hold still
+    assert(h.wait_until(function()
+      local m = h.request(ns[3].port, "$JS.API.STREAM.INFO.KV_TIDE_RULES", "")
+      return m and not json.decode(m.payload).error
+    end, 20), "the rules bucket was not made")
     jsfwd(ns[3].port, "setup")
   end)
 
@@ -101,6 +106,17 @@ describe("cluster mode: the JetStream API on a node", function()
     -- the consumer is the cluster's
     local ref = jsfwd(ns[2].port, "pull", "direct").pull
     assert.same(ref, got)
+    -- and so through a node without a JetStream API of its own
+    assert.same(ref, jsfwd(b.port, "pull", "viab").pull)
+  end)
+
+  it("puts into a KV bucket of the cluster through a node", function()
+    for i, node in ipairs({ a, b }) do
+      local got = jsfwd(node.port, "kvput", "size", "L" .. i).kvput
+      assert.are.equal("L" .. i, got.value)
+      assert.are.equal(got.put, got.revision)
+      assert.same({ value = "L" .. i, revision = got.put }, jsfwd(ns[3].port, "kvget", "size").kvget)
+    end
   end)
 
   it("makes a stream a client creates through the node in the cluster", function()

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cluster.h"
+#include "dlq.h"
 #include "jsapi.h"
 #include "jsapi_internal.h"
 #include "log.h"
@@ -18,6 +19,7 @@ struct jsapi_cluster {
     sub_t *api_sub; /* $JS.API.> when the node has no local JetStream API (n->jsapi NULL) */
     sub_t *ack_sub; /* $JS.ACK.>: a client's acks for the cluster's consumers */
     sub_t *fc_sub;  /* $JS.FC.>: and its answers to their flow control */
+    sub_t *kv_sub;  /* $KV.>: a client's KV writes into the cluster's buckets */
 };
 
 /* The requests that name a stream, and where its name starts. */
@@ -311,6 +313,17 @@ static void on_ack(void *ctx, const proto_msg_t *m)
     forward(f->n, m);
 }
 
+/* A client's publish to $KV.<bucket>.<key> (a KV put or delete): to the
+ * cluster when no local stream captures it (a local bucket's does). */
+static void on_kv(void *ctx, const proto_msg_t *m)
+{
+    struct jsapi_cluster *f = ctx;
+    if (dlq_capturing_stream(f->n->streams, m->subject, m->subject_len) ||
+        (m->reply && m->reply_len && m->reply[0] == '$'))
+        return;
+    forward(f->n, m);
+}
+
 static void on_api(void *ctx, const proto_msg_t *m)
 {
     struct jsapi_cluster *f = ctx;
@@ -323,9 +336,15 @@ jsapi_cluster_t *jsapi_cluster_start(node_t *n)
     if (!f)
         goto fail;
     f->n = n;
+    /* Responders: what they send on is answered (by the cluster), so the
+     * client must not be told there is nobody. */
     if (!(f->ack_sub = server_subscribe_internal(n->srv, "$JS.ACK.>", on_ack, f)) ||
-        !(f->fc_sub = server_subscribe_internal(n->srv, "$JS.FC.>", on_ack, f)))
+        !(f->fc_sub = server_subscribe_internal(n->srv, "$JS.FC.>", on_ack, f)) ||
+        !(f->kv_sub = server_subscribe_internal(n->srv, "$KV.>", on_kv, f)))
         goto fail;
+    f->ack_sub->flags |= SUB_RESPONDER;
+    f->fc_sub->flags |= SUB_RESPONDER;
+    f->kv_sub->flags |= SUB_RESPONDER;
     if (!n->jsapi) {
         if (!(f->api_sub = server_subscribe_internal(n->srv, API_PREFIX ">", on_api, f)))
             goto fail;
@@ -342,7 +361,7 @@ void jsapi_cluster_free(jsapi_cluster_t *f)
 {
     if (!f)
         return;
-    sub_t *subs[] = {f->api_sub, f->ack_sub, f->fc_sub};
+    sub_t *subs[] = {f->api_sub, f->ack_sub, f->fc_sub, f->kv_sub};
     for (size_t i = 0; i < sizeof subs / sizeof subs[0]; i++)
         if (subs[i])
             server_unsubscribe_internal(f->n->srv, subs[i]);

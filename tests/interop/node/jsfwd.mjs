@@ -7,11 +7,13 @@
 //        node jsfwd.mjs <port> pull <name>    a durable pull consumer made, fetched and acked
 //        node jsfwd.mjs <port> create <name>  a stream <name> on <name>.> made
 //        node jsfwd.mjs <port> info <name>    a stream's name and subjects
+//        node jsfwd.mjs <port> kvput <key> <value>  a put into the KV bucket cfg, read back
+//        node jsfwd.mjs <port> kvget <key>    a key of cfg
 //
 // Prints one JSON object last; a step that fails says {"error": ...}.
 import { AckPolicy, connect } from "nats";
 
-const [port, mode, arg] = process.argv.slice(2);
+const [port, mode, arg, arg2] = process.argv.slice(2);
 const te = new TextEncoder();
 const td = new TextDecoder();
 const nc = await connect({ servers: `127.0.0.1:${port}`, timeout: 5000 });
@@ -84,6 +86,13 @@ if (mode === "setup") {
   await step("info", async () => {
     const si = await jsm.streams.info(arg);
     return { name: si.config.name, subjects: si.config.subjects };
+  });
+} else if (mode === "kvput" || mode === "kvget") {
+  await step(mode, async () => {
+    const kv = await js.views.kv("cfg", { bindOnly: true });
+    const revision = mode === "kvput" ? await kv.put(arg, te.encode(arg2)) : undefined;
+    const e = await kv.get(arg);
+    return { put: revision, value: e && td.decode(e.value), revision: e && e.revision };
   });
 }
 await nc.close();
