@@ -119,6 +119,13 @@ describe("cluster mode: the JetStream API on a node", function()
     end
   end)
 
+  it("puts into an object store of the cluster through a node", function()
+    assert.are.equal("first", jsfwd(b.port, "objput", "a.txt", "first").objput)
+    assert.are.equal("first", jsfwd(ns[1].port, "objget", "a.txt").objget)
+    assert.are.equal("second", jsfwd(a.port, "objput", "b.txt", "second").objput)
+    assert.are.equal("second", jsfwd(ns[2].port, "objget", "b.txt").objget)
+  end)
+
   it("makes a stream a client creates through the node in the cluster", function()
     assert.same({ name = "made", subjects = { "made.>" } }, jsfwd(b.port, "create", "made").create)
     assert.same({ name = "made", subjects = { "made.>" } }, jsfwd(ns[1].port, "info", "made").info)

@@ -20,6 +20,7 @@ struct jsapi_cluster {
     sub_t *ack_sub; /* $JS.ACK.>: a client's acks for the cluster's consumers */
     sub_t *fc_sub;  /* $JS.FC.>: and its answers to their flow control */
     sub_t *kv_sub;  /* $KV.>: a client's KV writes into the cluster's buckets */
+    sub_t *obj_sub; /* $O.>: and its object store writes */
 };
 
 /* The requests that name a stream, and where its name starts. */
@@ -313,8 +314,9 @@ static void on_ack(void *ctx, const proto_msg_t *m)
     forward(f->n, m);
 }
 
-/* A client's publish to $KV.<bucket>.<key> (a KV put or delete): to the
- * cluster when no local stream captures it (a local bucket's does). */
+/* A client's publish to $KV.<bucket>.<key> (a KV put or delete) or
+ * $O.<bucket>...(an object's chunk or meta): to the cluster when no local
+ * stream captures it (a local bucket's does). */
 static void on_kv(void *ctx, const proto_msg_t *m)
 {
     struct jsapi_cluster *f = ctx;
@@ -340,11 +342,13 @@ jsapi_cluster_t *jsapi_cluster_start(node_t *n)
      * client must not be told there is nobody. */
     if (!(f->ack_sub = server_subscribe_internal(n->srv, "$JS.ACK.>", on_ack, f)) ||
         !(f->fc_sub = server_subscribe_internal(n->srv, "$JS.FC.>", on_ack, f)) ||
-        !(f->kv_sub = server_subscribe_internal(n->srv, "$KV.>", on_kv, f)))
+        !(f->kv_sub = server_subscribe_internal(n->srv, "$KV.>", on_kv, f)) ||
+        !(f->obj_sub = server_subscribe_internal(n->srv, "$O.>", on_kv, f)))
         goto fail;
     f->ack_sub->flags |= SUB_RESPONDER;
     f->fc_sub->flags |= SUB_RESPONDER;
     f->kv_sub->flags |= SUB_RESPONDER;
+    f->obj_sub->flags |= SUB_RESPONDER;
     if (!n->jsapi) {
         if (!(f->api_sub = server_subscribe_internal(n->srv, API_PREFIX ">", on_api, f)))
             goto fail;
@@ -361,7 +365,7 @@ void jsapi_cluster_free(jsapi_cluster_t *f)
 {
     if (!f)
         return;
-    sub_t *subs[] = {f->api_sub, f->ack_sub, f->fc_sub, f->kv_sub};
+    sub_t *subs[] = {f->api_sub, f->ack_sub, f->fc_sub, f->kv_sub, f->obj_sub};
     for (size_t i = 0; i < sizeof subs / sizeof subs[0]; i++)
         if (subs[i])
             server_unsubscribe_internal(f->n->srv, subs[i]);

@@ -9,6 +9,8 @@
 //        node jsfwd.mjs <port> info <name>    a stream's name and subjects
 //        node jsfwd.mjs <port> kvput <key> <value>  a put into the KV bucket cfg, read back
 //        node jsfwd.mjs <port> kvget <key>    a key of cfg
+//        node jsfwd.mjs <port> objput <name> <text>  an object put into the object store files, read back
+//        node jsfwd.mjs <port> objget <name>  an object of files, as text
 //
 // Prints one JSON object last; a step that fails says {"error": ...}.
 import { AckPolicy, connect } from "nats";
@@ -93,6 +95,13 @@ if (mode === "setup") {
     const revision = mode === "kvput" ? await kv.put(arg, te.encode(arg2)) : undefined;
     const e = await kv.get(arg);
     return { put: revision, value: e && td.decode(e.value), revision: e && e.revision };
+  });
+} else if (mode === "objput" || mode === "objget") {
+  await step(mode, async () => {
+    const os = await js.views.os("files");
+    if (mode === "objput") await os.putBlob({ name: arg }, te.encode(arg2));
+    const data = await os.getBlob(arg);
+    return data && td.decode(data);
   });
 }
 await nc.close();
