@@ -91,7 +91,9 @@ describe("cluster mode: the JetStream API on a node", function()
     assert.same(want, got.names)
     assert.same(want, got.list)
     assert.are.equal(ref.account + 1, got.account)
-    -- a node without local streams shows the cluster's alone
+    -- a node without local streams shows the cluster's alone, and says it has JetStream
+    local info = json.decode(h.connect(b.port).info)
+    assert.is_true(info.jetstream)
     local only = jsfwd(b.port, "read")
     assert.same(ref.names, only.names)
     assert.are.equal(ref.account, only.account)

@@ -23,14 +23,16 @@ struct jsapi_cluster {
     sub_t *obj_sub; /* $O.>: and its object store writes */
 };
 
-/* The requests that name a stream, and where its name starts. */
+/* The requests that name a stream: its name follows. */
 static const char *const named[] = {
-    "STREAM.CREATE.",    "STREAM.UPDATE.",      "STREAM.INFO.",         "STREAM.DELETE.",
-    "STREAM.PURGE.",     "STREAM.MSG.GET.",     "STREAM.MSG.DELETE.",   "STREAM.SNAPSHOT.",
-    "STREAM.RESTORE.",   "STREAM.LEADER.STEPDOWN.", "STREAM.PEER.REMOVE.", "DIRECT.GET.",
-    "CONSUMER.DURABLE.CREATE.", "CONSUMER.MSG.NEXT.", "CONSUMER.LEADER.STEPDOWN.", "CONSUMER.CREATE.",
-    "CONSUMER.INFO.",    "CONSUMER.DELETE.",    "CONSUMER.NAMES.",      "CONSUMER.LIST.",
-    "CONSUMER.PAUSE.",   "CONSUMER.UNPIN.",     "CONSUMER.RESET.",      NULL};
+    "STREAM.CREATE.",           "STREAM.UPDATE.",          "STREAM.INFO.",
+    "STREAM.DELETE.",           "STREAM.PURGE.",           "STREAM.MSG.GET.",
+    "STREAM.MSG.DELETE.",       "STREAM.SNAPSHOT.",        "STREAM.RESTORE.",
+    "STREAM.LEADER.STEPDOWN.",  "STREAM.PEER.REMOVE.",     "DIRECT.GET.",
+    "CONSUMER.DURABLE.CREATE.", "CONSUMER.MSG.NEXT.",      "CONSUMER.LEADER.STEPDOWN.",
+    "CONSUMER.CREATE.",         "CONSUMER.INFO.",          "CONSUMER.DELETE.",
+    "CONSUMER.NAMES.",          "CONSUMER.LIST.",          "CONSUMER.PAUSE.",
+    "CONSUMER.UNPIN.",          "CONSUMER.RESET.",         NULL};
 
 /* The stream token of s (len bytes) into out: the bytes up to the next
  * '.'.  0, or -1 when it is empty or does not fit. */
@@ -135,8 +137,9 @@ static void add_to(cJSON *o, const char *key, double n)
         cJSON_SetNumberValue(v, v->valuedouble + n);
 }
 
-/* The cluster's answer to g as a JSON object, or NULL when it has none
- * to give (no JetStream, an error, not JSON). */
+/* The cluster's answer m as a JSON object (caller deletes), or NULL when
+ * it has none to give (no answer, a status such as 503 for no JetStream,
+ * an error, not JSON). */
 static cJSON *cluster_answer(natsMsg *m)
 {
     const char *status = NULL;
@@ -353,6 +356,7 @@ jsapi_cluster_t *jsapi_cluster_start(node_t *n)
         if (!(f->api_sub = server_subscribe_internal(n->srv, API_PREFIX ">", on_api, f)))
             goto fail;
         f->api_sub->flags |= SUB_RESPONDER;
+        server_set_info_jetstream(n->srv, 1); /* the API is answered: by the cluster */
     }
     return f;
 fail:
@@ -369,5 +373,7 @@ void jsapi_cluster_free(jsapi_cluster_t *f)
     for (size_t i = 0; i < sizeof subs / sizeof subs[0]; i++)
         if (subs[i])
             server_unsubscribe_internal(f->n->srv, subs[i]);
+    if (f->api_sub)
+        server_set_info_jetstream(f->n->srv, 0);
     free(f);
 }
