@@ -197,4 +197,28 @@ describe("cluster mode: the JetStream API on a node", function()
     assert(h.proc.kill(ns[1].pid, "CONT"))
     assert(ok, err)
   end)
+
+  it("follows a node that joins or leaves the cluster on a reload: the JetStream API and HTTP posts", function()
+    local hport = h.free_port()
+    local e = t:keep(h.start_scripted("-- alone\n", { args = { "--http", "127.0.0.1:" .. hport } }))
+    e.hport = hport
+    assert.are.equal(202, (post(e, "orders.alone", '{"n":1}')))
+    h.write_file(e.config, cs.cluster_block("e", { ns[2].port }) ..
+      'stream "orders" { subjects = { "orders.>" }, backend = "jetstream", replicas = 3 }\n')
+    local code, ack
+    assert(h.wait_until(function()
+      code, ack = post(e, "orders.joined", '{"n":2}')
+      return code == 201
+    end, 20, 0.5), tostring(code) .. "\n" .. e:log())
+    assert.are.equal("orders", ack.stream)
+    assert.same({ name = "orders", subjects = { "orders.>" } }, jsfwd(e.port, "info", "orders").info)
+    h.write_file(e.config, "-- alone again\n")
+    assert(h.wait_until(function()
+      code = post(e, "orders.left", '{"n":3}')
+      return code == 202
+    end, 20, 0.5), tostring(code) .. "\n" .. e:log())
+    assert.is_true(e:alive(), e:log())
+    assert.are.equal(202, (post(e, "orders.left", '{"n":4}')))
+    cs.stop(e)
+  end)
 end)

@@ -1961,13 +1961,7 @@ static http_t *face_new(node_t *node)
     char pattern[64];
     snprintf(pattern, sizeof pattern, "%s.>", h->inbox);
     h->inbox_sub = server_subscribe_internal(h->srv, pattern, on_puback, h);
-    /* In cluster mode, posts to a jetstream-backed stream's subjects get
-     * JetStream's PubAck: on an inbox of the node's in the cluster. */
-    if (node->cluster) {
-        snprintf(h->cinbox, sizeof h->cinbox, "_INBOX.tide-http.%s", server_id(h->srv));
-        if (cluster_inbox_open(node->cluster, h->cinbox, on_cluster_puback, h) < 0)
-            h->cinbox[0] = '\0'; /* answered 202 without the PubAck, as before */
-    }
+    http_cluster_joined(h);
     /* The heartbeat also names the face to on_accept_error: it must be
      * on the loop before the listener is. */
     struct timeval one = {1, 0};
@@ -2007,6 +2001,23 @@ fail:
     return NULL;
 }
 
+void http_cluster_joined(http_t *h)
+{
+    if (!h || !h->node->cluster || h->cinbox[0])
+        return;
+    snprintf(h->cinbox, sizeof h->cinbox, "_INBOX.tide-http.%s", server_id(h->srv));
+    if (cluster_inbox_open(h->node->cluster, h->cinbox, on_cluster_puback, h) < 0)
+        h->cinbox[0] = '\0'; /* answered 202 without the PubAck, as before */
+}
+
+void http_cluster_left(http_t *h)
+{
+    if (!h || !h->cinbox[0])
+        return;
+    cluster_inbox_close(h->node->cluster);
+    h->cinbox[0] = '\0';
+}
+
 void http_free(http_t *h)
 {
     if (!h)
@@ -2022,8 +2033,7 @@ void http_free(http_t *h)
     /* Our subscriptions go with us (the face may stop before the server). */
     if (h->inbox_sub)
         server_unsubscribe_internal(h->srv, h->inbox_sub);
-    if (h->cinbox[0])
-        cluster_inbox_close(h->node->cluster);
+    http_cluster_left(h);
     for (int i = 0; i < MAX_TAILS; i++)
         if (h->tails[i].sub)
             server_unsubscribe_internal(h->srv, h->tails[i].sub);

@@ -26,4 +26,12 @@ http_t *http_new_fd(node_t *node, int fd);
 /* Stops listening; call before server_free. */
 void http_free(http_t *h);
 
+/* In cluster mode, posts to a jetstream-backed stream's subjects wait for
+ * JetStream's PubAck, which comes to an inbox of the node's in the
+ * cluster: http_cluster_joined opens it once node->cluster runs (http_new
+ * does when it runs already), http_cluster_left closes it before the
+ * cluster is freed.  NULL h: nothing. */
+void http_cluster_joined(http_t *h);
+void http_cluster_left(http_t *h);
+
 #endif

@@ -74,6 +74,7 @@ static void node_join(node_t *n)
     }
     n->cluster_refused = 0;
     admin_attach_cluster(n);
+    http_cluster_joined(n->http);
     if (!(n->jsfwd = jsapi_cluster_start(n)))
         log_error("cluster: the JetStream API is answered from the local streams alone");
 }
@@ -85,6 +86,7 @@ static void node_left(node_t *n)
     char err[1024];
     jsapi_cluster_free(n->jsfwd);
     n->jsfwd = NULL;
+    http_cluster_left(n->http);
     cluster_free(n->cluster);
     n->cluster = NULL;
     script_set_deployed(n->scripts, NULL, NULL, NULL);
