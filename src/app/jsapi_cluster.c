@@ -74,7 +74,8 @@ static void merge_free(merge_t *g)
 }
 
 /* Adds the local streams from g->offset on (names or, for a list, their
- * infos) to arr; the local names matching filter are in names. */
+ * infos) to arr; names holds the n local names that match the request's
+ * filter, sorted. */
 static void add_local(merge_t *g, cJSON *arr, char **names, int n)
 {
     for (int i = (int)(g->offset < (uint64_t)n ? g->offset : (uint64_t)n); i < n; i++) {
@@ -251,15 +252,21 @@ fail:
  * unavailable" and the reason.  1. */
 static int forward(node_t *n, const proto_msg_t *m)
 {
-    char err[320], text[600];
-    if (cluster_forward(n->cluster, m, err, sizeof err) == 0)
+    char err[320], *text = NULL;
+    cJSON *o = NULL, *e;
+    if (cluster_forward(n->cluster, m, err, sizeof err) == 0 || !m->reply)
         return 1;
-    int len = snprintf(text, sizeof text,
-                       "{\"type\":\"io.nats.jetstream.api.v1.error_response\",\"error\":{\"code\":503,"
-                       "\"err_code\":10008,\"description\":\"%s\"}}",
-                       err);
-    if (m->reply)
-        server_reply(n->srv, m, text, len < (int)sizeof text ? (size_t)len : sizeof text - 1);
+    if (!(o = cJSON_CreateObject()) || !(e = cJSON_AddObjectToObject(o, "error")))
+        goto fail;
+    cJSON_AddStringToObject(o, "type", "io.nats.jetstream.api.v1.error_response");
+    cJSON_AddNumberToObject(e, "code", 503);
+    cJSON_AddNumberToObject(e, "err_code", 10008); /* JetStream temporarily unavailable */
+    cJSON_AddStringToObject(e, "description", err);
+    if ((text = cJSON_PrintUnformatted(o)))
+        server_reply(n->srv, m, text, strlen(text));
+fail:
+    cJSON_free(text);
+    cJSON_Delete(o);
     return 1;
 }
 
