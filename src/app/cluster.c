@@ -362,7 +362,6 @@ static void deliver_reply(cluster_t *c, natsMsg *nm)
     free(hdr);
 }
 
-/* Hands an upstream message to the one client subscription it is for. */
 /* Remembers that reply was answered here (see drop_no_responders). */
 static void note_answered(cluster_t *c, const char *reply, size_t len)
 {
@@ -404,6 +403,7 @@ static void expire_answered(cluster_t *c, time_t now)
     }
 }
 
+/* Hands an upstream message to the one client subscription it is for. */
 static void deliver_upstream(cluster_t *c, sub_t *sub, natsMsg *nm)
 {
     proto_msg_t m;
