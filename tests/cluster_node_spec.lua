@@ -186,7 +186,7 @@ auth { users = {
     assert.truthy(f.headers:find("503", 1, true), f.headers)
   end)
 
-  it("lets tide stats, rules and rules history ask one node with --node", function()
+  it("lets tide stats, rules, rules history and rules reload ask one node with --node", function()
     local function tide(port, args)
       local cmd = h.bin
       for _, x in ipairs(args) do cmd = cmd .. " '" .. x .. "'" end
@@ -203,6 +203,13 @@ auth { users = {
     rc, out, err = tide(a.port, { "rules", "--node", "b", "--user", "plain", "--password", "pw" })
     assert.are_not.equal(0, rc)
     assert.truthy(err:find("Permissions Violation", 1, true), err)
+    -- a reload of one node, asked through another
+    local gen, gen_a = answer(b.port, "$TIDE.ADMIN.STATS", "ops", "opspw").scripts.generation, answer(a.port, "$TIDE.ADMIN.STATS", "ops", "opspw").scripts.generation
+    rc, out, err = tide(a.port, { "rules", "reload", "--node", "b", "--json", "--user", "ops", "--password", "opspw" })
+    assert.are.equal(0, rc, err)
+    assert.are.equal(gen + 1, json.decode(out).generation)
+    assert.are.equal(gen + 1, answer(b.port, "$TIDE.ADMIN.STATS", "ops", "opspw").scripts.generation)
+    assert.are.equal(gen_a, answer(a.port, "$TIDE.ADMIN.STATS", "ops", "opspw").scripts.generation, "the node asked through reloaded too")
     rc, out, err = tide(ns[1].port, { "stats", "--node", "nobody" })
     assert.are_not.equal(0, rc)
     assert.truthy(err:find("no responders", 1, true), err)

@@ -1606,7 +1606,7 @@ static void usage_ops(void)
             "       tide stream export NAME [--subject PATTERN] [--since TIME] [--until TIME] > events.jsonl\n"
             "       tide consumer ls | info NAME\n"
             "       tide dlq ls | show STREAM [--limit N] | replay STREAM (--seq N | --all)\n"
-            "       tide rules history | rollback [REV] | shadow PATH | diff | promote | stop\n"
+            "       tide rules reload | history | rollback [REV] | shadow PATH | diff | promote | stop\n"
             "       tide rules canary [PATH] --percent P [--key EXPR] [--max-error-rate R] [--window 60s]\n"
             "all take -s SERVER (host:port; default 127.0.0.1:4222 or $TIDE_SERVER), --json and --timeout SECONDS;\n"
             "--node NAME asks the node of that name in a cluster, through whichever node or server -s names;\n"
@@ -2098,7 +2098,7 @@ static int ops_rules_canary(ops_t *o, char **pos, int npos, const ops_args_t *a)
     return ans ? 0 : 1;
 }
 
-/* tide rules history | rollback [REV]. */
+/* tide rules reload | history | rollback [REV] | canary | shadow ... */
 static int ops_rules(ops_t *o, const char *verb, char **pos, int npos, const ops_args_t *a)
 {
     char q[64];
@@ -2125,6 +2125,15 @@ static int ops_rules(ops_t *o, const char *verb, char **pos, int npos, const ops
         else
             printf("rev %llu is live again (rev %llu rolled back)\n", (unsigned long long)juint(r, "live", 0),
                    (unsigned long long)juint(r, "from", 0));
+    } else if (!strcmp(verb, "reload")) {
+        NEED(0);
+        if (!(r = ops_req(o, "RELOAD", "")))
+            return 1;
+        if (o->json)
+            print_json(r, 0);
+        else
+            printf("reloaded: generation %llu, %d rules\n", (unsigned long long)juint(r, "generation", 0),
+                   (int)jnum(r, "rules", 0));
     } else if (!strcmp(verb, "canary")) {
         return ops_rules_canary(o, pos, npos, a);
     } else if (!strcmp(verb, "shadow") || !strcmp(verb, "diff") || !strcmp(verb, "promote") ||

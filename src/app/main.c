@@ -551,11 +551,11 @@ out:
     return rc;
 }
 
-/* tide rules VERB ... (history, rollback) rather than tide rules [--json]:
+/* tide rules VERB ... (reload, history, rollback, ...) rather than tide rules [--json]:
  * a word that is not an option's value names a verb. */
 static int rules_verb_given(int argc, char **argv)
 {
-    static const char *const verbs[] = {"history", "rollback", "shadow", "diff", "promote", "stop", "canary"};
+    static const char *const verbs[] = {"reload", "history", "rollback", "shadow", "diff", "promote", "stop", "canary"};
     for (int i = 2; i < argc; i++) {
         if (argv[i][0] == '-') {
             i += argv[i][1] && argv[i][1] != '-' && strchr("st", argv[i][1]) && !argv[i][2]; /* -s URL, -t S */
