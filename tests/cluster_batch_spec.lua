@@ -16,6 +16,18 @@ local cs = require "cluster_support"
 -- (only with HELD): batches wait 20 s, so that a reload finds one filling.
 -- Every call reports its events' n, delivery counts and sequences on
 -- handled.calls.  A local stream with the same batch handler, to compare.
+-- Consumer crawl: a handler of 150 ms per event, ack_wait 2 s (also the
+-- rules of a second node, which shares the consumer).
+local CRAWL = [[
+scripting { instructions = 1000000000, time = "2s" }
+consumer "crawl" { stream = "orders", filter = "orders.crawl", ack_wait = "2s", max_deliver = 5 }
+on("orders.crawl", { consumer = "crawl" }, function(e, ctx, meta)
+  local t = tide.now()
+  while tide.now() - t < 150 do end
+  ctx.publish("handled.calls", { t = e.data.t, ns = { e.data.n }, dels = { meta.deliveries }, seqs = { meta.seq } })
+end)
+]]
+
 local function rules(held)
   local base = [[
 stream "orders" { subjects = { "orders.>" }, backend = "jetstream", replicas = 3 }
@@ -38,7 +50,7 @@ on("orders.bulk", { consumer = "bulk", batch = 50, wait = "500ms" }, report)
 on("orders.slow", { consumer = "slow", batch = 50, wait = "3s" }, report)
 on("local.bulk", { consumer = "lbulk", batch = 50, wait = "500ms" }, report)
 on("orders.dl", { consumer = "dl", batch = 10, wait = "300ms" }, report)
-]]
+]] .. CRAWL
   local extra = held and ([[
 consumer "held" { stream = "orders", filter = "orders.held", ack_wait = "30s", max_deliver = 3 }
 on("orders.held", { consumer = "held", batch = 50, wait = "HELDWAIT" }, report)
@@ -141,6 +153,7 @@ describe("cluster mode, batch handlers on a consumer of a jetstream-backed strea
         and log:find("consumer 'slow' on stream 'orders' ready", 1, true)
         and log:find("consumer 'held' on stream 'orders' ready", 1, true)
         and log:find("consumer 'dl' on stream 'orders' ready", 1, true)
+        and log:find("consumer 'crawl' on stream 'orders' ready", 1, true)
     end, 30), "the consumers were not made:\n" .. node:log())
     w = cs.watcher(ns[2].port, ns[1].port) -- handled.>
     w:sub("dead.>", "3")
@@ -161,6 +174,35 @@ describe("cluster mode, batch handlers on a consumer of a jetstream-backed strea
     if w then w:close() end
     tr:stop_all()
     if dir then h.remove_tmpdir(dir) end
+  end)
+
+  -- A pull's events wait for the handler one after another while their
+  -- ack_wait runs: 20 events of 150 ms pulled at once would outlast the
+  -- 2 s ack_wait, and JetStream would offer the last ones again to a node
+  -- that has time for them.
+  it("pulls no more events than a slow handler gets through within ack_wait", function()
+    local N = 40
+    -- a second node on the consumer, with a quick handler: what JetStream
+    -- offers again goes there, while the first still holds it
+    local second = tr:start_node("bc", { ns[2].port },
+      'stream "orders" { subjects = { "orders.>" }, backend = "jetstream", replicas = 3 }\n' ..
+      CRAWL:gsub("< 150", "< 1"))
+    assert(h.wait_until(function()
+      return second:log():find("consumer 'crawl' on stream 'orders' ready", 1, true)
+    end, 30), second:log())
+    publish_acked(pub, "orders.crawl", "crawl", events(1, N))
+    local calls = collect(w, "crawl", {}, function(c) return select(2, handled(c)) >= N end, 60)
+    local by, total = handled(calls)
+    local again = {}
+    for _, c in ipairs(calls) do
+      if c.dels[1] ~= 1 then again[#again + 1] = ("%d (delivery %d)"):format(c.ns[1], c.dels[1]) end
+    end
+    assert.same({}, again, "events offered again while they waited for the handler")
+    for n = 1, N do assert.equal(1, by[n], ("event %d handled %s times"):format(n, tostring(by[n]))) end
+    assert.equal(N, total)
+    local info = consumer_info(ns[1].port, "crawl")
+    assert.equal(0, info and info.num_redelivered, info and json.encode(info))
+    cs.stop(second)
   end)
 
   it("hands 1,000 events over in batches of up to 50, each event once", function()

@@ -18,11 +18,17 @@ enum pc_state { PC_WAITING, PC_CREATING, PC_PULLING, PC_FAILED };
 
 static const char *const pc_state_names[] = {"waiting", "creating", "pulling", "failed"};
 
-/* Events one pull asks for; seconds a pull waits on the server for them.
- * A pull that gets neither events nor its end (408) within PULL_EXPIRES +
- * PULL_LOST seconds was lost (sent while the consumer had no leader yet,
- * or before a reconnect) and is asked again at the next sync. */
-#define PULL_BATCH 32
+/* Events one pull asks for: PULL_FIRST until the handlers' time per event
+ * is known, then what they get through in a quarter of ack_wait, between
+ * 1 and PULL_MAX (a pull's events wait for the handlers one after another,
+ * their ack_wait running: too many at once and the last ones go to other
+ * nodes while still waiting here, too few and the node waits for pulls).
+ * Seconds a pull waits on the server for them.  A pull that gets neither
+ * events nor its end (408) within PULL_EXPIRES + PULL_LOST seconds was
+ * lost (sent while the consumer had no leader yet, or before a reconnect)
+ * and is asked again at the next sync. */
+#define PULL_FIRST 4
+#define PULL_MAX 256
 #define PULL_EXPIRES 1.0
 #define PULL_LOST 0.5
 /* Seconds before a create without an answer, or a failed one, is tried again. */
@@ -55,6 +61,7 @@ typedef struct pull_consumer {
     unsigned token;    /* of the create in flight */
     double asked;      /* when the create or the last pull went */
     int outstanding;   /* events the last pull may still bring */
+    double cost;       /* s: the handlers' time per event, a moving average (0: none measured) */
     uint64_t handled, acked, naked, redelivered, dead_lettered, given_up, dead_letter_failures, pending;
     char error[300];
     /* The batch filling for a batch handler (one event for the others). */
@@ -264,16 +271,26 @@ static void consumer_create(cluster_pull_t *p, pull_consumer_t *pc)
     }
 }
 
-/* Asks for the next events: up to PULL_BATCH, or a batch handler's batch
- * when larger, so that one pull can fill it (fewer under a small
+/* How many events the handlers of pc get through in a quarter of its
+ * ack_wait (PULL_FIRST before they ran), between 1 and PULL_MAX. */
+static int pull_size(const pull_consumer_t *pc)
+{
+    if (pc->cost <= 0)
+        return PULL_FIRST;
+    double fit = pc->cfg.ack_wait / 4 / pc->cost;
+    return fit < 1 ? 1 : fit > PULL_MAX ? PULL_MAX : (int)fit;
+}
+
+/* Asks for the next events: pull_size, or a batch handler's batch when
+ * larger, so that one pull can fill it (fewer under a small
  * max_ack_pending), the server holding the request PULL_EXPIRES seconds. */
 static void consumer_pull(cluster_pull_t *p, pull_consumer_t *pc)
 {
     char subject[300], reply[200], body[100];
     double wait;
-    int batch = script_consumer_batch(p->scripts, pc->cfg.name, &wait);
-    if (batch < PULL_BATCH)
-        batch = PULL_BATCH;
+    int batch = script_consumer_batch(p->scripts, pc->cfg.name, &wait), fit = pull_size(pc);
+    if (batch < fit)
+        batch = fit;
     if (pc->cfg.max_ack_pending > 0 && pc->cfg.max_ack_pending < batch)
         batch = (int)pc->cfg.max_ack_pending;
     snprintf(subject, sizeof subject, "$JS.API.CONSUMER.MSG.NEXT.%s.%s", pc->cfg.stream, pc->cfg.name);
@@ -700,7 +717,12 @@ static void hand_over(cluster_pull_t *p, pull_consumer_t *pc, int n)
         seqs[i] = g[i].seq;
         deliveries[i] = g[i].deliveries;
     }
+    double t0 = now_s();
     script_handle_events(p->scripts, pc->cfg.stream, pc->cfg.name, pm, seqs, deliveries, n, v);
+    double per = (now_s() - t0) / n;
+    if (per <= 0)
+        per = 1e-7;
+    pc->cost = pc->cost > 0 ? 0.8 * pc->cost + 0.2 * per : per;
     for (int i = 0; i < n; i++)
         settle(p, pc, &g[i], &v[i]);
 fail:
