@@ -113,5 +113,14 @@ describe("cluster mode: a bucket's watch after its server was paused", function(
         tostring(bk and bk.last_seq), last, a:log()))
     end
     print(("  server-side stalls seen: %d of 2"):format(stalls))
+    -- the watches started again left no consumer behind: one watch, one consumer
+    local names = {}
+    local one = h.wait_until(function()
+      local list = api("$JS.API.CONSUMER.LIST.KV_watched")
+      names = {}
+      for _, c in ipairs(list and list.consumers or {}) do names[#names + 1] = c.name end
+      return #names == 1
+    end, 20, 1)
+    assert(one, ("the bucket has %d consumers: %s"):format(#names, table.concat(names, " ")))
   end)
 end)

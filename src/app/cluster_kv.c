@@ -143,7 +143,10 @@ static void ask_create(kv_bucket_t *b)
 }
 
 /* A new watch: the newest message of every key (or, once the replica is
- * whole, every message after last_seq), on <inbox>.w.<name>.<gen>. */
+ * whole, every message after last_seq), on <inbox>-w.<name>.<gen>: outside
+ * the inbox's wildcard, so that a watch unsubscribed leaves its consumer
+ * without interest (the server removes an ephemeral one then, also when
+ * the node never learnt its name), and a delivery reaches the node once. */
 static void start_watch(kv_bucket_t *b)
 {
     char what[320], body[1024], from[64];
@@ -161,7 +164,7 @@ static void start_watch(kv_bucket_t *b)
     b->gen++;
     b->cseq = 0;
     b->heard = time(NULL);
-    snprintf(what, sizeof what, "%s.w.%s.%u", b->k->inbox, b->name, b->gen);
+    snprintf(what, sizeof what, "%s-w.%s.%u", b->k->inbox, b->name, b->gen);
     natsStatus s = b->k->subscribe(b->k->subscribe_ctx, &b->watch, what);
     if (s != NATS_OK) {
         b->state = KV_FAILED;
@@ -178,7 +181,7 @@ static void start_watch(kv_bucket_t *b)
         snprintf(from, sizeof from, "\"last_per_subject\"");
     snprintf(what, sizeof what, "CONSUMER.CREATE.KV_%s", b->name);
     snprintf(body, sizeof body,
-             "{\"stream_name\":\"KV_%s\",\"config\":{\"deliver_subject\":\"%s.w.%s.%u\",\"deliver_policy\":%s,"
+             "{\"stream_name\":\"KV_%s\",\"config\":{\"deliver_subject\":\"%s-w.%s.%u\",\"deliver_policy\":%s,"
              "\"filter_subject\":\"$KV.%s.>\",\"ack_policy\":\"none\",\"replay_policy\":\"instant\","
              "\"idle_heartbeat\":" KV_HEARTBEAT_NS ",\"mem_storage\":true,"
              "\"num_replicas\":1}}",
@@ -541,7 +544,7 @@ void cluster_kv_message(cluster_kv_t *k, int64_t sid, natsMsg *m)
         }
     }
     if (strncmp(subject, k->inbox, il) || (rest = subject + il)[0] != '.' || !rest[1] || rest[2] != '.')
-        return; /* a watch's message that came after it started again */
+        return; /* a watch's message that came after it started again, or another inbox's */
     cJSON *o = cJSON_ParseWithLength(natsMsg_GetData(m) ? natsMsg_GetData(m) : "", (size_t)natsMsg_GetDataLength(m));
     n = (unsigned)strtoul(rest + 3, NULL, 10);
     if (rest[1] == 'p') {
