@@ -143,11 +143,13 @@ expected() {
 }
 
 # alone SPEC: true for a spec that times the server's answers under attack
-# (or under a burst of TLS handshakes);
-# it runs at the end, beside no other spec (its two passes one after the
-# other), so that the load of the others does not count against its
-# limits.
-ALONE="hostile_spec tls_hostile_spec subscriptions_spec"
+# (or under a burst of TLS handshakes), or that kills and pauses the
+# servers of a JetStream cluster and waits for it to recover (beside seven
+# other specs' clusters, a node was seen to get no answer from JetStream
+# for minutes after a server's pause); it runs at the end, beside no other
+# spec (its two passes one after the other), so that the load of the
+# others does not count against its limits.
+ALONE="hostile_spec tls_hostile_spec subscriptions_spec cluster_handlers_spec"
 alone() {
     case " $ALONE " in *" $(basename "$1" .lua) "*) return 0 ;; esac
     return 1
