@@ -50,47 +50,6 @@ describe("cluster mode: JetStream answers slower than the node's wait", function
     assert.is_nil(a:log():find("disconnected from the upstream", 1, true), a:log())
   end)
 
-  it("connects again when JetStream stops answering on a connection whose pings are answered", function()
-    local mport = h.free_port()
-    local mute = t:keep(h.start_server { bin = proxy.argv[1], port = mport, wait = false,
-      cmd = { js.NODE_DIR .. "/mute_proxy.mjs", tostring(mport), tostring(ns[2].port), "8000", "" } })
-    assert(h.wait_until(function() return mute:log():find("ready", 1, true) end, 10), mute:log())
-    local m = t:start_node("m", { mport }, [[
-stream "mute" { subjects = { "mute.>" }, backend = "jetstream", replicas = 3 }
-consumer "mc" { stream = "mute", filter = "mute.>" }
-on("mute.>", { consumer = "mc" }, function(e, ctx) ctx.publish("handled.mute", { n = e.data.n, k = 1 }) end)
-]])
-    assert(h.wait_until(function() return m:log():find("consumer 'mc' on stream 'mute' ready", 1, true) end, 30),
-      m:log())
-    -- every message to the node is dropped from now on, its pings still answered
-    assert(h.wait_until(function() return mute:log():find("muted", 1, true) end, 20), mute:log())
-    local w = cs.watcher(ns[3].port, ns[1].port)
-    w:sub("handled.mute", "2")
-    assert(w:ping())
-    for n = 1, 5 do
-      local a = h.request(ns[1].port, "mute.x",
-        ('{"specversion":"1.0","id":"m%d","source":"spec","type":"t","data":{"n":%d}}'):format(n, n))
-      assert(a and a.payload:find('"seq"', 1, true), "not stored: " .. tostring(a and a.payload))
-    end
-    local seen = {}
-    h.wait_until(function()
-      local f = w:frame(0.5)
-      if f and f.subject == "handled.mute" then
-        local n = f.payload:match('"n":(%d+)')
-        if n then seen[tonumber(n)] = true end
-      end
-      local k = 0
-      for _ in pairs(seen) do k = k + 1 end
-      return k == 5
-    end, 75, 0)
-    w:close()
-    local k = 0
-    for _ in pairs(seen) do k = k + 1 end
-    assert.equal(5, k, "events handled after JetStream went silent:\n" .. m:log())
-    assert.truthy(m:log():find("JetStream has not answered this node", 1, true), m:log())
-    assert.is_nil(m:log():find("disconnected from the upstream", 1, true), "the pings were not answered?\n" .. m:log())
-  end)
-
   it("binds a jetstream-backed stream and its handlers' consumer that a reload adds", function()
     local rules = h.read_file(a.config)
     h.write_file(a.config, rules .. [[

@@ -116,7 +116,6 @@ typedef struct link {
  * here, before they go back upstream: this, the server id, '.', the
  * requester's reply subject. */
 #define CLUSTER_ANSWER_PREFIX SERVER_INBOX_PREFIX "NODE."
-#define CLUSTER_JS_SILENCE 30         /* s: JetStream silent while the node waits for it: connect again */
 #define CLUSTER_ANSWERED_KEEP 10      /* s: a request answered here waits this long for a no-responders to drop */
 #define CLUSTER_ANSWERED_MAX 100000   /* such requests remembered at once */
 
@@ -162,22 +161,19 @@ struct cluster {
     int connected;
     char url[256];        /* the server connected to, or the last one */
     char last_error[320]; /* "" when none yet */
-    uint64_t sent, received, refused, disconnects, reconnects, mirror_failures, js_heals;
+    uint64_t sent, received, refused, disconnects, reconnects, mirror_failures;
     uint64_t last_events;
     double events_per_s;
     cluster_settings_t started; /* what cluster { } said at start: the connection's settings */
     uint64_t generation;        /* of the rules last compared with it */
     time_t last_refusal_log;
     dict_t answered; /* reply subject -> time_t: requests answered here (drop_no_responders) */
-    time_t js_heard;  /* the last answer from JetStream (an inbox of the handlers', buckets' or streams'), or
-                         when the node last had nothing to ask */
-    time_t js_healed; /* when the node last connected again because JetStream was silent */
     int leaving;                /* cluster_leave was called: nothing more goes upstream */
     int left;                   /* ... and the connection has drained and closed */
     struct event *leave_timer;  /* the end of CLUSTER_LEAVE_GRACE_MS: the drain begins */
 };
 
-static void switch_connection(cluster_t *c, const cluster_settings_t *cs, const char *why);
+static void switch_connection(cluster_t *c, const cluster_settings_t *cs);
 static void leave_state(cluster_t *c, enum item_kind kind);
 static void on_leave_timer(evutil_socket_t fd, short what, void *arg);
 static void link_end(link_t *l);
@@ -497,7 +493,6 @@ static void note_state(cluster_t *c, enum item_kind kind, const char *text)
     const char *what = NULL;
     if (kind == ITEM_CONNECTED || kind == ITEM_RECONNECTED) {
         c->connected = 1;
-        c->js_heard = time(NULL); /* a new connection gets the whole wait (js_watchdog) */
         c->reconnects += kind == ITEM_RECONNECTED;
         natsConnection_GetConnectedUrl(c->nc, c->url, sizeof c->url);
         log_info("cluster: %s to the upstream at %s", kind == ITEM_CONNECTED ? "connected" : "reconnected", c->url);
@@ -563,7 +558,6 @@ static void dispatch(cluster_t *c, item_t *it)
         cluster_js_answer(c->js, it->msg);
         break;
     case UPSUB_PULL:
-        c->js_heard = time(NULL);
         cluster_pull_message(c->pull, it->msg);
         break;
     case UPSUB_DEPLOY:
@@ -573,7 +567,6 @@ static void dispatch(cluster_t *c, item_t *it)
         cluster_deploy_request(c->deploy, it->msg);
         break;
     case UPSUB_KV:
-        c->js_heard = time(NULL);
         cluster_kv_message(c->kv, 0, it->msg);
         break;
     case UPSUB_NODE:
@@ -655,7 +648,7 @@ static void apply_reload(cluster_t *c)
 {
     const cluster_settings_t *now = script_cluster_settings(c->n->scripts);
     if (now && (!same_upstream(&c->started, now) || !same_login(&c->started, now)))
-        switch_connection(c, now, "the reloaded upstream, credentials or tls");
+        switch_connection(c, now);
 }
 
 /* $TIDE.NODE.<this node's name>.>, the subject of the requests addressed
@@ -683,27 +676,6 @@ static void node_inbox_refresh(cluster_t *c)
         snprintf(c->last_error, sizeof c->last_error, "%s", err);
         log_error("%s (requests addressed to this node are not answered)", err);
     }
-}
-
-/* A connection on which JetStream stays silent although the node waits for
- * it (its handlers pull, and a pull ends within a second and a half with
- * events or a status; a bucket asks or writes) is replaced by a new one:
- * seen after a server of the cluster was paused, the node's resent
- * subscriptions had stopped getting the answers routed from other servers
- * while its pings were answered.  At most once in 2 * CLUSTER_JS_SILENCE. */
-static void js_watchdog(cluster_t *c, time_t now)
-{
-    if (!c->connected || c->leaving || !(cluster_pull_expecting(c->pull) || cluster_kv_expecting(c->kv))) {
-        c->js_heard = now; /* nothing asked: silence is no sign */
-        return;
-    }
-    if (now - c->js_heard < CLUSTER_JS_SILENCE || now - c->js_healed < 2 * CLUSTER_JS_SILENCE)
-        return;
-    log_warn("cluster: JetStream has not answered this node for %lds on its connection to %s; connecting again",
-             (long)(now - c->js_heard), c->url);
-    c->js_healed = c->js_heard = now;
-    c->js_heals++;
-    switch_connection(c, &c->started, "the same upstream and login");
 }
 
 static void on_tick(evutil_socket_t fd, short what, void *arg)
@@ -736,7 +708,6 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     if (!c->leaving)
         cluster_deploy_tick(c->deploy);
     cluster_kv_tick(c->kv);
-    js_watchdog(c, time(NULL));
     expire_answered(c, time(NULL));
     cluster_ask_tick(c->ask);
     c->events_per_s = (double)(events - c->last_events);
@@ -1362,10 +1333,7 @@ static int move_all(cluster_t *c, link_t *l)
  * credentials, no server reachable) the node keeps the old one.  The loop
  * waits for the new connection's handshake.
  */
-/* Connects again with cs (why: what for, in the log) and moves everything
- * to the new connection; the old one drains.  One that does not connect
- * leaves the node on the old. */
-static void switch_connection(cluster_t *c, const cluster_settings_t *cs, const char *why)
+static void switch_connection(cluster_t *c, const cluster_settings_t *cs)
 {
     char err[160] = ""; /* fits in last_error with the words around it */
     link_t *old = c->link, *l = link_new(c, cs, 0, err, sizeof err);
@@ -1395,11 +1363,13 @@ static void switch_connection(cluster_t *c, const cluster_settings_t *cs, const 
     cluster_kv_set_connection(c->kv, c->nc);         /* so do the buckets' watches */
     if (natsConnection_DrainTimeout(old->nc, CLUSTER_DRAIN_TIMEOUT_MS) != NATS_OK)
         link_end(old); /* reconnecting: what waits in its buffer goes with it */
-    log_info("cluster: connected again with %s; the previous connection drains", why);
+    log_info("cluster: connected again with the reloaded upstream, credentials or tls; the previous connection "
+             "drains");
     on_conn_event(l, ITEM_CONNECTED);
     return;
 fail:
-    snprintf(c->last_error, sizeof c->last_error, "%s do not connect (%s); the node keeps its connection", why, err);
+    snprintf(c->last_error, sizeof c->last_error,
+             "the reloaded upstream, credentials or tls do not connect (%s); the node keeps its connection", err);
     log_error("cluster: %s", c->last_error);
 }
 
@@ -1642,7 +1612,6 @@ cJSON *cluster_status_object(cluster_t *c)
     json_add_uint(o, "refused", c->refused);
     json_add_uint(o, "disconnects", c->disconnects);
     json_add_uint(o, "reconnects", c->reconnects);
-    json_add_uint(o, "js_silence_reconnects", c->js_heals);
     cJSON_AddStringToObject(o, "last_error", c->last_error);
     cluster_js_status(c->js, o);
     cluster_pull_status(c->pull, o);

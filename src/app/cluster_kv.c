@@ -713,16 +713,6 @@ void cluster_kv_free(cluster_kv_t *k)
     free(k);
 }
 
-int cluster_kv_expecting(const cluster_kv_t *k)
-{
-    for (size_t i = 0; k && i < k->buckets.cap; i++) {
-        const kv_bucket_t *b = k->buckets.slots[i].key ? k->buckets.slots[i].val : NULL;
-        if (b && (b->sending || b->state == KV_ASKING || b->state == KV_CREATING || b->state == KV_WATCHING))
-            return 1;
-    }
-    return 0;
-}
-
 void cluster_kv_status(cluster_kv_t *k, cJSON *o)
 {
     cJSON *arr = cJSON_AddArrayToObject(o, "buckets");

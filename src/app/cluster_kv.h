@@ -97,8 +97,4 @@ void cluster_kv_on_settled(cluster_kv_t *k, void (*fn)(void *arg), void *arg);
  * "kv_expect" (the header updates use) to o. */
 void cluster_kv_status(cluster_kv_t *k, cJSON *o);
 
-/* 1 when a bucket of k waits for JetStream (a question about it, or an
- * update's write, unanswered), else 0. */
-int cluster_kv_expecting(const cluster_kv_t *k);
-
 #endif

@@ -872,14 +872,6 @@ void cluster_pull_message(cluster_pull_t *p, natsMsg *m)
     }
 }
 
-int cluster_pull_expecting(const cluster_pull_t *p)
-{
-    for (int i = 0; p && !p->paused && i < p->n; i++)
-        if (p->consumers[i].state == PC_PULLING && script_consumer_handled(p->scripts, p->consumers[i].cfg.name))
-            return 1;
-    return 0;
-}
-
 void cluster_pull_status(cluster_pull_t *p, cJSON *o)
 {
     cJSON *arr = cJSON_AddArrayToObject(o, "consumers");

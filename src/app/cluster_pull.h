@@ -79,8 +79,4 @@ void cluster_pull_status(cluster_pull_t *p, cJSON *o);
  * hash) carries.  0, or -1 when reply is not such a subject. */
 int cluster_pull_ack_seq(const char *reply, uint64_t *seq, uint64_t *pending);
 
-/* 1 when p's handlers pull (so that JetStream answers it at least every
- * PULL_EXPIRES + PULL_LOST seconds), else 0. */
-int cluster_pull_expecting(const cluster_pull_t *p);
-
 #endif
