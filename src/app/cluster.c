@@ -167,7 +167,7 @@ struct cluster {
     cluster_settings_t started; /* what cluster { } said at start: the connection's settings */
     uint64_t generation;        /* of the rules last compared with it */
     time_t last_refusal_log;
-    dict_t answered; /* reply subject -> time_t: requests answered here (drop_no_responders) */
+    dict_t answered; /* reply subject -> the second: requests answered here (drop_no_responders) */
     int leaving;                /* cluster_leave was called: nothing more goes upstream */
     int left;                   /* ... and the connection has drained and closed */
     struct event *leave_timer;  /* the end of CLUSTER_LEAVE_GRACE_MS: the drain begins */
@@ -362,17 +362,13 @@ static void deliver_reply(cluster_t *c, natsMsg *nm)
     free(hdr);
 }
 
-/* Remembers that reply was answered here (see drop_no_responders). */
+/* Remembers that reply was answered here (see drop_no_responders); the
+ * value is the second it was, kept in the pointer (never 0). */
 static void note_answered(cluster_t *c, const char *reply, size_t len)
 {
-    time_t *at;
     if (c->answered.count >= CLUSTER_ANSWERED_MAX || dict_get(&c->answered, reply, len))
         return;
-    if (!(at = malloc(sizeof *at)) || dict_put(&c->answered, reply, len, at) < 0) {
-        free(at);
-        return;
-    }
-    *at = time(NULL);
+    dict_put(&c->answered, reply, len, (void *)(uintptr_t)time(NULL)); /* out of memory: not remembered */
 }
 
 /* True when nm is the cluster's "503 no responders" to a request that
@@ -386,9 +382,7 @@ static int drop_no_responders(cluster_t *c, natsMsg *nm)
     if (!c->answered.count || natsMsg_GetDataLength(nm) ||
         natsMsgHeader_Get(nm, "Status", &status) != NATS_OK || !status || strcmp(status, "503"))
         return 0;
-    time_t *at = dict_remove(&c->answered, subject, strlen(subject));
-    free(at);
-    return at != NULL;
+    return dict_remove(&c->answered, subject, strlen(subject)) != NULL;
 }
 
 /* Forgets answered requests older than CLUSTER_ANSWERED_KEEP seconds. */
@@ -396,8 +390,8 @@ static void expire_answered(cluster_t *c, time_t now)
 {
     for (size_t i = 0; c->answered.count && i < c->answered.cap; i++) {
         dict_entry_t *d = &c->answered.slots[i];
-        if (d->key && now - *(time_t *)d->val >= CLUSTER_ANSWERED_KEEP) {
-            free(dict_remove(&c->answered, d->key, d->klen));
+        if (d->key && now - (time_t)(uintptr_t)d->val >= CLUSTER_ANSWERED_KEEP) {
+            dict_remove(&c->answered, d->key, d->klen);
             i--; /* backward-shift deletion may have moved another entry here */
         }
     }
@@ -1496,7 +1490,7 @@ void cluster_free(cluster_t *c)
         script_host_set_kv_remote(c->n->scripts, NULL, NULL, 0);
     dict_clear(&c->by_sid, NULL);
     dict_clear(&c->mirrors, mirror_release);
-    dict_clear(&c->answered, free);
+    dict_clear(&c->answered, NULL);
     mirror_t *own[] = {c->status, c->js_in,  c->pull_in, c->deploy_in, c->deploy_req,
                        c->kv_in,  c->node_in, c->ask_in,  c->reply_in};
     for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
