@@ -493,7 +493,7 @@ describe("cluster mode, handlers while servers of the cluster fail", function()
       publish_acked(pub2, more)
       local s = status_of(ns[1].port)
       return s.fb and s.fb.consumers[1].handled > before
-    end, 30, 0.5)
+    end, 60, 0.5) -- its acks wait for its bucket writes, whose watch may restart more than once after the pause
     proc_cont(fa)
     assert(took, "fb handled nothing after it resumed:\n" .. fb:log())
     pub:close()
